@@ -1,0 +1,103 @@
+//! Check results as they travel from agent to server.
+//!
+//! The agent parses plugin output (Nagios contract) into these types; the
+//! server stores them as-is. Perfdata values keep their unit of measure and
+//! thresholds as the plugin printed them, so nothing is lost in transit.
+
+use serde::{Deserialize, Serialize};
+
+/// Nagios plugin state, from the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CheckState {
+    Ok,
+    Warning,
+    Critical,
+    Unknown,
+}
+
+impl CheckState {
+    /// Maps a plugin exit code: 0/1/2/3, anything else is UNKNOWN.
+    pub fn from_exit_code(code: i32) -> CheckState {
+        match code {
+            0 => CheckState::Ok,
+            1 => CheckState::Warning,
+            2 => CheckState::Critical,
+            _ => CheckState::Unknown,
+        }
+    }
+
+    /// The Nagios exit code of this state.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            CheckState::Ok => 0,
+            CheckState::Warning => 1,
+            CheckState::Critical => 2,
+            CheckState::Unknown => 3,
+        }
+    }
+
+    /// `OK`, `WARNING`, `CRITICAL` or `UNKNOWN`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Ok => "OK",
+            CheckState::Warning => "WARNING",
+            CheckState::Critical => "CRITICAL",
+            CheckState::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl std::str::FromStr for CheckState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "OK" => Ok(CheckState::Ok),
+            "WARNING" => Ok(CheckState::Warning),
+            "CRITICAL" => Ok(CheckState::Critical),
+            "UNKNOWN" => Ok(CheckState::Unknown),
+            other => Err(format!("unknown check state {other:?}")),
+        }
+    }
+}
+
+/// One perfdata item: `'label'=value[UOM];[warn];[crit];[min];[max]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PerfData {
+    pub label: String,
+    pub value: f64,
+    /// Unit of measure as printed (`s`, `%`, `B`, `c`, …); empty when absent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uom: String,
+    /// Warning range as printed (Nagios range syntax), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn: Option<String>,
+    /// Critical range as printed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// The outcome of one check run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// Per-agent sequence number; strictly increasing, never reused.
+    pub seq: u64,
+    /// Name of the [`crate::CheckSpec`] that ran.
+    pub check: String,
+    pub state: CheckState,
+    /// First line of output, before `|`.
+    pub summary: String,
+    /// Later lines of output (long output), perfdata removed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub long_output: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub perfdata: Vec<PerfData>,
+    /// Wall-clock start of the run, Unix milliseconds.
+    pub started_at_ms: i64,
+    /// How long the plugin ran.
+    pub duration_ms: u64,
+}

@@ -1,0 +1,220 @@
+//! Result ingest (deduplicated by `(agent, seq)`) and the latest-results view.
+
+use anyhow::Context;
+use outrider_protocol::api::ResultInfo;
+use outrider_protocol::{CheckResult, Fingerprint};
+use rusqlite::params;
+
+use super::{Store, now_ms};
+
+impl Store {
+    /// Stores a batch in one transaction and returns the sequence number the
+    /// agent may treat as acknowledged (the highest stored for it). Results
+    /// already stored are ignored, so a resent batch is harmless.
+    pub async fn ingest(&self, fingerprint: &Fingerprint, results: Vec<CheckResult>) -> anyhow::Result<u64> {
+        let fp = fingerprint.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let now = now_ms();
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO results (fingerprint, seq, check_name, state, summary, long_output,
+                                                    perfdata, started_at_ms, duration_ms, received_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                let mut latest = tx.prepare_cached(
+                    "INSERT INTO latest_results (fingerprint, check_name, seq) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (fingerprint, check_name) DO UPDATE SET seq = excluded.seq
+                     WHERE excluded.seq > latest_results.seq",
+                )?;
+                for r in &results {
+                    let seq = i64::try_from(r.seq).context("sequence number out of range")?;
+                    let inserted = insert.execute(params![
+                        fp,
+                        seq,
+                        r.check,
+                        r.state.as_str(),
+                        r.summary,
+                        r.long_output,
+                        serde_json::to_string(&r.perfdata)?,
+                        r.started_at_ms,
+                        r.duration_ms as i64,
+                        now
+                    ])?;
+                    if inserted > 0 {
+                        latest.execute(params![fp, r.check, seq])?;
+                    }
+                }
+            }
+            let max = results.iter().map(|r| r.seq).max().unwrap_or(0) as i64;
+            tx.execute(
+                "UPDATE agents SET acked_seq = MAX(acked_seq, ?2), last_seen_ms = ?3 WHERE fingerprint = ?1",
+                params![fp, max, now],
+            )?;
+            let acked: i64 = tx.query_row("SELECT acked_seq FROM agents WHERE fingerprint = ?1", [&fp], |r| r.get(0))?;
+            tx.commit()?;
+            Ok(acked as u64)
+        })
+        .await
+    }
+
+    /// The newest result of every check of every agent (or of one agent).
+    pub async fn latest_results(&self, agent: Option<Fingerprint>) -> anyhow::Result<Vec<ResultInfo>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT r.fingerprint, a.hostname, r.check_name, r.seq, r.state, r.summary, r.long_output,
+                        r.perfdata, r.started_at_ms, r.duration_ms, r.received_at_ms
+                 FROM latest_results l
+                 JOIN results r ON r.fingerprint = l.fingerprint AND r.seq = l.seq
+                 JOIN agents a ON a.fingerprint = l.fingerprint
+                 WHERE ?1 IS NULL OR l.fingerprint = ?1
+                 ORDER BY a.hostname, r.fingerprint, r.check_name",
+            )?;
+            let rows = stmt.query_map([agent.as_ref().map(|f| f.as_str())], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, i64>(10)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (fp, hostname, check, seq, state, summary, long_output, perfdata, started, duration, received) =
+                    row?;
+                out.push(ResultInfo {
+                    agent: fp.parse().context("stored fingerprint is malformed")?,
+                    hostname,
+                    check,
+                    seq: seq as u64,
+                    state: state.parse().map_err(anyhow::Error::msg)?,
+                    summary,
+                    long_output,
+                    perfdata: serde_json::from_str(&perfdata).context("stored perfdata is malformed")?,
+                    started_at_ms: started,
+                    duration_ms: duration as u64,
+                    received_at_ms: received,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use outrider_protocol::api::Presence;
+    use outrider_protocol::{CheckState, PerfData};
+
+    use super::*;
+    use crate::store::Registration;
+
+    fn result(seq: u64, check: &str, state: CheckState) -> CheckResult {
+        CheckResult {
+            seq,
+            check: check.into(),
+            state,
+            summary: format!("run {seq}"),
+            long_output: String::new(),
+            perfdata: vec![PerfData {
+                label: "load1".into(),
+                value: seq as f64,
+                uom: String::new(),
+                warn: Some("5".into()),
+                crit: None,
+                min: Some(0.0),
+                max: None,
+            }],
+            started_at_ms: 1_000 * seq as i64,
+            duration_ms: 3,
+        }
+    }
+
+    async fn store_with_agent() -> (tempfile::TempDir, Store, Fingerprint) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        store
+            .register(Registration {
+                fingerprint: fp.clone(),
+                public_key: "00".repeat(32),
+                hostname: "web-1".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                agent_version: "0.1.0".into(),
+            })
+            .await
+            .unwrap();
+        (dir, store, fp)
+    }
+
+    #[tokio::test]
+    async fn resent_batch_is_stored_once_and_latest_tracks_highest_seq() {
+        let (_dir, store, fp) = store_with_agent().await;
+        let batch = vec![result(1, "load", CheckState::Ok), result(2, "load", CheckState::Critical)];
+        assert_eq!(store.ingest(&fp, batch.clone()).await.unwrap(), 2);
+        // Lost ack: the agent resends the same batch plus an older straggler.
+        assert_eq!(store.ingest(&fp, batch).await.unwrap(), 2);
+        let latest = store.latest_results(None).await.unwrap();
+        assert_eq!(latest.len(), 1);
+        assert_eq!(latest[0].seq, 2);
+        assert_eq!(latest[0].state, CheckState::Critical);
+        assert_eq!(latest[0].perfdata[0].value, 2.0);
+        assert_eq!(latest[0].hostname, "web-1");
+        let count: i64 = store
+            .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM results", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(count, 2);
+    }
+
+    #[tokio::test]
+    async fn presence_and_acked_seq_survive_reopen() {
+        let (dir, store, fp) = store_with_agent().await;
+        store.ingest(&fp, vec![result(7, "disk", CheckState::Ok)]).await.unwrap();
+        store.set_presence(&fp, Presence::Deregistered).await.unwrap();
+        drop(store);
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let agents = store.agents().await.unwrap();
+        assert_eq!(agents[0].presence, Presence::Deregistered);
+        // Re-registration reports what is already stored.
+        let acked = store
+            .register(Registration {
+                fingerprint: fp.clone(),
+                public_key: "00".repeat(32),
+                hostname: "web-1".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                agent_version: "0.1.1".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(acked, 7);
+        assert_eq!(store.agents().await.unwrap()[0].presence, Presence::Connected);
+    }
+
+    #[tokio::test]
+    async fn config_version_moves_only_on_real_changes() {
+        let (_dir, store, _) = store_with_agent().await;
+        let spec = outrider_protocol::CheckSpec {
+            name: "load".into(),
+            command: vec!["/bin/true".into()],
+            interval_secs: 10,
+            timeout_secs: 5,
+        };
+        assert_eq!(store.put_check(spec.clone()).await.unwrap(), 1);
+        assert_eq!(store.put_check(spec.clone()).await.unwrap(), 1);
+        assert_eq!(store.put_check(outrider_protocol::CheckSpec { interval_secs: 20, ..spec }).await.unwrap(), 2);
+        assert_eq!(store.delete_check("load".into()).await.unwrap(), Some(3));
+        assert_eq!(store.delete_check("load".into()).await.unwrap(), None);
+        assert_eq!(store.agent_config().await.unwrap().version, 3);
+    }
+}

@@ -1,0 +1,54 @@
+-- Schema of the server's embedded SQLite store, version 1.
+-- Timestamps are Unix milliseconds. Applied in one transaction at open.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+-- One row per agent identity. The public key is pinned at first registration.
+CREATE TABLE IF NOT EXISTS agents (
+    fingerprint          TEXT PRIMARY KEY,
+    public_key           TEXT NOT NULL,
+    hostname             TEXT NOT NULL,
+    os                   TEXT NOT NULL,
+    arch                 TEXT NOT NULL,
+    agent_version        TEXT NOT NULL,
+    presence             TEXT NOT NULL CHECK (presence IN ('connected', 'down', 'deregistered')),
+    presence_since_ms    INTEGER NOT NULL,
+    registered_at_ms     INTEGER NOT NULL,
+    last_seen_ms         INTEGER NOT NULL,
+    -- Highest result sequence stored for this agent.
+    acked_seq            INTEGER NOT NULL DEFAULT 0
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS checks (
+    name           TEXT PRIMARY KEY,
+    command        TEXT NOT NULL,        -- JSON array of strings
+    interval_secs  INTEGER NOT NULL,
+    timeout_secs   INTEGER NOT NULL,
+    updated_at_ms  INTEGER NOT NULL
+) STRICT;
+
+-- Every result, deduplicated by (agent, seq).
+CREATE TABLE IF NOT EXISTS results (
+    fingerprint     TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    check_name      TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    summary         TEXT NOT NULL,
+    long_output     TEXT NOT NULL,
+    perfdata        TEXT NOT NULL,        -- JSON array of PerfData
+    started_at_ms   INTEGER NOT NULL,
+    duration_ms     INTEGER NOT NULL,
+    received_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (fingerprint, seq)
+) STRICT, WITHOUT ROWID;
+
+-- Pointer to the newest result per (agent, check), maintained on ingest.
+CREATE TABLE IF NOT EXISTS latest_results (
+    fingerprint  TEXT NOT NULL,
+    check_name   TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    PRIMARY KEY (fingerprint, check_name)
+) STRICT, WITHOUT ROWID;

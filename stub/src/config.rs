@@ -1,0 +1,77 @@
+//! The part of `agent.toml` the stub reads.
+//!
+//! Unlike everything else in the project, this parser does **not** deny
+//! unknown fields: the stub never changes, while newer agent libraries may
+//! add settings to `agent.toml`. The library validates the whole file.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::StubError;
+
+/// Channel used when `agent.toml` names none.
+pub const DEFAULT_CHANNEL: &str = "stable";
+
+/// What the stub needs to find its updates.
+#[derive(Clone, Debug)]
+pub struct StubConfig {
+    /// Base URL of the server (update routes live under it).
+    pub server_url: String,
+    /// Release channel to follow.
+    pub channel: outrider_signing::Channel,
+    /// The whole text of `agent.toml`, handed to the library as-is.
+    pub agent_toml: String,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    server_url: String,
+    channel: Option<String>,
+}
+
+impl StubConfig {
+    /// Reads and checks `agent.toml`. Fails naming the file and the field.
+    pub fn load(path: &Path) -> Result<StubConfig, StubError> {
+        let err = |reason: String| StubError::Config { path: path.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let raw: Raw = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let url = raw.server_url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(err(format!("server_url {url:?} must start with http:// or https://")));
+        }
+        let channel = raw.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
+        let channel = channel.parse().map_err(|e| err(format!("channel {channel:?}: {e}")))?;
+        Ok(StubConfig { server_url: url.to_owned(), channel, agent_toml: text })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<StubConfig, StubError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        StubConfig::load(&path)
+    }
+
+    #[test]
+    fn reads_url_and_channel_and_tolerates_fields_of_newer_agents() {
+        let c = load("server_url = \"http://127.0.0.1:1/\"\nchannel = \"dev\"\nfuture_knob = 3\n").unwrap();
+        assert_eq!(c.server_url, "http://127.0.0.1:1");
+        assert_eq!(c.channel.to_string(), "dev");
+        assert_eq!(load("server_url = \"https://x\"").unwrap().channel.to_string(), DEFAULT_CHANNEL);
+    }
+
+    #[test]
+    fn bad_input_names_the_problem() {
+        let e = load("server_url = \"ftp://x\"").unwrap_err().to_string();
+        assert!(e.contains("must start with http"), "{e}");
+        let e = load("channel = \"dev\"").unwrap_err().to_string();
+        assert!(e.contains("server_url"), "{e}");
+        let e = load("server_url = \"http://x\"\nchannel = \"Bad Channel\"").unwrap_err().to_string();
+        assert!(e.contains("channel"), "{e}");
+    }
+}
