@@ -95,11 +95,17 @@ pub struct Bytes {
 
 impl Bytes {
     /// An empty buffer (`ptr` null, `len` 0).
-    pub const EMPTY: Bytes = Bytes { ptr: core::ptr::null(), len: 0 };
+    pub const EMPTY: Bytes = Bytes {
+        ptr: core::ptr::null(),
+        len: 0,
+    };
 
     /// Borrows a slice as a [`Bytes`]; the caller keeps the slice alive.
     pub const fn from_slice(slice: &[u8]) -> Bytes {
-        Bytes { ptr: slice.as_ptr(), len: slice.len() }
+        Bytes {
+            ptr: slice.as_ptr(),
+            len: slice.len(),
+        }
     }
 
     /// Views the buffer as a slice.
@@ -155,7 +161,10 @@ impl AgentApiV1 {
     /// v1.0 fields (a truncated or foreign struct).
     pub fn check(&self) -> Result<(), AbiMismatch> {
         if self.abi_major != ABI_MAJOR {
-            return Err(AbiMismatch::Major { ours: ABI_MAJOR, theirs: self.abi_major });
+            return Err(AbiMismatch::Major {
+                ours: ABI_MAJOR,
+                theirs: self.abi_major,
+            });
         }
         if (self.struct_size as usize) < AGENT_V1_0_SIZE {
             return Err(AbiMismatch::TooSmall {
@@ -221,7 +230,10 @@ impl HostApiV1 {
     /// Checks that this table can be used by a library of [`ABI_MAJOR`].
     pub fn check(&self) -> Result<(), AbiMismatch> {
         if self.abi_major != ABI_MAJOR {
-            return Err(AbiMismatch::Major { ours: ABI_MAJOR, theirs: self.abi_major });
+            return Err(AbiMismatch::Major {
+                ours: ABI_MAJOR,
+                theirs: self.abi_major,
+            });
         }
         if (self.struct_size as usize) < HOST_V1_0_SIZE {
             return Err(AbiMismatch::TooSmall {
@@ -246,10 +258,16 @@ impl core::fmt::Display for AbiMismatch {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             AbiMismatch::Major { ours, theirs } => {
-                write!(f, "ABI major mismatch: we speak {ours}, the other side speaks {theirs}")
+                write!(
+                    f,
+                    "ABI major mismatch: we speak {ours}, the other side speaks {theirs}"
+                )
             }
             AbiMismatch::TooSmall { needed, got } => {
-                write!(f, "ABI struct too small: need at least {needed} bytes, got {got}")
+                write!(
+                    f,
+                    "ABI struct too small: need at least {needed} bytes, got {got}"
+                )
             }
         }
     }
@@ -285,8 +303,14 @@ mod tests {
 
     #[test]
     fn agent_api_rejects_other_major_and_truncated_struct() {
-        assert_eq!(api(2, AGENT_V1_0_SIZE as u32).check(), Err(AbiMismatch::Major { ours: 1, theirs: 2 }));
-        assert!(matches!(api(ABI_MAJOR, 8).check(), Err(AbiMismatch::TooSmall { got: 8, .. })));
+        assert_eq!(
+            api(2, AGENT_V1_0_SIZE as u32).check(),
+            Err(AbiMismatch::Major { ours: 1, theirs: 2 })
+        );
+        assert!(matches!(
+            api(ABI_MAJOR, 8).check(),
+            Err(AbiMismatch::TooSmall { got: 8, .. })
+        ));
     }
 
     #[test]

@@ -55,7 +55,11 @@ impl ApiClient {
             .timeout_connect(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .build();
-        ApiClient { base: base.trim_end_matches('/').to_owned(), token, agent }
+        ApiClient {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            agent,
+        }
     }
 
     /// The server's base URL.
@@ -66,7 +70,8 @@ impl ApiClient {
     /// `GET path` and decode the JSON body.
     pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self.send(self.request("GET", path), None)?;
-        resp.into_json().with_context(|| format!("decoding the response of GET {path}"))
+        resp.into_json()
+            .with_context(|| format!("decoding the response of GET {path}"))
     }
 
     /// `GET path` and return the raw body, or `None` on 404.
@@ -84,11 +89,19 @@ impl ApiClient {
     }
 
     /// `POST path` (or another `method`) with a JSON body, decoding the JSON answer.
-    pub fn send_json<B: Serialize, T: DeserializeOwned>(&self, method: &str, path: &str, body: &B) -> Result<T> {
+    pub fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
         let bytes = serde_json::to_vec(body).context("encoding the request")?;
-        let req = self.request(method, path).set("Content-Type", "application/json");
+        let req = self
+            .request(method, path)
+            .set("Content-Type", "application/json");
         let resp = self.send(req, Some(&bytes))?;
-        resp.into_json().with_context(|| format!("decoding the response of {method} {path}"))
+        resp.into_json()
+            .with_context(|| format!("decoding the response of {method} {path}"))
     }
 
     fn url(&self, path: &str) -> String {
@@ -122,7 +135,9 @@ pub fn outrider_home() -> PathBuf {
     if let Some(home) = std::env::var_os("OUTRIDER_HOME") {
         return PathBuf::from(home);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".outrider")
 }
 
@@ -144,7 +159,9 @@ fn describe(err: ureq::Error, method: &str, url: &str) -> anyhow::Error {
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                 .unwrap_or(text);
             if code == 401 {
-                anyhow!(UsageError(format!("{method} {url}: the server refused the admin token ({message})")))
+                anyhow!(UsageError(format!(
+                    "{method} {url}: the server refused the admin token ({message})"
+                )))
             } else {
                 anyhow!("{method} {url} failed with HTTP {code}: {message}")
             }

@@ -73,9 +73,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keys(args) => keys::run(args),
-        Command::Release(args) => ApiClient::from_args(&cli.global).and_then(|c| release::run(&c, args)),
-        Command::Agents(args) => ApiClient::from_args(&cli.global).and_then(|c| agents::run(&c, &cli.global, args)),
-        Command::Checks(args) => ApiClient::from_args(&cli.global).and_then(|c| checks::run(&c, &cli.global, args)),
+        Command::Release(args) => {
+            ApiClient::from_args(&cli.global).and_then(|c| release::run(&c, &cli.global, args))
+        }
+        Command::Agents(args) => {
+            ApiClient::from_args(&cli.global).and_then(|c| agents::run(&c, &cli.global, args))
+        }
+        Command::Checks(args) => {
+            ApiClient::from_args(&cli.global).and_then(|c| checks::run(&c, &cli.global, args))
+        }
         Command::Quickstart(args) => quickstart::run(args),
     };
     match result {

@@ -31,7 +31,10 @@ pub enum FingerprintError {
     #[error("public key is not 32 bytes of hex")]
     BadPublicKey,
     #[error("fingerprint {claimed} does not match the public key (expected {actual})")]
-    Mismatch { claimed: Fingerprint, actual: Fingerprint },
+    Mismatch {
+        claimed: Fingerprint,
+        actual: Fingerprint,
+    },
     #[error("signature is not 64 bytes of hex")]
     MalformedSignature,
     #[error("signature does not prove possession of the key")]
@@ -49,8 +52,13 @@ impl TryFrom<String> for Fingerprint {
     type Error = FingerprintError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         let ok = s.len() == FINGERPRINT_BYTES * 2
-            && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if ok { Ok(Fingerprint(s)) } else { Err(FingerprintError::Malformed(s)) }
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(Fingerprint(s))
+        } else {
+            Err(FingerprintError::Malformed(s))
+        }
     }
 }
 
@@ -105,14 +113,20 @@ pub fn verify_proof(
     let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| FingerprintError::BadPublicKey)?;
     let actual = fingerprint_of(&key);
     if &actual != claimed {
-        return Err(FingerprintError::Mismatch { claimed: claimed.clone(), actual });
+        return Err(FingerprintError::Mismatch {
+            claimed: claimed.clone(),
+            actual,
+        });
     }
     let sig_bytes: [u8; 64] = hex::decode(signature_hex)
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or(FingerprintError::MalformedSignature)?;
-    key.verify_strict(&auth_message(nonce_hex, claimed), &Signature::from_bytes(&sig_bytes))
-        .map_err(|_| FingerprintError::BadSignature)?;
+    key.verify_strict(
+        &auth_message(nonce_hex, claimed),
+        &Signature::from_bytes(&sig_bytes),
+    )
+    .map_err(|_| FingerprintError::BadSignature)?;
     Ok(key)
 }
 
@@ -142,11 +156,23 @@ mod tests {
         let sig = hex::encode(k.sign(&auth_message("aa", &fp)).to_bytes());
         assert!(verify_proof(&fp, &pk, "aa", &sig).is_ok());
         // Replayed against another nonce.
-        assert_eq!(verify_proof(&fp, &pk, "bb", &sig), Err(FingerprintError::BadSignature));
+        assert_eq!(
+            verify_proof(&fp, &pk, "bb", &sig),
+            Err(FingerprintError::BadSignature)
+        );
         // Someone else's fingerprint with our key.
         let other = fingerprint_of(&key(3).verifying_key());
-        assert!(matches!(verify_proof(&other, &pk, "aa", &sig), Err(FingerprintError::Mismatch { .. })));
-        assert_eq!(verify_proof(&fp, "zz", "aa", &sig), Err(FingerprintError::BadPublicKey));
-        assert_eq!(verify_proof(&fp, &pk, "aa", "00"), Err(FingerprintError::MalformedSignature));
+        assert!(matches!(
+            verify_proof(&other, &pk, "aa", &sig),
+            Err(FingerprintError::Mismatch { .. })
+        ));
+        assert_eq!(
+            verify_proof(&fp, "zz", "aa", &sig),
+            Err(FingerprintError::BadPublicKey)
+        );
+        assert_eq!(
+            verify_proof(&fp, &pk, "aa", "00"),
+            Err(FingerprintError::MalformedSignature)
+        );
     }
 }

@@ -156,10 +156,16 @@ impl CheckSpec {
             return Err(CheckSpecError::EmptyCommand(self.name.clone()));
         }
         if !(1..=86_400).contains(&self.interval_secs) {
-            return Err(CheckSpecError::BadInterval { name: self.name.clone(), got: self.interval_secs });
+            return Err(CheckSpecError::BadInterval {
+                name: self.name.clone(),
+                got: self.interval_secs,
+            });
         }
         if !(1..=3_600).contains(&self.timeout_secs) {
-            return Err(CheckSpecError::BadTimeout { name: self.name.clone(), got: self.timeout_secs });
+            return Err(CheckSpecError::BadTimeout {
+                name: self.name.clone(),
+                got: self.timeout_secs,
+            });
         }
         Ok(())
     }
@@ -219,8 +225,14 @@ mod tests {
     #[test]
     fn oversized_and_malformed_frames_are_refused() {
         let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
-        assert!(matches!(AgentMessage::decode(&big), Err(DecodeError::TooLarge { .. })));
-        assert!(matches!(AgentMessage::decode(r#"{"type":"nope"}"#), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            AgentMessage::decode(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            AgentMessage::decode(r#"{"type":"nope"}"#),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -232,13 +244,37 @@ mod tests {
             timeout_secs: 5,
         };
         assert_eq!(good.validate(), Ok(()));
-        let bad_name = CheckSpec { name: "Load Avg".into(), ..good.clone() };
-        assert!(matches!(bad_name.validate(), Err(CheckSpecError::BadName(_))));
-        let no_cmd = CheckSpec { command: vec![], ..good.clone() };
-        assert!(matches!(no_cmd.validate(), Err(CheckSpecError::EmptyCommand(_))));
-        let zero = CheckSpec { interval_secs: 0, ..good.clone() };
-        assert!(matches!(zero.validate(), Err(CheckSpecError::BadInterval { got: 0, .. })));
-        let slow = CheckSpec { timeout_secs: 4_000, ..good };
-        assert!(matches!(slow.validate(), Err(CheckSpecError::BadTimeout { got: 4_000, .. })));
+        let bad_name = CheckSpec {
+            name: "Load Avg".into(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            bad_name.validate(),
+            Err(CheckSpecError::BadName(_))
+        ));
+        let no_cmd = CheckSpec {
+            command: vec![],
+            ..good.clone()
+        };
+        assert!(matches!(
+            no_cmd.validate(),
+            Err(CheckSpecError::EmptyCommand(_))
+        ));
+        let zero = CheckSpec {
+            interval_secs: 0,
+            ..good.clone()
+        };
+        assert!(matches!(
+            zero.validate(),
+            Err(CheckSpecError::BadInterval { got: 0, .. })
+        ));
+        let slow = CheckSpec {
+            timeout_secs: 4_000,
+            ..good
+        };
+        assert!(matches!(
+            slow.validate(),
+            Err(CheckSpecError::BadTimeout { got: 4_000, .. })
+        ));
     }
 }

@@ -25,7 +25,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_
 use axum::response::Response;
 use outrider_protocol::api::Presence;
 use outrider_protocol::{
-    AgentMessage, Fingerprint, Hello, MAX_BATCH_RESULTS, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ServerMessage,
+    AgentMessage, Fingerprint, Hello, MAX_BATCH_RESULTS, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+    ServerMessage,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -81,7 +82,10 @@ impl Sessions {
 
     /// Whether `fp` has a live session on this server.
     pub fn is_connected(&self, fp: &Fingerprint) -> bool {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).contains_key(fp)
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(fp)
     }
 }
 
@@ -118,12 +122,22 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
             return;
         }
     };
-    if send(&mut socket, &ServerMessage::Challenge { nonce: nonce.clone() }).await.is_err() {
+    if send(
+        &mut socket,
+        &ServerMessage::Challenge {
+            nonce: nonce.clone(),
+        },
+    )
+    .await
+    .is_err()
+    {
         return;
     }
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_message(&mut socket)).await {
         Ok(Ok(AgentMessage::Hello(hello))) => hello,
-        Ok(Ok(other)) => return reject(socket, &format!("expected hello, got {}", kind(&other))).await,
+        Ok(Ok(other)) => {
+            return reject(socket, &format!("expected hello, got {}", kind(&other))).await;
+        }
         Ok(Err(reason)) => return reject(socket, &reason).await,
         Err(_) => return reject(socket, "no hello within 10 s").await,
     };
@@ -159,7 +173,14 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
     }
     match &end {
         End::Goodbye(reason) => info!(fingerprint = %fp, %reason, "agent deregistered"),
-        other => info!(fingerprint = %fp, end = ?other, "agent session ended"),
+        End::Lost(why) => info!(fingerprint = %fp, %why, "agent connection lost"),
+        End::Silent => info!(fingerprint = %fp, "agent missed its keepalives"),
+        End::Protocol(why) => {
+            warn!(fingerprint = %fp, %why, "agent violated the protocol; connection closed")
+        }
+        End::StoreFailed(why) => warn!(fingerprint = %fp, %why, "store failed during the session"),
+        End::Replaced => info!(fingerprint = %fp, "session replaced by a newer one"),
+        End::ServerShutdown => debug!(fingerprint = %fp, "session closed for shutdown"),
     }
     let (code, reason) = match end {
         End::Protocol(_) => (close_code::POLICY, "protocol violation"),
@@ -173,15 +194,24 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
 
 /// Checks the hello: protocol version, proof of key possession, and either
 /// the pinned key (known agent) or the enrollment token (new agent).
-async fn authenticate(state: &AppState, hello: &Hello, nonce: &str) -> Result<Registration, String> {
+async fn authenticate(
+    state: &AppState,
+    hello: &Hello,
+    nonce: &str,
+) -> Result<Registration, String> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(format!(
             "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
             hello.protocol_version
         ));
     }
-    outrider_protocol::verify_proof(&hello.fingerprint, &hello.public_key, nonce, &hello.signature)
-        .map_err(|e| e.to_string())?;
+    outrider_protocol::verify_proof(
+        &hello.fingerprint,
+        &hello.public_key,
+        nonce,
+        &hello.signature,
+    )
+    .map_err(|e| e.to_string())?;
     let pinned = state
         .store
         .pinned_key(&hello.fingerprint)
@@ -189,7 +219,12 @@ async fn authenticate(state: &AppState, hello: &Hello, nonce: &str) -> Result<Re
         .map_err(|e| format!("server error: {e:#}"))?;
     match pinned {
         Some(key) if key == hello.public_key => {}
-        Some(_) => return Err(format!("fingerprint {} is pinned to another key", hello.fingerprint)),
+        Some(_) => {
+            return Err(format!(
+                "fingerprint {} is pinned to another key",
+                hello.fingerprint
+            ));
+        }
         None => match &hello.enrollment_token {
             Some(t) if state.enrollment_token.matches(t) => {}
             Some(_) => return Err("the enrollment token is not valid".into()),
@@ -214,13 +249,17 @@ async fn converse(
     acked_seq: u64,
     replaced: &CancellationToken,
 ) -> End {
-    let welcome = ServerMessage::Welcome { fingerprint: fp.clone(), acked_seq };
+    let welcome = ServerMessage::Welcome {
+        fingerprint: fp.clone(),
+        acked_seq,
+    };
     if let Err(e) = send(socket, &welcome).await {
         return End::Lost(e);
     }
     let mut config_rx = state.config_version.subscribe();
     config_rx.mark_changed();
-    let mut ping = tokio::time::interval(Duration::from_secs(state.config.ping_interval_secs.max(1)));
+    let mut ping =
+        tokio::time::interval(Duration::from_secs(state.config.ping_interval_secs.max(1)));
     let down_after = Duration::from_secs(state.config.down_after_secs.max(2));
     let mut last_heard = Instant::now();
     loop {
@@ -284,7 +323,9 @@ async fn converse(
 async fn next_message(socket: &mut WebSocket) -> Result<AgentMessage, String> {
     loop {
         match socket.recv().await {
-            Some(Ok(Message::Text(text))) => return AgentMessage::decode(&text).map_err(|e| e.to_string()),
+            Some(Ok(Message::Text(text))) => {
+                return AgentMessage::decode(&text).map_err(|e| e.to_string());
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(_)) => return Err("unexpected frame before hello".into()),
             Some(Err(e)) => return Err(e.to_string()),
@@ -294,16 +335,28 @@ async fn next_message(socket: &mut WebSocket) -> Result<AgentMessage, String> {
 }
 
 async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> Result<(), String> {
-    socket.send(Message::Text(msg.encode().into())).await.map_err(|e| e.to_string())
+    socket
+        .send(Message::Text(msg.encode().into()))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn reject(mut socket: WebSocket, reason: &str) {
-    let _ = send(&mut socket, &ServerMessage::Rejected { reason: reason.to_owned() }).await;
+    let _ = send(
+        &mut socket,
+        &ServerMessage::Rejected {
+            reason: reason.to_owned(),
+        },
+    )
+    .await;
     close(socket, close_code::POLICY, "rejected").await;
 }
 
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code, reason: reason.into() };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 

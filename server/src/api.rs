@@ -35,12 +35,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/results/latest", get(latest_results))
         .with_state(state.clone())
         .merge(outrider_update_server::admin_router(state.releases.clone()))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(AGENT_WS_PATH, get(agent_ws::handler))
         .with_state(state.clone())
-        .merge(outrider_update_server::public_router(state.releases.clone()))
+        .merge(outrider_update_server::public_router(
+            state.releases.clone(),
+        ))
         .merge(admin)
 }
 
@@ -57,21 +62,28 @@ async fn put_check(
     Path(name): Path<String>,
     body: Result<Json<CheckDefinition>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(def) = body.map_err(|e| ApiError::BadRequest(format!("check definition: {}", e.body_text())))?;
+    let Json(def) =
+        body.map_err(|e| ApiError::BadRequest(format!("check definition: {}", e.body_text())))?;
     let spec = CheckSpec {
         name,
         command: def.command,
         interval_secs: def.interval_secs,
         timeout_secs: def.timeout_secs,
     };
-    spec.validate().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    spec.validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let name = spec.name.clone();
     let version = state.store.put_check(spec).await?;
-    state.config_version.send_if_modified(|v| std::mem::replace(v, version) != version);
+    state
+        .config_version
+        .send_if_modified(|v| std::mem::replace(v, version) != version);
     Ok(Json(json!({ "check": name, "config_version": version })))
 }
 
-async fn delete_check(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn delete_check(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     match state.store.delete_check(name.clone()).await? {
         Some(version) => {
             state.config_version.send_replace(version);

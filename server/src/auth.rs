@@ -40,10 +40,14 @@ impl Secret {
         }
         match std::fs::read_to_string(path) {
             Ok(text) if !text.trim().is_empty() => Ok(Secret(text.trim().to_owned())),
-            Ok(_) => anyhow::bail!("{} is empty; delete it to generate a new token", path.display()),
+            Ok(_) => anyhow::bail!(
+                "{} is empty; delete it to generate a new token",
+                path.display()
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; 32];
-                getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("reading OS randomness: {e}"))?;
+                getrandom::fill(&mut bytes)
+                    .map_err(|e| anyhow::anyhow!("reading OS randomness: {e}"))?;
                 let token = hex::encode(bytes);
                 write_secret(path, &token)?;
                 Ok(Secret(token))
@@ -86,7 +90,11 @@ fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
 }
 
 /// Middleware: requires `Authorization: Bearer <admin token>`.
-pub async fn require_admin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let presented = req
         .headers()
         .get(AUTHORIZATION)
@@ -94,8 +102,12 @@ pub async fn require_admin(State(state): State<Arc<AppState>>, req: Request, nex
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         Some(token) if state.admin_token.matches(token.trim()) => Ok(next.run(req).await),
-        Some(_) => Err(ApiError::Unauthorized("the admin token is not valid for this server")),
-        None => Err(ApiError::Unauthorized("missing 'Authorization: Bearer <admin token>' header")),
+        Some(_) => Err(ApiError::Unauthorized(
+            "the admin token is not valid for this server",
+        )),
+        None => Err(ApiError::Unauthorized(
+            "missing 'Authorization: Bearer <admin token>' header",
+        )),
     }
 }
 

@@ -43,7 +43,10 @@ pub struct ServerConfig {
 pub fn default_data_dir() -> PathBuf {
     let home = match std::env::var_os("OUTRIDER_HOME") {
         Some(h) => PathBuf::from(h),
-        None => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".outrider"),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".outrider"),
     };
     home.join("server")
 }

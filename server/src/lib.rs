@@ -56,7 +56,11 @@ pub struct AppState {
 ///
 /// Fails when the data directory or the database cannot be opened, or when
 /// serving fails; returns `Ok` after a clean shutdown.
-pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir.join("outrider.db")).await?;
@@ -70,7 +74,10 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: Cancella
     let version = store.config_version().await?;
     let marked = store.mark_connected_down().await?;
     if marked > 0 {
-        info!(agents = marked, "agents left connected by the previous run are marked down until they reconnect");
+        info!(
+            agents = marked,
+            "agents left connected by the previous run are marked down until they reconnect"
+        );
     }
     let state = Arc::new(AppState {
         store,
@@ -96,8 +103,14 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: Cancella
     serve.await.context("serving HTTP")?;
 
     state.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, state.tasks.wait()).await.is_err() {
-        warn!(left = state.tasks.len(), "agent sessions did not close within the grace period");
+    if tokio::time::timeout(SHUTDOWN_GRACE, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = state.tasks.len(),
+            "agent sessions did not close within the grace period"
+        );
     }
     info!("outrider-server stopped");
     Ok(())

@@ -28,7 +28,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the async runtime: {e}");
@@ -39,15 +42,23 @@ fn main() -> ExitCode {
         let listener = match tokio::net::TcpListener::bind(cli.config.listen).await {
             Ok(l) => l,
             Err(e) => {
-                error!("cannot listen on {}: {e} (choose another address with --listen)", cli.config.listen);
+                error!(
+                    "cannot listen on {}: {e} (choose another address with --listen)",
+                    cli.config.listen
+                );
                 return ExitCode::from(EXIT_USAGE);
             }
         };
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+        let signals = match SignalThread::start(shutdown.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let result = outrider_server::run(cli.config, listener, shutdown.clone()).await;
-        shutdown.cancel();
-        let _ = signals.await;
+        signals.stop();
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -58,17 +69,41 @@ fn main() -> ExitCode {
     })
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT (or when it is cancelled elsewhere).
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        error!("cannot install signal handlers; stop the server by killing it");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received, shutting down"),
-        _ = int.recv() => info!("SIGINT received, shutting down"),
-        _ = shutdown.cancelled() => {}
+/// Turns SIGTERM/SIGINT into a cancellation of the shutdown token.
+///
+/// A plain thread with signal-hook rather than `tokio::signal`: enabling
+/// tokio's `signal` feature anywhere in the workspace would unify it into
+/// the agent library too, whose runtime would then keep signal-driver file
+/// descriptors in a static that outlives every generation.
+struct SignalThread {
+    handle: signal_hook::iterator::Handle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SignalThread {
+    fn start(shutdown: CancellationToken) -> std::io::Result<SignalThread> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        let handle = signals.handle();
+        let thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    let name = if signal == SIGTERM {
+                        "SIGTERM"
+                    } else {
+                        "SIGINT"
+                    };
+                    info!("{name} received, shutting down");
+                    shutdown.cancel();
+                }
+            })?;
+        Ok(SignalThread { handle, thread })
     }
-    shutdown.cancel();
+
+    /// Stops listening and joins the thread.
+    fn stop(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
 }

@@ -41,7 +41,9 @@ impl Store {
         let conn = tokio::task::spawn_blocking(move || open_blocking(&path))
             .await
             .context("opening the store panicked")??;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -63,20 +65,29 @@ impl Store {
 }
 
 fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
-    let mut conn = Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
+    let mut conn =
+        Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .with_context(|| format!("{} is not a usable SQLite database", path.display()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let tx = conn.transaction()?;
-    tx.execute_batch(include_str!("store/schema.sql")).context("applying the schema")?;
+    tx.execute_batch(include_str!("store/schema.sql"))
+        .context("applying the schema")?;
     let found: Option<i64> = tx
-        .query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .query_row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
         .ok();
     match found {
         None => {
-            tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                [SCHEMA_VERSION.to_string()],
+            )?;
         }
         Some(v) if v > SCHEMA_VERSION => {
             anyhow::bail!(

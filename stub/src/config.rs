@@ -33,16 +33,27 @@ struct Raw {
 impl StubConfig {
     /// Reads and checks `agent.toml`. Fails naming the file and the field.
     pub fn load(path: &Path) -> Result<StubConfig, StubError> {
-        let err = |reason: String| StubError::Config { path: path.to_owned(), reason };
+        let err = |reason: String| StubError::Config {
+            path: path.to_owned(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let raw: Raw = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let url = raw.server_url.trim_end_matches('/');
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(err(format!("server_url {url:?} must start with http:// or https://")));
+            return Err(err(format!(
+                "server_url {url:?} must start with http:// or https://"
+            )));
         }
         let channel = raw.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
-        let channel = channel.parse().map_err(|e| err(format!("channel {channel:?}: {e}")))?;
-        Ok(StubConfig { server_url: url.to_owned(), channel, agent_toml: text })
+        let channel = channel
+            .parse()
+            .map_err(|e| err(format!("channel {channel:?}: {e}")))?;
+        Ok(StubConfig {
+            server_url: url.to_owned(),
+            channel,
+            agent_toml: text,
+        })
     }
 }
 
@@ -59,10 +70,17 @@ mod tests {
 
     #[test]
     fn reads_url_and_channel_and_tolerates_fields_of_newer_agents() {
-        let c = load("server_url = \"http://127.0.0.1:1/\"\nchannel = \"dev\"\nfuture_knob = 3\n").unwrap();
+        let c = load("server_url = \"http://127.0.0.1:1/\"\nchannel = \"dev\"\nfuture_knob = 3\n")
+            .unwrap();
         assert_eq!(c.server_url, "http://127.0.0.1:1");
         assert_eq!(c.channel.to_string(), "dev");
-        assert_eq!(load("server_url = \"https://x\"").unwrap().channel.to_string(), DEFAULT_CHANNEL);
+        assert_eq!(
+            load("server_url = \"https://x\"")
+                .unwrap()
+                .channel
+                .to_string(),
+            DEFAULT_CHANNEL
+        );
     }
 
     #[test]
@@ -71,7 +89,9 @@ mod tests {
         assert!(e.contains("must start with http"), "{e}");
         let e = load("channel = \"dev\"").unwrap_err().to_string();
         assert!(e.contains("server_url"), "{e}");
-        let e = load("server_url = \"http://x\"\nchannel = \"Bad Channel\"").unwrap_err().to_string();
+        let e = load("server_url = \"http://x\"\nchannel = \"Bad Channel\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("channel"), "{e}");
     }
 }

@@ -12,31 +12,67 @@ pub enum StubError {
     #[error("configuration {path}: {reason}")]
     Config { path: PathBuf, reason: String },
     #[error("trusted root {path} is unusable")]
-    Root { path: PathBuf, source: outrider_signing::Error },
+    Root {
+        path: PathBuf,
+        source: outrider_signing::Error,
+    },
     #[error("{action} {path}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state file {path} is corrupt: {reason}")]
     State { path: PathBuf, reason: String },
     #[error("fetching {url}")]
-    Http { url: String, source: Box<ureq::Error> },
+    Http {
+        url: String,
+        source: Box<ureq::Error>,
+    },
     #[error("channel {channel} has no published manifest at {url}")]
     NoManifest { channel: String, url: String },
     #[error("manifest of channel {channel} refused")]
-    Manifest { channel: String, source: outrider_signing::Error },
+    Manifest {
+        channel: String,
+        source: outrider_signing::Error,
+    },
     #[error("manifest of channel {channel} has no build for this platform ({triple})")]
     NoTarget { channel: String, triple: String },
     #[error("build {version} speaks ABI {got}, this stub speaks {ours}")]
-    AbiMajor { version: String, got: u32, ours: u32 },
+    AbiMajor {
+        version: String,
+        got: u32,
+        ours: u32,
+    },
     #[error("download of {what} from {url} exceeds its declared size of {limit} bytes")]
-    TooLarge { what: &'static str, url: String, limit: u64 },
+    TooLarge {
+        what: &'static str,
+        url: String,
+        limit: u64,
+    },
     #[error("download of {what} from {url} ended after {got} of {expected} bytes")]
-    Truncated { what: &'static str, url: String, got: u64, expected: u64 },
+    Truncated {
+        what: &'static str,
+        url: String,
+        got: u64,
+        expected: u64,
+    },
     #[error("hash mismatch for {what}: expected sha256 {expected}, got {actual}")]
-    HashMismatch { what: &'static str, expected: Sha256, actual: Sha256 },
+    HashMismatch {
+        what: &'static str,
+        expected: Sha256,
+        actual: Sha256,
+    },
     #[error("decompressing build {sha256}")]
-    Decompress { sha256: Sha256, source: std::io::Error },
+    Decompress {
+        sha256: Sha256,
+        source: std::io::Error,
+    },
     #[error("loading agent library {path}")]
-    Load { path: PathBuf, source: libloading::Error },
+    Load {
+        path: PathBuf,
+        source: libloading::Error,
+    },
     #[error("agent library {path} refused: {reason}")]
     BadLibrary { path: PathBuf, reason: String },
     #[error("installing signal handlers")]
@@ -50,9 +86,16 @@ pub enum StubError {
 }
 
 impl StubError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StubError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> StubError {
         let path = path.into();
-        move |source| StubError::Io { action, path, source }
+        move |source| StubError::Io {
+            action,
+            path,
+            source,
+        }
     }
 }
 

@@ -97,8 +97,11 @@ impl Generation {
         number: u64,
         state_in: Vec<u8>,
     ) -> Result<Generation, StubError> {
-        let run_copy = layout.run_dir.join(format!("agent.{}.{number}.so", sanitize(&build.version)));
-        std::fs::copy(&build.path, &run_copy).map_err(StubError::io("copying build to", &run_copy))?;
+        let run_copy = layout
+            .run_dir
+            .join(format!("agent.{}.{number}.so", sanitize(&build.version)));
+        std::fs::copy(&build.path, &run_copy)
+            .map_err(StubError::io("copying build to", &run_copy))?;
         let loaded = load(&run_copy);
         let (library, api) = match loaded {
             Ok(pair) => pair,
@@ -107,7 +110,10 @@ impl Generation {
                 return Err(e);
             }
         };
-        let bad = |reason: String| StubError::BadLibrary { path: run_copy.clone(), reason };
+        let bad = |reason: String| StubError::BadLibrary {
+            path: run_copy.clone(),
+            reason,
+        };
         let agent_version = String::from_utf8_lossy(
             // SAFETY: the library promises `agent_version` points to static
             // bytes valid while it is loaded, and it is loaded here.
@@ -116,7 +122,8 @@ impl Generation {
         .into_owned();
         debug!(%agent_version, abi_minor = api.abi_minor, "agent library ABI accepted");
 
-        let (stop_read, stop_write) = pipe().map_err(|e| bad(format!("cannot create stop pipe: {e}")))?;
+        let (stop_read, stop_write) =
+            pipe().map_err(|e| bad(format!("cannot create stop pipe: {e}")))?;
         let host_config = serde_json::json!({
             "agent_toml": config.agent_toml,
             "config_dir": layout.config_dir,
@@ -172,7 +179,9 @@ impl Generation {
             if started.elapsed() > deadline {
                 // Leak the library on purpose: its code is still running.
                 std::mem::forget(self.library.take());
-                return Err(StubError::StopTimeout { secs: deadline.as_secs() });
+                return Err(StubError::StopTimeout {
+                    secs: deadline.as_secs(),
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -186,19 +195,30 @@ impl Generation {
             }
         }
         let _ = std::fs::remove_file(&self.run_copy);
-        let (state, health) = self.context.with(|r| (r.state.take().unwrap_or_default(), r.health.take()));
-        Ok(Outcome { status, state, health })
+        let (state, health) = self
+            .context
+            .with(|r| (r.state.take().unwrap_or_default(), r.health.take()));
+        Ok(Outcome {
+            status,
+            state,
+            health,
+        })
     }
 }
 
 /// Loads the library at `path` and returns its checked ABI table.
 fn load(path: &std::path::Path) -> Result<(libloading::Library, &'static AgentApiV1), StubError> {
-    let bad = |reason: String| StubError::BadLibrary { path: path.to_owned(), reason };
+    let bad = |reason: String| StubError::BadLibrary {
+        path: path.to_owned(),
+        reason,
+    };
     // SAFETY: loading runs the library's initialisers. The file is a copy
     // of a build whose SHA-256 matched a manifest signed by our release
     // keys, so it is the code we decided to trust.
-    let library = unsafe { libloading::Library::new(path) }
-        .map_err(|source| StubError::Load { path: path.to_owned(), source })?;
+    let library = unsafe { libloading::Library::new(path) }.map_err(|source| StubError::Load {
+        path: path.to_owned(),
+        source,
+    })?;
     // SAFETY: the symbol is declared by the frozen ABI with exactly the
     // `EntryV1` signature.
     let entry: EntryV1 = unsafe { library.get::<EntryV1>(outrider_abi::ENTRY_SYMBOL_V1) }
@@ -207,7 +227,9 @@ fn load(path: &std::path::Path) -> Result<(libloading::Library, &'static AgentAp
     // SAFETY: calling the entry is the ABI's step 1; it takes two integers.
     let api_ptr = unsafe { entry(ABI_MAJOR, ABI_MINOR) };
     if api_ptr.is_null() {
-        return Err(bad(format!("the library cannot serve ABI major {ABI_MAJOR}")));
+        return Err(bad(format!(
+            "the library cannot serve ABI major {ABI_MAJOR}"
+        )));
     }
     // SAFETY: non-null, and the ABI guarantees it points to a static table
     // that lives as long as the library. The `'static` lifetime is a white
@@ -218,7 +240,11 @@ fn load(path: &std::path::Path) -> Result<(libloading::Library, &'static AgentAp
 }
 
 /// Body of the generation thread: builds the host table and calls `run`.
-fn run_generation(run: extern "C" fn(*const HostApiV1) -> i32, inputs: &HostInputs, ctx: &HostContext) -> i32 {
+fn run_generation(
+    run: extern "C" fn(*const HostApiV1) -> i32,
+    inputs: &HostInputs,
+    ctx: &HostContext,
+) -> i32 {
     let host = HostApiV1 {
         abi_major: ABI_MAJOR,
         abi_minor: ABI_MINOR,
@@ -264,7 +290,10 @@ extern "C" fn host_put_state(ctx: *mut c_void, state: Bytes) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the library passes back our own context and a buffer
         // valid for this call, as the ABI requires.
-        let (Some(ctx), blob) = (unsafe { context(ctx) }, unsafe { state.as_slice() }.to_vec()) else {
+        let (Some(ctx), blob) = (
+            unsafe { context(ctx) },
+            unsafe { state.as_slice() }.to_vec(),
+        ) else {
             return;
         };
         ctx.with(|r| r.state = Some(blob));
@@ -309,7 +338,13 @@ extern "C" fn host_log(_ctx: *mut c_void, level: u32, message: Bytes) {
 fn sanitize(version: &str) -> String {
     version
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._+-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect()
 }

@@ -30,7 +30,11 @@ pub const LIBRARY_FILE: &str = "liboutrider_agent.so";
 impl Layout {
     /// The system paths of a root install.
     pub fn system() -> Layout {
-        Layout::from_parts(Path::new("/etc/outrider"), Path::new("/opt/outrider"), Path::new("/var/log/outrider"))
+        Layout::from_parts(
+            Path::new("/etc/outrider"),
+            Path::new("/opt/outrider"),
+            Path::new("/var/log/outrider"),
+        )
     }
 
     /// Everything under one directory, for non-root installs and tests.
@@ -55,7 +59,12 @@ impl Layout {
     /// process: loaded copies in `run/` and half-written temp dirs in
     /// `versions/` (a crash mid-install leaves nothing that looks verified).
     pub fn prepare(&self) -> Result<(), StubError> {
-        for dir in [&self.data_dir, &self.versions_dir, &self.run_dir, &self.log_dir] {
+        for dir in [
+            &self.data_dir,
+            &self.versions_dir,
+            &self.run_dir,
+            &self.log_dir,
+        ] {
             std::fs::create_dir_all(dir).map_err(StubError::io("creating directory", dir))?;
         }
         for (dir, is_leftover) in [
@@ -67,7 +76,11 @@ impl Layout {
                 let name = entry.file_name();
                 if is_leftover(&name.to_string_lossy()) {
                     let path = entry.path();
-                    let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                    let _ = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
                 }
             }
         }
@@ -76,6 +89,8 @@ impl Layout {
 
     /// Path of the installed library with content hash `sha256`.
     pub fn version_file(&self, sha256: &outrider_signing::Sha256) -> PathBuf {
-        self.versions_dir.join(sha256.to_string()).join(LIBRARY_FILE)
+        self.versions_dir
+            .join(sha256.to_string())
+            .join(LIBRARY_FILE)
     }
 }

@@ -57,12 +57,21 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
         match updater.fetch_latest(&mut state) {
             Ok(build) => break build,
             Err(err) => {
-                let fallback = state.current.as_ref().and_then(|sha| updater.installed(sha));
+                let fallback = state
+                    .current
+                    .as_ref()
+                    .and_then(|sha| updater.installed(sha));
                 if let Some(build) = fallback {
-                    warn!("update check failed, running the installed build: {}", error::chain(&err));
+                    warn!(
+                        "update check failed, running the installed build: {}",
+                        error::chain(&err)
+                    );
                     break build;
                 }
-                warn!("no usable agent build yet, retrying in {delay:?}: {}", error::chain(&err));
+                warn!(
+                    "no usable agent build yet, retrying in {delay:?}: {}",
+                    error::chain(&err)
+                );
             }
         }
         if signals.wait(delay) == Some(Signal::Stop) {
@@ -89,7 +98,9 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
                 info!("stop requested, stopping the agent library");
                 break;
             }
-            Some(Signal::Reload) => info!("SIGHUP received; configuration reload is not supported yet"),
+            Some(Signal::Reload) => {
+                info!("SIGHUP received; configuration reload is not supported yet")
+            }
             None => {}
         }
     }
@@ -101,7 +112,9 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
         "agent library stopped and unloaded"
     );
     if outcome.status != outrider_abi::status::OK {
-        return Err(StubError::AgentFailed { status: outcome.status });
+        return Err(StubError::AgentFailed {
+            status: outcome.status,
+        });
     }
     Ok(())
 }

@@ -32,9 +32,12 @@ impl Signals {
         let (stop, stop_w) = pipe().map_err(StubError::Signals)?;
         let (reload, reload_w) = pipe().map_err(StubError::Signals)?;
         let stop_w2 = stop_w.try_clone().map_err(StubError::Signals)?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, stop_w).map_err(StubError::Signals)?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, stop_w2).map_err(StubError::Signals)?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload_w).map_err(StubError::Signals)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, stop_w)
+            .map_err(StubError::Signals)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, stop_w2)
+            .map_err(StubError::Signals)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload_w)
+            .map_err(StubError::Signals)?;
         Ok(Signals { stop, reload })
     }
 
@@ -42,8 +45,16 @@ impl Signals {
     /// stop pipe is never drained), so every later wait also reports it.
     pub fn wait(&self, timeout: Duration) -> Option<Signal> {
         let mut fds = [
-            libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.reload.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: self.stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.reload.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: `fds` is a valid array of two pollfd structs for the
@@ -80,7 +91,11 @@ pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 pub(crate) fn poke(fd: &OwnedFd) -> std::io::Result<()> {
     // SAFETY: writes one byte from a valid stack buffer to an open fd.
     let n = unsafe { libc::write(fd.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-    if n == 1 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn drain(fd: &OwnedFd) {
@@ -97,7 +112,10 @@ mod tests {
     #[test]
     fn poked_pipe_is_readable_and_stays_readable() {
         let (r, w) = pipe().unwrap();
-        let s = Signals { stop: r, reload: pipe().unwrap().0 };
+        let s = Signals {
+            stop: r,
+            reload: pipe().unwrap().0,
+        };
         assert_eq!(s.wait(Duration::from_millis(10)), None);
         poke(&w).unwrap();
         assert_eq!(s.wait(Duration::from_millis(10)), Some(Signal::Stop));

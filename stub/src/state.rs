@@ -45,16 +45,28 @@ impl StubState {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StubState::default()),
-            Err(e) => return Err(StubError::Io { action: "reading", path: path.to_owned(), source: e }),
+            Err(e) => {
+                return Err(StubError::Io {
+                    action: "reading",
+                    path: path.to_owned(),
+                    source: e,
+                });
+            }
         };
-        let corrupt = |reason: String| StubError::State { path: path.to_owned(), reason };
+        let corrupt = |reason: String| StubError::State {
+            path: path.to_owned(),
+            reason,
+        };
         let disk: OnDisk = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         if disk.version != STATE_VERSION {
             return Err(corrupt(format!("unsupported version {}", disk.version)));
         }
         Ok(StubState {
             current: disk.current,
-            floor: disk.floor.map(|f| SequenceFloor { sequence: f.sequence, payload_sha256: f.payload_sha256 }),
+            floor: disk.floor.map(|f| SequenceFloor {
+                sequence: f.sequence,
+                payload_sha256: f.payload_sha256,
+            }),
         })
     }
 
@@ -63,10 +75,10 @@ impl StubState {
         let disk = OnDisk {
             version: STATE_VERSION,
             current: self.current.clone(),
-            floor: self
-                .floor
-                .as_ref()
-                .map(|f| FloorOnDisk { sequence: f.sequence, payload_sha256: f.payload_sha256.clone() }),
+            floor: self.floor.as_ref().map(|f| FloorOnDisk {
+                sequence: f.sequence,
+                payload_sha256: f.payload_sha256.clone(),
+            }),
         };
         // Serialising plain data with string keys cannot fail.
         let bytes = serde_json::to_vec_pretty(&disk).expect("state serialises");
@@ -103,13 +115,19 @@ mod tests {
         let sha = outrider_signing::sha256(b"build");
         let state = StubState {
             current: Some(sha.clone()),
-            floor: Some(SequenceFloor { sequence: 4, payload_sha256: sha.clone() }),
+            floor: Some(SequenceFloor {
+                sequence: 4,
+                payload_sha256: sha.clone(),
+            }),
         };
         state.save(&path).unwrap();
         let back = StubState::load(&path).unwrap();
         assert_eq!(back.current, Some(sha));
         assert_eq!(back.floor.unwrap().sequence, 4);
         std::fs::write(&path, "{\"version\":1,").unwrap();
-        assert!(matches!(StubState::load(&path), Err(StubError::State { .. })));
+        assert!(matches!(
+            StubState::load(&path),
+            Err(StubError::State { .. })
+        ));
     }
 }

@@ -20,10 +20,10 @@ use std::time::Duration;
 use outrider_signing::{ManifestPolicy, SequenceFloor, Sha256, TrustedRoot};
 use tracing::info;
 
+use crate::StubError;
 use crate::config::StubConfig;
 use crate::layout::{LIBRARY_FILE, Layout};
 use crate::state::StubState;
-use crate::StubError;
 
 /// Largest manifest the stub downloads.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
@@ -41,8 +41,12 @@ pub struct Build {
 /// Reads the trusted root the installer wrote.
 pub fn load_root(path: &Path) -> Result<TrustedRoot, StubError> {
     let bytes = std::fs::read(path).map_err(StubError::io("reading trusted root", path))?;
-    TrustedRoot::from_bytes_self_signed(&bytes, outrider_signing::now_unix())
-        .map_err(|source| StubError::Root { path: path.to_owned(), source })
+    TrustedRoot::from_bytes_self_signed(&bytes, outrider_signing::now_unix()).map_err(|source| {
+        StubError::Root {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 /// Talks to one update repository for one channel.
@@ -79,15 +83,25 @@ impl Updater {
         let url = format!("{}/channels/{}/manifest.json", self.base, self.channel);
         let bytes = match self.get(&url, MAX_MANIFEST_BYTES, "manifest")? {
             Some(b) => b,
-            None => return Err(StubError::NoManifest { channel: self.channel.to_string(), url }),
+            None => {
+                return Err(StubError::NoManifest {
+                    channel: self.channel.to_string(),
+                    url,
+                });
+            }
         };
         let policy = ManifestPolicy {
             channel: &self.channel,
             now_unix: outrider_signing::now_unix(),
             floor: state.floor.clone(),
         };
-        let verified = outrider_signing::verify_manifest(&self.root, &bytes, &policy)
-            .map_err(|source| StubError::Manifest { channel: self.channel.to_string(), source })?;
+        let verified =
+            outrider_signing::verify_manifest(&self.root, &bytes, &policy).map_err(|source| {
+                StubError::Manifest {
+                    channel: self.channel.to_string(),
+                    source,
+                }
+            })?;
         state.floor = Some(SequenceFloor {
             sequence: verified.manifest.sequence,
             payload_sha256: verified.payload_sha256.clone(),
@@ -99,7 +113,10 @@ impl Updater {
             .manifest
             .targets
             .get(&triple)
-            .ok_or_else(|| StubError::NoTarget { channel: self.channel.to_string(), triple: triple.clone() })?;
+            .ok_or_else(|| StubError::NoTarget {
+                channel: self.channel.to_string(),
+                triple: triple.clone(),
+            })?;
         if target.abi_major != outrider_abi::ABI_MAJOR {
             return Err(StubError::AbiMajor {
                 version: target.version.clone(),
@@ -109,7 +126,10 @@ impl Updater {
         }
         let artifact = &target.artifact;
         if let Some(build) = self.installed(&artifact.sha256) {
-            return Ok(Build { version: target.version.clone(), ..build });
+            return Ok(Build {
+                version: target.version.clone(),
+                ..build
+            });
         }
 
         // Step 3: download, capped and hashed.
@@ -139,7 +159,11 @@ impl Updater {
         // Step 5: install.
         let path = self.install(&artifact.sha256, &library)?;
         info!(sha256 = %artifact.sha256, version = %target.version, "installed verified agent build");
-        Ok(Build { sha256: artifact.sha256.clone(), version: target.version.clone(), path })
+        Ok(Build {
+            sha256: artifact.sha256.clone(),
+            version: target.version.clone(),
+            path,
+        })
     }
 
     /// The installed build with hash `sha256`, if present and intact.
@@ -150,7 +174,11 @@ impl Updater {
             tracing::warn!(path = %path.display(), expected = %sha256, %actual, "installed build was modified on disk; ignoring it");
             return None;
         }
-        Some(Build { sha256: sha256.clone(), version: format!("sha256:{}", &sha256.to_string()[..12]), path })
+        Some(Build {
+            sha256: sha256.clone(),
+            version: format!("sha256:{}", &sha256.to_string()[..12]),
+            path,
+        })
     }
 
     /// GET `url`, reading at most `limit` bytes; `None` on 404.
@@ -158,16 +186,28 @@ impl Updater {
         let resp = match self.http.get(url).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(404, _)) => return Ok(None),
-            Err(e) => return Err(StubError::Http { url: url.to_owned(), source: Box::new(e) }),
+            Err(e) => {
+                return Err(StubError::Http {
+                    url: url.to_owned(),
+                    source: Box::new(e),
+                });
+            }
         };
         let mut body = Vec::with_capacity(limit.min(16 << 20) as usize);
         // Read one byte past the limit to tell "exactly limit" from "more".
         resp.into_reader()
             .take(limit + 1)
             .read_to_end(&mut body)
-            .map_err(|e| StubError::Http { url: url.to_owned(), source: Box::new(ureq::Error::from(e)) })?;
+            .map_err(|e| StubError::Http {
+                url: url.to_owned(),
+                source: Box::new(ureq::Error::from(e)),
+            })?;
         if body.len() as u64 > limit {
-            return Err(StubError::TooLarge { what, url: url.to_owned(), limit });
+            return Err(StubError::TooLarge {
+                what,
+                url: url.to_owned(),
+                limit,
+            });
         }
         Ok(Some(body))
     }
@@ -179,16 +219,21 @@ impl Updater {
         let _ = std::fs::remove_dir_all(&tmp_dir);
         std::fs::create_dir_all(&tmp_dir).map_err(StubError::io("creating", &tmp_dir))?;
         let tmp_file = tmp_dir.join(LIBRARY_FILE);
-        let mut file = std::fs::File::create(&tmp_file).map_err(StubError::io("creating", &tmp_file))?;
+        let mut file =
+            std::fs::File::create(&tmp_file).map_err(StubError::io("creating", &tmp_file))?;
         file.write_all(library)
             .and_then(|()| file.sync_all())
             .map_err(StubError::io("writing", &tmp_file))?;
         drop(file);
         let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&tmp_dir, &final_dir).map_err(StubError::io("renaming into place", &final_dir))?;
+        std::fs::rename(&tmp_dir, &final_dir)
+            .map_err(StubError::io("renaming into place", &final_dir))?;
         std::fs::File::open(&self.layout.versions_dir)
             .and_then(|d| d.sync_all())
-            .map_err(StubError::io("syncing directory", &self.layout.versions_dir))?;
+            .map_err(StubError::io(
+                "syncing directory",
+                &self.layout.versions_dir,
+            ))?;
         Ok(final_dir.join(LIBRARY_FILE))
     }
 }
@@ -196,10 +241,16 @@ impl Updater {
 /// Decompresses a zstd blob, refusing output beyond `size` bytes (a zstd
 /// bomb stops at the cap instead of filling memory).
 fn decompress_capped(compressed: &[u8], size: u64, sha256: &Sha256) -> Result<Vec<u8>, StubError> {
-    let decompress_err = |source| StubError::Decompress { sha256: sha256.clone(), source };
+    let decompress_err = |source| StubError::Decompress {
+        sha256: sha256.clone(),
+        source,
+    };
     let decoder = zstd::stream::read::Decoder::new(compressed).map_err(decompress_err)?;
     let mut out = Vec::with_capacity(size.min(256 << 20) as usize);
-    decoder.take(size + 1).read_to_end(&mut out).map_err(decompress_err)?;
+    decoder
+        .take(size + 1)
+        .read_to_end(&mut out)
+        .map_err(decompress_err)?;
     if out.len() as u64 > size {
         return Err(decompress_err(std::io::Error::other(format!(
             "decompressed output exceeds the declared {size} bytes"
@@ -211,7 +262,11 @@ fn decompress_capped(compressed: &[u8], size: u64, sha256: &Sha256) -> Result<Ve
 fn check_hash(what: &'static str, expected: &Sha256, bytes: &[u8]) -> Result<(), StubError> {
     let actual = outrider_signing::sha256(bytes);
     if &actual != expected {
-        return Err(StubError::HashMismatch { what, expected: expected.clone(), actual });
+        return Err(StubError::HashMismatch {
+            what,
+            expected: expected.clone(),
+            actual,
+        });
     }
     Ok(())
 }
@@ -230,9 +285,10 @@ fn hash_file(path: &Path) -> std::io::Result<Sha256> {
         hasher.update(&buf[..n]);
     }
     let digest: [u8; 32] = hasher.finalize().into();
-    Ok(hex::encode(digest).parse().expect("64 hex characters form a Sha256"))
+    Ok(hex::encode(digest)
+        .parse()
+        .expect("64 hex characters form a Sha256"))
 }
-
 
 #[cfg(test)]
 mod tests {

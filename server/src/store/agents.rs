@@ -23,9 +23,13 @@ impl Store {
     pub async fn pinned_key(&self, fingerprint: &Fingerprint) -> anyhow::Result<Option<String>> {
         let fp = fingerprint.to_string();
         self.call(move |c| {
-            c.query_row("SELECT public_key FROM agents WHERE fingerprint = ?1", [fp], |r| r.get(0))
-                .optional()
-                .context("looking up the agent")
+            c.query_row(
+                "SELECT public_key FROM agents WHERE fingerprint = ?1",
+                [fp],
+                |r| r.get(0),
+            )
+            .optional()
+            .context("looking up the agent")
         })
         .await
     }
@@ -57,17 +61,22 @@ impl Store {
                 ],
             )
             .context("registering the agent")?;
-            let acked: i64 =
-                c.query_row("SELECT acked_seq FROM agents WHERE fingerprint = ?1", [reg.fingerprint.as_str()], |r| {
-                    r.get(0)
-                })?;
+            let acked: i64 = c.query_row(
+                "SELECT acked_seq FROM agents WHERE fingerprint = ?1",
+                [reg.fingerprint.as_str()],
+                |r| r.get(0),
+            )?;
             Ok(acked as u64)
         })
         .await
     }
 
     /// Sets the presence of an agent (no-op when it is already in that state).
-    pub async fn set_presence(&self, fingerprint: &Fingerprint, presence: Presence) -> anyhow::Result<()> {
+    pub async fn set_presence(
+        &self,
+        fingerprint: &Fingerprint,
+        presence: Presence,
+    ) -> anyhow::Result<()> {
         let fp = fingerprint.to_string();
         self.call(move |c| {
             c.execute(
@@ -85,7 +94,10 @@ impl Store {
     pub async fn touch(&self, fingerprint: &Fingerprint) -> anyhow::Result<()> {
         let fp = fingerprint.to_string();
         self.call(move |c| {
-            c.execute("UPDATE agents SET last_seen_ms = ?2 WHERE fingerprint = ?1", params![fp, now_ms()])?;
+            c.execute(
+                "UPDATE agents SET last_seen_ms = ?2 WHERE fingerprint = ?1",
+                params![fp, now_ms()],
+            )?;
             Ok(())
         })
         .await
@@ -126,7 +138,8 @@ impl Store {
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (fp, hostname, os, arch, agent_version, presence, since, registered, seen) = row?;
+                let (fp, hostname, os, arch, agent_version, presence, since, registered, seen) =
+                    row?;
                 out.push(AgentInfo {
                     fingerprint: fp.parse().context("stored fingerprint is malformed")?,
                     hostname,

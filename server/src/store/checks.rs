@@ -15,7 +15,11 @@ impl Store {
     pub async fn config_version(&self) -> anyhow::Result<u64> {
         self.call(|c| {
             let v: Option<String> = c
-                .query_row("SELECT value FROM meta WHERE key = 'config_version'", [], |r| r.get(0))
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'config_version'",
+                    [],
+                    |r| r.get(0),
+                )
                 .ok();
             Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
         })
@@ -52,9 +56,19 @@ impl Store {
                      updated_at_ms = excluded.updated_at_ms
                  WHERE command != excluded.command OR interval_secs != excluded.interval_secs
                     OR timeout_secs != excluded.timeout_secs",
-                params![spec.name, command, spec.interval_secs, spec.timeout_secs, now_ms()],
+                params![
+                    spec.name,
+                    command,
+                    spec.interval_secs,
+                    spec.timeout_secs,
+                    now_ms()
+                ],
             )?;
-            let version = if changed > 0 { bump_version(&tx)? } else { read_version(&tx)? };
+            let version = if changed > 0 {
+                bump_version(&tx)?
+            } else {
+                read_version(&tx)?
+            };
             tx.commit()?;
             Ok(version)
         })
@@ -78,22 +92,39 @@ impl Store {
 }
 
 fn load_checks(c: &rusqlite::Connection) -> anyhow::Result<Vec<CheckSpec>> {
-    let mut stmt = c.prepare("SELECT name, command, interval_secs, timeout_secs FROM checks ORDER BY name")?;
+    let mut stmt =
+        c.prepare("SELECT name, command, interval_secs, timeout_secs FROM checks ORDER BY name")?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?, r.get::<_, u32>(3)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, u32>(2)?,
+            r.get::<_, u32>(3)?,
+        ))
     })?;
     let mut out = Vec::new();
     for row in rows {
         let (name, command, interval_secs, timeout_secs) = row?;
-        let command = serde_json::from_str(&command).with_context(|| format!("stored command of check {name:?}"))?;
-        out.push(CheckSpec { name, command, interval_secs, timeout_secs });
+        let command = serde_json::from_str(&command)
+            .with_context(|| format!("stored command of check {name:?}"))?;
+        out.push(CheckSpec {
+            name,
+            command,
+            interval_secs,
+            timeout_secs,
+        });
     }
     Ok(out)
 }
 
 fn read_version(tx: &rusqlite::Connection) -> anyhow::Result<u64> {
-    let v: Option<String> =
-        tx.query_row("SELECT value FROM meta WHERE key = 'config_version'", [], |r| r.get(0)).ok();
+    let v: Option<String> = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'config_version'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 

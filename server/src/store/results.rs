@@ -11,7 +11,11 @@ impl Store {
     /// Stores a batch in one transaction and returns the sequence number the
     /// agent may treat as acknowledged (the highest stored for it). Results
     /// already stored are ignored, so a resent batch is harmless.
-    pub async fn ingest(&self, fingerprint: &Fingerprint, results: Vec<CheckResult>) -> anyhow::Result<u64> {
+    pub async fn ingest(
+        &self,
+        fingerprint: &Fingerprint,
+        results: Vec<CheckResult>,
+    ) -> anyhow::Result<u64> {
         let fp = fingerprint.to_string();
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -59,7 +63,10 @@ impl Store {
     }
 
     /// The newest result of every check of every agent (or of one agent).
-    pub async fn latest_results(&self, agent: Option<Fingerprint>) -> anyhow::Result<Vec<ResultInfo>> {
+    pub async fn latest_results(
+        &self,
+        agent: Option<Fingerprint>,
+    ) -> anyhow::Result<Vec<ResultInfo>> {
         self.call(move |c| {
             let mut stmt = c.prepare(
                 "SELECT r.fingerprint, a.hostname, r.check_name, r.seq, r.state, r.summary, r.long_output,
@@ -159,7 +166,10 @@ mod tests {
     #[tokio::test]
     async fn resent_batch_is_stored_once_and_latest_tracks_highest_seq() {
         let (_dir, store, fp) = store_with_agent().await;
-        let batch = vec![result(1, "load", CheckState::Ok), result(2, "load", CheckState::Critical)];
+        let batch = vec![
+            result(1, "load", CheckState::Ok),
+            result(2, "load", CheckState::Critical),
+        ];
         assert_eq!(store.ingest(&fp, batch.clone()).await.unwrap(), 2);
         // Lost ack: the agent resends the same batch plus an older straggler.
         assert_eq!(store.ingest(&fp, batch).await.unwrap(), 2);
@@ -179,8 +189,14 @@ mod tests {
     #[tokio::test]
     async fn presence_and_acked_seq_survive_reopen() {
         let (dir, store, fp) = store_with_agent().await;
-        store.ingest(&fp, vec![result(7, "disk", CheckState::Ok)]).await.unwrap();
-        store.set_presence(&fp, Presence::Deregistered).await.unwrap();
+        store
+            .ingest(&fp, vec![result(7, "disk", CheckState::Ok)])
+            .await
+            .unwrap();
+        store
+            .set_presence(&fp, Presence::Deregistered)
+            .await
+            .unwrap();
         drop(store);
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         let agents = store.agents().await.unwrap();
@@ -198,7 +214,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(acked, 7);
-        assert_eq!(store.agents().await.unwrap()[0].presence, Presence::Connected);
+        assert_eq!(
+            store.agents().await.unwrap()[0].presence,
+            Presence::Connected
+        );
     }
 
     #[tokio::test]
@@ -212,7 +231,16 @@ mod tests {
         };
         assert_eq!(store.put_check(spec.clone()).await.unwrap(), 1);
         assert_eq!(store.put_check(spec.clone()).await.unwrap(), 1);
-        assert_eq!(store.put_check(outrider_protocol::CheckSpec { interval_secs: 20, ..spec }).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .put_check(outrider_protocol::CheckSpec {
+                    interval_secs: 20,
+                    ..spec
+                })
+                .await
+                .unwrap(),
+            2
+        );
         assert_eq!(store.delete_check("load".into()).await.unwrap(), Some(3));
         assert_eq!(store.delete_check("load".into()).await.unwrap(), None);
         assert_eq!(store.agent_config().await.unwrap().version, 3);

@@ -1,0 +1,148 @@
+//! The agent's top level: one runtime, one shutdown tree.
+//!
+//! [`run_agent`] loads the identity, builds the tokio runtime, runs the
+//! scheduler and the connection until the stop token fires, stops every check
+//! (killing running plugins), and returns the state blob for the next
+//! generation. The runtime is dropped before returning, which joins every
+//! thread it started, so the caller (the stub's generation thread, or a test)
+//! can unload the library afterwards.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use tokio::io::Interest;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentSettings;
+use crate::connection::Connection;
+use crate::error::AgentError;
+use crate::host::HostHooks;
+use crate::identity::Identity;
+use crate::outbox::{OUTBOX_CAPACITY, Outbox, SharedOutbox};
+use crate::scheduler::Scheduler;
+use crate::state::StateBlob;
+
+/// Runs the agent until `stop` is cancelled and returns the state blob.
+///
+/// Fails before starting when the identity key cannot be loaded or created,
+/// or the runtime cannot be built; once running, network and plugin problems
+/// are logged and retried, never returned.
+pub fn run_agent(
+    settings: AgentSettings,
+    stop: CancellationToken,
+    hooks: Arc<dyn HostHooks>,
+) -> Result<StateBlob, AgentError> {
+    run_with_stop_fd(settings, stop, None, hooks)
+}
+
+/// [`run_agent`], additionally stopping when `stop_fd` becomes readable (the
+/// stub's stop pipe; never read, only watched).
+pub(crate) fn run_with_stop_fd(
+    settings: AgentSettings,
+    stop: CancellationToken,
+    stop_fd: Option<OwnedFd>,
+    hooks: Arc<dyn HostHooks>,
+) -> Result<StateBlob, AgentError> {
+    let identity = Identity::load_or_create(&settings.config_dir)?;
+    // current_thread: the agent is I/O-bound (sockets, pipes, pidfds), so one
+    // thread — the stub's generation thread itself — does all the work. The
+    // only other threads are tokio's blocking pool (DNS lookups), which the
+    // runtime's drop joins. Fewer threads, nothing to leak on unload.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    let result = runtime.block_on(async {
+        let watcher = watch_stop_fd(stop_fd, &stop, &hooks);
+        let agent = agent_main(&settings, &identity, &stop, &hooks);
+        let (watched, state) = tokio::join!(watcher, agent);
+        watched.map(|()| state)
+    });
+    // Joins the blocking pool; must happen before the library can be unloaded.
+    drop(runtime);
+    result
+}
+
+async fn agent_main(
+    settings: &AgentSettings,
+    identity: &Identity,
+    stop: &CancellationToken,
+    hooks: &Arc<dyn HostHooks>,
+) -> StateBlob {
+    let state = match StateBlob::decode(&settings.state_in) {
+        Ok(state) => state,
+        Err(e) => {
+            hooks.error(&format!(
+                "{e}; starting without the previous generation's state"
+            ));
+            None
+        }
+    };
+    let outbox = Arc::new(SharedOutbox::new(Outbox::new(
+        state.as_ref(),
+        OUTBOX_CAPACITY,
+    )));
+    let mut scheduler = Scheduler::new(outbox.clone(), hooks.clone(), stop.child_token());
+    if let Some(config) = state.as_ref().and_then(|s| s.config.as_ref()) {
+        scheduler.apply(config);
+    }
+    hooks.info(&format!(
+        "agent {} starting as {}, server {}, {} results carried over",
+        env!("CARGO_PKG_VERSION"),
+        identity.fingerprint(),
+        settings.ws_url,
+        outbox.lock().len()
+    ));
+
+    let connection = Connection {
+        settings,
+        identity,
+        outbox: &outbox,
+        hooks,
+        stop,
+    };
+    connection.run(&mut scheduler).await;
+
+    let config = scheduler.config().cloned();
+    scheduler.shutdown().await;
+    let blob = StateBlob {
+        config,
+        ..outbox.lock().to_state()
+    };
+    hooks.info(&format!(
+        "agent stopped; handing over {} un-acked results",
+        blob.unacked.len()
+    ));
+    blob
+}
+
+/// Cancels `stop` once `fd` is readable; returns when `stop` is cancelled.
+async fn watch_stop_fd(
+    fd: Option<OwnedFd>,
+    stop: &CancellationToken,
+    hooks: &Arc<dyn HostHooks>,
+) -> Result<(), AgentError> {
+    let Some(fd) = fd else {
+        stop.cancelled().await;
+        return Ok(());
+    };
+    let fd = match crate::sys::async_fd(fd, Interest::READABLE) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Without the stop pipe the stub could never stop us: refuse to run.
+            stop.cancel();
+            return Err(AgentError::Runtime(e));
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        ready = fd.readable() => {
+            if let Err(e) = ready {
+                hooks.error(&format!("watching the stop pipe failed ({e}); stopping"));
+            }
+            stop.cancel();
+        }
+    }
+    Ok(())
+}

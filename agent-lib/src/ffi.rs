@@ -1,0 +1,422 @@
+//! The C ABI boundary: the exported entry symbol and the `run`/`self_test`
+//! functions, plus [`Host`], the safe handle around the stub's `HostApiV1`.
+//!
+//! All `unsafe` of the crate's ABI side lives here. Invariants:
+//! - Every export catches panics (`status::PANICKED`): unwinding across
+//!   `extern "C"` would abort the stub too.
+//! - [`Host`] copies every borrowed input (config, state_in, data_dir) at the
+//!   start of the call and `dup`s `stop_fd`, so nothing borrowed from the stub
+//!   is touched after `run` returns; the callbacks and `host_ctx` are used
+//!   only while `run` executes (every clone of the `Host` is dropped with the
+//!   runtime before `run` returns).
+//! - The stub's `stop_fd` is never read, closed or modified (our dup shares
+//!   its open file description, so we do not change its flags either).
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use outrider_abi::{ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, HostApiV1, status};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::run_with_stop_fd;
+use crate::config::AgentSettings;
+use crate::host::{Health, HostHooks, Level};
+use crate::state::{MIN_STATE_FORMAT, STATE_FORMAT};
+
+const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+static AGENT_API: AgentApiV1 = AgentApiV1 {
+    abi_major: ABI_MAJOR,
+    abi_minor: ABI_MINOR,
+    struct_size: std::mem::size_of::<AgentApiV1>() as u32,
+    state_format: STATE_FORMAT,
+    min_state_format: MIN_STATE_FORMAT,
+    agent_version: Bytes::from_slice(AGENT_VERSION.as_bytes()),
+    run: run_v1,
+    self_test: self_test_v1,
+};
+
+/// The library's one exported symbol: the v1 API table, or null when the
+/// host speaks another ABI major.
+#[unsafe(no_mangle)]
+pub extern "C" fn outrider_agent_entry_v1(host_major: u32, _host_minor: u32) -> *const AgentApiV1 {
+    if host_major == ABI_MAJOR {
+        &AGENT_API
+    } else {
+        std::ptr::null()
+    }
+}
+
+/// Safe, owned view of a `HostApiV1`; usable from any thread while `run` runs.
+#[derive(Debug)]
+pub struct Host {
+    ctx: *mut c_void,
+    put_state_fn: extern "C" fn(*mut c_void, Bytes),
+    request_update_check_fn: extern "C" fn(*mut c_void),
+    health_fn: extern "C" fn(*mut c_void, u32, Bytes),
+    log_fn: extern "C" fn(*mut c_void, u32, Bytes),
+    stop_fd: i32,
+    /// Copy of `HostApiV1.config`.
+    pub config: Vec<u8>,
+    /// Copy of `HostApiV1.state_in`.
+    pub state_in: Vec<u8>,
+    /// Copy of `HostApiV1.data_dir`.
+    pub data_dir: String,
+}
+
+// SAFETY: the ABI (HostApiV1 docs) guarantees the callbacks are thread-safe
+// and `host_ctx` stays valid until `run` returns; `Host` never outlives that
+// call (see the module docs). The remaining fields are owned data.
+unsafe impl Send for Host {}
+// SAFETY: as above; `&Host` only calls the thread-safe callbacks.
+unsafe impl Sync for Host {}
+
+/// Why a host table was refused, mapped to a status code by the caller.
+#[derive(Debug)]
+enum HostError {
+    /// Null pointer, wrong major, truncated struct or bad stop fd.
+    BadHost,
+    /// A string field is not UTF-8 (logged through the host).
+    BadConfig(Box<Host>, String),
+}
+
+impl Host {
+    /// Copies what is needed out of `raw`.
+    ///
+    /// # Safety
+    /// `raw` is null or points to a `HostApiV1` whose buffers are valid for
+    /// the duration of this call (the ABI's promise for `run`/`self_test`).
+    unsafe fn from_raw(raw: *const HostApiV1) -> Result<Host, HostError> {
+        if raw.is_null() {
+            return Err(HostError::BadHost);
+        }
+        // SAFETY: non-null and valid per this function's contract.
+        let api = unsafe { &*raw };
+        api.check().map_err(|_| HostError::BadHost)?;
+        if api.stop_fd < 0 {
+            return Err(HostError::BadHost);
+        }
+        // SAFETY: the buffers are valid for this call; we copy them at once.
+        let (config, state_in, data_dir) = unsafe {
+            (
+                api.config.as_slice().to_vec(),
+                api.state_in.as_slice().to_vec(),
+                api.data_dir.as_slice().to_vec(),
+            )
+        };
+        let mut host = Host {
+            ctx: api.host_ctx,
+            put_state_fn: api.put_state,
+            request_update_check_fn: api.request_update_check,
+            health_fn: api.health,
+            log_fn: api.log,
+            stop_fd: api.stop_fd,
+            config,
+            state_in,
+            data_dir: String::new(),
+        };
+        match String::from_utf8(data_dir) {
+            Ok(dir) => host.data_dir = dir,
+            Err(_) => {
+                return Err(HostError::BadConfig(
+                    Box::new(host),
+                    "data_dir is not UTF-8".into(),
+                ));
+            }
+        }
+        Ok(host)
+    }
+
+    /// Our own duplicate of the stub's stop pipe, closed when dropped.
+    fn dup_stop_fd(&self) -> std::io::Result<OwnedFd> {
+        // SAFETY: the stub keeps `stop_fd` open until `run` returns, and the
+        // borrow ends within this call (try_clone_to_owned dups it, CLOEXEC).
+        unsafe { BorrowedFd::borrow_raw(self.stop_fd) }.try_clone_to_owned()
+    }
+
+    /// Hands the state blob to the stub, which copies it before returning.
+    pub fn put_state(&self, state: &[u8]) {
+        (self.put_state_fn)(self.ctx, Bytes::from_slice(state));
+    }
+}
+
+impl HostHooks for Host {
+    fn log(&self, level: Level, message: &str) {
+        (self.log_fn)(
+            self.ctx,
+            level.to_abi(),
+            Bytes::from_slice(message.as_bytes()),
+        );
+    }
+
+    fn health(&self, health: Health, message: &str) {
+        (self.health_fn)(
+            self.ctx,
+            health.to_abi(),
+            Bytes::from_slice(message.as_bytes()),
+        );
+    }
+
+    fn request_update_check(&self) {
+        (self.request_update_check_fn)(self.ctx);
+    }
+}
+
+/// Copies the host table, logging why when it is unusable.
+fn host_or_status(raw: *const HostApiV1) -> Result<Host, i32> {
+    // SAFETY: the stub passes null or a table valid for the whole call.
+    match unsafe { Host::from_raw(raw) } {
+        Ok(host) => Ok(host),
+        Err(HostError::BadHost) => Err(status::BAD_HOST),
+        Err(HostError::BadConfig(host, why)) => {
+            host.log(Level::Error, &why);
+            Err(status::BAD_CONFIG)
+        }
+    }
+}
+
+extern "C" fn run_v1(raw: *const HostApiV1) -> i32 {
+    let host = match catch_unwind(|| host_or_status(raw)) {
+        Ok(Ok(host)) => Arc::new(host),
+        Ok(Err(code)) => return code,
+        Err(_) => return status::PANICKED,
+    };
+    match catch_unwind(AssertUnwindSafe(|| run_host(&host))) {
+        Ok(code) => code,
+        Err(_) => {
+            // Hand the previous state back so a rollback loses nothing.
+            host.put_state(&host.state_in);
+            status::PANICKED
+        }
+    }
+}
+
+fn run_host(host: &Arc<Host>) -> i32 {
+    let settings = match AgentSettings::from_host(&host.config, &host.data_dir, &host.state_in) {
+        Ok(s) => s,
+        Err(e) => {
+            host.log(Level::Error, &e.to_string());
+            return status::BAD_CONFIG;
+        }
+    };
+    let stop_fd = match host.dup_stop_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            host.log(
+                Level::Error,
+                &format!("cannot duplicate stop_fd {}: {e}", host.stop_fd),
+            );
+            return status::BAD_HOST;
+        }
+    };
+    let hooks: Arc<dyn HostHooks> = host.clone();
+    match run_with_stop_fd(settings, CancellationToken::new(), Some(stop_fd), hooks) {
+        Ok(blob) => {
+            host.put_state(&blob.encode());
+            status::OK
+        }
+        Err(e) => {
+            host.log(Level::Error, &format!("agent failed: {e}"));
+            host.put_state(&host.state_in);
+            if e.is_config() {
+                status::BAD_CONFIG
+            } else {
+                status::FAILED
+            }
+        }
+    }
+}
+
+extern "C" fn self_test_v1(raw: *const HostApiV1) -> i32 {
+    let host = match catch_unwind(|| host_or_status(raw)) {
+        Ok(Ok(host)) => host,
+        Ok(Err(code)) => return code,
+        Err(_) => return status::PANICKED,
+    };
+    catch_unwind(AssertUnwindSafe(|| self_test(&host))).unwrap_or(status::PANICKED)
+}
+
+/// Checks, without network or leftover threads, that this build can run here.
+fn self_test(host: &Host) -> i32 {
+    if let Err(e) = AgentSettings::from_host(&host.config, &host.data_dir, &host.state_in) {
+        host.log(Level::Error, &format!("self-test: {e}"));
+        return status::BAD_CONFIG;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build();
+    match runtime {
+        Ok(rt) => drop(rt),
+        Err(e) => {
+            host.log(
+                Level::Error,
+                &format!("self-test: cannot build the runtime: {e}"),
+            );
+            return status::FAILED;
+        }
+    }
+    if let Err(e) = crate::sys::pidfd_open(std::process::id()) {
+        host.log(
+            Level::Warn,
+            &format!("self-test: no pidfd support ({e}); plugin exits will be polled"),
+        );
+    }
+    status::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::sync::Mutex;
+
+    use outrider_abi::{ENTRY_SYMBOL_V1, health};
+
+    use super::*;
+    use crate::state::StateBlob;
+
+    #[derive(Default)]
+    struct Recorder {
+        logs: Mutex<Vec<String>>,
+        health: Mutex<Vec<u32>>,
+        state: Mutex<Option<Vec<u8>>>,
+    }
+
+    fn rec(ctx: *mut c_void) -> &'static Recorder {
+        // SAFETY: every test passes a pointer to a Recorder that outlives the call.
+        unsafe { &*(ctx as *const Recorder) }
+    }
+    extern "C" fn put_state(ctx: *mut c_void, b: Bytes) {
+        // SAFETY: the library passes a buffer valid for this call.
+        *rec(ctx).state.lock().unwrap() = Some(unsafe { b.as_slice() }.to_vec());
+    }
+    extern "C" fn update(_: *mut c_void) {}
+    extern "C" fn health_cb(ctx: *mut c_void, status: u32, _: Bytes) {
+        rec(ctx).health.lock().unwrap().push(status);
+    }
+    extern "C" fn log_cb(ctx: *mut c_void, _: u32, m: Bytes) {
+        // SAFETY: as above.
+        let text = String::from_utf8_lossy(unsafe { m.as_slice() }).into_owned();
+        rec(ctx).logs.lock().unwrap().push(text);
+    }
+
+    fn host_api(recorder: &Recorder, config: &[u8], stop_fd: i32) -> HostApiV1 {
+        HostApiV1 {
+            abi_major: ABI_MAJOR,
+            abi_minor: ABI_MINOR,
+            struct_size: std::mem::size_of::<HostApiV1>() as u32,
+            stop_fd,
+            flags: 0,
+            host_ctx: recorder as *const Recorder as *mut c_void,
+            config: Bytes::from_slice(config),
+            state_in: Bytes::EMPTY,
+            data_dir: Bytes::from_slice(b"/tmp"),
+            stub_version: Bytes::from_slice(b"test"),
+            put_state,
+            request_update_check: update,
+            health: health_cb,
+            log: log_cb,
+        }
+    }
+
+    fn config_json(config_dir: &std::path::Path, agent_toml: &str) -> Vec<u8> {
+        serde_json::json!({"agent_toml": agent_toml, "config_dir": config_dir, "log_dir": "/tmp"})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn entry_serves_only_our_major() {
+        assert_eq!(ENTRY_SYMBOL_V1, b"outrider_agent_entry_v1\0");
+        assert!(outrider_agent_entry_v1(ABI_MAJOR + 1, 0).is_null());
+        // SAFETY: non-null pointers returned by the entry point at a static.
+        let api = unsafe { &*outrider_agent_entry_v1(ABI_MAJOR, ABI_MINOR) };
+        api.check().unwrap();
+        // SAFETY: agent_version points at static bytes.
+        assert_eq!(
+            unsafe { api.agent_version.as_slice() },
+            AGENT_VERSION.as_bytes()
+        );
+        assert_eq!((api.state_format, api.min_state_format), (1, 1));
+    }
+
+    #[test]
+    fn bad_hosts_are_refused() {
+        assert_eq!(run_v1(std::ptr::null()), status::BAD_HOST);
+        let r = Recorder::default();
+        let mut api = host_api(&r, b"{}", 0);
+        api.abi_major = 9;
+        assert_eq!(run_v1(&api), status::BAD_HOST);
+        let api = host_api(&r, b"{}", -1);
+        assert_eq!(self_test_v1(&api), status::BAD_HOST);
+    }
+
+    #[test]
+    fn bad_agent_toml_is_bad_config_and_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::default();
+        let config = config_json(
+            dir.path(),
+            "server_url = \"http://127.0.0.1:1\"\nbogus = 1\n",
+        );
+        let api = host_api(&r, &config, 0);
+        assert_eq!(run_v1(&api), status::BAD_CONFIG);
+        assert_eq!(self_test_v1(&api), status::BAD_CONFIG);
+        assert!(
+            r.logs.lock().unwrap().iter().any(|l| l.contains("bogus")),
+            "{:?}",
+            r.logs
+        );
+    }
+
+    #[test]
+    fn run_stops_on_stop_fd_and_hands_over_state() {
+        let dir = tempfile::tempdir().unwrap();
+        // A port nobody listens on: the agent keeps retrying until stopped.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = config_json(
+            dir.path(),
+            &format!("server_url = \"http://127.0.0.1:{port}\"\n"),
+        );
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let r = Recorder::default();
+        let api = host_api(&r, &config, reader.as_raw_fd());
+        assert_eq!(self_test_v1(&api), status::OK);
+        std::thread::scope(|s| {
+            let running = s.spawn(|| run_v1(&api));
+            // Stop once the agent has reported it cannot connect.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !r.health.lock().unwrap().contains(&health::DEGRADED) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no degraded health: {:?}",
+                    r.logs
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            writer.write_all(b"x").unwrap();
+            assert_eq!(running.join().unwrap(), status::OK);
+        });
+        let blob = r
+            .state
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("put_state was called");
+        assert!(StateBlob::decode(&blob).unwrap().is_some());
+        // The stub's fd is still open (we closed only our dup).
+        assert!(
+            reader.as_raw_fd() >= 0
+                && std::fs::metadata(format!("/proc/self/fd/{}", reader.as_raw_fd())).is_ok()
+        );
+        assert!(dir.path().join("identity.key").exists());
+    }
+}

@@ -1,0 +1,88 @@
+//! What the agent needs from whoever runs it: logging, health reports and the
+//! update-check nudge.
+//!
+//! The stub provides these through `HostApiV1` callbacks (see `ffi.rs`); tests
+//! provide a recording implementation. Implementations must be callable from
+//! any thread and must not block for long: the agent calls them from its
+//! runtime thread.
+
+use std::fmt;
+
+/// Log severity, ordered like the ABI's `level` constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl Level {
+    /// The ABI's `level::*` value.
+    pub fn to_abi(self) -> u32 {
+        use outrider_abi::level;
+        match self {
+            Level::Error => level::ERROR,
+            Level::Warn => level::WARN,
+            Level::Info => level::INFO,
+            Level::Debug => level::DEBUG,
+            Level::Trace => level::TRACE,
+        }
+    }
+}
+
+/// Health as reported to the stub, which uses `Ok` to end probation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Health {
+    /// Connected to the server and scheduling checks.
+    Ok,
+    /// Running, but something is wrong (e.g. the server is unreachable).
+    Degraded,
+    /// Failed; the stub should consider a rollback.
+    Failed,
+}
+
+impl Health {
+    /// The ABI's `health::*` value.
+    pub fn to_abi(self) -> u32 {
+        use outrider_abi::health;
+        match self {
+            Health::Ok => health::OK,
+            Health::Degraded => health::DEGRADED,
+            Health::Failed => health::FAILED,
+        }
+    }
+}
+
+/// The host side of the agent: the stub in production, a recorder in tests.
+pub trait HostHooks: Send + Sync + 'static {
+    /// Writes one log line.
+    fn log(&self, level: Level, message: &str);
+    /// Reports the agent's health.
+    fn health(&self, health: Health, message: &str);
+    /// Asks the host to poll for updates soon.
+    fn request_update_check(&self);
+}
+
+impl fmt::Debug for dyn HostHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HostHooks")
+    }
+}
+
+/// Shorthands so call sites read like a logger.
+impl dyn HostHooks {
+    pub(crate) fn error(&self, message: &str) {
+        self.log(Level::Error, message);
+    }
+    pub(crate) fn warn(&self, message: &str) {
+        self.log(Level::Warn, message);
+    }
+    pub(crate) fn info(&self, message: &str) {
+        self.log(Level::Info, message);
+    }
+    pub(crate) fn debug(&self, message: &str) {
+        self.log(Level::Debug, message);
+    }
+}

@@ -1,0 +1,43 @@
+//! `liboutrider_agent`: the whole monitoring agent, loaded by the stub.
+//!
+//! The stub `dlopen`s this library, calls [`outrider_agent_entry_v1`] and runs
+//! the returned table's `run` on a dedicated thread (see `outrider-abi` and
+//! DESIGN §3). Tests and tools use the safe entry [`run_agent`] instead, which
+//! is what `run` calls after converting the C table into a [`Host`].
+//!
+//! Module map:
+//! - `ffi` — the C ABI exports and the safe [`Host`] handle (all ABI `unsafe`);
+//! - `sys` — the raw libc calls of the plugin runner (pidfd, group kill);
+//! - [`config`] — host JSON envelope and `agent.toml`;
+//! - [`identity`] — the ed25519 key on disk;
+//! - [`connection`] — websocket session and reconnects, using [`backoff`];
+//! - [`scheduler`] — per-check tasks; [`runner`] — one supervised plugin run;
+//!   [`nagios`] — plugin output parsing;
+//! - [`outbox`] — un-acked results; [`state`] — the blob for the next generation.
+//!
+//! Process rules that matter for hot swap: the library installs no signal
+//! handlers (hence `std::process` + pidfds, never `tokio::process` or
+//! `tokio::signal`), starts no thread it does not join before `run` returns,
+//! and closes every fd it opened.
+
+mod agent;
+pub mod backoff;
+pub mod config;
+pub mod connection;
+pub mod error;
+mod ffi;
+pub mod host;
+pub mod identity;
+pub mod nagios;
+pub mod outbox;
+pub mod runner;
+pub mod scheduler;
+pub mod state;
+mod sys;
+
+pub use agent::run_agent;
+pub use config::{AgentSettings, AgentToml};
+pub use error::AgentError;
+pub use ffi::{Host, outrider_agent_entry_v1};
+pub use host::{Health, HostHooks, Level};
+pub use state::StateBlob;

@@ -1,0 +1,298 @@
+//! Nagios plugin output parsing.
+//!
+//! Format (Nagios 3 plugin API):
+//! ```text
+//! SUMMARY | PERFDATA
+//! LONG OUTPUT LINE 1
+//! LONG OUTPUT LINE N | PERFDATA
+//! PERFDATA
+//! ```
+//! The first line is the summary (text before `|`); after the first `|` on a
+//! later line every following line is perfdata too. CRLF line ends are
+//! accepted. Perfdata items are `'label'=value[UOM];[warn];[crit];[min];[max]`
+//! separated by whitespace; a quoted label may contain spaces and `=`, and
+//! `''` inside it stands for one `'`. Trailing fields may be missing. Parsing
+//! never fails: a malformed perfdata item is skipped, everything else kept.
+
+use outrider_protocol::PerfData;
+
+/// A plugin's stdout split into its parts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PluginOutput {
+    /// First line, before `|`, trimmed.
+    pub summary: String,
+    /// Later lines with perfdata removed, joined by `\n`.
+    pub long_output: String,
+    /// Every well-formed perfdata item, in order.
+    pub perfdata: Vec<PerfData>,
+}
+
+/// Splits plugin output into summary, long output and perfdata.
+pub fn parse_output(text: &str) -> PluginOutput {
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let first = lines.next().unwrap_or("");
+    let (summary, first_perf) = split_pipe(first);
+    let mut perf_text = vec![first_perf.unwrap_or("")];
+    let mut long = Vec::new();
+    let mut in_perf = false;
+    for line in lines {
+        if in_perf {
+            perf_text.push(line);
+        } else if let (before, Some(after)) = split_pipe(line) {
+            long.push(before);
+            perf_text.push(after);
+            in_perf = true;
+        } else {
+            long.push(line);
+        }
+    }
+    while long.last().is_some_and(|l| l.trim().is_empty()) {
+        long.pop();
+    }
+    PluginOutput {
+        summary: summary.trim().to_owned(),
+        long_output: long.join("\n"),
+        perfdata: perf_text.iter().flat_map(|t| parse_perfdata(t)).collect(),
+    }
+}
+
+fn split_pipe(line: &str) -> (&str, Option<&str>) {
+    match line.split_once('|') {
+        Some((before, after)) => (before, Some(after)),
+        None => (line, None),
+    }
+}
+
+/// Parses a run of perfdata items, skipping malformed ones.
+pub fn parse_perfdata(text: &str) -> Vec<PerfData> {
+    let mut items = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return items;
+        }
+        let (item, next) = next_item(rest);
+        rest = next;
+        if let Some(item) = item {
+            items.push(item);
+        }
+    }
+}
+
+/// Reads one item from the start of `s` (no leading whitespace); returns the
+/// item if well-formed and the unread remainder.
+fn next_item(s: &str) -> (Option<PerfData>, &str) {
+    let (label, after_label) = if let Some(quoted) = s.strip_prefix('\'') {
+        match quoted_label(quoted) {
+            Some(x) => x,
+            // Unterminated quote: nothing sensible follows.
+            None => return (None, ""),
+        }
+    } else {
+        let end = s
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(s.len());
+        (s[..end].to_owned(), &s[end..])
+    };
+    let Some(values) = after_label.strip_prefix('=') else {
+        return (None, skip_token(after_label));
+    };
+    let end = values.find(char::is_whitespace).unwrap_or(values.len());
+    let (token, rest) = values.split_at(end);
+    (parse_values(label, token), rest)
+}
+
+/// Skips the rest of a malformed token.
+fn skip_token(s: &str) -> &str {
+    s.find(char::is_whitespace).map_or("", |i| &s[i..])
+}
+
+/// Reads a quoted label body up to its closing quote; `''` is an escaped quote.
+fn quoted_label(s: &str) -> Option<(String, &str)> {
+    let mut label = String::new();
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c != '\'' {
+            label.push(c);
+        } else if chars.peek().is_some_and(|&(_, n)| n == '\'') {
+            chars.next();
+            label.push('\'');
+        } else {
+            return Some((label, &s[i + 1..]));
+        }
+    }
+    None
+}
+
+fn parse_values(label: String, token: &str) -> Option<PerfData> {
+    if label.is_empty() {
+        return None;
+    }
+    let mut fields = token.split(';');
+    let (value, uom) = split_number(fields.next().unwrap_or(""))?;
+    let mut text = || fields.next().filter(|f| !f.is_empty()).map(str::to_owned);
+    let warn = text();
+    let crit = text();
+    let min = text().and_then(|f| split_number(&f).map(|(v, _)| v));
+    let max = text().and_then(|f| split_number(&f).map(|(v, _)| v));
+    Some(PerfData {
+        label,
+        value,
+        uom: uom.to_owned(),
+        warn,
+        crit,
+        min,
+        max,
+    })
+}
+
+/// Splits `12.5ms` into `(12.5, "ms")`; `None` unless it starts with a finite
+/// number (so `U`, "undetermined", is skipped).
+fn split_number(s: &str) -> Option<(f64, &str)> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    if i < b.len() && (b[i] == b'-' || b[i] == b'+') {
+        i += 1;
+    }
+    let digits_start = i;
+    while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+        i += 1;
+    }
+    if i == digits_start {
+        return None;
+    }
+    // Exponent only if digits follow, so a unit like "e" stays a unit.
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        let mut j = i + 1;
+        if j < b.len() && (b[j] == b'-' || b[j] == b'+') {
+            j += 1;
+        }
+        if j < b.len() && b[j].is_ascii_digit() {
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            i = j;
+        }
+    }
+    let value: f64 = s[..i].parse().ok()?;
+    value.is_finite().then_some((value, &s[i..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pd(label: &str, value: f64) -> PerfData {
+        PerfData {
+            label: label.into(),
+            value,
+            uom: String::new(),
+            warn: None,
+            crit: None,
+            min: None,
+            max: None,
+        }
+    }
+
+    #[test]
+    fn summary_only() {
+        let out = parse_output("OK - all good\n");
+        assert_eq!(
+            out,
+            PluginOutput {
+                summary: "OK - all good".into(),
+                ..Default::default()
+            }
+        );
+        assert_eq!(parse_output(""), PluginOutput::default());
+    }
+
+    #[test]
+    fn full_item_with_uom_and_thresholds() {
+        let out = parse_output("DISK OK | /=2643MB;5948;5958;0;5968");
+        assert_eq!(out.summary, "DISK OK");
+        assert_eq!(
+            out.perfdata,
+            [PerfData {
+                label: "/".into(),
+                value: 2643.0,
+                uom: "MB".into(),
+                warn: Some("5948".into()),
+                crit: Some("5958".into()),
+                min: Some(0.0),
+                max: Some(5968.0),
+            }]
+        );
+    }
+
+    #[test]
+    fn missing_trailing_and_empty_middle_fields() {
+        let items = parse_perfdata("a=1 b=2s;; c=3%;~:10;@5:6 d=4;;;0");
+        assert_eq!(items[0], pd("a", 1.0));
+        assert_eq!(
+            items[1],
+            PerfData {
+                uom: "s".into(),
+                ..pd("b", 2.0)
+            }
+        );
+        assert_eq!(items[2].warn.as_deref(), Some("~:10"));
+        assert_eq!(items[2].crit.as_deref(), Some("@5:6"));
+        assert_eq!(items[2].uom, "%");
+        assert_eq!(
+            items[3],
+            PerfData {
+                min: Some(0.0),
+                ..pd("d", 4.0)
+            }
+        );
+    }
+
+    #[test]
+    fn quoted_labels_with_spaces_equals_and_escaped_quotes() {
+        let items = parse_perfdata("'in use'=5 'a=b'=6 'it''s'=7 ''''=8");
+        let labels: Vec<_> = items.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(labels, ["in use", "a=b", "it's", "'"]);
+        assert_eq!(items[2].value, 7.0);
+    }
+
+    #[test]
+    fn malformed_items_are_skipped_not_fatal() {
+        let items = parse_perfdata("junk a= b=U c=x1 ''=3 =4 'open=5 ok=1");
+        // Everything after the unterminated quote is unreadable; the rest skip one by one.
+        assert!(items.is_empty(), "{items:?}");
+        let items = parse_perfdata("junk a= b=U c=x1 ''=3 =4 ok=1;2;3;zz;5");
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].label, "ok");
+        assert_eq!((items[0].min, items[0].max), (None, Some(5.0)));
+    }
+
+    #[test]
+    fn numbers_signs_exponents_and_units() {
+        let items = parse_perfdata("a=-1.5 b=+2e3 c=1.5e-1s d=3e e=.5");
+        let vals: Vec<_> = items.iter().map(|p| (p.value, p.uom.as_str())).collect();
+        assert_eq!(
+            vals,
+            [(-1.5, ""), (2000.0, ""), (0.15, "s"), (3.0, "e"), (0.5, "")]
+        );
+    }
+
+    #[test]
+    fn long_output_and_multiline_perfdata_with_crlf() {
+        let text = "WARN - load high | load1=5;4;8\r\nline one\r\nline two | load5=3\r\nload15=2;;;0\r\n\r\n";
+        let out = parse_output(text);
+        assert_eq!(out.summary, "WARN - load high");
+        assert_eq!(out.long_output, "line one\nline two ");
+        let labels: Vec<_> = out.perfdata.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(labels, ["load1", "load5", "load15"]);
+        assert_eq!(out.perfdata[2].min, Some(0.0));
+    }
+
+    #[test]
+    fn long_output_without_perfdata_keeps_inner_blank_lines() {
+        let out = parse_output("CRIT\nfirst\n\nthird\n\n");
+        assert_eq!(out.long_output, "first\n\nthird");
+        assert!(out.perfdata.is_empty());
+    }
+}

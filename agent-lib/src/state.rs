@@ -1,0 +1,116 @@
+//! The state blob handed from one agent generation to the next.
+//!
+//! Format (state_format 1): one JSON object
+//! `{"version":1,"next_seq":N,"seq_synced":bool,"unacked":[CheckResult…],"config":{…}|null}`.
+//! Unknown keys are ignored so a later format can add sections that an older
+//! library skips. `unacked` is every result not yet acked by the server, so a
+//! hot swap loses nothing; `config` is the last configuration received, so
+//! the new generation keeps checking while it reconnects.
+
+use outrider_protocol::{AgentConfig, CheckResult};
+use serde::{Deserialize, Serialize};
+
+/// Format version this library writes (`AgentApiV1::state_format`).
+pub const STATE_FORMAT: u32 = 1;
+/// Oldest format this library reads (`AgentApiV1::min_state_format`).
+pub const MIN_STATE_FORMAT: u32 = 1;
+
+/// Everything one generation passes to the next.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateBlob {
+    /// [`STATE_FORMAT`] of the writer.
+    pub version: u32,
+    /// Next result sequence number to assign (≥ 1).
+    pub next_seq: u64,
+    /// True once the sequence counter is known to continue the server's
+    /// numbering (after a Welcome); false on a cold start.
+    #[serde(default)]
+    pub seq_synced: bool,
+    /// Results not yet acked, in sequence order.
+    #[serde(default)]
+    pub unacked: Vec<CheckResult>,
+    /// The configuration last received from the server.
+    #[serde(default)]
+    pub config: Option<AgentConfig>,
+}
+
+impl Default for StateBlob {
+    fn default() -> Self {
+        StateBlob {
+            version: STATE_FORMAT,
+            next_seq: 1,
+            seq_synced: false,
+            unacked: Vec::new(),
+            config: None,
+        }
+    }
+}
+
+impl StateBlob {
+    /// Serialises the blob for `put_state`.
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain data (no maps with non-string keys, finite floats only, since
+        // the perfdata parser rejects non-finite values): cannot fail.
+        serde_json::to_vec(self).expect("state blob serialises")
+    }
+
+    /// Reads a blob from `state_in`; `Ok(None)` for an empty input (cold
+    /// start). Fails, naming why, for garbage or a format we cannot read.
+    pub fn decode(bytes: &[u8]) -> Result<Option<StateBlob>, String> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let blob: StateBlob = serde_json::from_slice(bytes)
+            .map_err(|e| format!("state blob is not readable: {e}"))?;
+        if !(MIN_STATE_FORMAT..=STATE_FORMAT).contains(&blob.version) {
+            return Err(format!(
+                "state blob has format {}, this agent reads {MIN_STATE_FORMAT}..={STATE_FORMAT}",
+                blob.version
+            ));
+        }
+        Ok(Some(StateBlob {
+            next_seq: blob.next_seq.max(1),
+            ..blob
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use outrider_protocol::CheckState;
+
+    use super::*;
+
+    #[test]
+    fn round_trips_and_skips_unknown_sections() {
+        let blob = StateBlob {
+            next_seq: 8,
+            seq_synced: true,
+            unacked: vec![CheckResult {
+                seq: 7,
+                check: "c".into(),
+                state: CheckState::Ok,
+                summary: "s".into(),
+                long_output: String::new(),
+                perfdata: vec![],
+                started_at_ms: 1,
+                duration_ms: 2,
+            }],
+            ..StateBlob::default()
+        };
+        assert_eq!(StateBlob::decode(&blob.encode()).unwrap(), Some(blob));
+        let newer = br#"{"version":1,"next_seq":3,"future_section":[1,2]}"#;
+        assert_eq!(StateBlob::decode(newer).unwrap().unwrap().next_seq, 3);
+    }
+
+    #[test]
+    fn empty_is_cold_start_and_garbage_is_refused() {
+        assert_eq!(StateBlob::decode(b"").unwrap(), None);
+        assert!(StateBlob::decode(b"not json").is_err());
+        assert!(
+            StateBlob::decode(br#"{"version":2,"next_seq":1}"#)
+                .unwrap_err()
+                .contains("format 2")
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! The few raw libc calls the plugin runner needs, behind safe functions.
+//!
+//! Invariant: every function here only touches processes the caller spawned
+//! (identified by pid / process-group id) and returns owned fds, so callers
+//! stay in safe Rust. Nothing here installs signal handlers. Also the
+//! reactor registration of raw fds (`AsyncFd`), which tokio marks unsafe.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// Opens a pidfd for `pid`: it becomes readable when the process exits.
+/// Fails with `ENOSYS` on kernels older than 5.3.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; it
+    // touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd)
+        .map_err(|_| io::Error::other("pidfd_open returned an out-of-range fd"))?;
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    // pidfds are created O_CLOEXEC by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Registers an owned fd with the runtime's reactor. Must be called inside
+/// the runtime. Fails when the reactor refuses the fd.
+pub fn async_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the `AsyncFd` takes ownership of the `OwnedFd`, so the fd stays
+    // open, refers to the same open file description, and `as_raw_fd` returns
+    // the same number for the whole life of the registration.
+    Ok(unsafe { AsyncFd::register_with_interest(fd, interest) }?)
+}
+
+/// Sends `signal` to every process in process group `pgid`. A group that no
+/// longer exists is not an error.
+pub fn kill_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pgid =
+        libc::pid_t::try_from(pgid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    if pgid <= 1 {
+        // -0 and -1 would signal our own group or every process we may signal.
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: kill has no memory effects; the negative pid addresses the
+    // plugin's own process group, created with process_group(0) at spawn.
+    let rc = unsafe { libc::kill(-pgid, signal) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// True when child `pid` has exited, without reaping it (`WNOWAIT`), so its
+/// pid — and thus its process-group id — stays reserved until we reap it.
+pub fn has_exited(pid: u32) -> io::Result<bool> {
+    let pid = libc::id_t::from(pid);
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled `info` (or left it zeroed when nothing changed);
+    // si_pid is valid to read for SIGCHLD-style infos and zero otherwise.
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_to_signal_own_or_all_groups() {
+        assert!(kill_group(0, libc::SIGTERM).is_err());
+        assert!(kill_group(1, libc::SIGTERM).is_err());
+    }
+
+    #[test]
+    fn pidfd_and_wnowait_see_an_exited_child_without_reaping_it() {
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let pid = child.id();
+        let _fd = pidfd_open(pid).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !has_exited(pid).unwrap() {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // Still reapable: WNOWAIT left it for us.
+        assert!(child.try_wait().unwrap().unwrap().success());
+    }
+}

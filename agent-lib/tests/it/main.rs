@@ -1,0 +1,5 @@
+//! Integration tests of the agent library: real processes, real sockets.
+
+mod runner;
+mod session;
+mod support;

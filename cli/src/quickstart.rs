@@ -1,0 +1,315 @@
+//! `outrider quickstart`: everything on this machine, on the embedded defaults.
+//!
+//! From a source checkout it builds the server, the stub and the agent
+//! library, then under `$OUTRIDER_HOME` (default `~/.outrider`):
+//! 1. creates dev signing keys (`keys/`) once;
+//! 2. starts `outrider-server` with its data in `server/`;
+//! 3. publishes the freshly built agent library to the `dev` channel;
+//! 4. defines a demo check (`check_loadavg` from `packaging/plugins/`);
+//! 5. writes `agent/etc/agent.toml` + `root.json` and starts the stub with
+//!    `--prefix agent/`;
+//! 6. waits for the agent's first result, prints what to look at, and
+//!    supervises both until Ctrl-C, then stops the agent first (so it
+//!    deregisters) and the server second.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use outrider_protocol::api::{AgentInfo, CheckDefinition, ResultInfo};
+
+use crate::UsageError;
+use crate::client::{ApiClient, outrider_home};
+
+/// How long to wait for the server to listen, the agent to register, etc.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Arguments of `outrider quickstart`.
+#[derive(Debug, clap::Args)]
+pub struct QuickstartArgs {
+    /// Address for the server.
+    #[arg(long, default_value = "127.0.0.1:8470")]
+    listen: String,
+    /// Build and start everything, print the summary, then stop (for CI).
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// A child process that is stopped with SIGTERM when dropped.
+struct Supervised {
+    name: &'static str,
+    child: Child,
+}
+
+impl Supervised {
+    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Supervised> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = file.try_clone()?;
+        // Own process group: the terminal's Ctrl-C reaches only us, and we
+        // stop the children in the right order.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0)
+            .stdout(file)
+            .stderr(err)
+            .stdin(Stdio::null());
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Supervised { name, child })
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn stop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let pid = self.child.id() as libc::pid_t;
+        // SIGTERM: both programs stop cleanly on it (the stub deregisters).
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                println!("  {} stopped ({status})", self.name);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        println!("  {} did not stop within 20 s and was killed", self.name);
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs the quickstart.
+pub fn run(args: QuickstartArgs) -> Result<()> {
+    let source = source_dir()?;
+    let bin_dir = build(&source)?;
+    let home = outrider_home();
+    let (server_dir, keys_dir, agent_dir) =
+        (home.join("server"), home.join("keys"), home.join("agent"));
+    for d in [
+        &server_dir,
+        &keys_dir,
+        &agent_dir.join("etc"),
+        &agent_dir.join("log"),
+    ] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let me = std::env::current_exe().context("locating the outrider binary")?;
+
+    // 1. Keys.
+    if !keys_dir.join("root.json").exists() {
+        step("creating dev signing keys");
+        run_self(&me, &["keys", "init", "--dir", &keys_dir.to_string_lossy()])?;
+    }
+
+    // 2. Server.
+    step(&format!("starting outrider-server on {}", args.listen));
+    let ready = server_dir.join("ready");
+    let _ = std::fs::remove_file(&ready);
+    let mut cmd = Command::new(bin_dir.join("outrider-server"));
+    cmd.arg("--data-dir")
+        .arg(&server_dir)
+        .arg("--listen")
+        .arg(&args.listen)
+        .arg("--ready-file")
+        .arg(&ready);
+    let mut server = Supervised::spawn("outrider-server", cmd, &home.join("server.log"))?;
+    wait_for("the server to listen", || {
+        if let Some(status) = server.exited() {
+            bail!(
+                "outrider-server exited ({status}); see {}",
+                home.join("server.log").display()
+            );
+        }
+        Ok(ready.exists().then_some(()))
+    })?;
+    let url = format!("http://{}", args.listen);
+    let token = std::fs::read_to_string(server_dir.join("admin.token"))
+        .context("reading the admin token")?;
+    let client = ApiClient::new(&url, token.trim().to_owned());
+
+    // 3. Publish the freshly built library.
+    let library = bin_dir.join("liboutrider_agent.so");
+    step("publishing the agent library to channel dev");
+    let token_file = server_dir.join("admin.token");
+    run_self(
+        &me,
+        &[
+            "--server",
+            &url,
+            "--token-file",
+            &token_file.to_string_lossy(),
+            "release",
+            "publish",
+            "--channel",
+            "dev",
+            "--keys",
+            &keys_dir.to_string_lossy(),
+            &library.to_string_lossy(),
+        ],
+    )?;
+
+    // 4. A demo check.
+    let plugin = source.join("packaging/plugins/check_loadavg");
+    let def = CheckDefinition {
+        command: vec![plugin.to_string_lossy().into_owned()],
+        interval_secs: 10,
+        timeout_secs: 5,
+    };
+    let _: serde_json::Value = client.send_json("PUT", "/api/v1/checks/load", &def)?;
+
+    // 5. The agent.
+    step("starting the agent (stub + library)");
+    let enrollment = std::fs::read_to_string(server_dir.join("enrollment.token"))
+        .context("reading the enrollment token")?;
+    std::fs::write(
+        agent_dir.join("etc/agent.toml"),
+        format!(
+            "server_url = \"{url}\"\nenrollment_token = \"{}\"\nchannel = \"dev\"\n",
+            enrollment.trim()
+        ),
+    )?;
+    std::fs::copy(keys_dir.join("root.json"), agent_dir.join("etc/root.json"))
+        .context("installing root.json")?;
+    let mut cmd = Command::new(bin_dir.join("outrider-agent"));
+    cmd.arg("--prefix").arg(&agent_dir);
+    let agent_log = agent_dir.join("log/stub.log");
+    let mut agent = Supervised::spawn("outrider-agent", cmd, &agent_log)?;
+
+    // 6. Wait for the first result and tell the user what to look at.
+    wait_for("the agent's first check result", || {
+        if let Some(status) = agent.exited() {
+            bail!(
+                "outrider-agent exited ({status}); see {}",
+                agent_log.display()
+            );
+        }
+        let results: Vec<ResultInfo> = client.get_json("/api/v1/results/latest")?;
+        Ok((!results.is_empty()).then_some(()))
+    })?;
+    let agents: Vec<AgentInfo> = client.get_json("/api/v1/agents")?;
+    let cli = bin_dir.join("outrider");
+    println!();
+    println!(
+        "Outrider is running: server on {url}, {} agent(s) connected.",
+        agents.len()
+    );
+    println!("Look at it from another terminal:");
+    println!("  {} agents", cli.display());
+    println!("  {} checks", cli.display());
+    println!(
+        "Logs: {} and {}",
+        home.join("server.log").display(),
+        agent_log.display()
+    );
+    println!("State: {}", home.display());
+
+    if !args.no_wait {
+        println!("Press Ctrl-C to stop.");
+        let stop = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+        while !stop.load(Ordering::Relaxed) {
+            if server.exited().is_some() || agent.exited().is_some() {
+                println!("a component exited on its own; see the logs above");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    println!("stopping…");
+    agent.stop();
+    server.stop();
+    Ok(())
+}
+
+/// The workspace root this binary was built from.
+fn source_dir() -> Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf);
+    match dir {
+        Some(d) if d.join("Cargo.toml").exists() && d.join("packaging").exists() => Ok(d),
+        _ => Err(UsageError(
+            "quickstart runs from a source checkout: run `cargo run --release --bin outrider -- quickstart` in it".into(),
+        )
+        .into()),
+    }
+}
+
+/// Builds the server, the stub and the library with the profile of this
+/// binary, and returns the directory holding them.
+fn build(source: &Path) -> Result<PathBuf> {
+    let me = std::env::current_exe().context("locating the outrider binary")?;
+    let bin_dir = me
+        .parent()
+        .context("the outrider binary has no directory")?
+        .to_path_buf();
+    let release = bin_dir.file_name().is_some_and(|n| n == "release");
+    step(
+        "building outrider-server, outrider-agent and the agent library (first time takes minutes)",
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(source).args([
+        "build",
+        "-p",
+        "outrider-server",
+        "-p",
+        "outrider-agent-stub",
+        "-p",
+        "outrider-agent-lib",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed ({status})");
+    }
+    Ok(bin_dir)
+}
+
+fn run_self(me: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new(me)
+        .args(args)
+        .status()
+        .with_context(|| format!("running outrider {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`outrider {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn step(what: &str) {
+    println!("==> {what}");
+}
+
+/// Polls `probe` every 200 ms until it yields a value or [`STEP_TIMEOUT`] passes.
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        if let Some(v) = probe()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {STEP_TIMEOUT:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,113 @@
+//! The admin REST API: authentication and config push to connected agents.
+
+use outrider_protocol::{AgentMessage, CheckSpec, CheckState, ServerMessage};
+use serde_json::{Value, json};
+
+use crate::helpers::{Agent, ENROLLMENT_TOKEN, Server, result};
+
+#[tokio::test]
+async fn admin_routes_need_the_admin_token() {
+    let server = Server::start().await;
+    let check = json!({ "command": ["/bin/true"], "interval_secs": 10, "timeout_secs": 5 });
+    let wrong = format!("Bearer {}x", server.admin_token);
+    let cases = [
+        ("GET", "/api/v1/agents", None, None),
+        ("GET", "/api/v1/results/latest", Some(wrong.as_str()), None),
+        ("PUT", "/api/v1/checks/load", None, Some(&check)),
+        (
+            "PUT",
+            "/api/v1/checks/load",
+            Some(wrong.as_str()),
+            Some(&check),
+        ),
+        (
+            "PUT",
+            "/api/v1/checks/load",
+            Some(ENROLLMENT_TOKEN),
+            Some(&check),
+        ),
+    ];
+    for (method, path, auth, body) in cases {
+        let (status, json) = server.http(method, path, auth, body).await;
+        assert_eq!(status, 401, "{method} {path} with {auth:?}: {json}");
+        let error = json["error"].as_str().unwrap_or_default();
+        assert!(
+            !error.is_empty(),
+            "{method} {path}: body {json} has no error sentence"
+        );
+    }
+    // None of the refused PUTs created the check.
+    assert_eq!(server.admin("GET", "/api/v1/checks", None).await, json!([]));
+    assert_eq!(server.admin("GET", "/api/v1/agents", None).await, json!([]));
+    server.stop().await;
+}
+
+async fn put_check(server: &Server, name: &str, interval_secs: u32) -> Value {
+    let body = json!({ "command": ["/usr/lib/nagios/plugins/check_load", "-w", "5"],
+                       "interval_secs": interval_secs, "timeout_secs": 5 });
+    server
+        .admin("PUT", &format!("/api/v1/checks/{name}"), Some(&body))
+        .await
+}
+
+#[tokio::test]
+async fn changed_checks_are_pushed_to_connected_agents_and_noops_are_not() {
+    let server = Server::start().await;
+    let agent = Agent::new(1, "web-1");
+    let (mut conn, _, config) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    assert_eq!(config.version, 0);
+
+    let spec = CheckSpec {
+        name: "load".into(),
+        command: vec![
+            "/usr/lib/nagios/plugins/check_load".into(),
+            "-w".into(),
+            "5".into(),
+        ],
+        interval_secs: 10,
+        timeout_secs: 5,
+    };
+    assert_eq!(
+        put_check(&server, "load", 10).await,
+        json!({ "check": "load", "config_version": 1 })
+    );
+    match conn.recv().await {
+        ServerMessage::Config(config) => {
+            assert_eq!(config.version, 1);
+            assert_eq!(config.checks, vec![spec.clone()]);
+        }
+        other => panic!("expected a config push, got {other:?}"),
+    }
+
+    // The identical definition again: same version, nothing pushed. The ack
+    // of a later batch must be the next message the agent sees.
+    assert_eq!(
+        put_check(&server, "load", 10).await,
+        json!({ "check": "load", "config_version": 1 })
+    );
+    conn.send(&AgentMessage::Results {
+        results: vec![result(1, "load", CheckState::Ok, "fine")],
+    })
+    .await;
+    assert_eq!(conn.recv().await, ServerMessage::Ack { up_to: 1 });
+
+    // A real change is pushed again.
+    assert_eq!(
+        put_check(&server, "load", 20).await,
+        json!({ "check": "load", "config_version": 2 })
+    );
+    match conn.recv().await {
+        ServerMessage::Config(config) => {
+            assert_eq!(config.version, 2);
+            assert_eq!(
+                config.checks,
+                vec![CheckSpec {
+                    interval_secs: 20,
+                    ..spec
+                }]
+            );
+        }
+        other => panic!("expected a config push, got {other:?}"),
+    }
+    server.stop().await;
+}

@@ -1,0 +1,259 @@
+//! The agent websocket: enrollment, key pinning, ingest, presence, bad input.
+
+use ed25519_dalek::Signer;
+use outrider_protocol::api::Presence;
+use outrider_protocol::{
+    AgentConfig, AgentMessage, CheckState, Hello, MAX_MESSAGE_BYTES, ServerMessage, auth_message,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{Agent, Closed, Conn, ENROLLMENT_TOKEN, POLICY, Server, result};
+
+#[tokio::test]
+async fn enrollment_needs_the_right_token() {
+    let server = Server::start().await;
+
+    let good = Agent::new(1, "web-1");
+    let (_conn, acked_seq, config) = good.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    assert_eq!(acked_seq, 0);
+    assert_eq!(
+        config,
+        AgentConfig {
+            version: 0,
+            checks: vec![]
+        }
+    );
+
+    for (seed, token) in [(2, Some("wrong")), (3, None)] {
+        let agent = Agent::new(seed, "intruder");
+        let (mut conn, answer) = agent.try_connect(&server, token).await;
+        match answer {
+            ServerMessage::Rejected { reason } => {
+                assert!(
+                    reason.contains("enrollment token"),
+                    "token {token:?}: reason {reason:?}"
+                )
+            }
+            other => panic!("token {token:?}: expected rejection, got {other:?}"),
+        }
+        assert_eq!(
+            conn.closed().await,
+            Closed::Frame(POLICY, "rejected".into())
+        );
+    }
+
+    let agents = server.agents().await;
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(agents[0].fingerprint, good.fp);
+    assert_eq!(agents[0].hostname, "web-1");
+    assert_eq!(agents[0].presence, Presence::Connected);
+    server.stop().await;
+}
+
+/// Sends `hello` on a fresh connection and returns the rejection reason.
+async fn rejection(server: &Server, make_hello: impl FnOnce(&str) -> Hello) -> String {
+    let (mut conn, nonce) = Conn::open(server).await;
+    conn.send(&AgentMessage::Hello(make_hello(&nonce))).await;
+    let reason = match conn.recv().await {
+        ServerMessage::Rejected { reason } => reason,
+        other => panic!("expected rejection, got {other:?}"),
+    };
+    assert_eq!(
+        conn.closed().await,
+        Closed::Frame(POLICY, "rejected".into())
+    );
+    reason
+}
+
+#[tokio::test]
+async fn pinned_fingerprint_cannot_be_claimed_without_its_key() {
+    let server = Server::start().await;
+    let owner = Agent::new(1, "web-1");
+    let (mut owner_conn, _, _) = owner.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let before = server.agent(&owner.fp).await;
+    let thief = Agent::new(9, "evil");
+
+    // The owner's fingerprint, the thief's key, a valid signature by that key.
+    let reason = rejection(&server, |nonce| Hello {
+        fingerprint: owner.fp.clone(),
+        signature: hex::encode(thief.key.sign(&auth_message(nonce, &owner.fp)).to_bytes()),
+        ..thief.hello(nonce, Some(ENROLLMENT_TOKEN))
+    })
+    .await;
+    assert!(
+        reason.contains("does not match the public key"),
+        "{reason:?}"
+    );
+
+    // The owner's fingerprint and public key, a signature replayed from another nonce.
+    let reason = rejection(&server, |_nonce| Hello {
+        hostname: "evil".into(),
+        ..owner.hello(&"00".repeat(32), Some(ENROLLMENT_TOKEN))
+    })
+    .await;
+    assert_eq!(reason, "signature does not prove possession of the key");
+
+    assert_eq!(
+        server.agents().await,
+        vec![before],
+        "a refused hello changed the agent table"
+    );
+    // The owner's session was neither replaced nor disturbed.
+    assert_eq!(
+        owner_conn
+            .send_results(vec![result(1, "load", CheckState::Ok, "fine")])
+            .await,
+        1
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn results_are_acked_deduplicated_and_remembered_across_sessions() {
+    let server = Server::start().await;
+    let agent = Agent::new(1, "web-1");
+    let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+
+    let batch = vec![
+        result(1, "load", CheckState::Ok, "load 1"),
+        result(2, "disk", CheckState::Warning, "disk 2"),
+        result(3, "load", CheckState::Critical, "load 3"),
+    ];
+    assert_eq!(conn.send_results(batch.clone()).await, 3);
+    // A resend after a lost ack is acked again and stored once: the changed
+    // summary of seq 3 must not overwrite the stored one.
+    let mut resent = batch;
+    resent[2].summary = "load 3 (resent)".into();
+    assert_eq!(conn.send_results(resent).await, 3);
+
+    let latest = server.latest_results().await;
+    let rows: Vec<_> = latest
+        .iter()
+        .map(|r| (r.check.as_str(), r.seq, r.state, r.summary.as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("disk", 2, CheckState::Warning, "disk 2"),
+            ("load", 3, CheckState::Critical, "load 3")
+        ]
+    );
+    assert!(
+        latest
+            .iter()
+            .all(|r| r.agent == agent.fp && r.hostname == "web-1")
+    );
+
+    conn.send(&AgentMessage::Goodbye {
+        reason: "restart".into(),
+    })
+    .await;
+    conn.closed().await;
+    // A pinned agent needs no enrollment token.
+    let (_conn, acked_seq, _) = agent.connect(&server, None).await;
+    assert_eq!(acked_seq, 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn goodbye_deregisters_and_a_lost_connection_is_down() {
+    let server = Server::start().await;
+    let polite = Agent::new(1, "polite");
+    let rude = Agent::new(2, "rude");
+    let (mut polite_conn, _, _) = polite.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let (rude_conn, _, _) = rude.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+
+    polite_conn
+        .send(&AgentMessage::Goodbye {
+            reason: "shutting down".into(),
+        })
+        .await;
+    assert_eq!(
+        polite_conn.closed().await,
+        Closed::Frame(1000, "bye".into())
+    );
+    // Presence is written before the close frame is sent.
+    assert_eq!(
+        server.agent(&polite.fp).await.presence,
+        Presence::Deregistered
+    );
+
+    drop(rude_conn);
+    server.wait_presence(&rude.fp, Presence::Down).await;
+    assert_eq!(
+        server.agent(&polite.fp).await.presence,
+        Presence::Deregistered
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_session_replaces_the_first_without_marking_it_down() {
+    let server = Server::start().await;
+    let agent = Agent::new(1, "web-1");
+    let (mut first, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let since = server.agent(&agent.fp).await.presence_since_ms;
+
+    let (mut second, _, _) = agent.connect(&server, None).await;
+    assert_eq!(
+        first.closed().await,
+        Closed::Frame(POLICY, "replaced by a newer session".into())
+    );
+    let info = server.agent(&agent.fp).await;
+    assert_eq!(info.presence, Presence::Connected);
+    assert_eq!(
+        info.presence_since_ms, since,
+        "the replacement looked like a reconnect"
+    );
+    assert_eq!(
+        second
+            .send_results(vec![result(1, "load", CheckState::Ok, "fine")])
+            .await,
+        1
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_frames_close_only_their_own_connection() {
+    let server = Server::start().await;
+    let healthy = Agent::new(1, "healthy");
+    let (mut healthy_conn, _, _) = healthy.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+
+    let bad_frames = [
+        (2, Message::text("{\"type\": \"results\", \"results\": [")),
+        (3, Message::binary(b"\x00\x01".to_vec())),
+    ];
+    for (seed, frame) in bad_frames {
+        let bad = Agent::new(seed, "bad");
+        let (mut conn, _, _) = bad.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+        conn.send_raw(frame).await.unwrap();
+        assert_eq!(
+            conn.closed().await,
+            Closed::Frame(POLICY, "protocol violation".into())
+        );
+        assert_eq!(server.agent(&bad.fp).await.presence, Presence::Down);
+    }
+
+    // One byte over the limit: refused before it is buffered whole.
+    let big = Agent::new(4, "big");
+    let (mut conn, _, _) = big.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    // The server may reset the connection while the frame is still being written.
+    let _ = conn
+        .send_raw(Message::text("x".repeat(MAX_MESSAGE_BYTES + 1)))
+        .await;
+    match conn.closed().await {
+        Closed::Dropped | Closed::Frame(..) => {}
+    }
+    server.wait_presence(&big.fp, Presence::Down).await;
+
+    let seq = healthy_conn
+        .send_results(vec![result(7, "load", CheckState::Ok, "fine")])
+        .await;
+    assert_eq!(seq, 7);
+    assert_eq!(
+        server.agent(&healthy.fp).await.presence,
+        Presence::Connected
+    );
+    server.stop().await;
+}

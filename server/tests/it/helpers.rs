@@ -1,0 +1,357 @@
+//! Shared fixtures: an in-process server on an ephemeral port, a scripted
+//! test agent speaking the wire protocol over a real websocket, and a tiny
+//! HTTP/1.1 client for the admin API.
+//!
+//! Every await on the network is wrapped in [`STEP`] so a broken feature
+//! fails the test instead of hanging it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use futures_util::{SinkExt, StreamExt};
+use outrider_protocol::api::{AgentInfo, Presence, ResultInfo};
+use outrider_protocol::{
+    AGENT_WS_PATH, AgentConfig, AgentMessage, CheckResult, CheckState, Fingerprint, Hello,
+    PROTOCOL_VERSION, ServerMessage, auth_message, fingerprint_of,
+};
+use outrider_server::ServerConfig;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for any single network step of a test.
+pub const STEP: Duration = Duration::from_secs(5);
+
+/// The enrollment token every test server is started with.
+pub const ENROLLMENT_TOKEN: &str = "tok";
+
+/// A server running in this process until [`Server::stop`].
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_token: String,
+    _dir: TempDir,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Starts a server on 127.0.0.1:0 with a fresh data directory. Keepalive
+    /// timers are long so an agent that is not reading is never declared silent.
+    pub async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = ServerConfig {
+            data_dir: dir.path().to_owned(),
+            listen: addr,
+            enrollment_token: Some(ENROLLMENT_TOKEN.into()),
+            ping_interval_secs: 60,
+            down_after_secs: 120,
+            ready_file: None,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(outrider_server::run(config, listener, shutdown.clone()));
+        let mut server = Server {
+            addr,
+            admin_token: String::new(),
+            _dir: dir,
+            shutdown,
+            task,
+        };
+        // The server answers HTTP only after it wrote its tokens.
+        let (status, _) = server.http("GET", "/healthz", None, None).await;
+        assert_eq!(status, 200);
+        server.admin_token = std::fs::read_to_string(server._dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        server
+    }
+
+    /// Cancels the server and waits for a clean exit.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server did not stop within 10 s")
+            .expect("server task panicked");
+        result.expect("server returned an error");
+    }
+
+    /// One HTTP/1.1 request; returns the status and the body parsed as JSON
+    /// (a JSON string holding the raw text when it is not JSON).
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(auth) = auth {
+            req.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        let exchange = async {
+            let mut stream = TcpStream::connect(self.addr).await?;
+            stream.write_all(req.as_bytes()).await?;
+            let mut buf = Vec::new();
+            stream.read_to_end(&mut buf).await?;
+            std::io::Result::Ok(buf)
+        };
+        let buf = tokio::time::timeout(STEP, exchange)
+            .await
+            .expect("HTTP request timed out")
+            .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .expect("HTTP response has a header");
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "chunked response: {head}"
+        );
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("HTTP status line");
+        let json = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
+        (status, json)
+    }
+
+    /// A request with the admin token; panics unless the answer is 200.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let auth = format!("Bearer {}", self.admin_token);
+        let (status, json) = self.http(method, path, Some(&auth), body).await;
+        assert_eq!(status, 200, "{method} {path} answered {status}: {json}");
+        json
+    }
+
+    pub async fn agents(&self) -> Vec<AgentInfo> {
+        serde_json::from_value(self.admin("GET", "/api/v1/agents", None).await).unwrap()
+    }
+
+    pub async fn agent(&self, fp: &Fingerprint) -> AgentInfo {
+        let agents = self.agents().await;
+        agents
+            .into_iter()
+            .find(|a| &a.fingerprint == fp)
+            .expect("agent is listed")
+    }
+
+    pub async fn latest_results(&self) -> Vec<ResultInfo> {
+        serde_json::from_value(self.admin("GET", "/api/v1/results/latest", None).await).unwrap()
+    }
+
+    /// Polls the API until `fp` has `presence`, for ends of a session the
+    /// agent cannot observe (its own socket is already gone).
+    pub async fn wait_presence(&self, fp: &Fingerprint, presence: Presence) {
+        let poll = async {
+            loop {
+                if self.agent(fp).await.presence == presence {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(STEP, poll).await.is_err() {
+            panic!(
+                "agent {fp} never became {presence:?}; now {:?}",
+                self.agent(fp).await.presence
+            );
+        }
+    }
+}
+
+/// An agent identity: a deterministic ed25519 key and labels.
+#[derive(Debug)]
+pub struct Agent {
+    pub key: SigningKey,
+    pub fp: Fingerprint,
+    pub hostname: String,
+}
+
+impl Agent {
+    pub fn new(seed: u8, hostname: &str) -> Agent {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let fp = fingerprint_of(&key.verifying_key());
+        Agent {
+            key,
+            fp,
+            hostname: hostname.to_owned(),
+        }
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+
+    /// A correct hello answering `nonce`.
+    pub fn hello(&self, nonce: &str, token: Option<&str>) -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            fingerprint: self.fp.clone(),
+            public_key: self.public_key_hex(),
+            signature: hex::encode(self.key.sign(&auth_message(nonce, &self.fp)).to_bytes()),
+            enrollment_token: token.map(str::to_owned),
+            hostname: self.hostname.clone(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            agent_version: "0.1.0".into(),
+            last_seq: 0,
+        }
+    }
+
+    /// Connects and sends a correct hello; returns the server's answer.
+    pub async fn try_connect(&self, server: &Server, token: Option<&str>) -> (Conn, ServerMessage) {
+        let (mut conn, nonce) = Conn::open(server).await;
+        conn.send(&AgentMessage::Hello(self.hello(&nonce, token)))
+            .await;
+        let answer = conn.recv().await;
+        (conn, answer)
+    }
+
+    /// Connects, expecting Welcome then Config; returns `acked_seq` and the config.
+    pub async fn connect(&self, server: &Server, token: Option<&str>) -> (Conn, u64, AgentConfig) {
+        let (mut conn, answer) = self.try_connect(server, token).await;
+        let acked_seq = match answer {
+            ServerMessage::Welcome {
+                fingerprint,
+                acked_seq,
+            } => {
+                assert_eq!(fingerprint, self.fp);
+                acked_seq
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        };
+        let config = match conn.recv().await {
+            ServerMessage::Config(config) => config,
+            other => panic!("expected config after welcome, got {other:?}"),
+        };
+        (conn, acked_seq, config)
+    }
+}
+
+/// One agent websocket.
+#[derive(Debug)]
+pub struct Conn {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a connection ended, as the agent saw it.
+#[derive(Debug, PartialEq)]
+pub enum Closed {
+    /// A close frame with this code and reason.
+    Frame(u16, String),
+    /// The TCP connection ended or failed without a close frame.
+    Dropped,
+}
+
+impl Conn {
+    /// Opens the websocket and reads the challenge; returns the nonce.
+    pub async fn open(server: &Server) -> (Conn, String) {
+        let url = format!("ws://{}{AGENT_WS_PATH}", server.addr);
+        let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url.as_str()))
+            .await
+            .expect("websocket connect timed out")
+            .expect("websocket connect");
+        let mut conn = Conn { ws };
+        match conn.recv().await {
+            ServerMessage::Challenge { nonce } => (conn, nonce),
+            other => panic!("expected challenge, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, msg: &AgentMessage) {
+        self.send_raw(Message::text(msg.encode()))
+            .await
+            .expect("sending a message");
+    }
+
+    pub async fn send_raw(
+        &mut self,
+        msg: Message,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        tokio::time::timeout(STEP, self.ws.send(msg))
+            .await
+            .expect("send timed out")
+    }
+
+    /// Next server message, skipping keepalives; panics on close or timeout.
+    pub async fn recv(&mut self) -> ServerMessage {
+        loop {
+            let frame = tokio::time::timeout(STEP, self.ws.next())
+                .await
+                .expect("no server message within 5 s");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return ServerMessage::decode(&text).expect("server message decodes");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a server message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the connection ends; panics if a message arrives first.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let frame = tokio::time::timeout(STEP, self.ws.next())
+                .await
+                .expect("connection still open after 5 s");
+            match frame {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Closed::Frame(f.code.into(), f.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | Some(Err(_)) | None => return Closed::Dropped,
+                Some(Ok(other)) => panic!("expected the connection to close, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a batch and returns the acknowledged sequence number.
+    pub async fn send_results(&mut self, results: Vec<CheckResult>) -> u64 {
+        self.send(&AgentMessage::Results { results }).await;
+        match self.recv().await {
+            ServerMessage::Ack { up_to } => up_to,
+            other => panic!("expected ack, got {other:?}"),
+        }
+    }
+}
+
+/// A result of `check` with sequence `seq`.
+pub fn result(seq: u64, check: &str, state: CheckState, summary: &str) -> CheckResult {
+    CheckResult {
+        seq,
+        check: check.into(),
+        state,
+        summary: summary.into(),
+        long_output: String::new(),
+        perfdata: Vec::new(),
+        started_at_ms: 1_700_000_000_000 + seq as i64,
+        duration_ms: 12,
+    }
+}
+
+/// Close code the server uses for protocol violations, rejections and replacement.
+pub const POLICY: u16 = 1008;

@@ -1,0 +1,7 @@
+//! Integration tests of `outrider-server`: the real server runs in-process
+//! on an ephemeral port and is driven over a real websocket (as an agent)
+//! and over HTTP (as an admin).
+
+mod admin_api;
+mod agent_ws;
+mod helpers;

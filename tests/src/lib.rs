@@ -1,0 +1,400 @@
+//! End-to-end harness: the real binaries, a real server, real sockets on
+//! loopback, real keys and a real SQLite file — no mocks.
+//!
+//! Tests read like scripts over these builders:
+//! ```no_run
+//! # use outrider_tests::*;
+//! let server = TestServer::start();
+//! let keys = Keys::init();
+//! let sha256 = server.publish(&keys, "dev", &agent_library());
+//! let agent = TestAgent::start(&server, &keys, "dev");
+//! agent.proc.wait_for_log("agent library loaded", secs(30));
+//! ```
+//! The binaries come from the same target directory as the test binary;
+//! the test command builds them first (`cargo build --workspace` runs
+//! before `cargo test` in the README's test command).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Enrollment token every test server accepts.
+pub const ENROLLMENT_TOKEN: &str = "e2e-enrollment-token";
+
+/// Shorthand for `Duration::from_secs`.
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// `target/<profile>/`, where cargo put the binaries and the cdylib.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/e2e-<hash>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory")
+        .to_path_buf();
+    for name in [
+        "outrider-server",
+        "outrider-agent",
+        "outrider",
+        "liboutrider_agent.so",
+    ] {
+        assert!(
+            dir.join(name).exists(),
+            "{} is missing: build the workspace first (`cargo build --workspace`), as the README's test command does",
+            dir.join(name).display()
+        );
+    }
+    dir
+}
+
+/// The agent library cargo built for this workspace.
+pub fn agent_library() -> PathBuf {
+    bin_dir().join("liboutrider_agent.so")
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, panicking with `what`
+/// after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped, with its output in a file.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).expect("create log file");
+        let err = file.try_clone().expect("clone log file");
+        cmd.stdin(Stdio::null()).stdout(file).stderr(err);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        Proc { child, log }
+    }
+
+    /// Everything the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for exit and returns the exit code (None if killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = &mut self.child;
+        let status = wait_until("process exit", timeout, || child.try_wait().ok().flatten());
+        status.code()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// Waits until the log contains `needle`, panicking with the log otherwise.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?} in log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real `outrider-server` on 127.0.0.1 with its own data directory.
+#[derive(Debug)]
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub admin_token: String,
+    pub proc: Proc,
+}
+
+impl TestServer {
+    /// Starts a server on an ephemeral loopback port and waits until it listens.
+    pub fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let ready = dir.path().join("ready");
+        let mut cmd = Command::new(bin_dir().join("outrider-server"));
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--enrollment-token",
+                ENROLLMENT_TOKEN,
+            ])
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn(cmd, dir.path().join("server.log"));
+        let addr = wait_until("server ready file", secs(20), || {
+            std::fs::read_to_string(&ready).ok()
+        });
+        let admin_token = std::fs::read_to_string(data.join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_owned();
+        TestServer {
+            url: format!("http://{addr}"),
+            admin_token,
+            proc,
+            dir,
+        }
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `GET /api/v1/<path>` with the admin token, as JSON.
+    pub fn api_get(&self, path: &str) -> Value {
+        ureq::get(&format!("{}/api/v1/{path}", self.url))
+            .set("Authorization", &format!("Bearer {}", self.admin_token))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .into_json()
+            .expect("JSON body")
+    }
+
+    /// Runs the `outrider` CLI against this server and returns its stdout;
+    /// panics (with stderr) when it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.cli_output(args);
+        assert!(
+            out.status.success(),
+            "outrider {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the `outrider` CLI against this server, returning its whole output.
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin_dir().join("outrider"))
+            .args(["--server", &self.url, "--token", &self.admin_token])
+            .args(args)
+            .env_remove("OUTRIDER_TOKEN_FILE")
+            .output()
+            .expect("run outrider")
+    }
+
+    /// Publishes `library` to `channel`, signed with `keys`; returns the
+    /// library's sha256.
+    pub fn publish(&self, keys: &Keys, channel: &str, library: &Path) -> String {
+        let keys_dir = keys.dir.path().to_string_lossy().into_owned();
+        self.cli(&[
+            "release",
+            "publish",
+            "--channel",
+            channel,
+            "--keys",
+            &keys_dir,
+            &library.to_string_lossy(),
+        ]);
+        sha256_file(library)
+    }
+
+    /// Defines a check every agent runs.
+    pub fn add_check(&self, name: &str, interval_secs: u32, command: &[&str]) {
+        let interval = interval_secs.to_string();
+        let mut args = vec![
+            "checks",
+            "add",
+            name,
+            "--interval-secs",
+            &interval,
+            "--timeout-secs",
+            "5",
+            "--",
+        ];
+        args.extend_from_slice(command);
+        self.cli(&args);
+    }
+
+    /// The agent rows of `GET /api/v1/agents`.
+    pub fn agents(&self) -> Vec<Value> {
+        self.api_get("agents")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The rows of `GET /api/v1/results/latest`.
+    pub fn latest_results(&self) -> Vec<Value> {
+        self.api_get("results/latest")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Signing keys and `root.json` made by `outrider keys init`.
+#[derive(Debug)]
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+}
+
+impl Keys {
+    /// Runs `outrider keys init` into a fresh directory.
+    pub fn init() -> Keys {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys_dir = dir.path().join("k");
+        let out = Command::new(bin_dir().join("outrider"))
+            .args(["keys", "init", "--dir"])
+            .arg(&keys_dir)
+            .output()
+            .expect("run outrider keys init");
+        assert!(
+            out.status.success(),
+            "keys init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Keep the keys in the root of the TempDir for simple paths.
+        for entry in std::fs::read_dir(&keys_dir).expect("keys dir") {
+            let entry = entry.expect("entry");
+            std::fs::rename(entry.path(), dir.path().join(entry.file_name())).expect("move key");
+        }
+        Keys { dir }
+    }
+
+    /// The trusted root the installer would write.
+    pub fn root_json(&self) -> PathBuf {
+        self.dir.path().join("root.json")
+    }
+}
+
+/// A real stub (`outrider-agent --prefix`) with its own install prefix.
+#[derive(Debug)]
+pub struct TestAgent {
+    pub prefix: tempfile::TempDir,
+    pub proc: Proc,
+}
+
+impl TestAgent {
+    /// Installs `agent.toml` and `root.json` under a fresh prefix and starts the stub.
+    pub fn start(server: &TestServer, keys: &Keys, channel: &str) -> TestAgent {
+        let prefix = tempfile::tempdir().expect("tempdir");
+        let etc = prefix.path().join("etc");
+        std::fs::create_dir_all(&etc).expect("etc");
+        std::fs::write(
+            etc.join("agent.toml"),
+            format!("server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n", server.url),
+        )
+        .expect("agent.toml");
+        std::fs::copy(keys.root_json(), etc.join("root.json")).expect("root.json");
+        let mut cmd = Command::new(bin_dir().join("outrider-agent"));
+        cmd.arg("--prefix")
+            .arg(prefix.path())
+            .env("OUTRIDER_LOG", "debug");
+        let proc = Proc::spawn(cmd, prefix.path().join("stub.log"));
+        TestAgent { prefix, proc }
+    }
+
+    /// Parsed `state.json` of the stub, once it exists.
+    pub fn state(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.prefix.path().join("state.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Names of the entries under `versions/` (installed builds).
+    pub fn installed_versions(&self) -> Vec<String> {
+        list(&self.prefix.path().join("versions"))
+    }
+
+    /// Names of the entries under `run/` (loaded copies).
+    pub fn run_copies(&self) -> Vec<String> {
+        list(&self.prefix.path().join("run"))
+    }
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Hex SHA-256 of a file, computed by `sha256sum` (coreutils) so the test
+/// does not trust our own hashing code.
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("hash")
+        .to_owned()
+}
+
+/// Writes an executable shell script and returns its path.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod script");
+    path
+}
+
+impl TestAgent {
+    /// Starts a new stub on the prefix of an agent that has already exited,
+    /// keeping its identity, state and installed builds.
+    pub fn restart(old: TestAgent) -> TestAgent {
+        let TestAgent { prefix, proc } = old;
+        drop(proc);
+        let mut cmd = Command::new(bin_dir().join("outrider-agent"));
+        cmd.arg("--prefix")
+            .arg(prefix.path())
+            .env("OUTRIDER_LOG", "debug");
+        let proc = Proc::spawn(cmd, prefix.path().join("stub2.log"));
+        TestAgent { prefix, proc }
+    }
+}

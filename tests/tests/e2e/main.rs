@@ -1,0 +1,5 @@
+//! End-to-end tests of the walking skeleton: stub → signed build → agent →
+//! server → check result, with the real binaries on loopback.
+
+mod skeleton;
+mod tamper;

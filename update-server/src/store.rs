@@ -1,0 +1,380 @@
+//! [`ReleaseStore`]: the release repository on disk.
+//!
+//! Layout of the store directory:
+//! - `releases.db` — SQLite (WAL): `schema_version`, `roots` (every accepted
+//!   root by version, so clients can walk the chain), `manifests` (every
+//!   accepted manifest per channel and sequence; the highest is current).
+//! - `blobs/<sha256>` — content-addressed zstd blobs, written as
+//!   `blobs/.tmp-*` + fsync + rename; leftovers are removed on open.
+//!
+//! Invariants: every stored root verified (the first self-signed, each later
+//! one as the successor of the previous); every stored manifest verified
+//! against the current root, has a higher sequence than the one before it in
+//! its channel, and references only blobs present in `blobs/`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use outrider_signing::{
+    Channel, ManifestPolicy, Sha256, TrustedRoot, now_unix, sha256, verify_manifest,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Largest blob accepted.
+pub const MAX_BLOB_BYTES: u64 = 512 << 20;
+
+/// The schema this build writes; bump with a migration in [`migrate`].
+const SCHEMA_VERSION: i64 = 1;
+
+const TMP_PREFIX: &str = ".tmp-";
+
+/// A channel's current state, as listed by [`ReleaseStore::channels`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    pub channel: Channel,
+    /// Sequence of the current manifest.
+    pub sequence: u64,
+    /// Target triple → version in the current manifest.
+    pub versions: BTreeMap<String, String>,
+    /// When the current manifest was uploaded, Unix seconds.
+    pub published_unix: u64,
+}
+
+/// The release repository: a directory with `releases.db` and `blobs/`.
+/// Methods block (SQLite, file I/O); call them from `spawn_blocking` in async code.
+#[derive(Debug)]
+pub struct ReleaseStore {
+    db: Mutex<Connection>,
+    blobs: PathBuf,
+    tmp_counter: AtomicU64,
+}
+
+impl ReleaseStore {
+    /// Opens (creating if needed) the store in `dir`: creates the directory
+    /// and schema, and removes temp files left by an interrupted upload.
+    /// Fails on I/O or database errors, or [`Error::SchemaTooNew`].
+    pub fn open(dir: &Path) -> Result<ReleaseStore, Error> {
+        let blobs = dir.join("blobs");
+        fs::create_dir_all(&blobs).map_err(|source| Error::Io {
+            path: blobs.clone(),
+            source,
+        })?;
+        remove_leftovers(&blobs)?;
+        let db = Connection::open(dir.join("releases.db"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&db)?;
+        Ok(ReleaseStore {
+            db: Mutex::new(db),
+            blobs,
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// Stores a root envelope. The first root is accepted if it is
+    /// self-signed and unexpired; the current root's exact bytes again are
+    /// accepted as a no-op; any other root must be the verified successor of
+    /// the current one (version + 1, signed by a threshold of the old and the
+    /// new root keys) and unexpired. Fails with [`Error::Signing`] naming the
+    /// failed check.
+    pub fn put_root(&self, envelope: &[u8]) -> Result<(), Error> {
+        let now = now_unix();
+        let db = self.lock();
+        let current: Option<Vec<u8>> = latest_root(&db)?;
+        let accepted = match current {
+            None => TrustedRoot::from_bytes_self_signed(envelope, now)?,
+            Some(current) if current == envelope => return Ok(()),
+            Some(current) => {
+                // The stored root verified when it was stored; time 0 skips its
+                // expiry check so that an expired root can still be rotated.
+                let current = TrustedRoot::from_bytes_self_signed(&current, 0)?;
+                let next = current.successor(envelope)?;
+                next.check_expiry(now)?;
+                next
+            }
+        };
+        db.execute(
+            "INSERT INTO roots (version, envelope, created_unix) VALUES (?1, ?2, ?3)",
+            params![
+                to_sql_u64("root version", accepted.root().version)?,
+                envelope,
+                to_sql_u64("time", now)?
+            ],
+        )?;
+        tracing::info!(version = accepted.root().version, "stored update root");
+        Ok(())
+    }
+
+    /// The current root envelope, if any.
+    pub fn root(&self) -> Result<Option<Vec<u8>>, Error> {
+        latest_root(&self.lock())
+    }
+
+    /// Stores `bytes` as the blob named `expected`. Fails with
+    /// [`Error::TooLarge`] above [`MAX_BLOB_BYTES`] and [`Error::HashMismatch`]
+    /// if the content does not hash to `expected`. Storing a present blob again
+    /// is a no-op.
+    pub fn put_blob(&self, expected: &Sha256, bytes: &[u8]) -> Result<(), Error> {
+        if bytes.len() as u64 > MAX_BLOB_BYTES {
+            return Err(Error::TooLarge {
+                what: "blob",
+                limit: MAX_BLOB_BYTES,
+                got: bytes.len() as u64,
+            });
+        }
+        let actual = sha256(bytes);
+        if actual != *expected {
+            return Err(Error::HashMismatch {
+                expected: *expected,
+                actual,
+            });
+        }
+        let path = self.blobs.join(expected.to_string());
+        if path.is_file() {
+            return Ok(());
+        }
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .blobs
+            .join(format!("{TMP_PREFIX}{expected}-{}-{n}", std::process::id()));
+        let written = (|| {
+            let mut file = File::create_new(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            sync_dir(&self.blobs)
+        })();
+        written.map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            Error::Io {
+                path: path.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Where the blob named `sha` is stored, if it is.
+    pub fn blob_path(&self, sha: &Sha256) -> Option<PathBuf> {
+        let path = self.blobs.join(sha.to_string());
+        path.is_file().then_some(path)
+    }
+
+    /// Stores a release manifest for `channel` and returns its sequence. The
+    /// envelope must verify against the current root ([`Error::NoRoot`] if
+    /// none) for this channel, have a higher sequence than the current one
+    /// ([`Error::StaleSequence`]; the current manifest's exact bytes are
+    /// accepted again as a no-op), and reference only stored blobs of the
+    /// declared size ([`Error::MissingBlob`], [`Error::BlobSize`]).
+    pub fn put_manifest(&self, channel: &Channel, envelope: &[u8]) -> Result<u64, Error> {
+        let now = now_unix();
+        let db = self.lock();
+        let root = latest_root(&db)?.ok_or(Error::NoRoot)?;
+        let root = TrustedRoot::from_bytes_self_signed(&root, now)?;
+        let policy = ManifestPolicy {
+            channel,
+            now_unix: now,
+            floor: None,
+        };
+        let verified = verify_manifest(&root, envelope, &policy)?;
+        let manifest = verified.manifest;
+
+        if let Some((current, bytes)) = latest_manifest(&db, channel)? {
+            if bytes == envelope {
+                return Ok(current);
+            }
+            if manifest.sequence <= current {
+                return Err(Error::StaleSequence {
+                    channel: channel.clone(),
+                    current,
+                    got: manifest.sequence,
+                });
+            }
+        }
+        for target in manifest.targets.values() {
+            let sha = target.artifact.zstd_sha256;
+            let path = self.blobs.join(sha.to_string());
+            let actual = match fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => meta.len(),
+                Ok(_) => return Err(Error::MissingBlob { sha256: sha }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::MissingBlob { sha256: sha });
+                }
+                Err(source) => return Err(Error::Io { path, source }),
+            };
+            if actual != target.artifact.zstd_size {
+                return Err(Error::BlobSize {
+                    sha256: sha,
+                    declared: target.artifact.zstd_size,
+                    actual,
+                });
+            }
+        }
+        let versions: BTreeMap<&str, &str> = manifest
+            .targets
+            .iter()
+            .map(|(triple, t)| (triple.as_str(), t.version.as_str()))
+            .collect();
+        // A map of strings always serializes.
+        let versions = serde_json::to_string(&versions).expect("versions serialize");
+        db.execute(
+            "INSERT INTO manifests (channel, sequence, envelope, versions, published_unix) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                channel.as_str(),
+                to_sql_u64("manifest sequence", manifest.sequence)?,
+                envelope,
+                versions,
+                to_sql_u64("time", now)?
+            ],
+        )?;
+        tracing::info!(%channel, sequence = manifest.sequence, "stored release manifest");
+        Ok(manifest.sequence)
+    }
+
+    /// The current manifest envelope of `channel`, if any.
+    pub fn manifest(&self, channel: &Channel) -> Result<Option<Vec<u8>>, Error> {
+        Ok(latest_manifest(&self.lock(), channel)?.map(|(_, bytes)| bytes))
+    }
+
+    /// Every channel with its current manifest's sequence and versions, by name.
+    pub fn channels(&self) -> Result<Vec<ChannelInfo>, Error> {
+        let db = self.lock();
+        let mut stmt = db.prepare(
+            "SELECT channel, sequence, versions, published_unix FROM manifests m \
+             WHERE sequence = (SELECT MAX(sequence) FROM manifests WHERE channel = m.channel) ORDER BY channel",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (channel, sequence, versions, published) = row?;
+            let corrupt = |reason: String| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    reason.into(),
+                )
+            };
+            out.push(ChannelInfo {
+                channel: channel
+                    .parse()
+                    .map_err(|e: outrider_signing::Error| corrupt(e.to_string()))?,
+                sequence: sequence as u64,
+                versions: serde_json::from_str(&versions).map_err(|e| corrupt(e.to_string()))?,
+                published_unix: published as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable: every
+        // write is a single statement, so there is no half-done state to fear.
+        self.db
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn migrate(db: &Connection) -> Result<(), Error> {
+    db.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let found: Option<i64> =
+        db.query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))?;
+    match found {
+        Some(v) if v > SCHEMA_VERSION => Err(Error::SchemaTooNew {
+            found: v,
+            supported: SCHEMA_VERSION,
+        }),
+        Some(_) => Ok(()),
+        None => {
+            db.execute_batch(
+                "BEGIN;
+                 CREATE TABLE roots (
+                     version INTEGER PRIMARY KEY,
+                     envelope BLOB NOT NULL,
+                     created_unix INTEGER NOT NULL
+                 );
+                 CREATE TABLE manifests (
+                     channel TEXT NOT NULL,
+                     sequence INTEGER NOT NULL,
+                     envelope BLOB NOT NULL,
+                     versions TEXT NOT NULL,
+                     published_unix INTEGER NOT NULL,
+                     PRIMARY KEY (channel, sequence)
+                 );
+                 INSERT INTO schema_version (version) VALUES (1);
+                 COMMIT;",
+            )?;
+            Ok(())
+        }
+    }
+}
+
+fn latest_root(db: &Connection) -> Result<Option<Vec<u8>>, Error> {
+    Ok(db
+        .query_row(
+            "SELECT envelope FROM roots ORDER BY version DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+fn latest_manifest(db: &Connection, channel: &Channel) -> Result<Option<(u64, Vec<u8>)>, Error> {
+    let row = db
+        .query_row(
+            "SELECT sequence, envelope FROM manifests WHERE channel = ?1 ORDER BY sequence DESC LIMIT 1",
+            [channel.as_str()],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row)
+}
+
+/// SQLite integers are signed: a sequence or version above `i64::MAX` is
+/// refused rather than stored negative, which would break `ORDER BY`.
+fn to_sql_u64(what: &'static str, v: u64) -> Result<i64, Error> {
+    i64::try_from(v).map_err(|_| Error::TooLarge {
+        what,
+        limit: i64::MAX as u64,
+        got: v,
+    })
+}
+
+fn remove_leftovers(blobs: &Path) -> Result<(), Error> {
+    let io_err = |source| Error::Io {
+        path: blobs.to_owned(),
+        source,
+    };
+    for entry in fs::read_dir(blobs).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|source| Error::Io { path, source })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}

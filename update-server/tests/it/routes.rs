@@ -1,0 +1,263 @@
+//! The routers on a real loopback socket, spoken to with a minimal HTTP/1.1 client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use outrider_signing::sha256;
+use outrider_update_server::{ReleaseStore, admin_router, public_router};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::Keys;
+
+/// A parsed response: status, lower-cased headers, body.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A server on 127.0.0.1:0 serving both routers over a store in `dir`.
+async fn serve(dir: &std::path::Path) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let store = Arc::new(ReleaseStore::open(dir).unwrap());
+    let app = public_router(store.clone()).merge(admin_router(store));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, task)
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v == "chunked")
+    {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap().trim(), 16)
+            .unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[line_end + 2..line_end + 2 + size]);
+        raw = &raw[line_end + 2 + size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn publish_and_fetch_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, server) = serve(dir.path()).await;
+    let keys = Keys::generate();
+    let blob = vec![7u8; 300_000];
+    let sha = sha256(&blob);
+
+    let resp = request(addr, "GET", "/v1/updates/root.json", &[], b"").await;
+    assert_eq!(resp.status, 404);
+    assert!(resp.json()["error"].as_str().unwrap().contains("root"));
+
+    let resp = request(addr, "PUT", "/api/v1/releases/root", &[], &keys.root_json).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    let resp = request(addr, "GET", "/v1/updates/root.json", &[], b"").await;
+    assert_eq!((resp.status, resp.body), (200, keys.root_json.clone()));
+
+    // Manifest before its blob: 409.
+    let manifest = keys.manifest("stable", 1, &blob);
+    let resp = request(
+        addr,
+        "PUT",
+        "/api/v1/releases/channels/stable/manifest",
+        &[],
+        &manifest,
+    )
+    .await;
+    assert_eq!(resp.status, 409);
+    assert!(
+        resp.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains(&sha.to_string())
+    );
+
+    // Blob under the wrong name: 400.
+    let wrong = format!("/api/v1/releases/blobs/{}", sha256(b"x"));
+    assert_eq!(request(addr, "PUT", &wrong, &[], &blob).await.status, 400);
+
+    let resp = request(
+        addr,
+        "PUT",
+        &format!("/api/v1/releases/blobs/{sha}"),
+        &[],
+        &blob,
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let resp = request(
+        addr,
+        "PUT",
+        "/api/v1/releases/channels/stable/manifest",
+        &[],
+        &manifest,
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.json(),
+        serde_json::json!({"channel": "stable", "sequence": 1})
+    );
+
+    let resp = request(
+        addr,
+        "GET",
+        "/v1/updates/channels/stable/manifest.json",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("cache-control"), Some("no-cache"));
+    assert_eq!(resp.body, manifest);
+    assert_eq!(
+        request(
+            addr,
+            "GET",
+            "/v1/updates/channels/beta/manifest.json",
+            &[],
+            b""
+        )
+        .await
+        .status,
+        404
+    );
+
+    let path = format!("/v1/updates/blobs/{sha}");
+    let resp = request(addr, "GET", &path, &[], b"").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    let etag = format!("\"{sha}\"");
+    assert_eq!(resp.header("etag"), Some(etag.as_str()));
+    assert_eq!(resp.header("content-length"), Some("300000"));
+    assert_eq!(resp.body, blob);
+    let resp = request(addr, "GET", &path, &[("If-None-Match", &etag)], b"").await;
+    assert_eq!(resp.status, 304);
+
+    let resp = request(addr, "GET", "/api/v1/releases/channels", &[], b"").await;
+    assert_eq!(resp.status, 200);
+    let list = resp.json();
+    assert_eq!(list[0]["channel"], "stable");
+    assert_eq!(list[0]["sequence"], 1);
+    assert_eq!(list[0]["versions"]["x86_64-linux"], "1.0.1");
+
+    server.abort();
+}
+
+#[tokio::test]
+async fn bad_paths_and_bodies_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, server) = serve(dir.path()).await;
+
+    let resp = request(addr, "GET", "/v1/updates/blobs/not-a-sha", &[], b"").await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.json()["error"].as_str().unwrap().contains("not-a-sha"));
+    let missing = format!("/v1/updates/blobs/{}", sha256(b"missing"));
+    assert_eq!(request(addr, "GET", &missing, &[], b"").await.status, 404);
+
+    let resp = request(
+        addr,
+        "GET",
+        "/v1/updates/channels/Bad_Name/manifest.json",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 400);
+
+    let resp = request(addr, "PUT", "/api/v1/releases/root", &[], b"garbage").await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.json()["error"].as_str().unwrap().contains("malformed"));
+
+    let keys = Keys::generate();
+    let resp = request(
+        addr,
+        "PUT",
+        "/api/v1/releases/channels/stable/manifest",
+        &[],
+        &keys.manifest("stable", 1, b"b"),
+    )
+    .await;
+    assert_eq!(resp.status, 409);
+    assert!(resp.json()["error"].as_str().unwrap().contains("root"));
+
+    server.abort();
+}

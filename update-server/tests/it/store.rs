@@ -1,0 +1,218 @@
+//! [`ReleaseStore`] on a real directory.
+
+use outrider_signing::{Channel, Envelope, KeyPair, KeyRole, make_root, now_unix, sha256};
+use outrider_update_server::{Error, ReleaseStore};
+
+use crate::{DAY, Keys};
+
+fn stable() -> Channel {
+    "stable".parse().unwrap()
+}
+
+#[test]
+fn publishes_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::generate();
+    let blob = b"zstd blob one".to_vec();
+    let manifest = keys.manifest("stable", 1, &blob);
+    {
+        let store = ReleaseStore::open(dir.path()).unwrap();
+        assert_eq!(store.root().unwrap(), None);
+        store.put_root(&keys.root_json).unwrap();
+        store.put_root(&keys.root_json).unwrap(); // idempotent
+        store.put_blob(&sha256(&blob), &blob).unwrap();
+        store.put_blob(&sha256(&blob), &blob).unwrap(); // idempotent
+        assert_eq!(store.put_manifest(&stable(), &manifest).unwrap(), 1);
+        assert_eq!(store.put_manifest(&stable(), &manifest).unwrap(), 1); // same bytes again: no-op
+    }
+    let store = ReleaseStore::open(dir.path()).unwrap();
+    assert_eq!(store.root().unwrap().unwrap(), keys.root_json);
+    assert_eq!(store.manifest(&stable()).unwrap().unwrap(), manifest);
+    let path = store.blob_path(&sha256(&blob)).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), blob);
+    assert_eq!(store.blob_path(&sha256(b"other")), None);
+
+    let channels = store.channels().unwrap();
+    assert_eq!(channels.len(), 1);
+    assert_eq!(channels[0].channel, stable());
+    assert_eq!(channels[0].sequence, 1);
+    assert_eq!(channels[0].versions["x86_64-linux"], "1.0.1");
+}
+
+#[test]
+fn manifest_needs_root_blobs_and_higher_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ReleaseStore::open(dir.path()).unwrap();
+    let keys = Keys::generate();
+    let blob = b"blob".to_vec();
+
+    let err = store
+        .put_manifest(&stable(), &keys.manifest("stable", 1, &blob))
+        .unwrap_err();
+    assert!(matches!(err, Error::NoRoot), "{err:?}");
+
+    store.put_root(&keys.root_json).unwrap();
+    let err = store
+        .put_manifest(&stable(), &keys.manifest("stable", 1, &blob))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::MissingBlob { sha256: s } if s == sha256(&blob)),
+        "{err:?}"
+    );
+
+    store.put_blob(&sha256(&blob), &blob).unwrap();
+    assert_eq!(
+        store
+            .put_manifest(&stable(), &keys.manifest("stable", 2, &blob))
+            .unwrap(),
+        2
+    );
+    let err = store
+        .put_manifest(&stable(), &keys.manifest("stable", 2, b"other content"))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::StaleSequence {
+                current: 2,
+                got: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = store
+        .put_manifest(&stable(), &keys.manifest("stable", 1, &blob))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::StaleSequence {
+                current: 2,
+                got: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        store
+            .put_manifest(&stable(), &keys.manifest("stable", 3, &blob))
+            .unwrap(),
+        3
+    );
+
+    // A manifest for "beta" uploaded to the "stable" path.
+    let err = store
+        .put_manifest(&stable(), &keys.manifest("beta", 9, &blob))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signing(outrider_signing::Error::WrongChannel { .. })
+        ),
+        "{err:?}"
+    );
+
+    // A manifest signed by a key the root does not trust.
+    let stranger = Keys::generate();
+    let err = store
+        .put_manifest(&stable(), &stranger.manifest("stable", 4, &blob))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signing(outrider_signing::Error::BelowThreshold { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn blob_must_hash_to_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ReleaseStore::open(dir.path()).unwrap();
+    let err = store.put_blob(&sha256(b"expected"), b"actual").unwrap_err();
+    assert!(
+        matches!(err, Error::HashMismatch { expected, actual } if expected == sha256(b"expected") && actual == sha256(b"actual")),
+        "{err:?}"
+    );
+    assert_eq!(store.blob_path(&sha256(b"expected")), None);
+}
+
+#[test]
+fn leftover_temp_files_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(ReleaseStore::open(dir.path()).unwrap());
+    let leftover = dir.path().join("blobs").join(".tmp-half-written");
+    std::fs::write(&leftover, b"partial").unwrap();
+    drop(ReleaseStore::open(dir.path()).unwrap());
+    assert!(!leftover.exists());
+}
+
+#[test]
+fn root_rotation_is_a_verified_chain_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ReleaseStore::open(dir.path()).unwrap();
+    let keys = Keys::generate();
+    store.put_root(&keys.root_json).unwrap();
+    let now = now_unix();
+    let new_root = KeyPair::generate(KeyRole::Root).unwrap();
+    let release = [(&keys.release, now + DAY)];
+
+    // Signed only by the new key: the old root's threshold is not met.
+    let v2_new_only = make_root(&[&new_root], &release, 1, 2, now + DAY).unwrap();
+    let err = store.put_root(&v2_new_only.to_bytes()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signing(outrider_signing::Error::BelowThreshold { have: 0, .. })
+        ),
+        "{err:?}"
+    );
+
+    // A different version-1 root: a rollback/replacement.
+    let other_v1 = make_root(&[&keys.root], &release, 1, 1, now + DAY).unwrap();
+    let err = store.put_root(&other_v1.to_bytes()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signing(outrider_signing::Error::Rollback { seen: 1, got: 1 })
+        ),
+        "{err:?}"
+    );
+
+    // Signed by old and new: accepted and current.
+    let v2 = Envelope::sign(v2_new_only.payload().to_vec(), &[&keys.root, &new_root]).to_bytes();
+    store.put_root(&v2).unwrap();
+    assert_eq!(store.root().unwrap().unwrap(), v2);
+
+    // The first root is no longer a valid upload.
+    let err = store.put_root(&keys.root_json).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signing(outrider_signing::Error::Rollback { seen: 2, got: 1 })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn first_root_must_be_self_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ReleaseStore::open(dir.path()).unwrap();
+    let keys = Keys::generate();
+    let stranger = KeyPair::generate(KeyRole::Root).unwrap();
+    let env = Envelope::from_bytes(&keys.root_json).unwrap();
+    let forged = Envelope::sign(env.payload().to_vec(), &[&stranger]).to_bytes();
+    let err = store.put_root(&forged).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signing(outrider_signing::Error::BelowThreshold { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.root().unwrap(), None);
+}
