@@ -149,14 +149,18 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
         }
     };
     let fp = registration.fingerprint.clone();
+    // Join `Sessions` before marking the agent connected: an older session
+    // ending in between must see that it was replaced, or its "down" would
+    // land after our "connected".
+    let (id, replaced) = state.sessions.insert(&fp);
     let acked_seq = match state.store.register(registration).await {
         Ok(seq) => seq,
         Err(e) => {
             warn!(fingerprint = %fp, "registration failed: {e:#}");
+            state.sessions.remove(&fp, id);
             return close(socket, close_code::ERROR, "server error").await;
         }
     };
-    let (id, replaced) = state.sessions.insert(&fp);
     info!(fingerprint = %fp, hostname = %hello.hostname, version = %hello.agent_version, "agent connected");
 
     let end = converse(&state, &mut socket, &fp, acked_seq, &replaced).await;
@@ -166,10 +170,10 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
         End::Replaced | End::ServerShutdown => None,
         End::Lost(_) | End::Silent | End::Protocol(_) | End::StoreFailed(_) => Some(Presence::Down),
     };
-    if let (true, Some(presence)) = (ours, presence) {
-        if let Err(e) = state.store.set_presence(&fp, presence).await {
-            warn!(fingerprint = %fp, "cannot record presence {}: {e:#}", presence.as_str());
-        }
+    if let (true, Some(presence)) = (ours, presence)
+        && let Err(e) = state.store.set_presence(&fp, presence).await
+    {
+        warn!(fingerprint = %fp, "cannot record presence {}: {e:#}", presence.as_str());
     }
     match &end {
         End::Goodbye(reason) => info!(fingerprint = %fp, %reason, "agent deregistered"),

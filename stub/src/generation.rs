@@ -189,10 +189,10 @@ impl Generation {
             Some(Ok(status)) => status,
             Some(Err(_)) | None => return Err(StubError::GenerationPanicked),
         };
-        if let Some(library) = self.library.take() {
-            if let Err(e) = library.close() {
-                warn!("unloading the agent library failed: {e}");
-            }
+        if let Some(library) = self.library.take()
+            && let Err(e) = library.close()
+        {
+            warn!("unloading the agent library failed: {e}");
         }
         let _ = std::fs::remove_file(&self.run_copy);
         let (state, health) = self

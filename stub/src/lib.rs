@@ -80,7 +80,7 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
         }
         delay = (delay * 2).min(RETRY_MAX);
     };
-    state.current = Some(build.sha256.clone());
+    state.current = Some(build.sha256);
     state.save(&layout.state_json)?;
 
     // Step 4: load and run.

@@ -74,10 +74,10 @@ impl StubState {
     pub fn save(&self, path: &Path) -> Result<(), StubError> {
         let disk = OnDisk {
             version: STATE_VERSION,
-            current: self.current.clone(),
+            current: self.current,
             floor: self.floor.as_ref().map(|f| FloorOnDisk {
                 sequence: f.sequence,
-                payload_sha256: f.payload_sha256.clone(),
+                payload_sha256: f.payload_sha256,
             }),
         };
         // Serialising plain data with string keys cannot fail.
@@ -114,10 +114,10 @@ mod tests {
         assert!(StubState::load(&path).unwrap().current.is_none());
         let sha = outrider_signing::sha256(b"build");
         let state = StubState {
-            current: Some(sha.clone()),
+            current: Some(sha),
             floor: Some(SequenceFloor {
                 sequence: 4,
-                payload_sha256: sha.clone(),
+                payload_sha256: sha,
             }),
         };
         state.save(&path).unwrap();

@@ -104,7 +104,7 @@ impl Updater {
             })?;
         state.floor = Some(SequenceFloor {
             sequence: verified.manifest.sequence,
-            payload_sha256: verified.payload_sha256.clone(),
+            payload_sha256: verified.payload_sha256,
         });
 
         // Step 2: our platform, our ABI.
@@ -160,7 +160,7 @@ impl Updater {
         let path = self.install(&artifact.sha256, &library)?;
         info!(sha256 = %artifact.sha256, version = %target.version, "installed verified agent build");
         Ok(Build {
-            sha256: artifact.sha256.clone(),
+            sha256: artifact.sha256,
             version: target.version.clone(),
             path,
         })
@@ -175,7 +175,7 @@ impl Updater {
             return None;
         }
         Some(Build {
-            sha256: sha256.clone(),
+            sha256: *sha256,
             version: format!("sha256:{}", &sha256.to_string()[..12]),
             path,
         })
@@ -242,7 +242,7 @@ impl Updater {
 /// bomb stops at the cap instead of filling memory).
 fn decompress_capped(compressed: &[u8], size: u64, sha256: &Sha256) -> Result<Vec<u8>, StubError> {
     let decompress_err = |source| StubError::Decompress {
-        sha256: sha256.clone(),
+        sha256: *sha256,
         source,
     };
     let decoder = zstd::stream::read::Decoder::new(compressed).map_err(decompress_err)?;
@@ -264,7 +264,7 @@ fn check_hash(what: &'static str, expected: &Sha256, bytes: &[u8]) -> Result<(),
     if &actual != expected {
         return Err(StubError::HashMismatch {
             what,
-            expected: expected.clone(),
+            expected: *expected,
             actual,
         });
     }

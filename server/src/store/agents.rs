@@ -90,19 +90,6 @@ impl Store {
         .await
     }
 
-    /// Records that a frame arrived from the agent.
-    pub async fn touch(&self, fingerprint: &Fingerprint) -> anyhow::Result<()> {
-        let fp = fingerprint.to_string();
-        self.call(move |c| {
-            c.execute(
-                "UPDATE agents SET last_seen_ms = ?2 WHERE fingerprint = ?1",
-                params![fp, now_ms()],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
     /// At startup: agents that were connected to the previous server process
     /// are not connected to this one until they come back.
     pub async fn mark_connected_down(&self) -> anyhow::Result<usize> {

@@ -235,16 +235,26 @@ async fn bad_frames_close_only_their_own_connection() {
         assert_eq!(server.agent(&bad.fp).await.presence, Presence::Down);
     }
 
-    // One byte over the limit: refused before it is buffered whole.
+    // A well-formed batch one byte over the limit: it would be acked if the
+    // limit were not enforced, so the connection must end without an ack.
     let big = Agent::new(4, "big");
     let (mut conn, _, _) = big.connect(&server, Some(ENROLLMENT_TOKEN)).await;
-    // The server may reset the connection while the frame is still being written.
-    let _ = conn
-        .send_raw(Message::text("x".repeat(MAX_MESSAGE_BYTES + 1)))
-        .await;
-    match conn.closed().await {
-        Closed::Dropped | Closed::Frame(..) => {}
+    let mut oversized = result(1, "load", CheckState::Ok, "");
+    let empty_len = AgentMessage::Results {
+        results: vec![oversized.clone()],
     }
+    .encode()
+    .len();
+    oversized.summary = "x".repeat(MAX_MESSAGE_BYTES + 1 - empty_len);
+    let frame = AgentMessage::Results {
+        results: vec![oversized],
+    }
+    .encode();
+    assert_eq!(frame.len(), MAX_MESSAGE_BYTES + 1);
+    // The server may reset the connection while the frame is still being
+    // written, so a failed send is fine; any ack makes `closed` panic.
+    let _ = conn.send_raw(Message::text(frame)).await;
+    let _ = conn.closed().await;
     server.wait_presence(&big.fp, Presence::Down).await;
 
     let seq = healthy_conn

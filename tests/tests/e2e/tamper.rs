@@ -82,10 +82,11 @@ fn tampered_manifest_is_refused_with_a_bad_signature() {
         .position(|w| w == b"\"sequence\"")
         .expect("sequence field")
         + 11;
-    payload[pos..]
+    let digit = payload[pos..]
         .iter_mut()
         .find(|b| b.is_ascii_digit())
-        .map(|b| *b = if *b == b'9' { b'8' } else { *b + 1 });
+        .expect("a sequence digit");
+    *digit = if *digit == b'9' { b'8' } else { *digit + 1 };
     json["payload"] = b64.encode(&payload).into();
     db.execute(
         "UPDATE manifests SET envelope = ?1 WHERE channel = 'dev'",
