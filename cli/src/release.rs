@@ -160,9 +160,9 @@ fn publish(client: &ApiClient, args: PublishArgs) -> Result<()> {
         .context("uploading the build")?;
 
     let current = current_manifest(client, &root, &channel)?;
-    let (sequence, mut targets) = match current {
-        Some(v) => (v.manifest.sequence, v.manifest.targets),
-        None => (0, BTreeMap::new()),
+    let (sequence, mut targets, extra) = match current {
+        Some(v) => (v.manifest.sequence, v.manifest.targets, v.manifest.extra),
+        None => (0, BTreeMap::new(), BTreeMap::new()),
     };
     targets.insert(
         triple.clone(),
@@ -170,6 +170,11 @@ fn publish(client: &ApiClient, args: PublishArgs) -> Result<()> {
             version: version.clone(),
             abi_major: ABI_MAJOR,
             artifact: artifact.clone(),
+            deltas: BTreeMap::new(),
+            rollout: None,
+            previous: None,
+            stub: None,
+            extra: BTreeMap::new(),
         },
     );
     let manifest = ReleaseManifest {
@@ -177,6 +182,7 @@ fn publish(client: &ApiClient, args: PublishArgs) -> Result<()> {
         sequence: sequence + 1,
         expires_unix: now + args.expires_days.saturating_mul(DAY_SECS),
         targets,
+        extra,
     };
     let envelope = make_manifest(&manifest, &[&release_key])?;
     client

@@ -25,8 +25,9 @@ pub use envelope::{DOMAIN_PREFIX, Envelope, MAX_METADATA_BYTES, Signature};
 pub use error::Error;
 pub use key::{KEY_TYPE, KeyId, KeyPair, KeyRole};
 pub use manifest::{
-    Artifact, Channel, MAX_CHANNEL_LEN, ManifestPolicy, ReleaseManifest, SequenceFloor, Target,
-    VerifiedManifest, make_manifest, verify_manifest,
+    Artifact, Channel, Delta, DeltaFormat, MAX_CHANNEL_LEN, ManifestPolicy, PreviousBuild,
+    ReleaseManifest, Rollout, SequenceFloor, Target, VerifiedManifest, make_manifest,
+    rollout_bucket, verify_manifest,
 };
 pub use root::{ReleaseKey, Root, TrustedRoot, make_root};
 pub use sha::{Sha256, sha256};

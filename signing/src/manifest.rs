@@ -80,6 +80,10 @@ pub struct ReleaseManifest {
     pub expires_unix: u64,
     /// Builds by target triple (`"x86_64-linux"`, see [`crate::host_triple`]).
     pub targets: BTreeMap<String, Target>,
+    /// Fields written by newer publishers, kept so that re-signing a manifest
+    /// built from this one does not drop them.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// The build published for one target triple.
@@ -91,6 +95,59 @@ pub struct Target {
     pub abi_major: u32,
     /// The full build.
     pub artifact: Artifact,
+    /// Patches that turn an older library into this one, keyed by the
+    /// SHA-256 of the *uncompressed base library*. Optional: a client
+    /// without a matching base (or whose patch fails) takes `artifact`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deltas: BTreeMap<Sha256, Delta>,
+    /// Staged rollout; absent means every client takes this build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// The build for clients outside the rollout cohort that have no build
+    /// yet (a fresh install); clients outside the cohort that run a build
+    /// keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousBuild>,
+    /// A new stub binary, published rarely (see the stub self-update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stub: Option<Artifact>,
+    /// Fields written by newer publishers, preserved on re-signing.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl ReleaseManifest {
+    /// A manifest with no extra fields.
+    pub fn new(
+        channel: Channel,
+        sequence: u64,
+        expires_unix: u64,
+        targets: BTreeMap<String, Target>,
+    ) -> Self {
+        ReleaseManifest {
+            channel,
+            sequence,
+            expires_unix,
+            targets,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+impl Target {
+    /// A target offering only the full build to everyone.
+    pub fn full(version: String, abi_major: u32, artifact: Artifact) -> Target {
+        Target {
+            version,
+            abi_major,
+            artifact,
+            deltas: BTreeMap::new(),
+            rollout: None,
+            previous: None,
+            stub: None,
+            extra: BTreeMap::new(),
+        }
+    }
 }
 
 /// A build as stored: the library, zstd-compressed.
@@ -104,6 +161,75 @@ pub struct Artifact {
     pub zstd_sha256: Sha256,
     /// Size in bytes of the zstd blob.
     pub zstd_size: u64,
+}
+
+/// A patch blob from one base library to a [`Target`]'s library.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// How the patch is encoded.
+    pub format: DeltaFormat,
+    /// SHA-256 of the patch blob; also its name in the blob store.
+    pub sha256: Sha256,
+    /// Size in bytes of the patch blob.
+    pub size: u64,
+}
+
+/// Encoding of a [`Delta`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeltaFormat {
+    /// A bsdiff (BSDIFF40-style, as produced by the `bsdiff` crate) patch
+    /// of the uncompressed libraries, zstd-compressed.
+    BsdiffZstd,
+    /// zstd "patch-from": the new library compressed with the base library
+    /// as reference prefix (long-distance matching, window ≥ sizes).
+    ZstdPatchFrom,
+    /// A format this verifier does not know; clients skip such deltas and
+    /// take the full artifact, so new formats never break old clients.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A staged rollout: which share of the fleet takes the build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Share of clients in the cohort, in hundredths of a percent (0–10000).
+    pub basis_points: u32,
+    /// Salt of the cohort hash; a new salt draws a new cohort.
+    pub salt: String,
+    /// Paused: nobody new joins; clients already on the build keep it.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Bucket of a client for a rollout salt, in `0..10000`:
+/// `SHA-256(fingerprint || "\n" || salt)` read as a big-endian u64, mod 10000.
+/// Computed by the client, so a static file host can serve a staged rollout.
+pub fn rollout_bucket(fingerprint: &str, salt: &str) -> u32 {
+    let mut input = Vec::with_capacity(fingerprint.len() + salt.len() + 1);
+    input.extend_from_slice(fingerprint.as_bytes());
+    input.push(b'\n');
+    input.extend_from_slice(salt.as_bytes());
+    let digest = sha256(&input);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_bytes()[..8]);
+    (u64::from_be_bytes(first) % 10_000) as u32
+}
+
+impl Rollout {
+    /// Whether the client with `fingerprint` takes the build now.
+    pub fn includes(&self, fingerprint: &str) -> bool {
+        !self.paused && rollout_bucket(fingerprint, &self.salt) < self.basis_points.min(10_000)
+    }
+}
+
+/// The build given to clients outside a rollout cohort on a fresh install.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousBuild {
+    /// The agent library's version string.
+    pub version: String,
+    /// The full build.
+    pub artifact: Artifact,
 }
 
 /// What a verifier expects of a manifest.
@@ -261,19 +387,62 @@ mod tests {
     }
 
     #[test]
-    fn payload_has_type_and_tolerates_unknown_fields() {
-        let manifest = ReleaseManifest {
-            channel: "stable".parse().unwrap(),
-            sequence: 3,
-            expires_unix: 10,
-            targets: BTreeMap::new(),
-        };
+    fn payload_has_type_and_keeps_unknown_fields() {
+        let manifest = ReleaseManifest::new("stable".parse().unwrap(), 3, 10, BTreeMap::new());
         let key = KeyPair::generate(KeyRole::Release).unwrap();
         let env = make_manifest(&manifest, &[&key]).unwrap();
         let mut value: serde_json::Value = serde_json::from_slice(env.payload()).unwrap();
         assert_eq!(value["type"], "release");
-        value["rollout"] = serde_json::json!({"percent": 10});
+        value["future"] = serde_json::json!({"percent": 10});
+        value["targets"]["x86_64-linux"] = serde_json::json!({
+            "version": "1", "abi_major": 1,
+            "artifact": {"sha256": "00".repeat(32), "size": 1, "zstd_sha256": "11".repeat(32), "zstd_size": 1},
+            "deltas": {"22".repeat(32): {"format": "vcdiff-9", "sha256": "33".repeat(32), "size": 5}},
+            "signed_by_robots": true
+        });
         let back: Tagged<ReleaseManifest> = serde_json::from_value(value).unwrap();
-        assert_eq!(back.body, manifest);
+        // Unknown fields survive a round trip, so re-signing keeps them.
+        assert_eq!(back.body.extra["future"]["percent"], 10);
+        let target = &back.body.targets["x86_64-linux"];
+        assert_eq!(target.extra["signed_by_robots"], true);
+        // An unknown delta format parses (and is skipped by clients).
+        let delta = target.deltas.values().next().unwrap();
+        assert_eq!(delta.format, DeltaFormat::Unknown);
+        let again = serde_json::to_value(&back).unwrap();
+        assert_eq!(again["future"]["percent"], 10);
+        assert_eq!(again["targets"]["x86_64-linux"]["signed_by_robots"], true);
+    }
+
+    #[test]
+    fn rollout_bucket_is_stable_uniform_and_respects_pause() {
+        // Stable: the same inputs always land in the same bucket.
+        assert_eq!(
+            rollout_bucket("0123456789abcdef0123", "s1"),
+            rollout_bucket("0123456789abcdef0123", "s1")
+        );
+        // Roughly uniform: about 5% of 20,000 fingerprints fall under 500.
+        let inside = (0..20_000u32)
+            .filter(|i| rollout_bucket(&format!("{i:020x}"), "salt") < 500)
+            .count();
+        assert!((800..1200).contains(&inside), "{inside} of 20000 under 5%");
+        let all = Rollout {
+            basis_points: 10_000,
+            salt: "x".into(),
+            paused: false,
+        };
+        let none = Rollout {
+            basis_points: 0,
+            salt: "x".into(),
+            paused: false,
+        };
+        assert!(all.includes("0123456789abcdef0123"));
+        assert!(!none.includes("0123456789abcdef0123"));
+        assert!(
+            !Rollout {
+                paused: true,
+                ..all
+            }
+            .includes("0123456789abcdef0123")
+        );
     }
 }

@@ -100,7 +100,7 @@ impl StubError {
 }
 
 /// Formats an error with its whole source chain on one line.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+pub fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

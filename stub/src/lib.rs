@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-pub use crate::error::StubError;
+pub use crate::error::{StubError, chain as error_chain};
 pub use crate::layout::Layout;
 use crate::signals::{Signal, Signals};
 

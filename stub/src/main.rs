@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use outrider_agent_stub::{Layout, StubError};
+use outrider_agent_stub::{Layout, StubError, error_chain};
 
 /// Exit code for bad usage or configuration (sysexits `EX_USAGE`).
 const EXIT_USAGE: u8 = 64;
@@ -46,13 +46,3 @@ fn main() -> ExitCode {
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}

@@ -50,22 +50,22 @@ impl Repo {
     pub fn manifest(&self, sequence: u64) -> ReleaseManifest {
         let lib = format!("library build {sequence}").into_bytes();
         let blob = format!("zstd of build {sequence}").into_bytes();
-        let target = Target {
-            version: format!("1.0.{sequence}"),
-            abi_major: 1,
-            artifact: Artifact {
+        let target = Target::full(
+            format!("1.0.{sequence}"),
+            1,
+            Artifact {
                 sha256: sha256(&lib),
                 size: lib.len() as u64,
                 zstd_sha256: sha256(&blob),
                 zstd_size: blob.len() as u64,
             },
-        };
-        ReleaseManifest {
-            channel: self.channel.clone(),
+        );
+        ReleaseManifest::new(
+            self.channel.clone(),
             sequence,
-            expires_unix: NOW + 30 * DAY,
-            targets: BTreeMap::from([("x86_64-linux".to_owned(), target)]),
-        }
+            NOW + 30 * DAY,
+            BTreeMap::from([("x86_64-linux".to_owned(), target)]),
+        )
     }
 
     pub fn sign(&self, manifest: &ReleaseManifest, keys: &[&KeyPair]) -> Vec<u8> {
