@@ -26,6 +26,18 @@ struct HostConfig {
     /// Directory for rolling logs (unused by the library for now).
     #[serde(default)]
     log_dir: Option<PathBuf>,
+    /// The build the stub loaded: `{"sha256": "...", "version": "..."}`.
+    #[serde(default)]
+    build: Option<BuildInfo>,
+}
+
+/// Which verified build the stub loaded us from; reported to the server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct BuildInfo {
+    /// SHA-256 of the library file.
+    pub sha256: String,
+    /// Release version from the signed manifest.
+    pub version: String,
 }
 
 /// `agent.toml`: everything an operator configures on a host.
@@ -72,6 +84,8 @@ pub struct AgentSettings {
     pub data_dir: PathBuf,
     /// State blob from the previous generation; empty on a cold start.
     pub state_in: Vec<u8>,
+    /// The build the stub loaded, when run by a stub.
+    pub build: Option<BuildInfo>,
 }
 
 impl AgentSettings {
@@ -92,6 +106,7 @@ impl AgentSettings {
             log_dir: None,
             data_dir: data_dir.into(),
             state_in: Vec::new(),
+            build: None,
         })
     }
 
@@ -106,6 +121,7 @@ impl AgentSettings {
             serde_json::from_slice(config_json).map_err(AgentError::HostConfig)?;
         let mut settings = AgentSettings::new(&host.agent_toml, host.config_dir, data_dir)?;
         settings.log_dir = host.log_dir;
+        settings.build = host.build;
         settings.state_in = state_in.to_vec();
         Ok(settings)
     }

@@ -142,6 +142,8 @@ impl Connection<'_> {
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            build_sha256: self.settings.build.as_ref().map(|b| b.sha256.clone()),
+            build_version: self.settings.build.as_ref().map(|b| b.version.clone()),
             last_seq: self.outbox.lock().last_seq(),
         };
         send(&mut ws, &AgentMessage::Hello(hello)).await?;

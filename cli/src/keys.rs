@@ -1,31 +1,55 @@
-//! `outrider keys`: create and inspect the offline signing keys and the
-//! update root.
+//! `outrider keys`: create, inspect and rotate the offline signing keys and
+//! the update root. All signing happens here; private keys never reach the
+//! server.
 //!
-//! A keys directory holds `root.key` (role root), `release.key` (role
-//! release), both 0600 key files of [`outrider_signing::KeyPair`], and
-//! `root.json`, the self-signed root envelope the installer hands to agents.
+//! A keys directory holds:
+//! - `*.key`: 0600 key files of [`outrider_signing::KeyPair`]. Their role is
+//!   read from the file, not the name: `init` writes `root.key` (one root key)
+//!   or `root-1.key` … `root-N.key`, and `release.key`; later commands write
+//!   `root-<shortid>.key` and `release-<shortid>.key` (`<shortid>` = first 8
+//!   hex digits of the key id). Retired keys are left in place and flagged
+//!   by `keys list`.
+//! - `roots/<version>.json`: every root envelope ever signed, versions 1 to
+//!   n without gaps: the chain a client walks, uploaded by `publish-root`.
+//! - `root.json`: always a copy of the newest, `roots/<n>.json`.
+//!
+//! A new root is written as `roots/<n+1>.json` and then `root.json`; loading
+//! verifies the whole chain and repairs a `root.json` left one version behind
+//! by an interruption between the two.
+
+mod chain;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use outrider_signing::{Error as SigningError, KeyPair, KeyRole, TrustedRoot, make_root, now_unix};
+use outrider_signing::{KeyId, KeyPair, KeyRole, RootBuilder, TrustedRoot, now_unix};
 
-use crate::UsageError;
-use crate::client::outrider_home;
+use self::chain::{
+    create_private_dir, key_file_name, key_paths, load_chain, local_keys, sign_next_root,
+    write_key, write_root,
+};
+use crate::client::{ApiClient, outrider_home};
+use crate::{GlobalArgs, UsageError};
 
-/// File name of the root key in a keys directory.
+/// File name of the root key of a single-root-key directory.
 pub const ROOT_KEY_FILE: &str = "root.key";
-/// File name of the release key in a keys directory.
+/// File name of the release key written by `keys init`.
 pub const RELEASE_KEY_FILE: &str = "release.key";
-/// File name of the root envelope in a keys directory.
+/// File name of the newest root envelope in a keys directory.
 pub const ROOT_FILE: &str = "root.json";
+/// Subdirectory holding every root version as `<version>.json`.
+pub const ROOTS_DIR: &str = "roots";
 
 const DAY_SECS: u64 = 86_400;
-/// How long a new release key may sign manifests.
-const RELEASE_KEY_LIFETIME_SECS: u64 = 365 * DAY_SECS;
-/// How long a new root is valid.
+/// How long a new release key may sign manifests by default, in days.
+const DEFAULT_RELEASE_KEY_DAYS: u64 = 365;
+/// How long a newly signed root is valid.
 const ROOT_LIFETIME_SECS: u64 = 5 * 365 * DAY_SECS;
+/// Most root keys `init` or one `rotate-root` creates.
+const MAX_NEW_ROOT_KEYS: u32 = 32;
+/// Length of the key id prefix in file names.
+const SHORT_ID_LEN: usize = 8;
 
 /// Arguments of `outrider keys`.
 #[derive(Debug, clap::Args)]
@@ -34,56 +58,128 @@ pub struct KeysArgs {
     command: KeysCommand,
 }
 
+/// The keys directory option shared by every subcommand.
+#[derive(Debug, clap::Args)]
+struct DirArg {
+    /// Directory of the keys [default: $OUTRIDER_HOME/keys].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl DirArg {
+    fn path(self) -> PathBuf {
+        self.dir.unwrap_or_else(default_keys_dir)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Create a root key, a release key and a self-signed root.json.
+    /// Create root keys, a release key and a self-signed root.json (version 1).
     Init {
-        /// Directory for the keys [default: $OUTRIDER_HOME/keys].
-        #[arg(long)]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: DirArg,
+        /// Number of root keys to create.
+        #[arg(long, default_value_t = 1)]
+        root_keys: u32,
+        /// How many root keys must sign each new root.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// How many release keys must sign each manifest (that many are created).
+        #[arg(long, default_value_t = 1)]
+        release_threshold: u32,
     },
-    /// Show the keys and what root.json trusts.
+    /// Show the key files and what root.json trusts.
     List {
-        /// Directory of the keys [default: $OUTRIDER_HOME/keys].
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Create a release key and a new root version that trusts it.
+    AddReleaseKey {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Days until the new key's signatures stop counting.
+        #[arg(long, default_value_t = DEFAULT_RELEASE_KEY_DAYS)]
+        expires_days: u64,
+        /// New release threshold [default: unchanged].
         #[arg(long)]
-        dir: Option<PathBuf>,
+        release_threshold: Option<u32>,
+    },
+    /// Sign a new root version without a release key; clients that fetch it
+    /// stop counting that key's signatures.
+    RevokeReleaseKey {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Id of the release key (a unique prefix is enough).
+        keyid: String,
+        /// New release threshold [default: unchanged].
+        #[arg(long)]
+        release_threshold: Option<u32>,
+    },
+    /// Change the root keys: a new root version signed by a threshold of the
+    /// old root keys and of the new ones.
+    RotateRoot {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Number of new root keys to create.
+        #[arg(long, default_value_t = 0)]
+        add: u32,
+        /// Ids of root keys to stop trusting (a unique prefix is enough).
+        #[arg(long, num_args = 1..)]
+        remove: Vec<String>,
+        /// New root threshold [default: unchanged].
+        #[arg(long)]
+        threshold: Option<u32>,
+    },
+    /// Upload every root version the server lacks, oldest first.
+    PublishRoot {
+        #[command(flatten)]
+        dir: DirArg,
     },
 }
 
-/// Runs `outrider keys ...`.
-pub fn run(args: KeysArgs) -> Result<()> {
+/// Runs `outrider keys ...`. Only `publish-root` talks to the server.
+pub fn run(args: KeysArgs, global: &GlobalArgs) -> Result<()> {
     match args.command {
-        KeysCommand::Init { dir } => init(&dir.unwrap_or_else(default_keys_dir)),
-        KeysCommand::List { dir } => list(&dir.unwrap_or_else(default_keys_dir)),
+        KeysCommand::Init {
+            dir,
+            root_keys,
+            threshold,
+            release_threshold,
+        } => init(
+            &dir.path(),
+            &InitOptions {
+                root_keys,
+                threshold,
+                release_threshold,
+            },
+        ),
+        KeysCommand::List { dir } => list(&dir.path()),
+        KeysCommand::AddReleaseKey {
+            dir,
+            expires_days,
+            release_threshold,
+        } => add_release_key(&dir.path(), expires_days, release_threshold).map(drop),
+        KeysCommand::RevokeReleaseKey {
+            dir,
+            keyid,
+            release_threshold,
+        } => revoke_release_key(&dir.path(), &keyid, release_threshold),
+        KeysCommand::RotateRoot {
+            dir,
+            add,
+            remove,
+            threshold,
+        } => rotate_root(&dir.path(), add, &remove, threshold),
+        KeysCommand::PublishRoot { dir } => {
+            let client = ApiClient::from_args(global)?;
+            publish_root(&dir.path(), &client)
+        }
     }
 }
 
 /// `$OUTRIDER_HOME/keys`.
 pub fn default_keys_dir() -> PathBuf {
     outrider_home().join("keys")
-}
-
-/// Reads a key file and checks its role; every problem is a [`UsageError`]
-/// naming the file.
-pub fn load_key(path: &Path, role: KeyRole) -> Result<KeyPair> {
-    let key = KeyPair::read(path).map_err(|e| match e {
-        SigningError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            UsageError(format!(
-                "no key file at {}; run `outrider keys init` or pass the keys directory",
-                path.display()
-            ))
-        }
-        other => UsageError(format!("cannot use key file {}: {other}", path.display())),
-    })?;
-    if key.role() != role {
-        return Err(UsageError(format!(
-            "{} is a {} key, but a {role} key is needed here",
-            path.display(),
-            key.role()
-        ))
-        .into());
-    }
-    Ok(key)
 }
 
 /// Reads and verifies `root.json` in `dir` as a self-signed root at `now_unix`.
@@ -99,96 +195,353 @@ pub fn load_root(dir: &Path, now_unix: u64) -> Result<TrustedRoot> {
         .map_err(|e| UsageError(format!("{} is not a valid root: {e}", path.display())).into())
 }
 
-fn init(dir: &Path) -> Result<()> {
-    let paths = [
-        dir.join(ROOT_KEY_FILE),
-        dir.join(RELEASE_KEY_FILE),
-        dir.join(ROOT_FILE),
-    ];
-    if let Some(existing) = paths.iter().find(|p| p.symlink_metadata().is_ok()) {
-        return Err(UsageError(format!(
-            "{} already exists; refusing to overwrite existing keys (pass --dir for a new directory)",
-            existing.display()
-        ))
-        .into());
+/// Options of `keys init`.
+#[derive(Debug)]
+struct InitOptions {
+    root_keys: u32,
+    threshold: u32,
+    release_threshold: u32,
+}
+
+fn init(dir: &Path, opts: &InitOptions) -> Result<()> {
+    if !(1..=MAX_NEW_ROOT_KEYS).contains(&opts.root_keys) {
+        bail!(UsageError(format!(
+            "--root-keys must be between 1 and {MAX_NEW_ROOT_KEYS}"
+        )));
+    }
+    if !(1..=opts.root_keys).contains(&opts.threshold) {
+        bail!(UsageError(format!(
+            "--threshold must be between 1 and the number of root keys ({})",
+            opts.root_keys
+        )));
+    }
+    if !(1..=MAX_NEW_ROOT_KEYS).contains(&opts.release_threshold) {
+        bail!(UsageError(format!(
+            "--release-threshold must be between 1 and {MAX_NEW_ROOT_KEYS}"
+        )));
+    }
+    if dir.join(ROOT_FILE).symlink_metadata().is_ok() || !key_paths(dir)?.is_empty() {
+        bail!(UsageError(format!(
+            "{} already holds keys or a root.json; refusing to overwrite them (pass --dir for a new directory)",
+            dir.display()
+        )));
     }
     create_private_dir(dir)?;
 
-    let root_key = KeyPair::generate(KeyRole::Root)?;
-    let release_key = KeyPair::generate(KeyRole::Release)?;
-    let now = now_unix();
-    let root = make_root(
-        &[&root_key],
-        &[(&release_key, now + RELEASE_KEY_LIFETIME_SECS)],
-        1,
-        1,
-        now + ROOT_LIFETIME_SECS,
-    )?;
-    for (key, path) in [(&root_key, &paths[0]), (&release_key, &paths[1])] {
-        key.write_new(path).map_err(|e| match e {
-            SigningError::KeyFileExists { .. } => anyhow::Error::new(UsageError(e.to_string())),
-            other => anyhow::Error::new(other).context(format!("writing {}", path.display())),
-        })?;
+    let mut files = Vec::new();
+    for i in 1..=opts.root_keys {
+        let name = if opts.root_keys == 1 {
+            ROOT_KEY_FILE.to_owned()
+        } else {
+            format!("root-{i}.key")
+        };
+        files.push((name, KeyPair::generate(KeyRole::Root)?));
     }
-    write_atomic(&paths[2], &root.to_bytes())?;
+    for i in 0..opts.release_threshold {
+        let key = KeyPair::generate(KeyRole::Release)?;
+        let name = if i == 0 {
+            RELEASE_KEY_FILE.to_owned()
+        } else {
+            key_file_name(&key)
+        };
+        files.push((name, key));
+    }
+    let now = now_unix();
+    let roots: Vec<&KeyPair> = files
+        .iter()
+        .map(|(_, k)| k)
+        .filter(|k| k.role() == KeyRole::Root)
+        .collect();
+    let mut builder = RootBuilder::new(1, now + ROOT_LIFETIME_SECS)
+        .root_threshold(opts.threshold)
+        .release_threshold(opts.release_threshold);
+    for (_, key) in &files {
+        builder = match key.role() {
+            KeyRole::Root => builder.add_root_key(key)?,
+            KeyRole::Release => {
+                builder.add_release_key(key, now + DEFAULT_RELEASE_KEY_DAYS * DAY_SECS)?
+            }
+        };
+    }
+    let envelope = builder.sign(&roots)?.to_bytes();
+    // The freshly signed root must verify as a trust anchor before anything is written.
+    TrustedRoot::from_bytes_self_signed(&envelope, now).context("verifying the new root")?;
+
+    for (name, key) in &files {
+        write_key(key, &dir.join(name))?;
+    }
+    write_root(dir, 1, &envelope)?;
 
     println!("created keys in {}", dir.display());
+    for (name, key) in &files {
+        println!("  {:<8} {}  {name}", key.role().to_string(), key.key_id());
+    }
     println!(
-        "  root key     {}  {}",
-        root_key.key_id(),
-        paths[0].display()
+        "  root     version 1 (root threshold {}, release threshold {}), {}",
+        opts.threshold,
+        opts.release_threshold,
+        dir.join(ROOT_FILE).display()
     );
+    println!("Keep the root keys offline; install root.json on every agent.");
+    Ok(())
+}
+
+/// `keys add-release-key`; returns the new key's id.
+fn add_release_key(dir: &Path, expires_days: u64, release_threshold: Option<u32>) -> Result<KeyId> {
+    if expires_days == 0 {
+        bail!(UsageError("--expires-days must be at least 1".to_owned()));
+    }
+    let chain = load_chain(dir)?;
+    let now = now_unix();
+    let key = KeyPair::generate(KeyRole::Release)?;
+    let expires = now.saturating_add(expires_days.saturating_mul(DAY_SECS));
+    let mut builder = RootBuilder::successor_of(chain.newest.root(), now + ROOT_LIFETIME_SECS)
+        .add_release_key(&key, expires)?;
+    if let Some(k) = release_threshold {
+        builder = builder.release_threshold(k);
+    }
+    check_release_threshold(&builder)?;
+    let next = sign_next_root(dir, &chain, builder, std::slice::from_ref(&key))?;
     println!(
-        "  release key  {}  {}",
-        release_key.key_id(),
-        paths[1].display()
+        "added release key {}  {} (expires in {expires_days} days)",
+        key.key_id(),
+        key_file_name(&key)
     );
-    println!("  root         version 1, {}", paths[2].display());
-    println!("Keep root.key offline; install root.json on every agent.");
+    print_new_root(dir, &next);
+    Ok(key.key_id())
+}
+
+fn revoke_release_key(dir: &Path, keyid: &str, release_threshold: Option<u32>) -> Result<()> {
+    let chain = load_chain(dir)?;
+    let root = chain.newest.root();
+    let id = resolve_key_id(keyid, root.release_keys.keys(), "release")?;
+    if root.release_keys.len() == 1 {
+        bail!(UsageError(format!(
+            "{id} is the only release key of root version {}; add another with `outrider keys add-release-key` before revoking it",
+            root.version
+        )));
+    }
+    let mut builder =
+        RootBuilder::successor_of(root, now_unix() + ROOT_LIFETIME_SECS).remove_release_key(&id);
+    if let Some(k) = release_threshold {
+        builder = builder.release_threshold(k);
+    }
+    check_release_threshold(&builder)?;
+    let next = sign_next_root(dir, &chain, builder, &[])?;
+    println!("revoked release key {id}");
+    print_new_root(dir, &next);
+    Ok(())
+}
+
+fn rotate_root(dir: &Path, add: u32, remove: &[String], threshold: Option<u32>) -> Result<()> {
+    if add > MAX_NEW_ROOT_KEYS {
+        bail!(UsageError(format!(
+            "--add must be at most {MAX_NEW_ROOT_KEYS}"
+        )));
+    }
+    if add == 0 && remove.is_empty() && threshold.is_none() {
+        bail!(UsageError(
+            "nothing to rotate: pass --add N, --remove KEYID or --threshold K".to_owned()
+        ));
+    }
+    let chain = load_chain(dir)?;
+    let root = chain.newest.root();
+    let mut builder = RootBuilder::successor_of(root, now_unix() + ROOT_LIFETIME_SECS);
+    for prefix in remove {
+        builder = builder.remove_root_key(&resolve_key_id(prefix, root.root_keys.keys(), "root")?);
+    }
+    let new_keys = (0..add)
+        .map(|_| KeyPair::generate(KeyRole::Root))
+        .collect::<Result<Vec<_>, _>>()?;
+    for key in &new_keys {
+        builder = builder.add_root_key(key)?;
+    }
+    if let Some(k) = threshold {
+        builder = builder.root_threshold(k);
+    }
+    let keys = builder.root().root_keys.len();
+    let k = builder.root().root_threshold;
+    if keys == 0 {
+        bail!(UsageError(
+            "the new root would have no root keys; add one with --add".to_owned()
+        ));
+    }
+    if k == 0 || k as usize > keys {
+        bail!(UsageError(format!(
+            "root threshold {k} is impossible with {keys} root key(s); pass --threshold between 1 and {keys}"
+        )));
+    }
+    let next = sign_next_root(dir, &chain, builder, &new_keys)?;
+    for key in &new_keys {
+        println!("added root key {}  {}", key.key_id(), key_file_name(key));
+    }
+    print_new_root(dir, &next);
+    Ok(())
+}
+
+/// The release threshold must stay reachable with the remaining keys.
+fn check_release_threshold(builder: &RootBuilder) -> Result<()> {
+    let keys = builder.root().release_keys.len();
+    let k = builder.root().release_threshold;
+    if k == 0 || k as usize > keys {
+        bail!(UsageError(format!(
+            "release threshold {k} is impossible with {keys} release key(s); pass --release-threshold between 1 and {keys}"
+        )));
+    }
+    Ok(())
+}
+
+fn print_new_root(dir: &Path, root: &TrustedRoot) {
+    let r = root.root();
+    println!(
+        "signed root version {} (root keys {}-of-{}, release keys {}-of-{}), {}",
+        r.version,
+        r.root_threshold,
+        r.root_keys.len(),
+        r.release_threshold,
+        r.release_keys.len(),
+        dir.join(ROOT_FILE).display()
+    );
+    println!("Upload it with `outrider keys publish-root`.");
+}
+
+/// The one id among `ids` that starts with `prefix`, or a [`UsageError`].
+fn resolve_key_id<'a>(
+    prefix: &str,
+    ids: impl Iterator<Item = &'a KeyId>,
+    role: &str,
+) -> Result<KeyId> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    let matches: Vec<&KeyId> = ids
+        .filter(|id| !prefix.is_empty() && id.as_str().starts_with(&prefix))
+        .collect();
+    match matches[..] {
+        [one] => Ok(one.clone()),
+        [] => bail!(UsageError(format!(
+            "no {role} key of root.json has an id starting with {prefix:?}; see `outrider keys list`"
+        ))),
+        _ => bail!(UsageError(format!(
+            "{} {role} keys have ids starting with {prefix:?}; give more digits",
+            matches.len()
+        ))),
+    }
+}
+
+/// `keys publish-root`: uploads every root version of `dir` the server
+/// lacks, oldest first (the server accepts only the successor of its current
+/// root, so a root several versions ahead needs every version in between).
+/// Fails with a [`UsageError`] when the server's root is not part of this
+/// directory's chain.
+pub fn publish_root(dir: &Path, client: &ApiClient) -> Result<()> {
+    let chain = load_chain(dir)?;
+    let newest = chain.newest.root().version;
+    let on_server = client
+        .get_bytes_opt("/v1/updates/root.json")
+        .context("fetching the server's root")?;
+    let from = match on_server {
+        None => 1,
+        Some(bytes) => {
+            let server = TrustedRoot::from_bytes_self_signed(&bytes, 0)
+                .context("the server's root.json is not a valid root")?;
+            let version = server.root().version;
+            if chain.envelope(version) != Some(&bytes[..]) {
+                bail!(UsageError(if version > newest {
+                    format!(
+                        "the server has root version {version}, newer than this directory's {newest}; use the keys directory that signed it"
+                    )
+                } else {
+                    format!(
+                        "the server's root version {version} differs from {}; it was signed from another keys directory",
+                        dir.join(ROOTS_DIR)
+                            .join(format!("{version}.json"))
+                            .display()
+                    )
+                }));
+            }
+            version + 1
+        }
+    };
+    if from > newest {
+        println!("the server already has root version {newest}");
+        return Ok(());
+    }
+    // The server accepts only the successor of its current root, so the
+    // versions go up one at a time, oldest first.
+    for version in from..=newest {
+        let bytes = chain
+            .envelope(version)
+            .expect("the chain holds every version up to the newest");
+        client
+            .put_bytes("/api/v1/releases/root", bytes)
+            .with_context(|| format!("uploading root version {version}"))?;
+        println!("uploaded root version {version}");
+    }
     Ok(())
 }
 
 fn list(dir: &Path) -> Result<()> {
-    let mut local = Vec::new();
-    for (file, role) in [
-        (ROOT_KEY_FILE, KeyRole::Root),
-        (RELEASE_KEY_FILE, KeyRole::Release),
-    ] {
-        let path = dir.join(file);
-        match load_key(&path, role) {
-            Ok(key) => {
-                println!("{:<12} {:<8} {}", file, key.role(), key.key_id());
-                local.push(key.key_id());
-            }
-            Err(e) => println!("{file:<12} {e:#}"),
-        }
-    }
-
+    let (local, problems) = local_keys(dir)?;
+    let chain = load_chain(dir)?;
+    let root = chain.newest.root();
     let now = now_unix();
-    // Time 0: show the root even if it has expired, then say so.
-    let trusted = load_root(dir, 0)?;
-    let root = trusted.root();
+    println!("key files in {}:", dir.display());
+    for l in &local {
+        let id = l.key.key_id();
+        let trusted = match l.key.role() {
+            KeyRole::Root => root.root_keys.contains_key(&id),
+            KeyRole::Release => root.release_keys.contains_key(&id),
+        };
+        let note = if trusted {
+            ""
+        } else {
+            "  NOT TRUSTED by root.json (retired or revoked)"
+        };
+        println!(
+            "  {:<22} {:<8} {id}{note}",
+            l.file,
+            l.key.role().to_string()
+        );
+    }
+    for problem in &problems {
+        println!("  {problem}");
+    }
+    let file_of = |id: &KeyId, role: KeyRole| {
+        local
+            .iter()
+            .find(|l| l.key.role() == role && l.key.key_id() == *id)
+            .map_or_else(
+                || "  MISSING: no key file here".to_owned(),
+                |l| format!("  ({})", l.file),
+            )
+    };
     println!();
     println!(
-        "{} version {}, {}",
+        "{}: version {} (versions 1 to {} in {}/), {}",
         dir.join(ROOT_FILE).display(),
         root.version,
+        chain.envelopes.len(),
+        ROOTS_DIR,
         expiry(root.expires_unix, now)
     );
-    let here = |id| {
-        if local.contains(id) {
-            "  (key file here)"
-        } else {
-            ""
-        }
-    };
-    println!("  root keys (threshold {}):", root.root_threshold);
+    println!(
+        "  root keys ({} of {} must sign):",
+        root.root_threshold,
+        root.root_keys.len()
+    );
     for id in root.root_keys.keys() {
-        println!("    {id}{}", here(id));
+        println!("    {id}{}", file_of(id, KeyRole::Root));
     }
-    println!("  release keys (threshold {}):", root.release_threshold);
+    println!(
+        "  release keys ({} of {} must sign):",
+        root.release_threshold,
+        root.release_keys.len()
+    );
     for (id, key) in &root.release_keys {
-        println!("    {id}  {}{}", expiry(key.expires_unix, now), here(id));
+        println!(
+            "    {id}  {}{}",
+            expiry(key.expires_unix, now),
+            file_of(id, KeyRole::Release)
+        );
     }
     Ok(())
 }
@@ -208,65 +561,5 @@ fn expiry(expires_unix: u64, now: u64) -> String {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("creating keys directory {}", dir.display()))
-}
-
-/// Temp file + fsync + rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn init_creates_a_verifiable_root_and_refuses_to_overwrite() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = dir.path().join("keys");
-        init(&keys).unwrap();
-        let root_key = load_key(&keys.join(ROOT_KEY_FILE), KeyRole::Root).unwrap();
-        let release_key = load_key(&keys.join(RELEASE_KEY_FILE), KeyRole::Release).unwrap();
-        let trusted = load_root(&keys, now_unix()).unwrap();
-        assert!(trusted.root().root_keys.contains_key(&root_key.key_id()));
-        assert!(
-            trusted
-                .root()
-                .release_keys
-                .contains_key(&release_key.key_id())
-        );
-
-        let err = init(&keys).unwrap_err();
-        assert!(err.downcast_ref::<UsageError>().is_some(), "{err:#}");
-        list(&keys).unwrap();
-    }
-
-    #[test]
-    fn wrong_role_key_file_is_a_usage_error() {
-        let dir = tempfile::tempdir().unwrap();
-        init(dir.path()).unwrap();
-        let err = load_key(&dir.path().join(ROOT_KEY_FILE), KeyRole::Release).unwrap_err();
-        let usage = err.downcast_ref::<UsageError>().unwrap();
-        assert!(usage.0.contains("root key"), "{}", usage.0);
-        let err = load_key(&dir.path().join("missing.key"), KeyRole::Release).unwrap_err();
-        assert!(err.downcast_ref::<UsageError>().is_some());
-    }
-}
+mod tests;

@@ -72,7 +72,7 @@ pub struct UsageError(pub String);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Keys(args) => keys::run(args),
+        Command::Keys(args) => keys::run(args, &cli.global),
         Command::Release(args) => {
             ApiClient::from_args(&cli.global).and_then(|c| release::run(&c, &cli.global, args))
         }

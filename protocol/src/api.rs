@@ -48,6 +48,12 @@ pub struct AgentInfo {
     pub os: String,
     pub arch: String,
     pub agent_version: String,
+    /// SHA-256 of the build the agent runs, as its stub reported it.
+    #[serde(default)]
+    pub build_sha256: Option<String>,
+    /// Release version of that build.
+    #[serde(default)]
+    pub build_version: Option<String>,
     pub presence: Presence,
     /// When `presence` last changed, Unix ms.
     pub presence_since_ms: i64,

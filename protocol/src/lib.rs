@@ -44,6 +44,10 @@ pub const MAX_BATCH_RESULTS: usize = 500;
 
 /// Messages sent by the agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one Hello per session, decoded and dropped at once; boxing it buys nothing"
+)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
     /// Registration and proof of key possession; the first agent message.
@@ -76,6 +80,14 @@ pub struct Hello {
     pub arch: String,
     /// Version of the running agent library.
     pub agent_version: String,
+    /// SHA-256 of the library build the stub loaded (from the signed
+    /// manifest), so operators can count the fleet per release; absent when
+    /// the library runs without a stub (tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_sha256: Option<String>,
+    /// Release version of that build as the manifest names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_version: Option<String>,
     /// Highest result sequence number the agent has ever assigned, so the
     /// server can tell a restarted spool from a replay.
     #[serde(default)]

@@ -242,6 +242,8 @@ async fn authenticate(
         os: truncate(&hello.os, 32),
         arch: truncate(&hello.arch, 32),
         agent_version: truncate(&hello.agent_version, 64),
+        build_sha256: hello.build_sha256.as_deref().map(|s| truncate(s, 64)),
+        build_version: hello.build_version.as_deref().map(|s| truncate(s, 64)),
     })
 }
 

@@ -35,7 +35,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/results/latest", get(latest_results))
         .with_state(state.clone())
         .merge(outrider_update_server::admin_router(state.releases.clone()))
-        .layer(middleware::from_fn_with_state(
+        // `route_layer`: only matched admin routes require the token; an
+        // unknown path must stay a 404, not turn into a 401.
+        .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,
         ));

@@ -23,7 +23,14 @@ use rusqlite::Connection;
 pub use agents::Registration;
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Steps from each older schema version to the next, applied in order.
+/// Index `i` migrates version `i + 1` to `i + 2`.
+const MIGRATIONS: &[&str] = &[
+    // 1 → 2: agents report the build their stub loaded.
+    "ALTER TABLE agents ADD COLUMN build_sha256 TEXT; ALTER TABLE agents ADD COLUMN build_version TEXT;",
+];
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
@@ -73,8 +80,9 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let tx = conn.transaction()?;
-    tx.execute_batch(include_str!("store/schema.sql"))
-        .context("applying the schema")?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;",
+    )?;
     let found: Option<i64> = tx
         .query_row(
             "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'",
@@ -83,20 +91,33 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
         )
         .ok();
     match found {
-        None => {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                [SCHEMA_VERSION.to_string()],
-            )?;
-        }
         Some(v) if v > SCHEMA_VERSION => {
             anyhow::bail!(
                 "database {} has schema version {v}, newer than this server's {SCHEMA_VERSION}; upgrade the server",
                 path.display()
             );
         }
-        Some(_) => {}
+        Some(v) => {
+            for (i, step) in MIGRATIONS.iter().enumerate().skip((v - 1).max(0) as usize) {
+                tx.execute_batch(step).with_context(|| {
+                    format!(
+                        "migrating {} from schema {} to {}",
+                        path.display(),
+                        i + 1,
+                        i + 2
+                    )
+                })?;
+            }
+        }
+        None => {}
     }
+    tx.execute_batch(include_str!("store/schema.sql"))
+        .context("applying the schema")?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [SCHEMA_VERSION.to_string()],
+    )?;
     tx.commit()?;
     Ok(conn)
 }
@@ -107,4 +128,77 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use outrider_protocol::api::Presence;
+
+    use super::*;
+
+    /// The agents table as schema version 1 created it.
+    const V1_AGENTS: &str = "
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE agents (
+            fingerprint TEXT PRIMARY KEY, public_key TEXT NOT NULL, hostname TEXT NOT NULL,
+            os TEXT NOT NULL, arch TEXT NOT NULL, agent_version TEXT NOT NULL,
+            presence TEXT NOT NULL CHECK (presence IN ('connected', 'down', 'deregistered')),
+            presence_since_ms INTEGER NOT NULL, registered_at_ms INTEGER NOT NULL,
+            last_seen_ms INTEGER NOT NULL, acked_seq INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+        INSERT INTO agents VALUES ('0123456789abcdef0123', 'aa', 'old-host', 'linux', 'x86_64',
+                                   '0.0.9', 'deregistered', 5, 1, 5, 42);";
+
+    #[tokio::test]
+    async fn version_1_database_is_migrated_without_losing_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(V1_AGENTS)
+            .unwrap();
+
+        let store = Store::open(&path).await.unwrap();
+        let agents = store.agents().await.unwrap();
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].hostname, "old-host");
+        assert_eq!(agents[0].presence, Presence::Deregistered);
+        assert_eq!(agents[0].build_sha256, None);
+        let version: String = store
+            .call(|c| {
+                Ok(c.query_row(
+                    "SELECT value FROM meta WHERE key = 'schema_version'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        drop(store);
+        // Opening again is a no-op, not a second migration.
+        assert_eq!(
+            Store::open(&path)
+                .await
+                .unwrap()
+                .agents()
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn database_from_a_newer_server_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); INSERT INTO meta VALUES ('schema_version', '99');")
+            .unwrap();
+        let err = Store::open(&path).await.unwrap_err().to_string();
+        assert!(err.contains("newer than this server"), "{err}");
+    }
 }

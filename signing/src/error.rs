@@ -116,4 +116,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+
+    /// More root rotations to follow than a walk accepts in one go.
+    #[error("more than {limit} root versions follow version {from}; refusing to walk further")]
+    RootChainTooLong { from: u64, limit: u64 },
 }

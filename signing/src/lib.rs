@@ -5,7 +5,8 @@
 //!   0600 JSON key file.
 //! - [`Envelope`]: `{payload, signatures[]}` over exact bytes; signatures are
 //!   bound to the payload's type so a root never verifies as a manifest.
-//! - [`TrustedRoot`]: the verified root (`root.json`), and its rotation chain.
+//! - [`TrustedRoot`]: the verified root (`root.json`); [`RootBuilder`] makes
+//!   roots and rotations, [`walk_roots`] catches a client up with the chain.
 //! - [`verify_manifest`]: the per-channel release manifest checks, each
 //!   failure its own [`Error`] variant.
 //!
@@ -29,7 +30,10 @@ pub use manifest::{
     ReleaseManifest, Rollout, SequenceFloor, Target, VerifiedManifest, make_manifest,
     rollout_bucket, verify_manifest,
 };
-pub use root::{ReleaseKey, Root, TrustedRoot, make_root};
+pub use root::{
+    MAX_ROOT_WALK, ReleaseKey, Root, RootBuilder, TrustedRoot, WalkError, make_root, walk_roots,
+    walk_roots_with_limit,
+};
 pub use sha::{Sha256, sha256};
 
 /// This machine's target triple as used in manifests, e.g. `"x86_64-linux"`.

@@ -7,9 +7,13 @@
 //!
 //! The first root is trusted because it was installed with the stub; each
 //! later root must have version `n + 1` and be signed by a threshold of the
-//! previous root's root keys **and** of its own (DESIGN §5).
+//! previous root's root keys **and** of its own (DESIGN §5). A client several
+//! versions behind catches up one version at a time with [`walk_roots`].
+//!
+//! Revocation: a release key missing from the newest root, or past its
+//! `expires_unix`, no longer counts toward the release threshold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
@@ -33,6 +37,10 @@ pub struct Root {
     pub release_keys: BTreeMap<KeyId, ReleaseKey>,
     /// How many unexpired release keys must sign a manifest.
     pub release_threshold: u32,
+    /// Fields written by newer tools, kept so that signing the next root
+    /// built from this one does not drop them.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// A key allowed to sign release manifests until `expires_unix`.
@@ -200,7 +208,8 @@ fn check_threshold(role: KeyRole, threshold: u32, keys: usize) -> Result<(), Err
 
 /// Builds and signs a root: `root_keys` are trusted (threshold `threshold`)
 /// and sign it; `release_keys` with their expiry times may sign manifests
-/// (also threshold `threshold`). Fails with [`Error::WrongKeyRole`] for a key
+/// (also threshold `threshold`). A shorthand for [`RootBuilder`], which sets
+/// the two thresholds separately. Fails with [`Error::WrongKeyRole`] for a key
 /// of the wrong role and [`Error::InvalidThreshold`] for an unreachable threshold.
 pub fn make_root(
     root_keys: &[&KeyPair],
@@ -209,46 +218,262 @@ pub fn make_root(
     version: u64,
     expires_unix: u64,
 ) -> Result<Envelope, Error> {
+    let mut builder = RootBuilder::new(version, expires_unix)
+        .root_threshold(threshold)
+        .release_threshold(threshold);
     for key in root_keys {
+        builder = builder.add_root_key(key)?;
+    }
+    for (key, expires_unix) in release_keys {
+        builder = builder.add_release_key(key, *expires_unix)?;
+    }
+    builder.sign(root_keys)
+}
+
+/// Builds a [`Root`] and signs it: a first root with [`RootBuilder::new`], a
+/// rotation (next version, same keys until changed) with
+/// [`RootBuilder::successor_of`].
+///
+/// The builder checks what it can know alone: key roles, and that both
+/// thresholds are at least one and reachable. Whether the signers meet the
+/// thresholds of the previous root and of the new one is the verifier's
+/// question; confirm a rotation with [`TrustedRoot::successor`] before
+/// publishing it.
+#[derive(Clone, Debug)]
+pub struct RootBuilder {
+    root: Root,
+}
+
+impl RootBuilder {
+    /// A root of `version` expiring at `expires_unix`, without keys, both
+    /// thresholds one.
+    pub fn new(version: u64, expires_unix: u64) -> RootBuilder {
+        RootBuilder {
+            root: Root {
+                version,
+                expires_unix,
+                root_keys: BTreeMap::new(),
+                root_threshold: 1,
+                release_keys: BTreeMap::new(),
+                release_threshold: 1,
+                extra: BTreeMap::new(),
+            },
+        }
+    }
+
+    /// The next root after `previous`: version + 1, expiring at
+    /// `expires_unix`, with the same keys, thresholds and unknown fields
+    /// until changed.
+    pub fn successor_of(previous: &Root, expires_unix: u64) -> RootBuilder {
+        let mut root = previous.clone();
+        root.version = previous.version.saturating_add(1);
+        root.expires_unix = expires_unix;
+        RootBuilder { root }
+    }
+
+    /// Trusts `key` as a root key. Fails with [`Error::WrongKeyRole`] unless
+    /// it is one.
+    pub fn add_root_key(mut self, key: &KeyPair) -> Result<RootBuilder, Error> {
         key.expect_role(KeyRole::Root)?;
+        self.root
+            .root_keys
+            .insert(key.key_id(), key.public_key_hex());
+        Ok(self)
     }
-    for (key, _) in release_keys {
+
+    /// Stops trusting the root key `keyid` (no-op if it is not trusted).
+    pub fn remove_root_key(mut self, keyid: &KeyId) -> RootBuilder {
+        self.root.root_keys.remove(keyid);
+        self
+    }
+
+    /// Trusts `key` to sign manifests until `expires_unix` (replacing the
+    /// expiry if it is already trusted). Fails with [`Error::WrongKeyRole`]
+    /// unless it is a release key.
+    pub fn add_release_key(
+        mut self,
+        key: &KeyPair,
+        expires_unix: u64,
+    ) -> Result<RootBuilder, Error> {
         key.expect_role(KeyRole::Release)?;
+        self.root.release_keys.insert(
+            key.key_id(),
+            ReleaseKey {
+                public_key: key.public_key_hex(),
+                expires_unix,
+            },
+        );
+        Ok(self)
     }
-    let root = Root {
-        version,
-        expires_unix,
-        root_keys: root_keys
-            .iter()
-            .map(|k| (k.key_id(), k.public_key_hex()))
-            .collect(),
-        root_threshold: threshold,
-        release_keys: release_keys
-            .iter()
-            .map(|(k, expires_unix)| {
-                (
-                    k.key_id(),
-                    ReleaseKey {
-                        public_key: k.public_key_hex(),
-                        expires_unix: *expires_unix,
-                    },
-                )
-            })
-            .collect(),
-        release_threshold: threshold,
-    };
-    // Counted after dedup by key id, so listing a key twice cannot meet a threshold.
-    check_threshold(KeyRole::Root, threshold, root.root_keys.len())?;
-    check_threshold(KeyRole::Release, threshold, root.release_keys.len())?;
-    let tagged = Tagged {
-        kind: PayloadType::Root.as_str().to_owned(),
-        body: &root,
-    };
-    let payload = serde_json::to_vec_pretty(&tagged).map_err(|e| Error::Malformed {
-        what: "root",
-        reason: e.to_string(),
-    })?;
-    Ok(Envelope::sign(payload, root_keys))
+
+    /// Revokes the release key `keyid` (no-op if it is not trusted): once
+    /// clients hold this root, its signatures no longer count.
+    pub fn remove_release_key(mut self, keyid: &KeyId) -> RootBuilder {
+        self.root.release_keys.remove(keyid);
+        self
+    }
+
+    /// How many root keys must sign the next root (and this one).
+    pub fn root_threshold(mut self, threshold: u32) -> RootBuilder {
+        self.root.root_threshold = threshold;
+        self
+    }
+
+    /// How many unexpired release keys must sign a manifest.
+    pub fn release_threshold(mut self, threshold: u32) -> RootBuilder {
+        self.root.release_threshold = threshold;
+        self
+    }
+
+    /// The root as built so far.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// Serializes the root (with `"type": "root"`) and signs it once with
+    /// each distinct key of `signers`. Fails with [`Error::InvalidThreshold`]
+    /// if a threshold is zero or above its key count, and with
+    /// [`Error::WrongKeyRole`] if a signer is not a root key.
+    pub fn sign(self, signers: &[&KeyPair]) -> Result<Envelope, Error> {
+        let root = self.root;
+        check_threshold(KeyRole::Root, root.root_threshold, root.root_keys.len())?;
+        check_threshold(
+            KeyRole::Release,
+            root.release_threshold,
+            root.release_keys.len(),
+        )?;
+        let mut seen = BTreeSet::new();
+        let mut distinct = Vec::with_capacity(signers.len());
+        for key in signers {
+            key.expect_role(KeyRole::Root)?;
+            // A key signing twice would make verifiers refuse the envelope.
+            if seen.insert(key.key_id()) {
+                distinct.push(*key);
+            }
+        }
+        let tagged = Tagged {
+            kind: PayloadType::Root.as_str().to_owned(),
+            body: &root,
+        };
+        let payload = serde_json::to_vec_pretty(&tagged).map_err(|e| Error::Malformed {
+            what: "root",
+            reason: e.to_string(),
+        })?;
+        Ok(Envelope::sign(payload, &distinct))
+    }
+}
+
+/// Most root rotations [`walk_roots`] follows in one call. A real chain
+/// grows by a few versions a year; an endless one is an attack.
+pub const MAX_ROOT_WALK: u64 = 1024;
+
+/// Why [`walk_roots`] stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalkError<E> {
+    /// `fetch` failed for `version`; nothing after the last verified root
+    /// was trusted. Retrying later is safe.
+    #[error("cannot fetch root version {version}: {source}")]
+    Fetch {
+        version: u64,
+        #[source]
+        source: E,
+    },
+    /// Root `version` was refused: a failed chain step
+    /// ([`TrustedRoot::successor`]'s errors), a chain longer than
+    /// [`MAX_ROOT_WALK`] ([`Error::RootChainTooLong`]), or a final root that
+    /// has expired ([`Error::Expired`], a freeze attack).
+    #[error("root version {version} refused: {source}")]
+    Verify {
+        version: u64,
+        #[source]
+        source: Error,
+    },
+}
+
+impl<E> WalkError<E> {
+    /// The verification error, if the walk stopped on one.
+    pub fn verification(&self) -> Option<&Error> {
+        match self {
+            WalkError::Verify { source, .. } => Some(source),
+            WalkError::Fetch { .. } => None,
+        }
+    }
+}
+
+/// Catches a client up with the root chain (DESIGN §5; TUF 5.3). No I/O of
+/// its own: `fetch(version)` returns that root's envelope
+/// (`/v1/updates/roots/{version}.json`), `Ok(None)` when the repository has
+/// no such version (404), or an error.
+///
+/// Starting at `trusted` (which may have expired: a client offline for a long
+/// time still catches up), it fetches version n + 1, n + 2, ... and accepts
+/// each only as the [`TrustedRoot::successor`] of the one before (a threshold
+/// of the old and of the new root keys, exactly the next version), stopping at
+/// the first `None`. The roots in between may have expired; the last one may
+/// not. Returns the newest verified root, which the caller persists in place
+/// of `trusted`.
+///
+/// Fails with [`WalkError::Fetch`] if `fetch` fails, and
+/// [`WalkError::Verify`] if a root is refused, if more than
+/// [`MAX_ROOT_WALK`] rotations follow `trusted`
+/// ([`Error::RootChainTooLong`]), or if the newest root has expired at
+/// `now_unix` ([`Error::Expired`]).
+pub fn walk_roots<E>(
+    trusted: &TrustedRoot,
+    fetch: impl FnMut(u64) -> Result<Option<Vec<u8>>, E>,
+    now_unix: u64,
+) -> Result<TrustedRoot, WalkError<E>> {
+    walk_roots_with_limit(trusted, fetch, now_unix, MAX_ROOT_WALK)
+}
+
+/// [`walk_roots`] with a cap of `max_steps` rotations instead of
+/// [`MAX_ROOT_WALK`]; [`Error::RootChainTooLong`] carries `max_steps`.
+pub fn walk_roots_with_limit<E>(
+    trusted: &TrustedRoot,
+    mut fetch: impl FnMut(u64) -> Result<Option<Vec<u8>>, E>,
+    now_unix: u64,
+    max_steps: u64,
+) -> Result<TrustedRoot, WalkError<E>> {
+    let mut current = trusted.clone();
+    let mut steps = 0u64;
+    // The last possible version has no successor.
+    while let Some(next) = current.root.version.checked_add(1) {
+        // 1. Fetch version n + 1; none means `current` is the newest.
+        let Some(bytes) = fetch(next).map_err(|source| WalkError::Fetch {
+            version: next,
+            source,
+        })?
+        else {
+            break;
+        };
+        // 2. Bound the walk, so a repository cannot keep a client busy forever.
+        if steps == max_steps {
+            return Err(WalkError::Verify {
+                version: next,
+                source: Error::RootChainTooLong {
+                    from: trusted.root.version,
+                    limit: max_steps,
+                },
+            });
+        }
+        // 3. Accept it only as the verified successor of the current root.
+        current = current
+            .successor(&bytes)
+            .map_err(|source| WalkError::Verify {
+                version: next,
+                source,
+            })?;
+        steps += 1;
+    }
+    // 4. The newest root must be unexpired (freeze attack).
+    current
+        .check_expiry(now_unix)
+        .map_err(|source| WalkError::Verify {
+            version: current.root.version,
+            source,
+        })?;
+    Ok(current)
 }
 
 #[cfg(test)]

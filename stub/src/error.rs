@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use outrider_signing::Sha256;
-
 /// A stub failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -24,50 +22,8 @@ pub enum StubError {
     },
     #[error("state file {path} is corrupt: {reason}")]
     State { path: PathBuf, reason: String },
-    #[error("fetching {url}")]
-    Http {
-        url: String,
-        source: Box<ureq::Error>,
-    },
-    #[error("channel {channel} has no published manifest at {url}")]
-    NoManifest { channel: String, url: String },
-    #[error("manifest of channel {channel} refused")]
-    Manifest {
-        channel: String,
-        source: outrider_signing::Error,
-    },
-    #[error("manifest of channel {channel} has no build for this platform ({triple})")]
-    NoTarget { channel: String, triple: String },
-    #[error("build {version} speaks ABI {got}, this stub speaks {ours}")]
-    AbiMajor {
-        version: String,
-        got: u32,
-        ours: u32,
-    },
-    #[error("download of {what} from {url} exceeds its declared size of {limit} bytes")]
-    TooLarge {
-        what: &'static str,
-        url: String,
-        limit: u64,
-    },
-    #[error("download of {what} from {url} ended after {got} of {expected} bytes")]
-    Truncated {
-        what: &'static str,
-        url: String,
-        got: u64,
-        expected: u64,
-    },
-    #[error("hash mismatch for {what}: expected sha256 {expected}, got {actual}")]
-    HashMismatch {
-        what: &'static str,
-        expected: Sha256,
-        actual: Sha256,
-    },
-    #[error("decompressing build {sha256}")]
-    Decompress {
-        sha256: Sha256,
-        source: std::io::Error,
-    },
+    #[error("update check failed")]
+    Update(#[from] outrider_update_client::UpdateError),
     #[error("loading agent library {path}")]
     Load {
         path: PathBuf,

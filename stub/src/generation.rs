@@ -128,6 +128,7 @@ impl Generation {
             "agent_toml": config.agent_toml,
             "config_dir": layout.config_dir,
             "log_dir": layout.log_dir,
+            "build": { "sha256": build.sha256.to_string(), "version": build.version },
         });
         let inputs = HostInputs {
             config: host_config.to_string().into_bytes(),

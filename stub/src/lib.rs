@@ -47,7 +47,7 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
     layout.prepare()?;
     let signals = Signals::install()?;
     let mut state = state::StubState::load(&layout.state_json)?;
-    let updater = update::Updater::new(&config, layout, root);
+    let mut updater = update::Updater::new(&config, layout, root);
 
     // Step 2-3: get a verified build, retrying with backoff until one is
     // available or we are told to stop. A build already installed is used
@@ -59,8 +59,7 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
             Err(err) => {
                 let fallback = state
                     .current
-                    .as_ref()
-                    .and_then(|sha| updater.installed(sha));
+                    .and_then(|sha| updater.installed(&sha, state.current_version.as_deref()));
                 if let Some(build) = fallback {
                     warn!(
                         "update check failed, running the installed build: {}",
@@ -81,6 +80,7 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
         delay = (delay * 2).min(RETRY_MAX);
     };
     state.current = Some(build.sha256);
+    state.current_version = Some(build.version.clone());
     state.save(&layout.state_json)?;
 
     // Step 4: load and run.

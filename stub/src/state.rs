@@ -1,6 +1,7 @@
 //! `state.json`: what the stub remembers between starts.
 //!
 //! Format (version 1): `{"version":1,"current":"<sha256>"|null,
+//! "current_version":"<release version>"|null,
 //! "floor":{"sequence":N,"payload_sha256":"<sha256>"}|null}`. `floor` is the
 //! newest manifest ever accepted; anything older is a rollback attack.
 //! Written as temp file + fsync + rename, so a crash leaves the old or the
@@ -21,6 +22,8 @@ const STATE_VERSION: u32 = 1;
 pub struct StubState {
     /// The build that runs (or ran last).
     pub current: Option<Sha256>,
+    /// Its release version, as the signed manifest named it.
+    pub current_version: Option<String>,
     /// The newest manifest accepted so far.
     pub floor: Option<SequenceFloor>,
 }
@@ -29,6 +32,8 @@ pub struct StubState {
 struct OnDisk {
     version: u32,
     current: Option<Sha256>,
+    #[serde(default)]
+    current_version: Option<String>,
     floor: Option<FloorOnDisk>,
 }
 
@@ -63,6 +68,7 @@ impl StubState {
         }
         Ok(StubState {
             current: disk.current,
+            current_version: disk.current_version,
             floor: disk.floor.map(|f| SequenceFloor {
                 sequence: f.sequence,
                 payload_sha256: f.payload_sha256,
@@ -75,6 +81,7 @@ impl StubState {
         let disk = OnDisk {
             version: STATE_VERSION,
             current: self.current,
+            current_version: self.current_version.clone(),
             floor: self.floor.as_ref().map(|f| FloorOnDisk {
                 sequence: f.sequence,
                 payload_sha256: f.payload_sha256,
@@ -115,6 +122,7 @@ mod tests {
         let sha = outrider_signing::sha256(b"build");
         let state = StubState {
             current: Some(sha),
+            current_version: Some("1.2.3".into()),
             floor: Some(SequenceFloor {
                 sequence: 4,
                 payload_sha256: sha,

@@ -1,33 +1,26 @@
-//! Fetching, verifying and installing agent builds (DESIGN.md §5).
-//!
-//! Order of checks for one update, each a distinct [`StubError`]:
-//! 1. the manifest is at most 1 MiB and verifies against the trusted root
-//!    (signatures, threshold, type, channel, expiry, sequence floor);
-//! 2. it names a build for this platform, of this stub's ABI major;
-//! 3. the compressed download is capped at its declared size *while
-//!    streaming* and must hash to the declared value;
-//! 4. decompression is capped at the declared library size, and the result
-//!    must hash to the declared value;
-//! 5. only then is it written under `versions/` (temp dir + fsync + rename).
+//! One update check, through [`outrider_update_client`] (DESIGN.md §5):
+//! walk the root chain (persisting a newer `root.json`), fetch and verify
+//! the manifest against the sequence floor, decide by cohort, fetch by delta
+//! from the running build or in full, and only then install the verified
+//! bytes under `versions/<sha256>/` (temp dir + fsync + rename).
 //!
 //! An installed build is hashed again every time it is used, so a file
 //! changed on disk is never loaded.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use outrider_signing::{ManifestPolicy, SequenceFloor, Sha256, TrustedRoot};
-use tracing::info;
+use outrider_signing::{Sha256, TrustedRoot};
+use outrider_update_client::{ClientView, HttpTransport, Plan, UpdateClient, Via};
+use sha2::Digest;
+use tracing::{info, warn};
 
 use crate::StubError;
 use crate::config::StubConfig;
 use crate::layout::{LIBRARY_FILE, Layout};
-use crate::state::StubState;
+use crate::state::{StubState, write_atomic};
 
-/// Largest manifest the stub downloads.
-const MAX_MANIFEST_BYTES: u64 = 1 << 20;
-/// Chunk size for streaming downloads and hashing.
+/// Chunk size for hashing files.
 const CHUNK: usize = 64 * 1024;
 
 /// A verified build, installed under `versions/`.
@@ -38,7 +31,7 @@ pub struct Build {
     pub path: PathBuf,
 }
 
-/// Reads the trusted root the installer wrote.
+/// Reads the trusted root the installer (or an earlier chain walk) wrote.
 pub fn load_root(path: &Path) -> Result<TrustedRoot, StubError> {
     let bytes = std::fs::read(path).map_err(StubError::io("reading trusted root", path))?;
     TrustedRoot::from_bytes_self_signed(&bytes, outrider_signing::now_unix()).map_err(|source| {
@@ -52,164 +45,106 @@ pub fn load_root(path: &Path) -> Result<TrustedRoot, StubError> {
 /// Talks to one update repository for one channel.
 #[derive(Debug)]
 pub struct Updater {
-    base: String,
-    channel: outrider_signing::Channel,
+    client: UpdateClient<HttpTransport>,
     layout: Layout,
     root: TrustedRoot,
-    http: ureq::Agent,
 }
 
 impl Updater {
     /// An updater for the channel and server of `config`.
     pub fn new(config: &StubConfig, layout: &Layout, root: TrustedRoot) -> Updater {
-        let http = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_read(Duration::from_secs(60))
-            .build();
+        let transport = HttpTransport::new(&format!("{}/v1/updates", config.server_url));
+        let client = UpdateClient::new(
+            transport,
+            config.channel.clone(),
+            &layout.data_dir.join("downloads"),
+        );
         Updater {
-            base: format!("{}/v1/updates", config.server_url),
-            channel: config.channel.clone(),
+            client,
             layout: layout.clone(),
             root,
-            http,
         }
     }
 
-    /// Fetches and verifies the channel manifest and makes sure the build it
-    /// names is installed. Raises `state.floor` to the accepted manifest
-    /// (the caller persists it).
-    pub fn fetch_latest(&self, state: &mut StubState) -> Result<Build, StubError> {
-        // Step 1: manifest.
-        let url = format!("{}/channels/{}/manifest.json", self.base, self.channel);
-        let bytes = match self.get(&url, MAX_MANIFEST_BYTES, "manifest")? {
-            Some(b) => b,
-            None => {
-                return Err(StubError::NoManifest {
-                    channel: self.channel.to_string(),
-                    url,
-                });
-            }
-        };
-        let policy = ManifestPolicy {
-            channel: &self.channel,
-            now_unix: outrider_signing::now_unix(),
-            floor: state.floor.clone(),
-        };
-        let verified =
-            outrider_signing::verify_manifest(&self.root, &bytes, &policy).map_err(|source| {
-                StubError::Manifest {
-                    channel: self.channel.to_string(),
-                    source,
-                }
-            })?;
-        state.floor = Some(SequenceFloor {
-            sequence: verified.manifest.sequence,
-            payload_sha256: verified.payload_sha256,
-        });
-
-        // Step 2: our platform, our ABI.
+    /// Runs one update check and returns the build to run, installing it
+    /// first if needed. Raises `state.floor` to the accepted manifest and
+    /// records the build in `state` (the caller persists it).
+    pub fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError> {
+        let now = outrider_signing::now_unix();
+        // Step 1: root chain.
+        let root = self.client.refresh_root(&self.root, now)?;
+        if root.root().version != self.root.root().version {
+            write_atomic(&self.layout.root_json, root.envelope_bytes())?;
+            info!(version = root.root().version, "trusted update root rotated");
+            self.root = root;
+        }
+        // Step 2: manifest.
+        let manifest = self
+            .client
+            .fetch_manifest(&self.root, state.floor.clone(), now)?;
+        state.floor = Some(manifest.floor());
+        // Step 3: plan.
+        let fingerprint = agent_fingerprint(&self.layout.config_dir);
         let triple = outrider_signing::host_triple();
-        let target = verified
-            .manifest
-            .targets
-            .get(&triple)
-            .ok_or_else(|| StubError::NoTarget {
-                channel: self.channel.to_string(),
-                triple: triple.clone(),
-            })?;
-        if target.abi_major != outrider_abi::ABI_MAJOR {
-            return Err(StubError::AbiMajor {
-                version: target.version.clone(),
-                got: target.abi_major,
-                ours: outrider_abi::ABI_MAJOR,
-            });
-        }
-        let artifact = &target.artifact;
-        if let Some(build) = self.installed(&artifact.sha256) {
-            return Ok(Build {
-                version: target.version.clone(),
-                ..build
-            });
-        }
-
-        // Step 3: download, capped and hashed.
-        let blob_url = format!("{}/blobs/{}", self.base, artifact.zstd_sha256);
-        let compressed = self
-            .get(&blob_url, artifact.zstd_size, "compressed build")?
-            .ok_or_else(|| StubError::Truncated {
-                what: "compressed build",
-                url: blob_url.clone(),
-                got: 0,
-                expected: artifact.zstd_size,
-            })?;
-        if (compressed.len() as u64) < artifact.zstd_size {
-            return Err(StubError::Truncated {
-                what: "compressed build",
-                url: blob_url,
-                got: compressed.len() as u64,
-                expected: artifact.zstd_size,
-            });
-        }
-        check_hash("compressed build", &artifact.zstd_sha256, &compressed)?;
-
-        // Step 4: decompress, capped and hashed.
-        let library = decompress_capped(&compressed, artifact.size, &artifact.sha256)?;
-        check_hash("agent library", &artifact.sha256, &library)?;
-
-        // Step 5: install.
-        let path = self.install(&artifact.sha256, &library)?;
-        info!(sha256 = %artifact.sha256, version = %target.version, "installed verified agent build");
+        let view = ClientView {
+            triple: &triple,
+            abi_major: outrider_abi::ABI_MAJOR,
+            fingerprint: fingerprint.as_deref(),
+            current: state.current,
+        };
+        let current = state
+            .current
+            .and_then(|sha| self.installed(&sha, state.current_version.as_deref()));
+        let install = match outrider_update_client::plan(&manifest, &view)? {
+            Plan::UpToDate { version } => match current {
+                Some(build) => return Ok(Build { version, ..build }),
+                // Recorded but gone or modified on disk: fetch it again.
+                None => full_reinstall(&manifest, &triple)?,
+            },
+            Plan::Stay => match current {
+                Some(build) => return Ok(build),
+                None => full_reinstall(&manifest, &triple)?,
+            },
+            Plan::Install(install) => install,
+        };
+        // Step 4: fetch (delta from the running build when possible) and install.
+        let base = match (&install.delta, &current) {
+            (Some(_), Some(build)) => std::fs::read(&build.path).ok(),
+            _ => None,
+        };
+        let fetched = self.client.fetch(&install, base.as_deref())?;
+        let path = self.install(&install.artifact.sha256, &fetched.library)?;
+        let via = match fetched.via {
+            Via::Delta(format) => format!("delta ({format:?})"),
+            Via::Full => "full download".to_owned(),
+        };
+        info!(sha256 = %install.artifact.sha256, version = %install.version, %via, "installed verified agent build");
+        state.current = Some(install.artifact.sha256);
+        state.current_version = Some(install.version.clone());
         Ok(Build {
-            sha256: artifact.sha256,
-            version: target.version.clone(),
+            sha256: install.artifact.sha256,
+            version: install.version,
             path,
         })
     }
 
     /// The installed build with hash `sha256`, if present and intact.
-    pub fn installed(&self, sha256: &Sha256) -> Option<Build> {
+    pub fn installed(&self, sha256: &Sha256, version: Option<&str>) -> Option<Build> {
         let path = self.layout.version_file(sha256);
         let actual = hash_file(&path).ok()?;
         if &actual != sha256 {
-            tracing::warn!(path = %path.display(), expected = %sha256, %actual, "installed build was modified on disk; ignoring it");
+            warn!(path = %path.display(), expected = %sha256, %actual, "installed build was modified on disk; ignoring it");
             return None;
         }
+        let version = version.map_or_else(
+            || format!("sha256:{}", &sha256.to_string()[..12]),
+            str::to_owned,
+        );
         Some(Build {
             sha256: *sha256,
-            version: format!("sha256:{}", &sha256.to_string()[..12]),
+            version,
             path,
         })
-    }
-
-    /// GET `url`, reading at most `limit` bytes; `None` on 404.
-    fn get(&self, url: &str, limit: u64, what: &'static str) -> Result<Option<Vec<u8>>, StubError> {
-        let resp = match self.http.get(url).call() {
-            Ok(r) => r,
-            Err(ureq::Error::Status(404, _)) => return Ok(None),
-            Err(e) => {
-                return Err(StubError::Http {
-                    url: url.to_owned(),
-                    source: Box::new(e),
-                });
-            }
-        };
-        let mut body = Vec::with_capacity(limit.min(16 << 20) as usize);
-        // Read one byte past the limit to tell "exactly limit" from "more".
-        resp.into_reader()
-            .take(limit + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| StubError::Http {
-                url: url.to_owned(),
-                source: Box::new(ureq::Error::from(e)),
-            })?;
-        if body.len() as u64 > limit {
-            return Err(StubError::TooLarge {
-                what,
-                url: url.to_owned(),
-                limit,
-            });
-        }
-        Ok(Some(body))
     }
 
     /// Writes a verified library to `versions/<sha>/` atomically.
@@ -238,42 +173,39 @@ impl Updater {
     }
 }
 
-/// Decompresses a zstd blob, refusing output beyond `size` bytes (a zstd
-/// bomb stops at the cap instead of filling memory).
-fn decompress_capped(compressed: &[u8], size: u64, sha256: &Sha256) -> Result<Vec<u8>, StubError> {
-    let decompress_err = |source| StubError::Decompress {
-        sha256: *sha256,
-        source,
-    };
-    let decoder = zstd::stream::read::Decoder::new(compressed).map_err(decompress_err)?;
-    let mut out = Vec::with_capacity(size.min(256 << 20) as usize);
-    decoder
-        .take(size + 1)
-        .read_to_end(&mut out)
-        .map_err(decompress_err)?;
-    if out.len() as u64 > size {
-        return Err(decompress_err(std::io::Error::other(format!(
-            "decompressed output exceeds the declared {size} bytes"
-        ))));
-    }
-    Ok(out)
+/// The target's full build, for when the recorded build is missing on disk.
+fn full_reinstall(
+    manifest: &outrider_signing::VerifiedManifest,
+    triple: &str,
+) -> Result<outrider_update_client::Install, StubError> {
+    let target = manifest.manifest.targets.get(triple).ok_or_else(|| {
+        outrider_update_client::UpdateError::NoTarget {
+            triple: triple.to_owned(),
+        }
+    })?;
+    Ok(outrider_update_client::Install {
+        version: target.version.clone(),
+        artifact: target.artifact.clone(),
+        delta: None,
+    })
 }
 
-fn check_hash(what: &'static str, expected: &Sha256, bytes: &[u8]) -> Result<(), StubError> {
-    let actual = outrider_signing::sha256(bytes);
-    if &actual != expected {
-        return Err(StubError::HashMismatch {
-            what,
-            expected: *expected,
-            actual,
-        });
-    }
-    Ok(())
+/// The agent's fingerprint for rollout cohorts, read from the identity key
+/// the library created (`<config_dir>/identity.key`: 64 hex characters of
+/// the ed25519 seed). Same definition as `outrider_protocol::fingerprint_of`
+/// — the first 10 bytes of SHA-256 of the public key, in hex — which the
+/// stub cannot import (it depends on no agent crate). `None` before the
+/// first run of the library, or if the file is unreadable.
+fn agent_fingerprint(config_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(config_dir.join("identity.key")).ok()?;
+    let seed: [u8; 32] = hex::decode(text.trim()).ok()?.try_into().ok()?;
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    let digest = sha2::Sha256::digest(public.as_bytes());
+    Some(hex::encode(&digest[..10]))
 }
 
 /// SHA-256 of a file, streamed.
 fn hash_file(path: &Path) -> std::io::Result<Sha256> {
-    use sha2::Digest;
     let mut file = std::fs::File::open(path)?;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; CHUNK];
@@ -284,10 +216,7 @@ fn hash_file(path: &Path) -> std::io::Result<Sha256> {
         }
         hasher.update(&buf[..n]);
     }
-    let digest: [u8; 32] = hasher.finalize().into();
-    Ok(hex::encode(digest)
-        .parse()
-        .expect("64 hex characters form a Sha256"))
+    Ok(Sha256::from_bytes(hasher.finalize().into()))
 }
 
 #[cfg(test)]
@@ -295,24 +224,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decompression_is_capped_at_the_declared_size() {
-        let data = vec![7u8; 100_000];
-        let blob = zstd::encode_all(&data[..], 3).unwrap();
-        let sha = outrider_signing::sha256(&data);
-        assert_eq!(decompress_capped(&blob, 100_000, &sha).unwrap(), data);
-        // A bomb: declared small, expands large.
-        let err = decompress_capped(&blob, 1_000, &sha).unwrap_err();
-        assert!(err.to_string().contains("decompressing"), "{err}");
-        assert!(crate::error::chain(&err).contains("exceeds the declared 1000 bytes"));
-    }
-
-    #[test]
-    fn hash_mismatch_names_both_hashes() {
-        let expected = outrider_signing::sha256(b"good");
-        let err = check_hash("agent library", &expected, b"evil").unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("hash mismatch for agent library"), "{text}");
-        assert!(text.contains(&expected.to_string()));
-        assert!(text.contains(&outrider_signing::sha256(b"evil").to_string()));
+    fn fingerprint_matches_the_agent_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(agent_fingerprint(dir.path()), None);
+        std::fs::write(
+            dir.path().join("identity.key"),
+            format!("{}\n", "07".repeat(32)),
+        )
+        .unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let expected = hex::encode(&sha2::Sha256::digest(key.verifying_key().as_bytes())[..10]);
+        assert_eq!(
+            agent_fingerprint(dir.path()).as_deref(),
+            Some(expected.as_str())
+        );
+        std::fs::write(dir.path().join("identity.key"), "not hex").unwrap();
+        assert_eq!(agent_fingerprint(dir.path()), None);
     }
 }

@@ -2,39 +2,56 @@
 //!
 //! Public, unauthenticated, cacheable (a static CDN can serve the same tree):
 //! - `GET /v1/updates/root.json` — current root envelope
+//! - `GET /v1/updates/roots/{version}.json` — every root version, for clients
+//!   walking the chain; immutable (404 for a version not stored)
 //! - `GET /v1/updates/channels/{channel}/manifest.json` — current manifest, `no-cache`
-//! - `GET /v1/updates/blobs/{sha256}` — blob, immutable, streamed from disk
+//! - `GET /v1/updates/blobs/{sha256}` — blob, immutable, streamed from disk;
+//!   `ETag: "<sha256>"` (`If-None-Match` → 304), `Accept-Ranges: bytes`, one
+//!   `Range` (`a-b`, `a-`, `-n`) → 206 with `Content-Range`, a range past the
+//!   end → 416 with `Content-Range: bytes */<len>`; a multi-range request gets
+//!   the whole blob with 200 (always a correct answer, and resuming clients
+//!   ask for one range)
 //!
 //! Admin (the server mounts these behind its bearer-token layer):
 //! - `PUT /api/v1/releases/root` — root envelope
 //! - `PUT /api/v1/releases/blobs/{sha256}` — blob (up to [`MAX_BLOB_BYTES`])
 //! - `PUT /api/v1/releases/channels/{channel}/manifest` — manifest envelope
 //! - `GET /api/v1/releases/channels` — list of [`ChannelInfo`]
+//! - `GET /api/v1/releases/channels/{channel}/builds?target=T&limit=N` — the
+//!   distinct builds the channel offered for triple `T`, newest first, as
+//!   [`BuildInfo`] (`limit` defaults to 10, at most [`MAX_BUILDS`])
 //!
 //! Errors are JSON `{"error": "<one sentence>"}`.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use outrider_signing::{Channel, Sha256};
+use serde::Deserialize;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use crate::Error;
-use crate::store::{ChannelInfo, MAX_BLOB_BYTES, ReleaseStore};
+use crate::store::{BuildInfo, ChannelInfo, MAX_BLOB_BYTES, ReleaseStore};
 
 /// Blobs are content-addressed, so they never change.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// Most builds one `builds` request lists.
+pub const MAX_BUILDS: usize = 100;
+const DEFAULT_BUILDS: usize = 10;
 
 /// The public read routes.
 pub fn public_router(store: Arc<ReleaseStore>) -> Router {
     Router::new()
         .route("/v1/updates/root.json", get(get_root))
+        .route("/v1/updates/roots/{file}", get(get_root_version))
         .route(
             "/v1/updates/channels/{channel}/manifest.json",
             get(get_manifest),
@@ -57,6 +74,10 @@ pub fn admin_router(store: Arc<ReleaseStore>) -> Router {
             put(put_manifest),
         )
         .route("/api/v1/releases/channels", get(list_channels))
+        .route(
+            "/api/v1/releases/channels/{channel}/builds",
+            get(list_builds),
+        )
         .with_state(store)
 }
 
@@ -142,6 +163,31 @@ async fn get_root(State(store): State<Arc<ReleaseStore>>) -> Result<Response, Ap
     Ok(metadata_response(root, "root"))
 }
 
+/// `{version}.json`: the router matches whole path segments only.
+async fn get_root_version(
+    State(store): State<Arc<ReleaseStore>>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no root {file}"));
+    let version = file
+        .strip_suffix(".json")
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(not_found)?;
+    let bytes = blocking(store, move |s| s.root_version(version))
+        .await?
+        .ok_or_else(not_found)?;
+    // A stored version's bytes never change.
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, IMMUTABLE),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
 async fn get_manifest(
     State(store): State<Arc<ReleaseStore>>,
     Path(channel): Path<String>,
@@ -163,13 +209,20 @@ async fn get_blob(
     let path = store.blob_path(&sha).ok_or_else(not_found)?;
     let etag_value = HeaderValue::from_str(&etag)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let common = [
+        (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
+        (header::ETAG, etag_value),
+        (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+    ];
+    // The blob exists and never changes, so a matching tag means "unchanged".
     if headers
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| etag_matches(v, &etag))
     {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
-    let file = match tokio::fs::File::open(&path).await {
+    let mut file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
         Err(e) => return Err(Error::Io { path, source: e }.into()),
@@ -177,18 +230,139 @@ async fn get_blob(
     let len = file
         .metadata()
         .await
-        .map_err(|source| Error::Io { path, source })?
+        .map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?
         .len();
-    let headers = [
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        ),
-        (header::CONTENT_LENGTH, HeaderValue::from(len)),
-        (header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
-        (header::ETAG, etag_value),
-    ];
-    Ok((headers, Body::from_stream(ReaderStream::new(file))).into_response())
+    // `If-Range` with another validator asks for the whole (changed) entity.
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.as_bytes() == etag.as_bytes());
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(raw) if if_range_ok => parse_range(raw, len),
+        _ => ByteRange::Full,
+    };
+    let octets = (
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    match range {
+        ByteRange::Full => {
+            let length = (header::CONTENT_LENGTH, HeaderValue::from(len));
+            let body = Body::from_stream(ReaderStream::new(file));
+            Ok((common, [octets, length], body).into_response())
+        }
+        ByteRange::Unsatisfiable => {
+            let content_range = HeaderValue::from_str(&format!("bytes */{len}"))
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                common,
+                [(header::CONTENT_RANGE, content_range)],
+            )
+                .into_response())
+        }
+        ByteRange::Partial { first, last } => {
+            file.seek(std::io::SeekFrom::Start(first))
+                .await
+                .map_err(|source| Error::Io { path, source })?;
+            let count = last - first + 1;
+            let content_range = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}"))
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let headers = [
+                octets,
+                (header::CONTENT_LENGTH, HeaderValue::from(count)),
+                (header::CONTENT_RANGE, content_range),
+            ];
+            let body = Body::from_stream(ReaderStream::new(file.take(count)));
+            Ok((StatusCode::PARTIAL_CONTENT, common, headers, body).into_response())
+        }
+    }
+}
+
+/// Whether an `If-None-Match` value (`*` or a list of tags, weak or strong)
+/// names `etag`. Weak comparison is right here: the blob is immutable.
+fn etag_matches(header_value: &str, etag: &str) -> bool {
+    header_value.split(',').map(str::trim).any(|tag| {
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        tag == "*" || tag == etag
+    })
+}
+
+/// What a `Range` header asks of an entity of a given length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ByteRange {
+    /// No usable range: serve the whole entity with 200.
+    Full,
+    /// Bytes `first..=last`, both within the entity: 206.
+    Partial { first: u64, last: u64 },
+    /// A well-formed range that starts past the end: 416.
+    Unsatisfiable,
+}
+
+/// Parses `bytes=a-b`, `bytes=a-` and `bytes=-n` (RFC 9110 §14.1.2) against
+/// an entity of `len` bytes. A malformed header or another unit is ignored
+/// (the whole entity is served, as the RFC allows), and so is a multi-range
+/// request: clients of this repository resume one download at a time, and a
+/// 200 with the full blob is always a correct answer.
+fn parse_range(raw: &str, len: u64) -> ByteRange {
+    let Some(spec) = raw
+        .trim()
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| raw.trim()[6..].trim())
+    else {
+        return ByteRange::Full;
+    };
+    if spec.contains(',') {
+        return ByteRange::Full;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return ByteRange::Full;
+    };
+    let number = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (
+        number(first),
+        first.trim().is_empty(),
+        number(last),
+        last.trim().is_empty(),
+    ) {
+        // bytes=-n: the last n bytes.
+        (None, true, Some(n), _) => {
+            if n == 0 || len == 0 {
+                ByteRange::Unsatisfiable
+            } else {
+                ByteRange::Partial {
+                    first: len.saturating_sub(n),
+                    last: len - 1,
+                }
+            }
+        }
+        // bytes=a- : from a to the end.
+        (Some(a), _, None, true) if a < len => ByteRange::Partial {
+            first: a,
+            last: len - 1,
+        },
+        (Some(_), _, None, true) => ByteRange::Unsatisfiable,
+        // bytes=a-b with a <= b; b past the end is clamped.
+        (Some(a), _, Some(b), _) if a <= b => {
+            if a < len {
+                ByteRange::Partial {
+                    first: a,
+                    last: b.min(len - 1),
+                }
+            } else {
+                ByteRange::Unsatisfiable
+            }
+        }
+        _ => ByteRange::Full,
+    }
 }
 
 async fn put_root(
@@ -225,4 +399,69 @@ async fn list_channels(
     State(store): State<Arc<ReleaseStore>>,
 ) -> Result<Json<Vec<ChannelInfo>>, ApiError> {
     Ok(Json(blocking(store, |s| s.channels()).await?))
+}
+
+/// Query of the builds listing.
+#[derive(Debug, Deserialize)]
+struct BuildsQuery {
+    target: String,
+    limit: Option<usize>,
+}
+
+async fn list_builds(
+    State(store): State<Arc<ReleaseStore>>,
+    Path(channel): Path<String>,
+    Query(query): Query<BuildsQuery>,
+) -> Result<Json<Vec<BuildInfo>>, ApiError> {
+    let channel = parse_channel(&channel)?;
+    let limit = query.limit.unwrap_or(DEFAULT_BUILDS).min(MAX_BUILDS);
+    let triple = query.target;
+    Ok(Json(
+        blocking(store, move |s| s.builds(&channel, &triple, limit)).await?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use ByteRange::*;
+        let p = |first, last| Partial { first, last };
+        for (raw, want) in [
+            ("bytes=0-9", p(0, 9)),
+            ("bytes=5-", p(5, 99)),
+            ("bytes=-10", p(90, 99)),
+            ("bytes=-1000", p(0, 99)),
+            ("bytes=90-1000", p(90, 99)),
+            ("BYTES = 1-1", Full),
+            ("Bytes=1-1", p(1, 1)),
+            ("bytes=100-", Unsatisfiable),
+            ("bytes=100-200", Unsatisfiable),
+            ("bytes=-0", Unsatisfiable),
+            ("bytes=9-5", Full),
+            ("bytes=0-1,5-6", Full),
+            ("bytes=x-1", Full),
+            ("bytes=+1-2", Full),
+            ("items=0-1", Full),
+            ("bytes=", Full),
+            ("bytes=-", Full),
+        ] {
+            assert_eq!(parse_range(raw, 100), want, "{raw}");
+        }
+        assert_eq!(parse_range("bytes=-5", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+    }
+
+    #[test]
+    fn etags() {
+        let tag = "\"abc\"";
+        assert!(etag_matches("\"abc\"", tag));
+        assert!(etag_matches("W/\"abc\"", tag));
+        assert!(etag_matches("\"x\", \"abc\"", tag));
+        assert!(etag_matches("*", tag));
+        assert!(!etag_matches("\"abd\"", tag));
+        assert!(!etag_matches("abc", tag));
+    }
 }

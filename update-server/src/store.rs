@@ -10,7 +10,8 @@
 //! Invariants: every stored root verified (the first self-signed, each later
 //! one as the successor of the previous); every stored manifest verified
 //! against the current root, has a higher sequence than the one before it in
-//! its channel, and references only blobs present in `blobs/`.
+//! its channel, and references only blobs present in `blobs/` with their
+//! declared sizes (artifact, previous build, deltas, stub).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -20,7 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use outrider_signing::{
-    Channel, ManifestPolicy, Sha256, TrustedRoot, now_unix, sha256, verify_manifest,
+    Artifact, Channel, Envelope, ManifestPolicy, ReleaseManifest, Sha256, TrustedRoot, now_unix,
+    sha256, verify_manifest,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -45,6 +47,17 @@ pub struct ChannelInfo {
     pub versions: BTreeMap<String, String>,
     /// When the current manifest was uploaded, Unix seconds.
     pub published_unix: u64,
+}
+
+/// A build a channel has offered for one triple, as listed by
+/// [`ReleaseStore::builds`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    pub version: String,
+    pub abi_major: u32,
+    pub artifact: Artifact,
+    /// The newest manifest sequence in which this build was the target.
+    pub sequence: u64,
 }
 
 /// The release repository: a directory with `releases.db` and `blobs/`.
@@ -83,8 +96,10 @@ impl ReleaseStore {
     /// self-signed and unexpired; the current root's exact bytes again are
     /// accepted as a no-op; any other root must be the verified successor of
     /// the current one (version + 1, signed by a threshold of the old and the
-    /// new root keys) and unexpired. Fails with [`Error::Signing`] naming the
-    /// failed check.
+    /// new root keys) and unexpired. A root several versions ahead is refused
+    /// ([`outrider_signing::Error::RootVersionSkipped`]) until every version
+    /// in between is stored, so the chain clients walk has no gaps. Fails
+    /// with [`Error::Signing`] naming the failed check.
     pub fn put_root(&self, envelope: &[u8]) -> Result<(), Error> {
         let now = now_unix();
         let db = self.lock();
@@ -116,6 +131,26 @@ impl ReleaseStore {
     /// The current root envelope, if any.
     pub fn root(&self) -> Result<Option<Vec<u8>>, Error> {
         latest_root(&self.lock())
+    }
+
+    /// The root envelope of `version`, if stored. Every version from the
+    /// first to the current is stored, since [`ReleaseStore::put_root`]
+    /// accepts only the successor of the current root: a client several
+    /// versions behind walks them one by one, and an operator several
+    /// versions ahead (`outrider keys publish-root`) uploads them in order.
+    pub fn root_version(&self, version: u64) -> Result<Option<Vec<u8>>, Error> {
+        // No stored version is above i64::MAX (see `to_sql_u64`).
+        let Ok(version) = i64::try_from(version) else {
+            return Ok(None);
+        };
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT envelope FROM roots WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Stores `bytes` as the blob named `expected`. Fails with
@@ -198,8 +233,7 @@ impl ReleaseStore {
                 });
             }
         }
-        for target in manifest.targets.values() {
-            let sha = target.artifact.zstd_sha256;
+        for (sha, declared) in referenced_blobs(&manifest) {
             let path = self.blobs.join(sha.to_string());
             let actual = match fs::metadata(&path) {
                 Ok(meta) if meta.is_file() => meta.len(),
@@ -209,10 +243,10 @@ impl ReleaseStore {
                 }
                 Err(source) => return Err(Error::Io { path, source }),
             };
-            if actual != target.artifact.zstd_size {
+            if actual != declared {
                 return Err(Error::BlobSize {
                     sha256: sha,
-                    declared: target.artifact.zstd_size,
+                    declared,
                     actual,
                 });
             }
@@ -280,6 +314,52 @@ impl ReleaseStore {
         Ok(out)
     }
 
+    /// The distinct builds `channel` has offered for `triple`, newest first
+    /// (by the sequence of the manifest that last made each its target), at
+    /// most `limit`. Derived from the stored manifest history, so a build
+    /// that was rolled back still counts: it is a base clients may run.
+    pub fn builds(
+        &self,
+        channel: &Channel,
+        triple: &str,
+        limit: usize,
+    ) -> Result<Vec<BuildInfo>, Error> {
+        let db = self.lock();
+        let mut stmt = db.prepare(
+            "SELECT sequence, envelope FROM manifests WHERE channel = ?1 ORDER BY sequence DESC",
+        )?;
+        let mut rows = stmt.query([channel.as_str()])?;
+        let mut out: Vec<BuildInfo> = Vec::new();
+        while out.len() < limit {
+            let Some(row) = rows.next()? else { break };
+            let sequence: i64 = row.get(0)?;
+            let envelope: Vec<u8> = row.get(1)?;
+            // Every stored envelope verified when it was stored; only decode.
+            let manifest = decode_manifest(&envelope).map_err(|reason| {
+                Error::Database(rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Blob,
+                    format!("stored manifest {channel}#{sequence}: {reason}").into(),
+                ))
+            })?;
+            let Some(target) = manifest.targets.get(triple) else {
+                continue;
+            };
+            if out
+                .iter()
+                .all(|b| b.artifact.sha256 != target.artifact.sha256)
+            {
+                out.push(BuildInfo {
+                    version: target.version.clone(),
+                    abi_major: target.abi_major,
+                    artifact: target.artifact.clone(),
+                    sequence: sequence as u64,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable: every
         // write is a single statement, so there is no half-done state to fear.
@@ -287,6 +367,27 @@ impl ReleaseStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Every blob a manifest references with its declared size: each target's
+/// artifact, previous build, deltas and stub.
+fn referenced_blobs(manifest: &ReleaseManifest) -> Vec<(Sha256, u64)> {
+    let mut out = Vec::new();
+    for target in manifest.targets.values() {
+        let artifacts = std::iter::once(&target.artifact)
+            .chain(target.previous.as_ref().map(|p| &p.artifact))
+            .chain(target.stub.as_ref());
+        out.extend(artifacts.map(|a| (a.zstd_sha256, a.zstd_size)));
+        out.extend(target.deltas.values().map(|d| (d.sha256, d.size)));
+    }
+    out
+}
+
+/// The payload of a stored (already verified) manifest envelope. The
+/// payload's `"type"` tag lands in `extra`, which is harmless here.
+fn decode_manifest(envelope: &[u8]) -> Result<ReleaseManifest, String> {
+    let envelope = Envelope::from_bytes(envelope).map_err(|e| e.to_string())?;
+    serde_json::from_slice(envelope.payload()).map_err(|e| e.to_string())
 }
 
 fn migrate(db: &Connection) -> Result<(), Error> {

@@ -16,6 +16,8 @@ pub struct Registration {
     pub os: String,
     pub arch: String,
     pub agent_version: String,
+    pub build_sha256: Option<String>,
+    pub build_version: Option<String>,
 }
 
 impl Store {
@@ -42,11 +44,13 @@ impl Store {
             let now = now_ms();
             c.execute(
                 "INSERT INTO agents (fingerprint, public_key, hostname, os, arch, agent_version,
+                                     build_sha256, build_version,
                                      presence, presence_since_ms, registered_at_ms, last_seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'connected', ?7, ?7, ?7)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, 'connected', ?7, ?7, ?7)
                  ON CONFLICT (fingerprint) DO UPDATE SET
                      hostname = excluded.hostname, os = excluded.os, arch = excluded.arch,
                      agent_version = excluded.agent_version, last_seen_ms = excluded.last_seen_ms,
+                     build_sha256 = excluded.build_sha256, build_version = excluded.build_version,
                      presence_since_ms = CASE WHEN presence = 'connected' THEN presence_since_ms
                                               ELSE excluded.presence_since_ms END,
                      presence = 'connected'",
@@ -57,7 +61,9 @@ impl Store {
                     reg.os,
                     reg.arch,
                     reg.agent_version,
-                    now
+                    now,
+                    reg.build_sha256,
+                    reg.build_version
                 ],
             )
             .context("registering the agent")?;
@@ -106,41 +112,44 @@ impl Store {
     pub async fn agents(&self) -> anyhow::Result<Vec<AgentInfo>> {
         self.call(|c| {
             let mut stmt = c.prepare(
-                "SELECT fingerprint, hostname, os, arch, agent_version, presence, presence_since_ms,
-                        registered_at_ms, last_seen_ms
+                "SELECT fingerprint, hostname, os, arch, agent_version, build_sha256, build_version,
+                        presence, presence_since_ms, registered_at_ms, last_seen_ms
                  FROM agents ORDER BY hostname, fingerprint",
             )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, i64>(7)?,
-                    r.get::<_, i64>(8)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (fp, hostname, os, arch, agent_version, presence, since, registered, seen) =
-                    row?;
-                out.push(AgentInfo {
-                    fingerprint: fp.parse().context("stored fingerprint is malformed")?,
-                    hostname,
-                    os,
-                    arch,
-                    agent_version,
-                    presence: presence.parse().map_err(anyhow::Error::msg)?,
-                    presence_since_ms: since,
-                    registered_at_ms: registered,
-                    last_seen_ms: seen,
-                });
-            }
-            Ok(out)
+            let rows = stmt.query_map([], agent_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
+}
+
+/// Maps a row of the `agents()` query; a malformed stored value is a
+/// conversion error naming the column, not a panic.
+fn agent_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
+    fn parsed<T: std::str::FromStr>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let text: String = r.get(idx)?;
+        text.parse().map_err(|e: T::Err| {
+            rusqlite::Error::FromSqlConversionFailure(
+                idx,
+                rusqlite::types::Type::Text,
+                e.to_string().into(),
+            )
+        })
+    }
+    Ok(AgentInfo {
+        fingerprint: parsed(r, 0)?,
+        hostname: r.get(1)?,
+        os: r.get(2)?,
+        arch: r.get(3)?,
+        agent_version: r.get(4)?,
+        build_sha256: r.get(5)?,
+        build_version: r.get(6)?,
+        presence: parsed(r, 7)?,
+        presence_since_ms: r.get(8)?,
+        registered_at_ms: r.get(9)?,
+        last_seen_ms: r.get(10)?,
+    })
 }

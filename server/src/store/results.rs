@@ -157,6 +157,8 @@ mod tests {
                 os: "linux".into(),
                 arch: "x86_64".into(),
                 agent_version: "0.1.0".into(),
+                build_sha256: None,
+                build_version: None,
             })
             .await
             .unwrap();
@@ -210,6 +212,8 @@ mod tests {
                 os: "linux".into(),
                 arch: "x86_64".into(),
                 agent_version: "0.1.1".into(),
+                build_sha256: Some("cd".repeat(32)),
+                build_version: Some("0.1.1".into()),
             })
             .await
             .unwrap();

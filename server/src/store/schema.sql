@@ -1,5 +1,6 @@
--- Schema of the server's embedded SQLite store, version 1.
--- Timestamps are Unix milliseconds. Applied in one transaction at open.
+-- Schema of the server's embedded SQLite store as created fresh (version 2).
+-- Timestamps are Unix milliseconds. Applied in one transaction at open;
+-- databases of older versions are migrated by store.rs first.
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -14,6 +15,9 @@ CREATE TABLE IF NOT EXISTS agents (
     os                   TEXT NOT NULL,
     arch                 TEXT NOT NULL,
     agent_version        TEXT NOT NULL,
+    -- The signed build the agent's stub loaded (absent without a stub).
+    build_sha256         TEXT,
+    build_version        TEXT,
     presence             TEXT NOT NULL CHECK (presence IN ('connected', 'down', 'deregistered')),
     presence_since_ms    INTEGER NOT NULL,
     registered_at_ms     INTEGER NOT NULL,

@@ -111,3 +111,24 @@ async fn changed_checks_are_pushed_to_connected_agents_and_noops_are_not() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn unknown_paths_are_404_not_401() {
+    let server = Server::start().await;
+    let good = format!("Bearer {}", server.admin_token);
+    for path in [
+        "/v1/updates/nothing-here",
+        "/api/v1/no-such-route",
+        "/favicon.ico",
+    ] {
+        for auth in [None, Some(good.as_str())] {
+            let (status, _) = server.http("GET", path, auth, None).await;
+            assert_eq!(status, 404, "GET {path} with {auth:?}");
+        }
+    }
+    // Public update routes never need the admin token.
+    let (status, _) = server
+        .http("GET", "/v1/updates/roots/2.json", None, None)
+        .await;
+    assert_eq!(status, 404);
+}

@@ -217,6 +217,8 @@ impl Agent {
             os: "linux".into(),
             arch: "x86_64".into(),
             agent_version: "0.1.0".into(),
+            build_sha256: Some("ab".repeat(32)),
+            build_version: Some("1.2.3".into()),
             last_seq: 0,
         }
     }

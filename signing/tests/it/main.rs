@@ -3,12 +3,13 @@
 
 mod attacks;
 mod key_files;
+mod roots;
 
 use std::collections::BTreeMap;
 
 use outrider_signing::{
-    Artifact, Channel, Envelope, KeyPair, KeyRole, ManifestPolicy, ReleaseManifest, Target,
-    TrustedRoot, make_manifest, make_root, sha256,
+    Artifact, Channel, Envelope, KeyPair, KeyRole, ManifestPolicy, ReleaseManifest, RootBuilder,
+    Target, TrustedRoot, make_manifest, sha256,
 };
 
 /// A fixed "now" so tests do not depend on the clock.
@@ -82,11 +83,13 @@ impl Repo {
 }
 
 /// A root signed by `root_key` alone, with release threshold `threshold`.
-/// Built by editing the payload of `make_root`, since `make_root` applies one
-/// threshold to both roles.
 pub fn make_root_with(root_key: &KeyPair, release: &[(&KeyPair, u64)], threshold: u32) -> Envelope {
-    let base = make_root(&[root_key], release, 1, 1, NOW + 5 * 365 * DAY).unwrap();
-    let mut value: serde_json::Value = serde_json::from_slice(base.payload()).unwrap();
-    value["release_threshold"] = threshold.into();
-    Envelope::sign(serde_json::to_vec(&value).unwrap(), &[root_key])
+    let mut builder = RootBuilder::new(1, NOW + 5 * 365 * DAY)
+        .add_root_key(root_key)
+        .unwrap()
+        .release_threshold(threshold);
+    for (key, expires_unix) in release {
+        builder = builder.add_release_key(key, *expires_unix).unwrap();
+    }
+    builder.sign(&[root_key]).unwrap()
 }

@@ -61,6 +61,11 @@ fn published_build_registers_reports_and_deregisters_on_sigterm() {
     assert_eq!(row["hostname"], gethostname());
     assert_eq!(row["os"], std::env::consts::OS);
     assert_eq!(row["agent_version"], "0.1.0");
+    assert_eq!(
+        row["build_sha256"],
+        sha.as_str(),
+        "the agent reports the build its stub loaded"
+    );
     let identity = agent.prefix.path().join("etc/identity.key");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&identity).unwrap().permissions(),

@@ -39,24 +39,43 @@ impl Keys {
     /// A signed manifest for `channel` with one x86_64-linux target whose
     /// zstd blob is `blob`.
     pub fn manifest(&self, channel: &str, sequence: u64, blob: &[u8]) -> Vec<u8> {
-        let target = Target {
-            version: format!("1.0.{sequence}"),
-            abi_major: 1,
-            artifact: Artifact {
+        let target = Target::full(
+            format!("1.0.{sequence}"),
+            1,
+            Artifact {
                 sha256: sha256(b"uncompressed"),
                 size: 12,
                 zstd_sha256: sha256(blob),
                 zstd_size: blob.len() as u64,
             },
-        };
-        let manifest = ReleaseManifest {
-            channel: channel.parse::<Channel>().unwrap(),
+        );
+        self.manifest_with(channel, sequence, target)
+    }
+
+    /// A signed manifest for `channel` with `target` as its x86_64-linux build.
+    pub fn manifest_with(&self, channel: &str, sequence: u64, target: Target) -> Vec<u8> {
+        let manifest = ReleaseManifest::new(
+            channel.parse::<Channel>().unwrap(),
             sequence,
-            expires_unix: now_unix() + DAY,
-            targets: BTreeMap::from([("x86_64-linux".to_owned(), target)]),
-        };
+            now_unix() + DAY,
+            BTreeMap::from([("x86_64-linux".to_owned(), target)]),
+        );
         make_manifest(&manifest, &[&self.release])
             .unwrap()
             .to_bytes()
     }
+}
+
+/// A build whose zstd blob is `blob` and whose library is `library`.
+pub fn build(version: &str, library: &[u8], blob: &[u8]) -> Target {
+    Target::full(
+        version.to_owned(),
+        1,
+        Artifact {
+            sha256: sha256(library),
+            size: library.len() as u64,
+            zstd_sha256: sha256(blob),
+            zstd_size: blob.len() as u64,
+        },
+    )
 }

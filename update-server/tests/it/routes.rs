@@ -261,3 +261,208 @@ async fn bad_paths_and_bodies_get_clear_errors() {
 
     server.abort();
 }
+
+#[tokio::test]
+async fn blobs_support_ranges_and_etags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, server) = serve(dir.path()).await;
+    let blob: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let sha = sha256(&blob);
+    let put = format!("/api/v1/releases/blobs/{sha}");
+    assert_eq!(request(addr, "PUT", &put, &[], &blob).await.status, 200);
+    let path = format!("/v1/updates/blobs/{sha}");
+    let etag = format!("\"{sha}\"");
+
+    let resp = request(addr, "GET", &path, &[], b"").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("accept-ranges"), Some("bytes"));
+
+    for (range, first, last) in [
+        ("bytes=10-19", 10usize, 19usize),
+        ("bytes=990-", 990, 999),
+        ("bytes=-5", 995, 999),
+        ("bytes=900-5000", 900, 999),
+    ] {
+        let resp = request(addr, "GET", &path, &[("Range", range)], b"").await;
+        assert_eq!(resp.status, 206, "{range}");
+        assert_eq!(
+            resp.header("content-range"),
+            Some(format!("bytes {first}-{last}/1000").as_str()),
+            "{range}"
+        );
+        let len = (last - first + 1).to_string();
+        assert_eq!(resp.header("content-length"), Some(len.as_str()));
+        assert_eq!(resp.header("etag"), Some(etag.as_str()));
+        assert_eq!(resp.body, blob[first..=last], "{range}");
+    }
+
+    let resp = request(addr, "GET", &path, &[("Range", "bytes=1000-")], b"").await;
+    assert_eq!(resp.status, 416);
+    assert_eq!(resp.header("content-range"), Some("bytes */1000"));
+
+    // Several ranges: the whole blob, 200.
+    let resp = request(addr, "GET", &path, &[("Range", "bytes=0-1,5-6")], b"").await;
+    assert_eq!((resp.status, resp.body.len()), (200, 1000));
+
+    // If-Range with a foreign validator: the whole blob.
+    let resp = request(
+        addr,
+        "GET",
+        &path,
+        &[("Range", "bytes=0-1"), ("If-Range", "\"other\"")],
+        b"",
+    )
+    .await;
+    assert_eq!((resp.status, resp.body.len()), (200, 1000));
+    let resp = request(
+        addr,
+        "GET",
+        &path,
+        &[("Range", "bytes=0-1"), ("If-Range", &etag)],
+        b"",
+    )
+    .await;
+    assert_eq!((resp.status, resp.body.len()), (206, 2));
+
+    for tag in [
+        etag.clone(),
+        format!("W/{etag}"),
+        format!("\"x\", {etag}"),
+        "*".into(),
+    ] {
+        let resp = request(addr, "GET", &path, &[("If-None-Match", &tag)], b"").await;
+        assert_eq!(resp.status, 304, "{tag}");
+        assert!(resp.body.is_empty());
+    }
+    let resp = request(addr, "GET", &path, &[("If-None-Match", "\"x\"")], b"").await;
+    assert_eq!(resp.status, 200);
+
+    server.abort();
+}
+
+#[tokio::test]
+async fn builds_route_lists_channel_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, server) = serve(dir.path()).await;
+    let keys = Keys::generate();
+    assert_eq!(
+        request(addr, "PUT", "/api/v1/releases/root", &[], &keys.root_json)
+            .await
+            .status,
+        200
+    );
+    for i in 0..3u64 {
+        let blob = format!("blob {i}").into_bytes();
+        let put = format!("/api/v1/releases/blobs/{}", sha256(&blob));
+        assert_eq!(request(addr, "PUT", &put, &[], &blob).await.status, 200);
+        let target = crate::build(&format!("1.0.{i}"), format!("lib {i}").as_bytes(), &blob);
+        let manifest = keys.manifest_with("stable", i + 1, target);
+        let resp = request(
+            addr,
+            "PUT",
+            "/api/v1/releases/channels/stable/manifest",
+            &[],
+            &manifest,
+        )
+        .await;
+        assert_eq!(resp.status, 200);
+    }
+    let resp = request(
+        addr,
+        "GET",
+        "/api/v1/releases/channels/stable/builds?target=x86_64-linux&limit=2",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let list = resp.json();
+    let versions: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["1.0.2", "1.0.1"]);
+    assert_eq!(list[0]["artifact"]["sha256"], sha256(b"lib 2").to_string());
+    assert_eq!(list[0]["abi_major"], 1);
+
+    let resp = request(
+        addr,
+        "GET",
+        "/api/v1/releases/channels/Bad/builds?target=x86_64-linux",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 400);
+    let resp = request(
+        addr,
+        "GET",
+        "/api/v1/releases/channels/stable/builds",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 400, "target is required");
+
+    server.abort();
+}
+
+#[tokio::test]
+async fn every_root_version_is_served_immutable_and_uploaded_in_order() {
+    use outrider_signing::{RootBuilder, TrustedRoot, now_unix};
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, server) = serve(dir.path()).await;
+    let keys = Keys::generate();
+    let v1 = TrustedRoot::from_bytes_self_signed(&keys.root_json, now_unix()).unwrap();
+    let v2 = RootBuilder::successor_of(v1.root(), now_unix() + 86_400);
+    let v3 = RootBuilder::successor_of(v2.root(), now_unix() + 86_400)
+        .sign(&[&keys.root])
+        .unwrap()
+        .to_bytes();
+    let v2 = v2.sign(&[&keys.root]).unwrap().to_bytes();
+
+    let resp = request(addr, "PUT", "/api/v1/releases/root", &[], &keys.root_json).await;
+    assert_eq!(resp.status, 200);
+    // Two versions ahead: refused until version 2 is uploaded.
+    let resp = request(addr, "PUT", "/api/v1/releases/root", &[], &v3).await;
+    assert_eq!(resp.status, 400);
+    assert!(
+        resp.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected 2"),
+        "{:?}",
+        resp.json()
+    );
+    for bytes in [&v2, &v3] {
+        let resp = request(addr, "PUT", "/api/v1/releases/root", &[], bytes).await;
+        assert_eq!(resp.status, 200);
+    }
+
+    for (version, bytes) in [(1, &keys.root_json), (2, &v2), (3, &v3)] {
+        let path = format!("/v1/updates/roots/{version}.json");
+        let resp = request(addr, "GET", &path, &[], b"").await;
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(
+            resp.header("cache-control"),
+            Some("public, max-age=31536000, immutable")
+        );
+        assert_eq!(&resp.body, bytes);
+    }
+    let missing = [
+        "4.json",
+        "0.json",
+        "2",
+        "x.json",
+        ".json",
+        "99999999999999999999.json",
+    ];
+    for missing in missing {
+        let path = format!("/v1/updates/roots/{missing}");
+        let resp = request(addr, "GET", &path, &[], b"").await;
+        assert_eq!(resp.status, 404, "{path}");
+    }
+    server.abort();
+}

@@ -3,7 +3,7 @@
 use outrider_signing::{Channel, Envelope, KeyPair, KeyRole, make_root, now_unix, sha256};
 use outrider_update_server::{Error, ReleaseStore};
 
-use crate::{DAY, Keys};
+use crate::{DAY, Keys, build};
 
 fn stable() -> Channel {
     "stable".parse().unwrap()
@@ -215,4 +215,105 @@ fn first_root_must_be_self_signed() {
         "{err:?}"
     );
     assert_eq!(store.root().unwrap(), None);
+}
+
+#[test]
+fn every_referenced_blob_must_be_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ReleaseStore::open(dir.path()).unwrap();
+    let keys = Keys::generate();
+    store.put_root(&keys.root_json).unwrap();
+    let (old, new, patch) = (
+        b"old blob".to_vec(),
+        b"new blob".to_vec(),
+        b"patch".to_vec(),
+    );
+    store.put_blob(&sha256(&new), &new).unwrap();
+
+    let mut target = build("2.0.0", b"lib two", &new);
+    target.previous = Some(outrider_signing::PreviousBuild {
+        version: "1.0.0".into(),
+        artifact: build("1.0.0", b"lib one", &old).artifact,
+    });
+    let err = store
+        .put_manifest(&stable(), &keys.manifest_with("stable", 1, target.clone()))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::MissingBlob { sha256: s } if s == sha256(&old)),
+        "{err:?}"
+    );
+    store.put_blob(&sha256(&old), &old).unwrap();
+
+    target.deltas.insert(
+        sha256(b"lib one"),
+        outrider_signing::Delta {
+            format: outrider_signing::DeltaFormat::BsdiffZstd,
+            sha256: sha256(&patch),
+            size: patch.len() as u64 + 1,
+        },
+    );
+    store.put_blob(&sha256(&patch), &patch).unwrap();
+    let err = store
+        .put_manifest(&stable(), &keys.manifest_with("stable", 1, target.clone()))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::BlobSize {
+                declared: 6,
+                actual: 5,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    target.deltas.values_mut().for_each(|d| d.size = 5);
+    store
+        .put_manifest(&stable(), &keys.manifest_with("stable", 1, target))
+        .unwrap();
+}
+
+#[test]
+fn builds_are_distinct_newest_first_per_triple() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ReleaseStore::open(dir.path()).unwrap();
+    let keys = Keys::generate();
+    store.put_root(&keys.root_json).unwrap();
+    let blobs: Vec<Vec<u8>> = (0..3).map(|i| format!("blob {i}").into_bytes()).collect();
+    for blob in &blobs {
+        store.put_blob(&sha256(blob), blob).unwrap();
+    }
+    let target = |i: usize| {
+        build(
+            &format!("1.0.{i}"),
+            format!("lib {i}").as_bytes(),
+            &blobs[i],
+        )
+    };
+    // 0, 1, 1 (rollout change), 2, then a rollback to 0.
+    for (seq, i) in [(1, 0), (2, 1), (3, 1), (4, 2), (5, 0)] {
+        store
+            .put_manifest(&stable(), &keys.manifest_with("stable", seq, target(i)))
+            .unwrap();
+    }
+    let builds = store.builds(&stable(), "x86_64-linux", 10).unwrap();
+    let got: Vec<(&str, u64)> = builds
+        .iter()
+        .map(|b| (b.version.as_str(), b.sequence))
+        .collect();
+    assert_eq!(got, [("1.0.0", 5), ("1.0.2", 4), ("1.0.1", 3)]);
+    assert_eq!(builds[1].artifact, target(2).artifact);
+    assert_eq!(store.builds(&stable(), "x86_64-linux", 2).unwrap().len(), 2);
+    assert!(
+        store
+            .builds(&stable(), "aarch64-linux", 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .builds(&"beta".parse().unwrap(), "x86_64-linux", 10)
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -1,0 +1,100 @@
+#!/bin/sh
+# Delta benchmark (issue 3 item 8): two consecutive real release builds of
+# agent-lib that differ by one small source change, then full / zstd /
+# bsdiff+zstd / zstd-patch-from sizes and the time and peak memory to create
+# and apply each delta. Paste the printed table into docs/benchmarks.md.
+#
+# Usage: bench/delta.sh [build|measure|all]   (default: all)
+#   BENCH_DIR   work dir (default /tmp/outrider-delta-bench); never inside the repo
+#   RUNS        runs per timed measurement (default 5)
+#
+# The builds happen in a `git archive HEAD` copy with its own CARGO_TARGET_DIR,
+# so nothing in the working tree or the shared target dir is touched.
+set -u
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BENCH_DIR=${BENCH_DIR:-/tmp/outrider-delta-bench}
+RUNS=${RUNS:-5}
+LIB=liboutrider_agent.so
+# Same level as `outrider release publish` (ZSTD_LEVEL in cli/src/release*).
+PUBLISH_ZSTD_LEVEL=$(grep -rhs 'const ZSTD_LEVEL: i32 = ' "$REPO/cli/src" | sed -n 's/.*= \([0-9]*\);.*/\1/p' | head -n 1)
+
+die() { echo "delta.sh: $*" >&2; exit 1; }
+
+build() {
+    src="$BENCH_DIR/src"
+    rm -rf "$src" && mkdir -p "$src" || die "cannot create $src"
+    (cd "$REPO" && git archive HEAD) | tar -x -C "$src" || die "git archive failed"
+    export CARGO_TARGET_DIR="$BENCH_DIR/target"
+    (cd "$src" && cargo build --locked --release -p outrider-agent-lib) || die "build A failed"
+    cp "$CARGO_TARGET_DIR/release/$LIB" "$BENCH_DIR/A.so"
+    # The small source change: one user-visible string constant.
+    sed -i 's/(no output returned from plugin)/(plugin returned no output)/' "$src/agent-lib/src/runner.rs"
+    grep -q 'plugin returned no output' "$src/agent-lib/src/runner.rs" || die "source change not applied"
+    (cd "$src" && cargo build --locked --release -p outrider-agent-lib) || die "build B failed"
+    cp "$CARGO_TARGET_DIR/release/$LIB" "$BENCH_DIR/B.so"
+    ls -l "$BENCH_DIR/A.so" "$BENCH_DIR/B.so"
+}
+
+# stats FILE: "median (min–max)" of the numbers in FILE, one per line.
+stats() {
+    sort -n "$1" | awk '{ v[NR] = $1 } END {
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "%s (%s–%s)", m, v[1], v[NR] }'
+}
+
+# timed NAME CMD...: runs CMD under /usr/bin/time, appends seconds and max RSS (KiB).
+timed() {
+    name=$1; shift
+    /usr/bin/time -f '%e %M' -o "$BENCH_DIR/time.out" "$@" || die "$name failed: $*"
+    read -r secs rss < "$BENCH_DIR/time.out"
+    echo "$secs" >> "$BENCH_DIR/$name.secs"
+    echo "$rss" >> "$BENCH_DIR/$name.rss"
+}
+
+measure() {
+    [ -f "$BENCH_DIR/A.so" ] && [ -f "$BENCH_DIR/B.so" ] || die "run 'bench/delta.sh build' first"
+    [ -n "$PUBLISH_ZSTD_LEVEL" ] || die "cannot find ZSTD_LEVEL in cli/src"
+    (cd "$REPO" && cargo build --release -p outrider-delta --example deltatool \
+        --target-dir "$BENCH_DIR/target") || die "building deltatool failed"
+    tool="$BENCH_DIR/target/release/examples/deltatool"
+    cd "$BENCH_DIR" || die "cannot enter $BENCH_DIR"
+    rm -f ./*.secs ./*.rss
+    size=$(wc -c < B.so)
+    "$tool" zstd "$PUBLISH_ZSTD_LEVEL" B.so B.so.zst || die "zstd failed"
+    zsize=$(wc -c < B.so.zst)
+    i=0
+    # Interleaved (A B A B …) so machine noise hits both formats alike.
+    while [ "$i" -lt "$RUNS" ]; do
+        for f in bsdiff-zstd zstd-patch-from; do
+            timed "create-$f" "$tool" create "$f" A.so B.so "$f.patch"
+        done
+        for f in bsdiff-zstd zstd-patch-from; do
+            rm -f "$f.out"
+            timed "apply-$f" "$tool" apply "$f" A.so "$f.patch" "$size" "$f.out"
+            cmp -s "$f.out" B.so || die "$f did not reproduce B.so"
+        done
+        i=$((i + 1))
+    done
+    echo "date: $(date -I); runs: $RUNS; $(nproc) cores"
+    echo "full build B.so:              $size bytes (A.so: $(wc -c < A.so))"
+    echo "zstd -$PUBLISH_ZSTD_LEVEL full build:        $zsize bytes"
+    for f in bsdiff-zstd zstd-patch-from; do
+        p=$(wc -c < "$f.patch")
+        echo "$f patch:  $p bytes = $(awk "BEGIN { printf \"%.2f\", 100 * $p / $zsize }")% of zstd full"
+        echo "  create: $(stats "create-$f.secs") s, max RSS $(stats "create-$f.rss") KiB"
+        echo "  apply:  $(stats "apply-$f.secs") s, max RSS $(stats "apply-$f.rss") KiB" \
+            "= $(awk "BEGIN { printf \"%.2f\", $(sort -n "apply-$f.rss" | tail -1) * 1024 / $size }")× library (worst run)"
+    done
+}
+
+main() {
+    case "${1:-all}" in
+        build) build ;;
+        measure) measure ;;
+        all) build && measure ;;
+        *) echo "usage: bench/delta.sh [build|measure|all]" >&2; exit 64 ;;
+    esac
+}
+
+main "$@" || exit 1

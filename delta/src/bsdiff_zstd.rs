@@ -1,0 +1,278 @@
+//! `bsdiff-zstd`: a `bsdiff` crate patch stream, zstd-compressed.
+//!
+//! Applying does not use `bsdiff::patch`: that function appends to a `Vec`
+//! as far as the patch says, so a hostile patch could grow the output (and
+//! spin on empty control entries) as far as zstd can inflate. [`bspatch`]
+//! reads the same stream but checks every control entry against the declared
+//! output size and the base first; the tests check it against `bsdiff::patch`.
+
+use std::io::{self, BufReader, Read};
+
+use crate::{DeltaError, DeltaFormat, bsdiff_window_log};
+
+const FORMAT: DeltaFormat = DeltaFormat::BsdiffZstd;
+
+/// zstd's message when a frame's window exceeds `WindowLogMax`.
+const WINDOW_TOO_LARGE: &str = "Frame requires too much memory for decoding";
+
+pub(crate) fn create(base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
+    let mut stream = Vec::with_capacity(new.len() + new.len() / 16 + 64);
+    bsdiff::diff(base, new, &mut stream).map_err(|source| DeltaError::Diff {
+        format: FORMAT,
+        source,
+    })?;
+    crate::compress(
+        FORMAT,
+        &stream,
+        &[],
+        bsdiff_window_log(new.len() as u64),
+        false,
+    )
+}
+
+pub(crate) fn apply(base: &[u8], patch: &[u8], new_size: usize) -> Result<Vec<u8>, DeltaError> {
+    let window_log = bsdiff_window_log(new_size as u64);
+    let mut decoder =
+        zstd::stream::read::Decoder::with_buffer(patch).map_err(|e| io_error(e, window_log))?;
+    decoder
+        .window_log_max(window_log)
+        .map_err(|e| io_error(e, window_log))?;
+    // Control entries are 24 bytes; buffer so they are not decoded piecemeal.
+    let mut reader = BufReader::with_capacity(64 * 1024, decoder);
+    bspatch(base, &mut reader, new_size).map_err(|e| match e {
+        Error::Delta(e) => e,
+        Error::Io(e) => io_error(e, window_log),
+    })
+}
+
+enum Error {
+    Delta(DeltaError),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+fn corrupt(reason: &str) -> Error {
+    Error::Delta(DeltaError::Corrupt {
+        format: FORMAT,
+        reason: reason.to_owned(),
+    })
+}
+
+fn io_error(e: io::Error, window_log: u32) -> DeltaError {
+    if e.to_string().contains(WINDOW_TOO_LARGE) {
+        DeltaError::TooLarge {
+            format: FORMAT,
+            what: "zstd window",
+            limit: 1 << window_log,
+        }
+    } else if e.kind() == io::ErrorKind::UnexpectedEof {
+        DeltaError::Corrupt {
+            format: FORMAT,
+            reason: "truncated".to_owned(),
+        }
+    } else {
+        DeltaError::Corrupt {
+            format: FORMAT,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Applies a raw `bsdiff` patch stream, never producing more than `new_size`
+/// bytes nor accepting more than `new_size + 1` control entries (see the
+/// crate docs for why that bound is sound).
+fn bspatch(base: &[u8], patch: &mut impl Read, new_size: usize) -> Result<Vec<u8>, Error> {
+    let too_large = |what, limit| {
+        Error::Delta(DeltaError::TooLarge {
+            format: FORMAT,
+            what,
+            limit,
+        })
+    };
+    let mut out = Vec::new();
+    out.try_reserve_exact(new_size)
+        .map_err(|_| too_large("output", new_size as u64))?;
+    let max_entries = new_size as u64 + 1;
+    let mut entries = 0u64;
+    let mut base_pos = 0usize;
+    let mut control = [0u8; 24];
+    while read_control(patch, &mut control)? {
+        entries += 1;
+        if entries > max_entries {
+            return Err(too_large("control entries", max_entries));
+        }
+        let [mix_len, copy_len, seek] = [0, 8, 16].map(|at| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&control[at..at + 8]);
+            u64::from_le_bytes(word)
+        });
+        let room = (new_size - out.len()) as u64;
+        if mix_len > room || copy_len > room - mix_len {
+            return Err(too_large("output", new_size as u64));
+        }
+        // Both are ≤ room ≤ new_size, a usize.
+        let (mix_len, copy_len) = (mix_len as usize, copy_len as usize);
+        let old = base
+            .get(base_pos..)
+            .and_then(|rest| rest.get(..mix_len))
+            .ok_or_else(|| corrupt("a control entry reads past the end of the base"))?;
+        let start = out.len();
+        // Within the capacity reserved above: no reallocation.
+        out.resize(start + mix_len + copy_len, 0);
+        patch
+            .read_exact(&mut out[start..])
+            .map_err(|_| corrupt("truncated"))?;
+        for (n, o) in out[start..start + mix_len].iter_mut().zip(old) {
+            *n = n.wrapping_add(*o);
+        }
+        // Sign-magnitude, as bsdiff writes it.
+        let magnitude = i64::try_from(seek & !(1 << 63)).map_err(|_| corrupt("bad seek"))?;
+        let seek = if seek >> 63 == 1 {
+            -magnitude
+        } else {
+            magnitude
+        };
+        base_pos = i64::try_from(base_pos + mix_len)
+            .ok()
+            .and_then(|pos| pos.checked_add(seek))
+            .and_then(|pos| usize::try_from(pos).ok())
+            .ok_or_else(|| corrupt("a control entry seeks before the start of the base"))?;
+    }
+    Ok(out)
+}
+
+/// Reads one 24-byte control entry; `false` on a clean end of the stream.
+fn read_control(patch: &mut impl Read, control: &mut [u8; 24]) -> Result<bool, Error> {
+    let mut filled = 0;
+    while filled < control.len() {
+        match patch.read(&mut control[filled..]) {
+            Ok(0) if filled == 0 => return Ok(false),
+            Ok(0) => return Err(corrupt("truncated control entry")),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(mix: u64, copy: u64, seek: i64) -> Vec<u8> {
+        let seek = if seek < 0 {
+            seek.unsigned_abs() | 1 << 63
+        } else {
+            seek as u64
+        };
+        [mix, copy, seek]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect()
+    }
+
+    fn run(base: &[u8], stream: &[u8], new_size: usize) -> Result<Vec<u8>, DeltaError> {
+        bspatch(base, &mut &stream[..], new_size).map_err(|e| match e {
+            Error::Delta(e) => e,
+            Error::Io(e) => io_error(e, 20),
+        })
+    }
+
+    #[test]
+    fn matches_bsdiff_patch_on_a_real_diff() {
+        let base: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut new = base.clone();
+        new[100..110].copy_from_slice(b"0123456789");
+        new.extend_from_slice(b"tail");
+        let mut stream = Vec::new();
+        bsdiff::diff(&base, &new, &mut stream).unwrap();
+        let mut reference = Vec::new();
+        bsdiff::patch(&base, &mut &stream[..], &mut reference).unwrap();
+        assert_eq!(reference, new);
+        assert_eq!(run(&base, &stream, new.len()).unwrap(), new);
+    }
+
+    #[test]
+    fn negative_seek_is_honoured() {
+        // Copy "ab" from base[0..2], seek back 2, mix them again: "abab".
+        let stream = [entry(2, 0, -2), vec![0, 0], entry(2, 0, 0), vec![0, 0]].concat();
+        assert_eq!(run(b"ab", &stream, 4).unwrap(), b"abab");
+    }
+
+    #[test]
+    fn entries_beyond_the_output_are_too_large() {
+        let stream = entry(0, 1 << 40, 0);
+        let err = run(b"", &stream, 10).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeltaError::TooLarge {
+                    what: "output",
+                    limit: 10,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let stream = entry(u64::MAX, u64::MAX, 0);
+        assert!(matches!(
+            run(b"", &stream, 10),
+            Err(DeltaError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_flood_of_empty_entries_is_too_large() {
+        let stream = entry(0, 0, 0).repeat(12);
+        let err = run(b"", &stream, 10).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeltaError::TooLarge {
+                    what: "control entries",
+                    limit: 11,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn reading_past_the_base_or_seeking_before_it_is_corrupt() {
+        let past_end = [entry(3, 0, 0), vec![0; 3]].concat();
+        assert!(matches!(
+            run(b"ab", &past_end, 3),
+            Err(DeltaError::Corrupt { .. })
+        ));
+        let before_start = [entry(0, 0, -1), entry(1, 0, 0), vec![0]].concat();
+        assert!(matches!(
+            run(b"ab", &before_start, 1),
+            Err(DeltaError::Corrupt { .. })
+        ));
+        let huge_seek = [entry(0, 0, i64::MAX), entry(1, 0, 0), vec![0]].concat();
+        assert!(matches!(
+            run(b"ab", &huge_seek, 1),
+            Err(DeltaError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn truncation_is_corrupt() {
+        let stream = [entry(0, 4, 0), b"ab".to_vec()].concat();
+        assert!(matches!(
+            run(b"", &stream, 4),
+            Err(DeltaError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            run(b"", &stream[..10], 4),
+            Err(DeltaError::Corrupt { .. })
+        ));
+    }
+}

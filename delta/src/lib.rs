@@ -1,0 +1,266 @@
+//! Binary deltas between two builds of the agent library (DESIGN.md §5,
+//! issue 3 item 3).
+//!
+//! Two formats, named in the manifest by [`DeltaFormat`]:
+//!
+//! - **`bsdiff-zstd`**: the patch stream of the `bsdiff` crate (no header; a
+//!   sequence of 24-byte control entries `mix_len, copy_len, seek` as
+//!   little-endian sign-magnitude `i64`s, each followed by `mix_len` bytes
+//!   added bytewise to the base and `copy_len` literal bytes), compressed as
+//!   one zstd frame at level 19 with a window of at most
+//!   2^[`BSDIFF_MAX_WINDOW_LOG`].
+//! - **`zstd-patch-from`**: one zstd frame of the new build, compressed with
+//!   the base build as raw-content reference prefix, long-distance matching
+//!   on, and a window covering base + new.
+//!
+//! Blobs are exactly what is stored and served. This crate does no I/O.
+//!
+//! # Memory bounds of [`apply`]
+//!
+//! Everything allocated is derived from the caller's declared `new_size`
+//! (from the signed manifest) and the base length, never from the patch:
+//!
+//! - The output buffer is allocated once with capacity `new_size` and never
+//!   grows; a patch that would write more fails with
+//!   [`DeltaError::TooLarge`] (`what = "output"`).
+//! - `bsdiff-zstd` is decompressed as a stream, so only the zstd window is
+//!   held, capped at 2^[`bsdiff_window_log`]`(new_size)` ≤ 1 MiB; the
+//!   control stream is checked entry by entry (output space left, base
+//!   bounds, seek range), and at most `new_size + 1` entries are accepted —
+//!   `bsdiff` emits at most one entry per distinct scan position in
+//!   `0..=new_size`, and the cap keeps a bomb of empty entries from spinning.
+//! - `zstd-patch-from` is decompressed in one shot straight into the output
+//!   buffer (no window buffer is allocated at all); the frame's declared
+//!   content size is checked against `new_size` first, and the decoder's
+//!   window limit is set to [`patch_from_window_log`] of the sizes.
+//! - Declared sizes above [`MAX_SIZE`] are refused up front.
+//!
+//! Applying does not check the result's hash: the caller compares it with the
+//! manifest's `sha256` and falls back to the full artifact on mismatch.
+
+mod bsdiff_zstd;
+mod error;
+mod patch_from;
+
+pub use error::DeltaError;
+pub use outrider_signing::DeltaFormat;
+
+/// Largest base or new build this crate handles (1 GiB); far above any agent
+/// library, low enough that a declared size cannot ask for absurd memory.
+pub const MAX_SIZE: u64 = 1 << 30;
+
+/// zstd level for patches: publishing is rare and offline, downloads are not.
+pub const LEVEL: i32 = 19;
+
+/// Largest zstd window for `bsdiff-zstd` patches (2^20 = 1 MiB). bsdiff has
+/// already taken care of long-range matches, so the window only serves the
+/// local redundancy of the diff stream: on two real agent-lib builds
+/// (docs/benchmarks.md) 2^23 and 2^20 gave the same patch size to the byte and
+/// 2^17 a smaller one, while every window byte is client memory when applying.
+pub const BSDIFF_MAX_WINDOW_LOG: u32 = 20;
+
+/// Formats [`create_smallest`] tries, in order of preference on a tie.
+pub const SUPPORTED: [DeltaFormat; 2] = [DeltaFormat::BsdiffZstd, DeltaFormat::ZstdPatchFrom];
+
+/// Makes a patch from `base` to `new` in `format`, already compressed (the
+/// blob as stored and served).
+///
+/// The patch is applied once before it is returned and must reproduce `new`.
+///
+/// # Errors
+///
+/// [`DeltaError::UnknownFormat`] for a format this build cannot make,
+/// [`DeltaError::TooLarge`] if an input exceeds [`MAX_SIZE`],
+/// [`DeltaError::Compress`] / [`DeltaError::Diff`] if zstd or bsdiff fail, and
+/// [`DeltaError::SelfCheck`] if the patch does not round-trip.
+pub fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
+    for len in [base.len(), new.len()] {
+        check_size(format, len as u64)?;
+    }
+    let blob = match format {
+        DeltaFormat::BsdiffZstd => bsdiff_zstd::create(base, new)?,
+        DeltaFormat::ZstdPatchFrom => patch_from::create(base, new)?,
+        DeltaFormat::Unknown => return Err(DeltaError::UnknownFormat(format)),
+    };
+    match apply(format, base, &blob, new.len() as u64) {
+        Ok(out) if out == new => Ok(blob),
+        Ok(_) => Err(DeltaError::SelfCheck {
+            format,
+            source: None,
+        }),
+        Err(e) => Err(DeltaError::SelfCheck {
+            format,
+            source: Some(Box::new(e)),
+        }),
+    }
+}
+
+/// Makes every supported format and returns the smallest as `(format, blob)`.
+///
+/// The caller keeps it only if it is smaller than the zstd-compressed full
+/// build.
+///
+/// # Errors
+///
+/// As [`create`], for whichever format fails first.
+pub fn create_smallest(base: &[u8], new: &[u8]) -> Result<(DeltaFormat, Vec<u8>), DeltaError> {
+    let mut best: Option<(DeltaFormat, Vec<u8>)> = None;
+    for format in SUPPORTED {
+        let blob = create(format, base, new)?;
+        if best.as_ref().is_none_or(|(_, b)| blob.len() < b.len()) {
+            best = Some((format, blob));
+        }
+    }
+    // SUPPORTED is a non-empty constant, so the loop set `best`.
+    Ok(best.expect("SUPPORTED is not empty"))
+}
+
+/// Applies a patch blob to `base`, producing exactly `new_size` bytes.
+///
+/// Memory is bounded by the declared sizes (see the crate docs); the result's
+/// hash is for the caller to check.
+///
+/// # Errors
+///
+/// [`DeltaError::UnknownFormat`] for [`DeltaFormat::Unknown`];
+/// [`DeltaError::TooLarge`] if `new_size` or `base` exceed [`MAX_SIZE`] or the
+/// patch asks for more output, window or control entries than the sizes
+/// allow; [`DeltaError::Corrupt`] for a malformed or truncated patch;
+/// [`DeltaError::WrongSize`] if it produces fewer than `new_size` bytes.
+pub fn apply(
+    format: DeltaFormat,
+    base: &[u8],
+    patch: &[u8],
+    new_size: u64,
+) -> Result<Vec<u8>, DeltaError> {
+    if format == DeltaFormat::Unknown {
+        return Err(DeltaError::UnknownFormat(format));
+    }
+    check_size(format, base.len() as u64)?;
+    let new_size = check_size(format, new_size)?;
+    let out = match format {
+        DeltaFormat::BsdiffZstd => bsdiff_zstd::apply(base, patch, new_size)?,
+        DeltaFormat::ZstdPatchFrom => patch_from::apply(base, patch, new_size)?,
+        DeltaFormat::Unknown => return Err(DeltaError::UnknownFormat(format)),
+    };
+    if out.len() != new_size {
+        return Err(DeltaError::WrongSize {
+            format,
+            expected: new_size as u64,
+            got: out.len() as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// zstd window log for a `bsdiff-zstd` patch of a build of `new_size` bytes:
+/// enough for the largest well-formed patch stream (`new_size` data bytes plus
+/// 24 bytes for each of at most `new_size + 1` control entries), capped at
+/// [`BSDIFF_MAX_WINDOW_LOG`].
+pub fn bsdiff_window_log(new_size: u64) -> u32 {
+    let stream_bound = new_size.saturating_mul(25).saturating_add(24);
+    ceil_log2(stream_bound).min(BSDIFF_MAX_WINDOW_LOG)
+}
+
+/// zstd window log for `zstd-patch-from`: the last byte of the new build may
+/// refer to the first byte of the base, so the window spans both.
+pub fn patch_from_window_log(base_len: u64, new_size: u64) -> u32 {
+    ceil_log2(base_len.saturating_add(new_size))
+}
+
+/// Compresses `src` as one zstd frame at [`LEVEL`] with its content size,
+/// `window_log`, optional long-distance matching, and `prefix` (if not empty)
+/// as raw-content reference prefix.
+fn compress(
+    format: DeltaFormat,
+    src: &[u8],
+    prefix: &[u8],
+    window_log: u32,
+    long_distance: bool,
+) -> Result<Vec<u8>, DeltaError> {
+    use zstd::zstd_safe::{self, CCtx, CParameter};
+    let err = |code| DeltaError::Compress {
+        format,
+        reason: zstd_safe::get_error_name(code).to_owned(),
+    };
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(LEVEL))
+        .map_err(err)?;
+    cctx.set_parameter(CParameter::WindowLog(window_log))
+        .map_err(err)?;
+    cctx.set_parameter(CParameter::EnableLongDistanceMatching(long_distance))
+        .map_err(err)?;
+    cctx.set_parameter(CParameter::ContentSizeFlag(true))
+        .map_err(err)?;
+    if !prefix.is_empty() {
+        cctx.ref_prefix(prefix).map_err(err)?;
+    }
+    let mut out = Vec::with_capacity(zstd_safe::compress_bound(src.len()));
+    cctx.compress2(&mut out, src).map_err(err)?;
+    Ok(out)
+}
+
+/// `ceil(log2(n))`, clamped to zstd's window range (2^10 ..= 2^31).
+fn ceil_log2(n: u64) -> u32 {
+    let log = u64::BITS - n.saturating_sub(1).leading_zeros();
+    log.clamp(10, 31)
+}
+
+fn check_size(format: DeltaFormat, size: u64) -> Result<usize, DeltaError> {
+    if size > MAX_SIZE {
+        return Err(DeltaError::TooLarge {
+            format,
+            what: "input",
+            limit: MAX_SIZE,
+        });
+    }
+    // MAX_SIZE (1 GiB) fits in usize on every platform we build for.
+    usize::try_from(size).map_err(|_| DeltaError::TooLarge {
+        format,
+        what: "input",
+        limit: MAX_SIZE,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceil_log2_clamps_to_zstd_range() {
+        assert_eq!(ceil_log2(0), 10);
+        assert_eq!(ceil_log2(1024), 10);
+        assert_eq!(ceil_log2(1025), 11);
+        assert_eq!(ceil_log2(1 << 20), 20);
+        assert_eq!(ceil_log2((1 << 20) + 1), 21);
+        assert_eq!(ceil_log2(u64::MAX), 31);
+    }
+
+    #[test]
+    fn windows_follow_declared_sizes() {
+        assert_eq!(bsdiff_window_log(100), 12); // 2524 bytes of stream at most
+        assert_eq!(bsdiff_window_log(17 << 20), BSDIFF_MAX_WINDOW_LOG);
+        assert_eq!(patch_from_window_log(17 << 20, 17 << 20), 26);
+    }
+
+    #[test]
+    fn sizes_above_max_are_refused_before_anything_is_allocated() {
+        let err = apply(DeltaFormat::BsdiffZstd, b"", b"", MAX_SIZE + 1).unwrap_err();
+        assert!(
+            matches!(err, DeltaError::TooLarge { what: "input", .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_format_is_refused() {
+        assert!(matches!(
+            apply(DeltaFormat::Unknown, b"a", b"b", 1),
+            Err(DeltaError::UnknownFormat(DeltaFormat::Unknown))
+        ));
+        assert!(matches!(
+            create(DeltaFormat::Unknown, b"a", b"b"),
+            Err(DeltaError::UnknownFormat(DeltaFormat::Unknown))
+        ));
+    }
+}

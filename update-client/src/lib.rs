@@ -1,0 +1,242 @@
+//! The client side of Outrider updates, used by the stub and tested alone.
+//!
+//! One update check, in the order of DESIGN.md §5 (each step a distinct
+//! [`UpdateError`]):
+//! 1. **Root chain** ([`UpdateClient::refresh_root`]): fetch
+//!    `roots/<v+1>.json`, `roots/<v+2>.json`, … and accept each only if a
+//!    threshold of the previous root *and* of itself signed it; the newest
+//!    must not be expired.
+//! 2. **Manifest** ([`UpdateClient::fetch_manifest`]): at most 1 MiB,
+//!    verified against the root: signatures, threshold, type, channel,
+//!    expiry, and the persisted sequence floor (rollback, replay).
+//! 3. **Plan** ([`plan`]): this platform's target, this ABI major; the
+//!    staged rollout decides by `bucket(fingerprint, salt) < basis points`,
+//!    computed here so a static CDN can host the whole repository. Outside
+//!    the cohort a client keeps what it runs (or takes `previous` on a fresh
+//!    install); inside it takes the target, by delta when one exists for the
+//!    build it runs.
+//! 4. **Fetch** ([`UpdateClient::fetch`]): downloads are resumable (HTTP
+//!    Range into `downloads/<sha>.part`), capped at the declared size while
+//!    streaming, and hash-checked; a delta is applied with a memory cap from
+//!    the declared sizes and the result must hash to the manifest's value,
+//!    else the full artifact is fetched instead.
+//!
+//! Nothing is written outside `downloads/`; installing the verified bytes
+//! is the caller's job.
+
+mod download;
+mod error;
+mod plan;
+mod transport;
+
+use std::path::{Path, PathBuf};
+
+use outrider_signing::{
+    Artifact, Channel, DeltaFormat, ManifestPolicy, SequenceFloor, Sha256, TrustedRoot,
+    VerifiedManifest,
+};
+use tracing::{info, warn};
+
+pub use crate::error::UpdateError;
+pub use crate::plan::{ClientView, Install, Plan, plan};
+pub use crate::transport::{Body, FileTransport, HttpTransport, Transport};
+
+/// Largest manifest or root document fetched.
+pub const MAX_METADATA_BYTES: u64 = outrider_signing::MAX_METADATA_BYTES as u64;
+/// Longest root chain walked in one check (a bound, not an expectation).
+pub const MAX_ROOT_STEPS: u64 = 1024;
+
+/// How a build was obtained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A delta of this format applied to the build the client runs.
+    Delta(DeltaFormat),
+    /// The full artifact.
+    Full,
+}
+
+/// A verified library, ready to install.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The library bytes; their SHA-256 equals the planned artifact's.
+    pub library: Vec<u8>,
+    /// How they were obtained.
+    pub via: Via,
+    /// Why the delta was not used, when one was planned but failed.
+    pub delta_failure: Option<UpdateError>,
+}
+
+/// Talks to one update repository for one channel and platform.
+#[derive(Debug)]
+pub struct UpdateClient<T: Transport> {
+    transport: T,
+    channel: Channel,
+    downloads: PathBuf,
+}
+
+impl<T: Transport> UpdateClient<T> {
+    /// A client reading from `transport`, keeping partial downloads in
+    /// `downloads` (created when needed).
+    pub fn new(transport: T, channel: Channel, downloads: &Path) -> UpdateClient<T> {
+        UpdateClient {
+            transport,
+            channel,
+            downloads: downloads.to_owned(),
+        }
+    }
+
+    /// Step 1: walks the root chain from `trusted` to the newest root the
+    /// repository has. Returns `trusted` itself when nothing newer exists.
+    ///
+    /// Fails when a successor does not verify (each signing error is its own
+    /// variant), the chain is longer than [`MAX_ROOT_STEPS`], or the newest
+    /// root has expired.
+    pub fn refresh_root(
+        &self,
+        trusted: &TrustedRoot,
+        now_unix: u64,
+    ) -> Result<TrustedRoot, UpdateError> {
+        let mut current = trusted.clone();
+        for _ in 0..MAX_ROOT_STEPS {
+            let next = current.root().version + 1;
+            let path = format!("roots/{next}.json");
+            let Some(bytes) = download::small(&self.transport, &path, MAX_METADATA_BYTES, "root")?
+            else {
+                current.check_expiry(now_unix).map_err(UpdateError::Root)?;
+                return Ok(current);
+            };
+            current = current.successor(&bytes).map_err(UpdateError::Root)?;
+            info!(version = next, "accepted a new update root");
+        }
+        Err(UpdateError::RootChainTooLong {
+            steps: MAX_ROOT_STEPS,
+        })
+    }
+
+    /// Step 2: fetches and verifies the channel manifest.
+    pub fn fetch_manifest(
+        &self,
+        root: &TrustedRoot,
+        floor: Option<SequenceFloor>,
+        now_unix: u64,
+    ) -> Result<VerifiedManifest, UpdateError> {
+        let path = format!("channels/{}/manifest.json", self.channel);
+        let bytes = download::small(&self.transport, &path, MAX_METADATA_BYTES, "manifest")?
+            .ok_or_else(|| UpdateError::NoManifest {
+                channel: self.channel.to_string(),
+            })?;
+        let policy = ManifestPolicy {
+            channel: &self.channel,
+            now_unix,
+            floor,
+        };
+        outrider_signing::verify_manifest(root, &bytes, &policy).map_err(UpdateError::Manifest)
+    }
+
+    /// Step 4: obtains the planned build, by delta from `base` (the library
+    /// the client runs) when the plan has one, else — or when the delta
+    /// fails in any way — by the full artifact.
+    pub fn fetch(&self, install: &Install, base: Option<&[u8]>) -> Result<Fetched, UpdateError> {
+        let mut delta_failure = None;
+        if let (Some(delta), Some(base)) = (&install.delta, base) {
+            match self.fetch_delta(&install.artifact, delta, base) {
+                Ok(library) => {
+                    return Ok(Fetched {
+                        library,
+                        via: Via::Delta(delta.format),
+                        delta_failure: None,
+                    });
+                }
+                Err(e) => {
+                    warn!("delta update failed, falling back to the full build: {e}");
+                    delta_failure = Some(e);
+                }
+            }
+        }
+        let library = self.fetch_full(&install.artifact)?;
+        Ok(Fetched {
+            library,
+            via: Via::Full,
+            delta_failure,
+        })
+    }
+
+    /// Downloads and verifies a full artifact.
+    pub fn fetch_full(&self, artifact: &Artifact) -> Result<Vec<u8>, UpdateError> {
+        let blob = download::blob(
+            &self.transport,
+            &self.downloads,
+            &artifact.zstd_sha256,
+            artifact.zstd_size,
+            "compressed build",
+        )?;
+        let library = decompress_capped(&blob, artifact.size, &artifact.sha256)?;
+        check_hash("agent library", &artifact.sha256, &library)?;
+        Ok(library)
+    }
+
+    /// Downloads a delta, applies it to `base` and verifies the result.
+    pub fn fetch_delta(
+        &self,
+        artifact: &Artifact,
+        delta: &outrider_signing::Delta,
+        base: &[u8],
+    ) -> Result<Vec<u8>, UpdateError> {
+        let patch = download::blob(
+            &self.transport,
+            &self.downloads,
+            &delta.sha256,
+            delta.size,
+            "delta",
+        )?;
+        let library =
+            outrider_delta::apply(delta.format, base, &patch, artifact.size).map_err(|source| {
+                UpdateError::Delta {
+                    format: delta.format,
+                    source,
+                }
+            })?;
+        check_hash("library rebuilt from delta", &artifact.sha256, &library)?;
+        Ok(library)
+    }
+}
+
+/// Decompresses a zstd blob, refusing output beyond `size` bytes (a zstd
+/// bomb stops at the cap instead of filling memory).
+pub fn decompress_capped(
+    compressed: &[u8],
+    size: u64,
+    sha256: &Sha256,
+) -> Result<Vec<u8>, UpdateError> {
+    use std::io::Read;
+    let fail = |reason: String| UpdateError::Decompress {
+        sha256: *sha256,
+        reason,
+    };
+    let decoder = zstd::stream::read::Decoder::new(compressed).map_err(|e| fail(e.to_string()))?;
+    let mut out = Vec::with_capacity(size.min(256 << 20) as usize);
+    decoder
+        .take(size + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| fail(e.to_string()))?;
+    if out.len() as u64 > size {
+        return Err(UpdateError::TooLarge {
+            what: "decompressed build",
+            limit: size,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks that `bytes` hash to `expected`.
+pub fn check_hash(what: &'static str, expected: &Sha256, bytes: &[u8]) -> Result<(), UpdateError> {
+    let actual = outrider_signing::sha256(bytes);
+    if &actual != expected {
+        return Err(UpdateError::HashMismatch {
+            what,
+            expected: *expected,
+            actual,
+        });
+    }
+    Ok(())
+}
