@@ -50,6 +50,10 @@ pub struct AgentToml {
     /// Organisation enrollment token, needed only for the first registration.
     #[serde(default)]
     pub enrollment_token: Option<String>,
+    /// Base URL of the update repository (used by the stub): the server by
+    /// default, or a static host / CDN serving `outrider release export`.
+    #[serde(default)]
+    pub update_url: Option<String>,
     /// Update channel (used by the stub), [`DEFAULT_CHANNEL`] when absent.
     #[serde(default = "default_channel")]
     pub channel: String,

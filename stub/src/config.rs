@@ -16,8 +16,11 @@ pub const DEFAULT_CHANNEL: &str = "stable";
 /// What the stub needs to find its updates.
 #[derive(Clone, Debug)]
 pub struct StubConfig {
-    /// Base URL of the server (update routes live under it).
+    /// Base URL of the server.
     pub server_url: String,
+    /// Base URL of the update repository (`<url>/v1/updates/...`): the
+    /// server unless `update_url` names a static host or CDN.
+    pub update_url: String,
     /// Release channel to follow.
     pub channel: outrider_signing::Channel,
     /// The whole text of `agent.toml`, handed to the library as-is.
@@ -27,6 +30,7 @@ pub struct StubConfig {
 #[derive(Deserialize)]
 struct Raw {
     server_url: String,
+    update_url: Option<String>,
     channel: Option<String>,
 }
 
@@ -39,21 +43,33 @@ impl StubConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let raw: Raw = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        let url = raw.server_url.trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(err(format!(
-                "server_url {url:?} must start with http:// or https://"
-            )));
-        }
+        let url = checked_url("server_url", &raw.server_url).map_err(err)?;
+        let update_url = match &raw.update_url {
+            Some(u) => checked_url("update_url", u).map_err(err)?,
+            None => url.clone(),
+        };
         let channel = raw.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
         let channel = channel
             .parse()
             .map_err(|e| err(format!("channel {channel:?}: {e}")))?;
         Ok(StubConfig {
-            server_url: url.to_owned(),
+            server_url: url,
+            update_url,
             channel,
             agent_toml: text,
         })
+    }
+}
+
+/// `url` without a trailing slash, if it is http(s).
+fn checked_url(field: &str, url: &str) -> Result<String, String> {
+    let url = url.trim_end_matches('/');
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(url.to_owned())
+    } else {
+        Err(format!(
+            "{field} {url:?} must start with http:// or https://"
+        ))
     }
 }
 
@@ -81,6 +97,15 @@ mod tests {
                 .to_string(),
             DEFAULT_CHANNEL
         );
+        assert_eq!(
+            c.update_url, "http://127.0.0.1:1",
+            "updates come from the server by default"
+        );
+        let cdn = load("server_url = \"http://s\"\nupdate_url = \"https://cdn.example/outrider/\"")
+            .unwrap();
+        assert_eq!(cdn.update_url, "https://cdn.example/outrider");
+        let bad = load("server_url = \"http://s\"\nupdate_url = \"file:///x\"").unwrap_err();
+        assert!(bad.to_string().contains("update_url"), "{bad}");
     }
 
     #[test]

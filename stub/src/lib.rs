@@ -57,6 +57,10 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
         match updater.fetch_latest(&mut state) {
             Ok(build) => break build,
             Err(err) => {
+                // Keep what the failed check learned (floors, a rotated root).
+                if let Err(e) = state.save(&layout.state_json) {
+                    warn!("cannot record the update state: {}", error::chain(&e));
+                }
                 let fallback = state
                     .current
                     .and_then(|sha| updater.installed(&sha, state.current_version.as_deref()));

@@ -1,7 +1,8 @@
 //! `state.json`: what the stub remembers between starts.
 //!
 //! Format (version 1): `{"version":1,"current":"<sha256>"|null,
-//! "current_version":"<release version>"|null,
+//! "current_version":"<release version>"|null, "time_floor_unix":N|null,
+//! "manifest_expires_unix":N|null,
 //! "floor":{"sequence":N,"payload_sha256":"<sha256>"}|null}`. `floor` is the
 //! newest manifest ever accepted; anything older is a rollback attack.
 //! Written as temp file + fsync + rename, so a crash leaves the old or the
@@ -24,6 +25,12 @@ pub struct StubState {
     pub current: Option<Sha256>,
     /// Its release version, as the signed manifest named it.
     pub current_version: Option<String>,
+    /// The latest time an update check trusted; expiry is never checked
+    /// against an earlier time, so setting the clock back cannot revive an
+    /// expired manifest (see `outrider_update_client::next_time_floor`).
+    pub time_floor_unix: Option<u64>,
+    /// Expiry of the newest manifest accepted; caps the time floor.
+    pub manifest_expires_unix: Option<u64>,
     /// The newest manifest accepted so far.
     pub floor: Option<SequenceFloor>,
 }
@@ -34,6 +41,10 @@ struct OnDisk {
     current: Option<Sha256>,
     #[serde(default)]
     current_version: Option<String>,
+    #[serde(default)]
+    time_floor_unix: Option<u64>,
+    #[serde(default)]
+    manifest_expires_unix: Option<u64>,
     floor: Option<FloorOnDisk>,
 }
 
@@ -69,6 +80,8 @@ impl StubState {
         Ok(StubState {
             current: disk.current,
             current_version: disk.current_version,
+            time_floor_unix: disk.time_floor_unix,
+            manifest_expires_unix: disk.manifest_expires_unix,
             floor: disk.floor.map(|f| SequenceFloor {
                 sequence: f.sequence,
                 payload_sha256: f.payload_sha256,
@@ -82,6 +95,8 @@ impl StubState {
             version: STATE_VERSION,
             current: self.current,
             current_version: self.current_version.clone(),
+            time_floor_unix: self.time_floor_unix,
+            manifest_expires_unix: self.manifest_expires_unix,
             floor: self.floor.as_ref().map(|f| FloorOnDisk {
                 sequence: f.sequence,
                 payload_sha256: f.payload_sha256,
@@ -123,6 +138,8 @@ mod tests {
         let state = StubState {
             current: Some(sha),
             current_version: Some("1.2.3".into()),
+            time_floor_unix: Some(1_800_000_000),
+            manifest_expires_unix: Some(1_900_000_000),
             floor: Some(SequenceFloor {
                 sequence: 4,
                 payload_sha256: sha,

@@ -53,7 +53,7 @@ pub struct Updater {
 impl Updater {
     /// An updater for the channel and server of `config`.
     pub fn new(config: &StubConfig, layout: &Layout, root: TrustedRoot) -> Updater {
-        let transport = HttpTransport::new(&format!("{}/v1/updates", config.server_url));
+        let transport = HttpTransport::new(&format!("{}/v1/updates", config.update_url));
         let client = UpdateClient::new(
             transport,
             config.channel.clone(),
@@ -70,7 +70,21 @@ impl Updater {
     /// first if needed. Raises `state.floor` to the accepted manifest and
     /// records the build in `state` (the caller persists it).
     pub fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError> {
-        let now = outrider_signing::now_unix();
+        let now = outrider_update_client::trusted_now(
+            outrider_signing::now_unix(),
+            state.time_floor_unix,
+        );
+        let result = self.check(state, now);
+        state.time_floor_unix = outrider_update_client::next_time_floor(
+            state.time_floor_unix,
+            now,
+            state.manifest_expires_unix,
+        );
+        result
+    }
+
+    /// The body of [`Updater::fetch_latest`], at trusted time `now`.
+    fn check(&mut self, state: &mut StubState, now: u64) -> Result<Build, StubError> {
         // Step 1: root chain.
         let root = self.client.refresh_root(&self.root, now)?;
         if root.root().version != self.root.root().version {
@@ -83,6 +97,7 @@ impl Updater {
             .client
             .fetch_manifest(&self.root, state.floor.clone(), now)?;
         state.floor = Some(manifest.floor());
+        state.manifest_expires_unix = Some(manifest.manifest.expires_unix);
         // Step 3: plan.
         let fingerprint = agent_fingerprint(&self.layout.config_dir);
         let triple = outrider_signing::host_triple();

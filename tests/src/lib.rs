@@ -314,12 +314,22 @@ pub struct TestAgent {
 impl TestAgent {
     /// Installs `agent.toml` and `root.json` under a fresh prefix and starts the stub.
     pub fn start(server: &TestServer, keys: &Keys, channel: &str) -> TestAgent {
+        TestAgent::start_with(server, keys, channel, "")
+    }
+
+    /// Like [`TestAgent::start`], with extra lines appended to `agent.toml`.
+    pub fn start_with(
+        server: &TestServer,
+        keys: &Keys,
+        channel: &str,
+        extra_toml: &str,
+    ) -> TestAgent {
         let prefix = tempfile::tempdir().expect("tempdir");
         let etc = prefix.path().join("etc");
         std::fs::create_dir_all(&etc).expect("etc");
         std::fs::write(
             etc.join("agent.toml"),
-            format!("server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n", server.url),
+            format!("server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n{extra_toml}\n", server.url),
         )
         .expect("agent.toml");
         std::fs::copy(keys.root_json(), etc.join("root.json")).expect("root.json");
@@ -396,5 +406,43 @@ impl TestAgent {
             .env("OUTRIDER_LOG", "debug");
         let proc = Proc::spawn(cmd, prefix.path().join("stub2.log"));
         TestAgent { prefix, proc }
+    }
+}
+
+/// A plain static file server (`python3 -m http.server`) on loopback,
+/// serving `dir`: no Range, no ETag, nothing Outrider-specific.
+#[derive(Debug)]
+pub struct StaticServer {
+    pub url: String,
+    pub proc: Proc,
+}
+
+impl StaticServer {
+    /// Serves `dir` on an ephemeral port and waits until it listens.
+    pub fn serve(dir: &Path, log: PathBuf) -> StaticServer {
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(dir);
+        let proc = Proc::spawn(cmd, log);
+        let port = wait_until("the static server to listen", secs(20), || {
+            let log = proc.log();
+            let rest = log.split(" port ").nth(1)?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u16>()
+                .ok()
+        });
+        StaticServer {
+            url: format!("http://127.0.0.1:{port}"),
+            proc,
+        }
     }
 }

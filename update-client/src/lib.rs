@@ -201,6 +201,33 @@ impl<T: Transport> UpdateClient<T> {
     }
 }
 
+/// The time to verify expiry against: the later of the system clock and the
+/// client's time floor (see [`next_time_floor`]).
+///
+/// A clock set back (by mistake or by an attacker who controls NTP) must not
+/// revive a manifest that has already expired for this client: the freeze
+/// attack.
+pub fn trusted_now(system_now_unix: u64, time_floor: Option<u64>) -> u64 {
+    system_now_unix.max(time_floor.unwrap_or(0))
+}
+
+/// The time floor to persist after a check made at `now`: it only grows,
+/// and never beyond the expiry of the newest manifest this client verified.
+/// That cap matters when the clock runs far *ahead*: the floor stops at the
+/// current manifest's expiry, so once the clock is fixed the next re-signed
+/// manifest (with a later expiry) is accepted again instead of every
+/// manifest looking expired until that future date.
+pub fn next_time_floor(
+    time_floor: Option<u64>,
+    now: u64,
+    newest_expiry: Option<u64>,
+) -> Option<u64> {
+    match newest_expiry {
+        Some(expiry) => Some(time_floor.unwrap_or(0).max(now.min(expiry))),
+        None => time_floor,
+    }
+}
+
 /// Decompresses a zstd blob, refusing output beyond `size` bytes (a zstd
 /// bomb stops at the cap instead of filling memory).
 pub fn decompress_capped(

@@ -132,3 +132,28 @@ async fn unknown_paths_are_404_not_401() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn path_traversal_in_update_routes_is_refused() {
+    let server = Server::start().await;
+    // Something worth stealing next to the release store.
+    let secret = std::fs::read_to_string(server.data_dir().join("admin.token")).unwrap();
+    for path in [
+        "/v1/updates/blobs/..%2F..%2Fadmin.token",
+        "/v1/updates/blobs/../../admin.token",
+        "/v1/updates/channels/..%2F..%2Fadmin.token/manifest.json",
+        "/v1/updates/channels/..%2Fx/manifest.json",
+        "/v1/updates/roots/..%2F..%2Fadmin.token",
+        "/v1/updates/blobs/%2e%2e%2f%2e%2e%2fadmin.token",
+    ] {
+        let (status, body) = server.http("GET", path, None, None).await;
+        assert!(
+            matches!(status, 400 | 404),
+            "GET {path} answered {status}: {body}"
+        );
+        assert!(
+            !body.to_string().contains(secret.trim()),
+            "GET {path} leaked the token"
+        );
+    }
+}

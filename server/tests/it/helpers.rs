@@ -42,6 +42,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Starts a server on 127.0.0.1:0 with a fresh data directory. Keepalive
     /// timers are long so an agent that is not reading is never declared silent.
     pub async fn start() -> Server {

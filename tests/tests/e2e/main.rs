@@ -2,4 +2,5 @@
 //! server → check result, with the real binaries on loopback.
 
 mod skeleton;
+mod static_hosting;
 mod tamper;

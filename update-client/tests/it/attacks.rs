@@ -7,7 +7,8 @@ use outrider_signing::{
     rollout_bucket, sha256,
 };
 use outrider_update_client::{
-    ClientView, FileTransport, HttpTransport, Install, Plan, UpdateClient, UpdateError, Via, plan,
+    ClientView, FileTransport, HttpTransport, Install, Plan, UpdateClient, UpdateError, Via,
+    next_time_floor, plan, trusted_now,
 };
 
 use crate::repo::{NOW, Repo};
@@ -426,5 +427,55 @@ fn a_root_not_signed_by_its_predecessor_breaks_the_chain() {
     assert!(
         matches!(err, UpdateError::Root(SigningError::BelowThreshold { .. })),
         "{err:?}"
+    );
+}
+
+#[test]
+fn an_expired_manifest_stays_expired_when_the_clock_is_set_back() {
+    let mut repo = Repo::new();
+    let v1 = repo.build(1, SIZE);
+    let manifest = outrider_signing::ReleaseManifest::new(
+        "stable".parse().unwrap(),
+        1,
+        NOW + 100,
+        std::collections::BTreeMap::from([(
+            outrider_signing::host_triple(),
+            Target::full("1".into(), 1, v1.artifact.clone()),
+        )]),
+    );
+    let bytes = outrider_signing::make_manifest(&manifest, &[&repo.release_key])
+        .unwrap()
+        .to_bytes();
+    repo.write_manifest("stable", &bytes);
+    let client = file_client(&repo);
+
+    let expiry = Some(NOW + 100);
+    // Checked while valid: accepted; the floor follows the clock.
+    let now = trusted_now(NOW, None);
+    assert!(client.fetch_manifest(&repo.root, None, now).is_ok());
+    let floor = next_time_floor(None, now, expiry);
+    // After expiry: refused (freeze attack); the floor stops at the expiry.
+    let now = trusted_now(NOW + 200, floor);
+    let err = client.fetch_manifest(&repo.root, None, now).unwrap_err();
+    assert!(
+        matches!(err, UpdateError::Manifest(SigningError::Expired { .. })),
+        "{err:?}"
+    );
+    let floor = next_time_floor(floor, now, expiry);
+    assert_eq!(floor, Some(NOW + 100));
+    // The clock is set back to before the expiry: still refused.
+    let now = trusted_now(NOW, floor);
+    let err = client.fetch_manifest(&repo.root, None, now).unwrap_err();
+    assert!(
+        matches!(err, UpdateError::Manifest(SigningError::Expired { .. })),
+        "{err:?}"
+    );
+    // Without the floor the set-back clock would have accepted it.
+    assert!(client.fetch_manifest(&repo.root, None, NOW).is_ok());
+    // A clock far ahead cannot push the floor past the newest expiry, so a
+    // re-signed manifest expiring later is accepted once the clock is fixed.
+    assert_eq!(
+        next_time_floor(floor, 9_999_999_999, expiry),
+        Some(NOW + 100)
     );
 }
