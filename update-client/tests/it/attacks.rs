@@ -432,7 +432,7 @@ fn a_root_not_signed_by_its_predecessor_breaks_the_chain() {
 
 #[test]
 fn an_expired_manifest_stays_expired_when_the_clock_is_set_back() {
-    let mut repo = Repo::new();
+    let repo = Repo::new();
     let v1 = repo.build(1, SIZE);
     let manifest = outrider_signing::ReleaseManifest::new(
         "stable".parse().unwrap(),
