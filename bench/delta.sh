@@ -4,7 +4,8 @@
 # bsdiff+zstd / zstd-patch-from sizes and the time and peak memory to create
 # and apply each delta. Paste the printed table into docs/benchmarks.md.
 #
-# Usage: bench/delta.sh [build|measure|all]   (default: all)
+# Usage: bench/delta.sh [build|measure|measure-apply|all]   (default: all)
+#   measure-apply: only the apply runs, on the patches the last `measure` made
 #   BENCH_DIR   work dir (default /tmp/outrider-delta-bench); never inside the repo
 #   RUNS        runs per timed measurement (default 5)
 #
@@ -52,13 +53,40 @@ timed() {
     echo "$rss" >> "$BENCH_DIR/$name.rss"
 }
 
-measure() {
+# apply_runs SIZE: one round of apply runs, interleaved across formats and
+# code paths: `apply` = `apply_to` streaming into a BufWriter<File>,
+# `apply-vec` = `apply` into a Vec, then one write.
+apply_runs() {
+    for mode in apply apply-vec; do
+        for f in bsdiff-zstd zstd-patch-from; do
+            rm -f "$f.out"
+            timed "$mode-$f" "$tool" "$mode" "$f" A.so "$f.patch" "$1" "$f.out"
+            cmp -s "$f.out" B.so || die "$mode $f did not reproduce B.so"
+        done
+    done
+}
+
+# report_apply SIZE: the apply lines of the table.
+report_apply() {
+    for f in bsdiff-zstd zstd-patch-from; do
+        for mode in apply apply-vec; do
+            echo "$f $mode: $(stats "$mode-$f.secs") s, max RSS $(stats "$mode-$f.rss") KiB" \
+                "= $(awk "BEGIN { printf \"%.2f\", $(sort -n "$mode-$f.rss" | tail -1) * 1024 / $1 }")× library (worst run)"
+        done
+    done
+}
+
+build_tool() {
     [ -f "$BENCH_DIR/A.so" ] && [ -f "$BENCH_DIR/B.so" ] || die "run 'bench/delta.sh build' first"
-    [ -n "$PUBLISH_ZSTD_LEVEL" ] || die "cannot find ZSTD_LEVEL in cli/src"
     (cd "$REPO" && cargo build --release -p outrider-delta --example deltatool \
         --target-dir "$BENCH_DIR/target") || die "building deltatool failed"
     tool="$BENCH_DIR/target/release/examples/deltatool"
     cd "$BENCH_DIR" || die "cannot enter $BENCH_DIR"
+}
+
+measure() {
+    [ -n "$PUBLISH_ZSTD_LEVEL" ] || die "cannot find ZSTD_LEVEL in cli/src"
+    build_tool
     rm -f ./*.secs ./*.rss
     size=$(wc -c < B.so)
     "$tool" zstd "$PUBLISH_ZSTD_LEVEL" B.so B.so.zst || die "zstd failed"
@@ -69,11 +97,7 @@ measure() {
         for f in bsdiff-zstd zstd-patch-from; do
             timed "create-$f" "$tool" create "$f" A.so B.so "$f.patch"
         done
-        for f in bsdiff-zstd zstd-patch-from; do
-            rm -f "$f.out"
-            timed "apply-$f" "$tool" apply "$f" A.so "$f.patch" "$size" "$f.out"
-            cmp -s "$f.out" B.so || die "$f did not reproduce B.so"
-        done
+        apply_runs "$size"
         i=$((i + 1))
     done
     echo "date: $(date -I); runs: $RUNS; $(nproc) cores"
@@ -83,17 +107,33 @@ measure() {
         p=$(wc -c < "$f.patch")
         echo "$f patch:  $p bytes = $(awk "BEGIN { printf \"%.2f\", 100 * $p / $zsize }")% of zstd full"
         echo "  create: $(stats "create-$f.secs") s, max RSS $(stats "create-$f.rss") KiB"
-        echo "  apply:  $(stats "apply-$f.secs") s, max RSS $(stats "apply-$f.rss") KiB" \
-            "= $(awk "BEGIN { printf \"%.2f\", $(sort -n "apply-$f.rss" | tail -1) * 1024 / $size }")× library (worst run)"
     done
+    report_apply "$size"
+}
+
+measure_apply() {
+    build_tool
+    for f in bsdiff-zstd zstd-patch-from; do
+        [ -f "$f.patch" ] || die "no $f.patch; run 'bench/delta.sh measure' first"
+    done
+    rm -f ./apply*.secs ./apply*.rss
+    size=$(wc -c < B.so)
+    i=0
+    while [ "$i" -lt "$RUNS" ]; do
+        apply_runs "$size"
+        i=$((i + 1))
+    done
+    echo "date: $(date -I); runs: $RUNS; $(nproc) cores; B.so: $size bytes"
+    report_apply "$size"
 }
 
 main() {
     case "${1:-all}" in
         build) build ;;
         measure) measure ;;
+        measure-apply) measure_apply ;;
         all) build && measure ;;
-        *) echo "usage: bench/delta.sh [build|measure|all]" >&2; exit 64 ;;
+        *) echo "usage: bench/delta.sh [build|measure|measure-apply|all]" >&2; exit 64 ;;
     esac
 }
 

@@ -1,14 +1,16 @@
 //! Command-line driver for the delta benchmark (`bench/delta.sh`).
 //!
 //! ```text
-//! deltatool create FORMAT BASE NEW OUT        # FORMAT: bsdiff-zstd | zstd-patch-from
-//! deltatool apply FORMAT BASE PATCH SIZE OUT
-//! deltatool zstd LEVEL IN OUT                 # the full build, as `release publish` stores it
+//! deltatool create FORMAT BASE NEW OUT            # FORMAT: bsdiff-zstd | zstd-patch-from
+//! deltatool apply FORMAT BASE PATCH SIZE OUT      # `apply_to`, streaming into a BufWriter<File>
+//! deltatool apply-vec FORMAT BASE PATCH SIZE OUT  # `apply` into a Vec, then one write
+//! deltatool zstd LEVEL IN OUT                     # the full build, as `release publish` stores it
 //! ```
 //!
 //! Exit codes: 0 ok, 1 failure, 64 bad usage.
 
-use std::fs;
+use std::fs::{self, File};
+use std::io::BufWriter;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -20,10 +22,11 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["create", format, base, new, out] => create(format, base, new, out),
         ["apply", format, base, patch, size, out] => apply(format, base, patch, size, out),
+        ["apply-vec", format, base, patch, size, out] => apply_vec(format, base, patch, size, out),
         ["zstd", level, input, out] => compress(level, input, out),
         _ => {
             eprintln!(
-                "usage: deltatool create FORMAT BASE NEW OUT | apply FORMAT BASE PATCH SIZE OUT | zstd LEVEL IN OUT"
+                "usage: deltatool create FORMAT BASE NEW OUT | apply[-vec] FORMAT BASE PATCH SIZE OUT | zstd LEVEL IN OUT"
             );
             return ExitCode::from(64);
         }
@@ -54,11 +57,23 @@ fn create(fmt: &str, base: &str, new: &str, out: &str) -> anyhow::Result<()> {
     fs::write(out, patch).with_context(|| format!("writing {out}"))
 }
 
+fn size(size: &str) -> anyhow::Result<u64> {
+    size.parse()
+        .with_context(|| format!("SIZE {size:?} is not a byte count"))
+}
+
 fn apply(fmt: &str, base: &str, patch: &str, size: &str, out: &str) -> anyhow::Result<()> {
-    let size: u64 = size
-        .parse()
-        .with_context(|| format!("SIZE {size:?} is not a byte count"))?;
-    let new = outrider_delta::apply(format(fmt)?, &read(base)?, &read(patch)?, size)?;
+    let (format, size) = (format(fmt)?, self::size(size)?);
+    let (base, patch) = (read(base)?, read(patch)?);
+    let file = File::create(out).with_context(|| format!("creating {out}"))?;
+    let mut writer = BufWriter::new(file);
+    outrider_delta::apply_to(format, &base, &patch, size, &mut writer)
+        .with_context(|| format!("applying to {out}"))
+}
+
+fn apply_vec(fmt: &str, base: &str, patch: &str, size: &str, out: &str) -> anyhow::Result<()> {
+    let (format, size) = (format(fmt)?, self::size(size)?);
+    let new = outrider_delta::apply(format, &read(base)?, &read(patch)?, size)?;
     fs::write(out, new).with_context(|| format!("writing {out}"))
 }
 

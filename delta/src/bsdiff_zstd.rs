@@ -5,15 +5,15 @@
 //! spin on empty control entries) as far as zstd can inflate. [`bspatch`]
 //! reads the same stream but checks every control entry against the declared
 //! output size and the base first; the tests check it against `bsdiff::patch`.
+//! It also streams: diff bytes (base + delta) and extra bytes go to the
+//! caller's writer in chunks as they are decoded, so no output is held.
 
 use std::io::{self, BufReader, Read};
 
-use crate::{DeltaError, DeltaFormat, bsdiff_window_log};
+use crate::output::{CHUNK, Output};
+use crate::{DeltaError, DeltaFormat, WINDOW_TOO_LARGE, bsdiff_window_log};
 
 const FORMAT: DeltaFormat = DeltaFormat::BsdiffZstd;
-
-/// zstd's message when a frame's window exceeds `WindowLogMax`.
-const WINDOW_TOO_LARGE: &str = "Frame requires too much memory for decoding";
 
 pub(crate) fn create(base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
     let mut stream = Vec::with_capacity(new.len() + new.len() / 16 + 64);
@@ -30,16 +30,18 @@ pub(crate) fn create(base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
     )
 }
 
-pub(crate) fn apply(base: &[u8], patch: &[u8], new_size: usize) -> Result<Vec<u8>, DeltaError> {
-    let window_log = bsdiff_window_log(new_size as u64);
+/// Streams the patched build into `out` (which bounds and counts it); the
+/// memory is the zstd window, a 64 KiB read buffer and one [`CHUNK`].
+pub(crate) fn apply(base: &[u8], patch: &[u8], out: &mut Output<'_>) -> Result<(), DeltaError> {
+    let window_log = bsdiff_window_log(out.size() as u64);
     let mut decoder =
         zstd::stream::read::Decoder::with_buffer(patch).map_err(|e| io_error(e, window_log))?;
     decoder
         .window_log_max(window_log)
         .map_err(|e| io_error(e, window_log))?;
     // Control entries are 24 bytes; buffer so they are not decoded piecemeal.
-    let mut reader = BufReader::with_capacity(64 * 1024, decoder);
-    bspatch(base, &mut reader, new_size).map_err(|e| match e {
+    let mut reader = BufReader::with_capacity(CHUNK, decoder);
+    bspatch(base, &mut reader, out).map_err(|e| match e {
         Error::Delta(e) => e,
         Error::Io(e) => io_error(e, window_log),
     })
@@ -53,6 +55,12 @@ enum Error {
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         Error::Io(e)
+    }
+}
+
+impl From<DeltaError> for Error {
+    fn from(e: DeltaError) -> Self {
+        Error::Delta(e)
     }
 }
 
@@ -83,52 +91,58 @@ fn io_error(e: io::Error, window_log: u32) -> DeltaError {
     }
 }
 
-/// Applies a raw `bsdiff` patch stream, never producing more than `new_size`
-/// bytes nor accepting more than `new_size + 1` control entries (see the
-/// crate docs for why that bound is sound).
-fn bspatch(base: &[u8], patch: &mut impl Read, new_size: usize) -> Result<Vec<u8>, Error> {
-    let too_large = |what, limit| {
-        Error::Delta(DeltaError::TooLarge {
-            format: FORMAT,
-            what,
-            limit,
-        })
-    };
-    let mut out = Vec::new();
-    out.try_reserve_exact(new_size)
-        .map_err(|_| too_large("output", new_size as u64))?;
-    let max_entries = new_size as u64 + 1;
+/// Applies a raw `bsdiff` patch stream into `out`, never producing more than
+/// its declared size nor accepting more than size + 1 control entries (see
+/// the crate docs for why that bound is sound). Output goes out in chunks of
+/// at most [`CHUNK`] bytes as it is produced; nothing is kept.
+fn bspatch(base: &[u8], patch: &mut impl Read, out: &mut Output<'_>) -> Result<(), Error> {
+    let mut chunk = vec![0u8; CHUNK.min(out.size())];
+    let max_entries = out.size() as u64 + 1;
     let mut entries = 0u64;
     let mut base_pos = 0usize;
     let mut control = [0u8; 24];
     while read_control(patch, &mut control)? {
         entries += 1;
         if entries > max_entries {
-            return Err(too_large("control entries", max_entries));
+            return Err(Error::Delta(DeltaError::TooLarge {
+                format: FORMAT,
+                what: "control entries",
+                limit: max_entries,
+            }));
         }
         let [mix_len, copy_len, seek] = [0, 8, 16].map(|at| {
             let mut word = [0u8; 8];
             word.copy_from_slice(&control[at..at + 8]);
             u64::from_le_bytes(word)
         });
-        let room = (new_size - out.len()) as u64;
+        // Checked up front so an oversized entry fails before any of it is
+        // written; `out` would refuse it chunk by chunk anyway.
+        let room = out.room() as u64;
         if mix_len > room || copy_len > room - mix_len {
-            return Err(too_large("output", new_size as u64));
+            return Err(out.too_large().into());
         }
-        // Both are ≤ room ≤ new_size, a usize.
+        // Both are ≤ room ≤ the declared size, a usize.
         let (mix_len, copy_len) = (mix_len as usize, copy_len as usize);
         let old = base
             .get(base_pos..)
             .and_then(|rest| rest.get(..mix_len))
             .ok_or_else(|| corrupt("a control entry reads past the end of the base"))?;
-        let start = out.len();
-        // Within the capacity reserved above: no reallocation.
-        out.resize(start + mix_len + copy_len, 0);
-        patch
-            .read_exact(&mut out[start..])
-            .map_err(|_| corrupt("truncated"))?;
-        for (n, o) in out[start..start + mix_len].iter_mut().zip(old) {
-            *n = n.wrapping_add(*o);
+        // Every piece is ≤ mix_len or copy_len ≤ the declared size, and
+        // ≤ CHUNK, so it fits `chunk`.
+        for old in old.chunks(CHUNK) {
+            let diff = &mut chunk[..old.len()];
+            patch.read_exact(diff)?;
+            for (n, o) in diff.iter_mut().zip(old) {
+                *n = n.wrapping_add(*o);
+            }
+            out.write(diff)?;
+        }
+        let mut left = copy_len;
+        while left > 0 {
+            let extra = &mut chunk[..left.min(CHUNK)];
+            patch.read_exact(extra)?;
+            out.write(extra)?;
+            left -= extra.len();
         }
         // Sign-magnitude, as bsdiff writes it.
         let magnitude = i64::try_from(seek & !(1 << 63)).map_err(|_| corrupt("bad seek"))?;
@@ -143,7 +157,7 @@ fn bspatch(base: &[u8], patch: &mut impl Read, new_size: usize) -> Result<Vec<u8
             .and_then(|pos| usize::try_from(pos).ok())
             .ok_or_else(|| corrupt("a control entry seeks before the start of the base"))?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads one 24-byte control entry; `false` on a clean end of the stream.
@@ -178,10 +192,14 @@ mod tests {
     }
 
     fn run(base: &[u8], stream: &[u8], new_size: usize) -> Result<Vec<u8>, DeltaError> {
-        bspatch(base, &mut &stream[..], new_size).map_err(|e| match e {
+        let mut sink = Vec::new();
+        let mut out = Output::new(FORMAT, &mut sink, new_size);
+        bspatch(base, &mut &stream[..], &mut out).map_err(|e| match e {
             Error::Delta(e) => e,
             Error::Io(e) => io_error(e, 20),
-        })
+        })?;
+        out.finish()?;
+        Ok(sink)
     }
 
     #[test]
@@ -196,6 +214,36 @@ mod tests {
         bsdiff::patch(&base, &mut &stream[..], &mut reference).unwrap();
         assert_eq!(reference, new);
         assert_eq!(run(&base, &stream, new.len()).unwrap(), new);
+    }
+
+    #[test]
+    fn entries_longer_than_a_chunk_stream_in_chunks() {
+        /// Records the largest single write.
+        struct Largest(Vec<u8>, usize);
+        impl io::Write for Largest {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.1 = self.1.max(buf.len());
+                self.0.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (mix, copy) = (3 * CHUNK + 5, CHUNK + 1);
+        let base: Vec<u8> = (0..mix).map(|i| (i % 251) as u8).collect();
+        let stream = [
+            entry(mix as u64, copy as u64, 0),
+            vec![1; mix],
+            vec![7; copy],
+        ]
+        .concat();
+        let mut sink = Largest(Vec::new(), 0);
+        let mut out = Output::new(FORMAT, &mut sink, mix + copy);
+        assert!(bspatch(&base, &mut &stream[..], &mut out).is_ok());
+        out.finish().unwrap();
+        let expected: Vec<u8> = base.iter().map(|b| b + 1).chain(vec![7; copy]).collect();
+        assert!(sink.0 == expected);
+        assert_eq!(sink.1, CHUNK);
     }
 
     #[test]

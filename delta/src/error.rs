@@ -71,4 +71,14 @@ pub enum DeltaError {
         #[source]
         source: Option<Box<DeltaError>>,
     },
+    /// The caller's writer failed while [`crate::apply_to`] was writing the
+    /// output (disk full, closed pipe, …); says nothing about the patch.
+    #[error("writing the output of the {format:?} patch failed")]
+    Write {
+        /// Format of the patch.
+        format: DeltaFormat,
+        /// The writer's error.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -13,34 +13,46 @@
 //!   the base build as raw-content reference prefix, long-distance matching
 //!   on, and a window covering base + new.
 //!
-//! Blobs are exactly what is stored and served. This crate does no I/O.
+//! Blobs are exactly what is stored and served. This crate does no file I/O:
+//! [`apply_to`] writes to the caller's writer, [`apply`] into a `Vec`.
 //!
-//! # Memory bounds of [`apply`]
+//! # Memory bounds of [`apply_to`]
 //!
 //! Everything allocated is derived from the caller's declared `new_size`
 //! (from the signed manifest) and the base length, never from the patch:
 //!
-//! - The output buffer is allocated once with capacity `new_size` and never
-//!   grows; a patch that would write more fails with
-//!   [`DeltaError::TooLarge`] (`what = "output"`).
-//! - `bsdiff-zstd` is decompressed as a stream, so only the zstd window is
-//!   held, capped at 2^[`bsdiff_window_log`]`(new_size)` ≤ 1 MiB; the
+//! - The output goes to the caller's writer through a bound that refuses to
+//!   pass `new_size` bytes ([`DeltaError::TooLarge`], `what = "output"`) and
+//!   counts them ([`DeltaError::WrongSize`] if short).
+//! - `bsdiff-zstd` holds no output: the patch is decompressed as a stream,
+//!   with a zstd window capped at 2^[`bsdiff_window_log`]`(new_size)` ≤ 1 MiB,
+//!   and the patched bytes go out in 64 KiB chunks as they are produced. The
 //!   control stream is checked entry by entry (output space left, base
 //!   bounds, seek range), and at most `new_size + 1` entries are accepted —
 //!   `bsdiff` emits at most one entry per distinct scan position in
 //!   `0..=new_size`, and the cap keeps a bomb of empty entries from spinning.
-//! - `zstd-patch-from` is decompressed in one shot straight into the output
-//!   buffer (no window buffer is allocated at all); the frame's declared
-//!   content size is checked against `new_size` first, and the decoder's
-//!   window limit is set to [`patch_from_window_log`] of the sizes.
+//!   Memory: base + patch + ≈ 1.2 MiB.
+//! - `zstd-patch-from` is decompressed as a stream too, but zstd's decoder
+//!   keeps a window buffer of min(window, content size) ≈ the new build
+//!   (matches reach back across the whole new build into the base), with the
+//!   window limit set to [`patch_from_window_log`] of the sizes and a frame
+//!   declaring more content than `new_size` refused up front. Memory: base +
+//!   patch + ≈ new, so this format cannot be applied below ≈ 2× the build.
 //! - Declared sizes above [`MAX_SIZE`] are refused up front.
+//!
+//! [`apply`] adds a `Vec` of `new_size` bytes to that.
 //!
 //! Applying does not check the result's hash: the caller compares it with the
 //! manifest's `sha256` and falls back to the full artifact on mismatch.
 
 mod bsdiff_zstd;
 mod error;
+mod output;
 mod patch_from;
+
+use std::io::Write;
+
+use output::Output;
 
 pub use error::DeltaError;
 pub use outrider_signing::DeltaFormat;
@@ -58,6 +70,9 @@ pub const LEVEL: i32 = 19;
 /// (docs/benchmarks.md) 2^23 and 2^20 gave the same patch size to the byte and
 /// 2^17 a smaller one, while every window byte is client memory when applying.
 pub const BSDIFF_MAX_WINDOW_LOG: u32 = 20;
+
+/// zstd's message when a frame's window exceeds `WindowLogMax`.
+const WINDOW_TOO_LARGE: &str = "Frame requires too much memory for decoding";
 
 /// Formats [`create_smallest`] tries, in order of preference on a tie.
 pub const SUPPORTED: [DeltaFormat; 2] = [DeltaFormat::BsdiffZstd, DeltaFormat::ZstdPatchFrom];
@@ -100,6 +115,11 @@ pub fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, D
 /// The caller keeps it only if it is smaller than the zstd-compressed full
 /// build.
 ///
+/// Only size decides: `bsdiff-zstd` is also the format that is cheaper to
+/// apply (base + ≈ 1.2 MiB through [`apply_to`], against base + ≈ new for
+/// `zstd-patch-from`; see the crate docs), and it is first on a tie, but a
+/// smaller `zstd-patch-from` blob still wins.
+///
 /// # Errors
 ///
 /// As [`create`], for whichever format fails first.
@@ -117,8 +137,44 @@ pub fn create_smallest(base: &[u8], new: &[u8]) -> Result<(DeltaFormat, Vec<u8>)
 
 /// Applies a patch blob to `base`, producing exactly `new_size` bytes.
 ///
-/// Memory is bounded by the declared sizes (see the crate docs); the result's
-/// hash is for the caller to check.
+/// [`apply_to`] into a `Vec` of capacity `new_size`: memory is that of
+/// [`apply_to`] plus the output. Prefer [`apply_to`] where the output goes to
+/// a file anyway.
+///
+/// # Errors
+///
+/// As [`apply_to`], except that there is no writer to fail; also
+/// [`DeltaError::TooLarge`] (`what = "output"`) if `new_size` bytes cannot be
+/// allocated.
+pub fn apply(
+    format: DeltaFormat,
+    base: &[u8],
+    patch: &[u8],
+    new_size: u64,
+) -> Result<Vec<u8>, DeltaError> {
+    let capacity = check_inputs(format, base, new_size)?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(capacity)
+        .map_err(|_| DeltaError::TooLarge {
+            format,
+            what: "output",
+            limit: new_size,
+        })?;
+    // The bound inside `apply_to` keeps `out` within its capacity.
+    apply_to(format, base, patch, new_size, &mut out)?;
+    Ok(out)
+}
+
+/// Applies a patch blob to `base`, writing exactly `new_size` bytes to `out`
+/// as they are produced (no output buffer for bsdiff-zstd: memory is the
+/// base, the patch, the zstd window and a small chunk). Same errors as
+/// `apply`; on error `out` may have received a prefix — the caller discards
+/// it.
+///
+/// Writes are at most 64 KiB but can be a few bytes each (one per bsdiff
+/// control entry), so give a file a `BufWriter`; `out` is flushed at the end.
+/// Memory is bounded by the declared sizes (see the crate docs); the
+/// result's hash is for the caller to check, e.g. with a hashing writer.
 ///
 /// # Errors
 ///
@@ -126,31 +182,23 @@ pub fn create_smallest(base: &[u8], new: &[u8]) -> Result<(DeltaFormat, Vec<u8>)
 /// [`DeltaError::TooLarge`] if `new_size` or `base` exceed [`MAX_SIZE`] or the
 /// patch asks for more output, window or control entries than the sizes
 /// allow; [`DeltaError::Corrupt`] for a malformed or truncated patch;
-/// [`DeltaError::WrongSize`] if it produces fewer than `new_size` bytes.
-pub fn apply(
+/// [`DeltaError::WrongSize`] if it produces fewer than `new_size` bytes;
+/// [`DeltaError::Write`] if writing to or flushing `out` fails.
+pub fn apply_to(
     format: DeltaFormat,
     base: &[u8],
     patch: &[u8],
     new_size: u64,
-) -> Result<Vec<u8>, DeltaError> {
-    if format == DeltaFormat::Unknown {
-        return Err(DeltaError::UnknownFormat(format));
-    }
-    check_size(format, base.len() as u64)?;
-    let new_size = check_size(format, new_size)?;
-    let out = match format {
-        DeltaFormat::BsdiffZstd => bsdiff_zstd::apply(base, patch, new_size)?,
-        DeltaFormat::ZstdPatchFrom => patch_from::apply(base, patch, new_size)?,
+    out: &mut dyn Write,
+) -> Result<(), DeltaError> {
+    let new_size = check_inputs(format, base, new_size)?;
+    let mut output = Output::new(format, out, new_size);
+    match format {
+        DeltaFormat::BsdiffZstd => bsdiff_zstd::apply(base, patch, &mut output)?,
+        DeltaFormat::ZstdPatchFrom => patch_from::apply(base, patch, &mut output)?,
         DeltaFormat::Unknown => return Err(DeltaError::UnknownFormat(format)),
-    };
-    if out.len() != new_size {
-        return Err(DeltaError::WrongSize {
-            format,
-            expected: new_size as u64,
-            got: out.len() as u64,
-        });
     }
-    Ok(out)
+    output.finish()
 }
 
 /// zstd window log for a `bsdiff-zstd` patch of a build of `new_size` bytes:
@@ -204,6 +252,16 @@ fn compress(
 fn ceil_log2(n: u64) -> u32 {
     let log = u64::BITS - n.saturating_sub(1).leading_zeros();
     log.clamp(10, 31)
+}
+
+/// Refuses an unknown format and sizes above [`MAX_SIZE`] before anything
+/// is allocated; returns `new_size`.
+fn check_inputs(format: DeltaFormat, base: &[u8], new_size: u64) -> Result<usize, DeltaError> {
+    if format == DeltaFormat::Unknown {
+        return Err(DeltaError::UnknownFormat(format));
+    }
+    check_size(format, base.len() as u64)?;
+    check_size(format, new_size)
 }
 
 fn check_size(format: DeltaFormat, size: u64) -> Result<usize, DeltaError> {

@@ -7,7 +7,7 @@
 //! An installed build is hashed again every time it is used, so a file
 //! changed on disk is never loaded.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use outrider_signing::{Sha256, TrustedRoot};
@@ -127,8 +127,23 @@ impl Updater {
             (Some(_), Some(build)) => std::fs::read(&build.path).ok(),
             _ => None,
         };
-        let fetched = self.client.fetch(&install, base.as_deref())?;
-        let path = self.install(&install.artifact.sha256, &fetched.library)?;
+        let tmp_dir = self
+            .layout
+            .versions_dir
+            .join(format!(".tmp-{}", install.artifact.sha256));
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+        std::fs::create_dir_all(&tmp_dir).map_err(StubError::io("creating", &tmp_dir))?;
+        let fetched = self
+            .client
+            .fetch(&install, base.as_deref(), &tmp_dir.join(LIBRARY_FILE));
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp_dir);
+                return Err(e.into());
+            }
+        };
+        let path = self.install(&install.artifact.sha256, &tmp_dir)?;
         let via = match fetched.via {
             Via::Delta(format) => format!("delta ({format:?})"),
             Via::Full => "full download".to_owned(),
@@ -162,21 +177,12 @@ impl Updater {
         })
     }
 
-    /// Writes a verified library to `versions/<sha>/` atomically.
-    fn install(&self, sha256: &Sha256, library: &[u8]) -> Result<PathBuf, StubError> {
+    /// Moves a verified library from its temp dir to `versions/<sha>/`
+    /// (rename + directory fsync: after a crash it is either whole or absent).
+    fn install(&self, sha256: &Sha256, tmp_dir: &Path) -> Result<PathBuf, StubError> {
         let final_dir = self.layout.versions_dir.join(sha256.to_string());
-        let tmp_dir = self.layout.versions_dir.join(format!(".tmp-{sha256}"));
-        let _ = std::fs::remove_dir_all(&tmp_dir);
-        std::fs::create_dir_all(&tmp_dir).map_err(StubError::io("creating", &tmp_dir))?;
-        let tmp_file = tmp_dir.join(LIBRARY_FILE);
-        let mut file =
-            std::fs::File::create(&tmp_file).map_err(StubError::io("creating", &tmp_file))?;
-        file.write_all(library)
-            .and_then(|()| file.sync_all())
-            .map_err(StubError::io("writing", &tmp_file))?;
-        drop(file);
         let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&tmp_dir, &final_dir)
+        std::fs::rename(tmp_dir, &final_dir)
             .map_err(StubError::io("renaming into place", &final_dir))?;
         std::fs::File::open(&self.layout.versions_dir)
             .and_then(|d| d.sync_all())

@@ -26,6 +26,7 @@
 
 mod download;
 mod error;
+mod output;
 mod plan;
 mod transport;
 
@@ -55,12 +56,10 @@ pub enum Via {
     Full,
 }
 
-/// A verified library, ready to install.
+/// A verified library, written to the destination the caller chose.
 #[derive(Debug)]
 pub struct Fetched {
-    /// The library bytes; their SHA-256 equals the planned artifact's.
-    pub library: Vec<u8>,
-    /// How they were obtained.
+    /// How it was obtained.
     pub via: Via,
     /// Why the delta was not used, when one was planned but failed.
     pub delta_failure: Option<UpdateError>,
@@ -133,16 +132,22 @@ impl<T: Transport> UpdateClient<T> {
         outrider_signing::verify_manifest(root, &bytes, &policy).map_err(UpdateError::Manifest)
     }
 
-    /// Step 4: obtains the planned build, by delta from `base` (the library
-    /// the client runs) when the plan has one, else — or when the delta
-    /// fails in any way — by the full artifact.
-    pub fn fetch(&self, install: &Install, base: Option<&[u8]>) -> Result<Fetched, UpdateError> {
+    /// Step 4: writes the planned build to `dest`, by delta from `base`
+    /// (the library the client runs) when the plan has one, else — or when
+    /// the delta fails in any way — from the full artifact. On success
+    /// `dest` holds exactly the library the manifest names, fsynced; on
+    /// failure it does not exist.
+    pub fn fetch(
+        &self,
+        install: &Install,
+        base: Option<&[u8]>,
+        dest: &Path,
+    ) -> Result<Fetched, UpdateError> {
         let mut delta_failure = None;
         if let (Some(delta), Some(base)) = (&install.delta, base) {
-            match self.fetch_delta(&install.artifact, delta, base) {
-                Ok(library) => {
+            match self.fetch_delta(&install.artifact, delta, base, dest) {
+                Ok(()) => {
                     return Ok(Fetched {
-                        library,
                         via: Via::Delta(delta.format),
                         delta_failure: None,
                     });
@@ -153,16 +158,15 @@ impl<T: Transport> UpdateClient<T> {
                 }
             }
         }
-        let library = self.fetch_full(&install.artifact)?;
+        self.fetch_full(&install.artifact, dest)?;
         Ok(Fetched {
-            library,
             via: Via::Full,
             delta_failure,
         })
     }
 
-    /// Downloads and verifies a full artifact.
-    pub fn fetch_full(&self, artifact: &Artifact) -> Result<Vec<u8>, UpdateError> {
+    /// Downloads a full artifact and writes the verified library to `dest`.
+    pub fn fetch_full(&self, artifact: &Artifact, dest: &Path) -> Result<(), UpdateError> {
         let blob = download::blob(
             &self.transport,
             &self.downloads,
@@ -170,18 +174,20 @@ impl<T: Transport> UpdateClient<T> {
             artifact.zstd_size,
             "compressed build",
         )?;
-        let library = decompress_capped(&blob, artifact.size, &artifact.sha256)?;
-        check_hash("agent library", &artifact.sha256, &library)?;
-        Ok(library)
+        output::write_verified(dest, artifact, "agent library", |out| {
+            decompress_to(&blob, artifact.size, &artifact.sha256, out)
+        })
     }
 
-    /// Downloads a delta, applies it to `base` and verifies the result.
+    /// Downloads a delta, applies it to `base` and writes the verified
+    /// result to `dest`.
     pub fn fetch_delta(
         &self,
         artifact: &Artifact,
         delta: &outrider_signing::Delta,
         base: &[u8],
-    ) -> Result<Vec<u8>, UpdateError> {
+        dest: &Path,
+    ) -> Result<(), UpdateError> {
         let patch = download::blob(
             &self.transport,
             &self.downloads,
@@ -189,15 +195,14 @@ impl<T: Transport> UpdateClient<T> {
             delta.size,
             "delta",
         )?;
-        let library =
-            outrider_delta::apply(delta.format, base, &patch, artifact.size).map_err(|source| {
-                UpdateError::Delta {
+        output::write_verified(dest, artifact, "library rebuilt from delta", |out| {
+            outrider_delta::apply_to(delta.format, base, &patch, artifact.size, out).map_err(
+                |source| UpdateError::Delta {
                     format: delta.format,
                     source,
-                }
-            })?;
-        check_hash("library rebuilt from delta", &artifact.sha256, &library)?;
-        Ok(library)
+                },
+            )
+        })
     }
 }
 
@@ -228,31 +233,30 @@ pub fn next_time_floor(
     }
 }
 
-/// Decompresses a zstd blob, refusing output beyond `size` bytes (a zstd
-/// bomb stops at the cap instead of filling memory).
-pub fn decompress_capped(
+/// Streams the decompression of a zstd blob into `out`, refusing output
+/// beyond `size` bytes (a zstd bomb stops at the cap instead of filling the
+/// disk or memory).
+pub fn decompress_to(
     compressed: &[u8],
     size: u64,
     sha256: &Sha256,
-) -> Result<Vec<u8>, UpdateError> {
+    out: &mut dyn std::io::Write,
+) -> Result<(), UpdateError> {
     use std::io::Read;
     let fail = |reason: String| UpdateError::Decompress {
         sha256: *sha256,
         reason,
     };
     let decoder = zstd::stream::read::Decoder::new(compressed).map_err(|e| fail(e.to_string()))?;
-    let mut out = Vec::with_capacity(size.min(256 << 20) as usize);
-    decoder
-        .take(size + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| fail(e.to_string()))?;
-    if out.len() as u64 > size {
+    let written =
+        std::io::copy(&mut decoder.take(size + 1), out).map_err(|e| fail(e.to_string()))?;
+    if written > size {
         return Err(UpdateError::TooLarge {
             what: "decompressed build",
             limit: size,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Checks that `bytes` hash to `expected`.

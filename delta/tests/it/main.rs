@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
-use outrider_delta::{DeltaError, DeltaFormat, apply, create, create_smallest};
+use outrider_delta::{DeltaError, DeltaFormat, apply, apply_to, create, create_smallest};
 use proptest::prelude::*;
 
 const FORMATS: [DeltaFormat; 2] = [DeltaFormat::BsdiffZstd, DeltaFormat::ZstdPatchFrom];
@@ -228,17 +228,19 @@ fn window_beyond_the_declared_sizes_is_too_large() {
     encoder.window_log(14).unwrap();
     encoder.write_all(&build_like(20_000, 3)).unwrap();
     let patch = encoder.finish().unwrap();
-    let err = apply(DeltaFormat::BsdiffZstd, b"", &patch, 100).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DeltaError::TooLarge {
-                what: "zstd window",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    for format in FORMATS {
+        let err = apply(format, b"", &patch, 100).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeltaError::TooLarge {
+                    what: "zstd window",
+                    ..
+                }
+            ),
+            "{format:?}: {err:?}"
+        );
+    }
 }
 
 #[test]
@@ -255,6 +257,107 @@ fn unknown_format_is_refused() {
         matches!(err, DeltaError::UnknownFormat(DeltaFormat::Unknown)),
         "{err:?}"
     );
+}
+
+#[test]
+fn apply_to_a_vec_equals_apply() {
+    let fx = fixture();
+    for (format, patch) in &fx.patches {
+        let mut out = Vec::new();
+        apply_to(*format, &fx.base, patch, fx.new.len() as u64, &mut out).unwrap();
+        assert!(out == fx.new, "{format:?} did not reproduce the new build");
+        assert!(out == apply(*format, &fx.base, patch, fx.new.len() as u64).unwrap());
+    }
+}
+
+/// Accepts `room` bytes, then fails every write; or fails only on flush.
+struct Failing {
+    room: usize,
+    fail_flush: bool,
+}
+
+impl Write for Failing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::Error::other("disk full"));
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.fail_flush {
+            Err(std::io::Error::other("flush failed"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn a_failing_writer_is_a_write_error() {
+    let fx = fixture();
+    let len = fx.new.len();
+    for (format, patch) in &fx.patches {
+        for (room, fail_flush) in [(0, false), (len / 2, false), (len, true)] {
+            let mut out = Failing { room, fail_flush };
+            let err = apply_to(*format, &fx.base, patch, len as u64, &mut out).unwrap_err();
+            let expected = if fail_flush {
+                "flush failed"
+            } else {
+                "disk full"
+            };
+            assert!(
+                matches!(&err, DeltaError::Write { format: f, source } if f == format && source.to_string() == expected),
+                "{format:?} room {room}: {err:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn apply_to_refuses_too_much_or_too_little_output() {
+    let fx = fixture();
+    let len = fx.new.len() as u64;
+    for (format, patch) in &fx.patches {
+        let mut out = Vec::new();
+        let err = apply_to(*format, &fx.base, patch, len + 1, &mut out).unwrap_err();
+        assert!(
+            matches!(err, DeltaError::WrongSize { expected, got, .. } if expected == len + 1 && got == len),
+            "{format:?}: {err:?}"
+        );
+        let mut out = Vec::new();
+        let err = apply_to(*format, &fx.base, patch, len - 1, &mut out).unwrap_err();
+        assert!(
+            matches!(err, DeltaError::TooLarge { what: "output", limit, .. } if limit == len - 1),
+            "{format:?}: {err:?}"
+        );
+        assert!((out.len() as u64) < len, "{format:?} wrote {}", out.len());
+    }
+    // Without a content size in the frame, patch-from is stopped by the
+    // output bound itself while streaming, not by the header check.
+    let mut out = Vec::new();
+    let err = apply_to(
+        DeltaFormat::ZstdPatchFrom,
+        b"base",
+        &zero_bomb(&[], false),
+        100_000,
+        &mut out,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeltaError::TooLarge {
+                what: "output",
+                limit: 100_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(out.len() <= 100_000, "wrote {}", out.len());
 }
 
 fn any_format() -> impl Strategy<Value = DeltaFormat> {
@@ -279,6 +382,30 @@ proptest! {
         let patch = if zstd_magic { [&[0x28, 0xb5, 0x2f, 0xfd][..], &patch].concat() } else { patch };
         if let Ok(out) = apply(format, &base, &patch, new_size) {
             prop_assert_eq!(out.len() as u64, new_size);
+        }
+    }
+
+    #[test]
+    fn garbage_through_apply_to_never_panics(
+        format in any_format(),
+        base in proptest::collection::vec(any::<u8>(), 0..256),
+        patch in proptest::collection::vec(any::<u8>(), 0..512),
+        zstd_magic in any::<bool>(),
+        new_size in 0u64..4096,
+        room in 0usize..5000,
+    ) {
+        let patch = if zstd_magic { [&[0x28, 0xb5, 0x2f, 0xfd][..], &patch].concat() } else { patch };
+        let mut out = Vec::new();
+        let result = apply_to(format, &base, &patch, new_size, &mut out);
+        prop_assert!(out.len() as u64 <= new_size);
+        if result.is_ok() {
+            prop_assert_eq!(out.len() as u64, new_size);
+            prop_assert_eq!(&out, &apply(format, &base, &patch, new_size).unwrap());
+        }
+        // The same through a writer that gives out part way.
+        let mut failing = Failing { room, fail_flush: false };
+        if apply_to(format, &base, &patch, new_size, &mut failing).is_ok() {
+            prop_assert!(room >= new_size as usize);
         }
     }
 

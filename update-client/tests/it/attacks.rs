@@ -16,6 +16,16 @@ use crate::server::{Fault, FaultyServer};
 
 const SIZE: usize = 300_000;
 
+/// Where the tests let the client write the library.
+fn dest(repo: &Repo) -> std::path::PathBuf {
+    repo.path().join("out.so")
+}
+
+/// The library the client wrote.
+fn written(repo: &Repo) -> Vec<u8> {
+    std::fs::read(dest(repo)).unwrap()
+}
+
 fn file_client(repo: &Repo) -> UpdateClient<FileTransport> {
     UpdateClient::new(
         FileTransport::new(repo.path()),
@@ -72,10 +82,12 @@ fn delta_update_rebuilds_the_exact_library() {
     let client = file_client(&repo);
     let install = install_of(&client, &repo, Some(v1.artifact.sha256));
     assert_eq!(install.delta.as_ref(), Some(&delta));
-    let fetched = client.fetch(&install, Some(&v1.library)).unwrap();
+    let fetched = client
+        .fetch(&install, Some(&v1.library), &dest(&repo))
+        .unwrap();
     assert_eq!(fetched.via, Via::Delta(delta.format));
     assert!(fetched.delta_failure.is_none());
-    assert_eq!(fetched.library, v2.library);
+    assert_eq!(written(&repo), v2.library);
 }
 
 #[test]
@@ -91,7 +103,7 @@ fn tampered_artifact_is_a_hash_mismatch() {
 
     let client = file_client(&repo);
     let install = install_of(&client, &repo, None);
-    let err = client.fetch(&install, None).unwrap_err();
+    let err = client.fetch(&install, None, &dest(&repo)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -109,6 +121,7 @@ fn tampered_artifact_is_a_hash_mismatch() {
             .exists(),
         "poisoned part deleted"
     );
+    assert!(!dest(&repo).exists(), "nothing written at the destination");
 }
 
 #[test]
@@ -126,20 +139,22 @@ fn tampered_delta_falls_back_to_the_full_build() {
 
     let client = file_client(&repo);
     let err = client
-        .fetch_delta(&v2.artifact, &delta, &v1.library)
+        .fetch_delta(&v2.artifact, &delta, &v1.library, &dest(&repo))
         .unwrap_err();
     assert!(
         matches!(err, UpdateError::HashMismatch { what: "delta", .. }),
         "{err:?}"
     );
     let install = install_of(&client, &repo, Some(v1.artifact.sha256));
-    let fetched = client.fetch(&install, Some(&v1.library)).unwrap();
+    let fetched = client
+        .fetch(&install, Some(&v1.library), &dest(&repo))
+        .unwrap();
     assert_eq!(fetched.via, Via::Full);
     assert!(matches!(
         fetched.delta_failure,
         Some(UpdateError::HashMismatch { what: "delta", .. })
     ));
-    assert_eq!(fetched.library, v2.library);
+    assert_eq!(written(&repo), v2.library);
 }
 
 #[test]
@@ -151,7 +166,7 @@ fn delta_against_the_wrong_base_is_caught_by_the_result_hash() {
     let other = repo.build(9, SIZE);
     let client = file_client(&repo);
     let err = client
-        .fetch_delta(&v2.artifact, &delta, &other.library)
+        .fetch_delta(&v2.artifact, &delta, &other.library, &dest(&repo))
         .unwrap_err();
     assert!(
         matches!(
@@ -177,7 +192,9 @@ fn zstd_bomb_stops_at_the_declared_size() {
         zstd_size: bomb.len() as u64,
     };
     repo.publish("stable", Target::full("bomb".into(), 1, artifact.clone()));
-    let err = file_client(&repo).fetch_full(&artifact).unwrap_err();
+    let err = file_client(&repo)
+        .fetch_full(&artifact, &dest(&repo))
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -197,7 +214,7 @@ fn endless_data_is_cut_at_the_declared_size() {
     repo.publish("stable", Target::full("1".into(), 1, v1.artifact.clone()));
     let server = FaultyServer::start(repo.path().to_owned(), Fault::Endless(1 << 20));
     let err = http_client(&repo, &server)
-        .fetch_full(&v1.artifact)
+        .fetch_full(&v1.artifact, &dest(&repo))
         .unwrap_err();
     assert!(
         matches!(
@@ -233,10 +250,10 @@ fn interrupted_download_resumes_with_a_range_request() {
     let cut = (v1.artifact.zstd_size / 3) as usize;
     let server = FaultyServer::start(repo.path().to_owned(), Fault::CutOnceAfter(cut));
     let client = http_client(&repo, &server);
-    let err = client.fetch_full(&v1.artifact).unwrap_err();
+    let err = client.fetch_full(&v1.artifact, &dest(&repo)).unwrap_err();
     assert!(err.is_transient(), "a cut connection is transient: {err:?}");
-    let library = client.fetch_full(&v1.artifact).unwrap();
-    assert_eq!(library, v1.library);
+    client.fetch_full(&v1.artifact, &dest(&repo)).unwrap();
+    assert_eq!(written(&repo), v1.library);
     assert_eq!(
         *server.ranges_seen.lock().unwrap(),
         vec![cut as u64],
@@ -259,12 +276,10 @@ fn a_source_ignoring_ranges_restarts_the_download() {
     )
     .unwrap();
     let server = FaultyServer::start(repo.path().to_owned(), Fault::IgnoreRange);
-    assert_eq!(
-        http_client(&repo, &server)
-            .fetch_full(&v1.artifact)
-            .unwrap(),
-        v1.library
-    );
+    http_client(&repo, &server)
+        .fetch_full(&v1.artifact, &dest(&repo))
+        .unwrap();
+    assert_eq!(written(&repo), v1.library);
     // It asked to resume, got the whole blob instead, and used it in one request.
     assert_eq!(*server.ranges_seen.lock().unwrap(), vec![1000]);
     assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -335,12 +350,14 @@ fn operator_rollback_is_a_higher_sequence_pointing_at_an_older_build() {
         panic!()
     };
     assert_eq!(install.version, "1");
-    let fetched = client.fetch(&install, Some(&v2.library)).unwrap();
+    let fetched = client
+        .fetch(&install, Some(&v2.library), &dest(&repo))
+        .unwrap();
     assert!(matches!(
         fetched.via,
         Via::Delta(DeltaFormat::BsdiffZstd | DeltaFormat::ZstdPatchFrom)
     ));
-    assert_eq!(fetched.library, v1.library);
+    assert_eq!(written(&repo), v1.library);
 }
 
 #[test]
