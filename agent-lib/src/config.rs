@@ -54,6 +54,12 @@ pub struct AgentToml {
     /// default, or a static host / CDN serving `outrider release export`.
     #[serde(default)]
     pub update_url: Option<String>,
+    /// Seconds between the stub's update checks (used by the stub).
+    #[serde(default)]
+    pub update_interval_secs: Option<u64>,
+    /// Seconds a new build has to report health OK (used by the stub).
+    #[serde(default)]
+    pub probation_secs: Option<u64>,
     /// Update channel (used by the stub), [`DEFAULT_CHANNEL`] when absent.
     #[serde(default = "default_channel")]
     pub channel: String,

@@ -31,7 +31,7 @@
 //!   bounds, seek range), and at most `new_size + 1` entries are accepted —
 //!   `bsdiff` emits at most one entry per distinct scan position in
 //!   `0..=new_size`, and the cap keeps a bomb of empty entries from spinning.
-//!   Memory: base + patch + ≈ 1.2 MiB.
+//!   Memory: base + patch + ≈ 1.5 MiB.
 //! - `zstd-patch-from` is decompressed as a stream too, but zstd's decoder
 //!   keeps a window buffer of min(window, content size) ≈ the new build
 //!   (matches reach back across the whole new build into the base), with the
@@ -116,7 +116,7 @@ pub fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, D
 /// build.
 ///
 /// Only size decides: `bsdiff-zstd` is also the format that is cheaper to
-/// apply (base + ≈ 1.2 MiB through [`apply_to`], against base + ≈ new for
+/// apply (base + ≈ 1.5 MiB through [`apply_to`], against base + ≈ new for
 /// `zstd-patch-from`; see the crate docs), and it is first on a tie, but a
 /// smaller `zstd-patch-from` blob still wins.
 ///
@@ -138,8 +138,10 @@ pub fn create_smallest(base: &[u8], new: &[u8]) -> Result<(DeltaFormat, Vec<u8>)
 /// Applies a patch blob to `base`, producing exactly `new_size` bytes.
 ///
 /// [`apply_to`] into a `Vec` of capacity `new_size`: memory is that of
-/// [`apply_to`] plus the output. Prefer [`apply_to`] where the output goes to
-/// a file anyway.
+/// [`apply_to`] plus the output (≈ 2.2× the build for `bsdiff-zstd`, ≈ 3.1×
+/// for `zstd-patch-from`, whose decoder window is another copy of the build;
+/// docs/benchmarks.md). Prefer [`apply_to`] where the output goes to a file
+/// anyway.
 ///
 /// # Errors
 ///

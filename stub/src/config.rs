@@ -5,6 +5,7 @@
 //! add settings to `agent.toml`. The library validates the whole file.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -12,6 +13,10 @@ use crate::StubError;
 
 /// Channel used when `agent.toml` names none.
 pub const DEFAULT_CHANNEL: &str = "stable";
+/// Seconds between update checks when `agent.toml` names none.
+pub const DEFAULT_UPDATE_INTERVAL_SECS: u64 = 900;
+/// Seconds a new build has to report health OK.
+pub const DEFAULT_PROBATION_SECS: u64 = 60;
 
 /// What the stub needs to find its updates.
 #[derive(Clone, Debug)]
@@ -25,12 +30,18 @@ pub struct StubConfig {
     pub channel: outrider_signing::Channel,
     /// The whole text of `agent.toml`, handed to the library as-is.
     pub agent_toml: String,
+    /// Time between update checks (±10% jitter, so a fleet does not poll in step).
+    pub update_interval: Duration,
+    /// Time a new build has to report health OK before it is rolled back.
+    pub probation: Duration,
 }
 
 #[derive(Deserialize)]
 struct Raw {
     server_url: String,
     update_url: Option<String>,
+    update_interval_secs: Option<u64>,
+    probation_secs: Option<u64>,
     channel: Option<String>,
 }
 
@@ -52,12 +63,42 @@ impl StubConfig {
         let channel = channel
             .parse()
             .map_err(|e| err(format!("channel {channel:?}: {e}")))?;
+        let secs = |field: &str, value: Option<u64>, default: u64, max: u64| match value
+            .unwrap_or(default)
+        {
+            v @ 1.. if v <= max => Ok(Duration::from_secs(v)),
+            v => Err(err(format!("{field} must be between 1 and {max}, got {v}"))),
+        };
         Ok(StubConfig {
             server_url: url,
             update_url,
             channel,
+            update_interval: secs(
+                "update_interval_secs",
+                raw.update_interval_secs,
+                DEFAULT_UPDATE_INTERVAL_SECS,
+                86_400,
+            )?,
+            probation: secs(
+                "probation_secs",
+                raw.probation_secs,
+                DEFAULT_PROBATION_SECS,
+                3_600,
+            )?,
             agent_toml: text,
         })
+    }
+}
+
+impl StubConfig {
+    /// The update interval with ±10% random jitter.
+    pub fn jittered_update_interval(&self) -> Duration {
+        let mut byte = [0u8; 1];
+        // Without randomness the plain interval is still correct, just in step.
+        let _ = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut byte));
+        let factor = 0.9 + 0.2 * f64::from(byte[0]) / 255.0;
+        self.update_interval.mul_f64(factor)
     }
 }
 

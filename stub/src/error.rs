@@ -33,6 +33,12 @@ pub enum StubError {
     BadLibrary { path: PathBuf, reason: String },
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("another outrider-agent is running (it holds {lock})")]
+    AlreadyRunning { lock: PathBuf },
+    #[error("re-executing the stub")]
+    Reexec(#[source] std::io::Error),
+    #[error("no agent build can run")]
+    NoBuild,
     #[error("agent library did not stop within {secs} s")]
     StopTimeout { secs: u64 },
     #[error("agent library panicked outside its panic guard")]

@@ -1,12 +1,15 @@
-//! One generation: one loaded copy of the agent library running `run()` on
-//! its own thread (DESIGN.md §3–4).
+//! Generations: one loaded copy of the agent library running `run()` on its
+//! own thread (DESIGN.md §3–4), through three stages:
+//! [`Loaded`] (mapped, ABI checked, not running) → [`Generation`] (running)
+//! → [`Stopped`] (`run` returned, thread joined, still mapped) → unloaded.
 //!
 //! Discipline that makes unloading real:
 //! - every generation loads its own copy `run/agent.<version>.<gen>.so`
 //!   (dlopen of a path already loaded silently returns the old code);
 //! - all calls into the library happen on the generation thread; when
 //!   `run()` returns the thread exits, so its TLS destructors run while the
-//!   library is still mapped; the stub joins it and only then unloads.
+//!   library is still mapped; the stub joins it and only then unloads, and
+//!   then checks `/proc/self/maps` that the copy is really gone.
 //!
 //! The host callbacks the library calls are `extern "C"` functions here;
 //! each catches panics, because unwinding across `extern "C"` aborts.
@@ -15,8 +18,8 @@
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -61,15 +64,89 @@ struct HostInputs {
     stop_fd: i32,
 }
 
-/// How a stopped generation ended.
+/// A library copy that is mapped and whose ABI table was accepted.
 #[derive(Debug)]
-pub struct Outcome {
-    /// The return value of `run()` (see `outrider_abi::status`).
-    pub status: i32,
-    /// The state blob handed over via `put_state` (empty if none).
-    pub state: Vec<u8>,
-    /// The last health report, if any.
-    pub health: Option<(u32, String)>,
+pub struct Loaded {
+    library: libloading::Library,
+    api: &'static AgentApiV1,
+    run_copy: PathBuf,
+    build: Build,
+    number: u64,
+}
+
+impl Loaded {
+    /// Copies `build` to `run/agent.<version>.<number>.so`, loads it and
+    /// checks its ABI table.
+    ///
+    /// Fails when the copy or the load fails, the entry symbol is missing,
+    /// or the library refuses our ABI (or we refuse its). Nothing stays
+    /// mapped or on disk after a failure.
+    pub fn load(layout: &Layout, build: &Build, number: u64) -> Result<Loaded, StubError> {
+        let run_copy = layout
+            .run_dir
+            .join(format!("agent.{}.{number}.so", sanitize(&build.version)));
+        std::fs::copy(&build.path, &run_copy)
+            .map_err(StubError::io("copying build to", &run_copy))?;
+        match load(&run_copy) {
+            Ok((library, api)) => Ok(Loaded {
+                library,
+                api,
+                run_copy,
+                build: build.clone(),
+                number,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&run_copy);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts `run()` on a new thread with `state_in` and the host JSON
+    /// (`agent_toml`, directories, the build, and `events` to report).
+    pub fn start(
+        self,
+        layout: &Layout,
+        config: &StubConfig,
+        state_in: Vec<u8>,
+        events: &[String],
+    ) -> Result<Generation, StubError> {
+        let bad = |reason: String| StubError::BadLibrary {
+            path: self.run_copy.clone(),
+            reason,
+        };
+        let (stop_read, stop_write) =
+            pipe().map_err(|e| bad(format!("cannot create stop pipe: {e}")))?;
+        let host_config = serde_json::json!({
+            "agent_toml": config.agent_toml,
+            "config_dir": layout.config_dir,
+            "log_dir": layout.log_dir,
+            "build": { "sha256": self.build.sha256.to_string(), "version": self.build.version },
+            "events": events,
+        });
+        let inputs = HostInputs {
+            config: host_config.to_string().into_bytes(),
+            state_in,
+            data_dir: layout.data_dir.to_string_lossy().into_owned().into_bytes(),
+            stop_fd: stop_read.as_raw_fd(),
+        };
+        let context = Arc::new(HostContext::default());
+        let ctx_for_thread = context.clone();
+        let run_fn = self.api.run;
+        let thread = std::thread::Builder::new()
+            .name(format!("agent-gen-{}", self.number))
+            .spawn(move || run_generation(run_fn, &inputs, &ctx_for_thread))
+            .map_err(|e| bad(format!("cannot start the generation thread: {e}")))?;
+        info!(generation = self.number, path = %self.run_copy.display(), version = %self.build.version, "generation started");
+        Ok(Generation {
+            thread: Some(thread),
+            stop_write,
+            _stop_read: stop_read,
+            context,
+            loaded: Some(self),
+            started: Instant::now(),
+        })
+    }
 }
 
 /// A running generation.
@@ -79,79 +156,48 @@ pub struct Generation {
     stop_write: OwnedFd,
     /// Kept open until the thread is joined: the library polls it.
     _stop_read: OwnedFd,
-    context: std::sync::Arc<HostContext>,
-    library: Option<libloading::Library>,
-    run_copy: PathBuf,
+    context: Arc<HostContext>,
+    loaded: Option<Loaded>,
+    started: Instant,
+}
+
+/// How a generation's `run()` ended, with the library still mapped.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The return value of `run()` (see `outrider_abi::status`).
+    pub status: i32,
+    /// The state blob handed over via `put_state` (empty if none).
+    pub state: Vec<u8>,
+    /// The last health report, if any.
+    pub health: Option<(u32, String)>,
+    loaded: Loaded,
+}
+
+/// What unloading showed.
+#[derive(Debug)]
+pub struct Unloaded {
+    /// The copy is still in `/proc/self/maps` after `dlclose`.
+    pub still_mapped: bool,
+}
+
+/// Why [`Generation::stop`] gave up.
+#[derive(Debug)]
+pub enum StopFailure {
+    /// `run()` did not return in time; the library is leaked on purpose
+    /// (its code is still running) and the caller must re-exec.
+    Timeout,
+    /// The generation thread panicked outside the library's guard.
+    Panicked,
 }
 
 impl Generation {
-    /// Copies `build` to a unique run path, loads it, checks its ABI table
-    /// and starts `run()` on a new thread.
-    ///
-    /// Fails when the copy or the load fails, the entry symbol is missing,
-    /// or the library refuses our ABI (or we refuse its).
-    pub fn start(
-        layout: &Layout,
-        config: &StubConfig,
-        build: &Build,
-        number: u64,
-        state_in: Vec<u8>,
-    ) -> Result<Generation, StubError> {
-        let run_copy = layout
-            .run_dir
-            .join(format!("agent.{}.{number}.so", sanitize(&build.version)));
-        std::fs::copy(&build.path, &run_copy)
-            .map_err(StubError::io("copying build to", &run_copy))?;
-        let loaded = load(&run_copy);
-        let (library, api) = match loaded {
-            Ok(pair) => pair,
-            Err(e) => {
-                let _ = std::fs::remove_file(&run_copy);
-                return Err(e);
-            }
-        };
-        let bad = |reason: String| StubError::BadLibrary {
-            path: run_copy.clone(),
-            reason,
-        };
-        let agent_version = String::from_utf8_lossy(
-            // SAFETY: the library promises `agent_version` points to static
-            // bytes valid while it is loaded, and it is loaded here.
-            unsafe { api.agent_version.as_slice() },
-        )
-        .into_owned();
-        debug!(%agent_version, abi_minor = api.abi_minor, "agent library ABI accepted");
-
-        let (stop_read, stop_write) =
-            pipe().map_err(|e| bad(format!("cannot create stop pipe: {e}")))?;
-        let host_config = serde_json::json!({
-            "agent_toml": config.agent_toml,
-            "config_dir": layout.config_dir,
-            "log_dir": layout.log_dir,
-            "build": { "sha256": build.sha256.to_string(), "version": build.version },
-        });
-        let inputs = HostInputs {
-            config: host_config.to_string().into_bytes(),
-            state_in,
-            data_dir: layout.data_dir.to_string_lossy().into_owned().into_bytes(),
-            stop_fd: stop_read.as_raw_fd(),
-        };
-        let context = std::sync::Arc::new(HostContext::default());
-        let ctx_for_thread = context.clone();
-        let run_fn = api.run;
-        let thread = std::thread::Builder::new()
-            .name(format!("agent-gen-{number}"))
-            .spawn(move || run_generation(run_fn, &inputs, &ctx_for_thread))
-            .map_err(|e| bad(format!("cannot start the generation thread: {e}")))?;
-        info!(generation = number, path = %run_copy.display(), %agent_version, "generation started");
-        Ok(Generation {
-            thread: Some(thread),
-            stop_write,
-            _stop_read: stop_read,
-            context,
-            library: Some(library),
-            run_copy,
-        })
+    /// The build this generation runs.
+    pub fn build(&self) -> &Build {
+        &self
+            .loaded
+            .as_ref()
+            .expect("a running generation holds its library")
+            .build
     }
 
     /// Whether `run()` has returned.
@@ -159,56 +205,101 @@ impl Generation {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
-    /// The last health report of the library.
-    #[allow(dead_code)] // read by the probation logic of the hot-swap issue
-    pub fn health(&self) -> Option<(u32, String)> {
-        self.context.with(|r| r.health.clone())
+    /// Whether the library reported health OK at least once.
+    pub fn is_healthy(&self) -> bool {
+        self.context
+            .with(|r| matches!(r.health, Some((outrider_abi::health::OK, _))))
     }
 
-    /// Signals the library to stop, waits up to `deadline` for `run()` to
-    /// return, joins the thread, unloads the library and removes its copy.
-    ///
-    /// Fails with [`StubError::StopTimeout`] when the library does not
-    /// return in time; the library then stays loaded (unloading code that
-    /// still runs would crash the process) and the caller must exit.
-    pub fn stop(mut self, deadline: Duration) -> Result<Outcome, StubError> {
+    /// Time since `run()` was called.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Takes a pending `request_update_check` from the library.
+    pub fn take_update_request(&self) -> bool {
+        self.context
+            .with(|r| std::mem::take(&mut r.update_requested))
+    }
+
+    /// Signals the library to stop and waits up to `deadline` for `run()` to
+    /// return, then joins the thread. The library stays mapped until
+    /// [`Stopped::unload`].
+    pub fn stop(mut self, deadline: Duration) -> Result<Stopped, StopFailure> {
         if let Err(e) = poke(&self.stop_write) {
             warn!("cannot signal the stop pipe: {e}");
         }
         let started = Instant::now();
         while !self.is_finished() {
             if started.elapsed() > deadline {
-                // Leak the library on purpose: its code is still running.
-                std::mem::forget(self.library.take());
-                return Err(StubError::StopTimeout {
-                    secs: deadline.as_secs(),
-                });
+                // Leak the library on purpose: unmapping running code would crash.
+                std::mem::forget(self.loaded.take());
+                std::mem::forget(self.thread.take());
+                return Err(StopFailure::Timeout);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
         let status = match self.thread.take().map(JoinHandle::join) {
             Some(Ok(status)) => status,
-            Some(Err(_)) | None => return Err(StubError::GenerationPanicked),
+            Some(Err(_)) | None => {
+                std::mem::forget(self.loaded.take());
+                return Err(StopFailure::Panicked);
+            }
         };
-        if let Some(library) = self.library.take()
-            && let Err(e) = library.close()
-        {
-            warn!("unloading the agent library failed: {e}");
-        }
-        let _ = std::fs::remove_file(&self.run_copy);
         let (state, health) = self
             .context
             .with(|r| (r.state.take().unwrap_or_default(), r.health.take()));
-        Ok(Outcome {
+        let loaded = self
+            .loaded
+            .take()
+            .expect("a running generation holds its library");
+        Ok(Stopped {
             status,
             state,
             health,
+            loaded,
         })
     }
 }
 
+impl Stopped {
+    /// The build that ran.
+    pub fn build(&self) -> &Build {
+        &self.loaded.build
+    }
+
+    /// Unloads the library, removes its copy and checks that it left
+    /// `/proc/self/maps`.
+    pub fn unload(self) -> Unloaded {
+        unload(self.loaded.library, &self.loaded.run_copy)
+    }
+}
+
+fn unload(library: libloading::Library, run_copy: &Path) -> Unloaded {
+    if let Err(e) = library.close() {
+        warn!("unloading the agent library failed: {e}");
+    }
+    let still_mapped = is_mapped(run_copy);
+    let _ = std::fs::remove_file(run_copy);
+    Unloaded { still_mapped }
+}
+
+/// Whether `path` appears in `/proc/self/maps`.
+pub fn is_mapped(path: &Path) -> bool {
+    let needle = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/maps")
+        .is_ok_and(|maps| maps.lines().any(|l| l.ends_with(needle.as_ref())))
+}
+
+/// Number of threads of this process (`/proc/self/task`).
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 /// Loads the library at `path` and returns its checked ABI table.
-fn load(path: &std::path::Path) -> Result<(libloading::Library, &'static AgentApiV1), StubError> {
+fn load(path: &Path) -> Result<(libloading::Library, &'static AgentApiV1), StubError> {
     let bad = |reason: String| StubError::BadLibrary {
         path: path.to_owned(),
         reason,
@@ -234,9 +325,12 @@ fn load(path: &std::path::Path) -> Result<(libloading::Library, &'static AgentAp
     }
     // SAFETY: non-null, and the ABI guarantees it points to a static table
     // that lives as long as the library. The `'static` lifetime is a white
-    // lie bounded by `Generation`, which never uses it after unloading.
+    // lie bounded by `Loaded`, which never uses it after unloading.
     let api: &'static AgentApiV1 = unsafe { &*api_ptr };
     api.check().map_err(|e| bad(e.to_string()))?;
+    // SAFETY: `agent_version` points to static bytes valid while loaded.
+    let version = String::from_utf8_lossy(unsafe { api.agent_version.as_slice() }).into_owned();
+    debug!(%version, abi_minor = api.abi_minor, "agent library ABI accepted");
     Ok((library, api))
 }
 
@@ -359,5 +453,11 @@ mod tests {
         assert_eq!(sanitize("0.1.0+abc"), "0.1.0+abc");
         assert_eq!(sanitize("../../etc/passwd"), ".._.._etc_passwd");
         assert_eq!(sanitize("sha256:abc"), "sha256_abc");
+    }
+
+    #[test]
+    fn maps_and_threads_are_readable() {
+        assert!(thread_count() >= 1);
+        assert!(!is_mapped(Path::new("/nonexistent/agent.so")));
     }
 }

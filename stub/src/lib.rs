@@ -16,109 +16,37 @@
 
 mod config;
 mod error;
-mod generation;
+pub mod generation;
 mod layout;
+mod lock;
+mod reexec;
 mod signals;
 mod state;
+pub mod supervisor;
 pub mod update;
 
-use std::time::Duration;
-
-use tracing::{info, warn};
+use tracing::info;
 
 pub use crate::error::{StubError, chain as error_chain};
 pub use crate::layout::Layout;
-use crate::signals::{Signal, Signals};
-
-/// First retry delay when no build can be obtained.
-const RETRY_MIN: Duration = Duration::from_secs(1);
-/// Longest retry delay when no build can be obtained.
-const RETRY_MAX: Duration = Duration::from_secs(60);
-/// How long a generation gets to return from `run()` after the stop signal.
-const STOP_DEADLINE: Duration = Duration::from_secs(30);
+use crate::signals::Signals;
 
 /// Runs the stub until a stop signal, with the files of `layout`.
 ///
-/// Fails on unusable configuration or trust root, on a state directory that
-/// cannot be written, or when the agent library fails to load or stop.
+/// Fails on unusable configuration or trust root, when another stub holds
+/// the instance lock, on a state directory that cannot be written, or when
+/// the agent library cannot be stopped.
 pub fn run(layout: &Layout) -> Result<(), StubError> {
+    // Take over from a previous image of this process (re-exec) first:
+    // the environment is read before any thread exists.
+    let handover = reexec::take_handover()?;
+    let lock = lock::InstanceLock::acquire(&layout.data_dir)?;
     let config = config::StubConfig::load(&layout.agent_toml)?;
     let root = update::load_root(&layout.root_json)?;
     layout.prepare()?;
     let signals = Signals::install()?;
-    let mut state = state::StubState::load(&layout.state_json)?;
-    let mut updater = update::Updater::new(&config, layout, root);
-
-    // Step 2-3: get a verified build, retrying with backoff until one is
-    // available or we are told to stop. A build already installed is used
-    // when the server cannot be reached.
-    let mut delay = RETRY_MIN;
-    let build = loop {
-        match updater.fetch_latest(&mut state) {
-            Ok(build) => break build,
-            Err(err) => {
-                // Keep what the failed check learned (floors, a rotated root).
-                if let Err(e) = state.save(&layout.state_json) {
-                    warn!("cannot record the update state: {}", error::chain(&e));
-                }
-                let fallback = state
-                    .current
-                    .and_then(|sha| updater.installed(&sha, state.current_version.as_deref()));
-                if let Some(build) = fallback {
-                    warn!(
-                        "update check failed, running the installed build: {}",
-                        error::chain(&err)
-                    );
-                    break build;
-                }
-                warn!(
-                    "no usable agent build yet, retrying in {delay:?}: {}",
-                    error::chain(&err)
-                );
-            }
-        }
-        if signals.wait(delay) == Some(Signal::Stop) {
-            info!("stop requested before an agent build was available");
-            return Ok(());
-        }
-        delay = (delay * 2).min(RETRY_MAX);
-    };
-    state.current = Some(build.sha256);
-    state.current_version = Some(build.version.clone());
-    state.save(&layout.state_json)?;
-
-    // Step 4: load and run.
-    let generation = generation::Generation::start(layout, &config, &build, 1, Vec::new())?;
-    info!(sha256 = %build.sha256, version = %build.version, "agent library loaded and running");
-
-    // Step 5: wait for a stop signal or for the library to return.
-    loop {
-        if generation.is_finished() {
-            warn!("agent library returned without being asked to stop");
-            break;
-        }
-        match signals.wait(Duration::from_millis(250)) {
-            Some(Signal::Stop) => {
-                info!("stop requested, stopping the agent library");
-                break;
-            }
-            Some(Signal::Reload) => {
-                info!("SIGHUP received; configuration reload is not supported yet")
-            }
-            None => {}
-        }
-    }
-    let outcome = generation.stop(STOP_DEADLINE)?;
-    info!(
-        status = outcome.status,
-        state_bytes = outcome.state.len(),
-        last_health = ?outcome.health,
-        "agent library stopped and unloaded"
-    );
-    if outcome.status != outrider_abi::status::OK {
-        return Err(StubError::AgentFailed {
-            status: outcome.status,
-        });
-    }
-    Ok(())
+    let state = state::StubState::load(&layout.state_json)?;
+    let updater = update::Updater::new(&config, layout, root);
+    info!(pid = std::process::id(), channel = %config.channel, "outrider-agent stub starting");
+    supervisor::Supervisor::new(layout, &signals, &lock, config, updater, state).run(handover)
 }

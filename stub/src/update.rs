@@ -29,6 +29,10 @@ pub struct Build {
     pub sha256: Sha256,
     pub version: String,
     pub path: PathBuf,
+    /// Payload hash of the manifest that offered it (`None` when it comes
+    /// from disk only); a build that fails probation is bad for that
+    /// manifest, and only a newer manifest may offer it again.
+    pub manifest_sha256: Option<Sha256>,
 }
 
 /// Reads the trusted root the installer (or an earlier chain walk) wrote.
@@ -105,11 +109,17 @@ impl Updater {
             triple: &triple,
             abi_major: outrider_abi::ABI_MAJOR,
             fingerprint: fingerprint.as_deref(),
-            current: state.current,
+            current: state.current.as_ref().map(|b| b.sha256),
         };
+        let manifest_sha256 = Some(manifest.payload_sha256);
         let current = state
             .current
-            .and_then(|sha| self.installed(&sha, state.current_version.as_deref()));
+            .as_ref()
+            .and_then(|b| self.installed(&b.sha256, Some(&b.version)))
+            .map(|b| Build {
+                manifest_sha256,
+                ..b
+            });
         let install = match outrider_update_client::plan(&manifest, &view)? {
             Plan::UpToDate { version } => match current {
                 Some(build) => return Ok(Build { version, ..build }),
@@ -122,6 +132,18 @@ impl Updater {
             },
             Plan::Install(install) => install,
         };
+        // A build that failed probation under this manifest is never retried.
+        if state.is_bad(&install.artifact.sha256, manifest_sha256.as_ref())
+            && let Some(build) = current
+        {
+            return Ok(build);
+        }
+        if let Some(build) = self.installed(&install.artifact.sha256, Some(&install.version)) {
+            return Ok(Build {
+                manifest_sha256,
+                ..build
+            });
+        }
         // Step 4: fetch (delta from the running build when possible) and install.
         let base = match (&install.delta, &current) {
             (Some(_), Some(build)) => std::fs::read(&build.path).ok(),
@@ -149,12 +171,11 @@ impl Updater {
             Via::Full => "full download".to_owned(),
         };
         info!(sha256 = %install.artifact.sha256, version = %install.version, %via, "installed verified agent build");
-        state.current = Some(install.artifact.sha256);
-        state.current_version = Some(install.version.clone());
         Ok(Build {
             sha256: install.artifact.sha256,
             version: install.version,
             path,
+            manifest_sha256,
         })
     }
 
@@ -174,7 +195,19 @@ impl Updater {
             sha256: *sha256,
             version,
             path,
+            manifest_sha256: None,
         })
+    }
+
+    /// Follows a reloaded configuration (channel, update URL); the trusted
+    /// root and the downloads stay.
+    pub fn reconfigure(&mut self, config: &StubConfig) {
+        let transport = HttpTransport::new(&format!("{}/v1/updates", config.update_url));
+        self.client = UpdateClient::new(
+            transport,
+            config.channel.clone(),
+            &self.layout.data_dir.join("downloads"),
+        );
     }
 
     /// Moves a verified library from its temp dir to `versions/<sha>/`

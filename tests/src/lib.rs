@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod testlib;
+
 /// Enrollment token every test server accepts.
 pub const ENROLLMENT_TOKEN: &str = "e2e-enrollment-token";
 

@@ -30,12 +30,11 @@ fn published_build_registers_reports_and_deregisters_on_sigterm() {
     agent
         .proc
         .wait_for_log("agent library loaded and running", secs(60));
-    let state = agent.state().expect("state.json written");
-    assert_eq!(
-        state["current"],
-        sha.as_str(),
-        "state.json names the published build"
-    );
+    wait_until("the build passes probation", secs(60), || {
+        agent
+            .state()
+            .filter(|s| s["current"]["sha256"] == sha.as_str())
+    });
     assert_eq!(agent.installed_versions(), vec![sha.clone()]);
     let copies = agent.run_copies();
     assert_eq!(copies.len(), 1, "one loaded copy in run/: {copies:?}");

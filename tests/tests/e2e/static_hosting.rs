@@ -30,7 +30,11 @@ fn stub_installs_the_build_from_an_exported_static_repository() {
     agent
         .proc
         .wait_for_log("agent library loaded and running", secs(60));
-    assert_eq!(agent.state().unwrap()["current"], sha.as_str());
+    wait_until("the build passes probation", secs(60), || {
+        agent
+            .state()
+            .filter(|s| s["current"]["sha256"] == sha.as_str())
+    });
     let log = cdn.proc.log();
     assert!(
         log.contains("GET /v1/updates/channels/dev/manifest.json"),
