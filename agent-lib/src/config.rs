@@ -60,6 +60,9 @@ pub struct AgentToml {
     /// Seconds a new build has to report health OK (used by the stub).
     #[serde(default)]
     pub probation_secs: Option<u64>,
+    /// Seconds a generation gets to stop before the stub re-execs (used by the stub).
+    #[serde(default)]
+    pub stop_timeout_secs: Option<u64>,
     /// Update channel (used by the stub), [`DEFAULT_CHANNEL`] when absent.
     #[serde(default = "default_channel")]
     pub channel: String,

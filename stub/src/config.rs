@@ -17,6 +17,8 @@ pub const DEFAULT_CHANNEL: &str = "stable";
 pub const DEFAULT_UPDATE_INTERVAL_SECS: u64 = 900;
 /// Seconds a new build has to report health OK.
 pub const DEFAULT_PROBATION_SECS: u64 = 60;
+/// Seconds a generation gets to return from `run()` after the stop signal.
+pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 30;
 
 /// What the stub needs to find its updates.
 #[derive(Clone, Debug)]
@@ -34,6 +36,8 @@ pub struct StubConfig {
     pub update_interval: Duration,
     /// Time a new build has to report health OK before it is rolled back.
     pub probation: Duration,
+    /// Time a generation gets to stop before the stub re-execs past it.
+    pub stop_timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +46,7 @@ struct Raw {
     update_url: Option<String>,
     update_interval_secs: Option<u64>,
     probation_secs: Option<u64>,
+    stop_timeout_secs: Option<u64>,
     channel: Option<String>,
 }
 
@@ -84,6 +89,12 @@ impl StubConfig {
                 raw.probation_secs,
                 DEFAULT_PROBATION_SECS,
                 3_600,
+            )?,
+            stop_timeout: secs(
+                "stop_timeout_secs",
+                raw.stop_timeout_secs,
+                DEFAULT_STOP_TIMEOUT_SECS,
+                600,
             )?,
             agent_toml: text,
         })

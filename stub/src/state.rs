@@ -74,9 +74,13 @@ pub struct StubState {
     pub bad: Vec<BadBuild>,
     #[serde(default)]
     pub events: Vec<String>,
-    /// The newest manifest accepted so far.
+    /// The newest manifest accepted so far, of channel `floor_channel`.
     #[serde(default)]
     pub floor: Option<SequenceFloor>,
+    /// The channel `floor` belongs to: sequences are per channel, so an
+    /// operator moving a host to another channel (agent.toml) starts afresh.
+    #[serde(default)]
+    pub floor_channel: Option<String>,
     /// The latest time an update check trusted; expiry is never checked
     /// against an earlier time, so setting the clock back cannot revive an
     /// expired manifest (see `outrider_update_client::next_time_floor`).

@@ -35,8 +35,6 @@ use crate::state::{BuildRef, Pending, StubState};
 use crate::update::{Build, Updater};
 use crate::{StubError, error::chain};
 
-/// How long a generation gets to return from `run()` after the stop signal.
-const STOP_DEADLINE: Duration = Duration::from_secs(30);
 /// Main loop tick: how fast signals, health and exits are noticed.
 const TICK: Duration = Duration::from_millis(50);
 /// First and longest delay between attempts when nothing can run.
@@ -228,6 +226,7 @@ impl<'a> Supervisor<'a> {
         // Step 2.
         self.state.pending = Some(pending.clone());
         self.state.save(&self.layout.state_json)?;
+        crash_point("swap-pending-written");
         // Step 3.
         let loaded = match Loaded::load(self.layout, &new, self.take_number()) {
             Ok(l) => l,
@@ -236,12 +235,13 @@ impl<'a> Supervisor<'a> {
                 return Ok(());
             }
         };
+        crash_point("swap-new-loaded");
         // Step 4.
         let old = self
             .generation
             .take()
             .expect("swap runs only with a generation");
-        let stopped = match old.stop(STOP_DEADLINE) {
+        let stopped = match old.stop(self.config.stop_timeout) {
             Ok(s) => s,
             Err(failure) => {
                 return Err(self.reexec(
@@ -253,6 +253,7 @@ impl<'a> Supervisor<'a> {
             }
         };
         self.last_state = stopped.state.clone();
+        crash_point("swap-old-stopped");
         // Step 5.
         if thread_count() > self.baseline_threads {
             let reason = format!(
@@ -274,12 +275,14 @@ impl<'a> Supervisor<'a> {
                 return Ok(());
             }
         }
+        crash_point("swap-new-started");
         // Step 7.
         let old_version = stopped.build().version.clone();
         if stopped.unload().still_mapped {
             warn!(build = %old_version, "old library is still mapped after unloading; re-exec after probation");
             self.reexec_when_healthy = true;
         }
+        crash_point("swap-old-unloaded");
         Ok(())
     }
 
@@ -312,7 +315,7 @@ impl<'a> Supervisor<'a> {
         if generation.is_finished() {
             let generation = self.generation.take().expect("checked above");
             let build = generation.build().clone();
-            let (status, state) = match generation.stop(STOP_DEADLINE) {
+            let (status, state) = match generation.stop(self.config.stop_timeout) {
                 Ok(stopped) => {
                     let out = (stopped.status, stopped.state.clone());
                     stopped.unload();
@@ -348,6 +351,7 @@ impl<'a> Supervisor<'a> {
         // The healthy generation got the queued events and reports them.
         self.state.events.clear();
         self.state.save(&self.layout.state_json)?;
+        crash_point("probation-passed");
         self.retries = 0;
         if std::mem::take(&mut self.reexec_when_healthy) {
             let generation = self
@@ -355,7 +359,7 @@ impl<'a> Supervisor<'a> {
                 .take()
                 .expect("probation passed for a running generation");
             let build = build_ref(generation.build());
-            let state = match generation.stop(STOP_DEADLINE) {
+            let state = match generation.stop(self.config.stop_timeout) {
                 Ok(s) => s.state,
                 Err(_) => Vec::new(),
             };
@@ -375,7 +379,7 @@ impl<'a> Supervisor<'a> {
             .generation
             .take()
             .expect("rollback with a running generation");
-        let state = match generation.stop(STOP_DEADLINE) {
+        let state = match generation.stop(self.config.stop_timeout) {
             Ok(stopped) => {
                 let state = if stopped.state.is_empty() {
                     self.last_state.clone()
@@ -479,7 +483,7 @@ impl<'a> Supervisor<'a> {
         let Some(generation) = self.generation.take() else {
             return Ok(());
         };
-        match generation.stop(STOP_DEADLINE) {
+        match generation.stop(self.config.stop_timeout) {
             Ok(stopped) => {
                 let (status, bytes, health) =
                     (stopped.status, stopped.state.len(), stopped.health.clone());
@@ -488,7 +492,7 @@ impl<'a> Supervisor<'a> {
                 Ok(())
             }
             Err(StopFailure::Timeout) => Err(StubError::StopTimeout {
-                secs: STOP_DEADLINE.as_secs(),
+                secs: self.config.stop_timeout.as_secs(),
             }),
             Err(StopFailure::Panicked) => Err(StubError::GenerationPanicked),
         }
@@ -554,5 +558,24 @@ fn build_ref(build: &Build) -> BuildRef {
     BuildRef {
         sha256: build.sha256,
         version: build.version.clone(),
+    }
+}
+
+/// Fault injection for the crash tests: aborts the whole process (like
+/// `kill -9`, no cleanup) when `OUTRIDER_STUB_CRASH_AT` names this step,
+/// as `step` (first time reached) or `step#N` (N-th time). Unset in
+/// production; costs one environment lookup per step.
+pub(crate) fn crash_point(step: &str) {
+    static HITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Ok(spec) = std::env::var("OUTRIDER_STUB_CRASH_AT") else {
+        return;
+    };
+    let (name, nth) = match spec.split_once('#') {
+        Some((name, n)) => (name.to_owned(), n.parse().unwrap_or(1)),
+        None => (spec, 1),
+    };
+    if name == step && HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth {
+        error!(step, "OUTRIDER_STUB_CRASH_AT: aborting here");
+        std::process::abort();
     }
 }

@@ -50,6 +50,7 @@ pub fn load_root(path: &Path) -> Result<TrustedRoot, StubError> {
 #[derive(Debug)]
 pub struct Updater {
     client: UpdateClient<HttpTransport>,
+    channel: outrider_signing::Channel,
     layout: Layout,
     root: TrustedRoot,
 }
@@ -65,6 +66,7 @@ impl Updater {
         );
         Updater {
             client,
+            channel: config.channel.clone(),
             layout: layout.clone(),
             root,
         }
@@ -96,10 +98,14 @@ impl Updater {
             info!(version = root.root().version, "trusted update root rotated");
             self.root = root;
         }
-        // Step 2: manifest.
+        // Step 2: manifest (the sequence floor is per channel).
+        if state.floor_channel.as_deref() != Some(self.channel.as_str()) {
+            state.floor = None;
+        }
         let manifest = self
             .client
             .fetch_manifest(&self.root, state.floor.clone(), now)?;
+        state.floor_channel = Some(self.channel.to_string());
         state.floor = Some(manifest.floor());
         state.manifest_expires_unix = Some(manifest.manifest.expires_unix);
         // Step 3: plan.
@@ -165,6 +171,7 @@ impl Updater {
                 return Err(e.into());
             }
         };
+        crate::supervisor::crash_point("install-before-rename");
         let path = self.install(&install.artifact.sha256, &tmp_dir)?;
         let via = match fetched.via {
             Via::Delta(format) => format!("delta ({format:?})"),
@@ -208,6 +215,7 @@ impl Updater {
             config.channel.clone(),
             &self.layout.data_dir.join("downloads"),
         );
+        self.channel = config.channel.clone();
     }
 
     /// Moves a verified library from its temp dir to `versions/<sha>/`

@@ -237,6 +237,24 @@ impl TestServer {
         sha256_file(library)
     }
 
+    /// Publishes `library` to `channel` as release `version`; returns its sha256.
+    pub fn publish_as(&self, keys: &Keys, channel: &str, library: &Path, version: &str) -> String {
+        let keys_dir = keys.dir.path().to_string_lossy().into_owned();
+        let lib = library.to_string_lossy().into_owned();
+        self.cli(&[
+            "release",
+            "publish",
+            "--channel",
+            channel,
+            "--keys",
+            &keys_dir,
+            "--version",
+            version,
+            &lib,
+        ]);
+        sha256_file(library)
+    }
+
     /// Defines a check every agent runs.
     pub fn add_check(&self, name: &str, interval_secs: u32, command: &[&str]) {
         let interval = interval_secs.to_string();
@@ -326,21 +344,53 @@ impl TestAgent {
         channel: &str,
         extra_toml: &str,
     ) -> TestAgent {
+        TestAgent::start_env(server, keys, channel, extra_toml, &[])
+    }
+
+    /// Like [`TestAgent::start_with`], with extra environment variables for the stub.
+    pub fn start_env(
+        server: &TestServer,
+        keys: &Keys,
+        channel: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> TestAgent {
         let prefix = tempfile::tempdir().expect("tempdir");
         let etc = prefix.path().join("etc");
         std::fs::create_dir_all(&etc).expect("etc");
         std::fs::write(
             etc.join("agent.toml"),
-            format!("server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n{extra_toml}\n", server.url),
+            format!(
+                "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n{extra_toml}\n",
+                server.url
+            ),
         )
         .expect("agent.toml");
         std::fs::copy(keys.root_json(), etc.join("root.json")).expect("root.json");
-        let mut cmd = Command::new(bin_dir().join("outrider-agent"));
-        cmd.arg("--prefix")
-            .arg(prefix.path())
-            .env("OUTRIDER_LOG", "debug");
-        let proc = Proc::spawn(cmd, prefix.path().join("stub.log"));
+        let proc = spawn_stub(prefix.path(), "stub.log", env);
         TestAgent { prefix, proc }
+    }
+
+    /// The stub's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    /// The stub's `/proc/<pid>/maps`.
+    pub fn maps(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap_or_default()
+    }
+
+    /// Number of threads of the stub process.
+    pub fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Rewrites `agent.toml` (e.g. before a SIGHUP).
+    pub fn write_agent_toml(&self, text: &str) {
+        std::fs::write(self.prefix.path().join("etc/agent.toml"), text).expect("agent.toml");
     }
 
     /// Parsed `state.json` of the stub, once it exists.
@@ -358,6 +408,16 @@ impl TestAgent {
     pub fn run_copies(&self) -> Vec<String> {
         list(&self.prefix.path().join("run"))
     }
+}
+
+/// Starts `outrider-agent --prefix <prefix>` with debug logs into `prefix/<log>`.
+fn spawn_stub(prefix: &Path, log: &str, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(bin_dir().join("outrider-agent"));
+    cmd.arg("--prefix")
+        .arg(prefix)
+        .env("OUTRIDER_LOG", "debug")
+        .envs(env.iter().copied());
+    Proc::spawn(cmd, prefix.join(log))
 }
 
 fn list(dir: &Path) -> Vec<String> {
@@ -400,13 +460,15 @@ impl TestAgent {
     /// Starts a new stub on the prefix of an agent that has already exited,
     /// keeping its identity, state and installed builds.
     pub fn restart(old: TestAgent) -> TestAgent {
+        TestAgent::restart_env(old, &[])
+    }
+
+    /// Like [`TestAgent::restart`], with extra environment variables.
+    pub fn restart_env(old: TestAgent, env: &[(&str, &str)]) -> TestAgent {
         let TestAgent { prefix, proc } = old;
+        let log = format!("stub.{}.log", proc.child.id());
         drop(proc);
-        let mut cmd = Command::new(bin_dir().join("outrider-agent"));
-        cmd.arg("--prefix")
-            .arg(prefix.path())
-            .env("OUTRIDER_LOG", "debug");
-        let proc = Proc::spawn(cmd, prefix.path().join("stub2.log"));
+        let proc = spawn_stub(prefix.path(), &log, env);
         TestAgent { prefix, proc }
     }
 }

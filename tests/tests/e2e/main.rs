@@ -3,4 +3,5 @@
 
 mod skeleton;
 mod static_hosting;
+mod swap;
 mod tamper;

@@ -1,0 +1,378 @@
+//! Hot swap, probation and rollback with the purpose-built test library
+//! (issue: stub, items 2–4 and 7). Each variant of `outrider-testlib` is a
+//! distinct signed build whose behaviour is set by its file trailer.
+
+use std::path::Path;
+
+use outrider_tests::testlib::{heartbeats, testlib_variant};
+use outrider_tests::{Keys, TestAgent, TestServer, secs, wait_until};
+use serde_json::Value;
+
+/// Fast update checks and short windows, so each test takes seconds.
+const FAST: &str = "update_interval_secs = 1\nprobation_secs = 3\nstop_timeout_secs = 2";
+
+/// A server and signing keys, shared by the channels of one test.
+struct Setup {
+    server: TestServer,
+    keys: Keys,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            server: TestServer::start(),
+            keys: Keys::init(),
+        }
+    }
+
+    /// A channel whose first build is a healthy `v1`.
+    fn channel(&self, name: &str) -> Fleet<'_> {
+        let fleet = self.empty_channel(name);
+        fleet.publish("healthy", "v1");
+        fleet
+    }
+
+    /// A channel with nothing published yet.
+    fn empty_channel(&self, name: &str) -> Fleet<'_> {
+        Fleet {
+            setup: self,
+            libs: tempfile::tempdir().unwrap(),
+            channel: name.to_owned(),
+        }
+    }
+}
+
+/// One channel of a [`Setup`] and the agents following it.
+struct Fleet<'a> {
+    setup: &'a Setup,
+    libs: tempfile::TempDir,
+    channel: String,
+}
+
+impl Fleet<'_> {
+    /// Publishes a test-library variant as release `tag`; returns its sha256.
+    fn publish(&self, behaviour: &str, tag: &str) -> String {
+        let lib = testlib_variant(self.libs.path(), behaviour, tag);
+        self.setup
+            .server
+            .publish_as(&self.setup.keys, &self.channel, &lib, tag)
+    }
+
+    fn agent(&self) -> TestAgent {
+        self.agent_env(&[])
+    }
+
+    fn agent_env(&self, env: &[(&str, &str)]) -> TestAgent {
+        TestAgent::start_env(
+            &self.setup.server,
+            &self.setup.keys,
+            &self.channel,
+            FAST,
+            env,
+        )
+    }
+}
+
+fn current_version(agent: &TestAgent) -> Option<String> {
+    agent.state()?["current"]["version"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Waits until `state.json` says `version` is current (passed probation).
+fn wait_current(agent: &TestAgent, version: &str) -> Value {
+    wait_until(&format!("{version} to be current"), secs(30), || {
+        agent.state().filter(|s| s["current"]["version"] == version)
+    })
+}
+
+fn bad_versions(state: &Value, shas: &[(&str, &str)]) -> Vec<String> {
+    let bad: Vec<&str> = state["bad"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["sha256"].as_str().unwrap())
+        .collect();
+    shas.iter()
+        .filter(|(_, sha)| bad.contains(sha))
+        .map(|(v, _)| v.to_string())
+        .collect()
+}
+
+fn data_dir(agent: &TestAgent) -> &Path {
+    agent.prefix.path()
+}
+
+#[test]
+fn healthy_swap_hands_over_state_keeps_the_pid_and_unloads_the_old_copy() {
+    let setup = Setup::new();
+    let fleet = setup.channel("swap");
+    let agent = fleet.agent();
+    wait_current(&agent, "v1");
+    let pid = agent.pid();
+    let threads_before = agent.threads();
+
+    fleet.publish("healthy", "v2");
+    let state = wait_current(&agent, "v2");
+    assert_eq!(state["previous"]["version"], "v1");
+    assert_eq!(agent.pid(), pid, "no restart: same process");
+    // The state blob went from v1 to v2 (v1 handed back 0+1).
+    agent
+        .proc
+        .wait_for_log("testlib v2 started with state 1", secs(5));
+    // The old copy left the address space; no thread was left behind.
+    let maps = agent.maps();
+    assert!(!maps.contains("agent.v1."), "v1 still mapped:\n{maps}");
+    assert!(maps.contains("agent.v2."), "v2 mapped");
+    assert_eq!(agent.threads(), threads_before, "thread count unchanged");
+    // Collection went on across the swap: v1 then v2 heartbeats without a long gap.
+    let beats = heartbeats(data_dir(&agent));
+    let first_v2 = beats
+        .iter()
+        .position(|(_, tag)| tag == "v2")
+        .expect("v2 heartbeats");
+    assert!(
+        first_v2 > 0 && beats[first_v2 - 1].1 == "v1",
+        "v1 ran right before v2"
+    );
+    let gap = beats[first_v2].0 - beats[first_v2 - 1].0;
+    assert!(gap < 2_000, "collection gap of {gap} ms across the swap");
+}
+
+#[test]
+fn failing_builds_are_rolled_back_and_never_retried() {
+    for (behaviour, reason) in [
+        ("panic", "exited during probation"),
+        ("fail-start", "exited during probation"),
+        ("silent", "no health OK"),
+    ] {
+        let setup = Setup::new();
+        let fleet = setup.channel(&format!("bad-{behaviour}"));
+        let agent = fleet.agent();
+        wait_current(&agent, "v1");
+        let v2 = fleet.publish(behaviour, "v2");
+        let state = wait_until(&format!("{behaviour} build marked bad"), secs(30), || {
+            agent
+                .state()
+                .filter(|s| !s["bad"].as_array().unwrap().is_empty())
+        });
+        assert_eq!(bad_versions(&state, &[("v2", &v2)]), ["v2"], "{behaviour}");
+        assert!(
+            state["bad"][0]["reason"].as_str().unwrap().contains(reason),
+            "{behaviour}: {state}"
+        );
+        assert_eq!(
+            state["current"]["version"], "v1",
+            "{behaviour}: still on v1"
+        );
+        assert!(
+            state["events"][0]
+                .as_str()
+                .unwrap()
+                .contains("rolled back from v2 to v1"),
+            "{state}"
+        );
+        // v1 runs again, with the state blob, and v2 is not tried again.
+        // (`silent` handed back state 2 when stopped; the others nothing, so v1's 1 is reused.)
+        let expected_state = if behaviour == "silent" { 2 } else { 1 };
+        agent.proc.wait_for_log(
+            &format!("testlib v1 started with state {expected_state}"),
+            secs(10),
+        );
+        std::thread::sleep(secs(3));
+        let tries = agent.proc.log().matches("testlib v2 started").count();
+        assert_eq!(tries, 1, "{behaviour}: tried once only");
+        assert_eq!(current_version(&agent).as_deref(), Some("v1"));
+    }
+}
+
+#[test]
+fn a_build_that_crashes_the_process_is_rolled_back_at_the_next_start() {
+    let setup = Setup::new();
+    let fleet = setup.channel("abort");
+    let mut agent = fleet.agent();
+    wait_current(&agent, "v1");
+    let v2 = fleet.publish("abort", "v2");
+    assert_eq!(
+        agent.proc.wait_exit(secs(30)),
+        None,
+        "the process was killed by SIGABRT"
+    );
+    assert_eq!(
+        agent.state().unwrap()["pending"]["build"]["version"],
+        "v2",
+        "the crash is on record"
+    );
+
+    // The service manager starts the stub again.
+    let agent = TestAgent::restart(agent);
+    agent
+        .proc
+        .wait_for_log("the process crashed during probation", secs(10));
+    let state = wait_current(&agent, "v1");
+    agent.proc.wait_for_log("testlib v1 started", secs(10));
+    assert_eq!(bad_versions(&state, &[("v2", &v2)]), ["v2"]);
+    assert!(state["pending"].is_null());
+    std::thread::sleep(secs(3));
+    assert!(
+        !agent.proc.log().contains("testlib v2 started"),
+        "never retried under the same manifest"
+    );
+}
+
+#[test]
+fn a_new_manifest_may_offer_a_bad_build_again_and_a_fixed_one_goes_through() {
+    let setup = Setup::new();
+    let fleet = setup.channel("retry");
+    let agent = fleet.agent();
+    wait_current(&agent, "v1");
+    fleet.publish("panic", "v2");
+    wait_until("v2 marked bad", secs(30), || {
+        agent
+            .state()
+            .filter(|s| !s["bad"].as_array().unwrap().is_empty())
+    });
+    fleet.publish("healthy", "v3");
+    let state = wait_current(&agent, "v3");
+    assert_eq!(state["previous"]["version"], "v1");
+}
+
+#[test]
+fn a_build_that_will_not_stop_is_replaced_through_a_reexec_with_the_same_pid() {
+    for (behaviour, cause) in [("stuck", "Timeout"), ("leak-thread", "left 1 thread")] {
+        let setup = Setup::new();
+        let fleet = setup.channel(&format!("reexec-{behaviour}"));
+        let agent = fleet.agent();
+        wait_current(&agent, "v1");
+        let pid = agent.pid();
+        fleet.publish(behaviour, "v2");
+        wait_current(&agent, "v2");
+        fleet.publish("healthy", "v3");
+        let state = wait_current(&agent, "v3");
+        assert_eq!(state["previous"]["version"], "v2", "{behaviour}");
+        assert_eq!(agent.pid(), pid, "{behaviour}: re-exec keeps the PID");
+        let log = agent.proc.log();
+        assert!(
+            log.contains("re-executing the stub in place"),
+            "{behaviour}: {log}"
+        );
+        assert!(log.contains(cause), "{behaviour}: the reason is logged");
+        assert!(
+            !agent.maps().contains("agent.v2."),
+            "{behaviour}: v2 is gone after the re-exec"
+        );
+        agent.proc.signal(libc::SIGTERM);
+    }
+}
+
+#[test]
+fn every_crash_point_of_a_swap_leaves_a_verified_build_to_run() {
+    let steps = [
+        "install-before-rename",
+        "swap-pending-written",
+        "swap-new-loaded",
+        "swap-old-stopped",
+        "swap-new-started",
+        "swap-old-unloaded",
+        "probation-passed",
+    ];
+    let setup = Setup::new();
+    for (i, step) in steps.iter().enumerate() {
+        let fleet = setup.channel(&format!("crash-{i}"));
+        // The install step is reached for v1 too: crash on its second visit (v2).
+        let at = if *step == "install-before-rename" {
+            format!("{step}#2")
+        } else {
+            step.to_string()
+        };
+        let mut agent = fleet.agent_env(&[("OUTRIDER_STUB_CRASH_AT", &at)]);
+        wait_current(&agent, "v1");
+        let v2 = fleet.publish("healthy", "v2");
+        assert_eq!(
+            agent.proc.wait_exit(secs(30)),
+            None,
+            "{step}: killed by SIGABRT"
+        );
+
+        let agent = TestAgent::restart(agent);
+        let state = wait_until(
+            &format!("{step}: a build passes probation"),
+            secs(30),
+            || {
+                agent
+                    .state()
+                    .filter(|s| s["current"].is_object() && s["pending"].is_null())
+            },
+        );
+        let version = state["current"]["version"].as_str().unwrap().to_owned();
+        agent
+            .proc
+            .wait_for_log(&format!("testlib {version} started"), secs(10));
+        // Whatever runs is an intact, verified build.
+        let sha = state["current"]["sha256"].as_str().unwrap();
+        let lib = agent
+            .prefix
+            .path()
+            .join("versions")
+            .join(sha)
+            .join("liboutrider_agent.so");
+        assert_eq!(
+            outrider_tests::sha256_file(&lib),
+            sha,
+            "{step}: running an intact build"
+        );
+        let leftovers: Vec<String> = agent
+            .installed_versions()
+            .into_iter()
+            .filter(|v| v.starts_with(".tmp"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "{step}: half-written builds cleaned: {leftovers:?}"
+        );
+        if *step == "probation-passed" || *step == "install-before-rename" {
+            // v2 had passed (or never started): it ends up current.
+            wait_current(&agent, "v2");
+        } else {
+            assert_eq!(
+                version, "v1",
+                "{step}: v2 was on probation when the process died"
+            );
+            assert_eq!(bad_versions(&state, &[("v2", &v2)]), ["v2"], "{step}");
+        }
+    }
+}
+
+#[test]
+fn a_second_stub_on_the_same_prefix_is_refused() {
+    let setup = Setup::new();
+    let fleet = setup.channel("single");
+    let agent = fleet.agent();
+    wait_current(&agent, "v1");
+    let out = std::process::Command::new(outrider_tests::bin_dir().join("outrider-agent"))
+        .arg("--prefix")
+        .arg(agent.prefix.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another outrider-agent is running"), "{err}");
+    assert!(
+        agent.run_copies().iter().any(|c| c.contains(".so")),
+        "the first stub's copy was not cleaned"
+    );
+}
+
+#[test]
+fn sighup_rereads_agent_toml() {
+    let setup = Setup::new();
+    let fleet = setup.channel("hup-a");
+    setup.empty_channel("hup-b").publish("healthy", "b1");
+    let agent = fleet.agent();
+    wait_current(&agent, "v1");
+    let toml = std::fs::read_to_string(agent.prefix.path().join("etc/agent.toml")).unwrap();
+    agent.write_agent_toml(&toml.replace("channel = \"hup-a\"", "channel = \"hup-b\""));
+    agent.proc.signal(libc::SIGHUP);
+    wait_current(&agent, "b1");
+    assert!(agent.proc.log().contains("SIGHUP: configuration reloaded"));
+}
