@@ -83,6 +83,7 @@ async fn agent_main(
         state.as_ref(),
         OUTBOX_CAPACITY,
     )));
+    report_update_events(&settings.events, &outbox);
     let mut scheduler = Scheduler::new(outbox.clone(), hooks.clone(), stop.child_token());
     if let Some(config) = state.as_ref().and_then(|s| s.config.as_ref()) {
         scheduler.apply(config);
@@ -145,4 +146,35 @@ async fn watch_stop_fd(
         }
     }
     Ok(())
+}
+
+/// Name of the synthetic check that carries the stub's update events.
+pub const UPDATE_EVENT_CHECK: &str = "outrider.update";
+
+/// Queues each update event the stub handed over (a rollback, say) as a
+/// WARNING result of [`UPDATE_EVENT_CHECK`], so operators see it with the
+/// other results; an event already queued (handed over by a failed
+/// generation's state blob) is not queued twice.
+fn report_update_events(events: &[String], outbox: &SharedOutbox) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut outbox = outbox.lock();
+    for event in events {
+        if outbox.holds(UPDATE_EVENT_CHECK, event) {
+            continue;
+        }
+        outbox.push(
+            UPDATE_EVENT_CHECK,
+            crate::runner::RunOutcome {
+                state: outrider_protocol::CheckState::Warning,
+                summary: event.clone(),
+                long_output: String::new(),
+                perfdata: Vec::new(),
+                started_at_ms: now,
+                duration_ms: 0,
+            },
+        );
+    }
 }

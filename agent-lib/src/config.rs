@@ -29,6 +29,9 @@ struct HostConfig {
     /// The build the stub loaded: `{"sha256": "...", "version": "..."}`.
     #[serde(default)]
     build: Option<BuildInfo>,
+    /// Update events (rollbacks) the stub asks us to report to the server.
+    #[serde(default)]
+    events: Vec<String>,
 }
 
 /// Which verified build the stub loaded us from; reported to the server.
@@ -99,6 +102,8 @@ pub struct AgentSettings {
     pub state_in: Vec<u8>,
     /// The build the stub loaded, when run by a stub.
     pub build: Option<BuildInfo>,
+    /// Update events (rollbacks) to report as `outrider.update` results.
+    pub events: Vec<String>,
 }
 
 impl AgentSettings {
@@ -120,6 +125,7 @@ impl AgentSettings {
             data_dir: data_dir.into(),
             state_in: Vec::new(),
             build: None,
+            events: Vec::new(),
         })
     }
 
@@ -135,6 +141,7 @@ impl AgentSettings {
         let mut settings = AgentSettings::new(&host.agent_toml, host.config_dir, data_dir)?;
         settings.log_dir = host.log_dir;
         settings.build = host.build;
+        settings.events = host.events;
         settings.state_in = state_in.to_vec();
         Ok(settings)
     }

@@ -94,6 +94,14 @@ impl Outbox {
         dropped
     }
 
+    /// Whether an un-acked result of `check` with this summary is queued
+    /// (so an event handed over twice is reported once).
+    pub fn holds(&self, check: &str, summary: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|r| r.check == check && r.summary == summary)
+    }
+
     /// Applies a `Welcome{acked_seq}`: reconciles a cold counter, trims what
     /// the server has and marks everything else for resending.
     pub fn welcome(&mut self, acked_seq: u64) -> WelcomeEffect {

@@ -3,11 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use outrider_agent_stub::{Layout, StubError, error_chain};
 
 /// Exit code for bad usage or configuration (sysexits `EX_USAGE`).
 const EXIT_USAGE: u8 = 64;
+/// Rolled log files kept in the log directory (one per day).
+const LOG_FILES_KEPT: usize = 7;
 
 /// The Outrider agent: fetches, verifies and runs the agent library.
 #[derive(Debug, Parser)]
@@ -23,17 +28,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OUTRIDER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let layout = match cli.prefix {
         Some(prefix) => Layout::under_prefix(&prefix),
         None => Layout::system(),
     };
+    init_logging(&layout);
     match outrider_agent_stub::run(&layout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -44,4 +43,36 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Logs to stderr (journald, a terminal) and to daily-rolled files in the
+/// log directory. The file writer is the blocking one: no background thread
+/// in the stub, and nothing lost if the process aborts right after a line.
+fn init_logging(layout: &Layout) {
+    let filter =
+        || EnvFilter::try_from_env("OUTRIDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter());
+    let file = std::fs::create_dir_all(&layout.log_dir)
+        .ok()
+        .and_then(|()| {
+            tracing_appender::rolling::RollingFileAppender::builder()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix("outrider-agent")
+                .filename_suffix("log")
+                .max_log_files(LOG_FILES_KEPT)
+                .build(&layout.log_dir)
+                .ok()
+        });
+    let file = file.map(|appender| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(appender)
+            .with_ansi(false)
+            .with_filter(filter())
+    });
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
 }

@@ -312,6 +312,12 @@ impl<'a> Supervisor<'a> {
             }
             return Ok(());
         }
+        if !self.state.events.is_empty() && generation.is_healthy() {
+            // A healthy generation (connected, so the server gets them)
+            // received the queued events with its host config.
+            self.state.events.clear();
+            self.state.save(&self.layout.state_json)?;
+        }
         if generation.is_finished() {
             let generation = self.generation.take().expect("checked above");
             let build = generation.build().clone();

@@ -46,6 +46,20 @@ fn published_build_registers_reports_and_deregisters_on_sigterm() {
         agent.proc.log().contains(&sha),
         "the stub logs the sha256 it loaded"
     );
+    // The same log also goes to a daily-rolled file in the log directory.
+    let log_dir = agent.prefix.path().join("log");
+    let file = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("outrider-agent")
+        })
+        .expect("a rolled log file");
+    let text = std::fs::read_to_string(file.path()).unwrap();
+    assert!(text.contains("agent library loaded and running"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no terminal colours in the file");
 
     // The agent registered with its fingerprint and labels.
     let row = wait_until("agent connected", secs(30), || {

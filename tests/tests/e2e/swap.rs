@@ -376,3 +376,37 @@ fn sighup_rereads_agent_toml() {
     wait_current(&agent, "b1");
     assert!(agent.proc.log().contains("SIGHUP: configuration reloaded"));
 }
+
+#[test]
+fn a_rollback_is_reported_to_the_server_by_the_next_healthy_generation() {
+    let setup = Setup::new();
+    let fleet = setup.empty_channel("report");
+    setup.server.publish_as(
+        &setup.keys,
+        "report",
+        &outrider_tests::agent_library(),
+        "real-1",
+    );
+    let agent = fleet.agent();
+    wait_current(&agent, "real-1");
+    fleet.publish("panic", "bad-2");
+    let result = wait_until("the rollback event at the server", secs(60), || {
+        setup
+            .server
+            .latest_results()
+            .into_iter()
+            .find(|r| r["check"] == "outrider.update")
+    });
+    assert_eq!(result["state"], "WARNING");
+    let summary = result["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("rolled back from bad-2 to real-1"),
+        "{summary}"
+    );
+    // Delivered once: the queue is empty again.
+    wait_until("events cleared", secs(10), || {
+        agent
+            .state()
+            .filter(|s| s["events"] == serde_json::json!([]))
+    });
+}

@@ -1,0 +1,224 @@
+#!/bin/sh
+# Hot-swap benchmark (issue 4 item 8): the real agent library, a real
+# `outrider-server` and a real stub (`outrider-agent --prefix`) on loopback.
+#
+# Two builds of the same library (the release .so with a different trailer
+# appended: ELF ignores trailing bytes, each copy has its own SHA-256) are
+# published alternately as s1, s2, s3, ... on channel `bench`; after each
+# publish the harness waits until the stub's state.json says that version is
+# `current` (probation passed) before publishing the next one. Ten checks at
+# the server's minimum interval (1 s) make ~10 results per second.
+#
+# Measured at the receiving end (the server's SQLite `results` table):
+# gaps between consecutive results across all checks, per-check interval
+# excess, seq holes (lost), (check, started_at_ms) duplicates. Measured on the
+# stub process: VmRSS, Pss, fds, threads after the warm-up swap and after the
+# last swap; the PID must not change.
+#
+# Usage:   bench/swap.sh [SWAPS]        (default 200 measured swaps)
+# Env:     SKIP_BUILD=1  do not run `cargo build --locked --release --workspace`
+#          TIME_LIMIT_SECS=1800  stop swapping after this long (reported)
+#          CONTROL_SECS=30  no-swap control window before the swaps
+#          WORK=/tmp/outrider-swap-bench  work directory (wiped at start)
+# Needs: sqlite3, jq, sha256sum. Everything listens on 127.0.0.1 only; every
+# wait is bounded; every process started here is stopped on exit.
+
+set -u
+
+SWAPS=${1:-200}
+TIME_LIMIT_SECS=${TIME_LIMIT_SECS:-1800}
+CONTROL_SECS=${CONTROL_SECS:-30}
+WORK=${WORK:-/tmp/outrider-swap-bench}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN="$ROOT/target/release"
+TOKEN=bench-enrollment-token
+SERVER_PID=
+AGENT_PID=
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+now_ms() { date +%s%3N; }
+
+cleanup() {
+    for pid in $AGENT_PID $SERVER_PID; do
+        kill -TERM "$pid" 2>/dev/null || continue
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        kill -KILL "$pid" 2>/dev/null
+    done
+}
+
+# wait_for WHAT TIMEOUT_SECS COMMAND...: polls COMMAND every 50 ms.
+wait_for() {
+    what=$1 limit=$2
+    shift 2
+    deadline=$(($(date +%s) + limit))
+    until "$@"; do
+        [ "$(date +%s)" -lt "$deadline" ] || die "timed out after ${limit}s waiting for $what"
+        sleep 0.05
+    done
+}
+
+cli() { "$BIN/outrider" --server "$URL" --token "$ADMIN" "$@"; }
+
+current_is() {
+    [ "$(jq -r '.current.version // empty' "$WORK/agent/state.json" 2>/dev/null)" = "$1" ]
+}
+
+publish() { # publish VERSION FILE
+    cli release publish --channel bench --keys "$WORK/keys" --version "$1" --deltas 0 "$2" \
+        >>"$WORK/publish.log" 2>&1 || die "publish $1 failed (see $WORK/publish.log)"
+}
+
+# sample LABEL: one line of process figures of the stub.
+sample() {
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$AGENT_PID/status")
+    pss=$(awk '/^Pss:/ {print $2}' "/proc/$AGENT_PID/smaps_rollup")
+    fds=$(ls "/proc/$AGENT_PID/fd" | wc -l)
+    thr=$(ls "/proc/$AGENT_PID/task" | wc -l)
+    maps=$(grep -c 'agent\.' "/proc/$AGENT_PID/maps")
+    echo "$1 pid=$AGENT_PID rss_kib=$rss pss_kib=$pss fds=$fds threads=$thr agent_lib_map_lines=$maps"
+}
+
+# pct FILE P: nearest-rank percentile of the numbers in FILE (one a line).
+pct() {
+    sort -n "$1" | awk -v p="$2" '{ v[NR] = $1 } END {
+        if (NR == 0) { print "n/a"; exit }
+        r = int(p * NR); if (r < p * NR) r++; if (r < 1) r = 1; print v[r] }'
+}
+
+# gaps NAME FROM_MS TO_MS: distribution of consecutive gaps over all checks
+# c0..c9, and of each check's own interval, for results started in [FROM, TO].
+gaps() {
+    sqlite3 "$DB" "SELECT started_at_ms - LAG(started_at_ms) OVER (ORDER BY started_at_ms, seq)
+        FROM results WHERE check_name GLOB 'c[0-9]' AND started_at_ms BETWEEN $2 AND $3" |
+        sed '/^$/d' >"$WORK/gaps-$1.txt"
+    sqlite3 "$DB" "SELECT started_at_ms - LAG(started_at_ms) OVER (PARTITION BY check_name ORDER BY started_at_ms, seq)
+        FROM results WHERE check_name GLOB 'c[0-9]' AND started_at_ms BETWEEN $2 AND $3" |
+        sed '/^$/d' >"$WORK/intervals-$1.txt"
+    n=$(wc -l <"$WORK/gaps-$1.txt")
+    echo "$1: all-checks gap ms p50=$(pct "$WORK/gaps-$1.txt" 0.5) p99=$(pct "$WORK/gaps-$1.txt" 0.99) max=$(pct "$WORK/gaps-$1.txt" 1) n=$n"
+    n=$(wc -l <"$WORK/intervals-$1.txt")
+    over=$(awk '$1 > 1500' "$WORK/intervals-$1.txt" | wc -l)
+    echo "$1: per-check interval ms p50=$(pct "$WORK/intervals-$1.txt" 0.5) p99=$(pct "$WORK/intervals-$1.txt" 0.99) max=$(pct "$WORK/intervals-$1.txt" 1) n=$n over_1500ms=$over"
+}
+
+main() {
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    ulimit -n 4096 2>/dev/null
+    for tool in sqlite3 jq sha256sum; do
+        command -v "$tool" >/dev/null || die "$tool is needed"
+    done
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+        log "cargo build --locked --release --workspace"
+        (cd "$ROOT" && cargo build --locked --release --workspace) || die "release build failed"
+    fi
+    for f in outrider-server outrider-agent outrider liboutrider_agent.so; do
+        [ -e "$BIN/$f" ] || die "$BIN/$f is missing: run cargo build --release --workspace"
+    done
+
+    rm -rf "$WORK"
+    mkdir -p "$WORK/agent/etc" "$WORK/libs"
+    cp "$BIN/liboutrider_agent.so" "$WORK/libs/a.so"
+    cp "$BIN/liboutrider_agent.so" "$WORK/libs/b.so"
+    printf 'outrider-bench-swap build A\n' >>"$WORK/libs/a.so"
+    printf 'outrider-bench-swap build B\n' >>"$WORK/libs/b.so"
+    sha256sum "$WORK/libs/a.so" "$WORK/libs/b.so" >&2
+
+    RUST_LOG=info "$BIN/outrider-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 \
+        --enrollment-token "$TOKEN" --ready-file "$WORK/ready" >"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    wait_for "the server's ready file" 20 test -s "$WORK/ready"
+    URL="http://$(cat "$WORK/ready")"
+    ADMIN=$(cat "$WORK/server/admin.token")
+    DB="$WORK/server/outrider.db"
+    [ -e "$DB" ] || DB=$(find "$WORK/server" -name '*.db' | head -n 1)
+    log "server $URL (pid $SERVER_PID), db $DB"
+
+    "$BIN/outrider" keys init --dir "$WORK/keys" >"$WORK/keys.log" 2>&1 || die "keys init failed"
+    # A plugin with Nagios perfdata; ten checks at the 1 s minimum = ~10 results/s.
+    printf '#!/bin/sh\necho "OK - bench | value=1;;;;"\n' >"$WORK/plugin.sh"
+    chmod 755 "$WORK/plugin.sh"
+    for i in 0 1 2 3 4 5 6 7 8 9; do
+        cli checks add "c$i" --interval-secs 1 --timeout-secs 5 -- "$WORK/plugin.sh" >/dev/null ||
+            die "checks add c$i failed"
+    done
+
+    publish s1 "$WORK/libs/a.so"
+    cat >"$WORK/agent/etc/agent.toml" <<EOF
+server_url = "$URL"
+enrollment_token = "$TOKEN"
+channel = "bench"
+update_interval_secs = 1
+probation_secs = 30
+stop_timeout_secs = 10
+EOF
+    cp "$WORK/keys/root.json" "$WORK/agent/etc/root.json"
+    OUTRIDER_LOG=info "$BIN/outrider-agent" --prefix "$WORK/agent" >"$WORK/stub.log" 2>&1 &
+    AGENT_PID=$!
+    wait_for "s1 to be current" 60 current_is s1
+
+    # Warm-up: one swap, then settle, then the first sample.
+    publish s2 "$WORK/libs/b.so"
+    wait_for "s2 to be current" 60 current_is s2
+    sleep 2
+    before=$(sample before)
+    log "$before"
+    control_from=$(now_ms)
+    log "control window: ${CONTROL_SECS}s without swaps"
+    sleep "$CONTROL_SECS"
+    control_to=$(now_ms)
+
+    start_s=$(date +%s)
+    done_swaps=0
+    n=3
+    : >"$WORK/swap-times.txt"
+    while [ $done_swaps -lt "$SWAPS" ]; do
+        if [ $(($(date +%s) - start_s)) -ge "$TIME_LIMIT_SECS" ]; then
+            log "time limit of ${TIME_LIMIT_SECS}s reached after $done_swaps swaps"
+            break
+        fi
+        if [ $((n % 2)) -eq 1 ]; then lib=a; else lib=b; fi
+        t0=$(now_ms)
+        publish "s$n" "$WORK/libs/$lib.so"
+        t1=$(now_ms)
+        wait_for "s$n to be current" 60 current_is "s$n"
+        t2=$(now_ms)
+        echo "s$n publish_ms=$((t1 - t0)) publish_to_current_ms=$((t2 - t1))" >>"$WORK/swap-times.txt"
+        kill -0 "$AGENT_PID" 2>/dev/null || die "the stub exited"
+        done_swaps=$((done_swaps + 1))
+        [ $((done_swaps % 10)) -eq 0 ] && log "$done_swaps swaps (s$n)"
+        n=$((n + 1))
+    done
+    swaps_to=$(now_ms)
+    swaps_from=$control_to
+    sleep 2
+    after=$(sample after)
+    log "$after"
+    sleep 3 # let the last results reach the server
+    kill -TERM "$AGENT_PID"
+    wait_for "the stub to exit" 30 sh -c "! kill -0 $AGENT_PID 2>/dev/null"
+    AGENT_PID=
+
+    awk '{ split($3, a, "="); print a[2] }' "$WORK/swap-times.txt" >"$WORK/swap-ms.txt"
+    cat <<EOF
+
+== outrider hot-swap benchmark, $(date -u +%Y-%m-%d) ==
+measured swaps: $done_swaps of $SWAPS requested (plus 1 warm-up swap), $((swaps_to - swaps_from)) ms
+publish -> current (state.json) per swap ms: p50=$(pct "$WORK/swap-ms.txt" 0.5) p99=$(pct "$WORK/swap-ms.txt" 0.99) max=$(pct "$WORK/swap-ms.txt" 1)
+$before
+$after
+rss growth KiB: $(($(echo "$after" | sed 's/.*rss_kib=\([0-9]*\).*/\1/') - $(echo "$before" | sed 's/.*rss_kib=\([0-9]*\).*/\1/')))
+pss growth KiB: $(($(echo "$after" | sed 's/.*pss_kib=\([0-9]*\).*/\1/') - $(echo "$before" | sed 's/.*pss_kib=\([0-9]*\).*/\1/')))
+$(gaps control "$control_from" "$control_to")
+$(gaps swaps "$swaps_from" "$swaps_to")
+agents in store: $(sqlite3 "$DB" "SELECT COUNT(DISTINCT fingerprint) FROM results")
+seq range (whole run): $(sqlite3 "$DB" "SELECT MIN(seq) || '..' || MAX(seq) || ' rows=' || COUNT(*) || ' lost(holes)=' || (MAX(seq) - MIN(seq) + 1 - COUNT(*)) FROM results")
+duplicated (same check and started_at_ms): $(sqlite3 "$DB" "SELECT COUNT(*) FROM (SELECT 1 FROM results GROUP BY fingerprint, check_name, started_at_ms HAVING COUNT(*) > 1)")
+update-event results (outrider.update): $(sqlite3 "$DB" "SELECT COUNT(*) FROM results WHERE check_name = 'outrider.update'")
+stub log: hot swaps started=$(grep -c 'hot swap starting' "$WORK/stub.log") probation passed=$(grep -c 'probation passed' "$WORK/stub.log") re-executing=$(grep -c 're-executing' "$WORK/stub.log") still mapped=$(grep -c 'still mapped' "$WORK/stub.log") rolling back=$(grep -c 'rolling back' "$WORK/stub.log") WARN=$(grep -c 'WARN' "$WORK/stub.log") ERROR=$(grep -c 'ERROR' "$WORK/stub.log")
+EOF
+}
+
+main "$@" || exit 1
