@@ -16,6 +16,7 @@
 # last swap; the PID must not change.
 #
 # Usage:   bench/swap.sh [SWAPS]        (default 200 measured swaps)
+#          bench/swap.sh report         re-print the report of the last run in $WORK
 # Env:     SKIP_BUILD=1  do not run `cargo build --locked --release --workspace`
 #          TIME_LIMIT_SECS=1800  stop swapping after this long (reported)
 #          CONTROL_SECS=30  no-swap control window before the swaps
@@ -201,18 +202,69 @@ EOF
     wait_for "the stub to exit" 30 sh -c "! kill -0 $AGENT_PID 2>/dev/null"
     AGENT_PID=
 
+    cat >"$WORK/run.env" <<EOF
+DB='$DB'
+SWAPS=$SWAPS
+commit='$(git -C "$ROOT" rev-parse --short HEAD) (binaries built $(date -u -r "$BIN/outrider-agent" +%H:%M:%SZ))'
+done_swaps=$done_swaps
+control_from=$control_from
+control_to=$control_to
+swaps_from=$swaps_from
+swaps_to=$swaps_to
+before='$before'
+after='$after'
+EOF
+    report
+}
+
+# ms_of_log_lines PATTERN: epoch ms of each stub log line matching PATTERN
+# (the log's RFC 3339 UTC timestamps, same host clock as started_at_ms).
+ms_of_log_lines() {
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/stub.log" | grep "$1" | cut -c1-26 |
+        while read -r ts; do
+            echo $(($(date -u -d "${ts%.*}Z" +%s) * 1000 + $(echo "${ts#*.}" | cut -c1-3 | sed 's/^0*//;s/^$/0/')))
+        done
+}
+
+# Prints the report of the run in $WORK (also: `bench/swap.sh report`).
+report() {
+    # shellcheck disable=SC1091
+    . "$WORK/run.env"
     awk '{ split($3, a, "="); print a[2] }' "$WORK/swap-times.txt" >"$WORK/swap-ms.txt"
+    # Per swap: "hot swap starting" (old generation about to stop) and the
+    # next "generation started"; the swap's own collection gap is the first
+    # result started after the new start minus the last started before the stop.
+    ms_of_log_lines 'hot swap starting' >"$WORK/swap-start.txt"
+    ms_of_log_lines 'generation started' | tail -n +2 >"$WORK/gen-start.txt"
+    paste -d, "$WORK/swap-start.txt" "$WORK/gen-start.txt" | awk -F, -v f="$swaps_from" -v t="$swaps_to" \
+        '$1 >= f && $1 <= t && $2 != ""' >"$WORK/swaps.csv"
+    awk -F, '{ print $2 - $1 }' "$WORK/swaps.csv" >"$WORK/handover-ms.txt"
+    sqlite3 :memory: >"$WORK/swap-gap-ms.txt" <<EOF
+ATTACH '$DB' AS s;
+CREATE TABLE swaps(stop_ms INTEGER, start_ms INTEGER);
+.mode csv
+.import $WORK/swaps.csv swaps
+.mode list
+SELECT (SELECT MIN(started_at_ms) FROM s.results WHERE check_name GLOB 'c[0-9]' AND started_at_ms >= start_ms)
+     - (SELECT MAX(started_at_ms) FROM s.results WHERE check_name GLOB 'c[0-9]' AND started_at_ms <= stop_ms)
+FROM swaps;
+EOF
+    rows=$(sqlite3 "$DB" "SELECT COUNT(*) FROM results WHERE check_name GLOB 'c[0-9]' AND started_at_ms BETWEEN $swaps_from AND $swaps_to")
     cat <<EOF
 
 == outrider hot-swap benchmark, $(date -u +%Y-%m-%d) ==
+commit: $commit
 measured swaps: $done_swaps of $SWAPS requested (plus 1 warm-up swap), $((swaps_to - swaps_from)) ms
 publish -> current (state.json) per swap ms: p50=$(pct "$WORK/swap-ms.txt" 0.5) p99=$(pct "$WORK/swap-ms.txt" 0.99) max=$(pct "$WORK/swap-ms.txt" 1)
+stop old -> new generation started (stub log) ms: p50=$(pct "$WORK/handover-ms.txt" 0.5) p99=$(pct "$WORK/handover-ms.txt" 0.99) max=$(pct "$WORK/handover-ms.txt" 1) n=$(wc -l <"$WORK/handover-ms.txt")
 $before
 $after
 rss growth KiB: $(($(echo "$after" | sed 's/.*rss_kib=\([0-9]*\).*/\1/') - $(echo "$before" | sed 's/.*rss_kib=\([0-9]*\).*/\1/')))
 pss growth KiB: $(($(echo "$after" | sed 's/.*pss_kib=\([0-9]*\).*/\1/') - $(echo "$before" | sed 's/.*pss_kib=\([0-9]*\).*/\1/')))
 $(gaps control "$control_from" "$control_to")
 $(gaps swaps "$swaps_from" "$swaps_to")
+swaps: gap across each swap (last result before stop -> first after start) ms: p50=$(pct "$WORK/swap-gap-ms.txt" 0.5) p99=$(pct "$WORK/swap-gap-ms.txt" 0.99) max=$(pct "$WORK/swap-gap-ms.txt" 1) n=$(wc -l <"$WORK/swap-gap-ms.txt")
+swaps: results c0..c9 = $rows, expected 10/s x $(((swaps_to - swaps_from) / 1000)) s = $(((swaps_to - swaps_from) / 100)); per-check intervals < 500 ms (a run repeated early): $(awk '$1 < 500' "$WORK/intervals-swaps.txt" | wc -l)
 agents in store: $(sqlite3 "$DB" "SELECT COUNT(DISTINCT fingerprint) FROM results")
 seq range (whole run): $(sqlite3 "$DB" "SELECT MIN(seq) || '..' || MAX(seq) || ' rows=' || COUNT(*) || ' lost(holes)=' || (MAX(seq) - MIN(seq) + 1 - COUNT(*)) FROM results")
 duplicated (same check and started_at_ms): $(sqlite3 "$DB" "SELECT COUNT(*) FROM (SELECT 1 FROM results GROUP BY fingerprint, check_name, started_at_ms HAVING COUNT(*) > 1)")
@@ -220,5 +272,10 @@ update-event results (outrider.update): $(sqlite3 "$DB" "SELECT COUNT(*) FROM re
 stub log: hot swaps started=$(grep -c 'hot swap starting' "$WORK/stub.log") probation passed=$(grep -c 'probation passed' "$WORK/stub.log") re-executing=$(grep -c 're-executing' "$WORK/stub.log") still mapped=$(grep -c 'still mapped' "$WORK/stub.log") rolling back=$(grep -c 'rolling back' "$WORK/stub.log") WARN=$(grep -c 'WARN' "$WORK/stub.log") ERROR=$(grep -c 'ERROR' "$WORK/stub.log")
 EOF
 }
+
+if [ "${1:-}" = report ]; then
+    report
+    exit 0
+fi
 
 main "$@" || exit 1

@@ -17,6 +17,7 @@
 mod channel;
 mod export;
 mod publish;
+mod stub;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -64,6 +65,8 @@ enum ReleaseCommand {
     Status(channel::StatusArgs),
     /// Write the whole repository as static files for a web server or CDN.
     Export(export::ExportArgs),
+    /// Sign and upload a new outrider-agent stub binary for a channel (rare).
+    PublishStub(stub::PublishStubArgs),
 }
 
 /// Runs `outrider release ...`.
@@ -76,6 +79,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: ReleaseArgs) -> Result
         ReleaseCommand::Rollback(args) => channel::rollback(client, args),
         ReleaseCommand::Status(args) => channel::status(client, global.json, args),
         ReleaseCommand::Export(args) => export::run(client, args),
+        ReleaseCommand::PublishStub(args) => stub::run(client, args),
     }
 }
 

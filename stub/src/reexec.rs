@@ -41,12 +41,13 @@ pub struct Handover {
     pub state: Vec<u8>,
 }
 
-/// Replaces this process image with a fresh stub carrying `handover`.
-/// Returns only on failure.
-pub fn exec_self(handover: &Handover, lock: &InstanceLock) -> StubError {
+/// Replaces this process image with `program` (normally `/proc/self/exe`,
+/// the running binary; after a stub self-update, the new binary's path)
+/// carrying `handover`. Returns only on failure.
+pub fn exec_self(program: &std::path::Path, handover: &Handover, lock: &InstanceLock) -> StubError {
     match prepare(handover, lock) {
         Ok((memfd, lock_fd)) => {
-            let mut cmd = std::process::Command::new("/proc/self/exe");
+            let mut cmd = std::process::Command::new(program);
             cmd.args(std::env::args_os().skip(1))
                 .env(HANDOVER_FD_ENV, memfd.as_raw_fd().to_string())
                 .env(LOCK_FD_ENV, lock_fd.to_string());

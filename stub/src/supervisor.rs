@@ -64,6 +64,9 @@ pub struct Supervisor<'a> {
     reexec_when_healthy: bool,
     /// Consecutive failed attempts, for the retry backoff.
     retries: u32,
+    /// Path and SHA-256 of the running stub binary (None if unreadable:
+    /// then self-update is off).
+    exe: Option<(std::path::PathBuf, outrider_signing::Sha256)>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -90,6 +93,7 @@ impl<'a> Supervisor<'a> {
             next_check: Instant::now(),
             reexec_when_healthy: false,
             retries: 0,
+            exe: running_exe(),
         }
     }
 
@@ -189,6 +193,9 @@ impl<'a> Supervisor<'a> {
             }
         };
         self.state.save(&self.layout.state_json)?;
+        if self.probation.is_none() && self.generation.is_some() {
+            self.maybe_update_stub()?;
+        }
         if running == Some(build.sha256) {
             return Ok(());
         }
@@ -504,6 +511,61 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// Step 5 of the stub issue: when the manifest offers a stub binary other
+    /// than the one running, download and verify it beside the current
+    /// binary, swap it in atomically (self-replace: write beside, fsync,
+    /// rename), and re-exec into it carrying the running generation's state.
+    /// Any failure leaves the current binary in place and is logged.
+    fn maybe_update_stub(&mut self) -> Result<(), StubError> {
+        let Some(offer) = self.updater.stub_offer().cloned() else {
+            return Ok(());
+        };
+        let Some((exe, running)) = &self.exe else {
+            return Ok(());
+        };
+        if offer.sha256 == *running {
+            return Ok(());
+        }
+        let dir = exe.parent().unwrap_or(std::path::Path::new("."));
+        let staged = dir.join(".outrider-agent.new");
+        let result = self.updater.fetch_stub(&offer, &staged).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+                .map_err(StubError::io("making executable", &staged))?;
+            self_replace::self_replace(&staged)
+                .map_err(StubError::io("replacing the stub binary", exe))
+        });
+        let _ = std::fs::remove_file(&staged);
+        if let Err(e) = result {
+            error!(
+                "stub self-update to {} failed; keeping this stub: {}",
+                offer.sha256,
+                chain(&e)
+            );
+            return Ok(());
+        }
+        info!(sha256 = %offer.sha256, "stub binary replaced; re-executing into it");
+        let exe = exe.clone();
+        let generation = self.generation.take().expect("checked by the caller");
+        let build = build_ref(generation.build());
+        let state = match generation.stop(self.config.stop_timeout) {
+            Ok(stopped) => {
+                let state = stopped.state.clone();
+                stopped.unload();
+                state
+            }
+            Err(_) => self.last_state.clone(),
+        };
+        let handover = Handover {
+            start: build,
+            probation: false,
+            generation: self.next_number,
+            reason: "stub self-update".into(),
+            state,
+        };
+        Err(exec_self(&exe, &handover, self.lock))
+    }
+
     fn reload(&mut self) {
         match StubConfig::load(&self.layout.agent_toml) {
             Ok(config) => {
@@ -533,7 +595,7 @@ impl<'a> Supervisor<'a> {
             reason,
             state,
         };
-        exec_self(&handover, self.lock)
+        exec_self(std::path::Path::new("/proc/self/exe"), &handover, self.lock)
     }
 
     fn installed(&self, build: &BuildRef) -> Option<Build> {
@@ -558,6 +620,14 @@ impl<'a> Supervisor<'a> {
             .saturating_mul(1 << self.retries.min(6))
             .min(RETRY_MAX)
     }
+}
+
+/// The running binary's path and hash, read once at start (after a
+/// self-update replaced the file, `/proc/self/exe` names the old inode).
+fn running_exe() -> Option<(std::path::PathBuf, outrider_signing::Sha256)> {
+    let path = std::fs::read_link("/proc/self/exe").ok()?;
+    let bytes = std::fs::read("/proc/self/exe").ok()?;
+    Some((path, outrider_signing::sha256(&bytes)))
 }
 
 fn build_ref(build: &Build) -> BuildRef {

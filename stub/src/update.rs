@@ -51,6 +51,8 @@ pub fn load_root(path: &Path) -> Result<TrustedRoot, StubError> {
 pub struct Updater {
     client: UpdateClient<HttpTransport>,
     channel: outrider_signing::Channel,
+    /// The stub artifact the last verified manifest offers for our triple.
+    stub_offer: Option<outrider_signing::Artifact>,
     layout: Layout,
     root: TrustedRoot,
 }
@@ -67,6 +69,7 @@ impl Updater {
         Updater {
             client,
             channel: config.channel.clone(),
+            stub_offer: None,
             layout: layout.clone(),
             root,
         }
@@ -108,6 +111,11 @@ impl Updater {
         state.floor_channel = Some(self.channel.to_string());
         state.floor = Some(manifest.floor());
         state.manifest_expires_unix = Some(manifest.manifest.expires_unix);
+        self.stub_offer = manifest
+            .manifest
+            .targets
+            .get(&outrider_signing::host_triple())
+            .and_then(|t| t.stub.clone());
         // Step 3: plan.
         let fingerprint = agent_fingerprint(&self.layout.config_dir);
         let triple = outrider_signing::host_triple();
@@ -204,6 +212,20 @@ impl Updater {
             path,
             manifest_sha256: None,
         })
+    }
+
+    /// The stub binary the last accepted manifest offers, if any.
+    pub fn stub_offer(&self) -> Option<&outrider_signing::Artifact> {
+        self.stub_offer.as_ref()
+    }
+
+    /// Downloads the offered stub binary and writes it, verified, to `dest`.
+    pub fn fetch_stub(
+        &self,
+        artifact: &outrider_signing::Artifact,
+        dest: &Path,
+    ) -> Result<(), StubError> {
+        Ok(self.client.fetch_full(artifact, dest)?)
     }
 
     /// Follows a reloaded configuration (channel, update URL); the trusted

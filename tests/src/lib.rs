@@ -232,15 +232,33 @@ impl TestServer {
             channel,
             "--keys",
             &keys_dir,
+            "--deltas",
+            "0",
             &library.to_string_lossy(),
         ]);
         sha256_file(library)
     }
 
-    /// Publishes `library` to `channel` as release `version`; returns its sha256.
+    /// Publishes `library` to `channel` as release `version` without deltas
+    /// (a debug build of the real library is large, and a debug CLI's bsdiff
+    /// of it takes minutes); returns its sha256.
     pub fn publish_as(&self, keys: &Keys, channel: &str, library: &Path, version: &str) -> String {
+        self.publish_with(keys, channel, library, version, 0)
+    }
+
+    /// Publishes `library` as release `version`, making deltas from up to
+    /// `deltas` earlier builds of the channel; returns its sha256.
+    pub fn publish_with(
+        &self,
+        keys: &Keys,
+        channel: &str,
+        library: &Path,
+        version: &str,
+        deltas: u32,
+    ) -> String {
         let keys_dir = keys.dir.path().to_string_lossy().into_owned();
         let lib = library.to_string_lossy().into_owned();
+        let deltas = deltas.to_string();
         self.cli(&[
             "release",
             "publish",
@@ -250,6 +268,8 @@ impl TestServer {
             &keys_dir,
             "--version",
             version,
+            "--deltas",
+            &deltas,
             &lib,
         ]);
         sha256_file(library)
@@ -367,8 +387,19 @@ impl TestAgent {
         )
         .expect("agent.toml");
         std::fs::copy(keys.root_json(), etc.join("root.json")).expect("root.json");
+        // Run a private copy of the stub binary: a stub self-update replaces
+        // its own file, which must not be the workspace's build.
+        let bin = prefix.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        std::fs::copy(bin_dir().join("outrider-agent"), bin.join("outrider-agent"))
+            .expect("copy the stub");
         let proc = spawn_stub(prefix.path(), "stub.log", env);
         TestAgent { prefix, proc }
+    }
+
+    /// The stub binary this agent runs (a private copy in its prefix).
+    pub fn stub_binary(&self) -> PathBuf {
+        self.prefix.path().join("bin/outrider-agent")
     }
 
     /// The stub's process id.
@@ -412,7 +443,7 @@ impl TestAgent {
 
 /// Starts `outrider-agent --prefix <prefix>` with debug logs into `prefix/<log>`.
 fn spawn_stub(prefix: &Path, log: &str, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(bin_dir().join("outrider-agent"));
+    let mut cmd = Command::new(prefix.join("bin/outrider-agent"));
     cmd.arg("--prefix")
         .arg(prefix)
         .env("OUTRIDER_LOG", "debug")

@@ -91,6 +91,8 @@ pub(crate) fn blob(
             let n = match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
+                // A signal arrived mid-read (EINTR): nothing failed, read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Keep what arrived: the next attempt resumes from it.
                     let _ = file.flush();

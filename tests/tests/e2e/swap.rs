@@ -8,6 +8,10 @@ use outrider_tests::testlib::{heartbeats, testlib_variant};
 use outrider_tests::{Keys, TestAgent, TestServer, secs, wait_until};
 use serde_json::Value;
 
+/// Test-library builds are small: publishing keeps making deltas, so the
+/// stub's delta path is exercised end to end.
+const DELTAS: u32 = 3;
+
 /// Fast update checks and short windows, so each test takes seconds.
 const FAST: &str = "update_interval_secs = 1\nprobation_secs = 3\nstop_timeout_secs = 2";
 
@@ -55,7 +59,7 @@ impl Fleet<'_> {
         let lib = testlib_variant(self.libs.path(), behaviour, tag);
         self.setup
             .server
-            .publish_as(&self.setup.keys, &self.channel, &lib, tag)
+            .publish_with(&self.setup.keys, &self.channel, &lib, tag, DELTAS)
     }
 
     fn agent(&self) -> TestAgent {
@@ -409,4 +413,79 @@ fn a_rollback_is_reported_to_the_server_by_the_next_healthy_generation() {
             .state()
             .filter(|s| s["events"] == serde_json::json!([]))
     });
+}
+
+#[test]
+fn the_stub_updates_itself_from_a_signed_artifact_and_keeps_its_pid() {
+    let setup = Setup::new();
+    let fleet = setup.channel("stub-update");
+    let agent = fleet.agent();
+    wait_current(&agent, "v1");
+    let pid = agent.pid();
+    let old_sha = outrider_tests::sha256_file(&agent.stub_binary());
+    let dir = tempfile::tempdir().unwrap();
+    let publish_stub = |trailer: &str| {
+        let path = dir.path().join(format!("outrider-agent-{trailer}"));
+        let mut bytes = std::fs::read(agent.stub_binary()).unwrap();
+        bytes.extend_from_slice(format!("\n# stub build {trailer}\n").as_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let keys = setup.keys.dir.path().to_string_lossy().into_owned();
+        let path_arg = path.to_string_lossy().into_owned();
+        setup.server.cli(&[
+            "release",
+            "publish-stub",
+            "--channel",
+            "stub-update",
+            "--keys",
+            &keys,
+            &path_arg,
+        ]);
+        outrider_tests::sha256_file(&path)
+    };
+
+    // A stub artifact tampered with in the server's store is refused.
+    let bad_sha = publish_stub("tampered");
+    let blobs = setup.server.data_dir().join("releases/blobs");
+    let newest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())
+        .unwrap()
+        .path();
+    let mut blob = std::fs::read(&newest).unwrap();
+    let mid = blob.len() / 2;
+    blob[mid] ^= 0x10;
+    std::fs::write(&newest, blob).unwrap();
+    agent
+        .proc
+        .wait_for_log(&format!("stub self-update to {bad_sha} failed"), secs(30));
+    agent.proc.wait_for_log("hash mismatch", secs(5));
+    assert_eq!(
+        outrider_tests::sha256_file(&agent.stub_binary()),
+        old_sha,
+        "binary unchanged"
+    );
+
+    // A good one replaces the binary and the process re-execs into it.
+    let new_sha = publish_stub("good");
+    agent.proc.wait_for_log("re-executing into it", secs(30));
+    agent
+        .proc
+        .wait_for_log("continuing after a re-exec", secs(30));
+    assert_eq!(
+        outrider_tests::sha256_file(&agent.stub_binary()),
+        new_sha,
+        "the binary was replaced"
+    );
+    assert_eq!(agent.pid(), pid, "same process");
+    // The library came back with the state it handed over.
+    agent
+        .proc
+        .wait_for_log("testlib v1 started with state 1", secs(10));
+    std::thread::sleep(secs(3));
+    assert_eq!(
+        agent.proc.log().matches("re-executing into it").count(),
+        1,
+        "updated once, no loop"
+    );
 }
