@@ -85,6 +85,9 @@ async fn agent_main(
     )));
     report_update_events(&settings.events, &outbox);
     let mut scheduler = Scheduler::new(outbox.clone(), hooks.clone(), stop.child_token());
+    if let Some(state) = &state {
+        scheduler.carry_next_runs(&state.next_runs);
+    }
     if let Some(config) = state.as_ref().and_then(|s| s.config.as_ref()) {
         scheduler.apply(config);
     }
@@ -106,9 +109,11 @@ async fn agent_main(
     connection.run(&mut scheduler).await;
 
     let config = scheduler.config().cloned();
+    let next_runs = scheduler.next_runs();
     scheduler.shutdown().await;
     let blob = StateBlob {
         config,
+        next_runs,
         ..outbox.lock().to_state()
     };
     hooks.info(&format!(

@@ -49,10 +49,38 @@ struct Job {
     cancel: CancellationToken,
 }
 
+/// When a check is next due, as carried across a hot swap.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NextRun {
+    /// [`schedule_hash`] of the check when this was recorded; a changed
+    /// schedule starts afresh.
+    pub schedule_hash: String,
+    /// Wall-clock due time, Unix milliseconds.
+    pub at_unix_ms: i64,
+}
+
+/// Stable hash (FNV-1a 64) of what decides a check's rhythm: its interval
+/// and command. Stable across builds, unlike `std`'s hasher, because two
+/// different library builds compare it.
+pub fn schedule_hash(spec: &CheckSpec) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let text = format!("{}\0{}", spec.interval_secs, spec.command.join("\0"));
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Due times shared between the jobs and the scheduler.
+type NextRuns = Arc<std::sync::Mutex<HashMap<String, NextRun>>>;
+
 /// Owns the per-check tasks.
 #[derive(Debug)]
 pub struct Scheduler {
     jobs: HashMap<String, Job>,
+    /// Due times recorded by the jobs; seeded from the previous generation.
+    next_runs: NextRuns,
     tasks: JoinSet<()>,
     permits: Arc<Semaphore>,
     outbox: Arc<SharedOutbox>,
@@ -71,6 +99,7 @@ impl Scheduler {
     ) -> Scheduler {
         Scheduler {
             jobs: HashMap::new(),
+            next_runs: NextRuns::default(),
             tasks: JoinSet::new(),
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_RUNS)),
             outbox,
@@ -136,6 +165,22 @@ impl Scheduler {
         summary
     }
 
+    /// Seeds due times handed over by the previous generation; call before
+    /// the first [`Scheduler::apply`].
+    pub fn carry_next_runs(&mut self, carried: &std::collections::BTreeMap<String, NextRun>) {
+        let mut runs = self.next_runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.extend(carried.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+
+    /// When each scheduled check is next due, for the state blob.
+    pub fn next_runs(&self) -> std::collections::BTreeMap<String, NextRun> {
+        let runs = self.next_runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.iter()
+            .filter(|(name, _)| self.jobs.contains_key(*name))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// The configuration last applied.
     pub fn config(&self) -> Option<&AgentConfig> {
         self.config.as_ref()
@@ -158,6 +203,7 @@ impl Scheduler {
         let cancel = self.cancel.child_token();
         let task = run_job(
             spec.clone(),
+            self.next_runs.clone(),
             self.permits.clone(),
             self.outbox.clone(),
             self.hooks.clone(),
@@ -180,26 +226,55 @@ impl Scheduler {
     }
 }
 
-/// One check's loop: jitter, then fixed-rate runs until cancelled.
+/// One check's loop: first run at the due time handed over (same schedule)
+/// or after a random jitter, then fixed-rate runs until cancelled; each tick
+/// records the next due time.
 async fn run_job(
     spec: CheckSpec,
+    next_runs: NextRuns,
     permits: Arc<Semaphore>,
     outbox: Arc<SharedOutbox>,
     hooks: Arc<dyn HostHooks>,
     cancel: CancellationToken,
 ) {
     let period = Duration::from_secs(u64::from(spec.interval_secs));
-    let jitter = Duration::from_millis(random_below(
-        u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
-    ));
-    let mut ticks = tokio::time::interval_at(Instant::now() + jitter, period);
+    let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+    let hash = schedule_hash(&spec);
+    let carried = {
+        let runs = next_runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.get(&spec.name)
+            .filter(|r| r.schedule_hash == hash)
+            .map(|r| r.at_unix_ms)
+    };
+    // Due in the past (the swap took longer than the rest of the interval):
+    // run now; never wait longer than one period.
+    let first_delay_ms = match carried {
+        Some(at) => u64::try_from(at - unix_ms()).unwrap_or(0).min(period_ms),
+        None => random_below(period_ms),
+    };
+    let first = Instant::now() + Duration::from_millis(first_delay_ms);
+    let mut ticks = tokio::time::interval_at(first, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let limits = RunLimits::new(Duration::from_secs(u64::from(spec.timeout_secs)));
     loop {
-        tokio::select! {
+        let due = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+            due = ticks.tick() => due,
+        };
+        let next_at = unix_ms()
+            + i64::try_from(
+                (due + period)
+                    .saturating_duration_since(Instant::now())
+                    .as_millis(),
+            )
+            .unwrap_or(0);
+        next_runs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            spec.name.clone(),
+            NextRun {
+                schedule_hash: hash.clone(),
+                at_unix_ms: next_at,
+            },
+        );
         let permit = tokio::select! {
             _ = cancel.cancelled() => return,
             permit = permits.clone().acquire_owned() => match permit {
@@ -218,6 +293,14 @@ async fn run_job(
             ));
         }
     }
+}
+
+/// Wall-clock now, Unix milliseconds.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -329,5 +412,50 @@ mod tests {
         s.shutdown().await;
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(outbox.lock().is_empty(), "a cancelled run reports nothing");
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_due_time_is_kept_and_a_changed_schedule_starts_afresh() {
+        let check = spec("echo", &["/bin/sh", "-c", "echo 'OK hi'"], 60);
+        let due = unix_ms() + 400;
+        let carried = std::collections::BTreeMap::from([(
+            "echo".to_owned(),
+            NextRun {
+                schedule_hash: schedule_hash(&check),
+                at_unix_ms: due,
+            },
+        )]);
+        let (mut s, outbox) = scheduler();
+        s.carry_next_runs(&carried);
+        s.apply(&AgentConfig {
+            version: 1,
+            checks: vec![check.clone()],
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while outbox.lock().is_empty() {
+                outbox.pushed.notified().await;
+            }
+        })
+        .await
+        .expect("the carried due time, not a random point in 60 s");
+        let started = {
+            let mut o = outbox.lock();
+            o.welcome(0);
+            o.next_batch(10)[0].started_at_ms
+        };
+        assert!((started - due).abs() < 250, "ran at {started}, due {due}");
+        // The next due time is recorded for the next handover.
+        let next = s.next_runs()["echo"].at_unix_ms;
+        assert!((next - (started + 60_000)).abs() < 250, "next {next}");
+        s.shutdown().await;
+
+        // Same name, other command: the carried time does not apply.
+        let changed = spec("echo", &["/bin/sh", "-c", "echo 'OK other'"], 60);
+        assert_ne!(schedule_hash(&changed), schedule_hash(&check));
+        assert_eq!(
+            schedule_hash(&check),
+            schedule_hash(&check.clone()),
+            "stable"
+        );
     }
 }

@@ -32,6 +32,10 @@ pub struct StateBlob {
     /// The configuration last received from the server.
     #[serde(default)]
     pub config: Option<AgentConfig>,
+    /// When each check is next due, so a hot swap keeps every check's
+    /// rhythm instead of starting it again after a random jitter.
+    #[serde(default)]
+    pub next_runs: std::collections::BTreeMap<String, crate::scheduler::NextRun>,
 }
 
 impl Default for StateBlob {
@@ -42,6 +46,7 @@ impl Default for StateBlob {
             seq_synced: false,
             unacked: Vec::new(),
             config: None,
+            next_runs: std::collections::BTreeMap::new(),
         }
     }
 }
