@@ -22,6 +22,7 @@ const BEHAVIOURS: &[&str] = &[
     "healthy",
     "silent",
     "leak-thread",
+    "pin",
     "panic",
     "fail-start",
     "abort",

@@ -101,6 +101,9 @@ enum Behaviour {
     Healthy,
     Silent,
     LeakThread,
+    /// Healthy, but pins itself in memory (`dlopen` of its own file with
+    /// `RTLD_NODELETE`), so `dlclose` can never unmap it.
+    Pin,
     Panic,
     FailStart,
     Abort,
@@ -113,6 +116,7 @@ impl Behaviour {
             "healthy" => Behaviour::Healthy,
             "silent" => Behaviour::Silent,
             "leak-thread" => Behaviour::LeakThread,
+            "pin" => Behaviour::Pin,
             "panic" => Behaviour::Panic,
             "fail-start" => Behaviour::FailStart,
             "abort" => Behaviour::Abort,
@@ -219,7 +223,13 @@ fn run(host: &Host) -> i32 {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-        Behaviour::Healthy | Behaviour::Silent | Behaviour::LeakThread => {
+        Behaviour::Healthy | Behaviour::Silent | Behaviour::LeakThread | Behaviour::Pin => {
+            if behaviour == Behaviour::Pin
+                && let Err(e) = pin_self()
+            {
+                host.log(level::ERROR, &format!("testlib {tag}: pin: {e}"));
+                return status::FAILED;
+            }
             if behaviour == Behaviour::LeakThread {
                 let spawned = std::thread::Builder::new()
                     .name("testlib-leak".into())
@@ -317,6 +327,21 @@ fn own_trailer() -> Result<Option<(String, String)>, String> {
 }
 
 /// Path of the file this library was loaded from, as the loader knows it.
+/// Takes an extra reference on this library that `dlclose` never drops.
+fn pin_self() -> Result<(), String> {
+    let path = own_path()?;
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: dlopen of the file this code was loaded from, which is mapped
+    // already; RTLD_NODELETE marks it never to be unmapped. The handle is
+    // leaked on purpose.
+    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NODELETE) };
+    if handle.is_null() {
+        return Err(format!("dlopen of {} failed", path.display()));
+    }
+    Ok(())
+}
+
 fn own_path() -> Result<PathBuf, String> {
     let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
     // SAFETY: `run_v1` is a function of this library, so dladdr resolves it

@@ -489,3 +489,33 @@ fn the_stub_updates_itself_from_a_signed_artifact_and_keeps_its_pid() {
         "updated once, no loop"
     );
 }
+
+#[test]
+fn a_library_that_stays_mapped_is_shed_by_a_reexec_after_probation() {
+    let setup = Setup::new();
+    let fleet = setup.channel("pinned");
+    let agent = fleet.agent();
+    wait_current(&agent, "v1");
+    let pid = agent.pid();
+    fleet.publish("pin", "v2");
+    wait_current(&agent, "v2");
+    fleet.publish("healthy", "v3");
+    wait_current(&agent, "v3");
+    // v2 could not be unmapped; once v3 passed probation the stub re-execed.
+    agent
+        .proc
+        .wait_for_log("still mapped after unloading", secs(10));
+    agent
+        .proc
+        .wait_for_log("an old library stayed mapped", secs(10));
+    agent
+        .proc
+        .wait_for_log("continuing after a re-exec", secs(20));
+    wait_until("v2 gone from the address space", secs(20), || {
+        (!agent.maps().contains("agent.v2.")).then_some(())
+    });
+    assert_eq!(agent.pid(), pid, "same process");
+    agent
+        .proc
+        .wait_for_log("testlib v3 started with state 2", secs(10));
+}
