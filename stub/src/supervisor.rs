@@ -314,6 +314,17 @@ impl<'a> Supervisor<'a> {
             if generation.is_finished() {
                 return self.rollback("exited during probation".into());
             }
+            if generation.age() > self.config.probation
+                && self.rollback_target().is_none()
+                && self.state.last_good.is_none()
+            {
+                // Nothing to roll back to (a first install): a build that runs
+                // but cannot report health yet — the server unreachable, say —
+                // is still better than no agent. It keeps running.
+                warn!(build = %pending.build.version, "no health OK within the probation window; nothing to roll back to, keeping it");
+                let pending = pending.clone();
+                return self.pass_probation(pending);
+            }
             if generation.age() > self.config.probation {
                 return self.rollback(format!("no health OK within {:?}", self.config.probation));
             }

@@ -519,3 +519,22 @@ fn a_library_that_stays_mapped_is_shed_by_a_reexec_after_probation() {
         .proc
         .wait_for_log("testlib v3 started with state 2", secs(10));
 }
+
+#[test]
+fn a_first_install_that_cannot_report_health_keeps_running() {
+    let setup = Setup::new();
+    let fleet = setup.empty_channel("first-silent");
+    fleet.publish("silent", "s1");
+    let agent = fleet.agent();
+    // Nothing to roll back to: past the probation window it is kept, not marked bad.
+    let state = wait_current(&agent, "s1");
+    assert_eq!(state["bad"], serde_json::json!([]));
+    agent
+        .proc
+        .wait_for_log("nothing to roll back to, keeping it", secs(5));
+    assert_eq!(
+        agent.proc.log().matches("testlib s1 started").count(),
+        1,
+        "still the first run"
+    );
+}
