@@ -504,6 +504,18 @@ impl<'a> Supervisor<'a> {
 
     fn shutdown(mut self) -> Result<(), StubError> {
         info!("stop requested, stopping the agent library");
+        // A clean stop is not a crash: settle a probation in progress so the
+        // next start does not blame the build (`pending` means "crashed").
+        if let Some(pending) = self.probation.take() {
+            if self.generation.as_ref().is_some_and(Generation::is_healthy) {
+                self.reexec_when_healthy = false;
+                self.pass_probation(pending)?;
+            } else {
+                info!(build = %pending.build.version, "stopped during probation; it will be tried again");
+                self.state.pending = None;
+                self.state.save(&self.layout.state_json)?;
+            }
+        }
         let Some(generation) = self.generation.take() else {
             return Ok(());
         };

@@ -213,7 +213,12 @@ fn a_build_that_crashes_the_process_is_rolled_back_at_the_next_start() {
     agent
         .proc
         .wait_for_log("the process crashed during probation", secs(10));
-    let state = wait_current(&agent, "v1");
+    // Wait for the recovery's own write (the state before it also says v1).
+    let state = wait_until("v2 marked bad after the restart", secs(30), || {
+        agent
+            .state()
+            .filter(|s| !s["bad"].as_array().unwrap().is_empty() && s["current"]["version"] == "v1")
+    });
     agent.proc.wait_for_log("testlib v1 started", secs(10));
     assert_eq!(bad_versions(&state, &[("v2", &v2)]), ["v2"]);
     assert!(state["pending"].is_null());
@@ -537,4 +542,31 @@ fn a_first_install_that_cannot_report_health_keeps_running() {
         1,
         "still the first run"
     );
+}
+
+#[test]
+fn a_clean_stop_during_probation_is_not_mistaken_for_a_crash() {
+    let setup = Setup::new();
+    let fleet = setup.channel("stop-probation");
+    let mut agent = fleet.agent();
+    wait_current(&agent, "v1");
+    // v2 never reports health: stop the stub while it is on probation.
+    fleet.publish("silent", "v2");
+    wait_until("v2 on probation", secs(30), || {
+        agent
+            .state()
+            .filter(|s| s["pending"]["build"]["version"] == "v2")
+    });
+    agent.proc.signal(libc::SIGTERM);
+    assert_eq!(agent.proc.wait_exit(secs(30)), Some(0));
+    let state = agent.state().unwrap();
+    assert!(
+        state["pending"].is_null(),
+        "a clean stop clears the probation marker: {state}"
+    );
+    assert_eq!(state["bad"], serde_json::json!([]), "and does not blame v2");
+    // The next start runs v1 without a "crashed during probation" verdict.
+    let agent = TestAgent::restart(agent);
+    agent.proc.wait_for_log("testlib v1 started", secs(30));
+    assert!(!agent.proc.log().contains("crashed during probation"));
 }
