@@ -104,13 +104,20 @@ impl StubConfig {
 impl StubConfig {
     /// The update interval with ±10% random jitter.
     pub fn jittered_update_interval(&self) -> Duration {
-        let mut byte = [0u8; 1];
-        // Without randomness the plain interval is still correct, just in step.
-        let _ = std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut byte));
-        let factor = 0.9 + 0.2 * f64::from(byte[0]) / 255.0;
-        self.update_interval.mul_f64(factor)
+        jittered(self.update_interval, 0.9, 1.1)
     }
+}
+
+/// `d` scaled by a random factor in `[low, high]`, so a fleet does not act
+/// in step. Without randomness (unreadable `/dev/urandom`) the factor is
+/// `low`: still correct, just in step.
+pub fn jittered(d: Duration, low: f64, high: f64) -> Duration {
+    let mut byte = [0u8; 1];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut byte))
+        .map(|()| f64::from(byte[0]) / 255.0)
+        .unwrap_or(0.0);
+    d.mul_f64(low + (high - low) * random)
 }
 
 /// `url` without a trailing slash, if it is http(s).
@@ -158,6 +165,17 @@ mod tests {
         assert_eq!(cdn.update_url, "https://cdn.example/outrider");
         let bad = load("server_url = \"http://s\"\nupdate_url = \"file:///x\"").unwrap_err();
         assert!(bad.to_string().contains("update_url"), "{bad}");
+    }
+
+    #[test]
+    fn jitter_stays_within_its_bounds_and_varies() {
+        let base = Duration::from_secs(100);
+        let samples: Vec<Duration> = (0..64).map(|_| jittered(base, 0.5, 1.0)).collect();
+        assert!(samples.iter().all(|d| *d >= base / 2 && *d <= base));
+        assert!(
+            samples.iter().any(|d| *d != samples[0]),
+            "random, not constant"
+        );
     }
 
     #[test]

@@ -637,11 +637,14 @@ impl<'a> Supervisor<'a> {
         n
     }
 
+    /// Exponential backoff (1 s doubling to 60 s) with equal jitter, so a
+    /// fleet that lost its server does not retry in step.
     fn retry_delay(&mut self) -> Duration {
         self.retries = self.retries.saturating_add(1);
-        RETRY_MIN
+        let ceiling = RETRY_MIN
             .saturating_mul(1 << self.retries.min(6))
-            .min(RETRY_MAX)
+            .min(RETRY_MAX);
+        crate::config::jittered(ceiling, 0.5, 1.0)
     }
 }
 
