@@ -117,6 +117,21 @@ pub struct Target {
 }
 
 impl ReleaseManifest {
+    /// Every blob this manifest references, with its declared size: each
+    /// target's artifact, previous build, stub and deltas. The release store
+    /// requires them all before accepting the manifest; an export copies them.
+    pub fn referenced_blobs(&self) -> Vec<(Sha256, u64)> {
+        let mut out = Vec::new();
+        for target in self.targets.values() {
+            let artifacts = std::iter::once(&target.artifact)
+                .chain(target.previous.as_ref().map(|p| &p.artifact))
+                .chain(target.stub.as_ref());
+            out.extend(artifacts.map(|a| (a.zstd_sha256, a.zstd_size)));
+            out.extend(target.deltas.values().map(|d| (d.sha256, d.size)));
+        }
+        out
+    }
+
     /// A manifest with no extra fields.
     pub fn new(
         channel: Channel,

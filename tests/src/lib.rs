@@ -221,22 +221,10 @@ impl TestServer {
             .expect("run outrider")
     }
 
-    /// Publishes `library` to `channel`, signed with `keys`; returns the
-    /// library's sha256.
+    /// Publishes `library` to `channel`, signed with `keys`, without deltas;
+    /// returns the library's sha256.
     pub fn publish(&self, keys: &Keys, channel: &str, library: &Path) -> String {
-        let keys_dir = keys.dir.path().to_string_lossy().into_owned();
-        self.cli(&[
-            "release",
-            "publish",
-            "--channel",
-            channel,
-            "--keys",
-            &keys_dir,
-            "--deltas",
-            "0",
-            &library.to_string_lossy(),
-        ]);
-        sha256_file(library)
+        self.publish_release(keys, channel, library, None, 0)
     }
 
     /// Publishes `library` to `channel` as release `version` without deltas
@@ -256,22 +244,35 @@ impl TestServer {
         version: &str,
         deltas: u32,
     ) -> String {
+        self.publish_release(keys, channel, library, Some(version), deltas)
+    }
+
+    fn publish_release(
+        &self,
+        keys: &Keys,
+        channel: &str,
+        library: &Path,
+        version: Option<&str>,
+        deltas: u32,
+    ) -> String {
         let keys_dir = keys.dir.path().to_string_lossy().into_owned();
         let lib = library.to_string_lossy().into_owned();
         let deltas = deltas.to_string();
-        self.cli(&[
+        let mut args = vec![
             "release",
             "publish",
             "--channel",
             channel,
             "--keys",
             &keys_dir,
-            "--version",
-            version,
             "--deltas",
             &deltas,
-            &lib,
-        ]);
+        ];
+        if let Some(version) = version {
+            args.extend(["--version", version]);
+        }
+        args.push(&lib);
+        self.cli(&args);
         sha256_file(library)
     }
 

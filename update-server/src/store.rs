@@ -233,7 +233,7 @@ impl ReleaseStore {
                 });
             }
         }
-        for (sha, declared) in referenced_blobs(&manifest) {
+        for (sha, declared) in manifest.referenced_blobs() {
             let path = self.blobs.join(sha.to_string());
             let actual = match fs::metadata(&path) {
                 Ok(meta) if meta.is_file() => meta.len(),
@@ -367,20 +367,6 @@ impl ReleaseStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// Every blob a manifest references with its declared size: each target's
-/// artifact, previous build, deltas and stub.
-fn referenced_blobs(manifest: &ReleaseManifest) -> Vec<(Sha256, u64)> {
-    let mut out = Vec::new();
-    for target in manifest.targets.values() {
-        let artifacts = std::iter::once(&target.artifact)
-            .chain(target.previous.as_ref().map(|p| &p.artifact))
-            .chain(target.stub.as_ref());
-        out.extend(artifacts.map(|a| (a.zstd_sha256, a.zstd_size)));
-        out.extend(target.deltas.values().map(|d| (d.sha256, d.size)));
-    }
-    out
 }
 
 /// The payload of a stored (already verified) manifest envelope. The

@@ -23,7 +23,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use outrider_signing::{ReleaseManifest, Sha256, TrustedRoot, now_unix, sha256};
+use outrider_signing::{Sha256, TrustedRoot, now_unix, sha256};
 
 use super::{ChannelInfo, channel_arg, verify_even_if_expired};
 use crate::client::ApiClient;
@@ -67,7 +67,7 @@ pub(super) fn run(client: &ApiClient, args: ExportArgs) -> Result<()> {
                 )
             })?
             .manifest;
-        blobs.extend(referenced_blobs(&manifest));
+        blobs.extend(manifest.referenced_blobs());
         manifests.push((channel, bytes));
     }
 
@@ -122,19 +122,6 @@ pub(super) fn run(client: &ApiClient, args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Every blob `manifest` references, with its declared size.
-fn referenced_blobs(manifest: &ReleaseManifest) -> Vec<(Sha256, u64)> {
-    let mut out = Vec::new();
-    for target in manifest.targets.values() {
-        let artifacts = std::iter::once(&target.artifact)
-            .chain(target.previous.as_ref().map(|p| &p.artifact))
-            .chain(target.stub.as_ref());
-        out.extend(artifacts.map(|a| (a.zstd_sha256, a.zstd_size)));
-        out.extend(target.deltas.values().map(|d| (d.sha256, d.size)));
-    }
-    out
-}
-
 fn create_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
@@ -161,6 +148,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use outrider_signing::ReleaseManifest;
 
     use outrider_signing::{Delta, DeltaFormat, PreviousBuild, Target};
 
@@ -189,7 +178,7 @@ mod tests {
             2,
             BTreeMap::from([("x86_64-linux".into(), target)]),
         );
-        let blobs: BTreeMap<Sha256, u64> = referenced_blobs(&manifest).into_iter().collect();
+        let blobs: BTreeMap<Sha256, u64> = manifest.referenced_blobs().into_iter().collect();
         let want: BTreeMap<Sha256, u64> = [
             (artifact("2").zstd_sha256, 50),
             (artifact("1").zstd_sha256, 50),
