@@ -7,6 +7,7 @@
 mod agents;
 mod checks;
 mod client;
+mod files;
 mod keys;
 mod quickstart;
 mod release;

@@ -79,14 +79,6 @@ impl Sessions {
             _ => false,
         }
     }
-
-    /// Whether `fp` has a live session on this server.
-    pub fn is_connected(&self, fp: &Fingerprint) -> bool {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(fp)
-    }
 }
 
 /// `GET /v1/agent/ws`: upgrades and runs a tracked session.

@@ -59,6 +59,8 @@ impl Layout {
     /// process: loaded copies in `run/` and half-written temp dirs in
     /// `versions/` (a crash mid-install leaves nothing that looks verified).
     pub fn prepare(&self) -> Result<(), StubError> {
+        // Every copy in run/ belongs to a previous process.
+        let _ = std::fs::remove_dir_all(&self.run_dir);
         for dir in [
             &self.data_dir,
             &self.versions_dir,
@@ -67,21 +69,11 @@ impl Layout {
         ] {
             std::fs::create_dir_all(dir).map_err(StubError::io("creating directory", dir))?;
         }
-        for (dir, is_leftover) in [
-            (&self.run_dir, (|_: &str| true) as fn(&str) -> bool),
-            (&self.versions_dir, |name: &str| name.starts_with(".tmp")),
-        ] {
-            let entries = std::fs::read_dir(dir).map_err(StubError::io("listing", dir))?;
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                if is_leftover(&name.to_string_lossy()) {
-                    let path = entry.path();
-                    let _ = if path.is_dir() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    };
-                }
+        let entries = std::fs::read_dir(&self.versions_dir)
+            .map_err(StubError::io("listing", &self.versions_dir))?;
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp") {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
         Ok(())

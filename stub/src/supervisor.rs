@@ -64,9 +64,13 @@ pub struct Supervisor<'a> {
     reexec_when_healthy: bool,
     /// Consecutive failed attempts, for the retry backoff.
     retries: u32,
-    /// Path and SHA-256 of the running stub binary (None if unreadable:
-    /// then self-update is off).
-    exe: Option<(std::path::PathBuf, outrider_signing::Sha256)>,
+    /// Path of the running stub binary, read at start (after a self-update
+    /// replaced the file, `/proc/self/exe` names the old inode); `None` if
+    /// unreadable, which turns self-update off.
+    exe_path: Option<std::path::PathBuf>,
+    /// SHA-256 of the running binary, computed the first time a manifest
+    /// offers a stub (hashing it on every start would be wasted work).
+    exe_sha256: Option<outrider_signing::Sha256>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -93,7 +97,8 @@ impl<'a> Supervisor<'a> {
             next_check: Instant::now(),
             reexec_when_healthy: false,
             retries: 0,
-            exe: running_exe(),
+            exe_path: std::fs::read_link("/proc/self/exe").ok(),
+            exe_sha256: None,
         }
     }
 
@@ -208,19 +213,15 @@ impl<'a> Supervisor<'a> {
         match self.generation.is_some() {
             true => self.swap(build),
             false => {
-                let pending = self.first_pending(&build);
-                self.start(&build, Vec::new(), pending)
+                // The very first build starts on probation too (a crash
+                // is then blamed on it), though nothing can be rolled back to.
+                let pending = Pending {
+                    build: build_ref(&build),
+                    manifest_sha256: build.manifest_sha256,
+                };
+                self.start(&build, Vec::new(), Some(pending))
             }
         }
-    }
-
-    /// The very first build starts on probation too, but with nothing to
-    /// roll back to it is only marked bad if it fails.
-    fn first_pending(&self, build: &Build) -> Option<Pending> {
-        Some(Pending {
-            build: build_ref(build),
-            manifest_sha256: build.manifest_sha256,
-        })
     }
 
     /// Steps 2–7 of the swap (see the module docs).
@@ -543,12 +544,23 @@ impl<'a> Supervisor<'a> {
         let Some(offer) = self.updater.stub_offer().cloned() else {
             return Ok(());
         };
-        let Some((exe, running)) = &self.exe else {
+        let Some(exe) = self.exe_path.clone() else {
             return Ok(());
         };
-        if offer.sha256 == *running {
+        if self.exe_sha256.is_none() {
+            // /proc/self/exe is the running inode, even if the file was replaced.
+            match crate::update::hash_file(std::path::Path::new("/proc/self/exe")) {
+                Ok(sha) => self.exe_sha256 = Some(sha),
+                Err(e) => {
+                    warn!("cannot hash the running stub binary, skipping the stub update: {e}");
+                    return Ok(());
+                }
+            }
+        }
+        if Some(offer.sha256) == self.exe_sha256 {
             return Ok(());
         }
+        let exe = &exe;
         let dir = exe.parent().unwrap_or(std::path::Path::new("."));
         let staged = dir.join(".outrider-agent.new");
         let result = self.updater.fetch_stub(&offer, &staged).and_then(|()| {
@@ -646,14 +658,6 @@ impl<'a> Supervisor<'a> {
             .min(RETRY_MAX);
         crate::config::jittered(ceiling, 0.5, 1.0)
     }
-}
-
-/// The running binary's path and hash, read once at start (after a
-/// self-update replaced the file, `/proc/self/exe` names the old inode).
-fn running_exe() -> Option<(std::path::PathBuf, outrider_signing::Sha256)> {
-    let path = std::fs::read_link("/proc/self/exe").ok()?;
-    let bytes = std::fs::read("/proc/self/exe").ok()?;
-    Some((path, outrider_signing::sha256(&bytes)))
 }
 
 fn build_ref(build: &Build) -> BuildRef {

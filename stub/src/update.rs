@@ -289,7 +289,7 @@ fn agent_fingerprint(config_dir: &Path) -> Option<String> {
 }
 
 /// SHA-256 of a file, streamed.
-fn hash_file(path: &Path) -> std::io::Result<Sha256> {
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<Sha256> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; CHUNK];

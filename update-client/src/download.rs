@@ -120,10 +120,7 @@ pub(crate) fn blob(
         }
     }
     let bytes = std::fs::read(&part).map_err(|e| io("reading", e))?;
-    if let Err(e) = check_hash(what, sha256, &bytes) {
-        let _ = std::fs::remove_file(&part);
-        return Err(e);
-    }
+    // Verified or not, the part is done: a poisoned prefix is never resumed.
     let _ = std::fs::remove_file(&part);
-    Ok(bytes)
+    check_hash(what, sha256, &bytes).map(|()| bytes)
 }

@@ -45,7 +45,7 @@ pub use crate::transport::{Body, FileTransport, HttpTransport, Transport};
 /// Largest manifest or root document fetched.
 pub const MAX_METADATA_BYTES: u64 = outrider_signing::MAX_METADATA_BYTES as u64;
 /// Longest root chain walked in one check (a bound, not an expectation).
-pub const MAX_ROOT_STEPS: u64 = 1024;
+pub const MAX_ROOT_STEPS: u64 = outrider_signing::MAX_ROOT_WALK;
 
 /// How a build was obtained.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,21 +95,39 @@ impl<T: Transport> UpdateClient<T> {
         trusted: &TrustedRoot,
         now_unix: u64,
     ) -> Result<TrustedRoot, UpdateError> {
-        let mut current = trusted.clone();
-        for _ in 0..MAX_ROOT_STEPS {
-            let next = current.root().version + 1;
-            let path = format!("roots/{next}.json");
-            let Some(bytes) = download::small(&self.transport, &path, MAX_METADATA_BYTES, "root")?
-            else {
-                current.check_expiry(now_unix).map_err(UpdateError::Root)?;
-                return Ok(current);
-            };
-            current = current.successor(&bytes).map_err(UpdateError::Root)?;
-            info!(version = next, "accepted a new update root");
+        use outrider_signing::WalkError;
+        let fetch = |version: u64| {
+            download::small(
+                &self.transport,
+                &format!("roots/{version}.json"),
+                MAX_METADATA_BYTES,
+                "root",
+            )
+        };
+        let newest =
+            outrider_signing::walk_roots_with_limit(trusted, fetch, now_unix, MAX_ROOT_STEPS)
+                .map_err(|e| match e {
+                    WalkError::Fetch { source, .. } => source,
+                    WalkError::Verify {
+                        source: outrider_signing::Error::RootChainTooLong { .. },
+                        ..
+                    } => UpdateError::RootChainTooLong {
+                        steps: MAX_ROOT_STEPS,
+                    },
+                    WalkError::Verify { source, .. } => UpdateError::Root(source),
+                    // A variant added to signing later: refuse, naming it.
+                    other => UpdateError::Transport {
+                        url: "roots/".into(),
+                        reason: other.to_string(),
+                    },
+                })?;
+        if newest.root().version != trusted.root().version {
+            info!(
+                version = newest.root().version,
+                "accepted a new update root"
+            );
         }
-        Err(UpdateError::RootChainTooLong {
-            steps: MAX_ROOT_STEPS,
-        })
+        Ok(newest)
     }
 
     /// Step 2: fetches and verifies the channel manifest.

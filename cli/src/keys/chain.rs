@@ -11,6 +11,7 @@ use outrider_signing::{
 
 use super::{ROOT_FILE, ROOTS_DIR, SHORT_ID_LEN, load_root};
 use crate::UsageError;
+use crate::files::write_atomic;
 
 /// A key file found in a keys directory.
 #[derive(Debug)]
@@ -238,20 +239,4 @@ pub(super) fn create_private_dir(dir: &Path) -> Result<()> {
     builder
         .create(dir)
         .with_context(|| format!("creating keys directory {}", dir.display()))
-}
-
-/// Temp file + fsync + rename.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
 }

@@ -18,8 +18,7 @@
 //! Serve manifests with `Cache-Control: no-cache` and blobs as immutable.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -27,6 +26,7 @@ use outrider_signing::{Sha256, TrustedRoot, now_unix, sha256};
 
 use super::{ChannelInfo, channel_arg, verify_even_if_expired};
 use crate::client::ApiClient;
+use crate::files::write_atomic;
 use crate::keys::{default_keys_dir, load_root};
 
 #[derive(Debug, clap::Args)]
@@ -124,25 +124,6 @@ pub(super) fn run(client: &ApiClient, args: ExportArgs) -> Result<()> {
 
 fn create_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
-}
-
-/// Writes `bytes` to `path` via a temp file beside it, fsync and rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let written = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    written.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        anyhow!("writing {}: {e}", path.display())
-    })
 }
 
 #[cfg(test)]

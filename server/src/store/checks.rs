@@ -13,17 +13,7 @@ use super::{Store, now_ms};
 impl Store {
     /// The current configuration version (0 before any check exists).
     pub async fn config_version(&self) -> anyhow::Result<u64> {
-        self.call(|c| {
-            let v: Option<String> = c
-                .query_row(
-                    "SELECT value FROM meta WHERE key = 'config_version'",
-                    [],
-                    |r| r.get(0),
-                )
-                .ok();
-            Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
-        })
-        .await
+        self.call(|c| read_version(c)).await
     }
 
     /// Every check, by name.
