@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use outrider_protocol::{
     AgentMessage, Hello, MAX_BATCH_RESULTS, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ServerMessage,
+    Welcome,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -145,10 +146,13 @@ impl Connection<'_> {
             build_sha256: self.settings.build.as_ref().map(|b| b.sha256.clone()),
             build_version: self.settings.build.as_ref().map(|b| b.version.clone()),
             last_seq: self.outbox.lock().last_seq(),
+            tags: Vec::new(),
+            resume_token: None,
+            config_version: 0,
         };
         send(&mut ws, &AgentMessage::Hello(hello)).await?;
         match recv_within(&mut ws, "the server's welcome").await? {
-            ServerMessage::Welcome { acked_seq, .. } => {
+            ServerMessage::Welcome(Welcome { acked_seq, .. }) => {
                 let (effect, pending) = {
                     let mut outbox = self.outbox.lock();
                     (outbox.welcome(acked_seq), outbox.len())

@@ -19,7 +19,22 @@
 //! 5. agent → [`AgentMessage::Goodbye`] on a clean stop: the server marks the
 //!    agent *deregistered* rather than *down*.
 //!
+//! At any time after `Welcome`:
+//! - server → [`ServerMessage::RunCheck`] / [`ServerMessage::RunScript`]
+//!   (remote procedure calls), answered by one [`AgentMessage::RpcResult`]
+//!   with the same correlation `id`; these runs are not spooled and do not
+//!   move the check's schedule;
+//! - agent → [`AgentMessage::GetPlugin`] for a plugin the config references
+//!   by content hash, answered by [`ServerMessage::PluginChunk`]s (at most
+//!   [`PLUGIN_CHUNK_BYTES`] each, requested one at a time so neither side
+//!   buffers more than one chunk) or [`ServerMessage::PluginMissing`].
+//!
 //! Keepalive is websocket ping/pong, answered by both libraries.
+//!
+//! Reconnects: `Welcome` carries a `resume_token`; the agent presents it in
+//! its next `Hello` (still signed — the token is never proof of identity) so
+//! the server can resume the session state it kept (the config version the
+//! agent runs, RPCs queued while it was away) instead of starting over.
 
 pub mod api;
 mod identity;
@@ -31,7 +46,7 @@ pub use identity::{Fingerprint, FingerprintError, auth_message, fingerprint_of, 
 pub use result::{CheckResult, CheckState, PerfData};
 
 /// Version of this wire protocol, sent in [`AgentMessage::Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Path of the agent websocket endpoint on the server.
 pub const AGENT_WS_PATH: &str = "/v1/agent/ws";
@@ -41,6 +56,23 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Largest number of results in one [`AgentMessage::Results`] batch.
 pub const MAX_BATCH_RESULTS: usize = 500;
+
+/// Largest decoded payload of one [`ServerMessage::PluginChunk`]; base64 of
+/// it stays well under [`MAX_MESSAGE_BYTES`].
+pub const PLUGIN_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Largest plugin file the server stores and the agent accepts.
+pub const MAX_PLUGIN_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Largest ad-hoc script in a [`ServerMessage::RunScript`].
+pub const MAX_SCRIPT_BYTES: usize = 64 * 1024;
+
+/// Prefix of `command[0]` that names a plugin of [`AgentConfig::plugins`].
+pub const PLUGIN_PREFIX: &str = "plugin:";
+
+/// Prefix of `command[0]` that names a check built into the agent
+/// (`builtin:cpu`, `builtin:disk`, …).
+pub const BUILTIN_PREFIX: &str = "builtin:";
 
 /// Messages sent by the agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,6 +86,18 @@ pub enum AgentMessage {
     Hello(Hello),
     /// A batch of check results with consecutive-or-increasing sequence numbers.
     Results { results: Vec<CheckResult> },
+    /// The answer to a [`ServerMessage::RunCheck`] or [`ServerMessage::RunScript`]:
+    /// exactly one of `result` (with `seq` 0: RPC runs are not spooled) and
+    /// `error` (the run could not start: unknown check, ad-hoc not allowed…).
+    RpcResult {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<CheckResult>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// Asks for the bytes of plugin `sha256` starting at `offset`.
+    GetPlugin { sha256: String, offset: u64 },
     /// Clean shutdown: the agent is going away on purpose.
     Goodbye { reason: String },
 }
@@ -92,6 +136,16 @@ pub struct Hello {
     /// server can tell a restarted spool from a replay.
     #[serde(default)]
     pub last_seq: u64,
+    /// Tags from the agent's `agent.toml`; the server adds its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The `resume_token` of the last `Welcome`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<String>,
+    /// Version of the [`AgentConfig`] the agent runs now (0: none), so a
+    /// resumed session need not resend an unchanged config.
+    #[serde(default)]
+    pub config_version: u64,
 }
 
 /// Messages sent by the server.
@@ -101,19 +155,56 @@ pub enum ServerMessage {
     /// First frame of every session: the nonce to sign (hex, 32 bytes).
     Challenge { nonce: String },
     /// Registration accepted.
-    Welcome {
-        /// The agent's fingerprint as the server pinned it.
-        fingerprint: Fingerprint,
-        /// Highest sequence number the server has stored for this agent;
-        /// the agent drops anything at or below it from its outbox.
-        acked_seq: u64,
-    },
+    Welcome(Welcome),
     /// Registration refused; the server closes the socket after this.
     Rejected { reason: String },
     /// The complete configuration the agent should run now.
     Config(AgentConfig),
     /// Every result with `seq <= up_to` is stored durably.
     Ack { up_to: u64 },
+    /// Run configured check `check` now and answer with
+    /// [`AgentMessage::RpcResult`] `id`; the schedule is not disturbed.
+    RunCheck { id: String, check: String },
+    /// Run `script` (at most [`MAX_SCRIPT_BYTES`]) once, if the agent's
+    /// config has `allow_adhoc`; `interpreter` is a file extension (`sh`,
+    /// `py`, `ps1`…) choosing how it runs, default `sh`.
+    RunScript {
+        id: String,
+        script: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interpreter: Option<String>,
+        timeout_secs: u32,
+    },
+    /// Bytes `offset..offset+len` of plugin `sha256` (base64 in `data`),
+    /// `total` being the whole file's size.
+    PluginChunk {
+        sha256: String,
+        offset: u64,
+        total: u64,
+        data: String,
+    },
+    /// The server has no plugin `sha256` (or it is unreadable).
+    PluginMissing { sha256: String, reason: String },
+}
+
+/// Body of [`ServerMessage::Welcome`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The agent's fingerprint as the server pinned it.
+    pub fingerprint: Fingerprint,
+    /// Highest sequence number the server has stored for this agent;
+    /// the agent drops anything at or below it from its outbox.
+    pub acked_seq: u64,
+    /// Opaque token to present in the next `Hello`.
+    #[serde(default)]
+    pub resume_token: String,
+    /// Whether the session state of the presented resume token was kept.
+    #[serde(default)]
+    pub resumed: bool,
+    /// IP addresses (no port) the agent may dial when its resolver fails:
+    /// the last step of its DNS fallback chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_addrs: Vec<String>,
 }
 
 /// The configuration document the server computes for one agent.
@@ -123,9 +214,32 @@ pub struct AgentConfig {
     pub version: u64,
     /// Every check this agent runs.
     pub checks: Vec<CheckSpec>,
+    /// Plugins referenced by `checks` (`command[0] = "plugin:<name>"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginRef>,
+    /// The agent's tags: its own from `agent.toml` plus those the server
+    /// assigned (informational; the server already used them to pick checks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Whether this agent accepts [`ServerMessage::RunScript`].
+    #[serde(default)]
+    pub allow_adhoc: bool,
 }
 
-/// One scheduled check: a Nagios plugin command line.
+/// A plugin file, content-addressed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRef {
+    /// The name checks use after [`PLUGIN_PREFIX`] (same rules as a check name).
+    pub name: String,
+    /// Lowercase hex SHA-256 of the file.
+    pub sha256: String,
+    /// Size in bytes (at most [`MAX_PLUGIN_BYTES`]).
+    pub size: u64,
+}
+
+/// One scheduled check: a Nagios plugin command line. `command[0]` is a
+/// program path, `plugin:<name>` (a plugin of [`AgentConfig::plugins`]) or
+/// `builtin:<name>` (a check built into the agent).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckSpec {
     /// Unique name within the agent's configuration (`[a-z0-9_.-]`, ≤ 64).
@@ -150,18 +264,99 @@ pub enum CheckSpecError {
     BadInterval { name: String, got: u32 },
     #[error("check {name:?}: timeout_secs must be between 1 and 3600, got {got}")]
     BadTimeout { name: String, got: u32 },
+    #[error("check {check:?} uses plugin {plugin:?}, which the config does not list")]
+    UnknownPlugin { check: String, plugin: String },
+    #[error("plugin {name:?}: {reason}")]
+    BadPlugin { name: String, reason: String },
+    #[error("check name {0:?} appears twice")]
+    DuplicateCheck(String),
+}
+
+/// Whether `name` is 1–64 characters of `a-z`, `0-9`, `_`, `.`, `-`: the
+/// rule for check and plugin names.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+}
+
+/// Whether `hex` is a lowercase hex SHA-256 (64 characters).
+pub fn is_sha256_hex(hex: &str) -> bool {
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl PluginRef {
+    /// Checks the invariants documented on each field.
+    pub fn validate(&self) -> Result<(), CheckSpecError> {
+        let bad = |reason: &str| CheckSpecError::BadPlugin {
+            name: self.name.clone(),
+            reason: reason.to_owned(),
+        };
+        if !is_valid_name(&self.name) {
+            return Err(bad(
+                "the name must be 1-64 characters of a-z, 0-9, '_', '.', '-'",
+            ));
+        }
+        if !is_sha256_hex(&self.sha256) {
+            return Err(bad("sha256 must be 64 lowercase hex characters"));
+        }
+        if self.size > MAX_PLUGIN_BYTES {
+            return Err(bad("larger than the plugin size limit"));
+        }
+        Ok(())
+    }
+}
+
+impl AgentConfig {
+    /// Validates every check and plugin, that check names are unique and
+    /// that every `plugin:<name>` command names a listed plugin.
+    pub fn validate(&self) -> Result<(), CheckSpecError> {
+        for plugin in &self.plugins {
+            plugin.validate()?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for check in &self.checks {
+            check.validate()?;
+            if !names.insert(check.name.as_str()) {
+                return Err(CheckSpecError::DuplicateCheck(check.name.clone()));
+            }
+            if let Some(plugin) = check.plugin_name()
+                && !self.plugins.iter().any(|p| p.name == plugin)
+            {
+                return Err(CheckSpecError::UnknownPlugin {
+                    check: check.name.clone(),
+                    plugin: plugin.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The plugin called `name`, if listed.
+    pub fn plugin(&self, name: &str) -> Option<&PluginRef> {
+        self.plugins.iter().find(|p| p.name == name)
+    }
 }
 
 impl CheckSpec {
+    /// The plugin name when `command[0]` is `plugin:<name>`.
+    pub fn plugin_name(&self) -> Option<&str> {
+        self.command.first()?.strip_prefix(PLUGIN_PREFIX)
+    }
+
+    /// The built-in check name when `command[0]` is `builtin:<name>`.
+    pub fn builtin_name(&self) -> Option<&str> {
+        self.command.first()?.strip_prefix(BUILTIN_PREFIX)
+    }
+
     /// Checks the invariants documented on each field.
     pub fn validate(&self) -> Result<(), CheckSpecError> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
-        if !name_ok {
+        if !is_valid_name(&self.name) {
             return Err(CheckSpecError::BadName(self.name.clone()));
         }
         if self.command.is_empty() || self.command[0].is_empty() {

@@ -26,7 +26,7 @@ use axum::response::Response;
 use outrider_protocol::api::Presence;
 use outrider_protocol::{
     AgentMessage, Fingerprint, Hello, MAX_BATCH_RESULTS, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
-    ServerMessage,
+    ServerMessage, Welcome,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -247,10 +247,13 @@ async fn converse(
     acked_seq: u64,
     replaced: &CancellationToken,
 ) -> End {
-    let welcome = ServerMessage::Welcome {
+    let welcome = ServerMessage::Welcome(Welcome {
         fingerprint: fp.clone(),
         acked_seq,
-    };
+        resume_token: String::new(),
+        resumed: false,
+        server_addrs: Vec::new(),
+    });
     if let Err(e) = send(socket, &welcome).await {
         return End::Lost(e);
     }
@@ -310,6 +313,9 @@ async fn converse(
                     }
                     Ok(AgentMessage::Goodbye { reason }) => return End::Goodbye(reason),
                     Ok(AgentMessage::Hello(_)) => return End::Protocol("second hello".into()),
+                    Ok(other @ (AgentMessage::RpcResult { .. } | AgentMessage::GetPlugin { .. })) => {
+                        return End::Protocol(format!("{} is not supported yet", kind(&other)));
+                    }
                     Err(e) => return End::Protocol(e.to_string()),
                 }
             }
@@ -369,6 +375,8 @@ fn kind(msg: &AgentMessage) -> &'static str {
         AgentMessage::Hello(_) => "hello",
         AgentMessage::Results { .. } => "results",
         AgentMessage::Goodbye { .. } => "goodbye",
+        AgentMessage::RpcResult { .. } => "rpc_result",
+        AgentMessage::GetPlugin { .. } => "get_plugin",
     }
 }
 

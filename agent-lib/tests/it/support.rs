@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use outrider_agent::{AgentError, AgentSettings, Health, HostHooks, Level, StateBlob, run_agent};
-use outrider_protocol::{AgentMessage, CheckResult, CheckSpec, Hello, ServerMessage, verify_proof};
+use outrider_protocol::{
+    AgentMessage, CheckResult, CheckSpec, Hello, ServerMessage, Welcome, verify_proof,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -236,10 +238,13 @@ impl ServerConn {
             &hello.signature,
         )
         .expect("valid proof");
-        self.send(ServerMessage::Welcome {
+        self.send(ServerMessage::Welcome(Welcome {
             fingerprint: hello.fingerprint.clone(),
             acked_seq,
-        })
+            resume_token: String::new(),
+            resumed: false,
+            server_addrs: Vec::new(),
+        }))
         .await;
         hello
     }

@@ -27,7 +27,11 @@ impl Store {
             let tx = c.transaction()?;
             let version = read_version(&tx)?;
             let checks = load_checks(&tx)?;
-            Ok(AgentConfig { version, checks })
+            Ok(AgentConfig {
+                version,
+                checks,
+                ..AgentConfig::default()
+            })
         })
         .await
     }

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use outrider_protocol::api::{AgentInfo, Presence, ResultInfo};
 use outrider_protocol::{
     AGENT_WS_PATH, AgentConfig, AgentMessage, CheckResult, CheckState, Fingerprint, Hello,
-    PROTOCOL_VERSION, ServerMessage, auth_message, fingerprint_of,
+    PROTOCOL_VERSION, ServerMessage, Welcome, auth_message, fingerprint_of,
 };
 use outrider_server::ServerConfig;
 use serde_json::Value;
@@ -241,10 +241,11 @@ impl Agent {
     pub async fn connect(&self, server: &Server, token: Option<&str>) -> (Conn, u64, AgentConfig) {
         let (mut conn, answer) = self.try_connect(server, token).await;
         let acked_seq = match answer {
-            ServerMessage::Welcome {
+            ServerMessage::Welcome(Welcome {
                 fingerprint,
                 acked_seq,
-            } => {
+                ..
+            }) => {
                 assert_eq!(fingerprint, self.fp);
                 acked_seq
             }
