@@ -8,7 +8,11 @@ use crate::support::{Agent, FakeServer, check, script, sh};
 const DISK: &str = "echo 'DISK WARNING - 91% used | used=91%;80;90;0;100'\necho 'on /var'\nexit 1";
 
 fn config(checks: Vec<outrider_protocol::CheckSpec>) -> ServerMessage {
-    ServerMessage::Config(AgentConfig { version: 1, checks })
+    ServerMessage::Config(AgentConfig {
+        version: 1,
+        checks,
+        ..AgentConfig::default()
+    })
 }
 
 #[tokio::test]
