@@ -345,6 +345,7 @@ mod tests {
         let first = s.apply(&AgentConfig {
             version: 1,
             checks: vec![a.clone(), b.clone()],
+            ..AgentConfig::default()
         });
         assert_eq!(first.started, ["a", "b"]);
         let b2 = spec("b", &["/bin/false"], hour);
@@ -353,6 +354,7 @@ mod tests {
         let second = s.apply(&AgentConfig {
             version: 2,
             checks: vec![b2, c, bad],
+            ..AgentConfig::default()
         });
         assert_eq!(
             second,
@@ -369,6 +371,7 @@ mod tests {
         let third = s.apply(&AgentConfig {
             version: 3,
             checks: vec![spec("c", &["/bin/true"], hour)],
+            ..AgentConfig::default()
         });
         assert_eq!(third.unchanged, ["c"]);
         assert_eq!(third.stopped, ["b"]);
@@ -381,6 +384,7 @@ mod tests {
         s.apply(&AgentConfig {
             version: 1,
             checks: vec![spec("echo", &["/bin/sh", "-c", "echo 'OK hi|x=1'"], 1)],
+            ..AgentConfig::default()
         });
         // First run is within one interval (1 s) of the apply.
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -405,6 +409,7 @@ mod tests {
         s.apply(&AgentConfig {
             version: 1,
             checks: vec![spec("slow", &["/bin/sleep", "600"], 1)],
+            ..AgentConfig::default()
         });
         // Let it start (jitter < 1 s), then stop.
         tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -430,6 +435,7 @@ mod tests {
         s.apply(&AgentConfig {
             version: 1,
             checks: vec![check.clone()],
+            ..AgentConfig::default()
         });
         tokio::time::timeout(Duration::from_secs(5), async {
             while outbox.lock().is_empty() {

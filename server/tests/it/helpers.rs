@@ -225,6 +225,9 @@ impl Agent {
             build_sha256: Some("ab".repeat(32)),
             build_version: Some("1.2.3".into()),
             last_seq: 0,
+            tags: Vec::new(),
+            resume_token: None,
+            config_version: 0,
         }
     }
 
