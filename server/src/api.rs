@@ -3,6 +3,7 @@
 //! | route                              | auth   | what                                   |
 //! |------------------------------------|--------|----------------------------------------|
 //! | `GET  /healthz`                    | none   | liveness                               |
+//! | `GET  /install.sh`                 | none   | the agent installer ([`crate::install`]) |
 //! | `GET  /v1/agent/ws`                | agent  | agent sessions ([`crate::agent_ws`])   |
 //! | `GET  /v1/updates/...`             | none   | manifests, root, blobs (cacheable)     |
 //! | `GET  /api/v1/agents`              | admin  | agents and presence                    |
@@ -43,6 +44,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/install.sh",
+            get(|headers: axum::http::HeaderMap| async move {
+                crate::install::script("http", &headers)
+            }),
+        )
         .route(AGENT_WS_PATH, get(agent_ws::handler))
         .with_state(state.clone())
         .merge(outrider_update_server::public_router(

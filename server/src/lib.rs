@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod install;
 pub mod store;
 
 use std::sync::Arc;

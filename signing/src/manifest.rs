@@ -120,9 +120,16 @@ impl ReleaseManifest {
     /// Every blob this manifest references, with its declared size: each
     /// target's artifact, previous build, stub and deltas. The release store
     /// requires them all before accepting the manifest; an export copies them.
+    ///
+    /// The stub is referenced twice: zstd-compressed (what stubs download to
+    /// replace themselves) and uncompressed under its own SHA-256 (what
+    /// `install.sh` downloads: a fresh host need not have zstd).
     pub fn referenced_blobs(&self) -> Vec<(Sha256, u64)> {
         let mut out = Vec::new();
         for target in self.targets.values() {
+            if let Some(stub) = &target.stub {
+                out.push((stub.sha256, stub.size));
+            }
             let artifacts = std::iter::once(&target.artifact)
                 .chain(target.previous.as_ref().map(|p| &p.artifact))
                 .chain(target.stub.as_ref());

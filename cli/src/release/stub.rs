@@ -66,6 +66,13 @@ pub(super) fn run(client: &ApiClient, args: PublishStubArgs) -> Result<()> {
             &blob,
         )
         .context("uploading the stub")?;
+    // Uncompressed too, for install.sh (see `ReleaseManifest::referenced_blobs`).
+    client
+        .put_bytes(
+            &format!("/api/v1/releases/blobs/{}", artifact.sha256),
+            &binary,
+        )
+        .context("uploading the uncompressed stub")?;
     signer.sign_and_put(client, &next)?;
     println!("stub published to channel {channel}");
     println!("  sequence  {}", next.sequence);

@@ -1,0 +1,744 @@
+#!/bin/sh
+# shellcheck shell=sh
+#
+# Outrider agent installer.
+#
+#   curl -sSf https://SERVER/install.sh | sh -s -- --token TOKEN [options]
+#
+# Downloads the outrider-agent stub, checks it against the release manifest
+# signed by the update root, writes agent.toml and root.json, and installs a
+# service that starts the agent at boot. Run it again to change settings
+# (idempotent); run it with --uninstall to stop, deregister and remove
+# everything it installed.
+#
+# Nothing is installed unless every check passes: the script fails closed
+# when it cannot verify (no openssl with Ed25519, a bad signature, a stub that
+# does not match the manifest). Everything runs inside `main`, called on the
+# last line, so a truncated download does nothing.
+
+set -u
+
+# The server serving this file replaces the placeholder with its own URL.
+DEFAULT_SERVER='@OUTRIDER_SERVER_URL@'
+
+# Prefix of every signed metadata message (outrider-signing's DOMAIN_PREFIX).
+DOMAIN_PREFIX='outrider-signed-metadata-v1'
+# Largest root.json or manifest accepted (outrider-signing's MAX_METADATA_BYTES).
+MAX_METADATA_BYTES=1048576
+# Largest stub binary accepted, whatever the manifest says.
+MAX_STUB_BYTES=134217728
+# DER header of an Ed25519 SubjectPublicKeyInfo; the 32 key bytes follow.
+ED25519_SPKI_PREFIX='302a300506032b6570032100'
+# Exit code of the stub for a configuration error (it must not be restarted).
+EXIT_USAGE=64
+# Seconds to wait for the agent to stop (and say goodbye) on uninstall.
+STOP_WAIT_SECS=60
+
+usage() {
+    cat <<'EOF'
+Outrider agent installer
+
+usage: install.sh --token TOKEN [options]
+       install.sh --uninstall [--prefix DIR]
+
+options:
+  --token TOKEN          enrollment token (outrider tokens create)
+  --server URL           server base URL (default: the server this came from)
+  --channel NAME         release channel to follow (default: stable)
+  --tags a,b             labels for this host, used to assign checks
+  --prefix DIR           install everything under DIR (non-root installs;
+                         default for a normal user: $HOME/.outrider)
+  --root-sha256 HEX      pin the update root: refuse a root.json with another hash
+  --service-manager M    auto (default), systemd, openrc, sysv, or none
+                         (none: start the agent as a background process)
+  --no-service           install but start nothing and install no service
+  --uninstall            stop the agent (it deregisters), remove everything
+  -h, --help             this text
+EOF
+}
+
+say() {
+    printf 'outrider: %s\n' "$*" >&2
+}
+
+die() {
+    printf 'outrider: error: %s\n' "$*" >&2
+    exit 1
+}
+
+need_cmd() {
+    command -v "$1" >/dev/null 2>&1 || die "this installer needs '$1'; install it and run again"
+}
+
+# --- downloads -----------------------------------------------------------
+
+# download URL FILE MAX_BYTES: fetches URL into FILE, refusing more than
+# MAX_BYTES (checked while streaming by curl, and again after).
+download() {
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsSL --proto '=https,http' --max-filesize "$3" -o "$2" "$1" ||
+            die "cannot download $1"
+    elif command -v wget >/dev/null 2>&1; then
+        wget -q -O "$2" "$1" || die "cannot download $1"
+    else
+        die "this installer needs curl or wget"
+    fi
+    _size=$(wc -c <"$2" | tr -d ' ')
+    [ "$_size" -le "$3" ] || die "$1 is larger than the $3 bytes allowed"
+}
+
+sha256_of() {
+    openssl dgst -sha256 -r "$1" | awk '{ print $1 }'
+}
+
+# --- JSON ----------------------------------------------------------------
+
+# json_flatten FILE: prints one line per scalar, "<path>\t<raw value>", with
+# paths like .targets.x86_64-linux.stub.sha256 or .signatures[0].keyid.
+# Strings keep their JSON escapes; the values read here are hex, numbers and
+# base64, which have none. Malformed JSON prints an error and fails.
+json_flatten() {
+    LC_ALL=C awk '
+        function fail(msg) { printf "malformed JSON: %s at byte %d\n", msg, pos > "/dev/stderr"; bad = 1; exit 1 }
+        function ws() { while (pos <= n && index(" \t\r\n", substr(s, pos, 1)) > 0) pos++ }
+        function str(   out, chunk) {
+            pos++; out = ""
+            while (pos <= n) {
+                chunk = substr(s, pos)
+                if (match(chunk, /^[^"\\]+/)) { out = out substr(chunk, 1, RLENGTH); pos += RLENGTH; continue }
+                if (substr(s, pos, 1) == "\\") { out = out substr(s, pos, 2); pos += 2; continue }
+                pos++; return out
+            }
+            fail("unterminated string")
+        }
+        function value(path,   c, key, i) {
+            ws(); c = substr(s, pos, 1)
+            if (c == "{") {
+                pos++; ws()
+                if (substr(s, pos, 1) == "}") { pos++; return }
+                for (;;) {
+                    ws(); if (substr(s, pos, 1) != "\"") fail("expected a key")
+                    key = str(); ws()
+                    if (substr(s, pos, 1) != ":") fail("expected :")
+                    pos++; value(path "." key); ws()
+                    c = substr(s, pos, 1); pos++
+                    if (c == "}") return
+                    if (c != ",") fail("expected , or }")
+                }
+            }
+            if (c == "[") {
+                pos++; ws(); i = 0
+                if (substr(s, pos, 1) == "]") { pos++; return }
+                for (;;) {
+                    value(path "[" i "]"); i++; ws()
+                    c = substr(s, pos, 1); pos++
+                    if (c == "]") return
+                    if (c != ",") fail("expected , or ]")
+                }
+            }
+            if (c == "\"") { printf "%s\t%s\n", path, str(); return }
+            if (match(substr(s, pos), /^[-+0-9.eE]+|^true|^false|^null/)) {
+                printf "%s\t%s\n", path, substr(s, pos, RLENGTH); pos += RLENGTH; return
+            }
+            fail("unexpected character")
+        }
+        { s = s $0 "\n" }
+        END {
+            if (bad) exit 1
+            n = length(s); pos = 1; value(""); ws()
+            if (pos <= n) fail("trailing data")
+        }
+    ' "$1"
+}
+
+# json_get FLAT PATH: the value at PATH in a flattened document, or nothing.
+json_get() {
+    awk -F '\t' -v p="$2" '$1 == p { print $2; exit }' "$1"
+}
+
+# --- Ed25519 -------------------------------------------------------------
+
+# hex_to_file HEX FILE: writes the bytes HEX spells.
+hex_to_file() {
+    # printf %b understands \0ddd (octal); awk turns each hex pair into one.
+    _esc=$(printf '%s' "$1" | LC_ALL=C awk '{
+        for (i = 1; i < length($0); i += 2) {
+            b = 0
+            for (j = 0; j < 2; j++) b = b * 16 + index("0123456789abcdef", substr($0, i + j, 1)) - 1
+            printf "\\0%03o", b
+        }
+    }')
+    printf '%b' "$_esc" >"$2"
+}
+
+is_hex() {
+    # is_hex VALUE LENGTH
+    [ "${#1}" -eq "$2" ] || return 1
+    case $1 in *[!0-9a-f]*) return 1 ;; esac
+    return 0
+}
+
+# ed25519_verify PUBKEY_HEX MESSAGE_FILE SIG_HEX: succeeds when the signature
+# is valid. The key goes to openssl as a DER SubjectPublicKeyInfo.
+ed25519_verify() {
+    is_hex "$1" 64 || return 1
+    is_hex "$3" 128 || return 1
+    hex_to_file "$ED25519_SPKI_PREFIX$1" "$tmp/key.der"
+    hex_to_file "$3" "$tmp/sig.bin"
+    openssl pkeyutl -verify -pubin -keyform DER -inkey "$tmp/key.der" -rawin \
+        -in "$2" -sigfile "$tmp/sig.bin" >/dev/null 2>&1
+}
+
+# Fails closed unless openssl verifies Ed25519 (RFC 8032 section 7.1,
+# test 2: the one-byte message 0x72) and rejects a corrupted signature.
+check_openssl() {
+    need_cmd openssl
+    printf 'r' >"$tmp/rfc8032"
+    _pk=3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c
+    _sig=92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00
+    _bad=92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c01
+    ed25519_verify "$_pk" "$tmp/rfc8032" "$_sig" ||
+        die "cannot verify Ed25519 signatures with this openssl ($(openssl version 2>&1)); OpenSSL 3 is required, nothing was installed"
+    if ed25519_verify "$_pk" "$tmp/rfc8032" "$_bad"; then
+        die "openssl accepted a corrupted signature; refusing to trust it, nothing was installed"
+    fi
+}
+
+# verify_envelope ENVELOPE TYPE KEYS THRESHOLD NAME: checks that at least
+# THRESHOLD distinct keys of KEYS (lines "keyid pubhex") signed the envelope
+# as TYPE, and writes its payload to ENVELOPE.payload. Key ids are checked to
+# be the SHA-256 of their key; a key counts once however often it signed.
+verify_envelope() {
+    json_flatten "$1" >"$1.flat" || die "$5 is not valid JSON"
+    _b64=$(json_get "$1.flat" .payload)
+    [ -n "$_b64" ] || die "$5 has no payload"
+    printf '%s' "$_b64" | openssl base64 -d -A >"$1.payload" 2>/dev/null ||
+        die "$5 has a payload that is not base64"
+    { printf '%s\n%s\n' "$DOMAIN_PREFIX" "$2"; cat "$1.payload"; } >"$1.msg"
+    _valid=' '
+    _i=0
+    while :; do
+        _kid=$(json_get "$1.flat" ".signatures[$_i].keyid")
+        _sig=$(json_get "$1.flat" ".signatures[$_i].sig")
+        [ -n "$_kid" ] || break
+        _i=$((_i + 1))
+        case $_valid in *" $_kid "*) continue ;; esac
+        _pub=$(awk -v k="$_kid" '$1 == k { print $2; exit }' "$3")
+        [ -n "$_pub" ] || continue
+        hex_to_file "$_pub" "$tmp/pub.bin"
+        [ "$(sha256_of "$tmp/pub.bin")" = "$_kid" ] || continue
+        if ed25519_verify "$_pub" "$1.msg" "$_sig"; then
+            _valid="$_valid$_kid "
+        fi
+    done
+    _count=$(printf '%s' "$_valid" | wc -w | tr -d ' ')
+    [ "$_count" -ge "$4" ] ||
+        die "$5 is signed by $_count trusted key(s) but $4 are required; it may have been tampered with, nothing was installed"
+}
+
+# --- paths and services --------------------------------------------------
+
+set_layout() {
+    if [ -n "$prefix" ]; then
+        config_dir="$prefix/etc"
+        data_dir="$prefix"
+        log_dir="$prefix/log"
+        stub_args="--prefix $prefix"
+        system=false
+    else
+        config_dir=/etc/outrider
+        data_dir=/opt/outrider
+        log_dir=/var/log/outrider
+        stub_args=""
+        system=true
+    fi
+    bin="$data_dir/bin/outrider-agent"
+    pid_file="$data_dir/outrider-agent.pid"
+    record="$data_dir/install.record"
+}
+
+detect_service_manager() {
+    if [ "$system" = true ]; then
+        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+            echo systemd
+        elif command -v openrc-run >/dev/null 2>&1 && command -v rc-update >/dev/null 2>&1; then
+            echo openrc
+        elif [ -d /etc/init.d ]; then
+            echo sysv
+        else
+            echo none
+        fi
+    elif command -v systemctl >/dev/null 2>&1 && systemctl --user show-environment >/dev/null 2>&1; then
+        echo systemd
+    else
+        echo none
+    fi
+}
+
+systemd_unit_path() {
+    if [ "$system" = true ]; then
+        echo /etc/systemd/system/outrider-agent.service
+    else
+        echo "${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user/outrider-agent.service"
+    fi
+}
+
+systemctl_() {
+    if [ "$system" = true ]; then systemctl "$@"; else systemctl --user "$@"; fi
+}
+
+# The unit: starts at boot, restarts the stub when it fails (but not on a
+# configuration error), stops it with SIGTERM so it says goodbye and the
+# server shows it deregistered, not down.
+write_systemd_unit() {
+    _unit=$(systemd_unit_path)
+    mkdir -p "$(dirname "$_unit")"
+    if [ "$system" = true ]; then _target=multi-user.target; else _target=default.target; fi
+    cat >"$_unit.tmp" <<EOF
+[Unit]
+Description=Outrider monitoring agent
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart=$bin $stub_args
+ExecReload=/bin/kill -HUP \$MAINPID
+KillSignal=SIGTERM
+KillMode=mixed
+TimeoutStopSec=$STOP_WAIT_SECS
+Restart=on-failure
+RestartSec=5
+RestartPreventExitStatus=$EXIT_USAGE
+
+[Install]
+WantedBy=$_target
+EOF
+    mv "$_unit.tmp" "$_unit"
+}
+
+write_openrc_script() {
+    cat >/etc/init.d/outrider-agent.tmp <<EOF
+#!/sbin/openrc-run
+# Outrider monitoring agent, supervised: restarted when it fails.
+name="outrider-agent"
+description="Outrider monitoring agent"
+supervisor=supervise-daemon
+command="$bin"
+command_args="$stub_args"
+respawn_delay=5
+retry="TERM/$STOP_WAIT_SECS/KILL/5"
+extra_started_commands="reload"
+
+depend() {
+    need net
+}
+
+reload() {
+    ebegin "Reloading \$name"
+    supervise-daemon "\$RC_SVCNAME" --signal HUP
+    eend \$?
+}
+EOF
+    chmod 0755 /etc/init.d/outrider-agent.tmp
+    mv /etc/init.d/outrider-agent.tmp /etc/init.d/outrider-agent
+}
+
+# A SysV script whose daemon is a small respawn loop: SysV init does not
+# supervise, so the loop restarts the stub when it fails and forwards
+# SIGTERM/SIGHUP to it.
+write_sysv_script() {
+    cat >/etc/init.d/outrider-agent.tmp <<EOF
+#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          outrider-agent
+# Required-Start:    \$network \$remote_fs
+# Required-Stop:     \$network \$remote_fs
+# Default-Start:     2 3 4 5
+# Default-Stop:      0 1 6
+# Short-Description: Outrider monitoring agent
+### END INIT INFO
+PIDFILE=/run/outrider-agent.pid
+BIN="$bin"
+
+supervise() {
+    child=
+    trap 'kill -TERM "\$child" 2>/dev/null; wait "\$child"; exit 0' TERM INT
+    trap 'kill -HUP "\$child" 2>/dev/null' HUP
+    while :; do
+        "\$BIN" $stub_args &
+        child=\$!
+        wait "\$child"
+        code=\$?
+        [ "\$code" -eq 0 ] || [ "\$code" -eq $EXIT_USAGE ] && exit "\$code"
+        sleep 5
+    done
+}
+
+case "\${1:-}" in
+    supervise) supervise ;;
+    start)
+        if [ -f "\$PIDFILE" ] && kill -0 "\$(cat "\$PIDFILE")" 2>/dev/null; then exit 0; fi
+        nohup "\$0" supervise >/dev/null 2>&1 &
+        echo \$! >"\$PIDFILE"
+        ;;
+    stop)
+        [ -f "\$PIDFILE" ] || exit 0
+        pid=\$(cat "\$PIDFILE")
+        kill -TERM "\$pid" 2>/dev/null
+        i=0
+        while kill -0 "\$pid" 2>/dev/null && [ \$i -lt $STOP_WAIT_SECS ]; do sleep 1; i=\$((i + 1)); done
+        kill -KILL "\$pid" 2>/dev/null
+        rm -f "\$PIDFILE"
+        ;;
+    reload) [ -f "\$PIDFILE" ] && kill -HUP "\$(cat "\$PIDFILE")" ;;
+    restart) "\$0" stop; "\$0" start ;;
+    status)
+        if [ -f "\$PIDFILE" ] && kill -0 "\$(cat "\$PIDFILE")" 2>/dev/null; then echo running; else echo stopped; exit 3; fi
+        ;;
+    *) echo "usage: \$0 {start|stop|restart|reload|status}" >&2; exit 2 ;;
+esac
+EOF
+    chmod 0755 /etc/init.d/outrider-agent.tmp
+    mv /etc/init.d/outrider-agent.tmp /etc/init.d/outrider-agent
+}
+
+background_running() {
+    [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+}
+
+start_background() {
+    mkdir -p "$log_dir"
+    # shellcheck disable=SC2086 # stub_args is empty or "--prefix DIR"
+    nohup "$bin" $stub_args >>"$log_dir/stdout.log" 2>&1 </dev/null &
+    echo $! >"$pid_file.tmp"
+    mv "$pid_file.tmp" "$pid_file"
+}
+
+# stop_background: SIGTERM (the agent says goodbye), then wait for it to exit.
+stop_background() {
+    background_running || { rm -f "$pid_file"; return 0; }
+    _pid=$(cat "$pid_file")
+    kill -TERM "$_pid" 2>/dev/null
+    _i=0
+    while kill -0 "$_pid" 2>/dev/null && [ "$_i" -lt "$STOP_WAIT_SECS" ]; do
+        sleep 1
+        _i=$((_i + 1))
+    done
+    if kill -0 "$_pid" 2>/dev/null; then
+        say "the agent did not stop within ${STOP_WAIT_SECS}s; killing it"
+        kill -KILL "$_pid" 2>/dev/null
+    fi
+    rm -f "$pid_file"
+}
+
+# start_service MANAGER CHANGED: installs and (re)starts the service; a
+# running agent is restarted only when its binary or settings changed.
+start_service() {
+    case $1 in
+        systemd)
+            write_systemd_unit
+            systemctl_ daemon-reload || die "systemctl daemon-reload failed"
+            systemctl_ enable outrider-agent.service >/dev/null 2>&1 || die "cannot enable outrider-agent.service"
+            if [ "$2" = true ]; then
+                systemctl_ restart outrider-agent.service || die "cannot start outrider-agent.service"
+            else
+                systemctl_ start outrider-agent.service || die "cannot start outrider-agent.service"
+            fi
+            ;;
+        openrc)
+            write_openrc_script
+            rc-update add outrider-agent default >/dev/null || die "rc-update add failed"
+            if [ "$2" = true ]; then
+                rc-service outrider-agent restart || die "cannot start outrider-agent"
+            else
+                rc-service outrider-agent start || die "cannot start outrider-agent"
+            fi
+            ;;
+        sysv)
+            write_sysv_script
+            if command -v update-rc.d >/dev/null 2>&1; then
+                update-rc.d outrider-agent defaults >/dev/null 2>&1
+            elif command -v chkconfig >/dev/null 2>&1; then
+                chkconfig --add outrider-agent >/dev/null 2>&1
+            fi
+            if [ "$2" = true ]; then
+                /etc/init.d/outrider-agent restart || die "cannot start outrider-agent"
+            else
+                /etc/init.d/outrider-agent start || die "cannot start outrider-agent"
+            fi
+            ;;
+        none)
+            if background_running; then
+                [ "$2" = true ] || return 0
+                stop_background
+            fi
+            start_background
+            ;;
+    esac
+}
+
+stop_service() {
+    case $1 in
+        systemd)
+            systemctl_ disable --now outrider-agent.service >/dev/null 2>&1
+            rm -f "$(systemd_unit_path)"
+            systemctl_ daemon-reload >/dev/null 2>&1
+            ;;
+        openrc)
+            rc-service outrider-agent stop >/dev/null 2>&1
+            rc-update del outrider-agent default >/dev/null 2>&1
+            rm -f /etc/init.d/outrider-agent
+            ;;
+        sysv)
+            /etc/init.d/outrider-agent stop >/dev/null 2>&1
+            if command -v update-rc.d >/dev/null 2>&1; then
+                update-rc.d -f outrider-agent remove >/dev/null 2>&1
+            elif command -v chkconfig >/dev/null 2>&1; then
+                chkconfig --del outrider-agent >/dev/null 2>&1
+            fi
+            rm -f /etc/init.d/outrider-agent
+            ;;
+    esac
+    # A background agent may run whatever the manager was.
+    stop_background
+}
+
+# --- install and uninstall -----------------------------------------------
+
+# toml_string VALUE: VALUE as a TOML basic string.
+toml_string() {
+    printf '"%s"' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g')"
+}
+
+write_agent_toml() {
+    {
+        echo "# Written by install.sh; run it again to change these settings."
+        echo "server_url = $(toml_string "$server")"
+        echo "enrollment_token = $(toml_string "$token")"
+        echo "channel = $(toml_string "$channel")"
+        if [ -n "$tags" ]; then
+            printf 'tags = ['
+            _sep=''
+            _old_ifs=$IFS
+            IFS=,
+            for _tag in $tags; do
+                printf '%s%s' "$_sep" "$(toml_string "$_tag")"
+                _sep=', '
+            done
+            IFS=$_old_ifs
+            echo ']'
+        fi
+    } >"$tmp/agent.toml"
+}
+
+uninstall() {
+    _created=no
+    if [ -f "$record" ]; then
+        _manager=$(awk -F= '$1 == "service_manager" { print $2 }' "$record")
+        _created=$(awk -F= '$1 == "created_data_dir" { print $2 }' "$record")
+    else
+        _manager=$(detect_service_manager)
+    fi
+    [ -e "$bin" ] || [ -e "$config_dir/agent.toml" ] || {
+        say "nothing is installed under $data_dir"
+        return 0
+    }
+    say "stopping the agent (it deregisters from the server)"
+    stop_service "${_manager:-none}"
+    if [ "$system" = true ] || [ "$_created" = yes ]; then
+        # The data directory is ours alone: everything in it goes, including
+        # whatever newer agent versions keep there.
+        rm -rf "${config_dir:?}" "${log_dir:?}" "${data_dir:?}"
+    else
+        # A prefix that existed before the install: remove only our entries.
+        rm -rf "${config_dir:?}" "${log_dir:?}" "${data_dir:?}/bin" "$data_dir/versions" \
+            "$data_dir/run" "$data_dir/spool" "$data_dir/plugins" "$data_dir/state.json" \
+            "$data_dir/state.json.tmp" "$data_dir/outrider-agent.lock" "$pid_file" "$record"
+        rmdir "$data_dir" 2>/dev/null || say "left $data_dir: it holds files the installer did not create"
+    fi
+    say "uninstalled"
+}
+
+main() {
+    server=$DEFAULT_SERVER
+    token=''
+    channel=stable
+    tags=''
+    prefix=''
+    root_sha256=''
+    service_manager=auto
+    no_service=false
+    do_uninstall=false
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --token | --server | --channel | --tags | --prefix | --root-sha256 | --service-manager)
+                [ $# -ge 2 ] || die "$1 needs a value (see --help)"
+                case $1 in
+                    --token) token=$2 ;;
+                    --server) server=$2 ;;
+                    --channel) channel=$2 ;;
+                    --tags) tags=$2 ;;
+                    --prefix) prefix=$2 ;;
+                    --root-sha256) root_sha256=$2 ;;
+                    --service-manager) service_manager=$2 ;;
+                esac
+                shift 2
+                ;;
+            --no-service) no_service=true; shift ;;
+            --uninstall) do_uninstall=true; shift ;;
+            -h | --help) usage; return 0 ;;
+            *) usage >&2; die "unknown option $1" ;;
+        esac
+    done
+
+    need_cmd uname
+    need_cmd awk
+    need_cmd sed
+    need_cmd mktemp
+    if [ -z "$prefix" ] && [ "$(id -u)" -ne 0 ]; then
+        prefix="$HOME/.outrider"
+        say "not running as root: installing under $prefix (choose with --prefix)"
+    fi
+    case $prefix in
+        '' | /*) ;;
+        *) prefix="$(pwd)/$prefix" ;;
+    esac
+    set_layout
+    case $service_manager in
+        auto) service_manager=$(detect_service_manager) ;;
+        systemd | openrc | sysv | none) ;;
+        *) die "--service-manager must be auto, systemd, openrc, sysv or none, not '$service_manager'" ;;
+    esac
+    if [ "$system" = false ] && { [ "$service_manager" = openrc ] || [ "$service_manager" = sysv ]; }; then
+        die "--service-manager $service_manager needs a root install (without --prefix)"
+    fi
+
+    if [ "$do_uninstall" = true ]; then
+        uninstall
+        return
+    fi
+
+    [ -n "$token" ] || die "--token is required (create one with: outrider tokens create)"
+    case $server in
+        @*) die "--server is required: this copy of install.sh was not served by an Outrider server" ;;
+        http://* | https://*) server=${server%/} ;;
+        *) die "--server must be an http:// or https:// URL, not '$server'" ;;
+    esac
+    case $channel in
+        '' | *[!a-z0-9-]*) die "--channel must be letters a-z, digits and '-', not '$channel'" ;;
+    esac
+    case $tags in
+        *[!a-z0-9_.,-]*) die "--tags must be comma-separated names of a-z, 0-9, '_', '.', '-'" ;;
+    esac
+    if [ -n "$root_sha256" ] && ! is_hex "$root_sha256" 64; then
+        die "--root-sha256 must be 64 lowercase hex characters"
+    fi
+
+    case "$(uname -s)" in
+        Linux) os=linux ;;
+        Darwin) os=macos ;;
+        FreeBSD) os=freebsd ;;
+        *) die "unsupported operating system $(uname -s)" ;;
+    esac
+    case "$(uname -m)" in
+        x86_64 | amd64) arch=x86_64 ;;
+        aarch64 | arm64) arch=aarch64 ;;
+        *) die "unsupported architecture $(uname -m)" ;;
+    esac
+    triple="$arch-$os"
+
+    tmp=$(mktemp -d) || die "cannot create a temporary directory"
+    trap 'rm -rf "$tmp"' EXIT
+    trap 'exit 1' INT TERM
+    check_openssl
+    now=$(date +%s)
+    updates="$server/v1/updates"
+
+    # 1. The root: pinned by hash if asked, self-signed by a threshold of its
+    #    root keys, not expired.
+    download "$updates/root.json" "$tmp/root.json" "$MAX_METADATA_BYTES"
+    if [ -n "$root_sha256" ]; then
+        _got=$(sha256_of "$tmp/root.json")
+        [ "$_got" = "$root_sha256" ] ||
+            die "root.json from $server has sha256 $_got, not the pinned $root_sha256; nothing was installed"
+    else
+        say "trusting the update root served by $server (pin it with --root-sha256)"
+    fi
+    json_flatten "$tmp/root.json" >"$tmp/root.flat" || die "root.json is not valid JSON"
+    printf '%s' "$(json_get "$tmp/root.flat" .payload)" | openssl base64 -d -A >"$tmp/root.payload" 2>/dev/null ||
+        die "root.json has a payload that is not base64"
+    json_flatten "$tmp/root.payload" >"$tmp/root.payload.flat" || die "root.json's payload is not valid JSON"
+    [ "$(json_get "$tmp/root.payload.flat" .type)" = root ] || die "root.json is not a root"
+    awk -F '\t' '$1 ~ /^\.root_keys\./ { sub(/^\.root_keys\./, "", $1); print $1, $2 }' \
+        "$tmp/root.payload.flat" >"$tmp/root.keys"
+    verify_envelope "$tmp/root.json" root "$tmp/root.keys" \
+        "$(json_get "$tmp/root.payload.flat" .root_threshold)" root.json
+    [ "$(json_get "$tmp/root.payload.flat" .expires_unix)" -gt "$now" ] ||
+        die "the update root has expired; the server's operator must rotate it"
+
+    # 2. The channel's manifest: signed by a threshold of unexpired release
+    #    keys, for this channel, not expired.
+    awk -F '\t' -v now="$now" '
+        $1 ~ /^\.release_keys\..*\.public_key$/ { k = $1; sub(/^\.release_keys\./, "", k); sub(/\.public_key$/, "", k); pub[k] = $2 }
+        $1 ~ /^\.release_keys\..*\.expires_unix$/ { k = $1; sub(/^\.release_keys\./, "", k); sub(/\.expires_unix$/, "", k); until[k] = $2 }
+        END { for (k in pub) if (until[k] + 0 > now + 0) print k, pub[k] }
+    ' "$tmp/root.payload.flat" >"$tmp/release.keys"
+    download "$updates/channels/$channel/manifest.json" "$tmp/manifest.json" "$MAX_METADATA_BYTES"
+    verify_envelope "$tmp/manifest.json" release "$tmp/release.keys" \
+        "$(json_get "$tmp/root.payload.flat" .release_threshold)" "the $channel manifest"
+    json_flatten "$tmp/manifest.json.payload" >"$tmp/manifest.flat" || die "the manifest's payload is not valid JSON"
+    [ "$(json_get "$tmp/manifest.flat" .channel)" = "$channel" ] ||
+        die "the server answered with a manifest for another channel; nothing was installed"
+    [ "$(json_get "$tmp/manifest.flat" .expires_unix)" -gt "$now" ] ||
+        die "the $channel manifest has expired; the server's operator must re-sign it"
+
+    # 3. The stub the manifest names for this host, checked by size and hash.
+    stub_sha=$(json_get "$tmp/manifest.flat" ".targets.$triple.stub.sha256")
+    stub_size=$(json_get "$tmp/manifest.flat" ".targets.$triple.stub.size")
+    if [ -z "$stub_sha" ] || [ -z "$stub_size" ]; then
+        die "channel $channel has no agent for $triple yet (publish one with: outrider release publish-stub)"
+    fi
+    is_hex "$stub_sha" 64 || die "the manifest names a malformed stub hash"
+    [ "$stub_size" -le "$MAX_STUB_BYTES" ] || die "the manifest names a stub of $stub_size bytes, over the $MAX_STUB_BYTES allowed"
+    download "$updates/blobs/$stub_sha" "$tmp/outrider-agent" "$stub_size"
+    _got=$(sha256_of "$tmp/outrider-agent")
+    [ "$_got" = "$stub_sha" ] ||
+        die "the downloaded agent (sha256 $_got) does not match the signed manifest ($stub_sha); it may have been tampered with, nothing was installed"
+
+    # 4. Install: config (0600, it holds the token), root, stub, service.
+    umask 077
+    created_data_dir=no
+    if [ -f "$record" ]; then
+        created_data_dir=$(awk -F= '$1 == "created_data_dir" { print $2 }' "$record")
+    elif [ ! -e "$data_dir" ]; then
+        created_data_dir=yes
+    fi
+    mkdir -p "$config_dir" "$data_dir/bin" "$log_dir" || die "cannot create $data_dir"
+    changed=false
+    write_agent_toml
+    if ! cmp -s "$tmp/agent.toml" "$config_dir/agent.toml" 2>/dev/null; then
+        mv "$tmp/agent.toml" "$config_dir/agent.toml" || die "cannot write $config_dir/agent.toml"
+        changed=true
+    fi
+    # The stub rotates root.json through the signed chain; a re-run keeps
+    # its copy unless the operator pinned a root explicitly.
+    if [ ! -f "$config_dir/root.json" ] || [ -n "$root_sha256" ]; then
+        chmod 0644 "$tmp/root.json"
+        mv "$tmp/root.json" "$config_dir/root.json" || die "cannot write $config_dir/root.json"
+    fi
+    if [ ! -f "$bin" ] || [ "$(sha256_of "$bin")" != "$stub_sha" ]; then
+        chmod 0755 "$tmp/outrider-agent"
+        mv "$tmp/outrider-agent" "$bin.tmp" || die "cannot install $bin"
+        mv "$bin.tmp" "$bin" || die "cannot install $bin"
+        changed=true
+    fi
+    printf 'service_manager=%s\ncreated_data_dir=%s\n' "$service_manager" "$created_data_dir" >"$record"
+    if [ "$no_service" = true ]; then
+        say "installed $bin; not starting it (--no-service). Start it with: $bin $stub_args"
+        return 0
+    fi
+    start_service "$service_manager" "$changed"
+    say "installed and started the agent ($service_manager); it appears in 'outrider agents' once connected"
+}
+
+main "$@" || exit 1

@@ -1,0 +1,293 @@
+//! The one-line installer (issue: install, service and release): the real
+//! `packaging/install.sh`, as the server serves it, run with `sh` against a
+//! real server into a temporary prefix, without a service manager.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use outrider_tests::{
+    ENROLLMENT_TOKEN, Keys, TestServer, agent_library, bin_dir, secs, sha256_file, wait_until,
+};
+use serde_json::Value;
+
+/// A server with a library build and a stub published to channel `dev`.
+fn server_with_release() -> (TestServer, Keys) {
+    let server = TestServer::start();
+    let keys = Keys::init();
+    server.publish(&keys, "dev", &agent_library());
+    let keys_dir = keys.dir.path().to_string_lossy().into_owned();
+    let stub = bin_dir().join("outrider-agent");
+    server.cli(&[
+        "release",
+        "publish-stub",
+        "--channel",
+        "dev",
+        "--keys",
+        &keys_dir,
+        stub.to_str().unwrap(),
+    ]);
+    (server, keys)
+}
+
+/// Where the installer puts things, and a guard that stops a background
+/// agent it started, whatever the test's outcome.
+struct Install {
+    prefix: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Install {
+    fn new() -> Install {
+        let dir = tempfile::tempdir().unwrap();
+        Install {
+            prefix: dir.path().join("outrider"),
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.prefix.join("outrider-agent.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// `curl -sSf SERVER/install.sh | sh -s -- ARGS`, with the script fetched
+/// from the server (so the served copy, with its URL filled in, is tested).
+fn run_installer(server: &TestServer, args: &[&str]) -> Output {
+    let script = ureq::get(&format!("{}/install.sh", server.url))
+        .call()
+        .expect("GET /install.sh")
+        .into_string()
+        .expect("script text");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("install.sh");
+    std::fs::write(&path, script).unwrap();
+    Command::new("sh")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run sh install.sh")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn root_sha256(server: &TestServer) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root.json");
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut ureq::get(&format!("{}/v1/updates/root.json", server.url))
+            .call()
+            .unwrap()
+            .into_reader(),
+        &mut bytes,
+    )
+    .unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    sha256_file(&path)
+}
+
+fn install_args<'a>(install: &'a Install, root: &'a str, tags: &'a str) -> Vec<&'a str> {
+    vec![
+        "--token",
+        ENROLLMENT_TOKEN,
+        "--channel",
+        "dev",
+        "--tags",
+        tags,
+        "--prefix",
+        install.prefix.to_str().unwrap(),
+        "--root-sha256",
+        root,
+        "--service-manager",
+        "none",
+    ]
+}
+
+fn only_agent(server: &TestServer) -> Value {
+    let agents = server.agents();
+    assert_eq!(agents.len(), 1, "exactly one agent registered: {agents:?}");
+    agents[0].clone()
+}
+
+fn wait_presence(server: &TestServer, presence: &str) -> Value {
+    wait_until(&format!("the agent is {presence}"), secs(90), || {
+        server
+            .agents()
+            .into_iter()
+            .find(|a| a["presence"] == presence)
+    })
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn install_registers_rerun_is_idempotent_uninstall_deregisters() {
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+    let install = Install::new();
+
+    let out = run_installer(&server, &install_args(&install, &root, "web,eu"));
+    assert!(out.status.success(), "install failed: {}", stderr(&out));
+    let toml = std::fs::read_to_string(install.prefix.join("etc/agent.toml")).unwrap();
+    assert!(
+        toml.contains(&format!("server_url = \"{}\"", server.url)),
+        "{toml}"
+    );
+    assert!(toml.contains("tags = [\"web\", \"eu\"]"), "{toml}");
+    let mode = std::fs::metadata(install.prefix.join("etc/agent.toml")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o077,
+        0,
+        "agent.toml holds the token: not readable by others"
+    );
+    assert_eq!(
+        sha256_file(&install.prefix.join("bin/outrider-agent")),
+        sha256_file(&bin_dir().join("outrider-agent")),
+        "the installed stub is the published one"
+    );
+    let registered = wait_presence(&server, "connected");
+    let fingerprint = registered["fingerprint"].clone();
+    let pid = install.pid().expect("the installer started the agent");
+
+    // Same settings again: nothing changes, the running agent is left alone.
+    let out = run_installer(&server, &install_args(&install, &root, "web,eu"));
+    assert!(out.status.success(), "re-run failed: {}", stderr(&out));
+    assert_eq!(
+        install.pid(),
+        Some(pid),
+        "an unchanged re-run restarts nothing"
+    );
+    let agent = only_agent(&server);
+    assert_eq!(agent["fingerprint"], fingerprint);
+    assert_eq!(agent["presence"], "connected");
+
+    // New settings: written, the agent restarted with the same identity.
+    let out = run_installer(&server, &install_args(&install, &root, "web"));
+    assert!(out.status.success(), "re-run failed: {}", stderr(&out));
+    let toml = std::fs::read_to_string(install.prefix.join("etc/agent.toml")).unwrap();
+    assert!(toml.contains("tags = [\"web\"]"), "{toml}");
+    assert_ne!(
+        install.pid(),
+        Some(pid),
+        "changed settings restart the agent"
+    );
+    wait_until("the restarted agent reconnects", secs(90), || {
+        let agent = only_agent(&server);
+        (agent["presence"] == "connected" && agent["fingerprint"] == fingerprint).then_some(())
+    });
+
+    let out = run_installer(
+        &server,
+        &["--uninstall", "--prefix", install.prefix.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "uninstall failed: {}", stderr(&out));
+    let agent = wait_presence(&server, "deregistered");
+    assert_eq!(agent["fingerprint"], fingerprint);
+    assert!(
+        !install.prefix.exists(),
+        "uninstall removes everything it installed: {:?}",
+        files_under(&install.prefix)
+    );
+}
+
+#[test]
+fn tampered_stub_or_wrong_root_installs_nothing() {
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+
+    // A root.json other than the pinned one is refused.
+    let install = Install::new();
+    let wrong = "0".repeat(64);
+    let out = run_installer(&server, &install_args(&install, &wrong, "web"));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not the pinned"), "{}", stderr(&out));
+    assert!(
+        !install.prefix.exists(),
+        "{:?}",
+        files_under(&install.prefix)
+    );
+
+    // Flip one byte of the uncompressed stub in the server's blob store.
+    let stub_sha = sha256_file(&bin_dir().join("outrider-agent"));
+    let blob = server.data_dir().join("releases/blobs").join(&stub_sha);
+    let mut bytes = std::fs::read(&blob).expect("the uncompressed stub is a blob");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let out = run_installer(&server, &install_args(&install, &root, "web"));
+    assert!(
+        !out.status.success(),
+        "a tampered stub must fail the install"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("does not match the signed manifest") && err.contains("nothing was installed"),
+        "{err}"
+    );
+    assert!(
+        !install.prefix.exists(),
+        "{:?}",
+        files_under(&install.prefix)
+    );
+    assert!(server.agents().is_empty(), "no agent registered");
+}
+
+#[test]
+fn installer_is_posix_shellcheck_clean_and_truncation_safe() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh");
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert_eq!(
+        text.trim_end().lines().last(),
+        Some("main \"$@\" || exit 1"),
+        "a truncated download must not run anything: main is called on the last line"
+    );
+    let out = Command::new("shellcheck")
+        .args(["--shell=sh", "--severity=style"])
+        .arg(&script)
+        .output()
+        .expect("shellcheck is installed (apt-get install shellcheck; .ci/run does)");
+    assert!(
+        out.status.success(),
+        "shellcheck findings:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // /bin/sh (dash on Debian) must parse it.
+    let out = Command::new("sh").arg("-n").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
