@@ -76,10 +76,6 @@ pub const BUILTIN_PREFIX: &str = "builtin:";
 
 /// Messages sent by the agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one Hello per session, decoded and dropped at once; boxing it buys nothing"
-)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
     /// Registration and proof of key possession; the first agent message.
