@@ -10,22 +10,36 @@ use outrider_tests::{
 };
 use serde_json::Value;
 
-/// A server with a library build and a stub published to channel `dev`.
+/// A server with a release on channel `dev`, made the way operators make
+/// one: `packaging/release --with-stub` (here without building: the test
+/// publishes the workspace's debug build).
 fn server_with_release() -> (TestServer, Keys) {
     let server = TestServer::start();
     let keys = Keys::init();
-    server.publish(&keys, "dev", &agent_library());
-    let keys_dir = keys.dir.path().to_string_lossy().into_owned();
-    let stub = bin_dir().join("outrider-agent");
-    server.cli(&[
-        "release",
-        "publish-stub",
-        "--channel",
-        "dev",
-        "--keys",
-        &keys_dir,
-        stub.to_str().unwrap(),
-    ]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/release");
+    let target_dir = bin_dir().parent().unwrap().to_owned();
+    let out = Command::new("sh")
+        .arg(&script)
+        .args(["--channel", "dev", "--keys"])
+        .arg(keys.dir.path())
+        .args(["--version", "1.0.0-e2e", "--deltas", "0", "--with-stub"])
+        .args(["--no-build", "--profile", "dev"])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("OUTRIDER_SERVER", &server.url)
+        .env("OUTRIDER_TOKEN", &server.admin_token)
+        .env_remove("OUTRIDER_TOKEN_FILE")
+        .output()
+        .expect("run packaging/release");
+    assert!(
+        out.status.success(),
+        "packaging/release failed: {}",
+        stderr(&out)
+    );
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("1.0.0-e2e"),
+        "release status shows the build: {status}"
+    );
     (server, keys)
 }
 
@@ -265,29 +279,32 @@ fn tampered_stub_or_wrong_root_installs_nothing() {
 }
 
 #[test]
-fn installer_is_posix_shellcheck_clean_and_truncation_safe() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh");
-    let text = std::fs::read_to_string(&script).unwrap();
-    assert_eq!(
-        text.trim_end().lines().last(),
-        Some("main \"$@\" || exit 1"),
-        "a truncated download must not run anything: main is called on the last line"
-    );
-    let out = Command::new("shellcheck")
-        .args(["--shell=sh", "--severity=style"])
-        .arg(&script)
-        .output()
-        .expect("shellcheck is installed (apt-get install shellcheck; .ci/run does)");
-    assert!(
-        out.status.success(),
-        "shellcheck findings:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    // /bin/sh (dash on Debian) must parse it.
-    let out = Command::new("sh").arg("-n").arg(&script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn scripts_are_posix_shellcheck_clean_and_truncation_safe() {
+    let packaging = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    for name in ["install.sh", "release"] {
+        let script = packaging.join(name);
+        let text = std::fs::read_to_string(&script).unwrap();
+        assert_eq!(
+            text.trim_end().lines().last(),
+            Some("main \"$@\" || exit 1"),
+            "{name}: a truncated download must not run anything: main is called on the last line"
+        );
+        let out = Command::new("shellcheck")
+            .args(["--shell=sh", "--severity=style"])
+            .arg(&script)
+            .output()
+            .expect("shellcheck is installed (apt-get install shellcheck; .ci/run does)");
+        assert!(
+            out.status.success(),
+            "{name}: shellcheck findings:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // /bin/sh (dash on Debian) must parse it.
+        let out = Command::new("sh").arg("-n").arg(&script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
