@@ -23,13 +23,21 @@ use rusqlite::Connection;
 pub use agents::Registration;
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
 const MIGRATIONS: &[&str] = &[
     // 1 → 2: agents report the build their stub loaded.
     "ALTER TABLE agents ADD COLUMN build_sha256 TEXT; ALTER TABLE agents ADD COLUMN build_version TEXT;",
+    // 2 → 3: tags, per-agent config versions and ad-hoc permission; check
+    // selectors. New tables (enrollment_tokens, plugins) come from schema.sql.
+    "ALTER TABLE agents ADD COLUMN hello_tags TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE agents ADD COLUMN server_tags TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE agents ADD COLUMN allow_adhoc INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE agents ADD COLUMN config_version INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE agents ADD COLUMN config_sha256 TEXT;
+     ALTER TABLE checks ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// Handle to the database; cheap to clone.
