@@ -144,7 +144,7 @@ mod tests {
 
     use super::*;
 
-    /// The agents table as schema version 1 created it.
+    /// The agents and checks tables as schema version 1 created them.
     const V1_AGENTS: &str = "
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
         INSERT INTO meta VALUES ('schema_version', '1');
@@ -155,6 +155,11 @@ mod tests {
             presence_since_ms INTEGER NOT NULL, registered_at_ms INTEGER NOT NULL,
             last_seen_ms INTEGER NOT NULL, acked_seq INTEGER NOT NULL DEFAULT 0
         ) STRICT;
+        CREATE TABLE checks (
+            name TEXT PRIMARY KEY, command TEXT NOT NULL, interval_secs INTEGER NOT NULL,
+            timeout_secs INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL
+        ) STRICT;
+        INSERT INTO checks VALUES ('load', '[\"/bin/true\"]', 10, 5, 1);
         INSERT INTO agents VALUES ('0123456789abcdef0123', 'aa', 'old-host', 'linux', 'x86_64',
                                    '0.0.9', 'deregistered', 5, 1, 5, 42);";
 
@@ -173,6 +178,7 @@ mod tests {
         assert_eq!(agents[0].hostname, "old-host");
         assert_eq!(agents[0].presence, Presence::Deregistered);
         assert_eq!(agents[0].build_sha256, None);
+        assert_eq!(store.checks().await.unwrap().len(), 1);
         let version: String = store
             .call(|c| {
                 Ok(c.query_row(
