@@ -91,3 +91,28 @@ pub struct ResultInfo {
     pub duration_ms: u64,
     pub received_at_ms: i64,
 }
+
+/// One message of the live event stream `GET /api/v1/events` (Server-Sent
+/// Events: the SSE event name is the `type` tag, the data is this JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// An agent's presence changed.
+    Presence {
+        agent: Fingerprint,
+        presence: Presence,
+        /// When it changed, Unix ms.
+        at_ms: i64,
+    },
+    /// A check result was stored (scheduled runs; not RPC runs).
+    Result {
+        agent: Fingerprint,
+        result: crate::CheckResult,
+    },
+    /// The agent's configuration document moved to `version`.
+    Config { agent: Fingerprint, version: u64 },
+    /// This subscriber fell behind and `missed` events were dropped for it;
+    /// re-read the state it needs (`GET /api/v1/agents`, results).
+    Lagged { missed: u64 },
+}

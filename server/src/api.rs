@@ -10,6 +10,7 @@
 //! | `PUT  /api/v1/checks/{name}`       | admin  | create or replace a check              |
 //! | `DELETE /api/v1/checks/{name}`     | admin  | delete a check                         |
 //! | `GET  /api/v1/results/latest`      | admin  | newest result per agent and check      |
+//! | `GET  /api/v1/events`              | admin  | live events (Server-Sent Events)       |
 //! | `PUT  /api/v1/releases/...`        | admin  | release uploads ([`outrider_update_server`]) |
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::{agent_ws, auth};
+use crate::{agent_ws, auth, events};
 
 /// Builds the whole HTTP application.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -33,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/checks", get(list_checks))
         .route("/api/v1/checks/{name}", put(put_check).delete(delete_check))
         .route("/api/v1/results/latest", get(latest_results))
+        .route("/api/v1/events", get(events::handler))
         .with_state(state.clone())
         .merge(outrider_update_server::admin_router(state.releases.clone()))
         // `route_layer`: only matched admin routes require the token; an

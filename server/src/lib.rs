@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod store;
 
 use std::sync::Arc;
@@ -46,6 +47,9 @@ pub struct AppState {
     /// Bumped whenever the check configuration changes; sessions push the
     /// new document to their agent.
     pub config_version: watch::Sender<u64>,
+    /// Live event stream; ingest publishes each stored result with
+    /// [`events::Events::result`].
+    pub events: events::Events,
     pub shutdown: CancellationToken,
     /// Agent sessions run as upgraded connections outside axum's graceful
     /// shutdown, so they are tracked here and awaited by [`run`].
@@ -87,6 +91,7 @@ pub async fn run(
         admin_token,
         enrollment_token,
         config_version: watch::Sender::new(version),
+        events: events::Events::default(),
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });
