@@ -303,7 +303,7 @@ async fn converse(
                         if results.len() > MAX_BATCH_RESULTS {
                             return End::Protocol(format!("batch of {} results exceeds {MAX_BATCH_RESULTS}", results.len()));
                         }
-                        let up_to = match state.store.ingest(fp, results).await {
+                        let up_to = match crate::metrics::ingest(state, fp, results).await {
                             Ok(up_to) => up_to,
                             Err(e) => return End::StoreFailed(format!("{e:#}")),
                         };

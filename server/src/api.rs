@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/events", get(events::handler))
         .with_state(state.clone())
         .merge(outrider_update_server::admin_router(state.releases.clone()))
+        .merge(crate::metrics::admin_routes(state.clone()))
         // `route_layer`: only matched admin routes require the token; an
         // unknown path must stay a 404, not turn into a 401.
         .route_layer(middleware::from_fn_with_state(
@@ -50,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(outrider_update_server::public_router(
             state.releases.clone(),
         ))
+        .merge(crate::metrics::public_routes(state.clone()))
         .merge(admin)
 }
 

@@ -36,6 +36,9 @@ pub struct ServerConfig {
     /// and tests that listen on port 0).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Metric retention and outputs (Prometheus, Graphite).
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// `$OUTRIDER_HOME/server`, else `~/.outrider/server` — the place the CLI

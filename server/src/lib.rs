@@ -17,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod store;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct AppState {
     /// Live event stream; ingest publishes each stored result with
     /// [`events::Events::result`].
     pub events: events::Events,
+    /// Metric side: ingest counters, Graphite queue ([`metrics`]).
+    pub metrics: metrics::Metrics,
     pub shutdown: CancellationToken,
     /// Agent sessions run as upgraded connections outside axum's graceful
     /// shutdown, so they are tracked here and awaited by [`run`].
@@ -83,6 +86,7 @@ pub async fn run(
             "agents left connected by the previous run are marked down until they reconnect"
         );
     }
+    let metric_side = metrics::Metrics::new(config.metrics.clone())?;
     let state = Arc::new(AppState {
         store,
         releases: Arc::new(releases),
@@ -92,9 +96,11 @@ pub async fn run(
         enrollment_token,
         config_version: watch::Sender::new(version),
         events: events::Events::default(),
+        metrics: metric_side,
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });
+    metrics::spawn(&state);
 
     let addr = listener.local_addr().context("reading the bound address")?;
     if let Some(ready) = &state.config.ready_file {

@@ -12,6 +12,7 @@
 
 mod agents;
 mod checks;
+pub mod metrics;
 mod results;
 
 use std::path::Path;
@@ -23,7 +24,7 @@ use rusqlite::Connection;
 pub use agents::Registration;
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
@@ -38,12 +39,17 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE agents ADD COLUMN config_version INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE agents ADD COLUMN config_sha256 TEXT;
      ALTER TABLE checks ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';",
+    // 3 → 4: perfdata series, raw points and rollups (store/metrics.rs).
+    include_str!("store/metrics.sql"),
 ];
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Series ids of perfdata metrics (store/metrics.rs); locked only
+    /// while `conn` is held.
+    series: Arc<Mutex<metrics::SeriesCache>>,
 }
 
 impl Store {
@@ -58,6 +64,9 @@ impl Store {
             .context("opening the store panicked")??;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            series: Arc::new(Mutex::new(metrics::SeriesCache::new(
+                metrics::DEFAULT_SERIES_CACHE_ENTRIES,
+            ))),
         })
     }
 
@@ -121,6 +130,8 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
     }
     tx.execute_batch(include_str!("store/schema.sql"))
         .context("applying the schema")?;
+    tx.execute_batch(include_str!("store/metrics.sql"))
+        .context("applying the metrics schema")?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -50,17 +50,24 @@ impl Server {
     /// Starts a server on 127.0.0.1:0 with a fresh data directory. Keepalive
     /// timers are long so an agent that is not reading is never declared silent.
     pub async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    /// [`Server::start`] with `configure` adjusting the config first.
+    pub async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             data_dir: dir.path().to_owned(),
             listen: addr,
             enrollment_token: Some(ENROLLMENT_TOKEN.into()),
             ping_interval_secs: 60,
             down_after_secs: 120,
             ready_file: None,
+            metrics: Default::default(),
         };
+        configure(&mut config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(outrider_server::run(config, listener, shutdown.clone()));
         let mut server = Server {

@@ -5,3 +5,4 @@
 mod admin_api;
 mod agent_ws;
 mod helpers;
+mod metrics;
