@@ -8,12 +8,14 @@
 //! - `results` is keyed by `(fingerprint, seq)`: a batch resent after a lost
 //!   ack is stored once (`INSERT OR IGNORE`), and its ack is still sent.
 //! - An ack is sent only after the transaction holding the batch committed.
-//! - The config version in `meta` grows by one on every check change.
+//! - Each agent's config version grows by one whenever its computed
+//!   document changes (see `checks`).
 
 mod agents;
 mod checks;
 pub mod metrics;
 mod results;
+mod tokens;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -22,6 +24,8 @@ use anyhow::{Context, anyhow};
 use rusqlite::Connection;
 
 pub use agents::Registration;
+pub use checks::{ComputedConfig, DeletePlugin, PutCheck, effective_tags, normalize_tags};
+pub use tokens::TokenRefusal;
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
 const SCHEMA_VERSION: i64 = 4;

@@ -582,6 +582,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 build_sha256: None,
                 build_version: None,
+                tags: Vec::new(),
             })
             .await
             .unwrap();

@@ -205,6 +205,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 build_sha256: None,
                 build_version: None,
+                tags: Vec::new(),
             })
             .await
             .unwrap();
@@ -260,6 +261,7 @@ mod tests {
                 agent_version: "0.1.1".into(),
                 build_sha256: Some("cd".repeat(32)),
                 build_version: Some("0.1.1".into()),
+                tags: Vec::new(),
             })
             .await
             .unwrap();
@@ -268,31 +270,5 @@ mod tests {
             store.agents().await.unwrap()[0].presence,
             Presence::Connected
         );
-    }
-
-    #[tokio::test]
-    async fn config_version_moves_only_on_real_changes() {
-        let (_dir, store, _) = store_with_agent().await;
-        let spec = outrider_protocol::CheckSpec {
-            name: "load".into(),
-            command: vec!["/bin/true".into()],
-            interval_secs: 10,
-            timeout_secs: 5,
-        };
-        assert_eq!(store.put_check(spec.clone()).await.unwrap(), 1);
-        assert_eq!(store.put_check(spec.clone()).await.unwrap(), 1);
-        assert_eq!(
-            store
-                .put_check(outrider_protocol::CheckSpec {
-                    interval_secs: 20,
-                    ..spec
-                })
-                .await
-                .unwrap(),
-            2
-        );
-        assert_eq!(store.delete_check("load".into()).await.unwrap(), Some(3));
-        assert_eq!(store.delete_check("load".into()).await.unwrap(), None);
-        assert_eq!(store.agent_config().await.unwrap().version, 3);
     }
 }

@@ -16,7 +16,14 @@ async fn enrollment_needs_the_right_token() {
     let good = Agent::new(1, "web-1");
     let (_conn, acked_seq, config) = good.connect(&server, Some(ENROLLMENT_TOKEN)).await;
     assert_eq!(acked_seq, 0);
-    assert_eq!(config, AgentConfig::default());
+    // The first document of a new agent: version 1, nothing to run.
+    assert_eq!(
+        config,
+        AgentConfig {
+            version: 1,
+            ..AgentConfig::default()
+        }
+    );
 
     for (seed, token) in [(2, Some("wrong")), (3, None)] {
         let agent = Agent::new(seed, "intruder");

@@ -58,15 +58,10 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut config = ServerConfig {
-            data_dir: dir.path().to_owned(),
-            listen: addr,
-            enrollment_token: Some(ENROLLMENT_TOKEN.into()),
-            ping_interval_secs: 60,
-            down_after_secs: 120,
-            ready_file: None,
-            metrics: Default::default(),
-        };
+        let mut config = ServerConfig::new(dir.path().to_owned(), addr);
+        config.enrollment_token = Some(ENROLLMENT_TOKEN.into());
+        config.ping_interval_secs = 60;
+        config.down_after_secs = 120;
         configure(&mut config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(outrider_server::run(config, listener, shutdown.clone()));
@@ -200,6 +195,8 @@ pub struct Agent {
     pub key: SigningKey,
     pub fp: Fingerprint,
     pub hostname: String,
+    /// Tags announced in every hello.
+    pub tags: Vec<String>,
 }
 
 impl Agent {
@@ -210,7 +207,14 @@ impl Agent {
             key,
             fp,
             hostname: hostname.to_owned(),
+            tags: Vec::new(),
         }
+    }
+
+    /// The same identity announcing `tags`.
+    pub fn with_tags(mut self, tags: &[&str]) -> Agent {
+        self.tags = tags.iter().map(|t| t.to_string()).collect();
+        self
     }
 
     pub fn public_key_hex(&self) -> String {
@@ -232,7 +236,7 @@ impl Agent {
             build_sha256: Some("ab".repeat(32)),
             build_version: Some("1.2.3".into()),
             last_seq: 0,
-            tags: Vec::new(),
+            tags: self.tags.clone(),
             resume_token: None,
             config_version: 0,
         }
@@ -240,9 +244,20 @@ impl Agent {
 
     /// Connects and sends a correct hello; returns the server's answer.
     pub async fn try_connect(&self, server: &Server, token: Option<&str>) -> (Conn, ServerMessage) {
+        self.try_connect_with(server, token, |_| {}).await
+    }
+
+    /// [`Agent::try_connect`] with `adjust` changing the hello first.
+    pub async fn try_connect_with(
+        &self,
+        server: &Server,
+        token: Option<&str>,
+        adjust: impl FnOnce(&mut Hello),
+    ) -> (Conn, ServerMessage) {
         let (mut conn, nonce) = Conn::open(server).await;
-        conn.send(&AgentMessage::Hello(self.hello(&nonce, token)))
-            .await;
+        let mut hello = self.hello(&nonce, token);
+        adjust(&mut hello);
+        conn.send(&AgentMessage::Hello(hello)).await;
         let answer = conn.recv().await;
         (conn, answer)
     }
