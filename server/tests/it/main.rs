@@ -4,5 +4,10 @@
 
 mod admin_api;
 mod agent_ws;
+mod config_push;
+mod enrollment;
+mod events;
 mod helpers;
 mod metrics;
+mod rpc;
+mod transport;
