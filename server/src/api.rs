@@ -91,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(AGENT_WS_PATH, get(agent_ws::handler))
         .with_state(state.clone())
         .merge(crate::metrics::public_routes(state.clone()))
+        .merge(crate::openapi::routes())
         .merge(outrider_update_server::public_router(
             state.releases.clone(),
         ))

@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod listener;
 pub mod metrics;
+pub mod openapi;
 pub mod plugins;
 pub mod rpc;
 pub mod sessions;

@@ -9,5 +9,6 @@ mod enrollment;
 mod events;
 mod helpers;
 mod metrics;
+mod openapi;
 mod rpc;
 mod transport;
