@@ -15,7 +15,9 @@
 //!
 //! Memory per idle session is kept small: bounded tungstenite buffers
 //! (below), no per-session copy of the config (documents are shared `Arc`s
-//! of [`crate::configs`]), one bounded RPC queue. A malformed, oversized or
+//! of [`crate::configs`]), one bounded RPC queue, and the work done per
+//! message (store calls, plugin reads) runs in boxed futures so it does not
+//! inflate the size of every idle session's future. A malformed, oversized or
 //! out-of-protocol frame ends only its own session, with the reason logged;
 //! results are acked only after the store committed them.
 
@@ -118,7 +120,7 @@ async fn session(
         }
         Err(_) => return reject(socket, "no hello within 10 s").await,
     };
-    let registration = match authenticate(&state, &hello, &nonce).await {
+    let registration = match Box::pin(authenticate(&state, &hello, &nonce)).await {
         Ok(r) => r,
         Err(reason) => {
             warn!(fingerprint = %hello.fingerprint, hostname = %hello.hostname, remote = %addrs.remote, %reason, "agent refused");
@@ -136,7 +138,7 @@ async fn session(
     // ending in between must see that it was replaced, or its "down" would
     // land after our "connected".
     let mut link = state.sessions.insert(&fp);
-    let acked_seq = match state.store.register(registration).await {
+    let acked_seq = match Box::pin(state.store.register(registration)).await {
         Ok(seq) => seq,
         Err(e) => {
             warn!(fingerprint = %fp, "registration failed: {e:#}");
@@ -147,7 +149,7 @@ async fn session(
     state
         .events
         .presence(&fp, Presence::Connected, crate::store::now_ms());
-    let config = match configs::refresh(&state, Some(&fp)).await {
+    let config = match Box::pin(configs::refresh(&state, Some(&fp))).await {
         Ok(Some(config)) => config,
         Ok(None) => Arc::new(AgentConfig::default()),
         Err(e) => {
@@ -176,7 +178,7 @@ async fn session(
         End::Lost(_) | End::Silent | End::Protocol(_) | End::StoreFailed(_) => Some(Presence::Down),
     };
     if let (true, Some(presence)) = (ours, presence) {
-        match state.store.set_presence(&fp, presence).await {
+        match Box::pin(state.store.set_presence(&fp, presence)).await {
             Ok(Some(at_ms)) => state.events.presence(&fp, presence, at_ms),
             Ok(None) => {}
             Err(e) => {
@@ -348,7 +350,9 @@ async fn converse(
                     Ok(m) => m,
                     Err(e) => return End::Protocol(e.to_string()),
                 };
-                if let Some(end) = handle(state, socket, fp, message).await {
+                // Boxed: the idle session future stays small; the
+                // one allocation per message is cheap next to its work.
+                if let Some(end) = Box::pin(handle(state, socket, fp, message)).await {
                     return end;
                 }
             }

@@ -53,6 +53,10 @@ const INSTALL_SH: &str = include_str!("../../packaging/install.sh");
 /// Most tags on a check selector or assigned to an agent.
 const MAX_TAGS: usize = 32;
 
+/// Largest command line of one check (program and arguments, in bytes), so
+/// that a config document of many checks stays far below the message limit.
+const MAX_COMMAND_BYTES: usize = 4096;
+
 /// Builds the whole HTTP application.
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
@@ -208,6 +212,13 @@ async fn put_check(
     };
     spec.validate()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let command_bytes: usize = spec.command.iter().map(|a| a.len() + 1).sum();
+    if command_bytes > MAX_COMMAND_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "check {:?}: the command line of {command_bytes} bytes exceeds {MAX_COMMAND_BYTES}",
+            spec.name
+        )));
+    }
     if let Some(plugin) = spec.plugin_name()
         && !is_valid_name(plugin)
     {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use outrider_protocol::api::Event;
-use outrider_protocol::{AgentConfig, Fingerprint};
+use outrider_protocol::{AgentConfig, Fingerprint, MAX_MESSAGE_BYTES, ServerMessage};
 
 use crate::AppState;
 
@@ -55,6 +55,22 @@ pub async fn refresh(
                 // Cannot happen while the store keeps its plugin rules; keep
                 // the agent on its previous document rather than break it.
                 tracing::error!(fingerprint = %c.fingerprint, "computed config is invalid: {e}");
+                continue;
+            }
+            // Only a changed document can have grown past the limit.
+            let len = if c.changed {
+                ServerMessage::Config(c.config.clone()).encode().len()
+            } else {
+                0
+            };
+            if len > MAX_MESSAGE_BYTES {
+                // The agent would refuse the frame; keep it on its previous
+                // document and tell the operator.
+                tracing::error!(
+                    fingerprint = %c.fingerprint,
+                    bytes = len,
+                    "the agent's config exceeds the {MAX_MESSAGE_BYTES}-byte message limit; it keeps its previous config until checks are removed"
+                );
                 continue;
             }
             let doc = Arc::new(c.config);

@@ -268,3 +268,18 @@ async fn bad_frames_close_only_their_own_connection() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_that_stops_answering_keepalives_is_down() {
+    let server = Server::start_with(|c| {
+        c.ping_interval_secs = 1;
+        c.down_after_secs = 2;
+    })
+    .await;
+    let agent = Agent::new(1, "frozen");
+    // Connected, then never reads again: its pongs stop, its socket stays open.
+    let (_conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    assert_eq!(server.agent(&agent.fp).await.presence, Presence::Connected);
+    server.wait_presence(&agent.fp, Presence::Down).await;
+    server.stop().await;
+}
