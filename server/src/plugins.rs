@@ -140,3 +140,62 @@ impl PluginFiles {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Bytes;
+
+    use super::*;
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_upload_over_the_limit_is_refused_while_streaming_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = PluginFiles::open(dir.path()).unwrap();
+        let mib = Bytes::from(vec![7u8; 1 << 20]);
+        let chunks = (MAX_PLUGIN_BYTES >> 20) + 1;
+        let body = futures_util::stream::iter(
+            (0..chunks).map(|_| Ok::<_, std::convert::Infallible>(mib.clone())),
+        )
+        // One more chunk than allowed, then one the server must never ask for.
+        .chain(futures_util::stream::once(async {
+            panic!("read past the limit")
+        }));
+        assert!(matches!(
+            files.store(body).await,
+            Err(UploadError::TooLarge)
+        ));
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stored_file_is_named_by_its_hash_and_read_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = PluginFiles::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..PLUGIN_CHUNK_BYTES + 10).map(|i| i as u8).collect();
+        let body = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Bytes::from(
+            bytes.clone(),
+        ))]);
+        let (sha, size) = files.store(body).await.unwrap();
+        assert_eq!(sha, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(size, bytes.len() as u64);
+        let (first, total) = files.read_chunk(&sha, 0).await.unwrap();
+        assert_eq!((first.len(), total), (PLUGIN_CHUNK_BYTES, size));
+        let (rest, _) = files.read_chunk(&sha, first.len() as u64).await.unwrap();
+        assert_eq!([first, rest].concat(), bytes);
+        assert!(files.read_chunk(&sha, size + 1).await.is_err());
+        assert!(files.read_chunk("../etc/passwd", 0).await.is_err());
+        files.remove(&sha).await;
+        assert!(leftovers(dir.path()).is_empty());
+    }
+}

@@ -133,12 +133,10 @@ pub async fn run(
     })?;
     let wait = Duration::from_secs(u64::from(run_secs)) + RPC_MARGIN;
     let outcome = tokio::time::timeout(wait, answer).await;
+    let id = guard.id().to_owned();
     drop(guard);
     match outcome {
-        Ok(Ok(Ok(result))) => Ok(Json(RunResponse {
-            id: String::new(),
-            result,
-        })),
+        Ok(Ok(Ok(result))) => Ok(Json(RunResponse { id, result })),
         Ok(Ok(Err(error))) => Err(ApiError::Unprocessable(format!(
             "agent {fp} could not run it: {error}"
         ))),

@@ -83,6 +83,13 @@ pub struct PendingGuard<'a> {
     id: String,
 }
 
+impl PendingGuard<'_> {
+    /// The correlation id of the call.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         lock(&self.sessions.pending).remove(&self.id);

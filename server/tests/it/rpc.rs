@@ -59,6 +59,7 @@ async fn run_now_returns_the_agents_answer_to_that_call() {
     .await;
     let (status, body) = call.await.unwrap();
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], id.as_str());
     assert_eq!(body["result"]["summary"], "load 7.2");
     assert_eq!(body["result"]["state"], "WARNING");
     // RPC runs are not spooled results: nothing stored.
