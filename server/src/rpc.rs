@@ -22,13 +22,15 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use outrider_protocol::api::{RunRequest, RunResponse};
-use outrider_protocol::{MAX_SCRIPT_BYTES, ServerMessage};
+use outrider_protocol::AgentConfig;
+use outrider_protocol::api::{AgentInfo, RunRequest, RunResponse};
+use outrider_protocol::{CheckResult, Fingerprint, MAX_SCRIPT_BYTES, ServerMessage};
+use tokio::sync::oneshot;
 
 use crate::AppState;
 use crate::api::parse_fp;
 use crate::error::{ApiError, ApiJson, ApiPath};
-use crate::sessions::SendRpcError;
+use crate::sessions::{RpcAnswer, SendRpcError};
 
 /// Extra time over the run's own timeout for the round trip.
 pub const RPC_MARGIN: Duration = Duration::from_secs(10);
@@ -38,6 +40,9 @@ pub const DEFAULT_SCRIPT_TIMEOUT_SECS: u32 = 60;
 
 /// Longest timeout a request may ask for.
 pub const MAX_RUN_TIMEOUT_SECS: u32 = 3_600;
+
+/// Builds the message of one call from its correlation id.
+type MakeRpc = Box<dyn FnOnce(String) -> ServerMessage + Send>;
 
 /// The handler; see the module documentation for its outcomes.
 pub async fn run(
@@ -52,9 +57,34 @@ pub async fn run(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no agent with fingerprint {fp}")))?;
     let config = state.configs.get(&fp).unwrap_or_default();
-    let (message, run_secs): (Box<dyn FnOnce(String) -> ServerMessage + Send>, u32) = match (
-        req.check, req.script,
-    ) {
+    let (message, run_secs) = request(req, &fp, &agent, &config)?;
+    let (guard, answer) = state.sessions.send_rpc(&fp, message).map_err(|e| match e {
+        SendRpcError::NotConnected(_) => ApiError::Conflict(format!(
+            "agent {fp} ({}) is not connected (presence: {}); it cannot run anything now",
+            agent.hostname,
+            agent.presence.as_str()
+        )),
+        e @ SendRpcError::TooMany(_) => ApiError::TooManyRequests(e.to_string()),
+    })?;
+    let wait = Duration::from_secs(u64::from(run_secs)) + RPC_MARGIN;
+    let outcome = wait_for(&fp, answer, wait).await;
+    let id = guard.id().to_owned();
+    drop(guard);
+    Ok(Json(RunResponse {
+        id,
+        result: outcome?,
+    }))
+}
+
+/// Builds the RPC a request asks for (given its correlation id) and the
+/// run's own timeout in seconds; refuses what the agent must not get.
+fn request(
+    req: RunRequest,
+    fp: &Fingerprint,
+    agent: &AgentInfo,
+    config: &AgentConfig,
+) -> Result<(MakeRpc, u32), ApiError> {
+    Ok(match (req.check, req.script) {
         (Some(check), None) => {
             if req.interpreter.is_some() || req.timeout_secs.is_some() {
                 return Err(ApiError::BadRequest(
@@ -122,21 +152,17 @@ pub async fn run(
                 "give exactly one of check and script".into(),
             ));
         }
-    };
-    let (guard, answer) = state.sessions.send_rpc(&fp, message).map_err(|e| match e {
-        SendRpcError::NotConnected(_) => ApiError::Conflict(format!(
-            "agent {fp} ({}) is not connected (presence: {}); it cannot run anything now",
-            agent.hostname,
-            agent.presence.as_str()
-        )),
-        e @ SendRpcError::TooMany(_) => ApiError::TooManyRequests(e.to_string()),
-    })?;
-    let wait = Duration::from_secs(u64::from(run_secs)) + RPC_MARGIN;
-    let outcome = tokio::time::timeout(wait, answer).await;
-    let id = guard.id().to_owned();
-    drop(guard);
-    match outcome {
-        Ok(Ok(Ok(result))) => Ok(Json(RunResponse { id, result })),
+    })
+}
+
+/// Waits up to `wait` for the agent's answer.
+async fn wait_for(
+    fp: &Fingerprint,
+    answer: oneshot::Receiver<RpcAnswer>,
+    wait: Duration,
+) -> Result<CheckResult, ApiError> {
+    match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(Ok(result))) => Ok(result),
         Ok(Ok(Err(error))) => Err(ApiError::Unprocessable(format!(
             "agent {fp} could not run it: {error}"
         ))),
@@ -147,5 +173,30 @@ pub async fn run(
             "agent {fp} did not answer within {} s",
             wait.as_secs()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_agent_is_a_504_after_the_wait_and_not_before() {
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        let (tx, rx) = oneshot::channel::<RpcAnswer>();
+        let start = tokio::time::Instant::now();
+        let err = wait_for(&fp, rx, Duration::from_secs(15))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::GatewayTimeout(_)), "{err:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        assert!(err.to_string().contains("within 15 s"), "{err}");
+        drop(tx);
+        let (tx, rx) = oneshot::channel::<RpcAnswer>();
+        drop(tx);
+        assert!(matches!(
+            wait_for(&fp, rx, Duration::from_secs(15)).await,
+            Err(ApiError::Conflict(_))
+        ));
     }
 }
