@@ -100,32 +100,8 @@ async fn session(
     addrs: ConnAddrs,
     _permit: OwnedSemaphorePermit,
 ) {
-    let nonce = random_hex::<32>();
-    let challenge = ServerMessage::Challenge {
-        nonce: nonce.clone(),
-    };
-    if send(&mut socket, &challenge).await.is_err() {
+    let Some((hello, registration)) = Box::pin(introduce(&state, &mut socket, &addrs)).await else {
         return;
-    }
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_message(&mut socket)).await {
-        Ok(Ok(AgentMessage::Hello(hello))) => hello,
-        Ok(Ok(other)) => {
-            let reason = format!("expected hello, got {}", kind(&other));
-            warn!(remote = %addrs.remote, %reason, "agent refused");
-            return reject(socket, &reason).await;
-        }
-        Ok(Err(reason)) => {
-            warn!(remote = %addrs.remote, %reason, "agent refused");
-            return reject(socket, &reason).await;
-        }
-        Err(_) => return reject(socket, "no hello within 10 s").await,
-    };
-    let registration = match Box::pin(authenticate(&state, &hello, &nonce)).await {
-        Ok(r) => r,
-        Err(reason) => {
-            warn!(fingerprint = %hello.fingerprint, hostname = %hello.hostname, remote = %addrs.remote, %reason, "agent refused");
-            return reject(socket, &reason).await;
-        }
     };
     let fp = registration.fingerprint.clone();
     // The resume token is looked at only now, after the signature check:
@@ -143,7 +119,7 @@ async fn session(
         Err(e) => {
             warn!(fingerprint = %fp, "registration failed: {e:#}");
             state.sessions.remove(&fp, link.id);
-            return close(socket, close_code::ERROR, "server error").await;
+            return close(&mut socket, close_code::ERROR, "server error").await;
         }
     };
     state
@@ -169,17 +145,65 @@ async fn session(
     // A resumed agent that already runs this version is not sent it again.
     let sent_version =
         (resumed && hello.config_version == config.version).then_some(config.version);
+    drop((hello, config));
     let end = converse(&state, &mut socket, &fp, welcome, sent_version, &mut link).await;
-    let ours = state.sessions.remove(&fp, link.id);
-    state.sessions.touch_resume_token(&fp);
+    let (code, reason) = Box::pin(finish(&state, &fp, link.id, end)).await;
+    close(&mut socket, code, reason).await;
+}
+
+/// Challenge, hello, authentication. On refusal the agent has been told
+/// why, the refusal is logged, and `None` is returned.
+async fn introduce(
+    state: &AppState,
+    socket: &mut WebSocket,
+    addrs: &ConnAddrs,
+) -> Option<(Hello, Registration)> {
+    let nonce = random_hex::<32>();
+    let challenge = ServerMessage::Challenge {
+        nonce: nonce.clone(),
+    };
+    send(socket, &challenge).await.ok()?;
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_message(socket)).await {
+        Ok(Ok(AgentMessage::Hello(hello))) => hello,
+        Ok(Ok(other)) => {
+            let reason = format!("expected hello, got {}", kind(&other));
+            warn!(remote = %addrs.remote, %reason, "agent refused");
+            reject(socket, &reason).await;
+            return None;
+        }
+        Ok(Err(reason)) => {
+            warn!(remote = %addrs.remote, %reason, "agent refused");
+            reject(socket, &reason).await;
+            return None;
+        }
+        Err(_) => {
+            reject(socket, "no hello within 10 s").await;
+            return None;
+        }
+    };
+    match authenticate(state, &hello, &nonce).await {
+        Ok(registration) => Some((hello, registration)),
+        Err(reason) => {
+            warn!(fingerprint = %hello.fingerprint, hostname = %hello.hostname, remote = %addrs.remote, %reason, "agent refused");
+            reject(socket, &reason).await;
+            None
+        }
+    }
+}
+
+/// Records how session `id` of `fp` ended (presence, event, log line) and
+/// returns the close frame to send.
+async fn finish(state: &AppState, fp: &Fingerprint, id: u64, end: End) -> (u16, &'static str) {
+    let ours = state.sessions.remove(fp, id);
+    state.sessions.touch_resume_token(fp);
     let presence = match &end {
         End::Goodbye(_) => Some(Presence::Deregistered),
         End::Replaced | End::ServerShutdown => None,
         End::Lost(_) | End::Silent | End::Protocol(_) | End::StoreFailed(_) => Some(Presence::Down),
     };
     if let (true, Some(presence)) = (ours, presence) {
-        match Box::pin(state.store.set_presence(&fp, presence)).await {
-            Ok(Some(at_ms)) => state.events.presence(&fp, presence, at_ms),
+        match state.store.set_presence(fp, presence).await {
+            Ok(Some(at_ms)) => state.events.presence(fp, presence, at_ms),
             Ok(None) => {}
             Err(e) => {
                 warn!(fingerprint = %fp, "cannot record presence {}: {e:#}", presence.as_str())
@@ -197,14 +221,13 @@ async fn session(
         End::Replaced => info!(fingerprint = %fp, "session replaced by a newer one"),
         End::ServerShutdown => debug!(fingerprint = %fp, "session closed for shutdown"),
     }
-    let (code, reason) = match end {
+    match end {
         End::Protocol(_) => (close_code::POLICY, "protocol violation"),
         End::ServerShutdown => (close_code::AWAY, "server shutting down"),
         End::Replaced => (close_code::POLICY, "replaced by a newer session"),
         End::StoreFailed(_) => (close_code::ERROR, "server error"),
         _ => (close_code::NORMAL, "bye"),
-    };
-    close(socket, code, reason).await;
+    }
 }
 
 /// The addresses an agent may dial when DNS fails: the configured list,
@@ -464,9 +487,9 @@ async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> Result<(), String>
         .map_err(|e| e.to_string())
 }
 
-async fn reject(mut socket: WebSocket, reason: &str) {
+async fn reject(socket: &mut WebSocket, reason: &str) {
     let _ = send(
-        &mut socket,
+        socket,
         &ServerMessage::Rejected {
             reason: reason.to_owned(),
         },
@@ -475,7 +498,7 @@ async fn reject(mut socket: WebSocket, reason: &str) {
     close(socket, close_code::POLICY, "rejected").await;
 }
 
-async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
