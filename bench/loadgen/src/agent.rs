@@ -8,11 +8,13 @@
 //! arrives; a batch in flight when the connection drops is resent after the
 //! reconnect (the server deduplicates by seq), so it is counted once.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
 use ed25519_dalek::{Signer, SigningKey};
 use futures_util::{SinkExt, StreamExt};
 use outrider_protocol::{
@@ -71,6 +73,25 @@ pub struct Counters {
     pub rpc_answered: AtomicU64,
     /// Connection attempts or sessions that failed (then retried).
     pub failures: AtomicU64,
+    /// Failures by reason (digits removed, so similar errors group).
+    pub failure_reasons: Mutex<HashMap<String, u64>>,
+}
+
+impl Counters {
+    fn fail(&self, reason: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let key: String = reason
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .take(120)
+            .collect();
+        *self
+            .failure_reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default() += 1;
+    }
 }
 
 /// What an agent knows about its own sequence numbers at the end.
@@ -123,8 +144,8 @@ pub async fn run(
         }
         let ws = match agent.connect(source).await {
             Ok(ws) => ws,
-            Err(_) => {
-                agent.counters.failures.fetch_add(1, Ordering::Relaxed);
+            Err(e) => {
+                agent.counters.fail(&format!("connect: {e:#}"));
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                     _ = phase.changed() => continue,
@@ -138,8 +159,8 @@ pub async fn run(
         match end {
             SessionEnd::Stopped => break,
             SessionEnd::Storm => continue,
-            SessionEnd::Failed => {
-                agent.counters.failures.fetch_add(1, Ordering::Relaxed);
+            SessionEnd::Failed(why) => {
+                agent.counters.fail(&format!("session: {why}"));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -169,7 +190,7 @@ struct Agent {
 enum SessionEnd {
     Stopped,
     Storm,
-    Failed,
+    Failed(String),
 }
 
 impl Agent {
@@ -188,8 +209,10 @@ impl Agent {
             STEP_TIMEOUT,
             tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
         )
-        .await??;
-        let nonce = match next(&mut ws).await? {
+        .await
+        .context("websocket upgrade timed out")?
+        .context("websocket upgrade")?;
+        let nonce = match next(&mut ws).await.context("waiting for the challenge")? {
             ServerMessage::Challenge { nonce } => nonce,
             other => anyhow::bail!("expected challenge, got {other:?}"),
         };
@@ -212,11 +235,11 @@ impl Agent {
         };
         ws.send(Message::text(AgentMessage::Hello(hello).encode()))
             .await?;
-        match next(&mut ws).await? {
+        match next(&mut ws).await.context("waiting for welcome")? {
             ServerMessage::Welcome(_) => {}
             other => anyhow::bail!("expected welcome, got {other:?}"),
         }
-        match next(&mut ws).await? {
+        match next(&mut ws).await.context("waiting for config")? {
             ServerMessage::Config(_) => {}
             other => anyhow::bail!("expected config, got {other:?}"),
         }
@@ -232,9 +255,9 @@ impl Agent {
     ) -> SessionEnd {
         // A batch interrupted by a storm goes again; the server keeps one copy.
         if let Some((frame, _, _)) = &self.in_flight
-            && ws.send(Message::text(frame.clone())).await.is_err()
+            && let Err(e) = ws.send(Message::text(frame.clone())).await
         {
-            return SessionEnd::Failed;
+            return SessionEnd::Failed(format!("resending a batch: {e}"));
         }
         let interval = self.settings.interval;
         let mut due = Instant::now() + offset;
@@ -259,27 +282,31 @@ impl Agent {
             }
             if current == Phase::Burst
                 && self.in_flight.is_none()
-                && self
+                && let Err(e) = self
                     .send_batch(&mut ws, self.settings.results_per_burst_batch)
                     .await
-                    .is_err()
             {
-                return SessionEnd::Failed;
+                return SessionEnd::Failed(format!("sending a batch: {e}"));
             }
             let steady = matches!(current, Phase::Steady | Phase::Storm(_));
             tokio::select! {
                 _ = phase.changed() => {}
                 _ = tokio::time::sleep_until(due), if steady => {
                     due += interval;
-                    if self.in_flight.is_none() && self.send_batch(&mut ws, 1).await.is_err() {
-                        return SessionEnd::Failed;
+                    if self.in_flight.is_none()
+                        && let Err(e) = self.send_batch(&mut ws, 1).await
+                    {
+                        return SessionEnd::Failed(format!("sending a batch: {e}"));
                     }
                 }
                 frame = ws.next() => {
                     let text = match frame {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                        _ => return SessionEnd::Failed,
+                        Some(Ok(Message::Close(f))) => return SessionEnd::Failed(format!("server closed: {f:?}")),
+                        Some(Err(e)) => return SessionEnd::Failed(format!("reading: {e}")),
+                        Some(Ok(Message::Binary(_))) => return SessionEnd::Failed("binary frame".into()),
+                        None => return SessionEnd::Failed("connection ended".into()),
                     };
                     match ServerMessage::decode(&text) {
                         Ok(ServerMessage::Ack { up_to }) => {
@@ -298,13 +325,13 @@ impl Agent {
                                 ..self.result(&check)
                             };
                             let answer = AgentMessage::RpcResult { id, result: Some(result), error: None };
-                            if ws.send(Message::text(answer.encode())).await.is_err() {
-                                return SessionEnd::Failed;
+                            if let Err(e) = ws.send(Message::text(answer.encode())).await {
+                                return SessionEnd::Failed(format!("answering an RPC: {e}"));
                             }
                             self.counters.rpc_answered.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(_) => {}
-                        Err(_) => return SessionEnd::Failed,
+                        Err(e) => return SessionEnd::Failed(format!("undecodable server message: {e}")),
                     }
                 }
             }
@@ -312,7 +339,11 @@ impl Agent {
     }
 
     /// Sends a batch of `n` new results and records it as in flight.
-    async fn send_batch(&mut self, ws: &mut Ws, n: usize) -> Result<(), ()> {
+    async fn send_batch(
+        &mut self,
+        ws: &mut Ws,
+        n: usize,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         let check = self.settings.check.clone();
         let results: Vec<CheckResult> = (0..n)
             .map(|_| {
@@ -326,7 +357,7 @@ impl Agent {
         let samples = (n * self.settings.perfdata_per_result) as u64;
         let frame = AgentMessage::Results { results }.encode();
         self.in_flight = Some((frame.clone(), self.seq, samples));
-        ws.send(Message::text(frame)).await.map_err(|_| ())
+        ws.send(Message::text(frame)).await
     }
 
     /// A result of `check` with distinct start times (points are keyed by
