@@ -120,11 +120,11 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });
-    metrics::spawn(&state);
-
+    // Before any task is spawned: a failure here has nothing to stop.
     configs::refresh(&state, None)
         .await
         .context("computing agent configs")?;
+    metrics::spawn(&state);
 
     let addr = listener.local_addr().context("reading the bound address")?;
     if let Some(ready) = &state.config.ready_file {
@@ -134,18 +134,15 @@ pub async fn run(
 
     let app = api::router(state.clone());
     let rate = state.config.accept_rate_per_sec;
-    match tls {
+    let served = match tls {
         Some(acceptor) => {
-            serve(
-                listener::TlsListener::new(listener, rate, acceptor),
-                app,
-                &shutdown,
-            )
-            .await?
+            let listener = listener::TlsListener::new(listener, rate, acceptor);
+            serve(listener, app, &shutdown).await
         }
-        None => serve(listener::PlainListener::new(listener, rate), app, &shutdown).await?,
-    }
-
+        None => serve(listener::PlainListener::new(listener, rate), app, &shutdown).await,
+    };
+    // Serving failed or shutdown began: either way every task stops now.
+    shutdown.cancel();
     state.tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, state.tasks.wait())
         .await
@@ -156,6 +153,7 @@ pub async fn run(
             "agent sessions did not close within the grace period"
         );
     }
+    served?;
     info!("outrider-server stopped");
     Ok(())
 }
