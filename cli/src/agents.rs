@@ -1,18 +1,174 @@
-//! `outrider agents`: the fleet and its presence.
+//! `outrider agents`: the fleet, its presence, tags and permissions.
 
 use anyhow::Result;
-use outrider_protocol::api::AgentInfo;
+use outrider_protocol::Fingerprint;
+use outrider_protocol::api::{AgentInfo, AgentTags, AllowAdhoc};
 
-use crate::GlobalArgs;
 use crate::checks::ago;
 use crate::client::ApiClient;
+use crate::{GlobalArgs, UsageError};
 
 /// Arguments of `outrider agents`.
 #[derive(Debug, clap::Args)]
-pub struct AgentsArgs {}
+pub struct AgentsArgs {
+    #[command(subcommand)]
+    command: Option<AgentsCommand>,
+}
 
-/// Prints every agent with its presence.
-pub fn run(client: &ApiClient, global: &GlobalArgs, _args: AgentsArgs) -> Result<()> {
+#[derive(Debug, clap::Subcommand)]
+enum AgentsCommand {
+    /// Every agent with its presence (the default).
+    List,
+    /// One agent in detail, with its current config document.
+    Show {
+        /// Fingerprint or unique hostname.
+        agent: String,
+    },
+    /// Set the tags the server assigns to an agent (replacing earlier ones);
+    /// no tags clears them. Checks select agents by tag.
+    Tags {
+        /// Fingerprint or unique hostname.
+        agent: String,
+        tags: Vec<String>,
+    },
+    /// Allow or forbid ad-hoc scripts (`outrider run --script`) on an agent.
+    AllowAdhoc {
+        /// Fingerprint or unique hostname.
+        agent: String,
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
+}
+
+/// Runs `outrider agents …`.
+pub fn run(client: &ApiClient, global: &GlobalArgs, args: AgentsArgs) -> Result<()> {
+    match args.command.unwrap_or(AgentsCommand::List) {
+        AgentsCommand::List => list(client, global),
+        AgentsCommand::Show { agent } => {
+            let fp = resolve(client, &agent)?;
+            let info: AgentInfo = client.get_json(&format!("/api/v1/agents/{fp}"))?;
+            let config: serde_json::Value =
+                client.get_json(&format!("/api/v1/agents/{fp}/config"))?;
+            if global.json {
+                let both = serde_json::json!({ "agent": info, "config": config });
+                println!("{}", serde_json::to_string_pretty(&both)?);
+                return Ok(());
+            }
+            print_agent(&info);
+            println!("config:       version {}", info.config_version);
+            for check in config["checks"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<20} every {}s: {}",
+                    check["name"].as_str().unwrap_or_default(),
+                    check["interval_secs"],
+                    check["command"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            Ok(())
+        }
+        AgentsCommand::Tags { agent, tags } => {
+            let fp = resolve(client, &agent)?;
+            let info: AgentInfo = client.send_json(
+                "PUT",
+                &format!("/api/v1/agents/{fp}/tags"),
+                &AgentTags { tags },
+            )?;
+            print_result(global, &info, || {
+                format!(
+                    "agent {} ({}) now has tags: {}",
+                    info.fingerprint,
+                    info.hostname,
+                    info.tags.join(", ")
+                )
+            })
+        }
+        AgentsCommand::AllowAdhoc { agent, setting } => {
+            let fp = resolve(client, &agent)?;
+            let allow_adhoc = setting == "on";
+            let info: AgentInfo = client.send_json(
+                "PUT",
+                &format!("/api/v1/agents/{fp}/allow-adhoc"),
+                &AllowAdhoc { allow_adhoc },
+            )?;
+            print_result(global, &info, || {
+                format!(
+                    "agent {} ({}) {} ad-hoc scripts",
+                    info.fingerprint,
+                    info.hostname,
+                    if info.allow_adhoc {
+                        "accepts"
+                    } else {
+                        "refuses"
+                    }
+                )
+            })
+        }
+    }
+}
+
+fn print_result(
+    global: &GlobalArgs,
+    info: &AgentInfo,
+    text: impl FnOnce() -> String,
+) -> Result<()> {
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(info)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+/// A fingerprint as given, or the fingerprint of the one agent with that
+/// hostname. Fails with a [`UsageError`] when no or several agents match.
+pub fn resolve(client: &ApiClient, agent: &str) -> Result<Fingerprint> {
+    if let Ok(fp) = agent.parse::<Fingerprint>() {
+        return Ok(fp);
+    }
+    let agents: Vec<AgentInfo> = client.get_json("/api/v1/agents")?;
+    let mut matches = agents.into_iter().filter(|a| a.hostname == agent);
+    match (matches.next(), matches.next()) {
+        (Some(one), None) => Ok(one.fingerprint),
+        (None, _) => Err(UsageError(format!(
+            "no agent has fingerprint or hostname {agent:?} (see `outrider agents`)"
+        ))
+        .into()),
+        (Some(_), Some(_)) => Err(UsageError(format!(
+            "several agents are called {agent:?}; give a fingerprint (see `outrider agents`)"
+        ))
+        .into()),
+    }
+}
+
+fn print_agent(a: &AgentInfo) {
+    println!("fingerprint:  {}", a.fingerprint);
+    println!("hostname:     {}", a.hostname);
+    println!("platform:     {}/{}", a.os, a.arch);
+    println!("version:      {}", a.agent_version);
+    if let Some(v) = &a.build_version {
+        println!("build:        {v}");
+    }
+    println!(
+        "presence:     {} (since {})",
+        a.presence.as_str(),
+        ago(a.presence_since_ms)
+    );
+    println!("last seen:    {}", ago(a.last_seen_ms));
+    println!("tags:         {}", a.tags.join(", "));
+    println!("server tags:  {}", a.server_tags.join(", "));
+    println!(
+        "ad-hoc:       {}",
+        if a.allow_adhoc { "allowed" } else { "refused" }
+    );
+}
+
+fn list(client: &ApiClient, global: &GlobalArgs) -> Result<()> {
     let agents: Vec<AgentInfo> = client.get_json("/api/v1/agents")?;
     if global.json {
         println!("{}", serde_json::to_string_pretty(&agents)?);
@@ -23,18 +179,19 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, _args: AgentsArgs) -> Result
         return Ok(());
     }
     println!(
-        "{:<20}  {:<24}  {:<14}  {:<12}  {:<12}  SINCE",
-        "FINGERPRINT", "HOSTNAME", "PLATFORM", "VERSION", "PRESENCE"
+        "{:<20}  {:<24}  {:<14}  {:<12}  {:<12}  {:<10}  TAGS",
+        "FINGERPRINT", "HOSTNAME", "PLATFORM", "VERSION", "PRESENCE", "SINCE"
     );
     for a in &agents {
         println!(
-            "{:<20}  {:<24}  {:<14}  {:<12}  {:<12}  {}",
+            "{:<20}  {:<24}  {:<14}  {:<12}  {:<12}  {:<10}  {}",
             a.fingerprint,
             a.hostname,
             format!("{}/{}", a.os, a.arch),
             a.agent_version,
             a.presence.as_str(),
-            ago(a.presence_since_ms)
+            ago(a.presence_since_ms),
+            a.tags.join(",")
         );
     }
     Ok(())

@@ -1,8 +1,8 @@
 //! `outrider checks`: latest results, and check definitions.
 
 use anyhow::Result;
-use outrider_protocol::CheckSpec;
-use outrider_protocol::api::{CheckDefinition, ResultInfo};
+use outrider_protocol::api::{CheckDefinition, CheckInfo, ResultInfo};
+use outrider_protocol::{CheckSpec, PLUGIN_PREFIX};
 use serde_json::Value;
 
 use crate::client::ApiClient;
@@ -30,7 +30,8 @@ enum ChecksCommand {
     },
     /// The defined checks.
     List,
-    /// Define (or replace) a check that every agent runs.
+    /// Define (or replace) a check, run by every agent or by the agents
+    /// carrying all of `--tags`.
     Add {
         /// Check name: a-z, 0-9, '_', '.', '-'.
         name: String,
@@ -40,8 +41,15 @@ enum ChecksCommand {
         /// Seconds before the plugin is killed and the result is UNKNOWN.
         #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
         timeout_secs: u32,
-        /// The plugin and its arguments, after `--`.
-        #[arg(last = true, required = true)]
+        /// Only agents with all of these tags (comma-separated) run it.
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Run this uploaded plugin (`outrider plugins add`); the words after
+        /// `--` are then its arguments.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// The program and its arguments (or the plugin's arguments), after `--`.
+        #[arg(last = true)]
         command: Vec<String>,
     },
     /// Delete a check from every agent.
@@ -56,20 +64,28 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: ChecksArgs) -> Result<
     {
         ChecksCommand::Results { agent } => results(client, global, agent),
         ChecksCommand::List => {
-            let checks: Vec<CheckSpec> = client.get_json("/api/v1/checks")?;
+            let checks: Vec<CheckInfo> = client.get_json("/api/v1/checks")?;
             if global.json {
                 println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else if checks.is_empty() {
+                println!("no checks defined; add one with `outrider checks add`");
             } else {
                 println!(
-                    "{:<24}  {:>8}  {:>7}  COMMAND",
-                    "NAME", "INTERVAL", "TIMEOUT"
+                    "{:<24}  {:>8}  {:>7}  {:<16}  COMMAND",
+                    "NAME", "INTERVAL", "TIMEOUT", "TAGS"
                 );
                 for c in checks {
+                    let tags = if c.tags.is_empty() {
+                        "(all agents)".to_owned()
+                    } else {
+                        c.tags.join(",")
+                    };
                     println!(
-                        "{:<24}  {:>7}s  {:>6}s  {}",
+                        "{:<24}  {:>7}s  {:>6}s  {:<16}  {}",
                         c.name,
                         c.interval_secs,
                         c.timeout_secs,
+                        tags,
                         c.command.join(" ")
                     );
                 }
@@ -80,8 +96,20 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: ChecksArgs) -> Result<
             name,
             interval_secs,
             timeout_secs,
+            tags,
+            plugin,
             command,
         } => {
+            let command = match plugin {
+                Some(plugin) => [vec![format!("{PLUGIN_PREFIX}{plugin}")], command].concat(),
+                None if command.is_empty() => {
+                    return Err(UsageError(
+                        "give the check's command after `--`, or --plugin NAME".into(),
+                    )
+                    .into());
+                }
+                None => command,
+            };
             let spec = CheckSpec {
                 name: name.clone(),
                 command: command.clone(),
@@ -93,21 +121,25 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: ChecksArgs) -> Result<
                 command,
                 interval_secs,
                 timeout_secs,
+                tags,
             };
             let answer: Value = client.send_json("PUT", &format!("/api/v1/checks/{name}"), &def)?;
-            println!(
-                "check {name} saved; agents receive config version {}",
-                answer["config_version"]
-            );
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else if answer["changed"] == true {
+                println!("check {name} saved; the agents it selects receive it now");
+            } else {
+                println!("check {name} is unchanged");
+            }
             Ok(())
         }
         ChecksCommand::Remove { name } => {
-            let answer: Value =
-                client.send_json("DELETE", &format!("/api/v1/checks/{name}"), &Value::Null)?;
-            println!(
-                "check {name} removed; agents receive config version {}",
-                answer["config_version"]
-            );
+            let answer: Value = client.delete_json(&format!("/api/v1/checks/{name}"))?;
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                println!("check {name} removed from every agent");
+            }
             Ok(())
         }
     }

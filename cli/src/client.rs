@@ -104,6 +104,41 @@ impl ApiClient {
             .with_context(|| format!("decoding the response of {method} {path}"))
     }
 
+    /// `PUT path` with a raw body, decoding the JSON answer.
+    pub fn put_bytes_json<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T> {
+        let req = self
+            .request("PUT", path)
+            .set("Content-Type", "application/octet-stream");
+        self.send(req, Some(body))?
+            .into_json()
+            .with_context(|| format!("decoding the response of PUT {path}"))
+    }
+
+    /// `DELETE path`, decoding the JSON answer.
+    pub fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.request("DELETE", path), None)?
+            .into_json()
+            .with_context(|| format!("decoding the response of DELETE {path}"))
+    }
+
+    /// `POST path` with a JSON body, waiting up to `timeout` for the answer
+    /// (run-now waits for the agent).
+    pub fn post_json_slow<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T> {
+        let bytes = serde_json::to_vec(body).context("encoding the request")?;
+        let req = self
+            .request("POST", path)
+            .timeout(timeout)
+            .set("Content-Type", "application/json");
+        self.send(req, Some(&bytes))?
+            .into_json()
+            .with_context(|| format!("decoding the response of POST {path}"))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -9,8 +9,11 @@ mod checks;
 mod client;
 mod files;
 mod keys;
+mod plugins;
 mod quickstart;
 mod release;
+mod run;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,10 +60,16 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Publish agent builds to a release channel.
     Release(release::ReleaseArgs),
-    /// List agents and their presence.
+    /// List agents, their presence and tags; set tags and permissions.
     Agents(agents::AgentsArgs),
     /// Define checks and show their latest results.
     Checks(checks::ChecksArgs),
+    /// Upload, list and remove plugins.
+    Plugins(plugins::PluginsArgs),
+    /// Create, list and revoke enrollment tokens.
+    Tokens(tokens::TokensArgs),
+    /// Run a check or an ad-hoc script on an agent now.
+    Run(run::RunArgs),
     /// Build everything, start a server and a local agent on the embedded defaults.
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -82,6 +91,15 @@ fn main() -> ExitCode {
         }
         Command::Checks(args) => {
             ApiClient::from_args(&cli.global).and_then(|c| checks::run(&c, &cli.global, args))
+        }
+        Command::Plugins(args) => {
+            ApiClient::from_args(&cli.global).and_then(|c| plugins::run(&c, &cli.global, args))
+        }
+        Command::Tokens(args) => {
+            ApiClient::from_args(&cli.global).and_then(|c| tokens::run(&c, &cli.global, args))
+        }
+        Command::Run(args) => {
+            ApiClient::from_args(&cli.global).and_then(|c| run::run(&c, &cli.global, args))
         }
         Command::Quickstart(args) => quickstart::run(args),
     };

@@ -170,6 +170,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         command: vec![plugin.to_string_lossy().into_owned()],
         interval_secs: 10,
         timeout_secs: 5,
+        tags: Vec::new(),
     };
     let _: serde_json::Value = client.send_json("PUT", "/api/v1/checks/load", &def)?;
 

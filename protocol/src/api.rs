@@ -59,19 +59,141 @@ pub struct AgentInfo {
     pub presence_since_ms: i64,
     pub registered_at_ms: i64,
     pub last_seen_ms: i64,
+    /// Effective tags: the agent's own (from its `Hello`) ∪ `server_tags`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Tags assigned on the server (`PUT /api/v1/agents/{fp}/tags`).
+    #[serde(default)]
+    pub server_tags: Vec<String>,
+    /// Whether the agent accepts ad-hoc scripts.
+    #[serde(default)]
+    pub allow_adhoc: bool,
+    /// Version of the agent's current configuration document (0: none yet).
+    #[serde(default)]
+    pub config_version: u64,
 }
 
-/// `PUT /api/v1/checks/{name}` body; `GET /api/v1/checks` returns
-/// [`crate::CheckSpec`] rows.
+/// `PUT /api/v1/agents/{fp}/tags` body: the complete server-assigned tag set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTags {
+    pub tags: Vec<String>,
+}
+
+/// `PUT /api/v1/agents/{fp}/allow-adhoc` body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowAdhoc {
+    pub allow_adhoc: bool,
+}
+
+/// `PUT /api/v1/checks/{name}` body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckDefinition {
-    /// Program and arguments, executed on the agent without a shell.
+    /// Program and arguments, executed on the agent without a shell;
+    /// `command[0]` may be `plugin:<name>` or `builtin:<name>`.
     pub command: Vec<String>,
     /// Seconds between runs.
     pub interval_secs: u32,
     /// Seconds before the run is killed and reported UNKNOWN.
     pub timeout_secs: u32,
+    /// Selector: the check runs on agents carrying all of these tags;
+    /// empty = every agent.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `GET /api/v1/checks`: one row per check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckInfo {
+    pub name: String,
+    pub command: Vec<String>,
+    pub interval_secs: u32,
+    pub timeout_secs: u32,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `GET /api/v1/plugins` rows and the answer of `PUT /api/v1/plugins/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub name: String,
+    /// Lowercase hex SHA-256 of the file.
+    pub sha256: String,
+    pub size: u64,
+    pub updated_at_ms: i64,
+}
+
+/// `POST /api/v1/tokens` body: a new enrollment token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnrollmentToken {
+    /// Free text for the operator (where the token is used).
+    #[serde(default)]
+    pub note: String,
+    /// Seconds until the token stops working; absent = never.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    /// Registrations the token allows; absent = unlimited.
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// `GET /api/v1/tokens` rows. The secret itself is shown only once, at creation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentTokenInfo {
+    /// Public handle used to revoke the token.
+    pub id: String,
+    pub note: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    /// Registrations left; `None` = unlimited.
+    pub uses_left: Option<u32>,
+    /// Registrations made with it so far.
+    pub used: u64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// Answer of `POST /api/v1/tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedEnrollmentToken {
+    /// The secret to put into `agent.toml`; not retrievable later.
+    pub token: String,
+    #[serde(flatten)]
+    pub info: EnrollmentTokenInfo,
+}
+
+/// `POST /api/v1/agents/{fp}/run` body: exactly one of `check` (a check of
+/// the agent's config) or `script` (needs `allow_adhoc`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// File extension choosing the interpreter of `script` (`sh`, `py`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpreter: Option<String>,
+    /// Timeout of `script` in seconds (default 60, at most 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u32>,
+}
+
+/// Answer of `POST /api/v1/agents/{fp}/run`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunResponse {
+    /// The correlation id of the call.
+    pub id: String,
+    pub result: crate::CheckResult,
+}
+
+/// The body of every error response of the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One sentence naming the problem.
+    pub error: String,
 }
 
 /// `GET /api/v1/results/latest`: the newest result of each check of each agent.
@@ -90,4 +212,29 @@ pub struct ResultInfo {
     pub started_at_ms: i64,
     pub duration_ms: u64,
     pub received_at_ms: i64,
+}
+
+/// One message of the live event stream `GET /api/v1/events` (Server-Sent
+/// Events: the SSE event name is the `type` tag, the data is this JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// An agent's presence changed.
+    Presence {
+        agent: Fingerprint,
+        presence: Presence,
+        /// When it changed, Unix ms.
+        at_ms: i64,
+    },
+    /// A check result was stored (scheduled runs; not RPC runs).
+    Result {
+        agent: Fingerprint,
+        result: crate::CheckResult,
+    },
+    /// The agent's configuration document moved to `version`.
+    Config { agent: Fingerprint, version: u64 },
+    /// This subscriber fell behind and `missed` events were dropped for it;
+    /// re-read the state it needs (`GET /api/v1/agents`, results).
+    Lagged { missed: u64 },
 }

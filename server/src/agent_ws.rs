@@ -1,9 +1,10 @@
 //! The agent websocket endpoint: one task per connected agent.
 //!
 //! A session walks the protocol of [`outrider_protocol`]: challenge → hello
-//! (key-possession proof, enrollment or pinned-key check) → welcome + config
-//! → results/acks and config pushes → goodbye. How a session ends decides
-//! the agent's presence:
+//! (key-possession proof, then the pinned key or an enrollment token) →
+//! welcome (+ config unless a resumed agent already runs it) → results/acks,
+//! config pushes, RPCs and plugin downloads → goodbye. How a session ends
+//! decides the agent's presence:
 //!
 //! | end                                   | presence        |
 //! |---------------------------------------|-----------------|
@@ -12,77 +13,64 @@
 //! | replaced by a newer session           | unchanged       |
 //! | server shutting down                  | unchanged       |
 //!
-//! At most one session per fingerprint: a new one cancels the old, and only
-//! the session still registered in [`Sessions`] may write presence.
+//! Memory per idle session is kept small: bounded tungstenite buffers
+//! (below), no per-session copy of the config (documents are shared `Arc`s
+//! of [`crate::configs`]), one bounded RPC queue, and the work done per
+//! message (store calls, plugin reads) runs in boxed futures so it does not
+//! inflate the size of every idle session's future. A malformed, oversized or
+//! out-of-protocol frame ends only its own session, with the reason logged;
+//! results are acked only after the store committed them.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use outrider_protocol::api::Presence;
 use outrider_protocol::{
-    AgentMessage, Fingerprint, Hello, MAX_BATCH_RESULTS, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
-    ServerMessage, Welcome,
+    AgentConfig, AgentMessage, Fingerprint, Hello, MAX_BATCH_RESULTS, MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION, ServerMessage, Welcome, is_valid_name,
 };
-use tokio_util::sync::CancellationToken;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
-use crate::AppState;
-use crate::store::Registration;
+use crate::error::ApiError;
+use crate::listener::ConnAddrs;
+use crate::sessions::SessionLink;
+use crate::store::{Registration, normalize_tags};
+use crate::{AppState, configs};
 
 /// How long an agent has to answer the challenge.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Read buffer per connection; tungstenite's default (128 KiB) dominates the
 /// memory of an idle connection.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Write buffer per connection before a flush.
-const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// Upper bound of queued outgoing bytes before sends fail.
 const MAX_WRITE_BUFFER_BYTES: usize = 2 * MAX_MESSAGE_BYTES;
 
-/// The live sessions, one per fingerprint.
-#[derive(Debug, Default)]
-pub struct Sessions {
-    next_id: AtomicU64,
-    live: Mutex<HashMap<Fingerprint, (u64, CancellationToken)>>,
-}
+/// Most tags an agent may announce.
+const MAX_AGENT_TAGS: usize = 32;
 
-impl Sessions {
-    /// Registers a new session for `fp`, cancelling any older one.
-    fn insert(&self, fp: &Fingerprint) -> (u64, CancellationToken) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let token = CancellationToken::new();
-        let old = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fp.clone(), (id, token.clone()));
-        if let Some((_, old)) = old {
-            old.cancel();
-        }
-        (id, token)
-    }
-
-    /// Removes session `id` of `fp`; false when a newer session replaced it.
-    fn remove(&self, fp: &Fingerprint, id: u64) -> bool {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        match live.get(fp) {
-            Some((current, _)) if *current == id => {
-                live.remove(fp);
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
-/// `GET /v1/agent/ws`: upgrades and runs a tracked session.
-pub async fn handler(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+/// `GET /v1/agent/ws`: takes a connection slot (503 when none is left),
+/// upgrades and runs a tracked session.
+pub async fn handler(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(addrs): ConnectInfo<ConnAddrs>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Ok(permit) = state.agent_slots.clone().try_acquire_owned() else {
+        warn!(remote = %addrs.remote, "agent connection refused: connection cap reached");
+        return ApiError::Unavailable(format!(
+            "the server is at its limit of {} agent connections; retry later",
+            state.config.max_agent_connections
+        ))
+        .into_response();
+    };
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -90,7 +78,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -
         .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let tasks = state.tasks.clone();
-            tasks.track_future(session(state, socket))
+            tasks.track_future(session(state, socket, addrs, permit))
         })
 }
 
@@ -106,66 +94,121 @@ enum End {
     StoreFailed(String),
 }
 
-async fn session(state: Arc<AppState>, mut socket: WebSocket) {
-    let nonce = match random_nonce() {
-        Ok(n) => n,
-        Err(e) => {
-            warn!("cannot create a challenge nonce: {e}");
-            return;
-        }
-    };
-    if send(
-        &mut socket,
-        &ServerMessage::Challenge {
-            nonce: nonce.clone(),
-        },
-    )
-    .await
-    .is_err()
-    {
+async fn session(
+    state: Arc<AppState>,
+    mut socket: WebSocket,
+    addrs: ConnAddrs,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Some((hello, registration)) = Box::pin(introduce(&state, &mut socket, &addrs)).await else {
         return;
-    }
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_message(&mut socket)).await {
-        Ok(Ok(AgentMessage::Hello(hello))) => hello,
-        Ok(Ok(other)) => {
-            return reject(socket, &format!("expected hello, got {}", kind(&other))).await;
-        }
-        Ok(Err(reason)) => return reject(socket, &reason).await,
-        Err(_) => return reject(socket, "no hello within 10 s").await,
-    };
-    let registration = match authenticate(&state, &hello, &nonce).await {
-        Ok(r) => r,
-        Err(reason) => {
-            warn!(fingerprint = %hello.fingerprint, hostname = %hello.hostname, %reason, "agent refused");
-            return reject(socket, &reason).await;
-        }
     };
     let fp = registration.fingerprint.clone();
+    // The resume token is looked at only now, after the signature check:
+    // it is never proof of identity.
+    let resumed = hello
+        .resume_token
+        .as_deref()
+        .is_some_and(|t| state.sessions.take_resume_token(&fp, t));
     // Join `Sessions` before marking the agent connected: an older session
     // ending in between must see that it was replaced, or its "down" would
     // land after our "connected".
-    let (id, replaced) = state.sessions.insert(&fp);
-    let acked_seq = match state.store.register(registration).await {
+    let mut link = state.sessions.insert(&fp);
+    let acked_seq = match Box::pin(state.store.register(registration)).await {
         Ok(seq) => seq,
         Err(e) => {
             warn!(fingerprint = %fp, "registration failed: {e:#}");
-            state.sessions.remove(&fp, id);
-            return close(socket, close_code::ERROR, "server error").await;
+            state.sessions.remove(&fp, link.id);
+            return close(&mut socket, close_code::ERROR, "server error").await;
         }
     };
-    info!(fingerprint = %fp, hostname = %hello.hostname, version = %hello.agent_version, "agent connected");
+    state
+        .events
+        .presence(&fp, Presence::Connected, crate::store::now_ms());
+    let config = match Box::pin(configs::refresh(&state, Some(&fp))).await {
+        Ok(Some(config)) => config,
+        Ok(None) => Arc::new(AgentConfig::default()),
+        Err(e) => {
+            warn!(fingerprint = %fp, "computing the agent's config failed: {e:#}");
+            Arc::new(AgentConfig::default())
+        }
+    };
+    info!(fingerprint = %fp, hostname = %hello.hostname, version = %hello.agent_version, resumed, "agent connected");
 
-    let end = converse(&state, &mut socket, &fp, acked_seq, &replaced).await;
-    let ours = state.sessions.remove(&fp, id);
+    let welcome = Welcome {
+        fingerprint: fp.clone(),
+        acked_seq,
+        resume_token: state.sessions.issue_resume_token(&fp),
+        resumed,
+        server_addrs: server_addrs(&state, &addrs),
+    };
+    // A resumed agent that already runs this version is not sent it again.
+    let sent_version =
+        (resumed && hello.config_version == config.version).then_some(config.version);
+    drop((hello, config));
+    let end = converse(&state, &mut socket, &fp, welcome, sent_version, &mut link).await;
+    let (code, reason) = Box::pin(finish(&state, &fp, link.id, end)).await;
+    close(&mut socket, code, reason).await;
+}
+
+/// Challenge, hello, authentication. On refusal the agent has been told
+/// why, the refusal is logged, and `None` is returned.
+async fn introduce(
+    state: &AppState,
+    socket: &mut WebSocket,
+    addrs: &ConnAddrs,
+) -> Option<(Hello, Registration)> {
+    let nonce = random_hex::<32>();
+    let challenge = ServerMessage::Challenge {
+        nonce: nonce.clone(),
+    };
+    send(socket, &challenge).await.ok()?;
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_message(socket)).await {
+        Ok(Ok(AgentMessage::Hello(hello))) => hello,
+        Ok(Ok(other)) => {
+            let reason = format!("expected hello, got {}", kind(&other));
+            warn!(remote = %addrs.remote, %reason, "agent refused");
+            reject(socket, &reason).await;
+            return None;
+        }
+        Ok(Err(reason)) => {
+            warn!(remote = %addrs.remote, %reason, "agent refused");
+            reject(socket, &reason).await;
+            return None;
+        }
+        Err(_) => {
+            reject(socket, "no hello within 10 s").await;
+            return None;
+        }
+    };
+    match authenticate(state, &hello, &nonce).await {
+        Ok(registration) => Some((hello, registration)),
+        Err(reason) => {
+            warn!(fingerprint = %hello.fingerprint, hostname = %hello.hostname, remote = %addrs.remote, %reason, "agent refused");
+            reject(socket, &reason).await;
+            None
+        }
+    }
+}
+
+/// Records how session `id` of `fp` ended (presence, event, log line) and
+/// returns the close frame to send.
+async fn finish(state: &AppState, fp: &Fingerprint, id: u64, end: End) -> (u16, &'static str) {
+    let ours = state.sessions.remove(fp, id);
+    state.sessions.touch_resume_token(fp);
     let presence = match &end {
         End::Goodbye(_) => Some(Presence::Deregistered),
         End::Replaced | End::ServerShutdown => None,
         End::Lost(_) | End::Silent | End::Protocol(_) | End::StoreFailed(_) => Some(Presence::Down),
     };
-    if let (true, Some(presence)) = (ours, presence)
-        && let Err(e) = state.store.set_presence(&fp, presence).await
-    {
-        warn!(fingerprint = %fp, "cannot record presence {}: {e:#}", presence.as_str());
+    if let (true, Some(presence)) = (ours, presence) {
+        match state.store.set_presence(fp, presence).await {
+            Ok(Some(at_ms)) => state.events.presence(fp, presence, at_ms),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(fingerprint = %fp, "cannot record presence {}: {e:#}", presence.as_str())
+            }
+        }
     }
     match &end {
         End::Goodbye(reason) => info!(fingerprint = %fp, %reason, "agent deregistered"),
@@ -178,18 +221,32 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
         End::Replaced => info!(fingerprint = %fp, "session replaced by a newer one"),
         End::ServerShutdown => debug!(fingerprint = %fp, "session closed for shutdown"),
     }
-    let (code, reason) = match end {
+    match end {
         End::Protocol(_) => (close_code::POLICY, "protocol violation"),
         End::ServerShutdown => (close_code::AWAY, "server shutting down"),
         End::Replaced => (close_code::POLICY, "replaced by a newer session"),
         End::StoreFailed(_) => (close_code::ERROR, "server error"),
         _ => (close_code::NORMAL, "bye"),
-    };
-    close(socket, code, reason).await;
+    }
 }
 
-/// Checks the hello: protocol version, proof of key possession, and either
-/// the pinned key (known agent) or the enrollment token (new agent).
+/// The addresses an agent may dial when DNS fails: the configured list,
+/// else the local address the agent reached.
+fn server_addrs(state: &AppState, addrs: &ConnAddrs) -> Vec<String> {
+    if state.config.advertise_addrs.is_empty() {
+        vec![addrs.local.ip().to_string()]
+    } else {
+        state
+            .config
+            .advertise_addrs
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect()
+    }
+}
+
+/// Checks the hello: protocol version, tags, proof of key possession, and
+/// either the pinned key (known agent) or an enrollment token (new agent).
 async fn authenticate(
     state: &AppState,
     hello: &Hello,
@@ -199,6 +256,17 @@ async fn authenticate(
         return Err(format!(
             "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
             hello.protocol_version
+        ));
+    }
+    if hello.tags.len() > MAX_AGENT_TAGS {
+        return Err(format!(
+            "{} tags exceed the limit of {MAX_AGENT_TAGS}",
+            hello.tags.len()
+        ));
+    }
+    if let Some(bad) = hello.tags.iter().find(|t| !is_valid_name(t)) {
+        return Err(format!(
+            "tag {bad:?} must be 1-64 characters of a-z, 0-9, '_', '.', '-'"
         ));
     }
     outrider_protocol::verify_proof(
@@ -223,7 +291,11 @@ async fn authenticate(
         }
         None => match &hello.enrollment_token {
             Some(t) if state.enrollment_token.matches(t) => {}
-            Some(_) => return Err("the enrollment token is not valid".into()),
+            Some(t) => match state.store.consume_enrollment_token(t).await {
+                Ok(Ok(())) => {}
+                Ok(Err(refusal)) => return Err(refusal.to_string()),
+                Err(e) => return Err(format!("server error: {e:#}")),
+            },
             None => return Err("unknown agent and no enrollment token".into()),
         },
     }
@@ -236,29 +308,25 @@ async fn authenticate(
         agent_version: truncate(&hello.agent_version, 64),
         build_sha256: hello.build_sha256.as_deref().map(|s| truncate(s, 64)),
         build_version: hello.build_version.as_deref().map(|s| truncate(s, 64)),
+        tags: normalize_tags(&hello.tags),
     })
 }
 
-/// The registered part of a session, until it ends.
+/// The registered part of a session, until it ends. `sent_version` is the
+/// config version the agent already runs, if the server knows it does.
 async fn converse(
     state: &AppState,
     socket: &mut WebSocket,
     fp: &Fingerprint,
-    acked_seq: u64,
-    replaced: &CancellationToken,
+    welcome: Welcome,
+    mut sent_version: Option<u64>,
+    link: &mut SessionLink,
 ) -> End {
-    let welcome = ServerMessage::Welcome(Welcome {
-        fingerprint: fp.clone(),
-        acked_seq,
-        resume_token: String::new(),
-        resumed: false,
-        server_addrs: Vec::new(),
-    });
-    if let Err(e) = send(socket, &welcome).await {
+    if let Err(e) = send(socket, &ServerMessage::Welcome(welcome)).await {
         return End::Lost(e);
     }
-    let mut config_rx = state.config_version.subscribe();
-    config_rx.mark_changed();
+    // The first pass of the loop sends the config unless the agent has it.
+    link.config_changed.notify_one();
     let mut ping =
         tokio::time::interval(Duration::from_secs(state.config.ping_interval_secs.max(1)));
     let down_after = Duration::from_secs(state.config.down_after_secs.max(2));
@@ -266,7 +334,7 @@ async fn converse(
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return End::ServerShutdown,
-            _ = replaced.cancelled() => return End::Replaced,
+            _ = link.replaced.cancelled() => return End::Replaced,
             _ = ping.tick() => {
                 if last_heard.elapsed() > down_after {
                     return End::Silent;
@@ -275,16 +343,19 @@ async fn converse(
                     return End::Lost(e.to_string());
                 }
             }
-            changed = config_rx.changed() => {
-                if changed.is_err() {
-                    return End::ServerShutdown;
+            () = link.config_changed.notified() => {
+                let Some(config) = state.configs.get(fp) else { continue };
+                if sent_version == Some(config.version) {
+                    continue;
                 }
-                let config = match state.store.agent_config().await {
-                    Ok(c) => c,
-                    Err(e) => return End::StoreFailed(format!("{e:#}")),
-                };
                 debug!(fingerprint = %fp, version = config.version, "pushing config");
-                if let Err(e) = send(socket, &ServerMessage::Config(config)).await {
+                if let Err(e) = send(socket, &ServerMessage::Config((*config).clone())).await {
+                    return End::Lost(e);
+                }
+                sent_version = Some(config.version);
+            }
+            Some(request) = link.rpc_rx.recv() => {
+                if let Err(e) = send(socket, &request).await {
                     return End::Lost(e);
                 }
             }
@@ -298,26 +369,97 @@ async fn converse(
                     Some(Ok(Message::Close(_))) => return End::Lost("closed without goodbye".into()),
                     Some(Ok(Message::Binary(_))) => return End::Protocol("binary frame".into()),
                 };
-                match AgentMessage::decode(&text) {
-                    Ok(AgentMessage::Results { results }) => {
-                        if results.len() > MAX_BATCH_RESULTS {
-                            return End::Protocol(format!("batch of {} results exceeds {MAX_BATCH_RESULTS}", results.len()));
-                        }
-                        let up_to = match state.store.ingest(fp, results).await {
-                            Ok(up_to) => up_to,
-                            Err(e) => return End::StoreFailed(format!("{e:#}")),
-                        };
-                        if let Err(e) = send(socket, &ServerMessage::Ack { up_to }).await {
-                            return End::Lost(e);
-                        }
-                    }
-                    Ok(AgentMessage::Goodbye { reason }) => return End::Goodbye(reason),
-                    Ok(AgentMessage::Hello(_)) => return End::Protocol("second hello".into()),
-                    Ok(other @ (AgentMessage::RpcResult { .. } | AgentMessage::GetPlugin { .. })) => {
-                        return End::Protocol(format!("{} is not supported yet", kind(&other)));
-                    }
+                let message = match AgentMessage::decode(&text) {
+                    Ok(m) => m,
                     Err(e) => return End::Protocol(e.to_string()),
+                };
+                // Boxed: the idle session future stays small; the
+                // one allocation per message is cheap next to its work.
+                if let Some(end) = Box::pin(handle(state, socket, fp, message)).await {
+                    return end;
                 }
+            }
+        }
+    }
+}
+
+/// Handles one agent message; `Some` ends the session.
+async fn handle(
+    state: &AppState,
+    socket: &mut WebSocket,
+    fp: &Fingerprint,
+    message: AgentMessage,
+) -> Option<End> {
+    match message {
+        AgentMessage::Results { results } => {
+            if results.len() > MAX_BATCH_RESULTS {
+                return Some(End::Protocol(format!(
+                    "batch of {} results exceeds {MAX_BATCH_RESULTS}",
+                    results.len()
+                )));
+            }
+            let up_to = match crate::metrics::ingest(state, fp, results).await {
+                Ok(up_to) => up_to,
+                Err(e) => return Some(End::StoreFailed(format!("{e:#}"))),
+            };
+            send(socket, &ServerMessage::Ack { up_to })
+                .await
+                .err()
+                .map(End::Lost)
+        }
+        AgentMessage::RpcResult { id, result, error } => {
+            let answer = match (result, error) {
+                (Some(result), None) => Ok(result),
+                (None, Some(error)) => Err(error),
+                _ => {
+                    return Some(End::Protocol(format!(
+                        "rpc_result {id:?} must carry exactly one of result and error"
+                    )));
+                }
+            };
+            if !state.sessions.complete_rpc(fp, &id, answer) {
+                debug!(fingerprint = %fp, %id, "answer to an RPC nobody waits for (timed out?)");
+            }
+            None
+        }
+        AgentMessage::GetPlugin { sha256, offset } => {
+            let reply = plugin_reply(state, fp, sha256, offset).await;
+            send(socket, &reply).await.err().map(End::Lost)
+        }
+        AgentMessage::Goodbye { reason } => Some(End::Goodbye(truncate(&reason, 256))),
+        AgentMessage::Hello(_) => Some(End::Protocol("second hello".into())),
+    }
+}
+
+/// A chunk of plugin `sha256` if the agent's config lists it.
+async fn plugin_reply(
+    state: &AppState,
+    fp: &Fingerprint,
+    sha256: String,
+    offset: u64,
+) -> ServerMessage {
+    let listed = state
+        .configs
+        .get(fp)
+        .is_some_and(|c| c.plugins.iter().any(|p| p.sha256 == sha256));
+    if !listed {
+        return ServerMessage::PluginMissing {
+            sha256,
+            reason: "no plugin with this hash is in the agent's configuration".into(),
+        };
+    }
+    match state.plugin_files.read_chunk(&sha256, offset).await {
+        Ok((data, total)) => ServerMessage::PluginChunk {
+            sha256,
+            offset,
+            total,
+            data: base64::engine::general_purpose::STANDARD.encode(data),
+        },
+        Err(e) => {
+            warn!(fingerprint = %fp, %sha256, offset, "cannot serve plugin: {e}");
+            ServerMessage::PluginMissing {
+                sha256,
+                reason: format!("the server cannot read it: {e}"),
             }
         }
     }
@@ -345,9 +487,9 @@ async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> Result<(), String>
         .map_err(|e| e.to_string())
 }
 
-async fn reject(mut socket: WebSocket, reason: &str) {
+async fn reject(socket: &mut WebSocket, reason: &str) {
     let _ = send(
-        &mut socket,
+        socket,
         &ServerMessage::Rejected {
             reason: reason.to_owned(),
         },
@@ -356,7 +498,7 @@ async fn reject(mut socket: WebSocket, reason: &str) {
     close(socket, close_code::POLICY, "rejected").await;
 }
 
-async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
@@ -364,10 +506,13 @@ async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
-fn random_nonce() -> Result<String, getrandom::Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)?;
-    Ok(hex::encode(bytes))
+/// `N` random bytes as hex. The OS random source failing is unrecoverable
+/// for a server that issues challenges, so it is a panic of this session
+/// only (the task ends; others are unaffected).
+fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the OS random number generator works");
+    hex::encode(bytes)
 }
 
 fn kind(msg: &AgentMessage) -> &'static str {

@@ -1,8 +1,10 @@
-//! Shared secrets: the admin API token and the enrollment token.
+//! Shared secrets: the admin API token and the bootstrap enrollment token.
 //!
 //! Both are random 32-byte hex strings generated on first start into files
 //! of mode 0600 in the data directory (unless given explicitly), so a fresh
-//! server is never open to the network without a secret.
+//! server is never open to the network without a secret. Further enrollment
+//! tokens, with expiry and use counts, live in the store
+//! (`store::tokens`); agents may present either kind.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

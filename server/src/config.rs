@@ -1,6 +1,6 @@
 //! Server configuration, from command-line flags (and their env variables).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 /// Default listen address: loopback only, so a development server is never
@@ -13,16 +13,23 @@ pub const DEFAULT_PING_INTERVAL_SECS: u64 = 15;
 /// Silence after which an agent is declared down and its socket closed.
 pub const DEFAULT_DOWN_AFTER_SECS: u64 = 45;
 
+/// Agent sessions served at once; further agents get HTTP 503 and retry.
+pub const DEFAULT_MAX_AGENT_CONNECTIONS: usize = 20_000;
+
+/// Connections accepted per second (with a burst of as many).
+pub const DEFAULT_ACCEPT_RATE_PER_SEC: u32 = 2_000;
+
 /// Settings of one server process.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServerConfig {
-    /// Directory holding the SQLite database, the release store and tokens.
+    /// Directory holding the SQLite database, the release store, plugins and tokens.
     #[arg(long, env = "OUTRIDER_DATA_DIR", default_value_os_t = default_data_dir())]
     pub data_dir: PathBuf,
     /// Address to listen on.
     #[arg(long, env = "OUTRIDER_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Enrollment token agents present on first registration. Generated into
+    /// Bootstrap enrollment token agents may present on first registration
+    /// (more can be created with `outrider tokens create`). Generated into
     /// `<data-dir>/enrollment.token` when not given.
     #[arg(long, env = "OUTRIDER_ENROLLMENT_TOKEN", hide_env_values = true)]
     pub enrollment_token: Option<String>,
@@ -36,6 +43,78 @@ pub struct ServerConfig {
     /// and tests that listen on port 0).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// PEM certificate chain; with `--tls-key`, the server speaks HTTPS only.
+    #[arg(long, env = "OUTRIDER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "OUTRIDER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (a trusted network, or TLS
+    /// terminated by a proxy in front). Without it, that is a config error.
+    #[arg(long)]
+    pub insecure_plain_http: bool,
+    /// IP addresses agents may dial when their DNS fails (sent in every
+    /// welcome); default: the address each agent reached.
+    #[arg(long = "advertise-addr", value_name = "IP")]
+    pub advertise_addrs: Vec<IpAddr>,
+    /// Agent sessions served at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_AGENT_CONNECTIONS)]
+    pub max_agent_connections: usize,
+    /// New connections accepted per second (0: unlimited).
+    #[arg(long, default_value_t = DEFAULT_ACCEPT_RATE_PER_SEC)]
+    pub accept_rate_per_sec: u32,
+    /// Metric storage and export settings ([`crate::metrics`]).
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsConfig,
+}
+
+/// Why a configuration cannot run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error(
+        "refusing to serve plain HTTP on {0}, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-plain-http for a trusted network"
+    )]
+    PlainOnNetwork(SocketAddr),
+    #[error("--max-agent-connections must be at least 1")]
+    NoConnections,
+}
+
+impl ServerConfig {
+    /// Defaults for a server on `listen` keeping its state in `data_dir`.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            data_dir,
+            listen,
+            enrollment_token: None,
+            ping_interval_secs: DEFAULT_PING_INTERVAL_SECS,
+            down_after_secs: DEFAULT_DOWN_AFTER_SECS,
+            ready_file: None,
+            tls_cert: None,
+            tls_key: None,
+            insecure_plain_http: false,
+            advertise_addrs: Vec::new(),
+            max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
+            accept_rate_per_sec: DEFAULT_ACCEPT_RATE_PER_SEC,
+            metrics: Default::default(),
+        }
+    }
+
+    /// Whether TLS files are configured.
+    pub fn tls(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.tls_cert.as_ref().zip(self.tls_key.as_ref())
+    }
+
+    /// Checks the settings that cannot be expressed as flag types.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls().is_none() && !self.listen.ip().is_loopback() && !self.insecure_plain_http {
+            return Err(ConfigError::PlainOnNetwork(self.listen));
+        }
+        if self.max_agent_connections == 0 {
+            return Err(ConfigError::NoConnections);
+        }
+        Ok(())
+    }
 }
 
 /// `$OUTRIDER_HOME/server`, else `~/.outrider/server` — the place the CLI
@@ -49,4 +128,25 @@ pub fn default_data_dir() -> PathBuf {
             .join(".outrider"),
     };
     home.join("server")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_off_loopback_needs_an_explicit_flag() {
+        let mut config = ServerConfig::new("/tmp/x".into(), "0.0.0.0:8470".parse().unwrap());
+        let err = config.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::PlainOnNetwork(_)));
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        config.insecure_plain_http = true;
+        config.validate().unwrap();
+        let local = ServerConfig::new("/tmp/x".into(), "[::1]:8470".parse().unwrap());
+        local.validate().unwrap();
+        let mut tls = ServerConfig::new("/tmp/x".into(), "0.0.0.0:8470".parse().unwrap());
+        tls.tls_cert = Some("c".into());
+        tls.tls_key = Some("k".into());
+        tls.validate().unwrap();
+    }
 }

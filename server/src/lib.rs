@@ -1,10 +1,13 @@
 //! `outrider-server`: the central server of one Outrider installation.
 //!
-//! One process, one port, one embedded SQLite file. It serves
+//! One process, one port (HTTPS, or plain HTTP on loopback), one embedded
+//! SQLite file. It serves
 //! - the agent websocket endpoint ([`agent_ws`]): registration with
-//!   key-possession proof, presence, config push, result ingest with acks;
+//!   key-possession proof, presence, per-agent config push ([`configs`]),
+//!   plugin downloads ([`plugins`]), RPCs ([`sessions`]), result ingest
+//!   with acks;
 //! - the admin REST API ([`api`]) used by the `outrider` CLI, behind a
-//!   bearer token;
+//!   bearer token, and its live event stream ([`events`]);
 //! - the update repository of [`outrider_update_server`]: public read routes
 //!   for stubs, admin upload routes for `outrider release`.
 //!
@@ -15,8 +18,16 @@ pub mod agent_ws;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod configs;
 pub mod error;
+pub mod events;
 pub mod install;
+pub mod listener;
+pub mod metrics;
+pub mod openapi;
+pub mod plugins;
+pub mod rpc;
+pub mod sessions;
 pub mod store;
 
 use std::sync::Arc;
@@ -24,7 +35,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -40,13 +51,21 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct AppState {
     pub store: Store,
     pub releases: Arc<outrider_update_server::ReleaseStore>,
-    pub sessions: agent_ws::Sessions,
+    pub sessions: sessions::Sessions,
+    /// Every agent's computed config document, shared by all sessions.
+    pub configs: configs::ConfigCache,
+    pub plugin_files: plugins::PluginFiles,
     pub config: ServerConfig,
     pub admin_token: auth::Secret,
+    /// The bootstrap enrollment token (file); more live in the store.
     pub enrollment_token: auth::Secret,
-    /// Bumped whenever the check configuration changes; sessions push the
-    /// new document to their agent.
-    pub config_version: watch::Sender<u64>,
+    /// One permit per agent session: the connection cap.
+    pub agent_slots: Arc<Semaphore>,
+    /// Live event stream; ingest publishes each stored result with
+    /// [`events::Events::result`].
+    pub events: events::Events,
+    /// Metric side: ingest counters, Graphite queue ([`metrics`]).
+    pub metrics: metrics::Metrics,
     pub shutdown: CancellationToken,
     /// Agent sessions run as upgraded connections outside axum's graceful
     /// shutdown, so they are tracked here and awaited by [`run`].
@@ -55,13 +74,19 @@ pub struct AppState {
 
 /// Runs the server on `listener` until `shutdown` is cancelled.
 ///
-/// Fails when the data directory or the database cannot be opened, or when
-/// serving fails; returns `Ok` after a clean shutdown.
+/// Fails when the configuration is invalid (see [`ServerConfig::validate`]),
+/// the TLS files are unusable, the data directory or the database cannot be
+/// opened, or serving fails; returns `Ok` after a clean shutdown.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.validate()?;
+    let tls = config
+        .tls()
+        .map(|(cert, key)| listener::tls_acceptor(cert, key))
+        .transpose()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir.join("outrider.db")).await?;
@@ -72,7 +97,7 @@ pub async fn run(
         &config.data_dir.join("enrollment.token"),
         config.enrollment_token.as_deref(),
     )?;
-    let version = store.config_version().await?;
+    let plugin_files = plugins::PluginFiles::open(&config.data_dir.join("plugins"))?;
     let marked = store.mark_connected_down().await?;
     if marked > 0 {
         info!(
@@ -80,29 +105,45 @@ pub async fn run(
             "agents left connected by the previous run are marked down until they reconnect"
         );
     }
+    let metric_side = metrics::Metrics::new(config.metrics.clone())?;
     let state = Arc::new(AppState {
         store,
         releases: Arc::new(releases),
-        sessions: agent_ws::Sessions::default(),
+        sessions: sessions::Sessions::default(),
+        configs: configs::ConfigCache::default(),
+        plugin_files,
+        agent_slots: Arc::new(Semaphore::new(config.max_agent_connections)),
         config,
         admin_token,
         enrollment_token,
-        config_version: watch::Sender::new(version),
+        events: events::Events::default(),
+        metrics: metric_side,
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });
+    // Before any task is spawned: a failure here has nothing to stop.
+    configs::refresh(&state, None)
+        .await
+        .context("computing agent configs")?;
+    metrics::spawn(&state);
 
     let addr = listener.local_addr().context("reading the bound address")?;
     if let Some(ready) = &state.config.ready_file {
         write_ready_file(ready, &addr.to_string())?;
     }
-    info!(%addr, data_dir = %state.config.data_dir.display(), "outrider-server listening");
+    info!(%addr, tls = tls.is_some(), data_dir = %state.config.data_dir.display(), "outrider-server listening");
 
     let app = api::router(state.clone());
-    let serve = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    serve.await.context("serving HTTP")?;
-
+    let rate = state.config.accept_rate_per_sec;
+    let served = match tls {
+        Some(acceptor) => {
+            let listener = listener::TlsListener::new(listener, rate, acceptor);
+            serve(listener, app, &shutdown).await
+        }
+        None => serve(listener::PlainListener::new(listener, rate), app, &shutdown).await,
+    };
+    // Serving failed or shutdown began: either way every task stops now.
+    shutdown.cancel();
     state.tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, state.tasks.wait())
         .await
@@ -113,8 +154,29 @@ pub async fn run(
             "agent sessions did not close within the grace period"
         );
     }
+    served?;
     info!("outrider-server stopped");
     Ok(())
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets open requests finish.
+async fn serve<L>(
+    listener: L,
+    app: axum::Router,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener<Addr = listener::ConnAddrs>,
+    listener::ConnAddrs:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<listener::ConnAddrs>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    .await
+    .context("serving HTTP")
 }
 
 /// Writes the bound address atomically so a supervisor (or a test) can find

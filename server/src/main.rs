@@ -38,6 +38,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = cli.config.validate() {
+        error!("{e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(cli.config.listen).await {
             Ok(l) => l,

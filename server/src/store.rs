@@ -8,11 +8,14 @@
 //! - `results` is keyed by `(fingerprint, seq)`: a batch resent after a lost
 //!   ack is stored once (`INSERT OR IGNORE`), and its ack is still sent.
 //! - An ack is sent only after the transaction holding the batch committed.
-//! - The config version in `meta` grows by one on every check change.
+//! - Each agent's config version grows by one whenever its computed
+//!   document changes (see `checks`).
 
 mod agents;
 mod checks;
+pub mod metrics;
 mod results;
+mod tokens;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,21 +24,36 @@ use anyhow::{Context, anyhow};
 use rusqlite::Connection;
 
 pub use agents::Registration;
+pub use checks::{ComputedConfig, DeletePlugin, PutCheck, effective_tags, normalize_tags};
+pub use tokens::TokenRefusal;
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
 const MIGRATIONS: &[&str] = &[
     // 1 → 2: agents report the build their stub loaded.
     "ALTER TABLE agents ADD COLUMN build_sha256 TEXT; ALTER TABLE agents ADD COLUMN build_version TEXT;",
+    // 2 → 3: tags, per-agent config versions and ad-hoc permission; check
+    // selectors. New tables (enrollment_tokens, plugins) come from schema.sql.
+    "ALTER TABLE agents ADD COLUMN hello_tags TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE agents ADD COLUMN server_tags TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE agents ADD COLUMN allow_adhoc INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE agents ADD COLUMN config_version INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE agents ADD COLUMN config_sha256 TEXT;
+     ALTER TABLE checks ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';",
+    // 3 → 4: perfdata series, raw points and rollups (store/metrics.rs).
+    include_str!("store/metrics.sql"),
 ];
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Series ids of perfdata metrics (store/metrics.rs); locked only
+    /// while `conn` is held.
+    series: Arc<Mutex<metrics::SeriesCache>>,
 }
 
 impl Store {
@@ -50,6 +68,9 @@ impl Store {
             .context("opening the store panicked")??;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            series: Arc::new(Mutex::new(metrics::SeriesCache::new(
+                metrics::DEFAULT_SERIES_CACHE_ENTRIES,
+            ))),
         })
     }
 
@@ -113,6 +134,8 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
     }
     tx.execute_batch(include_str!("store/schema.sql"))
         .context("applying the schema")?;
+    tx.execute_batch(include_str!("store/metrics.sql"))
+        .context("applying the metrics schema")?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -136,7 +159,7 @@ mod tests {
 
     use super::*;
 
-    /// The agents table as schema version 1 created it.
+    /// The agents and checks tables as schema version 1 created them.
     const V1_AGENTS: &str = "
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
         INSERT INTO meta VALUES ('schema_version', '1');
@@ -147,6 +170,11 @@ mod tests {
             presence_since_ms INTEGER NOT NULL, registered_at_ms INTEGER NOT NULL,
             last_seen_ms INTEGER NOT NULL, acked_seq INTEGER NOT NULL DEFAULT 0
         ) STRICT;
+        CREATE TABLE checks (
+            name TEXT PRIMARY KEY, command TEXT NOT NULL, interval_secs INTEGER NOT NULL,
+            timeout_secs INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL
+        ) STRICT;
+        INSERT INTO checks VALUES ('load', '[\"/bin/true\"]', 10, 5, 1);
         INSERT INTO agents VALUES ('0123456789abcdef0123', 'aa', 'old-host', 'linux', 'x86_64',
                                    '0.0.9', 'deregistered', 5, 1, 5, 42);";
 
@@ -165,6 +193,7 @@ mod tests {
         assert_eq!(agents[0].hostname, "old-host");
         assert_eq!(agents[0].presence, Presence::Deregistered);
         assert_eq!(agents[0].build_sha256, None);
+        assert_eq!(store.checks().await.unwrap().len(), 1);
         let version: String = store
             .call(|c| {
                 Ok(c.query_row(

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `outrider` binary against a real release
 //! repository (the update-server routers on a loopback socket).
 
+mod fleet;
 mod release;
 
 use std::net::SocketAddr;

@@ -5,6 +5,7 @@ use outrider_protocol::Fingerprint;
 use outrider_protocol::api::{AgentInfo, Presence};
 use rusqlite::{OptionalExtension, params};
 
+use super::checks::{effective_tags, json_tags};
 use super::{Store, now_ms};
 
 /// What a verified `Hello` tells the store.
@@ -18,6 +19,8 @@ pub struct Registration {
     pub agent_version: String,
     pub build_sha256: Option<String>,
     pub build_version: Option<String>,
+    /// Tags the agent announced (already validated and normalised).
+    pub tags: Vec<String>,
 }
 
 impl Store {
@@ -44,13 +47,14 @@ impl Store {
             let now = now_ms();
             c.execute(
                 "INSERT INTO agents (fingerprint, public_key, hostname, os, arch, agent_version,
-                                     build_sha256, build_version,
+                                     build_sha256, build_version, hello_tags,
                                      presence, presence_since_ms, registered_at_ms, last_seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, 'connected', ?7, ?7, ?7)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, ?10, 'connected', ?7, ?7, ?7)
                  ON CONFLICT (fingerprint) DO UPDATE SET
                      hostname = excluded.hostname, os = excluded.os, arch = excluded.arch,
                      agent_version = excluded.agent_version, last_seen_ms = excluded.last_seen_ms,
                      build_sha256 = excluded.build_sha256, build_version = excluded.build_version,
+                     hello_tags = excluded.hello_tags,
                      presence_since_ms = CASE WHEN presence = 'connected' THEN presence_since_ms
                                               ELSE excluded.presence_since_ms END,
                      presence = 'connected'",
@@ -63,7 +67,8 @@ impl Store {
                     reg.agent_version,
                     now,
                     reg.build_sha256,
-                    reg.build_version
+                    reg.build_version,
+                    serde_json::to_string(&reg.tags)?
                 ],
             )
             .context("registering the agent")?;
@@ -77,21 +82,72 @@ impl Store {
         .await
     }
 
-    /// Sets the presence of an agent (no-op when it is already in that state).
+    /// Sets the presence of an agent. Returns the time of the change, or
+    /// `None` when it already was in that state.
     pub async fn set_presence(
         &self,
         fingerprint: &Fingerprint,
         presence: Presence,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<i64>> {
         let fp = fingerprint.to_string();
         self.call(move |c| {
-            c.execute(
-                "UPDATE agents SET presence = ?2, presence_since_ms = ?3
-                 WHERE fingerprint = ?1 AND presence != ?2",
-                params![fp, presence.as_str(), now_ms()],
+            let now = now_ms();
+            let changed = c
+                .execute(
+                    "UPDATE agents SET presence = ?2, presence_since_ms = ?3
+                     WHERE fingerprint = ?1 AND presence != ?2",
+                    params![fp, presence.as_str(), now],
+                )
+                .context("updating presence")?;
+            Ok((changed > 0).then_some(now))
+        })
+        .await
+    }
+
+    /// Replaces the server-assigned tags of an agent; false when unknown.
+    pub async fn set_server_tags(
+        &self,
+        fingerprint: &Fingerprint,
+        tags: Vec<String>,
+    ) -> anyhow::Result<bool> {
+        let fp = fingerprint.to_string();
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE agents SET server_tags = ?2 WHERE fingerprint = ?1",
+                params![fp, serde_json::to_string(&tags)?],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Allows or forbids ad-hoc scripts on an agent; false when unknown.
+    pub async fn set_allow_adhoc(
+        &self,
+        fingerprint: &Fingerprint,
+        allow: bool,
+    ) -> anyhow::Result<bool> {
+        let fp = fingerprint.to_string();
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE agents SET allow_adhoc = ?2 WHERE fingerprint = ?1",
+                params![fp, allow],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// One agent, if known.
+    pub async fn agent(&self, fingerprint: &Fingerprint) -> anyhow::Result<Option<AgentInfo>> {
+        let fp = fingerprint.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!("{AGENT_COLUMNS} WHERE fingerprint = ?1"),
+                [fp],
+                agent_from_row,
             )
-            .context("updating presence")?;
-            Ok(())
+            .optional()?)
         })
         .await
     }
@@ -111,11 +167,7 @@ impl Store {
     /// Every agent, ordered by hostname then fingerprint.
     pub async fn agents(&self) -> anyhow::Result<Vec<AgentInfo>> {
         self.call(|c| {
-            let mut stmt = c.prepare(
-                "SELECT fingerprint, hostname, os, arch, agent_version, build_sha256, build_version,
-                        presence, presence_since_ms, registered_at_ms, last_seen_ms
-                 FROM agents ORDER BY hostname, fingerprint",
-            )?;
+            let mut stmt = c.prepare(&format!("{AGENT_COLUMNS} ORDER BY hostname, fingerprint"))?;
             let rows = stmt.query_map([], agent_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -123,7 +175,13 @@ impl Store {
     }
 }
 
-/// Maps a row of the `agents()` query; a malformed stored value is a
+/// The query behind [`agent_from_row`].
+const AGENT_COLUMNS: &str = "SELECT fingerprint, hostname, os, arch, agent_version, build_sha256,
+        build_version, presence, presence_since_ms, registered_at_ms, last_seen_ms,
+        hello_tags, server_tags, allow_adhoc, config_version
+     FROM agents";
+
+/// Maps a row of [`AGENT_COLUMNS`]; a malformed stored value is a
 /// conversion error naming the column, not a panic.
 fn agent_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
     fn parsed<T: std::str::FromStr>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
@@ -139,6 +197,7 @@ fn agent_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
             )
         })
     }
+    let server_tags = json_tags(r.get(12)?);
     Ok(AgentInfo {
         fingerprint: parsed(r, 0)?,
         hostname: r.get(1)?,
@@ -151,5 +210,9 @@ fn agent_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
         presence_since_ms: r.get(8)?,
         registered_at_ms: r.get(9)?,
         last_seen_ms: r.get(10)?,
+        tags: effective_tags(&json_tags(r.get(11)?), &server_tags),
+        server_tags,
+        allow_adhoc: r.get(13)?,
+        config_version: r.get::<_, i64>(14)? as u64,
     })
 }

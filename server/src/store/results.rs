@@ -1,63 +1,55 @@
 //! Result ingest (deduplicated by `(agent, seq)`) and the latest-results view.
+//!
+//! One batch is one transaction: its results, their perfdata points
+//! (`metrics.rs`), the latest-result pointers and the agent's acked seq
+//! commit together, and the ack is computed inside it, so an ack never
+//! covers anything not durably stored.
 
 use anyhow::Context;
 use outrider_protocol::api::ResultInfo;
 use outrider_protocol::{CheckResult, Fingerprint};
-use rusqlite::params;
+use rusqlite::{Connection, params};
 
+use super::metrics::{self, SeriesCache};
 use super::{Store, now_ms};
 
+/// What [`Store::ingest`] did with a batch.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// The sequence number the agent may treat as acknowledged: the highest
+    /// stored for it.
+    pub acked_seq: u64,
+    /// The results stored by this call (not those stored before), in batch
+    /// order: what the live event stream and the outputs should see.
+    pub stored: Vec<CheckResult>,
+    /// Perfdata samples written as metric points.
+    pub samples: usize,
+}
+
 impl Store {
-    /// Stores a batch in one transaction and returns the sequence number the
-    /// agent may treat as acknowledged (the highest stored for it). Results
-    /// already stored are ignored, so a resent batch is harmless.
+    /// Stores a batch, its perfdata as metric points included, in one
+    /// transaction. Results already stored are ignored, so a resent batch is
+    /// harmless. Each result is stored at its own `started_at_ms`, however
+    /// old: an agent back from an outage delivers its spool late.
+    ///
+    /// Fails when the database fails or a sequence number exceeds `i64`;
+    /// nothing of the batch is stored then.
     pub async fn ingest(
         &self,
         fingerprint: &Fingerprint,
         results: Vec<CheckResult>,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<Ingested> {
         let fp = fingerprint.to_string();
+        let series = self.series.clone();
         self.call(move |c| {
-            let tx = c.transaction()?;
-            let now = now_ms();
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO results (fingerprint, seq, check_name, state, summary, long_output,
-                                                    perfdata, started_at_ms, duration_ms, received_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )?;
-                let mut latest = tx.prepare_cached(
-                    "INSERT INTO latest_results (fingerprint, check_name, seq) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (fingerprint, check_name) DO UPDATE SET seq = excluded.seq
-                     WHERE excluded.seq > latest_results.seq",
-                )?;
-                for r in &results {
-                    let seq = i64::try_from(r.seq).context("sequence number out of range")?;
-                    let inserted = insert.execute(params![
-                        fp,
-                        seq,
-                        r.check,
-                        r.state.as_str(),
-                        r.summary,
-                        r.long_output,
-                        serde_json::to_string(&r.perfdata)?,
-                        r.started_at_ms,
-                        r.duration_ms as i64,
-                        now
-                    ])?;
-                    if inserted > 0 {
-                        latest.execute(params![fp, r.check, seq])?;
-                    }
-                }
+            // Lock order: `conn` (held by `call`), then the series cache.
+            let mut cache = series.lock().unwrap_or_else(|p| p.into_inner());
+            let outcome = ingest_tx(c, &mut cache, &fp, results);
+            if outcome.is_err() {
+                // Ids of series created in the rolled-back transaction are gone.
+                cache.clear();
             }
-            let max = results.iter().map(|r| r.seq).max().unwrap_or(0) as i64;
-            tx.execute(
-                "UPDATE agents SET acked_seq = MAX(acked_seq, ?2), last_seen_ms = ?3 WHERE fingerprint = ?1",
-                params![fp, max, now],
-            )?;
-            let acked: i64 = tx.query_row("SELECT acked_seq FROM agents WHERE fingerprint = ?1", [&fp], |r| r.get(0))?;
-            tx.commit()?;
-            Ok(acked as u64)
+            outcome
         })
         .await
     }
@@ -116,6 +108,60 @@ impl Store {
     }
 }
 
+/// The body of [`Store::ingest`]: one transaction.
+fn ingest_tx(
+    c: &mut Connection,
+    cache: &mut SeriesCache,
+    fp: &str,
+    results: Vec<CheckResult>,
+) -> anyhow::Result<Ingested> {
+    let tx = c.transaction()?;
+    let now = now_ms();
+    let mut out = Ingested::default();
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO results (fingerprint, seq, check_name, state, summary, long_output,
+                                            perfdata, started_at_ms, duration_ms, received_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        let mut latest = tx.prepare_cached(
+            "INSERT INTO latest_results (fingerprint, check_name, seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (fingerprint, check_name) DO UPDATE SET seq = excluded.seq
+             WHERE excluded.seq > latest_results.seq",
+        )?;
+        for r in results {
+            let seq = i64::try_from(r.seq).context("sequence number out of range")?;
+            let inserted = insert.execute(params![
+                fp,
+                seq,
+                r.check,
+                r.state.as_str(),
+                r.summary,
+                r.long_output,
+                serde_json::to_string(&r.perfdata)?,
+                r.started_at_ms,
+                r.duration_ms as i64,
+                now
+            ])?;
+            if inserted > 0 {
+                latest.execute(params![fp, r.check, seq])?;
+                out.samples += metrics::insert_points(&tx, cache, fp, &r)?;
+                out.stored.push(r);
+            }
+        }
+    }
+    let max = out.stored.iter().map(|r| r.seq).max().unwrap_or(0) as i64;
+    let mut acked = tx.prepare_cached(
+        "UPDATE agents SET acked_seq = MAX(acked_seq, ?2), last_seen_ms = ?3 WHERE fingerprint = ?1
+         RETURNING acked_seq",
+    )?;
+    let acked_seq: i64 = acked.query_row(params![fp, max, now], |r| r.get(0))?;
+    drop(acked);
+    tx.commit()?;
+    out.acked_seq = acked_seq as u64;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use outrider_protocol::api::Presence;
@@ -159,6 +205,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 build_sha256: None,
                 build_version: None,
+                tags: Vec::new(),
             })
             .await
             .unwrap();
@@ -172,9 +219,9 @@ mod tests {
             result(1, "load", CheckState::Ok),
             result(2, "load", CheckState::Critical),
         ];
-        assert_eq!(store.ingest(&fp, batch.clone()).await.unwrap(), 2);
+        assert_eq!(store.ingest(&fp, batch.clone()).await.unwrap().acked_seq, 2);
         // Lost ack: the agent resends the same batch plus an older straggler.
-        assert_eq!(store.ingest(&fp, batch).await.unwrap(), 2);
+        assert_eq!(store.ingest(&fp, batch).await.unwrap().acked_seq, 2);
         let latest = store.latest_results(None).await.unwrap();
         assert_eq!(latest.len(), 1);
         assert_eq!(latest[0].seq, 2);
@@ -214,6 +261,7 @@ mod tests {
                 agent_version: "0.1.1".into(),
                 build_sha256: Some("cd".repeat(32)),
                 build_version: Some("0.1.1".into()),
+                tags: Vec::new(),
             })
             .await
             .unwrap();
@@ -222,31 +270,5 @@ mod tests {
             store.agents().await.unwrap()[0].presence,
             Presence::Connected
         );
-    }
-
-    #[tokio::test]
-    async fn config_version_moves_only_on_real_changes() {
-        let (_dir, store, _) = store_with_agent().await;
-        let spec = outrider_protocol::CheckSpec {
-            name: "load".into(),
-            command: vec!["/bin/true".into()],
-            interval_secs: 10,
-            timeout_secs: 5,
-        };
-        assert_eq!(store.put_check(spec.clone()).await.unwrap(), 1);
-        assert_eq!(store.put_check(spec.clone()).await.unwrap(), 1);
-        assert_eq!(
-            store
-                .put_check(outrider_protocol::CheckSpec {
-                    interval_secs: 20,
-                    ..spec
-                })
-                .await
-                .unwrap(),
-            2
-        );
-        assert_eq!(store.delete_check("load".into()).await.unwrap(), Some(3));
-        assert_eq!(store.delete_check("load".into()).await.unwrap(), None);
-        assert_eq!(store.agent_config().await.unwrap().version, 3);
     }
 }

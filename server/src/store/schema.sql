@@ -1,4 +1,4 @@
--- Schema of the server's embedded SQLite store as created fresh (version 2).
+-- Schema of the server's embedded SQLite store as created fresh (version 3).
 -- Timestamps are Unix milliseconds. Applied in one transaction at open;
 -- databases of older versions are migrated by store.rs first.
 
@@ -23,7 +23,17 @@ CREATE TABLE IF NOT EXISTS agents (
     registered_at_ms     INTEGER NOT NULL,
     last_seen_ms         INTEGER NOT NULL,
     -- Highest result sequence stored for this agent.
-    acked_seq            INTEGER NOT NULL DEFAULT 0
+    acked_seq            INTEGER NOT NULL DEFAULT 0,
+    -- JSON array of the tags the agent announced in its last Hello.
+    hello_tags           TEXT NOT NULL DEFAULT '[]',
+    -- JSON array of the tags an operator assigned on the server.
+    server_tags          TEXT NOT NULL DEFAULT '[]',
+    -- Whether the agent accepts ad-hoc scripts (RunScript); off by default.
+    allow_adhoc          INTEGER NOT NULL DEFAULT 0,
+    -- Version and SHA-256 of the last config document computed for the
+    -- agent: the version moves only when the document's hash changes.
+    config_version       INTEGER NOT NULL DEFAULT 0,
+    config_sha256        TEXT
 ) STRICT;
 
 CREATE TABLE IF NOT EXISTS checks (
@@ -31,6 +41,29 @@ CREATE TABLE IF NOT EXISTS checks (
     command        TEXT NOT NULL,        -- JSON array of strings
     interval_secs  INTEGER NOT NULL,
     timeout_secs   INTEGER NOT NULL,
+    updated_at_ms  INTEGER NOT NULL,
+    -- JSON array: the check runs on agents carrying every one of these
+    -- tags; empty = every agent.
+    tags           TEXT NOT NULL DEFAULT '[]'
+) STRICT;
+
+-- Enrollment tokens; only the SHA-256 of each secret is stored.
+CREATE TABLE IF NOT EXISTS enrollment_tokens (
+    id             TEXT PRIMARY KEY,       -- short public handle (hex)
+    secret_sha256  TEXT NOT NULL UNIQUE,
+    note           TEXT NOT NULL DEFAULT '',
+    created_at_ms  INTEGER NOT NULL,
+    expires_at_ms  INTEGER,                -- NULL: never
+    uses_left      INTEGER,                -- NULL: unlimited
+    used           INTEGER NOT NULL DEFAULT 0,
+    revoked_at_ms  INTEGER
+) STRICT;
+
+-- Plugin files by name; the bytes live in <data-dir>/plugins/<sha256>.
+CREATE TABLE IF NOT EXISTS plugins (
+    name           TEXT PRIMARY KEY,
+    sha256         TEXT NOT NULL,
+    size           INTEGER NOT NULL,
     updated_at_ms  INTEGER NOT NULL
 ) STRICT;
 

@@ -55,7 +55,7 @@ async fn changed_checks_are_pushed_to_connected_agents_and_noops_are_not() {
     let server = Server::start().await;
     let agent = Agent::new(1, "web-1");
     let (mut conn, _, config) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
-    assert_eq!(config.version, 0);
+    assert_eq!(config.version, 1);
 
     let spec = CheckSpec {
         name: "load".into(),
@@ -69,11 +69,11 @@ async fn changed_checks_are_pushed_to_connected_agents_and_noops_are_not() {
     };
     assert_eq!(
         put_check(&server, "load", 10).await,
-        json!({ "check": "load", "config_version": 1 })
+        json!({ "check": "load", "changed": true })
     );
     match conn.recv().await {
         ServerMessage::Config(config) => {
-            assert_eq!(config.version, 1);
+            assert_eq!(config.version, 2);
             assert_eq!(config.checks, vec![spec.clone()]);
         }
         other => panic!("expected a config push, got {other:?}"),
@@ -83,7 +83,7 @@ async fn changed_checks_are_pushed_to_connected_agents_and_noops_are_not() {
     // of a later batch must be the next message the agent sees.
     assert_eq!(
         put_check(&server, "load", 10).await,
-        json!({ "check": "load", "config_version": 1 })
+        json!({ "check": "load", "changed": false })
     );
     conn.send(&AgentMessage::Results {
         results: vec![result(1, "load", CheckState::Ok, "fine")],
@@ -94,11 +94,11 @@ async fn changed_checks_are_pushed_to_connected_agents_and_noops_are_not() {
     // A real change is pushed again.
     assert_eq!(
         put_check(&server, "load", 20).await,
-        json!({ "check": "load", "config_version": 2 })
+        json!({ "check": "load", "changed": true })
     );
     match conn.recv().await {
         ServerMessage::Config(config) => {
-            assert_eq!(config.version, 2);
+            assert_eq!(config.version, 3);
             assert_eq!(
                 config.checks,
                 vec![CheckSpec {

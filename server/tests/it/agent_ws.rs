@@ -16,7 +16,14 @@ async fn enrollment_needs_the_right_token() {
     let good = Agent::new(1, "web-1");
     let (_conn, acked_seq, config) = good.connect(&server, Some(ENROLLMENT_TOKEN)).await;
     assert_eq!(acked_seq, 0);
-    assert_eq!(config, AgentConfig::default());
+    // The first document of a new agent: version 1, nothing to run.
+    assert_eq!(
+        config,
+        AgentConfig {
+            version: 1,
+            ..AgentConfig::default()
+        }
+    );
 
     for (seed, token) in [(2, Some("wrong")), (3, None)] {
         let agent = Agent::new(seed, "intruder");
@@ -259,5 +266,20 @@ async fn bad_frames_close_only_their_own_connection() {
         server.agent(&healthy.fp).await.presence,
         Presence::Connected
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_that_stops_answering_keepalives_is_down() {
+    let server = Server::start_with(|c| {
+        c.ping_interval_secs = 1;
+        c.down_after_secs = 2;
+    })
+    .await;
+    let agent = Agent::new(1, "frozen");
+    // Connected, then never reads again: its pongs stop, its socket stays open.
+    let (_conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    assert_eq!(server.agent(&agent.fp).await.presence, Presence::Connected);
+    server.wait_presence(&agent.fp, Presence::Down).await;
     server.stop().await;
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
 use futures_util::{SinkExt, StreamExt};
-use outrider_protocol::api::{AgentInfo, Presence, ResultInfo};
+use outrider_protocol::api::{AgentInfo, Event, Presence, ResultInfo};
 use outrider_protocol::{
     AGENT_WS_PATH, AgentConfig, AgentMessage, CheckResult, CheckState, Fingerprint, Hello,
     PROTOCOL_VERSION, ServerMessage, Welcome, auth_message, fingerprint_of,
@@ -18,7 +18,7 @@ use outrider_protocol::{
 use outrider_server::ServerConfig;
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -50,17 +50,20 @@ impl Server {
     /// Starts a server on 127.0.0.1:0 with a fresh data directory. Keepalive
     /// timers are long so an agent that is not reading is never declared silent.
     pub async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    /// [`Server::start`] with `configure` adjusting the config first.
+    pub async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = ServerConfig {
-            data_dir: dir.path().to_owned(),
-            listen: addr,
-            enrollment_token: Some(ENROLLMENT_TOKEN.into()),
-            ping_interval_secs: 60,
-            down_after_secs: 120,
-            ready_file: None,
-        };
+        let mut config = ServerConfig::new(dir.path().to_owned(), addr);
+        config.enrollment_token = Some(ENROLLMENT_TOKEN.into());
+        config.ping_interval_secs = 60;
+        config.down_after_secs = 120;
+        configure(&mut config);
+        let tls = config.tls().is_some();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(outrider_server::run(config, listener, shutdown.clone()));
         let mut server = Server {
@@ -70,14 +73,36 @@ impl Server {
             shutdown,
             task,
         };
-        // The server answers HTTP only after it wrote its tokens.
-        let (status, _) = server.http("GET", "/healthz", None, None).await;
-        assert_eq!(status, 200);
+        if tls {
+            // Not speaking plain HTTP: wait for the token file instead.
+            let token = server._dir.path().join("admin.token");
+            let wait = async {
+                while !token.exists() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::time::timeout(STEP, wait)
+                .await
+                .expect("server never wrote its token");
+        } else {
+            // The server answers HTTP only after it wrote its tokens.
+            let (status, _) = server.http("GET", "/healthz", None, None).await;
+            assert_eq!(status, 200);
+        }
         server.admin_token = std::fs::read_to_string(server._dir.path().join("admin.token"))
             .unwrap()
             .trim()
             .to_owned();
         server
+    }
+
+    /// A server speaking HTTPS only, with this certificate and key.
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Server {
+        Server::start_with(|c| {
+            c.tls_cert = Some(cert.to_owned());
+            c.tls_key = Some(key.to_owned());
+        })
+        .await
     }
 
     /// Cancels the server and waits for a clean exit.
@@ -100,6 +125,20 @@ impl Server {
         body: Option<&Value>,
     ) -> (u16, Value) {
         let body = body.map(Value::to_string).unwrap_or_default();
+        let content_type = (!body.is_empty()).then_some("application/json");
+        self.http_raw(method, path, auth, content_type, body.as_bytes())
+            .await
+    }
+
+    /// One HTTP/1.1 request with a raw body.
+    pub async fn http_raw(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> (u16, Value) {
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
             self.addr,
@@ -108,14 +147,16 @@ impl Server {
         if let Some(auth) = auth {
             req.push_str(&format!("Authorization: {auth}\r\n"));
         }
-        if !body.is_empty() {
-            req.push_str("Content-Type: application/json\r\n");
+        if let Some(content_type) = content_type {
+            req.push_str(&format!("Content-Type: {content_type}\r\n"));
         }
         req.push_str("\r\n");
-        req.push_str(&body);
+        let mut req = req.into_bytes();
+        req.extend_from_slice(body);
         let exchange = async {
             let mut stream = TcpStream::connect(self.addr).await?;
-            stream.write_all(req.as_bytes()).await?;
+            // The server may answer (and close) before reading a refused body.
+            let _ = stream.write_all(&req).await;
             let mut buf = Vec::new();
             stream.read_to_end(&mut buf).await?;
             std::io::Result::Ok(buf)
@@ -141,6 +182,36 @@ impl Server {
             .expect("HTTP status line");
         let json = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
         (status, json)
+    }
+
+    /// Subscribes to `GET /api/v1/events` (HTTP/1.0, so the stream is not
+    /// chunked) and waits for the response head.
+    pub async fn events(&self) -> EventStream {
+        let open = async {
+            let mut stream = TcpStream::connect(self.addr).await?;
+            let req = format!(
+                "GET /api/v1/events HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",
+                self.admin_token
+            );
+            stream.write_all(req.as_bytes()).await?;
+            let mut reader = BufReader::new(stream);
+            let mut status = String::new();
+            reader.read_line(&mut status).await?;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).await?;
+                if line.trim().is_empty() {
+                    break;
+                }
+            }
+            std::io::Result::Ok((status, reader))
+        };
+        let (status, reader) = tokio::time::timeout(STEP, open)
+            .await
+            .expect("event stream did not open")
+            .unwrap();
+        assert!(status.contains(" 200 "), "event stream answered {status}");
+        EventStream { reader }
     }
 
     /// A request with the admin token; panics unless the answer is 200.
@@ -187,12 +258,54 @@ impl Server {
     }
 }
 
+/// A subscription to the server's live events.
+#[derive(Debug)]
+pub struct EventStream {
+    reader: BufReader<TcpStream>,
+}
+
+impl EventStream {
+    /// The next event; panics when none arrives within [`STEP`].
+    pub async fn next(&mut self) -> Event {
+        let read = async {
+            let mut data = String::new();
+            loop {
+                let mut line = String::new();
+                if self.reader.read_line(&mut line).await.unwrap() == 0 {
+                    panic!("event stream ended");
+                }
+                let line = line.trim_end_matches(['\r', '\n']);
+                if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                } else if line.is_empty() && !data.is_empty() {
+                    return serde_json::from_str(&data).expect("event decodes");
+                }
+            }
+        };
+        tokio::time::timeout(STEP, read)
+            .await
+            .expect("no event within 5 s")
+    }
+
+    /// Skips events until `pick` returns `Some`.
+    pub async fn find<T>(&mut self, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+        loop {
+            let event = self.next().await;
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    }
+}
+
 /// An agent identity: a deterministic ed25519 key and labels.
 #[derive(Debug)]
 pub struct Agent {
     pub key: SigningKey,
     pub fp: Fingerprint,
     pub hostname: String,
+    /// Tags announced in every hello.
+    pub tags: Vec<String>,
 }
 
 impl Agent {
@@ -203,7 +316,14 @@ impl Agent {
             key,
             fp,
             hostname: hostname.to_owned(),
+            tags: Vec::new(),
         }
+    }
+
+    /// The same identity announcing `tags`.
+    pub fn with_tags(mut self, tags: &[&str]) -> Agent {
+        self.tags = tags.iter().map(|t| t.to_string()).collect();
+        self
     }
 
     pub fn public_key_hex(&self) -> String {
@@ -225,7 +345,7 @@ impl Agent {
             build_sha256: Some("ab".repeat(32)),
             build_version: Some("1.2.3".into()),
             last_seq: 0,
-            tags: Vec::new(),
+            tags: self.tags.clone(),
             resume_token: None,
             config_version: 0,
         }
@@ -233,9 +353,20 @@ impl Agent {
 
     /// Connects and sends a correct hello; returns the server's answer.
     pub async fn try_connect(&self, server: &Server, token: Option<&str>) -> (Conn, ServerMessage) {
+        self.try_connect_with(server, token, |_| {}).await
+    }
+
+    /// [`Agent::try_connect`] with `adjust` changing the hello first.
+    pub async fn try_connect_with(
+        &self,
+        server: &Server,
+        token: Option<&str>,
+        adjust: impl FnOnce(&mut Hello),
+    ) -> (Conn, ServerMessage) {
         let (mut conn, nonce) = Conn::open(server).await;
-        conn.send(&AgentMessage::Hello(self.hello(&nonce, token)))
-            .await;
+        let mut hello = self.hello(&nonce, token);
+        adjust(&mut hello);
+        conn.send(&AgentMessage::Hello(hello)).await;
         let answer = conn.recv().await;
         (conn, answer)
     }

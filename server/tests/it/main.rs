@@ -4,4 +4,11 @@
 
 mod admin_api;
 mod agent_ws;
+mod config_push;
+mod enrollment;
+mod events;
 mod helpers;
+mod metrics;
+mod openapi;
+mod rpc;
+mod transport;

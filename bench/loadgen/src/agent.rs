@@ -1,0 +1,405 @@
+//! One simulated agent: its own ed25519 key, the real handshake
+//! (Challenge → Hello signed with the enrollment token → Welcome → Config),
+//! websocket keepalives (tungstenite answers the server's pings), one result
+//! batch per interval, answers to `RunCheck`, and the phase changes the
+//! harness orders ([`Phase`]).
+//!
+//! Counting: a batch's samples count as ingested only when its `Ack`
+//! arrives; a batch in flight when the connection drops is resent after the
+//! reconnect (the server deduplicates by seq), so it is counted once.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use ed25519_dalek::{Signer, SigningKey};
+use futures_util::{SinkExt, StreamExt};
+use outrider_protocol::{
+    AGENT_WS_PATH, AgentMessage, CheckResult, CheckState, Fingerprint, Hello, PROTOCOL_VERSION,
+    PerfData, ServerMessage, auth_message, fingerprint_of,
+};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Simulated agents per loopback source address (each address has ≈ 28,000
+/// ephemeral ports; TIME_WAIT after a reconnect storm needs the headroom).
+const AGENTS_PER_SOURCE_IP: usize = 1_000;
+
+/// How long one handshake step may take before the attempt is retried.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the harness wants the agents to do now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// One batch per interval.
+    Steady,
+    /// A new batch as soon as the previous one is acked.
+    Burst,
+    /// Drop the connection without a goodbye and reconnect at once;
+    /// the number tells storms apart.
+    Storm(u32),
+    /// Say goodbye and stop.
+    Stop,
+}
+
+/// Settings shared by all agents.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub server: SocketAddr,
+    pub enrollment_token: String,
+    /// The check every agent reports and can run on demand.
+    pub check: String,
+    pub interval: Duration,
+    pub perfdata_per_result: usize,
+    pub results_per_burst_batch: usize,
+}
+
+/// Counters shared by all agents.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Agents with a session past `Config`.
+    pub connected: AtomicUsize,
+    /// Sessions completed up to `Config`, over the whole run.
+    pub handshakes: AtomicU64,
+    pub acked_batches: AtomicU64,
+    pub acked_samples: AtomicU64,
+    pub rpc_answered: AtomicU64,
+    /// Connection attempts or sessions that failed (then retried).
+    pub failures: AtomicU64,
+    /// Failures by reason (digits removed, so similar errors group).
+    pub failure_reasons: Mutex<HashMap<String, u64>>,
+}
+
+impl Counters {
+    fn fail(&self, reason: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let key: String = reason
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .take(120)
+            .collect();
+        *self
+            .failure_reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default() += 1;
+    }
+}
+
+/// What an agent knows about its own sequence numbers at the end.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    pub fingerprint: String,
+    /// Highest seq assigned.
+    pub sent_seq: u64,
+    /// Highest `up_to` the server acknowledged.
+    pub acked_seq: u64,
+}
+
+/// The deterministic key of agent `index`.
+pub fn key(index: usize) -> SigningKey {
+    let mut seed = [0x5au8; 32];
+    seed[..8].copy_from_slice(&(index as u64).to_le_bytes());
+    SigningKey::from_bytes(&seed)
+}
+
+/// Runs agent `index` until the phase becomes [`Phase::Stop`].
+pub async fn run(
+    index: usize,
+    settings: Arc<Settings>,
+    counters: Arc<Counters>,
+    mut phase: watch::Receiver<Phase>,
+) -> Tally {
+    let key = key(index);
+    let fp = fingerprint_of(&key.verifying_key());
+    let source = Ipv4Addr::new(127, 0, 0, 2 + (index / AGENTS_PER_SOURCE_IP) as u8);
+    let mut agent = Agent {
+        index,
+        key,
+        fp,
+        settings,
+        counters,
+        seq: 0,
+        last_ts_ms: 0,
+        acked_seq: 0,
+        in_flight: None,
+    };
+    // Spread the steady batches evenly over the interval.
+    let offset = agent
+        .settings
+        .interval
+        .mul_f64(index as f64 % 1000.0 / 1000.0);
+    let mut storm_seen = 0;
+    loop {
+        if *phase.borrow() == Phase::Stop {
+            break;
+        }
+        let ws = match agent.connect(source).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                agent.counters.fail(&format!("connect: {e:#}"));
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = phase.changed() => continue,
+                }
+            }
+        };
+        agent.counters.connected.fetch_add(1, Ordering::Relaxed);
+        agent.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+        let end = agent.session(ws, &mut phase, &mut storm_seen, offset).await;
+        agent.counters.connected.fetch_sub(1, Ordering::Relaxed);
+        match end {
+            SessionEnd::Stopped => break,
+            SessionEnd::Storm => continue,
+            SessionEnd::Failed(why) => {
+                agent.counters.fail(&format!("session: {why}"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Tally {
+        fingerprint: agent.fp.to_string(),
+        sent_seq: agent.seq,
+        acked_seq: agent.acked_seq,
+    }
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+struct Agent {
+    index: usize,
+    key: SigningKey,
+    fp: Fingerprint,
+    settings: Arc<Settings>,
+    counters: Arc<Counters>,
+    seq: u64,
+    last_ts_ms: i64,
+    acked_seq: u64,
+    /// The batch awaiting its ack: (its encoded frame, highest seq, samples).
+    in_flight: Option<(String, u64, u64)>,
+}
+
+enum SessionEnd {
+    Stopped,
+    Storm,
+    Failed(String),
+}
+
+impl Agent {
+    async fn connect(&self, source: Ipv4Addr) -> anyhow::Result<Ws> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        let stream =
+            tokio::time::timeout(STEP_TIMEOUT, socket.connect(self.settings.server)).await??;
+        stream.set_nodelay(true)?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(outrider_protocol::MAX_MESSAGE_BYTES));
+        let url = format!("ws://{}{AGENT_WS_PATH}", self.settings.server);
+        let (mut ws, _) = tokio::time::timeout(
+            STEP_TIMEOUT,
+            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
+        )
+        .await
+        .context("websocket upgrade timed out")?
+        .context("websocket upgrade")?;
+        let nonce = match next(&mut ws).await.context("waiting for the challenge")? {
+            ServerMessage::Challenge { nonce } => nonce,
+            other => anyhow::bail!("expected challenge, got {other:?}"),
+        };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            fingerprint: self.fp.clone(),
+            public_key: hex::encode(self.key.verifying_key().as_bytes()),
+            signature: hex::encode(self.key.sign(&auth_message(&nonce, &self.fp)).to_bytes()),
+            enrollment_token: Some(self.settings.enrollment_token.clone()),
+            hostname: format!("sim-{:05}", self.index),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            agent_version: "loadgen".into(),
+            build_sha256: None,
+            build_version: None,
+            last_seq: self.seq,
+            tags: Vec::new(),
+            resume_token: None,
+            config_version: 0,
+        };
+        ws.send(Message::text(AgentMessage::Hello(hello).encode()))
+            .await?;
+        match next(&mut ws).await.context("waiting for welcome")? {
+            ServerMessage::Welcome(_) => {}
+            other => anyhow::bail!("expected welcome, got {other:?}"),
+        }
+        match next(&mut ws).await.context("waiting for config")? {
+            ServerMessage::Config(_) => {}
+            other => anyhow::bail!("expected config, got {other:?}"),
+        }
+        Ok(ws)
+    }
+
+    async fn session(
+        &mut self,
+        mut ws: Ws,
+        phase: &mut watch::Receiver<Phase>,
+        storm_seen: &mut u32,
+        offset: Duration,
+    ) -> SessionEnd {
+        // A batch interrupted by a storm goes again; the server keeps one copy.
+        if let Some((frame, _, _)) = &self.in_flight
+            && let Err(e) = ws.send(Message::text(frame.clone())).await
+        {
+            return SessionEnd::Failed(format!("resending a batch: {e}"));
+        }
+        let interval = self.settings.interval;
+        let mut due = Instant::now() + offset;
+        loop {
+            let current = *phase.borrow_and_update();
+            match current {
+                Phase::Stop => {
+                    let bye = AgentMessage::Goodbye {
+                        reason: "loadgen done".into(),
+                    };
+                    let _ = ws.send(Message::text(bye.encode())).await;
+                    let _ = ws.close(None).await;
+                    return SessionEnd::Stopped;
+                }
+                Phase::Storm(n) if n > *storm_seen => {
+                    *storm_seen = n;
+                    // Dropping the stream closes the TCP connection without
+                    // a websocket close or goodbye: the server sees a lost agent.
+                    return SessionEnd::Storm;
+                }
+                _ => {}
+            }
+            if current == Phase::Burst
+                && self.in_flight.is_none()
+                && let Err(e) = self
+                    .send_batch(&mut ws, self.settings.results_per_burst_batch)
+                    .await
+            {
+                return SessionEnd::Failed(format!("sending a batch: {e}"));
+            }
+            let steady = matches!(current, Phase::Steady | Phase::Storm(_));
+            tokio::select! {
+                _ = phase.changed() => {}
+                _ = tokio::time::sleep_until(due), if steady => {
+                    due += interval;
+                    if self.in_flight.is_none()
+                        && let Err(e) = self.send_batch(&mut ws, 1).await
+                    {
+                        return SessionEnd::Failed(format!("sending a batch: {e}"));
+                    }
+                }
+                frame = ws.next() => {
+                    let text = match frame {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                        Some(Ok(Message::Close(f))) => return SessionEnd::Failed(format!("server closed: {f:?}")),
+                        Some(Err(e)) => return SessionEnd::Failed(format!("reading: {e}")),
+                        Some(Ok(Message::Binary(_))) => return SessionEnd::Failed("binary frame".into()),
+                        None => return SessionEnd::Failed("connection ended".into()),
+                    };
+                    match ServerMessage::decode(&text) {
+                        Ok(ServerMessage::Ack { up_to }) => {
+                            self.acked_seq = self.acked_seq.max(up_to);
+                            if let Some((_, last, samples)) = self.in_flight
+                                && up_to >= last
+                            {
+                                self.in_flight = None;
+                                self.counters.acked_batches.fetch_add(1, Ordering::Relaxed);
+                                self.counters.acked_samples.fetch_add(samples, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(ServerMessage::RunCheck { id, check }) => {
+                            let result = CheckResult {
+                                seq: 0,
+                                ..self.result(&check)
+                            };
+                            let answer = AgentMessage::RpcResult { id, result: Some(result), error: None };
+                            if let Err(e) = ws.send(Message::text(answer.encode())).await {
+                                return SessionEnd::Failed(format!("answering an RPC: {e}"));
+                            }
+                            self.counters.rpc_answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return SessionEnd::Failed(format!("undecodable server message: {e}")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a batch of `n` new results and records it as in flight.
+    async fn send_batch(
+        &mut self,
+        ws: &mut Ws,
+        n: usize,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        let check = self.settings.check.clone();
+        let results: Vec<CheckResult> = (0..n)
+            .map(|_| {
+                self.seq += 1;
+                CheckResult {
+                    seq: self.seq,
+                    ..self.result(&check)
+                }
+            })
+            .collect();
+        let samples = (n * self.settings.perfdata_per_result) as u64;
+        let frame = AgentMessage::Results { results }.encode();
+        self.in_flight = Some((frame.clone(), self.seq, samples));
+        ws.send(Message::text(frame)).await
+    }
+
+    /// A result of `check` with distinct start times (points are keyed by
+    /// series and time, so equal times would overwrite each other).
+    fn result(&mut self, check: &str) -> CheckResult {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.last_ts_ms = now.max(self.last_ts_ms + 1);
+        CheckResult {
+            seq: 0,
+            check: check.to_owned(),
+            state: CheckState::Ok,
+            summary: "OK - simulated".into(),
+            long_output: String::new(),
+            perfdata: (0..self.settings.perfdata_per_result)
+                .map(|i| PerfData {
+                    label: format!("m{i}"),
+                    value: (self.seq % 100) as f64 + i as f64 / 10.0,
+                    uom: String::new(),
+                    warn: None,
+                    crit: None,
+                    min: None,
+                    max: None,
+                })
+                .collect(),
+            started_at_ms: self.last_ts_ms,
+            duration_ms: 1,
+        }
+    }
+}
+
+async fn next(ws: &mut Ws) -> anyhow::Result<ServerMessage> {
+    loop {
+        let frame = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("connection closed"))??;
+        match frame {
+            Message::Text(text) => return Ok(ServerMessage::decode(&text)?),
+            Message::Close(f) => anyhow::bail!("closed: {f:?}"),
+            _ => continue,
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! `outrider-loadgen`: the server benchmark of issue 6 item 9.
+//!
+//! Starts a release `outrider-server` on loopback with a fresh data
+//! directory, defines one check, and runs N simulated agents
+//! ([`agent`]) through these phases, each bounded in time:
+//!
+//! 1. **connect**: all N register (real handshake, own key each);
+//! 2. **steady**: one batch per agent per interval (default 10 s) with a few
+//!    perfdata values; ingest rate and server RSS are sampled;
+//! 3. **run-now**: sequential `POST /api/v1/agents/{fp}/run` calls to
+//!    random agents while the steady load goes on; every round trip recorded;
+//! 4. **burst**: every agent sends its next batch as soon as the previous
+//!    one is acked: the sustained ingest ceiling;
+//! 5. **storm**: every agent drops its TCP connection (no goodbye) and
+//!    reconnects at once; time until all N are back;
+//! 6. **stop**: goodbye, server SIGTERM, then the server's SQLite store is
+//!    read to count results lost (acked but absent) and points duplicated.
+//!
+//! Loopback only; the agents bind 127.0.0.2, 127.0.0.3, … so they do not
+//! exhaust one address's ephemeral ports. The harness raises its own
+//! `RLIMIT_NOFILE` (inherited by the server it starts) and stops by itself:
+//! every phase has a deadline and the whole run a hard cap.
+
+mod agent;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::watch;
+
+use agent::{Counters, Phase, Settings};
+use server::ServerProcess;
+
+/// Most agents the harness simulates (127.0.0.2 … 127.0.0.201 at 1,000 each).
+const MAX_AGENTS: usize = 200_000;
+const ENROLLMENT_TOKEN: &str = "loadgen-enrollment";
+const CHECK: &str = "bench";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outrider-loadgen",
+    about = "Simulated agents against a real outrider-server on loopback"
+)]
+struct Args {
+    /// The server binary (use a release build).
+    #[arg(long, default_value = "target/release/outrider-server")]
+    server_bin: PathBuf,
+    /// Simulated agents.
+    #[arg(long, default_value_t = 10_000)]
+    agents: usize,
+    /// Seconds between two batches of one agent in the steady phase.
+    #[arg(long, default_value_t = 10)]
+    interval_secs: u64,
+    /// Perfdata values per result.
+    #[arg(long, default_value_t = 3)]
+    perfdata: usize,
+    /// Length of the steady phase.
+    #[arg(long, default_value_t = 60)]
+    steady_secs: u64,
+    /// Run-now calls (sequential, during steady load).
+    #[arg(long, default_value_t = 500)]
+    rpc_calls: usize,
+    /// Length of the burst phase.
+    #[arg(long, default_value_t = 30)]
+    burst_secs: u64,
+    /// Results per batch in the burst phase.
+    #[arg(long, default_value_t = 10)]
+    burst_results: usize,
+    /// Seconds allowed for all agents to connect (initially and after the storm).
+    #[arg(long, default_value_t = 180)]
+    connect_deadline_secs: u64,
+    /// Keep the server's data directory here instead of a temporary one.
+    #[arg(long)]
+    keep_dir: Option<PathBuf>,
+    /// Worker threads of the harness runtime.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.agents == 0 || args.agents > MAX_AGENTS {
+        eprintln!("--agents must be between 1 and {MAX_AGENTS}");
+        return ExitCode::from(64);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Hard cap: whatever happens, the harness ends.
+    let cap = Duration::from_secs(
+        2 * args.connect_deadline_secs + args.steady_secs + args.burst_secs + 300,
+    );
+    match runtime.block_on(async { tokio::time::timeout(cap, run(args)).await }) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("loadgen failed: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("loadgen hit its hard time cap of {cap:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
+fn raise_fd_limit() -> anyhow::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read only the struct we pass.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    anyhow::ensure!(rc == 0, "getrlimit: {}", std::io::Error::last_os_error());
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    anyhow::ensure!(rc == 0, "setrlimit: {}", std::io::Error::last_os_error());
+    Ok(limit.rlim_cur)
+}
+
+fn log(start: Instant, msg: &str) {
+    println!("[{:7.1}s] {msg}", start.elapsed().as_secs_f64());
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let fds = raise_fd_limit()?;
+    anyhow::ensure!(
+        fds as usize > args.agents + 1_000,
+        "RLIMIT_NOFILE hard limit {fds} is too low for {} agents (the harness and the server each need one fd per agent)",
+        args.agents
+    );
+    let temp;
+    let data_dir = match &args.keep_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let server = ServerProcess::start(&args.server_bin, &data_dir, ENROLLMENT_TOKEN, &[])?;
+    log(
+        start,
+        &format!(
+            "server pid {} on {}, fd limit {fds}",
+            server.pid(),
+            server.addr
+        ),
+    );
+    let (status, body) = server
+        .request(
+            "PUT",
+            &format!("/api/v1/checks/{CHECK}"),
+            Some(r#"{"command":["/bin/true"],"interval_secs":10,"timeout_secs":5}"#),
+        )
+        .await?;
+    anyhow::ensure!(status == 200, "creating the check: {status} {body}");
+    let baseline = server.memory()?;
+
+    let settings = Arc::new(Settings {
+        server: server.addr,
+        enrollment_token: ENROLLMENT_TOKEN.into(),
+        check: CHECK.into(),
+        interval: Duration::from_secs(args.interval_secs.max(1)),
+        perfdata_per_result: args.perfdata,
+        results_per_burst_batch: args.burst_results.max(1),
+    });
+    let counters = Arc::new(Counters::default());
+    let (phase_tx, phase_rx) = watch::channel(Phase::Steady);
+    let mut agents = tokio::task::JoinSet::new();
+    for index in 0..args.agents {
+        agents.spawn(agent::run(
+            index,
+            settings.clone(),
+            counters.clone(),
+            phase_rx.clone(),
+        ));
+    }
+    let connect_deadline = Duration::from_secs(args.connect_deadline_secs);
+
+    // 1. connect
+    let connected_in = wait_connected(&counters, args.agents, connect_deadline, start).await;
+    log(
+        start,
+        &format!(
+            "connect: {} of {} in {:.1} s",
+            counters.connected.load(Ordering::Relaxed),
+            args.agents,
+            connected_in.as_secs_f64()
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = server.memory()?;
+    log(
+        start,
+        &format!(
+            "server RSS idle with all agents: {} KiB (baseline {} KiB)",
+            idle.rss_kib, baseline.rss_kib
+        ),
+    );
+
+    // 2. steady
+    let steady = measure_rate(&counters, Duration::from_secs(args.steady_secs)).await;
+    let steady_mem = server.memory()?;
+    log(
+        start,
+        &format!(
+            "steady: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB",
+            steady.0, steady.1, args.steady_secs, steady_mem.rss_kib
+        ),
+    );
+
+    // 3. run-now under steady load
+    let rtts = run_now(&server, args.agents, args.rpc_calls).await?;
+    log(start, &format!("run-now: {}", rtts.summary()));
+
+    // 4. burst
+    phase_tx.send_replace(Phase::Burst);
+    let burst = measure_rate(&counters, Duration::from_secs(args.burst_secs)).await;
+    let burst_mem = server.memory()?;
+    phase_tx.send_replace(Phase::Steady);
+    log(
+        start,
+        &format!(
+            "burst: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB",
+            burst.0, burst.1, args.burst_secs, burst_mem.rss_kib
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 5. storm
+    let before = counters.handshakes.load(Ordering::Relaxed);
+    let storm_start = Instant::now();
+    phase_tx.send_replace(Phase::Storm(1));
+    let storm = loop {
+        let done = counters.handshakes.load(Ordering::Relaxed) - before;
+        if done >= args.agents as u64 && counters.connected.load(Ordering::Relaxed) >= args.agents {
+            break Some(storm_start.elapsed());
+        }
+        if storm_start.elapsed() > connect_deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let storm_mem = server.memory()?;
+    match storm {
+        Some(d) => log(
+            start,
+            &format!(
+                "storm: all {} back in {:.2} s; RSS {} KiB",
+                args.agents,
+                d.as_secs_f64(),
+                storm_mem.rss_kib
+            ),
+        ),
+        None => log(
+            start,
+            &format!(
+                "storm: only {} of {} back within {connect_deadline:?}",
+                counters.connected.load(Ordering::Relaxed),
+                args.agents
+            ),
+        ),
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // 6. stop and count at the store
+    phase_tx.send_replace(Phase::Stop);
+    let mut tallies = Vec::with_capacity(args.agents);
+    let drained = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(t) = agents.join_next().await {
+            if let Ok(t) = t {
+                tallies.push(t);
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        agents.abort_all();
+        log(start, "some agents did not stop within 60 s; aborted");
+    }
+    let end_mem = server.memory()?;
+    server.stop().context("stopping the server")?;
+    let stored = server::read_store(&data_dir)?;
+    let (mut lost, mut unacked, mut results) = (0u64, 0u64, 0u64);
+    for t in &tallies {
+        let (count, max) = stored
+            .results
+            .get(&t.fingerprint)
+            .copied()
+            .unwrap_or((0, 0));
+        results += count;
+        // Every seq up to the acked one must be stored.
+        lost += t.acked_seq.saturating_sub(count.min(max));
+        unacked += t.sent_seq - t.acked_seq;
+    }
+    let expected_points = results * args.perfdata as u64;
+    log(
+        start,
+        &format!(
+            "store: {results} results, {} points (expected {expected_points}); lost (acked but absent): {lost}; sent but never acked: {unacked}; failures/retries: {}",
+            stored.points,
+            counters.failures.load(Ordering::Relaxed)
+        ),
+    );
+    let mut reasons: Vec<(String, u64)> = counters
+        .failure_reasons
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect();
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+    for (reason, n) in reasons.iter().take(8) {
+        log(start, &format!("  failure x{n}: {reason}"));
+    }
+    log(
+        start,
+        &format!(
+            "server VmHWM (peak RSS) over the run: {} KiB",
+            end_mem.hwm_kib
+        ),
+    );
+    println!(
+        "\nSUMMARY agents={} connect_s={:.1} rss_idle_kib={} rss_steady_kib={} rss_burst_kib={} rss_storm_kib={} hwm_kib={} steady_samples_per_s={:.0} burst_samples_per_s={:.0} storm_s={} rpc={} lost={} points={}/{} failures={}",
+        args.agents,
+        connected_in.as_secs_f64(),
+        idle.rss_kib,
+        steady_mem.rss_kib,
+        burst_mem.rss_kib,
+        storm_mem.rss_kib,
+        end_mem.hwm_kib,
+        steady.0,
+        burst.0,
+        storm.map_or("missed".to_owned(), |d| format!("{:.2}", d.as_secs_f64())),
+        rtts.summary(),
+        lost,
+        stored.points,
+        expected_points,
+        counters.failures.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
+
+/// Waits until `n` agents are connected or the deadline passes.
+async fn wait_connected(
+    counters: &Counters,
+    n: usize,
+    deadline: Duration,
+    start: Instant,
+) -> Duration {
+    let t0 = Instant::now();
+    let mut last_log = Instant::now();
+    while counters.connected.load(Ordering::Relaxed) < n && t0.elapsed() < deadline {
+        if last_log.elapsed() > Duration::from_secs(5) {
+            log(
+                start,
+                &format!("  {} connected", counters.connected.load(Ordering::Relaxed)),
+            );
+            last_log = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t0.elapsed()
+}
+
+/// Acked samples and batches per second over `window`.
+async fn measure_rate(counters: &Counters, window: Duration) -> (f64, f64) {
+    let s0 = counters.acked_samples.load(Ordering::Relaxed);
+    let b0 = counters.acked_batches.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let secs = t0.elapsed().as_secs_f64();
+    (
+        (counters.acked_samples.load(Ordering::Relaxed) - s0) as f64 / secs,
+        (counters.acked_batches.load(Ordering::Relaxed) - b0) as f64 / secs,
+    )
+}
+
+/// Round-trip times of run-now calls, ms.
+#[derive(Debug, Default)]
+struct Rtts {
+    ms: Vec<f64>,
+    errors: usize,
+}
+
+impl Rtts {
+    fn summary(&self) -> String {
+        let mut v = self.ms.clone();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return format!("n=0 errors={}", self.errors);
+        }
+        let pct = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        format!(
+            "n={} p50={:.1}ms p99={:.1}ms max={:.1}ms errors={}",
+            v.len(),
+            pct(0.5),
+            pct(0.99),
+            v[v.len() - 1],
+            self.errors
+        )
+    }
+}
+
+/// `calls` sequential run-now round trips to pseudo-random agents.
+async fn run_now(server: &ServerProcess, agents: usize, calls: usize) -> anyhow::Result<Rtts> {
+    let mut rtts = Rtts::default();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..calls {
+        // xorshift: a fixed, reproducible spread over the agents.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let index = (x % agents as u64) as usize;
+        let fp = outrider_protocol::fingerprint_of(&agent::key(index).verifying_key());
+        let t0 = Instant::now();
+        let (status, body) = server
+            .request(
+                "POST",
+                &format!("/api/v1/agents/{fp}/run"),
+                Some(&format!(r#"{{"check":"{CHECK}"}}"#)),
+            )
+            .await?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if status == 200 {
+            rtts.ms.push(ms);
+        } else {
+            rtts.errors += 1;
+            if rtts.errors <= 3 {
+                eprintln!("run-now {fp}: {status} {body}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(rtts)
+}

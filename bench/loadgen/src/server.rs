@@ -1,0 +1,187 @@
+//! The server under test: a real `outrider-server` binary started as a child
+//! process with its own data directory, its memory read from `/proc`, its
+//! admin API called over plain HTTP/1.1, and its SQLite store read after it
+//! stopped, to count lost and duplicated data at the receiving end.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A running server child process.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub addr: SocketAddr,
+    pub admin_token: String,
+    child: Child,
+}
+
+/// Memory of a process, KiB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+impl ServerProcess {
+    /// Starts `bin` on 127.0.0.1 (ephemeral port) with data in `data_dir`
+    /// and waits until it listens. `extra` are more flags.
+    pub fn start(
+        bin: &Path,
+        data_dir: &Path,
+        token: &str,
+        extra: &[String],
+    ) -> anyhow::Result<ServerProcess> {
+        let ready = data_dir.join("ready");
+        let log = std::fs::File::create(data_dir.join("server.log"))?;
+        let child = Command::new(bin)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--enrollment-token",
+                token,
+                "--ready-file",
+            ])
+            .arg(&ready)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut server = ServerProcess {
+            addr: "127.0.0.1:0".parse()?,
+            admin_token: String::new(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                server.addr = text.trim().parse().context("ready file holds an address")?;
+                break;
+            }
+            if let Some(status) = server.child.try_wait()? {
+                anyhow::bail!(
+                    "server exited during start ({status}); see {}/server.log",
+                    data_dir.display()
+                );
+            }
+            anyhow::ensure!(Instant::now() < deadline, "server not ready within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server.admin_token = std::fs::read_to_string(data_dir.join("admin.token"))?
+            .trim()
+            .to_owned();
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `VmRSS` and `VmHWM` of the server now.
+    pub fn memory(&self) -> anyhow::Result<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Memory {
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+        })
+    }
+
+    /// Asks the server to stop (SIGTERM) and waits up to 30 s, then kills it.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let pid = libc::pid_t::try_from(self.pid())?;
+        // SAFETY: kill(2) with a pid of our own child that has not been
+        // waited for yet, so the pid cannot have been reused.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        anyhow::ensure!(rc == 0, "SIGTERM: {}", std::io::Error::last_os_error());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        anyhow::bail!("server did not stop within 30 s of SIGTERM; killed")
+    }
+
+    /// One admin request; returns status and body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            self.admin_token,
+            body.len()
+        );
+        let mut stream = TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        stream.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .context("HTTP response without header")?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("HTTP status line")?;
+        Ok((status, body.to_owned()))
+    }
+}
+
+/// What the store holds after the run, per agent: stored result count and
+/// the highest seq.
+#[derive(Debug, Default)]
+pub struct Stored {
+    pub results: std::collections::HashMap<String, (u64, u64)>,
+    pub points: u64,
+}
+
+/// Reads the stopped server's database.
+pub fn read_store(data_dir: &Path) -> anyhow::Result<Stored> {
+    let db = rusqlite::Connection::open_with_flags(
+        data_dir.join("outrider.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let mut stored = Stored::default();
+    let mut stmt =
+        db.prepare("SELECT fingerprint, COUNT(*), MAX(seq) FROM results GROUP BY fingerprint")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (fp, count, max) = row?;
+        stored.results.insert(fp, (count as u64, max as u64));
+    }
+    stored.points = db.query_row("SELECT COUNT(*) FROM points", [], |r| r.get::<_, i64>(0))? as u64;
+    Ok(stored)
+}

@@ -1,0 +1,155 @@
+//! `outrider tokens`: enrollment tokens agents present on first registration.
+
+use anyhow::Result;
+use outrider_protocol::api::{CreatedEnrollmentToken, EnrollmentTokenInfo, NewEnrollmentToken};
+use serde_json::Value;
+
+use crate::checks::ago;
+use crate::client::ApiClient;
+use crate::{GlobalArgs, UsageError};
+
+/// Arguments of `outrider tokens`.
+#[derive(Debug, clap::Args)]
+pub struct TokensArgs {
+    #[command(subcommand)]
+    command: Option<TokensCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokensCommand {
+    /// Every token (the default); secrets are never shown again.
+    List,
+    /// Create a token and print its secret once.
+    Create {
+        /// Where the token is meant to be used.
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Lifetime: seconds, or a number with s, m, h or d (`30d`).
+        #[arg(long, value_parser = parse_duration_secs)]
+        expires: Option<u64>,
+        /// Registrations allowed; default unlimited.
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+    /// Revoke a token by its id.
+    Revoke { id: String },
+}
+
+/// Parses `90`, `90s`, `15m`, `12h` or `30d` into seconds.
+fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 3600, 45m, 12h or 30d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .filter(|&s| s > 0)
+        .ok_or_else(|| format!("{text:?} must be a positive duration"))
+}
+
+/// Runs `outrider tokens …`.
+pub fn run(client: &ApiClient, global: &GlobalArgs, args: TokensArgs) -> Result<()> {
+    match args.command.unwrap_or(TokensCommand::List) {
+        TokensCommand::List => {
+            let tokens: Vec<EnrollmentTokenInfo> = client.get_json("/api/v1/tokens")?;
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                return Ok(());
+            }
+            if tokens.is_empty() {
+                println!("no enrollment tokens besides the server's bootstrap token");
+                return Ok(());
+            }
+            println!(
+                "{:<10}  {:<10}  {:<12}  {:>5}  {:>9}  NOTE",
+                "ID", "CREATED", "STATUS", "USED", "USES LEFT"
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            for t in tokens {
+                let status = if t.revoked_at_ms.is_some() {
+                    "revoked"
+                } else if t.expires_at_ms.is_some_and(|e| e <= now) {
+                    "expired"
+                } else if t.uses_left == Some(0) {
+                    "used up"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<10}  {:<10}  {:<12}  {:>5}  {:>9}  {}",
+                    t.id,
+                    ago(t.created_at_ms),
+                    status,
+                    t.used,
+                    t.uses_left
+                        .map(|u| u.to_string())
+                        .unwrap_or_else(|| "unlimited".into()),
+                    t.note
+                );
+            }
+            Ok(())
+        }
+        TokensCommand::Create {
+            note,
+            expires,
+            uses,
+        } => {
+            if uses == Some(0) {
+                return Err(UsageError("--uses must be at least 1".into()).into());
+            }
+            let req = NewEnrollmentToken {
+                note,
+                expires_in_secs: expires,
+                uses,
+            };
+            let created: CreatedEnrollmentToken =
+                client.send_json("POST", "/api/v1/tokens", &req)?;
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                println!(
+                    "token {} created; its secret (shown only now):",
+                    created.info.id
+                );
+                println!("{}", created.token);
+            }
+            Ok(())
+        }
+        TokensCommand::Revoke { id } => {
+            let answer: Value = client.delete_json(&format!("/api/v1/tokens/{id}"))?;
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                println!("token {id} revoked");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("15m"), Ok(900));
+        assert_eq!(parse_duration_secs("30d"), Ok(2_592_000));
+        assert!(parse_duration_secs("0h").is_err());
+        assert!(parse_duration_secs("3w").unwrap_err().contains("unit"));
+        assert!(parse_duration_secs("soon").is_err());
+    }
+}

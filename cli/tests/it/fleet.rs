@@ -1,0 +1,320 @@
+//! `outrider agents|checks|plugins|tokens|run` against a real server on
+//! loopback, with a scripted agent answering run-now calls.
+
+use std::path::Path;
+use std::process::Output;
+
+use ed25519_dalek::{Signer, SigningKey};
+use futures_util::{SinkExt, StreamExt};
+use outrider_protocol::{
+    AGENT_WS_PATH, AgentMessage, CheckResult, CheckState, Fingerprint, Hello, PROTOCOL_VERSION,
+    ServerMessage, auth_message, fingerprint_of,
+};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// A server running on its own runtime until dropped.
+struct Fleet {
+    url: String,
+    token: String,
+    enrollment: String,
+    home: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ready = data.path().join("ready");
+        let mut config = outrider_server::ServerConfig::new(data.path().join("server"), addr);
+        config.ready_file = Some(ready.clone());
+        let shutdown = CancellationToken::new();
+        runtime.spawn(outrider_server::run(config, listener, shutdown.clone()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(std::time::Instant::now() < deadline, "server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let read = |name: &str| {
+            std::fs::read_to_string(data.path().join("server").join(name))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        Fleet {
+            url: format!("http://{addr}"),
+            token: read("admin.token"),
+            enrollment: read("enrollment.token"),
+            home: tempfile::tempdir().unwrap(),
+            _data: data,
+            shutdown,
+            runtime,
+        }
+    }
+
+    fn output(&self, args: &[&str]) -> Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_outrider"))
+            .args(["--server", &self.url, "--token", &self.token])
+            .args(args)
+            .env("OUTRIDER_HOME", self.home.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI, asserting success; returns stdout.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "outrider {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI with `--json`, parsing stdout.
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.cli(&[&["--json"], args].concat())).unwrap()
+    }
+
+    /// Runs the CLI expecting `code`; returns stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.output(args);
+        assert_eq!(out.status.code(), Some(code), "outrider {args:?}: {out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// Connects an agent with `tags` that answers every RPC with an OK
+    /// result summarising what it was asked; returns its fingerprint and
+    /// the token that ends it.
+    fn agent(&self, seed: u8, hostname: &str, tags: &[&str]) -> (Fingerprint, CancellationToken) {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let fp = fingerprint_of(&key.verifying_key());
+        let url = format!("{}{AGENT_WS_PATH}", self.url.replacen("http", "ws", 1));
+        let stop = CancellationToken::new();
+        let (hostname, tags, token) = (
+            hostname.to_owned(),
+            tags.iter().map(|t| t.to_string()).collect(),
+            self.enrollment.clone(),
+        );
+        let (welcomed_tx, welcomed) = std::sync::mpsc::channel();
+        let agent_fp = fp.clone();
+        let agent_stop = stop.clone();
+        self.runtime.spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .unwrap();
+            let next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Some(ServerMessage::decode(&t).unwrap()),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            };
+            let Some(ServerMessage::Challenge { nonce }) = next(&mut ws).await else {
+                panic!("no challenge")
+            };
+            let hello = Hello {
+                protocol_version: PROTOCOL_VERSION,
+                fingerprint: agent_fp.clone(),
+                public_key: hex::encode(key.verifying_key().as_bytes()),
+                signature: hex::encode(key.sign(&auth_message(&nonce, &agent_fp)).to_bytes()),
+                enrollment_token: Some(token),
+                hostname,
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                agent_version: "0.1.0".into(),
+                build_sha256: None,
+                build_version: None,
+                last_seq: 0,
+                tags,
+                resume_token: None,
+                config_version: 0,
+            };
+            let text = AgentMessage::Hello(hello).encode();
+            ws.send(Message::text(text)).await.unwrap();
+            let welcome = next(&mut ws).await;
+            assert!(
+                matches!(welcome, Some(ServerMessage::Welcome(_))),
+                "{welcome:?}"
+            );
+            welcomed_tx.send(()).unwrap();
+            loop {
+                let msg = tokio::select! {
+                    _ = agent_stop.cancelled() => return,
+                    msg = next(&mut ws) => msg,
+                };
+                let (id, check, summary) = match msg {
+                    Some(ServerMessage::RunCheck { id, check }) => {
+                        (id, check.clone(), format!("ran check {check}"))
+                    }
+                    Some(ServerMessage::RunScript { id, script, .. }) => (
+                        id,
+                        "adhoc".to_owned(),
+                        format!("ran {} script bytes", script.len()),
+                    ),
+                    Some(_) => continue,
+                    None => return,
+                };
+                let result = CheckResult {
+                    seq: 0,
+                    check,
+                    state: CheckState::Ok,
+                    summary,
+                    long_output: String::new(),
+                    perfdata: Vec::new(),
+                    started_at_ms: 1,
+                    duration_ms: 2,
+                };
+                let answer = AgentMessage::RpcResult {
+                    id,
+                    result: Some(result),
+                    error: None,
+                };
+                ws.send(Message::text(answer.encode())).await.unwrap();
+            }
+        });
+        welcomed
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("agent was not welcomed");
+        (fp, stop)
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn tokens_are_created_listed_and_revoked() {
+    let fleet = Fleet::start();
+    let created = fleet.json(&[
+        "tokens",
+        "create",
+        "--note",
+        "lab",
+        "--uses",
+        "2",
+        "--expires",
+        "1d",
+    ]);
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["token"].as_str().unwrap().len(), 64);
+    assert_eq!(created["uses_left"], 2);
+    let listed = fleet.json(&["tokens", "list"]);
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert!(
+        !listed
+            .to_string()
+            .contains(created["token"].as_str().unwrap())
+    );
+    assert!(fleet.cli(&["tokens"]).contains("active"));
+    fleet.cli(&["tokens", "revoke", &id]);
+    assert!(fleet.cli(&["tokens", "list"]).contains("revoked"));
+    let err = fleet.fails(&["tokens", "revoke", "nope"], 1);
+    assert!(err.contains("no enrollment token"), "{err}");
+    let err = fleet.fails(&["tokens", "create", "--expires", "3w"], 2);
+    assert!(err.contains("unit"), "{err}");
+}
+
+#[test]
+fn plugins_checks_agents_and_run_now() {
+    let fleet = Fleet::start();
+    let work = tempfile::tempdir().unwrap();
+    let (web, _web_stop) = fleet.agent(1, "web-1", &["web"]);
+    let (db, db_stop) = fleet.agent(2, "db-1", &["db"]);
+
+    // Plugins and a check using one, for web agents only.
+    let plugin = write(work.path(), "check_disk_x", "#!/bin/sh\necho OK\n");
+    let info = fleet.json(&["plugins", "add", &plugin]);
+    assert_eq!(info["name"], "check_disk_x");
+    assert_eq!(info["size"], 18);
+    fleet.cli(&[
+        "checks",
+        "add",
+        "disk",
+        "--plugin",
+        "check_disk_x",
+        "--tags",
+        "web",
+        "--",
+        "-w",
+        "80",
+    ]);
+    let checks = fleet.json(&["checks", "list"]);
+    assert_eq!(
+        checks[0]["command"],
+        serde_json::json!(["plugin:check_disk_x", "-w", "80"])
+    );
+    assert_eq!(checks[0]["tags"], serde_json::json!(["web"]));
+    let err = fleet.fails(&["plugins", "remove", "check_disk_x"], 1);
+    assert!(err.contains("used by check(s) disk"), "{err}");
+    let err = fleet.fails(&["checks", "add", "empty"], 64);
+    assert!(err.contains("--plugin"), "{err}");
+
+    // Agents: the web agent runs the check, the db agent does not.
+    let agents = fleet.json(&["agents"]);
+    assert_eq!(agents.as_array().unwrap().len(), 2);
+    let shown = fleet.json(&["agents", "show", "web-1"]);
+    assert_eq!(shown["agent"]["fingerprint"], web.as_str());
+    assert_eq!(shown["config"]["checks"][0]["name"], "disk");
+    let shown = fleet.json(&["agents", "show", db.as_str()]);
+    assert_eq!(shown["config"]["checks"], serde_json::json!([]));
+    let tagged = fleet.json(&["agents", "tags", "db-1", "web"]);
+    assert_eq!(tagged["tags"], serde_json::json!(["db", "web"]));
+    let shown = fleet.json(&["agents", "show", "db-1"]);
+    assert_eq!(shown["config"]["checks"][0]["name"], "disk");
+
+    // Run-now: a check, then a script once allowed.
+    let out = fleet.cli(&["run", "web-1", "disk"]);
+    assert!(out.contains("disk OK: ran check disk"), "{out}");
+    let script = write(work.path(), "probe.sh", "echo probing\n");
+    let err = fleet.fails(&["run", "web-1", "--script", &script], 1);
+    assert!(err.contains("does not accept ad-hoc scripts"), "{err}");
+    let allowed = fleet.json(&["agents", "allow-adhoc", "web-1", "on"]);
+    assert_eq!(allowed["allow_adhoc"], true);
+    let answer = fleet.json(&["run", "web-1", "--script", &script]);
+    assert_eq!(answer["result"]["summary"], "ran 13 script bytes");
+    let err = fleet.fails(&["run", "nobody", "disk"], 64);
+    assert!(
+        err.contains("no agent has fingerprint or hostname"),
+        "{err}"
+    );
+
+    // A disconnected agent cannot run anything, and the CLI says so.
+    db_stop.cancel();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let err = fleet.fails(&["run", "db-1", "disk"], 1);
+        if err.contains("is not connected") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{err}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // Cleanup in the allowed order.
+    fleet.cli(&["checks", "remove", "disk"]);
+    fleet.cli(&["plugins", "remove", "check_disk_x"]);
+    assert_eq!(fleet.json(&["plugins"]), serde_json::json!([]));
+}

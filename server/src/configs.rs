@@ -1,0 +1,91 @@
+//! The shared cache of computed agent configuration documents.
+//!
+//! Documents are computed by the store (see `store::checks`) and kept here
+//! as `Arc`s, so ten thousand sessions share one copy each and nobody reads
+//! SQLite to push or serve a config. After every change of checks, plugins,
+//! tags or permissions [`refresh`] recomputes, and only the agents whose
+//! document version moved are woken and get a `config` event.
+//!
+//! Refreshes are serialised by an async mutex so a slow older computation
+//! can never overwrite the cache entry of a newer one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use outrider_protocol::api::Event;
+use outrider_protocol::{AgentConfig, Fingerprint, MAX_MESSAGE_BYTES, ServerMessage};
+
+use crate::AppState;
+
+/// Computed documents by agent.
+#[derive(Debug, Default)]
+pub struct ConfigCache {
+    docs: Mutex<HashMap<Fingerprint, Arc<AgentConfig>>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl ConfigCache {
+    /// The current document of `fp`, if computed.
+    pub fn get(&self, fp: &Fingerprint) -> Option<Arc<AgentConfig>> {
+        self.docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(fp)
+            .cloned()
+    }
+}
+
+/// Recomputes the documents of every agent (or only `only`), updates the
+/// cache, wakes the sessions whose document changed and publishes a
+/// `config` event for each. Returns `only`'s document when asked for one.
+///
+/// Fails when the store fails; the cache then keeps the previous documents.
+pub async fn refresh(
+    state: &AppState,
+    only: Option<&Fingerprint>,
+) -> anyhow::Result<Option<Arc<AgentConfig>>> {
+    let _serial = state.configs.refreshing.lock().await;
+    let computed = state.store.compute_configs(only.cloned()).await?;
+    let mut changed = Vec::new();
+    let mut found = None;
+    {
+        let mut docs = state.configs.docs.lock().unwrap_or_else(|p| p.into_inner());
+        for c in computed {
+            if let Err(e) = c.config.validate() {
+                // Cannot happen while the store keeps its plugin rules; keep
+                // the agent on its previous document rather than break it.
+                tracing::error!(fingerprint = %c.fingerprint, "computed config is invalid: {e}");
+                continue;
+            }
+            // Only a changed document can have grown past the limit.
+            let len = if c.changed {
+                ServerMessage::Config(c.config.clone()).encode().len()
+            } else {
+                0
+            };
+            if len > MAX_MESSAGE_BYTES {
+                // The agent would refuse the frame; keep it on its previous
+                // document and tell the operator.
+                tracing::error!(
+                    fingerprint = %c.fingerprint,
+                    bytes = len,
+                    "the agent's config exceeds the {MAX_MESSAGE_BYTES}-byte message limit; it keeps its previous config until checks are removed"
+                );
+                continue;
+            }
+            let doc = Arc::new(c.config);
+            if Some(&c.fingerprint) == only {
+                found = Some(doc.clone());
+            }
+            if c.changed {
+                changed.push((c.fingerprint.clone(), doc.version));
+            }
+            docs.insert(c.fingerprint, doc);
+        }
+    }
+    for (fp, version) in changed {
+        state.sessions.notify_config(&fp);
+        state.events.publish(Event::Config { agent: fp, version });
+    }
+    Ok(found)
+}

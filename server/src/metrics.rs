@@ -1,0 +1,233 @@
+//! The metric side of the server: what happens to a batch once stored,
+//! the series query API, the Prometheus exposition, Graphite forwarding and
+//! retention.
+//!
+//! | route                        | auth                      | module          |
+//! |------------------------------|---------------------------|-----------------|
+//! | `GET /api/v1/series`         | admin                     | [`query`]       |
+//! | `GET /api/v1/series/query`   | admin                     | [`query`]       |
+//! | `GET /metrics`               | none, or `--metrics-token`| [`prometheus`]  |
+//!
+//! `/metrics` is unauthenticated by default, like most exporters, because
+//! Prometheus scrapes it from inside the operator's network; it exposes
+//! fingerprints, host names, check names and values, nothing that allows
+//! changing anything. `--metrics-token` makes it require
+//! `Authorization: Bearer <token>` (Prometheus: `authorization:
+//! { credentials: <token> }` in the scrape config).
+//!
+//! Background tasks ([`spawn`]): the retention loop and, when configured,
+//! the Graphite sender, both on the server's task tracker and stopped by
+//! its shutdown token.
+
+pub mod graphite;
+pub mod prometheus;
+mod query;
+pub mod retention;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use outrider_protocol::{CheckResult, Fingerprint};
+
+use crate::AppState;
+
+/// Days raw perfdata points are kept before they are folded into rollups.
+pub const DEFAULT_RAW_RETENTION_DAYS: u32 = 7;
+/// Days five-minute rollups are kept.
+pub const DEFAULT_ROLLUP_RETENTION_DAYS: u32 = 400;
+/// Days check results (state, output) are kept; each check's latest result
+/// is kept however old.
+pub const DEFAULT_RESULTS_RETENTION_DAYS: u32 = 7;
+/// Seconds between two retention passes.
+pub const DEFAULT_RETENTION_INTERVAL_SECS: u64 = 600;
+/// First component of every Graphite metric path.
+pub const DEFAULT_GRAPHITE_PREFIX: &str = "outrider";
+/// Lines the Graphite queue holds while the carbon host is unreachable;
+/// the oldest are dropped beyond it.
+pub const DEFAULT_GRAPHITE_QUEUE_LINES: usize = 100_000;
+
+/// Metric storage and output settings (flattened into the server's flags).
+#[derive(Clone, Debug, clap::Args)]
+pub struct MetricsConfig {
+    /// Days raw perfdata points are kept before being folded into
+    /// five-minute rollups (min, max, mean, count).
+    #[arg(long, default_value_t = DEFAULT_RAW_RETENTION_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub raw_retention_days: u32,
+    /// Days five-minute rollups are kept; at least the raw retention.
+    #[arg(long, default_value_t = DEFAULT_ROLLUP_RETENTION_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rollup_retention_days: u32,
+    /// Days check results are kept (each check's latest is always kept).
+    #[arg(long, default_value_t = DEFAULT_RESULTS_RETENTION_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub results_retention_days: u32,
+    /// Seconds between two retention passes.
+    #[arg(long, default_value_t = DEFAULT_RETENTION_INTERVAL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_interval_secs: u64,
+    /// Carbon plaintext receiver (`host:port`) to forward every perfdata
+    /// sample to; no forwarding when absent.
+    #[arg(long, env = "OUTRIDER_GRAPHITE_ADDR")]
+    pub graphite_addr: Option<String>,
+    /// First component of the Graphite paths
+    /// (`<prefix>.<agent>.<check>.<label>`).
+    #[arg(long, default_value = DEFAULT_GRAPHITE_PREFIX)]
+    pub graphite_prefix: String,
+    /// Lines queued for Graphite at most; the oldest are dropped (and
+    /// counted) when the carbon host cannot keep up.
+    #[arg(long, default_value_t = DEFAULT_GRAPHITE_QUEUE_LINES)]
+    pub graphite_queue_lines: usize,
+    /// Bearer token `GET /metrics` requires; unauthenticated when absent.
+    #[arg(long, env = "OUTRIDER_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig {
+            raw_retention_days: DEFAULT_RAW_RETENTION_DAYS,
+            rollup_retention_days: DEFAULT_ROLLUP_RETENTION_DAYS,
+            results_retention_days: DEFAULT_RESULTS_RETENTION_DAYS,
+            retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
+            graphite_addr: None,
+            graphite_prefix: DEFAULT_GRAPHITE_PREFIX.to_owned(),
+            graphite_queue_lines: DEFAULT_GRAPHITE_QUEUE_LINES,
+            metrics_token: None,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Checks what clap cannot: relations between fields and formats.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.rollup_retention_days < self.raw_retention_days {
+            anyhow::bail!(
+                "--rollup-retention-days ({}) must be at least --raw-retention-days ({}): rollups are made from raw points",
+                self.rollup_retention_days,
+                self.raw_retention_days
+            );
+        }
+        if let Some(addr) = &self.graphite_addr {
+            graphite::check_addr(addr)?;
+        }
+        graphite::check_prefix(&self.graphite_prefix)?;
+        if self.graphite_queue_lines == 0 {
+            anyhow::bail!("--graphite-queue-lines must be at least 1");
+        }
+        if self
+            .metrics_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            anyhow::bail!("--metrics-token is empty; give a token or leave the flag out");
+        }
+        Ok(())
+    }
+}
+
+/// Ingest counters, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Results stored (resent duplicates not counted).
+    pub results: AtomicU64,
+    /// Perfdata samples stored as points.
+    pub samples: AtomicU64,
+}
+
+/// The metric side's shared state: one field of [`AppState`].
+#[derive(Debug)]
+pub struct Metrics {
+    pub config: MetricsConfig,
+    pub counters: Counters,
+    /// Lines waiting for the Graphite sender, when forwarding is on.
+    pub graphite: Option<Arc<graphite::Queue>>,
+}
+
+impl Metrics {
+    /// Validates `config` and prepares (but does not start) the outputs.
+    ///
+    /// Fails with a sentence naming the bad flag.
+    pub fn new(config: MetricsConfig) -> anyhow::Result<Metrics> {
+        config.validate()?;
+        let graphite = config.graphite_addr.as_ref().map(|_| {
+            Arc::new(graphite::Queue::new(
+                config.graphite_prefix.clone(),
+                config.graphite_queue_lines,
+            ))
+        });
+        Ok(Metrics {
+            config,
+            counters: Counters::default(),
+            graphite,
+        })
+    }
+}
+
+/// Stores a batch from agent `fp` and hands what was newly stored to the
+/// live event stream and the Graphite queue. Returns the sequence number to
+/// acknowledge; it is computed after the transaction committed, so nothing
+/// acked can be lost.
+///
+/// Fails when the store fails; nothing of the batch is stored then.
+pub async fn ingest(
+    state: &AppState,
+    fp: &Fingerprint,
+    results: Vec<CheckResult>,
+) -> anyhow::Result<u64> {
+    let ingested = state
+        .store
+        .ingest(fp, results)
+        .await
+        .context("storing a result batch")?;
+    let counters = &state.metrics.counters;
+    counters
+        .results
+        .fetch_add(ingested.stored.len() as u64, Ordering::Relaxed);
+    counters
+        .samples
+        .fetch_add(ingested.samples as u64, Ordering::Relaxed);
+    for result in &ingested.stored {
+        state.events.result(fp, result);
+    }
+    if let Some(queue) = &state.metrics.graphite {
+        queue.push_results(fp, &ingested.stored);
+    }
+    Ok(ingested.acked_seq)
+}
+
+/// Starts the retention loop and the Graphite sender on the server's task
+/// tracker; both stop when the server's shutdown token is cancelled.
+pub fn spawn(state: &Arc<AppState>) {
+    let config = &state.metrics.config;
+    state.tasks.spawn(retention::run(
+        state.store.clone(),
+        retention::Policy::from_config(config),
+        state.shutdown.clone(),
+    ));
+    if let (Some(queue), Some(addr)) = (&state.metrics.graphite, &config.graphite_addr) {
+        state.tasks.spawn(graphite::run(
+            queue.clone(),
+            addr.clone(),
+            state.shutdown.clone(),
+        ));
+    }
+}
+
+/// Routes outside the admin token: `GET /metrics`.
+pub fn public_routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(prometheus::handler))
+        .with_state(state)
+}
+
+/// Routes behind the admin token: the series API.
+pub fn admin_routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/series", get(query::list))
+        .route("/api/v1/series/query", get(query::points))
+        .with_state(state)
+}

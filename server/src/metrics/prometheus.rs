@@ -1,0 +1,248 @@
+//! `GET /metrics`: the latest values in the Prometheus text exposition
+//! format, version 0.0.4.
+//!
+//! Families (all samples of a family are contiguous, after one `# HELP` and
+//! one `# TYPE` line):
+//! - `outrider_agent_up{agent,hostname}` 1 while a session is open, else 0;
+//! - `outrider_check_state{agent,hostname,check}` 0 OK, 1 WARNING,
+//!   2 CRITICAL, 3 UNKNOWN: the check's latest result;
+//! - `outrider_perfdata{agent,check,label,uom}` each value of the check's
+//!   latest result (a label printed twice in one result is exported once,
+//!   the last value winning: duplicate series would fail the whole scrape);
+//! - `outrider_ingested_results_total`, `outrider_ingested_samples_total`,
+//!   `outrider_graphite_dropped_lines_total` counters of this process.
+//!
+//! No timestamps: the values are "now" as far as this server knows, and
+//! Prometheus marks them stale on its own when they stop changing... or
+//! when the series disappears. Label values are escaped (`\` → `\\`,
+//! `"` → `\"`, newline → `\n`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use outrider_protocol::api::{AgentInfo, Presence, ResultInfo};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Media type of the text exposition format.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The handler; checks the optional token, then renders.
+pub async fn handler(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.metrics.config.metrics_token {
+        let presented = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(p) if constant_time_eq(p.trim().as_bytes(), token.as_bytes()) => {}
+            Some(_) => return Err(ApiError::Unauthorized("the metrics token is not valid")),
+            None => {
+                return Err(ApiError::Unauthorized(
+                    "missing 'Authorization: Bearer <metrics token>' header",
+                ));
+            }
+        }
+    }
+    let agents = state.store.agents().await?;
+    let latest = state.store.latest_results(None).await?;
+    let counters = Counters {
+        results: state.metrics.counters.results.load(Ordering::Relaxed),
+        samples: state.metrics.counters.samples.load(Ordering::Relaxed),
+        graphite_dropped: state.metrics.graphite.as_ref().map_or(0, |q| q.dropped()),
+    };
+    let body = render(&agents, &latest, &counters);
+    Ok((
+        [(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT))],
+        body,
+    )
+        .into_response())
+}
+
+/// Process counters included in the exposition.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub results: u64,
+    pub samples: u64,
+    pub graphite_dropped: u64,
+}
+
+/// Renders the whole exposition.
+pub fn render(agents: &[AgentInfo], latest: &[ResultInfo], counters: &Counters) -> String {
+    let mut out = String::with_capacity(256 + 160 * (agents.len() + 3 * latest.len()));
+    family(
+        &mut out,
+        "outrider_agent_up",
+        "gauge",
+        "Whether the agent has a session open (1) or is down or deregistered (0).",
+    );
+    for a in agents {
+        let up = u8::from(a.presence == Presence::Connected);
+        sample(
+            &mut out,
+            "outrider_agent_up",
+            &[("agent", a.fingerprint.as_str()), ("hostname", &a.hostname)],
+            &up.to_string(),
+        );
+    }
+    family(
+        &mut out,
+        "outrider_check_state",
+        "gauge",
+        "State of the check's latest result: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    );
+    for r in latest {
+        sample(
+            &mut out,
+            "outrider_check_state",
+            &[
+                ("agent", r.agent.as_str()),
+                ("hostname", &r.hostname),
+                ("check", &r.check),
+            ],
+            &r.state.exit_code().to_string(),
+        );
+    }
+    family(
+        &mut out,
+        "outrider_perfdata",
+        "gauge",
+        "Performance data value of the check's latest result.",
+    );
+    for r in latest {
+        // Last value wins for a label printed twice with the same unit.
+        let mut values: Vec<(&str, &str, f64)> = Vec::with_capacity(r.perfdata.len());
+        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+        for p in &r.perfdata {
+            let key = (p.label.as_str(), p.uom.as_str());
+            match index.get(&key) {
+                Some(&i) => values[i].2 = p.value,
+                None => {
+                    index.insert(key, values.len());
+                    values.push((key.0, key.1, p.value));
+                }
+            }
+        }
+        for (label, uom, value) in values {
+            sample(
+                &mut out,
+                "outrider_perfdata",
+                &[
+                    ("agent", r.agent.as_str()),
+                    ("check", &r.check),
+                    ("label", label),
+                    ("uom", uom),
+                ],
+                &float(value),
+            );
+        }
+    }
+    for (name, help, value) in [
+        (
+            "outrider_ingested_results_total",
+            "Check results stored since this server started (resent duplicates not counted).",
+            counters.results,
+        ),
+        (
+            "outrider_ingested_samples_total",
+            "Perfdata samples stored since this server started.",
+            counters.samples,
+        ),
+        (
+            "outrider_graphite_dropped_lines_total",
+            "Graphite lines dropped because the forwarding queue was full.",
+            counters.graphite_dropped,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, &[], &value.to_string());
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    // HELP text escapes only `\` and newline; ours contain neither.
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: &str) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (key, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(key);
+            out.push_str("=\"");
+            escape_label_value(out, value);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    out.push_str(value);
+    out.push('\n');
+}
+
+/// Appends `value` escaped for a label value: `\` → `\\`, `"` → `\"`,
+/// newline → `\n`; everything else (any UTF-8) as is.
+pub fn escape_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A sample value as the format spells it (Go's `ParseFloat` syntax).
+fn float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        // Rust's shortest round-trip representation; never exponent-only
+        // forms Go would refuse.
+        format!("{v:?}")
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        escape_label_value(&mut out, "a\\b\"c\nd é");
+        assert_eq!(out, r#"a\\b\"c\nd é"#);
+    }
+
+    #[test]
+    fn floats_use_the_formats_spelling() {
+        assert_eq!(float(1.0), "1.0");
+        assert_eq!(float(0.25), "0.25");
+        assert_eq!(float(1e300), "1e300");
+        assert_eq!(float(f64::NAN), "NaN");
+        assert_eq!(float(f64::NEG_INFINITY), "-Inf");
+    }
+}

@@ -1,0 +1,151 @@
+//! Retention and downsampling: a background loop that, every
+//! `--retention-interval-secs`, folds raw points older than the raw
+//! retention into five-minute rollups, deletes expired rollups and old
+//! check results.
+//!
+//! Each pass is a sequence of small transactions
+//! ([`Store::retention_step`], [`Store::results_retention_step`]), each
+//! bounded in the series or agents it touches; the store's connection is
+//! free between them, so ingest interleaves and never waits behind a long
+//! write. The loop checks the shutdown token between steps.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::MetricsConfig;
+use crate::store::metrics::{Cutoffs, ROLLUP_BUCKET_MS};
+use crate::store::{Store, now_ms};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// How long data of each kind is kept, and how often a pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub raw_retention_ms: i64,
+    pub rollup_retention_ms: i64,
+    pub results_retention_ms: i64,
+    pub interval: Duration,
+}
+
+impl Policy {
+    pub fn from_config(config: &MetricsConfig) -> Policy {
+        Policy {
+            raw_retention_ms: i64::from(config.raw_retention_days) * DAY_MS,
+            rollup_retention_ms: i64::from(config.rollup_retention_days) * DAY_MS,
+            results_retention_ms: i64::from(config.results_retention_days) * DAY_MS,
+            interval: Duration::from_secs(config.retention_interval_secs),
+        }
+    }
+
+    /// The cut-offs of a pass at time `now_ms`. The raw cut-off is aligned
+    /// to a rollup bucket so a bucket is folded whole when its samples
+    /// arrived on time.
+    pub fn cutoffs(&self, now_ms: i64) -> Cutoffs {
+        let raw = now_ms - self.raw_retention_ms;
+        Cutoffs {
+            raw_before_ms: raw - raw.rem_euclid(ROLLUP_BUCKET_MS),
+            rollups_before_ms: now_ms - self.rollup_retention_ms,
+            results_before_ms: now_ms - self.results_retention_ms,
+        }
+    }
+}
+
+/// What one pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassStats {
+    pub points_rolled_up: u64,
+    pub rollups_deleted: u64,
+    pub results_deleted: u64,
+    /// Transactions the pass took.
+    pub steps: u64,
+    /// Whether shutdown interrupted the pass.
+    pub interrupted: bool,
+}
+
+/// Runs a pass now and then every `policy.interval` until `shutdown`.
+/// A failed pass is logged and retried at the next interval.
+pub async fn run(store: Store, policy: Policy, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(policy.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match pass(&store, policy.cutoffs(now_ms()), &shutdown).await {
+            Ok(stats)
+                if stats.points_rolled_up + stats.rollups_deleted + stats.results_deleted > 0 =>
+            {
+                info!(
+                    points_rolled_up = stats.points_rolled_up,
+                    rollups_deleted = stats.rollups_deleted,
+                    results_deleted = stats.results_deleted,
+                    steps = stats.steps,
+                    "retention pass"
+                );
+            }
+            Ok(stats) => debug!(steps = stats.steps, "retention pass: nothing expired"),
+            Err(e) => warn!("retention pass failed (retried next interval): {e:#}"),
+        }
+    }
+}
+
+/// One pass over every series and agent, in bounded steps; stops early
+/// (with `interrupted`) when `shutdown` is cancelled.
+///
+/// Fails when a step's transaction fails; earlier steps stay committed.
+pub async fn pass(
+    store: &Store,
+    cutoffs: Cutoffs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<PassStats> {
+    let mut stats = PassStats::default();
+    let mut series_cursor = Some(0);
+    while let Some(after) = series_cursor {
+        if shutdown.is_cancelled() {
+            stats.interrupted = true;
+            return Ok(stats);
+        }
+        let step = store.retention_step(after, cutoffs).await?;
+        stats.steps += 1;
+        stats.points_rolled_up += step.points_rolled_up;
+        stats.rollups_deleted += step.rollups_deleted;
+        series_cursor = step.next;
+    }
+    let mut agent_cursor = Some(String::new());
+    while let Some(after) = agent_cursor {
+        if shutdown.is_cancelled() {
+            stats.interrupted = true;
+            return Ok(stats);
+        }
+        let (next, deleted) = store
+            .results_retention_step(after, cutoffs.results_before_ms)
+            .await?;
+        stats.steps += 1;
+        stats.results_deleted += deleted;
+        agent_cursor = next;
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cutoffs_follow_the_policy_and_align_raw_to_buckets() {
+        let policy = Policy::from_config(&MetricsConfig {
+            raw_retention_days: 2,
+            rollup_retention_days: 30,
+            results_retention_days: 3,
+            ..MetricsConfig::default()
+        });
+        let now = 100 * DAY_MS + 123_456;
+        let c = policy.cutoffs(now);
+        assert_eq!(c.raw_before_ms, 98 * DAY_MS);
+        assert_eq!(c.rollups_before_ms, 70 * DAY_MS + 123_456);
+        assert_eq!(c.results_before_ms, 97 * DAY_MS + 123_456);
+    }
+}

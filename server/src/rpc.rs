@@ -1,0 +1,202 @@
+//! `POST /api/v1/agents/{fp}/run`: run a configured check or an ad-hoc
+//! script on a connected agent now, and answer with its result.
+//!
+//! The request goes to the agent's session as `RunCheck`/`RunScript` with a
+//! fresh correlation id; the handler waits for the matching `RpcResult`
+//! for the run's own timeout plus [`RPC_MARGIN`]. Outcomes, each one
+//! sentence in the API's error body:
+//!
+//! | outcome                                 | status |
+//! |-----------------------------------------|--------|
+//! | result                                  | 200    |
+//! | bad body, unknown check, script too big | 400    |
+//! | unknown agent                           | 404    |
+//! | ad-hoc scripts not allowed on the agent | 403    |
+//! | agent not connected / left mid-call     | 409    |
+//! | agent answered that it could not run it | 422    |
+//! | too many calls waiting for the agent    | 429    |
+//! | no answer in time                       | 504    |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use outrider_protocol::AgentConfig;
+use outrider_protocol::api::{AgentInfo, RunRequest, RunResponse};
+use outrider_protocol::{CheckResult, Fingerprint, MAX_SCRIPT_BYTES, ServerMessage};
+use tokio::sync::oneshot;
+
+use crate::AppState;
+use crate::api::parse_fp;
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::sessions::{RpcAnswer, SendRpcError};
+
+/// Extra time over the run's own timeout for the round trip.
+pub const RPC_MARGIN: Duration = Duration::from_secs(10);
+
+/// Timeout of an ad-hoc script when the request gives none.
+pub const DEFAULT_SCRIPT_TIMEOUT_SECS: u32 = 60;
+
+/// Longest timeout a request may ask for.
+pub const MAX_RUN_TIMEOUT_SECS: u32 = 3_600;
+
+/// Builds the message of one call from its correlation id.
+type MakeRpc = Box<dyn FnOnce(String) -> ServerMessage + Send>;
+
+/// The handler; see the module documentation for its outcomes.
+pub async fn run(
+    State(state): State<Arc<AppState>>,
+    ApiPath(fp): ApiPath<String>,
+    ApiJson(req): ApiJson<RunRequest>,
+) -> Result<Json<RunResponse>, ApiError> {
+    let fp = parse_fp(&fp)?;
+    let agent = state
+        .store
+        .agent(&fp)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no agent with fingerprint {fp}")))?;
+    let config = state.configs.get(&fp).unwrap_or_default();
+    let (message, run_secs) = request(req, &fp, &agent, &config)?;
+    let (guard, answer) = state.sessions.send_rpc(&fp, message).map_err(|e| match e {
+        SendRpcError::NotConnected(_) => ApiError::Conflict(format!(
+            "agent {fp} ({}) is not connected (presence: {}); it cannot run anything now",
+            agent.hostname,
+            agent.presence.as_str()
+        )),
+        e @ SendRpcError::TooMany(_) => ApiError::TooManyRequests(e.to_string()),
+    })?;
+    let wait = Duration::from_secs(u64::from(run_secs)) + RPC_MARGIN;
+    let outcome = wait_for(&fp, answer, wait).await;
+    let id = guard.id().to_owned();
+    drop(guard);
+    Ok(Json(RunResponse {
+        id,
+        result: outcome?,
+    }))
+}
+
+/// Builds the RPC a request asks for (given its correlation id) and the
+/// run's own timeout in seconds; refuses what the agent must not get.
+fn request(
+    req: RunRequest,
+    fp: &Fingerprint,
+    agent: &AgentInfo,
+    config: &AgentConfig,
+) -> Result<(MakeRpc, u32), ApiError> {
+    Ok(match (req.check, req.script) {
+        (Some(check), None) => {
+            if req.interpreter.is_some() || req.timeout_secs.is_some() {
+                return Err(ApiError::BadRequest(
+                    "interpreter and timeout_secs apply to scripts, not checks".into(),
+                ));
+            }
+            let spec = config
+                .checks
+                .iter()
+                .find(|c| c.name == check)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "agent {fp} has no check named {check:?} in its configuration"
+                    ))
+                })?;
+            let secs = spec.timeout_secs;
+            (
+                Box::new(move |id| ServerMessage::RunCheck { id, check }),
+                secs,
+            )
+        }
+        (None, Some(script)) => {
+            if script.len() > MAX_SCRIPT_BYTES {
+                return Err(ApiError::BadRequest(format!(
+                    "script of {} bytes exceeds the limit of {MAX_SCRIPT_BYTES} bytes",
+                    script.len()
+                )));
+            }
+            if script.trim().is_empty() {
+                return Err(ApiError::BadRequest("script is empty".into()));
+            }
+            let timeout_secs = req.timeout_secs.unwrap_or(DEFAULT_SCRIPT_TIMEOUT_SECS);
+            if !(1..=MAX_RUN_TIMEOUT_SECS).contains(&timeout_secs) {
+                return Err(ApiError::BadRequest(format!(
+                    "timeout_secs must be between 1 and {MAX_RUN_TIMEOUT_SECS}, got {timeout_secs}"
+                )));
+            }
+            if let Some(ext) = &req.interpreter
+                && (ext.is_empty()
+                    || ext.len() > 16
+                    || !ext.bytes().all(|b| b.is_ascii_alphanumeric()))
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "interpreter {ext:?} must be a file extension such as sh or py"
+                )));
+            }
+            if !agent.allow_adhoc {
+                return Err(ApiError::Forbidden(format!(
+                    "agent {fp} does not accept ad-hoc scripts; allow them with `outrider agents allow-adhoc {fp} on`"
+                )));
+            }
+            let interpreter = req.interpreter;
+            (
+                Box::new(move |id| ServerMessage::RunScript {
+                    id,
+                    script,
+                    interpreter,
+                    timeout_secs,
+                }),
+                timeout_secs,
+            )
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of check and script".into(),
+            ));
+        }
+    })
+}
+
+/// Waits up to `wait` for the agent's answer.
+async fn wait_for(
+    fp: &Fingerprint,
+    answer: oneshot::Receiver<RpcAnswer>,
+    wait: Duration,
+) -> Result<CheckResult, ApiError> {
+    match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(Ok(result))) => Ok(result),
+        Ok(Ok(Err(error))) => Err(ApiError::Unprocessable(format!(
+            "agent {fp} could not run it: {error}"
+        ))),
+        Ok(Err(_)) => Err(ApiError::Conflict(format!(
+            "agent {fp} disconnected before answering"
+        ))),
+        Err(_) => Err(ApiError::GatewayTimeout(format!(
+            "agent {fp} did not answer within {} s",
+            wait.as_secs()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_agent_is_a_504_after_the_wait_and_not_before() {
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        let (tx, rx) = oneshot::channel::<RpcAnswer>();
+        let start = tokio::time::Instant::now();
+        let err = wait_for(&fp, rx, Duration::from_secs(15))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::GatewayTimeout(_)), "{err:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        assert!(err.to_string().contains("within 15 s"), "{err}");
+        drop(tx);
+        let (tx, rx) = oneshot::channel::<RpcAnswer>();
+        drop(tx);
+        assert!(matches!(
+            wait_for(&fp, rx, Duration::from_secs(15)).await,
+            Err(ApiError::Conflict(_))
+        ));
+    }
+}

@@ -1,0 +1,782 @@
+//! Perfdata metrics: series ids, raw points and five-minute rollups.
+//!
+//! Layout (`metrics.sql`): `series` maps `(agent, check, label)` to a small
+//! integer id, so a raw point is three numbers (`series_id`, `ts_ms`,
+//! `value`) in a `WITHOUT ROWID` table keyed by `(series_id, ts_ms)`. A
+//! sample is stored at the time its check *started*, however late it
+//! arrives: an agent back from an outage delivers hours-old results and
+//! they land where they belong.
+//!
+//! Invariants:
+//! - Points are written only in the transaction that stores their result
+//!   for the first time (see `results.rs`), so a batch resent after a lost
+//!   ack never duplicates points.
+//! - [`SeriesCache`] holds only ids that exist in the database: ids learnt
+//!   in a transaction that rolled back are dropped with it (the caller
+//!   clears the cache when a transaction fails).
+//! - Retention ([`Store::retention_step`]) works on at most
+//!   [`SERIES_PER_STEP`] series per transaction and releases the connection
+//!   between steps, so ingest never waits behind one long write.
+//! - Rolling up is a merge (samples and sums add, min and max fold): a late
+//!   sample folded into an existing bucket gives the same row as if it had
+//!   arrived on time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use outrider_protocol::{CheckResult, Fingerprint};
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+use super::Store;
+
+/// Width of a rollup bucket.
+pub const ROLLUP_BUCKET_MS: i64 = 5 * 60 * 1000;
+
+/// Default bound of [`SeriesCache`]: enough for 10,000 agents with ten
+/// perfdata series each.
+pub const DEFAULT_SERIES_CACHE_ENTRIES: usize = 100_000;
+
+/// Most points one query returns; a wider range needs a coarser step.
+pub const MAX_QUERY_POINTS: usize = 10_000;
+
+/// Series handled by one retention transaction.
+pub const SERIES_PER_STEP: usize = 200;
+
+/// Agents whose old results one retention transaction deletes.
+pub const AGENTS_PER_STEP: usize = 50;
+
+/// Oldest results of one agent looked at per retention transaction.
+const RESULTS_PER_AGENT_STEP: usize = 500;
+
+/// Perfdata labels are cut to this many bytes; a plugin printing longer
+/// labels still gets a series, named by the prefix.
+const MAX_LABEL_BYTES: usize = 128;
+
+/// Units are cut to this many bytes.
+const MAX_UOM_BYTES: usize = 16;
+
+/// In-memory map `(agent, check, label)` → `(series id, unit)`, bounded:
+/// when full it is emptied and refilled from the database as series come
+/// back (an insert-or-select per series, once).
+#[derive(Debug)]
+pub struct SeriesCache {
+    ids: HashMap<String, (i64, String)>,
+    capacity: usize,
+    /// Scratch buffer for lookup keys, reused to avoid an allocation per sample.
+    key: String,
+}
+
+impl SeriesCache {
+    /// A cache holding at most `capacity` series (at least one).
+    pub fn new(capacity: usize) -> SeriesCache {
+        SeriesCache {
+            ids: HashMap::new(),
+            capacity: capacity.max(1),
+            key: String::new(),
+        }
+    }
+
+    /// Forgets everything; called when a transaction that may have created
+    /// series rolled back.
+    pub fn clear(&mut self) {
+        self.ids.clear();
+    }
+
+    /// Number of cached series.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Writes the perfdata of `result`, just stored for the first time, as raw
+/// points at `result.started_at_ms`. Returns the number of points written.
+pub(super) fn insert_points(
+    tx: &Transaction<'_>,
+    cache: &mut SeriesCache,
+    fingerprint: &str,
+    result: &CheckResult,
+) -> rusqlite::Result<usize> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO points (series_id, ts_ms, value) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut written = 0;
+    for perf in &result.perfdata {
+        // JSON cannot carry NaN or infinities, but a value decoded from a
+        // number too large for f64 becomes infinite.
+        if !perf.value.is_finite() {
+            continue;
+        }
+        let label = truncate(&perf.label, MAX_LABEL_BYTES);
+        let uom = truncate(&perf.uom, MAX_UOM_BYTES);
+        let id = series_id(tx, cache, fingerprint, &result.check, label, uom)?;
+        insert.execute(params![id, result.started_at_ms, perf.value])?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// The id of series `(fingerprint, check, label)`, created on first sight;
+/// records a changed unit.
+fn series_id(
+    tx: &Transaction<'_>,
+    cache: &mut SeriesCache,
+    fingerprint: &str,
+    check: &str,
+    label: &str,
+    uom: &str,
+) -> rusqlite::Result<i64> {
+    cache.key.clear();
+    // The parts cannot contain NUL in any form that matters: fingerprints
+    // and check names are validated, and a label is text from one plugin.
+    let _ = write!(cache.key, "{fingerprint}\0{check}\0{label}");
+    if let Some((id, cached_uom)) = cache.ids.get_mut(cache.key.as_str()) {
+        if cached_uom != uom {
+            tx.prepare_cached("UPDATE series SET uom = ?2 WHERE id = ?1")?
+                .execute(params![*id, uom])?;
+            uom.clone_into(cached_uom);
+        }
+        return Ok(*id);
+    }
+    let id: i64 = tx
+        .prepare_cached(
+            "INSERT INTO series (fingerprint, check_name, label, uom) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (fingerprint, check_name, label) DO UPDATE SET uom = excluded.uom
+             RETURNING id",
+        )?
+        .query_row(params![fingerprint, check, label, uom], |r| r.get(0))?;
+    if cache.ids.len() >= cache.capacity {
+        cache.ids.clear();
+    }
+    let key = cache.key.clone();
+    cache.ids.insert(key, (id, uom.to_owned()));
+    Ok(id)
+}
+
+/// `GET /api/v1/series`: one stored series.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesInfo {
+    pub agent: Fingerprint,
+    pub check: String,
+    /// The perfdata label.
+    pub metric: String,
+    /// Unit of measure the plugin printed last; empty when none.
+    pub uom: String,
+}
+
+/// What [`Store::query_series`] reads.
+#[derive(Clone, Debug)]
+pub struct SeriesQuery {
+    pub agent: Fingerprint,
+    pub check: String,
+    pub metric: String,
+    /// Start of the range, inclusive, Unix ms.
+    pub from_ms: i64,
+    /// End of the range, exclusive, Unix ms.
+    pub to_ms: i64,
+    /// Bucket width for aggregated points; `None` lets the store choose raw
+    /// points when the range holds few enough of them.
+    pub step_ms: Option<i64>,
+    /// Raw points older than this have been (or will be) folded into
+    /// rollups: a range reaching before it is answered from aggregates.
+    pub raw_since_ms: i64,
+}
+
+/// Whether points are raw samples or bucket aggregates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    Raw,
+    Aggregated,
+}
+
+/// `GET /api/v1/series/query`: the points of one series over a range.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoints {
+    pub agent: Fingerprint,
+    pub check: String,
+    pub metric: String,
+    pub uom: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub resolution: Resolution,
+    /// Bucket width of aggregated points; absent for raw points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_secs: Option<i64>,
+    /// Sorted by `ts_ms`.
+    pub points: Vec<Point>,
+}
+
+/// One point: a raw sample (`value` only) or a bucket starting at `ts_ms`
+/// (`value` is the mean; `min`, `max`, `count` describe the bucket).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub ts_ms: i64,
+    pub value: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// Cut-off times of one retention pass, Unix ms: data older is removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cutoffs {
+    /// Raw points before this are folded into rollups and deleted.
+    pub raw_before_ms: i64,
+    /// Rollups whose bucket starts before this are deleted.
+    pub rollups_before_ms: i64,
+    /// Check results started before this are deleted, except each check's
+    /// latest result.
+    pub results_before_ms: i64,
+}
+
+/// What one retention step did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// Cursor for the next step; `None` when the pass is complete.
+    pub next: Option<i64>,
+    pub points_rolled_up: u64,
+    pub rollups_deleted: u64,
+}
+
+impl Store {
+    /// Every series, optionally only those of one agent and/or check,
+    /// sorted by agent, check and metric.
+    pub async fn series(
+        &self,
+        agent: Option<Fingerprint>,
+        check: Option<String>,
+    ) -> anyhow::Result<Vec<SeriesInfo>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT fingerprint, check_name, label, uom FROM series
+                 WHERE (?1 IS NULL OR fingerprint = ?1) AND (?2 IS NULL OR check_name = ?2)
+                 ORDER BY fingerprint, check_name, label",
+            )?;
+            let rows = stmt.query_map(params![agent.as_ref().map(|a| a.as_str()), check], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (fp, check, metric, uom) = row?;
+                out.push(SeriesInfo {
+                    agent: fp.parse().context("stored fingerprint is malformed")?,
+                    check,
+                    metric,
+                    uom,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The points of one series over `[from_ms, to_ms)`; `None` when the
+    /// series does not exist.
+    ///
+    /// Without a step, raw points are returned when the range starts inside
+    /// the raw retention window and holds at most [`MAX_QUERY_POINTS`];
+    /// otherwise points are aggregated into buckets (at least
+    /// [`ROLLUP_BUCKET_MS`] wide when the range reaches the rollups), the
+    /// step chosen so there are at most [`MAX_QUERY_POINTS`] of them.
+    pub async fn query_series(&self, q: SeriesQuery) -> anyhow::Result<Option<SeriesPoints>> {
+        self.call(move |c| {
+            let found: Option<(i64, String)> = c
+                .prepare_cached(
+                    "SELECT id, uom FROM series WHERE fingerprint = ?1 AND check_name = ?2 AND label = ?3",
+                )?
+                .query_row(params![q.agent.as_str(), q.check, q.metric], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let Some((id, uom)) = found else {
+                return Ok(None);
+            };
+            let (resolution, step_ms, points) = match q.step_ms {
+                Some(step) => (Resolution::Aggregated, Some(step), aggregated(c, id, &q, step)?),
+                None => match raw(c, id, &q)? {
+                    Some(points) => (Resolution::Raw, None, points),
+                    None => {
+                        let step = auto_step_ms(&q);
+                        (Resolution::Aggregated, Some(step), aggregated(c, id, &q, step)?)
+                    }
+                },
+            };
+            Ok(Some(SeriesPoints {
+                agent: q.agent,
+                check: q.check,
+                metric: q.metric,
+                uom,
+                from_ms: q.from_ms,
+                to_ms: q.to_ms,
+                resolution,
+                step_secs: step_ms.map(|s| s / 1000),
+                points,
+            }))
+        })
+        .await
+    }
+
+    /// One bounded retention step over the series with ids after `after`:
+    /// folds raw points older than the cut-off into rollups, deletes them,
+    /// and deletes expired rollups, all in one transaction.
+    pub async fn retention_step(
+        &self,
+        after: i64,
+        cutoffs: Cutoffs,
+    ) -> anyhow::Result<StepOutcome> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let ids: Vec<i64> = {
+                let mut stmt =
+                    tx.prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+                stmt.query_map(params![after, SERIES_PER_STEP as i64], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let mut outcome = StepOutcome::default();
+            {
+                let mut fold = tx.prepare_cached(
+                    "INSERT INTO rollups (series_id, bucket_ms, samples, min_value, max_value, sum_value)
+                     SELECT series_id, ts_ms - (ts_ms % ?3), COUNT(*), MIN(value), MAX(value), SUM(value)
+                     FROM points WHERE series_id = ?1 AND ts_ms < ?2
+                     GROUP BY 2
+                     ON CONFLICT (series_id, bucket_ms) DO UPDATE SET
+                         samples = samples + excluded.samples,
+                         min_value = MIN(min_value, excluded.min_value),
+                         max_value = MAX(max_value, excluded.max_value),
+                         sum_value = sum_value + excluded.sum_value",
+                )?;
+                let mut delete_points =
+                    tx.prepare_cached("DELETE FROM points WHERE series_id = ?1 AND ts_ms < ?2")?;
+                let mut delete_rollups =
+                    tx.prepare_cached("DELETE FROM rollups WHERE series_id = ?1 AND bucket_ms < ?2")?;
+                for &id in &ids {
+                    fold.execute(params![id, cutoffs.raw_before_ms, ROLLUP_BUCKET_MS])?;
+                    outcome.points_rolled_up +=
+                        delete_points.execute(params![id, cutoffs.raw_before_ms])? as u64;
+                    outcome.rollups_deleted +=
+                        delete_rollups.execute(params![id, cutoffs.rollups_before_ms])? as u64;
+                }
+            }
+            tx.commit()?;
+            outcome.next = (ids.len() == SERIES_PER_STEP).then(|| ids[ids.len() - 1]);
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// One bounded retention step over check results: for up to
+    /// [`AGENTS_PER_STEP`] agents after `after` (a fingerprint; `""` to
+    /// start), deletes results started before the cut-off among each agent's
+    /// oldest (by seq), keeping every check's latest result. Returns the
+    /// cursor for the next step (`None` when done) and the rows deleted.
+    pub async fn results_retention_step(
+        &self,
+        after: String,
+        results_before_ms: i64,
+    ) -> anyhow::Result<(Option<String>, u64)> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let agents: Vec<String> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT fingerprint FROM agents WHERE fingerprint > ?1 ORDER BY fingerprint LIMIT ?2",
+                )?;
+                stmt.query_map(params![after, AGENTS_PER_STEP as i64], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let mut deleted = 0u64;
+            {
+                // Sequence numbers grow with time for one agent, so the old
+                // results are the lowest seqs: look at a bounded prefix only.
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM results WHERE fingerprint = ?1 AND seq IN (
+                         SELECT seq FROM (SELECT seq, started_at_ms FROM results
+                                          WHERE fingerprint = ?1 ORDER BY seq LIMIT ?3)
+                         WHERE started_at_ms < ?2)
+                     AND seq NOT IN (SELECT seq FROM latest_results WHERE fingerprint = ?1)",
+                )?;
+                for fp in &agents {
+                    deleted += delete.execute(params![
+                        fp,
+                        results_before_ms,
+                        RESULTS_PER_AGENT_STEP as i64
+                    ])? as u64;
+                }
+            }
+            tx.commit()?;
+            let next = (agents.len() == AGENTS_PER_STEP).then(|| agents[agents.len() - 1].clone());
+            Ok((next, deleted))
+        })
+        .await
+    }
+}
+
+/// Raw points of the range, or `None` when the range reaches before the raw
+/// window or holds more than [`MAX_QUERY_POINTS`].
+fn raw(c: &rusqlite::Connection, id: i64, q: &SeriesQuery) -> anyhow::Result<Option<Vec<Point>>> {
+    if q.from_ms < q.raw_since_ms {
+        return Ok(None);
+    }
+    let mut stmt = c.prepare_cached(
+        "SELECT ts_ms, value FROM points WHERE series_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3
+         ORDER BY ts_ms LIMIT ?4",
+    )?;
+    let points: Vec<Point> = stmt
+        .query_map(
+            params![id, q.from_ms, q.to_ms, MAX_QUERY_POINTS as i64 + 1],
+            |r| {
+                Ok(Point {
+                    ts_ms: r.get(0)?,
+                    value: r.get(1)?,
+                    min: None,
+                    max: None,
+                    count: None,
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((points.len() <= MAX_QUERY_POINTS).then_some(points))
+}
+
+/// The step [`Store::query_series`] picks when raw points will not do:
+/// whole seconds, at most [`MAX_QUERY_POINTS`] buckets, and a multiple of
+/// the rollup bucket when the range reaches the rollups.
+fn auto_step_ms(q: &SeriesQuery) -> i64 {
+    let span = (q.to_ms - q.from_ms).max(1);
+    let mut step = ceil_div(span, MAX_QUERY_POINTS as i64).max(1000);
+    if q.from_ms < q.raw_since_ms {
+        step = step.max(ROLLUP_BUCKET_MS);
+        step = ceil_div(step, ROLLUP_BUCKET_MS) * ROLLUP_BUCKET_MS;
+    } else {
+        step = ceil_div(step, 1000) * 1000;
+    }
+    step
+}
+
+/// Buckets of `step` ms over the range, merging raw points and rollups
+/// (both may hold data for one bucket while a late sample waits to be
+/// folded). A rollup counts in the bucket its own start falls into.
+fn aggregated(
+    c: &rusqlite::Connection,
+    id: i64,
+    q: &SeriesQuery,
+    step: i64,
+) -> anyhow::Result<Vec<Point>> {
+    struct Acc {
+        count: u64,
+        min: f64,
+        max: f64,
+        sum: f64,
+    }
+    let mut buckets: BTreeMap<i64, Acc> = BTreeMap::new();
+    let sources = [
+        "SELECT ts_ms - (ts_ms % ?4), COUNT(*), MIN(value), MAX(value), SUM(value)
+         FROM points WHERE series_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 GROUP BY 1",
+        "SELECT bucket_ms - (bucket_ms % ?4), SUM(samples), MIN(min_value), MAX(max_value), SUM(sum_value)
+         FROM rollups WHERE series_id = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 GROUP BY 1",
+    ];
+    for sql in sources {
+        let mut stmt = c.prepare_cached(sql)?;
+        let mut rows = stmt.query(params![id, q.from_ms, q.to_ms, step])?;
+        while let Some(r) = rows.next()? {
+            let (bucket, count, min, max, sum): (i64, i64, f64, f64, f64) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+            let acc = buckets.entry(bucket).or_insert(Acc {
+                count: 0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                sum: 0.0,
+            });
+            acc.count += count as u64;
+            acc.min = acc.min.min(min);
+            acc.max = acc.max.max(max);
+            acc.sum += sum;
+        }
+    }
+    Ok(buckets
+        .into_iter()
+        .filter(|(_, a)| a.count > 0)
+        .map(|(ts_ms, a)| Point {
+            ts_ms,
+            value: a.sum / a.count as f64,
+            min: Some(a.min),
+            max: Some(a.max),
+            count: Some(a.count),
+        })
+        .collect())
+}
+
+/// `a / b` rounded up, for positive `a` and `b` (`i64::div_ceil` is unstable).
+fn ceil_div(a: i64, b: i64) -> i64 {
+    (a + b - 1) / b
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use outrider_protocol::{CheckState, PerfData};
+
+    use super::*;
+    use crate::store::Registration;
+
+    const HOUR_MS: i64 = 3_600_000;
+
+    fn perf(label: &str, value: f64, uom: &str) -> PerfData {
+        PerfData {
+            label: label.into(),
+            value,
+            uom: uom.into(),
+            warn: None,
+            crit: None,
+            min: None,
+            max: None,
+        }
+    }
+
+    fn result(seq: u64, started_at_ms: i64, perfdata: Vec<PerfData>) -> CheckResult {
+        CheckResult {
+            seq,
+            check: "disk".into(),
+            state: CheckState::Ok,
+            summary: "ok".into(),
+            long_output: String::new(),
+            perfdata,
+            started_at_ms,
+            duration_ms: 1,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, Store, Fingerprint) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("m.db")).await.unwrap();
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        store
+            .register(Registration {
+                fingerprint: fp.clone(),
+                public_key: "00".repeat(32),
+                hostname: "db-1".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                agent_version: "0.1.0".into(),
+                build_sha256: None,
+                build_version: None,
+                tags: Vec::new(),
+            })
+            .await
+            .unwrap();
+        (dir, store, fp)
+    }
+
+    fn query(fp: &Fingerprint, from_ms: i64, to_ms: i64, step_ms: Option<i64>) -> SeriesQuery {
+        SeriesQuery {
+            agent: fp.clone(),
+            check: "disk".into(),
+            metric: "used".into(),
+            from_ms,
+            to_ms,
+            step_ms,
+            raw_since_ms: 0,
+        }
+    }
+
+    async fn count(store: &Store, table: &'static str) -> i64 {
+        store
+            .call(move |c| {
+                Ok(c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn points_land_at_their_own_time_once_and_series_are_reused() {
+        let (_dir, store, fp) = store().await;
+        let now = crate::store::now_ms();
+        // Hours-old results after an outage, then a fresh one.
+        let batch = vec![
+            result(
+                1,
+                now - 5 * HOUR_MS,
+                vec![perf("used", 10.0, "%"), perf("free", 1.0, "B")],
+            ),
+            result(2, now - 4 * HOUR_MS, vec![perf("used", 20.0, "%")]),
+        ];
+        let first = store.ingest(&fp, batch.clone()).await.unwrap();
+        assert_eq!(
+            (first.acked_seq, first.stored.len(), first.samples),
+            (2, 2, 3)
+        );
+        // The same batch again (lost ack): nothing new, same ack.
+        let again = store.ingest(&fp, batch).await.unwrap();
+        assert_eq!(
+            (again.acked_seq, again.stored.len(), again.samples),
+            (2, 0, 0)
+        );
+        // A unit change keeps the series and records the new unit.
+        store
+            .ingest(&fp, vec![result(3, now, vec![perf("used", 30.0, "pct")])])
+            .await
+            .unwrap();
+        assert_eq!(count(&store, "points").await, 4);
+        let series = store.series(Some(fp.clone()), None).await.unwrap();
+        let names: Vec<_> = series
+            .iter()
+            .map(|s| (s.metric.as_str(), s.uom.as_str()))
+            .collect();
+        assert_eq!(names, [("free", "B"), ("used", "pct")]);
+        assert!(
+            store
+                .series(None, Some("other".into()))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let raw = store
+            .query_series(query(&fp, now - 6 * HOUR_MS, now + 1, None))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw.resolution, Resolution::Raw);
+        let got: Vec<_> = raw.points.iter().map(|p| (p.ts_ms, p.value)).collect();
+        assert_eq!(
+            got,
+            [
+                (now - 5 * HOUR_MS, 10.0),
+                (now - 4 * HOUR_MS, 20.0),
+                (now, 30.0)
+            ]
+        );
+        let missing = SeriesQuery {
+            metric: "nope".into(),
+            ..query(&fp, 0, now, None)
+        };
+        assert!(store.query_series(missing).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn retention_folds_old_points_into_rollups_and_merges_late_ones() {
+        let (_dir, store, fp) = store().await;
+        let bucket = 1_000 * ROLLUP_BUCKET_MS;
+        // Three samples in one old bucket, one in the next, one recent.
+        let old = vec![
+            result(1, bucket + 1_000, vec![perf("used", 1.0, "")]),
+            result(2, bucket + 2_000, vec![perf("used", 5.0, "")]),
+            result(3, bucket + 3_000, vec![perf("used", 3.0, "")]),
+            result(4, bucket + ROLLUP_BUCKET_MS, vec![perf("used", 7.0, "")]),
+            result(
+                5,
+                bucket + 10 * ROLLUP_BUCKET_MS,
+                vec![perf("used", 9.0, "")],
+            ),
+        ];
+        store.ingest(&fp, old).await.unwrap();
+        let cutoffs = Cutoffs {
+            raw_before_ms: bucket + 5 * ROLLUP_BUCKET_MS,
+            rollups_before_ms: 0,
+            results_before_ms: 0,
+        };
+        let step = store.retention_step(0, cutoffs).await.unwrap();
+        assert_eq!((step.next, step.points_rolled_up), (None, 4));
+        assert_eq!(count(&store, "points").await, 1);
+        assert_eq!(count(&store, "rollups").await, 2);
+
+        // A late sample for the first bucket arrives and is folded in.
+        store
+            .ingest(
+                &fp,
+                vec![result(6, bucket + 4_000, vec![perf("used", 11.0, "")])],
+            )
+            .await
+            .unwrap();
+        // Before the next pass, a query merges raw and rollup data.
+        let q = query(
+            &fp,
+            bucket,
+            bucket + 20 * ROLLUP_BUCKET_MS,
+            Some(ROLLUP_BUCKET_MS),
+        );
+        let before = store.query_series(q.clone()).await.unwrap().unwrap();
+        store.retention_step(0, cutoffs).await.unwrap();
+        let after = store.query_series(q).await.unwrap().unwrap();
+        assert_eq!(before, after);
+        assert_eq!(after.resolution, Resolution::Aggregated);
+        assert_eq!(after.step_secs, Some(300));
+        let first = &after.points[0];
+        assert_eq!(
+            (first.ts_ms, first.value, first.min, first.max, first.count),
+            (bucket, 5.0, Some(1.0), Some(11.0), Some(4))
+        );
+        assert_eq!(after.points.len(), 3);
+        assert_eq!(after.points[1].count, Some(1));
+        assert_eq!(after.points[2].value, 9.0);
+        assert_eq!(count(&store, "rollups").await, 2);
+
+        // Expired rollups go; the recent raw point stays.
+        let expire = Cutoffs {
+            rollups_before_ms: bucket + 2 * ROLLUP_BUCKET_MS,
+            ..cutoffs
+        };
+        let step = store.retention_step(0, expire).await.unwrap();
+        assert_eq!(step.rollups_deleted, 2);
+        assert_eq!(count(&store, "points").await, 1);
+    }
+
+    #[tokio::test]
+    async fn old_results_go_but_each_checks_latest_stays() {
+        let (_dir, store, fp) = store().await;
+        let batch: Vec<_> = (1..=5)
+            .map(|s| result(s, s as i64 * 1_000, vec![]))
+            .collect();
+        store.ingest(&fp, batch).await.unwrap();
+        let (next, deleted) = store
+            .results_retention_step(String::new(), 10_000)
+            .await
+            .unwrap();
+        assert_eq!((next, deleted), (None, 4));
+        let latest = store.latest_results(None).await.unwrap();
+        assert_eq!(latest[0].seq, 5);
+    }
+
+    #[tokio::test]
+    async fn wide_ranges_without_a_step_are_aggregated() {
+        let (_dir, store, fp) = store().await;
+        let batch: Vec<_> = (1..=3)
+            .map(|s| result(s, s as i64 * 1_000, vec![perf("used", s as f64, "")]))
+            .collect();
+        store.ingest(&fp, batch).await.unwrap();
+        // Reaching before the raw window: rollup-sized buckets.
+        let q = SeriesQuery {
+            raw_since_ms: 2_000,
+            ..query(&fp, 0, 40 * 86_400_000, None)
+        };
+        let got = store.query_series(q).await.unwrap().unwrap();
+        assert_eq!(got.resolution, Resolution::Aggregated);
+        assert_eq!(got.step_secs, Some(600));
+        assert_eq!(got.points.len(), 1);
+        assert_eq!(got.points[0].count, Some(3));
+        assert_eq!(got.points[0].value, 2.0);
+    }
+}
