@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use outrider_tests::{
-    ENROLLMENT_TOKEN, Keys, TestServer, agent_library, bin_dir, secs, sha256_file, wait_until,
-};
+use outrider_tests::{ENROLLMENT_TOKEN, Keys, TestServer, bin_dir, secs, sha256_file, wait_until};
 use serde_json::Value;
 
 /// A server with a release on channel `dev`, made the way operators make
