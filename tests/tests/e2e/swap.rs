@@ -303,12 +303,23 @@ fn every_crash_point_of_a_swap_leaves_a_verified_build_to_run() {
             "{step}: killed by SIGABRT"
         );
 
-        // Half-written builds the crash left behind (the restarted stub may
-        // start a fresh download of v2 at once: only these must be gone).
-        let crashed_tmp: Vec<String> = agent
+        // Half-written builds the crash left behind, by inode: the restarted
+        // stub may at once start a fresh download of v2 under the same name,
+        // and only the crash's own directories must be gone.
+        let versions = agent.prefix.path().join("versions");
+        let inode = |name: &str| {
+            std::fs::metadata(versions.join(name))
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        };
+        let crashed_tmp: Vec<(String, Option<u64>)> = agent
             .installed_versions()
             .into_iter()
             .filter(|v| v.starts_with(".tmp"))
+            .map(|v| {
+                let ino = inode(&v);
+                (v, ino)
+            })
             .collect();
         let agent = TestAgent::restart(agent);
         let state = wait_until(
@@ -337,10 +348,10 @@ fn every_crash_point_of_a_swap_leaves_a_verified_build_to_run() {
             sha,
             "{step}: running an intact build"
         );
-        let leftovers: Vec<String> = agent
-            .installed_versions()
-            .into_iter()
-            .filter(|v| crashed_tmp.contains(v))
+        let leftovers: Vec<&String> = crashed_tmp
+            .iter()
+            .filter(|(name, ino)| inode(name) == *ino)
+            .map(|(name, _)| name)
             .collect();
         assert!(
             leftovers.is_empty(),
