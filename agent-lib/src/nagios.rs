@@ -179,6 +179,65 @@ fn split_number(s: &str) -> Option<(f64, &str)> {
     value.is_finite().then_some((value, &s[i..]))
 }
 
+/// A Nagios threshold range (plugin guidelines, "Threshold and ranges"):
+/// `10` alerts outside `0..=10`, `10:` below 10, `~:10` above 10, `10:20`
+/// outside `10..=20`, and a leading `@` inverts (alert *inside*).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    /// Lower bound (`-inf` for `~`).
+    pub start: f64,
+    /// Upper bound (`+inf` when omitted after `:`).
+    pub end: f64,
+    /// `@`: alert when the value is inside.
+    pub inside: bool,
+}
+
+impl Range {
+    /// Parses a range; fails naming what is wrong.
+    pub fn parse(text: &str) -> Result<Range, String> {
+        let bad = |why: &str| format!("{text:?} is not a Nagios range ({why})");
+        let (inside, body) = match text.strip_prefix('@') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let number = |s: &str| -> Result<f64, String> {
+            match split_number(s) {
+                Some((v, "")) => Ok(v),
+                _ => Err(bad(&format!("{s:?} is not a number"))),
+            }
+        };
+        let (start, end) = match body.split_once(':') {
+            None if body.is_empty() => return Err(bad("it is empty")),
+            None => (0.0, number(body)?),
+            Some((lo, hi)) => {
+                let start = if lo == "~" {
+                    f64::NEG_INFINITY
+                } else if lo.is_empty() {
+                    0.0
+                } else {
+                    number(lo)?
+                };
+                let end = if hi.is_empty() {
+                    f64::INFINITY
+                } else {
+                    number(hi)?
+                };
+                (start, end)
+            }
+        };
+        if start > end {
+            return Err(bad("the start is above the end"));
+        }
+        Ok(Range { start, end, inside })
+    }
+
+    /// Whether `value` raises the alert this range describes.
+    pub fn alerts(&self, value: f64) -> bool {
+        let within = self.start <= value && value <= self.end;
+        within == self.inside
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +353,20 @@ mod tests {
         let out = parse_output("CRIT\nfirst\n\nthird\n\n");
         assert_eq!(out.long_output, "first\n\nthird");
         assert!(out.perfdata.is_empty());
+    }
+
+    #[test]
+    fn ranges_follow_the_plugin_guidelines() {
+        let alerts = |r: &str, v: f64| Range::parse(r).unwrap().alerts(v);
+        assert!(!alerts("10", 10.0) && alerts("10", 10.5) && alerts("10", -1.0));
+        assert!(alerts("10:", 9.0) && !alerts("10:", 1e9));
+        assert!(alerts("~:10", 11.0) && !alerts("~:10", -1e9));
+        assert!(alerts("10:20", 9.0) && !alerts("10:20", 15.0) && alerts("10:20", 21.0));
+        assert!(alerts("@10:20", 15.0) && !alerts("@10:20", 25.0));
+        assert!(alerts("@5", 0.0) && !alerts("@5", 6.0));
+        for bad in ["", "x", "5:1", "1:x", "@"] {
+            let err = Range::parse(bad).unwrap_err();
+            assert!(err.contains("not a Nagios range"), "{err}");
+        }
     }
 }
