@@ -236,6 +236,13 @@ pub async fn run_plugin(
         text = String::from_utf8_lossy(&err.buf).into_owned();
     }
     let mut parsed = parse_output(&text);
+    if let Some(note) = parsed.skipped_note() {
+        parsed.long_output = if parsed.long_output.is_empty() {
+            note
+        } else {
+            format!("{}\n{note}", parsed.long_output)
+        };
+    }
     if out.dropped > 0 {
         let note = format!(
             "[output truncated: {} bytes over the {OUTPUT_CAP}-byte limit discarded]",
