@@ -9,14 +9,17 @@
 //!
 //! Handshake: `Challenge` → `Hello` (signed; carries the tags, the resume
 //! token of the last `Welcome` and the running config version) →
-//! `Welcome`/`Rejected`. A `Welcome` records the resume token and the
-//! fallback addresses (persisted, see `dns.rs`) and reports resolver health
-//! as an `outrider.dns` result when it changed.
+//! `Welcome`/`Rejected`. The enrollment token is sent until the server has
+//! welcomed this key once (see [`saved`]); every Hello carries the signed
+//! proof of key possession. A `Welcome` records the resume token, the
+//! fallback addresses and the enrollment (persisted, see [`saved`]) and
+//! reports resolver health as an `outrider.dns` result when it changed.
 //!
 //! Reconnects use one [`Backoff`] (reset after every session that got a
 //! `Welcome`); a `Rejected` waits at least [`REJECTED_RETRY`]. Every
 //! (re)connect resends all un-acked results; the server dedups by seq.
 
+pub mod saved;
 mod session;
 
 use std::net::SocketAddr;
@@ -37,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{AgentSettings, Transport};
-use crate::dns::{AddrSource, DNS_CHECK, Fallbacks, dns_outcome};
+use crate::dns::{AddrSource, DNS_CHECK, dns_outcome};
 use crate::error::AgentError;
 use crate::host::{Health, HostHooks};
 use crate::identity::Identity;
@@ -46,6 +49,7 @@ use crate::plugins::PluginCache;
 use crate::rpc::Rpc;
 use crate::scheduler::Scheduler;
 use crate::state::ConnectionState;
+use saved::SavedConnection;
 
 /// Time allowed per address for TCP connect, TLS and the websocket upgrade.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +82,7 @@ pub struct ConnectionTiming {
     pub close_timeout: Duration,
     pub send_timeout: Duration,
     pub plugin_chunk_timeout: Duration,
+    pub rejected_retry: Duration,
 }
 
 impl Default for ConnectionTiming {
@@ -91,6 +96,7 @@ impl Default for ConnectionTiming {
             close_timeout: CLOSE_TIMEOUT,
             send_timeout: SEND_TIMEOUT,
             plugin_chunk_timeout: PLUGIN_CHUNK_TIMEOUT,
+            rejected_retry: REJECTED_RETRY,
         }
     }
 }
@@ -140,11 +146,11 @@ impl<'a> Connection<'a> {
     ) -> Connection<'a> {
         let host = &settings.endpoint.host;
         let memory = match carried {
-            Some(memory) if memory.fallbacks.host == *host => memory,
+            Some(memory) if memory.saved.host == *host => memory,
             _ => ConnectionState {
-                fallbacks: Fallbacks::load(&settings.data_dir, host).unwrap_or_else(|e| {
+                saved: SavedConnection::load(&settings.data_dir, host).unwrap_or_else(|e| {
                     hooks.warn(&format!("{e}; starting without DNS fallback addresses"));
-                    Fallbacks::empty(host)
+                    SavedConnection::empty(host)
                 }),
                 ..ConnectionState::default()
             },
@@ -189,16 +195,26 @@ impl<'a> Connection<'a> {
                     degraded_reported = false;
                     match self.session(ws, scheduler, rpc).await {
                         SessionEnd::Stopped => return,
-                        SessionEnd::Lost(e) => (
-                            format!("connection to {url} lost: {e}"),
-                            backoff.next_delay(),
-                        ),
+                        SessionEnd::Lost(e) => {
+                            if matches!(e, AgentError::Rejected { .. }) {
+                                self.forget_enrollment();
+                            }
+                            (
+                                format!("connection to {url} lost: {e}"),
+                                backoff.next_delay(),
+                            )
+                        }
                     }
                 }
-                Err(e @ AgentError::Rejected { .. }) => (
-                    format!("{e} (at {url})"),
-                    backoff.next_delay().max(REJECTED_RETRY),
-                ),
+                Err(e @ AgentError::Rejected { .. }) => {
+                    self.forget_enrollment();
+                    (
+                        format!("{e} (at {url})"),
+                        backoff
+                            .next_delay()
+                            .max(self.settings.timing.rejected_retry),
+                    )
+                }
                 Err(e) => (
                     format!("cannot reach server at {url}: {e}"),
                     backoff.next_delay(),
@@ -234,7 +250,14 @@ impl<'a> Connection<'a> {
             fingerprint: self.identity.fingerprint().clone(),
             public_key: self.identity.public_key_hex(),
             signature: self.identity.sign_challenge(&nonce),
-            enrollment_token: self.settings.agent.enrollment_token.clone(),
+            // The org token only until the server has welcomed this key.
+            enrollment_token: if self.memory.saved.enrolled_as.as_ref()
+                == Some(self.identity.fingerprint())
+            {
+                None
+            } else {
+                self.settings.agent.enrollment_token.clone()
+            },
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
@@ -283,13 +306,13 @@ impl<'a> Connection<'a> {
             ));
         }
         self.memory.resume_token = Some(resume_token.clone()).filter(|t| !t.is_empty());
-        if self.memory.fallbacks.record(dialed.addr.ip(), server_addrs)
-            && let Err(e) = self.memory.fallbacks.save(&self.settings.data_dir)
+        let fingerprint = self.identity.fingerprint();
+        if self
+            .memory
+            .saved
+            .record(dialed.addr.ip(), server_addrs, fingerprint)
         {
-            self.hooks.warn(&format!(
-                "cannot save the DNS fallback addresses in {}: {e}",
-                self.settings.data_dir.display()
-            ));
+            self.save_memory();
         }
         let broken = dialed.resolver_error.is_some();
         if broken != self.memory.dns_broken {
@@ -311,6 +334,25 @@ impl<'a> Connection<'a> {
             self.identity.fingerprint(),
             if *resumed { " (session resumed)" } else { "" },
         ));
+    }
+
+    /// After a `Rejected`: present the enrollment token again next time, in
+    /// case the server forgot this agent.
+    fn forget_enrollment(&mut self) {
+        if self.memory.saved.enrolled_as.take().is_some() {
+            self.hooks
+                .info("the next attempt presents the enrollment token again");
+            self.save_memory();
+        }
+    }
+
+    fn save_memory(&self) {
+        if let Err(e) = self.memory.saved.save(&self.settings.data_dir) {
+            self.hooks.warn(&format!(
+                "cannot save the connection memory in {}: {e}",
+                self.settings.data_dir.display()
+            ));
+        }
     }
 
     /// Finds the server's addresses (resolver, then the fallback chain) and
@@ -344,7 +386,7 @@ impl<'a> Connection<'a> {
                                 format!("no answer within {} ms", timing.dns_timeout.as_millis())
                             }
                         };
-                        (self.memory.fallbacks.candidates(endpoint.port), Some(error))
+                        (self.memory.saved.candidates(endpoint.port), Some(error))
                     }
                 }
             }

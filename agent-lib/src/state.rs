@@ -41,7 +41,7 @@ pub struct StateBlob {
     /// rhythm instead of starting it again after a random jitter.
     #[serde(default)]
     pub next_runs: std::collections::BTreeMap<String, crate::scheduler::NextRun>,
-    /// The connection's memory: resume token, DNS fallbacks.
+    /// The connection's memory: resume token, DNS fallbacks, enrollment.
     #[serde(default)]
     pub connection: Option<ConnectionState>,
 }
@@ -52,9 +52,9 @@ pub struct ConnectionState {
     /// `Welcome.resume_token` of the last session, presented in the next Hello.
     #[serde(default)]
     pub resume_token: Option<String>,
-    /// Addresses to dial when the resolver fails.
+    /// DNS fallback addresses and enrollment, as also saved on disk.
     #[serde(default)]
-    pub fallbacks: crate::dns::Fallbacks,
+    pub saved: crate::connection::saved::SavedConnection,
     /// Whether the last report for `outrider.dns` said the resolver is broken.
     #[serde(default)]
     pub dns_broken: bool,
@@ -116,10 +116,11 @@ mod tests {
             seq_synced: true,
             connection: Some(ConnectionState {
                 resume_token: Some("r1".into()),
-                fallbacks: crate::dns::Fallbacks {
+                saved: crate::connection::saved::SavedConnection {
                     host: "mon.example".into(),
                     last_good_ip: Some("192.0.2.1".parse().unwrap()),
                     server_addrs: vec!["192.0.2.2".parse().unwrap()],
+                    enrolled_as: Some("0123456789abcdef0123".parse().unwrap()),
                 },
                 dns_broken: true,
             }),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use outrider_agent::{AgentError, AgentSettings, Health};
+use outrider_agent::{AgentError, AgentSettings, ConnectionTiming, Health};
 use outrider_protocol::{AgentConfig, CheckState, ServerMessage, Welcome};
 
 use crate::support::{
@@ -242,7 +242,7 @@ async fn broken_dns_falls_back_to_the_last_good_ip_verifies_tls_and_reports_it()
     let blob = agent.join().await;
     let memory = blob.connection.expect("connection section");
     assert_eq!(
-        memory.fallbacks.last_good_ip,
+        memory.saved.last_good_ip,
         Some("127.0.0.1".parse().unwrap())
     );
     assert!(!memory.dns_broken);
@@ -295,6 +295,63 @@ async fn with_the_last_good_ip_gone_the_addresses_the_server_listed_are_tried() 
         "{}",
         dns.summary
     );
+    agent.request_stop();
+    conn.expect_goodbye().await;
+    agent.join().await;
+}
+
+#[tokio::test]
+async fn the_enrollment_token_goes_until_welcomed_and_again_after_a_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start().await;
+    let timing = ConnectionTiming {
+        rejected_retry: Duration::from_millis(100),
+        ..fast_timing()
+    };
+    let options = || AgentOptions {
+        timing: Some(timing),
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start_with(dir.path(), &server.url, options());
+    let mut conn = server.accept().await;
+    let first = conn.handshake(0).await;
+    assert_eq!(first.enrollment_token.as_deref(), Some("tok-123"));
+    drop(conn);
+
+    // Welcomed once: later Hellos prove possession of the same key (the
+    // fake server verifies the signature over its nonce) without the token.
+    let mut conn = server.accept().await;
+    let second = conn.handshake(0).await;
+    assert_eq!(second.enrollment_token, None);
+    assert_eq!(
+        (&second.fingerprint, &second.public_key),
+        (&first.fingerprint, &first.public_key)
+    );
+    assert_ne!(second.signature, "", "signed proof on every Hello");
+    agent.request_stop();
+    conn.expect_goodbye().await;
+    agent.join().await;
+
+    // A restart without a state blob remembers the enrollment on disk; a
+    // rejection (say the server lost its database) brings the token back.
+    let agent = Agent::start_with(dir.path(), &server.url, options());
+    let mut conn = server.accept().await;
+    conn.send(ServerMessage::Challenge {
+        nonce: "11".repeat(32),
+    })
+    .await;
+    let outrider_protocol::AgentMessage::Hello(third) = conn.recv().await else {
+        panic!("expected hello")
+    };
+    assert_eq!(third.enrollment_token, None);
+    conn.send(ServerMessage::Rejected {
+        reason: "unknown agent; enrollment token required".into(),
+    })
+    .await;
+    drop(conn);
+    let mut conn = server.accept().await;
+    let fourth = conn.handshake(0).await;
+    assert_eq!(fourth.enrollment_token.as_deref(), Some("tok-123"));
     agent.request_stop();
     conn.expect_goodbye().await;
     agent.join().await;
