@@ -308,6 +308,10 @@ impl Spool {
         let (first, mut offset) = start.unwrap_or((0, 0));
         let mut body = Vec::new();
         for segment in self.segments.iter().skip(first) {
+            if offset >= segment.bytes {
+                offset = 0;
+                continue;
+            }
             let path = self.segment_path(segment.id);
             let opened = File::open(&path).and_then(|mut file| {
                 file.seek(SeekFrom::Start(offset))?;
