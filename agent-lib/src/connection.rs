@@ -185,9 +185,17 @@ impl<'a> Connection<'a> {
         let mut backoff = Backoff::reconnect();
         let mut degraded_reported = false;
         loop {
-            let opened = tokio::select! {
+            // Dialing stops at once on stop. The handshake does not: once
+            // the Hello is out the server may already count us connected,
+            // so it runs to the Welcome (bounded by the handshake timeout)
+            // and the session then says goodbye instead of vanishing.
+            let dialed = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                r = self.open(scheduler) => r,
+                r = self.dial() => r,
+            };
+            let opened = match dialed {
+                Ok((ws, dialed)) => self.handshake(ws, &dialed, scheduler).await,
+                Err(e) => Err(e),
             };
             let (failure, delay) = match opened {
                 Ok(ws) => {
@@ -233,9 +241,13 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Dials the server and runs the handshake up to `Welcome`.
-    async fn open(&mut self, scheduler: &Scheduler) -> Result<Ws, AgentError> {
-        let (mut ws, dialed) = self.dial().await?;
+    /// Runs the handshake on a fresh connection up to `Welcome`.
+    async fn handshake(
+        &mut self,
+        mut ws: Ws,
+        dialed: &Dialed,
+        scheduler: &Scheduler,
+    ) -> Result<Ws, AgentError> {
         let timing = &self.settings.timing;
         let nonce = match recv_within(&mut ws, timing, "the server's challenge").await? {
             ServerMessage::Challenge { nonce } => nonce,
@@ -272,7 +284,7 @@ impl<'a> Connection<'a> {
         send(&mut ws, timing, &AgentMessage::Hello(hello)).await?;
         match recv_within(&mut ws, timing, "the server's welcome").await? {
             ServerMessage::Welcome(welcome) => {
-                self.welcomed(&welcome, &dialed);
+                self.welcomed(&welcome, dialed);
                 Ok(ws)
             }
             ServerMessage::Rejected { reason } => {

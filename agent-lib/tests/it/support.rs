@@ -264,6 +264,12 @@ impl Drop for Agent {
     fn drop(&mut self) {
         // A failing test must not leave the agent thread running.
         self.stop.cancel();
+        if std::thread::panicking() {
+            // The agent's side of the story, for the failure report.
+            for (level, line) in self.hooks.logs.lock().unwrap().iter() {
+                eprintln!("agent log {level:?}: {line}");
+            }
+        }
     }
 }
 
@@ -333,6 +339,29 @@ impl FakeServer {
             tls: Some(cert.acceptor.clone()),
             url,
         }
+    }
+
+    /// Two TLS servers on the same port of `first_ip` and `second_ip` (a
+    /// server's two nodes); retries when the port is taken on the second.
+    pub async fn start_tls_pair(
+        first_ip: &str,
+        second_ip: &str,
+        host: &str,
+        cert: &TestCert,
+    ) -> (FakeServer, FakeServer) {
+        for _ in 0..20 {
+            let first = FakeServer::start_tls(&format!("{first_ip}:0"), host, cert).await;
+            let second_addr = format!("{second_ip}:{}", first.port());
+            if let Ok(listener) = TcpListener::bind(&second_addr).await {
+                let second = FakeServer {
+                    listener,
+                    tls: Some(cert.acceptor.clone()),
+                    url: first.url.clone(),
+                };
+                return (first, second);
+            }
+        }
+        panic!("no port free on both {first_ip} and {second_ip}");
     }
 
     /// The bound port.
@@ -502,13 +531,12 @@ impl ServerConn {
     }
 }
 
-/// Connection timing for tests: fast keepalives, short timeouts.
+/// Connection timing for tests: short connect and DNS timeouts, so a
+/// fallback address is reached quickly.
 pub fn fast_timing() -> ConnectionTiming {
     ConnectionTiming {
         connect_timeout: Duration::from_secs(2),
         dns_timeout: Duration::from_secs(1),
-        keepalive_interval: Duration::from_millis(100),
-        keepalive_timeout: Duration::from_millis(600),
         ..ConnectionTiming::default()
     }
 }
