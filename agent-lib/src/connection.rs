@@ -74,14 +74,23 @@ pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 /// Tests shorten them; production never changes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionTiming {
+    /// Per address: TCP connect, TLS and the websocket upgrade.
     pub connect_timeout: Duration,
+    /// Per handshake message from the server.
     pub handshake_timeout: Duration,
+    /// The system resolver's answer.
     pub dns_timeout: Duration,
+    /// Time between the agent's pings.
     pub keepalive_interval: Duration,
+    /// Silence after which a session is lost.
     pub keepalive_timeout: Duration,
+    /// Goodbye plus the close handshake.
     pub close_timeout: Duration,
+    /// Sending one frame.
     pub send_timeout: Duration,
+    /// The server's answer to one `GetPlugin`.
     pub plugin_chunk_timeout: Duration,
+    /// Shortest wait after a `Rejected`.
     pub rejected_retry: Duration,
 }
 

@@ -130,73 +130,16 @@ impl Connection<'_> {
         rpc: &mut Rpc,
         state: &mut SessionState,
     ) -> Result<(), AgentError> {
-        let timing = self.settings.timing;
         match msg {
-            ServerMessage::Config(config) => {
-                if let Err(source) = config.validate() {
-                    let e = AgentError::BadConfig {
-                        version: config.version,
-                        source,
-                    };
-                    let running = scheduler
-                        .config()
-                        .map_or("none".to_owned(), |c| c.version.to_string());
-                    self.hooks.error(&format!(
-                        "{e}; the running config (version {running}) stays"
-                    ));
-                    return Ok(());
-                }
-                let queue: VecDeque<PluginRef> = self.plugins.missing(&config).into();
-                if let Some(old) = &state.pending {
-                    self.hooks.info(&format!(
-                        "config version {} replaces version {} while its plugins were downloading",
-                        config.version, old.config.version
-                    ));
-                }
-                if !queue.is_empty() {
-                    self.hooks.info(&format!(
-                        "config version {} needs {} plugins; downloading",
-                        config.version,
-                        queue.len()
-                    ));
-                }
-                state.pending = Some(PendingConfig {
-                    config,
-                    queue,
-                    current: None,
-                    deadline: Instant::now(),
-                });
-                self.fetch_next(ws, scheduler, state).await?;
-            }
+            ServerMessage::Config(config) => self.on_config(config, ws, scheduler, state).await?,
             ServerMessage::PluginChunk {
                 sha256,
                 offset,
                 total,
                 data,
             } => {
-                let Some(download) = current_download(state, &sha256) else {
-                    self.hooks.warn(&format!(
-                        "ignoring a chunk of plugin {sha256} nobody asked for"
-                    ));
-                    return Ok(());
-                };
-                match download.accept(offset, total, &data) {
-                    Ok(Progress::More { offset }) => {
-                        let get = AgentMessage::GetPlugin { sha256, offset };
-                        send(ws, &timing, &get).await?;
-                        if let Some(p) = state.pending.as_mut() {
-                            p.deadline = Instant::now() + timing.plugin_chunk_timeout;
-                        }
-                    }
-                    Ok(Progress::Complete) => {
-                        self.install_current(state).await;
-                        self.fetch_next(ws, scheduler, state).await?;
-                    }
-                    Err(e) => {
-                        self.fetch_failed(state, e);
-                        self.fetch_next(ws, scheduler, state).await?;
-                    }
-                }
+                self.on_plugin_chunk(sha256, offset, total, &data, ws, scheduler, state)
+                    .await?;
             }
             ServerMessage::PluginMissing { sha256, reason } => {
                 let Some(download) = current_download(state, &sha256) else {
@@ -238,6 +181,95 @@ impl Connection<'_> {
             self.report_healthy(state);
         }
         Ok(())
+    }
+
+    /// A new config: refused when invalid (the running one stays), else
+    /// pending until its missing plugins are fetched.
+    async fn on_config(
+        &self,
+        config: AgentConfig,
+        ws: &mut Ws,
+        scheduler: &mut Scheduler,
+        state: &mut SessionState,
+    ) -> Result<(), AgentError> {
+        if let Err(source) = config.validate() {
+            let e = AgentError::BadConfig {
+                version: config.version,
+                source,
+            };
+            let running = scheduler
+                .config()
+                .map_or("none".to_owned(), |c| c.version.to_string());
+            self.hooks.error(&format!(
+                "{e}; the running config (version {running}) stays"
+            ));
+            return Ok(());
+        }
+        let queue: VecDeque<PluginRef> = self.plugins.missing(&config).into();
+        if let Some(old) = &state.pending {
+            self.hooks.info(&format!(
+                "config version {} replaces version {} while its plugins were downloading",
+                config.version, old.config.version
+            ));
+        }
+        if !queue.is_empty() {
+            self.hooks.info(&format!(
+                "config version {} needs {} plugins; downloading",
+                config.version,
+                queue.len()
+            ));
+        }
+        // Replacing the pending config drops its download (and temp file).
+        state.pending = Some(PendingConfig {
+            config,
+            queue,
+            current: None,
+            deadline: Instant::now(),
+        });
+        self.fetch_next(ws, scheduler, state).await
+    }
+
+    /// One chunk of the plugin being downloaded: ask for the next, install
+    /// a complete file, or abandon a bad download and move on.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the chunk's four fields plus the session's three parts"
+    )]
+    async fn on_plugin_chunk(
+        &self,
+        sha256: String,
+        offset: u64,
+        total: u64,
+        data: &str,
+        ws: &mut Ws,
+        scheduler: &mut Scheduler,
+        state: &mut SessionState,
+    ) -> Result<(), AgentError> {
+        let timing = self.settings.timing;
+        let Some(download) = current_download(state, &sha256) else {
+            self.hooks.warn(&format!(
+                "ignoring a chunk of plugin {sha256} nobody asked for"
+            ));
+            return Ok(());
+        };
+        match download.accept(offset, total, data) {
+            Ok(Progress::More { offset }) => {
+                let get = AgentMessage::GetPlugin { sha256, offset };
+                send(ws, &timing, &get).await?;
+                if let Some(p) = state.pending.as_mut() {
+                    p.deadline = Instant::now() + timing.plugin_chunk_timeout;
+                }
+                Ok(())
+            }
+            Ok(Progress::Complete) => {
+                self.install_current(state).await;
+                self.fetch_next(ws, scheduler, state).await
+            }
+            Err(e) => {
+                self.fetch_failed(state, e);
+                self.fetch_next(ws, scheduler, state).await
+            }
+        }
     }
 
     async fn start_rpc(
