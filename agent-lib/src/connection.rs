@@ -1,5 +1,5 @@
 //! The websocket connection to the server: dialing, the handshake, and
-//! reconnection. The established session itself is in [`session`].
+//! reconnection. The established session itself is in `session.rs`.
 //!
 //! Dialing (see `dns.rs` for the fallback chain): each candidate address is
 //! tried in order, TCP then (for `https://`) TLS then the websocket upgrade,
