@@ -117,6 +117,11 @@ pub struct Spool {
     active: Option<File>,
     meta: Meta,
     total_bytes: u64,
+    /// Id of the next segment; never reused while open, so a reader's
+    /// [`Position`] can never land in a different file of the same name.
+    next_id: u64,
+    /// Segments whose damage (found while reading) was already logged.
+    damage_logged: std::cell::RefCell<std::collections::HashSet<u64>>,
     hooks: Arc<dyn HostHooks>,
 }
 
@@ -144,6 +149,8 @@ impl Spool {
             active: None,
             meta: Meta::default(),
             total_bytes: 0,
+            next_id: 1,
+            damage_logged: Default::default(),
             hooks,
         };
         spool.meta = spool.load_meta();
@@ -156,6 +163,7 @@ impl Spool {
             .collect();
         ids.sort_unstable();
         let newest = ids.last().copied();
+        spool.next_id = newest.map_or(1, |id| id + 1);
         for id in ids {
             if let Some(segment) = spool.scan_segment(id, Some(id) == newest)
                 && segment.bytes > 0
@@ -344,11 +352,13 @@ impl Spool {
                         }
                     }
                     Err(e) => {
-                        self.hooks.error(&format!(
-                            "spool: {} damaged at byte {offset} since it was opened ({e}); \
-                             skipping the rest of it",
-                            path.display()
-                        ));
+                        if self.damage_logged.borrow_mut().insert(segment.id) {
+                            self.hooks.error(&format!(
+                                "spool: {} damaged at byte {offset} since it was opened ({e}); \
+                                 skipping the rest of it",
+                                path.display()
+                            ));
+                        }
                         break;
                     }
                 }
@@ -387,7 +397,8 @@ impl Spool {
             self.hooks
                 .error(&format!("spool: fsync while sealing a segment failed: {e}"));
         }
-        let id = self.segments.back().map_or(1, |s| s.id + 1);
+        let id = self.next_id;
+        self.next_id += 1;
         let path = self.segment_path(id);
         let file = OpenOptions::new()
             .create(true)
@@ -724,6 +735,31 @@ mod tests {
         spool.ack(20);
         assert_eq!(seqs(&spool), [30]);
         assert_eq!(segment_files(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_reader_position_survives_the_spool_emptying() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, logs) = open(dir.path());
+        for seq in 1..=3 {
+            spool.append(&result(seq)).unwrap();
+        }
+        let mut pos = None;
+        spool.read_from(None, |_, p| {
+            pos = Some(p);
+            true
+        });
+        // Everything acked: the only segment goes, the next append starts a
+        // new one; the old position must not point into it.
+        spool.ack(3);
+        spool.append(&result(4)).unwrap();
+        let mut after = Vec::new();
+        spool.read_from(pos, |r, _| {
+            after.push(r.seq);
+            true
+        });
+        assert_eq!(after, [4]);
+        assert!(!logs.any("damaged"), "{:?}", logs.0.lock().unwrap());
     }
 
     #[test]
