@@ -67,6 +67,23 @@ impl RpcRequest {
             RpcRequest::RunCheck { id, .. } | RpcRequest::RunScript { id, .. } => id,
         }
     }
+
+    /// One line for the log (never the script itself).
+    pub fn describe(&self) -> String {
+        match self {
+            RpcRequest::RunCheck { id, check } => format!("remote run {id}: check {check:?}"),
+            RpcRequest::RunScript {
+                id,
+                script,
+                interpreter,
+                timeout_secs,
+            } => format!(
+                "remote run {id}: ad-hoc {} script of {} bytes, timeout {timeout_secs}s",
+                interpreter.as_deref().unwrap_or(DEFAULT_INTERPRETER),
+                script.len()
+            ),
+        }
+    }
 }
 
 /// The remote runs of one agent generation.
@@ -338,6 +355,11 @@ mod tests {
             interpreter: None,
             timeout_secs: 5,
         };
+        let logged = adhoc.describe();
+        assert!(
+            logged.contains("r3") && !logged.contains("echo hi"),
+            "{logged}"
+        );
         assert_eq!(
             rpc.start(adhoc, Some(&cfg), &ex).unwrap_err(),
             "ad-hoc scripts are not allowed for this agent"

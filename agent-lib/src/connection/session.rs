@@ -280,8 +280,7 @@ impl Connection<'_> {
         request: RpcRequest,
     ) -> Result<(), AgentError> {
         let id = request.id().to_owned();
-        self.hooks
-            .info(&format!("remote run requested: {request:?}"));
+        self.hooks.info(&request.describe());
         match rpc.start(request, scheduler.config(), &scheduler.executor()) {
             Ok(()) => Ok(()),
             Err(error) => {
