@@ -5,7 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 
 use base64::Engine;
 use outrider_agent::Health;
-use outrider_protocol::{AgentConfig, AgentMessage, CheckSpec, PluginRef, ServerMessage};
+use outrider_protocol::{
+    AgentConfig, AgentMessage, CheckResult, CheckSpec, CheckState, PluginRef, ServerMessage,
+};
 use sha2::{Digest, Sha256};
 
 use crate::support::{Agent, FakeServer, ServerConn, check, script, sh};
@@ -19,10 +21,21 @@ fn plugin(name: &str, body: &[u8]) -> PluginRef {
 }
 
 fn plugin_check(name: &str, plugin: &str) -> CheckSpec {
-    CheckSpec {
-        interval_secs: 3600,
-        ..check(name, vec![format!("plugin:{plugin}")])
+    check(name, vec![format!("plugin:{plugin}")])
+}
+
+/// Waits for a result of `check` whose summary contains `needle` (a run
+/// may race a concurrent fork of the test binary and fail to exec once).
+async fn expect_result(conn: &mut ServerConn, check: &str, needle: &str) -> CheckResult {
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let r = conn.recv_result_of(check).await;
+        if r.summary.contains(needle) {
+            return r;
+        }
+        seen.push(r.summary);
     }
+    panic!("no {check} result saying {needle:?}: {seen:?}");
 }
 
 fn config(version: u64, checks: Vec<CheckSpec>, plugins: Vec<PluginRef>) -> ServerMessage {
@@ -86,6 +99,9 @@ async fn plugins_are_fetched_chunk_by_chunk_verified_installed_and_pruned() {
         std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777,
         0o755
     );
+    // The installed file is what the check runs.
+    let r = expect_result(&mut conn, "hi", "OK from a plugin").await;
+    assert_eq!(r.state, CheckState::Ok);
 
     // A tampered chunk: the hash does not match, nothing is installed, the
     // config still applies (its check reports the plugin missing), and the
@@ -103,6 +119,8 @@ async fn plugins_are_fetched_chunk_by_chunk_verified_installed_and_pruned() {
     assert!(line.contains("hash to"), "{line}");
     agent.wait_log("applied config version 2").await;
     assert!(!cache.join(&tampered.sha256).exists());
+    let r = expect_result(&mut conn, "t", "not downloaded").await;
+    assert_eq!(r.state, CheckState::Unknown);
     assert!(!installed.exists(), "unreferenced plugin removed");
 
     // More bytes than declared: refused before anything is written past
