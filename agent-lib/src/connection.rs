@@ -67,6 +67,9 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed for the server to answer one `GetPlugin`.
 pub const PLUGIN_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time between retries of plugins the running config lacks (a failed
+/// download); every new session retries at once as well.
+pub const PLUGIN_RETRY: Duration = Duration::from_secs(300);
 /// Shortest wait after the server rejected us.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 
@@ -90,6 +93,8 @@ pub struct ConnectionTiming {
     pub send_timeout: Duration,
     /// The server's answer to one `GetPlugin`.
     pub plugin_chunk_timeout: Duration,
+    /// Time between retries of plugins that failed to download.
+    pub plugin_retry: Duration,
     /// Shortest wait after a `Rejected`.
     pub rejected_retry: Duration,
 }
@@ -105,6 +110,7 @@ impl Default for ConnectionTiming {
             close_timeout: CLOSE_TIMEOUT,
             send_timeout: SEND_TIMEOUT,
             plugin_chunk_timeout: PLUGIN_CHUNK_TIMEOUT,
+            plugin_retry: PLUGIN_RETRY,
             rejected_retry: REJECTED_RETRY,
         }
     }

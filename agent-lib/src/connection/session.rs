@@ -13,7 +13,8 @@
 //!   time (`GetPlugin` → `PluginChunk`), then the config is applied by diff
 //!   and unreferenced plugins are removed. A newer config arriving during
 //!   the fetch replaces the pending one. A plugin that fails is logged; its
-//!   checks then report "plugin not downloaded".
+//!   checks then report "plugin not downloaded", and the download is tried
+//!   again at the start of every session and every `plugin_retry`.
 //! - RPC: `RunCheck`/`RunScript` start a bounded concurrent run (see
 //!   `rpc.rs`); each answer is sent when the run ends.
 //! - Stop: `Goodbye`, then a close handshake bounded by `close_timeout`
@@ -73,6 +74,9 @@ impl Connection<'_> {
             timing.keepalive_interval,
         );
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // First tick at once: a new session retries missing plugins.
+        let mut plugin_retries = tokio::time::interval(timing.plugin_retry);
+        plugin_retries.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let sent = tokio::select! {
                 biased;
@@ -109,6 +113,9 @@ impl Connection<'_> {
                     } else {
                         send_frame(&mut ws, &timing, Message::Ping(Default::default())).await
                     }
+                }
+                _ = plugin_retries.tick(), if state.pending.is_none() => {
+                    self.retry_missing_plugins(&mut ws, scheduler, &mut state).await
                 }
                 () = sleep_until_opt(fetch_deadline) => {
                     self.fetch_failed(&mut state, AgentError::Timeout("a plugin chunk from the server"));
@@ -227,6 +234,28 @@ impl Connection<'_> {
             deadline: Instant::now(),
         });
         self.fetch_next(ws, scheduler, state).await
+    }
+
+    /// Fetches the plugins the running config lacks (downloads that
+    /// failed earlier), then re-applies it (a no-op diff).
+    async fn retry_missing_plugins(
+        &self,
+        ws: &mut Ws,
+        scheduler: &mut Scheduler,
+        state: &mut SessionState,
+    ) -> Result<(), AgentError> {
+        let Some(config) = scheduler.config() else {
+            return Ok(());
+        };
+        if self.plugins.missing(config).is_empty() {
+            return Ok(());
+        }
+        self.hooks.info(&format!(
+            "retrying the missing plugins of config version {}",
+            config.version
+        ));
+        let config = config.clone();
+        self.on_config(config, ws, scheduler, state).await
     }
 
     /// One chunk of the plugin being downloaded: ask for the next, install

@@ -206,3 +206,41 @@ async fn a_config_is_applied_by_diff_and_a_bad_one_is_refused_while_the_old_runs
     let blob = agent.join().await;
     assert_eq!(blob.config.expect("config handed over").version, 2);
 }
+
+#[tokio::test]
+async fn a_plugin_that_failed_to_download_is_fetched_again_on_the_next_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start().await;
+    let agent = Agent::start(dir.path(), &server.url, None);
+    let mut conn = server.accept().await;
+    conn.handshake(0).await;
+    let body = b"#!/bin/sh\necho 'OK late'\n";
+    let late = plugin("late", body);
+    conn.send(config(
+        1,
+        vec![plugin_check("l", "late")],
+        vec![late.clone()],
+    ))
+    .await;
+    expect_get(&mut conn, &late.sha256, 0).await;
+    conn.send(ServerMessage::PluginMissing {
+        sha256: late.sha256.clone(),
+        reason: "still uploading".into(),
+    })
+    .await;
+    agent.wait_log("applied config version 1").await;
+    drop(conn);
+
+    // The new session asks again without waiting for a new config.
+    let mut conn = server.accept().await;
+    let hello = conn.handshake(0).await;
+    assert_eq!(hello.config_version, 1);
+    expect_get(&mut conn, &late.sha256, 0).await;
+    send_chunk(&mut conn, &late, 0, body).await;
+    agent.wait_log("plugin late installed").await;
+    let r = expect_result(&mut conn, "l", "OK late").await;
+    assert_eq!(r.state, CheckState::Ok);
+    agent.request_stop();
+    conn.expect_goodbye().await;
+    agent.join().await;
+}
