@@ -200,16 +200,17 @@ impl<'a> Connection<'a> {
         let mut backoff = Backoff::reconnect();
         let mut degraded_reported = false;
         loop {
-            // Dialing stops at once on stop. The handshake does not: once
-            // the Hello is out the server may already count us connected,
-            // so it runs to the Welcome (bounded by the handshake timeout)
-            // and the session then says goodbye instead of vanishing.
-            let dialed = tokio::select! {
+            // Dialing and waiting for the challenge stop at once on stop.
+            // The rest of the handshake does not: once the Hello is out the
+            // server may already count us connected, so it runs to the
+            // Welcome (bounded by the handshake timeout) and the session
+            // then says goodbye instead of vanishing.
+            let challenged = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                r = self.dial() => r,
+                r = self.dial_and_challenge() => r,
             };
-            let opened = match dialed {
-                Ok((ws, dialed)) => self.handshake(ws, &dialed, scheduler).await,
+            let opened = match challenged {
+                Ok((ws, dialed, nonce)) => self.handshake(ws, &dialed, &nonce, scheduler).await,
                 Err(e) => Err(e),
             };
             let (failure, delay) = match opened {
@@ -256,27 +257,32 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Runs the handshake on a fresh connection up to `Welcome`.
+    /// Opens a connection and reads the server's challenge nonce.
+    async fn dial_and_challenge(&self) -> Result<(Ws, Dialed, String), AgentError> {
+        let (mut ws, dialed) = self.dial().await?;
+        let timing = &self.settings.timing;
+        match recv_within(&mut ws, timing, "the server's challenge").await? {
+            ServerMessage::Challenge { nonce } => Ok((ws, dialed, nonce)),
+            other => Err(AgentError::Protocol(format!(
+                "expected a challenge, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Answers the challenge with a signed Hello and waits for `Welcome`.
     async fn handshake(
         &mut self,
         mut ws: Ws,
         dialed: &Dialed,
+        nonce: &str,
         scheduler: &Scheduler,
     ) -> Result<Ws, AgentError> {
         let timing = &self.settings.timing;
-        let nonce = match recv_within(&mut ws, timing, "the server's challenge").await? {
-            ServerMessage::Challenge { nonce } => nonce,
-            other => {
-                return Err(AgentError::Protocol(format!(
-                    "expected a challenge, got {other:?}"
-                )));
-            }
-        };
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             fingerprint: self.identity.fingerprint().clone(),
             public_key: self.identity.public_key_hex(),
-            signature: self.identity.sign_challenge(&nonce),
+            signature: self.identity.sign_challenge(nonce),
             // The org token only until the server has welcomed this key.
             enrollment_token: if self.memory.saved.enrolled_as.as_ref()
                 == Some(self.identity.fingerprint())
