@@ -138,7 +138,10 @@ mod tests {
         };
         assert_eq!(StateBlob::decode(&blob.encode()).unwrap(), Some(blob));
         let newer = br#"{"version":1,"next_seq":3,"future_section":[1,2]}"#;
-        assert_eq!(StateBlob::decode(newer).unwrap().unwrap().next_seq, 3);
+        let read = StateBlob::decode(newer).unwrap().unwrap();
+        assert_eq!(read.next_seq, 3);
+        // A blob from a library without the connection section.
+        assert_eq!(read.connection, None);
     }
 
     #[test]
