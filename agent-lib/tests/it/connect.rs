@@ -255,14 +255,20 @@ async fn broken_dns_falls_back_to_the_last_good_ip_verifies_tls_and_reports_it()
     );
     assert!(!memory.dns_broken);
 
-    // A cold start (no state blob) with a broken resolver still finds the
-    // server through <data_dir>/connection.json.
-    resolver.set_broken(true);
+    // A cold start (no state blob) with a resolver that never answers
+    // gives up on it after dns_timeout and still finds the server through
+    // <data_dir>/connection.json.
+    resolver.set_hanging(true);
     let agent = Agent::start_with(dir.path(), &server.url, options());
     let mut conn = server.accept().await;
     conn.handshake(0).await;
     let dns = conn.recv_result_of("outrider.dns").await;
     assert_eq!(dns.state, CheckState::Critical);
+    assert!(
+        dns.summary.contains("no answer within 1000 ms"),
+        "{}",
+        dns.summary
+    );
     agent.request_stop();
     conn.expect_goodbye().await;
     agent.join().await;

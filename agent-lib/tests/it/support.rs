@@ -101,10 +101,12 @@ impl Recorder {
     }
 }
 
-/// A resolver answering one address, or failing while `broken` is set.
+/// A resolver answering one address, failing while `broken` is set, and
+/// never answering while `hanging` is set.
 #[derive(Debug)]
 pub struct TestResolver {
     pub broken: AtomicBool,
+    pub hanging: AtomicBool,
     answer: IpAddr,
 }
 
@@ -112,12 +114,17 @@ impl TestResolver {
     pub fn new(answer: &str) -> Arc<TestResolver> {
         Arc::new(TestResolver {
             broken: AtomicBool::new(false),
+            hanging: AtomicBool::new(false),
             answer: answer.parse().unwrap(),
         })
     }
 
     pub fn set_broken(&self, broken: bool) {
         self.broken.store(broken, Ordering::SeqCst);
+    }
+
+    pub fn set_hanging(&self, hanging: bool) {
+        self.hanging.store(hanging, Ordering::SeqCst);
     }
 }
 
@@ -127,8 +134,12 @@ pub const RESOLVER_FAILURE: &str = "injected resolver failure (SERVFAIL)";
 impl Resolve for TestResolver {
     fn resolve<'a>(&'a self, _host: &'a str, port: u16) -> ResolveFuture<'a> {
         let broken = self.broken.load(Ordering::SeqCst);
+        let hanging = self.hanging.load(Ordering::SeqCst);
         let answer = SocketAddr::new(self.answer, port);
         Box::pin(async move {
+            if hanging {
+                std::future::pending::<()>().await;
+            }
             if broken {
                 Err(std::io::Error::other(RESOLVER_FAILURE))
             } else {
