@@ -18,8 +18,9 @@ use crate::connection::Connection;
 use crate::error::AgentError;
 use crate::host::HostHooks;
 use crate::identity::Identity;
-use crate::outbox::{OUTBOX_CAPACITY, Outbox, SharedOutbox};
+use crate::outbox::{Outbox, SharedOutbox};
 use crate::scheduler::Scheduler;
+use crate::spool::SpoolLimits;
 use crate::state::StateBlob;
 
 /// Runs the agent until `stop` is cancelled and returns the state blob.
@@ -44,6 +45,8 @@ pub(crate) fn run_with_stop_fd(
     hooks: Arc<dyn HostHooks>,
 ) -> Result<StateBlob, AgentError> {
     let identity = Identity::load_or_create(&settings.config_dir)?;
+    // Before the runtime: reads the system's CA store from disk.
+    let tls = crate::tls::client_config(&settings.extra_roots, hooks.as_ref())?;
     // current_thread: the agent is I/O-bound (sockets, pipes, pidfds), so one
     // thread — the stub's generation thread itself — does all the work. The
     // only other threads are tokio's blocking pool (DNS lookups), which the
@@ -55,9 +58,9 @@ pub(crate) fn run_with_stop_fd(
         .map_err(AgentError::Runtime)?;
     let result = runtime.block_on(async {
         let watcher = watch_stop_fd(stop_fd, &stop, &hooks);
-        let agent = agent_main(&settings, &identity, &stop, &hooks);
+        let agent = agent_main(&settings, &identity, tls, &stop, &hooks);
         let (watched, state) = tokio::join!(watcher, agent);
-        watched.map(|()| state)
+        watched.and(state)
     });
     // Joins the blocking pool; must happen before the library can be unloaded.
     drop(runtime);
@@ -67,9 +70,10 @@ pub(crate) fn run_with_stop_fd(
 async fn agent_main(
     settings: &AgentSettings,
     identity: &Identity,
+    tls: Arc<rustls::ClientConfig>,
     stop: &CancellationToken,
     hooks: &Arc<dyn HostHooks>,
-) -> StateBlob {
+) -> Result<StateBlob, AgentError> {
     let state = match StateBlob::decode(&settings.state_in) {
         Ok(state) => state,
         Err(e) => {
@@ -79,12 +83,30 @@ async fn agent_main(
             None
         }
     };
-    let outbox = Arc::new(SharedOutbox::new(Outbox::new(
+    let spool_dir = settings.data_dir.join("spool");
+    let outbox = match Outbox::open(
+        &spool_dir,
         state.as_ref(),
-        OUTBOX_CAPACITY,
-    )));
+        SpoolLimits::default(),
+        hooks.clone(),
+    ) {
+        Ok(outbox) => Arc::new(SharedOutbox::new(outbox)),
+        Err(source) => {
+            // Ends the stop-fd watcher too: nothing runs without a spool.
+            stop.cancel();
+            return Err(AgentError::Spool {
+                path: spool_dir,
+                source,
+            });
+        }
+    };
     report_update_events(&settings.events, &outbox);
-    let mut scheduler = Scheduler::new(outbox.clone(), hooks.clone(), stop.child_token());
+    let mut scheduler = Scheduler::new(
+        outbox.clone(),
+        hooks.clone(),
+        stop.child_token(),
+        &settings.data_dir,
+    );
     if let Some(state) = &state {
         scheduler.carry_next_runs(&state.next_runs);
     }
@@ -95,18 +117,14 @@ async fn agent_main(
         "agent {} starting as {}, server {}, {} results carried over",
         env!("CARGO_PKG_VERSION"),
         identity.fingerprint(),
-        settings.ws_url,
+        settings.endpoint.ws_url,
         outbox.lock().len()
     ));
 
-    let connection = Connection {
-        settings,
-        identity,
-        outbox: &outbox,
-        hooks,
-        stop,
-    };
+    let carried = state.as_ref().and_then(|s| s.connection.clone());
+    let mut connection = Connection::new(settings, identity, &outbox, hooks, stop, tls, carried);
     connection.run(&mut scheduler).await;
+    let connection = connection.into_state();
 
     let config = scheduler.config().cloned();
     let next_runs = scheduler.next_runs();
@@ -114,13 +132,14 @@ async fn agent_main(
     let blob = StateBlob {
         config,
         next_runs,
+        connection: Some(connection),
         ..outbox.lock().to_state()
     };
     hooks.info(&format!(
         "agent stopped; handing over {} un-acked results",
         blob.unacked.len()
     ));
-    blob
+    Ok(blob)
 }
 
 /// Cancels `stop` once `fd` is readable; returns when `stop` is cancelled.

@@ -4,13 +4,23 @@
 //! `{"agent_toml": "<text>", "config_dir": "...", "log_dir": "..."}` (unknown
 //! keys ignored). `agent.toml` is strict (`deny_unknown_fields`) so a typo is
 //! reported instead of silently ignored. Everything is validated here, once:
-//! an [`AgentSettings`] always carries a usable websocket URL.
+//! an [`AgentSettings`] always carries a usable [`ServerEndpoint`] — `wss://`
+//! for an `https://` server, plain `ws://` only to a loopback host or with
+//! `allow_plain_ws = true` — valid tags, and the extra CA certificates of
+//! `tls_ca_file` already parsed.
 
+use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::http::Uri;
 
+use crate::connection::ConnectionTiming;
+use crate::dns::{Resolve, SystemResolver};
 use crate::error::AgentError;
 
 /// Update channel used when `agent.toml` names none.
@@ -69,9 +79,19 @@ pub struct AgentToml {
     /// Update channel (used by the stub), [`DEFAULT_CHANNEL`] when absent.
     #[serde(default = "default_channel")]
     pub channel: String,
-    /// Free-form labels for this host.
+    /// Labels for this host, sent in every Hello; the server adds its own
+    /// and may pick checks by them. Same rule as check names.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// PEM file of extra CA certificates trusted for the server's
+    /// certificate (a private CA), on top of the system and bundled roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Allows plain `http://` (unencrypted websocket) to a host that is not
+    /// loopback. Off by default: identity proofs and results would travel in
+    /// clear text.
+    #[serde(default)]
+    pub allow_plain_ws: bool,
 }
 
 fn default_channel() -> String {
@@ -79,19 +99,70 @@ fn default_channel() -> String {
 }
 
 impl AgentToml {
-    /// Parses agent.toml text; fails naming the offending field.
+    /// Parses agent.toml text; fails naming the offending field, or the
+    /// first tag that breaks the naming rule.
     pub fn parse(text: &str) -> Result<AgentToml, AgentError> {
-        toml::from_str(text).map_err(AgentError::AgentToml)
+        let toml: AgentToml = toml::from_str(text).map_err(AgentError::AgentToml)?;
+        if let Some(tag) = toml
+            .tags
+            .iter()
+            .find(|t| !outrider_protocol::is_valid_name(t))
+        {
+            return Err(AgentError::BadTag { tag: tag.clone() });
+        }
+        Ok(toml)
+    }
+}
+
+/// Whether the websocket runs inside TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `wss://`, certificate verified against the host name.
+    Tls,
+    /// `ws://`: loopback, or allowed by `allow_plain_ws`.
+    Plain,
+}
+
+/// Where the agent connects, derived from `server_url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerEndpoint {
+    /// The websocket URL (`ws://` or `wss://`, path included).
+    pub ws_url: String,
+    /// Host name or IP literal (no brackets), used for DNS and TLS (SNI).
+    pub host: String,
+    /// TCP port (explicit, or 80 / 443 by scheme).
+    pub port: u16,
+    /// TLS or plain.
+    pub transport: Transport,
+}
+
+impl ServerEndpoint {
+    /// The host as an IP address when `server_url` names one (no DNS then).
+    pub fn ip_literal(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
+    /// Whether the host is loopback (`localhost` or a loopback IP literal).
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.ip_literal().is_some_and(|ip| ip.is_loopback())
     }
 }
 
 /// Everything the agent needs to start, validated.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AgentSettings {
     /// The parsed agent.toml.
     pub agent: AgentToml,
-    /// Websocket URL derived from `agent.server_url`.
-    pub ws_url: String,
+    /// Where to connect, derived from `agent.server_url`.
+    pub endpoint: ServerEndpoint,
+    /// Certificates of `agent.tls_ca_file`, parsed.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// How server names are resolved: the system resolver, or a
+    /// fault-injecting one in tests.
+    pub resolver: Arc<dyn Resolve>,
+    /// Timeouts and keepalive periods of the connection.
+    pub timing: ConnectionTiming,
     /// Directory holding `identity.key`.
     pub config_dir: PathBuf,
     /// Directory for logs, if the host named one.
@@ -106,20 +177,51 @@ pub struct AgentSettings {
     pub events: Vec<String>,
 }
 
+impl fmt::Debug for AgentSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentSettings")
+            .field("agent", &self.agent)
+            .field("endpoint", &self.endpoint)
+            .field("extra_roots", &self.extra_roots.len())
+            .field("resolver", &self.resolver)
+            .field("timing", &self.timing)
+            .field("config_dir", &self.config_dir)
+            .field("data_dir", &self.data_dir)
+            .field("state_in_bytes", &self.state_in.len())
+            .field("build", &self.build)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AgentSettings {
     /// Builds settings from agent.toml text and directories (the entry used by
-    /// tests and by [`AgentSettings::from_host`]). Fails on a bad agent.toml
-    /// or an unusable `server_url`.
+    /// tests and by [`AgentSettings::from_host`]). Fails on a bad agent.toml,
+    /// an unusable or unsafe `server_url`, or an unreadable `tls_ca_file`.
     pub fn new(
         agent_toml: &str,
         config_dir: impl Into<PathBuf>,
         data_dir: impl Into<PathBuf>,
     ) -> Result<AgentSettings, AgentError> {
         let agent = AgentToml::parse(agent_toml)?;
-        let ws_url = ws_url(&agent.server_url)?;
+        let endpoint = server_endpoint(&agent.server_url)?;
+        if endpoint.transport == Transport::Plain
+            && !endpoint.is_loopback()
+            && !agent.allow_plain_ws
+        {
+            return Err(AgentError::PlainWsRefused {
+                url: agent.server_url.clone(),
+            });
+        }
+        let extra_roots = match &agent.tls_ca_file {
+            Some(path) => read_ca_file(path)?,
+            None => Vec::new(),
+        };
         Ok(AgentSettings {
             agent,
-            ws_url,
+            endpoint,
+            extra_roots,
+            resolver: Arc::new(SystemResolver),
+            timing: ConnectionTiming::default(),
             config_dir: config_dir.into(),
             log_dir: None,
             data_dir: data_dir.into(),
@@ -147,9 +249,27 @@ impl AgentSettings {
     }
 }
 
-/// Derives the agent websocket URL from `server_url`: `http` → `ws`, any path
-/// prefix kept, [`outrider_protocol::AGENT_WS_PATH`] appended.
-pub fn ws_url(server_url: &str) -> Result<String, AgentError> {
+/// Reads every certificate of a PEM file. Fails when the file cannot be
+/// read, a PEM block is malformed, or it holds no certificate at all.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {
+    let bad = |reason: String| AgentError::TlsCaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no `BEGIN CERTIFICATE` block".into()));
+    }
+    Ok(certs)
+}
+
+/// Derives the agent websocket endpoint from `server_url`: `http` → `ws`,
+/// `https` → `wss`, any path prefix kept,
+/// [`outrider_protocol::AGENT_WS_PATH`] appended.
+pub fn server_endpoint(server_url: &str) -> Result<ServerEndpoint, AgentError> {
     let bad = |reason: &str| AgentError::ServerUrl {
         url: server_url.to_owned(),
         reason: reason.to_owned(),
@@ -157,15 +277,11 @@ pub fn ws_url(server_url: &str) -> Result<String, AgentError> {
     let uri: Uri = server_url
         .parse()
         .map_err(|e| bad(&format!("not a URL ({e})")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(AgentError::TlsUnsupported {
-                url: server_url.to_owned(),
-            });
-        }
+    let (transport, scheme, default_port) = match uri.scheme_str() {
+        Some("http") => (Transport::Plain, "ws", 80),
+        Some("https") => (Transport::Tls, "wss", 443),
         _ => return Err(bad("the scheme must be http:// or https://")),
-    }
+    };
     let authority = uri.authority().ok_or_else(|| bad("the host is missing"))?;
     if authority.host().is_empty() {
         return Err(bad("the host is missing"));
@@ -176,11 +292,21 @@ pub fn ws_url(server_url: &str) -> Result<String, AgentError> {
     if uri.query().is_some() {
         return Err(bad("a query string is not allowed"));
     }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let prefix = uri.path().trim_end_matches('/');
-    Ok(format!(
-        "ws://{authority}{prefix}{}",
-        outrider_protocol::AGENT_WS_PATH
-    ))
+    Ok(ServerEndpoint {
+        ws_url: format!(
+            "{scheme}://{authority}{prefix}{}",
+            outrider_protocol::AGENT_WS_PATH
+        ),
+        host,
+        port: authority.port_u16().unwrap_or(default_port),
+        transport,
+    })
 }
 
 #[cfg(test)]
@@ -221,6 +347,10 @@ mod tests {
         assert!(unknown.is_config());
     }
 
+    fn ws_url(server_url: &str) -> Result<String, AgentError> {
+        server_endpoint(server_url).map(|e| e.ws_url)
+    }
+
     #[test]
     fn ws_url_is_derived_from_server_url() {
         assert_eq!(
@@ -232,17 +362,22 @@ mod tests {
             "ws://mon.example/v1/agent/ws"
         );
         assert_eq!(
-            ws_url("http://mon.example/outrider/").unwrap(),
-            "ws://mon.example/outrider/v1/agent/ws"
+            ws_url("https://mon.example/outrider/").unwrap(),
+            "wss://mon.example/outrider/v1/agent/ws"
         );
+        let e = server_endpoint("https://mon.example").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.transport),
+            ("mon.example", 443, Transport::Tls)
+        );
+        let e = server_endpoint("http://[::1]:9000").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("::1", 9000));
+        assert!(e.is_loopback());
+        assert_eq!(server_endpoint("http://x").unwrap().port, 80);
     }
 
     #[test]
     fn unusable_server_urls_are_refused() {
-        assert!(matches!(
-            ws_url("https://mon.example"),
-            Err(AgentError::TlsUnsupported { .. })
-        ));
         for bad in [
             "ftp://x",
             "mon.example:8470",
@@ -257,10 +392,63 @@ mod tests {
     }
 
     #[test]
+    fn plain_ws_only_to_loopback_unless_allowed() {
+        for ok in [
+            "http://127.0.0.1:1",
+            "http://localhost:1",
+            "http://[::1]:1",
+            "https://mon.example",
+        ] {
+            let toml = format!("server_url = \"{ok}\"");
+            AgentSettings::new(&toml, "/c", "/d").unwrap();
+        }
+        let toml = "server_url = \"http://mon.example:8470\"";
+        let err = AgentSettings::new(toml, "/c", "/d").unwrap_err();
+        assert!(matches!(err, AgentError::PlainWsRefused { .. }), "{err}");
+        assert!(err.is_config());
+        assert!(err.to_string().contains("allow_plain_ws"), "{err}");
+        let allowed = format!("{toml}\nallow_plain_ws = true");
+        let s = AgentSettings::new(&allowed, "/c", "/d").unwrap();
+        assert_eq!(s.endpoint.transport, Transport::Plain);
+    }
+
+    #[test]
+    fn tags_follow_the_check_name_rule() {
+        let err =
+            AgentToml::parse("server_url = \"http://x\"\ntags = [\"ok\", \"Not OK\"]").unwrap_err();
+        assert!(
+            matches!(&err, AgentError::BadTag { tag } if tag == "Not OK"),
+            "{err}"
+        );
+        assert!(err.is_config());
+    }
+
+    #[test]
+    fn tls_ca_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["mon.example".into()]).unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, ca.cert.pem()).unwrap();
+        let toml = |path: &std::path::Path| {
+            format!(
+                "server_url = \"https://mon.example\"\ntls_ca_file = \"{}\"",
+                path.display()
+            )
+        };
+        let s = AgentSettings::new(&toml(&pem), "/c", "/d").unwrap();
+        assert_eq!(s.extra_roots.len(), 1);
+        let missing = AgentSettings::new(&toml(&dir.path().join("nope.pem")), "/c", "/d");
+        assert!(matches!(missing, Err(AgentError::TlsCaFile { .. })));
+        std::fs::write(&pem, "no certificates here").unwrap();
+        let empty = AgentSettings::new(&toml(&pem), "/c", "/d").unwrap_err();
+        assert!(empty.to_string().contains("BEGIN CERTIFICATE"), "{empty}");
+    }
+
+    #[test]
     fn host_envelope_ignores_unknown_keys_and_carries_state() {
-        let json = br#"{"agent_toml":"server_url = \"http://h:1\"","config_dir":"/etc/o","log_dir":"/var/log/o","new":1}"#;
+        let json = br#"{"agent_toml":"server_url = \"http://h:1\"\nallow_plain_ws = true","config_dir":"/etc/o","log_dir":"/var/log/o","new":1}"#;
         let s = AgentSettings::from_host(json, "/var/lib/o", b"st").unwrap();
-        assert_eq!(s.ws_url, "ws://h:1/v1/agent/ws");
+        assert_eq!(s.endpoint.ws_url, "ws://h:1/v1/agent/ws");
         assert_eq!(s.config_dir, PathBuf::from("/etc/o"));
         assert_eq!(s.log_dir, Some(PathBuf::from("/var/log/o")));
         assert_eq!(s.state_in, b"st");

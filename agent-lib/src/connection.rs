@@ -1,51 +1,131 @@
-//! The websocket session with the server, and reconnection.
+//! The websocket connection to the server: dialing, the handshake, and
+//! reconnection. The established session itself is in `session.rs`.
 //!
-//! Session (see the `outrider_protocol` crate docs for the full order):
-//! `Challenge` → `Hello` (signed) → `Welcome`/`Rejected`, then a loop that
-//! sends un-acked results in batches, applies `Config` to the scheduler,
-//! trims the outbox on `Ack`, and keeps reading so pings are answered
-//! (tungstenite queues the pong and flushes it on the next read or write).
-//! On stop: `Goodbye`, a close handshake (bounded by [`CLOSE_TIMEOUT`]) during
-//! which late `Ack`s are still applied, return.
+//! Dialing (see `dns.rs` for the fallback chain): each candidate address is
+//! tried in order, TCP then (for `https://`) TLS then the websocket upgrade,
+//! bounded by [`ConnectionTiming::connect_timeout`] per address. TLS is
+//! always given the URL, never the IP, so a fallback IP is still verified
+//! against the host name (SNI = host name).
+//!
+//! Handshake: `Challenge` → `Hello` (signed; carries the tags, the resume
+//! token of the last `Welcome` and the running config version) →
+//! `Welcome`/`Rejected`. The enrollment token is sent until the server has
+//! welcomed this key once (see [`saved`]); every Hello carries the signed
+//! proof of key possession. A `Welcome` records the resume token, the
+//! fallback addresses and the enrollment (persisted, see [`saved`]) and
+//! reports resolver health as an `outrider.dns` result when it changed.
 //!
 //! Reconnects use one [`Backoff`] (reset after every session that got a
 //! `Welcome`); a `Rejected` waits at least [`REJECTED_RETRY`]. Every
 //! (re)connect resends all un-acked results; the server dedups by seq.
 
+pub mod saved;
+mod session;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use outrider_protocol::{
-    AgentMessage, Hello, MAX_BATCH_RESULTS, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ServerMessage,
-    Welcome,
+    AgentMessage, Hello, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ServerMessage, Welcome,
 };
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::AgentSettings;
+use crate::config::{AgentSettings, Transport};
+use crate::dns::{AddrSource, DNS_CHECK, dns_outcome};
 use crate::error::AgentError;
 use crate::host::{Health, HostHooks};
 use crate::identity::Identity;
 use crate::outbox::SharedOutbox;
+use crate::plugins::PluginCache;
+use crate::rpc::Rpc;
 use crate::scheduler::Scheduler;
+use crate::state::ConnectionState;
+use saved::SavedConnection;
 
-/// Time allowed for TCP connect plus the websocket upgrade.
+/// Time allowed per address for TCP connect, TLS and the websocket upgrade.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for each handshake message from the server.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for the system resolver.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time between the agent's pings.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// Silence (no frame at all, pongs included) after which the session is lost.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(45);
 /// Time allowed for Goodbye plus the close handshake on stop.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time allowed for sending one batch before the session counts as lost.
+/// Time allowed for sending one frame before the session counts as lost.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for the server to answer one `GetPlugin`.
+pub const PLUGIN_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time between retries of plugins the running config lacks (a failed
+/// download); every new session retries at once as well.
+pub const PLUGIN_RETRY: Duration = Duration::from_secs(300);
 /// Shortest wait after the server rejected us.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 
+/// The connection's time limits; [`Default`] is the named constants above.
+/// Tests shorten them; production never changes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionTiming {
+    /// Per address: TCP connect, TLS and the websocket upgrade.
+    pub connect_timeout: Duration,
+    /// Per handshake message from the server.
+    pub handshake_timeout: Duration,
+    /// The system resolver's answer.
+    pub dns_timeout: Duration,
+    /// Time between the agent's pings.
+    pub keepalive_interval: Duration,
+    /// Silence after which a session is lost.
+    pub keepalive_timeout: Duration,
+    /// Goodbye plus the close handshake.
+    pub close_timeout: Duration,
+    /// Sending one frame.
+    pub send_timeout: Duration,
+    /// The server's answer to one `GetPlugin`.
+    pub plugin_chunk_timeout: Duration,
+    /// Time between retries of plugins that failed to download.
+    pub plugin_retry: Duration,
+    /// Shortest wait after a `Rejected`.
+    pub rejected_retry: Duration,
+}
+
+impl Default for ConnectionTiming {
+    fn default() -> Self {
+        ConnectionTiming {
+            connect_timeout: CONNECT_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            dns_timeout: DNS_TIMEOUT,
+            keepalive_interval: KEEPALIVE_INTERVAL,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
+            close_timeout: CLOSE_TIMEOUT,
+            send_timeout: SEND_TIMEOUT,
+            plugin_chunk_timeout: PLUGIN_CHUNK_TIMEOUT,
+            plugin_retry: PLUGIN_RETRY,
+            rejected_retry: REJECTED_RETRY,
+        }
+    }
+}
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a connection was made, for the DNS report.
+#[derive(Clone, Debug)]
+struct Dialed {
+    addr: SocketAddr,
+    source: AddrSource,
+    /// Why the resolver failed, when the address came from the fallbacks.
+    resolver_error: Option<String>,
+}
 
 /// Why a session ended.
 enum SessionEnd {
@@ -55,42 +135,110 @@ enum SessionEnd {
     Lost(AgentError),
 }
 
-/// Everything the connection loop borrows from the agent.
+/// The connection loop and what it remembers between sessions.
 pub(crate) struct Connection<'a> {
-    pub settings: &'a AgentSettings,
-    pub identity: &'a Identity,
-    pub outbox: &'a Arc<SharedOutbox>,
-    pub hooks: &'a Arc<dyn HostHooks>,
-    pub stop: &'a CancellationToken,
+    settings: &'a AgentSettings,
+    identity: &'a Identity,
+    outbox: &'a Arc<SharedOutbox>,
+    hooks: &'a Arc<dyn HostHooks>,
+    stop: &'a CancellationToken,
+    tls: Arc<ClientConfig>,
+    plugins: PluginCache,
+    memory: ConnectionState,
 }
 
-impl Connection<'_> {
-    /// Connects, runs sessions and reconnects until `stop` fires.
-    pub async fn run(&self, scheduler: &mut Scheduler) {
-        let url = &self.settings.ws_url;
+impl<'a> Connection<'a> {
+    /// A connection continuing from `carried` (the previous generation's
+    /// memory), else from `<data_dir>/connection.json`.
+    pub fn new(
+        settings: &'a AgentSettings,
+        identity: &'a Identity,
+        outbox: &'a Arc<SharedOutbox>,
+        hooks: &'a Arc<dyn HostHooks>,
+        stop: &'a CancellationToken,
+        tls: Arc<ClientConfig>,
+        carried: Option<ConnectionState>,
+    ) -> Connection<'a> {
+        let host = &settings.endpoint.host;
+        let memory = match carried {
+            Some(memory) if memory.saved.host == *host => memory,
+            _ => ConnectionState {
+                saved: SavedConnection::load(&settings.data_dir, host).unwrap_or_else(|e| {
+                    hooks.warn(&format!("{e}; starting without DNS fallback addresses"));
+                    SavedConnection::empty(host)
+                }),
+                ..ConnectionState::default()
+            },
+        };
+        Connection {
+            settings,
+            identity,
+            outbox,
+            hooks,
+            stop,
+            tls,
+            plugins: PluginCache::new(&settings.data_dir),
+            memory,
+        }
+    }
+
+    /// What to hand to the next generation.
+    pub fn into_state(self) -> ConnectionState {
+        self.memory
+    }
+
+    /// Connects, runs sessions and reconnects until `stop` fires; remote
+    /// runs still going are cancelled and joined before returning.
+    pub async fn run(&mut self, scheduler: &mut Scheduler) {
+        let mut rpc = Rpc::new(&self.settings.data_dir, self.stop.child_token());
+        self.reconnect_loop(scheduler, &mut rpc).await;
+        rpc.shutdown().await;
+    }
+
+    async fn reconnect_loop(&mut self, scheduler: &mut Scheduler, rpc: &mut Rpc) {
+        let url = self.settings.endpoint.ws_url.clone();
         let mut backoff = Backoff::reconnect();
         let mut degraded_reported = false;
         loop {
-            let opened = tokio::select! {
+            // Dialing and waiting for the challenge stop at once on stop.
+            // The rest of the handshake does not: once the Hello is out the
+            // server may already count us connected, so it runs to the
+            // Welcome (bounded by the handshake timeout) and the session
+            // then says goodbye instead of vanishing.
+            let challenged = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                r = self.open() => r,
+                r = self.dial_and_challenge() => r,
+            };
+            let opened = match challenged {
+                Ok((ws, dialed, nonce)) => self.handshake(ws, &dialed, &nonce, scheduler).await,
+                Err(e) => Err(e),
             };
             let (failure, delay) = match opened {
                 Ok(ws) => {
                     backoff.reset();
                     degraded_reported = false;
-                    match self.session(ws, scheduler).await {
+                    match self.session(ws, scheduler, rpc).await {
                         SessionEnd::Stopped => return,
-                        SessionEnd::Lost(e) => (
-                            format!("connection to {url} lost: {e}"),
-                            backoff.next_delay(),
-                        ),
+                        SessionEnd::Lost(e) => {
+                            if matches!(e, AgentError::Rejected { .. }) {
+                                self.forget_enrollment();
+                            }
+                            (
+                                format!("connection to {url} lost: {e}"),
+                                backoff.next_delay(),
+                            )
+                        }
                     }
                 }
-                Err(e @ AgentError::Rejected { .. }) => (
-                    format!("{e} (at {url})"),
-                    backoff.next_delay().max(REJECTED_RETRY),
-                ),
+                Err(e @ AgentError::Rejected { .. }) => {
+                    self.forget_enrollment();
+                    (
+                        format!("{e} (at {url})"),
+                        backoff
+                            .next_delay()
+                            .max(self.settings.timing.rejected_retry),
+                    )
+                }
                 Err(e) => (
                     format!("cannot reach server at {url}: {e}"),
                     backoff.next_delay(),
@@ -109,36 +257,40 @@ impl Connection<'_> {
         }
     }
 
-    /// Opens the websocket and runs the handshake up to `Welcome`.
-    async fn open(&self) -> Result<Ws, AgentError> {
-        let url = &self.settings.ws_url;
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE_BYTES))
-            .max_frame_size(Some(MAX_MESSAGE_BYTES));
-        let connect =
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
-        let (mut ws, _response) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| AgentError::Timeout("the websocket connection"))?
-            .map_err(|e| AgentError::Connect {
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
+    /// Opens a connection and reads the server's challenge nonce.
+    async fn dial_and_challenge(&self) -> Result<(Ws, Dialed, String), AgentError> {
+        let (mut ws, dialed) = self.dial().await?;
+        let timing = &self.settings.timing;
+        match recv_within(&mut ws, timing, "the server's challenge").await? {
+            ServerMessage::Challenge { nonce } => Ok((ws, dialed, nonce)),
+            other => Err(AgentError::Protocol(format!(
+                "expected a challenge, got {other:?}"
+            ))),
+        }
+    }
 
-        let nonce = match recv_within(&mut ws, "the server's challenge").await? {
-            ServerMessage::Challenge { nonce } => nonce,
-            other => {
-                return Err(AgentError::Protocol(format!(
-                    "expected a challenge, got {other:?}"
-                )));
-            }
-        };
+    /// Answers the challenge with a signed Hello and waits for `Welcome`.
+    async fn handshake(
+        &mut self,
+        mut ws: Ws,
+        dialed: &Dialed,
+        nonce: &str,
+        scheduler: &Scheduler,
+    ) -> Result<Ws, AgentError> {
+        let timing = &self.settings.timing;
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             fingerprint: self.identity.fingerprint().clone(),
             public_key: self.identity.public_key_hex(),
-            signature: self.identity.sign_challenge(&nonce),
-            enrollment_token: self.settings.agent.enrollment_token.clone(),
+            signature: self.identity.sign_challenge(nonce),
+            // The org token only until the server has welcomed this key.
+            enrollment_token: if self.memory.saved.enrolled_as.as_ref()
+                == Some(self.identity.fingerprint())
+            {
+                None
+            } else {
+                self.settings.agent.enrollment_token.clone()
+            },
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
@@ -146,27 +298,14 @@ impl Connection<'_> {
             build_sha256: self.settings.build.as_ref().map(|b| b.sha256.clone()),
             build_version: self.settings.build.as_ref().map(|b| b.version.clone()),
             last_seq: self.outbox.lock().last_seq(),
-            tags: Vec::new(),
-            resume_token: None,
-            config_version: 0,
+            tags: self.settings.agent.tags.clone(),
+            resume_token: self.memory.resume_token.clone(),
+            config_version: scheduler.config().map_or(0, |c| c.version),
         };
-        send(&mut ws, &AgentMessage::Hello(hello)).await?;
-        match recv_within(&mut ws, "the server's welcome").await? {
-            ServerMessage::Welcome(Welcome { acked_seq, .. }) => {
-                let (effect, pending) = {
-                    let mut outbox = self.outbox.lock();
-                    (outbox.welcome(acked_seq), outbox.len())
-                };
-                if effect.shifted_by > 0 {
-                    self.hooks.info(&format!(
-                        "fresh sequence counter continued above the server's {acked_seq} (shifted by {})",
-                        effect.shifted_by
-                    ));
-                }
-                self.hooks.info(&format!(
-                    "connected to {url} as {}; {pending} un-acked results to send",
-                    self.identity.fingerprint()
-                ));
+        send(&mut ws, timing, &AgentMessage::Hello(hello)).await?;
+        match recv_within(&mut ws, timing, "the server's welcome").await? {
+            ServerMessage::Welcome(welcome) => {
+                self.welcomed(&welcome, dialed);
                 Ok(ws)
             }
             ServerMessage::Rejected { reason } => {
@@ -179,120 +318,216 @@ impl Connection<'_> {
         }
     }
 
-    /// Runs one established session until stop or failure.
-    async fn session(&self, mut ws: Ws, scheduler: &mut Scheduler) -> SessionEnd {
-        let mut healthy = false;
-        loop {
-            let sent = tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => None,
-                r = self.send_pending(&mut ws) => Some(r),
-            };
-            match sent {
-                None => return self.goodbye(ws).await,
-                Some(Err(e)) => return SessionEnd::Lost(e),
-                Some(Ok(())) => {}
-            }
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return self.goodbye(ws).await,
-                msg = recv(&mut ws) => match msg {
-                    Ok(ServerMessage::Config(config)) => {
-                        self.apply_config(scheduler, &config);
-                        if !healthy {
-                            self.hooks.health(Health::Ok, "connected and scheduling");
-                            healthy = true;
-                        }
-                    }
-                    Ok(ServerMessage::Ack { up_to }) => self.outbox.lock().ack(up_to),
-                    Ok(ServerMessage::Rejected { reason }) => {
-                        return SessionEnd::Lost(AgentError::Rejected { reason });
-                    }
-                    Ok(other) => self.hooks.warn(&format!("ignoring unexpected message from the server: {other:?}")),
-                    Err(AgentError::Protocol(e)) => self.hooks.warn(&format!("ignoring undecodable frame: {e}")),
-                    Err(e) => return SessionEnd::Lost(e),
-                },
-                () = self.outbox.pushed.notified() => {}
-            }
+    /// Applies a `Welcome`: outbox sync, resume token, fallback addresses,
+    /// the DNS report.
+    fn welcomed(&mut self, welcome: &Welcome, dialed: &Dialed) {
+        let Welcome {
+            acked_seq,
+            resume_token,
+            resumed,
+            server_addrs,
+            ..
+        } = welcome;
+        let (effect, pending) = {
+            let mut outbox = self.outbox.lock();
+            (outbox.welcome(*acked_seq), outbox.len())
+        };
+        if effect.shifted_by > 0 {
+            self.hooks.info(&format!(
+                "fresh sequence counter continued above the server's {acked_seq} (shifted by {})",
+                effect.shifted_by
+            ));
         }
-    }
-
-    /// Sends every result not yet sent in this session, in batches.
-    async fn send_pending(&self, ws: &mut Ws) -> Result<(), AgentError> {
-        loop {
-            // The lock is released before the await below.
-            let results = self.outbox.lock().next_batch(MAX_BATCH_RESULTS);
-            if results.is_empty() {
-                return Ok(());
-            }
-            let count = results.len();
-            tokio::time::timeout(SEND_TIMEOUT, send(ws, &AgentMessage::Results { results }))
-                .await
-                .map_err(|_| AgentError::Timeout("the server to accept results"))??;
-            self.hooks.debug(&format!("sent {count} results"));
+        self.memory.resume_token = Some(resume_token.clone()).filter(|t| !t.is_empty());
+        let fingerprint = self.identity.fingerprint();
+        if self
+            .memory
+            .saved
+            .record(dialed.addr.ip(), server_addrs, fingerprint)
+        {
+            self.save_memory();
         }
-    }
-
-    fn apply_config(&self, scheduler: &mut Scheduler, config: &outrider_protocol::AgentConfig) {
-        let s = scheduler.apply(config);
+        let broken = dialed.resolver_error.is_some();
+        if broken != self.memory.dns_broken {
+            let host = &self.settings.endpoint.host;
+            let outcome = dns_outcome(
+                host,
+                dialed.resolver_error.as_deref(),
+                dialed.addr,
+                dialed.source,
+            );
+            self.hooks.warn(&outcome.summary);
+            self.outbox.push(DNS_CHECK, outcome);
+            self.memory.dns_broken = broken;
+        }
         self.hooks.info(&format!(
-            "applied config version {}: started {:?}, restarted {:?}, stopped {:?}, unchanged {}",
-            config.version,
-            s.started,
-            s.restarted,
-            s.stopped,
-            s.unchanged.len()
+            "connected to {} at {} as {}{}; {pending} un-acked results to send",
+            self.settings.endpoint.ws_url,
+            dialed.addr,
+            self.identity.fingerprint(),
+            if *resumed { " (session resumed)" } else { "" },
         ));
-        for problem in s.invalid {
+    }
+
+    /// After a `Rejected`: present the enrollment token again next time, in
+    /// case the server forgot this agent.
+    fn forget_enrollment(&mut self) {
+        if self.memory.saved.enrolled_as.take().is_some() {
             self.hooks
-                .warn(&format!("skipping invalid check: {problem}"));
+                .info("the next attempt presents the enrollment token again");
+            self.save_memory();
         }
     }
 
-    /// Says goodbye and closes the socket, bounded by [`CLOSE_TIMEOUT`].
-    async fn goodbye(&self, mut ws: Ws) -> SessionEnd {
-        let close = async {
-            send(
-                &mut ws,
-                &AgentMessage::Goodbye {
-                    reason: "agent stopping".into(),
-                },
-            )
-            .await?;
-            ws.close(None).await?;
-            // Wait for the server's close frame and the end of the stream;
-            // acks still in flight shrink the state blob we hand over.
-            while let Some(Ok(msg)) = ws.next().await {
-                if let Message::Text(text) = msg
-                    && let Ok(ServerMessage::Ack { up_to }) = ServerMessage::decode(&text)
-                {
-                    self.outbox.lock().ack(up_to);
+    fn save_memory(&self) {
+        if let Err(e) = self.memory.saved.save(&self.settings.data_dir) {
+            self.hooks.warn(&format!(
+                "cannot save the connection memory in {}: {e}",
+                self.settings.data_dir.display()
+            ));
+        }
+    }
+
+    /// Finds the server's addresses (resolver, then the fallback chain) and
+    /// opens the websocket to the first that answers.
+    async fn dial(&self) -> Result<(Ws, Dialed), AgentError> {
+        let endpoint = &self.settings.endpoint;
+        let timing = &self.settings.timing;
+        let (candidates, resolver_error) = match endpoint.ip_literal() {
+            Some(ip) => (
+                vec![(SocketAddr::new(ip, endpoint.port), AddrSource::Literal)],
+                None,
+            ),
+            None => {
+                let lookup = self
+                    .settings
+                    .resolver
+                    .resolve(&endpoint.host, endpoint.port);
+                match tokio::time::timeout(timing.dns_timeout, lookup).await {
+                    Ok(Ok(addrs)) if !addrs.is_empty() => (
+                        addrs
+                            .into_iter()
+                            .map(|a| (a, AddrSource::Resolver))
+                            .collect(),
+                        None,
+                    ),
+                    failed => {
+                        let error = match failed {
+                            Ok(Ok(_)) => "the resolver returned no addresses".to_owned(),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => {
+                                format!("no answer within {} ms", timing.dns_timeout.as_millis())
+                            }
+                        };
+                        (self.memory.saved.candidates(endpoint.port), Some(error))
+                    }
                 }
             }
-            Ok::<(), AgentError>(())
         };
-        match tokio::time::timeout(CLOSE_TIMEOUT, close).await {
-            Ok(Ok(())) => self.hooks.info("said goodbye to the server"),
-            Ok(Err(e)) => self.hooks.warn(&format!("goodbye failed: {e}")),
-            Err(_) => self
-                .hooks
-                .warn("the server did not finish the close handshake in time"),
+        let mut last_error = None;
+        for (addr, source) in candidates {
+            let attempt = tokio::time::timeout(timing.connect_timeout, self.upgrade(addr));
+            match attempt.await {
+                Ok(Ok(ws)) => {
+                    let dialed = Dialed {
+                        addr,
+                        source,
+                        resolver_error,
+                    };
+                    return Ok((ws, dialed));
+                }
+                Ok(Err(e)) => last_error = Some(e),
+                Err(_) => last_error = Some(AgentError::Timeout("the websocket connection")),
+            }
+            if source.is_fallback() {
+                self.hooks.debug(&format!(
+                    "fallback address {addr} failed: {}",
+                    last_error
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ));
+            }
         }
-        SessionEnd::Stopped
+        Err(match (resolver_error, last_error) {
+            (Some(reason), Some(e)) => AgentError::Resolve {
+                host: endpoint.host.clone(),
+                reason: format!("{reason}; the last fallback address failed with: {e}"),
+            },
+            (Some(reason), None) => AgentError::Resolve {
+                host: endpoint.host.clone(),
+                reason: format!("{reason}; no fallback address is known yet"),
+            },
+            (None, Some(e)) => e,
+            (None, None) => AgentError::Resolve {
+                host: endpoint.host.clone(),
+                reason: "no addresses".into(),
+            },
+        })
+    }
+
+    /// TCP to `addr`, TLS for `wss://` (verified against the URL's host
+    /// name, not `addr`), then the websocket upgrade.
+    async fn upgrade(&self, addr: SocketAddr) -> Result<Ws, AgentError> {
+        let url = &self.settings.endpoint.ws_url;
+        let failed = |source| AgentError::Connect {
+            url: format!("{url} ({addr})"),
+            source: Box::new(source),
+        };
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        // Results are small frames sent as they come: do not wait for more.
+        let _ = tcp.set_nodelay(true);
+        let request = url.as_str().into_client_request().map_err(failed)?;
+        let connector = match self.settings.endpoint.transport {
+            Transport::Tls => Connector::Rustls(self.tls.clone()),
+            Transport::Plain => Connector::Plain,
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(
+            request,
+            tcp,
+            Some(config),
+            Some(connector),
+        )
+        .await
+        .map_err(failed)?;
+        Ok(ws)
     }
 }
 
-async fn send(ws: &mut Ws, msg: &AgentMessage) -> Result<(), AgentError> {
-    ws.send(Message::text(msg.encode()))
+/// Sends one message, bounded by the send timeout.
+async fn send(
+    ws: &mut Ws,
+    timing: &ConnectionTiming,
+    msg: &AgentMessage,
+) -> Result<(), AgentError> {
+    send_frame(ws, timing, Message::text(msg.encode())).await
+}
+
+async fn send_frame(
+    ws: &mut Ws,
+    timing: &ConnectionTiming,
+    frame: Message,
+) -> Result<(), AgentError> {
+    tokio::time::timeout(timing.send_timeout, ws.send(frame))
         .await
+        .map_err(|_| AgentError::Timeout("the server to accept a frame"))?
         .map_err(AgentError::from)
 }
 
-/// Reads the next protocol message, skipping control frames. Cancel-safe: a
-/// message is consumed only when it is returned.
-async fn recv(ws: &mut Ws) -> Result<ServerMessage, AgentError> {
+/// Reads the next protocol message, skipping control frames; every frame
+/// (pongs included) refreshes `heard`. Cancel-safe: a message is consumed
+/// only when it is returned.
+async fn recv(ws: &mut Ws, heard: &mut tokio::time::Instant) -> Result<ServerMessage, AgentError> {
+    use futures_util::StreamExt;
     loop {
-        match ws.next().await {
+        let frame = ws.next().await;
+        *heard = tokio::time::Instant::now();
+        match frame {
             None => return Err(AgentError::Closed(None)),
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(Message::Text(text))) => {
@@ -314,8 +549,13 @@ async fn recv(ws: &mut Ws) -> Result<ServerMessage, AgentError> {
     }
 }
 
-async fn recv_within(ws: &mut Ws, what: &'static str) -> Result<ServerMessage, AgentError> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, recv(ws))
+async fn recv_within(
+    ws: &mut Ws,
+    timing: &ConnectionTiming,
+    what: &'static str,
+) -> Result<ServerMessage, AgentError> {
+    let mut heard = tokio::time::Instant::now();
+    tokio::time::timeout(timing.handshake_timeout, recv(ws, &mut heard))
         .await
         .map_err(|_| AgentError::Timeout(what))?
 }

@@ -24,16 +24,29 @@ pub enum AgentError {
     #[error("agent.toml is invalid: {0}")]
     AgentToml(#[source] toml::de::Error),
 
-    /// `server_url` in agent.toml is not a usable `http://` URL.
+    /// `server_url` in agent.toml is not a usable `http://` or `https://` URL.
     #[error("agent.toml field `server_url` = {url:?} is invalid: {reason}")]
     ServerUrl { url: String, reason: String },
 
-    /// `server_url` asks for TLS, which this skeleton build cannot speak yet.
+    /// `server_url` is plain `http://` to a host that is not loopback, and
+    /// `allow_plain_ws` is not set.
     #[error(
-        "agent.toml field `server_url` = {url:?} uses https, but this agent build speaks only \
-         plain ws://; wss support comes with the agent connection issue — use http:// for now"
+        "agent.toml field `server_url` = {url:?} is plain http:// to a host that is not loopback; \
+         use https://, or set `allow_plain_ws = true` if the network path is trusted"
     )]
-    TlsUnsupported { url: String },
+    PlainWsRefused { url: String },
+
+    /// `tls_ca_file` cannot be read or holds no usable PEM certificate.
+    #[error("agent.toml field `tls_ca_file` = {path}: {reason}")]
+    TlsCaFile { path: PathBuf, reason: String },
+
+    /// A tag in agent.toml breaks the naming rule.
+    #[error("agent.toml field `tags`: {tag:?} must be 1-64 characters of a-z, 0-9, '_', '.', '-'")]
+    BadTag { tag: String },
+
+    /// The TLS client could not be set up (no usable protocol version or root).
+    #[error("cannot set up TLS: {0}")]
+    TlsSetup(#[source] rustls::Error),
 
     /// The identity key could not be read, created or written.
     #[error("identity key {path}: {source}")]
@@ -81,6 +94,63 @@ pub enum AgentError {
     /// The server closed the connection.
     #[error("server closed the connection{}", .0.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
     Closed(Option<String>),
+
+    /// No frame (not even a pong) arrived for the keepalive timeout.
+    #[error("the server sent nothing for {silent_ms} ms despite pings; the connection is dead")]
+    KeepaliveTimeout { silent_ms: u128 },
+
+    /// The server name did not resolve and no fallback address answered.
+    #[error("cannot resolve {host} ({reason}); no fallback address answered")]
+    Resolve { host: String, reason: String },
+
+    /// The server sent a configuration that fails validation; the previous
+    /// configuration keeps running.
+    #[error("refusing config version {version} from the server: {source}")]
+    BadConfig {
+        version: u64,
+        #[source]
+        source: outrider_protocol::CheckSpecError,
+    },
+
+    /// A downloaded plugin does not hash to the value the config names.
+    #[error("plugin {name}: downloaded bytes hash to {actual}, the config says {expected}")]
+    PluginHashMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// The server sent more plugin bytes than the config declares.
+    #[error("plugin {name}: the server sent more than the declared {declared} bytes")]
+    PluginTooLarge { name: String, declared: u64 },
+
+    /// A plugin chunk is malformed or out of order.
+    #[error("plugin {name}: bad chunk: {reason}")]
+    PluginChunk { name: String, reason: String },
+
+    /// The server does not have the plugin.
+    #[error("plugin {name}: the server has no file {sha256}: {reason}")]
+    PluginMissing {
+        name: String,
+        sha256: String,
+        reason: String,
+    },
+
+    /// A plugin file could not be written or installed.
+    #[error("plugin file {path}: {source}")]
+    PluginIo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The result spool directory cannot be created or listed.
+    #[error("result spool {path}: {source}")]
+    Spool {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl AgentError {
@@ -93,9 +163,13 @@ impl AgentError {
             AgentError::HostConfig(_)
                 | AgentError::AgentToml(_)
                 | AgentError::ServerUrl { .. }
-                | AgentError::TlsUnsupported { .. }
+                | AgentError::PlainWsRefused { .. }
+                | AgentError::TlsCaFile { .. }
+                | AgentError::BadTag { .. }
+                | AgentError::TlsSetup(_)
                 | AgentError::IdentityIo { .. }
                 | AgentError::IdentityMalformed { .. }
+                | AgentError::Spool { .. }
         )
     }
 }

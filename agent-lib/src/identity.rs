@@ -133,6 +133,11 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap().trim().len(), 64);
         let again = Identity::load_or_create(dir.path()).unwrap();
         assert_eq!(first.fingerprint(), again.fingerprint());
+        assert_eq!(first.public_key_hex(), again.public_key_hex());
+        // Fingerprint = the first 10 bytes of SHA-256 over the public key.
+        let public = hex::decode(first.public_key_hex()).unwrap();
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&public);
+        assert_eq!(first.fingerprint().as_str(), hex::encode(&digest[..10]));
         assert!(!dir.path().join("identity.key.tmp").exists());
     }
 

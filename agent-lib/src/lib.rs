@@ -10,10 +10,15 @@
 //! - `sys` — the raw libc calls of the plugin runner (pidfd, group kill);
 //! - [`config`] — host JSON envelope and `agent.toml`;
 //! - [`identity`] — the ed25519 key on disk;
-//! - [`connection`] — websocket session and reconnects, using [`backoff`];
+//! - [`connection`] — dialing, handshake, session loop and reconnects, using
+//!   [`backoff`], [`tls`] (rustls client config) and [`dns`] (resolver and
+//!   fallback chain);
+//! - [`plugins`] — the content-addressed plugin cache and verified downloads;
+//! - [`rpc`] — remote "run check now" / ad-hoc script runs;
 //! - [`scheduler`] — per-check tasks; [`runner`] — one supervised plugin run;
 //!   [`nagios`] — plugin output parsing;
-//! - [`outbox`] — un-acked results; [`state`] — the blob for the next generation.
+//! - [`outbox`] — result numbering and batches over the on-disk [`spool`];
+//!   [`state`] — the blob for the next generation.
 //!
 //! Process rules that matter for hot swap: the library installs no signal
 //! handlers (hence `std::process` + pidfds, never `tokio::process` or
@@ -22,21 +27,30 @@
 
 mod agent;
 pub mod backoff;
+pub mod builtin;
 pub mod config;
 pub mod connection;
+pub mod dns;
 pub mod error;
+pub mod executor;
 mod ffi;
 pub mod host;
 pub mod identity;
 pub mod nagios;
 pub mod outbox;
+pub mod plugins;
+pub mod rpc;
 pub mod runner;
 pub mod scheduler;
+pub mod spool;
 pub mod state;
 mod sys;
+pub mod tls;
 
 pub use agent::run_agent;
-pub use config::{AgentSettings, AgentToml};
+pub use config::{AgentSettings, AgentToml, ServerEndpoint, Transport};
+pub use connection::ConnectionTiming;
+pub use dns::{Resolve, ResolveFuture, SystemResolver};
 pub use error::AgentError;
 pub use ffi::{Host, outrider_agent_entry_v1};
 pub use host::{Health, HostHooks, Level};

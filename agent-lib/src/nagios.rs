@@ -12,7 +12,8 @@
 //! accepted. Perfdata items are `'label'=value[UOM];[warn];[crit];[min];[max]`
 //! separated by whitespace; a quoted label may contain spaces and `=`, and
 //! `''` inside it stands for one `'`. Trailing fields may be missing. Parsing
-//! never fails: a malformed perfdata item is skipped, everything else kept.
+//! never fails: a malformed perfdata item is skipped (and named in
+//! [`PluginOutput::skipped`], so the result can say so), everything else kept.
 
 use outrider_protocol::PerfData;
 
@@ -25,6 +26,39 @@ pub struct PluginOutput {
     pub long_output: String,
     /// Every well-formed perfdata item, in order.
     pub perfdata: Vec<PerfData>,
+    /// The first [`MAX_SKIPPED_NOTED`] malformed perfdata items (each cut to
+    /// [`SKIPPED_ITEM_CHARS`] characters), and how many there were in all.
+    pub skipped: Vec<String>,
+    pub skipped_count: usize,
+}
+
+/// How many malformed perfdata items a [`PluginOutput`] names.
+pub const MAX_SKIPPED_NOTED: usize = 5;
+/// Characters kept of each named malformed item.
+pub const SKIPPED_ITEM_CHARS: usize = 40;
+
+impl PluginOutput {
+    /// A note for the long output naming the skipped perfdata items, if any.
+    pub fn skipped_note(&self) -> Option<String> {
+        if self.skipped_count == 0 {
+            return None;
+        }
+        let more = self.skipped_count - self.skipped.len();
+        let list = self
+            .skipped
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "[perfdata skipped, not label=value[UOM][;warn;crit;min;max]: {list}{more}]"
+        ))
+    }
 }
 
 /// Splits plugin output into summary, long output and perfdata.
@@ -49,11 +83,15 @@ pub fn parse_output(text: &str) -> PluginOutput {
     while long.last().is_some_and(|l| l.trim().is_empty()) {
         long.pop();
     }
-    PluginOutput {
+    let mut out = PluginOutput {
         summary: summary.trim().to_owned(),
         long_output: long.join("\n"),
-        perfdata: perf_text.iter().flat_map(|t| parse_perfdata(t)).collect(),
+        ..PluginOutput::default()
+    };
+    for text in perf_text {
+        parse_into(text, &mut out);
     }
+    out
 }
 
 fn split_pipe(line: &str) -> (&str, Option<&str>) {
@@ -65,18 +103,32 @@ fn split_pipe(line: &str) -> (&str, Option<&str>) {
 
 /// Parses a run of perfdata items, skipping malformed ones.
 pub fn parse_perfdata(text: &str) -> Vec<PerfData> {
-    let mut items = Vec::new();
+    let mut out = PluginOutput::default();
+    parse_into(text, &mut out);
+    out.perfdata
+}
+
+/// Adds the items of `text` to `out.perfdata`, noting malformed ones.
+fn parse_into(text: &str, out: &mut PluginOutput) {
     let mut rest = text;
     loop {
         rest = rest.trim_start();
         if rest.is_empty() {
-            return items;
+            return;
         }
         let (item, next) = next_item(rest);
-        rest = next;
-        if let Some(item) = item {
-            items.push(item);
+        match item {
+            Some(item) => out.perfdata.push(item),
+            None => {
+                out.skipped_count += 1;
+                if out.skipped.len() < MAX_SKIPPED_NOTED {
+                    let token = rest[..rest.len() - next.len()].trim_end();
+                    out.skipped
+                        .push(token.chars().take(SKIPPED_ITEM_CHARS).collect());
+                }
+            }
         }
+        rest = next;
     }
 }
 
@@ -179,6 +231,65 @@ fn split_number(s: &str) -> Option<(f64, &str)> {
     value.is_finite().then_some((value, &s[i..]))
 }
 
+/// A Nagios threshold range (plugin guidelines, "Threshold and ranges"):
+/// `10` alerts outside `0..=10`, `10:` below 10, `~:10` above 10, `10:20`
+/// outside `10..=20`, and a leading `@` inverts (alert *inside*).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    /// Lower bound (`-inf` for `~`).
+    pub start: f64,
+    /// Upper bound (`+inf` when omitted after `:`).
+    pub end: f64,
+    /// `@`: alert when the value is inside.
+    pub inside: bool,
+}
+
+impl Range {
+    /// Parses a range; fails naming what is wrong.
+    pub fn parse(text: &str) -> Result<Range, String> {
+        let bad = |why: &str| format!("{text:?} is not a Nagios range ({why})");
+        let (inside, body) = match text.strip_prefix('@') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let number = |s: &str| -> Result<f64, String> {
+            match split_number(s) {
+                Some((v, "")) => Ok(v),
+                _ => Err(bad(&format!("{s:?} is not a number"))),
+            }
+        };
+        let (start, end) = match body.split_once(':') {
+            None if body.is_empty() => return Err(bad("it is empty")),
+            None => (0.0, number(body)?),
+            Some((lo, hi)) => {
+                let start = if lo == "~" {
+                    f64::NEG_INFINITY
+                } else if lo.is_empty() {
+                    0.0
+                } else {
+                    number(lo)?
+                };
+                let end = if hi.is_empty() {
+                    f64::INFINITY
+                } else {
+                    number(hi)?
+                };
+                (start, end)
+            }
+        };
+        if start > end {
+            return Err(bad("the start is above the end"));
+        }
+        Ok(Range { start, end, inside })
+    }
+
+    /// Whether `value` raises the alert this range describes.
+    pub fn alerts(&self, value: f64) -> bool {
+        let within = self.start <= value && value <= self.end;
+        within == self.inside
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +380,18 @@ mod tests {
     }
 
     #[test]
+    fn skipped_items_are_named() {
+        let out = parse_output("OK | a=1 junk b=U c=2\nx | 'open=5");
+        assert_eq!(out.perfdata.len(), 2);
+        assert_eq!(out.skipped, ["junk", "b=U", "'open=5"]);
+        assert_eq!(
+            out.skipped_note().unwrap(),
+            "[perfdata skipped, not label=value[UOM][;warn;crit;min;max]: \"junk\", \"b=U\", \"'open=5\"]"
+        );
+        assert_eq!(parse_output("OK | a=1").skipped_note(), None);
+    }
+
+    #[test]
     fn numbers_signs_exponents_and_units() {
         let items = parse_perfdata("a=-1.5 b=+2e3 c=1.5e-1s d=3e e=.5");
         let vals: Vec<_> = items.iter().map(|p| (p.value, p.uom.as_str())).collect();
@@ -294,5 +417,129 @@ mod tests {
         let out = parse_output("CRIT\nfirst\n\nthird\n\n");
         assert_eq!(out.long_output, "first\n\nthird");
         assert!(out.perfdata.is_empty());
+    }
+
+    #[test]
+    fn ranges_follow_the_plugin_guidelines() {
+        let alerts = |r: &str, v: f64| Range::parse(r).unwrap().alerts(v);
+        assert!(!alerts("10", 10.0) && alerts("10", 10.5) && alerts("10", -1.0));
+        assert!(alerts("10:", 9.0) && !alerts("10:", 1e9));
+        assert!(alerts("~:10", 11.0) && !alerts("~:10", -1e9));
+        assert!(alerts("10:20", 9.0) && !alerts("10:20", 15.0) && alerts("10:20", 21.0));
+        assert!(alerts("@10:20", 15.0) && !alerts("@10:20", 25.0));
+        assert!(alerts("@5", 0.0) && !alerts("@5", 6.0));
+        for bad in ["", "x", "5:1", "1:x", "@"] {
+            let err = Range::parse(bad).unwrap_err();
+            assert!(err.contains("not a Nagios range"), "{err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const UOMS: &[&str] = &["", "s", "ms", "us", "%", "B", "KB", "MB", "TB", "c"];
+
+    /// Renders one item the way a careful plugin would: quoted label with
+    /// `''` escapes, trailing empty fields left out.
+    fn render(p: &PerfData) -> String {
+        let label = format!("'{}'", p.label.replace('\'', "''"));
+        let num = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let mut fields = vec![
+            format!("{}{}", p.value, p.uom),
+            p.warn.clone().unwrap_or_default(),
+            p.crit.clone().unwrap_or_default(),
+            num(p.min),
+            num(p.max),
+        ];
+        while fields.len() > 1 && fields.last().is_some_and(String::is_empty) {
+            fields.pop();
+        }
+        format!("{label}={}", fields.join(";"))
+    }
+
+    fn number() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            (-1_000_000i64..1_000_000).prop_map(|v| v as f64),
+            (-1e6f64..1e6),
+            Just(0.5),
+        ]
+    }
+
+    fn range() -> impl Strategy<Value = String> {
+        (0u8..6, 0u32..1000, 0u32..1000).prop_map(|(kind, a, b)| {
+            let (lo, hi) = (a.min(b), a.max(b));
+            match kind {
+                0 => format!("{hi}"),
+                1 => format!("{lo}:"),
+                2 => format!("~:{hi}"),
+                3 => format!("{lo}:{hi}"),
+                4 => format!("@{lo}:{hi}"),
+                _ => format!("@~:{hi}"),
+            }
+        })
+    }
+
+    fn item() -> impl Strategy<Value = PerfData> {
+        (
+            "[^'\r\n]{0,3}('[^'\r\n]{0,3})?[^\r\n]{0,8}",
+            number(),
+            proptest::sample::select(UOMS),
+            proptest::option::of(range()),
+            proptest::option::of(range()),
+            proptest::option::of(number()),
+            proptest::option::of(number()),
+        )
+            .prop_filter("a label is never empty", |t| !t.0.is_empty())
+            .prop_map(|(label, value, uom, warn, crit, min, max)| PerfData {
+                label,
+                value,
+                uom: uom.to_owned(),
+                warn,
+                crit,
+                min,
+                max,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn rendered_perfdata_parses_back(items in proptest::collection::vec(item(), 0..6)) {
+            let text = items.iter().map(render).collect::<Vec<_>>().join(" ");
+            prop_assert_eq!(&parse_perfdata(&text), &items);
+        }
+
+        #[test]
+        fn perfdata_spread_over_lines_is_collected_in_order(
+            first in proptest::collection::vec(item(), 0..3),
+            later in proptest::collection::vec(item(), 0..3),
+            long in "[^|\r\n]{0,20}",
+        ) {
+            let perf = |v: &[PerfData]| v.iter().map(render).collect::<Vec<_>>().join(" ");
+            let text = format!("OK - summary | {}\r\n{long}\r\nmore | {}\n", perf(&first), perf(&later));
+            let out = parse_output(&text);
+            prop_assert_eq!(out.summary, "OK - summary");
+            let all: Vec<PerfData> = first.iter().chain(&later).cloned().collect();
+            prop_assert_eq!(out.perfdata, all);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}", bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_output(&text);
+            let _ = parse_output(&String::from_utf8_lossy(&bytes));
+            for word in text.split([' ', ';']) {
+                if let Ok(r) = Range::parse(word) {
+                    let _ = r.alerts(0.0);
+                }
+            }
+        }
+
+        #[test]
+        fn ranges_in_plugin_syntax_parse(r in range()) {
+            prop_assert!(Range::parse(&r).is_ok(), "{}", r);
+        }
     }
 }

@@ -1,31 +1,43 @@
-//! The in-memory outbox: results waiting for the server's ack.
+//! The outbox: sequence numbering and batching over the on-disk [`Spool`].
 //!
 //! Invariants:
 //! - Every result gets the next sequence number; numbers strictly increase
-//!   and are never reused within a lineage of generations (the counter
-//!   travels in the state blob).
-//! - Entries stay, in sequence order, until an `Ack`/`Welcome` covers them; on
-//!   every (re)connect all of them are resent (the server dedups by seq).
-//! - Bounded: when full, the oldest entry is dropped (and reported). The disk
-//!   spool that removes this loss comes with a later issue.
-//! - A cold start (no state blob) numbers from 1; the first `Welcome` then
-//!   shifts every entry above the server's `acked_seq`, so a reinstalled agent
-//!   is not mistaken for a replay and silently deduplicated.
+//!   and are never reused: the counter is derived on open from the spool
+//!   (`meta.json` and the newest record) and the state blob, whichever is
+//!   higher.
+//! - Results stay in the spool, in sequence order, until an `Ack`/`Welcome`
+//!   covers them; on every (re)connect all of them are resent from disk (the
+//!   server dedups by seq). Nothing un-acked lives only in memory, so a
+//!   crash, a restart or a hot swap loses nothing the spool held.
+//! - Bounded: the spool has a byte cap; results evicted to respect it, or
+//!   lost because the disk refused a write, are counted and reported as a
+//!   WARNING result of [`SPOOL_CHECK`] (and logged), never silently.
+//! - A cold start (no spool numbering, no state blob) numbers from 1; the
+//!   first `Welcome` shifts every stored number above the server's
+//!   `acked_seq`, so a reinstalled agent is not mistaken for a replay.
+//! - The state blob still carries the newest [`STATE_UNACKED_MAX`] un-acked
+//!   results, for a generation without a spool (rollback to an older build);
+//!   a generation with a spool imports from a blob only what its spool lacks.
 //!
-//! Locking: a std mutex held only for the in-memory bookkeeping, never across
-//! an await.
+//! Locking: a std mutex held only for the bookkeeping and the spool's file
+//! I/O (small appends, bounded batch reads), never across an await.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use outrider_protocol::{CheckResult, MAX_MESSAGE_BYTES};
+use outrider_protocol::{CheckResult, CheckState, MAX_MESSAGE_BYTES};
 use tokio::sync::Notify;
 
+use crate::host::HostHooks;
 use crate::runner::RunOutcome;
+use crate::spool::{Evicted, Position, Spool, SpoolLimits};
 use crate::state::StateBlob;
 
-/// Most results held in memory.
-pub const OUTBOX_CAPACITY: usize = 10_000;
+/// Name of the synthetic check reporting spool evictions and write failures.
+pub const SPOOL_CHECK: &str = "outrider.spool";
+/// Most un-acked results copied into the state blob.
+pub const STATE_UNACKED_MAX: usize = 1_000;
 /// Room left in a frame for the `{"type":"results","results":[…]}` envelope.
 const ENVELOPE_BYTES: usize = 64;
 /// A single result larger than this (encoded) loses its long output and
@@ -33,14 +45,31 @@ const ENVELOPE_BYTES: usize = 64;
 const MAX_RESULT_BYTES: usize = MAX_MESSAGE_BYTES / 2;
 
 /// Outbox bookkeeping; see the module docs.
-#[derive(Debug)]
 pub struct Outbox {
-    entries: VecDeque<CheckResult>,
+    spool: Spool,
     next_seq: u64,
     seq_synced: bool,
     /// Highest seq already sent in the current session.
     sent_up_to: u64,
-    capacity: usize,
+    /// Where the next batch continues reading the spool.
+    cursor: Option<Position>,
+    /// Results the spool could not store since the last report, and why.
+    lost: u64,
+    lost_reason: String,
+    /// Results evicted by the cap since this outbox was opened.
+    evicted_total: u64,
+    hooks: Arc<dyn HostHooks>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("spool", &self.spool)
+            .field("next_seq", &self.next_seq)
+            .field("seq_synced", &self.seq_synced)
+            .field("sent_up_to", &self.sent_up_to)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a [`Outbox::welcome`] did, for logging.
@@ -53,29 +82,76 @@ pub struct WelcomeEffect {
 }
 
 impl Outbox {
-    /// An outbox continuing from `state` (a cold one when `None`).
-    pub fn new(state: Option<&StateBlob>, capacity: usize) -> Outbox {
-        let cold = StateBlob::default();
-        let state = state.unwrap_or(&cold);
-        let mut entries: VecDeque<CheckResult> = state.unacked.iter().cloned().collect();
-        entries.make_contiguous().sort_by_key(|r| r.seq);
-        let next_seq = entries.back().map_or(1, |r| r.seq + 1).max(state.next_seq);
-        let mut outbox = Outbox {
-            entries,
-            next_seq,
-            seq_synced: state.seq_synced,
-            sent_up_to: 0,
-            capacity,
-        };
-        while outbox.entries.len() > capacity {
-            outbox.entries.pop_front();
+    /// Opens the spool in `dir` and continues the numbering of the spool and
+    /// of `state` (the previous generation's blob, if any), importing the
+    /// blob's un-acked results the spool does not hold. Fails only when the
+    /// spool directory cannot be created or listed; damaged files are set
+    /// aside and logged.
+    pub fn open(
+        dir: &Path,
+        state: Option<&StateBlob>,
+        limits: SpoolLimits,
+        hooks: Arc<dyn HostHooks>,
+    ) -> std::io::Result<Outbox> {
+        let spool = Spool::open(dir, limits, hooks.clone())?;
+        let meta = spool.meta();
+        let mut next_seq = meta
+            .next_seq
+            .max(spool.last_seq().map_or(1, |s| s + 1))
+            .max(meta.acked_seq + 1);
+        let mut seq_synced = meta.seq_synced;
+        if let Some(state) = state {
+            next_seq = next_seq.max(state.next_seq);
+            seq_synced |= state.seq_synced;
         }
-        outbox
+        let mut outbox = Outbox {
+            spool,
+            next_seq,
+            seq_synced,
+            sent_up_to: 0,
+            cursor: None,
+            lost: 0,
+            lost_reason: String::new(),
+            evicted_total: 0,
+            hooks,
+        };
+        if let Some(state) = state {
+            let floor = outbox.spool.last_seq().unwrap_or(0).max(meta.acked_seq);
+            let mut carried: Vec<&CheckResult> =
+                state.unacked.iter().filter(|r| r.seq > floor).collect();
+            carried.sort_by_key(|r| r.seq);
+            for r in carried {
+                outbox.store(r);
+            }
+        }
+        if (outbox.next_seq, outbox.seq_synced) != (meta.next_seq, meta.seq_synced) {
+            outbox
+                .spool
+                .set_numbering(outbox.next_seq, outbox.seq_synced, 0);
+        }
+        Ok(outbox)
     }
 
-    /// Adds a result under the next sequence number. Returns the seq of the
-    /// entry dropped to make room, if any.
-    pub fn push(&mut self, check: &str, outcome: RunOutcome) -> Option<u64> {
+    /// Adds a result under the next sequence number and returns that number.
+    /// Evictions and write failures are reported (see the module docs).
+    pub fn push(&mut self, check: &str, outcome: RunOutcome) -> u64 {
+        let started_at_ms = outcome.started_at_ms;
+        let seq = self.push_one(check, outcome);
+        if self.lost > 0 && self.lost_reason.is_empty() {
+            // The write that just worked ends a failure streak: report it.
+            let lost = std::mem::take(&mut self.lost);
+            self.push_one(
+                SPOOL_CHECK,
+                spool_report(
+                    format!("{lost} results were lost: the spool could not store them"),
+                    started_at_ms,
+                ),
+            );
+        }
+        seq
+    }
+
+    fn push_one(&mut self, check: &str, outcome: RunOutcome) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut result = outcome.into_result(seq, check);
@@ -85,21 +161,60 @@ impl Outbox {
             result.perfdata.clear();
             result.summary = result.summary.chars().take(1024).collect();
         }
-        let dropped = if self.entries.len() >= self.capacity {
-            self.entries.pop_front().map(|r| r.seq)
-        } else {
-            None
-        };
-        self.entries.push_back(result);
-        dropped
+        let evicted = self.store(&result);
+        if evicted.count > 0 {
+            self.evicted_total += evicted.count;
+            let text = format!(
+                "spool over its cap of {:.1} MiB: evicted {} un-acked results, oldest first \
+                 (seq {}-{}); {} evicted since the agent started",
+                self.spool.limits().cap_bytes as f64 / (1024.0 * 1024.0),
+                evicted.count,
+                evicted.first_seq,
+                evicted.last_seq,
+                self.evicted_total
+            );
+            self.hooks.warn(&text);
+            self.store(
+                &spool_report(text, result.started_at_ms).into_result(self.next_seq, SPOOL_CHECK),
+            );
+            self.next_seq += 1;
+        }
+        seq
     }
 
-    /// Whether an un-acked result of `check` with this summary is queued
+    /// Writes one result to the spool; a failure is logged once per streak
+    /// and counted for the next report.
+    fn store(&mut self, result: &CheckResult) -> Evicted {
+        match self.spool.append(result) {
+            Ok(evicted) => {
+                self.lost_reason.clear();
+                evicted
+            }
+            Err(e) => {
+                if self.lost_reason.is_empty() {
+                    self.lost_reason = e.to_string();
+                    self.hooks.error(&format!(
+                        "spool: cannot store result seq {} of {:?} ({e}); results are lost until \
+                         the spool is writable again",
+                        result.seq, result.check
+                    ));
+                }
+                self.lost += 1;
+                Evicted::default()
+            }
+        }
+    }
+
+    /// Whether an un-acked result of `check` with this summary is stored
     /// (so an event handed over twice is reported once).
     pub fn holds(&self, check: &str, summary: &str) -> bool {
-        self.entries
-            .iter()
-            .any(|r| r.check == check && r.summary == summary)
+        let acked = self.spool.meta().acked_seq;
+        let mut found = false;
+        self.spool.read_from(None, |r, _| {
+            found = r.seq > acked && r.check == check && r.summary == summary;
+            !found
+        });
+        found
     }
 
     /// Applies a `Welcome{acked_seq}`: reconciles a cold counter, trims what
@@ -110,45 +225,56 @@ impl Outbox {
             // Cold start: our numbers began at 1 and the server's `acked_seq`
             // belongs to an earlier life of this identity. Continue above it.
             shifted_by = acked_seq;
-            for r in &mut self.entries {
-                r.seq += shifted_by;
-            }
             self.next_seq += shifted_by;
             self.seq_synced = true;
         }
         // The server has seen numbers we never assigned (e.g. lost state):
         // never hand out a number it would discard as a duplicate.
         self.next_seq = self.next_seq.max(acked_seq + 1);
-        let before = self.entries.len();
+        if shifted_by > 0
+            || self.spool.meta().next_seq != self.next_seq
+            || !self.spool.meta().seq_synced
+        {
+            self.spool.set_numbering(self.next_seq, true, shifted_by);
+        }
+        let before = self.len();
         self.ack(acked_seq);
         self.sent_up_to = 0;
+        self.cursor = None;
         WelcomeEffect {
             shifted_by,
-            trimmed: before - self.entries.len(),
+            trimmed: before - self.len(),
         }
     }
 
     /// Drops every entry with `seq <= up_to`.
     pub fn ack(&mut self, up_to: u64) {
-        while self.entries.front().is_some_and(|r| r.seq <= up_to) {
-            self.entries.pop_front();
-        }
+        self.spool.ack(up_to);
     }
 
     /// The next batch not yet sent in this session (≤ `max_results` and
     /// fitting one frame), marked as sent. Empty when all is sent.
     pub fn next_batch(&mut self, max_results: usize) -> Vec<CheckResult> {
+        let floor = self.sent_up_to.max(self.spool.meta().acked_seq);
         let mut batch = Vec::new();
         let mut bytes = ENVELOPE_BYTES;
-        for r in self.entries.iter().filter(|r| r.seq > self.sent_up_to) {
-            let len = encoded_len(r) + 1;
+        let mut cursor = self.cursor;
+        self.spool.read_from(self.cursor, |r, pos| {
+            if r.seq <= floor {
+                cursor = Some(pos);
+                return true;
+            }
+            let len = encoded_len(&r) + 1;
             if batch.len() == max_results || (!batch.is_empty() && bytes + len > MAX_MESSAGE_BYTES)
             {
-                break;
+                return false;
             }
             bytes += len;
-            batch.push(r.clone());
-        }
+            batch.push(r);
+            cursor = Some(pos);
+            true
+        });
+        self.cursor = cursor;
         if let Some(last) = batch.last() {
             self.sent_up_to = last.seq;
         }
@@ -162,22 +288,48 @@ impl Outbox {
 
     /// Number of un-acked results.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        usize::try_from(self.spool.unacked()).unwrap_or(usize::MAX)
     }
 
     /// True when nothing waits for an ack.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// The state blob for the next generation.
-    pub fn to_state(&self) -> StateBlob {
+    /// The state blob for the next generation. Called at the end of a
+    /// generation, so it also makes the spool durable (fsync).
+    pub fn to_state(&mut self) -> StateBlob {
+        self.spool.set_numbering(self.next_seq, self.seq_synced, 0);
+        self.spool.sync();
+        let acked = self.spool.meta().acked_seq;
+        let mut newest = VecDeque::with_capacity(STATE_UNACKED_MAX.min(self.len()));
+        self.spool.read_from(None, |r, _| {
+            if r.seq > acked {
+                if newest.len() == STATE_UNACKED_MAX {
+                    newest.pop_front();
+                }
+                newest.push_back(r);
+            }
+            true
+        });
         StateBlob {
             next_seq: self.next_seq,
             seq_synced: self.seq_synced,
-            unacked: self.entries.iter().cloned().collect(),
+            unacked: newest.into(),
             ..StateBlob::default()
         }
+    }
+}
+
+/// A WARNING result of [`SPOOL_CHECK`].
+fn spool_report(summary: String, started_at_ms: i64) -> RunOutcome {
+    RunOutcome {
+        state: CheckState::Warning,
+        summary,
+        long_output: String::new(),
+        perfdata: Vec::new(),
+        started_at_ms,
+        duration_ms: 0,
     }
 }
 
@@ -209,19 +361,33 @@ impl SharedOutbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Pushes a result and wakes the consumer; returns the dropped seq, if any.
-    pub fn push(&self, check: &str, outcome: RunOutcome) -> Option<u64> {
-        let dropped = self.lock().push(check, outcome);
+    /// Pushes a result and wakes the consumer; returns its seq.
+    pub fn push(&self, check: &str, outcome: RunOutcome) -> u64 {
+        let seq = self.lock().push(check, outcome);
         self.pushed.notify_one();
-        dropped
+        seq
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use outrider_protocol::CheckState;
 
     use super::*;
+    use crate::host::{Health, Level};
+
+    /// Hooks that keep every log line.
+    #[derive(Debug, Default)]
+    pub(crate) struct Logs(pub Mutex<Vec<String>>);
+    impl HostHooks for Logs {
+        fn log(&self, _: Level, m: &str) {
+            self.0.lock().unwrap().push(m.to_owned());
+        }
+        fn health(&self, _: Health, _: &str) {}
+        fn request_update_check(&self) {}
+    }
 
     fn outcome(summary: &str) -> RunOutcome {
         RunOutcome {
@@ -234,35 +400,68 @@ mod tests {
         }
     }
 
-    fn seqs(o: &Outbox) -> Vec<u64> {
-        o.entries.iter().map(|r| r.seq).collect()
+    fn open(dir: &Path, state: Option<&StateBlob>) -> Outbox {
+        open_with(dir, state, SpoolLimits::default())
+    }
+
+    fn open_with(dir: &Path, state: Option<&StateBlob>, limits: SpoolLimits) -> Outbox {
+        Outbox::open(dir, state, limits, Arc::new(Logs::default())).unwrap()
+    }
+
+    /// Every un-acked seq, read from disk.
+    fn seqs(o: &mut Outbox) -> Vec<u64> {
+        o.sent_up_to = 0;
+        o.cursor = None;
+        let seqs = o.next_batch(usize::MAX).iter().map(|r| r.seq).collect();
+        o.sent_up_to = 0;
+        o.cursor = None;
+        seqs
     }
 
     #[test]
     fn numbers_increase_and_ack_trims() {
-        let mut o = Outbox::new(None, 10);
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
         for _ in 0..3 {
             o.push("c", outcome("x"));
         }
-        assert_eq!(seqs(&o), [1, 2, 3]);
+        assert_eq!(seqs(&mut o), [1, 2, 3]);
         o.welcome(0);
         o.ack(2);
-        assert_eq!(seqs(&o), [3]);
-        assert_eq!(o.last_seq(), 3);
+        assert_eq!(seqs(&mut o), [3]);
+        assert_eq!((o.last_seq(), o.len()), (3, 1));
     }
 
     #[test]
-    fn full_outbox_drops_oldest() {
-        let mut o = Outbox::new(None, 2);
-        assert_eq!(o.push("c", outcome("1")), None);
-        assert_eq!(o.push("c", outcome("2")), None);
-        assert_eq!(o.push("c", outcome("3")), Some(1));
-        assert_eq!(seqs(&o), [2, 3]);
+    fn a_restart_mid_stream_keeps_everything_and_the_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        o.welcome(10);
+        for i in 0..5 {
+            o.push("c", outcome(&format!("r{i}")));
+        }
+        o.ack(12);
+        // A crash: no to_state, no sync; the process just goes away.
+        drop(o);
+        let mut o = open(dir.path(), None);
+        assert_eq!(seqs(&mut o), [13, 14, 15]);
+        assert_eq!(o.push("c", outcome("after")), 16);
+        o.welcome(12);
+        assert_eq!(
+            o.next_batch(2).iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [13, 14]
+        );
+        assert_eq!(
+            o.next_batch(10).iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [15, 16]
+        );
+        assert!(o.next_batch(10).is_empty());
     }
 
     #[test]
-    fn cold_start_renumbers_above_server_ack() {
-        let mut o = Outbox::new(None, 10);
+    fn cold_start_renumbers_above_server_ack_and_the_shift_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
         o.push("c", outcome("a"));
         o.push("c", outcome("b"));
         let effect = o.welcome(100);
@@ -273,9 +472,12 @@ mod tests {
                 trimmed: 0
             }
         );
-        assert_eq!(seqs(&o), [101, 102]);
+        assert_eq!(seqs(&mut o), [101, 102]);
         o.push("c", outcome("c"));
         assert_eq!(o.last_seq(), 103);
+        drop(o);
+        let mut o = open(dir.path(), None);
+        assert_eq!(seqs(&mut o), [101, 102, 103]);
         // Later welcomes (reconnects) trim instead of renumbering.
         assert_eq!(
             o.welcome(101),
@@ -284,25 +486,27 @@ mod tests {
                 trimmed: 1
             }
         );
-        assert_eq!(seqs(&o), [102, 103]);
+        assert_eq!(seqs(&mut o), [102, 103]);
     }
 
     #[test]
     fn synced_counter_never_falls_behind_the_server() {
+        let dir = tempfile::tempdir().unwrap();
         let state = StateBlob {
             next_seq: 5,
             seq_synced: true,
             ..StateBlob::default()
         };
-        let mut o = Outbox::new(Some(&state), 10);
+        let mut o = open(dir.path(), Some(&state));
         o.welcome(50);
         o.push("c", outcome("a"));
-        assert_eq!(seqs(&o), [51]);
+        assert_eq!(seqs(&mut o), [51]);
     }
 
     #[test]
     fn batches_resend_after_welcome_and_respect_limits() {
-        let mut o = Outbox::new(None, 10);
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
         for _ in 0..5 {
             o.push("c", outcome("x"));
         }
@@ -312,14 +516,17 @@ mod tests {
         let b: Vec<_> = o.next_batch(10).iter().map(|r| r.seq).collect();
         assert_eq!(b, [3, 4, 5]);
         assert!(o.next_batch(10).is_empty());
+        o.push("c", outcome("y"));
+        assert_eq!(o.next_batch(10)[0].seq, 6);
         // Reconnect: everything un-acked goes again.
         o.welcome(1);
-        assert_eq!(o.next_batch(10).len(), 4);
+        assert_eq!(o.next_batch(10).len(), 5);
     }
 
     #[test]
     fn batches_fit_one_frame() {
-        let mut o = Outbox::new(None, 10);
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
         for _ in 0..4 {
             o.push("c", outcome(&"y".repeat(400 * 1024)));
         }
@@ -331,16 +538,62 @@ mod tests {
 
     #[test]
     fn oversized_result_is_shrunk() {
-        let mut o = Outbox::new(None, 10);
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
         let mut big = outcome("s");
         big.long_output = "\u{1}".repeat(MAX_RESULT_BYTES);
         o.push("c", big);
-        assert!(encoded_len(&o.entries[0]) < MAX_RESULT_BYTES);
+        assert!(encoded_len(&o.next_batch(1)[0]) < MAX_RESULT_BYTES);
     }
 
     #[test]
-    fn state_round_trip_keeps_unacked_and_counter() {
-        let mut o = Outbox::new(None, 10);
+    fn the_cap_evicts_the_oldest_and_reports_how_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            cap_bytes: 4096,
+            segment_bytes: 1024,
+        };
+        let mut o = open_with(dir.path(), None, limits);
+        o.welcome(0);
+        for i in 0..100 {
+            o.push("c", outcome(&format!("result {i:03}")));
+        }
+        let all = {
+            o.welcome(0);
+            o.next_batch(usize::MAX)
+        };
+        let reports: Vec<_> = all.iter().filter(|r| r.check == SPOOL_CHECK).collect();
+        assert!(
+            !reports.is_empty(),
+            "evictions are reported: {:?}",
+            all.iter().map(|r| (r.seq, &r.check)).collect::<Vec<_>>()
+        );
+        assert_eq!(reports[0].state, CheckState::Warning);
+        let kept: Vec<_> = all.iter().filter(|r| r.check == "c").collect();
+        // Oldest first: what is left is the newest, contiguous and ending at the last push.
+        assert_eq!(kept.last().unwrap().summary, "result 099");
+        assert!(kept[0].summary.as_str() > "result 000");
+        // Reports can be evicted too, so each carries the running total:
+        // every seq ever assigned is either still stored or counted.
+        let last = reports.last().unwrap();
+        let total: u64 = last
+            .summary
+            .split("; ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(all.len() as u64 + total, o.last_seq(), "{}", last.summary);
+        assert!(o.spool.total_bytes() <= limits.cap_bytes + limits.segment_bytes);
+    }
+
+    #[test]
+    fn state_round_trip_keeps_the_counter_and_imports_only_what_the_spool_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
         o.push("c", outcome("a"));
         o.welcome(7);
         let state = o.to_state();
@@ -348,8 +601,29 @@ mod tests {
             (state.next_seq, state.seq_synced, state.unacked.len()),
             (9, true, 1)
         );
-        let again = Outbox::new(Some(&state), 10);
-        assert_eq!(seqs(&again), [8]);
-        assert_eq!(again.last_seq(), 8);
+        drop(o);
+        // A generation without a spool added seq 9 to the blob.
+        let mut older = state.clone();
+        older.unacked.push(outcome("b").into_result(9, "c"));
+        older.next_seq = 10;
+        let mut again = open(dir.path(), Some(&older));
+        assert_eq!(seqs(&mut again), [8, 9]);
+        assert_eq!(again.last_seq(), 9);
+        // A blob for an empty spool (another data dir) is imported whole.
+        let other = tempfile::tempdir().unwrap();
+        let mut fresh = open(other.path(), Some(&older));
+        assert_eq!(seqs(&mut fresh), [8, 9]);
+    }
+
+    #[test]
+    fn holds_finds_unacked_results_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        o.welcome(0);
+        o.push("u", outcome("rolled back"));
+        assert!(o.holds("u", "rolled back"));
+        assert!(!o.holds("u", "other"));
+        o.ack(1);
+        assert!(!o.holds("u", "rolled back"));
     }
 }

@@ -13,6 +13,11 @@
 //!   leftovers are killed with the group.
 //! - A child is never leaked: if the run's future is dropped mid-run, a drop
 //!   guard kills the group and reaps the child.
+//! - Every way a run can go wrong is an UNKNOWN result saying what happened:
+//!   could not start, timed out (and the group was killed), exit code outside
+//!   0-3 (named), killed by a signal (named).
+//!
+//! Which program runs a script by its extension is [`interpreter`].
 
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -26,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::nagios::parse_output;
 use crate::sys;
+
+pub mod interpreter;
 
 /// Largest amount of stdout kept per run; the rest is read and discarded.
 pub const OUTPUT_CAP: usize = 64 * 1024;
@@ -85,6 +92,27 @@ impl RunOutcome {
             duration_ms: self.duration_ms,
         }
     }
+}
+
+impl RunOutcome {
+    /// An UNKNOWN outcome saying `summary`, for a run that never started.
+    pub fn unknown(summary: String) -> RunOutcome {
+        RunOutcome {
+            state: CheckState::Unknown,
+            summary,
+            long_output: String::new(),
+            perfdata: Vec::new(),
+            started_at_ms: unix_ms(),
+            duration_ms: 0,
+        }
+    }
+}
+
+/// Wall-clock now, Unix milliseconds.
+pub(crate) fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// How supervision ended.
@@ -155,9 +183,7 @@ pub async fn run_plugin(
     cancel: &CancellationToken,
 ) -> Option<RunOutcome> {
     let started = Instant::now();
-    let started_at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let started_at_ms = unix_ms();
     let outcome = |state, summary: String, long_output: String, perfdata| RunOutcome {
         state,
         summary: if summary.is_empty() {
@@ -210,6 +236,13 @@ pub async fn run_plugin(
         text = String::from_utf8_lossy(&err.buf).into_owned();
     }
     let mut parsed = parse_output(&text);
+    if let Some(note) = parsed.skipped_note() {
+        parsed.long_output = if parsed.long_output.is_empty() {
+            note
+        } else {
+            format!("{}\n{note}", parsed.long_output)
+        };
+    }
     if out.dropped > 0 {
         let note = format!(
             "[output truncated: {} bytes over the {OUTPUT_CAP}-byte limit discarded]",
@@ -224,7 +257,10 @@ pub async fn run_plugin(
     let result = match (ended, status) {
         (Ended::TimedOut, _) => outcome(
             CheckState::Unknown,
-            format!("plugin timed out after {}", seconds(limits.timeout)),
+            format!(
+                "plugin timed out after {} and was killed with its process group",
+                seconds(limits.timeout)
+            ),
             text.trim_end().to_owned(),
             vec![],
         ),
@@ -252,7 +288,10 @@ pub async fn run_plugin(
                 )
             }
             (None, signal) => {
-                let what = format!("plugin was killed by signal {}", signal.unwrap_or(0));
+                let what = format!(
+                    "plugin was killed by signal {}",
+                    signal_name(signal.unwrap_or(0))
+                );
                 outcome(
                     CheckState::Unknown,
                     join_summary(what, &parsed.summary),
@@ -263,6 +302,32 @@ pub async fn run_plugin(
         },
     };
     Some(result)
+}
+
+/// `SIGKILL (9)`-style name of a signal number.
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("{signal}"),
+    };
+    format!("{name} ({signal})")
 }
 
 fn join_summary(what: String, plugin_summary: &str) -> String {
@@ -392,6 +457,13 @@ mod tests {
         c.push(b"defg");
         assert_eq!(c.buf, b"abcd");
         assert_eq!(c.dropped, 3);
+    }
+
+    #[test]
+    fn signals_are_named() {
+        assert_eq!(signal_name(libc::SIGKILL), "SIGKILL (9)");
+        assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV (11)");
+        assert_eq!(signal_name(64), "64");
     }
 
     #[test]

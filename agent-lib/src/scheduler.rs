@@ -2,35 +2,42 @@
 //!
 //! Invariants:
 //! - A check first runs after a random jitter in `[0, interval)` (so a fleet
-//!   does not run everything at the same second), then at a fixed rate with
-//!   no drift; ticks missed while a run is still going are skipped, so a check
-//!   never overlaps itself.
-//! - At most [`MAX_CONCURRENT_RUNS`] plugins run at once across all checks.
+//!   does not run everything at the same second), then at due times
+//!   `first + k × interval`: no drift, however long runs take.
+//! - A check never overlaps itself: when a run is still going at the next
+//!   due time, that start is skipped (counted in [`Scheduler::skipped_runs`]
+//!   and logged) and the check waits for the next due time after the run.
+//! - At most [`MAX_CONCURRENT_RUNS`] plugin processes run at once across all
+//!   checks (a semaphore in the [`Executor`]); each check waits on its own
+//!   task, so a slow or hung plugin delays nobody else (its run ends at its
+//!   timeout, killing its process group).
 //! - Applying a configuration diffs it against the running set: unchanged
 //!   checks keep their schedule, changed ones restart, removed ones stop
 //!   (killing a running plugin's process group).
 //! - Every task is owned by the scheduler's `JoinSet` and awaited in
 //!   [`Scheduler::shutdown`]; nothing is detached.
 //! - Checks keep running while the agent is disconnected; results go to the
-//!   outbox.
+//!   outbox (and so to the spool).
+//! - Next due times are recorded as wall-clock Unix ms with a hash of each
+//!   check's schedule, so a hot swap carries every check's rhythm.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use outrider_protocol::{AgentConfig, CheckSpec};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::random_below;
+use crate::executor::Executor;
+pub use crate::executor::MAX_CONCURRENT_RUNS;
 use crate::host::HostHooks;
 use crate::outbox::SharedOutbox;
-use crate::runner::{RunLimits, run_plugin};
-
-/// Most plugin processes running at the same time.
-pub const MAX_CONCURRENT_RUNS: usize = 16;
+use crate::runner::{RunOutcome, unix_ms};
 
 /// What [`Scheduler::apply`] changed, for logging and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,7 +89,8 @@ pub struct Scheduler {
     /// Due times recorded by the jobs; seeded from the previous generation.
     next_runs: NextRuns,
     tasks: JoinSet<()>,
-    permits: Arc<Semaphore>,
+    executor: Arc<Executor>,
+    skipped: Arc<AtomicU64>,
     outbox: Arc<SharedOutbox>,
     hooks: Arc<dyn HostHooks>,
     cancel: CancellationToken,
@@ -90,18 +98,20 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// An empty scheduler; jobs are stopped when `cancel` fires or on
-    /// [`Scheduler::shutdown`].
+    /// An empty scheduler finding plugins under `data_dir`; jobs are stopped
+    /// when `cancel` fires or on [`Scheduler::shutdown`].
     pub fn new(
         outbox: Arc<SharedOutbox>,
         hooks: Arc<dyn HostHooks>,
         cancel: CancellationToken,
+        data_dir: &Path,
     ) -> Scheduler {
         Scheduler {
             jobs: HashMap::new(),
             next_runs: NextRuns::default(),
             tasks: JoinSet::new(),
-            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_RUNS)),
+            executor: Arc::new(Executor::new(data_dir)),
+            skipped: Arc::default(),
             outbox,
             hooks,
             cancel,
@@ -128,6 +138,7 @@ impl Scheduler {
                 Err(e) => summary.invalid.push(e.to_string()),
             }
         }
+        self.executor.set_config(&config.plugins, &config.checks);
         let current: Vec<String> = self.jobs.keys().cloned().collect();
         for name in current {
             match wanted.get(&name) {
@@ -193,6 +204,32 @@ impl Scheduler {
         names
     }
 
+    /// The spec of scheduled check `name` (for "run check X now").
+    pub fn check(&self, name: &str) -> Option<&CheckSpec> {
+        self.jobs.get(name).map(|j| &j.spec)
+    }
+
+    /// The executor the jobs use; share it to run a check outside its
+    /// schedule (same plugin table, built-in state and process limit).
+    pub fn executor(&self) -> Arc<Executor> {
+        self.executor.clone()
+    }
+
+    /// Runs `spec` once now, without touching any schedule, and returns the
+    /// outcome (not spooled). `None` when `cancel` fired.
+    pub async fn run_once(
+        &self,
+        spec: &CheckSpec,
+        cancel: &CancellationToken,
+    ) -> Option<RunOutcome> {
+        self.executor.run(spec, cancel).await
+    }
+
+    /// Starts skipped so far because the check was still running.
+    pub fn skipped_runs(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
     fn stop_job(&mut self, name: &str) {
         if let Some(job) = self.jobs.remove(name) {
             job.cancel.cancel();
@@ -201,15 +238,16 @@ impl Scheduler {
 
     fn start_job(&mut self, spec: CheckSpec) {
         let cancel = self.cancel.child_token();
-        let task = run_job(
-            spec.clone(),
-            self.next_runs.clone(),
-            self.permits.clone(),
-            self.outbox.clone(),
-            self.hooks.clone(),
-            cancel.clone(),
-        );
-        self.tasks.spawn(task);
+        let job = JobTask {
+            spec: spec.clone(),
+            next_runs: self.next_runs.clone(),
+            executor: self.executor.clone(),
+            skipped: self.skipped.clone(),
+            outbox: self.outbox.clone(),
+            hooks: self.hooks.clone(),
+            cancel: cancel.clone(),
+        };
+        self.tasks.spawn(job.run());
         self.jobs.insert(spec.name.clone(), Job { spec, cancel });
     }
 
@@ -226,81 +264,92 @@ impl Scheduler {
     }
 }
 
-/// One check's loop: first run at the due time handed over (same schedule)
-/// or after a random jitter, then fixed-rate runs until cancelled; each tick
-/// records the next due time.
-async fn run_job(
+/// What one check's task owns.
+struct JobTask {
     spec: CheckSpec,
     next_runs: NextRuns,
-    permits: Arc<Semaphore>,
+    executor: Arc<Executor>,
+    skipped: Arc<AtomicU64>,
     outbox: Arc<SharedOutbox>,
     hooks: Arc<dyn HostHooks>,
     cancel: CancellationToken,
-) {
-    let period = Duration::from_secs(u64::from(spec.interval_secs));
-    let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
-    let hash = schedule_hash(&spec);
-    let carried = {
-        let runs = next_runs.lock().unwrap_or_else(|p| p.into_inner());
-        runs.get(&spec.name)
-            .filter(|r| r.schedule_hash == hash)
-            .map(|r| r.at_unix_ms)
-    };
-    // Due in the past (the swap took longer than the rest of the interval):
-    // run now; never wait longer than one period.
-    let first_delay_ms = match carried {
-        Some(at) => u64::try_from(at - unix_ms()).unwrap_or(0).min(period_ms),
-        None => random_below(period_ms),
-    };
-    let first = Instant::now() + Duration::from_millis(first_delay_ms);
-    let mut ticks = tokio::time::interval_at(first, period);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let limits = RunLimits::new(Duration::from_secs(u64::from(spec.timeout_secs)));
-    loop {
-        let due = tokio::select! {
-            _ = cancel.cancelled() => return,
-            due = ticks.tick() => due,
+}
+
+impl JobTask {
+    /// The check's loop: first run at the due time handed over (same
+    /// schedule) or after a random jitter, then one run per due time until
+    /// cancelled, skipping due times that pass while a run is still going.
+    async fn run(self) {
+        let spec = &self.spec;
+        let period = Duration::from_secs(u64::from(spec.interval_secs));
+        let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        let hash = schedule_hash(spec);
+        let carried = {
+            let runs = self.next_runs.lock().unwrap_or_else(|p| p.into_inner());
+            runs.get(&spec.name)
+                .filter(|r| r.schedule_hash == hash)
+                .map(|r| r.at_unix_ms)
         };
-        let next_at = unix_ms()
-            + i64::try_from(
-                (due + period)
-                    .saturating_duration_since(Instant::now())
-                    .as_millis(),
-            )
-            .unwrap_or(0);
-        next_runs.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            spec.name.clone(),
-            NextRun {
-                schedule_hash: hash.clone(),
-                at_unix_ms: next_at,
-            },
-        );
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                // The semaphore is never closed; treat it as a stop anyway.
-                Err(_) => return,
-            },
+        // Due in the past (the swap took longer than the rest of the
+        // interval): run now; never wait longer than one period.
+        let first_delay_ms = match carried {
+            Some(at) => u64::try_from(at - unix_ms()).unwrap_or(0).min(period_ms),
+            None => random_below(period_ms),
         };
-        let Some(outcome) = run_plugin(&spec.command, limits, &cancel).await else {
-            return;
-        };
-        drop(permit);
-        if let Some(seq) = outbox.push(&spec.name, outcome) {
-            hooks.warn(&format!(
-                "outbox full: dropped the oldest un-acked result (seq {seq})"
-            ));
+        let mut due = Instant::now() + Duration::from_millis(first_delay_ms);
+        loop {
+            self.record_due(&hash, due);
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                () = tokio::time::sleep_until(due) => {}
+            }
+            due += period;
+            self.record_due(&hash, due);
+            let Some(outcome) = self.executor.run(spec, &self.cancel).await else {
+                return;
+            };
+            self.outbox.push(&spec.name, outcome);
+            let (next, missed) = next_due(due, Instant::now(), period);
+            if missed > 0 {
+                self.skipped.fetch_add(missed, Ordering::Relaxed);
+                self.hooks.warn(&format!(
+                    "check {:?} was still running at its due time: skipped {missed} start(s); \
+                     its runs take longer than its {}s interval",
+                    spec.name, spec.interval_secs
+                ));
+            }
+            due = next;
         }
+    }
+
+    /// Records `due` as the check's next due time (wall clock).
+    fn record_due(&self, hash: &str, due: Instant) {
+        let ahead = due.saturating_duration_since(Instant::now());
+        let at_unix_ms = unix_ms() + i64::try_from(ahead.as_millis()).unwrap_or(0);
+        self.next_runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                self.spec.name.clone(),
+                NextRun {
+                    schedule_hash: hash.to_owned(),
+                    at_unix_ms,
+                },
+            );
     }
 }
 
-/// Wall-clock now, Unix milliseconds.
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// The next due time once a run ended at `now`, and how many due times
+/// passed while it ran (skipped starts). Due times stay on the grid
+/// `due + k × period`, so skipping never causes drift.
+fn next_due(due: Instant, now: Instant, period: Duration) -> (Instant, u64) {
+    if now <= due || period.is_zero() {
+        return (due, 0);
+    }
+    let late = now - due;
+    let missed = u64::try_from(late.as_nanos() / period.as_nanos()).unwrap_or(u64::MAX) + 1;
+    let next = due + period * u32::try_from(missed).unwrap_or(u32::MAX);
+    (next, missed)
 }
 
 #[cfg(test)]
@@ -328,17 +377,96 @@ mod tests {
         }
     }
 
-    fn scheduler() -> (Scheduler, Arc<SharedOutbox>) {
-        let outbox = Arc::new(SharedOutbox::new(Outbox::new(None, 100)));
-        (
-            Scheduler::new(outbox.clone(), Arc::new(Quiet), CancellationToken::new()),
-            outbox,
+    fn scheduler() -> (Scheduler, Arc<SharedOutbox>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(
+            &dir.path().join("spool"),
+            None,
+            crate::spool::SpoolLimits::default(),
+            Arc::new(Quiet),
         )
+        .unwrap();
+        let outbox = Arc::new(SharedOutbox::new(outbox));
+        (
+            Scheduler::new(
+                outbox.clone(),
+                Arc::new(Quiet),
+                CancellationToken::new(),
+                dir.path(),
+            ),
+            outbox,
+            dir,
+        )
+    }
+
+    /// Waits (bounded) until the outbox holds `n` results.
+    async fn wait_results(outbox: &SharedOutbox, n: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while outbox.lock().len() < n {
+                outbox.pushed.notified().await;
+            }
+        })
+        .await
+        .expect("results within 10 s");
+    }
+
+    #[test]
+    fn due_times_stay_on_the_grid_and_count_skips() {
+        let t0 = Instant::now();
+        let p = Duration::from_secs(10);
+        assert_eq!(next_due(t0, t0 - Duration::from_secs(3), p), (t0, 0));
+        assert_eq!(next_due(t0, t0, p), (t0, 0));
+        assert_eq!(next_due(t0, t0 + Duration::from_millis(1), p), (t0 + p, 1));
+        assert_eq!(
+            next_due(t0, t0 + Duration::from_secs(25), p),
+            (t0 + 3 * p, 3)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_check_still_running_is_skipped_not_overlapped() {
+        let (mut s, outbox, _dir) = scheduler();
+        s.apply(&AgentConfig {
+            version: 1,
+            checks: vec![spec("slow", &["/bin/sh", "-c", "sleep 2.2; echo OK"], 1)],
+            ..AgentConfig::default()
+        });
+        wait_results(&outbox, 1).await;
+        // The 2.2 s run covered at least two due times of its 1 s interval.
+        assert!(s.skipped_runs() >= 2, "skipped {}", s.skipped_runs());
+        s.shutdown().await;
+        assert_eq!(outbox.lock().len(), 1, "never two runs at once");
+    }
+
+    #[tokio::test]
+    async fn a_configured_check_can_run_once_without_its_schedule() {
+        let (mut s, outbox, _dir) = scheduler();
+        s.apply(&AgentConfig {
+            version: 1,
+            checks: vec![spec("up", &["builtin:uptime"], 3600)],
+            ..AgentConfig::default()
+        });
+        // The job records its first due time as soon as its task runs.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !s.next_runs().contains_key("up") {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        let due_before = s.next_runs()["up"].clone();
+        let spec = s.check("up").cloned().expect("configured");
+        assert!(s.check("nope").is_none());
+        let out = s.run_once(&spec, &CancellationToken::new()).await.unwrap();
+        assert!(out.summary.starts_with("UPTIME"), "{}", out.summary);
+        assert_eq!(s.next_runs()["up"], due_before, "the schedule did not move");
+        assert!(outbox.lock().is_empty(), "a one-off run is not spooled");
+        s.shutdown().await;
     }
 
     #[tokio::test]
     async fn apply_diffs_against_running_set() {
-        let (mut s, _) = scheduler();
+        let (mut s, _, _dir) = scheduler();
         let hour = 3600;
         let a = spec("a", &["/bin/true"], hour);
         let b = spec("b", &["/bin/true"], hour);
@@ -380,7 +508,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_scheduled_check_produces_results() {
-        let (mut s, outbox) = scheduler();
+        let (mut s, outbox, _dir) = scheduler();
         s.apply(&AgentConfig {
             version: 1,
             checks: vec![spec("echo", &["/bin/sh", "-c", "echo 'OK hi|x=1'"], 1)],
@@ -405,7 +533,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_kills_a_running_plugin_promptly() {
-        let (mut s, outbox) = scheduler();
+        let (mut s, outbox, _dir) = scheduler();
         s.apply(&AgentConfig {
             version: 1,
             checks: vec![spec("slow", &["/bin/sleep", "600"], 1)],
@@ -430,7 +558,7 @@ mod tests {
                 at_unix_ms: due,
             },
         )]);
-        let (mut s, outbox) = scheduler();
+        let (mut s, outbox, _dir) = scheduler();
         s.carry_next_runs(&carried);
         s.apply(&AgentConfig {
             version: 1,

@@ -1,11 +1,16 @@
 //! The state blob handed from one agent generation to the next.
 //!
 //! Format (state_format 1): one JSON object
-//! `{"version":1,"next_seq":N,"seq_synced":bool,"unacked":[CheckResult…],"config":{…}|null}`.
+//! `{"version":1,"next_seq":N,"seq_synced":bool,"unacked":[CheckResult…],"config":{…}|null,
+//! "next_runs":{…},"connection":{…}|null}`.
 //! Unknown keys are ignored so a later format can add sections that an older
-//! library skips. `unacked` is every result not yet acked by the server, so a
-//! hot swap loses nothing; `config` is the last configuration received, so
-//! the new generation keeps checking while it reconnects.
+//! library skips, and every section but `version`/`next_seq` is optional.
+//! `unacked` is every result not yet acked by the server, so a hot swap loses
+//! nothing; `config` is the last configuration received, so the new
+//! generation keeps checking while it reconnects; `connection` carries the
+//! resume token and the DNS fallback addresses (see `dns.rs`), so the new
+//! generation resumes the server-side session and still finds the server
+//! when DNS is down.
 
 use outrider_protocol::{AgentConfig, CheckResult};
 use serde::{Deserialize, Serialize};
@@ -36,6 +41,23 @@ pub struct StateBlob {
     /// rhythm instead of starting it again after a random jitter.
     #[serde(default)]
     pub next_runs: std::collections::BTreeMap<String, crate::scheduler::NextRun>,
+    /// The connection's memory: resume token, DNS fallbacks, enrollment.
+    #[serde(default)]
+    pub connection: Option<ConnectionState>,
+}
+
+/// What the connection remembers across sessions and generations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionState {
+    /// `Welcome.resume_token` of the last session, presented in the next Hello.
+    #[serde(default)]
+    pub resume_token: Option<String>,
+    /// DNS fallback addresses and enrollment, as also saved on disk.
+    #[serde(default)]
+    pub saved: crate::connection::saved::SavedConnection,
+    /// Whether the last report for `outrider.dns` said the resolver is broken.
+    #[serde(default)]
+    pub dns_broken: bool,
 }
 
 impl Default for StateBlob {
@@ -47,6 +69,7 @@ impl Default for StateBlob {
             unacked: Vec::new(),
             config: None,
             next_runs: std::collections::BTreeMap::new(),
+            connection: None,
         }
     }
 }
@@ -91,6 +114,16 @@ mod tests {
         let blob = StateBlob {
             next_seq: 8,
             seq_synced: true,
+            connection: Some(ConnectionState {
+                resume_token: Some("r1".into()),
+                saved: crate::connection::saved::SavedConnection {
+                    host: "mon.example".into(),
+                    last_good_ip: Some("192.0.2.1".parse().unwrap()),
+                    server_addrs: vec!["192.0.2.2".parse().unwrap()],
+                    enrolled_as: Some("0123456789abcdef0123".parse().unwrap()),
+                },
+                dns_broken: true,
+            }),
             unacked: vec![CheckResult {
                 seq: 7,
                 check: "c".into(),
@@ -105,7 +138,10 @@ mod tests {
         };
         assert_eq!(StateBlob::decode(&blob.encode()).unwrap(), Some(blob));
         let newer = br#"{"version":1,"next_seq":3,"future_section":[1,2]}"#;
-        assert_eq!(StateBlob::decode(newer).unwrap().unwrap().next_seq, 3);
+        let read = StateBlob::decode(newer).unwrap().unwrap();
+        assert_eq!(read.next_seq, 3);
+        // A blob from a library without the connection section.
+        assert_eq!(read.connection, None);
     }
 
     #[test]

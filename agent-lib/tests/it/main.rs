@@ -1,5 +1,10 @@
 //! Integration tests of the agent library: real processes, real sockets.
 
+mod builtin;
+mod config;
+mod connect;
+mod rpc;
 mod runner;
 mod session;
+mod spool;
 mod support;

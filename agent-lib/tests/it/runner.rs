@@ -58,7 +58,21 @@ async fn odd_exits_are_unknown_and_say_why() {
     let killed = script(dir.path(), "killed.sh", "kill -9 $$");
     let out = run(sh(&killed), secs(5)).await;
     assert_eq!(out.state, CheckState::Unknown);
-    assert_eq!(out.summary, "plugin was killed by signal 9");
+    assert_eq!(out.summary, "plugin was killed by signal SIGKILL (9)");
+
+    let term = script(dir.path(), "term.sh", "echo 'going'\nkill -TERM $$");
+    let out = run(sh(&term), secs(5)).await;
+    assert_eq!(
+        out.summary,
+        "plugin was killed by signal SIGTERM (15): going"
+    );
+
+    let high = script(dir.path(), "high.sh", "exit 255");
+    let out = run(sh(&high), secs(5)).await;
+    assert_eq!(
+        (out.state, out.summary.as_str()),
+        (CheckState::Unknown, "plugin exited with code 255")
+    );
 
     let silent = script(dir.path(), "silent.sh", "exit 0");
     assert_eq!(
@@ -126,7 +140,10 @@ async fn timeout_kills_the_whole_process_group() {
         started.elapsed()
     );
     assert_eq!(out.state, CheckState::Unknown);
-    assert_eq!(out.summary, "plugin timed out after 0.5s");
+    assert_eq!(
+        out.summary,
+        "plugin timed out after 0.5s and was killed with its process group"
+    );
     assert_eq!(out.long_output, "partial");
     assert_gone(read_pid(&pidfile)).await;
 }
@@ -151,7 +168,10 @@ async fn plugins_ignoring_sigterm_get_sigkill_after_the_grace() {
         "took {:?}",
         started.elapsed()
     );
-    assert_eq!(out.summary, "plugin timed out after 0.3s");
+    assert_eq!(
+        out.summary,
+        "plugin timed out after 0.3s and was killed with its process group"
+    );
     assert_gone(read_pid(&pidfile)).await;
 }
 
@@ -231,4 +251,63 @@ async fn cancelling_a_run_kills_it_and_reports_nothing() {
             .unwrap();
     assert_eq!(out, None);
     assert_gone(read_pid(&pidfile)).await;
+}
+
+#[tokio::test]
+async fn a_shebang_picks_the_interpreter_and_crlf_output_is_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crlf_plugin");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\nprintf 'OK - crlf | a=1;2;3\\r\\nline 1\\r\\nline 2 | b=2s\\r\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // Run directly: the kernel reads the shebang.
+    let out = run(vec![path.to_string_lossy().into_owned()], secs(5)).await;
+    assert_eq!(out.state, CheckState::Ok);
+    assert_eq!(out.summary, "OK - crlf");
+    assert_eq!(out.long_output, "line 1\nline 2 ");
+    let labels: Vec<_> = out
+        .perfdata
+        .iter()
+        .map(|p| (p.label.as_str(), p.uom.as_str()))
+        .collect();
+    assert_eq!(labels, [("a", ""), ("b", "s")]);
+}
+
+#[tokio::test]
+async fn a_hung_plugin_does_not_delay_other_checks_of_the_executor() {
+    use outrider_agent::executor::{Executor, MAX_CONCURRENT_RUNS};
+    use outrider_protocol::CheckSpec;
+
+    let dir = tempfile::tempdir().unwrap();
+    let executor = std::sync::Arc::new(Executor::new(dir.path()));
+    let hang = script(dir.path(), "hang.sh", "sleep 600");
+    let quick = script(dir.path(), "quick.sh", "echo 'OK quick'");
+    let spec = |name: &str, command| CheckSpec {
+        name: name.into(),
+        command,
+        interval_secs: 1,
+        timeout_secs: 60,
+    };
+    let cancel = CancellationToken::new();
+    let hung = {
+        let (executor, cancel, spec) = (executor.clone(), cancel.clone(), spec("hang", sh(&hang)));
+        tokio::spawn(async move { executor.run(&spec, &cancel).await })
+    };
+    while executor.free_permits() == MAX_CONCURRENT_RUNS {
+        tokio::task::yield_now().await;
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(5),
+        executor.run(&spec("q", sh(&quick)), &cancel),
+    )
+    .await
+    .expect("not blocked by the hung plugin")
+    .unwrap();
+    assert_eq!(out.summary, "OK quick");
+    cancel.cancel();
+    assert_eq!(hung.await.unwrap(), None);
+    assert_eq!(executor.free_permits(), MAX_CONCURRENT_RUNS);
 }

@@ -157,12 +157,14 @@ async fn a_rejected_agent_reports_why_and_still_stops_promptly() {
 #[tokio::test]
 async fn an_unreachable_server_is_logged_and_retried_until_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    // A freed port on 127.0.0.3, which no other test binds: a concurrent
+    // test's server cannot take it over while this agent keeps dialing it.
+    let port = std::net::TcpListener::bind("127.0.0.3:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut agent = Agent::start(dir.path(), &format!("http://127.0.0.1:{port}"), None);
+    let mut agent = Agent::start(dir.path(), &format!("http://127.0.0.3:{port}"), None);
     let why = agent.wait_health(Health::Degraded).await;
     assert!(why.contains("cannot reach server"), "{why}");
     assert!(agent.hooks.logged("retrying in"));

@@ -1,18 +1,27 @@
-//! Shared helpers: a recording host, a protocol-speaking websocket server,
-//! an agent running on its own thread, and plugin scripts.
+//! Shared helpers: a recording host, a protocol-speaking websocket server
+//! (plain or TLS with a certificate made at test time), an agent running on
+//! its own thread, a resolver that fails on demand, and plugin scripts.
 
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use outrider_agent::{AgentError, AgentSettings, Health, HostHooks, Level, StateBlob, run_agent};
+use outrider_agent::{
+    AgentError, AgentSettings, ConnectionTiming, Health, HostHooks, Level, Resolve, ResolveFuture,
+    StateBlob, run_agent,
+};
 use outrider_protocol::{
     AgentMessage, CheckResult, CheckSpec, Hello, ServerMessage, Welcome, verify_proof,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -92,6 +101,67 @@ impl Recorder {
     }
 }
 
+/// A resolver answering one address, failing while `broken` is set, and
+/// never answering while `hanging` is set.
+#[derive(Debug)]
+pub struct TestResolver {
+    pub broken: AtomicBool,
+    pub hanging: AtomicBool,
+    answer: IpAddr,
+}
+
+impl TestResolver {
+    pub fn new(answer: &str) -> Arc<TestResolver> {
+        Arc::new(TestResolver {
+            broken: AtomicBool::new(false),
+            hanging: AtomicBool::new(false),
+            answer: answer.parse().unwrap(),
+        })
+    }
+
+    pub fn set_broken(&self, broken: bool) {
+        self.broken.store(broken, Ordering::SeqCst);
+    }
+
+    pub fn set_hanging(&self, hanging: bool) {
+        self.hanging.store(hanging, Ordering::SeqCst);
+    }
+}
+
+/// The error text of a broken [`TestResolver`].
+pub const RESOLVER_FAILURE: &str = "injected resolver failure (SERVFAIL)";
+
+impl Resolve for TestResolver {
+    fn resolve<'a>(&'a self, _host: &'a str, port: u16) -> ResolveFuture<'a> {
+        let broken = self.broken.load(Ordering::SeqCst);
+        let hanging = self.hanging.load(Ordering::SeqCst);
+        let answer = SocketAddr::new(self.answer, port);
+        Box::pin(async move {
+            if hanging {
+                std::future::pending::<()>().await;
+            }
+            if broken {
+                Err(std::io::Error::other(RESOLVER_FAILURE))
+            } else {
+                Ok(vec![answer])
+            }
+        })
+    }
+}
+
+/// How to start an [`Agent`] beyond the defaults.
+#[derive(Default)]
+pub struct AgentOptions {
+    /// The previous generation's state blob.
+    pub state_in: Option<StateBlob>,
+    /// Extra agent.toml lines.
+    pub toml_extra: String,
+    /// Replaces the system resolver.
+    pub resolver: Option<Arc<dyn Resolve>>,
+    /// Replaces the default connection timing.
+    pub timing: Option<ConnectionTiming>,
+}
+
 /// An agent running `run_agent` on its own thread, like the stub runs it.
 pub struct Agent {
     stop: CancellationToken,
@@ -103,11 +173,31 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent for `server_url` with its config dir in `dir`.
     pub fn start(dir: &Path, server_url: &str, state_in: Option<&StateBlob>) -> Agent {
+        let options = AgentOptions {
+            state_in: state_in.cloned(),
+            ..AgentOptions::default()
+        };
+        Agent::start_with(dir, server_url, options)
+    }
+
+    /// Starts an agent with `options`.
+    pub fn start_with(dir: &Path, server_url: &str, options: AgentOptions) -> Agent {
         let toml = format!(
-            "server_url = \"{server_url}\"\nenrollment_token = \"tok-123\"\ntags = [\"test\"]\n"
+            "server_url = \"{server_url}\"\nenrollment_token = \"tok-123\"\ntags = [\"test\"]\n{}\n",
+            options.toml_extra
         );
         let mut settings = AgentSettings::new(&toml, dir, dir).unwrap();
-        settings.state_in = state_in.map(StateBlob::encode).unwrap_or_default();
+        settings.state_in = options
+            .state_in
+            .as_ref()
+            .map(StateBlob::encode)
+            .unwrap_or_default();
+        if let Some(resolver) = options.resolver {
+            settings.resolver = resolver;
+        }
+        if let Some(timing) = options.timing {
+            settings.timing = timing;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let hooks = Arc::new(Recorder {
             logs: Mutex::new(Vec::new()),
@@ -140,6 +230,29 @@ impl Agent {
         .unwrap_or_else(|_| panic!("no {wanted:?} health report; logs: {:?}", self.hooks.logs))
     }
 
+    /// Waits up to [`WAIT`] for a log line containing `needle`; returns it.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let found = self
+                .hooks
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, m)| m.contains(needle))
+                .map(|(_, m)| m.clone());
+            if let Some(line) = found {
+                return line;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let logs = self.hooks.logs.lock().unwrap().clone();
+                panic!("no log line containing {needle:?}; logs: {logs:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Asks the agent to stop (like the stub's stop pipe).
     pub fn request_stop(&self) {
         self.stop.cancel();
@@ -162,20 +275,109 @@ impl Drop for Agent {
     fn drop(&mut self) {
         // A failing test must not leave the agent thread running.
         self.stop.cancel();
+        if std::thread::panicking() {
+            // The agent's side of the story, for the failure report.
+            for (level, line) in self.hooks.logs.lock().unwrap().iter() {
+                eprintln!("agent log {level:?}: {line}");
+            }
+        }
     }
 }
 
-/// A websocket endpoint on 127.0.0.1 speaking the server side of the protocol.
+/// A websocket endpoint on loopback speaking the server side of the
+/// protocol, plain or behind TLS.
 pub struct FakeServer {
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     pub url: String,
 }
 
+/// A self-signed certificate for `host`, made at test time.
+pub struct TestCert {
+    /// PEM of the certificate (it is its own CA).
+    pub pem: String,
+    pub acceptor: TlsAcceptor,
+}
+
+impl TestCert {
+    pub fn new(host: &str) -> TestCert {
+        let key = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
+        let der = key.cert.der().clone();
+        let private = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()),
+        );
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der], private)
+        .unwrap();
+        TestCert {
+            pem: key.cert.pem(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        }
+    }
+
+    /// Writes the PEM into `dir` and returns the agent.toml line trusting it.
+    pub fn trust_line(&self, dir: &Path) -> String {
+        let path = dir.join("server-ca.pem");
+        std::fs::write(&path, &self.pem).unwrap();
+        format!("tls_ca_file = \"{}\"", path.display())
+    }
+}
+
 impl FakeServer {
+    /// A plain websocket server on 127.0.0.1.
     pub async fn start() -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        FakeServer { listener, url }
+        FakeServer {
+            listener,
+            tls: None,
+            url,
+        }
+    }
+
+    /// A server on `addr` (port 0 for any) behind TLS with `cert`, whose
+    /// URL names `host` (the agent resolves it through its resolver).
+    pub async fn start_tls(addr: &str, host: &str, cert: &TestCert) -> FakeServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let url = format!("https://{host}:{}", listener.local_addr().unwrap().port());
+        FakeServer {
+            listener,
+            tls: Some(cert.acceptor.clone()),
+            url,
+        }
+    }
+
+    /// Two TLS servers on the same port of `first_ip` and `second_ip` (a
+    /// server's two nodes); retries when the port is taken on the second.
+    pub async fn start_tls_pair(
+        first_ip: &str,
+        second_ip: &str,
+        host: &str,
+        cert: &TestCert,
+    ) -> (FakeServer, FakeServer) {
+        for _ in 0..20 {
+            let first = FakeServer::start_tls(&format!("{first_ip}:0"), host, cert).await;
+            let second_addr = format!("{second_ip}:{}", first.port());
+            if let Ok(listener) = TcpListener::bind(&second_addr).await {
+                let second = FakeServer {
+                    listener,
+                    tls: Some(cert.acceptor.clone()),
+                    url: first.url.clone(),
+                };
+                return (first, second);
+            }
+        }
+        panic!("no port free on both {first_ip} and {second_ip}");
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().unwrap().port()
     }
 
     /// Accepts the next agent connection.
@@ -184,14 +386,35 @@ impl FakeServer {
             .await
             .expect("agent connects")
             .unwrap();
-        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let io: Box<dyn Io> = match &self.tls {
+            Some(acceptor) => Box::new(acceptor.accept(tcp).await.expect("TLS handshake")),
+            None => Box::new(tcp),
+        };
+        let ws = tokio_tungstenite::accept_async(io).await.unwrap();
         ServerConn { ws }
+    }
+
+    /// Accepts the next TCP connection and returns the TLS handshake's error.
+    pub async fn accept_failing_tls(&self) -> std::io::Error {
+        let (tcp, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("agent connects")
+            .unwrap();
+        let acceptor = self.tls.as_ref().expect("a TLS server");
+        match acceptor.accept(tcp).await {
+            Ok(_) => panic!("the TLS handshake succeeded"),
+            Err(e) => e,
+        }
     }
 }
 
+/// The byte stream under a server-side websocket: TCP or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// One accepted agent connection.
 pub struct ServerConn {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Box<dyn Io>>,
 }
 
 impl ServerConn {
@@ -223,6 +446,19 @@ impl ServerConn {
 
     /// Challenge → verified Hello → `Welcome{acked_seq}`; returns the Hello.
     pub async fn handshake(&mut self, acked_seq: u64) -> Hello {
+        self.handshake_with(Welcome {
+            fingerprint: "00".repeat(10).parse().unwrap(),
+            acked_seq,
+            resume_token: String::new(),
+            resumed: false,
+            server_addrs: Vec::new(),
+        })
+        .await
+    }
+
+    /// Challenge → verified Hello → `welcome` (its fingerprint replaced by
+    /// the agent's); returns the Hello.
+    pub async fn handshake_with(&mut self, welcome: Welcome) -> Hello {
         let nonce = "5a".repeat(32);
         self.send(ServerMessage::Challenge {
             nonce: nonce.clone(),
@@ -240,13 +476,48 @@ impl ServerConn {
         .expect("valid proof");
         self.send(ServerMessage::Welcome(Welcome {
             fingerprint: hello.fingerprint.clone(),
-            acked_seq,
-            resume_token: String::new(),
-            resumed: false,
-            server_addrs: Vec::new(),
+            ..welcome
         }))
         .await;
         hello
+    }
+
+    /// The next message that is not a `Results` batch.
+    pub async fn recv_skipping_results(&mut self) -> AgentMessage {
+        loop {
+            match self.recv().await {
+                AgentMessage::Results { .. } => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits for a result of `check` (skipping others), within [`WAIT`].
+    pub async fn recv_result_of(&mut self, check: &str) -> CheckResult {
+        loop {
+            if let AgentMessage::Results { results } = self.recv().await
+                && let Some(r) = results.into_iter().find(|r| r.check == check)
+            {
+                return r;
+            }
+        }
+    }
+
+    /// Reads (and so answers pings) for `period`; returns how many pings
+    /// arrived. Panics if the agent closes the connection.
+    pub async fn answer_pings_for(&mut self, period: Duration) -> usize {
+        let mut pings = 0;
+        let deadline = tokio::time::Instant::now() + period;
+        while let Ok(frame) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match frame {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                    panic!("the agent closed the connection")
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+        pings
     }
 
     /// Skips results until the Goodbye, then waits for the close handshake.
@@ -268,6 +539,16 @@ impl ServerConn {
         });
         assert!(closed.await.unwrap(), "agent sent a close frame");
         reason
+    }
+}
+
+/// Connection timing for tests: short connect and DNS timeouts, so a
+/// fallback address is reached quickly.
+pub fn fast_timing() -> ConnectionTiming {
+    ConnectionTiming {
+        connect_timeout: Duration::from_secs(2),
+        dns_timeout: Duration::from_secs(1),
+        ..ConnectionTiming::default()
     }
 }
 

@@ -1,0 +1,197 @@
+//! What the connection remembers across restarts and hot swaps.
+//!
+//! `<data_dir>/connection.json`, written temp file + fsync + rename:
+//! `{"version":1,"host":"mon.example","last_good_ip":"192.0.2.7",
+//! "server_addrs":["192.0.2.8"],"enrolled_as":"<fingerprint>"}`; the same
+//! data travels in the state blob's `connection` section. A file written for
+//! another host is ignored, so changing `server_url` starts afresh.
+//!
+//! - `last_good_ip` / `server_addrs`: steps 2 and 3 of the DNS fallback
+//!   chain (see `dns.rs`).
+//! - `enrolled_as`: the fingerprint the server welcomed. The organisation's
+//!   enrollment token is sent only until then, so it does not travel on
+//!   every reconnect; a `Rejected` clears it, so an agent the server forgot
+//!   (a reset database) enrols again on its next attempt.
+
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use outrider_protocol::Fingerprint;
+use serde::{Deserialize, Serialize};
+
+use crate::dns::AddrSource;
+
+/// File (in the data dir) holding a [`SavedConnection`].
+pub const CONNECTION_FILE: &str = "connection.json";
+/// Format version of [`CONNECTION_FILE`].
+const CONNECTION_FILE_VERSION: u32 = 1;
+/// Most server-provided fallback addresses kept.
+pub const MAX_SERVER_ADDRS: usize = 8;
+
+/// See the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedConnection {
+    /// Host the addresses belong to.
+    #[serde(default)]
+    pub host: String,
+    /// Address of the last established session.
+    #[serde(default)]
+    pub last_good_ip: Option<IpAddr>,
+    /// `Welcome.server_addrs` of the last session.
+    #[serde(default)]
+    pub server_addrs: Vec<IpAddr>,
+    /// The fingerprint the server welcomed (enrollment done).
+    #[serde(default)]
+    pub enrolled_as: Option<Fingerprint>,
+}
+
+/// On-disk form of [`SavedConnection`].
+#[derive(Debug, Serialize, Deserialize)]
+struct ConnectionFile {
+    version: u32,
+    #[serde(flatten)]
+    saved: SavedConnection,
+}
+
+impl SavedConnection {
+    /// Reads `<data_dir>/connection.json` for `host`. A missing or foreign
+    /// file gives an empty memory; fails, naming the file, when it cannot
+    /// be read or parsed (the caller logs and starts empty).
+    pub fn load(data_dir: &Path, host: &str) -> Result<SavedConnection, String> {
+        let path = data_dir.join(CONNECTION_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(SavedConnection::empty(host));
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let file: ConnectionFile = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not readable: {e}", path.display()))?;
+        if file.version != CONNECTION_FILE_VERSION || file.saved.host != host {
+            return Ok(SavedConnection::empty(host));
+        }
+        Ok(file.saved)
+    }
+
+    /// Nothing remembered for `host`.
+    pub fn empty(host: &str) -> SavedConnection {
+        SavedConnection {
+            host: host.to_owned(),
+            ..SavedConnection::default()
+        }
+    }
+
+    /// Writes `<data_dir>/connection.json` (temp file + fsync + rename).
+    pub fn save(&self, data_dir: &Path) -> io::Result<()> {
+        let file = ConnectionFile {
+            version: CONNECTION_FILE_VERSION,
+            saved: self.clone(),
+        };
+        // Plain data with string keys: serialising cannot fail.
+        let bytes = serde_json::to_vec(&file).expect("connection file serialises");
+        write_atomically(&data_dir.join(CONNECTION_FILE), &bytes)
+    }
+
+    /// The fallback candidates in order, each address once.
+    pub fn candidates(&self, port: u16) -> Vec<(SocketAddr, AddrSource)> {
+        let mut out: Vec<(SocketAddr, AddrSource)> = Vec::new();
+        let last_good = self.last_good_ip.map(|ip| (ip, AddrSource::LastGood));
+        let listed = self
+            .server_addrs
+            .iter()
+            .map(|ip| (*ip, AddrSource::ServerListed));
+        for (ip, source) in last_good.into_iter().chain(listed) {
+            let addr = SocketAddr::new(ip, port);
+            if !out.iter().any(|(a, _)| *a == addr) {
+                out.push((addr, source));
+            }
+        }
+        out
+    }
+
+    /// Records a welcomed session; returns whether anything changed.
+    pub fn record(
+        &mut self,
+        connected: IpAddr,
+        server_addrs: &[String],
+        enrolled_as: &Fingerprint,
+    ) -> bool {
+        let listed: Vec<IpAddr> = server_addrs
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .take(MAX_SERVER_ADDRS)
+            .collect();
+        let before = self.clone();
+        self.last_good_ip = Some(connected);
+        self.server_addrs = listed;
+        self.enrolled_as = Some(enrolled_as.clone());
+        *self != before
+    }
+}
+
+/// Writes `bytes` to `path` through a temp file in the same directory,
+/// fsyncing the file and the directory, so a crash leaves old or new.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp: PathBuf = path.with_extension("json.tmp");
+    let write = || -> io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp() -> Fingerprint {
+        "0123456789abcdef0123".parse().unwrap()
+    }
+
+    #[test]
+    fn candidates_put_last_good_first_without_duplicates() {
+        let mut f = SavedConnection::empty("mon.example");
+        assert!(f.candidates(443).is_empty());
+        let addrs = [
+            "192.0.2.2".to_owned(),
+            "192.0.2.1".into(),
+            "not-an-ip".into(),
+        ];
+        assert!(f.record("192.0.2.1".parse().unwrap(), &addrs, &fp()));
+        assert!(!f.record("192.0.2.1".parse().unwrap(), &addrs, &fp()));
+        assert_eq!(
+            f.candidates(443),
+            [
+                ("192.0.2.1:443".parse().unwrap(), AddrSource::LastGood),
+                ("192.0.2.2:443".parse().unwrap(), AddrSource::ServerListed),
+            ]
+        );
+    }
+
+    #[test]
+    fn file_round_trips_and_a_foreign_host_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = SavedConnection::empty("mon.example");
+        f.record("192.0.2.1".parse().unwrap(), &["2001:db8::1".into()], &fp());
+        f.save(dir.path()).unwrap();
+        assert_eq!(SavedConnection::load(dir.path(), "mon.example").unwrap(), f);
+        assert_eq!(
+            SavedConnection::load(dir.path(), "other.example").unwrap(),
+            SavedConnection::empty("other.example")
+        );
+        assert!(!dir.path().join("connection.json.tmp").exists());
+        std::fs::write(dir.path().join(CONNECTION_FILE), "garbage").unwrap();
+        let err = SavedConnection::load(dir.path(), "mon.example").unwrap_err();
+        assert!(err.contains("connection.json"), "{err}");
+    }
+}

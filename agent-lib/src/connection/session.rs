@@ -1,0 +1,493 @@
+//! One established session: the loop after `Welcome`.
+//!
+//! One task, one `select!` over: stop, the server's next frame, new results
+//! in the outbox, a finished remote run, the keepalive tick, and the plugin
+//! chunk deadline. Nothing in a branch waits on the server, so a slow RPC or
+//! a plugin download never stalls acks, results or pings.
+//!
+//! - Keepalive: a ping every `keepalive_interval`; when no frame at all
+//!   (pongs included) arrived for `keepalive_timeout`, the session is lost.
+//! - Config: validated with `AgentConfig::validate`; a bad one is refused
+//!   with an error naming the problem and the running config stays. Plugins
+//!   the config needs and the cache lacks are fetched first, one chunk at a
+//!   time (`GetPlugin` → `PluginChunk`), then the config is applied by diff
+//!   and unreferenced plugins are removed. A newer config arriving during
+//!   the fetch replaces the pending one. A plugin that fails is logged; its
+//!   checks then report "plugin not downloaded", and the download is tried
+//!   again at the start of every session and every `plugin_retry`.
+//! - RPC: `RunCheck`/`RunScript` start a bounded concurrent run (see
+//!   `rpc.rs`); each answer is sent when the run ends.
+//! - Stop: `Goodbye`, then a close handshake bounded by `close_timeout`
+//!   during which late `Ack`s are still applied.
+
+use std::collections::VecDeque;
+
+use futures_util::{SinkExt, StreamExt};
+use outrider_protocol::{AgentConfig, AgentMessage, MAX_BATCH_RESULTS, PluginRef, ServerMessage};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Connection, SessionEnd, Ws, recv, send, send_frame};
+use crate::error::AgentError;
+use crate::host::Health;
+use crate::plugins::{Download, Progress};
+use crate::rpc::{Rpc, RpcRequest};
+use crate::scheduler::Scheduler;
+
+/// A config waiting for its plugins.
+struct PendingConfig {
+    config: AgentConfig,
+    queue: VecDeque<PluginRef>,
+    current: Option<Download>,
+    /// When the server must have answered the current `GetPlugin`.
+    deadline: Instant,
+}
+
+/// Per-session state of the loop.
+struct SessionState {
+    healthy: bool,
+    heard: Instant,
+    pending: Option<PendingConfig>,
+}
+
+impl Connection<'_> {
+    /// Runs one established session until stop or failure.
+    pub(super) async fn session(
+        &mut self,
+        mut ws: Ws,
+        scheduler: &mut Scheduler,
+        rpc: &mut Rpc,
+    ) -> SessionEnd {
+        let timing = self.settings.timing;
+        let mut state = SessionState {
+            healthy: false,
+            heard: Instant::now(),
+            pending: None,
+        };
+        // A resumed session with an unchanged config gets no Config frame:
+        // running a config already counts as scheduling.
+        if scheduler.config().is_some() {
+            self.report_healthy(&mut state);
+        }
+        let mut pings = tokio::time::interval_at(
+            Instant::now() + timing.keepalive_interval,
+            timing.keepalive_interval,
+        );
+        pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // First tick at once: a new session retries missing plugins.
+        let mut plugin_retries = tokio::time::interval(timing.plugin_retry);
+        plugin_retries.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let sent = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => None,
+                r = self.send_pending(&mut ws) => Some(r),
+            };
+            match sent {
+                None => return self.goodbye(ws).await,
+                Some(Err(e)) => return SessionEnd::Lost(e),
+                Some(Ok(())) => {}
+            }
+            let fetch_deadline = state
+                .pending
+                .as_ref()
+                .filter(|p| p.current.is_some())
+                .map(|p| p.deadline);
+            let step = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return self.goodbye(ws).await,
+                msg = recv(&mut ws, &mut state.heard) => match msg {
+                    Ok(msg) => self.handle(msg, &mut ws, scheduler, rpc, &mut state).await,
+                    Err(AgentError::Protocol(e)) => {
+                        self.hooks.warn(&format!("ignoring undecodable frame: {e}"));
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                () = self.outbox.pushed.notified() => Ok(()),
+                answer = rpc.finished(), if !rpc.is_idle() => send(&mut ws, &timing, &answer).await,
+                _ = pings.tick() => {
+                    let silent = state.heard.elapsed();
+                    if silent >= timing.keepalive_timeout {
+                        Err(AgentError::KeepaliveTimeout { silent_ms: silent.as_millis() })
+                    } else {
+                        send_frame(&mut ws, &timing, Message::Ping(Default::default())).await
+                    }
+                }
+                _ = plugin_retries.tick(), if state.pending.is_none() => {
+                    self.retry_missing_plugins(&mut ws, scheduler, &mut state).await
+                }
+                () = sleep_until_opt(fetch_deadline) => {
+                    self.fetch_failed(&mut state, AgentError::Timeout("a plugin chunk from the server"));
+                    self.fetch_next(&mut ws, scheduler, &mut state).await
+                }
+            };
+            if let Err(e) = step {
+                return SessionEnd::Lost(e);
+            }
+        }
+    }
+
+    /// Handles one server message; an error ends the session.
+    async fn handle(
+        &self,
+        msg: ServerMessage,
+        ws: &mut Ws,
+        scheduler: &mut Scheduler,
+        rpc: &mut Rpc,
+        state: &mut SessionState,
+    ) -> Result<(), AgentError> {
+        match msg {
+            ServerMessage::Config(config) => self.on_config(config, ws, scheduler, state).await?,
+            ServerMessage::PluginChunk {
+                sha256,
+                offset,
+                total,
+                data,
+            } => {
+                self.on_plugin_chunk(sha256, offset, total, &data, ws, scheduler, state)
+                    .await?;
+            }
+            ServerMessage::PluginMissing { sha256, reason } => {
+                let Some(download) = current_download(state, &sha256) else {
+                    return Ok(());
+                };
+                let e = AgentError::PluginMissing {
+                    name: download.plugin().name.clone(),
+                    sha256,
+                    reason,
+                };
+                self.fetch_failed(state, e);
+                self.fetch_next(ws, scheduler, state).await?;
+            }
+            ServerMessage::Ack { up_to } => self.outbox.lock().ack(up_to),
+            ServerMessage::RunCheck { id, check } => {
+                self.start_rpc(ws, rpc, scheduler, RpcRequest::RunCheck { id, check })
+                    .await?;
+            }
+            ServerMessage::RunScript {
+                id,
+                script,
+                interpreter,
+                timeout_secs,
+            } => {
+                let request = RpcRequest::RunScript {
+                    id,
+                    script,
+                    interpreter,
+                    timeout_secs,
+                };
+                self.start_rpc(ws, rpc, scheduler, request).await?;
+            }
+            ServerMessage::Rejected { reason } => return Err(AgentError::Rejected { reason }),
+            other => self.hooks.warn(&format!(
+                "ignoring unexpected message from the server: {other:?}"
+            )),
+        }
+        if state.pending.is_none() && scheduler.config().is_some() {
+            self.report_healthy(state);
+        }
+        Ok(())
+    }
+
+    /// A new config: refused when invalid (the running one stays), else
+    /// pending until its missing plugins are fetched.
+    async fn on_config(
+        &self,
+        config: AgentConfig,
+        ws: &mut Ws,
+        scheduler: &mut Scheduler,
+        state: &mut SessionState,
+    ) -> Result<(), AgentError> {
+        if let Err(source) = config.validate() {
+            let e = AgentError::BadConfig {
+                version: config.version,
+                source,
+            };
+            let running = scheduler
+                .config()
+                .map_or("none".to_owned(), |c| c.version.to_string());
+            self.hooks.error(&format!(
+                "{e}; the running config (version {running}) stays"
+            ));
+            return Ok(());
+        }
+        let queue: VecDeque<PluginRef> = self.plugins.missing(&config).into();
+        if let Some(old) = &state.pending {
+            self.hooks.info(&format!(
+                "config version {} replaces version {} while its plugins were downloading",
+                config.version, old.config.version
+            ));
+        }
+        if !queue.is_empty() {
+            self.hooks.info(&format!(
+                "config version {} needs {} plugins; downloading",
+                config.version,
+                queue.len()
+            ));
+        }
+        // Replacing the pending config drops its download (and temp file).
+        state.pending = Some(PendingConfig {
+            config,
+            queue,
+            current: None,
+            deadline: Instant::now(),
+        });
+        self.fetch_next(ws, scheduler, state).await
+    }
+
+    /// Fetches the plugins the running config lacks (downloads that
+    /// failed earlier), then re-applies it (a no-op diff).
+    async fn retry_missing_plugins(
+        &self,
+        ws: &mut Ws,
+        scheduler: &mut Scheduler,
+        state: &mut SessionState,
+    ) -> Result<(), AgentError> {
+        let Some(config) = scheduler.config() else {
+            return Ok(());
+        };
+        if self.plugins.missing(config).is_empty() {
+            return Ok(());
+        }
+        self.hooks.info(&format!(
+            "retrying the missing plugins of config version {}",
+            config.version
+        ));
+        let config = config.clone();
+        self.on_config(config, ws, scheduler, state).await
+    }
+
+    /// One chunk of the plugin being downloaded: ask for the next, install
+    /// a complete file, or abandon a bad download and move on.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the chunk's four fields plus the session's three parts"
+    )]
+    async fn on_plugin_chunk(
+        &self,
+        sha256: String,
+        offset: u64,
+        total: u64,
+        data: &str,
+        ws: &mut Ws,
+        scheduler: &mut Scheduler,
+        state: &mut SessionState,
+    ) -> Result<(), AgentError> {
+        let timing = self.settings.timing;
+        let Some(download) = current_download(state, &sha256) else {
+            self.hooks.warn(&format!(
+                "ignoring a chunk of plugin {sha256} nobody asked for"
+            ));
+            return Ok(());
+        };
+        match download.accept(offset, total, data) {
+            Ok(Progress::More { offset }) => {
+                let get = AgentMessage::GetPlugin { sha256, offset };
+                send(ws, &timing, &get).await?;
+                if let Some(p) = state.pending.as_mut() {
+                    p.deadline = Instant::now() + timing.plugin_chunk_timeout;
+                }
+                Ok(())
+            }
+            Ok(Progress::Complete) => {
+                self.install_current(state).await;
+                self.fetch_next(ws, scheduler, state).await
+            }
+            Err(e) => {
+                self.fetch_failed(state, e);
+                self.fetch_next(ws, scheduler, state).await
+            }
+        }
+    }
+
+    async fn start_rpc(
+        &self,
+        ws: &mut Ws,
+        rpc: &mut Rpc,
+        scheduler: &Scheduler,
+        request: RpcRequest,
+    ) -> Result<(), AgentError> {
+        let id = request.id().to_owned();
+        self.hooks.info(&request.describe());
+        match rpc.start(request, scheduler.config(), &scheduler.executor()) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.hooks
+                    .warn(&format!("remote run {id} refused: {error}"));
+                let refusal = AgentMessage::RpcResult {
+                    id,
+                    result: None,
+                    error: Some(error),
+                };
+                send(ws, &self.settings.timing, &refusal).await
+            }
+        }
+    }
+
+    /// Starts the next plugin download of the pending config, or applies
+    /// the config when none is left.
+    async fn fetch_next(
+        &self,
+        ws: &mut Ws,
+        scheduler: &mut Scheduler,
+        state: &mut SessionState,
+    ) -> Result<(), AgentError> {
+        let timing = self.settings.timing;
+        let Some(pending) = state.pending.as_mut() else {
+            return Ok(());
+        };
+        if pending.current.is_some() {
+            return Ok(());
+        }
+        while let Some(plugin) = pending.queue.pop_front() {
+            match Download::start(&self.plugins, plugin) {
+                Ok(download) => {
+                    let get = AgentMessage::GetPlugin {
+                        sha256: download.plugin().sha256.clone(),
+                        offset: 0,
+                    };
+                    pending.current = Some(download);
+                    pending.deadline = Instant::now() + timing.plugin_chunk_timeout;
+                    return send(ws, &timing, &get).await;
+                }
+                Err(e) => self.hooks.error(&format!("{e}; its checks stay UNKNOWN")),
+            }
+        }
+        let Some(pending) = state.pending.take() else {
+            return Ok(());
+        };
+        self.apply_config(scheduler, &pending.config);
+        Ok(())
+    }
+
+    /// Verifies and installs the completed download (fsync off the loop's
+    /// thread).
+    async fn install_current(&self, state: &mut SessionState) {
+        let Some(download) = state.pending.as_mut().and_then(|p| p.current.take()) else {
+            return;
+        };
+        let name = download.plugin().name.clone();
+        match tokio::task::spawn_blocking(move || download.finish()).await {
+            Ok(Ok(path)) => self
+                .hooks
+                .info(&format!("plugin {name} installed as {}", path.display())),
+            Ok(Err(e)) => self.plugin_failed(&name, &e),
+            Err(e) => self.plugin_failed(&name, &e),
+        }
+    }
+
+    /// Abandons the current download (its temp file goes with it).
+    fn fetch_failed(&self, state: &mut SessionState, error: AgentError) {
+        if let Some(download) = state.pending.as_mut().and_then(|p| p.current.take()) {
+            self.plugin_failed(&download.plugin().name, &error);
+        }
+    }
+
+    fn plugin_failed(&self, name: &str, error: &dyn std::fmt::Display) {
+        self.hooks.error(&format!(
+            "downloading plugin {name} failed: {error}; nothing was installed, its checks report UNKNOWN"
+        ));
+    }
+
+    fn apply_config(&self, scheduler: &mut Scheduler, config: &AgentConfig) {
+        let s = scheduler.apply(config);
+        self.hooks.info(&format!(
+            "applied config version {}: started {:?}, restarted {:?}, stopped {:?}, unchanged {}",
+            config.version,
+            s.started,
+            s.restarted,
+            s.stopped,
+            s.unchanged.len()
+        ));
+        for problem in s.invalid {
+            self.hooks
+                .warn(&format!("skipping invalid check: {problem}"));
+        }
+        if !config.tags.is_empty() {
+            self.hooks
+                .debug(&format!("the server lists tags {:?}", config.tags));
+        }
+        match self.plugins.prune(config) {
+            Ok(removed) if !removed.is_empty() => self
+                .hooks
+                .info(&format!("removed unreferenced plugins {removed:?}")),
+            Ok(_) => {}
+            Err(e) => self
+                .hooks
+                .warn(&format!("cannot clean the plugin cache: {e}")),
+        }
+    }
+
+    fn report_healthy(&self, state: &mut SessionState) {
+        if !state.healthy {
+            self.hooks.health(Health::Ok, "connected and scheduling");
+            state.healthy = true;
+        }
+    }
+
+    /// Sends every result not yet sent in this session, in batches.
+    async fn send_pending(&self, ws: &mut Ws) -> Result<(), AgentError> {
+        loop {
+            // The lock is released before the await below.
+            let results = self.outbox.lock().next_batch(MAX_BATCH_RESULTS);
+            if results.is_empty() {
+                return Ok(());
+            }
+            let count = results.len();
+            send(
+                ws,
+                &self.settings.timing,
+                &AgentMessage::Results { results },
+            )
+            .await?;
+            self.hooks.debug(&format!("sent {count} results"));
+        }
+    }
+
+    /// Says goodbye and closes the socket, bounded by `close_timeout`.
+    async fn goodbye(&self, mut ws: Ws) -> SessionEnd {
+        let close = async {
+            let bye = AgentMessage::Goodbye {
+                reason: "agent stopping".into(),
+            };
+            ws.send(Message::text(bye.encode())).await?;
+            ws.close(None).await?;
+            // Wait for the server's close frame and the end of the stream;
+            // acks still in flight shrink the state blob we hand over.
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Text(text) = msg
+                    && let Ok(ServerMessage::Ack { up_to }) = ServerMessage::decode(&text)
+                {
+                    self.outbox.lock().ack(up_to);
+                }
+            }
+            Ok::<(), AgentError>(())
+        };
+        match tokio::time::timeout(self.settings.timing.close_timeout, close).await {
+            Ok(Ok(())) => self.hooks.info("said goodbye to the server"),
+            Ok(Err(e)) => self.hooks.warn(&format!("goodbye failed: {e}")),
+            Err(_) => self
+                .hooks
+                .warn("the server did not finish the close handshake in time"),
+        }
+        SessionEnd::Stopped
+    }
+}
+
+/// The download in progress, if it is for `sha256`.
+fn current_download<'s>(state: &'s mut SessionState, sha256: &str) -> Option<&'s mut Download> {
+    state
+        .pending
+        .as_mut()
+        .and_then(|p| p.current.as_mut())
+        .filter(|d| d.plugin().sha256 == sha256)
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,384 @@
+//! The content-addressed plugin cache and verified plugin downloads.
+//!
+//! Layout: `<data_dir>/plugins/<sha256>` — the file whose SHA-256 is its
+//! name, mode 0755. The runner executes exactly that path for a check whose
+//! command is `plugin:<name>`; a missing file means "not downloaded".
+//! Downloads in progress are `<data_dir>/plugins/<sha256>.tmp`.
+//!
+//! Invariants of a [`Download`] (every violation is its own error and
+//! nothing is installed):
+//! - the server's announced `total` equals the size the config declares
+//!   (at most `MAX_PLUGIN_BYTES`, checked by `AgentConfig::validate`);
+//! - chunks arrive in order, each at most `PLUGIN_CHUNK_BYTES`, and never
+//!   carry the file past the declared size;
+//! - the SHA-256 is computed while writing and must equal the name; only
+//!   then the temp file is fsynced, made executable and renamed into place
+//!   (the directory is fsynced too), so a reader never sees a partial or
+//!   wrong file under a hash name;
+//! - an abandoned download removes its temp file (drop guard).
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use outrider_protocol::{AgentConfig, PLUGIN_CHUNK_BYTES, PluginRef, is_sha256_hex};
+use sha2::{Digest, Sha256};
+
+use crate::error::AgentError;
+
+/// Directory (in the data dir) of the plugin cache.
+pub const PLUGIN_DIR: &str = "plugins";
+/// Suffix of a download in progress.
+const TMP_SUFFIX: &str = ".tmp";
+/// Longest base64 text of one chunk: 4 characters per 3 bytes, padded.
+const MAX_CHUNK_BASE64: usize = PLUGIN_CHUNK_BYTES.div_ceil(3) * 4;
+
+/// The plugin directory of one agent.
+#[derive(Clone, Debug)]
+pub struct PluginCache {
+    dir: PathBuf,
+}
+
+impl PluginCache {
+    /// The cache under `<data_dir>/plugins`.
+    pub fn new(data_dir: &Path) -> PluginCache {
+        PluginCache {
+            dir: data_dir.join(PLUGIN_DIR),
+        }
+    }
+
+    /// Where plugin `sha256` lives once installed.
+    pub fn path_of(&self, sha256: &str) -> PathBuf {
+        self.dir.join(sha256)
+    }
+
+    /// The plugins of `config` not installed yet, each content hash once.
+    /// A file of the wrong size counts as missing (it is replaced).
+    pub fn missing(&self, config: &AgentConfig) -> Vec<PluginRef> {
+        let mut seen = HashSet::new();
+        config
+            .plugins
+            .iter()
+            .filter(|p| seen.insert(p.sha256.as_str()))
+            .filter(|p| {
+                fs::metadata(self.path_of(&p.sha256))
+                    .map_or(true, |m| !m.is_file() || m.len() != p.size)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Removes cached plugins (and leftover temp files) that `config` does
+    /// not reference. Returns the names removed. Files that do not look like
+    /// ours are left alone. Fails only when the directory cannot be listed.
+    pub fn prune(&self, config: &AgentConfig) -> io::Result<Vec<String>> {
+        let keep: HashSet<&str> = config.plugins.iter().map(|p| p.sha256.as_str()).collect();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut removed = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let hash = name.strip_suffix(TMP_SUFFIX).unwrap_or(&name);
+            let stale = is_sha256_hex(hash) && (name.ends_with(TMP_SUFFIX) || !keep.contains(hash));
+            if stale && fs::remove_file(self.dir.join(&name)).is_ok() {
+                removed.push(name);
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+}
+
+/// What a download needs next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Ask for the bytes from `offset`.
+    More { offset: u64 },
+    /// Every declared byte arrived; call [`Download::finish`].
+    Complete,
+}
+
+/// One plugin being written to its temp file; see the module docs.
+#[derive(Debug)]
+pub struct Download {
+    plugin: PluginRef,
+    tmp: PathBuf,
+    dest: PathBuf,
+    file: File,
+    hasher: Sha256,
+    received: u64,
+    installed: bool,
+}
+
+impl Download {
+    /// Creates the temp file (replacing a leftover one). Fails when the
+    /// plugin directory or the file cannot be created.
+    pub fn start(cache: &PluginCache, plugin: PluginRef) -> Result<Download, AgentError> {
+        let io_err = |path: &Path, source| AgentError::PluginIo {
+            path: path.to_owned(),
+            source,
+        };
+        fs::create_dir_all(&cache.dir).map_err(|e| io_err(&cache.dir, e))?;
+        let dest = cache.path_of(&plugin.sha256);
+        let tmp = cache.dir.join(format!("{}{TMP_SUFFIX}", plugin.sha256));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_err(&tmp, e))?;
+        Ok(Download {
+            plugin,
+            tmp,
+            dest,
+            file,
+            hasher: Sha256::new(),
+            received: 0,
+            installed: false,
+        })
+    }
+
+    /// The plugin being downloaded.
+    pub fn plugin(&self) -> &PluginRef {
+        &self.plugin
+    }
+
+    /// Takes one `PluginChunk`. Fails (and the download must be dropped)
+    /// when the chunk breaks an invariant of the module docs.
+    pub fn accept(&mut self, offset: u64, total: u64, data: &str) -> Result<Progress, AgentError> {
+        let declared = self.plugin.size;
+        let bad = |reason: String| AgentError::PluginChunk {
+            name: self.plugin.name.clone(),
+            reason,
+        };
+        if total != declared {
+            return Err(bad(format!(
+                "the server announces {total} bytes, the config declares {declared}"
+            )));
+        }
+        if offset != self.received {
+            return Err(bad(format!(
+                "chunk starts at offset {offset}, expected {}",
+                self.received
+            )));
+        }
+        // Checked before decoding, so an endless chunk is never buffered twice.
+        if data.len() > MAX_CHUNK_BASE64 {
+            return Err(bad(format!(
+                "chunk of {} base64 characters exceeds the {PLUGIN_CHUNK_BYTES}-byte chunk limit",
+                data.len()
+            )));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| bad(format!("data is not base64: {e}")))?;
+        let len = bytes.len() as u64;
+        if self.received + len > declared {
+            return Err(AgentError::PluginTooLarge {
+                name: self.plugin.name.clone(),
+                declared,
+            });
+        }
+        if bytes.is_empty() && self.received < declared {
+            return Err(bad(format!(
+                "empty chunk at offset {offset} before the declared end"
+            )));
+        }
+        self.file
+            .write_all(&bytes)
+            .map_err(|source| AgentError::PluginIo {
+                path: self.tmp.clone(),
+                source,
+            })?;
+        self.hasher.update(&bytes);
+        self.received += len;
+        Ok(if self.received == declared {
+            Progress::Complete
+        } else {
+            Progress::More {
+                offset: self.received,
+            }
+        })
+    }
+
+    /// Verifies the hash and installs the file (blocking: fsyncs). Fails on
+    /// a hash mismatch, an incomplete file or an I/O error; the temp file
+    /// is removed then.
+    pub fn finish(mut self) -> Result<PathBuf, AgentError> {
+        if self.received != self.plugin.size {
+            return Err(AgentError::PluginChunk {
+                name: self.plugin.name.clone(),
+                reason: format!(
+                    "download ended after {} of {} bytes",
+                    self.received, self.plugin.size
+                ),
+            });
+        }
+        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        if actual != self.plugin.sha256 {
+            return Err(AgentError::PluginHashMismatch {
+                name: self.plugin.name.clone(),
+                expected: self.plugin.sha256.clone(),
+                actual,
+            });
+        }
+        let install = || -> io::Result<()> {
+            self.file.sync_all()?;
+            self.file
+                .set_permissions(fs::Permissions::from_mode(0o755))?;
+            fs::rename(&self.tmp, &self.dest)?;
+            if let Some(dir) = self.dest.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        install().map_err(|source| AgentError::PluginIo {
+            path: self.dest.clone(),
+            source,
+        })?;
+        self.installed = true;
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    fn plugin_for(body: &[u8]) -> PluginRef {
+        PluginRef {
+            name: "p".into(),
+            sha256: hex::encode(Sha256::digest(body)),
+            size: body.len() as u64,
+        }
+    }
+
+    fn config(plugins: Vec<PluginRef>) -> AgentConfig {
+        AgentConfig {
+            version: 1,
+            plugins,
+            ..AgentConfig::default()
+        }
+    }
+
+    #[test]
+    fn chunks_in_order_install_an_executable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PluginCache::new(dir.path());
+        let body = b"#!/bin/sh\necho OK\n";
+        let plugin = plugin_for(body);
+        assert_eq!(
+            cache.missing(&config(vec![plugin.clone()])),
+            std::slice::from_ref(&plugin)
+        );
+        let mut d = Download::start(&cache, plugin.clone()).unwrap();
+        assert_eq!(
+            d.accept(0, plugin.size, &b64(&body[..5])).unwrap(),
+            Progress::More { offset: 5 }
+        );
+        assert_eq!(
+            d.accept(5, plugin.size, &b64(&body[5..])).unwrap(),
+            Progress::Complete
+        );
+        let path = d.finish().unwrap();
+        assert_eq!(path, cache.path_of(&plugin.sha256));
+        assert_eq!(fs::read(&path).unwrap(), body);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert!(cache.missing(&config(vec![plugin])).is_empty());
+    }
+
+    #[test]
+    fn each_bad_download_is_its_own_error_and_installs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PluginCache::new(dir.path());
+        let body = b"0123456789";
+        let plugin = plugin_for(body);
+        let attempt = |f: &dyn Fn(&mut Download) -> Result<Progress, AgentError>| {
+            let mut d = Download::start(&cache, plugin.clone()).unwrap();
+            let r = f(&mut d).and_then(|_| d.finish().map(|_| Progress::Complete));
+            assert!(!cache.path_of(&plugin.sha256).exists());
+            assert!(
+                !dir.path()
+                    .join(PLUGIN_DIR)
+                    .join(format!("{}.tmp", plugin.sha256))
+                    .exists()
+            );
+            r.unwrap_err()
+        };
+        let tampered = attempt(&|d| d.accept(0, 10, &b64(b"0123456780")));
+        assert!(
+            matches!(tampered, AgentError::PluginHashMismatch { .. }),
+            "{tampered}"
+        );
+        let oversize = attempt(&|d| d.accept(0, 10, &b64(b"0123456789X")));
+        assert!(
+            matches!(oversize, AgentError::PluginTooLarge { declared: 10, .. }),
+            "{oversize}"
+        );
+        let announced = attempt(&|d| d.accept(0, 11, &b64(body)));
+        assert!(
+            matches!(announced, AgentError::PluginChunk { .. }),
+            "{announced}"
+        );
+        let gap = attempt(&|d| {
+            d.accept(0, 10, &b64(&body[..4]))?;
+            d.accept(5, 10, &b64(&body[5..]))
+        });
+        assert!(gap.to_string().contains("offset 5, expected 4"), "{gap}");
+        let short = attempt(&|d| d.accept(0, 10, &b64(&body[..4])));
+        assert!(short.to_string().contains("4 of 10"), "{short}");
+        let stalled = attempt(&|d| d.accept(0, 10, ""));
+        assert!(stalled.to_string().contains("empty chunk"), "{stalled}");
+        let huge = attempt(&|d| d.accept(0, 10, &"A".repeat(MAX_CHUNK_BASE64 + 4)));
+        assert!(huge.to_string().contains("chunk limit"), "{huge}");
+        let garbage = attempt(&|d| d.accept(0, 10, "***"));
+        assert!(garbage.to_string().contains("base64"), "{garbage}");
+    }
+
+    #[test]
+    fn prune_keeps_referenced_and_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PluginCache::new(dir.path());
+        let keep = plugin_for(b"keep");
+        let old = plugin_for(b"old");
+        fs::create_dir_all(dir.path().join(PLUGIN_DIR)).unwrap();
+        for name in [
+            keep.sha256.clone(),
+            old.sha256.clone(),
+            format!("{}.tmp", keep.sha256),
+            "README".into(),
+        ] {
+            fs::write(dir.path().join(PLUGIN_DIR).join(name), b"x").unwrap();
+        }
+        let removed = cache.prune(&config(vec![keep.clone()])).unwrap();
+        let mut expected = vec![old.sha256.clone(), format!("{}.tmp", keep.sha256)];
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert!(cache.path_of(&keep.sha256).exists());
+        assert!(dir.path().join(PLUGIN_DIR).join("README").exists());
+        // A cached file of the wrong size is fetched again.
+        assert_eq!(cache.missing(&config(vec![keep.clone()])), [keep]);
+    }
+}

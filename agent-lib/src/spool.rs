@@ -1,0 +1,848 @@
+//! The on-disk spool: every result waits here until the server acked it.
+//!
+//! Layout under `<data_dir>/spool/`:
+//! - `NNNNNNNNNNNNNNNNNNNN.seg` — append-only segment files (20-digit
+//!   segment id, increasing), each a run of [`record`]s whose sequence
+//!   numbers are *consecutive*: a gap (the counter jumping above the
+//!   server's ack) starts a new segment, so a segment is fully described by
+//!   its first and last seq and nothing per record is kept in memory;
+//! - `meta.json` — `{"version":1,"acked_seq","next_seq","seq_synced","seq_shift"}`,
+//!   replaced atomically (temp file + rename). It is fsynced when the
+//!   numbering changes; acks are not, since a stale `acked_seq` only makes
+//!   the agent resend what the server deduplicates by seq.
+//!
+//! Invariants:
+//! - Records are written with one `write` each, straight to the file (no
+//!   user-space buffer), so a reader in the same process sees them at once
+//!   and a crash tears at most the last one. Segments are fsynced when they
+//!   are sealed (rotation) and on a clean stop ([`Spool::sync`]).
+//! - Opening scans every segment: a torn tail of the newest segment is cut;
+//!   any other damage (bad checksum, bad length, undecodable JSON,
+//!   non-consecutive numbers, an unreadable file) is logged as an error and
+//!   the damaged bytes are set aside in `<segment>.corrupt` — the records
+//!   before the damage stay. Nothing here panics or refuses to start over
+//!   bad files.
+//! - A segment is deleted once the server acked all of it. When the spool
+//!   grows past [`SpoolLimits::cap_bytes`], the oldest segments are evicted
+//!   and the un-acked results they held are counted and returned to the
+//!   caller (which reports them as a result of its own).
+//! - `seq_shift`: a cold start numbers results from 1 before it knows the
+//!   server's numbering; the first `Welcome` adds the server's `acked_seq` to
+//!   every number. Instead of rewriting files, records keep the number they
+//!   were written with and `seq_shift` is added on reading (and subtracted
+//!   on writing). It is set at most once, before the first sync.
+
+mod record;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use outrider_protocol::CheckResult;
+use serde::{Deserialize, Serialize};
+
+use crate::host::HostHooks;
+
+/// Default size cap of the whole spool.
+pub const SPOOL_CAP_BYTES: u64 = 64 * 1024 * 1024;
+/// Size at which the active segment is sealed and a new one started.
+pub const SEGMENT_BYTES: u64 = 1024 * 1024;
+/// Format version of `meta.json`.
+const META_VERSION: u32 = 1;
+const META_FILE: &str = "meta.json";
+const SEGMENT_SUFFIX: &str = ".seg";
+const CORRUPT_SUFFIX: &str = ".corrupt";
+
+/// Size limits of a spool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpoolLimits {
+    /// Most bytes of segments kept; beyond it the oldest segments go.
+    pub cap_bytes: u64,
+    /// Size at which a segment is sealed.
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolLimits {
+    fn default() -> Self {
+        SpoolLimits {
+            cap_bytes: SPOOL_CAP_BYTES,
+            segment_bytes: SEGMENT_BYTES,
+        }
+    }
+}
+
+/// The persisted numbering state; see the module docs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub version: u32,
+    /// Every result with `seq <= acked_seq` is stored by the server.
+    pub acked_seq: u64,
+    /// Next sequence number to assign (a floor; records may be higher).
+    pub next_seq: u64,
+    /// Whether the numbering continues the server's (after a Welcome).
+    pub seq_synced: bool,
+    /// Added to every stored seq on reading.
+    pub seq_shift: u64,
+}
+
+/// Un-acked results dropped by [`Spool::append`] to stay under the cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    pub count: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// One segment file; seqs are effective (shift applied), consecutive.
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    first_seq: u64,
+    last_seq: u64,
+    /// Valid bytes (the file is cut to this on open).
+    bytes: u64,
+}
+
+/// Where a reader continues: segment id and byte offset in it.
+pub type Position = (u64, u64);
+
+/// The spool; see the module docs.
+pub struct Spool {
+    dir: PathBuf,
+    limits: SpoolLimits,
+    segments: VecDeque<Segment>,
+    /// The newest segment, open for appending; `None` until the next append.
+    active: Option<File>,
+    meta: Meta,
+    total_bytes: u64,
+    /// Id of the next segment; never reused while open, so a reader's
+    /// [`Position`] can never land in a different file of the same name.
+    next_id: u64,
+    /// Segments whose damage (found while reading) was already logged.
+    damage_logged: std::cell::RefCell<std::collections::HashSet<u64>>,
+    hooks: Arc<dyn HostHooks>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .field("total_bytes", &self.total_bytes)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir`, repairing damage as
+    /// the module docs describe. Fails only when the directory cannot be
+    /// created or listed.
+    pub fn open(dir: &Path, limits: SpoolLimits, hooks: Arc<dyn HostHooks>) -> io::Result<Spool> {
+        fs::create_dir_all(dir)?;
+        let mut spool = Spool {
+            dir: dir.to_owned(),
+            limits,
+            segments: VecDeque::new(),
+            active: None,
+            meta: Meta::default(),
+            total_bytes: 0,
+            next_id: 1,
+            damage_logged: Default::default(),
+            hooks,
+        };
+        spool.meta = spool.load_meta();
+        let mut ids: Vec<u64> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(SEGMENT_SUFFIX)?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let newest = ids.last().copied();
+        spool.next_id = newest.map_or(1, |id| id + 1);
+        for id in ids {
+            if let Some(segment) = spool.scan_segment(id, Some(id) == newest)
+                && segment.bytes > 0
+            {
+                let continues = spool
+                    .segments
+                    .back()
+                    .is_none_or(|prev| segment.first_seq > prev.last_seq);
+                if continues {
+                    spool.total_bytes += segment.bytes;
+                    spool.segments.push_back(segment);
+                    continue;
+                }
+                spool.hooks.error(&format!(
+                    "spool segment {} repeats sequence numbers of an older segment; set aside",
+                    spool.segment_path(id).display()
+                ));
+                spool.set_aside(id);
+            } else {
+                let _ = fs::remove_file(spool.segment_path(id));
+            }
+        }
+        // Records the server already acked need not stay.
+        let acked = spool.meta.acked_seq;
+        spool.trim(acked);
+        Ok(spool)
+    }
+
+    /// The limits the spool was opened with.
+    pub fn limits(&self) -> SpoolLimits {
+        self.limits
+    }
+
+    /// The persisted numbering state.
+    pub fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    /// Highest sequence number stored, if any record is.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.segments.back().map(|s| s.last_seq)
+    }
+
+    /// Number of stored results not acked.
+    pub fn unacked(&self) -> u64 {
+        let acked = self.meta.acked_seq;
+        self.segments
+            .iter()
+            .filter(|s| s.last_seq > acked)
+            .map(|s| s.last_seq - s.first_seq.max(acked + 1) + 1)
+            .sum()
+    }
+
+    /// Bytes of all segments.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Records the numbering (`next_seq`, `seq_synced`) and, once, a shift
+    /// of everything stored so far; durably (fsync), since losing it would
+    /// renumber results the server already has.
+    pub fn set_numbering(&mut self, next_seq: u64, seq_synced: bool, add_shift: u64) {
+        if add_shift > 0 {
+            self.meta.seq_shift += add_shift;
+            for s in &mut self.segments {
+                s.first_seq += add_shift;
+                s.last_seq += add_shift;
+            }
+        }
+        self.meta.next_seq = next_seq;
+        self.meta.seq_synced = seq_synced;
+        self.store_meta(true);
+    }
+
+    /// Appends `result` (its `seq` above every stored one). Returns what was
+    /// evicted to respect the cap. Fails when the record could not be
+    /// written; the segment is then cut back so no partial record remains.
+    pub fn append(&mut self, result: &CheckResult) -> io::Result<Evicted> {
+        let stored = CheckResult {
+            seq: result.seq - self.meta.seq_shift,
+            ..result.clone()
+        };
+        let json = serde_json::to_vec(&stored).map_err(io::Error::other)?;
+        let bytes = record::encode(&json);
+        let len = bytes.len() as u64;
+        let rotate = match self.segments.back() {
+            None => true,
+            Some(s) => {
+                self.active.is_none()
+                    || s.last_seq + 1 != result.seq
+                    || s.bytes + len > self.limits.segment_bytes
+            }
+        };
+        if rotate {
+            self.reopen_or_rotate(result.seq, len)?;
+        }
+        // Rotation always leaves an open active segment.
+        let file = self.active.as_mut().expect("active segment after rotation");
+        let segment = self.segments.back_mut().expect("segment after rotation");
+        if let Err(e) = file.write_all(&bytes) {
+            let _ = file.set_len(segment.bytes);
+            let _ = file.seek(SeekFrom::Start(segment.bytes));
+            return Err(e);
+        }
+        if segment.bytes == 0 {
+            segment.first_seq = result.seq;
+        }
+        segment.last_seq = result.seq;
+        segment.bytes += len;
+        self.total_bytes += len;
+        Ok(self.evict_over_cap())
+    }
+
+    /// Records that the server stored everything up to `up_to`: persists it
+    /// and deletes fully acked segments.
+    pub fn ack(&mut self, up_to: u64) {
+        if up_to <= self.meta.acked_seq {
+            return;
+        }
+        self.meta.acked_seq = up_to;
+        self.meta.next_seq = self.meta.next_seq.max(up_to + 1);
+        self.trim(up_to);
+        self.store_meta(false);
+    }
+
+    /// Makes everything written durable: fsync of the active segment and
+    /// of `meta.json`. Called on a clean stop.
+    pub fn sync(&mut self) {
+        if let Some(file) = &self.active
+            && let Err(e) = file.sync_data()
+        {
+            self.hooks
+                .error(&format!("spool: fsync of the active segment failed: {e}"));
+        }
+        self.store_meta(true);
+    }
+
+    /// Calls `f` with each stored result after `from` (the start when
+    /// `None`) in order, and the position after it, until `f` returns false.
+    /// A record damaged since opening ends its segment's reading (logged).
+    pub fn read_from(
+        &self,
+        from: Option<Position>,
+        mut f: impl FnMut(CheckResult, Position) -> bool,
+    ) {
+        let start = from.and_then(|(id, offset)| {
+            let index = self.segments.iter().position(|s| s.id == id)?;
+            Some((index, offset))
+        });
+        let (first, mut offset) = start.unwrap_or((0, 0));
+        let mut body = Vec::new();
+        for segment in self.segments.iter().skip(first) {
+            if offset >= segment.bytes {
+                offset = 0;
+                continue;
+            }
+            let path = self.segment_path(segment.id);
+            let opened = File::open(&path).and_then(|mut file| {
+                file.seek(SeekFrom::Start(offset))?;
+                Ok(file)
+            });
+            let file = match opened {
+                Ok(file) => file,
+                Err(e) => {
+                    self.hooks
+                        .error(&format!("spool: cannot read {}: {e}", path.display()));
+                    offset = 0;
+                    continue;
+                }
+            };
+            let mut reader = BufReader::new(file.take(segment.bytes.saturating_sub(offset)));
+            while offset < segment.bytes {
+                let decoded = match record::read(&mut reader, &mut body) {
+                    Ok(Some(Ok(()))) => serde_json::from_slice::<CheckResult>(&body)
+                        .map_err(|e| format!("undecodable record: {e}")),
+                    Ok(Some(Err(bad))) => Err(bad.to_string()),
+                    Ok(None) => Err("the file is shorter than recorded".into()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match decoded {
+                    Ok(mut result) => {
+                        offset += (record::HEADER_BYTES + body.len()) as u64;
+                        result.seq += self.meta.seq_shift;
+                        if !f(result, (segment.id, offset)) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        if self.damage_logged.borrow_mut().insert(segment.id) {
+                            self.hooks.error(&format!(
+                                "spool: {} damaged at byte {offset} since it was opened ({e}); \
+                                 skipping the rest of it",
+                                path.display()
+                            ));
+                        }
+                        break;
+                    }
+                }
+            }
+            offset = 0;
+        }
+    }
+
+    fn segment_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:020}{SEGMENT_SUFFIX}"))
+    }
+
+    /// Continues the newest segment left by an earlier run when `seq` and
+    /// `len` fit it, else seals it and starts a new one.
+    fn reopen_or_rotate(&mut self, seq: u64, len: u64) -> io::Result<()> {
+        if self.active.is_none()
+            && let Some(s) = self.segments.back()
+            && s.last_seq + 1 == seq
+            && s.bytes + len <= self.limits.segment_bytes
+        {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .open(self.segment_path(s.id))?;
+            file.seek(SeekFrom::Start(s.bytes))?;
+            self.active = Some(file);
+            return Ok(());
+        }
+        self.rotate(seq)
+    }
+
+    /// Seals the active segment (fsync) and starts a new one for `first_seq`.
+    fn rotate(&mut self, first_seq: u64) -> io::Result<()> {
+        if let Some(file) = self.active.take()
+            && let Err(e) = file.sync_data()
+        {
+            self.hooks
+                .error(&format!("spool: fsync while sealing a segment failed: {e}"));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let path = self.segment_path(id);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        // The new name must survive a crash for its records to.
+        sync_dir(&self.dir);
+        self.segments.push_back(Segment {
+            id,
+            first_seq,
+            last_seq: first_seq.saturating_sub(1),
+            bytes: 0,
+        });
+        self.active = Some(file);
+        Ok(())
+    }
+
+    /// Deletes segments whose every record has `seq <= up_to`.
+    fn trim(&mut self, up_to: u64) {
+        while let Some(front) = self.segments.front() {
+            if front.last_seq > up_to || front.bytes == 0 {
+                break;
+            }
+            self.drop_front();
+        }
+    }
+
+    /// Removes the oldest segment; returns it.
+    fn drop_front(&mut self) -> Option<Segment> {
+        let segment = self.segments.pop_front()?;
+        if self.segments.is_empty() {
+            self.active = None;
+        }
+        self.total_bytes -= segment.bytes;
+        let path = self.segment_path(segment.id);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            self.hooks
+                .error(&format!("spool: cannot delete {}: {e}", path.display()));
+        }
+        Some(segment)
+    }
+
+    /// Evicts the oldest sealed segments while over the cap.
+    fn evict_over_cap(&mut self) -> Evicted {
+        let mut evicted = Evicted::default();
+        while self.total_bytes > self.limits.cap_bytes && self.segments.len() > 1 {
+            let acked = self.meta.acked_seq;
+            let Some(s) = self.drop_front() else { break };
+            if s.last_seq > acked {
+                let first = s.first_seq.max(acked + 1);
+                if evicted.count == 0 {
+                    evicted.first_seq = first;
+                }
+                evicted.count += s.last_seq - first + 1;
+                evicted.last_seq = s.last_seq;
+            }
+        }
+        evicted
+    }
+
+    /// Reads one segment, cutting or setting aside damage; `None` when the
+    /// file could not be read at all (it is then set aside).
+    fn scan_segment(&mut self, id: u64, newest: bool) -> Option<Segment> {
+        let path = self.segment_path(id);
+        let data = match read_capped(
+            &path,
+            self.limits.segment_bytes * 2 + 2 * record::MAX_BODY_BYTES as u64,
+        ) {
+            Ok(data) => data,
+            Err(e) => {
+                self.hooks.error(&format!(
+                    "spool: cannot read {} ({e}); set aside",
+                    path.display()
+                ));
+                self.set_aside(id);
+                return None;
+            }
+        };
+        let mut segment = Segment {
+            id,
+            first_seq: 0,
+            last_seq: 0,
+            bytes: 0,
+        };
+        let mut reader = &data[..];
+        let mut body = Vec::new();
+        let problem = loop {
+            let rec = match record::read(&mut reader, &mut body) {
+                Ok(None) => break None,
+                Ok(Some(rec)) => rec,
+                Err(e) => break Some(e.to_string()),
+            };
+            if let Err(bad) = rec {
+                break Some(if bad == record::Bad::Truncated && newest {
+                    String::new()
+                } else {
+                    bad.to_string()
+                });
+            }
+            #[derive(Deserialize)]
+            struct SeqOnly {
+                seq: u64,
+            }
+            let seq = match serde_json::from_slice::<SeqOnly>(&body) {
+                Ok(s) => s.seq + self.meta.seq_shift,
+                Err(e) => break Some(format!("undecodable record: {e}")),
+            };
+            if segment.bytes > 0 && seq != segment.last_seq + 1 {
+                break Some(format!("seq {seq} does not follow {}", segment.last_seq));
+            }
+            if segment.bytes == 0 {
+                segment.first_seq = seq;
+            }
+            segment.last_seq = seq;
+            segment.bytes += (record::HEADER_BYTES + body.len()) as u64;
+        };
+        if let Some(problem) = problem {
+            let valid = segment.bytes as usize;
+            if problem.is_empty() {
+                self.hooks.warn(&format!(
+                    "spool: cut the torn last record of {} ({} bytes) left by a crash",
+                    path.display(),
+                    data.len() - valid
+                ));
+            } else {
+                let aside = path.with_extension(format!("seg.{valid}{CORRUPT_SUFFIX}"));
+                self.hooks.error(&format!(
+                    "spool: {} is damaged at byte {valid} ({problem}); the {} bytes from there \
+                     are set aside in {}, the records before are kept",
+                    path.display(),
+                    data.len() - valid,
+                    aside.display()
+                ));
+                if let Err(e) = fs::write(&aside, &data[valid..]) {
+                    self.hooks
+                        .error(&format!("spool: cannot write {}: {e}", aside.display()));
+                }
+            }
+            let cut = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(segment.bytes).and_then(|()| f.sync_data()));
+            if let Err(e) = cut {
+                self.hooks.error(&format!(
+                    "spool: cannot cut {} ({e}); set aside",
+                    path.display()
+                ));
+                self.set_aside(id);
+                return None;
+            }
+        }
+        Some(segment)
+    }
+
+    /// Renames a segment out of the way (`<name>.corrupt`).
+    fn set_aside(&self, id: u64) {
+        let path = self.segment_path(id);
+        let aside = path.with_extension(format!("seg{CORRUPT_SUFFIX}"));
+        if let Err(e) = fs::rename(&path, &aside) {
+            self.hooks
+                .error(&format!("spool: cannot set {} aside: {e}", path.display()));
+        }
+    }
+
+    fn load_meta(&self) -> Meta {
+        let path = self.dir.join(META_FILE);
+        let text = match fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Meta::default(),
+            Err(e) => {
+                self.hooks.error(&format!(
+                    "spool: cannot read {} ({e}); everything stored will be resent",
+                    path.display()
+                ));
+                return Meta::default();
+            }
+        };
+        match serde_json::from_slice::<Meta>(&text) {
+            Ok(meta) if meta.version == META_VERSION => meta,
+            Ok(meta) => {
+                self.hooks.error(&format!(
+                    "spool: {} has format {}, this agent reads {META_VERSION}; set aside",
+                    path.display(),
+                    meta.version
+                ));
+                let _ = fs::rename(&path, path.with_extension(&CORRUPT_SUFFIX[1..]));
+                Meta::default()
+            }
+            Err(e) => {
+                self.hooks.error(&format!(
+                    "spool: {} is unreadable ({e}); set aside, everything stored will be resent",
+                    path.display()
+                ));
+                let _ = fs::rename(&path, path.with_extension(&CORRUPT_SUFFIX[1..]));
+                Meta::default()
+            }
+        }
+    }
+
+    /// Writes `meta.json` atomically; with `durable`, fsyncs file and dir.
+    fn store_meta(&mut self, durable: bool) {
+        self.meta.version = META_VERSION;
+        let path = self.dir.join(META_FILE);
+        let tmp = self.dir.join(format!("{META_FILE}.tmp"));
+        let write = || -> io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&serde_json::to_vec(&self.meta).map_err(io::Error::other)?)?;
+            if durable {
+                file.sync_all()?;
+            }
+            fs::rename(&tmp, &path)?;
+            if durable {
+                sync_dir(&self.dir);
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            self.hooks
+                .error(&format!("spool: cannot write {}: {e}", path.display()));
+        }
+    }
+}
+
+/// Reads a whole file, refusing one larger than `cap` bytes.
+fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > cap {
+        return Err(io::Error::other(format!(
+            "{len} bytes, more than any segment can hold"
+        )));
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    file.take(cap).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// fsyncs a directory so a created/renamed name survives a crash; errors
+/// are ignored (some filesystems refuse directory fsync).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use outrider_protocol::CheckState;
+
+    use super::*;
+    use crate::host::{Health, Level};
+
+    #[derive(Debug, Default)]
+    struct Logs(std::sync::Mutex<Vec<String>>);
+    impl HostHooks for Logs {
+        fn log(&self, _: Level, m: &str) {
+            self.0.lock().unwrap().push(m.to_owned());
+        }
+        fn health(&self, _: Health, _: &str) {}
+        fn request_update_check(&self) {}
+    }
+    impl Logs {
+        fn any(&self, needle: &str) -> bool {
+            self.0.lock().unwrap().iter().any(|m| m.contains(needle))
+        }
+    }
+
+    fn result(seq: u64) -> CheckResult {
+        CheckResult {
+            seq,
+            check: "c".into(),
+            state: CheckState::Ok,
+            summary: format!("r{seq}"),
+            long_output: String::new(),
+            perfdata: vec![],
+            started_at_ms: 1,
+            duration_ms: 2,
+        }
+    }
+
+    const SMALL: SpoolLimits = SpoolLimits {
+        cap_bytes: 1 << 20,
+        segment_bytes: 512,
+    };
+
+    fn open(dir: &Path) -> (Spool, Arc<Logs>) {
+        let logs = Arc::new(Logs::default());
+        (Spool::open(dir, SMALL, logs.clone()).unwrap(), logs)
+    }
+
+    fn seqs(spool: &Spool) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        spool.read_from(None, |r, _| {
+            seqs.push(r.seq);
+            true
+        });
+        seqs
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn rotates_reopens_and_trims_after_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = open(dir.path());
+        for seq in 1..=20 {
+            spool.append(&result(seq)).unwrap();
+        }
+        assert!(
+            segment_files(dir.path()).len() > 2,
+            "segments rotate at 512 bytes"
+        );
+        spool.ack(7);
+        assert_eq!(spool.unacked(), 13);
+        drop(spool);
+        let (mut spool, _) = open(dir.path());
+        assert_eq!(spool.meta().acked_seq, 7);
+        assert_eq!(spool.unacked(), 13);
+        // Whole acked segments are gone; a partly acked one stays.
+        assert!(seqs(&spool)[0] <= 8 && seqs(&spool).ends_with(&[19, 20]));
+        // A gap in the numbering starts a new segment.
+        spool.append(&result(30)).unwrap();
+        spool.ack(20);
+        assert_eq!(seqs(&spool), [30]);
+        assert_eq!(segment_files(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_reader_position_survives_the_spool_emptying() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, logs) = open(dir.path());
+        for seq in 1..=3 {
+            spool.append(&result(seq)).unwrap();
+        }
+        let mut pos = None;
+        spool.read_from(None, |_, p| {
+            pos = Some(p);
+            true
+        });
+        // Everything acked: the only segment goes, the next append starts a
+        // new one; the old position must not point into it.
+        spool.ack(3);
+        spool.append(&result(4)).unwrap();
+        let mut after = Vec::new();
+        spool.read_from(pos, |r, _| {
+            after.push(r.seq);
+            true
+        });
+        assert_eq!(after, [4]);
+        assert!(!logs.any("damaged"), "{:?}", logs.0.lock().unwrap());
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_appending_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = open(dir.path());
+        for seq in 1..=3 {
+            spool.append(&result(seq)).unwrap();
+        }
+        drop(spool);
+        let last = segment_files(dir.path()).pop().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&last).unwrap();
+        f.write_all(&record::encode(b"{\"seq\":4,\"check\":\"c\"")[..15])
+            .unwrap();
+        drop(f);
+        let (mut spool, logs) = open(dir.path());
+        assert!(logs.any("cut the torn last record"));
+        assert_eq!(seqs(&spool), [1, 2, 3]);
+        spool.append(&result(4)).unwrap();
+        drop(spool);
+        let (spool, _) = open(dir.path());
+        assert_eq!(seqs(&spool), [1, 2, 3, 4]);
+        assert!(!fs::read_dir(dir.path()).unwrap().any(|e| {
+            e.unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(CORRUPT_SUFFIX)
+        }));
+    }
+
+    #[test]
+    fn damage_inside_is_set_aside_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = open(dir.path());
+        for seq in 1..=20 {
+            spool.append(&result(seq)).unwrap();
+        }
+        drop(spool);
+        let first = segment_files(dir.path()).remove(0);
+        let mut bytes = fs::read(&first).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x55; // inside the last record's JSON
+        fs::write(&first, &bytes).unwrap();
+        fs::write(dir.path().join(META_FILE), b"{not json").unwrap();
+        let (spool, logs) = open(dir.path());
+        assert!(
+            logs.any("fails its CRC-32 check"),
+            "{:?}",
+            logs.0.lock().unwrap()
+        );
+        assert!(logs.any("meta.json is unreadable"));
+        let kept = seqs(&spool);
+        assert_eq!(kept.last(), Some(&20));
+        assert_eq!(
+            kept.len(),
+            19,
+            "only the damaged record is missing: {kept:?}"
+        );
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(CORRUPT_SUFFIX))
+            .collect();
+        assert_eq!(aside.len(), 2, "{aside:?}");
+    }
+
+    #[test]
+    fn the_cap_evicts_whole_segments_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Logs::default());
+        let limits = SpoolLimits {
+            cap_bytes: 1024,
+            segment_bytes: 256,
+        };
+        let mut spool = Spool::open(dir.path(), limits, logs).unwrap();
+        let mut evicted = 0;
+        for seq in 1..=50 {
+            evicted += spool.append(&result(seq)).unwrap().count;
+        }
+        assert!(spool.total_bytes() <= limits.cap_bytes + limits.segment_bytes);
+        let kept = seqs(&spool);
+        assert_eq!(kept.len() as u64 + evicted, 50);
+        assert_eq!(kept.last(), Some(&50));
+        assert_eq!(kept[0], evicted + 1, "oldest first");
+    }
+}

@@ -1,0 +1,224 @@
+#!/bin/sh
+# Agent benchmark (issue 5 item 10): the real agent library, published to a
+# real `outrider-server` and run by the real stub (`outrider-agent --prefix`)
+# on loopback, release builds.
+#
+# Phases:
+#  1. idle: 20 checks (a tiny sh plugin, 30 s interval), connected; after a
+#     warm-up, VmRSS / Pss of the stub process (library inside) and its CPU
+#     time over IDLE_SECS from /proc/PID/stat (utime+stime; plugin children
+#     are counted separately from cutime+cstime, they are not the agent).
+#  2. load: the idle checks removed, 17 checks at 1 s (1,020 runs a minute)
+#     for LOAD_SECS; scheduling lag from the server's store.
+#  3. load + hang: an 18th check whose plugin sleeps for an hour (timeout
+#     3,600 s, so it holds a process slot the whole phase), LOAD_SECS more.
+#
+# Scheduling lag, per result of the 1 s checks, from `started_at_ms` in the
+# server's SQLite `results` table: each check's runs sit on a grid
+# `offset + k × 1000 ms` (the scheduler never drifts); k is the run's index
+# rounded from its start, offset the earliest `start − k × 1000` of that
+# check in the phase, lag = start − k × 1000 − offset. Every sample is kept;
+# p50 / p99 / max and the count are reported, plus results per minute,
+# seq holes and duplicates counted at the server.
+#
+# Usage:   bench/agent.sh            (≈ 2 × LOAD_SECS + IDLE_SECS + 2 min)
+# Env:     SKIP_BUILD=1  do not build (uses target/release as it is)
+#          IDLE_SECS=60 LOAD_SECS=120 WARMUP_SECS=30
+#          WORK=/tmp/outrider-agent-bench  work directory (wiped at start)
+# Needs: sqlite3, jq. Listens on 127.0.0.1 only; every wait is bounded;
+# every process started here is stopped on exit.
+
+set -u
+
+IDLE_SECS=${IDLE_SECS:-60}
+LOAD_SECS=${LOAD_SECS:-120}
+WARMUP_SECS=${WARMUP_SECS:-30}
+WORK=${WORK:-/tmp/outrider-agent-bench}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN="$ROOT/target/release"
+TOKEN=bench-enrollment-token
+SERVER_PID=
+AGENT_PID=
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+now_ms() { date +%s%3N; }
+
+cleanup() {
+    for pid in $AGENT_PID $SERVER_PID; do
+        kill -TERM "$pid" 2>/dev/null || continue
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        kill -KILL "$pid" 2>/dev/null
+    done
+}
+
+# wait_for WHAT TIMEOUT_SECS COMMAND...: polls COMMAND every 100 ms.
+wait_for() {
+    what=$1 limit=$2
+    shift 2
+    deadline=$(($(date +%s) + limit))
+    until "$@"; do
+        [ "$(date +%s)" -lt "$deadline" ] || die "timed out after ${limit}s waiting for $what"
+        sleep 0.1
+    done
+}
+
+cli() { "$BIN/outrider" --server "$URL" --token "$ADMIN" "$@"; }
+
+current_is() {
+    [ "$(jq -r '.current.version // empty' "$WORK/agent/state.json" 2>/dev/null)" = "$1" ]
+}
+
+results_of() { sqlite3 "$DB" "SELECT COUNT(*) FROM results WHERE check_name GLOB '$1'" 2>/dev/null; }
+has_results() { [ "$(results_of "$1")" -gt 0 ] 2>/dev/null; }
+
+# memory LABEL: VmRSS / Pss of the stub (the library runs inside it).
+memory() {
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$AGENT_PID/status")
+    pss=$(awk '/^Pss:/ {print $2}' "/proc/$AGENT_PID/smaps_rollup")
+    thr=$(ls "/proc/$AGENT_PID/task" | wc -l)
+    fds=$(ls "/proc/$AGENT_PID/fd" | wc -l)
+    echo "$1: rss_kib=$rss pss_kib=$pss threads=$thr fds=$fds"
+}
+
+# ticks: "self children" CPU clock ticks of the stub (fields 14+15, 16+17;
+# the command name in field 2 has no spaces here).
+ticks() { awk '{ print $14 + $15, $16 + $17 }' "/proc/$AGENT_PID/stat"; }
+
+# pct FILE P: nearest-rank percentile of the numbers in FILE (one a line).
+pct() {
+    sort -n "$1" | awk -v p="$2" '{ v[NR] = $1 } END {
+        if (NR == 0) { print "n/a"; exit }
+        r = int(p * NR); if (r < p * NR) r++; if (r < 1) r = 1; print v[r] }'
+}
+
+# lag NAME FROM_MS TO_MS: lag of every 1 s check's start against its grid.
+lag() {
+    sqlite3 "$DB" "
+        WITH r AS (SELECT check_name c, started_at_ms s FROM results
+                   WHERE check_name GLOB 'l[0-9]*' AND started_at_ms BETWEEN $2 AND $3),
+             f AS (SELECT c, MIN(s) s0 FROM r GROUP BY c),
+             k AS (SELECT r.c, r.s, CAST(ROUND((r.s - f.s0) / 1000.0) AS INTEGER) k FROM r JOIN f USING (c)),
+             o AS (SELECT c, MIN(s - k * 1000) off FROM k GROUP BY c)
+        SELECT k.s - k.k * 1000 - o.off FROM k JOIN o USING (c);" >"$WORK/lag-$1.txt"
+    n=$(wc -l <"$WORK/lag-$1.txt")
+    per_min=$(sqlite3 "$DB" "SELECT ROUND(COUNT(*) * 60000.0 / ($3 - $2)) FROM results
+        WHERE check_name GLOB 'l[0-9]*' AND started_at_ms BETWEEN $2 AND $3")
+    echo "$1: lag ms p50=$(pct "$WORK/lag-$1.txt" 0.5) p99=$(pct "$WORK/lag-$1.txt" 0.99) max=$(pct "$WORK/lag-$1.txt" 1) n=$n; results/min of the 1 s checks: $per_min"
+}
+
+main() {
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    ulimit -n 4096 2>/dev/null
+    for tool in sqlite3 jq; do
+        command -v "$tool" >/dev/null || die "$tool is needed"
+    done
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+        log "cargo build --locked --release (server, cli, stub, agent library)"
+        (cd "$ROOT" && cargo build --locked --release -p outrider-server -p outrider-cli \
+            -p outrider-agent-stub -p outrider-agent-lib) || die "release build failed"
+    fi
+    for f in outrider-server outrider-agent outrider liboutrider_agent.so; do
+        [ -e "$BIN/$f" ] || die "$BIN/$f is missing: run the release build"
+    done
+
+    rm -rf "$WORK"
+    mkdir -p "$WORK/agent/etc"
+    RUST_LOG=info "$BIN/outrider-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 \
+        --enrollment-token "$TOKEN" --ready-file "$WORK/ready" >"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    wait_for "the server's ready file" 20 test -s "$WORK/ready"
+    URL="http://$(cat "$WORK/ready")"
+    ADMIN=$(cat "$WORK/server/admin.token")
+    DB="$WORK/server/outrider.db"
+    log "server $URL (pid $SERVER_PID)"
+
+    "$BIN/outrider" keys init --dir "$WORK/keys" >"$WORK/keys.log" 2>&1 || die "keys init failed"
+    printf '#!/bin/sh\necho "OK - bench | value=1;;;;"\n' >"$WORK/plugin.sh"
+    printf '#!/bin/sh\nexec sleep 3600\n' >"$WORK/hang.sh"
+    chmod 755 "$WORK/plugin.sh" "$WORK/hang.sh"
+    i=0
+    while [ $i -lt 20 ]; do
+        cli checks add "i$i" --interval-secs 30 --timeout-secs 10 -- "$WORK/plugin.sh" >/dev/null ||
+            die "checks add i$i failed"
+        i=$((i + 1))
+    done
+    cli release publish --channel bench --keys "$WORK/keys" --version b1 --deltas 0 \
+        "$BIN/liboutrider_agent.so" >"$WORK/publish.log" 2>&1 || die "publish failed"
+    cat >"$WORK/agent/etc/agent.toml" <<EOF
+server_url = "$URL"
+enrollment_token = "$TOKEN"
+channel = "bench"
+EOF
+    cp "$WORK/keys/root.json" "$WORK/agent/etc/root.json"
+    OUTRIDER_LOG=info "$BIN/outrider-agent" --prefix "$WORK/agent" >"$WORK/stub.log" 2>&1 &
+    AGENT_PID=$!
+    wait_for "b1 to be current" 120 current_is b1
+    wait_for "results of the idle checks" 60 has_results 'i[0-9]*'
+
+    log "phase 1: idle with 20 checks; warm-up ${WARMUP_SECS}s, then ${IDLE_SECS}s of CPU"
+    sleep "$WARMUP_SECS"
+    mem_idle=$(memory "idle, 20 checks at 30 s")
+    log "$mem_idle"
+    set -- $(ticks)
+    self0=$1 child0=$2
+    t0=$(now_ms)
+    sleep "$IDLE_SECS"
+    set -- $(ticks)
+    t1=$(now_ms)
+    hz=$(getconf CLK_TCK)
+    cpu_idle=$(awk -v s="$(($1 - self0))" -v c="$(($2 - child0))" -v ms="$((t1 - t0))" -v hz="$hz" \
+        'BEGIN { printf "agent %.3f%% of a core, plugin children %.3f%% (over %.1f s)", 100 * s / hz / (ms / 1000), 100 * c / hz / (ms / 1000), ms / 1000 }')
+    log "idle CPU: $cpu_idle"
+
+    log "phase 2: 17 checks at 1 s for ${LOAD_SECS}s"
+    i=0
+    while [ $i -lt 20 ]; do cli checks remove "i$i" >/dev/null || die "checks remove i$i failed"; i=$((i + 1)); done
+    i=0
+    while [ $i -lt 17 ]; do
+        cli checks add "l$i" --interval-secs 1 --timeout-secs 5 -- "$WORK/plugin.sh" >/dev/null ||
+            die "checks add l$i failed"
+        i=$((i + 1))
+    done
+    wait_for "results of the 1 s checks" 60 has_results 'l16'
+    sleep 5
+    load_from=$(now_ms)
+    sleep "$LOAD_SECS"
+    load_to=$(now_ms)
+    mem_load=$(memory "after the load phase")
+    log "$mem_load"
+
+    log "phase 3: the same plus a plugin that hangs for an hour, ${LOAD_SECS}s"
+    cli checks add hang --interval-secs 1 --timeout-secs 3600 -- "$WORK/hang.sh" >/dev/null ||
+        die "checks add hang failed"
+    wait_for "the hanging plugin to start" 30 pgrep -f "sleep 3600" >/dev/null
+    sleep 3
+    hang_from=$(now_ms)
+    sleep "$LOAD_SECS"
+    hang_to=$(now_ms)
+    mem_hang=$(memory "after the hang phase")
+    log "$mem_hang"
+    sleep 3 # the last results reach the server
+    kill -TERM "$AGENT_PID"
+    wait_for "the stub to exit" 30 sh -c "! kill -0 $AGENT_PID 2>/dev/null"
+    AGENT_PID=
+
+    cat <<EOF
+
+== outrider agent benchmark, $(date -u +%Y-%m-%d) ==
+commit: $(git -C "$ROOT" rev-parse --short HEAD) (library built $(date -u -r "$BIN/liboutrider_agent.so" +%H:%M:%SZ))
+$mem_idle
+idle CPU: $cpu_idle
+$(lag load "$load_from" "$load_to")
+$mem_load
+$(lag hang "$hang_from" "$hang_to")
+$mem_hang
+seq holes (lost) / duplicates at the server: $(sqlite3 "$DB" "SELECT (MAX(seq) - MIN(seq) + 1 - COUNT(DISTINCT seq)) || ' / ' || (COUNT(*) - COUNT(DISTINCT seq)) FROM results")
+skipped starts logged: $(grep -c 'was still running at its due time' "$WORK/stub.log") (the hung check: one run for the whole phase)
+stub log: WARN=$(grep -c 'WARN' "$WORK/stub.log") ERROR=$(grep -c 'ERROR' "$WORK/stub.log")
+EOF
+}
+
+main "$@" || exit 1
