@@ -164,6 +164,8 @@ mod tests {
             (artifact("2").zstd_sha256, 50),
             (artifact("1").zstd_sha256, 50),
             (artifact("stub").zstd_sha256, 50),
+            // The stub also uncompressed, for install.sh.
+            (artifact("stub").sha256, 100),
             (sha256(b"patch"), 7),
         ]
         .into();
