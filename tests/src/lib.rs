@@ -154,25 +154,8 @@ impl TestServer {
     /// Starts a server on an ephemeral loopback port and waits until it listens.
     pub fn start() -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        let ready = dir.path().join("ready");
-        let mut cmd = Command::new(bin_dir().join("outrider-server"));
-        cmd.arg("--data-dir")
-            .arg(&data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--enrollment-token",
-                ENROLLMENT_TOKEN,
-            ])
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("RUST_LOG", "info");
-        let proc = Proc::spawn(cmd, dir.path().join("server.log"));
-        let addr = wait_until("server ready file", secs(20), || {
-            std::fs::read_to_string(&ready).ok()
-        });
-        let admin_token = std::fs::read_to_string(data.join("admin.token"))
+        let (proc, addr) = spawn_server(dir.path(), "127.0.0.1:0", "server.log");
+        let admin_token = std::fs::read_to_string(dir.path().join("data/admin.token"))
             .expect("admin token")
             .trim()
             .to_owned();
@@ -182,6 +165,22 @@ impl TestServer {
             proc,
             dir,
         }
+    }
+
+    /// Stops the server with SIGKILL: no goodbye to anyone, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+    }
+
+    /// Starts the server again on the same address and data directory
+    /// (after [`TestServer::kill`]), logging to a new file.
+    pub fn restart(&mut self) {
+        self.kill();
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let log = format!("server.{}.log", self.proc.child.id());
+        let (proc, _) = spawn_server(self.dir.path(), &addr, &log);
+        self.proc = proc;
     }
 
     /// The server's data directory.
@@ -440,6 +439,25 @@ impl TestAgent {
     pub fn run_copies(&self) -> Vec<String> {
         list(&self.prefix.path().join("run"))
     }
+}
+
+/// Starts `outrider-server` with its data in `dir/data`, listening on
+/// `listen`, and waits for its ready file; returns it and the bound address.
+fn spawn_server(dir: &Path, listen: &str, log: &str) -> (Proc, String) {
+    let ready = dir.join("ready");
+    let _ = std::fs::remove_file(&ready);
+    let mut cmd = Command::new(bin_dir().join("outrider-server"));
+    cmd.arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--listen", listen, "--enrollment-token", ENROLLMENT_TOKEN])
+        .arg("--ready-file")
+        .arg(&ready)
+        .env("RUST_LOG", "info");
+    let proc = Proc::spawn(cmd, dir.join(log));
+    let addr = wait_until("server ready file", secs(20), || {
+        std::fs::read_to_string(&ready).ok()
+    });
+    (proc, addr)
 }
 
 /// Starts `outrider-agent --prefix <prefix>` with debug logs into `prefix/<log>`.
