@@ -1,7 +1,7 @@
 //! The server's embedded store: one SQLite file in WAL mode.
 //!
 //! rusqlite is blocking, so every operation runs on tokio's blocking pool
-//! through [`Store::call`], holding the connection mutex only for the
+//! through `Store::call`, holding the connection mutex only for the
 //! duration of one short transaction and never across an `.await`.
 //!
 //! Invariants:
