@@ -164,15 +164,42 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         ],
     )?;
 
-    // 4. A demo check.
+    // The stub too, so that `install.sh` can install agents on other hosts.
+    step("publishing the stub to channel dev (for install.sh)");
+    run_self(
+        &me,
+        &[
+            "--server",
+            &url,
+            "--token-file",
+            &token_file.to_string_lossy(),
+            "release",
+            "publish-stub",
+            "--channel",
+            "dev",
+            "--keys",
+            &keys_dir.to_string_lossy(),
+            &bin_dir.join("outrider-agent").to_string_lossy(),
+        ],
+    )?;
+
+    // 4. Demo checks: a Nagios plugin script and two built-ins.
     let plugin = source.join("packaging/plugins/check_loadavg");
-    let def = CheckDefinition {
-        command: vec![plugin.to_string_lossy().into_owned()],
-        interval_secs: 10,
-        timeout_secs: 5,
-        tags: Vec::new(),
-    };
-    let _: serde_json::Value = client.send_json("PUT", "/api/v1/checks/load", &def)?;
+    let demo = [
+        ("load", vec![plugin.to_string_lossy().into_owned()], 10),
+        ("memory", vec!["builtin:memory".to_owned()], 30),
+        ("disk", vec!["builtin:disk".to_owned()], 60),
+    ];
+    for (name, command, interval_secs) in demo {
+        let def = CheckDefinition {
+            command,
+            interval_secs,
+            timeout_secs: 5,
+            tags: Vec::new(),
+        };
+        let _: serde_json::Value =
+            client.send_json("PUT", &format!("/api/v1/checks/{name}"), &def)?;
+    }
 
     // 5. The agent.
     step("starting the agent (stub + library)");
@@ -213,6 +240,12 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
     println!("Look at it from another terminal:");
     println!("  {} agents", cli.display());
     println!("  {} checks", cli.display());
+    println!("Install the agent on another host of this network (the server listens on {}):", args.listen);
+    println!(
+        "  curl -sSf {url}/install.sh | sh -s -- --token {} --channel dev --root-sha256 {}",
+        enrollment.trim(),
+        root_sha256(&client)?
+    );
     println!(
         "Logs: {} and {}",
         home.join("server.log").display(),
@@ -240,6 +273,14 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
 }
 
 /// The workspace root this binary was built from.
+/// SHA-256 of the root the server serves, for `install.sh --root-sha256`.
+fn root_sha256(client: &ApiClient) -> Result<String> {
+    let root = client
+        .get_bytes_opt("/v1/updates/root.json")?
+        .context("the server serves no root.json")?;
+    Ok(outrider_signing::sha256(&root).to_string())
+}
+
 fn source_dir() -> Result<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
