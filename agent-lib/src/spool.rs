@@ -2,7 +2,7 @@
 //!
 //! Layout under `<data_dir>/spool/`:
 //! - `NNNNNNNNNNNNNNNNNNNN.seg` — append-only segment files (20-digit
-//!   segment id, increasing), each a run of [`record`]s whose sequence
+//!   segment id, increasing), each a run of records (`spool/record.rs`) whose sequence
 //!   numbers are *consecutive*: a gap (the counter jumping above the
 //!   server's ack) starts a new segment, so a segment is fully described by
 //!   its first and last seq and nothing per record is kept in memory;
