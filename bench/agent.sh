@@ -8,10 +8,12 @@
 #     warm-up, VmRSS / Pss of the stub process (library inside) and its CPU
 #     time over IDLE_SECS from /proc/PID/stat (utime+stime; plugin children
 #     are counted separately from cutime+cstime, they are not the agent).
-#  2. load: the idle checks removed, 17 checks at 1 s (1,020 runs a minute)
-#     for LOAD_SECS; scheduling lag from the server's store.
-#  3. load + hang: an 18th check whose plugin sleeps for an hour (timeout
-#     3,600 s, so it holds a process slot the whole phase), LOAD_SECS more.
+#  2. load: the idle checks removed, 17 checks at 1 s (1,020 runs a minute);
+#     then ROUNDS rounds of two WINDOW_SECS windows side by side (the machine
+#     is shared, so A B A B rather than one long run of each):
+#     A = the 17 checks alone, B = the 17 plus an 18th check whose plugin
+#     sleeps for an hour (timeout 3,600 s: it holds a process slot for the
+#     whole window; the check is removed after each B window, which kills it).
 #
 # Scheduling lag, per result of the 1 s checks, from `started_at_ms` in the
 # server's SQLite `results` table: each check's runs sit on a grid
@@ -21,9 +23,9 @@
 # p50 / p99 / max and the count are reported, plus results per minute,
 # seq holes and duplicates counted at the server.
 #
-# Usage:   bench/agent.sh            (≈ 2 × LOAD_SECS + IDLE_SECS + 2 min)
+# Usage:   bench/agent.sh     (≈ WARMUP + IDLE + 2 × ROUNDS × (WINDOW + 5 s) + 1 min)
 # Env:     SKIP_BUILD=1  do not build (uses target/release as it is)
-#          IDLE_SECS=60 LOAD_SECS=120 WARMUP_SECS=30
+#          IDLE_SECS=60 WARMUP_SECS=30 ROUNDS=3 WINDOW_SECS=45
 #          WORK=/tmp/outrider-agent-bench  work directory (wiped at start)
 # Needs: sqlite3, jq. Listens on 127.0.0.1 only; every wait is bounded;
 # every process started here is stopped on exit.
@@ -31,7 +33,8 @@
 set -u
 
 IDLE_SECS=${IDLE_SECS:-60}
-LOAD_SECS=${LOAD_SECS:-120}
+ROUNDS=${ROUNDS:-3}
+WINDOW_SECS=${WINDOW_SECS:-45}
 WARMUP_SECS=${WARMUP_SECS:-30}
 WORK=${WORK:-/tmp/outrider-agent-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -77,8 +80,8 @@ has_results() { [ "$(results_of "$1")" -gt 0 ] 2>/dev/null; }
 memory() {
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$AGENT_PID/status")
     pss=$(awk '/^Pss:/ {print $2}' "/proc/$AGENT_PID/smaps_rollup")
-    thr=$(ls "/proc/$AGENT_PID/task" | wc -l)
-    fds=$(ls "/proc/$AGENT_PID/fd" | wc -l)
+    thr=$(find "/proc/$AGENT_PID/task" -mindepth 1 -maxdepth 1 | wc -l)
+    fds=$(find "/proc/$AGENT_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)
     echo "$1: rss_kib=$rss pss_kib=$pss threads=$thr fds=$fds"
 }
 
@@ -93,7 +96,8 @@ pct() {
         r = int(p * NR); if (r < p * NR) r++; if (r < 1) r = 1; print v[r] }'
 }
 
-# lag NAME FROM_MS TO_MS: lag of every 1 s check's start against its grid.
+# lag NAME FROM_MS TO_MS: appends the lag of every 1 s check's start in the
+# window against its grid to lag-NAME.txt; prints the window's figures.
 lag() {
     sqlite3 "$DB" "
         WITH r AS (SELECT check_name c, started_at_ms s FROM results
@@ -101,16 +105,22 @@ lag() {
              f AS (SELECT c, MIN(s) s0 FROM r GROUP BY c),
              k AS (SELECT r.c, r.s, CAST(ROUND((r.s - f.s0) / 1000.0) AS INTEGER) k FROM r JOIN f USING (c)),
              o AS (SELECT c, MIN(s - k * 1000) off FROM k GROUP BY c)
-        SELECT k.s - k.k * 1000 - o.off FROM k JOIN o USING (c);" >"$WORK/lag-$1.txt"
-    n=$(wc -l <"$WORK/lag-$1.txt")
+        SELECT k.s - k.k * 1000 - o.off FROM k JOIN o USING (c);" >"$WORK/window.txt"
+    cat "$WORK/window.txt" >>"$WORK/lag-$1.txt"
     per_min=$(sqlite3 "$DB" "SELECT ROUND(COUNT(*) * 60000.0 / ($3 - $2)) FROM results
         WHERE check_name GLOB 'l[0-9]*' AND started_at_ms BETWEEN $2 AND $3")
-    echo "$1: lag ms p50=$(pct "$WORK/lag-$1.txt" 0.5) p99=$(pct "$WORK/lag-$1.txt" 0.99) max=$(pct "$WORK/lag-$1.txt" 1) n=$n; results/min of the 1 s checks: $per_min"
+    echo "$1 window: lag ms p50=$(pct "$WORK/window.txt" 0.5) p99=$(pct "$WORK/window.txt" 0.99) max=$(pct "$WORK/window.txt" 1) n=$(wc -l <"$WORK/window.txt") results/min=$per_min loadavg=$(cut -d' ' -f1 /proc/loadavg)"
+}
+
+# summary NAME: all samples of a condition.
+summary() {
+    echo "$1 (all windows): lag ms p50=$(pct "$WORK/lag-$1.txt" 0.5) p99=$(pct "$WORK/lag-$1.txt" 0.99) max=$(pct "$WORK/lag-$1.txt" 1) n=$(wc -l <"$WORK/lag-$1.txt")"
 }
 
 main() {
     trap cleanup EXIT
     trap 'exit 130' INT TERM
+    # shellcheck disable=SC3045 # dash and bash both have it
     ulimit -n 4096 2>/dev/null
     for tool in sqlite3 jq; do
         command -v "$tool" >/dev/null || die "$tool is needed"
@@ -162,18 +172,19 @@ EOF
     sleep "$WARMUP_SECS"
     mem_idle=$(memory "idle, 20 checks at 30 s")
     log "$mem_idle"
-    set -- $(ticks)
-    self0=$1 child0=$2
+    t=$(ticks)
+    self0=${t% *} child0=${t#* }
     t0=$(now_ms)
     sleep "$IDLE_SECS"
-    set -- $(ticks)
+    t=$(ticks)
+    self1=${t% *} child1=${t#* }
     t1=$(now_ms)
     hz=$(getconf CLK_TCK)
-    cpu_idle=$(awk -v s="$(($1 - self0))" -v c="$(($2 - child0))" -v ms="$((t1 - t0))" -v hz="$hz" \
+    cpu_idle=$(awk -v s="$((self1 - self0))" -v c="$((child1 - child0))" -v ms="$((t1 - t0))" -v hz="$hz" \
         'BEGIN { printf "agent %.3f%% of a core, plugin children %.3f%% (over %.1f s)", 100 * s / hz / (ms / 1000), 100 * c / hz / (ms / 1000), ms / 1000 }')
     log "idle CPU: $cpu_idle"
 
-    log "phase 2: 17 checks at 1 s for ${LOAD_SECS}s"
+    log "phase 2: 17 checks at 1 s; $ROUNDS rounds of ${WINDOW_SECS}s without / with a hung plugin"
     i=0
     while [ $i -lt 20 ]; do cli checks remove "i$i" >/dev/null || die "checks remove i$i failed"; i=$((i + 1)); done
     i=0
@@ -183,23 +194,27 @@ EOF
         i=$((i + 1))
     done
     wait_for "results of the 1 s checks" 60 has_results 'l16'
-    sleep 5
-    load_from=$(now_ms)
-    sleep "$LOAD_SECS"
-    load_to=$(now_ms)
-    mem_load=$(memory "after the load phase")
+    : >"$WORK/lag-load.txt"
+    : >"$WORK/lag-hang.txt"
+    : >"$WORK/windows.txt"
+    r=1
+    while [ $r -le "$ROUNDS" ]; do
+        sleep 5
+        from=$(now_ms)
+        sleep "$WINDOW_SECS"
+        lag load "$from" "$(now_ms)" | tee -a "$WORK/windows.txt" >&2
+        cli checks add hang --interval-secs 1 --timeout-secs 3600 -- "$WORK/hang.sh" >/dev/null ||
+            die "checks add hang failed"
+        wait_for "the hanging plugin to start" 30 pgrep -f "sleep 3600" >/dev/null
+        sleep 3
+        from=$(now_ms)
+        sleep "$WINDOW_SECS"
+        lag hang "$from" "$(now_ms)" | tee -a "$WORK/windows.txt" >&2
+        cli checks remove hang >/dev/null || die "checks remove hang failed"
+        r=$((r + 1))
+    done
+    mem_load=$(memory "after the load rounds")
     log "$mem_load"
-
-    log "phase 3: the same plus a plugin that hangs for an hour, ${LOAD_SECS}s"
-    cli checks add hang --interval-secs 1 --timeout-secs 3600 -- "$WORK/hang.sh" >/dev/null ||
-        die "checks add hang failed"
-    wait_for "the hanging plugin to start" 30 pgrep -f "sleep 3600" >/dev/null
-    sleep 3
-    hang_from=$(now_ms)
-    sleep "$LOAD_SECS"
-    hang_to=$(now_ms)
-    mem_hang=$(memory "after the hang phase")
-    log "$mem_hang"
     sleep 3 # the last results reach the server
     kill -TERM "$AGENT_PID"
     wait_for "the stub to exit" 30 sh -c "! kill -0 $AGENT_PID 2>/dev/null"
@@ -211,12 +226,12 @@ EOF
 commit: $(git -C "$ROOT" rev-parse --short HEAD) (library built $(date -u -r "$BIN/liboutrider_agent.so" +%H:%M:%SZ))
 $mem_idle
 idle CPU: $cpu_idle
-$(lag load "$load_from" "$load_to")
+$(cat "$WORK/windows.txt")
+$(summary load)
+$(summary hang)
 $mem_load
-$(lag hang "$hang_from" "$hang_to")
-$mem_hang
 seq holes (lost) / duplicates at the server: $(sqlite3 "$DB" "SELECT (MAX(seq) - MIN(seq) + 1 - COUNT(DISTINCT seq)) || ' / ' || (COUNT(*) - COUNT(DISTINCT seq)) FROM results")
-skipped starts logged: $(grep -c 'was still running at its due time' "$WORK/stub.log") (the hung check: one run for the whole phase)
+skipped starts logged: $(grep -c 'was still running at its due time' "$WORK/stub.log") (a hung run ends by removal, not by finishing, so it logs none)
 stub log: WARN=$(grep -c 'WARN' "$WORK/stub.log") ERROR=$(grep -c 'ERROR' "$WORK/stub.log")
 EOF
 }

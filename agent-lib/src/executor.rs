@@ -3,7 +3,7 @@
 //!
 //! `command[0]` decides what runs:
 //! - `builtin:<name>` — a check inside the agent ([`crate::builtin`]); no
-//!   process, no concurrency permit;
+//!   process, no concurrency permit, the check's timeout still applies;
 //! - `plugin:<name>` — the content-addressed file `<data_dir>/plugins/<sha256>`
 //!   of the [`PluginRef`] called `<name>` in the config last applied; a file
 //!   not downloaded yet is an UNKNOWN result saying so;
@@ -110,10 +110,19 @@ impl Executor {
     pub async fn run(&self, spec: &CheckSpec, cancel: &CancellationToken) -> Option<RunOutcome> {
         match self.resolve(&spec.command) {
             Err(summary) => Some(RunOutcome::unknown(summary)),
-            Ok(Resolved::Builtin { name, args }) => tokio::select! {
-                _ = cancel.cancelled() => None,
-                outcome = run_builtin(&spec.name, &name, &args, &self.builtins) => Some(outcome),
-            },
+            Ok(Resolved::Builtin { name, args }) => {
+                let timeout = Duration::from_secs(u64::from(spec.timeout_secs));
+                let run = run_builtin(&spec.name, &name, &args, &self.builtins);
+                tokio::select! {
+                    _ = cancel.cancelled() => None,
+                    outcome = tokio::time::timeout(timeout, run) => Some(outcome.unwrap_or_else(|_| {
+                        RunOutcome::unknown(format!(
+                            "builtin:{name} timed out after {}s (the OS did not answer)",
+                            spec.timeout_secs
+                        ))
+                    })),
+                }
+            }
             Ok(Resolved::Program(command)) => {
                 let _permit = tokio::select! {
                     _ = cancel.cancelled() => return None,

@@ -15,7 +15,9 @@
 //!   fallback chain);
 //! - [`plugins`] — the content-addressed plugin cache and verified downloads;
 //! - [`rpc`] — remote "run check now" / ad-hoc script runs;
-//! - [`scheduler`] — per-check tasks; [`runner`] — one supervised plugin run;
+//! - [`scheduler`] — per-check tasks; [`executor`] — one run of a check
+//!   (path, `plugin:`, `builtin:`); [`builtin`] — checks inside the agent;
+//!   [`runner`] — one supervised plugin run;
 //!   [`nagios`] — plugin output parsing;
 //! - [`outbox`] — result numbering and batches over the on-disk [`spool`];
 //!   [`state`] — the blob for the next generation.

@@ -2,7 +2,7 @@
 //!
 //! Layout under `<data_dir>/spool/`:
 //! - `NNNNNNNNNNNNNNNNNNNN.seg` — append-only segment files (20-digit
-//!   segment id, increasing), each a run of [`record`]s whose sequence
+//!   segment id, increasing), each a run of records (`spool/record.rs`) whose sequence
 //!   numbers are *consecutive*: a gap (the counter jumping above the
 //!   server's ack) starts a new segment, so a segment is fully described by
 //!   its first and last seq and nothing per record is kept in memory;
@@ -844,5 +844,38 @@ mod tests {
         assert_eq!(kept.len() as u64 + evicted, 50);
         assert_eq!(kept.last(), Some(&50));
         assert_eq!(kept[0], evicted + 1, "oldest first");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever bytes a segment holds (valid records, then garbage), the
+        /// spool opens, keeps the valid prefix and goes on appending.
+        #[test]
+        fn any_segment_bytes_open_without_panic(
+            valid in 0u64..5,
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut spool, _) = open(dir.path());
+            for seq in 1..=valid {
+                spool.append(&result(seq)).unwrap();
+            }
+            drop(spool);
+            if let Some(last) = segment_files(dir.path()).pop() {
+                let mut f = OpenOptions::new().append(true).open(last).unwrap();
+                f.write_all(&garbage).unwrap();
+            } else {
+                fs::write(dir.path().join("00000000000000000001.seg"), &garbage).unwrap();
+            }
+            let (mut spool, _) = open(dir.path());
+            let kept = seqs(&spool);
+            proptest::prop_assert_eq!(&kept, &(1..=valid).collect::<Vec<_>>());
+            let next = valid + 1;
+            spool.append(&result(next)).unwrap();
+            drop(spool);
+            let (spool, _) = open(dir.path());
+            proptest::prop_assert_eq!(seqs(&spool).last().copied(), Some(next));
+        }
     }
 }

@@ -61,6 +61,39 @@ pub fn kill_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Total, free and available bytes of the filesystem holding `path`
+/// (`statvfs`: `f_blocks`, `f_bfree`, and `f_bavail` — what an unprivileged
+/// user may still write — times `f_frsize`). Touches only that filesystem,
+/// so a hung network mount elsewhere cannot block it.
+#[allow(
+    clippy::useless_conversion,
+    reason = "statvfs field types are u32 on some targets, u64 on others"
+)]
+pub fn filesystem_space(path: &std::path::Path) -> io::Result<(u64, u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: statvfs is plain data; all-zero is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid NUL-terminated string and `st` a valid,
+    // writable statvfs for the duration of the call.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = u64::from(st.f_frsize);
+    #[allow(
+        clippy::useless_conversion,
+        reason = "fsblkcnt_t is u32 on some targets"
+    )]
+    let [blocks, free, avail] = [st.f_blocks, st.f_bfree, st.f_bavail].map(u64::from);
+    Ok((
+        blocks.saturating_mul(frsize),
+        free.saturating_mul(frsize),
+        avail.saturating_mul(frsize),
+    ))
+}
+
 /// True when child `pid` has exited, without reaping it (`WNOWAIT`), so its
 /// pid — and thus its process-group id — stays reserved until we reap it.
 pub fn has_exited(pid: u32) -> io::Result<bool> {
@@ -87,6 +120,14 @@ pub fn has_exited(pid: u32) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filesystem_space_of_root_and_a_missing_path() {
+        let (total, free, avail) = filesystem_space(std::path::Path::new("/")).unwrap();
+        assert!(total > 0 && avail <= free && free <= total);
+        let err = filesystem_space(std::path::Path::new("/no/such/dir")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
 
     #[test]
     fn refuses_to_signal_own_or_all_groups() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outrider_protocol::CheckState;
-use sysinfo::{Disks, Networks, ProcessRefreshKind, ProcessesToUpdate, System};
+use sysinfo::{Networks, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use super::{
     Args, BuiltinState, Measured, Thresholds, headline, human_bytes, lock, percent, plain_perf,
@@ -150,14 +150,56 @@ pub(super) fn swap(args: &[String]) -> Result<Measured, String> {
     })
 }
 
-/// Space used on the filesystem holding `--path`.
+/// Space used on the filesystem holding `--path`, as `df` counts it: used =
+/// total − free, percent = used / (used + available to users).
 pub(super) fn disk(args: &[String]) -> Result<Measured, String> {
     let args = Args::parse(args, &["--warn", "--crit", "--path"])?;
     let t = args.thresholds(Some("80"), Some("90"))?;
     let path = std::path::Path::new(args.text("--path").unwrap_or(DEFAULT_DISK_PATH));
-    let disks = Disks::new_with_refreshed_list().map_err(|e| sys_err("disks", e))?;
-    // The filesystem holding `path` is the one with the longest mount point
-    // that is a prefix of it.
+    if !path.is_absolute() {
+        return Err(format!(
+            "argument --path: {} is not an absolute path",
+            path.display()
+        ));
+    }
+    let (total, free, avail) = space(path)?;
+    let used = total - free;
+    let pct = round2(percent(used, used + avail));
+    let s = t.state(pct);
+    Ok(Measured {
+        state: s,
+        summary: format!(
+            "{} - {} {pct:.1}% used ({} of {}, {} available)",
+            headline("DISK", s),
+            path.display(),
+            human_bytes(used),
+            human_bytes(total),
+            human_bytes(avail)
+        ),
+        perfdata: vec![
+            t.perf("used_pct", pct, "%", Some(0.0), Some(100.0)),
+            plain_perf("used", used, "B", Some(0.0), Some(total)),
+        ],
+    })
+}
+
+/// (total, free, available) bytes of the filesystem holding `path`.
+#[cfg(unix)]
+fn space(path: &std::path::Path) -> Result<(f64, f64, f64), String> {
+    let (total, free, avail) = crate::sys::filesystem_space(path).map_err(|e| {
+        format!(
+            "argument --path: cannot read the filesystem of {}: {e}",
+            path.display()
+        )
+    })?;
+    Ok((total as f64, free as f64, avail as f64))
+}
+
+/// (total, free, available) bytes of the filesystem holding `path`: the
+/// mounted volume with the longest mount point that is a prefix of it.
+#[cfg(not(unix))]
+fn space(path: &std::path::Path) -> Result<(f64, f64, f64), String> {
+    let disks = sysinfo::Disks::new_with_refreshed_list().map_err(|e| sys_err("disks", e))?;
     let disk = disks
         .iter()
         .filter(|d| path.starts_with(d.mount_point()))
@@ -168,25 +210,8 @@ pub(super) fn disk(args: &[String]) -> Result<Measured, String> {
                 path.display()
             )
         })?;
-    let total = disk.total_space() as f64;
-    let used = total - disk.available_space() as f64;
-    let pct = round2(percent(used, total));
-    let s = t.state(pct);
-    let mount = disk.mount_point().display().to_string();
-    Ok(Measured {
-        state: s,
-        summary: format!(
-            "{} - {mount} {pct:.1}% used ({} of {}, {} free)",
-            headline("DISK", s),
-            human_bytes(used),
-            human_bytes(total),
-            human_bytes(total - used)
-        ),
-        perfdata: vec![
-            t.perf("used_pct", pct, "%", Some(0.0), Some(100.0)),
-            plain_perf("used", used, "B", Some(0.0), Some(total)),
-        ],
-    })
+    let avail = disk.available_space() as f64;
+    Ok((disk.total_space() as f64, avail, avail))
 }
 
 /// Load averages against per-CPU-scaled thresholds.

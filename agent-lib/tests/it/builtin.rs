@@ -114,7 +114,13 @@ async fn bad_arguments_are_unknown_and_named() {
         assert_eq!(out.state, CheckState::Unknown, "{name}");
         assert!(out.summary.contains(needle), "{name}: {}", out.summary);
     }
-    let out = run("disk", &["--path", "relative/dir"]).await;
-    assert_eq!(out.state, CheckState::Unknown);
-    assert!(out.summary.contains("--path"), "{}", out.summary);
+    for path in ["relative/dir", "/no/such/dir"] {
+        let out = run("disk", &["--path", path]).await;
+        assert_eq!(out.state, CheckState::Unknown);
+        assert!(
+            out.summary.contains("--path") && out.summary.contains(path),
+            "{}",
+            out.summary
+        );
+    }
 }
