@@ -272,6 +272,8 @@ fn self_test(host: &Host) -> i32 {
 mod tests {
     use std::io::Write;
     use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
     use std::sync::Mutex;
 
     use outrider_abi::{ENTRY_SYMBOL_V1, health};
@@ -304,7 +306,9 @@ mod tests {
         rec(ctx).logs.lock().unwrap().push(text);
     }
 
-    fn host_api(recorder: &Recorder, config: &[u8], stop_fd: i32) -> HostApiV1 {
+    /// A host whose data directory is `data_dir` (borrowed, like every
+    /// buffer of the host API, for as long as the calls last).
+    fn host_api(recorder: &Recorder, config: &[u8], stop_fd: i32, data_dir: &Path) -> HostApiV1 {
         HostApiV1 {
             abi_major: ABI_MAJOR,
             abi_minor: ABI_MINOR,
@@ -314,7 +318,7 @@ mod tests {
             host_ctx: recorder as *const Recorder as *mut c_void,
             config: Bytes::from_slice(config),
             state_in: Bytes::EMPTY,
-            data_dir: Bytes::from_slice(b"/tmp"),
+            data_dir: Bytes::from_slice(data_dir.as_os_str().as_bytes()),
             stub_version: Bytes::from_slice(b"test"),
             put_state,
             request_update_check: update,
@@ -324,7 +328,7 @@ mod tests {
     }
 
     fn config_json(config_dir: &std::path::Path, agent_toml: &str) -> Vec<u8> {
-        serde_json::json!({"agent_toml": agent_toml, "config_dir": config_dir, "log_dir": "/tmp"})
+        serde_json::json!({"agent_toml": agent_toml, "config_dir": config_dir, "log_dir": config_dir})
             .to_string()
             .into_bytes()
     }
@@ -347,11 +351,12 @@ mod tests {
     #[test]
     fn bad_hosts_are_refused() {
         assert_eq!(run_v1(std::ptr::null()), status::BAD_HOST);
+        let dir = tempfile::tempdir().unwrap();
         let r = Recorder::default();
-        let mut api = host_api(&r, b"{}", 0);
+        let mut api = host_api(&r, b"{}", 0, dir.path());
         api.abi_major = 9;
         assert_eq!(run_v1(&api), status::BAD_HOST);
-        let api = host_api(&r, b"{}", -1);
+        let api = host_api(&r, b"{}", -1, dir.path());
         assert_eq!(self_test_v1(&api), status::BAD_HOST);
     }
 
@@ -363,7 +368,7 @@ mod tests {
             dir.path(),
             "server_url = \"http://127.0.0.1:1\"\nbogus = 1\n",
         );
-        let api = host_api(&r, &config, 0);
+        let api = host_api(&r, &config, 0, dir.path());
         assert_eq!(run_v1(&api), status::BAD_CONFIG);
         assert_eq!(self_test_v1(&api), status::BAD_CONFIG);
         assert!(
@@ -388,7 +393,7 @@ mod tests {
         );
         let (reader, mut writer) = std::io::pipe().unwrap();
         let r = Recorder::default();
-        let api = host_api(&r, &config, reader.as_raw_fd());
+        let api = host_api(&r, &config, reader.as_raw_fd(), dir.path());
         assert_eq!(self_test_v1(&api), status::OK);
         std::thread::scope(|s| {
             let running = s.spawn(|| run_v1(&api));

@@ -4,8 +4,8 @@
 //!
 //! | route                        | auth                      | module          |
 //! |------------------------------|---------------------------|-----------------|
-//! | `GET /api/v1/series`         | admin                     | [`query`]       |
-//! | `GET /api/v1/series/query`   | admin                     | [`query`]       |
+//! | `GET /api/v1/series`         | admin                     | `query`         |
+//! | `GET /api/v1/series/query`   | admin                     | `query`         |
 //! | `GET /metrics`               | none, or `--metrics-token`| [`prometheus`]  |
 //!
 //! `/metrics` is unauthenticated by default, like most exporters, because

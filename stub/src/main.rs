@@ -18,8 +18,8 @@ const LOG_FILES_KEPT: usize = 7;
 #[derive(Debug, Parser)]
 #[command(name = "outrider-agent", version, about)]
 struct Cli {
-    /// Install prefix of a non-root install: <prefix>/etc/agent.toml,
-    /// <prefix>/etc/root.json, data in <prefix>, logs in <prefix>/log.
+    /// Install prefix of a non-root install: PREFIX/etc/agent.toml,
+    /// PREFIX/etc/root.json, data in PREFIX, logs in PREFIX/log.
     /// Without it the system paths /etc/outrider, /opt/outrider and
     /// /var/log/outrider are used.
     #[arg(long)]

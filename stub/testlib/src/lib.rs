@@ -13,7 +13,7 @@
 //! as the very last bytes of the file. ELF loaders ignore trailing bytes, and
 //! every variant has its own SHA-256, so each one is a distinct "build". `run`
 //! finds the file it was loaded from (`dladdr` on one of its own functions),
-//! reads the last [`TRAILER_WINDOW`] bytes and parses the trailer; a file
+//! reads the last `TRAILER_WINDOW` bytes and parses the trailer; a file
 //! without one behaves as `healthy` with the tag `default`.
 //!
 //! Behaviours (every one first logs `testlib <tag> started with state <n>`,
