@@ -123,7 +123,8 @@ async fn agent_main(
 
     let carried = state.as_ref().and_then(|s| s.connection.clone());
     let mut connection = Connection::new(settings, identity, &outbox, hooks, stop, tls, carried);
-    connection.run(&mut scheduler).await;
+    // The syncer stops with `stop`, like the connection.
+    tokio::join!(connection.run(&mut scheduler), outbox.sync_sealed(stop));
     let connection = connection.into_state();
 
     let config = scheduler.config().cloned();

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 
 use crate::host::HostHooks;
 use crate::runner::RunOutcome;
-use crate::spool::{Evicted, Position, Spool, SpoolLimits};
+use crate::spool::{Evicted, Position, Sealed, Spool, SpoolLimits};
 use crate::state::StateBlob;
 
 /// Name of the synthetic check reporting spool evictions and write failures.
@@ -97,8 +97,8 @@ impl Outbox {
         let meta = spool.meta();
         let mut next_seq = meta
             .next_seq
-            .max(spool.last_seq().map_or(1, |s| s + 1))
-            .max(meta.acked_seq + 1);
+            .max(spool.last_seq().map_or(1, |s| s.saturating_add(1)))
+            .max(meta.acked_seq.saturating_add(1));
         let mut seq_synced = meta.seq_synced;
         if let Some(state) = state {
             next_seq = next_seq.max(state.next_seq);
@@ -153,7 +153,7 @@ impl Outbox {
 
     fn push_one(&mut self, check: &str, outcome: RunOutcome) -> u64 {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         let mut result = outcome.into_result(seq, check);
         if encoded_len(&result) > MAX_RESULT_BYTES {
             result.long_output =
@@ -177,7 +177,7 @@ impl Outbox {
             self.store(
                 &spool_report(text, result.started_at_ms).into_result(self.next_seq, SPOOL_CHECK),
             );
-            self.next_seq += 1;
+            self.next_seq = self.next_seq.saturating_add(1);
         }
         seq
     }
@@ -225,12 +225,13 @@ impl Outbox {
             // Cold start: our numbers began at 1 and the server's `acked_seq`
             // belongs to an earlier life of this identity. Continue above it.
             shifted_by = acked_seq;
-            self.next_seq += shifted_by;
+            self.next_seq = self.next_seq.saturating_add(shifted_by);
             self.seq_synced = true;
         }
         // The server has seen numbers we never assigned (e.g. lost state):
         // never hand out a number it would discard as a duplicate.
-        self.next_seq = self.next_seq.max(acked_seq + 1);
+        // Saturating: `acked_seq` comes from the server and may be anything.
+        self.next_seq = self.next_seq.max(acked_seq.saturating_add(1));
         if shifted_by > 0
             || self.spool.meta().next_seq != self.next_seq
             || !self.spool.meta().seq_synced
@@ -245,6 +246,12 @@ impl Outbox {
             shifted_by,
             trimmed: before - self.len(),
         }
+    }
+
+    /// Segments sealed since the last call, to fsync off the runtime thread
+    /// (see the spool's module docs).
+    pub fn take_sealed(&mut self) -> Option<Sealed> {
+        self.spool.take_sealed()
     }
 
     /// Drops every entry with `seq <= up_to`.
@@ -283,7 +290,7 @@ impl Outbox {
 
     /// Highest sequence number ever assigned (0 if none).
     pub fn last_seq(&self) -> u64 {
-        self.next_seq - 1
+        self.next_seq.saturating_sub(1)
     }
 
     /// Number of un-acked results.
@@ -345,6 +352,8 @@ pub struct SharedOutbox {
     /// Notified on every push; one stored permit covers pushes while the
     /// consumer is busy.
     pub pushed: Notify,
+    /// Notified when a push sealed a spool segment that needs its fsync.
+    pub sealed: Notify,
 }
 
 impl SharedOutbox {
@@ -352,6 +361,7 @@ impl SharedOutbox {
         SharedOutbox {
             inner: Mutex::new(outbox),
             pushed: Notify::new(),
+            sealed: Notify::new(),
         }
     }
 
@@ -363,9 +373,43 @@ impl SharedOutbox {
 
     /// Pushes a result and wakes the consumer; returns its seq.
     pub fn push(&self, check: &str, outcome: RunOutcome) -> u64 {
-        let seq = self.lock().push(check, outcome);
+        let (seq, sealed) = {
+            let mut outbox = self.lock();
+            let seq = outbox.push(check, outcome);
+            (seq, !outbox.spool.sealed_is_empty())
+        };
         self.pushed.notify_one();
+        if sealed {
+            self.sealed.notify_one();
+        }
         seq
+    }
+
+    /// fsyncs sealed spool segments on the blocking pool whenever a push
+    /// seals one, until `stop`; what is left then is synced by
+    /// [`Outbox::to_state`].
+    pub async fn sync_sealed(&self, stop: &tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                () = self.sealed.notified() => {}
+            }
+            let Some(sealed) = self.lock().take_sealed() else {
+                continue;
+            };
+            let synced = tokio::task::spawn_blocking(move || sealed.sync()).await;
+            match synced {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self
+                    .lock()
+                    .hooks
+                    .error(&format!("spool: fsync of sealed segments failed: {e}")),
+                Err(e) => self
+                    .lock()
+                    .hooks
+                    .error(&format!("spool: the fsync task failed: {e}")),
+            }
+        }
     }
 }
 
@@ -613,6 +657,21 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let mut fresh = open(other.path(), Some(&older));
         assert_eq!(seqs(&mut fresh), [8, 9]);
+    }
+
+    #[test]
+    fn absurd_server_sequence_numbers_do_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        o.push("c", outcome("a"));
+        o.welcome(u64::MAX);
+        o.ack(u64::MAX);
+        o.push("c", outcome("b"));
+        assert_eq!(o.last_seq(), u64::MAX - 1);
+        drop(o);
+        // The numbering persisted at the top opens again.
+        let o = open(dir.path(), None);
+        assert_eq!(o.spool.meta().acked_seq, u64::MAX);
     }
 
     #[test]

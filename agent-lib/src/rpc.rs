@@ -17,7 +17,10 @@
 //! - Ad-hoc scripts run only when the current config has `allow_adhoc`. The
 //!   script is written to `<data_dir>/rpc/adhoc-<random>.<ext>` with mode
 //!   0700, run through the runner's interpreter table by that extension,
-//!   and removed when the run ends, however it ends.
+//!   and removed when the run ends, however it ends; scripts a crash left
+//!   behind are removed when the next [`Rpc`] is created. The script is not
+//!   fsynced: it only has to outlive the run, and an fsync would stall the
+//!   session loop that starts the run.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -43,6 +46,8 @@ pub const RPC_DIR: &str = "rpc";
 pub const ADHOC_CHECK: &str = "adhoc";
 /// Longest timeout a remote run may ask for (same as a check's).
 pub const MAX_RPC_TIMEOUT_SECS: u32 = 3_600;
+/// File name prefix of ad-hoc scripts under [`RPC_DIR`].
+const SCRIPT_PREFIX: &str = "adhoc-";
 /// Interpreter of an ad-hoc script that names none.
 pub const DEFAULT_INTERPRETER: &str = "sh";
 
@@ -99,11 +104,24 @@ pub struct Rpc {
 impl Rpc {
     /// Remote runs writing scripts under `data_dir`; all are cancelled when
     /// `cancel` fires.
+    /// Removes the scripts an earlier generation left (a crash mid-run).
     pub fn new(data_dir: &Path, cancel: CancellationToken) -> Rpc {
+        let scripts_dir = data_dir.join(RPC_DIR);
+        if let Ok(entries) = fs::read_dir(&scripts_dir) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(SCRIPT_PREFIX)
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
         Rpc {
             tasks: JoinSet::new(),
             ids: HashMap::new(),
-            scripts_dir: data_dir.join(RPC_DIR),
+            scripts_dir,
             cancel,
         }
     }
@@ -264,7 +282,7 @@ impl ScriptFile {
         script_command(ext, "", &[], Platform::CURRENT)?;
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join(format!(
-            "adhoc-{:016x}.{ext}",
+            "{SCRIPT_PREFIX}{:016x}.{ext}",
             crate::backoff::random_below(u64::MAX)
         ));
         let written = OpenOptions::new()
@@ -272,10 +290,7 @@ impl ScriptFile {
             .create_new(true)
             .mode(0o700)
             .open(&path)
-            .and_then(|mut f| {
-                f.write_all(script.as_bytes())?;
-                f.sync_all()
-            });
+            .and_then(|mut f| f.write_all(script.as_bytes()));
         if let Err(e) = written {
             let _ = fs::remove_file(&path);
             return Err(format!(
@@ -421,5 +436,19 @@ mod tests {
         let path = file.path.clone();
         drop(file);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn scripts_left_by_a_crash_are_removed_on_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let left = ScriptFile::write(&dir.path().join(RPC_DIR), "echo", None).unwrap();
+        let path = left.path.clone();
+        // A crash: the drop guard never runs.
+        std::mem::forget(left);
+        let foreign = dir.path().join(RPC_DIR).join("keep.txt");
+        fs::write(&foreign, "x").unwrap();
+        let _rpc = Rpc::new(dir.path(), CancellationToken::new());
+        assert!(!path.exists(), "stale ad-hoc script removed");
+        assert!(foreign.exists(), "files that are not ours stay");
     }
 }

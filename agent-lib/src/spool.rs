@@ -15,7 +15,11 @@
 //! - Records are written with one `write` each, straight to the file (no
 //!   user-space buffer), so a reader in the same process sees them at once
 //!   and a crash tears at most the last one. Segments are fsynced when they
-//!   are sealed (rotation) and on a clean stop ([`Spool::sync`]).
+//!   are sealed (rotation) and on a clean stop ([`Spool::sync`]). The
+//!   sealing fsync is not done by `append`, which runs on the agent's one
+//!   runtime thread: the sealed file waits in [`Spool::take_sealed`] for a
+//!   task that syncs it on the blocking pool ([`Sealed::sync`]), so a slow
+//!   disk never stalls keepalives or schedules.
 //! - Opening scans every segment: a torn tail of the newest segment is cut;
 //!   any other damage (bad checksum, bad length, undecodable JSON,
 //!   non-consecutive numbers, an unreadable file) is logged as an error and
@@ -120,6 +124,10 @@ pub struct Spool {
     /// Id of the next segment; never reused while open, so a reader's
     /// [`Position`] can never land in a different file of the same name.
     next_id: u64,
+    /// Segments sealed since the last [`Spool::take_sealed`], not yet
+    /// fsynced (one per rotation, so bounded by the data written between
+    /// two passes of the syncer).
+    sealed: Vec<File>,
     /// Segments whose damage (found while reading) was already logged.
     damage_logged: std::cell::RefCell<std::collections::HashSet<u64>>,
     hooks: Arc<dyn HostHooks>,
@@ -147,6 +155,7 @@ impl Spool {
             limits,
             segments: VecDeque::new(),
             active: None,
+            sealed: Vec::new(),
             meta: Meta::default(),
             total_bytes: 0,
             next_id: 1,
@@ -163,7 +172,7 @@ impl Spool {
             .collect();
         ids.sort_unstable();
         let newest = ids.last().copied();
-        spool.next_id = newest.map_or(1, |id| id + 1);
+        spool.next_id = newest.map_or(1, |id| id.saturating_add(1));
         for id in ids {
             if let Some(segment) = spool.scan_segment(id, Some(id) == newest)
                 && segment.bytes > 0
@@ -227,10 +236,12 @@ impl Spool {
     /// renumber results the server already has.
     pub fn set_numbering(&mut self, next_seq: u64, seq_synced: bool, add_shift: u64) {
         if add_shift > 0 {
-            self.meta.seq_shift += add_shift;
+            // Saturating: the shift is the server's `acked_seq`, which may
+            // be anything; whatever saturates is acked right after.
+            self.meta.seq_shift = self.meta.seq_shift.saturating_add(add_shift);
             for s in &mut self.segments {
-                s.first_seq += add_shift;
-                s.last_seq += add_shift;
+                s.first_seq = s.first_seq.saturating_add(add_shift);
+                s.last_seq = s.last_seq.saturating_add(add_shift);
             }
         }
         self.meta.next_seq = next_seq;
@@ -242,8 +253,14 @@ impl Spool {
     /// evicted to respect the cap. Fails when the record could not be
     /// written; the segment is then cut back so no partial record remains.
     pub fn append(&mut self, result: &CheckResult) -> io::Result<Evicted> {
+        let stored_seq = result.seq.checked_sub(self.meta.seq_shift).ok_or_else(|| {
+            io::Error::other(format!(
+                "seq {} is below the spool's shift {}",
+                result.seq, self.meta.seq_shift
+            ))
+        })?;
         let stored = CheckResult {
-            seq: result.seq - self.meta.seq_shift,
+            seq: stored_seq,
             ..result.clone()
         };
         let json = serde_json::to_vec(&stored).map_err(io::Error::other)?;
@@ -253,7 +270,7 @@ impl Spool {
             None => true,
             Some(s) => {
                 self.active.is_none()
-                    || s.last_seq + 1 != result.seq
+                    || s.last_seq.checked_add(1) != Some(result.seq)
                     || s.bytes + len > self.limits.segment_bytes
             }
         };
@@ -284,21 +301,43 @@ impl Spool {
             return;
         }
         self.meta.acked_seq = up_to;
-        self.meta.next_seq = self.meta.next_seq.max(up_to + 1);
+        // Saturating: `up_to` comes from the server and may be anything.
+        self.meta.next_seq = self.meta.next_seq.max(up_to.saturating_add(1));
         self.trim(up_to);
         self.store_meta(false);
     }
 
-    /// Makes everything written durable: fsync of the active segment and
-    /// of `meta.json`. Called on a clean stop.
+    /// Makes everything written durable: fsync of the sealed and active
+    /// segments, the directory and `meta.json`. Called on a clean stop.
     pub fn sync(&mut self) {
+        let mut sealed = self.take_sealed().unwrap_or_else(|| Sealed {
+            dir: self.dir.clone(),
+            files: Vec::new(),
+        });
         if let Some(file) = &self.active
-            && let Err(e) = file.sync_data()
+            && let Ok(file) = file.try_clone()
         {
+            sealed.files.push(file);
+        }
+        if let Err(e) = sealed.sync() {
             self.hooks
-                .error(&format!("spool: fsync of the active segment failed: {e}"));
+                .error(&format!("spool: fsync of the segments failed: {e}"));
         }
         self.store_meta(true);
+    }
+
+    /// Whether no sealed segment waits for its fsync.
+    pub fn sealed_is_empty(&self) -> bool {
+        self.sealed.is_empty()
+    }
+
+    /// The segments sealed since the last call, to fsync off the runtime
+    /// thread with [`Sealed::sync`]; `None` when there are none.
+    pub fn take_sealed(&mut self) -> Option<Sealed> {
+        (!self.sealed.is_empty()).then(|| Sealed {
+            dir: self.dir.clone(),
+            files: std::mem::take(&mut self.sealed),
+        })
     }
 
     /// Calls `f` with each stored result after `from` (the start when
@@ -346,7 +385,7 @@ impl Spool {
                 match decoded {
                     Ok(mut result) => {
                         offset += (record::HEADER_BYTES + body.len()) as u64;
-                        result.seq += self.meta.seq_shift;
+                        result.seq = result.seq.saturating_add(self.meta.seq_shift);
                         if !f(result, (segment.id, offset)) {
                             return;
                         }
@@ -376,7 +415,7 @@ impl Spool {
     fn reopen_or_rotate(&mut self, seq: u64, len: u64) -> io::Result<()> {
         if self.active.is_none()
             && let Some(s) = self.segments.back()
-            && s.last_seq + 1 == seq
+            && s.last_seq.checked_add(1) == Some(seq)
             && s.bytes + len <= self.limits.segment_bytes
         {
             let mut file = OpenOptions::new()
@@ -389,24 +428,26 @@ impl Spool {
         self.rotate(seq)
     }
 
-    /// Seals the active segment (fsync) and starts a new one for `first_seq`.
+    /// Seals the active segment (its fsync waits in `sealed`, see the
+    /// module docs) and starts a new one for `first_seq`.
     fn rotate(&mut self, first_seq: u64) -> io::Result<()> {
-        if let Some(file) = self.active.take()
-            && let Err(e) = file.sync_data()
-        {
-            self.hooks
-                .error(&format!("spool: fsync while sealing a segment failed: {e}"));
+        if let Some(file) = self.active.take() {
+            self.sealed.push(file);
         }
         let id = self.next_id;
-        self.next_id += 1;
+        // Only a planted file name gets near the top of the id range.
+        self.next_id = id
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("segment ids are exhausted"))?;
         let path = self.segment_path(id);
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .open(&path)?;
-        // The new name must survive a crash for its records to.
-        sync_dir(&self.dir);
+        // The new name must survive a crash for its records to: the
+        // directory is fsynced with the sealed segments (`Sealed::sync`),
+        // which is no later than the records themselves are.
         self.segments.push_back(Segment {
             id,
             first_seq,
@@ -506,10 +547,13 @@ impl Spool {
                 seq: u64,
             }
             let seq = match serde_json::from_slice::<SeqOnly>(&body) {
-                Ok(s) => s.seq + self.meta.seq_shift,
+                Ok(s) => match s.seq.checked_add(self.meta.seq_shift) {
+                    Some(seq) => seq,
+                    None => break Some(format!("seq {} overflows with the shift", s.seq)),
+                },
                 Err(e) => break Some(format!("undecodable record: {e}")),
             };
-            if segment.bytes > 0 && seq != segment.last_seq + 1 {
+            if segment.bytes > 0 && Some(seq) != segment.last_seq.checked_add(1) {
                 break Some(format!("seq {seq} does not follow {}", segment.last_seq));
             }
             if segment.bytes == 0 {
@@ -625,6 +669,30 @@ impl Spool {
     }
 }
 
+/// Sealed segments (and the directory naming them) waiting for their
+/// fsync; see the module docs.
+#[derive(Debug)]
+pub struct Sealed {
+    dir: PathBuf,
+    files: Vec<File>,
+}
+
+impl Sealed {
+    /// fsyncs every segment and the spool directory (blocking: run it on
+    /// the blocking pool). Fails with the first segment that could not be
+    /// synced; the others are still tried.
+    pub fn sync(self) -> io::Result<()> {
+        let mut first_error = None;
+        for file in &self.files {
+            if let Err(e) = file.sync_data() {
+                first_error.get_or_insert(e);
+            }
+        }
+        sync_dir(&self.dir);
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
 /// Reads a whole file, refusing one larger than `cap` bytes.
 fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let file = File::open(path)?;
@@ -709,6 +777,24 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn sealing_leaves_the_fsync_to_the_syncer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = open(dir.path());
+        for seq in 1..=20 {
+            spool.append(&result(seq)).unwrap();
+        }
+        let segments = segment_files(dir.path()).len();
+        let sealed = spool.take_sealed().expect("rotations sealed segments");
+        // Every segment but the active one waits for the syncer.
+        assert_eq!(sealed.files.len(), segments - 1);
+        assert!(spool.take_sealed().is_none(), "taken once");
+        sealed.sync().unwrap();
+        spool.append(&result(21)).unwrap();
+        spool.sync();
+        assert!(spool.sealed.is_empty(), "a clean stop syncs what is left");
     }
 
     #[test]
@@ -844,6 +930,24 @@ mod tests {
         assert_eq!(kept.len() as u64 + evicted, 50);
         assert_eq!(kept.last(), Some(&50));
         assert_eq!(kept[0], evicted + 1, "oldest first");
+    }
+
+    #[test]
+    fn sequence_numbers_at_the_top_of_the_range_are_damage_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = |seq: u64| serde_json::to_vec(&result(seq)).unwrap();
+        let mut bytes = record::encode(&body(u64::MAX));
+        bytes.extend(record::encode(&body(1)));
+        fs::write(dir.path().join("00000000000000000001.seg"), &bytes).unwrap();
+        fs::write(dir.path().join("18446744073709551615.seg"), b"").unwrap();
+        let (mut spool, logs) = open(dir.path());
+        assert!(logs.any("does not follow"), "{:?}", logs.0.lock().unwrap());
+        assert_eq!(seqs(&spool), [u64::MAX]);
+        // A planted top segment id exhausts the ids: an error, not a panic.
+        let err = spool.append(&result(5)).unwrap_err();
+        assert!(err.to_string().contains("exhausted"), "{err}");
+        spool.set_numbering(1, true, 10);
+        assert!(spool.append(&result(3)).is_err(), "seq below the shift");
     }
 
     proptest::proptest! {
