@@ -45,7 +45,7 @@ use crate::error::AgentError;
 use crate::host::{Health, HostHooks};
 use crate::identity::Identity;
 use crate::outbox::SharedOutbox;
-use crate::plugins::PluginCache;
+use crate::plugins::{PluginCache, PluginRetries};
 use crate::rpc::Rpc;
 use crate::scheduler::Scheduler;
 use crate::state::ConnectionState;
@@ -67,9 +67,11 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed for the server to answer one `GetPlugin`.
 pub const PLUGIN_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
-/// Time between retries of plugins the running config lacks (a failed
-/// download); every new session retries at once as well.
-pub const PLUGIN_RETRY: Duration = Duration::from_secs(300);
+/// First retry ceiling of a plugin whose download failed (see
+/// [`PluginRetries`]); the ceiling doubles per failure.
+pub const PLUGIN_RETRY: Duration = Duration::from_secs(60);
+/// Largest retry ceiling of a plugin whose download keeps failing.
+pub const PLUGIN_RETRY_CAP: Duration = Duration::from_secs(3600);
 /// Shortest wait after the server rejected us.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 
@@ -93,8 +95,10 @@ pub struct ConnectionTiming {
     pub send_timeout: Duration,
     /// The server's answer to one `GetPlugin`.
     pub plugin_chunk_timeout: Duration,
-    /// Time between retries of plugins that failed to download.
+    /// First retry ceiling of a plugin that failed to download.
     pub plugin_retry: Duration,
+    /// Largest retry ceiling of a plugin that keeps failing.
+    pub plugin_retry_cap: Duration,
     /// Shortest wait after a `Rejected`.
     pub rejected_retry: Duration,
 }
@@ -111,6 +115,7 @@ impl Default for ConnectionTiming {
             send_timeout: SEND_TIMEOUT,
             plugin_chunk_timeout: PLUGIN_CHUNK_TIMEOUT,
             plugin_retry: PLUGIN_RETRY,
+            plugin_retry_cap: PLUGIN_RETRY_CAP,
             rejected_retry: REJECTED_RETRY,
         }
     }
@@ -144,6 +149,8 @@ pub(crate) struct Connection<'a> {
     stop: &'a CancellationToken,
     tls: Arc<ClientConfig>,
     plugins: PluginCache,
+    /// Survives sessions, so a reconnect does not reset a plugin's backoff.
+    plugin_retries: PluginRetries,
     memory: ConnectionState,
 }
 
@@ -178,6 +185,10 @@ impl<'a> Connection<'a> {
             stop,
             tls,
             plugins: PluginCache::new(&settings.data_dir),
+            plugin_retries: PluginRetries::new(
+                settings.timing.plugin_retry,
+                settings.timing.plugin_retry_cap,
+            ),
             memory,
         }
     }

@@ -16,8 +16,14 @@
 //!   (the directory is fsynced too), so a reader never sees a partial or
 //!   wrong file under a hash name;
 //! - an abandoned download removes its temp file (drop guard).
+//!
+//! A plugin whose download fails is not asked for again until its
+//! [`PluginRetries`] deadline: one jittered exponential [`Backoff`] per
+//! content hash, reset when the file installs, forgotten when no config
+//! needs it any more (so the table holds at most the running config's
+//! plugins).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -26,7 +32,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use outrider_protocol::{AgentConfig, PLUGIN_CHUNK_BYTES, PluginRef, is_sha256_hex};
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::error::AgentError;
 
 /// Directory (in the data dir) of the plugin cache.
@@ -92,6 +100,60 @@ impl PluginCache {
         }
         removed.sort();
         Ok(removed)
+    }
+}
+
+/// When each failed plugin download may be tried again; see the module docs.
+#[derive(Debug)]
+pub struct PluginRetries {
+    base: std::time::Duration,
+    cap: std::time::Duration,
+    /// Per content hash: its backoff and the earliest next attempt.
+    failed: HashMap<String, (Backoff, Instant)>,
+}
+
+impl PluginRetries {
+    /// Retries starting at most `base` after the first failure, the
+    /// ceiling doubling per failure up to `cap`.
+    pub fn new(base: std::time::Duration, cap: std::time::Duration) -> PluginRetries {
+        PluginRetries {
+            base,
+            cap,
+            failed: HashMap::new(),
+        }
+    }
+
+    /// Records a failed download of `sha256` at `now`; returns the delay
+    /// until it may be tried again.
+    pub fn failed(&mut self, sha256: &str, now: Instant) -> std::time::Duration {
+        let (backoff, next) = self
+            .failed
+            .entry(sha256.to_owned())
+            .or_insert_with(|| (Backoff::new(self.base, self.cap), now));
+        let delay = backoff.next_delay();
+        *next = now + delay;
+        delay
+    }
+
+    /// Forgets `sha256`'s failures (it installed).
+    pub fn succeeded(&mut self, sha256: &str) {
+        self.failed.remove(sha256);
+    }
+
+    /// Whether `sha256` may be downloaded at `now`.
+    pub fn ready(&self, sha256: &str, now: Instant) -> bool {
+        self.failed.get(sha256).is_none_or(|(_, next)| *next <= now)
+    }
+
+    /// Keeps only the hashes in `missing` (the plugins still lacking).
+    pub fn retain(&mut self, missing: &[PluginRef]) {
+        self.failed
+            .retain(|sha, _| missing.iter().any(|p| p.sha256 == *sha));
+    }
+
+    /// The earliest moment a failed plugin may be tried again.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.failed.values().map(|(_, next)| *next).min()
     }
 }
 
@@ -355,6 +417,44 @@ mod tests {
         assert!(huge.to_string().contains("chunk limit"), "{huge}");
         let garbage = attempt(&|d| d.accept(0, 10, "***"));
         assert!(garbage.to_string().contains("base64"), "{garbage}");
+    }
+
+    #[test]
+    fn failed_downloads_back_off_per_plugin_until_installed() {
+        use std::time::Duration;
+        let base = Duration::from_secs(60);
+        let cap = Duration::from_secs(3600);
+        let mut retries = PluginRetries::new(base, cap);
+        let (a, b) = (plugin_for(b"a"), plugin_for(b"b"));
+        let now = Instant::now();
+        assert!(retries.ready(&a.sha256, now) && retries.next_due().is_none());
+        // Ceilings 60 s, 120 s, 240 s, … capped at an hour: never sooner
+        // than the delay returned, never later than the ceiling.
+        let mut ceilings = Vec::new();
+        for _ in 0..10 {
+            let delay = retries.failed(&a.sha256, Instant::now());
+            ceilings.push(delay);
+            assert!(
+                !retries.ready(&a.sha256, Instant::now() + delay - Duration::from_millis(1))
+                    || delay.is_zero()
+            );
+            assert!(retries.ready(&a.sha256, Instant::now() + delay));
+        }
+        assert!(ceilings.iter().all(|d| *d <= cap));
+        assert!(ceilings[0] <= base);
+        // Another plugin's failures do not touch a's, nor a's b's.
+        assert!(retries.ready(&b.sha256, Instant::now()));
+        retries.failed(&b.sha256, Instant::now());
+        assert!(retries.next_due().is_some());
+        // Installed: a starts over; no longer needed: b is forgotten.
+        retries.succeeded(&a.sha256);
+        assert!(retries.ready(&a.sha256, Instant::now()));
+        retries.retain(std::slice::from_ref(&a));
+        assert!(retries.ready(&b.sha256, Instant::now()));
+        assert!(
+            retries.next_due().is_none(),
+            "the table is bounded by the config"
+        );
     }
 
     #[test]

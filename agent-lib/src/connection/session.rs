@@ -14,7 +14,9 @@
 //!   and unreferenced plugins are removed. A newer config arriving during
 //!   the fetch replaces the pending one. A plugin that fails is logged; its
 //!   checks then report "plugin not downloaded", and the download is tried
-//!   again at the start of every session and every `plugin_retry`.
+//!   again when its backoff (`PluginRetries`, per content hash, kept across
+//!   sessions) allows: at the start of a session, or when the earliest
+//!   deadline passes.
 //! - RPC: `RunCheck`/`RunScript` start a bounded concurrent run (see
 //!   `rpc.rs`); each answer is sent when the run ends.
 //! - Stop: `Goodbye`, then a close handshake bounded by `close_timeout`
@@ -30,7 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{Connection, SessionEnd, Ws, recv, send, send_frame};
 use crate::error::AgentError;
 use crate::host::Health;
-use crate::plugins::{Download, Progress};
+use crate::plugins::{Download, PluginRetries, Progress};
 use crate::rpc::{Rpc, RpcRequest};
 use crate::scheduler::Scheduler;
 
@@ -48,35 +50,54 @@ struct SessionState {
     healthy: bool,
     heard: Instant,
     pending: Option<PendingConfig>,
+    /// The connection's plugin backoff, lent for the session.
+    retries: PluginRetries,
+    /// Whether the missing plugins have been looked at in this session.
+    retried: bool,
 }
 
 impl Connection<'_> {
     /// Runs one established session until stop or failure.
     pub(super) async fn session(
         &mut self,
-        mut ws: Ws,
+        ws: Ws,
         scheduler: &mut Scheduler,
         rpc: &mut Rpc,
     ) -> SessionEnd {
-        let timing = self.settings.timing;
+        let retries = PluginRetries::new(
+            self.settings.timing.plugin_retry,
+            self.settings.timing.plugin_retry_cap,
+        );
         let mut state = SessionState {
             healthy: false,
             heard: Instant::now(),
             pending: None,
+            retries: std::mem::replace(&mut self.plugin_retries, retries),
+            retried: false,
         };
+        let end = self.session_loop(ws, scheduler, rpc, &mut state).await;
+        self.plugin_retries = state.retries;
+        end
+    }
+
+    async fn session_loop(
+        &self,
+        mut ws: Ws,
+        scheduler: &mut Scheduler,
+        rpc: &mut Rpc,
+        state: &mut SessionState,
+    ) -> SessionEnd {
+        let timing = self.settings.timing;
         // A resumed session with an unchanged config gets no Config frame:
         // running a config already counts as scheduling.
         if scheduler.config().is_some() {
-            self.report_healthy(&mut state);
+            self.report_healthy(state);
         }
         let mut pings = tokio::time::interval_at(
             Instant::now() + timing.keepalive_interval,
             timing.keepalive_interval,
         );
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // First tick at once: a new session retries missing plugins.
-        let mut plugin_retries = tokio::time::interval(timing.plugin_retry);
-        plugin_retries.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let sent = tokio::select! {
                 biased;
@@ -93,11 +114,17 @@ impl Connection<'_> {
                 .as_ref()
                 .filter(|p| p.current.is_some())
                 .map(|p| p.deadline);
+            // At once in a new session, then when a backoff expires.
+            let retry_due = if state.retried {
+                state.retries.next_due()
+            } else {
+                Some(Instant::now())
+            };
             let step = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return self.goodbye(ws).await,
                 msg = recv(&mut ws, &mut state.heard) => match msg {
-                    Ok(msg) => self.handle(msg, &mut ws, scheduler, rpc, &mut state).await,
+                    Ok(msg) => self.handle(msg, &mut ws, scheduler, rpc, state).await,
                     Err(AgentError::Protocol(e)) => {
                         self.hooks.warn(&format!("ignoring undecodable frame: {e}"));
                         Ok(())
@@ -114,12 +141,13 @@ impl Connection<'_> {
                         send_frame(&mut ws, &timing, Message::Ping(Default::default())).await
                     }
                 }
-                _ = plugin_retries.tick(), if state.pending.is_none() => {
-                    self.retry_missing_plugins(&mut ws, scheduler, &mut state).await
+                () = sleep_until_opt(retry_due), if state.pending.is_none() => {
+                    state.retried = true;
+                    self.retry_missing_plugins(&mut ws, scheduler, state).await
                 }
                 () = sleep_until_opt(fetch_deadline) => {
-                    self.fetch_failed(&mut state, AgentError::Timeout("a plugin chunk from the server"));
-                    self.fetch_next(&mut ws, scheduler, &mut state).await
+                    self.fetch_failed(state, AgentError::Timeout("a plugin chunk from the server"));
+                    self.fetch_next(&mut ws, scheduler, state).await
                 }
             };
             if let Err(e) = step {
@@ -212,7 +240,19 @@ impl Connection<'_> {
             ));
             return Ok(());
         }
-        let queue: VecDeque<PluginRef> = self.plugins.missing(&config).into();
+        let now = Instant::now();
+        let (queue, waiting): (Vec<PluginRef>, Vec<PluginRef>) = self
+            .plugins
+            .missing(&config)
+            .into_iter()
+            .partition(|p| state.retries.ready(&p.sha256, now));
+        let queue = VecDeque::from(queue);
+        for p in &waiting {
+            self.hooks.info(&format!(
+                "plugin {} failed to download recently; it is tried again after its backoff",
+                p.name
+            ));
+        }
         if let Some(old) = &state.pending {
             self.hooks.info(&format!(
                 "config version {} replaces version {} while its plugins were downloading",
@@ -236,8 +276,8 @@ impl Connection<'_> {
         self.fetch_next(ws, scheduler, state).await
     }
 
-    /// Fetches the plugins the running config lacks (downloads that
-    /// failed earlier), then re-applies it (a no-op diff).
+    /// Fetches the plugins the running config lacks whose backoff allows
+    /// (downloads that failed earlier), then re-applies it (a no-op diff).
     async fn retry_missing_plugins(
         &self,
         ws: &mut Ws,
@@ -245,9 +285,15 @@ impl Connection<'_> {
         state: &mut SessionState,
     ) -> Result<(), AgentError> {
         let Some(config) = scheduler.config() else {
+            state.retries.retain(&[]);
             return Ok(());
         };
-        if self.plugins.missing(config).is_empty() {
+        let missing = self.plugins.missing(config);
+        // Only plugins still lacking keep a deadline, so a due deadline
+        // always has something to fetch (no busy loop).
+        state.retries.retain(&missing);
+        let now = Instant::now();
+        if !missing.iter().any(|p| state.retries.ready(&p.sha256, now)) {
             return Ok(());
         }
         self.hooks.info(&format!(
@@ -341,7 +387,7 @@ impl Connection<'_> {
             return Ok(());
         }
         while let Some(plugin) = pending.queue.pop_front() {
-            match Download::start(&self.plugins, plugin) {
+            match Download::start(&self.plugins, plugin.clone()) {
                 Ok(download) => {
                     let get = AgentMessage::GetPlugin {
                         sha256: download.plugin().sha256.clone(),
@@ -351,7 +397,7 @@ impl Connection<'_> {
                     pending.deadline = Instant::now() + timing.plugin_chunk_timeout;
                     return send(ws, &timing, &get).await;
                 }
-                Err(e) => self.hooks.error(&format!("{e}; its checks stay UNKNOWN")),
+                Err(e) => self.plugin_failed(&mut state.retries, &plugin, &e),
             }
         }
         let Some(pending) = state.pending.take() else {
@@ -367,26 +413,41 @@ impl Connection<'_> {
         let Some(download) = state.pending.as_mut().and_then(|p| p.current.take()) else {
             return;
         };
-        let name = download.plugin().name.clone();
+        let plugin = download.plugin().clone();
         match tokio::task::spawn_blocking(move || download.finish()).await {
-            Ok(Ok(path)) => self
-                .hooks
-                .info(&format!("plugin {name} installed as {}", path.display())),
-            Ok(Err(e)) => self.plugin_failed(&name, &e),
-            Err(e) => self.plugin_failed(&name, &e),
+            Ok(Ok(path)) => {
+                state.retries.succeeded(&plugin.sha256);
+                self.hooks.info(&format!(
+                    "plugin {} installed as {}",
+                    plugin.name,
+                    path.display()
+                ));
+            }
+            Ok(Err(e)) => self.plugin_failed(&mut state.retries, &plugin, &e),
+            Err(e) => self.plugin_failed(&mut state.retries, &plugin, &e),
         }
     }
 
     /// Abandons the current download (its temp file goes with it).
     fn fetch_failed(&self, state: &mut SessionState, error: AgentError) {
         if let Some(download) = state.pending.as_mut().and_then(|p| p.current.take()) {
-            self.plugin_failed(&download.plugin().name, &error);
+            self.plugin_failed(&mut state.retries, download.plugin(), &error);
         }
     }
 
-    fn plugin_failed(&self, name: &str, error: &dyn std::fmt::Display) {
+    /// Logs a failed download and starts (or extends) its backoff.
+    fn plugin_failed(
+        &self,
+        retries: &mut PluginRetries,
+        plugin: &PluginRef,
+        error: &dyn std::fmt::Display,
+    ) {
+        let delay = retries.failed(&plugin.sha256, Instant::now());
         self.hooks.error(&format!(
-            "downloading plugin {name} failed: {error}; nothing was installed, its checks report UNKNOWN"
+            "downloading plugin {} failed: {error}; nothing was installed, its checks report \
+             UNKNOWN; next attempt in {} s",
+            plugin.name,
+            delay.as_secs()
         ));
     }
 

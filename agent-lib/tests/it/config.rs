@@ -10,7 +10,11 @@ use outrider_protocol::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::support::{Agent, FakeServer, ServerConn, check, script, sh};
+use std::time::Duration;
+
+use outrider_agent::ConnectionTiming;
+
+use crate::support::{Agent, AgentOptions, FakeServer, ServerConn, check, script, sh};
 
 fn plugin(name: &str, body: &[u8]) -> PluginRef {
     PluginRef {
@@ -207,31 +211,58 @@ async fn a_config_is_applied_by_diff_and_a_bad_one_is_refused_while_the_old_runs
     assert_eq!(blob.config.expect("config handed over").version, 2);
 }
 
-#[tokio::test]
-async fn a_plugin_that_failed_to_download_is_fetched_again_on_the_next_session() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts an agent whose failed plugin downloads may be retried after
+/// `plugin_retry` (the first backoff ceiling), connected to a new server.
+async fn agent_with_plugin_retry(
+    dir: &std::path::Path,
+    plugin_retry: Duration,
+) -> (FakeServer, Agent, ServerConn) {
     let server = FakeServer::start().await;
-    let agent = Agent::start(dir.path(), &server.url, None);
+    let timing = ConnectionTiming {
+        plugin_retry,
+        plugin_retry_cap: plugin_retry,
+        ..ConnectionTiming::default()
+    };
+    let options = AgentOptions {
+        timing: Some(timing),
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start_with(dir, &server.url, options);
     let mut conn = server.accept().await;
     conn.handshake(0).await;
-    let body = b"#!/bin/sh\necho 'OK late'\n";
-    let late = plugin("late", body);
+    (server, agent, conn)
+}
+
+/// Sends config `version` needing `plugin`, and answers its download with
+/// `PluginMissing`.
+async fn config_with_missing_plugin(conn: &mut ServerConn, version: u64, plugin: &PluginRef) {
     conn.send(config(
-        1,
-        vec![plugin_check("l", "late")],
-        vec![late.clone()],
+        version,
+        vec![plugin_check("l", &plugin.name)],
+        vec![plugin.clone()],
     ))
     .await;
-    expect_get(&mut conn, &late.sha256, 0).await;
+    expect_get(conn, &plugin.sha256, 0).await;
     conn.send(ServerMessage::PluginMissing {
-        sha256: late.sha256.clone(),
+        sha256: plugin.sha256.clone(),
         reason: "still uploading".into(),
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_plugin_that_failed_to_download_is_fetched_again_on_the_next_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, agent, mut conn) =
+        agent_with_plugin_retry(dir.path(), Duration::from_millis(1)).await;
+    let body = b"#!/bin/sh\necho 'OK late'\n";
+    let late = plugin("late", body);
+    config_with_missing_plugin(&mut conn, 1, &late).await;
     agent.wait_log("applied config version 1").await;
     drop(conn);
 
-    // The new session asks again without waiting for a new config.
+    // Its backoff has expired: the new session asks again without waiting
+    // for a new config.
     let mut conn = server.accept().await;
     let hello = conn.handshake(0).await;
     assert_eq!(hello.config_version, 1);
@@ -241,6 +272,38 @@ async fn a_plugin_that_failed_to_download_is_fetched_again_on_the_next_session()
     let r = expect_result(&mut conn, "l", "OK late").await;
     assert_eq!(r.state, CheckState::Ok);
     agent.request_stop();
+    conn.expect_goodbye().await;
+    agent.join().await;
+}
+
+#[tokio::test]
+async fn a_plugin_that_keeps_failing_waits_for_its_backoff_across_configs_and_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, agent, mut conn) =
+        agent_with_plugin_retry(dir.path(), Duration::from_secs(3600)).await;
+    let broken = plugin("late", b"#!/bin/sh\necho 'OK late'\n");
+    config_with_missing_plugin(&mut conn, 1, &broken).await;
+    let line = agent.wait_log("downloading plugin late failed").await;
+    assert!(line.contains("next attempt in"), "{line}");
+    agent.wait_log("applied config version 1").await;
+    drop(conn);
+
+    // A new session and a new config naming the same file: no GetPlugin
+    // (the session would stall on it); the config applies at once.
+    let mut conn = server.accept().await;
+    conn.handshake(0).await;
+    conn.send(config(
+        2,
+        vec![plugin_check("l", &broken.name)],
+        vec![broken.clone()],
+    ))
+    .await;
+    agent.wait_log("applied config version 2").await;
+    agent
+        .wait_log("plugin late failed to download recently")
+        .await;
+    agent.request_stop();
+    // Panics on any message but results before the goodbye: no GetPlugin.
     conn.expect_goodbye().await;
     agent.join().await;
 }
