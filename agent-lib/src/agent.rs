@@ -20,7 +20,6 @@ use crate::host::HostHooks;
 use crate::identity::Identity;
 use crate::outbox::{Outbox, SharedOutbox};
 use crate::scheduler::Scheduler;
-use crate::spool::SpoolLimits;
 use crate::state::StateBlob;
 
 /// Runs the agent until `stop` is cancelled and returns the state blob.
@@ -87,7 +86,7 @@ async fn agent_main(
     let outbox = match Outbox::open(
         &spool_dir,
         state.as_ref(),
-        SpoolLimits::default(),
+        settings.agent.spool_limits(),
         hooks.clone(),
     ) {
         Ok(outbox) => Arc::new(SharedOutbox::new(outbox)),

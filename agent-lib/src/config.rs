@@ -22,9 +22,16 @@ use tokio_tungstenite::tungstenite::http::Uri;
 use crate::connection::ConnectionTiming;
 use crate::dns::{Resolve, SystemResolver};
 use crate::error::AgentError;
+use crate::spool::SpoolLimits;
 
 /// Update channel used when `agent.toml` names none.
 pub const DEFAULT_CHANNEL: &str = "stable";
+/// Result spool cap in MiB when `agent.toml` names none.
+pub const DEFAULT_SPOOL_MAX_MB: u64 = 64;
+/// Smallest `spool_max_mb`: a few segments, so eviction is not constant.
+pub const MIN_SPOOL_MAX_MB: u64 = 4;
+/// Largest `spool_max_mb` (1 TiB): beyond it a typo is likelier than intent.
+pub const MAX_SPOOL_MAX_MB: u64 = 1024 * 1024;
 
 /// The host's JSON envelope around `agent.toml`.
 #[derive(Debug, Deserialize)]
@@ -92,6 +99,16 @@ pub struct AgentToml {
     /// clear text.
     #[serde(default)]
     pub allow_plain_ws: bool,
+    /// Most disk space, in MiB, the result spool may use while the server
+    /// is unreachable; beyond it the oldest un-acked results are evicted
+    /// (and the eviction reported). [`DEFAULT_SPOOL_MAX_MB`] when absent;
+    /// [`MIN_SPOOL_MAX_MB`]..=[`MAX_SPOOL_MAX_MB`].
+    #[serde(default = "default_spool_max_mb")]
+    pub spool_max_mb: u64,
+}
+
+fn default_spool_max_mb() -> u64 {
+    DEFAULT_SPOOL_MAX_MB
 }
 
 fn default_channel() -> String {
@@ -110,7 +127,20 @@ impl AgentToml {
         {
             return Err(AgentError::BadTag { tag: tag.clone() });
         }
+        if !(MIN_SPOOL_MAX_MB..=MAX_SPOOL_MAX_MB).contains(&toml.spool_max_mb) {
+            return Err(AgentError::SpoolMaxMb {
+                value: toml.spool_max_mb,
+            });
+        }
         Ok(toml)
+    }
+
+    /// The spool limits `spool_max_mb` asks for.
+    pub fn spool_limits(&self) -> SpoolLimits {
+        SpoolLimits {
+            cap_bytes: self.spool_max_mb * 1024 * 1024,
+            ..SpoolLimits::default()
+        }
     }
 }
 
@@ -319,6 +349,23 @@ mod tests {
         assert_eq!(a.channel, "stable");
         assert_eq!(a.enrollment_token, None);
         assert!(a.tags.is_empty());
+        assert_eq!(a.spool_limits(), SpoolLimits::default());
+    }
+
+    #[test]
+    fn spool_max_mb_sets_the_cap_within_its_range() {
+        let with =
+            |mb: &str| AgentToml::parse(&format!("server_url = \"http://x\"\nspool_max_mb = {mb}"));
+        let a = with("512").unwrap();
+        assert_eq!(a.spool_limits().cap_bytes, 512 * 1024 * 1024);
+        for bad in ["0", "3", "1048577"] {
+            let e = with(bad).unwrap_err();
+            assert!(matches!(e, AgentError::SpoolMaxMb { .. }), "{e}");
+            assert!(e.to_string().contains("spool_max_mb"), "{e}");
+            assert!(e.is_config());
+        }
+        let typed = with("\"64\"").unwrap_err();
+        assert!(typed.to_string().contains("spool_max_mb"), "{typed}");
     }
 
     #[test]

@@ -44,6 +44,14 @@ pub enum AgentError {
     #[error("agent.toml field `tags`: {tag:?} must be 1-64 characters of a-z, 0-9, '_', '.', '-'")]
     BadTag { tag: String },
 
+    /// `spool_max_mb` in agent.toml is outside its range.
+    #[error(
+        "agent.toml field `spool_max_mb` = {value} is out of range; use {min} to {max} (MiB)",
+        min = crate::config::MIN_SPOOL_MAX_MB,
+        max = crate::config::MAX_SPOOL_MAX_MB
+    )]
+    SpoolMaxMb { value: u64 },
+
     /// The TLS client could not be set up (no usable protocol version or root).
     #[error("cannot set up TLS: {0}")]
     TlsSetup(#[source] rustls::Error),
@@ -166,6 +174,7 @@ impl AgentError {
                 | AgentError::PlainWsRefused { .. }
                 | AgentError::TlsCaFile { .. }
                 | AgentError::BadTag { .. }
+                | AgentError::SpoolMaxMb { .. }
                 | AgentError::TlsSetup(_)
                 | AgentError::IdentityIo { .. }
                 | AgentError::IdentityMalformed { .. }

@@ -49,8 +49,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::HostHooks;
 
-/// Default size cap of the whole spool.
-pub const SPOOL_CAP_BYTES: u64 = 64 * 1024 * 1024;
+/// Default size cap of the whole spool (`spool_max_mb` in agent.toml).
+pub const SPOOL_CAP_BYTES: u64 = crate::config::DEFAULT_SPOOL_MAX_MB * 1024 * 1024;
 /// Size at which the active segment is sealed and a new one started.
 pub const SEGMENT_BYTES: u64 = 1024 * 1024;
 /// Format version of `meta.json`.
