@@ -40,61 +40,18 @@ WORK=${WORK:-/tmp/outrider-agent-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN="$ROOT/target/release"
 TOKEN=bench-enrollment-token
-SERVER_PID=
-AGENT_PID=
-
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-now_ms() { date +%s%3N; }
-
-cleanup() {
-    for pid in $AGENT_PID $SERVER_PID; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        i=0
-        while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-        kill -KILL "$pid" 2>/dev/null
-    done
-}
-
-# wait_for WHAT TIMEOUT_SECS COMMAND...: polls COMMAND every 100 ms.
-wait_for() {
-    what=$1 limit=$2
-    shift 2
-    deadline=$(($(date +%s) + limit))
-    until "$@"; do
-        [ "$(date +%s)" -lt "$deadline" ] || die "timed out after ${limit}s waiting for $what"
-        sleep 0.1
-    done
-}
-
-cli() { "$BIN/outrider" --server "$URL" --token "$ADMIN" "$@"; }
-
-current_is() {
-    [ "$(jq -r '.current.version // empty' "$WORK/agent/state.json" 2>/dev/null)" = "$1" ]
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 results_of() { sqlite3 "$DB" "SELECT COUNT(*) FROM results WHERE check_name GLOB '$1'" 2>/dev/null; }
 has_results() { [ "$(results_of "$1")" -gt 0 ] 2>/dev/null; }
 
-# memory LABEL: VmRSS / Pss of the stub (the library runs inside it).
-memory() {
-    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$AGENT_PID/status")
-    pss=$(awk '/^Pss:/ {print $2}' "/proc/$AGENT_PID/smaps_rollup")
-    thr=$(find "/proc/$AGENT_PID/task" -mindepth 1 -maxdepth 1 | wc -l)
-    fds=$(find "/proc/$AGENT_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)
-    echo "$1: rss_kib=$rss pss_kib=$pss threads=$thr fds=$fds"
-}
+# memory LABEL: process figures of the stub (the library runs inside it).
+memory() { echo "$1: $(proc_figures)"; }
 
 # ticks: "self children" CPU clock ticks of the stub (fields 14+15, 16+17;
 # the command name in field 2 has no spaces here).
 ticks() { awk '{ print $14 + $15, $16 + $17 }' "/proc/$AGENT_PID/stat"; }
-
-# pct FILE P: nearest-rank percentile of the numbers in FILE (one a line).
-pct() {
-    sort -n "$1" | awk -v p="$2" '{ v[NR] = $1 } END {
-        if (NR == 0) { print "n/a"; exit }
-        r = int(p * NR); if (r < p * NR) r++; if (r < 1) r = 1; print v[r] }'
-}
 
 # lag NAME FROM_MS TO_MS: appends the lag of every 1 s check's start in the
 # window against its grid to lag-NAME.txt; prints the window's figures.
@@ -122,28 +79,17 @@ main() {
     trap 'exit 130' INT TERM
     # shellcheck disable=SC3045 # dash and bash both have it
     ulimit -n 4096 2>/dev/null
-    for tool in sqlite3 jq; do
-        command -v "$tool" >/dev/null || die "$tool is needed"
-    done
+    need_tools sqlite3 jq
     if [ "${SKIP_BUILD:-0}" != 1 ]; then
         log "cargo build --locked --release (server, cli, stub, agent library)"
         (cd "$ROOT" && cargo build --locked --release -p outrider-server -p outrider-cli \
             -p outrider-agent-stub -p outrider-agent-lib) || die "release build failed"
     fi
-    for f in outrider-server outrider-agent outrider liboutrider_agent.so; do
-        [ -e "$BIN/$f" ] || die "$BIN/$f is missing: run the release build"
-    done
+    need_binaries "run the release build"
 
     rm -rf "$WORK"
-    mkdir -p "$WORK/agent/etc"
-    RUST_LOG=info "$BIN/outrider-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 \
-        --enrollment-token "$TOKEN" --ready-file "$WORK/ready" >"$WORK/server.log" 2>&1 &
-    SERVER_PID=$!
-    wait_for "the server's ready file" 20 test -s "$WORK/ready"
-    URL="http://$(cat "$WORK/ready")"
-    ADMIN=$(cat "$WORK/server/admin.token")
-    DB="$WORK/server/outrider.db"
-    log "server $URL (pid $SERVER_PID)"
+    mkdir -p "$WORK"
+    start_server
 
     "$BIN/outrider" keys init --dir "$WORK/keys" >"$WORK/keys.log" 2>&1 || die "keys init failed"
     printf '#!/bin/sh\necho "OK - bench | value=1;;;;"\n' >"$WORK/plugin.sh"
@@ -157,14 +103,7 @@ main() {
     done
     cli release publish --channel bench --keys "$WORK/keys" --version b1 --deltas 0 \
         "$BIN/liboutrider_agent.so" >"$WORK/publish.log" 2>&1 || die "publish failed"
-    cat >"$WORK/agent/etc/agent.toml" <<EOF
-server_url = "$URL"
-enrollment_token = "$TOKEN"
-channel = "bench"
-EOF
-    cp "$WORK/keys/root.json" "$WORK/agent/etc/root.json"
-    OUTRIDER_LOG=info "$BIN/outrider-agent" --prefix "$WORK/agent" >"$WORK/stub.log" 2>&1 &
-    AGENT_PID=$!
+    start_stub ""
     wait_for "b1 to be current" 120 current_is b1
     wait_for "results of the idle checks" 60 has_results 'i[0-9]*'
 
@@ -216,9 +155,7 @@ EOF
     mem_load=$(memory "after the load rounds")
     log "$mem_load"
     sleep 3 # the last results reach the server
-    kill -TERM "$AGENT_PID"
-    wait_for "the stub to exit" 30 sh -c "! kill -0 $AGENT_PID 2>/dev/null"
-    AGENT_PID=
+    stop_stub
 
     cat <<EOF
 

@@ -24,7 +24,7 @@ die() { echo "delta.sh: $*" >&2; exit 1; }
 
 build() {
     src="$BENCH_DIR/src"
-    rm -rf "$src" && mkdir -p "$src" || die "cannot create $src"
+    { rm -rf "$src" && mkdir -p "$src"; } || die "cannot create $src"
     (cd "$REPO" && git archive HEAD) | tar -x -C "$src" || die "git archive failed"
     export CARGO_TARGET_DIR="$BENCH_DIR/target"
     (cd "$src" && cargo build --locked --release -p outrider-agent-lib) || die "build A failed"
@@ -77,7 +77,7 @@ report_apply() {
 }
 
 build_tool() {
-    [ -f "$BENCH_DIR/A.so" ] && [ -f "$BENCH_DIR/B.so" ] || die "run 'bench/delta.sh build' first"
+    { [ -f "$BENCH_DIR/A.so" ] && [ -f "$BENCH_DIR/B.so" ]; } || die "run 'bench/delta.sh build' first"
     (cd "$REPO" && cargo build --release -p outrider-delta --example deltatool \
         --target-dir "$BENCH_DIR/target") || die "building deltatool failed"
     tool="$BENCH_DIR/target/release/examples/deltatool"

@@ -33,38 +33,8 @@ WORK=${WORK:-/tmp/outrider-swap-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN="$ROOT/target/release"
 TOKEN=bench-enrollment-token
-SERVER_PID=
-AGENT_PID=
-
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-now_ms() { date +%s%3N; }
-
-cleanup() {
-    for pid in $AGENT_PID $SERVER_PID; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        i=0
-        while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-        kill -KILL "$pid" 2>/dev/null
-    done
-}
-
-# wait_for WHAT TIMEOUT_SECS COMMAND...: polls COMMAND every 50 ms.
-wait_for() {
-    what=$1 limit=$2
-    shift 2
-    deadline=$(($(date +%s) + limit))
-    until "$@"; do
-        [ "$(date +%s)" -lt "$deadline" ] || die "timed out after ${limit}s waiting for $what"
-        sleep 0.05
-    done
-}
-
-cli() { "$BIN/outrider" --server "$URL" --token "$ADMIN" "$@"; }
-
-current_is() {
-    [ "$(jq -r '.current.version // empty' "$WORK/agent/state.json" 2>/dev/null)" = "$1" ]
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 publish() { # publish VERSION FILE
     cli release publish --channel bench --keys "$WORK/keys" --version "$1" --deltas 0 "$2" \
@@ -73,19 +43,8 @@ publish() { # publish VERSION FILE
 
 # sample LABEL: one line of process figures of the stub.
 sample() {
-    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$AGENT_PID/status")
-    pss=$(awk '/^Pss:/ {print $2}' "/proc/$AGENT_PID/smaps_rollup")
-    fds=$(ls "/proc/$AGENT_PID/fd" | wc -l)
-    thr=$(ls "/proc/$AGENT_PID/task" | wc -l)
     maps=$(grep -c 'agent\.' "/proc/$AGENT_PID/maps")
-    echo "$1 pid=$AGENT_PID rss_kib=$rss pss_kib=$pss fds=$fds threads=$thr agent_lib_map_lines=$maps"
-}
-
-# pct FILE P: nearest-rank percentile of the numbers in FILE (one a line).
-pct() {
-    sort -n "$1" | awk -v p="$2" '{ v[NR] = $1 } END {
-        if (NR == 0) { print "n/a"; exit }
-        r = int(p * NR); if (r < p * NR) r++; if (r < 1) r = 1; print v[r] }'
+    echo "$1 pid=$AGENT_PID $(proc_figures) agent_lib_map_lines=$maps"
 }
 
 # gaps NAME FROM_MS TO_MS: distribution of consecutive gaps over all checks
@@ -107,35 +66,24 @@ gaps() {
 main() {
     trap cleanup EXIT
     trap 'exit 130' INT TERM
+    # shellcheck disable=SC3045 # dash and bash both have it
     ulimit -n 4096 2>/dev/null
-    for tool in sqlite3 jq sha256sum; do
-        command -v "$tool" >/dev/null || die "$tool is needed"
-    done
+    need_tools sqlite3 jq sha256sum
     if [ "${SKIP_BUILD:-0}" != 1 ]; then
         log "cargo build --locked --release --workspace"
         (cd "$ROOT" && cargo build --locked --release --workspace) || die "release build failed"
     fi
-    for f in outrider-server outrider-agent outrider liboutrider_agent.so; do
-        [ -e "$BIN/$f" ] || die "$BIN/$f is missing: run cargo build --release --workspace"
-    done
+    need_binaries "run cargo build --release --workspace"
 
     rm -rf "$WORK"
-    mkdir -p "$WORK/agent/etc" "$WORK/libs"
+    mkdir -p "$WORK/libs"
     cp "$BIN/liboutrider_agent.so" "$WORK/libs/a.so"
     cp "$BIN/liboutrider_agent.so" "$WORK/libs/b.so"
     printf 'outrider-bench-swap build A\n' >>"$WORK/libs/a.so"
     printf 'outrider-bench-swap build B\n' >>"$WORK/libs/b.so"
     sha256sum "$WORK/libs/a.so" "$WORK/libs/b.so" >&2
 
-    RUST_LOG=info "$BIN/outrider-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 \
-        --enrollment-token "$TOKEN" --ready-file "$WORK/ready" >"$WORK/server.log" 2>&1 &
-    SERVER_PID=$!
-    wait_for "the server's ready file" 20 test -s "$WORK/ready"
-    URL="http://$(cat "$WORK/ready")"
-    ADMIN=$(cat "$WORK/server/admin.token")
-    DB="$WORK/server/outrider.db"
-    [ -e "$DB" ] || DB=$(find "$WORK/server" -name '*.db' | head -n 1)
-    log "server $URL (pid $SERVER_PID), db $DB"
+    start_server
 
     "$BIN/outrider" keys init --dir "$WORK/keys" >"$WORK/keys.log" 2>&1 || die "keys init failed"
     # A plugin with Nagios perfdata; ten checks at the 1 s minimum = ~10 results/s.
@@ -147,17 +95,9 @@ main() {
     done
 
     publish s1 "$WORK/libs/a.so"
-    cat >"$WORK/agent/etc/agent.toml" <<EOF
-server_url = "$URL"
-enrollment_token = "$TOKEN"
-channel = "bench"
-update_interval_secs = 1
+    start_stub "update_interval_secs = 1
 probation_secs = 30
-stop_timeout_secs = 10
-EOF
-    cp "$WORK/keys/root.json" "$WORK/agent/etc/root.json"
-    OUTRIDER_LOG=info "$BIN/outrider-agent" --prefix "$WORK/agent" >"$WORK/stub.log" 2>&1 &
-    AGENT_PID=$!
+stop_timeout_secs = 10"
     wait_for "s1 to be current" 60 current_is s1
 
     # Warm-up: one swap, then settle, then the first sample.
@@ -198,9 +138,7 @@ EOF
     after=$(sample after)
     log "$after"
     sleep 3 # let the last results reach the server
-    kill -TERM "$AGENT_PID"
-    wait_for "the stub to exit" 30 sh -c "! kill -0 $AGENT_PID 2>/dev/null"
-    AGENT_PID=
+    stop_stub
 
     cat >"$WORK/run.env" <<EOF
 DB='$DB'
@@ -250,6 +188,7 @@ SELECT (SELECT MIN(started_at_ms) FROM s.results WHERE check_name GLOB 'c[0-9]' 
 FROM swaps;
 EOF
     rows=$(sqlite3 "$DB" "SELECT COUNT(*) FROM results WHERE check_name GLOB 'c[0-9]' AND started_at_ms BETWEEN $swaps_from AND $swaps_to")
+    # shellcheck disable=SC2154 # commit comes from run.env
     cat <<EOF
 
 == outrider hot-swap benchmark, $(date -u +%Y-%m-%d) ==
