@@ -14,7 +14,7 @@ use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentSettings;
-use crate::connection::Connection;
+use crate::connection::{AgentParts, Connection};
 use crate::error::AgentError;
 use crate::host::HostHooks;
 use crate::identity::Identity;
@@ -121,7 +121,14 @@ async fn agent_main(
     ));
 
     let carried = state.as_ref().and_then(|s| s.connection.clone());
-    let mut connection = Connection::new(settings, identity, &outbox, hooks, stop, tls, carried);
+    let parts = AgentParts {
+        settings,
+        identity,
+        outbox: &outbox,
+        hooks,
+        stop,
+    };
+    let mut connection = Connection::new(parts, tls, carried);
     // The syncer stops with `stop`, like the connection.
     tokio::join!(connection.run(&mut scheduler), outbox.sync_sealed(stop));
     let connection = connection.into_state();

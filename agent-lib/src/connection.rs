@@ -140,13 +140,20 @@ enum SessionEnd {
     Lost(AgentError),
 }
 
+/// What the connection borrows from the agent's top level for its whole
+/// life.
+#[derive(Clone, Copy)]
+pub(crate) struct AgentParts<'a> {
+    pub settings: &'a AgentSettings,
+    pub identity: &'a Identity,
+    pub outbox: &'a Arc<SharedOutbox>,
+    pub hooks: &'a Arc<dyn HostHooks>,
+    pub stop: &'a CancellationToken,
+}
+
 /// The connection loop and what it remembers between sessions.
 pub(crate) struct Connection<'a> {
-    settings: &'a AgentSettings,
-    identity: &'a Identity,
-    outbox: &'a Arc<SharedOutbox>,
-    hooks: &'a Arc<dyn HostHooks>,
-    stop: &'a CancellationToken,
+    agent: AgentParts<'a>,
     tls: Arc<ClientConfig>,
     plugins: PluginCache,
     /// Survives sessions, so a reconnect does not reset a plugin's backoff.
@@ -158,14 +165,13 @@ impl<'a> Connection<'a> {
     /// A connection continuing from `carried` (the previous generation's
     /// memory), else from `<data_dir>/connection.json`.
     pub fn new(
-        settings: &'a AgentSettings,
-        identity: &'a Identity,
-        outbox: &'a Arc<SharedOutbox>,
-        hooks: &'a Arc<dyn HostHooks>,
-        stop: &'a CancellationToken,
+        agent: AgentParts<'a>,
         tls: Arc<ClientConfig>,
         carried: Option<ConnectionState>,
     ) -> Connection<'a> {
+        let AgentParts {
+            settings, hooks, ..
+        } = agent;
         let host = &settings.endpoint.host;
         let memory = match carried {
             Some(memory) if memory.saved.host == *host => memory,
@@ -178,11 +184,7 @@ impl<'a> Connection<'a> {
             },
         };
         Connection {
-            settings,
-            identity,
-            outbox,
-            hooks,
-            stop,
+            agent,
             tls,
             plugins: PluginCache::new(&settings.data_dir),
             plugin_retries: PluginRetries::new(
@@ -201,13 +203,13 @@ impl<'a> Connection<'a> {
     /// Connects, runs sessions and reconnects until `stop` fires; remote
     /// runs still going are cancelled and joined before returning.
     pub async fn run(&mut self, scheduler: &mut Scheduler) {
-        let mut rpc = Rpc::new(&self.settings.data_dir, self.stop.child_token());
+        let mut rpc = Rpc::new(&self.agent.settings.data_dir, self.agent.stop.child_token());
         self.reconnect_loop(scheduler, &mut rpc).await;
         rpc.shutdown().await;
     }
 
     async fn reconnect_loop(&mut self, scheduler: &mut Scheduler, rpc: &mut Rpc) {
-        let url = self.settings.endpoint.ws_url.clone();
+        let url = self.agent.settings.endpoint.ws_url.clone();
         let mut backoff = Backoff::reconnect();
         let mut degraded_reported = false;
         loop {
@@ -217,7 +219,7 @@ impl<'a> Connection<'a> {
             // Welcome (bounded by the handshake timeout) and the session
             // then says goodbye instead of vanishing.
             let challenged = tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.agent.stop.cancelled() => return,
                 r = self.dial_and_challenge() => r,
             };
             let opened = match challenged {
@@ -247,7 +249,7 @@ impl<'a> Connection<'a> {
                         format!("{e} (at {url})"),
                         backoff
                             .next_delay()
-                            .max(self.settings.timing.rejected_retry),
+                            .max(self.agent.settings.timing.rejected_retry),
                     )
                 }
                 Err(e) => (
@@ -255,14 +257,15 @@ impl<'a> Connection<'a> {
                     backoff.next_delay(),
                 ),
             };
-            self.hooks
+            self.agent
+                .hooks
                 .warn(&format!("{failure}; retrying in {} ms", delay.as_millis()));
             if !degraded_reported {
-                self.hooks.health(Health::Degraded, &failure);
+                self.agent.hooks.health(Health::Degraded, &failure);
                 degraded_reported = true;
             }
             tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.agent.stop.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
             }
         }
@@ -271,7 +274,7 @@ impl<'a> Connection<'a> {
     /// Opens a connection and reads the server's challenge nonce.
     async fn dial_and_challenge(&self) -> Result<(Ws, Dialed, String), AgentError> {
         let (mut ws, dialed) = self.dial().await?;
-        let timing = &self.settings.timing;
+        let timing = &self.agent.settings.timing;
         match recv_within(&mut ws, timing, "the server's challenge").await? {
             ServerMessage::Challenge { nonce } => Ok((ws, dialed, nonce)),
             other => Err(AgentError::Protocol(format!(
@@ -288,28 +291,33 @@ impl<'a> Connection<'a> {
         nonce: &str,
         scheduler: &Scheduler,
     ) -> Result<Ws, AgentError> {
-        let timing = &self.settings.timing;
+        let timing = &self.agent.settings.timing;
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
-            fingerprint: self.identity.fingerprint().clone(),
-            public_key: self.identity.public_key_hex(),
-            signature: self.identity.sign_challenge(nonce),
+            fingerprint: self.agent.identity.fingerprint().clone(),
+            public_key: self.agent.identity.public_key_hex(),
+            signature: self.agent.identity.sign_challenge(nonce),
             // The org token only until the server has welcomed this key.
             enrollment_token: if self.memory.saved.enrolled_as.as_ref()
-                == Some(self.identity.fingerprint())
+                == Some(self.agent.identity.fingerprint())
             {
                 None
             } else {
-                self.settings.agent.enrollment_token.clone()
+                self.agent.settings.agent.enrollment_token.clone()
             },
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            build_sha256: self.settings.build.as_ref().map(|b| b.sha256.clone()),
-            build_version: self.settings.build.as_ref().map(|b| b.version.clone()),
-            last_seq: self.outbox.lock().last_seq(),
-            tags: self.settings.agent.tags.clone(),
+            build_sha256: self.agent.settings.build.as_ref().map(|b| b.sha256.clone()),
+            build_version: self
+                .agent
+                .settings
+                .build
+                .as_ref()
+                .map(|b| b.version.clone()),
+            last_seq: self.agent.outbox.lock().last_seq(),
+            tags: self.agent.settings.agent.tags.clone(),
             resume_token: self.memory.resume_token.clone(),
             config_version: scheduler.config().map_or(0, |c| c.version),
         };
@@ -340,17 +348,17 @@ impl<'a> Connection<'a> {
             ..
         } = welcome;
         let (effect, pending) = {
-            let mut outbox = self.outbox.lock();
+            let mut outbox = self.agent.outbox.lock();
             (outbox.welcome(*acked_seq), outbox.len())
         };
         if effect.shifted_by > 0 {
-            self.hooks.info(&format!(
+            self.agent.hooks.info(&format!(
                 "fresh sequence counter continued above the server's {acked_seq} (shifted by {})",
                 effect.shifted_by
             ));
         }
         self.memory.resume_token = Some(resume_token.clone()).filter(|t| !t.is_empty());
-        let fingerprint = self.identity.fingerprint();
+        let fingerprint = self.agent.identity.fingerprint();
         if self
             .memory
             .saved
@@ -360,22 +368,22 @@ impl<'a> Connection<'a> {
         }
         let broken = dialed.resolver_error.is_some();
         if broken != self.memory.dns_broken {
-            let host = &self.settings.endpoint.host;
+            let host = &self.agent.settings.endpoint.host;
             let outcome = dns_outcome(
                 host,
                 dialed.resolver_error.as_deref(),
                 dialed.addr,
                 dialed.source,
             );
-            self.hooks.warn(&outcome.summary);
-            self.outbox.push(DNS_CHECK, outcome);
+            self.agent.hooks.warn(&outcome.summary);
+            self.agent.outbox.push(DNS_CHECK, outcome);
             self.memory.dns_broken = broken;
         }
-        self.hooks.info(&format!(
+        self.agent.hooks.info(&format!(
             "connected to {} at {} as {}{}; {pending} un-acked results to send",
-            self.settings.endpoint.ws_url,
+            self.agent.settings.endpoint.ws_url,
             dialed.addr,
-            self.identity.fingerprint(),
+            self.agent.identity.fingerprint(),
             if *resumed { " (session resumed)" } else { "" },
         ));
     }
@@ -384,17 +392,18 @@ impl<'a> Connection<'a> {
     /// case the server forgot this agent.
     fn forget_enrollment(&mut self) {
         if self.memory.saved.enrolled_as.take().is_some() {
-            self.hooks
+            self.agent
+                .hooks
                 .info("the next attempt presents the enrollment token again");
             self.save_memory();
         }
     }
 
     fn save_memory(&self) {
-        if let Err(e) = self.memory.saved.save(&self.settings.data_dir) {
-            self.hooks.warn(&format!(
+        if let Err(e) = self.memory.saved.save(&self.agent.settings.data_dir) {
+            self.agent.hooks.warn(&format!(
                 "cannot save the connection memory in {}: {e}",
-                self.settings.data_dir.display()
+                self.agent.settings.data_dir.display()
             ));
         }
     }
@@ -402,8 +411,8 @@ impl<'a> Connection<'a> {
     /// Finds the server's addresses (resolver, then the fallback chain) and
     /// opens the websocket to the first that answers.
     async fn dial(&self) -> Result<(Ws, Dialed), AgentError> {
-        let endpoint = &self.settings.endpoint;
-        let timing = &self.settings.timing;
+        let endpoint = &self.agent.settings.endpoint;
+        let timing = &self.agent.settings.timing;
         let (candidates, resolver_error) = match endpoint.ip_literal() {
             Some(ip) => (
                 vec![(SocketAddr::new(ip, endpoint.port), AddrSource::Literal)],
@@ -411,6 +420,7 @@ impl<'a> Connection<'a> {
             ),
             None => {
                 let lookup = self
+                    .agent
                     .settings
                     .resolver
                     .resolve(&endpoint.host, endpoint.port);
@@ -451,7 +461,7 @@ impl<'a> Connection<'a> {
                 Err(_) => last_error = Some(AgentError::Timeout("the websocket connection")),
             }
             if source.is_fallback() {
-                self.hooks.debug(&format!(
+                self.agent.hooks.debug(&format!(
                     "fallback address {addr} failed: {}",
                     last_error
                         .as_ref()
@@ -480,7 +490,7 @@ impl<'a> Connection<'a> {
     /// TCP to `addr`, TLS for `wss://` (verified against the URL's host
     /// name, not `addr`), then the websocket upgrade.
     async fn upgrade(&self, addr: SocketAddr) -> Result<Ws, AgentError> {
-        let url = &self.settings.endpoint.ws_url;
+        let url = &self.agent.settings.endpoint.ws_url;
         let failed = |source| AgentError::Connect {
             url: format!("{url} ({addr})"),
             source: Box::new(source),
@@ -491,7 +501,7 @@ impl<'a> Connection<'a> {
         // Results are small frames sent as they come: do not wait for more.
         let _ = tcp.set_nodelay(true);
         let request = url.as_str().into_client_request().map_err(failed)?;
-        let connector = match self.settings.endpoint.transport {
+        let connector = match self.agent.settings.endpoint.transport {
             Transport::Tls => Connector::Rustls(self.tls.clone()),
             Transport::Plain => Connector::Plain,
         };

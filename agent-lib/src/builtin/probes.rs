@@ -41,35 +41,30 @@ pub(super) async fn cpu(
 ) -> Result<Measured, String> {
     let args = Args::parse(args, &["--warn", "--crit"])?;
     let t = args.thresholds(Some("90"), Some("95"))?;
+    // Sampling reads /proc: on the blocking pool.
+    let refreshed = |sys: Option<System>| {
+        tokio::task::spawn_blocking(move || {
+            let mut sys = match sys {
+                Some(sys) => sys,
+                None => System::new().map_err(|e| sys_err("CPU times", e))?,
+            };
+            sys.refresh_cpu_usage();
+            Ok::<_, String>(sys)
+        })
+    };
     let previous = lock(&state.cpu).remove(check);
-    let sys = match previous {
+    let previous = match previous {
         Some(sys) => sys,
         None => {
-            let mut sys = tokio::task::spawn_blocking(|| {
-                let mut sys = System::new().map_err(|e| sys_err("CPU times", e))?;
-                sys.refresh_cpu_usage();
-                Ok::<_, String>(sys)
-            })
-            .await
-            .map_err(|e| e.to_string())??;
+            // A first sample, then the window the busy share is taken over.
+            let first = refreshed(None).await.map_err(|e| e.to_string())??;
             tokio::time::sleep(CPU_FIRST_WINDOW.max(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL)).await;
-            sys = tokio::task::spawn_blocking(move || {
-                sys.refresh_cpu_usage();
-                sys
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            lock(&state.cpu).insert(check.to_owned(), sys);
-            return cpu_result(check, &t, state);
+            first
         }
     };
-    let sys = tokio::task::spawn_blocking(move || {
-        let mut sys = sys;
-        sys.refresh_cpu_usage();
-        sys
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let sys = refreshed(Some(previous))
+        .await
+        .map_err(|e| e.to_string())??;
     lock(&state.cpu).insert(check.to_owned(), sys);
     cpu_result(check, &t, state)
 }
@@ -101,21 +96,7 @@ pub(super) fn memory(args: &[String]) -> Result<Measured, String> {
         return Err("the OS reports no memory".into());
     }
     let used = total - sys.available_memory() as f64;
-    let pct = round2(percent(used, total));
-    let s = t.state(pct);
-    Ok(Measured {
-        state: s,
-        summary: format!(
-            "{} - {pct:.1}% used ({} of {})",
-            headline("MEMORY", s),
-            human_bytes(used),
-            human_bytes(total)
-        ),
-        perfdata: vec![
-            t.perf("used_pct", pct, "%", Some(0.0), Some(100.0)),
-            plain_perf("used", used, "B", Some(0.0), Some(total)),
-        ],
-    })
+    Ok(used_of_total("MEMORY", &t, used, total))
 }
 
 /// Swap used in percent; no swap at all is OK.
@@ -133,13 +114,19 @@ pub(super) fn swap(args: &[String]) -> Result<Measured, String> {
             perfdata: vec![plain_perf("used", 0.0, "B", Some(0.0), Some(0.0))],
         });
     }
+    Ok(used_of_total("SWAP", &t, used, total))
+}
+
+/// The result of memory and swap: `used` bytes of `total` (> 0), the
+/// thresholds applying to the percentage.
+fn used_of_total(what: &str, t: &Thresholds, used: f64, total: f64) -> Measured {
     let pct = round2(percent(used, total));
     let s = t.state(pct);
-    Ok(Measured {
+    Measured {
         state: s,
         summary: format!(
             "{} - {pct:.1}% used ({} of {})",
-            headline("SWAP", s),
+            headline(what, s),
             human_bytes(used),
             human_bytes(total)
         ),
@@ -147,7 +134,7 @@ pub(super) fn swap(args: &[String]) -> Result<Measured, String> {
             t.perf("used_pct", pct, "%", Some(0.0), Some(100.0)),
             plain_perf("used", used, "B", Some(0.0), Some(total)),
         ],
-    })
+    }
 }
 
 /// Space used on the filesystem holding `--path`, as `df` counts it: used =

@@ -65,8 +65,8 @@ impl Connection<'_> {
         rpc: &mut Rpc,
     ) -> SessionEnd {
         let retries = PluginRetries::new(
-            self.settings.timing.plugin_retry,
-            self.settings.timing.plugin_retry_cap,
+            self.agent.settings.timing.plugin_retry,
+            self.agent.settings.timing.plugin_retry_cap,
         );
         let mut state = SessionState {
             healthy: false,
@@ -87,7 +87,7 @@ impl Connection<'_> {
         rpc: &mut Rpc,
         state: &mut SessionState,
     ) -> SessionEnd {
-        let timing = self.settings.timing;
+        let timing = self.agent.settings.timing;
         // A resumed session with an unchanged config gets no Config frame:
         // running a config already counts as scheduling.
         if scheduler.config().is_some() {
@@ -101,7 +101,7 @@ impl Connection<'_> {
         loop {
             let sent = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => None,
+                _ = self.agent.stop.cancelled() => None,
                 r = self.send_pending(&mut ws) => Some(r),
             };
             match sent {
@@ -122,16 +122,16 @@ impl Connection<'_> {
             };
             let step = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => return self.goodbye(ws).await,
+                _ = self.agent.stop.cancelled() => return self.goodbye(ws).await,
                 msg = recv(&mut ws, &mut state.heard) => match msg {
                     Ok(msg) => self.handle(msg, &mut ws, scheduler, rpc, state).await,
                     Err(AgentError::Protocol(e)) => {
-                        self.hooks.warn(&format!("ignoring undecodable frame: {e}"));
+                        self.agent.hooks.warn(&format!("ignoring undecodable frame: {e}"));
                         Ok(())
                     }
                     Err(e) => Err(e),
                 },
-                () = self.outbox.pushed.notified() => Ok(()),
+                () = self.agent.outbox.pushed.notified() => Ok(()),
                 answer = rpc.finished(), if !rpc.is_idle() => send(&mut ws, &timing, &answer).await,
                 _ = pings.tick() => {
                     let silent = state.heard.elapsed();
@@ -188,7 +188,7 @@ impl Connection<'_> {
                 self.fetch_failed(state, e);
                 self.fetch_next(ws, scheduler, state).await?;
             }
-            ServerMessage::Ack { up_to } => self.outbox.lock().ack(up_to),
+            ServerMessage::Ack { up_to } => self.agent.outbox.lock().ack(up_to),
             ServerMessage::RunCheck { id, check } => {
                 self.start_rpc(ws, rpc, scheduler, RpcRequest::RunCheck { id, check })
                     .await?;
@@ -208,7 +208,7 @@ impl Connection<'_> {
                 self.start_rpc(ws, rpc, scheduler, request).await?;
             }
             ServerMessage::Rejected { reason } => return Err(AgentError::Rejected { reason }),
-            other => self.hooks.warn(&format!(
+            other => self.agent.hooks.warn(&format!(
                 "ignoring unexpected message from the server: {other:?}"
             )),
         }
@@ -235,7 +235,7 @@ impl Connection<'_> {
             let running = scheduler
                 .config()
                 .map_or("none".to_owned(), |c| c.version.to_string());
-            self.hooks.error(&format!(
+            self.agent.hooks.error(&format!(
                 "{e}; the running config (version {running}) stays"
             ));
             return Ok(());
@@ -248,19 +248,19 @@ impl Connection<'_> {
             .partition(|p| state.retries.ready(&p.sha256, now));
         let queue = VecDeque::from(queue);
         for p in &waiting {
-            self.hooks.info(&format!(
+            self.agent.hooks.info(&format!(
                 "plugin {} failed to download recently; it is tried again after its backoff",
                 p.name
             ));
         }
         if let Some(old) = &state.pending {
-            self.hooks.info(&format!(
+            self.agent.hooks.info(&format!(
                 "config version {} replaces version {} while its plugins were downloading",
                 config.version, old.config.version
             ));
         }
         if !queue.is_empty() {
-            self.hooks.info(&format!(
+            self.agent.hooks.info(&format!(
                 "config version {} needs {} plugins; downloading",
                 config.version,
                 queue.len()
@@ -296,7 +296,7 @@ impl Connection<'_> {
         if !missing.iter().any(|p| state.retries.ready(&p.sha256, now)) {
             return Ok(());
         }
-        self.hooks.info(&format!(
+        self.agent.hooks.info(&format!(
             "retrying the missing plugins of config version {}",
             config.version
         ));
@@ -320,9 +320,9 @@ impl Connection<'_> {
         scheduler: &mut Scheduler,
         state: &mut SessionState,
     ) -> Result<(), AgentError> {
-        let timing = self.settings.timing;
+        let timing = self.agent.settings.timing;
         let Some(download) = current_download(state, &sha256) else {
-            self.hooks.warn(&format!(
+            self.agent.hooks.warn(&format!(
                 "ignoring a chunk of plugin {sha256} nobody asked for"
             ));
             return Ok(());
@@ -355,18 +355,19 @@ impl Connection<'_> {
         request: RpcRequest,
     ) -> Result<(), AgentError> {
         let id = request.id().to_owned();
-        self.hooks.info(&request.describe());
+        self.agent.hooks.info(&request.describe());
         match rpc.start(request, scheduler.config(), &scheduler.executor()) {
             Ok(()) => Ok(()),
             Err(error) => {
-                self.hooks
+                self.agent
+                    .hooks
                     .warn(&format!("remote run {id} refused: {error}"));
                 let refusal = AgentMessage::RpcResult {
                     id,
                     result: None,
                     error: Some(error),
                 };
-                send(ws, &self.settings.timing, &refusal).await
+                send(ws, &self.agent.settings.timing, &refusal).await
             }
         }
     }
@@ -379,7 +380,7 @@ impl Connection<'_> {
         scheduler: &mut Scheduler,
         state: &mut SessionState,
     ) -> Result<(), AgentError> {
-        let timing = self.settings.timing;
+        let timing = self.agent.settings.timing;
         let Some(pending) = state.pending.as_mut() else {
             return Ok(());
         };
@@ -417,7 +418,7 @@ impl Connection<'_> {
         match tokio::task::spawn_blocking(move || download.finish()).await {
             Ok(Ok(path)) => {
                 state.retries.succeeded(&plugin.sha256);
-                self.hooks.info(&format!(
+                self.agent.hooks.info(&format!(
                     "plugin {} installed as {}",
                     plugin.name,
                     path.display()
@@ -443,7 +444,7 @@ impl Connection<'_> {
         error: &dyn std::fmt::Display,
     ) {
         let delay = retries.failed(&plugin.sha256, Instant::now());
-        self.hooks.error(&format!(
+        self.agent.hooks.error(&format!(
             "downloading plugin {} failed: {error}; nothing was installed, its checks report \
              UNKNOWN; next attempt in {} s",
             plugin.name,
@@ -453,7 +454,7 @@ impl Connection<'_> {
 
     fn apply_config(&self, scheduler: &mut Scheduler, config: &AgentConfig) {
         let s = scheduler.apply(config);
-        self.hooks.info(&format!(
+        self.agent.hooks.info(&format!(
             "applied config version {}: started {:?}, restarted {:?}, stopped {:?}, unchanged {}",
             config.version,
             s.started,
@@ -462,19 +463,23 @@ impl Connection<'_> {
             s.unchanged.len()
         ));
         for problem in s.invalid {
-            self.hooks
+            self.agent
+                .hooks
                 .warn(&format!("skipping invalid check: {problem}"));
         }
         if !config.tags.is_empty() {
-            self.hooks
+            self.agent
+                .hooks
                 .debug(&format!("the server lists tags {:?}", config.tags));
         }
         match self.plugins.prune(config) {
             Ok(removed) if !removed.is_empty() => self
+                .agent
                 .hooks
                 .info(&format!("removed unreferenced plugins {removed:?}")),
             Ok(_) => {}
             Err(e) => self
+                .agent
                 .hooks
                 .warn(&format!("cannot clean the plugin cache: {e}")),
         }
@@ -482,7 +487,9 @@ impl Connection<'_> {
 
     fn report_healthy(&self, state: &mut SessionState) {
         if !state.healthy {
-            self.hooks.health(Health::Ok, "connected and scheduling");
+            self.agent
+                .hooks
+                .health(Health::Ok, "connected and scheduling");
             state.healthy = true;
         }
     }
@@ -491,18 +498,18 @@ impl Connection<'_> {
     async fn send_pending(&self, ws: &mut Ws) -> Result<(), AgentError> {
         loop {
             // The lock is released before the await below.
-            let results = self.outbox.lock().next_batch(MAX_BATCH_RESULTS);
+            let results = self.agent.outbox.lock().next_batch(MAX_BATCH_RESULTS);
             if results.is_empty() {
                 return Ok(());
             }
             let count = results.len();
             send(
                 ws,
-                &self.settings.timing,
+                &self.agent.settings.timing,
                 &AgentMessage::Results { results },
             )
             .await?;
-            self.hooks.debug(&format!("sent {count} results"));
+            self.agent.hooks.debug(&format!("sent {count} results"));
         }
     }
 
@@ -520,15 +527,16 @@ impl Connection<'_> {
                 if let Message::Text(text) = msg
                     && let Ok(ServerMessage::Ack { up_to }) = ServerMessage::decode(&text)
                 {
-                    self.outbox.lock().ack(up_to);
+                    self.agent.outbox.lock().ack(up_to);
                 }
             }
             Ok::<(), AgentError>(())
         };
-        match tokio::time::timeout(self.settings.timing.close_timeout, close).await {
-            Ok(Ok(())) => self.hooks.info("said goodbye to the server"),
-            Ok(Err(e)) => self.hooks.warn(&format!("goodbye failed: {e}")),
+        match tokio::time::timeout(self.agent.settings.timing.close_timeout, close).await {
+            Ok(Ok(())) => self.agent.hooks.info("said goodbye to the server"),
+            Ok(Err(e)) => self.agent.hooks.warn(&format!("goodbye failed: {e}")),
             Err(_) => self
+                .agent
                 .hooks
                 .warn("the server did not finish the close handshake in time"),
         }

@@ -164,9 +164,7 @@ async fn plugins_are_fetched_chunk_by_chunk_verified_installed_and_pruned() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(leftovers.is_empty(), "nothing installed: {leftovers:?}");
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    agent.join().await;
+    agent.stop_via(conn).await;
 }
 
 #[tokio::test]
@@ -205,9 +203,7 @@ async fn a_config_is_applied_by_diff_and_a_bad_one_is_refused_while_the_old_runs
     // Version 2 keeps running.
     let r = conn.recv_result_of("c").await;
     assert_eq!(r.summary, "OK c");
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    let blob = agent.join().await;
+    let blob = agent.stop_via(conn).await;
     assert_eq!(blob.config.expect("config handed over").version, 2);
 }
 
@@ -271,9 +267,7 @@ async fn a_plugin_that_failed_to_download_is_fetched_again_on_the_next_session()
     agent.wait_log("plugin late installed").await;
     let r = expect_result(&mut conn, "l", "OK late").await;
     assert_eq!(r.state, CheckState::Ok);
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    agent.join().await;
+    agent.stop_via(conn).await;
 }
 
 #[tokio::test]

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use outrider_agent::{AgentError, AgentSettings, ConnectionTiming, Health};
-use outrider_protocol::{AgentConfig, CheckState, ServerMessage, Welcome};
+use outrider_protocol::{CheckState, ServerMessage, Welcome};
 
 use crate::support::{
-    Agent, AgentOptions, FakeServer, RESOLVER_FAILURE, TestCert, TestResolver, check, fast_timing,
-    script, sh,
+    Agent, AgentOptions, FakeServer, RESOLVER_FAILURE, TestCert, TestResolver, check, config,
+    fast_timing, script, sh,
 };
 
 const HOST: &str = "mon.outrider.test";
@@ -21,14 +21,6 @@ fn welcome(resume_token: &str, server_addrs: &[&str]) -> Welcome {
         resumed: false,
         server_addrs: server_addrs.iter().map(|s| s.to_string()).collect(),
     }
-}
-
-fn config(version: u64, checks: Vec<outrider_protocol::CheckSpec>) -> ServerMessage {
-    ServerMessage::Config(AgentConfig {
-        version,
-        checks,
-        ..AgentConfig::default()
-    })
 }
 
 #[tokio::test]
@@ -135,9 +127,7 @@ async fn reconnects_present_the_resume_token_and_the_running_config_version() {
     let second = conn.handshake_with(welcome("resume-2", &[])).await;
     assert_eq!(second.resume_token.as_deref(), Some("resume-1"));
     assert_eq!(second.config_version, 7);
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    let blob = agent.join().await;
+    let blob = agent.stop_via(conn).await;
     let carried = blob.connection.clone().expect("connection section");
     assert_eq!(carried.resume_token.as_deref(), Some("resume-2"));
 
@@ -154,9 +144,7 @@ async fn reconnects_present_the_resume_token_and_the_running_config_version() {
     assert_eq!(third.resume_token.as_deref(), Some("resume-2"));
     assert_eq!(third.config_version, 7);
     next.wait_health(Health::Ok).await;
-    next.request_stop();
-    conn.expect_goodbye().await;
-    next.join().await;
+    next.stop_via(conn).await;
 }
 
 #[tokio::test]
@@ -245,9 +233,7 @@ async fn broken_dns_falls_back_to_the_last_good_ip_verifies_tls_and_reports_it()
     assert_eq!(dns.state, CheckState::Ok, "{}", dns.summary);
     // Acked, so the next start below cannot pass on a resent old result.
     conn.send(ServerMessage::Ack { up_to: dns.seq }).await;
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    let blob = agent.join().await;
+    let blob = agent.stop_via(conn).await;
     let memory = blob.connection.expect("connection section");
     assert_eq!(
         memory.saved.last_good_ip,
@@ -269,9 +255,7 @@ async fn broken_dns_falls_back_to_the_last_good_ip_verifies_tls_and_reports_it()
         "{}",
         dns.summary
     );
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    agent.join().await;
+    agent.stop_via(conn).await;
 }
 
 #[tokio::test]
@@ -309,9 +293,7 @@ async fn with_the_last_good_ip_gone_the_addresses_the_server_listed_are_tried() 
         "{}",
         dns.summary
     );
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    agent.join().await;
+    agent.stop_via(conn).await;
 }
 
 #[tokio::test]
@@ -342,9 +324,7 @@ async fn the_enrollment_token_goes_until_welcomed_and_again_after_a_rejection() 
         (&first.fingerprint, &first.public_key)
     );
     assert_ne!(second.signature, "", "signed proof on every Hello");
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    agent.join().await;
+    agent.stop_via(conn).await;
 
     // A restart without a state blob remembers the enrollment on disk; a
     // rejection (say the server lost its database) brings the token back.
@@ -366,9 +346,7 @@ async fn the_enrollment_token_goes_until_welcomed_and_again_after_a_rejection() 
     let mut conn = server.accept().await;
     let fourth = conn.handshake(0).await;
     assert_eq!(fourth.enrollment_token.as_deref(), Some("tok-123"));
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    agent.join().await;
+    agent.stop_via(conn).await;
 }
 
 #[tokio::test]

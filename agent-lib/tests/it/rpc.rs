@@ -114,9 +114,7 @@ async fn run_check_and_run_script_answer_with_the_correlation_id() {
 
     let scripts: Vec<_> = std::fs::read_dir(dir.path().join("rpc")).unwrap().collect();
     assert!(scripts.is_empty(), "scripts removed after their runs");
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    agent.join().await;
+    agent.stop_via(conn).await;
 }
 
 #[tokio::test]
@@ -140,8 +138,6 @@ async fn stopping_kills_a_running_remote_script() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let pid = crate::support::read_pid(&pid_file);
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    agent.join().await;
+    agent.stop_via(conn).await;
     crate::support::assert_gone(pid).await;
 }

@@ -1,19 +1,11 @@
 //! The whole agent against a real websocket peer speaking the protocol.
 
 use outrider_agent::Health;
-use outrider_protocol::{AgentConfig, CheckState, PerfData, ServerMessage};
+use outrider_protocol::{CheckState, PerfData, ServerMessage};
 
-use crate::support::{Agent, FakeServer, check, script, sh};
+use crate::support::{Agent, FakeServer, check, config, script, sh};
 
 const DISK: &str = "echo 'DISK WARNING - 91% used | used=91%;80;90;0;100'\necho 'on /var'\nexit 1";
-
-fn config(checks: Vec<outrider_protocol::CheckSpec>) -> ServerMessage {
-    ServerMessage::Config(AgentConfig {
-        version: 1,
-        checks,
-        ..AgentConfig::default()
-    })
-}
 
 #[tokio::test]
 async fn registers_runs_a_check_reports_and_says_goodbye() {
@@ -32,7 +24,7 @@ async fn registers_runs_a_check_reports_and_says_goodbye() {
     assert_eq!(hello.last_seq, 0);
     assert_eq!(hello.agent_version, env!("CARGO_PKG_VERSION"));
 
-    conn.send(config(vec![check("disk", sh(&disk))])).await;
+    conn.send(config(1, vec![check("disk", sh(&disk))])).await;
     assert_eq!(
         agent.wait_health(Health::Ok).await,
         "connected and scheduling"
@@ -85,7 +77,7 @@ async fn unacked_results_survive_a_reconnect_and_a_cold_counter_continues_above_
     // The server already stored 41 results of this identity in an earlier life.
     let mut conn = server.accept().await;
     conn.handshake(41).await;
-    conn.send(config(vec![check("disk", sh(&disk))])).await;
+    conn.send(config(1, vec![check("disk", sh(&disk))])).await;
     let first = conn.recv_results().await[0].clone();
     assert_eq!(first.seq, 42);
     drop(conn); // No ack: the connection just dies.
@@ -98,9 +90,7 @@ async fn unacked_results_survive_a_reconnect_and_a_cold_counter_continues_above_
         first,
         "the un-acked result is resent unchanged"
     );
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    agent.join().await;
+    agent.stop_via(conn).await;
 }
 
 #[tokio::test]
@@ -112,11 +102,9 @@ async fn state_blob_hands_unacked_results_and_config_to_the_next_generation() {
     let old = Agent::start(dir.path(), &server.url, None);
     let mut conn = server.accept().await;
     conn.handshake(0).await;
-    conn.send(config(vec![check("disk", sh(&disk))])).await;
+    conn.send(config(1, vec![check("disk", sh(&disk))])).await;
     let sent = conn.recv_results().await;
-    old.request_stop();
-    conn.expect_goodbye().await;
-    let blob = old.join().await;
+    let blob = old.stop_via(conn).await;
     assert!(blob.unacked.len() >= sent.len());
     assert_eq!(blob.unacked[0], sent[0]);
 
@@ -127,9 +115,7 @@ async fn state_blob_hands_unacked_results_and_config_to_the_next_generation() {
     assert_eq!(hello.last_seq, blob.next_seq - 1);
     let resent = conn.recv_results().await;
     assert_eq!(resent[0], blob.unacked[0]);
-    new.request_stop();
-    conn.expect_goodbye().await;
-    new.join().await;
+    new.stop_via(conn).await;
 }
 
 #[tokio::test]

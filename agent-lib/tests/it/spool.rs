@@ -2,17 +2,9 @@
 //! (no state blob at all), acked ones are not sent again, and damaged spool
 //! files are set aside without stopping the agent.
 
-use outrider_protocol::{AgentConfig, ServerMessage};
+use outrider_protocol::ServerMessage;
 
-use crate::support::{Agent, FakeServer, check, script, sh};
-
-fn config(checks: Vec<outrider_protocol::CheckSpec>) -> ServerMessage {
-    ServerMessage::Config(AgentConfig {
-        version: 1,
-        checks,
-        ..AgentConfig::default()
-    })
-}
+use crate::support::{Agent, FakeServer, check, config, script, sh};
 
 #[tokio::test]
 async fn a_restarted_agent_resends_exactly_the_unacked_results_from_disk() {
@@ -23,16 +15,14 @@ async fn a_restarted_agent_resends_exactly_the_unacked_results_from_disk() {
     let first = Agent::start(dir.path(), &server.url, None);
     let mut conn = server.accept().await;
     conn.handshake(0).await;
-    conn.send(config(vec![check("ok", sh(&ok))])).await;
+    conn.send(config(1, vec![check("ok", sh(&ok))])).await;
     let mut sent = conn.recv_results().await;
     while sent.len() < 2 {
         sent.extend(conn.recv_results().await);
     }
     // The server stores only the first one.
     conn.send(ServerMessage::Ack { up_to: sent[0].seq }).await;
-    first.request_stop();
-    conn.expect_goodbye().await;
-    let blob = first.join().await;
+    let blob = first.stop_via(conn).await;
 
     // A new process: no state blob, only what is on disk.
     let second = Agent::start(dir.path(), &server.url, None);
@@ -45,9 +35,7 @@ async fn a_restarted_agent_resends_exactly_the_unacked_results_from_disk() {
         resent.iter().all(|r| r.seq > sent[0].seq),
         "nothing acked again"
     );
-    second.request_stop();
-    conn.expect_goodbye().await;
-    second.join().await;
+    second.stop_via(conn).await;
 }
 
 #[tokio::test]
@@ -65,7 +53,7 @@ async fn a_damaged_segment_is_set_aside_and_the_agent_runs_on() {
     let agent = Agent::start(dir.path(), &server.url, None);
     let mut conn = server.accept().await;
     conn.handshake(0).await;
-    conn.send(config(vec![check("ok", sh(&ok))])).await;
+    conn.send(config(1, vec![check("ok", sh(&ok))])).await;
     assert_eq!(conn.recv_result_of("ok").await.summary, "OK - fine");
     assert!(agent.hooks.logged("is damaged at byte 0"));
     let aside: Vec<_> = std::fs::read_dir(&spool)
@@ -74,7 +62,5 @@ async fn a_damaged_segment_is_set_aside_and_the_agent_runs_on() {
         .filter(|n| n.ends_with(".corrupt"))
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
-    agent.request_stop();
-    conn.expect_goodbye().await;
-    agent.join().await;
+    agent.stop_via(conn).await;
 }

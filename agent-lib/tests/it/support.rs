@@ -15,7 +15,7 @@ use outrider_agent::{
     StateBlob, run_agent,
 };
 use outrider_protocol::{
-    AgentMessage, CheckResult, CheckSpec, Hello, ServerMessage, Welcome, verify_proof,
+    AgentConfig, AgentMessage, CheckResult, CheckSpec, Hello, ServerMessage, Welcome, verify_proof,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -256,6 +256,14 @@ impl Agent {
     /// Asks the agent to stop (like the stub's stop pipe).
     pub fn request_stop(&self) {
         self.stop.cancel();
+    }
+
+    /// The clean stop a test ends with: stop, expect the Goodbye and the
+    /// close handshake on `conn`, and wait for `run_agent` to return.
+    pub async fn stop_via(self, conn: ServerConn) -> StateBlob {
+        self.request_stop();
+        conn.expect_goodbye().await;
+        self.join().await
     }
 
     /// Waits for `run_agent` to return.
@@ -550,6 +558,15 @@ pub fn fast_timing() -> ConnectionTiming {
         dns_timeout: Duration::from_secs(1),
         ..ConnectionTiming::default()
     }
+}
+
+/// A `Config` message: version `version` running `checks`, nothing else.
+pub fn config(version: u64, checks: Vec<CheckSpec>) -> ServerMessage {
+    ServerMessage::Config(AgentConfig {
+        version,
+        checks,
+        ..AgentConfig::default()
+    })
 }
 
 /// A check spec running `command` every second.
