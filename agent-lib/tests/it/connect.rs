@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use outrider_agent::{AgentError, AgentSettings, ConnectionTiming, Health};
-use outrider_protocol::{CheckState, ServerMessage, Welcome};
+use outrider_protocol::{CheckResult, CheckState, ServerMessage, Welcome};
 
 use crate::support::{
-    Agent, AgentOptions, FakeServer, RESOLVER_FAILURE, TestCert, TestResolver, check, config,
-    fast_timing, script, sh,
+    Agent, AgentOptions, FakeServer, RESOLVER_FAILURE, ServerConn, TestCert, TestResolver, check,
+    config, fast_timing, script, sh,
 };
 
 const HOST: &str = "mon.outrider.test";
@@ -21,6 +21,21 @@ fn welcome(resume_token: &str, server_addrs: &[&str]) -> Welcome {
         resumed: false,
         server_addrs: server_addrs.iter().map(|s| s.to_string()).collect(),
     }
+}
+
+/// Expects the CRITICAL `outrider.dns` result, its summary naming every
+/// one of `parts`.
+async fn expect_dns_broken(conn: &mut ServerConn, parts: &[&str]) -> CheckResult {
+    let dns = conn.recv_result_of("outrider.dns").await;
+    assert_eq!(dns.state, CheckState::Critical, "{}", dns.summary);
+    for part in parts {
+        assert!(
+            dns.summary.contains(part),
+            "{part:?} missing: {}",
+            dns.summary
+        );
+    }
+    dns
 }
 
 #[tokio::test]
@@ -213,15 +228,11 @@ async fn broken_dns_falls_back_to_the_last_good_ip_verifies_tls_and_reports_it()
     drop(conn);
     let mut conn = server.accept().await;
     conn.handshake(0).await;
-    let dns = conn.recv_result_of("outrider.dns").await;
-    assert_eq!(dns.state, CheckState::Critical);
-    for part in [HOST, RESOLVER_FAILURE, "127.0.0.1", "last good IP"] {
-        assert!(
-            dns.summary.contains(part),
-            "{part:?} missing: {}",
-            dns.summary
-        );
-    }
+    let dns = expect_dns_broken(
+        &mut conn,
+        &[HOST, RESOLVER_FAILURE, "127.0.0.1", "last good IP"],
+    )
+    .await;
     conn.send(ServerMessage::Ack { up_to: dns.seq }).await;
 
     // The resolver recovers: one OK result.
@@ -248,13 +259,7 @@ async fn broken_dns_falls_back_to_the_last_good_ip_verifies_tls_and_reports_it()
     let agent = Agent::start_with(dir.path(), &server.url, options());
     let mut conn = server.accept().await;
     conn.handshake(0).await;
-    let dns = conn.recv_result_of("outrider.dns").await;
-    assert_eq!(dns.state, CheckState::Critical);
-    assert!(
-        dns.summary.contains("no answer within 1000 ms"),
-        "{}",
-        dns.summary
-    );
+    expect_dns_broken(&mut conn, &["no answer within 1000 ms"]).await;
     agent.stop_via(conn).await;
 }
 
@@ -286,13 +291,7 @@ async fn with_the_last_good_ip_gone_the_addresses_the_server_listed_are_tried() 
     drop(first); // The last good IP now refuses connections.
     let mut conn = second.accept().await;
     conn.handshake(0).await;
-    let dns = conn.recv_result_of("outrider.dns").await;
-    assert_eq!(dns.state, CheckState::Critical);
-    assert!(
-        dns.summary.contains("127.0.0.2") && dns.summary.contains("server listed"),
-        "{}",
-        dns.summary
-    );
+    expect_dns_broken(&mut conn, &["127.0.0.2", "server listed"]).await;
     agent.stop_via(conn).await;
 }
 
