@@ -234,7 +234,7 @@ impl<'a> Connection<'a> {
                         SessionEnd::Stopped => return,
                         SessionEnd::Lost(e) => {
                             if matches!(e, AgentError::Rejected { .. }) {
-                                self.forget_enrollment();
+                                self.forget_enrollment().await;
                             }
                             (
                                 format!("connection to {url} lost: {e}"),
@@ -244,7 +244,7 @@ impl<'a> Connection<'a> {
                     }
                 }
                 Err(e @ AgentError::Rejected { .. }) => {
-                    self.forget_enrollment();
+                    self.forget_enrollment().await;
                     (
                         format!("{e} (at {url})"),
                         backoff
@@ -324,7 +324,7 @@ impl<'a> Connection<'a> {
         send(&mut ws, timing, &AgentMessage::Hello(hello)).await?;
         match recv_within(&mut ws, timing, "the server's welcome").await? {
             ServerMessage::Welcome(welcome) => {
-                self.welcomed(&welcome, dialed);
+                self.welcomed(&welcome, dialed).await;
                 Ok(ws)
             }
             ServerMessage::Rejected { reason } => {
@@ -339,7 +339,7 @@ impl<'a> Connection<'a> {
 
     /// Applies a `Welcome`: outbox sync, resume token, fallback addresses,
     /// the DNS report.
-    fn welcomed(&mut self, welcome: &Welcome, dialed: &Dialed) {
+    async fn welcomed(&mut self, welcome: &Welcome, dialed: &Dialed) {
         let Welcome {
             acked_seq,
             resume_token,
@@ -364,7 +364,7 @@ impl<'a> Connection<'a> {
             .saved
             .record(dialed.addr.ip(), server_addrs, fingerprint)
         {
-            self.save_memory();
+            self.save_memory().await;
         }
         let broken = dialed.resolver_error.is_some();
         if broken != self.memory.dns_broken {
@@ -390,17 +390,24 @@ impl<'a> Connection<'a> {
 
     /// After a `Rejected`: present the enrollment token again next time, in
     /// case the server forgot this agent.
-    fn forget_enrollment(&mut self) {
+    async fn forget_enrollment(&mut self) {
         if self.memory.saved.enrolled_as.take().is_some() {
             self.agent
                 .hooks
                 .info("the next attempt presents the enrollment token again");
-            self.save_memory();
+            self.save_memory().await;
         }
     }
 
-    fn save_memory(&self) {
-        if let Err(e) = self.memory.saved.save(&self.agent.settings.data_dir) {
+    /// Persists the connection memory on the blocking pool: the write
+    /// fsyncs, which must not stall the runtime thread.
+    async fn save_memory(&self) {
+        let saved = self.memory.saved.clone();
+        let dir = self.agent.settings.data_dir.clone();
+        let written = tokio::task::spawn_blocking(move || saved.save(&dir))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = written {
             self.agent.hooks.warn(&format!(
                 "cannot save the connection memory in {}: {e}",
                 self.agent.settings.data_dir.display()
