@@ -12,11 +12,17 @@
 //! so it runs on the runtime's blocking pool and only refreshes what the
 //! check needs; nothing is kept between runs except what a rate needs (the
 //! CPU times and network counters of the previous run, per check).
+//!
+//! A measurement the OS never answers (`statvfs` of a hung network mount)
+//! times out as UNKNOWN, but its blocking thread cannot be cancelled. So
+//! each check has at most one measurement in flight ([`BuiltinState`]): a
+//! later run while it is still stuck is UNKNOWN at once instead of pinning
+//! another pool thread, and a hung mount costs one thread, not one per run.
 
 mod probes;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use outrider_protocol::{CheckState, PerfData};
 
@@ -40,6 +46,8 @@ pub const BUILTINS: &[&str] = &[
 pub struct BuiltinState {
     cpu: Mutex<HashMap<String, sysinfo::System>>,
     network: Mutex<HashMap<String, (sysinfo::Networks, std::time::Instant)>>,
+    /// Checks whose blocking measurement has not returned yet.
+    in_flight: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for BuiltinState {
@@ -54,6 +62,44 @@ impl BuiltinState {
         lock(&self.cpu).retain(|k, _| keep(k));
         lock(&self.network).retain(|k, _| keep(k));
     }
+
+    /// Runs `measure` for `check` on the blocking pool; fails at once while
+    /// the check's previous measurement is still running (see the module
+    /// docs). The claim is released when `measure` returns, not when the
+    /// caller stops waiting.
+    async fn measure<T: Send + 'static>(
+        self: &Arc<Self>,
+        check: &str,
+        measure: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        if !lock(&self.in_flight).insert(check.to_owned()) {
+            return Err(
+                "the previous measurement has not returned yet: the OS is not answering".into(),
+            );
+        }
+        let claim = InFlight {
+            state: self.clone(),
+            check: check.to_owned(),
+        };
+        tokio::task::spawn_blocking(move || {
+            let _claim = claim;
+            measure()
+        })
+        .await
+        .map_err(|e| format!("the probe failed: {e}"))
+    }
+}
+
+/// A check's claim on its one measurement in flight; released on drop.
+struct InFlight {
+    state: Arc<BuiltinState>,
+    check: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.state.in_flight).remove(&self.check);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -66,19 +112,19 @@ pub async fn run_builtin(
     check: &str,
     name: &str,
     args: &[String],
-    state: &std::sync::Arc<BuiltinState>,
+    state: &Arc<BuiltinState>,
 ) -> RunOutcome {
     let started = std::time::Instant::now();
     let started_at_ms = crate::runner::unix_ms();
     let measured = match name {
         "cpu" => probes::cpu(check, args, state).await,
-        "memory" => blocking(args, probes::memory).await,
-        "swap" => blocking(args, probes::swap).await,
-        "disk" => blocking(args, probes::disk).await,
-        "load" => blocking(args, probes::load).await,
+        "memory" => blocking(check, args, probes::memory, state).await,
+        "swap" => blocking(check, args, probes::swap, state).await,
+        "disk" => blocking(check, args, probes::disk, state).await,
+        "load" => blocking(check, args, probes::load, state).await,
         "network" => probes::network(check, args, state).await,
-        "processes" => blocking(args, probes::processes).await,
-        "uptime" => blocking(args, probes::uptime).await,
+        "processes" => blocking(check, args, probes::processes, state).await,
+        "uptime" => blocking(check, args, probes::uptime, state).await,
         other => Err(format!(
             "unknown built-in check {other:?}; built-ins are {}",
             BUILTINS.join(", ")
@@ -100,13 +146,13 @@ pub async fn run_builtin(
 
 /// Runs a synchronous probe on the blocking pool.
 async fn blocking(
+    check: &str,
     args: &[String],
     probe: fn(&[String]) -> Result<Measured, String>,
+    state: &Arc<BuiltinState>,
 ) -> Result<Measured, String> {
     let args = args.to_vec();
-    tokio::task::spawn_blocking(move || probe(&args))
-        .await
-        .map_err(|e| format!("the probe failed: {e}"))?
+    state.measure(check, move || probe(&args)).await?
 }
 
 /// A finished measurement.
@@ -305,5 +351,32 @@ mod tests {
     fn bytes_are_human() {
         assert_eq!(human_bytes(512.0), "512.0 B");
         assert_eq!(human_bytes(3.5 * 1024.0 * 1024.0 * 1024.0), "3.5 GiB");
+    }
+
+    #[tokio::test]
+    async fn a_stuck_measurement_blocks_only_its_own_check_and_only_once() {
+        let state = Arc::new(BuiltinState::default());
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let state = state.clone();
+            tokio::spawn(async move { state.measure("disk", move || stuck.recv()).await })
+        };
+        // Wait until the first measurement holds its claim.
+        while !lock(&state.in_flight).contains("disk") {
+            tokio::task::yield_now().await;
+        }
+        let again = state.measure("disk", || ()).await.unwrap_err();
+        assert!(again.contains("not returned yet"), "{again}");
+        assert_eq!(state.measure("other", || 7).await, Ok(7));
+        // Giving up on the first (a timeout) does not release the claim...
+        first.abort();
+        let _ = first.await;
+        assert!(state.measure("disk", || ()).await.is_err());
+        // ...its return does.
+        release.send(()).unwrap();
+        while lock(&state.in_flight).contains("disk") {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(state.measure("disk", || 1).await, Ok(1));
     }
 }

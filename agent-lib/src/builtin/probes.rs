@@ -43,7 +43,7 @@ pub(super) async fn cpu(
     let t = args.thresholds(Some("90"), Some("95"))?;
     // Sampling reads /proc: on the blocking pool.
     let refreshed = |sys: Option<System>| {
-        tokio::task::spawn_blocking(move || {
+        state.measure(check, move || {
             let mut sys = match sys {
                 Some(sys) => sys,
                 None => System::new().map_err(|e| sys_err("CPU times", e))?,
@@ -57,14 +57,12 @@ pub(super) async fn cpu(
         Some(sys) => sys,
         None => {
             // A first sample, then the window the busy share is taken over.
-            let first = refreshed(None).await.map_err(|e| e.to_string())??;
+            let first = refreshed(None).await??;
             tokio::time::sleep(CPU_FIRST_WINDOW.max(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL)).await;
             first
         }
     };
-    let sys = refreshed(Some(previous))
-        .await
-        .map_err(|e| e.to_string())??;
+    let sys = refreshed(Some(previous)).await??;
     lock(&state.cpu).insert(check.to_owned(), sys);
     cpu_result(check, &t, state)
 }
@@ -268,17 +266,17 @@ pub(super) async fn network(
     let t = args.thresholds(None, None)?;
     let wanted = args.text("--interface").map(str::to_owned);
     let previous = lock(&state.network).remove(check);
-    let (nets, since) = tokio::task::spawn_blocking(move || match previous {
-        Some((mut nets, at)) => {
-            nets.refresh(true);
-            Ok((nets, Some(at.elapsed())))
-        }
-        None => Networks::new_with_refreshed_list()
-            .map(|n| (n, None))
-            .map_err(|e| sys_err("network interfaces", e)),
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+    let (nets, since) = state
+        .measure(check, move || match previous {
+            Some((mut nets, at)) => {
+                nets.refresh(true);
+                Ok((nets, Some(at.elapsed())))
+            }
+            None => Networks::new_with_refreshed_list()
+                .map(|n| (n, None))
+                .map_err(|e| sys_err("network interfaces", e)),
+        })
+        .await??;
     let mut names: Vec<_> = nets
         .keys()
         .map(|name| name.to_string_lossy().into_owned())
