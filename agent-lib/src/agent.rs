@@ -109,8 +109,21 @@ async fn agent_main(
     if let Some(state) = &state {
         scheduler.carry_next_runs(&state.next_runs);
     }
+    // The carried config was validated by the generation that applied it,
+    // which may be an older build with other rules: validate it again (a
+    // plugin hash becomes a file path). A refused one is simply not run;
+    // the server sends its config on connect.
     if let Some(config) = state.as_ref().and_then(|s| s.config.as_ref()) {
-        scheduler.apply(config);
+        match config.validate() {
+            Ok(()) => {
+                scheduler.apply(config);
+            }
+            Err(e) => hooks.error(&format!(
+                "the previous generation's config version {} is invalid ({e}); waiting for the \
+                 server's",
+                config.version
+            )),
+        }
     }
     hooks.info(&format!(
         "agent {} starting as {}, server {}, {} results carried over",
@@ -187,10 +200,7 @@ pub const UPDATE_EVENT_CHECK: &str = "outrider.update";
 /// other results; an event already queued (handed over by a failed
 /// generation's state blob) is not queued twice.
 fn report_update_events(events: &[String], outbox: &SharedOutbox) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = crate::runner::unix_ms();
     let mut outbox = outbox.lock();
     for event in events {
         if outbox.holds(UPDATE_EVENT_CHECK, event) {

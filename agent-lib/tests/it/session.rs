@@ -1,7 +1,7 @@
 //! The whole agent against a real websocket peer speaking the protocol.
 
-use outrider_agent::Health;
-use outrider_protocol::{CheckState, PerfData, ServerMessage};
+use outrider_agent::{Health, StateBlob};
+use outrider_protocol::{AgentConfig, CheckState, PerfData, PluginRef, ServerMessage};
 
 use crate::support::{Agent, FakeServer, check, config, script, sh};
 
@@ -157,4 +157,39 @@ async fn an_unreachable_server_is_logged_and_retried_until_stop() {
     agent.request_stop();
     let blob = agent.join().await;
     assert!(blob.unacked.is_empty());
+}
+
+#[tokio::test]
+async fn a_carried_config_that_fails_validation_is_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start().await;
+    // A plugin "hash" that is a path: it must never reach the file system.
+    let mut carried = AgentConfig {
+        version: 7,
+        checks: vec![check("p", vec!["plugin:evil".into()])],
+        ..AgentConfig::default()
+    };
+    carried.plugins.push(PluginRef {
+        name: "evil".into(),
+        sha256: "../../escape".into(),
+        size: 1,
+    });
+    let blob = StateBlob {
+        config: Some(carried),
+        ..StateBlob::default()
+    };
+    let agent = Agent::start(dir.path(), &server.url, Some(&blob));
+    let mut conn = server.accept().await;
+    let hello = conn.handshake(0).await;
+    assert_eq!(
+        hello.config_version, 0,
+        "the server is asked for its config"
+    );
+    let line = agent
+        .wait_log("previous generation's config version 7 is invalid")
+        .await;
+    assert!(line.contains("sha256"), "{line}");
+    let handed = agent.stop_via(conn).await;
+    assert!(handed.config.is_none());
+    assert!(!dir.path().join("escape.tmp").exists());
 }
