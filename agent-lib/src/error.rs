@@ -152,6 +152,16 @@ pub enum AgentError {
         source: io::Error,
     },
 
+    /// The state blob handed over by the previous generation is unusable;
+    /// the agent starts without it (the spool still holds every result).
+    #[error("the previous generation's state blob {reason}")]
+    StateBlob { reason: String },
+
+    /// `<data_dir>/connection.json` cannot be read or parsed; the agent
+    /// starts without DNS fallback addresses.
+    #[error("connection memory {path}: {reason}")]
+    ConnectionMemory { path: PathBuf, reason: String },
+
     /// The result spool directory cannot be created or listed.
     #[error("result spool {path}: {source}")]
     Spool {

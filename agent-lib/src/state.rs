@@ -15,6 +15,8 @@
 use outrider_protocol::{AgentConfig, CheckResult};
 use serde::{Deserialize, Serialize};
 
+use crate::error::AgentError;
+
 /// Format version this library writes (`AgentApiV1::state_format`).
 pub const STATE_FORMAT: u32 = 1;
 /// Oldest format this library reads (`AgentApiV1::min_state_format`).
@@ -84,17 +86,20 @@ impl StateBlob {
 
     /// Reads a blob from `state_in`; `Ok(None)` for an empty input (cold
     /// start). Fails, naming why, for garbage or a format we cannot read.
-    pub fn decode(bytes: &[u8]) -> Result<Option<StateBlob>, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Option<StateBlob>, AgentError> {
         if bytes.is_empty() {
             return Ok(None);
         }
-        let blob: StateBlob = serde_json::from_slice(bytes)
-            .map_err(|e| format!("state blob is not readable: {e}"))?;
+        let blob: StateBlob = serde_json::from_slice(bytes).map_err(|e| AgentError::StateBlob {
+            reason: format!("is not readable: {e}"),
+        })?;
         if !(MIN_STATE_FORMAT..=STATE_FORMAT).contains(&blob.version) {
-            return Err(format!(
-                "state blob has format {}, this agent reads {MIN_STATE_FORMAT}..={STATE_FORMAT}",
-                blob.version
-            ));
+            return Err(AgentError::StateBlob {
+                reason: format!(
+                    "has format {}, this agent reads {MIN_STATE_FORMAT}..={STATE_FORMAT}",
+                    blob.version
+                ),
+            });
         }
         Ok(Some(StateBlob {
             next_seq: blob.next_seq.max(1),
@@ -147,11 +152,9 @@ mod tests {
     #[test]
     fn empty_is_cold_start_and_garbage_is_refused() {
         assert_eq!(StateBlob::decode(b"").unwrap(), None);
-        assert!(StateBlob::decode(b"not json").is_err());
-        assert!(
-            StateBlob::decode(br#"{"version":2,"next_seq":1}"#)
-                .unwrap_err()
-                .contains("format 2")
-        );
+        let garbage = StateBlob::decode(b"not json").unwrap_err();
+        assert!(matches!(garbage, AgentError::StateBlob { .. }), "{garbage}");
+        let newer = StateBlob::decode(br#"{"version":2,"next_seq":1}"#).unwrap_err();
+        assert!(newer.to_string().contains("format 2"), "{newer}");
     }
 }

@@ -21,6 +21,7 @@ use outrider_protocol::Fingerprint;
 use serde::{Deserialize, Serialize};
 
 use crate::dns::AddrSource;
+use crate::error::AgentError;
 
 /// File (in the data dir) holding a [`SavedConnection`].
 pub const CONNECTION_FILE: &str = "connection.json";
@@ -58,17 +59,21 @@ impl SavedConnection {
     /// Reads `<data_dir>/connection.json` for `host`. A missing or foreign
     /// file gives an empty memory; fails, naming the file, when it cannot
     /// be read or parsed (the caller logs and starts empty).
-    pub fn load(data_dir: &Path, host: &str) -> Result<SavedConnection, String> {
+    pub fn load(data_dir: &Path, host: &str) -> Result<SavedConnection, AgentError> {
         let path = data_dir.join(CONNECTION_FILE);
+        let bad = |reason: String| AgentError::ConnectionMemory {
+            path: path.clone(),
+            reason,
+        };
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(SavedConnection::empty(host));
             }
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => return Err(bad(format!("cannot be read: {e}"))),
         };
         let file: ConnectionFile = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{} is not readable: {e}", path.display()))?;
+            .map_err(|e| bad(format!("is not valid JSON of this format: {e}")))?;
         if file.version != CONNECTION_FILE_VERSION || file.saved.host != host {
             return Ok(SavedConnection::empty(host));
         }
@@ -192,6 +197,7 @@ mod tests {
         assert!(!dir.path().join("connection.json.tmp").exists());
         std::fs::write(dir.path().join(CONNECTION_FILE), "garbage").unwrap();
         let err = SavedConnection::load(dir.path(), "mon.example").unwrap_err();
-        assert!(err.contains("connection.json"), "{err}");
+        assert!(matches!(err, AgentError::ConnectionMemory { .. }), "{err}");
+        assert!(err.to_string().contains("connection.json"), "{err}");
     }
 }
