@@ -246,32 +246,47 @@ impl Connection<'_> {
             .missing(&config)
             .into_iter()
             .partition(|p| state.retries.ready(&p.sha256, now));
-        let queue = VecDeque::from(queue);
+        let mut queue = VecDeque::from(queue);
         for p in &waiting {
             self.agent.hooks.info(&format!(
                 "plugin {} failed to download recently; it is tried again after its backoff",
                 p.name
             ));
         }
-        if let Some(old) = &state.pending {
+        // A download the new config still needs goes on where it is: the
+        // server's answer to its last GetPlugin is on the way, and starting
+        // over would take that answer for a chunk out of order. Any other
+        // download is dropped with the old config (and its temp file).
+        let (current, deadline) = match state.pending.take() {
+            Some(old) => {
+                self.agent.hooks.info(&format!(
+                    "config version {} replaces version {} while its plugins were downloading",
+                    config.version, old.config.version
+                ));
+                let kept = old.current.filter(|d| {
+                    queue
+                        .iter()
+                        .any(|p| p.sha256 == d.plugin().sha256 && p.size == d.plugin().size)
+                });
+                if let Some(d) = &kept {
+                    queue.retain(|p| p.sha256 != d.plugin().sha256);
+                }
+                (kept, old.deadline)
+            }
+            None => (None, Instant::now()),
+        };
+        let needed = queue.len() + usize::from(current.is_some());
+        if needed > 0 {
             self.agent.hooks.info(&format!(
-                "config version {} replaces version {} while its plugins were downloading",
-                config.version, old.config.version
-            ));
-        }
-        if !queue.is_empty() {
-            self.agent.hooks.info(&format!(
-                "config version {} needs {} plugins; downloading",
+                "config version {} needs {needed} plugins; downloading",
                 config.version,
-                queue.len()
             ));
         }
-        // Replacing the pending config drops its download (and temp file).
         state.pending = Some(PendingConfig {
             config,
             queue,
-            current: None,
-            deadline: Instant::now(),
+            current,
+            deadline,
         });
         self.fetch_next(ws, scheduler, state).await
     }

@@ -301,3 +301,37 @@ async fn a_plugin_that_keeps_failing_waits_for_its_backoff_across_configs_and_se
     conn.expect_goodbye().await;
     agent.join().await;
 }
+
+#[tokio::test]
+async fn a_new_config_during_a_download_it_still_needs_continues_that_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start().await;
+    let agent = Agent::start(dir.path(), &server.url, None);
+    let mut conn = server.accept().await;
+    conn.handshake(0).await;
+    let body = b"#!/bin/sh\necho 'OK shared'\n";
+    let shared = plugin("shared", body);
+    conn.send(config(
+        1,
+        vec![plugin_check("a", "shared")],
+        vec![shared.clone()],
+    ))
+    .await;
+    expect_get(&mut conn, &shared.sha256, 0).await;
+    send_chunk(&mut conn, &shared, 0, &body[..5]).await;
+    expect_get(&mut conn, &shared.sha256, 5).await;
+    // Version 2 arrives while the agent waits for the bytes from offset 5.
+    conn.send(config(
+        2,
+        vec![plugin_check("a", "shared"), plugin_check("b", "shared")],
+        vec![shared.clone()],
+    ))
+    .await;
+    agent.wait_log("config version 2 replaces version 1").await;
+    send_chunk(&mut conn, &shared, 5, &body[5..]).await;
+    agent.wait_log("plugin shared installed").await;
+    agent.wait_log("applied config version 2").await;
+    let r = expect_result(&mut conn, "b", "OK shared").await;
+    assert_eq!(r.state, CheckState::Ok);
+    agent.stop_via(conn).await;
+}
