@@ -328,7 +328,9 @@ impl<'a> Connection<'a> {
                 Ok(ws)
             }
             ServerMessage::Rejected { reason } => {
-                let _ = ws.close(None).await;
+                // Bounded: a server that stops reading must not hold the
+                // reconnect loop (and so the stop) here.
+                let _ = tokio::time::timeout(timing.close_timeout, ws.close(None)).await;
                 Err(AgentError::Rejected { reason })
             }
             other => Err(AgentError::Protocol(format!(

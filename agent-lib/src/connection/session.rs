@@ -12,7 +12,7 @@
 //!   the config needs and the cache lacks are fetched first, one chunk at a
 //!   time (`GetPlugin` → `PluginChunk`), then the config is applied by diff
 //!   and unreferenced plugins are removed. A newer config arriving during
-//!   the fetch replaces the pending one. A plugin that fails is logged; its
+//!   the fetch replaces the pending one (a download it still needs goes on). A plugin that fails is logged; its
 //!   checks then report "plugin not downloaded", and the download is tried
 //!   again when its backoff (`PluginRetries`, per content hash, kept across
 //!   sessions) allows: at the start of a session, or when the earliest
