@@ -200,22 +200,13 @@ pub const UPDATE_EVENT_CHECK: &str = "outrider.update";
 /// other results; an event already queued (handed over by a failed
 /// generation's state blob) is not queued twice.
 fn report_update_events(events: &[String], outbox: &SharedOutbox) {
-    let now = crate::runner::unix_ms();
     let mut outbox = outbox.lock();
     for event in events {
         if outbox.holds(UPDATE_EVENT_CHECK, event) {
             continue;
         }
-        outbox.push(
-            UPDATE_EVENT_CHECK,
-            crate::runner::RunOutcome {
-                state: outrider_protocol::CheckState::Warning,
-                summary: event.clone(),
-                long_output: String::new(),
-                perfdata: Vec::new(),
-                started_at_ms: now,
-                duration_ms: 0,
-            },
-        );
+        let outcome =
+            crate::runner::RunOutcome::note(outrider_protocol::CheckState::Warning, event.clone());
+        outbox.push(UPDATE_EVENT_CHECK, outcome);
     }
 }

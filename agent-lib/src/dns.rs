@@ -104,16 +104,7 @@ pub fn dns_outcome(
             ),
         ),
     };
-    RunOutcome {
-        state,
-        summary,
-        long_output: String::new(),
-        perfdata: Vec::new(),
-        started_at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        duration_ms: 0,
-    }
+    RunOutcome::note(state, summary)
 }
 
 #[cfg(test)]

@@ -328,15 +328,11 @@ impl Outbox {
     }
 }
 
-/// A WARNING result of [`SPOOL_CHECK`].
+/// A WARNING result of [`SPOOL_CHECK`], dated like the result that caused it.
 fn spool_report(summary: String, started_at_ms: i64) -> RunOutcome {
     RunOutcome {
-        state: CheckState::Warning,
-        summary,
-        long_output: String::new(),
-        perfdata: Vec::new(),
         started_at_ms,
-        duration_ms: 0,
+        ..RunOutcome::note(CheckState::Warning, summary)
     }
 }
 

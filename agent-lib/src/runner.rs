@@ -95,16 +95,22 @@ impl RunOutcome {
 }
 
 impl RunOutcome {
-    /// An UNKNOWN outcome saying `summary`, for a run that never started.
-    pub fn unknown(summary: String) -> RunOutcome {
+    /// An outcome the agent reports itself (no run behind it): `state`
+    /// and `summary` only, started now, no duration.
+    pub fn note(state: CheckState, summary: String) -> RunOutcome {
         RunOutcome {
-            state: CheckState::Unknown,
+            state,
             summary,
             long_output: String::new(),
             perfdata: Vec::new(),
             started_at_ms: unix_ms(),
             duration_ms: 0,
         }
+    }
+
+    /// An UNKNOWN outcome saying `summary`, for a run that never started.
+    pub fn unknown(summary: String) -> RunOutcome {
+        RunOutcome::note(CheckState::Unknown, summary)
     }
 }
 
