@@ -293,7 +293,10 @@ impl JobTask {
         // Due in the past (the swap took longer than the rest of the
         // interval): run now; never wait longer than one period.
         let first_delay_ms = match carried {
-            Some(at) => u64::try_from(at - unix_ms()).unwrap_or(0).min(period_ms),
+            // Saturating: `at` comes from a state blob and may be anything.
+            Some(at) => u64::try_from(at.saturating_sub(unix_ms()))
+                .unwrap_or(0)
+                .min(period_ms),
             None => random_below(period_ms),
         };
         let mut due = Instant::now() + Duration::from_millis(first_delay_ms);
@@ -591,5 +594,26 @@ mod tests {
             schedule_hash(&check.clone()),
             "stable"
         );
+    }
+
+    #[tokio::test]
+    async fn an_absurd_handed_over_due_time_runs_now_instead_of_panicking() {
+        let check = spec("echo", &["/bin/sh", "-c", "echo 'OK hi'"], 3600);
+        let carried = std::collections::BTreeMap::from([(
+            "echo".to_owned(),
+            NextRun {
+                schedule_hash: schedule_hash(&check),
+                at_unix_ms: i64::MIN,
+            },
+        )]);
+        let (mut s, outbox, _dir) = scheduler();
+        s.carry_next_runs(&carried);
+        s.apply(&AgentConfig {
+            version: 1,
+            checks: vec![check],
+            ..AgentConfig::default()
+        });
+        wait_results(&outbox, 1).await;
+        s.shutdown().await;
     }
 }
