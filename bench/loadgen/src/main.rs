@@ -12,7 +12,9 @@
 //! 4. **burst**: every agent sends its next batch as soon as the previous
 //!    one is acked: the sustained ingest ceiling;
 //! 5. **storm**: every agent drops its TCP connection (no goodbye) and
-//!    reconnects at once; time until all N are back;
+//!    reconnects as the real agent does (a random delay below 500 ms, then
+//!    jittered backoff doubling to 30 s on failure; `--reconnect-immediately`
+//!    for no delay at all); time until all N are back;
 //! 6. **stop**: goodbye, server SIGTERM, then the server's SQLite store is
 //!    read to count results lost (acked but absent) and points duplicated.
 //!
@@ -78,6 +80,10 @@ struct Args {
     /// Keep the server's data directory here instead of a temporary one.
     #[arg(long)]
     keep_dir: Option<PathBuf>,
+    /// Reconnect at once after a drop instead of with the real agent's
+    /// jittered backoff (random below 500 ms, doubling to 30 s).
+    #[arg(long)]
+    reconnect_immediately: bool,
     /// Worker threads of the harness runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -184,6 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         interval: Duration::from_secs(args.interval_secs.max(1)),
         perfdata_per_result: args.perfdata,
         results_per_burst_batch: args.burst_results.max(1),
+        agent_backoff: !args.reconnect_immediately,
     });
     let counters = Arc::new(Counters::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Steady);
