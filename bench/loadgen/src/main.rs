@@ -237,9 +237,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     );
 
-    // 3. run-now under steady load
+    // 3. run-now under steady load, then the read side: a Prometheus
+    // scrape of every agent's latest values and one series query.
     let rtts = run_now(&server, args.agents, args.rpc_calls).await?;
     log(start, &format!("run-now: {}", rtts.summary()));
+    let t0 = Instant::now();
+    let (status, body) = server.request("GET", "/metrics", None).await?;
+    let scrape_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(status == 200, "GET /metrics: {status}");
+    let fp0 = outrider_protocol::fingerprint_of(&agent::key(0).verifying_key());
+    let t0 = Instant::now();
+    let (status, points) = server
+        .request(
+            "GET",
+            &format!("/api/v1/series/query?agent={fp0}&check={CHECK}&metric=m0"),
+            None,
+        )
+        .await?;
+    let query_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(status == 200, "series query: {status} {points}");
+    log(
+        start,
+        &format!(
+            "GET /metrics: {scrape_ms:.0} ms, {} lines, {} bytes; series query (1 h raw): {query_ms:.1} ms",
+            body.lines().count(),
+            body.len()
+        ),
+    );
 
     // 4. burst
     phase_tx.send_replace(Phase::Burst);
@@ -348,7 +372,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     );
     println!(
-        "\nSUMMARY agents={} connect_s={:.1} rss_idle_kib={} rss_steady_kib={} rss_burst_kib={} rss_storm_kib={} hwm_kib={} steady_samples_per_s={:.0} burst_samples_per_s={:.0} storm_s={} rpc={} lost={} points={}/{} failures={}",
+        "\nSUMMARY agents={} scrape_ms={scrape_ms:.0} connect_s={:.1} rss_idle_kib={} rss_steady_kib={} rss_burst_kib={} rss_storm_kib={} hwm_kib={} steady_samples_per_s={:.0} burst_samples_per_s={:.0} storm_s={} rpc={} lost={} points={}/{} failures={}",
         args.agents,
         connected_in.as_secs_f64(),
         idle.rss_kib,
