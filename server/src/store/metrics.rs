@@ -745,6 +745,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_series_cache_is_refilled_with_the_same_ids() {
+        let (_dir, store, fp) = store().await;
+        *store.series.lock().unwrap() = SeriesCache::new(2);
+        let labels = ["a", "b", "c"];
+        let batch = |seq: u64| {
+            let perfdata = labels.iter().map(|l| perf(l, seq as f64, "")).collect();
+            vec![result(seq, seq as i64 * 1_000, perfdata)]
+        };
+        store.ingest(&fp, batch(1)).await.unwrap();
+        assert!(store.series.lock().unwrap().len() <= 2);
+        store.ingest(&fp, batch(2)).await.unwrap();
+        // Three series, never more, each with both points.
+        assert_eq!(count(&store, "series").await, 3);
+        for label in labels {
+            let q = SeriesQuery {
+                metric: label.into(),
+                ..query(&fp, 0, 10_000, None)
+            };
+            let got = store.query_series(q).await.unwrap().unwrap();
+            assert_eq!(got.points.len(), 2, "{label}");
+        }
+    }
+
+    #[tokio::test]
     async fn old_results_go_but_each_checks_latest_stays() {
         let (_dir, store, fp) = store().await;
         let batch: Vec<_> = (1..=5)
