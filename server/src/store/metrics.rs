@@ -257,12 +257,18 @@ impl Store {
         check: Option<String>,
     ) -> anyhow::Result<Vec<SeriesInfo>> {
         self.call(move |c| {
+            // Key ranges rather than `?1 IS NULL OR ...`, which would scan
+            // every series even when one agent is asked for.
+            let (low, high) = match &agent {
+                Some(fp) => (fp.as_str(), fp.as_str()),
+                None => ("", "\u{10ffff}"),
+            };
             let mut stmt = c.prepare_cached(
                 "SELECT fingerprint, check_name, label, uom FROM series
-                 WHERE (?1 IS NULL OR fingerprint = ?1) AND (?2 IS NULL OR check_name = ?2)
+                 WHERE fingerprint BETWEEN ?1 AND ?2 AND (?3 IS NULL OR check_name = ?3)
                  ORDER BY fingerprint, check_name, label",
             )?;
-            let rows = stmt.query_map(params![agent.as_ref().map(|a| a.as_str()), check], |r| {
+            let rows = stmt.query_map(params![low, high, check], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
