@@ -221,8 +221,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     log(
         start,
         &format!(
-            "server RSS idle with all agents: {} KiB (baseline {} KiB)",
-            idle.rss_kib, baseline.rss_kib
+            "server RSS idle with all agents: {} KiB, {} threads (baseline {} KiB)",
+            idle.rss_kib, idle.threads, baseline.rss_kib
         ),
     );
 
@@ -232,8 +232,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     log(
         start,
         &format!(
-            "steady: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB",
-            steady.0, steady.1, args.steady_secs, steady_mem.rss_kib
+            "steady: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB, {} threads",
+            steady.0, steady.1, args.steady_secs, steady_mem.rss_kib, steady_mem.threads
         ),
     );
 
@@ -273,8 +273,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     log(
         start,
         &format!(
-            "burst: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB",
-            burst.0, burst.1, args.burst_secs, burst_mem.rss_kib
+            "burst: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB, {} threads",
+            burst.0, burst.1, args.burst_secs, burst_mem.rss_kib, burst_mem.threads
         ),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -298,10 +298,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(d) => log(
             start,
             &format!(
-                "storm: all {} back in {:.2} s; RSS {} KiB",
+                "storm: all {} back in {:.2} s; RSS {} KiB, {} threads",
                 args.agents,
                 d.as_secs_f64(),
-                storm_mem.rss_kib
+                storm_mem.rss_kib,
+                storm_mem.threads
             ),
         ),
         None => log(

@@ -25,6 +25,8 @@ pub struct ServerProcess {
 pub struct Memory {
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// Threads of the process (tokio workers plus its blocking pool).
+    pub threads: u64,
 }
 
 impl ServerProcess {
@@ -86,7 +88,7 @@ impl ServerProcess {
         self.child.id()
     }
 
-    /// `VmRSS` and `VmHWM` of the server now.
+    /// `VmRSS`, `VmHWM` and thread count of the server now.
     pub fn memory(&self) -> anyhow::Result<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let field = |name: &str| {
@@ -99,6 +101,7 @@ impl ServerProcess {
         Ok(Memory {
             rss_kib: field("VmRSS:"),
             hwm_kib: field("VmHWM:"),
+            threads: field("Threads:"),
         })
     }
 
