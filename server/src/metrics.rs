@@ -21,7 +21,7 @@
 
 pub mod graphite;
 pub mod prometheus;
-mod query;
+pub mod query;
 pub mod retention;
 
 use std::sync::Arc;
