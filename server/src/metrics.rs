@@ -186,7 +186,7 @@ impl Metrics {
 
 /// Stores a batch from agent `fp` and hands what was newly stored to the
 /// live event stream and the Graphite queue. Returns the sequence number to
-/// acknowledge; it is computed after the transaction committed, so nothing
+/// acknowledge, and only once the batch's transaction committed, so nothing
 /// acked can be lost.
 ///
 /// Fails when the store fails; nothing of the batch is stored then.
