@@ -68,6 +68,8 @@ pub struct Settings {
     pub results_per_burst_batch: usize,
     /// Reconnect like the real agent (jittered backoff) rather than at once.
     pub agent_backoff: bool,
+    /// How many agents run, to spread their batches over the interval.
+    pub agents: usize,
 }
 
 /// Counters shared by all agents.
@@ -145,7 +147,7 @@ pub async fn run(
     let offset = agent
         .settings
         .interval
-        .mul_f64(index as f64 % 1000.0 / 1000.0);
+        .mul_f64(index as f64 / agent.settings.agents.max(1) as f64);
     let mut storm_seen = 0;
     let mut attempt = 0u32;
     let mut rng = 0x2545_f491_4f6c_dd1d ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;

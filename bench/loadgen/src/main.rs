@@ -191,6 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         perfdata_per_result: args.perfdata,
         results_per_burst_batch: args.burst_results.max(1),
         agent_backoff: !args.reconnect_immediately,
+        agents: args.agents,
     });
     let counters = Arc::new(Counters::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Steady);
@@ -333,19 +334,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let end_mem = server.memory()?;
     server.stop().context("stopping the server")?;
-    let stored = server::read_store(&data_dir)?;
-    let (mut lost, mut unacked, mut results) = (0u64, 0u64, 0u64);
-    for t in &tallies {
-        let (count, max) = stored
-            .results
-            .get(&t.fingerprint)
-            .copied()
-            .unwrap_or((0, 0));
-        results += count;
-        // Every seq up to the acked one must be stored.
-        lost += t.acked_seq.saturating_sub(count.min(max));
-        unacked += t.sent_seq - t.acked_seq;
-    }
+    let acked: Vec<(String, u64)> = tallies
+        .iter()
+        .map(|t| (t.fingerprint.clone(), t.acked_seq))
+        .collect();
+    let stored = server::read_store(&data_dir, &acked)?;
+    let (lost, results) = (stored.lost, stored.results);
+    let unacked: u64 = tallies.iter().map(|t| t.sent_seq - t.acked_seq).sum();
     let expected_points = results * args.perfdata as u64;
     log(
         start,
