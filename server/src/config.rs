@@ -78,6 +78,8 @@ pub enum ConfigError {
     PlainOnNetwork(SocketAddr),
     #[error("--max-agent-connections must be at least 1")]
     NoConnections,
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsConfigError),
 }
 
 impl ServerConfig {
@@ -113,6 +115,7 @@ impl ServerConfig {
         if self.max_agent_connections == 0 {
             return Err(ConfigError::NoConnections);
         }
+        self.metrics.validate()?;
         Ok(())
     }
 }

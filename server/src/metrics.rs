@@ -21,7 +21,7 @@
 
 pub mod graphite;
 pub mod prometheus;
-mod query;
+pub mod query;
 pub mod retention;
 
 use std::sync::Arc;
@@ -101,29 +101,46 @@ impl Default for MetricsConfig {
     }
 }
 
+/// A metric setting that cannot work; each names its flag.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsConfigError {
+    #[error(
+        "--rollup-retention-days ({rollup}) must be at least --raw-retention-days ({raw}): rollups are made from raw points"
+    )]
+    RollupsShorterThanRaw { raw: u32, rollup: u32 },
+    #[error("--graphite-addr {0:?} must be host:port, e.g. carbon.example:2003")]
+    GraphiteAddr(String),
+    #[error("--graphite-prefix {0:?} must be dot-separated components of A-Z, a-z, 0-9, '_', '-'")]
+    GraphitePrefix(String),
+    #[error("--graphite-queue-lines must be at least 1")]
+    GraphiteQueueEmpty,
+    #[error("--metrics-token is empty; give a token or leave the flag out")]
+    EmptyMetricsToken,
+}
+
 impl MetricsConfig {
     /// Checks what clap cannot: relations between fields and formats.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), MetricsConfigError> {
         if self.rollup_retention_days < self.raw_retention_days {
-            anyhow::bail!(
-                "--rollup-retention-days ({}) must be at least --raw-retention-days ({}): rollups are made from raw points",
-                self.rollup_retention_days,
-                self.raw_retention_days
-            );
+            return Err(MetricsConfigError::RollupsShorterThanRaw {
+                raw: self.raw_retention_days,
+                rollup: self.rollup_retention_days,
+            });
         }
         if let Some(addr) = &self.graphite_addr {
             graphite::check_addr(addr)?;
         }
         graphite::check_prefix(&self.graphite_prefix)?;
         if self.graphite_queue_lines == 0 {
-            anyhow::bail!("--graphite-queue-lines must be at least 1");
+            return Err(MetricsConfigError::GraphiteQueueEmpty);
         }
         if self
             .metrics_token
             .as_deref()
             .is_some_and(|t| t.trim().is_empty())
         {
-            anyhow::bail!("--metrics-token is empty; give a token or leave the flag out");
+            return Err(MetricsConfigError::EmptyMetricsToken);
         }
         Ok(())
     }
@@ -151,7 +168,7 @@ impl Metrics {
     /// Validates `config` and prepares (but does not start) the outputs.
     ///
     /// Fails with a sentence naming the bad flag.
-    pub fn new(config: MetricsConfig) -> anyhow::Result<Metrics> {
+    pub fn new(config: MetricsConfig) -> Result<Metrics, MetricsConfigError> {
         config.validate()?;
         let graphite = config.graphite_addr.as_ref().map(|_| {
             Arc::new(graphite::Queue::new(
@@ -169,7 +186,7 @@ impl Metrics {
 
 /// Stores a batch from agent `fp` and hands what was newly stored to the
 /// live event stream and the Graphite queue. Returns the sequence number to
-/// acknowledge; it is computed after the transaction committed, so nothing
+/// acknowledge, and only once the batch's transaction committed, so nothing
 /// acked can be lost.
 ///
 /// Fails when the store fails; nothing of the batch is stored then.
@@ -230,4 +247,41 @@ pub fn admin_routes(state: Arc<AppState>) -> Router {
         .route("/api/v1/series", get(query::list))
         .route("/api/v1/series/query", get(query::points))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_settings_name_their_flag() {
+        let bad = MetricsConfig {
+            raw_retention_days: 30,
+            rollup_retention_days: 7,
+            ..MetricsConfig::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(MetricsConfigError::RollupsShorterThanRaw { raw: 30, rollup: 7 })
+        ));
+        let bad = MetricsConfig {
+            graphite_addr: Some("carbon".into()),
+            ..MetricsConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--graphite-addr")
+        );
+        let bad = MetricsConfig {
+            metrics_token: Some(" ".into()),
+            ..MetricsConfig::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(MetricsConfigError::EmptyMetricsToken)
+        ));
+        assert!(MetricsConfig::default().validate().is_ok());
+    }
 }

@@ -54,7 +54,16 @@ pub struct Store {
     /// Series ids of perfdata metrics (store/metrics.rs); locked only
     /// while `conn` is held.
     series: Arc<Mutex<metrics::SeriesCache>>,
+    /// Calls allowed onto the blocking pool at once. Only one can hold the
+    /// connection, so more would only park threads on the mutex: under a
+    /// burst of thousands of agents the pool grew to its 512 threads (and
+    /// their stacks and malloc arenas); waiting here costs a task, not a
+    /// thread. Fair (FIFO), like the mutex it fronts.
+    gate: Arc<tokio::sync::Semaphore>,
 }
+
+/// Size of [`Store::gate`]: one call running, a few ready behind it.
+const CONCURRENT_CALLS: usize = 4;
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies the schema.
@@ -71,6 +80,7 @@ impl Store {
             series: Arc::new(Mutex::new(metrics::SeriesCache::new(
                 metrics::DEFAULT_SERIES_CACHE_ENTRIES,
             ))),
+            gate: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)),
         })
     }
 
@@ -80,8 +90,12 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send + 'static,
     {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let permit = self.gate.clone().acquire_owned().await;
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
+            // Held until the call is done, even if the caller went away.
+            let _permit = permit;
             // A poisoned mutex means a previous call panicked mid-operation;
             // SQLite rolled that transaction back, so the connection is fine.
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());

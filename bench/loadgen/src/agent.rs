@@ -32,8 +32,15 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// ephemeral ports; TIME_WAIT after a reconnect storm needs the headroom).
 const AGENTS_PER_SOURCE_IP: usize = 1_000;
 
-/// How long one handshake step may take before the attempt is retried.
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long TCP connect + websocket upgrade, and then each handshake
+/// message, may take before the attempt is retried (the real agent's
+/// `CONNECT_TIMEOUT` and `HANDSHAKE_TIMEOUT`).
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The real agent's reconnect policy: full jitter, the ceiling starting at
+/// 500 ms and doubling up to 30 s, reset by a successful handshake.
+const RECONNECT_BASE: Duration = Duration::from_millis(500);
+const RECONNECT_CAP: Duration = Duration::from_secs(30);
 
 /// What the harness wants the agents to do now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +66,10 @@ pub struct Settings {
     pub interval: Duration,
     pub perfdata_per_result: usize,
     pub results_per_burst_batch: usize,
+    /// Reconnect like the real agent (jittered backoff) rather than at once.
+    pub agent_backoff: bool,
+    /// How many agents run, to spread their batches over the interval.
+    pub agents: usize,
 }
 
 /// Counters shared by all agents.
@@ -136,8 +147,10 @@ pub async fn run(
     let offset = agent
         .settings
         .interval
-        .mul_f64(index as f64 % 1000.0 / 1000.0);
+        .mul_f64(index as f64 / agent.settings.agents.max(1) as f64);
     let mut storm_seen = 0;
+    let mut attempt = 0u32;
+    let mut rng = 0x2545_f491_4f6c_dd1d ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     loop {
         if *phase.borrow() == Phase::Stop {
             break;
@@ -146,24 +159,25 @@ pub async fn run(
             Ok(ws) => ws,
             Err(e) => {
                 agent.counters.fail(&format!("connect: {e:#}"));
+                let delay = agent.reconnect_delay(&mut attempt, &mut rng);
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = tokio::time::sleep(delay) => continue,
                     _ = phase.changed() => continue,
                 }
             }
         };
+        attempt = 0;
         agent.counters.connected.fetch_add(1, Ordering::Relaxed);
         agent.counters.handshakes.fetch_add(1, Ordering::Relaxed);
         let end = agent.session(ws, &mut phase, &mut storm_seen, offset).await;
         agent.counters.connected.fetch_sub(1, Ordering::Relaxed);
         match end {
             SessionEnd::Stopped => break,
-            SessionEnd::Storm => continue,
-            SessionEnd::Failed(why) => {
-                agent.counters.fail(&format!("session: {why}"));
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            SessionEnd::Storm => {}
+            SessionEnd::Failed(why) => agent.counters.fail(&format!("session: {why}")),
         }
+        // The connection is gone: wait as the real agent would.
+        tokio::time::sleep(agent.reconnect_delay(&mut attempt, &mut rng)).await;
     }
     Tally {
         fingerprint: agent.fp.to_string(),
@@ -194,19 +208,41 @@ enum SessionEnd {
 }
 
 impl Agent {
+    /// The delay before the next connection attempt: with agent backoff, a
+    /// uniformly random time below the ceiling (500 ms doubling to 30 s);
+    /// otherwise none.
+    fn reconnect_delay(&self, attempt: &mut u32, rng: &mut u64) -> Duration {
+        if !self.settings.agent_backoff {
+            return Duration::ZERO;
+        }
+        let ceiling = RECONNECT_BASE
+            .saturating_mul(1u32 << (*attempt).min(10))
+            .min(RECONNECT_CAP);
+        *attempt += 1;
+        // xorshift64: reproducible per agent, no OS randomness needed.
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        Duration::from_millis(*rng % (ceiling.as_millis() as u64 + 1))
+    }
+
     async fn connect(&self, source: Ipv4Addr) -> anyhow::Result<Ws> {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::from((source, 0)))?;
-        let stream =
-            tokio::time::timeout(STEP_TIMEOUT, socket.connect(self.settings.server)).await??;
+        // One deadline for TCP connect and upgrade, as the real agent has.
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let stream = tokio::time::timeout_at(deadline, socket.connect(self.settings.server))
+            .await
+            .context("TCP connect timed out")?
+            .context("TCP connect")?;
         stream.set_nodelay(true)?;
         let config = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
             .write_buffer_size(0)
             .max_message_size(Some(outrider_protocol::MAX_MESSAGE_BYTES));
         let url = format!("ws://{}{AGENT_WS_PATH}", self.settings.server);
-        let (mut ws, _) = tokio::time::timeout(
-            STEP_TIMEOUT,
+        let (mut ws, _) = tokio::time::timeout_at(
+            deadline,
             tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
         )
         .await

@@ -12,7 +12,9 @@
 //! 4. **burst**: every agent sends its next batch as soon as the previous
 //!    one is acked: the sustained ingest ceiling;
 //! 5. **storm**: every agent drops its TCP connection (no goodbye) and
-//!    reconnects at once; time until all N are back;
+//!    reconnects as the real agent does (a random delay below 500 ms, then
+//!    jittered backoff doubling to 30 s on failure; `--reconnect-immediately`
+//!    for no delay at all); time until all N are back;
 //! 6. **stop**: goodbye, server SIGTERM, then the server's SQLite store is
 //!    read to count results lost (acked but absent) and points duplicated.
 //!
@@ -78,6 +80,10 @@ struct Args {
     /// Keep the server's data directory here instead of a temporary one.
     #[arg(long)]
     keep_dir: Option<PathBuf>,
+    /// Reconnect at once after a drop instead of with the real agent's
+    /// jittered backoff (random below 500 ms, doubling to 30 s).
+    #[arg(long)]
+    reconnect_immediately: bool,
     /// Worker threads of the harness runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -184,6 +190,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         interval: Duration::from_secs(args.interval_secs.max(1)),
         perfdata_per_result: args.perfdata,
         results_per_burst_batch: args.burst_results.max(1),
+        agent_backoff: !args.reconnect_immediately,
+        agents: args.agents,
     });
     let counters = Arc::new(Counters::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Steady);
@@ -214,8 +222,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     log(
         start,
         &format!(
-            "server RSS idle with all agents: {} KiB (baseline {} KiB)",
-            idle.rss_kib, baseline.rss_kib
+            "server RSS idle with all agents: {} KiB, {} threads (baseline {} KiB)",
+            idle.rss_kib, idle.threads, baseline.rss_kib
         ),
     );
 
@@ -225,14 +233,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
     log(
         start,
         &format!(
-            "steady: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB",
-            steady.0, steady.1, args.steady_secs, steady_mem.rss_kib
+            "steady: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB, {} threads",
+            steady.0, steady.1, args.steady_secs, steady_mem.rss_kib, steady_mem.threads
         ),
     );
 
-    // 3. run-now under steady load
+    // 3. run-now under steady load, then the read side: a Prometheus
+    // scrape of every agent's latest values and one series query.
     let rtts = run_now(&server, args.agents, args.rpc_calls).await?;
     log(start, &format!("run-now: {}", rtts.summary()));
+    let t0 = Instant::now();
+    let (status, body) = server.request("GET", "/metrics", None).await?;
+    let scrape_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(status == 200, "GET /metrics: {status}");
+    let fp0 = outrider_protocol::fingerprint_of(&agent::key(0).verifying_key());
+    let t0 = Instant::now();
+    let (status, points) = server
+        .request(
+            "GET",
+            &format!("/api/v1/series/query?agent={fp0}&check={CHECK}&metric=m0"),
+            None,
+        )
+        .await?;
+    let query_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(status == 200, "series query: {status} {points}");
+    log(
+        start,
+        &format!(
+            "GET /metrics: {scrape_ms:.0} ms, {} lines, {} bytes; series query (1 h raw): {query_ms:.1} ms",
+            body.lines().count(),
+            body.len()
+        ),
+    );
 
     // 4. burst
     phase_tx.send_replace(Phase::Burst);
@@ -242,8 +274,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     log(
         start,
         &format!(
-            "burst: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB",
-            burst.0, burst.1, args.burst_secs, burst_mem.rss_kib
+            "burst: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB, {} threads",
+            burst.0, burst.1, args.burst_secs, burst_mem.rss_kib, burst_mem.threads
         ),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -267,10 +299,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(d) => log(
             start,
             &format!(
-                "storm: all {} back in {:.2} s; RSS {} KiB",
+                "storm: all {} back in {:.2} s; RSS {} KiB, {} threads",
                 args.agents,
                 d.as_secs_f64(),
-                storm_mem.rss_kib
+                storm_mem.rss_kib,
+                storm_mem.threads
             ),
         ),
         None => log(
@@ -301,19 +334,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let end_mem = server.memory()?;
     server.stop().context("stopping the server")?;
-    let stored = server::read_store(&data_dir)?;
-    let (mut lost, mut unacked, mut results) = (0u64, 0u64, 0u64);
-    for t in &tallies {
-        let (count, max) = stored
-            .results
-            .get(&t.fingerprint)
-            .copied()
-            .unwrap_or((0, 0));
-        results += count;
-        // Every seq up to the acked one must be stored.
-        lost += t.acked_seq.saturating_sub(count.min(max));
-        unacked += t.sent_seq - t.acked_seq;
-    }
+    let acked: Vec<(String, u64)> = tallies
+        .iter()
+        .map(|t| (t.fingerprint.clone(), t.acked_seq))
+        .collect();
+    let stored = server::read_store(&data_dir, &acked)?;
+    let (lost, results) = (stored.lost, stored.results);
+    let unacked: u64 = tallies.iter().map(|t| t.sent_seq - t.acked_seq).sum();
     let expected_points = results * args.perfdata as u64;
     log(
         start,
@@ -341,7 +368,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     );
     println!(
-        "\nSUMMARY agents={} connect_s={:.1} rss_idle_kib={} rss_steady_kib={} rss_burst_kib={} rss_storm_kib={} hwm_kib={} steady_samples_per_s={:.0} burst_samples_per_s={:.0} storm_s={} rpc={} lost={} points={}/{} failures={}",
+        "\nSUMMARY agents={} scrape_ms={scrape_ms:.0} connect_s={:.1} rss_idle_kib={} rss_steady_kib={} rss_burst_kib={} rss_storm_kib={} hwm_kib={} steady_samples_per_s={:.0} burst_samples_per_s={:.0} storm_s={} rpc={} lost={} points={}/{} failures={}",
         args.agents,
         connected_in.as_secs_f64(),
         idle.rss_kib,

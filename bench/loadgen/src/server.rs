@@ -25,6 +25,8 @@ pub struct ServerProcess {
 pub struct Memory {
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// Threads of the process (tokio workers plus its blocking pool).
+    pub threads: u64,
 }
 
 impl ServerProcess {
@@ -86,7 +88,7 @@ impl ServerProcess {
         self.child.id()
     }
 
-    /// `VmRSS` and `VmHWM` of the server now.
+    /// `VmRSS`, `VmHWM` and thread count of the server now.
     pub fn memory(&self) -> anyhow::Result<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let field = |name: &str| {
@@ -99,6 +101,7 @@ impl ServerProcess {
         Ok(Memory {
             rss_kib: field("VmRSS:"),
             hwm_kib: field("VmHWM:"),
+            threads: field("Threads:"),
         })
     }
 
@@ -154,34 +157,37 @@ impl ServerProcess {
     }
 }
 
-/// What the store holds after the run, per agent: stored result count and
-/// the highest seq.
+/// What the stopped server's store holds, measured against what the agents
+/// were told (their acked seqs).
 #[derive(Debug, Default)]
 pub struct Stored {
-    pub results: std::collections::HashMap<String, (u64, u64)>,
+    /// Results stored, all agents.
+    pub results: u64,
+    /// Sequence numbers at or below an agent's acked seq that are not
+    /// stored: acked data the server lost.
+    pub lost: u64,
     pub points: u64,
 }
 
-/// Reads the stopped server's database.
-pub fn read_store(data_dir: &Path) -> anyhow::Result<Stored> {
+/// Reads the stopped server's database; `acked` is each agent's
+/// (fingerprint, highest acked seq).
+pub fn read_store(data_dir: &Path, acked: &[(String, u64)]) -> anyhow::Result<Stored> {
     let db = rusqlite::Connection::open_with_flags(
         data_dir.join("outrider.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )?;
-    let mut stored = Stored::default();
+    let mut stored = Stored {
+        results: db.query_row("SELECT COUNT(*) FROM results", [], |r| r.get::<_, i64>(0))? as u64,
+        points: db.query_row("SELECT COUNT(*) FROM points", [], |r| r.get::<_, i64>(0))? as u64,
+        lost: 0,
+    };
+    // Seqs are assigned 1, 2, 3, … per agent, so the acked ones are exactly
+    // 1..=acked: count those present.
     let mut stmt =
-        db.prepare("SELECT fingerprint, COUNT(*), MAX(seq) FROM results GROUP BY fingerprint")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (fp, count, max) = row?;
-        stored.results.insert(fp, (count as u64, max as u64));
+        db.prepare("SELECT COUNT(*) FROM results WHERE fingerprint = ?1 AND seq BETWEEN 1 AND ?2")?;
+    for (fp, up_to) in acked {
+        let present: i64 = stmt.query_row(rusqlite::params![fp, *up_to as i64], |r| r.get(0))?;
+        stored.lost += up_to.saturating_sub(present as u64);
     }
-    stored.points = db.query_row("SELECT COUNT(*) FROM points", [], |r| r.get::<_, i64>(0))? as u64;
     Ok(stored)
 }

@@ -27,6 +27,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::MetricsConfigError;
+
 /// At most one "lines dropped" warning per this interval.
 pub const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Lines written per `write_all`.
@@ -38,18 +40,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Checks that `addr` looks like `host:port`.
-pub fn check_addr(addr: &str) -> anyhow::Result<()> {
-    let port = addr
-        .rsplit_once(':')
-        .map(|(host, port)| (host, port.parse::<u16>()));
-    match port {
-        Some((host, Ok(p))) if !host.is_empty() && p != 0 => Ok(()),
-        _ => anyhow::bail!("--graphite-addr {addr:?} must be host:port, e.g. carbon.example:2003"),
+pub fn check_addr(addr: &str) -> Result<(), MetricsConfigError> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Ok(())
+        }
+        _ => Err(MetricsConfigError::GraphiteAddr(addr.to_owned())),
     }
 }
 
 /// Checks that `prefix` is one or more dot-separated sanitised components.
-pub fn check_prefix(prefix: &str) -> anyhow::Result<()> {
+pub fn check_prefix(prefix: &str) -> Result<(), MetricsConfigError> {
     let ok = !prefix.is_empty()
         && prefix
             .split('.')
@@ -57,9 +58,7 @@ pub fn check_prefix(prefix: &str) -> anyhow::Result<()> {
     if ok {
         Ok(())
     } else {
-        anyhow::bail!(
-            "--graphite-prefix {prefix:?} must be dot-separated components of A-Z, a-z, 0-9, '_', '-'"
-        )
+        Err(MetricsConfigError::GraphitePrefix(prefix.to_owned()))
     }
 }
 

@@ -12,10 +12,10 @@
 //! - `outrider_ingested_results_total`, `outrider_ingested_samples_total`,
 //!   `outrider_graphite_dropped_lines_total` counters of this process.
 //!
-//! No timestamps: the values are "now" as far as this server knows, and
-//! Prometheus marks them stale on its own when they stop changing... or
-//! when the series disappears. Label values are escaped (`\` → `\\`,
-//! `"` → `\"`, newline → `\n`).
+//! No timestamps: each value is the latest this server has, and Prometheus
+//! stamps it with the scrape time (a check that stops reporting keeps its
+//! last value; `outrider_agent_up` says whether its agent is there). Label
+//! values are escaped (`\` → `\\`, `"` → `\"`, newline → `\n`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

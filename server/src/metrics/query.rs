@@ -11,7 +11,7 @@
 //! the range being `[from_ms, to_ms)`; `step_secs` (optional bucket width).
 //! Without `step_secs` the answer is raw points when the range lies in the
 //! raw retention window and holds at most
-//! [`MAX_QUERY_POINTS`](crate::store::metrics::MAX_QUERY_POINTS), else
+//! [`MAX_QUERY_POINTS`], else
 //! aggregated buckets (`resolution` says which).
 
 use std::collections::HashMap;

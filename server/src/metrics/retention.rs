@@ -132,7 +132,97 @@ pub async fn pass(
 
 #[cfg(test)]
 mod tests {
+    use outrider_protocol::{CheckResult, CheckState, Fingerprint, PerfData};
+
     use super::*;
+    use crate::store::Registration;
+    use crate::store::metrics::{Resolution, SeriesQuery};
+
+    #[tokio::test]
+    async fn the_loop_folds_expired_points_at_start_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("r.db")).await.unwrap();
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        store
+            .register(Registration {
+                fingerprint: fp.clone(),
+                public_key: "00".repeat(32),
+                hostname: "h".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                agent_version: "0".into(),
+                build_sha256: None,
+                build_version: None,
+                tags: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let old = now_ms() - 10 * DAY_MS;
+        let result = |seq: u64, value: f64| CheckResult {
+            seq,
+            check: "load".into(),
+            state: CheckState::Ok,
+            summary: String::new(),
+            long_output: String::new(),
+            perfdata: vec![PerfData {
+                label: "load1".into(),
+                value,
+                uom: String::new(),
+                warn: None,
+                crit: None,
+                min: None,
+                max: None,
+            }],
+            started_at_ms: old + seq as i64,
+            duration_ms: 1,
+        };
+        store
+            .ingest(&fp, vec![result(1, 1.0), result(2, 3.0)])
+            .await
+            .unwrap();
+        let policy = Policy::from_config(&MetricsConfig {
+            raw_retention_days: 1,
+            ..MetricsConfig::default()
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(store.clone(), policy, shutdown.clone()));
+        let query = SeriesQuery {
+            agent: fp,
+            check: "load".into(),
+            metric: "load1".into(),
+            from_ms: old - DAY_MS,
+            to_ms: old + DAY_MS,
+            step_ms: None,
+            raw_since_ms: 0,
+        };
+        // The first pass runs at once; raw points become one rollup.
+        let folded = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let got = store.query_series(query.clone()).await.unwrap().unwrap();
+                if got.resolution == Resolution::Raw && got.points.is_empty() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        folded.await.expect("raw points folded within 5 s");
+        let aggregated = store
+            .query_series(SeriesQuery {
+                step_ms: Some(DAY_MS),
+                ..query
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(aggregated.points.len(), 1);
+        assert_eq!(aggregated.points[0].count, Some(2));
+        assert_eq!(aggregated.points[0].value, 2.0);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the loop stops on shutdown")
+            .unwrap();
+    }
 
     #[test]
     fn cutoffs_follow_the_policy_and_align_raw_to_buckets() {

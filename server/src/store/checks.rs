@@ -197,14 +197,25 @@ impl Store {
             let plugins = load_plugin_refs(&tx)?;
             let mut out = Vec::new();
             {
-                let mut stmt = tx.prepare(
-                    "SELECT fingerprint, hello_tags, server_tags, allow_adhoc, config_version, config_sha256
-                     FROM agents WHERE ?1 IS NULL OR fingerprint = ?1",
-                )?;
-                let mut update = tx.prepare(
+                // Two statements: `?1 IS NULL OR fingerprint = ?1` cannot
+                // use the primary key, and scanned every agent on every
+                // handshake (a reconnect storm of N agents read N² rows).
+                const SELECT: &str = "SELECT fingerprint, hello_tags, server_tags, allow_adhoc, config_version, config_sha256
+                                      FROM agents";
+                let mut stmt;
+                let mut rows = match &only {
+                    Some(fp) => {
+                        stmt = tx.prepare_cached(&format!("{SELECT} WHERE fingerprint = ?1"))?;
+                        stmt.query([fp.as_str()])?
+                    }
+                    None => {
+                        stmt = tx.prepare_cached(SELECT)?;
+                        stmt.query([])?
+                    }
+                };
+                let mut update = tx.prepare_cached(
                     "UPDATE agents SET config_version = ?2, config_sha256 = ?3 WHERE fingerprint = ?1",
                 )?;
-                let mut rows = stmt.query([only.as_ref().map(|f| f.as_str())])?;
                 while let Some(r) = rows.next()? {
                     let fp: String = r.get(0)?;
                     let tags = effective_tags(&json_tags(r.get(1)?), &json_tags(r.get(2)?));

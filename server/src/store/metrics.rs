@@ -257,12 +257,18 @@ impl Store {
         check: Option<String>,
     ) -> anyhow::Result<Vec<SeriesInfo>> {
         self.call(move |c| {
+            // Key ranges rather than `?1 IS NULL OR ...`, which would scan
+            // every series even when one agent is asked for.
+            let (low, high) = match &agent {
+                Some(fp) => (fp.as_str(), fp.as_str()),
+                None => ("", "\u{10ffff}"),
+            };
             let mut stmt = c.prepare_cached(
                 "SELECT fingerprint, check_name, label, uom FROM series
-                 WHERE (?1 IS NULL OR fingerprint = ?1) AND (?2 IS NULL OR check_name = ?2)
+                 WHERE fingerprint BETWEEN ?1 AND ?2 AND (?3 IS NULL OR check_name = ?3)
                  ORDER BY fingerprint, check_name, label",
             )?;
-            let rows = stmt.query_map(params![agent.as_ref().map(|a| a.as_str()), check], |r| {
+            let rows = stmt.query_map(params![low, high, check], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -742,6 +748,30 @@ mod tests {
         let step = store.retention_step(0, expire).await.unwrap();
         assert_eq!(step.rollups_deleted, 2);
         assert_eq!(count(&store, "points").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_series_cache_is_refilled_with_the_same_ids() {
+        let (_dir, store, fp) = store().await;
+        *store.series.lock().unwrap() = SeriesCache::new(2);
+        let labels = ["a", "b", "c"];
+        let batch = |seq: u64| {
+            let perfdata = labels.iter().map(|l| perf(l, seq as f64, "")).collect();
+            vec![result(seq, seq as i64 * 1_000, perfdata)]
+        };
+        store.ingest(&fp, batch(1)).await.unwrap();
+        assert!(store.series.lock().unwrap().len() <= 2);
+        store.ingest(&fp, batch(2)).await.unwrap();
+        // Three series, never more, each with both points.
+        assert_eq!(count(&store, "series").await, 3);
+        for label in labels {
+            let q = SeriesQuery {
+                metric: label.into(),
+                ..query(&fp, 0, 10_000, None)
+            };
+            let got = store.query_series(q).await.unwrap().unwrap();
+            assert_eq!(got.points.len(), 2, "{label}");
+        }
     }
 
     #[tokio::test]

@@ -60,16 +60,22 @@ impl Store {
         agent: Option<Fingerprint>,
     ) -> anyhow::Result<Vec<ResultInfo>> {
         self.call(move |c| {
-            let mut stmt = c.prepare(
+            // A range on the key rather than `?1 IS NULL OR l.fingerprint = ?1`,
+            // which SQLite answers with a scan of every agent's rows.
+            let (low, high) = match &agent {
+                Some(fp) => (fp.as_str(), fp.as_str()),
+                None => ("", "\u{10ffff}"),
+            };
+            let mut stmt = c.prepare_cached(
                 "SELECT r.fingerprint, a.hostname, r.check_name, r.seq, r.state, r.summary, r.long_output,
                         r.perfdata, r.started_at_ms, r.duration_ms, r.received_at_ms
                  FROM latest_results l
                  JOIN results r ON r.fingerprint = l.fingerprint AND r.seq = l.seq
                  JOIN agents a ON a.fingerprint = l.fingerprint
-                 WHERE ?1 IS NULL OR l.fingerprint = ?1
+                 WHERE l.fingerprint BETWEEN ?1 AND ?2
                  ORDER BY a.hostname, r.fingerprint, r.check_name",
             )?;
-            let rows = stmt.query_map([agent.as_ref().map(|f| f.as_str())], |r| {
+            let rows = stmt.query_map([low, high], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
