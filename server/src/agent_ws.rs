@@ -195,7 +195,9 @@ async fn introduce(
 /// returns the close frame to send.
 async fn finish(state: &AppState, fp: &Fingerprint, id: u64, end: End) -> (u16, &'static str) {
     let ours = state.sessions.remove(fp, id);
-    state.sessions.touch_resume_token(fp);
+    if ours && matches!(end, End::Goodbye(_)) {
+        state.sessions.forget_resume_token(fp);
+    }
     let presence = match &end {
         End::Goodbye(_) => Some(Presence::Deregistered),
         End::Replaced | End::ServerShutdown => None,

@@ -12,15 +12,19 @@
 //! - An RPC waiter is woken exactly once: by the answer, by the session
 //!   ending (its sender is dropped), or by its own timeout, after which
 //!   the [`PendingGuard`] removes it so a late answer is ignored.
-//! - A resume token is valid for one reconnect within [`RESUME_WINDOW`].
+//! - A resume token is valid for one reconnect within [`RESUME_WINDOW`]
+//!   after its session ended; while the session is live it does not age.
+//!   An agent that says goodbye has its token dropped, so the map holds at
+//!   most one token per live agent plus those that left in the window.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outrider_protocol::{CheckResult, Fingerprint, ServerMessage};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// RPCs that may wait for one agent at the same time.
@@ -51,6 +55,13 @@ pub struct SessionLink {
     pub rpc_rx: mpsc::Receiver<Box<ServerMessage>>,
 }
 
+/// A resume token and when its session ended (`None` while it is live).
+#[derive(Debug)]
+struct ResumeToken {
+    token: String,
+    ended_at: Option<Instant>,
+}
+
 #[derive(Debug)]
 struct Pending {
     agent: Fingerprint,
@@ -62,7 +73,7 @@ struct Pending {
 pub struct Sessions {
     next_id: AtomicU64,
     live: Mutex<HashMap<Fingerprint, Live>>,
-    resume: Mutex<HashMap<Fingerprint, (String, Instant)>>,
+    resume: Mutex<HashMap<Fingerprint, ResumeToken>>,
     pending: Mutex<HashMap<String, Pending>>,
 }
 
@@ -127,7 +138,8 @@ impl Sessions {
     }
 
     /// Removes session `id` of `fp`; false when a newer session replaced
-    /// it. Pending RPCs of the agent fail at once when it was ours.
+    /// it. When it was ours, pending RPCs of the agent fail at once and the
+    /// resume window of its token starts now.
     pub fn remove(&self, fp: &Fingerprint, id: u64) -> bool {
         let mut live = lock(&self.live);
         match live.get(fp) {
@@ -135,6 +147,9 @@ impl Sessions {
                 live.remove(fp);
                 drop(live);
                 lock(&self.pending).retain(|_, p| &p.agent != fp);
+                if let Some(resume) = lock(&self.resume).get_mut(fp) {
+                    resume.ended_at = Some(Instant::now());
+                }
                 true
             }
             _ => false,
@@ -163,20 +178,27 @@ impl Sessions {
         }
     }
 
-    /// A fresh resume token for `fp`, replacing the previous one.
+    /// A fresh resume token for `fp`'s live session, replacing the previous one.
     pub fn issue_resume_token(&self, fp: &Fingerprint) -> String {
         let token = random_id(16);
-        lock(&self.resume).insert(fp.clone(), (token.clone(), Instant::now()));
+        let entry = ResumeToken {
+            token: token.clone(),
+            ended_at: None,
+        };
+        lock(&self.resume).insert(fp.clone(), entry);
         token
     }
 
-    /// Whether `token` is `fp`'s current resume token and recent; it is
-    /// consumed either way.
+    /// Whether `token` is `fp`'s current resume token, its session ended
+    /// less than [`RESUME_WINDOW`] ago or is still live (the agent
+    /// reconnects before the server noticed the loss); it is consumed
+    /// either way.
     pub fn take_resume_token(&self, fp: &Fingerprint, token: &str) -> bool {
         let mut resume = lock(&self.resume);
-        resume.retain(|_, (_, at)| at.elapsed() < RESUME_WINDOW);
+        resume.retain(|_, r| r.ended_at.is_none_or(|at| at.elapsed() < RESUME_WINDOW));
         match resume.remove(fp) {
-            Some((expected, _)) => {
+            Some(expected) => {
+                let expected = expected.token;
                 expected.len() == token.len()
                     && expected
                         .bytes()
@@ -188,12 +210,10 @@ impl Sessions {
         }
     }
 
-    /// Marks `fp`'s resume token as fresh again (at session end), so the
-    /// window counts from the disconnect.
-    pub fn touch_resume_token(&self, fp: &Fingerprint) {
-        if let Some((_, at)) = lock(&self.resume).get_mut(fp) {
-            *at = Instant::now();
-        }
+    /// Drops `fp`'s resume token: the agent said goodbye and will register
+    /// afresh, so nothing may resume its session.
+    pub fn forget_resume_token(&self, fp: &Fingerprint) {
+        lock(&self.resume).remove(fp);
     }
 
     /// Sends the RPC built by `make(id)` to `fp` and registers its waiter.
@@ -328,6 +348,37 @@ mod tests {
         assert!(!sessions.take_resume_token(&fp(1), "forged"));
         let token = sessions.issue_resume_token(&fp(1));
         assert!(sessions.take_resume_token(&fp(1), &token));
+        assert!(!sessions.take_resume_token(&fp(1), &token));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_token_does_not_age_while_its_session_is_live() {
+        let sessions = Sessions::default();
+        let long = sessions.insert(&fp(1));
+        let token = sessions.issue_resume_token(&fp(1));
+        let _other = sessions.insert(&fp(2));
+        let other_token = sessions.issue_resume_token(&fp(2));
+        // A session that outlives the window; meanwhile another agent
+        // resumes, which prunes expired tokens.
+        tokio::time::advance(RESUME_WINDOW * 2).await;
+        assert!(sessions.take_resume_token(&fp(2), &other_token));
+        // The window counts from the end of the session.
+        assert!(sessions.remove(&fp(1), long.id));
+        tokio::time::advance(RESUME_WINDOW / 2).await;
+        assert!(sessions.take_resume_token(&fp(1), &token));
+        // And it does end.
+        let again = sessions.insert(&fp(1));
+        let token = sessions.issue_resume_token(&fp(1));
+        assert!(sessions.remove(&fp(1), again.id));
+        tokio::time::advance(RESUME_WINDOW).await;
+        assert!(!sessions.take_resume_token(&fp(1), &token));
+    }
+
+    #[test]
+    fn a_goodbye_forgets_the_resume_token() {
+        let sessions = Sessions::default();
+        let token = sessions.issue_resume_token(&fp(1));
+        sessions.forget_resume_token(&fp(1));
         assert!(!sessions.take_resume_token(&fp(1), &token));
     }
 

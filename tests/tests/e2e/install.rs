@@ -306,3 +306,78 @@ fn scripts_are_posix_shellcheck_clean_and_truncation_safe() {
         );
     }
 }
+
+/// A root install writes the system paths of DESIGN.md §2. Run in a private
+/// mount namespace with fresh tmpfs over `/opt`, `/var/log` and
+/// `/etc/outrider`, so the host's own directories are never touched.
+#[test]
+fn root_install_uses_the_system_paths_and_uninstall_removes_them() {
+    assert_eq!(
+        current_uid(),
+        0,
+        "the root install test runs as root (CI does)"
+    );
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let installer = dir.path().join("install.sh");
+    let text = ureq::get(&format!("{}/install.sh", server.url))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    std::fs::write(&installer, text).unwrap();
+    let etc_existed = Path::new("/etc/outrider").exists();
+    let steps = format!(
+        r#"set -eu
+mount -t tmpfs none /opt
+mount -t tmpfs none /var/log
+mkdir -p /etc/outrider
+mount -t tmpfs none /etc/outrider
+trap 'kill -KILL "$(cat /opt/outrider/outrider-agent.pid 2>/dev/null)" 2>/dev/null || true' EXIT
+sh {installer} --token {token} --channel dev --root-sha256 {root} --service-manager none
+test -x /opt/outrider/bin/outrider-agent
+test -f /etc/outrider/agent.toml
+test -f /etc/outrider/root.json
+i=0
+until [ -f /etc/outrider/identity.key ] && [ -d /var/log/outrider ]; do
+    i=$((i + 1)); [ "$i" -lt 200 ] || {{ echo "no identity.key or log dir" >&2; exit 3; }}
+    sleep 0.1
+done
+i=0
+until curl -sf -H "Authorization: Bearer {admin}" {url}/api/v1/agents | grep -q '"connected"'; do
+    i=$((i + 1)); [ "$i" -lt 600 ] || {{ echo "the agent never connected" >&2; exit 4; }}
+    sleep 0.1
+done
+sh {installer} --uninstall --service-manager none
+test ! -e /opt/outrider
+test ! -e /var/log/outrider
+test -z "$(ls -A /etc/outrider)"
+"#,
+        installer = installer.display(),
+        token = outrider_tests::ENROLLMENT_TOKEN,
+        admin = server.admin_token,
+        url = server.url,
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &steps])
+        .output()
+        .expect("run unshare (util-linux)");
+    if !etc_existed {
+        let _ = std::fs::remove_dir("/etc/outrider");
+    }
+    assert!(
+        out.status.success(),
+        "root install in a mount namespace failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    // The uninstall's SIGTERM made the agent say goodbye.
+    wait_presence(&server, "deregistered");
+}
+
+/// The real user id, from `id -u`.
+fn current_uid() -> u32 {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
