@@ -553,7 +553,8 @@ uninstall() {
         # A prefix that existed before the install: remove only our entries.
         rm -rf "${config_dir:?}" "${log_dir:?}" "${data_dir:?}/bin" "$data_dir/versions" \
             "$data_dir/run" "$data_dir/spool" "$data_dir/plugins" "$data_dir/state.json" \
-            "$data_dir/state.json.tmp" "$data_dir/outrider-agent.lock" "$pid_file" "$record"
+            "$data_dir/state.json.tmp" "$data_dir/outrider-agent.lock" "$data_dir/connection.json" \
+            "$pid_file" "$record"
         rmdir "$data_dir" 2>/dev/null || say "left $data_dir: it holds files the installer did not create"
     fi
     say "uninstalled"
