@@ -381,3 +381,27 @@ fn current_uid() -> u32 {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+#[test]
+fn uninstall_from_a_prefix_that_existed_keeps_what_was_there() {
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+    let install = Install::new();
+    std::fs::create_dir_all(&install.prefix).unwrap();
+    std::fs::write(install.prefix.join("notes.txt"), "mine").unwrap();
+
+    let out = run_installer(&server, &install_args(&install, &root, "web"));
+    assert!(out.status.success(), "install failed: {}", stderr(&out));
+    wait_presence(&server, "connected");
+    let out = run_installer(
+        &server,
+        &["--uninstall", "--prefix", install.prefix.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "uninstall failed: {}", stderr(&out));
+    wait_presence(&server, "deregistered");
+    assert_eq!(
+        files_under(&install.prefix),
+        vec!["notes.txt".to_owned()],
+        "only the installer's own files are removed"
+    );
+}
