@@ -19,7 +19,10 @@
 //! message (store calls, plugin reads) runs in boxed futures so it does not
 //! inflate the size of every idle session's future. A malformed, oversized or
 //! out-of-protocol frame ends only its own session, with the reason logged;
-//! results are acked only after the store committed them.
+//! results are acked only after the store committed them. Every send is
+//! bounded in time (the agent's `down_after_secs` once registered): an agent
+//! that stops reading is lost like one that stops talking, instead of
+//! holding its session in a full socket buffer forever.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,8 +45,13 @@ use crate::sessions::SessionLink;
 use crate::store::{Registration, normalize_tags};
 use crate::{AppState, configs};
 
-/// How long an agent has to answer the challenge.
+/// How long an agent has to answer the challenge; also the bound on each
+/// send before the session is registered.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the closing frame may take to go out: a peer that stopped
+/// reading must not hold its session task (and shutdown) open.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Read buffer per connection; tungstenite's default (128 KiB) dominates the
 /// memory of an idle connection.
@@ -162,7 +170,7 @@ async fn introduce(
     let challenge = ServerMessage::Challenge {
         nonce: nonce.clone(),
     };
-    send(socket, &challenge).await.ok()?;
+    send(socket, &challenge, HELLO_TIMEOUT).await.ok()?;
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_message(socket)).await {
         Ok(Ok(AgentMessage::Hello(hello))) => hello,
         Ok(Ok(other)) => {
@@ -324,14 +332,14 @@ async fn converse(
     mut sent_version: Option<u64>,
     link: &mut SessionLink,
 ) -> End {
-    if let Err(e) = send(socket, &ServerMessage::Welcome(welcome)).await {
+    let down_after = Duration::from_secs(state.config.down_after_secs.max(2));
+    if let Err(e) = send(socket, &ServerMessage::Welcome(welcome), down_after).await {
         return End::Lost(e);
     }
     // The first pass of the loop sends the config unless the agent has it.
     link.config_changed.notify_one();
     let mut ping =
         tokio::time::interval(Duration::from_secs(state.config.ping_interval_secs.max(1)));
-    let down_after = Duration::from_secs(state.config.down_after_secs.max(2));
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -341,8 +349,8 @@ async fn converse(
                 if last_heard.elapsed() > down_after {
                     return End::Silent;
                 }
-                if let Err(e) = socket.send(Message::Ping(Default::default())).await {
-                    return End::Lost(e.to_string());
+                if let Err(e) = send_frame(socket, Message::Ping(Default::default()), down_after).await {
+                    return End::Lost(e);
                 }
             }
             () = link.config_changed.notified() => {
@@ -351,13 +359,13 @@ async fn converse(
                     continue;
                 }
                 debug!(fingerprint = %fp, version = config.version, "pushing config");
-                if let Err(e) = send(socket, &ServerMessage::Config((*config).clone())).await {
+                if let Err(e) = send(socket, &ServerMessage::Config((*config).clone()), down_after).await {
                     return End::Lost(e);
                 }
                 sent_version = Some(config.version);
             }
             Some(request) = link.rpc_rx.recv() => {
-                if let Err(e) = send(socket, &request).await {
+                if let Err(e) = send(socket, &request, down_after).await {
                     return End::Lost(e);
                 }
             }
@@ -377,7 +385,7 @@ async fn converse(
                 };
                 // Boxed: the idle session future stays small; the
                 // one allocation per message is cheap next to its work.
-                if let Some(end) = Box::pin(handle(state, socket, fp, message)).await {
+                if let Some(end) = Box::pin(handle(state, socket, fp, message, down_after)).await {
                     return end;
                 }
             }
@@ -385,12 +393,14 @@ async fn converse(
     }
 }
 
-/// Handles one agent message; `Some` ends the session.
+/// Handles one agent message, each reply sent within `limit`; `Some` ends
+/// the session.
 async fn handle(
     state: &AppState,
     socket: &mut WebSocket,
     fp: &Fingerprint,
     message: AgentMessage,
+    limit: Duration,
 ) -> Option<End> {
     match message {
         AgentMessage::Results { results } => {
@@ -404,7 +414,7 @@ async fn handle(
                 Ok(up_to) => up_to,
                 Err(e) => return Some(End::StoreFailed(format!("{e:#}"))),
             };
-            send(socket, &ServerMessage::Ack { up_to })
+            send(socket, &ServerMessage::Ack { up_to }, limit)
                 .await
                 .err()
                 .map(End::Lost)
@@ -426,7 +436,7 @@ async fn handle(
         }
         AgentMessage::GetPlugin { sha256, offset } => {
             let reply = plugin_reply(state, fp, sha256, offset).await;
-            send(socket, &reply).await.err().map(End::Lost)
+            send(socket, &reply, limit).await.err().map(End::Lost)
         }
         AgentMessage::Goodbye { reason } => Some(End::Goodbye(truncate(&reason, 256))),
         AgentMessage::Hello(_) => Some(End::Protocol("second hello".into())),
@@ -482,11 +492,21 @@ async fn next_message(socket: &mut WebSocket) -> Result<AgentMessage, String> {
     }
 }
 
-async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> Result<(), String> {
-    socket
-        .send(Message::Text(msg.encode().into()))
-        .await
-        .map_err(|e| e.to_string())
+/// Sends `msg` within `limit`; the error is the reason the session is lost.
+async fn send(socket: &mut WebSocket, msg: &ServerMessage, limit: Duration) -> Result<(), String> {
+    send_frame(socket, Message::Text(msg.encode().into()), limit).await
+}
+
+/// Sends `frame` within `limit`: a peer whose socket buffer stays full that
+/// long is not reading any more.
+async fn send_frame(socket: &mut WebSocket, frame: Message, limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(limit, socket.send(frame)).await {
+        Ok(sent) => sent.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the agent did not take a message within {} s",
+            limit.as_secs()
+        )),
+    }
 }
 
 async fn reject(socket: &mut WebSocket, reason: &str) {
@@ -495,6 +515,7 @@ async fn reject(socket: &mut WebSocket, reason: &str) {
         &ServerMessage::Rejected {
             reason: reason.to_owned(),
         },
+        HELLO_TIMEOUT,
     )
     .await;
     close(socket, close_code::POLICY, "rejected").await;
@@ -505,7 +526,8 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
         code,
         reason: reason.into(),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    // Best effort: the session is over whether or not the peer gets it.
+    let _ = send_frame(socket, Message::Close(Some(frame)), CLOSE_TIMEOUT).await;
 }
 
 /// `N` random bytes as hex. The OS random source failing is unrecoverable

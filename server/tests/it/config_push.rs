@@ -2,7 +2,7 @@
 //! agents only, plugins uploaded, served in chunks and deleted when unused.
 
 use base64::Engine as _;
-use outrider_protocol::api::{AgentInfo, PluginInfo};
+use outrider_protocol::api::{AgentInfo, PluginInfo, Presence};
 use outrider_protocol::{AgentMessage, CheckState, PLUGIN_CHUNK_BYTES, PluginRef, ServerMessage};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -238,5 +238,46 @@ async fn plugins_are_served_in_chunks_to_agents_that_use_them() {
         json!([])
     );
     assert!(!server.data_dir().join("plugins").join(&sha).exists());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_that_stops_reading_its_downloads_is_down() {
+    // Keepalives far apart: only the bounded send can notice this agent.
+    let server = Server::start_with(|c| {
+        c.ping_interval_secs = 60;
+        c.down_after_secs = 2;
+    })
+    .await;
+    let auth = format!("Bearer {}", server.admin_token);
+    let agent = Agent::new(1, "hoarder");
+    let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let bytes = plugin_bytes(PLUGIN_CHUNK_BYTES);
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let (status, body) = server
+        .http_raw(
+            "PUT",
+            "/api/v1/plugins/check_big",
+            Some(&auth),
+            Some("application/octet-stream"),
+            &bytes,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let check = json!({ "command": ["plugin:check_big"], "interval_secs": 60, "timeout_secs": 10 });
+    server
+        .admin("PUT", "/api/v1/checks/big", Some(&check))
+        .await;
+    expect_config(&mut conn).await;
+    // Ask for far more than the socket buffers hold, then never read: the
+    // server's session blocks in a send until its bound gives up.
+    for _ in 0..200 {
+        conn.send(&AgentMessage::GetPlugin {
+            sha256: sha.clone(),
+            offset: 0,
+        })
+        .await;
+    }
+    server.wait_presence(&agent.fp, Presence::Down).await;
     server.stop().await;
 }
