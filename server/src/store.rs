@@ -15,6 +15,8 @@ mod agents;
 mod checks;
 pub mod metrics;
 mod results;
+#[cfg(test)]
+pub(crate) mod test_support;
 mod tokens;
 
 use std::path::Path;

@@ -132,31 +132,15 @@ pub async fn pass(
 
 #[cfg(test)]
 mod tests {
-    use outrider_protocol::{CheckResult, CheckState, Fingerprint, PerfData};
+    use outrider_protocol::{CheckResult, CheckState, PerfData};
 
     use super::*;
-    use crate::store::Registration;
     use crate::store::metrics::{Resolution, SeriesQuery};
+    use crate::store::test_support::store_with_agent;
 
     #[tokio::test]
     async fn the_loop_folds_expired_points_at_start_and_stops_on_shutdown() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("r.db")).await.unwrap();
-        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
-        store
-            .register(Registration {
-                fingerprint: fp.clone(),
-                public_key: "00".repeat(32),
-                hostname: "h".into(),
-                os: "linux".into(),
-                arch: "x86_64".into(),
-                agent_version: "0".into(),
-                build_sha256: None,
-                build_version: None,
-                tags: Vec::new(),
-            })
-            .await
-            .unwrap();
+        let (_dir, store, fp) = store_with_agent("h").await;
         let old = now_ms() - 10 * DAY_MS;
         let result = |seq: u64, value: f64| CheckResult {
             seq,

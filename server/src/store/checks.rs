@@ -366,24 +366,18 @@ fn load_checks(c: &Connection) -> anyhow::Result<Vec<CheckInfo>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Registration;
+    use crate::store::test_support::registration;
 
     async fn store_with(agents: &[(&str, &[&str])]) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         for (fp, tags) in agents {
             store
-                .register(Registration {
-                    fingerprint: fp.parse().unwrap(),
-                    public_key: "00".repeat(32),
-                    hostname: format!("host-{fp}"),
-                    os: "linux".into(),
-                    arch: "x86_64".into(),
-                    agent_version: "0.1.0".into(),
-                    build_sha256: None,
-                    build_version: None,
-                    tags: tags.iter().map(|t| t.to_string()).collect(),
-                })
+                .register(registration(
+                    &fp.parse().unwrap(),
+                    &format!("host-{fp}"),
+                    tags,
+                ))
                 .await
                 .unwrap();
         }

@@ -545,7 +545,7 @@ mod tests {
     use outrider_protocol::{CheckState, PerfData};
 
     use super::*;
-    use crate::store::Registration;
+    use crate::store::test_support::store_with_agent;
 
     const HOUR_MS: i64 = 3_600_000;
 
@@ -575,24 +575,7 @@ mod tests {
     }
 
     async fn store() -> (tempfile::TempDir, Store, Fingerprint) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("m.db")).await.unwrap();
-        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
-        store
-            .register(Registration {
-                fingerprint: fp.clone(),
-                public_key: "00".repeat(32),
-                hostname: "db-1".into(),
-                os: "linux".into(),
-                arch: "x86_64".into(),
-                agent_version: "0.1.0".into(),
-                build_sha256: None,
-                build_version: None,
-                tags: Vec::new(),
-            })
-            .await
-            .unwrap();
-        (dir, store, fp)
+        store_with_agent("db-1").await
     }
 
     fn query(fp: &Fingerprint, from_ms: i64, to_ms: i64, step_ms: Option<i64>) -> SeriesQuery {

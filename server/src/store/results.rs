@@ -174,7 +174,7 @@ mod tests {
     use outrider_protocol::{CheckState, PerfData};
 
     use super::*;
-    use crate::store::Registration;
+    use crate::store::{Registration, test_support};
 
     fn result(seq: u64, check: &str, state: CheckState) -> CheckResult {
         CheckResult {
@@ -198,24 +198,7 @@ mod tests {
     }
 
     async fn store_with_agent() -> (tempfile::TempDir, Store, Fingerprint) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
-        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
-        store
-            .register(Registration {
-                fingerprint: fp.clone(),
-                public_key: "00".repeat(32),
-                hostname: "web-1".into(),
-                os: "linux".into(),
-                arch: "x86_64".into(),
-                agent_version: "0.1.0".into(),
-                build_sha256: None,
-                build_version: None,
-                tags: Vec::new(),
-            })
-            .await
-            .unwrap();
-        (dir, store, fp)
+        test_support::store_with_agent("web-1").await
     }
 
     #[tokio::test]
@@ -253,21 +236,16 @@ mod tests {
             .await
             .unwrap();
         drop(store);
-        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let store = Store::open(&dir.path().join("test.db")).await.unwrap();
         let agents = store.agents().await.unwrap();
         assert_eq!(agents[0].presence, Presence::Deregistered);
         // Re-registration reports what is already stored.
         let acked = store
             .register(Registration {
-                fingerprint: fp.clone(),
-                public_key: "00".repeat(32),
-                hostname: "web-1".into(),
-                os: "linux".into(),
-                arch: "x86_64".into(),
                 agent_version: "0.1.1".into(),
                 build_sha256: Some("cd".repeat(32)),
                 build_version: Some("0.1.1".into()),
-                tags: Vec::new(),
+                ..test_support::registration(&fp, "web-1", &[])
             })
             .await
             .unwrap();
