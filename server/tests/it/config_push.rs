@@ -121,6 +121,22 @@ fn plugin_bytes(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Uploads `bytes` as plugin `name` and returns what the server stored.
+async fn upload_plugin(server: &Server, name: &str, bytes: &[u8]) -> PluginInfo {
+    let auth = format!("Bearer {}", server.admin_token);
+    let (status, body) = server
+        .http_raw(
+            "PUT",
+            &format!("/api/v1/plugins/{name}"),
+            Some(&auth),
+            Some("application/octet-stream"),
+            bytes,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_value(body).unwrap()
+}
+
 #[tokio::test]
 async fn plugins_are_served_in_chunks_to_agents_that_use_them() {
     let server = Server::start().await;
@@ -142,17 +158,7 @@ async fn plugins_are_served_in_chunks_to_agents_that_use_them() {
 
     let bytes = plugin_bytes(PLUGIN_CHUNK_BYTES + 1000);
     let sha = hex::encode(Sha256::digest(&bytes));
-    let (status, body) = server
-        .http_raw(
-            "PUT",
-            "/api/v1/plugins/check_big",
-            Some(&auth),
-            Some("application/octet-stream"),
-            &bytes,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let info: PluginInfo = serde_json::from_value(body).unwrap();
+    let info = upload_plugin(&server, "check_big", &bytes).await;
     assert_eq!(
         (info.sha256.as_str(), info.size),
         (sha.as_str(), bytes.len() as u64)
@@ -249,21 +255,11 @@ async fn an_agent_that_stops_reading_its_downloads_is_down() {
         c.down_after_secs = 2;
     })
     .await;
-    let auth = format!("Bearer {}", server.admin_token);
     let agent = Agent::new(1, "hoarder");
     let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
-    let bytes = plugin_bytes(PLUGIN_CHUNK_BYTES);
-    let sha = hex::encode(Sha256::digest(&bytes));
-    let (status, body) = server
-        .http_raw(
-            "PUT",
-            "/api/v1/plugins/check_big",
-            Some(&auth),
-            Some("application/octet-stream"),
-            &bytes,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let sha = upload_plugin(&server, "check_big", &plugin_bytes(PLUGIN_CHUNK_BYTES))
+        .await
+        .sha256;
     let check = json!({ "command": ["plugin:check_big"], "interval_secs": 60, "timeout_secs": 10 });
     server
         .admin("PUT", "/api/v1/checks/big", Some(&check))

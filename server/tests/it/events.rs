@@ -1,9 +1,21 @@
 //! The live event stream: presence changes and stored results, pushed.
 
 use outrider_protocol::api::{Event, Presence};
-use outrider_protocol::{AgentMessage, CheckState};
+use outrider_protocol::{AgentMessage, CheckState, Fingerprint};
 
-use crate::helpers::{Agent, ENROLLMENT_TOKEN, Server, result};
+use crate::helpers::{Agent, ENROLLMENT_TOKEN, EventStream, Server, result};
+
+/// The next presence change of `fp` on the stream.
+async fn next_presence(events: &mut EventStream, fp: &Fingerprint) -> Presence {
+    events
+        .find(|e| match e {
+            Event::Presence {
+                agent, presence, ..
+            } if agent == fp => Some(*presence),
+            _ => None,
+        })
+        .await
+}
 
 #[tokio::test]
 async fn presence_changes_and_results_are_pushed_to_subscribers() {
@@ -12,14 +24,7 @@ async fn presence_changes_and_results_are_pushed_to_subscribers() {
     let agent = Agent::new(1, "web-1");
     let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
     let fp = agent.fp.clone();
-    let presence = events
-        .find(|e| match e {
-            Event::Presence {
-                agent, presence, ..
-            } if agent == &fp => Some(*presence),
-            _ => None,
-        })
-        .await;
+    let presence = next_presence(&mut events, &fp).await;
     assert_eq!(presence, Presence::Connected);
 
     conn.send_results(vec![result(5, "load", CheckState::Critical, "load 42")])
@@ -36,14 +41,7 @@ async fn presence_changes_and_results_are_pushed_to_subscribers() {
         reason: "shutdown".into(),
     })
     .await;
-    let presence = events
-        .find(|e| match e {
-            Event::Presence {
-                agent, presence, ..
-            } if agent == &fp => Some(*presence),
-            _ => None,
-        })
-        .await;
+    let presence = next_presence(&mut events, &fp).await;
     assert_eq!(presence, Presence::Deregistered);
     // The open stream does not hold up shutdown.
     server.stop().await;
