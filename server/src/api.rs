@@ -137,13 +137,28 @@ async fn list_agents(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Agen
     Ok(Json(state.store.agents().await?))
 }
 
+/// The 404 of a route naming an agent the server does not know.
+pub fn no_agent(fp: &Fingerprint) -> ApiError {
+    ApiError::NotFound(format!("no agent with fingerprint {fp}"))
+}
+
 async fn known_agent(state: &AppState, text: &str) -> Result<AgentInfo, ApiError> {
     let fp = parse_fp(text)?;
-    state
-        .store
-        .agent(&fp)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no agent with fingerprint {fp}")))
+    state.store.agent(&fp).await?.ok_or_else(|| no_agent(&fp))
+}
+
+/// The answer of a route that changed agent `fp` (`found`: whether the
+/// store knew it): its config is recomputed (and pushed), then it is shown.
+async fn changed_agent(
+    state: &AppState,
+    fp: &Fingerprint,
+    found: bool,
+) -> Result<Json<AgentInfo>, ApiError> {
+    if !found {
+        return Err(no_agent(fp));
+    }
+    configs::refresh(state, Some(fp)).await?;
+    Ok(Json(known_agent(state, fp.as_str()).await?))
 }
 
 async fn show_agent(
@@ -171,13 +186,8 @@ async fn put_agent_tags(
 ) -> Result<Json<AgentInfo>, ApiError> {
     let fp = parse_fp(&fp)?;
     let tags = valid_tags(&body.tags, "tags")?;
-    if !state.store.set_server_tags(&fp, tags).await? {
-        return Err(ApiError::NotFound(format!(
-            "no agent with fingerprint {fp}"
-        )));
-    }
-    configs::refresh(&state, Some(&fp)).await?;
-    Ok(Json(known_agent(&state, fp.as_str()).await?))
+    let found = state.store.set_server_tags(&fp, tags).await?;
+    changed_agent(&state, &fp, found).await
 }
 
 async fn put_allow_adhoc(
@@ -186,13 +196,8 @@ async fn put_allow_adhoc(
     ApiJson(body): ApiJson<AllowAdhoc>,
 ) -> Result<Json<AgentInfo>, ApiError> {
     let fp = parse_fp(&fp)?;
-    if !state.store.set_allow_adhoc(&fp, body.allow_adhoc).await? {
-        return Err(ApiError::NotFound(format!(
-            "no agent with fingerprint {fp}"
-        )));
-    }
-    configs::refresh(&state, Some(&fp)).await?;
-    Ok(Json(known_agent(&state, fp.as_str()).await?))
+    let found = state.store.set_allow_adhoc(&fp, body.allow_adhoc).await?;
+    changed_agent(&state, &fp, found).await
 }
 
 async fn list_checks(State(state): State<Arc<AppState>>) -> Result<Json<Vec<CheckInfo>>, ApiError> {

@@ -28,7 +28,7 @@ use outrider_protocol::{CheckResult, Fingerprint, MAX_SCRIPT_BYTES, ServerMessag
 use tokio::sync::oneshot;
 
 use crate::AppState;
-use crate::api::parse_fp;
+use crate::api::{no_agent, parse_fp};
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::sessions::{RpcAnswer, SendRpcError};
 
@@ -51,11 +51,7 @@ pub async fn run(
     ApiJson(req): ApiJson<RunRequest>,
 ) -> Result<Json<RunResponse>, ApiError> {
     let fp = parse_fp(&fp)?;
-    let agent = state
-        .store
-        .agent(&fp)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no agent with fingerprint {fp}")))?;
+    let agent = state.store.agent(&fp).await?.ok_or_else(|| no_agent(&fp))?;
     let config = state.configs.get(&fp).unwrap_or_default();
     let (message, run_secs) = request(req, &fp, &agent, &config)?;
     let (guard, answer) = state.sessions.send_rpc(&fp, message).map_err(|e| match e {
