@@ -4,8 +4,8 @@ use anyhow::Result;
 use outrider_protocol::Fingerprint;
 use outrider_protocol::api::{AgentInfo, AgentTags, AllowAdhoc};
 
-use crate::checks::ago;
 use crate::client::ApiClient;
+use crate::output::{Align, Table, ago, print_json};
 use crate::{GlobalArgs, UsageError};
 
 /// Arguments of `outrider agents`.
@@ -51,7 +51,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: AgentsArgs) -> Result<
                 client.get_json(&format!("/api/v1/agents/{fp}/config"))?;
             if global.json {
                 let both = serde_json::json!({ "agent": info, "config": config });
-                println!("{}", serde_json::to_string_pretty(&both)?);
+                print_json(&both)?;
                 return Ok(());
             }
             print_agent(&info);
@@ -118,7 +118,7 @@ fn print_result(
     text: impl FnOnce() -> String,
 ) -> Result<()> {
     if global.json {
-        println!("{}", serde_json::to_string_pretty(info)?);
+        print_json(info)?;
     } else {
         println!("{}", text());
     }
@@ -171,28 +171,33 @@ fn print_agent(a: &AgentInfo) {
 fn list(client: &ApiClient, global: &GlobalArgs) -> Result<()> {
     let agents: Vec<AgentInfo> = client.get_json("/api/v1/agents")?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&agents)?);
+        print_json(&agents)?;
         return Ok(());
     }
     if agents.is_empty() {
         println!("no agents have registered with {} yet", client.base());
         return Ok(());
     }
-    println!(
-        "{:<20}  {:<24}  {:<14}  {:<12}  {:<12}  {:<10}  TAGS",
-        "FINGERPRINT", "HOSTNAME", "PLATFORM", "VERSION", "PRESENCE", "SINCE"
-    );
+    let mut table = Table::new(&[
+        ("FINGERPRINT", Align::Left),
+        ("HOSTNAME", Align::Left),
+        ("PLATFORM", Align::Left),
+        ("VERSION", Align::Left),
+        ("PRESENCE", Align::Left),
+        ("SINCE", Align::Left),
+        ("TAGS", Align::Left),
+    ]);
     for a in &agents {
-        println!(
-            "{:<20}  {:<24}  {:<14}  {:<12}  {:<12}  {:<10}  {}",
-            a.fingerprint,
-            a.hostname,
+        table.row(vec![
+            a.fingerprint.to_string(),
+            a.hostname.clone(),
             format!("{}/{}", a.os, a.arch),
-            a.agent_version,
-            a.presence.as_str(),
+            a.agent_version.clone(),
+            a.presence.as_str().to_owned(),
             ago(a.presence_since_ms),
-            a.tags.join(",")
-        );
+            a.tags.join(","),
+        ]);
     }
+    table.print();
     Ok(())
 }

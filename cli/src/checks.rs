@@ -6,6 +6,7 @@ use outrider_protocol::{CheckSpec, PLUGIN_PREFIX};
 use serde_json::Value;
 
 use crate::client::ApiClient;
+use crate::output::{Align, Table, ago, print_json};
 use crate::{GlobalArgs, UsageError};
 
 /// Default seconds between runs of a new check.
@@ -66,29 +67,32 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: ChecksArgs) -> Result<
         ChecksCommand::List => {
             let checks: Vec<CheckInfo> = client.get_json("/api/v1/checks")?;
             if global.json {
-                println!("{}", serde_json::to_string_pretty(&checks)?);
+                print_json(&checks)?;
             } else if checks.is_empty() {
                 println!("no checks defined; add one with `outrider checks add`");
             } else {
-                println!(
-                    "{:<24}  {:>8}  {:>7}  {:<16}  COMMAND",
-                    "NAME", "INTERVAL", "TIMEOUT", "TAGS"
-                );
+                let mut table = Table::new(&[
+                    ("NAME", Align::Left),
+                    ("INTERVAL", Align::Right),
+                    ("TIMEOUT", Align::Right),
+                    ("TAGS", Align::Left),
+                    ("COMMAND", Align::Left),
+                ]);
                 for c in checks {
                     let tags = if c.tags.is_empty() {
                         "(all agents)".to_owned()
                     } else {
                         c.tags.join(",")
                     };
-                    println!(
-                        "{:<24}  {:>7}s  {:>6}s  {:<16}  {}",
+                    table.row(vec![
                         c.name,
-                        c.interval_secs,
-                        c.timeout_secs,
+                        format!("{}s", c.interval_secs),
+                        format!("{}s", c.timeout_secs),
                         tags,
-                        c.command.join(" ")
-                    );
+                        c.command.join(" "),
+                    ]);
                 }
+                table.print();
             }
             Ok(())
         }
@@ -125,7 +129,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: ChecksArgs) -> Result<
             };
             let answer: Value = client.send_json("PUT", &format!("/api/v1/checks/{name}"), &def)?;
             if global.json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                print_json(&answer)?;
             } else if answer["changed"] == true {
                 println!("check {name} saved; the agents it selects receive it now");
             } else {
@@ -136,7 +140,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: ChecksArgs) -> Result<
         ChecksCommand::Remove { name } => {
             let answer: Value = client.delete_json(&format!("/api/v1/checks/{name}"))?;
             if global.json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                print_json(&answer)?;
             } else {
                 println!("check {name} removed from every agent");
             }
@@ -152,47 +156,36 @@ fn results(client: &ApiClient, global: &GlobalArgs, agent: Option<String>) -> Re
     };
     let results: Vec<ResultInfo> = client.get_json(&path)?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        print_json(&results)?;
         return Ok(());
     }
     if results.is_empty() {
         println!("no check results yet");
         return Ok(());
     }
-    println!(
-        "{:<20}  {:<16}  {:<8}  {:<10}  {:<40}  PERFDATA",
-        "HOST", "CHECK", "STATE", "AGE", "SUMMARY"
-    );
+    let mut table = Table::new(&[
+        ("HOST", Align::Left),
+        ("CHECK", Align::Left),
+        ("STATE", Align::Left),
+        ("AGE", Align::Left),
+        ("SUMMARY", Align::Left),
+        ("PERFDATA", Align::Left),
+    ]);
     for r in &results {
         let perf: Vec<String> = r
             .perfdata
             .iter()
             .map(|p| format!("{}={}{}", p.label, p.value, p.uom))
             .collect();
-        println!(
-            "{:<20}  {:<16}  {:<8}  {:<10}  {:<40}  {}",
-            r.hostname,
-            r.check,
-            r.state.as_str(),
+        table.row(vec![
+            r.hostname.clone(),
+            r.check.clone(),
+            r.state.as_str().to_owned(),
             ago(r.started_at_ms),
-            r.summary,
-            perf.join(" ")
-        );
+            r.summary.clone(),
+            perf.join(" "),
+        ]);
     }
+    table.print();
     Ok(())
-}
-
-/// "5s ago", "3m ago", "2h ago", "4d ago" for a Unix-ms timestamp.
-pub fn ago(ms: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let secs = ((now - ms) / 1000).max(0);
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3600 => format!("{}m ago", secs / 60),
-        3600..86400 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86400),
-    }
 }

@@ -9,6 +9,7 @@ mod checks;
 mod client;
 mod files;
 mod keys;
+mod output;
 mod plugins;
 mod quickstart;
 mod release;

@@ -9,8 +9,8 @@ use outrider_protocol::api::PluginInfo;
 use outrider_protocol::{MAX_PLUGIN_BYTES, is_valid_name};
 use serde_json::Value;
 
-use crate::checks::ago;
 use crate::client::ApiClient;
+use crate::output::{Align, Table, ago, print_json};
 use crate::{GlobalArgs, UsageError};
 
 /// Arguments of `outrider plugins`.
@@ -41,20 +41,25 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: PluginsArgs) -> Result
         PluginsCommand::List => {
             let plugins: Vec<PluginInfo> = client.get_json("/api/v1/plugins")?;
             if global.json {
-                println!("{}", serde_json::to_string_pretty(&plugins)?);
+                print_json(&plugins)?;
             } else if plugins.is_empty() {
                 println!("no plugins; upload one with `outrider plugins add FILE`");
             } else {
-                println!("{:<24}  {:>10}  {:<16}  SHA256", "NAME", "BYTES", "UPDATED");
+                let mut table = Table::new(&[
+                    ("NAME", Align::Left),
+                    ("BYTES", Align::Right),
+                    ("UPDATED", Align::Left),
+                    ("SHA256", Align::Left),
+                ]);
                 for p in plugins {
-                    println!(
-                        "{:<24}  {:>10}  {:<16}  {}",
+                    table.row(vec![
                         p.name,
-                        p.size,
+                        p.size.to_string(),
                         ago(p.updated_at_ms),
-                        p.sha256
-                    );
+                        p.sha256,
+                    ]);
                 }
+                table.print();
             }
             Ok(())
         }
@@ -87,7 +92,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: PluginsArgs) -> Result
             let info: PluginInfo =
                 client.put_bytes_json(&format!("/api/v1/plugins/{name}"), &bytes)?;
             if global.json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                print_json(&info)?;
             } else {
                 println!(
                     "plugin {} uploaded ({} bytes, sha256 {}); use it with `outrider checks add CHECK --plugin {}`",
@@ -99,7 +104,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: PluginsArgs) -> Result
         PluginsCommand::Remove { name } => {
             let answer: Value = client.delete_json(&format!("/api/v1/plugins/{name}"))?;
             if global.json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                print_json(&answer)?;
             } else {
                 println!("plugin {name} removed");
             }

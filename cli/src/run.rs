@@ -10,6 +10,7 @@ use outrider_protocol::api::{RunRequest, RunResponse};
 
 use crate::agents::resolve;
 use crate::client::ApiClient;
+use crate::output::print_json;
 use crate::{GlobalArgs, UsageError};
 
 /// Time the CLI waits beyond the run's own timeout for the server to answer.
@@ -85,7 +86,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: RunArgs) -> Result<()>
         wait + ANSWER_MARGIN,
     )?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        print_json(&answer)?;
         return Ok(());
     }
     let r = &answer.result;

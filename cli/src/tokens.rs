@@ -4,8 +4,8 @@ use anyhow::Result;
 use outrider_protocol::api::{CreatedEnrollmentToken, EnrollmentTokenInfo, NewEnrollmentToken};
 use serde_json::Value;
 
-use crate::checks::ago;
 use crate::client::ApiClient;
+use crate::output::{Align, Table, ago, now_ms, print_json};
 use crate::{GlobalArgs, UsageError};
 
 /// Arguments of `outrider tokens`.
@@ -62,21 +62,22 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: TokensArgs) -> Result<
         TokensCommand::List => {
             let tokens: Vec<EnrollmentTokenInfo> = client.get_json("/api/v1/tokens")?;
             if global.json {
-                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                print_json(&tokens)?;
                 return Ok(());
             }
             if tokens.is_empty() {
                 println!("no enrollment tokens besides the server's bootstrap token");
                 return Ok(());
             }
-            println!(
-                "{:<10}  {:<10}  {:<12}  {:>5}  {:>9}  NOTE",
-                "ID", "CREATED", "STATUS", "USED", "USES LEFT"
-            );
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let mut table = Table::new(&[
+                ("ID", Align::Left),
+                ("CREATED", Align::Left),
+                ("STATUS", Align::Left),
+                ("USED", Align::Right),
+                ("USES LEFT", Align::Right),
+                ("NOTE", Align::Left),
+            ]);
+            let now = now_ms();
             for t in tokens {
                 let status = if t.revoked_at_ms.is_some() {
                     "revoked"
@@ -87,18 +88,18 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: TokensArgs) -> Result<
                 } else {
                     "active"
                 };
-                println!(
-                    "{:<10}  {:<10}  {:<12}  {:>5}  {:>9}  {}",
+                table.row(vec![
                     t.id,
                     ago(t.created_at_ms),
-                    status,
-                    t.used,
+                    status.to_owned(),
+                    t.used.to_string(),
                     t.uses_left
                         .map(|u| u.to_string())
                         .unwrap_or_else(|| "unlimited".into()),
-                    t.note
-                );
+                    t.note,
+                ]);
             }
+            table.print();
             Ok(())
         }
         TokensCommand::Create {
@@ -117,7 +118,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: TokensArgs) -> Result<
             let created: CreatedEnrollmentToken =
                 client.send_json("POST", "/api/v1/tokens", &req)?;
             if global.json {
-                println!("{}", serde_json::to_string_pretty(&created)?);
+                print_json(&created)?;
             } else {
                 println!(
                     "token {} created; its secret (shown only now):",
@@ -130,7 +131,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: TokensArgs) -> Result<
         TokensCommand::Revoke { id } => {
             let answer: Value = client.delete_json(&format!("/api/v1/tokens/{id}"))?;
             if global.json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                print_json(&answer)?;
             } else {
                 println!("token {id} revoked");
             }
