@@ -143,45 +143,40 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         .context("reading the admin token")?;
     let client = ApiClient::new(&url, token.trim().to_owned());
 
-    // 3. Publish the freshly built library.
-    let library = bin_dir.join("liboutrider_agent.so");
-    step("publishing the agent library to channel dev");
+    // 3. Publish the freshly built library, and the stub too, so that
+    //    `install.sh` can install agents on other hosts.
     let token_file = server_dir.join("admin.token");
-    run_self(
-        &me,
-        &[
-            "--server",
-            &url,
-            "--token-file",
-            &token_file.to_string_lossy(),
-            "release",
+    let publish = [
+        (
             "publish",
-            "--channel",
-            "dev",
-            "--keys",
-            &keys_dir.to_string_lossy(),
-            &library.to_string_lossy(),
-        ],
-    )?;
-
-    // The stub too, so that `install.sh` can install agents on other hosts.
-    step("publishing the stub to channel dev (for install.sh)");
-    run_self(
-        &me,
-        &[
-            "--server",
-            &url,
-            "--token-file",
-            &token_file.to_string_lossy(),
-            "release",
+            "the agent library",
+            bin_dir.join("liboutrider_agent.so"),
+        ),
+        (
             "publish-stub",
-            "--channel",
-            "dev",
-            "--keys",
-            &keys_dir.to_string_lossy(),
-            &bin_dir.join("outrider-agent").to_string_lossy(),
-        ],
-    )?;
+            "the stub (for install.sh)",
+            bin_dir.join("outrider-agent"),
+        ),
+    ];
+    for (command, what, file) in publish {
+        step(&format!("publishing {what} to channel dev"));
+        run_self(
+            &me,
+            &[
+                "--server",
+                &url,
+                "--token-file",
+                &token_file.to_string_lossy(),
+                "release",
+                command,
+                "--channel",
+                "dev",
+                "--keys",
+                &keys_dir.to_string_lossy(),
+                &file.to_string_lossy(),
+            ],
+        )?;
+    }
 
     // 4. Demo checks: a Nagios plugin script and two built-ins.
     let plugin = source.join("packaging/plugins/check_loadavg");
@@ -240,7 +235,10 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
     println!("Look at it from another terminal:");
     println!("  {} agents", cli.display());
     println!("  {} checks", cli.display());
-    println!("Install the agent on another host of this network (the server listens on {}):", args.listen);
+    println!(
+        "Install the agent on another host of this network (the server listens on {}):",
+        args.listen
+    );
     println!(
         "  curl -sSf {url}/install.sh | sh -s -- --token {} --channel dev --root-sha256 {}",
         enrollment.trim(),
