@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -60,11 +61,7 @@ impl Secret {
 
     /// Constant-time comparison with a presented value.
     pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        if a.len() != b.len() {
-            return false;
-        }
-        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        constant_time_eq(self.0.as_bytes(), presented.as_bytes())
     }
 
     /// The secret itself, for printing to the operator who owns it.
@@ -91,19 +88,29 @@ fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `a == b`, in a time that depends only on their lengths: a
+/// secret is never compared with an early exit on the first differing byte.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token of an `Authorization: Bearer <token>` header, trimmed.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 /// Middleware: requires `Authorization: Bearer <admin token>`.
 pub async fn require_admin(
     State(state): State<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if state.admin_token.matches(token.trim()) => Ok(next.run(req).await),
+    match bearer(req.headers()) {
+        Some(token) if state.admin_token.matches(token) => Ok(next.run(req).await),
         Some(_) => Err(ApiError::Unauthorized(
             "the admin token is not valid for this server",
         )),

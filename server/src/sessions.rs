@@ -27,6 +27,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::constant_time_eq;
+
 /// RPCs that may wait for one agent at the same time.
 pub const MAX_PENDING_RPCS: usize = 16;
 
@@ -197,15 +199,7 @@ impl Sessions {
         let mut resume = lock(&self.resume);
         resume.retain(|_, r| r.ended_at.is_none_or(|at| at.elapsed() < RESUME_WINDOW));
         match resume.remove(fp) {
-            Some(expected) => {
-                let expected = expected.token;
-                expected.len() == token.len()
-                    && expected
-                        .bytes()
-                        .zip(token.bytes())
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0
-            }
+            Some(expected) => constant_time_eq(expected.token.as_bytes(), token.as_bytes()),
             None => false,
         }
     }

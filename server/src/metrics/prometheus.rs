@@ -23,12 +23,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use outrider_protocol::api::{AgentInfo, Presence, ResultInfo};
 
 use crate::AppState;
+use crate::auth::{bearer, constant_time_eq};
 use crate::error::ApiError;
 
 /// Media type of the text exposition format.
@@ -40,12 +41,8 @@ pub async fn handler(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(token) = &state.metrics.config.metrics_token {
-        let presented = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(p) if constant_time_eq(p.trim().as_bytes(), token.as_bytes()) => {}
+        match bearer(&headers) {
+            Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => {}
             Some(_) => return Err(ApiError::Unauthorized("the metrics token is not valid")),
             None => {
                 return Err(ApiError::Unauthorized(
@@ -220,10 +217,6 @@ fn float(v: f64) -> String {
         // forms Go would refuse.
         format!("{v:?}")
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
