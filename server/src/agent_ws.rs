@@ -410,6 +410,16 @@ async fn handle(
                     results.len()
                 )));
             }
+            // SQLite stores integers as i64: a larger seq is the agent's
+            // error, not the store's, and must not pass as a store failure.
+            if let Some(bad) = results.iter().find(|r| i64::try_from(r.seq).is_err()) {
+                return Some(End::Protocol(format!(
+                    "result {:?} has sequence number {} beyond {}",
+                    bad.check,
+                    bad.seq,
+                    i64::MAX
+                )));
+            }
             let up_to = match crate::metrics::ingest(state, fp, results).await {
                 Ok(up_to) => up_to,
                 Err(e) => return Some(End::StoreFailed(format!("{e:#}"))),

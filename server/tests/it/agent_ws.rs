@@ -221,9 +221,13 @@ async fn bad_frames_close_only_their_own_connection() {
     let healthy = Agent::new(1, "healthy");
     let (mut healthy_conn, _, _) = healthy.connect(&server, Some(ENROLLMENT_TOKEN)).await;
 
+    let beyond_i64 = AgentMessage::Results {
+        results: vec![result(u64::MAX, "load", CheckState::Ok, "")],
+    };
     let bad_frames = [
         (2, Message::text("{\"type\": \"results\", \"results\": [")),
         (3, Message::binary(b"\x00\x01".to_vec())),
+        (5, Message::text(beyond_i64.encode())),
     ];
     for (seed, frame) in bad_frames {
         let bad = Agent::new(seed, "bad");
