@@ -24,7 +24,7 @@ use outrider_protocol::Fingerprint;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::store::metrics::{
-    MAX_QUERY_POINTS, ROLLUP_BUCKET_MS, SeriesInfo, SeriesPoints, SeriesQuery,
+    MAX_QUERY_POINTS, ROLLUP_BUCKET_MS, SeriesInfo, SeriesPoints, SeriesQuery, ceil_div,
 };
 use crate::store::now_ms;
 
@@ -107,7 +107,7 @@ fn parse_query(
         }
         Some(step) => {
             let step_ms = step * 1000;
-            let buckets = (to_ms - from_ms + step_ms - 1) / step_ms;
+            let buckets = ceil_div(to_ms - from_ms, step_ms);
             if buckets > MAX_QUERY_POINTS as i64 {
                 return Err(ApiError::BadRequest(format!(
                     "step_secs {step} gives {buckets} points over this range, more than {MAX_QUERY_POINTS}; use a larger step or a shorter range"
@@ -221,6 +221,14 @@ mod tests {
         // 20,000 s in 1 s buckets is too many points.
         let mut p = base.to_vec();
         p.extend([("from_ms", "0"), ("to_ms", "20000000"), ("step_secs", "1")]);
+        assert!(error(&p).contains("more than 10000"));
+        // The widest range is refused, not an overflow.
+        let mut p = base.to_vec();
+        p.extend([
+            ("from_ms", "0"),
+            ("to_ms", "9223372036854775807"),
+            ("step_secs", "2678400"),
+        ]);
         assert!(error(&p).contains("more than 10000"));
         assert!(with(("form_ms", "0")).contains("unknown parameter form_ms"));
     }

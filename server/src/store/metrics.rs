@@ -526,9 +526,11 @@ fn aggregated(
         .collect())
 }
 
-/// `a / b` rounded up, for positive `a` and `b` (`i64::div_ceil` is unstable).
-fn ceil_div(a: i64, b: i64) -> i64 {
-    (a + b - 1) / b
+/// `a / b` rounded up, for non-negative `a` and positive `b`
+/// (`i64::div_ceil` is unstable); no overflow even for `a = i64::MAX`,
+/// which a query range from the API can reach.
+pub(crate) fn ceil_div(a: i64, b: i64) -> i64 {
+    a / b + i64::from(a % b != 0)
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
@@ -597,6 +599,22 @@ mod tests {
             })
             .await
             .unwrap()
+    }
+
+    #[test]
+    fn the_widest_range_the_api_accepts_gets_a_step_without_overflow() {
+        let fp: Fingerprint = crate::store::test_support::TEST_FP.parse().unwrap();
+        for raw_since_ms in [0, i64::MAX] {
+            let q = SeriesQuery {
+                raw_since_ms,
+                ..query(&fp, 0, i64::MAX, None)
+            };
+            let step = auto_step_ms(&q);
+            assert!(step > 0 && (i64::MAX / step) <= MAX_QUERY_POINTS as i64 + 1);
+        }
+        assert_eq!(ceil_div(i64::MAX, 2), i64::MAX / 2 + 1);
+        assert_eq!(ceil_div(10, 5), 2);
+        assert_eq!(ceil_div(0, 5), 0);
     }
 
     #[tokio::test]
