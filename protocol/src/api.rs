@@ -28,14 +28,19 @@ impl Presence {
     }
 }
 
+/// A presence name that is none of [`Presence::as_str`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown presence {0:?} (expected connected, down or deregistered)")]
+pub struct UnknownPresence(pub String);
+
 impl std::str::FromStr for Presence {
-    type Err = String;
+    type Err = UnknownPresence;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "connected" => Ok(Presence::Connected),
             "down" => Ok(Presence::Down),
             "deregistered" => Ok(Presence::Deregistered),
-            other => Err(format!("unknown presence {other:?}")),
+            other => Err(UnknownPresence(other.to_owned())),
         }
     }
 }
