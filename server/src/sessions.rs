@@ -10,7 +10,7 @@
 //!   newest document from the shared cache) and a bounded sender of RPC
 //!   requests ([`MAX_PENDING_RPCS`]).
 //! - An RPC waiter is woken exactly once: by the answer, by the session
-//!   ending (its sender is dropped), or by its own timeout, after which
+//!   ending or being replaced (its sender is dropped), or by its own timeout, after which
 //!   the [`PendingGuard`] removes it so a late answer is ignored.
 //! - A resume token is valid for one reconnect within [`RESUME_WINDOW`]
 //!   after its session ended; while the session is live it does not age.
@@ -130,6 +130,10 @@ impl Sessions {
         };
         if let Some(old) = lock(&self.live).insert(fp.clone(), live) {
             old.cancel.cancel();
+            // The old session's calls went out on (or were queued for) a
+            // connection that is gone: the new one will never answer them,
+            // so their waiters fail now instead of at their timeout.
+            lock(&self.pending).retain(|_, p| &p.agent != fp);
         }
         SessionLink {
             id,
@@ -380,8 +384,19 @@ mod tests {
     fn a_newer_session_replaces_the_older() {
         let sessions = Sessions::default();
         let old = sessions.insert(&fp(1));
+        let (_guard, mut waiting) = sessions
+            .send_rpc(&fp(1), |id| ServerMessage::RunCheck {
+                id,
+                check: "x".into(),
+            })
+            .unwrap();
         let new = sessions.insert(&fp(1));
         assert!(old.replaced.is_cancelled());
+        // A call sent through the old session fails at once.
+        assert!(matches!(
+            waiting.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
         assert!(!sessions.remove(&fp(1), old.id));
         assert!(sessions.is_connected(&fp(1)));
         assert!(sessions.remove(&fp(1), new.id));
