@@ -5,7 +5,7 @@ use outrider_protocol::api::{CheckDefinition, CheckInfo, ResultInfo};
 use outrider_protocol::{CheckSpec, PLUGIN_PREFIX};
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, path_segment};
 use crate::output::{Align, Table, ago, print_json};
 use crate::{GlobalArgs, UsageError};
 
@@ -26,7 +26,7 @@ enum ChecksCommand {
     /// Latest result of every check on every agent (the default).
     Results {
         /// Only this agent (fingerprint).
-        #[arg(long)]
+        #[arg(long, value_parser = path_segment)]
         agent: Option<String>,
     },
     /// The defined checks.
@@ -35,6 +35,7 @@ enum ChecksCommand {
     /// carrying all of `--tags`.
     Add {
         /// Check name: a-z, 0-9, '_', '.', '-'.
+        #[arg(value_parser = path_segment)]
         name: String,
         /// Seconds between runs.
         #[arg(long, default_value_t = DEFAULT_INTERVAL_SECS)]
@@ -54,7 +55,10 @@ enum ChecksCommand {
         command: Vec<String>,
     },
     /// Delete a check from every agent.
-    Remove { name: String },
+    Remove {
+        #[arg(value_parser = path_segment)]
+        name: String,
+    },
 }
 
 /// Runs `outrider checks …`.

@@ -204,3 +204,44 @@ fn describe(err: ureq::Error, method: &str, url: &str) -> anyhow::Error {
         ureq::Error::Transport(t) => anyhow!("{method} {url}: cannot reach the server: {t}"),
     }
 }
+
+/// Clap parser for a name or id that the CLI puts into a URL path (or a
+/// query value) as is: letters, digits, `_`, `.`, `-`, and not `.` or `..`.
+/// Anything else would be read by the URL parser as another route
+/// (`a/../../tokens/x`), a query (`a?b`) or a fragment; every name the
+/// server accepts passes.
+pub fn path_segment(text: &str) -> Result<String, String> {
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if text.is_empty() || !plain || text == "." || text == ".." {
+        return Err(format!(
+            "{text:?} is not a name: use letters, digits, '_', '.' and '-'"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_would_change_the_route_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/../../tokens/x",
+            "a?b",
+            "a#b",
+            "a b",
+            "a%2f",
+        ] {
+            assert!(path_segment(bad).is_err(), "{bad:?}");
+        }
+        for good in ["load", "check_disk.sh", "0123456789abcdef0123", "a-b"] {
+            assert_eq!(path_segment(good).as_deref(), Ok(good));
+        }
+    }
+}

@@ -9,7 +9,7 @@ use outrider_protocol::api::PluginInfo;
 use outrider_protocol::{MAX_PLUGIN_BYTES, is_valid_name};
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, path_segment};
 use crate::output::{Align, Table, ago, print_json};
 use crate::{GlobalArgs, UsageError};
 
@@ -32,7 +32,10 @@ enum PluginsCommand {
         name: Option<String>,
     },
     /// Delete a plugin no check uses.
-    Remove { name: String },
+    Remove {
+        #[arg(value_parser = path_segment)]
+        name: String,
+    },
 }
 
 /// Runs `outrider plugins …`.
@@ -71,7 +74,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: PluginsArgs) -> Result
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
             };
-            if !is_valid_name(&name) {
+            if !is_valid_name(&name) || path_segment(&name).is_err() {
                 return Err(UsageError(format!(
                     "plugin name {name:?} must be 1-64 characters of a-z, 0-9, '_', '.', '-'; choose one with --name"
                 ))

@@ -4,7 +4,7 @@ use anyhow::Result;
 use outrider_protocol::api::{CreatedEnrollmentToken, EnrollmentTokenInfo, NewEnrollmentToken};
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, path_segment};
 use crate::output::{Align, Table, ago, now_ms, print_json};
 use crate::{GlobalArgs, UsageError};
 
@@ -32,7 +32,10 @@ enum TokensCommand {
         uses: Option<u32>,
     },
     /// Revoke a token by its id.
-    Revoke { id: String },
+    Revoke {
+        #[arg(value_parser = path_segment)]
+        id: String,
+    },
 }
 
 /// Parses `90`, `90s`, `15m`, `12h` or `30d` into seconds.
