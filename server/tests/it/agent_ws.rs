@@ -3,11 +3,13 @@
 use ed25519_dalek::Signer;
 use outrider_protocol::api::Presence;
 use outrider_protocol::{
-    AgentConfig, AgentMessage, CheckState, Hello, MAX_MESSAGE_BYTES, ServerMessage, auth_message,
+    AgentConfig, AgentMessage, CheckState, Hello, MAX_MESSAGE_BYTES, auth_message,
 };
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Agent, Closed, Conn, ENROLLMENT_TOKEN, POLICY, Server, result};
+use crate::helpers::{
+    Agent, Closed, Conn, ENROLLMENT_TOKEN, POLICY, Server, expect_rejection, result,
+};
 
 #[tokio::test]
 async fn enrollment_needs_the_right_token() {
@@ -26,20 +28,10 @@ async fn enrollment_needs_the_right_token() {
     );
 
     for (seed, token) in [(2, Some("wrong")), (3, None)] {
-        let agent = Agent::new(seed, "intruder");
-        let (mut conn, answer) = agent.try_connect(&server, token).await;
-        match answer {
-            ServerMessage::Rejected { reason } => {
-                assert!(
-                    reason.contains("enrollment token"),
-                    "token {token:?}: reason {reason:?}"
-                )
-            }
-            other => panic!("token {token:?}: expected rejection, got {other:?}"),
-        }
-        assert_eq!(
-            conn.closed().await,
-            Closed::Frame(POLICY, "rejected".into())
+        let reason = Agent::new(seed, "intruder").refused(&server, token).await;
+        assert!(
+            reason.contains("enrollment token"),
+            "token {token:?}: reason {reason:?}"
         );
     }
 
@@ -55,15 +47,8 @@ async fn enrollment_needs_the_right_token() {
 async fn rejection(server: &Server, make_hello: impl FnOnce(&str) -> Hello) -> String {
     let (mut conn, nonce) = Conn::open(server).await;
     conn.send(&AgentMessage::Hello(make_hello(&nonce))).await;
-    let reason = match conn.recv().await {
-        ServerMessage::Rejected { reason } => reason,
-        other => panic!("expected rejection, got {other:?}"),
-    };
-    assert_eq!(
-        conn.closed().await,
-        Closed::Frame(POLICY, "rejected".into())
-    );
-    reason
+    let answer = conn.recv().await;
+    expect_rejection(conn, answer).await
 }
 
 #[tokio::test]

@@ -6,13 +6,6 @@ use serde_json::json;
 
 use crate::helpers::{Agent, Conn, ENROLLMENT_TOKEN, Server, result};
 
-async fn refused(server: &Server, agent: &Agent, token: &str) -> String {
-    match agent.try_connect(server, Some(token)).await.1 {
-        ServerMessage::Rejected { reason } => reason,
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn tokens_are_counted_revoked_and_listed_without_their_secret() {
     let server = Server::start().await;
@@ -30,7 +23,9 @@ async fn tokens_are_counted_revoked_and_listed_without_their_secret() {
     Agent::new(1, "a")
         .connect(&server, Some(&created.token))
         .await;
-    let reason = refused(&server, &Agent::new(2, "b"), &created.token).await;
+    let reason = Agent::new(2, "b")
+        .refused(&server, Some(&created.token))
+        .await;
     assert!(reason.contains("no uses left"), "{reason}");
 
     let open: CreatedEnrollmentToken = serde_json::from_value(
@@ -42,7 +37,7 @@ async fn tokens_are_counted_revoked_and_listed_without_their_secret() {
     server
         .admin("DELETE", &format!("/api/v1/tokens/{}", open.info.id), None)
         .await;
-    let reason = refused(&server, &Agent::new(3, "c"), &open.token).await;
+    let reason = Agent::new(3, "c").refused(&server, Some(&open.token)).await;
     assert!(reason.contains("revoked"), "{reason}");
     // The bootstrap token keeps working.
     Agent::new(4, "d")

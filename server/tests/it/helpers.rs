@@ -371,6 +371,13 @@ impl Agent {
         (conn, answer)
     }
 
+    /// Connects with `token`, expecting a rejection and the close that
+    /// follows it; returns the reason.
+    pub async fn refused(&self, server: &Server, token: Option<&str>) -> String {
+        let (conn, answer) = self.try_connect(server, token).await;
+        expect_rejection(conn, answer).await
+    }
+
     /// Connects, expecting Welcome then Config; returns `acked_seq` and the config.
     pub async fn connect(&self, server: &Server, token: Option<&str>) -> (Conn, u64, AgentConfig) {
         let (mut conn, answer) = self.try_connect(server, token).await;
@@ -391,6 +398,20 @@ impl Agent {
         };
         (conn, acked_seq, config)
     }
+}
+
+/// The reason of a `Rejected` answer, after checking the server closes
+/// the connection with 1008 "rejected".
+pub async fn expect_rejection(mut conn: Conn, answer: ServerMessage) -> String {
+    let reason = match answer {
+        ServerMessage::Rejected { reason } => reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    };
+    assert_eq!(
+        conn.closed().await,
+        Closed::Frame(POLICY, "rejected".into())
+    );
+    reason
 }
 
 /// One agent websocket.
