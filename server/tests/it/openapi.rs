@@ -222,3 +222,39 @@ async fn document_is_served_without_a_token() {
     assert_eq!(body, document());
     server.stop().await;
 }
+
+/// Every route the document marks as admin-only refuses a request without
+/// the token; with `document_describes_exactly_the_registered_routes` that
+/// covers every registered route, so a new route outside the admin layer
+/// fails here.
+#[tokio::test]
+async fn every_admin_route_refuses_a_request_without_the_token() {
+    let doc = document();
+    let admin_only = serde_json::json!([{ "adminToken": [] }]);
+    let server = Server::start().await;
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if op["security"] != admin_only {
+                assert!(
+                    !path.starts_with("/api/v1/") || path == "/api/v1/openapi.json",
+                    "{method} {path} is under /api/v1 but not admin-only"
+                );
+                continue;
+            }
+            // Plausible values, so a route that forgot the layer would run.
+            let concrete = path
+                .replace("{fp}", "0123456789abcdef0123")
+                .replace("{sha256}", &"ab".repeat(32))
+                .replace("{channel}", "stable")
+                .replace('{', "")
+                .replace('}', "");
+            let method = method.to_uppercase();
+            let (status, body) = server.http(&method, &concrete, None, None).await;
+            assert_eq!(status, 401, "{method} {concrete}: {body}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} admin routes in the document");
+    server.stop().await;
+}
