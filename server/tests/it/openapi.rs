@@ -247,8 +247,7 @@ async fn every_admin_route_refuses_a_request_without_the_token() {
                 .replace("{fp}", "0123456789abcdef0123")
                 .replace("{sha256}", &"ab".repeat(32))
                 .replace("{channel}", "stable")
-                .replace('{', "")
-                .replace('}', "");
+                .replace(['{', '}'], "");
             let method = method.to_uppercase();
             let (status, body) = server.http(&method, &concrete, None, None).await;
             assert_eq!(status, 401, "{method} {concrete}: {body}");
