@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use outrider_protocol::MAX_SCRIPT_BYTES;
-use outrider_protocol::api::{RunRequest, RunResponse};
+use outrider_protocol::api::{
+    DEFAULT_SCRIPT_TIMEOUT_SECS, MAX_RUN_TIMEOUT_SECS, RunRequest, RunResponse,
+};
 
 use crate::agents::resolve;
 use crate::client::ApiClient;
@@ -15,12 +17,6 @@ use crate::{GlobalArgs, UsageError};
 
 /// Time the CLI waits beyond the run's own timeout for the server to answer.
 const ANSWER_MARGIN: Duration = Duration::from_secs(30);
-
-/// The server's default for a script without `--timeout-secs`.
-const DEFAULT_SCRIPT_TIMEOUT_SECS: u32 = 60;
-
-/// Longest check timeout; the server refuses longer ones anyway.
-const MAX_CHECK_TIMEOUT_SECS: u64 = 3_600;
 
 /// Arguments of `outrider run`.
 #[derive(Debug, clap::Args)]
@@ -51,7 +47,7 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: RunArgs) -> Result<()>
                 check: Some(check),
                 ..RunRequest::default()
             },
-            Duration::from_secs(MAX_CHECK_TIMEOUT_SECS),
+            Duration::from_secs(u64::from(MAX_RUN_TIMEOUT_SECS)),
         ),
         (None, Some(path)) => {
             let script = std::fs::read_to_string(&path)

@@ -169,6 +169,13 @@ pub struct CreatedEnrollmentToken {
     pub info: EnrollmentTokenInfo,
 }
 
+/// Timeout of an ad-hoc script whose [`RunRequest`] gives none.
+pub const DEFAULT_SCRIPT_TIMEOUT_SECS: u32 = 60;
+
+/// Longest run a [`RunRequest`] may ask for (and longest check timeout),
+/// so the caller knows how long an answer can take.
+pub const MAX_RUN_TIMEOUT_SECS: u32 = 3_600;
+
 /// `POST /api/v1/agents/{fp}/run` body: exactly one of `check` (a check of
 /// the agent's config) or `script` (needs `allow_adhoc`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,7 +188,8 @@ pub struct RunRequest {
     /// File extension choosing the interpreter of `script` (`sh`, `py`…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interpreter: Option<String>,
-    /// Timeout of `script` in seconds (default 60, at most 3600).
+    /// Timeout of `script` in seconds ([`DEFAULT_SCRIPT_TIMEOUT_SECS`] when
+    /// absent, at most [`MAX_RUN_TIMEOUT_SECS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u32>,
 }

@@ -23,7 +23,9 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use outrider_protocol::AgentConfig;
-use outrider_protocol::api::{AgentInfo, RunRequest, RunResponse};
+use outrider_protocol::api::{
+    AgentInfo, DEFAULT_SCRIPT_TIMEOUT_SECS, MAX_RUN_TIMEOUT_SECS, RunRequest, RunResponse,
+};
 use outrider_protocol::{CheckResult, Fingerprint, MAX_SCRIPT_BYTES, ServerMessage};
 use tokio::sync::oneshot;
 
@@ -34,12 +36,6 @@ use crate::sessions::{RpcAnswer, SendRpcError};
 
 /// Extra time over the run's own timeout for the round trip.
 pub const RPC_MARGIN: Duration = Duration::from_secs(10);
-
-/// Timeout of an ad-hoc script when the request gives none.
-pub const DEFAULT_SCRIPT_TIMEOUT_SECS: u32 = 60;
-
-/// Longest timeout a request may ask for.
-pub const MAX_RUN_TIMEOUT_SECS: u32 = 3_600;
 
 /// Builds the message of one call from its correlation id.
 type MakeRpc = Box<dyn FnOnce(String) -> ServerMessage + Send>;
