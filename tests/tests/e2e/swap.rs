@@ -466,7 +466,12 @@ fn the_stub_updates_itself_from_a_signed_artifact_and_keeps_its_pid() {
         outrider_tests::sha256_file(&path)
     };
 
-    // A stub artifact tampered with in the server's store is refused.
+    // A stub artifact tampered with in the server's store is refused. The
+    // stub is frozen while the artifact is published and tampered with:
+    // otherwise it may fetch the genuine blob first, or resume (Range) a
+    // download past the flipped byte, and rightly install a build whose
+    // hash matches.
+    agent.proc.signal(libc::SIGSTOP);
     let bad_sha = publish_stub("tampered");
     let blobs = setup.server.data_dir().join("releases/blobs");
     // The newest zstd blob: the uncompressed stub (named by `bad_sha`, for
@@ -482,6 +487,7 @@ fn the_stub_updates_itself_from_a_signed_artifact_and_keeps_its_pid() {
     let mid = blob.len() / 2;
     blob[mid] ^= 0x10;
     std::fs::write(&newest, blob).unwrap();
+    agent.proc.signal(libc::SIGCONT);
     agent
         .proc
         .wait_for_log(&format!("stub self-update to {bad_sha} failed"), secs(30));
