@@ -87,9 +87,19 @@ impl Proc {
         let file = std::fs::File::create(&log).expect("create log file");
         let err = file.try_clone().expect("clone log file");
         cmd.stdin(Stdio::null()).stdout(file).stderr(err);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        // A binary just copied can be "busy" for a moment: another test
+        // thread's fork may still hold the copy's write descriptor until
+        // its exec. Retry briefly rather than fail on ETXTBSY.
+        let mut attempts = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}")),
+            }
+        };
         Proc { child, log }
     }
 
@@ -375,17 +385,20 @@ impl TestAgent {
         extra_toml: &str,
         env: &[(&str, &str)],
     ) -> TestAgent {
+        let toml = format!(
+            "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n{extra_toml}\n",
+            server.url
+        );
+        TestAgent::start_toml(keys, &toml, env)
+    }
+
+    /// Installs exactly `agent_toml` and `root.json` under a fresh prefix and
+    /// starts the stub with extra environment variables.
+    pub fn start_toml(keys: &Keys, agent_toml: &str, env: &[(&str, &str)]) -> TestAgent {
         let prefix = tempfile::tempdir().expect("tempdir");
         let etc = prefix.path().join("etc");
         std::fs::create_dir_all(&etc).expect("etc");
-        std::fs::write(
-            etc.join("agent.toml"),
-            format!(
-                "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n{extra_toml}\n",
-                server.url
-            ),
-        )
-        .expect("agent.toml");
+        std::fs::write(etc.join("agent.toml"), agent_toml).expect("agent.toml");
         std::fs::copy(keys.root_json(), etc.join("root.json")).expect("root.json");
         // Run a private copy of the stub binary: a stub self-update replaces
         // its own file, which must not be the workspace's build.

@@ -3,12 +3,7 @@
 //! assigned by tag, built-in checks, run-now, the metric outputs, and a
 //! server outage that loses nothing.
 
-use std::path::Path;
-use std::process::Command;
-
-use outrider_tests::{
-    Keys, TestAgent, TestServer, agent_library, bin_dir, script, secs, wait_until,
-};
+use outrider_tests::{Keys, TestAgent, TestServer, agent_library, script, secs, wait_until};
 use serde_json::Value;
 
 /// `outrider --json ARGS` against `server`, parsed.
@@ -256,46 +251,15 @@ fn cli_lists_tokens_and_refuses_a_revoked_one() {
     server.cli(&["tokens", "revoke", id]);
 
     // An agent enrolling with the revoked token is refused, and says why.
-    let prefix = tempfile::tempdir().unwrap();
-    let etc = prefix.path().join("etc");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(
-        etc.join("agent.toml"),
-        format!(
+    let agent = TestAgent::start_toml(
+        &keys,
+        &format!(
             "server_url = \"{}\"\nenrollment_token = \"{token}\"\nchannel = \"dev\"\n",
             server.url
         ),
-    )
-    .unwrap();
-    std::fs::copy(keys.root_json(), etc.join("root.json")).unwrap();
-    std::fs::create_dir_all(prefix.path().join("bin")).unwrap();
-    std::fs::copy(
-        bin_dir().join("outrider-agent"),
-        prefix.path().join("bin/outrider-agent"),
-    )
-    .unwrap();
-    let mut child = Command::new(prefix.path().join("bin/outrider-agent"))
-        .arg("--prefix")
-        .arg(prefix.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let log_dir = prefix.path().join("log");
-    wait_until("the agent logs the refusal", secs(60), || {
-        let text = read_logs(&log_dir);
-        text.contains("rejected").then_some(())
-    });
-    let _ = child.kill();
-    let _ = child.wait();
+        &[],
+    );
+    agent.proc.wait_for_log("rejected", secs(60));
+    drop(agent);
     assert!(server.agents().is_empty(), "nobody registered");
-}
-
-fn read_logs(dir: &Path) -> String {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect()
 }
