@@ -22,7 +22,7 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use outrider_protocol::{CheckResult, CheckState, PerfData};
 use tokio::io::{AsyncReadExt, Interest};
@@ -115,11 +115,7 @@ impl RunOutcome {
 }
 
 /// Wall-clock now, Unix milliseconds.
-pub(crate) fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub(crate) use outrider_protocol::unix_now_ms as unix_ms;
 
 /// How supervision ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,13 +15,8 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
     Ok(())
 }
 
-/// Now as Unix milliseconds (0 if the clock is before 1970).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Now as Unix milliseconds.
+pub use outrider_protocol::unix_now_ms as now_ms;
 
 /// "5s ago", "3m ago", "2h ago", "4d ago" for a Unix-ms timestamp; a time
 /// in the future reads "0s ago".

@@ -45,6 +45,15 @@ use serde::{Deserialize, Serialize};
 pub use identity::{Fingerprint, FingerprintError, auth_message, fingerprint_of, verify_proof};
 pub use result::{CheckResult, CheckState, PerfData};
 
+/// Wall-clock now in Unix milliseconds, the unit of every timestamp on the
+/// wire and in the API (0 if the clock is before 1970, saturating far in
+/// the future). The one definition agent, server, CLI and tools share.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Version of this wire protocol, sent in [`AgentMessage::Hello`].
 pub const PROTOCOL_VERSION: u32 = 2;
 

@@ -162,12 +162,7 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
 }
 
 /// Current wall-clock time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use outrider_protocol::unix_now_ms as now_ms;
 
 #[cfg(test)]
 mod tests {

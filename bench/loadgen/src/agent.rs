@@ -399,10 +399,7 @@ impl Agent {
     /// A result of `check` with distinct start times (points are keyed by
     /// series and time, so equal times would overwrite each other).
     fn result(&mut self, check: &str) -> CheckResult {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now = outrider_protocol::unix_now_ms();
         self.last_ts_ms = now.max(self.last_ts_ms + 1);
         CheckResult {
             seq: 0,

@@ -33,12 +33,7 @@ fn with_perf(seq: u64, check: &str, started_at_ms: i64, perfdata: Vec<PerfData>)
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use outrider_protocol::unix_now_ms as now_ms;
 
 #[tokio::test]
 async fn back_dated_perfdata_is_stored_once_and_queryable() {

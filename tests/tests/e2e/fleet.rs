@@ -152,13 +152,19 @@ fn plugins_by_tag_builtins_run_now_and_metric_outputs() {
     assert_eq!(points["points"][0]["value"], 17.0, "{points}");
 }
 
-/// Every result sequence number the server stored for `fingerprint`.
-fn stored_seqs(server: &TestServer, fingerprint: &str) -> Vec<i64> {
-    let db = rusqlite::Connection::open_with_flags(
+/// The server's SQLite store, read-only (WAL lets it be read while the
+/// server writes).
+fn open_store(server: &TestServer) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
         server.data_dir().join("outrider.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Every result sequence number the server stored for `fingerprint`.
+fn stored_seqs(server: &TestServer, fingerprint: &str) -> Vec<i64> {
+    let db = open_store(server);
     let mut stmt = db
         .prepare("SELECT seq FROM results WHERE fingerprint = ?1 ORDER BY seq")
         .unwrap();
@@ -213,11 +219,7 @@ fn results_spooled_while_the_server_is_down_arrive_once_and_in_order() {
     // Results that ran while the server was down were stored at the time
     // they ran (back-dated), not when they arrived.
     let during_outage: i64 = {
-        let db = rusqlite::Connection::open_with_flags(
-            server.data_dir().join("outrider.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
+        let db = open_store(&server);
         db.query_row(
             "SELECT COUNT(*) FROM results WHERE fingerprint = ?1 AND check_name = 'tick' \
              AND started_at_ms > ?2 AND started_at_ms < ?3 AND received_at_ms >= ?3",

@@ -79,19 +79,25 @@ impl Drop for Install {
 /// `curl -sSf SERVER/install.sh | sh -s -- ARGS`, with the script fetched
 /// from the server (so the served copy, with its URL filled in, is tested).
 fn run_installer(server: &TestServer, args: &[&str]) -> Output {
-    let script = ureq::get(&format!("{}/install.sh", server.url))
-        .call()
-        .expect("GET /install.sh")
-        .into_string()
-        .expect("script text");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("install.sh");
-    std::fs::write(&path, script).unwrap();
+    let path = fetch_installer(server, dir.path());
     Command::new("sh")
         .arg(&path)
         .args(args)
         .output()
         .expect("run sh install.sh")
+}
+
+/// Saves the server's `/install.sh` (with its URL filled in) into `dir`.
+fn fetch_installer(server: &TestServer, dir: &Path) -> PathBuf {
+    let script = ureq::get(&format!("{}/install.sh", server.url))
+        .call()
+        .expect("GET /install.sh")
+        .into_string()
+        .expect("script text");
+    let path = dir.join("install.sh");
+    std::fs::write(&path, script).unwrap();
+    path
 }
 
 fn stderr(out: &Output) -> String {
@@ -320,13 +326,7 @@ fn root_install_uses_the_system_paths_and_uninstall_removes_them() {
     let (server, _keys) = server_with_release();
     let root = root_sha256(&server);
     let dir = tempfile::tempdir().unwrap();
-    let installer = dir.path().join("install.sh");
-    let text = ureq::get(&format!("{}/install.sh", server.url))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    std::fs::write(&installer, text).unwrap();
+    let installer = fetch_installer(&server, dir.path());
     let etc_existed = Path::new("/etc/outrider").exists();
     let steps = format!(
         r#"set -eu
