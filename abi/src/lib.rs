@@ -41,7 +41,11 @@ use core::ffi::c_void;
 /// Major version of this ABI. Stub and library must agree exactly.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version: the number of append-only extensions this crate knows.
-pub const ABI_MINOR: u32 = 0;
+///
+/// - 1.0: the original tables.
+/// - 1.1: [`HostApiV1::take_update_events`] (the stub's update outcomes
+///   reach the running library, see [`update_events`]).
+pub const ABI_MINOR: u32 = 1;
 
 /// The one symbol every agent library exports, NUL-terminated for `dlsym`.
 pub const ENTRY_SYMBOL_V1: &[u8] = b"outrider_agent_entry_v1\0";
@@ -83,6 +87,50 @@ pub mod level {
     pub const DEBUG: u32 = 4;
     pub const TRACE: u32 = 5;
 }
+
+/// The update events the stub hands to the library through
+/// [`HostApiV1::take_update_events`] (ABI 1.1), so that every outcome of the
+/// stub's update work reaches the server through the running library.
+///
+/// The buffer passed to the sink is a UTF-8 JSON array of objects:
+///
+/// ```json
+/// [{"id": 7, "kind": "refused", "at_unix_ms": 1764820000000,
+///   "build_sha256": "ab12…", "version": "1.4.0",
+///   "reason": "hash mismatch: expected ab12…, got 9f3c…"}]
+/// ```
+///
+/// | field | meaning |
+/// |---|---|
+/// | `id` | unsigned, assigned by the stub, strictly increasing over the life of the install (persisted), so a reader can drop what it has already seen |
+/// | `kind` | one of the `KIND_*` constants below; a reader passes unknown kinds through unchanged |
+/// | `at_unix_ms` | when it happened, wall clock |
+/// | `build_sha256`, `version` | the build (or stub) the event is about, when there is one |
+/// | `to_sha256`, `to_version` | for `rolled_back`: the build now running |
+/// | `reason` | the exact error or cause, empty when there is none |
+///
+/// Unknown fields are ignored by readers; fields are only ever added.
+pub mod update_events {
+    /// A verified build was written under `versions/` and is about to start.
+    pub const KIND_INSTALLED: &str = "installed";
+    /// A manifest, build, delta or stub was refused; `reason` says exactly why.
+    pub const KIND_REFUSED: &str = "refused";
+    /// A build on probation proved healthy and is now current.
+    pub const KIND_PROBATION_PASSED: &str = "probation_passed";
+    /// A build failed probation (crash, panic, start failure, health `FAILED`).
+    pub const KIND_PROBATION_FAILED: &str = "probation_failed";
+    /// The stub went back to an earlier build.
+    pub const KIND_ROLLED_BACK: &str = "rolled_back";
+    /// The stub replaced itself with a verified, self-tested new stub.
+    pub const KIND_STUB_UPDATED: &str = "stub_updated";
+    /// A new stub was refused or reverted; `reason` says why.
+    pub const KIND_STUB_REFUSED: &str = "stub_refused";
+}
+
+/// Signature of the sink the library passes to
+/// [`HostApiV1::take_update_events`]: called synchronously with the events
+/// JSON (see [`update_events`]), borrowed for the call.
+pub type EventSink = extern "C" fn(sink_ctx: *mut c_void, events_json: Bytes);
 
 /// A borrowed byte buffer: valid only for the duration of the call it is
 /// passed to (or, for statics, for as long as the library is loaded).
@@ -215,6 +263,15 @@ pub struct HostApiV1 {
     pub health: extern "C" fn(ctx: *mut c_void, status: u32, message: Bytes),
     /// Writes a UTF-8 log line at a [`level`] through the stub's logger.
     pub log: extern "C" fn(ctx: *mut c_void, level: u32, message: Bytes),
+    // ---- ABI 1.1: read only when `struct_size` covers it (`has_v1_1`). ----
+    /// Hands the stub's pending update events to the library: the stub calls
+    /// `sink(sink_ctx, events_json)` at most once, synchronously, with a
+    /// non-empty JSON array (see [`update_events`]), and treats those events
+    /// as delivered once `sink` returns; with nothing pending it does not
+    /// call `sink`. The library copies the buffer before returning from
+    /// `sink`, queues the events in its outbox like check results (so they
+    /// survive a disconnect), and polls this every few seconds.
+    pub take_update_events: extern "C" fn(ctx: *mut c_void, sink_ctx: *mut c_void, sink: EventSink),
 }
 
 // SAFETY: the stub builds a `HostApiV1` once per generation and never mutates
@@ -224,9 +281,20 @@ unsafe impl Sync for HostApiV1 {}
 // SAFETY: see `Sync` above; the struct holds no thread-affine data.
 unsafe impl Send for HostApiV1 {}
 
-const HOST_V1_0_SIZE: usize = core::mem::size_of::<HostApiV1>();
+/// Size of the v1.0 layout: everything before the first 1.1 field. A host
+/// of ABI 1.0 passes exactly this.
+const HOST_V1_0_SIZE: usize = core::mem::offset_of!(HostApiV1, take_update_events);
+/// Size of the v1.1 layout.
+const HOST_V1_1_SIZE: usize = core::mem::size_of::<HostApiV1>();
 
 impl HostApiV1 {
+    /// Whether the host's table carries the ABI 1.1 fields
+    /// ([`HostApiV1::take_update_events`]); a 1.0 stub's table ends before them
+    /// and they must not be read.
+    pub fn has_v1_1(&self) -> bool {
+        self.struct_size as usize >= HOST_V1_1_SIZE
+    }
+
     /// Checks that this table can be used by a library of [`ABI_MAJOR`].
     pub fn check(&self) -> Result<(), AbiMismatch> {
         if self.abi_major != ABI_MAJOR {
@@ -320,8 +388,51 @@ mod tests {
         {
             assert_eq!(core::mem::size_of::<Bytes>(), 16);
             assert_eq!(core::mem::size_of::<AgentApiV1>(), 56);
-            assert_eq!(core::mem::size_of::<HostApiV1>(), 128);
+            // 1.0 ended at 128 bytes; 1.1 appended one function pointer.
+            assert_eq!(HOST_V1_0_SIZE, 128);
+            assert_eq!(core::mem::size_of::<HostApiV1>(), 136);
         }
+    }
+
+    extern "C" fn put_nothing(_: *mut c_void, _: Bytes) {}
+    extern "C" fn nudge_nothing(_: *mut c_void) {}
+    extern "C" fn report_nothing(_: *mut c_void, _: u32, _: Bytes) {}
+    extern "C" fn no_events(_: *mut c_void, _: *mut c_void, _: EventSink) {}
+
+    fn host(size: u32) -> HostApiV1 {
+        HostApiV1 {
+            abi_major: ABI_MAJOR,
+            abi_minor: 0,
+            struct_size: size,
+            stop_fd: 0,
+            flags: 0,
+            host_ctx: core::ptr::null_mut(),
+            config: Bytes::EMPTY,
+            state_in: Bytes::EMPTY,
+            data_dir: Bytes::EMPTY,
+            stub_version: Bytes::EMPTY,
+            put_state: put_nothing,
+            request_update_check: nudge_nothing,
+            health: report_nothing,
+            log: report_nothing,
+            take_update_events: no_events,
+        }
+    }
+
+    #[test]
+    fn a_v1_0_host_is_accepted_without_its_1_1_fields() {
+        // What a stub built before ABI 1.1 passes: usable, but the appended
+        // field lies past its table and must not be read.
+        let old = host(HOST_V1_0_SIZE as u32);
+        assert_eq!(old.check(), Ok(()));
+        assert!(!old.has_v1_1());
+        let new = host(HOST_V1_1_SIZE as u32);
+        assert_eq!(new.check(), Ok(()));
+        assert!(new.has_v1_1());
+        assert!(matches!(
+            host(HOST_V1_0_SIZE as u32 - 8).check(),
+            Err(AbiMismatch::TooSmall { .. })
+        ));
     }
 
     #[test]

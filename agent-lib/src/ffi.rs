@@ -18,7 +18,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use outrider_abi::{ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, HostApiV1, status};
+use outrider_abi::{ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, EventSink, HostApiV1, status};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::run_with_stop_fd;
@@ -58,6 +58,8 @@ pub struct Host {
     request_update_check_fn: extern "C" fn(*mut c_void),
     health_fn: extern "C" fn(*mut c_void, u32, Bytes),
     log_fn: extern "C" fn(*mut c_void, u32, Bytes),
+    /// ABI 1.1; `None` when the stub's table ends before it (a 1.0 stub).
+    take_update_events_fn: Option<extern "C" fn(*mut c_void, *mut c_void, EventSink)>,
     stop_fd: i32,
     /// Copy of `HostApiV1.config`.
     pub config: Vec<u8>,
@@ -113,6 +115,9 @@ impl Host {
             request_update_check_fn: api.request_update_check,
             health_fn: api.health,
             log_fn: api.log,
+            // Read only when the host's table covers it: a 1.0 stub's
+            // struct ends before this field.
+            take_update_events_fn: api.has_v1_1().then_some(api.take_update_events),
             stop_fd: api.stop_fd,
             config,
             state_in,
@@ -163,6 +168,34 @@ impl HostHooks for Host {
     fn request_update_check(&self) {
         (self.request_update_check_fn)(self.ctx);
     }
+
+    fn take_update_events(&self) -> Option<Vec<u8>> {
+        let take = self.take_update_events_fn?;
+        let mut taken: Option<Vec<u8>> = None;
+        take(
+            self.ctx,
+            &mut taken as *mut Option<Vec<u8>> as *mut c_void,
+            copy_events,
+        );
+        taken
+    }
+}
+
+/// The sink handed to `take_update_events`: copies the borrowed buffer into
+/// the `Option<Vec<u8>>` behind `sink_ctx`.
+extern "C" fn copy_events(sink_ctx: *mut c_void, events_json: Bytes) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `sink_ctx` is the `&mut Option<Vec<u8>>` that
+        // `take_update_events` passed for this synchronous call, and the
+        // stub's buffer is valid for the call (the ABI's rule for `Bytes`).
+        let (Some(slot), events) = (
+            unsafe { (sink_ctx as *mut Option<Vec<u8>>).as_mut() },
+            unsafe { events_json.as_slice() },
+        ) else {
+            return;
+        };
+        *slot = Some(events.to_vec());
+    }));
 }
 
 /// Copies the host table, logging why when it is unusable.
@@ -300,6 +333,12 @@ mod tests {
     extern "C" fn health_cb(ctx: *mut c_void, status: u32, _: Bytes) {
         rec(ctx).health.lock().unwrap().push(status);
     }
+    extern "C" fn events_cb(_: *mut c_void, sink_ctx: *mut c_void, sink: EventSink) {
+        sink(
+            sink_ctx,
+            Bytes::from_slice(br#"[{"id":1,"kind":"refused"}]"#),
+        );
+    }
     extern "C" fn log_cb(ctx: *mut c_void, _: u32, m: Bytes) {
         // SAFETY: as above.
         let text = String::from_utf8_lossy(unsafe { m.as_slice() }).into_owned();
@@ -324,6 +363,7 @@ mod tests {
             request_update_check: update,
             health: health_cb,
             log: log_cb,
+            take_update_events: events_cb,
         }
     }
 
@@ -346,6 +386,24 @@ mod tests {
             AGENT_VERSION.as_bytes()
         );
         assert_eq!((api.state_format, api.min_state_format), (1, 1));
+    }
+
+    #[test]
+    fn update_events_are_taken_only_from_a_1_1_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::default();
+        let mut api = host_api(&r, b"{}", 0, dir.path());
+        // SAFETY: `api` and its buffers live through this call.
+        let host = unsafe { Host::from_raw(&api) }.unwrap();
+        assert_eq!(
+            host.take_update_events().as_deref(),
+            Some(&br#"[{"id":1,"kind":"refused"}]"#[..])
+        );
+        // A 1.0 stub's table ends before the field: it is never called.
+        api.struct_size = std::mem::offset_of!(HostApiV1, take_update_events) as u32;
+        // SAFETY: as above.
+        let old = unsafe { Host::from_raw(&api) }.unwrap();
+        assert_eq!(old.take_update_events(), None);
     }
 
     #[test]

@@ -63,6 +63,13 @@ pub trait HostHooks: Send + Sync + 'static {
     fn health(&self, health: Health, message: &str);
     /// Asks the host to poll for updates soon.
     fn request_update_check(&self);
+    /// Takes the host's pending update events: the JSON array described in
+    /// `outrider_abi::update_events`, or `None` when there are none (or the
+    /// host is a stub of ABI 1.0, which cannot hand any over this way). The
+    /// host forgets what it returned: the caller must queue it.
+    fn take_update_events(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl fmt::Debug for dyn HostHooks {

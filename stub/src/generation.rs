@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use outrider_abi::{ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, EntryV1, HostApiV1};
+use outrider_abi::{ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, EntryV1, EventSink, HostApiV1};
 use tracing::{debug, error, info, trace, warn};
 
 use crate::StubError;
@@ -355,6 +355,7 @@ fn run_generation(
         request_update_check: host_request_update_check,
         health: host_health,
         log: host_log,
+        take_update_events: host_take_update_events,
     };
     // `run` catches its own panics (ABI rule); if one escaped anyway the
     // process aborts before we get here.
@@ -413,6 +414,11 @@ extern "C" fn host_health(ctx: *mut c_void, status: u32, message: Bytes) {
         info!(status, %message, "agent health");
         ctx.with(|r| r.health = Some((status, message)));
     }));
+}
+
+/// ABI 1.1: hands pending update events to the library (none yet: the
+/// stub's events still travel in the host JSON's `events` list).
+extern "C" fn host_take_update_events(_ctx: *mut c_void, _sink_ctx: *mut c_void, _sink: EventSink) {
 }
 
 extern "C" fn host_log(_ctx: *mut c_void, level: u32, message: Bytes) {

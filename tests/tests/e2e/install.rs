@@ -297,7 +297,7 @@ fn scripts_are_posix_shellcheck_clean_and_truncation_safe() {
             .args(["--shell=sh", "--severity=style"])
             .arg(&script)
             .output()
-            .expect("shellcheck is installed (apt-get install shellcheck; .ci/run does)");
+            .expect("shellcheck is installed (tests/run installs it)");
         assert!(
             out.status.success(),
             "{name}: shellcheck findings:\n{}",

@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use outrider_abi::{
-    ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, ENTRY_SYMBOL_V1, EntryV1, HostApiV1, health, status,
+    ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, ENTRY_SYMBOL_V1, EntryV1, EventSink, HostApiV1,
+    health, status,
 };
 
 #[derive(Debug, Default)]
@@ -42,6 +43,8 @@ extern "C" fn update(_: *mut c_void) {}
 extern "C" fn health_cb(ctx: *mut c_void, status: u32, m: Bytes) {
     rec(ctx).health.lock().unwrap().push((status, text(m)));
 }
+extern "C" fn no_events(_: *mut c_void, _: *mut c_void, _: EventSink) {}
+
 extern "C" fn log_cb(ctx: *mut c_void, _: u32, m: Bytes) {
     rec(ctx).logs.lock().unwrap().push(text(m));
 }
@@ -110,6 +113,7 @@ fn run_library(path: &Path, state_in: &[u8], ready: impl Fn(&Recorder, &Path) ->
         request_update_check: update,
         health: health_cb,
         log: log_cb,
+        take_update_events: no_events,
     };
     assert_eq!((api.self_test)(&host), status::OK);
     let code = std::thread::scope(|s| {
