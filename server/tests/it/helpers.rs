@@ -430,6 +430,17 @@ pub enum Closed {
 }
 
 impl Conn {
+    /// Opens the websocket without reading anything (the challenge is
+    /// still to be read).
+    pub async fn open_raw(server: &Server) -> Conn {
+        let url = format!("ws://{}{AGENT_WS_PATH}", server.addr);
+        let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url.as_str()))
+            .await
+            .expect("websocket connect timed out")
+            .expect("websocket connect");
+        Conn { ws }
+    }
+
     /// Opens the websocket and reads the challenge; returns the nonce.
     pub async fn open(server: &Server) -> (Conn, String) {
         let url = format!("ws://{}{AGENT_WS_PATH}", server.addr);

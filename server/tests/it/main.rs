@@ -7,6 +7,7 @@ mod agent_ws;
 mod config_push;
 mod enrollment;
 mod events;
+mod golden;
 mod helpers;
 mod metrics;
 mod openapi;
