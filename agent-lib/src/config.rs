@@ -205,6 +205,15 @@ pub struct AgentSettings {
     pub build: Option<BuildInfo>,
     /// Update events (rollbacks) to report as `outrider.update` results.
     pub events: Vec<String>,
+    /// Version of the stub running the library (`HostApiV1.stub_version`),
+    /// sent in every Hello; `None` without a stub.
+    pub stub_version: Option<String>,
+    /// Protocol versions offered in Hello: all this build speaks; tests
+    /// narrow it to act as an older agent (see `docs/protocol.md`).
+    pub protocol: outrider_protocol::ProtocolRange,
+    /// Capabilities announced in Hello: all this build implements; tests
+    /// empty it to act as an older agent.
+    pub capabilities: Vec<String>,
 }
 
 impl fmt::Debug for AgentSettings {
@@ -219,6 +228,9 @@ impl fmt::Debug for AgentSettings {
             .field("data_dir", &self.data_dir)
             .field("state_in_bytes", &self.state_in.len())
             .field("build", &self.build)
+            .field("stub_version", &self.stub_version)
+            .field("protocol", &self.protocol)
+            .field("capabilities", &self.capabilities)
             .finish_non_exhaustive()
     }
 }
@@ -258,6 +270,12 @@ impl AgentSettings {
             state_in: Vec::new(),
             build: None,
             events: Vec::new(),
+            stub_version: None,
+            protocol: outrider_protocol::ProtocolRange::SUPPORTED,
+            capabilities: outrider_protocol::capability::ALL
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
         })
     }
 

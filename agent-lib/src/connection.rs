@@ -15,6 +15,12 @@
 //! fallback addresses and the enrollment (persisted, see [`saved`]) and
 //! reports resolver health as an `outrider.dns` result when it changed.
 //!
+//! Versions: the Hello offers `AgentSettings::protocol` and
+//! `AgentSettings::capabilities`; the Welcome names the version the server
+//! chose (absent from servers before negotiation: 2). A message of a type
+//! this build does not know is skipped, counted and logged once per type at
+//! debug (see `docs/protocol.md`); a malformed one is logged and skipped.
+//!
 //! Reconnects use one [`Backoff`] (reset after every session that got a
 //! `Welcome`); a `Rejected` waits at least [`REJECTED_RETRY`]. Every
 //! (re)connect resends all un-acked results; the server dedups by seq.
@@ -28,7 +34,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use outrider_protocol::{
-    AgentMessage, Hello, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ServerMessage, Welcome,
+    AgentMessage, Decoded, Hello, MAX_MESSAGE_BYTES, ServerMessage, Welcome, agreed_capabilities,
 };
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
@@ -159,6 +165,27 @@ pub(crate) struct Connection<'a> {
     /// Survives sessions, so a reconnect does not reset a plugin's backoff.
     plugin_retries: PluginRetries,
     memory: ConnectionState,
+    /// Server messages of unknown types skipped, and the types seen (each
+    /// logged once; at most [`MAX_UNKNOWN_KINDS`] remembered).
+    unknown: UnknownMessages,
+}
+
+/// Unknown message types remembered for logging once each.
+const MAX_UNKNOWN_KINDS: usize = 64;
+
+/// The count of skipped server messages of unknown types.
+#[derive(Debug, Default)]
+struct UnknownMessages {
+    count: u64,
+    kinds: std::collections::BTreeSet<String>,
+}
+
+impl UnknownMessages {
+    /// Counts one; true the first time `kind` is seen.
+    fn record(&mut self, kind: &str) -> bool {
+        self.count += 1;
+        self.kinds.len() < MAX_UNKNOWN_KINDS && self.kinds.insert(kind.to_owned())
+    }
 }
 
 impl<'a> Connection<'a> {
@@ -192,6 +219,7 @@ impl<'a> Connection<'a> {
                 settings.timing.plugin_retry_cap,
             ),
             memory,
+            unknown: UnknownMessages::default(),
         }
     }
 
@@ -292,8 +320,15 @@ impl<'a> Connection<'a> {
         scheduler: &Scheduler,
     ) -> Result<Ws, AgentError> {
         let timing = &self.agent.settings.timing;
+        let settings = self.agent.settings;
         let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
+            // The floor: servers before negotiation accept only an exact 2.
+            protocol_version: settings.protocol.min(),
+            protocol_min: Some(settings.protocol.min()),
+            protocol_max: Some(settings.protocol.max()),
+            capabilities: settings.capabilities.clone(),
+            stub_version: settings.stub_version.clone(),
+            channel: Some(settings.agent.channel.clone()),
             fingerprint: self.agent.identity.fingerprint().clone(),
             public_key: self.agent.identity.public_key_hex(),
             signature: self.agent.identity.sign_challenge(nonce),
@@ -324,6 +359,18 @@ impl<'a> Connection<'a> {
         send(&mut ws, timing, &AgentMessage::Hello(hello)).await?;
         match recv_within(&mut ws, timing, "the server's welcome").await? {
             ServerMessage::Welcome(welcome) => {
+                let version = welcome.protocol_version;
+                if !(settings.protocol.min()..=settings.protocol.max()).contains(&version) {
+                    return Err(AgentError::Protocol(format!(
+                        "the server chose protocol version {version}, outside the offered {}",
+                        settings.protocol
+                    )));
+                }
+                let agreed =
+                    agreed_capabilities(version, &settings.capabilities, &welcome.capabilities);
+                self.agent.hooks.debug(&format!(
+                    "protocol version {version}, capabilities {agreed:?}"
+                ));
                 self.welcomed(&welcome, dialed).await;
                 Ok(ws)
             }
@@ -552,7 +599,10 @@ async fn send_frame(
 /// Reads the next protocol message, skipping control frames; every frame
 /// (pongs included) refreshes `heard`. Cancel-safe: a message is consumed
 /// only when it is returned.
-async fn recv(ws: &mut Ws, heard: &mut tokio::time::Instant) -> Result<ServerMessage, AgentError> {
+async fn recv(
+    ws: &mut Ws,
+    heard: &mut tokio::time::Instant,
+) -> Result<Decoded<ServerMessage>, AgentError> {
     use futures_util::StreamExt;
     loop {
         let frame = ws.next().await;
@@ -561,7 +611,7 @@ async fn recv(ws: &mut Ws, heard: &mut tokio::time::Instant) -> Result<ServerMes
             None => return Err(AgentError::Closed(None)),
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(Message::Text(text))) => {
-                return ServerMessage::decode(&text)
+                return ServerMessage::decode_frame(&text)
                     .map_err(|e| AgentError::Protocol(e.to_string()));
             }
             Some(Ok(Message::Close(frame))) => {
@@ -579,13 +629,22 @@ async fn recv(ws: &mut Ws, heard: &mut tokio::time::Instant) -> Result<ServerMes
     }
 }
 
+/// The next known handshake message within the handshake timeout; unknown
+/// types (a newer server) are skipped.
 async fn recv_within(
     ws: &mut Ws,
     timing: &ConnectionTiming,
     what: &'static str,
 ) -> Result<ServerMessage, AgentError> {
     let mut heard = tokio::time::Instant::now();
-    tokio::time::timeout(timing.handshake_timeout, recv(ws, &mut heard))
+    let known = async {
+        loop {
+            if let Decoded::Message(m) = recv(ws, &mut heard).await? {
+                return Ok(m);
+            }
+        }
+    };
+    tokio::time::timeout(timing.handshake_timeout, known)
         .await
         .map_err(|_| AgentError::Timeout(what))?
 }

@@ -67,6 +67,8 @@ pub struct Host {
     pub state_in: Vec<u8>,
     /// Copy of `HostApiV1.data_dir`.
     pub data_dir: String,
+    /// Copy of `HostApiV1.stub_version` (lossy UTF-8; empty: unknown).
+    pub stub_version: String,
 }
 
 // SAFETY: the ABI (HostApiV1 docs) guarantees the callbacks are thread-safe
@@ -102,11 +104,12 @@ impl Host {
             return Err(HostError::BadHost);
         }
         // SAFETY: the buffers are valid for this call; we copy them at once.
-        let (config, state_in, data_dir) = unsafe {
+        let (config, state_in, data_dir, stub_version) = unsafe {
             (
                 api.config.as_slice().to_vec(),
                 api.state_in.as_slice().to_vec(),
                 api.data_dir.as_slice().to_vec(),
+                String::from_utf8_lossy(api.stub_version.as_slice()).into_owned(),
             )
         };
         let mut host = Host {
@@ -122,6 +125,7 @@ impl Host {
             config,
             state_in,
             data_dir: String::new(),
+            stub_version,
         };
         match String::from_utf8(data_dir) {
             Ok(dir) => host.data_dir = dir,
@@ -229,7 +233,10 @@ extern "C" fn run_v1(raw: *const HostApiV1) -> i32 {
 
 fn run_host(host: &Arc<Host>) -> i32 {
     let settings = match AgentSettings::from_host(&host.config, &host.data_dir, &host.state_in) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            s.stub_version = Some(host.stub_version.clone()).filter(|v| !v.is_empty());
+            s
+        }
         Err(e) => {
             host.log(Level::Error, &e.to_string());
             return status::BAD_CONFIG;

@@ -76,6 +76,38 @@ pub struct AgentInfo {
     /// Version of the agent's current configuration document (0: none yet).
     #[serde(default)]
     pub config_version: u64,
+    /// The version of this host, as every view shows it: [`host_version`]
+    /// of `build_version` and `agent_version` (absent from older servers;
+    /// use [`AgentInfo::host_version`], which works with both).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Version of the stub running the agent library, when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stub_version: Option<String>,
+    /// Update channel the agent follows, when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Protocol version of the agent's last session, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+}
+
+/// The version of a host: the version its build was published as when the
+/// stub reported one, else the agent library's own crate version. The one
+/// definition the API, `outrider agents` and `outrider release status`
+/// share, so the same host shows the same string everywhere.
+pub fn host_version<'a>(build_version: Option<&'a str>, agent_version: &'a str) -> &'a str {
+    match build_version {
+        Some(v) if !v.is_empty() => v,
+        _ => agent_version,
+    }
+}
+
+impl AgentInfo {
+    /// [`host_version`] of this agent.
+    pub fn host_version(&self) -> &str {
+        host_version(self.build_version.as_deref(), &self.agent_version)
+    }
 }
 
 /// `PUT /api/v1/agents/{fp}/tags` body: the complete server-assigned tag set.
@@ -250,4 +282,22 @@ pub enum Event {
     /// This subscriber fell behind and `missed` events were dropped for it;
     /// re-read the state it needs (`GET /api/v1/agents`, results).
     Lagged { missed: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_version_prefers_the_published_build_version() {
+        let table = [
+            (Some("1.4.0"), "0.1.0", "1.4.0"),
+            (None, "0.1.0", "0.1.0"),
+            (Some(""), "0.1.0", "0.1.0"),
+            (Some("0.1.1"), "0.1.0", "0.1.1"),
+        ];
+        for (build, agent, want) in table {
+            assert_eq!(host_version(build, agent), want, "{build:?} {agent}");
+        }
+    }
 }

@@ -2,8 +2,16 @@
 //!
 //! One websocket per agent, JSON text frames, one message per frame. Every
 //! message is an object with a `"type"` tag; unknown fields are ignored so
-//! either side may add optional fields without a version bump. Adding a
-//! message type or changing a field's meaning bumps [`PROTOCOL_VERSION`].
+//! either side may add optional fields without a version bump.
+//!
+//! Versions (the rules are in `docs/protocol.md`): the agent offers a range
+//! `[protocol_min, protocol_max]` and its capabilities in `Hello`; the server
+//! picks the highest version both speak ([`ProtocolRange::negotiate`]) and
+//! answers with it and its own capabilities in `Welcome`. From version 3 on
+//! both sides skip a message of a type they do not know ([`Decoded::Unknown`])
+//! instead of failing, and a new message is sent only to a peer that
+//! announced its capability ([`capability`]), so adding one never raises
+//! the floor [`PROTOCOL_MIN`].
 //!
 //! Session, in order:
 //! 1. server → [`ServerMessage::Challenge`] with a fresh random nonce;
@@ -54,8 +62,98 @@ pub fn unix_now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Version of this wire protocol, sent in [`AgentMessage::Hello`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Oldest protocol version this code speaks: the floor. Servers before
+/// negotiation accept exactly this value in `Hello.protocol_version`.
+pub const PROTOCOL_MIN: u32 = 2;
+
+/// Newest protocol version this code speaks. Version 3 is version 2 plus:
+/// unknown message types and fields are skipped, capabilities are honoured.
+pub const PROTOCOL_MAX: u32 = 3;
+
+/// What an agent sends in `Hello.protocol_version`: the floor, which is what
+/// servers before negotiation check for equality.
+pub const PROTOCOL_VERSION: u32 = PROTOCOL_MIN;
+
+/// Capabilities: optional features announced in `Hello` and `Welcome`. A
+/// side sends a message or field tied to a capability only when the peer
+/// announced it (and the negotiated version is at least 3).
+pub mod capability {
+    /// The agent acts on [`crate::ServerMessage::CheckUpdate`].
+    pub const UPDATE_NUDGE: &str = "update_nudge";
+    /// The agent reports the stub's update outcomes as
+    /// [`crate::CheckResult::update_event`]; the server stores them.
+    pub const UPDATE_EVENTS: &str = "update_events";
+
+    /// Every capability this code implements.
+    pub const ALL: &[&str] = &[UPDATE_NUDGE, UPDATE_EVENTS];
+}
+
+/// Most capabilities either side may announce; more is a protocol error.
+pub const MAX_CAPABILITIES: usize = 64;
+
+/// A range of protocol versions one side speaks, `min <= max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProtocolRange {
+    min: u32,
+    max: u32,
+}
+
+/// Why a [`ProtocolRange`] cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("protocol range [{min}, {max}] is empty: the minimum must not exceed the maximum")]
+pub struct EmptyRangeError {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl ProtocolRange {
+    /// Everything this code speaks: [`PROTOCOL_MIN`]..=[`PROTOCOL_MAX`].
+    pub const SUPPORTED: ProtocolRange = ProtocolRange {
+        min: PROTOCOL_MIN,
+        max: PROTOCOL_MAX,
+    };
+
+    /// `[min, max]`; fails when `min > max`.
+    pub fn new(min: u32, max: u32) -> Result<ProtocolRange, EmptyRangeError> {
+        if min > max {
+            return Err(EmptyRangeError { min, max });
+        }
+        Ok(ProtocolRange { min, max })
+    }
+
+    pub fn min(self) -> u32 {
+        self.min
+    }
+
+    pub fn max(self) -> u32 {
+        self.max
+    }
+
+    /// The highest version both ranges contain, or `None` when they do not
+    /// overlap.
+    pub fn negotiate(self, other: ProtocolRange) -> Option<u32> {
+        let high = self.max.min(other.max);
+        (high >= self.min.max(other.min)).then_some(high)
+    }
+}
+
+impl std::fmt::Display for ProtocolRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}, {}]", self.min, self.max)
+    }
+}
+
+/// The capabilities in force for a session at protocol `version`: those
+/// both sides announced, and none below version 3 (which has none).
+pub fn agreed_capabilities(version: u32, ours: &[String], theirs: &[String]) -> Vec<String> {
+    if version < 3 {
+        return Vec::new();
+    }
+    ours.iter()
+        .filter(|c| theirs.contains(c))
+        .cloned()
+        .collect()
+}
 
 /// Path of the agent websocket endpoint on the server.
 pub const AGENT_WS_PATH: &str = "/v1/agent/ws";
@@ -84,6 +182,10 @@ pub const PLUGIN_PREFIX: &str = "plugin:";
 pub const BUILTIN_PREFIX: &str = "builtin:";
 
 /// Messages sent by the agent.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one Hello per session; boxing it would change every match on the wire type"
+)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
@@ -107,11 +209,39 @@ pub enum AgentMessage {
     Goodbye { reason: String },
 }
 
+impl AgentMessage {
+    /// Every `type` tag of this enum, for telling an unknown message from a
+    /// malformed known one.
+    pub const TYPES: &[&str] = &["hello", "results", "rpc_result", "get_plugin", "goodbye"];
+
+    /// The `type` tag of this message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentMessage::Hello(_) => "hello",
+            AgentMessage::Results { .. } => "results",
+            AgentMessage::RpcResult { .. } => "rpc_result",
+            AgentMessage::GetPlugin { .. } => "get_plugin",
+            AgentMessage::Goodbye { .. } => "goodbye",
+        }
+    }
+}
+
 /// The agent's introduction, answering a [`ServerMessage::Challenge`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
-    /// [`PROTOCOL_VERSION`] of the agent.
+    /// The floor of the agent's range ([`PROTOCOL_VERSION`]): servers before
+    /// negotiation accept only an exact match.
     pub protocol_version: u32,
+    /// Lowest version the agent speaks; absent (an agent before
+    /// negotiation): `protocol_version`. See [`Hello::offered`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_min: Option<u32>,
+    /// Highest version the agent speaks; absent: `protocol_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_max: Option<u32>,
+    /// Optional features the agent implements ([`capability`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
     /// Identity: short hash of `public_key`, see [`fingerprint_of`].
     pub fingerprint: Fingerprint,
     /// Hex of the 32-byte ed25519 public key.
@@ -137,6 +267,14 @@ pub struct Hello {
     /// Release version of that build as the manifest names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_version: Option<String>,
+    /// Version of the stub that runs the library (`HostApiV1.stub_version`);
+    /// absent without a stub or from agents before it was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stub_version: Option<String>,
+    /// Update channel of the host (`channel` of its `agent.toml`), so the
+    /// server knows whom to nudge after a release of that channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     /// Highest result sequence number the agent has ever assigned, so the
     /// server can tell a restarted spool from a replay.
     #[serde(default)]
@@ -190,6 +328,58 @@ pub enum ServerMessage {
     },
     /// The server has no plugin `sha256` (or it is unreadable).
     PluginMissing { sha256: String, reason: String },
+    /// Check for updates now: a release of the agent's channel changed.
+    /// Sent only to agents announcing [`capability::UPDATE_NUDGE`].
+    CheckUpdate {
+        /// What changed, for the agent's log (`release promote on stable`).
+        #[serde(default)]
+        reason: String,
+    },
+}
+
+impl ServerMessage {
+    /// Every `type` tag of this enum, for telling an unknown message from a
+    /// malformed known one.
+    pub const TYPES: &[&str] = &[
+        "challenge",
+        "welcome",
+        "rejected",
+        "config",
+        "ack",
+        "run_check",
+        "run_script",
+        "plugin_chunk",
+        "plugin_missing",
+        "check_update",
+    ];
+
+    /// The `type` tag of this message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Challenge { .. } => "challenge",
+            ServerMessage::Welcome(_) => "welcome",
+            ServerMessage::Rejected { .. } => "rejected",
+            ServerMessage::Config(_) => "config",
+            ServerMessage::Ack { .. } => "ack",
+            ServerMessage::RunCheck { .. } => "run_check",
+            ServerMessage::RunScript { .. } => "run_script",
+            ServerMessage::PluginChunk { .. } => "plugin_chunk",
+            ServerMessage::PluginMissing { .. } => "plugin_missing",
+            ServerMessage::CheckUpdate { .. } => "check_update",
+        }
+    }
+}
+
+impl Hello {
+    /// The versions the agent offers: `[protocol_min, protocol_max]`, each
+    /// `protocol_version` when absent (an agent before negotiation). Fails
+    /// when the agent sent an empty range.
+    pub fn offered(&self) -> Result<ProtocolRange, EmptyRangeError> {
+        ProtocolRange::new(
+            self.protocol_min.unwrap_or(self.protocol_version),
+            self.protocol_max.unwrap_or(self.protocol_version),
+        )
+    }
 }
 
 /// Body of [`ServerMessage::Welcome`].
@@ -210,6 +400,17 @@ pub struct Welcome {
     /// the last step of its DNS fallback chain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub server_addrs: Vec<String>,
+    /// The version the server chose from the agent's range; absent (a
+    /// server before negotiation): [`PROTOCOL_MIN`].
+    #[serde(default = "floor")]
+    pub protocol_version: u32,
+    /// Optional features the server implements ([`capability`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+}
+
+fn floor() -> u32 {
+    PROTOCOL_MIN
 }
 
 /// The configuration document the server computes for one agent.
@@ -391,7 +592,34 @@ pub enum DecodeError {
     TooLarge { len: usize },
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// Well-formed, but of a type this code does not know (a newer peer);
+    /// only [`AgentMessage::decode`] and [`ServerMessage::decode`] return
+    /// it — [`AgentMessage::decode_frame`] makes it [`Decoded::Unknown`].
+    #[error("unknown message type {kind:?}")]
+    UnknownType { kind: String },
 }
+
+/// A decoded frame: a message this code knows, or one of a type it does
+/// not (sent by a newer peer), which the receiver skips.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded<T> {
+    Message(T),
+    /// A JSON object whose `type` is not one of this code's message types.
+    Unknown {
+        kind: String,
+    },
+}
+
+/// Just the tag of a frame.
+#[derive(Deserialize)]
+struct Tag {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Longest unknown `type` tag kept (for logs and counters); longer ones
+/// are cut, so a hostile peer cannot make the receiver store a megabyte.
+const MAX_KIND_LEN: usize = 64;
 
 macro_rules! codec {
     ($ty:ty) => {
@@ -403,12 +631,39 @@ macro_rules! codec {
                 serde_json::to_string(self).expect("protocol message serialises")
             }
 
-            /// Decodes one text frame, refusing frames over [`MAX_MESSAGE_BYTES`].
+            /// Decodes one text frame, refusing frames over
+            /// [`MAX_MESSAGE_BYTES`] and unknown message types.
             pub fn decode(text: &str) -> Result<Self, DecodeError> {
+                match Self::decode_frame(text)? {
+                    Decoded::Message(m) => Ok(m),
+                    Decoded::Unknown { kind } => Err(DecodeError::UnknownType { kind }),
+                }
+            }
+
+            /// Decodes one text frame: a known message, or
+            /// [`Decoded::Unknown`] for a JSON object with a `type` this
+            /// code does not know. Fails on frames over
+            /// [`MAX_MESSAGE_BYTES`] and on malformed ones (not JSON, no
+            /// `type`, a known type with bad fields).
+            pub fn decode_frame(text: &str) -> Result<Decoded<Self>, DecodeError> {
                 if text.len() > MAX_MESSAGE_BYTES {
                     return Err(DecodeError::TooLarge { len: text.len() });
                 }
-                Ok(serde_json::from_str(text)?)
+                match serde_json::from_str(text) {
+                    Ok(m) => Ok(Decoded::Message(m)),
+                    Err(e) => match serde_json::from_str::<Tag>(text) {
+                        Ok(Tag { kind }) if !Self::TYPES.contains(&kind.as_str()) => {
+                            let mut end = kind.len().min(MAX_KIND_LEN);
+                            while !kind.is_char_boundary(end) {
+                                end -= 1;
+                            }
+                            Ok(Decoded::Unknown {
+                                kind: kind[..end].to_owned(),
+                            })
+                        }
+                        _ => Err(DecodeError::Malformed(e)),
+                    },
+                }
             }
         }
     };
@@ -442,9 +697,157 @@ mod tests {
             Err(DecodeError::TooLarge { .. })
         ));
         assert!(matches!(
-            AgentMessage::decode(r#"{"type":"nope"}"#),
+            AgentMessage::decode(r#"{"type":"hello"}"#),
             Err(DecodeError::Malformed(_))
         ));
+        assert!(matches!(
+            AgentMessage::decode(r#"{"kind":"nope"}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            AgentMessage::decode("not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_types_decode_as_unknown_not_malformed() {
+        assert_eq!(
+            AgentMessage::decode_frame(r#"{"type":"future_thing","x":1}"#).unwrap(),
+            Decoded::Unknown {
+                kind: "future_thing".into()
+            }
+        );
+        assert_eq!(
+            ServerMessage::decode_frame(r#"{"type":"future_thing"}"#).unwrap(),
+            Decoded::Unknown {
+                kind: "future_thing".into()
+            }
+        );
+        assert!(matches!(
+            ServerMessage::decode(r#"{"type":"future_thing"}"#),
+            Err(DecodeError::UnknownType { kind }) if kind == "future_thing"
+        ));
+        // A server type is unknown to the agent decoder and vice versa.
+        assert!(matches!(
+            AgentMessage::decode_frame(r#"{"type":"ack","up_to":1}"#).unwrap(),
+            Decoded::Unknown { .. }
+        ));
+        let long = format!(r#"{{"type":"{}"}}"#, "é".repeat(100));
+        let Decoded::Unknown { kind } = AgentMessage::decode_frame(&long).unwrap() else {
+            panic!("expected unknown");
+        };
+        assert!(kind.len() <= MAX_KIND_LEN, "{}", kind.len());
+    }
+
+    #[test]
+    fn type_lists_match_the_enums() {
+        let agent = [
+            AgentMessage::Goodbye { reason: "x".into() },
+            AgentMessage::GetPlugin {
+                sha256: "a".into(),
+                offset: 0,
+            },
+            AgentMessage::Results { results: vec![] },
+            AgentMessage::RpcResult {
+                id: "1".into(),
+                result: None,
+                error: Some("e".into()),
+            },
+        ];
+        for m in agent {
+            let tag: Tag = serde_json::from_str(&m.encode()).unwrap();
+            assert_eq!(tag.kind, m.kind());
+            assert!(AgentMessage::TYPES.contains(&m.kind()));
+        }
+        let server = [
+            ServerMessage::Ack { up_to: 1 },
+            ServerMessage::CheckUpdate { reason: "r".into() },
+            ServerMessage::Challenge { nonce: "n".into() },
+            ServerMessage::Rejected { reason: "r".into() },
+            ServerMessage::Config(AgentConfig::default()),
+            ServerMessage::RunCheck {
+                id: "1".into(),
+                check: "c".into(),
+            },
+            ServerMessage::PluginMissing {
+                sha256: "a".into(),
+                reason: "r".into(),
+            },
+        ];
+        for m in server {
+            let tag: Tag = serde_json::from_str(&m.encode()).unwrap();
+            assert_eq!(tag.kind, m.kind());
+            assert!(ServerMessage::TYPES.contains(&m.kind()));
+        }
+        assert_eq!(AgentMessage::TYPES.len(), 5);
+        assert_eq!(ServerMessage::TYPES.len(), 10);
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version() {
+        let r = |min, max| ProtocolRange::new(min, max).unwrap();
+        let table = [
+            (r(2, 2), r(2, 3), Some(2)),
+            (r(2, 3), r(2, 2), Some(2)),
+            (r(2, 3), r(2, 3), Some(3)),
+            (r(2, 5), r(3, 4), Some(4)),
+            (r(3, 3), r(2, 2), None),
+            (r(2, 2), r(3, 4), None),
+        ];
+        for (agent, server, want) in table {
+            assert_eq!(agent.negotiate(server), want, "{agent} vs {server}");
+            assert_eq!(server.negotiate(agent), want, "{server} vs {agent}");
+        }
+        assert_eq!(
+            ProtocolRange::new(3, 2),
+            Err(EmptyRangeError { min: 3, max: 2 })
+        );
+    }
+
+    #[test]
+    fn hello_without_a_range_offers_its_version() {
+        let hello: Hello = serde_json::from_str(
+            r#"{"protocol_version":2,"fingerprint":"790901b82a89fe505b5f","public_key":"",
+                "signature":"","hostname":"h","os":"linux","arch":"x86_64","agent_version":"0.1.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(hello.offered(), Ok(ProtocolRange::new(2, 2).unwrap()));
+        let ranged = Hello {
+            protocol_min: Some(2),
+            protocol_max: Some(3),
+            ..hello.clone()
+        };
+        assert_eq!(ranged.offered(), Ok(ProtocolRange::SUPPORTED));
+        let empty = Hello {
+            protocol_max: Some(1),
+            ..hello
+        };
+        assert!(empty.offered().is_err());
+        // A welcome of a server before negotiation means the floor.
+        let welcome: Welcome =
+            serde_json::from_str(r#"{"fingerprint":"790901b82a89fe505b5f","acked_seq":0}"#)
+                .unwrap();
+        assert_eq!(welcome.protocol_version, PROTOCOL_MIN);
+    }
+
+    #[test]
+    fn capabilities_need_version_3_and_both_sides() {
+        let s = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        type Row<'a> = (u32, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+        let table: [Row; 4] = [
+            (2, &["update_nudge"], &["update_nudge"], &[]),
+            (3, &["update_nudge"], &["update_nudge"], &["update_nudge"]),
+            (3, &["update_nudge", "x"], &["x"], &["x"]),
+            (3, &[], &["update_nudge"], &[]),
+        ];
+        for (version, ours, theirs, want) in table {
+            assert_eq!(
+                agreed_capabilities(version, &s(ours), &s(theirs)),
+                s(want),
+                "version {version}, {ours:?} and {theirs:?}"
+            );
+        }
     }
 
     #[test]

@@ -33,8 +33,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use outrider_protocol::api::Presence;
 use outrider_protocol::{
-    AgentConfig, AgentMessage, Fingerprint, Hello, MAX_BATCH_RESULTS, MAX_MESSAGE_BYTES,
-    PROTOCOL_VERSION, ServerMessage, Welcome, is_valid_name,
+    AgentConfig, AgentMessage, Decoded, Fingerprint, Hello, MAX_BATCH_RESULTS, MAX_CAPABILITIES,
+    MAX_MESSAGE_BYTES, ProtocolRange, ServerMessage, Welcome, agreed_capabilities, capability,
+    is_valid_name,
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
@@ -108,7 +109,9 @@ async fn session(
     addrs: ConnAddrs,
     _permit: OwnedSemaphorePermit,
 ) {
-    let Some((hello, registration)) = Box::pin(introduce(&state, &mut socket, &addrs)).await else {
+    let Some((hello, registration, agreed)) =
+        Box::pin(introduce(&state, &mut socket, &addrs)).await
+    else {
         return;
     };
     let fp = registration.fingerprint.clone();
@@ -122,6 +125,8 @@ async fn session(
     // ending in between must see that it was replaced, or its "down" would
     // land after our "connected".
     let mut link = state.sessions.insert(&fp);
+    let version = registration.protocol_version;
+    let channel = registration.channel.clone();
     let acked_seq = match Box::pin(state.store.register(registration)).await {
         Ok(seq) => seq,
         Err(e) => {
@@ -141,7 +146,14 @@ async fn session(
             Arc::new(AgentConfig::default())
         }
     };
-    info!(fingerprint = %fp, hostname = %hello.hostname, version = %hello.agent_version, resumed, "agent connected");
+    info!(fingerprint = %fp, hostname = %hello.hostname, version = %hello.agent_version, protocol = version, resumed, "agent connected");
+    if agreed.iter().any(|c| c == capability::UPDATE_NUDGE)
+        && let Some(channel) = channel
+    {
+        state
+            .nudges
+            .join(&fp, link.id, &channel, link.nudge.clone());
+    }
 
     let welcome = Welcome {
         fingerprint: fp.clone(),
@@ -149,6 +161,8 @@ async fn session(
         resume_token: state.sessions.issue_resume_token(&fp),
         resumed,
         server_addrs: server_addrs(&state, &addrs),
+        protocol_version: version,
+        capabilities: state.config.capabilities.clone(),
     };
     // A resumed agent that already runs this version is not sent it again.
     let sent_version =
@@ -160,12 +174,13 @@ async fn session(
 }
 
 /// Challenge, hello, authentication. On refusal the agent has been told
-/// why, the refusal is logged, and `None` is returned.
+/// why, the refusal is logged, and `None` is returned. Also returns the
+/// capabilities agreed for the session.
 async fn introduce(
     state: &AppState,
     socket: &mut WebSocket,
     addrs: &ConnAddrs,
-) -> Option<(Hello, Registration)> {
+) -> Option<(Hello, Registration, Vec<String>)> {
     let nonce = random_hex::<32>();
     let challenge = ServerMessage::Challenge {
         nonce: nonce.clone(),
@@ -174,7 +189,7 @@ async fn introduce(
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_message(socket)).await {
         Ok(Ok(AgentMessage::Hello(hello))) => hello,
         Ok(Ok(other)) => {
-            let reason = format!("expected hello, got {}", kind(&other));
+            let reason = format!("expected hello, got {}", other.kind());
             warn!(remote = %addrs.remote, %reason, "agent refused");
             reject(socket, &reason).await;
             return None;
@@ -190,7 +205,7 @@ async fn introduce(
         }
     };
     match authenticate(state, &hello, &nonce).await {
-        Ok(registration) => Some((hello, registration)),
+        Ok((registration, agreed)) => Some((hello, registration, agreed)),
         Err(reason) => {
             warn!(fingerprint = %hello.fingerprint, hostname = %hello.hostname, remote = %addrs.remote, %reason, "agent refused");
             reject(socket, &reason).await;
@@ -203,6 +218,7 @@ async fn introduce(
 /// returns the close frame to send.
 async fn finish(state: &AppState, fp: &Fingerprint, id: u64, end: End) -> (u16, &'static str) {
     let ours = state.sessions.remove(fp, id);
+    state.nudges.leave(fp, id);
     if ours && matches!(end, End::Goodbye(_)) {
         state.sessions.forget_resume_token(fp);
     }
@@ -255,19 +271,45 @@ fn server_addrs(state: &AppState, addrs: &ConnAddrs) -> Vec<String> {
     }
 }
 
+/// The protocol version and capabilities of a session: the highest
+/// version both `ours` and the hello's range contain, and the capabilities
+/// both announced (none below version 3). `Err` is the rejection reason.
+pub fn negotiate(
+    hello: &Hello,
+    ours: ProtocolRange,
+    our_capabilities: &[String],
+) -> Result<(u32, Vec<String>), String> {
+    let offered = hello.offered().map_err(|e| e.to_string())?;
+    let Some(version) = offered.negotiate(ours) else {
+        return Err(format!(
+            "protocol versions {offered} are not supported (server speaks {ours})"
+        ));
+    };
+    if hello.capabilities.len() > MAX_CAPABILITIES {
+        return Err(format!(
+            "{} capabilities exceed the limit of {MAX_CAPABILITIES}",
+            hello.capabilities.len()
+        ));
+    }
+    Ok((
+        version,
+        agreed_capabilities(version, our_capabilities, &hello.capabilities),
+    ))
+}
+
 /// Checks the hello: protocol version, tags, proof of key possession, and
 /// either the pinned key (known agent) or an enrollment token (new agent).
+/// Returns the registration and the capabilities agreed for the session.
 async fn authenticate(
     state: &AppState,
     hello: &Hello,
     nonce: &str,
-) -> Result<Registration, String> {
-    if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
-            hello.protocol_version
-        ));
-    }
+) -> Result<(Registration, Vec<String>), String> {
+    let (version, agreed) = negotiate(
+        hello,
+        state.config.protocol_range(),
+        &state.config.capabilities,
+    )?;
     if hello.tags.len() > MAX_AGENT_TAGS {
         return Err(format!(
             "{} tags exceed the limit of {MAX_AGENT_TAGS}",
@@ -309,7 +351,7 @@ async fn authenticate(
             None => return Err("unknown agent and no enrollment token".into()),
         },
     }
-    Ok(Registration {
+    let registration = Registration {
         fingerprint: hello.fingerprint.clone(),
         public_key: hello.public_key.clone(),
         hostname: truncate(&hello.hostname, 255),
@@ -319,7 +361,11 @@ async fn authenticate(
         build_sha256: hello.build_sha256.as_deref().map(|s| truncate(s, 64)),
         build_version: hello.build_version.as_deref().map(|s| truncate(s, 64)),
         tags: normalize_tags(&hello.tags),
-    })
+        stub_version: hello.stub_version.as_deref().map(|s| truncate(s, 64)),
+        channel: hello.channel.as_deref().map(|s| truncate(s, 64)),
+        protocol_version: version,
+    };
+    Ok((registration, agreed))
 }
 
 /// The registered part of a session, until it ends. `sent_version` is the
@@ -364,6 +410,12 @@ async fn converse(
                 }
                 sent_version = Some(config.version);
             }
+            () = link.nudge.notified() => {
+                let nudge = ServerMessage::CheckUpdate { reason: "a release of the agent's channel changed".into() };
+                if let Err(e) = send(socket, &nudge, down_after).await {
+                    return End::Lost(e);
+                }
+            }
             Some(request) = link.rpc_rx.recv() => {
                 if let Err(e) = send(socket, &request, down_after).await {
                     return End::Lost(e);
@@ -379,8 +431,16 @@ async fn converse(
                     Some(Ok(Message::Close(_))) => return End::Lost("closed without goodbye".into()),
                     Some(Ok(Message::Binary(_))) => return End::Protocol("binary frame".into()),
                 };
-                let message = match AgentMessage::decode(&text) {
-                    Ok(m) => m,
+                let message = match AgentMessage::decode_frame(&text) {
+                    Ok(Decoded::Message(m)) => m,
+                    // A newer agent's message: skipped, counted, logged
+                    // once per kind (see docs/protocol.md).
+                    Ok(Decoded::Unknown { kind }) => {
+                        if state.metrics.counters.unknown_message(&kind) {
+                            debug!(fingerprint = %fp, %kind, "skipping agent messages of an unknown type");
+                        }
+                        continue;
+                    }
                     Err(e) => return End::Protocol(e.to_string()),
                 };
                 // Boxed: the idle session future stays small; the
@@ -547,16 +607,6 @@ fn random_hex<const N: usize>() -> String {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).expect("the OS random number generator works");
     hex::encode(bytes)
-}
-
-fn kind(msg: &AgentMessage) -> &'static str {
-    match msg {
-        AgentMessage::Hello(_) => "hello",
-        AgentMessage::Results { .. } => "results",
-        AgentMessage::Goodbye { .. } => "goodbye",
-        AgentMessage::RpcResult { .. } => "rpc_result",
-        AgentMessage::GetPlugin { .. } => "get_plugin",
-    }
 }
 
 /// Cuts a label to at most `max` bytes on a character boundary.

@@ -19,6 +19,10 @@ pub const DEFAULT_MAX_AGENT_CONNECTIONS: usize = 20_000;
 /// Connections accepted per second (with a burst of as many).
 pub const DEFAULT_ACCEPT_RATE_PER_SEC: u32 = 2_000;
 
+/// Default window over which the agents of a channel are nudged to check
+/// for updates after a release change (see [`crate::nudges`]).
+pub const DEFAULT_NUDGE_WINDOW_SECS: u64 = 60;
+
 /// Settings of one server process.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServerConfig {
@@ -66,6 +70,32 @@ pub struct ServerConfig {
     /// Metric storage and export settings ([`crate::metrics`]).
     #[command(flatten)]
     pub metrics: crate::metrics::MetricsConfig,
+    /// Lowest agent protocol version accepted (see `docs/protocol.md`);
+    /// raise it only when no agent in the field still needs the old one.
+    #[arg(long, default_value_t = outrider_protocol::PROTOCOL_MIN)]
+    pub protocol_min: u32,
+    /// Highest agent protocol version spoken; lower it to run as an older
+    /// server would (tests of mixed fleets).
+    #[arg(long, default_value_t = outrider_protocol::PROTOCOL_MAX)]
+    pub protocol_max: u32,
+    /// Capabilities announced in every welcome and honoured in sessions of
+    /// protocol 3 and later; all of [`outrider_protocol::capability::ALL`]
+    /// unless a test runs the server as an older one.
+    #[arg(skip = default_capabilities())]
+    pub capabilities: Vec<String>,
+    /// Seconds over which the connected agents of a channel are nudged to
+    /// check for updates after a release change of that channel, spread
+    /// uniformly so the fleet does not arrive at once (0: all at once).
+    #[arg(long, default_value_t = DEFAULT_NUDGE_WINDOW_SECS)]
+    pub nudge_window_secs: u64,
+}
+
+/// Every capability this server implements.
+pub fn default_capabilities() -> Vec<String> {
+    outrider_protocol::capability::ALL
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect()
 }
 
 /// Why a configuration cannot run.
@@ -78,6 +108,15 @@ pub enum ConfigError {
     PlainOnNetwork(SocketAddr),
     #[error("--max-agent-connections must be at least 1")]
     NoConnections,
+    #[error(
+        "--protocol-min {min} and --protocol-max {max} must satisfy {floor} <= min <= max <= {ceiling}"
+    )]
+    ProtocolRange {
+        min: u32,
+        max: u32,
+        floor: u32,
+        ceiling: u32,
+    },
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsConfigError),
 }
@@ -99,7 +138,18 @@ impl ServerConfig {
             max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
             accept_rate_per_sec: DEFAULT_ACCEPT_RATE_PER_SEC,
             metrics: Default::default(),
+            protocol_min: outrider_protocol::PROTOCOL_MIN,
+            protocol_max: outrider_protocol::PROTOCOL_MAX,
+            capabilities: default_capabilities(),
+            nudge_window_secs: DEFAULT_NUDGE_WINDOW_SECS,
         }
+    }
+
+    /// The protocol versions this server speaks; [`ServerConfig::validate`]
+    /// made sure the range is not empty.
+    pub fn protocol_range(&self) -> outrider_protocol::ProtocolRange {
+        outrider_protocol::ProtocolRange::new(self.protocol_min, self.protocol_max)
+            .unwrap_or(outrider_protocol::ProtocolRange::SUPPORTED)
     }
 
     /// Whether TLS files are configured.
@@ -114,6 +164,21 @@ impl ServerConfig {
         }
         if self.max_agent_connections == 0 {
             return Err(ConfigError::NoConnections);
+        }
+        let (floor, ceiling) = (
+            outrider_protocol::PROTOCOL_MIN,
+            outrider_protocol::PROTOCOL_MAX,
+        );
+        if !(floor <= self.protocol_min
+            && self.protocol_min <= self.protocol_max
+            && self.protocol_max <= ceiling)
+        {
+            return Err(ConfigError::ProtocolRange {
+                min: self.protocol_min,
+                max: self.protocol_max,
+                floor,
+                ceiling,
+            });
         }
         self.metrics.validate()?;
         Ok(())
@@ -151,5 +216,31 @@ mod tests {
         tls.tls_cert = Some("c".into());
         tls.tls_key = Some("k".into());
         tls.validate().unwrap();
+    }
+
+    #[test]
+    fn protocol_range_must_be_one_this_server_speaks() {
+        let base = ServerConfig::new("/tmp/x".into(), "127.0.0.1:8470".parse().unwrap());
+        for (min, max, ok) in [
+            (2, 3, true),
+            (2, 2, true),
+            (3, 3, true),
+            (3, 2, false),
+            (1, 3, false),
+            (2, 4, false),
+        ] {
+            let config = ServerConfig {
+                protocol_min: min,
+                protocol_max: max,
+                ..base.clone()
+            };
+            match config.validate() {
+                Ok(()) => assert!(ok, "[{min}, {max}] accepted"),
+                Err(e) => {
+                    assert!(!ok, "[{min}, {max}] refused: {e}");
+                    assert!(e.to_string().contains("--protocol-min"), "{e}");
+                }
+            }
+        }
     }
 }

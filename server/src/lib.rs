@@ -24,6 +24,7 @@ pub mod events;
 pub mod install;
 pub mod listener;
 pub mod metrics;
+pub mod nudges;
 pub mod openapi;
 pub mod plugins;
 pub mod rpc;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub events: events::Events,
     /// Metric side: ingest counters, Graphite queue ([`metrics`]).
     pub metrics: metrics::Metrics,
+    /// Update nudges after release changes ([`nudges`]).
+    pub nudges: Arc<nudges::Nudges>,
     pub shutdown: CancellationToken,
     /// Agent sessions run as upgraded connections outside axum's graceful
     /// shutdown, so they are tracked here and awaited by [`run`].
@@ -106,9 +109,19 @@ pub async fn run(
         );
     }
     let metric_side = metrics::Metrics::new(config.metrics.clone())?;
+    let nudges = Arc::new(nudges::Nudges::new(Duration::from_secs(
+        config.nudge_window_secs,
+    )));
+    releases.on_manifest_stored({
+        let nudges = nudges.clone();
+        Box::new(move |channel, sequence| {
+            nudges.schedule(channel.as_str(), sequence);
+        })
+    });
     let state = Arc::new(AppState {
         store,
         releases: Arc::new(releases),
+        nudges: nudges.clone(),
         sessions: sessions::Sessions::default(),
         configs: configs::ConfigCache::default(),
         plugin_files,
@@ -126,6 +139,10 @@ pub async fn run(
         .await
         .context("computing agent configs")?;
     metrics::spawn(&state);
+    state.tasks.spawn({
+        let shutdown = shutdown.clone();
+        async move { nudges.run(shutdown).await }
+    });
 
     let addr = listener.local_addr().context("reading the bound address")?;
     if let Some(ready) = &state.config.ready_file {

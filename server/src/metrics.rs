@@ -153,6 +153,24 @@ pub struct Counters {
     pub results: AtomicU64,
     /// Perfdata samples stored as points.
     pub samples: AtomicU64,
+    /// Agent messages of an unknown type, skipped (see `docs/protocol.md`).
+    pub unknown_messages: AtomicU64,
+    /// The unknown types seen so far (at most [`MAX_UNKNOWN_KINDS`]), so
+    /// each is logged once.
+    unknown_kinds: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// Unknown message types remembered for logging once each.
+const MAX_UNKNOWN_KINDS: usize = 64;
+
+impl Counters {
+    /// Counts a skipped message of unknown type `kind`; true the first
+    /// time `kind` is seen (log it then).
+    pub fn unknown_message(&self, kind: &str) -> bool {
+        self.unknown_messages.fetch_add(1, Ordering::Relaxed);
+        let mut kinds = self.unknown_kinds.lock().unwrap_or_else(|p| p.into_inner());
+        kinds.len() < MAX_UNKNOWN_KINDS && kinds.insert(kind.to_owned())
+    }
 }
 
 /// The metric side's shared state: one field of [`AppState`].

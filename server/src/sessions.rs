@@ -55,6 +55,8 @@ pub struct SessionLink {
     pub replaced: CancellationToken,
     pub config_changed: Arc<Notify>,
     pub rpc_rx: mpsc::Receiver<Box<ServerMessage>>,
+    /// Woken by [`crate::nudges`] when this agent should check for updates.
+    pub nudge: Arc<Notify>,
 }
 
 /// A resume token and when its session ended (`None` while it is live).
@@ -140,6 +142,7 @@ impl Sessions {
             replaced: cancel,
             config_changed,
             rpc_rx,
+            nudge: Arc::new(Notify::new()),
         }
     }
 

@@ -30,7 +30,7 @@ pub use checks::{ComputedConfig, DeletePlugin, PutCheck, effective_tags, normali
 pub use tokens::TokenRefusal;
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
@@ -47,6 +47,11 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE checks ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';",
     // 3 → 4: perfdata series, raw points and rollups (store/metrics.rs).
     include_str!("store/metrics.sql"),
+    // 4 → 5: the stub's version, the update channel and the negotiated
+    // protocol version of each agent.
+    "ALTER TABLE agents ADD COLUMN stub_version TEXT;
+     ALTER TABLE agents ADD COLUMN channel TEXT;
+     ALTER TABLE agents ADD COLUMN protocol_version INTEGER;",
 ];
 
 /// Handle to the database; cheap to clone.

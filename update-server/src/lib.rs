@@ -13,4 +13,4 @@ mod store;
 
 pub use error::Error;
 pub use routes::{admin_router, public_router};
-pub use store::{BuildInfo, ChannelInfo, MAX_BLOB_BYTES, ReleaseStore};
+pub use store::{BuildInfo, ChannelInfo, MAX_BLOB_BYTES, ManifestHook, ReleaseStore};

@@ -18,7 +18,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use outrider_signing::{
     Artifact, Channel, Envelope, ManifestPolicy, ReleaseManifest, Sha256, TrustedRoot, now_unix,
@@ -67,6 +67,24 @@ pub struct ReleaseStore {
     db: Mutex<Connection>,
     blobs: PathBuf,
     tmp_counter: AtomicU64,
+    /// Called after a new manifest of a channel was stored.
+    on_manifest: OnceLock<Hook>,
+}
+
+/// Called with the channel and the new sequence each time
+/// [`ReleaseStore::put_manifest`] stores a new manifest (publish, promote,
+/// rollout, pause and rollback all end in one), after the store's lock is
+/// released. It must not block: the server uses it to schedule update
+/// nudges of that channel's agents.
+pub type ManifestHook = Box<dyn Fn(&Channel, u64) + Send + Sync>;
+
+/// A [`ManifestHook`] that `ReleaseStore` can derive `Debug` through.
+struct Hook(ManifestHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ManifestHook")
+    }
 }
 
 impl ReleaseStore {
@@ -89,7 +107,14 @@ impl ReleaseStore {
             db: Mutex::new(db),
             blobs,
             tmp_counter: AtomicU64::new(0),
+            on_manifest: OnceLock::new(),
         })
+    }
+
+    /// Sets the hook called after each newly stored manifest; only the first
+    /// call has an effect (returns false for later ones).
+    pub fn on_manifest_stored(&self, hook: ManifestHook) -> bool {
+        self.on_manifest.set(Hook(hook)).is_ok()
     }
 
     /// Stores a root envelope. The first root is accepted if it is
@@ -268,7 +293,11 @@ impl ReleaseStore {
                 to_sql_u64("time", now)?
             ],
         )?;
+        drop(db);
         tracing::info!(%channel, sequence = manifest.sequence, "stored release manifest");
+        if let Some(Hook(hook)) = self.on_manifest.get() {
+            hook(channel, manifest.sequence);
+        }
         Ok(manifest.sequence)
     }
 

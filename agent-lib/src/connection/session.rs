@@ -19,13 +19,18 @@
 //!   deadline passes.
 //! - RPC: `RunCheck`/`RunScript` start a bounded concurrent run (see
 //!   `rpc.rs`); each answer is sent when the run ends.
+//! - Versions: a message of a type this build does not know (a newer
+//!   server) is skipped, counted and logged once per type; `CheckUpdate`
+//!   asks the host to look for updates now.
 //! - Stop: `Goodbye`, then a close handshake bounded by `close_timeout`
 //!   during which late `Ack`s are still applied.
 
 use std::collections::VecDeque;
 
 use futures_util::{SinkExt, StreamExt};
-use outrider_protocol::{AgentConfig, AgentMessage, MAX_BATCH_RESULTS, PluginRef, ServerMessage};
+use outrider_protocol::{
+    AgentConfig, AgentMessage, Decoded, MAX_BATCH_RESULTS, PluginRef, ServerMessage,
+};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -81,7 +86,7 @@ impl Connection<'_> {
     }
 
     async fn session_loop(
-        &self,
+        &mut self,
         mut ws: Ws,
         scheduler: &mut Scheduler,
         rpc: &mut Rpc,
@@ -124,7 +129,17 @@ impl Connection<'_> {
                 biased;
                 _ = self.agent.stop.cancelled() => return self.goodbye(ws).await,
                 msg = recv(&mut ws, &mut state.heard) => match msg {
-                    Ok(msg) => self.handle(msg, &mut ws, scheduler, rpc, state).await,
+                    Ok(Decoded::Message(msg)) => self.handle(msg, &mut ws, scheduler, rpc, state).await,
+                    Ok(Decoded::Unknown { kind }) => {
+                        if self.unknown.record(&kind) {
+                            self.agent.hooks.debug(&format!(
+                                "skipping server messages of unknown type {kind:?} \
+                                 ({} unknown messages so far)",
+                                self.unknown.count
+                            ));
+                        }
+                        Ok(())
+                    }
                     Err(AgentError::Protocol(e)) => {
                         self.agent.hooks.warn(&format!("ignoring undecodable frame: {e}"));
                         Ok(())
@@ -208,6 +223,12 @@ impl Connection<'_> {
                 self.start_rpc(ws, rpc, scheduler, request).await?;
             }
             ServerMessage::Rejected { reason } => return Err(AgentError::Rejected { reason }),
+            ServerMessage::CheckUpdate { reason } => {
+                self.agent.hooks.info(&format!(
+                    "the server asks for an update check now: {reason}"
+                ));
+                self.agent.hooks.request_update_check();
+            }
             other => self.agent.hooks.warn(&format!(
                 "ignoring unexpected message from the server: {other:?}"
             )),

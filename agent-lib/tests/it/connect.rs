@@ -20,6 +20,8 @@ fn welcome(resume_token: &str, server_addrs: &[&str]) -> Welcome {
         resume_token: resume_token.into(),
         resumed: false,
         server_addrs: server_addrs.iter().map(|s| s.to_string()).collect(),
+        protocol_version: 2,
+        capabilities: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 mod builtin;
 mod config;
 mod connect;
+mod protocol;
 mod rpc;
 mod runner;
 mod session;

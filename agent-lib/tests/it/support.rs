@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +79,10 @@ pub fn read_pid(path: &Path) -> u32 {
 pub struct Recorder {
     pub logs: Mutex<Vec<(Level, String)>>,
     health: mpsc::UnboundedSender<(Health, String)>,
+    /// Calls of `request_update_check`.
+    pub update_checks: AtomicUsize,
+    /// Update-event JSON buffers `take_update_events` hands out, in order.
+    pub update_events: Mutex<std::collections::VecDeque<Vec<u8>>>,
 }
 
 impl HostHooks for Recorder {
@@ -88,7 +92,12 @@ impl HostHooks for Recorder {
     fn health(&self, health: Health, message: &str) {
         let _ = self.health.send((health, message.to_owned()));
     }
-    fn request_update_check(&self) {}
+    fn request_update_check(&self) {
+        self.update_checks.fetch_add(1, Ordering::SeqCst);
+    }
+    fn take_update_events(&self) -> Option<Vec<u8>> {
+        self.update_events.lock().unwrap().pop_front()
+    }
 }
 
 impl Recorder {
@@ -160,6 +169,10 @@ pub struct AgentOptions {
     pub resolver: Option<Arc<dyn Resolve>>,
     /// Replaces the default connection timing.
     pub timing: Option<ConnectionTiming>,
+    /// Changes the settings last (protocol range, stub version…).
+    pub adjust: Option<fn(&mut AgentSettings)>,
+    /// Update events the host hands out, one buffer per call.
+    pub update_events: Vec<Vec<u8>>,
 }
 
 /// An agent running `run_agent` on its own thread, like the stub runs it.
@@ -198,10 +211,15 @@ impl Agent {
         if let Some(timing) = options.timing {
             settings.timing = timing;
         }
+        if let Some(adjust) = options.adjust {
+            adjust(&mut settings);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let hooks = Arc::new(Recorder {
             logs: Mutex::new(Vec::new()),
             health: tx,
+            update_checks: AtomicUsize::new(0),
+            update_events: Mutex::new(options.update_events.into()),
         });
         let stop = CancellationToken::new();
         let thread = {
@@ -430,6 +448,11 @@ impl ServerConn {
         self.ws.send(Message::text(msg.encode())).await.unwrap();
     }
 
+    /// Sends a raw text frame (a message this protocol does not have).
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
     /// The next agent message (control frames skipped).
     pub async fn recv(&mut self) -> AgentMessage {
         loop {
@@ -460,6 +483,9 @@ impl ServerConn {
             resume_token: String::new(),
             resumed: false,
             server_addrs: Vec::new(),
+            // A server before negotiation.
+            protocol_version: 2,
+            capabilities: Vec::new(),
         })
         .await
     }

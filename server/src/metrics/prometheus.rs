@@ -10,7 +10,8 @@
 //!   latest result (a label printed twice in one result is exported once,
 //!   the last value winning: duplicate series would fail the whole scrape);
 //! - `outrider_ingested_results_total`, `outrider_ingested_samples_total`,
-//!   `outrider_graphite_dropped_lines_total` counters of this process.
+//!   `outrider_graphite_dropped_lines_total`,
+//!   `outrider_unknown_agent_messages_total` counters of this process.
 //!
 //! No timestamps: each value is the latest this server has, and Prometheus
 //! stamps it with the scrape time (a check that stops reporting keeps its
@@ -57,6 +58,11 @@ pub async fn handler(
         results: state.metrics.counters.results.load(Ordering::Relaxed),
         samples: state.metrics.counters.samples.load(Ordering::Relaxed),
         graphite_dropped: state.metrics.graphite.as_ref().map_or(0, |q| q.dropped()),
+        unknown_messages: state
+            .metrics
+            .counters
+            .unknown_messages
+            .load(Ordering::Relaxed),
     };
     let body = render(&agents, &latest, &counters);
     Ok((
@@ -72,6 +78,7 @@ pub struct Counters {
     pub results: u64,
     pub samples: u64,
     pub graphite_dropped: u64,
+    pub unknown_messages: u64,
 }
 
 /// Renders the whole exposition.
@@ -159,6 +166,11 @@ pub fn render(agents: &[AgentInfo], latest: &[ResultInfo], counters: &Counters) 
             "outrider_graphite_dropped_lines_total",
             "Graphite lines dropped because the forwarding queue was full.",
             counters.graphite_dropped,
+        ),
+        (
+            "outrider_unknown_agent_messages_total",
+            "Agent messages of a type this server does not know, skipped.",
+            counters.unknown_messages,
         ),
     ] {
         family(&mut out, name, "counter", help);

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use outrider_protocol::Fingerprint;
-use outrider_protocol::api::{AgentInfo, Presence};
+use outrider_protocol::api::{AgentInfo, Presence, host_version};
 use rusqlite::{OptionalExtension, params};
 
 use super::checks::{effective_tags, json_tags};
@@ -21,6 +21,12 @@ pub struct Registration {
     pub build_version: Option<String>,
     /// Tags the agent announced (already validated and normalised).
     pub tags: Vec<String>,
+    /// Version of the agent's stub, when reported.
+    pub stub_version: Option<String>,
+    /// Update channel of the agent, when reported.
+    pub channel: Option<String>,
+    /// The protocol version negotiated for this session.
+    pub protocol_version: u32,
 }
 
 impl Store {
@@ -48,13 +54,16 @@ impl Store {
             c.execute(
                 "INSERT INTO agents (fingerprint, public_key, hostname, os, arch, agent_version,
                                      build_sha256, build_version, hello_tags,
+                                     stub_version, channel, protocol_version,
                                      presence, presence_since_ms, registered_at_ms, last_seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, ?10, 'connected', ?7, ?7, ?7)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, ?10, ?11, ?12, ?13, 'connected', ?7, ?7, ?7)
                  ON CONFLICT (fingerprint) DO UPDATE SET
                      hostname = excluded.hostname, os = excluded.os, arch = excluded.arch,
                      agent_version = excluded.agent_version, last_seen_ms = excluded.last_seen_ms,
                      build_sha256 = excluded.build_sha256, build_version = excluded.build_version,
                      hello_tags = excluded.hello_tags,
+                     stub_version = excluded.stub_version, channel = excluded.channel,
+                     protocol_version = excluded.protocol_version,
                      presence_since_ms = CASE WHEN presence = 'connected' THEN presence_since_ms
                                               ELSE excluded.presence_since_ms END,
                      presence = 'connected'",
@@ -68,7 +77,10 @@ impl Store {
                     now,
                     reg.build_sha256,
                     reg.build_version,
-                    serde_json::to_string(&reg.tags)?
+                    serde_json::to_string(&reg.tags)?,
+                    reg.stub_version,
+                    reg.channel,
+                    reg.protocol_version
                 ],
             )
             .context("registering the agent")?;
@@ -178,7 +190,8 @@ impl Store {
 /// The query behind [`agent_from_row`].
 const AGENT_COLUMNS: &str = "SELECT fingerprint, hostname, os, arch, agent_version, build_sha256,
         build_version, presence, presence_since_ms, registered_at_ms, last_seen_ms,
-        hello_tags, server_tags, allow_adhoc, config_version
+        hello_tags, server_tags, allow_adhoc, config_version, stub_version, channel,
+        protocol_version
      FROM agents";
 
 /// Maps a row of [`AGENT_COLUMNS`]; a malformed stored value is a
@@ -198,14 +211,17 @@ fn agent_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
         })
     }
     let server_tags = json_tags(r.get(12)?);
+    let agent_version: String = r.get(4)?;
+    let build_version: Option<String> = r.get(6)?;
     Ok(AgentInfo {
+        version: host_version(build_version.as_deref(), &agent_version).to_owned(),
         fingerprint: parsed(r, 0)?,
         hostname: r.get(1)?,
         os: r.get(2)?,
         arch: r.get(3)?,
-        agent_version: r.get(4)?,
+        agent_version,
         build_sha256: r.get(5)?,
-        build_version: r.get(6)?,
+        build_version,
         presence: parsed(r, 7)?,
         presence_since_ms: r.get(8)?,
         registered_at_ms: r.get(9)?,
@@ -214,5 +230,8 @@ fn agent_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
         server_tags,
         allow_adhoc: r.get(13)?,
         config_version: r.get::<_, i64>(14)? as u64,
+        stub_version: r.get(15)?,
+        channel: r.get(16)?,
+        protocol_version: r.get::<_, Option<i64>>(17)?.map(|v| v as u32),
     })
 }

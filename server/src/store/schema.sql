@@ -33,7 +33,12 @@ CREATE TABLE IF NOT EXISTS agents (
     -- Version and SHA-256 of the last config document computed for the
     -- agent: the version moves only when the document's hash changes.
     config_version       INTEGER NOT NULL DEFAULT 0,
-    config_sha256        TEXT
+    config_sha256        TEXT,
+    -- The stub's version, the update channel and the protocol version of
+    -- the last session, as the agent's Hello reported them.
+    stub_version         TEXT,
+    channel              TEXT,
+    protocol_version     INTEGER
 ) STRICT;
 
 CREATE TABLE IF NOT EXISTS checks (

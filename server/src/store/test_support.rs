@@ -20,6 +20,9 @@ pub(crate) fn registration(fp: &Fingerprint, hostname: &str, tags: &[&str]) -> R
         build_sha256: None,
         build_version: None,
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        stub_version: None,
+        channel: None,
+        protocol_version: 2,
     }
 }
 

@@ -10,6 +10,7 @@ mod events;
 mod golden;
 mod helpers;
 mod metrics;
+mod negotiation;
 mod openapi;
 mod rpc;
 mod transport;
