@@ -402,6 +402,8 @@ mod tests {
         let mut api = host_api(&r, b"{}", 0, dir.path());
         // SAFETY: `api` and its buffers live through this call.
         let host = unsafe { Host::from_raw(&api) }.unwrap();
+        // The stub's version is copied for the Hello.
+        assert_eq!(host.stub_version, "test");
         assert_eq!(
             host.take_update_events().as_deref(),
             Some(&br#"[{"id":1,"kind":"refused"}]"#[..])

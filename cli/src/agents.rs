@@ -150,10 +150,13 @@ fn print_agent(a: &AgentInfo) {
     println!("fingerprint:  {}", a.fingerprint);
     println!("hostname:     {}", a.hostname);
     println!("platform:     {}/{}", a.os, a.arch);
-    println!("version:      {}", a.agent_version);
-    if let Some(v) = &a.build_version {
-        println!("build:        {v}");
+    println!("version:      {}", a.host_version());
+    println!("library:      {}", a.agent_version);
+    if let Some(sha) = &a.build_sha256 {
+        println!("build:        {sha}");
     }
+    println!("stub:         {}", a.stub_version.as_deref().unwrap_or("-"));
+    println!("channel:      {}", a.channel.as_deref().unwrap_or("-"));
     println!(
         "presence:     {} (since {})",
         a.presence.as_str(),
@@ -183,6 +186,7 @@ fn list(client: &ApiClient, global: &GlobalArgs) -> Result<()> {
         ("HOSTNAME", Align::Left),
         ("PLATFORM", Align::Left),
         ("VERSION", Align::Left),
+        ("STUB", Align::Left),
         ("PRESENCE", Align::Left),
         ("SINCE", Align::Left),
         ("TAGS", Align::Left),
@@ -192,7 +196,8 @@ fn list(client: &ApiClient, global: &GlobalArgs) -> Result<()> {
             a.fingerprint.to_string(),
             a.hostname.clone(),
             format!("{}/{}", a.os, a.arch),
-            a.agent_version.clone(),
+            a.host_version().to_owned(),
+            a.stub_version.clone().unwrap_or_else(|| "-".into()),
             a.presence.as_str().to_owned(),
             ago(a.presence_since_ms),
             a.tags.join(","),

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use outrider_protocol::api::host_version;
 use outrider_signing::{
     Artifact, Channel, Envelope, PreviousBuild, ReleaseManifest, Rollout, Target, TrustedRoot,
     now_unix,
@@ -365,6 +366,8 @@ struct AgentRow {
     build_sha256: Option<String>,
     #[serde(default)]
     build_version: Option<String>,
+    #[serde(default)]
+    stub_version: Option<String>,
 }
 
 impl AgentRow {
@@ -378,8 +381,9 @@ impl AgentRow {
         }
     }
 
+    /// The host's version as every view shows it.
     fn version(&self) -> &str {
-        self.build_version.as_deref().unwrap_or(&self.agent_version)
+        host_version(self.build_version.as_deref(), &self.agent_version)
     }
 }
 
@@ -387,8 +391,10 @@ impl AgentRow {
 #[derive(Debug, Serialize)]
 struct StatusReport {
     channels: Vec<ChannelStatus>,
-    /// Agents per version they report running.
+    /// Agents per version they report running ([`host_version`]).
     agents_by_version: BTreeMap<String, usize>,
+    /// Agents per version of their stub (`unknown` when not reported).
+    stubs_by_version: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -444,12 +450,15 @@ pub(super) fn status(client: &ApiClient, json: bool, args: StatusArgs) -> Result
     let mut report = StatusReport {
         channels: Vec::new(),
         agents_by_version: BTreeMap::new(),
+        stubs_by_version: BTreeMap::new(),
     };
     for agent in &agents {
         *report
             .agents_by_version
             .entry(agent.version().to_owned())
             .or_default() += 1;
+        let stub = agent.stub_version.as_deref().unwrap_or("unknown");
+        *report.stubs_by_version.entry(stub.to_owned()).or_default() += 1;
     }
     for channel in names {
         let path = format!("/v1/updates/channels/{channel}/manifest.json");
@@ -556,6 +565,10 @@ fn print_status(client: &ApiClient, report: &StatusReport) {
     if !report.agents_by_version.is_empty() {
         println!("agents by version:");
         for (version, n) in &report.agents_by_version {
+            println!("  {version:<24}  {n:>6}");
+        }
+        println!("agents by stub version:");
+        for (version, n) in &report.stubs_by_version {
             println!("  {version:<24}  {n:>6}");
         }
     }
@@ -715,16 +728,19 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 build_sha256: Some(artifact("2").sha256.to_string()),
                 build_version: Some("2".into()),
+                stub_version: None,
             },
             AgentRow {
                 agent_version: "0.1.0".into(),
                 build_sha256: Some(artifact("1").sha256.to_string()),
                 build_version: None,
+                stub_version: None,
             },
             AgentRow {
                 agent_version: "1".into(),
                 build_sha256: None,
                 build_version: None,
+                stub_version: None,
             },
         ];
         let status = channel_status(

@@ -143,11 +143,13 @@ impl Fleet {
                 arch: "x86_64".into(),
                 agent_version: "0.1.0".into(),
                 build_sha256: None,
-                build_version: None,
+                // Published as 0.1.1 while the crate says 0.1.0: every
+                // view must show 0.1.1.
+                build_version: Some("0.1.1".into()),
                 protocol_min: None,
                 protocol_max: None,
                 capabilities: Vec::new(),
-                stub_version: None,
+                stub_version: Some("0.2.0".into()),
                 channel: None,
                 last_seq: 0,
                 tags,
@@ -240,6 +242,34 @@ fn tokens_are_created_listed_and_revoked() {
     assert!(err.contains("no enrollment token"), "{err}");
     let err = fleet.fails(&["tokens", "create", "--expires", "3w"], 2);
     assert!(err.contains("unit"), "{err}");
+}
+
+/// The same host shows the same version in `agents`, `agents show`, the
+/// API and `release status`: the version its build was published as.
+#[test]
+fn one_version_everywhere() {
+    let fleet = Fleet::start();
+    let (_fp, _stop) = fleet.agent(1, "web-1", &[]);
+    let table = fleet.cli(&["agents"]);
+    let row = table.lines().find(|l| l.contains("web-1")).unwrap();
+    assert!(
+        row.contains(" 0.1.1 ") && row.contains(" 0.2.0 "),
+        "{table}"
+    );
+    assert!(!row.contains("0.1.0"), "{table}");
+    let shown = fleet.cli(&["agents", "show", "web-1"]);
+    assert!(shown.contains("version:      0.1.1\n"), "{shown}");
+    assert!(shown.contains("stub:         0.2.0\n"), "{shown}");
+    let api = fleet.json(&["agents"]);
+    assert_eq!(api[0]["version"], "0.1.1");
+    assert_eq!(api[0]["stub_version"], "0.2.0");
+    let keys = tempfile::tempdir().unwrap();
+    let keys = keys.path().to_str().unwrap();
+    let status = fleet.json(&["release", "status", "--keys", keys]);
+    assert_eq!(status["agents_by_version"], serde_json::json!({"0.1.1": 1}));
+    assert_eq!(status["stubs_by_version"], serde_json::json!({"0.2.0": 1}));
+    let text = fleet.cli(&["release", "status", "--keys", keys]);
+    assert!(text.contains("agents by version:\n  0.1.1 "), "{text}");
 }
 
 #[test]
