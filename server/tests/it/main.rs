@@ -11,6 +11,7 @@ mod golden;
 mod helpers;
 mod metrics;
 mod negotiation;
+mod nudges;
 mod openapi;
 mod rpc;
 mod transport;

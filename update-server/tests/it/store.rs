@@ -317,3 +317,39 @@ fn builds_are_distinct_newest_first_per_triple() {
             .is_empty()
     );
 }
+
+#[test]
+fn the_manifest_hook_fires_once_per_new_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::generate();
+    let blob = b"zstd blob".to_vec();
+    let store = ReleaseStore::open(dir.path()).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook = {
+        let seen = seen.clone();
+        Box::new(move |channel: &Channel, sequence: u64| {
+            seen.lock().unwrap().push((channel.to_string(), sequence));
+        })
+    };
+    assert!(store.on_manifest_stored(hook));
+    assert!(!store.on_manifest_stored(Box::new(|_, _| {})), "set twice");
+    store.put_root(&keys.root_json).unwrap();
+    store.put_blob(&sha256(&blob), &blob).unwrap();
+    let first = keys.manifest("stable", 1, &blob);
+    store.put_manifest(&stable(), &first).unwrap();
+    // The same bytes again store nothing new: no call.
+    store.put_manifest(&stable(), &first).unwrap();
+    // A refused manifest: no call.
+    assert!(
+        store
+            .put_manifest(&stable(), &keys.manifest("stable", 1, b"x"))
+            .is_err()
+    );
+    store
+        .put_manifest(&"beta".parse().unwrap(), &keys.manifest("beta", 4, &blob))
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("stable".to_owned(), 1), ("beta".to_owned(), 4)]
+    );
+}
