@@ -107,6 +107,26 @@ fn data_dir(agent: &TestAgent) -> &Path {
     agent.prefix.path()
 }
 
+/// Every update event the test library took through `take_update_events`
+/// (ABI 1.1), in order.
+fn taken_events(agent: &TestAgent) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(data_dir(agent).join("testlib-events.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Vec<Value>>(l).ok())
+        .flatten()
+        .collect()
+}
+
+/// Waits until the library took an event of `kind` about `version`.
+fn wait_taken(agent: &TestAgent, kind: &str, version: &str) -> Value {
+    wait_until(&format!("a {kind} event for {version}"), secs(30), || {
+        taken_events(agent)
+            .into_iter()
+            .find(|e| e["kind"] == kind && e["version"] == version)
+    })
+}
+
 #[test]
 fn healthy_swap_hands_over_state_keeps_the_pid_and_unloads_the_old_copy() {
     let setup = Setup::new();
@@ -148,7 +168,7 @@ fn failing_builds_are_rolled_back_and_never_retried() {
     for (behaviour, reason) in [
         ("panic", "exited during probation"),
         ("fail-start", "exited during probation"),
-        ("silent", "no health OK"),
+        ("silent", "no health report within 3 s"),
     ] {
         let setup = Setup::new();
         let fleet = setup.channel(&format!("bad-{behaviour}"));
@@ -169,12 +189,18 @@ fn failing_builds_are_rolled_back_and_never_retried() {
             state["current"]["version"], "v1",
             "{behaviour}: still on v1"
         );
+        // The outcome reaches the library that runs next, structured.
+        let rolled = wait_taken(&agent, "rolled_back", "v2");
+        assert_eq!(rolled["to_version"], "v1", "{rolled}");
         assert!(
-            state["events"][0]
-                .as_str()
-                .unwrap()
-                .contains("rolled back from v2 to v1"),
-            "{state}"
+            rolled["reason"].as_str().unwrap().contains(reason),
+            "{rolled}"
+        );
+        assert_eq!(rolled["build_sha256"], v2.as_str());
+        let failed = wait_taken(&agent, "probation_failed", "v2");
+        assert!(
+            failed["id"].as_u64() < rolled["id"].as_u64(),
+            "{failed} {rolled}"
         );
         // v1 runs again, with the state blob, and v2 is not tried again.
         // (`silent` handed back state 2 when stopped; the others nothing, so v1's 1 is reused.)
@@ -405,37 +431,56 @@ fn sighup_rereads_agent_toml() {
 }
 
 #[test]
-fn a_rollback_is_reported_to_the_server_by_the_next_healthy_generation() {
+fn a_library_before_abi_1_1_gets_the_rollback_in_its_host_json_once() {
     let setup = Setup::new();
-    let fleet = setup.empty_channel("report");
-    setup.server.publish_as(
-        &setup.keys,
-        "report",
-        &outrider_tests::agent_library(),
-        "real-1",
-    );
+    let fleet = setup.empty_channel("report-legacy");
+    fleet.publish("legacy", "old-1");
     let agent = fleet.agent();
-    wait_current(&agent, "real-1");
+    wait_current(&agent, "old-1");
     fleet.publish("panic", "bad-2");
-    let result = wait_until("the rollback event at the server", secs(60), || {
-        setup
-            .server
-            .latest_results()
-            .into_iter()
-            .find(|r| r["check"] == "outrider.update")
-    });
-    assert_eq!(result["state"], "WARNING");
-    let summary = result["summary"].as_str().unwrap();
-    assert!(
-        summary.contains("rolled back from bad-2 to real-1"),
-        "{summary}"
+    agent.proc.wait_for_log(
+        "testlib old-1 host events [\"rolled back from bad-2 to old-1: exited during probation\"]",
+        secs(30),
     );
-    // Delivered once: the queue is empty again.
-    wait_until("events cleared", secs(10), || {
+    // Handed over once: the healthy library reports it, the queue empties.
+    wait_until("events handed over", secs(10), || {
         agent
             .state()
-            .filter(|s| s["events"] == serde_json::json!([]))
+            .filter(|s| s["update_events"] == serde_json::json!([]))
     });
+    assert!(
+        taken_events(&agent).is_empty(),
+        "a 1.0 library never calls take_update_events"
+    );
+}
+
+#[test]
+fn a_library_of_abi_1_1_takes_structured_events_and_never_gets_them_twice() {
+    let setup = Setup::new();
+    let fleet = setup.channel("report-events");
+    let agent = fleet.agent();
+    let v1_installed = wait_taken(&agent, "installed", "v1");
+    wait_taken(&agent, "probation_passed", "v1");
+    fleet.publish("panic", "bad-2");
+    let rolled = wait_taken(&agent, "rolled_back", "bad-2");
+    assert_eq!(rolled["to_version"], "v1");
+    // Not in the host JSON as well: one way only.
+    let log = agent.proc.log();
+    assert!(!log.contains("host events [\""), "{log}");
+    wait_until("events handed over", secs(10), || {
+        agent
+            .state()
+            .filter(|s| s["update_events"] == serde_json::json!([]))
+    });
+    // Ids only grow, and no event is taken twice.
+    let ids: Vec<u64> = taken_events(&agent)
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(ids[0], v1_installed["id"].as_u64().unwrap());
+    let state = agent.state().unwrap();
+    assert!(state["next_event_id"].as_u64().unwrap() > *ids.last().unwrap());
 }
 
 #[test]
@@ -596,4 +641,35 @@ fn a_clean_stop_during_probation_is_not_mistaken_for_a_crash() {
     let agent = TestAgent::restart(agent);
     agent.proc.wait_for_log("testlib v1 started", secs(30));
     assert!(!agent.proc.log().contains("crashed during probation"));
+}
+
+#[test]
+fn a_swap_during_a_server_outage_longer_than_probation_is_not_rolled_back() {
+    let setup = Setup::new();
+    let fleet = setup.channel("outage");
+    let agent = fleet.agent();
+    wait_current(&agent, "v1");
+    // v2 runs and schedules but cannot reach its server: health DEGRADED.
+    let v2 = fleet.publish("degraded", "v2");
+    agent
+        .proc
+        .wait_for_log("testlib v2: server unreachable", secs(30));
+    // Three probation windows (3 s each) go by: an outage is inconclusive.
+    std::thread::sleep(secs(9));
+    let state = agent.state().unwrap();
+    assert_eq!(state["bad"], serde_json::json!([]), "{state}");
+    assert_eq!(state["pending"]["build"]["sha256"], v2.as_str(), "{state}");
+    assert_eq!(state["current"]["version"], "v1", "not accepted either");
+    let log = agent.proc.log();
+    assert!(!log.contains("rolled back"), "{log}");
+    assert_eq!(
+        log.matches("testlib v2 started").count(),
+        1,
+        "never restarted"
+    );
+    // The server comes back: v2 reports OK, passes and says so.
+    std::fs::write(data_dir(&agent).join("testlib-server-up"), "").unwrap();
+    wait_current(&agent, "v2");
+    let passed = wait_taken(&agent, "probation_passed", "v2");
+    assert_eq!(passed["build_sha256"], v2.as_str());
 }
