@@ -13,6 +13,8 @@
 //! | `update_events` | outcomes not yet handed to a library (see [`UpdateEvent`]) |
 //! | `next_event_id` | id of the next event: ids only ever grow, over the life of the install |
 //! | `events` | read only: the rollback texts of stubs before update events, turned into `rolled_back` events on load |
+//! | `stub_trial` | a new stub binary on trial (see `stub_update.rs`) |
+//! | `stub_bad` | stub binaries refused, with the manifest that offered them |
 //! | `floor` | the newest manifest accepted (rollback/replay defence) |
 //! | `time_floor_unix`, `manifest_expires_unix` | the freeze-attack time floor |
 //!
@@ -84,6 +86,12 @@ pub struct StubState {
     /// Written by stubs before [`UpdateEvent`]s existed; converted on load.
     #[serde(default, skip_serializing)]
     pub(crate) events: Vec<String>,
+    /// A new stub binary on trial.
+    #[serde(default)]
+    pub stub_trial: Option<crate::stub_update::StubTrial>,
+    /// Stub binaries refused (self-test or trial failed), per manifest.
+    #[serde(default)]
+    pub stub_bad: Vec<BadBuild>,
     /// The newest manifest accepted so far, of channel `floor_channel`.
     #[serde(default)]
     pub floor: Option<SequenceFloor>,
@@ -239,6 +247,31 @@ impl StubState {
         });
         if self.bad.len() > MAX_BAD {
             self.bad.remove(0);
+        }
+    }
+
+    /// Whether the stub binary `sha256` was refused under `manifest`.
+    pub fn is_stub_bad(&self, sha256: &Sha256, manifest: Option<&Sha256>) -> bool {
+        self.stub_bad
+            .iter()
+            .any(|b| &b.sha256 == sha256 && b.manifest_sha256.as_ref() == manifest)
+    }
+
+    /// Records a refused stub binary (bounded, oldest forgotten first).
+    pub fn mark_stub_bad(
+        &mut self,
+        sha256: Sha256,
+        manifest_sha256: Option<Sha256>,
+        reason: String,
+    ) {
+        self.stub_bad.retain(|b| b.sha256 != sha256);
+        self.stub_bad.push(BadBuild {
+            sha256,
+            manifest_sha256,
+            reason,
+        });
+        if self.stub_bad.len() > MAX_BAD {
+            self.stub_bad.remove(0);
         }
     }
 

@@ -33,7 +33,7 @@ use crate::reexec::{Handover, exec_self};
 use crate::signals::{Signal, Signals};
 use crate::state::{BuildRef, NewEvent, Pending, StubState};
 use crate::update::{Build, Updater};
-use crate::{StubError, error::chain};
+use crate::{StubError, error::chain, stub_update};
 use policy::{Action, Event, Health, Limits, Now, Phase};
 
 /// Main loop tick: how fast signals, health and exits are noticed.
@@ -104,12 +104,12 @@ pub struct Supervisor<'a> {
     stop_requested: bool,
     /// Consecutive failed attempts, for the retry backoff.
     retries: u32,
-    /// Path of the running stub binary, read at start (after a self-update
-    /// replaced the file, `/proc/self/exe` names the old inode); `None` if
-    /// unreadable, which turns self-update off.
+    /// The service's path of the stub binary (the canonical path, also
+    /// while a trial binary runs from beside it); `None` if unreadable,
+    /// which turns self-update off.
     exe_path: Option<std::path::PathBuf>,
-    /// SHA-256 of the running binary, computed the first time a manifest
-    /// offers a stub (hashing it on every start would be wasted work).
+    /// SHA-256 of the running binary (hashed once at start); `None` if
+    /// unreadable, which turns self-update off.
     exe_sha256: Option<outrider_signing::Sha256>,
 }
 
@@ -121,7 +121,13 @@ impl<'a> Supervisor<'a> {
         config: StubConfig,
         updater: Updater,
         state: StubState,
+        exe_sha256: Option<outrider_signing::Sha256>,
     ) -> Supervisor<'a> {
+        let exe_path = state
+            .stub_trial
+            .as_ref()
+            .map(|t| t.canonical.clone())
+            .or_else(|| std::fs::read_link("/proc/self/exe").ok());
         Supervisor {
             layout,
             signals,
@@ -139,8 +145,8 @@ impl<'a> Supervisor<'a> {
             events_offered_through: 0,
             stop_requested: false,
             retries: 0,
-            exe_path: std::fs::read_link("/proc/self/exe").ok(),
-            exe_sha256: None,
+            exe_path,
+            exe_sha256,
         }
     }
 
@@ -172,6 +178,7 @@ impl<'a> Supervisor<'a> {
                 }
                 self.apply(event)?;
             }
+            self.maybe_promote_stub()?;
             self.hand_over_events()?;
             if !matches!(self.phase, Phase::Probation(_))
                 && self.clock.now().mono_ms >= self.next_check_ms
@@ -368,7 +375,7 @@ impl<'a> Supervisor<'a> {
         }
         self.state.save(&self.layout.state_json)?;
         if matches!(self.phase, Phase::Steady { .. }) && self.generation.is_some() {
-            self.maybe_update_stub()?;
+            self.maybe_update_stub(build.manifest_sha256)?;
         }
         self.apply(Event::Offered {
             build: build_ref(&build),
@@ -572,52 +579,89 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Step 5 of the stub issue: when the manifest offers a stub binary other
-    /// than the one running, download and verify it beside the current
-    /// binary, swap it in atomically (self-replace: write beside, fsync,
-    /// rename), and re-exec into it carrying the running generation's state.
-    /// Any failure leaves the current binary in place and is logged.
-    fn maybe_update_stub(&mut self) -> Result<(), StubError> {
+    /// Steps 1–3 of a stub self-update (`stub_update.rs`): when the
+    /// manifest offers a stub other than the one running and not refused
+    /// under this manifest, download and verify it beside the canonical
+    /// binary, self-test it, record the trial and exec into it with the
+    /// running generation's state. Any refusal keeps this stub and queues
+    /// `stub_refused` with the exact reason.
+    fn maybe_update_stub(
+        &mut self,
+        manifest_sha256: Option<outrider_signing::Sha256>,
+    ) -> Result<(), StubError> {
         let Some(offer) = self.updater.stub_offer().cloned() else {
             return Ok(());
         };
-        let Some(exe) = self.exe_path.clone() else {
+        let (Some(exe), Some(running)) = (self.exe_path.clone(), self.exe_sha256) else {
             return Ok(());
         };
-        if self.exe_sha256.is_none() {
-            // /proc/self/exe is the running inode, even if the file was replaced.
-            match crate::update::hash_file(std::path::Path::new("/proc/self/exe")) {
-                Ok(sha) => self.exe_sha256 = Some(sha),
-                Err(e) => {
-                    warn!("cannot hash the running stub binary, skipping the stub update: {e}");
-                    return Ok(());
-                }
-            }
-        }
-        if Some(offer.sha256) == self.exe_sha256 {
+        if offer.sha256 == running
+            || self.state.stub_trial.is_some()
+            || self
+                .state
+                .is_stub_bad(&offer.sha256, manifest_sha256.as_ref())
+        {
             return Ok(());
         }
-        let exe = &exe;
-        let dir = exe.parent().unwrap_or(std::path::Path::new("."));
-        let staged = dir.join(".outrider-agent.new");
-        let result = self.updater.fetch_stub(&offer, &staged).and_then(|()| {
+        let staged = exe.with_file_name(stub_update::NEW_FILE);
+        let fetched = self.updater.fetch_stub(&offer, &staged).and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
-                .map_err(StubError::io("making executable", &staged))?;
-            self_replace::self_replace(&staged)
-                .map_err(StubError::io("replacing the stub binary", exe))
+                .and_then(|()| std::fs::File::open(&staged)?.sync_all())
+                .map_err(StubError::io("making executable", &staged))
         });
-        let _ = std::fs::remove_file(&staged);
-        if let Err(e) = result {
+        let refused = |this: &mut Self, reason: String, bad: bool| {
+            let _ = std::fs::remove_file(&staged);
             error!(
-                "stub self-update to {} failed; keeping this stub: {}",
-                offer.sha256,
-                chain(&e)
+                "stub self-update to {} failed; keeping this stub: {reason}",
+                offer.sha256
             );
-            return Ok(());
+            let build = BuildRef {
+                sha256: offer.sha256,
+                version: format!("sha256:{}", &offer.sha256.to_string()[..12]),
+            };
+            let kind = outrider_abi::update_events::KIND_STUB_REFUSED;
+            if bad {
+                this.state
+                    .mark_stub_bad(offer.sha256, manifest_sha256, reason.clone());
+            } else if this
+                .state
+                .update_events
+                .iter()
+                .any(|e| e.kind == kind && e.reason == reason)
+            {
+                return this.state.save(&this.layout.state_json);
+            }
+            let first = this.state.next_event_id;
+            this.state.push_event(
+                this.clock.now().unix_ms,
+                NewEvent {
+                    kind,
+                    build: Some(build),
+                    reason,
+                    ..NewEvent::default()
+                },
+            );
+            this.log_events_from(first);
+            this.state.save(&this.layout.state_json)
+        };
+        if let Err(e) = fetched {
+            // A download problem may be fixed on the server: not marked bad.
+            return refused(self, chain(&e), false);
         }
-        info!(sha256 = %offer.sha256, "stub binary replaced; re-executing into it");
-        let exe = exe.clone();
+        let version = match stub_update::self_test(&staged, stub_update::SELF_TEST_TIMEOUT) {
+            Ok(version) => version,
+            Err(reason) => return refused(self, reason, true),
+        };
+        self.state.stub_trial = Some(stub_update::StubTrial {
+            sha256: offer.sha256,
+            manifest_sha256,
+            version: version.clone(),
+            starts: 1,
+            canonical: exe.clone(),
+        });
+        self.state.save(&self.layout.state_json)?;
+        info!(sha256 = %offer.sha256, %version, "new stub passed its self-test; re-executing into it on trial");
         let generation = self.generation.take().expect("checked by the caller");
         let build = build_ref(generation.build());
         let state = match generation.stop(self.config.stop_timeout) {
@@ -632,10 +676,54 @@ impl<'a> Supervisor<'a> {
             start: build,
             probation: false,
             generation: self.next_number,
-            reason: "stub self-update".into(),
+            reason: "stub self-update (trial)".into(),
             state,
         };
-        Err(exec_self(&exe, &handover, self.lock))
+        let err = exec_self(&staged, &handover, self.lock);
+        // Could not exec: the trial is over before it began.
+        let trial = self.state.stub_trial.clone().expect("set above");
+        stub_update::refuse(
+            &mut self.state,
+            &trial,
+            format!("exec failed: {}", chain(&err)),
+            self.clock.now().unix_ms,
+        );
+        let _ = std::fs::remove_file(&staged);
+        self.state.save(&self.layout.state_json)?;
+        Err(err)
+    }
+
+    /// Step 5 of a stub self-update: this process is the trial binary and
+    /// its generation is healthy, so it takes the canonical path.
+    fn maybe_promote_stub(&mut self) -> Result<(), StubError> {
+        let Some(trial) = self.state.stub_trial.clone() else {
+            return Ok(());
+        };
+        let healthy = self
+            .generation
+            .as_ref()
+            .is_some_and(|g| Health::from_abi(g.health()) == Health::Ok);
+        if self.exe_sha256 != Some(trial.sha256)
+            || !healthy
+            || !matches!(self.phase, Phase::Steady { .. })
+        {
+            return Ok(());
+        }
+        let first = self.state.next_event_id;
+        let now = self.clock.now().unix_ms;
+        match stub_update::promote(&mut self.state, now) {
+            Ok(canonical) => self.exe_path = Some(canonical),
+            Err(e) => {
+                stub_update::refuse(
+                    &mut self.state,
+                    &trial,
+                    format!("cannot take the canonical path: {}", chain(&e)),
+                    now,
+                );
+            }
+        }
+        self.log_events_from(first);
+        self.state.save(&self.layout.state_json)
     }
 
     fn reload(&mut self) {

@@ -16,13 +16,13 @@ const DELTAS: u32 = 3;
 const FAST: &str = "update_interval_secs = 1\nprobation_secs = 3\nstop_timeout_secs = 2";
 
 /// A server and signing keys, shared by the channels of one test.
-struct Setup {
-    server: TestServer,
-    keys: Keys,
+pub(crate) struct Setup {
+    pub(crate) server: TestServer,
+    pub(crate) keys: Keys,
 }
 
 impl Setup {
-    fn new() -> Setup {
+    pub(crate) fn new() -> Setup {
         Setup {
             server: TestServer::start(),
             keys: Keys::init(),
@@ -30,7 +30,7 @@ impl Setup {
     }
 
     /// A channel whose first build is a healthy `v1`.
-    fn channel(&self, name: &str) -> Fleet<'_> {
+    pub(crate) fn channel(&self, name: &str) -> Fleet<'_> {
         let fleet = self.empty_channel(name);
         fleet.publish("healthy", "v1");
         fleet
@@ -47,22 +47,22 @@ impl Setup {
 }
 
 /// One channel of a [`Setup`] and the agents following it.
-struct Fleet<'a> {
-    setup: &'a Setup,
+pub(crate) struct Fleet<'a> {
+    pub(crate) setup: &'a Setup,
     libs: tempfile::TempDir,
-    channel: String,
+    pub(crate) channel: String,
 }
 
 impl Fleet<'_> {
     /// Publishes a test-library variant as release `tag`; returns its sha256.
-    fn publish(&self, behaviour: &str, tag: &str) -> String {
+    pub(crate) fn publish(&self, behaviour: &str, tag: &str) -> String {
         let lib = testlib_variant(self.libs.path(), behaviour, tag);
         self.setup
             .server
             .publish_with(&self.setup.keys, &self.channel, &lib, tag, DELTAS)
     }
 
-    fn agent(&self) -> TestAgent {
+    pub(crate) fn agent(&self) -> TestAgent {
         self.agent_env(&[])
     }
 
@@ -77,14 +77,14 @@ impl Fleet<'_> {
     }
 }
 
-fn current_version(agent: &TestAgent) -> Option<String> {
+pub(crate) fn current_version(agent: &TestAgent) -> Option<String> {
     agent.state()?["current"]["version"]
         .as_str()
         .map(str::to_owned)
 }
 
 /// Waits until `state.json` says `version` is current (passed probation).
-fn wait_current(agent: &TestAgent, version: &str) -> Value {
+pub(crate) fn wait_current(agent: &TestAgent, version: &str) -> Value {
     wait_until(&format!("{version} to be current"), secs(30), || {
         agent.state().filter(|s| s["current"]["version"] == version)
     })
@@ -103,13 +103,13 @@ fn bad_versions(state: &Value, shas: &[(&str, &str)]) -> Vec<String> {
         .collect()
 }
 
-fn data_dir(agent: &TestAgent) -> &Path {
+pub(crate) fn data_dir(agent: &TestAgent) -> &Path {
     agent.prefix.path()
 }
 
 /// Every update event the test library took through `take_update_events`
 /// (ABI 1.1), in order.
-fn taken_events(agent: &TestAgent) -> Vec<Value> {
+pub(crate) fn taken_events(agent: &TestAgent) -> Vec<Value> {
     let text =
         std::fs::read_to_string(data_dir(agent).join("testlib-events.log")).unwrap_or_default();
     text.lines()
@@ -119,7 +119,7 @@ fn taken_events(agent: &TestAgent) -> Vec<Value> {
 }
 
 /// Waits until the library took an event of `kind` about `version`.
-fn wait_taken(agent: &TestAgent, kind: &str, version: &str) -> Value {
+pub(crate) fn wait_taken(agent: &TestAgent, kind: &str, version: &str) -> Value {
     wait_until(&format!("a {kind} event for {version}"), secs(30), || {
         taken_events(agent)
             .into_iter()
@@ -549,11 +549,19 @@ fn the_stub_updates_itself_from_a_signed_artifact_and_keeps_its_pid() {
     agent
         .proc
         .wait_for_log("continuing after a re-exec", secs(30));
-    assert_eq!(
-        outrider_tests::sha256_file(&agent.stub_binary()),
-        new_sha,
-        "the binary was replaced"
-    );
+    // Once its generation is healthy, the trial stub takes the canonical
+    // path, keeping the previous binary beside it.
+    wait_until("the binary to be replaced", secs(30), || {
+        (outrider_tests::sha256_file(&agent.stub_binary()) == new_sha).then_some(())
+    });
+    let prev = agent.stub_binary().with_file_name("outrider-agent.prev");
+    assert_eq!(outrider_tests::sha256_file(&prev), old_sha, "kept");
+    let updated = wait_until("a stub_updated event", secs(30), || {
+        taken_events(&agent)
+            .into_iter()
+            .find(|e| e["kind"] == "stub_updated")
+    });
+    assert_eq!(updated["build_sha256"], new_sha.as_str());
     assert_eq!(agent.pid(), pid, "same process");
     // The library came back with the state it handed over.
     agent
