@@ -30,6 +30,7 @@ use crate::StubError;
 use crate::config::StubConfig;
 use crate::layout::Layout;
 use crate::signals::{pipe, poke};
+use crate::state::UpdateEvent;
 use crate::update::Build;
 
 /// Version of this stub, handed to the library.
@@ -41,6 +42,10 @@ struct Reports {
     health: Option<(u32, String)>,
     state: Option<Vec<u8>>,
     update_requested: bool,
+    /// Events waiting for `take_update_events` (ABI 1.1 libraries only).
+    events: Vec<UpdateEvent>,
+    /// The newest event id a sink returned from: handed over.
+    taken_through: Option<u64>,
 }
 
 /// Shared between the stub and the library's callbacks (`host_ctx`).
@@ -103,13 +108,17 @@ impl Loaded {
     }
 
     /// Starts `run()` on a new thread with `state_in` and the host JSON
-    /// (`agent_toml`, directories, the build, and `events` to report).
+    /// (`agent_toml`, directories, the build, and the update events).
+    ///
+    /// Events go one way only: a library of ABI 1.1 or later takes them
+    /// through `take_update_events`; an older one gets the texts of those it
+    /// knows how to report in the host JSON's `events` list.
     pub fn start(
         self,
         layout: &Layout,
         config: &StubConfig,
         state_in: Vec<u8>,
-        events: &[String],
+        events: &[UpdateEvent],
     ) -> Result<Generation, StubError> {
         let bad = |reason: String| StubError::BadLibrary {
             path: self.run_copy.clone(),
@@ -117,12 +126,21 @@ impl Loaded {
         };
         let (stop_read, stop_write) =
             pipe().map_err(|e| bad(format!("cannot create stop pipe: {e}")))?;
+        let takes_events = self.api.abi_minor >= 1;
+        let legacy: Vec<String> = match takes_events {
+            true => Vec::new(),
+            false => events
+                .iter()
+                .filter(|e| e.is_legacy_reported())
+                .map(UpdateEvent::legacy_text)
+                .collect(),
+        };
         let host_config = serde_json::json!({
             "agent_toml": config.agent_toml,
             "config_dir": layout.config_dir,
             "log_dir": layout.log_dir,
             "build": { "sha256": self.build.sha256.to_string(), "version": self.build.version },
-            "events": events,
+            "events": legacy,
         });
         let inputs = HostInputs {
             config: host_config.to_string().into_bytes(),
@@ -131,6 +149,13 @@ impl Loaded {
             stop_fd: stop_read.as_raw_fd(),
         };
         let context = Arc::new(HostContext::default());
+        if takes_events {
+            context.with(|r| r.events = events.to_vec());
+        }
+        let legacy_through = match takes_events {
+            true => None,
+            false => events.last().map(|e| e.id),
+        };
         let ctx_for_thread = context.clone();
         let run_fn = self.api.run;
         let thread = std::thread::Builder::new()
@@ -144,7 +169,8 @@ impl Loaded {
             _stop_read: stop_read,
             context,
             loaded: Some(self),
-            started: Instant::now(),
+            takes_events,
+            legacy_through,
         })
     }
 }
@@ -158,7 +184,10 @@ pub struct Generation {
     _stop_read: OwnedFd,
     context: Arc<HostContext>,
     loaded: Option<Loaded>,
-    started: Instant,
+    /// The library takes events through `take_update_events` (ABI ≥ 1.1).
+    takes_events: bool,
+    /// For an older library: the newest event id it got in its host JSON.
+    legacy_through: Option<u64>,
 }
 
 /// How a generation's `run()` ended, with the library still mapped.
@@ -211,9 +240,34 @@ impl Generation {
             .with(|r| matches!(r.health, Some((outrider_abi::health::OK, _))))
     }
 
-    /// Time since `run()` was called.
-    pub fn age(&self) -> Duration {
-        self.started.elapsed()
+    /// The latest health value the library reported (`outrider_abi::health`).
+    pub fn health(&self) -> Option<u32> {
+        self.context
+            .with(|r| r.health.as_ref().map(|(status, _)| *status))
+    }
+
+    /// Offers the queued update events (all of them: those already taken
+    /// are filtered out) to a library that takes them; an older library got
+    /// its events at start and gets new ones with its next generation.
+    pub fn offer_events(&self, events: &[UpdateEvent]) {
+        if self.takes_events {
+            self.context.with(|r| {
+                let taken = r.taken_through.unwrap_or(0);
+                r.events = events.iter().filter(|e| e.id > taken).cloned().collect();
+            });
+        }
+    }
+
+    /// The newest event id the library has certainly received: what a sink
+    /// returned from, or — for an older library, which reports its host
+    /// JSON's events once connected — what it got at start, once healthy.
+    pub fn events_handed_through(&self) -> Option<u64> {
+        match self.takes_events {
+            true => self.context.with(|r| r.taken_through),
+            false => self
+                .legacy_through
+                .filter(|_| self.health() == Some(outrider_abi::health::OK)),
+        }
     }
 
     /// Takes a pending `request_update_check` from the library.
@@ -416,9 +470,28 @@ extern "C" fn host_health(ctx: *mut c_void, status: u32, message: Bytes) {
     }));
 }
 
-/// ABI 1.1: hands pending update events to the library (none yet: the
-/// stub's events still travel in the host JSON's `events` list).
-extern "C" fn host_take_update_events(_ctx: *mut c_void, _sink_ctx: *mut c_void, _sink: EventSink) {
+/// ABI 1.1: hands the pending update events to the library's sink as one
+/// JSON array (`outrider_abi::update_events`), then forgets them: they are
+/// the library's once the sink returned. No call when nothing is pending.
+extern "C" fn host_take_update_events(ctx: *mut c_void, sink_ctx: *mut c_void, sink: EventSink) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: our own context pointer, see `context`.
+        let Some(ctx) = (unsafe { context(ctx) }) else {
+            return;
+        };
+        // Serialise under the lock, call the sink without it.
+        let Some((json, last)) = ctx.with(|r| {
+            let last = r.events.last()?.id;
+            serde_json::to_vec(&r.events).ok().map(|json| (json, last))
+        }) else {
+            return;
+        };
+        sink(sink_ctx, Bytes::from_slice(&json));
+        ctx.with(|r| {
+            r.events.retain(|e| e.id > last);
+            r.taken_through = Some(last);
+        });
+    }));
 }
 
 extern "C" fn host_log(_ctx: *mut c_void, level: u32, message: Bytes) {

@@ -22,6 +22,7 @@ mod lock;
 mod reexec;
 mod signals;
 mod state;
+pub mod stub_update;
 pub mod supervisor;
 pub mod update;
 
@@ -45,8 +46,40 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
     let root = update::load_root(&layout.root_json)?;
     layout.prepare()?;
     let signals = Signals::install()?;
-    let state = state::StubState::load(&layout.state_json)?;
+    let mut state = state::StubState::load(&layout.state_json)?;
+    // An unfinished stub trial (stub_update.rs, step 4) before anything else.
+    let running = update::hash_file(std::path::Path::new("/proc/self/exe")).ok();
+    if let stub_update::AtStart::Relaunch(program) =
+        stub_update::at_start(&mut state, running, now_unix_ms())
+    {
+        state.save(&layout.state_json)?;
+        tracing::warn!(program = %program.display(), "a new stub is on trial; starting it again");
+        let handover = state.current.clone().map(|start| reexec::Handover {
+            start,
+            probation: false,
+            generation: 1,
+            reason: "stub trial".into(),
+            state: Vec::new(),
+        });
+        if let Some(handover) = handover {
+            let err = reexec::exec_self(&program, &handover, &lock);
+            tracing::error!("cannot start the new stub: {}", error_chain(&err));
+        }
+        // Not startable: the trial ends here, refused, at the next start.
+        if let Some(trial) = state.stub_trial.as_mut() {
+            trial.starts = stub_update::MAX_TRIAL_STARTS;
+        }
+    }
+    state.save(&layout.state_json)?;
     let updater = update::Updater::new(&config, layout, root);
     info!(pid = std::process::id(), channel = %config.channel, "outrider-agent stub starting");
-    supervisor::Supervisor::new(layout, &signals, &lock, config, updater, state).run(handover)
+    supervisor::Supervisor::new(layout, &signals, &lock, config, updater, state, running)
+        .run(handover)
+}
+
+/// Wall clock in Unix milliseconds (0 before 1970).
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -24,10 +24,18 @@ struct Cli {
     /// /var/log/outrider are used.
     #[arg(long)]
     prefix: Option<std::path::PathBuf>,
+    /// Print `outrider-agent <version> abi <major>.<minor>` and exit 0: the
+    /// check a running stub makes before it trusts this binary to replace it.
+    #[arg(long)]
+    self_test: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.self_test {
+        println!("{}", outrider_agent_stub::stub_update::self_test_line());
+        return ExitCode::SUCCESS;
+    }
     let layout = match cli.prefix {
         Some(prefix) => Layout::under_prefix(&prefix),
         None => Layout::system(),

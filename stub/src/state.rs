@@ -10,7 +10,11 @@
 //! | `last_good` | the newest build that ever passed probation: the last resort |
 //! | `pending` | a build started on probation; found at start = it crashed the process |
 //! | `bad` | builds that failed probation, with the manifest that offered them |
-//! | `events` | rollbacks not yet reported to the server by a healthy generation |
+//! | `update_events` | outcomes not yet handed to a library (see [`UpdateEvent`]) |
+//! | `next_event_id` | id of the next event: ids only ever grow, over the life of the install |
+//! | `events` | read only: the rollback texts of stubs before update events, turned into `rolled_back` events on load |
+//! | `stub_trial` | a new stub binary on trial (see `stub_update.rs`) |
+//! | `stub_bad` | stub binaries refused, with the manifest that offered them |
 //! | `floor` | the newest manifest accepted (rollback/replay defence) |
 //! | `time_floor_unix`, `manifest_expires_unix` | the freeze-attack time floor |
 //!
@@ -29,8 +33,9 @@ const STATE_VERSION: u32 = 1;
 
 /// Most bad builds remembered; the oldest are forgotten first.
 const MAX_BAD: usize = 32;
-/// Most unreported events kept.
-const MAX_EVENTS: usize = 32;
+/// Most unreported events kept; the oldest are dropped first (the server
+/// then sees a gap in the ids).
+pub(crate) const MAX_EVENTS: usize = 64;
 
 /// A build the stub can name: hash and release version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +66,7 @@ pub struct BadBuild {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StubState {
     #[serde(default = "state_version")]
-    version: u32,
+    pub(crate) version: u32,
     #[serde(default)]
     pub current: Option<BuildRef>,
     #[serde(default)]
@@ -72,8 +77,21 @@ pub struct StubState {
     pub pending: Option<Pending>,
     #[serde(default)]
     pub bad: Vec<BadBuild>,
+    /// Events not yet handed over, oldest first.
     #[serde(default)]
-    pub events: Vec<String>,
+    pub update_events: Vec<UpdateEvent>,
+    /// Id of the next event (persisted so ids never repeat).
+    #[serde(default = "first_event_id")]
+    pub next_event_id: u64,
+    /// Written by stubs before [`UpdateEvent`]s existed; converted on load.
+    #[serde(default, skip_serializing)]
+    pub(crate) events: Vec<String>,
+    /// A new stub binary on trial.
+    #[serde(default)]
+    pub stub_trial: Option<crate::stub_update::StubTrial>,
+    /// Stub binaries refused (self-test or trial failed), per manifest.
+    #[serde(default)]
+    pub stub_bad: Vec<BadBuild>,
     /// The newest manifest accepted so far, of channel `floor_channel`.
     #[serde(default)]
     pub floor: Option<SequenceFloor>,
@@ -93,6 +111,68 @@ pub struct StubState {
 
 fn state_version() -> u32 {
     STATE_VERSION
+}
+
+fn first_event_id() -> u64 {
+    1
+}
+
+/// One outcome of the stub's update work, as handed to the library through
+/// `take_update_events` (the JSON of `outrider_abi::update_events`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateEvent {
+    pub id: u64,
+    /// One of `outrider_abi::update_events::KIND_*`.
+    pub kind: String,
+    pub at_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_sha256: Option<Sha256>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_sha256: Option<Sha256>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_version: Option<String>,
+    /// The exact error or cause; empty when there is none.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// What an event is about, before the queue gives it an id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewEvent {
+    pub kind: &'static str,
+    pub build: Option<BuildRef>,
+    pub to: Option<BuildRef>,
+    pub reason: String,
+}
+
+impl UpdateEvent {
+    /// The one-line text libraries before ABI 1.1 report (they get events
+    /// as strings in the host JSON's `events` list).
+    pub fn legacy_text(&self) -> String {
+        use outrider_abi::update_events as k;
+        let version = self.version.as_deref().unwrap_or("unknown");
+        match self.kind.as_str() {
+            // Converted from an older stub's state: the text is all there is.
+            k::KIND_ROLLED_BACK if self.version.is_none() => self.reason.clone(),
+            k::KIND_ROLLED_BACK => format!(
+                "rolled back from {version} to {}: {}",
+                self.to_version.as_deref().unwrap_or("nothing"),
+                self.reason
+            ),
+            k::KIND_REFUSED => format!("refused update {version}: {}", self.reason),
+            k::KIND_STUB_REFUSED => format!("refused stub update {version}: {}", self.reason),
+            other => format!("{other} {version}: {}", self.reason),
+        }
+    }
+
+    /// Whether a library before ABI 1.1 reports it: only what needs an
+    /// operator (they show as `outrider.update` warnings), as before.
+    pub fn is_legacy_reported(&self) -> bool {
+        use outrider_abi::update_events as k;
+        [k::KIND_ROLLED_BACK, k::KIND_REFUSED, k::KIND_STUB_REFUSED].contains(&self.kind.as_str())
+    }
 }
 
 impl StubState {
@@ -119,9 +199,21 @@ impl StubState {
             path: path.to_owned(),
             reason,
         };
-        let state: StubState = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        let mut state: StubState =
+            serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         if state.version != STATE_VERSION {
             return Err(corrupt(format!("unsupported version {}", state.version)));
+        }
+        // Older stubs only queued rollback texts: keep them, as events.
+        for text in std::mem::take(&mut state.events) {
+            state.push_event(
+                0,
+                NewEvent {
+                    kind: outrider_abi::update_events::KIND_ROLLED_BACK,
+                    reason: text,
+                    ..NewEvent::default()
+                },
+            );
         }
         Ok(state)
     }
@@ -158,12 +250,57 @@ impl StubState {
         }
     }
 
-    /// Queues an event for the next healthy generation to report (bounded).
-    pub fn push_event(&mut self, event: String) {
-        self.events.push(event);
-        if self.events.len() > MAX_EVENTS {
-            self.events.remove(0);
+    /// Whether the stub binary `sha256` was refused under `manifest`.
+    pub fn is_stub_bad(&self, sha256: &Sha256, manifest: Option<&Sha256>) -> bool {
+        self.stub_bad
+            .iter()
+            .any(|b| &b.sha256 == sha256 && b.manifest_sha256.as_ref() == manifest)
+    }
+
+    /// Records a refused stub binary (bounded, oldest forgotten first).
+    pub fn mark_stub_bad(
+        &mut self,
+        sha256: Sha256,
+        manifest_sha256: Option<Sha256>,
+        reason: String,
+    ) {
+        self.stub_bad.retain(|b| b.sha256 != sha256);
+        self.stub_bad.push(BadBuild {
+            sha256,
+            manifest_sha256,
+            reason,
+        });
+        if self.stub_bad.len() > MAX_BAD {
+            self.stub_bad.remove(0);
         }
+    }
+
+    /// Queues an event for the library to report (bounded: the oldest is
+    /// dropped) and returns it.
+    pub fn push_event(&mut self, at_unix_ms: u64, new: NewEvent) -> &UpdateEvent {
+        let id = self.next_event_id.max(1);
+        self.next_event_id = id + 1;
+        self.update_events.push(UpdateEvent {
+            id,
+            kind: new.kind.to_owned(),
+            at_unix_ms,
+            build_sha256: new.build.as_ref().map(|b| b.sha256),
+            version: new.build.map(|b| b.version),
+            to_sha256: new.to.as_ref().map(|b| b.sha256),
+            to_version: new.to.map(|b| b.version),
+            reason: new.reason,
+        });
+        if self.update_events.len() > MAX_EVENTS {
+            self.update_events.remove(0);
+        }
+        self.update_events.last().expect("just pushed")
+    }
+
+    /// Forgets the events up to `id` (they were handed over).
+    pub fn drop_events_through(&mut self, id: u64) -> bool {
+        let before = self.update_events.len();
+        self.update_events.retain(|e| e.id > id);
+        self.update_events.len() != before
     }
 }
 
@@ -193,6 +330,68 @@ mod tests {
             sha256: outrider_signing::sha256(&[n]),
             version: format!("0.{n}"),
         }
+    }
+
+    #[test]
+    fn events_get_increasing_ids_that_survive_a_restart_and_the_queue_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut state = StubState::load(&path).unwrap();
+        let refused = |reason: &str| NewEvent {
+            kind: outrider_abi::update_events::KIND_REFUSED,
+            build: Some(build(2)),
+            reason: reason.into(),
+            ..NewEvent::default()
+        };
+        assert_eq!(state.push_event(5, refused("hash mismatch")).id, 1);
+        assert_eq!(state.push_event(6, refused("expired")).id, 2);
+        state.save(&path).unwrap();
+        let mut state = StubState::load(&path).unwrap();
+        assert_eq!(state.update_events.len(), 2);
+        assert!(state.drop_events_through(2));
+        assert!(!state.drop_events_through(2));
+        assert_eq!(state.push_event(7, refused("x")).id, 3, "never reused");
+        for n in 0..100 {
+            state.push_event(n, refused("y"));
+        }
+        assert_eq!(state.update_events.len(), MAX_EVENTS);
+        assert_eq!(state.update_events.last().unwrap().id, 103);
+        assert_eq!(state.update_events[0].id, 103 - MAX_EVENTS as u64 + 1);
+        // The JSON is the ABI's: hex hashes, omitted absent fields.
+        let json = serde_json::to_value(&state.update_events[0]).unwrap();
+        assert_eq!(json["kind"], "refused");
+        assert_eq!(json["build_sha256"], build(2).sha256.to_string());
+        assert_eq!(json["version"], "0.2");
+        assert!(json.get("to_version").is_none());
+    }
+
+    #[test]
+    fn a_state_file_of_an_older_stub_loads_and_keeps_its_rollback_texts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let sha = build(1).sha256;
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"version":1,"current":{{"sha256":"{sha}","version":"0.1"}},
+                "events":["rolled back from v2 to v1: panicked"],
+                "floor_channel":"stable"}}"#
+            ),
+        )
+        .unwrap();
+        let state = StubState::load(&path).unwrap();
+        assert_eq!(state.current, Some(build(1)));
+        assert_eq!(state.update_events.len(), 1);
+        let event = &state.update_events[0];
+        assert_eq!(event.kind, "rolled_back");
+        assert_eq!(event.reason, "rolled back from v2 to v1: panicked");
+        state.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("\"events\""),
+            "converted, not kept twice: {text}"
+        );
+        assert_eq!(StubState::load(&path).unwrap().update_events.len(), 1);
     }
 
     #[test]

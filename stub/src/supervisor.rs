@@ -1,6 +1,11 @@
 //! The stub's main loop: one running generation, update checks, hot swap,
 //! probation and rollback (DESIGN.md §4).
 //!
+//! Every decision (pass or fail probation, roll back where, swap or not) is
+//! made by the pure state machine in [`policy`]; this module is the shell
+//! that feeds it events (what the generation reported, what an update check
+//! offered, the time from a [`Clock`]) and executes its actions.
+//!
 //! Swap, step by step (a crash at any step leaves a verified build to run):
 //! 1. the new build is verified and installed under `versions/` (update);
 //! 2. `pending` is written to `state.json` — a crash from here on is blamed
@@ -13,33 +18,66 @@
 //!    build passed probation;
 //! 8. probation passes when the library reports health OK in time: the new
 //!    build becomes `current`, the old one `previous`.
-//!
-//! Rollback (start failure, panic, exit, health timeout, or a crash found
-//! through `pending` at start): the build is marked bad for the manifest
-//! that offered it, the previous build is started with the state blob, and
-//! an event is queued for the next healthy generation to report. If the
-//! previous build fails too, the newest build that ever passed probation
-//! runs; the stub never loops between bad builds.
+
+pub mod policy;
 
 use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
 use crate::config::StubConfig;
-use crate::generation::{Generation, Loaded, StopFailure, Stopped, thread_count};
+use crate::generation::{Generation, Loaded, StopFailure, thread_count};
 use crate::layout::Layout;
 use crate::lock::InstanceLock;
 use crate::reexec::{Handover, exec_self};
 use crate::signals::{Signal, Signals};
-use crate::state::{BuildRef, Pending, StubState};
+use crate::state::{BuildRef, NewEvent, Pending, StubState};
 use crate::update::{Build, Updater};
-use crate::{StubError, error::chain};
+use crate::{StubError, error::chain, stub_update};
+use policy::{Action, Event, Health, Limits, Now, Phase};
 
 /// Main loop tick: how fast signals, health and exits are noticed.
 const TICK: Duration = Duration::from_millis(50);
 /// First and longest delay between attempts when nothing can run.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The time source of the shell; the decisions only see [`Now`] values.
+pub trait Clock: std::fmt::Debug {
+    fn now(&self) -> Now;
+}
+
+/// Monotonic time since the supervisor started, plus the wall clock.
+#[derive(Debug)]
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl SystemClock {
+    pub fn new() -> SystemClock {
+        SystemClock {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Now {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Now {
+            mono_ms: self.origin.elapsed().as_millis() as u64,
+            unix_ms,
+        }
+    }
+}
 
 /// Everything the main loop owns.
 #[derive(Debug)]
@@ -50,26 +88,28 @@ pub struct Supervisor<'a> {
     config: StubConfig,
     updater: Updater,
     state: StubState,
+    clock: Box<dyn Clock>,
+    phase: Phase,
     generation: Option<Generation>,
-    /// The build on probation, while one is.
-    probation: Option<Pending>,
     next_number: u64,
     /// Threads of the process without any generation.
     baseline_threads: usize,
-    /// The latest state blob handed over, for a generation that fails
-    /// before handing over its own.
+    /// The latest state blob handed over, for the next generation.
     last_state: Vec<u8>,
-    next_check: Instant,
-    /// An old copy stayed mapped: re-exec once the new build is healthy.
-    reexec_when_healthy: bool,
+    /// Monotonic ms of the next update check.
+    next_check_ms: u64,
+    /// The newest event id offered to the running generation.
+    events_offered_through: u64,
+    /// A stop signal arrived while waiting inside an action.
+    stop_requested: bool,
     /// Consecutive failed attempts, for the retry backoff.
     retries: u32,
-    /// Path of the running stub binary, read at start (after a self-update
-    /// replaced the file, `/proc/self/exe` names the old inode); `None` if
-    /// unreadable, which turns self-update off.
+    /// The service's path of the stub binary (the canonical path, also
+    /// while a trial binary runs from beside it); `None` if unreadable,
+    /// which turns self-update off.
     exe_path: Option<std::path::PathBuf>,
-    /// SHA-256 of the running binary, computed the first time a manifest
-    /// offers a stub (hashing it on every start would be wasted work).
+    /// SHA-256 of the running binary (hashed once at start); `None` if
+    /// unreadable, which turns self-update off.
     exe_sha256: Option<outrider_signing::Sha256>,
 }
 
@@ -81,7 +121,13 @@ impl<'a> Supervisor<'a> {
         config: StubConfig,
         updater: Updater,
         state: StubState,
+        exe_sha256: Option<outrider_signing::Sha256>,
     ) -> Supervisor<'a> {
+        let exe_path = state
+            .stub_trial
+            .as_ref()
+            .map(|t| t.canonical.clone())
+            .or_else(|| std::fs::read_link("/proc/self/exe").ok());
         Supervisor {
             layout,
             signals,
@@ -89,88 +135,205 @@ impl<'a> Supervisor<'a> {
             config,
             updater,
             state,
+            clock: Box::new(SystemClock::new()),
+            phase: Phase::Idle,
             generation: None,
-            probation: None,
             next_number: 1,
             baseline_threads: thread_count(),
             last_state: Vec::new(),
-            next_check: Instant::now(),
-            reexec_when_healthy: false,
+            next_check_ms: 0,
+            events_offered_through: 0,
+            stop_requested: false,
             retries: 0,
-            exe_path: std::fs::read_link("/proc/self/exe").ok(),
-            exe_sha256: None,
+            exe_path,
+            exe_sha256,
         }
     }
 
     /// Runs until a stop signal. Returns `Ok` after a clean stop.
     pub fn run(mut self, handover: Option<Handover>) -> Result<(), StubError> {
-        self.recover(handover)?;
+        let resume = handover.map(|h| {
+            info!(reason = %h.reason, build = %h.start.version, "continuing after a re-exec");
+            self.next_number = h.generation;
+            self.last_state = h.state;
+            (h.start, h.probation)
+        });
+        self.apply(Event::Boot { resume })?;
         loop {
+            if self.stop_requested {
+                return self.shutdown();
+            }
             match self.signals.wait(TICK) {
                 Some(Signal::Stop) => return self.shutdown(),
                 Some(Signal::Reload) => self.reload(),
                 None => {}
             }
-            self.watch_generation()?;
-            if self
-                .generation
-                .as_ref()
-                .is_some_and(Generation::take_update_request)
-            {
-                self.next_check = Instant::now();
+            if let Some(generation) = &self.generation {
+                let event = Event::Observed {
+                    health: Health::from_abi(generation.health()),
+                    finished: generation.is_finished(),
+                };
+                if generation.take_update_request() {
+                    self.next_check_ms = 0;
+                }
+                self.apply(event)?;
             }
-            if self.probation.is_none() && Instant::now() >= self.next_check {
+            self.maybe_promote_stub()?;
+            self.hand_over_events()?;
+            if !matches!(self.phase, Phase::Probation(_))
+                && self.clock.now().mono_ms >= self.next_check_ms
+            {
                 self.update_check()?;
             }
         }
     }
 
-    /// Startup: a re-exec handover, a crash found through `pending`, or a
-    /// plain start of the current build (fetching one on first run).
-    fn recover(&mut self, handover: Option<Handover>) -> Result<(), StubError> {
-        if let Some(h) = handover {
-            info!(reason = %h.reason, build = %h.start.version, "continuing after a re-exec");
-            self.next_number = h.generation;
-            self.last_state = h.state.clone();
-            let pending = h.probation.then(|| self.state.pending.clone()).flatten();
-            if let Some(build) = self.installed(&h.start) {
-                self.start(&build, h.state, pending)?;
-                return Ok(());
+    /// Feeds `event` to the policy and executes the actions, feeding back
+    /// the events they produce, until nothing is left to do.
+    fn apply(&mut self, event: Event) -> Result<(), StubError> {
+        let mut queue = std::collections::VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            let limits = self.limits();
+            let was_on_probation = matches!(self.phase, Phase::Probation(_));
+            let first_new = self.state.next_event_id;
+            let now = self.clock.now();
+            let actions = policy::step(&mut self.phase, &mut self.state, &limits, now, event);
+            self.log_events_from(first_new);
+            let passed = was_on_probation && matches!(self.phase, Phase::Steady { .. });
+            if passed {
+                self.retries = 0;
             }
-        } else if let Some(pending) = self.state.pending.take() {
-            let reason = "the process crashed during probation".to_owned();
-            error!(build = %pending.build.version, "{reason}; rolling back");
-            self.state.mark_bad(
-                pending.build.sha256,
-                pending.manifest_sha256,
-                reason.clone(),
-            );
-            self.state.push_event(format!(
-                "rolled back from {} ({}): {reason}",
-                pending.build.version, pending.build.sha256
-            ));
-            self.state.save(&self.layout.state_json)?;
-        }
-        for candidate in [self.state.current.clone(), self.state.last_good.clone()]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(build) = self.installed(&candidate) {
-                match self.start(&build, Vec::new(), None) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => warn!(build = %candidate.version, "cannot start: {}", chain(&e)),
+            for (i, action) in actions.iter().enumerate() {
+                queue.extend(self.execute(action, &actions[i + 1..])?);
+                if passed && *action == Action::Save {
+                    crash_point("probation-passed");
                 }
             }
         }
-        // First run (or nothing usable on disk): the first check installs one.
-        self.next_check = Instant::now();
         Ok(())
     }
 
-    /// One update check; swaps when it yields a build we do not run.
+    fn limits(&self) -> Limits {
+        Limits {
+            probation_ms: self.config.probation.as_millis() as u64,
+            degraded_limit_ms: policy::DEFAULT_DEGRADED_LIMIT_MS,
+        }
+    }
+
+    /// Executes one action; `rest` are the actions after it in the batch.
+    fn execute(&mut self, action: &Action, rest: &[Action]) -> Result<Vec<Event>, StubError> {
+        match action {
+            Action::Save => {
+                self.state.save(&self.layout.state_json)?;
+                Ok(Vec::new())
+            }
+            Action::Start {
+                candidates,
+                probation,
+            } => Ok(vec![self.start_first(candidates, probation.as_ref())]),
+            Action::Swap { to } => self.swap(to),
+            Action::StopGeneration => {
+                if self.stop_generation().is_err() {
+                    // The bad build will not stop: re-exec past it into the
+                    // rollback target.
+                    let target = rest.iter().find_map(|a| match a {
+                        Action::Start { candidates, .. } => candidates.first().cloned(),
+                        _ => None,
+                    });
+                    let target = target.ok_or(StubError::NoBuild)?;
+                    return Err(self.reexec(
+                        &target,
+                        false,
+                        self.last_state.clone(),
+                        "bad build would not stop".into(),
+                    ));
+                }
+                Ok(Vec::new())
+            }
+            Action::Restart { build } => {
+                let _ = self.stop_generation();
+                let wait = self.retry_delay();
+                error!(build = %build.version, "agent library stopped on its own; restarting it in {wait:?}");
+                if self.signals.wait(wait) == Some(Signal::Stop) {
+                    self.stop_requested = true;
+                    return Ok(Vec::new());
+                }
+                Ok(vec![self.start_first(std::slice::from_ref(build), None)])
+            }
+            Action::Reexec { build, reason } => {
+                let _ = self.stop_generation();
+                Err(self.reexec(build, false, self.last_state.clone(), reason.clone()))
+            }
+            Action::CheckNow => {
+                self.next_check_ms = 0;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Starts the first candidate that is installed intact and starts.
+    fn start_first(&mut self, candidates: &[BuildRef], probation: Option<&Pending>) -> Event {
+        let mut reason = "it is not installed (or was modified on disk)".to_owned();
+        for candidate in candidates {
+            let Some(build) = self.installed(candidate) else {
+                warn!(build = %candidate.version, "cannot start: {reason}");
+                continue;
+            };
+            let loaded = Loaded::load(self.layout, &build, self.take_number());
+            let started = loaded.and_then(|l| {
+                l.start(
+                    self.layout,
+                    &self.config,
+                    self.last_state.clone(),
+                    &self.state.update_events,
+                )
+            });
+            match started {
+                Ok(generation) => {
+                    info!(sha256 = %build.sha256, version = %build.version, "agent library loaded and running");
+                    self.generation = Some(generation);
+                    self.events_offered_through =
+                        self.state.update_events.last().map_or(0, |e| e.id);
+                    return Event::Started {
+                        build: candidate.clone(),
+                        probation: probation.cloned(),
+                    };
+                }
+                Err(e) => {
+                    reason = chain(&e);
+                    warn!(build = %candidate.version, "cannot start: {reason}");
+                }
+            }
+        }
+        match probation {
+            Some(pending) => Event::StartFailed {
+                pending: pending.clone(),
+                reason,
+            },
+            None => {
+                error!("no build that ever passed probation can run; waiting for a new release");
+                Event::NothingStarted
+            }
+        }
+    }
+
+    /// Stops and unloads the running generation, keeping its state blob.
+    fn stop_generation(&mut self) -> Result<(), StopFailure> {
+        let Some(generation) = self.generation.take() else {
+            return Ok(());
+        };
+        let stopped = generation.stop(self.config.stop_timeout)?;
+        if !stopped.state.is_empty() {
+            self.last_state = stopped.state.clone();
+        }
+        stopped.unload();
+        Ok(())
+    }
+
+    /// One update check; the policy decides what to do with its build.
     fn update_check(&mut self) -> Result<(), StubError> {
-        self.next_check = Instant::now() + self.config.jittered_update_interval();
-        let running = self.generation.as_ref().map(|g| g.build().sha256);
+        let now = self.clock.now().mono_ms;
+        self.next_check_ms = now + self.config.jittered_update_interval().as_millis() as u64;
         let build = match self.updater.fetch_latest(&mut self.state) {
             Ok(build) => build,
             Err(e) => {
@@ -179,13 +342,14 @@ impl<'a> Supervisor<'a> {
                     ..
                 }) = &e
                 {
-                    let wait = Duration::from_secs(retry_after_secs.unwrap_or(60).clamp(1, 3600));
-                    self.next_check = Instant::now() + wait;
+                    let wait = retry_after_secs.unwrap_or(60).clamp(1, 3600);
+                    self.next_check_ms = now + wait * 1000;
                 }
+                self.record_refusal(&e);
                 if self.generation.is_none() {
                     // Nothing runs yet: retry sooner, with backoff.
                     let wait = self.retry_delay();
-                    self.next_check = Instant::now() + wait;
+                    self.next_check_ms = now + wait.as_millis() as u64;
                     warn!(
                         "no usable agent build yet, retrying in {wait:?}: {}",
                         chain(&e)
@@ -197,70 +361,108 @@ impl<'a> Supervisor<'a> {
                 return Ok(());
             }
         };
+        if build.fresh {
+            let first = self.state.next_event_id;
+            self.state.push_event(
+                self.clock.now().unix_ms,
+                NewEvent {
+                    kind: outrider_abi::update_events::KIND_INSTALLED,
+                    build: Some(build_ref(&build)),
+                    ..NewEvent::default()
+                },
+            );
+            self.log_events_from(first);
+        }
         self.state.save(&self.layout.state_json)?;
-        if self.probation.is_none() && self.generation.is_some() {
-            self.maybe_update_stub()?;
+        if matches!(self.phase, Phase::Steady { .. }) && self.generation.is_some() {
+            self.maybe_update_stub(build.manifest_sha256)?;
         }
-        if running == Some(build.sha256) {
-            return Ok(());
-        }
-        if self
-            .state
-            .is_bad(&build.sha256, build.manifest_sha256.as_ref())
-        {
-            return Ok(());
-        }
-        match self.generation.is_some() {
-            true => self.swap(build),
-            false => {
-                // The very first build starts on probation too (a crash
-                // is then blamed on it), though nothing can be rolled back to.
-                let pending = Pending {
-                    build: build_ref(&build),
-                    manifest_sha256: build.manifest_sha256,
-                };
-                self.start(&build, Vec::new(), Some(pending))
-            }
-        }
+        self.apply(Event::Offered {
+            build: build_ref(&build),
+            manifest_sha256: build.manifest_sha256,
+        })
     }
 
-    /// Steps 2–7 of the swap (see the module docs).
-    fn swap(&mut self, new: Build) -> Result<(), StubError> {
-        let pending = Pending {
-            build: build_ref(&new),
-            manifest_sha256: new.manifest_sha256,
+    /// Queues a `refused` event for an update check that failed for a
+    /// reason other than the network (a hash mismatch, a bad signature, an
+    /// expired manifest …), with the exact error. The same refusal still
+    /// queued is not queued twice.
+    fn record_refusal(&mut self, e: &StubError) {
+        use outrider_update_client::UpdateError;
+        let StubError::Update(update) = e else {
+            return;
         };
-        info!(from = %self.running_version(), to = %new.version, "hot swap starting");
-        // Step 2.
-        self.state.pending = Some(pending.clone());
-        self.state.save(&self.layout.state_json)?;
+        if update.is_transient() || matches!(update, UpdateError::NoManifest { .. }) {
+            return;
+        }
+        let reason = chain(update);
+        let build = match update {
+            UpdateError::HashMismatch { expected, .. } => Some(BuildRef {
+                sha256: *expected,
+                version: format!("sha256:{}", &expected.to_string()[..12]),
+            }),
+            _ => None,
+        };
+        let kind = outrider_abi::update_events::KIND_REFUSED;
+        if self
+            .state
+            .update_events
+            .iter()
+            .any(|q| q.kind == kind && q.reason == reason)
+        {
+            return;
+        }
+        let first = self.state.next_event_id;
+        self.state.push_event(
+            self.clock.now().unix_ms,
+            NewEvent {
+                kind,
+                build,
+                reason,
+                ..NewEvent::default()
+            },
+        );
+        self.log_events_from(first);
+    }
+
+    /// Steps 3–7 of the swap (see the module docs); step 2 was the policy's.
+    fn swap(&mut self, to: &Pending) -> Result<Vec<Event>, StubError> {
+        info!(from = %self.running_version(), to = %to.build.version, "hot swap starting");
         crash_point("swap-pending-written");
+        let failed = |reason: String| {
+            vec![Event::StartFailed {
+                pending: to.clone(),
+                reason,
+            }]
+        };
+        let Some(new) = self.installed(&to.build) else {
+            return Ok(failed("it is not installed".into()));
+        };
         // Step 3.
         let loaded = match Loaded::load(self.layout, &new, self.take_number()) {
             Ok(l) => l,
-            Err(e) => {
-                self.fail_pending(&pending, format!("could not be loaded: {}", chain(&e)))?;
-                return Ok(());
-            }
+            Err(e) => return Ok(failed(format!("could not be loaded: {}", chain(&e)))),
         };
         crash_point("swap-new-loaded");
         // Step 4.
         let old = self
             .generation
             .take()
-            .expect("swap runs only with a generation");
+            .expect("the policy swaps only with a generation running");
         let stopped = match old.stop(self.config.stop_timeout) {
             Ok(s) => s,
             Err(failure) => {
                 return Err(self.reexec(
-                    &pending.build,
+                    &to.build,
                     true,
                     Vec::new(),
                     format!("old generation {failure:?}"),
                 ));
             }
         };
-        self.last_state = stopped.state.clone();
+        if !stopped.state.is_empty() {
+            self.last_state = stopped.state.clone();
+        }
         crash_point("swap-old-stopped");
         // Step 5.
         if thread_count() > self.baseline_threads {
@@ -268,254 +470,96 @@ impl<'a> Supervisor<'a> {
                 "old generation left {} thread(s)",
                 thread_count() - self.baseline_threads
             );
-            return Err(self.reexec(&pending.build, true, stopped.state, reason));
+            return Err(self.reexec(&to.build, true, stopped.state, reason));
         }
         // Step 6.
-        let state = stopped.state.clone();
-        match loaded.start(self.layout, &self.config, state, &self.state.events) {
+        let old_build = build_ref(stopped.build());
+        match loaded.start(
+            self.layout,
+            &self.config,
+            self.last_state.clone(),
+            &self.state.update_events,
+        ) {
             Ok(generation) => {
                 self.generation = Some(generation);
-                self.probation = Some(pending);
+                self.events_offered_through = self.state.update_events.last().map_or(0, |e| e.id);
             }
             Err(e) => {
-                self.restart_stopped(stopped)?;
-                self.fail_pending(&pending, format!("could not start: {}", chain(&e)))?;
-                return Ok(());
+                // The old build goes on; the new one is refused.
+                stopped.unload();
+                let restarted = self.start_first(std::slice::from_ref(&old_build), None);
+                let mut events = vec![restarted];
+                events.extend(failed(format!("could not start: {}", chain(&e))));
+                return Ok(events);
             }
         }
         crash_point("swap-new-started");
+        let mut events = vec![Event::Started {
+            build: to.build.clone(),
+            probation: Some(to.clone()),
+        }];
         // Step 7.
-        let old_version = stopped.build().version.clone();
         if stopped.unload().still_mapped {
-            warn!(build = %old_version, "old library is still mapped after unloading; re-exec after probation");
-            self.reexec_when_healthy = true;
+            warn!(build = %old_build.version, "old library is still mapped after unloading; re-exec after probation");
+            events.push(Event::OldStayedMapped);
         }
         crash_point("swap-old-unloaded");
-        Ok(())
+        Ok(events)
     }
 
-    /// Restarts a generation that was stopped for a swap that then failed.
-    fn restart_stopped(&mut self, stopped: Stopped) -> Result<(), StubError> {
-        let build = stopped.build().clone();
-        let state = stopped.state.clone();
-        stopped.unload();
-        self.start(&build, state, None)
-    }
-
-    /// Checks the running generation: probation verdict, unexpected exit.
-    fn watch_generation(&mut self) -> Result<(), StubError> {
+    /// Forgets the events the running library has received and offers it
+    /// the ones queued since.
+    fn hand_over_events(&mut self) -> Result<(), StubError> {
         let Some(generation) = &self.generation else {
             return Ok(());
         };
-        if let Some(pending) = &self.probation {
-            if generation.is_healthy() {
-                let pending = pending.clone();
-                return self.pass_probation(pending);
-            }
-            if generation.is_finished() {
-                return self.rollback("exited during probation".into());
-            }
-            if generation.age() > self.config.probation
-                && self.rollback_target().is_none()
-                && self.state.last_good.is_none()
-            {
-                // Nothing to roll back to (a first install): a build that runs
-                // but cannot report health yet — the server unreachable, say —
-                // is still better than no agent. It keeps running.
-                warn!(build = %pending.build.version, "no health OK within the probation window; nothing to roll back to, keeping it");
-                let pending = pending.clone();
-                return self.pass_probation(pending);
-            }
-            if generation.age() > self.config.probation {
-                return self.rollback(format!("no health OK within {:?}", self.config.probation));
-            }
-            return Ok(());
-        }
-        if !self.state.events.is_empty() && generation.is_healthy() {
-            // A healthy generation (connected, so the server gets them)
-            // received the queued events with its host config.
-            self.state.events.clear();
-            self.state.save(&self.layout.state_json)?;
-        }
-        if generation.is_finished() {
-            let generation = self.generation.take().expect("checked above");
-            let build = generation.build().clone();
-            let (status, state) = match generation.stop(self.config.stop_timeout) {
-                Ok(stopped) => {
-                    let out = (stopped.status, stopped.state.clone());
-                    stopped.unload();
-                    out
-                }
-                Err(_) => (outrider_abi::status::FAILED, Vec::new()),
-            };
-            let wait = self.retry_delay();
-            error!(build = %build.version, status, "agent library stopped on its own; restarting it in {wait:?}");
-            if self.signals.wait(wait) == Some(Signal::Stop) {
-                return Ok(());
-            }
-            let state = if state.is_empty() {
-                self.last_state.clone()
-            } else {
-                state
-            };
-            self.start(&build, state, None)?;
-        }
-        Ok(())
-    }
-
-    /// Step 8: the new build becomes current.
-    fn pass_probation(&mut self, pending: Pending) -> Result<(), StubError> {
-        info!(build = %pending.build.version, "probation passed");
-        self.probation = None;
-        if self.state.current.as_ref() != Some(&pending.build) {
-            self.state.previous = self.state.current.take();
-        }
-        self.state.current = Some(pending.build.clone());
-        self.state.last_good = Some(pending.build);
-        self.state.pending = None;
-        // The healthy generation got the queued events and reports them.
-        self.state.events.clear();
-        self.state.save(&self.layout.state_json)?;
-        crash_point("probation-passed");
-        self.retries = 0;
-        if std::mem::take(&mut self.reexec_when_healthy) {
-            let generation = self
-                .generation
-                .take()
-                .expect("probation passed for a running generation");
-            let build = build_ref(generation.build());
-            let state = match generation.stop(self.config.stop_timeout) {
-                Ok(s) => s.state,
-                Err(_) => Vec::new(),
-            };
-            return Err(self.reexec(&build, false, state, "an old library stayed mapped".into()));
-        }
-        Ok(())
-    }
-
-    /// Rolls back from the build on probation.
-    fn rollback(&mut self, reason: String) -> Result<(), StubError> {
-        let pending = self
-            .probation
-            .take()
-            .expect("rollback only during probation");
-        error!(build = %pending.build.version, %reason, "build failed probation; rolling back");
-        let generation = self
-            .generation
-            .take()
-            .expect("rollback with a running generation");
-        let state = match generation.stop(self.config.stop_timeout) {
-            Ok(stopped) => {
-                let state = if stopped.state.is_empty() {
-                    self.last_state.clone()
-                } else {
-                    stopped.state.clone()
-                };
-                stopped.unload();
-                state
-            }
-            Err(_) => {
-                self.record_failure(&pending, reason.clone())?;
-                let target = self.rollback_target().ok_or(StubError::NoBuild)?;
-                return Err(self.reexec(
-                    &target,
-                    false,
-                    self.last_state.clone(),
-                    "bad build would not stop".into(),
-                ));
-            }
-        };
-        self.record_failure(&pending, reason)?;
-        for target in [self.rollback_target(), self.state.last_good.clone()]
-            .into_iter()
-            .flatten()
+        if let Some(id) = generation.events_handed_through()
+            && self.state.drop_events_through(id)
         {
-            if let Some(build) = self.installed(&target) {
-                match self.start(&build, state.clone(), None) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => {
-                        warn!(build = %target.version, "rollback target cannot start: {}", chain(&e))
-                    }
-                }
-            }
+            self.state.save(&self.layout.state_json)?;
         }
-        error!("no build that ever passed probation can run; waiting for a new release");
+        let newest = self.state.update_events.last().map_or(0, |e| e.id);
+        if newest > self.events_offered_through {
+            generation.offer_events(&self.state.update_events);
+            self.events_offered_through = newest;
+        }
         Ok(())
     }
 
-    /// The build that ran before the swap (`current` is only replaced when
-    /// probation passes).
-    fn rollback_target(&self) -> Option<BuildRef> {
-        self.state
-            .current
-            .clone()
-            .or_else(|| self.state.previous.clone())
-    }
-
-    fn fail_pending(&mut self, pending: &Pending, reason: String) -> Result<(), StubError> {
-        error!(build = %pending.build.version, %reason, "new build refused");
-        self.record_failure(pending, reason)
-    }
-
-    fn record_failure(&mut self, pending: &Pending, reason: String) -> Result<(), StubError> {
-        self.state.mark_bad(
-            pending.build.sha256,
-            pending.manifest_sha256,
-            reason.clone(),
-        );
-        let from = &pending.build.version;
-        let to = self
-            .rollback_target()
-            .map_or_else(|| "nothing".to_owned(), |b| b.version);
-        self.state
-            .push_event(format!("rolled back from {from} to {to}: {reason}"));
-        self.state.pending = None;
-        self.state.save(&self.layout.state_json)
-    }
-
-    /// Loads and starts `build`; `pending` puts it on probation.
-    fn start(
-        &mut self,
-        build: &Build,
-        state: Vec<u8>,
-        pending: Option<Pending>,
-    ) -> Result<(), StubError> {
-        if let Some(p) = &pending {
-            self.state.pending = Some(p.clone());
-            self.state.save(&self.layout.state_json)?;
-        }
-        let loaded = Loaded::load(self.layout, build, self.take_number());
-        let started =
-            loaded.and_then(|l| l.start(self.layout, &self.config, state, &self.state.events));
-        match started {
-            Ok(generation) => {
-                info!(sha256 = %build.sha256, version = %build.version, "agent library loaded and running");
-                self.generation = Some(generation);
-                self.probation = pending;
-                Ok(())
-            }
-            Err(e) => {
-                if let Some(p) = pending {
-                    self.fail_pending(&p, format!("could not start: {}", chain(&e)))?;
+    /// Logs the events queued from id `first` on (every outcome is in the
+    /// stub's own log too, with its exact reason).
+    fn log_events_from(&self, first: u64) {
+        use outrider_abi::update_events as k;
+        for e in self.state.update_events.iter().filter(|e| e.id >= first) {
+            let version = e.version.as_deref().unwrap_or("-");
+            match e.kind.as_str() {
+                k::KIND_INSTALLED | k::KIND_PROBATION_PASSED | k::KIND_STUB_UPDATED => {
+                    info!(kind = %e.kind, id = e.id, build = %version, reason = %e.reason, "update event")
                 }
-                Err(e)
+                _ => {
+                    error!(kind = %e.kind, id = e.id, build = %version, to = e.to_version.as_deref().unwrap_or("-"), "update event: {}", e.legacy_text())
+                }
             }
         }
     }
 
     fn shutdown(mut self) -> Result<(), StubError> {
         info!("stop requested, stopping the agent library");
-        // A clean stop is not a crash: settle a probation in progress so the
-        // next start does not blame the build (`pending` means "crashed").
-        if let Some(pending) = self.probation.take() {
-            if self.generation.as_ref().is_some_and(Generation::is_healthy) {
-                self.reexec_when_healthy = false;
-                self.pass_probation(pending)?;
-            } else {
-                info!(build = %pending.build.version, "stopped during probation; it will be tried again");
-                self.state.pending = None;
-                self.state.save(&self.layout.state_json)?;
-            }
+        let health = Health::from_abi(self.generation.as_ref().and_then(Generation::health));
+        if matches!(self.phase, Phase::Probation(_)) && health != Health::Ok {
+            info!("stopped during probation; the build will be tried again");
+        }
+        let limits = self.limits();
+        let now = self.clock.now();
+        let actions = policy::step(
+            &mut self.phase,
+            &mut self.state,
+            &limits,
+            now,
+            Event::Stopping { health },
+        );
+        if actions.contains(&Action::Save) {
+            self.state.save(&self.layout.state_json)?;
         }
         let Some(generation) = self.generation.take() else {
             return Ok(());
@@ -535,52 +579,89 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Step 5 of the stub issue: when the manifest offers a stub binary other
-    /// than the one running, download and verify it beside the current
-    /// binary, swap it in atomically (self-replace: write beside, fsync,
-    /// rename), and re-exec into it carrying the running generation's state.
-    /// Any failure leaves the current binary in place and is logged.
-    fn maybe_update_stub(&mut self) -> Result<(), StubError> {
+    /// Steps 1–3 of a stub self-update (`stub_update.rs`): when the
+    /// manifest offers a stub other than the one running and not refused
+    /// under this manifest, download and verify it beside the canonical
+    /// binary, self-test it, record the trial and exec into it with the
+    /// running generation's state. Any refusal keeps this stub and queues
+    /// `stub_refused` with the exact reason.
+    fn maybe_update_stub(
+        &mut self,
+        manifest_sha256: Option<outrider_signing::Sha256>,
+    ) -> Result<(), StubError> {
         let Some(offer) = self.updater.stub_offer().cloned() else {
             return Ok(());
         };
-        let Some(exe) = self.exe_path.clone() else {
+        let (Some(exe), Some(running)) = (self.exe_path.clone(), self.exe_sha256) else {
             return Ok(());
         };
-        if self.exe_sha256.is_none() {
-            // /proc/self/exe is the running inode, even if the file was replaced.
-            match crate::update::hash_file(std::path::Path::new("/proc/self/exe")) {
-                Ok(sha) => self.exe_sha256 = Some(sha),
-                Err(e) => {
-                    warn!("cannot hash the running stub binary, skipping the stub update: {e}");
-                    return Ok(());
-                }
-            }
-        }
-        if Some(offer.sha256) == self.exe_sha256 {
+        if offer.sha256 == running
+            || self.state.stub_trial.is_some()
+            || self
+                .state
+                .is_stub_bad(&offer.sha256, manifest_sha256.as_ref())
+        {
             return Ok(());
         }
-        let exe = &exe;
-        let dir = exe.parent().unwrap_or(std::path::Path::new("."));
-        let staged = dir.join(".outrider-agent.new");
-        let result = self.updater.fetch_stub(&offer, &staged).and_then(|()| {
+        let staged = exe.with_file_name(stub_update::NEW_FILE);
+        let fetched = self.updater.fetch_stub(&offer, &staged).and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
-                .map_err(StubError::io("making executable", &staged))?;
-            self_replace::self_replace(&staged)
-                .map_err(StubError::io("replacing the stub binary", exe))
+                .and_then(|()| std::fs::File::open(&staged)?.sync_all())
+                .map_err(StubError::io("making executable", &staged))
         });
-        let _ = std::fs::remove_file(&staged);
-        if let Err(e) = result {
+        let refused = |this: &mut Self, reason: String, bad: bool| {
+            let _ = std::fs::remove_file(&staged);
             error!(
-                "stub self-update to {} failed; keeping this stub: {}",
-                offer.sha256,
-                chain(&e)
+                "stub self-update to {} failed; keeping this stub: {reason}",
+                offer.sha256
             );
-            return Ok(());
+            let build = BuildRef {
+                sha256: offer.sha256,
+                version: format!("sha256:{}", &offer.sha256.to_string()[..12]),
+            };
+            let kind = outrider_abi::update_events::KIND_STUB_REFUSED;
+            if bad {
+                this.state
+                    .mark_stub_bad(offer.sha256, manifest_sha256, reason.clone());
+            } else if this
+                .state
+                .update_events
+                .iter()
+                .any(|e| e.kind == kind && e.reason == reason)
+            {
+                return this.state.save(&this.layout.state_json);
+            }
+            let first = this.state.next_event_id;
+            this.state.push_event(
+                this.clock.now().unix_ms,
+                NewEvent {
+                    kind,
+                    build: Some(build),
+                    reason,
+                    ..NewEvent::default()
+                },
+            );
+            this.log_events_from(first);
+            this.state.save(&this.layout.state_json)
+        };
+        if let Err(e) = fetched {
+            // A download problem may be fixed on the server: not marked bad.
+            return refused(self, chain(&e), false);
         }
-        info!(sha256 = %offer.sha256, "stub binary replaced; re-executing into it");
-        let exe = exe.clone();
+        let version = match stub_update::self_test(&staged, stub_update::SELF_TEST_TIMEOUT) {
+            Ok(version) => version,
+            Err(reason) => return refused(self, reason, true),
+        };
+        self.state.stub_trial = Some(stub_update::StubTrial {
+            sha256: offer.sha256,
+            manifest_sha256,
+            version: version.clone(),
+            starts: 1,
+            canonical: exe.clone(),
+        });
+        self.state.save(&self.layout.state_json)?;
+        info!(sha256 = %offer.sha256, %version, "new stub passed its self-test; re-executing into it on trial");
         let generation = self.generation.take().expect("checked by the caller");
         let build = build_ref(generation.build());
         let state = match generation.stop(self.config.stop_timeout) {
@@ -595,10 +676,54 @@ impl<'a> Supervisor<'a> {
             start: build,
             probation: false,
             generation: self.next_number,
-            reason: "stub self-update".into(),
+            reason: "stub self-update (trial)".into(),
             state,
         };
-        Err(exec_self(&exe, &handover, self.lock))
+        let err = exec_self(&staged, &handover, self.lock);
+        // Could not exec: the trial is over before it began.
+        let trial = self.state.stub_trial.clone().expect("set above");
+        stub_update::refuse(
+            &mut self.state,
+            &trial,
+            format!("exec failed: {}", chain(&err)),
+            self.clock.now().unix_ms,
+        );
+        let _ = std::fs::remove_file(&staged);
+        self.state.save(&self.layout.state_json)?;
+        Err(err)
+    }
+
+    /// Step 5 of a stub self-update: this process is the trial binary and
+    /// its generation is healthy, so it takes the canonical path.
+    fn maybe_promote_stub(&mut self) -> Result<(), StubError> {
+        let Some(trial) = self.state.stub_trial.clone() else {
+            return Ok(());
+        };
+        let healthy = self
+            .generation
+            .as_ref()
+            .is_some_and(|g| Health::from_abi(g.health()) == Health::Ok);
+        if self.exe_sha256 != Some(trial.sha256)
+            || !healthy
+            || !matches!(self.phase, Phase::Steady { .. })
+        {
+            return Ok(());
+        }
+        let first = self.state.next_event_id;
+        let now = self.clock.now().unix_ms;
+        match stub_update::promote(&mut self.state, now) {
+            Ok(canonical) => self.exe_path = Some(canonical),
+            Err(e) => {
+                stub_update::refuse(
+                    &mut self.state,
+                    &trial,
+                    format!("cannot take the canonical path: {}", chain(&e)),
+                    now,
+                );
+            }
+        }
+        self.log_events_from(first);
+        self.state.save(&self.layout.state_json)
     }
 
     fn reload(&mut self) {
@@ -609,7 +734,7 @@ impl<'a> Supervisor<'a> {
                 );
                 self.updater.reconfigure(&config);
                 self.config = config;
-                self.next_check = Instant::now();
+                self.next_check_ms = 0;
             }
             Err(e) => error!("SIGHUP: keeping the old configuration: {}", chain(&e)),
         }

@@ -33,6 +33,8 @@ pub struct Build {
     /// from disk only); a build that fails probation is bad for that
     /// manifest, and only a newer manifest may offer it again.
     pub manifest_sha256: Option<Sha256>,
+    /// Downloaded and installed by this very check (an `installed` event).
+    pub fresh: bool,
 }
 
 /// Reads the trusted root the installer (or an earlier chain walk) wrote.
@@ -191,6 +193,7 @@ impl Updater {
             version: install.version,
             path,
             manifest_sha256,
+            fresh: true,
         })
     }
 
@@ -211,6 +214,7 @@ impl Updater {
             version,
             path,
             manifest_sha256: None,
+            fresh: false,
         })
     }
 

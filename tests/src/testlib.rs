@@ -20,6 +20,8 @@ use crate::bin_dir;
 /// The behaviours the test library understands.
 const BEHAVIOURS: &[&str] = &[
     "healthy",
+    "degraded",
+    "legacy",
     "silent",
     "leak-thread",
     "pin",

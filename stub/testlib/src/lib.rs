@@ -28,6 +28,17 @@
 //! - `fail-start`: returns `status::BAD_CONFIG` at once.
 //! - `abort`: reports nothing, sleeps 300 ms, aborts the process.
 //! - `stuck`: reports `health::OK`, then ignores `stop_fd` forever.
+//! - `degraded`: like `healthy`, but reports `health::DEGRADED` (as the real
+//!   library does while the server is unreachable) until the file
+//!   `<data_dir>/testlib-server-up` exists, then `health::OK`.
+//! - `legacy`: like `healthy`, but its table says ABI minor 0: a library
+//!   built before ABI 1.1, which never calls `take_update_events`.
+//!
+//! Update events: at start every behaviour logs `testlib <tag> host events
+//! <json>` (the host JSON's `events` list); the running ones (all but
+//! `legacy`) call `take_update_events` every tick and log each batch as
+//! `testlib <tag> took events <json>`, also appending it as one line to
+//! `<data_dir>/testlib-events.log`.
 //!
 //! The stub's `stop_fd` is only ever polled: never read, closed or modified.
 #![allow(unsafe_code)]
@@ -40,7 +51,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use outrider_abi::{ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, HostApiV1, health, level, status};
+use outrider_abi::{
+    ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, EventSink, HostApiV1, health, level, status,
+};
 
 /// Marks the start of the trailer; the trailer ends with `\n` at end of file.
 const TRAILER_MARK: &[u8] = b"\n#OUTRIDER-TESTLIB:";
@@ -50,6 +63,10 @@ const TRAILER_WINDOW: u64 = 256;
 const TICK_MS: i32 = 20;
 /// Heartbeat log, relative to the host's data directory.
 const HEARTBEAT_FILE: &str = "testlib-heartbeat.log";
+/// Update event batches taken, one JSON array a line, relative to data_dir.
+const EVENTS_FILE: &str = "testlib-events.log";
+/// Its presence ends the simulated outage of `degraded`.
+const SERVER_UP_FILE: &str = "testlib-server-up";
 /// Tag used when the file carries no trailer.
 const DEFAULT_TAG: &str = "default";
 
@@ -66,15 +83,22 @@ static AGENT_API: AgentApiV1 = AgentApiV1 {
     self_test: self_test_v1,
 };
 
+/// The table of a library built before ABI 1.1 (behaviour `legacy`).
+static LEGACY_API: AgentApiV1 = AgentApiV1 {
+    abi_minor: 0,
+    ..AGENT_API
+};
+
 /// The library's one exported symbol: the v1 API table, or null when the
 /// host speaks another ABI major.
 #[unsafe(no_mangle)]
 pub extern "C" fn outrider_agent_entry_v1(host_major: u32, _host_minor: u32) -> *const AgentApiV1 {
     let api = catch_unwind(|| {
-        if host_major == ABI_MAJOR {
-            &raw const AGENT_API
-        } else {
-            std::ptr::null()
+        let legacy = matches!(own_trailer(), Ok(Some((name, _))) if name == "legacy");
+        match (host_major == ABI_MAJOR, legacy) {
+            (false, _) => std::ptr::null(),
+            (true, false) => &raw const AGENT_API,
+            (true, true) => &raw const LEGACY_API,
         }
     });
     api.unwrap_or(std::ptr::null())
@@ -108,6 +132,8 @@ enum Behaviour {
     FailStart,
     Abort,
     Stuck,
+    Degraded,
+    Legacy,
 }
 
 impl Behaviour {
@@ -121,6 +147,8 @@ impl Behaviour {
             "fail-start" => Behaviour::FailStart,
             "abort" => Behaviour::Abort,
             "stuck" => Behaviour::Stuck,
+            "degraded" => Behaviour::Degraded,
+            "legacy" => Behaviour::Legacy,
             _ => return None,
         })
     }
@@ -132,9 +160,13 @@ struct Host {
     put_state_fn: extern "C" fn(*mut c_void, Bytes),
     health_fn: extern "C" fn(*mut c_void, u32, Bytes),
     log_fn: extern "C" fn(*mut c_void, u32, Bytes),
+    /// ABI 1.1, when the host's table has it.
+    take_events_fn: Option<extern "C" fn(*mut c_void, *mut c_void, EventSink)>,
     stop_fd: i32,
     state_in: Vec<u8>,
     data_dir: PathBuf,
+    /// The host JSON's `events` list, as JSON text.
+    host_events: String,
 }
 
 impl Host {
@@ -153,20 +185,27 @@ impl Host {
             return None;
         }
         // SAFETY: the buffers are valid for this call; we copy them at once.
-        let (state_in, data_dir) = unsafe {
+        let (state_in, data_dir, config) = unsafe {
             (
                 api.state_in.as_slice().to_vec(),
                 PathBuf::from(OsStr::from_bytes(api.data_dir.as_slice())),
+                api.config.as_slice().to_vec(),
             )
         };
+        let host_events = serde_json::from_slice::<serde_json::Value>(&config).map_or_else(
+            |e| format!("unreadable host JSON: {e}"),
+            |v| v["events"].to_string(),
+        );
         Some(Host {
             ctx: api.host_ctx,
             put_state_fn: api.put_state,
             health_fn: api.health,
             log_fn: api.log,
+            take_events_fn: api.has_v1_1().then_some(api.take_update_events),
             stop_fd: api.stop_fd,
             state_in,
             data_dir,
+            host_events,
         })
     }
 
@@ -181,6 +220,34 @@ impl Host {
     fn put_state(&self, state: &[u8]) {
         (self.put_state_fn)(self.ctx, Bytes::from_slice(state));
     }
+
+    fn health(&self, value: u32, message: &str) {
+        (self.health_fn)(self.ctx, value, Bytes::from_slice(message.as_bytes()));
+    }
+
+    /// The host's pending update events (ABI 1.1), if it handed any.
+    fn take_events(&self) -> Option<String> {
+        let take = self.take_events_fn?;
+        let mut taken: Option<String> = None;
+        take(
+            self.ctx,
+            &mut taken as *mut Option<String> as *mut c_void,
+            copy_events,
+        );
+        taken
+    }
+}
+
+/// The sink passed to `take_update_events`: copies the JSON into the
+/// `Option<String>` behind `sink_ctx`.
+extern "C" fn copy_events(sink_ctx: *mut c_void, events: Bytes) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `sink_ctx` is the `&mut Option<String>` of `take_events`,
+        // for this synchronous call; the buffer is valid for the call.
+        if let Some(slot) = unsafe { (sink_ctx as *mut Option<String>).as_mut() } {
+            *slot = Some(String::from_utf8_lossy(unsafe { events.as_slice() }).into_owned());
+        }
+    }));
 }
 
 fn run(host: &Host) -> i32 {
@@ -207,6 +274,10 @@ fn run(host: &Host) -> i32 {
         level::INFO,
         &format!("testlib {tag} started with state {state}"),
     );
+    host.log(
+        level::INFO,
+        &format!("testlib {tag} host events {}", host.host_events),
+    );
     match behaviour {
         Behaviour::Panic => panic!("testlib {tag} panics in run"),
         Behaviour::FailStart => {
@@ -223,7 +294,12 @@ fn run(host: &Host) -> i32 {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-        Behaviour::Healthy | Behaviour::Silent | Behaviour::LeakThread | Behaviour::Pin => {
+        Behaviour::Healthy
+        | Behaviour::Silent
+        | Behaviour::LeakThread
+        | Behaviour::Pin
+        | Behaviour::Degraded
+        | Behaviour::Legacy => {
             if behaviour == Behaviour::Pin
                 && let Err(e) = pin_self()
             {
@@ -244,10 +320,10 @@ fn run(host: &Host) -> i32 {
                     return status::FAILED;
                 }
             }
-            if behaviour != Behaviour::Silent {
+            if !matches!(behaviour, Behaviour::Silent | Behaviour::Degraded) {
                 host.health_ok(&format!("testlib {tag} healthy"));
             }
-            match heartbeat_until_stop(host, &tag) {
+            match heartbeat_until_stop(host, &tag, behaviour) {
                 Ok(()) => {
                     host.put_state((state + 1).to_string().as_bytes());
                     status::OK
@@ -264,11 +340,34 @@ fn run(host: &Host) -> i32 {
     }
 }
 
-/// Appends a heartbeat every [`TICK_MS`] until `stop_fd` is readable.
-fn heartbeat_until_stop(host: &Host, tag: &str) -> io::Result<()> {
+/// Appends a heartbeat every [`TICK_MS`] until `stop_fd` is readable;
+/// takes the host's update events (and, for `degraded`, reports health)
+/// on every tick.
+fn heartbeat_until_stop(host: &Host, tag: &str, behaviour: Behaviour) -> io::Result<()> {
     let log_path = host.data_dir.join(HEARTBEAT_FILE);
     let mut warned = false;
+    let mut outage = behaviour == Behaviour::Degraded;
+    if outage {
+        host.health(
+            health::DEGRADED,
+            &format!("testlib {tag}: server unreachable"),
+        );
+    }
     loop {
+        if outage && host.data_dir.join(SERVER_UP_FILE).exists() {
+            host.health_ok(&format!("testlib {tag} connected again"));
+            outage = false;
+        }
+        if behaviour != Behaviour::Legacy
+            && let Some(events) = host.take_events()
+        {
+            host.log(level::INFO, &format!("testlib {tag} took events {events}"));
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(host.data_dir.join(EVENTS_FILE))?;
+            file.write_all(format!("{events}\n").as_bytes())?;
+        }
         if let Err(e) = append_heartbeat(&log_path, tag)
             && !warned
         {

@@ -5,5 +5,6 @@ mod fleet;
 mod install;
 mod skeleton;
 mod static_hosting;
+mod stub_trial;
 mod swap;
 mod tamper;

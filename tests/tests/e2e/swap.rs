@@ -16,13 +16,13 @@ const DELTAS: u32 = 3;
 const FAST: &str = "update_interval_secs = 1\nprobation_secs = 3\nstop_timeout_secs = 2";
 
 /// A server and signing keys, shared by the channels of one test.
-struct Setup {
-    server: TestServer,
-    keys: Keys,
+pub(crate) struct Setup {
+    pub(crate) server: TestServer,
+    pub(crate) keys: Keys,
 }
 
 impl Setup {
-    fn new() -> Setup {
+    pub(crate) fn new() -> Setup {
         Setup {
             server: TestServer::start(),
             keys: Keys::init(),
@@ -30,7 +30,7 @@ impl Setup {
     }
 
     /// A channel whose first build is a healthy `v1`.
-    fn channel(&self, name: &str) -> Fleet<'_> {
+    pub(crate) fn channel(&self, name: &str) -> Fleet<'_> {
         let fleet = self.empty_channel(name);
         fleet.publish("healthy", "v1");
         fleet
@@ -47,22 +47,22 @@ impl Setup {
 }
 
 /// One channel of a [`Setup`] and the agents following it.
-struct Fleet<'a> {
-    setup: &'a Setup,
+pub(crate) struct Fleet<'a> {
+    pub(crate) setup: &'a Setup,
     libs: tempfile::TempDir,
-    channel: String,
+    pub(crate) channel: String,
 }
 
 impl Fleet<'_> {
     /// Publishes a test-library variant as release `tag`; returns its sha256.
-    fn publish(&self, behaviour: &str, tag: &str) -> String {
+    pub(crate) fn publish(&self, behaviour: &str, tag: &str) -> String {
         let lib = testlib_variant(self.libs.path(), behaviour, tag);
         self.setup
             .server
             .publish_with(&self.setup.keys, &self.channel, &lib, tag, DELTAS)
     }
 
-    fn agent(&self) -> TestAgent {
+    pub(crate) fn agent(&self) -> TestAgent {
         self.agent_env(&[])
     }
 
@@ -77,14 +77,14 @@ impl Fleet<'_> {
     }
 }
 
-fn current_version(agent: &TestAgent) -> Option<String> {
+pub(crate) fn current_version(agent: &TestAgent) -> Option<String> {
     agent.state()?["current"]["version"]
         .as_str()
         .map(str::to_owned)
 }
 
 /// Waits until `state.json` says `version` is current (passed probation).
-fn wait_current(agent: &TestAgent, version: &str) -> Value {
+pub(crate) fn wait_current(agent: &TestAgent, version: &str) -> Value {
     wait_until(&format!("{version} to be current"), secs(30), || {
         agent.state().filter(|s| s["current"]["version"] == version)
     })
@@ -103,8 +103,28 @@ fn bad_versions(state: &Value, shas: &[(&str, &str)]) -> Vec<String> {
         .collect()
 }
 
-fn data_dir(agent: &TestAgent) -> &Path {
+pub(crate) fn data_dir(agent: &TestAgent) -> &Path {
     agent.prefix.path()
+}
+
+/// Every update event the test library took through `take_update_events`
+/// (ABI 1.1), in order.
+pub(crate) fn taken_events(agent: &TestAgent) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(data_dir(agent).join("testlib-events.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Vec<Value>>(l).ok())
+        .flatten()
+        .collect()
+}
+
+/// Waits until the library took an event of `kind` about `version`.
+pub(crate) fn wait_taken(agent: &TestAgent, kind: &str, version: &str) -> Value {
+    wait_until(&format!("a {kind} event for {version}"), secs(30), || {
+        taken_events(agent)
+            .into_iter()
+            .find(|e| e["kind"] == kind && e["version"] == version)
+    })
 }
 
 #[test]
@@ -148,7 +168,7 @@ fn failing_builds_are_rolled_back_and_never_retried() {
     for (behaviour, reason) in [
         ("panic", "exited during probation"),
         ("fail-start", "exited during probation"),
-        ("silent", "no health OK"),
+        ("silent", "no health report within 3 s"),
     ] {
         let setup = Setup::new();
         let fleet = setup.channel(&format!("bad-{behaviour}"));
@@ -169,12 +189,18 @@ fn failing_builds_are_rolled_back_and_never_retried() {
             state["current"]["version"], "v1",
             "{behaviour}: still on v1"
         );
+        // The outcome reaches the library that runs next, structured.
+        let rolled = wait_taken(&agent, "rolled_back", "v2");
+        assert_eq!(rolled["to_version"], "v1", "{rolled}");
         assert!(
-            state["events"][0]
-                .as_str()
-                .unwrap()
-                .contains("rolled back from v2 to v1"),
-            "{state}"
+            rolled["reason"].as_str().unwrap().contains(reason),
+            "{rolled}"
+        );
+        assert_eq!(rolled["build_sha256"], v2.as_str());
+        let failed = wait_taken(&agent, "probation_failed", "v2");
+        assert!(
+            failed["id"].as_u64() < rolled["id"].as_u64(),
+            "{failed} {rolled}"
         );
         // v1 runs again, with the state blob, and v2 is not tried again.
         // (`silent` handed back state 2 when stopped; the others nothing, so v1's 1 is reused.)
@@ -405,37 +431,56 @@ fn sighup_rereads_agent_toml() {
 }
 
 #[test]
-fn a_rollback_is_reported_to_the_server_by_the_next_healthy_generation() {
+fn a_library_before_abi_1_1_gets_the_rollback_in_its_host_json_once() {
     let setup = Setup::new();
-    let fleet = setup.empty_channel("report");
-    setup.server.publish_as(
-        &setup.keys,
-        "report",
-        &outrider_tests::agent_library(),
-        "real-1",
-    );
+    let fleet = setup.empty_channel("report-legacy");
+    fleet.publish("legacy", "old-1");
     let agent = fleet.agent();
-    wait_current(&agent, "real-1");
+    wait_current(&agent, "old-1");
     fleet.publish("panic", "bad-2");
-    let result = wait_until("the rollback event at the server", secs(60), || {
-        setup
-            .server
-            .latest_results()
-            .into_iter()
-            .find(|r| r["check"] == "outrider.update")
-    });
-    assert_eq!(result["state"], "WARNING");
-    let summary = result["summary"].as_str().unwrap();
-    assert!(
-        summary.contains("rolled back from bad-2 to real-1"),
-        "{summary}"
+    agent.proc.wait_for_log(
+        "testlib old-1 host events [\"rolled back from bad-2 to old-1: exited during probation\"]",
+        secs(30),
     );
-    // Delivered once: the queue is empty again.
-    wait_until("events cleared", secs(10), || {
+    // Handed over once: the healthy library reports it, the queue empties.
+    wait_until("events handed over", secs(10), || {
         agent
             .state()
-            .filter(|s| s["events"] == serde_json::json!([]))
+            .filter(|s| s["update_events"] == serde_json::json!([]))
     });
+    assert!(
+        taken_events(&agent).is_empty(),
+        "a 1.0 library never calls take_update_events"
+    );
+}
+
+#[test]
+fn a_library_of_abi_1_1_takes_structured_events_and_never_gets_them_twice() {
+    let setup = Setup::new();
+    let fleet = setup.channel("report-events");
+    let agent = fleet.agent();
+    let v1_installed = wait_taken(&agent, "installed", "v1");
+    wait_taken(&agent, "probation_passed", "v1");
+    fleet.publish("panic", "bad-2");
+    let rolled = wait_taken(&agent, "rolled_back", "bad-2");
+    assert_eq!(rolled["to_version"], "v1");
+    // Not in the host JSON as well: one way only.
+    let log = agent.proc.log();
+    assert!(!log.contains("host events [\""), "{log}");
+    wait_until("events handed over", secs(10), || {
+        agent
+            .state()
+            .filter(|s| s["update_events"] == serde_json::json!([]))
+    });
+    // Ids only grow, and no event is taken twice.
+    let ids: Vec<u64> = taken_events(&agent)
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(ids[0], v1_installed["id"].as_u64().unwrap());
+    let state = agent.state().unwrap();
+    assert!(state["next_event_id"].as_u64().unwrap() > *ids.last().unwrap());
 }
 
 #[test]
@@ -504,11 +549,19 @@ fn the_stub_updates_itself_from_a_signed_artifact_and_keeps_its_pid() {
     agent
         .proc
         .wait_for_log("continuing after a re-exec", secs(30));
-    assert_eq!(
-        outrider_tests::sha256_file(&agent.stub_binary()),
-        new_sha,
-        "the binary was replaced"
-    );
+    // Once its generation is healthy, the trial stub takes the canonical
+    // path, keeping the previous binary beside it.
+    wait_until("the binary to be replaced", secs(30), || {
+        (outrider_tests::sha256_file(&agent.stub_binary()) == new_sha).then_some(())
+    });
+    let prev = agent.stub_binary().with_file_name("outrider-agent.prev");
+    assert_eq!(outrider_tests::sha256_file(&prev), old_sha, "kept");
+    let updated = wait_until("a stub_updated event", secs(30), || {
+        taken_events(&agent)
+            .into_iter()
+            .find(|e| e["kind"] == "stub_updated")
+    });
+    assert_eq!(updated["build_sha256"], new_sha.as_str());
     assert_eq!(agent.pid(), pid, "same process");
     // The library came back with the state it handed over.
     agent
@@ -596,4 +649,35 @@ fn a_clean_stop_during_probation_is_not_mistaken_for_a_crash() {
     let agent = TestAgent::restart(agent);
     agent.proc.wait_for_log("testlib v1 started", secs(30));
     assert!(!agent.proc.log().contains("crashed during probation"));
+}
+
+#[test]
+fn a_swap_during_a_server_outage_longer_than_probation_is_not_rolled_back() {
+    let setup = Setup::new();
+    let fleet = setup.channel("outage");
+    let agent = fleet.agent();
+    wait_current(&agent, "v1");
+    // v2 runs and schedules but cannot reach its server: health DEGRADED.
+    let v2 = fleet.publish("degraded", "v2");
+    agent
+        .proc
+        .wait_for_log("testlib v2: server unreachable", secs(30));
+    // Three probation windows (3 s each) go by: an outage is inconclusive.
+    std::thread::sleep(secs(9));
+    let state = agent.state().unwrap();
+    assert_eq!(state["bad"], serde_json::json!([]), "{state}");
+    assert_eq!(state["pending"]["build"]["sha256"], v2.as_str(), "{state}");
+    assert_eq!(state["current"]["version"], "v1", "not accepted either");
+    let log = agent.proc.log();
+    assert!(!log.contains("rolled back"), "{log}");
+    assert_eq!(
+        log.matches("testlib v2 started").count(),
+        1,
+        "never restarted"
+    );
+    // The server comes back: v2 reports OK, passes and says so.
+    std::fs::write(data_dir(&agent).join("testlib-server-up"), "").unwrap();
+    wait_current(&agent, "v2");
+    let passed = wait_taken(&agent, "probation_passed", "v2");
+    assert_eq!(passed["build_sha256"], v2.as_str());
 }
