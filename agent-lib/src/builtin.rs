@@ -139,6 +139,7 @@ pub async fn run_builtin(
         summary,
         long_output: String::new(),
         perfdata,
+        unknown_perfdata: Vec::new(),
         started_at_ms,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }

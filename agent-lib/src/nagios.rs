@@ -11,11 +11,13 @@
 //! later line every following line is perfdata too. CRLF line ends are
 //! accepted. Perfdata items are `'label'=value[UOM];[warn];[crit];[min];[max]`
 //! separated by whitespace; a quoted label may contain spaces and `=`, and
-//! `''` inside it stands for one `'`. Trailing fields may be missing. Parsing
+//! `''` inside it stands for one `'`. Trailing fields may be missing. A value
+//! of `U` means the plugin could not determine it: the item is kept as an
+//! explicit unknown sample ([`PluginOutput::unknown`]), not dropped. Parsing
 //! never fails: a malformed perfdata item is skipped (and named in
 //! [`PluginOutput::skipped`], so the result can say so), everything else kept.
 
-use outrider_protocol::PerfData;
+use outrider_protocol::{PerfData, UnknownPerfData};
 
 /// A plugin's stdout split into its parts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -24,8 +26,10 @@ pub struct PluginOutput {
     pub summary: String,
     /// Later lines with perfdata removed, joined by `\n`.
     pub long_output: String,
-    /// Every well-formed perfdata item, in order.
+    /// Every well-formed perfdata item with a value, in order.
     pub perfdata: Vec<PerfData>,
+    /// Every well-formed item whose value is `U` (undetermined), in order.
+    pub unknown: Vec<UnknownPerfData>,
     /// The first [`MAX_SKIPPED_NOTED`] malformed perfdata items (each cut to
     /// [`SKIPPED_ITEM_CHARS`] characters), and how many there were in all.
     pub skipped: Vec<String>,
@@ -118,7 +122,8 @@ fn parse_into(text: &str, out: &mut PluginOutput) {
         }
         let (item, next) = next_item(rest);
         match item {
-            Some(item) => out.perfdata.push(item),
+            Some(Item::Known(item)) => out.perfdata.push(item),
+            Some(Item::Unknown(item)) => out.unknown.push(item),
             None => {
                 out.skipped_count += 1;
                 if out.skipped.len() < MAX_SKIPPED_NOTED {
@@ -132,9 +137,16 @@ fn parse_into(text: &str, out: &mut PluginOutput) {
     }
 }
 
+/// One well-formed perfdata item.
+enum Item {
+    Known(PerfData),
+    /// Value `U`.
+    Unknown(UnknownPerfData),
+}
+
 /// Reads one item from the start of `s` (no leading whitespace); returns the
 /// item if well-formed and the unread remainder.
-fn next_item(s: &str) -> (Option<PerfData>, &str) {
+fn next_item(s: &str) -> (Option<Item>, &str) {
     let (label, after_label) = if let Some(quoted) = s.strip_prefix('\'') {
         match quoted_label(quoted) {
             Some(x) => x,
@@ -177,18 +189,29 @@ fn quoted_label(s: &str) -> Option<(String, &str)> {
     None
 }
 
-fn parse_values(label: String, token: &str) -> Option<PerfData> {
+fn parse_values(label: String, token: &str) -> Option<Item> {
     if label.is_empty() {
         return None;
     }
     let mut fields = token.split(';');
-    let (value, uom) = split_number(fields.next().unwrap_or(""))?;
+    let first = fields.next().unwrap_or("");
     let mut text = || fields.next().filter(|f| !f.is_empty()).map(str::to_owned);
     let warn = text();
     let crit = text();
     let min = text().and_then(|f| split_number(&f).map(|(v, _)| v));
     let max = text().and_then(|f| split_number(&f).map(|(v, _)| v));
-    Some(PerfData {
+    if let Some(uom) = undetermined(first) {
+        return Some(Item::Unknown(UnknownPerfData {
+            label,
+            uom: uom.to_owned(),
+            warn,
+            crit,
+            min,
+            max,
+        }));
+    }
+    let (value, uom) = split_number(first)?;
+    Some(Item::Known(PerfData {
         label,
         value,
         uom: uom.to_owned(),
@@ -196,11 +219,21 @@ fn parse_values(label: String, token: &str) -> Option<PerfData> {
         crit,
         min,
         max,
-    })
+    }))
+}
+
+/// The unit after a `U` value (`U` → `""`, `Ums` → `"ms"`), or `None` if
+/// `field` is not an undetermined value. Units are letters or `%`, so `Up`
+/// counts but `U2` does not.
+fn undetermined(field: &str) -> Option<&str> {
+    let uom = field.strip_prefix('U')?;
+    uom.chars()
+        .all(|c| c.is_ascii_alphabetic() || c == '%')
+        .then_some(uom)
 }
 
 /// Splits `12.5ms` into `(12.5, "ms")`; `None` unless it starts with a finite
-/// number (so `U`, "undetermined", is skipped).
+/// number (`U`, "undetermined", is [`undetermined`]'s business).
 fn split_number(s: &str) -> Option<(f64, &str)> {
     let b = s.as_bytes();
     let mut i = 0;
@@ -381,14 +414,85 @@ mod tests {
 
     #[test]
     fn skipped_items_are_named() {
-        let out = parse_output("OK | a=1 junk b=U c=2\nx | 'open=5");
+        let out = parse_output("OK | a=1 junk b=U c=2 d=U2\nx | 'open=5");
         assert_eq!(out.perfdata.len(), 2);
-        assert_eq!(out.skipped, ["junk", "b=U", "'open=5"]);
+        assert_eq!(out.skipped, ["junk", "d=U2", "'open=5"]);
         assert_eq!(
             out.skipped_note().unwrap(),
-            "[perfdata skipped, not label=value[UOM][;warn;crit;min;max]: \"junk\", \"b=U\", \"'open=5\"]"
+            "[perfdata skipped, not label=value[UOM][;warn;crit;min;max]: \"junk\", \"d=U2\", \"'open=5\"]"
         );
         assert_eq!(parse_output("OK | a=1").skipped_note(), None);
+    }
+
+    #[test]
+    fn undetermined_values_are_kept_as_unknown_samples() {
+        let out = parse_output(
+            "PING CRITICAL - no reply | rta=U;100;500;0 'packet loss'=100%;20;60 pl=U% x=Ums\n",
+        );
+        assert_eq!(out.perfdata.len(), 1);
+        assert_eq!(out.perfdata[0].label, "packet loss");
+        let unknown: Vec<_> = out
+            .unknown
+            .iter()
+            .map(|u| {
+                (
+                    u.label.as_str(),
+                    u.uom.as_str(),
+                    u.warn.as_deref(),
+                    u.crit.as_deref(),
+                    u.min,
+                )
+            })
+            .collect();
+        assert_eq!(
+            unknown,
+            [
+                ("rta", "", Some("100"), Some("500"), Some(0.0)),
+                ("pl", "%", None, None, None),
+                ("x", "ms", None, None, None),
+            ]
+        );
+        assert_eq!(out.skipped_count, 0, "U is not malformed");
+    }
+
+    /// Every unit the plugin guidelines name is kept as printed.
+    #[test]
+    fn units_of_the_plugin_guidelines() {
+        for (text, value, uom) in [
+            ("a=5", 5.0, ""),
+            ("a=5s", 5.0, "s"),
+            ("a=5ms", 5.0, "ms"),
+            ("a=5us", 5.0, "us"),
+            ("a=5%", 5.0, "%"),
+            ("a=5B", 5.0, "B"),
+            ("a=5KB", 5.0, "KB"),
+            ("a=5MB", 5.0, "MB"),
+            ("a=5GB", 5.0, "GB"),
+            ("a=5TB", 5.0, "TB"),
+            ("a=123456c", 123_456.0, "c"),
+            ("a=-0.25", -0.25, ""),
+        ] {
+            let items = parse_perfdata(text);
+            assert_eq!(items.len(), 1, "{text}");
+            assert_eq!(
+                (items[0].value, items[0].uom.as_str()),
+                (value, uom),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn thresholds_are_kept_as_printed_ranges() {
+        let items = parse_perfdata("a=1;@10:20;~: b=2;10:;-5:-1;;");
+        assert_eq!(items[0].warn.as_deref(), Some("@10:20"));
+        assert_eq!(items[0].crit.as_deref(), Some("~:"));
+        assert_eq!(items[1].warn.as_deref(), Some("10:"));
+        assert_eq!(items[1].crit.as_deref(), Some("-5:-1"));
+        assert_eq!((items[1].min, items[1].max), (None, None));
+        for range in ["@10:20", "~:", "10:", "-5:-1"] {
+            assert!(Range::parse(range).is_ok(), "{range}");
+        }
     }
 
     #[test]
@@ -428,6 +532,10 @@ mod tests {
         assert!(alerts("10:20", 9.0) && !alerts("10:20", 15.0) && alerts("10:20", 21.0));
         assert!(alerts("@10:20", 15.0) && !alerts("@10:20", 25.0));
         assert!(alerts("@5", 0.0) && !alerts("@5", 6.0));
+        // `~:` is everything: never alerts, and inverted always does.
+        assert!(!alerts("~:", -1e300) && !alerts("~:", 1e300) && alerts("@~:", 0.0));
+        assert!(alerts("-5:-1", 0.0) && !alerts("-5:-1", -3.0));
+        assert!(alerts("0.5:1.5", 2.0) && !alerts("0.5:1.5", 1.0));
         for bad in ["", "x", "5:1", "1:x", "@"] {
             let err = Range::parse(bad).unwrap_err();
             assert!(err.contains("not a Nagios range"), "{err}");

@@ -435,6 +435,7 @@ mod tests {
             summary: summary.into(),
             long_output: String::new(),
             perfdata: vec![],
+            unknown_perfdata: vec![],
             started_at_ms: 0,
             duration_ms: 0,
         }

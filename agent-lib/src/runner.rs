@@ -15,7 +15,12 @@
 //!   guard kills the group and reaps the child.
 //! - Every way a run can go wrong is an UNKNOWN result saying what happened:
 //!   could not start, timed out (and the group was killed), exit code outside
-//!   0-3 (named), killed by a signal (named).
+//!   0-3 (named, with the shell's meaning of 126 and 127), killed by a signal
+//!   (named).
+//! - Compatible with how Nagios and NRPE run plugins: a file without an
+//!   interpreter line is run as a `/bin/sh` script, as `execvp` does when
+//!   `exec` fails with `ENOEXEC`; a plugin that writes only to stderr is
+//!   reported as Nagios Core 4 does, `(No output on stdout) stderr: …`.
 //!
 //! Which program runs a script by its extension is [`interpreter`].
 
@@ -24,7 +29,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use outrider_protocol::{CheckResult, CheckState, PerfData};
+use outrider_protocol::{CheckResult, CheckState, PerfData, UnknownPerfData};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +51,10 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
 const EXIT_POLL: Duration = Duration::from_millis(50);
 /// Summary used when a plugin printed nothing.
 const NO_OUTPUT: &str = "(no output returned from plugin)";
+/// Prefix of a summary taken from stderr (Nagios Core 4's wording).
+const STDERR_ONLY: &str = "(No output on stdout) stderr: ";
+/// What `execvp` runs a file with when the kernel cannot exec it (`ENOEXEC`).
+const ENOEXEC_SHELL: &str = "/bin/sh";
 
 /// Time limits of one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +82,8 @@ pub struct RunOutcome {
     pub summary: String,
     pub long_output: String,
     pub perfdata: Vec<PerfData>,
+    /// Perfdata items printed with the value `U` (undetermined).
+    pub unknown_perfdata: Vec<UnknownPerfData>,
     /// Wall-clock start, Unix milliseconds.
     pub started_at_ms: i64,
     pub duration_ms: u64,
@@ -88,6 +99,7 @@ impl RunOutcome {
             summary: self.summary,
             long_output: self.long_output,
             perfdata: self.perfdata,
+            unknown_perfdata: self.unknown_perfdata,
             started_at_ms: self.started_at_ms,
             duration_ms: self.duration_ms,
         }
@@ -103,6 +115,7 @@ impl RunOutcome {
             summary,
             long_output: String::new(),
             perfdata: Vec::new(),
+            unknown_perfdata: Vec::new(),
             started_at_ms: unix_ms(),
             duration_ms: 0,
         }
@@ -195,6 +208,7 @@ pub async fn run_plugin(
         },
         long_output,
         perfdata,
+        unknown_perfdata: Vec::new(),
         started_at_ms,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
@@ -207,13 +221,22 @@ pub async fn run_plugin(
             vec![],
         ));
     };
-    let spawned = Command::new(program)
-        .args(args)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+    let spawn = |program: &str, args: &[String]| {
+        Command::new(program)
+            .args(args)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let spawned = match spawn(program, args) {
+        // No `#!` line and not a binary: what execvp (and so NRPE) does.
+        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+            spawn(ENOEXEC_SHELL, &enoexec_args(program, args))
+        }
+        other => other,
+    };
     let mut running = match spawned {
         Ok(child) => Running {
             child,
@@ -235,9 +258,15 @@ pub async fn run_plugin(
 
     let mut text = String::from_utf8_lossy(&out.buf).into_owned();
     if text.trim().is_empty() {
-        text = String::from_utf8_lossy(&err.buf).into_owned();
+        let stderr = String::from_utf8_lossy(&err.buf);
+        text = if stderr.trim().is_empty() {
+            String::new()
+        } else {
+            format!("{STDERR_ONLY}{}", stderr.trim_start())
+        };
     }
     let mut parsed = parse_output(&text);
+    let unknown_perfdata = std::mem::take(&mut parsed.unknown);
     if let Some(note) = parsed.skipped_note() {
         parsed.long_output = if parsed.long_output.is_empty() {
             note
@@ -272,38 +301,65 @@ pub async fn run_plugin(
             text,
             vec![],
         ),
-        (_, Ok(status)) => match (status.code(), status.signal()) {
-            (Some(code @ 0..=3), _) => outcome(
-                CheckState::from_exit_code(code),
-                parsed.summary,
-                parsed.long_output,
-                parsed.perfdata,
-            ),
-            (Some(code), _) => {
-                let summary =
-                    join_summary(format!("plugin exited with code {code}"), &parsed.summary);
-                outcome(
-                    CheckState::Unknown,
-                    summary,
+        // The plugin's report, perfdata (unknown samples too) included,
+        // whatever its state.
+        (_, Ok(status)) => RunOutcome {
+            unknown_perfdata,
+            ..match (status.code(), status.signal()) {
+                (Some(code @ 0..=3), _) => outcome(
+                    CheckState::from_exit_code(code),
+                    parsed.summary,
                     parsed.long_output,
                     parsed.perfdata,
-                )
-            }
-            (None, signal) => {
-                let what = format!(
-                    "plugin was killed by signal {}",
-                    signal_name(signal.unwrap_or(0))
-                );
-                outcome(
-                    CheckState::Unknown,
-                    join_summary(what, &parsed.summary),
-                    parsed.long_output,
-                    parsed.perfdata,
-                )
+                ),
+                (Some(code), _) => {
+                    let summary = join_summary(odd_exit(code), &parsed.summary);
+                    outcome(
+                        CheckState::Unknown,
+                        summary,
+                        parsed.long_output,
+                        parsed.perfdata,
+                    )
+                }
+                (None, signal) => {
+                    let what = format!(
+                        "plugin was killed by signal {}",
+                        signal_name(signal.unwrap_or(0))
+                    );
+                    outcome(
+                        CheckState::Unknown,
+                        join_summary(what, &parsed.summary),
+                        parsed.long_output,
+                        parsed.perfdata,
+                    )
+                }
             }
         },
     };
     Some(result)
+}
+
+/// The arguments of `/bin/sh` for a plugin the kernel would not exec: the
+/// file, then its arguments (exactly what `execvp` passes on `ENOEXEC`).
+fn enoexec_args(program: &str, args: &[String]) -> Vec<String> {
+    std::iter::once(program.to_owned())
+        .chain(args.iter().cloned())
+        .collect()
+}
+
+/// The UNKNOWN summary of exit code `code` outside 0-3; 126 and 127 are the
+/// shell's "found but not executable" and "not found", which Nagios reports
+/// as likely a missing plugin.
+fn odd_exit(code: i32) -> String {
+    match code {
+        126 => format!(
+            "plugin exited with code {code} (not executable: check its permissions and interpreter)"
+        ),
+        127 => format!(
+            "plugin exited with code {code} (command not found: the plugin or its interpreter may be missing)"
+        ),
+        _ => format!("plugin exited with code {code}"),
+    }
 }
 
 /// `SIGKILL (9)`-style name of a signal number.

@@ -745,6 +745,7 @@ mod tests {
             summary: format!("r{seq}"),
             long_output: String::new(),
             perfdata: vec![],
+            unknown_perfdata: Vec::new(),
             started_at_ms: 1,
             duration_ms: 2,
         }

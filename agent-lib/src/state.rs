@@ -136,6 +136,7 @@ mod tests {
                 summary: "s".into(),
                 long_output: String::new(),
                 perfdata: vec![],
+                unknown_perfdata: Vec::new(),
                 started_at_ms: 1,
                 duration_ms: 2,
             }],

@@ -180,6 +180,12 @@ fn results(client: &ApiClient, global: &GlobalArgs, agent: Option<String>) -> Re
             .perfdata
             .iter()
             .map(|p| format!("{}={}{}", p.label, p.value, p.uom))
+            // Undetermined values as the plugin printed them.
+            .chain(
+                r.unknown_perfdata
+                    .iter()
+                    .map(|u| format!("{}=U{}", u.label, u.uom)),
+            )
             .collect();
         table.row(vec![
             r.hostname.clone(),

@@ -16,6 +16,7 @@
 
 mod channel;
 mod export;
+mod history;
 mod publish;
 mod stub;
 
@@ -97,6 +98,9 @@ struct SignArgs {
 /// The local trust material: the root and the release keys that sign.
 #[derive(Debug)]
 struct Signer {
+    /// The keys directory; its `published/` is the local record of what it
+    /// signed (see [`history`]).
+    dir: PathBuf,
     root: TrustedRoot,
     keys: Vec<KeyPair>,
     expires_unix: u64,
@@ -115,6 +119,7 @@ impl Signer {
         let root = load_root(&dir, now)?;
         let keys = release_keys(&dir, &root, now)?;
         Ok(Signer {
+            dir,
             root,
             keys,
             expires_unix: now.saturating_add(args.expires_days.saturating_mul(DAY_SECS)),
@@ -139,16 +144,22 @@ impl Signer {
         next_manifest(base, self.expires_unix)
     }
 
-    /// Steps 4 and 5: signs `manifest` and uploads it.
+    /// Steps 4 and 5: signs `manifest`, uploads it and, once the server
+    /// took it, adds it to the local record (a failure there is a warning:
+    /// the release happened).
     fn sign_and_put(&self, client: &ApiClient, manifest: &ReleaseManifest) -> Result<()> {
         let keys: Vec<&KeyPair> = self.keys.iter().collect();
-        let envelope = make_manifest(manifest, &keys)?;
+        let envelope = make_manifest(manifest, &keys)?.to_bytes();
         client
             .put_bytes(
                 &format!("/api/v1/releases/channels/{}/manifest", manifest.channel),
-                &envelope.to_bytes(),
+                &envelope,
             )
-            .context("uploading the manifest")
+            .context("uploading the manifest")?;
+        if let Err(e) = history::record(&self.dir, manifest, &envelope) {
+            eprintln!("warning: the manifest is published but not recorded locally: {e:#}");
+        }
+        Ok(())
     }
 }
 
@@ -222,7 +233,7 @@ fn current_manifest(
     };
     verify_even_if_expired(root, &bytes, channel)
         .map(Some)
-        .with_context(|| format!("the server's current manifest for channel {channel} does not verify against the local root.json"))
+        .map_err(|reason| history::forged_current(channel, &bytes, reason).into())
 }
 
 /// [`verify_manifest`] without a floor; an expired manifest is verified as of

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CheckState, Fingerprint, PerfData};
+use crate::{CheckState, Fingerprint, PerfData, UnknownPerfData};
 
 /// Presence of an agent as the server sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +254,10 @@ pub struct ResultInfo {
     pub long_output: String,
     #[serde(default)]
     pub perfdata: Vec<PerfData>,
+    /// Perfdata items the plugin printed as `U` (undetermined): label and
+    /// unit. Absent when there are none (and from older servers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_perfdata: Vec<UnknownPerfData>,
     pub started_at_ms: i64,
     pub duration_ms: u64,
     pub received_at_ms: i64,

@@ -81,6 +81,29 @@ pub struct PerfData {
     pub max: Option<f64>,
 }
 
+/// A perfdata item whose value the plugin could not determine: it printed
+/// `U` (plugin guidelines, "Performance data"), e.g. `'rta'=U;100;500`.
+///
+/// Kept apart from [`PerfData`] because `PerfData::value` is a number on
+/// the wire and older servers close a session on a message they cannot
+/// decode: these travel in [`CheckResult::unknown_perfdata`], a field older
+/// servers ignore, so for them an unknown sample is simply absent, as it
+/// always was.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnknownPerfData {
+    pub label: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uom: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
 /// The outcome of one check run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
@@ -96,8 +119,101 @@ pub struct CheckResult {
     pub long_output: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub perfdata: Vec<PerfData>,
+    /// Perfdata items printed as `U` (value undetermined), in order; see
+    /// [`UnknownPerfData`] for why they are not in `perfdata`. Absent from
+    /// agents older than the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_perfdata: Vec<UnknownPerfData>,
     /// Wall-clock start of the run, Unix milliseconds.
     pub started_at_ms: i64,
     /// How long the plugin ran.
     pub duration_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `CheckResult` and `PerfData` as servers before `unknown_perfdata`
+    /// decoded them (serde's default: unknown fields ignored).
+    mod old {
+        use serde::Deserialize;
+
+        #[derive(Debug, Deserialize)]
+        pub struct PerfData {
+            pub label: String,
+            pub value: f64,
+        }
+
+        #[derive(Debug, Deserialize)]
+        pub struct CheckResult {
+            pub seq: u64,
+            pub check: String,
+            pub summary: String,
+            #[serde(default)]
+            pub perfdata: Vec<PerfData>,
+        }
+    }
+
+    fn perf(label: &str, value: f64) -> PerfData {
+        PerfData {
+            label: label.into(),
+            value,
+            uom: "ms".into(),
+            warn: None,
+            crit: None,
+            min: None,
+            max: None,
+        }
+    }
+
+    #[test]
+    fn unknown_samples_stay_invisible_to_old_decoders_and_never_null_a_value() {
+        let result = CheckResult {
+            seq: 7,
+            check: "ping".into(),
+            state: CheckState::Ok,
+            summary: "PING OK".into(),
+            long_output: String::new(),
+            perfdata: vec![perf("rta", 0.5)],
+            unknown_perfdata: vec![UnknownPerfData {
+                label: "pl".into(),
+                uom: "%".into(),
+                warn: Some("20".into()),
+                crit: None,
+                min: Some(0.0),
+                max: None,
+            }],
+            started_at_ms: 1,
+            duration_ms: 2,
+        };
+        let json = serde_json::to_value(&result).unwrap();
+        for p in json["perfdata"].as_array().unwrap() {
+            assert!(p["value"].is_number(), "{json}");
+        }
+        let old: old::CheckResult = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(
+            (old.seq, old.check.as_str(), old.summary.as_str()),
+            (7, "ping", "PING OK")
+        );
+        assert_eq!(old.perfdata.len(), 1);
+        assert_eq!(
+            (old.perfdata[0].label.as_str(), old.perfdata[0].value),
+            ("rta", 0.5)
+        );
+        assert_eq!(serde_json::from_value::<CheckResult>(json).unwrap(), result);
+    }
+
+    #[test]
+    fn results_of_old_agents_have_no_unknown_samples() {
+        let old = r#"{"seq":1,"check":"c","state":"OK","summary":"s","perfdata":[{"label":"a","value":1}],"started_at_ms":0,"duration_ms":0}"#;
+        let result: CheckResult = serde_json::from_str(old).unwrap();
+        assert!(result.unknown_perfdata.is_empty());
+        assert_eq!(result.perfdata[0].value, 1.0);
+        assert!(
+            !serde_json::to_string(&result)
+                .unwrap()
+                .contains("unknown_perfdata")
+        );
+    }
 }

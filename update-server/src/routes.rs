@@ -20,6 +20,11 @@
 //! - `GET /api/v1/releases/channels/{channel}/builds?target=T&limit=N` — the
 //!   distinct builds the channel offered for triple `T`, newest first, as
 //!   [`BuildInfo`] (`limit` defaults to 10, at most [`MAX_BUILDS`])
+//! - `GET /api/v1/releases/channels/{channel}/manifests?limit=N` — the
+//!   channel's stored manifest envelopes, newest first, each as the exact
+//!   uploaded text (a JSON array of strings; `limit` as for builds). This is
+//!   what a signer verifies against its own root before taking an older
+//!   build from it: the builds listing above is the server's word, unsigned.
 //!
 //! Errors are JSON `{"error": "<one sentence>"}`.
 
@@ -77,6 +82,10 @@ pub fn admin_router(store: Arc<ReleaseStore>) -> Router {
         .route(
             "/api/v1/releases/channels/{channel}/builds",
             get(list_builds),
+        )
+        .route(
+            "/api/v1/releases/channels/{channel}/manifests",
+            get(list_manifests),
         )
         .with_state(store)
 }
@@ -418,6 +427,34 @@ async fn list_builds(
     let triple = query.target;
     Ok(Json(
         blocking(store, move |s| s.builds(&channel, &triple, limit)).await?,
+    ))
+}
+
+/// Query of the manifest history listing.
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn list_manifests(
+    State(store): State<Arc<ReleaseStore>>,
+    Path(channel): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let channel = parse_channel(&channel)?;
+    let limit = query.limit.unwrap_or(DEFAULT_BUILDS).min(MAX_BUILDS);
+    let envelopes = blocking(store, move |s| s.manifest_history(&channel, limit)).await?;
+    // Envelopes are JSON text (see outrider_signing's envelope format), so
+    // they travel as strings byte for byte; a stored one that is not UTF-8
+    // would be corrupt and is sent lossily, which then fails verification.
+    Ok(Json(
+        envelopes
+            .into_iter()
+            .map(|e| {
+                String::from_utf8(e)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            })
+            .collect(),
     ))
 }
 

@@ -389,6 +389,19 @@ impl ReleaseStore {
         Ok(out)
     }
 
+    /// The stored manifest envelopes of `channel`, newest first, at most
+    /// `limit`, as the exact bytes that were uploaded. The CLI verifies each
+    /// against its own root before it signs anything taken from one, so a
+    /// tampered store cannot make an operator sign a build nobody signed.
+    pub fn manifest_history(&self, channel: &Channel, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        let db = self.lock();
+        let mut stmt = db.prepare(
+            "SELECT envelope FROM manifests WHERE channel = ?1 ORDER BY sequence DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![channel.as_str(), limit as i64], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable: every
         // write is a single statement, so there is no half-done state to fear.

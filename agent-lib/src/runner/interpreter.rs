@@ -1,7 +1,8 @@
 //! Which program runs a script, by file extension.
 //!
-//! On Unix a plugin runs directly and its shebang picks the interpreter; the
-//! table is used there only for ad-hoc scripts, whose "interpreter" is an
+//! On Unix a plugin runs directly and its shebang picks the interpreter (a
+//! file without one runs as a `/bin/sh` script, see [`super::run_plugin`]);
+//! the table is used there only for ad-hoc scripts, whose "interpreter" is an
 //! extension the server names (`sh`, `py`…). Windows has no shebangs, so
 //! every plugin goes through the table by the extension of its name.
 //! The table is a plain function of (extension, platform) so both platforms'

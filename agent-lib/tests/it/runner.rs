@@ -86,10 +86,71 @@ async fn odd_exits_are_unknown_and_say_why() {
         "echo 'cannot open /dev/foo' >&2\nexit 2",
     );
     let out = run(sh(&stderr_only), secs(5)).await;
+    // Nagios Core 4's wording, so the operator knows where the text came from.
     assert_eq!(
         (out.state, out.summary.as_str()),
-        (CheckState::Critical, "cannot open /dev/foo")
+        (
+            CheckState::Critical,
+            "(No output on stdout) stderr: cannot open /dev/foo"
+        )
     );
+
+    for (code, meaning) in [(126, "not executable"), (127, "command not found")] {
+        let p = script(
+            dir.path(),
+            &format!("shell{code}.sh"),
+            &format!("exit {code}"),
+        );
+        let out = run(sh(&p), secs(5)).await;
+        assert_eq!(out.state, CheckState::Unknown);
+        assert!(
+            out.summary
+                .starts_with(&format!("plugin exited with code {code} ({meaning}")),
+            "{}",
+            out.summary
+        );
+    }
+}
+
+/// Runs `command`, again while the exec fails with ETXTBSY: a sibling test's
+/// fork may briefly hold the write end of a file this test just wrote.
+async fn run_direct(command: Vec<String>) -> RunOutcome {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = run(command.clone(), secs(5)).await;
+        if !out.summary.contains("Text file busy") || Instant::now() > deadline {
+            return out;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_without_an_interpreter_line_runs_as_a_sh_script() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("check_plain");
+    std::fs::write(
+        &path,
+        "echo \"PLAIN WARNING - $0 $1 | rta=U;100;500 pl=0%\"\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    let out = run_direct(vec![path.clone(), "arg1".into()]).await;
+    assert_eq!(out.state, CheckState::Warning, "{}", out.summary);
+    assert_eq!(out.summary, format!("PLAIN WARNING - {path} arg1"));
+    assert_eq!(out.perfdata.len(), 1);
+    assert_eq!(out.unknown_perfdata.len(), 1);
+    assert_eq!(out.unknown_perfdata[0].label, "rta");
+    assert_eq!(out.unknown_perfdata[0].crit.as_deref(), Some("500"));
+
+    // A file that is not executable at all is still refused, as by execvp.
+    let data = dir.path().join("not_executable");
+    std::fs::write(&data, "echo hi\n").unwrap();
+    let out = run_direct(vec![data.to_str().unwrap().into()]).await;
+    assert_eq!(out.state, CheckState::Unknown);
+    assert!(out.summary.contains("Permission denied"), "{}", out.summary);
 }
 
 #[tokio::test]

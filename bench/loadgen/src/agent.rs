@@ -423,6 +423,7 @@ impl Agent {
                     max: None,
                 })
                 .collect(),
+            unknown_perfdata: Vec::new(),
             started_at_ms: self.last_ts_ms,
             duration_ms: 1,
         }

@@ -21,17 +21,15 @@ use outrider_signing::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::history::{SignedHistory, rollback_target};
 use super::publish::make_delta;
 use super::{
-    BuildInfo, ChannelInfo, FULL_ROLLOUT, Percent, SignArgs, Signer, channel_arg, fetch_builds,
-    fetch_library, format_basis_points, random_salt, selected_triples, verify_even_if_expired,
+    BuildInfo, ChannelInfo, FULL_ROLLOUT, Percent, SignArgs, Signer, channel_arg, fetch_library,
+    format_basis_points, random_salt, selected_triples, verify_even_if_expired,
 };
 use crate::UsageError;
 use crate::client::ApiClient;
 use crate::keys::{default_keys_dir, load_root};
-
-/// How far back `rollback --to` looks in a channel's builds.
-const ROLLBACK_HISTORY: usize = 100;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct PromoteArgs {
@@ -185,10 +183,16 @@ pub(super) fn rollback(client: &ApiClient, args: RollbackArgs) -> Result<()> {
     let signer = Signer::load(&args.sign)?;
     let mut next = signer.next(signer.require_current(client, &channel)?);
     let triples = selected_triples(&next, args.target.as_deref())?;
+    // Only builds of manifests verified against the local root are
+    // candidates, never the server's unsigned listing (see `history`).
+    let history = SignedHistory::load(client, &signer.root, &signer.dir, &channel)?;
     for triple in &triples {
         let bad = next.targets[triple].clone();
-        let history = fetch_builds(client, &channel, triple, ROLLBACK_HISTORY)?;
-        let good = rollback_build(&bad, args.to.as_deref(), &history).map_err(|reason| {
+        let chosen = match args.to.as_deref() {
+            Some(version) => Some(rollback_target(client, &history, triple, version)?),
+            None => None,
+        };
+        let good = rollback_build(&bad, chosen, &history.builds(triple)).map_err(|reason| {
             UsageError(format!("cannot roll back {channel} for {triple}: {reason}"))
         })?;
         let delta = fetch_library(client, &good.artifact).and_then(|library| {
@@ -276,32 +280,23 @@ fn paused(target: &mut Target, fresh_salt: String) {
         .paused = true;
 }
 
-/// The build a rollback of `bad` goes to: version `to` from `history`
-/// (newest first), else `bad`'s previous build. Fails with a sentence saying
-/// why none fits.
+/// The build a rollback of `bad` goes to: `chosen` (the signed build of
+/// `--to`), else `bad`'s previous build with its ABI from `signed` (the
+/// builds of verified manifests; the bad build's ABI if none lists it).
+/// Fails with a sentence saying why none fits.
 fn rollback_build(
     bad: &Target,
-    to: Option<&str>,
-    history: &[BuildInfo],
+    chosen: Option<BuildInfo>,
+    signed: &[BuildInfo],
 ) -> Result<BuildInfo, String> {
-    let good = match to {
-        Some(version) => history
-            .iter()
-            .find(|b| b.version == version)
-            .cloned()
-            .ok_or_else(|| {
-                let known: Vec<&str> = history.iter().map(|b| b.version.as_str()).collect();
-                format!(
-                    "version {version:?} is not among its builds ({})",
-                    known.join(", ")
-                )
-            })?,
+    let good = match chosen {
+        Some(build) => build,
         None => {
             let previous = bad
                 .previous
                 .as_ref()
                 .ok_or("the target records no previous build; pass --to VERSION".to_owned())?;
-            let abi_major = history
+            let abi_major = signed
                 .iter()
                 .find(|b| b.artifact.sha256 == previous.artifact.sha256)
                 .and_then(|b| b.abi_major);
@@ -700,11 +695,11 @@ mod tests {
         });
         let good = rollback_build(&bad, None, &history).unwrap();
         assert_eq!((good.version.as_str(), good.abi_major), ("2", Some(1)));
-        let good = rollback_build(&bad, Some("1"), &history).unwrap();
+        let unsigned_previous = rollback_build(&bad, None, &[]).unwrap();
+        assert_eq!(unsigned_previous.abi_major, None, "ABI only from signed");
+        let good = rollback_build(&bad, Some(history[2].clone()), &history).unwrap();
         assert_eq!(good.artifact, artifact("1"));
-        let err = rollback_build(&bad, Some("0.9"), &history).unwrap_err();
-        assert!(err.contains("3, 2, 1"), "{err}");
-        let err = rollback_build(&bad, Some("3"), &history).unwrap_err();
+        let err = rollback_build(&bad, Some(history[0].clone()), &history).unwrap_err();
         assert!(err.contains("already"), "{err}");
 
         let next = next_manifest(manifest("stable", 5, &[("x86_64-linux", bad.clone())]), 99);

@@ -188,6 +188,7 @@ impl Fleet {
                     summary,
                     long_output: String::new(),
                     perfdata: Vec::new(),
+                    unknown_perfdata: Vec::new(),
                     started_at_ms: 1,
                     duration_ms: 2,
                 };

@@ -4,19 +4,28 @@
 mod fleet;
 mod release;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
+use axum::extract::{Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use outrider_update_server::{ReleaseStore, admin_router, public_router};
 
+/// Bodies served instead of the real answer, by request path (query ignored).
+type Overrides = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
 /// A release repository on 127.0.0.1, with a canned `GET /api/v1/agents`.
+/// [`Repo::serve_instead`] turns it into a lying server for attack tests.
 #[derive(Debug)]
 pub struct Repo {
     pub addr: SocketAddr,
+    overrides: Overrides,
     pub home: tempfile::TempDir,
     _store: tempfile::TempDir,
     // Dropping the runtime stops the server.
@@ -33,6 +42,7 @@ impl Repo {
             .unwrap();
         let store_dir = tempfile::tempdir().unwrap();
         let store = Arc::new(ReleaseStore::open(store_dir.path()).unwrap());
+        let overrides = Overrides::default();
         let app = public_router(store.clone())
             .merge(admin_router(store))
             .route(
@@ -41,7 +51,8 @@ impl Repo {
                     let agents = agents.clone();
                     async move { Json(agents) }
                 }),
-            );
+            )
+            .layer(from_fn_with_state(overrides.clone(), serve_override));
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -49,10 +60,17 @@ impl Repo {
         runtime.spawn(async move { axum::serve(listener, app).await });
         Repo {
             addr,
+            overrides,
             home: tempfile::tempdir().unwrap(),
             _store: store_dir,
             _runtime: runtime,
         }
+    }
+
+    /// From now on, `GET path` (any query) answers `body` with 200 instead
+    /// of what the store holds.
+    pub fn serve_instead(&self, path: &str, body: Vec<u8>) {
+        self.overrides.lock().unwrap().insert(path.to_owned(), body);
     }
 
     pub fn url(&self) -> String {
@@ -88,6 +106,14 @@ impl Repo {
     /// `GET path` from the repository.
     pub fn get(&self, path: &str) -> Vec<u8> {
         fetch(&format!("{}{path}", self.url()))
+    }
+}
+
+async fn serve_override(State(overrides): State<Overrides>, req: Request, next: Next) -> Response {
+    let body = overrides.lock().unwrap().get(req.uri().path()).cloned();
+    match body {
+        Some(body) => body.into_response(),
+        None => next.run(req).await,
     }
 }
 

@@ -235,3 +235,167 @@ fn channel_lifecycle_status_and_static_export() {
     python.kill().unwrap();
     python.wait().unwrap();
 }
+
+/// `envelope` with its payload's target for [`TRIPLE`] changed to `version`
+/// and `artifact`, the signatures kept: a server editing its stored history.
+fn doctor(envelope: &[u8], version: &str, artifact: &Value) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut wire: Value = serde_json::from_slice(envelope).unwrap();
+    let mut payload: Value =
+        serde_json::from_slice(&b64.decode(wire["payload"].as_str().unwrap()).unwrap()).unwrap();
+    payload["targets"][TRIPLE]["version"] = version.into();
+    payload["targets"][TRIPLE]["artifact"] = artifact.clone();
+    wire["payload"] = b64.encode(serde_json::to_vec(&payload).unwrap()).into();
+    serde_json::to_vec(&wire).unwrap()
+}
+
+/// An attacker who controls the server (its store, its answers) lists a build
+/// of its own: in a doctored history manifest, in the unsigned builds
+/// listing, as the current manifest. `rollback --to` and `promote` refuse
+/// each, naming the build, and sign nothing; the genuine history from the
+/// CLI's local record still works.
+#[test]
+fn rollback_and_promote_refuse_builds_nobody_signed() {
+    let lib1 = noise(50_000, 11);
+    let lib2 = noise(50_000, 12);
+    let evil = noise(50_000, 666);
+    let repo = Repo::start(json!([]));
+    let work = tempfile::tempdir().unwrap();
+    let keys = repo.keys();
+    let keys = keys.to_str().unwrap();
+    repo.cli(&["keys", "init", "--dir", keys]);
+    for (version, lib) in [("1.0.0", &lib1), ("2.0.0", &lib2)] {
+        let path = write(work.path(), &format!("{version}.so"), lib);
+        repo.cli(&[
+            "release",
+            "publish",
+            "--channel",
+            "beta",
+            "--version",
+            version,
+            "--keys",
+            keys,
+            "--target",
+            TRIPLE,
+            &path,
+        ]);
+    }
+    // The attacker's build, uploaded as a blob so every fetch of it works.
+    let blob = zstd::stream::encode_all(&evil[..], 3).unwrap();
+    let evil_artifact = json!({
+        "sha256": sha256(&evil).to_string(),
+        "size": evil.len(),
+        "zstd_sha256": sha256(&blob).to_string(),
+        "zstd_size": blob.len(),
+    });
+    ureq::put(&format!(
+        "{}/api/v1/releases/blobs/{}",
+        repo.url(),
+        sha256(&blob)
+    ))
+    .send_bytes(&blob)
+    .unwrap();
+
+    // 1. The stored history says sequence 1 was 6.6.6; the builds listing
+    //    adds 7.7.7, which is in no manifest at all.
+    let history: Vec<String> =
+        serde_json::from_slice(&repo.get("/api/v1/releases/channels/beta/manifests")).unwrap();
+    assert_eq!(history.len(), 2, "the real server serves its history");
+    let forged = doctor(history[1].as_bytes(), "6.6.6", &evil_artifact);
+    let forged_history = vec![
+        history[0].clone(),
+        String::from_utf8(forged.clone()).unwrap(),
+    ];
+    repo.serve_instead(
+        "/api/v1/releases/channels/beta/manifests",
+        serde_json::to_vec(&forged_history).unwrap(),
+    );
+    let mut listing: Vec<Value> = serde_json::from_slice(&repo.get(&format!(
+        "/api/v1/releases/channels/beta/builds?target={TRIPLE}"
+    )))
+    .unwrap();
+    for version in ["6.6.6", "7.7.7"] {
+        listing.push(json!({"version": version, "abi_major": 1, "artifact": evil_artifact}));
+    }
+    repo.serve_instead(
+        "/api/v1/releases/channels/beta/builds",
+        serde_json::to_vec(&listing).unwrap(),
+    );
+    let rollback = |to: &str| {
+        repo.cli_output(&[
+            "release",
+            "rollback",
+            "--channel",
+            "beta",
+            "--to",
+            to,
+            "--keys",
+            keys,
+        ])
+    };
+    for (to, expect) in [
+        (
+            "6.6.6",
+            "appears only in manifest sequence 1, which does not verify",
+        ),
+        (
+            "7.7.7",
+            "no manifest that verifies against the local root.json contains it",
+        ),
+    ] {
+        let out = rollback(to);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{to} was signed: {stderr}");
+        assert!(
+            stderr.contains(&format!("refusing build {to} of channel beta"))
+                && stderr.contains(expect),
+            "{to}: {stderr}"
+        );
+        assert_eq!(manifest(&repo, "beta")["sequence"], 2, "nothing signed");
+    }
+
+    // 2. 1.0.0 is still signed: the local record has the genuine sequence 1.
+    repo.cli(&[
+        "release",
+        "rollback",
+        "--channel",
+        "beta",
+        "--to",
+        "1.0.0",
+        "--keys",
+        keys,
+    ]);
+    let m = manifest(&repo, "beta");
+    assert_eq!(m["sequence"], 3);
+    assert_eq!(m["targets"][TRIPLE]["version"], "1.0.0");
+    assert_eq!(
+        m["targets"][TRIPLE]["artifact"]["sha256"],
+        sha256(&lib1).to_string()
+    );
+
+    // 3. A doctored current manifest: promote refuses to copy its build.
+    let current = repo.get("/v1/updates/channels/beta/manifest.json");
+    repo.serve_instead(
+        "/v1/updates/channels/beta/manifest.json",
+        doctor(&current, "6.6.6", &evil_artifact),
+    );
+    let out = repo.cli_output(&[
+        "release", "promote", "--from", "beta", "--to", "stable", "--keys", keys,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refusing the current manifest of channel beta (sequence 3, build(s) 6.6.6 for x86_64-linux)"),
+        "{stderr}"
+    );
+    let stable = ureq::get(&format!(
+        "{}/v1/updates/channels/stable/manifest.json",
+        repo.url()
+    ))
+    .call();
+    assert!(
+        matches!(stable, Err(ureq::Error::Status(404, _))),
+        "promote signed nothing"
+    );
+}

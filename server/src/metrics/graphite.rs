@@ -324,6 +324,7 @@ mod tests {
                     max: None,
                 })
                 .collect(),
+            unknown_perfdata: Vec::new(),
             started_at_ms: 1_700_000_000_999,
             duration_ms: 1,
         }

@@ -9,6 +9,7 @@
 //! - `outrider_perfdata{agent,check,label,uom}` each value of the check's
 //!   latest result (a label printed twice in one result is exported once,
 //!   the last value winning: duplicate series would fail the whole scrape);
+//!   a value the plugin printed as `U` (undetermined) is `NaN`;
 //! - `outrider_ingested_results_total`, `outrider_ingested_samples_total`,
 //!   `outrider_graphite_dropped_lines_total`,
 //!   `outrider_unknown_agent_messages_total` counters of this process.
@@ -135,6 +136,15 @@ pub fn render(agents: &[AgentInfo], latest: &[ResultInfo], counters: &Counters) 
                     index.insert(key, values.len());
                     values.push((key.0, key.1, p.value));
                 }
+            }
+        }
+        // An undetermined value (`U`) is NaN, Prometheus' own "no value",
+        // unless the label also has a number in the same result.
+        for u in &r.unknown_perfdata {
+            let key = (u.label.as_str(), u.uom.as_str());
+            if let std::collections::hash_map::Entry::Vacant(slot) = index.entry(key) {
+                slot.insert(values.len());
+                values.push((key.0, key.1, f64::NAN));
             }
         }
         for (label, uom, value) in values {

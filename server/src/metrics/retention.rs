@@ -157,6 +157,7 @@ mod tests {
                 min: None,
                 max: None,
             }],
+            unknown_perfdata: Vec::new(),
             started_at_ms: old + seq as i64,
             duration_ms: 1,
         };
@@ -200,7 +201,7 @@ mod tests {
             .unwrap();
         assert_eq!(aggregated.points.len(), 1);
         assert_eq!(aggregated.points[0].count, Some(2));
-        assert_eq!(aggregated.points[0].value, 2.0);
+        assert_eq!(aggregated.points[0].value, Some(2.0));
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

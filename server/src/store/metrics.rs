@@ -96,7 +96,8 @@ impl SeriesCache {
 }
 
 /// Writes the perfdata of `result`, just stored for the first time, as raw
-/// points at `result.started_at_ms`. Returns the number of points written.
+/// points at `result.started_at_ms`, and its `U` items as unknown points.
+/// Returns the number of points written, unknown ones included.
 pub(super) fn insert_points(
     tx: &Transaction<'_>,
     cache: &mut SeriesCache,
@@ -117,6 +118,16 @@ pub(super) fn insert_points(
         let uom = truncate(&perf.uom, MAX_UOM_BYTES);
         let id = series_id(tx, cache, fingerprint, &result.check, label, uom)?;
         insert.execute(params![id, result.started_at_ms, perf.value])?;
+        written += 1;
+    }
+    let mut unknown = tx.prepare_cached(
+        "INSERT OR REPLACE INTO unknown_points (series_id, ts_ms) VALUES (?1, ?2)",
+    )?;
+    for perf in &result.unknown_perfdata {
+        let label = truncate(&perf.label, MAX_LABEL_BYTES);
+        let uom = truncate(&perf.uom, MAX_UOM_BYTES);
+        let id = series_id(tx, cache, fingerprint, &result.check, label, uom)?;
+        unknown.execute(params![id, result.started_at_ms])?;
         written += 1;
     }
     Ok(written)
@@ -218,7 +229,9 @@ pub struct SeriesPoints {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Point {
     pub ts_ms: i64,
-    pub value: f64,
+    /// `null` for a raw sample the plugin printed as `U` (undetermined);
+    /// a bucket counts only determined samples, so its mean is a number.
+    pub value: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -370,12 +383,16 @@ impl Store {
                     tx.prepare_cached("DELETE FROM points WHERE series_id = ?1 AND ts_ms < ?2")?;
                 let mut delete_rollups =
                     tx.prepare_cached("DELETE FROM rollups WHERE series_id = ?1 AND bucket_ms < ?2")?;
+                let mut delete_unknown = tx.prepare_cached(
+                    "DELETE FROM unknown_points WHERE series_id = ?1 AND ts_ms < ?2",
+                )?;
                 for &id in &ids {
                     fold.execute(params![id, cutoffs.raw_before_ms, ROLLUP_BUCKET_MS])?;
                     outcome.points_rolled_up +=
                         delete_points.execute(params![id, cutoffs.raw_before_ms])? as u64;
                     outcome.rollups_deleted +=
                         delete_rollups.execute(params![id, cutoffs.rollups_before_ms])? as u64;
+                    delete_unknown.execute(params![id, cutoffs.raw_before_ms])?;
                 }
             }
             tx.commit()?;
@@ -439,6 +456,8 @@ fn raw(c: &rusqlite::Connection, id: i64, q: &SeriesQuery) -> anyhow::Result<Opt
     }
     let mut stmt = c.prepare_cached(
         "SELECT ts_ms, value FROM points WHERE series_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3
+         UNION ALL
+         SELECT ts_ms, NULL FROM unknown_points WHERE series_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3
          ORDER BY ts_ms LIMIT ?4",
     )?;
     let points: Vec<Point> = stmt
@@ -518,7 +537,7 @@ fn aggregated(
         .filter(|(_, a)| a.count > 0)
         .map(|(ts_ms, a)| Point {
             ts_ms,
-            value: a.sum / a.count as f64,
+            value: Some(a.sum / a.count as f64),
             min: Some(a.min),
             max: Some(a.max),
             count: Some(a.count),
@@ -571,6 +590,7 @@ mod tests {
             summary: "ok".into(),
             long_output: String::new(),
             perfdata,
+            unknown_perfdata: Vec::new(),
             started_at_ms,
             duration_ms: 1,
         }
@@ -671,9 +691,9 @@ mod tests {
         assert_eq!(
             got,
             [
-                (now - 5 * HOUR_MS, 10.0),
-                (now - 4 * HOUR_MS, 20.0),
-                (now, 30.0)
+                (now - 5 * HOUR_MS, Some(10.0)),
+                (now - 4 * HOUR_MS, Some(20.0)),
+                (now, Some(30.0))
             ]
         );
         let missing = SeriesQuery {
@@ -734,11 +754,11 @@ mod tests {
         let first = &after.points[0];
         assert_eq!(
             (first.ts_ms, first.value, first.min, first.max, first.count),
-            (bucket, 5.0, Some(1.0), Some(11.0), Some(4))
+            (bucket, Some(5.0), Some(1.0), Some(11.0), Some(4))
         );
         assert_eq!(after.points.len(), 3);
         assert_eq!(after.points[1].count, Some(1));
-        assert_eq!(after.points[2].value, 9.0);
+        assert_eq!(after.points[2].value, Some(9.0));
         assert_eq!(count(&store, "rollups").await, 2);
 
         // Expired rollups go; the recent raw point stays.
@@ -749,6 +769,61 @@ mod tests {
         let step = store.retention_step(0, expire).await.unwrap();
         assert_eq!(step.rollups_deleted, 2);
         assert_eq!(count(&store, "points").await, 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_samples_are_raw_only_and_expire_with_raw_points() {
+        let (_dir, store, fp) = store().await;
+        let mut late = result(2, 5_000, vec![]);
+        late.unknown_perfdata = vec![outrider_protocol::UnknownPerfData {
+            label: "used".into(),
+            uom: "%".into(),
+            warn: None,
+            crit: None,
+            min: None,
+            max: None,
+        }];
+        let batch = vec![result(1, 1_000, vec![perf("used", 3.0, "%")]), late];
+        assert_eq!(store.ingest(&fp, batch).await.unwrap().samples, 2);
+        let raw = store
+            .query_series(query(&fp, 0, 10_000, None))
+            .await
+            .unwrap()
+            .unwrap();
+        let got: Vec<_> = raw.points.iter().map(|p| (p.ts_ms, p.value)).collect();
+        assert_eq!(got, [(1_000, Some(3.0)), (5_000, None)]);
+        let agg = store
+            .query_series(query(&fp, 0, 10_000, Some(10_000)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (agg.points[0].value, agg.points[0].count),
+            (Some(3.0), Some(1))
+        );
+
+        let cutoffs = Cutoffs {
+            raw_before_ms: 4_000,
+            rollups_before_ms: 0,
+            results_before_ms: 0,
+        };
+        store.retention_step(0, cutoffs).await.unwrap();
+        assert_eq!(
+            count(&store, "unknown_points").await,
+            1,
+            "newer than the cut-off"
+        );
+        let cutoffs = Cutoffs {
+            raw_before_ms: 6_000,
+            ..cutoffs
+        };
+        store.retention_step(0, cutoffs).await.unwrap();
+        assert_eq!(count(&store, "unknown_points").await, 0);
+        assert_eq!(
+            count(&store, "rollups").await,
+            1,
+            "the known sample is folded"
+        );
     }
 
     #[tokio::test]
@@ -808,6 +883,6 @@ mod tests {
         assert_eq!(got.step_secs, Some(600));
         assert_eq!(got.points.len(), 1);
         assert_eq!(got.points[0].count, Some(3));
-        assert_eq!(got.points[0].value, 2.0);
+        assert_eq!(got.points[0].value, Some(2.0));
     }
 }

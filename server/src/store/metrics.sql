@@ -23,6 +23,17 @@ CREATE TABLE IF NOT EXISTS points (
     PRIMARY KEY (series_id, ts_ms)
 ) STRICT, WITHOUT ROWID;
 
+-- Samples a plugin printed as `U` (value undetermined), at the time the
+-- check started. Kept apart from `points`, whose value is a number, so
+-- aggregates never count them; raw queries show them as `value: null`.
+-- Deleted, not folded, when raw points are (a rollup has no unknowns).
+-- Created at every open, so it needs no schema version of its own.
+CREATE TABLE IF NOT EXISTS unknown_points (
+    series_id  INTEGER NOT NULL,
+    ts_ms      INTEGER NOT NULL,
+    PRIMARY KEY (series_id, ts_ms)
+) STRICT, WITHOUT ROWID;
+
 -- Five-minute aggregates of raw samples older than the raw retention
 -- period. Merging is associative (samples and sums add, min and max fold), so
 -- a late sample folded into an existing bucket gives the same row as if it

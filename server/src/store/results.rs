@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use outrider_protocol::api::ResultInfo;
-use outrider_protocol::{CheckResult, Fingerprint};
+use outrider_protocol::{CheckResult, Fingerprint, UnknownPerfData};
 use rusqlite::{Connection, params};
 
 use super::metrics::{self, SeriesCache};
@@ -103,15 +103,55 @@ impl Store {
                     summary,
                     long_output,
                     perfdata: serde_json::from_str(&perfdata).context("stored perfdata is malformed")?,
+                    unknown_perfdata: Vec::new(),
                     started_at_ms: started,
                     duration_ms: duration as u64,
                     received_at_ms: received,
                 });
             }
+            add_unknown_perfdata(c, low, high, &mut out)?;
             Ok(out)
         })
         .await
     }
+}
+
+/// Fills in the `U` items of the latest results in `out` (those of agents
+/// `low..=high`) from the unknown points stored at each result's start;
+/// they carry label and unit (see `metrics.sql`).
+fn add_unknown_perfdata(
+    c: &Connection,
+    low: &str,
+    high: &str,
+    out: &mut [ResultInfo],
+) -> anyhow::Result<()> {
+    let mut stmt = c.prepare_cached(
+        "SELECT s.fingerprint, s.check_name, s.label, s.uom
+         FROM latest_results l
+         JOIN results r ON r.fingerprint = l.fingerprint AND r.seq = l.seq
+         JOIN series s ON s.fingerprint = l.fingerprint AND s.check_name = l.check_name
+         JOIN unknown_points u ON u.series_id = s.id AND u.ts_ms = r.started_at_ms
+         WHERE l.fingerprint BETWEEN ?1 AND ?2
+         ORDER BY s.id",
+    )?;
+    let mut rows = stmt.query([low, high])?;
+    while let Some(row) = rows.next()? {
+        let (fp, check): (String, String) = (row.get(0)?, row.get(1)?);
+        if let Some(result) = out
+            .iter_mut()
+            .find(|r| r.agent.as_str() == fp && r.check == check)
+        {
+            result.unknown_perfdata.push(UnknownPerfData {
+                label: row.get(2)?,
+                uom: row.get(3)?,
+                warn: None,
+                crit: None,
+                min: None,
+                max: None,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The body of [`Store::ingest`]: one transaction.
@@ -192,6 +232,7 @@ mod tests {
                 min: Some(0.0),
                 max: None,
             }],
+            unknown_perfdata: Vec::new(),
             started_at_ms: 1_000 * seq as i64,
             duration_ms: 3,
         }

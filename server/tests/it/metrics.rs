@@ -29,6 +29,7 @@ fn with_perf(seq: u64, check: &str, started_at_ms: i64, perfdata: Vec<PerfData>)
     CheckResult {
         started_at_ms,
         perfdata,
+        unknown_perfdata: Vec::new(),
         ..result(seq, check, CheckState::Ok, "ok")
     }
 }
@@ -491,5 +492,90 @@ async fn perfdata_is_forwarded_to_graphite_and_survives_a_reconnect() {
         .unwrap_or_else(|| panic!("unexpected line {line:?}"));
     assert!((3..=seq).contains(&value), "{line:?}");
     let _: Value = server.admin("GET", "/api/v1/agents", None).await;
+    server.stop().await;
+}
+
+/// A perfdata value printed as `U` arrives in `unknown_perfdata` and stays an
+/// explicit unknown sample: `null` in the raw series, left out of buckets,
+/// `NaN` in `/metrics`, listed with the latest result; retention drops it
+/// with the raw points.
+#[tokio::test]
+async fn undetermined_perfdata_is_an_explicit_unknown_sample() {
+    let server = Server::start().await;
+    let agent = Agent::new(44, "pinger");
+    let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let now = now_ms();
+    let unknown = |label: &str, uom: &str| outrider_protocol::UnknownPerfData {
+        label: label.into(),
+        uom: uom.into(),
+        warn: Some("100".into()),
+        crit: None,
+        min: None,
+        max: None,
+    };
+    let batch = vec![
+        with_perf(1, "ping", now - 2_000, vec![perf("rta", 4.0, "ms")]),
+        CheckResult {
+            state: CheckState::Critical,
+            unknown_perfdata: vec![unknown("rta", "ms"), unknown("jitter", "")],
+            ..with_perf(2, "ping", now - 1_000, vec![perf("pl", 100.0, "%")])
+        },
+    ];
+    assert_eq!(conn.send_results(batch).await, 2);
+
+    let fp = agent.fp.as_str();
+    let base = format!("/api/v1/series/query?agent={fp}&check=ping&metric=rta");
+    let raw = server
+        .admin("GET", &format!("{base}&from_ms={}", now - HOUR_MS), None)
+        .await;
+    assert_eq!(raw["resolution"], "raw");
+    assert_eq!(
+        raw["points"],
+        serde_json::json!([
+            {"ts_ms": now - 2_000, "value": 4.0},
+            {"ts_ms": now - 1_000, "value": null},
+        ])
+    );
+    let bucket = server
+        .admin(
+            "GET",
+            &format!("{base}&from_ms={}&step_secs=3600", now - HOUR_MS),
+            None,
+        )
+        .await;
+    let counts: Vec<(f64, u64)> = bucket["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["value"].as_f64().unwrap(), p["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(counts, [(4.0, 1)], "an unknown is not a zero");
+
+    let latest = server
+        .admin("GET", &format!("/api/v1/results/latest?agent={fp}"), None)
+        .await;
+    let labels: Vec<&str> = latest[0]["unknown_perfdata"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{latest}"))
+        .iter()
+        .map(|u| u["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["rta", "jitter"]);
+    assert_eq!(latest[0]["unknown_perfdata"][0]["uom"], "ms");
+
+    let (status, body) = server.http("GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    let samples = parse_exposition(body.as_str().unwrap());
+    let value = |label: &str| {
+        find(
+            &samples,
+            "outrider_perfdata",
+            &[("agent", fp), ("check", "ping"), ("label", label)],
+        )
+        .map(|s| s.value)
+    };
+    assert!(value("rta").unwrap().is_nan());
+    assert!(value("jitter").unwrap().is_nan());
+    assert_eq!(value("pl"), Some(100.0));
     server.stop().await;
 }

@@ -351,12 +351,14 @@ async fn builds_route_lists_channel_history() {
             .status,
         200
     );
+    let mut uploaded = Vec::new();
     for i in 0..3u64 {
         let blob = format!("blob {i}").into_bytes();
         let put = format!("/api/v1/releases/blobs/{}", sha256(&blob));
         assert_eq!(request(addr, "PUT", &put, &[], &blob).await.status, 200);
         let target = crate::build(&format!("1.0.{i}"), format!("lib {i}").as_bytes(), &blob);
         let manifest = keys.manifest_with("stable", i + 1, target);
+        uploaded.push(manifest.clone());
         let resp = request(
             addr,
             "PUT",
@@ -405,6 +407,29 @@ async fn builds_route_lists_channel_history() {
     )
     .await;
     assert_eq!(resp.status, 400, "target is required");
+
+    // The signed history: the exact uploaded envelopes, newest first.
+    let resp = request(
+        addr,
+        "GET",
+        "/api/v1/releases/channels/stable/manifests?limit=2",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let history: Vec<String> = serde_json::from_value(resp.json()).unwrap();
+    let history: Vec<&[u8]> = history.iter().map(|e| e.as_bytes()).collect();
+    assert_eq!(history, [&uploaded[2][..], &uploaded[1][..]]);
+    let resp = request(
+        addr,
+        "GET",
+        "/api/v1/releases/channels/Bad/manifests",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 400);
 
     server.abort();
 }
