@@ -4,13 +4,21 @@
 # bsdiff+zstd / zstd-patch-from sizes and the time and peak memory to create
 # and apply each delta. Paste the printed table into docs/benchmarks.md.
 #
-# Usage: bench/delta.sh [build|measure|measure-apply|all]   (default: all)
+# Usage: bench/delta.sh [build|build-commits OLD NEW|measure|measure-apply|all]
+#   (default: all = build + measure)
+#   build: A = HEAD, B = HEAD with a one-line change (a string constant)
+#   build-commits OLD NEW: A = the library of commit OLD, B = that of NEW
+#     (e.g. a ~500-line feature change, or two releases apart), each built
+#     with this checkout's packaging/build and [profile.*] sections, so
+#     only the source differs
 #   measure-apply: only the apply runs, on the patches the last `measure` made
 #   BENCH_DIR   work dir (default /tmp/outrider-delta-bench); never inside the repo
 #   RUNS        runs per timed measurement (default 5)
 #
-# The builds happen in a `git archive HEAD` copy with its own CARGO_TARGET_DIR,
-# so nothing in the working tree or the shared target dir is touched.
+# The builds happen in a `git archive` copy with its own CARGO_TARGET_DIR,
+# so nothing in the working tree or the shared target dir is touched. They
+# are the shipped build: `packaging/build --profile dist --only
+# outrider-agent-lib` (the library on its own, portable, reproducible).
 set -u
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,18 +30,41 @@ PUBLISH_ZSTD_LEVEL=$(grep -rhs 'const ZSTD_LEVEL: i32 = ' "$REPO/cli/src" | sed 
 
 die() { echo "delta.sh: $*" >&2; exit 1; }
 
-build() {
+# checkout REV: a fresh copy of commit REV in $BENCH_DIR/src, with this
+# checkout's build script and profiles (older commits may predate them).
+checkout() {
     src="$BENCH_DIR/src"
     { rm -rf "$src" && mkdir -p "$src"; } || die "cannot create $src"
-    (cd "$REPO" && git archive HEAD) | tar -x -C "$src" || die "git archive failed"
-    export CARGO_TARGET_DIR="$BENCH_DIR/target"
-    (cd "$src" && cargo build --locked --release -p outrider-agent-lib) || die "build A failed"
-    cp "$CARGO_TARGET_DIR/release/$LIB" "$BENCH_DIR/A.so"
+    (cd "$REPO" && git archive "$1") | tar -x -C "$src" || die "git archive $1 failed"
+    cp "$REPO/packaging/build" "$src/packaging/build" || die "cannot copy packaging/build"
+    sed -i '/^\[profile\./,$d' "$src/Cargo.toml"
+    sed -n '/^\[profile\./,$p' "$REPO/Cargo.toml" >> "$src/Cargo.toml"
+}
+
+# build_lib NAME: the shipped library of $BENCH_DIR/src as $BENCH_DIR/NAME.so.
+build_lib() {
+    CARGO_TARGET_DIR="$BENCH_DIR/target" sh "$src/packaging/build" --profile dist \
+        --only outrider-agent-lib --out "$BENCH_DIR/out" >/dev/null || die "build $1 failed"
+    cp "$BENCH_DIR/out/$LIB" "$BENCH_DIR/$1.so"
+}
+
+build() {
+    checkout HEAD
+    build_lib A
     # The small source change: one user-visible string constant.
     sed -i 's/(no output returned from plugin)/(plugin returned no output)/' "$src/agent-lib/src/runner.rs"
     grep -q 'plugin returned no output' "$src/agent-lib/src/runner.rs" || die "source change not applied"
-    (cd "$src" && cargo build --locked --release -p outrider-agent-lib) || die "build B failed"
-    cp "$CARGO_TARGET_DIR/release/$LIB" "$BENCH_DIR/B.so"
+    build_lib B
+    ls -l "$BENCH_DIR/A.so" "$BENCH_DIR/B.so"
+}
+
+build_commits() {
+    [ $# -eq 2 ] || die "build-commits needs OLD and NEW"
+    checkout "$1"
+    build_lib A
+    checkout "$2"
+    build_lib B
+    echo "A = $1, B = $2: $(cd "$REPO" && git diff --shortstat "$1" "$2" -- agent-lib/src protocol/src abi/src)"
     ls -l "$BENCH_DIR/A.so" "$BENCH_DIR/B.so"
 }
 
@@ -130,10 +161,11 @@ measure_apply() {
 main() {
     case "${1:-all}" in
         build) build ;;
+        build-commits) shift; build_commits "$@" ;;
         measure) measure ;;
         measure-apply) measure_apply ;;
         all) build && measure ;;
-        *) echo "usage: bench/delta.sh [build|measure|measure-apply|all]" >&2; exit 64 ;;
+        *) echo "usage: bench/delta.sh [build|build-commits OLD NEW|measure|measure-apply|all]" >&2; exit 64 ;;
     esac
 }
 

@@ -257,13 +257,31 @@ set_layout() {
     record="$data_dir/install.record"
 }
 
+# Where the service managers live. OUTRIDER_TEST_SERVICE_ROOT moves the
+# three directories under a fake tree, so the end-to-end tests can check
+# the detection and the files written for every manager without touching
+# the host's services (tests/tests/e2e/services.rs); an install leaves it
+# unset. The tools (systemctl, openrc-run, rc-update, update-rc.d) are
+# found on PATH as always.
+set_service_paths() {
+    _service_root=${OUTRIDER_TEST_SERVICE_ROOT:-}
+    systemd_run_dir="$_service_root/run/systemd/system"
+    systemd_system_dir="$_service_root/etc/systemd/system"
+    init_d="$_service_root/etc/init.d"
+}
+
+# The rules, in order: systemd when it is running (its runtime directory
+# exists, which is systemd's own test, sd_booted(3)) and systemctl is
+# there; OpenRC when its tools are; SysV when /etc/init.d exists; else
+# none (a background process). A --prefix install only uses a user's
+# systemd.
 detect_service_manager() {
     if [ "$system" = true ]; then
-        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if [ -d "$systemd_run_dir" ] && command -v systemctl >/dev/null 2>&1; then
             echo systemd
         elif command -v openrc-run >/dev/null 2>&1 && command -v rc-update >/dev/null 2>&1; then
             echo openrc
-        elif [ -d /etc/init.d ]; then
+        elif [ -d "$init_d" ]; then
             echo sysv
         else
             echo none
@@ -277,7 +295,7 @@ detect_service_manager() {
 
 systemd_unit_path() {
     if [ "$system" = true ]; then
-        echo /etc/systemd/system/outrider-agent.service
+        echo "$systemd_system_dir/outrider-agent.service"
     else
         echo "${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user/outrider-agent.service"
     fi
@@ -317,8 +335,9 @@ EOF
 }
 
 write_openrc_script() {
-    cat >/etc/init.d/outrider-agent.tmp <<EOF
+    cat >"$init_d/outrider-agent.tmp" <<EOF
 #!/sbin/openrc-run
+# shellcheck shell=sh disable=SC2034 # openrc-run reads these variables
 # Outrider monitoring agent, supervised: restarted when it fails.
 name="outrider-agent"
 description="Outrider monitoring agent"
@@ -339,15 +358,15 @@ reload() {
     eend \$?
 }
 EOF
-    chmod 0755 /etc/init.d/outrider-agent.tmp
-    mv /etc/init.d/outrider-agent.tmp /etc/init.d/outrider-agent
+    chmod 0755 "$init_d/outrider-agent.tmp"
+    mv "$init_d/outrider-agent.tmp" "$init_d/outrider-agent"
 }
 
 # A SysV script whose daemon is a small respawn loop: SysV init does not
 # supervise, so the loop restarts the stub when it fails and forwards
 # SIGTERM/SIGHUP to it.
 write_sysv_script() {
-    cat >/etc/init.d/outrider-agent.tmp <<EOF
+    cat >"$init_d/outrider-agent.tmp" <<EOF
 #!/bin/sh
 ### BEGIN INIT INFO
 # Provides:          outrider-agent
@@ -398,8 +417,8 @@ case "\${1:-}" in
     *) echo "usage: \$0 {start|stop|restart|reload|status}" >&2; exit 2 ;;
 esac
 EOF
-    chmod 0755 /etc/init.d/outrider-agent.tmp
-    mv /etc/init.d/outrider-agent.tmp /etc/init.d/outrider-agent
+    chmod 0755 "$init_d/outrider-agent.tmp"
+    mv "$init_d/outrider-agent.tmp" "$init_d/outrider-agent"
 }
 
 background_running() {
@@ -462,9 +481,9 @@ start_service() {
                 chkconfig --add outrider-agent >/dev/null 2>&1
             fi
             if [ "$2" = true ]; then
-                /etc/init.d/outrider-agent restart || die "cannot start outrider-agent"
+                "$init_d/outrider-agent" restart || die "cannot start outrider-agent"
             else
-                /etc/init.d/outrider-agent start || die "cannot start outrider-agent"
+                "$init_d/outrider-agent" start || die "cannot start outrider-agent"
             fi
             ;;
         none)
@@ -487,16 +506,16 @@ stop_service() {
         openrc)
             rc-service outrider-agent stop >/dev/null 2>&1
             rc-update del outrider-agent default >/dev/null 2>&1
-            rm -f /etc/init.d/outrider-agent
+            rm -f "$init_d/outrider-agent"
             ;;
         sysv)
-            /etc/init.d/outrider-agent stop >/dev/null 2>&1
+            "$init_d/outrider-agent" stop >/dev/null 2>&1
             if command -v update-rc.d >/dev/null 2>&1; then
                 update-rc.d -f outrider-agent remove >/dev/null 2>&1
             elif command -v chkconfig >/dev/null 2>&1; then
                 chkconfig --del outrider-agent >/dev/null 2>&1
             fi
-            rm -f /etc/init.d/outrider-agent
+            rm -f "$init_d/outrider-agent"
             ;;
     esac
     # A background agent may run whatever the manager was.
@@ -605,6 +624,7 @@ main() {
         *) prefix="$(pwd)/$prefix" ;;
     esac
     set_layout
+    set_service_paths
     case $service_manager in
         auto) service_manager=$(detect_service_manager) ;;
         systemd | openrc | sysv | none) ;;

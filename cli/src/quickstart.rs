@@ -97,7 +97,7 @@ impl Drop for Supervised {
 /// Runs the quickstart.
 pub fn run(args: QuickstartArgs) -> Result<()> {
     let source = source_dir()?;
-    let bin_dir = build(&source)?;
+    let (bin_dir, dist_dir) = build(&source)?;
     let home = outrider_home();
     let (server_dir, keys_dir, agent_dir) =
         (home.join("server"), home.join("keys"), home.join("agent"));
@@ -150,12 +150,12 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         (
             "publish",
             "the agent library",
-            bin_dir.join("liboutrider_agent.so"),
+            dist_dir.join("liboutrider_agent.so"),
         ),
         (
             "publish-stub",
             "the stub (for install.sh)",
-            bin_dir.join("outrider-agent"),
+            dist_dir.join("outrider-agent"),
         ),
     ];
     for (command, what, file) in publish {
@@ -209,7 +209,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
     )?;
     std::fs::copy(keys_dir.join("root.json"), agent_dir.join("etc/root.json"))
         .context("installing root.json")?;
-    let mut cmd = Command::new(bin_dir.join("outrider-agent"));
+    let mut cmd = Command::new(dist_dir.join("outrider-agent"));
     cmd.arg("--prefix").arg(&agent_dir);
     let agent_log = agent_dir.join("log/stub.log");
     let mut agent = Supervised::spawn("outrider-agent", cmd, &agent_log)?;
@@ -292,29 +292,26 @@ fn source_dir() -> Result<PathBuf> {
     }
 }
 
-/// Builds the server, the stub and the library with the profile of this
-/// binary, and returns the directory holding them.
-fn build(source: &Path) -> Result<PathBuf> {
+/// Builds the server with the profile of this binary (`cargo build`), and
+/// the stub and the library the way releases are built, with
+/// `packaging/build` (each on its own, reproducible; profile `dist` for a
+/// release quickstart, `dev` otherwise). Portable (glibc 2.17) when
+/// cargo-zigbuild is installed, so the stub `install.sh` hands to other
+/// hosts runs on older distributions too; native otherwise, because a fresh
+/// machine may not have pip. Returns the server's directory and the
+/// directory holding the stub and the library.
+fn build(source: &Path) -> Result<(PathBuf, PathBuf)> {
     let me = std::env::current_exe().context("locating the outrider binary")?;
     let bin_dir = me
         .parent()
         .context("the outrider binary has no directory")?
         .to_path_buf();
     let release = bin_dir.file_name().is_some_and(|n| n == "release");
-    step(
-        "building outrider-server, outrider-agent and the agent library (first time takes minutes)",
-    );
+    step("building outrider-server (first time takes minutes)");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(source).args([
-        "build",
-        "-p",
-        "outrider-server",
-        "-p",
-        "outrider-agent-stub",
-        "-p",
-        "outrider-agent-lib",
-    ]);
+    cmd.current_dir(source)
+        .args(["build", "-p", "outrider-server"]);
     if release {
         cmd.arg("--release");
     }
@@ -322,7 +319,41 @@ fn build(source: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build failed ({status})");
     }
-    Ok(bin_dir)
+
+    let portable = Command::new("sh")
+        .args(["-c", "command -v cargo-zigbuild"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let dist_dir = bin_dir.join("quickstart");
+    step(&format!(
+        "building the stub and the agent library with packaging/build ({})",
+        if portable {
+            "portable, glibc 2.17"
+        } else {
+            "for this machine's glibc: install cargo-zigbuild for a portable build"
+        }
+    ));
+    let status = Command::new("sh")
+        .arg(source.join("packaging/build"))
+        .arg(if portable { "--portable" } else { "--native" })
+        .args(["--profile", if release { "dist" } else { "dev" }])
+        .args([
+            "--only",
+            "outrider-agent-lib",
+            "--only",
+            "outrider-agent-stub",
+        ])
+        .arg("--out")
+        .arg(&dist_dir)
+        .current_dir(source)
+        .stdout(Stdio::null())
+        .status()
+        .context("running packaging/build")?;
+    if !status.success() {
+        bail!("packaging/build failed ({status})");
+    }
+    Ok((bin_dir, dist_dir))
 }
 
 fn run_self(me: &Path, args: &[&str]) -> Result<()> {

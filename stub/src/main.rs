@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
 
 use outrider_agent_stub::{Layout, StubError, error_chain};
 
@@ -57,8 +58,15 @@ fn main() -> ExitCode {
 /// log directory. The file writer is the blocking one: no background thread
 /// in the stub, and nothing lost if the process aborts right after a line.
 fn init_logging(layout: &Layout) {
-    let filter =
-        || EnvFilter::try_from_env("OUTRIDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // `Targets` ("debug", "info,outrider_agent_stub=trace") rather than
+    // `EnvFilter`: the same syntax for what the stub needs, without the
+    // regex engine it would add to the stub (docs/benchmarks.md, stub size).
+    let filter = || {
+        std::env::var("OUTRIDER_LOG")
+            .ok()
+            .and_then(|s| s.parse::<Targets>().ok())
+            .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
+    };
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(filter());

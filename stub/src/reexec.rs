@@ -61,9 +61,13 @@ pub fn exec_self(program: &std::path::Path, handover: &Handover, lock: &Instance
 
 fn prepare(handover: &Handover, lock: &InstanceLock) -> std::io::Result<(OwnedFd, RawFd)> {
     let name = c"outrider-handover";
+    // The raw system call, not glibc's wrapper: that arrived in glibc 2.27
+    // and the stub is linked for 2.17 (packaging/build); the kernel call
+    // exists since Linux 3.17.
     // SAFETY: memfd_create with a valid NUL-terminated name; flags 0 leave
     // the fd inheritable across exec, which is the point.
-    let raw = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    let raw = unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), 0) };
+    let raw = RawFd::try_from(raw).unwrap_or(-1);
     if raw < 0 {
         return Err(std::io::Error::last_os_error());
     }

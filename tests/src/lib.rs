@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod portable;
 pub mod testlib;
 
 /// Enrollment token every test server accepts.

@@ -3,6 +3,8 @@
 
 mod fleet;
 mod install;
+mod portable;
+mod services;
 mod skeleton;
 mod static_hosting;
 mod stub_trial;
