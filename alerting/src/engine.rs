@@ -50,6 +50,7 @@ struct AgentEntry {
     presence: Presence,
     /// Latest `outrider.dns` result: names an agent-down "DNS broken".
     dns: Option<(Status, String)>,
+    #[serde(with = "as_pairs")]
     subjects: BTreeMap<Subject, Tracker>,
     group: GroupTimer,
 }
@@ -525,6 +526,30 @@ impl Engine {
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A map keyed by [`Subject`] stored as a list of pairs: JSON object keys
+/// must be strings.
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
 
 fn site_subject(tag: &str) -> Subject {
     Subject::Site {

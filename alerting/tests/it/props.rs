@@ -1,0 +1,1 @@
+//! Property tests placeholder (filled in the next step).
