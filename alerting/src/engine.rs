@@ -87,6 +87,8 @@ pub struct Engine {
     state: State,
     /// Derived from presence; recomputed, never stored.
     outages: BTreeMap<String, SiteOutage>,
+    /// The latest [`Engine::tick`]: deadlines after it are still due.
+    last_tick_ms: u64,
 }
 
 impl Engine {
@@ -136,6 +138,7 @@ impl Engine {
             started_ms,
             state,
             outages: BTreeMap::new(),
+            last_tick_ms: started_ms,
         };
         engine.recompute_outages();
         Ok(engine)
@@ -274,6 +277,7 @@ impl Engine {
     /// windows, group timers and repeats. Call about once a second.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
         let now = self.advance(now_ms);
+        self.last_tick_ms = now;
         for entry in self.state.agents.values_mut() {
             for (subject, t) in entry.subjects.iter_mut() {
                 if let Subject::Check { name, .. } = subject {
@@ -294,6 +298,48 @@ impl Engine {
         let mut out = Vec::new();
         self.evaluate_all(now, &mut out);
         out
+    }
+
+    /// The earliest time at which [`Engine::tick`] can have something to
+    /// do without a new event: a group flush, a repeat, an agent becoming
+    /// down, a duration gate, a silence starting or ending, the restart
+    /// grace ending. The server may sleep until then (or an event) instead
+    /// of ticking every second. `None`: nothing is waiting on time.
+    ///
+    /// It counts from the latest tick, not the latest event: a deadline
+    /// that passed while only events came in is returned (in the past), so
+    /// the caller ticks at once.
+    pub fn next_wake_ms(&self) -> Option<u64> {
+        let now = self.last_tick_ms;
+        let repeat = self.config.group.repeat_interval_ms;
+        let mut wake = BTreeSet::new();
+        let grace = inhibit::grace_until(&self.config, self.started_ms);
+        wake.insert(grace);
+        for entry in self.state.agents.values() {
+            wake.extend(entry.group.next_flush_ms);
+            if let Some(since) = entry.presence.lost_since() {
+                wake.insert(inhibit::down_at(&self.config, self.started_ms, since));
+            }
+            for (subject, t) in &entry.subjects {
+                if let Subject::Check { name, .. } = subject {
+                    wake.extend(t.gate.deadline_ms(&self.config.rules_for(name)));
+                }
+                if t.told == Told::Firing {
+                    wake.insert(t.last_sent_ms.saturating_add(repeat));
+                }
+            }
+        }
+        for site in self.state.sites.values() {
+            wake.extend(site.group.next_flush_ms);
+            if site.tracker.told == Told::Firing {
+                wake.insert(site.tracker.last_sent_ms.saturating_add(repeat));
+            }
+        }
+        for s in self.state.silences.values() {
+            wake.insert(s.spec.starts_ms);
+            wake.insert(s.spec.ends_ms);
+        }
+        wake.range(now.saturating_add(1)..).next().copied()
     }
 
     /// The silences stored (active, future and recently ended).
@@ -359,9 +405,20 @@ impl Engine {
         Ok(id)
     }
 
+    /// Re-decides the agent, and every agent whose site outage appeared,
+    /// changed or ended with it (their mutes depend on it).
     fn presence_changed(&mut self, agent: &str, now: u64, out: &mut Vec<Action>) {
+        let before = std::mem::take(&mut self.outages);
         self.recompute_outages();
-        self.evaluate_agent(agent, now, out);
+        let mut affected = BTreeSet::from([agent.to_owned()]);
+        for (tag, outage) in before.iter().chain(self.outages.iter()) {
+            if before.get(tag) != self.outages.get(tag) {
+                affected.extend(outage.members.iter().cloned());
+            }
+        }
+        for agent in affected {
+            self.evaluate_agent(&agent, now, out);
+        }
         self.evaluate_sites(now, out);
     }
 
@@ -420,11 +477,8 @@ impl Engine {
         let level = |t: &Tracker| Level {
             problem: t.problem,
             flapping: t.flap.flapping,
-            muted: matches!(
-                t.muted,
-                Some(MuteReason::AgentDown { .. } | MuteReason::SiteOutage { .. })
-                    | Some(MuteReason::Silenced { .. })
-            ),
+            // Flapping is not a mute for the decision: it has its own rule.
+            muted: t.muted.as_ref().is_some_and(|r| *r != MuteReason::Flapping),
             deregistered: entry.presence == Presence::Deregistered,
             repeat_due: now
                 >= t.last_sent_ms
@@ -694,6 +748,6 @@ fn title(subject: &Subject, kind: NotificationKind, status: Status, summary: &st
         NotificationKind::Repeat => format!("still: {what}"),
         NotificationKind::Resolved => format!("resolved: {what}"),
         NotificationKind::FlappingStarted => format!("flapping: {what}"),
-        NotificationKind::FlappingStopped => format!("stopped flapping ({status}): {subject}"),
+        NotificationKind::FlappingStopped => format!("stopped flapping: {what}"),
     }
 }

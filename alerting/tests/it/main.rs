@@ -19,6 +19,8 @@ pub struct Sim {
     pub engine: Engine,
     pub now: u64,
     pub actions: Vec<(u64, Action)>,
+    /// Tick only at `Engine::next_wake_ms` instead of every second.
+    pub lazy: bool,
 }
 
 impl Sim {
@@ -30,6 +32,7 @@ impl Sim {
             engine: Engine::new(config, started).unwrap(),
             now: T0,
             actions: Vec::new(),
+            lazy: false,
         }
     }
 
@@ -39,6 +42,7 @@ impl Sim {
             engine: Engine::new(config, T0).unwrap(),
             now: T0,
             actions: Vec::new(),
+            lazy: false,
         }
     }
 
@@ -51,7 +55,16 @@ impl Sim {
     pub fn advance(&mut self, ms: u64) {
         let end = self.now + ms;
         while self.now < end {
-            self.now = (self.now + SEC).min(end);
+            let next = if self.lazy {
+                self.engine.next_wake_ms().unwrap_or(end).max(self.now)
+            } else {
+                self.now + SEC
+            };
+            if self.lazy && next > end {
+                self.now = end;
+                break;
+            }
+            self.now = next.min(end);
             let acts = self.engine.tick(self.now);
             self.actions.extend(acts.into_iter().map(|a| (self.now, a)));
         }

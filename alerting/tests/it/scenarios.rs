@@ -138,6 +138,7 @@ fn no_agent_down_during_the_restart_grace() {
         engine,
         now: restarted,
         actions: Vec::new(),
+        lazy: false,
     };
     // `a` comes back after 170 s: past down_for but inside down_for + 60 s.
     sim.advance(170 * SEC);
@@ -522,6 +523,7 @@ fn a_restored_engine_keeps_what_receivers_were_told() {
         engine,
         now: restarted,
         actions: Vec::new(),
+        lazy: false,
     };
     sim.connect("a", &[]);
     sim.results("a", "disk", &[C], 30, 10 * SEC);
@@ -532,4 +534,55 @@ fn a_restored_engine_keeps_what_receivers_were_told() {
     sim.results("a", "disk", &[O], 2, 10 * SEC);
     sim.advance(10 * MIN);
     assert_eq!(sim.kinds(), vec![K::Resolved]);
+}
+
+/// Sleeping until `next_wake_ms` instead of ticking every second gives the
+/// same notifications at the same times.
+#[test]
+fn ticking_at_next_wake_matches_ticking_every_second() {
+    type Script = fn(&mut Sim);
+    let scripts: Vec<(&str, Script)> = vec![
+        ("check critical then ok", |sim| {
+            sim.connect("a", &[]);
+            sim.results("a", "disk", &[C], 3, 10 * SEC);
+            sim.results("a", "disk", &[C], 30, 10 * SEC);
+            sim.results("a", "disk", &[O], 2, 10 * SEC);
+        }),
+        ("agent lost, dns broken, site", |sim| {
+            for i in 0..5 {
+                sim.connect(&format!("n{i}"), &["dc"]);
+            }
+            sim.result("n4", DNS_CHECK, C);
+            for i in 0..3 {
+                sim.lose(&format!("n{i}"));
+                sim.advance(10 * SEC);
+            }
+            sim.advance(10 * MIN);
+            sim.connect("n0", &["dc"]);
+        }),
+        ("silence window and repeats", |sim| {
+            sim.connect("a", &[]);
+            sim.event(Event::AddSilence(silence(
+                vec![agent_is("a")],
+                T0 + MIN,
+                T0 + 7 * MIN,
+            )));
+            sim.results("a", "disk", &[C], 3, 10 * SEC);
+            sim.advance(9 * HOUR);
+        }),
+    ];
+    for (name, script) in scripts {
+        let mut every_second = Sim::new(Config::default());
+        script(&mut every_second);
+        every_second.advance(10 * HOUR);
+        let mut lazy = Sim::new(Config::default());
+        lazy.lazy = true;
+        script(&mut lazy);
+        lazy.advance(10 * HOUR);
+        assert!(
+            !every_second.notifications().is_empty(),
+            "{name}: sends something"
+        );
+        assert_eq!(lazy.notifications(), every_second.notifications(), "{name}");
+    }
 }
