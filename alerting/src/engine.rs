@@ -474,40 +474,16 @@ impl Engine {
             expire_on_resolve(&mut self.state.silences, t, subject, &entry.tags, now, out);
             t.update_mute(subject, reason, out);
         }
-        let level = |t: &Tracker| Level {
-            problem: t.problem,
-            flapping: t.flap.flapping,
-            // Flapping is not a mute for the decision: it has its own rule.
-            muted: t.muted.as_ref().is_some_and(|r| *r != MuteReason::Flapping),
-            deregistered: entry.presence == Presence::Deregistered,
-            repeat_due: now
-                >= t.last_sent_ms
-                    .saturating_add(self.config.group.repeat_interval_ms),
-        };
-        let pending = entry
-            .subjects
-            .values()
-            .any(|t| group::decide(t.told, level(t)).is_some());
-        if !entry.group.schedule(&self.config.group, pending, now) {
-            return;
-        }
-        let mut notifications = Vec::new();
-        for (subject, t) in entry.subjects.iter_mut() {
-            if let Some(d) = group::decide(t.told, level(t)) {
-                notifications.push(t.notify(subject, d, now));
-            }
-        }
-        let idle = entry
-            .subjects
-            .values()
-            .all(|t| t.told == Told::Nothing && !t.problem && !t.flap.flapping);
-        entry.group.flushed(now, idle);
-        if !notifications.is_empty() {
-            out.push(Action::Notify {
-                group: format!("agent/{agent}"),
-                notifications,
-            });
-        }
+        let members = entry.subjects.iter_mut().collect();
+        let deregistered = entry.presence == Presence::Deregistered;
+        flush_group(
+            &self.config,
+            &mut entry.group,
+            members,
+            deregistered,
+            now,
+            out,
+        );
     }
 
     /// Re-decides every site: raised once its earliest member would be down.
@@ -545,30 +521,14 @@ impl Engine {
                 silenced.map(|id| MuteReason::Silenced { id }),
                 out,
             );
-            let level = Level {
-                problem: t.problem,
-                flapping: false,
-                muted: t.muted.is_some(),
-                deregistered: false,
-                repeat_due: now
-                    >= t.last_sent_ms
-                        .saturating_add(self.config.group.repeat_interval_ms),
-            };
-            let decision = group::decide(t.told, level);
-            if site
-                .group
-                .schedule(&self.config.group, decision.is_some(), now)
-            {
-                if let Some(d) = decision {
-                    let n = t.notify(&subject, d, now);
-                    out.push(Action::Notify {
-                        group: subject.to_string(),
-                        notifications: vec![n],
-                    });
-                }
-                let idle = t.told == Told::Nothing && !t.problem;
-                site.group.flushed(now, idle);
-            }
+            flush_group(
+                &self.config,
+                &mut site.group,
+                vec![(&subject, &mut *t)],
+                false,
+                now,
+                out,
+            );
             if t.told == Told::Nothing && !t.problem && site.group.next_flush_ms.is_none() {
                 forget.push(tag.clone());
             }
@@ -608,6 +568,54 @@ mod as_pairs {
 fn site_subject(tag: &str) -> Subject {
     Subject::Site {
         tag: tag.to_owned(),
+    }
+}
+
+/// Schedules a group's next flush and, when it is due, sends each member's
+/// decision (`group.rs`) as one [`Action::Notify`] named after the group.
+fn flush_group(
+    config: &Config,
+    timer: &mut GroupTimer,
+    mut members: Vec<(&Subject, &mut Tracker)>,
+    deregistered: bool,
+    now: u64,
+    out: &mut Vec<Action>,
+) {
+    let level = |t: &Tracker| Level {
+        problem: t.problem,
+        flapping: t.flap.flapping,
+        // Flapping is not a mute for the decision: it has its own rule.
+        muted: t.muted.as_ref().is_some_and(|r| *r != MuteReason::Flapping),
+        deregistered,
+        repeat_due: now
+            >= t.last_sent_ms
+                .saturating_add(config.group.repeat_interval_ms),
+    };
+    let pending = members
+        .iter()
+        .any(|(_, t)| group::decide(t.told, level(t)).is_some());
+    if !timer.schedule(&config.group, pending, now) {
+        return;
+    }
+    let mut notifications = Vec::new();
+    for (subject, t) in members.iter_mut() {
+        if let Some(d) = group::decide(t.told, level(t)) {
+            notifications.push(t.notify(subject, d, now));
+        }
+    }
+    let idle = members
+        .iter()
+        .all(|(_, t)| t.told == Told::Nothing && !t.problem && !t.flap.flapping);
+    timer.flushed(now, idle);
+    if let Some(first) = notifications.first() {
+        let group = match first.subject.agent() {
+            Some(agent) => format!("agent/{agent}"),
+            None => first.subject.to_string(),
+        };
+        out.push(Action::Notify {
+            group,
+            notifications,
+        });
     }
 }
 
