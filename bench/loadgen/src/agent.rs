@@ -70,6 +70,8 @@ pub struct Settings {
     pub agent_backoff: bool,
     /// How many agents run, to spread their batches over the interval.
     pub agents: usize,
+    /// What the agents see of update nudges.
+    pub nudges: Arc<crate::nudge::Nudges>,
 }
 
 /// Counters shared by all agents.
@@ -264,11 +266,11 @@ impl Agent {
             agent_version: "loadgen".into(),
             build_sha256: None,
             build_version: None,
-            protocol_min: None,
-            protocol_max: None,
-            capabilities: Vec::new(),
+            protocol_min: Some(outrider_protocol::PROTOCOL_MIN),
+            protocol_max: Some(outrider_protocol::PROTOCOL_MAX),
+            capabilities: vec![outrider_protocol::capability::UPDATE_NUDGE.to_owned()],
             stub_version: None,
-            channel: None,
+            channel: Some(crate::nudge::CHANNEL.to_owned()),
             last_seq: self.seq,
             tags: Vec::new(),
             resume_token: None,
@@ -370,6 +372,9 @@ impl Agent {
                                 return SessionEnd::Failed(format!("answering an RPC: {e}"));
                             }
                             self.counters.rpc_answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(ServerMessage::CheckUpdate { .. }) => {
+                            self.settings.nudges.on_nudge(self.settings.server).await;
                         }
                         Ok(_) => {}
                         Err(e) => return SessionEnd::Failed(format!("undecodable server message: {e}")),

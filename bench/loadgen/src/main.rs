@@ -15,7 +15,11 @@
 //!    reconnects as the real agent does (a random delay below 500 ms, then
 //!    jittered backoff doubling to 30 s on failure; `--reconnect-immediately`
 //!    for no delay at all); time until all N are back;
-//! 6. **stop**: goodbye, server SIGTERM, then the server's SQLite store is
+//! 6. **nudge**: a release is published to the agents' channel with the
+//!    real CLI; the server nudges every agent over its nudge window and each
+//!    fetches the manifest and the build's blob ([`nudge`]), while run-now
+//!    calls are timed as in phase 3;
+//! 7. **stop**: goodbye, server SIGTERM, then the server's SQLite store is
 //!    read to count results lost (acked but absent) and points duplicated.
 //!
 //! Loopback only; the agents bind 127.0.0.2, 127.0.0.3, … so they do not
@@ -24,6 +28,7 @@
 //! every phase has a deadline and the whole run a hard cap.
 
 mod agent;
+mod nudge;
 mod server;
 
 use std::path::PathBuf;
@@ -84,6 +89,12 @@ struct Args {
     /// jittered backoff (random below 500 ms, doubling to 30 s).
     #[arg(long)]
     reconnect_immediately: bool,
+    /// The CLI binary, which signs and publishes the nudge phase's release.
+    #[arg(long, default_value = "target/release/outrider")]
+    cli_bin: PathBuf,
+    /// The server's nudge window (`--nudge-window-secs`) for the nudge phase.
+    #[arg(long, default_value_t = 60)]
+    nudge_window_secs: u64,
     /// Worker threads of the harness runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -108,7 +119,11 @@ fn main() -> ExitCode {
     };
     // Hard cap: whatever happens, the harness ends.
     let cap = Duration::from_secs(
-        2 * args.connect_deadline_secs + args.steady_secs + args.burst_secs + 300,
+        2 * args.connect_deadline_secs
+            + args.steady_secs
+            + args.burst_secs
+            + args.nudge_window_secs
+            + 360,
     );
     match runtime.block_on(async { tokio::time::timeout(cap, run(args)).await }) {
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -164,7 +179,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             temp.path().to_owned()
         }
     };
-    let server = ServerProcess::start(&args.server_bin, &data_dir, ENROLLMENT_TOKEN, &[])?;
+    let server = ServerProcess::start(
+        &args.server_bin,
+        &data_dir,
+        ENROLLMENT_TOKEN,
+        &[
+            "--nudge-window-secs".into(),
+            args.nudge_window_secs.to_string(),
+        ],
+    )?;
     log(
         start,
         &format!(
@@ -192,6 +215,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         results_per_burst_batch: args.burst_results.max(1),
         agent_backoff: !args.reconnect_immediately,
         agents: args.agents,
+        nudges: Arc::new(nudge::Nudges::default()),
     });
     let counters = Arc::new(Counters::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Steady);
@@ -240,7 +264,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // 3. run-now under steady load, then the read side: a Prometheus
     // scrape of every agent's latest values and one series query.
-    let rtts = run_now(&server, args.agents, args.rpc_calls).await?;
+    let rtts = run_now(&server, args.agents, args.rpc_calls, None).await?;
     log(start, &format!("run-now: {}", rtts.summary()));
     let t0 = Instant::now();
     let (status, body) = server.request("GET", "/metrics", None).await?;
@@ -317,7 +341,53 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    // 6. stop and count at the store
+    // 6. nudge: publish, then time run-now until every agent fetched the
+    // release (or the window plus 60 s passed).
+    let nudges = &settings.nudges;
+    nudge::publish(&args.cli_bin, &server, &data_dir, nudges)?;
+    let window_end = Instant::now() + Duration::from_secs(args.nudge_window_secs + 60);
+    let nudge_rtts = run_now(&server, args.agents, usize::MAX, Some((window_end, nudges))).await?;
+    let nudge_mem = server.memory()?;
+    let arrivals = {
+        let mut a = nudges
+            .arrivals_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        a.sort_by(f64::total_cmp);
+        a
+    };
+    let at = |q: f64| {
+        arrivals
+            .get(((arrivals.len() as f64 * q) as usize).min(arrivals.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let nudge_summary = format!(
+        "{} of {} nudged (arrival after publish ms p50={:.0} p99={:.0} max={:.0}); manifest ok/failed {}/{}; blob ok/failed {}/{}; run-now meanwhile: {}; RSS {} KiB",
+        nudges.received.load(Ordering::Relaxed),
+        args.agents,
+        at(0.5),
+        at(0.99),
+        arrivals.last().copied().unwrap_or(f64::NAN),
+        nudges.manifest_ok.load(Ordering::Relaxed),
+        nudges.manifest_failed.load(Ordering::Relaxed),
+        nudges.blob_ok.load(Ordering::Relaxed),
+        nudges.blob_failed.load(Ordering::Relaxed),
+        nudge_rtts.summary(),
+        nudge_mem.rss_kib,
+    );
+    log(start, &format!("nudge: {nudge_summary}"));
+    for e in nudges
+        .errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        log(start, &format!("  nudge failure: {e}"));
+    }
+
+    // 7. stop and count at the store
     phase_tx.send_replace(Phase::Stop);
     let mut tallies = Vec::with_capacity(args.agents);
     let drained = tokio::time::timeout(Duration::from_secs(60), async {
@@ -368,7 +438,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     );
     println!(
-        "\nSUMMARY agents={} scrape_ms={scrape_ms:.0} connect_s={:.1} rss_idle_kib={} rss_steady_kib={} rss_burst_kib={} rss_storm_kib={} hwm_kib={} steady_samples_per_s={:.0} burst_samples_per_s={:.0} storm_s={} rpc={} lost={} points={}/{} failures={}",
+        "\nNUDGE {nudge_summary}\nSUMMARY agents={} scrape_ms={scrape_ms:.0} connect_s={:.1} rss_idle_kib={} rss_steady_kib={} rss_burst_kib={} rss_storm_kib={} hwm_kib={} steady_samples_per_s={:.0} burst_samples_per_s={:.0} storm_s={} rpc={} lost={} points={}/{} failures={}",
         args.agents,
         connected_in.as_secs_f64(),
         idle.rss_kib,
@@ -450,10 +520,25 @@ impl Rtts {
 }
 
 /// `calls` sequential run-now round trips to pseudo-random agents.
-async fn run_now(server: &ServerProcess, agents: usize, calls: usize) -> anyhow::Result<Rtts> {
+/// `calls` sequential run-now round trips to random agents; with `until`,
+/// stops early at its deadline or once every agent fetched the nudged blob.
+async fn run_now(
+    server: &ServerProcess,
+    agents: usize,
+    calls: usize,
+    until: Option<(Instant, &nudge::Nudges)>,
+) -> anyhow::Result<Rtts> {
     let mut rtts = Rtts::default();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..calls {
+        if let Some((deadline, nudges)) = until {
+            let settled = nudges.blob_ok.load(Ordering::Relaxed)
+                + nudges.blob_failed.load(Ordering::Relaxed)
+                + nudges.manifest_failed.load(Ordering::Relaxed);
+            if Instant::now() >= deadline || settled >= agents as u64 {
+                break;
+            }
+        }
         // xorshift: a fixed, reproducible spread over the agents.
         x ^= x << 13;
         x ^= x >> 7;

@@ -139,22 +139,38 @@ impl ServerProcess {
             self.admin_token,
             body.len()
         );
-        let mut stream = TcpStream::connect(self.addr).await?;
-        stream.set_nodelay(true)?;
-        stream.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .context("HTTP response without header")?;
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("HTTP status line")?;
-        Ok((status, body.to_owned()))
+        let (status, body) = exchange(self.addr, &req).await?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
+}
+
+/// A public `GET` (no token), as a stub fetches manifests and blobs;
+/// returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    exchange(addr, &req).await
+}
+
+/// Sends one HTTP/1.1 request with `Connection: close` and reads the whole
+/// response: status and body (no chunked encoding: the server sends
+/// `Content-Length` for these).
+async fn exchange(addr: SocketAddr, req: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("HTTP response without header")?;
+    let head = String::from_utf8_lossy(&buf[..split]);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("HTTP status line")?;
+    Ok((status, buf[split + 4..].to_vec()))
 }
 
 /// What the stopped server's store holds, measured against what the agents
