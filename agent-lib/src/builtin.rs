@@ -141,6 +141,7 @@ pub async fn run_builtin(
         perfdata,
         started_at_ms,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        update_event: None,
     }
 }
 

@@ -437,6 +437,7 @@ mod tests {
             perfdata: vec![],
             started_at_ms: 0,
             duration_ms: 0,
+            update_event: None,
         }
     }
 

@@ -76,6 +76,8 @@ pub struct RunOutcome {
     /// Wall-clock start, Unix milliseconds.
     pub started_at_ms: i64,
     pub duration_ms: u64,
+    /// The stub's update outcome this result reports (`outrider.update`).
+    pub update_event: Option<Box<outrider_protocol::UpdateEvent>>,
 }
 
 impl RunOutcome {
@@ -90,6 +92,7 @@ impl RunOutcome {
             perfdata: self.perfdata,
             started_at_ms: self.started_at_ms,
             duration_ms: self.duration_ms,
+            update_event: self.update_event,
         }
     }
 }
@@ -105,6 +108,7 @@ impl RunOutcome {
             perfdata: Vec::new(),
             started_at_ms: unix_ms(),
             duration_ms: 0,
+            update_event: None,
         }
     }
 
@@ -197,6 +201,7 @@ pub async fn run_plugin(
         perfdata,
         started_at_ms,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        update_event: None,
     };
 
     let Some((program, args)) = command.split_first() else {

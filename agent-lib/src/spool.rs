@@ -747,6 +747,7 @@ mod tests {
             perfdata: vec![],
             started_at_ms: 1,
             duration_ms: 2,
+            update_event: None,
         }
     }
 

@@ -425,6 +425,7 @@ impl Agent {
                 .collect(),
             started_at_ms: self.last_ts_ms,
             duration_ms: 1,
+            update_event: None,
         }
     }
 }

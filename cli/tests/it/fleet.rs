@@ -190,6 +190,7 @@ impl Fleet {
                     perfdata: Vec::new(),
                     started_at_ms: 1,
                     duration_ms: 2,
+                    update_event: None,
                 };
                 let answer = AgentMessage::RpcResult {
                     id,

@@ -326,6 +326,7 @@ mod tests {
                 .collect(),
             started_at_ms: 1_700_000_000_999,
             duration_ms: 1,
+            update_event: None,
         }
     }
 

@@ -573,6 +573,7 @@ mod tests {
             perfdata,
             started_at_ms,
             duration_ms: 1,
+            update_event: None,
         }
     }
 

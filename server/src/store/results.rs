@@ -194,6 +194,7 @@ mod tests {
             }],
             started_at_ms: 1_000 * seq as i64,
             duration_ms: 3,
+            update_event: None,
         }
     }
 
