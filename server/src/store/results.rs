@@ -152,6 +152,9 @@ fn ingest_tx(
             if inserted > 0 {
                 latest.execute(params![fp, r.check, seq])?;
                 out.samples += metrics::insert_points(&tx, cache, fp, &r)?;
+                if let Some(event) = &r.update_event {
+                    super::update_events::insert(&tx, fp, event, now)?;
+                }
                 out.stored.push(r);
             }
         }
