@@ -133,6 +133,9 @@ async fn agent_main(
         outbox.lock().len()
     ));
 
+    // The stub's update outcomes: at start, then every few seconds.
+    let seen = state.as_ref().map_or(0, |s| s.update_events_seen);
+    let seen = crate::update_events::take_and_queue(hooks.as_ref(), &outbox, seen);
     let carried = state.as_ref().and_then(|s| s.connection.clone());
     let parts = AgentParts {
         settings,
@@ -142,8 +145,19 @@ async fn agent_main(
         stop,
     };
     let mut connection = Connection::new(parts, tls, carried);
-    // The syncer stops with `stop`, like the connection.
-    tokio::join!(connection.run(&mut scheduler), outbox.sync_sealed(stop));
+    // The syncer and the event poll stop with `stop`, like the connection.
+    let events = crate::update_events::poll(
+        hooks.clone(),
+        outbox.clone(),
+        seen,
+        settings.update_events_poll,
+        stop.clone(),
+    );
+    let ((), (), update_events_seen) = tokio::join!(
+        connection.run(&mut scheduler),
+        outbox.sync_sealed(stop),
+        events
+    );
     let connection = connection.into_state();
 
     let config = scheduler.config().cloned();
@@ -153,6 +167,7 @@ async fn agent_main(
         config,
         next_runs,
         connection: Some(connection),
+        update_events_seen,
         ..outbox.lock().to_state()
     };
     hooks.info(&format!(

@@ -142,6 +142,7 @@ pub async fn run_builtin(
         unknown_perfdata: Vec::new(),
         started_at_ms,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        update_event: None,
     }
 }
 

@@ -214,6 +214,9 @@ pub struct AgentSettings {
     /// Capabilities announced in Hello: all this build implements; tests
     /// empty it to act as an older agent.
     pub capabilities: Vec<String>,
+    /// How often the host is asked for update events
+    /// ([`crate::update_events::POLL_INTERVAL`]; tests shorten it).
+    pub update_events_poll: std::time::Duration,
 }
 
 impl fmt::Debug for AgentSettings {
@@ -276,6 +279,7 @@ impl AgentSettings {
                 .iter()
                 .map(|c| (*c).to_owned())
                 .collect(),
+            update_events_poll: crate::update_events::POLL_INTERVAL,
         })
     }
 

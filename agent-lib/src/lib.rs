@@ -48,6 +48,7 @@ pub mod spool;
 pub mod state;
 mod sys;
 pub mod tls;
+pub mod update_events;
 
 pub use agent::run_agent;
 pub use config::{AgentSettings, AgentToml, ServerEndpoint, Transport};

@@ -438,6 +438,7 @@ mod tests {
             unknown_perfdata: vec![],
             started_at_ms: 0,
             duration_ms: 0,
+            update_event: None,
         }
     }
 

@@ -87,6 +87,8 @@ pub struct RunOutcome {
     /// Wall-clock start, Unix milliseconds.
     pub started_at_ms: i64,
     pub duration_ms: u64,
+    /// The stub's update outcome this result reports (`outrider.update`).
+    pub update_event: Option<Box<outrider_protocol::UpdateEvent>>,
 }
 
 impl RunOutcome {
@@ -102,6 +104,7 @@ impl RunOutcome {
             unknown_perfdata: self.unknown_perfdata,
             started_at_ms: self.started_at_ms,
             duration_ms: self.duration_ms,
+            update_event: self.update_event,
         }
     }
 }
@@ -118,6 +121,7 @@ impl RunOutcome {
             unknown_perfdata: Vec::new(),
             started_at_ms: unix_ms(),
             duration_ms: 0,
+            update_event: None,
         }
     }
 
@@ -211,6 +215,7 @@ pub async fn run_plugin(
         unknown_perfdata: Vec::new(),
         started_at_ms,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        update_event: None,
     };
 
     let Some((program, args)) = command.split_first() else {

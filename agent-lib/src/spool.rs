@@ -748,6 +748,7 @@ mod tests {
             unknown_perfdata: Vec::new(),
             started_at_ms: 1,
             duration_ms: 2,
+            update_event: None,
         }
     }
 

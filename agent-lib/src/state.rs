@@ -46,6 +46,10 @@ pub struct StateBlob {
     /// The connection's memory: resume token, DNS fallbacks, enrollment.
     #[serde(default)]
     pub connection: Option<ConnectionState>,
+    /// Highest id of the stub's update events already queued (see
+    /// `update_events.rs`), so none is reported twice across swaps.
+    #[serde(default)]
+    pub update_events_seen: u64,
 }
 
 /// What the connection remembers across sessions and generations.
@@ -72,6 +76,7 @@ impl Default for StateBlob {
             config: None,
             next_runs: std::collections::BTreeMap::new(),
             connection: None,
+            update_events_seen: 0,
         }
     }
 }
@@ -139,6 +144,7 @@ mod tests {
                 unknown_perfdata: Vec::new(),
                 started_at_ms: 1,
                 duration_ms: 2,
+                update_event: None,
             }],
             ..StateBlob::default()
         };

@@ -92,6 +92,87 @@ pub struct AgentInfo {
     pub protocol_version: Option<u32>,
 }
 
+/// `GET /api/v1/update-health`: per channel, what the fleet runs and which
+/// updates it fails to take, from the stub's update events.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateHealth {
+    /// One entry per channel agents report (agents that report none are
+    /// under `""`), by name.
+    pub channels: Vec<ChannelHealth>,
+}
+
+/// The update health of one channel's agents.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelHealth {
+    pub channel: String,
+    /// Agents per build they run, most agents first.
+    pub builds: Vec<BuildCount>,
+    /// Agents whose newest event about a build they do not run is a
+    /// failure, grouped by build, kind and exact reason; most agents first.
+    pub failing: Vec<FailureGroup>,
+    /// `rolled_back` events of the last 24 hours.
+    pub rollbacks_24h: u64,
+}
+
+/// How many agents run one build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildCount {
+    /// [`host_version`] of the agents.
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_sha256: Option<String>,
+    pub agents: u64,
+}
+
+/// Agents that failed to take one build for one reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureGroup {
+    /// Version of the build (or stub) they failed to take, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_sha256: Option<String>,
+    /// `refused`, `probation_failed`, `rolled_back`, `stub_refused`.
+    pub kind: String,
+    /// The exact error the stub reported.
+    pub reason: String,
+    pub agents: u64,
+}
+
+impl FailureGroup {
+    /// One line for an operator: `3 agents refuse 1.4.0: hash mismatch…`.
+    pub fn describe(&self) -> String {
+        let build = self
+            .version
+            .clone()
+            .or_else(|| {
+                self.build_sha256
+                    .as_deref()
+                    .map(|s| s.chars().take(12).collect())
+            })
+            .unwrap_or_else(|| "a build".into());
+        let agents = if self.agents == 1 {
+            "1 agent".to_owned()
+        } else {
+            format!("{} agents", self.agents)
+        };
+        let verb = match (self.kind.as_str(), self.agents == 1) {
+            ("refused", true) => "refuses",
+            ("refused", false) => "refuse",
+            ("probation_failed", _) => "failed probation of",
+            ("rolled_back", _) => "rolled back from",
+            ("stub_refused", true) => "refuses stub",
+            ("stub_refused", false) => "refuse stub",
+            _ => "failed to take",
+        };
+        if self.reason.is_empty() {
+            format!("{agents} {verb} {build}")
+        } else {
+            format!("{agents} {verb} {build}: {}", self.reason)
+        }
+    }
+}
+
 /// The version of a host: the version its build was published as when the
 /// stub reported one, else the agent library's own crate version. The one
 /// definition the API, `outrider agents` and `outrider release status`
@@ -291,6 +372,50 @@ pub enum Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_groups_read_as_one_line() {
+        let group = |kind: &str, agents: u64, reason: &str| FailureGroup {
+            version: Some("1.4.0".into()),
+            build_sha256: Some("ab".repeat(32)),
+            kind: kind.into(),
+            reason: reason.into(),
+            agents,
+        };
+        let table = [
+            (
+                group("refused", 3, "hash mismatch"),
+                "3 agents refuse 1.4.0: hash mismatch",
+            ),
+            (
+                group("refused", 1, "expired"),
+                "1 agent refuses 1.4.0: expired",
+            ),
+            (
+                group("probation_failed", 2, ""),
+                "2 agents failed probation of 1.4.0",
+            ),
+            (
+                group("rolled_back", 1, "crash"),
+                "1 agent rolled back from 1.4.0: crash",
+            ),
+            (
+                group("new_kind", 2, "x"),
+                "2 agents failed to take 1.4.0: x",
+            ),
+        ];
+        for (g, want) in table {
+            assert_eq!(g.describe(), want);
+        }
+        let unnamed = FailureGroup {
+            version: None,
+            ..group("stub_refused", 2, "self-test exited 1")
+        };
+        assert_eq!(
+            unnamed.describe(),
+            "2 agents refuse stub abababababab: self-test exited 1"
+        );
+    }
 
     #[test]
     fn host_version_prefers_the_published_build_version() {

@@ -51,7 +51,7 @@ mod result;
 use serde::{Deserialize, Serialize};
 
 pub use identity::{Fingerprint, FingerprintError, auth_message, fingerprint_of, verify_proof};
-pub use result::{CheckResult, CheckState, PerfData, UnknownPerfData};
+pub use result::{CheckResult, CheckState, PerfData, UnknownPerfData, UpdateEvent};
 
 /// Wall-clock now in Unix milliseconds, the unit of every timestamp on the
 /// wire and in the API (0 if the clock is before 1970, saturating far in

@@ -128,6 +128,49 @@ pub struct CheckResult {
     pub started_at_ms: i64,
     /// How long the plugin ran.
     pub duration_ms: u64,
+    /// On results of the synthetic check `outrider.update`: the stub's
+    /// update outcome this result reports (capability
+    /// [`crate::capability::UPDATE_EVENTS`]). Servers that do not know the
+    /// field still store the readable summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_event: Option<Box<UpdateEvent>>,
+}
+
+/// One outcome of the stub's update work, as the stub hands it to the
+/// library (`outrider_abi::update_events` describes the same JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateEvent {
+    /// Assigned by the stub, strictly increasing over the install's life.
+    pub id: u64,
+    /// `installed`, `refused`, `probation_passed`, `probation_failed`,
+    /// `rolled_back`, `stub_updated`, `stub_refused`, or a kind a newer
+    /// stub added (passed through unchanged).
+    pub kind: String,
+    /// When it happened, Unix milliseconds.
+    pub at_unix_ms: i64,
+    /// The build (or stub) the event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// For `rolled_back`: the build running now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_version: Option<String>,
+    /// The exact error or cause; empty when there is none.
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl UpdateEvent {
+    /// Whether this kind means the host did not take (or gave up) a build.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "refused" | "probation_failed" | "rolled_back" | "stub_refused"
+        )
+    }
 }
 
 #[cfg(test)]

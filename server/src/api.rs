@@ -22,6 +22,7 @@
 //! | `POST /api/v1/tokens`                   | admin  | create an enrollment token             |
 //! | `DELETE /api/v1/tokens/{id}`            | admin  | revoke an enrollment token             |
 //! | `GET  /api/v1/results/latest`           | admin  | newest result per agent and check      |
+//! | `GET  /api/v1/update-health`            | admin  | per channel: builds, failing updates, rollbacks |
 //! | `GET  /api/v1/events`                   | admin  | live events (Server-Sent Events)       |
 //! | `PUT  /api/v1/releases/...`             | admin  | release uploads ([`outrider_update_server`]) |
 //!
@@ -35,7 +36,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router, middleware};
 use outrider_protocol::api::{
     AgentInfo, AgentTags, AllowAdhoc, CheckDefinition, CheckInfo, CreatedEnrollmentToken,
-    EnrollmentTokenInfo, NewEnrollmentToken, PluginInfo, ResultInfo,
+    EnrollmentTokenInfo, NewEnrollmentToken, PluginInfo, ResultInfo, UpdateHealth,
 };
 use outrider_protocol::{AGENT_WS_PATH, AgentConfig, CheckSpec, Fingerprint, is_valid_name};
 use serde::Deserialize;
@@ -74,6 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/results/latest", get(latest_results))
+        .route("/api/v1/update-health", get(update_health))
         .route("/api/v1/events", get(events::handler))
         .with_state(state.clone())
         .merge(crate::metrics::admin_routes(state.clone()))
@@ -373,4 +375,10 @@ async fn latest_results(
 ) -> Result<Json<Vec<ResultInfo>>, ApiError> {
     let agent = q.agent.as_deref().map(parse_fp).transpose()?;
     Ok(Json(state.store.latest_results(agent).await?))
+}
+
+/// Per channel: agents on each build, agents failing to take a build
+/// grouped by reason, rollbacks of the last 24 h (`store/update_events.rs`).
+async fn update_health(State(state): State<Arc<AppState>>) -> Result<Json<UpdateHealth>, ApiError> {
+    Ok(Json(state.store.update_health().await?))
 }

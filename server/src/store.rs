@@ -18,6 +18,7 @@ mod results;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod tokens;
+mod update_events;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,7 @@ pub use checks::{ComputedConfig, DeletePlugin, PutCheck, effective_tags, normali
 pub use tokens::TokenRefusal;
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
@@ -52,6 +53,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE agents ADD COLUMN stub_version TEXT;
      ALTER TABLE agents ADD COLUMN channel TEXT;
      ALTER TABLE agents ADD COLUMN protocol_version INTEGER;",
+    // 5 → 6: update events (store/update_events.rs).
+    include_str!("store/update_events.sql"),
 ];
 
 /// Handle to the database; cheap to clone.
@@ -157,6 +160,8 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
         .context("applying the schema")?;
     tx.execute_batch(include_str!("store/metrics.sql"))
         .context("applying the metrics schema")?;
+    tx.execute_batch(include_str!("store/update_events.sql"))
+        .context("applying the update events schema")?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

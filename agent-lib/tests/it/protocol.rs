@@ -150,3 +150,93 @@ async fn a_welcome_outside_the_offered_range_ends_the_attempt() {
     agent.request_stop();
     agent.join().await;
 }
+
+/// The `outrider.update` results the server receives, in order, until
+/// `count` arrived (acking each batch).
+async fn update_results(
+    conn: &mut crate::support::ServerConn,
+    count: usize,
+) -> Vec<outrider_protocol::CheckResult> {
+    let mut found = Vec::new();
+    while found.len() < count {
+        let results = conn.recv_results().await;
+        let up_to = results.last().map_or(0, |r| r.seq);
+        found.extend(results.into_iter().filter(|r| r.check == "outrider.update"));
+        conn.send(ServerMessage::Ack { up_to }).await;
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_stubs_update_events_reach_the_server_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start().await;
+    let refused = br#"[{"id":7,"kind":"refused","at_unix_ms":1764820000000,
+        "build_sha256":"ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12",
+        "version":"1.4.0","reason":"hash mismatch: expected ab12, got 9f3c"}]"#;
+    let options = AgentOptions {
+        adjust: Some(|s| s.update_events_poll = Duration::from_millis(50)),
+        update_events: vec![
+            refused.to_vec(),
+            // Not JSON: one warning, dropped, the agent goes on.
+            b"{garbage".to_vec(),
+            // Handed over again (a stub that crashed before forgetting it)
+            // with a newer one of a kind this build does not know.
+            [
+                &refused[..refused.len() - 1],
+                br#",{"id":8,"kind":"teleported","at_unix_ms":1}]"#,
+            ]
+            .concat(),
+        ],
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start_with(dir.path(), &server.url, options);
+    let mut conn = server.accept().await;
+    conn.handshake_with(welcome(3, capability::ALL)).await;
+    let found = update_results(&mut conn, 2).await;
+    let first = &found[0];
+    assert_eq!(
+        first.summary,
+        "refused 1.4.0 (ab12ab12ab12): hash mismatch: expected ab12, got 9f3c"
+    );
+    assert_eq!(first.state, outrider_protocol::CheckState::Warning);
+    assert_eq!(first.started_at_ms, 1_764_820_000_000);
+    let event = first.update_event.as_ref().unwrap();
+    assert_eq!((event.id, event.kind.as_str()), (7, "refused"));
+    assert_eq!(found[1].update_event.as_ref().unwrap().kind, "teleported");
+    agent.wait_log("not a JSON array of events").await;
+    // Id 7 came twice but was reported once; the state blob remembers 8.
+    let blob = agent.stop_via(conn).await;
+    assert_eq!(blob.update_events_seen, 8);
+    assert_eq!(found.len(), 2, "{found:?}");
+
+    // The next generation gets id 7 and 8 again: nothing new is queued.
+    let options = AgentOptions {
+        state_in: Some(blob),
+        adjust: Some(|s| s.update_events_poll = Duration::from_millis(50)),
+        update_events: vec![
+            [
+                &refused[..refused.len() - 1],
+                br#",{"id":8,"kind":"teleported","at_unix_ms":1}]"#,
+            ]
+            .concat(),
+        ],
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start_with(dir.path(), &server.url, options);
+    let mut conn = server.accept().await;
+    conn.handshake_with(welcome(3, capability::ALL)).await;
+    conn.send(config(1, vec![])).await;
+    let hooks = agent.hooks.clone();
+    eventually("the events were taken", || {
+        hooks.update_events.lock().unwrap().is_empty()
+    })
+    .await;
+    let blob = agent.stop_via(conn).await;
+    assert!(
+        blob.unacked.iter().all(|r| r.check != "outrider.update"),
+        "{:?}",
+        blob.unacked
+    );
+    assert_eq!(blob.update_events_seen, 8);
+}

@@ -431,6 +431,7 @@ impl Agent {
             unknown_perfdata: Vec::new(),
             started_at_ms: self.last_ts_ms,
             duration_ms: 1,
+            update_event: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use outrider_protocol::api::host_version;
+use outrider_protocol::api::{ChannelHealth, UpdateHealth, host_version};
 use outrider_signing::{
     Artifact, Channel, Envelope, PreviousBuild, ReleaseManifest, Rollout, Target, TrustedRoot,
     now_unix,
@@ -390,6 +390,10 @@ struct StatusReport {
     agents_by_version: BTreeMap<String, usize>,
     /// Agents per version of their stub (`unknown` when not reported).
     stubs_by_version: BTreeMap<String, usize>,
+    /// Per channel the agents report: builds, failing updates, rollbacks
+    /// (`GET /api/v1/update-health`; absent from older servers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    update_health: Option<UpdateHealth>,
 }
 
 #[derive(Debug, Serialize)]
@@ -446,6 +450,10 @@ pub(super) fn status(client: &ApiClient, json: bool, args: StatusArgs) -> Result
         channels: Vec::new(),
         agents_by_version: BTreeMap::new(),
         stubs_by_version: BTreeMap::new(),
+        update_health: client
+            .get_json("/api/v1/update-health")
+            .map_err(|e| eprintln!("note: update health unavailable: {e:#}"))
+            .ok(),
     };
     for agent in &agents {
         *report
@@ -556,6 +564,25 @@ fn print_status(client: &ApiClient, report: &StatusReport) {
                 t.triple, t.version, t.deltas, t.agents
             );
         }
+        if let Some(health) = channel_health(report, c.channel.as_str()) {
+            print_health(health);
+        }
+    }
+    // Agents of channels without a manifest here (or reporting none).
+    for health in report.update_health.iter().flat_map(|h| &h.channels) {
+        if !report
+            .channels
+            .iter()
+            .any(|c| c.channel.as_str() == health.channel)
+        {
+            let name = if health.channel.is_empty() {
+                "(no channel reported)"
+            } else {
+                &health.channel
+            };
+            println!("{name}  no manifest");
+            print_health(health);
+        }
     }
     if !report.agents_by_version.is_empty() {
         println!("agents by version:");
@@ -567,6 +594,31 @@ fn print_status(client: &ApiClient, report: &StatusReport) {
             println!("  {version:<24}  {n:>6}");
         }
     }
+}
+
+fn channel_health<'a>(report: &'a StatusReport, channel: &str) -> Option<&'a ChannelHealth> {
+    report
+        .update_health
+        .as_ref()?
+        .channels
+        .iter()
+        .find(|h| h.channel == channel)
+}
+
+/// The update health lines of one channel: `3 agents refuse 1.4.0: …`.
+fn print_health(health: &ChannelHealth) {
+    println!("  agents on each build:");
+    for b in &health.builds {
+        let sha = b
+            .build_sha256
+            .as_deref()
+            .map_or("-", |s| s.get(..12).unwrap_or(s));
+        println!("    {:<24}  {sha:<12}  {:>6}", b.version, b.agents);
+    }
+    for group in &health.failing {
+        println!("  {}", group.describe());
+    }
+    println!("  rollbacks in the last 24 h: {}", health.rollbacks_24h);
 }
 
 #[cfg(test)]

@@ -106,6 +106,20 @@ impl Fleet {
     /// result summarising what it was asked; returns its fingerprint and
     /// the token that ends it.
     fn agent(&self, seed: u8, hostname: &str, tags: &[&str]) -> (Fingerprint, CancellationToken) {
+        self.agent_with(seed, hostname, tags, None, Vec::new())
+    }
+
+    /// [`Fleet::agent`] following `channel`, sending `report` (and waiting
+    /// for its ack) right after the welcome.
+    fn agent_with(
+        &self,
+        seed: u8,
+        hostname: &str,
+        tags: &[&str],
+        channel: Option<&str>,
+        report: Vec<CheckResult>,
+    ) -> (Fingerprint, CancellationToken) {
+        let channel = channel.map(str::to_owned);
         let key = SigningKey::from_bytes(&[seed; 32]);
         let fp = fingerprint_of(&key.verifying_key());
         let url = format!("{}{AGENT_WS_PATH}", self.url.replacen("http", "ws", 1));
@@ -150,7 +164,7 @@ impl Fleet {
                 protocol_max: None,
                 capabilities: Vec::new(),
                 stub_version: Some("0.2.0".into()),
-                channel: None,
+                channel,
                 last_seq: 0,
                 tags,
                 resume_token: None,
@@ -163,6 +177,17 @@ impl Fleet {
                 matches!(welcome, Some(ServerMessage::Welcome(_))),
                 "{welcome:?}"
             );
+            if !report.is_empty() {
+                let batch = AgentMessage::Results { results: report };
+                ws.send(Message::text(batch.encode())).await.unwrap();
+                loop {
+                    match next(&mut ws).await {
+                        Some(ServerMessage::Ack { .. }) => break,
+                        Some(_) => continue,
+                        None => panic!("no ack"),
+                    }
+                }
+            }
             welcomed_tx.send(()).unwrap();
             loop {
                 let msg = tokio::select! {
@@ -191,6 +216,7 @@ impl Fleet {
                     unknown_perfdata: Vec::new(),
                     started_at_ms: 1,
                     duration_ms: 2,
+                    update_event: None,
                 };
                 let answer = AgentMessage::RpcResult {
                     id,
@@ -271,6 +297,52 @@ fn one_version_everywhere() {
     assert_eq!(status["stubs_by_version"], serde_json::json!({"0.2.0": 1}));
     let text = fleet.cli(&["release", "status", "--keys", keys]);
     assert!(text.contains("agents by version:\n  0.1.1 "), "{text}");
+}
+
+/// `release status` shows per channel which agents fail to take a build
+/// and why, from the update events agents reported.
+#[test]
+fn release_status_shows_agents_refusing_a_build_by_reason() {
+    let fleet = Fleet::start();
+    let refusal = |seq| CheckResult {
+        seq,
+        check: "outrider.update".into(),
+        state: CheckState::Warning,
+        summary: "refused 1.4.0".into(),
+        long_output: String::new(),
+        perfdata: Vec::new(),
+        started_at_ms: 1,
+        duration_ms: 0,
+        update_event: Some(Box::new(outrider_protocol::UpdateEvent {
+            id: 9,
+            kind: "refused".into(),
+            at_unix_ms: outrider_protocol::unix_now_ms(),
+            build_sha256: Some("ab".repeat(32)),
+            version: Some("1.4.0".into()),
+            to_sha256: None,
+            to_version: None,
+            reason: "hash mismatch: expected abab…, got 9f3c…".into(),
+        })),
+    };
+    let mut stops = Vec::new();
+    for seed in 1..=3 {
+        let name = format!("web-{seed}");
+        stops.push(fleet.agent_with(seed, &name, &[], Some("stable"), vec![refusal(1)]));
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let keys = keys.path().to_str().unwrap();
+    let text = fleet.cli(&["release", "status", "--keys", keys]);
+    assert!(
+        text.contains("  3 agents refuse 1.4.0: hash mismatch: expected abab…, got 9f3c…\n"),
+        "{text}"
+    );
+    assert!(text.contains("rollbacks in the last 24 h: 0"), "{text}");
+    let json = fleet.json(&["release", "status", "--keys", keys]);
+    let stable = &json["update_health"]["channels"][0];
+    assert_eq!(stable["channel"], "stable");
+    assert_eq!(stable["builds"][0]["version"], "0.1.1");
+    assert_eq!(stable["builds"][0]["agents"], 3);
+    assert_eq!(stable["failing"][0]["agents"], 3);
 }
 
 #[test]

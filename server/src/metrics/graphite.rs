@@ -327,6 +327,7 @@ mod tests {
             unknown_perfdata: Vec::new(),
             started_at_ms: 1_700_000_000_999,
             duration_ms: 1,
+            update_event: None,
         }
     }
 

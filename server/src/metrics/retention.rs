@@ -160,6 +160,7 @@ mod tests {
             unknown_perfdata: Vec::new(),
             started_at_ms: old + seq as i64,
             duration_ms: 1,
+            update_event: None,
         };
         store
             .ingest(&fp, vec![result(1, 1.0), result(2, 3.0)])

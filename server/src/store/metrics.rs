@@ -593,6 +593,7 @@ mod tests {
             unknown_perfdata: Vec::new(),
             started_at_ms,
             duration_ms: 1,
+            update_event: None,
         }
     }
 

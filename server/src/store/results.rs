@@ -192,6 +192,9 @@ fn ingest_tx(
             if inserted > 0 {
                 latest.execute(params![fp, r.check, seq])?;
                 out.samples += metrics::insert_points(&tx, cache, fp, &r)?;
+                if let Some(event) = &r.update_event {
+                    super::update_events::insert(&tx, fp, event, now)?;
+                }
                 out.stored.push(r);
             }
         }
@@ -235,6 +238,7 @@ mod tests {
             unknown_perfdata: Vec::new(),
             started_at_ms: 1_000 * seq as i64,
             duration_ms: 3,
+            update_event: None,
         }
     }
 

@@ -255,6 +255,7 @@ fn results() -> Vec<CheckResult> {
             }],
             started_at_ms: 1_700_000_000_000,
             duration_ms: 12,
+            update_event: None,
         },
         CheckResult {
             seq: 2,
@@ -265,6 +266,7 @@ fn results() -> Vec<CheckResult> {
             perfdata: Vec::new(),
             started_at_ms: 1_700_000_060_000,
             duration_ms: 9,
+            update_event: None,
         },
     ]
 }

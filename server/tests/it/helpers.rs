@@ -530,6 +530,7 @@ pub fn result(seq: u64, check: &str, state: CheckState, summary: &str) -> CheckR
         unknown_perfdata: Vec::new(),
         started_at_ms: 1_700_000_000_000 + seq as i64,
         duration_ms: 12,
+        update_event: None,
     }
 }
 

@@ -15,3 +15,4 @@ mod nudges;
 mod openapi;
 mod rpc;
 mod transport;
+mod update_health;
