@@ -47,6 +47,7 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
     layout.prepare()?;
     let signals = Signals::install()?;
     let mut state = state::StubState::load(&layout.state_json)?;
+    state.trust_root_version(root.root().version);
     // An unfinished stub trial (stub_update.rs, step 4) before anything else.
     let running = update::hash_file(std::path::Path::new("/proc/self/exe")).ok();
     if let stub_update::AtStart::Relaunch(program) =

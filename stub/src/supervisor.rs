@@ -98,6 +98,9 @@ pub struct Supervisor<'a> {
     last_state: Vec<u8>,
     /// Monotonic ms of the next update check.
     next_check_ms: u64,
+    /// The latest refusal queued (digits removed), so a refusal that
+    /// repeats at every check is reported once; cleared by a good check.
+    last_refusal: Option<String>,
     /// The newest event id offered to the running generation.
     events_offered_through: u64,
     /// A stop signal arrived while waiting inside an action.
@@ -143,6 +146,7 @@ impl<'a> Supervisor<'a> {
             last_state: Vec::new(),
             next_check_ms: 0,
             events_offered_through: 0,
+            last_refusal: None,
             stop_requested: false,
             retries: 0,
             exe_path,
@@ -361,6 +365,7 @@ impl<'a> Supervisor<'a> {
                 return Ok(());
             }
         };
+        self.last_refusal = None;
         if build.fresh {
             let first = self.state.next_event_id;
             self.state.push_event(
@@ -389,29 +394,29 @@ impl<'a> Supervisor<'a> {
     /// queued is not queued twice.
     fn record_refusal(&mut self, e: &StubError) {
         use outrider_update_client::UpdateError;
-        let StubError::Update(update) = e else {
-            return;
+        let build = match e {
+            StubError::RootRollback { .. } => None,
+            StubError::Update(update)
+                if !update.is_transient() && !matches!(update, UpdateError::NoManifest { .. }) =>
+            {
+                match update {
+                    UpdateError::HashMismatch { expected, .. } => Some(BuildRef {
+                        sha256: *expected,
+                        version: format!("sha256:{}", &expected.to_string()[..12]),
+                    }),
+                    _ => None,
+                }
+            }
+            _ => return,
         };
-        if update.is_transient() || matches!(update, UpdateError::NoManifest { .. }) {
-            return;
-        }
-        let reason = chain(update);
-        let build = match update {
-            UpdateError::HashMismatch { expected, .. } => Some(BuildRef {
-                sha256: *expected,
-                version: format!("sha256:{}", &expected.to_string()[..12]),
-            }),
-            _ => None,
-        };
+        let reason = chain(e);
         let kind = outrider_abi::update_events::KIND_REFUSED;
-        if self
-            .state
-            .update_events
-            .iter()
-            .any(|q| q.kind == kind && q.reason == reason)
-        {
+        // The same refusal again (times and sizes aside) is not news.
+        let key: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if self.last_refusal.as_ref() == Some(&key) {
             return;
         }
+        self.last_refusal = Some(key);
         let first = self.state.next_event_id;
         self.state.push_event(
             self.clock.now().unix_ms,

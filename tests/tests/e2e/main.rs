@@ -8,3 +8,4 @@ mod static_hosting;
 mod stub_trial;
 mod swap;
 mod tamper;
+mod trust;
