@@ -3,6 +3,7 @@
 
 mod fleet;
 mod install;
+mod outage;
 mod skeleton;
 mod static_hosting;
 mod stub_trial;

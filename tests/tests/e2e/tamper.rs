@@ -51,6 +51,23 @@ fn tampered_build_is_refused_with_a_hash_mismatch() {
     agent
         .proc
         .wait_for_log("hash mismatch for compressed build", secs(30));
+    // The refusal is queued, with the exact error, for the first library
+    // that runs to report (none can here: it stays in state.json).
+    let refused = outrider_tests::wait_until("a refused event", secs(10), || {
+        agent.state().and_then(|s| {
+            s["update_events"]
+                .as_array()?
+                .iter()
+                .find(|e| e["kind"] == "refused")
+                .cloned()
+        })
+    });
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("hash mismatch for compressed build: expected sha256"),
+        "{reason}"
+    );
+    assert!(refused["build_sha256"].is_string(), "{refused}");
     assert!(
         server.agents().is_empty(),
         "no agent ran, so none registered"
