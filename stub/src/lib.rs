@@ -72,7 +72,7 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
         }
     }
     state.save(&layout.state_json)?;
-    let updater = update::Updater::new(&config, layout, root);
+    let updater = Box::new(update::Updater::new(&config, layout, root));
     info!(pid = std::process::id(), channel = %config.channel, "outrider-agent stub starting");
     supervisor::Supervisor::new(layout, &signals, &lock, config, updater, state, running)
         .run(handover)

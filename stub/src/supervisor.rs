@@ -4,7 +4,8 @@
 //! Every decision (pass or fail probation, roll back where, swap or not) is
 //! made by the pure state machine in [`policy`]; this module is the shell
 //! that feeds it events (what the generation reported, what an update check
-//! offered, the time from a [`Clock`]) and executes its actions.
+//! offered, the time from a [`Clock`]; the update side behind
+//! [`Updates`]) and executes its actions.
 //!
 //! Swap, step by step (a crash at any step leaves a verified build to run):
 //! 1. the new build is verified and installed under `versions/` (update);
@@ -32,7 +33,7 @@ use crate::lock::InstanceLock;
 use crate::reexec::{Handover, exec_self};
 use crate::signals::{Signal, Signals};
 use crate::state::{BuildRef, NewEvent, Pending, StubState};
-use crate::update::{Build, Updater};
+use crate::update::{Build, Updates};
 use crate::{StubError, error::chain, stub_update};
 use policy::{Action, Event, Health, Limits, Now, Phase};
 
@@ -86,7 +87,7 @@ pub struct Supervisor<'a> {
     signals: &'a Signals,
     lock: &'a InstanceLock,
     config: StubConfig,
-    updater: Updater,
+    updater: Box<dyn Updates>,
     state: StubState,
     clock: Box<dyn Clock>,
     phase: Phase,
@@ -122,7 +123,7 @@ impl<'a> Supervisor<'a> {
         signals: &'a Signals,
         lock: &'a InstanceLock,
         config: StubConfig,
-        updater: Updater,
+        updater: Box<dyn Updates>,
         state: StubState,
         exe_sha256: Option<outrider_signing::Sha256>,
     ) -> Supervisor<'a> {
@@ -594,7 +595,7 @@ impl<'a> Supervisor<'a> {
         &mut self,
         manifest_sha256: Option<outrider_signing::Sha256>,
     ) -> Result<(), StubError> {
-        let Some(offer) = self.updater.stub_offer().cloned() else {
+        let Some(offer) = self.updater.stub_offer() else {
             return Ok(());
         };
         let (Some(exe), Some(running)) = (self.exe_path.clone(), self.exe_sha256) else {

@@ -66,6 +66,51 @@ fn wall_clock_unix() -> u64 {
     }
 }
 
+/// What the supervisor needs from the update side; [`Updater`] in the
+/// process, something else in a test of the shell.
+pub trait Updates: std::fmt::Debug {
+    /// See [`Updater::fetch_latest`].
+    fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError>;
+    /// See [`Updater::installed`].
+    fn installed(&self, sha256: &Sha256, version: Option<&str>) -> Option<Build>;
+    /// See [`Updater::stub_offer`].
+    fn stub_offer(&self) -> Option<outrider_signing::Artifact>;
+    /// See [`Updater::fetch_stub`].
+    fn fetch_stub(
+        &self,
+        artifact: &outrider_signing::Artifact,
+        dest: &Path,
+    ) -> Result<(), StubError>;
+    /// See [`Updater::reconfigure`].
+    fn reconfigure(&mut self, config: &StubConfig);
+}
+
+impl Updates for Updater {
+    fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError> {
+        Updater::fetch_latest(self, state)
+    }
+
+    fn installed(&self, sha256: &Sha256, version: Option<&str>) -> Option<Build> {
+        Updater::installed(self, sha256, version)
+    }
+
+    fn stub_offer(&self) -> Option<outrider_signing::Artifact> {
+        Updater::stub_offer(self).cloned()
+    }
+
+    fn fetch_stub(
+        &self,
+        artifact: &outrider_signing::Artifact,
+        dest: &Path,
+    ) -> Result<(), StubError> {
+        Updater::fetch_stub(self, artifact, dest)
+    }
+
+    fn reconfigure(&mut self, config: &StubConfig) {
+        Updater::reconfigure(self, config)
+    }
+}
+
 /// Talks to one update repository for one channel.
 #[derive(Debug)]
 pub struct Updater {
