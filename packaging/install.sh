@@ -257,6 +257,29 @@ set_layout() {
     record="$data_dir/install.record"
 }
 
+# trusted_root_version: the highest update root version this host already
+# trusts (its root.json, and the stub's record of every root it walked to
+# in state.json), or nothing on a fresh host.
+trusted_root_version() {
+    _best=''
+    if [ -f "$config_dir/root.json" ] &&
+        json_flatten "$config_dir/root.json" >"$tmp/old.flat" 2>/dev/null &&
+        printf '%s' "$(json_get "$tmp/old.flat" .payload)" | openssl base64 -d -A >"$tmp/old.payload" 2>/dev/null &&
+        json_flatten "$tmp/old.payload" >"$tmp/old.payload.flat" 2>/dev/null; then
+        _best=$(json_get "$tmp/old.payload.flat" .version)
+    fi
+    _seen=''
+    if [ -f "$data_dir/state.json" ] && json_flatten "$data_dir/state.json" >"$tmp/state.flat" 2>/dev/null; then
+        _seen=$(json_get "$tmp/state.flat" .root_version)
+    fi
+    case "$_best" in '' | *[!0-9]*) _best='' ;; esac
+    case "$_seen" in '' | *[!0-9]*) _seen='' ;; esac
+    if [ -n "$_seen" ] && { [ -z "$_best" ] || [ "$_seen" -gt "$_best" ]; }; then
+        _best=$_seen
+    fi
+    printf '%s' "$_best"
+}
+
 # Where the service managers live. OUTRIDER_TEST_SERVICE_ROOT moves the
 # three directories under a fake tree, so the end-to-end tests can check
 # the detection and the files written for every manager without touching
@@ -696,6 +719,14 @@ main() {
         "$(json_get "$tmp/root.payload.flat" .root_threshold)" root.json
     [ "$(json_get "$tmp/root.payload.flat" .expires_unix)" -gt "$now" ] ||
         die "the update root has expired; the server's operator must rotate it"
+    # The root version this host trusts never goes down: a re-run with an
+    # older root (a stale mirror, a replayed root.json) is refused.
+    root_version=$(json_get "$tmp/root.payload.flat" .version)
+    case "$root_version" in '' | *[!0-9]*) die "root.json has no valid version" ;; esac
+    trusted_version=$(trusted_root_version)
+    if [ -n "$trusted_version" ] && [ "$root_version" -lt "$trusted_version" ]; then
+        die "root.json from $server is version $root_version, older than version $trusted_version this host already trusts; nothing was installed"
+    fi
 
     # 2. The channel's manifest: signed by a threshold of unexpired release
     #    keys, for this channel, not expired.

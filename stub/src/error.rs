@@ -14,6 +14,14 @@ pub enum StubError {
         path: PathBuf,
         source: outrider_signing::Error,
     },
+    #[error(
+        "trusted root {path} is version {got}, older than version {trusted} this host trusted before; updates are refused until a root of version {trusted} or later is installed"
+    )]
+    RootRollback {
+        path: PathBuf,
+        trusted: u64,
+        got: u64,
+    },
     #[error("{action} {path}")]
     Io {
         action: &'static str,

@@ -47,6 +47,7 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
     layout.prepare()?;
     let signals = Signals::install()?;
     let mut state = state::StubState::load(&layout.state_json)?;
+    state.trust_root_version(root.root().version);
     // An unfinished stub trial (stub_update.rs, step 4) before anything else.
     let running = update::hash_file(std::path::Path::new("/proc/self/exe")).ok();
     if let stub_update::AtStart::Relaunch(program) =
@@ -71,7 +72,7 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
         }
     }
     state.save(&layout.state_json)?;
-    let updater = update::Updater::new(&config, layout, root);
+    let updater = Box::new(update::Updater::new(&config, layout, root));
     info!(pid = std::process::id(), channel = %config.channel, "outrider-agent stub starting");
     supervisor::Supervisor::new(layout, &signals, &lock, config, updater, state, running)
         .run(handover)

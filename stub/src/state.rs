@@ -15,7 +15,9 @@
 //! | `events` | read only: the rollback texts of stubs before update events, turned into `rolled_back` events on load |
 //! | `stub_trial` | a new stub binary on trial (see `stub_update.rs`) |
 //! | `stub_bad` | stub binaries refused, with the manifest that offered them |
-//! | `floor` | the newest manifest accepted (rollback/replay defence) |
+//! | `floors` | per channel, the newest manifest accepted (rollback/replay defence) |
+//! | `floor`, `floor_channel` | the current channel's floor, as stubs before `floors` wrote (and still read) it |
+//! | `root_version` | the highest root version ever trusted: never lowered |
 //! | `time_floor_unix`, `manifest_expires_unix` | the freeze-attack time floor |
 //!
 //! Written as temp file + fsync + rename, so a crash leaves the old or the
@@ -92,7 +94,16 @@ pub struct StubState {
     /// Stub binaries refused (self-test or trial failed), per manifest.
     #[serde(default)]
     pub stub_bad: Vec<BadBuild>,
-    /// The newest manifest accepted so far, of channel `floor_channel`.
+    /// Per channel, the newest manifest accepted: switching channels and
+    /// back keeps each channel's replay protection.
+    #[serde(default)]
+    pub floors: std::collections::BTreeMap<String, SequenceFloor>,
+    /// The highest root version ever trusted; a `root.json` below it was
+    /// rolled back on disk and is refused for updates.
+    #[serde(default)]
+    pub root_version: Option<u64>,
+    /// Mirror of `floors[floor_channel]`, kept for stubs that predate
+    /// `floors` (a reverted stub self-update runs one).
     #[serde(default)]
     pub floor: Option<SequenceFloor>,
     /// The channel `floor` belongs to: sequences are per channel, so an
@@ -204,6 +215,13 @@ impl StubState {
         if state.version != STATE_VERSION {
             return Err(corrupt(format!("unsupported version {}", state.version)));
         }
+        // Older stubs kept one channel's floor only.
+        if let (Some(channel), Some(floor)) = (&state.floor_channel, &state.floor) {
+            state
+                .floors
+                .entry(channel.clone())
+                .or_insert_with(|| floor.clone());
+        }
         // Older stubs only queued rollback texts: keep them, as events.
         for text in std::mem::take(&mut state.events) {
             state.push_event(
@@ -248,6 +266,23 @@ impl StubState {
         if self.bad.len() > MAX_BAD {
             self.bad.remove(0);
         }
+    }
+
+    /// The replay floor of `channel`.
+    pub fn floor_of(&self, channel: &str) -> Option<SequenceFloor> {
+        self.floors.get(channel).cloned()
+    }
+
+    /// Records the newest manifest accepted on `channel`.
+    pub fn raise_floor(&mut self, channel: &str, floor: SequenceFloor) {
+        self.floor = Some(floor.clone());
+        self.floor_channel = Some(channel.to_owned());
+        self.floors.insert(channel.to_owned(), floor);
+    }
+
+    /// Raises the highest trusted root version (never lowers it).
+    pub fn trust_root_version(&mut self, version: u64) {
+        self.root_version = Some(self.root_version.map_or(version, |v| v.max(version)));
     }
 
     /// Whether the stub binary `sha256` was refused under `manifest`.
@@ -392,6 +427,51 @@ mod tests {
             "converted, not kept twice: {text}"
         );
         assert_eq!(StubState::load(&path).unwrap().update_events.len(), 1);
+    }
+
+    #[test]
+    fn each_channel_keeps_its_floor_and_old_single_floors_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let floor = |n: u8| SequenceFloor {
+            sequence: u64::from(n),
+            payload_sha256: build(n).sha256,
+        };
+        std::fs::write(
+            &path,
+            serde_json::json!({"version": 1, "floor": floor(9), "floor_channel": "stable"})
+                .to_string(),
+        )
+        .unwrap();
+        let mut state = StubState::load(&path).unwrap();
+        assert_eq!(
+            state.floor_of("stable"),
+            Some(floor(9)),
+            "read from the old fields"
+        );
+        state.raise_floor("beta", floor(3));
+        assert_eq!(
+            state.floor_of("stable"),
+            Some(floor(9)),
+            "kept across a switch"
+        );
+        assert_eq!(state.floor_of("beta"), Some(floor(3)));
+        state.save(&path).unwrap();
+        let back = StubState::load(&path).unwrap();
+        assert_eq!(back.floor_of("stable"), Some(floor(9)));
+        // The old fields mirror the current channel for older stubs.
+        assert_eq!(back.floor_channel.as_deref(), Some("beta"));
+        assert_eq!(back.floor, Some(floor(3)));
+    }
+
+    #[test]
+    fn the_trusted_root_version_is_never_lowered() {
+        let mut state = StubState::default();
+        state.trust_root_version(3);
+        state.trust_root_version(2);
+        assert_eq!(state.root_version, Some(3));
+        state.trust_root_version(4);
+        assert_eq!(state.root_version, Some(4));
     }
 
     #[test]

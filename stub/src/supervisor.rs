@@ -4,7 +4,8 @@
 //! Every decision (pass or fail probation, roll back where, swap or not) is
 //! made by the pure state machine in [`policy`]; this module is the shell
 //! that feeds it events (what the generation reported, what an update check
-//! offered, the time from a [`Clock`]) and executes its actions.
+//! offered, the time from a [`Clock`]; the update side behind
+//! [`Updates`]) and executes its actions.
 //!
 //! Swap, step by step (a crash at any step leaves a verified build to run):
 //! 1. the new build is verified and installed under `versions/` (update);
@@ -32,7 +33,7 @@ use crate::lock::InstanceLock;
 use crate::reexec::{Handover, exec_self};
 use crate::signals::{Signal, Signals};
 use crate::state::{BuildRef, NewEvent, Pending, StubState};
-use crate::update::{Build, Updater};
+use crate::update::{Build, Updates};
 use crate::{StubError, error::chain, stub_update};
 use policy::{Action, Event, Health, Limits, Now, Phase};
 
@@ -86,7 +87,7 @@ pub struct Supervisor<'a> {
     signals: &'a Signals,
     lock: &'a InstanceLock,
     config: StubConfig,
-    updater: Updater,
+    updater: Box<dyn Updates>,
     state: StubState,
     clock: Box<dyn Clock>,
     phase: Phase,
@@ -98,6 +99,9 @@ pub struct Supervisor<'a> {
     last_state: Vec<u8>,
     /// Monotonic ms of the next update check.
     next_check_ms: u64,
+    /// The latest refusal queued (digits removed), so a refusal that
+    /// repeats at every check is reported once; cleared by a good check.
+    last_refusal: Option<String>,
     /// The newest event id offered to the running generation.
     events_offered_through: u64,
     /// A stop signal arrived while waiting inside an action.
@@ -119,7 +123,7 @@ impl<'a> Supervisor<'a> {
         signals: &'a Signals,
         lock: &'a InstanceLock,
         config: StubConfig,
-        updater: Updater,
+        updater: Box<dyn Updates>,
         state: StubState,
         exe_sha256: Option<outrider_signing::Sha256>,
     ) -> Supervisor<'a> {
@@ -143,6 +147,7 @@ impl<'a> Supervisor<'a> {
             last_state: Vec::new(),
             next_check_ms: 0,
             events_offered_through: 0,
+            last_refusal: None,
             stop_requested: false,
             retries: 0,
             exe_path,
@@ -361,6 +366,7 @@ impl<'a> Supervisor<'a> {
                 return Ok(());
             }
         };
+        self.last_refusal = None;
         if build.fresh {
             let first = self.state.next_event_id;
             self.state.push_event(
@@ -389,29 +395,29 @@ impl<'a> Supervisor<'a> {
     /// queued is not queued twice.
     fn record_refusal(&mut self, e: &StubError) {
         use outrider_update_client::UpdateError;
-        let StubError::Update(update) = e else {
-            return;
+        let build = match e {
+            StubError::RootRollback { .. } => None,
+            StubError::Update(update)
+                if !update.is_transient() && !matches!(update, UpdateError::NoManifest { .. }) =>
+            {
+                match update {
+                    UpdateError::HashMismatch { expected, .. } => Some(BuildRef {
+                        sha256: *expected,
+                        version: format!("sha256:{}", &expected.to_string()[..12]),
+                    }),
+                    _ => None,
+                }
+            }
+            _ => return,
         };
-        if update.is_transient() || matches!(update, UpdateError::NoManifest { .. }) {
-            return;
-        }
-        let reason = chain(update);
-        let build = match update {
-            UpdateError::HashMismatch { expected, .. } => Some(BuildRef {
-                sha256: *expected,
-                version: format!("sha256:{}", &expected.to_string()[..12]),
-            }),
-            _ => None,
-        };
+        let reason = chain(e);
         let kind = outrider_abi::update_events::KIND_REFUSED;
-        if self
-            .state
-            .update_events
-            .iter()
-            .any(|q| q.kind == kind && q.reason == reason)
-        {
+        // The same refusal again (times and sizes aside) is not news.
+        let key: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if self.last_refusal.as_ref() == Some(&key) {
             return;
         }
+        self.last_refusal = Some(key);
         let first = self.state.next_event_id;
         self.state.push_event(
             self.clock.now().unix_ms,
@@ -589,7 +595,7 @@ impl<'a> Supervisor<'a> {
         &mut self,
         manifest_sha256: Option<outrider_signing::Sha256>,
     ) -> Result<(), StubError> {
-        let Some(offer) = self.updater.stub_offer().cloned() else {
+        let Some(offer) = self.updater.stub_offer() else {
             return Ok(());
         };
         let (Some(exe), Some(running)) = (self.exe_path.clone(), self.exe_sha256) else {

@@ -37,15 +37,78 @@ pub struct Build {
     pub fresh: bool,
 }
 
-/// Reads the trusted root the installer (or an earlier chain walk) wrote.
+/// Reads the trusted root the installer (or an earlier chain walk) wrote,
+/// checking its signatures but not its expiry: an expired root, or a clock
+/// that makes it look expired, must never stop the installed build from
+/// running. Expiry is checked by every update check (the end of the root
+/// walk, `Root(Expired)`), which then refuses the update and says so.
 pub fn load_root(path: &Path) -> Result<TrustedRoot, StubError> {
     let bytes = std::fs::read(path).map_err(StubError::io("reading trusted root", path))?;
-    TrustedRoot::from_bytes_self_signed(&bytes, outrider_signing::now_unix()).map_err(|source| {
-        StubError::Root {
-            path: path.to_owned(),
-            source,
-        }
+    // Time 0: before any expiry, so only the signature checks apply.
+    TrustedRoot::from_bytes_self_signed(&bytes, 0).map_err(|source| StubError::Root {
+        path: path.to_owned(),
+        source,
     })
+}
+
+/// The stub's idea of now for update checks: the wall clock, shifted by
+/// `OUTRIDER_STUB_CLOCK_SKEW_SECS` (signed seconds) when set. The variable
+/// is the e2e tests' way to run a stub with a skewed clock; unset in
+/// production, where it costs one environment lookup per check.
+fn wall_clock_unix() -> u64 {
+    let now = outrider_signing::now_unix();
+    match std::env::var("OUTRIDER_STUB_CLOCK_SKEW_SECS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        Some(skew) => now.saturating_add_signed(skew),
+        None => now,
+    }
+}
+
+/// What the supervisor needs from the update side; [`Updater`] in the
+/// process, something else in a test of the shell.
+pub trait Updates: std::fmt::Debug {
+    /// See [`Updater::fetch_latest`].
+    fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError>;
+    /// See [`Updater::installed`].
+    fn installed(&self, sha256: &Sha256, version: Option<&str>) -> Option<Build>;
+    /// See [`Updater::stub_offer`].
+    fn stub_offer(&self) -> Option<outrider_signing::Artifact>;
+    /// See [`Updater::fetch_stub`].
+    fn fetch_stub(
+        &self,
+        artifact: &outrider_signing::Artifact,
+        dest: &Path,
+    ) -> Result<(), StubError>;
+    /// See [`Updater::reconfigure`].
+    fn reconfigure(&mut self, config: &StubConfig);
+}
+
+impl Updates for Updater {
+    fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError> {
+        Updater::fetch_latest(self, state)
+    }
+
+    fn installed(&self, sha256: &Sha256, version: Option<&str>) -> Option<Build> {
+        Updater::installed(self, sha256, version)
+    }
+
+    fn stub_offer(&self) -> Option<outrider_signing::Artifact> {
+        Updater::stub_offer(self).cloned()
+    }
+
+    fn fetch_stub(
+        &self,
+        artifact: &outrider_signing::Artifact,
+        dest: &Path,
+    ) -> Result<(), StubError> {
+        Updater::fetch_stub(self, artifact, dest)
+    }
+
+    fn reconfigure(&mut self, config: &StubConfig) {
+        Updater::reconfigure(self, config)
+    }
 }
 
 /// Talks to one update repository for one channel.
@@ -81,10 +144,7 @@ impl Updater {
     /// first if needed. Raises `state.floor` to the accepted manifest and
     /// records the build in `state` (the caller persists it).
     pub fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError> {
-        let now = outrider_update_client::trusted_now(
-            outrider_signing::now_unix(),
-            state.time_floor_unix,
-        );
+        let now = outrider_update_client::trusted_now(wall_clock_unix(), state.time_floor_unix);
         let result = self.check(state, now);
         state.time_floor_unix = outrider_update_client::next_time_floor(
             state.time_floor_unix,
@@ -96,22 +156,28 @@ impl Updater {
 
     /// The body of [`Updater::fetch_latest`], at trusted time `now`.
     fn check(&mut self, state: &mut StubState, now: u64) -> Result<Build, StubError> {
-        // Step 1: root chain.
+        // Step 1: root chain, never below the highest root ever trusted
+        // (a root.json put back on disk does not lower the bar).
+        let trusted = state.root_version.unwrap_or(0);
+        if self.root.root().version < trusted {
+            return Err(StubError::RootRollback {
+                path: self.layout.root_json.clone(),
+                trusted,
+                got: self.root.root().version,
+            });
+        }
         let root = self.client.refresh_root(&self.root, now)?;
         if root.root().version != self.root.root().version {
             write_atomic(&self.layout.root_json, root.envelope_bytes())?;
             info!(version = root.root().version, "trusted update root rotated");
             self.root = root;
         }
-        // Step 2: manifest (the sequence floor is per channel).
-        if state.floor_channel.as_deref() != Some(self.channel.as_str()) {
-            state.floor = None;
-        }
-        let manifest = self
-            .client
-            .fetch_manifest(&self.root, state.floor.clone(), now)?;
-        state.floor_channel = Some(self.channel.to_string());
-        state.floor = Some(manifest.floor());
+        state.trust_root_version(self.root.root().version);
+        // Step 2: manifest, against this channel's own sequence floor.
+        let manifest =
+            self.client
+                .fetch_manifest(&self.root, state.floor_of(self.channel.as_str()), now)?;
+        state.raise_floor(self.channel.as_str(), manifest.floor());
         state.manifest_expires_unix = Some(manifest.manifest.expires_unix);
         self.stub_offer = manifest
             .manifest
@@ -310,6 +376,97 @@ pub(crate) fn hash_file(path: &Path) -> std::io::Result<Sha256> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outrider_signing::{KeyPair, KeyRole, make_root};
+
+    /// A stub prefix whose `root.json` is a root of `version` expiring at
+    /// `expires_unix`, and whose `agent.toml` points at `server_url`.
+    fn prefix(version: u64, expires_unix: u64, server_url: &str) -> (tempfile::TempDir, Layout) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::under_prefix(dir.path());
+        layout.prepare().unwrap();
+        let root_key = KeyPair::generate(KeyRole::Root).unwrap();
+        let release_key = KeyPair::generate(KeyRole::Release).unwrap();
+        let root = make_root(
+            &[&root_key],
+            &[(&release_key, expires_unix)],
+            1,
+            version,
+            expires_unix,
+        )
+        .unwrap();
+        std::fs::create_dir_all(layout.root_json.parent().unwrap()).unwrap();
+        std::fs::write(&layout.root_json, root.to_bytes()).unwrap();
+        std::fs::write(
+            &layout.agent_toml,
+            format!("server_url = \"{server_url}\"\n"),
+        )
+        .unwrap();
+        (dir, layout)
+    }
+
+    /// An HTTP server on loopback that answers 404 to everything: a
+    /// repository that has no newer root (and nothing else).
+    fn empty_repository() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(16) {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut buf);
+                let _ = std::io::Write::write_all(
+                    &mut stream,
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn an_expired_root_still_loads_and_updates_are_refused_as_expired() {
+        let url = empty_repository();
+        let (_dir, layout) = prefix(1, 1_000, &url);
+        // The installed build can run: the root loads despite its expiry.
+        let root = load_root(&layout.root_json).expect("an expired root still loads");
+        let config = StubConfig::load(&layout.agent_toml).unwrap();
+        let mut updater = Updater::new(&config, &layout, root);
+        let mut state = StubState::default();
+        // But no update is taken under it, with exactly that error.
+        let err = updater.fetch_latest(&mut state).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StubError::Update(outrider_update_client::UpdateError::Root(
+                    outrider_signing::Error::Expired { what: "root", .. }
+                ))
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_root_older_than_one_trusted_before_is_refused_for_updates() {
+        let (_dir, layout) = prefix(1, u64::MAX / 2, "http://127.0.0.1:9");
+        let root = load_root(&layout.root_json).unwrap();
+        let config = StubConfig::load(&layout.agent_toml).unwrap();
+        let mut updater = Updater::new(&config, &layout, root);
+        let mut state = StubState::default();
+        state.trust_root_version(5);
+        let err = updater.fetch_latest(&mut state).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StubError::RootRollback {
+                    trusted: 5,
+                    got: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(state.root_version, Some(5), "never lowered");
+    }
 
     #[test]
     fn fingerprint_matches_the_agent_definition() {

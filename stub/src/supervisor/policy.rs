@@ -1,5 +1,5 @@
 //! The supervisor's decisions, as a pure state machine (DESIGN.md §4):
-//! [`step`] takes the current [`Phase`], the persisted [`StubState`], the
+//! [`step`] takes the current [`Phase`], the persisted `StubState`, the
 //! time ([`Now`], read by the shell's clock) and one [`Event`], changes both
 //! as plain data (including the update events it queues in the state) and
 //! returns the [`Action`]s the shell (`supervisor.rs`) must execute. No I/O,

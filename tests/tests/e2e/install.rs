@@ -405,3 +405,38 @@ fn uninstall_from_a_prefix_that_existed_keeps_what_was_there() {
         "only the installer's own files are removed"
     );
 }
+
+#[test]
+fn a_rerun_with_a_root_older_than_the_host_trusts_is_refused() {
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+    let install = Install::new();
+    let mut args = install_args(&install, &root, "web");
+    args.push("--no-service");
+    let out = run_installer(&server, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root_json = install.prefix.join("etc/root.json");
+    let before = std::fs::read(&root_json).unwrap();
+
+    // The stub has since walked the root chain to version 7 (state.json
+    // records the highest root it ever trusted); the server still serves 1.
+    std::fs::write(
+        install.prefix.join("state.json"),
+        r#"{"version": 1, "root_version": 7}"#,
+    )
+    .unwrap();
+    let out = run_installer(&server, &args);
+    assert!(
+        !out.status.success(),
+        "an older root must be refused: {}",
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("root.json from")
+            && err.contains("is version 1, older than version 7 this host already trusts")
+            && err.contains("nothing was installed"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&root_json).unwrap(), before, "kept");
+}

@@ -3,6 +3,7 @@
 
 mod fleet;
 mod install;
+mod outage;
 mod portable;
 mod services;
 mod skeleton;
@@ -10,3 +11,4 @@ mod static_hosting;
 mod stub_trial;
 mod swap;
 mod tamper;
+mod trust;

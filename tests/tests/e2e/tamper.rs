@@ -51,6 +51,23 @@ fn tampered_build_is_refused_with_a_hash_mismatch() {
     agent
         .proc
         .wait_for_log("hash mismatch for compressed build", secs(30));
+    // The refusal is queued, with the exact error, for the first library
+    // that runs to report (none can here: it stays in state.json).
+    let refused = outrider_tests::wait_until("a refused event", secs(10), || {
+        agent.state().and_then(|s| {
+            s["update_events"]
+                .as_array()?
+                .iter()
+                .find(|e| e["kind"] == "refused")
+                .cloned()
+        })
+    });
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("hash mismatch for compressed build: expected sha256"),
+        "{reason}"
+    );
+    assert!(refused["build_sha256"].is_string(), "{refused}");
     assert!(
         server.agents().is_empty(),
         "no agent ran, so none registered"
@@ -98,4 +115,52 @@ fn tampered_manifest_is_refused_with_a_bad_signature() {
     agent.proc.wait_for_log("manifest refused", secs(30));
     agent.proc.wait_for_log("does not verify", secs(5));
     assert_nothing_loaded(agent);
+}
+
+#[test]
+fn a_tampered_update_is_refused_and_the_running_library_is_told_exactly_why() {
+    use crate::swap::{Setup, taken_events, wait_current};
+    let setup = Setup::new();
+    let fleet = setup.channel("tamper-events");
+    let agent = fleet.agent();
+    wait_current(&agent, "v1");
+    // Frozen while v2 is published and its blobs (full build and deltas)
+    // are tampered with, so it never sees the genuine bytes.
+    agent.proc.signal(libc::SIGSTOP);
+    let blobs = setup.server.data_dir().join("releases/blobs");
+    let before: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let v2 = fleet.publish("healthy", "v2");
+    for entry in std::fs::read_dir(&blobs).unwrap().flatten() {
+        let path = entry.path();
+        if before.contains(&path) || path.file_name().unwrap().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    agent.proc.signal(libc::SIGCONT);
+    let refused = outrider_tests::wait_until("v1 told of the refusal", secs(30), || {
+        taken_events(&agent)
+            .into_iter()
+            .find(|e| e["kind"] == "refused")
+    });
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("hash mismatch for compressed build: expected sha256"),
+        "{reason}"
+    );
+    // v1 keeps running; v2 never ran.
+    std::thread::sleep(secs(2));
+    assert_eq!(agent.state().unwrap()["current"]["version"], "v1");
+    assert!(!agent.proc.log().contains("testlib v2 started"));
+    assert!(
+        !agent.installed_versions().contains(&v2),
+        "nothing installed"
+    );
 }

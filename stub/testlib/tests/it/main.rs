@@ -180,7 +180,11 @@ fn healthy_reports_health_beats_and_hands_back_state() {
     assert!(out.heartbeats.len() >= 3 && out.heartbeats.iter().all(|t| t == "v1"));
     assert_eq!(
         *out.recorder.logs.lock().unwrap(),
-        ["testlib v1 started with state 0"]
+        [
+            "testlib v1 started with state 0",
+            // This host passes no host JSON, so no `events` list either.
+            "testlib v1 host events null"
+        ]
     );
 
     // A second, distinct build continues from the handed-over state.
