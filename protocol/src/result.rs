@@ -229,6 +229,7 @@ mod tests {
             }],
             started_at_ms: 1,
             duration_ms: 2,
+            update_event: None,
         };
         let json = serde_json::to_value(&result).unwrap();
         for p in json["perfdata"].as_array().unwrap() {

@@ -313,6 +313,7 @@ fn release_status_shows_agents_refusing_a_build_by_reason() {
         perfdata: Vec::new(),
         started_at_ms: 1,
         duration_ms: 0,
+        unknown_perfdata: Vec::new(),
         update_event: Some(Box::new(outrider_protocol::UpdateEvent {
             id: 9,
             kind: "refused".into(),

@@ -221,6 +221,7 @@ mod tests {
                 summary: format!("event {i}"),
                 long_output: String::new(),
                 perfdata: Vec::new(),
+                unknown_perfdata: Vec::new(),
                 started_at_ms: 1,
                 duration_ms: 0,
                 update_event: Some(Box::new(UpdateEvent {

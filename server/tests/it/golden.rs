@@ -255,6 +255,7 @@ fn results() -> Vec<CheckResult> {
             }],
             started_at_ms: 1_700_000_000_000,
             duration_ms: 12,
+            unknown_perfdata: Vec::new(),
             update_event: None,
         },
         CheckResult {
@@ -266,6 +267,7 @@ fn results() -> Vec<CheckResult> {
             perfdata: Vec::new(),
             started_at_ms: 1_700_000_060_000,
             duration_ms: 9,
+            unknown_perfdata: Vec::new(),
             update_event: None,
         },
     ]
