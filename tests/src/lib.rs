@@ -159,13 +159,22 @@ pub struct TestServer {
     pub url: String,
     pub admin_token: String,
     pub proc: Proc,
+    /// Flags beyond the defaults, given again on a restart.
+    extra: Vec<String>,
 }
 
 impl TestServer {
     /// Starts a server on an ephemeral loopback port and waits until it listens.
     pub fn start() -> TestServer {
+        TestServer::start_args(&[])
+    }
+
+    /// Like [`TestServer::start`], with more command-line flags (kept for
+    /// [`TestServer::restart`]).
+    pub fn start_args(extra: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (proc, addr) = spawn_server(dir.path(), "127.0.0.1:0", "server.log");
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        let (proc, addr) = spawn_server(dir.path(), "127.0.0.1:0", "server.log", &extra);
         let admin_token = std::fs::read_to_string(dir.path().join("data/admin.token"))
             .expect("admin token")
             .trim()
@@ -175,6 +184,7 @@ impl TestServer {
             admin_token,
             proc,
             dir,
+            extra,
         }
     }
 
@@ -190,7 +200,7 @@ impl TestServer {
         self.kill();
         let addr = self.url.trim_start_matches("http://").to_owned();
         let log = format!("server.{}.log", self.proc.child.id());
-        let (proc, _) = spawn_server(self.dir.path(), &addr, &log);
+        let (proc, _) = spawn_server(self.dir.path(), &addr, &log, &self.extra);
         self.proc = proc;
     }
 
@@ -457,7 +467,7 @@ impl TestAgent {
 
 /// Starts `outrider-server` with its data in `dir/data`, listening on
 /// `listen`, and waits for its ready file; returns it and the bound address.
-fn spawn_server(dir: &Path, listen: &str, log: &str) -> (Proc, String) {
+fn spawn_server(dir: &Path, listen: &str, log: &str, extra: &[String]) -> (Proc, String) {
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     let mut cmd = Command::new(bin_dir().join("outrider-server"));
@@ -466,6 +476,7 @@ fn spawn_server(dir: &Path, listen: &str, log: &str) -> (Proc, String) {
         .args(["--listen", listen, "--enrollment-token", ENROLLMENT_TOKEN])
         .arg("--ready-file")
         .arg(&ready)
+        .args(extra)
         .env("RUST_LOG", "info");
     let proc = Proc::spawn(cmd, dir.join(log));
     let addr = wait_until("server ready file", secs(20), || {

@@ -12,3 +12,4 @@ mod stub_trial;
 mod swap;
 mod tamper;
 mod trust;
+mod update_health;
