@@ -118,8 +118,15 @@ fn published_build_registers_reports_and_deregisters_on_sigterm() {
         checks.contains("queue") && checks.contains("WARNING") && checks.contains("queue=17"),
         "{checks}"
     );
+    // Other rows (the stub's `outrider.update` events) may come first.
     let json: Value = serde_json::from_str(&server.cli(&["--json", "checks"])).unwrap();
-    assert_eq!(json[0]["perfdata"][1]["label"], "wait time");
+    let queue = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["check"] == "queue")
+        .unwrap_or_else(|| panic!("no queue row: {json}"));
+    assert_eq!(queue["perfdata"][1]["label"], "wait time");
 
     // SIGTERM: clean stop, exit 0, goodbye → deregistered (not down).
     agent.proc.signal(libc::SIGTERM);
