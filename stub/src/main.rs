@@ -27,12 +27,17 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (see the module's note on why).
+    let tuned = outrider_agent_stub::memory::tune();
     let cli = Cli::parse();
     let layout = match cli.prefix {
         Some(prefix) => Layout::under_prefix(&prefix),
         None => Layout::system(),
     };
     init_logging(&layout);
+    if !tuned {
+        tracing::warn!("glibc refused the allocator settings; idle memory may grow after swaps");
+    }
     match outrider_agent_stub::run(&layout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
