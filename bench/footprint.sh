@@ -17,9 +17,17 @@
 # agent → plugin → back) and `check_nrpe -H 127.0.0.1 -p PORT -c check_load`
 # (TLS to nrpe → plugin → back). SAMPLES of each, interleaved; p50 / p99 / max.
 #
+# The stub looks for updates every 10 s (update_interval_secs), so the
+# swaps below are picked up without waiting; the default is 15 min.
+#
+# Swaps: then SWAPS hot swaps (the release library with a different trailer
+# appended each time, published as b2, b3, ...; each waited for until
+# state.json says it is current), and the stub's figures after each, since
+# idle memory used to grow with every swap.
+#
 # Usage:   bench/footprint.sh
 # Env:     SKIP_BUILD=1 (use target/release as it is), WARMUP_SECS=60,
-#          SAMPLES=30, WORK=/tmp/outrider-footprint-bench (wiped at start)
+#          SAMPLES=30, SWAPS=3, WORK=/tmp/outrider-footprint-bench (wiped at start)
 # Needs:   collectd-core zabbix-agent prometheus-node-exporter
 #          nagios-nrpe-server nagios-nrpe-plugin monitoring-plugins-basic
 #          (apt-get install; their services need not run: each is started here
@@ -30,12 +38,13 @@ set -u
 
 WARMUP_SECS=${WARMUP_SECS:-60}
 SAMPLES=${SAMPLES:-30}
+SWAPS=${SWAPS:-3}
 WORK=${WORK:-/tmp/outrider-footprint-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN="$ROOT/target/release"
 TOKEN=bench-enrollment-token
 PLUGINS=/usr/lib/nagios/plugins
-LOAD_ARGS="-w 5,5,5 -c 10,10,10"
+LOAD_ARGS="-w 1000,1000,1000 -c 2000,2000,2000"
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
@@ -51,9 +60,20 @@ stop_all() {
     done
 }
 
-# free_port: a loopback TCP port nobody listens on now.
+# free_port: a loopback TCP port nobody listens on now, below 32768
+# (zabbix_agentd refuses higher ones).
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 -c '
+import random, socket
+for port in random.sample(range(20000, 32000), 200):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(port)
+    break
+'
 }
 
 # pids_of PID: PID and its descendants.
@@ -148,9 +168,10 @@ nrpe_group=nagios
 allowed_hosts=127.0.0.1
 dont_blame_nrpe=0
 command_timeout=60
+log_file=$WORK/nrpe.log
 command[check_load]=$PLUGINS/check_load $LOAD_ARGS
 EOF
-    nrpe -c "$WORK/nrpe.cfg" -f >"$WORK/nrpe.log" 2>&1 &
+    nrpe -c "$WORK/nrpe.cfg" -f >"$WORK/nrpe.out" 2>&1 &
     NRPE_PID=$!
     OTHER_PIDS="$OTHER_PIDS $NRPE_PID"
 }
@@ -197,7 +218,7 @@ main() {
         die "checks add load failed"
     cli release publish --channel bench --keys "$WORK/keys" --version b1 --deltas 0 \
         "$BIN/liboutrider_agent.so" >"$WORK/publish.log" 2>&1 || die "publish failed"
-    start_stub ""
+    start_stub "update_interval_secs = 10"
     wait_for "b1 to be current" 120 current_is b1
     wait_for "a result of check load" 60 sh -c "[ \"\$(sqlite3 '$DB' \"SELECT COUNT(*) FROM results WHERE check_name = 'load'\")\" -gt 0 ]"
     AGENT_FP=$(cli --json agents | jq -r '.[0].fingerprint')
@@ -238,7 +259,22 @@ main() {
             die "check_nrpe failed"
         i=$((i + 1))
     done
-    plain=$( (cd "$WORK" && for _ in 1 2 3 4 5 6 7 8 9 10; do time_ms "$PLUGINS/check_load" -w 5,5,5 -c 10,10,10; done) | sort -n | head -1)
+    STUB_AFTER_RUNS=$(proc_figures)
+    log "$SWAPS hot swaps"
+    mkdir -p "$WORK/libs"
+    : >"$WORK/swaps.txt"
+    s=2
+    while [ $s -le $((SWAPS + 1)) ]; do
+        cp "$BIN/liboutrider_agent.so" "$WORK/libs/b$s.so"
+        printf 'outrider-bench-footprint build %s\n' "$s" >>"$WORK/libs/b$s.so"
+        cli release publish --channel bench --keys "$WORK/keys" --version "b$s" --deltas 0 \
+            "$WORK/libs/b$s.so" >>"$WORK/publish.log" 2>&1 || die "publish b$s failed"
+        wait_for "b$s to be current" 180 current_is "b$s"
+        sleep 10 # the new generation settles (connects, runs its checks)
+        echo "after swap to b$s: $(proc_figures)" >>"$WORK/swaps.txt"
+        s=$((s + 1))
+    done
+    plain=$( (cd "$WORK" && for _ in 1 2 3 4 5 6 7 8 9 10; do time_ms "$PLUGINS/check_load" -w 1000,1000,1000 -c 2000,2000,2000; done) | sort -n | head -1)
     cat <<EOF
 
 == outrider footprint benchmark, $(date -u +%Y-%m-%d) ==
@@ -248,7 +284,8 @@ run-now, ms (wall time of the command, process start included):
   outrider run <agent> load   p50=$(pct "$WORK/lat-outrider.txt" 0.5) p99=$(pct "$WORK/lat-outrider.txt" 0.99) max=$(pct "$WORK/lat-outrider.txt" 1) n=$(wc -l <"$WORK/lat-outrider.txt")
   check_nrpe -c check_load    p50=$(pct "$WORK/lat-nrpe.txt" 0.5) p99=$(pct "$WORK/lat-nrpe.txt" 0.99) max=$(pct "$WORK/lat-nrpe.txt" 1) n=$(wc -l <"$WORK/lat-nrpe.txt")
   check_load alone (fastest of 10): ${plain} ms
-stub after the run: $(proc_figures)
+stub after the run-now samples, before the swaps: $STUB_AFTER_RUNS
+$(cat "$WORK/swaps.txt")
 EOF
 }
 
