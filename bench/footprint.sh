@@ -227,7 +227,7 @@ main() {
     start_zabbix
     start_node_exporter
     start_nrpe
-    wait_for "nrpe to answer" 30 "$PLUGINS/check_nrpe" -H 127.0.0.1 -p "$NRPE_PORT" -c check_load
+    wait_for "nrpe to answer" 30 sh -c "'$PLUGINS/check_nrpe' -H 127.0.0.1 -p $NRPE_PORT -c check_load >/dev/null 2>&1"
     wait_for "node exporter to answer" 30 curl -fs -o /dev/null "http://127.0.0.1:$NODE_PORT/metrics"
     log "all agents running; warm-up ${WARMUP_SECS}s"
     sleep "$WARMUP_SECS"
