@@ -57,6 +57,11 @@ use crate::scheduler::Scheduler;
 use crate::state::ConnectionState;
 use saved::SavedConnection;
 
+/// Read buffer (allocated up front) and write batching target of the
+/// websocket, instead of tungstenite's 128 KiB each: the agent's frames are
+/// a few KiB, and a larger message still arrives whole (the buffer only sets
+/// the read size).
+const WS_BUFFER_BYTES: usize = 16 * 1024;
 /// Time allowed per address for TCP connect, TLS and the websocket upgrade.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for each handshake message from the server.
@@ -562,6 +567,8 @@ impl<'a> Connection<'a> {
             Transport::Plain => Connector::Plain,
         };
         let config = WebSocketConfig::default()
+            .read_buffer_size(WS_BUFFER_BYTES)
+            .write_buffer_size(WS_BUFFER_BYTES)
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
         let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(

@@ -19,6 +19,7 @@ mod error;
 pub mod generation;
 mod layout;
 mod lock;
+pub mod memory;
 mod reexec;
 mod signals;
 mod state;

@@ -32,6 +32,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (see the module's note on why).
+    let tuned = outrider_agent_stub::memory::tune();
     let cli = Cli::parse();
     if cli.self_test {
         println!("{}", outrider_agent_stub::stub_update::self_test_line());
@@ -42,6 +44,9 @@ fn main() -> ExitCode {
         None => Layout::system(),
     };
     init_logging(&layout);
+    if !tuned {
+        tracing::warn!("glibc refused the allocator settings; idle memory may grow after swaps");
+    }
     match outrider_agent_stub::run(&layout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
