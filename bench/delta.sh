@@ -32,10 +32,13 @@ die() { echo "delta.sh: $*" >&2; exit 1; }
 
 # checkout REV: a fresh copy of commit REV in $BENCH_DIR/src, with this
 # checkout's build script and profiles (older commits may predate them).
+# `tar -m`: files get the current time, not the commit's; with the commit's
+# time cargo would take an older commit's files as unchanged and rebuild
+# nothing.
 checkout() {
     src="$BENCH_DIR/src"
     { rm -rf "$src" && mkdir -p "$src"; } || die "cannot create $src"
-    (cd "$REPO" && git archive "$1") | tar -x -C "$src" || die "git archive $1 failed"
+    (cd "$REPO" && git archive "$1") | tar -x -m -C "$src" || die "git archive $1 failed"
     cp "$REPO/packaging/build" "$src/packaging/build" || die "cannot copy packaging/build"
     sed -i '/^\[profile\./,$d' "$src/Cargo.toml"
     sed -n '/^\[profile\./,$p' "$REPO/Cargo.toml" >> "$src/Cargo.toml"
