@@ -29,13 +29,49 @@ const HIGH_CURVE: f64 = 1.25;
 
 /// Persisted flap state of one subject.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Stored", into = "Stored")]
 pub struct Flap {
     /// The last [`HISTORY`] recorded states, oldest first.
     history: VecDeque<Status>,
     /// Whether the subject is flapping now.
     pub flapping: bool,
-    /// The latest percent state change.
+    /// The latest percent state change (derived from the history).
     pub percent: f64,
+}
+
+/// What is stored of a [`Flap`]: the history as one letter per state
+/// ("OOWCC…", to keep the state small) and the flapping flag; the
+/// percentage is recomputed when loaded.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(with = "letters")]
+    history: VecDeque<Status>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    flapping: bool,
+}
+
+impl From<Stored> for Flap {
+    fn from(s: Stored) -> Flap {
+        if s.history.len() != HISTORY {
+            // Hand-edited or foreign: the percentages assume 21 entries.
+            return Flap::default();
+        }
+        let percent = percent_state_change(&Vec::from(s.history.clone()));
+        Flap {
+            history: s.history,
+            flapping: s.flapping,
+            percent,
+        }
+    }
+}
+
+impl From<Flap> for Stored {
+    fn from(f: Flap) -> Stored {
+        Stored {
+            history: f.history,
+            flapping: f.flapping,
+        }
+    }
 }
 
 impl Default for Flap {
@@ -51,11 +87,6 @@ impl Default for Flap {
 impl Flap {
     /// Records one state and re-decides flapping; returns the flapping state.
     pub fn record(&mut self, config: &FlapConfig, status: Status) -> bool {
-        // A restored history of the wrong length (hand-edited state) is
-        // refilled rather than trusted: the percentages assume 21 entries.
-        if self.history.len() != HISTORY {
-            *self = Flap::default();
-        }
         self.history.pop_front();
         self.history.push_back(status);
         self.percent = percent_state_change(self.history.make_contiguous());
@@ -78,8 +109,45 @@ pub fn percent_state_change(history: &[Status]) -> f64 {
         .enumerate()
         .filter(|(_, pair)| pair[0] != pair[1])
         .map(|(i, _)| i as f64 * (HIGH_CURVE - LOW_CURVE) / (transitions - 1.0) + LOW_CURVE)
-        .sum();
+        .fold(0.0, |sum, w| sum + w);
     changes * 100.0 / transitions
+}
+
+/// The history as one letter per state: O, W, C, U.
+mod letters {
+    use std::collections::VecDeque;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    use crate::model::Status;
+
+    pub fn serialize<S: Serializer>(h: &VecDeque<Status>, s: S) -> Result<S::Ok, S::Error> {
+        let text: String = h
+            .iter()
+            .map(|st| match st {
+                Status::Ok => 'O',
+                Status::Warning => 'W',
+                Status::Critical => 'C',
+                Status::Unknown => 'U',
+            })
+            .collect();
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VecDeque<Status>, D::Error> {
+        String::deserialize(d)?
+            .chars()
+            .map(|c| match c {
+                'O' => Ok(Status::Ok),
+                'W' => Ok(Status::Warning),
+                'C' => Ok(Status::Critical),
+                'U' => Ok(Status::Unknown),
+                other => Err(D::Error::custom(format!(
+                    "flap history letter {other:?} is not one of O, W, C, U"
+                ))),
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +222,18 @@ mod tests {
             stopped_at >= 1,
             "hysteresis: not at the first steady record"
         );
+    }
+
+    #[test]
+    fn history_is_stored_as_letters() {
+        let mut f = Flap::default();
+        f.record(&FlapConfig::default(), C);
+        f.record(&FlapConfig::default(), W);
+        let json = serde_json::to_string(&f).unwrap();
+        assert_eq!(json, r#"{"history":"OOOOOOOOOOOOOOOOOOOCW"}"#);
+        let back: Flap = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, f, "the percentage is recomputed");
+        assert!(serde_json::from_str::<Flap>(r#"{"history":"OX"}"#).is_err());
     }
 
     #[test]
