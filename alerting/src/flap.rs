@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FlapConfig;
-use crate::model::Status;
+use crate::subject::Status;
 
 /// Nagios `MAX_STATE_HISTORY_ENTRIES`.
 pub const HISTORY: usize = 21;
@@ -119,7 +119,7 @@ mod letters {
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 
-    use crate::model::Status;
+    use crate::subject::Status;
 
     pub fn serialize<S: Serializer>(h: &VecDeque<Status>, s: S) -> Result<S::Ok, S::Error> {
         let text: String = h

@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CheckRules, GateRule};
-use crate::model::Status;
+use crate::subject::Status;
 
 /// Persisted gate state of one subject.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

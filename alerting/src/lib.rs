@@ -88,6 +88,7 @@ pub mod group;
 pub mod inhibit;
 pub mod model;
 pub mod silence;
+pub mod subject;
 
 pub use config::Config;
 pub use engine::{Engine, State};
