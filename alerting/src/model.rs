@@ -73,7 +73,8 @@ pub enum Event {
         /// Human-readable detail (version, reason).
         detail: String,
     },
-    /// A collector's health (running, or failing to stay up).
+    /// A collector's health (running, or failing to stay up). Gated and
+    /// flap-detected like a check, with `Config::check_defaults`.
     CollectorStatus {
         /// Agent fingerprint.
         agent: String,

@@ -653,3 +653,33 @@ fn time_never_runs_backwards_inside_the_engine() {
     assert!(acts.is_empty(), "{acts:?}");
     assert_eq!(sim.engine.state().now_ms, sim.now);
 }
+
+#[test]
+fn a_collector_failing_is_gated_like_a_check() {
+    let mut sim = Sim::new(Config::default());
+    sim.connect("a", &[]);
+    let status = |sim: &mut Sim, status| {
+        sim.event(Event::CollectorStatus {
+            agent: "a".into(),
+            name: "collectd".into(),
+            status,
+            detail: "exited 1, restarting".into(),
+        });
+        sim.advance(10 * SEC);
+    };
+    status(&mut sim, C);
+    status(&mut sim, C);
+    status(&mut sim, O);
+    sim.advance(MIN);
+    assert!(
+        sim.notifications().is_empty(),
+        "two failures are not a problem"
+    );
+    for s in [C, C, C, C, C, C, O, O] {
+        status(&mut sim, s);
+    }
+    sim.advance(10 * MIN);
+    let n = sim.notifications();
+    assert_eq!(sim.kinds(), vec![K::Firing, K::Resolved]);
+    assert_eq!(n[0].1.title, "collector collectd failing on a");
+}
