@@ -224,6 +224,29 @@ mod tests {
         );
     }
 
+    /// The records of a check failing 3 and passing 3 results in turn
+    /// (`gate.rs`: C at the third failure, nothing for the first OK, O for
+    /// the second and third): C, O, O, C, O, O, C, O. Hand-computed with
+    /// w(x) = 0.75 + (x-1)·0.5/19: e.g. after the 8th record the changes
+    /// are into x = 13, 14, 16, 17, 19, 20, Σw = 6.947368, · 5 = 34.74.
+    #[test]
+    fn a_three_on_three_off_check_starts_flapping_at_its_eighth_record() {
+        let config = FlapConfig::default();
+        let mut f = Flap::default();
+        let want = [
+            6.25, 12.368421, 12.105263, 18.092105, 23.947368, 23.421053, 29.144737, 34.736842,
+        ];
+        for (i, s) in [C, O, O, C, O, O, C, O].into_iter().enumerate() {
+            let flapping = f.record(&config, s);
+            assert!(
+                (f.percent - want[i]).abs() < 1e-5,
+                "record {i}: {}",
+                f.percent
+            );
+            assert_eq!(flapping, i == 7, "record {i}");
+        }
+    }
+
     #[test]
     fn history_is_stored_as_letters() {
         let mut f = Flap::default();

@@ -448,6 +448,10 @@ fn a_check_flapping_at_50_percent_for_an_hour_sends_exactly_two_notifications() 
         vec![K::FlappingStarted, K::FlappingStopped],
         "{n:?}"
     );
+    // Flapping from the 8th flap record (`flap.rs`), the recovery at
+    // +160 s; the group has been waiting since that cycle's problem at
+    // +140 s, so it goes out group_wait after that.
+    assert_eq!(n[0].0, T0 + 170 * SEC);
     assert_eq!(n[1].1.status, Status::Ok, "it settled OK");
     assert_eq!(n[0].1.incident_key(), n[1].1.incident_key());
     let flapping_muted = sim.actions.iter().any(|(_, a)| {
