@@ -61,22 +61,41 @@ struct SiteEntry {
     group: GroupTimer,
 }
 
-/// One subject's state.
+/// One subject's state. Defaults are not written: most subjects are
+/// healthy and never notified, and the state is stored often.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 struct Tracker {
     gate: Gate,
     flap: Flap,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     problem: bool,
     /// `problem` at the previous evaluation: a fall is a recovery
     /// (expire-on-resolve silences).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     was_problem: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<Status>,
+    #[serde(skip_serializing_if = "String::is_empty")]
     summary: String,
+    #[serde(skip_serializing_if = "is_nothing")]
     told: Told,
+    #[serde(skip_serializing_if = "is_zero")]
     incident_started_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
     seq: u32,
+    #[serde(skip_serializing_if = "is_zero")]
     last_sent_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     muted: Option<MuteReason>,
+}
+
+fn is_nothing(told: &Told) -> bool {
+    *told == Told::Nothing
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// The alerting engine. See the crate docs for how the server drives it.

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FlapConfig;
-use crate::model::Status;
+use crate::subject::Status;
 
 /// Nagios `MAX_STATE_HISTORY_ENTRIES`.
 pub const HISTORY: usize = 21;
@@ -29,13 +29,49 @@ const HIGH_CURVE: f64 = 1.25;
 
 /// Persisted flap state of one subject.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Stored", into = "Stored")]
 pub struct Flap {
     /// The last [`HISTORY`] recorded states, oldest first.
     history: VecDeque<Status>,
     /// Whether the subject is flapping now.
     pub flapping: bool,
-    /// The latest percent state change.
+    /// The latest percent state change (derived from the history).
     pub percent: f64,
+}
+
+/// What is stored of a [`Flap`]: the history as one letter per state
+/// ("OOWCC…", to keep the state small) and the flapping flag; the
+/// percentage is recomputed when loaded.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(with = "letters")]
+    history: VecDeque<Status>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    flapping: bool,
+}
+
+impl From<Stored> for Flap {
+    fn from(s: Stored) -> Flap {
+        if s.history.len() != HISTORY {
+            // Hand-edited or foreign: the percentages assume 21 entries.
+            return Flap::default();
+        }
+        let percent = percent_state_change(&Vec::from(s.history.clone()));
+        Flap {
+            history: s.history,
+            flapping: s.flapping,
+            percent,
+        }
+    }
+}
+
+impl From<Flap> for Stored {
+    fn from(f: Flap) -> Stored {
+        Stored {
+            history: f.history,
+            flapping: f.flapping,
+        }
+    }
 }
 
 impl Default for Flap {
@@ -51,11 +87,6 @@ impl Default for Flap {
 impl Flap {
     /// Records one state and re-decides flapping; returns the flapping state.
     pub fn record(&mut self, config: &FlapConfig, status: Status) -> bool {
-        // A restored history of the wrong length (hand-edited state) is
-        // refilled rather than trusted: the percentages assume 21 entries.
-        if self.history.len() != HISTORY {
-            *self = Flap::default();
-        }
         self.history.pop_front();
         self.history.push_back(status);
         self.percent = percent_state_change(self.history.make_contiguous());
@@ -78,8 +109,45 @@ pub fn percent_state_change(history: &[Status]) -> f64 {
         .enumerate()
         .filter(|(_, pair)| pair[0] != pair[1])
         .map(|(i, _)| i as f64 * (HIGH_CURVE - LOW_CURVE) / (transitions - 1.0) + LOW_CURVE)
-        .sum();
+        .fold(0.0, |sum, w| sum + w);
     changes * 100.0 / transitions
+}
+
+/// The history as one letter per state: O, W, C, U.
+mod letters {
+    use std::collections::VecDeque;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    use crate::subject::Status;
+
+    pub fn serialize<S: Serializer>(h: &VecDeque<Status>, s: S) -> Result<S::Ok, S::Error> {
+        let text: String = h
+            .iter()
+            .map(|st| match st {
+                Status::Ok => 'O',
+                Status::Warning => 'W',
+                Status::Critical => 'C',
+                Status::Unknown => 'U',
+            })
+            .collect();
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VecDeque<Status>, D::Error> {
+        String::deserialize(d)?
+            .chars()
+            .map(|c| match c {
+                'O' => Ok(Status::Ok),
+                'W' => Ok(Status::Warning),
+                'C' => Ok(Status::Critical),
+                'U' => Ok(Status::Unknown),
+                other => Err(D::Error::custom(format!(
+                    "flap history letter {other:?} is not one of O, W, C, U"
+                ))),
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +222,41 @@ mod tests {
             stopped_at >= 1,
             "hysteresis: not at the first steady record"
         );
+    }
+
+    /// The records of a check failing 3 and passing 3 results in turn
+    /// (`gate.rs`: C at the third failure, nothing for the first OK, O for
+    /// the second and third): C, O, O, C, O, O, C, O. Hand-computed with
+    /// w(x) = 0.75 + (x-1)·0.5/19: e.g. after the 8th record the changes
+    /// are into x = 13, 14, 16, 17, 19, 20, Σw = 6.947368, · 5 = 34.74.
+    #[test]
+    fn a_three_on_three_off_check_starts_flapping_at_its_eighth_record() {
+        let config = FlapConfig::default();
+        let mut f = Flap::default();
+        let want = [
+            6.25, 12.368421, 12.105263, 18.092105, 23.947368, 23.421053, 29.144737, 34.736842,
+        ];
+        for (i, s) in [C, O, O, C, O, O, C, O].into_iter().enumerate() {
+            let flapping = f.record(&config, s);
+            assert!(
+                (f.percent - want[i]).abs() < 1e-5,
+                "record {i}: {}",
+                f.percent
+            );
+            assert_eq!(flapping, i == 7, "record {i}");
+        }
+    }
+
+    #[test]
+    fn history_is_stored_as_letters() {
+        let mut f = Flap::default();
+        f.record(&FlapConfig::default(), C);
+        f.record(&FlapConfig::default(), W);
+        let json = serde_json::to_string(&f).unwrap();
+        assert_eq!(json, r#"{"history":"OOOOOOOOOOOOOOOOOOOCW"}"#);
+        let back: Flap = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, f, "the percentage is recomputed");
+        assert!(serde_json::from_str::<Flap>(r#"{"history":"OX"}"#).is_err());
     }
 
     #[test]

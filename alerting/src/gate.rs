@@ -18,21 +18,31 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CheckRules, GateRule};
-use crate::model::Status;
+use crate::subject::Status;
 
 /// Persisted gate state of one subject.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Gate {
     /// Hard state: a problem.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub problem: bool,
     /// Consecutive non-OK results so far.
+    #[serde(skip_serializing_if = "is_zero")]
     pub failures: u32,
-    /// Consecutive OK results so far.
+    /// Consecutive OK results so far (capped: only `recover_after` matters).
+    #[serde(skip_serializing_if = "is_zero")]
     pub oks: u32,
     /// When the current uninterrupted non-OK run started.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_since_ms: Option<u64>,
     /// The latest result's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last: Option<Status>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Gate {
@@ -43,7 +53,7 @@ impl Gate {
         if status.is_ok() {
             self.failures = 0;
             self.failing_since_ms = None;
-            self.oks = self.oks.saturating_add(1);
+            self.oks = self.oks.saturating_add(1).min(rules.recover_after);
             if self.problem && self.oks >= rules.recover_after {
                 self.problem = false;
             }

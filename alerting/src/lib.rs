@@ -68,7 +68,11 @@
 //!    `(Notification::incident_key(), seq, receiver)`, **in the same
 //!    transaction** that stores the new `Engine::state()`: a crash then
 //!    neither loses a notification (the state is not ahead of the queue)
-//!    nor repeats one (the key is unique). `Muted`/`Unmuted` feed
+//!    nor repeats one (the key is unique). Between notifications the state
+//!    may be stored less often (every few seconds): what a crash loses then
+//!    is gate and flap progress, which only delays a decision by a few
+//!    results. A healthy subject is about 150 bytes of JSON, so a fleet of
+//!    10,000 agents × 10 checks is a state of roughly 18 MB. `Muted`/`Unmuted` feed
 //!    `outrider alerts` (also [`Engine::open`]); `SilenceAdded` and
 //!    `SilenceExpired` update the silence list.
 //!
@@ -84,6 +88,7 @@ pub mod group;
 pub mod inhibit;
 pub mod model;
 pub mod silence;
+pub mod subject;
 
 pub use config::Config;
 pub use engine::{Engine, State};

@@ -16,7 +16,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::model::Subject;
+use crate::subject::Subject;
 
 /// Most silences stored at once.
 pub const MAX_SILENCES: usize = 10_000;

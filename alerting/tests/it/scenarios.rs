@@ -448,6 +448,10 @@ fn a_check_flapping_at_50_percent_for_an_hour_sends_exactly_two_notifications() 
         vec![K::FlappingStarted, K::FlappingStopped],
         "{n:?}"
     );
+    // Flapping from the 8th flap record (`flap.rs`), the recovery at
+    // +160 s; the group has been waiting since that cycle's problem at
+    // +140 s, so it goes out group_wait after that.
+    assert_eq!(n[0].0, T0 + 170 * SEC);
     assert_eq!(n[1].1.status, Status::Ok, "it settled OK");
     assert_eq!(n[0].1.incident_key(), n[1].1.incident_key());
     let flapping_muted = sim.actions.iter().any(|(_, a)| {
@@ -585,4 +589,101 @@ fn ticking_at_next_wake_matches_ticking_every_second() {
         );
         assert_eq!(lazy.notifications(), every_second.notifications(), "{name}");
     }
+}
+
+#[test]
+fn open_lists_problems_with_why_they_are_muted() {
+    let mut sim = Sim::new(Config::default());
+    sim.connect("a", &[]);
+    sim.connect("b", &[]);
+    sim.results("a", "disk", &[C], 3, 10 * SEC);
+    sim.event(Event::AddSilence(silence(
+        vec![agent_is("b")],
+        T0,
+        T0 + HOUR,
+    )));
+    sim.results("b", "load", &[C], 3, 10 * SEC);
+    sim.lose("a");
+    sim.advance(3 * MIN);
+    let open = sim.engine.open();
+    let check = |agent: &str, name: &str| Subject::Check {
+        agent: agent.into(),
+        name: name.into(),
+    };
+    assert_eq!(
+        open,
+        vec![
+            (Subject::Agent { agent: "a".into() }, None),
+            (
+                check("a", "disk"),
+                Some(MuteReason::AgentDown { agent: "a".into() })
+            ),
+            (check("b", "load"), Some(MuteReason::Silenced { id: 1 })),
+        ]
+    );
+}
+
+#[test]
+fn subjects_per_agent_are_bounded() {
+    use outrider_alerting::engine::MAX_SUBJECTS_PER_AGENT;
+    let mut sim = Sim::new(Config::default());
+    sim.connect("a", &[]);
+    for i in 0..MAX_SUBJECTS_PER_AGENT + 50 {
+        for _ in 0..3 {
+            sim.result("a", &format!("c{i}"), C);
+        }
+    }
+    sim.advance(MIN);
+    // The agent's own subject plus MAX - 1 checks.
+    assert_eq!(sim.engine.open().len(), MAX_SUBJECTS_PER_AGENT - 1);
+    let sent: usize = sim.notifications().len();
+    assert_eq!(
+        sent,
+        MAX_SUBJECTS_PER_AGENT - 1,
+        "one group, one notification each"
+    );
+}
+
+#[test]
+fn time_never_runs_backwards_inside_the_engine() {
+    let mut sim = Sim::new(Config::default());
+    sim.connect("a", &[]);
+    sim.lose("a");
+    sim.advance(2 * MIN + 30 * SEC);
+    assert_eq!(sim.kinds(), vec![K::Firing]);
+    // The clock steps back an hour (NTP): the agent does not look lost for
+    // less, and nothing is re-sent or resolved.
+    let acts = sim.engine.tick(sim.now - HOUR);
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(sim.engine.state().now_ms, sim.now);
+}
+
+#[test]
+fn a_collector_failing_is_gated_like_a_check() {
+    let mut sim = Sim::new(Config::default());
+    sim.connect("a", &[]);
+    let status = |sim: &mut Sim, status| {
+        sim.event(Event::CollectorStatus {
+            agent: "a".into(),
+            name: "collectd".into(),
+            status,
+            detail: "exited 1, restarting".into(),
+        });
+        sim.advance(10 * SEC);
+    };
+    status(&mut sim, C);
+    status(&mut sim, C);
+    status(&mut sim, O);
+    sim.advance(MIN);
+    assert!(
+        sim.notifications().is_empty(),
+        "two failures are not a problem"
+    );
+    for s in [C, C, C, C, C, C, O, O] {
+        status(&mut sim, s);
+    }
+    sim.advance(10 * MIN);
+    let n = sim.notifications();
+    assert_eq!(sim.kinds(), vec![K::Firing, K::Resolved]);
+    assert_eq!(n[0].1.title, "collector collectd failing on a");
 }
