@@ -35,7 +35,12 @@ use crate::client::ApiClient;
 /// The agent library ABI major version this CLI publishes
 /// (`outrider_abi::ABI_MAJOR`; the CLI does not depend on the ABI crate).
 const ABI_MAJOR: u32 = 1;
-/// zstd level for blobs: good ratio, still fast to decompress.
+/// Default zstd level for the library blob: quick for a 30 MB debug build
+/// published many times a minute in tests or quickstart. `packaging/release`
+/// ships with `--zstd-level 19`: publishing happens once per release and
+/// decompression speed does not depend on the level, so there the ratio
+/// wins (the `dist` build is 1,435,056 B at 19 against 1,570,534 at 10,
+/// docs/benchmarks.md).
 const ZSTD_LEVEL: i32 = 10;
 
 #[derive(Debug, clap::Args)]
@@ -58,6 +63,11 @@ pub(super) struct PublishArgs {
     /// Make deltas from this many of the channel's most recent builds (0: none).
     #[arg(long, default_value_t = 3)]
     deltas: usize,
+    /// zstd level of the build's blob (1-22). The blob is compressed in one
+    /// shot, so its frame records the library's size and the agent's
+    /// decoder window is never larger than the library, whatever the level.
+    #[arg(long, default_value_t = ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    zstd_level: i32,
     /// The agent library file (e.g. liboutrider_agent.so).
     path: PathBuf,
 }
@@ -78,7 +88,7 @@ pub(super) fn run(client: &ApiClient, args: PublishArgs) -> Result<()> {
         return Err(UsageError(format!("the library {} is empty", args.path.display())).into());
     }
     let blob =
-        zstd::stream::encode_all(&library[..], ZSTD_LEVEL).context("compressing the library")?;
+        zstd::bulk::compress(&library, args.zstd_level).context("compressing the library")?;
     let artifact = Artifact {
         sha256: sha256(&library),
         size: library.len() as u64,

@@ -21,7 +21,8 @@ fn server_with_release() -> (TestServer, Keys) {
         .args(["--channel", "dev", "--keys"])
         .arg(keys.dir.path())
         .args(["--version", "1.0.0-e2e", "--deltas", "0", "--with-stub"])
-        .args(["--no-build", "--profile", "dev"])
+        // The 30 MB debug build: a quick level, not the shipping one.
+        .args(["--no-build", "--profile", "dev", "--zstd-level", "3"])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("OUTRIDER_SERVER", &server.url)
         .env("OUTRIDER_TOKEN", &server.admin_token)
