@@ -18,17 +18,29 @@ die() {
 }
 now_ms() { date +%s%3N; }
 
-# Stops the stub and the server: TERM, up to 10 s, then KILL.
-cleanup() {
-    for pid in $AGENT_PID $SERVER_PID; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        i=0
+# stop_pids PID...: TERM to all of them at once, then each gets up to 10 s
+# (in all) before KILL.
+stop_pids() {
+    for pid in "$@"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    i=0
+    for pid in "$@"; do
         while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do
             sleep 0.1
             i=$((i + 1))
         done
         kill -KILL "$pid" 2>/dev/null
     done
+}
+
+# Stops the stub, then the server (so the stub's goodbye still reaches it):
+# TERM, up to 10 s, then KILL.
+cleanup() {
+    # shellcheck disable=SC2086 # either may be empty
+    stop_pids $AGENT_PID
+    # shellcheck disable=SC2086
+    stop_pids $SERVER_PID
 }
 
 # wait_for WHAT TIMEOUT_SECS COMMAND...: polls COMMAND every 50 ms.

@@ -34,17 +34,8 @@ TOKEN=bench-enrollment-token
 STUB_PIDS=
 
 stop_all() {
-    for pid in $STUB_PIDS; do
-        kill -TERM "$pid" 2>/dev/null
-    done
-    for pid in $STUB_PIDS; do
-        i=0
-        while kill -0 "$pid" 2>/dev/null && [ $i -lt 200 ]; do
-            sleep 0.05
-            i=$((i + 1))
-        done
-        kill -KILL "$pid" 2>/dev/null
-    done
+    # shellcheck disable=SC2086 # a list of PIDs
+    stop_pids $STUB_PIDS
     STUB_PIDS=
     cleanup
 }
