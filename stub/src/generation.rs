@@ -13,6 +13,10 @@
 //!
 //! The host callbacks the library calls are `extern "C"` functions here;
 //! each catches panics, because unwinding across `extern "C"` aborts.
+//!
+//! The supervisor drives these stages through the [`Loader`],
+//! [`LoadedCopy`] and [`RunningGeneration`] traits, so its shell can run in
+//! unit tests without real libraries; [`DlopenLoader`] is the real one.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -67,6 +71,79 @@ struct HostInputs {
     state_in: Vec<u8>,
     data_dir: Vec<u8>,
     stop_fd: i32,
+}
+
+/// Loads builds for the supervisor: the first stage of a generation.
+pub trait Loader: std::fmt::Debug {
+    /// Loads a copy of `build` as generation `number`; see [`Loaded::load`]
+    /// for when it fails (nothing stays mapped or on disk then).
+    fn load(
+        &self,
+        layout: &Layout,
+        build: &Build,
+        number: u64,
+    ) -> Result<Box<dyn LoadedCopy>, StubError>;
+
+    /// Threads of this process. Step 5 of the swap compares it with the
+    /// count without any generation: a thread the old library left would
+    /// run unmapped code after unloading.
+    fn thread_count(&self) -> usize;
+}
+
+/// A loaded copy, not running (before start, or after stop).
+pub trait LoadedCopy: std::fmt::Debug {
+    /// The build this copy is of.
+    fn build(&self) -> &Build;
+
+    /// Starts the copy; see [`Loaded::start`] for when it fails.
+    fn start(
+        self: Box<Self>,
+        layout: &Layout,
+        config: &StubConfig,
+        state_in: Vec<u8>,
+        events: &[UpdateEvent],
+    ) -> Result<Box<dyn RunningGeneration>, StubError>;
+
+    /// Unloads the copy; see [`Stopped::unload`].
+    fn unload(self: Box<Self>) -> Unloaded;
+}
+
+/// A running generation, as the supervisor sees it; the methods are
+/// [`Generation`]'s.
+pub trait RunningGeneration: std::fmt::Debug {
+    /// See [`Generation::build`].
+    fn build(&self) -> &Build;
+    /// See [`Generation::is_finished`].
+    fn is_finished(&self) -> bool;
+    /// See [`Generation::health`].
+    fn health(&self) -> Option<u32>;
+    /// See [`Generation::offer_events`].
+    fn offer_events(&self, events: &[UpdateEvent]);
+    /// See [`Generation::events_handed_through`].
+    fn events_handed_through(&self) -> Option<u64>;
+    /// See [`Generation::take_update_request`].
+    fn take_update_request(&self) -> bool;
+    /// See [`Generation::stop`].
+    fn stop(self: Box<Self>, deadline: Duration) -> Result<Stopped, StopFailure>;
+}
+
+/// The real loader: `dlopen` of a per-generation copy.
+#[derive(Debug, Default)]
+pub struct DlopenLoader;
+
+impl Loader for DlopenLoader {
+    fn load(
+        &self,
+        layout: &Layout,
+        build: &Build,
+        number: u64,
+    ) -> Result<Box<dyn LoadedCopy>, StubError> {
+        Ok(Box::new(Loaded::load(layout, build, number)?))
+    }
+
+    fn thread_count(&self) -> usize {
+        thread_count()
+    }
 }
 
 /// A library copy that is mapped and whose ABI table was accepted.
@@ -175,6 +252,27 @@ impl Loaded {
     }
 }
 
+impl LoadedCopy for Loaded {
+    fn build(&self) -> &Build {
+        &self.build
+    }
+
+    fn start(
+        self: Box<Self>,
+        layout: &Layout,
+        config: &StubConfig,
+        state_in: Vec<u8>,
+        events: &[UpdateEvent],
+    ) -> Result<Box<dyn RunningGeneration>, StubError> {
+        let generation = Loaded::start(*self, layout, config, state_in, events)?;
+        Ok(Box::new(generation))
+    }
+
+    fn unload(self: Box<Self>) -> Unloaded {
+        unload(self.library, &self.run_copy)
+    }
+}
+
 /// A running generation.
 #[derive(Debug)]
 pub struct Generation {
@@ -199,7 +297,7 @@ pub struct Stopped {
     pub state: Vec<u8>,
     /// The last health report, if any.
     pub health: Option<(u32, String)>,
-    loaded: Loaded,
+    loaded: Box<dyn LoadedCopy>,
 }
 
 /// What unloading showed.
@@ -307,25 +405,66 @@ impl Generation {
             .loaded
             .take()
             .expect("a running generation holds its library");
-        Ok(Stopped {
-            status,
-            state,
-            health,
-            loaded,
-        })
+        Ok(Stopped::new(status, state, health, Box::new(loaded)))
+    }
+}
+
+impl RunningGeneration for Generation {
+    fn build(&self) -> &Build {
+        Generation::build(self)
+    }
+
+    fn is_finished(&self) -> bool {
+        Generation::is_finished(self)
+    }
+
+    fn health(&self) -> Option<u32> {
+        Generation::health(self)
+    }
+
+    fn offer_events(&self, events: &[UpdateEvent]) {
+        Generation::offer_events(self, events)
+    }
+
+    fn events_handed_through(&self) -> Option<u64> {
+        Generation::events_handed_through(self)
+    }
+
+    fn take_update_request(&self) -> bool {
+        Generation::take_update_request(self)
+    }
+
+    fn stop(self: Box<Self>, deadline: Duration) -> Result<Stopped, StopFailure> {
+        Generation::stop(*self, deadline)
     }
 }
 
 impl Stopped {
+    /// How a generation of `loaded` ended (a [`RunningGeneration::stop`]
+    /// result).
+    pub fn new(
+        status: i32,
+        state: Vec<u8>,
+        health: Option<(u32, String)>,
+        loaded: Box<dyn LoadedCopy>,
+    ) -> Stopped {
+        Stopped {
+            status,
+            state,
+            health,
+            loaded,
+        }
+    }
+
     /// The build that ran.
     pub fn build(&self) -> &Build {
-        &self.loaded.build
+        self.loaded.build()
     }
 
     /// Unloads the library, removes its copy and checks that it left
     /// `/proc/self/maps`.
     pub fn unload(self) -> Unloaded {
-        unload(self.loaded.library, &self.loaded.run_copy)
+        self.loaded.unload()
     }
 }
 

@@ -41,6 +41,15 @@ impl Signals {
         Ok(Signals { stop, reload })
     }
 
+    /// Pipes no signal is registered to: for tests of the supervisor shell,
+    /// which must not take over the test process's signals.
+    #[cfg(test)]
+    pub(crate) fn unregistered() -> Signals {
+        let (stop, _) = pipe().expect("a pipe for the test signals");
+        let (reload, _) = pipe().expect("a pipe for the test signals");
+        Signals { stop, reload }
+    }
+
     /// Waits up to `timeout` for a signal. A stop request stays pending (the
     /// stop pipe is never drained), so every later wait also reports it.
     pub fn wait(&self, timeout: Duration) -> Option<Signal> {

@@ -5,7 +5,9 @@
 //! made by the pure state machine in [`policy`]; this module is the shell
 //! that feeds it events (what the generation reported, what an update check
 //! offered, the time from a [`Clock`]; the update side behind
-//! [`Updates`]) and executes its actions.
+//! [`Updates`]; loading, starting, stopping and unloading the library
+//! behind [`Loader`]) and executes its actions. The tests below run this
+//! shell with a fake clock, updater and loader.
 //!
 //! Swap, step by step (a crash at any step leaves a verified build to run):
 //! 1. the new build is verified and installed under `versions/` (update);
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::StubConfig;
-use crate::generation::{Generation, Loaded, StopFailure, thread_count};
+use crate::generation::{DlopenLoader, Loader, RunningGeneration, StopFailure};
 use crate::layout::Layout;
 use crate::lock::InstanceLock;
 use crate::reexec::{Handover, exec_self};
@@ -88,10 +90,11 @@ pub struct Supervisor<'a> {
     lock: &'a InstanceLock,
     config: StubConfig,
     updater: Box<dyn Updates>,
+    loader: Box<dyn Loader>,
     state: StubState,
     clock: Box<dyn Clock>,
     phase: Phase,
-    generation: Option<Generation>,
+    generation: Option<Box<dyn RunningGeneration>>,
     next_number: u64,
     /// Threads of the process without any generation.
     baseline_threads: usize,
@@ -138,12 +141,13 @@ impl<'a> Supervisor<'a> {
             lock,
             config,
             updater,
+            loader: Box::new(DlopenLoader),
             state,
             clock: Box::new(SystemClock::new()),
             phase: Phase::Idle,
             generation: None,
             next_number: 1,
-            baseline_threads: thread_count(),
+            baseline_threads: DlopenLoader.thread_count(),
             last_state: Vec::new(),
             next_check_ms: 0,
             events_offered_through: 0,
@@ -153,6 +157,20 @@ impl<'a> Supervisor<'a> {
             exe_path,
             exe_sha256,
         }
+    }
+
+    /// Replaces the loader ([`DlopenLoader`] by default); the thread count
+    /// without a generation is taken from it.
+    pub fn with_loader(mut self, loader: Box<dyn Loader>) -> Supervisor<'a> {
+        self.baseline_threads = loader.thread_count();
+        self.loader = loader;
+        self
+    }
+
+    /// Replaces the clock ([`SystemClock`] by default).
+    pub fn with_clock(mut self, clock: Box<dyn Clock>) -> Supervisor<'a> {
+        self.clock = clock;
+        self
     }
 
     /// Runs until a stop signal. Returns `Ok` after a clean stop.
@@ -173,16 +191,7 @@ impl<'a> Supervisor<'a> {
                 Some(Signal::Reload) => self.reload(),
                 None => {}
             }
-            if let Some(generation) = &self.generation {
-                let event = Event::Observed {
-                    health: Health::from_abi(generation.health()),
-                    finished: generation.is_finished(),
-                };
-                if generation.take_update_request() {
-                    self.next_check_ms = 0;
-                }
-                self.apply(event)?;
-            }
+            self.observe()?;
             self.maybe_promote_stub()?;
             self.hand_over_events()?;
             if !matches!(self.phase, Phase::Probation(_))
@@ -191,6 +200,21 @@ impl<'a> Supervisor<'a> {
                 self.update_check()?;
             }
         }
+    }
+
+    /// Feeds what the running generation reports (if any) to the policy.
+    fn observe(&mut self) -> Result<(), StubError> {
+        let Some(generation) = &self.generation else {
+            return Ok(());
+        };
+        let event = Event::Observed {
+            health: Health::from_abi(generation.health()),
+            finished: generation.is_finished(),
+        };
+        if generation.take_update_request() {
+            self.next_check_ms = 0;
+        }
+        self.apply(event)
     }
 
     /// Feeds `event` to the policy and executes the actions, feeding back
@@ -284,7 +308,8 @@ impl<'a> Supervisor<'a> {
                 warn!(build = %candidate.version, "cannot start: {reason}");
                 continue;
             };
-            let loaded = Loaded::load(self.layout, &build, self.take_number());
+            let number = self.take_number();
+            let loaded = self.loader.load(self.layout, &build, number);
             let started = loaded.and_then(|l| {
                 l.start(
                     self.layout,
@@ -445,7 +470,8 @@ impl<'a> Supervisor<'a> {
             return Ok(failed("it is not installed".into()));
         };
         // Step 3.
-        let loaded = match Loaded::load(self.layout, &new, self.take_number()) {
+        let number = self.take_number();
+        let loaded = match self.loader.load(self.layout, &new, number) {
             Ok(l) => l,
             Err(e) => return Ok(failed(format!("could not be loaded: {}", chain(&e)))),
         };
@@ -471,10 +497,11 @@ impl<'a> Supervisor<'a> {
         }
         crash_point("swap-old-stopped");
         // Step 5.
-        if thread_count() > self.baseline_threads {
+        let threads = self.loader.thread_count();
+        if threads > self.baseline_threads {
             let reason = format!(
                 "old generation left {} thread(s)",
-                thread_count() - self.baseline_threads
+                threads - self.baseline_threads
             );
             return Err(self.reexec(&to.build, true, stopped.state, reason));
         }
@@ -551,7 +578,7 @@ impl<'a> Supervisor<'a> {
 
     fn shutdown(mut self) -> Result<(), StubError> {
         info!("stop requested, stopping the agent library");
-        let health = Health::from_abi(self.generation.as_ref().and_then(Generation::health));
+        let health = Health::from_abi(self.generation.as_ref().and_then(|g| g.health()));
         if matches!(self.phase, Phase::Probation(_)) && health != Health::Ok {
             info!("stopped during probation; the build will be tried again");
         }
@@ -814,5 +841,405 @@ pub(crate) fn crash_point(step: &str) {
     if name == step && HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth {
         error!(step, "OUTRIDER_STUB_CRASH_AT: aborting here");
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The shell, run with a fake loader, updater and clock: the real
+    //! actions (state.json written, generations loaded, stopped, unloaded
+    //! in the swap's order, state handed over), without real binaries.
+
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::rc::Rc;
+
+    use outrider_abi::update_events as kinds;
+    use outrider_signing::Sha256;
+
+    use super::*;
+    use crate::generation::{LoadedCopy, Stopped, Unloaded};
+    use crate::state::UpdateEvent;
+
+    /// What the fake libraries do and did, shared with the test.
+    #[derive(Debug, Default)]
+    struct World {
+        /// Versions whose start fails.
+        start_fails: Vec<String>,
+        /// The health each version reports while running.
+        health: HashMap<String, u32>,
+        /// What happened, in order.
+        log: Vec<String>,
+    }
+
+    type Shared = Rc<RefCell<World>>;
+
+    #[derive(Debug)]
+    struct FakeLoader(Shared);
+
+    impl Loader for FakeLoader {
+        fn load(
+            &self,
+            _layout: &Layout,
+            build: &Build,
+            _number: u64,
+        ) -> Result<Box<dyn LoadedCopy>, StubError> {
+            self.0
+                .borrow_mut()
+                .log
+                .push(format!("load {}", build.version));
+            Ok(Box::new(FakeCopy {
+                build: build.clone(),
+                world: self.0.clone(),
+            }))
+        }
+
+        fn thread_count(&self) -> usize {
+            1
+        }
+    }
+
+    #[derive(Debug)]
+    struct FakeCopy {
+        build: Build,
+        world: Shared,
+    }
+
+    impl LoadedCopy for FakeCopy {
+        fn build(&self) -> &Build {
+            &self.build
+        }
+
+        fn start(
+            self: Box<Self>,
+            _layout: &Layout,
+            _config: &StubConfig,
+            state_in: Vec<u8>,
+            _events: &[UpdateEvent],
+        ) -> Result<Box<dyn RunningGeneration>, StubError> {
+            let version = &self.build.version;
+            let mut world = self.world.borrow_mut();
+            if world.start_fails.contains(version) {
+                world.log.push(format!("start-fails {version}"));
+                return Err(StubError::BadLibrary {
+                    path: self.build.path.clone(),
+                    reason: "refused to start (fake)".into(),
+                });
+            }
+            let state_in = String::from_utf8(state_in).expect("the fakes hand over text");
+            world.log.push(format!("start {version} with [{state_in}]"));
+            drop(world);
+            Ok(Box::new(FakeGeneration(*self)))
+        }
+
+        fn unload(self: Box<Self>) -> Unloaded {
+            let line = format!("unload {}", self.build.version);
+            self.world.borrow_mut().log.push(line);
+            Unloaded {
+                still_mapped: false,
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct FakeGeneration(FakeCopy);
+
+    impl RunningGeneration for FakeGeneration {
+        fn build(&self) -> &Build {
+            &self.0.build
+        }
+
+        fn is_finished(&self) -> bool {
+            false
+        }
+
+        fn health(&self) -> Option<u32> {
+            self.0
+                .world
+                .borrow()
+                .health
+                .get(&self.0.build.version)
+                .copied()
+        }
+
+        fn offer_events(&self, _events: &[UpdateEvent]) {}
+
+        fn events_handed_through(&self) -> Option<u64> {
+            None
+        }
+
+        fn take_update_request(&self) -> bool {
+            false
+        }
+
+        fn stop(self: Box<Self>, _deadline: Duration) -> Result<Stopped, StopFailure> {
+            let version = self.0.build.version.clone();
+            self.0
+                .world
+                .borrow_mut()
+                .log
+                .push(format!("stop {version}"));
+            let state = format!("state of {version}").into_bytes();
+            Ok(Stopped::new(0, state, None, Box::new(self.0)))
+        }
+    }
+
+    /// Builds installed on disk, and what an update check offers.
+    #[derive(Debug)]
+    struct FakeUpdates {
+        installed: Vec<Build>,
+        offer: Option<Build>,
+    }
+
+    impl Updates for FakeUpdates {
+        fn fetch_latest(&mut self, _state: &mut StubState) -> Result<Build, StubError> {
+            self.offer.clone().ok_or(StubError::NoBuild)
+        }
+
+        fn installed(&self, sha256: &Sha256, _version: Option<&str>) -> Option<Build> {
+            self.installed.iter().find(|b| b.sha256 == *sha256).cloned()
+        }
+
+        fn stub_offer(&self) -> Option<outrider_signing::Artifact> {
+            None
+        }
+
+        fn fetch_stub(
+            &self,
+            _artifact: &outrider_signing::Artifact,
+            _dest: &Path,
+        ) -> Result<(), StubError> {
+            Err(StubError::NoBuild)
+        }
+
+        fn reconfigure(&mut self, _config: &StubConfig) {}
+    }
+
+    #[derive(Debug)]
+    struct FakeClock(Rc<Cell<u64>>);
+
+    impl Clock for FakeClock {
+        fn now(&self) -> Now {
+            let mono_ms = self.0.get();
+            Now {
+                mono_ms,
+                unix_ms: 1_700_000_000_000 + mono_ms,
+            }
+        }
+    }
+
+    /// Everything a supervisor borrows, in a temporary directory.
+    struct Harness {
+        _dir: tempfile::TempDir,
+        layout: Layout,
+        signals: Signals,
+        lock: InstanceLock,
+        config: StubConfig,
+        world: Shared,
+        clock: Rc<Cell<u64>>,
+    }
+
+    fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::under_prefix(dir.path());
+        layout.prepare().unwrap();
+        let toml = dir.path().join("test-agent.toml");
+        std::fs::write(&toml, "server_url = \"http://127.0.0.1:1/\"\n").unwrap();
+        Harness {
+            config: StubConfig::load(&toml).unwrap(),
+            lock: InstanceLock::acquire(&layout.data_dir).unwrap(),
+            signals: Signals::unregistered(),
+            layout,
+            _dir: dir,
+            world: Shared::default(),
+            clock: Rc::new(Cell::new(0)),
+        }
+    }
+
+    fn supervisor(h: &Harness, state: StubState, offer: Option<u8>) -> Supervisor<'_> {
+        let updates = FakeUpdates {
+            installed: vec![build(1), build(2)],
+            offer: offer.map(build),
+        };
+        Supervisor::new(
+            &h.layout,
+            &h.signals,
+            &h.lock,
+            h.config.clone(),
+            Box::new(updates),
+            state,
+            None,
+        )
+        .with_loader(Box::new(FakeLoader(h.world.clone())))
+        .with_clock(Box::new(FakeClock(h.clock.clone())))
+    }
+
+    fn build(n: u8) -> Build {
+        Build {
+            sha256: outrider_signing::sha256(&[n]),
+            version: format!("v{n}"),
+            path: format!("/nonexistent/v{n}.so").into(),
+            manifest_sha256: Some(manifest()),
+            fresh: false,
+        }
+    }
+
+    fn manifest() -> Sha256 {
+        outrider_signing::sha256(b"manifest")
+    }
+
+    /// `v1` passed probation earlier and is the one to run.
+    fn running_v1() -> StubState {
+        StubState {
+            current: Some(build_ref(&build(1))),
+            last_good: Some(build_ref(&build(1))),
+            ..StubState::default()
+        }
+    }
+
+    fn on_disk(h: &Harness) -> StubState {
+        StubState::load(&h.layout.state_json).unwrap()
+    }
+
+    fn event_kinds(state: &StubState) -> Vec<&str> {
+        state
+            .update_events
+            .iter()
+            .map(|e| e.kind.as_str())
+            .collect()
+    }
+
+    fn log(h: &Harness) -> Vec<String> {
+        h.world.borrow().log.clone()
+    }
+
+    #[test]
+    fn swap_that_passes_probation_makes_the_new_build_current() {
+        let h = harness();
+        let mut sup = supervisor(&h, running_v1(), Some(2));
+        sup.apply(Event::Boot { resume: None }).unwrap();
+        assert_eq!(sup.running_version(), "v1");
+
+        sup.update_check().unwrap();
+        assert_eq!(sup.running_version(), "v2");
+        assert!(matches!(sup.phase, Phase::Probation(_)));
+        // Step 2: a crash from here on is blamed on v2.
+        let pending = on_disk(&h)
+            .pending
+            .expect("pending written before the swap");
+        assert_eq!(pending.build, build_ref(&build(2)));
+        assert_eq!(pending.manifest_sha256, Some(manifest()));
+
+        h.clock.set(1_000);
+        sup.observe().unwrap();
+        assert!(matches!(sup.phase, Phase::Probation(_)), "no health yet");
+        h.world
+            .borrow_mut()
+            .health
+            .insert("v2".into(), outrider_abi::health::OK);
+        sup.observe().unwrap();
+        assert!(matches!(sup.phase, Phase::Steady { .. }));
+
+        let state = on_disk(&h);
+        assert_eq!(state.current, Some(build_ref(&build(2))));
+        assert_eq!(state.previous, Some(build_ref(&build(1))));
+        assert_eq!(state.pending, None);
+        assert!(state.bad.is_empty());
+        assert_eq!(event_kinds(&state), [kinds::KIND_PROBATION_PASSED]);
+        // Steps 3–7 in order, the old generation's state handed over.
+        assert_eq!(
+            log(&h),
+            [
+                "load v1",
+                "start v1 with []",
+                "load v2",
+                "stop v1",
+                "start v2 with [state of v1]",
+                "unload v1",
+            ]
+        );
+
+        sup.shutdown().unwrap();
+        assert_eq!(log(&h)[6..], ["stop v2", "unload v2"]);
+    }
+
+    #[test]
+    fn build_that_cannot_start_is_refused_and_the_previous_one_restarted() {
+        let h = harness();
+        h.world.borrow_mut().start_fails.push("v2".into());
+        let mut sup = supervisor(&h, running_v1(), Some(2));
+        sup.apply(Event::Boot { resume: None }).unwrap();
+
+        sup.update_check().unwrap();
+        assert_eq!(sup.running_version(), "v1");
+        assert!(matches!(sup.phase, Phase::Steady { .. }));
+        assert_eq!(
+            log(&h),
+            [
+                "load v1",
+                "start v1 with []",
+                "load v2",
+                "stop v1",
+                "start-fails v2",
+                "unload v1",
+                "load v1",
+                "start v1 with [state of v1]",
+            ]
+        );
+        let state = on_disk(&h);
+        assert_eq!(state.current, Some(build_ref(&build(1))));
+        assert_eq!(state.pending, None);
+        assert!(state.is_bad(&build(2).sha256, Some(&manifest())));
+        assert_eq!(
+            event_kinds(&state),
+            [kinds::KIND_PROBATION_FAILED, kinds::KIND_ROLLED_BACK]
+        );
+        assert!(
+            state.update_events[0]
+                .reason
+                .contains("refused to start (fake)"),
+            "{:?}",
+            state.update_events[0]
+        );
+
+        // The same manifest offering it again changes nothing.
+        sup.update_check().unwrap();
+        assert_eq!(log(&h).len(), 8);
+    }
+
+    #[test]
+    fn pending_found_at_start_is_a_crash_of_that_build() {
+        let h = harness();
+        let state = StubState {
+            pending: Some(Pending {
+                build: build_ref(&build(2)),
+                manifest_sha256: Some(manifest()),
+            }),
+            ..running_v1()
+        };
+        let mut sup = supervisor(&h, state, None);
+        sup.apply(Event::Boot { resume: None }).unwrap();
+
+        assert_eq!(sup.running_version(), "v1");
+        assert!(matches!(sup.phase, Phase::Steady { .. }));
+        assert_eq!(log(&h), ["load v1", "start v1 with []"]);
+        let state = on_disk(&h);
+        assert_eq!(state.pending, None);
+        assert_eq!(state.current, Some(build_ref(&build(1))));
+        assert!(state.is_bad(&build(2).sha256, Some(&manifest())));
+        assert_eq!(
+            event_kinds(&state),
+            [kinds::KIND_PROBATION_FAILED, kinds::KIND_ROLLED_BACK]
+        );
+        assert_eq!(
+            state.update_events[0].reason,
+            "the process crashed during probation"
+        );
+        assert_eq!(
+            state.update_events[1].to_version.as_deref(),
+            Some("v1"),
+            "rolled back to the build that ran before"
+        );
     }
 }
