@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Conn, ENROLLMENT_TOKEN, STEP, Server};
+use crate::helpers::{Conn, ENROLLMENT_TOKEN, STEP, Server, run_in_background};
 
 /// Who sent a recorded frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,20 +273,6 @@ fn results() -> Vec<CheckResult> {
     ]
 }
 
-/// Starts `POST /api/v1/agents/{fp}/run` with `body` in the background.
-fn run_in_background(
-    server: &Arc<Server>,
-    fp: &Fingerprint,
-    body: Value,
-) -> tokio::task::JoinHandle<(u16, Value)> {
-    let server = server.clone();
-    let path = format!("/api/v1/agents/{fp}/run");
-    tokio::spawn(async move {
-        let auth = format!("Bearer {}", server.admin_token);
-        server.http("POST", &path, Some(&auth), Some(&body)).await
-    })
-}
-
 #[tokio::test]
 async fn full_session_of_protocol_2_still_works() {
     let server = Arc::new(Server::start().await);
@@ -367,7 +353,7 @@ async fn full_session_of_protocol_2_still_works() {
         };
         assert_eq!(up_to, 2);
 
-        let call = run_in_background(&server, &fp, json!({ "check": "disk" }));
+        let call = run_in_background(&server, fp.as_str(), json!({ "check": "disk" }));
         let ServerMessage::RunCheck { id, .. } = tape.server(&mut conn).await else {
             panic!("expected run_check");
         };
@@ -390,7 +376,7 @@ async fn full_session_of_protocol_2_still_works() {
         };
         assert!(config.allow_adhoc);
         let script = json!({ "script": "echo hi", "interpreter": "sh", "timeout_secs": 5 });
-        let call = run_in_background(&server, &fp, script);
+        let call = run_in_background(&server, fp.as_str(), script);
         let ServerMessage::RunScript { id, .. } = tape.server(&mut conn).await else {
             panic!("expected run_script");
         };

@@ -536,3 +536,17 @@ pub fn result(seq: u64, check: &str, state: CheckState, summary: &str) -> CheckR
 
 /// Close code the server uses for protocol violations, rejections and replacement.
 pub const POLICY: u16 = 1008;
+
+/// Starts `POST /api/v1/agents/{fp}/run` with `body` in the background.
+pub fn run_in_background(
+    server: &std::sync::Arc<Server>,
+    fp: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let server = server.clone();
+    let path = format!("/api/v1/agents/{fp}/run");
+    tokio::spawn(async move {
+        let auth = format!("Bearer {}", server.admin_token);
+        server.http("POST", &path, Some(&auth), Some(&body)).await
+    })
+}

@@ -3,23 +3,9 @@
 use std::sync::Arc;
 
 use outrider_protocol::{AgentMessage, CheckState, ServerMessage};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::helpers::{Agent, Conn, ENROLLMENT_TOKEN, Server, result};
-
-/// Starts `POST /api/v1/agents/{fp}/run` with `body` in the background.
-fn run_in_background(
-    server: &Arc<Server>,
-    fp: &str,
-    body: Value,
-) -> tokio::task::JoinHandle<(u16, Value)> {
-    let server = server.clone();
-    let path = format!("/api/v1/agents/{fp}/run");
-    tokio::spawn(async move {
-        let auth = format!("Bearer {}", server.admin_token);
-        server.http("POST", &path, Some(&auth), Some(&body)).await
-    })
-}
+use crate::helpers::{Agent, Conn, ENROLLMENT_TOKEN, Server, result, run_in_background};
 
 async fn next_rpc(conn: &mut Conn) -> ServerMessage {
     match conn.recv().await {
