@@ -93,7 +93,7 @@ pub fn glibc_needs(file: &Path) -> GlibcNeeds {
         .args(["-V", "--wide"])
         .arg(file)
         .output()
-        .expect("run readelf (binutils; tests/run installs it)");
+        .expect("run readelf (binutils; tests/deps installs it)");
     assert!(
         out.status.success(),
         "readelf -V {} failed: {}",
@@ -161,7 +161,7 @@ pub fn bullseye_root() -> &'static Path {
             .arg(&tmp)
             .arg(&mirror)
             .output()
-            .expect("run debootstrap (tests/run installs it)");
+            .expect("run debootstrap (tests/deps installs it)");
         assert!(
             out.status.success(),
             "debootstrap bullseye failed:\n{}{}",

@@ -298,7 +298,7 @@ fn scripts_are_posix_shellcheck_clean_and_truncation_safe() {
             .args(["--shell=sh", "--severity=style"])
             .arg(&script)
             .output()
-            .expect("shellcheck is installed (tests/run installs it)");
+            .expect("shellcheck is installed (tests/deps installs it)");
         assert!(
             out.status.success(),
             "{name}: shellcheck findings:\n{}",
