@@ -162,6 +162,8 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
         .context("applying the metrics schema")?;
     tx.execute_batch(include_str!("store/update_events.sql"))
         .context("applying the update events schema")?;
+    tx.execute_batch(include_str!("store/alert_outbox.sql"))
+        .context("applying the alert outbox schema")?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
