@@ -1,5 +1,5 @@
 #!/bin/sh
-# Agent benchmark (issue 5 item 10): the real agent library, published to a
+# Agent benchmark: the real agent library, published to a
 # real `outrider-server` and run by the real stub (`outrider-agent --prefix`)
 # on loopback, release builds.
 #

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Delta benchmark (issue 3 item 8): two consecutive real release builds of
+# Delta benchmark: two consecutive real release builds of
 # agent-lib that differ by one small source change, then full / zstd /
 # bsdiff+zstd / zstd-patch-from sizes and the time and peak memory to create
 # and apply each delta. Paste the printed table into docs/benchmarks.md.

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Server benchmark (issue 6 item 9): RUNS runs of bench/loadgen against a
+# Server benchmark: RUNS runs of bench/loadgen against a
 # release build of outrider-server on loopback, then the median (and
 # min-max) of each figure over the runs. Extra arguments go to
 # outrider-loadgen (e.g. --agents 2000 --steady-secs 20).

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Hot-swap benchmark (issue 4 item 8): the real agent library, a real
+# Hot-swap benchmark: the real agent library, a real
 # `outrider-server` and a real stub (`outrider-agent --prefix`) on loopback.
 #
 # Two builds of the same library (the release .so with a different trailer

@@ -1,5 +1,4 @@
-//! Binary deltas between two builds of the agent library (DESIGN.md §5,
-//! issue 3 item 3).
+//! Binary deltas between two builds of the agent library (docs/updates.md).
 //!
 //! Two formats, named in the manifest by [`DeltaFormat`]:
 //!

@@ -1,4 +1,5 @@
-//! `outrider-loadgen`: the server benchmark of issue 6 item 9.
+//! `outrider-loadgen`: the server benchmark (docs/benchmarks.md,
+//! "Server: 10,000 simulated agents on one machine").
 //!
 //! Starts a release `outrider-server` on loopback with a fresh data
 //! directory, defines one check, and runs N simulated agents

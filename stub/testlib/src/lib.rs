@@ -1,5 +1,5 @@
 //! `liboutrider_testlib`: a purpose-built agent library for testing the
-//! stub's hot swap, rollback and crash handling (issue 4, item 7).
+//! stub's hot swap, rollback and crash handling.
 //!
 //! It exports `outrider_agent_entry_v1` exactly like the real library (a
 //! static `AgentApiV1`, null for another major, `catch_unwind` around every

@@ -1,7 +1,6 @@
-//! The agent and the server together, through the real binaries (issues:
-//! the complete agent, the fleet control plane): plugins pulled by hash and
-//! assigned by tag, built-in checks, run-now, the metric outputs, and a
-//! server outage that loses nothing.
+//! The agent and the server together, through the real binaries: plugins
+//! pulled by hash and assigned by tag, built-in checks, run-now, the metric
+//! outputs, and a server outage that loses nothing.
 
 use outrider_tests::{Keys, TestAgent, TestServer, agent_library, script, secs, wait_until};
 use serde_json::Value;

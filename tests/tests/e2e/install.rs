@@ -1,4 +1,4 @@
-//! The one-line installer (issue: install, service and release): the real
+//! The one-line installer: the real
 //! `packaging/install.sh`, as the server serves it, run with `sh` against a
 //! real server into a temporary prefix, without a service manager.
 

@@ -1,4 +1,4 @@
-//! The one thin path through every part (issue: walking skeleton, 3–7).
+//! The one thin path through every part: install, register, report, swap.
 
 use outrider_tests::{Keys, TestAgent, TestServer, agent_library, script, secs, wait_until};
 use serde_json::Value;

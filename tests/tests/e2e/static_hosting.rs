@@ -1,5 +1,5 @@
 //! The update repository exported as static files and served by a plain
-//! static file server; the stub updates from it (issue 3, item 6).
+//! static file server; the stub updates from it.
 
 use outrider_tests::{Keys, StaticServer, TestAgent, TestServer, agent_library, secs, wait_until};
 

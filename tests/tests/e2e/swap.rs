@@ -1,5 +1,5 @@
 //! Hot swap, probation and rollback with the purpose-built test library
-//! (issue: stub, items 2–4 and 7). Each variant of `outrider-testlib` is a
+//! (stub/testlib). Each variant of `outrider-testlib` is a
 //! distinct signed build whose behaviour is set by its file trailer.
 
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! A tampered build or manifest in the server's store is refused by the
-//! stub, which loads nothing (issue: walking skeleton, 10).
+//! stub, which loads nothing.
 
 use base64::Engine;
 use outrider_tests::{Keys, TestAgent, TestServer, agent_library, secs};

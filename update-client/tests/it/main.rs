@@ -1,5 +1,5 @@
 //! Client-side update tests over real files and a real loopback HTTP server
-//! that can misbehave on purpose (issue 3, items 5 and 7).
+//! that can misbehave on purpose (docs/updates.md, "Attacks and where each is refused").
 
 mod attacks;
 mod repo;
