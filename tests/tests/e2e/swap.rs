@@ -329,16 +329,20 @@ fn every_crash_point_of_a_swap_leaves_a_verified_build_to_run() {
             "{step}: killed by SIGABRT"
         );
 
-        // Half-written builds the crash left behind, by inode: the restarted
-        // stub may at once start a fresh download of v2 under the same name,
-        // and only the crash's own directories must be gone.
+        // Half-written builds the crash left behind, by identity: the
+        // restarted stub may at once start a fresh download of v2 under the
+        // same name, and only the crash's own directories must be gone. The
+        // file system may give the fresh directory the freed inode number, so
+        // the identity is the inode with its birth time (which, unlike the
+        // change time, writing into the directory does not move).
         let versions = agent.prefix.path().join("versions");
         let inode = |name: &str| {
+            use std::os::unix::fs::MetadataExt;
             std::fs::metadata(versions.join(name))
                 .ok()
-                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                .map(|m| (m.ino(), m.created().ok()))
         };
-        let crashed_tmp: Vec<(String, Option<u64>)> = agent
+        let crashed_tmp: Vec<_> = agent
             .installed_versions()
             .into_iter()
             .filter(|v| v.starts_with(".tmp"))
