@@ -26,8 +26,15 @@
 # idle memory used to grow with every swap.
 #
 # Usage:   bench/footprint.sh
-# Env:     SKIP_BUILD=1 (use target/release as it is), WARMUP_SECS=60,
-#          SAMPLES=30, SWAPS=3, WORK=/tmp/outrider-footprint-bench (wiped at start)
+# Env:     DIST=1 (measure what we ship: stub, library and CLI built by
+#          packaging/build into target/dist — profile `dist`, portable —
+#          the server still from target/release; default: all four from
+#          the release profile in target/release),
+#          SERVER_BIN=path (with DIST=1: the server to run; it is not
+#          measured, only answers the agent and `outrider run`),
+#          SKIP_BUILD=1 (use target/release and target/dist as they are),
+#          WARMUP_SECS=60, SAMPLES=30, SWAPS=3,
+#          WORK=/tmp/outrider-footprint-bench (wiped at start)
 # Needs:   collectd-core zabbix-agent prometheus-node-exporter
 #          nagios-nrpe-server nagios-nrpe-plugin monitoring-plugins-basic
 #          (apt-get install; their services need not run: each is started here
@@ -195,14 +202,37 @@ main() {
             die "$PLUGINS/$plugin is needed (nagios-nrpe-plugin, monitoring-plugins-basic)"
     done
     if [ "${SKIP_BUILD:-0}" != 1 ]; then
-        log "cargo build --locked --release (server, cli, stub, agent library)"
-        (cd "$ROOT" && cargo build --locked --release -p outrider-server -p outrider-cli \
-            -p outrider-agent-stub -p outrider-agent-lib) || die "release build failed"
+        if [ "${DIST:-0}" = 1 ]; then
+            log "packaging/build (stub, agent library, cli; profile dist) and cargo build --release (server)"
+            "$ROOT/packaging/build" --only outrider-agent-lib --only outrider-agent-stub \
+                --only outrider-cli >/dev/null || die "dist build failed"
+            (cd "$ROOT" && cargo build --locked --release -p outrider-server) || die "release build failed"
+        else
+            log "cargo build --locked --release (server, cli, stub, agent library)"
+            (cd "$ROOT" && cargo build --locked --release -p outrider-server -p outrider-cli \
+                -p outrider-agent-stub -p outrider-agent-lib) || die "release build failed"
+        fi
     fi
-    need_binaries "run the release build"
 
     rm -rf "$WORK"
     mkdir -p "$WORK"
+    if [ "${DIST:-0}" = 1 ]; then
+        # One directory of the four, so bench/lib.sh runs them as it would
+        # the release build.
+        dist="${CARGO_TARGET_DIR:-$ROOT/target}/dist"
+        case $dist in /*) ;; *) dist="$ROOT/$dist" ;; esac
+        mkdir -p "$WORK/bin"
+        for f in outrider-agent liboutrider_agent.so outrider; do
+            [ -e "$dist/$f" ] || die "$dist/$f is missing: run packaging/build"
+            ln -s "$dist/$f" "$WORK/bin/$f"
+        done
+        ln -s "${SERVER_BIN:-$BIN/outrider-server}" "$WORK/bin/outrider-server"
+        BIN="$WORK/bin"
+        PROFILE_NAME="dist (packaging/build)"
+    else
+        PROFILE_NAME=release
+    fi
+    need_binaries "run the release build (or packaging/build for DIST=1)"
     start_server
     "$BIN/outrider" keys init --dir "$WORK/keys" >"$WORK/keys.log" 2>&1 || die "keys init failed"
     printf '#!/bin/sh\necho "OK - bench | value=1;;;;"\n' >"$WORK/plugin.sh"
@@ -278,7 +308,7 @@ main() {
     cat <<EOF
 
 == outrider footprint benchmark, $(date -u +%Y-%m-%d) ==
-commit: $(git -C "$ROOT" rev-parse --short HEAD) (library built $(date -u -r "$BIN/liboutrider_agent.so" +%H:%M:%SZ), stub $(stat -c %s "$BIN/outrider-agent") B, library $(stat -c %s "$BIN/liboutrider_agent.so") B)
+commit: $(git -C "$ROOT" rev-parse --short HEAD), profile $PROFILE_NAME (library built $(date -u -r "$(readlink -f "$BIN/liboutrider_agent.so")" +%H:%M:%SZ), stub $(stat -L -c %s "$BIN/outrider-agent") B, library $(stat -L -c %s "$BIN/liboutrider_agent.so") B)
 $(cat "$WORK/memory.txt")
 run-now, ms (wall time of the command, process start included):
   outrider run <agent> load   p50=$(pct "$WORK/lat-outrider.txt" 0.5) p99=$(pct "$WORK/lat-outrider.txt" 0.99) max=$(pct "$WORK/lat-outrider.txt" 1) n=$(wc -l <"$WORK/lat-outrider.txt")
