@@ -22,8 +22,9 @@
 # agent → plugin → back) and `check_nrpe -H 127.0.0.1 -p PORT -c check_load`
 # (TLS to nrpe → plugin → back). SAMPLES of each, interleaved; p50 / p99 / max.
 #
-# The stub looks for updates every 10 s (update_interval_secs), so the
-# swaps below are picked up without waiting; the default is 15 min.
+# The stub looks for updates every UPDATE_INTERVAL_SECS (10 s), so the
+# swaps below are picked up without waiting; the default is 15 min
+# (UPDATE_INTERVAL_SECS=900 SWAPS=0 measures the agent as installed).
 #
 # Swaps: then SWAPS hot swaps (the release library with a different trailer
 # appended each time, published as b2, b3, ...; each waited for until
@@ -42,6 +43,7 @@
 #          measured, only answers the agent and `outrider run`),
 #          SKIP_BUILD=1 (use target/release and target/dist as they are),
 #          WARMUP_SECS=60, MEMORY_SECS=60, SAMPLES=30, SWAPS=3, SWAP_SECS=30,
+#          UPDATE_INTERVAL_SECS=10,
 #          WORK=/tmp/outrider-footprint-bench (wiped at start)
 # Needs:   collectd-core zabbix-agent prometheus-node-exporter
 #          nagios-nrpe-server nagios-nrpe-plugin monitoring-plugins-basic
@@ -54,6 +56,7 @@ set -u
 WARMUP_SECS=${WARMUP_SECS:-60}
 MEMORY_SECS=${MEMORY_SECS:-60}
 SWAP_SECS=${SWAP_SECS:-30}
+UPDATE_INTERVAL_SECS=${UPDATE_INTERVAL_SECS:-10}
 SAMPLES=${SAMPLES:-30}
 SWAPS=${SWAPS:-3}
 WORK=${WORK:-/tmp/outrider-footprint-bench}
@@ -308,7 +311,7 @@ main() {
         die "checks add load failed"
     cli release publish --channel bench --keys "$WORK/keys" --version b1 --deltas 0 \
         "$BIN/liboutrider_agent.so" >"$WORK/publish.log" 2>&1 || die "publish failed"
-    start_stub "update_interval_secs = 10"
+    start_stub "update_interval_secs = $UPDATE_INTERVAL_SECS"
     wait_for "b1 to be current" 120 current_is b1
     wait_for "a result of check load" 60 sh -c "[ \"\$(sqlite3 '$DB' \"SELECT COUNT(*) FROM results WHERE check_name = 'load'\")\" -gt 0 ]"
     AGENT_FP=$(cli --json agents | jq -r '.[0].fingerprint')
