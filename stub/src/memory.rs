@@ -160,7 +160,11 @@ pub fn release_idle_pages() -> std::io::Result<Released> {
         // SAFETY: the range is a whole mapping of this process, read-only
         // and file-backed with no private copies (checked above), so its
         // contents after MADV_DONTNEED are the file's, as they are now; no
-        // Rust object lives in it.
+        // Rust object lives in it. It is still the mapping smaps showed:
+        // file mappings of this process are removed only by dlclose, which
+        // the stub calls from this same thread (the supervisor's), never
+        // while this runs; one added meanwhile (glibc loading an NSS module
+        // for a DNS lookup on another thread) is not in the list.
         let rc = unsafe {
             libc::madvise(
                 m.start as *mut libc::c_void,
