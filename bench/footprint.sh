@@ -8,26 +8,43 @@
 # Memory: after WARMUP_SECS, VmRSS (/proc/PID/status) and Pss
 # (/proc/PID/smaps_rollup) of every process of each agent, summed (zabbix_agentd
 # is a main process plus collector and listener children; the others are one
-# process). Plugin children are not an agent's memory and are not counted. For
-# the stub, RssAnon / RssFile and the largest mappings by Rss are printed too,
-# so a change can be traced to heap, stacks or code pages.
+# process), sampled every 2 s for MEMORY_SECS: median VmRSS (min–max) and
+# median Pss. Sampled, not read once, because the stub gives back idle pages
+# 30 s after each update check and faults some back in at the next one
+# (stub/src/memory.rs): one reading would land anywhere on that sawtooth.
+# Plugin children are not an agent's memory and are not counted. For the
+# stub, RssAnon / RssFile and the largest mappings by Rss (at the end of the
+# window) are printed too, so a change can be traced to heap, stacks or code
+# pages.
 #
 # Latency: each sample is the wall time of the operator's command, process
 # start included: `outrider run <agent> load` (CLI → server → websocket →
 # agent → plugin → back) and `check_nrpe -H 127.0.0.1 -p PORT -c check_load`
 # (TLS to nrpe → plugin → back). SAMPLES of each, interleaved; p50 / p99 / max.
 #
-# The stub looks for updates every 10 s (update_interval_secs), so the
-# swaps below are picked up without waiting; the default is 15 min.
+# The stub looks for updates every UPDATE_INTERVAL_SECS (10 s), so the
+# swaps below are picked up without waiting; the default is 15 min
+# (UPDATE_INTERVAL_SECS=900 SWAPS=0 measures the agent as installed).
 #
 # Swaps: then SWAPS hot swaps (the release library with a different trailer
 # appended each time, published as b2, b3, ...; each waited for until
-# state.json says it is current), and the stub's figures after each, since
-# idle memory used to grow with every swap.
+# state.json says it is current), and the stub's figures after each
+# (sampled as above for SWAP_SECS after a 10 s settle), since idle memory
+# used to grow with every swap.
 #
 # Usage:   bench/footprint.sh
-# Env:     SKIP_BUILD=1 (use target/release as it is), WARMUP_SECS=60,
-#          SAMPLES=30, SWAPS=3, WORK=/tmp/outrider-footprint-bench (wiped at start)
+# Env:     DIST=1 (measure what we ship: stub, library and CLI built by
+#          packaging/build into target/dist — profile `dist`, portable —
+#          the server still from target/release; default: all four from
+#          the release profile in target/release),
+#          DIST_DIR=dir (with DIST=1: where the stub, library and CLI are;
+#          default target/dist, for an A/B of two builds),
+#          SERVER_BIN=path (with DIST=1: the server to run; it is not
+#          measured, only answers the agent and `outrider run`),
+#          SKIP_BUILD=1 (use target/release and target/dist as they are),
+#          WARMUP_SECS=60, MEMORY_SECS=60, SAMPLES=30, SWAPS=3, SWAP_SECS=30,
+#          UPDATE_INTERVAL_SECS=10,
+#          WORK=/tmp/outrider-footprint-bench (wiped at start)
 # Needs:   collectd-core zabbix-agent prometheus-node-exporter
 #          nagios-nrpe-server nagios-nrpe-plugin monitoring-plugins-basic
 #          (apt-get install; their services need not run: each is started here
@@ -37,6 +54,9 @@
 set -u
 
 WARMUP_SECS=${WARMUP_SECS:-60}
+MEMORY_SECS=${MEMORY_SECS:-60}
+SWAP_SECS=${SWAP_SECS:-30}
+UPDATE_INTERVAL_SECS=${UPDATE_INTERVAL_SECS:-10}
 SAMPLES=${SAMPLES:-30}
 SWAPS=${SWAPS:-3}
 WORK=${WORK:-/tmp/outrider-footprint-bench}
@@ -85,17 +105,67 @@ pids_of() {
     done
 }
 
-# figures NAME PID [PID...]: summed VmRSS / Pss of the processes.
-figures() {
-    name=$1
-    shift
+# sample PID [PID...]: one line "VmRSS Pss processes", summed over the
+# processes, in KiB.
+sample() {
     rss=0 pss=0 n=0
     for pid in "$@"; do
         r=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
         p=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null)
         rss=$((rss + ${r:-0})) pss=$((pss + ${p:-0})) n=$((n + 1))
     done
-    printf '%-26s %8s KiB VmRSS %8s KiB Pss  (%s process%s)\n' "$name" "$rss" "$pss" "$n" "$([ "$n" = 1 ] || echo es)"
+    echo "$rss $pss $n"
+}
+
+# summary FILE: "median VmRSS (min–max), median Pss" of FILE's samples.
+summary() {
+    n=$(wc -l <"$1")
+    rss_med=$(cut -d' ' -f1 "$1" | sort -n | sed -n "$(((n + 1) / 2))p")
+    rss_min=$(cut -d' ' -f1 "$1" | sort -n | head -1)
+    rss_max=$(cut -d' ' -f1 "$1" | sort -n | tail -1)
+    pss_med=$(cut -d' ' -f2 "$1" | sort -n | sed -n "$(((n + 1) / 2))p")
+    echo "$rss_med $rss_min $rss_max $pss_med $n"
+}
+
+# sample_agents SECS: every 2 s for SECS, a sample of each agent into
+# $WORK/mem-<agent>.txt.
+sample_agents() {
+    : >"$WORK/mem-outrider.txt" && : >"$WORK/mem-collectd.txt" && : >"$WORK/mem-zabbix.txt"
+    : >"$WORK/mem-node.txt" && : >"$WORK/mem-nrpe.txt"
+    end=$(($(date +%s) + $1))
+    while [ "$(date +%s)" -lt "$end" ]; do
+        sample "$AGENT_PID" >>"$WORK/mem-outrider.txt"
+        # shellcheck disable=SC2046 # word lists of pids
+        sample $(pids_of "$COLLECTD_PID") >>"$WORK/mem-collectd.txt"
+        # shellcheck disable=SC2046
+        sample $(pids_of "$ZABBIX_PID") >>"$WORK/mem-zabbix.txt"
+        # shellcheck disable=SC2046
+        sample $(pids_of "$NODE_PID") >>"$WORK/mem-node.txt"
+        # shellcheck disable=SC2046
+        sample $(pids_of "$NRPE_PID") >>"$WORK/mem-nrpe.txt"
+        sleep 2
+    done
+}
+
+# figures NAME FILE: one line of the table from FILE's samples.
+figures() {
+    # shellcheck disable=SC2046 # five numbers
+    set -- "$1" $(summary "$2") "$(tail -1 "$2" | cut -d' ' -f3)"
+    printf '%-26s %8s KiB VmRSS (%s-%s) %8s KiB Pss  (%s samples, %s process%s)\n' \
+        "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$([ "$7" = 1 ] || echo es)"
+}
+
+# stub_window SECS: the stub's figures sampled for SECS, one line.
+stub_window() {
+    : >"$WORK/mem-window.txt"
+    end=$(($(date +%s) + $1))
+    while [ "$(date +%s)" -lt "$end" ]; do
+        sample "$AGENT_PID" >>"$WORK/mem-window.txt"
+        sleep 2
+    done
+    # shellcheck disable=SC2046 # five numbers
+    set -- $(summary "$WORK/mem-window.txt")
+    echo "VmRSS median $1 KiB ($2-$3), Pss median $4 KiB, $(proc_figures | cut -d' ' -f3-)"
 }
 
 # time_ms COMMAND...: wall time of COMMAND in ms (its output discarded);
@@ -195,14 +265,37 @@ main() {
             die "$PLUGINS/$plugin is needed (nagios-nrpe-plugin, monitoring-plugins-basic)"
     done
     if [ "${SKIP_BUILD:-0}" != 1 ]; then
-        log "cargo build --locked --release (server, cli, stub, agent library)"
-        (cd "$ROOT" && cargo build --locked --release -p outrider-server -p outrider-cli \
-            -p outrider-agent-stub -p outrider-agent-lib) || die "release build failed"
+        if [ "${DIST:-0}" = 1 ]; then
+            log "packaging/build (stub, agent library, cli; profile dist) and cargo build --release (server)"
+            "$ROOT/packaging/build" --only outrider-agent-lib --only outrider-agent-stub \
+                --only outrider-cli >/dev/null || die "dist build failed"
+            (cd "$ROOT" && cargo build --locked --release -p outrider-server) || die "release build failed"
+        else
+            log "cargo build --locked --release (server, cli, stub, agent library)"
+            (cd "$ROOT" && cargo build --locked --release -p outrider-server -p outrider-cli \
+                -p outrider-agent-stub -p outrider-agent-lib) || die "release build failed"
+        fi
     fi
-    need_binaries "run the release build"
 
     rm -rf "$WORK"
     mkdir -p "$WORK"
+    if [ "${DIST:-0}" = 1 ]; then
+        # One directory of the four, so bench/lib.sh runs them as it would
+        # the release build.
+        dist="${DIST_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/dist}"
+        case $dist in /*) ;; *) dist="$ROOT/$dist" ;; esac
+        mkdir -p "$WORK/bin"
+        for f in outrider-agent liboutrider_agent.so outrider; do
+            [ -e "$dist/$f" ] || die "$dist/$f is missing: run packaging/build"
+            ln -s "$dist/$f" "$WORK/bin/$f"
+        done
+        ln -s "${SERVER_BIN:-$BIN/outrider-server}" "$WORK/bin/outrider-server"
+        BIN="$WORK/bin"
+        PROFILE_NAME="dist (packaging/build)"
+    else
+        PROFILE_NAME=release
+    fi
+    need_binaries "run the release build (or packaging/build for DIST=1)"
     start_server
     "$BIN/outrider" keys init --dir "$WORK/keys" >"$WORK/keys.log" 2>&1 || die "keys init failed"
     printf '#!/bin/sh\necho "OK - bench | value=1;;;;"\n' >"$WORK/plugin.sh"
@@ -218,7 +311,7 @@ main() {
         die "checks add load failed"
     cli release publish --channel bench --keys "$WORK/keys" --version b1 --deltas 0 \
         "$BIN/liboutrider_agent.so" >"$WORK/publish.log" 2>&1 || die "publish failed"
-    start_stub "update_interval_secs = 10"
+    start_stub "update_interval_secs = $UPDATE_INTERVAL_SECS"
     wait_for "b1 to be current" 120 current_is b1
     wait_for "a result of check load" 60 sh -c "[ \"\$(sqlite3 '$DB' \"SELECT COUNT(*) FROM results WHERE check_name = 'load'\")\" -gt 0 ]"
     AGENT_FP=$(cli --json agents | jq -r '.[0].fingerprint')
@@ -233,18 +326,16 @@ main() {
     sleep "$WARMUP_SECS"
     # A scrape and a zabbix query, so each serves once before it is measured.
     curl -fs -o /dev/null "http://127.0.0.1:$NODE_PORT/metrics"
+    log "sampling memory for ${MEMORY_SECS}s"
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    sample_agents "$MEMORY_SECS"
     {
-        echo "== memory after ${WARMUP_SECS}s, $(date -u +%Y-%m-%dT%H:%MZ), load average $(cut -d' ' -f1-3 /proc/loadavg) =="
-        # shellcheck disable=SC2046 # word lists of pids
-        figures "outrider stub + library" $(pids_of "$AGENT_PID" | head -1)
-        # shellcheck disable=SC2046
-        figures "collectd" $(pids_of "$COLLECTD_PID")
-        # shellcheck disable=SC2046
-        figures "zabbix_agentd" $(pids_of "$ZABBIX_PID")
-        # shellcheck disable=SC2046
-        figures "prometheus-node-exporter" $(pids_of "$NODE_PID")
-        # shellcheck disable=SC2046
-        figures "nrpe" $(pids_of "$NRPE_PID")
+        echo "== memory from ${WARMUP_SECS}s for ${MEMORY_SECS}s, $(date -u +%Y-%m-%dT%H:%MZ), load average $load_before =="
+        figures "outrider stub + library" "$WORK/mem-outrider.txt"
+        figures "collectd" "$WORK/mem-collectd.txt"
+        figures "zabbix_agentd" "$WORK/mem-zabbix.txt"
+        figures "prometheus-node-exporter" "$WORK/mem-node.txt"
+        figures "nrpe" "$WORK/mem-nrpe.txt"
         echo "stub: $(stub_details)"
     } >"$WORK/memory.txt"
     cat "$WORK/memory.txt" >&2
@@ -259,7 +350,7 @@ main() {
             die "check_nrpe failed"
         i=$((i + 1))
     done
-    STUB_AFTER_RUNS=$(proc_figures)
+    STUB_AFTER_RUNS="$(proc_figures)"
     log "$SWAPS hot swaps"
     mkdir -p "$WORK/libs"
     : >"$WORK/swaps.txt"
@@ -271,14 +362,14 @@ main() {
             "$WORK/libs/b$s.so" >>"$WORK/publish.log" 2>&1 || die "publish b$s failed"
         wait_for "b$s to be current" 180 current_is "b$s"
         sleep 10 # the new generation settles (connects, runs its checks)
-        echo "after swap to b$s: $(proc_figures)" >>"$WORK/swaps.txt"
+        echo "after swap to b$s: $(stub_window "$SWAP_SECS")" >>"$WORK/swaps.txt"
         s=$((s + 1))
     done
     plain=$( (cd "$WORK" && for _ in 1 2 3 4 5 6 7 8 9 10; do time_ms "$PLUGINS/check_load" -w 1000,1000,1000 -c 2000,2000,2000; done) | sort -n | head -1)
     cat <<EOF
 
 == outrider footprint benchmark, $(date -u +%Y-%m-%d) ==
-commit: $(git -C "$ROOT" rev-parse --short HEAD) (library built $(date -u -r "$BIN/liboutrider_agent.so" +%H:%M:%SZ), stub $(stat -c %s "$BIN/outrider-agent") B, library $(stat -c %s "$BIN/liboutrider_agent.so") B)
+commit: $(git -C "$ROOT" rev-parse --short HEAD), profile $PROFILE_NAME (library built $(date -u -r "$(readlink -f "$BIN/liboutrider_agent.so")" +%H:%M:%SZ), stub $(stat -L -c %s "$BIN/outrider-agent") B, library $(stat -L -c %s "$BIN/liboutrider_agent.so") B)
 $(cat "$WORK/memory.txt")
 run-now, ms (wall time of the command, process start included):
   outrider run <agent> load   p50=$(pct "$WORK/lat-outrider.txt" 0.5) p99=$(pct "$WORK/lat-outrider.txt" 0.99) max=$(pct "$WORK/lat-outrider.txt" 1) n=$(wc -l <"$WORK/lat-outrider.txt")

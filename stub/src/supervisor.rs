@@ -41,6 +41,11 @@ use policy::{Action, Event, Health, Limits, Now, Phase};
 
 /// Main loop tick: how fast signals, health and exits are noticed.
 const TICK: Duration = Duration::from_millis(50);
+/// How long after a generation passed probation, or after an update
+/// check, the pages only that work touched are given back
+/// ([`crate::memory::release_idle_pages`]): long enough for the new
+/// generation to connect and take its configuration.
+const RELEASE_SETTLE: Duration = Duration::from_secs(30);
 /// First and longest delay between attempts when nothing can run.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -118,6 +123,8 @@ pub struct Supervisor<'a> {
     /// SHA-256 of the running binary (hashed once at start); `None` if
     /// unreadable, which turns self-update off.
     exe_sha256: Option<outrider_signing::Sha256>,
+    /// Monotonic ms at which idle pages are next given back, if due.
+    release_at_ms: Option<u64>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -156,6 +163,7 @@ impl<'a> Supervisor<'a> {
             retries: 0,
             exe_path,
             exe_sha256,
+            release_at_ms: None,
         }
     }
 
@@ -199,6 +207,36 @@ impl<'a> Supervisor<'a> {
             {
                 self.update_check()?;
             }
+            self.maybe_release_idle_pages();
+        }
+    }
+
+    /// Asks for idle pages to be given back [`RELEASE_SETTLE`] after `now`,
+    /// unless that is already due sooner.
+    fn schedule_release(&mut self, now_ms: u64) {
+        let settle = RELEASE_SETTLE.as_millis() as u64;
+        self.release_at_ms
+            .get_or_insert(now_ms.saturating_add(settle));
+    }
+
+    /// Gives back the pages start-up, a swap or an update check used and
+    /// the idle agent does not, once they are due and a generation runs
+    /// steadily (not on probation: that may still end in a swap back).
+    fn maybe_release_idle_pages(&mut self) {
+        let now = self.clock.now().mono_ms;
+        let due = self.release_at_ms.is_some_and(|at| now >= at);
+        if !due || !matches!(self.phase, Phase::Steady { .. }) || self.generation.is_none() {
+            return;
+        }
+        self.release_at_ms = None;
+        match crate::memory::release_idle_pages() {
+            Ok(r) => tracing::debug!(
+                file_kib = r.file_kib,
+                mappings = r.mappings,
+                heap_trimmed = r.heap_trimmed,
+                "idle pages given back"
+            ),
+            Err(e) => tracing::debug!("cannot give back idle pages: {e}"),
         }
     }
 
@@ -231,6 +269,7 @@ impl<'a> Supervisor<'a> {
             let passed = was_on_probation && matches!(self.phase, Phase::Steady { .. });
             if passed {
                 self.retries = 0;
+                self.schedule_release(now.mono_ms);
             }
             for (i, action) in actions.iter().enumerate() {
                 queue.extend(self.execute(action, &actions[i + 1..])?);
@@ -364,6 +403,7 @@ impl<'a> Supervisor<'a> {
     fn update_check(&mut self) -> Result<(), StubError> {
         let now = self.clock.now().mono_ms;
         self.next_check_ms = now + self.config.jittered_update_interval().as_millis() as u64;
+        self.schedule_release(now);
         let build = match self.updater.fetch_latest(&mut self.state) {
             Ok(build) => build,
             Err(e) => {

@@ -35,6 +35,36 @@ fn portable_artefacts_need_at_most_glibc_2_17() {
     }
 }
 
+/// The shipped library is built by itself (`packaging/build`, one `cargo
+/// build -p` per artefact), so it gets only the tokio features it asks for:
+/// no multi-thread scheduler, whose statistics were its only use of libm
+/// (`pow`). Linking it back costs every agent the scheduler's code and
+/// libm's pages, ~330 KiB of idle RSS (docs/benchmarks.md, "Lean agent").
+#[test]
+fn the_portable_library_needs_no_libm() {
+    let lib = portable_build().join("liboutrider_agent.so");
+    let out = Command::new("readelf")
+        .arg("-dW")
+        .arg(&lib)
+        .output()
+        .expect("run readelf");
+    assert!(out.status.success(), "readelf -d {}", lib.display());
+    let dynamic = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = dynamic
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    assert!(
+        needed.contains(&"libc.so.6"),
+        "read no NEEDED entries: {needed:?}"
+    );
+    assert!(
+        !needed.iter().any(|n| n.starts_with("libm.")),
+        "the agent library links libm again: {needed:?}"
+    );
+}
+
 /// The portable stub installed into a prefix inside the Debian 11 root
 /// (agent.toml, root.json, the binary, as install.sh lays them out) and run
 /// there: `chroot` in a private mount namespace with the root's /proc
