@@ -12,9 +12,10 @@
 # everything it installed.
 #
 # Nothing is installed unless every check passes: the script fails closed
-# when it cannot verify (no openssl with Ed25519, a bad signature, a stub that
-# does not match the manifest). Everything runs inside `main`, called on the
-# last line, so a truncated download does nothing.
+# when it cannot verify (neither OpenSSL 3 nor python to check Ed25519, a
+# bad signature, a stub that does not match the manifest). Everything runs
+# inside `main`, called on the last line, so a truncated download does
+# nothing.
 
 set -u
 
@@ -178,30 +179,118 @@ is_hex() {
     return 0
 }
 
+# The fallback verifier where openssl cannot verify Ed25519 (OpenSSL 1.1.1
+# has no `pkeyutl -rawin`: Debian 11, Ubuntu 20.04, RHEL 8; Amazon Linux 2
+# ships 1.0.2): RFC 8032 section 5.1.7 in pure Python, for python3 and
+# python2.7. As strict as the agent's own verifier (ed25519-dalek's
+# verify_strict in signing/src/envelope.rs): S must be below L (no
+# malleable signatures), A and R must decode canonically and not be of
+# small order, and the recomputed R must equal the signature's bytes.
+# Arguments: PUBKEY_HEX MESSAGE_FILE SIG_HEX; exit 0 valid, 1 invalid.
+# No single quote may appear inside it.
+ED25519_PY='import sys, hashlib, binascii
+p = 2 ** 255 - 19
+L = 2 ** 252 + 27742317777372353535851937790883648493
+d = -121665 * pow(121666, p - 2, p) % p
+I = pow(2, (p - 1) // 4, p)
+def num(b):
+    return sum(c << (8 * i) for i, c in enumerate(bytearray(b)))
+def add(P, Q):
+    a = (P[1] - P[0]) * (Q[1] - Q[0]) % p
+    b = (P[1] + P[0]) * (Q[1] + Q[0]) % p
+    c = 2 * P[3] * Q[3] * d % p
+    e = 2 * P[2] * Q[2] % p
+    E, F, G, H = b - a, e - c, e + c, b + a
+    return (E * F % p, G * H % p, F * G % p, E * H % p)
+def mul(s, P):
+    Q = (0, 1, 1, 0)
+    while s:
+        if s & 1:
+            Q = add(Q, P)
+        P = add(P, P)
+        s >>= 1
+    return Q
+def enc(P):
+    z = pow(P[2], p - 2, p)
+    return P[1] * z % p | (P[0] * z % p & 1) << 255
+def dec(n):
+    y, sign = n & (2 ** 255 - 1), n >> 255
+    if y >= p:
+        return None
+    x2 = (y * y - 1) * pow(d * y * y + 1, p - 2, p) % p
+    x = pow(x2, (p + 3) // 8, p)
+    if (x * x - x2) % p:
+        x = x * I % p
+    if (x * x - x2) % p or (x == 0 and sign):
+        return None
+    if x & 1 != sign:
+        x = p - x
+    return (x, y, 1, x * y % p)
+def small(P):
+    Q = mul(8, P)
+    return Q[0] % p == 0 and (Q[1] - Q[2]) % p == 0
+def verify(pub, msg, sig):
+    A, R, s = dec(num(pub)), dec(num(sig[:32])), num(sig[32:])
+    if A is None or R is None or s >= L or small(A) or small(R):
+        return False
+    k = num(hashlib.sha512(sig[:32] + pub + msg).digest()) % L
+    B = dec(4 * pow(5, p - 2, p) % p)
+    nA = (p - A[0], A[1], A[2], p - A[3])
+    return enc(add(mul(s, B), mul(k, nA))) == num(sig[:32])
+pub, sig = binascii.unhexlify(sys.argv[1]), binascii.unhexlify(sys.argv[3])
+f = open(sys.argv[2], "rb")
+msg = f.read()
+f.close()
+sys.exit(0 if len(pub) == 32 and len(sig) == 64 and verify(pub, msg, sig) else 1)'
+
+# Which program checks signatures: "openssl", or the name of the python
+# that runs ED25519_PY. Set by choose_verifier.
+verifier=''
+
 # ed25519_verify PUBKEY_HEX MESSAGE_FILE SIG_HEX: succeeds when the signature
-# is valid. The key goes to openssl as a DER SubjectPublicKeyInfo.
+# is valid. openssl gets the key as a DER SubjectPublicKeyInfo.
 ed25519_verify() {
     is_hex "$1" 64 || return 1
     is_hex "$3" 128 || return 1
-    hex_to_file "$ED25519_SPKI_PREFIX$1" "$tmp/key.der"
-    hex_to_file "$3" "$tmp/sig.bin"
-    openssl pkeyutl -verify -pubin -keyform DER -inkey "$tmp/key.der" -rawin \
-        -in "$2" -sigfile "$tmp/sig.bin" >/dev/null 2>&1
+    if [ "$verifier" = openssl ]; then
+        hex_to_file "$ED25519_SPKI_PREFIX$1" "$tmp/key.der"
+        hex_to_file "$3" "$tmp/sig.bin"
+        openssl pkeyutl -verify -pubin -keyform DER -inkey "$tmp/key.der" -rawin \
+            -in "$2" -sigfile "$tmp/sig.bin" >/dev/null 2>&1
+    else
+        "$verifier" -c "$ED25519_PY" "$1" "$2" "$3" >/dev/null 2>&1
+    fi
 }
 
-# Fails closed unless openssl verifies Ed25519 (RFC 8032 section 7.1,
-# test 2: the one-byte message 0x72) and rejects a corrupted signature.
-check_openssl() {
-    need_cmd openssl
-    printf 'r' >"$tmp/rfc8032"
+# verifier_works: the current verifier accepts RFC 8032 section 7.1, test 2
+# (the one-byte message 0x72) and rejects the same signature corrupted.
+verifier_works() {
     _pk=3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c
     _sig=92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00
     _bad=92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c01
-    ed25519_verify "$_pk" "$tmp/rfc8032" "$_sig" ||
-        die "cannot verify Ed25519 signatures with this openssl ($(openssl version 2>&1)); OpenSSL 3 is required, nothing was installed"
-    if ed25519_verify "$_pk" "$tmp/rfc8032" "$_bad"; then
-        die "openssl accepted a corrupted signature; refusing to trust it, nothing was installed"
+    printf 'r' >"$tmp/rfc8032"
+    ed25519_verify "$_pk" "$tmp/rfc8032" "$_sig" && ! ed25519_verify "$_pk" "$tmp/rfc8032" "$_bad"
+}
+
+# choose_verifier: openssl when it verifies Ed25519 (OpenSSL 3), else the
+# first python that runs ED25519_PY correctly; says which. Fails closed
+# when neither works. openssl itself stays required: it hashes and decodes
+# base64, which every version does.
+choose_verifier() {
+    need_cmd openssl
+    verifier=openssl
+    if verifier_works; then
+        say "verifying signatures with $(openssl version 2>&1 | awk '{ print $1, $2 }')"
+        return 0
     fi
+    for verifier in python3 python2.7 python2 python; do
+        command -v "$verifier" >/dev/null 2>&1 || continue
+        if verifier_works; then
+            say "verifying signatures with $verifier (RFC 8032 in the installer; $(openssl version 2>&1 | awk '{ print $1, $2 }') cannot verify Ed25519)"
+            return 0
+        fi
+    done
+    die "cannot verify Ed25519 signatures: this openssl ($(openssl version 2>&1 | awk '{ print $1, $2 }')) cannot (OpenSSL 3 can) and no working python3 or python2.7 was found; install either and run again. Nothing was installed"
 }
 
 # verify_envelope ENVELOPE TYPE KEYS THRESHOLD NAME: checks that at least
@@ -694,7 +783,7 @@ main() {
     tmp=$(mktemp -d) || die "cannot create a temporary directory"
     trap 'rm -rf "$tmp"' EXIT
     trap 'exit 1' INT TERM
-    check_openssl
+    choose_verifier
     now=$(date +%s)
     updates="$server/v1/updates"
 

@@ -13,3 +13,4 @@ mod swap;
 mod tamper;
 mod trust;
 mod update_health;
+mod verifier;
