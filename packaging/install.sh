@@ -32,6 +32,8 @@ MAX_STUB_BYTES=134217728
 ED25519_SPKI_PREFIX='302a300506032b6570032100'
 # Exit code of the stub for a configuration error (it must not be restarted).
 EXIT_USAGE=64
+# Most root versions a re-run walks from the installed root to the served one.
+MAX_ROOT_CHAIN=1000
 # Seconds to wait for the agent to stop (and say goodbye) on uninstall.
 STOP_WAIT_SECS=60
 
@@ -44,12 +46,16 @@ usage: install.sh --token TOKEN [options]
 
 options:
   --token TOKEN          enrollment token (outrider tokens create)
-  --server URL           server base URL (default: the server this came from)
+  --server URL           server base URL, https:// (http:// only to this
+                         host); default: the server this came from
   --channel NAME         release channel to follow (default: stable)
   --tags a,b             labels for this host, used to assign checks
   --prefix DIR           install everything under DIR (non-root installs;
                          default for a normal user: $HOME/.outrider)
-  --root-sha256 HEX      pin the update root: refuse a root.json with another hash
+  --root-sha256 HEX      pin the update root: refuse a root.json with another
+                         hash (outrider keys init prints it); without it a
+                         first install trusts the served root, and a re-run
+                         the root already installed
   --service-manager M    auto (default), systemd, openrc, sysv, or none
                          (none: start the agent as a background process)
   --no-service           install but start nothing and install no service
@@ -77,7 +83,7 @@ need_cmd() {
 # MAX_BYTES (checked while streaming by curl, and again after).
 download() {
     if command -v curl >/dev/null 2>&1; then
-        curl -fsSL --proto '=https,http' --max-filesize "$3" -o "$2" "$1" ||
+        curl -fsSL --proto "$protos" --proto-redir "$protos" --max-filesize "$3" -o "$2" "$1" ||
             die "cannot download $1"
     elif command -v wget >/dev/null 2>&1; then
         wget -q -O "$2" "$1" || die "cannot download $1"
@@ -323,6 +329,86 @@ verify_envelope() {
     _count=$(printf '%s' "$_valid" | wc -w | tr -d ' ')
     [ "$_count" -ge "$4" ] ||
         die "$5 is signed by $_count trusted key(s) but $4 are required; it may have been tampered with, nothing was installed"
+}
+
+# check_server_url: $server must be https://, or http:// to this host
+# (127.0.0.0/8, ::1, localhost): the agent sends its enrollment token and
+# its results to this URL, and nothing else may read them on the way. Sets
+# `protos`, the only protocol downloads (and their redirects) may use.
+check_server_url() {
+    case $server in
+        @*) die "--server is required: this copy of install.sh was not served by an Outrider server" ;;
+        https://*) _rest=${server#https://}; protos='=https' ;;
+        http://*) _rest=${server#http://}; protos='=http' ;;
+        *) die "--server must be an https:// URL, not '$server'" ;;
+    esac
+    server=${server%/}
+    _authority=${_rest%%[/?#]*}
+    case $_authority in
+        '') die "--server has no host name: '$server'" ;;
+        *@*) die "--server must not carry a user name or password: '$server'" ;;
+    esac
+    [ "$protos" = '=http' ] || return 0
+    case $_authority in
+        \[*\]) _host=$_authority ;;
+        \[*\]:*) _host=${_authority%:*} ;;
+        *) _host=${_authority%:*} ;;
+    esac
+    case $_host in
+        localhost | '[::1]') return 0 ;;
+        127.*)
+            printf '%s\n' "$_host" | awk -F. '
+                NF != 4 { exit 1 }
+                { for (i = 1; i <= 4; i++) if ($i !~ /^[0-9]+$/ || $i + 0 > 255) exit 1 }
+            ' && return 0
+            ;;
+    esac
+    die "--server must be an https:// URL; plain http:// is allowed only to this host (127.0.0.0/8, ::1, localhost), not '$server'"
+}
+
+# read_root FILE NAME: checks that FILE is a root envelope signed by a
+# threshold of its own root keys; leaves its payload flattened in
+# FILE.payload.flat and its root keys ("keyid pubhex" lines) in FILE.keys.
+read_root() {
+    json_flatten "$1" >"$1.flat" || die "$2 is not valid JSON"
+    printf '%s' "$(json_get "$1.flat" .payload)" | openssl base64 -d -A >"$1.payload" 2>/dev/null ||
+        die "$2 has a payload that is not base64"
+    json_flatten "$1.payload" >"$1.payload.flat" || die "$2 has a payload that is not valid JSON"
+    [ "$(json_get "$1.payload.flat" .type)" = root ] || die "$2 is not an update root"
+    awk -F '\t' '$1 ~ /^\.root_keys\./ { sub(/^\.root_keys\./, "", $1); print $1, $2 }' \
+        "$1.payload.flat" >"$1.keys"
+    verify_envelope "$1" root "$1.keys" "$(json_get "$1.payload.flat" .root_threshold)" "$2"
+}
+
+# follow_root_chain INSTALLED: a re-run on a host that already trusts a
+# root (INSTALLED, its root.json) accepts the served root only when it is
+# that root, or reached from it through the signed chain the stub walks
+# too (roots/N.json, each signed by a threshold of the previous version's
+# root keys as well as its own, docs/updates.md): a server with other keys
+# cannot make a re-run trust it. Called with root_version at least the
+# installed version (older roots are refused before).
+follow_root_chain() {
+    cp "$1" "$tmp/chain.json" || die "cannot read $1"
+    read_root "$tmp/chain.json" "the installed $1"
+    _v=$(json_get "$tmp/chain.json.payload.flat" .version)
+    case $_v in '' | *[!0-9]*) die "the installed $1 has no valid version" ;; esac
+    [ $((root_version - _v)) -le "$MAX_ROOT_CHAIN" ] ||
+        die "root.json from $server is $((root_version - _v)) versions ahead of the installed one, more than the $MAX_ROOT_CHAIN walked; nothing was installed"
+    _prev=$tmp/chain.json
+    while [ "$_v" -lt "$root_version" ]; do
+        _v=$((_v + 1))
+        _next=$tmp/chain.$_v.json
+        download "$updates/roots/$_v.json" "$_next" "$MAX_METADATA_BYTES"
+        read_root "$_next" "root version $_v from $server"
+        [ "$(json_get "$_next.payload.flat" .version)" = "$_v" ] ||
+            die "roots/$_v.json from $server is not root version $_v; nothing was installed"
+        verify_envelope "$_next" root "$_prev.keys" "$(json_get "$_prev.payload.flat" .root_threshold)" \
+            "root version $_v from $server (checked against the keys of version $((_v - 1)))"
+        _prev=$_next
+    done
+    cmp -s "$_prev" "$tmp/root.json" ||
+        die "root.json from $server is not the update root this host trusts ($1) nor signed by it: another server or another root. If the root was replaced on purpose, pin the new one with --root-sha256. Nothing was installed"
+    say "the update root from $server is the one this host trusts ($1) or signed by it"
 }
 
 # --- paths and services --------------------------------------------------
@@ -752,11 +838,7 @@ main() {
     fi
 
     [ -n "$token" ] || die "--token is required (create one with: outrider tokens create)"
-    case $server in
-        @*) die "--server is required: this copy of install.sh was not served by an Outrider server" ;;
-        http://* | https://*) server=${server%/} ;;
-        *) die "--server must be an http:// or https:// URL, not '$server'" ;;
-    esac
+    check_server_url
     case $channel in
         '' | *[!a-z0-9-]*) die "--channel must be letters a-z, digits and '-', not '$channel'" ;;
     esac
@@ -788,33 +870,31 @@ main() {
     updates="$server/v1/updates"
 
     # 1. The root: pinned by hash if asked, self-signed by a threshold of its
-    #    root keys, not expired.
+    #    root keys, not expired, not older than the host trusts, and on a
+    #    re-run the installed root or signed by it.
     download "$updates/root.json" "$tmp/root.json" "$MAX_METADATA_BYTES"
     if [ -n "$root_sha256" ]; then
         _got=$(sha256_of "$tmp/root.json")
         [ "$_got" = "$root_sha256" ] ||
             die "root.json from $server has sha256 $_got, not the pinned $root_sha256; nothing was installed"
-    else
-        say "trusting the update root served by $server (pin it with --root-sha256)"
     fi
-    json_flatten "$tmp/root.json" >"$tmp/root.flat" || die "root.json is not valid JSON"
-    printf '%s' "$(json_get "$tmp/root.flat" .payload)" | openssl base64 -d -A >"$tmp/root.payload" 2>/dev/null ||
-        die "root.json has a payload that is not base64"
-    json_flatten "$tmp/root.payload" >"$tmp/root.payload.flat" || die "root.json's payload is not valid JSON"
-    [ "$(json_get "$tmp/root.payload.flat" .type)" = root ] || die "root.json is not a root"
-    awk -F '\t' '$1 ~ /^\.root_keys\./ { sub(/^\.root_keys\./, "", $1); print $1, $2 }' \
-        "$tmp/root.payload.flat" >"$tmp/root.keys"
-    verify_envelope "$tmp/root.json" root "$tmp/root.keys" \
-        "$(json_get "$tmp/root.payload.flat" .root_threshold)" root.json
-    [ "$(json_get "$tmp/root.payload.flat" .expires_unix)" -gt "$now" ] ||
+    read_root "$tmp/root.json" "root.json from $server"
+    [ "$(json_get "$tmp/root.json.payload.flat" .expires_unix)" -gt "$now" ] ||
         die "the update root has expired; the server's operator must rotate it"
     # The root version this host trusts never goes down: a re-run with an
     # older root (a stale mirror, a replayed root.json) is refused.
-    root_version=$(json_get "$tmp/root.payload.flat" .version)
+    root_version=$(json_get "$tmp/root.json.payload.flat" .version)
     case "$root_version" in '' | *[!0-9]*) die "root.json has no valid version" ;; esac
     trusted_version=$(trusted_root_version)
     if [ -n "$trusted_version" ] && [ "$root_version" -lt "$trusted_version" ]; then
         die "root.json from $server is version $root_version, older than version $trusted_version this host already trusts; nothing was installed"
+    fi
+    if [ -n "$root_sha256" ]; then
+        say "the update root from $server matches the pinned sha256"
+    elif [ -f "$config_dir/root.json" ]; then
+        follow_root_chain "$config_dir/root.json"
+    else
+        say "trusting the update root served by $server on first use; pin it with --root-sha256 $(sha256_of "$tmp/root.json") (check it with the server's operator: outrider keys init prints it)"
     fi
 
     # 2. The channel's manifest: signed by a threshold of unexpired release
@@ -823,10 +903,10 @@ main() {
         $1 ~ /^\.release_keys\..*\.public_key$/ { k = $1; sub(/^\.release_keys\./, "", k); sub(/\.public_key$/, "", k); pub[k] = $2 }
         $1 ~ /^\.release_keys\..*\.expires_unix$/ { k = $1; sub(/^\.release_keys\./, "", k); sub(/\.expires_unix$/, "", k); until[k] = $2 }
         END { for (k in pub) if (until[k] + 0 > now + 0) print k, pub[k] }
-    ' "$tmp/root.payload.flat" >"$tmp/release.keys"
+    ' "$tmp/root.json.payload.flat" >"$tmp/release.keys"
     download "$updates/channels/$channel/manifest.json" "$tmp/manifest.json" "$MAX_METADATA_BYTES"
     verify_envelope "$tmp/manifest.json" release "$tmp/release.keys" \
-        "$(json_get "$tmp/root.payload.flat" .release_threshold)" "the $channel manifest"
+        "$(json_get "$tmp/root.json.payload.flat" .release_threshold)" "the $channel manifest"
     json_flatten "$tmp/manifest.json.payload" >"$tmp/manifest.flat" || die "the manifest's payload is not valid JSON"
     [ "$(json_get "$tmp/manifest.flat" .channel)" = "$channel" ] ||
         die "the server answered with a manifest for another channel; nothing was installed"
@@ -861,9 +941,9 @@ main() {
         mv "$tmp/agent.toml" "$config_dir/agent.toml" || die "cannot write $config_dir/agent.toml"
         changed=true
     fi
-    # The stub rotates root.json through the signed chain; a re-run keeps
-    # its copy unless the operator pinned a root explicitly.
-    if [ ! -f "$config_dir/root.json" ] || [ -n "$root_sha256" ]; then
+    # The stub rotates root.json through the signed chain; a re-run replaces
+    # it only with a root pinned explicitly or reached through that chain.
+    if ! cmp -s "$tmp/root.json" "$config_dir/root.json" 2>/dev/null; then
         chmod 0644 "$tmp/root.json"
         mv "$tmp/root.json" "$config_dir/root.json" || die "cannot write $config_dir/root.json"
     fi

@@ -441,3 +441,187 @@ fn a_rerun_with_a_root_older_than_the_host_trusts_is_refused() {
     );
     assert_eq!(std::fs::read(&root_json).unwrap(), before, "kept");
 }
+
+/// A re-run trusts the root this host already has, not whatever the
+/// server serves: a server with another root (other keys, same version)
+/// is refused without `--root-sha256`, the installed files untouched; the
+/// right server is accepted, also after a real root rotation, which the
+/// installer follows through the signed chain (`roots/2.json`).
+#[test]
+fn a_rerun_verifies_against_the_installed_root_not_the_served_one() {
+    let (server, keys) = server_with_release();
+    let (other, _other_keys) = server_with_release();
+    let root = root_sha256(&server);
+    let install = Install::new();
+    let mut args = install_args(&install, &root, "web");
+    args.push("--no-service");
+    let out = run_installer(&server, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root_json = install.prefix.join("etc/root.json");
+    let toml = install.prefix.join("etc/agent.toml");
+    let (root_before, toml_before) = (
+        std::fs::read(&root_json).unwrap(),
+        std::fs::read(&toml).unwrap(),
+    );
+
+    // The same installer options, without the pin, against a server with
+    // another update root: refused, nothing changed.
+    let prefix = install.prefix.to_str().unwrap();
+    let unpinned = |url: &str| {
+        vec![
+            "--token".to_owned(),
+            ENROLLMENT_TOKEN.to_owned(),
+            "--server".to_owned(),
+            url.to_owned(),
+            "--channel".to_owned(),
+            "dev".to_owned(),
+            "--tags".to_owned(),
+            "db".to_owned(),
+            "--prefix".to_owned(),
+            prefix.to_owned(),
+            "--no-service".to_owned(),
+        ]
+    };
+    let run = |url: &str| {
+        let args = unpinned(url);
+        run_installer(
+            &server,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let out = run(&other.url);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "another root must be refused: {err}");
+    assert!(
+        err.contains("is not the update root this host trusts")
+            && err.contains("--root-sha256")
+            && err.contains("Nothing was installed"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&root_json).unwrap(), root_before, "root kept");
+    assert_eq!(std::fs::read(&toml).unwrap(), toml_before, "settings kept");
+
+    // The right server, unpinned: its root is the installed one.
+    let out = run(&server.url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is the one this host trusts"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The operator rotates the root (version 2, signed by the old root
+    // keys and the new): a re-run walks the chain and installs version 2.
+    let dir = keys.dir.path().to_str().unwrap();
+    server.cli(&["keys", "rotate-root", "--dir", dir, "--add", "1"]);
+    server.cli(&["keys", "publish-root", "--dir", dir]);
+    let out = run(&server.url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&root_json).unwrap(),
+        std::fs::read(keys.root_json()).unwrap(),
+        "the rotated root is installed"
+    );
+    // And the other server stays refused against the rotated root too.
+    let out = run(&other.url);
+    assert!(!out.status.success(), "{}", stderr(&out));
+}
+
+/// Plain http:// would hand the enrollment token and every result to the
+/// network: only https://, or http:// to this host, is accepted.
+#[test]
+fn only_https_or_loopback_http_server_urls_are_accepted() {
+    let refused = "--server must be an https:// URL";
+    let userinfo = "must not carry a user name";
+    let cases: &[(&str, Option<&str>)] = &[
+        ("http://example.com", Some(refused)),
+        ("http://example.com:8470/", Some(refused)),
+        ("http://10.0.0.1:8470", Some(refused)),
+        ("http://127.0.0.1.example.com", Some(refused)),
+        ("http://127.0.0.256", Some(refused)),
+        ("http://[::2]:8470", Some(refused)),
+        ("http://localhost.example.com", Some(refused)),
+        ("ftp://127.0.0.1", Some(refused)),
+        ("example.com", Some(refused)),
+        ("http://127.0.0.1@example.com", Some(userinfo)),
+        ("https://user:pw@example.com", Some(userinfo)),
+        ("https://example.invalid", None),
+        ("http://127.0.0.1:9", None),
+        ("http://127.1.2.3:9/", None),
+        ("http://localhost:9", None),
+        ("http://[::1]:9", None),
+        ("http://[::1]", None),
+    ];
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh");
+    let dir = tempfile::tempdir().unwrap();
+    for (url, expect) in cases {
+        let prefix = dir.path().join("p");
+        let out = Command::new("sh")
+            .arg(&script)
+            .args(["--token", "t", "--server", url, "--prefix"])
+            .arg(&prefix)
+            .args(["--service-manager", "none"])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{url}: nothing serves it: {err}");
+        match expect {
+            Some(message) => assert!(err.contains(message), "{url} must be refused: {err}"),
+            // Accepted: the installer goes on to download, and fails there.
+            None => assert!(
+                err.contains("cannot download") && !err.contains(refused),
+                "{url} must be accepted: {err}"
+            ),
+        }
+        assert!(!prefix.exists(), "{url}: nothing installed");
+    }
+}
+
+#[test]
+fn keys_init_prints_the_root_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let out = Command::new(bin_dir().join("outrider"))
+        .args(["keys", "init", "--dir"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pin = sha256_file(&keys.join("root.json"));
+    assert!(
+        text.contains(&format!("--root-sha256 {pin}")),
+        "keys init prints the pin of the root.json it wrote ({pin}):\n{text}"
+    );
+}
+
+/// The URL the served installer names, over a real socket: `--public-url`
+/// wins; forwarded headers count only from a `--trusted-proxy`.
+#[test]
+fn the_served_installer_names_the_public_url_and_trusts_only_configured_proxies() {
+    let named = |server: &TestServer, forwarded: bool| {
+        let mut request = ureq::get(&format!("{}/install.sh", server.url));
+        if forwarded {
+            request = request
+                .set("X-Forwarded-Proto", "https")
+                .set("X-Forwarded-Host", "mon.example.com");
+        }
+        let text = request.call().unwrap().into_string().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("DEFAULT_SERVER="))
+            .expect("the script sets DEFAULT_SERVER")
+            .to_owned()
+    };
+    let plain = TestServer::start();
+    assert_eq!(named(&plain, false), format!("'{}'", plain.url));
+    assert_eq!(
+        named(&plain, true),
+        format!("'{}'", plain.url),
+        "forwarded headers from an untrusted peer are ignored"
+    );
+    let proxied = TestServer::start_args(&["--trusted-proxy", "127.0.0.1"]);
+    assert_eq!(named(&proxied, true), "'https://mon.example.com'");
+    assert_eq!(named(&proxied, false), format!("'{}'", proxied.url));
+    let public = TestServer::start_args(&["--public-url", "https://outrider.example.com/"]);
+    assert_eq!(named(&public, true), "'https://outrider.example.com'");
+}
