@@ -34,6 +34,8 @@ ED25519_SPKI_PREFIX='302a300506032b6570032100'
 EXIT_USAGE=64
 # Most root versions a re-run walks from the installed root to the served one.
 MAX_ROOT_CHAIN=1000
+# The system user a root install runs the stub and every plugin as.
+AGENT_USER=outrider
 # Seconds to wait for the agent to stop (and say goodbye) on uninstall.
 STOP_WAIT_SECS=60
 
@@ -510,6 +512,20 @@ write_systemd_unit() {
     _unit=$(systemd_unit_path)
     mkdir -p "$(dirname "$_unit")"
     if [ "$system" = true ]; then _target=multi-user.target; else _target=default.target; fi
+    # A system unit runs as the agent's user in a sandbox: the system
+    # read-only but for the agent's own paths, a private /tmp, homes
+    # read-only, and no way back to privileges (setuid plugins included).
+    _sandbox=''
+    if [ "$system" = true ]; then
+        _sandbox="User=$AGENT_USER
+Group=$agent_group
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths=$config_dir $data_dir $log_dir
+PrivateTmp=yes
+ProtectHome=read-only
+"
+    fi
     cat >"$_unit.tmp" <<EOF
 [Unit]
 Description=Outrider monitoring agent
@@ -525,11 +541,11 @@ TimeoutStopSec=$STOP_WAIT_SECS
 Restart=on-failure
 RestartSec=5
 RestartPreventExitStatus=$EXIT_USAGE
-
+$_sandbox
 [Install]
 WantedBy=$_target
 EOF
-    mv "$_unit.tmp" "$_unit"
+    replace_service_file "$_unit.tmp" "$_unit"
 }
 
 write_openrc_script() {
@@ -542,6 +558,7 @@ description="Outrider monitoring agent"
 supervisor=supervise-daemon
 command="$bin"
 command_args="$stub_args"
+command_user="$AGENT_USER:$agent_group"
 respawn_delay=5
 retry="TERM/$STOP_WAIT_SECS/KILL/5"
 extra_started_commands="reload"
@@ -557,13 +574,15 @@ reload() {
 }
 EOF
     chmod 0755 "$init_d/outrider-agent.tmp"
-    mv "$init_d/outrider-agent.tmp" "$init_d/outrider-agent"
+    replace_service_file "$init_d/outrider-agent.tmp" "$init_d/outrider-agent"
 }
 
 # A SysV script whose daemon is a small respawn loop: SysV init does not
 # supervise, so the loop restarts the stub when it fails and forwards
-# SIGTERM/SIGHUP to it.
+# SIGTERM/SIGHUP to it. The loop runs as root; the stub as the agent's
+# user (run_as_agent_user).
 write_sysv_script() {
+    _launch=$(run_as_agent_user)
     cat >"$init_d/outrider-agent.tmp" <<EOF
 #!/bin/sh
 ### BEGIN INIT INFO
@@ -575,14 +594,13 @@ write_sysv_script() {
 # Short-Description: Outrider monitoring agent
 ### END INIT INFO
 PIDFILE=/run/outrider-agent.pid
-BIN="$bin"
 
 supervise() {
     child=
     trap 'kill -TERM "\$child" 2>/dev/null; wait "\$child"; exit 0' TERM INT
     trap 'kill -HUP "\$child" 2>/dev/null' HUP
     while :; do
-        "\$BIN" $stub_args &
+        $_launch &
         child=\$!
         wait "\$child"
         code=\$?
@@ -616,7 +634,7 @@ case "\${1:-}" in
 esac
 EOF
     chmod 0755 "$init_d/outrider-agent.tmp"
-    mv "$init_d/outrider-agent.tmp" "$init_d/outrider-agent"
+    replace_service_file "$init_d/outrider-agent.tmp" "$init_d/outrider-agent"
 }
 
 background_running() {
@@ -625,8 +643,18 @@ background_running() {
 
 start_background() {
     mkdir -p "$log_dir"
-    # shellcheck disable=SC2086 # stub_args is empty or "--prefix DIR"
-    nohup "$bin" $stub_args >>"$log_dir/stdout.log" 2>&1 </dev/null &
+    if [ "$system" = true ]; then
+        # As run_as_agent_user says, spelled out: the pid must be the stub's.
+        if command -v setpriv >/dev/null 2>&1; then
+            nohup setpriv --reuid="$(id -u "$AGENT_USER")" --regid="$(id -g "$AGENT_USER")" \
+                --init-groups -- "$bin" >>"$log_dir/stdout.log" 2>&1 </dev/null &
+        else
+            nohup su -s /bin/sh "$AGENT_USER" -c "exec $bin" >>"$log_dir/stdout.log" 2>&1 </dev/null &
+        fi
+    else
+        # shellcheck disable=SC2086 # stub_args is empty or "--prefix DIR"
+        nohup "$bin" $stub_args >>"$log_dir/stdout.log" 2>&1 </dev/null &
+    fi
     echo $! >"$pid_file.tmp"
     mv "$pid_file.tmp" "$pid_file"
 }
@@ -648,15 +676,16 @@ stop_background() {
     rm -f "$pid_file"
 }
 
-# start_service MANAGER CHANGED: installs and (re)starts the service; a
-# running agent is restarted only when its binary or settings changed.
+# start_service MANAGER: installs and (re)starts the service; a running
+# agent is restarted only when its binary, settings or service definition
+# changed (`changed`).
 start_service() {
     case $1 in
         systemd)
             write_systemd_unit
             systemctl_ daemon-reload || die "systemctl daemon-reload failed"
             systemctl_ enable outrider-agent.service >/dev/null 2>&1 || die "cannot enable outrider-agent.service"
-            if [ "$2" = true ]; then
+            if [ "$changed" = true ]; then
                 systemctl_ restart outrider-agent.service || die "cannot start outrider-agent.service"
             else
                 systemctl_ start outrider-agent.service || die "cannot start outrider-agent.service"
@@ -665,7 +694,7 @@ start_service() {
         openrc)
             write_openrc_script
             rc-update add outrider-agent default >/dev/null || die "rc-update add failed"
-            if [ "$2" = true ]; then
+            if [ "$changed" = true ]; then
                 rc-service outrider-agent restart || die "cannot start outrider-agent"
             else
                 rc-service outrider-agent start || die "cannot start outrider-agent"
@@ -678,7 +707,7 @@ start_service() {
             elif command -v chkconfig >/dev/null 2>&1; then
                 chkconfig --add outrider-agent >/dev/null 2>&1
             fi
-            if [ "$2" = true ]; then
+            if [ "$changed" = true ]; then
                 "$init_d/outrider-agent" restart || die "cannot start outrider-agent"
             else
                 "$init_d/outrider-agent" start || die "cannot start outrider-agent"
@@ -686,7 +715,7 @@ start_service() {
             ;;
         none)
             if background_running; then
-                [ "$2" = true ] || return 0
+                [ "$changed" = true ] || return 0
                 stop_background
             fi
             start_background
@@ -720,6 +749,73 @@ stop_service() {
     stop_background
 }
 
+# --- the agent's user ----------------------------------------------------
+
+# ensure_agent_user: a root install runs the agent as the system user
+# AGENT_USER, made here unless it exists, with whichever tool the system
+# has: useradd (shadow), adduser --system (Debian's), or adduser -S
+# (BusyBox). Sets agent_group to its primary group and created_user to yes
+# when it made it (uninstall then removes it).
+ensure_agent_user() {
+    if ! id -u "$AGENT_USER" >/dev/null 2>&1; then
+        _nologin=/bin/false
+        for _shell in /usr/sbin/nologin /sbin/nologin; do
+            if [ -x "$_shell" ]; then _nologin=$_shell; break; fi
+        done
+        if command -v useradd >/dev/null 2>&1; then
+            useradd --system --user-group --no-create-home --home-dir "$data_dir" \
+                --shell "$_nologin" "$AGENT_USER" ||
+                die "useradd could not create the system user $AGENT_USER"
+        elif command -v adduser >/dev/null 2>&1; then
+            if ! adduser --system --group --no-create-home --home "$data_dir" \
+                --shell "$_nologin" "$AGENT_USER" >/dev/null 2>&1; then
+                # BusyBox: no long options; the group first.
+                addgroup -S "$AGENT_USER" >/dev/null 2>&1
+                adduser -S -D -H -h "$data_dir" -s "$_nologin" -G "$AGENT_USER" "$AGENT_USER" ||
+                    die "adduser could not create the system user $AGENT_USER"
+            fi
+        else
+            die "cannot create the system user $AGENT_USER (no useradd or adduser); create it and run again"
+        fi
+        created_user=yes
+        say "created the system user $AGENT_USER; the agent and its plugins run as it"
+    fi
+    agent_group=$(id -gn "$AGENT_USER") || die "cannot read the group of $AGENT_USER"
+}
+
+# own_files: the agent's user owns what the agent writes (its config
+# directory: identity.key, root.json rotations, the token it removes; the
+# data directory: state, builds, spool, plugins; the logs). The stub and
+# bin/ stay root's, and nothing is writable by group or others, so nothing
+# the agent executes can be changed by another user.
+own_files() {
+    chown -R "$AGENT_USER:$agent_group" "$config_dir" "$data_dir" "$log_dir" ||
+        die "cannot give $config_dir, $data_dir and $log_dir to $AGENT_USER"
+    chown -R 0:0 "$data_dir/bin" || die "cannot own $data_dir/bin"
+    chmod 0755 "$data_dir/bin" "$bin"
+    chmod -R go-w "$config_dir" "$data_dir" "$log_dir"
+}
+
+# run_as_agent_user: a shell command line that runs the stub of a root
+# install (a fixed path without spaces, no arguments) as AGENT_USER:
+# setpriv (util-linux) execs it, so the stub's pid is the one signalled;
+# else su, with a shell because the user's login shell is nologin.
+run_as_agent_user() {
+    if command -v setpriv >/dev/null 2>&1; then
+        printf 'setpriv --reuid=%s --regid=%s --init-groups -- %s' \
+            "$(id -u "$AGENT_USER")" "$(id -g "$AGENT_USER")" "$bin"
+    else
+        printf 'su -s /bin/sh %s -c "exec %s"' "$AGENT_USER" "$bin"
+    fi
+}
+
+# replace_service_file TMP DEST: moves TMP over DEST; a definition that
+# changed (another user, new options) restarts the agent.
+replace_service_file() {
+    cmp -s "$1" "$2" 2>/dev/null || changed=true
+    mv "$1" "$2"
+}
+
 # --- install and uninstall -----------------------------------------------
 
 # toml_string VALUE: VALUE as a TOML basic string.
@@ -750,7 +846,9 @@ write_agent_toml() {
 
 uninstall() {
     _created=no
+    _created_user=no
     if [ -f "$record" ]; then
+        _created_user=$(awk -F= '$1 == "created_user" { print $2 }' "$record")
         _manager=$(awk -F= '$1 == "service_manager" { print $2 }' "$record")
         _created=$(awk -F= '$1 == "created_data_dir" { print $2 }' "$record")
     else
@@ -773,6 +871,19 @@ uninstall() {
             "$data_dir/state.json.tmp" "$data_dir/outrider-agent.lock" "$data_dir/connection.json" \
             "$pid_file" "$record"
         rmdir "$data_dir" 2>/dev/null || say "left $data_dir: it holds files the installer did not create"
+    fi
+    if [ "$system" = true ] && [ "$_created_user" = yes ] && id -u "$AGENT_USER" >/dev/null 2>&1; then
+        if command -v userdel >/dev/null 2>&1; then
+            # -f: the agent has stopped; a process of another namespace
+            # with the same uid must not keep the user.
+            userdel "$AGENT_USER" >/dev/null 2>&1 || userdel -f "$AGENT_USER" >/dev/null 2>&1
+        else
+            deluser "$AGENT_USER" >/dev/null 2>&1
+        fi
+        if grep -q "^$AGENT_USER:" /etc/group 2>/dev/null; then
+            groupdel "$AGENT_USER" >/dev/null 2>&1 || delgroup "$AGENT_USER" >/dev/null 2>&1
+        fi
+        id -u "$AGENT_USER" >/dev/null 2>&1 && say "could not remove the system user $AGENT_USER"
     fi
     say "uninstalled"
 }
@@ -929,10 +1040,15 @@ main() {
     # 4. Install: config (0600, it holds the token), root, stub, service.
     umask 077
     created_data_dir=no
+    created_user=no
     if [ -f "$record" ]; then
         created_data_dir=$(awk -F= '$1 == "created_data_dir" { print $2 }' "$record")
+        created_user=$(awk -F= '$1 == "created_user" { print $2 }' "$record")
     elif [ ! -e "$data_dir" ]; then
         created_data_dir=yes
+    fi
+    if [ "$system" = true ]; then
+        ensure_agent_user
     fi
     mkdir -p "$config_dir" "$data_dir/bin" "$log_dir" || die "cannot create $data_dir"
     changed=false
@@ -953,12 +1069,16 @@ main() {
         mv "$bin.tmp" "$bin" || die "cannot install $bin"
         changed=true
     fi
-    printf 'service_manager=%s\ncreated_data_dir=%s\n' "$service_manager" "$created_data_dir" >"$record"
+    printf 'service_manager=%s\ncreated_data_dir=%s\ncreated_user=%s\n' \
+        "$service_manager" "$created_data_dir" "${created_user:-no}" >"$record"
+    if [ "$system" = true ]; then
+        own_files
+    fi
     if [ "$no_service" = true ]; then
-        say "installed $bin; not starting it (--no-service). Start it with: $bin $stub_args"
+        say "installed $bin; not starting it (--no-service)"
         return 0
     fi
-    start_service "$service_manager" "$changed"
+    start_service "$service_manager"
     say "installed and started the agent ($service_manager); it appears in 'outrider agents' once connected"
 }
 

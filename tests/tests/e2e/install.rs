@@ -314,9 +314,11 @@ fn scripts_are_posix_shellcheck_clean_and_truncation_safe() {
     }
 }
 
-/// A root install writes the system paths of DESIGN.md §2. Run in a private
-/// mount namespace with fresh tmpfs over `/opt`, `/var/log` and
-/// `/etc/outrider`, so the host's own directories are never touched.
+/// A root install writes the system paths of `docs/operations.md` and runs
+/// the agent as the system user `outrider` it creates. Run in a private
+/// mount namespace with fresh tmpfs over `/opt` and `/var/log` and `/etc`
+/// behind an overlay (the user lands there), so the host's own directories
+/// and users are never touched.
 #[test]
 fn root_install_uses_the_system_paths_and_uninstall_removes_them() {
     assert_eq!(
@@ -328,13 +330,15 @@ fn root_install_uses_the_system_paths_and_uninstall_removes_them() {
     let root = root_sha256(&server);
     let dir = tempfile::tempdir().unwrap();
     let installer = fetch_installer(&server, dir.path());
-    let etc_existed = Path::new("/etc/outrider").exists();
     let steps = format!(
         r#"set -eu
+mkdir -p {dir}/ovl
+mount -t tmpfs none {dir}/ovl
+mkdir -p {dir}/ovl/upper {dir}/ovl/work
+mount -t overlay overlay -o lowerdir=/etc,upperdir={dir}/ovl/upper,workdir={dir}/ovl/work /etc
+rm -rf /etc/outrider
 mount -t tmpfs none /opt
 mount -t tmpfs none /var/log
-mkdir -p /etc/outrider
-mount -t tmpfs none /etc/outrider
 trap 'kill -KILL "$(cat /opt/outrider/outrider-agent.pid 2>/dev/null)" 2>/dev/null || true' EXIT
 sh {installer} --token {token} --channel dev --root-sha256 {root} --service-manager none
 test -x /opt/outrider/bin/outrider-agent
@@ -350,11 +354,24 @@ until curl -sf -H "Authorization: Bearer {admin}" {url}/api/v1/agents | grep -q 
     i=$((i + 1)); [ "$i" -lt 600 ] || {{ echo "the agent never connected" >&2; exit 4; }}
     sleep 0.1
 done
+# The agent runs as the user the installer made, and owns what it writes.
+test "$(stat -c %U "/proc/$(cat /opt/outrider/outrider-agent.pid)")" = outrider
+test "$(stat -c %U /etc/outrider/identity.key)" = outrider
+test "$(stat -c %U /opt/outrider/bin/outrider-agent)" = root
+i=0
+until [ -n "$(ls /opt/outrider/versions 2>/dev/null)" ]; do
+    i=$((i + 1)); [ "$i" -lt 600 ] || {{ echo "the agent installed no build" >&2; exit 5; }}
+    sleep 0.1
+done
+loose=$(find /etc/outrider /opt/outrider /var/log/outrider ! -type l \( -perm /022 -o \( ! -user root ! -user outrider \) \))
+[ -z "$loose" ] || {{ echo "writable by another user: $loose" >&2; exit 6; }}
 sh {installer} --uninstall --service-manager none
 test ! -e /opt/outrider
 test ! -e /var/log/outrider
-test -z "$(ls -A /etc/outrider)"
+test ! -e /etc/outrider
+! id -u outrider 2>/dev/null
 "#,
+        dir = dir.path().display(),
         installer = installer.display(),
         token = outrider_tests::ENROLLMENT_TOKEN,
         admin = server.admin_token,
@@ -364,9 +381,6 @@ test -z "$(ls -A /etc/outrider)"
         .args(["--mount", "--propagation", "private", "sh", "-c", &steps])
         .output()
         .expect("run unshare (util-linux)");
-    if !etc_existed {
-        let _ = std::fs::remove_dir("/etc/outrider");
-    }
     assert!(
         out.status.success(),
         "root install in a mount namespace failed:\n{}{}",
