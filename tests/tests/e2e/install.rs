@@ -639,3 +639,116 @@ fn the_served_installer_names_the_public_url_and_trusts_only_configured_proxies(
     let public = TestServer::start_args(&["--public-url", "https://outrider.example.com/"]);
     assert_eq!(named(&public, true), "'https://outrider.example.com'");
 }
+
+/// Hosts without `useradd`: the installer makes the agent's user with
+/// Debian's `adduser --system` (the real one) or BusyBox's `adduser -S`
+/// (Alpine), and uninstall removes it with `deluser`. Debian's busybox has
+/// no user applets, so BusyBox's are stand-ins with BusyBox's exact command
+/// line (short options only, `-S` and `-D` required, long options refused
+/// as BusyBox refuses them), doing the work with the shadow tools. Each in a private mount namespace
+/// with `/etc` behind an overlay; `useradd` and `userdel` are kept off PATH
+/// (only `/usr/bin` and `/bin`, which hold neither, plus the tools below).
+#[test]
+fn a_root_install_creates_the_user_without_useradd() {
+    assert_eq!(current_uid(), 0, "the root install test runs as root");
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let installer = fetch_installer(&server, dir.path());
+    let tools: &[(&str, &[(&str, &str)])] = &[
+        (
+            "debian",
+            &[
+                ("adduser", "exec /usr/sbin/adduser \"$@\""),
+                ("deluser", "exec /usr/sbin/deluser \"$@\""),
+            ],
+        ),
+        (
+            "busybox",
+            &[
+                ("adduser", BUSYBOX_ADDUSER),
+                ("addgroup", BUSYBOX_ADDGROUP),
+                (
+                    "deluser",
+                    "[ $# -eq 1 ] || exit 1\nexec /usr/sbin/userdel -f \"$1\"",
+                ),
+                (
+                    "delgroup",
+                    "[ $# -eq 1 ] || exit 1\nexec /usr/sbin/groupdel \"$1\"",
+                ),
+            ],
+        ),
+    ];
+    for (name, fakes) in tools {
+        let case = dir.path().join(name);
+        let bin = case.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for (tool, body) in *fakes {
+            outrider_tests::script(&bin, tool, body);
+        }
+        let steps = format!(
+            r#"set -eu
+mkdir -p {case}/ovl
+mount -t tmpfs none {case}/ovl
+mkdir -p {case}/ovl/upper {case}/ovl/work
+mount -t overlay overlay -o lowerdir=/etc,upperdir={case}/ovl/upper,workdir={case}/ovl/work /etc
+rm -rf /etc/outrider
+mount -t tmpfs none /opt
+mount -t tmpfs none /var/log
+export PATH={bin}:/usr/bin:/bin
+! command -v useradd
+sh {installer} --token {token} --channel dev --root-sha256 {root} --no-service
+id outrider
+getent passwd outrider | cut -d: -f6,7 >{case}/passwd
+stat -c %U /opt/outrider /etc/outrider/agent.toml >{case}/owners
+sh {installer} --uninstall
+if id -u outrider 2>/dev/null; then echo present; else echo gone; fi >{case}/after
+"#,
+            case = case.display(),
+            bin = bin.display(),
+            installer = installer.display(),
+            token = ENROLLMENT_TOKEN,
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &steps])
+            .output()
+            .expect("run unshare (util-linux)");
+        assert!(
+            out.status.success(),
+            "{name}: root install in a mount namespace failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+        let read = |f: &str| std::fs::read_to_string(case.join(f)).unwrap();
+        let passwd = read("passwd");
+        assert!(
+            passwd.starts_with("/opt/outrider:") && passwd.contains("nologin"),
+            "{name}: a system user without a login shell: {passwd}"
+        );
+        assert_eq!(read("owners"), "outrider\noutrider\n", "{name}");
+        assert_eq!(
+            read("after"),
+            "gone\n",
+            "{name}: uninstall removes the user"
+        );
+    }
+}
+
+/// BusyBox `adduser [-h DIR] [-g GECOS] [-s SHELL] [-G GRP] [-S] [-D] [-H]
+/// [-u UID] [-k SKEL] USER`, as Alpine ships it.
+const BUSYBOX_ADDUSER: &str = r#"for a in "$@"; do case $a in --*) echo "adduser: unrecognized option '$a'" >&2; exit 1 ;; esac; done
+system=no; nopass=no; home=/home; shell=/bin/sh; group=
+while getopts h:g:s:G:SDHu:k: o; do
+    case $o in
+        h) home=$OPTARG ;; s) shell=$OPTARG ;; G) group=$OPTARG ;;
+        S) system=yes ;; D) nopass=yes ;; H) ;; g | u | k) ;;
+        *) exit 1 ;;
+    esac
+done
+shift $((OPTIND - 1))
+[ $# -eq 1 ] && [ "$system" = yes ] && [ "$nopass" = yes ] || { echo "adduser: want -S -D USER" >&2; exit 1; }
+exec /usr/sbin/useradd --system --no-create-home --home-dir "$home" --shell "$shell" ${group:+--gid "$group"} "$1""#;
+
+/// BusyBox `addgroup -S GROUP`.
+const BUSYBOX_ADDGROUP: &str = r#"[ $# -eq 2 ] && [ "$1" = -S ] || { echo "addgroup: want -S GROUP" >&2; exit 1; }
+exec /usr/sbin/groupadd --system "$2""#;
