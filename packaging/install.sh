@@ -61,6 +61,8 @@ options:
   --service-manager M    auto (default), systemd, openrc, sysv, or none
                          (none: start the agent as a background process)
   --no-service           install but start nothing and install no service
+  --allow-adhoc          let this host run ad-hoc commands sent by the
+                         server (outrider run --script); refused without it
   --uninstall            stop the agent (it deregisters), remove everything
   -h, --help             this text
 EOF
@@ -841,6 +843,13 @@ write_agent_toml() {
             IFS=$_old_ifs
             echo ']'
         fi
+        # Local policy the server cannot override; without the flag the
+        # agent's default (ad-hoc commands refused) applies.
+        if [ "$allow_adhoc" = true ]; then
+            echo
+            echo '[policy]'
+            echo 'allow_adhoc = true'
+        fi
     } >"$tmp/agent.toml"
 }
 
@@ -897,6 +906,7 @@ main() {
     root_sha256=''
     service_manager=auto
     no_service=false
+    allow_adhoc=false
     do_uninstall=false
     while [ $# -gt 0 ]; do
         case $1 in
@@ -914,6 +924,7 @@ main() {
                 shift 2
                 ;;
             --no-service) no_service=true; shift ;;
+            --allow-adhoc) allow_adhoc=true; shift ;;
             --uninstall) do_uninstall=true; shift ;;
             -h | --help) usage; return 0 ;;
             *) usage >&2; die "unknown option $1" ;;

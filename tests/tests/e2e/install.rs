@@ -752,3 +752,49 @@ exec /usr/sbin/useradd --system --no-create-home --home-dir "$home" --shell "$sh
 /// BusyBox `addgroup -S GROUP`.
 const BUSYBOX_ADDGROUP: &str = r#"[ $# -eq 2 ] && [ "$1" = -S ] || { echo "addgroup: want -S GROUP" >&2; exit 1; }
 exec /usr/sbin/groupadd --system "$2""#;
+
+/// `--allow-adhoc` writes the local policy table `[policy]` with
+/// `allow_adhoc = true` into a valid `agent.toml`; without it there is no
+/// policy table (the agent's default, refused, applies), also on a re-run
+/// that drops the flag.
+#[test]
+fn allow_adhoc_writes_the_local_policy_and_its_absence_writes_none() {
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+    let install = Install::new();
+    let mut args = install_args(&install, &root, "web");
+    args.push("--no-service");
+    let parse = || -> toml::Table {
+        let text = std::fs::read_to_string(install.prefix.join("etc/agent.toml")).unwrap();
+        text.parse()
+            .unwrap_or_else(|e| panic!("agent.toml is not TOML: {e}\n{text}"))
+    };
+
+    let mut with_flag = args.clone();
+    with_flag.push("--allow-adhoc");
+    let out = run_installer(&server, &with_flag);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let toml = parse();
+    assert_eq!(
+        toml["policy"]["allow_adhoc"].as_bool(),
+        Some(true),
+        "{toml:?}"
+    );
+    assert_eq!(
+        toml["policy"].as_table().unwrap().len(),
+        1,
+        "only allow_adhoc"
+    );
+    assert_eq!(toml["server_url"].as_str(), Some(server.url.as_str()));
+    assert_eq!(
+        toml["channel"].as_str(),
+        Some("dev"),
+        "top-level keys stay top-level"
+    );
+
+    let out = run_installer(&server, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let toml = parse();
+    assert!(!toml.contains_key("policy"), "{toml:?}");
+    assert_eq!(toml["channel"].as_str(), Some("dev"));
+}
