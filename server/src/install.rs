@@ -98,6 +98,18 @@ pub fn script(origin: &Origin, peer: IpAddr, headers: &HeaderMap) -> Response {
         .into_response()
 }
 
+/// The one-line install the server prints at start: the installer from
+/// `base`, with the pin of the served `root` (the SHA-256 of its exact
+/// bytes, what `install.sh --root-sha256` checks). The enrollment token is
+/// left as `TOKEN`: a secret has no place in a log.
+pub fn install_command(base: &str, root: Option<&[u8]>) -> String {
+    let pin = match root {
+        Some(bytes) => outrider_signing::sha256(bytes).to_string(),
+        None => "PIN (no root yet: outrider keys publish-root)".to_owned(),
+    };
+    format!("curl -sSf {base}/install.sh | sh -s -- --token TOKEN --root-sha256 {pin}")
+}
+
 /// `host[:port]` with a DNS name, IPv4 or bracketed IPv6: nothing a shell
 /// would interpret inside single quotes, no path, no user info.
 fn is_plain_host(host: &str) -> bool {
@@ -207,6 +219,19 @@ mod tests {
                 "{public_url:?} {peer} {headers:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_printed_install_command_pins_the_served_root() {
+        let root = b"{\"payload\": \"e30=\", \"signatures\": []}\n";
+        let pin = outrider_signing::sha256(root).to_string();
+        assert_eq!(
+            install_command("https://mon.example.com", Some(root)),
+            format!(
+                "curl -sSf https://mon.example.com/install.sh | sh -s -- --token TOKEN --root-sha256 {pin}"
+            )
+        );
+        assert!(install_command("https://m", None).contains("keys publish-root"));
     }
 
     #[test]

@@ -638,6 +638,11 @@ fn the_served_installer_names_the_public_url_and_trusts_only_configured_proxies(
     assert_eq!(named(&proxied, false), format!("'{}'", proxied.url));
     let public = TestServer::start_args(&["--public-url", "https://outrider.example.com/"]);
     assert_eq!(named(&public, true), "'https://outrider.example.com'");
+    // And the install command it prints at start names it too.
+    public.proc.wait_for_log(
+        "curl -sSf https://outrider.example.com/install.sh | sh -s -- --token TOKEN --root-sha256",
+        secs(10),
+    );
 }
 
 /// Hosts without `useradd`: the installer makes the agent's user with
