@@ -381,6 +381,10 @@ read_root() {
     [ "$(json_get "$1.payload.flat" .type)" = root ] || die "$2 is not an update root"
     awk -F '\t' '$1 ~ /^\.root_keys\./ { sub(/^\.root_keys\./, "", $1); print $1, $2 }' \
         "$1.payload.flat" >"$1.keys"
+    # A threshold of 0 would accept no signatures at all.
+    case $(json_get "$1.payload.flat" .root_threshold)/$(json_get "$1.payload.flat" .release_threshold) in
+        *[!0-9/]* | /* | */ | 0* | */0*) die "$2 has no valid root and release thresholds" ;;
+    esac
     verify_envelope "$1" root "$1.keys" "$(json_get "$1.payload.flat" .root_threshold)" "$2"
 }
 
