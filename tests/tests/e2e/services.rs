@@ -311,7 +311,16 @@ fn current_uid() -> u32 {
 }
 
 /// The built-in checks that must keep working unprivileged.
-const BUILTINS: &[&str] = &["memory", "load", "processes", "uptime"];
+const BUILTINS: &[&str] = &[
+    "cpu",
+    "memory",
+    "swap",
+    "disk",
+    "load",
+    "network",
+    "processes",
+    "uptime",
+];
 
 /// What the SysV case recorded: the stub runs as `outrider`, so do the
 /// plugin and the built-ins (each reports, none refused), and the agent's
