@@ -3,7 +3,9 @@
 #
 # Outrider agent installer.
 #
-#   curl -sSf https://SERVER/install.sh | sh -s -- --token TOKEN [options]
+#   curl -sSf https://SERVER/install.sh | sh -s -- --token TOKEN --root-sha256 PIN [options]
+#
+# PIN is the SHA-256 of the update root, printed by `outrider keys init`.
 #
 # Downloads the outrider-agent stub, checks it against the release manifest
 # signed by the update root, writes agent.toml and root.json, and installs a
@@ -43,7 +45,7 @@ usage() {
     cat <<'EOF'
 Outrider agent installer
 
-usage: install.sh --token TOKEN [options]
+usage: install.sh --token TOKEN --root-sha256 PIN [options]
        install.sh --uninstall [--prefix DIR]
 
 options:
