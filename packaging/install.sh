@@ -3,7 +3,9 @@
 #
 # Outrider agent installer.
 #
-#   curl -sSf https://SERVER/install.sh | sh -s -- --token TOKEN [options]
+#   curl -sSf https://SERVER/install.sh | sh -s -- --token TOKEN --root-sha256 PIN [options]
+#
+# PIN is the SHA-256 of the update root, printed by `outrider keys init`.
 #
 # Downloads the outrider-agent stub, checks it against the release manifest
 # signed by the update root, writes agent.toml and root.json, and installs a
@@ -12,9 +14,10 @@
 # everything it installed.
 #
 # Nothing is installed unless every check passes: the script fails closed
-# when it cannot verify (no openssl with Ed25519, a bad signature, a stub that
-# does not match the manifest). Everything runs inside `main`, called on the
-# last line, so a truncated download does nothing.
+# when it cannot verify (neither OpenSSL 3 nor python to check Ed25519, a
+# bad signature, a stub that does not match the manifest). Everything runs
+# inside `main`, called on the last line, so a truncated download does
+# nothing.
 
 set -u
 
@@ -31,6 +34,10 @@ MAX_STUB_BYTES=134217728
 ED25519_SPKI_PREFIX='302a300506032b6570032100'
 # Exit code of the stub for a configuration error (it must not be restarted).
 EXIT_USAGE=64
+# Most root versions a re-run walks from the installed root to the served one.
+MAX_ROOT_CHAIN=1000
+# The system user a root install runs the stub and every plugin as.
+AGENT_USER=outrider
 # Seconds to wait for the agent to stop (and say goodbye) on uninstall.
 STOP_WAIT_SECS=60
 
@@ -38,20 +45,26 @@ usage() {
     cat <<'EOF'
 Outrider agent installer
 
-usage: install.sh --token TOKEN [options]
+usage: install.sh --token TOKEN --root-sha256 PIN [options]
        install.sh --uninstall [--prefix DIR]
 
 options:
   --token TOKEN          enrollment token (outrider tokens create)
-  --server URL           server base URL (default: the server this came from)
+  --server URL           server base URL, https:// (http:// only to this
+                         host); default: the server this came from
   --channel NAME         release channel to follow (default: stable)
   --tags a,b             labels for this host, used to assign checks
   --prefix DIR           install everything under DIR (non-root installs;
                          default for a normal user: $HOME/.outrider)
-  --root-sha256 HEX      pin the update root: refuse a root.json with another hash
+  --root-sha256 HEX      pin the update root: refuse a root.json with another
+                         hash (outrider keys init prints it); without it a
+                         first install trusts the served root, and a re-run
+                         the root already installed
   --service-manager M    auto (default), systemd, openrc, sysv, or none
                          (none: start the agent as a background process)
   --no-service           install but start nothing and install no service
+  --allow-adhoc          let this host run ad-hoc commands sent by the
+                         server (outrider run --script); refused without it
   --uninstall            stop the agent (it deregisters), remove everything
   -h, --help             this text
 EOF
@@ -76,7 +89,7 @@ need_cmd() {
 # MAX_BYTES (checked while streaming by curl, and again after).
 download() {
     if command -v curl >/dev/null 2>&1; then
-        curl -fsSL --proto '=https,http' --max-filesize "$3" -o "$2" "$1" ||
+        curl -fsSL --proto "$protos" --proto-redir "$protos" --max-filesize "$3" -o "$2" "$1" ||
             die "cannot download $1"
     elif command -v wget >/dev/null 2>&1; then
         wget -q -O "$2" "$1" || die "cannot download $1"
@@ -178,30 +191,118 @@ is_hex() {
     return 0
 }
 
+# The fallback verifier where openssl cannot verify Ed25519 (OpenSSL 1.1.1
+# has no `pkeyutl -rawin`: Debian 11, Ubuntu 20.04, RHEL 8; Amazon Linux 2
+# ships 1.0.2): RFC 8032 section 5.1.7 in pure Python, for python3 and
+# python2.7. As strict as the agent's own verifier (ed25519-dalek's
+# verify_strict in signing/src/envelope.rs): S must be below L (no
+# malleable signatures), A and R must decode canonically and not be of
+# small order, and the recomputed R must equal the signature's bytes.
+# Arguments: PUBKEY_HEX MESSAGE_FILE SIG_HEX; exit 0 valid, 1 invalid.
+# No single quote may appear inside it.
+ED25519_PY='import sys, hashlib, binascii
+p = 2 ** 255 - 19
+L = 2 ** 252 + 27742317777372353535851937790883648493
+d = -121665 * pow(121666, p - 2, p) % p
+I = pow(2, (p - 1) // 4, p)
+def num(b):
+    return sum(c << (8 * i) for i, c in enumerate(bytearray(b)))
+def add(P, Q):
+    a = (P[1] - P[0]) * (Q[1] - Q[0]) % p
+    b = (P[1] + P[0]) * (Q[1] + Q[0]) % p
+    c = 2 * P[3] * Q[3] * d % p
+    e = 2 * P[2] * Q[2] % p
+    E, F, G, H = b - a, e - c, e + c, b + a
+    return (E * F % p, G * H % p, F * G % p, E * H % p)
+def mul(s, P):
+    Q = (0, 1, 1, 0)
+    while s:
+        if s & 1:
+            Q = add(Q, P)
+        P = add(P, P)
+        s >>= 1
+    return Q
+def enc(P):
+    z = pow(P[2], p - 2, p)
+    return P[1] * z % p | (P[0] * z % p & 1) << 255
+def dec(n):
+    y, sign = n & (2 ** 255 - 1), n >> 255
+    if y >= p:
+        return None
+    x2 = (y * y - 1) * pow(d * y * y + 1, p - 2, p) % p
+    x = pow(x2, (p + 3) // 8, p)
+    if (x * x - x2) % p:
+        x = x * I % p
+    if (x * x - x2) % p or (x == 0 and sign):
+        return None
+    if x & 1 != sign:
+        x = p - x
+    return (x, y, 1, x * y % p)
+def small(P):
+    Q = mul(8, P)
+    return Q[0] % p == 0 and (Q[1] - Q[2]) % p == 0
+def verify(pub, msg, sig):
+    A, R, s = dec(num(pub)), dec(num(sig[:32])), num(sig[32:])
+    if A is None or R is None or s >= L or small(A) or small(R):
+        return False
+    k = num(hashlib.sha512(sig[:32] + pub + msg).digest()) % L
+    B = dec(4 * pow(5, p - 2, p) % p)
+    nA = (p - A[0], A[1], A[2], p - A[3])
+    return enc(add(mul(s, B), mul(k, nA))) == num(sig[:32])
+pub, sig = binascii.unhexlify(sys.argv[1]), binascii.unhexlify(sys.argv[3])
+f = open(sys.argv[2], "rb")
+msg = f.read()
+f.close()
+sys.exit(0 if len(pub) == 32 and len(sig) == 64 and verify(pub, msg, sig) else 1)'
+
+# Which program checks signatures: "openssl", or the name of the python
+# that runs ED25519_PY. Set by choose_verifier.
+verifier=''
+
 # ed25519_verify PUBKEY_HEX MESSAGE_FILE SIG_HEX: succeeds when the signature
-# is valid. The key goes to openssl as a DER SubjectPublicKeyInfo.
+# is valid. openssl gets the key as a DER SubjectPublicKeyInfo.
 ed25519_verify() {
     is_hex "$1" 64 || return 1
     is_hex "$3" 128 || return 1
-    hex_to_file "$ED25519_SPKI_PREFIX$1" "$tmp/key.der"
-    hex_to_file "$3" "$tmp/sig.bin"
-    openssl pkeyutl -verify -pubin -keyform DER -inkey "$tmp/key.der" -rawin \
-        -in "$2" -sigfile "$tmp/sig.bin" >/dev/null 2>&1
+    if [ "$verifier" = openssl ]; then
+        hex_to_file "$ED25519_SPKI_PREFIX$1" "$tmp/key.der"
+        hex_to_file "$3" "$tmp/sig.bin"
+        openssl pkeyutl -verify -pubin -keyform DER -inkey "$tmp/key.der" -rawin \
+            -in "$2" -sigfile "$tmp/sig.bin" >/dev/null 2>&1
+    else
+        "$verifier" -c "$ED25519_PY" "$1" "$2" "$3" >/dev/null 2>&1
+    fi
 }
 
-# Fails closed unless openssl verifies Ed25519 (RFC 8032 section 7.1,
-# test 2: the one-byte message 0x72) and rejects a corrupted signature.
-check_openssl() {
-    need_cmd openssl
-    printf 'r' >"$tmp/rfc8032"
+# verifier_works: the current verifier accepts RFC 8032 section 7.1, test 2
+# (the one-byte message 0x72) and rejects the same signature corrupted.
+verifier_works() {
     _pk=3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c
     _sig=92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00
     _bad=92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c01
-    ed25519_verify "$_pk" "$tmp/rfc8032" "$_sig" ||
-        die "cannot verify Ed25519 signatures with this openssl ($(openssl version 2>&1)); OpenSSL 3 is required, nothing was installed"
-    if ed25519_verify "$_pk" "$tmp/rfc8032" "$_bad"; then
-        die "openssl accepted a corrupted signature; refusing to trust it, nothing was installed"
+    printf 'r' >"$tmp/rfc8032"
+    ed25519_verify "$_pk" "$tmp/rfc8032" "$_sig" && ! ed25519_verify "$_pk" "$tmp/rfc8032" "$_bad"
+}
+
+# choose_verifier: openssl when it verifies Ed25519 (OpenSSL 3), else the
+# first python that runs ED25519_PY correctly; says which. Fails closed
+# when neither works. openssl itself stays required: it hashes and decodes
+# base64, which every version does.
+choose_verifier() {
+    need_cmd openssl
+    verifier=openssl
+    if verifier_works; then
+        say "verifying signatures with $(openssl version 2>&1 | awk '{ print $1, $2 }')"
+        return 0
     fi
+    for verifier in python3 python2.7 python2 python; do
+        command -v "$verifier" >/dev/null 2>&1 || continue
+        if verifier_works; then
+            say "verifying signatures with $verifier (RFC 8032 in the installer; $(openssl version 2>&1 | awk '{ print $1, $2 }') cannot verify Ed25519)"
+            return 0
+        fi
+    done
+    die "cannot verify Ed25519 signatures: this openssl ($(openssl version 2>&1 | awk '{ print $1, $2 }')) cannot (OpenSSL 3 can) and no working python3 or python2.7 was found; install either and run again. Nothing was installed"
 }
 
 # verify_envelope ENVELOPE TYPE KEYS THRESHOLD NAME: checks that at least
@@ -234,6 +335,90 @@ verify_envelope() {
     _count=$(printf '%s' "$_valid" | wc -w | tr -d ' ')
     [ "$_count" -ge "$4" ] ||
         die "$5 is signed by $_count trusted key(s) but $4 are required; it may have been tampered with, nothing was installed"
+}
+
+# check_server_url: $server must be https://, or http:// to this host
+# (127.0.0.0/8, ::1, localhost): the agent sends its enrollment token and
+# its results to this URL, and nothing else may read them on the way. Sets
+# `protos`, the only protocol downloads (and their redirects) may use.
+check_server_url() {
+    case $server in
+        @*) die "--server is required: this copy of install.sh was not served by an Outrider server" ;;
+        https://*) _rest=${server#https://}; protos='=https' ;;
+        http://*) _rest=${server#http://}; protos='=http' ;;
+        *) die "--server must be an https:// URL, not '$server'" ;;
+    esac
+    server=${server%/}
+    _authority=${_rest%%[/?#]*}
+    case $_authority in
+        '') die "--server has no host name: '$server'" ;;
+        *@*) die "--server must not carry a user name or password: '$server'" ;;
+    esac
+    [ "$protos" = '=http' ] || return 0
+    case $_authority in
+        \[*\]) _host=$_authority ;;
+        \[*\]:*) _host=${_authority%:*} ;;
+        *) _host=${_authority%:*} ;;
+    esac
+    case $_host in
+        localhost | '[::1]') return 0 ;;
+        127.*)
+            printf '%s\n' "$_host" | awk -F. '
+                NF != 4 { exit 1 }
+                { for (i = 1; i <= 4; i++) if ($i !~ /^[0-9]+$/ || $i + 0 > 255) exit 1 }
+            ' && return 0
+            ;;
+    esac
+    die "--server must be an https:// URL; plain http:// is allowed only to this host (127.0.0.0/8, ::1, localhost), not '$server'"
+}
+
+# read_root FILE NAME: checks that FILE is a root envelope signed by a
+# threshold of its own root keys; leaves its payload flattened in
+# FILE.payload.flat and its root keys ("keyid pubhex" lines) in FILE.keys.
+read_root() {
+    json_flatten "$1" >"$1.flat" || die "$2 is not valid JSON"
+    printf '%s' "$(json_get "$1.flat" .payload)" | openssl base64 -d -A >"$1.payload" 2>/dev/null ||
+        die "$2 has a payload that is not base64"
+    json_flatten "$1.payload" >"$1.payload.flat" || die "$2 has a payload that is not valid JSON"
+    [ "$(json_get "$1.payload.flat" .type)" = root ] || die "$2 is not an update root"
+    awk -F '\t' '$1 ~ /^\.root_keys\./ { sub(/^\.root_keys\./, "", $1); print $1, $2 }' \
+        "$1.payload.flat" >"$1.keys"
+    # A threshold of 0 would accept no signatures at all.
+    case $(json_get "$1.payload.flat" .root_threshold)/$(json_get "$1.payload.flat" .release_threshold) in
+        *[!0-9/]* | /* | */ | 0* | */0*) die "$2 has no valid root and release thresholds" ;;
+    esac
+    verify_envelope "$1" root "$1.keys" "$(json_get "$1.payload.flat" .root_threshold)" "$2"
+}
+
+# follow_root_chain INSTALLED: a re-run on a host that already trusts a
+# root (INSTALLED, its root.json) accepts the served root only when it is
+# that root, or reached from it through the signed chain the stub walks
+# too (roots/N.json, each signed by a threshold of the previous version's
+# root keys as well as its own, docs/updates.md): a server with other keys
+# cannot make a re-run trust it. Called with root_version at least the
+# installed version (older roots are refused before).
+follow_root_chain() {
+    cp "$1" "$tmp/chain.json" || die "cannot read $1"
+    read_root "$tmp/chain.json" "the installed $1"
+    _v=$(json_get "$tmp/chain.json.payload.flat" .version)
+    case $_v in '' | *[!0-9]*) die "the installed $1 has no valid version" ;; esac
+    [ $((root_version - _v)) -le "$MAX_ROOT_CHAIN" ] ||
+        die "root.json from $server is $((root_version - _v)) versions ahead of the installed one, more than the $MAX_ROOT_CHAIN walked; nothing was installed"
+    _prev=$tmp/chain.json
+    while [ "$_v" -lt "$root_version" ]; do
+        _v=$((_v + 1))
+        _next=$tmp/chain.$_v.json
+        download "$updates/roots/$_v.json" "$_next" "$MAX_METADATA_BYTES"
+        read_root "$_next" "root version $_v from $server"
+        [ "$(json_get "$_next.payload.flat" .version)" = "$_v" ] ||
+            die "roots/$_v.json from $server is not root version $_v; nothing was installed"
+        verify_envelope "$_next" root "$_prev.keys" "$(json_get "$_prev.payload.flat" .root_threshold)" \
+            "root version $_v from $server (checked against the keys of version $((_v - 1)))"
+        _prev=$_next
+    done
+    cmp -s "$_prev" "$tmp/root.json" ||
+        die "root.json from $server is not the update root this host trusts ($1) nor signed by it: another server or another root. If the root was replaced on purpose, pin the new one with --root-sha256. Nothing was installed"
+    say "the update root from $server is the one this host trusts ($1) or signed by it"
 }
 
 # --- paths and services --------------------------------------------------
@@ -335,6 +520,20 @@ write_systemd_unit() {
     _unit=$(systemd_unit_path)
     mkdir -p "$(dirname "$_unit")"
     if [ "$system" = true ]; then _target=multi-user.target; else _target=default.target; fi
+    # A system unit runs as the agent's user in a sandbox: the system
+    # read-only but for the agent's own paths, a private /tmp, homes
+    # read-only, and no way back to privileges (setuid plugins included).
+    _sandbox=''
+    if [ "$system" = true ]; then
+        _sandbox="User=$AGENT_USER
+Group=$agent_group
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths=$config_dir $data_dir $log_dir
+PrivateTmp=yes
+ProtectHome=read-only
+"
+    fi
     cat >"$_unit.tmp" <<EOF
 [Unit]
 Description=Outrider monitoring agent
@@ -350,11 +549,11 @@ TimeoutStopSec=$STOP_WAIT_SECS
 Restart=on-failure
 RestartSec=5
 RestartPreventExitStatus=$EXIT_USAGE
-
+$_sandbox
 [Install]
 WantedBy=$_target
 EOF
-    mv "$_unit.tmp" "$_unit"
+    replace_service_file "$_unit.tmp" "$_unit"
 }
 
 write_openrc_script() {
@@ -367,6 +566,7 @@ description="Outrider monitoring agent"
 supervisor=supervise-daemon
 command="$bin"
 command_args="$stub_args"
+command_user="$AGENT_USER:$agent_group"
 respawn_delay=5
 retry="TERM/$STOP_WAIT_SECS/KILL/5"
 extra_started_commands="reload"
@@ -382,13 +582,15 @@ reload() {
 }
 EOF
     chmod 0755 "$init_d/outrider-agent.tmp"
-    mv "$init_d/outrider-agent.tmp" "$init_d/outrider-agent"
+    replace_service_file "$init_d/outrider-agent.tmp" "$init_d/outrider-agent"
 }
 
 # A SysV script whose daemon is a small respawn loop: SysV init does not
 # supervise, so the loop restarts the stub when it fails and forwards
-# SIGTERM/SIGHUP to it.
+# SIGTERM/SIGHUP to it. The loop runs as root; the stub as the agent's
+# user (run_as_agent_user).
 write_sysv_script() {
+    _launch=$(run_as_agent_user)
     cat >"$init_d/outrider-agent.tmp" <<EOF
 #!/bin/sh
 ### BEGIN INIT INFO
@@ -400,14 +602,13 @@ write_sysv_script() {
 # Short-Description: Outrider monitoring agent
 ### END INIT INFO
 PIDFILE=/run/outrider-agent.pid
-BIN="$bin"
 
 supervise() {
     child=
     trap 'kill -TERM "\$child" 2>/dev/null; wait "\$child"; exit 0' TERM INT
     trap 'kill -HUP "\$child" 2>/dev/null' HUP
     while :; do
-        "\$BIN" $stub_args &
+        $_launch &
         child=\$!
         wait "\$child"
         code=\$?
@@ -441,7 +642,7 @@ case "\${1:-}" in
 esac
 EOF
     chmod 0755 "$init_d/outrider-agent.tmp"
-    mv "$init_d/outrider-agent.tmp" "$init_d/outrider-agent"
+    replace_service_file "$init_d/outrider-agent.tmp" "$init_d/outrider-agent"
 }
 
 background_running() {
@@ -450,8 +651,18 @@ background_running() {
 
 start_background() {
     mkdir -p "$log_dir"
-    # shellcheck disable=SC2086 # stub_args is empty or "--prefix DIR"
-    nohup "$bin" $stub_args >>"$log_dir/stdout.log" 2>&1 </dev/null &
+    if [ "$system" = true ]; then
+        # As run_as_agent_user says, spelled out: the pid must be the stub's.
+        if command -v setpriv >/dev/null 2>&1; then
+            nohup setpriv --reuid="$(id -u "$AGENT_USER")" --regid="$(id -g "$AGENT_USER")" \
+                --init-groups -- "$bin" >>"$log_dir/stdout.log" 2>&1 </dev/null &
+        else
+            nohup su -s /bin/sh "$AGENT_USER" -c "exec $bin" >>"$log_dir/stdout.log" 2>&1 </dev/null &
+        fi
+    else
+        # shellcheck disable=SC2086 # stub_args is empty or "--prefix DIR"
+        nohup "$bin" $stub_args >>"$log_dir/stdout.log" 2>&1 </dev/null &
+    fi
     echo $! >"$pid_file.tmp"
     mv "$pid_file.tmp" "$pid_file"
 }
@@ -473,15 +684,16 @@ stop_background() {
     rm -f "$pid_file"
 }
 
-# start_service MANAGER CHANGED: installs and (re)starts the service; a
-# running agent is restarted only when its binary or settings changed.
+# start_service MANAGER: installs and (re)starts the service; a running
+# agent is restarted only when its binary, settings or service definition
+# changed (`changed`).
 start_service() {
     case $1 in
         systemd)
             write_systemd_unit
             systemctl_ daemon-reload || die "systemctl daemon-reload failed"
             systemctl_ enable outrider-agent.service >/dev/null 2>&1 || die "cannot enable outrider-agent.service"
-            if [ "$2" = true ]; then
+            if [ "$changed" = true ]; then
                 systemctl_ restart outrider-agent.service || die "cannot start outrider-agent.service"
             else
                 systemctl_ start outrider-agent.service || die "cannot start outrider-agent.service"
@@ -490,7 +702,7 @@ start_service() {
         openrc)
             write_openrc_script
             rc-update add outrider-agent default >/dev/null || die "rc-update add failed"
-            if [ "$2" = true ]; then
+            if [ "$changed" = true ]; then
                 rc-service outrider-agent restart || die "cannot start outrider-agent"
             else
                 rc-service outrider-agent start || die "cannot start outrider-agent"
@@ -503,7 +715,7 @@ start_service() {
             elif command -v chkconfig >/dev/null 2>&1; then
                 chkconfig --add outrider-agent >/dev/null 2>&1
             fi
-            if [ "$2" = true ]; then
+            if [ "$changed" = true ]; then
                 "$init_d/outrider-agent" restart || die "cannot start outrider-agent"
             else
                 "$init_d/outrider-agent" start || die "cannot start outrider-agent"
@@ -511,7 +723,7 @@ start_service() {
             ;;
         none)
             if background_running; then
-                [ "$2" = true ] || return 0
+                [ "$changed" = true ] || return 0
                 stop_background
             fi
             start_background
@@ -545,6 +757,73 @@ stop_service() {
     stop_background
 }
 
+# --- the agent's user ----------------------------------------------------
+
+# ensure_agent_user: a root install runs the agent as the system user
+# AGENT_USER, made here unless it exists, with whichever tool the system
+# has: useradd (shadow), adduser --system (Debian's), or adduser -S
+# (BusyBox). Sets agent_group to its primary group and created_user to yes
+# when it made it (uninstall then removes it).
+ensure_agent_user() {
+    if ! id -u "$AGENT_USER" >/dev/null 2>&1; then
+        _nologin=/bin/false
+        for _shell in /usr/sbin/nologin /sbin/nologin; do
+            if [ -x "$_shell" ]; then _nologin=$_shell; break; fi
+        done
+        if command -v useradd >/dev/null 2>&1; then
+            useradd --system --user-group --no-create-home --home-dir "$data_dir" \
+                --shell "$_nologin" "$AGENT_USER" ||
+                die "useradd could not create the system user $AGENT_USER"
+        elif command -v adduser >/dev/null 2>&1; then
+            if ! adduser --system --group --no-create-home --home "$data_dir" \
+                --shell "$_nologin" "$AGENT_USER" >/dev/null 2>&1; then
+                # BusyBox: no long options; the group first.
+                addgroup -S "$AGENT_USER" >/dev/null 2>&1
+                adduser -S -D -H -h "$data_dir" -s "$_nologin" -G "$AGENT_USER" "$AGENT_USER" ||
+                    die "adduser could not create the system user $AGENT_USER"
+            fi
+        else
+            die "cannot create the system user $AGENT_USER (no useradd or adduser); create it and run again"
+        fi
+        created_user=yes
+        say "created the system user $AGENT_USER; the agent and its plugins run as it"
+    fi
+    agent_group=$(id -gn "$AGENT_USER") || die "cannot read the group of $AGENT_USER"
+}
+
+# own_files: the agent's user owns what the agent writes (its config
+# directory: identity.key, root.json rotations, the token it removes; the
+# data directory: state, builds, spool, plugins; the logs). The stub and
+# bin/ stay root's, and nothing is writable by group or others, so nothing
+# the agent executes can be changed by another user.
+own_files() {
+    chown -R "$AGENT_USER:$agent_group" "$config_dir" "$data_dir" "$log_dir" ||
+        die "cannot give $config_dir, $data_dir and $log_dir to $AGENT_USER"
+    chown -R 0:0 "$data_dir/bin" || die "cannot own $data_dir/bin"
+    chmod 0755 "$data_dir/bin" "$bin"
+    chmod -R go-w "$config_dir" "$data_dir" "$log_dir"
+}
+
+# run_as_agent_user: a shell command line that runs the stub of a root
+# install (a fixed path without spaces, no arguments) as AGENT_USER:
+# setpriv (util-linux) execs it, so the stub's pid is the one signalled;
+# else su, with a shell because the user's login shell is nologin.
+run_as_agent_user() {
+    if command -v setpriv >/dev/null 2>&1; then
+        printf 'setpriv --reuid=%s --regid=%s --init-groups -- %s' \
+            "$(id -u "$AGENT_USER")" "$(id -g "$AGENT_USER")" "$bin"
+    else
+        printf 'su -s /bin/sh %s -c "exec %s"' "$AGENT_USER" "$bin"
+    fi
+}
+
+# replace_service_file TMP DEST: moves TMP over DEST; a definition that
+# changed (another user, new options) restarts the agent.
+replace_service_file() {
+    cmp -s "$1" "$2" 2>/dev/null || changed=true
+    mv "$1" "$2"
+}
+
 # --- install and uninstall -----------------------------------------------
 
 # toml_string VALUE: VALUE as a TOML basic string.
@@ -570,12 +849,21 @@ write_agent_toml() {
             IFS=$_old_ifs
             echo ']'
         fi
+        # Local policy the server cannot override; without the flag the
+        # agent's default (ad-hoc commands refused) applies.
+        if [ "$allow_adhoc" = true ]; then
+            echo
+            echo '[policy]'
+            echo 'allow_adhoc = true'
+        fi
     } >"$tmp/agent.toml"
 }
 
 uninstall() {
     _created=no
+    _created_user=no
     if [ -f "$record" ]; then
+        _created_user=$(awk -F= '$1 == "created_user" { print $2 }' "$record")
         _manager=$(awk -F= '$1 == "service_manager" { print $2 }' "$record")
         _created=$(awk -F= '$1 == "created_data_dir" { print $2 }' "$record")
     else
@@ -599,6 +887,19 @@ uninstall() {
             "$pid_file" "$record"
         rmdir "$data_dir" 2>/dev/null || say "left $data_dir: it holds files the installer did not create"
     fi
+    if [ "$system" = true ] && [ "$_created_user" = yes ] && id -u "$AGENT_USER" >/dev/null 2>&1; then
+        if command -v userdel >/dev/null 2>&1; then
+            # -f: the agent has stopped; a process of another namespace
+            # with the same uid must not keep the user.
+            userdel "$AGENT_USER" >/dev/null 2>&1 || userdel -f "$AGENT_USER" >/dev/null 2>&1
+        else
+            deluser "$AGENT_USER" >/dev/null 2>&1
+        fi
+        if grep -q "^$AGENT_USER:" /etc/group 2>/dev/null; then
+            groupdel "$AGENT_USER" >/dev/null 2>&1 || delgroup "$AGENT_USER" >/dev/null 2>&1
+        fi
+        id -u "$AGENT_USER" >/dev/null 2>&1 && say "could not remove the system user $AGENT_USER"
+    fi
     say "uninstalled"
 }
 
@@ -611,6 +912,7 @@ main() {
     root_sha256=''
     service_manager=auto
     no_service=false
+    allow_adhoc=false
     do_uninstall=false
     while [ $# -gt 0 ]; do
         case $1 in
@@ -628,6 +930,7 @@ main() {
                 shift 2
                 ;;
             --no-service) no_service=true; shift ;;
+            --allow-adhoc) allow_adhoc=true; shift ;;
             --uninstall) do_uninstall=true; shift ;;
             -h | --help) usage; return 0 ;;
             *) usage >&2; die "unknown option $1" ;;
@@ -663,11 +966,7 @@ main() {
     fi
 
     [ -n "$token" ] || die "--token is required (create one with: outrider tokens create)"
-    case $server in
-        @*) die "--server is required: this copy of install.sh was not served by an Outrider server" ;;
-        http://* | https://*) server=${server%/} ;;
-        *) die "--server must be an http:// or https:// URL, not '$server'" ;;
-    esac
+    check_server_url
     case $channel in
         '' | *[!a-z0-9-]*) die "--channel must be letters a-z, digits and '-', not '$channel'" ;;
     esac
@@ -694,38 +993,36 @@ main() {
     tmp=$(mktemp -d) || die "cannot create a temporary directory"
     trap 'rm -rf "$tmp"' EXIT
     trap 'exit 1' INT TERM
-    check_openssl
+    choose_verifier
     now=$(date +%s)
     updates="$server/v1/updates"
 
     # 1. The root: pinned by hash if asked, self-signed by a threshold of its
-    #    root keys, not expired.
+    #    root keys, not expired, not older than the host trusts, and on a
+    #    re-run the installed root or signed by it.
     download "$updates/root.json" "$tmp/root.json" "$MAX_METADATA_BYTES"
     if [ -n "$root_sha256" ]; then
         _got=$(sha256_of "$tmp/root.json")
         [ "$_got" = "$root_sha256" ] ||
             die "root.json from $server has sha256 $_got, not the pinned $root_sha256; nothing was installed"
-    else
-        say "trusting the update root served by $server (pin it with --root-sha256)"
     fi
-    json_flatten "$tmp/root.json" >"$tmp/root.flat" || die "root.json is not valid JSON"
-    printf '%s' "$(json_get "$tmp/root.flat" .payload)" | openssl base64 -d -A >"$tmp/root.payload" 2>/dev/null ||
-        die "root.json has a payload that is not base64"
-    json_flatten "$tmp/root.payload" >"$tmp/root.payload.flat" || die "root.json's payload is not valid JSON"
-    [ "$(json_get "$tmp/root.payload.flat" .type)" = root ] || die "root.json is not a root"
-    awk -F '\t' '$1 ~ /^\.root_keys\./ { sub(/^\.root_keys\./, "", $1); print $1, $2 }' \
-        "$tmp/root.payload.flat" >"$tmp/root.keys"
-    verify_envelope "$tmp/root.json" root "$tmp/root.keys" \
-        "$(json_get "$tmp/root.payload.flat" .root_threshold)" root.json
-    [ "$(json_get "$tmp/root.payload.flat" .expires_unix)" -gt "$now" ] ||
+    read_root "$tmp/root.json" "root.json from $server"
+    [ "$(json_get "$tmp/root.json.payload.flat" .expires_unix)" -gt "$now" ] ||
         die "the update root has expired; the server's operator must rotate it"
     # The root version this host trusts never goes down: a re-run with an
     # older root (a stale mirror, a replayed root.json) is refused.
-    root_version=$(json_get "$tmp/root.payload.flat" .version)
+    root_version=$(json_get "$tmp/root.json.payload.flat" .version)
     case "$root_version" in '' | *[!0-9]*) die "root.json has no valid version" ;; esac
     trusted_version=$(trusted_root_version)
     if [ -n "$trusted_version" ] && [ "$root_version" -lt "$trusted_version" ]; then
         die "root.json from $server is version $root_version, older than version $trusted_version this host already trusts; nothing was installed"
+    fi
+    if [ -n "$root_sha256" ]; then
+        say "the update root from $server matches the pinned sha256"
+    elif [ -f "$config_dir/root.json" ]; then
+        follow_root_chain "$config_dir/root.json"
+    else
+        say "trusting the update root served by $server on first use; pin it with --root-sha256 $(sha256_of "$tmp/root.json") (check it with the server's operator: outrider keys init prints it)"
     fi
 
     # 2. The channel's manifest: signed by a threshold of unexpired release
@@ -734,10 +1031,10 @@ main() {
         $1 ~ /^\.release_keys\..*\.public_key$/ { k = $1; sub(/^\.release_keys\./, "", k); sub(/\.public_key$/, "", k); pub[k] = $2 }
         $1 ~ /^\.release_keys\..*\.expires_unix$/ { k = $1; sub(/^\.release_keys\./, "", k); sub(/\.expires_unix$/, "", k); until[k] = $2 }
         END { for (k in pub) if (until[k] + 0 > now + 0) print k, pub[k] }
-    ' "$tmp/root.payload.flat" >"$tmp/release.keys"
+    ' "$tmp/root.json.payload.flat" >"$tmp/release.keys"
     download "$updates/channels/$channel/manifest.json" "$tmp/manifest.json" "$MAX_METADATA_BYTES"
     verify_envelope "$tmp/manifest.json" release "$tmp/release.keys" \
-        "$(json_get "$tmp/root.payload.flat" .release_threshold)" "the $channel manifest"
+        "$(json_get "$tmp/root.json.payload.flat" .release_threshold)" "the $channel manifest"
     json_flatten "$tmp/manifest.json.payload" >"$tmp/manifest.flat" || die "the manifest's payload is not valid JSON"
     [ "$(json_get "$tmp/manifest.flat" .channel)" = "$channel" ] ||
         die "the server answered with a manifest for another channel; nothing was installed"
@@ -760,10 +1057,15 @@ main() {
     # 4. Install: config (0600, it holds the token), root, stub, service.
     umask 077
     created_data_dir=no
+    created_user=no
     if [ -f "$record" ]; then
         created_data_dir=$(awk -F= '$1 == "created_data_dir" { print $2 }' "$record")
+        created_user=$(awk -F= '$1 == "created_user" { print $2 }' "$record")
     elif [ ! -e "$data_dir" ]; then
         created_data_dir=yes
+    fi
+    if [ "$system" = true ]; then
+        ensure_agent_user
     fi
     mkdir -p "$config_dir" "$data_dir/bin" "$log_dir" || die "cannot create $data_dir"
     changed=false
@@ -772,9 +1074,9 @@ main() {
         mv "$tmp/agent.toml" "$config_dir/agent.toml" || die "cannot write $config_dir/agent.toml"
         changed=true
     fi
-    # The stub rotates root.json through the signed chain; a re-run keeps
-    # its copy unless the operator pinned a root explicitly.
-    if [ ! -f "$config_dir/root.json" ] || [ -n "$root_sha256" ]; then
+    # The stub rotates root.json through the signed chain; a re-run replaces
+    # it only with a root pinned explicitly or reached through that chain.
+    if ! cmp -s "$tmp/root.json" "$config_dir/root.json" 2>/dev/null; then
         chmod 0644 "$tmp/root.json"
         mv "$tmp/root.json" "$config_dir/root.json" || die "cannot write $config_dir/root.json"
     fi
@@ -784,12 +1086,16 @@ main() {
         mv "$bin.tmp" "$bin" || die "cannot install $bin"
         changed=true
     fi
-    printf 'service_manager=%s\ncreated_data_dir=%s\n' "$service_manager" "$created_data_dir" >"$record"
+    printf 'service_manager=%s\ncreated_data_dir=%s\ncreated_user=%s\n' \
+        "$service_manager" "$created_data_dir" "${created_user:-no}" >"$record"
+    if [ "$system" = true ]; then
+        own_files
+    fi
     if [ "$no_service" = true ]; then
-        say "installed $bin; not starting it (--no-service). Start it with: $bin $stub_args"
+        say "installed $bin; not starting it (--no-service)"
         return 0
     fi
-    start_service "$service_manager" "$changed"
+    start_service "$service_manager"
     say "installed and started the agent ($service_manager); it appears in 'outrider agents' once connected"
 }
 

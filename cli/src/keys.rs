@@ -282,7 +282,11 @@ fn init(dir: &Path, opts: &InitOptions) -> Result<()> {
         opts.release_threshold,
         dir.join(ROOT_FILE).display()
     );
-    println!("Keep the root keys offline; install root.json on every agent.");
+    println!("Keep the root keys offline. Agents pin this root when they install:");
+    println!(
+        "  curl -sSf https://SERVER/install.sh | sh -s -- --token TOKEN --root-sha256 {}",
+        outrider_signing::sha256(&envelope)
+    );
     Ok(())
 }
 
@@ -403,6 +407,10 @@ fn print_new_root(dir: &Path, root: &TrustedRoot) {
         dir.join(ROOT_FILE).display()
     );
     println!("Upload it with `outrider keys publish-root`.");
+    println!(
+        "New installs pin it with --root-sha256 {}; installed agents follow the signed chain.",
+        outrider_signing::sha256(root.envelope_bytes())
+    );
 }
 
 /// The one id among `ids` that starts with `prefix`, or a [`UsageError`].

@@ -31,7 +31,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::routing::{get, post, put};
 use axum::{Json, Router, middleware};
 use outrider_protocol::api::{
@@ -91,13 +91,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/install.sh",
             get({
-                let scheme = if state.config.tls().is_some() {
-                    "https"
-                } else {
-                    "http"
+                let origin = crate::install::Origin {
+                    public_url: state.config.public_url.clone(),
+                    scheme: if state.config.tls().is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    },
+                    trusted_proxies: state.config.trusted_proxies.clone(),
                 };
-                move |headers: axum::http::HeaderMap| async move {
-                    crate::install::script(scheme, &headers)
+                move |ConnectInfo(addrs): ConnectInfo<crate::listener::ConnAddrs>,
+                      headers: axum::http::HeaderMap| {
+                    let response = crate::install::script(&origin, addrs.remote.ip(), &headers);
+                    async move { response }
                 }
             }),
         )

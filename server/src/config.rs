@@ -57,6 +57,16 @@ pub struct ServerConfig {
     /// terminated by a proxy in front). Without it, that is a config error.
     #[arg(long)]
     pub insecure_plain_http: bool,
+    /// The URL agents and operators reach this server at (a load balancer,
+    /// a TLS-terminating proxy): `/install.sh` names it instead of the
+    /// Host of each request.
+    #[arg(long, env = "OUTRIDER_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<PublicUrl>,
+    /// A proxy in front of this server whose `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` are believed (repeatable); from any other peer
+    /// those headers are ignored. Unused with --public-url.
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    pub trusted_proxies: Vec<IpAddr>,
     /// IP addresses agents may dial when their DNS fails (sent in every
     /// welcome); default: the address each agent reached.
     #[arg(long = "advertise-addr", value_name = "IP")]
@@ -98,6 +108,46 @@ pub fn default_capabilities() -> Vec<String> {
         .collect()
 }
 
+/// `--public-url`: `https://host[:port][/path]`, or `http://` to such a
+/// host; no user info, query or fragment, no trailing slash, and only
+/// characters a shell leaves alone inside single quotes (it is pasted into
+/// `install.sh`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicUrl(String);
+
+impl PublicUrl {
+    /// The URL, without a trailing slash.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for PublicUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<PublicUrl, String> {
+        let url = text.trim_end_matches('/');
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| format!("{text:?} is not an https:// (or http://) URL"))?;
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+        let path_ok = path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b));
+        if !host_ok || !path_ok || url.len() > 512 {
+            return Err(format!(
+                "{text:?} is not a plain URL: scheme, host[:port] and an optional path of letters, digits and -._~/"
+            ));
+        }
+        Ok(PublicUrl(url.to_owned()))
+    }
+}
+
 /// Why a configuration cannot run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -134,6 +184,8 @@ impl ServerConfig {
             tls_cert: None,
             tls_key: None,
             insecure_plain_http: false,
+            public_url: None,
+            trusted_proxies: Vec::new(),
             advertise_addrs: Vec::new(),
             max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
             accept_rate_per_sec: DEFAULT_ACCEPT_RATE_PER_SEC,
@@ -216,6 +268,34 @@ mod tests {
         tls.tls_cert = Some("c".into());
         tls.tls_key = Some("k".into());
         tls.validate().unwrap();
+    }
+
+    #[test]
+    fn public_urls_are_plain_urls() {
+        for (text, want) in [
+            (
+                "https://outrider.example.com",
+                Some("https://outrider.example.com"),
+            ),
+            (
+                "https://outrider.example.com/",
+                Some("https://outrider.example.com"),
+            ),
+            (
+                "https://[2001:db8::1]:8470/mon",
+                Some("https://[2001:db8::1]:8470/mon"),
+            ),
+            ("http://10.0.0.5:8470", Some("http://10.0.0.5:8470")),
+            ("outrider.example.com", None),
+            ("ftp://outrider.example.com", None),
+            ("https://", None),
+            ("https://user@host", None),
+            ("https://host/a?b", None),
+            ("https://host/'$(reboot)'", None),
+        ] {
+            let got = text.parse::<PublicUrl>().ok();
+            assert_eq!(got.as_ref().map(PublicUrl::as_str), want, "{text}");
+        }
     }
 
     #[test]

@@ -149,6 +149,15 @@ pub async fn run(
         write_ready_file(ready, &addr.to_string())?;
     }
     info!(%addr, tls = tls.is_some(), data_dir = %state.config.data_dir.display(), "outrider-server listening");
+    let base = match &state.config.public_url {
+        Some(url) => url.as_str().to_owned(),
+        None => format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+    };
+    let root = state.releases.root().ok().flatten();
+    info!(
+        command = %install::install_command(&base, root.as_deref()),
+        "install agents with (set --public-url when agents reach this server by another name)"
+    );
 
     let app = api::router(state.clone());
     let rate = state.config.accept_rate_per_sec;

@@ -138,15 +138,20 @@ pub fn portable_build() -> &'static Path {
     })
 }
 
-/// A Debian 11 (bullseye, glibc 2.31) root with `curl` and `openssl` for
-/// the installer, made by `debootstrap` on first use (a few minutes, from
-/// deb.debian.org or `$OUTRIDER_DEBIAN_MIRROR`) and reused after. Needs
-/// root.
+/// A Debian 11 (bullseye, glibc 2.31) root with what the installer uses:
+/// `curl`, OpenSSL 1.1.1 (which cannot verify Ed25519) and `python3` (the
+/// installer's fallback verifier). Made by `debootstrap` on first use (a few
+/// minutes, from deb.debian.org or `$OUTRIDER_DEBIAN_MIRROR`) and reused
+/// after; a cached root made before python3 was needed gets it through
+/// `apt-get` inside the root. Needs root.
 pub fn bullseye_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         let root = target_dir().join("debootstrap/bullseye");
         if root.join("etc/debian_version").exists() {
+            if !root.join("usr/bin/python3").exists() {
+                add_python3(&root);
+            }
             return root;
         }
         // Made beside and renamed: an interrupted debootstrap leaves no
@@ -157,7 +162,11 @@ pub fn bullseye_root() -> &'static Path {
         let mirror = std::env::var("OUTRIDER_DEBIAN_MIRROR")
             .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
         let out = Command::new("debootstrap")
-            .args(["--variant=minbase", "--include=curl,openssl", "bullseye"])
+            .args([
+                "--variant=minbase",
+                "--include=curl,openssl,python3-minimal",
+                "bullseye",
+            ])
             .arg(&tmp)
             .arg(&mirror)
             .output()
@@ -171,6 +180,29 @@ pub fn bullseye_root() -> &'static Path {
         std::fs::rename(&tmp, &root).expect("rename the new root into place");
         root
     })
+}
+
+/// Installs `python3-minimal` into a cached root with the root's own
+/// `apt-get`, in a private mount namespace (its /proc and the host's
+/// resolver, nothing of the host changed).
+fn add_python3(root: &Path) {
+    let steps = format!(
+        "set -eu\nmount -t proc proc {root}/proc\ncp /etc/resolv.conf {root}/etc/resolv.conf\n\
+         chroot {root} apt-get update -q\n\
+         DEBIAN_FRONTEND=noninteractive chroot {root} apt-get install -y -q --no-install-recommends python3-minimal\n\
+         chroot {root} apt-get clean\n",
+        root = root.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &steps])
+        .output()
+        .expect("run unshare (util-linux)");
+    assert!(
+        out.status.success(),
+        "installing python3 into the cached Debian 11 root failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[cfg(test)]

@@ -314,9 +314,11 @@ fn scripts_are_posix_shellcheck_clean_and_truncation_safe() {
     }
 }
 
-/// A root install writes the system paths of DESIGN.md §2. Run in a private
-/// mount namespace with fresh tmpfs over `/opt`, `/var/log` and
-/// `/etc/outrider`, so the host's own directories are never touched.
+/// A root install writes the system paths of `docs/operations.md` and runs
+/// the agent as the system user `outrider` it creates. Run in a private
+/// mount namespace with fresh tmpfs over `/opt` and `/var/log` and `/etc`
+/// behind an overlay (the user lands there), so the host's own directories
+/// and users are never touched.
 #[test]
 fn root_install_uses_the_system_paths_and_uninstall_removes_them() {
     assert_eq!(
@@ -328,13 +330,15 @@ fn root_install_uses_the_system_paths_and_uninstall_removes_them() {
     let root = root_sha256(&server);
     let dir = tempfile::tempdir().unwrap();
     let installer = fetch_installer(&server, dir.path());
-    let etc_existed = Path::new("/etc/outrider").exists();
     let steps = format!(
         r#"set -eu
+mkdir -p {dir}/ovl
+mount -t tmpfs none {dir}/ovl
+mkdir -p {dir}/ovl/upper {dir}/ovl/work
+mount -t overlay overlay -o lowerdir=/etc,upperdir={dir}/ovl/upper,workdir={dir}/ovl/work /etc
+rm -rf /etc/outrider
 mount -t tmpfs none /opt
 mount -t tmpfs none /var/log
-mkdir -p /etc/outrider
-mount -t tmpfs none /etc/outrider
 trap 'kill -KILL "$(cat /opt/outrider/outrider-agent.pid 2>/dev/null)" 2>/dev/null || true' EXIT
 sh {installer} --token {token} --channel dev --root-sha256 {root} --service-manager none
 test -x /opt/outrider/bin/outrider-agent
@@ -350,11 +354,24 @@ until curl -sf -H "Authorization: Bearer {admin}" {url}/api/v1/agents | grep -q 
     i=$((i + 1)); [ "$i" -lt 600 ] || {{ echo "the agent never connected" >&2; exit 4; }}
     sleep 0.1
 done
+# The agent runs as the user the installer made, and owns what it writes.
+test "$(stat -c %U "/proc/$(cat /opt/outrider/outrider-agent.pid)")" = outrider
+test "$(stat -c %U /etc/outrider/identity.key)" = outrider
+test "$(stat -c %U /opt/outrider/bin/outrider-agent)" = root
+i=0
+until [ -n "$(ls /opt/outrider/versions 2>/dev/null)" ]; do
+    i=$((i + 1)); [ "$i" -lt 600 ] || {{ echo "the agent installed no build" >&2; exit 5; }}
+    sleep 0.1
+done
+loose=$(find /etc/outrider /opt/outrider /var/log/outrider ! -type l \( -perm /022 -o \( ! -user root ! -user outrider \) \))
+[ -z "$loose" ] || {{ echo "writable by another user: $loose" >&2; exit 6; }}
 sh {installer} --uninstall --service-manager none
 test ! -e /opt/outrider
 test ! -e /var/log/outrider
-test -z "$(ls -A /etc/outrider)"
+test ! -e /etc/outrider
+! id -u outrider 2>/dev/null
 "#,
+        dir = dir.path().display(),
         installer = installer.display(),
         token = outrider_tests::ENROLLMENT_TOKEN,
         admin = server.admin_token,
@@ -364,9 +381,6 @@ test -z "$(ls -A /etc/outrider)"
         .args(["--mount", "--propagation", "private", "sh", "-c", &steps])
         .output()
         .expect("run unshare (util-linux)");
-    if !etc_existed {
-        let _ = std::fs::remove_dir("/etc/outrider");
-    }
     assert!(
         out.status.success(),
         "root install in a mount namespace failed:\n{}{}",
@@ -440,4 +454,352 @@ fn a_rerun_with_a_root_older_than_the_host_trusts_is_refused() {
         "{err}"
     );
     assert_eq!(std::fs::read(&root_json).unwrap(), before, "kept");
+}
+
+/// A re-run trusts the root this host already has, not whatever the
+/// server serves: a server with another root (other keys, same version)
+/// is refused without `--root-sha256`, the installed files untouched; the
+/// right server is accepted, also after a real root rotation, which the
+/// installer follows through the signed chain (`roots/2.json`).
+#[test]
+fn a_rerun_verifies_against_the_installed_root_not_the_served_one() {
+    let (server, keys) = server_with_release();
+    let (other, _other_keys) = server_with_release();
+    let root = root_sha256(&server);
+    let install = Install::new();
+    let mut args = install_args(&install, &root, "web");
+    args.push("--no-service");
+    let out = run_installer(&server, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root_json = install.prefix.join("etc/root.json");
+    let toml = install.prefix.join("etc/agent.toml");
+    let (root_before, toml_before) = (
+        std::fs::read(&root_json).unwrap(),
+        std::fs::read(&toml).unwrap(),
+    );
+
+    // The same installer options, without the pin, against a server with
+    // another update root: refused, nothing changed.
+    let prefix = install.prefix.to_str().unwrap();
+    let unpinned = |url: &str| {
+        vec![
+            "--token".to_owned(),
+            ENROLLMENT_TOKEN.to_owned(),
+            "--server".to_owned(),
+            url.to_owned(),
+            "--channel".to_owned(),
+            "dev".to_owned(),
+            "--tags".to_owned(),
+            "db".to_owned(),
+            "--prefix".to_owned(),
+            prefix.to_owned(),
+            "--no-service".to_owned(),
+        ]
+    };
+    let run = |url: &str| {
+        let args = unpinned(url);
+        run_installer(
+            &server,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let out = run(&other.url);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "another root must be refused: {err}");
+    assert!(
+        err.contains("is not the update root this host trusts")
+            && err.contains("--root-sha256")
+            && err.contains("Nothing was installed"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&root_json).unwrap(), root_before, "root kept");
+    assert_eq!(std::fs::read(&toml).unwrap(), toml_before, "settings kept");
+
+    // The right server, unpinned: its root is the installed one.
+    let out = run(&server.url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is the one this host trusts"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The operator rotates the root (version 2, signed by the old root
+    // keys and the new): a re-run walks the chain and installs version 2.
+    let dir = keys.dir.path().to_str().unwrap();
+    server.cli(&["keys", "rotate-root", "--dir", dir, "--add", "1"]);
+    server.cli(&["keys", "publish-root", "--dir", dir]);
+    let out = run(&server.url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&root_json).unwrap(),
+        std::fs::read(keys.root_json()).unwrap(),
+        "the rotated root is installed"
+    );
+    // And the other server stays refused against the rotated root too.
+    let out = run(&other.url);
+    assert!(!out.status.success(), "{}", stderr(&out));
+}
+
+/// Plain http:// would hand the enrollment token and every result to the
+/// network: only https://, or http:// to this host, is accepted.
+#[test]
+fn only_https_or_loopback_http_server_urls_are_accepted() {
+    let refused = "--server must be an https:// URL";
+    let userinfo = "must not carry a user name";
+    let cases: &[(&str, Option<&str>)] = &[
+        ("http://example.com", Some(refused)),
+        ("http://example.com:8470/", Some(refused)),
+        ("http://10.0.0.1:8470", Some(refused)),
+        ("http://127.0.0.1.example.com", Some(refused)),
+        ("http://127.0.0.256", Some(refused)),
+        ("http://[::2]:8470", Some(refused)),
+        ("http://localhost.example.com", Some(refused)),
+        ("ftp://127.0.0.1", Some(refused)),
+        ("example.com", Some(refused)),
+        ("http://127.0.0.1@example.com", Some(userinfo)),
+        ("https://user:pw@example.com", Some(userinfo)),
+        ("https://example.invalid", None),
+        ("http://127.0.0.1:9", None),
+        ("http://127.1.2.3:9/", None),
+        ("http://localhost:9", None),
+        ("http://[::1]:9", None),
+        ("http://[::1]", None),
+    ];
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh");
+    let dir = tempfile::tempdir().unwrap();
+    for (url, expect) in cases {
+        let prefix = dir.path().join("p");
+        let out = Command::new("sh")
+            .arg(&script)
+            .args(["--token", "t", "--server", url, "--prefix"])
+            .arg(&prefix)
+            .args(["--service-manager", "none"])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{url}: nothing serves it: {err}");
+        match expect {
+            Some(message) => assert!(err.contains(message), "{url} must be refused: {err}"),
+            // Accepted: the installer goes on to download, and fails there.
+            None => assert!(
+                err.contains("cannot download") && !err.contains(refused),
+                "{url} must be accepted: {err}"
+            ),
+        }
+        assert!(!prefix.exists(), "{url}: nothing installed");
+    }
+}
+
+#[test]
+fn keys_init_prints_the_root_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let out = Command::new(bin_dir().join("outrider"))
+        .args(["keys", "init", "--dir"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pin = sha256_file(&keys.join("root.json"));
+    assert!(
+        text.contains(&format!("--root-sha256 {pin}")),
+        "keys init prints the pin of the root.json it wrote ({pin}):\n{text}"
+    );
+}
+
+/// The URL the served installer names, over a real socket: `--public-url`
+/// wins; forwarded headers count only from a `--trusted-proxy`.
+#[test]
+fn the_served_installer_names_the_public_url_and_trusts_only_configured_proxies() {
+    let named = |server: &TestServer, forwarded: bool| {
+        let mut request = ureq::get(&format!("{}/install.sh", server.url));
+        if forwarded {
+            request = request
+                .set("X-Forwarded-Proto", "https")
+                .set("X-Forwarded-Host", "mon.example.com");
+        }
+        let text = request.call().unwrap().into_string().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("DEFAULT_SERVER="))
+            .expect("the script sets DEFAULT_SERVER")
+            .to_owned()
+    };
+    let plain = TestServer::start();
+    assert_eq!(named(&plain, false), format!("'{}'", plain.url));
+    assert_eq!(
+        named(&plain, true),
+        format!("'{}'", plain.url),
+        "forwarded headers from an untrusted peer are ignored"
+    );
+    let proxied = TestServer::start_args(&["--trusted-proxy", "127.0.0.1"]);
+    assert_eq!(named(&proxied, true), "'https://mon.example.com'");
+    assert_eq!(named(&proxied, false), format!("'{}'", proxied.url));
+    let public = TestServer::start_args(&["--public-url", "https://outrider.example.com/"]);
+    assert_eq!(named(&public, true), "'https://outrider.example.com'");
+    // And the install command it prints at start names it too.
+    public.proc.wait_for_log(
+        "curl -sSf https://outrider.example.com/install.sh | sh -s -- --token TOKEN --root-sha256",
+        secs(10),
+    );
+}
+
+/// Hosts without `useradd`: the installer makes the agent's user with
+/// Debian's `adduser --system` (the real one) or BusyBox's `adduser -S`
+/// (Alpine), and uninstall removes it with `deluser`. Debian's busybox has
+/// no user applets, so BusyBox's are stand-ins with BusyBox's exact command
+/// line (short options only, `-S` and `-D` required, long options refused
+/// as BusyBox refuses them), doing the work with the shadow tools. Each in a private mount namespace
+/// with `/etc` behind an overlay; `useradd` and `userdel` are kept off PATH
+/// (only `/usr/bin` and `/bin`, which hold neither, plus the tools below).
+#[test]
+fn a_root_install_creates_the_user_without_useradd() {
+    assert_eq!(current_uid(), 0, "the root install test runs as root");
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let installer = fetch_installer(&server, dir.path());
+    let tools: &[(&str, &[(&str, &str)])] = &[
+        (
+            "debian",
+            &[
+                ("adduser", "exec /usr/sbin/adduser \"$@\""),
+                ("deluser", "exec /usr/sbin/deluser \"$@\""),
+            ],
+        ),
+        (
+            "busybox",
+            &[
+                ("adduser", BUSYBOX_ADDUSER),
+                ("addgroup", BUSYBOX_ADDGROUP),
+                (
+                    "deluser",
+                    "[ $# -eq 1 ] || exit 1\nexec /usr/sbin/userdel -f \"$1\"",
+                ),
+                (
+                    "delgroup",
+                    "[ $# -eq 1 ] || exit 1\nexec /usr/sbin/groupdel \"$1\"",
+                ),
+            ],
+        ),
+    ];
+    for (name, fakes) in tools {
+        let case = dir.path().join(name);
+        let bin = case.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for (tool, body) in *fakes {
+            outrider_tests::script(&bin, tool, body);
+        }
+        let steps = format!(
+            r#"set -eu
+mkdir -p {case}/ovl
+mount -t tmpfs none {case}/ovl
+mkdir -p {case}/ovl/upper {case}/ovl/work
+mount -t overlay overlay -o lowerdir=/etc,upperdir={case}/ovl/upper,workdir={case}/ovl/work /etc
+rm -rf /etc/outrider
+mount -t tmpfs none /opt
+mount -t tmpfs none /var/log
+export PATH={bin}:/usr/bin:/bin
+! command -v useradd
+sh {installer} --token {token} --channel dev --root-sha256 {root} --no-service
+id outrider
+getent passwd outrider | cut -d: -f6,7 >{case}/passwd
+stat -c %U /opt/outrider /etc/outrider/agent.toml >{case}/owners
+sh {installer} --uninstall
+if id -u outrider 2>/dev/null; then echo present; else echo gone; fi >{case}/after
+"#,
+            case = case.display(),
+            bin = bin.display(),
+            installer = installer.display(),
+            token = ENROLLMENT_TOKEN,
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &steps])
+            .output()
+            .expect("run unshare (util-linux)");
+        assert!(
+            out.status.success(),
+            "{name}: root install in a mount namespace failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+        let read = |f: &str| std::fs::read_to_string(case.join(f)).unwrap();
+        let passwd = read("passwd");
+        assert!(
+            passwd.starts_with("/opt/outrider:") && passwd.contains("nologin"),
+            "{name}: a system user without a login shell: {passwd}"
+        );
+        assert_eq!(read("owners"), "outrider\noutrider\n", "{name}");
+        assert_eq!(
+            read("after"),
+            "gone\n",
+            "{name}: uninstall removes the user"
+        );
+    }
+}
+
+/// BusyBox `adduser [-h DIR] [-g GECOS] [-s SHELL] [-G GRP] [-S] [-D] [-H]
+/// [-u UID] [-k SKEL] USER`, as Alpine ships it.
+const BUSYBOX_ADDUSER: &str = r#"for a in "$@"; do case $a in --*) echo "adduser: unrecognized option '$a'" >&2; exit 1 ;; esac; done
+system=no; nopass=no; home=/home; shell=/bin/sh; group=
+while getopts h:g:s:G:SDHu:k: o; do
+    case $o in
+        h) home=$OPTARG ;; s) shell=$OPTARG ;; G) group=$OPTARG ;;
+        S) system=yes ;; D) nopass=yes ;; H) ;; g | u | k) ;;
+        *) exit 1 ;;
+    esac
+done
+shift $((OPTIND - 1))
+[ $# -eq 1 ] && [ "$system" = yes ] && [ "$nopass" = yes ] || { echo "adduser: want -S -D USER" >&2; exit 1; }
+exec /usr/sbin/useradd --system --no-create-home --home-dir "$home" --shell "$shell" ${group:+--gid "$group"} "$1""#;
+
+/// BusyBox `addgroup -S GROUP`.
+const BUSYBOX_ADDGROUP: &str = r#"[ $# -eq 2 ] && [ "$1" = -S ] || { echo "addgroup: want -S GROUP" >&2; exit 1; }
+exec /usr/sbin/groupadd --system "$2""#;
+
+/// `--allow-adhoc` writes the local policy table `[policy]` with
+/// `allow_adhoc = true` into a valid `agent.toml`; without it there is no
+/// policy table (the agent's default, refused, applies), also on a re-run
+/// that drops the flag.
+#[test]
+fn allow_adhoc_writes_the_local_policy_and_its_absence_writes_none() {
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+    let install = Install::new();
+    let mut args = install_args(&install, &root, "web");
+    args.push("--no-service");
+    let parse = || -> toml::Table {
+        let text = std::fs::read_to_string(install.prefix.join("etc/agent.toml")).unwrap();
+        text.parse()
+            .unwrap_or_else(|e| panic!("agent.toml is not TOML: {e}\n{text}"))
+    };
+
+    let mut with_flag = args.clone();
+    with_flag.push("--allow-adhoc");
+    let out = run_installer(&server, &with_flag);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let toml = parse();
+    assert_eq!(
+        toml["policy"]["allow_adhoc"].as_bool(),
+        Some(true),
+        "{toml:?}"
+    );
+    assert_eq!(
+        toml["policy"].as_table().unwrap().len(),
+        1,
+        "only allow_adhoc"
+    );
+    assert_eq!(toml["server_url"].as_str(), Some(server.url.as_str()));
+    assert_eq!(
+        toml["channel"].as_str(),
+        Some("dev"),
+        "top-level keys stay top-level"
+    );
+
+    let out = run_installer(&server, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let toml = parse();
+    assert!(!toml.contains_key("policy"), "{toml:?}");
+    assert_eq!(toml["channel"].as_str(), Some("dev"));
 }

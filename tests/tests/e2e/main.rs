@@ -14,3 +14,4 @@ mod swap;
 mod tamper;
 mod trust;
 mod update_health;
+mod verifier;

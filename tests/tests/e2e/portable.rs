@@ -1,9 +1,11 @@
 //! The portable build (`packaging/build`): links against glibc 2.17 symbol
 //! versions only, and runs on an older distribution than the one it was
 //! built on — Debian 11 (glibc 2.31), in a `debootstrap` root, against the
-//! real server on loopback (a chroot keeps the host's network): the stub
-//! installs the published build, the agent registers, reports a check run
-//! inside the root, and takes one hot swap.
+//! real server on loopback (a chroot keeps the host's network): the real
+//! `install.sh` installs the stub there (verifying with python3, as
+//! OpenSSL 1.1.1 cannot verify Ed25519), the stub installs the published
+//! build, the agent registers, reports a check run inside the root, and
+//! takes one hot swap.
 
 use std::path::Path;
 use std::process::Command;
@@ -65,52 +67,57 @@ fn the_portable_library_needs_no_libm() {
     );
 }
 
-/// The portable stub installed into a prefix inside the Debian 11 root
-/// (agent.toml, root.json, the binary, as install.sh lays them out) and run
-/// there: `chroot` in a private mount namespace with the root's /proc
-/// mounted (the stub reads `/proc/self/maps` after a swap). `sh` and
-/// `chroot` exec, so the child is the stub itself. Killed when dropped.
-///
-/// Not through install.sh: it verifies signatures with `openssl pkeyutl
-/// -rawin`, which Debian 11's OpenSSL 1.1.1 does not have, and refuses to
-/// install there (it says so).
+/// The portable stub installed inside the Debian 11 root by the real,
+/// served `install.sh` into a prefix, and started by it (`--service-manager
+/// none`: a background process). Everything runs under `chroot` in a
+/// private mount namespace with the root's /proc mounted (the stub reads
+/// `/proc/self/maps` after a swap); the namespace lives as long as the
+/// agent does. The root's OpenSSL 1.1.1 cannot verify Ed25519, so the
+/// installer verifies with the root's python3. Killed when dropped.
 struct ChrootAgent {
     work: tempfile::TempDir,
-    child: std::process::Child,
+    /// What the installer printed.
+    install_log: String,
 }
 
 impl ChrootAgent {
-    fn start(
+    fn install(
         root: &Path,
         work: tempfile::TempDir,
-        stub: &Path,
-        agent_toml: &str,
-        root_json: &Path,
+        server: &TestServer,
+        root_sha256: &str,
     ) -> ChrootAgent {
-        let prefix = work.path().join("outrider");
-        std::fs::create_dir_all(prefix.join("etc")).unwrap();
-        std::fs::create_dir_all(prefix.join("bin")).unwrap();
-        std::fs::write(prefix.join("etc/agent.toml"), agent_toml).unwrap();
-        std::fs::copy(root_json, prefix.join("etc/root.json")).unwrap();
-        std::fs::copy(stub, prefix.join("bin/outrider-agent")).unwrap();
-        let inside = Path::new("/tmp")
-            .join(work.path().file_name().unwrap())
-            .join("outrider");
+        let script = ureq::get(&format!("{}/install.sh", server.url))
+            .call()
+            .expect("GET /install.sh")
+            .into_string()
+            .unwrap();
+        std::fs::write(work.path().join("install.sh"), script).unwrap();
+        let inside = Path::new("/tmp").join(work.path().file_name().unwrap());
         let steps = format!(
-            "set -eu\nmount -t proc proc {root}/proc\nexec chroot {root} {inside}/bin/outrider-agent --prefix {inside}\n",
+            "set -eu\nmount -t proc proc {root}/proc\n\
+             exec chroot {root} sh {inside}/install.sh --token {ENROLLMENT_TOKEN} --channel dev \
+             --prefix {inside}/outrider --root-sha256 {root_sha256} --service-manager none\n",
             root = root.display(),
             inside = inside.display(),
         );
-        let log = std::fs::File::create(work.path().join("stub.log")).unwrap();
-        let child = Command::new("unshare")
+        let out = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", &steps])
             .env("OUTRIDER_LOG", "debug")
             .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
+            .output()
             .expect("run unshare (util-linux)");
-        ChrootAgent { work, child }
+        let agent = ChrootAgent {
+            work,
+            install_log: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(
+            out.status.success(),
+            "install.sh inside the Debian 11 root failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            agent.install_log
+        );
+        agent
     }
 
     /// The prefix as the host sees it.
@@ -119,7 +126,7 @@ impl ChrootAgent {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.work.path().join("stub.log")).unwrap_or_default()
+        std::fs::read_to_string(self.prefix().join("log/stdout.log")).unwrap_or_default()
     }
 
     fn state(&self) -> Option<Value> {
@@ -127,9 +134,18 @@ impl ChrootAgent {
         serde_json::from_str(&text).ok()
     }
 
+    /// The stub's pid, from the installer's pid file.
+    fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.prefix().join("outrider-agent.pid"))
+            .expect("the installer wrote the pid file")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
+            .args([signal, &self.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success(), "kill {signal}");
@@ -138,8 +154,9 @@ impl ChrootAgent {
 
 impl Drop for ChrootAgent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(pid) = std::fs::read_to_string(self.prefix().join("outrider-agent.pid")) {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
     }
 }
 
@@ -181,16 +198,29 @@ fn the_portable_agent_installs_registers_reports_and_swaps_on_debian_11() {
     let plugin = outrider_tests::script(work.path(), "check_bullseye", BULLSEYE_PLUGIN);
     let plugin_inside = inside.join(plugin.file_name().unwrap());
     server.add_check("bullseye", 1, &[plugin_inside.to_str().unwrap()]);
-    let toml = format!(
-        "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"dev\"\n",
-        server.url
+    let stub = dist.join("outrider-agent");
+    server.cli(&[
+        "release",
+        "publish-stub",
+        "--channel",
+        "dev",
+        "--keys",
+        keys.dir.path().to_str().unwrap(),
+        stub.to_str().unwrap(),
+    ]);
+    let root_sha256 = outrider_tests::sha256_file(&keys.root_json());
+    let agent = ChrootAgent::install(root, work, &server, &root_sha256);
+    assert!(
+        agent
+            .install_log
+            .contains("verifying signatures with python3"),
+        "OpenSSL 1.1.1 cannot verify Ed25519: the installer says it used python3:\n{}",
+        agent.install_log
     );
-    let agent = ChrootAgent::start(
-        root,
-        work,
-        &dist.join("outrider-agent"),
-        &toml,
-        &keys.root_json(),
+    assert_eq!(
+        outrider_tests::sha256_file(&agent.prefix().join("bin/outrider-agent")),
+        outrider_tests::sha256_file(&stub),
+        "the installed stub is the published portable one"
     );
 
     // The stub installed and loaded the published build, the agent
@@ -235,7 +265,7 @@ fn the_portable_agent_installs_registers_reports_and_swaps_on_debian_11() {
     bytes.extend_from_slice(b"\n#second build\n");
     std::fs::write(&v2_path, bytes).unwrap();
     let v2 = server.publish_as(&keys, "dev", &v2_path, "1.0.1");
-    let pid = agent.child.id();
+    let pid = agent.pid();
     agent.signal("-HUP");
     wait_current(&agent, &v2);
     wait_until("the swapped agent reports the new build", secs(60), || {
@@ -249,7 +279,11 @@ fn the_portable_agent_installs_registers_reports_and_swaps_on_debian_11() {
             })
             .map(|_| ())
     });
-    assert_eq!(agent.child.id(), pid, "swapped in the same process");
+    assert_eq!(agent.pid(), pid, "swapped in the same process");
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the installer's agent still runs"
+    );
     let log = agent.log();
     assert!(
         !log.contains("GLIBC_"),

@@ -11,6 +11,12 @@
 //! really runs the agent; the written systemd unit goes through
 //! `systemd-analyze verify`, the OpenRC and SysV scripts through
 //! shellcheck.
+//!
+//! A root install runs the agent as the system user `outrider` (made in
+//! the overlaid `/etc`): the systemd unit sandboxes it, the OpenRC script
+//! names it, and under the real SysV script the stub, an uploaded plugin
+//! and the built-in checks run as it, with nothing they execute writable by
+//! another user.
 
 use std::path::Path;
 use std::process::Command;
@@ -68,6 +74,27 @@ fn the_installer_detects_each_service_manager_and_writes_valid_definitions() {
         stub.to_str().unwrap(),
     ]);
     let root_sha = outrider_tests::sha256_file(&keys.root_json());
+    // What the SysV case proves runs unprivileged: a plugin that says who
+    // runs it, and the built-in checks.
+    let plugins = tempfile::tempdir().unwrap();
+    let whoami = script(
+        plugins.path(),
+        "check_whoami",
+        "echo \"OK - running as $(id -un)\"",
+    );
+    server.cli(&["plugins", "add", whoami.to_str().unwrap()]);
+    server.cli(&[
+        "checks",
+        "add",
+        "whoami",
+        "--plugin",
+        "check_whoami",
+        "--interval-secs",
+        "1",
+    ]);
+    for builtin in BUILTINS {
+        server.add_check(builtin, 1, &[&format!("builtin:{builtin}")]);
+    }
     let work = tempfile::tempdir().unwrap();
     let installer = work.path().join("install.sh");
     let text = ureq::get(&format!("{}/install.sh", server.url))
@@ -144,6 +171,41 @@ fn the_installer_detects_each_service_manager_and_writes_valid_definitions() {
         if case.expect == "none" {
             assert!(calls.is_empty(), "none calls no manager: {calls}");
         }
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+        match case.expect {
+            "systemd" => {
+                let unit = read("service");
+                for line in [
+                    "User=outrider",
+                    "Group=outrider",
+                    "NoNewPrivileges=yes",
+                    "ProtectSystem=strict",
+                    "ReadWritePaths=/etc/outrider /opt/outrider /var/log/outrider",
+                    "PrivateTmp=yes",
+                    "ProtectHome=read-only",
+                ] {
+                    assert!(
+                        unit.lines().any(|l| l == line),
+                        "the unit lacks {line}:\n{unit}"
+                    );
+                }
+            }
+            "openrc" => {
+                let script = read("service");
+                assert!(
+                    script.contains("command_user=\"outrider:outrider\""),
+                    "{script}"
+                );
+            }
+            "sysv" => check_sysv_runs_unprivileged(dir.path()),
+            _ => {}
+        }
+        assert_eq!(
+            read("user.after"),
+            "gone\n",
+            "{}: uninstall removes the user it made",
+            case.expect
+        );
     }
 }
 
@@ -164,10 +226,14 @@ systemd-analyze verify "$unit"
 # The verifier is not vacuous: the same unit with a missing program fails.
 sed 's|^ExecStart=.*|ExecStart=/nonexistent/outrider-agent|' "$unit" >{dir}/broken.service
 if systemd-analyze verify {dir}/broken.service 2>/dev/null; then echo "verify passed a broken unit" >&2; exit 5; fi
+cp "$unit" {dir}/service
 "#,
             dir = dir.display()
         ),
-        "openrc" => "shellcheck --shell=sh --severity=style \"$OUTRIDER_TEST_SERVICE_ROOT/etc/init.d/outrider-agent\"\n".into(),
+        "openrc" => format!(
+            "script=$OUTRIDER_TEST_SERVICE_ROOT/etc/init.d/outrider-agent\nshellcheck --shell=sh --severity=style \"$script\"\ncp \"$script\" {dir}/service\n",
+            dir = dir.display()
+        ),
         "sysv" => format!(
             r#"script=$OUTRIDER_TEST_SERVICE_ROOT/etc/init.d/outrider-agent
 shellcheck --shell=sh --severity=style "$script"
@@ -178,9 +244,29 @@ until curl -sf -H "Authorization: Bearer {admin}" {url}/api/v1/agents | grep -q 
     sleep 0.1
 done
 "$script" status
+# Who runs the stub (the supervising loop's child), and a result of each check.
+stat -c %U "/proc/$(pgrep -P "$(cat /run/outrider-agent.pid)" | head -n 1)" >{dir}/stub.user
+all_results() {{
+    r=$(curl -sf -H "Authorization: Bearer {admin}" {url}/api/v1/results/latest) || return 1
+    for c in whoami {builtins}; do
+        printf '%s' "$r" | grep -q "\"check\":\"$c\"" || return 1
+    done
+    printf '%s' "$r" >{dir}/results.json
+}}
+i=0
+until all_results; do
+    i=$((i + 1)); [ "$i" -lt 600 ] || {{ echo "no result of every check from the SysV agent" >&2; exit 6; }}
+    sleep 0.1
+done
+# Nothing under the agent's paths is writable by group or others, and all
+# of it is root's or the agent's; the stub is root's.
+find /etc/outrider /opt/outrider /var/log/outrider ! -type l \( -perm /022 -o \( ! -user root ! -user outrider \) \) >{dir}/loose.txt
+stat -c %U /opt/outrider/bin/outrider-agent >{dir}/bin.owner
 "#,
             admin = server.admin_token,
-            url = server.url
+            url = server.url,
+            builtins = BUILTINS.join(" "),
+            dir = dir.display(),
         ),
         _ => String::new(),
     };
@@ -209,6 +295,7 @@ sh {installer} --uninstall
 test ! -e /opt/outrider
 test ! -e "$OUTRIDER_TEST_SERVICE_ROOT/etc/systemd/system/outrider-agent.service"
 test ! -e "$OUTRIDER_TEST_SERVICE_ROOT/etc/init.d/outrider-agent"
+if id -u outrider >/dev/null 2>&1; then echo present; else echo gone; fi >{dir}/user.after
 "#,
         dir = dir.display(),
         fake = dir.join("root").display(),
@@ -221,4 +308,60 @@ test ! -e "$OUTRIDER_TEST_SERVICE_ROOT/etc/init.d/outrider-agent"
 fn current_uid() -> u32 {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The built-in checks that must keep working unprivileged.
+const BUILTINS: &[&str] = &[
+    "cpu",
+    "memory",
+    "swap",
+    "disk",
+    "load",
+    "network",
+    "processes",
+    "uptime",
+];
+
+/// What the SysV case recorded: the stub runs as `outrider`, so do the
+/// plugin and the built-ins (each reports, none refused), and the agent's
+/// files are its own or root's, writable by no one else.
+fn check_sysv_runs_unprivileged(dir: &Path) {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    assert_eq!(
+        read("stub.user").trim(),
+        "outrider",
+        "the stub runs as outrider"
+    );
+    assert_eq!(
+        read("bin.owner").trim(),
+        "root",
+        "the stub binary is root's"
+    );
+    assert_eq!(read("loose.txt"), "", "files writable by another user");
+    let results: serde_json::Value = serde_json::from_str(&read("results.json")).unwrap();
+    let of = |check: &str| {
+        results
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["check"] == check)
+            .cloned()
+            .unwrap_or_else(|| panic!("no result of {check}: {results}"))
+    };
+    let whoami = of("whoami");
+    assert_eq!(whoami["state"], "OK", "{whoami}");
+    assert!(
+        whoami["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("running as outrider"),
+        "plugins run as outrider: {whoami}"
+    );
+    for builtin in BUILTINS {
+        let result = of(builtin);
+        assert_ne!(
+            result["state"], "UNKNOWN",
+            "{builtin} works unprivileged: {result}"
+        );
+    }
 }
