@@ -52,6 +52,10 @@ pub enum AgentError {
     )]
     SpoolMaxMb { value: u64 },
 
+    /// An `allowed_commands` entry of agent.toml `[policy]` is unusable.
+    #[error("agent.toml field `[policy] allowed_commands`: {entry:?} {reason}")]
+    PolicyEntry { entry: String, reason: String },
+
     /// The TLS client could not be set up (no usable protocol version or root).
     #[error("cannot set up TLS: {0}")]
     TlsSetup(#[source] rustls::Error),
@@ -185,6 +189,7 @@ impl AgentError {
                 | AgentError::TlsCaFile { .. }
                 | AgentError::BadTag { .. }
                 | AgentError::SpoolMaxMb { .. }
+                | AgentError::PolicyEntry { .. }
                 | AgentError::TlsSetup(_)
                 | AgentError::IdentityIo { .. }
                 | AgentError::IdentityMalformed { .. }

@@ -9,6 +9,10 @@
 //!   not downloaded yet is an UNKNOWN result saying so;
 //! - anything else — a program path, run as is.
 //!
+//! Before any of that, the host's [`LocalPolicy`] judges `command`: a
+//! refused command is an UNKNOWN result "refused by local policy: <why>"
+//! and nothing is started (the scheduler's runs and run-now alike).
+//!
 //! On Windows a program goes through the interpreter table by the extension
 //! of its name (for plugins, the plugin's name, since the stored file is
 //! named by its hash). Processes are bounded by one semaphore of
@@ -25,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::builtin::{BuiltinState, run_builtin};
 use crate::plugins::PluginCache;
+use crate::policy::LocalPolicy;
 use crate::runner::{RunLimits, RunOutcome, run_plugin};
 
 /// Most plugin processes running at the same time.
@@ -47,17 +52,26 @@ pub struct Executor {
     /// The plugin table of the config last applied.
     table: Mutex<Vec<PluginRef>>,
     builtins: Arc<BuiltinState>,
+    /// What the host allows to run, whatever the server configures.
+    policy: LocalPolicy,
 }
 
 impl Executor {
-    /// An executor finding plugins under `data_dir`.
-    pub fn new(data_dir: &std::path::Path) -> Executor {
+    /// An executor finding plugins under `data_dir`, running only what
+    /// `policy` allows.
+    pub fn new(data_dir: &std::path::Path, policy: LocalPolicy) -> Executor {
         Executor {
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_RUNS)),
             plugins: PluginCache::new(data_dir),
             table: Mutex::new(Vec::new()),
             builtins: Arc::default(),
+            policy,
         }
+    }
+
+    /// The host's policy this executor enforces.
+    pub fn policy(&self) -> &LocalPolicy {
+        &self.policy
     }
 
     /// Replaces the plugin table (from a newly applied config) and forgets
@@ -74,6 +88,9 @@ impl Executor {
         let Some((first, args)) = command.split_first() else {
             return Err("plugin command is empty".into());
         };
+        self.policy
+            .check_command(command, &crate::policy::real_path)
+            .map_err(|refusal| refusal.summary())?;
         if let Some(name) = first.strip_prefix(BUILTIN_PREFIX) {
             return Ok(Resolved::Builtin {
                 name: name.to_owned(),
@@ -162,6 +179,7 @@ fn program_command(path: String, name_for_ext: &str, args: &[String]) -> Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::AdhocScripts;
 
     fn cmd(parts: &[&str]) -> Vec<String> {
         parts.iter().map(|s| s.to_string()).collect()
@@ -170,7 +188,19 @@ mod tests {
     #[test]
     fn resolves_paths_builtins_and_plugins() {
         let dir = tempfile::tempdir().unwrap();
-        let ex = Executor::new(dir.path());
+        let ex = Executor::new(dir.path(), LocalPolicy::default());
+        let refused = ex
+            .resolve(&cmd(&["/bin/sh", "-c", "touch /tmp/x"]))
+            .unwrap_err();
+        assert!(
+            refused.starts_with("refused by local policy: \"/bin/sh\"")
+                && refused.ends_with("is outside agent.toml [policy] allowed_commands"),
+            "{refused}"
+        );
+        let ex = Executor::new(
+            dir.path(),
+            LocalPolicy::new(AdhocScripts::Refused, &["builtin:", "plugin:", "/bin"]).unwrap(),
+        );
         assert_eq!(
             ex.resolve(&cmd(&["/bin/true", "-x"])).unwrap(),
             Resolved::Program(cmd(&["/bin/true", "-x"]))

@@ -4,6 +4,7 @@
 mod fleet;
 mod install;
 mod outage;
+mod policy;
 mod portable;
 mod services;
 mod skeleton;

@@ -151,8 +151,10 @@ fn the_portable_agent_installs_registers_reports_and_swaps_on_debian_11() {
     let plugin = outrider_tests::script(work.path(), "check_bullseye", BULLSEYE_PLUGIN);
     let plugin_inside = inside.join(plugin.file_name().unwrap());
     server.add_check("bullseye", 1, &[plugin_inside.to_str().unwrap()]);
+    // The plugin lives in /tmp inside the root, outside the default policy.
     let toml = format!(
-        "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"dev\"\n",
+        "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"dev\"\n\
+         [policy]\nallowed_commands = [\"builtin:\", \"plugin:\", \"/tmp\"]\n",
         server.url
     );
     let agent = ChrootAgent::start(
