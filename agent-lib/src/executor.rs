@@ -6,7 +6,10 @@
 //!   process, no concurrency permit, the check's timeout still applies;
 //! - `plugin:<name>` — the content-addressed file `<data_dir>/plugins/<sha256>`
 //!   of the [`PluginRef`] called `<name>` in the config last applied; a file
-//!   not downloaded yet is an UNKNOWN result saying so;
+//!   not downloaded yet is an UNKNOWN result saying so. The file is
+//!   re-hashed before every run: one modified since download is removed
+//!   (the session fetches it again, woken by [`Executor::plugin_removed`])
+//!   and the run is an UNKNOWN result saying so — never run;
 //! - anything else — a program path, run as is.
 //!
 //! Before any of that, the host's [`LocalPolicy`] judges `command`: a
@@ -54,6 +57,8 @@ pub struct Executor {
     builtins: Arc<BuiltinState>,
     /// What the host allows to run, whatever the server configures.
     policy: LocalPolicy,
+    /// Signalled when a modified plugin was removed from the cache.
+    removed: tokio::sync::Notify,
 }
 
 impl Executor {
@@ -66,7 +71,14 @@ impl Executor {
             table: Mutex::new(Vec::new()),
             builtins: Arc::default(),
             policy,
+            removed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves when a cached plugin was found modified and removed, so it
+    /// should be fetched again (one wake-up per removal, kept until polled).
+    pub async fn plugin_removed(&self) {
+        self.removed.notified().await;
     }
 
     /// The host's policy this executor enforces.
@@ -146,9 +158,45 @@ impl Executor {
                     // The semaphore is never closed; treat it as a stop anyway.
                     permit = self.permits.acquire() => permit.ok()?,
                 };
+                if let Err(summary) = self.verify_plugin(&spec.command).await {
+                    return Some(RunOutcome::unknown(summary));
+                }
                 let limits = RunLimits::new(Duration::from_secs(u64::from(spec.timeout_secs)));
                 run_plugin(&command, limits, cancel).await
             }
+        }
+    }
+
+    /// Re-hashes the cached file of a `plugin:<name>` command (off the
+    /// async threads: a plugin may be 32 MiB); fails with the summary of
+    /// the UNKNOWN result when it was modified (then removed) or is
+    /// unreadable. Other commands pass.
+    async fn verify_plugin(&self, command: &[String]) -> Result<(), String> {
+        let Some(name) = command.first().and_then(|c| c.strip_prefix(PLUGIN_PREFIX)) else {
+            return Ok(());
+        };
+        let sha256 = {
+            let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            match table.iter().find(|p| p.name == name) {
+                Some(plugin) => plugin.sha256.clone(),
+                None => {
+                    return Err(format!(
+                        "plugin {name} is not in this agent's configuration"
+                    ));
+                }
+            }
+        };
+        let (cache, name) = (self.plugins.clone(), name.to_owned());
+        let verified = tokio::task::spawn_blocking(move || cache.verify(&name, &sha256)).await;
+        match verified {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                if matches!(e, crate::error::AgentError::PluginModified { .. }) {
+                    self.removed.notify_one();
+                }
+                Err(e.to_string())
+            }
+            Err(e) => Err(format!("cannot verify the plugin: {e}")),
         }
     }
 

@@ -331,10 +331,10 @@ fn root_install_uses_the_system_paths_and_uninstall_removes_them() {
     let etc_existed = Path::new("/etc/outrider").exists();
     let steps = format!(
         r#"set -eu
-mount -t tmpfs none /opt
-mount -t tmpfs none /var/log
+mount -t tmpfs -o mode=0755 none /opt
+mount -t tmpfs -o mode=0755 none /var/log
 mkdir -p /etc/outrider
-mount -t tmpfs none /etc/outrider
+mount -t tmpfs -o mode=0755 none /etc/outrider
 trap 'kill -KILL "$(cat /opt/outrider/outrider-agent.pid 2>/dev/null)" 2>/dev/null || true' EXIT
 sh {installer} --token {token} --channel dev --root-sha256 {root} --service-manager none
 test -x /opt/outrider/bin/outrider-agent
