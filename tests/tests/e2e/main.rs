@@ -6,6 +6,7 @@ mod install;
 mod outage;
 mod policy;
 mod portable;
+mod secrets;
 mod services;
 mod skeleton;
 mod static_hosting;
