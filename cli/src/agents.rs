@@ -99,16 +99,18 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: AgentsArgs) -> Result<
                 &AllowAdhoc { allow_adhoc },
             )?;
             print_result(global, &info, || {
-                format!(
-                    "agent {} ({}) {} ad-hoc scripts",
-                    info.fingerprint,
-                    info.hostname,
-                    if info.allow_adhoc {
-                        "accepts"
-                    } else {
-                        "refuses"
-                    }
-                )
+                if info.allow_adhoc {
+                    format!(
+                        "the server now sends ad-hoc scripts to agent {} ({}); its host runs them \
+                         only with `[policy] allow_adhoc = true` in agent.toml",
+                        info.fingerprint, info.hostname
+                    )
+                } else {
+                    format!(
+                        "agent {} ({}) refuses ad-hoc scripts",
+                        info.fingerprint, info.hostname
+                    )
+                }
             })
         }
     }
