@@ -43,9 +43,18 @@
 //!   (`allow_adhoc = true`) already means "run any code the server sends".
 //!
 //! The file system is behind a resolver argument, so the decision is a
-//! pure function tested by table; the executor passes [`real_path`]. The program is executed by the path it was
-//! given: replacing it between the check and the exec needs write access
-//! to an allowed directory, which already allows replacing the plugin.
+//! pure function tested by table; the executor passes [`real_path`]. The
+//! program is executed by the path it was given: replacing it between the
+//! check and the exec needs write access to an allowed directory, which
+//! already allows replacing the plugin.
+//!
+//! How the table reaches the library: the stub reads `agent.toml` with a
+//! parser that ignores fields it does not know (`stub/src/config.rs`) and
+//! hands the whole text, unchanged, in the `agent_toml` key of
+//! `HostApiV1.config` (`stub/src/generation.rs`), so every stub, old or
+//! new, carries `[policy]`; no ABI or protocol change. A library older
+//! than `[policy]` parses `agent.toml` strictly and refuses to start on
+//! the unknown table — a host never runs without the policy it wrote.
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
