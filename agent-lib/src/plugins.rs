@@ -26,7 +26,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -212,7 +212,12 @@ impl Download {
             path: path.to_owned(),
             source,
         };
-        fs::create_dir_all(&cache.dir).map_err(|e| io_err(&cache.dir, e))?;
+        // 0755 whatever the umask: nobody else may swap files in the cache.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&cache.dir)
+            .map_err(|e| io_err(&cache.dir, e))?;
         let dest = cache.path_of(&plugin.sha256);
         let tmp = cache.dir.join(format!("{}{TMP_SUFFIX}", plugin.sha256));
         let file = OpenOptions::new()

@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -288,7 +288,12 @@ impl ScriptFile {
         }
         // Checked before writing anything; the real path is set below.
         script_command(ext, "", &[], Platform::CURRENT)?;
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // 0700 whatever the umask: the script must not be swapped before it runs.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join(format!(
             "{SCRIPT_PREFIX}{:016x}.{ext}",
             crate::backoff::random_below(u64::MAX)
