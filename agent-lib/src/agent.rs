@@ -105,6 +105,7 @@ async fn agent_main(
         hooks.clone(),
         stop.child_token(),
         &settings.data_dir,
+        settings.policy.clone(),
     );
     if let Some(state) = &state {
         scheduler.carry_next_runs(&state.next_runs);

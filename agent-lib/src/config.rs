@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::http::Uri;
 use crate::connection::ConnectionTiming;
 use crate::dns::{Resolve, SystemResolver};
 use crate::error::AgentError;
+use crate::policy::{LocalPolicy, PolicyToml};
 use crate::spool::SpoolLimits;
 
 /// Update channel used when `agent.toml` names none.
@@ -105,6 +106,10 @@ pub struct AgentToml {
     /// [`MIN_SPOOL_MAX_MB`]..=[`MAX_SPOOL_MAX_MB`].
     #[serde(default = "default_spool_max_mb")]
     pub spool_max_mb: u64,
+    /// The host's limits on what the server may make it run
+    /// ([`crate::policy`]); the server can neither see nor change them.
+    #[serde(default)]
+    pub policy: PolicyToml,
 }
 
 fn default_spool_max_mb() -> u64 {
@@ -186,6 +191,8 @@ pub struct AgentSettings {
     pub agent: AgentToml,
     /// Where to connect, derived from `agent.server_url`.
     pub endpoint: ServerEndpoint,
+    /// `agent.policy`, validated: what checks and ad-hoc scripts may run.
+    pub policy: LocalPolicy,
     /// Certificates of `agent.tls_ca_file`, parsed.
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// How server names are resolved: the system resolver, or a
@@ -224,6 +231,7 @@ impl fmt::Debug for AgentSettings {
         f.debug_struct("AgentSettings")
             .field("agent", &self.agent)
             .field("endpoint", &self.endpoint)
+            .field("policy", &self.policy)
             .field("extra_roots", &self.extra_roots.len())
             .field("resolver", &self.resolver)
             .field("timing", &self.timing)
@@ -257,6 +265,7 @@ impl AgentSettings {
                 url: agent.server_url.clone(),
             });
         }
+        let policy = LocalPolicy::from_toml(&agent.policy)?;
         let extra_roots = match &agent.tls_ca_file {
             Some(path) => read_ca_file(path)?,
             None => Vec::new(),
@@ -264,6 +273,7 @@ impl AgentSettings {
         Ok(AgentSettings {
             agent,
             endpoint,
+            policy,
             extra_roots,
             resolver: Arc::new(SystemResolver),
             timing: ConnectionTiming::default(),
@@ -479,6 +489,25 @@ mod tests {
         let allowed = format!("{toml}\nallow_plain_ws = true");
         let s = AgentSettings::new(&allowed, "/c", "/d").unwrap();
         assert_eq!(s.endpoint.transport, Transport::Plain);
+    }
+
+    #[test]
+    fn policy_table_is_optional_strict_and_validated() {
+        let s = AgentSettings::new("server_url = \"http://127.0.0.1:1\"", "/c", "/d").unwrap();
+        assert_eq!(s.policy, LocalPolicy::default());
+        assert_eq!(s.policy.adhoc, crate::policy::AdhocScripts::Refused);
+        // The installer's `--allow-adhoc` writes exactly this.
+        let text = "server_url = \"http://127.0.0.1:1\"\n[policy]\nallow_adhoc = true\n";
+        let s = AgentSettings::new(text, "/c", "/d").unwrap();
+        assert_eq!(s.policy.adhoc, crate::policy::AdhocScripts::Allowed);
+        assert_eq!(s.policy.allowed, LocalPolicy::default().allowed);
+        let typo = AgentToml::parse("server_url = \"http://x\"\n[policy]\nallow_adhok = true")
+            .unwrap_err();
+        assert!(typo.to_string().contains("allow_adhok"), "{typo}");
+        let relative =
+            "server_url = \"http://127.0.0.1:1\"\n[policy]\nallowed_commands = [\"bin\"]";
+        let err = AgentSettings::new(relative, "/c", "/d").unwrap_err();
+        assert!(matches!(err, AgentError::PolicyEntry { .. }), "{err}");
     }
 
     #[test]

@@ -52,6 +52,23 @@ pub enum AgentError {
     )]
     SpoolMaxMb { value: u64 },
 
+    /// An `allowed_commands` entry of agent.toml `[policy]` is unusable.
+    #[error("agent.toml field `[policy] allowed_commands`: {entry:?} {reason}")]
+    PolicyEntry { entry: String, reason: String },
+
+    /// A cached plugin no longer hashes to its name (changed after it
+    /// was downloaded); it was removed and is downloaded again.
+    #[error(
+        "plugin {name} ({}) was modified after download (it now hashes to {actual}); it was \
+         removed and not run, and is downloaded again",
+        path.display()
+    )]
+    PluginModified {
+        name: String,
+        path: PathBuf,
+        actual: String,
+    },
+
     /// The TLS client could not be set up (no usable protocol version or root).
     #[error("cannot set up TLS: {0}")]
     TlsSetup(#[source] rustls::Error),
@@ -185,6 +202,7 @@ impl AgentError {
                 | AgentError::TlsCaFile { .. }
                 | AgentError::BadTag { .. }
                 | AgentError::SpoolMaxMb { .. }
+                | AgentError::PolicyEntry { .. }
                 | AgentError::TlsSetup(_)
                 | AgentError::IdentityIo { .. }
                 | AgentError::IdentityMalformed { .. }

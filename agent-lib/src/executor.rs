@@ -6,8 +6,15 @@
 //!   process, no concurrency permit, the check's timeout still applies;
 //! - `plugin:<name>` — the content-addressed file `<data_dir>/plugins/<sha256>`
 //!   of the [`PluginRef`] called `<name>` in the config last applied; a file
-//!   not downloaded yet is an UNKNOWN result saying so;
+//!   not downloaded yet is an UNKNOWN result saying so. The file is
+//!   re-hashed before every run: one modified since download is removed
+//!   (the session fetches it again, woken by [`Executor::plugin_removed`])
+//!   and the run is an UNKNOWN result saying so — never run;
 //! - anything else — a program path, run as is.
+//!
+//! Before any of that, the host's [`LocalPolicy`] judges `command`: a
+//! refused command is an UNKNOWN result "refused by local policy: <why>"
+//! and nothing is started (the scheduler's runs and run-now alike).
 //!
 //! On Windows a program goes through the interpreter table by the extension
 //! of its name (for plugins, the plugin's name, since the stored file is
@@ -25,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::builtin::{BuiltinState, run_builtin};
 use crate::plugins::PluginCache;
+use crate::policy::LocalPolicy;
 use crate::runner::{RunLimits, RunOutcome, run_plugin};
 
 /// Most plugin processes running at the same time.
@@ -47,17 +55,35 @@ pub struct Executor {
     /// The plugin table of the config last applied.
     table: Mutex<Vec<PluginRef>>,
     builtins: Arc<BuiltinState>,
+    /// What the host allows to run, whatever the server configures.
+    policy: LocalPolicy,
+    /// Signalled when a modified plugin was removed from the cache.
+    removed: tokio::sync::Notify,
 }
 
 impl Executor {
-    /// An executor finding plugins under `data_dir`.
-    pub fn new(data_dir: &std::path::Path) -> Executor {
+    /// An executor finding plugins under `data_dir`, running only what
+    /// `policy` allows.
+    pub fn new(data_dir: &std::path::Path, policy: LocalPolicy) -> Executor {
         Executor {
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_RUNS)),
             plugins: PluginCache::new(data_dir),
             table: Mutex::new(Vec::new()),
             builtins: Arc::default(),
+            policy,
+            removed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves when a cached plugin was found modified and removed, so it
+    /// should be fetched again (one wake-up per removal, kept until polled).
+    pub async fn plugin_removed(&self) {
+        self.removed.notified().await;
+    }
+
+    /// The host's policy this executor enforces.
+    pub fn policy(&self) -> &LocalPolicy {
+        &self.policy
     }
 
     /// Replaces the plugin table (from a newly applied config) and forgets
@@ -74,6 +100,9 @@ impl Executor {
         let Some((first, args)) = command.split_first() else {
             return Err("plugin command is empty".into());
         };
+        self.policy
+            .check_command(command, &crate::policy::real_path)
+            .map_err(|refusal| refusal.summary())?;
         if let Some(name) = first.strip_prefix(BUILTIN_PREFIX) {
             return Ok(Resolved::Builtin {
                 name: name.to_owned(),
@@ -129,9 +158,45 @@ impl Executor {
                     // The semaphore is never closed; treat it as a stop anyway.
                     permit = self.permits.acquire() => permit.ok()?,
                 };
+                if let Err(summary) = self.verify_plugin(&spec.command).await {
+                    return Some(RunOutcome::unknown(summary));
+                }
                 let limits = RunLimits::new(Duration::from_secs(u64::from(spec.timeout_secs)));
                 run_plugin(&command, limits, cancel).await
             }
+        }
+    }
+
+    /// Re-hashes the cached file of a `plugin:<name>` command (off the
+    /// async threads: a plugin may be 32 MiB); fails with the summary of
+    /// the UNKNOWN result when it was modified (then removed) or is
+    /// unreadable. Other commands pass.
+    async fn verify_plugin(&self, command: &[String]) -> Result<(), String> {
+        let Some(name) = command.first().and_then(|c| c.strip_prefix(PLUGIN_PREFIX)) else {
+            return Ok(());
+        };
+        let sha256 = {
+            let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            match table.iter().find(|p| p.name == name) {
+                Some(plugin) => plugin.sha256.clone(),
+                None => {
+                    return Err(format!(
+                        "plugin {name} is not in this agent's configuration"
+                    ));
+                }
+            }
+        };
+        let (cache, name) = (self.plugins.clone(), name.to_owned());
+        let verified = tokio::task::spawn_blocking(move || cache.verify(&name, &sha256)).await;
+        match verified {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                if matches!(e, crate::error::AgentError::PluginModified { .. }) {
+                    self.removed.notify_one();
+                }
+                Err(e.to_string())
+            }
+            Err(e) => Err(format!("cannot verify the plugin: {e}")),
         }
     }
 
@@ -162,6 +227,7 @@ fn program_command(path: String, name_for_ext: &str, args: &[String]) -> Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::AdhocScripts;
 
     fn cmd(parts: &[&str]) -> Vec<String> {
         parts.iter().map(|s| s.to_string()).collect()
@@ -170,7 +236,19 @@ mod tests {
     #[test]
     fn resolves_paths_builtins_and_plugins() {
         let dir = tempfile::tempdir().unwrap();
-        let ex = Executor::new(dir.path());
+        let ex = Executor::new(dir.path(), LocalPolicy::default());
+        let refused = ex
+            .resolve(&cmd(&["/bin/sh", "-c", "touch /tmp/x"]))
+            .unwrap_err();
+        assert!(
+            refused.starts_with("refused by local policy: \"/bin/sh\"")
+                && refused.ends_with("is outside agent.toml [policy] allowed_commands"),
+            "{refused}"
+        );
+        let ex = Executor::new(
+            dir.path(),
+            LocalPolicy::new(AdhocScripts::Refused, &["builtin:", "plugin:", "/bin"]).unwrap(),
+        );
         assert_eq!(
             ex.resolve(&cmd(&["/bin/true", "-x"])).unwrap(),
             Resolved::Program(cmd(&["/bin/true", "-x"]))

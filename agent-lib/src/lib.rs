@@ -41,6 +41,7 @@ pub mod identity;
 pub mod nagios;
 pub mod outbox;
 pub mod plugins;
+pub mod policy;
 pub mod rpc;
 pub mod runner;
 pub mod scheduler;

@@ -26,7 +26,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -61,6 +61,32 @@ impl PluginCache {
     /// Where plugin `sha256` lives once installed.
     pub fn path_of(&self, sha256: &str) -> PathBuf {
         self.dir.join(sha256)
+    }
+
+    /// Re-hashes installed plugin `sha256` before it runs (blocking: reads
+    /// the whole file). A file that no longer hashes to its name was
+    /// modified after download: it is removed, so it is fetched again, and
+    /// never run. Fails with [`AgentError::PluginModified`] then, or
+    /// [`AgentError::PluginIo`] when it cannot be read.
+    pub fn verify(&self, name: &str, sha256: &str) -> Result<(), AgentError> {
+        let path = self.path_of(sha256);
+        let io_err = |source| AgentError::PluginIo {
+            path: path.clone(),
+            source,
+        };
+        let mut file = File::open(&path).map_err(io_err)?;
+        let mut hasher = Sha256::new();
+        io::copy(&mut file, &mut hasher).map_err(io_err)?;
+        let actual = hex::encode(hasher.finalize());
+        if actual == sha256 {
+            return Ok(());
+        }
+        let _ = fs::remove_file(&path);
+        Err(AgentError::PluginModified {
+            name: name.to_owned(),
+            path,
+            actual,
+        })
     }
 
     /// The plugins of `config` not installed yet, each content hash once.
@@ -186,7 +212,12 @@ impl Download {
             path: path.to_owned(),
             source,
         };
-        fs::create_dir_all(&cache.dir).map_err(|e| io_err(&cache.dir, e))?;
+        // 0755 whatever the umask: nobody else may swap files in the cache.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&cache.dir)
+            .map_err(|e| io_err(&cache.dir, e))?;
         let dest = cache.path_of(&plugin.sha256);
         let tmp = cache.dir.join(format!("{}{TMP_SUFFIX}", plugin.sha256));
         let file = OpenOptions::new()
@@ -455,6 +486,25 @@ mod tests {
             retries.next_due().is_none(),
             "the table is bounded by the config"
         );
+    }
+
+    #[test]
+    fn a_plugin_modified_in_the_cache_is_removed_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PluginCache::new(dir.path());
+        let body = b"#!/bin/sh\necho OK\n";
+        let plugin = plugin_for(body);
+        let mut d = Download::start(&cache, plugin.clone()).unwrap();
+        d.accept(0, plugin.size, &b64(body)).unwrap();
+        let path = d.finish().unwrap();
+        cache.verify("p", &plugin.sha256).unwrap();
+        // Same size, other content: only the hash can tell.
+        fs::write(&path, b"#!/bin/sh\ntouch x\n").unwrap();
+        let err = cache.verify("p", &plugin.sha256).unwrap_err();
+        assert!(matches!(err, AgentError::PluginModified { .. }), "{err}");
+        assert!(err.to_string().contains("modified"), "{err}");
+        assert!(!path.exists(), "removed");
+        assert_eq!(cache.missing(&config(vec![plugin.clone()])), [plugin]);
     }
 
     #[test]

@@ -14,7 +14,11 @@
 //!   the outcome, or an error naming why the run could not start. Answers
 //!   that finish while the agent is disconnected wait in the `JoinSet` and
 //!   go out on the next session (the server keeps the RPC open).
-//! - Ad-hoc scripts run only when the current config has `allow_adhoc`. The
+//! - Ad-hoc scripts run only when the host's agent.toml allows them
+//!   (`[policy] allow_adhoc`, see [`crate::policy`]; refused first, with
+//!   "refused by local policy: …") *and* the current config has
+//!   `allow_adhoc`. A configured check run now goes through the executor,
+//!   so the host's `allowed_commands` applies to it as to scheduled runs. The
 //!   script is written to `<data_dir>/rpc/adhoc-<random>.<ext>` with mode
 //!   0700, run through the runner's interpreter table by that extension,
 //!   and removed when the run ends, however it ends; scripts a crash left
@@ -25,7 +29,7 @@
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,6 +163,10 @@ impl Rpc {
                 timeout_secs,
                 ..
             } => {
+                executor
+                    .policy()
+                    .check_adhoc()
+                    .map_err(|refusal| refusal.summary())?;
                 if !config.is_some_and(|c| c.allow_adhoc) {
                     return Err("ad-hoc scripts are not allowed for this agent".into());
                 }
@@ -280,7 +288,12 @@ impl ScriptFile {
         }
         // Checked before writing anything; the real path is set below.
         script_command(ext, "", &[], Platform::CURRENT)?;
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // 0700 whatever the umask: the script must not be swapped before it runs.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join(format!(
             "{SCRIPT_PREFIX}{:016x}.{ext}",
             crate::backoff::random_below(u64::MAX)
@@ -314,6 +327,14 @@ mod tests {
     use outrider_protocol::CheckState;
 
     use super::*;
+    use crate::policy::{AdhocScripts, LocalPolicy};
+
+    /// An executor whose host policy allows `/bin` (the tests' shell) and
+    /// ad-hoc scripts as `adhoc` says.
+    fn executor(dir: &Path, adhoc: AdhocScripts) -> Arc<Executor> {
+        let policy = LocalPolicy::new(adhoc, &["/bin", "/usr/bin"]).unwrap();
+        Arc::new(Executor::new(dir, policy))
+    }
 
     fn config(allow_adhoc: bool) -> AgentConfig {
         AgentConfig {
@@ -333,7 +354,7 @@ mod tests {
     async fn runs_answer_with_their_id_and_refusals_say_why() {
         let dir = tempfile::tempdir().unwrap();
         let mut rpc = Rpc::new(dir.path(), CancellationToken::new());
-        let ex = Arc::new(Executor::new(dir.path()));
+        let ex = executor(dir.path(), AdhocScripts::Allowed);
         let cfg = config(false);
         rpc.start(
             RpcRequest::RunCheck {
@@ -387,7 +408,7 @@ mod tests {
     async fn beyond_the_limit_is_busy_and_shutdown_kills_running_scripts() {
         let dir = tempfile::tempdir().unwrap();
         let mut rpc = Rpc::new(dir.path(), CancellationToken::new());
-        let ex = Arc::new(Executor::new(dir.path()));
+        let ex = executor(dir.path(), AdhocScripts::Allowed);
         let cfg = config(true);
         let script = |id: usize| RpcRequest::RunScript {
             id: format!("s{id}"),
@@ -412,6 +433,60 @@ mod tests {
             0,
             "scripts are removed"
         );
+    }
+
+    #[tokio::test]
+    async fn the_host_policy_refuses_what_the_server_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let pwned = dir.path().join("pwned");
+        let mut rpc = Rpc::new(dir.path(), CancellationToken::new());
+        // The default policy: no ad-hoc scripts, no /bin/sh.
+        let ex = Arc::new(Executor::new(dir.path(), LocalPolicy::default()));
+        let cfg = config(true);
+        let adhoc = RpcRequest::RunScript {
+            id: "a1".into(),
+            script: format!("touch {}", pwned.display()),
+            interpreter: None,
+            timeout_secs: 5,
+        };
+        let refused = rpc.start(adhoc, Some(&cfg), &ex).unwrap_err();
+        assert_eq!(
+            refused,
+            "refused by local policy: ad-hoc scripts are off on this host (agent.toml [policy] \
+             allow_adhoc = false)"
+        );
+        assert!(rpc.is_idle(), "nothing started");
+        assert!(
+            !dir.path().join(RPC_DIR).exists()
+                || fs::read_dir(dir.path().join(RPC_DIR)).unwrap().count() == 0,
+            "no script written"
+        );
+        // Run-now of a configured check outside allowed_commands.
+        rpc.start(
+            RpcRequest::RunCheck {
+                id: "c1".into(),
+                check: "echo".into(),
+            },
+            Some(&cfg),
+            &ex,
+        )
+        .unwrap();
+        match rpc.finished().await {
+            AgentMessage::RpcResult {
+                result: Some(r), ..
+            } => {
+                assert_eq!(r.state, CheckState::Unknown);
+                assert!(
+                    r.summary
+                        .starts_with("refused by local policy: \"/bin/sh\""),
+                    "{}",
+                    r.summary
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        rpc.shutdown().await;
+        assert!(!pwned.exists());
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::executor::Executor;
 pub use crate::executor::MAX_CONCURRENT_RUNS;
 use crate::host::HostHooks;
 use crate::outbox::SharedOutbox;
+use crate::policy::LocalPolicy;
 use crate::runner::{RunOutcome, unix_ms};
 
 /// What [`Scheduler::apply`] changed, for logging and tests.
@@ -98,19 +99,21 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// An empty scheduler finding plugins under `data_dir`; jobs are stopped
+    /// An empty scheduler finding plugins under `data_dir` and running only
+    /// what `policy` allows; jobs are stopped
     /// when `cancel` fires or on [`Scheduler::shutdown`].
     pub fn new(
         outbox: Arc<SharedOutbox>,
         hooks: Arc<dyn HostHooks>,
         cancel: CancellationToken,
         data_dir: &Path,
+        policy: LocalPolicy,
     ) -> Scheduler {
         Scheduler {
             jobs: HashMap::new(),
             next_runs: NextRuns::default(),
             tasks: JoinSet::new(),
-            executor: Arc::new(Executor::new(data_dir)),
+            executor: Arc::new(Executor::new(data_dir, policy)),
             skipped: Arc::default(),
             outbox,
             hooks,
@@ -404,6 +407,11 @@ mod tests {
                 Arc::new(Quiet),
                 CancellationToken::new(),
                 dir.path(),
+                crate::policy::LocalPolicy::new(
+                    crate::policy::AdhocScripts::Refused,
+                    &["builtin:", "plugin:", "/bin", "/usr/bin", "/tmp"],
+                )
+                .unwrap(),
             ),
             outbox,
             dir,

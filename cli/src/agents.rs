@@ -5,7 +5,7 @@ use outrider_protocol::Fingerprint;
 use outrider_protocol::api::{AgentInfo, AgentTags, AllowAdhoc};
 
 use crate::client::ApiClient;
-use crate::output::{Align, Table, ago, print_json};
+use crate::output::{Align, Table, ago, clean, clean_line, print_json};
 use crate::{GlobalArgs, UsageError};
 
 /// Arguments of `outrider agents`.
@@ -59,15 +59,17 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: AgentsArgs) -> Result<
             for check in config["checks"].as_array().into_iter().flatten() {
                 println!(
                     "  {:<20} every {}s: {}",
-                    check["name"].as_str().unwrap_or_default(),
+                    clean_line(check["name"].as_str().unwrap_or_default()),
                     check["interval_secs"],
-                    check["command"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|c| c.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                    clean_line(
+                        &check["command"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|c| c.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    )
                 );
             }
             Ok(())
@@ -97,16 +99,18 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: AgentsArgs) -> Result<
                 &AllowAdhoc { allow_adhoc },
             )?;
             print_result(global, &info, || {
-                format!(
-                    "agent {} ({}) {} ad-hoc scripts",
-                    info.fingerprint,
-                    info.hostname,
-                    if info.allow_adhoc {
-                        "accepts"
-                    } else {
-                        "refuses"
-                    }
-                )
+                if info.allow_adhoc {
+                    format!(
+                        "the server now sends ad-hoc scripts to agent {} ({}); its host runs them \
+                         only with `[policy] allow_adhoc = true` in agent.toml",
+                        info.fingerprint, info.hostname
+                    )
+                } else {
+                    format!(
+                        "agent {} ({}) refuses ad-hoc scripts",
+                        info.fingerprint, info.hostname
+                    )
+                }
             })
         }
     }
@@ -120,7 +124,7 @@ fn print_result(
     if global.json {
         print_json(info)?;
     } else {
-        println!("{}", text());
+        println!("{}", clean(&text()));
     }
     Ok(())
 }
@@ -147,24 +151,35 @@ pub fn resolve(client: &ApiClient, agent: &str) -> Result<Fingerprint> {
 }
 
 fn print_agent(a: &AgentInfo) {
+    // Everything but the fingerprint and times is reported by the agent.
     println!("fingerprint:  {}", a.fingerprint);
-    println!("hostname:     {}", a.hostname);
-    println!("platform:     {}/{}", a.os, a.arch);
-    println!("version:      {}", a.host_version());
-    println!("library:      {}", a.agent_version);
+    println!("hostname:     {}", clean_line(&a.hostname));
+    println!(
+        "platform:     {}/{}",
+        clean_line(&a.os),
+        clean_line(&a.arch)
+    );
+    println!("version:      {}", clean_line(a.host_version()));
+    println!("library:      {}", clean_line(&a.agent_version));
     if let Some(sha) = &a.build_sha256 {
-        println!("build:        {sha}");
+        println!("build:        {}", clean_line(sha));
     }
-    println!("stub:         {}", a.stub_version.as_deref().unwrap_or("-"));
-    println!("channel:      {}", a.channel.as_deref().unwrap_or("-"));
+    println!(
+        "stub:         {}",
+        clean_line(a.stub_version.as_deref().unwrap_or("-"))
+    );
+    println!(
+        "channel:      {}",
+        clean_line(a.channel.as_deref().unwrap_or("-"))
+    );
     println!(
         "presence:     {} (since {})",
         a.presence.as_str(),
         ago(a.presence_since_ms)
     );
     println!("last seen:    {}", ago(a.last_seen_ms));
-    println!("tags:         {}", a.tags.join(", "));
-    println!("server tags:  {}", a.server_tags.join(", "));
+    println!("tags:         {}", clean_line(&a.tags.join(", ")));
+    println!("server tags:  {}", clean_line(&a.server_tags.join(", ")));
     println!(
         "ad-hoc:       {}",
         if a.allow_adhoc { "allowed" } else { "refused" }

@@ -44,7 +44,9 @@ pub struct GlobalArgs {
     /// Base URL of the outrider server.
     #[arg(long, global = true, env = "OUTRIDER_SERVER", default_value = client::DEFAULT_SERVER_URL)]
     pub server: String,
-    /// Admin API token. Defaults to the token file below.
+    /// Admin API token. Defaults to the token file below. On the command
+    /// line it is visible to every user (`ps`): prefer `OUTRIDER_TOKEN` or
+    /// the token file.
     #[arg(long, global = true, env = "OUTRIDER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the admin API token (written by the server on first start).
@@ -107,7 +109,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Errors may quote an agent (a refused run, a host name).
+            eprintln!("error: {}", output::clean(&format!("{err:#}")));
             if err.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(EXIT_USAGE)
             } else {

@@ -200,11 +200,17 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
     step("starting the agent (stub + library)");
     let enrollment = std::fs::read_to_string(server_dir.join("enrollment.token"))
         .context("reading the enrollment token")?;
+    // The demo plugin runs from the source tree, outside the default
+    // `[policy] allowed_commands` (agent-lib/src/policy.rs): allow it too.
+    let plugins_dir = source.join("packaging/plugins");
     std::fs::write(
         agent_dir.join("etc/agent.toml"),
         format!(
-            "server_url = \"{url}\"\nenrollment_token = \"{}\"\nchannel = \"dev\"\n",
-            enrollment.trim()
+            "server_url = \"{url}\"\nenrollment_token = \"{}\"\nchannel = \"dev\"\n\
+             \n[policy]\nallowed_commands = [\"builtin:\", \"plugin:\", \"/usr/lib/nagios/plugins\", \
+             {:?}]\n",
+            enrollment.trim(),
+            plugins_dir.to_string_lossy()
         ),
     )?;
     std::fs::copy(keys_dir.join("root.json"), agent_dir.join("etc/root.json"))

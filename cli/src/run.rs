@@ -12,7 +12,7 @@ use outrider_protocol::api::{
 
 use crate::agents::resolve;
 use crate::client::ApiClient;
-use crate::output::print_json;
+use crate::output::{clean, clean_line, print_json};
 use crate::{GlobalArgs, UsageError};
 
 /// Time the CLI waits beyond the run's own timeout for the server to answer.
@@ -85,13 +85,24 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: RunArgs) -> Result<()>
         print_json(&answer)?;
         return Ok(());
     }
+    // The check's name, output and perfdata come from the agent.
     let r = &answer.result;
-    println!("{} {}: {}", r.check, r.state.as_str(), r.summary);
+    println!(
+        "{} {}: {}",
+        clean_line(&r.check),
+        r.state.as_str(),
+        clean_line(&r.summary)
+    );
     if !r.long_output.is_empty() {
-        println!("{}", r.long_output);
+        println!("{}", clean(&r.long_output));
     }
     for p in &r.perfdata {
-        println!("  {}={}{}", p.label, p.value, p.uom);
+        println!(
+            "  {}={}{}",
+            clean_line(&p.label),
+            p.value,
+            clean_line(&p.uom)
+        );
     }
     println!("({} ms on {fp})", r.duration_ms);
     Ok(())

@@ -37,6 +37,15 @@ pub struct ServerConfig {
     /// `<data-dir>/enrollment.token` when not given.
     #[arg(long, env = "OUTRIDER_ENROLLMENT_TOKEN", hide_env_values = true)]
     pub enrollment_token: Option<String>,
+    /// File holding the bootstrap enrollment token (mode 0600 or stricter),
+    /// instead of `--enrollment-token`, whose value other users can read in
+    /// the process list.
+    #[arg(
+        long,
+        env = "OUTRIDER_ENROLLMENT_TOKEN_FILE",
+        conflicts_with = "enrollment_token"
+    )]
+    pub enrollment_token_file: Option<PathBuf>,
     /// Seconds between keepalive pings to each agent.
     #[arg(long, default_value_t = DEFAULT_PING_INTERVAL_SECS)]
     pub ping_interval_secs: u64,
@@ -178,6 +187,7 @@ impl ServerConfig {
             data_dir,
             listen,
             enrollment_token: None,
+            enrollment_token_file: None,
             ping_interval_secs: DEFAULT_PING_INTERVAL_SECS,
             down_after_secs: DEFAULT_DOWN_AFTER_SECS,
             ready_file: None,

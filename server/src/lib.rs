@@ -81,7 +81,7 @@ pub struct AppState {
 /// the TLS files are unusable, the data directory or the database cannot be
 /// opened, or serving fails; returns `Ok` after a clean shutdown.
 pub async fn run(
-    config: ServerConfig,
+    mut config: ServerConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -90,15 +90,23 @@ pub async fn run(
         .tls()
         .map(|(cert, key)| listener::tls_acceptor(cert, key))
         .transpose()?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    auth::prepare_data_dir(&config.data_dir)?;
+    // Tokens given as files are read once, here.
+    if let Some(file) = config.metrics.metrics_token_file.take() {
+        config.metrics.metrics_token = Some(auth::read_token_file(&file)?);
+    }
+    let given_enrollment = match (&config.enrollment_token, &config.enrollment_token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(file)) => Some(auth::read_token_file(file)?),
+        (None, None) => None,
+    };
     let store = Store::open(&config.data_dir.join("outrider.db")).await?;
     let releases = outrider_update_server::ReleaseStore::open(&config.data_dir.join("releases"))
         .with_context(|| "opening the release store")?;
     let admin_token = auth::Secret::load_or_create(&config.data_dir.join("admin.token"), None)?;
     let enrollment_token = auth::Secret::load_or_create(
         &config.data_dir.join("enrollment.token"),
-        config.enrollment_token.as_deref(),
+        given_enrollment.as_deref(),
     )?;
     let plugin_files = plugins::PluginFiles::open(&config.data_dir.join("plugins"))?;
     let marked = store.mark_connected_down().await?;

@@ -24,6 +24,7 @@ pub mod prometheus;
 pub mod query;
 pub mod retention;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -84,6 +85,14 @@ pub struct MetricsConfig {
     /// Bearer token `GET /metrics` requires; unauthenticated when absent.
     #[arg(long, env = "OUTRIDER_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// File holding the `/metrics` token (mode 0600 or stricter), instead
+    /// of `--metrics-token`; read once at start.
+    #[arg(
+        long,
+        env = "OUTRIDER_METRICS_TOKEN_FILE",
+        conflicts_with = "metrics_token"
+    )]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl Default for MetricsConfig {
@@ -97,6 +106,7 @@ impl Default for MetricsConfig {
             graphite_prefix: DEFAULT_GRAPHITE_PREFIX.to_owned(),
             graphite_queue_lines: DEFAULT_GRAPHITE_QUEUE_LINES,
             metrics_token: None,
+            metrics_token_file: None,
         }
     }
 }

@@ -125,7 +125,8 @@ fn request(
             }
             if !agent.allow_adhoc {
                 return Err(ApiError::Forbidden(format!(
-                    "agent {fp} does not accept ad-hoc scripts; allow them with `outrider agents allow-adhoc {fp} on`"
+                    "agent {fp} does not accept ad-hoc scripts; allow them with `outrider agents allow-adhoc {fp} on` \
+                     (the host must allow them too: `[policy] allow_adhoc = true` in its agent.toml)"
                 )));
             }
             let interpreter = req.interpreter;

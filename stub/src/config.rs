@@ -163,6 +163,9 @@ mod tests {
         let cdn = load("server_url = \"http://s\"\nupdate_url = \"https://cdn.example/outrider/\"")
             .unwrap();
         assert_eq!(cdn.update_url, "https://cdn.example/outrider");
+        // The library's `[policy]` table reaches it untouched.
+        let text = "server_url = \"http://s\"\n[policy]\nallow_adhoc = true\n";
+        assert_eq!(load(text).unwrap().agent_toml, text);
         let bad = load("server_url = \"http://s\"\nupdate_url = \"file:///x\"").unwrap_err();
         assert!(bad.to_string().contains("update_url"), "{bad}");
     }

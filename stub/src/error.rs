@@ -37,6 +37,18 @@ pub enum StubError {
         path: PathBuf,
         source: libloading::Error,
     },
+    #[error(
+        "the run copy {path} hashes to {actual}, not to the verified {expected}; it was not loaded"
+    )]
+    CopyMismatch {
+        path: PathBuf,
+        expected: outrider_signing::Sha256,
+        actual: outrider_signing::Sha256,
+    },
+    #[error(
+        "directory {path} is unsafe: {reason}; the stub loads code from it and refuses to start"
+    )]
+    UnsafeDirectory { path: PathBuf, reason: String },
     #[error("agent library {path} refused: {reason}")]
     BadLibrary { path: PathBuf, reason: String },
     #[error("installing signal handlers")]

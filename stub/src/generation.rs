@@ -6,6 +6,13 @@
 //! Discipline that makes unloading real:
 //! - every generation loads its own copy `run/agent.<version>.<gen>.so`
 //!   (dlopen of a path already loaded silently returns the old code);
+//! - verified means loaded: the copy is written to a new file, hashed
+//!   through a descriptor of that very file, and `dlopen`ed as
+//!   `/proc/self/fd/<n>` of that descriptor ([`verified_copy`]), so what
+//!   runs is exactly what matched the signed hash — replacing the path in
+//!   between changes nothing. The descriptor stays open while the library
+//!   is loaded (and forever if it stays mapped): glibc recognises loaded
+//!   objects by name, so the number must not be reused for another copy;
 //! - all calls into the library happen on the generation thread; when
 //!   `run()` returns the thread exits, so its TLS destructors run while the
 //!   library is still mapped; the stub joins it and only then unloads, and
@@ -152,28 +159,33 @@ pub struct Loaded {
     library: libloading::Library,
     api: &'static AgentApiV1,
     run_copy: PathBuf,
+    /// The verified copy, loaded through `/proc/self/fd/<n>`; see the
+    /// module docs for why it stays open.
+    copy: std::fs::File,
     build: Build,
     number: u64,
 }
 
 impl Loaded {
-    /// Copies `build` to `run/agent.<version>.<number>.so`, loads it and
-    /// checks its ABI table.
+    /// Copies `build` to `run/agent.<version>.<number>.so`, checks the
+    /// copy's hash, loads exactly that file and checks its ABI table.
     ///
-    /// Fails when the copy or the load fails, the entry symbol is missing,
+    /// Fails when the copy fails or does not hash to `build.sha256`
+    /// ([`StubError::CopyMismatch`]), the load fails, the entry symbol is missing,
     /// or the library refuses our ABI (or we refuse its). Nothing stays
     /// mapped or on disk after a failure.
     pub fn load(layout: &Layout, build: &Build, number: u64) -> Result<Loaded, StubError> {
         let run_copy = layout
             .run_dir
             .join(format!("agent.{}.{number}.so", sanitize(&build.version)));
-        std::fs::copy(&build.path, &run_copy)
-            .map_err(StubError::io("copying build to", &run_copy))?;
-        match load(&run_copy) {
+        let copy = verified_copy(&build.path, &run_copy, &build.sha256)?;
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd()));
+        match load(&by_fd, &run_copy) {
             Ok((library, api)) => Ok(Loaded {
                 library,
                 api,
                 run_copy,
+                copy,
                 build: build.clone(),
                 number,
             }),
@@ -269,7 +281,7 @@ impl LoadedCopy for Loaded {
     }
 
     fn unload(self: Box<Self>) -> Unloaded {
-        unload(self.library, &self.run_copy)
+        unload(self.library, &self.run_copy, self.copy)
     }
 }
 
@@ -468,13 +480,73 @@ impl Stopped {
     }
 }
 
-fn unload(library: libloading::Library, run_copy: &Path) -> Unloaded {
+fn unload(library: libloading::Library, run_copy: &Path, copy: std::fs::File) -> Unloaded {
     if let Err(e) = library.close() {
         warn!("unloading the agent library failed: {e}");
     }
     let still_mapped = is_mapped(run_copy);
+    if still_mapped {
+        // glibc still knows the object as `/proc/self/fd/<n>`: a later copy
+        // given the same number would be taken for it. Never free the number.
+        std::mem::forget(copy);
+    }
     let _ = std::fs::remove_file(run_copy);
     Unloaded { still_mapped }
+}
+
+/// Copies `src` to the new file `dest` (never through an existing file or
+/// link) and hashes the copy through the returned read-only descriptor of
+/// `dest`'s inode; fails unless it hashes to `expected`, removing `dest`.
+/// Load the copy through `/proc/self/fd/<n>` of the result: the path
+/// `dest` may be replaced at any time without changing what that opens.
+pub fn verified_copy(
+    src: &Path,
+    dest: &Path,
+    expected: &outrider_signing::Sha256,
+) -> Result<std::fs::File, StubError> {
+    use sha2::Digest;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let result = (|| {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o500)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dest)
+            .map_err(StubError::io("creating the run copy", dest))?;
+        let mut from = std::fs::File::open(src).map_err(StubError::io("reading build", src))?;
+        std::io::copy(&mut from, &mut out).map_err(StubError::io("copying build to", dest))?;
+        // A read-only descriptor of the same inode, whatever `dest` names now.
+        let mut copy = std::fs::File::open(format!("/proc/self/fd/{}", out.as_raw_fd()))
+            .map_err(StubError::io("reopening the run copy", dest))?;
+        drop(out);
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = copy
+                .read(&mut buf)
+                .map_err(StubError::io("hashing the run copy", dest))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let actual = outrider_signing::Sha256::from_bytes(hasher.finalize().into());
+        if actual != *expected {
+            return Err(StubError::CopyMismatch {
+                path: dest.to_owned(),
+                expected: *expected,
+                actual,
+            });
+        }
+        Ok(copy)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    result
 }
 
 /// Whether `path` appears in `/proc/self/maps`.
@@ -491,17 +563,22 @@ pub fn thread_count() -> usize {
         .unwrap_or(0)
 }
 
-/// Loads the library at `path` and returns its checked ABI table.
-fn load(path: &Path) -> Result<(libloading::Library, &'static AgentApiV1), StubError> {
+/// Loads the library at `path` (named `shown` in errors) and returns its
+/// checked ABI table.
+fn load(
+    path: &Path,
+    shown: &Path,
+) -> Result<(libloading::Library, &'static AgentApiV1), StubError> {
     let bad = |reason: String| StubError::BadLibrary {
-        path: path.to_owned(),
+        path: shown.to_owned(),
         reason,
     };
-    // SAFETY: loading runs the library's initialisers. The file is a copy
-    // of a build whose SHA-256 matched a manifest signed by our release
-    // keys, so it is the code we decided to trust.
+    // SAFETY: loading runs the library's initialisers. `path` is the
+    // descriptor of a copy whose SHA-256, read through that descriptor,
+    // matched a manifest signed by our release keys ([`verified_copy`]), so
+    // it is the code we decided to trust.
     let library = unsafe { libloading::Library::new(path) }.map_err(|source| StubError::Load {
-        path: path.to_owned(),
+        path: shown.to_owned(),
         source,
     })?;
     // SAFETY: the symbol is declared by the frozen ABI with exactly the
@@ -665,6 +742,96 @@ fn sanitize(version: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sha(bytes: &[u8]) -> outrider_signing::Sha256 {
+        use sha2::Digest;
+        outrider_signing::Sha256::from_bytes(sha2::Sha256::digest(bytes).into())
+    }
+
+    /// What `dlopen("/proc/self/fd/<n>")` of the copy would open.
+    fn loaded_bytes(copy: &std::fs::File) -> Vec<u8> {
+        std::fs::read(format!("/proc/self/fd/{}", copy.as_raw_fd())).unwrap()
+    }
+
+    #[test]
+    fn the_copy_that_is_loaded_is_the_one_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, evil) = (b"good build".repeat(1000), b"evil build".repeat(1000));
+        let src = dir.path().join("build.so");
+        std::fs::write(&src, &good).unwrap();
+        let dest = dir.path().join("agent.v1.1.so");
+        let copy = verified_copy(&src, &dest, &sha(&good)).unwrap();
+        // Replaced after verification: the descriptor still opens the copy.
+        std::fs::write(dir.path().join("evil"), &evil).unwrap();
+        std::fs::rename(dir.path().join("evil"), &dest).unwrap();
+        assert_eq!(loaded_bytes(&copy), good);
+        // The build changed after it was verified: nothing to load, no copy.
+        std::fs::write(&src, &evil).unwrap();
+        let dest2 = dir.path().join("agent.v1.2.so");
+        let err = verified_copy(&src, &dest2, &sha(&good)).unwrap_err();
+        assert!(matches!(err, StubError::CopyMismatch { .. }), "{err}");
+        assert!(!dest2.exists());
+        // A planted file or link at the copy's name is never written through.
+        std::os::unix::fs::symlink(&src, &dest2).unwrap();
+        let err = verified_copy(&src, &dest2, &sha(&evil)).unwrap_err();
+        assert!(matches!(err, StubError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn racing_a_replacement_of_the_copy_never_loads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, evil) = (b"good build".repeat(4000), b"evil build".repeat(4000));
+        let src = dir.path().join("build.so");
+        std::fs::write(&src, &good).unwrap();
+        let dest = dir.path().join("agent.v1.1.so");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The attacker: replaces the copy by rename whenever it appears.
+        let attacker = {
+            let (dir, dest, stop, evil) = (
+                dir.path().to_owned(),
+                dest.clone(),
+                stop.clone(),
+                evil.clone(),
+            );
+            std::thread::spawn(move || {
+                let planted = dir.join("planted");
+                let mut swaps = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if dest.exists() {
+                        std::fs::write(&planted, &evil).unwrap();
+                        if std::fs::rename(&planted, &dest).is_ok() {
+                            swaps += 1;
+                        }
+                    }
+                    std::thread::yield_now();
+                }
+                swaps
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut loads, mut replaced_while_held) = (0, 0);
+        while (loads < 50 || replaced_while_held < 5) && Instant::now() < deadline {
+            let _ = std::fs::remove_file(&dest);
+            match verified_copy(&src, &dest, &sha(&good)) {
+                Ok(copy) => {
+                    loads += 1;
+                    assert_eq!(loaded_bytes(&copy), good, "the replacement was loaded");
+                    if std::fs::read(&dest).is_ok_and(|b| b == evil) {
+                        replaced_while_held += 1;
+                    }
+                }
+                // The attacker's file took the name first: refused, not used.
+                Err(StubError::Io { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let swaps = attacker.join().unwrap();
+        assert!(
+            replaced_while_held >= 5 && swaps > 0,
+            "the race was run: {loads} loads, {replaced_while_held} replaced while held"
+        );
+    }
 
     #[test]
     fn run_copy_names_are_safe() {

@@ -365,6 +365,17 @@ impl Keys {
     }
 }
 
+/// The agent.toml `policy` (an inline table) of test agents: the default
+/// entries plus `/bin`, `/usr/bin` and the temp directory, where the tests'
+/// checks live ([`script`]). [`TestAgent::start_toml`] writes no policy,
+/// so the agent has the default one of a real host.
+pub fn test_policy() -> String {
+    format!(
+        "{{ allowed_commands = [\"builtin:\", \"plugin:\", \"/bin\", \"/usr/bin\", {:?}] }}",
+        std::env::temp_dir().display().to_string()
+    )
+}
+
 /// A real stub (`outrider-agent --prefix`) with its own install prefix.
 #[derive(Debug)]
 pub struct TestAgent {
@@ -397,8 +408,10 @@ impl TestAgent {
         env: &[(&str, &str)],
     ) -> TestAgent {
         let toml = format!(
-            "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n{extra_toml}\n",
-            server.url
+            "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n\
+             policy = {}\n{extra_toml}\n",
+            server.url,
+            test_policy()
         );
         TestAgent::start_toml(keys, &toml, env)
     }

@@ -103,6 +103,7 @@ impl Connection<'_> {
             timing.keepalive_interval,
         );
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let executor = scheduler.executor();
         loop {
             let sent = tokio::select! {
                 biased;
@@ -147,6 +148,11 @@ impl Connection<'_> {
                     Err(e) => Err(e),
                 },
                 () = self.agent.outbox.pushed.notified() => Ok(()),
+                // A modified plugin was removed: fetch it again at once.
+                () = executor.plugin_removed() => {
+                    state.retried = false;
+                    Ok(())
+                }
                 answer = rpc.finished(), if !rpc.is_idle() => send(&mut ws, &timing, &answer).await,
                 _ = pings.tick() => {
                     let silent = state.heard.elapsed();

@@ -335,3 +335,45 @@ async fn a_new_config_during_a_download_it_still_needs_continues_that_download()
     assert_eq!(r.state, CheckState::Ok);
     agent.stop_via(conn).await;
 }
+
+/// A plugin changed in the cache after it was downloaded (same size, so
+/// only its hash tells) is refused, removed and fetched again — never run.
+#[tokio::test]
+async fn a_plugin_modified_in_the_cache_is_refused_and_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("plugins");
+    let ran = dir.path().join("tampered-ran");
+    let server = FakeServer::start().await;
+    let mut agent = Agent::start(dir.path(), &server.url, None);
+    let mut conn = server.accept().await;
+    conn.handshake(0).await;
+    let body = format!("#!/bin/sh\necho 'OK original'\n#{}\n", "-".repeat(300));
+    let body = body.as_bytes();
+    let good = plugin("hello", body);
+    conn.send(config(
+        1,
+        vec![plugin_check("hi", "hello")],
+        vec![good.clone()],
+    ))
+    .await;
+    expect_get(&mut conn, &good.sha256, 0).await;
+    send_chunk(&mut conn, &good, 0, body).await;
+    agent.wait_health(Health::Ok).await;
+    expect_result(&mut conn, "hi", "OK original").await;
+
+    // Someone rewrites the cached file in place, keeping its size.
+    let evil = format!("#!/bin/sh\ntouch {}\n#", ran.display());
+    let evil = format!("{evil:-<width$}", width = body.len());
+    assert_eq!(evil.len(), body.len());
+    let installed = cache.join(&good.sha256);
+    std::fs::write(&installed, &evil).unwrap();
+    let r = expect_result(&mut conn, "hi", "modified after download").await;
+    assert_eq!(r.state, CheckState::Unknown);
+    // Fetched again at once, and the original runs again.
+    expect_get(&mut conn, &good.sha256, 0).await;
+    send_chunk(&mut conn, &good, 0, body).await;
+    expect_result(&mut conn, "hi", "OK original").await;
+    assert_eq!(std::fs::read(&installed).unwrap(), body);
+    assert!(!ran.exists(), "the modified plugin never ran");
+    agent.stop_via(conn).await;
+}

@@ -141,3 +141,64 @@ async fn stopping_kills_a_running_remote_script() {
     agent.stop_via(conn).await;
     crate::support::assert_gone(pid).await;
 }
+
+/// The attack a stolen admin token allows: a check and an ad-hoc script
+/// running a shell command. On a host with the default policy neither runs.
+#[tokio::test]
+async fn default_host_policy_refuses_a_shell_check_and_adhoc_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pwned = dir.path().join("pwned");
+    let touch = format!("touch {}", pwned.display());
+    let server = FakeServer::start().await;
+    let options = crate::support::AgentOptions {
+        policy: Some("{}".into()),
+        ..crate::support::AgentOptions::default()
+    };
+    let agent = Agent::start_with(dir.path(), &server.url, options);
+    let mut conn = server.accept().await;
+    conn.handshake(0).await;
+    let attack = CheckSpec {
+        interval_secs: 1,
+        ..check("attack", vec!["/bin/sh".into(), "-c".into(), touch.clone()])
+    };
+    conn.send(config(1, vec![attack], true)).await;
+    agent.wait_log("applied config version 1").await;
+
+    // Scheduled: an UNKNOWN result saying why, nothing run.
+    let r = conn.recv_result_of("attack").await;
+    assert_eq!(r.state, CheckState::Unknown);
+    assert!(
+        r.summary
+            .starts_with("refused by local policy: \"/bin/sh\"")
+            && r.summary
+                .ends_with("is outside agent.toml [policy] allowed_commands"),
+        "{}",
+        r.summary
+    );
+    // Run now: the same.
+    conn.send(ServerMessage::RunCheck {
+        id: "c-1".into(),
+        check: "attack".into(),
+    })
+    .await;
+    let (id, result, error) = rpc_answer(&mut conn).await;
+    assert_eq!((id.as_str(), error), ("c-1", None));
+    let r = result.expect("a result");
+    assert_eq!(r.state, CheckState::Unknown);
+    assert!(
+        r.summary.starts_with("refused by local policy"),
+        "{}",
+        r.summary
+    );
+    // Ad-hoc, although the server's config allows it.
+    conn.send(run_script("s-1", &touch, 5)).await;
+    let (id, result, error) = rpc_answer(&mut conn).await;
+    assert_eq!((id.as_str(), result), ("s-1", None));
+    let error = error.expect("an error");
+    assert!(
+        error.starts_with("refused by local policy") && error.contains("allow_adhoc"),
+        "{error}"
+    );
+    agent.stop_via(conn).await;
+    assert!(!pwned.exists(), "the shell never ran");
+}

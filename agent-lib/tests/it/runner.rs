@@ -343,7 +343,12 @@ async fn a_hung_plugin_does_not_delay_other_checks_of_the_executor() {
     use outrider_protocol::CheckSpec;
 
     let dir = tempfile::tempdir().unwrap();
-    let executor = std::sync::Arc::new(Executor::new(dir.path()));
+    let policy = outrider_agent::policy::LocalPolicy::new(
+        outrider_agent::policy::AdhocScripts::Refused,
+        &["/bin", "/usr/bin"],
+    )
+    .unwrap();
+    let executor = std::sync::Arc::new(Executor::new(dir.path(), policy));
     let hang = script(dir.path(), "hang.sh", "sleep 600");
     let quick = script(dir.path(), "quick.sh", "echo 'OK quick'");
     let spec = |name: &str, command| CheckSpec {

@@ -165,6 +165,9 @@ pub struct AgentOptions {
     pub state_in: Option<StateBlob>,
     /// Extra agent.toml lines.
     pub toml_extra: String,
+    /// The agent.toml `policy` value (an inline table); `None` for
+    /// [`TEST_POLICY`]. `Some("{}")` is the default policy of a real host.
+    pub policy: Option<String>,
     /// Replaces the system resolver.
     pub resolver: Option<Arc<dyn Resolve>>,
     /// Replaces the default connection timing.
@@ -174,6 +177,12 @@ pub struct AgentOptions {
     /// Update events the host hands out, one buffer per call.
     pub update_events: Vec<Vec<u8>>,
 }
+
+/// The host policy of test agents: they run scripts through `/bin/sh`
+/// (see [`sh`]), which the default policy refuses, and the fake server
+/// decides about ad-hoc scripts alone.
+pub const TEST_POLICY: &str =
+    r#"{ allow_adhoc = true, allowed_commands = ["builtin:", "plugin:", "/bin", "/usr/bin"] }"#;
 
 /// An agent running `run_agent` on its own thread, like the stub runs it.
 pub struct Agent {
@@ -196,7 +205,9 @@ impl Agent {
     /// Starts an agent with `options`.
     pub fn start_with(dir: &Path, server_url: &str, options: AgentOptions) -> Agent {
         let toml = format!(
-            "server_url = \"{server_url}\"\nenrollment_token = \"tok-123\"\ntags = [\"test\"]\n{}\n",
+            "server_url = \"{server_url}\"\nenrollment_token = \"tok-123\"\ntags = [\"test\"]\n\
+             policy = {}\n{}\n",
+            options.policy.as_deref().unwrap_or(TEST_POLICY),
             options.toml_extra
         );
         let mut settings = AgentSettings::new(&toml, dir, dir).unwrap();

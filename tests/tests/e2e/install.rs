@@ -333,12 +333,12 @@ fn root_install_uses_the_system_paths_and_uninstall_removes_them() {
     let steps = format!(
         r#"set -eu
 mkdir -p {dir}/ovl
-mount -t tmpfs none {dir}/ovl
+mount -t tmpfs -o mode=0755 none {dir}/ovl
 mkdir -p {dir}/ovl/upper {dir}/ovl/work
 mount -t overlay overlay -o lowerdir=/etc,upperdir={dir}/ovl/upper,workdir={dir}/ovl/work /etc
 rm -rf /etc/outrider
-mount -t tmpfs none /opt
-mount -t tmpfs none /var/log
+mount -t tmpfs -o mode=0755 none /opt
+mount -t tmpfs -o mode=0755 none /var/log
 trap 'kill -KILL "$(cat /opt/outrider/outrider-agent.pid 2>/dev/null)" 2>/dev/null || true' EXIT
 sh {installer} --token {token} --channel dev --root-sha256 {root} --service-manager none
 test -x /opt/outrider/bin/outrider-agent

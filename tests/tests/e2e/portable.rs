@@ -191,12 +191,17 @@ fn the_portable_agent_installs_registers_reports_and_swaps_on_debian_11() {
     let keys = Keys::init();
     let v1 = server.publish_as(&keys, "dev", &dist.join("liboutrider_agent.so"), "1.0.0");
 
-    // Everything the agent sees lives inside the root: the prefix and the
-    // plugin, at /tmp/<work>/… from within.
+    // Everything the agent sees lives inside the root: the prefix at
+    // /tmp/<work> and the plugin in the standard Nagios directory, which the
+    // default local policy allows (agent-lib/src/policy.rs), named after the
+    // work directory so runs sharing the cached root never collide.
     let work = tempfile::tempdir_in(root.join("tmp")).unwrap();
-    let inside = Path::new("/tmp").join(work.path().file_name().unwrap());
-    let plugin = outrider_tests::script(work.path(), "check_bullseye", BULLSEYE_PLUGIN);
-    let plugin_inside = inside.join(plugin.file_name().unwrap());
+    let nagios = Path::new("usr/lib/nagios/plugins");
+    std::fs::create_dir_all(root.join(nagios)).unwrap();
+    let name = format!("check_{}", work.path().file_name().unwrap().to_str().unwrap());
+    let plugin = outrider_tests::script(&root.join(nagios), &name, BULLSEYE_PLUGIN);
+    let _remove_plugin = RemoveOnDrop(plugin.clone());
+    let plugin_inside = Path::new("/").join(nagios).join(&name);
     server.add_check("bullseye", 1, &[plugin_inside.to_str().unwrap()]);
     let stub = dist.join("outrider-agent");
     server.cli(&[
@@ -299,4 +304,13 @@ exit 0"#;
 fn current_uid() -> u32 {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Removes a file left in the shared, cached Debian 11 root when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
