@@ -342,6 +342,11 @@ pub struct ResultInfo {
     pub started_at_ms: i64,
     pub duration_ms: u64,
     pub received_at_ms: i64,
+    /// Since when the check has been in `state` (Unix ms): the start of the
+    /// first of its consecutive results in this state. Absent from older
+    /// servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_since_ms: Option<i64>,
 }
 
 /// One message of the live event stream `GET /api/v1/events` (Server-Sent

@@ -24,6 +24,7 @@
 //! | `GET  /api/v1/results/latest`           | admin  | newest result per agent and check      |
 //! | `GET  /api/v1/update-health`            | admin  | per channel: builds, failing updates, rollbacks |
 //! | `GET  /api/v1/events`                   | admin  | live events (Server-Sent Events)       |
+//! | `GET  /api/v1/alerts…`, `/api/v1/silences…` | admin | alerting ([`crate::alerts::api`])   |
 //! | `PUT  /api/v1/releases/...`             | admin  | release uploads ([`outrider_update_server`]) |
 //!
 //! Every error is JSON `{"error": "..."}` ([`crate::error`]), including
@@ -79,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/events", get(events::handler))
         .with_state(state.clone())
         .merge(crate::metrics::admin_routes(state.clone()))
+        .merge(crate::alerts::api::admin_routes(state.clone()))
         .merge(outrider_update_server::admin_router(state.releases.clone()))
         // `route_layer`: only matched admin routes require the token; an
         // unknown path must stay a 404, not turn into a 401.

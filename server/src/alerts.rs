@@ -1,0 +1,440 @@
+//! The driver of the alert engine ([`outrider_alerting`]): one [`Engine`]
+//! per server, fed committed results (from [`crate::ingest`]), presence
+//! (from [`crate::agent_ws`]), update outcomes (stored with their results)
+//! and operators' silences (REST, [`api`]), and ticked by [`run`].
+//!
+//! Durability, as `alerting/src/lib.rs` ("How the server drives it") asks:
+//! every `Action::Notify` becomes one `alert_outbox` row
+//! ([`crate::store::OutboxBatch`]) written **in the same transaction** as
+//! the engine's new state. Between notifications the state is written at
+//! most every [`SAVE_EVERY`] when something changed, and once more at
+//! shutdown. If a write fails, the rows wait in memory (in order) and go
+//! out with the next write, so the stored state is never ahead of the
+//! outbox; a row written twice (same `batch_key`) is stored once.
+//!
+//! The engine sits behind an async mutex held for one engine call and, when
+//! that call decided a notification, for the write that makes it durable:
+//! decisions reach the store in the order they were made.
+//!
+//! Presence races: a session that ends reports its loss after the store
+//! call that records it, so a reconnect can overtake it. Each presence
+//! event carries its session id (increasing, [`crate::sessions`]); a loss
+//! of an older session than the latest opened one is ignored, otherwise a
+//! hot swap could leave a connected agent counted as lost (and later down).
+
+pub mod api;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use outrider_alerting::{Action, Config, Engine, Event, Notification, State, Status};
+use outrider_protocol::{CheckResult, CheckState, Fingerprint};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::store::{OutboxBatch, Store, now_ms};
+
+/// Longest time between two state writes while something changed.
+pub const SAVE_EVERY: Duration = Duration::from_secs(5);
+/// Default period of [`run`]'s ticks: the resolution of every timer
+/// (`group_wait`, `down_for`, duration gates).
+pub const DEFAULT_TICK_MS: u64 = 1000;
+
+/// The engine and what has not been stored yet.
+#[derive(Debug)]
+struct Inner {
+    engine: Engine,
+    /// Decided notifications not yet committed, oldest first.
+    pending: Vec<OutboxBatch>,
+    /// The state changed since it was last stored.
+    dirty: bool,
+    saved_at: Instant,
+    /// The latest session id opened per agent (see "Presence races").
+    sessions: HashMap<String, u64>,
+}
+
+/// The alerting side's shared state: one field of [`crate::AppState`].
+#[derive(Debug)]
+pub struct Alerts {
+    inner: Mutex<Inner>,
+    store: Store,
+}
+
+/// Presence of one session, as [`Alerts::presence`] takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Welcomed; the engine learns the agent's tags.
+    Opened,
+    /// Ended without a Goodbye.
+    Lost,
+    /// Ended with a Goodbye: never an outage.
+    Goodbye,
+}
+
+/// Reads the alerting settings file (JSON of [`outrider_alerting::Config`]).
+///
+/// Fails with a sentence naming the file when it cannot be read, is not
+/// valid JSON of the settings, or a value is out of range.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the alerting settings {}", path.display()))?;
+    let config: Config = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid alerting settings", path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(config)
+}
+
+impl Alerts {
+    /// Resumes the engine from the stored state (or starts a fresh one)
+    /// for a server that started at `started_ms`.
+    ///
+    /// Fails when the store fails, the stored state cannot be read, or
+    /// `config` is invalid.
+    pub async fn start(store: Store, config: Config, started_ms: u64) -> anyhow::Result<Alerts> {
+        let engine = match store.alert_state().await? {
+            Some(json) => {
+                let state: State = serde_json::from_str(&json)
+                    .context("the stored alerting state is not readable")?;
+                Engine::restore(config, state, started_ms)?
+            }
+            None => Engine::new(config, started_ms)?,
+        };
+        Ok(Alerts {
+            inner: Mutex::new(Inner {
+                engine,
+                pending: Vec::new(),
+                dirty: false,
+                saved_at: Instant::now(),
+                sessions: HashMap::new(),
+            }),
+            store,
+        })
+    }
+
+    /// Hands committed results of agent `fp` to the engine, each at its
+    /// own time; update outcomes they carry become update events.
+    pub async fn results(&self, fp: &Fingerprint, results: &[CheckResult]) {
+        let mut events = Vec::with_capacity(results.len());
+        for r in results {
+            events.push(Event::CheckResult {
+                agent: fp.to_string(),
+                check: r.check.clone(),
+                status: status(r.state),
+                summary: r.summary.clone(),
+                at_ms: u64::try_from(r.started_at_ms).unwrap_or(0),
+            });
+            let update = r.update_event.as_deref();
+            if let Some((u, outcome)) = update.and_then(|u| Some((u, update_outcome(u)?))) {
+                events.push(Event::Update {
+                    agent: fp.to_string(),
+                    outcome,
+                    detail: update_detail(u),
+                });
+            }
+        }
+        self.observe(events).await;
+    }
+
+    /// Presence of session `id` of agent `fp` (with its effective tags on
+    /// [`SessionEvent::Opened`]).
+    pub async fn presence(&self, fp: &Fingerprint, id: u64, what: SessionEvent, tags: Vec<String>) {
+        let agent = fp.to_string();
+        let mut inner = self.inner.lock().await;
+        let latest = inner.sessions.get(&agent).copied();
+        if latest.is_some_and(|latest| latest > id) {
+            debug!(fingerprint = %fp, session = id, "presence of a replaced session ignored");
+            return;
+        }
+        inner.sessions.insert(agent.clone(), id);
+        let event = match what {
+            SessionEvent::Opened => Event::SessionOpened { agent, tags },
+            SessionEvent::Lost => Event::SessionLost { agent },
+            SessionEvent::Goodbye => Event::Deregistered { agent },
+        };
+        self.apply(&mut inner, vec![event]).await;
+    }
+
+    /// Hands events to the engine; they are not operator input, so they
+    /// cannot fail (an error would be an engine bug, logged).
+    async fn observe(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().await;
+        self.apply(&mut inner, events).await;
+    }
+
+    async fn apply(&self, inner: &mut Inner, events: Vec<Event>) {
+        let now = now_ms_u64();
+        let mut notified = false;
+        for event in events {
+            match inner.engine.handle(event, now) {
+                Ok(actions) => notified |= record(inner, actions),
+                Err(e) => warn!("the alert engine refused an event: {e}"),
+            }
+        }
+        inner.dirty = true;
+        if notified {
+            self.save(inner).await;
+        }
+    }
+
+    /// An operator's request (silences): applied, then stored at once.
+    /// Returns the engine's actions; its error is the operator's mistake.
+    pub async fn operator(&self, event: Event) -> Result<Vec<Action>, outrider_alerting::Error> {
+        let mut inner = self.inner.lock().await;
+        let actions = inner.engine.handle(event, now_ms_u64())?;
+        record(&mut inner, actions.clone());
+        inner.dirty = true;
+        self.save(&mut inner).await;
+        Ok(actions)
+    }
+
+    /// Reads the engine (for the REST API), holding the lock only for `f`.
+    pub async fn read<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
+        f(&self.inner.lock().await.engine)
+    }
+
+    /// One tick at the server's clock; stores what must be.
+    async fn tick(&self) {
+        let mut inner = self.inner.lock().await;
+        let actions = inner.engine.tick(now_ms_u64());
+        if !actions.is_empty() {
+            inner.dirty = true;
+        }
+        let notified = record(&mut inner, actions);
+        let due = inner.dirty && inner.saved_at.elapsed() >= SAVE_EVERY;
+        if notified || !inner.pending.is_empty() || due {
+            self.save(&mut inner).await;
+        }
+    }
+
+    /// Stores the state with every pending row; on failure both wait for
+    /// the next save.
+    async fn save(&self, inner: &mut Inner) {
+        let json = match serde_json::to_string(inner.engine.state()) {
+            Ok(json) => json,
+            Err(e) => {
+                warn!("cannot serialize the alerting state: {e}");
+                return;
+            }
+        };
+        match self.store.save_alerts(json, inner.pending.clone()).await {
+            Ok(new) => {
+                if new > 0 {
+                    info!(rows = new, "alert notifications queued in the outbox");
+                }
+                inner.pending.clear();
+                inner.dirty = false;
+                inner.saved_at = Instant::now();
+            }
+            Err(e) => warn!(
+                pending = inner.pending.len(),
+                "storing the alerting state failed; retrying at the next tick: {e:#}"
+            ),
+        }
+    }
+}
+
+/// Ticks `alerts` every `tick` until `shutdown`, then stores the state.
+pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = interval.tick() => alerts.tick().await,
+        }
+    }
+    let mut inner = alerts.inner.lock().await;
+    if inner.dirty || !inner.pending.is_empty() {
+        alerts.save(&mut inner).await;
+    }
+}
+
+/// Queues the outbox rows of `actions`; true when there was one.
+fn record(inner: &mut Inner, actions: Vec<Action>) -> bool {
+    let mut notified = false;
+    for action in actions {
+        match action {
+            Action::Notify {
+                group,
+                notifications,
+            } => {
+                notified = true;
+                for n in &notifications {
+                    info!(group = %group, subject = %n.subject, kind = ?n.kind, title = %n.title, "alert decided");
+                }
+                match batch(group, &notifications) {
+                    Ok(b) => inner.pending.push(b),
+                    Err(e) => warn!("cannot serialize a notification: {e}"),
+                }
+            }
+            other => debug!(action = ?other, "alert engine"),
+        }
+    }
+    notified
+}
+
+/// The outbox row of one `Action::Notify` (see `store/alert_outbox.sql`).
+pub fn batch(group: String, notifications: &[Notification]) -> serde_json::Result<OutboxBatch> {
+    let mut keys: Vec<String> = notifications
+        .iter()
+        .map(|n| format!("{}#{}", n.incident_key(), n.seq))
+        .collect();
+    keys.sort();
+    let worst = notifications
+        .iter()
+        .map(|n| n.status)
+        .max_by_key(|s| severity_rank(*s))
+        .unwrap_or(Status::Ok);
+    Ok(OutboxBatch {
+        batch_key: keys.join(" "),
+        group_key: group,
+        severity: severity_name(worst).to_owned(),
+        notifications: serde_json::to_string(notifications)?,
+    })
+}
+
+/// Worse is larger: critical, then warning, then unknown, then ok (the
+/// order of `store/alert_outbox.sql`).
+pub fn severity_rank(status: Status) -> u8 {
+    match status {
+        Status::Critical => 3,
+        Status::Warning => 2,
+        Status::Unknown => 1,
+        Status::Ok => 0,
+    }
+}
+
+/// The outbox's spelling of a status.
+pub fn severity_name(status: Status) -> &'static str {
+    match status {
+        Status::Critical => "critical",
+        Status::Warning => "warning",
+        Status::Unknown => "unknown",
+        Status::Ok => "ok",
+    }
+}
+
+fn status(state: CheckState) -> Status {
+    match state {
+        CheckState::Ok => Status::Ok,
+        CheckState::Warning => Status::Warning,
+        CheckState::Critical => Status::Critical,
+        CheckState::Unknown => Status::Unknown,
+    }
+}
+
+/// What an update event means for alerting; `None` for kinds that decide
+/// nothing (`installed` is still on probation) or that a newer stub added.
+pub fn update_outcome(
+    event: &outrider_protocol::UpdateEvent,
+) -> Option<outrider_alerting::model::UpdateOutcome> {
+    use outrider_alerting::model::UpdateOutcome;
+    match event.kind.as_str() {
+        "probation_passed" | "stub_updated" => Some(UpdateOutcome::Applied),
+        "refused" | "stub_refused" => Some(UpdateOutcome::Refused),
+        "probation_failed" | "rolled_back" => Some(UpdateOutcome::RolledBack),
+        _ => None,
+    }
+}
+
+fn update_detail(e: &outrider_protocol::UpdateEvent) -> String {
+    let version = e.version.as_deref().unwrap_or("?");
+    if e.reason.is_empty() {
+        format!("{} {version}", e.kind)
+    } else {
+        format!("{} {version}: {}", e.kind, e.reason)
+    }
+}
+
+fn now_ms_u64() -> u64 {
+    u64::try_from(now_ms()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use outrider_alerting::{NotificationKind, Subject};
+
+    use super::*;
+
+    fn note(agent: &str, status: Status, started: u64, seq: u32) -> Notification {
+        Notification {
+            subject: Subject::Check {
+                agent: agent.into(),
+                name: "disk".into(),
+            },
+            kind: NotificationKind::Firing,
+            status,
+            title: "t".into(),
+            summary: String::new(),
+            resolve_cause: None,
+            incident_started_ms: started,
+            seq,
+        }
+    }
+
+    #[test]
+    fn batch_key_is_sorted_incident_keys_and_severity_the_worst() {
+        let table = [
+            (vec![Status::Ok], "ok"),
+            (vec![Status::Ok, Status::Unknown], "unknown"),
+            (vec![Status::Unknown, Status::Warning], "warning"),
+            (
+                vec![Status::Warning, Status::Critical, Status::Ok],
+                "critical",
+            ),
+        ];
+        for (statuses, want) in table {
+            let notes: Vec<_> = statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| note(&format!("a{}", 9 - i), *s, 5, 1))
+                .collect();
+            let b = batch("agent/x".into(), &notes).unwrap();
+            assert_eq!(b.severity, want, "{statuses:?}");
+            let keys: Vec<_> = b.batch_key.split(' ').collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(keys, sorted);
+            assert_eq!(keys.len(), notes.len());
+        }
+        let b = batch("agent/x".into(), &[note("a", Status::Critical, 7, 2)]).unwrap();
+        assert_eq!(b.batch_key, "check/a/disk@7#2");
+    }
+
+    #[test]
+    fn update_kinds_map_to_outcomes() {
+        use outrider_alerting::model::UpdateOutcome::*;
+        let table = [
+            ("installed", None),
+            ("probation_passed", Some(Applied)),
+            ("stub_updated", Some(Applied)),
+            ("refused", Some(Refused)),
+            ("stub_refused", Some(Refused)),
+            ("probation_failed", Some(RolledBack)),
+            ("rolled_back", Some(RolledBack)),
+            ("a_future_kind", None),
+        ];
+        for (kind, want) in table {
+            let event = outrider_protocol::UpdateEvent {
+                id: 1,
+                kind: kind.into(),
+                at_unix_ms: 1,
+                build_sha256: None,
+                version: None,
+                to_sha256: None,
+                to_version: None,
+                reason: String::new(),
+            };
+            assert_eq!(update_outcome(&event), want, "{kind}");
+        }
+    }
+}
