@@ -28,7 +28,7 @@ use anyhow::{Context, anyhow};
 use rusqlite::Connection;
 
 pub use agents::Registration;
-pub use alerts::{OutboxBatch, OutboxRow};
+pub use alerts::OutboxBatch;
 pub use checks::{
     ComputedConfig, DeletePlugin, PutCheck, effective_tags, json_tags, normalize_tags,
 };

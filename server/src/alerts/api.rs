@@ -17,37 +17,16 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
+use outrider_alerting::api::{HistoryEntry, OpenAlert, SilenceInfo};
 use outrider_alerting::silence::{Silence, SilenceSpec};
-use outrider_alerting::{Action, Event, MuteReason, Subject};
-use serde::{Deserialize, Serialize};
+use outrider_alerting::{Action, Event};
+use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::store::OutboxRow;
 
 /// Rows of `GET /api/v1/alerts/history` without `?limit=`.
 pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
-
-/// One open problem (or flapping subject) of `GET /api/v1/alerts`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OpenAlert {
-    /// `agent/<fp>`, `check/<fp>/<name>`, `site/<tag>`…: also the
-    /// PagerDuty `dedup_key`.
-    pub key: String,
-    pub subject: Subject,
-    /// Why it is not notified now; `None`: it is (or will be) notified.
-    pub muted: Option<MuteReason>,
-}
-
-/// One silence of `GET /api/v1/silences`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SilenceInfo {
-    pub id: u64,
-    /// In force now.
-    pub active: bool,
-    #[serde(flatten)]
-    pub spec: SilenceSpec,
-}
 
 /// Routes behind the admin token.
 pub fn admin_routes(state: Arc<AppState>) -> Router {
@@ -81,7 +60,7 @@ struct HistoryQuery {
 async fn history(
     State(state): State<Arc<AppState>>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
-) -> Result<Json<Vec<OutboxRow>>, ApiError> {
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     let max = crate::store::alerts::MAX_OUTBOX_PAGE;
     if limit == 0 || limit > max {

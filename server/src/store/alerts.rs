@@ -8,8 +8,8 @@
 //! row already stored (same `batch_key`) is ignored.
 
 use anyhow::Context;
+use outrider_alerting::api::HistoryEntry;
 use rusqlite::{OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 
 use super::{Store, effective_tags, json_tags, now_ms};
 
@@ -27,22 +27,6 @@ pub struct OutboxBatch {
     pub severity: String,
     /// JSON array of `alerting::Notification`.
     pub notifications: String,
-}
-
-/// A stored outbox row, as `GET /api/v1/alerts/history` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub batch_key: String,
-    pub group_key: String,
-    pub tags: Vec<String>,
-    pub severity: String,
-    /// The `alerting::Notification`s, as stored.
-    pub notifications: serde_json::Value,
-    pub created_at_ms: i64,
-    /// When the notifier routed it to receivers; `None` while waiting.
-    #[serde(default)]
-    pub routed_at_ms: Option<i64>,
 }
 
 impl Store {
@@ -118,7 +102,7 @@ impl Store {
 
     /// The newest `limit` outbox rows (at most [`MAX_OUTBOX_PAGE`]), newest
     /// first.
-    pub async fn alert_outbox(&self, limit: u32) -> anyhow::Result<Vec<OutboxRow>> {
+    pub async fn alert_outbox(&self, limit: u32) -> anyhow::Result<Vec<HistoryEntry>> {
         let limit = limit.min(MAX_OUTBOX_PAGE);
         self.call(move |c| {
             let mut stmt = c.prepare_cached(
@@ -142,14 +126,14 @@ impl Store {
             for row in rows {
                 let (id, batch_key, group_key, tags, severity, notifications, created, routed) =
                     row?;
-                out.push(OutboxRow {
+                out.push(HistoryEntry {
                     id,
                     batch_key,
                     group_key,
                     tags: json_tags(tags),
                     severity,
                     notifications: serde_json::from_str(&notifications)
-                        .context("stored notifications are not JSON")?,
+                        .context("stored notifications are not readable")?,
                     created_at_ms: created,
                     routed_at_ms: routed,
                 });
