@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use outrider_alerting::config::GateRule;
 use outrider_alerting::{Action, Config, Engine, Event, Notification, State, Status};
+use outrider_protocol::api::CheckInfo;
 use outrider_protocol::{CheckResult, CheckState, Fingerprint};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +64,8 @@ struct Inner {
 pub struct Alerts {
     inner: Mutex<Inner>,
     store: Store,
+    /// The settings before check definitions add their rules.
+    base: Config,
 }
 
 /// Presence of one session, as [`Alerts::presence`] takes it.
@@ -96,7 +100,9 @@ impl Alerts {
     ///
     /// Fails when the store fails, the stored state cannot be read, or
     /// `config` is invalid.
-    pub async fn start(store: Store, config: Config, started_ms: u64) -> anyhow::Result<Alerts> {
+    pub async fn start(store: Store, base: Config, started_ms: u64) -> anyhow::Result<Alerts> {
+        let checks = store.checks().await?;
+        let config = engine_config(&base, &checks).context("the alert rules of the checks")?;
         let engine = match store.alert_state().await? {
             Some(json) => {
                 let state: State = serde_json::from_str(&json)
@@ -114,7 +120,25 @@ impl Alerts {
                 sessions: HashMap::new(),
             }),
             store,
+            base,
         })
+    }
+
+    /// The engine's settings with `checks`' rules, checked.
+    ///
+    /// # Errors
+    /// [`outrider_alerting::Error::InvalidConfig`] naming the bad rule.
+    pub fn config_with(&self, checks: &[CheckInfo]) -> Result<Config, outrider_alerting::Error> {
+        engine_config(&self.base, checks)
+    }
+
+    /// Applies the alert rules of the check definitions (after a change).
+    ///
+    /// # Errors
+    /// As [`Alerts::config_with`]; the rules in force stay then.
+    pub async fn set_checks(&self, checks: &[CheckInfo]) -> Result<(), outrider_alerting::Error> {
+        let config = self.config_with(checks)?;
+        self.inner.lock().await.engine.reconfigure(config)
     }
 
     /// Hands committed results of agent `fp` to the engine, each at its
@@ -256,6 +280,47 @@ pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToke
     if inner.dirty || !inner.pending.is_empty() {
         alerts.save(&mut inner).await;
     }
+}
+
+/// `base` with the rules of every check whose definition sets some: each
+/// field a definition leaves out keeps what `base` says for that check.
+///
+/// # Errors
+/// [`outrider_alerting::Error::InvalidConfig`] for a rule out of range or a
+/// definition giving both a count and a duration.
+pub fn engine_config(
+    base: &Config,
+    checks: &[CheckInfo],
+) -> Result<Config, outrider_alerting::Error> {
+    let mut config = base.clone();
+    for check in checks {
+        let Some(alert) = &check.alert else { continue };
+        let mut rules = base.rules_for(&check.name);
+        match (alert.after_failures, alert.after_secs) {
+            (Some(_), Some(_)) => {
+                return Err(outrider_alerting::Error::InvalidConfig {
+                    field: "alert",
+                    reason: format!(
+                        "check {:?} gives both after_failures and after_secs; give one",
+                        check.name
+                    ),
+                });
+            }
+            (Some(count), None) => rules.gate = GateRule::Consecutive { count },
+            (None, Some(secs)) => {
+                rules.gate = GateRule::Duration {
+                    for_ms: secs.saturating_mul(1000),
+                }
+            }
+            (None, None) => {}
+        }
+        if let Some(n) = alert.recover_after {
+            rules.recover_after = n;
+        }
+        config.checks.insert(check.name.clone(), rules);
+    }
+    config.validate()?;
+    Ok(config)
 }
 
 /// Queues the outbox rows of `actions`; true when there was one.
@@ -408,6 +473,77 @@ mod tests {
         }
         let b = batch("agent/x".into(), &[note("a", Status::Critical, 7, 2)]).unwrap();
         assert_eq!(b.batch_key, "check/a/disk@7#2");
+    }
+
+    #[test]
+    fn check_definitions_set_their_gate_and_keep_the_rest() {
+        use outrider_protocol::api::CheckAlert;
+        let check = |name: &str, alert: Option<CheckAlert>| CheckInfo {
+            name: name.into(),
+            command: vec!["/bin/true".into()],
+            interval_secs: 10,
+            timeout_secs: 5,
+            tags: Vec::new(),
+            alert,
+        };
+        let base = Config::default();
+        let config = engine_config(
+            &base,
+            &[
+                check("plain", None),
+                check(
+                    "count",
+                    Some(CheckAlert {
+                        after_failures: Some(5),
+                        ..CheckAlert::default()
+                    }),
+                ),
+                check(
+                    "time",
+                    Some(CheckAlert {
+                        after_secs: Some(90),
+                        recover_after: Some(1),
+                        ..CheckAlert::default()
+                    }),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.rules_for("plain"), base.check_defaults);
+        assert!(!config.checks.contains_key("plain"));
+        let count = config.rules_for("count");
+        assert_eq!(count.gate, GateRule::Consecutive { count: 5 });
+        assert_eq!(count.recover_after, 2, "kept from the defaults");
+        let time = config.rules_for("time");
+        assert_eq!(time.gate, GateRule::Duration { for_ms: 90_000 });
+        assert_eq!(time.recover_after, 1);
+
+        let bad = [
+            CheckAlert {
+                after_failures: Some(2),
+                after_secs: Some(2),
+                ..CheckAlert::default()
+            },
+            CheckAlert {
+                after_failures: Some(0),
+                ..CheckAlert::default()
+            },
+            CheckAlert {
+                recover_after: Some(0),
+                ..CheckAlert::default()
+            },
+            CheckAlert {
+                after_secs: Some(0),
+                ..CheckAlert::default()
+            },
+        ];
+        for alert in bad {
+            let err = engine_config(&base, &[check("x", Some(alert.clone()))]);
+            assert!(
+                matches!(err, Err(outrider_alerting::Error::InvalidConfig { .. })),
+                "{alert:?} accepted"
+            );
+        }
     }
 
     #[test]

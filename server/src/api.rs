@@ -244,10 +244,21 @@ async fn put_check(
         interval_secs: spec.interval_secs,
         timeout_secs: spec.timeout_secs,
         tags,
+        alert: def.alert,
     };
+    // Refused before anything is stored: a rule the engine cannot take.
+    state
+        .alerts
+        .config_with(std::slice::from_ref(&check))
+        .map_err(|e| ApiError::BadRequest(format!("check {name:?}: {e}")))?;
     let changed = match state.store.put_check(check).await? {
         PutCheck::Changed => {
             configs::refresh(&state, None).await?;
+            let checks = state.store.checks().await?;
+            if let Err(e) = state.alerts.set_checks(&checks).await {
+                // Each definition was checked when stored; only a bug gets here.
+                tracing::warn!("the alert rules of the checks were not applied: {e}");
+            }
             true
         }
         PutCheck::Unchanged => false,
@@ -268,6 +279,10 @@ async fn delete_check(
         return Err(ApiError::NotFound(format!("no check named {name:?}")));
     }
     configs::refresh(&state, None).await?;
+    let checks = state.store.checks().await?;
+    if let Err(e) = state.alerts.set_checks(&checks).await {
+        tracing::warn!("the alert rules of the checks were not applied: {e}");
+    }
     Ok(Json(json!({ "check": name, "deleted": true })))
 }
 

@@ -446,3 +446,50 @@ async fn a_restart_mid_incident_neither_loses_nor_repeats_a_notification() {
     assert_eq!(rows[1]["notifications"][0]["seq"], 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_check_definition_sets_its_gate_and_keeps_it_across_a_restart() {
+    let server = Server::start_with(fast).await;
+    let auth = format!("Bearer {}", server.admin_token);
+    let def = |alert: Value| json!({"command": ["/bin/true"], "interval_secs": 10, "timeout_secs": 5, "alert": alert});
+    // Refused before anything is stored.
+    for (alert, needle) in [
+        (json!({"after_failures": 2, "after_secs": 5}), "give one"),
+        (json!({"after_failures": 0}), "between 1 and"),
+        (json!({"after_falures": 2}), "unknown field"),
+    ] {
+        let (status, answer) = server
+            .http("PUT", "/api/v1/checks/ping", Some(&auth), Some(&def(alert)))
+            .await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(needle),
+            "{answer}"
+        );
+    }
+    assert_eq!(server.admin("GET", "/api/v1/checks", None).await, json!([]));
+    server
+        .admin(
+            "PUT",
+            "/api/v1/checks/ping",
+            Some(&def(json!({"after_failures": 1, "recover_after": 1}))),
+        )
+        .await;
+    let checks = server.admin("GET", "/api/v1/checks", None).await;
+    assert_eq!(
+        checks[0]["alert"],
+        json!({"after_failures": 1, "recover_after": 1})
+    );
+
+    let server = server.restart(fast).await;
+    let agent = Agent::new(10, "web-10");
+    let mut s = Sender::connect(&agent, &server).await;
+    let key = format!("check/{}/ping", agent.fp);
+    s.send("ping", CheckState::Critical).await;
+    let rows = wait_rows(&server, 1).await;
+    assert_eq!(notes(&rows), [(key.clone(), "firing".into())]);
+    s.send("ping", CheckState::Ok).await;
+    let rows = wait_rows(&server, 2).await;
+    assert_eq!(notes(&rows[1..]), [(key, "resolved".into())]);
+    server.stop().await;
+}
