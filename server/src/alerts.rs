@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use outrider_alerting::config::GateRule;
 use outrider_alerting::{Action, Config, Engine, Event, Notification, State, Status};
-use outrider_protocol::api::CheckInfo;
+use outrider_protocol::api::{CheckInfo, Presence};
 use outrider_protocol::{CheckResult, CheckState, Fingerprint};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -111,7 +111,14 @@ impl Alerts {
             }
             None => Engine::new(config, started_ms)?,
         };
-        Ok(Alerts {
+        let deregistered: Vec<String> = store
+            .agents()
+            .await?
+            .into_iter()
+            .filter(|a| a.presence == Presence::Deregistered)
+            .map(|a| a.fingerprint.to_string())
+            .collect();
+        let alerts = Alerts {
             inner: Mutex::new(Inner {
                 engine,
                 pending: Vec::new(),
@@ -121,7 +128,22 @@ impl Alerts {
             }),
             store,
             base,
-        })
+        };
+        alerts.reconcile(deregistered).await;
+        Ok(alerts)
+    }
+
+    /// The store, not the engine state, is the truth about Goodbyes: the
+    /// state is written only every few seconds between notifications, so a
+    /// crash can lose a deregistration that `agents` committed. Replaying
+    /// them keeps an agent that left cleanly from being called down after
+    /// the restart grace. Deregistering again is a no-op.
+    async fn reconcile(&self, deregistered: Vec<String>) {
+        let events = deregistered
+            .into_iter()
+            .map(|agent| Event::Deregistered { agent })
+            .collect();
+        self.observe(events).await;
     }
 
     /// The engine's settings with `checks`' rules, checked.

@@ -493,3 +493,46 @@ async fn a_check_definition_sets_its_gate_and_keeps_it_across_a_restart() {
     assert_eq!(notes(&rows[1..]), [(key, "resolved".into())]);
     server.stop().await;
 }
+
+/// The engine state is written every few seconds between notifications,
+/// so a crash can lose a Goodbye that the agents table committed. The next
+/// start replays it: the agent that left is not called down.
+#[tokio::test]
+async fn a_goodbye_lost_with_the_engine_state_is_replayed_from_the_store() {
+    let server = Server::start_with(fast).await;
+    let leaving = Agent::new(11, "leaving");
+    let witness = Agent::new(12, "witness");
+    let a = Sender::connect(&leaving, &server).await;
+    let w = Sender::connect(&witness, &server).await;
+    let server = server.restart(fast).await;
+    drop((a, w));
+    let db = server.data_dir().join("outrider.db");
+    let read_state = || {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT state FROM alert_state", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .unwrap()
+    };
+    // Both agents were connected when that state was written.
+    let before_goodbye = read_state();
+    let a = Sender::connect(&leaving, &server).await;
+    a.goodbye().await;
+    server
+        .wait_presence(&leaving.fp, outrider_protocol::api::Presence::Deregistered)
+        .await;
+    let server = server.restart(|_| {}).await;
+    // As after a crash: the state from before the Goodbye.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE alert_state SET state = ?1", [&before_goodbye])
+        .unwrap();
+    let server = server.restart(fast).await;
+    let rows = wait_rows(&server, 1).await;
+    assert_eq!(
+        notes(&rows),
+        [(format!("agent/{}", witness.fp), "firing".into())]
+    );
+    server.stop().await;
+}
