@@ -536,3 +536,116 @@ async fn a_goodbye_lost_with_the_engine_state_is_replayed_from_the_store() {
     );
     server.stop().await;
 }
+
+/// A check failing half the time in runs long enough to pass its gate
+/// (3 CRITICAL, 3 OK) for an hour of results at 10 s, then steady: one
+/// notification when it starts flapping, one when it settles.
+#[tokio::test]
+async fn a_check_flapping_at_50_percent_sends_exactly_two_notifications() {
+    let server = Server::start_with(|c| {
+        fast(c);
+        // Each batch below is taken in one go, long before a flush.
+        c.alerting.group.group_wait_ms = 300;
+    })
+    .await;
+    let agent = Agent::new(13, "api-1");
+    let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let cycle = [
+        CheckState::Critical,
+        CheckState::Critical,
+        CheckState::Critical,
+        CheckState::Ok,
+        CheckState::Ok,
+        CheckState::Ok,
+    ];
+    let states: Vec<CheckState> = cycle.iter().copied().cycle().take(360).collect();
+    let mut seq = 0;
+    for chunk in states.chunks(120) {
+        let batch = chunk
+            .iter()
+            .map(|s| {
+                seq += 1;
+                result(seq, "api", *s, "api")
+            })
+            .collect();
+        conn.send_results(batch).await;
+    }
+    let key = format!("check/{}/api", agent.fp);
+    let rows = wait_rows(&server, 1).await;
+    assert_eq!(notes(&rows), [(key.clone(), "flapping_started".into())]);
+    let open = open_alerts(&server).await;
+    assert_eq!(open[0]["muted"], "flapping");
+    // Steady from now on.
+    let batch = (0..60)
+        .map(|_| {
+            seq += 1;
+            result(seq, "api", CheckState::Ok, "api")
+        })
+        .collect();
+    conn.send_results(batch).await;
+    let rows = wait_rows(&server, 2).await;
+    assert_eq!(
+        notes(&rows),
+        [
+            (key.clone(), "flapping_started".into()),
+            (key, "flapping_stopped".into())
+        ]
+    );
+    assert_eq!(rows[1]["notifications"][0]["status"], "OK");
+    assert!(open_alerts(&server).await.is_empty());
+    server.stop().await;
+}
+
+/// An agent that lost the server while its resolver check failed is
+/// reported as "DNS broken", once, not as a plain agent down; a resolver
+/// failing for less than `down_for` is no alert.
+#[tokio::test]
+async fn dns_broken_past_down_for_is_one_dns_incident_and_shorter_is_none() {
+    let server = Server::start_with(fast).await;
+    let brief = Agent::new(14, "brief");
+    let broken = Agent::new(15, "broken");
+    let mut b = Sender::connect(&brief, &server).await;
+    let mut x = Sender::connect(&broken, &server).await;
+    // The resolver fails on both, reported once each (the agent reports
+    // the resolver check only when it changes).
+    b.send("outrider.dns", CheckState::Critical).await;
+    x.send("outrider.dns", CheckState::Critical).await;
+    drop(x);
+    // `brief` recovers within down_for.
+    b.send("outrider.dns", CheckState::Ok).await;
+    let rows = wait_rows(&server, 1).await;
+    assert_eq!(
+        notes(&rows),
+        [(format!("agent/{}", broken.fp), "firing".into())]
+    );
+    let title = rows[0]["notifications"][0]["title"].as_str().unwrap();
+    assert_eq!(
+        title,
+        format!("DNS broken: agent {} cannot reach the server", broken.fp)
+    );
+    server.stop().await;
+}
+
+/// Three of three agents sharing a tag lost together are one site
+/// incident; the agents' own incidents are muted by it.
+#[tokio::test]
+async fn agents_of_a_tag_lost_together_are_one_site_incident() {
+    let server = Server::start_with(fast).await;
+    let mut conns = Vec::new();
+    for seed in 20..23 {
+        let agent = Agent::new(seed, &format!("dc1-{seed}")).with_tags(&["dc1"]);
+        conns.push(Sender::connect(&agent, &server).await);
+    }
+    drop(conns);
+    let rows = wait_rows(&server, 1).await;
+    assert_eq!(notes(&rows), [("site/dc1".to_owned(), "firing".into())]);
+    assert_eq!(rows[0]["group_key"], "site/dc1");
+    assert_eq!(rows[0]["tags"], json!(["dc1"]));
+    let open = open_alerts(&server).await;
+    let muted: Vec<_> = open
+        .iter()
+        .filter(|a| a["muted"] == json!({"site_outage": {"tag": "dc1"}}))
+        .collect();
+    assert_eq!(muted.len(), 3, "{open:#?}");
+    server.stop().await;
+}
