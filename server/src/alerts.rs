@@ -568,6 +568,56 @@ mod tests {
         }
     }
 
+    /// Ticks once a millisecond later (so `down_for` of 1 ms is over);
+    /// whether the agent is then an open problem.
+    async fn agent_open(alerts: &Alerts) -> bool {
+        let t = now_ms_u64();
+        while now_ms_u64() < t + 2 {
+            std::hint::spin_loop();
+        }
+        alerts.tick().await;
+        alerts
+            .read(|e| e.open())
+            .await
+            .iter()
+            .any(|(s, _)| matches!(s, outrider_alerting::Subject::Agent { .. }))
+    }
+
+    /// A loss reported by an older session after a newer one opened (a
+    /// reconnect overtaking the old session's end) must not count the
+    /// agent as lost; a loss of the latest session does.
+    #[tokio::test]
+    async fn a_stale_loss_does_not_overtake_a_newer_session() {
+        let (_dir, store, fp) = crate::store::test_support::store_with_agent("web-1").await;
+        let config = Config {
+            down_for_ms: 1,
+            restart_grace_extra_ms: 0,
+            ..Config::default()
+        };
+        let started = now_ms_u64() - 60_000;
+        let alerts = Alerts::start(store, config, started).await.unwrap();
+        alerts
+            .presence(&fp, 1, SessionEvent::Opened, Vec::new())
+            .await;
+        alerts
+            .presence(&fp, 2, SessionEvent::Opened, Vec::new())
+            .await;
+        alerts
+            .presence(&fp, 1, SessionEvent::Lost, Vec::new())
+            .await;
+        assert!(
+            !agent_open(&alerts).await,
+            "session 1's loss came after session 2 opened"
+        );
+        alerts
+            .presence(&fp, 2, SessionEvent::Lost, Vec::new())
+            .await;
+        assert!(
+            agent_open(&alerts).await,
+            "the latest session's loss counts"
+        );
+    }
+
     #[test]
     fn update_kinds_map_to_outcomes() {
         use outrider_alerting::model::UpdateOutcome::*;

@@ -649,3 +649,38 @@ async fn agents_of_a_tag_lost_together_are_one_site_incident() {
     assert_eq!(muted.len(), 3, "{open:#?}");
     server.stop().await;
 }
+
+/// Update outcomes stored with results alert without a gate: a rollback is
+/// a problem at once, the next healthy build resolves it.
+#[tokio::test]
+async fn a_rolled_back_update_fires_and_a_healthy_build_resolves_it() {
+    let server = Server::start_with(fast).await;
+    let agent = Agent::new(16, "web-16");
+    let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let update = |seq: u64, id: u64, kind: &str| CheckResult {
+        update_event: Some(Box::new(outrider_protocol::UpdateEvent {
+            id,
+            kind: kind.into(),
+            at_unix_ms: now_ms(),
+            build_sha256: Some("ab".repeat(32)),
+            version: Some("1.4.0".into()),
+            to_sha256: None,
+            to_version: None,
+            reason: "health check failed".into(),
+        })),
+        ..result(seq, "outrider.update", CheckState::Ok, "update")
+    };
+    conn.send_results(vec![update(1, 1, "rolled_back")]).await;
+    let key = format!("update/{}", agent.fp);
+    let rows = wait_rows(&server, 1).await;
+    assert_eq!(notes(&rows), [(key.clone(), "firing".into())]);
+    assert_eq!(
+        rows[0]["notifications"][0]["summary"],
+        "rolled_back 1.4.0: health check failed"
+    );
+    conn.send_results(vec![update(2, 2, "probation_passed")])
+        .await;
+    let rows = wait_rows(&server, 2).await;
+    assert_eq!(notes(&rows[1..]), [(key, "resolved".into())]);
+    server.stop().await;
+}
