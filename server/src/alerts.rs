@@ -16,6 +16,15 @@
 //! that call decided a notification, for the write that makes it durable:
 //! decisions reach the store in the order they were made.
 //!
+//! Goodbyes: the agent library says Goodbye whenever it stops, also for a
+//! hot swap or a rolling upgrade, and is back within moments. So a Goodbye
+//! reaches the engine as a deregistration only when the agent has not come
+//! back within the goodbye grace (`--alert-goodbye-grace-ms`, 30 s): a swap
+//! then neither resolves a notified incident nor opens it again. An agent
+//! is down only after `down_for` (minutes), so the wait hides nothing. At
+//! shutdown the waiting Goodbyes are handed over; after a crash they come
+//! back from the agents table.
+//!
 //! Presence races: a session that ends reports its loss after the store
 //! call that records it, so a reconnect can overtake it. Each presence
 //! event carries its session id (increasing, [`crate::sessions`]); a loss
@@ -45,6 +54,8 @@ pub const SAVE_EVERY: Duration = Duration::from_secs(5);
 /// Default period of [`run`]'s ticks: the resolution of every timer
 /// (`group_wait`, `down_for`, duration gates).
 pub const DEFAULT_TICK_MS: u64 = 1000;
+/// Default wait of a Goodbye for the agent to come back (see "Goodbyes").
+pub const DEFAULT_GOODBYE_GRACE_MS: u64 = 30_000;
 
 /// The engine and what has not been stored yet.
 #[derive(Debug)]
@@ -57,6 +68,8 @@ struct Inner {
     saved_at: Instant,
     /// The latest session id opened per agent (see "Presence races").
     sessions: HashMap<String, u64>,
+    /// Goodbyes not yet handed to the engine, with when they will be.
+    goodbyes: HashMap<String, u64>,
 }
 
 /// The alerting side's shared state: one field of [`crate::AppState`].
@@ -66,6 +79,9 @@ pub struct Alerts {
     store: Store,
     /// The settings before check definitions add their rules.
     base: Config,
+    /// How long a Goodbye waits for the agent to come back before it is a
+    /// deregistration (see "Goodbyes" above).
+    goodbye_grace_ms: u64,
 }
 
 /// Presence of one session, as [`Alerts::presence`] takes it.
@@ -100,7 +116,12 @@ impl Alerts {
     ///
     /// Fails when the store fails, the stored state cannot be read, or
     /// `config` is invalid.
-    pub async fn start(store: Store, base: Config, started_ms: u64) -> anyhow::Result<Alerts> {
+    pub async fn start(
+        store: Store,
+        base: Config,
+        goodbye_grace: Duration,
+        started_ms: u64,
+    ) -> anyhow::Result<Alerts> {
         let checks = store.checks().await?;
         let config = engine_config(&base, &checks).context("the alert rules of the checks")?;
         let engine = match store.alert_state().await? {
@@ -125,9 +146,11 @@ impl Alerts {
                 dirty: false,
                 saved_at: Instant::now(),
                 sessions: HashMap::new(),
+                goodbyes: HashMap::new(),
             }),
             store,
             base,
+            goodbye_grace_ms: u64::try_from(goodbye_grace.as_millis()).unwrap_or(u64::MAX),
         };
         alerts.reconcile(deregistered).await;
         Ok(alerts)
@@ -198,12 +221,41 @@ impl Alerts {
             return;
         }
         inner.sessions.insert(agent.clone(), id);
+        let waiting = inner.goodbyes.remove(&agent).is_some();
         let event = match what {
             SessionEvent::Opened => Event::SessionOpened { agent, tags },
             SessionEvent::Lost => Event::SessionLost { agent },
-            SessionEvent::Goodbye => Event::Deregistered { agent },
+            SessionEvent::Goodbye => {
+                let due = now_ms_u64().saturating_add(self.goodbye_grace_ms);
+                inner.goodbyes.insert(agent, due);
+                return;
+            }
         };
+        if waiting {
+            debug!(fingerprint = %fp, "back within the goodbye grace: not a deregistration");
+        }
         self.apply(&mut inner, vec![event]).await;
+    }
+
+    /// Hands the Goodbyes whose grace is over (all of them with `all`) to
+    /// the engine as deregistrations.
+    async fn deregister_due(&self, inner: &mut Inner, all: bool) {
+        let now = now_ms_u64();
+        let due: Vec<String> = inner
+            .goodbyes
+            .iter()
+            .filter(|(_, at)| all || **at <= now)
+            .map(|(agent, _)| agent.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        inner.goodbyes.retain(|agent, _| !due.contains(agent));
+        let events = due
+            .into_iter()
+            .map(|agent| Event::Deregistered { agent })
+            .collect();
+        self.apply(inner, events).await;
     }
 
     /// Hands events to the engine; they are not operator input, so they
@@ -250,6 +302,7 @@ impl Alerts {
     /// One tick at the server's clock; stores what must be.
     async fn tick(&self) {
         let mut inner = self.inner.lock().await;
+        self.deregister_due(&mut inner, false).await;
         let actions = inner.engine.tick(now_ms_u64());
         if !actions.is_empty() {
             inner.dirty = true;
@@ -299,6 +352,8 @@ pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToke
         }
     }
     let mut inner = alerts.inner.lock().await;
+    // The agents table already says they left: the state should too.
+    alerts.deregister_due(&mut inner, true).await;
     if inner.dirty || !inner.pending.is_empty() {
         alerts.save(&mut inner).await;
     }
@@ -595,7 +650,9 @@ mod tests {
             ..Config::default()
         };
         let started = now_ms_u64() - 60_000;
-        let alerts = Alerts::start(store, config, started).await.unwrap();
+        let alerts = Alerts::start(store, config, Duration::from_secs(30), started)
+            .await
+            .unwrap();
         alerts
             .presence(&fp, 1, SessionEvent::Opened, Vec::new())
             .await;

@@ -102,6 +102,10 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = crate::alerts::DEFAULT_TICK_MS,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub alert_tick_ms: u64,
+    /// Milliseconds a Goodbye waits for the agent to come back (a hot swap
+    /// says Goodbye too) before alerting counts it as deregistered.
+    #[arg(long, default_value_t = crate::alerts::DEFAULT_GOODBYE_GRACE_MS)]
+    pub alert_goodbye_grace_ms: u64,
 }
 
 /// Every capability this server implements.
@@ -159,6 +163,7 @@ impl ServerConfig {
             alerting_config: None,
             alerting: outrider_alerting::Config::default(),
             alert_tick_ms: crate::alerts::DEFAULT_TICK_MS,
+            alert_goodbye_grace_ms: crate::alerts::DEFAULT_GOODBYE_GRACE_MS,
         }
     }
 

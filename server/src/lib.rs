@@ -121,9 +121,14 @@ pub async fn run(
     };
     let started_ms = u64::try_from(store::now_ms()).unwrap_or(0);
     let alerts = Arc::new(
-        alerts::Alerts::start(store.clone(), alerting, started_ms)
-            .await
-            .context("starting alerting")?,
+        alerts::Alerts::start(
+            store.clone(),
+            alerting,
+            Duration::from_millis(config.alert_goodbye_grace_ms),
+            started_ms,
+        )
+        .await
+        .context("starting alerting")?,
     );
     let sinks = ingest::sinks(metric_side.graphite.clone(), alerts.clone());
     let nudges = Arc::new(nudges::Nudges::new(Duration::from_secs(

@@ -23,13 +23,15 @@ const DECISION: Duration = Duration::from_secs(10);
 const DOWN_FOR_MS: u64 = 400;
 
 /// Fast timers: a tick every 20 ms, `group_wait` 50 ms, agents down after
-/// [`DOWN_FOR_MS`], no restart grace beyond `down_for`.
+/// [`DOWN_FOR_MS`], no restart grace beyond `down_for`, a Goodbye counted
+/// after 300 ms.
 fn fast(c: &mut ServerConfig) {
     c.alert_tick_ms = 20;
     c.alerting.down_for_ms = DOWN_FOR_MS;
     c.alerting.restart_grace_extra_ms = 0;
     c.alerting.group.group_wait_ms = 50;
     c.alerting.group.group_interval_ms = 50;
+    c.alert_goodbye_grace_ms = 300;
 }
 
 async fn history(server: &Server) -> Vec<Value> {
@@ -682,5 +684,58 @@ async fn a_rolled_back_update_fires_and_a_healthy_build_resolves_it() {
         .await;
     let rows = wait_rows(&server, 2).await;
     assert_eq!(notes(&rows[1..]), [(key, "resolved".into())]);
+    server.stop().await;
+}
+
+/// The agent library says Goodbye on every stop, hot swaps included: an
+/// agent back at once neither resolves its notified incident nor opens it
+/// again. One that stays away is deregistered after the goodbye grace, and
+/// only then is what was notified resolved.
+#[tokio::test]
+async fn a_goodbye_followed_by_a_reconnect_is_a_hot_swap_not_a_deregistration() {
+    let server = Server::start_with(fast).await;
+    let agent = Agent::new(17, "web-17");
+    let mut s = Sender::connect(&agent, &server).await;
+    for _ in 0..3 {
+        s.send("disk", CheckState::Critical).await;
+    }
+    let key = format!("check/{}/disk", agent.fp);
+    wait_rows(&server, 1).await;
+    // Ten hot swaps: Goodbye, then the new build connects.
+    for _ in 0..10 {
+        let seq = s.seq;
+        s.goodbye().await;
+        s = Sender::connect(&agent, &server).await;
+        s.seq = seq;
+        s.send("disk", CheckState::Critical).await;
+    }
+    s.send("disk", CheckState::Ok).await;
+    s.send("disk", CheckState::Ok).await;
+    let rows = wait_rows(&server, 2).await;
+    assert_eq!(
+        notes(&rows),
+        [
+            (key.clone(), "firing".into()),
+            (key.clone(), "resolved".into())
+        ]
+    );
+    assert_eq!(rows[1]["notifications"][0]["resolve_cause"], "recovered");
+
+    // A real shutdown during an incident: resolved as deregistered.
+    for _ in 0..3 {
+        s.send("disk", CheckState::Critical).await;
+    }
+    wait_rows(&server, 3).await;
+    let left = now_ms();
+    s.goodbye().await;
+    let rows = wait_rows(&server, 4).await;
+    assert_eq!(notes(&rows[3..]), [(key, "resolved".into())]);
+    assert_eq!(rows[3]["notifications"][0]["resolve_cause"], "deregistered");
+    let created = rows[3]["created_at_ms"].as_i64().unwrap();
+    assert!(
+        created - left >= 300,
+        "resolved {} ms after the Goodbye",
+        created - left
+    );
     server.stop().await;
 }
