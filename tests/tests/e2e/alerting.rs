@@ -264,3 +264,79 @@ fn a_check_critical_three_times_pages_once_then_resolves_once() {
     );
     assert!(server.cli(&["alerts"]).contains("no open alerts"));
 }
+
+/// A rolling upgrade swaps every agent's library twice while each has a
+/// notified incident open: the swaps (each a Goodbye and a reconnect)
+/// neither resolve nor re-open anything, and no agent is called down.
+/// The incidents' real resolves, after the upgrade, are the witness.
+#[test]
+fn a_rolling_upgrade_during_open_incidents_pages_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path());
+    let keys = Keys::init();
+    let flag = dir.path().join("broken");
+    std::fs::write(&flag, "").unwrap();
+    let check = flag_check(dir.path(), &flag);
+    server.add_check("disk", 1, &[&check]);
+    let v1 = server.publish_as(&keys, "dev", &agent_library(), "real-1");
+    let tags = ["web-a", "web-b", "web-c"];
+    let agents: Vec<TestAgent> = tags
+        .iter()
+        .map(|tag| {
+            TestAgent::start_with(
+                &server,
+                &keys,
+                "dev",
+                &format!("tags = [\"{tag}\"]\nupdate_interval_secs = 1\nprobation_secs = 2"),
+            )
+        })
+        .collect();
+    let fps: Vec<String> = tags.iter().map(|t| connected(&server, t)).collect();
+    let running = |sha: &str| {
+        wait_until(&format!("every agent runs {sha}"), secs(120), || {
+            agents
+                .iter()
+                .all(|a| a.state().is_some_and(|s| s["current"]["sha256"] == sha))
+                .then_some(())
+        })
+    };
+    running(&v1);
+    let firing = wait_decided(&server, 3, secs(60));
+    let mut want: Vec<(String, String)> = fps
+        .iter()
+        .map(|fp| (format!("check/{fp}/disk"), "firing".to_owned()))
+        .collect();
+    let mut got = firing.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+
+    let libs = tempfile::tempdir().unwrap();
+    for version in ["real-2", "real-3"] {
+        let lib = libs.path().join(format!("{version}.so"));
+        let mut bytes = std::fs::read(agent_library()).unwrap();
+        bytes.extend_from_slice(format!("\n# {version}\n").as_bytes());
+        std::fs::write(&lib, bytes).unwrap();
+        let sha = server.publish_as(&keys, "dev", &lib, version);
+        running(&sha);
+        for tag in tags {
+            connected(&server, tag);
+        }
+    }
+
+    std::fs::remove_file(&flag).unwrap();
+    let d = wait_decided(&server, 6, secs(60));
+    let (fired, resolved) = d.split_at(3);
+    assert_eq!(fired, firing.as_slice(), "nothing between the firings");
+    let mut resolved = resolved.to_vec();
+    resolved.sort();
+    let mut want: Vec<(String, String)> = fps
+        .iter()
+        .map(|fp| (format!("check/{fp}/disk"), "resolved".to_owned()))
+        .collect();
+    want.sort();
+    assert_eq!(resolved, want, "{d:#?}");
+    for row in &history(&server)[3..] {
+        assert_eq!(row["notifications"][0]["resolve_cause"], "recovered");
+    }
+}
