@@ -340,3 +340,49 @@ fn a_rolling_upgrade_during_open_incidents_pages_nobody() {
         assert_eq!(row["notifications"][0]["resolve_cause"], "recovered");
     }
 }
+
+/// The server is SIGKILLed again and again while an incident opens and
+/// closes: every decision is committed with the engine state it came from,
+/// so the incident is notified exactly once and resolved exactly once.
+#[test]
+fn a_server_killed_during_an_incident_neither_loses_nor_repeats_a_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = server(dir.path());
+    let keys = Keys::init();
+    let flag = dir.path().join("broken");
+    let check = flag_check(dir.path(), &flag);
+    server.add_check("disk", 1, &[&check]);
+    server.publish(&keys, "dev", &agent_library());
+    let _agent = agent(&server, &keys, "db");
+    let fp = connected(&server, "db");
+    let key = format!("check/{fp}/disk");
+
+    // Crashes while the gate counts and the group waits.
+    std::fs::write(&flag, "").unwrap();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1500));
+        server.restart();
+    }
+    assert_eq!(
+        wait_decided(&server, 1, secs(60)),
+        [(key.clone(), "firing".to_owned())]
+    );
+    // A crash right after the decision, then during the recovery.
+    server.restart();
+    connected(&server, "db");
+    std::fs::remove_file(&flag).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    server.restart();
+    let d = wait_decided(&server, 2, secs(60));
+    assert_eq!(
+        d,
+        [
+            (key.clone(), "firing".to_owned()),
+            (key, "resolved".to_owned())
+        ]
+    );
+    let rows = history(&server);
+    let started = |r: &Value| r["notifications"][0]["incident_started_ms"].clone();
+    assert_eq!(started(&rows[0]), started(&rows[1]), "one incident");
+    assert_eq!(rows[1]["notifications"][0]["seq"], 2);
+}
