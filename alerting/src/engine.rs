@@ -173,6 +173,19 @@ impl Engine {
         &self.config
     }
 
+    /// Replaces the settings (an operator changed a check's rules). The
+    /// state stays: each gate goes on from its current counts under the
+    /// new rules, so a lowered count trips at the next result.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`]; the settings in force stay then.
+    pub fn reconfigure(&mut self, config: Config) -> Result<(), Error> {
+        config.validate()?;
+        self.config = config;
+        self.recompute_outages();
+        Ok(())
+    }
+
     /// Applies one event at `now_ms` and returns what to do.
     ///
     /// # Errors

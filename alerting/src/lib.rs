@@ -79,6 +79,7 @@
 //! The PagerDuty `dedup_key` is the subject's `Display` form; routing by tag
 //! and severity to receivers is the server's, per group.
 
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -1,7 +1,7 @@
 //! `outrider checks`: latest results, and check definitions.
 
 use anyhow::Result;
-use outrider_protocol::api::{CheckDefinition, CheckInfo, ResultInfo};
+use outrider_protocol::api::{CheckAlert, CheckDefinition, CheckInfo, ResultInfo};
 use outrider_protocol::{CheckSpec, PLUGIN_PREFIX};
 use serde_json::Value;
 
@@ -50,6 +50,16 @@ enum ChecksCommand {
         /// `--` are then its arguments.
         #[arg(long)]
         plugin: Option<String>,
+        /// Alert after this many consecutive non-OK results (server default: 3).
+        #[arg(long, conflicts_with = "alert_after_secs")]
+        alert_after_failures: Option<u32>,
+        /// Alert once results are non-OK without interruption for this many
+        /// seconds, instead of a count.
+        #[arg(long)]
+        alert_after_secs: Option<u64>,
+        /// Recovered after this many consecutive OK results (server default: 2).
+        #[arg(long)]
+        recover_after: Option<u32>,
         /// The program and its arguments (or the plugin's arguments), after `--`.
         #[arg(last = true)]
         command: Vec<String>,
@@ -106,6 +116,9 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: ChecksArgs) -> Result<
             timeout_secs,
             tags,
             plugin,
+            alert_after_failures,
+            alert_after_secs,
+            recover_after,
             command,
         } => {
             let command = match plugin {
@@ -125,11 +138,17 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: ChecksArgs) -> Result<
                 timeout_secs,
             };
             spec.validate().map_err(|e| UsageError(e.to_string()))?;
+            let alert = CheckAlert {
+                after_failures: alert_after_failures,
+                after_secs: alert_after_secs,
+                recover_after,
+            };
             let def = CheckDefinition {
                 command,
                 interval_secs,
                 timeout_secs,
                 tags,
+                alert: (alert != CheckAlert::default()).then_some(alert),
             };
             let answer: Value = client.send_json("PUT", &format!("/api/v1/checks/{name}"), &def)?;
             if global.json {

@@ -5,6 +5,7 @@
 //! `release`) does so locally — private keys never leave this machine.
 
 mod agents;
+mod alerts;
 mod checks;
 mod client;
 mod files;
@@ -73,6 +74,10 @@ enum Command {
     Tokens(tokens::TokensArgs),
     /// Run a check or an ad-hoc script on an agent now.
     Run(run::RunArgs),
+    /// Open alerts (muted ones and why) and the notifications decided.
+    Alerts(alerts::AlertsArgs),
+    /// Add, list and expire silences (maintenance windows).
+    Silences(alerts::SilencesArgs),
     /// Build everything, start a server and a local agent on the embedded defaults.
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -104,6 +109,10 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             ApiClient::from_args(&cli.global).and_then(|c| run::run(&c, &cli.global, args))
         }
+        Command::Alerts(args) => ApiClient::from_args(&cli.global)
+            .and_then(|c| alerts::run_alerts(&c, &cli.global, args)),
+        Command::Silences(args) => ApiClient::from_args(&cli.global)
+            .and_then(|c| alerts::run_silences(&c, &cli.global, args)),
         Command::Quickstart(args) => quickstart::run(args),
     };
     match result {

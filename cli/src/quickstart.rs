@@ -191,6 +191,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
             interval_secs,
             timeout_secs: 5,
             tags: Vec::new(),
+            alert: None,
         };
         let _: serde_json::Value =
             client.send_json("PUT", &format!("/api/v1/checks/{name}"), &def)?;

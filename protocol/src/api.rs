@@ -220,6 +220,27 @@ pub struct CheckDefinition {
     /// empty = every agent.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// When its results alert; absent: the server's alerting defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<CheckAlert>,
+}
+
+/// When a check's results become a problem and when it recovers. Every
+/// field is optional: what is absent takes the server's alerting defaults
+/// (3 consecutive non-OK results; 2 consecutive OK).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckAlert {
+    /// A problem after this many consecutive non-OK results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_failures: Option<u32>,
+    /// A problem after non-OK results without interruption for this many
+    /// seconds (instead of a count; also between results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_secs: Option<u64>,
+    /// Recovered after this many consecutive OK results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_after: Option<u32>,
 }
 
 /// `GET /api/v1/checks`: one row per check.
@@ -231,6 +252,9 @@ pub struct CheckInfo {
     pub timeout_secs: u32,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Its alert rules, if set (see [`CheckAlert`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<CheckAlert>,
 }
 
 /// `GET /api/v1/plugins` rows and the answer of `PUT /api/v1/plugins/{name}`.
@@ -342,6 +366,11 @@ pub struct ResultInfo {
     pub started_at_ms: i64,
     pub duration_ms: u64,
     pub received_at_ms: i64,
+    /// Since when the check has been in `state` (Unix ms): the start of the
+    /// first of its consecutive results in this state. Absent from older
+    /// servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_since_ms: Option<i64>,
 }
 
 /// One message of the live event stream `GET /api/v1/events` (Server-Sent

@@ -13,6 +13,10 @@
 //! | replaced by a newer session           | unchanged       |
 //! | server shutting down                  | unchanged       |
 //!
+//! The same ends are told to the alert engine ([`crate::alerts`]): a
+//! Goodbye deregisters the agent (never an outage), a loss starts its
+//! `down_for`; a welcome opens it with its effective tags.
+//!
 //! Memory per idle session is kept small: bounded tungstenite buffers
 //! (below), no per-session copy of the config (documents are shared `Arc`s
 //! of [`crate::configs`]), one bounded RPC queue, and the work done per
@@ -40,6 +44,7 @@ use outrider_protocol::{
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
+use crate::alerts::SessionEvent;
 use crate::error::ApiError;
 use crate::listener::ConnAddrs;
 use crate::sessions::SessionLink;
@@ -127,6 +132,7 @@ async fn session(
     let mut link = state.sessions.insert(&fp);
     let version = registration.protocol_version;
     let channel = registration.channel.clone();
+    let hello_tags = registration.tags.clone();
     let acked_seq = match Box::pin(state.store.register(registration)).await {
         Ok(seq) => seq,
         Err(e) => {
@@ -138,6 +144,20 @@ async fn session(
     state
         .events
         .presence(&fp, Presence::Connected, crate::store::now_ms());
+    let tags = match Box::pin(state.store.agent(&fp)).await {
+        Ok(Some(agent)) => agent.tags,
+        Ok(None) => hello_tags,
+        Err(e) => {
+            warn!(fingerprint = %fp, "reading the agent's tags failed: {e:#}");
+            hello_tags
+        }
+    };
+    Box::pin(
+        state
+            .alerts
+            .presence(&fp, link.id, SessionEvent::Opened, tags),
+    )
+    .await;
     let config = match Box::pin(configs::refresh(&state, Some(&fp))).await {
         Ok(Some(config)) => config,
         Ok(None) => Arc::new(AgentConfig::default()),
@@ -227,6 +247,18 @@ async fn finish(state: &AppState, fp: &Fingerprint, id: u64, end: End) -> (u16, 
         End::Replaced | End::ServerShutdown => None,
         End::Lost(_) | End::Silent | End::Protocol(_) | End::StoreFailed(_) => Some(Presence::Down),
     };
+    let session_event = match &end {
+        End::Goodbye(_) => Some(SessionEvent::Goodbye),
+        End::Replaced | End::ServerShutdown => None,
+        End::Lost(_) | End::Silent | End::Protocol(_) | End::StoreFailed(_) => {
+            Some(SessionEvent::Lost)
+        }
+    };
+    if let (true, Some(what)) = (ours, session_event) {
+        // A server shutting down does not tell the engine: the next start
+        // counts every session as lost then, with its restart grace.
+        state.alerts.presence(fp, id, what, Vec::new()).await;
+    }
     if let (true, Some(presence)) = (ours, presence) {
         match state.store.set_presence(fp, presence).await {
             Ok(Some(at_ms)) => state.events.presence(fp, presence, at_ms),
@@ -480,7 +512,7 @@ async fn handle(
                     i64::MAX
                 )));
             }
-            let up_to = match crate::metrics::ingest(state, fp, results).await {
+            let up_to = match crate::ingest::results(state, fp, results).await {
                 Ok(up_to) => up_to,
                 Err(e) => return Some(End::StoreFailed(format!("{e:#}"))),
             };

@@ -24,6 +24,7 @@
 //! | `GET  /api/v1/results/latest`           | admin  | newest result per agent and check      |
 //! | `GET  /api/v1/update-health`            | admin  | per channel: builds, failing updates, rollbacks |
 //! | `GET  /api/v1/events`                   | admin  | live events (Server-Sent Events)       |
+//! | `GET  /api/v1/alerts…`, `/api/v1/silences…` | admin | alerting ([`crate::alerts::api`])   |
 //! | `PUT  /api/v1/releases/...`             | admin  | release uploads ([`outrider_update_server`]) |
 //!
 //! Every error is JSON `{"error": "..."}` ([`crate::error`]), including
@@ -79,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/events", get(events::handler))
         .with_state(state.clone())
         .merge(crate::metrics::admin_routes(state.clone()))
+        .merge(crate::alerts::api::admin_routes(state.clone()))
         .merge(outrider_update_server::admin_router(state.releases.clone()))
         // `route_layer`: only matched admin routes require the token; an
         // unknown path must stay a 404, not turn into a 401.
@@ -248,10 +250,21 @@ async fn put_check(
         interval_secs: spec.interval_secs,
         timeout_secs: spec.timeout_secs,
         tags,
+        alert: def.alert,
     };
+    // Refused before anything is stored: a rule the engine cannot take.
+    state
+        .alerts
+        .config_with(std::slice::from_ref(&check))
+        .map_err(|e| ApiError::BadRequest(format!("check {name:?}: {e}")))?;
     let changed = match state.store.put_check(check).await? {
         PutCheck::Changed => {
             configs::refresh(&state, None).await?;
+            let checks = state.store.checks().await?;
+            if let Err(e) = state.alerts.set_checks(&checks).await {
+                // Each definition was checked when stored; only a bug gets here.
+                tracing::warn!("the alert rules of the checks were not applied: {e}");
+            }
             true
         }
         PutCheck::Unchanged => false,
@@ -272,6 +285,10 @@ async fn delete_check(
         return Err(ApiError::NotFound(format!("no check named {name:?}")));
     }
     configs::refresh(&state, None).await?;
+    let checks = state.store.checks().await?;
+    if let Err(e) = state.alerts.set_checks(&checks).await {
+        tracing::warn!("the alert rules of the checks were not applied: {e}");
+    }
     Ok(Json(json!({ "check": name, "deleted": true })))
 }
 

@@ -107,6 +107,24 @@ pub struct ServerConfig {
     /// uniformly so the fleet does not arrive at once (0: all at once).
     #[arg(long, default_value_t = DEFAULT_NUDGE_WINDOW_SECS)]
     pub nudge_window_secs: u64,
+    /// Alerting settings file: JSON of `outrider_alerting::Config` (gates,
+    /// `down_for_ms`, grouping timers…, see `alerting/src/config.rs`);
+    /// without it the documented defaults apply.
+    #[arg(long, env = "OUTRIDER_ALERTING_CONFIG")]
+    pub alerting_config: Option<PathBuf>,
+    /// Alerting settings when no `--alerting-config` is given (tests set
+    /// them directly).
+    #[arg(skip)]
+    pub alerting: outrider_alerting::Config,
+    /// Milliseconds between two ticks of the alert engine: the resolution
+    /// of its timers.
+    #[arg(long, default_value_t = crate::alerts::DEFAULT_TICK_MS,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub alert_tick_ms: u64,
+    /// Milliseconds a Goodbye waits for the agent to come back (a hot swap
+    /// says Goodbye too) before alerting counts it as deregistered.
+    #[arg(long, default_value_t = crate::alerts::DEFAULT_GOODBYE_GRACE_MS)]
+    pub alert_goodbye_grace_ms: u64,
 }
 
 /// Every capability this server implements.
@@ -204,6 +222,10 @@ impl ServerConfig {
             protocol_max: outrider_protocol::PROTOCOL_MAX,
             capabilities: default_capabilities(),
             nudge_window_secs: DEFAULT_NUDGE_WINDOW_SECS,
+            alerting_config: None,
+            alerting: outrider_alerting::Config::default(),
+            alert_tick_ms: crate::alerts::DEFAULT_TICK_MS,
+            alert_goodbye_grace_ms: crate::alerts::DEFAULT_GOODBYE_GRACE_MS,
         }
     }
 

@@ -15,12 +15,14 @@
 //! shutdown token, which is what makes the end-to-end tests cheap.
 
 pub mod agent_ws;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod configs;
 pub mod error;
 pub mod events;
+pub mod ingest;
 pub mod install;
 pub mod listener;
 pub mod metrics;
@@ -65,6 +67,10 @@ pub struct AppState {
     /// Live event stream; ingest publishes each stored result with
     /// [`events::Events::result`].
     pub events: events::Events,
+    /// Where committed results go ([`ingest`]).
+    pub sinks: Vec<ingest::Sink>,
+    /// The alert engine's driver ([`alerts`]).
+    pub alerts: Arc<alerts::Alerts>,
     /// Metric side: ingest counters, Graphite queue ([`metrics`]).
     pub metrics: metrics::Metrics,
     /// Update nudges after release changes ([`nudges`]).
@@ -117,6 +123,22 @@ pub async fn run(
         );
     }
     let metric_side = metrics::Metrics::new(config.metrics.clone())?;
+    let alerting = match &config.alerting_config {
+        Some(path) => alerts::load_config(path)?,
+        None => config.alerting.clone(),
+    };
+    let started_ms = u64::try_from(store::now_ms()).unwrap_or(0);
+    let alerts = Arc::new(
+        alerts::Alerts::start(
+            store.clone(),
+            alerting,
+            Duration::from_millis(config.alert_goodbye_grace_ms),
+            started_ms,
+        )
+        .await
+        .context("starting alerting")?,
+    );
+    let sinks = ingest::sinks(metric_side.graphite.clone(), alerts.clone());
     let nudges = Arc::new(nudges::Nudges::new(Duration::from_secs(
         config.nudge_window_secs,
     )));
@@ -138,6 +160,8 @@ pub async fn run(
         admin_token,
         enrollment_token,
         events: events::Events::default(),
+        sinks,
+        alerts: alerts.clone(),
         metrics: metric_side,
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
@@ -151,6 +175,11 @@ pub async fn run(
         let shutdown = shutdown.clone();
         async move { nudges.run(shutdown).await }
     });
+    state.tasks.spawn(alerts::run(
+        alerts,
+        Duration::from_millis(state.config.alert_tick_ms),
+        shutdown.clone(),
+    ));
 
     let addr = listener.local_addr().context("reading the bound address")?;
     if let Some(ready) = &state.config.ready_file {

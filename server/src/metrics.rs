@@ -1,5 +1,5 @@
-//! The metric side of the server: what happens to a batch once stored,
-//! the series query API, the Prometheus exposition, Graphite forwarding and
+//! The metric side of the server: ingest counters and the Graphite queue
+//! (fed by [`crate::ingest`]), the series query API, the Prometheus exposition, Graphite forwarding and
 //! retention.
 //!
 //! | route                        | auth                      | module          |
@@ -28,10 +28,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use outrider_protocol::{CheckResult, Fingerprint};
 
 use crate::AppState;
 
@@ -210,38 +208,6 @@ impl Metrics {
             graphite,
         })
     }
-}
-
-/// Stores a batch from agent `fp` and hands what was newly stored to the
-/// live event stream and the Graphite queue. Returns the sequence number to
-/// acknowledge, and only once the batch's transaction committed, so nothing
-/// acked can be lost.
-///
-/// Fails when the store fails; nothing of the batch is stored then.
-pub async fn ingest(
-    state: &AppState,
-    fp: &Fingerprint,
-    results: Vec<CheckResult>,
-) -> anyhow::Result<u64> {
-    let ingested = state
-        .store
-        .ingest(fp, results)
-        .await
-        .context("storing a result batch")?;
-    let counters = &state.metrics.counters;
-    counters
-        .results
-        .fetch_add(ingested.stored.len() as u64, Ordering::Relaxed);
-    counters
-        .samples
-        .fetch_add(ingested.samples as u64, Ordering::Relaxed);
-    for result in &ingested.stored {
-        state.events.result(fp, result);
-    }
-    if let Some(queue) = &state.metrics.graphite {
-        queue.push_results(fp, &ingested.stored);
-    }
-    Ok(ingested.acked_seq)
 }
 
 /// Starts the retention loop and the Graphite sender on the server's task

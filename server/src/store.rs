@@ -12,6 +12,7 @@
 //!   document changes (see `checks`).
 
 mod agents;
+pub mod alerts;
 mod checks;
 pub mod metrics;
 mod results;
@@ -27,11 +28,14 @@ use anyhow::{Context, anyhow};
 use rusqlite::Connection;
 
 pub use agents::Registration;
-pub use checks::{ComputedConfig, DeletePlugin, PutCheck, effective_tags, normalize_tags};
+pub use alerts::OutboxBatch;
+pub use checks::{
+    ComputedConfig, DeletePlugin, PutCheck, effective_tags, json_tags, normalize_tags,
+};
 pub use tokens::TokenRefusal;
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
@@ -55,6 +59,18 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE agents ADD COLUMN protocol_version INTEGER;",
     // 5 → 6: update events (store/update_events.rs).
     include_str!("store/update_events.sql"),
+    // 6 → 7: since when each check has been in its latest state (the
+    // alerting engine and `outrider alerts` show it), filled from the
+    // latest result for rows stored before; per-check alert rules.
+    // New tables (alert_state, alert_outbox) are created below.
+    "ALTER TABLE latest_results ADD COLUMN state TEXT;
+     ALTER TABLE latest_results ADD COLUMN state_since_ms INTEGER;
+     UPDATE latest_results SET
+         state = (SELECT r.state FROM results r
+                  WHERE r.fingerprint = latest_results.fingerprint AND r.seq = latest_results.seq),
+         state_since_ms = (SELECT r.started_at_ms FROM results r
+                  WHERE r.fingerprint = latest_results.fingerprint AND r.seq = latest_results.seq);
+     ALTER TABLE checks ADD COLUMN alert TEXT;",
 ];
 
 /// Handle to the database; cheap to clone.
@@ -164,6 +180,8 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
         .context("applying the update events schema")?;
     tx.execute_batch(include_str!("store/alert_outbox.sql"))
         .context("applying the alert outbox schema")?;
+    tx.execute_batch(include_str!("store/alerts.sql"))
+        .context("applying the alert state schema")?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -198,6 +216,19 @@ mod tests {
             timeout_secs INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL
         ) STRICT;
         INSERT INTO checks VALUES ('load', '[\"/bin/true\"]', 10, 5, 1);
+        CREATE TABLE results (
+            fingerprint TEXT NOT NULL, seq INTEGER NOT NULL, check_name TEXT NOT NULL,
+            state TEXT NOT NULL, summary TEXT NOT NULL, long_output TEXT NOT NULL,
+            perfdata TEXT NOT NULL, started_at_ms INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+            received_at_ms INTEGER NOT NULL, PRIMARY KEY (fingerprint, seq)
+        ) STRICT, WITHOUT ROWID;
+        CREATE TABLE latest_results (
+            fingerprint TEXT NOT NULL, check_name TEXT NOT NULL, seq INTEGER NOT NULL,
+            PRIMARY KEY (fingerprint, check_name)
+        ) STRICT, WITHOUT ROWID;
+        INSERT INTO results VALUES ('0123456789abcdef0123', 42, 'load', 'CRITICAL', 'high', '',
+                                    '[]', 4000, 3, 4001);
+        INSERT INTO latest_results VALUES ('0123456789abcdef0123', 'load', 42);
         INSERT INTO agents VALUES ('0123456789abcdef0123', 'aa', 'old-host', 'linux', 'x86_64',
                                    '0.0.9', 'deregistered', 5, 1, 5, 42);";
 
@@ -217,6 +248,10 @@ mod tests {
         assert_eq!(agents[0].presence, Presence::Deregistered);
         assert_eq!(agents[0].build_sha256, None);
         assert_eq!(store.checks().await.unwrap().len(), 1);
+        // 6 → 7: the latest result's state and since-when are filled in.
+        let latest = store.latest_results(None).await.unwrap();
+        assert_eq!(latest.len(), 1);
+        assert_eq!(latest[0].state_since_ms, Some(4000));
         let version: String = store
             .call(|c| {
                 Ok(c.query_row(

@@ -78,6 +78,33 @@ fn gates_hold_back_what_is_not_yet_a_problem() {
 }
 
 #[test]
+fn reconfigured_rules_apply_to_the_next_result_and_bad_ones_are_refused() {
+    let mut sim = Sim::new(Config::default());
+    sim.connect("a", &[]);
+    sim.results("a", "load", &[C], 1, 10 * SEC);
+    sim.advance(MIN);
+    assert!(sim.notifications().is_empty(), "one result is not three");
+    let mut config = Config::default();
+    config.checks.insert(
+        "load".into(),
+        outrider_alerting::config::CheckRules {
+            gate: GateRule::Consecutive { count: 2 },
+            ..Default::default()
+        },
+    );
+    sim.engine.reconfigure(config.clone()).unwrap();
+    sim.results("a", "load", &[C], 1, 10 * SEC);
+    sim.advance(MIN);
+    assert_eq!(sim.kinds(), vec![K::Firing]);
+    config.check_defaults.recover_after = 0;
+    assert!(matches!(
+        sim.engine.reconfigure(config),
+        Err(Error::InvalidConfig { .. })
+    ));
+    assert_eq!(sim.engine.config().check_defaults.recover_after, 2);
+}
+
+#[test]
 fn a_duration_gate_fires_after_its_duration_without_new_results() {
     let mut config = Config::default();
     let mut rules = config.check_defaults;

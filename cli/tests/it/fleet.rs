@@ -427,3 +427,88 @@ fn plugins_checks_agents_and_run_now() {
     fleet.cli(&["plugins", "remove", "check_disk_x"]);
     assert_eq!(fleet.json(&["plugins"]), serde_json::json!([]));
 }
+
+/// `outrider alerts` shows an open problem and why it is muted;
+/// `outrider silences` adds, lists and expires the silence that mutes it.
+#[test]
+fn alerts_show_open_problems_and_silences_mute_them() {
+    let fleet = Fleet::start();
+    let critical = |seq| CheckResult {
+        seq,
+        check: "disk".into(),
+        state: CheckState::Critical,
+        summary: "/ is full".into(),
+        long_output: String::new(),
+        perfdata: Vec::new(),
+        started_at_ms: outrider_protocol::unix_now_ms(),
+        duration_ms: 0,
+        unknown_perfdata: Vec::new(),
+        update_event: None,
+    };
+    assert!(fleet.cli(&["alerts"]).contains("no open alerts"));
+    // Three CRITICAL results pass the default gate.
+    let (fp, _stop) = fleet.agent_with(1, "db-1", &["db"], None, (1..=3).map(critical).collect());
+    let key = format!("check/{fp}/disk");
+    let open = fleet.json(&["alerts"]);
+    assert_eq!(open[0]["key"], key.as_str());
+    assert_eq!(open[0]["muted"], Value::Null);
+
+    let added = fleet.json(&[
+        "silences",
+        "add",
+        "--tag",
+        "db",
+        "--check",
+        "~di.*",
+        "--duration",
+        "1h",
+        "--author",
+        "alice",
+        "--comment",
+        "disk swap",
+    ]);
+    let id = added["id"].as_u64().unwrap();
+    let listed = fleet.json(&["silences", "list"]);
+    assert_eq!(listed[0]["author"], "alice");
+    assert_eq!(listed[0]["active"], true);
+    let table = fleet.cli(&["silences"]);
+    assert!(
+        table.contains("check=~di.*,tag=db") && table.contains("active"),
+        "{table}"
+    );
+    assert!(fleet.cli(&["alerts"]).contains(&format!("silence {id}")));
+
+    fleet.cli(&["silences", "expire", &id.to_string()]);
+    assert!(fleet.cli(&["silences"]).contains("ended"));
+    assert_eq!(fleet.json(&["alerts"])[0]["muted"], Value::Null);
+    // Nothing was sent yet: the group waits 30 s by default.
+    assert!(
+        fleet
+            .cli(&["alerts", "history"])
+            .contains("no notifications yet")
+    );
+
+    // Bad input names the problem, locally or from the server.
+    let err = fleet.fails(&["silences", "add", "--comment", "x"], 64);
+    assert!(err.contains("at least one of --agent"), "{err}");
+    let err = fleet.fails(&["silences", "add", "--agent", "~(", "--comment", "x"], 64);
+    assert!(err.contains("regular expression"), "{err}");
+    let err = fleet.fails(
+        &[
+            "silences",
+            "add",
+            "--agent",
+            "a",
+            "--start",
+            "+2h",
+            "--end",
+            "+1h",
+            "--comment",
+            "x",
+        ],
+        64,
+    );
+    assert!(err.contains("before it starts"), "{err}");
+    let err = fleet.fails(&["silences", "expire", "99"], 1);
+    assert!(err.contains("no silence with id 99"), "{err}");
+}

@@ -77,15 +77,18 @@ impl Store {
             }
             let command = serde_json::to_string(&check.command)?;
             let tags = serde_json::to_string(&normalize_tags(&check.tags))?;
+            let alert = check.alert.as_ref().map(serde_json::to_string).transpose()?;
             let changed = tx.execute(
-                "INSERT INTO checks (name, command, interval_secs, timeout_secs, tags, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO checks (name, command, interval_secs, timeout_secs, tags, alert, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (name) DO UPDATE SET command = excluded.command,
                      interval_secs = excluded.interval_secs, timeout_secs = excluded.timeout_secs,
-                     tags = excluded.tags, updated_at_ms = excluded.updated_at_ms
+                     tags = excluded.tags, alert = excluded.alert,
+                     updated_at_ms = excluded.updated_at_ms
                  WHERE command != excluded.command OR interval_secs != excluded.interval_secs
-                    OR timeout_secs != excluded.timeout_secs OR tags != excluded.tags",
-                params![check.name, command, check.interval_secs, check.timeout_secs, tags, now_ms()],
+                    OR timeout_secs != excluded.timeout_secs OR tags != excluded.tags
+                    OR alert IS NOT excluded.alert",
+                params![check.name, command, check.interval_secs, check.timeout_secs, tags, alert, now_ms()],
             )?;
             tx.commit()?;
             Ok(if changed > 0 { PutCheck::Changed } else { PutCheck::Unchanged })
@@ -334,7 +337,7 @@ fn load_plugin_refs(c: &Connection) -> anyhow::Result<HashMap<String, PluginRef>
 
 fn load_checks(c: &Connection) -> anyhow::Result<Vec<CheckInfo>> {
     let mut stmt = c.prepare(
-        "SELECT name, command, interval_secs, timeout_secs, tags FROM checks ORDER BY name",
+        "SELECT name, command, interval_secs, timeout_secs, tags, alert FROM checks ORDER BY name",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -343,11 +346,16 @@ fn load_checks(c: &Connection) -> anyhow::Result<Vec<CheckInfo>> {
             r.get::<_, u32>(2)?,
             r.get::<_, u32>(3)?,
             r.get::<_, String>(4)?,
+            r.get::<_, Option<String>>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (name, command, interval_secs, timeout_secs, tags) = row?;
+        let (name, command, interval_secs, timeout_secs, tags, alert) = row?;
+        let alert = alert
+            .map(|a| serde_json::from_str(&a))
+            .transpose()
+            .with_context(|| format!("stored alert rules of check {name:?}"))?;
         let command = serde_json::from_str(&command)
             .with_context(|| format!("stored command of check {name:?}"))?;
         let tags = serde_json::from_str(&tags)
@@ -358,6 +366,7 @@ fn load_checks(c: &Connection) -> anyhow::Result<Vec<CheckInfo>> {
             interval_secs,
             timeout_secs,
             tags,
+            alert,
         });
     }
     Ok(out)
@@ -391,6 +400,7 @@ mod tests {
             interval_secs,
             timeout_secs: 5,
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            alert: None,
         }
     }
 

@@ -68,7 +68,8 @@ impl Store {
             };
             let mut stmt = c.prepare_cached(
                 "SELECT r.fingerprint, a.hostname, r.check_name, r.seq, r.state, r.summary, r.long_output,
-                        r.perfdata, r.started_at_ms, r.duration_ms, r.received_at_ms
+                        r.perfdata, r.started_at_ms, r.duration_ms, r.received_at_ms,
+                        l.state_since_ms
                  FROM latest_results l
                  JOIN results r ON r.fingerprint = l.fingerprint AND r.seq = l.seq
                  JOIN agents a ON a.fingerprint = l.fingerprint
@@ -88,11 +89,12 @@ impl Store {
                     r.get::<_, i64>(8)?,
                     r.get::<_, i64>(9)?,
                     r.get::<_, i64>(10)?,
+                    r.get::<_, Option<i64>>(11)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (fp, hostname, check, seq, state, summary, long_output, perfdata, started, duration, received) =
+                let (fp, hostname, check, seq, state, summary, long_output, perfdata, started, duration, received, since) =
                     row?;
                 out.push(ResultInfo {
                     agent: fp.parse().context("stored fingerprint is malformed")?,
@@ -107,6 +109,7 @@ impl Store {
                     started_at_ms: started,
                     duration_ms: duration as u64,
                     received_at_ms: received,
+                    state_since_ms: since,
                 });
             }
             add_unknown_perfdata(c, low, high, &mut out)?;
@@ -171,8 +174,15 @@ fn ingest_tx(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         let mut latest = tx.prepare_cached(
-            "INSERT INTO latest_results (fingerprint, check_name, seq) VALUES (?1, ?2, ?3)
-             ON CONFLICT (fingerprint, check_name) DO UPDATE SET seq = excluded.seq
+            // `state_since_ms` moves only when the state changes; the
+            // right-hand sides see the row as it was before the update.
+            "INSERT INTO latest_results (fingerprint, check_name, seq, state, state_since_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (fingerprint, check_name) DO UPDATE SET seq = excluded.seq,
+                 state = excluded.state,
+                 state_since_ms = CASE WHEN latest_results.state IS excluded.state
+                                       THEN latest_results.state_since_ms
+                                       ELSE excluded.state_since_ms END
              WHERE excluded.seq > latest_results.seq",
         )?;
         for r in results {
@@ -190,7 +200,7 @@ fn ingest_tx(
                 now
             ])?;
             if inserted > 0 {
-                latest.execute(params![fp, r.check, seq])?;
+                latest.execute(params![fp, r.check, seq, r.state.as_str(), r.started_at_ms])?;
                 out.samples += metrics::insert_points(&tx, cache, fp, &r)?;
                 if let Some(event) = &r.update_event {
                     super::update_events::insert(&tx, fp, event, now)?;
@@ -267,6 +277,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count, 2);
+    }
+
+    #[tokio::test]
+    async fn latest_result_records_since_when_the_check_is_in_its_state() {
+        let (_dir, store, fp) = store_with_agent().await;
+        let since = |store: Store| async move {
+            store.latest_results(None).await.unwrap()[0].state_since_ms
+        };
+        let table = [
+            (1, CheckState::Ok, 1_000),
+            (2, CheckState::Ok, 1_000),
+            (3, CheckState::Critical, 3_000),
+            (4, CheckState::Critical, 3_000),
+            (5, CheckState::Warning, 5_000),
+            (6, CheckState::Ok, 6_000),
+        ];
+        for (seq, state, want) in table {
+            store
+                .ingest(&fp, vec![result(seq, "load", state)])
+                .await
+                .unwrap();
+            assert_eq!(since(store.clone()).await, Some(want), "after seq {seq}");
+        }
+        // An older straggler changes neither the latest result nor since.
+        store
+            .ingest(&fp, vec![result(0, "load", CheckState::Critical)])
+            .await
+            .unwrap();
+        assert_eq!(since(store.clone()).await, Some(6_000));
     }
 
     #[tokio::test]

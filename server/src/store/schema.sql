@@ -49,7 +49,10 @@ CREATE TABLE IF NOT EXISTS checks (
     updated_at_ms  INTEGER NOT NULL,
     -- JSON array: the check runs on agents carrying every one of these
     -- tags; empty = every agent.
-    tags           TEXT NOT NULL DEFAULT '[]'
+    tags           TEXT NOT NULL DEFAULT '[]',
+    -- JSON of the check's alert rules (`CheckAlert` of the API); NULL: the
+    -- alerting defaults.
+    alert          TEXT
 ) STRICT;
 
 -- Enrollment tokens; only the SHA-256 of each secret is stored.
@@ -87,10 +90,16 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (fingerprint, seq)
 ) STRICT, WITHOUT ROWID;
 
--- Pointer to the newest result per (agent, check), maintained on ingest.
+-- Pointer to the newest result per (agent, check), maintained on ingest,
+-- with its state and since when the check has been in that state (the start
+-- of the first of the consecutive results with this state). `state` and
+-- `state_since_ms` are NULL only for rows of a schema-6 database whose
+-- result was already gone.
 CREATE TABLE IF NOT EXISTS latest_results (
-    fingerprint  TEXT NOT NULL,
-    check_name   TEXT NOT NULL,
-    seq          INTEGER NOT NULL,
+    fingerprint     TEXT NOT NULL,
+    check_name      TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    state           TEXT,
+    state_since_ms  INTEGER,
     PRIMARY KEY (fingerprint, check_name)
 ) STRICT, WITHOUT ROWID;

@@ -55,7 +55,29 @@ impl Server {
 
     /// [`Server::start`] with `configure` adjusting the config first.
     pub async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap(), configure).await
+    }
+
+    /// Stops the server and starts a new one on the same data directory
+    /// (on a new port), configured by `configure`.
+    pub async fn restart(self, configure: impl FnOnce(&mut ServerConfig)) -> Server {
+        let Server {
+            _dir: dir,
+            shutdown,
+            task,
+            ..
+        } = self;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("server did not stop within 10 s")
+            .expect("server task panicked")
+            .expect("server returned an error");
+        Server::start_in(dir, configure).await
+    }
+
+    /// [`Server::start_with`] on an existing data directory.
+    pub async fn start_in(dir: TempDir, configure: impl FnOnce(&mut ServerConfig)) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(dir.path().to_owned(), addr);

@@ -4,6 +4,7 @@
 
 mod admin_api;
 mod agent_ws;
+mod alerting;
 mod config_push;
 mod enrollment;
 mod events;

@@ -1,0 +1,705 @@
+//! The driver of the alert engine ([`outrider_alerting`]): one [`Engine`]
+//! per server, fed committed results (from [`crate::ingest`]), presence
+//! (from [`crate::agent_ws`]), update outcomes (stored with their results)
+//! and operators' silences (REST, [`api`]), and ticked by [`run`].
+//!
+//! Durability, as `alerting/src/lib.rs` ("How the server drives it") asks:
+//! every `Action::Notify` becomes one `alert_outbox` row
+//! ([`crate::store::OutboxBatch`]) written **in the same transaction** as
+//! the engine's new state. Between notifications the state is written at
+//! most every [`SAVE_EVERY`] when something changed, and once more at
+//! shutdown. If a write fails, the rows wait in memory (in order) and go
+//! out with the next write, so the stored state is never ahead of the
+//! outbox; a row written twice (same `batch_key`) is stored once.
+//!
+//! The engine sits behind an async mutex held for one engine call and, when
+//! that call decided a notification, for the write that makes it durable:
+//! decisions reach the store in the order they were made.
+//!
+//! Goodbyes: the agent library says Goodbye whenever it stops, also for a
+//! hot swap or a rolling upgrade, and is back within moments. So a Goodbye
+//! reaches the engine as a deregistration only when the agent has not come
+//! back within the goodbye grace (`--alert-goodbye-grace-ms`, 30 s): a swap
+//! then neither resolves a notified incident nor opens it again. An agent
+//! is down only after `down_for` (minutes), so the wait hides nothing. At
+//! shutdown the waiting Goodbyes are handed over; after a crash they come
+//! back from the agents table.
+//!
+//! Presence races: a session that ends reports its loss after the store
+//! call that records it, so a reconnect can overtake it. Each presence
+//! event carries its session id (increasing, [`crate::sessions`]); a loss
+//! of an older session than the latest opened one is ignored, otherwise a
+//! hot swap could leave a connected agent counted as lost (and later down).
+
+pub mod api;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use outrider_alerting::config::GateRule;
+use outrider_alerting::{Action, Config, Engine, Event, Notification, State, Status};
+use outrider_protocol::api::{CheckInfo, Presence};
+use outrider_protocol::{CheckResult, CheckState, Fingerprint};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::store::{OutboxBatch, Store, now_ms};
+
+/// Longest time between two state writes while something changed.
+pub const SAVE_EVERY: Duration = Duration::from_secs(5);
+/// Default period of [`run`]'s ticks: the resolution of every timer
+/// (`group_wait`, `down_for`, duration gates).
+pub const DEFAULT_TICK_MS: u64 = 1000;
+/// Default wait of a Goodbye for the agent to come back (see "Goodbyes").
+pub const DEFAULT_GOODBYE_GRACE_MS: u64 = 30_000;
+
+/// The engine and what has not been stored yet.
+#[derive(Debug)]
+struct Inner {
+    engine: Engine,
+    /// Decided notifications not yet committed, oldest first.
+    pending: Vec<OutboxBatch>,
+    /// The state changed since it was last stored.
+    dirty: bool,
+    saved_at: Instant,
+    /// The latest session id opened per agent (see "Presence races").
+    sessions: HashMap<String, u64>,
+    /// Goodbyes not yet handed to the engine, with when they will be.
+    goodbyes: HashMap<String, u64>,
+}
+
+/// The alerting side's shared state: one field of [`crate::AppState`].
+#[derive(Debug)]
+pub struct Alerts {
+    inner: Mutex<Inner>,
+    store: Store,
+    /// The settings before check definitions add their rules.
+    base: Config,
+    /// How long a Goodbye waits for the agent to come back before it is a
+    /// deregistration (see "Goodbyes" above).
+    goodbye_grace_ms: u64,
+}
+
+/// Presence of one session, as [`Alerts::presence`] takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Welcomed; the engine learns the agent's tags.
+    Opened,
+    /// Ended without a Goodbye.
+    Lost,
+    /// Ended with a Goodbye: never an outage.
+    Goodbye,
+}
+
+/// Reads the alerting settings file (JSON of [`outrider_alerting::Config`]).
+///
+/// Fails with a sentence naming the file when it cannot be read, is not
+/// valid JSON of the settings, or a value is out of range.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the alerting settings {}", path.display()))?;
+    let config: Config = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid alerting settings", path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(config)
+}
+
+impl Alerts {
+    /// Resumes the engine from the stored state (or starts a fresh one)
+    /// for a server that started at `started_ms`.
+    ///
+    /// Fails when the store fails, the stored state cannot be read, or
+    /// `config` is invalid.
+    pub async fn start(
+        store: Store,
+        base: Config,
+        goodbye_grace: Duration,
+        started_ms: u64,
+    ) -> anyhow::Result<Alerts> {
+        let checks = store.checks().await?;
+        let config = engine_config(&base, &checks).context("the alert rules of the checks")?;
+        let engine = match store.alert_state().await? {
+            Some(json) => {
+                let state: State = serde_json::from_str(&json)
+                    .context("the stored alerting state is not readable")?;
+                Engine::restore(config, state, started_ms)?
+            }
+            None => Engine::new(config, started_ms)?,
+        };
+        let deregistered: Vec<String> = store
+            .agents()
+            .await?
+            .into_iter()
+            .filter(|a| a.presence == Presence::Deregistered)
+            .map(|a| a.fingerprint.to_string())
+            .collect();
+        let alerts = Alerts {
+            inner: Mutex::new(Inner {
+                engine,
+                pending: Vec::new(),
+                dirty: false,
+                saved_at: Instant::now(),
+                sessions: HashMap::new(),
+                goodbyes: HashMap::new(),
+            }),
+            store,
+            base,
+            goodbye_grace_ms: u64::try_from(goodbye_grace.as_millis()).unwrap_or(u64::MAX),
+        };
+        alerts.reconcile(deregistered).await;
+        Ok(alerts)
+    }
+
+    /// The store, not the engine state, is the truth about Goodbyes: the
+    /// state is written only every few seconds between notifications, so a
+    /// crash can lose a deregistration that `agents` committed. Replaying
+    /// them keeps an agent that left cleanly from being called down after
+    /// the restart grace. Deregistering again is a no-op.
+    async fn reconcile(&self, deregistered: Vec<String>) {
+        let events = deregistered
+            .into_iter()
+            .map(|agent| Event::Deregistered { agent })
+            .collect();
+        self.observe(events).await;
+    }
+
+    /// The engine's settings with `checks`' rules, checked.
+    ///
+    /// # Errors
+    /// [`outrider_alerting::Error::InvalidConfig`] naming the bad rule.
+    pub fn config_with(&self, checks: &[CheckInfo]) -> Result<Config, outrider_alerting::Error> {
+        engine_config(&self.base, checks)
+    }
+
+    /// Applies the alert rules of the check definitions (after a change).
+    ///
+    /// # Errors
+    /// As [`Alerts::config_with`]; the rules in force stay then.
+    pub async fn set_checks(&self, checks: &[CheckInfo]) -> Result<(), outrider_alerting::Error> {
+        let config = self.config_with(checks)?;
+        self.inner.lock().await.engine.reconfigure(config)
+    }
+
+    /// Hands committed results of agent `fp` to the engine, each at its
+    /// own time; update outcomes they carry become update events.
+    pub async fn results(&self, fp: &Fingerprint, results: &[CheckResult]) {
+        let mut events = Vec::with_capacity(results.len());
+        for r in results {
+            events.push(Event::CheckResult {
+                agent: fp.to_string(),
+                check: r.check.clone(),
+                status: status(r.state),
+                summary: r.summary.clone(),
+                at_ms: u64::try_from(r.started_at_ms).unwrap_or(0),
+            });
+            let update = r.update_event.as_deref();
+            if let Some((u, outcome)) = update.and_then(|u| Some((u, update_outcome(u)?))) {
+                events.push(Event::Update {
+                    agent: fp.to_string(),
+                    outcome,
+                    detail: update_detail(u),
+                });
+            }
+        }
+        self.observe(events).await;
+    }
+
+    /// Presence of session `id` of agent `fp` (with its effective tags on
+    /// [`SessionEvent::Opened`]).
+    pub async fn presence(&self, fp: &Fingerprint, id: u64, what: SessionEvent, tags: Vec<String>) {
+        let agent = fp.to_string();
+        let mut inner = self.inner.lock().await;
+        let latest = inner.sessions.get(&agent).copied();
+        if latest.is_some_and(|latest| latest > id) {
+            debug!(fingerprint = %fp, session = id, "presence of a replaced session ignored");
+            return;
+        }
+        inner.sessions.insert(agent.clone(), id);
+        let waiting = inner.goodbyes.remove(&agent).is_some();
+        let event = match what {
+            SessionEvent::Opened => Event::SessionOpened { agent, tags },
+            SessionEvent::Lost => Event::SessionLost { agent },
+            SessionEvent::Goodbye => {
+                let due = now_ms_u64().saturating_add(self.goodbye_grace_ms);
+                inner.goodbyes.insert(agent, due);
+                return;
+            }
+        };
+        if waiting {
+            debug!(fingerprint = %fp, "back within the goodbye grace: not a deregistration");
+        }
+        self.apply(&mut inner, vec![event]).await;
+    }
+
+    /// Hands the Goodbyes whose grace is over (all of them with `all`) to
+    /// the engine as deregistrations.
+    async fn deregister_due(&self, inner: &mut Inner, all: bool) {
+        let now = now_ms_u64();
+        let due: Vec<String> = inner
+            .goodbyes
+            .iter()
+            .filter(|(_, at)| all || **at <= now)
+            .map(|(agent, _)| agent.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        inner.goodbyes.retain(|agent, _| !due.contains(agent));
+        let events = due
+            .into_iter()
+            .map(|agent| Event::Deregistered { agent })
+            .collect();
+        self.apply(inner, events).await;
+    }
+
+    /// Hands events to the engine; they are not operator input, so they
+    /// cannot fail (an error would be an engine bug, logged).
+    async fn observe(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().await;
+        self.apply(&mut inner, events).await;
+    }
+
+    async fn apply(&self, inner: &mut Inner, events: Vec<Event>) {
+        let now = now_ms_u64();
+        let mut notified = false;
+        for event in events {
+            match inner.engine.handle(event, now) {
+                Ok(actions) => notified |= record(inner, actions),
+                Err(e) => warn!("the alert engine refused an event: {e}"),
+            }
+        }
+        inner.dirty = true;
+        if notified {
+            self.save(inner).await;
+        }
+    }
+
+    /// An operator's request (silences): applied, then stored at once.
+    /// Returns the engine's actions; its error is the operator's mistake.
+    pub async fn operator(&self, event: Event) -> Result<Vec<Action>, outrider_alerting::Error> {
+        let mut inner = self.inner.lock().await;
+        let actions = inner.engine.handle(event, now_ms_u64())?;
+        record(&mut inner, actions.clone());
+        inner.dirty = true;
+        self.save(&mut inner).await;
+        Ok(actions)
+    }
+
+    /// Reads the engine (for the REST API), holding the lock only for `f`.
+    pub async fn read<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
+        f(&self.inner.lock().await.engine)
+    }
+
+    /// One tick at the server's clock; stores what must be.
+    async fn tick(&self) {
+        let mut inner = self.inner.lock().await;
+        self.deregister_due(&mut inner, false).await;
+        let actions = inner.engine.tick(now_ms_u64());
+        if !actions.is_empty() {
+            inner.dirty = true;
+        }
+        let notified = record(&mut inner, actions);
+        let due = inner.dirty && inner.saved_at.elapsed() >= SAVE_EVERY;
+        if notified || !inner.pending.is_empty() || due {
+            self.save(&mut inner).await;
+        }
+    }
+
+    /// Stores the state with every pending row; on failure both wait for
+    /// the next save.
+    async fn save(&self, inner: &mut Inner) {
+        let json = match serde_json::to_string(inner.engine.state()) {
+            Ok(json) => json,
+            Err(e) => {
+                warn!("cannot serialize the alerting state: {e}");
+                return;
+            }
+        };
+        match self.store.save_alerts(json, inner.pending.clone()).await {
+            Ok(new) => {
+                if new > 0 {
+                    info!(rows = new, "alert notifications queued in the outbox");
+                }
+                inner.pending.clear();
+                inner.dirty = false;
+                inner.saved_at = Instant::now();
+            }
+            Err(e) => warn!(
+                pending = inner.pending.len(),
+                "storing the alerting state failed; retrying at the next tick: {e:#}"
+            ),
+        }
+    }
+}
+
+/// Ticks `alerts` every `tick` until `shutdown`, then stores the state.
+pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = interval.tick() => alerts.tick().await,
+        }
+    }
+    let mut inner = alerts.inner.lock().await;
+    // The agents table already says they left: the state should too.
+    alerts.deregister_due(&mut inner, true).await;
+    if inner.dirty || !inner.pending.is_empty() {
+        alerts.save(&mut inner).await;
+    }
+}
+
+/// `base` with the rules of every check whose definition sets some: each
+/// field a definition leaves out keeps what `base` says for that check.
+///
+/// # Errors
+/// [`outrider_alerting::Error::InvalidConfig`] for a rule out of range or a
+/// definition giving both a count and a duration.
+pub fn engine_config(
+    base: &Config,
+    checks: &[CheckInfo],
+) -> Result<Config, outrider_alerting::Error> {
+    let mut config = base.clone();
+    for check in checks {
+        let Some(alert) = &check.alert else { continue };
+        let mut rules = base.rules_for(&check.name);
+        match (alert.after_failures, alert.after_secs) {
+            (Some(_), Some(_)) => {
+                return Err(outrider_alerting::Error::InvalidConfig {
+                    field: "alert",
+                    reason: format!(
+                        "check {:?} gives both after_failures and after_secs; give one",
+                        check.name
+                    ),
+                });
+            }
+            (Some(count), None) => rules.gate = GateRule::Consecutive { count },
+            (None, Some(secs)) => {
+                rules.gate = GateRule::Duration {
+                    for_ms: secs.saturating_mul(1000),
+                }
+            }
+            (None, None) => {}
+        }
+        if let Some(n) = alert.recover_after {
+            rules.recover_after = n;
+        }
+        config.checks.insert(check.name.clone(), rules);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Queues the outbox rows of `actions`; true when there was one.
+fn record(inner: &mut Inner, actions: Vec<Action>) -> bool {
+    let mut notified = false;
+    for action in actions {
+        match action {
+            Action::Notify {
+                group,
+                notifications,
+            } => {
+                notified = true;
+                for n in &notifications {
+                    info!(group = %group, subject = %n.subject, kind = ?n.kind, title = %n.title, "alert decided");
+                }
+                match batch(group, &notifications) {
+                    Ok(b) => inner.pending.push(b),
+                    Err(e) => warn!("cannot serialize a notification: {e}"),
+                }
+            }
+            other => debug!(action = ?other, "alert engine"),
+        }
+    }
+    notified
+}
+
+/// The outbox row of one `Action::Notify` (see `store/alert_outbox.sql`).
+pub fn batch(group: String, notifications: &[Notification]) -> serde_json::Result<OutboxBatch> {
+    let mut keys: Vec<String> = notifications
+        .iter()
+        .map(|n| format!("{}#{}", n.incident_key(), n.seq))
+        .collect();
+    keys.sort();
+    let worst = notifications
+        .iter()
+        .map(|n| n.status)
+        .max_by_key(|s| severity_rank(*s))
+        .unwrap_or(Status::Ok);
+    Ok(OutboxBatch {
+        batch_key: keys.join(" "),
+        group_key: group,
+        severity: severity_name(worst).to_owned(),
+        notifications: serde_json::to_string(notifications)?,
+    })
+}
+
+/// Worse is larger: critical, then warning, then unknown, then ok (the
+/// order of `store/alert_outbox.sql`).
+pub fn severity_rank(status: Status) -> u8 {
+    match status {
+        Status::Critical => 3,
+        Status::Warning => 2,
+        Status::Unknown => 1,
+        Status::Ok => 0,
+    }
+}
+
+/// The outbox's spelling of a status.
+pub fn severity_name(status: Status) -> &'static str {
+    match status {
+        Status::Critical => "critical",
+        Status::Warning => "warning",
+        Status::Unknown => "unknown",
+        Status::Ok => "ok",
+    }
+}
+
+fn status(state: CheckState) -> Status {
+    match state {
+        CheckState::Ok => Status::Ok,
+        CheckState::Warning => Status::Warning,
+        CheckState::Critical => Status::Critical,
+        CheckState::Unknown => Status::Unknown,
+    }
+}
+
+/// What an update event means for alerting; `None` for kinds that decide
+/// nothing (`installed` is still on probation) or that a newer stub added.
+pub fn update_outcome(
+    event: &outrider_protocol::UpdateEvent,
+) -> Option<outrider_alerting::model::UpdateOutcome> {
+    use outrider_alerting::model::UpdateOutcome;
+    match event.kind.as_str() {
+        "probation_passed" | "stub_updated" => Some(UpdateOutcome::Applied),
+        "refused" | "stub_refused" => Some(UpdateOutcome::Refused),
+        "probation_failed" | "rolled_back" => Some(UpdateOutcome::RolledBack),
+        _ => None,
+    }
+}
+
+fn update_detail(e: &outrider_protocol::UpdateEvent) -> String {
+    let version = e.version.as_deref().unwrap_or("?");
+    if e.reason.is_empty() {
+        format!("{} {version}", e.kind)
+    } else {
+        format!("{} {version}: {}", e.kind, e.reason)
+    }
+}
+
+fn now_ms_u64() -> u64 {
+    u64::try_from(now_ms()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use outrider_alerting::{NotificationKind, Subject};
+
+    use super::*;
+
+    fn note(agent: &str, status: Status, started: u64, seq: u32) -> Notification {
+        Notification {
+            subject: Subject::Check {
+                agent: agent.into(),
+                name: "disk".into(),
+            },
+            kind: NotificationKind::Firing,
+            status,
+            title: "t".into(),
+            summary: String::new(),
+            resolve_cause: None,
+            incident_started_ms: started,
+            seq,
+        }
+    }
+
+    #[test]
+    fn batch_key_is_sorted_incident_keys_and_severity_the_worst() {
+        let table = [
+            (vec![Status::Ok], "ok"),
+            (vec![Status::Ok, Status::Unknown], "unknown"),
+            (vec![Status::Unknown, Status::Warning], "warning"),
+            (
+                vec![Status::Warning, Status::Critical, Status::Ok],
+                "critical",
+            ),
+        ];
+        for (statuses, want) in table {
+            let notes: Vec<_> = statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| note(&format!("a{}", 9 - i), *s, 5, 1))
+                .collect();
+            let b = batch("agent/x".into(), &notes).unwrap();
+            assert_eq!(b.severity, want, "{statuses:?}");
+            let keys: Vec<_> = b.batch_key.split(' ').collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(keys, sorted);
+            assert_eq!(keys.len(), notes.len());
+        }
+        let b = batch("agent/x".into(), &[note("a", Status::Critical, 7, 2)]).unwrap();
+        assert_eq!(b.batch_key, "check/a/disk@7#2");
+    }
+
+    #[test]
+    fn check_definitions_set_their_gate_and_keep_the_rest() {
+        use outrider_protocol::api::CheckAlert;
+        let check = |name: &str, alert: Option<CheckAlert>| CheckInfo {
+            name: name.into(),
+            command: vec!["/bin/true".into()],
+            interval_secs: 10,
+            timeout_secs: 5,
+            tags: Vec::new(),
+            alert,
+        };
+        let base = Config::default();
+        let config = engine_config(
+            &base,
+            &[
+                check("plain", None),
+                check(
+                    "count",
+                    Some(CheckAlert {
+                        after_failures: Some(5),
+                        ..CheckAlert::default()
+                    }),
+                ),
+                check(
+                    "time",
+                    Some(CheckAlert {
+                        after_secs: Some(90),
+                        recover_after: Some(1),
+                        ..CheckAlert::default()
+                    }),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.rules_for("plain"), base.check_defaults);
+        assert!(!config.checks.contains_key("plain"));
+        let count = config.rules_for("count");
+        assert_eq!(count.gate, GateRule::Consecutive { count: 5 });
+        assert_eq!(count.recover_after, 2, "kept from the defaults");
+        let time = config.rules_for("time");
+        assert_eq!(time.gate, GateRule::Duration { for_ms: 90_000 });
+        assert_eq!(time.recover_after, 1);
+
+        let bad = [
+            CheckAlert {
+                after_failures: Some(2),
+                after_secs: Some(2),
+                ..CheckAlert::default()
+            },
+            CheckAlert {
+                after_failures: Some(0),
+                ..CheckAlert::default()
+            },
+            CheckAlert {
+                recover_after: Some(0),
+                ..CheckAlert::default()
+            },
+            CheckAlert {
+                after_secs: Some(0),
+                ..CheckAlert::default()
+            },
+        ];
+        for alert in bad {
+            let err = engine_config(&base, &[check("x", Some(alert.clone()))]);
+            assert!(
+                matches!(err, Err(outrider_alerting::Error::InvalidConfig { .. })),
+                "{alert:?} accepted"
+            );
+        }
+    }
+
+    /// Ticks once a millisecond later (so `down_for` of 1 ms is over);
+    /// whether the agent is then an open problem.
+    async fn agent_open(alerts: &Alerts) -> bool {
+        let t = now_ms_u64();
+        while now_ms_u64() < t + 2 {
+            std::hint::spin_loop();
+        }
+        alerts.tick().await;
+        alerts
+            .read(|e| e.open())
+            .await
+            .iter()
+            .any(|(s, _)| matches!(s, outrider_alerting::Subject::Agent { .. }))
+    }
+
+    /// A loss reported by an older session after a newer one opened (a
+    /// reconnect overtaking the old session's end) must not count the
+    /// agent as lost; a loss of the latest session does.
+    #[tokio::test]
+    async fn a_stale_loss_does_not_overtake_a_newer_session() {
+        let (_dir, store, fp) = crate::store::test_support::store_with_agent("web-1").await;
+        let config = Config {
+            down_for_ms: 1,
+            restart_grace_extra_ms: 0,
+            ..Config::default()
+        };
+        let started = now_ms_u64() - 60_000;
+        let alerts = Alerts::start(store, config, Duration::from_secs(30), started)
+            .await
+            .unwrap();
+        alerts
+            .presence(&fp, 1, SessionEvent::Opened, Vec::new())
+            .await;
+        alerts
+            .presence(&fp, 2, SessionEvent::Opened, Vec::new())
+            .await;
+        alerts
+            .presence(&fp, 1, SessionEvent::Lost, Vec::new())
+            .await;
+        assert!(
+            !agent_open(&alerts).await,
+            "session 1's loss came after session 2 opened"
+        );
+        alerts
+            .presence(&fp, 2, SessionEvent::Lost, Vec::new())
+            .await;
+        assert!(
+            agent_open(&alerts).await,
+            "the latest session's loss counts"
+        );
+    }
+
+    #[test]
+    fn update_kinds_map_to_outcomes() {
+        use outrider_alerting::model::UpdateOutcome::*;
+        let table = [
+            ("installed", None),
+            ("probation_passed", Some(Applied)),
+            ("stub_updated", Some(Applied)),
+            ("refused", Some(Refused)),
+            ("stub_refused", Some(Refused)),
+            ("probation_failed", Some(RolledBack)),
+            ("rolled_back", Some(RolledBack)),
+            ("a_future_kind", None),
+        ];
+        for (kind, want) in table {
+            let event = outrider_protocol::UpdateEvent {
+                id: 1,
+                kind: kind.into(),
+                at_unix_ms: 1,
+                build_sha256: None,
+                version: None,
+                to_sha256: None,
+                to_version: None,
+                reason: String::new(),
+            };
+            assert_eq!(update_outcome(&event), want, "{kind}");
+        }
+    }
+}
