@@ -24,6 +24,7 @@ pub mod events;
 pub mod install;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod nudges;
 pub mod openapi;
 pub mod plugins;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub events: events::Events,
     /// Metric side: ingest counters, Graphite queue ([`metrics`]).
     pub metrics: metrics::Metrics,
+    /// Alert notification routing and delivery ([`notify`]).
+    pub notifier: Arc<notify::Notifier>,
     /// Update nudges after release changes ([`nudges`]).
     pub nudges: Arc<nudges::Nudges>,
     pub shutdown: CancellationToken,
@@ -118,7 +121,9 @@ pub async fn run(
             nudges.schedule(channel.as_str(), sequence);
         })
     });
+    let notifier = Arc::new(notify::Notifier::new().context("starting the notifier")?);
     let state = Arc::new(AppState {
+        notifier: notifier.clone(),
         store,
         releases: Arc::new(releases),
         nudges: nudges.clone(),
@@ -142,6 +147,11 @@ pub async fn run(
     state.tasks.spawn({
         let shutdown = shutdown.clone();
         async move { nudges.run(shutdown).await }
+    });
+    state.tasks.spawn({
+        let shutdown = shutdown.clone();
+        let store = state.store.clone();
+        async move { notifier.run(store, shutdown).await }
     });
 
     let addr = listener.local_addr().context("reading the bound address")?;

@@ -14,6 +14,7 @@
 mod agents;
 mod checks;
 pub mod metrics;
+pub mod notify;
 mod results;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -164,6 +165,8 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
         .context("applying the update events schema")?;
     tx.execute_batch(include_str!("store/alert_outbox.sql"))
         .context("applying the alert outbox schema")?;
+    tx.execute_batch(include_str!("store/notify.sql"))
+        .context("applying the notifier schema")?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
