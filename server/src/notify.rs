@@ -12,7 +12,7 @@
 //!    (`store/notify.rs`). With no routes, every receiver gets everything.
 //! 2. **Deliver** (one worker per receiver, [`worker`]): the receiver's
 //!    oldest pending delivery is sent when due, no faster than the
-//!    receiver's rate (Slack 1/s, PagerDuty 2/s, webhook and email as
+//!    receiver's rate (measured from the end of the previous request) (Slack 1/s, PagerDuty 2/s, webhook and email as
 //!    configured). The answer decides ([`policy`]): accepted → `sent`;
 //!    429, 408, 5xx, timeouts, connection and SMTP 4xx failures → retried
 //!    after the receiver's `Retry-After` or jittered exponential backoff

@@ -138,8 +138,11 @@ pub fn give_up(attempts: u32, age: Duration) -> bool {
     attempts >= MAX_ATTEMPTS || age >= MAX_AGE
 }
 
-/// Spaces sends of one receiver at least `1 / rate` apart (no bursts: a
-/// burst is what Slack and PagerDuty answer with 429).
+/// Spaces the requests of one receiver at least `1 / rate` apart *as the
+/// receiver sees them*: the next request may start `1 / rate` after the
+/// previous one finished, so its arrival is at least that long after the
+/// previous arrival whatever the latency. No burst credit: a burst is what
+/// Slack and PagerDuty answer with 429.
 #[derive(Clone, Debug)]
 pub struct RateLimiter {
     interval: Duration,
@@ -147,7 +150,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// At most `per_sec` sends per second (at least 1).
+    /// At most `per_sec` requests per second (at least 1).
     pub fn new(per_sec: u32) -> RateLimiter {
         RateLimiter {
             interval: Duration::from_secs(1) / per_sec.max(1),
@@ -155,11 +158,14 @@ impl RateLimiter {
         }
     }
 
-    /// When the next send may start, given it is `now`; reserves that slot.
-    pub fn reserve(&mut self, now: Instant) -> Instant {
-        let at = self.next.map_or(now, |next| next.max(now));
-        self.next = Some(at + self.interval);
-        at
+    /// When the next request may start, given it is `now`.
+    pub fn ready_at(&self, now: Instant) -> Instant {
+        self.next.map_or(now, |next| next.max(now))
+    }
+
+    /// A request finished (answered or failed) at `finished`.
+    pub fn finished(&mut self, finished: Instant) {
+        self.next = Some(finished + self.interval);
     }
 }
 
@@ -300,23 +306,29 @@ mod tests {
     }
 
     #[test]
-    fn rate_limiter_spaces_sends_and_forgives_idle_time() {
+    fn rate_limiter_spaces_requests_after_the_previous_one_finished() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut slack = RateLimiter::new(1);
-        assert_eq!(slack.reserve(t0), t0);
-        assert_eq!(slack.reserve(t0), t0 + Duration::from_secs(1));
+        assert_eq!(slack.ready_at(t0), t0);
+        // A request that took 300 ms: the next starts 1 s after it ended.
+        slack.finished(t0 + ms(300));
+        assert_eq!(slack.ready_at(t0), t0 + ms(1_300));
         assert_eq!(
-            slack.reserve(t0 + Duration::from_millis(100)),
-            t0 + Duration::from_secs(2)
+            slack.ready_at(t0 + ms(5_000)),
+            t0 + ms(5_000),
+            "idle time is no burst credit"
         );
-        // Idle for a while: the next send goes at once, no burst credit.
-        let later = t0 + Duration::from_secs(60);
-        assert_eq!(slack.reserve(later), later);
-        assert_eq!(slack.reserve(later), later + Duration::from_secs(1));
         let mut pd = RateLimiter::new(2);
-        pd.reserve(t0);
-        assert_eq!(pd.reserve(t0), t0 + Duration::from_millis(500));
-        assert_eq!(RateLimiter::new(0).reserve(t0), t0);
+        pd.finished(t0);
+        assert_eq!(pd.ready_at(t0), t0 + ms(500));
+        let mut zero = RateLimiter::new(0);
+        zero.finished(t0);
+        assert_eq!(
+            zero.ready_at(t0),
+            t0 + ms(1_000),
+            "a rate of 0 is taken as 1"
+        );
     }
 
     #[test]

@@ -268,19 +268,27 @@ pub async fn send(
         }
         ReceiverConfig::Email { .. } => {
             wait_for_slot(limiter).await;
-            send_email(config, batch).await
+            let outcome = send_email(config, batch).await;
+            limiter.finished(std::time::Instant::now());
+            outcome
         }
         _ => Outcome::Permanent("unsupported receiver kind".to_owned()),
     }
 }
 
-async fn wait_for_slot(limiter: &mut RateLimiter) {
-    let at = limiter.reserve(std::time::Instant::now());
+async fn wait_for_slot(limiter: &RateLimiter) {
+    let at = limiter.ready_at(std::time::Instant::now());
     tokio::time::sleep_until(at.into()).await;
 }
 
 async fn post(request: reqwest::RequestBuilder, limiter: &mut RateLimiter) -> Outcome {
     wait_for_slot(limiter).await;
+    let outcome = post_now(request).await;
+    limiter.finished(std::time::Instant::now());
+    outcome
+}
+
+async fn post_now(request: reqwest::RequestBuilder) -> Outcome {
     let response = match request.send().await {
         Ok(r) => r,
         Err(e) => {
