@@ -127,7 +127,7 @@ impl Notifier {
         loop {
             self.sync_workers(&store, &shutdown, &mut workers, &mut tasks)
                 .await;
-            self.route(&store, &workers).await;
+            self.route_pending(&store, &workers).await;
             if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(Instant::now());
                 match store.prune_notifications(now_ms()).await {
@@ -199,7 +199,7 @@ impl Notifier {
     }
 
     /// Routes every unrouted outbox row and wakes the workers concerned.
-    async fn route(&self, store: &Store, workers: &BTreeMap<String, WorkerHandle>) {
+    async fn route_pending(&self, store: &Store, workers: &BTreeMap<String, WorkerHandle>) {
         loop {
             let routed = match store.route_outbox(now_ms()).await {
                 Ok(r) => r,

@@ -13,6 +13,7 @@ mod metrics;
 mod negotiation;
 mod notify;
 mod notify_crash;
+mod notify_email;
 mod notify_support;
 mod nudges;
 mod openapi;
