@@ -12,6 +12,7 @@ mod keys;
 mod output;
 mod plugins;
 mod quickstart;
+mod receivers;
 mod release;
 mod run;
 mod tokens;
@@ -71,6 +72,10 @@ enum Command {
     Tokens(tokens::TokensArgs),
     /// Run a check or an ad-hoc script on an agent now.
     Run(run::RunArgs),
+    /// Add, list, test and delete alert receivers; list dead letters.
+    Receivers(receivers::ReceiversArgs),
+    /// Choose which receivers get which alerts (by tag and severity).
+    Routes(receivers::RoutesArgs),
     /// Build everything, start a server and a local agent on the embedded defaults.
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -102,6 +107,11 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             ApiClient::from_args(&cli.global).and_then(|c| run::run(&c, &cli.global, args))
         }
+        Command::Receivers(args) => {
+            ApiClient::from_args(&cli.global).and_then(|c| receivers::run(&c, &cli.global, args))
+        }
+        Command::Routes(args) => ApiClient::from_args(&cli.global)
+            .and_then(|c| receivers::run_routes(&c, &cli.global, args)),
         Command::Quickstart(args) => quickstart::run(args),
     };
     match result {
