@@ -258,12 +258,14 @@ impl Notifier {
             notifications,
         };
         let mut limiter = RateLimiter::new(receiver.rate_per_sec);
+        let mut busy = Duration::ZERO;
         receiver::send(
             &self.http,
             &receiver.name,
             &receiver.config,
             &batch,
             &mut limiter,
+            &mut busy,
         )
         .await
     }

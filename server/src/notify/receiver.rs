@@ -223,7 +223,8 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Sends `batch` to the receiver named `name` with `config`, each request
-/// waiting for its slot of `limiter`. PagerDuty takes one event per
+/// waiting for its slot of `limiter`; `busy` grows by the time spent on
+/// requests (not on waiting for a slot), which the worker logs. PagerDuty takes one event per
 /// notification: a failure after some were accepted retries them all, which
 /// PagerDuty's `dedup_key` makes harmless.
 pub async fn send(
@@ -232,6 +233,7 @@ pub async fn send(
     config: &ReceiverConfig,
     batch: &Batch,
     limiter: &mut RateLimiter,
+    busy: &mut Duration,
 ) -> Outcome {
     match config {
         ReceiverConfig::Webhook { url, secret } => {
@@ -242,7 +244,7 @@ pub async fn send(
                 .header(SIGNATURE_HEADER, message::signature(secret, &body))
                 .header(IDEMPOTENCY_HEADER, batch.idempotency_key())
                 .body(body);
-            post(request, limiter).await
+            post(request, limiter, busy).await
         }
         ReceiverConfig::Slack { url } => {
             let request = http
@@ -250,7 +252,7 @@ pub async fn send(
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(IDEMPOTENCY_HEADER, batch.idempotency_key())
                 .body(message::slack_body(batch));
-            post(request, limiter).await
+            post(request, limiter, busy).await
         }
         ReceiverConfig::Pagerduty { routing_key, url } => {
             let url = url.as_deref().unwrap_or(PAGERDUTY_URL);
@@ -259,7 +261,7 @@ pub async fn send(
                     .post(url)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(event);
-                match post(request, limiter).await {
+                match post(request, limiter, busy).await {
                     Outcome::Accepted => {}
                     other => return other,
                 }
@@ -268,8 +270,11 @@ pub async fn send(
         }
         ReceiverConfig::Email { .. } => {
             wait_for_slot(limiter).await;
+            let started = std::time::Instant::now();
             let outcome = send_email(config, batch).await;
-            limiter.finished(std::time::Instant::now());
+            let finished = std::time::Instant::now();
+            *busy += finished - started;
+            limiter.finished(finished);
             outcome
         }
         _ => Outcome::Permanent("unsupported receiver kind".to_owned()),
@@ -281,10 +286,17 @@ async fn wait_for_slot(limiter: &RateLimiter) {
     tokio::time::sleep_until(at.into()).await;
 }
 
-async fn post(request: reqwest::RequestBuilder, limiter: &mut RateLimiter) -> Outcome {
+async fn post(
+    request: reqwest::RequestBuilder,
+    limiter: &mut RateLimiter,
+    busy: &mut Duration,
+) -> Outcome {
     wait_for_slot(limiter).await;
+    let started = std::time::Instant::now();
     let outcome = post_now(request).await;
-    limiter.finished(std::time::Instant::now());
+    let finished = std::time::Instant::now();
+    *busy += finished - started;
+    limiter.finished(finished);
     outcome
 }
 

@@ -97,6 +97,7 @@ pub async fn run(
             }
             continue;
         }
+        let mut busy = Duration::ZERO;
         let outcome = match due.content.as_ref().map(|c| batch_of(&due.batch_key, c)) {
             None => Outcome::Permanent("its alert_outbox row is gone".to_owned()),
             Some(Err(e)) => Outcome::Permanent(e),
@@ -105,11 +106,11 @@ pub async fn run(
                     // Cut short by shutdown: it stays pending and is sent
                     // again (same key) by the next server.
                     () = stop.cancelled() => return,
-                    o = receiver::send(&http, &name, &receiver.config, &batch, &mut limiter) => o,
+                    o = receiver::send(&http, &name, &receiver.config, &batch, &mut limiter, &mut busy) => o,
                 }
             }
         };
-        if let Err(e) = record(&store, &name, &due, outcome).await {
+        if let Err(e) = record(&store, &name, &due, outcome, busy).await {
             // Still pending: it is sent again with the same key.
             warn!(receiver = %name, delivery = due.id, "recording a delivery failed: {e:#}");
             if sleep_or_stop(STORE_RETRY, &stop).await {
@@ -125,13 +126,17 @@ async fn record(
     name: &str,
     due: &DueDelivery,
     outcome: Outcome,
+    busy: Duration,
 ) -> anyhow::Result<()> {
+    let send_us = busy.as_micros() as u64;
     let now = now_ms();
     match outcome {
         Outcome::Accepted => {
             // The crash test waits for this line to kill the server between
             // the receiver's acceptance and the mark.
-            info!(receiver = %name, delivery = due.id, key = %due.batch_key, "accepted by the receiver; marking it sent");
+            // `send_us` (time on the wire, not waiting for the rate) is what
+            // bench/notify.sh reads.
+            info!(receiver = %name, delivery = due.id, send_us, key = %due.batch_key, "accepted by the receiver; marking it sent");
             store.mark_sent(due.id, now).await
         }
         Outcome::Retry { after, error } => {
@@ -144,7 +149,7 @@ async fn record(
             }
             let jitter = random();
             let delay = policy::retry_delay(due.attempts, after, jitter);
-            warn!(receiver = %name, delivery = due.id, attempts, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry: {error}");
+            warn!(receiver = %name, delivery = due.id, attempts, send_us, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry: {error}");
             store
                 .mark_retry(due.id, now + delay.as_millis() as i64, &error)
                 .await
