@@ -117,6 +117,9 @@ enum AddCommand {
         /// Recipient address (repeat for more).
         #[arg(long, required = true)]
         to: Vec<String>,
+        /// PEM file of a CA to trust besides the public roots (a relay with a private CA).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -187,9 +190,16 @@ fn new_receiver(add: AddCommand) -> Result<NewReceiver> {
             password_file,
             from,
             to,
+            ca_file,
         } => (
             common,
             ReceiverConfig::Email {
+                ca_pem: ca_file
+                    .map(|p| {
+                        std::fs::read_to_string(&p)
+                            .with_context(|| format!("reading the CA certificate {}", p.display()))
+                    })
+                    .transpose()?,
                 host,
                 port,
                 tls,

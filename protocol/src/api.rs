@@ -477,6 +477,10 @@ pub enum ReceiverConfig {
         from: String,
         /// Recipient addresses (1 to 32).
         to: Vec<String>,
+        /// PEM of a CA certificate trusted besides the public roots (a
+        /// relay with a private CA).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_pem: Option<String>,
     },
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use outrider_protocol::api::{ReceiverConfig, SmtpTls};
 use outrider_protocol::is_valid_name;
@@ -27,6 +28,8 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RECIPIENTS: usize = 32;
 /// Longest URL, key or secret accepted.
 const MAX_FIELD_BYTES: usize = 2048;
+/// Longest `ca_pem` accepted.
+const MAX_CA_PEM_BYTES: usize = 64 * 1024;
 /// Bytes of an error answer kept for the dead-letter list.
 const MAX_ANSWER_BYTES: usize = 300;
 
@@ -123,8 +126,20 @@ pub fn validate(
             password,
             from,
             to,
+            ca_pem,
             ..
         } => {
+            if let Some(pem) = ca_pem {
+                // lettre accepts a PEM without any certificate: check for one.
+                if pem.len() > MAX_CA_PEM_BYTES || !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(field(
+                        "ca_pem",
+                        "not a PEM certificate (-----BEGIN CERTIFICATE-----, at most 64 KiB)",
+                    ));
+                }
+                Certificate::from_pem(pem.as_bytes())
+                    .map_err(|e| field("ca_pem", format!("not a PEM certificate: {e}")))?;
+            }
             if host.is_empty() || host.len() > 253 {
                 return Err(field("host", "must be a host name or address"));
             }
@@ -348,6 +363,7 @@ async fn send_email(config: &ReceiverConfig, batch: &Batch) -> Outcome {
         password,
         from,
         to,
+        ca_pem,
     } = config
     else {
         return Outcome::Permanent("not an email receiver".to_owned());
@@ -370,17 +386,28 @@ async fn send_email(config: &ReceiverConfig, batch: &Batch) -> Outcome {
         Ok(m) => m,
         Err(e) => return Outcome::Permanent(format!("building the mail: {e}")),
     };
-    let transport = match tls {
-        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
-        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
-        SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
-            host,
-        )),
-    };
-    let mut transport = match transport {
-        Ok(t) => t.port(smtp_port(*port, *tls)).timeout(Some(SEND_TIMEOUT)),
-        Err(e) => return Outcome::Permanent(format!("SMTP host {host:?}: {e}")),
-    };
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(smtp_port(*port, *tls))
+        .timeout(Some(SEND_TIMEOUT));
+    if *tls != SmtpTls::None {
+        let mut params = TlsParameters::builder(host.clone());
+        if let Some(pem) = ca_pem {
+            match Certificate::from_pem(pem.as_bytes()) {
+                Ok(ca) => params = params.add_root_certificate(ca),
+                Err(e) => return Outcome::Permanent(format!("ca_pem: {e}")),
+            }
+        }
+        let params = match params.build_rustls() {
+            Ok(p) => p,
+            Err(e) => return Outcome::Permanent(format!("TLS settings for {host:?}: {e}")),
+        };
+        transport = transport.tls(match tls {
+            // STARTTLS is required, never opportunistic: a server that
+            // does not offer it fails the send instead of getting plain text.
+            SmtpTls::Starttls => Tls::Required(params),
+            _ => Tls::Wrapper(params),
+        });
+    }
     if let (Some(user), Some(password)) = (username, password) {
         transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
     }
@@ -407,7 +434,15 @@ mod tests {
             password: None,
             from: "outrider@example.com".into(),
             to: to.iter().map(|t| (*t).to_owned()).collect(),
+            ca_pem: None,
         }
+    }
+
+    fn with_ca(mut config: ReceiverConfig, pem: &str) -> ReceiverConfig {
+        if let ReceiverConfig::Email { ca_pem, .. } = &mut config {
+            *ca_pem = Some(pem.to_owned());
+        }
+        config
     }
 
     #[test]
@@ -525,6 +560,12 @@ mod tests {
                 webhook("https://x.example/", secret),
                 Some(0),
                 "outside 1..=1000",
+            ),
+            (
+                "ops",
+                with_ca(email("smtp.example.com", SmtpTls::Tls, &["a@b.c"]), "junk"),
+                None,
+                "ca_pem: not a PEM certificate",
             ),
         ];
         for (name, config, rate, needle) in bad {

@@ -700,6 +700,7 @@ mod tests {
             password: Some("hunter2".into()),
             from: "a@b.c".into(),
             to: vec!["d@e.f".into()],
+            ca_pem: None,
         };
         store.add_receiver(mail.clone(), 1).await.unwrap();
         store
