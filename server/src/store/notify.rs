@@ -167,11 +167,17 @@ impl Store {
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await?;
+        // Two reads: a receiver added or deleted in between is matched by
+        // name, not by position.
+        let counts: std::collections::BTreeMap<String, (i64, u64, u64, u64)> = counts
+            .into_iter()
+            .map(|(name, created, pending, sent, dead)| (name, (created, pending, sent, dead)))
+            .collect();
         Ok(stored
             .into_iter()
-            .zip(counts)
-            .map(
-                |(r, (_, created_at_ms, pending, sent, dead))| ReceiverInfo {
+            .filter_map(|r| {
+                let &(created_at_ms, pending, sent, dead) = counts.get(&r.name)?;
+                Some(ReceiverInfo {
                     kind: kind_of(&r.config).to_owned(),
                     target: target(&r.config),
                     name: r.name,
@@ -180,8 +186,8 @@ impl Store {
                     pending,
                     sent,
                     dead,
-                },
-            )
+                })
+            })
             .collect())
     }
 
