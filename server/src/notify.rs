@@ -62,6 +62,7 @@ pub mod message;
 pub mod policy;
 pub mod receiver;
 pub mod route;
+pub mod smtp;
 pub mod worker;
 
 use std::collections::BTreeMap;

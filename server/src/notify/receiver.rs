@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::client::Certificate;
 use outrider_protocol::api::{ReceiverConfig, SmtpTls};
 use outrider_protocol::is_valid_name;
 
@@ -351,9 +350,7 @@ async fn post_now(request: reqwest::RequestBuilder) -> Outcome {
     )
 }
 
-/// Builds the mail and sends it over a fresh SMTP connection. 5xx answers
-/// (bad recipient, refused sender) are permanent; 4xx and connection
-/// failures are retried.
+/// Builds the mail and sends it over a fresh SMTP connection (`smtp.rs`).
 async fn send_email(config: &ReceiverConfig, batch: &Batch) -> Outcome {
     let ReceiverConfig::Email {
         host,
@@ -386,39 +383,17 @@ async fn send_email(config: &ReceiverConfig, batch: &Batch) -> Outcome {
         Ok(m) => m,
         Err(e) => return Outcome::Permanent(format!("building the mail: {e}")),
     };
-    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-        .port(smtp_port(*port, *tls))
-        .timeout(Some(SEND_TIMEOUT));
-    if *tls != SmtpTls::None {
-        let mut params = TlsParameters::builder(host.clone());
-        if let Some(pem) = ca_pem {
-            match Certificate::from_pem(pem.as_bytes()) {
-                Ok(ca) => params = params.add_root_certificate(ca),
-                Err(e) => return Outcome::Permanent(format!("ca_pem: {e}")),
-            }
-        }
-        let params = match params.build_rustls() {
-            Ok(p) => p,
-            Err(e) => return Outcome::Permanent(format!("TLS settings for {host:?}: {e}")),
-        };
-        transport = transport.tls(match tls {
-            // STARTTLS is required, never opportunistic: a server that
-            // does not offer it fails the send instead of getting plain text.
-            SmtpTls::Starttls => Tls::Required(params),
-            _ => Tls::Wrapper(params),
-        });
-    }
-    if let (Some(user), Some(password)) = (username, password) {
-        transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
-    }
-    match transport.build().send(mail).await {
-        Ok(_) => Outcome::Accepted,
-        Err(e) if e.is_permanent() => Outcome::Permanent(format!("SMTP: {e}")),
-        Err(e) => Outcome::Retry {
-            after: None,
-            error: format!("SMTP: {e}"),
+    let target = super::smtp::Target {
+        host,
+        port: smtp_port(*port, *tls),
+        tls: *tls,
+        credentials: match (username, password) {
+            (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password.clone())),
+            _ => None,
         },
-    }
+        ca_pem: ca_pem.as_deref(),
+    };
+    super::smtp::send(&target, &mail, SEND_TIMEOUT).await
 }
 
 #[cfg(test)]
