@@ -26,7 +26,7 @@ use super::policy::Outcome;
 use super::receiver;
 use crate::AppState;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::store::notify::StoredReceiver;
+use crate::store::notify::{AddReceiver, AddRoute, MAX_RECEIVERS, MAX_ROUTES, StoredReceiver};
 use crate::store::now_ms;
 
 /// Most dead letters one request lists.
@@ -64,11 +64,19 @@ async fn add_receiver(
         config: new.config,
         rate_per_sec,
     };
-    if !state.store.add_receiver(stored, now_ms()).await? {
-        return Err(ApiError::Conflict(format!(
-            "a receiver named {:?} exists; delete it first to replace it",
-            new.name
-        )));
+    match state.store.add_receiver(stored, now_ms()).await? {
+        AddReceiver::Added => {}
+        AddReceiver::Exists => {
+            return Err(ApiError::Conflict(format!(
+                "a receiver named {:?} exists; delete it first to replace it",
+                new.name
+            )));
+        }
+        AddReceiver::Full => {
+            return Err(ApiError::Conflict(format!(
+                "there are {MAX_RECEIVERS} receivers, the most allowed; delete one first"
+            )));
+        }
     }
     state.notifier.wake();
     let info = state
@@ -147,12 +155,13 @@ async fn add_route(
     route.severities.sort();
     route.severities.dedup();
     let receiver = route.receiver.clone();
-    let info = state
-        .store
-        .add_route(route, now_ms())
-        .await?
-        .ok_or_else(|| no_receiver(&receiver))?;
-    Ok(Json(info))
+    match state.store.add_route(route, now_ms()).await? {
+        AddRoute::Added(info) => Ok(Json(info)),
+        AddRoute::NoReceiver => Err(no_receiver(&receiver)),
+        AddRoute::Full => Err(ApiError::Conflict(format!(
+            "there are {MAX_ROUTES} routes, the most allowed; delete one first"
+        ))),
+    }
 }
 
 async fn delete_route(

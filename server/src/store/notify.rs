@@ -30,6 +30,30 @@ pub const MAX_PENDING_PER_RECEIVER: i64 = 10_000;
 /// How long finished deliveries (and dead letters) are kept: a week.
 pub const RETENTION_MS: i64 = 7 * 24 * 3_600 * 1_000;
 
+/// Most receivers (each has a delivery worker) and routes.
+pub const MAX_RECEIVERS: i64 = 100;
+pub const MAX_ROUTES: i64 = 1_000;
+
+/// What [`Store::add_receiver`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddReceiver {
+    Added,
+    /// One of that name exists.
+    Exists,
+    /// [`MAX_RECEIVERS`] exist.
+    Full,
+}
+
+/// What [`Store::add_route`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddRoute {
+    Added(RouteInfo),
+    /// Its receiver does not exist.
+    NoReceiver,
+    /// [`MAX_ROUTES`] exist.
+    Full,
+}
+
 /// Outbox rows routed per transaction.
 pub const ROUTE_BATCH_ROWS: usize = 100;
 
@@ -101,16 +125,34 @@ fn json_list(text: &str) -> Vec<String> {
 }
 
 impl Store {
-    /// Adds a receiver; `false` when one of that name exists.
-    pub async fn add_receiver(&self, receiver: StoredReceiver, now: i64) -> anyhow::Result<bool> {
+    /// Adds a receiver, unless one of that name exists or there are
+    /// [`MAX_RECEIVERS`] already (each has a worker task).
+    pub async fn add_receiver(
+        &self,
+        receiver: StoredReceiver,
+        now: i64,
+    ) -> anyhow::Result<AddReceiver> {
         let config = serde_json::to_string(&receiver.config)?;
         self.call(move |c| {
-            let added = c.execute(
-                "INSERT OR IGNORE INTO notify_receivers (name, kind, config, rate_per_sec, created_at_ms)
+            let tx = c.transaction()?;
+            let (exists, count): (bool, i64) = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM notify_receivers WHERE name = ?1), COUNT(*) FROM notify_receivers",
+                [&receiver.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if exists {
+                return Ok(AddReceiver::Exists);
+            }
+            if count >= MAX_RECEIVERS {
+                return Ok(AddReceiver::Full);
+            }
+            tx.execute(
+                "INSERT INTO notify_receivers (name, kind, config, rate_per_sec, created_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![receiver.name, kind_of(&receiver.config), config, receiver.rate_per_sec, now],
             )?;
-            Ok(added == 1)
+            tx.commit()?;
+            Ok(AddReceiver::Added)
         })
         .await
     }
@@ -209,17 +251,22 @@ impl Store {
         .await
     }
 
-    /// Adds a route; `None` when its receiver does not exist.
-    pub async fn add_route(&self, route: NewRoute, now: i64) -> anyhow::Result<Option<RouteInfo>> {
+    /// Adds a route, unless its receiver does not exist or there are
+    /// [`MAX_ROUTES`] already.
+    pub async fn add_route(&self, route: NewRoute, now: i64) -> anyhow::Result<AddRoute> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            let exists: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM notify_receivers WHERE name = ?1)",
+            let (exists, count): (bool, i64) = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM notify_receivers WHERE name = ?1),
+                        (SELECT COUNT(*) FROM notify_routes)",
                 [&route.receiver],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             if !exists {
-                return Ok(None);
+                return Ok(AddRoute::NoReceiver);
+            }
+            if count >= MAX_ROUTES {
+                return Ok(AddRoute::Full);
             }
             tx.execute(
                 "INSERT INTO notify_routes (receiver, tags, severities, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -232,7 +279,7 @@ impl Store {
             )?;
             let id = tx.last_insert_rowid();
             tx.commit()?;
-            Ok(Some(RouteInfo {
+            Ok(AddRoute::Added(RouteInfo {
                 id,
                 receiver: route.receiver,
                 tags: route.tags,
@@ -584,30 +631,35 @@ mod tests {
         assert_eq!(routed.unrouted, vec!["check/ab/x@1#1".to_owned()]);
         assert!(deliveries(&store).await.is_empty());
 
-        assert!(store.add_receiver(hook("all"), 1).await.unwrap());
-        assert!(
-            !store.add_receiver(hook("all"), 1).await.unwrap(),
+        assert_eq!(
+            store.add_receiver(hook("all"), 1).await.unwrap(),
+            AddReceiver::Added
+        );
+        assert_eq!(
+            store.add_receiver(hook("all"), 1).await.unwrap(),
+            AddReceiver::Exists,
             "a second add of one name"
         );
-        assert!(store.add_receiver(hook("pager"), 1).await.unwrap());
+        assert_eq!(
+            store.add_receiver(hook("pager"), 1).await.unwrap(),
+            AddReceiver::Added
+        );
         let route = NewRoute {
             receiver: "pager".into(),
             tags: vec!["db".into()],
             severities: vec!["critical".into()],
         };
-        store.add_route(route, 2).await.unwrap().unwrap();
-        assert!(
-            store
-                .add_route(
-                    NewRoute {
-                        receiver: "nobody".into(),
-                        ..NewRoute::default()
-                    },
-                    2
-                )
-                .await
-                .unwrap()
-                .is_none()
+        assert!(matches!(
+            store.add_route(route, 2).await.unwrap(),
+            AddRoute::Added(_)
+        ));
+        let nobody = NewRoute {
+            receiver: "nobody".into(),
+            ..NewRoute::default()
+        };
+        assert_eq!(
+            store.add_route(nobody, 2).await.unwrap(),
+            AddRoute::NoReceiver
         );
 
         outbox(&store, "check/ab/disk@5#1", &["db", "prod"], "critical").await;
@@ -730,6 +782,36 @@ mod tests {
         // The stored config keeps its secret for sending.
         let stored = store.stored_receivers().await.unwrap();
         assert_eq!(stored[0].config, mail.config);
+    }
+
+    #[tokio::test]
+    async fn receivers_and_routes_are_bounded() {
+        let (_dir, store) = store().await;
+        for i in 0..MAX_RECEIVERS {
+            let added = store.add_receiver(hook(&format!("r{i}")), 0).await.unwrap();
+            assert_eq!(added, AddReceiver::Added);
+        }
+        assert_eq!(
+            store.add_receiver(hook("one-more"), 0).await.unwrap(),
+            AddReceiver::Full
+        );
+        store
+            .call(|c| {
+                c.execute(
+                    "WITH RECURSIVE n(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM n WHERE v < ?1)
+                     INSERT INTO notify_routes (receiver, tags, severities, created_at_ms)
+                     SELECT 'r0', '[]', '[]', 0 FROM n",
+                    [MAX_ROUTES],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let route = NewRoute {
+            receiver: "r1".into(),
+            ..NewRoute::default()
+        };
+        assert_eq!(store.add_route(route, 0).await.unwrap(), AddRoute::Full);
     }
 
     #[tokio::test]

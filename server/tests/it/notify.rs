@@ -428,6 +428,19 @@ async fn receiver_api_checks_input_tests_delivery_and_never_shows_secrets() {
         .await;
     assert_eq!(status, 404);
 
+    // A Slack URL is the secret: an error never repeats it.
+    add_receiver(
+        &server,
+        json!({"name": "chat", "config": {"kind": "slack", "url": "http://127.0.0.1:1/services/T0/B0/SLACKSECRET"}}),
+    )
+    .await;
+    let tested = server
+        .admin("POST", "/api/v1/receivers/chat/test", None)
+        .await;
+    assert_eq!(tested["delivered"], false);
+    let error = tested["error"].as_str().unwrap();
+    assert!(!error.contains("SLACKSECRET"), "{error}");
+
     server.admin("DELETE", "/api/v1/receivers/ops", None).await;
     let (status, answer) = server
         .http("POST", "/api/v1/receivers/ops/test", Some(&auth), None)
