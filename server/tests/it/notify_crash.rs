@@ -147,23 +147,24 @@ async fn sigkill_at_every_delivery_step_loses_nothing_and_duplicates_only_by_key
     let hook = Hook::start().await;
 
     let server = Proc::start(dir.path());
-    // One message a second: the second message waits in the queue, routed
-    // and not yet sent, long enough to kill the server there.
     server
         .post(
             "/api/v1/receivers",
-            json!({"name": "ops", "rate_per_sec": 1,
+            json!({"name": "ops",
                    "config": {"kind": "webhook", "url": hook.url("/hook"), "secret": SECRET}}),
         )
         .await;
-    let warmup = insert_outbox(
+
+    // Step 1: killed after routing, before sending. The receiver holds the
+    // first message, so the worker (which sends in order) cannot have sent
+    // the second, routed one when the server dies.
+    hook.script(&[Reply::Hold]);
+    let first = insert_outbox(
         &db,
         &[],
-        &[notification(AGENT, "warmup", NotificationKind::Firing, 1)],
+        &[notification(AGENT, "load", NotificationKind::Firing, 1)],
     );
     hook.wait_for(1, Duration::from_secs(20)).await;
-
-    // Step 1: killed after routing, before sending.
     let key = insert_outbox(
         &db,
         &["prod"],
@@ -171,25 +172,26 @@ async fn sigkill_at_every_delivery_step_loses_nothing_and_duplicates_only_by_key
     );
     wait_state(&db, &key, "pending").await;
     server.kill();
-    let sent_before_kill = hook.received().len();
-    assert_eq!(
-        sent_before_kill, 1,
-        "the routed delivery had not been sent yet"
-    );
+    hook.release();
+    assert_eq!(hook.received().len(), 1, "the routed message was not sent");
+    assert_eq!(state_of(&db, &first).as_deref(), Some("pending"));
 
-    // Step 2: killed while the receiver is slow to answer.
-    hook.script(&[Reply::Hold]);
+    // Step 2: killed while the receiver is slow to answer. The restarted
+    // server first resends the held message (accepted now), then the
+    // routed one, which the receiver holds.
+    hook.script(&[Reply::Status(200), Reply::Hold]);
     let server = Proc::start(dir.path());
-    hook.wait_for(2, Duration::from_secs(20)).await;
+    hook.wait_for(3, Duration::from_secs(20)).await;
     server.kill();
     hook.release();
+    assert_eq!(state_of(&db, &first).as_deref(), Some("sent"));
     assert_eq!(state_of(&db, &key).as_deref(), Some("pending"));
 
     // Step 3: killed after the receiver accepted, before the mark committed
     // (the test holds the database's write lock across the acceptance).
     hook.script(&[Reply::Hold]);
     let server = Proc::start(dir.path());
-    hook.wait_for(3, Duration::from_secs(20)).await;
+    hook.wait_for(4, Duration::from_secs(20)).await;
     let mut lock = rusqlite::Connection::open(&db).unwrap();
     let tx = lock
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -227,7 +229,7 @@ async fn sigkill_at_every_delivery_step_loses_nothing_and_duplicates_only_by_key
         .map(|rs| rs[0].json()["batch_key"].as_str().unwrap().to_owned())
         .collect();
     // 0 lost, 0 duplicated after dedupe by key.
-    let mut expected = vec![warmup, key.clone(), later];
+    let mut expected = vec![first.clone(), key.clone(), later];
     expected.sort();
     let mut batches_sorted = batches.clone();
     batches_sorted.sort();
@@ -249,5 +251,14 @@ async fn sigkill_at_every_delivery_step_loses_nothing_and_duplicates_only_by_key
         resends.len(),
         3,
         "sent while slow, accepted before the mark, then once more"
+    );
+    let first_copies = by_key
+        .values()
+        .find(|rs| rs[0].json()["batch_key"] == first.as_str())
+        .unwrap();
+    assert_eq!(
+        first_copies.len(),
+        2,
+        "held when the server died, then accepted"
     );
 }
