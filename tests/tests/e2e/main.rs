@@ -1,6 +1,7 @@
 //! End-to-end tests of the walking skeleton: stub → signed build → agent →
 //! server → check result, with the real binaries on loopback.
 
+mod alerting;
 mod fleet;
 mod install;
 mod outage;
