@@ -97,7 +97,7 @@ fn operator_adds_tests_and_routes_a_receiver_and_an_outbox_notification_reaches_
         "webhook",
         "ops",
         "--url",
-        &url,
+        url,
         "--secret-file",
         secret.to_str().unwrap(),
     ]);
