@@ -450,3 +450,30 @@ async fn receiver_api_checks_input_tests_delivery_and_never_shows_secrets() {
     assert_eq!(status, 401);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_slow_receiver_and_the_message_stays_queued() {
+    let server = Server::start().await;
+    let hook = Hook::start().await;
+    hook.script(&[Reply::Hold]);
+    webhook(&server, &hook, "ops").await;
+    let key = insert_outbox(
+        &db(&server),
+        &[],
+        &[notification(AGENT, "disk", NotificationKind::Firing, 1)],
+    );
+    hook.wait_for(1, Duration::from_secs(10)).await;
+    // Fails the test unless the server exits within 10 s: the request the
+    // receiver holds (for ever) must not keep it.
+    let data = server.stop_keeping_data().await;
+    let state: String = rusqlite::Connection::open(data.path().join("outrider.db"))
+        .unwrap()
+        .query_row(
+            "SELECT state FROM notify_deliveries WHERE batch_key = ?1",
+            [&key],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(state, "pending", "sent again by the next server");
+    hook.release();
+}
