@@ -42,8 +42,9 @@
 //!   itself deduplicates (a second trigger of an open alert or a second
 //!   resolve changes nothing). So the only duplicates a receiver can see
 //!   are resends of the very same message with the same key, and only
-//!   after a crash or a lost answer. Slack has no idempotency key: after
-//!   such a crash a Slack channel can show a message twice.
+//!   after a crash, a lost answer (timeout after the receiver acted) or a
+//!   failed write of the mark. Slack has no idempotency key: after such an
+//!   event a Slack channel can show a message twice.
 //!
 //! The crash test (`tests/it/notify_crash.rs`) SIGKILLs the real server
 //! binary at each of these steps and checks exactly this: every
