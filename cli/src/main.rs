@@ -13,6 +13,7 @@ mod keys;
 mod output;
 mod plugins;
 mod quickstart;
+mod receivers;
 mod release;
 mod run;
 mod tokens;
@@ -78,6 +79,11 @@ enum Command {
     Alerts(alerts::AlertsArgs),
     /// Add, list and expire silences (maintenance windows).
     Silences(alerts::SilencesArgs),
+
+    /// Add, list, test and delete alert receivers; list dead letters.
+    Receivers(receivers::ReceiversArgs),
+    /// Choose which receivers get which alerts (by tag and severity).
+    Routes(receivers::RoutesArgs),
     /// Build everything, start a server and a local agent on the embedded defaults.
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -113,6 +119,12 @@ fn main() -> ExitCode {
             .and_then(|c| alerts::run_alerts(&c, &cli.global, args)),
         Command::Silences(args) => ApiClient::from_args(&cli.global)
             .and_then(|c| alerts::run_silences(&c, &cli.global, args)),
+
+        Command::Receivers(args) => {
+            ApiClient::from_args(&cli.global).and_then(|c| receivers::run(&c, &cli.global, args))
+        }
+        Command::Routes(args) => ApiClient::from_args(&cli.global)
+            .and_then(|c| receivers::run_routes(&c, &cli.global, args)),
         Command::Quickstart(args) => quickstart::run(args),
     };
     match result {

@@ -459,3 +459,152 @@ mod tests {
         }
     }
 }
+
+/// How a receiver is reached, as given to `POST /api/v1/receivers`. The
+/// secrets in it (webhook secret, Slack URL, PagerDuty routing key, SMTP
+/// password) are stored by the server and never shown again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ReceiverConfig {
+    /// JSON `POST` signed with `X-Outrider-Signature: sha256=<hex HMAC>`.
+    Webhook {
+        /// `http(s)://…`; plain `http` only to a loopback address.
+        url: String,
+        /// HMAC-SHA256 key of the signature, at least 16 bytes.
+        secret: String,
+    },
+    /// A Slack incoming webhook (its URL is the secret).
+    Slack {
+        /// `https://hooks.slack.com/services/…` (or a loopback `http` URL).
+        url: String,
+    },
+    /// PagerDuty Events API v2.
+    Pagerduty {
+        /// The integration's routing key.
+        routing_key: String,
+        /// The enqueue endpoint; default `https://events.pagerduty.com/v2/enqueue`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
+    /// Email over SMTP.
+    Email {
+        /// SMTP server host name or address.
+        host: String,
+        /// Port; default 587 for `starttls`, 465 for `tls`, 25 for `none`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        /// `starttls` (default), `tls` (implicit TLS), or `none` (loopback only).
+        #[serde(default)]
+        tls: SmtpTls,
+        /// SMTP user; with `password`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        /// Sender address.
+        from: String,
+        /// Recipient addresses (1 to 32).
+        to: Vec<String>,
+        /// PEM of a CA certificate trusted besides the public roots (a
+        /// relay with a private CA).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_pem: Option<String>,
+    },
+}
+
+/// Transport security of an email receiver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required, not opportunistic).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+    /// No encryption: allowed only to a loopback host (local relays, tests).
+    None,
+}
+
+/// `POST /api/v1/receivers` body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewReceiver {
+    /// 1-64 characters of a-z, 0-9, '_', '.', '-'.
+    pub name: String,
+    pub config: ReceiverConfig,
+    /// Most messages sent per second; default and ceiling per kind (Slack
+    /// 1, PagerDuty 2, webhook 10, email 5 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<u32>,
+}
+
+/// `GET /api/v1/receivers` rows: no secrets, only where messages go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiverInfo {
+    pub name: String,
+    /// `webhook`, `slack`, `pagerduty` or `email`.
+    pub kind: String,
+    /// Where it sends, without secrets (`https://host/…`, `ops@x via smtp:587`).
+    pub target: String,
+    pub rate_per_sec: u32,
+    pub created_at_ms: i64,
+    /// Deliveries waiting (or retrying), delivered, and dead-lettered.
+    pub pending: u64,
+    pub sent: u64,
+    pub dead: u64,
+}
+
+/// `POST /api/v1/routes` body: the receiver gets the groups whose tags
+/// include every one of `tags` and whose worst status is one of
+/// `severities` (empty: any). A receiver without routes gets everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRoute {
+    pub receiver: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Any of `critical`, `warning`, `unknown`, `ok`.
+    #[serde(default)]
+    pub severities: Vec<String>,
+}
+
+/// `GET /api/v1/routes` rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    pub id: i64,
+    pub receiver: String,
+    pub tags: Vec<String>,
+    pub severities: Vec<String>,
+    pub created_at_ms: i64,
+}
+
+/// `GET /api/v1/dead-letters` rows: deliveries given up, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub receiver: String,
+    /// The delivery's idempotency key (`<incident>#<seq>` of each notification).
+    pub batch_key: String,
+    /// The group (`agent/<fingerprint>`, `site/<tag>`).
+    pub group: String,
+    /// Titles of its notifications.
+    pub titles: Vec<String>,
+    pub attempts: u32,
+    /// Why it was given up.
+    pub error: String,
+    pub created_at_ms: i64,
+    pub failed_at_ms: i64,
+}
+
+/// Answer of `POST /api/v1/receivers/{name}/test`: a test message was sent
+/// now, outside the queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiverTestResult {
+    pub receiver: String,
+    /// Whether the receiver accepted it.
+    pub delivered: bool,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -43,7 +43,7 @@ use outrider_alerting::config::GateRule;
 use outrider_alerting::{Action, Config, Engine, Event, Notification, State, Status};
 use outrider_protocol::api::{CheckInfo, Presence};
 use outrider_protocol::{CheckResult, CheckState, Fingerprint};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -82,6 +82,9 @@ pub struct Alerts {
     /// How long a Goodbye waits for the agent to come back before it is a
     /// deregistration (see "Goodbyes" above).
     goodbye_grace_ms: u64,
+    /// Rung after new outbox rows are committed, so they are routed at once
+    /// rather than at the notifier's next poll.
+    queued: Arc<Notify>,
 }
 
 /// Presence of one session, as [`Alerts::presence`] takes it.
@@ -112,7 +115,8 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 
 impl Alerts {
     /// Resumes the engine from the stored state (or starts a fresh one)
-    /// for a server that started at `started_ms`.
+    /// for a server that started at `started_ms`; `queued` is rung after
+    /// each commit that added outbox rows.
     ///
     /// Fails when the store fails, the stored state cannot be read, or
     /// `config` is invalid.
@@ -121,6 +125,7 @@ impl Alerts {
         base: Config,
         goodbye_grace: Duration,
         started_ms: u64,
+        queued: Arc<Notify>,
     ) -> anyhow::Result<Alerts> {
         let checks = store.checks().await?;
         let config = engine_config(&base, &checks).context("the alert rules of the checks")?;
@@ -151,6 +156,7 @@ impl Alerts {
             store,
             base,
             goodbye_grace_ms: u64::try_from(goodbye_grace.as_millis()).unwrap_or(u64::MAX),
+            queued,
         };
         alerts.reconcile(deregistered).await;
         Ok(alerts)
@@ -328,6 +334,7 @@ impl Alerts {
             Ok(new) => {
                 if new > 0 {
                     info!(rows = new, "alert notifications queued in the outbox");
+                    self.queued.notify_one();
                 }
                 inner.pending.clear();
                 inner.dirty = false;
@@ -650,9 +657,15 @@ mod tests {
             ..Config::default()
         };
         let started = now_ms_u64() - 60_000;
-        let alerts = Alerts::start(store, config, Duration::from_secs(30), started)
-            .await
-            .unwrap();
+        let alerts = Alerts::start(
+            store,
+            config,
+            Duration::from_secs(30),
+            started,
+            Arc::new(Notify::new()),
+        )
+        .await
+        .unwrap();
         alerts
             .presence(&fp, 1, SessionEvent::Opened, Vec::new())
             .await;

@@ -26,6 +26,7 @@
 //! | `GET  /api/v1/events`                   | admin  | live events (Server-Sent Events)       |
 //! | `GET  /api/v1/alerts…`, `/api/v1/silences…` | admin | alerting ([`crate::alerts::api`])   |
 //! | `PUT  /api/v1/releases/...`             | admin  | release uploads ([`outrider_update_server`]) |
+//! | `/api/v1/receivers`, `/api/v1/routes`, `/api/v1/dead-letters` | admin | alert receivers, routes, dead letters ([`crate::notify::api`]) |
 //!
 //! Every error is JSON `{"error": "..."}` ([`crate::error`]), including
 //! unknown routes, wrong methods and bodies that do not parse.
@@ -81,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state.clone())
         .merge(crate::metrics::admin_routes(state.clone()))
         .merge(crate::alerts::api::admin_routes(state.clone()))
+        .merge(crate::notify::api::routes(state.clone()))
         .merge(outrider_update_server::admin_router(state.releases.clone()))
         // `route_layer`: only matched admin routes require the token; an
         // unknown path must stay a 404, not turn into a 401.
@@ -128,7 +130,7 @@ pub fn parse_fp(text: &str) -> Result<Fingerprint, ApiError> {
 }
 
 /// Checks and normalises a tag list.
-fn valid_tags(tags: &[String], what: &str) -> Result<Vec<String>, ApiError> {
+pub(crate) fn valid_tags(tags: &[String], what: &str) -> Result<Vec<String>, ApiError> {
     if tags.len() > MAX_TAGS {
         return Err(ApiError::BadRequest(format!(
             "{what}: {} tags exceed the limit of {MAX_TAGS}",

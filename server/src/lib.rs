@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod install;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod nudges;
 pub mod openapi;
 pub mod plugins;
@@ -73,6 +74,8 @@ pub struct AppState {
     pub alerts: Arc<alerts::Alerts>,
     /// Metric side: ingest counters, Graphite queue ([`metrics`]).
     pub metrics: metrics::Metrics,
+    /// Alert notification routing and delivery ([`notify`]).
+    pub notifier: Arc<notify::Notifier>,
     /// Update nudges after release changes ([`nudges`]).
     pub nudges: Arc<nudges::Nudges>,
     pub shutdown: CancellationToken,
@@ -128,12 +131,17 @@ pub async fn run(
         None => config.alerting.clone(),
     };
     let started_ms = u64::try_from(store::now_ms()).unwrap_or(0);
+    // The outbox's doorbell: the alert driver rings it, the notifier answers.
+    let outbox_rows = Arc::new(tokio::sync::Notify::new());
+    let notifier =
+        Arc::new(notify::Notifier::new(outbox_rows.clone()).context("starting the notifier")?);
     let alerts = Arc::new(
         alerts::Alerts::start(
             store.clone(),
             alerting,
             Duration::from_millis(config.alert_goodbye_grace_ms),
             started_ms,
+            outbox_rows,
         )
         .await
         .context("starting alerting")?,
@@ -149,6 +157,7 @@ pub async fn run(
         })
     });
     let state = Arc::new(AppState {
+        notifier: notifier.clone(),
         store,
         releases: Arc::new(releases),
         nudges: nudges.clone(),
@@ -180,6 +189,12 @@ pub async fn run(
         Duration::from_millis(state.config.alert_tick_ms),
         shutdown.clone(),
     ));
+
+    state.tasks.spawn({
+        let shutdown = shutdown.clone();
+        let store = state.store.clone();
+        async move { notifier.run(store, shutdown).await }
+    });
 
     let addr = listener.local_addr().context("reading the bound address")?;
     if let Some(ready) = &state.config.ready_file {

@@ -15,6 +15,7 @@ mod agents;
 pub mod alerts;
 mod checks;
 pub mod metrics;
+pub mod notify;
 mod results;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -182,6 +183,9 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
         .context("applying the alert outbox schema")?;
     tx.execute_batch(include_str!("store/alerts.sql"))
         .context("applying the alert state schema")?;
+
+    tx.execute_batch(include_str!("store/notify.sql"))
+        .context("applying the notifier schema")?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -129,12 +129,18 @@ impl Server {
 
     /// Cancels the server and waits for a clean exit.
     pub async fn stop(self) {
+        drop(self.stop_keeping_data().await);
+    }
+
+    /// [`Server::stop`], handing back the data directory to inspect.
+    pub async fn stop_keeping_data(self) -> TempDir {
         self.shutdown.cancel();
         let result = tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .expect("server did not stop within 10 s")
             .expect("server task panicked");
         result.expect("server returned an error");
+        self._dir
     }
 
     /// One HTTP/1.1 request; returns the status and the body parsed as JSON

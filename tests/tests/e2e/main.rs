@@ -8,6 +8,7 @@ mod install;
 mod outage;
 mod policy;
 mod portable;
+mod receivers;
 mod secrets;
 mod services;
 mod skeleton;

@@ -198,7 +198,10 @@ fn the_portable_agent_installs_registers_reports_and_swaps_on_debian_11() {
     let work = tempfile::tempdir_in(root.join("tmp")).unwrap();
     let nagios = Path::new("usr/lib/nagios/plugins");
     std::fs::create_dir_all(root.join(nagios)).unwrap();
-    let name = format!("check_{}", work.path().file_name().unwrap().to_str().unwrap());
+    let name = format!(
+        "check_{}",
+        work.path().file_name().unwrap().to_str().unwrap()
+    );
     let plugin = outrider_tests::script(&root.join(nagios), &name, BULLSEYE_PLUGIN);
     let _remove_plugin = RemoveOnDrop(plugin.clone());
     let plugin_inside = Path::new("/").join(nagios).join(&name);
