@@ -6,14 +6,15 @@
 //! |------------------------------|---------------------------|-----------------|
 //! | `GET /api/v1/series`         | admin                     | `query`         |
 //! | `GET /api/v1/series/query`   | admin                     | `query`         |
-//! | `GET /metrics`               | none, or `--metrics-token`| [`prometheus`]  |
+//! | `GET /metrics`               | see [`MetricsAccess`]     | [`prometheus`]  |
 //!
-//! `/metrics` is unauthenticated by default, like most exporters, because
-//! Prometheus scrapes it from inside the operator's network; it exposes
-//! fingerprints, host names, check names and values, nothing that allows
-//! changing anything. `--metrics-token` makes it require
+//! `/metrics` exposes fingerprints, host names, check names and values,
+//! nothing that allows changing anything. It is open without a token only
+//! while the server listens on loopback (a local Prometheus); bound to any
+//! other address it needs `--metrics-token(-file)` and answers 401 without
+//! one ([`MetricsAccess`]). With a token it requires
 //! `Authorization: Bearer <token>` (Prometheus: `authorization:
-//! { credentials: <token> }` in the scrape config).
+//! { credentials_file: … }` in the scrape config).
 //!
 //! Background tasks ([`spawn`]): the retention loop and, when configured,
 //! the Graphite sender, both on the server's task tracker and stopped by
