@@ -125,10 +125,10 @@ fn screen(
             Ok(()) => accepted.push(r),
             Err(refusal) => {
                 refused_up_to = refused_up_to.max(r.seq);
-                if state.metrics.counters.refused_result(refusal, fp, &r.check) {
-                    // Debug-formatted: control characters from the agent
-                    // are escaped, and the name is cut short.
-                    let shown: String = r.check.chars().take(80).collect();
+                // Cut short (a refused name may be up to a frame long) and
+                // Debug-formatted below, so control characters are escaped.
+                let shown: String = r.check.chars().take(80).collect();
+                if state.metrics.counters.refused_result(refusal, fp, &shown) {
                     warn!(
                         fingerprint = %fp,
                         check = ?shown,

@@ -228,7 +228,8 @@ impl Counters {
     }
 
     /// Counts a result of `fp` refused for `why`; true when it should be
-    /// logged: the first time for each agent and name, then (once
+    /// logged: the first time for each agent and `name` (the caller cuts
+    /// it short: it is remembered), then (once
     /// [`MAX_LOGGED_REFUSALS`] pairs are remembered) at most once per
     /// [`REFUSAL_LOG_INTERVAL`], so a hostile agent cannot flood the log.
     pub fn refused_result(&self, why: Refusal, fp: &Fingerprint, name: &str) -> bool {
@@ -384,6 +385,34 @@ mod tests {
             Err(MetricsConfigError::EmptyMetricsToken)
         ));
         assert!(MetricsConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn refusals_are_counted_always_and_logged_once_per_agent_and_name() {
+        let counters = Counters::default();
+        let a: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        let b: Fingerprint = "1123456789abcdef0123".parse().unwrap();
+        let nc = Refusal::NotConfigured;
+        assert!(counters.refused_result(nc, &a, "x"));
+        assert!(!counters.refused_result(nc, &a, "x"));
+        assert!(counters.refused_result(Refusal::Reserved, &a, "y"));
+        assert!(counters.refused_result(nc, &b, "x"));
+        for i in 3..MAX_LOGGED_REFUSALS {
+            assert!(counters.refused_result(nc, &a, &format!("n{i}")));
+        }
+        // Remembering no more pairs: one line per interval from now on.
+        assert!(counters.refused_result(nc, &a, "new-1"));
+        assert!(!counters.refused_result(nc, &a, "new-2"));
+        assert!(!counters.refused_result(nc, &b, "x"));
+        let total = MAX_LOGGED_REFUSALS as u64 + 4;
+        assert_eq!(
+            counters.refused[nc.index()].load(Ordering::Relaxed),
+            total - 1
+        );
+        assert_eq!(
+            counters.refused[Refusal::Reserved.index()].load(Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]
