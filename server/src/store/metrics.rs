@@ -15,8 +15,9 @@
 //!   in a transaction that rolled back are dropped with it (the caller
 //!   clears the cache when a transaction fails).
 //! - Retention ([`Store::retention_step`]) works on at most
-//!   [`SERIES_PER_STEP`] series per transaction and releases the connection
-//!   between steps, so ingest never waits behind one long write.
+//!   [`SERIES_PER_STEP`] series and [`POINTS_PER_STEP`] points per
+//!   transaction and releases the connection between steps, so ingest
+//!   never waits behind one long write.
 //! - Rolling up is a merge (samples and sums add, min and max fold): a late
 //!   sample folded into an existing bucket gives the same row as if it had
 //!   arrived on time.
@@ -50,6 +51,11 @@ pub const MAX_QUERY_POINTS: usize = 10_000;
 
 /// Series handled by one retention transaction.
 pub const SERIES_PER_STEP: usize = 200;
+
+/// Raw points folded by one retention transaction at most, however many
+/// a series holds (a flood of back-dated samples): bounds how long one
+/// step holds the store's connection.
+pub const POINTS_PER_STEP: usize = 20_000;
 
 /// Agents whose old results one retention transaction deletes.
 pub const AGENTS_PER_STEP: usize = 50;
@@ -506,43 +512,8 @@ impl Store {
     ) -> anyhow::Result<StepOutcome> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            let ids: Vec<i64> = {
-                let mut stmt =
-                    tx.prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-                stmt.query_map(params![after, SERIES_PER_STEP as i64], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?
-            };
-            let mut outcome = StepOutcome::default();
-            {
-                let mut fold = tx.prepare_cached(
-                    "INSERT INTO rollups (series_id, bucket_ms, samples, min_value, max_value, sum_value)
-                     SELECT series_id, ts_ms - (ts_ms % ?3), COUNT(*), MIN(value), MAX(value), SUM(value)
-                     FROM points WHERE series_id = ?1 AND ts_ms < ?2
-                     GROUP BY 2
-                     ON CONFLICT (series_id, bucket_ms) DO UPDATE SET
-                         samples = samples + excluded.samples,
-                         min_value = MIN(min_value, excluded.min_value),
-                         max_value = MAX(max_value, excluded.max_value),
-                         sum_value = sum_value + excluded.sum_value",
-                )?;
-                let mut delete_points =
-                    tx.prepare_cached("DELETE FROM points WHERE series_id = ?1 AND ts_ms < ?2")?;
-                let mut delete_rollups =
-                    tx.prepare_cached("DELETE FROM rollups WHERE series_id = ?1 AND bucket_ms < ?2")?;
-                let mut delete_unknown = tx.prepare_cached(
-                    "DELETE FROM unknown_points WHERE series_id = ?1 AND ts_ms < ?2",
-                )?;
-                for &id in &ids {
-                    fold.execute(params![id, cutoffs.raw_before_ms, ROLLUP_BUCKET_MS])?;
-                    outcome.points_rolled_up +=
-                        delete_points.execute(params![id, cutoffs.raw_before_ms])? as u64;
-                    outcome.rollups_deleted +=
-                        delete_rollups.execute(params![id, cutoffs.rollups_before_ms])? as u64;
-                    delete_unknown.execute(params![id, cutoffs.raw_before_ms])?;
-                }
-            }
+            let outcome = retention_tx(&tx, after, cutoffs, POINTS_PER_STEP)?;
             tx.commit()?;
-            outcome.next = (ids.len() == SERIES_PER_STEP).then(|| ids[ids.len() - 1]);
             Ok(outcome)
         })
         .await
@@ -586,6 +557,68 @@ pub struct ResultsCursor {
     /// Last sequence number looked at (results the server writes itself
     /// have negative ones, so a fresh agent starts at `i64::MIN`).
     pub after_seq: i64,
+}
+
+/// The body of [`Store::retention_step`]: at most [`SERIES_PER_STEP`]
+/// series and `points_budget` raw points folded. A series with more
+/// expired points than the budget left is folded oldest first up to the
+/// budget and the cursor stays on it (folding is a merge, so a bucket
+/// folded in two steps gives the same rollup).
+fn retention_tx(
+    tx: &Transaction<'_>,
+    after: i64,
+    cutoffs: Cutoffs,
+    points_budget: usize,
+) -> rusqlite::Result<StepOutcome> {
+    let ids: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?
+        .query_map(params![after, SERIES_PER_STEP as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut fold = tx.prepare_cached(
+        "INSERT INTO rollups (series_id, bucket_ms, samples, min_value, max_value, sum_value)
+         SELECT series_id, ts_ms - (ts_ms % ?3), COUNT(*), MIN(value), MAX(value), SUM(value)
+         FROM points WHERE series_id = ?1 AND ts_ms < ?2
+         GROUP BY 2
+         ON CONFLICT (series_id, bucket_ms) DO UPDATE SET
+             samples = samples + excluded.samples,
+             min_value = MIN(min_value, excluded.min_value),
+             max_value = MAX(max_value, excluded.max_value),
+             sum_value = sum_value + excluded.sum_value",
+    )?;
+    let mut nth_expired = tx.prepare_cached(
+        "SELECT ts_ms FROM points WHERE series_id = ?1 AND ts_ms < ?2 ORDER BY ts_ms LIMIT 1 OFFSET ?3",
+    )?;
+    let mut delete_points =
+        tx.prepare_cached("DELETE FROM points WHERE series_id = ?1 AND ts_ms < ?2")?;
+    let mut delete_rollups =
+        tx.prepare_cached("DELETE FROM rollups WHERE series_id = ?1 AND bucket_ms < ?2")?;
+    let mut delete_unknown =
+        tx.prepare_cached("DELETE FROM unknown_points WHERE series_id = ?1 AND ts_ms < ?2")?;
+    let mut outcome = StepOutcome::default();
+    let mut budget = points_budget;
+    for &id in &ids {
+        // Points at or after the budget-th expired one wait for the next step.
+        let partial: Option<i64> = nth_expired
+            .query_row(params![id, cutoffs.raw_before_ms, budget as i64], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let upto = partial.unwrap_or(cutoffs.raw_before_ms);
+        fold.execute(params![id, upto, ROLLUP_BUCKET_MS])?;
+        let folded = delete_points.execute(params![id, upto])?;
+        budget = budget.saturating_sub(folded);
+        outcome.points_rolled_up += folded as u64;
+        outcome.rollups_deleted +=
+            delete_rollups.execute(params![id, cutoffs.rollups_before_ms])? as u64;
+        delete_unknown.execute(params![id, upto])?;
+        if partial.is_some() {
+            // This series again, from the start of the next step.
+            outcome.next = Some(id - 1);
+            return Ok(outcome);
+        }
+    }
+    outcome.next = (ids.len() == SERIES_PER_STEP).then(|| ids[ids.len() - 1]);
+    Ok(outcome)
 }
 
 fn results_retention_tx(
@@ -983,6 +1016,61 @@ mod tests {
         let step = store.retention_step(0, expire).await.unwrap();
         assert_eq!(step.rollups_deleted, 2);
         assert_eq!(count(&store, "points").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_series_with_more_expired_points_than_the_budget_is_folded_in_steps() {
+        let (_dir, store, fp) = store().await;
+        let bucket = 1_000 * ROLLUP_BUCKET_MS;
+        let batch: Vec<_> = (1..=25)
+            .map(|s| {
+                result(
+                    s,
+                    bucket + s as i64 * 1_000,
+                    vec![perf("used", s as f64, "")],
+                )
+            })
+            .collect();
+        store.ingest(&fp, batch).await.unwrap();
+        let cutoffs = Cutoffs {
+            raw_before_ms: bucket + ROLLUP_BUCKET_MS,
+            rollups_before_ms: 0,
+            results_before_ms: 0,
+        };
+        let mut after = 0;
+        let mut folded = Vec::new();
+        loop {
+            let step = store
+                .call(move |c| {
+                    let tx = c.transaction()?;
+                    let step = retention_tx(&tx, after, cutoffs, 10)?;
+                    tx.commit()?;
+                    Ok(step)
+                })
+                .await
+                .unwrap();
+            folded.push(step.points_rolled_up);
+            match step.next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert_eq!(folded, [10, 10, 5]);
+        // One bucket, as if folded at once.
+        let q = query(
+            &fp,
+            bucket,
+            bucket + ROLLUP_BUCKET_MS,
+            Some(ROLLUP_BUCKET_MS),
+        );
+        let got = store.query_series(q).await.unwrap().unwrap();
+        let p = &got.points[0];
+        assert_eq!(
+            (p.count, p.min, p.max, p.value),
+            (Some(25), Some(1.0), Some(25.0), Some(13.0))
+        );
+        assert_eq!(count(&store, "rollups").await, 1);
+        assert_eq!(count(&store, "points").await, 0);
     }
 
     #[tokio::test]
