@@ -125,6 +125,22 @@ pub struct ServerConfig {
     /// says Goodbye too) before alerting counts it as deregistered.
     #[arg(long, default_value_t = crate::alerts::DEFAULT_GOODBYE_GRACE_MS)]
     pub alert_goodbye_grace_ms: u64,
+    /// Which check names agents' results may carry (see
+    /// `server/src/ingest/names.rs`); not a flag: only tests that speak for
+    /// agents without configuring their checks relax it.
+    #[arg(skip)]
+    pub result_names: ResultNames,
+}
+
+/// Which names [`crate::ingest`] accepts for results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResultNames {
+    /// Checks configured for the agent (or removed moments ago) and the
+    /// agent library's own reports: the production rule.
+    #[default]
+    Configured,
+    /// Any well-formed name.
+    AnyValid,
 }
 
 /// Every capability this server implements.
@@ -226,6 +242,7 @@ impl ServerConfig {
             alerting: outrider_alerting::Config::default(),
             alert_tick_ms: crate::alerts::DEFAULT_TICK_MS,
             alert_goodbye_grace_ms: crate::alerts::DEFAULT_GOODBYE_GRACE_MS,
+            result_names: ResultNames::default(),
         }
     }
 

@@ -16,11 +16,18 @@ use outrider_protocol::api::Event;
 use outrider_protocol::{AgentConfig, Fingerprint, MAX_MESSAGE_BYTES, ServerMessage};
 
 use crate::AppState;
+use crate::ingest::names::REMOVED_GRACE_MS;
 
 /// Computed documents by agent.
 #[derive(Debug, Default)]
 pub struct ConfigCache {
     docs: Mutex<HashMap<Fingerprint, Arc<AgentConfig>>>,
+    /// Checks that left each agent's document less than
+    /// [`REMOVED_GRACE_MS`] ago, with when (Unix ms): results of a check
+    /// just removed or renamed are still accepted while the agent catches
+    /// up (`ingest/names.rs`). Bounded by what operators remove in that
+    /// window.
+    removed: Mutex<HashMap<Fingerprint, Vec<(String, i64)>>>,
     refreshing: tokio::sync::Mutex<()>,
 }
 
@@ -32,6 +39,16 @@ impl ConfigCache {
             .unwrap_or_else(|p| p.into_inner())
             .get(fp)
             .cloned()
+    }
+
+    /// The checks that left `fp`'s document recently, with when.
+    pub fn removed(&self, fp: &Fingerprint) -> Vec<(String, i64)> {
+        self.removed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(fp)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -48,8 +65,19 @@ pub async fn refresh(
     let computed = state.store.compute_configs(only.cloned()).await?;
     let mut changed = Vec::new();
     let mut found = None;
+    let now = crate::store::now_ms();
     {
+        // Lock order: `docs`, then `removed`.
         let mut docs = state.configs.docs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut removed = state
+            .configs
+            .removed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        removed.retain(|_, names| {
+            names.retain(|(_, at)| now.saturating_sub(*at) <= REMOVED_GRACE_MS);
+            !names.is_empty()
+        });
         for c in computed {
             if let Err(e) = c.config.validate() {
                 // Cannot happen while the store keeps its plugin rules; keep
@@ -79,6 +107,18 @@ pub async fn refresh(
             }
             if c.changed {
                 changed.push((c.fingerprint.clone(), doc.version));
+            }
+            let has = |d: &AgentConfig, name: &str| d.checks.iter().any(|k| k.name == name);
+            if let Some(old) = docs.get(&c.fingerprint)
+                && c.changed
+            {
+                let gone = old.checks.iter().filter(|k| !has(&doc, &k.name));
+                let names = removed.entry(c.fingerprint.clone()).or_default();
+                names.retain(|(n, _)| !has(&doc, n));
+                names.extend(gone.map(|k| (k.name.clone(), now)));
+                if names.is_empty() {
+                    removed.remove(&c.fingerprint);
+                }
             }
             docs.insert(c.fingerprint, doc);
         }

@@ -7,21 +7,33 @@
 //! [`crate::AppState::sinks`]. The ack goes to the agent after that, so a
 //! result the agent resends after a lost ack reaches no sink twice.
 //!
+//! Before that, each result's check name is judged ([`names`]): a result
+//! under a name the agent has no reason to use is not stored, but its
+//! sequence number is acknowledged with the batch, so the agent's spool
+//! lets go of it instead of resending it forever; it is counted on
+//! `/metrics` by reason and logged once per agent and name. The store
+//! then bounds what is stored (series per agent, future timestamps; see
+//! `store/results.rs`).
+//!
 //! Each sink has its own delivery guarantee: the live event stream is lossy
 //! by design (a slow subscriber misses events), the Graphite queue drops
 //! its oldest lines when carbon is away, and alerting is handed every
 //! committed result directly. Nothing subscribes to the live event stream
 //! to alert: a dropped event would be a missed or stuck alert.
 
+pub mod names;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use outrider_protocol::{CheckResult, Fingerprint};
+use tracing::warn;
 
 use crate::AppState;
 use crate::alerts::Alerts;
 use crate::metrics::graphite;
+use crate::store::IngestLimits;
 
 /// A consumer of committed results.
 #[derive(Clone, Debug)]
@@ -54,9 +66,14 @@ pub async fn results(
     fp: &Fingerprint,
     results: Vec<CheckResult>,
 ) -> anyhow::Result<u64> {
+    let (accepted, refused_up_to) = screen(state, fp, results);
+    let limits = IngestLimits {
+        max_series: state.metrics.config.max_series_per_agent,
+        refused_up_to,
+    };
     let ingested = state
         .store
-        .ingest(fp, results)
+        .ingest_with(fp, accepted, limits)
         .await
         .context("storing a result batch")?;
     let counters = &state.metrics.counters;
@@ -66,12 +83,62 @@ pub async fn results(
     counters
         .samples
         .fetch_add(ingested.samples as u64, Ordering::Relaxed);
+    counters
+        .series_dropped
+        .fetch_add(ingested.series_dropped as u64, Ordering::Relaxed);
+    counters
+        .future_clamped
+        .fetch_add(ingested.clamped as u64, Ordering::Relaxed);
     if !ingested.stored.is_empty() {
         for sink in &state.sinks {
             deliver(state, sink, fp, &ingested.stored).await;
         }
     }
     Ok(ingested.acked_seq)
+}
+
+/// Splits a batch into the results whose names [`names::judge`] accepts
+/// and the highest sequence number of those it refused (0: none), counting
+/// and logging each refusal.
+fn screen(
+    state: &AppState,
+    fp: &Fingerprint,
+    results: Vec<CheckResult>,
+) -> (Vec<CheckResult>, u64) {
+    let config = state.configs.get(fp);
+    let removed = state.configs.removed(fp);
+    let now_ms = crate::store::now_ms();
+    let mut refused_up_to = 0;
+    let mut accepted = Vec::with_capacity(results.len());
+    for r in results {
+        let membership = names::Membership {
+            configured: config
+                .as_ref()
+                .is_some_and(|c| c.checks.iter().any(|k| k.name == r.check)),
+            removed_at_ms: removed
+                .iter()
+                .find(|(name, _)| *name == r.check)
+                .map(|(_, at)| *at),
+            now_ms,
+        };
+        match names::judge(&r.check, membership, state.config.result_names) {
+            Ok(()) => accepted.push(r),
+            Err(refusal) => {
+                refused_up_to = refused_up_to.max(r.seq);
+                // Cut short (a refused name may be up to a frame long) and
+                // Debug-formatted below, so control characters are escaped.
+                let shown: String = r.check.chars().take(80).collect();
+                if state.metrics.counters.refused_result(refusal, fp, &shown) {
+                    warn!(
+                        fingerprint = %fp,
+                        check = ?shown,
+                        "result not stored: {refusal} (counted in outrider_refused_results_total; logged once per agent and name)"
+                    );
+                }
+            }
+        }
+    }
+    (accepted, refused_up_to)
 }
 
 async fn deliver(state: &AppState, sink: &Sink, fp: &Fingerprint, stored: &[CheckResult]) {

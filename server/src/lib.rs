@@ -125,7 +125,14 @@ pub async fn run(
             "agents left connected by the previous run are marked down until they reconnect"
         );
     }
-    let metric_side = metrics::Metrics::new(config.metrics.clone())?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    let metric_side = metrics::Metrics::new(config.metrics.clone(), bound)?;
+    if let metrics::MetricsAccess::Closed { listen } = &metric_side.access {
+        warn!(
+            %listen,
+            "no metrics token and not listening on loopback: GET /metrics answers 401 until the server runs with --metrics-token-file"
+        );
+    }
     let alerting = match &config.alerting_config {
         Some(path) => alerts::load_config(path)?,
         None => config.alerting.clone(),

@@ -6,14 +6,15 @@
 //! |------------------------------|---------------------------|-----------------|
 //! | `GET /api/v1/series`         | admin                     | `query`         |
 //! | `GET /api/v1/series/query`   | admin                     | `query`         |
-//! | `GET /metrics`               | none, or `--metrics-token`| [`prometheus`]  |
+//! | `GET /metrics`               | see [`MetricsAccess`]     | [`prometheus`]  |
 //!
-//! `/metrics` is unauthenticated by default, like most exporters, because
-//! Prometheus scrapes it from inside the operator's network; it exposes
-//! fingerprints, host names, check names and values, nothing that allows
-//! changing anything. `--metrics-token` makes it require
+//! `/metrics` exposes fingerprints, host names, check names and values,
+//! nothing that allows changing anything. It is open without a token only
+//! while the server listens on loopback (a local Prometheus); bound to any
+//! other address it needs `--metrics-token(-file)` and answers 401 without
+//! one ([`MetricsAccess`]). With a token it requires
 //! `Authorization: Bearer <token>` (Prometheus: `authorization:
-//! { credentials: <token> }` in the scrape config).
+//! { credentials_file: … }` in the scrape config).
 //!
 //! Background tasks ([`spawn`]): the retention loop and, when configured,
 //! the Graphite sender, both on the server's task tracker and stopped by
@@ -24,14 +25,17 @@ pub mod prometheus;
 pub mod query;
 pub mod retention;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::routing::get;
+use outrider_protocol::Fingerprint;
 
 use crate::AppState;
+use crate::ingest::names::Refusal;
 
 /// Days raw perfdata points are kept before they are folded into rollups.
 pub const DEFAULT_RAW_RETENTION_DAYS: u32 = 7;
@@ -80,7 +84,15 @@ pub struct MetricsConfig {
     /// counted) when the carbon host cannot keep up.
     #[arg(long, default_value_t = DEFAULT_GRAPHITE_QUEUE_LINES)]
     pub graphite_queue_lines: usize,
-    /// Bearer token `GET /metrics` requires; unauthenticated when absent.
+    /// Distinct perfdata series (check and label) one agent may have;
+    /// samples that would create more are dropped, counted, and reported
+    /// as a WARNING result `outrider.series_limit` of that agent.
+    #[arg(long, default_value_t = crate::store::DEFAULT_MAX_SERIES_PER_AGENT,
+          value_parser = parse_max_series)]
+    pub max_series_per_agent: usize,
+    /// Bearer token `GET /metrics` requires. Without one, `/metrics` is
+    /// open only when the server listens on a loopback address, and
+    /// answers 401 otherwise.
     #[arg(long, env = "OUTRIDER_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
     /// File holding the `/metrics` token (mode 0600 or stricter), instead
@@ -103,9 +115,19 @@ impl Default for MetricsConfig {
             graphite_addr: None,
             graphite_prefix: DEFAULT_GRAPHITE_PREFIX.to_owned(),
             graphite_queue_lines: DEFAULT_GRAPHITE_QUEUE_LINES,
+            max_series_per_agent: crate::store::DEFAULT_MAX_SERIES_PER_AGENT,
             metrics_token: None,
             metrics_token_file: None,
         }
+    }
+}
+
+fn parse_max_series(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a whole number of series, at least 1"
+        )),
     }
 }
 
@@ -119,7 +141,9 @@ pub enum MetricsConfigError {
     RollupsShorterThanRaw { raw: u32, rollup: u32 },
     #[error("--graphite-addr {0:?} must be host:port, e.g. carbon.example:2003")]
     GraphiteAddr(String),
-    #[error("--graphite-prefix {0:?} must be dot-separated components of A-Z, a-z, 0-9, '_', '-'")]
+    #[error(
+        "--graphite-prefix {0:?} must be at most 128 bytes of dot-separated components of A-Z, a-z, 0-9, '_', '-'"
+    )]
     GraphitePrefix(String),
     #[error("--graphite-queue-lines must be at least 1")]
     GraphiteQueueEmpty,
@@ -166,10 +190,33 @@ pub struct Counters {
     /// The unknown types seen so far (at most [`MAX_UNKNOWN_KINDS`]), so
     /// each is logged once.
     unknown_kinds: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Results not stored because of their check name, by
+    /// [`Refusal::index`].
+    pub refused: [AtomicU64; Refusal::ALL.len()],
+    /// Refusals already logged (see [`Counters::refused_result`]).
+    refused_logged: std::sync::Mutex<RefusalLog>,
+    /// Perfdata samples dropped by `--max-series-per-agent`.
+    pub series_dropped: AtomicU64,
+    /// Results dated more than `MAX_FUTURE_MS` ahead, clamped.
+    pub future_clamped: AtomicU64,
 }
 
 /// Unknown message types remembered for logging once each.
 const MAX_UNKNOWN_KINDS: usize = 64;
+
+/// `(agent, name)` pairs of refused results remembered for logging once
+/// each; beyond them, one line per [`REFUSAL_LOG_INTERVAL`].
+const MAX_LOGGED_REFUSALS: usize = 1_024;
+
+/// Least time between two refusal log lines once
+/// [`MAX_LOGGED_REFUSALS`] pairs were logged.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+struct RefusalLog {
+    seen: std::collections::HashSet<(Fingerprint, String)>,
+    last_overflow_line: Option<std::time::Instant>,
+}
 
 impl Counters {
     /// Counts a skipped message of unknown type `kind`; true the first
@@ -178,6 +225,62 @@ impl Counters {
         self.unknown_messages.fetch_add(1, Ordering::Relaxed);
         let mut kinds = self.unknown_kinds.lock().unwrap_or_else(|p| p.into_inner());
         kinds.len() < MAX_UNKNOWN_KINDS && kinds.insert(kind.to_owned())
+    }
+
+    /// Counts a result of `fp` refused for `why`; true when it should be
+    /// logged: the first time for each agent and `name` (the caller cuts
+    /// it short: it is remembered), then (once
+    /// [`MAX_LOGGED_REFUSALS`] pairs are remembered) at most once per
+    /// [`REFUSAL_LOG_INTERVAL`], so a hostile agent cannot flood the log.
+    pub fn refused_result(&self, why: Refusal, fp: &Fingerprint, name: &str) -> bool {
+        self.refused[why.index()].fetch_add(1, Ordering::Relaxed);
+        let mut log = self
+            .refused_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = (fp.clone(), name.to_owned());
+        if log.seen.contains(&key) {
+            return false;
+        }
+        if log.seen.len() < MAX_LOGGED_REFUSALS {
+            log.seen.insert(key);
+            return true;
+        }
+        let due = log
+            .last_overflow_line
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if due {
+            log.last_overflow_line = Some(std::time::Instant::now());
+        }
+        due
+    }
+}
+
+/// Who may read `GET /metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Anyone who can connect: the server listens on loopback only.
+    Open,
+    /// Requests with `Authorization: Bearer <token>`.
+    Token(String),
+    /// Nobody: the server listens beyond loopback and has no metrics
+    /// token; every request is told how to configure one.
+    Closed { listen: SocketAddr },
+}
+
+impl MetricsAccess {
+    /// The rule for a server with `token` listening on `listen`. Without a
+    /// token `/metrics` would hand fingerprints, host names and check
+    /// output to anyone who can reach the port, so that is allowed on
+    /// loopback only. Refusing to start instead would take the whole
+    /// fleet's monitoring down over an exporter setting; a 401 naming the
+    /// flag (and a warning at start) makes the scrape fail visibly.
+    pub fn decide(token: Option<&str>, listen: SocketAddr) -> MetricsAccess {
+        match token {
+            Some(token) => MetricsAccess::Token(token.to_owned()),
+            None if listen.ip().is_loopback() => MetricsAccess::Open,
+            None => MetricsAccess::Closed { listen },
+        }
     }
 }
 
@@ -188,14 +291,18 @@ pub struct Metrics {
     pub counters: Counters,
     /// Lines waiting for the Graphite sender, when forwarding is on.
     pub graphite: Option<Arc<graphite::Queue>>,
+    /// Who may read `/metrics`.
+    pub access: MetricsAccess,
 }
 
 impl Metrics {
-    /// Validates `config` and prepares (but does not start) the outputs.
+    /// Validates `config` and prepares (but does not start) the outputs of
+    /// a server listening on `listen` (the bound address).
     ///
     /// Fails with a sentence naming the bad flag.
-    pub fn new(config: MetricsConfig) -> Result<Metrics, MetricsConfigError> {
+    pub fn new(config: MetricsConfig, listen: SocketAddr) -> Result<Metrics, MetricsConfigError> {
         config.validate()?;
+        let access = MetricsAccess::decide(config.metrics_token.as_deref(), listen);
         let graphite = config.graphite_addr.as_ref().map(|_| {
             Arc::new(graphite::Queue::new(
                 config.graphite_prefix.clone(),
@@ -206,6 +313,7 @@ impl Metrics {
             config,
             counters: Counters::default(),
             graphite,
+            access,
         })
     }
 }
@@ -277,5 +385,68 @@ mod tests {
             Err(MetricsConfigError::EmptyMetricsToken)
         ));
         assert!(MetricsConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn refusals_are_counted_always_and_logged_once_per_agent_and_name() {
+        let counters = Counters::default();
+        let a: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        let b: Fingerprint = "1123456789abcdef0123".parse().unwrap();
+        let nc = Refusal::NotConfigured;
+        assert!(counters.refused_result(nc, &a, "x"));
+        assert!(!counters.refused_result(nc, &a, "x"));
+        assert!(counters.refused_result(Refusal::Reserved, &a, "y"));
+        assert!(counters.refused_result(nc, &b, "x"));
+        for i in 3..MAX_LOGGED_REFUSALS {
+            assert!(counters.refused_result(nc, &a, &format!("n{i}")));
+        }
+        // Remembering no more pairs: one line per interval from now on.
+        assert!(counters.refused_result(nc, &a, "new-1"));
+        assert!(!counters.refused_result(nc, &a, "new-2"));
+        assert!(!counters.refused_result(nc, &b, "x"));
+        let total = MAX_LOGGED_REFUSALS as u64 + 4;
+        assert_eq!(
+            counters.refused[nc.index()].load(Ordering::Relaxed),
+            total - 1
+        );
+        assert_eq!(
+            counters.refused[Refusal::Reserved.index()].load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn metrics_are_open_only_on_loopback_without_a_token() {
+        let addr = |a: &str| a.parse::<SocketAddr>().unwrap();
+        for (token, listen, want) in [
+            (None, "127.0.0.1:8470", MetricsAccess::Open),
+            (None, "[::1]:8470", MetricsAccess::Open),
+            (
+                None,
+                "0.0.0.0:8470",
+                MetricsAccess::Closed {
+                    listen: addr("0.0.0.0:8470"),
+                },
+            ),
+            (
+                None,
+                "10.1.2.3:8470",
+                MetricsAccess::Closed {
+                    listen: addr("10.1.2.3:8470"),
+                },
+            ),
+            (Some("t"), "0.0.0.0:8470", MetricsAccess::Token("t".into())),
+            (
+                Some("t"),
+                "127.0.0.1:8470",
+                MetricsAccess::Token("t".into()),
+            ),
+        ] {
+            assert_eq!(
+                MetricsAccess::decide(token, addr(listen)),
+                want,
+                "{token:?} {listen}"
+            );
+        }
     }
 }

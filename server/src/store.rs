@@ -33,6 +33,7 @@ pub use alerts::OutboxBatch;
 pub use checks::{
     ComputedConfig, DeletePlugin, PutCheck, effective_tags, json_tags, normalize_tags,
 };
+pub use results::{DEFAULT_MAX_SERIES_PER_AGENT, IngestLimits, Ingested, MAX_FUTURE_MS};
 pub use tokens::TokenRefusal;
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.

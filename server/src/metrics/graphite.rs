@@ -13,6 +13,9 @@
 //!
 //! Path components are sanitised: anything but `A-Z a-z 0-9 _ -` becomes
 //! `_` (a `.` inside a check name or label would otherwise add a level).
+//! A line longer than [`MAX_LINE_BYTES`] (a perfdata label is whatever a
+//! plugin printed) is dropped and counted ([`Queue::oversized`]) rather
+//! than handed to carbon, whose whisper files are named by the path.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -28,6 +31,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::MetricsConfigError;
+
+/// Longest line sent, newline included. Carbon stores each path as a
+/// file path and file systems refuse names past 255 bytes per component
+/// and a few KiB in all; the prefix is at most [`MAX_PREFIX_BYTES`], a
+/// fingerprint 20, a check name 64.
+pub const MAX_LINE_BYTES: usize = 512;
+
+/// Longest `--graphite-prefix`, so the fixed parts leave room for a label.
+pub const MAX_PREFIX_BYTES: usize = 128;
 
 /// At most one "lines dropped" warning per this interval.
 pub const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -52,6 +64,7 @@ pub fn check_addr(addr: &str) -> Result<(), MetricsConfigError> {
 /// Checks that `prefix` is one or more dot-separated sanitised components.
 pub fn check_prefix(prefix: &str) -> Result<(), MetricsConfigError> {
     let ok = !prefix.is_empty()
+        && prefix.len() <= MAX_PREFIX_BYTES
         && prefix
             .split('.')
             .all(|part| !part.is_empty() && part.bytes().all(is_path_byte));
@@ -74,6 +87,7 @@ pub struct Queue {
     state: Mutex<QueueState>,
     ready: Notify,
     dropped: AtomicU64,
+    oversized: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -92,12 +106,18 @@ impl Queue {
             state: Mutex::new(QueueState::default()),
             ready: Notify::new(),
             dropped: AtomicU64::new(0),
+            oversized: AtomicU64::new(0),
         }
     }
 
     /// Lines dropped because the queue was full, since start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Lines dropped for exceeding [`MAX_LINE_BYTES`], since start.
+    pub fn oversized(&self) -> u64 {
+        self.oversized.load(Ordering::Relaxed)
     }
 
     /// Lines waiting.
@@ -126,6 +146,10 @@ impl Queue {
                     push_sanitised(&mut line, part);
                 }
                 let _ = writeln!(line, " {} {ts}", p.value);
+                if line.len() > MAX_LINE_BYTES {
+                    self.oversized.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 lines.push(line);
             }
         }
@@ -346,6 +370,26 @@ mod tests {
     }
 
     #[test]
+    fn over_long_lines_are_dropped_and_counted() {
+        let q = Queue::new("p".into(), 10);
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        // The longest line that fits: "p.<fp>.c.<label> 1 1700000000\n".
+        let fixed = "p.0123456789abcdef0123.c. 1 1700000000\n".len();
+        let fits = "x".repeat(MAX_LINE_BYTES - fixed);
+        let over = "x".repeat(MAX_LINE_BYTES - fixed + 1);
+        q.push_results(
+            &fp,
+            &[result("c", &[(&fits, 1.0), (&over, 1.0), ("ok", 1.0)])],
+        );
+        let lines = q.take(10);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
+        assert_eq!(lines[1], "p.0123456789abcdef0123.c.ok 1 1700000000\n");
+        assert_eq!(q.oversized(), 1);
+        assert_eq!(q.dropped(), 0);
+    }
+
+    #[test]
     fn a_full_queue_drops_the_oldest_and_counts() {
         let q = Queue::new("p".into(), 3);
         q.push_lines((0..5).map(|i| format!("{i}\n")).collect());
@@ -368,5 +412,7 @@ mod tests {
         assert!(check_prefix("a.b-c_d").is_ok());
         assert!(check_prefix("a..b").is_err());
         assert!(check_prefix("a b").is_err());
+        assert!(check_prefix(&"a".repeat(MAX_PREFIX_BYTES)).is_ok());
+        assert!(check_prefix(&"a".repeat(MAX_PREFIX_BYTES + 1)).is_err());
     }
 }

@@ -12,7 +12,14 @@
 //!   a value the plugin printed as `U` (undetermined) is `NaN`;
 //! - `outrider_ingested_results_total`, `outrider_ingested_samples_total`,
 //!   `outrider_graphite_dropped_lines_total`,
-//!   `outrider_unknown_agent_messages_total` counters of this process.
+//!   `outrider_unknown_agent_messages_total`,
+//!   `outrider_series_limit_dropped_samples_total`,
+//!   `outrider_future_results_clamped_total`,
+//!   `outrider_graphite_oversized_lines_total` and
+//!   `outrider_refused_results_total{reason}` counters of this process.
+//!
+//! Access ([`MetricsAccess`]): open on a loopback-only server, else only
+//! with the metrics token; without one, a non-loopback server answers 401.
 //!
 //! No timestamps: each value is the latest this server has, and Prometheus
 //! stamps it with the scrape time (a check that stops reporting keeps its
@@ -33,6 +40,8 @@ use outrider_protocol::api::{AgentInfo, Presence, ResultInfo};
 use crate::AppState;
 use crate::auth::{bearer, constant_time_eq};
 use crate::error::ApiError;
+use crate::ingest::names::Refusal;
+use crate::metrics::MetricsAccess;
 
 /// Media type of the text exposition format.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -42,8 +51,9 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &state.metrics.config.metrics_token {
-        match bearer(&headers) {
+    match &state.metrics.access {
+        MetricsAccess::Open => {}
+        MetricsAccess::Token(token) => match bearer(&headers) {
             Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => {}
             Some(_) => return Err(ApiError::Unauthorized("the metrics token is not valid")),
             None => {
@@ -51,6 +61,11 @@ pub async fn handler(
                     "missing 'Authorization: Bearer <metrics token>' header",
                 ));
             }
+        },
+        MetricsAccess::Closed { .. } => {
+            return Err(ApiError::Unauthorized(
+                "this server listens beyond loopback and has no metrics token: start it with --metrics-token-file (or OUTRIDER_METRICS_TOKEN) and scrape with 'Authorization: Bearer <token>'",
+            ));
         }
     }
     let agents = state.store.agents().await?;
@@ -64,6 +79,18 @@ pub async fn handler(
             .counters
             .unknown_messages
             .load(Ordering::Relaxed),
+        refused: std::array::from_fn(|i| state.metrics.counters.refused[i].load(Ordering::Relaxed)),
+        series_dropped: state
+            .metrics
+            .counters
+            .series_dropped
+            .load(Ordering::Relaxed),
+        future_clamped: state
+            .metrics
+            .counters
+            .future_clamped
+            .load(Ordering::Relaxed),
+        graphite_oversized: state.metrics.graphite.as_ref().map_or(0, |q| q.oversized()),
     };
     let body = render(&agents, &latest, &counters);
     Ok((
@@ -80,6 +107,11 @@ pub struct Counters {
     pub samples: u64,
     pub graphite_dropped: u64,
     pub unknown_messages: u64,
+    /// Results refused for their check name, by [`Refusal::index`].
+    pub refused: [u64; Refusal::ALL.len()],
+    pub series_dropped: u64,
+    pub future_clamped: u64,
+    pub graphite_oversized: u64,
 }
 
 /// Renders the whole exposition.
@@ -182,9 +214,35 @@ pub fn render(agents: &[AgentInfo], latest: &[ResultInfo], counters: &Counters) 
             "Agent messages of a type this server does not know, skipped.",
             counters.unknown_messages,
         ),
+        (
+            "outrider_series_limit_dropped_samples_total",
+            "Perfdata samples dropped because their agent reached --max-series-per-agent.",
+            counters.series_dropped,
+        ),
+        (
+            "outrider_future_results_clamped_total",
+            "Results dated more than ten minutes ahead of the server's clock, stored at that limit.",
+            counters.future_clamped,
+        ),
+        (
+            "outrider_graphite_oversized_lines_total",
+            "Graphite lines dropped because they exceeded the line length limit.",
+            counters.graphite_oversized,
+        ),
     ] {
         family(&mut out, name, "counter", help);
         sample(&mut out, name, &[], &value.to_string());
+    }
+    let name = "outrider_refused_results_total";
+    family(
+        &mut out,
+        name,
+        "counter",
+        "Results not stored because of their check name, by reason (acknowledged to the agent).",
+    );
+    for why in Refusal::ALL {
+        let value = counters.refused[why.index()].to_string();
+        sample(&mut out, name, &[("reason", why.label())], &value);
     }
     out
 }

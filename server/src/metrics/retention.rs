@@ -5,9 +5,17 @@
 //!
 //! Each pass is a sequence of small transactions
 //! ([`Store::retention_step`], [`Store::results_retention_step`]), each
-//! bounded in the series or agents it touches; the store's connection is
-//! free between them, so ingest interleaves and never waits behind a long
-//! write. The loop checks the shutdown token between steps.
+//! bounded in the series, agents and results it touches; the store's
+//! connection is free between them, so ingest interleaves and never waits
+//! behind a long write. The loop checks the shutdown token between steps.
+//!
+//! A pass runs until everything expired is gone, however many steps that
+//! takes, so retention keeps up with any ingest rate (a pass that outlasts
+//! the interval delays the next one). Results expire by the time they
+//! *arrived*; points by their own time, which ingest clamps to at most
+//! `MAX_FUTURE_MS` ahead of the server's clock (`store/results.rs`), so a
+//! result or sample dated in the future neither lives forever nor holds up
+//! a pass.
 
 use std::time::Duration;
 
@@ -15,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::MetricsConfig;
-use crate::store::metrics::{Cutoffs, ROLLUP_BUCKET_MS};
+use crate::store::metrics::{Cutoffs, ROLLUP_BUCKET_MS, ResultsCursor};
 use crate::store::{Store, now_ms};
 
 const DAY_MS: i64 = 86_400_000;
@@ -114,7 +122,7 @@ pub async fn pass(
         stats.rollups_deleted += step.rollups_deleted;
         series_cursor = step.next;
     }
-    let mut agent_cursor = Some(String::new());
+    let mut agent_cursor = Some(ResultsCursor::default());
     while let Some(after) = agent_cursor {
         if shutdown.is_cancelled() {
             stats.interrupted = true;

@@ -15,11 +15,19 @@
 //!   in a transaction that rolled back are dropped with it (the caller
 //!   clears the cache when a transaction fails).
 //! - Retention ([`Store::retention_step`]) works on at most
-//!   [`SERIES_PER_STEP`] series per transaction and releases the connection
-//!   between steps, so ingest never waits behind one long write.
+//!   [`SERIES_PER_STEP`] series and [`POINTS_PER_STEP`] points per
+//!   transaction and releases the connection between steps, so ingest
+//!   never waits behind one long write.
 //! - Rolling up is a merge (samples and sums add, min and max fold): a late
 //!   sample folded into an existing bucket gives the same row as if it had
 //!   arrived on time.
+//! - An agent has at most `max_series` series ([`IngestLimits`] in
+//!   `results.rs`): a sample that would create one more is dropped, counted
+//!   in [`AgentSeries::dropped_unreported`] and reported as a WARNING result
+//!   (`results.rs`), so one noisy or hostile agent cannot grow the `series`
+//!   table (and every output fed from it) without bound. Series rows are
+//!   never deleted, so the count only grows: it is the number of distinct
+//!   `(check, label)` pairs the agent ever reported.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -44,11 +52,17 @@ pub const MAX_QUERY_POINTS: usize = 10_000;
 /// Series handled by one retention transaction.
 pub const SERIES_PER_STEP: usize = 200;
 
+/// Raw points folded by one retention transaction at most, however many
+/// a series holds (a flood of back-dated samples): bounds how long one
+/// step holds the store's connection.
+pub const POINTS_PER_STEP: usize = 20_000;
+
 /// Agents whose old results one retention transaction deletes.
 pub const AGENTS_PER_STEP: usize = 50;
 
-/// Oldest results of one agent looked at per retention transaction.
-const RESULTS_PER_AGENT_STEP: usize = 500;
+/// Results looked at per retention transaction: bounds how long one step
+/// holds the store's connection (ingest waits behind it).
+pub const RESULTS_PER_STEP: usize = 2_000;
 
 /// Perfdata labels are cut to this many bytes; a plugin printing longer
 /// labels still gets a series, named by the prefix.
@@ -59,13 +73,30 @@ const MAX_UOM_BYTES: usize = 16;
 
 /// In-memory map `(agent, check, label)` → `(series id, unit)`, bounded:
 /// when full it is emptied and refilled from the database as series come
-/// back (an insert-or-select per series, once).
+/// back (an insert-or-select per series, once). Also each agent's series
+/// count and series-limit report state ([`AgentSeries`]), loaded from the
+/// database the first time an agent creates a series after a start or a
+/// [`SeriesCache::clear`].
 #[derive(Debug)]
 pub struct SeriesCache {
     ids: HashMap<String, (i64, String)>,
     capacity: usize,
     /// Scratch buffer for lookup keys, reused to avoid an allocation per sample.
     key: String,
+    pub(super) agents: HashMap<String, AgentSeries>,
+}
+
+/// One agent's series count and what its `outrider.series_limit` result
+/// says (see `results.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentSeries {
+    /// Series stored for the agent.
+    pub count: usize,
+    /// Samples dropped by the limit and not yet named in a report.
+    pub dropped_unreported: u64,
+    /// When the agent's latest series-limit report (a WARNING) was
+    /// written; `None` while it has none or its latest one is OK.
+    pub warned_at_ms: Option<i64>,
 }
 
 impl SeriesCache {
@@ -75,6 +106,7 @@ impl SeriesCache {
             ids: HashMap::new(),
             capacity: capacity.max(1),
             key: String::new(),
+            agents: HashMap::new(),
         }
     }
 
@@ -82,6 +114,45 @@ impl SeriesCache {
     /// series rolled back.
     pub fn clear(&mut self) {
         self.ids.clear();
+        self.agents.clear();
+    }
+
+    /// The series state of `fingerprint`, read from the database when not
+    /// cached.
+    pub(super) fn agent(
+        &mut self,
+        tx: &Transaction<'_>,
+        fingerprint: &str,
+    ) -> rusqlite::Result<&mut AgentSeries> {
+        if !self.agents.contains_key(fingerprint) {
+            if self.agents.len() >= self.capacity {
+                self.agents.clear();
+            }
+            let count: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM series WHERE fingerprint = ?1")?
+                .query_row([fingerprint], |r| r.get(0))?;
+            let warned_at_ms: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT r.received_at_ms FROM latest_results l
+                     JOIN results r ON r.fingerprint = l.fingerprint AND r.seq = l.seq
+                     WHERE l.fingerprint = ?1 AND l.check_name = ?2 AND r.state = 'WARNING'",
+                )?
+                .query_row(params![fingerprint, SERIES_LIMIT_CHECK], |r| r.get(0))
+                .optional()?;
+            self.agents.insert(
+                fingerprint.to_owned(),
+                AgentSeries {
+                    count: usize::try_from(count).unwrap_or(usize::MAX),
+                    dropped_unreported: 0,
+                    warned_at_ms,
+                },
+            );
+        }
+        // Inserted just above when missing.
+        Ok(self
+            .agents
+            .get_mut(fingerprint)
+            .expect("agent series state"))
     }
 
     /// Number of cached series.
@@ -95,45 +166,110 @@ impl SeriesCache {
     }
 }
 
+/// Name of the result the server stores for an agent whose samples were
+/// dropped by the series limit (WARNING), and again (OK) once none were
+/// dropped for [`SERIES_LIMIT_RECOVERY_MS`].
+pub const SERIES_LIMIT_CHECK: &str = "outrider.series_limit";
+
+/// Quiet time after which a series-limit WARNING is followed by an OK.
+pub const SERIES_LIMIT_RECOVERY_MS: i64 = 15 * 60 * 1000;
+
+/// Shortest time between two series-limit WARNINGs of one agent: an agent
+/// over its limit in every batch gets one report a minute, not one per
+/// batch.
+pub const SERIES_LIMIT_REPORT_MS: i64 = 60 * 1000;
+
+/// What [`insert_points`] wrote and dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct PointsWritten {
+    pub written: usize,
+    /// Samples dropped because they would have created a series beyond
+    /// the agent's limit; they are removed from the result too.
+    pub dropped: usize,
+}
+
 /// Writes the perfdata of `result`, just stored for the first time, as raw
 /// points at `result.started_at_ms`, and its `U` items as unknown points.
-/// Returns the number of points written, unknown ones included.
+/// A sample of a new series is dropped (and removed from `result`) when the
+/// agent already has `max_series` series.
 pub(super) fn insert_points(
     tx: &Transaction<'_>,
     cache: &mut SeriesCache,
     fingerprint: &str,
-    result: &CheckResult,
-) -> rusqlite::Result<usize> {
+    result: &mut CheckResult,
+    max_series: usize,
+) -> rusqlite::Result<PointsWritten> {
     let mut insert = tx.prepare_cached(
         "INSERT OR REPLACE INTO points (series_id, ts_ms, value) VALUES (?1, ?2, ?3)",
     )?;
-    let mut written = 0;
+    let mut out = PointsWritten::default();
+    let mut keep = Vec::with_capacity(result.perfdata.len());
     for perf in &result.perfdata {
         // JSON cannot carry NaN or infinities, but a value decoded from a
         // number too large for f64 becomes infinite.
         if !perf.value.is_finite() {
+            keep.push(true);
             continue;
         }
         let label = truncate(&perf.label, MAX_LABEL_BYTES);
         let uom = truncate(&perf.uom, MAX_UOM_BYTES);
-        let id = series_id(tx, cache, fingerprint, &result.check, label, uom)?;
+        let Some(id) = series_id(
+            tx,
+            cache,
+            fingerprint,
+            &result.check,
+            label,
+            uom,
+            max_series,
+        )?
+        else {
+            keep.push(false);
+            out.dropped += 1;
+            continue;
+        };
+        keep.push(true);
         insert.execute(params![id, result.started_at_ms, perf.value])?;
-        written += 1;
+        out.written += 1;
     }
     let mut unknown = tx.prepare_cached(
         "INSERT OR REPLACE INTO unknown_points (series_id, ts_ms) VALUES (?1, ?2)",
     )?;
+    let mut keep_unknown = Vec::with_capacity(result.unknown_perfdata.len());
     for perf in &result.unknown_perfdata {
         let label = truncate(&perf.label, MAX_LABEL_BYTES);
         let uom = truncate(&perf.uom, MAX_UOM_BYTES);
-        let id = series_id(tx, cache, fingerprint, &result.check, label, uom)?;
+        let Some(id) = series_id(
+            tx,
+            cache,
+            fingerprint,
+            &result.check,
+            label,
+            uom,
+            max_series,
+        )?
+        else {
+            keep_unknown.push(false);
+            out.dropped += 1;
+            continue;
+        };
+        keep_unknown.push(true);
         unknown.execute(params![id, result.started_at_ms])?;
-        written += 1;
+        out.written += 1;
     }
-    Ok(written)
+    if out.dropped > 0 {
+        let mut keep = keep.into_iter();
+        result.perfdata.retain(|_| keep.next().unwrap_or(true));
+        let mut keep = keep_unknown.into_iter();
+        result
+            .unknown_perfdata
+            .retain(|_| keep.next().unwrap_or(true));
+        cache.agent(tx, fingerprint)?.dropped_unreported += out.dropped as u64;
+    }
+    Ok(out)
 }
 
-/// The id of series `(fingerprint, check, label)`, created on first sight;
+/// The id of series `(fingerprint, check, label)`, created on first sight
+/// unless the agent already has `max_series` series (`None` then);
 /// records a changed unit.
 fn series_id(
     tx: &Transaction<'_>,
@@ -142,7 +278,8 @@ fn series_id(
     check: &str,
     label: &str,
     uom: &str,
-) -> rusqlite::Result<i64> {
+    max_series: usize,
+) -> rusqlite::Result<Option<i64>> {
     cache.key.clear();
     // The parts cannot contain NUL in any form that matters: fingerprints
     // and check names are validated, and a label is text from one plugin.
@@ -153,21 +290,36 @@ fn series_id(
                 .execute(params![*id, uom])?;
             uom.clone_into(cached_uom);
         }
-        return Ok(*id);
+        return Ok(Some(*id));
     }
-    let id: i64 = tx
+    let existing: Option<i64> = tx
         .prepare_cached(
-            "INSERT INTO series (fingerprint, check_name, label, uom) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (fingerprint, check_name, label) DO UPDATE SET uom = excluded.uom
+            "UPDATE series SET uom = ?4 WHERE fingerprint = ?1 AND check_name = ?2 AND label = ?3
              RETURNING id",
         )?
-        .query_row(params![fingerprint, check, label, uom], |r| r.get(0))?;
+        .query_row(params![fingerprint, check, label, uom], |r| r.get(0))
+        .optional()?;
+    let id = match existing {
+        Some(id) => id,
+        None => {
+            let agent = cache.agent(tx, fingerprint)?;
+            if agent.count >= max_series {
+                return Ok(None);
+            }
+            agent.count += 1;
+            tx.prepare_cached(
+                "INSERT INTO series (fingerprint, check_name, label, uom) VALUES (?1, ?2, ?3, ?4)
+                 RETURNING id",
+            )?
+            .query_row(params![fingerprint, check, label, uom], |r| r.get(0))?
+        }
+    };
     if cache.ids.len() >= cache.capacity {
         cache.ids.clear();
     }
     let key = cache.key.clone();
     cache.ids.insert(key, (id, uom.to_owned()));
-    Ok(id)
+    Ok(Some(id))
 }
 
 /// `GET /api/v1/series`: one stored series.
@@ -247,7 +399,7 @@ pub struct Cutoffs {
     pub raw_before_ms: i64,
     /// Rollups whose bucket starts before this are deleted.
     pub rollups_before_ms: i64,
-    /// Check results started before this are deleted, except each check's
+    /// Check results received before this are deleted, except each check's
     /// latest result.
     pub results_before_ms: i64,
 }
@@ -360,91 +512,185 @@ impl Store {
     ) -> anyhow::Result<StepOutcome> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            let ids: Vec<i64> = {
-                let mut stmt =
-                    tx.prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-                stmt.query_map(params![after, SERIES_PER_STEP as i64], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?
-            };
-            let mut outcome = StepOutcome::default();
-            {
-                let mut fold = tx.prepare_cached(
-                    "INSERT INTO rollups (series_id, bucket_ms, samples, min_value, max_value, sum_value)
-                     SELECT series_id, ts_ms - (ts_ms % ?3), COUNT(*), MIN(value), MAX(value), SUM(value)
-                     FROM points WHERE series_id = ?1 AND ts_ms < ?2
-                     GROUP BY 2
-                     ON CONFLICT (series_id, bucket_ms) DO UPDATE SET
-                         samples = samples + excluded.samples,
-                         min_value = MIN(min_value, excluded.min_value),
-                         max_value = MAX(max_value, excluded.max_value),
-                         sum_value = sum_value + excluded.sum_value",
-                )?;
-                let mut delete_points =
-                    tx.prepare_cached("DELETE FROM points WHERE series_id = ?1 AND ts_ms < ?2")?;
-                let mut delete_rollups =
-                    tx.prepare_cached("DELETE FROM rollups WHERE series_id = ?1 AND bucket_ms < ?2")?;
-                let mut delete_unknown = tx.prepare_cached(
-                    "DELETE FROM unknown_points WHERE series_id = ?1 AND ts_ms < ?2",
-                )?;
-                for &id in &ids {
-                    fold.execute(params![id, cutoffs.raw_before_ms, ROLLUP_BUCKET_MS])?;
-                    outcome.points_rolled_up +=
-                        delete_points.execute(params![id, cutoffs.raw_before_ms])? as u64;
-                    outcome.rollups_deleted +=
-                        delete_rollups.execute(params![id, cutoffs.rollups_before_ms])? as u64;
-                    delete_unknown.execute(params![id, cutoffs.raw_before_ms])?;
-                }
-            }
+            let outcome = retention_tx(&tx, after, cutoffs, POINTS_PER_STEP)?;
             tx.commit()?;
-            outcome.next = (ids.len() == SERIES_PER_STEP).then(|| ids[ids.len() - 1]);
             Ok(outcome)
         })
         .await
     }
 
-    /// One bounded retention step over check results: for up to
-    /// [`AGENTS_PER_STEP`] agents after `after` (a fingerprint; `""` to
-    /// start), deletes results started before the cut-off among each agent's
-    /// oldest (by seq), keeping every check's latest result. Returns the
-    /// cursor for the next step (`None` when done) and the rows deleted.
+    /// One bounded retention step over check results, from `cursor` on:
+    /// deletes results *received* before `results_before_ms`, keeping
+    /// every check's latest result. Returns the cursor for the next step
+    /// (`None` when the pass is complete) and the rows deleted.
+    ///
+    /// Each agent's results are walked in sequence order, which is arrival
+    /// order, in windows of at most [`RESULTS_PER_STEP`] rows; a step
+    /// covers at most [`AGENTS_PER_STEP`] agents. An agent is done when its
+    /// window holds a result received after the cut-off (later ones are
+    /// newer). The cut-off is on arrival, not on the agent's clock, so
+    /// results dated in the future neither stay forever nor hold up the
+    /// walk, and kept rows (latest results) are stepped over, never
+    /// re-examined within the pass: a pass deletes everything expired
+    /// however fast the agents write.
     pub async fn results_retention_step(
         &self,
-        after: String,
+        cursor: ResultsCursor,
         results_before_ms: i64,
-    ) -> anyhow::Result<(Option<String>, u64)> {
+    ) -> anyhow::Result<(Option<ResultsCursor>, u64)> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            let agents: Vec<String> = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT fingerprint FROM agents WHERE fingerprint > ?1 ORDER BY fingerprint LIMIT ?2",
-                )?;
-                stmt.query_map(params![after, AGENTS_PER_STEP as i64], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?
-            };
-            let mut deleted = 0u64;
-            {
-                // Sequence numbers grow with time for one agent, so the old
-                // results are the lowest seqs: look at a bounded prefix only.
-                let mut delete = tx.prepare_cached(
-                    "DELETE FROM results WHERE fingerprint = ?1 AND seq IN (
-                         SELECT seq FROM (SELECT seq, started_at_ms FROM results
-                                          WHERE fingerprint = ?1 ORDER BY seq LIMIT ?3)
-                         WHERE started_at_ms < ?2)
-                     AND seq NOT IN (SELECT seq FROM latest_results WHERE fingerprint = ?1)",
-                )?;
-                for fp in &agents {
-                    deleted += delete.execute(params![
-                        fp,
-                        results_before_ms,
-                        RESULTS_PER_AGENT_STEP as i64
-                    ])? as u64;
-                }
-            }
+            let outcome = results_retention_tx(&tx, cursor, results_before_ms)?;
             tx.commit()?;
-            let next = (agents.len() == AGENTS_PER_STEP).then(|| agents[agents.len() - 1].clone());
-            Ok((next, deleted))
+            Ok(outcome)
         })
         .await
+    }
+}
+
+/// Where a results retention pass continues: after result `after_seq` of
+/// agent `agent`; the default starts at the first agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResultsCursor {
+    /// Fingerprint of the agent being walked; empty before the first.
+    pub agent: String,
+    /// Last sequence number looked at (results the server writes itself
+    /// have negative ones, so a fresh agent starts at `i64::MIN`).
+    pub after_seq: i64,
+}
+
+/// The body of [`Store::retention_step`]: at most [`SERIES_PER_STEP`]
+/// series and `points_budget` raw points folded. A series with more
+/// expired points than the budget left is folded oldest first up to the
+/// budget and the cursor stays on it (folding is a merge, so a bucket
+/// folded in two steps gives the same rollup).
+fn retention_tx(
+    tx: &Transaction<'_>,
+    after: i64,
+    cutoffs: Cutoffs,
+    points_budget: usize,
+) -> rusqlite::Result<StepOutcome> {
+    let ids: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?
+        .query_map(params![after, SERIES_PER_STEP as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut fold = tx.prepare_cached(
+        "INSERT INTO rollups (series_id, bucket_ms, samples, min_value, max_value, sum_value)
+         SELECT series_id, ts_ms - (ts_ms % ?3), COUNT(*), MIN(value), MAX(value), SUM(value)
+         FROM points WHERE series_id = ?1 AND ts_ms < ?2
+         GROUP BY 2
+         ON CONFLICT (series_id, bucket_ms) DO UPDATE SET
+             samples = samples + excluded.samples,
+             min_value = MIN(min_value, excluded.min_value),
+             max_value = MAX(max_value, excluded.max_value),
+             sum_value = sum_value + excluded.sum_value",
+    )?;
+    let mut nth_expired = tx.prepare_cached(
+        "SELECT ts_ms FROM points WHERE series_id = ?1 AND ts_ms < ?2 ORDER BY ts_ms LIMIT 1 OFFSET ?3",
+    )?;
+    let mut delete_points =
+        tx.prepare_cached("DELETE FROM points WHERE series_id = ?1 AND ts_ms < ?2")?;
+    let mut delete_rollups =
+        tx.prepare_cached("DELETE FROM rollups WHERE series_id = ?1 AND bucket_ms < ?2")?;
+    let mut delete_unknown =
+        tx.prepare_cached("DELETE FROM unknown_points WHERE series_id = ?1 AND ts_ms < ?2")?;
+    let mut outcome = StepOutcome::default();
+    let mut budget = points_budget;
+    for &id in &ids {
+        // Points at or after the budget-th expired one wait for the next step.
+        let partial: Option<i64> = nth_expired
+            .query_row(params![id, cutoffs.raw_before_ms, budget as i64], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let upto = partial.unwrap_or(cutoffs.raw_before_ms);
+        fold.execute(params![id, upto, ROLLUP_BUCKET_MS])?;
+        let folded = delete_points.execute(params![id, upto])?;
+        budget = budget.saturating_sub(folded);
+        outcome.points_rolled_up += folded as u64;
+        outcome.rollups_deleted +=
+            delete_rollups.execute(params![id, cutoffs.rollups_before_ms])? as u64;
+        delete_unknown.execute(params![id, upto])?;
+        if partial.is_some() {
+            // This series again, from the start of the next step.
+            outcome.next = Some(id - 1);
+            return Ok(outcome);
+        }
+    }
+    outcome.next = (ids.len() == SERIES_PER_STEP).then(|| ids[ids.len() - 1]);
+    Ok(outcome)
+}
+
+fn results_retention_tx(
+    tx: &Transaction<'_>,
+    cursor: ResultsCursor,
+    before_ms: i64,
+) -> rusqlite::Result<(Option<ResultsCursor>, u64)> {
+    let mut next_agent = tx.prepare_cached(
+        "SELECT fingerprint FROM agents WHERE fingerprint > ?1 ORDER BY fingerprint LIMIT 1",
+    )?;
+    let mut window = tx.prepare_cached(
+        "SELECT seq, received_at_ms FROM results WHERE fingerprint = ?1 AND seq > ?2
+         ORDER BY seq LIMIT ?3",
+    )?;
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM results WHERE fingerprint = ?1 AND seq > ?2 AND seq <= ?3
+             AND received_at_ms < ?4
+             AND seq NOT IN (SELECT seq FROM latest_results WHERE fingerprint = ?1)",
+    )?;
+    let (mut agent, mut after) = if cursor.agent.is_empty() {
+        match next_agent
+            .query_row([""], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            Some(fp) => (fp, i64::MIN),
+            None => return Ok((None, 0)),
+        }
+    } else {
+        (cursor.agent, cursor.after_seq)
+    };
+    let (mut examined, mut agents, mut deleted) = (0usize, 0usize, 0u64);
+    loop {
+        let limit = RESULTS_PER_STEP - examined;
+        let rows: Vec<(i64, i64)> = window
+            .query_map(params![agent, after, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        examined += rows.len().max(1);
+        if let Some(&(last_seq, last_received)) = rows.last() {
+            deleted += delete.execute(params![agent, after, last_seq, before_ms])? as u64;
+            if rows.len() == limit && last_received < before_ms {
+                // The budget ran out inside this agent's expired results.
+                return Ok((
+                    Some(ResultsCursor {
+                        agent,
+                        after_seq: last_seq,
+                    }),
+                    deleted,
+                ));
+            }
+        }
+        agents += 1;
+        match next_agent
+            .query_row([&agent], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            None => return Ok((None, deleted)),
+            Some(fp) => {
+                agent = fp;
+                after = i64::MIN;
+            }
+        }
+        if examined >= RESULTS_PER_STEP || agents >= AGENTS_PER_STEP {
+            return Ok((
+                Some(ResultsCursor {
+                    agent,
+                    after_seq: after,
+                }),
+                deleted,
+            ));
+        }
     }
 }
 
@@ -773,6 +1019,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_series_with_more_expired_points_than_the_budget_is_folded_in_steps() {
+        let (_dir, store, fp) = store().await;
+        let bucket = 1_000 * ROLLUP_BUCKET_MS;
+        let batch: Vec<_> = (1..=25)
+            .map(|s| {
+                result(
+                    s,
+                    bucket + s as i64 * 1_000,
+                    vec![perf("used", s as f64, "")],
+                )
+            })
+            .collect();
+        store.ingest(&fp, batch).await.unwrap();
+        let cutoffs = Cutoffs {
+            raw_before_ms: bucket + ROLLUP_BUCKET_MS,
+            rollups_before_ms: 0,
+            results_before_ms: 0,
+        };
+        let mut after = 0;
+        let mut folded = Vec::new();
+        loop {
+            let step = store
+                .call(move |c| {
+                    let tx = c.transaction()?;
+                    let step = retention_tx(&tx, after, cutoffs, 10)?;
+                    tx.commit()?;
+                    Ok(step)
+                })
+                .await
+                .unwrap();
+            folded.push(step.points_rolled_up);
+            match step.next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert_eq!(folded, [10, 10, 5]);
+        // One bucket, as if folded at once.
+        let q = query(
+            &fp,
+            bucket,
+            bucket + ROLLUP_BUCKET_MS,
+            Some(ROLLUP_BUCKET_MS),
+        );
+        let got = store.query_series(q).await.unwrap().unwrap();
+        let p = &got.points[0];
+        assert_eq!(
+            (p.count, p.min, p.max, p.value),
+            (Some(25), Some(1.0), Some(25.0), Some(13.0))
+        );
+        assert_eq!(count(&store, "rollups").await, 1);
+        assert_eq!(count(&store, "points").await, 0);
+    }
+
+    #[tokio::test]
     async fn unknown_samples_are_raw_only_and_expire_with_raw_points() {
         let (_dir, store, fp) = store().await;
         let mut late = result(2, 5_000, vec![]);
@@ -858,13 +1159,55 @@ mod tests {
             .map(|s| result(s, s as i64 * 1_000, vec![]))
             .collect();
         store.ingest(&fp, batch).await.unwrap();
+        // Nothing arrived before a cut-off in the past, whatever its start.
         let (next, deleted) = store
-            .results_retention_step(String::new(), 10_000)
+            .results_retention_step(ResultsCursor::default(), 10_000)
+            .await
+            .unwrap();
+        assert_eq!((next, deleted), (None, 0));
+        let later = crate::store::now_ms() + 1_000;
+        let (next, deleted) = store
+            .results_retention_step(ResultsCursor::default(), later)
             .await
             .unwrap();
         assert_eq!((next, deleted), (None, 4));
         let latest = store.latest_results(None).await.unwrap();
         assert_eq!(latest[0].seq, 5);
+    }
+
+    #[tokio::test]
+    async fn a_results_pass_deletes_everything_expired_in_bounded_steps() {
+        let (_dir, store, fp) = store().await;
+        // More than one step's budget, dated far in the future (a wrong
+        // clock or a hostile agent) and by an agent whose kept latest
+        // results come first in sequence order.
+        let future = i64::MAX / 4;
+        let n = 2 * RESULTS_PER_STEP as u64 + 500;
+        let mut seq = 0;
+        while seq < n {
+            let batch: Vec<_> = (seq + 1..=(seq + 500).min(n))
+                .map(|s| {
+                    let mut r = result(s, future + s as i64, vec![]);
+                    r.check = format!("c{}", s % 3);
+                    r
+                })
+                .collect();
+            seq += batch.len() as u64;
+            store.ingest(&fp, batch).await.unwrap();
+        }
+        let cutoff = crate::store::now_ms() + 1_000;
+        let mut cursor = Some(ResultsCursor::default());
+        let (mut steps, mut deleted) = (0, 0);
+        while let Some(c) = cursor {
+            let (next, d) = store.results_retention_step(c, cutoff).await.unwrap();
+            cursor = next;
+            deleted += d;
+            steps += 1;
+            assert!(steps < 10, "the pass ends");
+        }
+        assert!(steps >= 2, "bounded steps, took {steps}");
+        assert_eq!(deleted, n - 3);
+        assert_eq!(count(&store, "results").await, 3);
     }
 
     #[tokio::test]

@@ -3,15 +3,55 @@
 //! One batch is one transaction: its results, their perfdata points
 //! (`metrics.rs`), the latest-result pointers and the agent's acked seq
 //! commit together, and the ack is computed inside it, so an ack never
-//! covers anything not durably stored.
+//! covers anything not durably stored (except results the caller refused,
+//! see [`IngestLimits::refused_up_to`]).
+//!
+//! Bounds applied here:
+//! - a result's start time is clamped to at most [`MAX_FUTURE_MS`] past
+//!   the server's clock, so a future-dated sample cannot outlive retention
+//!   (which cuts on time) or sit ahead of every real one;
+//! - an agent's series are capped (`metrics.rs`); the server reports drops
+//!   as a WARNING result [`SERIES_LIMIT_CHECK`] of that agent. Results the
+//!   server writes itself have negative sequence numbers (`i64::MIN` plus
+//!   the time), apart from the agent's, and show as seq 0.
 
 use anyhow::Context;
 use outrider_protocol::api::ResultInfo;
-use outrider_protocol::{CheckResult, Fingerprint, UnknownPerfData};
+use outrider_protocol::{CheckResult, CheckState, Fingerprint, UnknownPerfData};
 use rusqlite::{Connection, params};
 
-use super::metrics::{self, SeriesCache};
+use super::metrics::{
+    self, SERIES_LIMIT_CHECK, SERIES_LIMIT_RECOVERY_MS, SERIES_LIMIT_REPORT_MS, SeriesCache,
+};
 use super::{Store, now_ms};
+
+/// How far past the server's clock a result's start may lie; later starts
+/// are clamped to it (and counted in [`Ingested::clamped`]).
+pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
+
+/// Default of [`IngestLimits::max_series`].
+pub const DEFAULT_MAX_SERIES_PER_AGENT: usize = 2_000;
+
+/// Bounds of one [`Store::ingest_with`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Distinct perfdata series one agent may have; samples of further
+    /// series are dropped.
+    pub max_series: usize,
+    /// Highest sequence number of the batch's results the caller refused
+    /// (0: none). Acknowledged with the batch, so the agent's spool lets
+    /// go of them instead of resending them forever.
+    pub refused_up_to: u64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> IngestLimits {
+        IngestLimits {
+            max_series: DEFAULT_MAX_SERIES_PER_AGENT,
+            refused_up_to: 0,
+        }
+    }
+}
 
 /// What [`Store::ingest`] did with a batch.
 #[derive(Debug, Default)]
@@ -24,6 +64,10 @@ pub struct Ingested {
     pub stored: Vec<CheckResult>,
     /// Perfdata samples written as metric points.
     pub samples: usize,
+    /// Samples dropped by the agent's series limit.
+    pub series_dropped: usize,
+    /// Results whose start lay more than [`MAX_FUTURE_MS`] ahead, clamped.
+    pub clamped: usize,
 }
 
 impl Store {
@@ -39,12 +83,25 @@ impl Store {
         fingerprint: &Fingerprint,
         results: Vec<CheckResult>,
     ) -> anyhow::Result<Ingested> {
+        self.ingest_with(fingerprint, results, IngestLimits::default())
+            .await
+    }
+
+    /// [`Store::ingest`] within `limits`. The results of `stored` are as
+    /// stored: start clamped, perfdata dropped by the series limit removed,
+    /// and a series-limit report the server wrote for the agent last.
+    pub async fn ingest_with(
+        &self,
+        fingerprint: &Fingerprint,
+        results: Vec<CheckResult>,
+        limits: IngestLimits,
+    ) -> anyhow::Result<Ingested> {
         let fp = fingerprint.to_string();
         let series = self.series.clone();
         self.call(move |c| {
             // Lock order: `conn` (held by `call`), then the series cache.
             let mut cache = series.lock().unwrap_or_else(|p| p.into_inner());
-            let outcome = ingest_tx(c, &mut cache, &fp, results);
+            let outcome = ingest_tx(c, &mut cache, &fp, results, limits);
             if outcome.is_err() {
                 // Ids of series created in the rolled-back transaction are gone.
                 cache.clear();
@@ -100,7 +157,8 @@ impl Store {
                     agent: fp.parse().context("stored fingerprint is malformed")?,
                     hostname,
                     check,
-                    seq: seq as u64,
+                    // The server's own results have negative sequence numbers.
+                    seq: u64::try_from(seq).unwrap_or(0),
                     state: state.parse().map_err(anyhow::Error::msg)?,
                     summary,
                     long_output,
@@ -157,59 +215,52 @@ fn add_unknown_perfdata(
     Ok(())
 }
 
-/// The body of [`Store::ingest`]: one transaction.
+/// The body of [`Store::ingest_with`]: one transaction.
 fn ingest_tx(
     c: &mut Connection,
     cache: &mut SeriesCache,
     fp: &str,
     results: Vec<CheckResult>,
+    limits: IngestLimits,
 ) -> anyhow::Result<Ingested> {
     let tx = c.transaction()?;
     let now = now_ms();
     let mut out = Ingested::default();
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO results (fingerprint, seq, check_name, state, summary, long_output,
-                                            perfdata, started_at_ms, duration_ms, received_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        let mut latest = tx.prepare_cached(
-            // `state_since_ms` moves only when the state changes; the
-            // right-hand sides see the row as it was before the update.
-            "INSERT INTO latest_results (fingerprint, check_name, seq, state, state_since_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (fingerprint, check_name) DO UPDATE SET seq = excluded.seq,
-                 state = excluded.state,
-                 state_since_ms = CASE WHEN latest_results.state IS excluded.state
-                                       THEN latest_results.state_since_ms
-                                       ELSE excluded.state_since_ms END
-             WHERE excluded.seq > latest_results.seq",
-        )?;
-        for r in results {
-            let seq = i64::try_from(r.seq).context("sequence number out of range")?;
-            let inserted = insert.execute(params![
-                fp,
-                seq,
-                r.check,
-                r.state.as_str(),
-                r.summary,
-                r.long_output,
-                serde_json::to_string(&r.perfdata)?,
-                r.started_at_ms,
-                r.duration_ms as i64,
-                now
-            ])?;
-            if inserted > 0 {
-                latest.execute(params![fp, r.check, seq, r.state.as_str(), r.started_at_ms])?;
-                out.samples += metrics::insert_points(&tx, cache, fp, &r)?;
-                if let Some(event) = &r.update_event {
-                    super::update_events::insert(&tx, fp, event, now)?;
-                }
-                out.stored.push(r);
+    for mut r in results {
+        let seq = i64::try_from(r.seq).context("sequence number out of range")?;
+        if r.started_at_ms > now + MAX_FUTURE_MS {
+            r.started_at_ms = now + MAX_FUTURE_MS;
+            out.clamped += 1;
+        }
+        if insert_result(&tx, fp, seq, &r, now)? {
+            let points = metrics::insert_points(&tx, cache, fp, &mut r, limits.max_series)?;
+            out.samples += points.written;
+            if points.dropped > 0 {
+                out.series_dropped += points.dropped;
+                tx.prepare_cached(
+                    "UPDATE results SET perfdata = ?3 WHERE fingerprint = ?1 AND seq = ?2",
+                )?
+                .execute(params![fp, seq, serde_json::to_string(&r.perfdata)?])?;
             }
+            if let Some(event) = &r.update_event {
+                super::update_events::insert(&tx, fp, event, now)?;
+            }
+            out.stored.push(r);
         }
     }
-    let max = out.stored.iter().map(|r| r.seq).max().unwrap_or(0) as i64;
+    let max = out
+        .stored
+        .iter()
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0)
+        .max(limits.refused_up_to);
+    let max = i64::try_from(max).context("sequence number out of range")?;
+    if let Some(report) = series_limit_report(&tx, cache, fp, now, limits.max_series, &out)? {
+        // `i64::MIN + now` grows with time and never meets an agent's seq.
+        insert_result(&tx, fp, i64::MIN + now, &report, now)?;
+        out.stored.push(report);
+    }
     let mut acked = tx.prepare_cached(
         "UPDATE agents SET acked_seq = MAX(acked_seq, ?2), last_seen_ms = ?3 WHERE fingerprint = ?1
          RETURNING acked_seq",
@@ -219,6 +270,109 @@ fn ingest_tx(
     tx.commit()?;
     out.acked_seq = acked_seq as u64;
     Ok(out)
+}
+
+/// Stores result `r` as `seq` of agent `fp` and moves the check's latest
+/// pointer; false when that seq was already stored.
+fn insert_result(
+    tx: &rusqlite::Transaction<'_>,
+    fp: &str,
+    seq: i64,
+    r: &CheckResult,
+    now: i64,
+) -> anyhow::Result<bool> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO results (fingerprint, seq, check_name, state, summary, long_output,
+                                            perfdata, started_at_ms, duration_ms, received_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            fp,
+            seq,
+            r.check,
+            r.state.as_str(),
+            r.summary,
+            r.long_output,
+            serde_json::to_string(&r.perfdata)?,
+            r.started_at_ms,
+            r.duration_ms as i64,
+            now
+        ])?;
+    if inserted > 0 {
+        // `state_since_ms` moves only when the state changes; the
+        // right-hand sides see the row as it was before the update.
+        tx.prepare_cached(
+            "INSERT INTO latest_results (fingerprint, check_name, seq, state, state_since_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (fingerprint, check_name) DO UPDATE SET seq = excluded.seq,
+                 state = excluded.state,
+                 state_since_ms = CASE WHEN latest_results.state IS excluded.state
+                                       THEN latest_results.state_since_ms
+                                       ELSE excluded.state_since_ms END
+             WHERE excluded.seq > latest_results.seq",
+        )?
+        .execute(params![fp, r.check, seq, r.state.as_str(), r.started_at_ms])?;
+    }
+    Ok(inserted > 0)
+}
+
+/// What the server says about agent `fp`'s series limit after a batch, if
+/// anything: a WARNING naming the samples dropped since the last report
+/// (at most one per [`SERIES_LIMIT_REPORT_MS`]), or an OK once none were
+/// dropped for [`SERIES_LIMIT_RECOVERY_MS`] after a WARNING, so an alert
+/// on it resolves.
+fn series_limit_report(
+    tx: &rusqlite::Transaction<'_>,
+    cache: &mut SeriesCache,
+    fp: &str,
+    now: i64,
+    max_series: usize,
+    batch: &Ingested,
+) -> rusqlite::Result<Option<CheckResult>> {
+    // Loaded once per agent and process: after a restart a WARNING left by
+    // the previous run still recovers.
+    let agent = cache.agent(tx, fp)?;
+    let report = |state: CheckState, summary: String| CheckResult {
+        seq: 0,
+        check: SERIES_LIMIT_CHECK.to_owned(),
+        state,
+        summary,
+        long_output: String::new(),
+        perfdata: Vec::new(),
+        unknown_perfdata: Vec::new(),
+        started_at_ms: now,
+        duration_ms: 0,
+        update_event: None,
+    };
+    let report_due = agent
+        .warned_at_ms
+        .is_none_or(|t| now - t >= SERIES_LIMIT_REPORT_MS);
+    if agent.dropped_unreported > 0 && report_due {
+        let dropped = std::mem::take(&mut agent.dropped_unreported);
+        agent.warned_at_ms = Some(now);
+        return Ok(Some(report(
+            CheckState::Warning,
+            format!(
+                "{dropped} perfdata samples dropped: this agent has reached the server's limit of {max_series} series (--max-series-per-agent); \
+                 remove perfdata labels or raise the limit"
+            ),
+        )));
+    }
+    let quiet = agent
+        .warned_at_ms
+        .is_some_and(|t| now - t >= SERIES_LIMIT_RECOVERY_MS);
+    if quiet && agent.dropped_unreported == 0 && batch.series_dropped == 0 {
+        agent.warned_at_ms = None;
+        return Ok(Some(report(
+            CheckState::Ok,
+            format!(
+                "no perfdata samples dropped for {} minutes",
+                SERIES_LIMIT_RECOVERY_MS / 60_000
+            ),
+        )));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -306,6 +460,129 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(since(store.clone()).await, Some(6_000));
+    }
+
+    fn with_labels(seq: u64, labels: std::ops::Range<usize>) -> CheckResult {
+        let mut r = result(seq, "load", CheckState::Ok);
+        r.started_at_ms = now_ms();
+        r.perfdata = labels
+            .map(|i| PerfData {
+                label: format!("l{i}"),
+                ..r.perfdata[0].clone()
+            })
+            .collect();
+        r
+    }
+
+    #[tokio::test]
+    async fn series_beyond_the_limit_are_dropped_and_reported_then_recover() {
+        let (_dir, store, fp) = store_with_agent().await;
+        let limits = IngestLimits {
+            max_series: 3,
+            refused_up_to: 0,
+        };
+        let got = store
+            .ingest_with(&fp, vec![with_labels(1, 0..5)], limits)
+            .await
+            .unwrap();
+        assert_eq!((got.samples, got.series_dropped), (3, 2));
+        // The stored result keeps only the samples that were stored, and
+        // the server's report follows it.
+        assert_eq!(got.stored.len(), 2);
+        assert_eq!(got.stored[0].perfdata.len(), 3);
+        let report = &got.stored[1];
+        assert_eq!(
+            (report.check.as_str(), report.state),
+            (SERIES_LIMIT_CHECK, CheckState::Warning)
+        );
+        assert!(
+            report.summary.starts_with("2 perfdata samples dropped"),
+            "{}",
+            report.summary
+        );
+        assert_eq!(store.series(Some(fp.clone()), None).await.unwrap().len(), 3);
+        // Known series still take samples; new ones are dropped, but the
+        // next WARNING waits for the report interval.
+        let got = store
+            .ingest_with(&fp, vec![with_labels(2, 0..6)], limits)
+            .await
+            .unwrap();
+        assert_eq!(
+            (got.samples, got.series_dropped, got.stored.len()),
+            (3, 3, 1)
+        );
+        let latest = store.latest_results(None).await.unwrap();
+        let report = latest
+            .iter()
+            .find(|r| r.check == SERIES_LIMIT_CHECK)
+            .unwrap();
+        assert_eq!((report.state, report.seq), (CheckState::Warning, 0));
+        let perfdata: String = store
+            .call(|c| {
+                Ok(
+                    c.query_row("SELECT perfdata FROM results WHERE seq = 2", [], |r| {
+                        r.get(0)
+                    })?,
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Vec<PerfData>>(&perfdata)
+                .unwrap()
+                .len(),
+            3
+        );
+        // Once the report interval passed, the drops since are reported.
+        let age = |store: &Store, ms: i64| {
+            let mut cache = store.series.lock().unwrap();
+            let agent = cache.agents.get_mut(fp.as_str()).unwrap();
+            agent.warned_at_ms = agent.warned_at_ms.map(|t| t - ms);
+        };
+        age(&store, SERIES_LIMIT_REPORT_MS);
+        let got = store
+            .ingest_with(&fp, vec![with_labels(3, 0..3)], limits)
+            .await
+            .unwrap();
+        assert_eq!(got.stored.len(), 2);
+        assert!(
+            got.stored[1]
+                .summary
+                .starts_with("3 perfdata samples dropped")
+        );
+        // Quiet for the recovery time: an OK, so an alert on it resolves.
+        age(&store, SERIES_LIMIT_RECOVERY_MS);
+        let got = store
+            .ingest_with(&fp, vec![with_labels(4, 0..3)], limits)
+            .await
+            .unwrap();
+        assert_eq!(got.stored.len(), 2);
+        assert_eq!(got.stored[1].state, CheckState::Ok);
+        let got = store
+            .ingest_with(&fp, vec![with_labels(5, 0..3)], limits)
+            .await
+            .unwrap();
+        assert_eq!(got.stored.len(), 1, "one OK, not one per batch");
+        // The agent's own sequence numbers and acks are untouched.
+        assert_eq!(got.acked_seq, 5);
+    }
+
+    #[tokio::test]
+    async fn future_dated_results_are_clamped_and_refused_seqs_acked() {
+        let (_dir, store, fp) = store_with_agent().await;
+        let mut r = result(1, "load", CheckState::Ok);
+        r.started_at_ms = i64::MAX;
+        let limits = IngestLimits {
+            refused_up_to: 9,
+            ..IngestLimits::default()
+        };
+        let got = store.ingest_with(&fp, vec![r], limits).await.unwrap();
+        assert_eq!(got.clamped, 1);
+        assert_eq!(got.acked_seq, 9);
+        let stored = got.stored[0].started_at_ms;
+        assert!(stored <= now_ms() + MAX_FUTURE_MS && stored > now_ms());
+        let latest = store.latest_results(None).await.unwrap();
+        assert_eq!(latest[0].started_at_ms, stored);
     }
 
     #[tokio::test]

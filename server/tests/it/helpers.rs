@@ -16,6 +16,7 @@ use outrider_protocol::{
     PROTOCOL_VERSION, ServerMessage, Welcome, auth_message, fingerprint_of,
 };
 use outrider_server::ServerConfig;
+use outrider_server::config::ResultNames;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -78,12 +79,26 @@ impl Server {
 
     /// [`Server::start_with`] on an existing data directory.
     pub async fn start_in(dir: TempDir, configure: impl FnOnce(&mut ServerConfig)) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config = ServerConfig::new(dir.path().to_owned(), addr);
+        Server::start_bound("127.0.0.1:0", dir, configure).await
+    }
+
+    /// [`Server::start_in`] listening on `bind` (e.g. `0.0.0.0:0`); the
+    /// test still connects through loopback.
+    pub async fn start_bound(
+        bind: &str,
+        dir: TempDir,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Server {
+        let listener = TcpListener::bind(bind).await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], bound.port()));
+        let mut config = ServerConfig::new(dir.path().to_owned(), bound);
         config.enrollment_token = Some(ENROLLMENT_TOKEN.into());
         config.ping_interval_secs = 60;
         config.down_after_secs = 120;
+        // Most tests speak for agents without configuring their checks;
+        // the tests of the name rule (ingest_bounds.rs) restore it.
+        config.result_names = ResultNames::AnyValid;
         configure(&mut config);
         let tls = config.tls().is_some();
         let shutdown = CancellationToken::new();

@@ -10,6 +10,7 @@ mod enrollment;
 mod events;
 mod golden;
 mod helpers;
+mod ingest_bounds;
 mod metrics;
 mod negotiation;
 mod notify;

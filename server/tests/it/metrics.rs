@@ -13,7 +13,7 @@ use crate::helpers::{Agent, ENROLLMENT_TOKEN, STEP, Server, result};
 
 const HOUR_MS: i64 = 3_600_000;
 
-fn perf(label: &str, value: f64, uom: &str) -> PerfData {
+pub(crate) fn perf(label: &str, value: f64, uom: &str) -> PerfData {
     PerfData {
         label: label.into(),
         value,
@@ -25,7 +25,12 @@ fn perf(label: &str, value: f64, uom: &str) -> PerfData {
     }
 }
 
-fn with_perf(seq: u64, check: &str, started_at_ms: i64, perfdata: Vec<PerfData>) -> CheckResult {
+pub(crate) fn with_perf(
+    seq: u64,
+    check: &str,
+    started_at_ms: i64,
+    perfdata: Vec<PerfData>,
+) -> CheckResult {
     CheckResult {
         started_at_ms,
         perfdata,
@@ -150,17 +155,17 @@ async fn series_api_answers_bad_requests_with_a_named_problem() {
 
 /// One sample of the text exposition format, decoded.
 #[derive(Debug, PartialEq)]
-struct Sample {
-    name: String,
-    labels: HashMap<String, String>,
-    value: f64,
+pub(crate) struct Sample {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub value: f64,
 }
 
 /// A strict parser of the text format 0.0.4: every sample belongs to a
 /// family announced by `# HELP` and `# TYPE` before its first sample, a
 /// family's samples are contiguous, label values are unescaped, and a
 /// series appears once.
-fn parse_exposition(text: &str) -> Vec<Sample> {
+pub(crate) fn parse_exposition(text: &str) -> Vec<Sample> {
     let mut samples: Vec<Sample> = Vec::new();
     let mut help = HashMap::new();
     let mut types = HashMap::new();
@@ -287,7 +292,11 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
     samples
 }
 
-fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
+pub(crate) fn find<'a>(
+    samples: &'a [Sample],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a Sample> {
     samples.iter().find(|s| {
         s.name == name
             && labels
@@ -394,7 +403,10 @@ async fn metrics_token_is_required_when_configured() {
 }
 
 /// Reads `n` lines from the accepted carbon connection.
-async fn read_lines(reader: &mut BufReader<tokio::net::TcpStream>, n: usize) -> Vec<String> {
+pub(crate) async fn read_lines(
+    reader: &mut BufReader<tokio::net::TcpStream>,
+    n: usize,
+) -> Vec<String> {
     let mut lines = Vec::new();
     for _ in 0..n {
         let mut line = String::new();
