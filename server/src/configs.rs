@@ -33,6 +33,14 @@ impl ConfigCache {
             .get(fp)
             .cloned()
     }
+
+    /// Drops the document of a removed agent.
+    pub fn forget(&self, fp: &Fingerprint) {
+        self.docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(fp);
+    }
 }
 
 /// Recomputes the documents of every agent (or only `only`), updates the
