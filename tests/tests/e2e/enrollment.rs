@@ -57,6 +57,9 @@ fn the_token_leaves_agent_toml_after_the_first_welcome_and_removal_needs_a_new_o
     agent
         .proc
         .wait_for_log("agent library loaded and running", secs(60));
+    // Its own log, not the server's presence: the stopped process's
+    // session may still count as connected for a moment.
+    agent.proc.wait_for_log("connected to ws://", secs(60));
     let again = wait_until("agent back after its restart", secs(60), || {
         connected(&server)
     });
