@@ -261,12 +261,13 @@ mod tests {
         let other: Fingerprint = "ffffffffffffffffffff".parse().unwrap();
         let spent = token_sha256("tok");
         // (configured, spent, enrolled_as, presented)
-        let cases: [(
-            Option<&str>,
-            Option<&str>,
-            Option<&Fingerprint>,
-            Option<&str>,
-        ); 6] = [
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a Fingerprint>,
+            Option<&'a str>,
+        );
+        let cases: [Case; 6] = [
             (Some("tok"), None, None, Some("tok")),
             (Some("tok"), None, Some(&me), None),
             // Enrolled as another key (identity regenerated): present it.
