@@ -342,6 +342,30 @@ mod tests {
         t.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    #[tokio::test]
+    async fn a_pinned_admission_cannot_bring_back_a_removed_agent() {
+        use crate::store::test_support::{registration, store_with_agent};
+        let (_dir, store, fp) = store_with_agent("web-1").await;
+        let pinned = Registration {
+            admission: Admission::Pinned,
+            ..registration(&fp, "web-1", &["db"])
+        };
+        // Known agent: updated; its token allowed any tag.
+        let registered = store.register(pinned.clone()).await.unwrap().unwrap();
+        assert_eq!(registered.refused_tags, Vec::<String>::new());
+        // Another key under the same fingerprint: not this agent.
+        let forged = Registration {
+            public_key: "11".repeat(32),
+            ..pinned.clone()
+        };
+        assert_eq!(store.register(forged).await.unwrap(), None);
+        // Removed (say, while this session authenticated): no row again.
+        assert!(store.remove_agent(&fp).await.unwrap());
+        assert_eq!(store.register(pinned).await.unwrap(), None);
+        assert_eq!(store.pinned_key(&fp).await.unwrap(), None);
+        assert!(!store.remove_agent(&fp).await.unwrap());
+    }
+
     #[test]
     fn declared_tags_are_split_by_the_allow_list() {
         // (declared, allowed, kept, refused)
