@@ -13,7 +13,7 @@
 //! - anything else — a program path, run as is.
 //!
 //! Before any of that, the host's [`LocalPolicy`] judges `command`: a
-//! refused command is an UNKNOWN result "refused by local policy: <why>"
+//! refused command is an UNKNOWN result `"refused by local policy: <why>"`
 //! and nothing is started (the scheduler's runs and run-now alike).
 //!
 //! On Windows a program goes through the interpreter table by the extension

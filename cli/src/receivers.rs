@@ -88,7 +88,7 @@ enum AddCommand {
         /// File holding the integration's routing key; `-` reads stdin.
         #[arg(long)]
         routing_key_file: PathBuf,
-        /// Events endpoint (default https://events.pagerduty.com/v2/enqueue).
+        /// Events endpoint (default `https://events.pagerduty.com/v2/enqueue`).
         #[arg(long)]
         url: Option<String>,
     },

@@ -1,6 +1,6 @@
 //! One receiver's delivery worker: takes the receiver's oldest pending
 //! delivery, waits until it is due and the rate allows, sends it, and
-//! records what [`policy`](super::policy) makes of the answer. The
+//! records what [`policy`] makes of the answer. The
 //! decisions are pure functions there; this loop only waits and performs.
 
 use std::sync::Arc;
