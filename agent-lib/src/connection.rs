@@ -23,7 +23,8 @@
 //! debug (see `docs/protocol.md`); a malformed one is logged and skipped.
 //!
 //! Reconnects use one [`Backoff`] (reset after every session that got a
-//! `Welcome`); a `Rejected` waits at least [`REJECTED_RETRY`]. Every
+//! `Welcome`); a `Rejected` waits at least [`REJECTED_RETRY`], ten times
+//! that when no enrollment token is left to present. Every
 //! (re)connect resends all un-acked results; the server dedups by seq.
 
 pub mod enrollment;
@@ -87,6 +88,11 @@ pub const PLUGIN_RETRY: Duration = Duration::from_secs(60);
 pub const PLUGIN_RETRY_CAP: Duration = Duration::from_secs(3600);
 /// Shortest wait after the server rejected us.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
+/// After a rejection with no enrollment token left to present, the wait is
+/// this many times [`ConnectionTiming::rejected_retry`] (ten minutes): a
+/// removed agent keeps knocking, rarely, until its operator gives it a new
+/// token or uninstalls it.
+pub const NO_TOKEN_RETRY_FACTOR: u32 = 10;
 
 /// The connection's time limits; [`Default`] is the named constants above.
 /// Tests shorten them; production never changes them.
@@ -279,13 +285,16 @@ impl<'a> Connection<'a> {
                     }
                 }
                 Err(e @ AgentError::Rejected { .. }) => {
-                    self.forget_enrollment().await;
-                    (
-                        format!("{e} (at {url})"),
-                        backoff
-                            .next_delay()
-                            .max(self.agent.settings.timing.rejected_retry),
-                    )
+                    let rejected_retry = self.agent.settings.timing.rejected_retry;
+                    // Without a token to present, only the operator can
+                    // change the answer (and a new token needs a restart
+                    // anyway): knock rarely.
+                    let floor = if self.forget_enrollment().await {
+                        rejected_retry
+                    } else {
+                        rejected_retry.saturating_mul(NO_TOKEN_RETRY_FACTOR)
+                    };
+                    (format!("{e} (at {url})"), backoff.next_delay().max(floor))
                 }
                 Err(e) => (
                     format!("cannot reach server at {url}: {e}"),
@@ -478,7 +487,8 @@ impl<'a> Connection<'a> {
 
     /// After a `Rejected`: present the enrollment token again next time, in
     /// case the server forgot this agent.
-    async fn forget_enrollment(&mut self) {
+    /// Returns whether the next Hello has a token to present.
+    async fn forget_enrollment(&mut self) -> bool {
         let forgot = self.memory.saved.enrolled_as.take().is_some();
         let presentable = enrollment::token_to_present(
             self.agent.settings.agent.enrollment_token.as_deref(),
@@ -504,6 +514,7 @@ impl<'a> Connection<'a> {
         if forgot {
             self.save_memory().await;
         }
+        presentable
     }
 
     /// Persists the connection memory on the blocking pool: the write
