@@ -436,6 +436,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn enrollment_fields_stay_compatible_both_ways() {
+        // A request without a tag allow-list carries no new field: servers
+        // from before it refuse unknown fields.
+        let req = serde_json::to_value(NewEnrollmentToken {
+            note: "rack".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            req,
+            serde_json::json!({"note": "rack", "expires_in_secs": null, "uses": null})
+        );
+        // Answers of older servers still read.
+        let old: EnrollmentTokenInfo = serde_json::from_value(serde_json::json!({
+            "id": "ab", "note": "", "created_at_ms": 1, "expires_at_ms": null,
+            "uses_left": null, "used": 2, "revoked_at_ms": null
+        }))
+        .unwrap();
+        assert_eq!((old.allowed_tags, old.refused), (None, 0));
+    }
+
+    #[test]
     fn failure_groups_read_as_one_line() {
         let group = |kind: &str, agents: u64, reason: &str| FailureGroup {
             version: Some("1.4.0".into()),
