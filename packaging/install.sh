@@ -859,6 +859,18 @@ write_agent_toml() {
     } >"$tmp/agent.toml"
 }
 
+# Whether the installed agent.toml holds these settings already, except the
+# enrollment token the agent removed once it enrolled with it: the same
+# token as the last run (its SHA-256 is in the install record) means nothing
+# changed; a different one is a new enrollment and is written.
+spent_token_unchanged() {
+    [ -f "$record" ] || return 1
+    _recorded=$(awk -F= '$1 == "token_sha256" { print $2 }' "$record")
+    [ -n "$_recorded" ] && [ "$_recorded" = "$token_sha" ] || return 1
+    grep -v '^enrollment_token = ' "$tmp/agent.toml" >"$tmp/agent.toml.spent" || return 1
+    cmp -s "$tmp/agent.toml.spent" "$config_dir/agent.toml" 2>/dev/null
+}
+
 uninstall() {
     _created=no
     _created_user=no
@@ -1070,7 +1082,11 @@ main() {
     mkdir -p "$config_dir" "$data_dir/bin" "$log_dir" || die "cannot create $data_dir"
     changed=false
     write_agent_toml
-    if ! cmp -s "$tmp/agent.toml" "$config_dir/agent.toml" 2>/dev/null; then
+    printf '%s' "$token" >"$tmp/token"
+    token_sha=$(sha256_of "$tmp/token")
+    rm -f "$tmp/token"
+    if ! cmp -s "$tmp/agent.toml" "$config_dir/agent.toml" 2>/dev/null &&
+        ! spent_token_unchanged; then
         mv "$tmp/agent.toml" "$config_dir/agent.toml" || die "cannot write $config_dir/agent.toml"
         changed=true
     fi
@@ -1086,8 +1102,8 @@ main() {
         mv "$bin.tmp" "$bin" || die "cannot install $bin"
         changed=true
     fi
-    printf 'service_manager=%s\ncreated_data_dir=%s\ncreated_user=%s\n' \
-        "$service_manager" "$created_data_dir" "${created_user:-no}" >"$record"
+    printf 'service_manager=%s\ncreated_data_dir=%s\ncreated_user=%s\ntoken_sha256=%s\n' \
+        "$service_manager" "$created_data_dir" "${created_user:-no}" "$token_sha" >"$record"
     if [ "$system" = true ]; then
         own_files
     fi

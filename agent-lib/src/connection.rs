@@ -10,8 +10,9 @@
 //! Handshake: `Challenge` → `Hello` (signed; carries the tags, the resume
 //! token of the last `Welcome` and the running config version) →
 //! `Welcome`/`Rejected`. The enrollment token is sent until the server has
-//! welcomed this key once (see [`saved`]); every Hello carries the signed
-//! proof of key possession. A `Welcome` records the resume token, the
+//! welcomed this key once (see [`saved`]), then spent: removed from
+//! `agent.toml` and never presented again by this process (see
+//! [`enrollment`]); every Hello carries the signed proof of key possession. A `Welcome` records the resume token, the
 //! fallback addresses and the enrollment (persisted, see [`saved`]) and
 //! reports resolver health as an `outrider.dns` result when it changed.
 //!
@@ -22,9 +23,11 @@
 //! debug (see `docs/protocol.md`); a malformed one is logged and skipped.
 //!
 //! Reconnects use one [`Backoff`] (reset after every session that got a
-//! `Welcome`); a `Rejected` waits at least [`REJECTED_RETRY`]. Every
+//! `Welcome`); a `Rejected` waits at least [`REJECTED_RETRY`], ten times
+//! that when no enrollment token is left to present. Every
 //! (re)connect resends all un-acked results; the server dedups by seq.
 
+pub mod enrollment;
 pub mod saved;
 mod session;
 
@@ -85,6 +88,11 @@ pub const PLUGIN_RETRY: Duration = Duration::from_secs(60);
 pub const PLUGIN_RETRY_CAP: Duration = Duration::from_secs(3600);
 /// Shortest wait after the server rejected us.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
+/// After a rejection with no enrollment token left to present, the wait is
+/// this many times [`ConnectionTiming::rejected_retry`] (ten minutes): a
+/// removed agent keeps knocking, rarely, until its operator gives it a new
+/// token or uninstalls it.
+pub const NO_TOKEN_RETRY_FACTOR: u32 = 10;
 
 /// The connection's time limits; [`Default`] is the named constants above.
 /// Tests shorten them; production never changes them.
@@ -277,13 +285,16 @@ impl<'a> Connection<'a> {
                     }
                 }
                 Err(e @ AgentError::Rejected { .. }) => {
-                    self.forget_enrollment().await;
-                    (
-                        format!("{e} (at {url})"),
-                        backoff
-                            .next_delay()
-                            .max(self.agent.settings.timing.rejected_retry),
-                    )
+                    let rejected_retry = self.agent.settings.timing.rejected_retry;
+                    // Without a token to present, only the operator can
+                    // change the answer (and a new token needs a restart
+                    // anyway): knock rarely.
+                    let floor = if self.forget_enrollment().await {
+                        rejected_retry
+                    } else {
+                        rejected_retry.saturating_mul(NO_TOKEN_RETRY_FACTOR)
+                    };
+                    (format!("{e} (at {url})"), backoff.next_delay().max(floor))
                 }
                 Err(e) => (
                     format!("cannot reach server at {url}: {e}"),
@@ -338,13 +349,13 @@ impl<'a> Connection<'a> {
             public_key: self.agent.identity.public_key_hex(),
             signature: self.agent.identity.sign_challenge(nonce),
             // The org token only until the server has welcomed this key.
-            enrollment_token: if self.memory.saved.enrolled_as.as_ref()
-                == Some(self.agent.identity.fingerprint())
-            {
-                None
-            } else {
-                self.agent.settings.agent.enrollment_token.clone()
-            },
+            enrollment_token: enrollment::token_to_present(
+                settings.agent.enrollment_token.as_deref(),
+                self.memory.spent_token_sha256.as_deref(),
+                self.memory.saved.enrolled_as.as_ref(),
+                self.agent.identity.fingerprint(),
+            )
+            .map(str::to_owned),
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
@@ -433,6 +444,7 @@ impl<'a> Connection<'a> {
             self.agent.outbox.push(DNS_CHECK, outcome);
             self.memory.dns_broken = broken;
         }
+        self.spend_enrollment_token().await;
         self.agent.hooks.info(&format!(
             "connected to {} at {} as {}{}; {pending} un-acked results to send",
             self.agent.settings.endpoint.ws_url,
@@ -442,15 +454,67 @@ impl<'a> Connection<'a> {
         ));
     }
 
+    /// After a Welcome: the configured enrollment token is spent. It is
+    /// never presented again by this process and its line is removed from
+    /// `agent.toml` (once per token; a file that cannot be edited is
+    /// logged, and the agent runs on).
+    async fn spend_enrollment_token(&mut self) {
+        let Some(token) = self.agent.settings.agent.enrollment_token.as_deref() else {
+            return;
+        };
+        let sha = enrollment::token_sha256(token);
+        if self.memory.spent_token_sha256.as_deref() == Some(sha.as_str()) {
+            return;
+        }
+        self.memory.spent_token_sha256 = Some(sha);
+        let dir = self.agent.settings.config_dir.clone();
+        let removed =
+            tokio::task::spawn_blocking(move || enrollment::remove_enrollment_token(&dir)).await;
+        let hooks = self.agent.hooks;
+        match removed {
+            Ok(Ok(enrollment::Removal::Removed)) => hooks.info(
+                "enrolled: the enrollment token was removed from agent.toml; this agent \
+                 reconnects with its key alone",
+            ),
+            Ok(Ok(enrollment::Removal::Absent)) => {}
+            Ok(Err(e)) => hooks.warn(&format!(
+                "enrolled, but the enrollment token stays in agent.toml: {e}; remove the \
+                 `enrollment_token` line by hand (this agent no longer needs it)"
+            )),
+            Err(e) => hooks.warn(&format!("removing the enrollment token failed: {e}")),
+        }
+    }
+
     /// After a `Rejected`: present the enrollment token again next time, in
     /// case the server forgot this agent.
-    async fn forget_enrollment(&mut self) {
-        if self.memory.saved.enrolled_as.take().is_some() {
-            self.agent
-                .hooks
-                .info("the next attempt presents the enrollment token again");
+    /// Returns whether the next Hello has a token to present.
+    async fn forget_enrollment(&mut self) -> bool {
+        let forgot = self.memory.saved.enrolled_as.take().is_some();
+        let presentable = enrollment::token_to_present(
+            self.agent.settings.agent.enrollment_token.as_deref(),
+            self.memory.spent_token_sha256.as_deref(),
+            None,
+            self.agent.identity.fingerprint(),
+        )
+        .is_some();
+        if presentable {
+            if forgot {
+                self.agent
+                    .hooks
+                    .info("the next attempt presents the enrollment token again");
+            }
+        } else {
+            // Said on every refusal: the one thing that helps is the operator's.
+            self.agent.hooks.warn(
+                "this agent has no unused enrollment token: to enroll it again, put a new \
+                 token (`outrider tokens create`) into agent.toml as `enrollment_token` and \
+                 restart the agent",
+            );
+        }
+        if forgot {
             self.save_memory().await;
         }
+        presentable
     }
 
     /// Persists the connection memory on the blocking pool: the write

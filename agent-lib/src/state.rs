@@ -64,6 +64,11 @@ pub struct ConnectionState {
     /// Whether the last report for `outrider.dns` said the resolver is broken.
     #[serde(default)]
     pub dns_broken: bool,
+    /// SHA-256 of the enrollment token this process enrolled with: never
+    /// presented again, though the stub still hands it over in the
+    /// `agent.toml` text it read at start (`connection/enrollment.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_token_sha256: Option<String>,
 }
 
 impl Default for StateBlob {
@@ -133,6 +138,7 @@ mod tests {
                     enrolled_as: Some("0123456789abcdef0123".parse().unwrap()),
                 },
                 dns_broken: true,
+                spent_token_sha256: Some("ab".repeat(32)),
             }),
             unacked: vec![CheckResult {
                 seq: 7,

@@ -31,6 +31,12 @@ enum AgentsCommand {
         agent: String,
         tags: Vec<String>,
     },
+    /// Remove an agent: unpin its key and close its session. It can only
+    /// come back with a new enrollment token in its agent.toml.
+    Remove {
+        /// Fingerprint or unique hostname.
+        agent: String,
+    },
     /// Allow or forbid ad-hoc scripts (`outrider run --script`) on an agent.
     AllowAdhoc {
         /// Fingerprint or unique hostname.
@@ -89,6 +95,24 @@ pub fn run(client: &ApiClient, global: &GlobalArgs, args: AgentsArgs) -> Result<
                     info.tags.join(", ")
                 )
             })
+        }
+        AgentsCommand::Remove { agent } => {
+            let fp = resolve(client, &agent)?;
+            let answer: serde_json::Value = client.delete_json(&format!("/api/v1/agents/{fp}"))?;
+            if global.json {
+                print_json(&answer)?;
+            } else {
+                let session = if answer["was_connected"] == true {
+                    "its session was closed; "
+                } else {
+                    ""
+                };
+                println!(
+                    "agent {fp} removed: {session}its key is no longer accepted, and it comes back \
+                     only with a new enrollment token in its agent.toml"
+                );
+            }
+            Ok(())
         }
         AgentsCommand::AllowAdhoc { agent, setting } => {
             let fp = resolve(client, &agent)?;
@@ -180,6 +204,18 @@ fn print_agent(a: &AgentInfo) {
     println!("last seen:    {}", ago(a.last_seen_ms));
     println!("tags:         {}", clean_line(&a.tags.join(", ")));
     println!("server tags:  {}", clean_line(&a.server_tags.join(", ")));
+    if let Some(allowed) = &a.allowed_tags {
+        println!("allowed tags: {}", clean_line(&allowed.join(", ")));
+    }
+    if !a.refused_tags.is_empty() {
+        println!(
+            "ignored tags: {} (declared, not allowed by its enrollment token)",
+            clean_line(&a.refused_tags.join(", "))
+        );
+    }
+    if let Some(token) = &a.enrollment_token {
+        println!("enrolled by:  token {}", clean_line(token));
+    }
     println!(
         "ad-hoc:       {}",
         if a.allow_adhoc { "allowed" } else { "refused" }

@@ -252,6 +252,10 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         root_sha256(&client)?
     );
     println!(
+        "  (this token, the server's bootstrap token, enrolls hosts for a day; then use `{} tokens create`)",
+        cli.display()
+    );
+    println!(
         "Logs: {} and {}",
         home.join("server.log").display(),
         agent_log.display()

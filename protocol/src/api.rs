@@ -90,6 +90,17 @@ pub struct AgentInfo {
     /// Protocol version of the agent's last session, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<u32>,
+    /// Id of the enrollment token the agent registered with (absent for
+    /// agents registered before servers recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_token: Option<String>,
+    /// Tags the agent may declare, from its enrollment token; absent = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tags: Option<Vec<String>>,
+    /// Tags the agent declared outside `allowed_tags`: ignored for check
+    /// selection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_tags: Vec<String>,
 }
 
 /// `GET /api/v1/update-health`: per channel, what the fleet runs and which
@@ -274,13 +285,29 @@ pub struct NewEnrollmentToken {
     /// Free text for the operator (where the token is used).
     #[serde(default)]
     pub note: String,
-    /// Seconds until the token stops working; absent = never.
+    /// Seconds until the token stops working; absent = the server's
+    /// default ([`DEFAULT_TOKEN_EXPIRES_IN_SECS`]). Every token expires.
     #[serde(default)]
     pub expires_in_secs: Option<u64>,
     /// Registrations the token allows; absent = unlimited.
     #[serde(default)]
     pub uses: Option<u32>,
+    /// Tags an agent enrolled with this token may declare (in its
+    /// `agent.toml`) to select checks; others it declares are ignored.
+    /// Absent = any tag. Sent only when set, so older servers (which
+    /// refuse unknown fields) still take requests without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tags: Option<Vec<String>>,
 }
+
+/// Lifetime of an enrollment token created without `expires_in_secs`, and
+/// of the bootstrap token the server writes on first start unless told
+/// otherwise: a day, enough to install a first batch of hosts.
+pub const DEFAULT_TOKEN_EXPIRES_IN_SECS: u64 = 86_400;
+
+/// Longest lifetime of an enrollment token (one year): a secret that
+/// enrolls hosts must be rotated.
+pub const MAX_TOKEN_EXPIRES_IN_SECS: u64 = 365 * 86_400;
 
 /// `GET /api/v1/tokens` rows. The secret itself is shown only once, at creation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +322,12 @@ pub struct EnrollmentTokenInfo {
     /// Registrations made with it so far.
     pub used: u64,
     pub revoked_at_ms: Option<i64>,
+    /// Tags agents enrolled with it may declare; absent = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tags: Option<Vec<String>>,
+    /// Registrations refused with it (expired, revoked, used up).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// Answer of `POST /api/v1/tokens`.
@@ -401,6 +434,28 @@ pub enum Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enrollment_fields_stay_compatible_both_ways() {
+        // A request without a tag allow-list carries no new field: servers
+        // from before it refuse unknown fields.
+        let req = serde_json::to_value(NewEnrollmentToken {
+            note: "rack".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            req,
+            serde_json::json!({"note": "rack", "expires_in_secs": null, "uses": null})
+        );
+        // Answers of older servers still read.
+        let old: EnrollmentTokenInfo = serde_json::from_value(serde_json::json!({
+            "id": "ab", "note": "", "created_at_ms": 1, "expires_at_ms": null,
+            "uses_left": null, "used": 2, "revoked_at_ms": null
+        }))
+        .unwrap();
+        assert_eq!((old.allowed_tags, old.refused), (None, 0));
+    }
 
     #[test]
     fn failure_groups_read_as_one_line() {

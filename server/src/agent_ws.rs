@@ -12,10 +12,13 @@
 //! | socket lost, bad frame, silent agent  | down            |
 //! | replaced by a newer session           | unchanged       |
 //! | server shutting down                  | unchanged       |
+//! | agent removed by an operator          | (row deleted)   |
 //!
 //! The same ends are told to the alert engine ([`crate::alerts`]): a
 //! Goodbye deregisters the agent (never an outage), a loss starts its
-//! `down_for`; a welcome opens it with its effective tags.
+//! `down_for`; a welcome opens it with its effective tags. A removed agent
+//! is told `Rejected` (so it stops presenting its key and needs a new
+//! enrollment token) and deregistered by the removal itself.
 //!
 //! Memory per idle session is kept small: bounded tungstenite buffers
 //! (below), no per-session copy of the config (documents are shared `Arc`s
@@ -48,7 +51,7 @@ use crate::alerts::SessionEvent;
 use crate::error::ApiError;
 use crate::listener::ConnAddrs;
 use crate::sessions::SessionLink;
-use crate::store::{Registration, normalize_tags};
+use crate::store::{Admission, Registration, normalize_tags};
 use crate::{AppState, configs};
 
 /// How long an agent has to answer the challenge; also the bound on each
@@ -106,7 +109,12 @@ enum End {
     Replaced,
     ServerShutdown,
     StoreFailed(String),
+    Removed,
 }
+
+/// What a removed agent is told, during its session or when it comes back.
+const REMOVED_REASON: &str =
+    "this agent was removed from the server; enroll it again with a new enrollment token";
 
 async fn session(
     state: Arc<AppState>,
@@ -133,14 +141,24 @@ async fn session(
     let version = registration.protocol_version;
     let channel = registration.channel.clone();
     let hello_tags = registration.tags.clone();
-    let acked_seq = match Box::pin(state.store.register(registration)).await {
-        Ok(seq) => seq,
+    let registered = match Box::pin(state.store.register(registration)).await {
+        Ok(Some(registered)) => registered,
+        Ok(None) => {
+            warn!(fingerprint = %fp, "agent refused: removed while it was connecting");
+            state.sessions.remove(&fp, link.id);
+            return reject(&mut socket, REMOVED_REASON).await;
+        }
         Err(e) => {
             warn!(fingerprint = %fp, "registration failed: {e:#}");
             state.sessions.remove(&fp, link.id);
             return close(&mut socket, close_code::ERROR, "server error").await;
         }
     };
+    let acked_seq = registered.acked_seq;
+    if !registered.refused_tags.is_empty() {
+        warn!(fingerprint = %fp, refused = ?registered.refused_tags,
+            "declared tags outside the agent's enrollment token are ignored");
+    }
     state
         .events
         .presence(&fp, Presence::Connected, crate::store::now_ms());
@@ -189,7 +207,11 @@ async fn session(
         (resumed && hello.config_version == config.version).then_some(config.version);
     drop((hello, config));
     let end = converse(&state, &mut socket, &fp, welcome, sent_version, &mut link).await;
+    let removed = matches!(end, End::Removed);
     let (code, reason) = Box::pin(finish(&state, &fp, link.id, end)).await;
+    if removed {
+        return reject(&mut socket, REMOVED_REASON).await;
+    }
     close(&mut socket, code, reason).await;
 }
 
@@ -244,12 +266,12 @@ async fn finish(state: &AppState, fp: &Fingerprint, id: u64, end: End) -> (u16, 
     }
     let presence = match &end {
         End::Goodbye(_) => Some(Presence::Deregistered),
-        End::Replaced | End::ServerShutdown => None,
+        End::Replaced | End::ServerShutdown | End::Removed => None,
         End::Lost(_) | End::Silent | End::Protocol(_) | End::StoreFailed(_) => Some(Presence::Down),
     };
     let session_event = match &end {
         End::Goodbye(_) => Some(SessionEvent::Goodbye),
-        End::Replaced | End::ServerShutdown => None,
+        End::Replaced | End::ServerShutdown | End::Removed => None,
         End::Lost(_) | End::Silent | End::Protocol(_) | End::StoreFailed(_) => {
             Some(SessionEvent::Lost)
         }
@@ -278,11 +300,13 @@ async fn finish(state: &AppState, fp: &Fingerprint, id: u64, end: End) -> (u16, 
         End::StoreFailed(why) => warn!(fingerprint = %fp, %why, "store failed during the session"),
         End::Replaced => info!(fingerprint = %fp, "session replaced by a newer one"),
         End::ServerShutdown => debug!(fingerprint = %fp, "session closed for shutdown"),
+        End::Removed => info!(fingerprint = %fp, "session closed: the agent was removed"),
     }
     match end {
         End::Protocol(_) => (close_code::POLICY, "protocol violation"),
         End::ServerShutdown => (close_code::AWAY, "server shutting down"),
         End::Replaced => (close_code::POLICY, "replaced by a newer session"),
+        End::Removed => (close_code::POLICY, "rejected"),
         End::StoreFailed(_) => (close_code::ERROR, "server error"),
         _ => (close_code::NORMAL, "bye"),
     }
@@ -365,8 +389,10 @@ async fn authenticate(
         .pinned_key(&hello.fingerprint)
         .await
         .map_err(|e| format!("server error: {e:#}"))?;
-    match pinned {
-        Some(key) if key == hello.public_key => {}
+    // Every token, the server's own included, is a row of the store with
+    // its expiry, uses and revocation (store/tokens.rs).
+    let admission = match pinned {
+        Some(key) if key == hello.public_key => Admission::Pinned,
         Some(_) => {
             return Err(format!(
                 "fingerprint {} is pinned to another key",
@@ -374,15 +400,23 @@ async fn authenticate(
             ));
         }
         None => match &hello.enrollment_token {
-            Some(t) if state.enrollment_token.matches(t) => {}
             Some(t) => match state.store.consume_enrollment_token(t).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(grant)) => {
+                    info!(fingerprint = %hello.fingerprint, token = %grant.id, "agent enrolled");
+                    Admission::Enrolled(grant)
+                }
                 Ok(Err(refusal)) => return Err(refusal.to_string()),
                 Err(e) => return Err(format!("server error: {e:#}")),
             },
-            None => return Err("unknown agent and no enrollment token".into()),
+            None => {
+                return Err(
+                    "unknown agent and no enrollment token: put a valid token into agent.toml \
+                     (`outrider tokens create`) and restart the agent"
+                        .into(),
+                );
+            }
         },
-    }
+    };
     let registration = Registration {
         fingerprint: hello.fingerprint.clone(),
         public_key: hello.public_key.clone(),
@@ -396,6 +430,7 @@ async fn authenticate(
         stub_version: hello.stub_version.as_deref().map(|s| truncate(s, 64)),
         channel: hello.channel.as_deref().map(|s| truncate(s, 64)),
         protocol_version: version,
+        admission,
     };
     Ok((registration, agreed))
 }
@@ -423,6 +458,7 @@ async fn converse(
         tokio::select! {
             _ = state.shutdown.cancelled() => return End::ServerShutdown,
             _ = link.replaced.cancelled() => return End::Replaced,
+            _ = link.removed.cancelled() => return End::Removed,
             _ = ping.tick() => {
                 if last_heard.elapsed() > down_after {
                     return End::Silent;

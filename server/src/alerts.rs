@@ -243,6 +243,16 @@ impl Alerts {
         self.apply(&mut inner, vec![event]).await;
     }
 
+    /// Agent `fp` was removed by an operator: deregistered at once (its
+    /// incidents resolve, nothing alerts), whatever its sessions did.
+    pub async fn removed(&self, fp: &Fingerprint) {
+        let agent = fp.to_string();
+        let mut inner = self.inner.lock().await;
+        inner.goodbyes.remove(&agent);
+        self.apply(&mut inner, vec![Event::Deregistered { agent }])
+            .await;
+    }
+
     /// Hands the Goodbyes whose grace is over (all of them with `all`) to
     /// the engine as deregistrations.
     async fn deregister_due(&self, inner: &mut Inner, all: bool) {

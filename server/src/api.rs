@@ -8,6 +8,7 @@
 //! | `GET  /v1/updates/...`                  | none   | manifests, root, blobs (cacheable)     |
 //! | `GET  /api/v1/agents`                   | admin  | agents and presence                    |
 //! | `GET  /api/v1/agents/{fp}`              | admin  | one agent                              |
+//! | `DELETE /api/v1/agents/{fp}`            | admin  | remove an agent: unpin its key, end its session |
 //! | `GET  /api/v1/agents/{fp}/config`       | admin  | the agent's computed config document   |
 //! | `PUT  /api/v1/agents/{fp}/tags`         | admin  | server-assigned tags                   |
 //! | `PUT  /api/v1/agents/{fp}/allow-adhoc`  | admin  | allow or forbid ad-hoc scripts         |
@@ -38,7 +39,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router, middleware};
 use outrider_protocol::api::{
     AgentInfo, AgentTags, AllowAdhoc, CheckDefinition, CheckInfo, CreatedEnrollmentToken,
-    EnrollmentTokenInfo, NewEnrollmentToken, PluginInfo, ResultInfo, UpdateHealth,
+    EnrollmentTokenInfo, MAX_TOKEN_EXPIRES_IN_SECS, NewEnrollmentToken, PluginInfo, Presence,
+    ResultInfo, UpdateHealth,
 };
 use outrider_protocol::{AGENT_WS_PATH, AgentConfig, CheckSpec, Fingerprint, is_valid_name};
 use serde::Deserialize;
@@ -59,7 +61,7 @@ const MAX_COMMAND_BYTES: usize = 4096;
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/api/v1/agents", get(list_agents))
-        .route("/api/v1/agents/{fp}", get(show_agent))
+        .route("/api/v1/agents/{fp}", get(show_agent).delete(remove_agent))
         .route("/api/v1/agents/{fp}/config", get(agent_config))
         .route("/api/v1/agents/{fp}/tags", put(put_agent_tags))
         .route("/api/v1/agents/{fp}/allow-adhoc", put(put_allow_adhoc))
@@ -178,6 +180,32 @@ async fn show_agent(
     ApiPath(fp): ApiPath<String>,
 ) -> Result<Json<AgentInfo>, ApiError> {
     Ok(Json(known_agent(&state, &fp).await?))
+}
+
+/// Removes an agent: its key is unpinned (coming back needs an enrollment
+/// token), its live session is told `Rejected` and closed, and it is
+/// deregistered in alerting, so nothing alerts about it.
+async fn remove_agent(
+    State(state): State<Arc<AppState>>,
+    ApiPath(fp): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let fp = parse_fp(&fp)?;
+    // The row first: a session that authenticated a moment ago then finds
+    // no row to register into (store/agents.rs), and one already
+    // registered is ended just below.
+    if !state.store.remove_agent(&fp).await? {
+        return Err(no_agent(&fp));
+    }
+    let was_connected = state.sessions.remove_agent(&fp);
+    state.configs.forget(&fp);
+    state.alerts.removed(&fp).await;
+    state
+        .events
+        .presence(&fp, Presence::Deregistered, crate::store::now_ms());
+    tracing::info!(fingerprint = %fp, was_connected, "agent removed");
+    Ok(Json(
+        json!({ "agent": fp.to_string(), "removed": true, "was_connected": was_connected }),
+    ))
 }
 
 async fn agent_config(
@@ -368,12 +396,22 @@ async fn create_token(
     }
     if req
         .expires_in_secs
-        .is_some_and(|s| s == 0 || s > 10 * 365 * 86_400)
+        .is_some_and(|s| s == 0 || s > MAX_TOKEN_EXPIRES_IN_SECS)
     {
-        return Err(ApiError::BadRequest(
-            "expires_in_secs: must be between 1 and 315360000 (ten years)".to_owned(),
-        ));
+        return Err(ApiError::BadRequest(format!(
+            "expires_in_secs: must be between 1 and {MAX_TOKEN_EXPIRES_IN_SECS} (a year); \
+             every enrollment token expires"
+        )));
     }
+    let allowed_tags = req
+        .allowed_tags
+        .as_deref()
+        .map(|tags| valid_tags(tags, "allowed_tags"))
+        .transpose()?;
+    let req = NewEnrollmentToken {
+        allowed_tags,
+        ..req
+    };
     Ok(Json(state.store.create_enrollment_token(req).await?))
 }
 

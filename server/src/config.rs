@@ -46,6 +46,19 @@ pub struct ServerConfig {
         conflicts_with = "enrollment_token"
     )]
     pub enrollment_token_file: Option<PathBuf>,
+    /// Lifetime in seconds of the bootstrap enrollment token, counted from
+    /// the first start that saw it (a day by default; at most a year).
+    /// Later starts with the same token keep its expiry; a new token (the
+    /// file deleted, another `--enrollment-token`) starts a new lifetime.
+    #[arg(long, env = "OUTRIDER_ENROLLMENT_TOKEN_EXPIRES_IN_SECS",
+          default_value_t = outrider_protocol::api::DEFAULT_TOKEN_EXPIRES_IN_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=outrider_protocol::api::MAX_TOKEN_EXPIRES_IN_SECS))]
+    pub enrollment_token_expires_in_secs: u64,
+    /// Registrations the bootstrap enrollment token allows; unlimited when
+    /// not given.
+    #[arg(long, env = "OUTRIDER_ENROLLMENT_TOKEN_MAX_USES",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub enrollment_token_max_uses: Option<u32>,
     /// Seconds between keepalive pings to each agent.
     #[arg(long, default_value_t = DEFAULT_PING_INTERVAL_SECS)]
     pub ping_interval_secs: u64,
@@ -222,6 +235,8 @@ impl ServerConfig {
             listen,
             enrollment_token: None,
             enrollment_token_file: None,
+            enrollment_token_expires_in_secs: outrider_protocol::api::DEFAULT_TOKEN_EXPIRES_IN_SECS,
+            enrollment_token_max_uses: None,
             ping_interval_secs: DEFAULT_PING_INTERVAL_SECS,
             down_after_secs: DEFAULT_DOWN_AFTER_SECS,
             ready_file: None,

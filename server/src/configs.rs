@@ -50,6 +50,19 @@ impl ConfigCache {
             .cloned()
             .unwrap_or_default()
     }
+
+    /// Drops the document of a removed agent, and the checks that recently
+    /// left it: enrolled again, it starts from its new document alone.
+    pub fn forget(&self, fp: &Fingerprint) {
+        self.docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(fp);
+        self.removed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(fp);
+    }
 }
 
 /// Recomputes the documents of every agent (or only `only`), updates the

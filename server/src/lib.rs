@@ -61,8 +61,6 @@ pub struct AppState {
     pub plugin_files: plugins::PluginFiles,
     pub config: ServerConfig,
     pub admin_token: auth::Secret,
-    /// The bootstrap enrollment token (file); more live in the store.
-    pub enrollment_token: auth::Secret,
     /// One permit per agent session: the connection cap.
     pub agent_slots: Arc<Semaphore>,
     /// Live event stream; ingest publishes each stored result with
@@ -117,6 +115,27 @@ pub async fn run(
         &config.data_dir.join("enrollment.token"),
         given_enrollment.as_deref(),
     )?;
+    // The server's own token is a row of the store like the others: it
+    // expires, may be limited and can be revoked (store/tokens.rs).
+    let bootstrap = store
+        .ensure_bootstrap_token(store::BootstrapToken {
+            secret: enrollment_token.expose().to_owned(),
+            expires_in_secs: config.enrollment_token_expires_in_secs,
+            uses: config.enrollment_token_max_uses,
+        })
+        .await?;
+    match store::token_status(&bootstrap, store::now_ms()) {
+        Some(status) => warn!(
+            "the bootstrap enrollment token ({}) is {status}; create enrollment tokens with \
+             `outrider tokens create`, or delete it to have a new one generated",
+            config.data_dir.join("enrollment.token").display()
+        ),
+        None => info!(
+            expires_at_ms = bootstrap.expires_at_ms,
+            "bootstrap enrollment token in {}",
+            config.data_dir.join("enrollment.token").display()
+        ),
+    }
     let plugin_files = plugins::PluginFiles::open(&config.data_dir.join("plugins"))?;
     let marked = store.mark_connected_down().await?;
     if marked > 0 {
@@ -174,7 +193,6 @@ pub async fn run(
         agent_slots: Arc::new(Semaphore::new(config.max_agent_connections)),
         config,
         admin_token,
-        enrollment_token,
         events: events::Events::default(),
         sinks,
         alerts: alerts.clone(),

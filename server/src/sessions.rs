@@ -4,6 +4,9 @@
 //! Invariants:
 //! - At most one session per fingerprint: registering a new one cancels the
 //!   old, and only the session still registered may write presence.
+//! - Removing an agent ([`Sessions::remove_agent`]) ends its live session
+//!   (which then writes no presence: the agent is gone, not down) and drops
+//!   its resume token.
 //! - Per session the registry keeps a few hundred bytes: a cancellation
 //!   token, a [`Notify`] raised when the agent's config document changed
 //!   (coalescing: many changes, one wake-up; the session then reads the
@@ -43,6 +46,7 @@ pub type RpcAnswer = Result<CheckResult, String>;
 struct Live {
     id: u64,
     cancel: CancellationToken,
+    removed: CancellationToken,
     config_changed: Arc<Notify>,
     rpc_tx: mpsc::Sender<Box<ServerMessage>>,
 }
@@ -53,6 +57,8 @@ pub struct SessionLink {
     pub id: u64,
     /// Cancelled when a newer session of the same agent replaces this one.
     pub replaced: CancellationToken,
+    /// Cancelled when an operator removed the agent.
+    pub removed: CancellationToken,
     pub config_changed: Arc<Notify>,
     pub rpc_rx: mpsc::Receiver<Box<ServerMessage>>,
     /// Woken by [`crate::nudges`] when this agent should check for updates.
@@ -122,11 +128,13 @@ impl Sessions {
     pub fn insert(&self, fp: &Fingerprint) -> SessionLink {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
+        let removed = CancellationToken::new();
         let config_changed = Arc::new(Notify::new());
         let (rpc_tx, rpc_rx) = mpsc::channel(MAX_PENDING_RPCS);
         let live = Live {
             id,
             cancel: cancel.clone(),
+            removed: removed.clone(),
             config_changed: config_changed.clone(),
             rpc_tx,
         };
@@ -140,6 +148,7 @@ impl Sessions {
         SessionLink {
             id,
             replaced: cancel,
+            removed,
             config_changed,
             rpc_rx,
             nudge: Arc::new(Notify::new()),
@@ -162,6 +171,22 @@ impl Sessions {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Ends `fp`'s live session, if any, because the agent was removed:
+    /// its pending RPCs fail and its resume token is dropped. Returns
+    /// whether a session was live.
+    pub fn remove_agent(&self, fp: &Fingerprint) -> bool {
+        let live = lock(&self.live).remove(fp);
+        lock(&self.pending).retain(|_, p| &p.agent != fp);
+        lock(&self.resume).remove(fp);
+        match live {
+            Some(l) => {
+                l.removed.cancel();
+                true
+            }
+            None => false,
         }
     }
 
@@ -373,6 +398,33 @@ mod tests {
         assert!(sessions.remove(&fp(1), again.id));
         tokio::time::advance(RESUME_WINDOW).await;
         assert!(!sessions.take_resume_token(&fp(1), &token));
+    }
+
+    #[test]
+    fn removing_an_agent_ends_its_session_and_its_resume_token() {
+        let sessions = Sessions::default();
+        let link = sessions.insert(&fp(1));
+        let other = sessions.insert(&fp(2));
+        let token = sessions.issue_resume_token(&fp(1));
+        let (_guard, mut waiting) = sessions
+            .send_rpc(&fp(1), |id| ServerMessage::RunCheck {
+                id,
+                check: "x".into(),
+            })
+            .unwrap();
+        assert!(sessions.remove_agent(&fp(1)));
+        assert!(link.removed.is_cancelled());
+        assert!(!link.replaced.is_cancelled());
+        assert!(!other.removed.is_cancelled());
+        assert!(!sessions.is_connected(&fp(1)));
+        assert!(matches!(
+            waiting.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(!sessions.take_resume_token(&fp(1), &token));
+        // The session's own end is then not "ours": it writes no presence.
+        assert!(!sessions.remove(&fp(1), link.id));
+        assert!(!sessions.remove_agent(&fp(1)));
     }
 
     #[test]

@@ -28,16 +28,16 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, anyhow};
 use rusqlite::Connection;
 
-pub use agents::Registration;
+pub use agents::{Admission, Registered, Registration, split_tags};
 pub use alerts::OutboxBatch;
 pub use checks::{
     ComputedConfig, DeletePlugin, PutCheck, effective_tags, json_tags, normalize_tags,
 };
 pub use results::{DEFAULT_MAX_SERIES_PER_AGENT, IngestLimits, Ingested, MAX_FUTURE_MS};
-pub use tokens::TokenRefusal;
+pub use tokens::{BOOTSTRAP_TOKEN_ID, BootstrapToken, TokenGrant, TokenRefusal, token_status};
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
@@ -73,6 +73,26 @@ const MIGRATIONS: &[&str] = &[
          state_since_ms = (SELECT r.started_at_ms FROM results r
                   WHERE r.fingerprint = latest_results.fingerprint AND r.seq = latest_results.seq);
      ALTER TABLE checks ADD COLUMN alert TEXT;",
+    // 7 → 8: the enrollment lifecycle (store/tokens.rs). Tokens get a tag
+    // allow-list and a count of refusals; agents remember the token they
+    // enrolled with, its allow-list and the tags it refused. Every token
+    // now expires: one stored without an expiry gets one 30 days after the
+    // upgrade (docs/operations.md, "Enrollment tokens"), so hosts still
+    // being installed with it have time to move to a new one. A database
+    // from before schema 3 has no token table yet: it is created in its
+    // schema-7 shape first.
+    "CREATE TABLE IF NOT EXISTS enrollment_tokens (
+         id TEXT PRIMARY KEY, secret_sha256 TEXT NOT NULL UNIQUE, note TEXT NOT NULL DEFAULT '',
+         created_at_ms INTEGER NOT NULL, expires_at_ms INTEGER, uses_left INTEGER,
+         used INTEGER NOT NULL DEFAULT 0, revoked_at_ms INTEGER) STRICT;
+     ALTER TABLE enrollment_tokens ADD COLUMN allowed_tags TEXT;
+     ALTER TABLE enrollment_tokens ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
+     UPDATE enrollment_tokens
+         SET expires_at_ms = (CAST(strftime('%s', 'now') AS INTEGER) + 30 * 86400) * 1000
+         WHERE expires_at_ms IS NULL;
+     ALTER TABLE agents ADD COLUMN enrollment_token_id TEXT;
+     ALTER TABLE agents ADD COLUMN allowed_tags TEXT;
+     ALTER TABLE agents ADD COLUMN refused_tags TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// Handle to the database; cheap to clone.
@@ -280,6 +300,54 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn version_7_tokens_get_an_expiry_and_agents_keep_their_pinned_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v7.db");
+        // A schema-7 token table (as created by schema 3 to 7) holding a
+        // token without expiry and one with, on top of the version-1 data.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!(
+                "{V1_AGENTS}
+                 CREATE TABLE enrollment_tokens (
+                     id TEXT PRIMARY KEY, secret_sha256 TEXT NOT NULL UNIQUE,
+                     note TEXT NOT NULL DEFAULT '', created_at_ms INTEGER NOT NULL,
+                     expires_at_ms INTEGER, uses_left INTEGER,
+                     used INTEGER NOT NULL DEFAULT 0, revoked_at_ms INTEGER) STRICT;
+                 INSERT INTO enrollment_tokens VALUES ('forever', 'aa', 'fleet', 1, NULL, NULL, 7, NULL);
+                 INSERT INTO enrollment_tokens VALUES ('dated', 'bb', '', 1, 99, 2, 0, NULL);"
+            ))
+            .unwrap();
+        let before = now_ms();
+        let store = Store::open(&path).await.unwrap();
+        let tokens = store.enrollment_tokens().await.unwrap();
+        let forever = tokens.iter().find(|t| t.id == "forever").unwrap();
+        let expiry = forever
+            .expires_at_ms
+            .expect("every token expires after the upgrade");
+        let thirty_days = 30 * 86_400_000;
+        assert!(
+            (before - 1000 + thirty_days..=now_ms() + thirty_days).contains(&expiry),
+            "{expiry}"
+        );
+        assert_eq!(
+            (
+                forever.used,
+                forever.note.as_str(),
+                forever.allowed_tags.clone()
+            ),
+            (7, "fleet", None)
+        );
+        let dated = tokens.iter().find(|t| t.id == "dated").unwrap();
+        assert_eq!((dated.expires_at_ms, dated.uses_left), (Some(99), Some(2)));
+        // The agent enrolled before keeps its pinned key and any tag.
+        let fp = "0123456789abcdef0123".parse().unwrap();
+        assert_eq!(store.pinned_key(&fp).await.unwrap().as_deref(), Some("aa"));
+        let agent = store.agent(&fp).await.unwrap().unwrap();
+        assert_eq!((agent.allowed_tags, agent.refused_tags.len()), (None, 0));
     }
 
     #[tokio::test]

@@ -350,6 +350,73 @@ async fn the_enrollment_token_goes_until_welcomed_and_again_after_a_rejection() 
     agent.stop_via(conn).await;
 }
 
+/// The removal attack from the agent's side: once welcomed with a token,
+/// this process (and its next generation, which the stub hands the same
+/// agent.toml text) never presents that token again, even after the server
+/// forgot the agent; and the token line leaves the file on disk.
+#[tokio::test]
+async fn a_spent_token_is_removed_from_agent_toml_and_never_presented_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_disk = "server_url = \"http://127.0.0.1:1\"\n# keep me\nenrollment_token = \"tok-123\"\n\n[policy]\nallow_adhoc = false\n";
+    let toml_path = dir.path().join("agent.toml");
+    std::fs::write(&toml_path, on_disk).unwrap();
+    let server = FakeServer::start().await;
+    let options = |state_in| AgentOptions {
+        state_in,
+        timing: Some(ConnectionTiming {
+            rejected_retry: Duration::from_millis(50),
+            ..fast_timing()
+        }),
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start_with(dir.path(), &server.url, options(None));
+    let mut conn = server.accept().await;
+    let first = conn.handshake(0).await;
+    assert_eq!(first.enrollment_token.as_deref(), Some("tok-123"));
+    agent
+        .wait_log("the enrollment token was removed from agent.toml")
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(&toml_path).unwrap(),
+        "server_url = \"http://127.0.0.1:1\"\n# keep me\n\n[policy]\nallow_adhoc = false\n"
+    );
+
+    // Removed by the operator: told mid-session. The next Hello has no
+    // token (the one in memory is spent), and the log says what to do.
+    conn.send(ServerMessage::Rejected {
+        reason: "this agent was removed from the server".into(),
+    })
+    .await;
+    drop(conn);
+    let mut conn = server.accept().await;
+    let again = conn.handshake(0).await;
+    assert_eq!(again.enrollment_token, None);
+    agent.wait_log("has no unused enrollment token").await;
+    let blob = agent.stop_via(conn).await;
+
+    // The next generation (hot swap: same text, carried state), refused
+    // again, neither: the spent token travels in the state blob.
+    let next = Agent::start_with(dir.path(), &server.url, options(Some(blob)));
+    let mut conn = server.accept().await;
+    conn.send(ServerMessage::Challenge {
+        nonce: "33".repeat(32),
+    })
+    .await;
+    let outrider_protocol::AgentMessage::Hello(hello) = conn.recv().await else {
+        panic!("expected hello")
+    };
+    assert_eq!(hello.enrollment_token, None);
+    conn.send(ServerMessage::Rejected {
+        reason: "unknown agent and no enrollment token".into(),
+    })
+    .await;
+    drop(conn);
+    let mut conn = server.accept().await;
+    let swapped = conn.handshake(0).await;
+    assert_eq!(swapped.enrollment_token, None);
+    next.stop_via(conn).await;
+}
+
 #[tokio::test]
 async fn a_stop_during_the_handshake_still_ends_with_a_goodbye() {
     let dir = tempfile::tempdir().unwrap();

@@ -271,6 +271,50 @@ fn tokens_are_created_listed_and_revoked() {
     assert!(err.contains("unit"), "{err}");
 }
 
+#[test]
+fn tokens_carry_expiry_and_tags_and_removed_agents_disappear() {
+    let fleet = Fleet::start();
+    let created = fleet.json(&[
+        "tokens",
+        "create",
+        "--expires-in",
+        "2h",
+        "--max-uses",
+        "1",
+        "--tags",
+        "web,db",
+    ]);
+    assert_eq!(created["allowed_tags"], serde_json::json!(["db", "web"]));
+    let lifetime =
+        created["expires_at_ms"].as_i64().unwrap() - created["created_at_ms"].as_i64().unwrap();
+    assert_eq!(lifetime, 7_200_000);
+    let table = fleet.cli(&["tokens"]);
+    let row = table
+        .lines()
+        .find(|l| l.contains(created["id"].as_str().unwrap()))
+        .unwrap();
+    assert!(
+        row.contains(" in 2h ") || row.contains(" in 120m "),
+        "{table}"
+    );
+    assert!(row.contains(" db,web"), "{table}");
+    // The server's own token is listed, with its expiry.
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("bootstrap ") && l.contains(" in 24h ")),
+        "{table}"
+    );
+
+    let (fp, _stop) = fleet.agent(1, "web-1", &[]);
+    let out = fleet.cli(&["agents", "remove", "web-1"]);
+    assert!(out.contains(&format!("agent {fp} removed")), "{out}");
+    assert!(out.contains("new enrollment token"), "{out}");
+    assert_eq!(fleet.json(&["agents"]), serde_json::json!([]));
+    let err = fleet.fails(&["agents", "remove", fp.as_str()], 1);
+    assert!(err.contains("no agent"), "{err}");
+}
+
 /// The same host shows the same version in `agents`, `agents show`, the
 /// API and `release status`: the version its build was published as.
 #[test]

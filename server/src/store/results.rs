@@ -609,7 +609,9 @@ mod tests {
                 ..test_support::registration(&fp, "web-1", &[])
             })
             .await
-            .unwrap();
+            .unwrap()
+            .unwrap()
+            .acked_seq;
         assert_eq!(acked, 7);
         assert_eq!(
             store.agents().await.unwrap()[0].presence,

@@ -38,7 +38,13 @@ CREATE TABLE IF NOT EXISTS agents (
     -- the last session, as the agent's Hello reported them.
     stub_version         TEXT,
     channel              TEXT,
-    protocol_version     INTEGER
+    protocol_version     INTEGER,
+    -- Id of the enrollment token the agent registered with (NULL: before
+    -- schema 8), and that token's tag allow-list (JSON array; NULL: any).
+    enrollment_token_id  TEXT,
+    allowed_tags         TEXT,
+    -- JSON array of declared tags outside `allowed_tags`, ignored.
+    refused_tags         TEXT NOT NULL DEFAULT '[]'
 ) STRICT;
 
 CREATE TABLE IF NOT EXISTS checks (
@@ -55,16 +61,21 @@ CREATE TABLE IF NOT EXISTS checks (
     alert          TEXT
 ) STRICT;
 
--- Enrollment tokens; only the SHA-256 of each secret is stored.
+-- Enrollment tokens; only the SHA-256 of each secret is stored. The
+-- server's own token (`<data-dir>/enrollment.token`) is the row 'bootstrap'.
 CREATE TABLE IF NOT EXISTS enrollment_tokens (
     id             TEXT PRIMARY KEY,       -- short public handle (hex)
     secret_sha256  TEXT NOT NULL UNIQUE,
     note           TEXT NOT NULL DEFAULT '',
     created_at_ms  INTEGER NOT NULL,
-    expires_at_ms  INTEGER,                -- NULL: never
+    expires_at_ms  INTEGER,                -- NULL only before schema 8
     uses_left      INTEGER,                -- NULL: unlimited
     used           INTEGER NOT NULL DEFAULT 0,
-    revoked_at_ms  INTEGER
+    revoked_at_ms  INTEGER,
+    -- JSON array of the tags agents enrolled with it may declare; NULL: any.
+    allowed_tags   TEXT,
+    -- Registrations refused with it (revoked, expired, used up).
+    refused        INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 
 -- Plugin files by name; the bytes live in <data-dir>/plugins/<sha256>.

@@ -23,6 +23,10 @@ pub(crate) fn registration(fp: &Fingerprint, hostname: &str, tags: &[&str]) -> R
         stub_version: None,
         channel: None,
         protocol_version: 2,
+        admission: super::Admission::Enrolled(super::TokenGrant {
+            id: "test".into(),
+            allowed_tags: None,
+        }),
     }
 }
 

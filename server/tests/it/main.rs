@@ -7,6 +7,7 @@ mod agent_ws;
 mod alerting;
 mod config_push;
 mod enrollment;
+mod enrollment_lifecycle;
 mod events;
 mod golden;
 mod helpers;

@@ -198,8 +198,15 @@ fn install_registers_rerun_is_idempotent_uninstall_deregisters() {
     let registered = wait_presence(&server, "connected");
     let fingerprint = registered["fingerprint"].clone();
     let pid = install.pid().expect("the installer started the agent");
+    // Enrolled, the agent removed its spent token from agent.toml.
+    let toml_path = install.prefix.join("etc/agent.toml");
+    wait_until("the agent removed its enrollment token", secs(30), || {
+        let text = std::fs::read_to_string(&toml_path).unwrap();
+        (!text.contains("enrollment_token")).then_some(())
+    });
 
-    // Same settings again: nothing changes, the running agent is left alone.
+    // Same settings again (the same token included): nothing changes, the
+    // running agent is left alone, the spent token is not written back.
     let out = run_installer(&server, &install_args(&install, &root, "web,eu"));
     assert!(out.status.success(), "re-run failed: {}", stderr(&out));
     assert_eq!(
@@ -210,6 +217,8 @@ fn install_registers_rerun_is_idempotent_uninstall_deregisters() {
     let agent = only_agent(&server);
     assert_eq!(agent["fingerprint"], fingerprint);
     assert_eq!(agent["presence"], "connected");
+    let text = std::fs::read_to_string(&toml_path).unwrap();
+    assert!(!text.contains("enrollment_token"), "{text}");
 
     // New settings: written, the agent restarted with the same identity.
     let out = run_installer(&server, &install_args(&install, &root, "web"));
