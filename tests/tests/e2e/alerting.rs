@@ -9,6 +9,7 @@
 //! after the one a false alarm would have made.
 
 mod dns;
+mod swaps;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
