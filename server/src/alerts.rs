@@ -85,6 +85,8 @@ pub struct Alerts {
     /// Rung after new outbox rows are committed, so they are routed at once
     /// rather than at the notifier's next poll.
     queued: Arc<Notify>,
+    /// False under `--no-alerting` (see [`Alerts::disabled`]).
+    enabled: bool,
 }
 
 /// Presence of one session, as [`Alerts::presence`] takes it.
@@ -157,9 +159,20 @@ impl Alerts {
             base,
             goodbye_grace_ms: u64::try_from(goodbye_grace.as_millis()).unwrap_or(u64::MAX),
             queued,
+            enabled: true,
         };
         alerts.reconcile(deregistered).await;
         Ok(alerts)
+    }
+
+    /// Switches the engine off (`--no-alerting`): results and presence are
+    /// not handed to it and [`run`] returns at once, so nothing is decided
+    /// and the stored state stays as it was. It exists to measure what
+    /// alerting costs next to a server without it (`bench/alerting.sh`);
+    /// an operator who wants quiet adds a silence.
+    pub fn disabled(mut self) -> Alerts {
+        self.enabled = false;
+        self
     }
 
     /// The store, not the engine state, is the truth about Goodbyes: the
@@ -195,6 +208,9 @@ impl Alerts {
     /// Hands committed results of agent `fp` to the engine, each at its
     /// own time; update outcomes they carry become update events.
     pub async fn results(&self, fp: &Fingerprint, results: &[CheckResult]) {
+        if !self.enabled {
+            return;
+        }
         let mut events = Vec::with_capacity(results.len());
         for r in results {
             events.push(Event::CheckResult {
@@ -219,6 +235,9 @@ impl Alerts {
     /// Presence of session `id` of agent `fp` (with its effective tags on
     /// [`SessionEvent::Opened`]).
     pub async fn presence(&self, fp: &Fingerprint, id: u64, what: SessionEvent, tags: Vec<String>) {
+        if !self.enabled {
+            return;
+        }
         let agent = fp.to_string();
         let mut inner = self.inner.lock().await;
         let latest = inner.sessions.get(&agent).copied();
@@ -350,6 +369,9 @@ impl Alerts {
 
 /// Ticks `alerts` every `tick` until `shutdown`, then stores the state.
 pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToken) {
+    if !alerts.enabled {
+        return;
+    }
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -125,6 +125,11 @@ pub struct ServerConfig {
     /// says Goodbye too) before alerting counts it as deregistered.
     #[arg(long, default_value_t = crate::alerts::DEFAULT_GOODBYE_GRACE_MS)]
     pub alert_goodbye_grace_ms: u64,
+    /// Runs without the alert engine: no alert decisions, no notifications.
+    /// For measuring what alerting costs (`bench/alerting.sh`); to stop
+    /// pages, add a silence instead.
+    #[arg(long)]
+    pub no_alerting: bool,
 }
 
 /// Every capability this server implements.
@@ -226,6 +231,7 @@ impl ServerConfig {
             alerting: outrider_alerting::Config::default(),
             alert_tick_ms: crate::alerts::DEFAULT_TICK_MS,
             alert_goodbye_grace_ms: crate::alerts::DEFAULT_GOODBYE_GRACE_MS,
+            no_alerting: false,
         }
     }
 

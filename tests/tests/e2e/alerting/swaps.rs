@@ -7,14 +7,14 @@
 //! different trailer, as `bench/swap.sh` makes them) are published
 //! alternately as `s1`, `s2`, …; each is waited for before the next.
 //!
-//! Time per swap in this harness (debug binaries, 2 shared cores), measured
-//! from publish to `state.json` naming the build current: about 0.95 s
-//! (a debug `outrider release publish` ≈ 0.3 s, then the stub's poll at
+//! Time per swap in this harness (debug binaries, 2 shared cores), from
+//! publish to `state.json` naming the build current: 0.95–1.12 s (a debug
+//! `outrider release publish` ≈ 0.3 s, then the stub's poll at
 //! `update_interval_secs = 1`, download, verification and the swap), so
-//! [`SWAPS`] = 200 takes 3–4 minutes (225 s in one run, 1.12 s per swap). That holds only because the
-//! builds are the library without debug info (15 MB instead of 32 MB)
-//! published at `--zstd-level 1`: the default level makes the debug CLI
-//! spend about 3 s per publish, and 200 swaps would take 14 minutes.
+//! [`SWAPS`] = 200 takes 3–4 minutes (225 s in one run). That holds only
+//! because the builds are the library without debug info (15 MB instead of
+//! 32 MB) published at `--zstd-level 1`: at the default level the debug CLI
+//! spends about 3 s per publish, and 200 swaps would take 14 minutes.
 
 use std::io::Write;
 use std::process::Command;
