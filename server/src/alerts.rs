@@ -10,7 +10,9 @@
 //! most every [`SAVE_EVERY`] when something changed, and once more at
 //! shutdown. If a write fails, the rows wait in memory (in order) and go
 //! out with the next write, so the stored state is never ahead of the
-//! outbox; a row written twice (same `batch_key`) is stored once.
+//! outbox; a row written twice (same `batch_key`) is stored once. After a
+//! crash, the latest result of each check received since the stored state
+//! is handed to the engine again (`missed_results`).
 //!
 //! The engine sits behind an async mutex held for one engine call and, when
 //! that call decided a notification, for the write that makes it durable:
@@ -131,13 +133,14 @@ impl Alerts {
     ) -> anyhow::Result<Alerts> {
         let checks = store.checks().await?;
         let config = engine_config(&base, &checks).context("the alert rules of the checks")?;
-        let engine = match store.alert_state().await? {
+        let (engine, missed) = match store.alert_state().await? {
             Some(json) => {
                 let state: State = serde_json::from_str(&json)
                     .context("the stored alerting state is not readable")?;
-                Engine::restore(config, state, started_ms)?
+                let missed = missed_results(&store, state.now_ms).await?;
+                (Engine::restore(config, state, started_ms)?, missed)
             }
-            None => Engine::new(config, started_ms)?,
+            None => (Engine::new(config, started_ms)?, Vec::new()),
         };
         let deregistered: Vec<String> = store
             .agents()
@@ -162,6 +165,7 @@ impl Alerts {
             enabled: true,
         };
         alerts.reconcile(deregistered).await;
+        alerts.observe(missed).await;
         Ok(alerts)
     }
 
@@ -386,6 +390,38 @@ pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToke
     if inner.dirty || !inner.pending.is_empty() {
         alerts.save(&mut inner).await;
     }
+}
+
+/// What a crash kept from the engine: the latest result of every check
+/// received after the stored state's time (`saved_ms`, the engine's latest
+/// time when it was written), oldest first. Between notifications the
+/// state is written only every [`SAVE_EVERY`], and a result the engine saw
+/// in those seconds is gone with the process. Most checks make that up with
+/// their next result, but a report sent only on change (the agent's
+/// `outrider.dns`) is never sent again: without this a lost "DNS OK" would
+/// leave the resolver failing in the engine and page "DNS broken" later.
+/// Only the latest result per check, so the replay is bounded by the
+/// number of checks; a result the state already holds was received no
+/// later than `saved_ms`, so nothing is fed twice.
+async fn missed_results(store: &Store, saved_ms: u64) -> anyhow::Result<Vec<Event>> {
+    let saved_ms = i64::try_from(saved_ms).unwrap_or(i64::MAX);
+    let mut missed: Vec<_> = store
+        .latest_results(None)
+        .await?
+        .into_iter()
+        .filter(|r| r.received_at_ms > saved_ms)
+        .collect();
+    missed.sort_by_key(|r| (r.received_at_ms, r.started_at_ms));
+    Ok(missed
+        .into_iter()
+        .map(|r| Event::CheckResult {
+            agent: r.agent.to_string(),
+            check: r.check,
+            status: status(r.state),
+            summary: r.summary,
+            at_ms: u64::try_from(r.started_at_ms).unwrap_or(0),
+        })
+        .collect())
 }
 
 /// `base` with the rules of every check whose definition sets some: each

@@ -10,16 +10,19 @@
 //! mount follows the inode) breaks and heals DNS for the agent alone.
 //!
 //! The agent resolves the name only when it dials (`agent-lib/src/dns.rs`),
-//! so each change is followed by a (graceful) server restart, which makes it dial
-//! again: with DNS broken it comes back through its last good address and
-//! reports `outrider.dns` CRITICAL; with DNS healed it reports OK.
+//! so each change is followed by a server crash and restart (SIGKILL),
+//! which makes it dial again: with DNS broken it comes back through its
+//! last good address and reports `outrider.dns` CRITICAL; with DNS healed
+//! it reports OK. The crash comes moments after the report, before the
+//! engine's state is written (`server/src/alerts.rs`, `missed_results`):
+//! a report sent only on change must survive that too.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use outrider_tests::{
-    ENROLLMENT_TOKEN, Keys, TestServer, agent_library, bin_dir, secs, test_policy,
+    ENROLLMENT_TOKEN, Keys, TestServer, agent_library, bin_dir, secs, test_policy, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -163,16 +166,6 @@ fn dns_result(
     }
 }
 
-/// Stops the server with SIGTERM and starts it again, so the agent dials
-/// anew. Graceful on purpose: the engine's state is written at most every
-/// `SAVE_EVERY` (`server/src/alerts.rs`) and at shutdown, and a change-only
-/// report such as `outrider.dns` that a crash loses is not sent again.
-fn restart(server: &mut TestServer) {
-    server.proc.signal(libc::SIGTERM);
-    assert_eq!(server.proc.wait_exit(secs(30)), Some(0), "server shutdown");
-    server.restart();
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -192,12 +185,17 @@ fn dns_broken_shorter_than_down_for_pages_nobody_and_past_it_pages_once() {
     server.publish(&keys, "dev", &agent_library());
     let agent = DnsAgent::start(&server, &keys, "dns");
     let fp = connected(&server, "dns");
+    // The agent keeps the address it connected to as its fallback before
+    // it logs the connection (`agent-lib/src/connection.rs`).
+    wait_until("the agent's fallback address", secs(30), || {
+        agent.log().contains("connected to ws://").then_some(())
+    });
     let key = format!("check/{fp}/outrider.dns");
 
     // A short failure: broken at one reconnect, healed at the next.
     let broke = now_ms();
     agent.set_dns(false);
-    restart(&mut server);
+    server.restart();
     let critical = dns_result(&server, &agent, &fp, "CRITICAL", broke);
     let summary = critical["summary"].as_str().unwrap();
     assert!(
@@ -210,7 +208,7 @@ fn dns_broken_shorter_than_down_for_pages_nobody_and_past_it_pages_once() {
     std::thread::sleep(Duration::from_millis(half as u64));
     let healed = now_ms();
     agent.set_dns(true);
-    restart(&mut server);
+    server.restart();
     let ok = dns_result(&server, &agent, &fp, "OK", healed);
     let lasted =
         ok["started_at_ms"].as_i64().unwrap() - critical["started_at_ms"].as_i64().unwrap();
@@ -224,7 +222,7 @@ fn dns_broken_shorter_than_down_for_pages_nobody_and_past_it_pages_once() {
     let broke = now_ms();
     let broke_at = Instant::now();
     agent.set_dns(false);
-    restart(&mut server);
+    server.restart();
     dns_result(&server, &agent, &fp, "CRITICAL", broke);
     let d = wait_decided(&server, 1, secs(60));
     assert!(
@@ -248,7 +246,7 @@ fn dns_broken_shorter_than_down_for_pages_nobody_and_past_it_pages_once() {
     // DNS heals: exactly one resolve.
     let healed = now_ms();
     agent.set_dns(true);
-    restart(&mut server);
+    server.restart();
     dns_result(&server, &agent, &fp, "OK", healed);
     let d = wait_decided(&server, 2, secs(60));
     assert_eq!(
