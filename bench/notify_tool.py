@@ -1,7 +1,9 @@
 """Helpers of bench/notify.sh (Debian's /usr/bin/python3, standard library only).
 
-  notify_tool.py webhook PORT            serve 200 to every POST on 127.0.0.1:PORT
-                                         (HTTP/1.1 keep-alive) until stdin closes
+  notify_tool.py webhook PORT [log]      serve 200 to every POST on 127.0.0.1:PORT
+                                         (HTTP/1.1 keep-alive) until stdin closes;
+                                         with `log`, print "post UNIX_MS TAGS KINDS"
+                                         per POST (bench/outage.sh)
   notify_tool.py insert DB TAG N ROUND   insert N alert_outbox rows tagged TAG, as
                                          the alert driver writes them
   notify_tool.py wait DB TAG N SECS      wait until N deliveries of rows tagged TAG
@@ -18,12 +20,18 @@ import threading
 import time
 
 
-def webhook(port):
+def webhook(port, log=False):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if log:
+                arrived = int(time.time() * 1000)
+                batch = json.loads(body)
+                kinds = ",".join(n["kind"] for n in batch["notifications"])
+                print("post %d %s %s" % (arrived, ",".join(batch["tags"]) or "-", kinds),
+                      flush=True)
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -92,7 +100,7 @@ def stats(log, receiver):
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "webhook":
-        webhook(int(args[0]))
+        webhook(int(args[0]), args[1:] == ["log"])
     elif cmd == "insert":
         insert(args[0], args[1], int(args[2]), args[3])
     elif cmd == "wait":

@@ -10,7 +10,9 @@
 //! most every [`SAVE_EVERY`] when something changed, and once more at
 //! shutdown. If a write fails, the rows wait in memory (in order) and go
 //! out with the next write, so the stored state is never ahead of the
-//! outbox; a row written twice (same `batch_key`) is stored once.
+//! outbox; a row written twice (same `batch_key`) is stored once. After a
+//! crash, the latest result of each check received since the stored state
+//! is handed to the engine again (`missed_results`).
 //!
 //! The engine sits behind an async mutex held for one engine call and, when
 //! that call decided a notification, for the write that makes it durable:
@@ -85,6 +87,8 @@ pub struct Alerts {
     /// Rung after new outbox rows are committed, so they are routed at once
     /// rather than at the notifier's next poll.
     queued: Arc<Notify>,
+    /// False under `--no-alerting` (see [`Alerts::disabled`]).
+    enabled: bool,
 }
 
 /// Presence of one session, as [`Alerts::presence`] takes it.
@@ -129,13 +133,14 @@ impl Alerts {
     ) -> anyhow::Result<Alerts> {
         let checks = store.checks().await?;
         let config = engine_config(&base, &checks).context("the alert rules of the checks")?;
-        let engine = match store.alert_state().await? {
+        let (engine, missed) = match store.alert_state().await? {
             Some(json) => {
                 let state: State = serde_json::from_str(&json)
                     .context("the stored alerting state is not readable")?;
-                Engine::restore(config, state, started_ms)?
+                let missed = missed_results(&store, state.now_ms).await?;
+                (Engine::restore(config, state, started_ms)?, missed)
             }
-            None => Engine::new(config, started_ms)?,
+            None => (Engine::new(config, started_ms)?, Vec::new()),
         };
         let deregistered: Vec<String> = store
             .agents()
@@ -157,9 +162,21 @@ impl Alerts {
             base,
             goodbye_grace_ms: u64::try_from(goodbye_grace.as_millis()).unwrap_or(u64::MAX),
             queued,
+            enabled: true,
         };
         alerts.reconcile(deregistered).await;
+        alerts.observe(missed).await;
         Ok(alerts)
+    }
+
+    /// Switches the engine off (`--no-alerting`): results and presence are
+    /// not handed to it and [`run`] returns at once, so nothing is decided
+    /// and the stored state stays as it was. It exists to measure what
+    /// alerting costs next to a server without it (`bench/alerting.sh`);
+    /// an operator who wants quiet adds a silence.
+    pub fn disabled(mut self) -> Alerts {
+        self.enabled = false;
+        self
     }
 
     /// The store, not the engine state, is the truth about Goodbyes: the
@@ -195,6 +212,9 @@ impl Alerts {
     /// Hands committed results of agent `fp` to the engine, each at its
     /// own time; update outcomes they carry become update events.
     pub async fn results(&self, fp: &Fingerprint, results: &[CheckResult]) {
+        if !self.enabled {
+            return;
+        }
         let mut events = Vec::with_capacity(results.len());
         for r in results {
             events.push(Event::CheckResult {
@@ -219,6 +239,9 @@ impl Alerts {
     /// Presence of session `id` of agent `fp` (with its effective tags on
     /// [`SessionEvent::Opened`]).
     pub async fn presence(&self, fp: &Fingerprint, id: u64, what: SessionEvent, tags: Vec<String>) {
+        if !self.enabled {
+            return;
+        }
         let agent = fp.to_string();
         let mut inner = self.inner.lock().await;
         let latest = inner.sessions.get(&agent).copied();
@@ -360,6 +383,9 @@ impl Alerts {
 
 /// Ticks `alerts` every `tick` until `shutdown`, then stores the state.
 pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToken) {
+    if !alerts.enabled {
+        return;
+    }
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -374,6 +400,38 @@ pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToke
     if inner.dirty || !inner.pending.is_empty() {
         alerts.save(&mut inner).await;
     }
+}
+
+/// What a crash kept from the engine: the latest result of every check
+/// received after the stored state's time (`saved_ms`, the engine's latest
+/// time when it was written), oldest first. Between notifications the
+/// state is written only every [`SAVE_EVERY`], and a result the engine saw
+/// in those seconds is gone with the process. Most checks make that up with
+/// their next result, but a report sent only on change (the agent's
+/// `outrider.dns`) is never sent again: without this a lost "DNS OK" would
+/// leave the resolver failing in the engine and page "DNS broken" later.
+/// Only the latest result per check, so the replay is bounded by the
+/// number of checks; a result the state already holds was received no
+/// later than `saved_ms`, so nothing is fed twice.
+async fn missed_results(store: &Store, saved_ms: u64) -> anyhow::Result<Vec<Event>> {
+    let saved_ms = i64::try_from(saved_ms).unwrap_or(i64::MAX);
+    let mut missed: Vec<_> = store
+        .latest_results(None)
+        .await?
+        .into_iter()
+        .filter(|r| r.received_at_ms > saved_ms)
+        .collect();
+    missed.sort_by_key(|r| (r.received_at_ms, r.started_at_ms));
+    Ok(missed
+        .into_iter()
+        .map(|r| Event::CheckResult {
+            agent: r.agent.to_string(),
+            check: r.check,
+            status: status(r.state),
+            summary: r.summary,
+            at_ms: u64::try_from(r.started_at_ms).unwrap_or(0),
+        })
+        .collect())
 }
 
 /// `base` with the rules of every check whose definition sets some: each

@@ -143,6 +143,11 @@ pub struct ServerConfig {
     /// agents without configuring their checks relax it.
     #[arg(skip)]
     pub result_names: ResultNames,
+    /// Runs without the alert engine: no alert decisions, no notifications.
+    /// For measuring what alerting costs (`bench/alerting.sh`); to stop
+    /// pages, add a silence instead.
+    #[arg(long)]
+    pub no_alerting: bool,
 }
 
 /// Which names [`crate::ingest`] accepts for results.
@@ -258,6 +263,7 @@ impl ServerConfig {
             alert_tick_ms: crate::alerts::DEFAULT_TICK_MS,
             alert_goodbye_grace_ms: crate::alerts::DEFAULT_GOODBYE_GRACE_MS,
             result_names: ResultNames::default(),
+            no_alerting: false,
         }
     }
 

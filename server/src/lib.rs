@@ -170,7 +170,15 @@ pub async fn run(
             outbox_rows,
         )
         .await
-        .context("starting alerting")?,
+        .context("starting alerting")
+        .map(|alerts| {
+            if config.no_alerting {
+                info!("alerting is off (--no-alerting): nothing is decided or sent");
+                alerts.disabled()
+            } else {
+                alerts
+            }
+        })?,
     );
     let sinks = ingest::sinks(metric_side.graphite.clone(), alerts.clone());
     let nudges = Arc::new(nudges::Nudges::new(Duration::from_secs(

@@ -61,8 +61,9 @@ pub enum Phase {
 pub struct Settings {
     pub server: SocketAddr,
     pub enrollment_token: String,
-    /// The check every agent reports and can run on demand.
-    pub check: String,
+    /// The checks every agent reports (in turn, one result each per steady
+    /// batch) and can run on demand.
+    pub checks: Vec<String>,
     pub interval: Duration,
     pub perfdata_per_result: usize,
     pub results_per_burst_batch: usize,
@@ -337,7 +338,7 @@ impl Agent {
                 _ = tokio::time::sleep_until(due), if steady => {
                     due += interval;
                     if self.in_flight.is_none()
-                        && let Err(e) = self.send_batch(&mut ws, 1).await
+                        && let Err(e) = self.send_batch(&mut ws, self.settings.checks.len()).await
                     {
                         return SessionEnd::Failed(format!("sending a batch: {e}"));
                     }
@@ -384,19 +385,20 @@ impl Agent {
         }
     }
 
-    /// Sends a batch of `n` new results and records it as in flight.
+    /// Sends a batch of `n` new results (the checks in turn) and records it
+    /// as in flight.
     async fn send_batch(
         &mut self,
         ws: &mut Ws,
         n: usize,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        let check = self.settings.check.clone();
+        let settings = self.settings.clone();
         let results: Vec<CheckResult> = (0..n)
-            .map(|_| {
+            .map(|i| {
                 self.seq += 1;
                 CheckResult {
                     seq: self.seq,
-                    ..self.result(&check)
+                    ..self.result(&settings.checks[i % settings.checks.len()])
                 }
             })
             .collect();

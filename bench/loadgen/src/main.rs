@@ -99,6 +99,19 @@ struct Args {
     /// Worker threads of the harness runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Checks per agent: each steady batch holds one result of each
+    /// (`bench`, `bench-1`, …).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    checks: u16,
+    /// One more flag for the server (repeat for several), e.g.
+    /// `--server-arg=--no-alerting`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Stop after the steady phase (connect, steady, stop): for comparing
+    /// server CPU and memory under the steady load alone (bench/alerting.sh).
+    /// Prints a `STEADY` line instead of `SUMMARY`, without the store count.
+    #[arg(long)]
+    steady_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -180,15 +193,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             temp.path().to_owned()
         }
     };
-    let server = ServerProcess::start(
-        &args.server_bin,
-        &data_dir,
-        ENROLLMENT_TOKEN,
-        &[
-            "--nudge-window-secs".into(),
-            args.nudge_window_secs.to_string(),
-        ],
-    )?;
+    let mut server_args = vec![
+        "--nudge-window-secs".to_owned(),
+        args.nudge_window_secs.to_string(),
+    ];
+    server_args.extend(args.server_args.iter().cloned());
+    let server = ServerProcess::start(&args.server_bin, &data_dir, ENROLLMENT_TOKEN, &server_args)?;
     log(
         start,
         &format!(
@@ -197,20 +207,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             server.addr
         ),
     );
-    let (status, body) = server
-        .request(
-            "PUT",
-            &format!("/api/v1/checks/{CHECK}"),
-            Some(r#"{"command":["/bin/true"],"interval_secs":10,"timeout_secs":5}"#),
-        )
-        .await?;
-    anyhow::ensure!(status == 200, "creating the check: {status} {body}");
+    let checks: Vec<String> = (0..args.checks)
+        .map(|i| match i {
+            0 => CHECK.to_owned(),
+            i => format!("{CHECK}-{i}"),
+        })
+        .collect();
+    for check in &checks {
+        let (status, body) = server
+            .request(
+                "PUT",
+                &format!("/api/v1/checks/{check}"),
+                Some(r#"{"command":["/bin/true"],"interval_secs":10,"timeout_secs":5}"#),
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "creating check {check}: {status} {body}");
+    }
     let baseline = server.memory()?;
 
     let settings = Arc::new(Settings {
         server: server.addr,
         enrollment_token: ENROLLMENT_TOKEN.into(),
-        check: CHECK.into(),
+        checks,
         interval: Duration::from_secs(args.interval_secs.max(1)),
         perfdata_per_result: args.perfdata,
         results_per_burst_batch: args.burst_results.max(1),
@@ -253,15 +271,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     // 2. steady
+    let cpu_before = (server.cpu_secs()?, server::own_cpu_secs()?);
     let steady = measure_rate(&counters, Duration::from_secs(args.steady_secs)).await;
     let steady_mem = server.memory()?;
+    let server_cpu = (server.cpu_secs()? - cpu_before.0) / args.steady_secs as f64 * 100.0;
+    let harness_cpu = (server::own_cpu_secs()? - cpu_before.1) / args.steady_secs as f64 * 100.0;
     log(
         start,
         &format!(
-            "steady: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB, {} threads",
+            "steady: {:.0} samples/s, {:.0} batches/s over {} s; RSS {} KiB, {} threads; \
+             server CPU {server_cpu:.1} % of one core, harness {harness_cpu:.1} %",
             steady.0, steady.1, args.steady_secs, steady_mem.rss_kib, steady_mem.threads
         ),
     );
+    if args.steady_only {
+        phase_tx.send_replace(Phase::Stop);
+        let drained = tokio::time::timeout(Duration::from_secs(60), async {
+            while agents.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            agents.abort_all();
+            log(start, "some agents did not stop within 60 s; aborted");
+        }
+        let end_mem = server.memory()?;
+        server.stop().context("stopping the server")?;
+        println!(
+            "\nSTEADY agents={} checks={} server_args={:?} connect_s={:.1} rss_idle_kib={} rss_steady_kib={} hwm_kib={} steady_results_per_s={:.0} server_cpu_pct={server_cpu:.1} harness_cpu_pct={harness_cpu:.1} failures={}",
+            args.agents,
+            args.checks,
+            args.server_args.join(" "),
+            connected_in.as_secs_f64(),
+            idle.rss_kib,
+            steady_mem.rss_kib,
+            end_mem.hwm_kib,
+            steady.1 * f64::from(args.checks),
+            counters.failures.load(Ordering::Relaxed),
+        );
+        return Ok(());
+    }
 
     // 3. run-now under steady load, then the read side: a Prometheus
     // scrape of every agent's latest values and one series query.

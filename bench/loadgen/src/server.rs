@@ -88,6 +88,11 @@ impl ServerProcess {
         self.child.id()
     }
 
+    /// CPU time (user + system) the server has used so far, in seconds.
+    pub fn cpu_secs(&self) -> anyhow::Result<f64> {
+        cpu_secs_of(&format!("/proc/{}/stat", self.pid()))
+    }
+
     /// `VmRSS`, `VmHWM` and thread count of the server now.
     pub fn memory(&self) -> anyhow::Result<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
@@ -206,4 +211,33 @@ pub fn read_store(data_dir: &Path, acked: &[(String, u64)]) -> anyhow::Result<St
         stored.lost += up_to.saturating_sub(present as u64);
     }
     Ok(stored)
+}
+
+/// CPU time (user + system) this harness has used so far, in seconds.
+pub fn own_cpu_secs() -> anyhow::Result<f64> {
+    cpu_secs_of("/proc/self/stat")
+}
+
+/// `utime + stime` of a `/proc/PID/stat` file, in seconds. The fields
+/// after the command name (which may hold spaces, hence the last `)`) are
+/// state, then 10 more, then utime and stime in clock ticks.
+fn cpu_secs_of(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path)?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("{path} has no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: field {} is not a number", i + 3))
+    };
+    let used = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf only reads a configuration value.
+    #[allow(unsafe_code)]
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(per_sec > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(used as f64 / per_sec as f64)
 }

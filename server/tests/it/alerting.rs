@@ -548,10 +548,18 @@ async fn a_goodbye_lost_with_the_engine_state_is_replayed_from_the_store() {
 }
 
 /// A check failing half the time in runs long enough to pass its gate
-/// (3 CRITICAL, 3 OK) for an hour of results at 10 s, then steady: one
-/// notification when it starts flapping, one when it settles.
+/// (3 CRITICAL, 3 OK) for an hour, then steady: one notification when it
+/// starts flapping, one when it settles.
+///
+/// The hour is test time: the results carry their own start times, 10 s
+/// apart over the hour before now (as a spool replayed after an outage
+/// would), and the driver hands the engine each result at its own time
+/// (`Alerts::results` in `server/src/alerts.rs`), which is what gates and
+/// flap history count in; grouping timers and incident start times run on
+/// the server's clock (grouping shortened here). The engine alone runs the
+/// same hour on a simulated clock in `alerting/tests/it/scenarios.rs`.
 #[tokio::test]
-async fn a_check_flapping_at_50_percent_sends_exactly_two_notifications() {
+async fn a_check_flapping_at_50_percent_for_an_hour_sends_exactly_two_notifications() {
     let server = Server::start_with(|c| {
         fast(c);
         // Each batch below is taken in one go, long before a flush.
@@ -568,16 +576,20 @@ async fn a_check_flapping_at_50_percent_sends_exactly_two_notifications() {
         CheckState::Ok,
         CheckState::Ok,
     ];
+    // 360 flapping results, then 60 steady ones, every 10 s, ending now.
+    const EVERY_MS: i64 = 10_000;
     let states: Vec<CheckState> = cycle.iter().copied().cycle().take(360).collect();
+    let first_ms = now_ms() - 420 * EVERY_MS;
     let mut seq = 0;
+    let mut next = |state: CheckState| {
+        seq += 1;
+        CheckResult {
+            started_at_ms: first_ms + (seq as i64 - 1) * EVERY_MS,
+            ..result(seq, "api", state, "api")
+        }
+    };
     for chunk in states.chunks(120) {
-        let batch = chunk
-            .iter()
-            .map(|s| {
-                seq += 1;
-                result(seq, "api", *s, "api")
-            })
-            .collect();
+        let batch = chunk.iter().map(|s| next(*s)).collect();
         conn.send_results(batch).await;
     }
     let key = format!("check/{}/api", agent.fp);
@@ -586,12 +598,7 @@ async fn a_check_flapping_at_50_percent_sends_exactly_two_notifications() {
     let open = open_alerts(&server).await;
     assert_eq!(open[0]["muted"], "flapping");
     // Steady from now on.
-    let batch = (0..60)
-        .map(|_| {
-            seq += 1;
-            result(seq, "api", CheckState::Ok, "api")
-        })
-        .collect();
+    let batch = (0..60).map(|_| next(CheckState::Ok)).collect();
     conn.send_results(batch).await;
     let rows = wait_rows(&server, 2).await;
     assert_eq!(
@@ -746,4 +753,35 @@ async fn a_goodbye_followed_by_a_reconnect_is_a_hot_swap_not_a_deregistration() 
         created - left
     );
     server.stop().await;
+}
+
+/// `--no-alerting`, there to measure what alerting costs: results that
+/// open a problem are stored and acked, but the engine never sees them.
+/// The same results on a server with alerting are the control.
+#[tokio::test]
+async fn with_alerting_off_results_reach_the_store_but_not_the_engine() {
+    for (no_alerting, open) in [(false, 1), (true, 0)] {
+        let server = Server::start_with(|c| {
+            fast(c);
+            c.no_alerting = no_alerting;
+        })
+        .await;
+        let agent = Agent::new(30, "db-30");
+        let mut conn = Sender::connect(&agent, &server).await;
+        for _ in 0..3 {
+            conn.send("disk", CheckState::Critical).await;
+        }
+        // Acked: stored, and handed to the engine if it runs.
+        assert_eq!(
+            open_alerts(&server).await.len(),
+            open,
+            "no_alerting = {no_alerting}"
+        );
+        let latest = server.admin("GET", "/api/v1/results/latest", None).await;
+        assert_eq!(
+            latest[0]["state"], "CRITICAL",
+            "no_alerting = {no_alerting}"
+        );
+        server.stop().await;
+    }
 }

@@ -8,6 +8,9 @@
 //! no earlier than the harmless event, whose notification therefore comes
 //! after the one a false alarm would have made.
 
+mod dns;
+mod swaps;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
