@@ -65,7 +65,8 @@ pub async fn handler(
             .unknown_messages
             .load(Ordering::Relaxed),
     };
-    let body = render(&agents, &latest, &counters);
+    let mut body = render(&agents, &latest, &counters);
+    body.push_str(&state.limits.refusals.render());
     Ok((
         [(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT))],
         body,
