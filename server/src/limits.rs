@@ -685,4 +685,54 @@ mod tests {
         assert_eq!(limits.open(), 0, "the ticket went back");
         assert!(handle.consume(1 << 20));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_does_not_take_fails_after_the_idle_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let limits = Limits::new(SETTINGS);
+        let (ours, _client) = tokio::io::duplex(64);
+        let handle = ConnHandle::new(limits.admit(ip("10.0.0.1")).unwrap());
+        let mut conn = Guarded::new(ours, handle, Duration::from_secs(60));
+        let start = Instant::now();
+        let err = conn.write_all(&[0u8; 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        assert_eq!(limits.refusals.write_stall.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_websocket_write_is_left_to_the_session_timeouts() {
+        use tokio::io::AsyncWriteExt;
+        let limits = Limits::new(SETTINGS);
+        let (ours, _client) = tokio::io::duplex(64);
+        let handle = ConnHandle::new(limits.admit(ip("10.0.0.1")).unwrap());
+        handle.limit_reads(PREAUTH);
+        let mut conn = Guarded::new(ours, handle, Duration::from_secs(60));
+        let blocked =
+            tokio::time::timeout(Duration::from_secs(600), conn.write_all(&[0u8; 1024])).await;
+        assert!(blocked.is_err(), "the write failed on its own: {blocked:?}");
+    }
+
+    const PREAUTH: u64 = 100;
+
+    #[tokio::test]
+    async fn reads_beyond_the_budget_fail_and_are_counted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limits = Limits::new(SETTINGS);
+        let (ours, mut client) = tokio::io::duplex(4096);
+        let handle = ConnHandle::new(limits.admit(ip("10.0.0.1")).unwrap());
+        handle.limit_reads(PREAUTH);
+        let mut conn = Guarded::new(ours, handle.clone(), Duration::from_secs(60));
+        client.write_all(&[1u8; 60]).await.unwrap();
+        let mut buf = [0u8; 4096];
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 60);
+        client.write_all(&[1u8; 60]).await.unwrap();
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(limits.refusals.preauth_bytes.load(Ordering::Relaxed), 1);
+        // Once authenticated, the same connection reads freely.
+        handle.authenticated();
+        client.write_all(&[1u8; 1000]).await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 1000);
+    }
 }

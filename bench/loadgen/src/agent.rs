@@ -129,6 +129,15 @@ pub fn key(index: usize) -> SigningKey {
     SigningKey::from_bytes(&seed)
 }
 
+/// Source addresses the agents can use: 127.0.0.2…127.0.0.251, then
+/// 127.0.1.2…, (the attackers of `--attack` use 127.1.x.y).
+pub const MAX_SOURCE_IPS: usize = 250 * 256;
+
+/// The `k`th agent source address.
+fn source_ip(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, (k / 250) as u8, (k % 250 + 2) as u8)
+}
+
 /// Runs agent `index` until the phase becomes [`Phase::Stop`].
 pub async fn run(
     index: usize,
@@ -138,7 +147,7 @@ pub async fn run(
 ) -> Tally {
     let key = key(index);
     let fp = fingerprint_of(&key.verifying_key());
-    let source = Ipv4Addr::new(127, 0, 0, 2 + (index / settings.agents_per_ip.max(1)) as u8);
+    let source = source_ip(index / settings.agents_per_ip.max(1));
     let mut agent = Agent {
         index,
         key,

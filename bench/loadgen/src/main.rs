@@ -151,8 +151,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if args.agents / args.agents_per_ip.max(1) > 250 {
-        eprintln!("--agents / --agents-per-ip must stay below 250 source addresses");
+    if args.agents.div_ceil(args.agents_per_ip) > agent::MAX_SOURCE_IPS {
+        eprintln!(
+            "--agents / --agents-per-ip must stay within {} source addresses",
+            agent::MAX_SOURCE_IPS
+        );
         return ExitCode::from(64);
     }
     // Hard cap: whatever happens, the harness ends.
