@@ -105,7 +105,8 @@ pub struct ServerConfig {
     /// Agent sessions served at once.
     #[arg(long, default_value_t = DEFAULT_MAX_AGENT_CONNECTIONS)]
     pub max_agent_connections: usize,
-    /// New connections accepted per second (0: unlimited).
+    /// New connections admitted per second, after the per-address limits
+    /// (0: unlimited).
     #[arg(long, default_value_t = DEFAULT_ACCEPT_RATE_PER_SEC)]
     pub accept_rate_per_sec: u32,
     /// Connections open at once that do not (yet) carry an authenticated

@@ -14,7 +14,10 @@
 //! The rate limit is a token bucket: a reconnect storm of thousands of
 //! agents is admitted at `rate` per second (with a burst of one second's
 //! worth) instead of all at once, which keeps handshakes and registrations
-//! from starving established sessions.
+//! from starving established sessions. It paces only connections the
+//! per-address limits admitted: refused ones are accepted and closed at
+//! full speed, so a flood from a few addresses drains out of the kernel's
+//! accept queue instead of delaying everyone queued behind it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -107,7 +110,6 @@ async fn accept_tcp(
     limits: &Arc<Limits>,
 ) -> (TcpStream, ConnAddrs, Arc<ConnHandle>) {
     loop {
-        limit.admit().await;
         match inner.accept().await {
             Ok((stream, remote)) => {
                 let ticket = match limits.admit(remote.ip()) {
@@ -119,6 +121,10 @@ async fn accept_tcp(
                         continue;
                     }
                 };
+                // Only admitted connections are paced: refusing is cheap,
+                // and pacing refusals too would leave everyone else
+                // queued behind a flood in the kernel's accept queue.
+                limit.admit().await;
                 let _ = stream.set_nodelay(true);
                 let local = match stream.local_addr() {
                     Ok(a) => a,
