@@ -13,7 +13,8 @@ pub const DEFAULT_PING_INTERVAL_SECS: u64 = 15;
 /// Silence after which an agent is declared down and its socket closed.
 pub const DEFAULT_DOWN_AFTER_SECS: u64 = 45;
 
-/// Agent sessions served at once; further agents get HTTP 503 and retry.
+/// Agent sessions served at once; an agent over the cap is closed after its
+/// hello with websocket code 1013 (try again later) and retries.
 pub const DEFAULT_MAX_AGENT_CONNECTIONS: usize = 20_000;
 
 /// Connections accepted per second (with a burst of as many).
