@@ -34,9 +34,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine as _;
 use outrider_protocol::api::Presence;
 use outrider_protocol::{
@@ -48,7 +49,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use crate::alerts::SessionEvent;
-use crate::error::ApiError;
+use crate::limits::ConnHandle;
 use crate::listener::ConnAddrs;
 use crate::sessions::SessionLink;
 use crate::store::{Admission, Registration, normalize_tags};
@@ -70,24 +71,26 @@ const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// Upper bound of queued outgoing bytes before sends fail.
 const MAX_WRITE_BUFFER_BYTES: usize = 2 * MAX_MESSAGE_BYTES;
 
+/// Bytes a websocket may send before its hello is authenticated: the
+/// largest hello (32 tags, a long hostname, a token) is under 4 KiB.
+pub const PREAUTH_MAX_BYTES: u64 = 8 * 1024;
+
 /// Most tags an agent may announce.
 const MAX_AGENT_TAGS: usize = 32;
 
-/// `GET /v1/agent/ws`: takes a connection slot (503 when none is left),
-/// upgrades and runs a tracked session.
+/// `GET /v1/agent/ws`: upgrades and runs a tracked session. Until the
+/// hello is authenticated the connection may read only
+/// [`PREAUTH_MAX_BYTES`] and holds no agent slot ([`session`]).
 pub async fn handler(
     State(state): State<Arc<AppState>>,
     ConnectInfo(addrs): ConnectInfo<ConnAddrs>,
+    conn: Option<Extension<Arc<ConnHandle>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Ok(permit) = state.agent_slots.clone().try_acquire_owned() else {
-        warn!(remote = %addrs.remote, "agent connection refused: connection cap reached");
-        return ApiError::Unavailable(format!(
-            "the server is at its limit of {} agent connections; retry later",
-            state.config.max_agent_connections
-        ))
-        .into_response();
-    };
+    let conn = conn.map(|Extension(c)| c);
+    if let Some(conn) = &conn {
+        conn.limit_reads(PREAUTH_MAX_BYTES);
+    }
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -95,7 +98,7 @@ pub async fn handler(
         .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let tasks = state.tasks.clone();
-            tasks.track_future(session(state, socket, addrs, permit))
+            tasks.track_future(session(state, socket, addrs, conn))
         })
 }
 
@@ -120,12 +123,27 @@ async fn session(
     state: Arc<AppState>,
     mut socket: WebSocket,
     addrs: ConnAddrs,
-    _permit: OwnedSemaphorePermit,
+    conn: Option<Arc<ConnHandle>>,
 ) {
     let Some((hello, registration, agreed)) =
         Box::pin(introduce(&state, &mut socket, &addrs)).await
     else {
         return;
+    };
+    // Authenticated: the normal limits from here on, and only now an agent
+    // slot, so unauthenticated sockets cannot keep real agents out.
+    if let Some(conn) = &conn {
+        conn.authenticated();
+    }
+    let Some(_permit) = agent_slot(&state, &registration.fingerprint) else {
+        // No `Rejected`: an agent forgets its enrollment token on one.
+        // 1013 "try again later" makes it reconnect with its backoff.
+        return close(
+            &mut socket,
+            close_code::AGAIN,
+            "agent connection cap reached",
+        )
+        .await;
     };
     let fp = registration.fingerprint.clone();
     // The resume token is looked at only now, after the signature check:
@@ -213,6 +231,24 @@ async fn session(
         return reject(&mut socket, REMOVED_REASON).await;
     }
     close(&mut socket, code, reason).await;
+}
+
+/// An agent slot, or `None` (counted, logged) when all are taken.
+fn agent_slot(state: &AppState, fp: &Fingerprint) -> Option<OwnedSemaphorePermit> {
+    let permit = state.agent_slots.clone().try_acquire_owned().ok();
+    if permit.is_none() {
+        state
+            .limits
+            .refusals
+            .agent_slots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        warn!(
+            fingerprint = %fp,
+            limit = state.config.max_agent_connections,
+            "agent connection refused: --max-agent-connections reached"
+        );
+    }
+    permit
 }
 
 /// Challenge, hello, authentication. On refusal the agent has been told

@@ -13,11 +13,34 @@ pub const DEFAULT_PING_INTERVAL_SECS: u64 = 15;
 /// Silence after which an agent is declared down and its socket closed.
 pub const DEFAULT_DOWN_AFTER_SECS: u64 = 45;
 
-/// Agent sessions served at once; further agents get HTTP 503 and retry.
+/// Agent sessions served at once; an agent over the cap is closed after its
+/// hello with websocket code 1013 (try again later) and retries.
 pub const DEFAULT_MAX_AGENT_CONNECTIONS: usize = 20_000;
 
 /// Connections accepted per second (with a burst of as many).
 pub const DEFAULT_ACCEPT_RATE_PER_SEC: u32 = 2_000;
+
+/// Connections not (yet) carrying an authenticated agent session, at once.
+pub const DEFAULT_MAX_HTTP_CONNECTIONS: usize = 4_096;
+
+/// Of those, from one client address (an IPv6 /64) at once.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 64;
+
+/// New connections per second from one client address...
+pub const DEFAULT_CONNECTION_RATE_PER_IP: u32 = 100;
+
+/// ...bursting to this many.
+pub const DEFAULT_CONNECTION_BURST_PER_IP: u32 = 200;
+
+/// Seconds a client has to send a request's headers, counted from when the
+/// server starts waiting for it (so also an idle keep-alive's life).
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 10;
+
+/// Seconds a response may wait for the client to read it.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT_SECS: u64 = 60;
+
+/// Seconds a client has to complete the TLS handshake.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 
 /// Default window over which the agents of a channel are nudged to check
 /// for updates after a release change (see [`crate::nudges`]).
@@ -96,9 +119,42 @@ pub struct ServerConfig {
     /// Agent sessions served at once.
     #[arg(long, default_value_t = DEFAULT_MAX_AGENT_CONNECTIONS)]
     pub max_agent_connections: usize,
-    /// New connections accepted per second (0: unlimited).
+    /// New connections admitted per second, after the per-address limits
+    /// (0: unlimited).
     #[arg(long, default_value_t = DEFAULT_ACCEPT_RATE_PER_SEC)]
     pub accept_rate_per_sec: u32,
+    /// Connections open at once that do not (yet) carry an authenticated
+    /// agent session: admin and API requests, downloads, TLS handshakes,
+    /// agents before their hello is verified. Beyond it new connections are
+    /// closed at once (`docs/security.md`).
+    #[arg(long, default_value_t = DEFAULT_MAX_HTTP_CONNECTIONS)]
+    pub max_http_connections: usize,
+    /// Of those, from one client address (IPv6: one /64) at once (0: no limit).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: u32,
+    /// New connections per second from one client address, so also TLS
+    /// handshakes and websocket upgrades (0: no limit).
+    #[arg(long, default_value_t = DEFAULT_CONNECTION_RATE_PER_IP)]
+    pub connection_rate_per_ip: u32,
+    /// New connections one client address may open at once before
+    /// `--connection-rate-per-ip` applies.
+    #[arg(long, default_value_t = DEFAULT_CONNECTION_BURST_PER_IP)]
+    pub connection_burst_per_ip: u32,
+    /// Seconds a client has to send a request's headers, counted from when
+    /// the server starts waiting for the request: closes slowloris clients
+    /// and idle keep-alive connections.
+    #[arg(long, default_value_t = DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a response may wait for the client to read it before the
+    /// connection is closed.
+    #[arg(long, default_value_t = DEFAULT_HTTP_IDLE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_idle_timeout_secs: u64,
+    /// Seconds a client has to complete the TLS handshake.
+    #[arg(long, default_value_t = DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tls_handshake_timeout_secs: u64,
     /// Metric storage and export settings ([`crate::metrics`]).
     #[command(flatten)]
     pub metrics: crate::metrics::MetricsConfig,
@@ -219,6 +275,10 @@ pub enum ConfigError {
     PlainOnNetwork(SocketAddr),
     #[error("--max-agent-connections must be at least 1")]
     NoConnections,
+    #[error("--max-http-connections must be at least 1")]
+    NoHttpConnections,
+    #[error("--connection-burst-per-ip must be at least 1 when --connection-rate-per-ip is set")]
+    NoBurst,
     #[error(
         "--protocol-min {min} and --protocol-max {max} must satisfy {floor} <= min <= max <= {ceiling}"
     )]
@@ -253,6 +313,13 @@ impl ServerConfig {
             advertise_addrs: Vec::new(),
             max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
             accept_rate_per_sec: DEFAULT_ACCEPT_RATE_PER_SEC,
+            max_http_connections: DEFAULT_MAX_HTTP_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            connection_rate_per_ip: DEFAULT_CONNECTION_RATE_PER_IP,
+            connection_burst_per_ip: DEFAULT_CONNECTION_BURST_PER_IP,
+            http_header_timeout_secs: DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
+            http_idle_timeout_secs: DEFAULT_HTTP_IDLE_TIMEOUT_SECS,
+            tls_handshake_timeout_secs: DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
             metrics: Default::default(),
             protocol_min: outrider_protocol::PROTOCOL_MIN,
             protocol_max: outrider_protocol::PROTOCOL_MAX,
@@ -274,6 +341,16 @@ impl ServerConfig {
             .unwrap_or(outrider_protocol::ProtocolRange::SUPPORTED)
     }
 
+    /// The connection limits of [`crate::limits`].
+    pub fn limit_settings(&self) -> crate::limits::LimitSettings {
+        crate::limits::LimitSettings {
+            max_connections: self.max_http_connections,
+            per_ip_connections: self.max_connections_per_ip,
+            per_ip_rate: f64::from(self.connection_rate_per_ip),
+            per_ip_burst: f64::from(self.connection_burst_per_ip),
+        }
+    }
+
     /// Whether TLS files are configured.
     pub fn tls(&self) -> Option<(&PathBuf, &PathBuf)> {
         self.tls_cert.as_ref().zip(self.tls_key.as_ref())
@@ -286,6 +363,12 @@ impl ServerConfig {
         }
         if self.max_agent_connections == 0 {
             return Err(ConfigError::NoConnections);
+        }
+        if self.max_http_connections == 0 {
+            return Err(ConfigError::NoHttpConnections);
+        }
+        if self.connection_rate_per_ip > 0 && self.connection_burst_per_ip == 0 {
+            return Err(ConfigError::NoBurst);
         }
         let (floor, ceiling) = (
             outrider_protocol::PROTOCOL_MIN,

@@ -24,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod ingest;
 pub mod install;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
@@ -31,6 +32,7 @@ pub mod nudges;
 pub mod openapi;
 pub mod plugins;
 pub mod rpc;
+pub mod serve;
 pub mod sessions;
 pub mod store;
 
@@ -61,8 +63,10 @@ pub struct AppState {
     pub plugin_files: plugins::PluginFiles,
     pub config: ServerConfig,
     pub admin_token: auth::Secret,
-    /// One permit per agent session: the connection cap.
+    /// One permit per authenticated agent session: the agent cap.
     pub agent_slots: Arc<Semaphore>,
+    /// Connection limits and refusal counters ([`limits`]).
+    pub limits: Arc<limits::Limits>,
     /// Live event stream; ingest publishes each stored result with
     /// [`events::Events::result`].
     pub events: events::Events,
@@ -199,6 +203,7 @@ pub async fn run(
         configs: configs::ConfigCache::default(),
         plugin_files,
         agent_slots: Arc::new(Semaphore::new(config.max_agent_connections)),
+        limits: limits::Limits::new(config.limit_settings()),
         config,
         admin_token,
         events: events::Events::default(),
@@ -245,13 +250,22 @@ pub async fn run(
     );
 
     let app = api::router(state.clone());
-    let rate = state.config.accept_rate_per_sec;
-    let served = match tls {
+    let accept = listener::AcceptSettings {
+        rate_per_sec: state.config.accept_rate_per_sec,
+        limits: state.limits.clone(),
+        write_stall: Duration::from_secs(state.config.http_idle_timeout_secs),
+    };
+    let header_timeout = Duration::from_secs(state.config.http_header_timeout_secs);
+    match tls {
         Some(acceptor) => {
-            let listener = listener::TlsListener::new(listener, rate, acceptor);
-            serve(listener, app, &shutdown).await
+            let handshake = Duration::from_secs(state.config.tls_handshake_timeout_secs);
+            let listener = listener::TlsListener::new(listener, accept, acceptor, handshake);
+            serve::serve(listener, app, header_timeout, &shutdown).await
         }
-        None => serve(listener::PlainListener::new(listener, rate), app, &shutdown).await,
+        None => {
+            let listener = listener::PlainListener::new(listener, accept);
+            serve::serve(listener, app, header_timeout, &shutdown).await
+        }
     };
     // Serving failed or shutdown began: either way every task stops now.
     shutdown.cancel();
@@ -265,29 +279,8 @@ pub async fn run(
             "agent sessions did not close within the grace period"
         );
     }
-    served?;
     info!("outrider-server stopped");
     Ok(())
-}
-
-/// Serves `app` on `listener` until `shutdown`, then lets open requests finish.
-async fn serve<L>(
-    listener: L,
-    app: axum::Router,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()>
-where
-    L: axum::serve::Listener<Addr = listener::ConnAddrs>,
-    listener::ConnAddrs:
-        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<listener::ConnAddrs>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-    .await
-    .context("serving HTTP")
 }
 
 /// Writes the bound address atomically so a supervisor (or a test) can find

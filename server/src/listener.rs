@@ -1,16 +1,23 @@
-//! Accepting connections: an accept rate limit, optional TLS, and the
-//! local/remote address pair every request can read ([`ConnAddrs`]).
+//! Accepting connections: an accept rate limit, the connection limits of
+//! [`crate::limits`], optional TLS, and the local/remote address pair every
+//! request can read ([`ConnAddrs`]).
 //!
-//! Both listeners implement [`axum::serve::Listener`], so the same router
-//! serves plain HTTP (development, loopback) and HTTPS. TLS handshakes run
-//! as tasks owned by the listener — at most [`MAX_HANDSHAKES`] at once, each
-//! bounded by [`HANDSHAKE_TIMEOUT`] — so one slow client never stalls the
-//! accept loop; dropping the listener (at shutdown) aborts those in flight.
+//! Both listeners implement [`axum::serve::Listener`], so the same serve
+//! loop ([`crate::serve`]) runs plain HTTP (development, loopback) and
+//! HTTPS. Each accepted socket first takes a [`crate::limits::Ticket`]
+//! (refused sockets are closed at once, before any TLS work). TLS handshakes
+//! run as tasks owned by the listener — at most [`MAX_HANDSHAKES`] at once,
+//! each bounded by the handshake timeout — so one slow client never stalls
+//! the accept loop; dropping the listener (at shutdown) aborts those in
+//! flight.
 //!
 //! The rate limit is a token bucket: a reconnect storm of thousands of
 //! agents is admitted at `rate` per second (with a burst of one second's
 //! worth) instead of all at once, which keeps handshakes and registrations
-//! from starving established sessions.
+//! from starving established sessions. It paces only connections the
+//! per-address limits admitted: refused ones are accepted and closed at
+//! full speed, so a flood from a few addresses drains out of the kernel's
+//! accept queue instead of delaying everyone queued behind it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,8 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -28,12 +34,14 @@ use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
+use crate::limits::{ConnHandle, Guarded, Limits};
+
 /// TLS handshakes in flight at once; further connections wait in the
 /// kernel's accept queue.
 pub const MAX_HANDSHAKES: usize = 256;
 
-/// Time a client has to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client has to complete the TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -47,16 +55,15 @@ pub struct ConnAddrs {
     pub remote: SocketAddr,
 }
 
-impl Connected<IncomingStream<'_, PlainListener>> for ConnAddrs {
-    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
-        *stream.remote_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for ConnAddrs {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        *stream.remote_addr()
-    }
+/// What both listeners need besides the socket.
+#[derive(Clone, Debug)]
+pub struct AcceptSettings {
+    /// New connections per second server-wide (0: unlimited).
+    pub rate_per_sec: u32,
+    pub limits: Arc<Limits>,
+    /// How long a write may wait for the client before the connection is
+    /// closed ([`crate::limits::Guarded`]).
+    pub write_stall: Duration,
 }
 
 /// A token bucket admitting `rate` accepts per second, bursting to `rate`.
@@ -97,11 +104,27 @@ impl AcceptLimit {
     }
 }
 
-async fn accept_tcp(inner: &TcpListener, limit: &mut AcceptLimit) -> (TcpStream, ConnAddrs) {
+async fn accept_tcp(
+    inner: &TcpListener,
+    limit: &mut AcceptLimit,
+    limits: &Arc<Limits>,
+) -> (TcpStream, ConnAddrs, Arc<ConnHandle>) {
     loop {
-        limit.admit().await;
         match inner.accept().await {
             Ok((stream, remote)) => {
+                let ticket = match limits.admit(remote.ip()) {
+                    Ok(ticket) => ticket,
+                    Err(refusal) => {
+                        // Closed at once: a refused socket costs no
+                        // handshake and holds nothing.
+                        debug!(%remote, "connection refused: {refusal}");
+                        continue;
+                    }
+                };
+                // Only admitted connections are paced: refusing is cheap,
+                // and pacing refusals too would leave everyone else
+                // queued behind a flood in the kernel's accept queue.
+                limit.admit().await;
                 let _ = stream.set_nodelay(true);
                 let local = match stream.local_addr() {
                     Ok(a) => a,
@@ -110,7 +133,7 @@ async fn accept_tcp(inner: &TcpListener, limit: &mut AcceptLimit) -> (TcpStream,
                         continue;
                     }
                 };
-                return (stream, ConnAddrs { local, remote });
+                return (stream, ConnAddrs { local, remote }, ConnHandle::new(ticket));
             }
             Err(e) => {
                 warn!("accepting a connection failed: {e}");
@@ -120,28 +143,35 @@ async fn accept_tcp(inner: &TcpListener, limit: &mut AcceptLimit) -> (TcpStream,
     }
 }
 
-/// Plain TCP with the accept rate limit.
+/// Plain TCP with the accept rate limit and the connection limits.
 #[derive(Debug)]
 pub struct PlainListener {
     inner: TcpListener,
     limit: AcceptLimit,
+    settings: AcceptSettings,
 }
 
 impl PlainListener {
-    pub fn new(inner: TcpListener, accept_rate_per_sec: u32) -> PlainListener {
+    pub fn new(inner: TcpListener, settings: AcceptSettings) -> PlainListener {
         PlainListener {
             inner,
-            limit: AcceptLimit::new(accept_rate_per_sec),
+            limit: AcceptLimit::new(settings.rate_per_sec),
+            settings,
         }
     }
 }
 
 impl Listener for PlainListener {
-    type Io = TcpStream;
+    type Io = Guarded<TcpStream>;
     type Addr = ConnAddrs;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        accept_tcp(&self.inner, &mut self.limit).await
+        let (stream, addrs, handle) =
+            accept_tcp(&self.inner, &mut self.limit, &self.settings.limits).await;
+        (
+            Guarded::new(stream, handle, self.settings.write_stall),
+            addrs,
+        )
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
@@ -153,12 +183,17 @@ impl Listener for PlainListener {
     }
 }
 
-/// TLS over TCP with the accept rate limit and bounded concurrent handshakes.
+type Handshake = Option<(Guarded<TlsStream<TcpStream>>, ConnAddrs)>;
+
+/// TLS over TCP with the accept rate limit, the connection limits and
+/// bounded concurrent handshakes.
 pub struct TlsListener {
     inner: TcpListener,
     limit: AcceptLimit,
+    settings: AcceptSettings,
     acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<(TlsStream<TcpStream>, ConnAddrs)>>,
+    handshake_timeout: Duration,
+    handshakes: JoinSet<Handshake>,
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -171,18 +206,25 @@ impl std::fmt::Debug for TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(inner: TcpListener, accept_rate_per_sec: u32, acceptor: TlsAcceptor) -> Self {
+    pub fn new(
+        inner: TcpListener,
+        settings: AcceptSettings,
+        acceptor: TlsAcceptor,
+        handshake_timeout: Duration,
+    ) -> Self {
         TlsListener {
             inner,
-            limit: AcceptLimit::new(accept_rate_per_sec),
+            limit: AcceptLimit::new(settings.rate_per_sec),
+            settings,
             acceptor,
+            handshake_timeout,
             handshakes: JoinSet::new(),
         }
     }
 }
 
 impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Guarded<TlsStream<TcpStream>>;
     type Addr = ConnAddrs;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -194,20 +236,21 @@ impl Listener for TlsListener {
                         return conn;
                     }
                 }
-                (stream, addrs) = accept_tcp(&self.inner, &mut self.limit), if room => {
+                (stream, addrs, handle) = accept_tcp(&self.inner, &mut self.limit, &self.settings.limits), if room => {
                     let acceptor = self.acceptor.clone();
+                    let (timeout, stall) = (self.handshake_timeout, self.settings.write_stall);
+                    let limits = self.settings.limits.clone();
+                    // The handle (and so the ticket) lives in the task: a
+                    // failed handshake gives it back.
                     self.handshakes.spawn(async move {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => Some((tls, addrs)),
-                            Ok(Err(e)) => {
-                                debug!(remote = %addrs.remote, "TLS handshake failed: {e}");
-                                None
-                            }
-                            Err(_) => {
-                                debug!(remote = %addrs.remote, "TLS handshake timed out");
-                                None
-                            }
-                        }
+                        let failed = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => return Some((Guarded::new(tls, handle, stall), addrs)),
+                            Ok(Err(e)) => format!("TLS handshake failed: {e}"),
+                            Err(_) => "TLS handshake timed out".to_owned(),
+                        };
+                        limits.refusals.tls_handshake.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        debug!(remote = %addrs.remote, "{failed}");
+                        None
                     });
                 }
             }

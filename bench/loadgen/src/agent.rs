@@ -21,16 +21,17 @@ use outrider_protocol::{
     AGENT_WS_PATH, AgentMessage, CheckResult, CheckState, Fingerprint, Hello, PROTOCOL_VERSION,
     PerfData, ServerMessage, auth_message, fingerprint_of,
 };
-use tokio::net::{TcpSocket, TcpStream};
+
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// Simulated agents per loopback source address (each address has ≈ 28,000
-/// ephemeral ports; TIME_WAIT after a reconnect storm needs the headroom).
-const AGENTS_PER_SOURCE_IP: usize = 1_000;
+/// Simulated agents per loopback source address by default (each address
+/// has ≈ 28,000 ephemeral ports; TIME_WAIT after a reconnect storm needs the
+/// headroom).
+pub const AGENTS_PER_SOURCE_IP: usize = 1_000;
 
 /// How long TCP connect + websocket upgrade, and then each handshake
 /// message, may take before the attempt is retried (the real agent's
@@ -73,6 +74,10 @@ pub struct Settings {
     pub agents: usize,
     /// What the agents see of update nudges.
     pub nudges: Arc<crate::nudge::Nudges>,
+    /// Agents per loopback source address (127.0.0.2, 127.0.0.3, …).
+    pub agents_per_ip: usize,
+    /// Set when the server speaks HTTPS only.
+    pub tls: Option<crate::server::Tls>,
 }
 
 /// Counters shared by all agents.
@@ -125,6 +130,15 @@ pub fn key(index: usize) -> SigningKey {
     SigningKey::from_bytes(&seed)
 }
 
+/// Source addresses the agents can use: 127.0.0.2…127.0.0.251, then
+/// 127.0.1.2…, (the attackers of `--attack` use 127.1.x.y).
+pub const MAX_SOURCE_IPS: usize = 250 * 256;
+
+/// The `k`th agent source address.
+fn source_ip(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, (k / 250) as u8, (k % 250 + 2) as u8)
+}
+
 /// Runs agent `index` until the phase becomes [`Phase::Stop`].
 pub async fn run(
     index: usize,
@@ -134,7 +148,7 @@ pub async fn run(
 ) -> Tally {
     let key = key(index);
     let fp = fingerprint_of(&key.verifying_key());
-    let source = Ipv4Addr::new(127, 0, 0, 2 + (index / AGENTS_PER_SOURCE_IP) as u8);
+    let source = source_ip(index / settings.agents_per_ip.max(1));
     let mut agent = Agent {
         index,
         key,
@@ -189,7 +203,7 @@ pub async fn run(
     }
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Box<dyn crate::server::Stream>>;
 
 struct Agent {
     index: usize,
@@ -230,15 +244,17 @@ impl Agent {
     }
 
     async fn connect(&self, source: Ipv4Addr) -> anyhow::Result<Ws> {
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::from((source, 0)))?;
-        // One deadline for TCP connect and upgrade, as the real agent has.
+        // One deadline for TCP connect, TLS and upgrade, as the real agent has.
         let deadline = Instant::now() + STEP_TIMEOUT;
-        let stream = tokio::time::timeout_at(deadline, socket.connect(self.settings.server))
+        let dial = crate::server::dial(
+            Some(source),
+            self.settings.server,
+            self.settings.tls.as_ref(),
+        );
+        let stream = tokio::time::timeout_at(deadline, dial)
             .await
-            .context("TCP connect timed out")?
-            .context("TCP connect")?;
-        stream.set_nodelay(true)?;
+            .context("connect timed out")?
+            .context("connect")?;
         let config = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
             .write_buffer_size(0)

@@ -23,12 +23,16 @@
 //! 7. **stop**: goodbye, server SIGTERM, then the server's SQLite store is
 //!    read to count results lost (acked but absent) and points duplicated.
 //!
+//! With `--attack`, the denial-of-service harness runs instead
+//! ([`attack`], docs/security.md).
+//!
 //! Loopback only; the agents bind 127.0.0.2, 127.0.0.3, … so they do not
 //! exhaust one address's ephemeral ports. The harness raises its own
 //! `RLIMIT_NOFILE` (inherited by the server it starts) and stops by itself:
 //! every phase has a deadline and the whole run a hard cap.
 
 mod agent;
+mod attack;
 mod nudge;
 mod server;
 
@@ -104,7 +108,8 @@ struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
     checks: u16,
     /// One more flag for the server (repeat for several), e.g.
-    /// `--server-arg=--no-alerting`.
+    /// `--server-arg=--no-alerting` or
+    /// `--server-arg=--max-connections-per-ip=32`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
     /// Stop after the steady phase (connect, steady, stop): for comparing
@@ -112,12 +117,37 @@ struct Args {
     /// Prints a `STEADY` line instead of `SUMMARY`, without the store count.
     #[arg(long)]
     steady_only: bool,
+    /// Run the denial-of-service harness (TLS server, agents reporting
+    /// while attacked) instead of the benchmark phases.
+    #[arg(long)]
+    attack: bool,
+    /// `--attack`: slowloris connections held at once.
+    #[arg(long, default_value_t = 1_000)]
+    slowloris: usize,
+    /// `--attack`: tasks flooding TLS handshakes.
+    #[arg(long, default_value_t = 16)]
+    flooders: usize,
+    /// `--attack`: tasks sending 1 MiB frames before their hello.
+    #[arg(long, default_value_t = 8)]
+    oversized: usize,
+    /// `--attack`: attacker source addresses (127.1.0.1, 127.1.0.2, …).
+    #[arg(long, default_value_t = 20)]
+    attacker_ips: usize,
+    /// `--attack`: length of the attack.
+    #[arg(long, default_value_t = 60)]
+    attack_secs: u64,
+    /// `--attack`: run-now timing without attack first, this long.
+    #[arg(long, default_value_t = 15)]
+    baseline_secs: u64,
+    /// Simulated agents per loopback source address (127.0.0.2, …).
+    #[arg(long, default_value_t = agent::AGENTS_PER_SOURCE_IP)]
+    agents_per_ip: usize,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.agents == 0 || args.agents > MAX_AGENTS {
-        eprintln!("--agents must be between 1 and {MAX_AGENTS}");
+    if args.agents == 0 || args.agents > MAX_AGENTS || args.agents_per_ip == 0 {
+        eprintln!("--agents must be between 1 and {MAX_AGENTS}, --agents-per-ip at least 1");
         return ExitCode::from(64);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -131,15 +161,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.agents.div_ceil(args.agents_per_ip) > agent::MAX_SOURCE_IPS {
+        eprintln!(
+            "--agents / --agents-per-ip must stay within {} source addresses",
+            agent::MAX_SOURCE_IPS
+        );
+        return ExitCode::from(64);
+    }
     // Hard cap: whatever happens, the harness ends.
-    let cap = Duration::from_secs(
-        2 * args.connect_deadline_secs
-            + args.steady_secs
-            + args.burst_secs
-            + args.nudge_window_secs
-            + 360,
-    );
-    match runtime.block_on(async { tokio::time::timeout(cap, run(args)).await }) {
+    let cap = if args.attack {
+        Duration::from_secs(
+            args.connect_deadline_secs + args.baseline_secs + args.attack_secs + 240,
+        )
+    } else {
+        Duration::from_secs(
+            2 * args.connect_deadline_secs
+                + args.steady_secs
+                + args.burst_secs
+                + args.nudge_window_secs
+                + 360,
+        )
+    };
+    let main = async {
+        if args.attack {
+            attack::run(args).await
+        } else {
+            run(args).await
+        }
+    };
+    match runtime.block_on(async { tokio::time::timeout(cap, main).await }) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("loadgen failed: {e:#}");
@@ -235,6 +285,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         agent_backoff: !args.reconnect_immediately,
         agents: args.agents,
         nudges: Arc::new(nudge::Nudges::default()),
+        agents_per_ip: args.agents_per_ip,
+        tls: None,
     });
     let counters = Arc::new(Counters::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Steady);
@@ -550,6 +602,16 @@ struct Rtts {
 }
 
 impl Rtts {
+    /// The `p` quantile (0..=1) in ms; NaN without samples.
+    fn percentile(&self, p: f64) -> f64 {
+        let mut v = self.ms.clone();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+
     fn summary(&self) -> String {
         let mut v = self.ms.clone();
         v.sort_by(f64::total_cmp);

@@ -8,15 +8,90 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
 use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
+
+/// A connection to the server, plain or TLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// How to reach a server started with `--tls-cert`: a connector trusting
+/// its self-signed certificate (made by [`Tls::generate`]).
+#[derive(Clone)]
+pub struct Tls {
+    pub connector: TlsConnector,
+    /// PEM files for the server's `--tls-cert` and `--tls-key`.
+    pub cert_path: std::path::PathBuf,
+    pub key_path: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("cert_path", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// A self-signed certificate for 127.0.0.1 in `dir`, and a client
+    /// trusting only it.
+    pub fn generate(dir: &Path) -> anyhow::Result<Tls> {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
+        let cert_path = dir.join("tls-cert.pem");
+        let key_path = dir.join("tls-key.pem");
+        std::fs::write(&cert_path, cert.cert.pem())?;
+        std::fs::write(&key_path, cert.signing_key.serialize_pem())?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls {
+            connector: TlsConnector::from(Arc::new(config)),
+            cert_path,
+            key_path,
+        })
+    }
+}
+
+/// Connects to `server` from `source` (any loopback address; `None`: the
+/// kernel's choice), with TLS when `tls` is given.
+pub async fn dial(
+    source: Option<Ipv4Addr>,
+    server: SocketAddr,
+    tls: Option<&Tls>,
+) -> std::io::Result<Box<dyn Stream>> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::from((source, 0)))?;
+    }
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    match tls {
+        None => Ok(Box::new(stream)),
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::IpAddress(server.ip().into());
+            Ok(Box::new(tls.connector.connect(name, stream).await?))
+        }
+    }
+}
 
 /// A running server child process.
 #[derive(Debug)]
 pub struct ServerProcess {
     pub addr: SocketAddr,
     pub admin_token: String,
+    /// Set when the server speaks HTTPS only.
+    pub tls: Option<Tls>,
     child: Child,
 }
 
@@ -61,6 +136,7 @@ impl ServerProcess {
         let mut server = ServerProcess {
             addr: "127.0.0.1:0".parse()?,
             admin_token: String::new(),
+            tls: None,
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -144,7 +220,7 @@ impl ServerProcess {
             self.admin_token,
             body.len()
         );
-        let (status, body) = exchange(self.addr, &req).await?;
+        let (status, body) = exchange(self.addr, &req, self.tls.as_ref()).await?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }
@@ -153,15 +229,18 @@ impl ServerProcess {
 /// returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    exchange(addr, &req).await
+    exchange(addr, &req, None).await
 }
 
 /// Sends one HTTP/1.1 request with `Connection: close` and reads the whole
 /// response: status and body (no chunked encoding: the server sends
 /// `Content-Length` for these).
-async fn exchange(addr: SocketAddr, req: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
+async fn exchange(
+    addr: SocketAddr,
+    req: &str,
+    tls: Option<&Tls>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut stream = dial(None, addr, tls).await?;
     stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await?;

@@ -92,7 +92,8 @@ pub async fn handler(
             .load(Ordering::Relaxed),
         graphite_oversized: state.metrics.graphite.as_ref().map_or(0, |q| q.oversized()),
     };
-    let body = render(&agents, &latest, &counters);
+    let mut body = render(&agents, &latest, &counters);
+    body.push_str(&state.limits.refusals.render());
     Ok((
         [(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT))],
         body,

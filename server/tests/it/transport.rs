@@ -1,55 +1,14 @@
-//! The listener: the agent connection cap, TLS, and one JSON error body for
-//! every bad API request.
+//! The listener: TLS, and one JSON error body for every bad API request
+//! (the agent connection cap: `dos.rs`).
 
 use std::sync::Arc;
 
-use outrider_protocol::AGENT_WS_PATH;
-use outrider_protocol::api::Presence;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
-use crate::helpers::{Agent, ENROLLMENT_TOKEN, STEP, Server};
-
-#[tokio::test]
-async fn agents_over_the_connection_cap_get_503_with_a_reason() {
-    let server = Server::start_with(|c| c.max_agent_connections = 1).await;
-    let first = Agent::new(1, "first");
-    let (conn, _, _) = first.connect(&server, Some(ENROLLMENT_TOKEN)).await;
-
-    let url = format!("ws://{}{AGENT_WS_PATH}", server.addr);
-    let refused = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url.as_str()))
-        .await
-        .unwrap();
-    match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status(), 503);
-            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
-            assert!(body.contains("limit of 1 agent connections"), "{body}");
-        }
-        other => panic!("expected HTTP 503, got {other:?}"),
-    }
-    // The API is not affected by the agent cap.
-    assert_eq!(server.agents().await.len(), 1);
-
-    // The slot comes back when the session ends.
-    drop(conn);
-    server.wait_presence(&first.fp, Presence::Down).await;
-    let second = Agent::new(2, "second");
-    let connect = async {
-        loop {
-            match tokio_tungstenite::connect_async(url.as_str()).await {
-                Ok(_) => break,
-                // The first session may still be closing its socket.
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        }
-    };
-    tokio::time::timeout(STEP, connect).await.unwrap();
-    second.connect(&server, Some(ENROLLMENT_TOKEN)).await;
-    server.stop().await;
-}
+use crate::helpers::{STEP, Server};
 
 #[tokio::test]
 async fn every_bad_api_request_gets_a_json_error_sentence() {
