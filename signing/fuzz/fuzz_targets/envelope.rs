@@ -8,7 +8,8 @@
 //! every verifier. Odd mode: `rest` mutates a genuine envelope —
 //! `[document][(index: u16 LE, xor: u8)…]` flips bytes of its payload and
 //! signatures (and, with bit 1 of `document`, repeats its first signature);
-//! whatever changed, the result must be refused.
+//! whatever changed, the result must be refused — except the signature of a
+//! key the verifying root does not know, which verifiers skip by design.
 #![no_main]
 
 use base64::Engine;
@@ -114,8 +115,11 @@ fn mutated(f: &Fixtures, rest: &[u8]) {
             at -= field.len();
         }
     }
+    // Root v1 does not know release2, whose signature is the second one of
+    // manifests[1]: its verifier skips it, so changing it changes nothing.
+    let counted = if document % 3 == 2 { 2 } else { fields.len() };
     let repeat = document & 2 != 0;
-    if fields == genuine && !repeat {
+    if fields[..counted] == genuine[..counted] && !repeat {
         return;
     }
     wire["payload"] = BASE64.encode(&fields[0]).into();
