@@ -436,6 +436,24 @@ mod tests {
     }
 
     #[test]
+    fn unknown_float_fields_survive_re_serialising_bit_for_bit() {
+        // Found by update-client/fuzz `manifest`: this number parsed one
+        // ULP off, so every re-signing of the manifest changed it again.
+        let number = "50077777777777777777777777777777777777777777777777777777777777777777777777777777777700";
+        let text = format!(
+            r#"{{"channel":"stable","sequence":1,"expires_unix":2,"targets":{{}},"future":{number}}}"#
+        );
+        let parsed: ReleaseManifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            parsed.extra["future"].as_f64(),
+            Some(number.parse::<f64>().unwrap())
+        );
+        let again: ReleaseManifest =
+            serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
+        assert_eq!(again, parsed);
+    }
+
+    #[test]
     fn rollout_bucket_is_stable_uniform_and_respects_pause() {
         // Stable: the same inputs always land in the same bucket.
         assert_eq!(
