@@ -295,7 +295,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let settings = Arc::new(Settings {
         server: server.addr,
         enrollment_token: ENROLLMENT_TOKEN.into(),
-        check: CHECK.into(),
+        checks: vec![CHECK.into()],
         interval: Duration::from_secs(args.interval_secs.max(1)),
         perfdata_per_result: args.perfdata,
         results_per_burst_batch: 1,
