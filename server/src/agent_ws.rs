@@ -80,7 +80,7 @@ const MAX_AGENT_TAGS: usize = 32;
 
 /// `GET /v1/agent/ws`: upgrades and runs a tracked session. Until the
 /// hello is authenticated the connection may read only
-/// [`PREAUTH_MAX_BYTES`] and holds no agent slot ([`session`]).
+/// [`PREAUTH_MAX_BYTES`] and holds no agent slot (`session`).
 pub async fn handler(
     State(state): State<Arc<AppState>>,
     ConnectInfo(addrs): ConnectInfo<ConnAddrs>,

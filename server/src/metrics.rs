@@ -230,8 +230,8 @@ impl Counters {
     /// Counts a result of `fp` refused for `why`; true when it should be
     /// logged: the first time for each agent and `name` (the caller cuts
     /// it short: it is remembered), then (once
-    /// [`MAX_LOGGED_REFUSALS`] pairs are remembered) at most once per
-    /// [`REFUSAL_LOG_INTERVAL`], so a hostile agent cannot flood the log.
+    /// `MAX_LOGGED_REFUSALS` pairs are remembered) at most once per
+    /// `REFUSAL_LOG_INTERVAL`, so a hostile agent cannot flood the log.
     pub fn refused_result(&self, why: Refusal, fp: &Fingerprint, name: &str) -> bool {
         self.refused[why.index()].fetch_add(1, Ordering::Relaxed);
         let mut log = self

@@ -32,7 +32,7 @@ use crate::listener::ConnAddrs;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `app` on `listener` until `shutdown`, then lets open requests
-/// finish (for at most [`DRAIN_GRACE`]).
+/// finish (for at most `DRAIN_GRACE`, 5 s).
 pub async fn serve<L, S>(
     mut listener: L,
     app: Router,

@@ -21,7 +21,7 @@
 //! - Rolling up is a merge (samples and sums add, min and max fold): a late
 //!   sample folded into an existing bucket gives the same row as if it had
 //!   arrived on time.
-//! - An agent has at most `max_series` series ([`IngestLimits`] in
+//! - An agent has at most `max_series` series ([`IngestLimits`](super::IngestLimits) in
 //!   `results.rs`): a sample that would create one more is dropped, counted
 //!   in [`AgentSeries::dropped_unreported`] and reported as a WARNING result
 //!   (`results.rs`), so one noisy or hostile agent cannot grow the `series`
