@@ -52,7 +52,7 @@ use crate::alerts::SessionEvent;
 use crate::limits::ConnHandle;
 use crate::listener::ConnAddrs;
 use crate::sessions::SessionLink;
-use crate::store::{Admission, Registration, normalize_tags};
+use crate::store::{Admission, EnrollmentRefusal, Registration, normalize_tags};
 use crate::{AppState, configs};
 
 /// How long an agent has to answer the challenge; also the bound on each
@@ -441,10 +441,20 @@ async fn authenticate(
                     info!(fingerprint = %hello.fingerprint, token = %grant.id, "agent enrolled");
                     Admission::Enrolled(grant)
                 }
-                Ok(Err(refusal)) => return Err(refusal.to_string()),
+                Ok(Err(refusal)) => {
+                    state
+                        .metrics
+                        .counters
+                        .refused_enrollment(EnrollmentRefusal::from(&refusal));
+                    return Err(refusal.to_string());
+                }
                 Err(e) => return Err(format!("server error: {e:#}")),
             },
             None => {
+                state
+                    .metrics
+                    .counters
+                    .refused_enrollment(EnrollmentRefusal::Missing);
                 return Err(
                     "unknown agent and no enrollment token: put a valid token into agent.toml \
                      (`outrider tokens create`) and restart the agent"

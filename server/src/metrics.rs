@@ -36,6 +36,7 @@ use outrider_protocol::Fingerprint;
 
 use crate::AppState;
 use crate::ingest::names::Refusal;
+use crate::store::EnrollmentRefusal;
 
 /// Days raw perfdata points are kept before they are folded into rollups.
 pub const DEFAULT_RAW_RETENTION_DAYS: u32 = 7;
@@ -195,6 +196,9 @@ pub struct Counters {
     pub refused: [AtomicU64; Refusal::ALL.len()],
     /// Refusals already logged (see [`Counters::refused_result`]).
     refused_logged: std::sync::Mutex<RefusalLog>,
+    /// Unknown agents refused enrollment, by
+    /// [`EnrollmentRefusal::index`].
+    pub enrollment_refused: [AtomicU64; EnrollmentRefusal::ALL.len()],
     /// Perfdata samples dropped by `--max-series-per-agent`.
     pub series_dropped: AtomicU64,
     /// Results dated more than `MAX_FUTURE_MS` ahead, clamped.
@@ -225,6 +229,11 @@ impl Counters {
         self.unknown_messages.fetch_add(1, Ordering::Relaxed);
         let mut kinds = self.unknown_kinds.lock().unwrap_or_else(|p| p.into_inner());
         kinds.len() < MAX_UNKNOWN_KINDS && kinds.insert(kind.to_owned())
+    }
+
+    /// Counts an unknown agent refused enrollment for `why`.
+    pub fn refused_enrollment(&self, why: EnrollmentRefusal) {
+        self.enrollment_refused[why.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a result of `fp` refused for `why`; true when it should be

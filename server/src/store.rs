@@ -34,7 +34,9 @@ pub use checks::{
     ComputedConfig, DeletePlugin, PutCheck, effective_tags, json_tags, normalize_tags,
 };
 pub use results::{DEFAULT_MAX_SERIES_PER_AGENT, IngestLimits, Ingested, MAX_FUTURE_MS};
-pub use tokens::{BOOTSTRAP_TOKEN_ID, BootstrapToken, TokenGrant, TokenRefusal, token_status};
+pub use tokens::{
+    BOOTSTRAP_TOKEN_ID, BootstrapToken, EnrollmentRefusal, TokenGrant, TokenRefusal, token_status,
+};
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
 const SCHEMA_VERSION: i64 = 8;

@@ -16,7 +16,8 @@
 //!   `outrider_series_limit_dropped_samples_total`,
 //!   `outrider_future_results_clamped_total`,
 //!   `outrider_graphite_oversized_lines_total` and
-//!   `outrider_refused_results_total{reason}` counters of this process.
+//!   `outrider_refused_results_total{reason}` and
+//!   `outrider_refused_enrollments_total{reason}` counters of this process.
 //!
 //! Access ([`MetricsAccess`]): open on a loopback-only server, else only
 //! with the metrics token; without one, a non-loopback server answers 401.
@@ -42,6 +43,7 @@ use crate::auth::{bearer, constant_time_eq};
 use crate::error::ApiError;
 use crate::ingest::names::Refusal;
 use crate::metrics::MetricsAccess;
+use crate::store::EnrollmentRefusal;
 
 /// Media type of the text exposition format.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -80,6 +82,9 @@ pub async fn handler(
             .unknown_messages
             .load(Ordering::Relaxed),
         refused: std::array::from_fn(|i| state.metrics.counters.refused[i].load(Ordering::Relaxed)),
+        enrollment_refused: std::array::from_fn(|i| {
+            state.metrics.counters.enrollment_refused[i].load(Ordering::Relaxed)
+        }),
         series_dropped: state
             .metrics
             .counters
@@ -110,6 +115,8 @@ pub struct Counters {
     pub unknown_messages: u64,
     /// Results refused for their check name, by [`Refusal::index`].
     pub refused: [u64; Refusal::ALL.len()],
+    /// Unknown agents refused enrollment, by [`EnrollmentRefusal::index`].
+    pub enrollment_refused: [u64; EnrollmentRefusal::ALL.len()],
     pub series_dropped: u64,
     pub future_clamped: u64,
     pub graphite_oversized: u64,
@@ -243,6 +250,17 @@ pub fn render(agents: &[AgentInfo], latest: &[ResultInfo], counters: &Counters) 
     );
     for why in Refusal::ALL {
         let value = counters.refused[why.index()].to_string();
+        sample(&mut out, name, &[("reason", why.label())], &value);
+    }
+    let name = "outrider_refused_enrollments_total";
+    family(
+        &mut out,
+        name,
+        "counter",
+        "Unknown agents refused registration, by what was wrong with their enrollment token.",
+    );
+    for why in EnrollmentRefusal::ALL {
+        let value = counters.enrollment_refused[why.index()].to_string();
         sample(&mut out, name, &[("reason", why.label())], &value);
     }
     out

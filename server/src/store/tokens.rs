@@ -42,6 +42,56 @@ pub enum TokenRefusal {
     UsedUp { id: String },
 }
 
+/// Why an unknown agent was refused enrollment, as `/metrics` counts it
+/// (`outrider_refused_enrollments_total{reason}`): a host that keeps
+/// knocking with a stale token shows up there before anyone reads a log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnrollmentRefusal {
+    /// An unknown agent presented no token at all.
+    Missing,
+    Unknown,
+    Revoked,
+    Expired,
+    UsedUp,
+}
+
+impl EnrollmentRefusal {
+    pub const ALL: [Self; 5] = [
+        Self::Missing,
+        Self::Unknown,
+        Self::Revoked,
+        Self::Expired,
+        Self::UsedUp,
+    ];
+
+    /// Position in [`Self::ALL`], for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Unknown => "unknown",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::UsedUp => "used_up",
+        }
+    }
+}
+
+impl From<&TokenRefusal> for EnrollmentRefusal {
+    fn from(refusal: &TokenRefusal) -> Self {
+        match refusal {
+            TokenRefusal::Unknown => Self::Unknown,
+            TokenRefusal::Revoked { .. } => Self::Revoked,
+            TokenRefusal::Expired { .. } => Self::Expired,
+            TokenRefusal::UsedUp { .. } => Self::UsedUp,
+        }
+    }
+}
+
 /// What an accepted token grants the agent that presented it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenGrant {

@@ -284,3 +284,51 @@ async fn tags_outside_the_tokens_allow_list_select_no_checks() {
 
     server.stop().await;
 }
+
+/// Reads one sample of `outrider_refused_enrollments_total` from `/metrics`
+/// (open without a token: the test server binds loopback).
+async fn refused_enrollments(server: &Server, reason: &str) -> u64 {
+    let (status, body) = server.http("GET", "/metrics", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    let prefix = format!("outrider_refused_enrollments_total{{reason=\"{reason}\"}} ");
+    let text = body.as_str().expect("text body");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix}in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_refused_enrollment_is_counted_by_reason_on_metrics() {
+    let server = Server::start().await;
+    let once = create(&server, json!({ "uses": 1 })).await;
+    drop(
+        Agent::new(1, "first")
+            .connect(&server, Some(&once.token))
+            .await,
+    );
+    let revoked = create(&server, json!({})).await;
+    server
+        .admin(
+            "DELETE",
+            &format!("/api/v1/tokens/{}", revoked.info.id),
+            None,
+        )
+        .await;
+    let short = create(&server, json!({ "expires_in_secs": 1 })).await;
+    wait_past(short.info.expires_at_ms.unwrap()).await;
+
+    for (n, token, reason) in [
+        (2, None, "missing"),
+        (3, Some("not-a-token"), "unknown"),
+        (4, Some(revoked.token.as_str()), "revoked"),
+        (5, Some(short.token.as_str()), "expired"),
+        (6, Some(once.token.as_str()), "used_up"),
+    ] {
+        assert_eq!(refused_enrollments(&server, reason).await, 0, "{reason}");
+        Agent::new(n, "knocking").refused(&server, token).await;
+        assert_eq!(refused_enrollments(&server, reason).await, 1, "{reason}");
+    }
+    server.stop().await;
+}
