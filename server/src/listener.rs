@@ -43,6 +43,26 @@ pub const MAX_HANDSHAKES: usize = 256;
 /// Default time a client has to complete the TLS handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections the kernel queues for `accept` (capped by
+/// `net.core.somaxconn`, 4096 on current kernels). std's and tokio's
+/// default of 1024 overflowed under a handshake flood: while the accept
+/// loop waited for handshake room, the kernel dropped SYNs and reset
+/// half-open connections of everyone, not just the flooding addresses
+/// (docs/security.md, "Denial of service").
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as std does,
+/// so a restart does not wait for old connections in TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(cli.config.listen).await {
+        let listener = match outrider_server::listener::bind(cli.config.listen) {
             Ok(l) => l,
             Err(e) => {
                 error!(
