@@ -657,20 +657,29 @@ async fn run_now(
         let index = (x % agents as u64) as usize;
         let fp = outrider_protocol::fingerprint_of(&agent::key(index).verifying_key());
         let t0 = Instant::now();
-        let (status, body) = server
+        let answer = server
             .request(
                 "POST",
                 &format!("/api/v1/agents/{fp}/run"),
                 Some(&format!(r#"{{"check":"{CHECK}"}}"#)),
             )
-            .await?;
+            .await;
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        if status == 200 {
-            rtts.ms.push(ms);
-        } else {
-            rtts.errors += 1;
-            if rtts.errors <= 3 {
-                eprintln!("run-now {fp}: {status} {body}");
+        // A failed request is a measured error like a non-200 answer, not
+        // the end of the run: the phases after it still count the store.
+        match answer {
+            Ok((200, _)) => rtts.ms.push(ms),
+            Ok((status, body)) => {
+                rtts.errors += 1;
+                if rtts.errors <= 3 {
+                    eprintln!("run-now {fp}: {status} {body}");
+                }
+            }
+            Err(e) => {
+                rtts.errors += 1;
+                if rtts.errors <= 3 {
+                    eprintln!("run-now {fp}: {e:#}");
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
