@@ -2,99 +2,155 @@
 //! shared objects, in the manner of Chrome's Courgette and Zucchini.
 //!
 //! A feature-size change moves nearly every function and constant of the
-//! library, so nearly every RIP-relative operand, `R_X86_64_RELATIVE`
-//! relocation and unwind table entry changes, and a plain bsdiff pays for
-//! each. Normalising rewrites those fields so that they no longer depend on
-//! where the *referring* bytes sit:
+//! library, so nearly every call, branch, RIP-relative operand,
+//! `R_X86_64_RELATIVE` relocation and unwind table entry changes, and a
+//! plain bsdiff pays for each. Normalising rewrites those fields so that a
+//! reference that still means the same thing holds the same bytes:
 //!
-//! - **RIP-relative `disp32`** in executable sections (found by a linear
-//!   sweep with the `iced-x86` decoder) holds the absolute target
-//!   `end_of_instruction + disp` (mod 2^32) instead of `disp`: a load of an
-//!   unmoved constant from code that moved is then unchanged. `rel32`
-//!   branches are left alone (see [`field_offset`]).
-//! - **`R_X86_64_RELATIVE` entries** of `SHT_RELA` sections hold their
-//!   `r_offset` as the difference from the previous such entry of the
-//!   section (sorted by the linker, so nearly always 8); `r_addend` is an
-//!   absolute target already.
-//! - **`.eh_frame_hdr`**'s sorted search table holds each entry as the
-//!   difference from the previous one: function and FDE sizes, which an
-//!   unchanged function keeps wherever it moved.
+//! - **`rel32` branches and RIP-relative `disp32`** in executable sections
+//!   (found by a linear sweep with the `iced-x86` decoder, `elf::for_each_field`)
+//!   hold a *label* instead of a displacement. The base's labels are the
+//!   ranks of its targets (`end_of_instruction + disp`, mod 2^32) in
+//!   address order. The new build's targets take the label of the base
+//!   target they were matched to ([`match_targets`]), so a call to a function
+//!   that moved is unchanged; unmatched targets get fresh labels after the
+//!   base's.
+//! - **`R_X86_64_RELATIVE` entries** and **`.eh_frame_hdr`**'s search table
+//!   are difference-coded (`elf::transform_tables`): sizes and distances,
+//!   which an unchanged function keeps wherever it moved.
 //!
-//! Both rewrites are bijections on any bytes (wrapping arithmetic), and
-//! neither changes an ELF header, a section header, a relocation's type or
-//! an instruction's length (x86 instruction lengths depend on prefixes,
-//! opcode, ModRM and SIB, never on a displacement's value), so the same
-//! fields are found again in the normalised bytes and [`transform`] with
-//! [`Direction::Denormalise`] restores them exactly. What would break that
-//! — sections overlapping each other or the headers — is refused as
-//! [`DeltaError::NotApplicable`].
+//! None of this changes an ELF header, a section header, a relocation's
+//! type or an instruction's length (x86 instruction lengths depend on
+//! prefixes, opcode, ModRM and SIB, never on a displacement's value), so
+//! the same fields are found again in the normalised new build. Layouts that
+//! would break that (sections overlapping each other or the headers) are
+//! refused as [`DeltaError::NotApplicable`].
 //!
-//! The blob is a `bsdiff-zstd` patch (`crate::bsdiff_zstd`) from the
-//! normalised base to the normalised new build. Applying normalises the
-//! base, patches into a buffer of the declared size, denormalises it and
-//! writes it out. Memory: the base, a normalised copy, the new build and the
-//! `bsdiff-zstd` buffers (≈ 3× the library). A hostile patch can only make
-//! a different output of the declared size, which the caller's hash check
-//! refuses; every offset read from a header is bounds-checked.
+//! # Blob
+//!
+//! ```text
+//! u32 LE   length of the label table frame
+//! zstd     label table (below), one frame with its content size
+//! rest     bsdiff-zstd patch (crate::bsdiff_zstd) from the normalised base
+//!          to the normalised new build
+//! ```
+//!
+//! The label table, all integers u32 LE, gives the new build's target for
+//! every label:
+//!
+//! ```text
+//! n              labels of the base (must equal the applier's count)
+//! n bytes        1 if base label i is used by the new build, else 0
+//! per used i     (new target − base target) − the previous used one's
+//! m              fresh labels n..n+m
+//! m              their targets, each minus the previous one (sorted)
+//! ```
+//!
+//! # Applying
+//!
+//! Normalise a copy of the base, patch into a buffer of the declared size,
+//! undo the table coding, and replace each label by `target − end`; every
+//! count, offset and label is checked, and a label the table does not give
+//! is [`DeltaError::Corrupt`]. Memory: the base, its normalised copy, the
+//! new build, the labels (4 bytes per target of the base, 8 per label of the
+//! new build) and `bsdiff-zstd`'s buffers, ≈ 3× the library. A hostile
+//! patch can only make a different output of the declared size, which the
+//! caller's hash check refuses.
 
-use iced_x86::{Decoder, DecoderOptions, Instruction};
+mod elf;
 
+use std::collections::HashMap;
+use std::io::Read;
+
+use self::elf::{Direction, Section};
 use crate::output::Output;
-use crate::{DeltaError, DeltaFormat, bsdiff_zstd};
+use crate::{DeltaError, DeltaFormat, bsdiff_zstd, ceil_log2};
 
 const FORMAT: DeltaFormat = DeltaFormat::ElfX86BsdiffZstd;
-
-/// Which way [`transform`] rewrites the fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Direction {
-    /// As built → normalised.
-    Normalise,
-    /// Normalised → as built.
-    Denormalise,
-}
 
 pub(crate) fn create(base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
     let not_applicable = |reason| DeltaError::NotApplicable {
         format: FORMAT,
         reason,
     };
+    let base_sections = elf::layout(base).map_err(not_applicable)?;
+    let new_sections = elf::layout(new).map_err(not_applicable)?;
     let mut old = base.to_vec();
-    transform(&mut old, Direction::Normalise).map_err(not_applicable)?;
+    let old_fields = fields(&mut old, &base_sections);
     let mut normalised = new.to_vec();
-    transform(&mut normalised, Direction::Normalise).map_err(not_applicable)?;
-    // The rewrite is a bijection by construction; checking it here turns a
-    // layout it cannot handle into NotApplicable rather than a SelfCheck.
-    let mut back = normalised.clone();
-    transform(&mut back, Direction::Denormalise).map_err(not_applicable)?;
-    if back != new {
-        return Err(not_applicable(
-            "normalising the new build does not round-trip",
-        ));
-    }
-    drop(back);
-    bsdiff_zstd::create(FORMAT, &old, &normalised)
+    let new_fields = fields(&mut normalised, &new_sections);
+    let old_targets = sorted_targets(&old_fields);
+    let new_targets = sorted_targets(&new_fields);
+    let matches = match_targets(base, new, &old_fields, &new_fields)?;
+    let (new_labels, table) = label_new(&old_targets, &new_targets, &matches);
+
+    relabel(&mut old, &base_sections, |target| {
+        // Every target was collected from these very fields.
+        old_targets.binary_search(&target).unwrap_or_default() as u32
+    });
+    elf::transform_tables(&mut old, &base_sections, Direction::Normalise);
+    relabel(&mut normalised, &new_sections, |target| {
+        let index = new_targets.binary_search(&target).unwrap_or_default();
+        new_labels[index]
+    });
+    elf::transform_tables(&mut normalised, &new_sections, Direction::Normalise);
+
+    let table = crate::compress(FORMAT, &table, &[], ceil_log2(table.len() as u64), false)?;
+    let body = bsdiff_zstd::create(FORMAT, &old, &normalised)?;
+    let mut blob = Vec::with_capacity(4 + table.len() + body.len());
+    // The table frame is far below 4 GiB: at most 9 bytes per field.
+    blob.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    blob.extend_from_slice(&table);
+    blob.extend_from_slice(&body);
+    Ok(blob)
 }
 
 pub(crate) fn apply(base: &[u8], patch: &[u8], out: &mut Output<'_>) -> Result<(), DeltaError> {
     let size = out.size();
+    let sections = elf::layout(base).map_err(|reason| DeltaError::NotApplicable {
+        format: FORMAT,
+        reason,
+    })?;
     let mut old = Vec::new();
     old.try_reserve_exact(base.len())
         .map_err(|_| too_large("normalised base", base.len()))?;
     old.extend_from_slice(base);
-    transform(&mut old, Direction::Normalise).map_err(|reason| DeltaError::NotApplicable {
-        format: FORMAT,
-        reason,
-    })?;
+    let mut old_targets = Vec::new();
+    let _ = elf::for_each_field(&mut old, &sections, |_, next_ip, bytes| {
+        old_targets.push(u32::from_le_bytes(*bytes).wrapping_add(next_ip));
+        Ok::<(), ()>(())
+    });
+    old_targets.sort_unstable();
+    old_targets.dedup();
+    relabel(&mut old, &sections, |target| {
+        old_targets.binary_search(&target).unwrap_or_default() as u32
+    });
+    elf::transform_tables(&mut old, &sections, Direction::Normalise);
+
+    let (table, body) = split(patch)?;
+    let labels = read_table(table, &old_targets, size)?;
+    drop(old_targets);
+
     let mut new = Vec::new();
     new.try_reserve_exact(size)
         .map_err(|_| too_large("output", size))?;
     let mut inner = Output::new(FORMAT, &mut new, size);
-    bsdiff_zstd::apply(FORMAT, &old, patch, &mut inner)?;
+    bsdiff_zstd::apply(FORMAT, &old, body, &mut inner)?;
     inner.finish()?;
     drop(old);
-    transform(&mut new, Direction::Denormalise).map_err(|reason| DeltaError::Corrupt {
-        format: FORMAT,
-        reason: format!("the patched build is not an x86-64 ELF: {reason}"),
+
+    let sections = elf::layout(&new)
+        .map_err(|reason| corrupt(format!("the patched build is not an x86-64 ELF: {reason}")))?;
+    elf::transform_tables(&mut new, &sections, Direction::Denormalise);
+    elf::for_each_field(&mut new, &sections, |at, next_ip, bytes| {
+        let label = u32::from_le_bytes(*bytes) as usize;
+        let target = labels
+            .get(label)
+            .copied()
+            .flatten()
+            .ok_or_else(|| corrupt(format!("unknown label {label} at offset {at}")))?;
+        *bytes = target.wrapping_sub(next_ip).to_le_bytes();
+        Ok(())
     })?;
     out.write(&new)
 }
@@ -107,413 +163,276 @@ fn too_large(what: &'static str, size: usize) -> DeltaError {
     }
 }
 
-/// A section whose fields are rewritten.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Section {
-    kind: Kind,
-    /// File offset and size, within the file.
-    offset: usize,
-    size: usize,
-    /// Virtual address of the first byte.
-    addr: u64,
+fn corrupt(reason: String) -> DeltaError {
+    DeltaError::Corrupt {
+        format: FORMAT,
+        reason,
+    }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    /// `SHT_PROGBITS` with `SHF_EXECINSTR`: machine code.
-    Code,
-    /// `SHT_RELA` with 24-byte entries.
-    Rela,
-    /// `.eh_frame_hdr` with its usual encodings: a sorted table of
-    /// `(function, FDE)` 4-byte offsets.
-    EhFrameHdr,
+/// A field as found in a build: its file offset and its target.
+type Field = (usize, u32);
+
+/// Every field of `elf` with its target, in file order.
+fn fields(elf: &mut [u8], sections: &[Section]) -> Vec<Field> {
+    let mut fields = Vec::new();
+    let _ = elf::for_each_field(elf, sections, |at, next_ip, bytes| {
+        fields.push((at, u32::from_le_bytes(*bytes).wrapping_add(next_ip)));
+        Ok::<(), ()>(())
+    });
+    fields
 }
 
-const SHT_PROGBITS: u32 = 1;
-const SHT_RELA: u32 = 4;
-const SHF_EXECINSTR: u64 = 4;
-const EM_X86_64: u16 = 62;
-const R_X86_64_RELATIVE: u64 = 8;
-const EHDR_SIZE: usize = 64;
-const SHDR_SIZE: usize = 64;
-const RELA_SIZE: usize = 24;
+fn sorted_targets(fields: &[Field]) -> Vec<u32> {
+    let mut targets: Vec<u32> = fields.iter().map(|f| f.1).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    targets
+}
 
-/// Rewrites the fields of the ELF image `elf` in place, in `direction`.
+/// Replaces every field's displacement by `label(target)`.
+fn relabel(elf: &mut [u8], sections: &[Section], label: impl Fn(u32) -> u32) {
+    let _ = elf::for_each_field(elf, sections, |_, next_ip, bytes| {
+        *bytes = label(u32::from_le_bytes(*bytes).wrapping_add(next_ip)).to_le_bytes();
+        Ok::<(), ()>(())
+    });
+}
+
+/// Pairs new targets with base targets that mean the same thing.
 ///
-/// # Errors
-///
-/// A reason for the log when `elf` is not a 64-bit little-endian x86-64
-/// ELF, a header points outside it, or rewritten sections overlap each other
-/// or the headers.
-pub(crate) fn transform(elf: &mut [u8], direction: Direction) -> Result<(), &'static str> {
-    for section in layout(elf)? {
-        let bytes = &mut elf[section.offset..section.offset + section.size];
-        match section.kind {
-            Kind::Code => transform_code(bytes, section.addr, direction),
-            Kind::Rela => transform_rela(bytes, direction),
-            Kind::EhFrameHdr => transform_eh_frame_hdr(bytes, direction),
-        }
-    }
-    Ok(())
-}
-
-fn read<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], &'static str> {
-    at.checked_add(N)
-        .and_then(|end| bytes.get(at..end))
-        .and_then(|b| b.try_into().ok())
-        .ok_or("a header reaches past the end of the file")
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> Result<u16, &'static str> {
-    read(bytes, at).map(u16::from_le_bytes)
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> Result<u32, &'static str> {
-    read(bytes, at).map(u32::from_le_bytes)
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> Result<u64, &'static str> {
-    read(bytes, at).map(u64::from_le_bytes)
-}
-
-/// The sections to rewrite, sorted by offset, each within the file and
-/// overlapping neither another one nor the ELF or section headers.
-fn layout(elf: &[u8]) -> Result<Vec<Section>, &'static str> {
-    let ident: [u8; 6] = read(elf, 0)?;
-    if ident != [0x7f, b'E', b'L', b'F', 2, 1] {
-        return Err("not a 64-bit little-endian ELF file");
-    }
-    if u16_at(elf, 18)? != EM_X86_64 {
-        return Err("not an x86-64 ELF file");
-    }
-    let shoff = usize::try_from(u64_at(elf, 0x28)?).map_err(|_| "bad section header offset")?;
-    if usize::from(u16_at(elf, 0x3a)?) != SHDR_SIZE {
-        return Err("unexpected section header size");
-    }
-    let shnum = usize::from(u16_at(elf, 0x3c)?);
-    let names = section_names(elf, shoff, shnum)?;
-    let table_end = shoff
-        .checked_add(shnum * SHDR_SIZE)
-        .filter(|end| *end <= elf.len())
-        .ok_or("the section header table reaches past the end of the file")?;
-    let mut sections = Vec::new();
-    for header in elf[shoff..table_end].chunks_exact(SHDR_SIZE) {
-        // `shoff..table_end` is within `elf` (checked above).
-        let sh_type = u32_at(header, 4)?;
-        let flags = u64_at(header, 8)?;
-        let name = names.and_then(|names| {
-            let at = usize::try_from(u32_at(header, 0).ok()?).ok()?;
-            names.get(at..at.checked_add(EH_FRAME_HDR.len())?)
-        });
-        let kind = match sh_type {
-            SHT_PROGBITS if flags & SHF_EXECINSTR != 0 => Kind::Code,
-            SHT_PROGBITS if name == Some(EH_FRAME_HDR) => Kind::EhFrameHdr,
-            SHT_RELA if u64_at(header, 56)? == RELA_SIZE as u64 => Kind::Rela,
-            _ => continue,
+/// A plain bsdiff of the two builds aligns runs of the new build with runs
+/// of the base that are mostly equal: the same code, moved. Two fields at
+/// the same place in aligned runs refer to the same thing, so each such pair
+/// is a vote for pairing their targets. Each new target takes the base
+/// target with the most votes, most-voted pairs first, each base target at
+/// most once. Returns new target → base target.
+fn match_targets(
+    base: &[u8],
+    new: &[u8],
+    old_fields: &[Field],
+    new_fields: &[Field],
+) -> Result<HashMap<u32, u32>, DeltaError> {
+    let mut stream = Vec::new();
+    bsdiff::diff(base, new, &mut stream).map_err(|source| DeltaError::Diff {
+        format: FORMAT,
+        source,
+    })?;
+    let mut votes: HashMap<(u32, u32), u32> = HashMap::new();
+    let (mut new_pos, mut old_pos, mut at) = (0usize, 0usize, 0usize);
+    while let Some(control) = stream.get(at..at + 24) {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&control[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
         };
-        let offset = usize::try_from(u64_at(header, 24)?).map_err(|_| "bad section offset")?;
-        let size = usize::try_from(u64_at(header, 32)?).map_err(|_| "bad section size")?;
-        if offset.checked_add(size).is_none_or(|end| end > elf.len()) {
-            return Err("a section reaches past the end of the file");
+        let (mix, copy, seek) = (word(0) as usize, word(1) as usize, word(2));
+        let first = new_fields.partition_point(|f| f.0 < new_pos);
+        let end = new_fields.partition_point(|f| f.0 + 4 <= new_pos + mix);
+        for &(at, new_target) in new_fields.get(first..end).unwrap_or_default() {
+            let old_at = at - new_pos + old_pos;
+            if let Ok(i) = old_fields.binary_search_by_key(&old_at, |f| f.0) {
+                *votes.entry((new_target, old_fields[i].1)).or_default() += 1;
+            }
         }
-        if size == 0 {
-            continue;
+        new_pos += mix + copy;
+        // Sign-magnitude, as bsdiff writes it.
+        let magnitude = (seek & !(1 << 63)) as usize;
+        old_pos = if seek >> 63 == 1 {
+            (old_pos + mix).wrapping_sub(magnitude)
+        } else {
+            old_pos + mix + magnitude
+        };
+        at += 24 + mix + copy;
+    }
+    let mut ranked: Vec<((u32, u32), u32)> = votes.into_iter().collect();
+    ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut matches = HashMap::new();
+    let mut taken = std::collections::HashSet::new();
+    for ((new_target, old_target), _) in ranked {
+        if !matches.contains_key(&new_target) && taken.insert(old_target) {
+            matches.insert(new_target, old_target);
         }
-        let addr = u64_at(header, 16)?;
-        sections.push(Section {
-            kind,
-            offset,
-            size,
-            addr,
+    }
+    Ok(matches)
+}
+
+/// Labels of the new build's targets (parallel to `new_targets`) and the
+/// encoded label table that lets the applier map them back.
+fn label_new(
+    old_targets: &[u32],
+    new_targets: &[u32],
+    matches: &HashMap<u32, u32>,
+) -> (Vec<u32>, Vec<u8>) {
+    let n = old_targets.len();
+    let mut used: Vec<Option<u32>> = vec![None; n];
+    let mut labels = Vec::with_capacity(new_targets.len());
+    let mut fresh = Vec::new();
+    for &target in new_targets {
+        let matched = matches
+            .get(&target)
+            .and_then(|old| old_targets.binary_search(old).ok());
+        match matched {
+            Some(i) => {
+                used[i] = Some(target);
+                labels.push(i as u32);
+            }
+            None => {
+                labels.push((n + fresh.len()) as u32);
+                fresh.push(target);
+            }
+        }
+    }
+    let mut table = Vec::with_capacity(8 + n * 5 + fresh.len() * 4);
+    table.extend_from_slice(&(n as u32).to_le_bytes());
+    table.extend(used.iter().map(|u| u8::from(u.is_some())));
+    let mut previous = 0u32;
+    for (old, new) in old_targets.iter().zip(&used) {
+        if let Some(new) = new {
+            let shift = new.wrapping_sub(*old);
+            table.extend_from_slice(&shift.wrapping_sub(previous).to_le_bytes());
+            previous = shift;
+        }
+    }
+    table.extend_from_slice(&(fresh.len() as u32).to_le_bytes());
+    let mut previous = 0u32;
+    for target in fresh {
+        table.extend_from_slice(&target.wrapping_sub(previous).to_le_bytes());
+        previous = target;
+    }
+    (labels, table)
+}
+
+/// The label table frame and the bsdiff-zstd body of a blob.
+fn split(patch: &[u8]) -> Result<(&[u8], &[u8]), DeltaError> {
+    let (len, rest) = patch
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt("truncated".to_owned()))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > rest.len() {
+        return Err(corrupt("truncated label table".to_owned()));
+    }
+    Ok(rest.split_at(len))
+}
+
+/// Decodes the label table: the new build's target of each label, `None`
+/// for a base label it does not use. Its size is bounded by the base's label
+/// count and the declared output size: every fresh label is the target of a
+/// field, 4 bytes of the new build at least.
+fn read_table(
+    frame: &[u8],
+    old_targets: &[u32],
+    new_size: usize,
+) -> Result<Vec<Option<u32>>, DeltaError> {
+    let n = old_targets.len();
+    let max_fresh = new_size / 4;
+    let limit = 8 + 5 * n + 4 * max_fresh;
+    let window_log = ceil_log2(limit as u64);
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame)
+        .and_then(|mut d| d.window_log_max(window_log).map(|()| d))
+        .map_err(|e| corrupt(format!("label table: {e}")))?;
+    let mut table = Vec::new();
+    (&mut decoder)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut table)
+        .map_err(|e| corrupt(format!("label table: {e}")))?;
+    if table.len() > limit {
+        return Err(too_large("label table", limit));
+    }
+    let mut rest = &table[..];
+    let mut word = || -> Result<u32, DeltaError> {
+        let (w, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("truncated label table".to_owned()))?;
+        rest = tail;
+        Ok(u32::from_le_bytes(*w))
+    };
+    if word()? as usize != n {
+        return Err(corrupt(
+            "the label table is for another base build".to_owned(),
+        ));
+    }
+    let (flags, tail) = rest
+        .split_at_checked(n)
+        .ok_or_else(|| corrupt("truncated label table".to_owned()))?;
+    rest = tail;
+    let mut word = || -> Result<u32, DeltaError> {
+        let (w, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("truncated label table".to_owned()))?;
+        rest = tail;
+        Ok(u32::from_le_bytes(*w))
+    };
+    let mut labels = Vec::with_capacity(n);
+    let mut shift = 0u32;
+    for (old, flag) in old_targets.iter().zip(flags) {
+        labels.push(match flag {
+            0 => None,
+            _ => {
+                shift = shift.wrapping_add(word()?);
+                Some(old.wrapping_add(shift))
+            }
         });
     }
-    sections.sort_by_key(|s| s.offset);
-    let mut covered = EHDR_SIZE; // Rewritten bytes must start after this.
-    for section in &sections {
-        if section.offset < covered {
-            return Err("rewritten sections overlap each other or the ELF header");
-        }
-        let end = section.offset + section.size;
-        if section.offset < table_end && shoff < end {
-            return Err("a rewritten section overlaps the section headers");
-        }
-        covered = end;
+    let fresh = word()? as usize;
+    if fresh > max_fresh {
+        return Err(too_large("fresh labels", max_fresh));
     }
-    Ok(sections)
-}
-
-/// Name of the section [`Kind::EhFrameHdr`] stands for, with its NUL.
-const EH_FRAME_HDR: &[u8] = b".eh_frame_hdr\0";
-
-/// The section name string table (`e_shstrndx`), if there is a valid one;
-/// without it no section is taken for `.eh_frame_hdr`.
-fn section_names(elf: &[u8], shoff: usize, shnum: usize) -> Result<Option<&[u8]>, &'static str> {
-    let index = usize::from(u16_at(elf, 0x3e)?);
-    if index >= shnum {
-        return Ok(None);
+    labels.reserve_exact(fresh);
+    let mut target = 0u32;
+    for _ in 0..fresh {
+        target = target.wrapping_add(word()?);
+        labels.push(Some(target));
     }
-    let header = shoff + index * SHDR_SIZE; // < table_end, checked by the caller
-    let offset = usize::try_from(u64_at(elf, header + 24)?).ok();
-    let size = usize::try_from(u64_at(elf, header + 32)?).ok();
-    Ok(offset
-        .zip(size)
-        .and_then(|(offset, size)| elf.get(offset..offset.checked_add(size)?)))
-}
-
-/// Linear sweep of one code section at virtual address `addr`; every
-/// RIP-relative `disp32` becomes its absolute target (or back).
-///
-/// The decoder reads a copy of a window of the section, so the section can
-/// be rewritten as the sweep goes; an instruction starting in a window is
-/// decoded whole, as the copy reaches 15 bytes (the longest instruction)
-/// past the window.
-fn transform_code(code: &mut [u8], addr: u64, direction: Direction) {
-    const WINDOW: usize = 64 * 1024;
-    const MAX_INSTRUCTION: usize = 15;
-    let mut window = Vec::with_capacity(WINDOW + MAX_INSTRUCTION);
-    let mut instruction = Instruction::default();
-    let mut pos = 0;
-    while pos < code.len() {
-        let end = code.len().min(pos + WINDOW);
-        window.clear();
-        window.extend_from_slice(&code[pos..code.len().min(end + MAX_INSTRUCTION)]);
-        let ip = addr.wrapping_add(pos as u64);
-        let mut decoder = Decoder::with_ip(64, &window, ip, DecoderOptions::NONE);
-        let mut at = 0;
-        while pos + at < end && decoder.can_decode() {
-            decoder.decode_out(&mut instruction);
-            let field = (!instruction.is_invalid())
-                .then(|| field_offset(&decoder, &instruction))
-                .flatten();
-            if let Some(field) = field {
-                // The field lies within the instruction, which lies within
-                // the window, a copy of `code` from `pos`.
-                let field_at = pos + at + field;
-                if let Some(bytes) = code.get_mut(field_at..field_at + 4) {
-                    let next_ip = instruction.next_ip() as u32;
-                    let value = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                    let value = match direction {
-                        Direction::Normalise => value.wrapping_add(next_ip),
-                        Direction::Denormalise => value.wrapping_sub(next_ip),
-                    };
-                    bytes.copy_from_slice(&value.to_le_bytes());
-                }
-            }
-            // The decoder consumes at least one byte per instruction, valid
-            // or not; `max` makes progress certain anyway.
-            at = decoder.position().max(at + 1);
-        }
-        pos += at;
+    if !rest.is_empty() {
+        return Err(corrupt("trailing bytes after the label table".to_owned()));
     }
-}
-
-/// Offset within the instruction of its 4-byte RIP-relative displacement,
-/// if it has one.
-///
-/// `rel32` branches are left as they are: most calls and jumps stay within
-/// a run of code that moves as a whole, where the displacement does not
-/// change, and rewriting them to absolute targets made the feature-size
-/// delta of docs/benchmarks.md ("Deltas") 10 % larger, not smaller.
-fn field_offset(decoder: &Decoder<'_>, instruction: &Instruction) -> Option<usize> {
-    let offsets = decoder.get_constant_offsets(instruction);
-    let field = if instruction.is_ip_rel_memory_operand() && offsets.displacement_size() == 4 {
-        offsets.displacement_offset()
-    } else {
-        return None;
-    };
-    (field + 4 <= instruction.len()).then_some(field)
-}
-
-/// `r_offset` and `r_addend` of each `R_X86_64_RELATIVE` entry become the
-/// differences from the previous such entry's (or back): offsets are sorted
-/// by the linker, so they step by 8, and consecutive addends are mostly the
-/// entries of one vtable or string table, whose distances a rebuild keeps.
-fn transform_rela(rela: &mut [u8], direction: Direction) {
-    let mut previous = [0u64; 2];
-    for entry in rela.chunks_exact_mut(RELA_SIZE) {
-        let info = u64::from_le_bytes(entry[8..16].try_into().unwrap_or_default());
-        if info & 0xffff_ffff != R_X86_64_RELATIVE {
-            continue;
-        }
-        for (at, previous) in [0, 16].into_iter().zip(&mut previous) {
-            let word = &mut entry[at..at + 8];
-            let stored = u64::from_le_bytes(word.try_into().unwrap_or_default());
-            word.copy_from_slice(&delta_step(stored, previous, direction).to_le_bytes());
-        }
-    }
-}
-
-/// One step of difference coding: the value to store for `stored` after a
-/// field whose original value was `*previous`, which becomes this field's
-/// original value. Wrapping, so it is a bijection on any input.
-fn delta_step(stored: u64, previous: &mut u64, direction: Direction) -> u64 {
-    match direction {
-        Direction::Normalise => {
-            let value = stored.wrapping_sub(*previous);
-            *previous = stored;
-            value
-        }
-        Direction::Denormalise => {
-            *previous = stored.wrapping_add(*previous);
-            *previous
-        }
-    }
-}
-
-/// The `.eh_frame_hdr` search table is sorted by function, so each entry
-/// becomes the difference from the previous one (function and FDE sizes,
-/// which an unchanged function keeps wherever it moved), or back. Only the
-/// encodings every linker writes for x86-64 (`eh_frame_ptr` pcrel sdata4,
-/// `fde_count` udata4, table datarel sdata4) are rewritten; anything else is
-/// left as it is.
-fn transform_eh_frame_hdr(hdr: &mut [u8], direction: Direction) {
-    const HEADER: usize = 12;
-    let Some((head, table)) = hdr.split_at_mut_checked(HEADER) else {
-        return;
-    };
-    if head[..4] != [1, 0x1b, 0x03, 0x3b] {
-        return;
-    }
-    let count = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
-    let mut previous = [0u64; 2];
-    for entry in table.chunks_exact_mut(8).take(count) {
-        for (word, previous) in entry.chunks_exact_mut(4).zip(&mut previous) {
-            let stored = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-            // Differences mod 2^64 truncate to differences mod 2^32; keep
-            // only the low half of the original for the next step.
-            let value = delta_step(u64::from(stored), previous, direction) as u32;
-            *previous &= 0xffff_ffff;
-            word.copy_from_slice(&value.to_le_bytes());
-        }
-    }
+    Ok(labels)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// An ELF header with `sections` as (type, flags, offset, size,
-    /// entsize) after it, in a file of `len` bytes.
-    fn elf(len: usize, sections: &[(u32, u64, u64, u64, u64)]) -> Vec<u8> {
-        let mut elf = vec![0u8; len];
-        elf[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1]);
-        elf[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
-        let shoff = len - SHDR_SIZE * sections.len();
-        elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
-        elf[0x3a..0x3c].copy_from_slice(&(SHDR_SIZE as u16).to_le_bytes());
-        elf[0x3c..0x3e].copy_from_slice(&(sections.len() as u16).to_le_bytes());
-        elf[0x3e..0x40].copy_from_slice(&u16::MAX.to_le_bytes());
-        for (i, (kind, flags, offset, size, entsize)) in sections.iter().enumerate() {
-            let at = shoff + SHDR_SIZE * i;
-            elf[at + 4..at + 8].copy_from_slice(&kind.to_le_bytes());
-            elf[at + 8..at + 16].copy_from_slice(&flags.to_le_bytes());
-            elf[at + 24..at + 32].copy_from_slice(&offset.to_le_bytes());
-            elf[at + 32..at + 40].copy_from_slice(&size.to_le_bytes());
-            elf[at + 56..at + 64].copy_from_slice(&entsize.to_le_bytes());
-        }
-        elf
+    fn frame(table: &[u8]) -> Vec<u8> {
+        crate::compress(FORMAT, table, &[], 10, false).unwrap()
     }
 
-    const CODE: (u32, u64) = (SHT_PROGBITS, SHF_EXECINSTR);
+    #[test]
+    fn matched_targets_keep_the_base_label_and_the_rest_are_fresh() {
+        let old_targets = [10, 20, 30];
+        let new_targets = [15, 25, 99];
+        let matches = HashMap::from([(15, 10), (25, 30)]);
+        let (labels, table) = label_new(&old_targets, &new_targets, &matches);
+        assert_eq!(labels, [0, 2, 3]);
+        let read = read_table(&frame(&table), &old_targets, 1000).unwrap();
+        assert_eq!(read, [Some(15), None, Some(25), Some(99)]);
+    }
 
     #[test]
-    fn layouts_that_cannot_be_rebuilt_are_refused() {
-        let ok = elf(
-            1024,
-            &[(CODE.0, CODE.1, 64, 100, 0), (SHT_RELA, 0, 200, 48, 24)],
-        );
-        assert_eq!(layout(&ok).unwrap().len(), 2);
-        let mut class32 = ok.clone();
-        class32[4] = 1;
-        let mut arm = ok.clone();
-        arm[18] = 183;
-        let mut table_past_end = ok.clone();
-        table_past_end[0x28..0x30].copy_from_slice(&1000u64.to_le_bytes());
-        let table: [(&str, Vec<u8>, &str); 7] = [
-            ("empty", vec![], "a header reaches past the end of the file"),
-            ("32-bit", class32, "not a 64-bit little-endian ELF file"),
-            ("arm", arm, "not an x86-64 ELF file"),
-            (
-                "table past end",
-                table_past_end,
-                "the section header table reaches past the end of the file",
-            ),
-            (
-                "section past end",
-                elf(1024, &[(CODE.0, CODE.1, 1000, 100, 0)]),
-                "a section reaches past the end of the file",
-            ),
-            (
-                "overlapping sections",
-                elf(
-                    1024,
-                    &[(CODE.0, CODE.1, 64, 100, 0), (SHT_RELA, 0, 150, 48, 24)],
-                ),
-                "rewritten sections overlap each other or the ELF header",
-            ),
-            (
-                "section over the headers",
-                elf(1024, &[(CODE.0, CODE.1, 900, 100, 0)]),
-                "a rewritten section overlaps the section headers",
-            ),
+    fn hostile_label_tables_are_typed_errors() {
+        let old_targets = [10, 20];
+        let (_, good) = label_new(&old_targets, &[11, 500], &HashMap::from([(11, 10)]));
+        let mut other_base = good.clone();
+        other_base[0] = 3;
+        let mut many_fresh = good[..good.len() - 8].to_vec();
+        many_fresh.extend_from_slice(&1000u32.to_le_bytes());
+        let table: [(&str, Vec<u8>, &str); 4] = [
+            ("other base", other_base, "another base build"),
+            ("truncated", good[..good.len() - 1].to_vec(), "truncated"),
+            ("trailing", [&good[..], &[0]].concat(), "trailing"),
+            ("too many fresh labels", many_fresh, "fresh labels"),
         ];
-        for (name, bytes, reason) in table {
-            assert_eq!(layout(&bytes), Err(reason), "{name}");
+        for (name, table, expected) in table {
+            let err = read_table(&frame(&table), &old_targets, 400).unwrap_err();
+            assert!(err.to_string().contains(expected), "{name}: {err}");
         }
-        // Sections that are not rewritten may overlap anything.
-        let data = elf(
-            1024,
-            &[(SHT_PROGBITS, 0, 0, 1024, 0), (CODE.0, CODE.1, 64, 100, 0)],
-        );
-        assert_eq!(layout(&data).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn only_rip_relative_displacements_are_fields() {
-        let table: [(&[u8], Option<usize>); 6] = [
-            (&[0x48, 0x8d, 0x05, 1, 2, 3, 4], Some(3)), // lea rax, [rip+d]
-            (&[0x83, 0x3d, 1, 2, 3, 4, 5], Some(2)),    // cmp dword [rip+d], imm8
-            (&[0x48, 0xc7, 0x05, 1, 2, 3, 4, 5, 6, 7, 8], Some(3)), // mov qword [rip+d], imm32
-            (&[0xe8, 1, 2, 3, 4], None),                // call rel32
-            (&[0x48, 0x8b, 0x80, 1, 2, 3, 4], None),    // mov rax, [rax+d]
-            (&[0xff], None),                            // invalid
-        ];
-        for (bytes, expected) in table {
-            let mut decoder = Decoder::with_ip(64, bytes, 0x1000, DecoderOptions::NONE);
-            let instruction = decoder.decode();
-            let got = (!instruction.is_invalid())
-                .then(|| field_offset(&decoder, &instruction))
-                .flatten();
-            assert_eq!(got, expected, "{bytes:02x?}");
-        }
-    }
-
-    #[test]
-    fn code_holds_absolute_targets_when_normalised() {
-        // At 0x1000: lea rax, [rip+0x10] (ends at 0x1007), then a call.
-        let mut code = vec![0x48, 0x8d, 0x05, 0x10, 0, 0, 0, 0xe8, 1, 0, 0, 0];
-        let original = code.clone();
-        transform_code(&mut code, 0x1000, Direction::Normalise);
-        assert_eq!(code[3..7], 0x1017u32.to_le_bytes());
-        assert_eq!(code[7..], original[7..]);
-        transform_code(&mut code, 0x1000, Direction::Denormalise);
-        assert_eq!(code, original);
-    }
-
-    #[test]
-    fn difference_coding_round_trips_and_steps_by_the_gaps() {
-        let values = [8u64, 16, 24, 0, u64::MAX, 5];
-        let mut previous = 0;
-        let coded: Vec<u64> = values
-            .iter()
-            .map(|v| delta_step(*v, &mut previous, Direction::Normalise))
-            .collect();
-        assert_eq!(coded[..3], [8, 8, 8]);
-        let mut previous = 0;
-        let back: Vec<u64> = coded
-            .iter()
-            .map(|v| delta_step(*v, &mut previous, Direction::Denormalise))
-            .collect();
-        assert_eq!(back, values);
+        assert!(matches!(
+            read_table(b"not zstd", &old_targets, 400),
+            Err(DeltaError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            split(&[5, 0, 0, 0, 1]),
+            Err(DeltaError::Corrupt { .. })
+        ));
     }
 }

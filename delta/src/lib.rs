@@ -11,11 +11,13 @@
 //! - **`zstd-patch-from`**: one zstd frame of the new build, compressed with
 //!   the base build as raw-content reference prefix, long-distance matching
 //!   on, and a window covering base + new.
-//! - **`elf-x86-64-bsdiff-zstd`**: a `bsdiff-zstd` patch between the two
-//!   builds after their RIP-relative operands, relative relocations and
-//!   unwind search table were rewritten so that moved code does not change
-//!   them (`exec.rs` has the rules). Applying rewrites the base the same way,
-//!   patches, and undoes the rewrite on the result. Only for x86-64 ELF
+//! - **`elf-x86-64-bsdiff-zstd`**: a table of labels and a `bsdiff-zstd`
+//!   patch between the two builds after their branch and RIP-relative
+//!   displacements were replaced by labels of their targets (matched
+//!   across the builds) and their relative relocations and unwind search
+//!   table were difference-coded, so that code that moved does not change
+//!   them (`exec.rs` has the rules and the layout). Applying rewrites the
+//!   base the same way, patches, and maps the labels back on the result. Only for x86-64 ELF
 //!   builds: [`create_smallest`] skips it for anything else
 //!   ([`DeltaError::NotApplicable`]). Clients released before it know it as
 //!   [`DeltaFormat::Unknown`], so publishers offer it beside an older format
@@ -48,9 +50,9 @@
 //!   patch + ≈ new, so this format cannot be applied below ≈ 2× the build.
 //! - `elf-x86-64-bsdiff-zstd` holds a normalised copy of the base and the
 //!   whole new build (it must be rewritten back before any of it is
-//!   written), both allocated from the base length and `new_size`, on top of
-//!   `bsdiff-zstd`'s buffers. Memory: base + patch + base + new ≈ 3× the
-//!   build.
+//!   written), both allocated from the base length and `new_size`, and a
+//!   label table bounded by them, on top of `bsdiff-zstd`'s buffers.
+//!   Memory: base + patch + base + new ≈ 3× the build.
 //! - Declared sizes above [`MAX_SIZE`] are refused up front.
 //!
 //! [`apply`] adds a `Vec` of `new_size` bytes to that.

@@ -227,8 +227,9 @@ pub enum DeltaFormat {
     /// zstd "patch-from": the new library compressed with the base library
     /// as reference prefix (long-distance matching, window ≥ sizes).
     ZstdPatchFrom,
-    /// bsdiff+zstd of x86-64 ELF builds whose branch, RIP-relative and
-    /// relocation fields were first rewritten to absolute targets, so code
+    /// bsdiff+zstd of x86-64 ELF builds whose branch and RIP-relative
+    /// displacements were first replaced by labels matched across the builds
+    /// and whose relocation and unwind tables were difference-coded, so code
     /// that moves costs little (`delta/src/exec.rs` in outrider-delta).
     /// Clients released before it parse it as [`DeltaFormat::Unknown`].
     #[serde(rename = "elf-x86-64-bsdiff-zstd")]
