@@ -27,11 +27,32 @@ pub(crate) fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec
     )
 }
 
+/// What a patch is applied to: the base build's bytes, or a view of them
+/// (`crate::exec` reads a normalised base through an overlay instead of a
+/// copy).
+pub(crate) trait Base {
+    /// Length in bytes.
+    fn len(&self) -> usize;
+    /// Copies `out.len()` bytes from `at` into `out`; the caller checked
+    /// that they lie within [`Base::len`].
+    fn read_into(&self, at: usize, out: &mut [u8]);
+}
+
+impl Base for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn read_into(&self, at: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self[at..at + out.len()]);
+    }
+}
+
 /// Streams the patched build into `out` (which bounds and counts it); the
-/// memory is the zstd window, a 64 KiB read buffer and one [`CHUNK`].
-pub(crate) fn apply(
+/// memory is the zstd window, a 64 KiB read buffer and two [`CHUNK`]s.
+pub(crate) fn apply<B: Base + ?Sized>(
     format: DeltaFormat,
-    base: &[u8],
+    base: &B,
     patch: &[u8],
     out: &mut Output<'_>,
 ) -> Result<(), DeltaError> {
@@ -97,13 +118,14 @@ fn io_error(format: DeltaFormat, e: io::Error, window_log: u32) -> DeltaError {
 /// its declared size nor accepting more than size + 1 control entries (see
 /// the crate docs for why that bound is sound). Output goes out in chunks of
 /// at most [`CHUNK`] bytes as it is produced; nothing is kept.
-fn bspatch(
+fn bspatch<B: Base + ?Sized>(
     format: DeltaFormat,
-    base: &[u8],
+    base: &B,
     patch: &mut impl Read,
     out: &mut Output<'_>,
 ) -> Result<(), Error> {
     let mut chunk = vec![0u8; CHUNK.min(out.size())];
+    let mut old = vec![0u8; chunk.len()];
     let max_entries = out.size() as u64 + 1;
     let mut entries = 0u64;
     let mut base_pos = 0usize;
@@ -130,19 +152,28 @@ fn bspatch(
         }
         // Both are ≤ room ≤ the declared size, a usize.
         let (mix_len, copy_len) = (mix_len as usize, copy_len as usize);
-        let old = base
-            .get(base_pos..)
-            .and_then(|rest| rest.get(..mix_len))
-            .ok_or_else(|| corrupt(format, "a control entry reads past the end of the base"))?;
+        if base_pos
+            .checked_add(mix_len)
+            .is_none_or(|end| end > base.len())
+        {
+            return Err(corrupt(
+                format,
+                "a control entry reads past the end of the base",
+            ));
+        }
         // Every piece is ≤ mix_len or copy_len ≤ the declared size, and
-        // ≤ CHUNK, so it fits `chunk`.
-        for old in old.chunks(CHUNK) {
-            let diff = &mut chunk[..old.len()];
+        // ≤ CHUNK, so it fits `chunk` and `old`.
+        let mut done = 0;
+        while done < mix_len {
+            let len = (mix_len - done).min(CHUNK);
+            let (diff, old) = (&mut chunk[..len], &mut old[..len]);
             patch.read_exact(diff)?;
-            for (n, o) in diff.iter_mut().zip(old) {
+            base.read_into(base_pos + done, old);
+            for (n, o) in diff.iter_mut().zip(old.iter()) {
                 *n = n.wrapping_add(*o);
             }
             out.write(diff)?;
+            done += len;
         }
         let mut left = copy_len;
         while left > 0 {
@@ -253,7 +284,7 @@ mod tests {
         .concat();
         let mut sink = Largest(Vec::new(), 0);
         let mut out = Output::new(FORMAT, &mut sink, mix + copy);
-        assert!(bspatch(FORMAT, &base, &mut &stream[..], &mut out).is_ok());
+        assert!(bspatch(FORMAT, &base[..], &mut &stream[..], &mut out).is_ok());
         out.finish().unwrap();
         let expected: Vec<u8> = base.iter().map(|b| b + 1).chain(vec![7; copy]).collect();
         assert!(sink.0 == expected);

@@ -48,14 +48,16 @@
 //!
 //! # Applying
 //!
-//! Normalise a copy of the base, patch into a buffer of the declared size,
-//! undo the table coding, and replace each label by `target − end`; every
-//! count, offset and label is checked, and a label the table does not give
-//! is [`DeltaError::Corrupt`]. Memory: the base, its normalised copy, the
-//! new build, the labels (4 bytes per target of the base, 8 per label of the
-//! new build) and `bsdiff-zstd`'s buffers, ≈ 3× the library. A hostile
-//! patch can only make a different output of the declared size, which the
-//! caller's hash check refuses.
+//! Read the base through an overlay of its normalised words (labels, table
+//! differences: 8 bytes per rewritten word, not a copy of the base), patch
+//! into a buffer of the declared size, undo the table coding, and replace
+//! each label by `target − end`; every count, offset and label is checked,
+//! and a label the table does not give is [`DeltaError::Corrupt`]. Memory:
+//! the base, the overlay, the new build (it is relabelled before any byte
+//! goes out), the labels (4 bytes per target of the base, 8 per label of
+//! the new build) and `bsdiff-zstd`'s buffers, ≈ 2.3× the library. A
+//! hostile patch can only make a different output of the declared size,
+//! which the caller's hash check refuses.
 
 mod elf;
 
@@ -75,24 +77,25 @@ pub(crate) fn create(base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
     };
     let base_sections = elf::layout(base).map_err(not_applicable)?;
     let new_sections = elf::layout(new).map_err(not_applicable)?;
-    let mut old = base.to_vec();
-    let old_fields = fields(&mut old, &base_sections);
-    let mut normalised = new.to_vec();
-    let new_fields = fields(&mut normalised, &new_sections);
+    let old_fields = fields(base, &base_sections);
+    let new_fields = fields(new, &new_sections);
     let old_targets = sorted_targets(&old_fields);
     let new_targets = sorted_targets(&new_fields);
     let matches = match_targets(base, new, &old_fields, &new_fields)?;
     let (new_labels, table) = label_new(&old_targets, &new_targets, &matches);
 
-    relabel(&mut old, &base_sections, |target| {
+    let mut old = base.to_vec();
+    for (at, target) in old_fields {
         // Every target was collected from these very fields.
-        old_targets.binary_search(&target).unwrap_or_default() as u32
-    });
+        let label = old_targets.binary_search(&target).unwrap_or_default() as u32;
+        old[at..at + 4].copy_from_slice(&label.to_le_bytes());
+    }
     elf::transform_tables(&mut old, &base_sections, Direction::Normalise);
-    relabel(&mut normalised, &new_sections, |target| {
-        let index = new_targets.binary_search(&target).unwrap_or_default();
-        new_labels[index]
-    });
+    let mut normalised = new.to_vec();
+    for (at, target) in new_fields {
+        let label = new_labels[new_targets.binary_search(&target).unwrap_or_default()];
+        normalised[at..at + 4].copy_from_slice(&label.to_le_bytes());
+    }
     elf::transform_tables(&mut normalised, &new_sections, Direction::Normalise);
 
     let table = crate::compress(FORMAT, &table, &[], ceil_log2(table.len() as u64), false)?;
@@ -111,24 +114,16 @@ pub(crate) fn apply(base: &[u8], patch: &[u8], out: &mut Output<'_>) -> Result<(
         format: FORMAT,
         reason,
     })?;
-    let mut old = Vec::new();
-    old.try_reserve_exact(base.len())
-        .map_err(|_| too_large("normalised base", base.len()))?;
-    old.extend_from_slice(base);
     let mut old_targets = Vec::new();
-    let _ = elf::for_each_field(&mut old, &sections, |_, next_ip, bytes| {
-        old_targets.push(u32::from_le_bytes(*bytes).wrapping_add(next_ip));
+    let _ = elf::for_each_field(base, &sections, |_, next_ip, value| {
+        old_targets.push(value.wrapping_add(next_ip));
         Ok::<(), ()>(())
     });
     old_targets.sort_unstable();
     old_targets.dedup();
-    relabel(&mut old, &sections, |target| {
-        old_targets.binary_search(&target).unwrap_or_default() as u32
-    });
-    elf::transform_tables(&mut old, &sections, Direction::Normalise);
-
     let (table, body) = split(patch)?;
     let labels = read_table(table, &old_targets, size)?;
+    let old = Normalised::new(base, &sections, &old_targets)?;
     drop(old_targets);
 
     let mut new = Vec::new();
@@ -142,17 +137,86 @@ pub(crate) fn apply(base: &[u8], patch: &[u8], out: &mut Output<'_>) -> Result<(
     let sections = elf::layout(&new)
         .map_err(|reason| corrupt(format!("the patched build is not an x86-64 ELF: {reason}")))?;
     elf::transform_tables(&mut new, &sections, Direction::Denormalise);
-    elf::for_each_field(&mut new, &sections, |at, next_ip, bytes| {
-        let label = u32::from_le_bytes(*bytes) as usize;
+    let mut edits: Vec<(u32, u32)> = Vec::new();
+    elf::for_each_field(&new, &sections, |at, next_ip, label| {
         let target = labels
-            .get(label)
+            .get(label as usize)
             .copied()
             .flatten()
             .ok_or_else(|| corrupt(format!("unknown label {label} at offset {at}")))?;
-        *bytes = target.wrapping_sub(next_ip).to_le_bytes();
+        // `at` is within the output, whose size is below MAX_SIZE (1 GiB).
+        edits.push((at as u32, target.wrapping_sub(next_ip)));
         Ok(())
     })?;
+    for (at, value) in edits {
+        let at = at as usize;
+        new[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
     out.write(&new)
+}
+
+/// The base as normalised, without a copy of it: the base's bytes with the
+/// rewritten 4-byte words laid over them (8 bytes per word, against the
+/// whole build for a copy).
+struct Normalised<'a> {
+    base: &'a [u8],
+    /// File offset and normalised bytes of each rewritten word, by offset;
+    /// words never overlap (fields do not, and sections do not).
+    words: Vec<(u32, [u8; 4])>,
+}
+
+impl<'a> Normalised<'a> {
+    fn new(base: &'a [u8], sections: &[Section], targets: &[u32]) -> Result<Self, DeltaError> {
+        let mut words = Vec::new();
+        let _ = elf::for_each_field(base, sections, |at, next_ip, value| {
+            // Every target was collected from these very fields.
+            let target = value.wrapping_add(next_ip);
+            let label = targets.binary_search(&target).unwrap_or_default() as u32;
+            // `at` is within the base, whose size is below MAX_SIZE (1 GiB).
+            words.push((at as u32, label.to_le_bytes()));
+            Ok::<(), ()>(())
+        });
+        for section in sections {
+            // `layout` checked that the section lies within the file.
+            let original = &base[section.offset..section.offset + section.size];
+            let mut table = Vec::new();
+            table
+                .try_reserve_exact(original.len())
+                .map_err(|_| too_large("normalised table", original.len()))?;
+            table.extend_from_slice(original);
+            elf::transform_table(section, &mut table, Direction::Normalise);
+            for (i, (new, old)) in table.chunks(4).zip(original.chunks(4)).enumerate() {
+                if let (true, Ok(word)) = (new != old, <[u8; 4]>::try_from(new)) {
+                    words.push(((section.offset + 4 * i) as u32, word));
+                }
+            }
+        }
+        words.sort_unstable_by_key(|w| w.0);
+        Ok(Normalised { base, words })
+    }
+}
+
+impl bsdiff_zstd::Base for Normalised<'_> {
+    fn len(&self) -> usize {
+        self.base.len()
+    }
+
+    fn read_into(&self, at: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self.base[at..at + out.len()]);
+        let end = at + out.len();
+        let first = self.words.partition_point(|w| w.0 as usize + 4 <= at);
+        for (offset, word) in self.words[first..]
+            .iter()
+            .take_while(|w| (w.0 as usize) < end)
+        {
+            for (k, byte) in word.iter().enumerate() {
+                let p = *offset as usize + k;
+                if (at..end).contains(&p) {
+                    out[p - at] = *byte;
+                }
+            }
+        }
+    }
 }
 
 fn too_large(what: &'static str, size: usize) -> DeltaError {
@@ -174,10 +238,10 @@ fn corrupt(reason: String) -> DeltaError {
 type Field = (usize, u32);
 
 /// Every field of `elf` with its target, in file order.
-fn fields(elf: &mut [u8], sections: &[Section]) -> Vec<Field> {
+fn fields(elf: &[u8], sections: &[Section]) -> Vec<Field> {
     let mut fields = Vec::new();
-    let _ = elf::for_each_field(elf, sections, |at, next_ip, bytes| {
-        fields.push((at, u32::from_le_bytes(*bytes).wrapping_add(next_ip)));
+    let _ = elf::for_each_field(elf, sections, |at, next_ip, value| {
+        fields.push((at, value.wrapping_add(next_ip)));
         Ok::<(), ()>(())
     });
     fields
@@ -188,14 +252,6 @@ fn sorted_targets(fields: &[Field]) -> Vec<u32> {
     targets.sort_unstable();
     targets.dedup();
     targets
-}
-
-/// Replaces every field's displacement by `label(target)`.
-fn relabel(elf: &mut [u8], sections: &[Section], label: impl Fn(u32) -> u32) {
-    let _ = elf::for_each_field(elf, sections, |_, next_ip, bytes| {
-        *bytes = label(u32::from_le_bytes(*bytes).wrapping_add(next_ip)).to_le_bytes();
-        Ok::<(), ()>(())
-    });
 }
 
 /// Pairs new targets with base targets that mean the same thing.
@@ -406,6 +462,28 @@ mod tests {
         assert_eq!(labels, [0, 2, 3]);
         let read = read_table(&frame(&table), &old_targets, 1000).unwrap();
         assert_eq!(read, [Some(15), None, Some(25), Some(99)]);
+    }
+
+    #[test]
+    fn the_overlay_reads_as_the_base_with_its_words_written_over() {
+        use bsdiff_zstd::Base;
+        let base: Vec<u8> = (0..64).collect();
+        let words = vec![
+            (3, [0xa0, 0xa1, 0xa2, 0xa3]),
+            (10, [0xb0; 4]),
+            (60, [0xc0; 4]),
+        ];
+        let mut copy = base.clone();
+        for (at, word) in &words {
+            copy[*at as usize..*at as usize + 4].copy_from_slice(word);
+        }
+        let overlay = Normalised { base: &base, words };
+        assert_eq!(overlay.len(), 64);
+        for (at, len) in [(0, 64), (0, 3), (4, 2), (5, 7), (12, 1), (13, 47), (61, 3)] {
+            let mut out = vec![0; len];
+            overlay.read_into(at, &mut out);
+            assert_eq!(out, copy[at..at + len], "{at}+{len}");
+        }
     }
 
     #[test]

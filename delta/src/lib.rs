@@ -48,11 +48,12 @@
 //!   window limit set to [`patch_from_window_log`] of the sizes and a frame
 //!   declaring more content than `new_size` refused up front. Memory: base +
 //!   patch + ≈ new, so this format cannot be applied below ≈ 2× the build.
-//! - `elf-x86-64-bsdiff-zstd` holds a normalised copy of the base and the
-//!   whole new build (it must be rewritten back before any of it is
-//!   written), both allocated from the base length and `new_size`, and a
-//!   label table bounded by them, on top of `bsdiff-zstd`'s buffers.
-//!   Memory: base + patch + base + new ≈ 3× the build.
+//! - `elf-x86-64-bsdiff-zstd` reads the base through an overlay of its
+//!   normalised words (8 bytes per rewritten word) and holds the whole new
+//!   build (it must be rewritten back before any of it is written), both
+//!   bounded by the base length and `new_size`, with a label table bounded
+//!   by them, on top of `bsdiff-zstd`'s buffers. Memory: base + patch +
+//!   overlay + new ≈ 2.3× the build.
 //! - Declared sizes above [`MAX_SIZE`] are refused up front.
 //!
 //! [`apply`] adds a `Vec` of `new_size` bytes to that.
@@ -147,8 +148,8 @@ pub fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, D
 ///
 /// Only size decides: `bsdiff-zstd` is also the format that is cheapest to
 /// apply (base + ≈ 1.5 MiB through [`apply_to`], against base + ≈ new for
-/// `zstd-patch-from` and ≈ 2 × base + new for `elf-x86-64-bsdiff-zstd`; see
-/// the crate docs), and earlier formats win a tie, but a smaller blob in
+/// `zstd-patch-from` and ≈ base + new + an overlay for
+/// `elf-x86-64-bsdiff-zstd`; see the crate docs), and earlier formats win a tie, but a smaller blob in
 /// another format still wins.
 ///
 /// # Errors

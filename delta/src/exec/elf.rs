@@ -16,10 +16,10 @@ pub(super) enum Direction {
 /// A section whose fields are rewritten.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Section {
-    kind: Kind,
+    pub(super) kind: Kind,
     /// File offset and size, within the file.
-    offset: usize,
-    size: usize,
+    pub(super) offset: usize,
+    pub(super) size: usize,
     /// Virtual address of the first byte.
     addr: u64,
 }
@@ -149,22 +149,22 @@ fn section_names(elf: &[u8], shoff: usize, shnum: usize) -> Result<Option<&[u8]>
 }
 
 /// Calls `visit` with the file offset, the instruction's end address (mod
-/// 2^32) and the bytes of every field [`field_offset`] finds in the code
+/// 2^32) and the value of every field [`field_offset`] finds in the code
 /// sections, in file order, by a linear sweep with the decoder.
 ///
-/// The decoder reads a copy of a window of the section, so `visit` can
-/// rewrite fields as the sweep goes; an instruction starting in a window is
-/// decoded whole, as the copy reaches 15 bytes (the longest instruction)
-/// past the window. Instruction lengths do not depend on displacement
-/// values, so rewritten code is swept into the same fields.
+/// Callers that rewrite fields do so afterwards: instruction lengths do not
+/// depend on displacement values, so the rewritten code sweeps into the same
+/// fields. The decoder reads a copy of a window of a section at a time; an
+/// instruction starting in a window is decoded whole, as the copy reaches 15
+/// bytes (the longest instruction) past the window.
 ///
 /// # Errors
 ///
 /// The first error of `visit`, which stops the sweep.
 pub(super) fn for_each_field<E>(
-    elf: &mut [u8],
+    elf: &[u8],
     sections: &[Section],
-    mut visit: impl FnMut(usize, u32, &mut [u8; 4]) -> Result<(), E>,
+    mut visit: impl FnMut(usize, u32, u32) -> Result<(), E>,
 ) -> Result<(), E> {
     const WINDOW: usize = 64 * 1024;
     const MAX_INSTRUCTION: usize = 15;
@@ -172,7 +172,7 @@ pub(super) fn for_each_field<E>(
     let mut instruction = Instruction::default();
     for section in sections.iter().filter(|s| s.kind == Kind::Code) {
         // `layout` checked that the section lies within the file.
-        let code = &mut elf[section.offset..section.offset + section.size];
+        let code = &elf[section.offset..section.offset + section.size];
         let mut pos = 0;
         while pos < code.len() {
             let end = code.len().min(pos + WINDOW);
@@ -188,16 +188,11 @@ pub(super) fn for_each_field<E>(
                     .flatten();
                 // The field lies within the instruction, which lies within
                 // the window, a copy of `code` from `pos`.
-                let field_at = pos + at + field.unwrap_or(0);
-                let bytes = code
-                    .get_mut(field_at..field_at + 4)
-                    .and_then(|b| <&mut [u8; 4]>::try_from(b).ok());
-                if let (Some(_), Some(bytes)) = (field, bytes) {
-                    visit(
-                        section.offset + field_at,
-                        instruction.next_ip() as u32,
-                        bytes,
-                    )?;
+                let bytes = field.and_then(|f| window.get(at + f..at + f + 4));
+                if let (Some(field), Some(&[a, b, c, d])) = (field, bytes) {
+                    let value = u32::from_le_bytes([a, b, c, d]);
+                    let next_ip = instruction.next_ip() as u32;
+                    visit(section.offset + pos + at + field, next_ip, value)?;
                 }
                 // The decoder consumes at least one byte per instruction,
                 // valid or not; `max` makes progress certain anyway.
@@ -229,12 +224,20 @@ fn field_offset(decoder: &Decoder<'_>, instruction: &Instruction) -> Option<usiz
 pub(super) fn transform_tables(elf: &mut [u8], sections: &[Section], direction: Direction) {
     for section in sections {
         // `layout` checked that the section lies within the file.
-        let bytes = &mut elf[section.offset..section.offset + section.size];
-        match section.kind {
-            Kind::Code => {}
-            Kind::Rela => transform_rela(bytes, direction),
-            Kind::EhFrameHdr => transform_eh_frame_hdr(bytes, direction),
-        }
+        transform_table(
+            section,
+            &mut elf[section.offset..section.offset + section.size],
+            direction,
+        );
+    }
+}
+
+/// [`transform_tables`] for one section's bytes (nothing for code).
+pub(super) fn transform_table(section: &Section, bytes: &mut [u8], direction: Direction) {
+    match section.kind {
+        Kind::Code => {}
+        Kind::Rela => transform_rela(bytes, direction),
+        Kind::EhFrameHdr => transform_eh_frame_hdr(bytes, direction),
     }
 }
 
@@ -423,15 +426,12 @@ mod tests {
         image[shoff + 16..shoff + 24].copy_from_slice(&0x1040u64.to_le_bytes());
         let sections = layout(&image).unwrap();
         let mut seen = Vec::new();
-        for_each_field(&mut image, &sections, |at, next_ip, bytes| {
-            seen.push((at, next_ip, u32::from_le_bytes(*bytes)));
-            *bytes = [9; 4];
+        for_each_field(&image, &sections, |at, next_ip, value| {
+            seen.push((at, next_ip, value));
             Ok::<(), ()>(())
         })
         .unwrap();
         assert_eq!(seen, [(67, 0x1047, 0x10), (72, 0x104c, 1)]);
-        assert_eq!(image[67..71], [9; 4]);
-        assert_eq!(image[76..78], [0xeb, 0]);
     }
 
     #[test]
