@@ -53,11 +53,11 @@
 //! into a buffer of the declared size, undo the table coding, and replace
 //! each label by `target − end`; every count, offset and label is checked,
 //! and a label the table does not give is [`DeltaError::Corrupt`]. Memory:
-//! the base, the overlay, the new build (it is relabelled before any byte
-//! goes out), the labels (4 bytes per target of the base, 8 per label of
-//! the new build) and `bsdiff-zstd`'s buffers, ≈ 2.3× the library. A
-//! hostile patch can only make a different output of the declared size,
-//! which the caller's hash check refuses.
+//! the base, the new build (it is relabelled before any byte goes out),
+//! about 24 bytes per field (overlay word, label, edit) and `bsdiff-zstd`'s
+//! buffers: ≈ 3× the library (docs/benchmarks.md, "Executable-aware
+//! deltas"). A hostile patch can only make a different output of the
+//! declared size, which the caller's hash check refuses.
 
 mod elf;
 
@@ -358,6 +358,25 @@ fn label_new(
     (labels, table)
 }
 
+/// Reads the label table front to back.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], DeltaError> {
+        let (head, tail) = self
+            .0
+            .split_at_checked(n)
+            .ok_or_else(|| corrupt("truncated label table".to_owned()))?;
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn word(&mut self) -> Result<u32, DeltaError> {
+        let bytes = self.bytes(4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}
+
 /// The label table frame and the bsdiff-zstd body of a blob.
 fn split(patch: &[u8]) -> Result<(&[u8], &[u8]), DeltaError> {
     let (len, rest) = patch
@@ -373,14 +392,16 @@ fn split(patch: &[u8]) -> Result<(&[u8], &[u8]), DeltaError> {
 /// Decodes the label table: the new build's target of each label, `None`
 /// for a base label it does not use. Its size is bounded by the base's label
 /// count and the declared output size: every fresh label is the target of a
-/// field, 4 bytes of the new build at least.
+/// field, and every field takes an instruction of 5 bytes at least, so a
+/// build of `new_size` bytes has at most `new_size / 5`. Nothing is
+/// allocated for labels the decompressed table does not hold.
 fn read_table(
     frame: &[u8],
     old_targets: &[u32],
     new_size: usize,
 ) -> Result<Vec<Option<u32>>, DeltaError> {
     let n = old_targets.len();
-    let max_fresh = new_size / 4;
+    let max_fresh = new_size / 5;
     let limit = 8 + 5 * n + 4 * max_fresh;
     let window_log = ceil_log2(limit as u64);
     let mut decoder = zstd::stream::read::Decoder::with_buffer(frame)
@@ -394,52 +415,38 @@ fn read_table(
     if table.len() > limit {
         return Err(too_large("label table", limit));
     }
-    let mut rest = &table[..];
-    let mut word = || -> Result<u32, DeltaError> {
-        let (w, tail) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| corrupt("truncated label table".to_owned()))?;
-        rest = tail;
-        Ok(u32::from_le_bytes(*w))
-    };
-    if word()? as usize != n {
+    let mut rest = Cursor(&table);
+    if rest.word()? as usize != n {
         return Err(corrupt(
             "the label table is for another base build".to_owned(),
         ));
     }
-    let (flags, tail) = rest
-        .split_at_checked(n)
-        .ok_or_else(|| corrupt("truncated label table".to_owned()))?;
-    rest = tail;
-    let mut word = || -> Result<u32, DeltaError> {
-        let (w, tail) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| corrupt("truncated label table".to_owned()))?;
-        rest = tail;
-        Ok(u32::from_le_bytes(*w))
-    };
+    let flags = rest.bytes(n)?;
     let mut labels = Vec::with_capacity(n);
     let mut shift = 0u32;
     for (old, flag) in old_targets.iter().zip(flags) {
         labels.push(match flag {
             0 => None,
             _ => {
-                shift = shift.wrapping_add(word()?);
+                shift = shift.wrapping_add(rest.word()?);
                 Some(old.wrapping_add(shift))
             }
         });
     }
-    let fresh = word()? as usize;
+    let fresh = rest.word()? as usize;
     if fresh > max_fresh {
         return Err(too_large("fresh labels", max_fresh));
+    }
+    if fresh > rest.0.len() / 4 {
+        return Err(corrupt("truncated label table".to_owned()));
     }
     labels.reserve_exact(fresh);
     let mut target = 0u32;
     for _ in 0..fresh {
-        target = target.wrapping_add(word()?);
+        target = target.wrapping_add(rest.word()?);
         labels.push(Some(target));
     }
-    if !rest.is_empty() {
+    if !rest.0.is_empty() {
         return Err(corrupt("trailing bytes after the label table".to_owned()));
     }
     Ok(labels)

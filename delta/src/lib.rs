@@ -50,10 +50,11 @@
 //!   patch + ≈ new, so this format cannot be applied below ≈ 2× the build.
 //! - `elf-x86-64-bsdiff-zstd` reads the base through an overlay of its
 //!   normalised words (8 bytes per rewritten word) and holds the whole new
-//!   build (it must be rewritten back before any of it is written), both
-//!   bounded by the base length and `new_size`, with a label table bounded
-//!   by them, on top of `bsdiff-zstd`'s buffers. Memory: base + patch +
-//!   overlay + new ≈ 2.3× the build.
+//!   build (it must be rewritten back before any of it is written), with a
+//!   label table and edits of a few bytes per field, all bounded by the base
+//!   length and `new_size`, on top of `bsdiff-zstd`'s buffers. Memory: the
+//!   base, the patch, the new build and ≈ 24 bytes per field, ≈ 3× the
+//!   build.
 //! - Declared sizes above [`MAX_SIZE`] are refused up front.
 //!
 //! [`apply`] adds a `Vec` of `new_size` bytes to that.
