@@ -1,16 +1,20 @@
 #!/bin/sh
 # Delta benchmark: two consecutive real release builds of
 # agent-lib that differ by one small source change, then full / zstd /
-# bsdiff+zstd / zstd-patch-from sizes and the time and peak memory to create
-# and apply each delta. Paste the printed table into docs/benchmarks.md.
+# bsdiff+zstd / zstd-patch-from / elf-x86-64-bsdiff-zstd sizes and the time
+# and peak memory to create and apply each delta. Paste the printed table
+# into docs/benchmarks.md.
 #
-# Usage: bench/delta.sh [build|build-commits OLD NEW|measure|measure-apply|all]
+# Usage: bench/delta.sh [build|build-commits OLD NEW|build-bump|measure|measure-apply|all]
 #   (default: all = build + measure)
 #   build: A = HEAD, B = HEAD with a one-line change (a string constant)
 #   build-commits OLD NEW: A = the library of commit OLD, B = that of NEW
 #     (e.g. a ~500-line feature change, or two releases apart), each built
 #     with this checkout's packaging/build and [profile.*] sections, so
 #     only the source differs
+#   build-bump: A = HEAD with one dependency moved back a few patch
+#     releases (BUMP_CRATE, default serde_json, to BUMP_FROM, default
+#     1.0.150), B = HEAD: what a routine dependency bump costs
 #   measure-apply: only the apply runs, on the patches the last `measure` made
 #   BENCH_DIR   work dir (default /tmp/outrider-delta-bench); never inside the repo
 #   RUNS        runs per timed measurement (default 5)
@@ -25,6 +29,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 BENCH_DIR=${BENCH_DIR:-/tmp/outrider-delta-bench}
 RUNS=${RUNS:-5}
 LIB=liboutrider_agent.so
+# Every format outrider-delta makes (DeltaFormat in signing/src/manifest.rs).
+FORMATS="bsdiff-zstd zstd-patch-from elf-x86-64-bsdiff-zstd"
+BUMP_CRATE=${BUMP_CRATE:-serde_json}
+BUMP_FROM=${BUMP_FROM:-1.0.150}
 # Same level as `outrider release publish` (ZSTD_LEVEL in cli/src/release*).
 PUBLISH_ZSTD_LEVEL=$(grep -rhs 'const ZSTD_LEVEL: i32 = ' "$REPO/cli/src" | sed -n 's/.*= \([0-9]*\);.*/\1/p' | head -n 1)
 
@@ -61,6 +69,17 @@ build() {
     ls -l "$BENCH_DIR/A.so" "$BENCH_DIR/B.so"
 }
 
+build_bump() {
+    checkout HEAD
+    (cd "$src" && cargo update -q -p "$BUMP_CRATE" --precise "$BUMP_FROM") \
+        || die "cannot move $BUMP_CRATE to $BUMP_FROM"
+    build_lib A
+    checkout HEAD
+    build_lib B
+    echo "A = HEAD with $BUMP_CRATE $BUMP_FROM, B = HEAD ($(grep -A1 "^name = \"$BUMP_CRATE\"$" "$REPO/Cargo.lock" | sed -n 's/version = //p'))"
+    ls -l "$BENCH_DIR/A.so" "$BENCH_DIR/B.so"
+}
+
 build_commits() {
     [ $# -eq 2 ] || die "build-commits needs OLD and NEW"
     checkout "$1"
@@ -92,7 +111,7 @@ timed() {
 # `apply-vec` = `apply` into a Vec, then one write.
 apply_runs() {
     for mode in apply apply-vec; do
-        for f in bsdiff-zstd zstd-patch-from; do
+        for f in $FORMATS; do
             rm -f "$f.out"
             timed "$mode-$f" "$tool" "$mode" "$f" A.so "$f.patch" "$1" "$f.out"
             cmp -s "$f.out" B.so || die "$mode $f did not reproduce B.so"
@@ -102,7 +121,7 @@ apply_runs() {
 
 # report_apply SIZE: the apply lines of the table.
 report_apply() {
-    for f in bsdiff-zstd zstd-patch-from; do
+    for f in $FORMATS; do
         for mode in apply apply-vec; do
             echo "$f $mode: $(stats "$mode-$f.secs") s, max RSS $(stats "$mode-$f.rss") KiB" \
                 "= $(awk "BEGIN { printf \"%.2f\", $(sort -n "$mode-$f.rss" | tail -1) * 1024 / $1 }")× library (worst run)"
@@ -128,7 +147,7 @@ measure() {
     i=0
     # Interleaved (A B A B …) so machine noise hits both formats alike.
     while [ "$i" -lt "$RUNS" ]; do
-        for f in bsdiff-zstd zstd-patch-from; do
+        for f in $FORMATS; do
             timed "create-$f" "$tool" create "$f" A.so B.so "$f.patch"
         done
         apply_runs "$size"
@@ -137,7 +156,7 @@ measure() {
     echo "date: $(date -I); runs: $RUNS; $(nproc) cores"
     echo "full build B.so:              $size bytes (A.so: $(wc -c < A.so))"
     echo "zstd -$PUBLISH_ZSTD_LEVEL full build:        $zsize bytes"
-    for f in bsdiff-zstd zstd-patch-from; do
+    for f in $FORMATS; do
         p=$(wc -c < "$f.patch")
         echo "$f patch:  $p bytes = $(awk "BEGIN { printf \"%.2f\", 100 * $p / $zsize }")% of zstd full"
         echo "  create: $(stats "create-$f.secs") s, max RSS $(stats "create-$f.rss") KiB"
@@ -147,7 +166,7 @@ measure() {
 
 measure_apply() {
     build_tool
-    for f in bsdiff-zstd zstd-patch-from; do
+    for f in $FORMATS; do
         [ -f "$f.patch" ] || die "no $f.patch; run 'bench/delta.sh measure' first"
     done
     rm -f ./apply*.secs ./apply*.rss
@@ -165,10 +184,11 @@ main() {
     case "${1:-all}" in
         build) build ;;
         build-commits) shift; build_commits "$@" ;;
+        build-bump) build_bump ;;
         measure) measure ;;
         measure-apply) measure_apply ;;
         all) build && measure ;;
-        *) echo "usage: bench/delta.sh [build|build-commits OLD NEW|measure|measure-apply|all]" >&2; exit 64 ;;
+        *) echo "usage: bench/delta.sh [build|build-commits OLD NEW|build-bump|measure|measure-apply|all]" >&2; exit 64 ;;
     esac
 }
 

@@ -1,7 +1,7 @@
 //! Command-line driver for the delta benchmark (`bench/delta.sh`).
 //!
 //! ```text
-//! deltatool create FORMAT BASE NEW OUT            # FORMAT: bsdiff-zstd | zstd-patch-from
+//! deltatool create FORMAT BASE NEW OUT            # FORMAT: bsdiff-zstd | zstd-patch-from | elf-x86-64-bsdiff-zstd
 //! deltatool apply FORMAT BASE PATCH SIZE OUT      # `apply_to`, streaming into a BufWriter<File>
 //! deltatool apply-vec FORMAT BASE PATCH SIZE OUT  # `apply` into a Vec, then one write
 //! deltatool zstd LEVEL IN OUT                     # the full build, as `release publish` stores it
@@ -44,7 +44,10 @@ fn format(name: &str) -> anyhow::Result<DeltaFormat> {
     Ok(match name {
         "bsdiff-zstd" => DeltaFormat::BsdiffZstd,
         "zstd-patch-from" => DeltaFormat::ZstdPatchFrom,
-        _ => bail!("unknown format {name:?}; use bsdiff-zstd or zstd-patch-from"),
+        "elf-x86-64-bsdiff-zstd" => DeltaFormat::ElfX86BsdiffZstd,
+        _ => bail!(
+            "unknown format {name:?}; use bsdiff-zstd, zstd-patch-from or elf-x86-64-bsdiff-zstd"
+        ),
     })
 }
 

@@ -13,16 +13,13 @@ use std::io::{self, BufReader, Read};
 use crate::output::{CHUNK, Output};
 use crate::{DeltaError, DeltaFormat, WINDOW_TOO_LARGE, bsdiff_window_log};
 
-const FORMAT: DeltaFormat = DeltaFormat::BsdiffZstd;
-
-pub(crate) fn create(base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
+/// Makes the patch; `format` is the one named in errors (`crate::exec`
+/// wraps this format).
+pub(crate) fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
     let mut stream = Vec::with_capacity(new.len() + new.len() / 16 + 64);
-    bsdiff::diff(base, new, &mut stream).map_err(|source| DeltaError::Diff {
-        format: FORMAT,
-        source,
-    })?;
+    bsdiff::diff(base, new, &mut stream).map_err(|source| DeltaError::Diff { format, source })?;
     crate::compress(
-        FORMAT,
+        format,
         &stream,
         &[],
         bsdiff_window_log(new.len() as u64),
@@ -30,20 +27,46 @@ pub(crate) fn create(base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
     )
 }
 
+/// What a patch is applied to: the base build's bytes, or a view of them
+/// (`crate::exec` reads a normalised base through an overlay instead of a
+/// copy).
+pub(crate) trait Base {
+    /// Length in bytes.
+    fn len(&self) -> usize;
+    /// Copies `out.len()` bytes from `at` into `out`; the caller checked
+    /// that they lie within [`Base::len`].
+    fn read_into(&self, at: usize, out: &mut [u8]);
+}
+
+impl Base for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn read_into(&self, at: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self[at..at + out.len()]);
+    }
+}
+
 /// Streams the patched build into `out` (which bounds and counts it); the
-/// memory is the zstd window, a 64 KiB read buffer and one [`CHUNK`].
-pub(crate) fn apply(base: &[u8], patch: &[u8], out: &mut Output<'_>) -> Result<(), DeltaError> {
+/// memory is the zstd window, a 64 KiB read buffer and two [`CHUNK`]s.
+pub(crate) fn apply<B: Base + ?Sized>(
+    format: DeltaFormat,
+    base: &B,
+    patch: &[u8],
+    out: &mut Output<'_>,
+) -> Result<(), DeltaError> {
     let window_log = bsdiff_window_log(out.size() as u64);
-    let mut decoder =
-        zstd::stream::read::Decoder::with_buffer(patch).map_err(|e| io_error(e, window_log))?;
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(patch)
+        .map_err(|e| io_error(format, e, window_log))?;
     decoder
         .window_log_max(window_log)
-        .map_err(|e| io_error(e, window_log))?;
+        .map_err(|e| io_error(format, e, window_log))?;
     // Control entries are 24 bytes; buffer so they are not decoded piecemeal.
     let mut reader = BufReader::with_capacity(CHUNK, decoder);
-    bspatch(base, &mut reader, out).map_err(|e| match e {
+    bspatch(format, base, &mut reader, out).map_err(|e| match e {
         Error::Delta(e) => e,
-        Error::Io(e) => io_error(e, window_log),
+        Error::Io(e) => io_error(format, e, window_log),
     })
 }
 
@@ -64,28 +87,28 @@ impl From<DeltaError> for Error {
     }
 }
 
-fn corrupt(reason: &str) -> Error {
+fn corrupt(format: DeltaFormat, reason: &str) -> Error {
     Error::Delta(DeltaError::Corrupt {
-        format: FORMAT,
+        format,
         reason: reason.to_owned(),
     })
 }
 
-fn io_error(e: io::Error, window_log: u32) -> DeltaError {
+fn io_error(format: DeltaFormat, e: io::Error, window_log: u32) -> DeltaError {
     if e.to_string().contains(WINDOW_TOO_LARGE) {
         DeltaError::TooLarge {
-            format: FORMAT,
+            format,
             what: "zstd window",
             limit: 1 << window_log,
         }
     } else if e.kind() == io::ErrorKind::UnexpectedEof {
         DeltaError::Corrupt {
-            format: FORMAT,
+            format,
             reason: "truncated".to_owned(),
         }
     } else {
         DeltaError::Corrupt {
-            format: FORMAT,
+            format,
             reason: e.to_string(),
         }
     }
@@ -95,17 +118,23 @@ fn io_error(e: io::Error, window_log: u32) -> DeltaError {
 /// its declared size nor accepting more than size + 1 control entries (see
 /// the crate docs for why that bound is sound). Output goes out in chunks of
 /// at most [`CHUNK`] bytes as it is produced; nothing is kept.
-fn bspatch(base: &[u8], patch: &mut impl Read, out: &mut Output<'_>) -> Result<(), Error> {
+fn bspatch<B: Base + ?Sized>(
+    format: DeltaFormat,
+    base: &B,
+    patch: &mut impl Read,
+    out: &mut Output<'_>,
+) -> Result<(), Error> {
     let mut chunk = vec![0u8; CHUNK.min(out.size())];
+    let mut old = vec![0u8; chunk.len()];
     let max_entries = out.size() as u64 + 1;
     let mut entries = 0u64;
     let mut base_pos = 0usize;
     let mut control = [0u8; 24];
-    while read_control(patch, &mut control)? {
+    while read_control(format, patch, &mut control)? {
         entries += 1;
         if entries > max_entries {
             return Err(Error::Delta(DeltaError::TooLarge {
-                format: FORMAT,
+                format,
                 what: "control entries",
                 limit: max_entries,
             }));
@@ -123,19 +152,28 @@ fn bspatch(base: &[u8], patch: &mut impl Read, out: &mut Output<'_>) -> Result<(
         }
         // Both are ≤ room ≤ the declared size, a usize.
         let (mix_len, copy_len) = (mix_len as usize, copy_len as usize);
-        let old = base
-            .get(base_pos..)
-            .and_then(|rest| rest.get(..mix_len))
-            .ok_or_else(|| corrupt("a control entry reads past the end of the base"))?;
+        if base_pos
+            .checked_add(mix_len)
+            .is_none_or(|end| end > base.len())
+        {
+            return Err(corrupt(
+                format,
+                "a control entry reads past the end of the base",
+            ));
+        }
         // Every piece is ≤ mix_len or copy_len ≤ the declared size, and
-        // ≤ CHUNK, so it fits `chunk`.
-        for old in old.chunks(CHUNK) {
-            let diff = &mut chunk[..old.len()];
+        // ≤ CHUNK, so it fits `chunk` and `old`.
+        let mut done = 0;
+        while done < mix_len {
+            let len = (mix_len - done).min(CHUNK);
+            let (diff, old) = (&mut chunk[..len], &mut old[..len]);
             patch.read_exact(diff)?;
-            for (n, o) in diff.iter_mut().zip(old) {
+            base.read_into(base_pos + done, old);
+            for (n, o) in diff.iter_mut().zip(old.iter()) {
                 *n = n.wrapping_add(*o);
             }
             out.write(diff)?;
+            done += len;
         }
         let mut left = copy_len;
         while left > 0 {
@@ -145,7 +183,8 @@ fn bspatch(base: &[u8], patch: &mut impl Read, out: &mut Output<'_>) -> Result<(
             left -= extra.len();
         }
         // Sign-magnitude, as bsdiff writes it.
-        let magnitude = i64::try_from(seek & !(1 << 63)).map_err(|_| corrupt("bad seek"))?;
+        let magnitude =
+            i64::try_from(seek & !(1 << 63)).map_err(|_| corrupt(format, "bad seek"))?;
         let seek = if seek >> 63 == 1 {
             -magnitude
         } else {
@@ -155,18 +194,22 @@ fn bspatch(base: &[u8], patch: &mut impl Read, out: &mut Output<'_>) -> Result<(
             .ok()
             .and_then(|pos| pos.checked_add(seek))
             .and_then(|pos| usize::try_from(pos).ok())
-            .ok_or_else(|| corrupt("a control entry seeks before the start of the base"))?;
+            .ok_or_else(|| corrupt(format, "a control entry seeks before the start of the base"))?;
     }
     Ok(())
 }
 
 /// Reads one 24-byte control entry; `false` on a clean end of the stream.
-fn read_control(patch: &mut impl Read, control: &mut [u8; 24]) -> Result<bool, Error> {
+fn read_control(
+    format: DeltaFormat,
+    patch: &mut impl Read,
+    control: &mut [u8; 24],
+) -> Result<bool, Error> {
     let mut filled = 0;
     while filled < control.len() {
         match patch.read(&mut control[filled..]) {
             Ok(0) if filled == 0 => return Ok(false),
-            Ok(0) => return Err(corrupt("truncated control entry")),
+            Ok(0) => return Err(corrupt(format, "truncated control entry")),
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
@@ -178,6 +221,8 @@ fn read_control(patch: &mut impl Read, control: &mut [u8; 24]) -> Result<bool, E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FORMAT: DeltaFormat = DeltaFormat::BsdiffZstd;
 
     fn entry(mix: u64, copy: u64, seek: i64) -> Vec<u8> {
         let seek = if seek < 0 {
@@ -194,9 +239,9 @@ mod tests {
     fn run(base: &[u8], stream: &[u8], new_size: usize) -> Result<Vec<u8>, DeltaError> {
         let mut sink = Vec::new();
         let mut out = Output::new(FORMAT, &mut sink, new_size);
-        bspatch(base, &mut &stream[..], &mut out).map_err(|e| match e {
+        bspatch(FORMAT, base, &mut &stream[..], &mut out).map_err(|e| match e {
             Error::Delta(e) => e,
-            Error::Io(e) => io_error(e, 20),
+            Error::Io(e) => io_error(FORMAT, e, 20),
         })?;
         out.finish()?;
         Ok(sink)
@@ -239,7 +284,7 @@ mod tests {
         .concat();
         let mut sink = Largest(Vec::new(), 0);
         let mut out = Output::new(FORMAT, &mut sink, mix + copy);
-        assert!(bspatch(&base, &mut &stream[..], &mut out).is_ok());
+        assert!(bspatch(FORMAT, &base[..], &mut &stream[..], &mut out).is_ok());
         out.finish().unwrap();
         let expected: Vec<u8> = base.iter().map(|b| b + 1).chain(vec![7; copy]).collect();
         assert!(sink.0 == expected);

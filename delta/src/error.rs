@@ -43,6 +43,17 @@ pub enum DeltaError {
         /// What was wrong, for the log.
         reason: String,
     },
+    /// The inputs are not what the format handles: for
+    /// `elf-x86-64-bsdiff-zstd`, a base or new build that is not an x86-64
+    /// ELF file with a layout the normalisation can rebuild exactly. When
+    /// making patches another format is taken; when applying, the full build.
+    #[error("{format:?} does not apply to these builds: {reason}")]
+    NotApplicable {
+        /// Format of the patch.
+        format: DeltaFormat,
+        /// What is wrong with the input, for the log.
+        reason: &'static str,
+    },
     /// zstd compression failed while making a patch.
     #[error("compressing the {format:?} patch failed: {reason}")]
     Compress {

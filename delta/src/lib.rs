@@ -1,6 +1,6 @@
 //! Binary deltas between two builds of the agent library (docs/updates.md).
 //!
-//! Two formats, named in the manifest by [`DeltaFormat`]:
+//! Three formats, named in the manifest by [`DeltaFormat`]:
 //!
 //! - **`bsdiff-zstd`**: the patch stream of the `bsdiff` crate (no header; a
 //!   sequence of 24-byte control entries `mix_len, copy_len, seek` as
@@ -11,6 +11,17 @@
 //! - **`zstd-patch-from`**: one zstd frame of the new build, compressed with
 //!   the base build as raw-content reference prefix, long-distance matching
 //!   on, and a window covering base + new.
+//! - **`elf-x86-64-bsdiff-zstd`**: a table of labels and a `bsdiff-zstd`
+//!   patch between the two builds after their branch and RIP-relative
+//!   displacements were replaced by labels of their targets (matched
+//!   across the builds) and their relative relocations and unwind search
+//!   table were difference-coded, so that code that moved does not change
+//!   them (`exec.rs` has the rules and the layout). Applying rewrites the
+//!   base the same way, patches, and maps the labels back on the result. Only for x86-64 ELF
+//!   builds: [`create_smallest`] skips it for anything else
+//!   ([`DeltaError::NotApplicable`]). Clients released before it know it as
+//!   [`DeltaFormat::Unknown`], so publishers offer it beside an older format
+//!   (docs/updates.md).
 //!
 //! Blobs are exactly what is stored and served. This crate does no file I/O:
 //! [`apply_to`] writes to the caller's writer, [`apply`] into a `Vec`.
@@ -37,6 +48,13 @@
 //!   window limit set to [`patch_from_window_log`] of the sizes and a frame
 //!   declaring more content than `new_size` refused up front. Memory: base +
 //!   patch + ≈ new, so this format cannot be applied below ≈ 2× the build.
+//! - `elf-x86-64-bsdiff-zstd` reads the base through an overlay of its
+//!   normalised words (8 bytes per rewritten word) and holds the whole new
+//!   build (it must be rewritten back before any of it is written), with a
+//!   label table and edits of a few bytes per field, all bounded by the base
+//!   length and `new_size`, on top of `bsdiff-zstd`'s buffers. Memory: the
+//!   base, the patch, the new build and ≈ 24 bytes per field, ≈ 3× the
+//!   build.
 //! - Declared sizes above [`MAX_SIZE`] are refused up front.
 //!
 //! [`apply`] adds a `Vec` of `new_size` bytes to that.
@@ -46,6 +64,7 @@
 
 mod bsdiff_zstd;
 mod error;
+mod exec;
 mod output;
 mod patch_from;
 
@@ -73,8 +92,19 @@ pub const BSDIFF_MAX_WINDOW_LOG: u32 = 20;
 /// zstd's message when a frame's window exceeds `WindowLogMax`.
 const WINDOW_TOO_LARGE: &str = "Frame requires too much memory for decoding";
 
-/// Formats [`create_smallest`] tries, in order of preference on a tie.
-pub const SUPPORTED: [DeltaFormat; 2] = [DeltaFormat::BsdiffZstd, DeltaFormat::ZstdPatchFrom];
+/// Formats this build can make and apply, and the order [`create_smallest`]
+/// prefers them in on a tie.
+pub const SUPPORTED: [DeltaFormat; 3] = [
+    DeltaFormat::BsdiffZstd,
+    DeltaFormat::ZstdPatchFrom,
+    DeltaFormat::ElfX86BsdiffZstd,
+];
+
+/// The formats every released client can apply: those of the first release
+/// with deltas. A manifest's `deltas` map offers only these, so clients that
+/// predate a newer format still find a delta they know
+/// (`outrider_signing::Target::more_deltas`).
+pub const FIRST_FORMATS: [DeltaFormat; 2] = [DeltaFormat::BsdiffZstd, DeltaFormat::ZstdPatchFrom];
 
 /// Makes a patch from `base` to `new` in `format`, already compressed (the
 /// blob as stored and served).
@@ -92,8 +122,9 @@ pub fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, D
         check_size(format, len as u64)?;
     }
     let blob = match format {
-        DeltaFormat::BsdiffZstd => bsdiff_zstd::create(base, new)?,
+        DeltaFormat::BsdiffZstd => bsdiff_zstd::create(format, base, new)?,
         DeltaFormat::ZstdPatchFrom => patch_from::create(base, new)?,
+        DeltaFormat::ElfX86BsdiffZstd => exec::create(base, new)?,
         DeltaFormat::Unknown => return Err(DeltaError::UnknownFormat(format)),
     };
     match apply(format, base, &blob, new.len() as u64) {
@@ -109,29 +140,57 @@ pub fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, D
     }
 }
 
-/// Makes every supported format and returns the smallest as `(format, blob)`.
+/// Makes each of `formats` and returns the smallest as `(format, blob)`.
 ///
 /// The caller keeps it only if it is smaller than the zstd-compressed full
-/// build.
+/// build. A format that does not apply to these builds
+/// ([`DeltaError::NotApplicable`], e.g. `elf-x86-64-bsdiff-zstd` for
+/// anything but an x86-64 ELF file) is skipped.
 ///
-/// Only size decides: `bsdiff-zstd` is also the format that is cheaper to
+/// Only size decides: `bsdiff-zstd` is also the format that is cheapest to
 /// apply (base + ≈ 1.5 MiB through [`apply_to`], against base + ≈ new for
-/// `zstd-patch-from`; see the crate docs), and it is first on a tie, but a
-/// smaller `zstd-patch-from` blob still wins.
+/// `zstd-patch-from` and ≈ base + new + an overlay for
+/// `elf-x86-64-bsdiff-zstd`; see the crate docs), and earlier formats win a tie, but a smaller blob in
+/// another format still wins.
 ///
 /// # Errors
 ///
-/// As [`create`], for whichever format fails first.
-pub fn create_smallest(base: &[u8], new: &[u8]) -> Result<(DeltaFormat, Vec<u8>), DeltaError> {
+/// As [`create`], for whichever format fails first other than by not
+/// applying; [`DeltaError::NotApplicable`] if none of `formats` applies.
+pub fn create_smallest(
+    formats: &[DeltaFormat],
+    base: &[u8],
+    new: &[u8],
+) -> Result<(DeltaFormat, Vec<u8>), DeltaError> {
     let mut best: Option<(DeltaFormat, Vec<u8>)> = None;
-    for format in SUPPORTED {
-        let blob = create(format, base, new)?;
+    let mut skipped = None;
+    for &format in formats {
+        let blob = match create(format, base, new) {
+            Ok(blob) => blob,
+            Err(e) if skips(&e) => {
+                skipped = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if best.as_ref().is_none_or(|(_, b)| blob.len() < b.len()) {
             best = Some((format, blob));
         }
     }
-    // SUPPORTED is a non-empty constant, so the loop set `best`.
-    Ok(best.expect("SUPPORTED is not empty"))
+    best.ok_or_else(|| {
+        skipped.unwrap_or(DeltaError::NotApplicable {
+            format: DeltaFormat::Unknown,
+            reason: "no delta format was asked for",
+        })
+    })
+}
+
+/// Whether [`create_smallest`] goes on without a format that failed with
+/// `error`: only when the format does not apply to the inputs. Every other
+/// failure (a self-check that did not round-trip, zstd failing) is a bug or
+/// a broken machine the publisher must see.
+fn skips(error: &DeltaError) -> bool {
+    matches!(error, DeltaError::NotApplicable { .. })
 }
 
 /// Applies a patch blob to `base`, producing exactly `new_size` bytes.
@@ -195,8 +254,9 @@ pub fn apply_to(
     let new_size = check_inputs(format, base, new_size)?;
     let mut output = Output::new(format, out, new_size);
     match format {
-        DeltaFormat::BsdiffZstd => bsdiff_zstd::apply(base, patch, &mut output)?,
+        DeltaFormat::BsdiffZstd => bsdiff_zstd::apply(format, base, patch, &mut output)?,
         DeltaFormat::ZstdPatchFrom => patch_from::apply(base, patch, &mut output)?,
+        DeltaFormat::ElfX86BsdiffZstd => exec::apply(base, patch, &mut output)?,
         DeltaFormat::Unknown => return Err(DeltaError::UnknownFormat(format)),
     }
     output.finish()
@@ -309,6 +369,72 @@ mod tests {
             matches!(err, DeltaError::TooLarge { what: "input", .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn only_a_format_that_does_not_apply_is_skipped() {
+        let format = DeltaFormat::ElfX86BsdiffZstd;
+        let io = || std::io::Error::other("disk");
+        let table: [(DeltaError, bool); 7] = [
+            (
+                DeltaError::NotApplicable {
+                    format,
+                    reason: "not an ELF file",
+                },
+                true,
+            ),
+            (
+                DeltaError::SelfCheck {
+                    format,
+                    source: None,
+                },
+                false,
+            ),
+            (
+                DeltaError::Compress {
+                    format,
+                    reason: "x".into(),
+                },
+                false,
+            ),
+            (
+                DeltaError::Diff {
+                    format,
+                    source: io(),
+                },
+                false,
+            ),
+            (
+                DeltaError::TooLarge {
+                    format,
+                    what: "input",
+                    limit: 1,
+                },
+                false,
+            ),
+            (DeltaError::UnknownFormat(DeltaFormat::Unknown), false),
+            (
+                DeltaError::Corrupt {
+                    format,
+                    reason: "x".into(),
+                },
+                false,
+            ),
+        ];
+        for (error, expected) in table {
+            assert_eq!(skips(&error), expected, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn create_smallest_skips_the_elf_format_for_other_files() {
+        let base = b"not an executable, just some bytes".repeat(20);
+        let mut new = base.clone();
+        new[7] = b'X';
+        let (format, _) = create_smallest(&SUPPORTED, &base, &new).unwrap();
+        assert_ne!(format, DeltaFormat::ElfX86BsdiffZstd);
+        let err = create_smallest(&[DeltaFormat::ElfX86BsdiffZstd], &base, &new).unwrap_err();
+        assert!(matches!(err, DeltaError::NotApplicable { .. }), "{err:?}");
     }
 
     #[test]

@@ -98,8 +98,21 @@ pub struct Target {
     /// Patches that turn an older library into this one, keyed by the
     /// SHA-256 of the *uncompressed base library*. Optional: a client
     /// without a matching base (or whose patch fails) takes `artifact`.
+    ///
+    /// Only formats every released client knows go here (see
+    /// [`Target::more_deltas`]): a client that finds a format it does not
+    /// know reads it as [`DeltaFormat::Unknown`] and takes `artifact`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deltas: BTreeMap<Sha256, Delta>,
+    /// More patches to this build, keyed like [`Target::deltas`], in formats
+    /// newer than the first release's (e.g.
+    /// [`DeltaFormat::ElfX86BsdiffZstd`]). Clients released before this
+    /// field keep it among the unknown fields and use `deltas`, so a
+    /// publisher offers a new format here *beside* a `deltas` entry every
+    /// client can apply; newer clients take the smallest of both that they
+    /// know.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub more_deltas: BTreeMap<Sha256, Vec<Delta>>,
     /// Staged rollout; absent means every client takes this build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
@@ -118,7 +131,7 @@ pub struct Target {
 
 impl ReleaseManifest {
     /// Every blob this manifest references, with its declared size: each
-    /// target's artifact, previous build, stub and deltas. The release store
+    /// target's artifact, previous build, stub, deltas and more deltas. The release store
     /// requires them all before accepting the manifest; an export copies them.
     ///
     /// The stub is referenced twice: zstd-compressed (what stubs download to
@@ -135,6 +148,13 @@ impl ReleaseManifest {
                 .chain(target.stub.as_ref());
             out.extend(artifacts.map(|a| (a.zstd_sha256, a.zstd_size)));
             out.extend(target.deltas.values().map(|d| (d.sha256, d.size)));
+            out.extend(
+                target
+                    .more_deltas
+                    .values()
+                    .flatten()
+                    .map(|d| (d.sha256, d.size)),
+            );
         }
         out
     }
@@ -164,6 +184,7 @@ impl Target {
             abi_major,
             artifact,
             deltas: BTreeMap::new(),
+            more_deltas: BTreeMap::new(),
             rollout: None,
             previous: None,
             stub: None,
@@ -206,6 +227,13 @@ pub enum DeltaFormat {
     /// zstd "patch-from": the new library compressed with the base library
     /// as reference prefix (long-distance matching, window ≥ sizes).
     ZstdPatchFrom,
+    /// bsdiff+zstd of x86-64 ELF builds whose branch and RIP-relative
+    /// displacements were first replaced by labels matched across the builds
+    /// and whose relocation and unwind tables were difference-coded, so code
+    /// that moves costs little (`delta/src/exec.rs` in outrider-delta).
+    /// Clients released before it parse it as [`DeltaFormat::Unknown`].
+    #[serde(rename = "elf-x86-64-bsdiff-zstd")]
+    ElfX86BsdiffZstd,
     /// A format this verifier does not know; clients skip such deltas and
     /// take the full artifact, so new formats never break old clients.
     #[serde(other)]

@@ -11,8 +11,14 @@
 //! A manifest without `rollout` puts every client in the cohort; that is
 //! also how an operator rollback reaches everyone: a higher sequence whose
 //! target is the older build.
+//!
+//! Which delta: of the target's `deltas` and `more_deltas` entries for the
+//! client's build, the smallest in a format the client can apply
+//! ([`pick_delta`]). Clients released before `more_deltas` existed see only
+//! `deltas`, which publishers fill with formats every client knows, so a
+//! newer format never costs an older client its delta.
 
-use outrider_signing::{Artifact, Delta, DeltaFormat, Sha256, VerifiedManifest};
+use outrider_signing::{Artifact, Delta, DeltaFormat, Sha256, Target, VerifiedManifest};
 
 use crate::UpdateError;
 
@@ -51,11 +57,25 @@ pub enum Plan {
     Install(Install),
 }
 
-/// Decides, per the table in the module docs.
+/// Decides, per the table in the module docs, for a client that applies the
+/// delta formats of this build ([`outrider_delta::SUPPORTED`]).
 ///
 /// Fails when the manifest has no build for `client.triple` or its build
 /// speaks another ABI major.
 pub fn plan(manifest: &VerifiedManifest, client: &ClientView<'_>) -> Result<Plan, UpdateError> {
+    plan_with_formats(manifest, client, &outrider_delta::SUPPORTED)
+}
+
+/// [`plan`] for a client that can apply only `formats`.
+///
+/// # Errors
+///
+/// As [`plan`].
+pub fn plan_with_formats(
+    manifest: &VerifiedManifest,
+    client: &ClientView<'_>,
+    formats: &[DeltaFormat],
+) -> Result<Plan, UpdateError> {
     let target = manifest
         .manifest
         .targets
@@ -93,8 +113,7 @@ pub fn plan(manifest: &VerifiedManifest, client: &ClientView<'_>) -> Result<Plan
     }
     let delta = client
         .current
-        .and_then(|base| target.deltas.get(&base))
-        .filter(|d| d.format != DeltaFormat::Unknown)
+        .and_then(|base| pick_delta(target, &base, formats))
         .cloned();
     Ok(Plan::Install(Install {
         version: target.version.clone(),
@@ -103,13 +122,28 @@ pub fn plan(manifest: &VerifiedManifest, client: &ClientView<'_>) -> Result<Plan
     }))
 }
 
+/// The smallest delta from `base` to `target` in one of `formats`: the
+/// `deltas` entry first, then `more_deltas` in order, the earliest winning a
+/// tie. [`DeltaFormat::Unknown`] (a format newer than this client) is never
+/// picked, whatever `formats` says.
+pub fn pick_delta<'t>(
+    target: &'t Target,
+    base: &Sha256,
+    formats: &[DeltaFormat],
+) -> Option<&'t Delta> {
+    let offered = target.deltas.get(base).into_iter();
+    let more = target.more_deltas.get(base).into_iter().flatten();
+    offered
+        .chain(more)
+        .filter(|d| d.format != DeltaFormat::Unknown && formats.contains(&d.format))
+        .reduce(|best, d| if d.size < best.size { d } else { best })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
-    use outrider_signing::{
-        PreviousBuild, ReleaseManifest, Rollout, Target, rollout_bucket, sha256,
-    };
+    use outrider_signing::{PreviousBuild, ReleaseManifest, Rollout, rollout_bucket, sha256};
 
     use super::*;
 
@@ -211,6 +245,98 @@ mod tests {
             panic!()
         };
         assert_eq!(i.delta, None);
+    }
+
+    /// A manifest as a publisher of this build writes it, offering all three
+    /// formats from build 1: `bsdiff-zstd` in `deltas` (every client knows
+    /// it), `zstd-patch-from` and the smaller `elf-x86-64-bsdiff-zstd` in
+    /// `more_deltas`, plus one from a format newer than this client.
+    fn all_three() -> VerifiedManifest {
+        let base = artifact(1).sha256;
+        let delta = |format: &str, n: u8, size: u64| serde_json::json!({"format": format, "sha256": sha256(&[n]), "size": size});
+        let target = serde_json::json!({
+            "version": "2", "abi_major": 1, "artifact": artifact(2),
+            "deltas": {base.to_string(): delta("bsdiff-zstd", 10, 500)},
+            "more_deltas": {base.to_string(): [
+                delta("zstd-patch-from", 11, 520),
+                delta("elf-x86-64-bsdiff-zstd", 12, 200),
+                delta("from-the-future", 13, 50),
+            ]},
+        });
+        manifest(serde_json::from_value(target).unwrap())
+    }
+
+    /// The format and size of the delta a client that applies `formats` picks.
+    type Picked = Option<(DeltaFormat, u64)>;
+
+    fn picked(m: &VerifiedManifest, formats: &[DeltaFormat]) -> Picked {
+        let client = view(None, Some(artifact(1).sha256));
+        let Plan::Install(i) = plan_with_formats(m, &client, formats).unwrap() else {
+            panic!()
+        };
+        assert_eq!(i.artifact, artifact(2));
+        i.delta.map(|d| (d.format, d.size))
+    }
+
+    #[test]
+    fn a_manifest_offering_three_formats_gives_each_client_one_it_knows() {
+        use DeltaFormat::{BsdiffZstd, ElfX86BsdiffZstd, ZstdPatchFrom};
+        let m = all_three();
+        let table: [(&[DeltaFormat], Picked); 5] = [
+            // This build: the smallest it can apply; the future one is Unknown.
+            (&outrider_delta::SUPPORTED, Some((ElfX86BsdiffZstd, 200))),
+            // A client of the first release with deltas: what `deltas` offers.
+            (&outrider_delta::FIRST_FORMATS, Some((BsdiffZstd, 500))),
+            (&[ZstdPatchFrom], Some((ZstdPatchFrom, 520))),
+            (&[BsdiffZstd, ZstdPatchFrom], Some((BsdiffZstd, 500))),
+            // A client that applies no delta at all takes the full build.
+            (&[], None),
+        ];
+        for (formats, expected) in table {
+            assert_eq!(picked(&m, formats), expected, "{formats:?}");
+        }
+        assert_eq!(
+            plan(&m, &view(None, Some(artifact(1).sha256))).unwrap(),
+            plan_with_formats(
+                &m,
+                &view(None, Some(artifact(1).sha256)),
+                &outrider_delta::SUPPORTED
+            )
+            .unwrap()
+        );
+    }
+
+    /// What a stub released before `more_deltas` and the ELF format does
+    /// with the same manifest: its `Target` has no `more_deltas`, so the
+    /// field lands among the unknown fields, and its plan reads `deltas`
+    /// only, through the filter it shipped with (known, not `Unknown`).
+    #[test]
+    fn a_stub_from_before_the_elf_format_still_finds_its_delta() {
+        let m = all_three();
+        let mut old = serde_json::to_value(&m.manifest.targets["x86_64-linux"]).unwrap();
+        let more = old.as_object_mut().unwrap().remove("more_deltas").unwrap();
+        let mut old: Target = serde_json::from_value(old).unwrap();
+        old.extra.insert("more_deltas".into(), more);
+        let base = artifact(1).sha256;
+        let first_release = old
+            .deltas
+            .get(&base)
+            .filter(|d| d.format != DeltaFormat::Unknown);
+        assert_eq!(
+            first_release.map(|d| d.format),
+            Some(DeltaFormat::BsdiffZstd)
+        );
+        // Had the publisher put the ELF patch in `deltas`, that stub parses
+        // its format as Unknown (`serde(other)`) and takes the full build.
+        let unknown: Delta = serde_json::from_value(serde_json::json!(
+            {"format": "format-of-a-later-release", "sha256": sha256(b"x"), "size": 1}
+        ))
+        .unwrap();
+        assert_eq!(unknown.format, DeltaFormat::Unknown);
+        let mut target = Target::full("2".into(), 1, artifact(2));
+        target.deltas.insert(base, unknown);
+        let m = manifest(target);
+        assert_eq!(picked(&m, &outrider_delta::SUPPORTED), None);
     }
 
     #[test]

@@ -198,20 +198,18 @@ pub(super) fn rollback(client: &ApiClient, args: RollbackArgs) -> Result<()> {
         let delta = fetch_library(client, &good.artifact).and_then(|library| {
             make_delta(client, &bad.artifact, &library, good.artifact.zstd_size)
         });
-        let delta = match delta {
-            Ok(delta) => delta,
+        let patches = match delta {
+            Ok(patches) => patches,
             Err(e) => {
                 eprintln!(
                     "warning: no delta from {} to {}: {e:#}",
                     bad.version, good.version
                 );
-                None
+                Default::default()
             }
         };
         let mut target = rolled_back(&bad, &good);
-        if let Some(delta) = delta {
-            target.deltas.insert(bad.artifact.sha256, delta);
-        }
+        patches.add_to(&mut target, bad.artifact.sha256);
         next.targets.insert(triple.clone(), target);
     }
     signer.sign_and_put(client, &next)?;

@@ -10,9 +10,13 @@
 //! Deltas: for each of the last N distinct builds of this channel and triple
 //! (the server's manifest history), download its blob, check the zstd hash,
 //! decompress at most the declared size, check the library hash, and ask
-//! `outrider_delta` for the smallest patch to the new library. A patch is
-//! kept only if it is smaller than the new build's zstd blob; it is uploaded
-//! as a blob and listed under the *base library's* SHA-256. A base that
+//! `outrider_delta` for the smallest patch to the new library in a format
+//! every released client knows (`outrider_delta::FIRST_FORMATS`), and for
+//! the smallest in a newer format. A patch is kept only if it is smaller than
+//! the new build's zstd blob, and a newer-format one only if it is also
+//! smaller than the first (see [`offer`]); each is uploaded as a blob and
+//! listed under the *base library's* SHA-256, the first in `deltas`, the
+//! newer one in `more_deltas`, which older clients ignore. A base that
 //! cannot be fetched or checked is skipped with a warning: clients on it
 //! take the full build.
 
@@ -20,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
+use outrider_delta::{DeltaError, FIRST_FORMATS};
 use outrider_signing::{
     Artifact, Channel, Delta, DeltaFormat, PreviousBuild, ReleaseManifest, Rollout, Sha256, Target,
     host_triple, sha256,
@@ -127,7 +132,9 @@ pub(super) fn run(client: &ApiClient, args: PublishArgs) -> Result<()> {
         })
     };
     let mut new = Target::full(version.clone(), ABI_MAJOR, artifact.clone());
-    new.deltas = deltas;
+    for (base, patches) in deltas {
+        patches.add_to(&mut new, base);
+    }
     new.rollout = rollout;
 
     let base =
@@ -158,7 +165,11 @@ pub(super) fn run(client: &ApiClient, args: PublishArgs) -> Result<()> {
         ),
         (None, None) => {}
     }
-    for (base, delta) in &target.deltas {
+    let more = target
+        .more_deltas
+        .iter()
+        .flat_map(|(base, deltas)| deltas.iter().map(move |d| (base, d)));
+    for (base, delta) in target.deltas.iter().chain(more) {
         println!(
             "  delta     from {}  {:?}  {} bytes",
             &base.to_string()[..12],
@@ -199,7 +210,7 @@ fn deltas_from_recent(
     count: usize,
     library: &[u8],
     artifact: &Artifact,
-) -> Result<BTreeMap<Sha256, Delta>> {
+) -> Result<BTreeMap<Sha256, Patches>> {
     let builds = fetch_builds(client, channel, triple, count + 1)?;
     let mut deltas = BTreeMap::new();
     for build in builds
@@ -208,10 +219,10 @@ fn deltas_from_recent(
         .take(count)
     {
         match make_delta(client, &build.artifact, library, artifact.zstd_size) {
-            Ok(Some(delta)) => {
-                deltas.insert(build.artifact.sha256, delta);
+            Ok(patches) if !patches.is_empty() => {
+                deltas.insert(build.artifact.sha256, patches);
             }
-            Ok(None) => eprintln!(
+            Ok(_) => eprintln!(
                 "note: no delta from {}: it would not be smaller than the full build",
                 build.version
             ),
@@ -221,41 +232,109 @@ fn deltas_from_recent(
     Ok(deltas)
 }
 
-/// A patch from the build `base` to `new_library`, uploaded as a blob, or
-/// `None` if it is not smaller than `full_zstd_size`. Fails if the base
-/// cannot be fetched and checked, the patch cannot be made, or the upload
-/// fails.
+/// The patches from one base build offered to clients of the new one.
+#[derive(Debug, Default)]
+pub(super) struct Patches {
+    /// For `deltas`: a format every released client knows.
+    delta: Option<Delta>,
+    /// For `more_deltas`: a newer format, smaller still.
+    more: Option<Delta>,
+}
+
+impl Patches {
+    fn is_empty(&self) -> bool {
+        self.delta.is_none() && self.more.is_none()
+    }
+
+    /// Lists the patches in `target` under `base`.
+    pub(super) fn add_to(self, target: &mut Target, base: Sha256) {
+        if let Some(delta) = self.delta {
+            target.deltas.insert(base, delta);
+        }
+        if let Some(more) = self.more {
+            target.more_deltas.insert(base, vec![more]);
+        }
+    }
+}
+
+/// Which patches to offer, from the size of the smallest in a format every
+/// client knows, the size of the smallest in a newer format (if one
+/// applies), and the size of the full build's zstd blob: `(first, newer)`.
+/// A patch not smaller than the full build is never worth a download, and a
+/// newer one not smaller than the first is never worth a second blob.
+fn offer(first: u64, newer: Option<u64>, full: u64) -> (bool, bool) {
+    let newer = newer.is_some_and(|n| n < full && (n < first || first >= full));
+    (first < full, newer)
+}
+
+/// The patches from the build `base` to `new_library`, uploaded as blobs:
+/// those [`offer`] keeps. Fails if the base cannot be fetched and checked, a
+/// patch cannot be made, or an upload fails.
 pub(super) fn make_delta(
     client: &ApiClient,
     base: &Artifact,
     new_library: &[u8],
     full_zstd_size: u64,
-) -> Result<Option<Delta>> {
+) -> Result<Patches> {
     let base_library = fetch_library(client, base)?;
-    let (format, patch) = create_patch(&base_library, new_library)?;
-    if patch.len() as u64 >= full_zstd_size {
-        return Ok(None);
-    }
-    let sha = sha256(&patch);
-    client
-        .put_bytes(&format!("/api/v1/releases/blobs/{sha}"), &patch)
-        .context("uploading a delta")?;
-    Ok(Some(Delta {
-        format,
-        sha256: sha,
-        size: patch.len() as u64,
-    }))
-}
-
-/// The smallest patch `outrider_delta` can make from `base` to `new`, with
-/// the format it is encoded in.
-fn create_patch(base: &[u8], new: &[u8]) -> Result<(DeltaFormat, Vec<u8>)> {
-    outrider_delta::create_smallest(base, new).map_err(|e| anyhow!("making a delta: {e}"))
+    let first = outrider_delta::create_smallest(&FIRST_FORMATS, &base_library, new_library)
+        .map_err(|e| anyhow!("making a delta: {e}"))?;
+    let newer_formats: Vec<DeltaFormat> = outrider_delta::SUPPORTED
+        .into_iter()
+        .filter(|f| !FIRST_FORMATS.contains(f))
+        .collect();
+    let newer = match outrider_delta::create_smallest(&newer_formats, &base_library, new_library) {
+        Ok(newer) => Some(newer),
+        Err(DeltaError::NotApplicable { .. }) => None,
+        Err(e) => return Err(anyhow!("making a delta: {e}")),
+    };
+    let size = |blob: &Vec<u8>| blob.len() as u64;
+    let (keep_first, keep_newer) = offer(
+        size(&first.1),
+        newer.as_ref().map(|(_, b)| size(b)),
+        full_zstd_size,
+    );
+    let upload = |(format, patch): (DeltaFormat, Vec<u8>)| -> Result<Delta> {
+        let sha = sha256(&patch);
+        client
+            .put_bytes(&format!("/api/v1/releases/blobs/{sha}"), &patch)
+            .context("uploading a delta")?;
+        Ok(Delta {
+            format,
+            sha256: sha,
+            size: patch.len() as u64,
+        })
+    };
+    Ok(Patches {
+        delta: keep_first.then(|| upload(first)).transpose()?,
+        more: newer.filter(|_| keep_newer).map(upload).transpose()?,
+    })
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    #[test]
+    fn offers_a_newer_format_only_when_it_is_smaller_than_the_first() {
+        // (first, newer, full) → (first in `deltas`, newer in `more_deltas`)
+        let table = [
+            ((100, Some(60), 1000), (true, true)),
+            ((100, Some(100), 1000), (true, false)),
+            ((100, Some(150), 1000), (true, false)),
+            ((100, None, 1000), (true, false)),
+            ((1000, Some(600), 1000), (false, true)),
+            ((1200, Some(1000), 1000), (false, false)),
+            ((1000, None, 1000), (false, false)),
+        ];
+        for ((first, newer, full), expected) in table {
+            assert_eq!(
+                offer(first, newer, full),
+                expected,
+                "{first} {newer:?} {full}"
+            );
+        }
+    }
 
     pub(crate) fn artifact(tag: &str) -> Artifact {
         Artifact {

@@ -1,13 +1,21 @@
 //! Writes seed inputs for the `apply` target into `corpus/apply/`: real
 //! patches made by `outrider_delta::create` in both formats, in the
 //! target's input layout, so the fuzzer starts from valid zstd frames and
-//! bsdiff control streams instead of having to discover them.
+//! bsdiff control streams instead of having to discover them. Likewise for
+//! `apply_elf` into `corpus/apply_elf/`: ELF builds from the crate's test
+//! fixture (`delta/tests/it/elf.rs`) and their `elf-x86-64-bsdiff-zstd`
+//! patches.
 //!
 //! `cargo run --manifest-path delta/fuzz/Cargo.toml --example seeds`
 
 use outrider_signing::DeltaFormat;
 
+#[path = "../../tests/it/elf.rs"]
+#[allow(dead_code)]
+mod elf;
+
 fn main() {
+    elf_seeds();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/apply");
     std::fs::create_dir_all(&dir).expect("create corpus dir");
     let text: Vec<u8> = (0..200u32)
@@ -37,5 +45,27 @@ fn main() {
             input.extend_from_slice(&patch);
             std::fs::write(dir.join(format!("{name}-{selector}")), input).expect("write seed");
         }
+    }
+}
+
+/// Seeds for `apply_elf`: `[new_size: u16][base_len: u16][base][patch]`.
+fn elf_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/apply_elf");
+    std::fs::create_dir_all(&dir).expect("create corpus dir");
+    for (name, count, at, extra) in [
+        ("insert", 20, 3, &[7, 1][..]),
+        ("same", 12, 0, &[][..]),
+        ("append", 8, 8, &[30][..]),
+    ] {
+        let old = elf::Build::new(count, 42);
+        let (base, new) = (old.elf(), old.with_inserted(at, extra).elf());
+        let patch = outrider_delta::create(DeltaFormat::ElfX86BsdiffZstd, &base, &new)
+            .expect("create patch");
+        let mut input = Vec::new();
+        input.extend_from_slice(&u16::try_from(new.len()).expect("fits u16").to_le_bytes());
+        input.extend_from_slice(&u16::try_from(base.len()).expect("fits u16").to_le_bytes());
+        input.extend_from_slice(&base);
+        input.extend_from_slice(&patch);
+        std::fs::write(dir.join(name), input).expect("write seed");
     }
 }

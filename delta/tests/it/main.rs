@@ -4,8 +4,13 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
-use outrider_delta::{DeltaError, DeltaFormat, apply, apply_to, create, create_smallest};
+use outrider_delta::{
+    DeltaError, DeltaFormat, FIRST_FORMATS, apply, apply_to, create, create_smallest,
+};
 use proptest::prelude::*;
+
+mod elf;
+mod exec;
 
 const FORMATS: [DeltaFormat; 2] = [DeltaFormat::BsdiffZstd, DeltaFormat::ZstdPatchFrom];
 
@@ -75,7 +80,7 @@ fn round_trip_both_formats_and_the_patch_is_small() {
 #[test]
 fn create_smallest_picks_the_smaller_format() {
     let fx = fixture();
-    let (format, blob) = create_smallest(&fx.base, &fx.new).unwrap();
+    let (format, blob) = create_smallest(&FIRST_FORMATS, &fx.base, &fx.new).unwrap();
     let min = fx.patches.iter().map(|(_, p)| p.len()).min().unwrap();
     assert_eq!(blob.len(), min);
     assert_eq!(
@@ -363,7 +368,8 @@ fn apply_to_refuses_too_much_or_too_little_output() {
 fn any_format() -> impl Strategy<Value = DeltaFormat> {
     prop_oneof![
         Just(DeltaFormat::BsdiffZstd),
-        Just(DeltaFormat::ZstdPatchFrom)
+        Just(DeltaFormat::ZstdPatchFrom),
+        Just(DeltaFormat::ElfX86BsdiffZstd)
     ]
 }
 

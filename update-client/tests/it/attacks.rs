@@ -157,6 +157,58 @@ fn tampered_delta_falls_back_to_the_full_build() {
     assert_eq!(written(&repo), v2.library);
 }
 
+/// `elf-x86-64-bsdiff-zstd` end to end on x86-64 ELF builds (the fixture
+/// of `delta/tests/it/elf.rs`: a release that inserts functions, so most of
+/// the code moves), offered in `more_deltas`: a client of this build takes
+/// it and rebuilds the exact library; a tampered copy is refused by its hash
+/// before it is applied, and the client falls back to the full build.
+#[test]
+fn elf_delta_from_more_deltas_rebuilds_the_library_and_tampering_is_caught() {
+    let mut repo = Repo::new();
+    let old = crate::elf::Build::new(3000, 7);
+    let v1 = repo.store_build(old.elf());
+    let v2 = repo.store_build(old.with_inserted(100, &[4, 9]).elf());
+    let elf = repo.delta_in(DeltaFormat::ElfX86BsdiffZstd, &v1, &v2);
+    let mut target = Target::full("2".into(), 1, v2.artifact.clone());
+    target
+        .more_deltas
+        .insert(v1.artifact.sha256, vec![elf.clone()]);
+    repo.publish("stable", target);
+
+    let client = file_client(&repo);
+    let install = install_of(&client, &repo, Some(v1.artifact.sha256));
+    assert_eq!(install.delta.as_ref(), Some(&elf));
+    let fetched = client
+        .fetch(&install, Some(&v1.library), &dest(&repo))
+        .unwrap();
+    assert_eq!(fetched.via, Via::Delta(DeltaFormat::ElfX86BsdiffZstd));
+    assert!(
+        written(&repo) == v2.library,
+        "the ELF delta did not rebuild v2"
+    );
+
+    let mut patch = std::fs::read(repo.blob_path(&elf.sha256)).unwrap();
+    patch[10] ^= 1;
+    std::fs::write(repo.blob_path(&elf.sha256), patch).unwrap();
+    std::fs::remove_file(dest(&repo)).unwrap();
+    let err = client
+        .fetch_delta(&v2.artifact, &elf, &v1.library, &dest(&repo))
+        .unwrap_err();
+    assert!(
+        matches!(err, UpdateError::HashMismatch { what: "delta", .. }),
+        "{err:?}"
+    );
+    assert!(
+        !dest(&repo).exists(),
+        "nothing written from a tampered patch"
+    );
+    let fetched = client
+        .fetch(&install, Some(&v1.library), &dest(&repo))
+        .unwrap();
+    assert_eq!(fetched.via, Via::Full);
+    assert!(written(&repo) == v2.library);
+}
+
 #[test]
 fn delta_against_the_wrong_base_is_caught_by_the_result_hash() {
     let repo = Repo::new();

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use outrider_signing::{
-    Artifact, Delta, KeyPair, KeyRole, ReleaseManifest, Sha256, Target, TrustedRoot, make_manifest,
-    make_root, sha256,
+    Artifact, Delta, DeltaFormat, KeyPair, KeyRole, ReleaseManifest, Sha256, Target, TrustedRoot,
+    make_manifest, make_root, sha256,
 };
 
 /// Far in the future, for expiry fields.
@@ -75,7 +75,8 @@ impl Repo {
         self.store_build(library)
     }
 
-    fn store_build(&self, library: Vec<u8>) -> Build {
+    /// Stores `library` as a build.
+    pub fn store_build(&self, library: Vec<u8>) -> Build {
         let blob = zstd::encode_all(&library[..], 3).unwrap();
         let artifact = Artifact {
             sha256: sha256(&library),
@@ -98,9 +99,25 @@ impl Repo {
         self.dir.path().join("blobs").join(sha.to_string())
     }
 
+    /// Makes and stores a delta in `format` from `base` to `new`.
+    pub fn delta_in(&self, format: DeltaFormat, base: &Build, new: &Build) -> Delta {
+        let blob = outrider_delta::create(format, &base.library, &new.library).unwrap();
+        let sha = self.put_blob(&blob);
+        Delta {
+            format,
+            sha256: sha,
+            size: blob.len() as u64,
+        }
+    }
+
     /// Makes and stores a delta from `base` to `new`.
     pub fn delta(&self, base: &Build, new: &Build) -> Delta {
-        let (format, blob) = outrider_delta::create_smallest(&base.library, &new.library).unwrap();
+        let (format, blob) = outrider_delta::create_smallest(
+            &outrider_delta::FIRST_FORMATS,
+            &base.library,
+            &new.library,
+        )
+        .unwrap();
         let sha = self.put_blob(&blob);
         Delta {
             format,

@@ -1,0 +1,523 @@
+//! `elf-x86-64-bsdiff-zstd`: bsdiff+zstd of *normalised* x86-64 ELF
+//! shared objects, in the manner of Chrome's Courgette and Zucchini.
+//!
+//! A feature-size change moves nearly every function and constant of the
+//! library, so nearly every call, branch, RIP-relative operand,
+//! `R_X86_64_RELATIVE` relocation and unwind table entry changes, and a
+//! plain bsdiff pays for each. Normalising rewrites those fields so that a
+//! reference that still means the same thing holds the same bytes:
+//!
+//! - **`rel32` branches and RIP-relative `disp32`** in executable sections
+//!   (found by a linear sweep with the `iced-x86` decoder, `elf::for_each_field`)
+//!   hold a *label* instead of a displacement. The base's labels are the
+//!   ranks of its targets (`end_of_instruction + disp`, mod 2^32) in
+//!   address order. The new build's targets take the label of the base
+//!   target they were matched to ([`match_targets`]), so a call to a function
+//!   that moved is unchanged; unmatched targets get fresh labels after the
+//!   base's.
+//! - **`R_X86_64_RELATIVE` entries** and **`.eh_frame_hdr`**'s search table
+//!   are difference-coded (`elf::transform_tables`): sizes and distances,
+//!   which an unchanged function keeps wherever it moved.
+//!
+//! None of this changes an ELF header, a section header, a relocation's
+//! type or an instruction's length (x86 instruction lengths depend on
+//! prefixes, opcode, ModRM and SIB, never on a displacement's value), so
+//! the same fields are found again in the normalised new build. Layouts that
+//! would break that (sections overlapping each other or the headers) are
+//! refused as [`DeltaError::NotApplicable`].
+//!
+//! # Blob
+//!
+//! ```text
+//! u32 LE   length of the label table frame
+//! zstd     label table (below), one frame with its content size
+//! rest     bsdiff-zstd patch (crate::bsdiff_zstd) from the normalised base
+//!          to the normalised new build
+//! ```
+//!
+//! The label table, all integers u32 LE, gives the new build's target for
+//! every label:
+//!
+//! ```text
+//! n              labels of the base (must equal the applier's count)
+//! n bytes        1 if base label i is used by the new build, else 0
+//! per used i     (new target − base target) − the previous used one's
+//! m              fresh labels n..n+m
+//! m              their targets, each minus the previous one (sorted)
+//! ```
+//!
+//! # Applying
+//!
+//! Read the base through an overlay of its normalised words (labels, table
+//! differences: 8 bytes per rewritten word, not a copy of the base), patch
+//! into a buffer of the declared size, undo the table coding, and replace
+//! each label by `target − end`; every count, offset and label is checked,
+//! and a label the table does not give is [`DeltaError::Corrupt`]. Memory:
+//! the base, the new build (it is relabelled before any byte goes out),
+//! about 24 bytes per field (overlay word, label, edit) and `bsdiff-zstd`'s
+//! buffers: ≈ 3× the library (docs/benchmarks.md, "Executable-aware
+//! deltas"). A hostile patch can only make a different output of the
+//! declared size, which the caller's hash check refuses.
+
+mod elf;
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use self::elf::{Direction, Section};
+use crate::output::Output;
+use crate::{DeltaError, DeltaFormat, bsdiff_zstd, ceil_log2};
+
+const FORMAT: DeltaFormat = DeltaFormat::ElfX86BsdiffZstd;
+
+pub(crate) fn create(base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
+    let not_applicable = |reason| DeltaError::NotApplicable {
+        format: FORMAT,
+        reason,
+    };
+    let base_sections = elf::layout(base).map_err(not_applicable)?;
+    let new_sections = elf::layout(new).map_err(not_applicable)?;
+    let old_fields = fields(base, &base_sections);
+    let new_fields = fields(new, &new_sections);
+    let old_targets = sorted_targets(&old_fields);
+    let new_targets = sorted_targets(&new_fields);
+    let matches = match_targets(base, new, &old_fields, &new_fields)?;
+    let (new_labels, table) = label_new(&old_targets, &new_targets, &matches);
+
+    let mut old = base.to_vec();
+    for (at, target) in old_fields {
+        // Every target was collected from these very fields.
+        let label = old_targets.binary_search(&target).unwrap_or_default() as u32;
+        old[at..at + 4].copy_from_slice(&label.to_le_bytes());
+    }
+    elf::transform_tables(&mut old, &base_sections, Direction::Normalise);
+    let mut normalised = new.to_vec();
+    for (at, target) in new_fields {
+        let label = new_labels[new_targets.binary_search(&target).unwrap_or_default()];
+        normalised[at..at + 4].copy_from_slice(&label.to_le_bytes());
+    }
+    elf::transform_tables(&mut normalised, &new_sections, Direction::Normalise);
+
+    let table = crate::compress(FORMAT, &table, &[], ceil_log2(table.len() as u64), false)?;
+    let body = bsdiff_zstd::create(FORMAT, &old, &normalised)?;
+    let mut blob = Vec::with_capacity(4 + table.len() + body.len());
+    // The table frame is far below 4 GiB: at most 9 bytes per field.
+    blob.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    blob.extend_from_slice(&table);
+    blob.extend_from_slice(&body);
+    Ok(blob)
+}
+
+pub(crate) fn apply(base: &[u8], patch: &[u8], out: &mut Output<'_>) -> Result<(), DeltaError> {
+    let size = out.size();
+    let sections = elf::layout(base).map_err(|reason| DeltaError::NotApplicable {
+        format: FORMAT,
+        reason,
+    })?;
+    let mut old_targets = Vec::new();
+    let _ = elf::for_each_field(base, &sections, |_, next_ip, value| {
+        old_targets.push(value.wrapping_add(next_ip));
+        Ok::<(), ()>(())
+    });
+    old_targets.sort_unstable();
+    old_targets.dedup();
+    let (table, body) = split(patch)?;
+    let labels = read_table(table, &old_targets, size)?;
+    let old = Normalised::new(base, &sections, &old_targets)?;
+    drop(old_targets);
+
+    let mut new = Vec::new();
+    new.try_reserve_exact(size)
+        .map_err(|_| too_large("output", size))?;
+    let mut inner = Output::new(FORMAT, &mut new, size);
+    bsdiff_zstd::apply(FORMAT, &old, body, &mut inner)?;
+    inner.finish()?;
+    drop(old);
+
+    let sections = elf::layout(&new)
+        .map_err(|reason| corrupt(format!("the patched build is not an x86-64 ELF: {reason}")))?;
+    elf::transform_tables(&mut new, &sections, Direction::Denormalise);
+    let mut edits: Vec<(u32, u32)> = Vec::new();
+    elf::for_each_field(&new, &sections, |at, next_ip, label| {
+        let target = labels
+            .get(label as usize)
+            .copied()
+            .flatten()
+            .ok_or_else(|| corrupt(format!("unknown label {label} at offset {at}")))?;
+        // `at` is within the output, whose size is below MAX_SIZE (1 GiB).
+        edits.push((at as u32, target.wrapping_sub(next_ip)));
+        Ok(())
+    })?;
+    for (at, value) in edits {
+        let at = at as usize;
+        new[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
+    out.write(&new)
+}
+
+/// The base as normalised, without a copy of it: the base's bytes with the
+/// rewritten 4-byte words laid over them (8 bytes per word, against the
+/// whole build for a copy).
+struct Normalised<'a> {
+    base: &'a [u8],
+    /// File offset and normalised bytes of each rewritten word, by offset;
+    /// words never overlap (fields do not, and sections do not).
+    words: Vec<(u32, [u8; 4])>,
+}
+
+impl<'a> Normalised<'a> {
+    fn new(base: &'a [u8], sections: &[Section], targets: &[u32]) -> Result<Self, DeltaError> {
+        let mut words = Vec::new();
+        let _ = elf::for_each_field(base, sections, |at, next_ip, value| {
+            // Every target was collected from these very fields.
+            let target = value.wrapping_add(next_ip);
+            let label = targets.binary_search(&target).unwrap_or_default() as u32;
+            // `at` is within the base, whose size is below MAX_SIZE (1 GiB).
+            words.push((at as u32, label.to_le_bytes()));
+            Ok::<(), ()>(())
+        });
+        for section in sections {
+            // `layout` checked that the section lies within the file.
+            let original = &base[section.offset..section.offset + section.size];
+            let mut table = Vec::new();
+            table
+                .try_reserve_exact(original.len())
+                .map_err(|_| too_large("normalised table", original.len()))?;
+            table.extend_from_slice(original);
+            elf::transform_table(section, &mut table, Direction::Normalise);
+            for (i, (new, old)) in table.chunks(4).zip(original.chunks(4)).enumerate() {
+                if let (true, Ok(word)) = (new != old, <[u8; 4]>::try_from(new)) {
+                    words.push(((section.offset + 4 * i) as u32, word));
+                }
+            }
+        }
+        words.sort_unstable_by_key(|w| w.0);
+        Ok(Normalised { base, words })
+    }
+}
+
+impl bsdiff_zstd::Base for Normalised<'_> {
+    fn len(&self) -> usize {
+        self.base.len()
+    }
+
+    fn read_into(&self, at: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self.base[at..at + out.len()]);
+        let end = at + out.len();
+        let first = self.words.partition_point(|w| w.0 as usize + 4 <= at);
+        for (offset, word) in self.words[first..]
+            .iter()
+            .take_while(|w| (w.0 as usize) < end)
+        {
+            for (k, byte) in word.iter().enumerate() {
+                let p = *offset as usize + k;
+                if (at..end).contains(&p) {
+                    out[p - at] = *byte;
+                }
+            }
+        }
+    }
+}
+
+fn too_large(what: &'static str, size: usize) -> DeltaError {
+    DeltaError::TooLarge {
+        format: FORMAT,
+        what,
+        limit: size as u64,
+    }
+}
+
+fn corrupt(reason: String) -> DeltaError {
+    DeltaError::Corrupt {
+        format: FORMAT,
+        reason,
+    }
+}
+
+/// A field as found in a build: its file offset and its target.
+type Field = (usize, u32);
+
+/// Every field of `elf` with its target, in file order.
+fn fields(elf: &[u8], sections: &[Section]) -> Vec<Field> {
+    let mut fields = Vec::new();
+    let _ = elf::for_each_field(elf, sections, |at, next_ip, value| {
+        fields.push((at, value.wrapping_add(next_ip)));
+        Ok::<(), ()>(())
+    });
+    fields
+}
+
+fn sorted_targets(fields: &[Field]) -> Vec<u32> {
+    let mut targets: Vec<u32> = fields.iter().map(|f| f.1).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    targets
+}
+
+/// Pairs new targets with base targets that mean the same thing.
+///
+/// A plain bsdiff of the two builds aligns runs of the new build with runs
+/// of the base that are mostly equal: the same code, moved. Two fields at
+/// the same place in aligned runs refer to the same thing, so each such pair
+/// is a vote for pairing their targets. Each new target takes the base
+/// target with the most votes, most-voted pairs first, each base target at
+/// most once. Returns new target → base target.
+fn match_targets(
+    base: &[u8],
+    new: &[u8],
+    old_fields: &[Field],
+    new_fields: &[Field],
+) -> Result<HashMap<u32, u32>, DeltaError> {
+    let mut stream = Vec::new();
+    bsdiff::diff(base, new, &mut stream).map_err(|source| DeltaError::Diff {
+        format: FORMAT,
+        source,
+    })?;
+    let mut votes: HashMap<(u32, u32), u32> = HashMap::new();
+    let (mut new_pos, mut old_pos, mut at) = (0usize, 0usize, 0usize);
+    while let Some(control) = stream.get(at..at + 24) {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&control[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        let (mix, copy, seek) = (word(0) as usize, word(1) as usize, word(2));
+        let first = new_fields.partition_point(|f| f.0 < new_pos);
+        let end = new_fields.partition_point(|f| f.0 + 4 <= new_pos + mix);
+        for &(at, new_target) in new_fields.get(first..end).unwrap_or_default() {
+            let old_at = at - new_pos + old_pos;
+            if let Ok(i) = old_fields.binary_search_by_key(&old_at, |f| f.0) {
+                *votes.entry((new_target, old_fields[i].1)).or_default() += 1;
+            }
+        }
+        new_pos += mix + copy;
+        // Sign-magnitude, as bsdiff writes it.
+        let magnitude = (seek & !(1 << 63)) as usize;
+        old_pos = if seek >> 63 == 1 {
+            (old_pos + mix).wrapping_sub(magnitude)
+        } else {
+            old_pos + mix + magnitude
+        };
+        at += 24 + mix + copy;
+    }
+    let mut ranked: Vec<((u32, u32), u32)> = votes.into_iter().collect();
+    ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut matches = HashMap::new();
+    let mut taken = std::collections::HashSet::new();
+    for ((new_target, old_target), _) in ranked {
+        if !matches.contains_key(&new_target) && taken.insert(old_target) {
+            matches.insert(new_target, old_target);
+        }
+    }
+    Ok(matches)
+}
+
+/// Labels of the new build's targets (parallel to `new_targets`) and the
+/// encoded label table that lets the applier map them back.
+fn label_new(
+    old_targets: &[u32],
+    new_targets: &[u32],
+    matches: &HashMap<u32, u32>,
+) -> (Vec<u32>, Vec<u8>) {
+    let n = old_targets.len();
+    let mut used: Vec<Option<u32>> = vec![None; n];
+    let mut labels = Vec::with_capacity(new_targets.len());
+    let mut fresh = Vec::new();
+    for &target in new_targets {
+        let matched = matches
+            .get(&target)
+            .and_then(|old| old_targets.binary_search(old).ok());
+        match matched {
+            Some(i) => {
+                used[i] = Some(target);
+                labels.push(i as u32);
+            }
+            None => {
+                labels.push((n + fresh.len()) as u32);
+                fresh.push(target);
+            }
+        }
+    }
+    let mut table = Vec::with_capacity(8 + n * 5 + fresh.len() * 4);
+    table.extend_from_slice(&(n as u32).to_le_bytes());
+    table.extend(used.iter().map(|u| u8::from(u.is_some())));
+    let mut previous = 0u32;
+    for (old, new) in old_targets.iter().zip(&used) {
+        if let Some(new) = new {
+            let shift = new.wrapping_sub(*old);
+            table.extend_from_slice(&shift.wrapping_sub(previous).to_le_bytes());
+            previous = shift;
+        }
+    }
+    table.extend_from_slice(&(fresh.len() as u32).to_le_bytes());
+    let mut previous = 0u32;
+    for target in fresh {
+        table.extend_from_slice(&target.wrapping_sub(previous).to_le_bytes());
+        previous = target;
+    }
+    (labels, table)
+}
+
+/// Reads the label table front to back.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], DeltaError> {
+        let (head, tail) = self
+            .0
+            .split_at_checked(n)
+            .ok_or_else(|| corrupt("truncated label table".to_owned()))?;
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn word(&mut self) -> Result<u32, DeltaError> {
+        let bytes = self.bytes(4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}
+
+/// The label table frame and the bsdiff-zstd body of a blob.
+fn split(patch: &[u8]) -> Result<(&[u8], &[u8]), DeltaError> {
+    let (len, rest) = patch
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt("truncated".to_owned()))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > rest.len() {
+        return Err(corrupt("truncated label table".to_owned()));
+    }
+    Ok(rest.split_at(len))
+}
+
+/// Decodes the label table: the new build's target of each label, `None`
+/// for a base label it does not use. Its size is bounded by the base's label
+/// count and the declared output size: every fresh label is the target of a
+/// field, and every field takes an instruction of 5 bytes at least, so a
+/// build of `new_size` bytes has at most `new_size / 5`. Nothing is
+/// allocated for labels the decompressed table does not hold.
+fn read_table(
+    frame: &[u8],
+    old_targets: &[u32],
+    new_size: usize,
+) -> Result<Vec<Option<u32>>, DeltaError> {
+    let n = old_targets.len();
+    let max_fresh = new_size / 5;
+    let limit = 8 + 5 * n + 4 * max_fresh;
+    let window_log = ceil_log2(limit as u64);
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame)
+        .and_then(|mut d| d.window_log_max(window_log).map(|()| d))
+        .map_err(|e| corrupt(format!("label table: {e}")))?;
+    let mut table = Vec::new();
+    (&mut decoder)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut table)
+        .map_err(|e| corrupt(format!("label table: {e}")))?;
+    if table.len() > limit {
+        return Err(too_large("label table", limit));
+    }
+    let mut rest = Cursor(&table);
+    if rest.word()? as usize != n {
+        return Err(corrupt(
+            "the label table is for another base build".to_owned(),
+        ));
+    }
+    let flags = rest.bytes(n)?;
+    let mut labels = Vec::with_capacity(n);
+    let mut shift = 0u32;
+    for (old, flag) in old_targets.iter().zip(flags) {
+        labels.push(match flag {
+            0 => None,
+            _ => {
+                shift = shift.wrapping_add(rest.word()?);
+                Some(old.wrapping_add(shift))
+            }
+        });
+    }
+    let fresh = rest.word()? as usize;
+    if fresh > max_fresh {
+        return Err(too_large("fresh labels", max_fresh));
+    }
+    if fresh > rest.0.len() / 4 {
+        return Err(corrupt("truncated label table".to_owned()));
+    }
+    labels.reserve_exact(fresh);
+    let mut target = 0u32;
+    for _ in 0..fresh {
+        target = target.wrapping_add(rest.word()?);
+        labels.push(Some(target));
+    }
+    if !rest.0.is_empty() {
+        return Err(corrupt("trailing bytes after the label table".to_owned()));
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(table: &[u8]) -> Vec<u8> {
+        crate::compress(FORMAT, table, &[], 10, false).unwrap()
+    }
+
+    #[test]
+    fn matched_targets_keep_the_base_label_and_the_rest_are_fresh() {
+        let old_targets = [10, 20, 30];
+        let new_targets = [15, 25, 99];
+        let matches = HashMap::from([(15, 10), (25, 30)]);
+        let (labels, table) = label_new(&old_targets, &new_targets, &matches);
+        assert_eq!(labels, [0, 2, 3]);
+        let read = read_table(&frame(&table), &old_targets, 1000).unwrap();
+        assert_eq!(read, [Some(15), None, Some(25), Some(99)]);
+    }
+
+    #[test]
+    fn the_overlay_reads_as_the_base_with_its_words_written_over() {
+        use bsdiff_zstd::Base;
+        let base: Vec<u8> = (0..64).collect();
+        let words = vec![
+            (3, [0xa0, 0xa1, 0xa2, 0xa3]),
+            (10, [0xb0; 4]),
+            (60, [0xc0; 4]),
+        ];
+        let mut copy = base.clone();
+        for (at, word) in &words {
+            copy[*at as usize..*at as usize + 4].copy_from_slice(word);
+        }
+        let overlay = Normalised { base: &base, words };
+        assert_eq!(overlay.len(), 64);
+        for (at, len) in [(0, 64), (0, 3), (4, 2), (5, 7), (12, 1), (13, 47), (61, 3)] {
+            let mut out = vec![0; len];
+            overlay.read_into(at, &mut out);
+            assert_eq!(out, copy[at..at + len], "{at}+{len}");
+        }
+    }
+
+    #[test]
+    fn hostile_label_tables_are_typed_errors() {
+        let old_targets = [10, 20];
+        let (_, good) = label_new(&old_targets, &[11, 500], &HashMap::from([(11, 10)]));
+        let mut other_base = good.clone();
+        other_base[0] = 3;
+        let mut many_fresh = good[..good.len() - 8].to_vec();
+        many_fresh.extend_from_slice(&1000u32.to_le_bytes());
+        let table: [(&str, Vec<u8>, &str); 4] = [
+            ("other base", other_base, "another base build"),
+            ("truncated", good[..good.len() - 1].to_vec(), "truncated"),
+            ("trailing", [&good[..], &[0]].concat(), "trailing"),
+            ("too many fresh labels", many_fresh, "fresh labels"),
+        ];
+        for (name, table, expected) in table {
+            let err = read_table(&frame(&table), &old_targets, 400).unwrap_err();
+            assert!(err.to_string().contains(expected), "{name}: {err}");
+        }
+        assert!(matches!(
+            read_table(b"not zstd", &old_targets, 400),
+            Err(DeltaError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            split(&[5, 0, 0, 0, 1]),
+            Err(DeltaError::Corrupt { .. })
+        ));
+    }
+}
