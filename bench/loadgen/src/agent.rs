@@ -151,6 +151,7 @@ pub async fn run(
     let source = source_ip(index / settings.agents_per_ip.max(1));
     let mut agent = Agent {
         index,
+        source,
         key,
         fp,
         settings,
@@ -207,6 +208,9 @@ type Ws = WebSocketStream<Box<dyn crate::server::Stream>>;
 
 struct Agent {
     index: usize,
+    /// The loopback address it connects from, its websocket and its update
+    /// fetches alike, as a real host would.
+    source: Ipv4Addr,
     key: SigningKey,
     fp: Fingerprint,
     settings: Arc<Settings>,
@@ -391,7 +395,10 @@ impl Agent {
                             self.counters.rpc_answered.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(ServerMessage::CheckUpdate { .. }) => {
-                            self.settings.nudges.on_nudge(self.settings.server).await;
+                            self.settings
+                                .nudges
+                                .on_nudge(self.settings.server, self.source)
+                                .await;
                         }
                         Ok(_) => {}
                         Err(e) => return SessionEnd::Failed(format!("undecodable server message: {e}")),

@@ -9,7 +9,7 @@
 //! Counted at the agents: nudges received (and when, relative to the
 //! publish), manifest and blob requests that succeeded or failed.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
@@ -53,8 +53,10 @@ impl Nudges {
     }
 
     /// One agent's reaction to `check_update`: the manifest, then the blob
-    /// of the first target's full build.
-    pub async fn on_nudge(&self, server: SocketAddr) {
+    /// of the first target's full build, fetched from the agent's own
+    /// `source` address (from one address, 10,000 agents would meet the
+    /// server's per-address connection limits).
+    pub async fn on_nudge(&self, server: SocketAddr, source: Ipv4Addr) {
         let published = self.published_at_ms.load(Ordering::Relaxed);
         self.received.fetch_add(1, Ordering::Relaxed);
         if published > 0 {
@@ -65,7 +67,7 @@ impl Nudges {
                 .push(ms);
         }
         let path = format!("/v1/updates/channels/{CHANNEL}/manifest.json");
-        let blob = match http_get(server, &path).await {
+        let blob = match http_get(Some(source), server, &path).await {
             Ok((200, body)) => {
                 self.manifest_ok.fetch_add(1, Ordering::Relaxed);
                 match first_blob(&body) {
@@ -78,7 +80,7 @@ impl Nudges {
             }
             Err(e) => return self.fail(&self.manifest_failed, format!("manifest: {e:#}")),
         };
-        match http_get(server, &format!("/v1/updates/blobs/{blob}")).await {
+        match http_get(Some(source), server, &format!("/v1/updates/blobs/{blob}")).await {
             Ok((200, body)) if !body.is_empty() => {
                 self.blob_ok.fetch_add(1, Ordering::Relaxed);
             }

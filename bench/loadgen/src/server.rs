@@ -220,27 +220,32 @@ impl ServerProcess {
             self.admin_token,
             body.len()
         );
-        let (status, body) = exchange(self.addr, &req, self.tls.as_ref()).await?;
+        let (status, body) = exchange(None, self.addr, &req, self.tls.as_ref()).await?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }
 
-/// A public `GET` (no token), as a stub fetches manifests and blobs;
-/// returns status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+/// A public `GET` (no token) from `source` (or any local address), as a
+/// stub fetches manifests and blobs; returns status and body.
+pub async fn http_get(
+    source: Option<Ipv4Addr>,
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<(u16, Vec<u8>)> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    exchange(addr, &req, None).await
+    exchange(source, addr, &req, None).await
 }
 
 /// Sends one HTTP/1.1 request with `Connection: close` and reads the whole
 /// response: status and body (no chunked encoding: the server sends
 /// `Content-Length` for these).
 async fn exchange(
+    source: Option<Ipv4Addr>,
     addr: SocketAddr,
     req: &str,
     tls: Option<&Tls>,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
-    let mut stream = dial(None, addr, tls).await?;
+    let mut stream = dial(source, addr, tls).await?;
     stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await?;
