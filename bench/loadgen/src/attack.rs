@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, Counters, Phase, Settings};
 use crate::server::{self, ServerProcess, Tls};
-use crate::{Args, CHECK, ENROLLMENT_TOKEN, Rtts, log, nudge, raise_fd_limit};
+use crate::{Args, CHECK, ENROLLMENT_TOKEN, Picker, Rtts, log, nudge, raise_fd_limit};
 
 /// Size of the frame an oversized attacker sends before its hello.
 const OVERSIZED_FRAME: usize = 1 << 20;
@@ -218,37 +218,9 @@ async fn oversized(
 /// Sequential run-now calls to pseudo-random agents until `until`.
 async fn run_now_until(server: &ServerProcess, agents: usize, until: Instant) -> Rtts {
     let mut rtts = Rtts::default();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut picker = Picker::default();
     while Instant::now() < until {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let index = (x % agents as u64) as usize;
-        let fp = outrider_protocol::fingerprint_of(&agent::key(index).verifying_key());
-        let t0 = Instant::now();
-        let answer = server
-            .request(
-                "POST",
-                &format!("/api/v1/agents/{fp}/run"),
-                Some(&format!(r#"{{"check":"{CHECK}"}}"#)),
-            )
-            .await;
-        let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        match answer {
-            Ok((200, _)) => rtts.ms.push(ms),
-            Ok((status, body)) => {
-                rtts.errors += 1;
-                if rtts.errors <= 3 {
-                    eprintln!("run-now {fp}: {status} {body}");
-                }
-            }
-            Err(e) => {
-                rtts.errors += 1;
-                if rtts.errors <= 3 {
-                    eprintln!("run-now {fp}: {e:#}");
-                }
-            }
-        }
+        rtts.call(server, picker.next(agents)).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     rtts

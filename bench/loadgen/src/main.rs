@@ -365,7 +365,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // 3. run-now under steady load, then the read side: a Prometheus
     // scrape of every agent's latest values and one series query.
-    let rtts = run_now(&server, args.agents, args.rpc_calls, None).await?;
+    let rtts = run_now(&server, args.agents, args.rpc_calls, None).await;
     log(start, &format!("run-now: {}", rtts.summary()));
     let t0 = Instant::now();
     let (status, body) = server.request("GET", "/metrics", None).await?;
@@ -447,7 +447,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let nudges = &settings.nudges;
     nudge::publish(&args.cli_bin, &server, &data_dir, nudges)?;
     let window_end = Instant::now() + Duration::from_secs(args.nudge_window_secs + 60);
-    let nudge_rtts = run_now(&server, args.agents, usize::MAX, Some((window_end, nudges))).await?;
+    let nudge_rtts = run_now(&server, args.agents, usize::MAX, Some((window_end, nudges))).await;
     let nudge_mem = server.memory()?;
     let arrivals = {
         let mut a = nudges
@@ -630,31 +630,12 @@ impl Rtts {
     }
 }
 
-/// `calls` sequential run-now round trips to pseudo-random agents.
-/// `calls` sequential run-now round trips to random agents; with `until`,
-/// stops early at its deadline or once every agent fetched the nudged blob.
-async fn run_now(
-    server: &ServerProcess,
-    agents: usize,
-    calls: usize,
-    until: Option<(Instant, &nudge::Nudges)>,
-) -> anyhow::Result<Rtts> {
-    let mut rtts = Rtts::default();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..calls {
-        if let Some((deadline, nudges)) = until {
-            let settled = nudges.blob_ok.load(Ordering::Relaxed)
-                + nudges.blob_failed.load(Ordering::Relaxed)
-                + nudges.manifest_failed.load(Ordering::Relaxed);
-            if Instant::now() >= deadline || settled >= agents as u64 {
-                break;
-            }
-        }
-        // xorshift: a fixed, reproducible spread over the agents.
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let index = (x % agents as u64) as usize;
+impl Rtts {
+    /// One run-now call to agent `index`: its round trip when answered
+    /// 200, else one more error (the first three printed). A failed
+    /// request is a measured error, not the end of the run: the phases
+    /// after it still count the store.
+    async fn call(&mut self, server: &ServerProcess, index: usize) {
         let fp = outrider_protocol::fingerprint_of(&agent::key(index).verifying_key());
         let t0 = Instant::now();
         let answer = server
@@ -665,24 +646,60 @@ async fn run_now(
             )
             .await;
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        // A failed request is a measured error like a non-200 answer, not
-        // the end of the run: the phases after it still count the store.
-        match answer {
-            Ok((200, _)) => rtts.ms.push(ms),
-            Ok((status, body)) => {
-                rtts.errors += 1;
-                if rtts.errors <= 3 {
-                    eprintln!("run-now {fp}: {status} {body}");
-                }
-            }
-            Err(e) => {
-                rtts.errors += 1;
-                if rtts.errors <= 3 {
-                    eprintln!("run-now {fp}: {e:#}");
-                }
+        let why = match answer {
+            Ok((200, _)) => return self.ms.push(ms),
+            Ok((status, body)) => format!("{status} {body}"),
+            Err(e) => format!("{e:#}"),
+        };
+        self.errors += 1;
+        if self.errors <= 3 {
+            eprintln!("run-now {fp}: {why}");
+        }
+    }
+}
+
+/// Which agent each run-now call goes to: xorshift, a fixed and so
+/// reproducible spread over the agents.
+#[derive(Debug)]
+struct Picker(u64);
+
+impl Default for Picker {
+    fn default() -> Self {
+        Picker(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+impl Picker {
+    fn next(&mut self, agents: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % agents as u64) as usize
+    }
+}
+
+/// `calls` sequential run-now round trips to pseudo-random agents; with
+/// `until`, stops early at its deadline or once every agent fetched the
+/// nudged blob.
+async fn run_now(
+    server: &ServerProcess,
+    agents: usize,
+    calls: usize,
+    until: Option<(Instant, &nudge::Nudges)>,
+) -> Rtts {
+    let mut rtts = Rtts::default();
+    let mut picker = Picker::default();
+    for _ in 0..calls {
+        if let Some((deadline, nudges)) = until {
+            let settled = nudges.blob_ok.load(Ordering::Relaxed)
+                + nudges.blob_failed.load(Ordering::Relaxed)
+                + nudges.manifest_failed.load(Ordering::Relaxed);
+            if Instant::now() >= deadline || settled >= agents as u64 {
+                break;
             }
         }
+        rtts.call(server, picker.next(agents)).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(rtts)
+    rtts
 }
