@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, Counters, Phase, Settings};
 use crate::server::{self, ServerProcess, Tls};
-use crate::{Args, CHECK, ENROLLMENT_TOKEN, Picker, Rtts, log, nudge, raise_fd_limit};
+use crate::{Args, CHECK, ENROLLMENT_TOKEN, Picker, Rtts, log, nudge, raise_fd_limit, stop_agents};
 
 /// Size of the frame an oversized attacker sends before its hello.
 const OVERSIZED_FRAME: usize = 1 << 20;
@@ -398,20 +398,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         log(start, &format!("  server {line}"));
     }
 
-    phase_tx.send_replace(Phase::Stop);
-    let mut tallies = Vec::with_capacity(args.agents);
-    let drained = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(t) = agents.join_next().await {
-            if let Ok(t) = t {
-                tallies.push(t);
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        agents.abort_all();
-        log(start, "some agents did not stop within 60 s; aborted");
-    }
+    let tallies = stop_agents(&phase_tx, &mut agents, start).await;
     server.stop().context("stopping the server")?;
     let acked: Vec<(String, u64)> = tallies
         .iter()

@@ -337,15 +337,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     );
     if args.steady_only {
-        phase_tx.send_replace(Phase::Stop);
-        let drained = tokio::time::timeout(Duration::from_secs(60), async {
-            while agents.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            agents.abort_all();
-            log(start, "some agents did not stop within 60 s; aborted");
-        }
+        stop_agents(&phase_tx, &mut agents, start).await;
         let end_mem = server.memory()?;
         server.stop().context("stopping the server")?;
         println!(
@@ -489,20 +481,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // 7. stop and count at the store
-    phase_tx.send_replace(Phase::Stop);
-    let mut tallies = Vec::with_capacity(args.agents);
-    let drained = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(t) = agents.join_next().await {
-            if let Ok(t) = t {
-                tallies.push(t);
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        agents.abort_all();
-        log(start, "some agents did not stop within 60 s; aborted");
-    }
+    let tallies = stop_agents(&phase_tx, &mut agents, start).await;
     let end_mem = server.memory()?;
     server.stop().context("stopping the server")?;
     let acked: Vec<(String, u64)> = tallies
@@ -592,6 +571,30 @@ async fn measure_rate(counters: &Counters, window: Duration) -> (f64, f64) {
         (counters.acked_samples.load(Ordering::Relaxed) - s0) as f64 / secs,
         (counters.acked_batches.load(Ordering::Relaxed) - b0) as f64 / secs,
     )
+}
+
+/// Tells every agent to stop (goodbye) and collects their tallies; the
+/// ones still running after 60 s are aborted and missing from the result.
+async fn stop_agents(
+    phase_tx: &watch::Sender<Phase>,
+    agents: &mut tokio::task::JoinSet<agent::Tally>,
+    start: Instant,
+) -> Vec<agent::Tally> {
+    phase_tx.send_replace(Phase::Stop);
+    let mut tallies = Vec::with_capacity(agents.len());
+    let drained = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(t) = agents.join_next().await {
+            if let Ok(t) = t {
+                tallies.push(t);
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        agents.abort_all();
+        log(start, "some agents did not stop within 60 s; aborted");
+    }
+    tallies
 }
 
 /// Round-trip times of run-now calls, ms.
