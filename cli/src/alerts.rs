@@ -13,6 +13,7 @@ use outrider_alerting::silence::{Field, Matcher, Op, Pattern, SilenceSpec};
 use serde_json::Value;
 
 use crate::client::ApiClient;
+use crate::duration::parse_secs;
 use crate::output::{Align, Table, ago, now_ms, print_json};
 use crate::{GlobalArgs, UsageError};
 
@@ -221,7 +222,7 @@ pub fn run_silences(client: &ApiClient, global: &GlobalArgs, args: SilencesArgs)
             let starts_ms = parse_when(&start, now).map_err(UsageError)?;
             let ends_ms = match (end, duration) {
                 (Some(end), _) => parse_when(&end, now).map_err(UsageError)?,
-                (None, Some(d)) => starts_ms + secs(&d).map_err(UsageError)? * 1000,
+                (None, Some(d)) => starts_ms + parse_secs(&d).map_err(UsageError)? * 1000,
                 (None, None) => starts_ms + DEFAULT_SILENCE_SECS * 1000,
             };
             let author = author
@@ -317,32 +318,11 @@ fn parse_when(text: &str, now_ms: u64) -> Result<u64, String> {
         return Ok(now_ms);
     }
     if let Some(d) = text.strip_prefix('+') {
-        return Ok(now_ms + secs(d)? * 1000);
+        return Ok(now_ms + parse_secs(d)? * 1000);
     }
     text.parse().map_err(|_| {
         format!("{text:?} is not a time: give now, +<duration> (+30m) or Unix milliseconds")
     })
-}
-
-/// `90`, `90s`, `15m`, `12h` or `1d` in seconds (positive).
-fn secs(text: &str) -> Result<u64, String> {
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 45m, 12h or 1d"))?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
-    };
-    n.checked_mul(scale)
-        .filter(|&s| s > 0)
-        .ok_or_else(|| format!("{text:?} must be a positive duration"))
 }
 
 #[cfg(test)]

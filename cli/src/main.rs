@@ -8,6 +8,7 @@ mod agents;
 mod alerts;
 mod checks;
 mod client;
+mod duration;
 mod files;
 mod keys;
 mod output;

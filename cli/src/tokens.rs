@@ -5,6 +5,7 @@ use outrider_protocol::api::{CreatedEnrollmentToken, EnrollmentTokenInfo, NewEnr
 use serde_json::Value;
 
 use crate::client::{ApiClient, path_segment};
+use crate::duration::parse_secs;
 use crate::output::{Align, Table, ago, now_ms, print_json};
 use crate::{GlobalArgs, UsageError};
 
@@ -26,7 +27,7 @@ enum TokensCommand {
         note: String,
         /// Lifetime: seconds, or a number with s, m, h or d (`30d`); at
         /// most a year. Default: a day (every token expires).
-        #[arg(long, alias = "expires", value_parser = parse_duration_secs)]
+        #[arg(long, alias = "expires", value_parser = parse_secs)]
         expires_in: Option<u64>,
         /// Registrations allowed; default unlimited.
         #[arg(long, alias = "uses")]
@@ -42,27 +43,6 @@ enum TokensCommand {
         #[arg(value_parser = path_segment)]
         id: String,
     },
-}
-
-/// Parses `90`, `90s`, `15m`, `12h` or `30d` into seconds.
-fn parse_duration_secs(text: &str) -> Result<u64, String> {
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 3600, 45m, 12h or 30d"))?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
-    };
-    n.checked_mul(scale)
-        .filter(|&s| s > 0)
-        .ok_or_else(|| format!("{text:?} must be a positive duration"))
 }
 
 /// When `at_ms` is, seen from `now_ms`: "in 3h", or "3h ago" once past.
@@ -196,15 +176,5 @@ mod tests {
         assert_eq!(until(30 * 86_400_000, 0), "in 30d");
         assert_eq!(until(86_399_000, 0), "in 24h");
         assert_eq!(until(7_199_000, 0), "in 120m");
-    }
-
-    #[test]
-    fn durations_take_units_and_refuse_nonsense() {
-        assert_eq!(parse_duration_secs("90"), Ok(90));
-        assert_eq!(parse_duration_secs("15m"), Ok(900));
-        assert_eq!(parse_duration_secs("30d"), Ok(2_592_000));
-        assert!(parse_duration_secs("0h").is_err());
-        assert!(parse_duration_secs("3w").unwrap_err().contains("unit"));
-        assert!(parse_duration_secs("soon").is_err());
     }
 }

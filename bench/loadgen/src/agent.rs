@@ -111,6 +111,20 @@ impl Counters {
             .entry(key)
             .or_default() += 1;
     }
+
+    /// The `n` most frequent failure reasons with their counts, most
+    /// frequent first; takes them out of the counters.
+    pub fn top_failures(&self, n: usize) -> Vec<(String, u64)> {
+        let mut reasons: Vec<(String, u64)> = self
+            .failure_reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+        reasons.truncate(n);
+        reasons
+    }
 }
 
 /// What an agent knows about its own sequence numbers at the end.

@@ -416,14 +416,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             counters.failures.load(Ordering::Relaxed)
         ),
     );
-    let mut reasons: Vec<(String, u64)> = counters
-        .failure_reasons
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain()
-        .collect();
-    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
-    for (reason, n) in reasons.iter().take(6) {
+    for (reason, n) in counters.top_failures(6) {
         log(start, &format!("  agent failure x{n}: {reason}"));
     }
     let p99 = during.percentile(0.99);

@@ -500,14 +500,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             counters.failures.load(Ordering::Relaxed)
         ),
     );
-    let mut reasons: Vec<(String, u64)> = counters
-        .failure_reasons
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain()
-        .collect();
-    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
-    for (reason, n) in reasons.iter().take(8) {
+    for (reason, n) in counters.top_failures(8) {
         log(start, &format!("  failure x{n}: {reason}"));
     }
     log(

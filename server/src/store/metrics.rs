@@ -203,6 +203,16 @@ pub(super) fn insert_points(
         "INSERT OR REPLACE INTO points (series_id, ts_ms, value) VALUES (?1, ?2, ?3)",
     )?;
     let mut out = PointsWritten::default();
+    // The series of a sample (perfdata or unknown), or `None` when
+    // `max_series` refuses a new one.
+    let check = &result.check;
+    let mut series = |label: &str, uom: &str| {
+        let (label, uom) = (
+            truncate(label, MAX_LABEL_BYTES),
+            truncate(uom, MAX_UOM_BYTES),
+        );
+        series_id(tx, cache, fingerprint, check, label, uom, max_series)
+    };
     let mut keep = Vec::with_capacity(result.perfdata.len());
     for perf in &result.perfdata {
         // JSON cannot carry NaN or infinities, but a value decoded from a
@@ -211,18 +221,7 @@ pub(super) fn insert_points(
             keep.push(true);
             continue;
         }
-        let label = truncate(&perf.label, MAX_LABEL_BYTES);
-        let uom = truncate(&perf.uom, MAX_UOM_BYTES);
-        let Some(id) = series_id(
-            tx,
-            cache,
-            fingerprint,
-            &result.check,
-            label,
-            uom,
-            max_series,
-        )?
-        else {
+        let Some(id) = series(&perf.label, &perf.uom)? else {
             keep.push(false);
             out.dropped += 1;
             continue;
@@ -236,18 +235,7 @@ pub(super) fn insert_points(
     )?;
     let mut keep_unknown = Vec::with_capacity(result.unknown_perfdata.len());
     for perf in &result.unknown_perfdata {
-        let label = truncate(&perf.label, MAX_LABEL_BYTES);
-        let uom = truncate(&perf.uom, MAX_UOM_BYTES);
-        let Some(id) = series_id(
-            tx,
-            cache,
-            fingerprint,
-            &result.check,
-            label,
-            uom,
-            max_series,
-        )?
-        else {
+        let Some(id) = series(&perf.label, &perf.uom)? else {
             keep_unknown.push(false);
             out.dropped += 1;
             continue;
