@@ -14,11 +14,13 @@
 //! A bug here cannot be fixed by an update, so the stub stays small: no
 //! async runtime, no agent logic, every failure a typed [`StubError`].
 
+pub mod args;
 mod config;
 mod error;
 pub mod generation;
 mod layout;
 mod lock;
+pub mod logging;
 pub mod memory;
 mod reexec;
 mod signals;
