@@ -4,8 +4,11 @@
 //! unknown fields: the stub never changes, while newer agent libraries may
 //! add settings to `agent.toml`. The library validates the whole file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use outrider_update_client::tls;
 
 use serde::Deserialize;
 
@@ -38,6 +41,10 @@ pub struct StubConfig {
     pub probation: Duration,
     /// Time a generation gets to stop before the stub re-execs past it.
     pub stop_timeout: Duration,
+    /// What an `https://` update repository may present: the system's roots
+    /// and the certificates of `tls_ca_file` (the library trusts the same
+    /// for the server connection).
+    pub tls: Arc<tls::ClientConfig>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +55,7 @@ struct Raw {
     probation_secs: Option<u64>,
     stop_timeout_secs: Option<u64>,
     channel: Option<String>,
+    tls_ca_file: Option<PathBuf>,
 }
 
 impl StubConfig {
@@ -68,6 +76,12 @@ impl StubConfig {
         let channel = channel
             .parse()
             .map_err(|e| err(format!("channel {channel:?}: {e}")))?;
+        let extra_roots = match &raw.tls_ca_file {
+            Some(ca) => tls::read_ca_file(ca)
+                .map_err(|reason| err(format!("tls_ca_file {}: {reason}", ca.display())))?,
+            None => Vec::new(),
+        };
+        let tls = tls::client_config(&extra_roots).map_err(|e| err(e.to_string()))?;
         let secs = |field: &str, value: Option<u64>, default: u64, max: u64| match value
             .unwrap_or(default)
         {
@@ -96,6 +110,7 @@ impl StubConfig {
                 DEFAULT_STOP_TIMEOUT_SECS,
                 600,
             )?,
+            tls,
             agent_toml: text,
         })
     }
@@ -168,6 +183,32 @@ mod tests {
         assert_eq!(load(text).unwrap().agent_toml, text);
         let bad = load("server_url = \"http://s\"\nupdate_url = \"file:///x\"").unwrap_err();
         assert!(bad.to_string().contains("update_url"), "{bad}");
+    }
+
+    #[test]
+    fn tls_ca_file_is_read_or_the_field_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".into()]).unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, ca.cert.pem()).unwrap();
+        let text = format!(
+            "server_url = \"https://s\"\ntls_ca_file = {:?}\n",
+            pem.display()
+        );
+        // Whether the update transport then trusts it is tested over TLS in
+        // update-client/tests/it/attacks.rs.
+        load(&text).unwrap();
+        let missing = dir.path().join("missing.pem");
+        let text = format!(
+            "server_url = \"https://s\"\ntls_ca_file = {:?}\n",
+            missing.display()
+        );
+        let err = load(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("tls_ca_file") && err.contains("missing.pem"),
+            "{err}"
+        );
+        assert!(err.contains("cannot read"), "{err}");
     }
 
     #[test]

@@ -125,7 +125,10 @@ pub struct Updater {
 impl Updater {
     /// An updater for the channel and server of `config`.
     pub fn new(config: &StubConfig, layout: &Layout, root: TrustedRoot) -> Updater {
-        let transport = HttpTransport::new(&format!("{}/v1/updates", config.update_url));
+        let transport = HttpTransport::new(
+            &format!("{}/v1/updates", config.update_url),
+            config.tls.clone(),
+        );
         let client = UpdateClient::new(
             transport,
             config.channel.clone(),
@@ -301,7 +304,10 @@ impl Updater {
     /// Follows a reloaded configuration (channel, update URL); the trusted
     /// root and the downloads stay.
     pub fn reconfigure(&mut self, config: &StubConfig) {
-        let transport = HttpTransport::new(&format!("{}/v1/updates", config.update_url));
+        let transport = HttpTransport::new(
+            &format!("{}/v1/updates", config.update_url),
+            config.tls.clone(),
+        );
         self.client = UpdateClient::new(
             transport,
             config.channel.clone(),

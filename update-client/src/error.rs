@@ -11,6 +11,10 @@ pub enum UpdateError {
     /// The transport failed (connection refused, timeout, HTTP 5xx …).
     #[error("fetching {url}: {reason}")]
     Transport { url: String, reason: String },
+    /// The TLS client configuration could not be built (an unusable extra
+    /// CA certificate).
+    #[error("setting up TLS for updates: {reason}")]
+    TlsSetup { reason: String },
     /// The server answered 429/503 and asked to wait.
     #[error("{url} asked us to back off")]
     Backoff {

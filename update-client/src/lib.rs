@@ -28,6 +28,7 @@ mod download;
 mod error;
 mod output;
 mod plan;
+pub mod tls;
 mod transport;
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::UpdateError;
@@ -61,11 +62,13 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    /// A transport for the repository at `base` (no trailing slash needed).
-    pub fn new(base: &str) -> HttpTransport {
+    /// A transport for the repository at `base` (no trailing slash needed),
+    /// trusting for `https://` what `tls` trusts ([`crate::tls::client_config`]).
+    pub fn new(base: &str, tls: Arc<rustls::ClientConfig>) -> HttpTransport {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(60))
+            .tls_config(tls)
             .build();
         HttpTransport {
             base: base.trim_end_matches('/').to_owned(),

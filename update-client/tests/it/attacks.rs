@@ -8,8 +8,10 @@ use outrider_signing::{
 };
 use outrider_update_client::{
     ClientView, FileTransport, HttpTransport, Install, Plan, UpdateClient, UpdateError, Via,
-    next_time_floor, plan, trusted_now,
+    next_time_floor, plan, tls, trusted_now,
 };
+
+use std::sync::Arc;
 
 use crate::repo::{NOW, Repo};
 use crate::server::{Fault, FaultyServer};
@@ -36,7 +38,7 @@ fn file_client(repo: &Repo) -> UpdateClient<FileTransport> {
 
 fn http_client(repo: &Repo, server: &FaultyServer) -> UpdateClient<HttpTransport> {
     UpdateClient::new(
-        HttpTransport::new(&server.url),
+        HttpTransport::new(&server.url, tls::client_config(&[]).unwrap()),
         "stable".parse().unwrap(),
         &repo.downloads(),
     )
@@ -547,4 +549,68 @@ fn an_expired_manifest_stays_expired_when_the_clock_is_set_back() {
         next_time_floor(floor, 9_999_999_999, expiry),
         Some(NOW + 100)
     );
+}
+
+/// A CA, and a server configuration for `localhost` whose certificate it
+/// signed.
+fn private_ca() -> (
+    rustls::pki_types::CertificateDer<'static>,
+    Arc<rustls::ServerConfig>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    (ca.der().clone(), Arc::new(server))
+}
+
+#[test]
+fn https_trusts_the_operator_s_ca_and_refuses_an_unknown_one() {
+    let mut repo = Repo::new();
+    let v1 = repo.build(1, SIZE);
+    repo.publish("stable", Target::full("1".into(), 1, v1.artifact.clone()));
+    let (ca, server_config) = private_ca();
+    let server = FaultyServer::start_tls(repo.path().to_owned(), server_config);
+    let client = |extra: &[rustls::pki_types::CertificateDer<'static>]| {
+        UpdateClient::new(
+            HttpTransport::new(&server.url, tls::client_config(extra).unwrap()),
+            "stable".parse().unwrap(),
+            &repo.downloads(),
+        )
+    };
+
+    // The system store does not know this CA: refused before any byte.
+    let err = client(&[])
+        .fetch_manifest(&repo.root, None, NOW)
+        .unwrap_err();
+    match &err {
+        UpdateError::Transport { reason, .. } => {
+            assert!(reason.contains("UnknownIssuer"), "{reason}");
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+
+    // With it (agent.toml's `tls_ca_file`), the manifest and build come over TLS.
+    let trusted = client(&[ca]);
+    trusted.fetch_manifest(&repo.root, None, NOW).unwrap();
+    trusted.fetch_full(&v1.artifact, &dest(&repo)).unwrap();
+    assert_eq!(written(&repo), v1.library);
 }

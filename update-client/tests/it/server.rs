@@ -3,7 +3,7 @@
 //! `Range: bytes=N-` with 206 unless told to ignore ranges. Bounded: it
 //! handles at most 64 connections and stops when dropped.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -33,13 +33,29 @@ pub struct FaultyServer {
 }
 
 impl FaultyServer {
+    /// Plain HTTP.
     pub fn start(root: PathBuf, fault: Fault) -> FaultyServer {
+        FaultyServer::spawn(root, fault, None)
+    }
+
+    /// HTTPS with `tls` (its certificate for `localhost`), served at
+    /// `https://localhost:<port>`.
+    pub fn start_tls(root: PathBuf, tls: Arc<rustls::ServerConfig>) -> FaultyServer {
+        FaultyServer::spawn(root, Fault::None, Some(tls))
+    }
+
+    fn spawn(root: PathBuf, fault: Fault, tls: Option<Arc<rustls::ServerConfig>>) -> FaultyServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let ranges_seen = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(AtomicUsize::new(0));
         let (s, r, q) = (stop.clone(), ranges_seen.clone(), requests.clone());
+        let scheme = if tls.is_some() {
+            "https://localhost"
+        } else {
+            "http://127.0.0.1"
+        };
         let thread = std::thread::spawn(move || {
             let mut cut_done = false;
             for stream in listener.incoming().take(64) {
@@ -56,11 +72,21 @@ impl FaultyServer {
                     }
                     other => other,
                 };
-                let _ = serve_one(stream, &root, fault, &r);
+                let _ = match &tls {
+                    None => serve_one(stream, &root, fault, &r),
+                    Some(config) => rustls::ServerConnection::new(config.clone())
+                        .map_err(std::io::Error::other)
+                        .and_then(|conn| {
+                            let mut tls = rustls::StreamOwned::new(conn, stream);
+                            serve_one(&mut tls, &root, fault, &r)?;
+                            tls.conn.send_close_notify();
+                            tls.flush()
+                        }),
+                };
             }
         });
         FaultyServer {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}:{}", addr.port()),
             stop,
             ranges_seen,
             requests,
@@ -80,13 +106,15 @@ impl Drop for FaultyServer {
     }
 }
 
-fn serve_one(
-    stream: TcpStream,
+fn serve_one<S: Read + Write>(
+    mut stream: S,
     root: &std::path::Path,
     fault: Fault,
     ranges: &Mutex<Vec<u64>>,
 ) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
+    // A GET has no body: nothing is left in the reader's buffer after the
+    // headers, so the stream is written to directly afterwards.
+    let mut reader = BufReader::new(&mut stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let path = line
@@ -105,6 +133,7 @@ fn serve_one(
             range_start = v.trim().trim_end_matches('-').parse::<u64>().ok();
         }
     }
+    drop(reader);
     let mut out = stream;
     let Ok(body) = std::fs::read(root.join(&path)) else {
         return out.write_all(
