@@ -8,26 +8,6 @@ use serde_json::Value;
 
 const RELEASED: &str = "idle pages given back";
 
-/// The stub's log without terminal colours.
-fn plain_log(agent: &TestAgent) -> String {
-    let log = agent.proc.log();
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters, ending at a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// `name=<number>` from a log line.
 fn field(line: &str, name: &str) -> u64 {
     let start = line
@@ -71,7 +51,7 @@ fn idle_pages_are_given_back_and_the_agent_keeps_reporting_and_swapping() {
         agent.state().filter(|s| s["current"]["version"] == "v1")
     });
     agent.proc.wait_for_log(RELEASED, secs(90));
-    let log = plain_log(&agent);
+    let log = agent.proc.log();
     let line = log.lines().find(|l| l.contains(RELEASED)).unwrap();
     // The stub's binary and the library's copy, code and read-only data.
     assert!(field(line, "mappings") >= 2, "{line}");
@@ -105,7 +85,7 @@ fn idle_pages_are_given_back_and_the_agent_keeps_reporting_and_swapping() {
     assert_eq!(run["result"]["state"], "OK", "{run}");
     // Given back again later (the next settle), and still answering.
     wait_until("the next release", secs(90), || {
-        (plain_log(&agent)
+        (agent.proc.log()
             .lines()
             .filter(|l| l.contains(RELEASED))
             .count()
