@@ -29,6 +29,12 @@
 //! # Blob
 //!
 //! ```text
+//! 3 bytes  "ELX"
+//! u8       layout version: 2 (version 1 had neither tag nor section layout
+//!          and began with the label table frame's length)
+//! layout   the new build's rewritten sections (elf::write_layout): u16
+//!          count, then per section kind u8 (0 code, 1 relocations,
+//!          2 .eh_frame_hdr), file offset u32, size u32, address u64
 //! u32 LE   length of the label table frame
 //! zstd     label table (below), one frame with its content size
 //! rest     bsdiff-zstd patch (crate::bsdiff_zstd) from the normalised base
@@ -49,28 +55,68 @@
 //! # Applying
 //!
 //! Read the base through an overlay of its normalised words (labels, table
-//! differences: 8 bytes per rewritten word, not a copy of the base), patch
-//! into a buffer of the declared size, undo the table coding, and replace
-//! each label by `target − end`; every count, offset and label is checked,
-//! and a label the table does not give is [`DeltaError::Corrupt`]. Memory:
-//! the base, the new build (it is relabelled before any byte goes out),
-//! about 24 bytes per field (overlay word, label, edit) and `bsdiff-zstd`'s
-//! buffers: ≈ 3× the library (docs/benchmarks.md, "Executable-aware
-//! deltas"). A hostile patch can only make a different output of the
-//! declared size, which the caller's hash check refuses.
+//! differences: 8 bytes per rewritten word, not a copy of the base) and
+//! patch; the patched bytes are mapped back as they stream out
+//! ([`Relabel`]): bytes outside the header's sections pass through, the
+//! bytes of a section are held until whole instructions or table entries
+//! can be rewritten (at most [`PENDING`] bytes), the tables' coding is
+//! undone and each label replaced by `target − end`. The section layout
+//! comes from the header because the new build's own section headers come
+//! last in the file, after everything they describe.
+//!
+//! Every count, offset and label is checked: a version this build does not
+//! read is [`DeltaError::UnsupportedVersion`], a header layout that is not
+//! sorted, apart and within the declared size or a label the table does not
+//! give is [`DeltaError::Corrupt`]. A layout that lies within those bounds,
+//! like any hostile patch, only makes a different output of the declared
+//! size, which the caller's hash check refuses. Memory: the base, the
+//! overlay, a label table of 8 bytes per label and `bsdiff-zstd`'s buffers;
+//! no copy of the new build (docs/benchmarks.md, "Executable-aware
+//! deltas").
 
 mod elf;
+/// The ELF builds of the integration tests, for the unit tests.
+#[cfg(test)]
+#[path = "../tests/it/elf.rs"]
+#[allow(dead_code)]
+mod fixture;
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{self, Read, Write};
 
-use self::elf::{Direction, Section};
+use self::elf::{Direction, Kind, Section, TableCoder};
 use crate::output::Output;
 use crate::{DeltaError, DeltaFormat, bsdiff_zstd, ceil_log2};
 
 const FORMAT: DeltaFormat = DeltaFormat::ElfX86BsdiffZstd;
 
 pub(crate) fn create(base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
+    let normalised = normalise(base, new)?;
+    let table = &normalised.table;
+    let table = crate::compress(FORMAT, table, &[], ceil_log2(table.len() as u64), false)?;
+    let body = bsdiff_zstd::create(FORMAT, &normalised.old, &normalised.new, BODY_WINDOW_LOG)?;
+    let mut blob = Vec::with_capacity(64 + table.len() + body.len());
+    blob.extend_from_slice(&MAGIC);
+    blob.push(VERSION);
+    elf::write_layout(&normalised.new_sections, &mut blob);
+    // The table frame is far below 4 GiB: at most 9 bytes per field.
+    blob.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    blob.extend_from_slice(&table);
+    blob.extend_from_slice(&body);
+    Ok(blob)
+}
+
+/// Both builds normalised, with what the applier needs to undo it on the
+/// new one.
+struct Normalisation {
+    old: Vec<u8>,
+    new: Vec<u8>,
+    new_sections: Vec<Section>,
+    /// The label table, uncompressed.
+    table: Vec<u8>,
+}
+
+fn normalise(base: &[u8], new: &[u8]) -> Result<Normalisation, DeltaError> {
     let not_applicable = |reason| DeltaError::NotApplicable {
         format: FORMAT,
         reason,
@@ -97,15 +143,12 @@ pub(crate) fn create(base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
         normalised[at..at + 4].copy_from_slice(&label.to_le_bytes());
     }
     elf::transform_tables(&mut normalised, &new_sections, Direction::Normalise);
-
-    let table = crate::compress(FORMAT, &table, &[], ceil_log2(table.len() as u64), false)?;
-    let body = bsdiff_zstd::create(FORMAT, &old, &normalised)?;
-    let mut blob = Vec::with_capacity(4 + table.len() + body.len());
-    // The table frame is far below 4 GiB: at most 9 bytes per field.
-    blob.extend_from_slice(&(table.len() as u32).to_le_bytes());
-    blob.extend_from_slice(&table);
-    blob.extend_from_slice(&body);
-    Ok(blob)
+    Ok(Normalisation {
+        old,
+        new: normalised,
+        new_sections,
+        table,
+    })
 }
 
 pub(crate) fn apply(base: &[u8], patch: &[u8], out: &mut Output<'_>) -> Result<(), DeltaError> {
@@ -114,6 +157,7 @@ pub(crate) fn apply(base: &[u8], patch: &[u8], out: &mut Output<'_>) -> Result<(
         format: FORMAT,
         reason,
     })?;
+    let blob = split(patch, size)?;
     let mut old_targets = Vec::new();
     let _ = elf::for_each_field(base, &sections, |_, next_ip, value| {
         old_targets.push(value.wrapping_add(next_ip));
@@ -121,38 +165,163 @@ pub(crate) fn apply(base: &[u8], patch: &[u8], out: &mut Output<'_>) -> Result<(
     });
     old_targets.sort_unstable();
     old_targets.dedup();
-    let (table, body) = split(patch)?;
-    let labels = read_table(table, &old_targets, size)?;
+    let labels = read_table(blob.table, &old_targets, size)?;
     let old = Normalised::new(base, &sections, &old_targets)?;
     drop(old_targets);
 
-    let mut new = Vec::new();
-    new.try_reserve_exact(size)
-        .map_err(|_| too_large("output", size))?;
-    let mut inner = Output::new(FORMAT, &mut new, size);
-    bsdiff_zstd::apply(FORMAT, &old, body, &mut inner)?;
-    inner.finish()?;
-    drop(old);
+    let mut relabel = Relabel::new(out, &labels, &blob.sections);
+    let mut inner = Output::new(FORMAT, &mut relabel, size);
+    bsdiff_zstd::apply(FORMAT, &old, blob.body, &mut inner, BODY_WINDOW_LOG)
+        .and_then(|()| inner.finish())
+        .map_err(|e| match e {
+            // `Relabel`'s own errors, wrapped to pass through `io::Write`.
+            DeltaError::Write { format, source } => source
+                .downcast::<DeltaError>()
+                .unwrap_or_else(|source| DeltaError::Write { format, source }),
+            e => e,
+        })
+}
 
-    let sections = elf::layout(&new)
-        .map_err(|reason| corrupt(format!("the patched build is not an x86-64 ELF: {reason}")))?;
-    elf::transform_tables(&mut new, &sections, Direction::Denormalise);
-    let mut edits: Vec<(u32, u32)> = Vec::new();
-    elf::for_each_field(&new, &sections, |at, next_ip, label| {
-        let target = labels
-            .get(label as usize)
-            .copied()
-            .flatten()
-            .ok_or_else(|| corrupt(format!("unknown label {label} at offset {at}")))?;
-        // `at` is within the output, whose size is below MAX_SIZE (1 GiB).
-        edits.push((at as u32, target.wrapping_sub(next_ip)));
-        Ok(())
-    })?;
-    for (at, value) in edits {
-        let at = at as usize;
-        new[at..at + 4].copy_from_slice(&value.to_le_bytes());
+/// Largest zstd window of the bsdiff-zstd body (2^17 = 128 KiB), below
+/// `crate::BSDIFF_MAX_WINDOW_LOG`: every window byte is memory when
+/// applying, and on the agent library 2^17 made the body 0.3 % larger than
+/// 2^20 for 0.8 MB less at apply (docs/benchmarks.md).
+const BODY_WINDOW_LOG: u32 = 17;
+
+/// Most bytes of a section [`Relabel`] holds before it rewrites what it can
+/// (16 KiB): whole instructions, whole table entries. At least
+/// [`elf::MAX_INSTRUCTION`] + 1 and the size of a relocation, so a full
+/// buffer always has something it can rewrite and pass on.
+const PENDING: usize = 16 * 1024;
+
+/// The writer `bsdiff-zstd` patches into: maps the normalised new build back
+/// as it streams through to `out`, by the section layout of the patch
+/// header (sorted, apart, within the output: `elf::read_layout`).
+struct Relabel<'a, 'o> {
+    out: &'a mut Output<'o>,
+    /// The new build's target of each label.
+    labels: &'a [Option<u32>],
+    sections: &'a [Section],
+    /// Index in `sections` of the section being received, or the next one.
+    next: usize,
+    /// Bytes received so far, the output offset of the next one.
+    pos: usize,
+    /// Bytes of `sections[next]` received but not rewritten yet, which start
+    /// `at` bytes into it (an instruction or table entry starts there).
+    pending: Vec<u8>,
+    at: usize,
+    /// The table coding of `sections[next]`, from its first byte on.
+    coder: Option<TableCoder>,
+    /// Offsets in `pending` and values of the fields found in it.
+    edits: Vec<(usize, u32)>,
+}
+
+impl<'a, 'o> Relabel<'a, 'o> {
+    fn new(out: &'a mut Output<'o>, labels: &'a [Option<u32>], sections: &'a [Section]) -> Self {
+        Relabel {
+            out,
+            labels,
+            sections,
+            next: 0,
+            pos: 0,
+            pending: Vec::with_capacity(PENDING),
+            at: 0,
+            coder: None,
+            edits: Vec::new(),
+        }
     }
-    out.write(&new)
+
+    /// Takes the next bytes of the normalised build.
+    fn take(&mut self, mut buf: &[u8]) -> Result<(), DeltaError> {
+        while !buf.is_empty() {
+            let Some(&section) = self.sections.get(self.next) else {
+                self.pos += buf.len();
+                return self.out.write(buf);
+            };
+            if self.pos < section.offset {
+                let n = buf.len().min(section.offset - self.pos);
+                self.out.write(&buf[..n])?;
+                self.pos += n;
+                buf = &buf[n..];
+                continue;
+            }
+            // `pos` is within the section: it moves on to the next section
+            // when it reaches this one's end, and sections are apart.
+            let end = section.offset + section.size;
+            let n = buf
+                .len()
+                .min(end - self.pos)
+                .min(PENDING - self.pending.len());
+            self.pending.extend_from_slice(&buf[..n]);
+            self.pos += n;
+            buf = &buf[n..];
+            let complete = self.pos == end;
+            if complete || self.pending.len() == PENDING {
+                self.rewrite(section, complete)?;
+            }
+            if complete {
+                self.next += 1;
+                self.at = 0;
+                self.coder = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites what it can of `pending` (all of it if `complete`: it holds
+    /// the rest of the section) and passes it on.
+    fn rewrite(&mut self, section: Section, complete: bool) -> Result<(), DeltaError> {
+        let done = if section.kind == Kind::Code {
+            // A full buffer is longer than MAX_INSTRUCTION (PENDING's doc).
+            let limit = if complete {
+                self.pending.len()
+            } else {
+                self.pending.len() - elf::MAX_INSTRUCTION
+            };
+            let (labels, at, edits) = (self.labels, self.at, &mut self.edits);
+            edits.clear();
+            let ip = section.addr.wrapping_add(at as u64);
+            let done = elf::sweep(&self.pending, ip, limit, |field, next_ip, label| {
+                let target = labels
+                    .get(label as usize)
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| {
+                        let offset = section.offset + at + field;
+                        corrupt(format!("unknown label {label} at offset {offset}"))
+                    })?;
+                edits.push((field, target.wrapping_sub(next_ip)));
+                Ok(())
+            })?;
+            for &(field, value) in &self.edits {
+                // `sweep` found the field within `pending`.
+                self.pending[field..field + 4].copy_from_slice(&value.to_le_bytes());
+            }
+            done
+        } else {
+            self.coder
+                .get_or_insert_with(|| TableCoder::new(section.kind))
+                .step(&mut self.pending, complete, Direction::Denormalise)
+        };
+        self.out.write(&self.pending[..done])?;
+        self.pending.drain(..done);
+        self.at += done;
+        Ok(())
+    }
+}
+
+impl Write for Relabel<'_, '_> {
+    /// Errors are [`DeltaError`]s wrapped in `io::Error::other`, which
+    /// [`apply`] unwraps.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.take(buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    /// The caller's writer is flushed by the caller's `Output::finish`.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The base as normalised, without a copy of it: the base's bytes with the
@@ -176,7 +345,8 @@ impl<'a> Normalised<'a> {
             words.push((at as u32, label.to_le_bytes()));
             Ok::<(), ()>(())
         });
-        for section in sections {
+        // Code is labelled above; only the tables are difference-coded.
+        for section in sections.iter().filter(|s| s.kind != Kind::Code) {
             // `layout` checked that the section lies within the file.
             let original = &base[section.offset..section.offset + section.size];
             let mut table = Vec::new();
@@ -184,7 +354,7 @@ impl<'a> Normalised<'a> {
                 .try_reserve_exact(original.len())
                 .map_err(|_| too_large("normalised table", original.len()))?;
             table.extend_from_slice(original);
-            elf::transform_table(section, &mut table, Direction::Normalise);
+            TableCoder::new(section.kind).step(&mut table, true, Direction::Normalise);
             for (i, (new, old)) in table.chunks(4).zip(original.chunks(4)).enumerate() {
                 if let (true, Ok(word)) = (new != old, <[u8; 4]>::try_from(new)) {
                     words.push(((section.offset + 4 * i) as u32, word));
@@ -192,6 +362,8 @@ impl<'a> Normalised<'a> {
             }
         }
         words.sort_unstable_by_key(|w| w.0);
+        // Held for the whole patch: no spare capacity.
+        words.shrink_to_fit();
         Ok(Normalised { base, words })
     }
 }
@@ -377,16 +549,60 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The label table frame and the bsdiff-zstd body of a blob.
-fn split(patch: &[u8]) -> Result<(&[u8], &[u8]), DeltaError> {
-    let (len, rest) = patch
+/// First bytes of a blob: a tag, then [`VERSION`].
+const MAGIC: [u8; 3] = *b"ELX";
+
+/// Layout version of the blobs this build makes and reads.
+const VERSION: u8 = 2;
+
+/// zstd's frame magic number, as it starts a frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A blob taken apart.
+struct Blob<'a> {
+    /// The new build's rewritten sections.
+    sections: Vec<Section>,
+    /// The label table frame.
+    table: &'a [u8],
+    /// The bsdiff-zstd patch.
+    body: &'a [u8],
+}
+
+/// Takes apart a blob for an output of `size` bytes.
+fn split(patch: &[u8], size: usize) -> Result<Blob<'_>, DeltaError> {
+    let unsupported = |found| DeltaError::UnsupportedVersion {
+        format: FORMAT,
+        found,
+        supported: VERSION,
+    };
+    let Some((head, rest)) = patch.split_first_chunk::<4>() else {
+        return Err(corrupt("truncated".to_owned()));
+    };
+    if head[..3] != MAGIC {
+        // Version 1 began with the label frame's length, then the frame.
+        return Err(match patch.get(4..8) {
+            Some(frame) if frame == ZSTD_MAGIC => unsupported(1),
+            _ => corrupt("not an elf-x86-64-bsdiff-zstd patch".to_owned()),
+        });
+    }
+    if head[3] != VERSION {
+        return Err(unsupported(head[3]));
+    }
+    let (sections, rest) = elf::read_layout(rest, size)
+        .map_err(|reason| corrupt(format!("section layout: {reason}")))?;
+    let (len, rest) = rest
         .split_first_chunk::<4>()
         .ok_or_else(|| corrupt("truncated".to_owned()))?;
     let len = u32::from_le_bytes(*len) as usize;
     if len > rest.len() {
         return Err(corrupt("truncated label table".to_owned()));
     }
-    Ok(rest.split_at(len))
+    let (table, body) = rest.split_at(len);
+    Ok(Blob {
+        sections,
+        table,
+        body,
+    })
 }
 
 /// Decodes the label table: the new build's target of each label, `None`
@@ -454,6 +670,10 @@ fn read_table(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     fn frame(table: &[u8]) -> Vec<u8> {
@@ -515,9 +735,76 @@ mod tests {
             read_table(b"not zstd", &old_targets, 400),
             Err(DeltaError::Corrupt { .. })
         ));
-        assert!(matches!(
-            split(&[5, 0, 0, 0, 1]),
-            Err(DeltaError::Corrupt { .. })
-        ));
+        let mut blob = b"ELX\x02".to_vec();
+        blob.extend_from_slice(&[0, 0, 5, 0, 0, 0, 1]);
+        assert!(matches!(split(&blob, 100), Err(DeltaError::Corrupt { .. })));
+    }
+
+    /// A release of the fixture build (code moved, tables changed), its
+    /// normalisation and the labels as the applier decodes them.
+    struct Streamed {
+        new: Vec<u8>,
+        normalised: Normalisation,
+        labels: Vec<Option<u32>>,
+    }
+
+    fn streamed() -> &'static Streamed {
+        static STREAMED: OnceLock<Streamed> = OnceLock::new();
+        STREAMED.get_or_init(|| {
+            let old = fixture::Build::new(2000, 7);
+            let (base, new) = (old.elf(), old.with_inserted(30, &[5, 19]).elf());
+            let normalised = normalise(&base, &new).unwrap();
+            let targets = sorted_targets(&fields(&base, &elf::layout(&base).unwrap()));
+            let labels = read_table(&frame(&normalised.table), &targets, new.len()).unwrap();
+            Streamed {
+                new,
+                normalised,
+                labels,
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Instructions and table entries straddle the pieces the patched
+        /// bytes arrive in and the pending buffer's bounds alike.
+        #[test]
+        fn relabelling_does_not_depend_on_how_the_output_arrives(
+            cuts in proptest::collection::vec(1usize..3 * PENDING, 1..40),
+        ) {
+            let s = streamed();
+            let mut sink = Vec::new();
+            let mut out = Output::new(FORMAT, &mut sink, s.new.len());
+            let sections = &s.normalised.new_sections;
+            let mut relabel = Relabel::new(&mut out, &s.labels, sections);
+            let mut rest = &s.normalised.new[..];
+            for len in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, tail) = rest.split_at((*len).min(rest.len()));
+                relabel.write_all(piece).unwrap();
+                rest = tail;
+            }
+            prop_assert!(relabel.pending.is_empty());
+            out.finish().unwrap();
+            prop_assert!(sink == s.new);
+        }
+    }
+
+    #[test]
+    fn a_blob_of_another_version_is_refused_before_its_layout_is_read() {
+        let v1 = [&[3, 0, 0, 0][..], &ZSTD_MAGIC, b"rest"].concat();
+        let v3 = [&MAGIC[..], &[3], &[0; 8]].concat();
+        for (blob, found) in [(v1, 1), (v3, 3)] {
+            let err = split(&blob, 100).err().unwrap();
+            assert!(
+                matches!(err, DeltaError::UnsupportedVersion { found: f, supported: VERSION, .. } if f == found),
+                "{err:?}"
+            );
+        }
+        let err = split(b"garbage, not a patch", 100).err().unwrap();
+        assert!(matches!(err, DeltaError::Corrupt { .. }), "{err:?}");
     }
 }
