@@ -29,8 +29,8 @@ pub(crate) fn create(
 }
 
 /// What a patch is applied to: the base build's bytes, or a view of them
-/// (`crate::exec` reads a normalised base through an overlay instead of a
-/// copy).
+/// (`crate::exec` normalises the base as it is read instead of holding a
+/// normalised copy).
 pub(crate) trait Base {
     /// Length in bytes.
     fn len(&self) -> usize;

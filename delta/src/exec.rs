@@ -54,9 +54,11 @@
 //!
 //! # Applying
 //!
-//! Read the base through an overlay of its normalised words (labels, table
-//! differences: 8 bytes per rewritten word, not a copy of the base) and
-//! patch; the patched bytes are mapped back as they stream out
+//! Read the base normalised as it is read ([`Normalised`]: each read is
+//! normalised again from the last place before it where an instruction or
+//! table entry starts, kept every [`RESUME_EVERY`] bytes; no copy of the
+//! base and no list of its rewritten words) and patch; the patched bytes
+//! are mapped back as they stream out
 //! ([`Relabel`]): bytes outside the header's sections pass through, the
 //! bytes of a section are held until whole instructions or table entries
 //! can be rewritten (at most [`PENDING`] bytes), the tables' coding is
@@ -69,10 +71,10 @@
 //! sorted, apart and within the declared size or a label the table does not
 //! give is [`DeltaError::Corrupt`]. A layout that lies within those bounds,
 //! like any hostile patch, only makes a different output of the declared
-//! size, which the caller's hash check refuses. Memory: the base, the
-//! overlay, a label table of 8 bytes per label and `bsdiff-zstd`'s buffers;
-//! no copy of the new build (docs/benchmarks.md, "Executable-aware
-//! deltas").
+//! size, which the caller's hash check refuses. Memory: the base, its
+//! distinct targets (4 bytes each), a label table of 8 bytes per label, the
+//! resumption places and `bsdiff-zstd`'s buffers; no copy of either build
+//! (docs/benchmarks.md, "Executable-aware deltas").
 
 mod elf;
 /// The ELF builds of the integration tests, for the unit tests.
@@ -82,7 +84,7 @@ mod elf;
 mod fixture;
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 use self::elf::{Direction, Kind, Section, TableCoder};
 use crate::output::Output;
@@ -158,16 +160,27 @@ pub(crate) fn apply(base: &[u8], patch: &[u8], out: &mut Output<'_>) -> Result<(
         reason,
     })?;
     let blob = split(patch, size)?;
-    let mut old_targets = Vec::new();
+    // Fields repeat targets (≈ 2.6 fields per target in the agent library):
+    // deduplicated whenever the buffer is full, it stays within about twice
+    // the distinct targets, and is held for the whole patch without spare
+    // room.
+    let mut old_targets: Vec<u32> = Vec::new();
     let _ = elf::for_each_field(base, &sections, |_, next_ip, value| {
+        if old_targets.len() == old_targets.capacity() {
+            old_targets.sort_unstable();
+            old_targets.dedup();
+            if old_targets.len() > old_targets.capacity() / 2 {
+                old_targets.reserve_exact(old_targets.capacity().max(1024));
+            }
+        }
         old_targets.push(value.wrapping_add(next_ip));
         Ok::<(), ()>(())
     });
     old_targets.sort_unstable();
     old_targets.dedup();
+    old_targets.shrink_to_fit();
     let labels = read_table(blob.table, &old_targets, size)?;
-    let old = Normalised::new(base, &sections, &old_targets)?;
-    drop(old_targets);
+    let old = Normalised::new(base, &sections, &old_targets);
 
     let mut relabel = Relabel::new(out, &labels, &blob.sections);
     let mut inner = Output::new(FORMAT, &mut relabel, size);
@@ -324,47 +337,63 @@ impl Write for Relabel<'_, '_> {
     }
 }
 
-/// The base as normalised, without a copy of it: the base's bytes with the
-/// rewritten 4-byte words laid over them (8 bytes per word, against the
-/// whole build for a copy).
+/// Bytes between the places a normalisation of the base resumes from (1
+/// KiB): each read of the base redoes at most this much before what it
+/// reads, and each place costs a table coder's state (≈ 48 bytes).
+const RESUME_EVERY: usize = 1024;
+
+/// The base as normalised, without a copy of it or of its rewritten words:
+/// each read copies the base's bytes and normalises them again, from the
+/// last place before them where an instruction or table entry starts.
 struct Normalised<'a> {
     base: &'a [u8],
-    /// File offset and normalised bytes of each rewritten word, by offset;
-    /// words never overlap (fields do not, and sections do not).
-    words: Vec<(u32, [u8; 4])>,
+    sections: &'a [Section],
+    /// The base's targets, sorted: a field's label is its target's rank.
+    targets: &'a [u32],
+    /// Per section, the places a normalisation resumes from, about every
+    /// [`RESUME_EVERY`] bytes: offset in the section (the first at 0, the
+    /// last at its end) and the table coding's state there.
+    resume: Vec<Vec<(usize, TableCoder)>>,
 }
 
 impl<'a> Normalised<'a> {
-    fn new(base: &'a [u8], sections: &[Section], targets: &[u32]) -> Result<Self, DeltaError> {
-        let mut words = Vec::new();
-        let _ = elf::for_each_field(base, sections, |at, next_ip, value| {
-            // Every target was collected from these very fields.
-            let target = value.wrapping_add(next_ip);
-            let label = targets.binary_search(&target).unwrap_or_default() as u32;
-            // `at` is within the base, whose size is below MAX_SIZE (1 GiB).
-            words.push((at as u32, label.to_le_bytes()));
-            Ok::<(), ()>(())
-        });
-        // Code is labelled above; only the tables are difference-coded.
-        for section in sections.iter().filter(|s| s.kind != Kind::Code) {
-            // `layout` checked that the section lies within the file.
-            let original = &base[section.offset..section.offset + section.size];
-            let mut table = Vec::new();
-            table
-                .try_reserve_exact(original.len())
-                .map_err(|_| too_large("normalised table", original.len()))?;
-            table.extend_from_slice(original);
-            TableCoder::new(section.kind).step(&mut table, true, Direction::Normalise);
-            for (i, (new, old)) in table.chunks(4).zip(original.chunks(4)).enumerate() {
-                if let (true, Ok(word)) = (new != old, <[u8; 4]>::try_from(new)) {
-                    words.push(((section.offset + 4 * i) as u32, word));
+    fn new(base: &'a [u8], sections: &'a [Section], targets: &'a [u32]) -> Self {
+        let mut scratch = [0u8; RESUME_EVERY];
+        let resume = sections
+            .iter()
+            .map(|section| {
+                // `layout` checked that the section lies within the file.
+                let bytes = &base[section.offset..section.offset + section.size];
+                let mut points = Vec::with_capacity(bytes.len() / RESUME_EVERY + 2);
+                let mut coder = TableCoder::new(section.kind);
+                let mut pos = 0;
+                while pos < bytes.len() {
+                    points.push((pos, coder.clone()));
+                    let end = bytes.len().min(pos + RESUME_EVERY);
+                    let done = if section.kind == Kind::Code {
+                        let code = &bytes[pos..bytes.len().min(end + elf::MAX_INSTRUCTION)];
+                        let ip = section.addr.wrapping_add(pos as u64);
+                        elf::sweep(code, ip, end - pos, |_, _, _| Ok::<(), ()>(()))
+                            .unwrap_or_default()
+                    } else {
+                        let piece = &mut scratch[..end - pos];
+                        piece.copy_from_slice(&bytes[pos..end]);
+                        coder.step(piece, end == bytes.len(), Direction::Normalise)
+                    };
+                    // Both make progress: a sweep decodes an instruction, a
+                    // step of RESUME_EVERY bytes (or the rest) codes an entry.
+                    pos += done.max(1);
                 }
-            }
+                points.push((bytes.len(), coder));
+                points
+            })
+            .collect();
+        Normalised {
+            base,
+            sections,
+            targets,
+            resume,
         }
-        words.sort_unstable_by_key(|w| w.0);
-        // Held for the whole patch: no spare capacity.
-        words.shrink_to_fit();
-        Ok(Normalised { base, words })
     }
 }
 
@@ -376,15 +405,50 @@ impl bsdiff_zstd::Base for Normalised<'_> {
     fn read_into(&self, at: usize, out: &mut [u8]) {
         out.copy_from_slice(&self.base[at..at + out.len()]);
         let end = at + out.len();
-        let first = self.words.partition_point(|w| w.0 as usize + 4 <= at);
-        for (offset, word) in self.words[first..]
-            .iter()
-            .take_while(|w| (w.0 as usize) < end)
-        {
-            for (k, byte) in word.iter().enumerate() {
-                let p = *offset as usize + k;
-                if (at..end).contains(&p) {
-                    out[p - at] = *byte;
+        for (section, points) in self.sections.iter().zip(&self.resume) {
+            let (start, bytes) = (section.offset, section.size);
+            if start + bytes <= at || end <= start {
+                continue;
+            }
+            // The part of the section read, relative to its start.
+            let (lo, hi) = (at.max(start) - start, end.min(start + bytes) - start);
+            let bytes = &self.base[start..start + bytes];
+            // The first place is at 0 <= lo, so `first` >= 1.
+            let first = points.partition_point(|p| p.0 <= lo) - 1;
+            for pair in points[first..].windows(2) {
+                let ((from, coder), (to, _)) = (&pair[0], &pair[1]);
+                if *from >= hi {
+                    break;
+                }
+                // Writes `normalised`, which starts at `offset` in the
+                // section, where it overlaps what is read.
+                let mut put = |offset: usize, normalised: &[u8]| {
+                    let (a, b) = (offset.max(lo), (offset + normalised.len()).min(hi));
+                    if a < b {
+                        out[start + a - at..start + b - at]
+                            .copy_from_slice(&normalised[a - offset..b - offset]);
+                    }
+                };
+                if section.kind == Kind::Code {
+                    let code = &bytes[*from..bytes.len().min(to + elf::MAX_INSTRUCTION)];
+                    let ip = section.addr.wrapping_add(*from as u64);
+                    let _ = elf::sweep(code, ip, to - from, |field, next_ip, value| {
+                        // Every target was collected from these very fields.
+                        let target = value.wrapping_add(next_ip);
+                        let label = self.targets.binary_search(&target).unwrap_or_default();
+                        // Ranks are below 2^32: at most one target per field.
+                        put(from + field, &(label as u32).to_le_bytes());
+                        Ok::<(), ()>(())
+                    });
+                } else {
+                    // A step covered at most RESUME_EVERY bytes when the
+                    // places were found.
+                    let mut scratch = [0u8; RESUME_EVERY];
+                    let piece = &mut scratch[..to - from];
+                    piece.copy_from_slice(&bytes[*from..*to]);
+                    let mut coder = coder.clone();
+                    coder.step(piece, *to == bytes.len(), Direction::Normalise);
+                    put(*from, piece);
                 }
             }
         }
@@ -619,18 +683,19 @@ fn read_table(
     let n = old_targets.len();
     let max_fresh = new_size / 5;
     let limit = 8 + 5 * n + 4 * max_fresh;
-    let window_log = ceil_log2(limit as u64);
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame)
-        .and_then(|mut d| d.window_log_max(window_log).map(|()| d))
-        .map_err(|e| corrupt(format!("label table: {e}")))?;
-    let mut table = Vec::new();
-    (&mut decoder)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut table)
-        .map_err(|e| corrupt(format!("label table: {e}")))?;
-    if table.len() > limit {
+    // One shot into a buffer of the frame's declared content size: no
+    // decoder window and no growing buffer besides it.
+    let declared = zstd::zstd_safe::get_frame_content_size(frame)
+        .map_err(|_| corrupt("label table: not a zstd frame".to_owned()))?
+        .ok_or_else(|| corrupt("label table: the frame has no content size".to_owned()))?;
+    if declared > limit as u64 {
         return Err(too_large("label table", limit));
     }
+    // At most `limit`, a usize.
+    let mut table = Vec::with_capacity(declared as usize);
+    zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(frame, &mut table))
+        .map_err(|e| corrupt(format!("label table: {e}")))?;
     let mut rest = Cursor(&table);
     if rest.word()? as usize != n {
         return Err(corrupt(
@@ -692,28 +757,6 @@ mod tests {
     }
 
     #[test]
-    fn the_overlay_reads_as_the_base_with_its_words_written_over() {
-        use bsdiff_zstd::Base;
-        let base: Vec<u8> = (0..64).collect();
-        let words = vec![
-            (3, [0xa0, 0xa1, 0xa2, 0xa3]),
-            (10, [0xb0; 4]),
-            (60, [0xc0; 4]),
-        ];
-        let mut copy = base.clone();
-        for (at, word) in &words {
-            copy[*at as usize..*at as usize + 4].copy_from_slice(word);
-        }
-        let overlay = Normalised { base: &base, words };
-        assert_eq!(overlay.len(), 64);
-        for (at, len) in [(0, 64), (0, 3), (4, 2), (5, 7), (12, 1), (13, 47), (61, 3)] {
-            let mut out = vec![0; len];
-            overlay.read_into(at, &mut out);
-            assert_eq!(out, copy[at..at + len], "{at}+{len}");
-        }
-    }
-
-    #[test]
     fn hostile_label_tables_are_typed_errors() {
         let old_targets = [10, 20];
         let (_, good) = label_new(&old_targets, &[11, 500], &HashMap::from([(11, 10)]));
@@ -735,6 +778,23 @@ mod tests {
             read_table(b"not zstd", &old_targets, 400),
             Err(DeltaError::Corrupt { .. })
         ));
+        // The table is decompressed into a buffer of the declared size: a
+        // frame must declare it, and within the bound.
+        let unsized_frame = zstd::stream::encode_all(&good[..], 3).unwrap();
+        let err = read_table(&unsized_frame, &old_targets, 400).unwrap_err();
+        assert!(err.to_string().contains("no content size"), "{err}");
+        let limit = 8 + 5 * 2 + 4 * (400 / 5);
+        let err = read_table(&frame(&vec![0; limit + 1]), &old_targets, 400).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeltaError::TooLarge {
+                    what: "label table",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         let mut blob = b"ELX\x02".to_vec();
         blob.extend_from_slice(&[0, 0, 5, 0, 0, 0, 1]);
         assert!(matches!(split(&blob, 100), Err(DeltaError::Corrupt { .. })));
@@ -743,6 +803,7 @@ mod tests {
     /// A release of the fixture build (code moved, tables changed), its
     /// normalisation and the labels as the applier decodes them.
     struct Streamed {
+        base: Vec<u8>,
         new: Vec<u8>,
         normalised: Normalisation,
         labels: Vec<Option<u32>>,
@@ -757,6 +818,7 @@ mod tests {
             let targets = sorted_targets(&fields(&base, &elf::layout(&base).unwrap()));
             let labels = read_table(&frame(&normalised.table), &targets, new.len()).unwrap();
             Streamed {
+                base,
                 new,
                 normalised,
                 labels,
@@ -790,6 +852,35 @@ mod tests {
             prop_assert!(relabel.pending.is_empty());
             out.finish().unwrap();
             prop_assert!(sink == s.new);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Reads of the base normalised on the fly, from any place and of
+        /// any length, match the base normalised whole as `create` does it.
+        #[test]
+        fn the_base_reads_as_normalised_whole(
+            reads in proptest::collection::vec((any::<usize>(), 0usize..3 * RESUME_EVERY), 1..40),
+        ) {
+            use bsdiff_zstd::Base;
+            let s = streamed();
+            let sections = elf::layout(&s.base).unwrap();
+            let targets = sorted_targets(&fields(&s.base, &sections));
+            let old = Normalised::new(&s.base, &sections, &targets);
+            prop_assert_eq!(old.len(), s.base.len());
+            let whole = &s.normalised.old;
+            let mut all = vec![0; whole.len()];
+            old.read_into(0, &mut all);
+            prop_assert!(&all == whole);
+            for (at, len) in reads {
+                let at = at % whole.len();
+                let len = len.min(whole.len() - at);
+                let mut out = vec![0; len];
+                old.read_into(at, &mut out);
+                prop_assert!(out[..] == whole[at..at + len], "{}+{}", at, len);
+            }
         }
     }
 

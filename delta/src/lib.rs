@@ -49,15 +49,16 @@
 //!   window limit set to [`patch_from_window_log`] of the sizes and a frame
 //!   declaring more content than `new_size` refused up front. Memory: base +
 //!   patch + ≈ new, so this format cannot be applied below ≈ 2× the build.
-//! - `elf-x86-64-bsdiff-zstd` reads the base through an overlay of its
-//!   normalised words (8 bytes per rewritten word) and maps the labels back
-//!   as the output streams out, by the new build's section layout from the
-//!   patch header (checked to lie sorted and apart within `new_size`),
-//!   holding at most 16 KiB of a section at a time. Its bsdiff-zstd body
-//!   has a zstd window of at most 128 KiB. Memory: the base, the patch, the
-//!   overlay and a label table of 8 bytes per label, all bounded by the base
-//!   length (and `new_size` for fresh labels), and ≈ 0.5 MiB of buffers; no
-//!   copy of the new build.
+//! - `elf-x86-64-bsdiff-zstd` normalises each read of the base again from
+//!   a place an instruction or table entry starts (one per KiB) and maps the
+//!   labels back as the output streams out, by the new build's section
+//!   layout from the patch header (checked to lie sorted and apart within
+//!   `new_size`), holding at most 16 KiB of a section at a time. Its
+//!   bsdiff-zstd body has a zstd window of at most 128 KiB. Memory: the
+//!   base, the patch, the base's distinct targets (4 bytes each), a label
+//!   table of 8 bytes per label and ≈ 50 bytes per KiB of rewritten
+//!   sections, all bounded by the base length (and `new_size` for fresh
+//!   labels), and ≈ 0.5 MiB of buffers; no copy of either build.
 //! - Declared sizes above [`MAX_SIZE`] are refused up front.
 //!
 //! [`apply`] adds a `Vec` of `new_size` bytes to that.
@@ -152,9 +153,9 @@ pub fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, D
 ///
 /// Only size decides: `bsdiff-zstd` is also the format that is cheapest to
 /// apply (base + ≈ 1.5 MiB through [`apply_to`], against base + ≈ new for
-/// `zstd-patch-from` and base + an overlay of its rewritten words + ≈ 0.5
-/// MiB for `elf-x86-64-bsdiff-zstd`; see the crate docs), and earlier
-/// formats win a tie, but a smaller blob in another format still wins.
+/// `zstd-patch-from` and base + label tables + ≈ 0.5 MiB for
+/// `elf-x86-64-bsdiff-zstd`; see the crate docs), and earlier formats win a
+/// tie, but a smaller blob in another format still wins.
 ///
 /// # Errors
 ///

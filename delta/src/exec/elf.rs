@@ -345,6 +345,7 @@ pub(super) fn transform_tables(elf: &mut [u8], sections: &[Section], direction: 
 ///   pcrel sdata4, `fde_count` udata4, table datarel sdata4) are rewritten;
 ///   anything else is left as it is.
 /// - [`Kind::Code`] is left as it is (its fields are labelled elsewhere).
+#[derive(Clone, Debug)]
 pub(super) struct TableCoder {
     kind: Kind,
     /// Original values of the previous entry's coded words.
