@@ -13,23 +13,24 @@ use std::io::{self, BufReader, Read};
 use crate::output::{CHUNK, Output};
 use crate::{DeltaError, DeltaFormat, WINDOW_TOO_LARGE, bsdiff_window_log};
 
-/// Makes the patch; `format` is the one named in errors (`crate::exec`
-/// wraps this format).
-pub(crate) fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
+/// Makes the patch with a zstd window of 2^`window_log`, at most
+/// [`bsdiff_window_log`] of the new build's size; `format` is the one named
+/// in errors (`crate::exec` wraps this format, with a smaller window).
+pub(crate) fn create(
+    format: DeltaFormat,
+    base: &[u8],
+    new: &[u8],
+    window_log: u32,
+) -> Result<Vec<u8>, DeltaError> {
     let mut stream = Vec::with_capacity(new.len() + new.len() / 16 + 64);
     bsdiff::diff(base, new, &mut stream).map_err(|source| DeltaError::Diff { format, source })?;
-    crate::compress(
-        format,
-        &stream,
-        &[],
-        bsdiff_window_log(new.len() as u64),
-        false,
-    )
+    let window_log = window_log.min(bsdiff_window_log(new.len() as u64));
+    crate::compress(format, &stream, &[], window_log, false)
 }
 
 /// What a patch is applied to: the base build's bytes, or a view of them
-/// (`crate::exec` reads a normalised base through an overlay instead of a
-/// copy).
+/// (`crate::exec` normalises the base as it is read instead of holding a
+/// normalised copy).
 pub(crate) trait Base {
     /// Length in bytes.
     fn len(&self) -> usize;
@@ -49,14 +50,16 @@ impl Base for [u8] {
 }
 
 /// Streams the patched build into `out` (which bounds and counts it); the
-/// memory is the zstd window, a 64 KiB read buffer and two [`CHUNK`]s.
+/// memory is the zstd window (at most 2^`window_log`, as made by
+/// [`create`]), a 64 KiB read buffer and two [`CHUNK`]s.
 pub(crate) fn apply<B: Base + ?Sized>(
     format: DeltaFormat,
     base: &B,
     patch: &[u8],
     out: &mut Output<'_>,
+    window_log: u32,
 ) -> Result<(), DeltaError> {
-    let window_log = bsdiff_window_log(out.size() as u64);
+    let window_log = window_log.min(bsdiff_window_log(out.size() as u64));
     let mut decoder = zstd::stream::read::Decoder::with_buffer(patch)
         .map_err(|e| io_error(format, e, window_log))?;
     decoder

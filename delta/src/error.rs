@@ -43,6 +43,20 @@ pub enum DeltaError {
         /// What was wrong, for the log.
         reason: String,
     },
+    /// The patch is in a layout version of its format that this build does
+    /// not read: made by an older or newer build. It is not applied; take
+    /// another delta or the full artifact.
+    #[error(
+        "{format:?} patch has layout version {found}, this build reads version {supported}; use the full artifact"
+    )]
+    UnsupportedVersion {
+        /// Format of the patch.
+        format: DeltaFormat,
+        /// Version the patch has.
+        found: u8,
+        /// Version this build reads.
+        supported: u8,
+    },
     /// The inputs are not what the format handles: for
     /// `elf-x86-64-bsdiff-zstd`, a base or new build that is not an x86-64
     /// ELF file with a layout the normalisation can rebuild exactly. When

@@ -17,8 +17,9 @@
 //!   across the builds) and their relative relocations and unwind search
 //!   table were difference-coded, so that code that moved does not change
 //!   them (`exec.rs` has the rules and the layout). Applying rewrites the
-//!   base the same way, patches, and maps the labels back on the result. Only for x86-64 ELF
-//!   builds: [`create_smallest`] skips it for anything else
+//!   base the same way, patches, and maps the labels back as the result
+//!   streams out, by the new build's section layout from the patch header.
+//!   Only for x86-64 ELF builds: [`create_smallest`] skips it for anything else
 //!   ([`DeltaError::NotApplicable`]). Clients released before it know it as
 //!   [`DeltaFormat::Unknown`], so publishers offer it beside an older format
 //!   (docs/updates.md).
@@ -48,13 +49,16 @@
 //!   window limit set to [`patch_from_window_log`] of the sizes and a frame
 //!   declaring more content than `new_size` refused up front. Memory: base +
 //!   patch + ≈ new, so this format cannot be applied below ≈ 2× the build.
-//! - `elf-x86-64-bsdiff-zstd` reads the base through an overlay of its
-//!   normalised words (8 bytes per rewritten word) and holds the whole new
-//!   build (it must be rewritten back before any of it is written), with a
-//!   label table and edits of a few bytes per field, all bounded by the base
-//!   length and `new_size`, on top of `bsdiff-zstd`'s buffers. Memory: the
-//!   base, the patch, the new build and ≈ 24 bytes per field, ≈ 3× the
-//!   build.
+//! - `elf-x86-64-bsdiff-zstd` normalises each read of the base again from
+//!   a place an instruction or table entry starts (one per KiB) and maps the
+//!   labels back as the output streams out, by the new build's section
+//!   layout from the patch header (checked to lie sorted and apart within
+//!   `new_size`), holding at most 16 KiB of a section at a time. Its
+//!   bsdiff-zstd body has a zstd window of at most 128 KiB. Memory: the
+//!   base, the patch, the base's distinct targets (4 bytes each), a label
+//!   table of 8 bytes per label and ≈ 50 bytes per KiB of rewritten
+//!   sections, all bounded by the base length (and `new_size` for fresh
+//!   labels), and ≈ 0.5 MiB of buffers; no copy of either build.
 //! - Declared sizes above [`MAX_SIZE`] are refused up front.
 //!
 //! [`apply`] adds a `Vec` of `new_size` bytes to that.
@@ -122,7 +126,7 @@ pub fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, D
         check_size(format, len as u64)?;
     }
     let blob = match format {
-        DeltaFormat::BsdiffZstd => bsdiff_zstd::create(format, base, new)?,
+        DeltaFormat::BsdiffZstd => bsdiff_zstd::create(format, base, new, BSDIFF_MAX_WINDOW_LOG)?,
         DeltaFormat::ZstdPatchFrom => patch_from::create(base, new)?,
         DeltaFormat::ElfX86BsdiffZstd => exec::create(base, new)?,
         DeltaFormat::Unknown => return Err(DeltaError::UnknownFormat(format)),
@@ -149,9 +153,9 @@ pub fn create(format: DeltaFormat, base: &[u8], new: &[u8]) -> Result<Vec<u8>, D
 ///
 /// Only size decides: `bsdiff-zstd` is also the format that is cheapest to
 /// apply (base + ≈ 1.5 MiB through [`apply_to`], against base + ≈ new for
-/// `zstd-patch-from` and ≈ base + new + an overlay for
-/// `elf-x86-64-bsdiff-zstd`; see the crate docs), and earlier formats win a tie, but a smaller blob in
-/// another format still wins.
+/// `zstd-patch-from` and base + label tables + ≈ 0.5 MiB for
+/// `elf-x86-64-bsdiff-zstd`; see the crate docs), and earlier formats win a
+/// tie, but a smaller blob in another format still wins.
 ///
 /// # Errors
 ///
@@ -242,6 +246,8 @@ pub fn apply(
 /// [`DeltaError::TooLarge`] if `new_size` or `base` exceed [`MAX_SIZE`] or the
 /// patch asks for more output, window or control entries than the sizes
 /// allow; [`DeltaError::Corrupt`] for a malformed or truncated patch;
+/// [`DeltaError::UnsupportedVersion`] for a patch in a layout of its format
+/// that this build does not read;
 /// [`DeltaError::WrongSize`] if it produces fewer than `new_size` bytes;
 /// [`DeltaError::Write`] if writing to or flushing `out` fails.
 pub fn apply_to(
@@ -254,7 +260,9 @@ pub fn apply_to(
     let new_size = check_inputs(format, base, new_size)?;
     let mut output = Output::new(format, out, new_size);
     match format {
-        DeltaFormat::BsdiffZstd => bsdiff_zstd::apply(format, base, patch, &mut output)?,
+        DeltaFormat::BsdiffZstd => {
+            bsdiff_zstd::apply(format, base, patch, &mut output, BSDIFF_MAX_WINDOW_LOG)?
+        }
         DeltaFormat::ZstdPatchFrom => patch_from::apply(base, patch, &mut output)?,
         DeltaFormat::ElfX86BsdiffZstd => exec::apply(base, patch, &mut output)?,
         DeltaFormat::Unknown => return Err(DeltaError::UnknownFormat(format)),

@@ -21,7 +21,7 @@ pub(super) struct Section {
     pub(super) offset: usize,
     pub(super) size: usize,
     /// Virtual address of the first byte.
-    addr: u64,
+    pub(super) addr: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +129,83 @@ pub(super) fn layout(elf: &[u8]) -> Result<Vec<Section>, &'static str> {
     Ok(sections)
 }
 
+/// Bytes of one section in a patch's section layout ([`write_layout`]).
+const LAYOUT_ENTRY: usize = 17;
+
+/// Appends `sections` (as [`layout`] returns them, of a file of at most
+/// `crate::MAX_SIZE` bytes) to a patch header: u16 count, then per section
+/// its kind u8 (0 code, 1 relocations, 2 `.eh_frame_hdr`), file offset
+/// u32, size u32 and address u64, all little-endian.
+pub(super) fn write_layout(sections: &[Section], out: &mut Vec<u8>) {
+    // `layout` takes at most one section per section header, of which ELF
+    // counts at most u16::MAX; offsets and sizes lie within a file of at
+    // most MAX_SIZE (1 GiB) bytes.
+    out.extend_from_slice(&(sections.len() as u16).to_le_bytes());
+    for section in sections {
+        let kind: u8 = match section.kind {
+            Kind::Code => 0,
+            Kind::Rela => 1,
+            Kind::EhFrameHdr => 2,
+        };
+        out.push(kind);
+        out.extend_from_slice(&(section.offset as u32).to_le_bytes());
+        out.extend_from_slice(&(section.size as u32).to_le_bytes());
+        out.extend_from_slice(&section.addr.to_le_bytes());
+    }
+}
+
+/// Reads a section layout [`write_layout`] wrote at the start of `bytes`
+/// for a file of `file_size` bytes; returns it and the bytes after it.
+/// Holds it to what [`layout`] guarantees, so a patch cannot make the
+/// applier rewrite past the output or twice over: sections non-empty,
+/// sorted, apart, after the ELF header and within the file. (Whether they
+/// are the file's real sections only the result's hash tells.) Allocates
+/// only for entries `bytes` holds.
+pub(super) fn read_layout(
+    bytes: &[u8],
+    file_size: usize,
+) -> Result<(Vec<Section>, &[u8]), &'static str> {
+    let (count, rest) = bytes
+        .split_first_chunk::<2>()
+        .ok_or("truncated section layout")?;
+    let count = usize::from(u16::from_le_bytes(*count));
+    let (entries, rest) = rest
+        .split_at_checked(count * LAYOUT_ENTRY)
+        .ok_or("truncated section layout")?;
+    let mut sections = Vec::with_capacity(count);
+    let mut covered = EHDR_SIZE;
+    for entry in entries.chunks_exact(LAYOUT_ENTRY) {
+        let kind = match entry[0] {
+            0 => Kind::Code,
+            1 => Kind::Rela,
+            2 => Kind::EhFrameHdr,
+            _ => return Err("unknown section kind"),
+        };
+        // Widening: u32 fits usize on every platform we build for.
+        let offset = u32_at(entry, 1)? as usize;
+        let size = u32_at(entry, 5)? as usize;
+        let addr = u64_at(entry, 9)?;
+        if size == 0 {
+            return Err("an empty section");
+        }
+        if offset < covered {
+            return Err("sections out of order, overlapping or over the ELF header");
+        }
+        let end = offset
+            .checked_add(size)
+            .filter(|end| *end <= file_size)
+            .ok_or("a section reaches past the end of the build")?;
+        covered = end;
+        sections.push(Section {
+            kind,
+            offset,
+            size,
+            addr,
+        });
+    }
+    Ok((sections, rest))
+}
+
 /// Name of the section [`Kind::EhFrameHdr`] stands for, with its NUL.
 const EH_FRAME_HDR: &[u8] = b".eh_frame_hdr\0";
 
@@ -154,9 +231,11 @@ fn section_names(elf: &[u8], shoff: usize, shnum: usize) -> Result<Option<&[u8]>
 ///
 /// Callers that rewrite fields do so afterwards: instruction lengths do not
 /// depend on displacement values, so the rewritten code sweeps into the same
-/// fields. The decoder reads a copy of a window of a section at a time; an
-/// instruction starting in a window is decoded whole, as the copy reaches 15
-/// bytes (the longest instruction) past the window.
+/// fields. The decoder reads a window of a section at a time; an
+/// instruction starting in a window is decoded whole, as the slice reaches
+/// [`MAX_INSTRUCTION`] bytes past the window, so the instructions are those
+/// of one sweep over the whole section, as [`sweep`] finds them when the
+/// section streams by.
 ///
 /// # Errors
 ///
@@ -167,41 +246,62 @@ pub(super) fn for_each_field<E>(
     mut visit: impl FnMut(usize, u32, u32) -> Result<(), E>,
 ) -> Result<(), E> {
     const WINDOW: usize = 64 * 1024;
-    const MAX_INSTRUCTION: usize = 15;
-    let mut window = Vec::with_capacity(WINDOW + MAX_INSTRUCTION);
-    let mut instruction = Instruction::default();
     for section in sections.iter().filter(|s| s.kind == Kind::Code) {
         // `layout` checked that the section lies within the file.
         let code = &elf[section.offset..section.offset + section.size];
         let mut pos = 0;
         while pos < code.len() {
             let end = code.len().min(pos + WINDOW);
-            window.clear();
-            window.extend_from_slice(&code[pos..code.len().min(end + MAX_INSTRUCTION)]);
+            let window = &code[pos..code.len().min(end + MAX_INSTRUCTION)];
             let ip = section.addr.wrapping_add(pos as u64);
-            let mut decoder = Decoder::with_ip(64, &window, ip, DecoderOptions::NONE);
-            let mut at = 0;
-            while pos + at < end && decoder.can_decode() {
-                decoder.decode_out(&mut instruction);
-                let field = (!instruction.is_invalid())
-                    .then(|| field_offset(&decoder, &instruction))
-                    .flatten();
-                // The field lies within the instruction, which lies within
-                // the window, a copy of `code` from `pos`.
-                let bytes = field.and_then(|f| window.get(at + f..at + f + 4));
-                if let (Some(field), Some(&[a, b, c, d])) = (field, bytes) {
-                    let value = u32::from_le_bytes([a, b, c, d]);
-                    let next_ip = instruction.next_ip() as u32;
-                    visit(section.offset + pos + at + field, next_ip, value)?;
-                }
-                // The decoder consumes at least one byte per instruction,
-                // valid or not; `max` makes progress certain anyway.
-                at = decoder.position().max(at + 1);
-            }
-            pos += at;
+            pos += sweep(window, ip, end - pos, |at, next_ip, value| {
+                visit(section.offset + pos + at, next_ip, value)
+            })?;
         }
     }
     Ok(())
+}
+
+/// Length of the longest x86-64 instruction.
+pub(super) const MAX_INSTRUCTION: usize = 15;
+
+/// Decodes the instructions of `code`, whose first byte is at address `ip`
+/// and starts an instruction, that start before `limit`, and calls `visit`
+/// with the offset in `code`, the instruction's end address (mod 2^32) and
+/// the value of each field. Returns where the next instruction starts
+/// (`limit` or up to [`MAX_INSTRUCTION`] − 1 bytes past it, at most
+/// `code.len()`): an instruction starting before `limit` is decoded as in
+/// the whole section if `code` reaches [`MAX_INSTRUCTION`] bytes past
+/// `limit` or to the end of the section.
+///
+/// # Errors
+///
+/// The first error of `visit`, which stops the sweep.
+pub(super) fn sweep<E>(
+    code: &[u8],
+    ip: u64,
+    limit: usize,
+    mut visit: impl FnMut(usize, u32, u32) -> Result<(), E>,
+) -> Result<usize, E> {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    let mut at = 0;
+    while at < limit && decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        let field = (!instruction.is_invalid())
+            .then(|| field_offset(&decoder, &instruction))
+            .flatten();
+        // The field lies within the instruction, which lies within `code`.
+        let bytes = field.and_then(|f| code.get(at + f..at + f + 4));
+        if let (Some(field), Some(&[a, b, c, d])) = (field, bytes) {
+            let value = u32::from_le_bytes([a, b, c, d]);
+            visit(at + field, instruction.next_ip() as u32, value)?;
+        }
+        // The decoder consumes at least one byte per instruction, valid or
+        // not; `max` makes progress certain anyway.
+        at = decoder.position().max(at + 1);
+    }
+    Ok(at.min(code.len()))
 }
 
 /// Offset within the instruction of its 4-byte RIP-relative displacement or
@@ -224,38 +324,113 @@ fn field_offset(decoder: &Decoder<'_>, instruction: &Instruction) -> Option<usiz
 pub(super) fn transform_tables(elf: &mut [u8], sections: &[Section], direction: Direction) {
     for section in sections {
         // `layout` checked that the section lies within the file.
-        transform_table(
-            section,
-            &mut elf[section.offset..section.offset + section.size],
-            direction,
-        );
+        let bytes = &mut elf[section.offset..section.offset + section.size];
+        TableCoder::new(section.kind).step(bytes, true, direction);
     }
 }
 
-/// [`transform_tables`] for one section's bytes (nothing for code).
-pub(super) fn transform_table(section: &Section, bytes: &mut [u8], direction: Direction) {
-    match section.kind {
-        Kind::Code => {}
-        Kind::Rela => transform_rela(bytes, direction),
-        Kind::EhFrameHdr => transform_eh_frame_hdr(bytes, direction),
-    }
+/// The difference coding of one table, resumable: the table can be given
+/// whole or piece by piece as it streams by, with the same result, since
+/// each step sees exactly the entries the whole pass would.
+///
+/// - `R_X86_64_RELATIVE` entries of a [`Kind::Rela`] table: `r_offset` and
+///   `r_addend` become the differences from the previous such entry's (or
+///   back). Offsets are sorted by the linker, so they step by 8, and
+///   consecutive addends are mostly the entries of one vtable or string
+///   table, whose distances a rebuild keeps.
+/// - The [`Kind::EhFrameHdr`] search table is sorted by function, so each
+///   entry becomes the difference from the previous one (function and FDE
+///   sizes, which an unchanged function keeps wherever it moved), or back.
+///   Only the encodings every linker writes for x86-64 (`eh_frame_ptr`
+///   pcrel sdata4, `fde_count` udata4, table datarel sdata4) are rewritten;
+///   anything else is left as it is.
+/// - [`Kind::Code`] is left as it is (its fields are labelled elsewhere).
+#[derive(Clone, Debug)]
+pub(super) struct TableCoder {
+    kind: Kind,
+    /// Original values of the previous entry's coded words.
+    previous: [u64; 2],
+    /// `.eh_frame_hdr` entries still to code; `None` before its header.
+    entries_left: Option<usize>,
 }
 
-/// `r_offset` and `r_addend` of each `R_X86_64_RELATIVE` entry become the
-/// differences from the previous such entry's (or back): offsets are sorted
-/// by the linker, so they step by 8, and consecutive addends are mostly the
-/// entries of one vtable or string table, whose distances a rebuild keeps.
-fn transform_rela(rela: &mut [u8], direction: Direction) {
-    let mut previous = [0u64; 2];
-    for entry in rela.chunks_exact_mut(RELA_SIZE) {
-        let info = u64::from_le_bytes(entry[8..16].try_into().unwrap_or_default());
-        if info & 0xffff_ffff != R_X86_64_RELATIVE {
-            continue;
+/// Size of the `.eh_frame_hdr` header before its search table.
+const EH_FRAME_HDR_HEADER: usize = 12;
+
+impl TableCoder {
+    pub(super) fn new(kind: Kind) -> Self {
+        TableCoder {
+            kind,
+            previous: [0; 2],
+            entries_left: None,
         }
-        for (at, previous) in [0, 16].into_iter().zip(&mut previous) {
-            let word = &mut entry[at..at + 8];
-            let stored = u64::from_le_bytes(word.try_into().unwrap_or_default());
-            word.copy_from_slice(&delta_step(stored, previous, direction).to_le_bytes());
+    }
+
+    /// Rewrites the longest prefix of `bytes` (the table's bytes from where
+    /// the previous step stopped) that it can: whole entries, or all of
+    /// `bytes` if `end` (they reach the end of the table). Returns the
+    /// length of that prefix, whose bytes are final; the rest must be given
+    /// again, with more after it. Given at least [`RELA_SIZE`] bytes it
+    /// returns more than 0.
+    pub(super) fn step(&mut self, bytes: &mut [u8], end: bool, direction: Direction) -> usize {
+        let done = match self.kind {
+            Kind::Code => bytes.len(),
+            Kind::Rela => self.rela(bytes, direction),
+            Kind::EhFrameHdr => self.eh_frame_hdr(bytes, end, direction),
+        };
+        if end { bytes.len() } else { done }
+    }
+
+    fn rela(&mut self, rela: &mut [u8], direction: Direction) -> usize {
+        let mut done = 0;
+        for entry in rela.chunks_exact_mut(RELA_SIZE) {
+            done += RELA_SIZE;
+            let info = u64::from_le_bytes(entry[8..16].try_into().unwrap_or_default());
+            if info & 0xffff_ffff != R_X86_64_RELATIVE {
+                continue;
+            }
+            for (at, previous) in [0, 16].into_iter().zip(&mut self.previous) {
+                let word = &mut entry[at..at + 8];
+                let stored = u64::from_le_bytes(word.try_into().unwrap_or_default());
+                word.copy_from_slice(&delta_step(stored, previous, direction).to_le_bytes());
+            }
+        }
+        done
+    }
+
+    fn eh_frame_hdr(&mut self, hdr: &mut [u8], end: bool, direction: Direction) -> usize {
+        let (skip, table) = match self.entries_left {
+            Some(_) => (0, hdr),
+            None => {
+                let Some((head, table)) = hdr.split_at_mut_checked(EH_FRAME_HDR_HEADER) else {
+                    return 0;
+                };
+                let count = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+                let known = head[..4] == [1, 0x1b, 0x03, 0x3b];
+                self.entries_left = Some(if known { count as usize } else { 0 });
+                (EH_FRAME_HDR_HEADER, table)
+            }
+        };
+        let left = self.entries_left.unwrap_or_default();
+        let mut done = 0;
+        for entry in table.chunks_exact_mut(8).take(left) {
+            done += 8;
+            for (word, previous) in entry.chunks_exact_mut(4).zip(&mut self.previous) {
+                let stored = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+                // Differences mod 2^64 truncate to differences mod 2^32; keep
+                // only the low half of the original for the next step.
+                let value = delta_step(u64::from(stored), previous, direction) as u32;
+                *previous &= 0xffff_ffff;
+                word.copy_from_slice(&value.to_le_bytes());
+            }
+        }
+        let left = left - done / 8;
+        self.entries_left = Some(left);
+        match left {
+            // Nothing after the last entry is rewritten.
+            0 => skip + table.len(),
+            _ if end => skip + table.len(),
+            _ => skip + done,
         }
     }
 }
@@ -273,34 +448,6 @@ fn delta_step(stored: u64, previous: &mut u64, direction: Direction) -> u64 {
         Direction::Denormalise => {
             *previous = stored.wrapping_add(*previous);
             *previous
-        }
-    }
-}
-
-/// The `.eh_frame_hdr` search table is sorted by function, so each entry
-/// becomes the difference from the previous one (function and FDE sizes,
-/// which an unchanged function keeps wherever it moved), or back. Only the
-/// encodings every linker writes for x86-64 (`eh_frame_ptr` pcrel sdata4,
-/// `fde_count` udata4, table datarel sdata4) are rewritten; anything else is
-/// left as it is.
-fn transform_eh_frame_hdr(hdr: &mut [u8], direction: Direction) {
-    const HEADER: usize = 12;
-    let Some((head, table)) = hdr.split_at_mut_checked(HEADER) else {
-        return;
-    };
-    if head[..4] != [1, 0x1b, 0x03, 0x3b] {
-        return;
-    }
-    let count = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
-    let mut previous = [0u64; 2];
-    for entry in table.chunks_exact_mut(8).take(count) {
-        for (word, previous) in entry.chunks_exact_mut(4).zip(&mut previous) {
-            let stored = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-            // Differences mod 2^64 truncate to differences mod 2^32; keep
-            // only the low half of the original for the next step.
-            let value = delta_step(u64::from(stored), previous, direction) as u32;
-            *previous &= 0xffff_ffff;
-            word.copy_from_slice(&value.to_le_bytes());
         }
     }
 }
@@ -449,5 +596,140 @@ mod tests {
             .map(|v| delta_step(*v, &mut previous, Direction::Denormalise))
             .collect();
         assert_eq!(back, values);
+    }
+
+    #[test]
+    fn a_layout_reads_back_as_written() {
+        let sections = [
+            (Kind::Rela, 64, 48, 0x1040),
+            (Kind::EhFrameHdr, 112, 20, 0x1070),
+            (Kind::Code, 200, 100, u64::MAX - 3),
+        ]
+        .map(|(kind, offset, size, addr)| Section {
+            kind,
+            offset,
+            size,
+            addr,
+        });
+        let mut bytes = Vec::new();
+        write_layout(&sections, &mut bytes);
+        bytes.extend_from_slice(b"after");
+        let (read, rest) = read_layout(&bytes, 300).unwrap();
+        assert_eq!(read, sections);
+        assert_eq!(rest, b"after");
+    }
+
+    #[test]
+    fn layouts_that_lie_are_refused() {
+        // (kind, offset, size) of each section, for a file of 1000 bytes.
+        let layout = |sections: &[(u8, u32, u32)]| {
+            let mut bytes = (sections.len() as u16).to_le_bytes().to_vec();
+            for (kind, offset, size) in sections {
+                bytes.push(*kind);
+                bytes.extend_from_slice(&offset.to_le_bytes());
+                bytes.extend_from_slice(&size.to_le_bytes());
+                bytes.extend_from_slice(&0x1000u64.to_le_bytes());
+            }
+            bytes
+        };
+        let mut too_many = layout(&[(0, 64, 10)]);
+        too_many[..2].copy_from_slice(&u16::MAX.to_le_bytes());
+        let table: [(&str, Vec<u8>, &str); 10] = [
+            ("empty", vec![], "truncated section layout"),
+            ("count too big", too_many, "truncated section layout"),
+            (
+                "cut entry",
+                layout(&[(0, 64, 10)])[..10].to_vec(),
+                "truncated section layout",
+            ),
+            (
+                "unknown kind",
+                layout(&[(3, 64, 10)]),
+                "unknown section kind",
+            ),
+            ("empty section", layout(&[(0, 64, 0)]), "an empty section"),
+            (
+                "over the ELF header",
+                layout(&[(0, 63, 10)]),
+                "sections out of order, overlapping or over the ELF header",
+            ),
+            (
+                "overlapping",
+                layout(&[(1, 64, 48), (0, 100, 10)]),
+                "sections out of order, overlapping or over the ELF header",
+            ),
+            (
+                "out of order",
+                layout(&[(0, 500, 10), (1, 64, 48)]),
+                "sections out of order, overlapping or over the ELF header",
+            ),
+            (
+                "past the end",
+                layout(&[(0, 990, 11)]),
+                "a section reaches past the end of the build",
+            ),
+            (
+                "far past the end",
+                layout(&[(0, u32::MAX, u32::MAX)]),
+                "a section reaches past the end of the build",
+            ),
+        ];
+        for (name, bytes, reason) in table {
+            assert_eq!(read_layout(&bytes, 1000).err(), Some(reason), "{name}");
+        }
+        assert!(read_layout(&layout(&[(0, 64, 936)]), 1000).is_ok());
+        assert!(read_layout(&layout(&[]), 0).is_ok());
+    }
+
+    /// A `.rela.dyn` of relative and other entries and an `.eh_frame_hdr`
+    /// with entries, all with values that step irregularly.
+    fn tables() -> [(Kind, Vec<u8>); 2] {
+        let mut rela = Vec::new();
+        for i in 0..200u64 {
+            let kind = if i % 7 == 3 { 6 } else { R_X86_64_RELATIVE };
+            rela.extend_from_slice(&(0x5000 + 8 * i).to_le_bytes());
+            rela.extend_from_slice(&kind.to_le_bytes());
+            rela.extend_from_slice(&(0x1000 + i * i * 13).to_le_bytes());
+        }
+        rela.extend_from_slice(&[9; 5]); // a partial entry is left alone
+        let mut hdr = vec![1, 0x1b, 0x03, 0x3b, 0, 0, 0, 0];
+        hdr.extend_from_slice(&150u32.to_le_bytes());
+        for i in 0..160u32 {
+            hdr.extend_from_slice(&(i * i * 3).to_le_bytes());
+            hdr.extend_from_slice(&(0x100 + 24 * i).to_le_bytes());
+        }
+        [(Kind::Rela, rela), (Kind::EhFrameHdr, hdr)]
+    }
+
+    proptest::proptest! {
+        /// The streamed coding agrees with the whole-table one however the
+        /// table is cut, in both directions.
+        #[test]
+        fn tables_code_the_same_whole_or_in_pieces(
+            cuts in proptest::collection::vec(1usize..100, 1..20),
+        ) {
+            for (kind, table) in tables() {
+                for direction in [Direction::Normalise, Direction::Denormalise] {
+                    let mut whole = table.clone();
+                    assert_eq!(TableCoder::new(kind).step(&mut whole, true, direction), table.len());
+                    proptest::prop_assert_ne!(&whole, &table);
+                    let mut coder = TableCoder::new(kind);
+                    let (mut streamed, mut pending) = (Vec::new(), Vec::new());
+                    let mut rest = &table[..];
+                    for len in cuts.iter().cycle() {
+                        let (piece, tail) = rest.split_at((*len).min(rest.len()));
+                        pending.extend_from_slice(piece);
+                        rest = tail;
+                        let done = coder.step(&mut pending, rest.is_empty(), direction);
+                        streamed.extend(pending.drain(..done));
+                        if rest.is_empty() {
+                            break;
+                        }
+                    }
+                    proptest::prop_assert!(pending.is_empty());
+                    proptest::prop_assert_eq!(&streamed, &whole, "{:?} {:?}", kind, direction);
+                }
+            }
+        }
     }
 }
