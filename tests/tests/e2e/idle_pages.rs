@@ -85,7 +85,9 @@ fn idle_pages_are_given_back_and_the_agent_keeps_reporting_and_swapping() {
     assert_eq!(run["result"]["state"], "OK", "{run}");
     // Given back again later (the next settle), and still answering.
     wait_until("the next release", secs(90), || {
-        (agent.proc.log()
+        (agent
+            .proc
+            .log()
             .lines()
             .filter(|l| l.contains(RELEASED))
             .count()
