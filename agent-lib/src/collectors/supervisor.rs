@@ -1,0 +1,457 @@
+//! The process side: one task per collector, executing the policy's actions.
+//!
+//! Invariants:
+//! - [`Supervisor::reconcile`] makes the running set match a list of
+//!   definitions: new ones start, changed ones get their new definition
+//!   (a collectd config is rendered and validated first), removed ones are
+//!   stopped with their whole process group before `reconcile` returns.
+//! - A new config is rendered to `collectd.conf.new` in the collector's
+//!   directory (`<data_dir>/collectors/<name>/`), fsynced, validated there
+//!   (`validate.rs`), and only then renamed over `collectd.conf` (and the
+//!   directory fsynced); the running collectd is then restarted on it
+//!   (collectd has no reload). A config that fails validation is deleted,
+//!   never replaces the one in use, and makes the collector CRITICAL with the
+//!   validator's output; the process on the previous config keeps running.
+//! - Each task owns its process; the decisions (restart delay, verdict)
+//!   are the pure [`CollectorHealth`]'s. Whenever the verdict changes it is
+//!   reported as a result of `outrider.collector.<name>`.
+//! - Every task is a child of the supervisor's cancellation token (a child
+//!   of the agent's shutdown token) and is awaited, on removal or in
+//!   [`Supervisor::shutdown`]; nothing is detached. Stopping kills each
+//!   group (SIGTERM, grace, SIGKILL).
+//! - The [`CollectorHealth`] of each collector sits behind a std mutex held
+//!   only for one step, never across an await, so the listener can feed
+//!   [`Supervisor::data_seen`] from anywhere.
+//! - A removed collector's directory (its logs, at most four capped files)
+//!   is left in place for diagnosis.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::policy::{Action, CollectorHealth, Event, RestartPolicy, Verdict};
+use super::process::{CollectorProcess, LOG_CAP_BYTES, LogFiles};
+use super::render::{CONFIG_FILE, collectd_config};
+use super::spec::{CollectorKind, CollectorName, CollectorSpec};
+use super::validate::{Collectd, DEFAULT_COLLECTD, Validation};
+use super::{COLLECTORS_DIR, Report};
+use crate::backoff::random_below;
+use crate::host::HostHooks;
+
+/// Time between SIGTERM and SIGKILL when a collector is stopped.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How often each collector's verdict is re-evaluated and its logs trimmed.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Where and how collectors run.
+#[derive(Clone, Debug)]
+pub struct SupervisorSettings {
+    /// Parent of the collectors' own directories.
+    pub dir: PathBuf,
+    /// The collectd program ([`DEFAULT_COLLECTD`], found on `PATH`).
+    pub collectd: PathBuf,
+    /// The host name collectd reports under.
+    pub hostname: String,
+    pub policy: RestartPolicy,
+    pub kill_grace: Duration,
+    pub tick: Duration,
+    /// Cap of each log file, bytes.
+    pub log_cap_bytes: u64,
+}
+
+impl SupervisorSettings {
+    /// The defaults, with collectors under `<data_dir>/collectors/`.
+    pub fn new(data_dir: &Path) -> SupervisorSettings {
+        SupervisorSettings {
+            dir: data_dir.join(COLLECTORS_DIR),
+            collectd: PathBuf::from(DEFAULT_COLLECTD),
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            policy: RestartPolicy::default(),
+            kill_grace: KILL_GRACE,
+            tick: TICK,
+            log_cap_bytes: LOG_CAP_BYTES,
+        }
+    }
+}
+
+/// What [`Supervisor::reconcile`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileSummary {
+    pub started: Vec<String>,
+    pub updated: Vec<String>,
+    pub stopped: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Names defined more than once (the first definition wins).
+    pub duplicates: Vec<String>,
+}
+
+/// What the tasks share.
+struct Shared {
+    settings: SupervisorSettings,
+    collectd: Collectd,
+    report: Arc<dyn Report>,
+    hooks: Arc<dyn HostHooks>,
+}
+
+struct Handle {
+    spec: watch::Sender<CollectorSpec>,
+    health: Arc<Mutex<CollectorHealth>>,
+    /// The running process's pid, 0 when none.
+    pid: Arc<AtomicU32>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Owns the collector tasks; see the module docs.
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    collectors: BTreeMap<CollectorName, Handle>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("collectors", &self.collectors.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Supervisor {
+    /// A supervisor with no collectors; its tasks stop when `cancel` fires.
+    pub fn new(
+        settings: SupervisorSettings,
+        report: Arc<dyn Report>,
+        hooks: Arc<dyn HostHooks>,
+        cancel: CancellationToken,
+    ) -> Supervisor {
+        let collectd = Collectd::new(settings.collectd.clone());
+        Supervisor {
+            shared: Arc::new(Shared {
+                settings,
+                collectd,
+                report,
+                hooks,
+            }),
+            cancel,
+            collectors: BTreeMap::new(),
+        }
+    }
+
+    /// Makes the running collectors match `specs` (see the module docs);
+    /// must be called inside the agent's runtime.
+    pub async fn reconcile(&mut self, specs: Vec<CollectorSpec>) -> ReconcileSummary {
+        let mut summary = ReconcileSummary::default();
+        let mut wanted: BTreeMap<CollectorName, CollectorSpec> = BTreeMap::new();
+        for spec in specs {
+            if wanted.contains_key(spec.name()) {
+                summary.duplicates.push(spec.name().to_string());
+            } else {
+                wanted.insert(spec.name().clone(), spec);
+            }
+        }
+        let removed: Vec<CollectorName> = self
+            .collectors
+            .keys()
+            .filter(|name| !wanted.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(handle) = self.collectors.remove(&name) {
+                handle.cancel.cancel();
+                self.join(&name, handle.task).await;
+                summary.stopped.push(name.to_string());
+            }
+        }
+        for (name, spec) in wanted {
+            match self.collectors.get(&name) {
+                Some(handle) if *handle.spec.borrow() == spec => {
+                    summary.unchanged.push(name.to_string());
+                }
+                Some(handle) => {
+                    handle.spec.send_replace(spec);
+                    summary.updated.push(name.to_string());
+                }
+                None => {
+                    summary.started.push(name.to_string());
+                    self.start(spec);
+                }
+            }
+        }
+        summary
+    }
+
+    fn start(&mut self, spec: CollectorSpec) {
+        let name = spec.name().clone();
+        let health = Arc::new(Mutex::new(CollectorHealth::new(
+            self.shared.settings.policy,
+            spec.interval(),
+        )));
+        let pid = Arc::new(AtomicU32::new(0));
+        let cancel = self.cancel.child_token();
+        let (tx, rx) = watch::channel(spec);
+        let task = tokio::spawn(run_collector(
+            self.shared.clone(),
+            name.clone(),
+            rx,
+            health.clone(),
+            pid.clone(),
+            cancel.clone(),
+        ));
+        self.collectors.insert(
+            name,
+            Handle {
+                spec: tx,
+                health,
+                pid,
+                cancel,
+                task,
+            },
+        );
+    }
+
+    async fn join(&self, name: &CollectorName, task: JoinHandle<()>) {
+        if let Err(e) = task.await {
+            self.shared.hooks.error(&format!(
+                "collector {name}: its supervising task failed: {e}"
+            ));
+        }
+    }
+
+    /// Records that data from collector `name` reached a listener at `now`
+    /// (the listener calls this); false when no such collector runs.
+    pub fn data_seen(&self, name: &str, now: Instant) -> bool {
+        let Some(handle) = self.collectors.iter().find(|(n, _)| n.as_str() == name) else {
+            return false;
+        };
+        lock(&handle.1.health).step(now, Event::DataSeen);
+        true
+    }
+
+    /// The pid (and process-group id) of collector `name`'s running process.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let (_, handle) = self.collectors.iter().find(|(n, _)| n.as_str() == name)?;
+        Some(handle.pid.load(Ordering::SeqCst)).filter(|&pid| pid != 0)
+    }
+
+    /// How collector `name` is doing at `now`.
+    pub fn verdict(&self, name: &str, now: Instant) -> Option<Verdict> {
+        let (_, handle) = self.collectors.iter().find(|(n, _)| n.as_str() == name)?;
+        Some(lock(&handle.health).verdict(now))
+    }
+
+    /// Stops every collector (each whole group) and waits for their tasks.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        for (name, handle) in std::mem::take(&mut self.collectors) {
+            self.join(&name, handle.task).await;
+        }
+    }
+}
+
+/// What preparing a definition gave.
+enum Prepared {
+    /// Run this command.
+    Run(Vec<String>),
+    /// Not usable; why (the validator's output).
+    Rejected(String),
+    Cancelled,
+}
+
+/// The task supervising one collector until `cancel` fires.
+async fn run_collector(
+    shared: Arc<Shared>,
+    name: CollectorName,
+    mut specs: watch::Receiver<CollectorSpec>,
+    health: Arc<Mutex<CollectorHealth>>,
+    pid: Arc<AtomicU32>,
+    cancel: CancellationToken,
+) {
+    let settings = &shared.settings;
+    let dir = settings.dir.join(name.as_str());
+    let logs = LogFiles::in_dir(&dir);
+    let step = |event| lock(&health).step(Instant::now(), event);
+    let restart_at = |action| match action {
+        Action::RestartAfter(delay) => Some(Instant::now() + delay),
+        Action::Nothing => None,
+    };
+    let random = || random_below(u64::MAX);
+    let mut command: Option<Vec<String>> = None;
+    let mut process: Option<CollectorProcess> = None;
+    let mut next_start: Option<Instant> = None;
+    let mut reported: Option<Verdict> = None;
+    let mut new_spec = true;
+    let mut tick = tokio::time::interval(settings.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if new_spec {
+            new_spec = false;
+            let spec = specs.borrow_and_update().clone();
+            lock(&health).set_interval(spec.interval());
+            match prepare(&shared, &spec, &dir, &cancel).await {
+                Prepared::Run(new_command) => {
+                    step(Event::ConfigAccepted);
+                    if let Some(old) = process.take() {
+                        let how = old.stop(settings.kill_grace).await;
+                        pid.store(0, Ordering::SeqCst);
+                        step(Event::Stopped);
+                        shared.hooks.info(&format!(
+                            "collector {name}: stopped for its new definition ({how})"
+                        ));
+                    }
+                    command = Some(new_command);
+                    next_start = Some(Instant::now());
+                }
+                Prepared::Rejected(output) => {
+                    shared.hooks.warn(&format!(
+                        "collector {name}: the new configuration is refused: {output}"
+                    ));
+                    step(Event::ConfigRejected {
+                        output,
+                        kept_previous: command.is_some(),
+                    });
+                }
+                Prepared::Cancelled => break,
+            }
+        }
+        if process.is_none()
+            && let Some(argv) = &command
+            && next_start.is_some_and(|at| at <= Instant::now())
+        {
+            next_start = None;
+            if let Err(e) =
+                std::fs::create_dir_all(&dir).and_then(|()| logs.trim(settings.log_cap_bytes))
+            {
+                shared
+                    .hooks
+                    .warn(&format!("collector {name}: cannot trim its logs: {e}"));
+            }
+            match CollectorProcess::spawn(argv, &dir, &logs) {
+                Ok(p) => {
+                    pid.store(p.pid(), Ordering::SeqCst);
+                    step(Event::Started);
+                    process = Some(p);
+                }
+                Err(e) => {
+                    let how = format!("could not be started ({}): {e}", argv[0]);
+                    next_start = restart_at(step(Event::Exited {
+                        how,
+                        random: random(),
+                    }));
+                }
+            }
+        }
+        let verdict = lock(&health).verdict(Instant::now());
+        if reported.as_ref() != Some(&verdict) {
+            shared
+                .report
+                .report(&name.check_name(), verdict.outcome(name.as_str()));
+            reported = Some(verdict);
+        }
+        let wake = next_start.unwrap_or_else(Instant::now);
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = specs.changed() => match changed {
+                Ok(()) => new_spec = true,
+                // The supervisor dropped us without cancelling: stop too.
+                Err(_) => break,
+            },
+            how = exited(&mut process) => {
+                process = None;
+                pid.store(0, Ordering::SeqCst);
+                shared.hooks.warn(&format!("collector {name} {how}"));
+                next_start = restart_at(step(Event::Exited { how, random: random() }));
+            }
+            () = tokio::time::sleep_until(wake), if next_start.is_some() && process.is_none() => {}
+            _ = tick.tick() => {
+                if let Err(e) = logs.trim(settings.log_cap_bytes) {
+                    shared.hooks.warn(&format!("collector {name}: cannot trim its logs: {e}"));
+                }
+            }
+        }
+    }
+    if let Some(p) = process.take() {
+        let how = p.stop(settings.kill_grace).await;
+        pid.store(0, Ordering::SeqCst);
+        step(Event::Stopped);
+        shared
+            .hooks
+            .info(&format!("collector {name}: stopped ({how})"));
+    }
+}
+
+/// Resolves with how `process` ended; never while there is none.
+async fn exited(process: &mut Option<CollectorProcess>) -> String {
+    match process {
+        Some(p) => p.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The command to run for `spec`: for collectd, after rendering, writing
+/// and validating its config and renaming it into place (module docs).
+async fn prepare(
+    shared: &Shared,
+    spec: &CollectorSpec,
+    dir: &Path,
+    cancel: &CancellationToken,
+) -> Prepared {
+    let settings = match spec.kind() {
+        CollectorKind::Command(c) => return Prepared::Run(c.argv.clone()),
+        CollectorKind::Collectd(s) => s,
+    };
+    let text = collectd_config(
+        spec.name(),
+        settings,
+        spec.graphite_port(),
+        &shared.settings.hostname,
+        dir,
+    );
+    let config = dir.join(CONFIG_FILE);
+    let candidate = dir.join(format!("{CONFIG_FILE}.new"));
+    if let Err(e) = write_synced(dir, &candidate, text.as_bytes()) {
+        return Prepared::Rejected(format!("cannot write {}: {e}", candidate.display()));
+    }
+    let missing = shared.settings.dir.join(".no-such-collectd.conf");
+    let verdict = shared.collectd.validate(&candidate, &missing, cancel).await;
+    let outcome = match verdict {
+        Validation::Valid => match rename_synced(dir, &candidate, &config) {
+            Ok(()) => return Prepared::Run(shared.collectd.run_command(&config)),
+            Err(e) => Prepared::Rejected(format!(
+                "cannot move the validated config into {}: {e}",
+                config.display()
+            )),
+        },
+        Validation::Invalid(output) => Prepared::Rejected(output),
+        Validation::Cancelled => Prepared::Cancelled,
+    };
+    let _ = std::fs::remove_file(&candidate);
+    outcome
+}
+
+/// Writes `bytes` to `path` (in `dir`, created if needed) and fsyncs it.
+fn write_synced(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Renames `from` over `to` within `dir` and fsyncs `dir`, so a crash
+/// leaves the old config or the new one.
+fn rename_synced(dir: &Path, from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    std::fs::File::open(dir)?.sync_all()
+}
