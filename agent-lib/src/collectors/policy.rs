@@ -86,7 +86,8 @@ pub enum Event {
     DataSeen,
     /// A new config passed validation and is in place.
     ConfigAccepted,
-    /// A new config failed validation; `output` is the validator's;
+    /// A new config failed validation or the host's policy; `output` says
+    /// why (the validator's output);
     /// `kept_previous` says whether an earlier config stays in use.
     ConfigRejected { output: String, kept_previous: bool },
 }
@@ -120,7 +121,7 @@ pub enum Verdict {
         window: Duration,
         last_exit: String,
     },
-    /// The newest config failed validation.
+    /// The newest config was refused (validation or local policy).
     ConfigRejected {
         output: String,
         kept_previous: bool,
@@ -161,7 +162,7 @@ impl Verdict {
                 human(*window)
             ),
             Verdict::ConfigRejected { kept_previous, .. } => format!(
-                "COLLECTOR CRITICAL - {name}: the new configuration failed validation; {}",
+                "COLLECTOR CRITICAL - {name}: its new configuration was refused; {}",
                 if *kept_previous {
                     "the previous configuration stays in use"
                 } else {

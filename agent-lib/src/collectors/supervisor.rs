@@ -5,6 +5,9 @@
 //!   definitions: new ones start, changed ones get their new definition
 //!   (a collectd config is rendered and validated first), removed ones are
 //!   stopped with their whole process group before `reconcile` returns.
+//! - A `command` collector runs only if its program passes the host's
+//!   [`LocalPolicy`] (`agent.toml` `[policy] allowed_commands`), as a
+//!   check's must; a refused one is a rejected config.
 //! - A new config is rendered to `collectd.conf.new` in the collector's
 //!   directory (`<data_dir>/collectors/<name>/`), fsynced, validated there
 //!   (`validate.rs`), and only then renamed over `collectd.conf` (and the
@@ -45,6 +48,7 @@ use super::validate::{Collectd, DEFAULT_COLLECTD, Validation};
 use super::{COLLECTORS_DIR, Report};
 use crate::backoff::random_below;
 use crate::host::HostHooks;
+use crate::policy::LocalPolicy;
 
 /// Time between SIGTERM and SIGKILL when a collector is stopped.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -60,7 +64,11 @@ pub struct SupervisorSettings {
     pub collectd: PathBuf,
     /// The host name collectd reports under.
     pub hostname: String,
-    pub policy: RestartPolicy,
+    /// What the host allows to run: a `command` collector's program must
+    /// pass it, as a check's must (`policy.rs`).
+    pub local_policy: LocalPolicy,
+    /// The restart rules.
+    pub restart: RestartPolicy,
     pub kill_grace: Duration,
     pub tick: Duration,
     /// Cap of each log file, bytes.
@@ -68,13 +76,15 @@ pub struct SupervisorSettings {
 }
 
 impl SupervisorSettings {
-    /// The defaults, with collectors under `<data_dir>/collectors/`.
-    pub fn new(data_dir: &Path) -> SupervisorSettings {
+    /// The defaults, with collectors under `<data_dir>/collectors/`,
+    /// running only commands `local_policy` allows.
+    pub fn new(data_dir: &Path, local_policy: LocalPolicy) -> SupervisorSettings {
         SupervisorSettings {
             dir: data_dir.join(COLLECTORS_DIR),
             collectd: PathBuf::from(DEFAULT_COLLECTD),
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
-            policy: RestartPolicy::default(),
+            local_policy,
+            restart: RestartPolicy::default(),
             kill_grace: KILL_GRACE,
             tick: TICK,
             log_cap_bytes: LOG_CAP_BYTES,
@@ -196,7 +206,7 @@ impl Supervisor {
     fn start(&mut self, spec: CollectorSpec) {
         let name = spec.name().clone();
         let health = Arc::new(Mutex::new(CollectorHealth::new(
-            self.shared.settings.policy,
+            self.shared.settings.restart,
             spec.interval(),
         )));
         let pid = Arc::new(AtomicU32::new(0));
@@ -409,7 +419,16 @@ async fn prepare(
     cancel: &CancellationToken,
 ) -> Prepared {
     let settings = match spec.kind() {
-        CollectorKind::Command(c) => return Prepared::Run(c.argv.clone()),
+        CollectorKind::Command(c) => {
+            return match shared
+                .settings
+                .local_policy
+                .check_command(&c.argv, &crate::policy::real_path)
+            {
+                Ok(()) => Prepared::Run(c.argv.clone()),
+                Err(refusal) => Prepared::Rejected(refusal.summary()),
+            };
+        }
         CollectorKind::Collectd(s) => s,
     };
     let text = collectd_config(

@@ -11,6 +11,7 @@ use std::time::Duration;
 use outrider_agent::collectors::policy::RestartPolicy;
 use outrider_agent::collectors::render::CONFIG_FILE;
 use outrider_agent::collectors::{CollectorSpec, Report, Supervisor, SupervisorSettings};
+use outrider_agent::policy::{AdhocScripts, LocalPolicy};
 use outrider_agent::runner::RunOutcome;
 use outrider_agent::{Health, HostHooks, Level};
 use outrider_protocol::CheckState;
@@ -54,14 +55,16 @@ impl Harness {
     /// A supervisor in `dir` on a millisecond time scale: restarts from
     /// 50 ms doubling, crash-looping at 5 exits within a minute.
     fn start(dir: &Path) -> Harness {
-        let mut settings = SupervisorSettings::new(dir);
+        // /bin/sh runs the test scripts; nothing else is allowed.
+        let local = LocalPolicy::new(AdhocScripts::Refused, &["/bin/sh", "/usr/bin/sh"]).unwrap();
+        let mut settings = SupervisorSettings::new(dir, local);
         settings.hostname = "test-host.example".into();
         settings.collectd = if Path::new("/usr/sbin/collectd").exists() {
             "/usr/sbin/collectd".into()
         } else {
             "collectd".into()
         };
-        settings.policy = RestartPolicy {
+        settings.restart = RestartPolicy {
             base: Duration::from_millis(50),
             cap: Duration::from_secs(2),
             healthy_after: Duration::from_secs(60),
@@ -344,7 +347,7 @@ async fn a_fragment_collectd_refuses_is_critical_and_the_previous_config_stays()
         .await;
     assert_eq!(
         refused.summary,
-        "COLLECTOR CRITICAL - system: the new configuration failed validation; the previous \
+        "COLLECTOR CRITICAL - system: its new configuration was refused; the previous \
          configuration stays in use"
     );
     assert!(
@@ -370,4 +373,37 @@ async fn a_fragment_collectd_refuses_is_critical_and_the_previous_config_stays()
 
     h.supervisor.shutdown().await;
     assert!(process_gone(pid));
+}
+
+#[tokio::test]
+async fn a_command_outside_the_hosts_policy_is_refused_and_never_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let mut h = Harness::start(&dir.path().join("data"));
+    h.supervisor
+        .reconcile(vec![spec(serde_json::json!({
+            "name": "sneaky", "kind": "command",
+            "argv": ["/usr/bin/touch", marker.to_str().unwrap()]
+        }))])
+        .await;
+    let refused = h
+        .result("outrider.collector.sneaky", COLLECTD_WAIT, |o| {
+            o.state == CheckState::Critical
+        })
+        .await;
+    assert_eq!(
+        refused.summary,
+        "COLLECTOR CRITICAL - sneaky: its new configuration was refused; the collector is not \
+         running"
+    );
+    assert!(
+        refused
+            .long_output
+            .starts_with("refused by local policy: \"/usr/bin/touch\""),
+        "{}",
+        refused.long_output
+    );
+    assert_eq!(h.supervisor.pid("sneaky"), None);
+    h.supervisor.shutdown().await;
+    assert!(!marker.exists());
 }
