@@ -31,7 +31,7 @@ pub mod supervisor;
 pub mod validate;
 
 pub use spec::{CollectorName, CollectorSpec};
-pub use supervisor::{ReconcileSummary, Supervisor, SupervisorSettings};
+pub use supervisor::{DataSignal, ReconcileSummary, Supervisor, SupervisorSettings};
 
 use crate::outbox::SharedOutbox;
 use crate::runner::RunOutcome;

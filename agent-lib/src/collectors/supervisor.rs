@@ -24,7 +24,10 @@
 //!   group (SIGTERM, grace, SIGKILL).
 //! - The [`CollectorHealth`] of each collector sits behind a std mutex held
 //!   only for one step, never across an await, so the listener can feed
-//!   [`Supervisor::data_seen`] from anywhere.
+//!   "data seen" from any task through a [`DataSignal`].
+//! - Config files are written, fsynced and renamed on the blocking pool:
+//!   the agent's runtime has one thread and an fsync may take a while.
+//!   Trimming the logs (a copy of at most a cap) stays inline.
 //! - A removed collector's directory (its logs, at most four capped files)
 //!   is left in place for diagnosis.
 
@@ -125,6 +128,29 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     cancel: CancellationToken,
     collectors: BTreeMap<CollectorName, Handle>,
+    signal: DataSignal,
+}
+
+/// The "data seen" input of the collectors' health, for whoever receives
+/// their data (the Graphite listener): cheap to clone, usable from any task.
+#[derive(Clone, Debug, Default)]
+pub struct DataSignal {
+    healths: Arc<Mutex<BTreeMap<String, Arc<Mutex<CollectorHealth>>>>>,
+}
+
+impl DataSignal {
+    /// Records that data from collector `name` arrived at `now`; false when
+    /// no such collector is supervised (the data is someone else's).
+    pub fn seen(&self, name: &str, now: Instant) -> bool {
+        let health = lock(&self.healths).get(name).cloned();
+        match health {
+            Some(health) => {
+                lock(&health).step(now, Event::DataSeen);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -157,6 +183,7 @@ impl Supervisor {
             }),
             cancel,
             collectors: BTreeMap::new(),
+            signal: DataSignal::default(),
         }
     }
 
@@ -180,6 +207,7 @@ impl Supervisor {
             .collect();
         for name in removed {
             if let Some(handle) = self.collectors.remove(&name) {
+                lock(&self.signal.healths).remove(name.as_str());
                 handle.cancel.cancel();
                 self.join(&name, handle.task).await;
                 summary.stopped.push(name.to_string());
@@ -209,6 +237,7 @@ impl Supervisor {
             self.shared.settings.restart,
             spec.interval(),
         )));
+        lock(&self.signal.healths).insert(name.to_string(), health.clone());
         let pid = Arc::new(AtomicU32::new(0));
         let cancel = self.cancel.child_token();
         let (tx, rx) = watch::channel(spec);
@@ -240,14 +269,17 @@ impl Supervisor {
         }
     }
 
-    /// Records that data from collector `name` reached a listener at `now`
-    /// (the listener calls this); false when no such collector runs.
+    /// Records that data from collector `name` reached a listener at `now`;
+    /// false when no such collector runs. See [`Supervisor::data_signal`]
+    /// for a handle the listener can keep.
     pub fn data_seen(&self, name: &str, now: Instant) -> bool {
-        let Some(handle) = self.collectors.iter().find(|(n, _)| n.as_str() == name) else {
-            return false;
-        };
-        lock(&handle.1.health).step(now, Event::DataSeen);
-        true
+        self.signal.seen(name, now)
+    }
+
+    /// A handle feeding "data seen" into every collector supervised now or
+    /// later.
+    pub fn data_signal(&self) -> DataSignal {
+        self.signal.clone()
     }
 
     /// The pid (and process-group id) of collector `name`'s running process.
@@ -440,24 +472,40 @@ async fn prepare(
     );
     let config = dir.join(CONFIG_FILE);
     let candidate = dir.join(format!("{CONFIG_FILE}.new"));
-    if let Err(e) = write_synced(dir, &candidate, text.as_bytes()) {
+    let written = {
+        let (dir, candidate) = (dir.to_owned(), candidate.clone());
+        blocking(move || write_synced(&dir, &candidate, text.as_bytes())).await
+    };
+    if let Err(e) = written {
         return Prepared::Rejected(format!("cannot write {}: {e}", candidate.display()));
     }
     let missing = shared.settings.dir.join(".no-such-collectd.conf");
     let verdict = shared.collectd.validate(&candidate, &missing, cancel).await;
     let outcome = match verdict {
-        Validation::Valid => match rename_synced(dir, &candidate, &config) {
-            Ok(()) => return Prepared::Run(shared.collectd.run_command(&config)),
-            Err(e) => Prepared::Rejected(format!(
-                "cannot move the validated config into {}: {e}",
-                config.display()
-            )),
-        },
+        Validation::Valid => {
+            let (d, from, to) = (dir.to_owned(), candidate.clone(), config.clone());
+            match blocking(move || rename_synced(&d, &from, &to)).await {
+                Ok(()) => return Prepared::Run(shared.collectd.run_command(&config)),
+                Err(e) => Prepared::Rejected(format!(
+                    "cannot move the validated config into {}: {e}",
+                    config.display()
+                )),
+            }
+        }
         Validation::Invalid(output) => Prepared::Rejected(output),
         Validation::Cancelled => Prepared::Cancelled,
     };
     let _ = std::fs::remove_file(&candidate);
     outcome
+}
+
+/// Runs file work on the blocking pool (see the module docs).
+async fn blocking(
+    work: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Writes `bytes` to `path` (in `dir`, created if needed) and fsyncs it.

@@ -63,48 +63,63 @@ pub enum Validation {
 /// The collectd program, with the test flag it honours (probed once).
 #[derive(Debug)]
 pub struct Collectd {
-    program: PathBuf,
+    /// Program and leading arguments.
+    command: Vec<String>,
     flag: OnceCell<TestFlag>,
 }
 
 impl Collectd {
+    /// collectd run as `program`.
     pub fn new(program: impl Into<PathBuf>) -> Collectd {
+        Collectd::from_command(vec![program.into().to_string_lossy().into_owned()])
+    }
+
+    /// collectd run through a wrapper: `command` is the program and its
+    /// leading arguments (`nice -n 10 collectd`, or a test's fake collectd
+    /// run by `/bin/sh`).
+    pub fn from_command(command: Vec<String>) -> Collectd {
         Collectd {
-            program: program.into(),
+            command,
             flag: OnceCell::new(),
         }
     }
 
+    fn with_args(&self, args: &[&str], config: &Path) -> Vec<String> {
+        let mut command = self.command.clone();
+        command.extend(args.iter().map(|a| (*a).to_owned()));
+        command.push(config.to_string_lossy().into_owned());
+        command
+    }
+
     /// The command running collectd in the foreground on `config`.
     pub fn run_command(&self, config: &Path) -> Vec<String> {
-        vec![
-            self.program.to_string_lossy().into_owned(),
-            "-f".into(),
-            "-C".into(),
-            config.to_string_lossy().into_owned(),
-        ]
+        self.with_args(&["-f", "-C"], config)
     }
 
     /// The flag this collectd honours; `missing` must be a path that does
-    /// not exist. A collectd that cannot be run at all gets `-t`; the
-    /// validation then reports why it could not run.
-    pub async fn test_flag(&self, missing: &Path, cancel: &CancellationToken) -> TestFlag {
-        *self
+    /// not exist. The answer is kept once collectd answered; while it
+    /// cannot be run (not installed yet) `-t` is assumed, and the
+    /// validation reports why collectd could not run. `None` when `cancel`
+    /// fired.
+    pub async fn test_flag(&self, missing: &Path, cancel: &CancellationToken) -> Option<TestFlag> {
+        let probed = self
             .flag
-            .get_or_init(|| async {
-                let probe = vec![
-                    self.program.to_string_lossy().into_owned(),
-                    "-t".into(),
-                    "-C".into(),
-                    missing.to_string_lossy().into_owned(),
-                ];
+            .get_or_try_init(|| async {
+                let probe = self.with_args(&["-t", "-C"], missing);
                 let limits = RunLimits::new(VALIDATE_TIMEOUT);
                 match run_captured(&probe, limits, VALIDATOR_OUTPUT_CAP, cancel).await {
-                    Ok(Some(c)) if c.status.is_some_and(|s| s.success()) => TestFlag::ReadOnce,
-                    _ => TestFlag::Config,
+                    // `-t` accepted a file that does not exist: it checks nothing.
+                    Ok(Some(c)) if c.status.is_some_and(|s| s.success()) => Ok(TestFlag::ReadOnce),
+                    Ok(Some(_)) => Ok(TestFlag::Config),
+                    Ok(None) => Err(None),
+                    Err(_) => Err(Some(TestFlag::Config)),
                 }
             })
-            .await
+            .await;
+        match probed {
+            Ok(flag) => Some(*flag),
+            Err(unprobed) => unprobed,
+        }
     }
 
     /// Validates `config` (see the module docs); `missing` as for
@@ -115,13 +130,13 @@ impl Collectd {
         missing: &Path,
         cancel: &CancellationToken,
     ) -> Validation {
-        let flag = self.test_flag(missing, cancel).await;
-        let command = vec![
-            self.program.to_string_lossy().into_owned(),
-            flag.arg().into(),
-            "-C".into(),
-            config.to_string_lossy().into_owned(),
-        ];
+        if cancel.is_cancelled() {
+            return Validation::Cancelled;
+        }
+        let Some(flag) = self.test_flag(missing, cancel).await else {
+            return Validation::Cancelled;
+        };
+        let command = self.with_args(&[flag.arg(), "-C"], config);
         let shown = command.join(" ");
         let limits = RunLimits::new(VALIDATE_TIMEOUT);
         let captured = match run_captured(&command, limits, VALIDATOR_OUTPUT_CAP, cancel).await {
@@ -157,5 +172,77 @@ impl Collectd {
             ));
         }
         Validation::Invalid(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake collectd run by /bin/sh (no exec of a freshly written file,
+    /// so no ETXTBSY from a sibling test's fork): with `-t` it checks
+    /// nothing when `broken_t`, else it refuses a missing file or one
+    /// containing "bad"; `-T` always checks.
+    fn fake(dir: &Path, broken_t: bool) -> Collectd {
+        let script = dir.join(if broken_t { "broken-t.sh" } else { "good-t.sh" });
+        let t_branch = if broken_t { "exit 0" } else { "check \"$3\"" };
+        let body = format!(
+            "check() {{ test -f \"$1\" || {{ echo \"stat ($1) failed\" >&2; exit 1; }}\n\
+             if grep -q bad \"$1\"; then echo 'Could not find plugin \"bad\"' >&2; echo out; exit 1; fi; }}\n\
+             case \"$1\" in -t) {t_branch};; -T) check \"$3\";; esac\nexit 0\n"
+        );
+        std::fs::write(&script, body).unwrap();
+        Collectd::from_command(vec![
+            "/bin/sh".into(),
+            script.to_string_lossy().into_owned(),
+        ])
+    }
+
+    #[tokio::test]
+    async fn a_t_flag_that_checks_nothing_is_replaced_by_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad) = (dir.path().join("good.conf"), dir.path().join("bad.conf"));
+        std::fs::write(&good, "LoadPlugin cpu\n").unwrap();
+        std::fs::write(&bad, "LoadPlugin bad\n").unwrap();
+        let missing = dir.path().join("missing.conf");
+        let cancel = CancellationToken::new();
+        for (broken_t, flag) in [(false, TestFlag::Config), (true, TestFlag::ReadOnce)] {
+            let collectd = fake(dir.path(), broken_t);
+            assert_eq!(
+                collectd.validate(&good, &missing, &cancel).await,
+                Validation::Valid
+            );
+            let Validation::Invalid(text) = collectd.validate(&bad, &missing, &cancel).await else {
+                panic!("bad config accepted (broken -t: {broken_t})")
+            };
+            let shown = collectd.with_args(&[flag.arg(), "-C"], &bad).join(" ");
+            assert_eq!(
+                text,
+                format!("`{shown}` exited with code 1\nCould not find plugin \"bad\"\nout")
+            );
+            assert_eq!(collectd.test_flag(&missing, &cancel).await, Some(flag));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_collectd_is_invalid_saying_so_and_is_probed_again_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let absent = dir.path().join("collectd");
+        let collectd = Collectd::new(&absent);
+        let cancel = CancellationToken::new();
+        let missing = dir.path().join("missing.conf");
+        let Validation::Invalid(text) = collectd.validate(&missing, &missing, &cancel).await else {
+            panic!("validated without collectd")
+        };
+        assert!(
+            text.starts_with(&format!("cannot run `{}", absent.display())),
+            "{text}"
+        );
+        assert!(collectd.flag.get().is_none(), "a failed probe is not kept");
+        cancel.cancel();
+        assert_eq!(
+            collectd.validate(&missing, &missing, &cancel).await,
+            Validation::Cancelled
+        );
     }
 }

@@ -207,7 +207,10 @@ async fn silence_warns_data_clears_it_and_removal_kills_the_whole_group() {
         silent.summary,
         "COLLECTOR WARNING - quiet is running but sent no data for 3s (3 x its 1s interval)"
     );
-    assert!(h.supervisor.data_seen("quiet", tokio::time::Instant::now()));
+    // The listener's handle, used from another task.
+    let signal = h.supervisor.data_signal();
+    let fed = tokio::spawn(async move { signal.seen("quiet", tokio::time::Instant::now()) });
+    assert!(fed.await.unwrap());
     assert!(!h.supervisor.data_seen("other", tokio::time::Instant::now()));
     h.result(check, COLLECTD_WAIT, |o| o.state == CheckState::Ok)
         .await;
