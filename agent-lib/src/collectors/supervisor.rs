@@ -241,14 +241,16 @@ impl Supervisor {
         let pid = Arc::new(AtomicU32::new(0));
         let cancel = self.cancel.child_token();
         let (tx, rx) = watch::channel(spec);
-        let task = tokio::spawn(run_collector(
-            self.shared.clone(),
-            name.clone(),
-            rx,
-            health.clone(),
-            pid.clone(),
-            cancel.clone(),
-        ));
+        let task = tokio::spawn(
+            Task::new(
+                self.shared.clone(),
+                name.clone(),
+                health.clone(),
+                pid.clone(),
+                cancel.clone(),
+            )
+            .run(rx),
+        );
         self.collectors.insert(
             name,
             Handle {
@@ -312,125 +314,188 @@ enum Prepared {
     Cancelled,
 }
 
-/// The task supervising one collector until `cancel` fires.
-async fn run_collector(
+/// The task supervising one collector: it executes the policy's actions.
+struct Task {
     shared: Arc<Shared>,
     name: CollectorName,
-    mut specs: watch::Receiver<CollectorSpec>,
+    dir: PathBuf,
+    logs: LogFiles,
     health: Arc<Mutex<CollectorHealth>>,
+    /// Published pid of `process`, 0 when none.
     pid: Arc<AtomicU32>,
     cancel: CancellationToken,
-) {
-    let settings = &shared.settings;
-    let dir = settings.dir.join(name.as_str());
-    let logs = LogFiles::in_dir(&dir);
-    let step = |event| lock(&health).step(Instant::now(), event);
-    let restart_at = |action| match action {
-        Action::RestartAfter(delay) => Some(Instant::now() + delay),
-        Action::Nothing => None,
-    };
-    let random = || random_below(u64::MAX);
-    let mut command: Option<Vec<String>> = None;
-    let mut process: Option<CollectorProcess> = None;
-    let mut next_start: Option<Instant> = None;
-    let mut reported: Option<Verdict> = None;
-    let mut new_spec = true;
-    let mut tick = tokio::time::interval(settings.tick);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        if new_spec {
-            new_spec = false;
-            let spec = specs.borrow_and_update().clone();
-            lock(&health).set_interval(spec.interval());
-            match prepare(&shared, &spec, &dir, &cancel).await {
-                Prepared::Run(new_command) => {
-                    step(Event::ConfigAccepted);
-                    if let Some(old) = process.take() {
-                        let how = old.stop(settings.kill_grace).await;
-                        pid.store(0, Ordering::SeqCst);
-                        step(Event::Stopped);
-                        shared.hooks.info(&format!(
-                            "collector {name}: stopped for its new definition ({how})"
-                        ));
-                    }
-                    command = Some(new_command);
-                    next_start = Some(Instant::now());
+    /// The command of the definition last accepted.
+    command: Option<Vec<String>>,
+    process: Option<CollectorProcess>,
+    /// When to start the process, if it is to be started.
+    next_start: Option<Instant>,
+    /// The verdict last reported.
+    reported: Option<Verdict>,
+}
+
+impl Task {
+    fn new(
+        shared: Arc<Shared>,
+        name: CollectorName,
+        health: Arc<Mutex<CollectorHealth>>,
+        pid: Arc<AtomicU32>,
+        cancel: CancellationToken,
+    ) -> Task {
+        let dir = shared.settings.dir.join(name.as_str());
+        Task {
+            logs: LogFiles::in_dir(&dir),
+            dir,
+            shared,
+            name,
+            health,
+            pid,
+            cancel,
+            command: None,
+            process: None,
+            next_start: None,
+            reported: None,
+        }
+    }
+
+    /// Supervises until cancelled (or the supervisor is gone), then stops
+    /// the process with its group.
+    async fn run(mut self, mut specs: watch::Receiver<CollectorSpec>) {
+        let mut tick = tokio::time::interval(self.shared.settings.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut new_spec = true;
+        loop {
+            if new_spec {
+                new_spec = false;
+                let spec = specs.borrow_and_update().clone();
+                if !self.apply(&spec).await {
+                    break;
                 }
-                Prepared::Rejected(output) => {
-                    shared.hooks.warn(&format!(
-                        "collector {name}: the new configuration is refused: {output}"
-                    ));
-                    step(Event::ConfigRejected {
-                        output,
-                        kept_previous: command.is_some(),
-                    });
+            }
+            self.start_if_due();
+            self.report_if_changed();
+            let wake = self.next_start.unwrap_or_else(Instant::now);
+            let waiting = self.next_start.is_some() && self.process.is_none();
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                changed = specs.changed() => match changed {
+                    Ok(()) => new_spec = true,
+                    // The supervisor dropped us without cancelling: stop too.
+                    Err(_) => break,
+                },
+                how = exited(&mut self.process) => {
+                    self.process = None;
+                    self.pid.store(0, Ordering::SeqCst);
+                    self.shared.hooks.warn(&format!("collector {} {how}", self.name));
+                    self.exited_on_its_own(how);
                 }
-                Prepared::Cancelled => break,
+                () = tokio::time::sleep_until(wake), if waiting => {}
+                _ = tick.tick() => self.trim_logs(),
             }
         }
-        if process.is_none()
-            && let Some(argv) = &command
-            && next_start.is_some_and(|at| at <= Instant::now())
-        {
-            next_start = None;
-            if let Err(e) =
-                std::fs::create_dir_all(&dir).and_then(|()| logs.trim(settings.log_cap_bytes))
-            {
-                shared
-                    .hooks
-                    .warn(&format!("collector {name}: cannot trim its logs: {e}"));
+        self.stop_process("stopped").await;
+    }
+
+    fn step(&self, event: Event) -> Action {
+        lock(&self.health).step(Instant::now(), event)
+    }
+
+    /// Records an unplanned exit (or failed start) and schedules the restart.
+    fn exited_on_its_own(&mut self, how: String) {
+        let random = random_below(u64::MAX);
+        self.next_start = match self.step(Event::Exited { how, random }) {
+            Action::RestartAfter(delay) => Some(Instant::now() + delay),
+            Action::Nothing => None,
+        };
+    }
+
+    /// Takes a new definition: a usable one replaces the running process,
+    /// a refused one is recorded while the process keeps running. False
+    /// when cancelled meanwhile.
+    async fn apply(&mut self, spec: &CollectorSpec) -> bool {
+        lock(&self.health).set_interval(spec.interval());
+        match prepare(&self.shared, spec, &self.dir, &self.cancel).await {
+            Prepared::Run(command) => {
+                self.step(Event::ConfigAccepted);
+                self.stop_process("stopped for its new definition").await;
+                self.command = Some(command);
+                self.next_start = Some(Instant::now());
             }
-            match CollectorProcess::spawn(argv, &dir, &logs) {
-                Ok(p) => {
-                    pid.store(p.pid(), Ordering::SeqCst);
-                    step(Event::Started);
-                    process = Some(p);
-                }
-                Err(e) => {
-                    let how = format!("could not be started ({}): {e}", argv[0]);
-                    next_start = restart_at(step(Event::Exited {
-                        how,
-                        random: random(),
-                    }));
-                }
+            Prepared::Rejected(output) => {
+                self.shared.hooks.warn(&format!(
+                    "collector {}: the new configuration is refused: {output}",
+                    self.name
+                ));
+                self.step(Event::ConfigRejected {
+                    output,
+                    kept_previous: self.command.is_some(),
+                });
             }
+            Prepared::Cancelled => return false,
         }
-        let verdict = lock(&health).verdict(Instant::now());
-        if reported.as_ref() != Some(&verdict) {
-            shared
-                .report
-                .report(&name.check_name(), verdict.outcome(name.as_str()));
-            reported = Some(verdict);
+        true
+    }
+
+    /// Starts the process when it is due.
+    fn start_if_due(&mut self) {
+        let due = self.next_start.is_some_and(|at| at <= Instant::now());
+        let Some(command) = self
+            .command
+            .as_ref()
+            .filter(|_| due && self.process.is_none())
+        else {
+            return;
+        };
+        self.next_start = None;
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            self.shared.hooks.warn(&format!(
+                "collector {}: cannot create {}: {e}",
+                self.name,
+                self.dir.display()
+            ));
         }
-        let wake = next_start.unwrap_or_else(Instant::now);
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            changed = specs.changed() => match changed {
-                Ok(()) => new_spec = true,
-                // The supervisor dropped us without cancelling: stop too.
-                Err(_) => break,
-            },
-            how = exited(&mut process) => {
-                process = None;
-                pid.store(0, Ordering::SeqCst);
-                shared.hooks.warn(&format!("collector {name} {how}"));
-                next_start = restart_at(step(Event::Exited { how, random: random() }));
+        self.trim_logs();
+        match CollectorProcess::spawn(command, &self.dir, &self.logs) {
+            Ok(process) => {
+                self.pid.store(process.pid(), Ordering::SeqCst);
+                self.step(Event::Started);
+                self.process = Some(process);
             }
-            () = tokio::time::sleep_until(wake), if next_start.is_some() && process.is_none() => {}
-            _ = tick.tick() => {
-                if let Err(e) = logs.trim(settings.log_cap_bytes) {
-                    shared.hooks.warn(&format!("collector {name}: cannot trim its logs: {e}"));
-                }
+            Err(e) => {
+                let how = format!("could not be started ({}): {e}", command[0]);
+                self.exited_on_its_own(how);
             }
         }
     }
-    if let Some(p) = process.take() {
-        let how = p.stop(settings.kill_grace).await;
-        pid.store(0, Ordering::SeqCst);
-        step(Event::Stopped);
-        shared
-            .hooks
-            .info(&format!("collector {name}: stopped ({how})"));
+
+    /// Reports the verdict as `outrider.collector.<name>` when it changed.
+    fn report_if_changed(&mut self) {
+        let verdict = lock(&self.health).verdict(Instant::now());
+        if self.reported.as_ref() != Some(&verdict) {
+            let outcome = verdict.outcome(self.name.as_str());
+            self.shared.report.report(&self.name.check_name(), outcome);
+            self.reported = Some(verdict);
+        }
+    }
+
+    fn trim_logs(&self) {
+        if let Err(e) = self.logs.trim(self.shared.settings.log_cap_bytes) {
+            self.shared.hooks.warn(&format!(
+                "collector {}: cannot trim its logs: {e}",
+                self.name
+            ));
+        }
+    }
+
+    /// Stops the process, if any, with its whole group (a planned stop).
+    async fn stop_process(&mut self, why: &str) {
+        if let Some(process) = self.process.take() {
+            let how = process.stop(self.shared.settings.kill_grace).await;
+            self.pid.store(0, Ordering::SeqCst);
+            self.step(Event::Stopped);
+            self.shared
+                .hooks
+                .info(&format!("collector {}: {why} ({how})", self.name));
+        }
     }
 }
 

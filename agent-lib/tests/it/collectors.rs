@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{assert_gone, process_gone, read_pid, script, sh};
 
+/// Cap of each collector log file in these tests.
+const LOG_CAP: u64 = 64 * 1024;
+
 /// Longest wait for anything a real collectd does (start, validate, send).
 const COLLECTD_WAIT: Duration = Duration::from_secs(30);
 
@@ -74,6 +77,7 @@ impl Harness {
         };
         settings.kill_grace = Duration::from_millis(300);
         settings.tick = Duration::from_millis(20);
+        settings.log_cap_bytes = LOG_CAP;
         let (tx, rx) = mpsc::unbounded_channel();
         let sink = Arc::new(Sink {
             results: tx,
@@ -306,6 +310,13 @@ async fn a_real_collectd_sends_graphite_lines_to_the_agents_listener() {
         h.supervisor
             .data_seen("system", tokio::time::Instant::now())
     );
+    // collectd's own log went to its capped stderr file.
+    let log =
+        std::fs::read_to_string(dir.path().join("data/collectors/system/stderr.log")).unwrap();
+    assert!(
+        log.contains("plugin \"write_graphite\" successfully loaded"),
+        "{log}"
+    );
     let pid = h.supervisor.pid("system").expect("collectd runs");
     h.supervisor.reconcile(vec![]).await;
     assert!(process_gone(pid));
@@ -409,4 +420,38 @@ async fn a_command_outside_the_hosts_policy_is_refused_and_never_started() {
     assert_eq!(h.supervisor.pid("sneaky"), None);
     h.supervisor.shutdown().await;
     assert!(!marker.exists());
+}
+
+#[tokio::test]
+async fn a_chatty_collectors_log_is_copied_aside_and_truncated_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let chatty = script(
+        dir.path(),
+        "chatty.sh",
+        "while :; do echo 'a line from a chatty collector'; done",
+    );
+    let mut h = Harness::start(&dir.path().join("data"));
+    h.supervisor
+        .reconcile(vec![spec(
+            serde_json::json!({"name": "chatty", "kind": "command", "argv": sh(&chatty)}),
+        )])
+        .await;
+    let logs = dir.path().join("data/collectors/chatty");
+    let rotated = logs.join("stdout.log.1");
+    let deadline = tokio::time::Instant::now() + COLLECTD_WAIT;
+    while !rotated.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "never trimmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = h.supervisor.pid("chatty").expect("still running");
+    h.supervisor.reconcile(vec![]).await;
+    assert!(process_gone(pid));
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.len() as u64 > LOG_CAP, "copied only once over the cap");
+    assert!(
+        old.starts_with("a line from a chatty collector\n"),
+        "{}",
+        &old[..80]
+    );
+    h.supervisor.shutdown().await;
 }
