@@ -10,6 +10,9 @@
 //! - The child is reaped only after the last group signal, so its pid (the
 //!   group id) cannot be reused by an unrelated process while it may still
 //!   be signalled; a dropped [`CollectorProcess`] kills its group and reaps.
+//! - A collector must stay in the foreground (collectd runs with `-f`): a
+//!   leader that exits is an exit, even if it left a daemon behind, and
+//!   that daemon is killed with the rest of the group.
 //! - stdout and stderr go to files, not pipes (nothing of the agent's has to
 //!   stay open for the child to write): `stdout.log` and `stderr.log` in the
 //!   collector's directory, opened for appending. [`LogFiles::trim`] keeps

@@ -205,13 +205,18 @@ impl Supervisor {
             .filter(|name| !wanted.contains_key(*name))
             .cloned()
             .collect();
+        // Signal every removed collector first, so their kill graces overlap.
+        let mut stopping = Vec::new();
         for name in removed {
             if let Some(handle) = self.collectors.remove(&name) {
                 lock(&self.signal.healths).remove(name.as_str());
                 handle.cancel.cancel();
-                self.join(&name, handle.task).await;
-                summary.stopped.push(name.to_string());
+                stopping.push((name, handle.task));
             }
+        }
+        for (name, task) in stopping {
+            self.join(&name, task).await;
+            summary.stopped.push(name.to_string());
         }
         for (name, spec) in wanted {
             match self.collectors.get(&name) {
