@@ -13,9 +13,9 @@
 //!
 //! Parse, don't validate: a [`CollectorSpec`] only exists valid. Its
 //! constructor ([`CollectorSpec::from_wire`], also behind `Deserialize`)
-//! refuses, naming the field, a bad name (the check-name rule, at most
-//! [`MAX_NAME_LEN`] characters so `outrider.collector.<name>` is still a
-//! valid check name), an empty or oversized `argv`, a field that does not
+//! refuses, naming the field, a bad name ([`CollectorName`]: no dots, at
+//! most [`MAX_NAME_LEN`] characters so `outrider.collector.<name>` is still
+//! a valid check name), an empty or oversized `argv`, a field that does not
 //! belong to the kind, an interval outside
 //! [`MIN_INTERVAL_SECS`]..=[`MAX_INTERVAL_SECS`], a port of 0, plugin
 //! options with characters collectd's config syntax cannot carry, and a raw
@@ -51,7 +51,12 @@ pub const DEFAULT_INTERVAL_SECS: u32 = 10;
 /// The agent's Graphite plaintext listener when the definition names none.
 pub const DEFAULT_GRAPHITE_PORT: u16 = 2003;
 
-/// A collector name: the check-name rule, at most [`MAX_NAME_LEN`] characters.
+/// A collector name: 1-[`MAX_NAME_LEN`] characters of a-z, 0-9, '_', '-'.
+///
+/// Stricter than a check name: no '.', because the name is the first
+/// component of the collector's Graphite paths (`render.rs`), which is how
+/// the listener knows who sent a line, and a directory name under the
+/// data dir (so never `.` or `..`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct CollectorName(String);
@@ -59,11 +64,13 @@ pub struct CollectorName(String);
 impl CollectorName {
     /// Fails when `name` breaks the rule (the error names the field `name`).
     pub fn new(name: &str) -> Result<CollectorName, AgentError> {
-        if !outrider_protocol::is_valid_name(name) || name.len() > MAX_NAME_LEN {
+        let allowed =
+            |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
+        if name.is_empty() || name.len() > MAX_NAME_LEN || !name.bytes().all(allowed) {
             return Err(AgentError::CollectorSpec {
                 collector: name.to_owned(),
                 field: "name".into(),
-                reason: format!("must be 1-{MAX_NAME_LEN} characters of a-z, 0-9, '_', '.', '-'"),
+                reason: format!("must be 1-{MAX_NAME_LEN} characters of a-z, 0-9, '_', '-'"),
             });
         }
         Ok(CollectorName(name.to_owned()))
@@ -514,6 +521,9 @@ mod tests {
             ]
         );
         assert_eq!(spec.name().check_name(), "outrider.collector.system");
+        // The longest name still makes a valid check name.
+        let longest = CollectorName::new(&"a".repeat(MAX_NAME_LEN)).unwrap();
+        assert!(outrider_protocol::is_valid_name(&longest.check_name()));
         let again: CollectorSpec =
             serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(again, spec);
@@ -529,6 +539,9 @@ mod tests {
         let cases = [
             (format!(r#"{{"name":"{long}","kind":"command","argv":["x"]}}"#), "name"),
             (r#"{"name":"Bad Name","kind":"command","argv":["x"]}"#.into(), "name"),
+            (r#"{"name":"..","kind":"command","argv":["x"]}"#.into(), "name"),
+            (r#"{"name":"sys.a","kind":"command","argv":["x"]}"#.into(), "name"),
+            (r#"{"name":"","kind":"command","argv":["x"]}"#.into(), "name"),
             (r#"{"name":"a","kind":"command"}"#.into(), "argv"),
             (r#"{"name":"a","kind":"command","argv":[]}"#.into(), "argv"),
             (r#"{"name":"a","kind":"command","argv":["x","a\u0000b"]}"#.into(), "argv[1]"),
