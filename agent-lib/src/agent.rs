@@ -1,8 +1,9 @@
 //! The agent's top level: one runtime, one shutdown tree.
 //!
 //! [`run_agent`] loads the identity, builds the tokio runtime, runs the
-//! scheduler and the connection until the stop token fires, stops every check
-//! (killing running plugins), and returns the state blob for the next
+//! scheduler, the collector supervisor and the connection until the stop
+//! token fires, stops every check (killing running plugins) and collector
+//! (killing its process group), and returns the state blob for the next
 //! generation. The runtime is dropped before returning, which joins every
 //! thread it started, so the caller (the stub's generation thread, or a test)
 //! can unload the library afterwards.
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
+use crate::collectors::{Supervisor, SupervisorSettings};
 use crate::config::AgentSettings;
 use crate::connection::{AgentParts, Connection};
 use crate::error::AgentError;
@@ -110,6 +112,15 @@ async fn agent_main(
     if let Some(state) = &state {
         scheduler.carry_next_runs(&state.next_runs);
     }
+    // Collectors run under the same shutdown tree. No definitions reach it
+    // yet (they will come from the server's config); until collectors are
+    // adopted across hot swaps, stopping a generation stops them.
+    let collectors = Supervisor::new(
+        SupervisorSettings::new(&settings.data_dir, settings.policy.clone()),
+        outbox.clone(),
+        hooks.clone(),
+        stop.child_token(),
+    );
     // The carried config was validated by the generation that applied it,
     // which may be an older build with other rules: validate it again (a
     // plugin hash becomes a file path). A refused one is simply not run;
@@ -164,6 +175,7 @@ async fn agent_main(
     let config = scheduler.config().cloned();
     let next_runs = scheduler.next_runs();
     scheduler.shutdown().await;
+    collectors.shutdown().await;
     let blob = StateBlob {
         config,
         next_runs,

@@ -41,10 +41,18 @@ impl Backoff {
         self.base.saturating_mul(factor).min(self.cap)
     }
 
-    /// The next delay: random in `[0, ceiling]`; advances the attempt count.
-    pub fn next_delay(&mut self) -> Duration {
+    /// The ceiling of the next delay, advancing the attempt count: for a
+    /// pure policy that applies its own jitter from a random number handed
+    /// in (the collector supervisor's).
+    pub fn next_ceiling(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
+        ceiling
+    }
+
+    /// The next delay: random in `[0, ceiling]`; advances the attempt count.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.next_ceiling();
         let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(random_below(ms.saturating_add(1)))
     }

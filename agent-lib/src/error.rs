@@ -179,6 +179,24 @@ pub enum AgentError {
     #[error("connection memory {path}: {reason}")]
     ConnectionMemory { path: PathBuf, reason: String },
 
+    /// A collector definition breaks a rule; `field` names the offending
+    /// field (`argv[0]`, `plugins[1].mount_points[0]`…), `reason` the rule.
+    #[error("collector {collector:?}: field `{field}` {reason}")]
+    CollectorSpec {
+        collector: String,
+        field: String,
+        reason: String,
+    },
+
+    /// A collector's rendered configuration or log file could not be written.
+    #[error("collector {collector:?}: {path}: {source}")]
+    CollectorIo {
+        collector: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     /// The result spool directory cannot be created or listed.
     #[error("result spool {path}: {source}")]
     Spool {

@@ -19,6 +19,8 @@
 //!   (path, `plugin:`, `builtin:`); [`builtin`] — checks inside the agent;
 //!   [`runner`] — one supervised plugin run;
 //!   [`nagios`] — plugin output parsing;
+//! - [`collectors`] — collectd and other long-running collectors: config
+//!   rendering and validation, supervision with backoff;
 //! - [`outbox`] — result numbering and batches over the on-disk [`spool`];
 //!   [`state`] — the blob for the next generation.
 //!
@@ -30,6 +32,7 @@
 mod agent;
 pub mod backoff;
 pub mod builtin;
+pub mod collectors;
 pub mod config;
 pub mod connection;
 pub mod dns;

@@ -192,6 +192,60 @@ impl Drop for Running {
     }
 }
 
+/// What a command printed and how it ended, uninterpreted: for tools the
+/// agent runs itself (a collector's config validator), not plugins.
+#[derive(Debug)]
+pub struct Captured {
+    /// How it exited; `None` when it timed out (its group was then killed).
+    pub status: Option<ExitStatus>,
+    /// The first `cap` bytes of stdout.
+    pub stdout: Vec<u8>,
+    /// The first `cap` bytes of stderr.
+    pub stderr: Vec<u8>,
+    /// Bytes beyond the cap, both streams together, discarded.
+    pub dropped: usize,
+}
+
+/// Runs `command` as [`run_plugin`] does (its own process group, timeout
+/// then TERM and KILL to the group, output drained and capped at `cap`
+/// bytes per stream) without interpreting the output. Fails when the
+/// command is empty or cannot be started or reaped; `Ok(None)` when
+/// `cancel` fired (the group is then killed).
+pub async fn run_captured(
+    command: &[String],
+    limits: RunLimits,
+    cap: usize,
+    cancel: &CancellationToken,
+) -> std::io::Result<Option<Captured>> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
+    let child = Command::new(program)
+        .args(args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut running = Running {
+        child,
+        reaped: false,
+    };
+    let mut out = Capped::new(cap);
+    let mut err = Capped::new(cap);
+    let ended = supervise(&mut running.child, limits, cancel, &mut out, &mut err).await;
+    let status = running.reap()?;
+    Ok(match ended {
+        Ended::Cancelled => None,
+        Ended::TimedOut | Ended::Exited => Some(Captured {
+            status: (ended == Ended::Exited).then_some(status),
+            dropped: out.dropped + err.dropped,
+            stdout: out.buf,
+            stderr: err.buf,
+        }),
+    })
+}
+
 /// Runs `command` (program + arguments, no shell) under `limits`.
 ///
 /// Never fails: spawn errors, timeouts and odd exits become UNKNOWN outcomes.
@@ -368,7 +422,7 @@ fn odd_exit(code: i32) -> String {
 }
 
 /// `SIGKILL (9)`-style name of a signal number.
-fn signal_name(signal: i32) -> String {
+pub(crate) fn signal_name(signal: i32) -> String {
     let name = match signal {
         libc::SIGHUP => "SIGHUP",
         libc::SIGINT => "SIGINT",
@@ -490,7 +544,7 @@ async fn read_capped(rx: Option<pipe::Receiver>, sink: &mut Capped) {
 }
 
 /// Resolves once child `pid` has exited (it stays unreaped).
-async fn wait_for_exit(pid: u32) {
+pub(crate) async fn wait_for_exit(pid: u32) {
     if let Ok(fd) = sys::pidfd_open(pid)
         && let Ok(fd) = sys::async_fd(fd, Interest::READABLE)
     {

@@ -1,6 +1,7 @@
 //! Integration tests of the agent library: real processes, real sockets.
 
 mod builtin;
+mod collectors;
 mod config;
 mod connect;
 mod protocol;
