@@ -266,6 +266,37 @@ impl Aggregator {
         ingested
     }
 
+    /// Feeds one read of a Graphite TCP connection through its
+    /// [`graphite::LineBuffer`] and adds its complete lines, received at
+    /// `now_ms`; an overlong line the buffer drops counts as a parse error
+    /// ([`ParseError::UnterminatedLineTooLong`]).
+    pub fn ingest_graphite_stream(
+        &mut self,
+        stream: &mut graphite::LineBuffer,
+        chunk: &[u8],
+        now_ms: i64,
+    ) -> Ingested {
+        let mut ingested = Ingested::default();
+        let dropped = stream.feed(chunk, |lines| {
+            let got = self.ingest_graphite(lines, now_ms);
+            ingested.lines += got.lines;
+            ingested.errors += got.errors;
+            if ingested.first_error.is_none() {
+                ingested.first_error = got.first_error;
+            }
+        });
+        if dropped > 0 {
+            ingested.errors += dropped;
+            ingested
+                .first_error
+                .get_or_insert(ParseError::UnterminatedLineTooLong {
+                    limit: graphite::MAX_LINE_BYTES,
+                });
+            self.ctx.stats.graphite_parse_errors += dropped as u64;
+        }
+        ingested
+    }
+
     /// Adds one parsed StatsD line (counted in [`Stats::statsd_lines`]).
     pub fn add_statsd(&mut self, line: &statsd::Line<'_>) {
         self.ctx.stats.statsd_lines += 1;

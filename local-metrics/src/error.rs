@@ -20,6 +20,11 @@ pub enum ParseError {
     #[error("line is {len} bytes, more than the limit of {limit}")]
     LineTooLong { len: usize, limit: usize },
 
+    /// Graphite over TCP: a line still unfinished past the limit; dropped up
+    /// to its `\n` without being held ([`crate::graphite::LineBuffer`]).
+    #[error("line runs past the limit of {limit} bytes without a newline")]
+    UnterminatedLineTooLong { limit: usize },
+
     /// The line is not UTF-8; names and tags become text on the server.
     #[error("line is not valid UTF-8 (at byte {valid_up_to})")]
     NotUtf8 { valid_up_to: usize },

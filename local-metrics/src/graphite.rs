@@ -135,6 +135,84 @@ pub fn parse_line(line: &[u8]) -> Result<Line<'_>, ParseError> {
     })
 }
 
+/// Splits a TCP stream into whole lines across reads, with bounded memory.
+///
+/// [`LineBuffer::feed`] hands over the complete lines of each chunk as one
+/// block (borrowed straight from the chunk when nothing is pending) and
+/// keeps the unfinished tail for the next read. A tail longer than
+/// [`MAX_LINE_BYTES`] (plus its `\r`) can never become a valid line: it is
+/// dropped, everything up to the next `\n` with it, and counted, so a
+/// sender that never sends `\n` costs at most one line of memory.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    pending: Vec<u8>,
+    /// Dropping an overlong line until its `\n`.
+    discarding: bool,
+}
+
+impl LineBuffer {
+    /// Feeds one read; `on_lines` gets each block of complete lines (ending
+    /// in `\n`). Returns how many overlong lines were dropped.
+    pub fn feed(&mut self, mut chunk: &[u8], mut on_lines: impl FnMut(&[u8])) -> usize {
+        let mut dropped = 0;
+        if self.discarding {
+            let Some(nl) = chunk.iter().position(|&b| b == b'\n') else {
+                return 0;
+            };
+            self.discarding = false;
+            chunk = &chunk[nl + 1..];
+        }
+        if !self.pending.is_empty() {
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    self.pending.extend_from_slice(&chunk[..=nl]);
+                    on_lines(&self.pending);
+                    self.pending.clear();
+                    chunk = &chunk[nl + 1..];
+                }
+                None => {
+                    self.pending.extend_from_slice(chunk);
+                    dropped += self.drop_if_overlong();
+                    return dropped;
+                }
+            }
+        }
+        let tail = match chunk.iter().rposition(|&b| b == b'\n') {
+            Some(nl) => {
+                on_lines(&chunk[..=nl]);
+                &chunk[nl + 1..]
+            }
+            None => chunk,
+        };
+        self.pending.extend_from_slice(tail);
+        dropped + self.drop_if_overlong()
+    }
+
+    /// At the end of the stream: the unfinished last line, if any, as a
+    /// line of its own (a sender may omit the final `\n`).
+    pub fn finish(&mut self, on_lines: impl FnOnce(&[u8])) {
+        if !self.pending.is_empty() {
+            on_lines(&self.pending);
+        }
+        self.pending = Vec::new();
+        self.discarding = false;
+    }
+
+    /// Bytes held for the unfinished line; at most [`MAX_LINE_BYTES`] + 1.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn drop_if_overlong(&mut self) -> usize {
+        if self.pending.len() <= MAX_LINE_BYTES + 1 {
+            return 0;
+        }
+        self.pending = Vec::new();
+        self.discarding = true;
+        1
+    }
+}
+
 /// Checks the path: bounded, a non-empty name, no control characters
 /// (whitespace cannot occur: it separates fields).
 fn check_path(path: &str, name: &str) -> Result<(), ParseError> {
@@ -217,6 +295,63 @@ fn timestamp(text: &str) -> Result<Timestamp, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds `chunks`, then finishes; returns the lines seen and the count
+    /// of overlong lines dropped.
+    fn split(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, usize) {
+        let mut buffer = LineBuffer::default();
+        let mut lines = Vec::new();
+        let mut dropped = 0;
+        for chunk in chunks {
+            dropped += buffer.feed(chunk, |block| {
+                assert!(block.ends_with(b"\n"), "{block:?}");
+                lines.extend(crate::lines(block).map(<[u8]>::to_vec));
+            });
+            assert!(buffer.pending_bytes() <= MAX_LINE_BYTES + 1);
+        }
+        buffer.finish(|rest| lines.push(rest.to_vec()));
+        (lines, dropped)
+    }
+
+    /// Reads, the lines they must give, and how many are dropped.
+    type StreamCase<'a> = (Vec<&'a [u8]>, Vec<Vec<u8>>, usize);
+
+    #[test]
+    fn line_buffer_joins_lines_split_across_reads() {
+        let long = vec![b'x'; MAX_LINE_BYTES + 2];
+        let max = vec![b'y'; MAX_LINE_BYTES];
+        let v = |s: &[u8]| s.to_vec();
+        let cases: Vec<StreamCase<'_>> = vec![
+            (vec![b"a 1\r\nb 2\r\n"], vec![v(b"a 1"), v(b"b 2")], 0),
+            (
+                vec![b"a 1\r", b"\nb", b" 2\r\n"],
+                vec![v(b"a 1"), v(b"b 2")],
+                0,
+            ),
+            (vec![b"a", b" ", b"1", b"\n"], vec![v(b"a 1")], 0),
+            // An unterminated last line is handed over at the end.
+            (vec![b"a 1\nb 2"], vec![v(b"a 1"), v(b"b 2")], 0),
+            // A line of exactly the limit, split, is kept whole.
+            (
+                vec![&max[..100], &max[100..], b"\r\n"],
+                vec![max.clone()],
+                0,
+            ),
+            // An overlong line is dropped up to its newline, in one read or
+            // across several, and the next line survives.
+            (vec![&long, b"\nok 1\n"], vec![v(b"ok 1")], 1),
+            (
+                vec![&long[..10], &long[10..], b"more", b"\nok 1\n"],
+                vec![v(b"ok 1")],
+                1,
+            ),
+            (vec![&long], vec![], 1),
+        ];
+        for (chunks, want_lines, want_dropped) in cases {
+            let (lines, dropped) = split(&chunks);
+            assert_eq!((lines, dropped), (want_lines, want_dropped), "{chunks:?}");
+        }
+    }
 
     #[test]
     fn timestamps() {

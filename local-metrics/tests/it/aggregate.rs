@@ -2,8 +2,8 @@
 //! with values computed by hand (in the comments).
 
 use outrider_local_metrics::{
-    Aggregator, AggregatorConfig, GaugeRetention, ParseError, Percentile, SampleKind, Stats, Tag,
-    TimerStat,
+    Aggregator, AggregatorConfig, GaugeRetention, Ingested, ParseError, Percentile, SampleKind,
+    Stats, Tag, TimerStat,
 };
 
 use crate::{T0, aggregator, value_of};
@@ -413,4 +413,48 @@ fn stats_count_lines_errors_and_samples() {
         }
     );
     assert_eq!(flushed, 3);
+}
+
+#[test]
+fn graphite_streams_are_joined_across_reads_and_overlong_lines_counted() {
+    let mut agg = aggregator();
+    let mut stream = outrider_local_metrics::graphite::LineBuffer::default();
+    let long = vec![b'x'; outrider_local_metrics::graphite::MAX_LINE_BYTES + 10];
+    let reads: [&[u8]; 5] = [
+        b"a.b 1 10",
+        b"0\r\na.b 2 1",
+        b"10\r\n",
+        &long,
+        b"\r\nc 3 100\r\n",
+    ];
+    let mut total = Ingested::default();
+    for read in reads {
+        let got = agg.ingest_graphite_stream(&mut stream, read, T0);
+        total.lines += got.lines;
+        total.errors += got.errors;
+        if total.first_error.is_none() {
+            total.first_error = got.first_error;
+        }
+    }
+    assert_eq!((total.lines, total.errors), (3, 1));
+    assert_eq!(
+        total.first_error,
+        Some(ParseError::UnterminatedLineTooLong {
+            limit: outrider_local_metrics::graphite::MAX_LINE_BYTES
+        })
+    );
+    assert_eq!(agg.stats().graphite_parse_errors, 1);
+    let got: Vec<_> = agg
+        .flush(T0)
+        .iter()
+        .map(|s| (s.name.clone(), s.timestamp_ms, s.value))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a.b".to_owned(), 100_000, 1.0),
+            ("a.b".to_owned(), 110_000, 2.0),
+            ("c".to_owned(), 100_000, 3.0)
+        ]
+    );
 }
