@@ -18,6 +18,8 @@
 //!   percentiles over a bounded reservoir, set cardinality, Graphite points
 //!   passed through) and [`Aggregator::flush`] turns it into samples; the
 //!   rules and bounds are in the [`aggregate`] module's doc.
+//! - [`graphite::LineBuffer`] joins Graphite lines split across TCP reads,
+//!   holding at most one line ([`Aggregator::ingest_graphite_stream`]).
 //! - [`Sample`] maps onto the agent's perfdata samples without loss (the
 //!   [`sample`] module's doc has the table).
 //!
@@ -31,11 +33,21 @@
 //! // receive time (Unix ms) for Graphite's "now".
 //! let got = agg.ingest_statsd(b"api.hits:1|c|@0.5\napi.latency:12|ms|#env:prod\n");
 //! assert_eq!((got.lines, got.errors), (2, 0));
-//! agg.ingest_graphite(b"collectd.host.load.shortterm 0.25 1733300000\r\n", 1_733_300_001_000);
+//! let mut conn = outrider_local_metrics::graphite::LineBuffer::default();
+//! let now_ms = 1_733_300_001_000;
+//! agg.ingest_graphite_stream(&mut conn, b"collectd.host.load.shortterm 0.2", now_ms);
+//! agg.ingest_graphite_stream(&mut conn, b"5 1733300000\r\n", now_ms);
+//! // At the connection's end: its unfinished last line, if any.
+//! conn.finish(|rest| {
+//!     agg.ingest_graphite(rest, now_ms);
+//! });
 //! // Every flush interval:
 //! let samples = agg.flush(1_733_300_010_000);
 //! let hits = samples.iter().find(|s| s.name == "api.hits").unwrap();
 //! assert_eq!(hits.value, 2.0);
+//! let load = samples.iter().find(|s| s.name.ends_with("shortterm")).unwrap();
+//! assert_eq!((load.value, load.timestamp_ms), (0.25, 1_733_300_000_000));
+//! assert_eq!(agg.stats().graphite_lines, 1);
 //! ```
 
 pub mod aggregate;

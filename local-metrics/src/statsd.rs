@@ -24,6 +24,10 @@
 //!   repeated known fields are errors.
 //! - Events (`_e{...}`) and service checks (`_sc|...`) are refused with
 //!   [`ParseError::Unsupported`].
+//! - The old etsy form with several typed values after one name
+//!   (`name:1|c:2|ms`) is refused ([`ParseError::UnknownType`] `c:2`):
+//!   DogStatsD packing gave `:` between values another meaning, and no
+//!   current client sends it.
 //!
 //! A datagram holds lines separated by `\n` (a trailing `\r` is dropped);
 //! [`parse_datagram`] parses them one by one, so a bad line never affects
@@ -215,42 +219,49 @@ pub fn parse_line(line: &[u8]) -> Result<Line<'_>, ParseError> {
         container_id: None,
         timestamp_secs: None,
     };
-    let mut seen_rate = false;
-    let mut seen_tags = false;
-    for field in fields {
-        let first = field.as_bytes().first().copied();
-        match first {
-            None => return Err(ParseError::EmptyField),
-            Some(b'@') => {
-                once(&mut seen_rate, "@")?;
-                parsed.sample_rate = sample_rate(&field[1..])?;
-            }
-            Some(b'#') => {
-                once(&mut seen_tags, "#")?;
-                check_tags(&field[1..])?;
-                parsed.raw_tags = &field[1..];
-            }
-            Some(b'c') if field.starts_with("c:") => {
-                if parsed.container_id.is_some() {
-                    return Err(ParseError::DuplicateField { field: "c:" });
-                }
-                let id = &field[2..];
-                if id.is_empty() {
-                    return Err(ParseError::EmptyContainerId);
-                }
-                parsed.container_id = Some(id);
-            }
-            Some(b'T') => {
-                if parsed.timestamp_secs.is_some() {
-                    return Err(ParseError::DuplicateField { field: "T" });
-                }
-                parsed.timestamp_secs = Some(timestamp(&field[1..])?);
-            }
-            // A field of a later protocol version: skipped (module doc).
-            Some(_) => {}
-        }
-    }
+    parsed.optional_fields(fields)?;
     Ok(parsed)
+}
+
+impl<'a> Line<'a> {
+    /// Reads the fields after the type (`@rate`, `#tags`, `c:id`, `T<ts>`,
+    /// unknown ones skipped) into `self`.
+    fn optional_fields(&mut self, fields: impl Iterator<Item = &'a str>) -> Result<(), ParseError> {
+        let (mut seen_rate, mut seen_tags) = (false, false);
+        for field in fields {
+            match field.as_bytes().first() {
+                None => return Err(ParseError::EmptyField),
+                Some(b'@') => {
+                    once(&mut seen_rate, "@")?;
+                    self.sample_rate = sample_rate(&field[1..])?;
+                }
+                Some(b'#') => {
+                    once(&mut seen_tags, "#")?;
+                    check_tags(&field[1..])?;
+                    self.raw_tags = &field[1..];
+                }
+                Some(b'c') if field.starts_with("c:") => {
+                    if self.container_id.is_some() {
+                        return Err(ParseError::DuplicateField { field: "c:" });
+                    }
+                    let id = &field[2..];
+                    if id.is_empty() {
+                        return Err(ParseError::EmptyContainerId);
+                    }
+                    self.container_id = Some(id);
+                }
+                Some(b'T') => {
+                    if self.timestamp_secs.is_some() {
+                        return Err(ParseError::DuplicateField { field: "T" });
+                    }
+                    self.timestamp_secs = Some(timestamp(&field[1..])?);
+                }
+                // A field of a later protocol version: skipped (module doc).
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 fn once(seen: &mut bool, field: &'static str) -> Result<(), ParseError> {

@@ -130,6 +130,8 @@ fn bad_lines_name_what_is_wrong() {
         (b"hits:1|x", UnknownType { found: s("x") }),
         (b"hits:1|C", UnknownType { found: s("C") }),
         (b"hits:1|msx", UnknownType { found: s("msx") }),
+        // The old etsy multi-type form; DogStatsD packing took its syntax.
+        (b"glork:320|ms:2|c", UnknownType { found: s("ms:2") }),
         (b"hits:|c", EmptyValue),
         (b"hits:1::2|c", EmptyValue),
         (b"hits:1:|c", EmptyValue),
