@@ -63,6 +63,10 @@ pub enum ParseError {
     #[error("value {found:?} is not a number")]
     InvalidValue { found: String },
 
+    /// StatsD: a set member containing a control character.
+    #[error("set member {member:?} contains the invalid character {ch:?}")]
+    InvalidMemberChar { member: String, ch: char },
+
     /// Graphite: the value `nan`; carbon drops these lines too.
     #[error("value is NaN")]
     NotANumber,

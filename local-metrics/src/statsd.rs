@@ -311,8 +311,9 @@ fn value(metric_type: MetricType, part: &str) -> Result<Value<'_>, ParseError> {
     }
     if metric_type == MetricType::Set {
         if let Some(ch) = part.chars().find(|c| c.is_control()) {
-            return Err(ParseError::InvalidValue {
-                found: format!("{}{ch:?}", snippet(part)),
+            return Err(ParseError::InvalidMemberChar {
+                member: snippet(part),
+                ch,
             });
         }
         return Ok(Value::Member(part));

@@ -194,6 +194,13 @@ fn bad_lines_name_what_is_wrong() {
                 ch: '\x01',
             },
         ),
+        (
+            b"u:a\x1bb|s",
+            InvalidMemberChar {
+                member: s("a\x1bb"),
+                ch: '\x1b',
+            },
+        ),
         (b"\xffx:1|c", NotUtf8 { valid_up_to: 0 }),
         (b"x:1|c|#\xc3", NotUtf8 { valid_up_to: 7 }),
         (b"_e{5,4}:title|text|#a", Unsupported { what: "events" }),
