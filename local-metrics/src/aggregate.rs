@@ -13,8 +13,9 @@
 //! | Graphite | every point, with its own time | every point | forgotten |
 //!
 //! Idle counters, timers and sets flush nothing (Telegraf's `delete_*`
-//! defaults), rather than StatsD's zeros: an absent series is what the
-//! server's "no data" checks look for.
+//! defaults) rather than StatsD's zeros: an absent sample says that nothing
+//! was sent, where a zero would claim that nothing happened, and idle
+//! series cost no spool space.
 //!
 //! **Percentiles** are nearest-rank ([`Percentile::rank`]) over the
 //! reservoir, so they are exact whenever an interval has at most
@@ -44,9 +45,10 @@
 //!   overflowed `f64`) is dropped and counted in [`Stats::dropped_values`];
 //!   such a gauge is forgotten.
 //!
-//! Series are keyed by type, name and canonical tags: `x:1|c` and `x:1|g`
-//! are two series; `ms`, `h` and `d` are one kind (the unit comes from the
-//! line that created the series).
+//! Series are keyed by type, name and canonical tags (sorted; DogStatsD
+//! duplicates removed; for a repeated Graphite tag name the last value, as
+//! carbon): `x:1|c` and `x:1|g` are two series; `ms`, `h` and `d` are one
+//! kind (the unit comes from the line that created the series).
 
 mod series;
 
