@@ -339,17 +339,21 @@ impl Series {
                 false
             }
             State::Set { members } => {
-                let count = members.len() as f64;
-                push(
-                    out,
-                    ctx,
-                    name.into(),
-                    tags,
-                    count,
-                    SampleKind::Set,
-                    "",
-                    now_ms,
-                );
+                // Empty only if every member was dropped past `max_bytes`
+                // (and counted): a 0 would claim nobody was seen.
+                if !members.is_empty() {
+                    let count = members.len() as f64;
+                    push(
+                        out,
+                        ctx,
+                        name.into(),
+                        tags,
+                        count,
+                        SampleKind::Set,
+                        "",
+                        now_ms,
+                    );
+                }
                 false
             }
             State::Graphite { points } => {

@@ -374,6 +374,16 @@ fn values_past_the_byte_budget_are_dropped_and_counted() {
     assert_eq!(counted as u64 + dropped, 100);
     assert!(counted >= 1.0 && dropped >= 1, "{counted} {dropped}");
     assert_eq!(agg.bytes(), 0, "the flush gives every byte back");
+
+    // A set whose every member is dropped flushes nothing, not a 0.
+    let mut agg = Aggregator::new(AggregatorConfig {
+        max_bytes: 200,
+        ..AggregatorConfig::default()
+    })
+    .unwrap();
+    agg.ingest_statsd(format!("u:{}|s", "m".repeat(100)).as_bytes());
+    assert_eq!((agg.series_count(), agg.stats().dropped_values), (1, 1));
+    assert!(agg.flush(T0).is_empty());
 }
 
 #[test]
