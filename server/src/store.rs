@@ -23,6 +23,7 @@
 mod agents;
 pub mod alerts;
 mod checks;
+mod fleet;
 pub mod metrics;
 pub mod notify;
 mod results;
@@ -42,6 +43,7 @@ pub use alerts::OutboxBatch;
 pub use checks::{
     ComputedConfig, DeletePlugin, PutCheck, effective_tags, json_tags, normalize_tags,
 };
+pub use fleet::{FleetPage, FleetQuery, FleetRow, MAX_FLEET_PAGE};
 pub use results::{DEFAULT_MAX_SERIES_PER_AGENT, IngestLimits, Ingested, MAX_FUTURE_MS};
 pub use tokens::{
     BOOTSTRAP_TOKEN_ID, BootstrapToken, EnrollmentRefusal, TokenGrant, TokenRefusal, token_status,

@@ -6,6 +6,7 @@ mod admin_api;
 mod agent_ws;
 mod alerting;
 mod config_push;
+mod dashboard;
 mod dos;
 mod enrollment;
 mod enrollment_lifecycle;

@@ -1,0 +1,477 @@
+//! The live stream: `GET /live`, one server-sent-event stream per tab.
+//!
+//! A hub task subscribes to the server's event bus (`server/src/events.rs`)
+//! and turns presence changes and results into rendered rows:
+//! `agent-<fp>` (the fleet row, `fleet_row.html`) and `check-<fp>-<check>`
+//! (a check's state on the agent page, `check_state.html`). `live.js`
+//! replaces the element of the same id.
+//!
+//! Invariants:
+//! - Row updates are coalesced: a row is sent at most once per
+//!   [`ROW_INTERVAL`] (4 per second); updates in between are folded into
+//!   one sent when the interval ends, rendered from the store then, so the
+//!   last state always arrives.
+//! - Every frame carries an id `<epoch>-<seq>` (`epoch` is random per
+//!   server run) and is kept in a ring of the last [`RING`] frames. A
+//!   reconnect with `Last-Event-ID` gets the frames after it; an id that
+//!   fell out of the ring, is of another run, or does not parse gets one
+//!   `reset` (the page reloads), as does a subscriber or hub that lagged.
+//! - Publishing never blocks: the ring is bounded, subscribers read a
+//!   bounded broadcast channel, and the stream ends at shutdown.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::response::sse::{self, KeepAlive, Sse};
+use futures_util::Stream;
+use outrider_protocol::Fingerprint;
+use outrider_protocol::api::Event;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::pages::{CheckStateTemplate, CheckView, FleetRowTemplate, RowView};
+use super::{Authed, Dashboard};
+
+/// Frames kept for reconnecting tabs.
+pub const RING: usize = 1024;
+
+/// Least time between two sends of one row.
+pub const ROW_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Interval of SSE comments that keep idle proxies from closing the stream.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// One sent event.
+#[derive(Debug)]
+pub struct Frame {
+    pub seq: u64,
+    /// `row` or `reset`.
+    pub event: &'static str,
+    pub data: String,
+}
+
+#[derive(Debug)]
+struct Ring {
+    frames: VecDeque<Arc<Frame>>,
+    next_seq: u64,
+}
+
+/// The hub's ring and fan-out.
+#[derive(Debug)]
+pub struct Live {
+    epoch: String,
+    ring: Mutex<Ring>,
+    tx: broadcast::Sender<Arc<Frame>>,
+}
+
+/// Where a (re)connecting tab starts.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// A fresh tab: only new frames.
+    Fresh,
+    /// Frames after this sequence number, then new ones.
+    After(u64),
+    /// The tab missed frames it cannot get: one `reset`, then new ones.
+    Reset,
+}
+
+/// Where a tab presenting `last_event_id` resumes, for a ring of this
+/// `epoch` holding frames from `oldest` (`None`: empty) to before `next`.
+pub fn resume(last_event_id: Option<&str>, epoch: &str, oldest: Option<u64>, next: u64) -> Resume {
+    let Some(id) = last_event_id else {
+        return Resume::Fresh;
+    };
+    let Some(seq) = id
+        .split_once('-')
+        .filter(|(e, _)| *e == epoch)
+        .and_then(|(_, seq)| seq.parse::<u64>().ok())
+    else {
+        return Resume::Reset;
+    };
+    if seq >= next {
+        return Resume::Reset;
+    }
+    // Frames seq+1 .. next must all still be in the ring.
+    match oldest {
+        Some(oldest) if seq + 1 < oldest => Resume::Reset,
+        None if seq + 1 < next => Resume::Reset,
+        _ => Resume::After(seq),
+    }
+}
+
+impl Live {
+    /// An empty hub with a fresh epoch. Fails only without OS randomness.
+    pub fn new() -> anyhow::Result<Live> {
+        let mut bytes = [0u8; 4];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("reading OS randomness: {e}"))?;
+        let (tx, _) = broadcast::channel(RING);
+        Ok(Live {
+            epoch: hex::encode(bytes),
+            ring: Mutex::new(Ring {
+                frames: VecDeque::with_capacity(RING),
+                next_seq: 1,
+            }),
+            tx,
+        })
+    }
+
+    /// The SSE id of frame `seq`.
+    pub fn id(&self, seq: u64) -> String {
+        format!("{}-{seq}", self.epoch)
+    }
+
+    /// Appends a frame to the ring and sends it to every subscriber.
+    pub fn publish(&self, event: &'static str, data: String) {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let frame = Arc::new(Frame {
+            seq: ring.next_seq,
+            event,
+            data,
+        });
+        ring.next_seq += 1;
+        if ring.frames.len() == RING {
+            ring.frames.pop_front();
+        }
+        ring.frames.push_back(frame.clone());
+        // Sent under the lock, so a subscriber taken under it misses and
+        // doubles nothing. Fails only without subscribers.
+        let _ = self.tx.send(frame);
+    }
+
+    /// A subscription for a tab presenting `last_event_id`: the frames to
+    /// send first (a `reset` or the missed ones) and the receiver of new ones.
+    pub fn subscribe(
+        &self,
+        last_event_id: Option<&str>,
+    ) -> (Vec<Arc<Frame>>, broadcast::Receiver<Arc<Frame>>) {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = self.tx.subscribe();
+        let oldest = ring.frames.front().map(|f| f.seq);
+        let first = match resume(last_event_id, &self.epoch, oldest, ring.next_seq) {
+            Resume::Fresh => Vec::new(),
+            Resume::After(seq) => ring
+                .frames
+                .iter()
+                .filter(|f| f.seq > seq)
+                .cloned()
+                .collect(),
+            Resume::Reset => vec![self.reset_frame(ring.next_seq)],
+        };
+        (first, rx)
+    }
+
+    /// A `reset` for one tab, carrying the id of the newest frame so the
+    /// tab's next reconnect resumes from there.
+    fn reset_frame(&self, next_seq: u64) -> Arc<Frame> {
+        Arc::new(Frame {
+            seq: next_seq - 1,
+            event: "reset",
+            data: String::new(),
+        })
+    }
+}
+
+/// Coalesces row updates: each row is sent at most once per interval.
+#[derive(Debug)]
+pub struct Coalescer {
+    interval: Duration,
+    rows: HashMap<Row, Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    sent_at: Instant,
+    pending: bool,
+}
+
+/// A live row.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Row {
+    Agent(Fingerprint),
+    Check(Fingerprint, String),
+}
+
+impl Coalescer {
+    pub fn new(interval: Duration) -> Coalescer {
+        Coalescer {
+            interval,
+            rows: HashMap::new(),
+        }
+    }
+
+    /// An update of `row` at `now`: `true` to send it now, `false` when it
+    /// was sent less than an interval ago (it is then sent by [`Coalescer::due`]).
+    pub fn offer(&mut self, row: Row, now: Instant) -> bool {
+        match self.rows.get_mut(&row) {
+            Some(slot) if now < slot.sent_at + self.interval => {
+                slot.pending = true;
+                false
+            }
+            _ => {
+                self.rows.insert(
+                    row,
+                    Slot {
+                        sent_at: now,
+                        pending: false,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// The rows whose folded updates are due at `now` (marked sent), and
+    /// forgets rows quiet for an interval.
+    pub fn due(&mut self, now: Instant) -> Vec<Row> {
+        let interval = self.interval;
+        let mut out = Vec::new();
+        self.rows.retain(|row, slot| {
+            if now < slot.sent_at + interval {
+                return true;
+            }
+            if slot.pending {
+                out.push(row.clone());
+                slot.pending = false;
+                slot.sent_at = now;
+                return true;
+            }
+            false
+        });
+        out
+    }
+
+    /// When [`Coalescer::due`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.rows
+            .values()
+            .filter(|s| s.pending)
+            .map(|s| s.sent_at + self.interval)
+            .min()
+    }
+}
+
+/// The rows an event changes.
+fn rows_of(event: &Event) -> Vec<Row> {
+    match event {
+        Event::Presence { agent, .. } => vec![Row::Agent(agent.clone())],
+        Event::Result { agent, result } => vec![
+            Row::Agent(agent.clone()),
+            Row::Check(agent.clone(), result.check.clone()),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// Renders `row` from the store and publishes it; a row that no longer
+/// exists (an agent removed) is skipped.
+async fn send_row(dash: &Dashboard, row: &Row) {
+    let html = match row {
+        Row::Agent(fp) => match dash.app.store.fleet_row(fp).await {
+            Ok(Some(found)) => FleetRowTemplate {
+                row: RowView::from(found),
+            }
+            .render()
+            .map_err(anyhow::Error::from),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        },
+        Row::Check(fp, check) => match dash.app.store.latest_results(Some(fp.clone())).await {
+            Ok(results) => match results.into_iter().find(|r| &r.check == check) {
+                Some(found) => CheckStateTemplate {
+                    row: CheckView::from(found),
+                }
+                .render()
+                .map_err(anyhow::Error::from),
+                None => return,
+            },
+            Err(e) => Err(e),
+        },
+    };
+    match html {
+        Ok(html) => dash.live.publish("row", html),
+        Err(e) => tracing::warn!("dashboard live row {row:?}: {e:#}"),
+    }
+}
+
+/// The hub: event bus in, coalesced rendered rows out, until `shutdown`.
+pub async fn run(dash: Arc<Dashboard>, shutdown: CancellationToken) {
+    let mut events = dash.app.events.subscribe();
+    let mut coalescer = Coalescer::new(ROW_INTERVAL);
+    loop {
+        let deadline = coalescer.next_deadline();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                for row in coalescer.due(Instant::now()) {
+                    send_row(&dash, &row).await;
+                }
+            }
+            received = events.recv() => match received {
+                Ok(event) => {
+                    for row in rows_of(&event) {
+                        if coalescer.offer(row.clone(), Instant::now()) {
+                            send_row(&dash, &row).await;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the dashboard's live hub fell behind the event bus; open pages reload");
+                    dash.live.publish("reset", String::new());
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// `GET /live`: the stream of one tab.
+pub async fn stream(
+    State(dash): State<Arc<Dashboard>>,
+    Authed(_session): Authed,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let (first, rx) = dash.live.subscribe(last);
+    let frames = frames(first, rx, dash.app.shutdown.clone());
+    let epoch_dash = dash.clone();
+    let events = futures_util::StreamExt::map(frames, move |frame| {
+        Ok::<_, Infallible>(
+            sse::Event::default()
+                .id(epoch_dash.live.id(frame.seq))
+                .event(frame.event)
+                .data(&frame.data),
+        )
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEPALIVE))
+}
+
+/// `first`, then what `rx` receives (a lag becomes one `reset`), until
+/// `shutdown`.
+fn frames(
+    first: Vec<Arc<Frame>>,
+    rx: broadcast::Receiver<Arc<Frame>>,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Arc<Frame>> {
+    let first = futures_util::stream::iter(first);
+    let rest = futures_util::stream::unfold(
+        (rx, shutdown, 0u64),
+        |(mut rx, shutdown, last)| async move {
+            let frame = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                received = rx.recv() => match received {
+                    Ok(frame) => frame,
+                    Err(broadcast::error::RecvError::Lagged(_)) => Arc::new(Frame {
+                        seq: last,
+                        event: "reset",
+                        data: String::new(),
+                    }),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            let seq = frame.seq;
+            Some((frame, (rx, shutdown, seq)))
+        },
+    );
+    futures_util::StreamExt::chain(first, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    #[test]
+    fn resume_by_table() {
+        let e = "abcd";
+        for (last, oldest, next, expected) in [
+            (None, Some(1), 10, Resume::Fresh),
+            (Some("abcd-9"), Some(1), 10, Resume::After(9)),
+            (Some("abcd-3"), Some(1), 10, Resume::After(3)),
+            (Some("abcd-0"), Some(1), 10, Resume::After(0)),
+            (Some("abcd-4"), Some(5), 10, Resume::After(4)),
+            (Some("abcd-3"), Some(5), 10, Resume::Reset),
+            (Some("abcd-10"), Some(1), 10, Resume::Reset),
+            (Some("ffff-3"), Some(1), 10, Resume::Reset),
+            (Some("abcd-x"), Some(1), 10, Resume::Reset),
+            (Some("garbage"), Some(1), 10, Resume::Reset),
+            (Some("abcd-0"), None, 1, Resume::After(0)),
+        ] {
+            assert_eq!(
+                resume(last, e, oldest, next),
+                expected,
+                "{last:?} {oldest:?} {next}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_gets_what_it_missed_or_one_reset() {
+        let live = Live::new().unwrap();
+        for i in 0..RING + 10 {
+            live.publish("row", format!("<tr id=\"r{i}\"></tr>"));
+        }
+        let newest = (RING + 10) as u64;
+        let (first, _rx) = live.subscribe(Some(&live.id(newest - 2)));
+        let seqs: Vec<u64> = first.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, [newest - 1, newest]);
+        // Frame 5 fell out of the ring.
+        let (first, _rx) = live.subscribe(Some(&live.id(5)));
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].event, first[0].seq), ("reset", newest));
+        // A fresh tab, then a new frame reaches it.
+        let (first, rx) = live.subscribe(None);
+        assert!(first.is_empty());
+        let shutdown = CancellationToken::new();
+        let stream = frames(first, rx, shutdown.clone());
+        futures_util::pin_mut!(stream);
+        live.publish("row", "new".into());
+        let got = stream.next().await.unwrap();
+        assert_eq!((got.seq, got.data.as_str()), (newest + 1, "new"));
+        shutdown.cancel();
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_are_sent_at_most_four_times_a_second_and_the_last_update_arrives() {
+        let mut c = Coalescer::new(ROW_INTERVAL);
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        let row = Row::Agent(fp.clone());
+        let other = Row::Check(fp, "load".into());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        assert!(c.offer(row.clone(), ms(0)));
+        assert!(c.offer(other.clone(), ms(10)), "rows coalesce separately");
+        // A burst within the interval is folded into one later send.
+        for n in [1, 50, 100, 249] {
+            assert!(!c.offer(row.clone(), ms(n)));
+        }
+        assert_eq!(c.next_deadline(), Some(ms(250)));
+        assert!(c.due(ms(249)).is_empty());
+        assert_eq!(c.due(ms(250)), std::slice::from_ref(&row));
+        // Sent at 250: the next update waits until 500.
+        assert!(!c.offer(row.clone(), ms(300)));
+        assert_eq!(c.next_deadline(), Some(ms(500)));
+        assert_eq!(c.due(ms(500)), std::slice::from_ref(&row));
+        // Quiet for an interval: forgotten, so the next update goes at once.
+        assert!(c.due(ms(750)).is_empty());
+        assert!(c.rows.is_empty());
+        assert!(c.offer(row, ms(751)));
+        // Over a second of constant updates, at most 4 sends per row.
+        let mut c = Coalescer::new(ROW_INTERVAL);
+        let row = Row::Check("0123456789abcdef0123".parse().unwrap(), "x".into());
+        let mut sends = 0;
+        for n in 0..1000 {
+            sends += usize::from(c.offer(row.clone(), ms(n)));
+            sends += c.due(ms(n)).len();
+        }
+        assert!(sends <= 4, "{sends}");
+    }
+}

@@ -1,0 +1,62 @@
+// Live updates of the dashboard (server/src/dashboard/live.rs): one
+// EventSource per tab. A `row` event carries a rendered element with an id;
+// the element of that id on the page is replaced. A row the page does not
+// show but whose list it does (data-list) makes the list refetch itself
+// (a new agent). A `reset` means events were lost: the page reloads.
+// EventSource reconnects by itself, sending Last-Event-ID.
+(function () {
+  "use strict";
+  var url = document.body.getAttribute("data-live");
+  if (!url || !window.EventSource) {
+    return;
+  }
+  var source = new EventSource(url);
+  var refetching = false;
+
+  function refetch(list) {
+    if (refetching || !window.htmx) {
+      return;
+    }
+    refetching = true;
+    window.htmx
+      .ajax("GET", window.location.href, {
+        target: "#" + list.id,
+        select: "#" + list.id,
+        swap: "outerHTML",
+      })
+      .finally(function () {
+        refetching = false;
+      });
+  }
+
+  source.addEventListener("row", function (event) {
+    var template = document.createElement("template");
+    template.innerHTML = event.data.trim();
+    var row = template.content.firstElementChild;
+    if (!row || !row.id) {
+      return;
+    }
+    var old = document.getElementById(row.id);
+    if (old) {
+      old.replaceWith(row);
+      return;
+    }
+    var list = row.getAttribute("data-list");
+    var shown = list && document.getElementById(list);
+    if (shown) {
+      refetch(shown);
+    }
+  });
+
+  source.addEventListener("reset", function () {
+    window.location.reload();
+  });
+
+  document.body.setAttribute("data-live-state", "open");
+  source.addEventListener("open", function () {
+    document.body.setAttribute("data-live-state", "open");
+  });
+  source.addEventListener("error", function () {
+    document.body.setAttribute("data-live-state", "reconnecting");
+  });
+})();
