@@ -116,8 +116,8 @@ pub struct Chrome {
     /// `admin`, `viewer`, or empty when logged out.
     pub role: &'static str,
     pub csrf: String,
-    /// Whether the page subscribes to the live stream.
-    pub live: bool,
+    /// The live stream the page subscribes to; empty for none.
+    pub live: String,
 }
 
 impl Chrome {
@@ -128,7 +128,7 @@ impl Chrome {
             live_js: assets::url("live.js"),
             role: "",
             csrf: String::new(),
-            live: false,
+            live: String::new(),
         }
     }
 }
@@ -139,7 +139,7 @@ impl Dashboard {
         Chrome {
             role: session.role.as_str(),
             csrf: session.csrf.clone(),
-            live: true,
+            live: "/live".to_owned(),
             ..Chrome::logged_out()
         }
     }

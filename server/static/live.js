@@ -12,11 +12,24 @@
   }
   var source = new EventSource(url);
   var refetching = false;
+  var lastRefetch = 0;
+  var pending = null;
 
+  // At most one refetch a second: in a busy fleet many rows are not on
+  // this page, and each costs the server a page's queries.
   function refetch(list) {
-    if (refetching || !window.htmx) {
+    if (refetching || pending || !window.htmx) {
       return;
     }
+    var wait = lastRefetch + 1000 - Date.now();
+    if (wait > 0) {
+      pending = window.setTimeout(function () {
+        pending = null;
+        refetch(list);
+      }, wait);
+      return;
+    }
+    lastRefetch = Date.now();
     refetching = true;
     window.htmx
       .ajax("GET", window.location.href, {

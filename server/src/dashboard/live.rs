@@ -25,19 +25,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::response::sse::{self, KeepAlive, Sse};
 use futures_util::Stream;
 use outrider_protocol::Fingerprint;
 use outrider_protocol::api::Event;
+use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::pages::{CheckStateTemplate, CheckView, FleetRowTemplate, RowView};
-use super::{Authed, Dashboard};
+use super::{Authed, Dashboard, PageError};
 
 /// Frames kept for reconnecting tabs.
 pub const RING: usize = 1024;
@@ -69,6 +70,33 @@ pub struct Live {
     epoch: String,
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Arc<Frame>>,
+    /// Agents whose page is open, with how many tabs show it: only their
+    /// check states are rendered.
+    watched: Mutex<HashMap<Fingerprint, usize>>,
+}
+
+/// One tab's interest in an agent's page; dropping it ends the interest.
+#[derive(Debug)]
+pub struct Watch {
+    live: Arc<Dashboard>,
+    agent: Fingerprint,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut watched = self
+            .live
+            .live
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = watched.get_mut(&self.agent) {
+            *n -= 1;
+            if *n == 0 {
+                watched.remove(&self.agent);
+            }
+        }
+    }
 }
 
 /// Where a (re)connecting tab starts.
@@ -119,7 +147,31 @@ impl Live {
                 next_seq: 1,
             }),
             tx,
+            watched: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether a tab shows agent `fp`'s page.
+    pub fn is_watched(&self, fp: &Fingerprint) -> bool {
+        self.watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(fp)
+    }
+
+    /// Records that a tab shows agent `fp`'s page until the guard drops.
+    fn watch(dash: &Arc<Dashboard>, fp: Fingerprint) -> Watch {
+        *dash
+            .live
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(fp.clone())
+            .or_insert(0) += 1;
+        Watch {
+            live: dash.clone(),
+            agent: fp,
+        }
     }
 
     /// The SSE id of frame `seq`.
@@ -257,15 +309,39 @@ impl Coalescer {
     }
 }
 
-/// The rows an event changes.
-fn rows_of(event: &Event) -> Vec<Row> {
-    match event {
-        Event::Presence { agent, .. } => vec![Row::Agent(agent.clone())],
-        Event::Result { agent, result } => vec![
-            Row::Agent(agent.clone()),
-            Row::Check(agent.clone(), result.check.clone()),
-        ],
-        _ => Vec::new(),
+/// What the hub remembers to tell which events change a row on screen.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The last state of each check of each agent, from results seen since
+    /// the server started. A fleet row shows only presence and the checks'
+    /// worst state, so a result in the same state as before changes nothing
+    /// there; in a fleet of thousands that is nearly every result.
+    states: HashMap<Fingerprint, HashMap<String, outrider_protocol::CheckState>>,
+}
+
+impl Seen {
+    /// The rows `event` changes; a check's state is rendered only when
+    /// `watched(agent)`, as only an open agent page shows it.
+    pub fn rows_of(&mut self, event: &Event, watched: impl Fn(&Fingerprint) -> bool) -> Vec<Row> {
+        match event {
+            Event::Presence { agent, .. } => vec![Row::Agent(agent.clone())],
+            Event::Result { agent, result } => {
+                let mut rows = Vec::new();
+                let before = self
+                    .states
+                    .entry(agent.clone())
+                    .or_default()
+                    .insert(result.check.clone(), result.state);
+                if before != Some(result.state) {
+                    rows.push(Row::Agent(agent.clone()));
+                }
+                if watched(agent) {
+                    rows.push(Row::Check(agent.clone(), result.check.clone()));
+                }
+                rows
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -304,6 +380,7 @@ async fn send_row(dash: &Dashboard, row: &Row) {
 pub async fn run(dash: Arc<Dashboard>, shutdown: CancellationToken) {
     let mut events = dash.app.events.subscribe();
     let mut coalescer = Coalescer::new(ROW_INTERVAL);
+    let mut seen = Seen::default();
     loop {
         let deadline = coalescer.next_deadline();
         tokio::select! {
@@ -315,7 +392,7 @@ pub async fn run(dash: Arc<Dashboard>, shutdown: CancellationToken) {
             }
             received = events.recv() => match received {
                 Ok(event) => {
-                    for row in rows_of(&event) {
+                    for row in seen.rows_of(&event, |fp| dash.live.is_watched(fp)) {
                         if coalescer.offer(row.clone(), Instant::now()) {
                             send_row(&dash, &row).await;
                         }
@@ -331,15 +408,43 @@ pub async fn run(dash: Arc<Dashboard>, shutdown: CancellationToken) {
     }
 }
 
-/// `GET /live`: the stream of one tab.
+/// The stream's query: the agent whose page the tab shows, if any.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveParams {
+    agent: Option<String>,
+}
+
+/// `GET /live[?agent=<fp>]`: the stream of one tab.
 pub async fn stream(
     State(dash): State<Arc<Dashboard>>,
     Authed(_session): Authed,
     headers: HeaderMap,
-) -> impl IntoResponse {
+    params: Result<Query<LiveParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, PageError> {
+    let Query(params) = params.map_err(|e| {
+        PageError::bad_request(format!(
+            "the live stream takes only ?agent=: {}",
+            e.body_text()
+        ))
+    })?;
+    let watch = match params.agent {
+        Some(text) => {
+            let fp: Fingerprint = text.parse().map_err(|e| {
+                PageError::bad_request(format!("agent {text:?} is not a fingerprint: {e}"))
+            })?;
+            Some(Live::watch(&dash, fp))
+        }
+        None => None,
+    };
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let (first, rx) = dash.live.subscribe(last);
     let frames = frames(first, rx, dash.app.shutdown.clone());
+    // The watch ends with the stream.
+    let frames = futures_util::StreamExt::map(frames, move |frame| {
+        let _watching = &watch;
+        frame
+    });
     let epoch_dash = dash.clone();
     let events = futures_util::StreamExt::map(frames, move |frame| {
         Ok::<_, Infallible>(
@@ -349,7 +454,7 @@ pub async fn stream(
                 .data(&frame.data),
         )
     });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEPALIVE))
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEPALIVE)))
 }
 
 /// `first`, then what `rx` receives (a lag becomes one `reset`), until
@@ -437,6 +542,52 @@ mod tests {
         assert_eq!((got.seq, got.data.as_str()), (newest + 1, "new"));
         shutdown.cancel();
         assert!(stream.next().await.is_none());
+    }
+
+    #[test]
+    fn only_state_changes_touch_the_fleet_row_and_only_watched_agents_their_checks() {
+        use outrider_protocol::CheckState::{Critical, Ok};
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        let shown: Fingerprint = "1123456789abcdef0123".parse().unwrap();
+        let result = |agent: &Fingerprint, check: &str, state| Event::Result {
+            agent: agent.clone(),
+            result: outrider_protocol::CheckResult {
+                seq: 1,
+                check: check.into(),
+                state,
+                summary: String::new(),
+                long_output: String::new(),
+                perfdata: Vec::new(),
+                unknown_perfdata: Vec::new(),
+                started_at_ms: 0,
+                duration_ms: 0,
+                update_event: None,
+            },
+        };
+        let presence = Event::Presence {
+            agent: fp.clone(),
+            presence: outrider_protocol::api::Presence::Down,
+            at_ms: 0,
+        };
+        let mut seen = Seen::default();
+        let watched = |f: &Fingerprint| *f == shown;
+        let agent = |f: &Fingerprint| Row::Agent(f.clone());
+        let check = |f: &Fingerprint, c: &str| Row::Check(f.clone(), c.into());
+        for (event, rows) in [
+            (result(&fp, "load", Ok), vec![agent(&fp)]),
+            (result(&fp, "load", Ok), vec![]),
+            (result(&fp, "disk", Ok), vec![agent(&fp)]),
+            (result(&fp, "load", Critical), vec![agent(&fp)]),
+            (result(&fp, "load", Critical), vec![]),
+            (presence, vec![agent(&fp)]),
+            (
+                result(&shown, "load", Ok),
+                vec![agent(&shown), check(&shown, "load")],
+            ),
+            (result(&shown, "load", Ok), vec![check(&shown, "load")]),
+        ] {
+            assert_eq!(seen.rows_of(&event, watched), rows, "{event:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

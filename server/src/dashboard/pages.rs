@@ -303,8 +303,10 @@ async fn agent_page(
     {
         check.run = Some(run);
     }
+    let mut chrome = dash.chrome(session);
+    chrome.live = format!("/live?agent={fp}");
     let page = AgentTemplate {
-        chrome: dash.chrome(session),
+        chrome,
         presence: agent.presence.as_str(),
         presence_since: utc(agent.presence_since_ms),
         version: agent.host_version().to_owned(),

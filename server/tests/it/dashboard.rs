@@ -429,10 +429,10 @@ struct Live {
 }
 
 impl Live {
-    async fn open(browser: &Browser, last_event_id: Option<&str>) -> Live {
+    async fn open(browser: &Browser, path: &str, last_event_id: Option<&str>) -> Live {
         let mut stream = TcpStream::connect(browser.addr).await.unwrap();
         let mut req = format!(
-            "GET /live HTTP/1.0\r\nHost: {}\r\nCookie: {}\r\n",
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nCookie: {}\r\n",
             browser.addr,
             browser.cookie.as_deref().unwrap()
         );
@@ -504,9 +504,10 @@ impl Live {
 async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
     let server = Server::start_with_dashboard().await;
     let browser = Browser::login(&server, &viewer_token(&server)).await;
-    let mut live = Live::open(&browser, None).await;
-
     let agent = Agent::new(4, "cache-1");
+    // The tab shows the agent's page, so its check states are sent too.
+    let mut live = Live::open(&browser, &format!("/live?agent={}", agent.fp), None).await;
+
     let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
     let row_id = format!("id=\"agent-{}\"", agent.fp);
     let (first_id, data) = live.row_with(&row_id).await;
@@ -524,7 +525,7 @@ async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
     assert!(data.contains("state-CRITICAL"), "{data}");
 
     // A tab reconnecting after the first frame gets the later ones again.
-    let mut resumed = Live::open(&browser, Some(&first_id)).await;
+    let mut resumed = Live::open(&browser, "/live", Some(&first_id)).await;
     let (id, _, _) = resumed.next().await;
     assert_ne!(id, first_id);
     let mut seen = vec![id];
@@ -533,7 +534,7 @@ async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
     }
     // An id this server never gave gets one reset.
     for bogus in ["0000-1", "nonsense"] {
-        let mut reset = Live::open(&browser, Some(bogus)).await;
+        let mut reset = Live::open(&browser, "/live", Some(bogus)).await;
         let (id, event, _) = reset.next().await;
         assert_eq!((event.as_str(), id.as_str()), ("reset", last_id.as_str()));
     }
@@ -546,6 +547,9 @@ async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
         live.row_with("presence-down").await.1
     };
     assert!(data.contains("presence-down"), "{data}");
+    let bad = browser.get("/live?agent=nonsense").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("not a fingerprint"), "{}", bad.body);
     // The stream needs a session.
     let anonymous = Browser::new(&server);
     assert_eq!(anonymous.get("/live").await.status, 303);
