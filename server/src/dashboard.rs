@@ -4,6 +4,9 @@
 //!
 //! - [`session`]: login, roles, CSRF verdicts, the session table;
 //! - [`pages`]: the fleet and agent pages and Run now;
+//! - [`matrix`]: the checks × agents matrix;
+//! - [`releases`]: channels, rollouts, agents per build, failing updates;
+//! - [`hosts`]: Add a host (an enrollment token and the install command);
 //! - [`live`]: one server-sent-event stream per tab, with ids, resume and
 //!   coalesced row updates;
 //! - [`assets`]: htmx, uPlot, `live.js` and the stylesheet, compiled in.
@@ -20,8 +23,11 @@
 //!   assets are, forever, under content-hashed names.
 
 pub mod assets;
+pub mod hosts;
 pub mod live;
+pub mod matrix;
 pub mod pages;
+pub mod releases;
 pub mod session;
 
 use std::sync::Arc;
@@ -58,11 +64,14 @@ pub struct Dashboard {
     pub app: Arc<AppState>,
     pub sessions: Sessions,
     pub live: live::Live,
+    /// The API's URL as agents reach it (`--public-url`, else the scheme
+    /// and address it listens on), for install commands.
+    pub api_base: String,
 }
 
 /// Starts the dashboard of `app`: its live hub (a task of `app.tasks`,
 /// ending at shutdown) and its routes.
-pub async fn start(app: Arc<AppState>) -> anyhow::Result<Router> {
+pub async fn start(app: Arc<AppState>, api_base: String) -> anyhow::Result<Router> {
     let sessions = Sessions::new(
         app.config.dashboard_idle_secs,
         app.config.dashboard_session_secs,
@@ -73,6 +82,7 @@ pub async fn start(app: Arc<AppState>) -> anyhow::Result<Router> {
         app: app.clone(),
         sessions,
         live,
+        api_base,
     });
     app.tasks
         .spawn(live::run(dash.clone(), app.shutdown.clone()));
@@ -87,6 +97,9 @@ pub fn router(dash: Arc<Dashboard>) -> Router {
         .route("/", get(pages::fleet))
         .route("/agents/{fp}", get(pages::agent))
         .route("/agents/{fp}/run", post(pages::run_now))
+        .route("/checks", get(matrix::page))
+        .route("/releases", get(releases::page))
+        .route("/hosts/new", get(hosts::form).post(hosts::create))
         .route("/live", get(live::stream))
         .route("/assets/{name}", get(assets::serve))
         .fallback(not_found)

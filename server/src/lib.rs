@@ -276,7 +276,10 @@ pub async fn run_with_dashboard(
                 .context("reading the dashboard's address")?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             info!(url = %format!("{scheme}://{addr}/"), "dashboard listening; log in with admin.token or viewer.token");
-            Some((listener, dashboard::start(state.clone()).await?))
+            Some((
+                listener,
+                dashboard::start(state.clone(), base.clone()).await?,
+            ))
         }
         None => None,
     };

@@ -97,12 +97,11 @@ pub struct FleetParams {
     page: Option<u32>,
 }
 
-/// `GET /`: the fleet.
-pub async fn fleet(
-    State(dash): State<Arc<Dashboard>>,
-    Authed(session): Authed,
+/// The fleet filter of `params` — text, tag and page (from 0) — or a 400
+/// naming what is wrong with it (the fleet page and the matrix).
+pub fn checked_filter(
     params: Result<Query<FleetParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, PageError> {
+) -> Result<(String, String, u32), PageError> {
     let Query(params) = params.map_err(|e| {
         PageError::bad_request(format!(
             "the address's query is not one this page takes (q, tag, page): {}",
@@ -128,6 +127,16 @@ pub async fn fleet(
         Some(n) => n - 1,
         None => 0,
     };
+    Ok((q, tag, page))
+}
+
+/// `GET /`: the fleet.
+pub async fn fleet(
+    State(dash): State<Arc<Dashboard>>,
+    Authed(session): Authed,
+    params: Result<Query<FleetParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PageError> {
+    let (q, tag, page) = checked_filter(params)?;
     let found = dash
         .app
         .store
@@ -140,7 +149,7 @@ pub async fn fleet(
         .await?;
     let pages = found.total.div_ceil(u64::from(FLEET_PAGE)).max(1);
     let page_no = u64::from(page) + 1;
-    let href = |n: u64| fleet_href(&q, &tag, n);
+    let href = |n: u64| fleet_href_at("/", &q, &tag, n);
     let page = FleetTemplate {
         chrome: dash.chrome(&session),
         rows: found.rows.into_iter().map(RowView::from).collect(),
@@ -408,9 +417,10 @@ fn tag_links(tags: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The fleet page's address for `q`, `tag` and page `n` (from 1).
-fn fleet_href(q: &str, tag: &str, n: u64) -> String {
-    let mut href = format!("/?page={n}");
+/// The address of the page at `path` (the fleet, the matrix) for `q`,
+/// `tag` and page `n` (from 1).
+pub fn fleet_href_at(path: &str, q: &str, tag: &str, n: u64) -> String {
+    let mut href = format!("{path}?page={n}");
     if !q.is_empty() {
         href.push_str(&format!("&q={}", query_escape(q)));
     }
@@ -473,8 +483,11 @@ mod tests {
 
     #[test]
     fn filter_links_escape_their_values() {
-        assert_eq!(fleet_href("a b&c", "", 2), "/?page=2&q=a%20b%26c");
-        assert_eq!(fleet_href("", "web-1", 1), "/?page=1&tag=web-1");
+        assert_eq!(fleet_href_at("/", "a b&c", "", 2), "/?page=2&q=a%20b%26c");
+        assert_eq!(
+            fleet_href_at("/checks", "", "web-1", 1),
+            "/checks?page=1&tag=web-1"
+        );
         assert_eq!(tag_links(&["x.y".into()])[0].1, "/?tag=x.y");
     }
 }

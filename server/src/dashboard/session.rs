@@ -60,13 +60,15 @@ pub enum Action {
     Logout,
     /// Run a check on an agent now.
     RunCheck,
+    /// Create an enrollment token (Add a host).
+    CreateEnrollmentToken,
 }
 
 /// Whether `role` may do `action`.
 pub fn may(role: Role, action: Action) -> bool {
     match action {
         Action::View | Action::Logout => true,
-        Action::RunCheck => role == Role::Admin,
+        Action::RunCheck | Action::CreateEnrollmentToken => role == Role::Admin,
     }
 }
 
@@ -295,6 +297,8 @@ mod tests {
             (Role::Viewer, Action::View, true),
             (Role::Viewer, Action::Logout, true),
             (Role::Viewer, Action::RunCheck, false),
+            (Role::Admin, Action::CreateEnrollmentToken, true),
+            (Role::Viewer, Action::CreateEnrollmentToken, false),
         ] {
             assert_eq!(may(role, action), allowed, "{role:?} {action:?}");
         }

@@ -142,6 +142,41 @@ impl Store {
         .await
     }
 
+    /// The latest state of every check of `agents`, as
+    /// `(agent, check, state)` ordered by agent and check: the cells of
+    /// the checks × agents matrix for one page of agents. One statement.
+    pub async fn check_states(
+        &self,
+        agents: Vec<Fingerprint>,
+    ) -> anyhow::Result<Vec<(Fingerprint, String, CheckState)>> {
+        let list = serde_json::to_string(&agents)?;
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT fingerprint, check_name, state FROM latest_results
+                 WHERE fingerprint IN (SELECT value FROM json_each(?1)) AND state IS NOT NULL
+                 ORDER BY fingerprint, check_name",
+            )?;
+            let rows = stmt.query_map([list], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (fp, check, state) = row?;
+                out.push((
+                    fp.parse().map_err(anyhow::Error::msg)?,
+                    check,
+                    state.parse().map_err(anyhow::Error::msg)?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// One agent's fleet row (for a live update), if it is known.
     pub async fn fleet_row(&self, fingerprint: &Fingerprint) -> anyhow::Result<Option<FleetRow>> {
         let fp = fingerprint.to_string();
@@ -253,5 +288,23 @@ mod tests {
         assert_eq!(one, first.rows[0]);
         let unknown: Fingerprint = "ffffffffffffffffffff".parse().unwrap();
         assert_eq!(store.fleet_row(&unknown).await.unwrap(), None);
+
+        let cells = store
+            .check_states(vec![fps[0].clone(), fps[1].clone(), unknown])
+            .await
+            .unwrap();
+        let cells: Vec<(&str, &str, CheckState)> = cells
+            .iter()
+            .map(|(fp, check, state)| (fp.as_str(), check.as_str(), *state))
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                (fps[0].as_str(), "disk", CheckState::Critical),
+                (fps[0].as_str(), "load", CheckState::Warning),
+                (fps[0].as_str(), "mem", CheckState::Ok),
+                (fps[1].as_str(), "load", CheckState::Ok),
+            ]
+        );
     }
 }

@@ -309,7 +309,27 @@ async fn the_fleet_shows_presence_worst_state_and_filters() {
     let text = browser.get("/?q=WEB").await;
     assert!(text.body.contains(web.fp.as_str()) && !text.body.contains(db.fp.as_str()));
 
+    // The matrix: one row per agent, one column per check reported.
+    let matrix = browser.get("/checks").await;
+    assert_eq!(matrix.status, 200);
+    let web_row = row(
+        &matrix
+            .body
+            .replace("<tr><td><a href=\"/agents/", "<tr id=\"agent-"),
+        web.fp.as_str(),
+    );
+    let cells: Vec<&str> = web_row.split("<td>").skip(1).collect();
+    assert_eq!(cells.len(), 2, "{web_row}");
+    assert!(
+        cells[0].contains("state-CRITICAL") && cells[1].contains("state-WARNING"),
+        "{web_row}"
+    );
+    assert!(matrix.body.find(">disk<").unwrap() < matrix.body.find(">load<").unwrap());
+    let db_only = browser.get("/checks?tag=db").await;
+    assert!(db_only.body.contains(db.fp.as_str()) && !db_only.body.contains(web.fp.as_str()));
+
     for (path, needle) in [
+        ("/checks?page=0", "page numbers start at 1"),
         ("/?page=0", "page numbers start at 1"),
         ("/?tag=Not%20A%20Tag", "cannot exist"),
         ("/?color=red", "not one this page takes"),
@@ -553,5 +573,85 @@ async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
     // The stream needs a session.
     let anonymous = Browser::new(&server);
     assert_eq!(anonymous.get("/live").await.status, 303);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn add_a_host_creates_a_token_that_enrolls_and_the_viewer_cannot() {
+    let server = Server::start_with_dashboard().await;
+    let viewer = Browser::login(&server, &viewer_token(&server)).await;
+    assert_eq!(viewer.get("/hosts/new").await.status, 403);
+    assert!(
+        !viewer.get("/").await.body.contains("/hosts/new"),
+        "no link for the viewer"
+    );
+    let csrf = viewer.csrf("/").await;
+    let refused = viewer
+        .post("/hosts/new", &format!("csrf={csrf}&expires_in_days=1"))
+        .await;
+    assert_eq!(refused.status, 403);
+
+    let admin = Browser::login(&server, &server.admin_token).await;
+    let form = admin.get("/hosts/new").await;
+    assert_eq!(form.status, 200);
+    let csrf = admin.csrf("/hosts/new").await;
+    let bad = admin
+        .post(
+            "/hosts/new",
+            &format!("csrf={csrf}&note=rack+4&expires_in_days=0&uses=&tags="),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("Expires in") && bad.body.contains("value=\"rack 4\""),
+        "{}",
+        bad.body
+    );
+    let created = admin
+        .post(
+            "/hosts/new",
+            &format!("csrf={csrf}&note=rack+4&expires_in_days=2&uses=1&tags=web"),
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    // No root is published on this server: no install command, the token alone.
+    assert!(
+        created.body.contains("No update root is published"),
+        "{}",
+        created.body
+    );
+    let at = created.body.find("id=\"token\">").unwrap() + "id=\"token\">".len();
+    let token = &created.body[at..at + created.body[at..].find('<').unwrap()];
+    let tokens = server.admin("GET", "/api/v1/tokens", None).await;
+    let listed = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["note"] == "rack 4")
+        .unwrap();
+    assert_eq!(
+        (
+            listed["uses_left"].as_u64(),
+            listed["allowed_tags"][0].as_str()
+        ),
+        (Some(1), Some("web"))
+    );
+    // The token enrolls a host.
+    let agent = Agent::new(9, "new-host");
+    agent.connect(&server, Some(token)).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn releases_page_names_channels_or_says_there_are_none() {
+    let server = Server::start_with_dashboard().await;
+    let browser = Browser::login(&server, &viewer_token(&server)).await;
+    let page = browser.get("/releases").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("No release published yet"),
+        "{}",
+        page.body
+    );
     server.stop().await;
 }
