@@ -4,6 +4,7 @@
 //!
 //! - [`session`]: login, roles, CSRF verdicts, the session table;
 //! - [`pages`]: the fleet and agent pages and Run now;
+//! - [`charts`]: perfdata series for the agent page's uPlot graphs;
 //! - [`matrix`]: the checks × agents matrix;
 //! - [`releases`]: channels, rollouts, agents per build, failing updates;
 //! - [`hosts`]: Add a host (an enrollment token and the install command);
@@ -23,6 +24,7 @@
 //!   assets are, forever, under content-hashed names.
 
 pub mod assets;
+pub mod charts;
 pub mod hosts;
 pub mod live;
 pub mod matrix;
@@ -97,6 +99,7 @@ pub fn router(dash: Arc<Dashboard>) -> Router {
         .route("/", get(pages::fleet))
         .route("/agents/{fp}", get(pages::agent))
         .route("/agents/{fp}/run", post(pages::run_now))
+        .route("/agents/{fp}/series", get(charts::series))
         .route("/checks", get(matrix::page))
         .route("/releases", get(releases::page))
         .route("/hosts/new", get(hosts::form).post(hosts::create))
@@ -131,6 +134,10 @@ pub struct Chrome {
     pub csrf: String,
     /// The live stream the page subscribes to; empty for none.
     pub live: String,
+    /// Whether the page draws graphs (loads uPlot and `chart.js`).
+    pub charts: bool,
+    pub uplot: String,
+    pub chart_js: String,
 }
 
 impl Chrome {
@@ -142,6 +149,9 @@ impl Chrome {
             role: "",
             csrf: String::new(),
             live: String::new(),
+            charts: false,
+            uplot: assets::url("uplot.js"),
+            chart_js: assets::url("chart.js"),
         }
     }
 }

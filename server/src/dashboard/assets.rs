@@ -1,6 +1,6 @@
 //! The dashboard's static files, compiled into the binary: htmx and uPlot
 //! (vendored in `server/static/vendor/`, versions and licences in its
-//! README), `live.js`, and one stylesheet (uPlot's CSS, then `app.css`).
+//! README), `live.js`, `chart.js`, and one stylesheet (uPlot's CSS, then `app.css`).
 //!
 //! Each is served at `/assets/<stem>.<first 16 hex of its sha256>.<ext>`
 //! with `Cache-Control: immutable`: a changed file gets a new name, so a
@@ -27,6 +27,7 @@ pub struct Asset {
 const HTMX: &[u8] = include_bytes!("../../static/vendor/htmx.min.js");
 const UPLOT: &[u8] = include_bytes!("../../static/vendor/uPlot.iife.min.js");
 const LIVE: &[u8] = include_bytes!("../../static/live.js");
+const CHART: &[u8] = include_bytes!("../../static/chart.js");
 /// The one stylesheet: uPlot's, then ours.
 const CSS: &str = concat!(
     include_str!("../../static/vendor/uPlot.min.css"),
@@ -39,6 +40,7 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
         ("htmx.js", "text/javascript; charset=utf-8", HTMX),
         ("uplot.js", "text/javascript; charset=utf-8", UPLOT),
         ("live.js", "text/javascript; charset=utf-8", LIVE),
+        ("chart.js", "text/javascript; charset=utf-8", CHART),
         ("app.css", "text/css; charset=utf-8", CSS.as_bytes()),
     ]
     .into_iter()

@@ -176,6 +176,9 @@ pub struct CheckView {
     pub summary: String,
     pub long_output: String,
     pub perfdata: Vec<PerfView>,
+    /// `(metric, series URL)` of the graphs under the check, at most
+    /// [`MAX_CHARTS`].
+    pub charts: Vec<(String, String)>,
     /// A Run now result shown in the slot (a form posted without htmx).
     pub run: Option<RunView>,
 }
@@ -203,9 +206,27 @@ fn perf_views(perfdata: &[PerfData]) -> Vec<PerfView> {
         .collect()
 }
 
+/// Graphs under one check at most: each costs the page a request.
+pub const MAX_CHARTS: usize = 8;
+
 impl From<ResultInfo> for CheckView {
     fn from(r: ResultInfo) -> CheckView {
+        let charts = r
+            .perfdata
+            .iter()
+            .take(MAX_CHARTS)
+            .map(|p| {
+                let href = format!(
+                    "/agents/{}/series?check={}&metric={}",
+                    r.agent,
+                    query_escape(&r.check),
+                    query_escape(&p.label)
+                );
+                (p.label.clone(), href)
+            })
+            .collect();
         CheckView {
+            charts,
             fingerprint: r.agent.to_string(),
             state: r.state.as_str(),
             since: r
@@ -314,6 +335,7 @@ async fn agent_page(
     }
     let mut chrome = dash.chrome(session);
     chrome.live = format!("/live?agent={fp}");
+    chrome.charts = true;
     let page = AgentTemplate {
         chrome,
         presence: agent.presence.as_str(),

@@ -655,3 +655,75 @@ async fn releases_page_names_channels_or_says_there_are_none() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_agent_page_graphs_perfdata_downsampled_on_the_server() {
+    let server = Server::start_with_dashboard().await;
+    let agent = Agent::new(5, "graph-1");
+    let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let now = outrider_protocol::unix_now_ms();
+    // 120 samples a minute apart over the last two hours.
+    let results = (1..=120u64)
+        .map(|i| {
+            let mut r = result(i, "load", CheckState::Ok, "load ok");
+            r.started_at_ms = now - (121 - i as i64) * 60_000;
+            r.perfdata = vec![outrider_protocol::PerfData {
+                label: "load 1m".into(),
+                value: i as f64,
+                uom: String::new(),
+                warn: None,
+                crit: None,
+                min: None,
+                max: None,
+            }];
+            r
+        })
+        .collect();
+    conn.send_results(results).await;
+
+    let browser = Browser::login(&server, &viewer_token(&server)).await;
+    let page = browser.get(&format!("/agents/{}", agent.fp)).await;
+    assert_eq!(page.status, 200);
+    let series = format!(
+        "/agents/{}/series?check=load&#38;metric=load%201m",
+        agent.fp
+    );
+    assert!(
+        page.body.contains(&format!("data-series=\"{series}\"")),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("/assets/uplot."),
+        "uPlot is loaded where graphs are"
+    );
+    let url = series.replace("&#38;", "&");
+    // Over 24 h at 600 points a bucket is 144 s: the two hours of samples
+    // fold into 50 buckets (51 when they straddle one more).
+    let wide = browser.get(&format!("{url}&points=600")).await;
+    assert_eq!(wide.status, 200, "{}", wide.body);
+    let graph: serde_json::Value = serde_json::from_str(&wide.body).unwrap();
+    let (t, v) = (
+        graph["t"].as_array().unwrap(),
+        graph["v"].as_array().unwrap(),
+    );
+    assert_eq!(graph["metric"], "load 1m");
+    assert_eq!(t.len(), v.len());
+    assert!((50..=51).contains(&t.len()), "{}", t.len());
+    // Narrow: 10 points for the whole day, so the two hours fold into one or two.
+    let narrow = browser.get(&format!("{url}&points=10")).await;
+    let graph: serde_json::Value = serde_json::from_str(&narrow.body).unwrap();
+    assert!(graph["t"].as_array().unwrap().len() <= 2, "{graph}");
+    for (query, status) in [
+        (format!("{url}&points=5"), 400),
+        (format!("{url}&hours=0"), 400),
+        (
+            format!("/agents/{}/series?check=load&metric=nope", agent.fp),
+            404,
+        ),
+        (format!("/agents/{}/series?check=load", agent.fp), 400),
+    ] {
+        assert_eq!(browser.get(&query).await.status, status, "{query}");
+    }
+    server.stop().await;
+}
