@@ -10,6 +10,8 @@
 //! - [`hosts`]: Add a host (an enrollment token and the install command);
 //! - [`live`]: one server-sent-event stream per tab, with ids, resume and
 //!   coalesced row updates;
+//! - [`alerts`]: open problems, silences (added and expired by the admin),
+//!   recent notifications;
 //! - [`assets`]: htmx, uPlot, `live.js` and the stylesheet, compiled in.
 //!
 //! Invariants:
@@ -23,6 +25,7 @@
 //! - Pages and fragments are never cached (`Cache-Control: no-store`);
 //!   assets are, forever, under content-hashed names.
 
+pub mod alerts;
 pub mod assets;
 pub mod charts;
 pub mod hosts;
@@ -101,6 +104,9 @@ pub fn router(dash: Arc<Dashboard>) -> Router {
         .route("/agents/{fp}/run", post(pages::run_now))
         .route("/agents/{fp}/series", get(charts::series))
         .route("/checks", get(matrix::page))
+        .route("/alerts", get(alerts::page))
+        .route("/silences", post(alerts::add))
+        .route("/silences/{id}/expire", post(alerts::expire))
         .route("/releases", get(releases::page))
         .route("/hosts/new", get(hosts::form).post(hosts::create))
         .route("/live", get(live::stream))

@@ -62,13 +62,17 @@ pub enum Action {
     RunCheck,
     /// Create an enrollment token (Add a host).
     CreateEnrollmentToken,
+    /// Add or expire a silence.
+    ChangeSilences,
 }
 
 /// Whether `role` may do `action`.
 pub fn may(role: Role, action: Action) -> bool {
     match action {
         Action::View | Action::Logout => true,
-        Action::RunCheck | Action::CreateEnrollmentToken => role == Role::Admin,
+        Action::RunCheck | Action::CreateEnrollmentToken | Action::ChangeSilences => {
+            role == Role::Admin
+        }
     }
 }
 
@@ -299,6 +303,8 @@ mod tests {
             (Role::Viewer, Action::RunCheck, false),
             (Role::Admin, Action::CreateEnrollmentToken, true),
             (Role::Viewer, Action::CreateEnrollmentToken, false),
+            (Role::Admin, Action::ChangeSilences, true),
+            (Role::Viewer, Action::ChangeSilences, false),
         ] {
             assert_eq!(may(role, action), allowed, "{role:?} {action:?}");
         }

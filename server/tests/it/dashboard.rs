@@ -727,3 +727,75 @@ async fn the_agent_page_graphs_perfdata_downsampled_on_the_server() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn silences_are_added_and_expired_by_the_admin_only() {
+    let server = Server::start_with_dashboard().await;
+    let viewer = Browser::login(&server, &viewer_token(&server)).await;
+    let page = viewer.get("/alerts").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("No open problems") && !page.body.contains("Add the silence"));
+    let csrf = viewer.csrf("/").await;
+    let refused = viewer
+        .post(
+            "/silences",
+            &format!("csrf={csrf}&check=load&hours=2&comment=x"),
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+
+    let admin = Browser::login(&server, &server.admin_token).await;
+    let csrf = admin.csrf("/alerts").await;
+    let bad = admin
+        .post(
+            "/silences",
+            &format!("csrf={csrf}&check=load&hours=0&comment=db+work"),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("For (hours)") && bad.body.contains("value=\"db work\""),
+        "{}",
+        bad.body
+    );
+    let added = admin
+        .post(
+            "/silences",
+            &format!("csrf={csrf}&check=load&hours=2&comment=db+work"),
+        )
+        .await;
+    assert_eq!(
+        (added.status, added.header("location")),
+        (303, Some("/alerts"))
+    );
+    let silences = server.admin("GET", "/api/v1/silences", None).await;
+    let silence = &silences.as_array().unwrap()[0];
+    assert_eq!(
+        (silence["active"].as_bool(), silence["comment"].as_str()),
+        (Some(true), Some("db work"))
+    );
+    let id = silence["id"].as_u64().unwrap();
+    let page = admin.get("/alerts").await;
+    assert!(
+        page.body.contains("check=load") && page.body.contains(&format!("/silences/{id}/expire"))
+    );
+
+    let refused = viewer
+        .post(
+            &format!("/silences/{id}/expire"),
+            &format!("csrf={}", viewer.csrf("/").await),
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    let expired = admin
+        .post(&format!("/silences/{id}/expire"), &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(expired.status, 303);
+    let silences = server.admin("GET", "/api/v1/silences", None).await;
+    assert_eq!(silences[0]["active"].as_bool(), Some(false));
+    let unknown = admin
+        .post("/silences/999/expire", &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(unknown.status, 404);
+    server.stop().await;
+}
