@@ -59,7 +59,9 @@ pub const SECURITY_HEADERS: [(&str, &str); 4] = [
          connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
     ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
+    // Not `no-referrer`: with it Chromium sends `Origin: null` on the
+    // dashboard's own form posts, which the CSRF check must refuse.
+    ("referrer-policy", "same-origin"),
     ("x-frame-options", "DENY"),
 ];
 

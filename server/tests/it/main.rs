@@ -5,6 +5,7 @@
 mod admin_api;
 mod agent_ws;
 mod alerting;
+mod browser;
 mod config_push;
 mod dashboard;
 mod dos;
