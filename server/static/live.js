@@ -2,7 +2,8 @@
 // EventSource per tab. A `row` event carries a rendered element with an id;
 // the element of that id on the page is replaced. A row the page does not
 // show but whose list it does (data-list) makes the list refetch itself
-// (a new agent). A `reset` means events were lost: the page reloads.
+// (a new agent). A `reset` means events were lost: the page reloads; a
+// `logout` that the session ended: to the login form.
 // EventSource reconnects by itself, sending Last-Event-ID.
 (function () {
   "use strict";
@@ -63,6 +64,12 @@
 
   source.addEventListener("reset", function () {
     window.location.reload();
+  });
+
+  // The session ended (logout elsewhere, expiry): to the login form.
+  source.addEventListener("logout", function () {
+    source.close();
+    window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
   });
 
   document.body.setAttribute("data-live-state", "open");

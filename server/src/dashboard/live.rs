@@ -16,6 +16,10 @@
 //!   reconnect with `Last-Event-ID` gets the frames after it; an id that
 //!   fell out of the ring, is of another run, or does not parse gets one
 //!   `reset` (the page reloads), as does a subscriber or hub that lagged.
+//! - A stream lives no longer than its session: checked at every frame and
+//!   every [`SESSION_CHECK`], it ends with one `logout` (the page goes to
+//!   the login form). An open tab counts as use of its session, so a wall
+//!   screen stays logged in until `--dashboard-session-secs`.
 //! - Publishing never blocks: the ring is bounded, subscribers read a
 //!   bounded broadcast channel, and the stream ends at shutdown.
 
@@ -48,6 +52,10 @@ pub const ROW_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Interval of SSE comments that keep idle proxies from closing the stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Longest time between two checks that a stream's session still exists
+/// (it is also checked at every frame).
+pub const SESSION_CHECK: Duration = Duration::from_secs(30);
 
 /// One sent event.
 #[derive(Debug)]
@@ -440,6 +448,21 @@ pub async fn stream(
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let (first, rx) = dash.live.subscribe(last);
     let frames = frames(first, rx, dash.app.shutdown.clone());
+    // `Authed` found the cookie, so there is one.
+    let cookie = dash
+        .sessions
+        .cookie_id(&headers)
+        .unwrap_or_default()
+        .to_owned();
+    let alive = {
+        let dash = dash.clone();
+        move || {
+            dash.sessions
+                .find(&cookie, crate::store::now_ms())
+                .is_some()
+        }
+    };
+    let frames = while_logged_in(frames, alive, SESSION_CHECK);
     // The watch ends with the stream.
     let frames = futures_util::StreamExt::map(frames, move |frame| {
         let _watching = &watch;
@@ -487,11 +510,74 @@ fn frames(
     futures_util::StreamExt::chain(first, rest)
 }
 
+/// `frames` while `alive()` (the tab's session exists; asking touches it,
+/// so an open tab counts as use), checked at every frame and at least
+/// every `check`; then one `logout` (`live.js` goes to the login form) and
+/// the end.
+fn while_logged_in<S>(
+    frames: S,
+    alive: impl Fn() -> bool + Send + 'static,
+    check: Duration,
+) -> impl Stream<Item = Arc<Frame>>
+where
+    S: Stream<Item = Arc<Frame>> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    futures_util::stream::unfold(
+        (frames.boxed(), alive, 0u64, false),
+        move |(mut frames, alive, last, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let next = tokio::select! {
+                    frame = frames.next() => Some(frame?),
+                    _ = tokio::time::sleep(check) => None,
+                };
+                if !alive() {
+                    let logout = Arc::new(Frame {
+                        seq: last,
+                        event: "logout",
+                        data: String::new(),
+                    });
+                    return Some((logout, (frames, alive, last, true)));
+                }
+                if let Some(frame) = next {
+                    let seq = frame.seq;
+                    return Some((frame, (frames, alive, seq, false)));
+                }
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::StreamExt;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_with_logout_when_its_session_ends() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let live = Live::new().unwrap();
+        let (first, rx) = live.subscribe(None);
+        let logged_in = Arc::new(AtomicBool::new(true));
+        let alive = {
+            let logged_in = logged_in.clone();
+            move || logged_in.load(Ordering::SeqCst)
+        };
+        let shutdown = CancellationToken::new();
+        let stream = while_logged_in(frames(first, rx, shutdown), alive, SESSION_CHECK);
+        futures_util::pin_mut!(stream);
+        live.publish("row", "a".into());
+        assert_eq!(stream.next().await.unwrap().data, "a");
+        // Logged out with no frame coming: the periodic check ends it.
+        logged_in.store(false, Ordering::SeqCst);
+        let frame = stream.next().await.unwrap();
+        assert_eq!((frame.event, frame.seq), ("logout", 1));
+        assert!(stream.next().await.is_none());
+    }
 
     #[test]
     fn resume_by_table() {

@@ -567,6 +567,26 @@ async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
         live.row_with("presence-down").await.1
     };
     assert!(data.contains("presence-down"), "{data}");
+    // A logout ends the tab's stream: the next frame is `logout`.
+    let csrf = browser.csrf("/").await;
+    assert_eq!(
+        browser
+            .post("/logout", &format!("csrf={csrf}"))
+            .await
+            .status,
+        303
+    );
+    let other = Agent::new(6, "after-logout");
+    let _conn = other.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    // (Rows sent before the logout may come first.)
+    loop {
+        match resumed.next().await.1.as_str() {
+            "logout" => break,
+            "row" => continue,
+            other => panic!("{other} before logout"),
+        }
+    }
+    let browser = Browser::login(&server, &viewer_token(&server)).await;
     let bad = browser.get("/live?agent=nonsense").await;
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("not a fingerprint"), "{}", bad.body);
