@@ -119,7 +119,18 @@ pub fn router(dash: Arc<Dashboard>) -> Router {
 }
 
 /// Adds [`SECURITY_HEADERS`], and `no-store` to everything but assets.
-async fn security_headers(req: Request, next: Next) -> Response {
+/// Over HTTP/2 the host comes as the URI's authority, not a `Host`
+/// header: it is copied into one, so the CSRF check compares `Origin`
+/// with the same thing whatever the protocol.
+async fn security_headers(mut req: Request, next: Next) -> Response {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
     let mut response = next.run(req).await;
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {

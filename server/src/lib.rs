@@ -116,7 +116,12 @@ pub async fn run_with_dashboard(
     config.validate()?;
     let tls = config
         .tls()
-        .map(|(cert, key)| listener::tls_acceptor(cert, key))
+        .map(|(cert, key)| listener::tls_acceptor(cert, key, &[]))
+        .transpose()?;
+    // The dashboard offers HTTP/2 to browsers (see `serve::Protocols`).
+    let dashboard_tls = config
+        .tls()
+        .map(|(cert, key)| listener::tls_acceptor(cert, key, &[b"h2", b"http/1.1"]))
         .transpose()?;
     auth::prepare_data_dir(&config.data_dir)?;
     // Tokens given as files are read once, here.
@@ -292,27 +297,37 @@ pub async fn run_with_dashboard(
     let handshake = Duration::from_secs(state.config.tls_handshake_timeout_secs);
     // Both ports share the connection limits; either serve loop returns
     // only at shutdown.
-    let serve_on = |listener: TcpListener, app: axum::Router| {
-        let (tls, accept, shutdown) = (tls.clone(), accept.clone(), shutdown.clone());
+    let serve_on = |listener: TcpListener,
+                    app: axum::Router,
+                    tls: Option<tokio_rustls::TlsAcceptor>,
+                    protocols: serve::Protocols| {
+        let (accept, shutdown) = (accept.clone(), shutdown.clone());
         async move {
             match tls {
                 Some(acceptor) => {
                     let listener =
                         listener::TlsListener::new(listener, accept, acceptor, handshake);
-                    serve::serve(listener, app, header_timeout, &shutdown).await
+                    serve::serve(listener, app, header_timeout, protocols, &shutdown).await
                 }
                 None => {
                     let listener = listener::PlainListener::new(listener, accept);
-                    serve::serve(listener, app, header_timeout, &shutdown).await
+                    serve::serve(listener, app, header_timeout, protocols, &shutdown).await
                 }
             }
         }
     };
+    let api = serve_on(listener, app, tls, serve::Protocols::Http1);
     match dashboard {
         Some((dash_listener, dash_app)) => {
-            tokio::join!(serve_on(listener, app), serve_on(dash_listener, dash_app));
+            let dash = serve_on(
+                dash_listener,
+                dash_app,
+                dashboard_tls,
+                serve::Protocols::Http1And2,
+            );
+            tokio::join!(api, dash);
         }
-        None => serve_on(listener, app).await,
+        None => api.await,
     }
     // Serving failed or shutdown began: either way every task stops now.
     shutdown.cancel();

@@ -20,6 +20,11 @@ use crate::helpers::{Agent, ENROLLMENT_TOKEN, STEP, Server, result};
 /// What the dashboard promises a person: a change visible within a second.
 const VISIBLE: Duration = Duration::from_secs(1);
 
+/// Bound of a page load, a login, a graph's first draw: no promise of the
+/// dashboard, only a guard against a hang, wide for a machine running the
+/// rest of the test suite beside the browser.
+const LOAD: Duration = Duration::from_secs(15);
+
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// chromedriver and a WebDriver session of headless Chromium; both end
@@ -40,6 +45,12 @@ impl Drop for Browser {
 
 impl Browser {
     async fn start(server: &Server) -> Browser {
+        Browser::start_with(server, "http").await
+    }
+
+    /// A browser for the dashboard over `scheme` (`https` trusts any
+    /// certificate: the tests' are self-signed).
+    async fn start_with(server: &Server, scheme: &str) -> Browser {
         // A free port for chromedriver (it cannot report one it chose).
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -73,6 +84,7 @@ impl Browser {
                     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--disable-background-networking", "--disable-component-update",
                     "--disable-sync", "--no-first-run", "--window-size=1280,900",
+                    "--ignore-certificate-errors",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             }),
@@ -91,7 +103,7 @@ impl Browser {
             client,
             driver,
             _profile: profile,
-            base: format!("http://{}", server.dashboard.unwrap()),
+            base: format!("{scheme}://{}", server.dashboard.unwrap()),
         }
     }
 
@@ -170,13 +182,13 @@ async fn a_wrong_token_is_refused_and_agents_appear_and_go_down_without_a_reload
     let server = Server::start_with_dashboard().await;
     let browser = Browser::start(&server).await;
     browser.login("not-the-token").await;
-    let error = browser.see("#login-error", STEP).await;
+    let error = browser.see("#login-error", LOAD).await;
     assert!(error.text().await.unwrap().contains("neither"));
     browser.screenshot("login-refused").await;
 
     browser.login(&server.admin_token).await;
-    browser.see("#fleet", STEP).await;
-    browser.see("body[data-live-state=open]", STEP).await;
+    browser.see("#fleet", LOAD).await;
+    browser.see("body[data-live-state=open]", LOAD).await;
     let agent = Agent::new(11, "web-live");
     let (conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
     let row = format!("#agent-{} .presence-connected", agent.fp);
@@ -209,7 +221,7 @@ async fn run_now_shows_the_output_inline_and_the_viewer_has_no_button() {
     let viewer = Browser::start(&server).await;
     viewer.login(&viewer_token(&server)).await;
     viewer.goto(&page).await;
-    viewer.see(".check-state", STEP).await;
+    viewer.see(".check-state", LOAD).await;
     assert!(
         viewer
             .client
@@ -224,7 +236,7 @@ async fn run_now_shows_the_output_inline_and_the_viewer_has_no_button() {
     let admin = Browser::start(&server).await;
     admin.login(&server.admin_token).await;
     admin.goto(&page).await;
-    admin.see("body[data-live-state=open]", STEP).await;
+    admin.see("body[data-live-state=open]", LOAD).await;
     // The agent answers the run it is asked for.
     let answer = tokio::spawn(async move {
         let ServerMessage::RunCheck { id, check } = conn.recv().await else {
@@ -240,10 +252,10 @@ async fn run_now_shows_the_output_inline_and_the_viewer_has_no_button() {
         .await;
         conn
     });
-    admin.see("button.run", STEP).await.click().await.unwrap();
+    admin.see("button.run", LOAD).await.click().await.unwrap();
     let output = admin.see(".run-result .run-output", VISIBLE).await;
     assert_eq!(output.text().await.unwrap(), "load 31.7");
-    let line = admin.see(".run-result p", STEP).await.text().await.unwrap();
+    let line = admin.see(".run-result p", LOAD).await.text().await.unwrap();
     assert!(
         line.contains("CRITICAL") && line.contains("exit 2") && line.contains("87 ms"),
         "{line}"
@@ -281,7 +293,7 @@ async fn a_graph_draws_its_points() {
     let browser = Browser::start(&server).await;
     browser.login(&viewer_token(&server)).await;
     browser.goto(&format!("/agents/{}", agent.fp)).await;
-    let figure = browser.see("figure.chart[data-points]", STEP).await;
+    let figure = browser.see("figure.chart[data-points]", LOAD).await;
     let points: usize = figure
         .attr("data-points")
         .await
@@ -290,8 +302,47 @@ async fn a_graph_draws_its_points() {
         .parse()
         .unwrap();
     assert!(points >= 30, "{points} points drawn");
-    browser.see("figure.chart canvas", STEP).await;
+    browser.see("figure.chart canvas", LOAD).await;
     browser.screenshot("graph").await;
+    browser.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_the_dashboard_speaks_http2_and_the_cookie_is_secure() {
+    let _one = ONE_BROWSER.lock().await;
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let server = Server::start_tls_with_dashboard(&cert_path, &key_path).await;
+    let browser = Browser::start_with(&server, "https").await;
+    browser.login(&server.admin_token).await;
+    browser.see("#fleet", LOAD).await;
+    browser.see("body[data-live-state=open]", LOAD).await;
+    // Every tab's live stream shares one connection instead of taking one
+    // of HTTP/1's six per host.
+    let protocol = browser
+        .client
+        .execute(
+            "return performance.getEntriesByType('navigation')[0].nextHopProtocol",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(protocol, "h2");
+    let cookies = browser.client.get_all_cookies().await.unwrap();
+    let session = cookies
+        .iter()
+        .find(|c| c.name() == "__Host-outrider_session")
+        .expect("the session cookie");
+    assert_eq!(
+        (session.secure(), session.http_only()),
+        (Some(true), Some(true))
+    );
+    browser.screenshot("tls-h2").await;
     browser.close().await;
     server.stop().await;
 }

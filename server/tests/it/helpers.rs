@@ -99,6 +99,16 @@ impl Server {
         Server::start_full("127.0.0.1:0", tempfile::tempdir().unwrap(), true, |_| {}).await
     }
 
+    /// [`Server::start_with_dashboard`] speaking HTTPS only, with this
+    /// certificate and key, on both ports.
+    pub async fn start_tls_with_dashboard(cert: &std::path::Path, key: &std::path::Path) -> Server {
+        Server::start_full("127.0.0.1:0", tempfile::tempdir().unwrap(), true, |c| {
+            c.tls_cert = Some(cert.to_owned());
+            c.tls_key = Some(key.to_owned());
+        })
+        .await
+    }
+
     async fn start_full(
         bind: &str,
         dir: TempDir,
