@@ -65,6 +65,11 @@ pub const SECURITY_HEADERS: [(&str, &str); 4] = [
     ("x-frame-options", "DENY"),
 ];
 
+/// Response header with the SQL statements the request cost, so that the
+/// bound of every page (see `pages.rs`) is checked by tests and visible in
+/// a browser's network tab.
+pub const STATEMENTS_HEADER: &str = "x-outrider-statements";
+
 /// What the dashboard's handlers share.
 #[derive(Debug)]
 pub struct Dashboard {
@@ -118,7 +123,8 @@ pub fn router(dash: Arc<Dashboard>) -> Router {
         .with_state(dash)
 }
 
-/// Adds [`SECURITY_HEADERS`], and `no-store` to everything but assets.
+/// Adds [`SECURITY_HEADERS`], [`STATEMENTS_HEADER`], and `no-store` to
+/// everything but assets.
 /// Over HTTP/2 the host comes as the URI's authority, not a `Host`
 /// header: it is copied into one, so the CSRF check compares `Origin`
 /// with the same thing whatever the protocol.
@@ -131,8 +137,10 @@ async fn security_headers(mut req: Request, next: Next) -> Response {
     {
         req.headers_mut().insert(header::HOST, host);
     }
-    let mut response = next.run(req).await;
+    let statements = crate::store::StatementCount::default();
+    let mut response = statements.scope(next.run(req)).await;
     let headers = response.headers_mut();
+    headers.insert(STATEMENTS_HEADER, HeaderValue::from(statements.get()));
     for (name, value) in SECURITY_HEADERS {
         headers.insert(name, HeaderValue::from_static(value));
     }

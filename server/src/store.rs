@@ -32,7 +32,9 @@ pub(crate) mod test_support;
 mod tokens;
 mod update_events;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow};
@@ -160,6 +162,45 @@ impl Readers {
     }
 }
 
+/// A count of the SQL statements run by [`Store`] reads on behalf of one
+/// piece of work (a dashboard page): install it with
+/// [`StatementCount::scope`], and every read awaited inside counts its
+/// statements into it, whichever blocking thread runs them. Reads outside
+/// a scope are not counted.
+#[derive(Clone, Debug, Default)]
+pub struct StatementCount(Arc<AtomicU64>);
+
+tokio::task_local! {
+    static COUNT: StatementCount;
+}
+
+thread_local! {
+    /// The count of the read running on this (blocking) thread, if any.
+    static RUNNING: RefCell<Option<StatementCount>> = const { RefCell::new(None) };
+}
+
+impl StatementCount {
+    /// Runs `work` with this count installed.
+    pub async fn scope<F: std::future::Future>(&self, work: F) -> F::Output {
+        COUNT.scope(self.clone(), work).await
+    }
+
+    /// Statements counted so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// SQLite's trace callback of the read connections: called as each
+/// statement starts.
+fn count_statement(_event: rusqlite::trace::TraceEvent<'_>) {
+    RUNNING.with(|running| {
+        if let Some(count) = running.borrow().as_ref() {
+            count.0.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
 /// Opens a read-only connection to the database at `path`, which the
 /// writer opened (and migrated) before. Fails when the file cannot be
 /// opened.
@@ -172,6 +213,10 @@ fn open_reader(path: &Path) -> anyhow::Result<Connection> {
     // Belt and braces: even a statement that would write is refused.
     conn.pragma_update(None, "query_only", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.trace_v2(
+        rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
+        Some(count_statement),
+    );
     Ok(conn)
 }
 
@@ -232,10 +277,13 @@ impl Store {
         // The semaphore is never closed, so acquiring cannot fail.
         let permit = self.readers.gate.clone().acquire_owned().await;
         let readers = self.readers.clone();
+        let count = COUNT.try_with(StatementCount::clone).ok();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let conn = readers.take()?;
+            RUNNING.with(|running| *running.borrow_mut() = count);
             let result = f(&conn);
+            RUNNING.with(|running| *running.borrow_mut() = None);
             // A panic in `f` drops the connection instead; the next read
             // opens a fresh one.
             readers.put(conn);
@@ -477,6 +525,23 @@ mod tests {
         let agent = store.agent(&fp).await.unwrap().unwrap();
         assert_eq!(agent.hostname, "renamed");
         assert!(store.readers.idle.lock().unwrap().len() <= READERS);
+    }
+
+    #[tokio::test]
+    async fn statements_are_counted_for_the_scope_that_asked() {
+        let (_dir, store, fp) = test_support::store_with_agent("web-1").await;
+        let count = StatementCount::default();
+        count
+            .scope(async {
+                store.agents().await.unwrap();
+                store.latest_results(Some(fp.clone())).await.unwrap();
+            })
+            .await;
+        // One for the agents, two for the latest results and their unknown samples.
+        assert_eq!(count.get(), 3);
+        // Outside the scope nothing is counted.
+        store.agents().await.unwrap();
+        assert_eq!(count.get(), 3);
     }
 
     #[tokio::test]

@@ -819,3 +819,59 @@ async fn silences_are_added_and_expired_by_the_admin_only() {
     assert_eq!(unknown.status, 404);
     server.stop().await;
 }
+
+/// The statements `path` cost, from the dashboard's response header.
+async fn statements(browser: &Browser, path: &str) -> u64 {
+    let page = browser.get(path).await;
+    assert_eq!(page.status, 200, "{path}: {}", page.body);
+    page.header("x-outrider-statements")
+        .expect("every answer says what it cost")
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_page_costs_the_same_few_statements_whatever_the_fleet_size() {
+    let server = Server::start_with_dashboard().await;
+    let mut conns = Vec::new();
+    let mut connect = async |seed: u8| {
+        let agent = Agent::new(seed, &format!("host-{seed:03}"));
+        let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+        conn.send_results(vec![
+            result(1, "load", CheckState::Warning, "load 3"),
+            result(2, "disk", CheckState::Ok, "disk ok"),
+        ])
+        .await;
+        conns.push(conn);
+        agent.fp
+    };
+    let first = connect(20).await;
+    connect(21).await;
+    let browser = Browser::login(&server, &server.admin_token).await;
+    let pages = [
+        "/".to_owned(),
+        "/?tag=web&q=host".to_owned(),
+        format!("/agents/{first}"),
+        "/checks".to_owned(),
+        "/alerts".to_owned(),
+        "/releases".to_owned(),
+    ];
+    let mut small = Vec::new();
+    for page in &pages {
+        small.push(statements(&browser, page).await);
+    }
+    for seed in 22..82 {
+        connect(seed).await;
+    }
+    let mut large = Vec::new();
+    for page in &pages {
+        large.push(statements(&browser, page).await);
+    }
+    assert_eq!(small, large, "2 agents or 62, the same statements per page");
+    // Fleet, filtered fleet, agent, matrix: within the benchmark's 5.
+    for (page, n) in pages.iter().zip(&large).take(4) {
+        assert!((1..=5).contains(n), "{page}: {n} statements");
+    }
+    drop(conns);
+    server.stop().await;
+}
