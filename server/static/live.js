@@ -7,6 +7,16 @@
 // EventSource reconnects by itself, sending Last-Event-ID.
 (function () {
   "use strict";
+  // Content-Security-Policy violations (an inline style htmx or uPlot
+  // might add) are counted on <body data-csp-violations>, naming the last
+  // directive: the browser tests check there are none.
+  document.addEventListener("securitypolicyviolation", function (event) {
+    var body = document.body;
+    var seen = Number(body.getAttribute("data-csp-violations") || "0") + 1;
+    body.setAttribute("data-csp-violations", String(seen));
+    body.setAttribute("data-csp-last", event.violatedDirective + " " + event.blockedURI);
+  });
+
   var url = document.body.getAttribute("data-live");
   if (!url || !window.EventSource) {
     return;

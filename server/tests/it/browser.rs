@@ -164,7 +164,17 @@ impl Browser {
         std::fs::write(&path, png).unwrap();
     }
 
+    /// Panics when the page reported a Content-Security-Policy violation
+    /// (`live.js` counts them on the body).
+    async fn assert_csp_held(&self) {
+        let body = self.client.find(Locator::Css("body")).await.unwrap();
+        let violations = body.attr("data-csp-violations").await.unwrap();
+        let last = body.attr("data-csp-last").await.unwrap();
+        assert_eq!(violations, None, "CSP violated: {last:?}");
+    }
+
     async fn close(self) {
+        self.assert_csp_held().await;
         self.client.clone().close().await.unwrap();
     }
 }
@@ -199,7 +209,28 @@ async fn a_wrong_token_is_refused_and_agents_appear_and_go_down_without_a_reload
         .see(&format!("#agent-{} .presence-down", agent.fp), VISIBLE)
         .await;
     browser.screenshot("agent-down").await;
-    browser.close().await;
+    browser.assert_csp_held().await;
+    // The policy is enforced: an inline script does not run, and the
+    // violation is seen (so a real one in the tests above would be too).
+    let ran = browser
+        .client
+        .execute(
+            "var s = document.createElement('script'); s.textContent = 'window.injected = 1'; \
+             document.body.appendChild(s); return window.injected === 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ran, false, "an inline script ran");
+    browser.see("body[data-csp-violations]", LOAD).await;
+    let body = browser.client.find(Locator::Css("body")).await.unwrap();
+    let last = body
+        .attr("data-csp-last")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(last.starts_with("script-src"), "{last}");
+    browser.client.clone().close().await.unwrap();
     server.stop().await;
 }
 
