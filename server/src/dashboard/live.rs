@@ -2,7 +2,8 @@
 //!
 //! A hub task subscribes to the server's event bus (`server/src/events.rs`)
 //! and turns presence changes and results into rendered rows:
-//! `agent-<fp>` (the fleet row, `fleet_row.html`) and `check-<fp>-<check>`
+//! `agent-<fp>` (the fleet row, `fleet_row.html`; with `presence-<fp>`,
+//! `presence.html`, when the agent's page is open) and `check-<fp>-<check>`
 //! (a check's state on the agent page, `check_state.html`). `live.js`
 //! replaces the element of the same id.
 //!
@@ -41,7 +42,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::pages::{CheckStateTemplate, CheckView, FleetRowTemplate, RowView};
+use super::pages::{CheckStateTemplate, CheckView, FleetRowTemplate, PresenceTemplate, RowView};
 use super::{Authed, Dashboard, PageError};
 
 /// Frames kept for reconnecting tabs.
@@ -358,11 +359,19 @@ impl Seen {
 async fn send_row(dash: &Dashboard, row: &Row) {
     let html = match row {
         Row::Agent(fp) => match dash.app.store.fleet_row(fp).await {
-            Ok(Some(found)) => FleetRowTemplate {
-                row: RowView::from(found),
+            Ok(Some(found)) => {
+                let row = RowView::from(found);
+                // An open agent page shows the presence too.
+                if dash.live.is_watched(fp) {
+                    match (PresenceTemplate { row: &row }).render() {
+                        Ok(html) => dash.live.publish("row", html),
+                        Err(e) => tracing::warn!("dashboard live presence of {fp}: {e:#}"),
+                    }
+                }
+                FleetRowTemplate { row }
+                    .render()
+                    .map_err(anyhow::Error::from)
             }
-            .render()
-            .map_err(anyhow::Error::from),
             Ok(None) => return,
             Err(e) => Err(e),
         },

@@ -63,6 +63,14 @@ impl From<FleetRow> for RowView {
     }
 }
 
+/// An agent's presence on its own page (`presence.html`): what a live
+/// update carries to an open agent page.
+#[derive(Debug, Template)]
+#[template(path = "presence.html")]
+pub struct PresenceTemplate<'a> {
+    pub row: &'a RowView,
+}
+
 /// The fleet row alone: what a live update carries.
 #[derive(Template, Debug)]
 #[template(path = "fleet_row.html")]

@@ -560,6 +560,11 @@ async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
     }
 
     drop(conn);
+    // The open agent page's presence first, then the fleet row.
+    let (_, presence) = live
+        .row_with(&format!("id=\"presence-{}\"", agent.fp))
+        .await;
+    assert!(presence.contains("presence-down"), "{presence}");
     let (_, data) = live.row_with(&row_id).await;
     let data = if data.contains("presence-down") {
         data
