@@ -37,6 +37,7 @@ pub mod session;
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use askama::Template;
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
@@ -84,11 +85,16 @@ pub struct Dashboard {
 /// Starts the dashboard of `app`: its live hub (a task of `app.tasks`,
 /// ending at shutdown) and its routes.
 pub async fn start(app: Arc<AppState>, api_base: String) -> anyhow::Result<Router> {
-    let sessions = Sessions::new(
+    let sessions = Sessions::stored(
         app.config.dashboard_idle_secs,
         app.config.dashboard_session_secs,
         app.config.tls().is_some(),
-    );
+        app.store.clone(),
+        session::TokenHashes::of(app.admin_token.expose(), app.viewer_token.expose()),
+        crate::store::now_ms(),
+    )
+    .await
+    .context("reading the dashboard's logins")?;
     let live = live::Live::new()?;
     let dash = Arc::new(Dashboard {
         app: app.clone(),
@@ -235,10 +241,8 @@ impl FromRequestParts<Arc<Dashboard>> for Authed {
         dash: &Arc<Dashboard>,
     ) -> Result<Self, Self::Rejection> {
         let now = crate::store::now_ms();
-        if let Some(session) = dash
-            .sessions
-            .cookie_id(&parts.headers)
-            .and_then(|id| dash.sessions.find(id, now))
+        if let Some(id) = dash.sessions.cookie_id(&parts.headers)
+            && let Some(session) = dash.sessions.find(id, now).await
         {
             return Ok(Authed(session));
         }
@@ -419,7 +423,7 @@ async fn login(
         };
         return Ok((StatusCode::UNAUTHORIZED, Html(page.render()?)).into_response());
     };
-    let id = dash.sessions.open(role, crate::store::now_ms())?;
+    let id = dash.sessions.open(role, crate::store::now_ms()).await?;
     tracing::info!(role = role.as_str(), "dashboard login");
     Ok((
         [(header::SET_COOKIE, dash.sessions.set_cookie(&id))],
@@ -444,7 +448,7 @@ async fn logout(
     let token = form.ok().and_then(|Form(f)| f.csrf);
     dash.check_csrf(&headers, &Method::POST, Some(&session), token.as_deref())?;
     if let Some(id) = dash.sessions.cookie_id(&headers) {
-        dash.sessions.close(id);
+        dash.sessions.close(id).await;
     }
     Ok((
         [(header::SET_COOKIE, dash.sessions.clear_cookie())],

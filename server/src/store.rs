@@ -24,6 +24,7 @@ mod agents;
 pub mod alerts;
 mod checks;
 mod fleet;
+mod logins;
 pub mod metrics;
 pub mod notify;
 mod results;
@@ -46,13 +47,14 @@ pub use checks::{
     ComputedConfig, DeletePlugin, PutCheck, effective_tags, json_tags, normalize_tags,
 };
 pub use fleet::{FleetPage, FleetQuery, FleetRow, MAX_FLEET_PAGE};
+pub use logins::StoredLogin;
 pub use results::{DEFAULT_MAX_SERIES_PER_AGENT, IngestLimits, Ingested, MAX_FUTURE_MS};
 pub use tokens::{
     BOOTSTRAP_TOKEN_ID, BootstrapToken, EnrollmentRefusal, TokenGrant, TokenRefusal, token_status,
 };
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
@@ -108,6 +110,9 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE agents ADD COLUMN enrollment_token_id TEXT;
      ALTER TABLE agents ADD COLUMN allowed_tags TEXT;
      ALTER TABLE agents ADD COLUMN refused_tags TEXT NOT NULL DEFAULT '[]';",
+    // 8 → 9: dashboard logins (store/logins.rs); the new table comes from
+    // schema.sql.
+    "",
 ];
 
 /// Handle to the database; cheap to clone.

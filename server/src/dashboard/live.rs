@@ -466,9 +466,13 @@ pub async fn stream(
     let alive = {
         let dash = dash.clone();
         move || {
-            dash.sessions
-                .find(&cookie, crate::store::now_ms())
-                .is_some()
+            let (dash, cookie) = (dash.clone(), cookie.clone());
+            async move {
+                dash.sessions
+                    .find(&cookie, crate::store::now_ms())
+                    .await
+                    .is_some()
+            }
         }
     };
     let frames = while_logged_in(frames, alive, SESSION_CHECK);
@@ -523,13 +527,11 @@ fn frames(
 /// so an open tab counts as use), checked at every frame and at least
 /// every `check`; then one `logout` (`live.js` goes to the login form) and
 /// the end.
-fn while_logged_in<S>(
-    frames: S,
-    alive: impl Fn() -> bool + Send + 'static,
-    check: Duration,
-) -> impl Stream<Item = Arc<Frame>>
+fn while_logged_in<S, A, F>(frames: S, alive: A, check: Duration) -> impl Stream<Item = Arc<Frame>>
 where
     S: Stream<Item = Arc<Frame>> + Send + 'static,
+    A: Fn() -> F + Send + 'static,
+    F: std::future::Future<Output = bool> + Send,
 {
     use futures_util::StreamExt;
     futures_util::stream::unfold(
@@ -543,7 +545,7 @@ where
                     frame = frames.next() => Some(frame?),
                     _ = tokio::time::sleep(check) => None,
                 };
-                if !alive() {
+                if !alive().await {
                     let logout = Arc::new(Frame {
                         seq: last,
                         event: "logout",
@@ -574,7 +576,10 @@ mod tests {
         let logged_in = Arc::new(AtomicBool::new(true));
         let alive = {
             let logged_in = logged_in.clone();
-            move || logged_in.load(Ordering::SeqCst)
+            move || {
+                let now = logged_in.load(Ordering::SeqCst);
+                async move { now }
+            }
         };
         let shutdown = CancellationToken::new();
         let stream = while_logged_in(frames(first, rx, shutdown), alive, SESSION_CHECK);

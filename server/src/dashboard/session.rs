@@ -6,8 +6,11 @@
 //! TLS). The table keeps the sha256 of each id, never the id, with the
 //! session's role and its CSRF token. A session ends at logout, after
 //! `--dashboard-idle-secs` without a request, or `--dashboard-session-secs`
-//! after login, whichever comes first. The table lives in memory: a
-//! server restart logs every browser out.
+//! after login, whichever comes first. The table lives in memory and is
+//! written through to the store (`server/src/store/logins.rs`): a login, a
+//! logout, its use every [`STORE_TOUCH_MS`]; a restart reads it back, so
+//! it logs no browser out — except those logged in with a token that has
+//! since been replaced ([`TokenHashes`]).
 //!
 //! Every state-changing request (any method but GET and HEAD) passes
 //! [`csrf_verdict`]: a browser's `Sec-Fetch-Site` must say same-origin,
@@ -24,6 +27,7 @@ use axum::http::{HeaderMap, Method, header};
 use sha2::{Digest, Sha256};
 
 use crate::auth::constant_time_eq;
+use crate::store::{Store, StoredLogin};
 
 /// Name of the session cookie; with the `__Host-` prefix over TLS, which
 /// browsers accept only when `Secure`, for this host and path `/`.
@@ -156,9 +160,43 @@ struct Entry {
     csrf: String,
     created_ms: i64,
     last_ms: i64,
+    /// `last_ms` as last written to the store.
+    stored_last_ms: i64,
 }
 
-/// The session table (in memory; see the module documentation).
+/// How far the stored `last_ms` of a session may lag its use: one write
+/// per session every 5 minutes at most, not one per request.
+pub const STORE_TOUCH_MS: i64 = 5 * 60_000;
+
+/// SHA-256 (hex) of the tokens logins are opened with now: a stored login
+/// opened with a token since replaced is dropped at start, so replacing a
+/// leaked token also ends the sessions it opened.
+#[derive(Clone, Debug, Default)]
+pub struct TokenHashes {
+    pub admin: String,
+    pub viewer: String,
+}
+
+impl TokenHashes {
+    /// The hashes of `admin` and `viewer`.
+    pub fn of(admin: &str, viewer: &str) -> TokenHashes {
+        let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+        TokenHashes {
+            admin: hash(admin),
+            viewer: hash(viewer),
+        }
+    }
+
+    fn role(&self, role: Role) -> &str {
+        match role {
+            Role::Admin => &self.admin,
+            Role::Viewer => &self.viewer,
+        }
+    }
+}
+
+/// The session table: in memory, written through to the store when it has
+/// one, so a restart logs no browser out (see the module documentation).
 #[derive(Debug)]
 pub struct Sessions {
     entries: Mutex<HashMap<[u8; 32], Entry>>,
@@ -166,6 +204,8 @@ pub struct Sessions {
     max_ms: i64,
     /// Whether cookies are marked `Secure` (the dashboard speaks TLS).
     pub secure: bool,
+    store: Option<Store>,
+    tokens: TokenHashes,
 }
 
 fn key(id: &str) -> [u8; 32] {
@@ -179,6 +219,7 @@ fn random_hex() -> anyhow::Result<String> {
 }
 
 impl Sessions {
+    /// A table kept in memory only.
     pub fn new(idle_secs: u64, max_secs: u64, secure: bool) -> Sessions {
         let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         Sessions {
@@ -186,68 +227,189 @@ impl Sessions {
             idle_ms: ms(idle_secs),
             max_ms: ms(max_secs),
             secure,
+            store: None,
+            tokens: TokenHashes::default(),
         }
     }
 
-    /// Opens a session for `role` at `now_ms`; returns the cookie's id.
-    /// Fails only when the OS has no randomness to give.
-    pub fn open(&self, role: Role, now_ms: i64) -> anyhow::Result<String> {
-        let (id, csrf) = (random_hex()?, random_hex()?);
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_SESSIONS {
-            let (idle, max) = (self.idle_ms, self.max_ms);
-            entries.retain(|_, e| session_live(e.created_ms, e.last_ms, now_ms, idle, max));
-        }
-        if entries.len() >= MAX_SESSIONS
-            && let Some(oldest) = entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_ms)
-                .map(|(k, _)| *k)
+    /// A table written through to `store`, starting with the logins stored
+    /// there that are still valid at `now_ms` and were opened with today's
+    /// `tokens` (the others are deleted). Fails when the store cannot be read.
+    pub async fn stored(
+        idle_secs: u64,
+        max_secs: u64,
+        secure: bool,
+        store: Store,
+        tokens: TokenHashes,
+        now_ms: i64,
+    ) -> anyhow::Result<Sessions> {
+        let mut sessions = Sessions::new(idle_secs, max_secs, secure);
+        let (idle, max) = (sessions.idle_ms, sessions.max_ms);
+        let current = tokens.clone();
+        let live = store
+            .live_logins(move |l| {
+                let token_now = match l.role.as_str() {
+                    "admin" => &current.admin,
+                    _ => &current.viewer,
+                };
+                !session_live(l.created_ms, l.last_ms, now_ms, idle, max)
+                    || l.token_sha256 != *token_now
+            })
+            .await?;
         {
-            entries.remove(&oldest);
+            let entries = sessions
+                .entries
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner());
+            for login in live {
+                let role = match login.role.as_str() {
+                    "admin" => Role::Admin,
+                    "viewer" => Role::Viewer,
+                    // The table's CHECK allows no other value.
+                    _ => continue,
+                };
+                entries.insert(
+                    login.key,
+                    Entry {
+                        role,
+                        csrf: login.csrf,
+                        created_ms: login.created_ms,
+                        last_ms: login.last_ms,
+                        stored_last_ms: login.last_ms,
+                    },
+                );
+            }
         }
-        entries.insert(
-            key(&id),
-            Entry {
-                role,
+        sessions.store = Some(store);
+        sessions.tokens = tokens;
+        Ok(sessions)
+    }
+
+    /// Opens a session for `role` at `now_ms`; returns the cookie's id.
+    /// Fails only when the OS has no randomness to give; a store that
+    /// cannot record it is logged (the session lives until a restart).
+    pub async fn open(&self, role: Role, now_ms: i64) -> anyhow::Result<String> {
+        let (id, csrf) = (random_hex()?, random_hex()?);
+        let k = key(&id);
+        let evicted = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut evicted = Vec::new();
+            if entries.len() >= MAX_SESSIONS {
+                let (idle, max) = (self.idle_ms, self.max_ms);
+                entries.retain(|k, e| {
+                    let live = session_live(e.created_ms, e.last_ms, now_ms, idle, max);
+                    if !live {
+                        evicted.push(*k);
+                    }
+                    live
+                });
+            }
+            if entries.len() >= MAX_SESSIONS
+                && let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.last_ms)
+                    .map(|(k, _)| *k)
+            {
+                entries.remove(&oldest);
+                evicted.push(oldest);
+            }
+            entries.insert(
+                k,
+                Entry {
+                    role,
+                    csrf: csrf.clone(),
+                    created_ms: now_ms,
+                    last_ms: now_ms,
+                    stored_last_ms: now_ms,
+                },
+            );
+            evicted
+        };
+        if let Some(store) = &self.store {
+            for old in evicted {
+                if let Err(e) = store.delete_login(old).await {
+                    tracing::warn!("forgetting an ended dashboard login: {e:#}");
+                }
+            }
+            let login = StoredLogin {
+                key: k,
+                role: role.as_str().to_owned(),
                 csrf,
+                token_sha256: self.tokens.role(role).to_owned(),
                 created_ms: now_ms,
                 last_ms: now_ms,
-            },
-        );
+            };
+            if let Err(e) = store.save_login(login).await {
+                tracing::warn!("storing a dashboard login (it ends at a restart): {e:#}");
+            }
+        }
         Ok(id)
     }
 
     /// The session of cookie `id` at `now_ms`, marked as used; an expired
     /// one is removed and `None`.
-    pub fn find(&self, id: &str, now_ms: i64) -> Option<Session> {
-        let k = key(id);
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.get_mut(&k)?;
-        if !session_live(
-            entry.created_ms,
-            entry.last_ms,
-            now_ms,
-            self.idle_ms,
-            self.max_ms,
-        ) {
-            entries.remove(&k);
-            return None;
+    pub async fn find(&self, id: &str, now_ms: i64) -> Option<Session> {
+        enum Write {
+            Nothing,
+            Touch,
+            Delete,
         }
-        entry.last_ms = now_ms;
-        Some(Session {
-            role: entry.role,
-            csrf: entry.csrf.clone(),
-        })
+        let k = key(id);
+        let (found, write) = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = entries.get_mut(&k)?;
+            if session_live(
+                entry.created_ms,
+                entry.last_ms,
+                now_ms,
+                self.idle_ms,
+                self.max_ms,
+            ) {
+                entry.last_ms = now_ms;
+                let write = if now_ms - entry.stored_last_ms >= STORE_TOUCH_MS {
+                    entry.stored_last_ms = now_ms;
+                    Write::Touch
+                } else {
+                    Write::Nothing
+                };
+                let session = Session {
+                    role: entry.role,
+                    csrf: entry.csrf.clone(),
+                };
+                (Some(session), write)
+            } else {
+                entries.remove(&k);
+                (None, Write::Delete)
+            }
+        };
+        if let Some(store) = &self.store {
+            let written = match write {
+                Write::Nothing => Ok(()),
+                Write::Touch => store.touch_login(k, now_ms).await,
+                Write::Delete => store.delete_login(k).await,
+            };
+            if let Err(e) = written {
+                tracing::warn!("recording the use of a dashboard login: {e:#}");
+            }
+        }
+        found
     }
 
     /// Ends the session of cookie `id` (logout); `false` when there was none.
-    pub fn close(&self, id: &str) -> bool {
-        self.entries
+    pub async fn close(&self, id: &str) -> bool {
+        let k = key(id);
+        let found = self
+            .entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&key(id))
-            .is_some()
+            .remove(&k)
+            .is_some();
+        if let Some(store) = &self.store
+            && let Err(e) = store.delete_login(k).await
+        {
+            tracing::warn!("forgetting a dashboard login at logout: {e:#}");
+        }
+        found
     }
 
     /// The cookie's name.
@@ -439,25 +601,66 @@ mod tests {
         }
     }
 
-    #[test]
-    fn open_find_touch_and_close() {
+    #[tokio::test]
+    async fn open_find_touch_and_close() {
         let sessions = Sessions::new(10, 100, false);
-        let id = sessions.open(Role::Viewer, 0).unwrap();
+        let id = sessions.open(Role::Viewer, 0).await.unwrap();
         assert_eq!(id.len(), 64);
-        let found = sessions.find(&id, 9_000).unwrap();
+        let found = sessions.find(&id, 9_000).await.unwrap();
         assert_eq!(found.role, Role::Viewer);
         // Used at 9 s, so still valid at 18 s; idle past 10 s after that.
-        assert!(sessions.find(&id, 18_000).is_some());
-        assert!(sessions.find(&id, 28_001).is_none());
+        assert!(sessions.find(&id, 18_000).await.is_some());
+        assert!(sessions.find(&id, 28_001).await.is_none());
         assert!(
-            sessions.find(&id, 28_002).is_none(),
+            sessions.find(&id, 28_002).await.is_none(),
             "an expired session stays gone"
         );
-        let id = sessions.open(Role::Admin, 0).unwrap();
-        assert!(sessions.find("not-a-session", 0).is_none());
-        assert!(sessions.close(&id));
-        assert!(sessions.find(&id, 1).is_none());
-        assert!(!sessions.close(&id));
+        let id = sessions.open(Role::Admin, 0).await.unwrap();
+        assert!(sessions.find("not-a-session", 0).await.is_none());
+        assert!(sessions.close(&id).await);
+        assert!(sessions.find(&id, 1).await.is_none());
+        assert!(!sessions.close(&id).await);
+    }
+
+    #[tokio::test]
+    async fn stored_sessions_survive_a_restart_until_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let hour = 3_600_000;
+        // Idle after 2 h, at most 10 h.
+        let tokens = TokenHashes::of("admin-token", "viewer-token");
+        let sessions = Sessions::stored(7200, 36_000, false, store.clone(), tokens.clone(), 0)
+            .await
+            .unwrap();
+        let kept = sessions.open(Role::Viewer, 0).await.unwrap();
+        let idle = sessions.open(Role::Admin, 0).await.unwrap();
+        let out = sessions.open(Role::Admin, 0).await.unwrap();
+        let csrf = sessions.find(&kept, 0).await.unwrap().csrf;
+        // Used at 1.5 h: more than STORE_TOUCH_MS later, so it is written.
+        sessions.find(&kept, 90 * 60_000).await.unwrap();
+        assert!(sessions.close(&out).await);
+        drop(sessions);
+
+        // Restarted at 3 h: `kept` was used 1.5 h ago, `idle` 3 h ago.
+        let restarted =
+            Sessions::stored(7200, 36_000, false, store.clone(), tokens.clone(), 3 * hour)
+                .await
+                .unwrap();
+        let found = restarted.find(&kept, 3 * hour).await.unwrap();
+        assert_eq!((found.role, found.csrf), (Role::Viewer, csrf));
+        assert!(restarted.find(&idle, 3 * hour).await.is_none());
+        assert!(restarted.find(&out, 3 * hour).await.is_none());
+        // Ended ones were deleted from the store, not just skipped.
+        assert_eq!(store.live_logins(|_| false).await.unwrap().len(), 1);
+        drop(restarted);
+
+        // The viewer token replaced (it leaked): its sessions end.
+        let replaced = TokenHashes::of("admin-token", "new-viewer-token");
+        let restarted = Sessions::stored(7200, 36_000, false, store.clone(), replaced, 3 * hour)
+            .await
+            .unwrap();
+        assert!(restarted.find(&kept, 3 * hour).await.is_none());
+        assert!(store.live_logins(|_| false).await.unwrap().is_empty());
     }
 
     #[test]

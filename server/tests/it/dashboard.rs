@@ -880,3 +880,44 @@ async fn every_page_costs_the_same_few_statements_whatever_the_fleet_size() {
     drop(conns);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_restart_logs_no_browser_out_but_a_logout_stays_out() {
+    let server = Server::start_with_dashboard().await;
+    let stays = Browser::login(&server, &viewer_token(&server)).await;
+    let leaves = Browser::login(&server, &server.admin_token).await;
+    let csrf = leaves.csrf("/").await;
+    assert_eq!(
+        leaves.post("/logout", &format!("csrf={csrf}")).await.status,
+        303
+    );
+
+    let server = server.restart_with_dashboard().await;
+    // The dashboard has a new port; the cookies are the same.
+    let stays = Browser {
+        addr: server.dashboard.unwrap(),
+        ..stays
+    };
+    let leaves = Browser {
+        addr: server.dashboard.unwrap(),
+        ..leaves
+    };
+    let page = stays.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("logged in as viewer"));
+    assert_eq!(leaves.get("/").await.status, 303);
+
+    // The viewer token replaced (say it leaked): its sessions end at the restart.
+    let token_file = server.data_dir().join("viewer.token");
+    std::fs::write(&token_file, "a-new-viewer-token\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = server.restart_with_dashboard().await;
+    let stays = Browser {
+        addr: server.dashboard.unwrap(),
+        ..stays
+    };
+    assert_eq!(stays.get("/").await.status, 303);
+    Browser::login(&server, "a-new-viewer-token").await;
+    server.stop().await;
+}

@@ -79,6 +79,23 @@ impl Server {
         Server::start_in(dir, configure).await
     }
 
+    /// [`Server::restart`] of a server with a dashboard, keeping one.
+    pub async fn restart_with_dashboard(self) -> Server {
+        let Server {
+            _dir: dir,
+            shutdown,
+            task,
+            ..
+        } = self;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("server did not stop within 10 s")
+            .expect("server task panicked")
+            .expect("server returned an error");
+        Server::start_full("127.0.0.1:0", dir, true, |_| {}).await
+    }
+
     /// [`Server::start_with`] on an existing data directory.
     pub async fn start_in(dir: TempDir, configure: impl FnOnce(&mut ServerConfig)) -> Server {
         Server::start_bound("127.0.0.1:0", dir, configure).await
