@@ -128,8 +128,14 @@ impl Store {
             let pattern = q.text.as_deref().map(like_pattern);
             let per_page = q.per_page.clamp(1, MAX_FLEET_PAGE);
             let offset = u64::from(q.page) * u64::from(per_page);
+            // The page's agents first, on cheap columns (the index on host
+            // name orders them), then the per-agent subqueries for those
+            // only: not for every agent skipped by OFFSET.
             let mut stmt = c.prepare_cached(&format!(
-                "{FLEET_COLUMNS} {FLEET_FILTER} ORDER BY a.hostname, a.fingerprint LIMIT ?3 OFFSET ?4"
+                "WITH page AS (SELECT a.fingerprint FROM agents a {FLEET_FILTER}
+                               ORDER BY a.hostname, a.fingerprint LIMIT ?3 OFFSET ?4)
+                 {FLEET_COLUMNS} JOIN page p ON p.fingerprint = a.fingerprint
+                 ORDER BY a.hostname, a.fingerprint"
             ))?;
             let rows = stmt
                 .query_map(params![pattern, q.tag, per_page, offset], fleet_row)?

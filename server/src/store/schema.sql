@@ -128,3 +128,6 @@ CREATE TABLE IF NOT EXISTS dashboard_logins (
     created_ms  INTEGER NOT NULL,
     last_ms     INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
+
+-- The fleet list (store/fleet.rs) pages agents by host name.
+CREATE INDEX IF NOT EXISTS agents_by_hostname ON agents (hostname, fingerprint);
