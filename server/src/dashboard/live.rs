@@ -354,8 +354,8 @@ impl Seen {
     }
 }
 
-/// Renders `row` from the store and publishes it; a row that no longer
-/// exists (an agent removed) is skipped.
+/// Renders `row` from the store and publishes it: a removed agent's row as
+/// an empty hidden one, a check without a result not at all.
 async fn send_row(dash: &Dashboard, row: &Row) {
     let html = match row {
         Row::Agent(fp) => match dash.app.store.fleet_row(fp).await {
@@ -372,7 +372,8 @@ async fn send_row(dash: &Dashboard, row: &Row) {
                     .render()
                     .map_err(anyhow::Error::from)
             }
-            Ok(None) => return,
+            // Removed: its row leaves the pages that show it.
+            Ok(None) => Ok(format!("<tr id=\"agent-{fp}\" hidden></tr>")),
             Err(e) => Err(e),
         },
         Row::Check(fp, check) => match dash.app.store.latest_results(Some(fp.clone())).await {

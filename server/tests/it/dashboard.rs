@@ -572,6 +572,12 @@ async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
         live.row_with("presence-down").await.1
     };
     assert!(data.contains("presence-down"), "{data}");
+    // A removed agent's row leaves the page.
+    server
+        .admin("DELETE", &format!("/api/v1/agents/{}", agent.fp), None)
+        .await;
+    let (_, data) = live.row_with(&format!("{row_id} hidden")).await;
+    assert!(!data.contains("cache-1"), "{data}");
     // A logout ends the tab's stream: the next frame is `logout`.
     let csrf = browser.csrf("/").await;
     assert_eq!(
