@@ -259,6 +259,13 @@ pub struct CheckStateTemplate {
     pub row: CheckView,
 }
 
+/// A configured check without a result yet, and a Run now outcome for it.
+#[derive(Debug)]
+pub struct PendingView {
+    pub name: String,
+    pub run: Option<RunView>,
+}
+
 /// The outcome of a Run now (`run_result.html`): a result, or `error`.
 #[derive(Debug, Default)]
 pub struct RunView {
@@ -304,6 +311,9 @@ struct AgentTemplate {
     version: String,
     tags: Vec<(String, String)>,
     checks: Vec<CheckView>,
+    /// Checks configured for the agent that have no result yet (from the
+    /// config cache, no statement), each with its Run now slot.
+    pending: Vec<PendingView>,
     can_run: bool,
 }
 
@@ -336,10 +346,28 @@ async fn agent_page(
         .into_iter()
         .map(CheckView::from)
         .collect();
-    if let Some((name, run)) = ran
-        && let Some(check) = checks.iter_mut().find(|c| c.name == name)
-    {
-        check.run = Some(run);
+    let mut pending: Vec<PendingView> = dash
+        .app
+        .configs
+        .get(fp)
+        .map(|config| {
+            config
+                .checks
+                .iter()
+                .filter(|spec| !checks.iter().any(|c| c.name == spec.name))
+                .map(|spec| PendingView {
+                    name: spec.name.clone(),
+                    run: None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some((name, run)) = ran {
+        if let Some(check) = checks.iter_mut().find(|c| c.name == name) {
+            check.run = Some(run);
+        } else if let Some(check) = pending.iter_mut().find(|c| c.name == name) {
+            check.run = Some(run);
+        }
     }
     let mut chrome = dash.chrome(session);
     chrome.live = format!("/live?agent={fp}");
@@ -351,6 +379,7 @@ async fn agent_page(
         version: agent.host_version().to_owned(),
         tags: tag_links(&agent.tags),
         checks,
+        pending,
         can_run: super::session::may(session.role, Action::RunCheck),
         agent,
     };

@@ -440,6 +440,28 @@ async fn run_now_shows_output_state_and_duration_and_the_viewer_cannot_run() {
     let bad = admin.post(&run_path, &format!("csrf={csrf}")).await;
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("did not parse"), "{}", bad.body);
+    // A check configured but not run yet has its own Run now.
+    let disk = json!({ "command": ["/bin/true"], "interval_secs": 60, "timeout_secs": 5 });
+    server
+        .admin("PUT", "/api/v1/checks/disk", Some(&disk))
+        .await;
+    let page = admin.get(&page_path).await;
+    let pending = &page.body[page
+        .body
+        .find("class=\"check pending\"")
+        .expect("a pending check")..];
+    assert!(
+        pending.contains("disk") && pending.contains("Run now"),
+        "{pending}"
+    );
+    let ran = admin
+        .post(&run_path, &format!("csrf={csrf}&check=disk"))
+        .await;
+    let pending = &ran.body[ran.body.find("class=\"check pending\"").unwrap()..];
+    assert!(
+        pending.contains("is not connected"),
+        "the outcome in its slot: {pending}"
+    );
     Arc::try_unwrap(server).unwrap().stop().await;
 }
 
