@@ -88,5 +88,13 @@
   });
   source.addEventListener("error", function () {
     document.body.setAttribute("data-live-state", "reconnecting");
+    // CLOSED: the server answered the reconnect with something else than a
+    // stream (the session ended meanwhile: a redirect to the login form).
+    // EventSource gives up then; the page reloads and shows why.
+    if (source.readyState === EventSource.CLOSED) {
+      window.setTimeout(function () {
+        window.location.reload();
+      }, 5000);
+    }
   });
 })();
