@@ -93,7 +93,7 @@ proc_figures() {
 
 # start_server: a fresh server in $WORK/server on a free loopback port.
 start_server() {
-    RUST_LOG=info "$BIN/outrider-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 \
+    RUST_LOG=info "$BIN/outrider-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --dashboard-listen 127.0.0.1:0 \
         --enrollment-token "$TOKEN" --ready-file "$WORK/ready" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     wait_for "the server's ready file" 20 test -s "$WORK/ready"

@@ -69,7 +69,7 @@ main() {
     wait_for "the webhook receiver" 10 grep -q ready "$WORK/hook.out"
     wait_for "the SMTP server" 10 grep -q ready "$WORK/smtp.out"
 
-    "$BIN/outrider-server" --data-dir "$WORK/data" --listen 127.0.0.1:0 \
+    "$BIN/outrider-server" --data-dir "$WORK/data" --listen 127.0.0.1:0 --dashboard-listen 127.0.0.1:0 \
         --ready-file "$WORK/ready" --enrollment-token "$TOKEN" 2>"$WORK/server.log" &
     # shellcheck disable=SC2034 # read by cleanup in bench/lib.sh
     SERVER_PID=$!

@@ -82,7 +82,7 @@ main() {
     exec 3>"$WORK/hook.in"
     wait_for "the webhook receiver" 10 grep -q ready "$WORK/hook.out"
 
-    RUST_LOG=info "$BIN/outrider-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 \
+    RUST_LOG=info "$BIN/outrider-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --dashboard-listen 127.0.0.1:0 \
         --enrollment-token "$TOKEN" --ready-file "$WORK/ready" \
         --alerting-config "$WORK/alerting.json" --alert-tick-ms "$tick_ms" >"$WORK/server.log" 2>&1 &
     # shellcheck disable=SC2034 # read by cleanup in bench/lib.sh

@@ -110,7 +110,7 @@ main() {
     printf 'outrider-bench-rollback build A\n' >>"$WORK/libs/a.so"
     printf 'outrider-bench-rollback build B\n' >>"$WORK/libs/b.so"
 
-    RUST_LOG=info "$BIN/outrider-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 \
+    RUST_LOG=info "$BIN/outrider-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --dashboard-listen 127.0.0.1:0 \
         --enrollment-token "$TOKEN" --ready-file "$WORK/ready" \
         --nudge-window-secs "$NUDGE_WINDOW_SECS" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!

@@ -1,5 +1,9 @@
 //! `outrider quickstart`: everything on this machine, on the embedded defaults.
 //!
+//! Its first line of output is the dashboard's address and the token to
+//! log in with (the server's admin token, created here on the first run so
+//! it can be printed before anything is built).
+//!
 //! From a source checkout it builds the server, the stub and the agent
 //! library, then under `$OUTRIDER_HOME` (default `~/.outrider`):
 //! 1. creates dev signing keys (`keys/`) once;
@@ -33,6 +37,9 @@ pub struct QuickstartArgs {
     /// Address for the server.
     #[arg(long, default_value = "127.0.0.1:8470")]
     listen: String,
+    /// Address for the server's web dashboard.
+    #[arg(long, default_value = "127.0.0.1:8471")]
+    dashboard_listen: String,
     /// Build and start everything, print the summary, then stop (for CI).
     #[arg(long)]
     no_wait: bool,
@@ -96,9 +103,11 @@ impl Drop for Supervised {
 
 /// Runs the quickstart.
 pub fn run(args: QuickstartArgs) -> Result<()> {
+    let home = outrider_home();
+    let dashboard = dashboard_line(&home.join("server"), &args.dashboard_listen)?;
+    println!("{dashboard}");
     let source = source_dir()?;
     let (bin_dir, dist_dir) = build(&source)?;
-    let home = outrider_home();
     let (server_dir, keys_dir, agent_dir) =
         (home.join("server"), home.join("keys"), home.join("agent"));
     for d in [
@@ -126,6 +135,8 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         .arg(&server_dir)
         .arg("--listen")
         .arg(&args.listen)
+        .arg("--dashboard-listen")
+        .arg(&args.dashboard_listen)
         .arg("--ready-file")
         .arg(&ready);
     let mut server = Supervised::spawn("outrider-server", cmd, &home.join("server.log"))?;
@@ -239,6 +250,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         "Outrider is running: server on {url}, {} agent(s) connected.",
         agents.len()
     );
+    println!("{dashboard}");
     println!("Look at it from another terminal:");
     println!("  {} agents", cli.display());
     println!("  {} checks", cli.display());
@@ -279,6 +291,44 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
     agent.stop();
     server.stop();
     Ok(())
+}
+
+/// The first line of the quickstart: where the dashboard will be and the
+/// token to log in with — the server's admin token in `server_dir`,
+/// created now (random, mode 0600, in a 0700 directory) unless it exists,
+/// so the server started later uses the same one. Fails when the
+/// directory or the token file cannot be created or read.
+fn dashboard_line(server_dir: &Path, dashboard_listen: &str) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(server_dir)
+        .with_context(|| format!("creating {}", server_dir.display()))?;
+    let path = server_dir.join("admin.token");
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("reading OS randomness: {e}"))?;
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        writeln!(file, "{}", hex::encode(bytes))
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    }
+    let token =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!(
+        "Dashboard: http://{dashboard_listen}/  (log in with token {})",
+        token.trim()
+    ))
 }
 
 /// The workspace root this binary was built from.
@@ -393,5 +443,31 @@ fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Resu
             bail!("timed out after {STEP_TIMEOUT:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_first_line_names_the_dashboard_and_a_private_token_that_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = dir.path().join("home/server");
+        let line = dashboard_line(&server, "127.0.0.1:8471").unwrap();
+        let token = std::fs::read_to_string(server.join("admin.token")).unwrap();
+        let token = token.trim();
+        assert_eq!(token.len(), 64);
+        assert_eq!(
+            line,
+            format!("Dashboard: http://127.0.0.1:8471/  (log in with token {token})")
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&server.join("admin.token")), 0o600);
+        assert_eq!(mode(&server), 0o700);
+        // The next run (and the server) keep the same token.
+        assert_eq!(dashboard_line(&server, "127.0.0.1:8471").unwrap(), line);
     }
 }

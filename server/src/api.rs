@@ -386,6 +386,15 @@ async fn create_token(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<NewEnrollmentToken>,
 ) -> Result<Json<CreatedEnrollmentToken>, ApiError> {
+    let req = checked_token_request(req)?;
+    Ok(Json(state.store.create_enrollment_token(req).await?))
+}
+
+/// `req` with its tags normalised, or a 400 naming the field that is out of
+/// bounds (the API's route and the dashboard's Add a host).
+pub(crate) fn checked_token_request(
+    req: NewEnrollmentToken,
+) -> Result<NewEnrollmentToken, ApiError> {
     if req.note.len() > 256 {
         return Err(ApiError::BadRequest("note: at most 256 bytes".to_owned()));
     }
@@ -408,11 +417,10 @@ async fn create_token(
         .as_deref()
         .map(|tags| valid_tags(tags, "allowed_tags"))
         .transpose()?;
-    let req = NewEnrollmentToken {
+    Ok(NewEnrollmentToken {
         allowed_tags,
         ..req
-    };
-    Ok(Json(state.store.create_enrollment_token(req).await?))
+    })
 }
 
 async fn revoke_token(

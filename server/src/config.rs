@@ -7,6 +7,16 @@ use std::path::PathBuf;
 /// exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
+/// Default address of the web dashboard ([`crate::dashboard`]): the port
+/// after the API's, loopback only like it.
+pub const DEFAULT_DASHBOARD_LISTEN: &str = "127.0.0.1:8471";
+
+/// Default seconds a dashboard login stays valid without being used.
+pub const DEFAULT_DASHBOARD_IDLE_SECS: u64 = 12 * 3600;
+
+/// Default seconds a dashboard login stays valid at most, used or not.
+pub const DEFAULT_DASHBOARD_SESSION_SECS: u64 = 7 * 86_400;
+
 /// How often the server pings each agent.
 pub const DEFAULT_PING_INTERVAL_SECS: u64 = 15;
 
@@ -199,6 +209,21 @@ pub struct ServerConfig {
     /// agents without configuring their checks relax it.
     #[arg(skip)]
     pub result_names: ResultNames,
+    /// Address of the web dashboard (its own port; HTTPS with the same
+    /// certificate when `--tls-cert` is given).
+    #[arg(long, env = "OUTRIDER_DASHBOARD_LISTEN", default_value = DEFAULT_DASHBOARD_LISTEN)]
+    pub dashboard_listen: SocketAddr,
+    /// Serves no dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
+    /// Seconds a dashboard login stays valid without a request.
+    #[arg(long, default_value_t = DEFAULT_DASHBOARD_IDLE_SECS,
+          value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
+    pub dashboard_idle_secs: u64,
+    /// Seconds a dashboard login stays valid at most, however it is used.
+    #[arg(long, default_value_t = DEFAULT_DASHBOARD_SESSION_SECS,
+          value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
+    pub dashboard_session_secs: u64,
     /// Runs without the alert engine: no alert decisions, no notifications.
     /// For measuring what alerting costs (`bench/alerting.sh`); to stop
     /// pages, add a silence instead.
@@ -331,6 +356,12 @@ impl ServerConfig {
             alert_goodbye_grace_ms: crate::alerts::DEFAULT_GOODBYE_GRACE_MS,
             result_names: ResultNames::default(),
             no_alerting: false,
+            // Tests pass their own dashboard listener to
+            // `run_with_dashboard`; this address is not bound by `run`.
+            dashboard_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            no_dashboard: false,
+            dashboard_idle_secs: DEFAULT_DASHBOARD_IDLE_SECS,
+            dashboard_session_secs: DEFAULT_DASHBOARD_SESSION_SECS,
         }
     }
 
@@ -360,6 +391,13 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.tls().is_none() && !self.listen.ip().is_loopback() && !self.insecure_plain_http {
             return Err(ConfigError::PlainOnNetwork(self.listen));
+        }
+        if !self.no_dashboard
+            && self.tls().is_none()
+            && !self.dashboard_listen.ip().is_loopback()
+            && !self.insecure_plain_http
+        {
+            return Err(ConfigError::PlainOnNetwork(self.dashboard_listen));
         }
         if self.max_agent_connections == 0 {
             return Err(ConfigError::NoConnections);
@@ -421,6 +459,13 @@ mod tests {
         tls.tls_cert = Some("c".into());
         tls.tls_key = Some("k".into());
         tls.validate().unwrap();
+        // The dashboard's own port follows the same rule.
+        let mut dashboard = ServerConfig::new("/tmp/x".into(), "127.0.0.1:8470".parse().unwrap());
+        dashboard.dashboard_listen = "0.0.0.0:8471".parse().unwrap();
+        let err = dashboard.validate().unwrap_err();
+        assert!(err.to_string().contains("0.0.0.0:8471"), "{err}");
+        dashboard.no_dashboard = true;
+        dashboard.validate().unwrap();
     }
 
     #[test]

@@ -110,6 +110,16 @@ pub fn install_command(base: &str, root: Option<&[u8]>) -> String {
     format!("curl -sSf {base}/install.sh | sh -s -- --token TOKEN --root-sha256 {pin}")
 }
 
+/// The one-line install of a new host: the installer from `base` with
+/// enrollment `token` and the pin of the served `root`; `None` before a
+/// root is published (an installer without a pin cannot verify anything).
+pub fn install_command_with_token(base: &str, token: &str, root: Option<&[u8]>) -> Option<String> {
+    let pin = outrider_signing::sha256(root?).to_string();
+    Some(format!(
+        "curl -sSf {base}/install.sh | sh -s -- --token {token} --root-sha256 {pin}"
+    ))
+}
+
 /// `host[:port]` with a DNS name, IPv4 or bracketed IPv6: nothing a shell
 /// would interpret inside single quotes, no path, no user info.
 fn is_plain_host(host: &str) -> bool {

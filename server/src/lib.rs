@@ -9,7 +9,9 @@
 //! - the admin REST API ([`api`]) used by the `outrider` CLI, behind a
 //!   bearer token, and its live event stream ([`events`]);
 //! - the update repository of [`outrider_update_server`]: public read routes
-//!   for stubs, admin upload routes for `outrider release`.
+//!   for stubs, admin upload routes for `outrider release`;
+//! - on a port of its own, the web dashboard ([`dashboard`]), for a
+//!   browser logged in with the admin or the viewer token.
 //!
 //! Side effects come in as arguments: [`run`] takes a bound listener and a
 //! shutdown token, which is what makes the end-to-end tests cheap.
@@ -20,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod configs;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod ingest;
@@ -63,6 +66,8 @@ pub struct AppState {
     pub plugin_files: plugins::PluginFiles,
     pub config: ServerConfig,
     pub admin_token: auth::Secret,
+    /// The dashboard's read-only login (`viewer.token`): sees, never acts.
+    pub viewer_token: auth::Secret,
     /// One permit per authenticated agent session: the agent cap.
     pub agent_slots: Arc<Semaphore>,
     /// Connection limits and refusal counters ([`limits`]).
@@ -86,20 +91,37 @@ pub struct AppState {
     pub tasks: TaskTracker,
 }
 
-/// Runs the server on `listener` until `shutdown` is cancelled.
+/// Runs the server on `listener`, without a dashboard, until `shutdown`
+/// is cancelled; see [`run_with_dashboard`].
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with_dashboard(config, listener, None, shutdown).await
+}
+
+/// Runs the server on `listener`, and the web dashboard on `dashboard`
+/// when given, until `shutdown` is cancelled.
 ///
 /// Fails when the configuration is invalid (see [`ServerConfig::validate`]),
 /// the TLS files are unusable, the data directory or the database cannot be
 /// opened, or serving fails; returns `Ok` after a clean shutdown.
-pub async fn run(
+pub async fn run_with_dashboard(
     mut config: ServerConfig,
     listener: TcpListener,
+    dashboard: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
     let tls = config
         .tls()
-        .map(|(cert, key)| listener::tls_acceptor(cert, key))
+        .map(|(cert, key)| listener::tls_acceptor(cert, key, &[]))
+        .transpose()?;
+    // The dashboard offers HTTP/2 to browsers (see `serve::Protocols`).
+    let dashboard_tls = config
+        .tls()
+        .map(|(cert, key)| listener::tls_acceptor(cert, key, &[b"h2", b"http/1.1"]))
         .transpose()?;
     auth::prepare_data_dir(&config.data_dir)?;
     // Tokens given as files are read once, here.
@@ -115,6 +137,7 @@ pub async fn run(
     let releases = outrider_update_server::ReleaseStore::open(&config.data_dir.join("releases"))
         .with_context(|| "opening the release store")?;
     let admin_token = auth::Secret::load_or_create(&config.data_dir.join("admin.token"), None)?;
+    let viewer_token = auth::Secret::load_or_create(&config.data_dir.join("viewer.token"), None)?;
     let enrollment_token = auth::Secret::load_or_create(
         &config.data_dir.join("enrollment.token"),
         given_enrollment.as_deref(),
@@ -206,6 +229,7 @@ pub async fn run(
         limits: limits::Limits::new(config.limit_settings()),
         config,
         admin_token,
+        viewer_token,
         events: events::Events::default(),
         sinks,
         alerts: alerts.clone(),
@@ -250,23 +274,61 @@ pub async fn run(
     );
 
     let app = api::router(state.clone());
+    let dashboard = match dashboard {
+        Some(listener) => {
+            let addr = listener
+                .local_addr()
+                .context("reading the dashboard's address")?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            info!(url = %format!("{scheme}://{addr}/"), "dashboard listening; log in with admin.token or viewer.token");
+            Some((
+                listener,
+                dashboard::start(state.clone(), base.clone()).await?,
+            ))
+        }
+        None => None,
+    };
     let accept = listener::AcceptSettings {
         rate_per_sec: state.config.accept_rate_per_sec,
         limits: state.limits.clone(),
         write_stall: Duration::from_secs(state.config.http_idle_timeout_secs),
     };
     let header_timeout = Duration::from_secs(state.config.http_header_timeout_secs);
-    match tls {
-        Some(acceptor) => {
-            let handshake = Duration::from_secs(state.config.tls_handshake_timeout_secs);
-            let listener = listener::TlsListener::new(listener, accept, acceptor, handshake);
-            serve::serve(listener, app, header_timeout, &shutdown).await
-        }
-        None => {
-            let listener = listener::PlainListener::new(listener, accept);
-            serve::serve(listener, app, header_timeout, &shutdown).await
+    let handshake = Duration::from_secs(state.config.tls_handshake_timeout_secs);
+    // Both ports share the connection limits; either serve loop returns
+    // only at shutdown.
+    let serve_on = |listener: TcpListener,
+                    app: axum::Router,
+                    tls: Option<tokio_rustls::TlsAcceptor>,
+                    protocols: serve::Protocols| {
+        let (accept, shutdown) = (accept.clone(), shutdown.clone());
+        async move {
+            match tls {
+                Some(acceptor) => {
+                    let listener =
+                        listener::TlsListener::new(listener, accept, acceptor, handshake);
+                    serve::serve(listener, app, header_timeout, protocols, &shutdown).await
+                }
+                None => {
+                    let listener = listener::PlainListener::new(listener, accept);
+                    serve::serve(listener, app, header_timeout, protocols, &shutdown).await
+                }
+            }
         }
     };
+    let api = serve_on(listener, app, tls, serve::Protocols::Http1);
+    match dashboard {
+        Some((dash_listener, dash_app)) => {
+            let dash = serve_on(
+                dash_listener,
+                dash_app,
+                dashboard_tls,
+                serve::Protocols::Http1And2,
+            );
+            tokio::join!(api, dash);
+        }
+        None => api.await,
+    }
     // Serving failed or shutdown began: either way every task stops now.
     shutdown.cancel();
     state.tasks.close();

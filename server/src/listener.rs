@@ -287,11 +287,16 @@ impl Listener for TlsListener {
 }
 
 /// Builds a TLS acceptor (ring provider, TLS 1.2 and 1.3) from a PEM
-/// certificate chain and a PEM private key.
+/// certificate chain and a PEM private key, offering the `alpn` protocols
+/// (none: the client's choice is not asked, HTTP/1.1 is spoken).
 ///
 /// Fails with a message naming the file when either cannot be read or
 /// parsed, or when the key does not match the certificate.
-pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor> {
+pub fn tls_acceptor(
+    cert_path: &Path,
+    key_path: &Path,
+    alpn: &[&[u8]],
+) -> anyhow::Result<TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -304,7 +309,7 @@ pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcce
     let key = PrivateKeyDer::from_pem_file(key_path)
         .with_context(|| format!("reading the TLS private key from {}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("choosing TLS protocol versions")?
         .with_no_client_auth()
@@ -316,6 +321,7 @@ pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcce
                 cert_path.display()
             )
         })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -346,7 +352,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("cert.pem");
         std::fs::write(&cert, "not a certificate").unwrap();
-        let Err(err) = tls_acceptor(&cert, &dir.path().join("key.pem")) else {
+        let Err(err) = tls_acceptor(&cert, &dir.path().join("key.pem"), &[]) else {
             panic!("a bad certificate file was accepted");
         };
         let err = format!("{err:#}");

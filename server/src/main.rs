@@ -53,6 +53,21 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
+        let dashboard = if cli.config.no_dashboard {
+            None
+        } else {
+            match outrider_server::listener::bind(cli.config.dashboard_listen) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    error!(
+                        "cannot listen on {} for the dashboard: {e} (choose another address with \
+                         --dashboard-listen, or run with --no-dashboard)",
+                        cli.config.dashboard_listen
+                    );
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        };
         let shutdown = CancellationToken::new();
         let signals = match SignalThread::start(shutdown.clone()) {
             Ok(s) => s,
@@ -61,7 +76,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let result = outrider_server::run(cli.config, listener, shutdown.clone()).await;
+        let result =
+            outrider_server::run_with_dashboard(cli.config, listener, dashboard, shutdown.clone())
+                .await;
         signals.stop();
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -47,10 +47,21 @@ pub async fn run(
     ApiJson(req): ApiJson<RunRequest>,
 ) -> Result<Json<RunResponse>, ApiError> {
     let fp = parse_fp(&fp)?;
-    let agent = state.store.agent(&fp).await?.ok_or_else(|| no_agent(&fp))?;
-    let config = state.configs.get(&fp).unwrap_or_default();
-    let (message, run_secs) = request(req, &fp, &agent, &config)?;
-    let (guard, answer) = state.sessions.send_rpc(&fp, message).map_err(|e| match e {
+    Ok(Json(run_now(&state, &fp, req).await?))
+}
+
+/// Runs `req` on agent `fp` now and waits for its answer (the API's
+/// handler and the dashboard's Run now button). Fails with the outcomes
+/// of the module documentation.
+pub async fn run_now(
+    state: &AppState,
+    fp: &Fingerprint,
+    req: RunRequest,
+) -> Result<RunResponse, ApiError> {
+    let agent = state.store.agent(fp).await?.ok_or_else(|| no_agent(fp))?;
+    let config = state.configs.get(fp).unwrap_or_default();
+    let (message, run_secs) = request(req, fp, &agent, &config)?;
+    let (guard, answer) = state.sessions.send_rpc(fp, message).map_err(|e| match e {
         SendRpcError::NotConnected(_) => ApiError::Conflict(format!(
             "agent {fp} ({}) is not connected (presence: {}); it cannot run anything now",
             agent.hostname,
@@ -59,13 +70,13 @@ pub async fn run(
         e @ SendRpcError::TooMany(_) => ApiError::TooManyRequests(e.to_string()),
     })?;
     let wait = Duration::from_secs(u64::from(run_secs)) + RPC_MARGIN;
-    let outcome = wait_for(&fp, answer, wait).await;
+    let outcome = wait_for(fp, answer, wait).await;
     let id = guard.id().to_owned();
     drop(guard);
-    Ok(Json(RunResponse {
+    Ok(RunResponse {
         id,
         result: outcome?,
-    }))
+    })
 }
 
 /// Builds the RPC a request asks for (given its correlation id) and the

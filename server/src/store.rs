@@ -4,6 +4,15 @@
 //! through `Store::call`, holding the connection mutex only for the
 //! duration of one short transaction and never across an `.await`.
 //!
+//! Reads that change nothing (the API's lists, the dashboard's pages, the
+//! `/metrics` scrape) go through `Store::read` instead: a small pool of
+//! read-only connections ([`READERS`] at most) opened with
+//! `SQLITE_OPEN_READ_ONLY` and `PRAGMA query_only`. In WAL mode a reader
+//! works on the last committed snapshot while the writer goes on, so no
+//! dashboard or API query waits for ingest and ingest never waits for
+//! one. What a write committed before its call returned, every later read
+//! sees.
+//!
 //! Invariants:
 //! - `results` is keyed by `(fingerprint, seq)`: a batch resent after a lost
 //!   ack is stored once (`INSERT OR IGNORE`), and its ack is still sent.
@@ -14,6 +23,8 @@
 mod agents;
 pub mod alerts;
 mod checks;
+mod fleet;
+mod logins;
 pub mod metrics;
 pub mod notify;
 mod results;
@@ -22,24 +33,28 @@ pub(crate) mod test_support;
 mod tokens;
 mod update_events;
 
-use std::path::Path;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow};
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
 pub use agents::{Admission, Registered, Registration, split_tags};
 pub use alerts::OutboxBatch;
 pub use checks::{
     ComputedConfig, DeletePlugin, PutCheck, effective_tags, json_tags, normalize_tags,
 };
+pub use fleet::{FleetPage, FleetQuery, FleetRow, MAX_FLEET_PAGE};
+pub use logins::StoredLogin;
 pub use results::{DEFAULT_MAX_SERIES_PER_AGENT, IngestLimits, Ingested, MAX_FUTURE_MS};
 pub use tokens::{
     BOOTSTRAP_TOKEN_ID, BootstrapToken, EnrollmentRefusal, TokenGrant, TokenRefusal, token_status,
 };
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
@@ -95,6 +110,9 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE agents ADD COLUMN enrollment_token_id TEXT;
      ALTER TABLE agents ADD COLUMN allowed_tags TEXT;
      ALTER TABLE agents ADD COLUMN refused_tags TEXT NOT NULL DEFAULT '[]';",
+    // 8 → 9: dashboard logins (store/logins.rs); the new table comes from
+    // schema.sql.
+    "",
 ];
 
 /// Handle to the database; cheap to clone.
@@ -110,10 +128,102 @@ pub struct Store {
     /// their stacks and malloc arenas); waiting here costs a task, not a
     /// thread. Fair (FIFO), like the mutex it fronts.
     gate: Arc<tokio::sync::Semaphore>,
+    /// Read-only connections for [`Store::read`].
+    readers: Arc<Readers>,
 }
 
 /// Size of [`Store::gate`]: one call running, a few ready behind it.
 const CONCURRENT_CALLS: usize = 4;
+
+/// Read-only connections open at once, so reads running at once: the
+/// blocking threads and page caches a burst of dashboards can take.
+pub const READERS: usize = 4;
+
+/// The pool behind [`Store::read`]: idle connections, opened on demand
+/// and kept; `gate` bounds how many exist.
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Readers {
+    /// An idle connection, or a new one when none is idle (the gate's
+    /// permit the caller holds means fewer than [`READERS`] exist).
+    fn take(&self) -> anyhow::Result<Connection> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => open_reader(&self.path),
+        }
+    }
+
+    fn put(&self, conn: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+    }
+}
+
+/// A count of the SQL statements run by [`Store`] reads on behalf of one
+/// piece of work (a dashboard page): install it with
+/// [`StatementCount::scope`], and every read awaited inside counts its
+/// statements into it, whichever blocking thread runs them. Reads outside
+/// a scope are not counted.
+#[derive(Clone, Debug, Default)]
+pub struct StatementCount(Arc<AtomicU64>);
+
+tokio::task_local! {
+    static COUNT: StatementCount;
+}
+
+thread_local! {
+    /// The count of the read running on this (blocking) thread, if any.
+    static RUNNING: RefCell<Option<StatementCount>> = const { RefCell::new(None) };
+}
+
+impl StatementCount {
+    /// Runs `work` with this count installed.
+    pub async fn scope<F: std::future::Future>(&self, work: F) -> F::Output {
+        COUNT.scope(self.clone(), work).await
+    }
+
+    /// Statements counted so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// SQLite's trace callback of the read connections: called as each
+/// statement starts.
+fn count_statement(_event: rusqlite::trace::TraceEvent<'_>) {
+    RUNNING.with(|running| {
+        if let Some(count) = running.borrow().as_ref() {
+            count.0.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Opens a read-only connection to the database at `path`, which the
+/// writer opened (and migrated) before. Fails when the file cannot be
+/// opened.
+fn open_reader(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening database {} for reading", path.display()))?;
+    // Belt and braces: even a statement that would write is refused.
+    conn.pragma_update(None, "query_only", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.trace_v2(
+        rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
+        Some(count_statement),
+    );
+    Ok(conn)
+}
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies the schema.
@@ -122,10 +232,16 @@ impl Store {
     /// was written by a newer server (higher schema version).
     pub async fn open(path: &Path) -> anyhow::Result<Store> {
         let path = path.to_owned();
+        let readers = Arc::new(Readers {
+            path: path.clone(),
+            idle: Mutex::new(Vec::new()),
+            gate: Arc::new(tokio::sync::Semaphore::new(READERS)),
+        });
         let conn = tokio::task::spawn_blocking(move || open_blocking(&path))
             .await
             .context("opening the store panicked")??;
         Ok(Store {
+            readers,
             conn: Arc::new(Mutex::new(conn)),
             series: Arc::new(Mutex::new(metrics::SeriesCache::new(
                 metrics::DEFAULT_SERIES_CACHE_ENTRIES,
@@ -150,6 +266,33 @@ impl Store {
             // SQLite rolled that transaction back, so the connection is fine.
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut guard)
+        })
+        .await
+        .map_err(|e| anyhow!("store task failed: {e}"))?
+    }
+
+    /// Runs `f` with one of the read-only connections on the blocking pool:
+    /// it sees the last committed state and never waits for the writer.
+    /// `f` that tries to write fails (`attempt to write a readonly database`).
+    async fn read<R, F>(&self, f: F) -> anyhow::Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<R> + Send + 'static,
+    {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let permit = self.readers.gate.clone().acquire_owned().await;
+        let readers = self.readers.clone();
+        let count = COUNT.try_with(StatementCount::clone).ok();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = readers.take()?;
+            RUNNING.with(|running| *running.borrow_mut() = count);
+            let result = f(&conn);
+            RUNNING.with(|running| *running.borrow_mut() = None);
+            // A panic in `f` drops the connection instead; the next read
+            // opens a fresh one.
+            readers.put(conn);
+            result
         })
         .await
         .map_err(|e| anyhow!("store task failed: {e}"))?
@@ -350,6 +493,71 @@ mod tests {
         assert_eq!(store.pinned_key(&fp).await.unwrap().as_deref(), Some("aa"));
         let agent = store.agent(&fp).await.unwrap().unwrap();
         assert_eq!((agent.allowed_tags, agent.refused_tags.len()), (None, 0));
+    }
+
+    #[tokio::test]
+    async fn reads_see_the_last_commit_and_never_wait_for_the_writer() {
+        let (_dir, store, fp) = test_support::store_with_agent("web-1").await;
+        // A writer in the middle of a long transaction, holding the one
+        // write connection (as a burst of ingest does).
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let conn = store.conn.clone();
+        let writer = std::thread::spawn(move || {
+            let mut guard = conn.lock().unwrap();
+            let tx = guard
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            tx.execute("UPDATE agents SET hostname = 'renamed'", [])
+                .unwrap();
+            held_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            tx.commit().unwrap();
+        });
+        held_rx.recv().unwrap();
+        // Several reads at once, more than the pool holds: each finishes
+        // while the writer still holds its lock and transaction.
+        let reads = futures_util::future::join_all((0..READERS * 2).map(|_| store.agents()));
+        let all = tokio::time::timeout(std::time::Duration::from_secs(5), reads)
+            .await
+            .expect("a read waited for the writer");
+        for agents in all {
+            assert_eq!(agents.unwrap()[0].hostname, "web-1");
+        }
+        release_tx.send(()).unwrap();
+        writer.join().unwrap();
+        // Committed before the call: every later read sees it.
+        let agent = store.agent(&fp).await.unwrap().unwrap();
+        assert_eq!(agent.hostname, "renamed");
+        assert!(store.readers.idle.lock().unwrap().len() <= READERS);
+    }
+
+    #[tokio::test]
+    async fn statements_are_counted_for_the_scope_that_asked() {
+        let (_dir, store, fp) = test_support::store_with_agent("web-1").await;
+        let count = StatementCount::default();
+        count
+            .scope(async {
+                store.agents().await.unwrap();
+                store.latest_results(Some(fp.clone())).await.unwrap();
+            })
+            .await;
+        // One for the agents, two for the latest results and their unknown samples.
+        assert_eq!(count.get(), 3);
+        // Outside the scope nothing is counted.
+        store.agents().await.unwrap();
+        assert_eq!(count.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_read_connection_refuses_to_write() {
+        let (_dir, store, _fp) = test_support::store_with_agent("web-1").await;
+        let err = store
+            .read(|c| Ok(c.execute("DELETE FROM agents", [])?))
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("readonly"), "{err:#}");
+        assert_eq!(store.agents().await.unwrap().len(), 1);
     }
 
     #[tokio::test]

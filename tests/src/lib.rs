@@ -487,6 +487,8 @@ fn spawn_server(dir: &Path, listen: &str, log: &str, extra: &[String]) -> (Proc,
     cmd.arg("--data-dir")
         .arg(dir.join("data"))
         .args(["--listen", listen, "--enrollment-token", ENROLLMENT_TOKEN])
+        // Tests run side by side: the dashboard on a port of its own each.
+        .args(["--dashboard-listen", "127.0.0.1:0"])
         .arg("--ready-file")
         .arg(&ready)
         .args(extra)

@@ -121,6 +121,8 @@ impl ServerProcess {
             .args([
                 "--listen",
                 "127.0.0.1:0",
+                "--dashboard-listen",
+                "127.0.0.1:0",
                 "--enrollment-token",
                 token,
                 "--ready-file",

@@ -248,7 +248,7 @@ impl Store {
     /// One agent, if known.
     pub async fn agent(&self, fingerprint: &Fingerprint) -> anyhow::Result<Option<AgentInfo>> {
         let fp = fingerprint.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             Ok(c.query_row(
                 &format!("{AGENT_COLUMNS} WHERE fingerprint = ?1"),
                 [fp],
@@ -273,7 +273,7 @@ impl Store {
 
     /// Every agent, ordered by hostname then fingerprint.
     pub async fn agents(&self) -> anyhow::Result<Vec<AgentInfo>> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare(&format!("{AGENT_COLUMNS} ORDER BY hostname, fingerprint"))?;
             let rows = stmt.query_map([], agent_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -104,7 +104,7 @@ impl Store {
     /// first.
     pub async fn alert_outbox(&self, limit: u32) -> anyhow::Result<Vec<HistoryEntry>> {
         let limit = limit.min(MAX_OUTBOX_PAGE);
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, batch_key, group_key, tags, severity, notifications, created_at_ms,
                         routed_at_ms

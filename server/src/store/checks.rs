@@ -60,7 +60,7 @@ pub struct ComputedConfig {
 impl Store {
     /// Every check, by name.
     pub async fn checks(&self) -> anyhow::Result<Vec<CheckInfo>> {
-        self.call(|c| load_checks(c)).await
+        self.read(load_checks).await
     }
 
     /// Creates or replaces a check (already validated).
@@ -104,7 +104,7 @@ impl Store {
 
     /// Every plugin, by name.
     pub async fn plugins(&self) -> anyhow::Result<Vec<PluginInfo>> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt =
                 c.prepare("SELECT name, sha256, size, updated_at_ms FROM plugins ORDER BY name")?;
             let rows = stmt.query_map([], |r| {

@@ -409,7 +409,7 @@ impl Store {
         agent: Option<Fingerprint>,
         check: Option<String>,
     ) -> anyhow::Result<Vec<SeriesInfo>> {
-        self.call(move |c| {
+        self.read(move |c| {
             // Key ranges rather than `?1 IS NULL OR ...`, which would scan
             // every series even when one agent is asked for.
             let (low, high) = match &agent {
@@ -453,7 +453,7 @@ impl Store {
     /// [`ROLLUP_BUCKET_MS`] wide when the range reaches the rollups), the
     /// step chosen so there are at most [`MAX_QUERY_POINTS`] of them.
     pub async fn query_series(&self, q: SeriesQuery) -> anyhow::Result<Option<SeriesPoints>> {
-        self.call(move |c| {
+        self.read(move |c| {
             let found: Option<(i64, String)> = c
                 .prepare_cached(
                     "SELECT id, uom FROM series WHERE fingerprint = ?1 AND check_name = ?2 AND label = ?3",

@@ -188,7 +188,7 @@ impl Store {
     ) -> anyhow::Result<Vec<ReceiverInfo>> {
         let stored = self.stored_receivers().await?;
         let counts = self
-            .call(|c| {
+            .read(|c| {
                 let mut stmt = c.prepare(
                     "SELECT r.name, r.created_at_ms,
                             COUNT(d.id) FILTER (WHERE d.state = 'pending'),

@@ -116,7 +116,7 @@ impl Store {
         &self,
         agent: Option<Fingerprint>,
     ) -> anyhow::Result<Vec<ResultInfo>> {
-        self.call(move |c| {
+        self.read(move |c| {
             // A range on the key rather than `?1 IS NULL OR l.fingerprint = ?1`,
             // which SQLite answers with a scan of every agent's rows.
             let (low, high) = match &agent {

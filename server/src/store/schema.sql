@@ -114,3 +114,20 @@ CREATE TABLE IF NOT EXISTS latest_results (
     state_since_ms  INTEGER,
     PRIMARY KEY (fingerprint, check_name)
 ) STRICT, WITHOUT ROWID;
+
+-- Dashboard logins (server/src/dashboard/session.rs), so a restart logs no
+-- browser out. `key` is the SHA-256 of the cookie's session id, never the
+-- id; `last_ms` is written coarsely (every few minutes of use).
+CREATE TABLE IF NOT EXISTS dashboard_logins (
+    key         BLOB PRIMARY KEY,
+    role        TEXT NOT NULL CHECK (role IN ('admin', 'viewer')),
+    csrf        TEXT NOT NULL,
+    -- SHA-256 (hex) of the token it was opened with: a login opened with a
+    -- token since replaced is dropped at start.
+    token_sha256 TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    last_ms     INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+-- The fleet list (store/fleet.rs) pages agents by host name.
+CREATE INDEX IF NOT EXISTS agents_by_hostname ON agents (hostname, fingerprint);

@@ -282,7 +282,7 @@ impl Store {
 
     /// Every token, newest first.
     pub async fn enrollment_tokens(&self) -> anyhow::Result<Vec<EnrollmentTokenInfo>> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt =
                 c.prepare(&format!("{TOKEN_COLUMNS} ORDER BY created_at_ms DESC, id"))?;
             let rows = stmt.query_map([], token_from_row)?;

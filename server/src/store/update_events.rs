@@ -100,7 +100,7 @@ impl Store {
     /// do not run grouped by build, kind and reason, and rollbacks of the
     /// last 24 hours. Three grouped queries, whatever the fleet size.
     pub async fn update_health(&self) -> anyhow::Result<UpdateHealth> {
-        self.call(|c| {
+        self.read(|c| {
             let mut builds: BTreeMap<(String, String, Option<String>), u64> = BTreeMap::new();
             {
                 let mut stmt = c.prepare(

@@ -36,6 +36,8 @@ pub const ENROLLMENT_TOKEN: &str = "tok";
 #[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
+    /// The dashboard's address, when started with one.
+    pub dashboard: Option<SocketAddr>,
     pub admin_token: String,
     _dir: TempDir,
     shutdown: CancellationToken,
@@ -77,6 +79,23 @@ impl Server {
         Server::start_in(dir, configure).await
     }
 
+    /// [`Server::restart`] of a server with a dashboard, keeping one.
+    pub async fn restart_with_dashboard(self) -> Server {
+        let Server {
+            _dir: dir,
+            shutdown,
+            task,
+            ..
+        } = self;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("server did not stop within 10 s")
+            .expect("server task panicked")
+            .expect("server returned an error");
+        Server::start_full("127.0.0.1:0", dir, true, |_| {}).await
+    }
+
     /// [`Server::start_with`] on an existing data directory.
     pub async fn start_in(dir: TempDir, configure: impl FnOnce(&mut ServerConfig)) -> Server {
         Server::start_bound("127.0.0.1:0", dir, configure).await
@@ -89,6 +108,35 @@ impl Server {
         dir: TempDir,
         configure: impl FnOnce(&mut ServerConfig),
     ) -> Server {
+        Server::start_full(bind, dir, false, configure).await
+    }
+
+    /// [`Server::start`] with the web dashboard on its own ephemeral port.
+    pub async fn start_with_dashboard() -> Server {
+        Server::start_full("127.0.0.1:0", tempfile::tempdir().unwrap(), true, |_| {}).await
+    }
+
+    /// [`Server::start_with_dashboard`] speaking HTTPS only, with this
+    /// certificate and key, on both ports.
+    pub async fn start_tls_with_dashboard(cert: &std::path::Path, key: &std::path::Path) -> Server {
+        Server::start_full("127.0.0.1:0", tempfile::tempdir().unwrap(), true, |c| {
+            c.tls_cert = Some(cert.to_owned());
+            c.tls_key = Some(key.to_owned());
+        })
+        .await
+    }
+
+    async fn start_full(
+        bind: &str,
+        dir: TempDir,
+        with_dashboard: bool,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Server {
+        let dashboard = match with_dashboard {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let dashboard_addr = dashboard.as_ref().map(|l| l.local_addr().unwrap());
         let listener = TcpListener::bind(bind).await.unwrap();
         let bound = listener.local_addr().unwrap();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], bound.port()));
@@ -102,9 +150,15 @@ impl Server {
         configure(&mut config);
         let tls = config.tls().is_some();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(outrider_server::run(config, listener, shutdown.clone()));
+        let task = tokio::spawn(outrider_server::run_with_dashboard(
+            config,
+            listener,
+            dashboard,
+            shutdown.clone(),
+        ));
         let mut server = Server {
             addr,
+            dashboard: dashboard_addr,
             admin_token: String::new(),
             _dir: dir,
             shutdown,

@@ -5,7 +5,9 @@
 mod admin_api;
 mod agent_ws;
 mod alerting;
+mod browser;
 mod config_push;
+mod dashboard;
 mod dos;
 mod enrollment;
 mod enrollment_lifecycle;

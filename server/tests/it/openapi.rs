@@ -76,6 +76,10 @@ fn registered_routes() -> BTreeSet<(String, String)> {
     for dir in ["src", "../update-server/src", "../protocol/src"] {
         rust_files(&manifest.join(dir), &mut files);
     }
+    // The dashboard serves HTML pages on a port of its own
+    // (src/dashboard.rs); it is not part of the API this document describes.
+    let dashboard = manifest.join("src/dashboard");
+    files.retain(|f| !f.starts_with(&dashboard) && !f.ends_with("src/dashboard.rs"));
     let sources: Vec<String> = files
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap())

@@ -26,7 +26,13 @@ fn server_run(
     let mut child = Command::new(bin_dir().join("outrider-server"))
         .arg("--data-dir")
         .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--ready-file"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--dashboard-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--ready-file")
         .arg(ready)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
