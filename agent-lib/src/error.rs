@@ -45,12 +45,8 @@ pub enum AgentError {
     BadTag { tag: String },
 
     /// `spool_max_mb` in agent.toml is outside its range.
-    #[error(
-        "agent.toml field `spool_max_mb` = {value} is out of range; use {min} to {max} (MiB)",
-        min = crate::config::MIN_SPOOL_MAX_MB,
-        max = crate::config::MAX_SPOOL_MAX_MB
-    )]
-    SpoolMaxMb { value: u64 },
+    #[error("agent.toml field `spool_max_mb` = {value} is out of range; use {min} to {max} (MiB)")]
+    SpoolMaxMb { value: u64, min: u64, max: u64 },
 
     /// An `allowed_commands` entry of agent.toml `[policy]` is unusable.
     #[error("agent.toml field `[policy] allowed_commands`: {entry:?} {reason}")]

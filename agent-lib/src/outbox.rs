@@ -18,6 +18,9 @@
 //! - The state blob still carries the newest [`STATE_UNACKED_MAX`] un-acked
 //!   results, for a generation without a spool (rollback to an older build);
 //!   a generation with a spool imports from a blob only what its spool lacks.
+//!   The outbox neither reads nor writes the blob: it takes and returns a
+//!   [`Handover`] and the agent (`agent.rs`) assembles the blob (`state.rs`),
+//!   so the modules the blob carries do not depend on it.
 //!
 //! Locking: a std mutex held only for the bookkeeping and the spool's file
 //! I/O (small appends, bounded batch reads), never across an await.
@@ -32,7 +35,6 @@ use tokio::sync::Notify;
 use crate::host::HostHooks;
 use crate::runner::RunOutcome;
 use crate::spool::{Evicted, Position, Sealed, Spool, SpoolLimits};
-use crate::state::StateBlob;
 
 /// Name of the synthetic check reporting spool evictions and write failures.
 pub const SPOOL_CHECK: &str = "outrider.spool";
@@ -72,6 +74,20 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// What the outbox hands from one generation to the next (through the
+/// state blob, which the agent assembles): the numbering and the newest
+/// un-acked results.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Handover {
+    /// Next result sequence number to assign.
+    pub next_seq: u64,
+    /// Whether the numbering continues the server's (after a Welcome).
+    pub seq_synced: bool,
+    /// The newest un-acked results (at most [`STATE_UNACKED_MAX`]), in
+    /// sequence order.
+    pub unacked: Vec<CheckResult>,
+}
+
 /// What a [`Outbox::welcome`] did, for logging.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WelcomeEffect {
@@ -83,13 +99,13 @@ pub struct WelcomeEffect {
 
 impl Outbox {
     /// Opens the spool in `dir` and continues the numbering of the spool and
-    /// of `state` (the previous generation's blob, if any), importing the
-    /// blob's un-acked results the spool does not hold. Fails only when the
+    /// of `state` (the previous generation's handover, if any), importing
+    /// its un-acked results the spool does not hold. Fails only when the
     /// spool directory cannot be created or listed; damaged files are set
     /// aside and logged.
     pub fn open(
         dir: &Path,
-        state: Option<&StateBlob>,
+        state: Option<&Handover>,
         limits: SpoolLimits,
         hooks: Arc<dyn HostHooks>,
     ) -> std::io::Result<Outbox> {
@@ -303,9 +319,9 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// The state blob for the next generation. Called at the end of a
-    /// generation, so it also makes the spool durable (fsync).
-    pub fn to_state(&mut self) -> StateBlob {
+    /// What the next generation needs. Called at the end of a generation,
+    /// so it also makes the spool durable (fsync).
+    pub fn handover(&mut self) -> Handover {
         self.spool.set_numbering(self.next_seq, self.seq_synced, 0);
         self.spool.sync();
         let acked = self.spool.meta().acked_seq;
@@ -319,11 +335,10 @@ impl Outbox {
             }
             true
         });
-        StateBlob {
+        Handover {
             next_seq: self.next_seq,
             seq_synced: self.seq_synced,
             unacked: newest.into(),
-            ..StateBlob::default()
         }
     }
 }
@@ -383,7 +398,7 @@ impl SharedOutbox {
 
     /// fsyncs sealed spool segments on the blocking pool whenever a push
     /// seals one, until `stop`; what is left then is synced by
-    /// [`Outbox::to_state`].
+    /// [`Outbox::handover`].
     pub async fn sync_sealed(&self, stop: &tokio_util::sync::CancellationToken) {
         loop {
             tokio::select! {
@@ -442,11 +457,11 @@ mod tests {
         }
     }
 
-    fn open(dir: &Path, state: Option<&StateBlob>) -> Outbox {
+    fn open(dir: &Path, state: Option<&Handover>) -> Outbox {
         open_with(dir, state, SpoolLimits::default())
     }
 
-    fn open_with(dir: &Path, state: Option<&StateBlob>, limits: SpoolLimits) -> Outbox {
+    fn open_with(dir: &Path, state: Option<&Handover>, limits: SpoolLimits) -> Outbox {
         Outbox::open(dir, state, limits, Arc::new(Logs::default())).unwrap()
     }
 
@@ -483,7 +498,7 @@ mod tests {
             o.push("c", outcome(&format!("r{i}")));
         }
         o.ack(12);
-        // A crash: no to_state, no sync; the process just goes away.
+        // A crash: no handover, no sync; the process just goes away.
         drop(o);
         let mut o = open(dir.path(), None);
         assert_eq!(seqs(&mut o), [13, 14, 15]);
@@ -534,10 +549,10 @@ mod tests {
     #[test]
     fn synced_counter_never_falls_behind_the_server() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateBlob {
+        let state = Handover {
             next_seq: 5,
             seq_synced: true,
-            ..StateBlob::default()
+            unacked: Vec::new(),
         };
         let mut o = open(dir.path(), Some(&state));
         o.welcome(50);
@@ -638,7 +653,7 @@ mod tests {
         let mut o = open(dir.path(), None);
         o.push("c", outcome("a"));
         o.welcome(7);
-        let state = o.to_state();
+        let state = o.handover();
         assert_eq!(
             (state.next_seq, state.seq_synced, state.unacked.len()),
             (9, true, 1)

@@ -47,35 +47,14 @@ use std::sync::Arc;
 use outrider_protocol::CheckResult;
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::{SEGMENT_BYTES, SPOOL_CAP_BYTES, SpoolLimits};
 use crate::host::HostHooks;
 
-/// Default size cap of the whole spool (`spool_max_mb` in agent.toml).
-pub const SPOOL_CAP_BYTES: u64 = crate::config::DEFAULT_SPOOL_MAX_MB * 1024 * 1024;
-/// Size at which the active segment is sealed and a new one started.
-pub const SEGMENT_BYTES: u64 = 1024 * 1024;
 /// Format version of `meta.json`.
 const META_VERSION: u32 = 1;
 const META_FILE: &str = "meta.json";
 const SEGMENT_SUFFIX: &str = ".seg";
 const CORRUPT_SUFFIX: &str = ".corrupt";
-
-/// Size limits of a spool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpoolLimits {
-    /// Most bytes of segments kept; beyond it the oldest segments go.
-    pub cap_bytes: u64,
-    /// Size at which a segment is sealed.
-    pub segment_bytes: u64,
-}
-
-impl Default for SpoolLimits {
-    fn default() -> Self {
-        SpoolLimits {
-            cap_bytes: SPOOL_CAP_BYTES,
-            segment_bytes: SEGMENT_BYTES,
-        }
-    }
-}
 
 /// The persisted numbering state; see the module docs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
