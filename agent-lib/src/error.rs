@@ -100,6 +100,11 @@ pub enum AgentError {
     #[error("websocket error: {0}")]
     WebSocket(#[source] Box<tungstenite::Error>),
 
+    /// A metric sample handed to the outbox cannot be stored (see
+    /// `outbox/samples.rs`); nothing of its batch was stored.
+    #[error("metric sample {name:?} {reason}; the samples pushed with it were not stored")]
+    MetricSample { name: String, reason: String },
+
     /// The server broke the session protocol (unexpected or undecodable frame).
     #[error("protocol error: {0}")]
     Protocol(String),

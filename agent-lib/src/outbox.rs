@@ -1,5 +1,12 @@
 //! The outbox: sequence numbering and batching over the on-disk [`Spool`].
 //!
+//! It holds two spools: check results in `<data_dir>/spool/` (the layout
+//! every earlier build reads) and metric sample batches in
+//! `<data_dir>/spool/metrics/`, with their own numbering, their own quarter
+//! of the size cap and their own capability gate ([`samples`] says why).
+//! What follows is about results; samples follow the same rules except
+//! where `samples.rs` says otherwise.
+//!
 //! Invariants:
 //! - Every result gets the next sequence number; numbers strictly increase
 //!   and are never reused: the counter is derived on open from the spool
@@ -32,9 +39,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use outrider_protocol::{CheckResult, CheckState, MAX_MESSAGE_BYTES};
 use tokio::sync::Notify;
 
+use crate::error::AgentError;
 use crate::host::HostHooks;
 use crate::runner::RunOutcome;
-use crate::spool::{Evicted, Position, Sealed, Spool, SpoolLimits};
+use crate::spool::{Evicted, Kind, MetricSample, Payload, Position, Sealed, Spool, SpoolLimits};
+
+pub mod samples;
+
+use samples::SampleOutbox;
 
 /// Name of the synthetic check reporting spool evictions and write failures.
 pub const SPOOL_CHECK: &str = "outrider.spool";
@@ -60,6 +72,12 @@ pub struct Outbox {
     lost_reason: String,
     /// Results evicted by the cap since this outbox was opened.
     evicted_total: u64,
+    /// The metric samples, in their own spool.
+    samples: SampleOutbox,
+    /// Sample batches evicted by the cap since this outbox was opened.
+    samples_evicted_total: u64,
+    /// Sample batches the spool could not store since the last report.
+    samples_lost: u64,
     hooks: Arc<dyn HostHooks>,
 }
 
@@ -109,7 +127,9 @@ impl Outbox {
         limits: SpoolLimits,
         hooks: Arc<dyn HostHooks>,
     ) -> std::io::Result<Outbox> {
-        let spool = Spool::open(dir, limits, hooks.clone())?;
+        let (limits, sample_limits) = samples::split_limits(limits);
+        let spool = Spool::open(dir, Kind::Result, limits, hooks.clone())?;
+        let samples = SampleOutbox::open(dir, sample_limits, hooks.clone())?;
         let meta = spool.meta();
         let mut next_seq = meta
             .next_seq
@@ -129,6 +149,9 @@ impl Outbox {
             lost: 0,
             lost_reason: String::new(),
             evicted_total: 0,
+            samples,
+            samples_evicted_total: 0,
+            samples_lost: 0,
             hooks,
         };
         if let Some(state) = state {
@@ -164,7 +187,69 @@ impl Outbox {
                 ),
             );
         }
+        if self.samples_lost > 0 {
+            let lost = std::mem::take(&mut self.samples_lost);
+            self.push_one(
+                SPOOL_CHECK,
+                spool_report(
+                    format!(
+                        "{lost} metric sample batches were lost: the spool could not store them"
+                    ),
+                    started_at_ms,
+                ),
+            );
+        }
         seq
+    }
+
+    /// Stores metric samples (see [`samples`]) dated `now_ms`; evictions
+    /// are reported as a WARNING result of [`SPOOL_CHECK`], write failures
+    /// with the next result pushed. Fails, storing nothing, when a sample
+    /// cannot be stored (the error names it).
+    pub fn push_samples(
+        &mut self,
+        samples: Vec<MetricSample>,
+        now_ms: i64,
+    ) -> Result<u64, AgentError> {
+        let pushed = self.samples.push(samples)?;
+        self.samples_lost += pushed.lost;
+        let evicted = pushed.evicted;
+        if evicted.count > 0 {
+            self.samples_evicted_total += evicted.count;
+            let text = format!(
+                "metric sample spool over its cap of {:.1} MiB: evicted {} un-sent batches, \
+                 oldest first (seq {}-{}); {} evicted since the agent started",
+                self.samples.cap_bytes() as f64 / (1024.0 * 1024.0),
+                evicted.count,
+                evicted.first_seq,
+                evicted.last_seq,
+                self.samples_evicted_total
+            );
+            self.hooks.warn(&text);
+            self.push_one(SPOOL_CHECK, spool_report(text, now_ms));
+        }
+        Ok(pushed.batches)
+    }
+
+    /// The next sample batches not yet sent in this session (see
+    /// [`samples::SampleOutbox::next_batches`]): none unless `agreed` holds
+    /// [`samples::SAMPLES_CAPABILITY`].
+    pub fn next_sample_batches(
+        &mut self,
+        agreed: &[String],
+        max_batches: usize,
+    ) -> Vec<crate::spool::SampleBatch> {
+        self.samples.next_batches(agreed, max_batches)
+    }
+
+    /// Deletes every sample batch with `seq <= up_to`.
+    pub fn ack_samples(&mut self, up_to: u64) {
+        self.samples.ack(up_to);
+    }
+
+    /// Number of un-acked sample batches.
+    pub fn samples_len(&self) -> u64 {
+        self.samples.len()
     }
 
     fn push_one(&mut self, check: &str, outcome: RunOutcome) -> u64 {
@@ -201,7 +286,7 @@ impl Outbox {
     /// Writes one result to the spool; a failure is logged once per streak
     /// and counted for the next report.
     fn store(&mut self, result: &CheckResult) -> Evicted {
-        match self.spool.append(result) {
+        match self.spool.append(&Payload::Result(result.clone())) {
             Ok(evicted) => {
                 self.lost_reason.clear();
                 evicted
@@ -226,8 +311,10 @@ impl Outbox {
     pub fn holds(&self, check: &str, summary: &str) -> bool {
         let acked = self.spool.meta().acked_seq;
         let mut found = false;
-        self.spool.read_from(None, |r, _| {
-            found = r.seq > acked && r.check == check && r.summary == summary;
+        self.spool.read_from(None, |p, _| {
+            if let Payload::Result(r) = p {
+                found = r.seq > acked && r.check == check && r.summary == summary;
+            }
             !found
         });
         found
@@ -258,6 +345,7 @@ impl Outbox {
         self.ack(acked_seq);
         self.sent_up_to = 0;
         self.cursor = None;
+        self.samples.resend();
         WelcomeEffect {
             shifted_by,
             trimmed: before - self.len(),
@@ -266,8 +354,17 @@ impl Outbox {
 
     /// Segments sealed since the last call, to fsync off the runtime thread
     /// (see the spool's module docs).
-    pub fn take_sealed(&mut self) -> Option<Sealed> {
-        self.spool.take_sealed()
+    pub fn take_sealed(&mut self) -> Vec<Sealed> {
+        self.spool
+            .take_sealed()
+            .into_iter()
+            .chain(self.samples.take_sealed())
+            .collect()
+    }
+
+    /// Whether no sealed segment waits for its fsync.
+    fn sealed_is_empty(&self) -> bool {
+        self.spool.sealed_is_empty() && self.samples.sealed_is_empty()
     }
 
     /// Drops every entry with `seq <= up_to`.
@@ -282,7 +379,9 @@ impl Outbox {
         let mut batch = Vec::new();
         let mut bytes = ENVELOPE_BYTES;
         let mut cursor = self.cursor;
-        self.spool.read_from(self.cursor, |r, pos| {
+        self.spool.read_from(self.cursor, |p, pos| {
+            // The results spool hands out only results.
+            let Payload::Result(r) = p else { return true };
             if r.seq <= floor {
                 cursor = Some(pos);
                 return true;
@@ -324,10 +423,13 @@ impl Outbox {
     pub fn handover(&mut self) -> Handover {
         self.spool.set_numbering(self.next_seq, self.seq_synced, 0);
         self.spool.sync();
+        self.samples.sync();
         let acked = self.spool.meta().acked_seq;
         let mut newest = VecDeque::with_capacity(STATE_UNACKED_MAX.min(self.len()));
-        self.spool.read_from(None, |r, _| {
-            if r.seq > acked {
+        self.spool.read_from(None, |p, _| {
+            if let Payload::Result(r) = p
+                && r.seq > acked
+            {
                 if newest.len() == STATE_UNACKED_MAX {
                     newest.pop_front();
                 }
@@ -387,7 +489,7 @@ impl SharedOutbox {
         let (seq, sealed) = {
             let mut outbox = self.lock();
             let seq = outbox.push(check, outcome);
-            (seq, !outbox.spool.sealed_is_empty())
+            (seq, !outbox.sealed_is_empty())
         };
         self.pushed.notify_one();
         if sealed {
@@ -405,10 +507,21 @@ impl SharedOutbox {
                 _ = stop.cancelled() => return,
                 () = self.sealed.notified() => {}
             }
-            let Some(sealed) = self.lock().take_sealed() else {
+            let sealed = self.lock().take_sealed();
+            if sealed.is_empty() {
                 continue;
-            };
-            let synced = tokio::task::spawn_blocking(move || sealed.sync()).await;
+            }
+            // Every spool's segments are synced, whatever failed first.
+            let synced = tokio::task::spawn_blocking(move || {
+                let mut first_error = None;
+                for spool in sealed {
+                    if let Err(e) = spool.sync() {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
+            })
+            .await;
             match synced {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => self
@@ -432,6 +545,7 @@ mod tests {
 
     use super::*;
     use crate::host::{Health, Level};
+    use crate::spool::MetricSample;
 
     /// Hooks that keep every log line.
     #[derive(Debug, Default)]
@@ -697,5 +811,199 @@ mod tests {
         assert!(!o.holds("u", "other"));
         o.ack(1);
         assert!(!o.holds("u", "rolled back"));
+    }
+
+    fn sample(name: &str, value: f64) -> MetricSample {
+        MetricSample {
+            name: name.into(),
+            value,
+            tags: [("dc".to_owned(), "ams".to_owned())].into(),
+            timestamp_ms: 1_764_806_410_000,
+        }
+    }
+
+    fn sample_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join(samples::SAMPLES_DIR))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg")
+            })
+            .count()
+    }
+
+    #[test]
+    fn samples_go_only_to_a_server_with_the_capability_and_an_ack_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        o.welcome(0);
+        assert_eq!(
+            o.push_samples(vec![sample("a", 1.0), sample("b", 2.0)], 5)
+                .unwrap(),
+            1
+        );
+        o.push_samples(vec![sample("c", 3.0)], 6).unwrap();
+        o.push("c", outcome("r"));
+        let without: Vec<String> = outrider_protocol::capability::ALL
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert!(o.next_sample_batches(&without, 10).is_empty());
+        // Acking every result leaves the samples alone: their own numbering.
+        assert_eq!(seqs(&mut o), [1]);
+        o.ack(1);
+        assert_eq!(o.samples_len(), 2);
+        // A restart in between keeps them and their numbers.
+        drop(o);
+        let mut o = open(dir.path(), None);
+        o.welcome(1);
+        assert!(o.next_sample_batches(&[], 10).is_empty());
+        let with = vec![samples::SAMPLES_CAPABILITY.to_owned()];
+        let sent = o.next_sample_batches(&with, 1);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].seq, sent[0].samples.len()), (1, 2));
+        assert_eq!(sent[0].samples[1], sample("b", 2.0));
+        let rest = o.next_sample_batches(&with, 10);
+        assert_eq!(rest.iter().map(|b| b.seq).collect::<Vec<_>>(), [2]);
+        assert!(o.next_sample_batches(&with, 10).is_empty(), "sent once");
+        // A reconnect sends the un-acked again.
+        o.welcome(1);
+        assert_eq!(o.next_sample_batches(&with, 10).len(), 2);
+        o.ack_samples(2);
+        assert_eq!(o.samples_len(), 0);
+        assert_eq!(sample_files(dir.path()), 0, "acked segments are deleted");
+        o.push_samples(vec![sample("d", 4.0)], 7).unwrap();
+        assert_eq!(o.next_sample_batches(&with, 10)[0].seq, 3);
+    }
+
+    #[test]
+    fn an_older_build_reads_every_result_and_never_sees_the_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        for i in 0..20 {
+            o.push("c", outcome(&format!("r{i}")));
+            o.push_samples(vec![sample("m", f64::from(i))], 0).unwrap();
+        }
+        o.handover();
+        drop(o);
+        // The reader of the build before payload kinds, kept here as it was
+        // (`Spool::open` and `read_from` of that build): every `*.seg` file
+        // of the spool directory, each record's body a CheckResult.
+        let old_read = |dir: &Path| -> Result<Vec<CheckResult>, String> {
+            let mut ids: Vec<u64> = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_suffix(".seg")?.parse().ok()
+                })
+                .collect();
+            ids.sort_unstable();
+            let mut out = Vec::new();
+            for id in ids {
+                let data = std::fs::read(dir.join(format!("{id:020}.seg"))).unwrap();
+                let mut reader = &data[..];
+                let mut body = Vec::new();
+                while let Some(rec) = crate::spool::read_record_for_tests(&mut reader, &mut body) {
+                    rec?;
+                    out.push(
+                        serde_json::from_slice::<CheckResult>(&body).map_err(|e| e.to_string())?,
+                    );
+                }
+            }
+            Ok(out)
+        };
+        let results = old_read(dir.path()).unwrap();
+        assert_eq!(
+            results
+                .iter()
+                .map(|r| r.summary.clone())
+                .collect::<Vec<_>>(),
+            (0..20).map(|i| format!("r{i}")).collect::<Vec<_>>()
+        );
+        // Had the samples shared the results' segments, the old reader
+        // would have stopped at the first of them: it is damage to it.
+        let samples_dir = dir.path().join(samples::SAMPLES_DIR);
+        let err = old_read(&samples_dir).unwrap_err();
+        assert!(err.contains("missing field `check`"), "{err}");
+        // And the new build still finds both after the rollback.
+        let mut o = open(dir.path(), None);
+        assert_eq!(o.len(), 20);
+        assert_eq!(o.samples_len(), 20);
+        o.welcome(0);
+        assert_eq!(seqs(&mut o).len(), 20);
+    }
+
+    #[test]
+    fn bad_samples_are_refused_by_name_and_nothing_of_their_push_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        let table = [
+            (sample("x", f64::NAN), "not finite"),
+            (sample("", 1.0), "empty name"),
+            (sample(&"n".repeat(2000), 1.0), "longer than 1024"),
+        ];
+        for (bad, want) in table {
+            let err = o.push_samples(vec![sample("ok", 1.0), bad], 0).unwrap_err();
+            assert!(matches!(err, AgentError::MetricSample { .. }), "{err}");
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        assert_eq!(o.samples_len(), 0);
+    }
+
+    #[test]
+    fn samples_are_batched_below_a_frame_and_evictions_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            cap_bytes: 16 * 1024,
+            segment_bytes: 1024,
+        };
+        let mut o = open_with(dir.path(), None, limits);
+        o.welcome(0);
+        let many: Vec<_> = (0..40_000).map(|i| sample(&format!("m{i}"), 1.0)).collect();
+        let batches = o.push_samples(many, 0).unwrap();
+        assert!(batches > 1, "{batches}");
+        let with = vec![samples::SAMPLES_CAPABILITY.to_owned()];
+        for batch in o.next_sample_batches(&with, usize::MAX) {
+            assert!(serde_json::to_vec(&batch).unwrap().len() <= samples::MAX_BATCH_BYTES);
+        }
+        // A small cap: the quarter left for samples holds only the newest.
+        for i in 0..200 {
+            o.push_samples(vec![sample(&format!("s{i}"), 1.0)], 0)
+                .unwrap();
+        }
+        let all = o.next_batch(usize::MAX);
+        let report = all
+            .iter()
+            .rev()
+            .find(|r| r.check == SPOOL_CHECK)
+            .expect("evictions are reported");
+        assert_eq!(report.state, CheckState::Warning);
+        assert!(
+            report
+                .summary
+                .contains("metric sample spool over its cap of 0.0 MiB"),
+            "{}",
+            report.summary
+        );
+        let evicted: u64 = report
+            .summary
+            .split("; ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            evicted + o.samples_len(),
+            batches + 200,
+            "{}",
+            report.summary
+        );
     }
 }
