@@ -149,9 +149,10 @@ pub struct AgentToml {
     /// clear text.
     #[serde(default)]
     pub allow_plain_ws: bool,
-    /// Most disk space, in MiB, the result spool may use while the server
-    /// is unreachable; beyond it the oldest un-acked results are evicted
-    /// (and the eviction reported). [`DEFAULT_SPOOL_MAX_MB`] when absent;
+    /// Most disk space, in MiB, the spool may use while the server is
+    /// unreachable: three quarters for check results, one for metric
+    /// samples (`outbox/samples.rs`); beyond either share the oldest
+    /// un-acked records of that kind are evicted (and the eviction reported). [`DEFAULT_SPOOL_MAX_MB`] when absent;
     /// [`MIN_SPOOL_MAX_MB`]..=[`MAX_SPOOL_MAX_MB`].
     #[serde(default = "default_spool_max_mb")]
     pub spool_max_mb: u64,

@@ -360,4 +360,42 @@ mod tests {
         assert_eq!(read_all(&flipped)[0], Err(Bad::Checksum));
         assert_eq!(read_all(&[0; 8])[0], Err(Bad::Length(0)));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Any sample batch with finite values survives encoding, framing
+        /// and decoding unchanged.
+        #[test]
+        fn any_sample_batch_round_trips(
+            seq in proptest::prelude::any::<u64>(),
+            raw in proptest::collection::vec(
+                (
+                    ".{1,40}",
+                    proptest::num::f64::NORMAL | proptest::num::f64::ZERO | proptest::num::f64::SUBNORMAL,
+                    proptest::collection::btree_map(".{1,10}", ".{0,10}", 0..4),
+                    proptest::prelude::any::<i64>(),
+                ),
+                0..20,
+            ),
+        ) {
+            let payload = Payload::Samples(SampleBatch {
+                seq,
+                samples: raw
+                    .into_iter()
+                    .map(|(name, value, tags, timestamp_ms)| MetricSample {
+                        name,
+                        value,
+                        tags,
+                        timestamp_ms,
+                    })
+                    .collect(),
+            });
+            let framed = encode(&payload.to_body().unwrap());
+            let mut body = Vec::new();
+            let rec = read(&mut &framed[..], &mut body).unwrap();
+            proptest::prop_assert_eq!(rec, Some(Ok(())));
+            proptest::prop_assert_eq!(Payload::from_body(&body).unwrap(), payload);
+        }
+    }
 }
