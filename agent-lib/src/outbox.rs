@@ -187,7 +187,7 @@ impl Outbox {
                 ),
             );
         }
-        if self.samples_lost > 0 {
+        if self.samples_lost > 0 && self.lost_reason.is_empty() {
             let lost = std::mem::take(&mut self.samples_lost);
             self.push_one(
                 SPOOL_CHECK,
@@ -1004,6 +1004,30 @@ mod tests {
             batches + 200,
             "{}",
             report.summary
+        );
+    }
+
+    #[test]
+    fn sample_batches_the_disk_refused_are_reported_with_the_next_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        o.welcome(0);
+        o.push_samples(vec![sample("a", 1.0)], 0).unwrap();
+        // Everything acked: the next batch starts a new segment, in a
+        // directory that is now a file.
+        o.ack_samples(1);
+        let metrics = dir.path().join(samples::SAMPLES_DIR);
+        std::fs::remove_dir_all(&metrics).unwrap();
+        std::fs::write(&metrics, b"in the way").unwrap();
+        assert_eq!(o.push_samples(vec![sample("b", 2.0)], 0).unwrap(), 0);
+        assert_eq!(o.push_samples(vec![sample("c", 3.0)], 0).unwrap(), 0);
+        o.push("c", outcome("r"));
+        let all = o.next_batch(10);
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all[1].check, SPOOL_CHECK);
+        assert_eq!(
+            all[1].summary,
+            "2 metric sample batches were lost: the spool could not store them"
         );
     }
 }
