@@ -72,8 +72,9 @@ pub struct Outbox {
     lost_reason: String,
     /// Results evicted by the cap since this outbox was opened.
     evicted_total: u64,
-    /// The metric samples, in their own spool.
-    samples: SampleOutbox,
+    /// The metric samples, in their own spool; `None` when it could not be
+    /// opened (logged; samples are then counted as lost, results go on).
+    samples: Option<SampleOutbox>,
     /// Sample batches evicted by the cap since this outbox was opened.
     samples_evicted_total: u64,
     /// Sample batches the spool could not store since the last report.
@@ -129,7 +130,17 @@ impl Outbox {
     ) -> std::io::Result<Outbox> {
         let (limits, sample_limits) = samples::split_limits(limits);
         let spool = Spool::open(dir, Kind::Result, limits, hooks.clone())?;
-        let samples = SampleOutbox::open(dir, sample_limits, hooks.clone())?;
+        // Samples are an addition: a samples spool that cannot be opened
+        // must not stop the results.
+        let samples = SampleOutbox::open(dir, sample_limits, hooks.clone())
+            .map_err(|e| {
+                hooks.error(&format!(
+                    "spool: cannot open the metric samples spool in {} ({e}); metric samples are \
+                     lost until the agent restarts",
+                    dir.join(samples::SAMPLES_DIR).display()
+                ))
+            })
+            .ok();
         let meta = spool.meta();
         let mut next_seq = meta
             .next_seq
@@ -211,7 +222,16 @@ impl Outbox {
         samples: Vec<MetricSample>,
         now_ms: i64,
     ) -> Result<u64, AgentError> {
-        let pushed = self.samples.push(samples)?;
+        let pushed = match self.samples.as_mut() {
+            Some(outbox) => outbox.push(samples)?,
+            None => {
+                samples::check(&samples)?;
+                samples::Pushed {
+                    lost: 1,
+                    ..samples::Pushed::default()
+                }
+            }
+        };
         self.samples_lost += pushed.lost;
         let evicted = pushed.evicted;
         if evicted.count > 0 {
@@ -219,7 +239,7 @@ impl Outbox {
             let text = format!(
                 "metric sample spool over its cap of {:.1} MiB: evicted {} un-sent batches, \
                  oldest first (seq {}-{}); {} evicted since the agent started",
-                self.samples.cap_bytes() as f64 / (1024.0 * 1024.0),
+                self.samples.as_ref().map_or(0, SampleOutbox::cap_bytes) as f64 / (1024.0 * 1024.0),
                 evicted.count,
                 evicted.first_seq,
                 evicted.last_seq,
@@ -239,17 +259,21 @@ impl Outbox {
         agreed: &[String],
         max_batches: usize,
     ) -> Vec<crate::spool::SampleBatch> {
-        self.samples.next_batches(agreed, max_batches)
+        self.samples
+            .as_mut()
+            .map_or_else(Vec::new, |s| s.next_batches(agreed, max_batches))
     }
 
     /// Deletes every sample batch with `seq <= up_to`.
     pub fn ack_samples(&mut self, up_to: u64) {
-        self.samples.ack(up_to);
+        if let Some(samples) = self.samples.as_mut() {
+            samples.ack(up_to);
+        }
     }
 
     /// Number of un-acked sample batches.
     pub fn samples_len(&self) -> u64 {
-        self.samples.len()
+        self.samples.as_ref().map_or(0, SampleOutbox::len)
     }
 
     fn push_one(&mut self, check: &str, outcome: RunOutcome) -> u64 {
@@ -345,7 +369,9 @@ impl Outbox {
         self.ack(acked_seq);
         self.sent_up_to = 0;
         self.cursor = None;
-        self.samples.resend();
+        if let Some(samples) = self.samples.as_mut() {
+            samples.resend();
+        }
         WelcomeEffect {
             shifted_by,
             trimmed: before - self.len(),
@@ -358,13 +384,17 @@ impl Outbox {
         self.spool
             .take_sealed()
             .into_iter()
-            .chain(self.samples.take_sealed())
+            .chain(self.samples.as_mut().and_then(SampleOutbox::take_sealed))
             .collect()
     }
 
     /// Whether no sealed segment waits for its fsync.
     fn sealed_is_empty(&self) -> bool {
-        self.spool.sealed_is_empty() && self.samples.sealed_is_empty()
+        self.spool.sealed_is_empty()
+            && self
+                .samples
+                .as_ref()
+                .is_none_or(SampleOutbox::sealed_is_empty)
     }
 
     /// Drops every entry with `seq <= up_to`.
@@ -423,7 +453,9 @@ impl Outbox {
     pub fn handover(&mut self) -> Handover {
         self.spool.set_numbering(self.next_seq, self.seq_synced, 0);
         self.spool.sync();
-        self.samples.sync();
+        if let Some(samples) = self.samples.as_mut() {
+            samples.sync();
+        }
         let acked = self.spool.meta().acked_seq;
         let mut newest = VecDeque::with_capacity(STATE_UNACKED_MAX.min(self.len()));
         self.spool.read_from(None, |p, _| {
@@ -956,6 +988,23 @@ mod tests {
 
     #[test]
     fn samples_are_batched_below_a_frame_and_evictions_are_reported() {
+        let with = vec![samples::SAMPLES_CAPABILITY.to_owned()];
+        let many = || -> Vec<_> { (0..40_000).map(|i| sample(&format!("m{i}"), 1.0)).collect() };
+        let roomy = tempfile::tempdir().unwrap();
+        let mut o = open(roomy.path(), None);
+        let batches = o.push_samples(many(), 0).unwrap();
+        let sent = o.next_sample_batches(&with, usize::MAX);
+        assert_eq!(sent.len() as u64, batches);
+        assert!(batches > 2, "{batches}");
+        assert_eq!(sent.iter().map(|b| b.samples.len()).sum::<usize>(), 40_000);
+        let last = sent.len() - 1;
+        for (i, batch) in sent.into_iter().enumerate() {
+            let body = Payload::Samples(batch).to_body().unwrap();
+            assert!(body.len() <= samples::MAX_BATCH_BYTES, "{}", body.len());
+            // As few batches as fit: all but the last are nearly full.
+            assert!(i == last || body.len() > samples::MAX_BATCH_BYTES * 9 / 10);
+        }
+
         let dir = tempfile::tempdir().unwrap();
         let limits = SpoolLimits {
             cap_bytes: 16 * 1024,
@@ -963,13 +1012,7 @@ mod tests {
         };
         let mut o = open_with(dir.path(), None, limits);
         o.welcome(0);
-        let many: Vec<_> = (0..40_000).map(|i| sample(&format!("m{i}"), 1.0)).collect();
-        let batches = o.push_samples(many, 0).unwrap();
-        assert!(batches > 1, "{batches}");
-        let with = vec![samples::SAMPLES_CAPABILITY.to_owned()];
-        for batch in o.next_sample_batches(&with, usize::MAX) {
-            assert!(serde_json::to_vec(&batch).unwrap().len() <= samples::MAX_BATCH_BYTES);
-        }
+        let batches = o.push_samples(many(), 0).unwrap();
         // A small cap: the quarter left for samples holds only the newest.
         for i in 0..200 {
             o.push_samples(vec![sample(&format!("s{i}"), 1.0)], 0)
@@ -1029,5 +1072,36 @@ mod tests {
             all[1].summary,
             "2 metric sample batches were lost: the spool could not store them"
         );
+    }
+
+    #[test]
+    fn a_samples_spool_that_cannot_open_costs_samples_not_results() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(samples::SAMPLES_DIR), b"in the way").unwrap();
+        let logs = Arc::new(Logs::default());
+        let mut o = Outbox::open(dir.path(), None, SpoolLimits::default(), logs.clone()).unwrap();
+        assert!(
+            logs.0.lock().unwrap()[0].contains("cannot open the metric samples spool"),
+            "{:?}",
+            logs.0.lock().unwrap()
+        );
+        assert!(
+            o.push_samples(vec![sample("", 1.0)], 0).is_err(),
+            "still checked"
+        );
+        assert_eq!(o.push_samples(vec![sample("a", 1.0)], 0).unwrap(), 0);
+        let with = vec![samples::SAMPLES_CAPABILITY.to_owned()];
+        assert!(o.next_sample_batches(&with, 10).is_empty());
+        o.push("c", outcome("r"));
+        o.welcome(0);
+        let all = o.next_batch(10);
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all[0].summary, "r");
+        assert!(
+            all[1]
+                .summary
+                .starts_with("1 metric sample batches were lost")
+        );
+        o.handover();
     }
 }

@@ -40,6 +40,9 @@ pub const SAMPLES_DIR: &str = "metrics";
 /// Most encoded bytes of one batch, so a batch always fits one frame with
 /// room for its envelope.
 pub const MAX_BATCH_BYTES: usize = MAX_MESSAGE_BYTES / 2;
+/// Room in a batch for `{"kind":"samples","seq":N,"samples":[…]}` around
+/// the samples.
+const BATCH_ENVELOPE_BYTES: usize = 64;
 /// Longest metric name accepted.
 pub const MAX_NAME_BYTES: usize = 1024;
 
@@ -114,35 +117,12 @@ impl SampleOutbox {
     /// is not finite, an empty name or one longer than [`MAX_NAME_BYTES`];
     /// the error names the sample.
     pub fn push(&mut self, samples: Vec<MetricSample>) -> Result<Pushed, AgentError> {
-        let mut sizes = Vec::with_capacity(samples.len());
-        for s in &samples {
-            let reason = if s.name.is_empty() {
-                Some("has an empty name".to_owned())
-            } else if s.name.len() > MAX_NAME_BYTES {
-                Some(format!("has a name longer than {MAX_NAME_BYTES} bytes"))
-            } else if !s.value.is_finite() {
-                Some(format!("has the value {}, which is not finite", s.value))
-            } else {
-                None
-            };
-            let len = serde_json::to_vec(s).map_or(usize::MAX, |b| b.len() + 1);
-            let reason = reason.or_else(|| {
-                (len > MAX_BATCH_BYTES)
-                    .then(|| format!("takes {len} bytes, more than a batch may hold"))
-            });
-            if let Some(reason) = reason {
-                return Err(AgentError::MetricSample {
-                    name: s.name.chars().take(80).collect(),
-                    reason,
-                });
-            }
-            sizes.push(len);
-        }
+        let sizes = check(&samples)?;
         let mut pushed = Pushed::default();
         let mut batch = Vec::new();
         let mut bytes = 0;
         for (sample, len) in samples.into_iter().zip(sizes) {
-            if !batch.is_empty() && bytes + len > MAX_BATCH_BYTES {
+            if !batch.is_empty() && bytes + len > MAX_BATCH_BYTES - BATCH_ENVELOPE_BYTES {
                 self.store(std::mem::take(&mut batch), &mut pushed);
                 bytes = 0;
             }
@@ -258,4 +238,34 @@ impl SampleOutbox {
     pub fn take_sealed(&mut self) -> Option<crate::spool::Sealed> {
         self.spool.take_sealed()
     }
+}
+
+/// Checks that every sample can be stored; returns each one's encoded size.
+/// Fails naming the first that cannot (see [`SampleOutbox::push`]).
+pub fn check(samples: &[MetricSample]) -> Result<Vec<usize>, AgentError> {
+    let mut sizes = Vec::with_capacity(samples.len());
+    for s in samples {
+        let reason = if s.name.is_empty() {
+            Some("has an empty name".to_owned())
+        } else if s.name.len() > MAX_NAME_BYTES {
+            Some(format!("has a name longer than {MAX_NAME_BYTES} bytes"))
+        } else if !s.value.is_finite() {
+            Some(format!("has the value {}, which is not finite", s.value))
+        } else {
+            None
+        };
+        let len = serde_json::to_vec(s).map_or(usize::MAX, |b| b.len() + 1);
+        let reason = reason.or_else(|| {
+            (len > MAX_BATCH_BYTES - BATCH_ENVELOPE_BYTES)
+                .then(|| format!("takes {len} bytes, more than a batch may hold"))
+        });
+        if let Some(reason) = reason {
+            return Err(AgentError::MetricSample {
+                name: s.name.chars().take(80).collect(),
+                reason,
+            });
+        }
+        sizes.push(len);
+    }
+    Ok(sizes)
 }
