@@ -849,7 +849,12 @@ mod tests {
         MetricSample {
             name: name.into(),
             value,
-            tags: [("dc".to_owned(), "ams".to_owned())].into(),
+            tags: vec![crate::spool::Tag {
+                key: "dc".into(),
+                value: "ams".into(),
+            }],
+            kind: "gauge".into(),
+            unit: String::new(),
             timestamp_ms: 1_764_806_410_000,
         }
     }

@@ -43,7 +43,7 @@
 
 mod record;
 
-pub use record::{Kind, MetricSample, Payload, SampleBatch};
+pub use record::{Kind, MetricSample, Payload, SampleBatch, Tag};
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -1070,7 +1070,12 @@ mod tests {
                 samples: vec![MetricSample {
                     name: format!("m{seq}"),
                     value: seq as f64 / 3.0,
-                    tags: [("host".to_owned(), "a".to_owned())].into(),
+                    tags: vec![Tag {
+                        key: "host".into(),
+                        value: "a".into(),
+                    }],
+                    kind: "gauge".into(),
+                    unit: String::new(),
                     timestamp_ms: 1_000 * seq as i64,
                 }],
             })

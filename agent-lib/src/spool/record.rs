@@ -18,7 +18,6 @@
 //! spool directory (see `outbox.rs`): an older reader would take a samples
 //! record for a damaged check result, and each kind numbers its own records.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use outrider_protocol::CheckResult;
@@ -35,18 +34,36 @@ pub const MAX_BODY_BYTES: usize = outrider_protocol::MAX_MESSAGE_BYTES;
 const SAMPLES_KIND: &str = "samples";
 
 /// One metric sample, as a collector's StatsD or Graphite listener produces
-/// it after aggregating a flush interval.
+/// it after aggregating a flush interval. Field for field the listeners'
+/// `Sample` (`local-metrics/src/sample.rs`), so mapping one onto the other
+/// copies and loses nothing: the kind is kept by name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricSample {
-    /// Metric name (`a.b.c`), without the tags.
+    /// Series name (`api.latency.p90`), without the tags.
     pub name: String,
+    /// Tags (DogStatsD `#k:v`, Graphite 1.1 `;k=v`) in the listener's order;
+    /// one key may appear with several values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
     /// The aggregated value; finite (JSON has no NaN or infinity).
     pub value: f64,
-    /// Tags (DogStatsD `#k:v`, Graphite 1.1 `;k=v`), sorted by key.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tags: BTreeMap<String, String>,
-    /// End of the flush interval the value covers, Unix milliseconds.
+    /// What the value is, as the listener names it (`counter`, `gauge`,
+    /// `timer`, `set`, `graphite`); empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Unit of measure in perfdata terms (`ms`), empty for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unit: String,
+    /// Unix milliseconds: the flush time, or a Graphite line's own time.
     pub timestamp_ms: i64,
+}
+
+/// One tag of a sample; a DogStatsD tag without `:` has an empty value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Tag {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
 }
 
 /// Metric samples spooled together under one sequence number.
@@ -260,13 +277,30 @@ mod tests {
                 MetricSample {
                     name: "app.requests".into(),
                     value: 12.5,
-                    tags: [("env".to_owned(), "prod".to_owned())].into(),
+                    tags: vec![
+                        Tag {
+                            key: "env".into(),
+                            value: "prod".into(),
+                        },
+                        Tag {
+                            key: "env".into(),
+                            value: "canary".into(),
+                        },
+                        Tag {
+                            key: "beta".into(),
+                            value: String::new(),
+                        },
+                    ],
+                    kind: "timer".into(),
+                    unit: "ms".into(),
                     timestamp_ms: 1_764_806_410_000,
                 },
                 MetricSample {
                     name: "app.up".into(),
                     value: -1e300,
-                    tags: BTreeMap::new(),
+                    tags: Vec::new(),
+                    kind: String::new(),
+                    unit: String::new(),
                     timestamp_ms: 0,
                 },
             ],
@@ -373,7 +407,8 @@ mod tests {
                 (
                     ".{1,40}",
                     proptest::num::f64::NORMAL | proptest::num::f64::ZERO | proptest::num::f64::SUBNORMAL,
-                    proptest::collection::btree_map(".{1,10}", ".{0,10}", 0..4),
+                    proptest::collection::vec((".{1,10}", ".{0,10}"), 0..4),
+                    ".{0,8}",
                     proptest::prelude::any::<i64>(),
                 ),
                 0..20,
@@ -383,10 +418,12 @@ mod tests {
                 seq,
                 samples: raw
                     .into_iter()
-                    .map(|(name, value, tags, timestamp_ms)| MetricSample {
+                    .map(|(name, value, tags, kind, timestamp_ms)| MetricSample {
                         name,
+                        tags: tags.into_iter().map(|(key, value)| Tag { key, value }).collect(),
                         value,
-                        tags,
+                        unit: kind.chars().rev().collect(),
+                        kind,
                         timestamp_ms,
                     })
                     .collect(),
