@@ -530,6 +530,24 @@ impl SharedOutbox {
         seq
     }
 
+    /// Stores metric samples ([`Outbox::push_samples`]), wakes the consumer
+    /// when a batch was stored and the syncer when a segment was sealed.
+    /// Fails, storing nothing, when a sample cannot be stored.
+    pub fn push_samples(&self, samples: Vec<MetricSample>, now_ms: i64) -> Result<u64, AgentError> {
+        let (pushed, sealed) = {
+            let mut outbox = self.lock();
+            let pushed = outbox.push_samples(samples, now_ms);
+            (pushed, !outbox.sealed_is_empty())
+        };
+        if matches!(pushed, Ok(n) if n > 0) {
+            self.pushed.notify_one();
+        }
+        if sealed {
+            self.sealed.notify_one();
+        }
+        pushed
+    }
+
     /// fsyncs sealed spool segments on the blocking pool whenever a push
     /// seals one, until `stop`; what is left then is synced by
     /// [`Outbox::handover`].
@@ -1108,5 +1126,39 @@ mod tests {
                 .starts_with("1 metric sample batches were lost")
         );
         o.handover();
+    }
+
+    #[test]
+    fn shared_sample_pushes_wake_the_sender_and_the_syncer() {
+        use futures_util::FutureExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            cap_bytes: 1 << 20,
+            segment_bytes: 1024,
+        };
+        let shared = SharedOutbox::new(open_with(dir.path(), None, limits));
+        assert!(shared.push_samples(vec![sample("", 1.0)], 0).is_err());
+        assert!(
+            shared.pushed.notified().now_or_never().is_none(),
+            "nothing stored"
+        );
+        shared.push_samples(vec![sample("a", 1.0)], 0).unwrap();
+        assert!(shared.pushed.notified().now_or_never().is_some());
+        assert!(
+            shared.sealed.notified().now_or_never().is_none(),
+            "one segment"
+        );
+        for i in 0..20 {
+            shared
+                .push_samples(vec![sample(&format!("m{i}"), 1.0)], 0)
+                .unwrap();
+        }
+        assert!(shared.sealed.notified().now_or_never().is_some());
+        let sealed = shared.lock().take_sealed();
+        assert_eq!(sealed.len(), 1, "the samples spool's sealed segments");
+        for s in sealed {
+            s.sync().unwrap();
+        }
     }
 }
