@@ -20,7 +20,7 @@ use crate::connection::{AgentParts, Connection};
 use crate::error::AgentError;
 use crate::host::HostHooks;
 use crate::identity::Identity;
-use crate::outbox::{Outbox, SharedOutbox};
+use crate::outbox::{Handover, Outbox, SharedOutbox};
 use crate::scheduler::Scheduler;
 use crate::state::StateBlob;
 
@@ -75,7 +75,7 @@ async fn agent_main(
     stop: &CancellationToken,
     hooks: &Arc<dyn HostHooks>,
 ) -> Result<StateBlob, AgentError> {
-    let state = match StateBlob::decode(&settings.state_in) {
+    let mut state = match StateBlob::decode(&settings.state_in) {
         Ok(state) => state,
         Err(e) => {
             hooks.error(&format!(
@@ -85,9 +85,14 @@ async fn agent_main(
         }
     };
     let spool_dir = settings.data_dir.join("spool");
+    let carried = state.as_mut().map(|s| Handover {
+        next_seq: s.next_seq,
+        seq_synced: s.seq_synced,
+        unacked: std::mem::take(&mut s.unacked),
+    });
     let outbox = match Outbox::open(
         &spool_dir,
-        state.as_ref(),
+        carried.as_ref(),
         settings.agent.spool_limits(),
         hooks.clone(),
     ) {
@@ -176,12 +181,20 @@ async fn agent_main(
     let next_runs = scheduler.next_runs();
     scheduler.shutdown().await;
     collectors.shutdown().await;
+    let Handover {
+        next_seq,
+        seq_synced,
+        unacked,
+    } = outbox.lock().handover();
     let blob = StateBlob {
+        next_seq,
+        seq_synced,
+        unacked,
         config,
         next_runs,
         connection: Some(connection),
         update_events_seen,
-        ..outbox.lock().to_state()
+        ..StateBlob::default()
     };
     hooks.info(&format!(
         "agent stopped; handing over {} un-acked results",

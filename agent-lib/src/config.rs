@@ -10,8 +10,11 @@
 //! `tls_ca_file` already parsed.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
@@ -19,11 +22,12 @@ use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::http::Uri;
 
-use crate::connection::ConnectionTiming;
-use crate::dns::{Resolve, SystemResolver};
 use crate::error::AgentError;
-use crate::policy::{LocalPolicy, PolicyToml};
-use crate::spool::SpoolLimits;
+use policy::{LocalPolicy, PolicyToml};
+pub use timing::ConnectionTiming;
+
+pub mod policy;
+pub mod timing;
 
 /// Update channel used when `agent.toml` names none.
 pub const DEFAULT_CHANNEL: &str = "stable";
@@ -33,6 +37,51 @@ pub const DEFAULT_SPOOL_MAX_MB: u64 = 64;
 pub const MIN_SPOOL_MAX_MB: u64 = 4;
 /// Largest `spool_max_mb` (1 TiB): beyond it a typo is likelier than intent.
 pub const MAX_SPOOL_MAX_MB: u64 = 1024 * 1024;
+
+/// How often the stub's update events are polled (`update_events.rs`).
+pub const UPDATE_EVENTS_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Default size cap of the whole spool (`spool_max_mb` in agent.toml).
+pub const SPOOL_CAP_BYTES: u64 = DEFAULT_SPOOL_MAX_MB * 1024 * 1024;
+/// Size at which the active spool segment is sealed and a new one started.
+pub const SEGMENT_BYTES: u64 = 1024 * 1024;
+
+/// Size limits of a spool (`spool.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpoolLimits {
+    /// Most bytes of segments kept; beyond it the oldest segments go.
+    pub cap_bytes: u64,
+    /// Size at which a segment is sealed.
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolLimits {
+    fn default() -> Self {
+        SpoolLimits {
+            cap_bytes: SPOOL_CAP_BYTES,
+            segment_bytes: SEGMENT_BYTES,
+        }
+    }
+}
+
+/// A boxed future returned by [`Resolve::resolve`].
+pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>>;
+
+/// Turns a host name into socket addresses. The default is the system
+/// resolver; tests pass one that fails on demand (the sockets stay real).
+pub trait Resolve: Send + Sync + fmt::Debug + 'static {
+    /// Resolves `host` for `port`. An empty list counts as a failure.
+    fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a>;
+}
+
+/// The operating system's resolver (`getaddrinfo` on tokio's blocking pool).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a> {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+    }
+}
 
 /// The host's JSON envelope around `agent.toml`.
 #[derive(Debug, Deserialize)]
@@ -100,14 +149,15 @@ pub struct AgentToml {
     /// clear text.
     #[serde(default)]
     pub allow_plain_ws: bool,
-    /// Most disk space, in MiB, the result spool may use while the server
-    /// is unreachable; beyond it the oldest un-acked results are evicted
-    /// (and the eviction reported). [`DEFAULT_SPOOL_MAX_MB`] when absent;
+    /// Most disk space, in MiB, the spool may use while the server is
+    /// unreachable: three quarters for check results, one for metric
+    /// samples (`outbox/samples.rs`); beyond either share the oldest
+    /// un-acked records of that kind are evicted (and the eviction reported). [`DEFAULT_SPOOL_MAX_MB`] when absent;
     /// [`MIN_SPOOL_MAX_MB`]..=[`MAX_SPOOL_MAX_MB`].
     #[serde(default = "default_spool_max_mb")]
     pub spool_max_mb: u64,
     /// The host's limits on what the server may make it run
-    /// ([`crate::policy`]); the server can neither see nor change them.
+    /// ([`policy`]); the server can neither see nor change them.
     #[serde(default)]
     pub policy: PolicyToml,
 }
@@ -134,6 +184,8 @@ impl AgentToml {
         }
         if !(MIN_SPOOL_MAX_MB..=MAX_SPOOL_MAX_MB).contains(&toml.spool_max_mb) {
             return Err(AgentError::SpoolMaxMb {
+                min: MIN_SPOOL_MAX_MB,
+                max: MAX_SPOOL_MAX_MB,
                 value: toml.spool_max_mb,
             });
         }
@@ -222,7 +274,7 @@ pub struct AgentSettings {
     /// empty it to act as an older agent.
     pub capabilities: Vec<String>,
     /// How often the host is asked for update events
-    /// ([`crate::update_events::POLL_INTERVAL`]; tests shorten it).
+    /// ([`UPDATE_EVENTS_POLL_INTERVAL`]; tests shorten it).
     pub update_events_poll: std::time::Duration,
 }
 
@@ -289,7 +341,7 @@ impl AgentSettings {
                 .iter()
                 .map(|c| (*c).to_owned())
                 .collect(),
-            update_events_poll: crate::update_events::POLL_INTERVAL,
+            update_events_poll: UPDATE_EVENTS_POLL_INTERVAL,
         })
     }
 
@@ -495,11 +547,11 @@ mod tests {
     fn policy_table_is_optional_strict_and_validated() {
         let s = AgentSettings::new("server_url = \"http://127.0.0.1:1\"", "/c", "/d").unwrap();
         assert_eq!(s.policy, LocalPolicy::default());
-        assert_eq!(s.policy.adhoc, crate::policy::AdhocScripts::Refused);
+        assert_eq!(s.policy.adhoc, policy::AdhocScripts::Refused);
         // The installer's `--allow-adhoc` writes exactly this.
         let text = "server_url = \"http://127.0.0.1:1\"\n[policy]\nallow_adhoc = true\n";
         let s = AgentSettings::new(text, "/c", "/d").unwrap();
-        assert_eq!(s.policy.adhoc, crate::policy::AdhocScripts::Allowed);
+        assert_eq!(s.policy.adhoc, policy::AdhocScripts::Allowed);
         assert_eq!(s.policy.allowed, LocalPolicy::default().allowed);
         let typo = AgentToml::parse("server_url = \"http://x\"\n[policy]\nallow_adhok = true")
             .unwrap_err();

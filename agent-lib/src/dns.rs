@@ -16,11 +16,7 @@
 //! `crate::connection::saved` (`<data_dir>/connection.json` and the state
 //! blob).
 
-use std::fmt;
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 
 use outrider_protocol::CheckState;
 
@@ -29,25 +25,7 @@ use crate::runner::RunOutcome;
 /// Name of the synthetic check reporting resolver health.
 pub const DNS_CHECK: &str = "outrider.dns";
 
-/// A boxed future returned by [`Resolve::resolve`].
-pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>>;
-
-/// Turns a host name into socket addresses. The default is the system
-/// resolver; tests pass one that fails on demand (the sockets stay real).
-pub trait Resolve: Send + Sync + fmt::Debug + 'static {
-    /// Resolves `host` for `port`. An empty list counts as a failure.
-    fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a>;
-}
-
-/// The operating system's resolver (`getaddrinfo` on tokio's blocking pool).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemResolver;
-
-impl Resolve for SystemResolver {
-    fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a> {
-        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
-    }
-}
+pub use crate::config::{Resolve, ResolveFuture, SystemResolver};
 
 /// Where a candidate address came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

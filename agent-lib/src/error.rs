@@ -45,12 +45,8 @@ pub enum AgentError {
     BadTag { tag: String },
 
     /// `spool_max_mb` in agent.toml is outside its range.
-    #[error(
-        "agent.toml field `spool_max_mb` = {value} is out of range; use {min} to {max} (MiB)",
-        min = crate::config::MIN_SPOOL_MAX_MB,
-        max = crate::config::MAX_SPOOL_MAX_MB
-    )]
-    SpoolMaxMb { value: u64 },
+    #[error("agent.toml field `spool_max_mb` = {value} is out of range; use {min} to {max} (MiB)")]
+    SpoolMaxMb { value: u64, min: u64, max: u64 },
 
     /// An `allowed_commands` entry of agent.toml `[policy]` is unusable.
     #[error("agent.toml field `[policy] allowed_commands`: {entry:?} {reason}")]
@@ -103,6 +99,11 @@ pub enum AgentError {
     /// The websocket failed during a session.
     #[error("websocket error: {0}")]
     WebSocket(#[source] Box<tungstenite::Error>),
+
+    /// A metric sample handed to the outbox cannot be stored (see
+    /// `outbox/samples.rs`); nothing of its batch was stored.
+    #[error("metric sample {name:?} {reason}; the samples pushed with it were not stored")]
+    MetricSample { name: String, reason: String },
 
     /// The server broke the session protocol (unexpected or undecodable frame).
     #[error("protocol error: {0}")]

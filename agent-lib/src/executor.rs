@@ -31,8 +31,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::builtin::{BuiltinState, run_builtin};
+use crate::config::policy::LocalPolicy;
 use crate::plugins::PluginCache;
-use crate::policy::LocalPolicy;
 use crate::runner::{RunLimits, RunOutcome, run_plugin};
 
 /// Most plugin processes running at the same time.
@@ -101,7 +101,7 @@ impl Executor {
             return Err("plugin command is empty".into());
         };
         self.policy
-            .check_command(command, &crate::policy::real_path)
+            .check_command(command, &crate::config::policy::real_path)
             .map_err(|refusal| refusal.summary())?;
         if let Some(name) = first.strip_prefix(BUILTIN_PREFIX) {
             return Ok(Resolved::Builtin {
@@ -227,7 +227,7 @@ fn program_command(path: String, name_for_ext: &str, args: &[String]) -> Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::AdhocScripts;
+    use crate::config::policy::AdhocScripts;
 
     fn cmd(parts: &[&str]) -> Vec<String> {
         parts.iter().map(|s| s.to_string()).collect()

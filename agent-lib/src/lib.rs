@@ -8,7 +8,9 @@
 //! Module map:
 //! - `ffi` — the C ABI exports and the safe [`Host`] handle (all ABI `unsafe`);
 //! - `sys` — the raw libc calls of the plugin runner (pidfd, group kill);
-//! - [`config`] — host JSON envelope and `agent.toml`;
+//! - [`config`] — host JSON envelope and `agent.toml`, with the local
+//!   [`policy`] and the connection's timing; a leaf like [`error`]: it imports
+//!   no other module of this crate but `error`, and `error` imports none;
 //! - [`identity`] — the ed25519 key on disk;
 //! - [`connection`] — dialing, handshake, session loop and reconnects, using
 //!   [`backoff`], [`tls`] (rustls client config) and [`dns`] (resolver and
@@ -22,7 +24,8 @@
 //! - [`collectors`] — collectd and other long-running collectors: config
 //!   rendering and validation, supervision with backoff;
 //! - [`outbox`] — result numbering and batches over the on-disk [`spool`];
-//!   [`state`] — the blob for the next generation.
+//!   [`state`] — the blob for the next generation, assembled by `agent` from
+//!   what each part hands over (the outbox does not know the blob).
 //!
 //! Process rules that matter for hot swap: the library installs no signal
 //! handlers (hence `std::process` + pidfds, never `tokio::process` or
@@ -43,8 +46,8 @@ pub mod host;
 pub mod identity;
 pub mod nagios;
 pub mod outbox;
+pub use config::policy;
 pub mod plugins;
-pub mod policy;
 pub mod rpc;
 pub mod runner;
 pub mod scheduler;

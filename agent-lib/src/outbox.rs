@@ -1,5 +1,12 @@
 //! The outbox: sequence numbering and batching over the on-disk [`Spool`].
 //!
+//! It holds two spools: check results in `<data_dir>/spool/` (the layout
+//! every earlier build reads) and metric sample batches in
+//! `<data_dir>/spool/metrics/`, with their own numbering, their own quarter
+//! of the size cap and their own capability gate ([`samples`] says why).
+//! What follows is about results; samples follow the same rules except
+//! where `samples.rs` says otherwise.
+//!
 //! Invariants:
 //! - Every result gets the next sequence number; numbers strictly increase
 //!   and are never reused: the counter is derived on open from the spool
@@ -18,6 +25,9 @@
 //! - The state blob still carries the newest [`STATE_UNACKED_MAX`] un-acked
 //!   results, for a generation without a spool (rollback to an older build);
 //!   a generation with a spool imports from a blob only what its spool lacks.
+//!   The outbox neither reads nor writes the blob: it takes and returns a
+//!   [`Handover`] and the agent (`agent.rs`) assembles the blob (`state.rs`),
+//!   so the modules the blob carries do not depend on it.
 //!
 //! Locking: a std mutex held only for the bookkeeping and the spool's file
 //! I/O (small appends, bounded batch reads), never across an await.
@@ -29,10 +39,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use outrider_protocol::{CheckResult, CheckState, MAX_MESSAGE_BYTES};
 use tokio::sync::Notify;
 
+use crate::error::AgentError;
 use crate::host::HostHooks;
 use crate::runner::RunOutcome;
-use crate::spool::{Evicted, Position, Sealed, Spool, SpoolLimits};
-use crate::state::StateBlob;
+use crate::spool::{Evicted, Kind, MetricSample, Payload, Position, Sealed, Spool, SpoolLimits};
+
+pub mod samples;
+
+use samples::SampleOutbox;
 
 /// Name of the synthetic check reporting spool evictions and write failures.
 pub const SPOOL_CHECK: &str = "outrider.spool";
@@ -58,6 +72,13 @@ pub struct Outbox {
     lost_reason: String,
     /// Results evicted by the cap since this outbox was opened.
     evicted_total: u64,
+    /// The metric samples, in their own spool; `None` when it could not be
+    /// opened (logged; samples are then counted as lost, results go on).
+    samples: Option<SampleOutbox>,
+    /// Sample batches evicted by the cap since this outbox was opened.
+    samples_evicted_total: u64,
+    /// Sample batches the spool could not store since the last report.
+    samples_lost: u64,
     hooks: Arc<dyn HostHooks>,
 }
 
@@ -72,6 +93,20 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// What the outbox hands from one generation to the next (through the
+/// state blob, which the agent assembles): the numbering and the newest
+/// un-acked results.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Handover {
+    /// Next result sequence number to assign.
+    pub next_seq: u64,
+    /// Whether the numbering continues the server's (after a Welcome).
+    pub seq_synced: bool,
+    /// The newest un-acked results (at most [`STATE_UNACKED_MAX`]), in
+    /// sequence order.
+    pub unacked: Vec<CheckResult>,
+}
+
 /// What a [`Outbox::welcome`] did, for logging.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WelcomeEffect {
@@ -83,17 +118,29 @@ pub struct WelcomeEffect {
 
 impl Outbox {
     /// Opens the spool in `dir` and continues the numbering of the spool and
-    /// of `state` (the previous generation's blob, if any), importing the
-    /// blob's un-acked results the spool does not hold. Fails only when the
+    /// of `state` (the previous generation's handover, if any), importing
+    /// its un-acked results the spool does not hold. Fails only when the
     /// spool directory cannot be created or listed; damaged files are set
     /// aside and logged.
     pub fn open(
         dir: &Path,
-        state: Option<&StateBlob>,
+        state: Option<&Handover>,
         limits: SpoolLimits,
         hooks: Arc<dyn HostHooks>,
     ) -> std::io::Result<Outbox> {
-        let spool = Spool::open(dir, limits, hooks.clone())?;
+        let (limits, sample_limits) = samples::split_limits(limits);
+        let spool = Spool::open(dir, Kind::Result, limits, hooks.clone())?;
+        // Samples are an addition: a samples spool that cannot be opened
+        // must not stop the results.
+        let samples = SampleOutbox::open(dir, sample_limits, hooks.clone())
+            .map_err(|e| {
+                hooks.error(&format!(
+                    "spool: cannot open the metric samples spool in {} ({e}); metric samples are \
+                     lost until the agent restarts",
+                    dir.join(samples::SAMPLES_DIR).display()
+                ))
+            })
+            .ok();
         let meta = spool.meta();
         let mut next_seq = meta
             .next_seq
@@ -113,6 +160,9 @@ impl Outbox {
             lost: 0,
             lost_reason: String::new(),
             evicted_total: 0,
+            samples,
+            samples_evicted_total: 0,
+            samples_lost: 0,
             hooks,
         };
         if let Some(state) = state {
@@ -148,7 +198,82 @@ impl Outbox {
                 ),
             );
         }
+        if self.samples_lost > 0 && self.lost_reason.is_empty() {
+            let lost = std::mem::take(&mut self.samples_lost);
+            self.push_one(
+                SPOOL_CHECK,
+                spool_report(
+                    format!(
+                        "{lost} metric sample batches were lost: the spool could not store them"
+                    ),
+                    started_at_ms,
+                ),
+            );
+        }
         seq
+    }
+
+    /// Stores metric samples (see [`samples`]) dated `now_ms`; evictions
+    /// are reported as a WARNING result of [`SPOOL_CHECK`], write failures
+    /// with the next result pushed. Fails, storing nothing, when a sample
+    /// cannot be stored (the error names it).
+    pub fn push_samples(
+        &mut self,
+        samples: Vec<MetricSample>,
+        now_ms: i64,
+    ) -> Result<u64, AgentError> {
+        let pushed = match self.samples.as_mut() {
+            Some(outbox) => outbox.push(samples)?,
+            None => {
+                samples::check(&samples)?;
+                samples::Pushed {
+                    lost: 1,
+                    ..samples::Pushed::default()
+                }
+            }
+        };
+        self.samples_lost += pushed.lost;
+        let evicted = pushed.evicted;
+        if evicted.count > 0 {
+            self.samples_evicted_total += evicted.count;
+            let text = format!(
+                "metric sample spool over its cap of {:.1} MiB: evicted {} un-sent batches, \
+                 oldest first (seq {}-{}); {} evicted since the agent started",
+                self.samples.as_ref().map_or(0, SampleOutbox::cap_bytes) as f64 / (1024.0 * 1024.0),
+                evicted.count,
+                evicted.first_seq,
+                evicted.last_seq,
+                self.samples_evicted_total
+            );
+            self.hooks.warn(&text);
+            self.push_one(SPOOL_CHECK, spool_report(text, now_ms));
+        }
+        Ok(pushed.batches)
+    }
+
+    /// The next sample batches not yet sent in this session (see
+    /// [`samples::SampleOutbox::next_batches`]): none unless `agreed` holds
+    /// [`samples::SAMPLES_CAPABILITY`].
+    pub fn next_sample_batches(
+        &mut self,
+        agreed: &[String],
+        max_batches: usize,
+    ) -> Vec<crate::spool::SampleBatch> {
+        self.samples
+            .as_mut()
+            .map_or_else(Vec::new, |s| s.next_batches(agreed, max_batches))
+    }
+
+    /// Deletes every sample batch with `seq <= up_to`.
+    pub fn ack_samples(&mut self, up_to: u64) {
+        if let Some(samples) = self.samples.as_mut() {
+            samples.ack(up_to);
+        }
+    }
+
+    /// Number of un-acked sample batches.
+    pub fn samples_len(&self) -> u64 {
+        self.samples.as_ref().map_or(0, SampleOutbox::len)
     }
 
     fn push_one(&mut self, check: &str, outcome: RunOutcome) -> u64 {
@@ -185,7 +310,7 @@ impl Outbox {
     /// Writes one result to the spool; a failure is logged once per streak
     /// and counted for the next report.
     fn store(&mut self, result: &CheckResult) -> Evicted {
-        match self.spool.append(result) {
+        match self.spool.append(&Payload::Result(result.clone())) {
             Ok(evicted) => {
                 self.lost_reason.clear();
                 evicted
@@ -210,8 +335,10 @@ impl Outbox {
     pub fn holds(&self, check: &str, summary: &str) -> bool {
         let acked = self.spool.meta().acked_seq;
         let mut found = false;
-        self.spool.read_from(None, |r, _| {
-            found = r.seq > acked && r.check == check && r.summary == summary;
+        self.spool.read_from(None, |p, _| {
+            if let Payload::Result(r) = p {
+                found = r.seq > acked && r.check == check && r.summary == summary;
+            }
             !found
         });
         found
@@ -242,6 +369,9 @@ impl Outbox {
         self.ack(acked_seq);
         self.sent_up_to = 0;
         self.cursor = None;
+        if let Some(samples) = self.samples.as_mut() {
+            samples.resend();
+        }
         WelcomeEffect {
             shifted_by,
             trimmed: before - self.len(),
@@ -250,8 +380,21 @@ impl Outbox {
 
     /// Segments sealed since the last call, to fsync off the runtime thread
     /// (see the spool's module docs).
-    pub fn take_sealed(&mut self) -> Option<Sealed> {
-        self.spool.take_sealed()
+    pub fn take_sealed(&mut self) -> Vec<Sealed> {
+        self.spool
+            .take_sealed()
+            .into_iter()
+            .chain(self.samples.as_mut().and_then(SampleOutbox::take_sealed))
+            .collect()
+    }
+
+    /// Whether no sealed segment waits for its fsync.
+    fn sealed_is_empty(&self) -> bool {
+        self.spool.sealed_is_empty()
+            && self
+                .samples
+                .as_ref()
+                .is_none_or(SampleOutbox::sealed_is_empty)
     }
 
     /// Drops every entry with `seq <= up_to`.
@@ -266,7 +409,9 @@ impl Outbox {
         let mut batch = Vec::new();
         let mut bytes = ENVELOPE_BYTES;
         let mut cursor = self.cursor;
-        self.spool.read_from(self.cursor, |r, pos| {
+        self.spool.read_from(self.cursor, |p, pos| {
+            // The results spool hands out only results.
+            let Payload::Result(r) = p else { return true };
             if r.seq <= floor {
                 cursor = Some(pos);
                 return true;
@@ -303,15 +448,20 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// The state blob for the next generation. Called at the end of a
-    /// generation, so it also makes the spool durable (fsync).
-    pub fn to_state(&mut self) -> StateBlob {
+    /// What the next generation needs. Called at the end of a generation,
+    /// so it also makes the spool durable (fsync).
+    pub fn handover(&mut self) -> Handover {
         self.spool.set_numbering(self.next_seq, self.seq_synced, 0);
         self.spool.sync();
+        if let Some(samples) = self.samples.as_mut() {
+            samples.sync();
+        }
         let acked = self.spool.meta().acked_seq;
         let mut newest = VecDeque::with_capacity(STATE_UNACKED_MAX.min(self.len()));
-        self.spool.read_from(None, |r, _| {
-            if r.seq > acked {
+        self.spool.read_from(None, |p, _| {
+            if let Payload::Result(r) = p
+                && r.seq > acked
+            {
                 if newest.len() == STATE_UNACKED_MAX {
                     newest.pop_front();
                 }
@@ -319,11 +469,10 @@ impl Outbox {
             }
             true
         });
-        StateBlob {
+        Handover {
             next_seq: self.next_seq,
             seq_synced: self.seq_synced,
             unacked: newest.into(),
-            ..StateBlob::default()
         }
     }
 }
@@ -372,7 +521,7 @@ impl SharedOutbox {
         let (seq, sealed) = {
             let mut outbox = self.lock();
             let seq = outbox.push(check, outcome);
-            (seq, !outbox.spool.sealed_is_empty())
+            (seq, !outbox.sealed_is_empty())
         };
         self.pushed.notify_one();
         if sealed {
@@ -381,19 +530,48 @@ impl SharedOutbox {
         seq
     }
 
+    /// Stores metric samples ([`Outbox::push_samples`]), wakes the consumer
+    /// when a batch was stored and the syncer when a segment was sealed.
+    /// Fails, storing nothing, when a sample cannot be stored.
+    pub fn push_samples(&self, samples: Vec<MetricSample>, now_ms: i64) -> Result<u64, AgentError> {
+        let (pushed, sealed) = {
+            let mut outbox = self.lock();
+            let pushed = outbox.push_samples(samples, now_ms);
+            (pushed, !outbox.sealed_is_empty())
+        };
+        if matches!(pushed, Ok(n) if n > 0) {
+            self.pushed.notify_one();
+        }
+        if sealed {
+            self.sealed.notify_one();
+        }
+        pushed
+    }
+
     /// fsyncs sealed spool segments on the blocking pool whenever a push
     /// seals one, until `stop`; what is left then is synced by
-    /// [`Outbox::to_state`].
+    /// [`Outbox::handover`].
     pub async fn sync_sealed(&self, stop: &tokio_util::sync::CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 () = self.sealed.notified() => {}
             }
-            let Some(sealed) = self.lock().take_sealed() else {
+            let sealed = self.lock().take_sealed();
+            if sealed.is_empty() {
                 continue;
-            };
-            let synced = tokio::task::spawn_blocking(move || sealed.sync()).await;
+            }
+            // Every spool's segments are synced, whatever failed first.
+            let synced = tokio::task::spawn_blocking(move || {
+                let mut first_error = None;
+                for spool in sealed {
+                    if let Err(e) = spool.sync() {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
+            })
+            .await;
             match synced {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => self
@@ -417,6 +595,7 @@ mod tests {
 
     use super::*;
     use crate::host::{Health, Level};
+    use crate::spool::MetricSample;
 
     /// Hooks that keep every log line.
     #[derive(Debug, Default)]
@@ -442,11 +621,11 @@ mod tests {
         }
     }
 
-    fn open(dir: &Path, state: Option<&StateBlob>) -> Outbox {
+    fn open(dir: &Path, state: Option<&Handover>) -> Outbox {
         open_with(dir, state, SpoolLimits::default())
     }
 
-    fn open_with(dir: &Path, state: Option<&StateBlob>, limits: SpoolLimits) -> Outbox {
+    fn open_with(dir: &Path, state: Option<&Handover>, limits: SpoolLimits) -> Outbox {
         Outbox::open(dir, state, limits, Arc::new(Logs::default())).unwrap()
     }
 
@@ -483,7 +662,7 @@ mod tests {
             o.push("c", outcome(&format!("r{i}")));
         }
         o.ack(12);
-        // A crash: no to_state, no sync; the process just goes away.
+        // A crash: no handover, no sync; the process just goes away.
         drop(o);
         let mut o = open(dir.path(), None);
         assert_eq!(seqs(&mut o), [13, 14, 15]);
@@ -534,10 +713,10 @@ mod tests {
     #[test]
     fn synced_counter_never_falls_behind_the_server() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateBlob {
+        let state = Handover {
             next_seq: 5,
             seq_synced: true,
-            ..StateBlob::default()
+            unacked: Vec::new(),
         };
         let mut o = open(dir.path(), Some(&state));
         o.welcome(50);
@@ -638,7 +817,7 @@ mod tests {
         let mut o = open(dir.path(), None);
         o.push("c", outcome("a"));
         o.welcome(7);
-        let state = o.to_state();
+        let state = o.handover();
         assert_eq!(
             (state.next_seq, state.seq_synced, state.unacked.len()),
             (9, true, 1)
@@ -682,5 +861,304 @@ mod tests {
         assert!(!o.holds("u", "other"));
         o.ack(1);
         assert!(!o.holds("u", "rolled back"));
+    }
+
+    fn sample(name: &str, value: f64) -> MetricSample {
+        MetricSample {
+            name: name.into(),
+            value,
+            tags: vec![crate::spool::Tag {
+                key: "dc".into(),
+                value: "ams".into(),
+            }],
+            kind: "gauge".into(),
+            unit: String::new(),
+            timestamp_ms: 1_764_806_410_000,
+        }
+    }
+
+    fn sample_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join(samples::SAMPLES_DIR))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg")
+            })
+            .count()
+    }
+
+    #[test]
+    fn samples_go_only_to_a_server_with_the_capability_and_an_ack_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        o.welcome(0);
+        assert_eq!(
+            o.push_samples(vec![sample("a", 1.0), sample("b", 2.0)], 5)
+                .unwrap(),
+            1
+        );
+        o.push_samples(vec![sample("c", 3.0)], 6).unwrap();
+        o.push("c", outcome("r"));
+        let without: Vec<String> = outrider_protocol::capability::ALL
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert!(o.next_sample_batches(&without, 10).is_empty());
+        // Acking every result leaves the samples alone: their own numbering.
+        assert_eq!(seqs(&mut o), [1]);
+        o.ack(1);
+        assert_eq!(o.samples_len(), 2);
+        // A restart in between keeps them and their numbers.
+        drop(o);
+        let mut o = open(dir.path(), None);
+        o.welcome(1);
+        assert!(o.next_sample_batches(&[], 10).is_empty());
+        let with = vec![samples::SAMPLES_CAPABILITY.to_owned()];
+        let sent = o.next_sample_batches(&with, 1);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].seq, sent[0].samples.len()), (1, 2));
+        assert_eq!(sent[0].samples[1], sample("b", 2.0));
+        let rest = o.next_sample_batches(&with, 10);
+        assert_eq!(rest.iter().map(|b| b.seq).collect::<Vec<_>>(), [2]);
+        assert!(o.next_sample_batches(&with, 10).is_empty(), "sent once");
+        // A reconnect sends the un-acked again.
+        o.welcome(1);
+        assert_eq!(o.next_sample_batches(&with, 10).len(), 2);
+        o.ack_samples(2);
+        assert_eq!(o.samples_len(), 0);
+        assert_eq!(sample_files(dir.path()), 0, "acked segments are deleted");
+        o.push_samples(vec![sample("d", 4.0)], 7).unwrap();
+        assert_eq!(o.next_sample_batches(&with, 10)[0].seq, 3);
+    }
+
+    #[test]
+    fn an_older_build_reads_every_result_and_never_sees_the_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        for i in 0..20 {
+            o.push("c", outcome(&format!("r{i}")));
+            o.push_samples(vec![sample("m", f64::from(i))], 0).unwrap();
+        }
+        o.handover();
+        drop(o);
+        // The reader of the build before payload kinds, kept here as it was
+        // (`Spool::open` and `read_from` of that build): every `*.seg` file
+        // of the spool directory, each record's body a CheckResult.
+        let old_read = |dir: &Path| -> Result<Vec<CheckResult>, String> {
+            let mut ids: Vec<u64> = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_suffix(".seg")?.parse().ok()
+                })
+                .collect();
+            ids.sort_unstable();
+            let mut out = Vec::new();
+            for id in ids {
+                let data = std::fs::read(dir.join(format!("{id:020}.seg"))).unwrap();
+                let mut reader = &data[..];
+                let mut body = Vec::new();
+                while let Some(rec) = crate::spool::read_record_for_tests(&mut reader, &mut body) {
+                    rec?;
+                    out.push(
+                        serde_json::from_slice::<CheckResult>(&body).map_err(|e| e.to_string())?,
+                    );
+                }
+            }
+            Ok(out)
+        };
+        let results = old_read(dir.path()).unwrap();
+        assert_eq!(
+            results
+                .iter()
+                .map(|r| r.summary.clone())
+                .collect::<Vec<_>>(),
+            (0..20).map(|i| format!("r{i}")).collect::<Vec<_>>()
+        );
+        // Had the samples shared the results' segments, the old reader
+        // would have stopped at the first of them: it is damage to it.
+        let samples_dir = dir.path().join(samples::SAMPLES_DIR);
+        let err = old_read(&samples_dir).unwrap_err();
+        assert!(err.contains("missing field `check`"), "{err}");
+        // And the new build still finds both after the rollback.
+        let mut o = open(dir.path(), None);
+        assert_eq!(o.len(), 20);
+        assert_eq!(o.samples_len(), 20);
+        o.welcome(0);
+        assert_eq!(seqs(&mut o).len(), 20);
+    }
+
+    #[test]
+    fn bad_samples_are_refused_by_name_and_nothing_of_their_push_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        let table = [
+            (sample("x", f64::NAN), "not finite"),
+            (sample("", 1.0), "empty name"),
+            (sample(&"n".repeat(2000), 1.0), "longer than 1024"),
+        ];
+        for (bad, want) in table {
+            let err = o.push_samples(vec![sample("ok", 1.0), bad], 0).unwrap_err();
+            assert!(matches!(err, AgentError::MetricSample { .. }), "{err}");
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        assert_eq!(o.samples_len(), 0);
+    }
+
+    #[test]
+    fn samples_are_batched_below_a_frame_and_evictions_are_reported() {
+        let with = vec![samples::SAMPLES_CAPABILITY.to_owned()];
+        let many = || -> Vec<_> { (0..40_000).map(|i| sample(&format!("m{i}"), 1.0)).collect() };
+        let roomy = tempfile::tempdir().unwrap();
+        let mut o = open(roomy.path(), None);
+        let batches = o.push_samples(many(), 0).unwrap();
+        let sent = o.next_sample_batches(&with, usize::MAX);
+        assert_eq!(sent.len() as u64, batches);
+        assert!(batches > 2, "{batches}");
+        assert_eq!(sent.iter().map(|b| b.samples.len()).sum::<usize>(), 40_000);
+        let last = sent.len() - 1;
+        for (i, batch) in sent.into_iter().enumerate() {
+            let body = Payload::Samples(batch).to_body().unwrap();
+            assert!(body.len() <= samples::MAX_BATCH_BYTES, "{}", body.len());
+            // As few batches as fit: all but the last are nearly full.
+            assert!(i == last || body.len() > samples::MAX_BATCH_BYTES * 9 / 10);
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            cap_bytes: 16 * 1024,
+            segment_bytes: 1024,
+        };
+        let mut o = open_with(dir.path(), None, limits);
+        o.welcome(0);
+        let batches = o.push_samples(many(), 0).unwrap();
+        // A small cap: the quarter left for samples holds only the newest.
+        for i in 0..200 {
+            o.push_samples(vec![sample(&format!("s{i}"), 1.0)], 0)
+                .unwrap();
+        }
+        let all = o.next_batch(usize::MAX);
+        let report = all
+            .iter()
+            .rev()
+            .find(|r| r.check == SPOOL_CHECK)
+            .expect("evictions are reported");
+        assert_eq!(report.state, CheckState::Warning);
+        assert!(
+            report
+                .summary
+                .contains("metric sample spool over its cap of 0.0 MiB"),
+            "{}",
+            report.summary
+        );
+        let evicted: u64 = report
+            .summary
+            .split("; ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            evicted + o.samples_len(),
+            batches + 200,
+            "{}",
+            report.summary
+        );
+    }
+
+    #[test]
+    fn sample_batches_the_disk_refused_are_reported_with_the_next_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(dir.path(), None);
+        o.welcome(0);
+        o.push_samples(vec![sample("a", 1.0)], 0).unwrap();
+        // Everything acked: the next batch starts a new segment, in a
+        // directory that is now a file.
+        o.ack_samples(1);
+        let metrics = dir.path().join(samples::SAMPLES_DIR);
+        std::fs::remove_dir_all(&metrics).unwrap();
+        std::fs::write(&metrics, b"in the way").unwrap();
+        assert_eq!(o.push_samples(vec![sample("b", 2.0)], 0).unwrap(), 0);
+        assert_eq!(o.push_samples(vec![sample("c", 3.0)], 0).unwrap(), 0);
+        o.push("c", outcome("r"));
+        let all = o.next_batch(10);
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all[1].check, SPOOL_CHECK);
+        assert_eq!(
+            all[1].summary,
+            "2 metric sample batches were lost: the spool could not store them"
+        );
+    }
+
+    #[test]
+    fn a_samples_spool_that_cannot_open_costs_samples_not_results() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(samples::SAMPLES_DIR), b"in the way").unwrap();
+        let logs = Arc::new(Logs::default());
+        let mut o = Outbox::open(dir.path(), None, SpoolLimits::default(), logs.clone()).unwrap();
+        assert!(
+            logs.0.lock().unwrap()[0].contains("cannot open the metric samples spool"),
+            "{:?}",
+            logs.0.lock().unwrap()
+        );
+        assert!(
+            o.push_samples(vec![sample("", 1.0)], 0).is_err(),
+            "still checked"
+        );
+        assert_eq!(o.push_samples(vec![sample("a", 1.0)], 0).unwrap(), 0);
+        let with = vec![samples::SAMPLES_CAPABILITY.to_owned()];
+        assert!(o.next_sample_batches(&with, 10).is_empty());
+        o.push("c", outcome("r"));
+        o.welcome(0);
+        let all = o.next_batch(10);
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all[0].summary, "r");
+        assert!(
+            all[1]
+                .summary
+                .starts_with("1 metric sample batches were lost")
+        );
+        o.handover();
+    }
+
+    #[test]
+    fn shared_sample_pushes_wake_the_sender_and_the_syncer() {
+        use futures_util::FutureExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            cap_bytes: 1 << 20,
+            segment_bytes: 1024,
+        };
+        let shared = SharedOutbox::new(open_with(dir.path(), None, limits));
+        assert!(shared.push_samples(vec![sample("", 1.0)], 0).is_err());
+        assert!(
+            shared.pushed.notified().now_or_never().is_none(),
+            "nothing stored"
+        );
+        shared.push_samples(vec![sample("a", 1.0)], 0).unwrap();
+        assert!(shared.pushed.notified().now_or_never().is_some());
+        assert!(
+            shared.sealed.notified().now_or_never().is_none(),
+            "one segment"
+        );
+        for i in 0..20 {
+            shared
+                .push_samples(vec![sample(&format!("m{i}"), 1.0)], 0)
+                .unwrap();
+        }
+        assert!(shared.sealed.notified().now_or_never().is_some());
+        let sealed = shared.lock().take_sealed();
+        assert_eq!(sealed.len(), 1, "the samples spool's sealed segments");
+        for s in sealed {
+            s.sync().unwrap();
+        }
     }
 }

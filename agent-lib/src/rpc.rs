@@ -15,7 +15,7 @@
 //!   that finish while the agent is disconnected wait in the `JoinSet` and
 //!   go out on the next session (the server keeps the RPC open).
 //! - Ad-hoc scripts run only when the host's agent.toml allows them
-//!   (`[policy] allow_adhoc`, see [`crate::policy`]; refused first, with
+//!   (`[policy] allow_adhoc`, see [`crate::config::policy`]; refused first, with
 //!   "refused by local policy: …") *and* the current config has
 //!   `allow_adhoc`. A configured check run now goes through the executor,
 //!   so the host's `allowed_commands` applies to it as to scheduled runs. The
@@ -327,7 +327,7 @@ mod tests {
     use outrider_protocol::CheckState;
 
     use super::*;
-    use crate::policy::{AdhocScripts, LocalPolicy};
+    use crate::config::policy::{AdhocScripts, LocalPolicy};
 
     /// An executor whose host policy allows `/bin` (the tests' shell) and
     /// ad-hoc scripts as `adhoc` says.

@@ -33,11 +33,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::random_below;
+use crate::config::policy::LocalPolicy;
 use crate::executor::Executor;
 pub use crate::executor::MAX_CONCURRENT_RUNS;
 use crate::host::HostHooks;
 use crate::outbox::SharedOutbox;
-use crate::policy::LocalPolicy;
 use crate::runner::{RunOutcome, unix_ms};
 
 /// What [`Scheduler::apply`] changed, for logging and tests.
@@ -407,8 +407,8 @@ mod tests {
                 Arc::new(Quiet),
                 CancellationToken::new(),
                 dir.path(),
-                crate::policy::LocalPolicy::new(
-                    crate::policy::AdhocScripts::Refused,
+                crate::config::policy::LocalPolicy::new(
+                    crate::config::policy::AdhocScripts::Refused,
                     &["builtin:", "plugin:", "/bin", "/usr/bin", "/tmp"],
                 )
                 .unwrap(),

@@ -1,6 +1,10 @@
 //! The on-disk spool: every result waits here until the server acked it.
 //!
-//! Layout under `<data_dir>/spool/`:
+//! A spool holds records of one [`Kind`] (check results, or metric sample
+//! batches), each kind in its own directory with its own numbering (see
+//! `outbox.rs`); a record of another kind found in a spool is damage.
+//!
+//! Layout of a spool directory (`<data_dir>/spool/` for check results):
 //! - `NNNNNNNNNNNNNNNNNNNN.seg` — append-only segment files (20-digit
 //!   segment id, increasing), each a run of records (`spool/record.rs`) whose sequence
 //!   numbers are *consecutive*: a gap (the counter jumping above the
@@ -21,8 +25,9 @@
 //!   task that syncs it on the blocking pool ([`Sealed::sync`]), so a slow
 //!   disk never stalls keepalives or schedules.
 //! - Opening scans every segment: a torn tail of the newest segment is cut;
-//!   any other damage (bad checksum, bad length, undecodable JSON,
-//!   non-consecutive numbers, an unreadable file) is logged as an error and
+//!   any other damage (bad checksum, bad length, undecodable JSON, a record
+//!   kind unknown to this build or not this spool's, non-consecutive
+//!   numbers, an unreadable file) is logged as an error and
 //!   the damaged bytes are set aside in `<segment>.corrupt` — the records
 //!   before the damage stay. Nothing here panics or refuses to start over
 //!   bad files.
@@ -38,44 +43,24 @@
 
 mod record;
 
+pub use record::{Kind, MetricSample, Payload, SampleBatch, Tag};
+
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use outrider_protocol::CheckResult;
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::{SEGMENT_BYTES, SPOOL_CAP_BYTES, SpoolLimits};
 use crate::host::HostHooks;
 
-/// Default size cap of the whole spool (`spool_max_mb` in agent.toml).
-pub const SPOOL_CAP_BYTES: u64 = crate::config::DEFAULT_SPOOL_MAX_MB * 1024 * 1024;
-/// Size at which the active segment is sealed and a new one started.
-pub const SEGMENT_BYTES: u64 = 1024 * 1024;
 /// Format version of `meta.json`.
 const META_VERSION: u32 = 1;
 const META_FILE: &str = "meta.json";
 const SEGMENT_SUFFIX: &str = ".seg";
 const CORRUPT_SUFFIX: &str = ".corrupt";
-
-/// Size limits of a spool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpoolLimits {
-    /// Most bytes of segments kept; beyond it the oldest segments go.
-    pub cap_bytes: u64,
-    /// Size at which a segment is sealed.
-    pub segment_bytes: u64,
-}
-
-impl Default for SpoolLimits {
-    fn default() -> Self {
-        SpoolLimits {
-            cap_bytes: SPOOL_CAP_BYTES,
-            segment_bytes: SEGMENT_BYTES,
-        }
-    }
-}
 
 /// The persisted numbering state; see the module docs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +100,8 @@ pub type Position = (u64, u64);
 /// The spool; see the module docs.
 pub struct Spool {
     dir: PathBuf,
+    /// The one kind of record this spool holds.
+    kind: Kind,
     limits: SpoolLimits,
     segments: VecDeque<Segment>,
     /// The newest segment, open for appending; `None` until the next append.
@@ -145,13 +132,19 @@ impl std::fmt::Debug for Spool {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool in `dir`, repairing damage as
-    /// the module docs describe. Fails only when the directory cannot be
-    /// created or listed.
-    pub fn open(dir: &Path, limits: SpoolLimits, hooks: Arc<dyn HostHooks>) -> io::Result<Spool> {
+    /// Opens (creating if needed) the spool of `kind` records in `dir`,
+    /// repairing damage as the module docs describe. Fails only when the
+    /// directory cannot be created or listed.
+    pub fn open(
+        dir: &Path,
+        kind: Kind,
+        limits: SpoolLimits,
+        hooks: Arc<dyn HostHooks>,
+    ) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
         let mut spool = Spool {
             dir: dir.to_owned(),
+            kind,
             limits,
             segments: VecDeque::new(),
             active: None,
@@ -249,33 +242,42 @@ impl Spool {
         self.store_meta(true);
     }
 
-    /// Appends `result` (its `seq` above every stored one). Returns what was
-    /// evicted to respect the cap. Fails when the record could not be
-    /// written; the segment is then cut back so no partial record remains.
-    pub fn append(&mut self, result: &CheckResult) -> io::Result<Evicted> {
-        let stored_seq = result.seq.checked_sub(self.meta.seq_shift).ok_or_else(|| {
+    /// Appends `payload` (its `seq` above every stored one). Returns what
+    /// was evicted to respect the cap. Fails when the payload is not of this
+    /// spool's kind or cannot be encoded (a non-finite sample value), or the
+    /// record could not be written; the segment is then cut back so no
+    /// partial record remains.
+    pub fn append(&mut self, payload: &Payload) -> io::Result<Evicted> {
+        if payload.kind() != self.kind {
+            return Err(io::Error::other(format!(
+                "a {} record cannot go into the {} spool {}",
+                payload.kind(),
+                self.kind,
+                self.dir.display()
+            )));
+        }
+        let seq = payload.seq();
+        let stored_seq = seq.checked_sub(self.meta.seq_shift).ok_or_else(|| {
             io::Error::other(format!(
-                "seq {} is below the spool's shift {}",
-                result.seq, self.meta.seq_shift
+                "seq {seq} is below the spool's shift {}",
+                self.meta.seq_shift
             ))
         })?;
-        let stored = CheckResult {
-            seq: stored_seq,
-            ..result.clone()
-        };
-        let json = serde_json::to_vec(&stored).map_err(io::Error::other)?;
+        let mut stored = payload.clone();
+        stored.set_seq(stored_seq);
+        let json = stored.to_body().map_err(io::Error::other)?;
         let bytes = record::encode(&json);
         let len = bytes.len() as u64;
         let rotate = match self.segments.back() {
             None => true,
             Some(s) => {
                 self.active.is_none()
-                    || s.last_seq.checked_add(1) != Some(result.seq)
+                    || s.last_seq.checked_add(1) != Some(seq)
                     || s.bytes + len > self.limits.segment_bytes
             }
         };
         if rotate {
-            self.reopen_or_rotate(result.seq, len)?;
+            self.reopen_or_rotate(seq, len)?;
         }
         // Rotation always leaves an open active segment.
         let file = self.active.as_mut().expect("active segment after rotation");
@@ -286,9 +288,9 @@ impl Spool {
             return Err(e);
         }
         if segment.bytes == 0 {
-            segment.first_seq = result.seq;
+            segment.first_seq = seq;
         }
-        segment.last_seq = result.seq;
+        segment.last_seq = seq;
         segment.bytes += len;
         self.total_bytes += len;
         Ok(self.evict_over_cap())
@@ -340,14 +342,11 @@ impl Spool {
         })
     }
 
-    /// Calls `f` with each stored result after `from` (the start when
+    /// Calls `f` with each stored payload after `from` (the start when
     /// `None`) in order, and the position after it, until `f` returns false.
-    /// A record damaged since opening ends its segment's reading (logged).
-    pub fn read_from(
-        &self,
-        from: Option<Position>,
-        mut f: impl FnMut(CheckResult, Position) -> bool,
-    ) {
+    /// Every payload is of this spool's kind. A record damaged since opening
+    /// ends its segment's reading (logged).
+    pub fn read_from(&self, from: Option<Position>, mut f: impl FnMut(Payload, Position) -> bool) {
         let start = from.and_then(|(id, offset)| {
             let index = self.segments.iter().position(|s| s.id == id)?;
             Some((index, offset))
@@ -376,17 +375,16 @@ impl Spool {
             let mut reader = BufReader::new(file.take(segment.bytes.saturating_sub(offset)));
             while offset < segment.bytes {
                 let decoded = match record::read(&mut reader, &mut body) {
-                    Ok(Some(Ok(()))) => serde_json::from_slice::<CheckResult>(&body)
-                        .map_err(|e| format!("undecodable record: {e}")),
+                    Ok(Some(Ok(()))) => self.decode(&body),
                     Ok(Some(Err(bad))) => Err(bad.to_string()),
                     Ok(None) => Err("the file is shorter than recorded".into()),
                     Err(e) => Err(e.to_string()),
                 };
                 match decoded {
-                    Ok(mut result) => {
+                    Ok(mut payload) => {
                         offset += (record::HEADER_BYTES + body.len()) as u64;
-                        result.seq = result.seq.saturating_add(self.meta.seq_shift);
-                        if !f(result, (segment.id, offset)) {
+                        payload.set_seq(payload.seq().saturating_add(self.meta.seq_shift));
+                        if !f(payload, (segment.id, offset)) {
                             return;
                         }
                     }
@@ -404,6 +402,19 @@ impl Spool {
             }
             offset = 0;
         }
+    }
+
+    /// Decodes a record body, refusing a payload of another kind.
+    fn decode(&self, body: &[u8]) -> Result<Payload, String> {
+        let payload = Payload::from_body(body)?;
+        if payload.kind() != self.kind {
+            return Err(format!(
+                "a {} record in the {} spool",
+                payload.kind(),
+                self.kind
+            ));
+        }
+        Ok(payload)
     }
 
     fn segment_path(&self, id: u64) -> PathBuf {
@@ -542,16 +553,12 @@ impl Spool {
                     bad.to_string()
                 });
             }
-            #[derive(Deserialize)]
-            struct SeqOnly {
-                seq: u64,
-            }
-            let seq = match serde_json::from_slice::<SeqOnly>(&body) {
-                Ok(s) => match s.seq.checked_add(self.meta.seq_shift) {
+            let seq = match self.decode(&body) {
+                Ok(p) => match p.seq().checked_add(self.meta.seq_shift) {
                     Some(seq) => seq,
-                    None => break Some(format!("seq {} overflows with the shift", s.seq)),
+                    None => break Some(format!("seq {} overflows with the shift", p.seq())),
                 },
-                Err(e) => break Some(format!("undecodable record: {e}")),
+                Err(e) => break Some(e),
             };
             if segment.bytes > 0 && Some(seq) != segment.last_seq.checked_add(1) {
                 break Some(format!("seq {seq} does not follow {}", segment.last_seq));
@@ -693,6 +700,19 @@ impl Sealed {
     }
 }
 
+/// The record framing's reader (`spool/record.rs`), for tests elsewhere in
+/// the crate that replay an older build's reader: `None` at the end of
+/// the data, else the record (its body in `body`) or why it is not one.
+#[cfg(test)]
+pub(crate) fn read_record_for_tests(
+    reader: &mut &[u8],
+    body: &mut Vec<u8>,
+) -> Option<Result<(), String>> {
+    record::read(reader, body)
+        .expect("reading a slice cannot fail")
+        .map(|r| r.map_err(|bad| bad.to_string()))
+}
+
 /// Reads a whole file, refusing one larger than `cap` bytes.
 fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let file = File::open(path)?;
@@ -717,7 +737,7 @@ fn sync_dir(dir: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use outrider_protocol::CheckState;
+    use outrider_protocol::{CheckResult, CheckState};
 
     use super::*;
     use crate::host::{Health, Level};
@@ -737,7 +757,11 @@ mod tests {
         }
     }
 
-    fn result(seq: u64) -> CheckResult {
+    fn result(seq: u64) -> Payload {
+        Payload::Result(check_result(seq))
+    }
+
+    fn check_result(seq: u64) -> CheckResult {
         CheckResult {
             seq,
             check: "c".into(),
@@ -759,13 +783,16 @@ mod tests {
 
     fn open(dir: &Path) -> (Spool, Arc<Logs>) {
         let logs = Arc::new(Logs::default());
-        (Spool::open(dir, SMALL, logs.clone()).unwrap(), logs)
+        (
+            Spool::open(dir, Kind::Result, SMALL, logs.clone()).unwrap(),
+            logs,
+        )
     }
 
     fn seqs(spool: &Spool) -> Vec<u64> {
         let mut seqs = Vec::new();
         spool.read_from(None, |r, _| {
-            seqs.push(r.seq);
+            seqs.push(r.seq());
             true
         });
         seqs
@@ -843,7 +870,7 @@ mod tests {
         spool.append(&result(4)).unwrap();
         let mut after = Vec::new();
         spool.read_from(pos, |r, _| {
-            after.push(r.seq);
+            after.push(r.seq());
             true
         });
         assert_eq!(after, [4]);
@@ -922,7 +949,7 @@ mod tests {
             cap_bytes: 1024,
             segment_bytes: 256,
         };
-        let mut spool = Spool::open(dir.path(), limits, logs).unwrap();
+        let mut spool = Spool::open(dir.path(), Kind::Result, limits, logs).unwrap();
         let mut evicted = 0;
         for seq in 1..=50 {
             evicted += spool.append(&result(seq)).unwrap().count;
@@ -937,7 +964,7 @@ mod tests {
     #[test]
     fn sequence_numbers_at_the_top_of_the_range_are_damage_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let body = |seq: u64| serde_json::to_vec(&result(seq)).unwrap();
+        let body = |seq: u64| result(seq).to_body().unwrap();
         let mut bytes = record::encode(&body(u64::MAX));
         bytes.extend(record::encode(&body(1)));
         fs::write(dir.path().join("00000000000000000001.seg"), &bytes).unwrap();
@@ -950,6 +977,126 @@ mod tests {
         assert!(err.to_string().contains("exhausted"), "{err}");
         spool.set_numbering(1, true, 10);
         assert!(spool.append(&result(3)).is_err(), "seq below the shift");
+    }
+
+    /// Segment bytes written by the spool before payload kinds existed
+    /// (version 1): two check results, the first with long output and
+    /// perfdata.
+    const V1_SEGMENT: &[u8] = include_bytes!("spool/testdata/v1-check-results.seg");
+
+    #[test]
+    fn version_1_segments_are_read_and_continued() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("00000000000000000001.seg"), V1_SEGMENT).unwrap();
+        let (mut spool, logs) = open(dir.path());
+        let mut read = Vec::new();
+        spool.read_from(None, |p, _| {
+            read.push(p);
+            true
+        });
+        let Payload::Result(disk) = &read[0] else {
+            panic!("{read:?}")
+        };
+        assert_eq!(read.len(), 2, "{read:?}");
+        assert_eq!(
+            (
+                disk.seq,
+                disk.check.as_str(),
+                disk.state,
+                disk.long_output.as_str()
+            ),
+            (1, "disk", CheckState::Warning, "line two")
+        );
+        assert_eq!(disk.perfdata[0].value, 91.5);
+        assert_eq!(disk.perfdata[0].crit.as_deref(), Some("95"));
+        assert_eq!(read[1].seq(), 2);
+        spool.append(&result(3)).unwrap();
+        drop(spool);
+        let (spool, _) = open(dir.path());
+        assert_eq!(seqs(&spool), [1, 2, 3]);
+        assert!(!logs.any("damaged"), "{:?}", logs.0.lock().unwrap());
+    }
+
+    #[test]
+    fn a_spool_holds_one_kind_and_sets_aside_the_other_and_unknown_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = open(dir.path());
+        let batch = Payload::Samples(SampleBatch {
+            seq: 1,
+            samples: vec![],
+        });
+        let err = spool.append(&batch).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("metric samples record cannot go into the check result spool"),
+            "{err}"
+        );
+        drop(spool);
+        // Written by hand, as a confused or newer writer would: a result,
+        // then a samples record, then a record of a kind from the future,
+        // then another result.
+        let mut bytes = record::encode(&result(1).to_body().unwrap());
+        bytes.extend(record::encode(&batch.to_body().unwrap()));
+        fs::write(dir.path().join("00000000000000000001.seg"), &bytes).unwrap();
+        let mut future = record::encode(&result(5).to_body().unwrap());
+        future.extend(record::encode(br#"{"kind":"events","seq":6}"#));
+        future.extend(record::encode(&result(7).to_body().unwrap()));
+        fs::write(dir.path().join("00000000000000000002.seg"), &future).unwrap();
+        let (spool, logs) = open(dir.path());
+        assert!(
+            logs.any("a metric samples record in the check result spool"),
+            "{:?}",
+            logs.0.lock().unwrap()
+        );
+        assert!(logs.any(r#"record kind "events" is unknown"#));
+        // The records before the damage stay; the rest is set aside, not lost.
+        assert_eq!(seqs(&spool), [1, 5]);
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(CORRUPT_SUFFIX))
+            .collect();
+        assert_eq!(aside.len(), 2, "{aside:?}");
+    }
+
+    #[test]
+    fn a_samples_spool_round_trips_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Logs::default());
+        let mut spool = Spool::open(dir.path(), Kind::Samples, SMALL, logs.clone()).unwrap();
+        let batch = |seq| {
+            Payload::Samples(SampleBatch {
+                seq,
+                samples: vec![MetricSample {
+                    name: format!("m{seq}"),
+                    value: seq as f64 / 3.0,
+                    tags: vec![Tag {
+                        key: "host".into(),
+                        value: "a".into(),
+                    }],
+                    kind: "gauge".into(),
+                    unit: String::new(),
+                    timestamp_ms: 1_000 * seq as i64,
+                }],
+            })
+        };
+        for seq in 1..=30 {
+            spool.append(&batch(seq)).unwrap();
+        }
+        assert!(segment_files(dir.path()).len() > 1, "rotates like results");
+        assert!(
+            spool.append(&result(31)).is_err(),
+            "no results in a samples spool"
+        );
+        drop(spool);
+        let spool = Spool::open(dir.path(), Kind::Samples, SMALL, logs.clone()).unwrap();
+        let mut read = Vec::new();
+        spool.read_from(None, |p, _| {
+            read.push(p);
+            true
+        });
+        assert_eq!(read, (1..=30).map(batch).collect::<Vec<_>>());
+        assert!(!logs.any("damaged"), "{:?}", logs.0.lock().unwrap());
     }
 
     proptest::proptest! {

@@ -31,7 +31,7 @@ use crate::outbox::SharedOutbox;
 use crate::runner::RunOutcome;
 
 /// How often the host is asked for new events.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub use crate::config::UPDATE_EVENTS_POLL_INTERVAL as POLL_INTERVAL;
 
 /// Most events queued from one buffer; the rest are dropped with a warning
 /// (a stub never keeps that many).

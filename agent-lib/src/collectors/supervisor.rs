@@ -50,8 +50,8 @@ use super::spec::{CollectorKind, CollectorName, CollectorSpec};
 use super::validate::{Collectd, DEFAULT_COLLECTD, Validation};
 use super::{COLLECTORS_DIR, Report};
 use crate::backoff::random_below;
+use crate::config::policy::LocalPolicy;
 use crate::host::HostHooks;
-use crate::policy::LocalPolicy;
 
 /// Time between SIGTERM and SIGKILL when a collector is stopped.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -68,7 +68,7 @@ pub struct SupervisorSettings {
     /// The host name collectd reports under.
     pub hostname: String,
     /// What the host allows to run: a `command` collector's program must
-    /// pass it, as a check's must (`policy.rs`).
+    /// pass it, as a check's must (`config/policy.rs`).
     pub local_policy: LocalPolicy,
     /// The restart rules.
     pub restart: RestartPolicy,
@@ -525,7 +525,7 @@ async fn prepare(
             return match shared
                 .settings
                 .local_policy
-                .check_command(&c.argv, &crate::policy::real_path)
+                .check_command(&c.argv, &crate::config::policy::real_path)
             {
                 Ok(()) => Prepared::Run(c.argv.clone()),
                 Err(refusal) => Prepared::Rejected(refusal.summary()),
