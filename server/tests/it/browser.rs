@@ -15,7 +15,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use outrider_protocol::{AgentMessage, CheckState, ServerMessage};
 use serde_json::json;
 
-use crate::helpers::{Agent, ENROLLMENT_TOKEN, STEP, Server, result};
+use crate::helpers::{Agent, ENROLLMENT_TOKEN, STEP, Server, define_load_check, result};
 
 /// What the dashboard promises a person: a change visible within a second.
 const VISIBLE: Duration = Duration::from_secs(1);
@@ -240,11 +240,7 @@ async fn run_now_shows_the_output_inline_and_the_viewer_has_no_button() {
     let server = Server::start_with_dashboard().await;
     let agent = Agent::new(12, "run-now");
     let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
-    let check = json!({ "command": ["/bin/true"], "interval_secs": 60, "timeout_secs": 5 });
-    server
-        .admin("PUT", "/api/v1/checks/load", Some(&check))
-        .await;
-    assert!(matches!(conn.recv().await, ServerMessage::Config(_)));
+    define_load_check(&server, &mut conn).await;
     conn.send_results(vec![result(1, "load", CheckState::Ok, "load 0.2")])
         .await;
     let page = format!("/agents/{}", agent.fp);

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Agent, ENROLLMENT_TOKEN, STEP, Server, result};
+use crate::helpers::{Agent, ENROLLMENT_TOKEN, STEP, Server, define_load_check, result};
 
 /// One HTTP answer.
 #[derive(Debug)]
@@ -346,11 +346,7 @@ async fn run_now_shows_output_state_and_duration_and_the_viewer_cannot_run() {
     let server = Arc::new(Server::start_with_dashboard().await);
     let agent = Agent::new(3, "app-1");
     let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
-    let check = json!({ "command": ["/bin/true"], "interval_secs": 60, "timeout_secs": 5 });
-    server
-        .admin("PUT", "/api/v1/checks/load", Some(&check))
-        .await;
-    assert!(matches!(conn.recv().await, ServerMessage::Config(_)));
+    define_load_check(&server, &mut conn).await;
     conn.send_results(vec![result(1, "load", CheckState::Ok, "load 0.1")])
         .await;
     let page_path = format!("/agents/{}", agent.fp);

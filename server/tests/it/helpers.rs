@@ -64,35 +64,13 @@ impl Server {
     /// Stops the server and starts a new one on the same data directory
     /// (on a new port), configured by `configure`.
     pub async fn restart(self, configure: impl FnOnce(&mut ServerConfig)) -> Server {
-        let Server {
-            _dir: dir,
-            shutdown,
-            task,
-            ..
-        } = self;
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("server did not stop within 10 s")
-            .expect("server task panicked")
-            .expect("server returned an error");
+        let dir = self.stop_keeping_data().await;
         Server::start_in(dir, configure).await
     }
 
     /// [`Server::restart`] of a server with a dashboard, keeping one.
     pub async fn restart_with_dashboard(self) -> Server {
-        let Server {
-            _dir: dir,
-            shutdown,
-            task,
-            ..
-        } = self;
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("server did not stop within 10 s")
-            .expect("server task panicked")
-            .expect("server returned an error");
+        let dir = self.stop_keeping_data().await;
         Server::start_full("127.0.0.1:0", dir, true, |_| {}).await
     }
 
@@ -613,6 +591,17 @@ impl Conn {
             other => panic!("expected ack, got {other:?}"),
         }
     }
+}
+
+/// Defines check `load` (`/bin/true`, every minute) for every agent and
+/// waits until `conn` has received the config that carries it.
+pub async fn define_load_check(server: &Server, conn: &mut Conn) {
+    let check =
+        serde_json::json!({ "command": ["/bin/true"], "interval_secs": 60, "timeout_secs": 5 });
+    server
+        .admin("PUT", "/api/v1/checks/load", Some(&check))
+        .await;
+    assert!(matches!(conn.recv().await, ServerMessage::Config(_)));
 }
 
 /// A result of `check` with sequence `seq`.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use outrider_protocol::{AgentMessage, CheckState, ServerMessage};
 use serde_json::json;
 
-use crate::helpers::{Agent, Conn, ENROLLMENT_TOKEN, Server, result, run_in_background};
+use crate::helpers::{
+    Agent, Conn, ENROLLMENT_TOKEN, Server, define_load_check, result, run_in_background,
+};
 
 async fn next_rpc(conn: &mut Conn) -> ServerMessage {
     match conn.recv().await {
@@ -19,11 +21,7 @@ async fn run_now_returns_the_agents_answer_to_that_call() {
     let server = Arc::new(Server::start().await);
     let agent = Agent::new(1, "web-1");
     let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
-    let check = json!({ "command": ["/bin/true"], "interval_secs": 60, "timeout_secs": 5 });
-    server
-        .admin("PUT", "/api/v1/checks/load", Some(&check))
-        .await;
-    assert!(matches!(conn.recv().await, ServerMessage::Config(_)));
+    define_load_check(&server, &mut conn).await;
 
     let call = run_in_background(&server, agent.fp.as_str(), json!({ "check": "load" }));
     let ServerMessage::RunCheck { id, check } = next_rpc(&mut conn).await else {
