@@ -50,7 +50,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::ApiError;
-use session::{CsrfInput, Role, Session, Sessions};
+use session::{Action, CsrfInput, Role, Session, Sessions};
 
 /// Headers of every dashboard response.
 pub const SECURITY_HEADERS: [(&str, &str); 4] = [
@@ -198,6 +198,25 @@ impl Dashboard {
             live: "/live".to_owned(),
             ..Chrome::logged_out()
         }
+    }
+    /// A state-changing form post, checked the way every one must be: the
+    /// form parsed (a malformed one is named by `what`), its origin and CSRF
+    /// token checked ([`Dashboard::check_csrf`]), and the session allowed to
+    /// do `action` ([`require`]).
+    pub fn accept_post<T: PostedForm>(
+        &self,
+        headers: &HeaderMap,
+        session: &Session,
+        form: Result<Form<T>, axum::extract::rejection::FormRejection>,
+        what: &str,
+        action: Action,
+    ) -> Result<T, PageError> {
+        let Form(form) = form.map_err(|e| {
+            PageError::bad_request(format!("the {what} form did not parse: {}", e.body_text()))
+        })?;
+        self.check_csrf(headers, &Method::POST, Some(session), form.csrf())?;
+        require(session, action)?;
+        Ok(form)
     }
 
     /// Refuses a state-changing request that [`session::csrf_verdict`]
@@ -455,6 +474,29 @@ async fn logout(
         Redirect::to("/login"),
     )
         .into_response())
+}
+
+/// A form the dashboard posts: every one carries its session's CSRF token
+/// in a hidden field.
+pub trait PostedForm {
+    /// The hidden field's value, if the form had one.
+    fn csrf(&self) -> Option<&str>;
+}
+
+/// Refuses a session whose role may not do `action`, saying how to get
+/// the right.
+pub fn require(session: &Session, action: Action) -> Result<(), PageError> {
+    if session::may(session.role, action) {
+        Ok(())
+    } else {
+        Err(PageError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the viewer login sees but does not act; log in with the admin token {}",
+                action.purpose()
+            ),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -196,6 +196,22 @@ impl StatementCount {
     }
 }
 
+/// Column `idx` of `r`, stored as text, parsed into `T`: a malformed stored
+/// value is a conversion error naming the column, not a panic.
+fn parsed_column<T: std::str::FromStr>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let text: String = r.get(idx)?;
+    text.parse().map_err(|e: T::Err| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            e.to_string().into(),
+        )
+    })
+}
+
 /// SQLite's trace callback of the read connections: called as each
 /// statement starts.
 fn count_statement(_event: rusqlite::trace::TraceEvent<'_>) {

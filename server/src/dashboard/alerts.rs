@@ -68,6 +68,12 @@ pub struct SilenceForm {
     comment: String,
 }
 
+impl super::PostedForm for SilenceForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
 #[derive(Template)]
 #[template(path = "alerts.html")]
 struct AlertsTemplate {
@@ -235,15 +241,7 @@ pub async fn page(
 }
 
 fn admin_only(session: &Session) -> Result<(), PageError> {
-    if may(session.role, Action::ChangeSilences) {
-        Ok(())
-    } else {
-        Err(PageError::new(
-            StatusCode::FORBIDDEN,
-            "the viewer login sees but does not act; log in with the admin token to change silences"
-                .to_owned(),
-        ))
-    }
+    super::require(session, Action::ChangeSilences)
 }
 
 /// `POST /silences`.
@@ -253,16 +251,7 @@ pub async fn add(
     headers: HeaderMap,
     form: Result<Form<SilenceForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, PageError> {
-    let Form(form) = form.map_err(|e| {
-        PageError::bad_request(format!("the silence form did not parse: {}", e.body_text()))
-    })?;
-    dash.check_csrf(
-        &headers,
-        &Method::POST,
-        Some(&session),
-        form.csrf.as_deref(),
-    )?;
-    admin_only(&session)?;
+    let form = dash.accept_post(&headers, &session, form, "silence", Action::ChangeSilences)?;
     let now = u64::try_from(crate::store::now_ms()).unwrap_or(0);
     let added = match spec(&form, "dashboard (admin)", now) {
         Ok(spec) => dash

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use askama::Template;
 use axum::Form;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use outrider_protocol::api::{MAX_TOKEN_EXPIRES_IN_SECS, NewEnrollmentToken};
 use serde::Deserialize;
 
-use super::session::{Action, Session, may};
+use super::session::{Action, Session};
 use super::{Authed, Chrome, Dashboard, PageError};
 
 /// What the form asked for, echoed back when it is refused.
@@ -36,6 +36,12 @@ pub struct HostForm {
     tags: String,
 }
 
+impl super::PostedForm for HostForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
 #[derive(Template)]
 #[template(path = "hosts_new.html")]
 struct HostTemplate {
@@ -50,15 +56,7 @@ struct HostTemplate {
 }
 
 fn admin_only(session: &Session) -> Result<(), PageError> {
-    if may(session.role, Action::CreateEnrollmentToken) {
-        Ok(())
-    } else {
-        Err(PageError::new(
-            StatusCode::FORBIDDEN,
-            "the viewer login sees but does not act; log in with the admin token to add hosts"
-                .to_owned(),
-        ))
-    }
+    super::require(session, Action::CreateEnrollmentToken)
 }
 
 /// `GET /hosts/new`.
@@ -128,19 +126,13 @@ pub async fn create(
     headers: HeaderMap,
     form: Result<Form<HostForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, PageError> {
-    let Form(form) = form.map_err(|e| {
-        PageError::bad_request(format!(
-            "the Add a host form did not parse: {}",
-            e.body_text()
-        ))
-    })?;
-    dash.check_csrf(
+    let form = dash.accept_post(
         &headers,
-        &Method::POST,
-        Some(&session),
-        form.csrf.as_deref(),
+        &session,
+        form,
+        "Add a host",
+        Action::CreateEnrollmentToken,
     )?;
-    admin_only(&session)?;
     let mut page = HostTemplate {
         chrome: dash.chrome(&session),
         form: HostForm::default(),

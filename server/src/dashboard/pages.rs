@@ -404,6 +404,12 @@ pub struct RunForm {
     check: String,
 }
 
+impl super::PostedForm for RunForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
 /// `POST /agents/{fp}/run`: runs the check now through the API's run-now
 /// path ([`crate::rpc::run_now`]) and shows the outcome: the fragment to
 /// htmx, the agent page with the outcome in place to a plain form post.
@@ -414,22 +420,7 @@ pub async fn run_now(
     headers: HeaderMap,
     form: Result<Form<RunForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, PageError> {
-    let Form(form) = form.map_err(|e| {
-        PageError::bad_request(format!("the Run now form did not parse: {}", e.body_text()))
-    })?;
-    dash.check_csrf(
-        &headers,
-        &axum::http::Method::POST,
-        Some(&session),
-        form.csrf.as_deref(),
-    )?;
-    if !super::session::may(session.role, Action::RunCheck) {
-        return Err(PageError::new(
-            StatusCode::FORBIDDEN,
-            "the viewer login sees but does not act; log in with the admin token to run checks"
-                .to_owned(),
-        ));
-    }
+    let form = dash.accept_post(&headers, &session, form, "Run now", Action::RunCheck)?;
     let fp = parse_fp(&fp)?;
     let request = RunRequest {
         check: Some(form.check.clone()),

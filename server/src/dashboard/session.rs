@@ -70,6 +70,20 @@ pub enum Action {
     ChangeSilences,
 }
 
+impl Action {
+    /// What the action is for, as the end of a refusal: "log in with the
+    /// admin token to …".
+    pub fn purpose(self) -> &'static str {
+        match self {
+            Action::View => "to view pages",
+            Action::Logout => "to log out",
+            Action::RunCheck => "to run checks",
+            Action::CreateEnrollmentToken => "to add hosts",
+            Action::ChangeSilences => "to change silences",
+        }
+    }
+}
+
 /// Whether `role` may do `action`.
 pub fn may(role: Role, action: Action) -> bool {
     match action {

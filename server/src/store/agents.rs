@@ -292,32 +292,19 @@ const AGENT_COLUMNS: &str = "SELECT fingerprint, hostname, os, arch, agent_versi
 /// Maps a row of [`AGENT_COLUMNS`]; a malformed stored value is a
 /// conversion error naming the column, not a panic.
 fn agent_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
-    fn parsed<T: std::str::FromStr>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let text: String = r.get(idx)?;
-        text.parse().map_err(|e: T::Err| {
-            rusqlite::Error::FromSqlConversionFailure(
-                idx,
-                rusqlite::types::Type::Text,
-                e.to_string().into(),
-            )
-        })
-    }
     let server_tags = json_tags(r.get(12)?);
     let agent_version: String = r.get(4)?;
     let build_version: Option<String> = r.get(6)?;
     Ok(AgentInfo {
         version: host_version(build_version.as_deref(), &agent_version).to_owned(),
-        fingerprint: parsed(r, 0)?,
+        fingerprint: super::parsed_column(r, 0)?,
         hostname: r.get(1)?,
         os: r.get(2)?,
         arch: r.get(3)?,
         agent_version,
         build_sha256: r.get(5)?,
         build_version,
-        presence: parsed(r, 7)?,
+        presence: super::parsed_column(r, 7)?,
         presence_since_ms: r.get(8)?,
         registered_at_ms: r.get(9)?,
         last_seen_ms: r.get(10)?,

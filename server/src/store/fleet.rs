@@ -85,19 +85,6 @@ fn like_pattern(text: &str) -> String {
 }
 
 fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
-    fn parsed<T: std::str::FromStr>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let text: String = r.get(idx)?;
-        text.parse().map_err(|e: T::Err| {
-            rusqlite::Error::FromSqlConversionFailure(
-                idx,
-                rusqlite::types::Type::Text,
-                e.to_string().into(),
-            )
-        })
-    }
     let agent_version: String = r.get(4)?;
     let build_version: Option<String> = r.get(5)?;
     let worst = match r.get::<_, Option<i64>>(8)? {
@@ -108,9 +95,9 @@ fn fleet_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetRow> {
         None => None,
     };
     Ok(FleetRow {
-        fingerprint: parsed(r, 0)?,
+        fingerprint: super::parsed_column(r, 0)?,
         hostname: r.get(1)?,
-        presence: parsed(r, 2)?,
+        presence: super::parsed_column(r, 2)?,
         presence_since_ms: r.get(3)?,
         version: host_version(build_version.as_deref(), &agent_version).to_owned(),
         tags: effective_tags(&json_tags(r.get(6)?), &json_tags(r.get(7)?)),
