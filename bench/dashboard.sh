@@ -16,10 +16,13 @@
 # 4. idle: the same browser on a freshly loaded fleet page for IDLE_SECS
 #    while the agents report; its JS heap after a forced gc() every 30 s;
 # 5. ingest: the agents in burst mode (each sends its next batch once the
-#    last is acked); PAIRS pairs of WINDOW_SECS windows alternating 0 and
-#    TABS dashboard streams (curl SSE clients on /live with the session
-#    cookie), CHURN agents a second dropping and coming back in both arms
-#    so the streams carry rows; results/s acked by the server and its CPU.
+#    last is acked); PAIRS rounds of three WINDOW_SECS windows: no
+#    dashboard, TABS streams of curl (SSE clients on /live with the
+#    session cookie), TABS real Chromium tabs on the fleet page
+#    (TAB_BROWSERS browsers: over HTTP/1.1 a browser holds at most 6
+#    connections to one host, so one browser cannot keep 20 streams
+#    open); CHURN agents a second drop and come back in every arm, so the
+#    streams carry rows; results/s acked by the server and its CPU.
 #
 #   bench/dashboard.sh                      # builds, then the full run (about 25 min)
 #   SKIP_BUILD=1 bench/dashboard.sh         # reuse target/release
@@ -44,6 +47,7 @@ TABS=${TABS:-20}
 PAIRS=${PAIRS:-3}
 WINDOW_SECS=${WINDOW_SECS:-30}
 CHURN=${CHURN:-2}
+TAB_BROWSERS=${TAB_BROWSERS:-4}
 WARMUP_SECS=${WARMUP_SECS:-30}
 WORK=${WORK:-/tmp/outrider-dashboard-bench}
 BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
@@ -52,11 +56,15 @@ LOADGEN_PID=
 DRIVER_PID=
 SID=
 SSE_PIDS=
+# The tab browsers of the ingest arm: chromedriver pids, session URLs.
+TAB_DRIVERS=
+TAB_SESSIONS=
 
 # Everything this run started, youngest first.
 finish() {
     # shellcheck disable=SC2086 # a list of pids
     [ -z "$SSE_PIDS" ] || stop_pids $SSE_PIDS
+    close_tabs
     [ -z "$SID" ] || curl -s -m 10 -X DELETE "$WD/session/$SID" >/dev/null 2>&1
     [ -z "$DRIVER_PID" ] || stop_pids "$DRIVER_PID"
     if [ -n "$LOADGEN_PID" ]; then
@@ -136,14 +144,16 @@ if (!window.__bench) {
 }
 return window.__bench.loadedAt;'
 
+# start_browser PROFILE: chromedriver and a logged-in headless Chromium
+# on the fleet page; sets WD, SID and DRIVER_PID.
 start_browser() {
     port=$(free_port)
     WD="http://127.0.0.1:$port"
-    chromedriver --port="$port" >"$WORK/chromedriver.log" 2>&1 &
+    chromedriver --port="$port" >"$WORK/chromedriver-$1.log" 2>&1 &
     DRIVER_PID=$!
     wait_for chromedriver 20 curl -sf -o /dev/null "$WD/status"
-    mkdir -p "$WORK/profile"
-    caps=$(jq -cn --arg dir "--user-data-dir=$WORK/profile" '{capabilities: {alwaysMatch: {
+    mkdir -p "$WORK/$1"
+    caps=$(jq -cn --arg dir "--user-data-dir=$WORK/$1" '{capabilities: {alwaysMatch: {
         "goog:chromeOptions": {binary: "/usr/bin/chromium", args: [
           "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
           "--disable-background-networking", "--disable-component-update",
@@ -151,11 +161,44 @@ start_browser() {
           "--enable-precise-memory-info", "--js-flags=--expose-gc", $dir]}}}}')
     SID=$(curl -s -m 60 -X POST -H 'Content-Type: application/json' -d "$caps" "$WD/session" |
         jq -r '.value.sessionId // empty')
-    [ -n "$SID" ] || die "no WebDriver session; see $WORK/chromedriver.log"
+    [ -n "$SID" ] || die "no WebDriver session; see $WORK/chromedriver-$1.log"
     goto /login
     js 'document.getElementById("token").value = arguments[0];
         document.getElementById("login").click(); return 1;' "$(jq -cn --arg t "$ADMIN" '[$t]')" >/dev/null
     wait_for "the browser's login" 30 on_fleet_page
+}
+
+# open_tabs N: N fleet pages in TAB_BROWSERS browsers (new windows).
+open_tabs() {
+    per=$(( ($1 + TAB_BROWSERS - 1) / TAB_BROWSERS ))
+    opened=0 b=0
+    while [ $opened -lt "$1" ]; do
+        start_browser "tabs-$RUN-$b"
+        TAB_DRIVERS="$TAB_DRIVERS $DRIVER_PID"
+        TAB_SESSIONS="$TAB_SESSIONS $WD/session/$SID"
+        opened=$((opened + 1))
+        w=1
+        while [ $w -lt "$per" ] && [ $opened -lt "$1" ]; do
+            handle=$(wd POST /window/new '{"type":"window"}' | jq -r .value.handle)
+            wd POST /window "$(jq -cn --arg h "$handle" '{handle: $h}')" >/dev/null
+            goto /
+            opened=$((opened + 1))
+            w=$((w + 1))
+        done
+        b=$((b + 1))
+    done
+    DRIVER_PID=''
+    SID=''
+}
+
+close_tabs() {
+    for s in $TAB_SESSIONS; do
+        curl -s -m 10 -X DELETE "$s" >/dev/null 2>&1
+    done
+    # shellcheck disable=SC2086
+    [ -z "$TAB_DRIVERS" ] || stop_pids $TAB_DRIVERS
+    TAB_DRIVERS=''
+    TAB_SESSIONS=''
 }
 
 on_fleet_page() { js 'return document.getElementById("fleet") ? 1 : 0;' | grep -q '"value":1'; }
@@ -223,9 +266,9 @@ presence() {
     out "drop to 'down' in the browser, ms: $(stats "$WORK/presence.txt"); page reloads: $reloads; samples missing: $((DROPS - $(wc -l <"$WORK/presence.txt")))"
     js 'var e = performance.getEntriesByType("navigation")[0];
         var r = performance.getEntriesByType("resource");
-        var t = e.transferSize; for (var i = 0; i < r.length; i++) { t += r[i].transferSize; }
+        var t = e.transferSize; for (var i = 0; i < r.length; i++) { t += r[i].encodedBodySize; }
         return [e.transferSize, t, r.length];' | jq -c .value >"$WORK/transfer.json"
-    out "browser: fleet document transferSize, total with assets (cached: 0), resources: $(cat "$WORK/transfer.json")"
+    out "browser: fleet document transferSize, that plus its assets' encoded sizes (a first visit), assets: $(cat "$WORK/transfer.json")"
 }
 
 idle() {
@@ -244,11 +287,13 @@ idle() {
         [ "$el" -lt "$IDLE_SECS" ] || break
         sleep 30
     done
-    awk '{ n++; x += $1; y += $2; xx += $1 * $1; xy += $1 * $2; if ($2 > max) max = $2; if (n == 1) first = $2; last = $2
-           if (n == 1) l0 = $5; if ($5 != l0) reloads++; l0 = $5; gcs += $6 }
+    # The slope from the second sample on: the first is taken at load.
+    awk 'NR > 1 { n++; x += $1; y += $2; xx += $1 * $1; xy += $1 * $2; if ($2 > max) max = $2; last = $2
+           if (n == 1) { l0 = $5; first = $2 }; if ($5 != l0) reloads++; l0 = $5; gcs += $6 }
          END { slope = (n * xy - x * y) / (n * xx - x * x)
-               printf "samples=%d start=%d end=%d max=%d bytes; slope %.0f bytes/min; page reloads %d; gc() available in %d of %d samples\n",
+               printf "samples after load=%d first=%d end=%d max=%d bytes; slope %.0f bytes/min; page reloads %d; gc() available in %d of %d samples\n",
                       n, first, last, max, slope * 60, reloads, gcs, n }' "$WORK/heap.txt" >"$WORK/heap.sum"
+    out "used JS heap at load (before the first gc): $(head -n 1 "$WORK/heap.txt" | cut -d' ' -f2) bytes"
     out "used JS heap: $(cat "$WORK/heap.sum")"
     out "DOM elements at start/end: $(head -n 1 "$WORK/heap.txt" | cut -d' ' -f4) / $(tail -n 1 "$WORK/heap.txt" | cut -d' ' -f4)"
 }
@@ -269,9 +314,15 @@ churn_for() {
     done
 }
 
+# window none|curl|chromium: one measured window with that arm open.
 window() {
-    tabs=$1
-    if [ "$tabs" -gt 0 ]; then
+    arm=$1 tabs=0
+    [ "$arm" = none ] || tabs=$TABS
+    if [ "$arm" = chromium ]; then
+        open_tabs "$TABS"
+        sleep 5
+    fi
+    if [ "$arm" = curl ]; then
         t=0
         while [ $t -lt "$tabs" ]; do
             curl -s -N -m $((WINDOW_SECS + 60)) -b "$WORK/jar" -H 'Accept: text/event-stream' \
@@ -286,25 +337,26 @@ window() {
     churn_for "$WINDOW_SECS"
     m1=$(curl -s -m 60 "$API/metrics" | sed -n 's/^outrider_ingested_results_total //p')
     b=$(count "w$RUN-end")
-    frames=0
-    if [ "$tabs" -gt 0 ]; then
+    frames=-
+    if [ "$arm" = curl ]; then
         # shellcheck disable=SC2086
         stop_pids $SSE_PIDS
         SSE_PIDS=
         frames=$(cat "$WORK"/sse-"$RUN"-*.txt | grep -c '^event: row')
     fi
+    [ "$arm" != chromium ] || close_tabs
     ms=$(($(field "$b" unix_ms) - $(field "$a" unix_ms)))
     rate=$(awk -v s0="$(field "$a" acked_samples)" -v s1="$(field "$b" acked_samples)" -v ms="$ms" -v p=3 \
         'BEGIN { printf "%.0f", (s1 - s0) / p / (ms / 1000) }')
     cpu=$(awk -v c0="$(field "$a" server_cpu_s)" -v c1="$(field "$b" server_cpu_s)" -v ms="$ms" \
         'BEGIN { printf "%.1f", (c1 - c0) / (ms / 1000) * 100 }')
-    out "window $RUN: tabs=$tabs results_per_s=$rate server_cpu_pct=$cpu window_ms=$ms server_counter_delta=$((${m1:-0} - ${m0:-0})) row_frames_received=$frames rss_kib=$(field "$b" rss_kib)"
-    echo "$tabs $rate $cpu" >>"$WORK/windows.txt"
+    out "window $RUN: arm=$arm tabs=$tabs load=$(cut -d' ' -f1 /proc/loadavg) results_per_s=$rate server_cpu_pct=$cpu window_ms=$ms server_counter_delta=$((${m1:-0} - ${m0:-0})) row_frames_received=$frames rss_kib=$(field "$b" rss_kib)"
+    echo "$arm $rate $cpu" >>"$WORK/windows.txt"
     RUN=$((RUN + 1))
 }
 
 ingest() {
-    out "== ingest, burst mode, 0 vs $TABS streams, $PAIRS pairs of $WINDOW_SECS s, churn $CHURN drops/s"
+    out "== ingest, burst mode: none / $TABS curl streams / $TABS Chromium tabs, $PAIRS rounds of $WINDOW_SECS s windows, churn $CHURN drops/s"
     cmd burst
     answer '^OK burst' 10 >/dev/null
     sleep 10
@@ -313,18 +365,21 @@ ingest() {
     NEXT_CHURN=$((AGENTS / 10))
     p=0
     while [ $p -lt "$PAIRS" ]; do
-        window 0
-        window "$TABS"
+        window none
+        window curl
+        window chromium
         p=$((p + 1))
     done
     cmd steady
-    for tabs in 0 "$TABS"; do
-        awk -v t="$tabs" '$1 == t { print $2 }' "$WORK/windows.txt" >"$WORK/rate-$tabs.txt"
-        awk -v t="$tabs" '$1 == t { print $3 }' "$WORK/windows.txt" >"$WORK/cpu-$tabs.txt"
-        out "tabs=$tabs results/s: $(stats "$WORK/rate-$tabs.txt"); server CPU %: $(stats "$WORK/cpu-$tabs.txt")"
+    for arm in none curl chromium; do
+        awk -v a="$arm" '$1 == a { print $2 }' "$WORK/windows.txt" >"$WORK/rate-$arm.txt"
+        awk -v a="$arm" '$1 == a { print $3 }' "$WORK/windows.txt" >"$WORK/cpu-$arm.txt"
+        out "$arm: results/s $(stats "$WORK/rate-$arm.txt"); server CPU % $(stats "$WORK/cpu-$arm.txt")"
     done
-    out "median with $TABS vs 0: $(awk -v a="$(pct "$WORK/rate-0.txt" 0.5)" -v b="$(pct "$WORK/rate-$TABS.txt" 0.5)" \
-        'BEGIN { printf "%+.1f %%", (b - a) / a * 100 }')"
+    for arm in curl chromium; do
+        out "median $arm vs none: $(awk -v a="$(pct "$WORK/rate-none.txt" 0.5)" -v b="$(pct "$WORK/rate-$arm.txt" 0.5)" \
+            'BEGIN { printf "%+.1f %%", (b - a) / a * 100 }')"
+    done
 }
 
 main() {
@@ -356,7 +411,7 @@ main() {
     log "dashboard $DASH; warming up ${WARMUP_SECS}s"
     sleep "$WARMUP_SECS"
     pages
-    start_browser
+    start_browser profile
     presence
     idle
     curl -s -m 10 -X DELETE "$WD/session/$SID" >/dev/null
