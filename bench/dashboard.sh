@@ -201,6 +201,11 @@ close_tabs() {
     TAB_SESSIONS=''
 }
 
+# browser_cpu: CPU seconds used so far by the running Chromium processes.
+browser_cpu() {
+    ps -C chromium -o times= | awk '{ s += $1 } END { print s + 0 }'
+}
+
 on_fleet_page() { js 'return document.getElementById("fleet") ? 1 : 0;' | grep -q '"value":1'; }
 
 pages() {
@@ -333,10 +338,12 @@ window() {
     fi
     churn_for 5
     a=$(count "w$RUN-start")
+    c0=$(browser_cpu)
     m0=$(curl -s -m 60 "$API/metrics" | sed -n 's/^outrider_ingested_results_total //p')
     churn_for "$WINDOW_SECS"
     m1=$(curl -s -m 60 "$API/metrics" | sed -n 's/^outrider_ingested_results_total //p')
     b=$(count "w$RUN-end")
+    c1=$(browser_cpu)
     frames=-
     if [ "$arm" = curl ]; then
         # shellcheck disable=SC2086
@@ -348,9 +355,11 @@ window() {
     ms=$(($(field "$b" unix_ms) - $(field "$a" unix_ms)))
     rate=$(awk -v s0="$(field "$a" acked_samples)" -v s1="$(field "$b" acked_samples)" -v ms="$ms" -v p=3 \
         'BEGIN { printf "%.0f", (s1 - s0) / p / (ms / 1000) }')
-    cpu=$(awk -v c0="$(field "$a" server_cpu_s)" -v c1="$(field "$b" server_cpu_s)" -v ms="$ms" \
-        'BEGIN { printf "%.1f", (c1 - c0) / (ms / 1000) * 100 }')
-    out "window $RUN: arm=$arm tabs=$tabs load=$(cut -d' ' -f1 /proc/loadavg) results_per_s=$rate server_cpu_pct=$cpu window_ms=$ms server_counter_delta=$((${m1:-0} - ${m0:-0})) row_frames_received=$frames rss_kib=$(field "$b" rss_kib)"
+    pct_of() { awk -v c0="$1" -v c1="$2" -v ms="$ms" 'BEGIN { printf "%.1f", (c1 - c0) / (ms / 1000) * 100 }'; }
+    cpu=$(pct_of "$(field "$a" server_cpu_s)" "$(field "$b" server_cpu_s)")
+    loadgen_cpu=$(pct_of "$(field "$a" harness_cpu_s)" "$(field "$b" harness_cpu_s)")
+    chromium_cpu=$(pct_of "$c0" "$c1")
+    out "window $RUN: arm=$arm tabs=$tabs load=$(cut -d' ' -f1 /proc/loadavg) results_per_s=$rate server_cpu_pct=$cpu loadgen_cpu_pct=$loadgen_cpu chromium_cpu_pct=$chromium_cpu window_ms=$ms server_counter_delta=$((${m1:-0} - ${m0:-0})) row_frames_received=$frames rss_kib=$(field "$b" rss_kib)"
     echo "$arm $rate $cpu" >>"$WORK/windows.txt"
     RUN=$((RUN + 1))
 }
