@@ -201,9 +201,12 @@ close_tabs() {
     TAB_SESSIONS=''
 }
 
-# browser_cpu: CPU seconds used so far by the running Chromium processes.
+# browser_cpu: CPU seconds used so far by the running Chromium processes
+# (all of the machine's: other Chromiums running count too).
 browser_cpu() {
-    ps -C chromium -o times= | awk '{ s += $1 } END { print s + 0 }'
+    for pid in $(pgrep -x chromium); do
+        cat "/proc/$pid/stat" 2>/dev/null
+    done | awk -v hz="$(getconf CLK_TCK)" '{ s += $14 + $15 } END { printf "%.2f\n", s / hz }'
 }
 
 on_fleet_page() { js 'return document.getElementById("fleet") ? 1 : 0;' | grep -q '"value":1'; }
