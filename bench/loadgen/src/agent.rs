@@ -78,6 +78,47 @@ pub struct Settings {
     pub agents_per_ip: usize,
     /// Set when the server speaks HTTPS only.
     pub tls: Option<crate::server::Tls>,
+    /// Orders to drop one agent's connection (`--scripted`).
+    pub drops: Arc<Drops>,
+}
+
+/// Orders for single agents to drop their connection without a goodbye
+/// and stay away for a while (`--scripted`, bench/dashboard.sh): a
+/// presence change the harness times from the drop to a browser.
+#[derive(Debug)]
+pub struct Drops {
+    /// Agent index → how long it stays away.
+    pending: Mutex<HashMap<usize, Duration>>,
+    /// Bumped at each order; every agent looks whether it is meant.
+    generation: watch::Sender<u64>,
+}
+
+impl Default for Drops {
+    fn default() -> Drops {
+        Drops {
+            pending: Mutex::new(HashMap::new()),
+            generation: watch::channel(0).0,
+        }
+    }
+}
+
+impl Drops {
+    /// Orders agent `index` to drop its connection and stay away for `away`.
+    pub fn order(&self, index: usize, away: Duration) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(index, away);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Takes the order for agent `index`, if there is one.
+    fn take(&self, index: usize) -> Option<Duration> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&index)
+    }
 }
 
 /// Counters shared by all agents.
@@ -181,6 +222,7 @@ pub async fn run(
         .interval
         .mul_f64(index as f64 / agent.settings.agents.max(1) as f64);
     let mut storm_seen = 0;
+    let mut drops = agent.settings.drops.generation.subscribe();
     let mut attempt = 0u32;
     let mut rng = 0x2545_f491_4f6c_dd1d ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     loop {
@@ -201,11 +243,28 @@ pub async fn run(
         attempt = 0;
         agent.counters.connected.fetch_add(1, Ordering::Relaxed);
         agent.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-        let end = agent.session(ws, &mut phase, &mut storm_seen, offset).await;
+        let end = agent
+            .session(ws, &mut phase, &mut drops, &mut storm_seen, offset)
+            .await;
         agent.counters.connected.fetch_sub(1, Ordering::Relaxed);
         match end {
             SessionEnd::Stopped => break,
             SessionEnd::Storm => {}
+            SessionEnd::Dropped(away) => {
+                // The socket is closed (the session owned it): the time a
+                // browser's "down" is measured from.
+                println!(
+                    "DROPPED {} {} {}",
+                    agent.index,
+                    agent.fp,
+                    outrider_protocol::unix_now_ms()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(away) => {}
+                    _ = phase.wait_for(|p| *p == Phase::Stop) => break,
+                }
+                continue;
+            }
             SessionEnd::Failed(why) => agent.counters.fail(&format!("session: {why}")),
         }
         // The connection is gone: wait as the real agent would.
@@ -239,6 +298,8 @@ struct Agent {
 enum SessionEnd {
     Stopped,
     Storm,
+    /// Ordered by [`Drops`]: away for this long.
+    Dropped(Duration),
     Failed(String),
 }
 
@@ -328,6 +389,7 @@ impl Agent {
         &mut self,
         mut ws: Ws,
         phase: &mut watch::Receiver<Phase>,
+        drops: &mut watch::Receiver<u64>,
         storm_seen: &mut u32,
         offset: Duration,
     ) -> SessionEnd {
@@ -369,6 +431,11 @@ impl Agent {
             let steady = matches!(current, Phase::Steady | Phase::Storm(_));
             tokio::select! {
                 _ = phase.changed() => {}
+                Ok(()) = drops.changed() => {
+                    if let Some(away) = self.settings.drops.take(self.index) {
+                        return SessionEnd::Dropped(away);
+                    }
+                }
                 _ = tokio::time::sleep_until(due), if steady => {
                     due += interval;
                     if self.in_flight.is_none()

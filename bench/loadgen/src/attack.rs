@@ -276,6 +276,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         nudges: Arc::new(nudge::Nudges::default()),
         agents_per_ip: args.agents_per_ip,
         tls: Some(tls.clone()),
+        drops: Arc::default(),
     });
     let counters = Arc::new(Counters::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Steady);

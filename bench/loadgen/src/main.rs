@@ -24,7 +24,9 @@
 //!    read to count results lost (acked but absent) and points duplicated.
 //!
 //! With `--attack`, the denial-of-service harness runs instead
-//! ([`attack`], docs/security.md).
+//! ([`attack`], docs/security.md); with `--scripted`, the agents obey
+//! commands on standard input instead of the phases ([`scripted`],
+//! bench/dashboard.sh).
 //!
 //! Loopback only; the agents bind 127.0.0.2, 127.0.0.3, … so they do not
 //! exhaust one address's ephemeral ports. The harness raises its own
@@ -34,6 +36,7 @@
 mod agent;
 mod attack;
 mod nudge;
+mod scripted;
 mod server;
 
 use std::path::PathBuf;
@@ -139,6 +142,14 @@ struct Args {
     /// `--attack`: run-now timing without attack first, this long.
     #[arg(long, default_value_t = 15)]
     baseline_secs: u64,
+    /// Connect the agents, then obey commands on standard input (see
+    /// `scripted.rs`) instead of running the phases; needs `--keep-dir`.
+    #[arg(long, conflicts_with_all = ["attack", "steady_only"])]
+    scripted: bool,
+    /// `--scripted`: the longest time commands are obeyed before the
+    /// loadgen stops by itself.
+    #[arg(long, default_value_t = 3_600)]
+    scripted_secs: u64,
     /// Simulated agents per loopback source address (127.0.0.2, …).
     #[arg(long, default_value_t = agent::AGENTS_PER_SOURCE_IP)]
     agents_per_ip: usize,
@@ -169,7 +180,9 @@ fn main() -> ExitCode {
         return ExitCode::from(64);
     }
     // Hard cap: whatever happens, the harness ends.
-    let cap = if args.attack {
+    let cap = if args.scripted {
+        Duration::from_secs(args.connect_deadline_secs + args.scripted_secs + 180)
+    } else if args.attack {
         Duration::from_secs(
             args.connect_deadline_secs + args.baseline_secs + args.attack_secs + 240,
         )
@@ -183,7 +196,9 @@ fn main() -> ExitCode {
         )
     };
     let main = async {
-        if args.attack {
+        if args.scripted {
+            scripted::run(args).await
+        } else if args.attack {
             attack::run(args).await
         } else {
             run(args).await
@@ -287,6 +302,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         nudges: Arc::new(nudge::Nudges::default()),
         agents_per_ip: args.agents_per_ip,
         tls: None,
+        drops: Arc::default(),
     });
     let counters = Arc::new(Counters::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Steady);

@@ -115,13 +115,18 @@ impl ServerProcess {
     ) -> anyhow::Result<ServerProcess> {
         let ready = data_dir.join("ready");
         let log = std::fs::File::create(data_dir.join("server.log"))?;
+        // The dashboard on a free port unless `extra` names one.
+        let dashboard = if extra.iter().any(|a| a.starts_with("--dashboard-listen")) {
+            &[][..]
+        } else {
+            &["--dashboard-listen", "127.0.0.1:0"][..]
+        };
         let child = Command::new(bin)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(dashboard)
             .args([
                 "--listen",
-                "127.0.0.1:0",
-                "--dashboard-listen",
                 "127.0.0.1:0",
                 "--enrollment-token",
                 token,
