@@ -255,19 +255,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.server_args
         ),
     );
-    let (status, body) = server
-        .request(
-            "PUT",
-            &format!("/api/v1/checks/{CHECK}"),
-            Some(r#"{"command":["/bin/true"],"interval_secs":10,"timeout_secs":5}"#),
-        )
-        .await?;
-    anyhow::ensure!(status == 200, "creating the check: {status} {body}");
+    let checks = server.define_checks(CHECK, 1).await?;
 
     let settings = Arc::new(Settings {
         server: server.addr,
         enrollment_token: ENROLLMENT_TOKEN.into(),
-        checks: vec![CHECK.into()],
+        checks,
         interval: Duration::from_secs(args.interval_secs.max(1)),
         perfdata_per_result: args.perfdata,
         results_per_burst_batch: 1,

@@ -272,22 +272,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             server.addr
         ),
     );
-    let checks: Vec<String> = (0..args.checks)
-        .map(|i| match i {
-            0 => CHECK.to_owned(),
-            i => format!("{CHECK}-{i}"),
-        })
-        .collect();
-    for check in &checks {
-        let (status, body) = server
-            .request(
-                "PUT",
-                &format!("/api/v1/checks/{check}"),
-                Some(r#"{"command":["/bin/true"],"interval_secs":10,"timeout_secs":5}"#),
-            )
-            .await?;
-        anyhow::ensure!(status == 200, "creating check {check}: {status} {body}");
-    }
+    let checks = server.define_checks(CHECK, args.checks).await?;
     let baseline = server.memory()?;
 
     let settings = Arc::new(Settings {

@@ -53,22 +53,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ];
     server_args.extend(args.server_args.iter().cloned());
     let server = ServerProcess::start(&args.server_bin, &dir, ENROLLMENT_TOKEN, &server_args)?;
-    let checks: Vec<String> = (0..args.checks)
-        .map(|i| match i {
-            0 => CHECK.to_owned(),
-            i => format!("{CHECK}-{i}"),
-        })
-        .collect();
-    for check in &checks {
-        let (status, body) = server
-            .request(
-                "PUT",
-                &format!("/api/v1/checks/{check}"),
-                Some(r#"{"command":["/bin/true"],"interval_secs":10,"timeout_secs":5}"#),
-            )
-            .await?;
-        anyhow::ensure!(status == 200, "creating check {check}: {status} {body}");
-    }
+    let checks = server.define_checks(CHECK, args.checks).await?;
     let settings = Arc::new(Settings {
         server: server.addr,
         enrollment_token: ENROLLMENT_TOKEN.into(),

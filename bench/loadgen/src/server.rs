@@ -213,6 +213,30 @@ impl ServerProcess {
         anyhow::bail!("server did not stop within 30 s of SIGTERM; killed")
     }
 
+    /// Defines `count` checks (`/bin/true` every 10 s) named `base`,
+    /// `base-1`, `base-2` …, and returns their names.
+    ///
+    /// Fails when the server refuses one.
+    pub async fn define_checks(&self, base: &str, count: u16) -> anyhow::Result<Vec<String>> {
+        let checks: Vec<String> = (0..count)
+            .map(|i| match i {
+                0 => base.to_owned(),
+                i => format!("{base}-{i}"),
+            })
+            .collect();
+        for check in &checks {
+            let (status, body) = self
+                .request(
+                    "PUT",
+                    &format!("/api/v1/checks/{check}"),
+                    Some(r#"{"command":["/bin/true"],"interval_secs":10,"timeout_secs":5}"#),
+                )
+                .await?;
+            anyhow::ensure!(status == 200, "creating check {check}: {status} {body}");
+        }
+        Ok(checks)
+    }
+
     /// One admin request; returns status and body.
     pub async fn request(
         &self,
