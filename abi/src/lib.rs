@@ -45,7 +45,12 @@ pub const ABI_MAJOR: u32 = 1;
 /// - 1.0: the original tables.
 /// - 1.1: [`HostApiV1::take_update_events`] (the stub's update outcomes
 ///   reach the running library, see [`update_events`]).
-pub const ABI_MINOR: u32 = 1;
+/// - 1.2: [`HostApiV1::borrow_socket`] (listening sockets owned by the stub
+///   and lent to each generation, so nothing sent during a hot swap is
+///   lost) and [`HostApiV1::stop_intent`] (whether another generation of
+///   this process follows the stop, so long-lived children can be handed
+///   over instead of killed).
+pub const ABI_MINOR: u32 = 2;
 
 /// The one symbol every agent library exports, NUL-terminated for `dlsym`.
 pub const ENTRY_SYMBOL_V1: &[u8] = b"outrider_agent_entry_v1\0";
@@ -125,6 +130,30 @@ pub mod update_events {
     pub const KIND_STUB_UPDATED: &str = "stub_updated";
     /// A new stub was refused or reverted; `reason` says why.
     pub const KIND_STUB_REFUSED: &str = "stub_refused";
+}
+
+/// Socket kinds passed to [`HostApiV1::borrow_socket`] (ABI 1.2).
+pub mod socket_kind {
+    /// A UDP socket bound to the address (a StatsD listener).
+    pub const UDP: u32 = 1;
+    /// A TCP socket bound to the address and listening (a Graphite listener).
+    pub const TCP: u32 = 2;
+}
+
+/// Values returned by [`HostApiV1::stop_intent`] (ABI 1.2).
+pub mod stop_intent {
+    /// The process ends (or nothing is known): the library stops everything
+    /// it started, child processes included.
+    pub const FINAL: u32 = 0;
+    /// A generation of this same process follows whose library is of ABI
+    /// 1.2 or later, and so adopts what is handed to it: the library may
+    /// leave its child processes running and describe them in its state
+    /// blob. A library of ABI ≥ 1.2 promises to adopt (or stop) every
+    /// child process described in the state blob it is given. The stub
+    /// says `HAND_OVER` only when it has already loaded that next library
+    /// (a hot swap); before an older library, a rollback it has not chosen
+    /// yet, or an exec of a new stub, it says [`FINAL`].
+    pub const HAND_OVER: u32 = 1;
 }
 
 /// Signature of the sink the library passes to
@@ -272,6 +301,23 @@ pub struct HostApiV1 {
     /// `sink`, queues the events in its outbox like check results (so they
     /// survive a disconnect), and polls this every few seconds.
     pub take_update_events: extern "C" fn(ctx: *mut c_void, sink_ctx: *mut c_void, sink: EventSink),
+    // ---- ABI 1.2: read only when `struct_size` covers it (`has_v1_2`). ----
+    /// Lends the library a listening socket the stub owns: `kind` is a
+    /// [`socket_kind`], `addr` a UTF-8 socket address (`127.0.0.1:8125`,
+    /// `[::1]:2003`). The stub binds the socket on the first request for
+    /// that (kind, address) and keeps it for the life of the process, so
+    /// what arrives between two generations waits in the socket's buffer.
+    /// Returns a new descriptor (a `dup`, close-on-exec) that the library
+    /// owns and closes before `run` returns, or a negative errno:
+    /// `-EINVAL` for an unknown kind or an unreadable address, `-EACCES`
+    /// for an address that is not loopback (the stub binds nothing else),
+    /// or the error of `socket`/`bind`/`listen`. At the end of each
+    /// generation the stub closes every socket that generation did not
+    /// borrow: a socket lives until a generation runs without it.
+    pub borrow_socket: extern "C" fn(ctx: *mut c_void, kind: u32, addr: Bytes) -> i32,
+    /// Says what follows the stop: one of [`stop_intent`]. Meaningful once
+    /// `stop_fd` is readable (the stub decides before signalling it).
+    pub stop_intent: extern "C" fn(ctx: *mut c_void) -> u32,
 }
 
 // SAFETY: the stub builds a `HostApiV1` once per generation and never mutates
@@ -284,8 +330,10 @@ unsafe impl Send for HostApiV1 {}
 /// Size of the v1.0 layout: everything before the first 1.1 field. A host
 /// of ABI 1.0 passes exactly this.
 const HOST_V1_0_SIZE: usize = core::mem::offset_of!(HostApiV1, take_update_events);
-/// Size of the v1.1 layout.
-const HOST_V1_1_SIZE: usize = core::mem::size_of::<HostApiV1>();
+/// Size of the v1.1 layout: everything before the first 1.2 field.
+const HOST_V1_1_SIZE: usize = core::mem::offset_of!(HostApiV1, borrow_socket);
+/// Size of the v1.2 layout.
+const HOST_V1_2_SIZE: usize = core::mem::size_of::<HostApiV1>();
 
 impl HostApiV1 {
     /// Whether the host's table carries the ABI 1.1 fields
@@ -293,6 +341,13 @@ impl HostApiV1 {
     /// and they must not be read.
     pub fn has_v1_1(&self) -> bool {
         self.struct_size as usize >= HOST_V1_1_SIZE
+    }
+
+    /// Whether the host's table carries the ABI 1.2 fields
+    /// ([`HostApiV1::borrow_socket`], [`HostApiV1::stop_intent`]); a 1.0 or
+    /// 1.1 stub's table ends before them and they must not be read.
+    pub fn has_v1_2(&self) -> bool {
+        self.struct_size as usize >= HOST_V1_2_SIZE
     }
 
     /// Checks that this table can be used by a library of [`ABI_MAJOR`].
@@ -388,9 +443,11 @@ mod tests {
         {
             assert_eq!(core::mem::size_of::<Bytes>(), 16);
             assert_eq!(core::mem::size_of::<AgentApiV1>(), 56);
-            // 1.0 ended at 128 bytes; 1.1 appended one function pointer.
+            // 1.0 ended at 128 bytes; 1.1 appended one function pointer,
+            // 1.2 two more.
             assert_eq!(HOST_V1_0_SIZE, 128);
-            assert_eq!(core::mem::size_of::<HostApiV1>(), 136);
+            assert_eq!(HOST_V1_1_SIZE, 136);
+            assert_eq!(core::mem::size_of::<HostApiV1>(), 152);
         }
     }
 
@@ -398,6 +455,12 @@ mod tests {
     extern "C" fn nudge_nothing(_: *mut c_void) {}
     extern "C" fn report_nothing(_: *mut c_void, _: u32, _: Bytes) {}
     extern "C" fn no_events(_: *mut c_void, _: *mut c_void, _: EventSink) {}
+    extern "C" fn no_socket(_: *mut c_void, _: u32, _: Bytes) -> i32 {
+        -22
+    }
+    extern "C" fn final_stop(_: *mut c_void) -> u32 {
+        stop_intent::FINAL
+    }
 
     fn host(size: u32) -> HostApiV1 {
         HostApiV1 {
@@ -416,6 +479,8 @@ mod tests {
             health: report_nothing,
             log: report_nothing,
             take_update_events: no_events,
+            borrow_socket: no_socket,
+            stop_intent: final_stop,
         }
     }
 
@@ -429,10 +494,21 @@ mod tests {
         let new = host(HOST_V1_1_SIZE as u32);
         assert_eq!(new.check(), Ok(()));
         assert!(new.has_v1_1());
+        assert!(!new.has_v1_2());
         assert!(matches!(
             host(HOST_V1_0_SIZE as u32 - 8).check(),
             Err(AbiMismatch::TooSmall { .. })
         ));
+    }
+
+    #[test]
+    fn a_v1_1_host_is_accepted_without_its_1_2_fields() {
+        // What a stub of ABI 1.1 passes: no socket lending, no stop intent.
+        let old = host(HOST_V1_1_SIZE as u32);
+        assert_eq!(old.check(), Ok(()));
+        assert!(old.has_v1_1() && !old.has_v1_2());
+        let new = host(HOST_V1_2_SIZE as u32);
+        assert!(new.has_v1_1() && new.has_v1_2());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::connection::{AgentParts, Connection};
 use crate::error::AgentError;
 use crate::host::HostHooks;
 use crate::identity::Identity;
+use crate::listeners::Listeners;
 use crate::outbox::{Handover, Outbox, SharedOutbox};
 use crate::scheduler::Scheduler;
 use crate::state::StateBlob;
@@ -120,10 +121,29 @@ async fn agent_main(
     // Collectors run under the same shutdown tree. No definitions reach it
     // yet (they will come from the server's config); until collectors are
     // adopted across hot swaps, stopping a generation stops them.
-    let collectors = Supervisor::new(
+    let mut collectors = Supervisor::new(
         SupervisorSettings::new(&settings.data_dir, settings.policy.clone()),
         outbox.clone(),
         hooks.clone(),
+        stop.child_token(),
+    );
+    // Collectors the previous generation left running: adopted, not
+    // restarted (their definitions come with them).
+    if let Some(handed) = state.as_mut().map(|s| std::mem::take(&mut s.collectors))
+        && !handed.is_empty()
+    {
+        let summary = collectors.adopt(handed).await;
+        hooks.info(&format!(
+            "collectors taken over from the previous generation: {:?}",
+            summary.started
+        ));
+    }
+    // Early, so that a lent socket's queue is read again soon after a swap.
+    let listeners = Listeners::start(
+        &settings.listeners,
+        hooks.clone(),
+        outbox.clone(),
+        collectors.data_signal(),
         stop.child_token(),
     );
     // The carried config was validated by the generation that applied it,
@@ -180,7 +200,16 @@ async fn agent_main(
     let config = scheduler.config().cloned();
     let next_runs = scheduler.next_runs();
     scheduler.shutdown().await;
-    collectors.shutdown().await;
+    // A library that adopts runs next: leave the collectors running.
+    let handed = match hooks.hands_over() {
+        true => collectors.hand_over().await,
+        false => {
+            collectors.shutdown().await;
+            Vec::new()
+        }
+    };
+    // Last before the handover: the partial interval goes into the spool.
+    listeners.stop().await;
     let Handover {
         next_seq,
         seq_synced,
@@ -194,6 +223,7 @@ async fn agent_main(
         next_runs,
         connection: Some(connection),
         update_events_seen,
+        collectors: handed,
         ..StateBlob::default()
     };
     hooks.info(&format!(

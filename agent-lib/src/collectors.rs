@@ -31,7 +31,9 @@ pub mod supervisor;
 pub mod validate;
 
 pub use spec::{CollectorName, CollectorSpec};
-pub use supervisor::{DataSignal, ReconcileSummary, Supervisor, SupervisorSettings};
+pub use supervisor::{
+    DataSignal, HandedCollector, HandedProcess, ReconcileSummary, Supervisor, SupervisorSettings,
+};
 
 use crate::outbox::SharedOutbox;
 use crate::runner::RunOutcome;

@@ -23,9 +23,11 @@ use serde::Deserialize;
 use tokio_tungstenite::tungstenite::http::Uri;
 
 use crate::error::AgentError;
+use listeners::{ListenerSettings, ListenersToml};
 use policy::{LocalPolicy, PolicyToml};
 pub use timing::ConnectionTiming;
 
+pub mod listeners;
 pub mod policy;
 pub mod timing;
 
@@ -160,6 +162,9 @@ pub struct AgentToml {
     /// ([`policy`]); the server can neither see nor change them.
     #[serde(default)]
     pub policy: PolicyToml,
+    /// The loopback metric listeners ([`listeners`]).
+    #[serde(default)]
+    pub listeners: ListenersToml,
 }
 
 fn default_spool_max_mb() -> u64 {
@@ -245,6 +250,8 @@ pub struct AgentSettings {
     pub endpoint: ServerEndpoint,
     /// `agent.policy`, validated: what checks and ad-hoc scripts may run.
     pub policy: LocalPolicy,
+    /// `agent.listeners`, validated.
+    pub listeners: ListenerSettings,
     /// Certificates of `agent.tls_ca_file`, parsed.
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// How server names are resolved: the system resolver, or a
@@ -284,6 +291,7 @@ impl fmt::Debug for AgentSettings {
             .field("agent", &self.agent)
             .field("endpoint", &self.endpoint)
             .field("policy", &self.policy)
+            .field("listeners", &self.listeners)
             .field("extra_roots", &self.extra_roots.len())
             .field("resolver", &self.resolver)
             .field("timing", &self.timing)
@@ -318,6 +326,7 @@ impl AgentSettings {
             });
         }
         let policy = LocalPolicy::from_toml(&agent.policy)?;
+        let listeners = ListenerSettings::from_toml(&agent.listeners)?;
         let extra_roots = match &agent.tls_ca_file {
             Some(path) => read_ca_file(path)?,
             None => Vec::new(),
@@ -326,6 +335,7 @@ impl AgentSettings {
             agent,
             endpoint,
             policy,
+            listeners,
             extra_roots,
             resolver: Arc::new(SystemResolver),
             timing: ConnectionTiming::default(),

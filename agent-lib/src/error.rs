@@ -48,6 +48,18 @@ pub enum AgentError {
     #[error("agent.toml field `spool_max_mb` = {value} is out of range; use {min} to {max} (MiB)")]
     SpoolMaxMb { value: u64, min: u64, max: u64 },
 
+    /// A `[listeners]` address in agent.toml is unusable or not loopback.
+    #[error("agent.toml field `[listeners] {key}` = {value:?} {reason}")]
+    ListenerAddress {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+
+    /// A `[listeners]` number in agent.toml is out of range.
+    #[error("agent.toml field `[listeners] {key}`: {reason}")]
+    ListenerSetting { key: &'static str, reason: String },
+
     /// An `allowed_commands` entry of agent.toml `[policy]` is unusable.
     #[error("agent.toml field `[policy] allowed_commands`: {entry:?} {reason}")]
     PolicyEntry { entry: String, reason: String },
@@ -221,6 +233,8 @@ impl AgentError {
                 | AgentError::TlsCaFile { .. }
                 | AgentError::BadTag { .. }
                 | AgentError::SpoolMaxMb { .. }
+                | AgentError::ListenerAddress { .. }
+                | AgentError::ListenerSetting { .. }
                 | AgentError::PolicyEntry { .. }
                 | AgentError::TlsSetup(_)
                 | AgentError::IdentityIo { .. }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::run_with_stop_fd;
 use crate::config::AgentSettings;
-use crate::host::{Health, HostHooks, Level};
+use crate::host::{Health, HostHooks, Level, SocketKind};
 use crate::state::{MIN_STATE_FORMAT, STATE_FORMAT};
 
 const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -60,6 +60,11 @@ pub struct Host {
     log_fn: extern "C" fn(*mut c_void, u32, Bytes),
     /// ABI 1.1; `None` when the stub's table ends before it (a 1.0 stub).
     take_update_events_fn: Option<extern "C" fn(*mut c_void, *mut c_void, EventSink)>,
+    /// ABI 1.2; `None` before (a 1.0 or 1.1 stub): the listeners bind their
+    /// own sockets then.
+    borrow_socket_fn: Option<extern "C" fn(*mut c_void, u32, Bytes) -> i32>,
+    /// ABI 1.2; `None` before: every stop is then treated as final.
+    stop_intent_fn: Option<extern "C" fn(*mut c_void) -> u32>,
     stop_fd: i32,
     /// Copy of `HostApiV1.config`.
     pub config: Vec<u8>,
@@ -121,6 +126,8 @@ impl Host {
             // Read only when the host's table covers it: a 1.0 stub's
             // struct ends before this field.
             take_update_events_fn: api.has_v1_1().then_some(api.take_update_events),
+            borrow_socket_fn: api.has_v1_2().then_some(api.borrow_socket),
+            stop_intent_fn: api.has_v1_2().then_some(api.stop_intent),
             stop_fd: api.stop_fd,
             config,
             state_in,
@@ -182,6 +189,27 @@ impl HostHooks for Host {
             copy_events,
         );
         taken
+    }
+
+    fn borrow_socket(
+        &self,
+        kind: SocketKind,
+        addr: std::net::SocketAddr,
+    ) -> Option<std::io::Result<OwnedFd>> {
+        let borrow = self.borrow_socket_fn?;
+        let text = addr.to_string();
+        let fd = borrow(self.ctx, kind.to_abi(), Bytes::from_slice(text.as_bytes()));
+        Some(if fd >= 0 {
+            // SAFETY: the ABI hands us a new descriptor that we own.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        } else {
+            Err(std::io::Error::from_raw_os_error(-fd))
+        })
+    }
+
+    fn hands_over(&self) -> bool {
+        self.stop_intent_fn
+            .is_some_and(|intent| intent(self.ctx) == outrider_abi::stop_intent::HAND_OVER)
     }
 }
 
@@ -346,6 +374,19 @@ mod tests {
             Bytes::from_slice(br#"[{"id":1,"kind":"refused"}]"#),
         );
     }
+    extern "C" fn socket_cb(_: *mut c_void, kind: u32, addr: Bytes) -> i32 {
+        // SAFETY: a buffer valid for this call.
+        let addr = String::from_utf8_lossy(unsafe { addr.as_slice() }).into_owned();
+        match kind {
+            outrider_abi::socket_kind::UDP => std::net::UdpSocket::bind(addr)
+                .map(|s| std::os::fd::IntoRawFd::into_raw_fd(OwnedFd::from(s)))
+                .unwrap_or_else(|e| -e.raw_os_error().unwrap_or(libc::EIO)),
+            _ => -libc::EINVAL,
+        }
+    }
+    extern "C" fn intent_cb(_: *mut c_void) -> u32 {
+        outrider_abi::stop_intent::HAND_OVER
+    }
     extern "C" fn log_cb(ctx: *mut c_void, _: u32, m: Bytes) {
         // SAFETY: as above.
         let text = String::from_utf8_lossy(unsafe { m.as_slice() }).into_owned();
@@ -371,6 +412,8 @@ mod tests {
             health: health_cb,
             log: log_cb,
             take_update_events: events_cb,
+            borrow_socket: socket_cb,
+            stop_intent: intent_cb,
         }
     }
 
@@ -413,6 +456,28 @@ mod tests {
         // SAFETY: as above.
         let old = unsafe { Host::from_raw(&api) }.unwrap();
         assert_eq!(old.take_update_events(), None);
+    }
+
+    #[test]
+    fn sockets_are_borrowed_and_stops_handed_over_only_from_a_1_2_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::default();
+        let mut api = host_api(&r, b"{}", 0, dir.path());
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        // SAFETY: `api` and its buffers live through this call.
+        let host = unsafe { Host::from_raw(&api) }.unwrap();
+        let fd = host.borrow_socket(SocketKind::Udp, addr).unwrap().unwrap();
+        assert!(std::net::UdpSocket::from(fd).local_addr().unwrap().port() != 0);
+        let refused = host.borrow_socket(SocketKind::Tcp, addr).unwrap();
+        assert_eq!(refused.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        assert!(host.hands_over());
+        // A 1.1 stub's table ends before both: bind our own, stop for good.
+        api.struct_size = std::mem::offset_of!(HostApiV1, borrow_socket) as u32;
+        // SAFETY: as above.
+        let old = unsafe { Host::from_raw(&api) }.unwrap();
+        assert!(old.borrow_socket(SocketKind::Udp, addr).is_none());
+        assert!(!old.hands_over());
+        assert!(old.take_update_events().is_some());
     }
 
     #[test]

@@ -70,6 +70,43 @@ pub trait HostHooks: Send + Sync + 'static {
     fn take_update_events(&self) -> Option<Vec<u8>> {
         None
     }
+    /// Borrows a listening socket the host owns (ABI 1.2,
+    /// `HostApiV1::borrow_socket`): a descriptor this generation owns and
+    /// closes when it ends, an error naming why the host refused, or `None`
+    /// when the host cannot lend sockets (a stub before ABI 1.2, or no stub
+    /// at all); the caller then binds its own.
+    fn borrow_socket(
+        &self,
+        _kind: SocketKind,
+        _addr: std::net::SocketAddr,
+    ) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        None
+    }
+    /// Whether another generation of this process follows the stop that is
+    /// under way (ABI 1.2, `HostApiV1::stop_intent`), so child processes may
+    /// be handed over instead of stopped. False when the host cannot say.
+    fn hands_over(&self) -> bool {
+        false
+    }
+}
+
+/// The kind of socket [`HostHooks::borrow_socket`] lends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    /// UDP, bound (StatsD).
+    Udp,
+    /// TCP, bound and listening (Graphite).
+    Tcp,
+}
+
+impl SocketKind {
+    /// The ABI's `socket_kind` value.
+    pub fn to_abi(self) -> u32 {
+        match self {
+            SocketKind::Udp => outrider_abi::socket_kind::UDP,
+            SocketKind::Tcp => outrider_abi::socket_kind::TCP,
+        }
+    }
 }
 
 impl fmt::Debug for dyn HostHooks {

@@ -44,6 +44,7 @@ pub mod executor;
 mod ffi;
 pub mod host;
 pub mod identity;
+pub mod listeners;
 pub mod nagios;
 pub mod outbox;
 pub use config::policy;

@@ -10,7 +10,13 @@
 //! generation keeps checking while it reconnects; `connection` carries the
 //! resume token and the DNS fallback addresses (see `dns.rs`), so the new
 //! generation resumes the server-side session and still finds the server
-//! when DNS is down.
+//! when DNS is down. `collectors` lists the collector processes left
+//! running for this generation to adopt (`collectors/supervisor.rs`); it is
+//! written only when the stub said a library of ABI ≥ 1.2 runs next
+//! (`HostApiV1::stop_intent`), so a library that ignores the key is never
+//! handed processes. The format stays 1: every addition is an optional key
+//! that older readers skip, and a higher format would make an older library
+//! (a rollback) refuse the whole blob.
 
 use outrider_protocol::{AgentConfig, CheckResult};
 use serde::{Deserialize, Serialize};
@@ -50,6 +56,9 @@ pub struct StateBlob {
     /// `update_events.rs`), so none is reported twice across swaps.
     #[serde(default)]
     pub update_events_seen: u64,
+    /// Collectors left running for the next generation to adopt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collectors: Vec<crate::collectors::HandedCollector>,
 }
 
 /// What the connection remembers across sessions and generations.
@@ -82,6 +91,7 @@ impl Default for StateBlob {
             next_runs: std::collections::BTreeMap::new(),
             connection: None,
             update_events_seen: 0,
+            collectors: Vec::new(),
         }
     }
 }

@@ -38,6 +38,26 @@ pub fn async_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>>
     Ok(unsafe { AsyncFd::register_with_interest(fd, interest) }?)
 }
 
+/// Waits for child `pid` to exit and reaps it (`waitpid`): for a process
+/// adopted from a previous generation, which std's `Child` cannot hold.
+/// `ECHILD` when it is not a child of this process.
+pub fn wait_pid(pid: u32) -> io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes only to `status`, a c_int on our stack.
+        let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        if rc == pid {
+            return Ok(std::process::ExitStatus::from_raw(status));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Sends `signal` to every process in process group `pgid`. A group that no
 /// longer exists is not an error.
 pub fn kill_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {

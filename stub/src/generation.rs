@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use outrider_abi::{ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, EntryV1, EventSink, HostApiV1};
+use outrider_abi::{
+    ABI_MAJOR, ABI_MINOR, AgentApiV1, Bytes, EntryV1, EventSink, HostApiV1, stop_intent,
+};
 use tracing::{debug, error, info, trace, warn};
 
 use crate::StubError;
@@ -57,6 +59,11 @@ struct Reports {
     events: Vec<UpdateEvent>,
     /// The newest event id a sink returned from: handed over.
     taken_through: Option<u64>,
+    /// The sockets this generation borrowed (ABI 1.2, `sockets.rs`).
+    borrowed: std::collections::BTreeSet<crate::sockets::SocketKey>,
+    /// A generation whose library adopts children follows this one
+    /// (`stop_intent::HAND_OVER`); otherwise `FINAL`.
+    hand_over: bool,
 }
 
 /// Shared between the stub and the library's callbacks (`host_ctx`).
@@ -113,6 +120,11 @@ pub trait LoadedCopy: std::fmt::Debug {
 
     /// Unloads the copy; see [`Stopped::unload`].
     fn unload(self: Box<Self>) -> Unloaded;
+
+    /// The ABI minor of the library's table (0 when unknown).
+    fn abi_minor(&self) -> u32 {
+        0
+    }
 }
 
 /// A running generation, as the supervisor sees it; the methods are
@@ -130,6 +142,8 @@ pub trait RunningGeneration: std::fmt::Debug {
     fn events_handed_through(&self) -> Option<u64>;
     /// See [`Generation::take_update_request`].
     fn take_update_request(&self) -> bool;
+    /// See [`Generation::allow_hand_over`].
+    fn allow_hand_over(&self) {}
     /// See [`Generation::stop`].
     fn stop(self: Box<Self>, deadline: Duration) -> Result<Stopped, StopFailure>;
 }
@@ -216,6 +230,11 @@ impl Loaded {
         let (stop_read, stop_write) =
             pipe().map_err(|e| bad(format!("cannot create stop pipe: {e}")))?;
         let takes_events = self.api.abi_minor >= 1;
+        if self.api.abi_minor < 2 {
+            // A library before ABI 1.2 binds its own listeners: free the
+            // ports the stub held for a newer one (`sockets.rs`).
+            crate::sockets::close_all();
+        }
         let legacy: Vec<String> = match takes_events {
             true => Vec::new(),
             false => events
@@ -282,6 +301,10 @@ impl LoadedCopy for Loaded {
 
     fn unload(self: Box<Self>) -> Unloaded {
         unload(self.library, &self.run_copy, self.copy)
+    }
+
+    fn abi_minor(&self) -> u32 {
+        self.api.abi_minor
     }
 }
 
@@ -386,8 +409,17 @@ impl Generation {
             .with(|r| std::mem::take(&mut r.update_requested))
     }
 
+    /// Tells the library, before [`Generation::stop`], that a library of
+    /// ABI ≥ 1.2 runs next in this process (`stop_intent::HAND_OVER`), so it
+    /// may leave its child processes running for that one to adopt.
+    /// Without this call every stop is `FINAL`.
+    pub fn allow_hand_over(&self) {
+        self.context.with(|r| r.hand_over = true);
+    }
+
     /// Signals the library to stop and waits up to `deadline` for `run()` to
-    /// return, then joins the thread. The library stays mapped until
+    /// return, then joins the thread, and closes the lent sockets it did not
+    /// borrow (`sockets.rs`). The library stays mapped until
     /// [`Stopped::unload`].
     pub fn stop(mut self, deadline: Duration) -> Result<Stopped, StopFailure> {
         if let Err(e) = poke(&self.stop_write) {
@@ -410,9 +442,14 @@ impl Generation {
                 return Err(StopFailure::Panicked);
             }
         };
-        let (state, health) = self
-            .context
-            .with(|r| (r.state.take().unwrap_or_default(), r.health.take()));
+        let (state, health, borrowed) = self.context.with(|r| {
+            (
+                r.state.take().unwrap_or_default(),
+                r.health.take(),
+                std::mem::take(&mut r.borrowed),
+            )
+        });
+        crate::sockets::keep_only(&borrowed);
         let loaded = self
             .loaded
             .take()
@@ -444,6 +481,10 @@ impl RunningGeneration for Generation {
 
     fn take_update_request(&self) -> bool {
         Generation::take_update_request(self)
+    }
+
+    fn allow_hand_over(&self) {
+        Generation::allow_hand_over(self);
     }
 
     fn stop(self: Box<Self>, deadline: Duration) -> Result<Stopped, StopFailure> {
@@ -626,6 +667,8 @@ fn run_generation(
         health: host_health,
         log: host_log,
         take_update_events: host_take_update_events,
+        borrow_socket: host_borrow_socket,
+        stop_intent: host_stop_intent,
     };
     // `run` catches its own panics (ABI rule); if one escaped anyway the
     // process aborts before we get here.
@@ -708,6 +751,41 @@ extern "C" fn host_take_update_events(ctx: *mut c_void, sink_ctx: *mut c_void, s
             r.taken_through = Some(last);
         });
     }));
+}
+
+/// ABI 1.2: lends a stub-owned loopback socket (`sockets.rs`) and records
+/// that this generation borrowed it.
+extern "C" fn host_borrow_socket(ctx: *mut c_void, kind: u32, addr: Bytes) -> i32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: our own context pointer and a buffer valid for this call.
+        let (Some(ctx), addr) = (unsafe { context(ctx) }, unsafe { addr.as_slice() }) else {
+            return -libc::EINVAL;
+        };
+        let (fd, key) = crate::sockets::borrow_raw(kind, addr);
+        match key {
+            Some(key) => {
+                debug!(kind, addr = %key.1, fd, "socket lent to the library");
+                ctx.with(|r| r.borrowed.insert(key));
+            }
+            None => {
+                warn!(kind, addr = %String::from_utf8_lossy(addr), errno = -fd, "socket not lent")
+            }
+        }
+        fd
+    }))
+    .unwrap_or(-libc::EIO)
+}
+
+/// ABI 1.2: whether another generation follows this one's stop.
+extern "C" fn host_stop_intent(ctx: *mut c_void) -> u32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: our own context pointer, see `context`.
+        match unsafe { context(ctx) }.map(|ctx| ctx.with(|r| r.hand_over)) {
+            Some(true) => stop_intent::HAND_OVER,
+            Some(false) | None => stop_intent::FINAL,
+        }
+    }))
+    .unwrap_or(stop_intent::FINAL)
 }
 
 extern "C" fn host_log(_ctx: *mut c_void, level: u32, message: Bytes) {

@@ -24,6 +24,7 @@ pub mod logging;
 pub mod memory;
 mod reexec;
 mod signals;
+pub mod sockets;
 mod state;
 pub mod stub_update;
 pub mod supervisor;

@@ -521,6 +521,11 @@ impl<'a> Supervisor<'a> {
             .generation
             .take()
             .expect("the policy swaps only with a generation running");
+        if loaded.abi_minor() >= 2 {
+            // The new library adopts collector processes (ABI 1.2): the old
+            // one may leave them running instead of stopping them.
+            old.allow_hand_over();
+        }
         let stopped = match old.stop(self.config.stop_timeout) {
             Ok(s) => s,
             Err(failure) => {

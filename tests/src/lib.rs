@@ -407,9 +407,11 @@ impl TestAgent {
         extra_toml: &str,
         env: &[(&str, &str)],
     ) -> TestAgent {
+        // Listeners off: several agents of one test would compete for the
+        // default ports.
         let toml = format!(
             "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n\
-             policy = {}\n{extra_toml}\n",
+             listeners = {{ statsd = \"off\", graphite = \"off\" }}\npolicy = {}\n{extra_toml}\n",
             server.url,
             test_policy()
         );

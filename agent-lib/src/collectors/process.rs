@@ -21,6 +21,17 @@
 //!   `O_APPEND` writes continue at the new end. Disk use per stream stays
 //!   near twice the cap; lines written between the copy and the truncation
 //!   are lost (logrotate's `copytruncate` trade-off).
+//! - Hot swaps: [`CollectorProcess::hand_over`] lets go of a running process
+//!   without signalling or reaping it, and [`CollectorProcess::adopt`] takes
+//!   it up in the next generation. The library runs inside the stub's
+//!   process, so the collector stays a child of that process across
+//!   generations and `waitpid` still reaps it and reports its status; the
+//!   adopter proves it has the same process (not a reused pid) by opening a
+//!   pidfd first and then comparing the start time in `/proc/<pid>/stat`
+//!   with the one handed over, and watches the exit through that pidfd.
+//!   Should the process not be our child (never expected: only a new stub
+//!   exec'd from another would do that), its exit is still seen through the
+//!   pidfd but its status is unknown, and its group is still killed.
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -79,9 +90,59 @@ impl LogFiles {
 
 type ExitFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// How the leader is known: spawned by this generation, or adopted.
+enum Leader {
+    Spawned(Child),
+    Adopted(u32),
+}
+
+/// What a generation hands over about a running collector process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handed {
+    pub pid: u32,
+    /// Field 22 of `/proc/<pid>/stat` (clock ticks since boot).
+    pub start_time: u64,
+}
+
+/// Field 22 (`starttime`) of a `/proc/<pid>/stat` line, and field 5
+/// (`pgrp`). The command name (field 2) may hold spaces and parentheses,
+/// so fields are counted from the last `)`.
+pub fn parse_stat(stat: &str) -> Option<(u64, u32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // `rest` starts at field 3 (state): field n is at index n - 3.
+    let pgrp = fields.get(5 - 3)?.parse().ok()?;
+    let start = fields.get(22 - 3)?.parse().ok()?;
+    Some((start, pgrp))
+}
+
+/// The start time and process group of `pid`, from `/proc`.
+pub fn stat_of(pid: u32) -> io::Result<(u64, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&text).ok_or_else(|| io::Error::other(format!("unreadable /proc/{pid}/stat")))
+}
+
+/// Why a handed-over process was not adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// It is gone (or `/proc` and pidfds cannot say).
+    #[error("process {pid} is gone: {source}")]
+    Gone { pid: u32, source: io::Error },
+    /// Another process has the pid now.
+    #[error("process {pid} started at {actual}, not at {expected}: the pid was reused")]
+    Reused {
+        pid: u32,
+        expected: u64,
+        actual: u64,
+    },
+    /// It no longer leads its own process group.
+    #[error("process {pid} is in group {pgrp}, not its own")]
+    NotGroupLeader { pid: u32, pgrp: u32 },
+}
+
 /// A running collector process (see the module docs).
 pub struct CollectorProcess {
-    child: Child,
+    leader: Leader,
     /// Resolves when the leader exited; `None` once it did.
     exit: Option<ExitFuture>,
     reaped: bool,
@@ -90,7 +151,7 @@ pub struct CollectorProcess {
 impl std::fmt::Debug for CollectorProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CollectorProcess")
-            .field("pid", &self.child.id())
+            .field("pid", &self.pid())
             .finish_non_exhaustive()
     }
 }
@@ -112,15 +173,59 @@ impl CollectorProcess {
             .spawn()?;
         let pid = child.id();
         Ok(CollectorProcess {
-            child,
+            leader: Leader::Spawned(child),
             exit: Some(Box::pin(wait_for_exit(pid))),
             reaped: false,
         })
     }
 
+    /// Takes up a process a previous generation handed over, after proving
+    /// it is the same one (module docs). Must be called inside the runtime.
+    pub fn adopt(handed: Handed) -> Result<CollectorProcess, AdoptError> {
+        let pid = handed.pid;
+        let gone = |source| AdoptError::Gone { pid, source };
+        // The pidfd first: from here on it names this process, whatever
+        // happens to the pid, so the start time read next is its own.
+        let pidfd = sys::pidfd_open(pid).map_err(gone)?;
+        let (actual, pgrp) = stat_of(pid).map_err(gone)?;
+        if actual != handed.start_time {
+            return Err(AdoptError::Reused {
+                pid,
+                expected: handed.start_time,
+                actual,
+            });
+        }
+        if pgrp != pid {
+            return Err(AdoptError::NotGroupLeader { pid, pgrp });
+        }
+        let fd = sys::async_fd(pidfd, tokio::io::Interest::READABLE).map_err(gone)?;
+        let exit: ExitFuture = Box::pin(async move {
+            // A pidfd is readable exactly when the process has exited.
+            let _ = fd.readable().await;
+        });
+        Ok(CollectorProcess {
+            leader: Leader::Adopted(pid),
+            exit: Some(exit),
+            reaped: false,
+        })
+    }
+
+    /// Lets go of the process for the next generation: no signal, no reap
+    /// (the drop guard is disarmed). Its start time is read now, so the
+    /// adopter can tell it from a later process with the same pid.
+    pub fn hand_over(mut self) -> io::Result<Handed> {
+        let pid = self.pid();
+        let (start_time, _) = stat_of(pid)?;
+        self.reaped = true;
+        Ok(Handed { pid, start_time })
+    }
+
     /// Its pid, which is also its process-group id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.leader {
+            Leader::Spawned(child) => child.id(),
+            Leader::Adopted(pid) => *pid,
+        }
     }
 
     /// Resolves when the process exited on its own; then kills what is left
@@ -153,14 +258,20 @@ impl CollectorProcess {
 
     /// Reaps the exited leader and describes its end.
     fn reap(&mut self) -> String {
-        let status = self.child.wait();
         self.reaped = true;
+        let status = match &mut self.leader {
+            Leader::Spawned(child) => child.wait(),
+            Leader::Adopted(pid) => sys::wait_pid(*pid),
+        };
         match status {
             Ok(s) => match (s.code(), s.signal()) {
                 (Some(code), _) => format!("exited with code {code}"),
                 (None, Some(sig)) => format!("was killed by signal {}", signal_name(sig)),
                 (None, None) => format!("ended with {s}"),
             },
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                "ended (status unknown: not a child of this process)".into()
+            }
             Err(e) => format!("ended, but could not be reaped: {e}"),
         }
     }
@@ -169,9 +280,12 @@ impl CollectorProcess {
 impl Drop for CollectorProcess {
     fn drop(&mut self) {
         if !self.reaped {
-            let _ = sys::kill_group(self.child.id(), libc::SIGKILL);
+            let _ = sys::kill_group(self.pid(), libc::SIGKILL);
             // SIGKILL cannot be ignored, so this wait is short.
-            let _ = self.child.wait();
+            let _ = match &mut self.leader {
+                Leader::Spawned(child) => child.wait(),
+                Leader::Adopted(pid) => sys::wait_pid(*pid),
+            };
         }
     }
 }
@@ -179,6 +293,28 @@ impl Drop for CollectorProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_lines_are_read_by_table() {
+        let cases: [(&str, Option<(u64, u32)>); 4] = [
+            (
+                "1234 (collectd) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1 2",
+                Some((98765, 1234)),
+            ),
+            // A command name with spaces and a `)`.
+            (
+                "77 (a) b (c)) R 1 70 70 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 1 2",
+                Some((5, 70)),
+            ),
+            ("77 (short) R 1 70", None),
+            ("no parenthesis", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse_stat(line), want, "{line}");
+        }
+        let (start, _) = stat_of(std::process::id()).unwrap();
+        assert!(start > 0);
+    }
 
     #[test]
     fn logs_over_the_cap_are_copied_aside_and_truncated() {

@@ -30,6 +30,19 @@
 //!   Trimming the logs (a copy of at most a cap) stays inline.
 //! - A removed collector's directory (its logs, at most four capped files)
 //!   is left in place for diagnosis.
+//! - Hot swaps: [`Supervisor::hand_over`] (instead of `shutdown`, when the
+//!   stub says a library that adopts runs next) stops the tasks but leaves
+//!   each process running, and returns a [`HandedCollector`] per collector
+//!   for the state blob: its definition, pid, start time and fingerprint
+//!   (SHA-256 of its command line and its config file). The next
+//!   generation's [`Supervisor::adopt`] starts a task per record; the task
+//!   renders the definition with this build's code and adopts the process
+//!   (`process.rs` proves it is the same one) only if the fingerprint is
+//!   unchanged and, for collectd, the rendered config equals the file in
+//!   use, without validating again. Otherwise the handed process is
+//!   stopped (if it is provably the same one) and the definition applied
+//!   as usual. No record is left behind: a definition this build cannot
+//!   read is stopped too.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -44,7 +57,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{Action, CollectorHealth, Event, RestartPolicy, Verdict};
-use super::process::{CollectorProcess, LOG_CAP_BYTES, LogFiles};
+use super::process::{CollectorProcess, Handed, LOG_CAP_BYTES, LogFiles};
 use super::render::{CONFIG_FILE, collectd_config};
 use super::spec::{CollectorKind, CollectorName, CollectorSpec};
 use super::validate::{Collectd, DEFAULT_COLLECTD, Validation};
@@ -106,12 +119,51 @@ pub struct ReconcileSummary {
     pub duplicates: Vec<String>,
 }
 
+/// What a generation hands the next about one collector (state blob).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HandedCollector {
+    /// The definition in use, in its wire form (`spec.rs`). Kept as JSON so
+    /// that a build that cannot read it refuses this collector, not the
+    /// whole state blob.
+    pub spec: serde_json::Value,
+    /// The process left running, if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<HandedProcess>,
+}
+
+/// A collector process left running across a hot swap.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedProcess {
+    pub pid: u32,
+    /// `/proc/<pid>/stat` field 22, to tell it from a reused pid.
+    pub start_time: u64,
+    /// [`fingerprint`] of what it runs.
+    pub fingerprint: String,
+}
+
+/// SHA-256 (hex) of a command line and the bytes of its config file (empty
+/// when it has none): what a process runs, so a new generation can tell
+/// whether its own rendering of the same definition would run the same.
+pub fn fingerprint(command: &[String], config: &[u8]) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for arg in command {
+        hash.update((arg.len() as u64).to_le_bytes());
+        hash.update(arg.as_bytes());
+    }
+    hash.update([0xff]);
+    hash.update(config);
+    hex::encode(hash.finalize())
+}
+
 /// What the tasks share.
 struct Shared {
     settings: SupervisorSettings,
     collectd: Collectd,
     report: Arc<dyn Report>,
     hooks: Arc<dyn HostHooks>,
+    /// Set before cancelling for a hot swap: tasks leave processes running.
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 struct Handle {
@@ -120,7 +172,7 @@ struct Handle {
     /// The running process's pid, 0 when none.
     pid: Arc<AtomicU32>,
     cancel: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<Option<HandedCollector>>,
 }
 
 /// Owns the collector tasks; see the module docs.
@@ -129,6 +181,8 @@ pub struct Supervisor {
     cancel: CancellationToken,
     collectors: BTreeMap<CollectorName, Handle>,
     signal: DataSignal,
+    /// Processes handed over and not yet claimed by a task.
+    adoptable: BTreeMap<CollectorName, HandedProcess>,
 }
 
 /// The "data seen" input of the collectors' health, for whoever receives
@@ -180,11 +234,67 @@ impl Supervisor {
                 collectd,
                 report,
                 hooks,
+                handing_over: std::sync::atomic::AtomicBool::new(false),
             }),
             cancel,
             collectors: BTreeMap::new(),
             signal: DataSignal::default(),
+            adoptable: BTreeMap::new(),
         }
+    }
+
+    /// Takes up what the previous generation handed over (module docs):
+    /// starts each collector whose definition this build reads, adopting
+    /// its process when nothing it runs changed; stops every other handed
+    /// process. Must be called inside the agent's runtime, before the first
+    /// [`Supervisor::reconcile`].
+    pub async fn adopt(&mut self, handed: Vec<HandedCollector>) -> ReconcileSummary {
+        let mut specs = Vec::new();
+        for record in handed {
+            match serde_json::from_value::<CollectorSpec>(record.spec) {
+                Ok(spec) => {
+                    if let Some(process) = record.process {
+                        self.adoptable.insert(spec.name().clone(), process);
+                    }
+                    specs.push(spec);
+                }
+                Err(e) => {
+                    self.shared.hooks.warn(&format!(
+                        "a collector handed over has a definition this build cannot read ({e}); \
+                         stopping its process"
+                    ));
+                    if let Some(process) = record.process {
+                        stop_handed(&self.shared, &process).await;
+                    }
+                }
+            }
+        }
+        let summary = self.reconcile(specs).await;
+        // Duplicates the reconcile did not start: nobody claims them.
+        for (_, process) in std::mem::take(&mut self.adoptable) {
+            stop_handed(&self.shared, &process).await;
+        }
+        summary
+    }
+
+    /// Stops the tasks but leaves every collector process running, for the
+    /// next generation's [`Supervisor::adopt`] (module docs).
+    pub async fn hand_over(mut self) -> Vec<HandedCollector> {
+        self.shared
+            .handing_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cancel.cancel();
+        let mut handed = Vec::new();
+        for (name, handle) in std::mem::take(&mut self.collectors) {
+            match handle.task.await {
+                Ok(Some(record)) => handed.push(record),
+                Ok(None) => {}
+                Err(e) => self.shared.hooks.error(&format!(
+                    "collector {name}: its supervising task failed: {e}"
+                )),
+            }
+        }
+        handed
     }
 
     /// Makes the running collectors match `specs` (see the module docs);
@@ -246,16 +356,15 @@ impl Supervisor {
         let pid = Arc::new(AtomicU32::new(0));
         let cancel = self.cancel.child_token();
         let (tx, rx) = watch::channel(spec);
-        let task = tokio::spawn(
-            Task::new(
-                self.shared.clone(),
-                name.clone(),
-                health.clone(),
-                pid.clone(),
-                cancel.clone(),
-            )
-            .run(rx),
+        let mut task = Task::new(
+            self.shared.clone(),
+            name.clone(),
+            health.clone(),
+            pid.clone(),
+            cancel.clone(),
         );
+        task.adoptable = self.adoptable.remove(&name);
+        let task = tokio::spawn(task.run(rx));
         self.collectors.insert(
             name,
             Handle {
@@ -268,7 +377,7 @@ impl Supervisor {
         );
     }
 
-    async fn join(&self, name: &CollectorName, task: JoinHandle<()>) {
+    async fn join(&self, name: &CollectorName, task: JoinHandle<Option<HandedCollector>>) {
         if let Err(e) = task.await {
             self.shared.hooks.error(&format!(
                 "collector {name}: its supervising task failed: {e}"
@@ -331,6 +440,13 @@ struct Task {
     cancel: CancellationToken,
     /// The command of the definition last accepted.
     command: Option<Vec<String>>,
+    /// The definition last accepted (what runs).
+    accepted: Option<CollectorSpec>,
+    /// [`fingerprint`] of what the process runs.
+    fingerprint: String,
+    /// A process handed over for this collector, to adopt at the first
+    /// definition.
+    adoptable: Option<HandedProcess>,
     process: Option<CollectorProcess>,
     /// When to start the process, if it is to be started.
     next_start: Option<Instant>,
@@ -356,6 +472,9 @@ impl Task {
             pid,
             cancel,
             command: None,
+            accepted: None,
+            fingerprint: String::new(),
+            adoptable: None,
             process: None,
             next_start: None,
             reported: None,
@@ -363,8 +482,8 @@ impl Task {
     }
 
     /// Supervises until cancelled (or the supervisor is gone), then stops
-    /// the process with its group.
-    async fn run(mut self, mut specs: watch::Receiver<CollectorSpec>) {
+    /// the process with its group, or hands it over (module docs).
+    async fn run(mut self, mut specs: watch::Receiver<CollectorSpec>) -> Option<HandedCollector> {
         let mut tick = tokio::time::interval(self.shared.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut new_spec = true;
@@ -372,7 +491,11 @@ impl Task {
             if new_spec {
                 new_spec = false;
                 let spec = specs.borrow_and_update().clone();
-                if !self.apply(&spec).await {
+                let adopted = match self.adoptable.take() {
+                    Some(handed) => self.adopt(&spec, handed).await,
+                    None => false,
+                };
+                if !adopted && !self.apply(&spec).await {
                     break;
                 }
             }
@@ -397,7 +520,101 @@ impl Task {
                 _ = tick.tick() => self.trim_logs(),
             }
         }
+        if self.shared.handing_over.load(Ordering::SeqCst) {
+            return self.hand_over();
+        }
         self.stop_process("stopped").await;
+        None
+    }
+
+    /// Leaves the process running and describes it for the next generation.
+    fn hand_over(&mut self) -> Option<HandedCollector> {
+        let spec = serde_json::to_value(self.accepted.as_ref()?).ok()?;
+        let process = match self.process.take().map(CollectorProcess::hand_over) {
+            Some(Ok(handed)) => Some(HandedProcess {
+                pid: handed.pid,
+                start_time: handed.start_time,
+                fingerprint: std::mem::take(&mut self.fingerprint),
+            }),
+            Some(Err(e)) => {
+                // Gone meanwhile: the next generation starts it anew.
+                self.shared.hooks.warn(&format!(
+                    "collector {}: cannot hand its process over ({e})",
+                    self.name
+                ));
+                None
+            }
+            None => None,
+        };
+        self.pid.store(0, Ordering::SeqCst);
+        Some(HandedCollector { spec, process })
+    }
+
+    /// Takes up the handed process when what it runs is what `spec` runs
+    /// with this build; otherwise stops it. True when adopted.
+    async fn adopt(&mut self, spec: &CollectorSpec, handed: HandedProcess) -> bool {
+        lock(&self.health).set_interval(spec.interval());
+        let command = match spec.kind() {
+            CollectorKind::Command(c) => Some(c.argv.clone()).filter(|argv| {
+                self.shared
+                    .settings
+                    .local_policy
+                    .check_command(argv, &crate::config::policy::real_path)
+                    .is_ok()
+            }),
+            CollectorKind::Collectd(settings) => {
+                let text = collectd_config(
+                    spec.name(),
+                    settings,
+                    spec.graphite_port(),
+                    &self.shared.settings.hostname,
+                    &self.dir,
+                );
+                let config = self.dir.join(CONFIG_FILE);
+                let in_use = std::fs::read(&config).unwrap_or_default();
+                (in_use == text.as_bytes()).then(|| self.shared.collectd.run_command(&config))
+            }
+        };
+        let on_disk = std::fs::read(self.dir.join(CONFIG_FILE)).unwrap_or_default();
+        let same = command
+            .as_ref()
+            .map(|c| fingerprint(c, &on_disk))
+            .filter(|f| *f == handed.fingerprint);
+        let (Some(command), Some(fingerprint)) = (command, same) else {
+            self.shared.hooks.info(&format!(
+                "collector {}: its definition or this build's rendering changed; restarting it",
+                self.name
+            ));
+            stop_handed(&self.shared, &handed).await;
+            return false;
+        };
+        let leader = Handed {
+            pid: handed.pid,
+            start_time: handed.start_time,
+        };
+        match CollectorProcess::adopt(leader) {
+            Ok(process) => {
+                self.step(Event::ConfigAccepted);
+                self.step(Event::Started);
+                self.pid.store(process.pid(), Ordering::SeqCst);
+                self.process = Some(process);
+                self.command = Some(command);
+                self.accepted = Some(spec.clone());
+                self.fingerprint = fingerprint;
+                self.shared.hooks.info(&format!(
+                    "collector {}: adopted its running process {}",
+                    self.name, handed.pid
+                ));
+                true
+            }
+            Err(e) => {
+                self.shared.hooks.warn(&format!(
+                    "collector {}: not adopted ({e}); starting it anew",
+                    self.name
+                ));
+                false
+            }
+        }
     }
 
     fn step(&self, event: Event) -> Action {
@@ -423,6 +640,7 @@ impl Task {
                 self.step(Event::ConfigAccepted);
                 self.stop_process("stopped for its new definition").await;
                 self.command = Some(command);
+                self.accepted = Some(spec.clone());
                 self.next_start = Some(Instant::now());
             }
             Prepared::Rejected(output) => {
@@ -459,8 +677,11 @@ impl Task {
             ));
         }
         self.trim_logs();
+        let config = std::fs::read(self.dir.join(CONFIG_FILE)).unwrap_or_default();
+        let fingerprint = fingerprint(command, &config);
         match CollectorProcess::spawn(command, &self.dir, &self.logs) {
             Ok(process) => {
+                self.fingerprint = fingerprint;
                 self.pid.store(process.pid(), Ordering::SeqCst);
                 self.step(Event::Started);
                 self.process = Some(process);
@@ -501,6 +722,27 @@ impl Task {
                 .hooks
                 .info(&format!("collector {}: {why} ({how})", self.name));
         }
+    }
+}
+
+/// Stops a handed-over process that nobody adopts, if it is provably the
+/// one handed over (a reused pid is left alone).
+async fn stop_handed(shared: &Shared, handed: &HandedProcess) {
+    let leader = Handed {
+        pid: handed.pid,
+        start_time: handed.start_time,
+    };
+    match CollectorProcess::adopt(leader) {
+        Ok(process) => {
+            let how = process.stop(shared.settings.kill_grace).await;
+            shared.hooks.info(&format!(
+                "handed-over collector process {} {how}",
+                handed.pid
+            ));
+        }
+        Err(e) => shared
+            .hooks
+            .info(&format!("handed-over collector process not stopped: {e}")),
     }
 }
 

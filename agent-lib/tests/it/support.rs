@@ -176,7 +176,13 @@ pub struct AgentOptions {
     pub adjust: Option<fn(&mut AgentSettings)>,
     /// Update events the host hands out, one buffer per call.
     pub update_events: Vec<Vec<u8>>,
+    /// The agent.toml `listeners` value (an inline table); `None` for
+    /// [`LISTENERS_OFF`].
+    pub listeners: Option<String>,
 }
+
+/// Both metric listeners off.
+pub const LISTENERS_OFF: &str = r#"{ statsd = "off", graphite = "off" }"#;
 
 /// The host policy of test agents: they run scripts through `/bin/sh`
 /// (see [`sh`]), which the default policy refuses, and the fake server
@@ -204,9 +210,12 @@ impl Agent {
 
     /// Starts an agent with `options`.
     pub fn start_with(dir: &Path, server_url: &str, options: AgentOptions) -> Agent {
+        // Listeners off unless a test asks: parallel agents would compete
+        // for the default ports.
         let toml = format!(
             "server_url = \"{server_url}\"\nenrollment_token = \"tok-123\"\ntags = [\"test\"]\n\
-             policy = {}\n{}\n",
+             listeners = {}\npolicy = {}\n{}\n",
+            options.listeners.as_deref().unwrap_or(LISTENERS_OFF),
             options.policy.as_deref().unwrap_or(TEST_POLICY),
             options.toml_extra
         );

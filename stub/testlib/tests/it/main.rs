@@ -44,6 +44,12 @@ extern "C" fn health_cb(ctx: *mut c_void, status: u32, m: Bytes) {
     rec(ctx).health.lock().unwrap().push((status, text(m)));
 }
 extern "C" fn no_events(_: *mut c_void, _: *mut c_void, _: EventSink) {}
+extern "C" fn no_socket(_: *mut c_void, _: u32, _: Bytes) -> i32 {
+    -libc::EINVAL
+}
+extern "C" fn final_stop(_: *mut c_void) -> u32 {
+    outrider_abi::stop_intent::FINAL
+}
 
 extern "C" fn log_cb(ctx: *mut c_void, _: u32, m: Bytes) {
     rec(ctx).logs.lock().unwrap().push(text(m));
@@ -114,6 +120,8 @@ fn run_library(path: &Path, state_in: &[u8], ready: impl Fn(&Recorder, &Path) ->
         health: health_cb,
         log: log_cb,
         take_update_events: no_events,
+        borrow_socket: no_socket,
+        stop_intent: final_stop,
     };
     assert_eq!((api.self_test)(&host), status::OK);
     let code = std::thread::scope(|s| {
