@@ -28,6 +28,8 @@ pub mod sockets;
 mod state;
 pub mod stub_update;
 pub mod supervisor;
+#[cfg(test)]
+mod swap_tests;
 pub mod update;
 
 use tracing::info;

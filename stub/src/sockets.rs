@@ -72,6 +72,10 @@ pub fn parse_request(kind: u32, addr: &[u8]) -> Result<SocketKey, Refusal> {
     Ok((kind, addr))
 }
 
+/// Serialises the tests that use the process-wide table.
+#[cfg(test)]
+pub(crate) static TEST_LOCK: Mutex<()> = Mutex::new(());
+
 /// The process-wide table of lent sockets.
 static SOCKETS: Mutex<BTreeMap<SocketKey, OwnedFd>> = Mutex::new(BTreeMap::new());
 
@@ -184,6 +188,7 @@ mod tests {
     /// One test for the process-wide table, so no other test races it.
     #[test]
     fn sockets_are_bound_once_lent_as_dups_and_closed_when_unborrowed() {
+        let _table = TEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
