@@ -480,6 +480,91 @@ mod tests {
         assert!(old.take_update_events().is_some());
     }
 
+    /// The sum of the `name` samples in the metric spool under `data_dir`.
+    fn spooled_sum(data_dir: &Path, name: &str) -> f64 {
+        use crate::spool::{Kind, Payload, Spool, SpoolLimits};
+        struct Quiet;
+        impl HostHooks for Quiet {
+            fn log(&self, _: Level, _: &str) {}
+            fn health(&self, _: Health, _: &str) {}
+            fn request_update_check(&self) {}
+        }
+        let dir = data_dir.join("spool").join("metrics");
+        let spool = Spool::open(&dir, Kind::Samples, SpoolLimits::default(), Arc::new(Quiet));
+        let mut sum = 0.0;
+        spool.unwrap().read_from(None, |payload, _| {
+            if let Payload::Samples(batch) = payload {
+                let values = batch.samples.iter().filter(|s| s.name == name);
+                sum += values.map(|s| s.value).sum::<f64>();
+            }
+            true
+        });
+        sum
+    }
+
+    /// A library of ABI 1.2 in a stub of ABI 1.1 (the documented fallback):
+    /// it binds its own listener, and every stop is final, so collectors
+    /// are stopped rather than handed to a next generation that may not
+    /// adopt them.
+    #[test]
+    fn in_a_1_1_stub_listeners_bind_their_own_socket_and_collectors_are_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = || {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (dead, statsd) = (free().port(), free());
+        let config = config_json(
+            dir.path(),
+            &format!(
+                "server_url = \"http://127.0.0.1:{dead}\"\n[listeners]\nstatsd = \"{statsd}\"\n\
+                 graphite = \"off\"\n[policy]\nallowed_commands = [\"/bin\", \"/usr/bin\"]\n"
+            ),
+        );
+        let seed = serde_json::json!({"version": 1, "next_seq": 1, "collectors": [{"spec": {
+            "name": "sleeper", "kind": "command", "argv": ["/bin/sleep", "1000"]}}]})
+        .to_string();
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let r = Recorder::default();
+        let mut api = host_api(&r, &config, reader.as_raw_fd(), dir.path());
+        api.state_in = Bytes::from_slice(seed.as_bytes());
+        api.struct_size = std::mem::offset_of!(HostApiV1, borrow_socket) as u32;
+        let logged = |needle: &str| r.logs.lock().unwrap().iter().any(|l| l.contains(needle));
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "{what}: {:?}", r.logs);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        let sent = 500;
+        std::thread::scope(|s| {
+            let running = s.spawn(|| run_v1(&api));
+            wait("listening", &|| logged("bound by this generation"));
+            wait("the collector running", &|| logged("sleeper"));
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            for n in 0..sent {
+                sender.send_to(b"fallback.count:1|c", statsd).unwrap();
+                if n % 50 == 49 {
+                    // A steady stream rather than one burst.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            writer.write_all(b"x").unwrap();
+            assert_eq!(running.join().unwrap(), status::OK);
+        });
+        // Read at the stop, flushed into the spool: nothing lost.
+        assert_eq!(spooled_sum(dir.path(), "fallback.count"), f64::from(sent));
+        let blob = r.state.lock().unwrap().clone().unwrap();
+        let blob = StateBlob::decode(&blob).unwrap().unwrap();
+        assert!(blob.collectors.is_empty(), "{:?}", blob.collectors);
+        assert!(logged("collector sleeper: stopped"), "{:?}", r.logs);
+        // The port is free again: the generation's own socket is closed.
+        std::net::UdpSocket::bind(statsd).unwrap();
+    }
+
     #[test]
     fn bad_hosts_are_refused() {
         assert_eq!(run_v1(std::ptr::null()), status::BAD_HOST);

@@ -58,6 +58,29 @@ pub fn wait_pid(pid: u32) -> io::Result<std::process::ExitStatus> {
     }
 }
 
+/// Asks for a receive buffer of `bytes` on a socket: `SO_RCVBUFFORCE`
+/// (allowed to root, past `net.core.rmem_max`), else `SO_RCVBUF` (capped
+/// by the kernel). Best effort: the socket works either way.
+pub fn grow_receive_buffer(socket: &impl std::os::fd::AsRawFd, bytes: usize) {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: the fd is an open socket for the call; the value is a
+        // c_int on our stack with its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
 /// Sends `signal` to every process in process group `pgid`. A group that no
 /// longer exists is not an error.
 pub fn kill_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {

@@ -15,6 +15,10 @@ use std::net::SocketAddr;
 
 use crate::host::{HostHooks, SocketKind};
 
+/// Receive buffer asked for on a UDP socket this generation binds: room
+/// for a burst, or for the start of a generation before its first read.
+pub const UDP_RECEIVE_BUFFER: usize = 8 << 20;
+
 /// Whether the socket is the stub's or the library's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -38,7 +42,12 @@ impl Source {
 pub fn udp(hooks: &dyn HostHooks, addr: SocketAddr) -> io::Result<(tokio::net::UdpSocket, Source)> {
     let (socket, source) = match hooks.borrow_socket(SocketKind::Udp, addr) {
         Some(lent) => (std::net::UdpSocket::from(lent?), Source::Lent),
-        None => (std::net::UdpSocket::bind(addr)?, Source::Bound),
+        None => {
+            let socket = std::net::UdpSocket::bind(addr)?;
+            // As the stub does for the sockets it lends (`stub/src/sockets.rs`).
+            crate::sys::grow_receive_buffer(&socket, UDP_RECEIVE_BUFFER);
+            (socket, Source::Bound)
+        }
     };
     check_address(socket.local_addr()?, addr)?;
     socket.set_nonblocking(true)?;
