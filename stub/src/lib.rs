@@ -34,6 +34,8 @@ pub mod update;
 
 use tracing::info;
 
+/// Public for the benchmark harness `stub/examples/swap_bench.rs`.
+pub use crate::config::StubConfig;
 pub use crate::error::{StubError, chain as error_chain};
 pub use crate::layout::Layout;
 use crate::signals::Signals;
