@@ -15,6 +15,7 @@
 //! async runtime, no agent logic, every failure a typed [`StubError`].
 
 pub mod args;
+mod children;
 mod config;
 mod error;
 pub mod generation;
@@ -82,8 +83,12 @@ pub fn run(layout: &Layout) -> Result<(), StubError> {
     state.save(&layout.state_json)?;
     let updater = Box::new(update::Updater::new(&config, layout, root));
     info!(pid = std::process::id(), channel = %config.channel, "outrider-agent stub starting");
-    supervisor::Supervisor::new(layout, &signals, &lock, config, updater, state, running)
-        .run(handover)
+    let result =
+        supervisor::Supervisor::new(layout, &signals, &lock, config, updater, state, running)
+            .run(handover);
+    // The process ends: nothing the library left may outlive it.
+    children::stop_leftovers();
+    result
 }
 
 /// Wall clock in Unix milliseconds (0 before 1970).
