@@ -121,11 +121,16 @@ async fn agent_main(
     // Collectors run under the same shutdown tree. No definitions reach it
     // yet (they will come from the server's config); until collectors are
     // adopted across hot swaps, stopping a generation stops them.
+    // Not a child of `stop`: at the stop, this function first asks the host
+    // whether a generation that adopts follows, then either hands the
+    // collectors over or stops them (both below, on every path out of the
+    // running agent); a task that saw `stop` itself would stop its process
+    // before that decision.
     let mut collectors = Supervisor::new(
         SupervisorSettings::new(&settings.data_dir, settings.policy.clone()),
         outbox.clone(),
         hooks.clone(),
-        stop.child_token(),
+        CancellationToken::new(),
     );
     // Collectors the previous generation left running: adopted, not
     // restarted (their definitions come with them).
@@ -141,6 +146,7 @@ async fn agent_main(
     // Early, so that a lent socket's queue is read again soon after a swap.
     let listeners = Listeners::start(
         &settings.listeners,
+        state.as_ref().and_then(|s| s.listeners_ok),
         hooks.clone(),
         outbox.clone(),
         collectors.data_signal(),
@@ -202,13 +208,22 @@ async fn agent_main(
     scheduler.shutdown().await;
     // A library that adopts runs next: leave the collectors running.
     let handed = match hooks.hands_over() {
-        true => collectors.hand_over().await,
+        true => {
+            let handed = collectors.hand_over().await;
+            hooks.info(&format!(
+                "a generation that adopts follows: {} collector(s) left running for it",
+                handed.iter().filter(|c| c.process.is_some()).count()
+            ));
+            handed
+        }
         false => {
+            hooks.info("the process ends (or the host cannot say otherwise): stopping collectors");
             collectors.shutdown().await;
             Vec::new()
         }
     };
     // Last before the handover: the partial interval goes into the spool.
+    let listeners_ok = listeners.reported_ok;
     listeners.stop().await;
     let Handover {
         next_seq,
@@ -224,6 +239,7 @@ async fn agent_main(
         connection: Some(connection),
         update_events_seen,
         collectors: handed,
+        listeners_ok,
         ..StateBlob::default()
     };
     hooks.info(&format!(

@@ -92,6 +92,9 @@ pub struct Listeners {
     /// The addresses actually listened on (for tests and logs).
     pub statsd: Option<SocketAddr>,
     pub graphite: Option<SocketAddr>,
+    /// What `outrider.listeners` says now (true: OK), for the state blob,
+    /// so the next generation reports only a change.
+    pub reported_ok: Option<bool>,
 }
 
 impl std::fmt::Debug for Listeners {
@@ -117,9 +120,12 @@ fn unix_ms() -> i64 {
 impl Listeners {
     /// Gets the sockets of `settings` and starts the listener and flush
     /// tasks, children of `cancel`; must be called inside the runtime. A
-    /// listener whose socket cannot be had is reported (module docs).
+    /// listener whose socket cannot be had is reported (module docs);
+    /// `previous` is what the previous generation reported (state blob):
+    /// `outrider.listeners` is reported only when that changes.
     pub fn start(
         settings: &ListenerSettings,
+        previous: Option<bool>,
         hooks: Arc<dyn HostHooks>,
         outbox: Arc<SharedOutbox>,
         signal: DataSignal,
@@ -148,6 +154,7 @@ impl Listeners {
             tasks: Vec::new(),
             statsd: None,
             graphite: None,
+            reported_ok: previous,
         };
         let mut problems = Vec::new();
         if let Some(addr) = settings.statsd {
@@ -185,16 +192,19 @@ impl Listeners {
                 Err(e) => problems.push(format!("Graphite cannot listen on tcp {addr}: {e}")),
             }
         }
-        if settings.statsd.is_some() || settings.graphite.is_some() {
-            let outcome = match problems.is_empty() {
-                true => RunOutcome::note(CheckState::Ok, "metric listeners running".into()),
-                false => {
-                    let text = problems.join("; ");
-                    shared.hooks.warn(&text);
-                    RunOutcome::note(CheckState::Warning, text)
-                }
+        let any = settings.statsd.is_some() || settings.graphite.is_some();
+        let ok = problems.is_empty();
+        if !ok {
+            shared.hooks.warn(&problems.join("; "));
+        }
+        if must_report(any, ok, previous) {
+            let outcome = match (ok, any) {
+                (true, true) => RunOutcome::note(CheckState::Ok, "metric listeners running".into()),
+                (true, false) => RunOutcome::note(CheckState::Ok, "metric listeners off".into()),
+                (false, _) => RunOutcome::note(CheckState::Warning, problems.join("; ")),
             };
             shared.outbox.push(LISTENERS_CHECK, outcome);
+            listeners.reported_ok = Some(ok);
         }
         listeners
             .tasks
@@ -219,6 +229,16 @@ impl Listeners {
             }
         }
         self.shared.flush();
+    }
+}
+
+/// Whether `outrider.listeners` is reported at a start: when what it says
+/// changes — at a cold start with listeners on, when a problem starts or
+/// ends, or when the listeners are turned off after a problem.
+pub fn must_report(any_on: bool, ok: bool, previous: Option<bool>) -> bool {
+    match any_on {
+        true => previous != Some(ok),
+        false => previous == Some(false),
     }
 }
 
@@ -415,6 +435,33 @@ async fn run_flush(every: Duration, shared: Arc<Shared>, cancel: CancellationTok
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => shared.flush(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::must_report;
+
+    #[test]
+    fn the_listeners_result_is_reported_only_when_it_changes() {
+        // (any listener on, all got their socket, previous report, report?)
+        let cases = [
+            (true, true, None, true),
+            (true, true, Some(true), false),
+            (true, false, Some(true), true),
+            (true, false, Some(false), false),
+            (true, true, Some(false), true),
+            (false, true, None, false),
+            (false, true, Some(true), false),
+            (false, true, Some(false), true),
+        ];
+        for (any, ok, previous, want) in cases {
+            assert_eq!(
+                must_report(any, ok, previous),
+                want,
+                "{any} {ok} {previous:?}"
+            );
         }
     }
 }

@@ -56,6 +56,10 @@ pub struct StateBlob {
     /// `update_events.rs`), so none is reported twice across swaps.
     #[serde(default)]
     pub update_events_seen: u64,
+    /// What the last `outrider.listeners` result said (true: OK), so a
+    /// generation reports only a change (`listeners.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listeners_ok: Option<bool>,
     /// Collectors left running for the next generation to adopt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collectors: Vec<crate::collectors::HandedCollector>,
@@ -91,6 +95,7 @@ impl Default for StateBlob {
             next_runs: std::collections::BTreeMap::new(),
             connection: None,
             update_events_seen: 0,
+            listeners_ok: None,
             collectors: Vec::new(),
         }
     }

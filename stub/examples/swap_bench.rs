@@ -46,6 +46,11 @@ fn main() {
 
     let layout = Layout::under_prefix(&work);
     layout.prepare().unwrap();
+    // The agent's and the stub's log lines, in `<work>/log/`.
+    outrider_agent_stub::logging::init(
+        outrider_agent_stub::logging::Filter::parse("info").unwrap(),
+        &layout.log_dir,
+    );
     std::fs::create_dir_all(&layout.config_dir).unwrap();
     let (dead, statsd_port, graphite_port) = (free_port(), free_port(), free_port());
     std::fs::write(
@@ -88,6 +93,7 @@ fn main() {
     let mut restarts = 0u64;
     let mut last = collectd;
     let mut rss_warm = None;
+    let mut still_mapped = 0u64;
     let began = Instant::now();
     for number in 2..=swaps + 2 {
         // One warm-up swap (number 2), then `swaps` measured ones.
@@ -96,7 +102,9 @@ fn main() {
         let stopped = generation.stop(Duration::from_secs(30)).unwrap();
         assert_eq!(stopped.status, outrider_abi::status::OK, "swap {number}");
         let state = stopped.state.clone();
-        let _ = stopped.unload();
+        if stopped.unload().still_mapped {
+            still_mapped += 1;
+        }
         generation = start(number, state);
         handovers_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
         wait_for("the generation to report health", || {
@@ -147,6 +155,16 @@ fn main() {
     let (rss0, pss0) = rss_warm.unwrap();
     let (rss1, pss1) = rss_end;
     println!("VmRSS KiB after warm-up={rss0} after swaps={rss1}; Pss KiB {pss0} -> {pss1}");
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let copies: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.contains("/run/agent."))
+        .collect();
+    println!(
+        "library copies still mapped after unload: {still_mapped}; mapped at the end: {}",
+        copies.len()
+    );
     let gone = collectd_of(&needle).is_none();
     println!("collectd stopped at the final stop: {gone}");
 }

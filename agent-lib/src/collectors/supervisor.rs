@@ -18,10 +18,15 @@
 //! - Each task owns its process; the decisions (restart delay, verdict)
 //!   are the pure [`CollectorHealth`]'s. Whenever the verdict changes it is
 //!   reported as a result of `outrider.collector.<name>`.
-//! - Every task is a child of the supervisor's cancellation token (a child
-//!   of the agent's shutdown token) and is awaited, on removal or in
-//!   [`Supervisor::shutdown`]; nothing is detached. Stopping kills each
-//!   group (SIGTERM, grace, SIGKILL).
+//! - Every task is a child of the supervisor's cancellation token and is
+//!   awaited, on removal or in [`Supervisor::shutdown`] /
+//!   [`Supervisor::hand_over`]; nothing is detached. Stopping kills each
+//!   group (SIGTERM, grace, SIGKILL). The agent gives the supervisor a
+//!   token of its own, not a child of its stop token (`agent.rs`): a task
+//!   must learn of a stop only once the agent has decided whether its
+//!   process is handed over (a task that saw the stop first stopped its
+//!   collector: found by `bench/listeners_swap.sh`, once in about 1,000
+//!   swaps).
 //! - The [`CollectorHealth`] of each collector sits behind a std mutex held
 //!   only for one step, never across an await, so the listener can feed
 //!   "data seen" from any task through a [`DataSignal`].
@@ -139,6 +144,10 @@ pub struct HandedProcess {
     pub start_time: u64,
     /// [`fingerprint`] of what it runs.
     pub fingerprint: String,
+    /// The last result reported for it said "running", so the adopter
+    /// need not report that again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reported_running: bool,
 }
 
 /// SHA-256 (hex) of a command line and the bytes of its config file (empty
@@ -535,6 +544,7 @@ impl Task {
                 pid: handed.pid,
                 start_time: handed.start_time,
                 fingerprint: std::mem::take(&mut self.fingerprint),
+                reported_running: self.reported == Some(Verdict::Running),
             }),
             Some(Err(e)) => {
                 // Gone meanwhile: the next generation starts it anew.
@@ -601,6 +611,10 @@ impl Task {
                 self.command = Some(command);
                 self.accepted = Some(spec.clone());
                 self.fingerprint = fingerprint;
+                if handed.reported_running {
+                    // Already said; a swap is no news to the server.
+                    self.reported = Some(Verdict::Running);
+                }
                 self.shared.hooks.info(&format!(
                     "collector {}: adopted its running process {}",
                     self.name, handed.pid

@@ -102,6 +102,7 @@ async fn statsd_and_graphite_lines_become_spooled_samples_with_their_counts() {
     };
     let listeners = Listeners::start(
         &settings,
+        None,
         hooks.clone(),
         outbox.clone(),
         Default::default(),
@@ -212,6 +213,7 @@ async fn a_graphite_line_keeps_its_collector_from_being_silent() {
             graphite: Some(free_addr()),
             ..ListenerSettings::off()
         },
+        None,
         hooks.clone(),
         outbox(dir.path(), hooks.clone()),
         supervisor.data_signal(),
