@@ -4,6 +4,7 @@ mod builtin;
 mod collectors;
 mod config;
 mod connect;
+mod handover;
 mod listeners;
 mod protocol;
 mod rpc;

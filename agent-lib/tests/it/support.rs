@@ -83,6 +83,9 @@ pub struct Recorder {
     pub update_checks: AtomicUsize,
     /// Update-event JSON buffers `take_update_events` hands out, in order.
     pub update_events: Mutex<std::collections::VecDeque<Vec<u8>>>,
+    /// What `hands_over` answers: a stub of ABI 1.2 that loaded a next
+    /// library which adopts.
+    pub hands_over: bool,
 }
 
 impl HostHooks for Recorder {
@@ -97,6 +100,9 @@ impl HostHooks for Recorder {
     }
     fn take_update_events(&self) -> Option<Vec<u8>> {
         self.update_events.lock().unwrap().pop_front()
+    }
+    fn hands_over(&self) -> bool {
+        self.hands_over
     }
 }
 
@@ -179,6 +185,8 @@ pub struct AgentOptions {
     /// The agent.toml `listeners` value (an inline table); `None` for
     /// [`LISTENERS_OFF`].
     pub listeners: Option<String>,
+    /// Whether the host says a generation that adopts follows the stop.
+    pub hands_over: bool,
 }
 
 /// Both metric listeners off.
@@ -240,6 +248,7 @@ impl Agent {
             health: tx,
             update_checks: AtomicUsize::new(0),
             update_events: Mutex::new(options.update_events.into()),
+            hands_over: options.hands_over,
         });
         let stop = CancellationToken::new();
         let thread = {
