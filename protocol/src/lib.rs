@@ -45,11 +45,17 @@
 //! agent runs, RPCs queued while it was away) instead of starting over.
 
 pub mod api;
+mod collector;
 mod identity;
 mod result;
 
 use serde::{Deserialize, Serialize};
 
+pub use collector::{
+    COLLECTOR_CHECK_PREFIX, COLLECTOR_INTERVAL_SECS, CollectorEntry, CollectorSpecError,
+    CollectorSpecWire, KindWire, MAX_COLLECTOR_ARG_BYTES, MAX_COLLECTOR_ARGV,
+    MAX_COLLECTOR_NAME_LEN, MAX_RAW_CONFIG_BYTES, PluginWire, is_valid_collector_name,
+};
 pub use identity::{Fingerprint, FingerprintError, auth_message, fingerprint_of, verify_proof};
 pub use result::{CheckResult, CheckState, PerfData, UnknownPerfData, UpdateEvent};
 
@@ -83,9 +89,14 @@ pub mod capability {
     /// The agent reports the stub's update outcomes as
     /// [`crate::CheckResult::update_event`]; the server stores them.
     pub const UPDATE_EVENTS: &str = "update_events";
+    /// The agent runs the collectors of
+    /// [`crate::AgentConfig::collectors`]; the server fills that field only
+    /// for agents announcing it (an older agent would ignore it, and the
+    /// operator would believe its collectors run).
+    pub const COLLECTORS: &str = "collectors";
 
     /// Every capability this code implements.
-    pub const ALL: &[&str] = &[UPDATE_NUDGE, UPDATE_EVENTS];
+    pub const ALL: &[&str] = &[UPDATE_NUDGE, UPDATE_EVENTS, COLLECTORS];
 }
 
 /// Most capabilities either side may announce; more is a protocol error.
@@ -430,6 +441,12 @@ pub struct AgentConfig {
     /// Whether this agent accepts [`ServerMessage::RunScript`].
     #[serde(default)]
     pub allow_adhoc: bool,
+    /// The collectors this agent runs (`collector.rs`); sent only to agents
+    /// announcing [`capability::COLLECTORS`]. In a session where both sides
+    /// announced it, absent means "none"; otherwise (an older server) the
+    /// agent keeps running the set it last received.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collectors: Vec<CollectorEntry>,
 }
 
 /// A plugin file, content-addressed.

@@ -224,7 +224,17 @@ async fn session(
     let sent_version =
         (resumed && hello.config_version == config.version).then_some(config.version);
     drop((hello, config));
-    let end = converse(&state, &mut socket, &fp, welcome, sent_version, &mut link).await;
+    let collectors = agreed.iter().any(|c| c == capability::COLLECTORS);
+    let end = converse(
+        &state,
+        &mut socket,
+        &fp,
+        welcome,
+        sent_version,
+        collectors,
+        &mut link,
+    )
+    .await;
     let removed = matches!(end, End::Removed);
     let (code, reason) = Box::pin(finish(&state, &fp, link.id, end)).await;
     if removed {
@@ -489,6 +499,7 @@ async fn converse(
     fp: &Fingerprint,
     welcome: Welcome,
     mut sent_version: Option<u64>,
+    collectors: bool,
     link: &mut SessionLink,
 ) -> End {
     let down_after = Duration::from_secs(state.config.down_after_secs.max(2));
@@ -519,7 +530,7 @@ async fn converse(
                     continue;
                 }
                 debug!(fingerprint = %fp, version = config.version, "pushing config");
-                if let Err(e) = send(socket, &ServerMessage::Config((*config).clone()), down_after).await {
+                if let Err(e) = send(socket, &config_message(&config, collectors), down_after).await {
                     return End::Lost(e);
                 }
                 sent_version = Some(config.version);
@@ -565,6 +576,17 @@ async fn converse(
             }
         }
     }
+}
+
+/// The `config` frame of a session: the document, without its collectors
+/// unless the agent announced `collectors` (an older agent would ignore
+/// them, and the operator would believe they run).
+pub fn config_message(config: &AgentConfig, collectors: bool) -> ServerMessage {
+    let mut config = config.clone();
+    if !collectors {
+        config.collectors.clear();
+    }
+    ServerMessage::Config(config)
 }
 
 /// Handles one agent message, each reply sent within `limit`; `Some` ends

@@ -114,7 +114,7 @@ fn screen(
         let membership = names::Membership {
             configured: config
                 .as_ref()
-                .is_some_and(|c| c.checks.iter().any(|k| k.name == r.check)),
+                .is_some_and(|c| crate::configs::reports_under(c, &r.check)),
             removed_at_ms: removed
                 .iter()
                 .find(|(name, _)| *name == r.check)

@@ -23,6 +23,7 @@
 mod agents;
 pub mod alerts;
 mod checks;
+mod collectors;
 mod fleet;
 mod logins;
 pub mod metrics;
@@ -368,6 +369,8 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
 
     tx.execute_batch(include_str!("store/notify.sql"))
         .context("applying the notifier schema")?;
+    tx.execute_batch(include_str!("store/collectors.sql"))
+        .context("applying the collectors schema")?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -17,6 +17,9 @@
 //!   again when its backoff (`PluginRetries`, per content hash, kept across
 //!   sessions) allows: at the start of a session, or when the earliest
 //!   deadline passes.
+//! - Collectors: in a session that agreed `collectors`, an applied config's
+//!   collector set is handed to `collectors/assigned.rs` (which persists it
+//!   and reconciles off this loop).
 //! - RPC: `RunCheck`/`RunScript` start a bounded concurrent run (see
 //!   `rpc.rs`); each answer is sent when the run ends.
 //! - Versions: a message of a type this build does not know (a newer
@@ -29,7 +32,7 @@ use std::collections::VecDeque;
 
 use futures_util::{SinkExt, StreamExt};
 use outrider_protocol::{
-    AgentConfig, AgentMessage, Decoded, MAX_BATCH_RESULTS, PluginRef, ServerMessage,
+    AgentConfig, AgentMessage, Decoded, MAX_BATCH_RESULTS, PluginRef, ServerMessage, capability,
 };
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
@@ -495,6 +498,13 @@ impl Connection<'_> {
     }
 
     fn apply_config(&self, scheduler: &mut Scheduler, config: &AgentConfig) {
+        // Only a server that announced collectors speaks for them: an older
+        // one's config has no set, and the last set received keeps running.
+        if self.agreed.iter().any(|c| c == capability::COLLECTORS) {
+            self.agent
+                .collectors
+                .send_replace(Some(std::sync::Arc::new(config.collectors.clone())));
+        }
         let s = scheduler.apply(config);
         self.agent.hooks.info(&format!(
             "applied config version {}: started {:?}, restarted {:?}, stopped {:?}, unchanged {}",
