@@ -625,6 +625,24 @@ async fn handle(
                 .err()
                 .map(End::Lost)
         }
+        AgentMessage::Samples(batch) => {
+            // SQLite stores integers as i64, as for results.
+            if i64::try_from(batch.seq).is_err() {
+                return Some(End::Protocol(format!(
+                    "sample batch sequence number {} beyond {}",
+                    batch.seq,
+                    i64::MAX
+                )));
+            }
+            let up_to = match crate::ingest::samples(state, fp, batch).await {
+                Ok(up_to) => up_to,
+                Err(e) => return Some(End::StoreFailed(format!("{e:#}"))),
+            };
+            send(socket, &ServerMessage::SamplesAck { up_to }, limit)
+                .await
+                .err()
+                .map(End::Lost)
+        }
         AgentMessage::RpcResult { id, result, error } => {
             let answer = match (result, error) {
                 (Some(result), None) => Ok(result),

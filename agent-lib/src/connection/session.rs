@@ -25,6 +25,9 @@
 //! - Versions: a message of a type this build does not know (a newer
 //!   server) is skipped, counted and logged once per type; `CheckUpdate`
 //!   asks the host to look for updates now.
+//! - Samples: in a session that agreed `metric_samples`, each spooled
+//!   sample batch goes out as one `Samples` frame after the results;
+//!   `SamplesAck` deletes them from the samples spool.
 //! - Stop: `Goodbye`, then a close handshake bounded by `close_timeout`
 //!   during which late `Ack`s are still applied.
 
@@ -213,6 +216,7 @@ impl Connection<'_> {
                 self.fetch_next(ws, scheduler, state).await?;
             }
             ServerMessage::Ack { up_to } => self.agent.outbox.lock().ack(up_to),
+            ServerMessage::SamplesAck { up_to } => self.agent.outbox.lock().ack_samples(up_to),
             ServerMessage::RunCheck { id, check } => {
                 self.start_rpc(ws, rpc, scheduler, RpcRequest::RunCheck { id, check })
                     .await?;
@@ -546,8 +550,35 @@ impl Connection<'_> {
         }
     }
 
-    /// Sends every result not yet sent in this session, in batches.
+    /// Sends every result not yet sent in this session, in batches, then
+    /// every sample batch (none unless the session agreed
+    /// `metric_samples`: they stay spooled for a server that takes them).
     async fn send_pending(&self, ws: &mut Ws) -> Result<(), AgentError> {
+        self.send_pending_results(ws).await?;
+        loop {
+            // One batch per frame: a batch is at most half a frame.
+            let batches = self
+                .agent
+                .outbox
+                .lock()
+                .next_sample_batches(&self.agreed, 1);
+            let Some(batch) = batches.into_iter().next() else {
+                return Ok(());
+            };
+            let (seq, count) = (batch.seq, batch.samples.len());
+            send(
+                ws,
+                &self.agent.settings.timing,
+                &AgentMessage::Samples(batch),
+            )
+            .await?;
+            self.agent
+                .hooks
+                .debug(&format!("sent sample batch {seq} ({count} samples)"));
+        }
+    }
+
+    async fn send_pending_results(&self, ws: &mut Ws) -> Result<(), AgentError> {
         loop {
             // The lock is released before the await below.
             let results = self.agent.outbox.lock().next_batch(MAX_BATCH_RESULTS);
@@ -576,10 +607,14 @@ impl Connection<'_> {
             // Wait for the server's close frame and the end of the stream;
             // acks still in flight shrink the state blob we hand over.
             while let Some(Ok(msg)) = ws.next().await {
-                if let Message::Text(text) = msg
-                    && let Ok(ServerMessage::Ack { up_to }) = ServerMessage::decode(&text)
-                {
-                    self.agent.outbox.lock().ack(up_to);
+                if let Message::Text(text) = msg {
+                    match ServerMessage::decode(&text) {
+                        Ok(ServerMessage::Ack { up_to }) => self.agent.outbox.lock().ack(up_to),
+                        Ok(ServerMessage::SamplesAck { up_to }) => {
+                            self.agent.outbox.lock().ack_samples(up_to);
+                        }
+                        _ => {}
+                    }
                 }
             }
             Ok::<(), AgentError>(())

@@ -25,5 +25,6 @@ mod notify_support;
 mod nudges;
 mod openapi;
 mod rpc;
+mod samples;
 mod transport;
 mod update_health;
