@@ -301,7 +301,21 @@ async fn the_agent_library_runs_refuses_stops_and_remembers_collectors() {
     stop_agent(agent).await;
     wait_gone(pid).await;
 
-    // Back with the server: removing the collector stops it.
+    // An older server (no `collectors` offered, its config has none): the
+    // saved set keeps running after its config is applied.
+    let old = Server::start_in(data, |c| c.capabilities.clear()).await;
+    let agent = start_agent(&old.addr.to_string(), dir.path());
+    let pid = running_pid(&pidfile, Some(pid)).await;
+    let check = json!({ "command": ["/bin/true"], "interval_secs": 1, "timeout_secs": 5 });
+    old.admin("PUT", "/api/v1/checks/alive", Some(&check)).await;
+    // A result of the check proves the agent applied that server's config.
+    wait_result(&old, "alive", CheckState::Ok, "").await;
+    assert!(alive(pid), "the saved collector still runs");
+    stop_agent(agent).await;
+    wait_gone(pid).await;
+    let data = old.stop_keeping_data().await;
+
+    // Back with today's server: removing the collector stops it.
     let server = Server::start_in(data, |_| {}).await;
     let agent = start_agent(&server.addr.to_string(), dir.path());
     let pid = running_pid(&pidfile, Some(pid)).await;
