@@ -165,3 +165,53 @@ pub async fn refresh(
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use outrider_protocol::{CheckSpec, CollectorEntry, CollectorSpecWire, KindWire};
+
+    use super::*;
+
+    #[test]
+    fn an_agent_reports_under_its_checks_and_its_collectors() {
+        let doc = AgentConfig {
+            checks: vec![CheckSpec {
+                name: "load".into(),
+                command: vec!["/bin/true".into()],
+                interval_secs: 60,
+                timeout_secs: 5,
+            }],
+            collectors: vec![
+                CollectorEntry::Known(CollectorSpecWire {
+                    name: "app".into(),
+                    kind: KindWire::Command,
+                    argv: Some(vec!["/x".into()]),
+                    interval_secs: None,
+                    plugins: None,
+                    raw_config: None,
+                    graphite_port: None,
+                }),
+                CollectorEntry::Unparsed(serde_json::json!({"name": "new", "kind": "future"})),
+            ],
+            ..AgentConfig::default()
+        };
+        let table = [
+            ("load", true),
+            ("outrider.collector.app", true),
+            ("outrider.collector.new", true),
+            ("outrider.collector.other", false),
+            ("app", false),
+            ("outrider.collector.", false),
+            ("loadx", false),
+        ];
+        for (name, want) in table {
+            assert_eq!(reports_under(&doc, name), want, "{name}");
+        }
+        let all: Vec<String> = reported_names(&doc).collect();
+        assert_eq!(
+            all,
+            ["load", "outrider.collector.app", "outrider.collector.new"]
+        );
+        assert!(all.iter().all(|n| reports_under(&doc, n)));
+    }
+}
