@@ -220,11 +220,16 @@ async fn session(
         protocol_version: version,
         capabilities: state.config.capabilities.clone(),
     };
-    // A resumed agent that already runs this version is not sent it again.
-    let sent_version =
-        (resumed && hello.config_version == config.version).then_some(config.version);
-    drop((hello, config));
     let collectors = agreed.iter().any(|c| c == capability::COLLECTORS);
+    // A resumed agent that already runs this version is not sent it again,
+    // unless it takes collectors and the document has some: a hot swap
+    // keeps the session, so the library may be newer than the one that got
+    // this version without them (resending an identical set changes nothing).
+    let sent_version = (resumed
+        && hello.config_version == config.version
+        && (!collectors || config.collectors.is_empty()))
+    .then_some(config.version);
+    drop((hello, config));
     let end = converse(
         &state,
         &mut socket,

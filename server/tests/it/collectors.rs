@@ -145,6 +145,49 @@ async fn only_agents_announcing_collectors_receive_them_and_may_report_them() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_resumed_session_of_a_library_taking_collectors_gets_them() {
+    let server = Server::start().await;
+    server
+        .admin("PUT", "/api/v1/collectors/app", Some(&app(&[])))
+        .await;
+    // The old library: protocol 2, no capability; its config lacks them.
+    let agent = Agent::new(1, "web-1");
+    let (conn, answer) = agent.try_connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let ServerMessage::Welcome(welcome) = answer else {
+        panic!("expected a welcome")
+    };
+    let mut conn = conn;
+    let ServerMessage::Config(config) = conn.recv().await else {
+        panic!("expected a config")
+    };
+    assert!(config.collectors.is_empty());
+    drop(conn);
+    // Swapped to a library that takes collectors, resuming with the same
+    // config version: the config comes again, with them.
+    let (mut conn, answer) = agent
+        .try_connect_with(&server, None, |h| {
+            h.protocol_min = Some(2);
+            h.protocol_max = Some(3);
+            h.capabilities = vec![capability::COLLECTORS.into()];
+            h.resume_token = Some(welcome.resume_token.clone());
+            h.config_version = config.version;
+        })
+        .await;
+    let ServerMessage::Welcome(resumed) = answer else {
+        panic!("expected a welcome")
+    };
+    assert!(resumed.resumed);
+    let ServerMessage::Config(again) = conn.recv().await else {
+        panic!("expected the config again")
+    };
+    assert_eq!(
+        (again.version, names(&again.collectors)),
+        (config.version, vec!["app"])
+    );
+    server.stop().await;
+}
+
 /// A host for the real agent library: logs kept, health ignored.
 #[derive(Debug, Default)]
 struct QuietHost {
