@@ -4,7 +4,7 @@
 //!
 //! - Series: check [`SAMPLES_CHECK`], label the sample's name followed by
 //!   its tags in the agent's order (`name;key=value;…`, Graphite 1.1 style),
-//!   unit the sample's unit. The caller ([`crate::ingest::samples`]) has
+//!   unit the sample's unit. The caller ([`crate::ingest::samples()`]) has
 //!   already refused names that do not fit a label whole.
 //! - Deduplication: per agent, the highest batch sequence number stored
 //!   (`sample_batches`); a batch at or below it is acknowledged without
