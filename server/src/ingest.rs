@@ -138,7 +138,7 @@ pub async fn samples(
     if ingested.fresh {
         for sink in &state.sinks {
             if let Sink::Graphite(queue) = sink {
-                queue.push_results(fp, &ingested.stored);
+                queue.push_samples(fp, &ingested.stored);
             }
         }
     }

@@ -262,3 +262,56 @@ async fn the_agent_library_sends_spooled_samples_only_to_a_server_that_takes_the
         "acknowledged batches are deleted"
     );
 }
+
+#[tokio::test]
+async fn stored_samples_are_copied_to_graphite_once() {
+    let carbon = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let carbon_addr = carbon.local_addr().unwrap().to_string();
+    let server = Server::start_with(|c| {
+        c.metrics.graphite_addr = Some(carbon_addr);
+        c.metrics.graphite_prefix = "test.outrider".into();
+    })
+    .await;
+    let agent = Agent::new(2, "app-1");
+    let (mut conn, answer) = agent
+        .try_connect_with(&server, Some(ENROLLMENT_TOKEN), |h| {
+            h.protocol_min = Some(2);
+            h.protocol_max = Some(3);
+            h.capabilities = vec![capability::METRIC_SAMPLES.into()];
+        })
+        .await;
+    assert!(matches!(answer, ServerMessage::Welcome(_)));
+    assert!(matches!(conn.recv().await, ServerMessage::Config(_)));
+    let (socket, _) = tokio::time::timeout(STEP, carbon.accept())
+        .await
+        .expect("the server connects to carbon")
+        .unwrap();
+    let mut reader = tokio::io::BufReader::new(socket);
+    let mut tagged = sample("app.requests", 7.0);
+    tagged.timestamp_ms = 1_700_000_000_000;
+    tagged.tags = vec![MetricTag {
+        key: "env".into(),
+        value: "prod".into(),
+    }];
+    let batch = |seq: u64| SampleBatch {
+        seq,
+        samples: vec![MetricSample {
+            value: 6.0 + seq as f64,
+            ..tagged.clone()
+        }],
+    };
+    for seq in [1, 1, 2] {
+        conn.send(&AgentMessage::Samples(batch(seq))).await;
+        assert_eq!(conn.recv().await, ServerMessage::SamplesAck { up_to: seq });
+    }
+    let fp = agent.fp.as_str();
+    let line = |v: u32| {
+        format!("test.outrider.{fp}.outrider_samples.app.requests;env=prod {v} 1700000000\n")
+    };
+    // Batch 1 once (its resend is not copied), then batch 2.
+    assert_eq!(
+        crate::metrics::read_lines(&mut reader, 2).await,
+        [line(7), line(8)]
+    );
+    server.stop().await;
+}
