@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
-use crate::collectors::{Supervisor, SupervisorSettings};
+use crate::collectors::{Supervisor, SupervisorSettings, assigned};
 use crate::config::AgentSettings;
 use crate::connection::{AgentParts, Connection};
 use crate::error::AgentError;
@@ -118,9 +118,10 @@ async fn agent_main(
     if let Some(state) = &state {
         scheduler.carry_next_runs(&state.next_runs);
     }
-    // Collectors run under the same shutdown tree. No definitions reach it
-    // yet (they will come from the server's config); until collectors are
-    // adopted across hot swaps, stopping a generation stops them.
+    // Collectors run under the same shutdown tree. Their definitions come
+    // from the server's config (`collectors/assigned.rs`), or, until it sends
+    // them, from the last set saved on disk; across a hot swap, the
+    // processes are adopted from the previous generation (below).
     // Not a child of `stop`: at the stop, this function first asks the host
     // whether a generation that adopts follows, then either hands the
     // collectors over or stops them (both below, on every path out of the
@@ -152,6 +153,15 @@ async fn agent_main(
         collectors.data_signal(),
         stop.child_token(),
     );
+    let (assignments, assigned) = tokio::sync::watch::channel(None);
+    let follow = assigned::Follow {
+        data_dir: settings.data_dir.clone(),
+        policy: settings.policy.clone(),
+        report: outbox.clone(),
+        hooks: hooks.clone(),
+        stop: stop.clone(),
+    };
+    let collectors = assigned::follow(collectors, assigned, follow);
     // The carried config was validated by the generation that applied it,
     // which may be an older build with other rules: validate it again (a
     // plugin hash becomes a file path). A refused one is simply not run;
@@ -186,6 +196,7 @@ async fn agent_main(
         outbox: &outbox,
         hooks,
         stop,
+        collectors: &assignments,
     };
     let mut connection = Connection::new(parts, tls, carried);
     // The syncer and the event poll stop with `stop`, like the connection.
@@ -196,10 +207,11 @@ async fn agent_main(
         settings.update_events_poll,
         stop.clone(),
     );
-    let ((), (), update_events_seen) = tokio::join!(
+    let ((), (), update_events_seen, collectors) = tokio::join!(
         connection.run(&mut scheduler),
         outbox.sync_sealed(stop),
-        events
+        events,
+        collectors
     );
     let connection = connection.into_state();
 

@@ -8,6 +8,8 @@
 //! - [`policy`] — the pure decisions: restart delays, crash-looping,
 //!   silence, the verdict reported;
 //! - [`process`] — one collector process, its group and its log files;
+//! - [`assigned`] — the server's set: which definitions this host lets
+//!   run, the last set kept on disk, handing it to the supervisor;
 //! - [`supervisor`] — the tasks that tie these together on the agent's
 //!   runtime, and the place results come from.
 //!
@@ -23,6 +25,7 @@
 //! copies (see `collectors/process.rs` for the caps), and collectd's
 //! `BaseDir` and pid file.
 
+pub mod assigned;
 pub mod policy;
 pub mod process;
 pub mod render;
@@ -39,7 +42,7 @@ use crate::outbox::SharedOutbox;
 use crate::runner::RunOutcome;
 
 /// Prefix of the checks collectors report under.
-pub const COLLECTOR_CHECK_PREFIX: &str = "outrider.collector.";
+pub const COLLECTOR_CHECK_PREFIX: &str = outrider_protocol::COLLECTOR_CHECK_PREFIX;
 /// The collectors' directory inside the agent's data dir.
 pub const COLLECTORS_DIR: &str = "collectors";
 

@@ -103,6 +103,9 @@ pub(crate) struct AgentParts<'a> {
     pub outbox: &'a Arc<SharedOutbox>,
     pub hooks: &'a Arc<dyn HostHooks>,
     pub stop: &'a CancellationToken,
+    /// Where a session hands the server's collector set
+    /// (`collectors/assigned.rs`).
+    pub collectors: &'a crate::collectors::assigned::Assignments,
 }
 
 /// The connection loop and what it remembers between sessions.
@@ -116,6 +119,8 @@ pub(crate) struct Connection<'a> {
     /// Server messages of unknown types skipped, and the types seen (each
     /// logged once; at most [`MAX_UNKNOWN_KINDS`] remembered).
     unknown: UnknownMessages,
+    /// The capabilities agreed for the current session.
+    agreed: Vec<String>,
 }
 
 /// Unknown message types remembered for logging once each.
@@ -168,6 +173,7 @@ impl<'a> Connection<'a> {
             ),
             memory,
             unknown: UnknownMessages::default(),
+            agreed: Vec::new(),
         }
     }
 
@@ -322,6 +328,7 @@ impl<'a> Connection<'a> {
                 self.agent.hooks.debug(&format!(
                     "protocol version {version}, capabilities {agreed:?}"
                 ));
+                self.agreed = agreed;
                 self.welcomed(&welcome, dialed).await;
                 Ok(ws)
             }

@@ -201,6 +201,11 @@ pub enum AgentError {
         reason: String,
     },
 
+    /// The last collector set received (`collectors/assigned.json`) could
+    /// not be read, parsed or written.
+    #[error("{}: {reason}", path.display())]
+    AssignedCollectors { path: PathBuf, reason: String },
+
     /// A collector's rendered configuration or log file could not be written.
     #[error("collector {collector:?}: {path}: {source}")]
     CollectorIo {

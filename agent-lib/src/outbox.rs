@@ -904,6 +904,7 @@ mod tests {
         o.push("c", outcome("r"));
         let without: Vec<String> = outrider_protocol::capability::ALL
             .iter()
+            .filter(|c| **c != samples::SAMPLES_CAPABILITY)
             .map(|c| c.to_string())
             .collect();
         assert!(o.next_sample_batches(&without, 10).is_empty());

@@ -8,6 +8,7 @@ mod agents;
 mod alerts;
 mod checks;
 mod client;
+mod collectors;
 mod duration;
 mod files;
 mod keys;
@@ -70,6 +71,8 @@ enum Command {
     Agents(agents::AgentsArgs),
     /// Define checks and show their latest results.
     Checks(checks::ChecksArgs),
+    /// Define, list and remove collectors (metric programs agents keep running).
+    Collectors(collectors::CollectorsArgs),
     /// Upload, list and remove plugins.
     Plugins(plugins::PluginsArgs),
     /// Create, list and revoke enrollment tokens.
@@ -96,38 +99,40 @@ pub struct UsageError(pub String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Keys(args) => keys::run(args, &cli.global),
-        Command::Release(args) => {
-            ApiClient::from_args(&cli.global).and_then(|c| release::run(&c, &cli.global, args))
-        }
-        Command::Agents(args) => {
-            ApiClient::from_args(&cli.global).and_then(|c| agents::run(&c, &cli.global, args))
-        }
-        Command::Checks(args) => {
-            ApiClient::from_args(&cli.global).and_then(|c| checks::run(&c, &cli.global, args))
-        }
-        Command::Plugins(args) => {
-            ApiClient::from_args(&cli.global).and_then(|c| plugins::run(&c, &cli.global, args))
-        }
-        Command::Tokens(args) => {
-            ApiClient::from_args(&cli.global).and_then(|c| tokens::run(&c, &cli.global, args))
-        }
-        Command::Run(args) => {
-            ApiClient::from_args(&cli.global).and_then(|c| run::run(&c, &cli.global, args))
-        }
-        Command::Alerts(args) => ApiClient::from_args(&cli.global)
-            .and_then(|c| alerts::run_alerts(&c, &cli.global, args)),
-        Command::Silences(args) => ApiClient::from_args(&cli.global)
-            .and_then(|c| alerts::run_silences(&c, &cli.global, args)),
+    let result =
+        match cli.command {
+            Command::Keys(args) => keys::run(args, &cli.global),
+            Command::Release(args) => {
+                ApiClient::from_args(&cli.global).and_then(|c| release::run(&c, &cli.global, args))
+            }
+            Command::Agents(args) => {
+                ApiClient::from_args(&cli.global).and_then(|c| agents::run(&c, &cli.global, args))
+            }
+            Command::Checks(args) => {
+                ApiClient::from_args(&cli.global).and_then(|c| checks::run(&c, &cli.global, args))
+            }
+            Command::Collectors(args) => ApiClient::from_args(&cli.global)
+                .and_then(|c| collectors::run(&c, &cli.global, args)),
+            Command::Plugins(args) => {
+                ApiClient::from_args(&cli.global).and_then(|c| plugins::run(&c, &cli.global, args))
+            }
+            Command::Tokens(args) => {
+                ApiClient::from_args(&cli.global).and_then(|c| tokens::run(&c, &cli.global, args))
+            }
+            Command::Run(args) => {
+                ApiClient::from_args(&cli.global).and_then(|c| run::run(&c, &cli.global, args))
+            }
+            Command::Alerts(args) => ApiClient::from_args(&cli.global)
+                .and_then(|c| alerts::run_alerts(&c, &cli.global, args)),
+            Command::Silences(args) => ApiClient::from_args(&cli.global)
+                .and_then(|c| alerts::run_silences(&c, &cli.global, args)),
 
-        Command::Receivers(args) => {
-            ApiClient::from_args(&cli.global).and_then(|c| receivers::run(&c, &cli.global, args))
-        }
-        Command::Routes(args) => ApiClient::from_args(&cli.global)
-            .and_then(|c| receivers::run_routes(&c, &cli.global, args)),
-        Command::Quickstart(args) => quickstart::run(args),
-    };
+            Command::Receivers(args) => ApiClient::from_args(&cli.global)
+                .and_then(|c| receivers::run(&c, &cli.global, args)),
+            Command::Routes(args) => ApiClient::from_args(&cli.global)
+                .and_then(|c| receivers::run_routes(&c, &cli.global, args)),
+            Command::Quickstart(args) => quickstart::run(args),
+        };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

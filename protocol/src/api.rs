@@ -268,6 +268,27 @@ pub struct CheckInfo {
     pub alert: Option<CheckAlert>,
 }
 
+/// `GET /api/v1/collectors` rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectorInfo {
+    /// The definition agents receive (`protocol/src/collector.rs`).
+    pub collector: crate::CollectorSpecWire,
+    /// Selector: an agent runs the collector when its tags include every
+    /// one of these (empty: every agent), as for checks.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub updated_at_ms: i64,
+}
+
+/// `PUT /api/v1/collectors/{name}` body; `collector.name` must be `{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorDefinition {
+    pub collector: crate::CollectorSpecWire,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
 /// `GET /api/v1/plugins` rows and the answer of `PUT /api/v1/plugins/{name}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginInfo {

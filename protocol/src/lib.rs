@@ -45,13 +45,21 @@
 //! agent runs, RPCs queued while it was away) instead of starting over.
 
 pub mod api;
+mod collector;
 mod identity;
 mod result;
+mod samples;
 
 use serde::{Deserialize, Serialize};
 
+pub use collector::{
+    COLLECTOR_CHECK_PREFIX, COLLECTOR_INTERVAL_SECS, CollectorEntry, CollectorSpecError,
+    CollectorSpecWire, KindWire, MAX_COLLECTOR_ARG_BYTES, MAX_COLLECTOR_ARGV,
+    MAX_COLLECTOR_NAME_LEN, MAX_RAW_CONFIG_BYTES, PluginWire, is_valid_collector_name,
+};
 pub use identity::{Fingerprint, FingerprintError, auth_message, fingerprint_of, verify_proof};
 pub use result::{CheckResult, CheckState, PerfData, UnknownPerfData, UpdateEvent};
+pub use samples::{MAX_BATCH_SAMPLES, MetricSample, MetricTag, SampleBatch};
 
 /// Wall-clock now in Unix milliseconds, the unit of every timestamp on the
 /// wire and in the API (0 if the clock is before 1970, saturating far in
@@ -83,9 +91,19 @@ pub mod capability {
     /// The agent reports the stub's update outcomes as
     /// [`crate::CheckResult::update_event`]; the server stores them.
     pub const UPDATE_EVENTS: &str = "update_events";
+    /// The agent runs the collectors of
+    /// [`crate::AgentConfig::collectors`]; the server fills that field only
+    /// for agents announcing it (an older agent would ignore it, and the
+    /// operator would believe its collectors run).
+    pub const COLLECTORS: &str = "collectors";
+    /// The agent sends its spooled metric samples as
+    /// [`crate::AgentMessage::Samples`]; the server stores them and answers
+    /// [`crate::ServerMessage::SamplesAck`]. Without it the agent keeps
+    /// them spooled (bounded).
+    pub const METRIC_SAMPLES: &str = "metric_samples";
 
     /// Every capability this code implements.
-    pub const ALL: &[&str] = &[UPDATE_NUDGE, UPDATE_EVENTS];
+    pub const ALL: &[&str] = &[UPDATE_NUDGE, UPDATE_EVENTS, COLLECTORS, METRIC_SAMPLES];
 }
 
 /// Most capabilities either side may announce; more is a protocol error.
@@ -207,12 +225,23 @@ pub enum AgentMessage {
     GetPlugin { sha256: String, offset: u64 },
     /// Clean shutdown: the agent is going away on purpose.
     Goodbye { reason: String },
+    /// One batch of metric samples; answered by
+    /// [`ServerMessage::SamplesAck`] once stored. Sent only in sessions
+    /// that agreed [`capability::METRIC_SAMPLES`].
+    Samples(SampleBatch),
 }
 
 impl AgentMessage {
     /// Every `type` tag of this enum, for telling an unknown message from a
     /// malformed known one.
-    pub const TYPES: &[&str] = &["hello", "results", "rpc_result", "get_plugin", "goodbye"];
+    pub const TYPES: &[&str] = &[
+        "hello",
+        "results",
+        "rpc_result",
+        "get_plugin",
+        "goodbye",
+        "samples",
+    ];
 
     /// The `type` tag of this message.
     pub fn kind(&self) -> &'static str {
@@ -222,6 +251,7 @@ impl AgentMessage {
             AgentMessage::RpcResult { .. } => "rpc_result",
             AgentMessage::GetPlugin { .. } => "get_plugin",
             AgentMessage::Goodbye { .. } => "goodbye",
+            AgentMessage::Samples(_) => "samples",
         }
     }
 }
@@ -305,6 +335,9 @@ pub enum ServerMessage {
     Config(AgentConfig),
     /// Every result with `seq <= up_to` is stored durably.
     Ack { up_to: u64 },
+    /// Every sample batch with `seq <= up_to` is stored durably (or was
+    /// refused for good): the agent deletes them from its samples spool.
+    SamplesAck { up_to: u64 },
     /// Run configured check `check` now and answer with
     /// [`AgentMessage::RpcResult`] `id`; the schedule is not disturbed.
     RunCheck { id: String, check: String },
@@ -351,6 +384,7 @@ impl ServerMessage {
         "plugin_chunk",
         "plugin_missing",
         "check_update",
+        "samples_ack",
     ];
 
     /// The `type` tag of this message.
@@ -366,6 +400,7 @@ impl ServerMessage {
             ServerMessage::PluginChunk { .. } => "plugin_chunk",
             ServerMessage::PluginMissing { .. } => "plugin_missing",
             ServerMessage::CheckUpdate { .. } => "check_update",
+            ServerMessage::SamplesAck { .. } => "samples_ack",
         }
     }
 }
@@ -430,6 +465,12 @@ pub struct AgentConfig {
     /// Whether this agent accepts [`ServerMessage::RunScript`].
     #[serde(default)]
     pub allow_adhoc: bool,
+    /// The collectors this agent runs (`collector.rs`); sent only to agents
+    /// announcing [`capability::COLLECTORS`]. In a session where both sides
+    /// announced it, absent means "none"; otherwise (an older server) the
+    /// agent keeps running the set it last received.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collectors: Vec<CollectorEntry>,
 }
 
 /// A plugin file, content-addressed.
@@ -749,6 +790,10 @@ mod tests {
                 offset: 0,
             },
             AgentMessage::Results { results: vec![] },
+            AgentMessage::Samples(SampleBatch {
+                seq: 1,
+                samples: vec![],
+            }),
             AgentMessage::RpcResult {
                 id: "1".into(),
                 result: None,
@@ -762,6 +807,7 @@ mod tests {
         }
         let server = [
             ServerMessage::Ack { up_to: 1 },
+            ServerMessage::SamplesAck { up_to: 1 },
             ServerMessage::CheckUpdate { reason: "r".into() },
             ServerMessage::Challenge { nonce: "n".into() },
             ServerMessage::Rejected { reason: "r".into() },
@@ -780,8 +826,8 @@ mod tests {
             assert_eq!(tag.kind, m.kind());
             assert!(ServerMessage::TYPES.contains(&m.kind()));
         }
-        assert_eq!(AgentMessage::TYPES.len(), 5);
-        assert_eq!(ServerMessage::TYPES.len(), 10);
+        assert_eq!(AgentMessage::TYPES.len(), 6);
+        assert_eq!(ServerMessage::TYPES.len(), 11);
     }
 
     #[test]

@@ -220,11 +220,26 @@ async fn session(
         protocol_version: version,
         capabilities: state.config.capabilities.clone(),
     };
-    // A resumed agent that already runs this version is not sent it again.
-    let sent_version =
-        (resumed && hello.config_version == config.version).then_some(config.version);
+    let collectors = agreed.iter().any(|c| c == capability::COLLECTORS);
+    // A resumed agent that already runs this version is not sent it again,
+    // unless it takes collectors and the document has some: a hot swap
+    // keeps the session, so the library may be newer than the one that got
+    // this version without them (resending an identical set changes nothing).
+    let sent_version = (resumed
+        && hello.config_version == config.version
+        && (!collectors || config.collectors.is_empty()))
+    .then_some(config.version);
     drop((hello, config));
-    let end = converse(&state, &mut socket, &fp, welcome, sent_version, &mut link).await;
+    let end = converse(
+        &state,
+        &mut socket,
+        &fp,
+        welcome,
+        sent_version,
+        collectors,
+        &mut link,
+    )
+    .await;
     let removed = matches!(end, End::Removed);
     let (code, reason) = Box::pin(finish(&state, &fp, link.id, end)).await;
     if removed {
@@ -489,6 +504,7 @@ async fn converse(
     fp: &Fingerprint,
     welcome: Welcome,
     mut sent_version: Option<u64>,
+    collectors: bool,
     link: &mut SessionLink,
 ) -> End {
     let down_after = Duration::from_secs(state.config.down_after_secs.max(2));
@@ -519,7 +535,7 @@ async fn converse(
                     continue;
                 }
                 debug!(fingerprint = %fp, version = config.version, "pushing config");
-                if let Err(e) = send(socket, &ServerMessage::Config((*config).clone()), down_after).await {
+                if let Err(e) = send(socket, &config_message(&config, collectors), down_after).await {
                     return End::Lost(e);
                 }
                 sent_version = Some(config.version);
@@ -567,6 +583,17 @@ async fn converse(
     }
 }
 
+/// The `config` frame of a session: the document, without its collectors
+/// unless the agent announced `collectors` (an older agent would ignore
+/// them, and the operator would believe they run).
+pub fn config_message(config: &AgentConfig, collectors: bool) -> ServerMessage {
+    let mut config = config.clone();
+    if !collectors {
+        config.collectors.clear();
+    }
+    ServerMessage::Config(config)
+}
+
 /// Handles one agent message, each reply sent within `limit`; `Some` ends
 /// the session.
 async fn handle(
@@ -599,6 +626,24 @@ async fn handle(
                 Err(e) => return Some(End::StoreFailed(format!("{e:#}"))),
             };
             send(socket, &ServerMessage::Ack { up_to }, limit)
+                .await
+                .err()
+                .map(End::Lost)
+        }
+        AgentMessage::Samples(batch) => {
+            // SQLite stores integers as i64, as for results.
+            if i64::try_from(batch.seq).is_err() {
+                return Some(End::Protocol(format!(
+                    "sample batch sequence number {} beyond {}",
+                    batch.seq,
+                    i64::MAX
+                )));
+            }
+            let up_to = match crate::ingest::samples(state, fp, batch).await {
+                Ok(up_to) => up_to,
+                Err(e) => return Some(End::StoreFailed(format!("{e:#}"))),
+            };
+            send(socket, &ServerMessage::SamplesAck { up_to }, limit)
                 .await
                 .err()
                 .map(End::Lost)

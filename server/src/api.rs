@@ -16,6 +16,9 @@
 //! | `GET  /api/v1/checks`                   | admin  | check definitions                      |
 //! | `PUT  /api/v1/checks/{name}`            | admin  | create or replace a check              |
 //! | `DELETE /api/v1/checks/{name}`          | admin  | delete a check                         |
+//! | `GET  /api/v1/collectors`               | admin  | collector definitions                  |
+//! | `PUT  /api/v1/collectors/{name}`        | admin  | create or replace a collector          |
+//! | `DELETE /api/v1/collectors/{name}`      | admin  | delete a collector                     |
 //! | `GET  /api/v1/plugins`                  | admin  | plugins                                |
 //! | `PUT  /api/v1/plugins/{name}`           | admin  | upload a plugin (raw body)             |
 //! | `DELETE /api/v1/plugins/{name}`         | admin  | delete an unused plugin                |
@@ -38,9 +41,9 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::routing::{get, post, put};
 use axum::{Json, Router, middleware};
 use outrider_protocol::api::{
-    AgentInfo, AgentTags, AllowAdhoc, CheckDefinition, CheckInfo, CreatedEnrollmentToken,
-    EnrollmentTokenInfo, MAX_TOKEN_EXPIRES_IN_SECS, NewEnrollmentToken, PluginInfo, Presence,
-    ResultInfo, UpdateHealth,
+    AgentInfo, AgentTags, AllowAdhoc, CheckDefinition, CheckInfo, CollectorDefinition,
+    CollectorInfo, CreatedEnrollmentToken, EnrollmentTokenInfo, MAX_TOKEN_EXPIRES_IN_SECS,
+    NewEnrollmentToken, PluginInfo, Presence, ResultInfo, UpdateHealth,
 };
 use outrider_protocol::{AGENT_WS_PATH, AgentConfig, CheckSpec, Fingerprint, is_valid_name};
 use serde::Deserialize;
@@ -68,6 +71,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/agents/{fp}/run", post(rpc::run))
         .route("/api/v1/checks", get(list_checks))
         .route("/api/v1/checks/{name}", put(put_check).delete(delete_check))
+        .route("/api/v1/collectors", get(list_collectors))
+        .route(
+            "/api/v1/collectors/{name}",
+            put(put_collector).delete(delete_collector),
+        )
         .route("/api/v1/plugins", get(list_plugins))
         .route(
             "/api/v1/plugins/{name}",
@@ -320,6 +328,54 @@ async fn delete_check(
         tracing::warn!("the alert rules of the checks were not applied: {e}");
     }
     Ok(Json(json!({ "check": name, "deleted": true })))
+}
+
+async fn list_collectors(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<CollectorInfo>>, ApiError> {
+    Ok(Json(state.store.collectors().await?))
+}
+
+/// Stores a collector after the structural checks of
+/// `CollectorSpecWire::validate`; agents judge the rest (plugin options,
+/// their own `[policy]`) and report a refusal as
+/// `outrider.collector.<name>`.
+async fn put_collector(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(def): ApiJson<CollectorDefinition>,
+) -> Result<Json<Value>, ApiError> {
+    if def.collector.name != name {
+        return Err(ApiError::BadRequest(format!(
+            "the path names collector {name:?} but the definition {:?}",
+            def.collector.name
+        )));
+    }
+    def.collector
+        .validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let tags = valid_tags(&def.tags, &format!("collector {name:?}"))?;
+    let info = CollectorInfo {
+        collector: def.collector,
+        tags,
+        updated_at_ms: 0,
+    };
+    let changed = state.store.put_collector(info).await?;
+    if changed {
+        configs::refresh(&state, None).await?;
+    }
+    Ok(Json(json!({ "collector": name, "changed": changed })))
+}
+
+async fn delete_collector(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.store.delete_collector(name.clone()).await? {
+        return Err(ApiError::NotFound(format!("no collector named {name:?}")));
+    }
+    configs::refresh(&state, None).await?;
+    Ok(Json(json!({ "collector": name, "deleted": true })))
 }
 
 async fn list_plugins(

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use outrider_protocol::api::Event;
-use outrider_protocol::{AgentConfig, Fingerprint, MAX_MESSAGE_BYTES, ServerMessage};
+use outrider_protocol::{
+    AgentConfig, COLLECTOR_CHECK_PREFIX, Fingerprint, MAX_MESSAGE_BYTES, ServerMessage,
+};
 
 use crate::AppState;
 use crate::ingest::names::REMOVED_GRACE_MS;
@@ -63,6 +65,27 @@ impl ConfigCache {
             .unwrap_or_else(|p| p.into_inner())
             .remove(fp);
     }
+}
+
+/// The check names an agent with `doc` reports results under: its checks,
+/// and `outrider.collector.<name>` for each of its collectors.
+pub fn reported_names(doc: &AgentConfig) -> impl Iterator<Item = String> + '_ {
+    let checks = doc.checks.iter().map(|k| k.name.clone());
+    let collectors = doc
+        .collectors
+        .iter()
+        .filter_map(|c| c.name())
+        .map(|n| format!("{COLLECTOR_CHECK_PREFIX}{n}"));
+    checks.chain(collectors)
+}
+
+/// Whether an agent with `doc` reports results under `name` (see
+/// [`reported_names`]).
+pub fn reports_under(doc: &AgentConfig, name: &str) -> bool {
+    doc.checks.iter().any(|k| k.name == name)
+        || name
+            .strip_prefix(COLLECTOR_CHECK_PREFIX)
+            .is_some_and(|n| doc.collectors.iter().any(|c| c.name() == Some(n)))
 }
 
 /// Recomputes the documents of every agent (or only `only`), updates the
@@ -121,14 +144,14 @@ pub async fn refresh(
             if c.changed {
                 changed.push((c.fingerprint.clone(), doc.version));
             }
-            let has = |d: &AgentConfig, name: &str| d.checks.iter().any(|k| k.name == name);
             if let Some(old) = docs.get(&c.fingerprint)
                 && c.changed
             {
-                let gone = old.checks.iter().filter(|k| !has(&doc, &k.name));
+                let gone = reported_names(old).filter(|n| !reports_under(&doc, n));
+                let gone: Vec<String> = gone.collect();
                 let names = removed.entry(c.fingerprint.clone()).or_default();
-                names.retain(|(n, _)| !has(&doc, n));
-                names.extend(gone.map(|k| (k.name.clone(), now)));
+                names.retain(|(n, _)| !reports_under(&doc, n));
+                names.extend(gone.into_iter().map(|n| (n, now)));
                 if names.is_empty() {
                     removed.remove(&c.fingerprint);
                 }
@@ -141,4 +164,54 @@ pub async fn refresh(
         state.events.publish(Event::Config { agent: fp, version });
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use outrider_protocol::{CheckSpec, CollectorEntry, CollectorSpecWire, KindWire};
+
+    use super::*;
+
+    #[test]
+    fn an_agent_reports_under_its_checks_and_its_collectors() {
+        let doc = AgentConfig {
+            checks: vec![CheckSpec {
+                name: "load".into(),
+                command: vec!["/bin/true".into()],
+                interval_secs: 60,
+                timeout_secs: 5,
+            }],
+            collectors: vec![
+                CollectorEntry::Known(CollectorSpecWire {
+                    name: "app".into(),
+                    kind: KindWire::Command,
+                    argv: Some(vec!["/x".into()]),
+                    interval_secs: None,
+                    plugins: None,
+                    raw_config: None,
+                    graphite_port: None,
+                }),
+                CollectorEntry::Unparsed(serde_json::json!({"name": "new", "kind": "future"})),
+            ],
+            ..AgentConfig::default()
+        };
+        let table = [
+            ("load", true),
+            ("outrider.collector.app", true),
+            ("outrider.collector.new", true),
+            ("outrider.collector.other", false),
+            ("app", false),
+            ("outrider.collector.", false),
+            ("loadx", false),
+        ];
+        for (name, want) in table {
+            assert_eq!(reports_under(&doc, name), want, "{name}");
+        }
+        let all: Vec<String> = reported_names(&doc).collect();
+        assert_eq!(
+            all,
+            ["load", "outrider.collector.app", "outrider.collector.new"]
+        );
+        assert!(all.iter().all(|n| reports_under(&doc, n)));
+    }
 }

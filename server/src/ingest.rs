@@ -22,6 +22,7 @@
 //! to alert: a dropped event would be a missed or stuck alert.
 
 pub mod names;
+pub mod samples;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -97,6 +98,53 @@ pub async fn results(
     Ok(ingested.acked_seq)
 }
 
+/// Stores sample batch `batch` of agent `fp`: screens it
+/// ([`samples::screen`], refusals counted), stores the rest once
+/// (`store/samples.rs`) and hands what was newly stored to the Graphite
+/// copy. Returns the sequence number to acknowledge, only once committed.
+///
+/// Fails when the store fails; nothing of the batch is stored then.
+pub async fn samples(
+    state: &AppState,
+    fp: &Fingerprint,
+    batch: outrider_protocol::SampleBatch,
+) -> anyhow::Result<u64> {
+    let (kept, refused) = samples::screen(batch.samples);
+    let counters = &state.metrics.counters;
+    let mut refused_total = 0;
+    for (i, n) in refused.iter().enumerate() {
+        counters.samples_refused[i].fetch_add(*n, Ordering::Relaxed);
+        refused_total += n;
+    }
+    if refused_total > 0 {
+        tracing::debug!(fingerprint = %fp, seq = batch.seq, refused = refused_total, "metric samples refused (counted in outrider_refused_metric_samples_total)");
+    }
+    let ingested = state
+        .store
+        .ingest_samples(
+            fp,
+            batch.seq,
+            kept,
+            state.metrics.config.max_series_per_agent,
+        )
+        .await
+        .context("storing a metric sample batch")?;
+    counters
+        .metric_samples
+        .fetch_add(ingested.written as u64, Ordering::Relaxed);
+    counters
+        .series_dropped
+        .fetch_add(ingested.series_dropped as u64, Ordering::Relaxed);
+    if ingested.fresh {
+        for sink in &state.sinks {
+            if let Sink::Graphite(queue) = sink {
+                queue.push_samples(fp, &ingested.stored);
+            }
+        }
+    }
+    Ok(batch.seq)
+}
+
 /// Splits a batch into the results whose names [`names::judge`] accepts
 /// and the highest sequence number of those it refused (0: none), counting
 /// and logging each refusal.
@@ -114,7 +162,7 @@ fn screen(
         let membership = names::Membership {
             configured: config
                 .as_ref()
-                .is_some_and(|c| c.checks.iter().any(|k| k.name == r.check)),
+                .is_some_and(|c| crate::configs::reports_under(c, &r.check)),
             removed_at_ms: removed
                 .iter()
                 .find(|(name, _)| *name == r.check)

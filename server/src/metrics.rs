@@ -36,6 +36,7 @@ use outrider_protocol::Fingerprint;
 
 use crate::AppState;
 use crate::ingest::names::Refusal;
+use crate::ingest::samples::SampleRefusal;
 use crate::store::EnrollmentRefusal;
 
 /// Days raw perfdata points are kept before they are folded into rollups.
@@ -203,6 +204,10 @@ pub struct Counters {
     pub series_dropped: AtomicU64,
     /// Results dated more than `MAX_FUTURE_MS` ahead, clamped.
     pub future_clamped: AtomicU64,
+    /// Metric samples (`AgentMessage::Samples`) stored as points.
+    pub metric_samples: AtomicU64,
+    /// Metric samples refused, by [`SampleRefusal::index`].
+    pub samples_refused: [AtomicU64; SampleRefusal::ALL.len()],
 }
 
 /// Unknown message types remembered for logging once each.

@@ -23,11 +23,13 @@
 mod agents;
 pub mod alerts;
 mod checks;
+mod collectors;
 mod fleet;
 mod logins;
 pub mod metrics;
 pub mod notify;
 mod results;
+pub mod samples;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod tokens;
@@ -368,6 +370,10 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
 
     tx.execute_batch(include_str!("store/notify.sql"))
         .context("applying the notifier schema")?;
+    tx.execute_batch(include_str!("store/collectors.sql"))
+        .context("applying the collectors schema")?;
+    tx.execute_batch(include_str!("store/samples.sql"))
+        .context("applying the sample batches schema")?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

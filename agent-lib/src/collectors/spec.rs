@@ -30,6 +30,8 @@ use crate::error::AgentError;
 /// Longest collector name: `outrider.collector.` plus the name stays within
 /// the 64 characters of a check name.
 pub const MAX_NAME_LEN: usize = 64 - super::COLLECTOR_CHECK_PREFIX.len();
+// The server judges names by the protocol crate's copy of the rule.
+const _: () = assert!(MAX_NAME_LEN == outrider_protocol::MAX_COLLECTOR_NAME_LEN);
 /// Most arguments of a `command` collector, program included.
 pub const MAX_ARGV: usize = 64;
 /// Longest single argument, in bytes.
@@ -378,56 +380,9 @@ fn raw_config(
     Ok(Some(raw.to_owned()))
 }
 
-/// The wire form of a collector definition (see the module docs); only
-/// [`CollectorSpec`] is used past the parser.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CollectorSpecWire {
-    /// Collector name; its results are `outrider.collector.<name>`.
-    pub name: String,
-    /// `collectd` or `command`.
-    pub kind: KindWire,
-    /// `command` only: program and arguments.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub argv: Option<Vec<String>>,
-    /// Collection interval, seconds: collectd's `Interval`
-    /// ([`DEFAULT_INTERVAL_SECS`] when absent), or how often a `command`
-    /// collector sends data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval_secs: Option<u32>,
-    /// `collectd` only: plugins to load.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugins: Option<Vec<PluginWire>>,
-    /// `collectd` only: a config fragment appended verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw_config: Option<String>,
-    /// Loopback port of the agent's Graphite listener
-    /// ([`DEFAULT_GRAPHITE_PORT`] when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub graphite_port: Option<u16>,
-}
-
-/// A collector kind on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KindWire {
-    Collectd,
-    Command,
-}
-
-/// A collectd plugin on the wire.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginWire {
-    /// `cpu`, `memory`, `load`, `df` or `interface`.
-    pub plugin: String,
-    /// `df` only: the mount points to report (all when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount_points: Option<Vec<String>>,
-    /// `interface` only: the interfaces to report (all when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interfaces: Option<Vec<String>>,
-}
+/// The wire form (see the module docs) lives in the protocol crate, which
+/// the server shares; only [`CollectorSpec`] is used past the parser.
+pub use outrider_protocol::{CollectorSpecWire, KindWire, PluginWire};
 
 impl TryFrom<CollectorSpecWire> for CollectorSpec {
     type Error = AgentError;

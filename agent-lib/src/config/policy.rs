@@ -12,6 +12,7 @@
 //! ```toml
 //! [policy]
 //! allow_adhoc = false            # default
+//! allow_raw_collector_config = false   # default
 //! allowed_commands = [           # default: DEFAULT_ALLOWED_COMMANDS
 //!     "builtin:", "plugin:", "/usr/lib/nagios/plugins", "/opt/site-checks",
 //! ]
@@ -41,6 +42,14 @@
 //!   directory; they are allowed only when their own path is an entry.
 //! - Ad-hoc scripts are not judged by `allowed_commands`: allowing them
 //!   (`allow_adhoc = true`) already means "run any code the server sends".
+//!
+//! - A collectd collector's raw config fragment (`raw_config`) can load
+//!   collectd's `exec`, `python` or `perl` plugins and so run any code as
+//!   the agent's user, which `allowed_commands` never sees. A definition
+//!   carrying one is refused unless `allow_raw_collector_config = true`
+//!   ([`LocalPolicy::check_raw_collector_config`]); its collector does not
+//!   run and reports CRITICAL naming the switch. Typed plugins (`cpu`,
+//!   `df`, …) need no switch.
 //!
 //! The file system is behind a resolver argument, so the decision is a
 //! pure function tested by table; the executor passes [`real_path`]. The
@@ -99,6 +108,11 @@ pub struct PolicyToml {
     /// `--allow-adhoc` sets it.
     #[serde(default)]
     pub allow_adhoc: bool,
+    /// Lets collectd collectors use a raw config fragment from the server
+    /// (which can run any code through collectd's exec/python/perl
+    /// plugins). Off by default.
+    #[serde(default)]
+    pub allow_raw_collector_config: bool,
     /// Programs checks may run: absolute path prefixes, plus `builtin:`
     /// and `plugin:`. Replaces [`DEFAULT_ALLOWED_COMMANDS`] when present
     /// (so a host can drop `plugin:`); at most [`MAX_ALLOWED_COMMANDS`].
@@ -109,6 +123,14 @@ pub struct PolicyToml {
 /// Whether ad-hoc scripts may run; a security switch, so not a bool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdhocScripts {
+    Refused,
+    Allowed,
+}
+
+/// Whether collectd collectors may carry a raw config fragment; a
+/// security switch, so not a bool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawCollectorConfig {
     Refused,
     Allowed,
 }
@@ -128,6 +150,7 @@ pub enum AllowedCommand {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalPolicy {
     pub adhoc: AdhocScripts,
+    pub raw_collector_config: RawCollectorConfig,
     pub allowed: Vec<AllowedCommand>,
 }
 
@@ -146,6 +169,12 @@ pub enum Refusal {
     /// `allow_adhoc` is not set on the host.
     #[error("ad-hoc scripts are off on this host (agent.toml [policy] allow_adhoc = false)")]
     Adhoc,
+    /// `allow_raw_collector_config` is not set on the host.
+    #[error(
+        "raw collectd config fragments are off on this host (agent.toml [policy] \
+         allow_raw_collector_config = false)"
+    )]
+    RawCollectorConfig,
     /// `builtin:` is not an entry.
     #[error("built-in checks are not in agent.toml [policy] allowed_commands")]
     Builtins,
@@ -223,6 +252,11 @@ impl LocalPolicy {
             } else {
                 AdhocScripts::Refused
             },
+            raw_collector_config: if toml.allow_raw_collector_config {
+                RawCollectorConfig::Allowed
+            } else {
+                RawCollectorConfig::Refused
+            },
             allowed,
         })
     }
@@ -232,6 +266,7 @@ impl LocalPolicy {
     pub fn new(adhoc: AdhocScripts, allowed: &[&str]) -> Result<LocalPolicy, AgentError> {
         LocalPolicy::from_toml(&PolicyToml {
             allow_adhoc: adhoc == AdhocScripts::Allowed,
+            allow_raw_collector_config: false,
             allowed_commands: Some(allowed.iter().map(|s| (*s).to_owned()).collect()),
         })
     }
@@ -242,6 +277,15 @@ impl LocalPolicy {
         match self.adhoc {
             AdhocScripts::Allowed => Ok(()),
             AdhocScripts::Refused => Err(Refusal::Adhoc),
+        }
+    }
+
+    /// Whether a collectd collector may use a raw config fragment. Fails
+    /// with [`Refusal::RawCollectorConfig`].
+    pub fn check_raw_collector_config(&self) -> Result<(), Refusal> {
+        match self.raw_collector_config {
+            RawCollectorConfig::Allowed => Ok(()),
+            RawCollectorConfig::Refused => Err(Refusal::RawCollectorConfig),
         }
     }
 
@@ -521,6 +565,32 @@ mod tests {
                 && escaped.summary().contains("resolves to"),
             "{}",
             escaped.summary()
+        );
+    }
+
+    #[test]
+    fn raw_collector_config_is_off_unless_the_host_allows_it() {
+        let table = [
+            ("", Err(Refusal::RawCollectorConfig)),
+            (
+                "allow_raw_collector_config = false",
+                Err(Refusal::RawCollectorConfig),
+            ),
+            ("allow_adhoc = true", Err(Refusal::RawCollectorConfig)),
+            ("allow_raw_collector_config = true", Ok(())),
+        ];
+        for (toml, want) in table {
+            assert_eq!(policy(toml).check_raw_collector_config(), want, "{toml:?}");
+        }
+        assert_eq!(
+            LocalPolicy::default().check_raw_collector_config(),
+            Err(Refusal::RawCollectorConfig)
+        );
+        assert!(
+            Refusal::RawCollectorConfig
+                .summary()
+                .contains("allow_raw_collector_config"),
+            "the refusal names the setting"
         );
     }
 

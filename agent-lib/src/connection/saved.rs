@@ -138,7 +138,7 @@ impl SavedConnection {
 
 /// Writes `bytes` to `path` through a temp file in the same directory,
 /// fsyncing the file and the directory, so a crash leaves old or new.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp: PathBuf = path.with_extension("json.tmp");
     let write = || -> io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;

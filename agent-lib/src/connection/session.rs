@@ -17,11 +17,17 @@
 //!   again when its backoff (`PluginRetries`, per content hash, kept across
 //!   sessions) allows: at the start of a session, or when the earliest
 //!   deadline passes.
+//! - Collectors: in a session that agreed `collectors`, an applied config's
+//!   collector set is handed to `collectors/assigned.rs` (which persists it
+//!   and reconciles off this loop).
 //! - RPC: `RunCheck`/`RunScript` start a bounded concurrent run (see
 //!   `rpc.rs`); each answer is sent when the run ends.
 //! - Versions: a message of a type this build does not know (a newer
 //!   server) is skipped, counted and logged once per type; `CheckUpdate`
 //!   asks the host to look for updates now.
+//! - Samples: in a session that agreed `metric_samples`, each spooled
+//!   sample batch goes out as one `Samples` frame after the results;
+//!   `SamplesAck` deletes them from the samples spool.
 //! - Stop: `Goodbye`, then a close handshake bounded by `close_timeout`
 //!   during which late `Ack`s are still applied.
 
@@ -29,7 +35,7 @@ use std::collections::VecDeque;
 
 use futures_util::{SinkExt, StreamExt};
 use outrider_protocol::{
-    AgentConfig, AgentMessage, Decoded, MAX_BATCH_RESULTS, PluginRef, ServerMessage,
+    AgentConfig, AgentMessage, Decoded, MAX_BATCH_RESULTS, PluginRef, ServerMessage, capability,
 };
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
@@ -210,6 +216,7 @@ impl Connection<'_> {
                 self.fetch_next(ws, scheduler, state).await?;
             }
             ServerMessage::Ack { up_to } => self.agent.outbox.lock().ack(up_to),
+            ServerMessage::SamplesAck { up_to } => self.agent.outbox.lock().ack_samples(up_to),
             ServerMessage::RunCheck { id, check } => {
                 self.start_rpc(ws, rpc, scheduler, RpcRequest::RunCheck { id, check })
                     .await?;
@@ -495,6 +502,13 @@ impl Connection<'_> {
     }
 
     fn apply_config(&self, scheduler: &mut Scheduler, config: &AgentConfig) {
+        // Only a server that announced collectors speaks for them: an older
+        // one's config has no set, and the last set received keeps running.
+        if self.agreed.iter().any(|c| c == capability::COLLECTORS) {
+            self.agent
+                .collectors
+                .send_replace(Some(std::sync::Arc::new(config.collectors.clone())));
+        }
         let s = scheduler.apply(config);
         self.agent.hooks.info(&format!(
             "applied config version {}: started {:?}, restarted {:?}, stopped {:?}, unchanged {}",
@@ -536,8 +550,35 @@ impl Connection<'_> {
         }
     }
 
-    /// Sends every result not yet sent in this session, in batches.
+    /// Sends every result not yet sent in this session, in batches, then
+    /// every sample batch (none unless the session agreed
+    /// `metric_samples`: they stay spooled for a server that takes them).
     async fn send_pending(&self, ws: &mut Ws) -> Result<(), AgentError> {
+        self.send_pending_results(ws).await?;
+        loop {
+            // One batch per frame: a batch is at most half a frame.
+            let batches = self
+                .agent
+                .outbox
+                .lock()
+                .next_sample_batches(&self.agreed, 1);
+            let Some(batch) = batches.into_iter().next() else {
+                return Ok(());
+            };
+            let (seq, count) = (batch.seq, batch.samples.len());
+            send(
+                ws,
+                &self.agent.settings.timing,
+                &AgentMessage::Samples(batch),
+            )
+            .await?;
+            self.agent
+                .hooks
+                .debug(&format!("sent sample batch {seq} ({count} samples)"));
+        }
+    }
+
+    async fn send_pending_results(&self, ws: &mut Ws) -> Result<(), AgentError> {
         loop {
             // The lock is released before the await below.
             let results = self.agent.outbox.lock().next_batch(MAX_BATCH_RESULTS);
@@ -566,10 +607,14 @@ impl Connection<'_> {
             // Wait for the server's close frame and the end of the stream;
             // acks still in flight shrink the state blob we hand over.
             while let Some(Ok(msg)) = ws.next().await {
-                if let Message::Text(text) = msg
-                    && let Ok(ServerMessage::Ack { up_to }) = ServerMessage::decode(&text)
-                {
-                    self.agent.outbox.lock().ack(up_to);
+                if let Message::Text(text) = msg {
+                    match ServerMessage::decode(&text) {
+                        Ok(ServerMessage::Ack { up_to }) => self.agent.outbox.lock().ack(up_to),
+                        Ok(ServerMessage::SamplesAck { up_to }) => {
+                            self.agent.outbox.lock().ack_samples(up_to);
+                        }
+                        _ => {}
+                    }
                 }
             }
             Ok::<(), AgentError>(())

@@ -32,9 +32,8 @@ use crate::host::HostHooks;
 use crate::spool::{Evicted, Kind, MetricSample, Payload, Position, SampleBatch, Spool};
 
 /// Capability a server must announce (and this agent agree to) before any
-/// metric sample is sent to it. Not in `outrider_protocol::capability::ALL`:
-/// it is announced once a protocol message carries the batches.
-pub const SAMPLES_CAPABILITY: &str = "metric_samples";
+/// metric sample is sent to it (`AgentMessage::Samples`).
+pub const SAMPLES_CAPABILITY: &str = outrider_protocol::capability::METRIC_SAMPLES;
 /// Directory of the samples spool, inside the results spool's directory.
 pub const SAMPLES_DIR: &str = "metrics";
 /// Most encoded bytes of one batch, so a batch always fits one frame with

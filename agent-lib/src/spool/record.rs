@@ -33,46 +33,9 @@ pub const MAX_BODY_BYTES: usize = outrider_protocol::MAX_MESSAGE_BYTES;
 /// The `kind` of a samples body.
 const SAMPLES_KIND: &str = "samples";
 
-/// One metric sample, as a collector's StatsD or Graphite listener produces
-/// it after aggregating a flush interval. Field for field the listeners'
-/// `Sample` (`local-metrics/src/sample.rs`), so mapping one onto the other
-/// copies and loses nothing: the kind is kept by name.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MetricSample {
-    /// Series name (`api.latency.p90`), without the tags.
-    pub name: String,
-    /// Tags (DogStatsD `#k:v`, Graphite 1.1 `;k=v`) in the listener's order;
-    /// one key may appear with several values.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<Tag>,
-    /// The aggregated value; finite (JSON has no NaN or infinity).
-    pub value: f64,
-    /// What the value is, as the listener names it (`counter`, `gauge`,
-    /// `timer`, `set`, `graphite`); empty when unknown.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub kind: String,
-    /// Unit of measure in perfdata terms (`ms`), empty for none.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub unit: String,
-    /// Unix milliseconds: the flush time, or a Graphite line's own time.
-    pub timestamp_ms: i64,
-}
-
-/// One tag of a sample; a DogStatsD tag without `:` has an empty value.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Tag {
-    pub key: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub value: String,
-}
-
-/// Metric samples spooled together under one sequence number.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SampleBatch {
-    /// Sequence number in the samples spool's own numbering.
-    pub seq: u64,
-    pub samples: Vec<MetricSample>,
-}
+/// The samples' types are the protocol's (`protocol/src/samples.rs`): what
+/// is spooled is exactly what is sent.
+pub use outrider_protocol::{MetricSample, MetricTag as Tag, SampleBatch};
 
 /// What one record carries; see the module docs for the encoding.
 #[derive(Clone, Debug, PartialEq)]

@@ -17,6 +17,7 @@
 
 use crate::config::ResultNames;
 use crate::store::metrics::SERIES_LIMIT_CHECK;
+use crate::store::samples::SAMPLES_CHECK;
 
 /// How long a check stays accepted after it left the agent's
 /// configuration: covers config propagation and runs in flight.
@@ -31,8 +32,9 @@ pub const MAX_NAME_BYTES: usize = 64;
 /// refused (and counted) by this server until it learns the name.
 pub const AGENT_REPORTS: &[&str] = &["outrider.dns", "outrider.spool", "outrider.update"];
 
-/// Names of results only the server writes.
-pub const SERVER_REPORTS: &[&str] = &[SERIES_LIMIT_CHECK];
+/// Names only the server writes: its series-limit report, and the check
+/// metric samples are stored under (`store/samples.rs`).
+pub const SERVER_REPORTS: &[&str] = &[SERIES_LIMIT_CHECK, SAMPLES_CHECK];
 
 /// Why a result's name was refused; each is counted on `/metrics` under
 /// its [`Refusal::label`].

@@ -1,6 +1,8 @@
 //! Graphite plaintext forwarding: every stored perfdata sample becomes one
 //! line `<prefix>.<agent>.<check>.<label> <value> <unix seconds>\n` sent to
-//! a carbon receiver over TCP.
+//! a carbon receiver over TCP; every metric sample from a collector
+//! ([`Queue::push_samples`]) one line
+//! `<prefix>.<agent>.outrider_samples.<name levels>;<tags> <value> <secs>`.
 //!
 //! Ingest never waits for carbon: [`Queue::push_results`] appends to a
 //! bounded in-memory queue and, when it is full, drops the *oldest* lines
@@ -144,6 +146,52 @@ impl Queue {
                 for part in [agent.as_str(), &r.check, &p.label] {
                     line.push('.');
                     push_sanitised(&mut line, part);
+                }
+                let _ = writeln!(line, " {} {ts}", p.value);
+                if line.len() > MAX_LINE_BYTES {
+                    self.oversized.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                lines.push(line);
+            }
+        }
+        if !lines.is_empty() {
+            self.push_lines(lines);
+        }
+    }
+
+    /// Appends one line per metric sample of `stored`, the pseudo results
+    /// of check `outrider.samples` (`store/samples.rs`, label
+    /// `name;key=value…`): `<prefix>.<agent>.outrider_samples.<name>` where
+    /// the name's dots stay levels (each component sanitised, as a listener's
+    /// Graphite path was), followed by its tags as Graphite 1.1 tags
+    /// `;key=value` (sanitised).
+    pub fn push_samples(&self, agent: &Fingerprint, stored: &[CheckResult]) {
+        let mut lines = Vec::new();
+        for r in stored {
+            let ts = r.started_at_ms.div_euclid(1000);
+            for p in &r.perfdata {
+                if !p.value.is_finite() {
+                    continue;
+                }
+                let mut parts = p.label.split(';');
+                let name = parts.next().unwrap_or_default();
+                let mut line = String::with_capacity(64);
+                line.push_str(&self.prefix);
+                for part in [agent.as_str(), &r.check] {
+                    line.push('.');
+                    push_sanitised(&mut line, part);
+                }
+                for component in name.split('.') {
+                    line.push('.');
+                    push_sanitised(&mut line, component);
+                }
+                for tag in parts {
+                    let (key, value) = tag.split_once('=').unwrap_or((tag, ""));
+                    line.push(';');
+                    push_sanitised(&mut line, key);
+                    line.push('=');
+                    push_sanitised(&mut line, value);
                 }
                 let _ = writeln!(line, " {} {ts}", p.value);
                 if line.len() > MAX_LINE_BYTES {
@@ -365,6 +413,26 @@ mod tests {
             [
                 "outrider.prod.0123456789abcdef0123.disk_root.__used 0.5 1700000000\n",
                 "outrider.prod.0123456789abcdef0123.disk_root._ 2 1700000000\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn samples_keep_their_levels_and_carry_their_tags() {
+        let q = Queue::new("outrider.prod".into(), 10);
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        q.push_samples(
+            &fp,
+            &[result(
+                "outrider.samples",
+                &[("api.latency p90", 12.5), ("hits;env=prod;canary", 3.0)],
+            )],
+        );
+        assert_eq!(
+            q.take(10),
+            [
+                "outrider.prod.0123456789abcdef0123.outrider_samples.api.latency_p90 12.5 1700000000\n",
+                "outrider.prod.0123456789abcdef0123.outrider_samples.hits;env=prod;canary=_ 3 1700000000\n",
             ]
         );
     }

@@ -42,6 +42,7 @@ use crate::AppState;
 use crate::auth::{bearer, constant_time_eq};
 use crate::error::ApiError;
 use crate::ingest::names::Refusal;
+use crate::ingest::samples::SampleRefusal;
 use crate::metrics::MetricsAccess;
 use crate::store::EnrollmentRefusal;
 
@@ -96,6 +97,14 @@ pub async fn handler(
             .future_clamped
             .load(Ordering::Relaxed),
         graphite_oversized: state.metrics.graphite.as_ref().map_or(0, |q| q.oversized()),
+        metric_samples: state
+            .metrics
+            .counters
+            .metric_samples
+            .load(Ordering::Relaxed),
+        samples_refused: std::array::from_fn(|i| {
+            state.metrics.counters.samples_refused[i].load(Ordering::Relaxed)
+        }),
     };
     let mut body = render(&agents, &latest, &counters);
     body.push_str(&state.limits.refusals.render());
@@ -120,6 +129,10 @@ pub struct Counters {
     pub series_dropped: u64,
     pub future_clamped: u64,
     pub graphite_oversized: u64,
+    /// Metric samples stored as points.
+    pub metric_samples: u64,
+    /// Metric samples refused, by [`SampleRefusal::index`].
+    pub samples_refused: [u64; SampleRefusal::ALL.len()],
 }
 
 /// Renders the whole exposition.
@@ -237,6 +250,11 @@ pub fn render(agents: &[AgentInfo], latest: &[ResultInfo], counters: &Counters) 
             "Graphite lines dropped because they exceeded the line length limit.",
             counters.graphite_oversized,
         ),
+        (
+            "outrider_ingested_metric_samples_total",
+            "Metric samples from agents' collectors stored as points (series of check outrider.samples).",
+            counters.metric_samples,
+        ),
     ] {
         family(&mut out, name, "counter", help);
         sample(&mut out, name, &[], &value.to_string());
@@ -250,6 +268,17 @@ pub fn render(agents: &[AgentInfo], latest: &[ResultInfo], counters: &Counters) 
     );
     for why in Refusal::ALL {
         let value = counters.refused[why.index()].to_string();
+        sample(&mut out, name, &[("reason", why.label())], &value);
+    }
+    let name = "outrider_refused_metric_samples_total";
+    family(
+        &mut out,
+        name,
+        "counter",
+        "Metric samples not stored, by reason (the rest of their batch is stored and acknowledged).",
+    );
+    for why in SampleRefusal::ALL {
+        let value = counters.samples_refused[why.index()].to_string();
         sample(&mut out, name, &[("reason", why.label())], &value);
     }
     let name = "outrider_refused_enrollments_total";

@@ -198,6 +198,7 @@ impl Store {
             let tx = c.transaction()?;
             let checks = load_checks(&tx)?;
             let plugins = load_plugin_refs(&tx)?;
+            let collectors = super::collectors::load_collectors(&tx)?;
             let mut out = Vec::new();
             {
                 // Two statements: `?1 IS NULL OR fingerprint = ?1` cannot
@@ -223,6 +224,10 @@ impl Store {
                     let fp: String = r.get(0)?;
                     let tags = effective_tags(&json_tags(r.get(1)?), &json_tags(r.get(2)?));
                     let mut config = document(&checks, &plugins, tags, r.get(3)?);
+                    // Only a document with collectors changes its JSON (the
+                    // field is left out when empty), so adding collectors
+                    // moves no version of an agent they do not select.
+                    config.collectors = super::collectors::selected(&collectors, &config.tags);
                     let hash = hex::encode(Sha256::digest(serde_json::to_vec(&config)?));
                     let mut version = r.get::<_, i64>(4)? as u64;
                     let stored: Option<String> = r.get(5)?;
@@ -277,6 +282,7 @@ fn document(
         plugins: used.iter().map(|n| plugins[n].clone()).collect(),
         tags,
         allow_adhoc,
+        collectors: Vec::new(),
     }
 }
 

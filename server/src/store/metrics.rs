@@ -66,7 +66,7 @@ pub const RESULTS_PER_STEP: usize = 2_000;
 
 /// Perfdata labels are cut to this many bytes; a plugin printing longer
 /// labels still gets a series, named by the prefix.
-const MAX_LABEL_BYTES: usize = 128;
+pub const MAX_LABEL_BYTES: usize = 128;
 
 /// Units are cut to this many bytes.
 const MAX_UOM_BYTES: usize = 16;

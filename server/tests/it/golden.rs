@@ -82,16 +82,22 @@ fn test_key() -> SigningKey {
 
 /// Records a session, or replays a recorded one and compares.
 enum Tape {
-    Record(Vec<Frame>),
+    /// Frames recorded so far, and the directory they are saved in.
+    Record(PathBuf, Vec<Frame>),
     Replay(VecDeque<Frame>),
 }
 
 impl Tape {
     fn open(name: &str) -> Tape {
+        Tape::open_in(&golden_dir(), name)
+    }
+
+    /// [`Tape::open`] of a transcript in `dir` (a protocol version's).
+    fn open_in(dir: &std::path::Path, name: &str) -> Tape {
         if recording() {
-            return Tape::Record(Vec::new());
+            return Tape::Record(dir.to_path_buf(), Vec::new());
         }
-        let path = golden_dir().join(format!("{name}.json"));
+        let path = dir.join(format!("{name}.json"));
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("golden transcript {}: {e}", path.display()));
         let transcript: Transcript = serde_json::from_str(&text).unwrap();
@@ -101,13 +107,13 @@ impl Tape {
     /// Saves a recording; checks a replay used every frame.
     fn finish(self, name: &str, description: &str) {
         match self {
-            Tape::Record(frames) => {
+            Tape::Record(dir, frames) => {
                 let transcript = Transcript {
                     description: description.to_owned(),
                     frames,
                 };
-                let path = golden_dir().join(format!("{name}.json"));
-                std::fs::create_dir_all(golden_dir()).unwrap();
+                let path = dir.join(format!("{name}.json"));
+                std::fs::create_dir_all(&dir).unwrap();
                 let text = serde_json::to_string_pretty(&transcript).unwrap() + "\n";
                 std::fs::write(path, text).unwrap();
             }
@@ -121,7 +127,7 @@ impl Tape {
     async fn agent(&mut self, conn: &mut Conn, current: AgentMessage) {
         let current = serde_json::to_value(&current).unwrap();
         let sent = match self {
-            Tape::Record(frames) => {
+            Tape::Record(_, frames) => {
                 frames.push(Frame {
                     from: Side::Agent,
                     message: current.clone(),
@@ -161,7 +167,7 @@ impl Tape {
             }
         };
         match self {
-            Tape::Record(frames) => frames.push(Frame {
+            Tape::Record(_, frames) => frames.push(Frame {
                 from: Side::Server,
                 message: received.clone(),
             }),
@@ -421,4 +427,91 @@ async fn rejected_hello_of_protocol_2_is_still_refused() {
         "rejected",
         "protocol 2: an unknown agent with a wrong enrollment token is rejected",
     );
+}
+
+/// Where sessions of protocol 3 that use capabilities are kept.
+fn golden_dir_v3() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../protocol/tests/golden/v3")
+}
+
+#[tokio::test]
+async fn collectors_and_samples_session_of_protocol_3_still_works() {
+    let server = Server::start().await;
+    let collector = json!({
+        "collector": {"name": "app", "kind": "command", "argv": ["/usr/bin/app-exporter", "-v"],
+                      "interval_secs": 30},
+    });
+    server
+        .admin("PUT", "/api/v1/collectors/app", Some(&collector))
+        .await;
+    let key = test_key();
+    let fp = fingerprint_of(&key.verifying_key());
+    let mut tape = Tape::open_in(&golden_dir_v3(), "collectors_and_samples");
+    let mut conn = Conn::open_raw(&server).await;
+    let ServerMessage::Challenge { nonce } = tape.server(&mut conn).await else {
+        panic!("expected a challenge");
+    };
+    let mut hello = hello(&key, &fp, &nonce, None);
+    hello.protocol_min = Some(2);
+    hello.protocol_max = Some(3);
+    hello.capabilities = vec!["collectors".into(), "metric_samples".into()];
+    tape.agent(&mut conn, AgentMessage::Hello(hello)).await;
+    let ServerMessage::Welcome(welcome) = tape.server(&mut conn).await else {
+        panic!("expected a welcome");
+    };
+    assert_eq!(welcome.protocol_version, 3);
+    let ServerMessage::Config(config) = tape.server(&mut conn).await else {
+        panic!("expected the config");
+    };
+    assert_eq!(config.collectors.len(), 1);
+    let running = CheckResult {
+        seq: 1,
+        check: "outrider.collector.app".into(),
+        state: CheckState::Ok,
+        summary: "running".into(),
+        long_output: String::new(),
+        perfdata: Vec::new(),
+        unknown_perfdata: Vec::new(),
+        started_at_ms: 1_700_000_000_000,
+        duration_ms: 0,
+        update_event: None,
+    };
+    tape.agent(
+        &mut conn,
+        AgentMessage::Results {
+            results: vec![running],
+        },
+    )
+    .await;
+    let ServerMessage::Ack { up_to: 1 } = tape.server(&mut conn).await else {
+        panic!("expected the ack");
+    };
+    let batch = outrider_protocol::SampleBatch {
+        seq: 1,
+        samples: vec![outrider_protocol::MetricSample {
+            name: "app.requests".into(),
+            tags: vec![outrider_protocol::MetricTag {
+                key: "env".into(),
+                value: "prod".into(),
+            }],
+            value: 42.0,
+            kind: "counter".into(),
+            unit: String::new(),
+            timestamp_ms: 1_700_000_000_000,
+        }],
+    };
+    tape.agent(&mut conn, AgentMessage::Samples(batch)).await;
+    let ServerMessage::SamplesAck { up_to: 1 } = tape.server(&mut conn).await else {
+        panic!("expected the samples ack");
+    };
+    let bye = AgentMessage::Goodbye {
+        reason: "agent stopping".into(),
+    };
+    tape.agent(&mut conn, bye).await;
+    tape.finish(
+        "collectors_and_samples",
+        "protocol 3 with the collectors and metric_samples capabilities: config with a \
+         collector, its result acked, a sample batch acked, goodbye",
+    );
+    server.stop().await;
 }

@@ -2,6 +2,7 @@
 //! server → check result, with the real binaries on loopback.
 
 mod alerting;
+mod collectors;
 mod dos;
 mod enrollment;
 mod fleet;
