@@ -313,7 +313,10 @@ pub struct HostApiV1 {
     /// for an address that is not loopback (the stub binds nothing else),
     /// or the error of `socket`/`bind`/`listen`. At the end of each
     /// generation the stub closes every socket that generation did not
-    /// borrow: a socket lives until a generation runs without it.
+    /// borrow (a socket lives until a generation runs without it), and it
+    /// closes them all before starting a library of ABI < 1.2, which binds
+    /// its own. A library with a host table older than 1.2 binds its own
+    /// sockets too (what arrives between two generations is then lost).
     pub borrow_socket: extern "C" fn(ctx: *mut c_void, kind: u32, addr: Bytes) -> i32,
     /// Says what follows the stop: one of [`stop_intent`]. Meaningful once
     /// `stop_fd` is readable (the stub decides before signalling it).
