@@ -60,7 +60,7 @@ struct Reports {
     /// The newest event id a sink returned from: handed over.
     taken_through: Option<u64>,
     /// The sockets this generation borrowed (ABI 1.2, `sockets.rs`).
-    borrowed: std::collections::BTreeSet<crate::sockets::SocketKey>,
+    borrowed: Vec<crate::sockets::SocketKey>,
     /// A generation whose library adopts children follows this one
     /// (`stop_intent::HAND_OVER`); otherwise `FINAL`.
     hand_over: bool,
@@ -765,7 +765,11 @@ extern "C" fn host_borrow_socket(ctx: *mut c_void, kind: u32, addr: Bytes) -> i3
         match key {
             Some(key) => {
                 debug!(kind, addr = %key.1, fd, "socket lent to the library");
-                ctx.with(|r| r.borrowed.insert(key));
+                ctx.with(|r| {
+                    if !r.borrowed.contains(&key) {
+                        r.borrowed.push(key);
+                    }
+                });
             }
             None => {
                 warn!(kind, addr = %String::from_utf8_lossy(addr), errno = -fd, "socket not lent")

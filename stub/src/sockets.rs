@@ -22,7 +22,6 @@
 // `setsockopt` for the receive buffer; the one use has a SAFETY note.
 #![allow(unsafe_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::Mutex;
@@ -76,10 +75,12 @@ pub fn parse_request(kind: u32, addr: &[u8]) -> Result<SocketKey, Refusal> {
 #[cfg(test)]
 pub(crate) static TEST_LOCK: Mutex<()> = Mutex::new(());
 
-/// The process-wide table of lent sockets.
-static SOCKETS: Mutex<BTreeMap<SocketKey, OwnedFd>> = Mutex::new(BTreeMap::new());
+/// The process-wide table of lent sockets. It holds a handful at most (one
+/// per listener), so a `Vec` searched linearly: a map's generic code would
+/// cost the stub kilobytes for nothing.
+static SOCKETS: Mutex<Vec<(SocketKey, OwnedFd)>> = Mutex::new(Vec::new());
 
-fn table() -> std::sync::MutexGuard<'static, BTreeMap<SocketKey, OwnedFd>> {
+fn table() -> std::sync::MutexGuard<'static, Vec<(SocketKey, OwnedFd)>> {
     SOCKETS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -87,12 +88,12 @@ fn table() -> std::sync::MutexGuard<'static, BTreeMap<SocketKey, OwnedFd>> {
 /// caller owns, or the `io::Error` of binding or duplicating.
 pub fn borrow(key: SocketKey) -> std::io::Result<OwnedFd> {
     let mut sockets = table();
-    if let Some(fd) = sockets.get(&key) {
+    if let Some((_, fd)) = sockets.iter().find(|(held, _)| *held == key) {
         return fd.try_clone();
     }
     let fd = bind(key)?;
     let lent = fd.try_clone()?;
-    sockets.insert(key, fd);
+    sockets.push((key, fd));
     Ok(lent)
 }
 
@@ -142,8 +143,8 @@ fn grow_receive_buffer(socket: &impl AsFd) {
 }
 
 /// Closes every socket not in `borrowed` (the end of a generation).
-pub fn keep_only(borrowed: &BTreeSet<SocketKey>) {
-    table().retain(|key, _| borrowed.contains(key));
+pub fn keep_only(borrowed: &[SocketKey]) {
+    table().retain(|(key, _)| borrowed.contains(key));
 }
 
 /// Closes every socket (before a library that binds its own).
@@ -152,8 +153,8 @@ pub fn close_all() {
 }
 
 /// The sockets held now.
-pub fn held() -> BTreeSet<SocketKey> {
-    table().keys().copied().collect()
+pub fn held() -> Vec<SocketKey> {
+    table().iter().map(|(key, _)| *key).collect()
 }
 
 #[cfg(test)]
@@ -225,11 +226,11 @@ mod tests {
         client.write_all(b"a.b 1 1\n").unwrap();
         let listener = std::net::TcpListener::from(borrow(tcp_key).unwrap());
         assert!(listener.accept().is_ok());
-        assert_eq!(held(), BTreeSet::from([key, tcp_key]));
+        assert_eq!(held(), [key, tcp_key]);
         // A generation that borrowed only the UDP socket ends: TCP closes.
-        keep_only(&BTreeSet::from([key]));
+        keep_only(&[key]);
         drop(listener);
-        assert_eq!(held(), BTreeSet::from([key]));
+        assert_eq!(held(), [key]);
         assert!(std::net::TcpStream::connect(tcp_addr).is_err());
         close_all();
         drop(second);
