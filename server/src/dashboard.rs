@@ -29,6 +29,7 @@ pub mod alerts;
 pub mod assets;
 pub mod charts;
 pub mod hosts;
+pub mod interest;
 pub mod live;
 pub mod matrix;
 pub mod pages;
