@@ -123,6 +123,9 @@ pub enum Kind {
 struct Interest {
     rows: u32,
     pages: u32,
+    /// Whether a tab ever showed its page: only then are the page's skips
+    /// remembered (every result is one).
+    paged: bool,
     row_skipped: u64,
     page_skipped: u64,
 }
@@ -147,7 +150,9 @@ impl Interests {
             self.by_agent.entry(fp.clone()).or_default().rows += 1;
         }
         if let Some(fp) = &filter.agent {
-            self.by_agent.entry(fp.clone()).or_default().pages += 1;
+            let i = self.by_agent.entry(fp.clone()).or_default();
+            i.pages += 1;
+            i.paged = true;
         }
         self.lists += usize::from(filter.list);
     }
@@ -193,6 +198,9 @@ impl Interests {
         let Some(i) = self.by_agent.get_mut(fp) else {
             return false;
         };
+        if kind == Kind::Page && !i.paged {
+            return false;
+        }
         let (count, skipped) = match kind {
             Kind::Row => (i.rows, &mut i.row_skipped),
             Kind::Page => (i.pages, &mut i.page_skipped),
@@ -366,6 +374,8 @@ mod tests {
         assert_eq!(i.remembered(), 0);
         assert!(!i.shown(&fp(1), Kind::Row, || 3));
         assert_eq!(i.remembered(), 1);
+        // A fleet row remembered costs its page's results nothing.
+        assert!(!i.shown(&fp(1), Kind::Page, || panic!("no number taken")));
         let tab = Filter {
             rows: [fp(1)].into_iter().collect(),
             agent: Some(fp(2)),
@@ -373,7 +383,10 @@ mod tests {
         };
         i.add(&tab, 1);
         assert!(i.shown(&fp(1), Kind::Row, || 0));
-        assert!(!i.shown(&fp(1), Kind::Page, || 5), "fp1's page is not open");
+        assert!(
+            !i.shown(&fp(1), Kind::Page, || panic!("never opened")),
+            "fp1's page is not open"
+        );
         assert!(i.shown(&fp(2), Kind::Page, || 0));
         assert!(!i.shown(&fp(2), Kind::Row, || 6));
         assert!(i.listed());
