@@ -30,7 +30,7 @@
 #    seconds per 1,000 results, and per round the ratio of each arm to
 #    that round's no-dashboard window.
 #
-#   bench/dashboard.sh                      # builds, then the full run (about 25 min)
+#   bench/dashboard.sh                      # builds, then the full run (about 32 min)
 #   SKIP_BUILD=1 bench/dashboard.sh         # reuse target/release
 #   AGENTS=1000 IDLE_SECS=60 PAIRS=1 SKIP_BUILD=1 bench/dashboard.sh   # a smoke run
 #
