@@ -10,6 +10,8 @@
 //! - [`hosts`]: Add a host (an enrollment token and the install command);
 //! - [`live`]: one server-sent-event stream per tab, with ids, resume and
 //!   coalesced row updates;
+//! - [`interest`]: what each tab's page shows, so its stream carries only
+//!   that and the hub renders only rows some tab shows;
 //! - [`alerts`]: open problems, silences (added and expired by the admin),
 //!   recent notifications;
 //! - [`assets`]: htmx, uPlot, `live.js` and the stylesheet, compiled in.
@@ -29,6 +31,7 @@ pub mod alerts;
 pub mod assets;
 pub mod charts;
 pub mod hosts;
+pub mod interest;
 pub mod live;
 pub mod matrix;
 pub mod pages;

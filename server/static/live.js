@@ -1,10 +1,16 @@
 // Live updates of the dashboard (server/src/dashboard/live.rs): one
-// EventSource per tab. A `row` event carries a rendered element with an id;
-// the element of that id on the page is replaced. A row the page does not
-// show but whose list it does (data-list) makes the list refetch itself
-// (a new agent). A `reset` means events were lost: the page reloads; a
-// `logout` that the session ended: to the login form.
-// EventSource reconnects by itself, sending Last-Event-ID.
+// EventSource per tab, on a stream carrying only what the page shows. Its
+// address is the page's list's data-live-scope (the fleet page: its rows,
+// and the newest event id when it was rendered) or else the body's
+// data-live. A `row` event carries a rendered element with an id; the
+// element of that id on the page is replaced. A `list` event means an agent
+// was added or removed: the list (data-refetch) refetches itself, at most
+// once a second, and the stream reconnects for the rows it then shows. A
+// `reset` means events were lost: the page reloads; a `logout` that the
+// session ended: to the login form. EventSource reconnects by itself,
+// sending Last-Event-ID. <body data-live-frames> counts the events
+// received, data-live-strays the rows not on the page (the browser tests
+// check what reaches a tab).
 (function () {
   "use strict";
   // Content-Security-Policy violations (an inline style htmx or uPlot
@@ -17,26 +23,36 @@
     body.setAttribute("data-csp-last", event.violatedDirective + " " + event.blockedURI);
   });
 
-  var url = document.body.getAttribute("data-live");
-  if (!url || !window.EventSource) {
+  var base = document.body.getAttribute("data-live");
+  if (!base || !window.EventSource) {
     return;
   }
-  var source = new EventSource(url);
   var refetching = false;
   var lastRefetch = 0;
   var pending = null;
 
-  // At most one refetch a second: in a busy fleet many rows are not on
-  // this page, and each costs the server a page's queries.
-  function refetch(list) {
-    if (refetching || pending || !window.htmx) {
+  function scope() {
+    var list = document.querySelector("[data-live-scope]");
+    return list ? list.getAttribute("data-live-scope") : base;
+  }
+
+  function counted(name) {
+    var body = document.body;
+    body.setAttribute(name, String(Number(body.getAttribute(name) || "0") + 1));
+  }
+
+  // At most one refetch a second: agents added in a burst (a fleet
+  // enrolling) cost the server a page's queries each.
+  function refetch() {
+    var list = document.querySelector("[data-refetch]");
+    if (!list || refetching || pending || !window.htmx) {
       return;
     }
     var wait = lastRefetch + 1000 - Date.now();
     if (wait > 0) {
       pending = window.setTimeout(function () {
         pending = null;
-        refetch(list);
+        refetch();
       }, wait);
       return;
     }
@@ -53,40 +69,40 @@
       });
   }
 
-  source.addEventListener("row", function (event) {
+  function onRow(event) {
+    counted("data-live-frames");
     var template = document.createElement("template");
     template.innerHTML = event.data.trim();
     var row = template.content.firstElementChild;
-    if (!row || !row.id) {
-      return;
-    }
-    var old = document.getElementById(row.id);
+    var old = row && row.id && document.getElementById(row.id);
     if (old) {
       old.replaceWith(row);
-      return;
+    } else {
+      // Not on this page: the server should not have sent it.
+      counted("data-live-strays");
     }
-    var list = row.getAttribute("data-list");
-    var shown = list && document.getElementById(list);
-    if (shown) {
-      refetch(shown);
-    }
-  });
+  }
 
-  source.addEventListener("reset", function () {
+  function onList() {
+    counted("data-live-frames");
+    refetch();
+  }
+
+  function onReset() {
     window.location.reload();
-  });
+  }
 
   // The session ended (logout elsewhere, expiry): to the login form.
-  source.addEventListener("logout", function () {
+  function onLogout() {
     source.close();
     window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
-  });
+  }
 
-  document.body.setAttribute("data-live-state", "open");
-  source.addEventListener("open", function () {
+  function onOpen() {
     document.body.setAttribute("data-live-state", "open");
-  });
-  source.addEventListener("error", function () {
+  }
+
+  function onError() {
     document.body.setAttribute("data-live-state", "reconnecting");
     // CLOSED: the server answered the reconnect with something else than a
     // stream (the session ended meanwhile: a redirect to the login form).
@@ -95,6 +111,32 @@
       window.setTimeout(function () {
         window.location.reload();
       }, 5000);
+    }
+  }
+
+  function open(url) {
+    var s = new EventSource(url);
+    s.addEventListener("row", onRow);
+    s.addEventListener("list", onList);
+    s.addEventListener("reset", onReset);
+    s.addEventListener("logout", onLogout);
+    s.addEventListener("open", onOpen);
+    s.addEventListener("error", onError);
+    return s;
+  }
+
+  var current = scope();
+  var source = open(current);
+  document.body.setAttribute("data-live-state", "open");
+
+  // The list was swapped (a refetch, the filter form): its rows changed,
+  // and its new data-live-scope starts where the new rows were rendered.
+  document.addEventListener("htmx:afterSettle", function () {
+    var next = scope();
+    if (next !== current) {
+      source.close();
+      current = next;
+      source = open(next);
     }
   });
 })();

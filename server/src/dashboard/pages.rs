@@ -22,6 +22,7 @@ use outrider_protocol::api::{AgentInfo, ResultInfo, RunRequest};
 use outrider_protocol::{CheckResult, CheckState, Fingerprint, PerfData, is_valid_name};
 use serde::Deserialize;
 
+use super::interest::Filter;
 use super::session::{Action, Session};
 use super::{Authed, Chrome, Dashboard, PageError};
 use crate::store::{FleetQuery, FleetRow};
@@ -82,6 +83,9 @@ pub struct FleetRowTemplate {
 #[template(path = "fleet.html")]
 struct FleetTemplate {
     chrome: Chrome,
+    /// The live stream of this list (`data-live-scope`): its rows, and
+    /// where it starts. On the list, so a refetch brings the new one.
+    live_scope: String,
     q: String,
     tag: String,
     rows: Vec<RowView>,
@@ -145,6 +149,8 @@ pub async fn fleet(
     params: Result<Query<FleetParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, PageError> {
     let (q, tag, page) = checked_filter(params)?;
+    // Taken before the query: the stream starts from what the page shows.
+    let after = dash.live.newest_id();
     let found = dash
         .app
         .store
@@ -155,11 +161,13 @@ pub async fn fleet(
             per_page: FLEET_PAGE,
         })
         .await?;
+    let live_scope = fleet_live_scope(&dash, &found.rows, &after);
     let pages = found.total.div_ceil(u64::from(FLEET_PAGE)).max(1);
     let page_no = u64::from(page) + 1;
     let href = |n: u64| fleet_href_at("/", &q, &tag, n);
     let page = FleetTemplate {
         chrome: dash.chrome(&session),
+        live_scope,
         rows: found.rows.into_iter().map(RowView::from).collect(),
         total: found.total,
         page_no,
@@ -170,6 +178,24 @@ pub async fn fleet(
         tag,
     };
     Ok(Html(page.render()?).into_response())
+}
+
+/// The live stream address of a fleet page showing `rows`, rendered when
+/// frame `after` was the newest; its rows are held shown meanwhile
+/// ([`super::live::Live::lease`]).
+fn fleet_live_scope(dash: &Dashboard, rows: &[FleetRow], after: &str) -> String {
+    let filter = Filter {
+        rows: rows.iter().map(|r| r.fingerprint.clone()).collect(),
+        agent: None,
+        list: true,
+    };
+    let ids: Vec<String> = rows.iter().map(|r| r.fingerprint.to_string()).collect();
+    dash.live.lease(filter);
+    if ids.is_empty() {
+        format!("/live?list=fleet&after={after}")
+    } else {
+        format!("/live?list=fleet&rows={}&after={after}", ids.join(","))
+    }
 }
 
 /// One check of the agent page (`check_state.html`, and the Run now slot).
@@ -334,6 +360,13 @@ async fn agent_page(
     ran: Option<(&str, RunView)>,
 ) -> Result<String, PageError> {
     let store = &dash.app.store;
+    // Shown from before the queries, so the stream starts from what the
+    // page shows ([`super::live::Live::lease`]).
+    dash.live.lease(Filter {
+        agent: Some(fp.clone()),
+        ..Filter::default()
+    });
+    let after = dash.live.newest_id();
     let agent = store.agent(fp).await?.ok_or_else(|| {
         PageError::new(
             StatusCode::NOT_FOUND,
@@ -370,7 +403,7 @@ async fn agent_page(
         }
     }
     let mut chrome = dash.chrome(session);
-    chrome.live = format!("/live?agent={fp}");
+    chrome.live = format!("/live?agent={fp}&after={after}");
     chrome.charts = true;
     let page = AgentTemplate {
         chrome,

@@ -235,6 +235,64 @@ async fn a_wrong_token_is_refused_and_agents_appear_and_go_down_without_a_reload
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_row_on_the_page_changes_in_place_and_a_change_off_it_costs_the_tab_nothing() {
+    use outrider_protocol::api::Presence;
+    let _one = ONE_BROWSER.lock().await;
+    let server = Server::start_with_dashboard().await;
+    let (shown, off) = (Agent::new(14, "web-shown"), Agent::new(15, "db-off"));
+    // Both in the fleet before the pages open: no membership change later.
+    for agent in [&shown, &off] {
+        let (conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+        drop(conn);
+        server.wait_presence(&agent.fp, Presence::Down).await;
+    }
+    let browser = Browser::start(&server).await;
+    browser.login(&viewer_token(&server)).await;
+    browser.see("#fleet", LOAD).await;
+    // A second tab shows the other agent, so its row is rendered and sent:
+    // only the first tab's stream filter keeps it from that tab.
+    let first = browser.client.window().await.unwrap();
+    let second = browser.client.new_window(true).await.unwrap().handle;
+    browser.client.switch_to_window(second).await.unwrap();
+    browser.goto("/?q=db-off").await;
+    browser.see(&format!("#agent-{}", off.fp), LOAD).await;
+    browser.client.switch_to_window(first).await.unwrap();
+    browser.goto("/?q=web-shown").await;
+    browser
+        .see(&format!("#agent-{} .presence-down", shown.fp), LOAD)
+        .await;
+    let (shown_conn, _, _) = shown.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    browser
+        .see(&format!("#agent-{} .presence-connected", shown.fp), VISIBLE)
+        .await;
+    // The agent off the page comes and goes; then the one on it goes down.
+    let (off_conn, _, _) = off.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    server.wait_presence(&off.fp, Presence::Connected).await;
+    drop(off_conn);
+    server.wait_presence(&off.fp, Presence::Down).await;
+    drop(shown_conn);
+    browser
+        .see(&format!("#agent-{} .presence-down", shown.fp), VISIBLE)
+        .await;
+    // One stream, in order: a frame of the other agent would have come
+    // before this one. None came, and the tab fetched nothing.
+    let seen = browser
+        .client
+        .execute(
+            "return [document.body.getAttribute('data-live-strays'), \
+             performance.getEntriesByType('resource') \
+               .filter(function (e) { return e.initiatorType === 'xmlhttprequest'; }).length];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen, json!([null, 0]), "[rows not on the page, refetches]");
+    browser.screenshot("filtered-stream").await;
+    browser.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn run_now_shows_the_output_inline_and_the_viewer_has_no_button() {
     let _one = ONE_BROWSER.lock().await;
     let server = Server::start_with_dashboard().await;

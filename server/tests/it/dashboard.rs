@@ -543,8 +543,10 @@ async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
     let server = Server::start_with_dashboard().await;
     let browser = Browser::login(&server, &viewer_token(&server)).await;
     let agent = Agent::new(4, "cache-1");
-    // The tab shows the agent's page, so its check states are sent too.
-    let mut live = Live::open(&browser, &format!("/live?agent={}", agent.fp), None).await;
+    // The tab shows the agent's page and its fleet row (a stream may name
+    // both), so its presence, check states and fleet row are sent.
+    let scope = format!("/live?agent={0}&rows={0}&list=fleet", agent.fp);
+    let mut live = Live::open(&browser, &scope, None).await;
 
     let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
     let row_id = format!("id=\"agent-{}\"", agent.fp);
@@ -563,7 +565,7 @@ async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
     assert!(data.contains("state-CRITICAL"), "{data}");
 
     // A tab reconnecting after the first frame gets the later ones again.
-    let mut resumed = Live::open(&browser, "/live", Some(&first_id)).await;
+    let mut resumed = Live::open(&browser, &scope, Some(&first_id)).await;
     let (id, _, _) = resumed.next().await;
     assert_ne!(id, first_id);
     let mut seen = vec![id];
@@ -611,17 +613,82 @@ async fn the_live_stream_carries_rows_with_ids_and_resumes_or_resets() {
     loop {
         match resumed.next().await.1.as_str() {
             "logout" => break,
-            "row" => continue,
+            "row" | "list" => continue,
             other => panic!("{other} before logout"),
         }
     }
     let browser = Browser::login(&server, &viewer_token(&server)).await;
     let bad = browser.get("/live?agent=nonsense").await;
     assert_eq!(bad.status, 400);
-    assert!(bad.body.contains("not a fingerprint"), "{}", bad.body);
+    assert!(
+        bad.body.contains("not an agent fingerprint"),
+        "{}",
+        bad.body
+    );
+    let garbage = browser.get("/live?rows=0123456789abcdef0123,zz").await;
+    assert_eq!(garbage.status, 400);
+    assert!(garbage.body.contains("zz"), "{}", garbage.body);
+    let many = vec!["0123456789abcdef0123"; 201].join(",");
+    let too_many = browser.get(&format!("/live?rows={many}")).await;
+    assert_eq!(too_many.status, 400);
+    assert!(too_many.body.contains("at most 200"), "{}", too_many.body);
+    assert_eq!(browser.get("/live?list=agents").await.status, 400);
     // The stream needs a session.
     let anonymous = Browser::new(&server);
     assert_eq!(anonymous.get("/live").await.status, 303);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_for_page_rows_carries_no_frame_of_another_agent() {
+    let server = Server::start_with_dashboard().await;
+    let browser = Browser::login(&server, &viewer_token(&server)).await;
+    let (shown, other) = (Agent::new(7, "on-page"), Agent::new(8, "off-page"));
+    // Both in the fleet before the tab opens: no membership change later.
+    for agent in [&shown, &other] {
+        let (conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+        drop(conn);
+        server
+            .wait_presence(&agent.fp, outrider_protocol::api::Presence::Down)
+            .await;
+    }
+    let page = browser.get(&format!("/?q={}", "on-page")).await;
+    let scope = page
+        .body
+        .split("data-live-scope=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the fleet list names its stream")
+        .replace("&#38;", "&");
+    assert!(scope.contains(&shown.fp.to_string()), "{scope}");
+    assert!(!scope.contains(&other.fp.to_string()), "{scope}");
+    let mut live = Live::open(&browser, &scope, None).await;
+    // Another tab shows the other agent, so its row is rendered: only the
+    // stream's filter keeps it from this one.
+    let mut other_tab = Live::open(&browser, &format!("/live?rows={}", other.fp), None).await;
+    // The agent off the page changes first, then the one on it: the first
+    // frame is the shown agent's row (one stream, in order), so nothing
+    // of the other came before it.
+    let (_other_conn, _, _) = other.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let (_shown_conn, _, _) = shown.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    // (The shown agent's own earlier "down" may still arrive first.)
+    let shown_row = format!("id=\"agent-{}\"", shown.fp);
+    loop {
+        let (_, event, data) = live.next().await;
+        assert_eq!(event, "row", "{data}");
+        assert!(
+            data.contains(&shown_row),
+            "a frame of another agent: {data}"
+        );
+        if data.contains("presence-connected") {
+            break;
+        }
+    }
+    let (_, _, data) = other_tab.next().await;
+    assert!(
+        data.contains(&format!("id=\"agent-{}\"", other.fp)),
+        "{data}"
+    );
     server.stop().await;
 }
 
