@@ -13,13 +13,16 @@
 //!
 //! Parse, don't validate: a [`CollectorSpec`] only exists valid. Its
 //! constructor ([`CollectorSpec::from_wire`], also behind `Deserialize`)
-//! refuses, naming the field, a bad name ([`CollectorName`]: no dots, at
-//! most [`MAX_NAME_LEN`] characters so `outrider.collector.<name>` is still
-//! a valid check name), an empty or oversized `argv`, a field that does not
+//! refuses, naming the field, what the protocol crate's structural rules
+//! refuse (`CollectorSpecWire::validate`, the same rules the server judges
+//! a definition by when an operator adds it: a bad name — no dots, at most
+//! [`MAX_NAME_LEN`] characters so `outrider.collector.<name>` is still a
+//! valid check name —, an empty or oversized `argv`, a field that does not
 //! belong to the kind, an interval outside
-//! [`MIN_INTERVAL_SECS`]..=[`MAX_INTERVAL_SECS`], a port of 0, plugin
-//! options with characters collectd's config syntax cannot carry, and a raw
-//! fragment over [`MAX_RAW_CONFIG_BYTES`] or holding a NUL.
+//! [`MIN_INTERVAL_SECS`]..=[`MAX_INTERVAL_SECS`], a port of 0, a raw
+//! fragment over [`MAX_RAW_CONFIG_BYTES`] or holding a NUL), and then what
+//! only the agent knows: plugins it does not configure and plugin options
+//! with characters collectd's config syntax cannot carry.
 
 use std::time::Duration;
 
@@ -27,17 +30,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
 
-/// Longest collector name: `outrider.collector.` plus the name stays within
-/// the 64 characters of a check name.
-pub const MAX_NAME_LEN: usize = 64 - super::COLLECTOR_CHECK_PREFIX.len();
-// The server judges names by the protocol crate's copy of the rule.
-const _: () = assert!(MAX_NAME_LEN == outrider_protocol::MAX_COLLECTOR_NAME_LEN);
-/// Most arguments of a `command` collector, program included.
-pub const MAX_ARGV: usize = 64;
-/// Longest single argument, in bytes.
-pub const MAX_ARG_BYTES: usize = 4096;
-/// Largest raw collectd config fragment, in bytes.
-pub const MAX_RAW_CONFIG_BYTES: usize = 64 * 1024;
+// The structural limits are the protocol crate's, shared with the server.
+pub use outrider_protocol::{
+    MAX_COLLECTOR_ARG_BYTES as MAX_ARG_BYTES, MAX_COLLECTOR_ARGV as MAX_ARGV,
+    MAX_COLLECTOR_NAME_LEN as MAX_NAME_LEN, MAX_RAW_CONFIG_BYTES,
+};
 /// Most plugins a collectd collector loads through `plugins`.
 pub const MAX_PLUGINS: usize = 32;
 /// Most entries in one plugin option list (mount points, interfaces).
@@ -45,9 +42,9 @@ pub const MAX_OPTION_VALUES: usize = 64;
 /// Longest plugin option value, in bytes.
 pub const MAX_OPTION_BYTES: usize = 256;
 /// Shortest collection interval.
-pub const MIN_INTERVAL_SECS: u32 = 1;
+pub const MIN_INTERVAL_SECS: u32 = *outrider_protocol::COLLECTOR_INTERVAL_SECS.start();
 /// Longest collection interval.
-pub const MAX_INTERVAL_SECS: u32 = 3600;
+pub const MAX_INTERVAL_SECS: u32 = *outrider_protocol::COLLECTOR_INTERVAL_SECS.end();
 /// collectd's interval when the definition names none (collectd's own default).
 pub const DEFAULT_INTERVAL_SECS: u32 = 10;
 /// The agent's Graphite plaintext listener when the definition names none.
@@ -66,9 +63,7 @@ pub struct CollectorName(String);
 impl CollectorName {
     /// Fails when `name` breaks the rule (the error names the field `name`).
     pub fn new(name: &str) -> Result<CollectorName, AgentError> {
-        let allowed =
-            |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
-        if name.is_empty() || name.len() > MAX_NAME_LEN || !name.bytes().all(allowed) {
+        if !outrider_protocol::is_valid_collector_name(name) {
             return Err(AgentError::CollectorSpec {
                 collector: name.to_owned(),
                 field: "name".into(),
@@ -166,54 +161,27 @@ impl CollectorSpec {
     /// [`AgentError::CollectorSpec`] naming the first offending field.
     pub fn from_wire(wire: CollectorSpecWire) -> Result<CollectorSpec, AgentError> {
         let name = CollectorName::new(&wire.name)?;
+        wire.validate().map_err(|e| AgentError::CollectorSpec {
+            collector: e.collector,
+            field: e.field,
+            reason: e.reason,
+        })?;
         let bad = |field: &str, reason: String| AgentError::CollectorSpec {
             collector: wire.name.clone(),
             field: field.to_owned(),
             reason,
         };
-        let interval = |default: Option<u32>| -> Result<Option<u32>, AgentError> {
-            match wire.interval_secs.or(default) {
-                Some(s) if !(MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(&s) => Err(bad(
-                    "interval_secs",
-                    format!("= {s} is outside {MIN_INTERVAL_SECS}..={MAX_INTERVAL_SECS}"),
-                )),
-                other => Ok(other),
-            }
-        };
         let graphite_port = wire.graphite_port.unwrap_or(DEFAULT_GRAPHITE_PORT);
-        if graphite_port == 0 {
-            return Err(bad("graphite_port", "must not be 0".into()));
-        }
         let kind = match wire.kind {
-            KindWire::Collectd => {
-                if wire.argv.is_some() {
-                    return Err(bad(
-                        "argv",
-                        "belongs to `command` collectors; collectd is run by the agent".into(),
-                    ));
-                }
-                let interval_secs = interval(Some(DEFAULT_INTERVAL_SECS))?
-                    .expect("a default was given, so there is a value");
-                CollectorKind::Collectd(CollectdSettings {
-                    interval_secs,
-                    plugins: plugins(&wire, &bad)?,
-                    raw_config: raw_config(wire.raw_config.as_deref(), &bad)?,
-                })
-            }
-            KindWire::Command => {
-                for (field, present) in [
-                    ("plugins", wire.plugins.is_some()),
-                    ("raw_config", wire.raw_config.is_some()),
-                ] {
-                    if present {
-                        return Err(bad(field, "belongs to `collectd` collectors".into()));
-                    }
-                }
-                CollectorKind::Command(CommandSettings {
-                    argv: argv(wire.argv.as_deref(), &bad)?,
-                    interval_secs: interval(None)?,
-                })
-            }
+            KindWire::Collectd => CollectorKind::Collectd(CollectdSettings {
+                interval_secs: wire.interval_secs.unwrap_or(DEFAULT_INTERVAL_SECS),
+                plugins: plugins(&wire, &bad)?,
+                raw_config: wire.raw_config.clone(),
+            }),
+            KindWire::Command => CollectorKind::Command(CommandSettings {
+                argv: wire.argv.clone().unwrap_or_default(),
+                interval_secs: wire.interval_secs,
+            }),
         };
         Ok(CollectorSpec {
             name,
@@ -243,34 +211,6 @@ impl CollectorSpec {
         };
         secs.map(|s| Duration::from_secs(u64::from(s)))
     }
-}
-
-fn argv(
-    argv: Option<&[String]>,
-    bad: &dyn Fn(&str, String) -> AgentError,
-) -> Result<Vec<String>, AgentError> {
-    let argv = argv.ok_or_else(|| bad("argv", "is required for `command` collectors".into()))?;
-    if argv.is_empty() || argv[0].is_empty() {
-        return Err(bad("argv", "must name a program".into()));
-    }
-    if argv.len() > MAX_ARGV {
-        return Err(bad(
-            "argv",
-            format!("has {} entries; at most {MAX_ARGV}", argv.len()),
-        ));
-    }
-    for (i, arg) in argv.iter().enumerate() {
-        if arg.len() > MAX_ARG_BYTES {
-            return Err(bad(
-                &format!("argv[{i}]"),
-                format!("is {} bytes; at most {MAX_ARG_BYTES}", arg.len()),
-            ));
-        }
-        if arg.contains('\0') {
-            return Err(bad(&format!("argv[{i}]"), "contains a NUL byte".into()));
-        }
-    }
-    Ok(argv.to_vec())
 }
 
 fn plugins(
@@ -361,23 +301,6 @@ fn plugins(
         out.push(plugin);
     }
     Ok(out)
-}
-
-fn raw_config(
-    raw: Option<&str>,
-    bad: &dyn Fn(&str, String) -> AgentError,
-) -> Result<Option<String>, AgentError> {
-    let Some(raw) = raw else { return Ok(None) };
-    if raw.len() > MAX_RAW_CONFIG_BYTES {
-        return Err(bad(
-            "raw_config",
-            format!("is {} bytes; at most {MAX_RAW_CONFIG_BYTES}", raw.len()),
-        ));
-    }
-    if raw.contains('\0') {
-        return Err(bad("raw_config", "contains a NUL byte".into()));
-    }
-    Ok(Some(raw.to_owned()))
 }
 
 /// The wire form (see the module docs) lives in the protocol crate, which
