@@ -376,6 +376,39 @@ pub fn test_policy() -> String {
     )
 }
 
+/// The `agent.toml` line that turns the agent's StatsD/Graphite listeners
+/// off. They default to the fixed ports 127.0.0.1:8125 and :2003, so two
+/// agents of tests running side by side would compete for them and the
+/// loser would report a WARNING `outrider.listeners` result: every agent.toml
+/// a test writes carries this line unless the test is about the listeners.
+pub const LISTENERS_OFF: &str = "listeners = { statsd = \"off\", graphite = \"off\" }";
+
+/// The agent.toml of [`TestAgent::start_env`]: the test server, `channel`,
+/// the `listeners` line, [`test_policy`], then `extra_toml`.
+fn agent_toml(server: &TestServer, channel: &str, listeners: &str, extra_toml: &str) -> String {
+    format!(
+        "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n\
+         {listeners}\npolicy = {}\n{extra_toml}\n",
+        server.url,
+        test_policy()
+    )
+}
+
+/// A loopback port free for both TCP and UDP right now, chosen by the
+/// kernel (an ephemeral port, so no fixed port two tests could share).
+/// It is free only until someone binds it: the caller hands it to the one
+/// process that binds it next.
+pub fn free_loopback_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+        let port = tcp.local_addr().expect("local address").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both TCP and UDP in 100 tries")
+}
+
 /// A real stub (`outrider-agent --prefix`) with its own install prefix.
 #[derive(Debug)]
 pub struct TestAgent {
@@ -407,15 +440,25 @@ impl TestAgent {
         extra_toml: &str,
         env: &[(&str, &str)],
     ) -> TestAgent {
-        // Listeners off: several agents of one test would compete for the
-        // default ports.
-        let toml = format!(
-            "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"{channel}\"\n\
-             listeners = {{ statsd = \"off\", graphite = \"off\" }}\npolicy = {}\n{extra_toml}\n",
-            server.url,
-            test_policy()
-        );
+        let toml = agent_toml(server, channel, LISTENERS_OFF, extra_toml);
         TestAgent::start_toml(keys, &toml, env)
+    }
+
+    /// Like [`TestAgent::start_with`], with the StatsD/Graphite listeners
+    /// on: `listeners` is the `[listeners]` inline table, e.g.
+    /// `{ statsd = "127.0.0.1:PORT", graphite = "127.0.0.1:PORT" }` with a
+    /// port from [`free_loopback_port`] (never the default ports, which
+    /// another test's agent may hold).
+    pub fn start_listening(
+        server: &TestServer,
+        keys: &Keys,
+        channel: &str,
+        listeners: &str,
+        extra_toml: &str,
+    ) -> TestAgent {
+        let line = format!("listeners = {listeners}");
+        let toml = agent_toml(server, channel, &line, extra_toml);
+        TestAgent::start_toml(keys, &toml, &[])
     }
 
     /// Installs exactly `agent_toml` and `root.json` under a fresh prefix and

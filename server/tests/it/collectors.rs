@@ -210,9 +210,11 @@ fn start_agent(
     tokio_util::sync::CancellationToken,
     std::thread::JoinHandle<Result<outrider_agent::StateBlob, outrider_agent::AgentError>>,
 ) {
+    // Listeners off: they default to fixed ports (127.0.0.1:8125/2003) that
+    // agents of tests running side by side would compete for.
     let toml = format!(
         "server_url = \"http://{server_addr}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\n\
-         tags = [\"web\"]\n[policy]\nallowed_commands = [\"/usr/bin\", \"/bin\"]\n"
+         listeners = {{ statsd = \"off\", graphite = \"off\" }}\ntags = [\"web\"]\n[policy]\nallowed_commands = [\"/usr/bin\", \"/bin\"]\n"
     );
     std::fs::write(dir.join("agent.toml"), &toml).unwrap();
     let settings = AgentSettings::new(&toml, dir, dir).unwrap();

@@ -181,8 +181,11 @@ async fn the_agent_library_pairs_with_servers_of_each_range() {
             .admin("PUT", "/api/v1/checks/alive", Some(&check))
             .await;
         let dir = tempfile::tempdir().unwrap();
+        // Listeners off: they default to fixed ports (127.0.0.1:8125/2003)
+        // that agents of tests running side by side would compete for.
         let toml = format!(
-            "server_url = \"http://{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\n",
+            "server_url = \"http://{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\n\
+             listeners = {{ statsd = \"off\", graphite = \"off\" }}\n",
             server.addr
         );
         let mut settings = AgentSettings::new(&toml, dir.path(), dir.path()).unwrap();

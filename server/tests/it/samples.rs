@@ -159,8 +159,11 @@ fn spooled_batches(data_dir: &Path) -> u64 {
 /// Runs the real agent library against `server` until it is connected,
 /// then `until` holds, then stops it.
 async fn run_agent_until(server: &Server, dir: &Path, until: impl AsyncFn() -> bool) {
+    // Listeners off: they default to fixed ports (127.0.0.1:8125/2003) that
+    // agents of tests running side by side would compete for.
     let toml = format!(
-        "server_url = \"http://{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\n",
+        "server_url = \"http://{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\n\
+         listeners = {{ statsd = \"off\", graphite = \"off\" }}\n",
         server.addr
     );
     std::fs::write(dir.join("agent.toml"), &toml).unwrap();

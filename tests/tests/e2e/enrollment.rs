@@ -4,7 +4,8 @@
 //! remove` — only a new token in `agent.toml` is.
 
 use outrider_tests::{
-    ENROLLMENT_TOKEN, Keys, TestAgent, TestServer, agent_library, secs, test_policy, wait_until,
+    ENROLLMENT_TOKEN, Keys, LISTENERS_OFF, TestAgent, TestServer, agent_library, secs, test_policy,
+    wait_until,
 };
 
 fn connected(server: &TestServer) -> Option<serde_json::Value> {
@@ -20,7 +21,7 @@ fn the_token_leaves_agent_toml_after_the_first_welcome_and_removal_needs_a_new_o
     let keys = Keys::init();
     server.publish(&keys, "dev", &agent_library());
     let head = format!(
-        "# Managed by hand: keep this comment.\nserver_url = \"{}\"\n",
+        "# Managed by hand: keep this comment.\nserver_url = \"{}\"\n{LISTENERS_OFF}\n",
         server.url
     );
     let tail = format!(

@@ -2,7 +2,9 @@
 //! pulled by hash and assigned by tag, built-in checks, run-now, the metric
 //! outputs, and a server outage that loses nothing.
 
-use outrider_tests::{Keys, TestAgent, TestServer, agent_library, script, secs, wait_until};
+use outrider_tests::{
+    Keys, LISTENERS_OFF, TestAgent, TestServer, agent_library, script, secs, wait_until,
+};
 use serde_json::Value;
 
 /// `outrider --json ARGS` against `server`, parsed.
@@ -255,7 +257,7 @@ fn cli_lists_tokens_and_refuses_a_revoked_one() {
     let agent = TestAgent::start_toml(
         &keys,
         &format!(
-            "server_url = \"{}\"\nenrollment_token = \"{token}\"\nchannel = \"dev\"\n",
+            "server_url = \"{}\"\nenrollment_token = \"{token}\"\nchannel = \"dev\"\n{LISTENERS_OFF}\n",
             server.url
         ),
         &[],

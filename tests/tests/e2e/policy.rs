@@ -3,7 +3,7 @@
 //! `agent-lib/src/policy.rs` and `docs/updates.md`).
 
 use outrider_tests::{
-    ENROLLMENT_TOKEN, Keys, TestAgent, TestServer, agent_library, secs, wait_until,
+    ENROLLMENT_TOKEN, Keys, LISTENERS_OFF, TestAgent, TestServer, agent_library, secs, wait_until,
 };
 use serde_json::Value;
 
@@ -23,7 +23,7 @@ fn fingerprint_of(server: &TestServer, tag: &str) -> String {
 fn agent_toml(server: &TestServer, tag: &str, policy: &str) -> String {
     format!(
         "server_url = \"{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\nchannel = \"dev\"\n\
-         tags = [\"{tag}\"]\n{policy}",
+         {LISTENERS_OFF}\ntags = [\"{tag}\"]\n{policy}",
         server.url
     )
 }

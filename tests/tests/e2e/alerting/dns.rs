@@ -22,7 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use outrider_tests::{
-    ENROLLMENT_TOKEN, Keys, TestServer, agent_library, bin_dir, secs, test_policy, wait_until,
+    ENROLLMENT_TOKEN, Keys, LISTENERS_OFF, TestServer, agent_library, bin_dir, secs, test_policy,
+    wait_until,
 };
 use serde_json::{Value, json};
 
@@ -52,7 +53,7 @@ impl DnsAgent {
         std::fs::create_dir_all(root.join("bin")).unwrap();
         let toml = format!(
             "server_url = \"http://{SERVER_NAME}:{port}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\n\
-             channel = \"dev\"\npolicy = {}\ntags = [\"{tag}\"]\nallow_plain_ws = true\n",
+             channel = \"dev\"\n{LISTENERS_OFF}\npolicy = {}\ntags = [\"{tag}\"]\nallow_plain_ws = true\n",
             test_policy()
         );
         std::fs::write(root.join("etc/agent.toml"), toml).unwrap();
