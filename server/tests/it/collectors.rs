@@ -5,14 +5,13 @@
 //! server — still running them (see `docs/protocol.md`).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outrider_agent::{AgentSettings, Health, HostHooks, Level, run_agent};
 use outrider_protocol::{CheckState, CollectorEntry, ServerMessage, capability};
 use serde_json::{Value, json};
 
 use crate::helpers::{Agent, ENROLLMENT_TOKEN, STEP, Server, result};
+use crate::library::{self, LibraryAgent, agent_toml};
 
 fn names(entries: &[CollectorEntry]) -> Vec<&str> {
     entries.iter().filter_map(CollectorEntry::name).collect()
@@ -188,60 +187,13 @@ async fn a_resumed_session_of_a_library_taking_collectors_gets_them() {
     server.stop().await;
 }
 
-/// A host for the real agent library: logs kept, health ignored.
-#[derive(Debug, Default)]
-struct QuietHost {
-    logs: Mutex<Vec<String>>,
-}
-
-impl HostHooks for QuietHost {
-    fn log(&self, _level: Level, message: &str) {
-        self.logs.lock().unwrap().push(message.to_owned());
-    }
-    fn health(&self, _health: Health, _message: &str) {}
-    fn request_update_check(&self) {}
-}
-
-/// Runs the real agent library in a thread until the returned token fires.
-fn start_agent(
-    server_addr: &str,
-    dir: &Path,
-) -> (
-    tokio_util::sync::CancellationToken,
-    std::thread::JoinHandle<Result<outrider_agent::StateBlob, outrider_agent::AgentError>>,
-) {
-    // Listeners off: they default to fixed ports (127.0.0.1:8125/2003) that
-    // agents of tests running side by side would compete for.
-    let toml = format!(
-        "server_url = \"http://{server_addr}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\n\
-         listeners = {{ statsd = \"off\", graphite = \"off\" }}\ntags = [\"web\"]\n[policy]\nallowed_commands = [\"/usr/bin\", \"/bin\"]\n"
+/// Starts the real agent library, tagged `web`, allowed `/usr/bin` and `/bin`.
+fn start_agent(server_addr: &str, dir: &Path) -> LibraryAgent {
+    let toml = agent_toml(
+        server_addr,
+        "tags = [\"web\"]\n[policy]\nallowed_commands = [\"/usr/bin\", \"/bin\"]\n",
     );
-    std::fs::write(dir.join("agent.toml"), &toml).unwrap();
-    let settings = AgentSettings::new(&toml, dir, dir).unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let host = Arc::new(QuietHost::default());
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || run_agent(settings, stop, host))
-    };
-    (stop, thread)
-}
-
-/// Stops the agent started by [`start_agent`] and waits for a clean end.
-async fn stop_agent(
-    (stop, thread): (
-        tokio_util::sync::CancellationToken,
-        std::thread::JoinHandle<Result<outrider_agent::StateBlob, outrider_agent::AgentError>>,
-    ),
-) {
-    stop.cancel();
-    let joined = tokio::task::spawn_blocking(move || thread.join());
-    tokio::time::timeout(STEP * 3, joined)
-        .await
-        .expect("agent stopped in time")
-        .unwrap()
-        .expect("agent did not panic")
-        .expect("agent ran cleanly");
+    LibraryAgent::start(library::settings(&toml, dir))
 }
 
 /// The pid the collector script wrote, once it is alive.
@@ -338,12 +290,12 @@ async fn the_agent_library_runs_refuses_stops_and_remembers_collectors() {
 
     // Stopped with the agent; started again from the saved set while the
     // server is away.
-    stop_agent(agent).await;
+    agent.stop(STEP * 3).await;
     wait_gone(pid).await;
     let data = server.stop_keeping_data().await;
     let agent = start_agent("127.0.0.1:9", dir.path());
     let pid = running_pid(&pidfile, Some(pid)).await;
-    stop_agent(agent).await;
+    agent.stop(STEP * 3).await;
     wait_gone(pid).await;
 
     // An older server (no `collectors` offered, its config has none): the
@@ -356,7 +308,7 @@ async fn the_agent_library_runs_refuses_stops_and_remembers_collectors() {
     // A result of the check proves the agent applied that server's config.
     wait_result(&old, "alive", CheckState::Ok, "").await;
     assert!(alive(pid), "the saved collector still runs");
-    stop_agent(agent).await;
+    agent.stop(STEP * 3).await;
     wait_gone(pid).await;
     let data = old.stop_keeping_data().await;
 
@@ -366,6 +318,6 @@ async fn the_agent_library_runs_refuses_stops_and_remembers_collectors() {
     let pid = running_pid(&pidfile, Some(pid)).await;
     server.admin("DELETE", "/api/v1/collectors/app", None).await;
     wait_gone(pid).await;
-    stop_agent(agent).await;
+    agent.stop(STEP * 3).await;
     server.stop().await;
 }

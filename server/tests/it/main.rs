@@ -16,6 +16,7 @@ mod events;
 mod golden;
 mod helpers;
 mod ingest_bounds;
+mod library;
 mod metrics;
 mod negotiation;
 mod notify;

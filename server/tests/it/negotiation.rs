@@ -3,10 +3,9 @@
 //! of [2, 3] against a server of [2, 2], unknown agent messages, and the
 //! real agent library against servers of each range (see `docs/protocol.md`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use outrider_agent::{AgentSettings, Health, HostHooks, Level, run_agent};
 use outrider_protocol::api::Presence;
 use outrider_protocol::{CheckState, ProtocolRange, ServerMessage, Welcome, capability};
 use serde_json::json;
@@ -15,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::helpers::{
     Agent, Closed, ENROLLMENT_TOKEN, POLICY, STEP, Server, expect_rejection, result,
 };
+use crate::library::{self, LibraryAgent, agent_toml};
 
 fn welcome_of(answer: ServerMessage) -> Welcome {
     match answer {
@@ -145,20 +145,6 @@ async fn unknown_agent_messages_are_skipped_counted_and_the_session_goes_on() {
     server.stop().await;
 }
 
-/// A host for the real agent library: logs kept, health ignored.
-#[derive(Debug, Default)]
-struct QuietHost {
-    logs: Mutex<Vec<String>>,
-}
-
-impl HostHooks for QuietHost {
-    fn log(&self, _level: Level, message: &str) {
-        self.logs.lock().unwrap().push(message.to_owned());
-    }
-    fn health(&self, _health: Health, _message: &str) {}
-    fn request_update_check(&self) {}
-}
-
 #[tokio::test]
 async fn the_agent_library_pairs_with_servers_of_each_range() {
     // (agent range, server range, version both must settle on)
@@ -181,21 +167,10 @@ async fn the_agent_library_pairs_with_servers_of_each_range() {
             .admin("PUT", "/api/v1/checks/alive", Some(&check))
             .await;
         let dir = tempfile::tempdir().unwrap();
-        // Listeners off: they default to fixed ports (127.0.0.1:8125/2003)
-        // that agents of tests running side by side would compete for.
-        let toml = format!(
-            "server_url = \"http://{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\n\
-             listeners = {{ statsd = \"off\", graphite = \"off\" }}\n",
-            server.addr
-        );
-        let mut settings = AgentSettings::new(&toml, dir.path(), dir.path()).unwrap();
+        let toml = agent_toml(&server.addr.to_string(), "");
+        let mut settings = library::settings(&toml, dir.path());
         settings.protocol = ProtocolRange::new(amin, amax).unwrap();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let host = Arc::new(QuietHost::default());
-        let thread = {
-            let (stop, host) = (stop.clone(), host.clone());
-            std::thread::spawn(move || run_agent(settings, stop, host))
-        };
+        let agent = LibraryAgent::start(settings);
         // Connected at the expected version, and results flow.
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
@@ -211,18 +186,11 @@ async fn the_agent_library_pairs_with_servers_of_each_range() {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "agent [{amin}, {amax}] vs server [{smin}, {smax}]: {agents:?}; logs {:?}",
-                host.logs.lock().unwrap()
+                agent.logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        stop.cancel();
-        let joined = tokio::task::spawn_blocking(move || thread.join());
-        tokio::time::timeout(STEP, joined)
-            .await
-            .expect("agent stopped in time")
-            .unwrap()
-            .expect("agent did not panic")
-            .expect("agent ran cleanly");
+        agent.stop(STEP).await;
         Arc::into_inner(server).unwrap().stop().await;
     }
 }

@@ -5,17 +5,18 @@
 //! them, keeping them spooled otherwise (see `docs/protocol.md`).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use outrider_agent::HostHooks;
 use outrider_agent::outbox::Outbox;
 use outrider_agent::spool::{MetricSample, SpoolLimits};
-use outrider_agent::{AgentSettings, Health, HostHooks, Level, run_agent};
 use outrider_protocol::api::Presence;
 use outrider_protocol::{AgentMessage, MetricTag, SampleBatch, ServerMessage, capability};
 use serde_json::{Value, json};
 
 use crate::helpers::{Agent, ENROLLMENT_TOKEN, STEP, Server};
+use crate::library::{self, LibraryAgent, agent_toml};
 
 fn sample(name: &str, value: f64) -> MetricSample {
     MetricSample {
@@ -135,22 +136,9 @@ async fn batches_are_stored_once_and_bad_samples_are_counted_and_skipped() {
     server.stop().await;
 }
 
-#[derive(Debug, Default)]
-struct QuietHost {
-    logs: Mutex<Vec<String>>,
-}
-
-impl HostHooks for QuietHost {
-    fn log(&self, _level: Level, message: &str) {
-        self.logs.lock().unwrap().push(message.to_owned());
-    }
-    fn health(&self, _health: Health, _message: &str) {}
-    fn request_update_check(&self) {}
-}
-
 /// Un-acked sample batches in the agent's spool (the agent is stopped).
 fn spooled_batches(data_dir: &Path) -> u64 {
-    let hooks: Arc<dyn HostHooks> = Arc::new(QuietHost::default());
+    let hooks: Arc<dyn HostHooks> = Arc::new(library::QuietHost::default());
     let outbox =
         Outbox::open(&data_dir.join("spool"), None, SpoolLimits::default(), hooks).unwrap();
     outbox.samples_len()
@@ -159,21 +147,8 @@ fn spooled_batches(data_dir: &Path) -> u64 {
 /// Runs the real agent library against `server` until it is connected,
 /// then `until` holds, then stops it.
 async fn run_agent_until(server: &Server, dir: &Path, until: impl AsyncFn() -> bool) {
-    // Listeners off: they default to fixed ports (127.0.0.1:8125/2003) that
-    // agents of tests running side by side would compete for.
-    let toml = format!(
-        "server_url = \"http://{}\"\nenrollment_token = \"{ENROLLMENT_TOKEN}\"\n\
-         listeners = {{ statsd = \"off\", graphite = \"off\" }}\n",
-        server.addr
-    );
-    std::fs::write(dir.join("agent.toml"), &toml).unwrap();
-    let settings = AgentSettings::new(&toml, dir, dir).unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let host = Arc::new(QuietHost::default());
-    let thread = {
-        let (stop, host) = (stop.clone(), host.clone());
-        std::thread::spawn(move || run_agent(settings, stop, host))
-    };
+    let toml = agent_toml(&server.addr.to_string(), "");
+    let agent = LibraryAgent::start(library::settings(&toml, dir));
     let deadline = tokio::time::Instant::now() + STEP * 2;
     loop {
         let connected = server
@@ -187,18 +162,11 @@ async fn run_agent_until(server: &Server, dir: &Path, until: impl AsyncFn() -> b
         assert!(
             tokio::time::Instant::now() < deadline,
             "condition not reached; agent logs {:?}",
-            host.logs.lock().unwrap()
+            agent.logs()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.cancel();
-    let joined = tokio::task::spawn_blocking(move || thread.join());
-    tokio::time::timeout(STEP, joined)
-        .await
-        .expect("agent stopped in time")
-        .unwrap()
-        .expect("agent did not panic")
-        .expect("agent ran cleanly");
+    agent.stop(STEP).await;
 }
 
 #[tokio::test]
@@ -206,7 +174,7 @@ async fn the_agent_library_sends_spooled_samples_only_to_a_server_that_takes_the
     let dir = tempfile::tempdir().unwrap();
     {
         // What a listener does: push samples into the agent's outbox.
-        let hooks: Arc<dyn HostHooks> = Arc::new(QuietHost::default());
+        let hooks: Arc<dyn HostHooks> = Arc::new(library::QuietHost::default());
         let mut outbox = Outbox::open(
             &dir.path().join("spool"),
             None,
