@@ -18,7 +18,7 @@
 //! this process (the stub's stand-in: the library runs inside it) after
 //! the warm-up swap and after the last one.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +29,9 @@ use outrider_agent_stub::StubConfig;
 use outrider_agent_stub::generation::{Generation, Loaded};
 use outrider_agent_stub::update::Build;
 
-const PATIENCE: Duration = Duration::from_secs(60);
+#[path = "../src/swap_support.rs"]
+mod swap_support;
+use swap_support::{children_with, free_port, seed_state, spooled_sum, statsd_sender, wait_for};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -78,16 +80,19 @@ fn main() {
         .join("collectd.conf");
     let needle = format!("-f\0-C\0{}\0", conf.display());
 
-    let mut generation = start(1, seed_state(graphite_port));
+    let mut generation = start(
+        1,
+        seed_state("bench", &["cpu", "load", "memory"], graphite_port),
+    );
     wait_for("the first generation to report health", || {
         generation.health().map(|_| ())
     });
-    let collectd = wait_for("collectd", || collectd_of(&needle));
+    let collectd = wait_for("collectd", || children_with(&needle).first().copied());
     println!("collectd pid={} start_time={}", collectd.0, collectd.1);
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let sender = spawn_sender(statsd, rate, stop.clone(), sent.clone());
+    let sender = statsd_sender(statsd, "bench.count", rate, stop.clone(), sent.clone());
 
     let mut handovers_ms = Vec::new();
     let mut restarts = 0u64;
@@ -110,7 +115,9 @@ fn main() {
         wait_for("the generation to report health", || {
             generation.health().map(|_| ())
         });
-        let now = wait_for("collectd after the swap", || collectd_of(&needle));
+        let now = wait_for("collectd after the swap", || {
+            children_with(&needle).first().copied()
+        });
         if now != last {
             restarts += 1;
             last = now;
@@ -165,7 +172,7 @@ fn main() {
         "library copies still mapped after unload: {still_mapped}; mapped at the end: {}",
         copies.len()
     );
-    let gone = collectd_of(&needle).is_none();
+    let gone = children_with(&needle).first().copied().is_none();
     println!("collectd stopped at the final stop: {gone}");
 }
 
@@ -179,114 +186,6 @@ fn build_of(path: &Path) -> Build {
         manifest_sha256: None,
         fresh: false,
     }
-}
-
-fn free_port() -> u16 {
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = udp.local_addr().unwrap().port();
-    match std::net::TcpListener::bind(("127.0.0.1", port)) {
-        Ok(_) => port,
-        Err(_) => free_port(),
-    }
-}
-
-fn seed_state(graphite_port: u16) -> Vec<u8> {
-    serde_json::json!({
-        "version": 1, "next_seq": 1,
-        "collectors": [{"spec": {
-            "name": "bench", "kind": "collectd", "interval_secs": 1,
-            "plugins": [{"plugin": "cpu"}, {"plugin": "load"}, {"plugin": "memory"}],
-            "graphite_port": graphite_port,
-        }}],
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// The running collectd child (pid, start time) whose command line holds
-/// `needle`.
-fn collectd_of(needle: &str) -> Option<(u32, u64)> {
-    let me = std::process::id();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let (Ok(stat), Ok(cmdline)) = (
-            std::fs::read_to_string(format!("/proc/{pid}/stat")),
-            std::fs::read(format!("/proc/{pid}/cmdline")),
-        ) else {
-            continue;
-        };
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let f: Vec<&str> = rest.split_ascii_whitespace().collect();
-        if f[0] != "Z"
-            && f[1].parse::<u32>() == Ok(me)
-            && String::from_utf8_lossy(&cmdline).contains(needle)
-        {
-            return Some((pid, f[19].parse().ok()?));
-        }
-    }
-    None
-}
-
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Sends `bench.count:1|c` at `rate` a second (1 ms batches) until `stop`;
-/// returns the rate achieved.
-fn spawn_sender(
-    to: SocketAddr,
-    rate: u64,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<f64> {
-    std::thread::spawn(move || {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let began = Instant::now();
-        while !stop.load(Ordering::SeqCst) {
-            let due = (began.elapsed().as_secs_f64() * rate as f64) as u64;
-            while sent.load(Ordering::SeqCst) < due {
-                socket.send_to(b"bench.count:1|c", to).unwrap();
-                sent.fetch_add(1, Ordering::SeqCst);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        sent.load(Ordering::SeqCst) as f64 / began.elapsed().as_secs_f64()
-    })
-}
-
-fn spooled_sum(data_dir: &Path, name: &str) -> f64 {
-    use outrider_agent::spool::{Kind, Payload, Spool, SpoolLimits};
-    struct Quiet;
-    impl outrider_agent::HostHooks for Quiet {
-        fn log(&self, _: outrider_agent::Level, _: &str) {}
-        fn health(&self, _: outrider_agent::Health, _: &str) {}
-        fn request_update_check(&self) {}
-    }
-    let dir = data_dir.join("spool").join("metrics");
-    let limits = SpoolLimits::default();
-    let spool = Spool::open(&dir, Kind::Samples, limits, Arc::new(Quiet)).unwrap();
-    let mut sum = 0.0;
-    spool.read_from(None, |payload, _| {
-        if let Payload::Samples(batch) = payload {
-            sum += batch
-                .samples
-                .iter()
-                .filter(|s| s.name == name)
-                .map(|s| s.value)
-                .sum::<f64>();
-        }
-        true
-    });
-    sum
 }
 
 /// VmRSS and Pss of this process, KiB.

@@ -30,6 +30,8 @@ mod state;
 pub mod stub_update;
 pub mod supervisor;
 #[cfg(test)]
+mod swap_support;
+#[cfg(test)]
 mod swap_tests;
 pub mod update;
 

@@ -9,17 +9,17 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outrider_abi::socket_kind;
 
 use crate::config::StubConfig;
 use crate::generation::{Generation, Loaded};
 use crate::layout::Layout;
+use crate::swap_support::{
+    children_with, free_port, seed_state, spooled_sum, statsd_sender, wait_for,
+};
 use crate::update::Build;
-
-/// Longest wait for anything the agent or collectd does.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// `target/<profile>/deps/`, where this test binary lives and where cargo
 /// builds the dev-dependencies' cdylibs (it copies them up a level only
@@ -38,53 +38,6 @@ fn build_of(path: &Path, version: &str) -> Build {
         path: path.to_owned(),
         manifest_sha256: None,
         fresh: false,
-    }
-}
-
-fn free_port() -> u16 {
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = udp.local_addr().unwrap().port();
-    // Free for TCP too (the Graphite listener), checked by binding it.
-    std::net::TcpListener::bind(("127.0.0.1", port))
-        .map(|_| port)
-        .unwrap_or_else(|_| free_port())
-}
-
-/// Children of this process whose command line mentions `needle`.
-fn children_with(needle: &str) -> Vec<(u32, u64)> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let (Ok(stat), Ok(cmdline)) = (
-            std::fs::read_to_string(format!("/proc/{pid}/stat")),
-            std::fs::read(format!("/proc/{pid}/cmdline")),
-        ) else {
-            continue;
-        };
-        let rest = &stat[stat.rfind(')').unwrap() + 1..];
-        let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-        let (state, ppid, start) = (fields[0], fields[1], fields[19]);
-        if state != "Z"
-            && ppid.parse::<u32>() == Ok(me)
-            && String::from_utf8_lossy(&cmdline).contains(needle)
-        {
-            found.push((pid, start.parse().unwrap()));
-        }
-    }
-    found
-}
-
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -131,72 +84,8 @@ impl Host {
 
     /// The sum of the `name` samples in the spool.
     fn spooled_sum(&self, name: &str) -> f64 {
-        use outrider_agent::spool::{Kind, Payload, Spool, SpoolLimits};
-        let spool = Spool::open(
-            &self.layout.data_dir.join("spool").join("metrics"),
-            Kind::Samples,
-            SpoolLimits::default(),
-            Arc::new(Quiet),
-        )
-        .unwrap();
-        let mut sum = 0.0;
-        spool.read_from(None, |payload, _| {
-            if let Payload::Samples(batch) = payload {
-                sum += batch
-                    .samples
-                    .iter()
-                    .filter(|s| s.name == name)
-                    .map(|s| s.value)
-                    .sum::<f64>();
-            }
-            true
-        });
-        sum
+        spooled_sum(&self.layout.data_dir, name)
     }
-}
-
-struct Quiet;
-impl outrider_agent::HostHooks for Quiet {
-    fn log(&self, _: outrider_agent::Level, _: &str) {}
-    fn health(&self, _: outrider_agent::Health, _: &str) {}
-    fn request_update_check(&self) {}
-}
-
-/// Sends `swap.count:1|c` until stopped; returns how many were sent.
-fn sender(
-    to: SocketAddr,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        while !stop.load(Ordering::SeqCst) {
-            socket.send_to(b"swap.count:1|c", to).unwrap();
-            let n = sent.fetch_add(1, Ordering::SeqCst) + 1;
-            if n.is_multiple_of(50) {
-                // About 5,000 datagrams a second: a steady stream, not a flood.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    })
-}
-
-/// A collectd collector handed to the first generation in its state blob
-/// (as a previous generation would), so it starts without a server.
-fn seed_state(graphite_port: u16) -> Vec<u8> {
-    serde_json::json!({
-        "version": 1,
-        "next_seq": 1,
-        "collectors": [{"spec": {
-            "name": "swaptest",
-            "kind": "collectd",
-            "interval_secs": 1,
-            "plugins": [{"plugin": "load"}],
-            "graphite_port": graphite_port,
-        }}],
-    })
-    .to_string()
-    .into_bytes()
 }
 
 #[test]
@@ -214,7 +103,11 @@ fn a_hot_swap_keeps_collectd_running_and_loses_no_datagram() {
     let _table = crate::sockets::TEST_LOCK
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let first = host.start(&agent, 1, seed_state(host.graphite_port));
+    let first = host.start(
+        &agent,
+        1,
+        seed_state("swaptest", &["load"], host.graphite_port),
+    );
     let collectd = wait_for("collectd to run under the first generation", || {
         children_with(&needle).first().copied()
     });
@@ -227,7 +120,8 @@ fn a_hot_swap_keeps_collectd_running_and_loses_no_datagram() {
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
     );
-    let sending = sender(host.statsd, stop.clone(), sent.clone());
+    // About 5,000 datagrams a second: a steady stream, not a flood.
+    let sending = statsd_sender(host.statsd, "swap.count", 5_000, stop.clone(), sent.clone());
     wait_for("datagrams before the swap", || {
         (sent.load(Ordering::SeqCst) >= 1000).then_some(())
     });
