@@ -147,12 +147,7 @@ impl Queue {
                     line.push('.');
                     push_sanitised(&mut line, part);
                 }
-                let _ = writeln!(line, " {} {ts}", p.value);
-                if line.len() > MAX_LINE_BYTES {
-                    self.oversized.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                lines.push(line);
+                self.finish_line(line, p.value, ts, &mut lines);
             }
         }
         if !lines.is_empty() {
@@ -193,16 +188,22 @@ impl Queue {
                     line.push('=');
                     push_sanitised(&mut line, value);
                 }
-                let _ = writeln!(line, " {} {ts}", p.value);
-                if line.len() > MAX_LINE_BYTES {
-                    self.oversized.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                lines.push(line);
+                self.finish_line(line, p.value, ts, &mut lines);
             }
         }
         if !lines.is_empty() {
             self.push_lines(lines);
+        }
+    }
+
+    /// Ends `line` (a path so far) with its value and time, and keeps it in
+    /// `lines` unless it grew past [`MAX_LINE_BYTES`] (counted, dropped).
+    fn finish_line(&self, mut line: String, value: f64, ts: i64, lines: &mut Vec<String>) {
+        let _ = writeln!(line, " {value} {ts}");
+        if line.len() > MAX_LINE_BYTES {
+            self.oversized.fetch_add(1, Ordering::Relaxed);
+        } else {
+            lines.push(line);
         }
     }
 
