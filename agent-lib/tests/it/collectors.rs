@@ -1,6 +1,7 @@
 //! The collector supervisor with real processes: a crashing command is
 //! restarted with growing delays and reported crash-looping; removal kills
-//! the whole process group; silence and data drive the verdict; a real
+//! the whole process group; one that crashes only after a healthy run
+//! starts its backoff over; silence and data drive the verdict; a real
 //! collectd sends Graphite lines to a loopback listener; a fragment collectd
 //! refuses is reported CRITICAL and never replaces the config in use.
 
@@ -58,6 +59,11 @@ impl Harness {
     /// A supervisor in `dir` on a millisecond time scale: restarts from
     /// 50 ms doubling, crash-looping at 5 exits within a minute.
     fn start(dir: &Path) -> Harness {
+        Harness::start_with(dir, |_| {})
+    }
+
+    /// [`Harness::start`] with `adjust` applied to the restart policy.
+    fn start_with(dir: &Path, adjust: impl FnOnce(&mut RestartPolicy)) -> Harness {
         // /bin/sh runs the test scripts; nothing else is allowed.
         let local = LocalPolicy::new(AdhocScripts::Refused, &["/bin/sh", "/usr/bin/sh"]).unwrap();
         let mut settings = SupervisorSettings::new(dir, local);
@@ -75,6 +81,7 @@ impl Harness {
             crash_loop_window: Duration::from_secs(60),
             silent_intervals: 3,
         };
+        adjust(&mut settings.restart);
         settings.kill_grace = Duration::from_millis(300);
         settings.tick = Duration::from_millis(20);
         settings.log_cap_bytes = LOG_CAP;
@@ -174,6 +181,67 @@ async fn a_crashing_command_restarts_with_growing_delays_and_is_reported_crash_l
 
     let summary = h.supervisor.reconcile(vec![]).await;
     assert_eq!(summary.stopped, ["crashy"]);
+    h.supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_collector_crashing_after_a_healthy_run_starts_its_backoff_over_yet_is_crash_looping() {
+    // Each run lasts 300 ms, longer than `healthy_after` (150 ms), then
+    // exits 3. Without the reset the waits would be at least 100, 200, 400
+    // and 800 ms (half of a ceiling doubling from 200 ms); with it each
+    // ceiling is the base again, 200 ms.
+    let dir = tempfile::tempdir().unwrap();
+    let (starts, ends) = (dir.path().join("starts"), dir.path().join("ends"));
+    let crash = script(
+        dir.path(),
+        "late-crash.sh",
+        &format!(
+            "date +%s%N >> {}\nsleep 0.3\ndate +%s%N >> {}\nexit 3",
+            starts.display(),
+            ends.display()
+        ),
+    );
+    let mut h = Harness::start_with(&dir.path().join("data"), |p| {
+        p.base = Duration::from_millis(200);
+        p.cap = Duration::from_secs(10);
+        p.healthy_after = Duration::from_millis(150);
+    });
+    h.supervisor
+        .reconcile(vec![spec(
+            serde_json::json!({"name": "late", "kind": "command", "argv": sh(&crash)}),
+        )])
+        .await;
+    // Never given up on: five exits within the window are crash-looping,
+    // however long each run lasted.
+    let looping = h
+        .result("outrider.collector.late", COLLECTD_WAIT, |o| {
+            o.state == CheckState::Critical
+        })
+        .await;
+    assert!(
+        looping
+            .summary
+            .contains("late is crash-looping: 5 restarts"),
+        "{}",
+        looping.summary
+    );
+    let stamps = |path: &Path| -> Vec<u128> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let (starts, ends) = (stamps(&starts), stamps(&ends));
+    // The wait from each exit to the next start.
+    let waits_ms: Vec<u128> = ends
+        .iter()
+        .zip(&starts[1..])
+        .map(|(end, next)| (next - end) / 1_000_000)
+        .collect();
+    assert!(waits_ms.len() >= 4, "{starts:?} {ends:?}");
+    assert!(waits_ms.iter().all(|&w| w >= 100), "{waits_ms:?}");
+    assert!(waits_ms[3] < 800, "the backoff was not reset: {waits_ms:?}");
     h.supervisor.shutdown().await;
 }
 
