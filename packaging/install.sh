@@ -793,7 +793,7 @@ ensure_agent_user() {
 
 # own_files: the agent's user owns what the agent writes (its config
 # directory: identity.key, root.json rotations, the token it removes; the
-# data directory: state, builds, spool, plugins; the logs). The stub and
+# data directory: state, builds, spool, plugins, collectors; the logs). The stub and
 # bin/ stay root's, and nothing is writable by group or others, so nothing
 # the agent executes can be changed by another user.
 own_files() {
@@ -896,7 +896,7 @@ uninstall() {
         rm -rf "${config_dir:?}" "${log_dir:?}" "${data_dir:?}/bin" "$data_dir/versions" \
             "$data_dir/run" "$data_dir/spool" "$data_dir/plugins" "$data_dir/state.json" \
             "$data_dir/state.json.tmp" "$data_dir/outrider-agent.lock" "$data_dir/connection.json" \
-            "$pid_file" "$record"
+            "$data_dir/collectors" "$data_dir/downloads" "$pid_file" "$record"
         rmdir "$data_dir" 2>/dev/null || say "left $data_dir: it holds files the installer did not create"
     fi
     if [ "$system" = true ] && [ "$_created_user" = yes ] && id -u "$AGENT_USER" >/dev/null 2>&1; then
