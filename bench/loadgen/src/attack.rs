@@ -28,11 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, Counters, Phase, Settings};
+use crate::agent::Settings;
 use crate::server::{self, ServerProcess, Tls};
 use crate::{Args, CHECK, ENROLLMENT_TOKEN, Picker, Rtts, log, nudge, raise_fd_limit, stop_agents};
 
@@ -271,17 +270,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tls: Some(tls.clone()),
         drops: Arc::default(),
     });
-    let counters = Arc::new(Counters::default());
-    let (phase_tx, phase_rx) = watch::channel(Phase::Steady);
-    let mut agents = tokio::task::JoinSet::new();
-    for index in 0..args.agents {
-        agents.spawn(agent::run(
-            index,
-            settings.clone(),
-            counters.clone(),
-            phase_rx.clone(),
-        ));
-    }
+    let (counters, phase_tx, mut agents) = crate::spawn_agents(&settings, args.agents);
     let connect_deadline = Duration::from_secs(args.connect_deadline_secs);
     let connected_in = crate::wait_connected(&counters, args.agents, connect_deadline, start).await;
     log(

@@ -289,17 +289,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls: None,
         drops: Arc::default(),
     });
-    let counters = Arc::new(Counters::default());
-    let (phase_tx, phase_rx) = watch::channel(Phase::Steady);
-    let mut agents = tokio::task::JoinSet::new();
-    for index in 0..args.agents {
-        agents.spawn(agent::run(
-            index,
-            settings.clone(),
-            counters.clone(),
-            phase_rx.clone(),
-        ));
-    }
+    let (counters, phase_tx, mut agents) = spawn_agents(&settings, args.agents);
     let connect_deadline = Duration::from_secs(args.connect_deadline_secs);
 
     // 1. connect
@@ -569,6 +559,31 @@ async fn measure_rate(counters: &Counters, window: Duration) -> (f64, f64) {
 
 /// Tells every agent to stop (goodbye) and collects their tallies; the
 /// ones still running after 60 s are aborted and missing from the result.
+/// Starts `count` simulated agents with `settings`, all in the steady
+/// phase: their shared counters, the sender that switches their phase, and
+/// their tasks (for [`stop_agents`]).
+fn spawn_agents(
+    settings: &Arc<agent::Settings>,
+    count: usize,
+) -> (
+    Arc<Counters>,
+    watch::Sender<Phase>,
+    tokio::task::JoinSet<agent::Tally>,
+) {
+    let counters = Arc::new(Counters::default());
+    let (phase_tx, phase_rx) = watch::channel(Phase::Steady);
+    let mut agents = tokio::task::JoinSet::new();
+    for index in 0..count {
+        agents.spawn(agent::run(
+            index,
+            settings.clone(),
+            counters.clone(),
+            phase_rx.clone(),
+        ));
+    }
+    (counters, phase_tx, agents)
+}
+
 async fn stop_agents(
     phase_tx: &watch::Sender<Phase>,
     agents: &mut tokio::task::JoinSet<agent::Tally>,

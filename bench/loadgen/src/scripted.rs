@@ -24,9 +24,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use crate::agent::{self, Counters, Phase, Settings};
+use crate::agent::{Phase, Settings};
 use crate::server::{self, ServerProcess};
 use crate::{Args, CHECK, ENROLLMENT_TOKEN, log};
 
@@ -68,17 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tls: None,
         drops: Arc::default(),
     });
-    let counters = Arc::new(Counters::default());
-    let (phase_tx, phase_rx) = watch::channel(Phase::Steady);
-    let mut agents = tokio::task::JoinSet::new();
-    for index in 0..args.agents {
-        agents.spawn(agent::run(
-            index,
-            settings.clone(),
-            counters.clone(),
-            phase_rx.clone(),
-        ));
-    }
+    let (counters, phase_tx, mut agents) = crate::spawn_agents(&settings, args.agents);
     let connected_in = crate::wait_connected(
         &counters,
         args.agents,
