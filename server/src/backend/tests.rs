@@ -1,0 +1,340 @@
+//! The behaviour suite of the store backends: every test is one generic
+//! function over a [`Backend`], and [`suite!`] runs each against both a
+//! real SQLite file in a temporary directory and a fresh database in the
+//! test binary's private PostgreSQL cluster (`outrider-pgtest`). A backend
+//! passes when it behaves as the rules of its area say, the same for both.
+
+use std::collections::HashSet;
+
+use outrider_protocol::Fingerprint;
+
+use super::presence::{Lease, NODE_SILENCE_MS, NodeId, PresenceStore, Swept};
+use super::{Backend, PgBackend, PgTls, SqliteBackend};
+
+/// What keeps a backend's storage alive for one test.
+type Guard = Option<tempfile::TempDir>;
+
+async fn sqlite() -> (Guard, Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(&dir.path().join("test.db"))
+        .await
+        .unwrap();
+    (Some(dir), Backend::Sqlite(SqliteBackend::new(store)))
+}
+
+async fn postgres() -> (Guard, Backend) {
+    let db = outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap();
+    let backend = PgBackend::with_config(db.config, PgTls::Disable, 8)
+        .await
+        .unwrap();
+    (None, Backend::Postgres(backend))
+}
+
+/// Instantiates each named generic test once per backend.
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (_guard, backend) = super::sqlite().await;
+                    super::$test(backend).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (_guard, backend) = super::postgres().await;
+                    super::$test(backend).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    a_connect_takes_the_session_with_the_next_generation,
+    a_late_disconnect_from_the_old_node_leaves_the_agent_up,
+    a_heartbeat_refreshes_owned_sessions_and_reports_lost_ones,
+    a_node_that_stops_heartbeating_is_swept_once,
+    a_session_reconnected_elsewhere_is_not_swept_with_its_old_node,
+    concurrent_connects_from_two_nodes_leave_one_owner_with_the_highest_generation,
+    concurrent_sweeps_end_each_session_once,
+    a_heartbeat_with_another_nodes_lease_changes_nothing,
+);
+
+fn fp(i: u32) -> Fingerprint {
+    format!("{i:020x}").parse().unwrap()
+}
+
+fn node(n: &str) -> NodeId {
+    n.parse().unwrap()
+}
+
+/// A time well past zero, so `now - NODE_SILENCE_MS` stays positive.
+const T0: i64 = 1_800_000_000_000;
+
+async fn a_connect_takes_the_session_with_the_next_generation(b: Backend) {
+    assert_eq!(b.session(&fp(1)).await.unwrap(), None);
+    let first = b.connect(&fp(1), &node("a"), T0).await.unwrap();
+    assert_eq!((first.generation, first.node.as_str()), (1, "a"));
+    let s = b.session(&fp(1)).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            s.node.as_str(),
+            s.generation,
+            s.connected_at_ms,
+            s.last_seen_ms,
+            s.ended_at_ms
+        ),
+        ("a", 1, T0, T0, None)
+    );
+    // Ended, then back: the generation goes on, it never restarts.
+    assert!(b.disconnect(&first, T0 + 1).await.unwrap());
+    assert_eq!(
+        b.session(&fp(1)).await.unwrap().unwrap().ended_at_ms,
+        Some(T0 + 1)
+    );
+    let second = b.connect(&fp(1), &node("b"), T0 + 2).await.unwrap();
+    assert_eq!((second.generation, second.node.as_str()), (2, "b"));
+    assert!(b.session(&fp(1)).await.unwrap().unwrap().is_up());
+    // Another agent has its own generations.
+    assert_eq!(
+        b.connect(&fp(2), &node("a"), T0).await.unwrap().generation,
+        1
+    );
+}
+
+async fn a_late_disconnect_from_the_old_node_leaves_the_agent_up(b: Backend) {
+    let on_a = b.connect(&fp(1), &node("a"), T0).await.unwrap();
+    let on_b = b.connect(&fp(1), &node("b"), T0 + 10).await.unwrap();
+    // A notices its socket is gone only now: stale, nothing changes.
+    assert!(!b.disconnect(&on_a, T0 + 20).await.unwrap());
+    let s = b.session(&fp(1)).await.unwrap().unwrap();
+    assert_eq!(
+        (s.node.as_str(), s.generation, s.ended_at_ms),
+        ("b", 2, None)
+    );
+    // B's own disconnect ends it, once.
+    assert!(b.disconnect(&on_b, T0 + 30).await.unwrap());
+    assert!(!b.disconnect(&on_b, T0 + 31).await.unwrap());
+    // A reconnect on the same node fences that node's older lease too.
+    let again = b.connect(&fp(1), &node("b"), T0 + 40).await.unwrap();
+    assert!(!b.disconnect(&on_b, T0 + 41).await.unwrap());
+    assert!(b.session(&fp(1)).await.unwrap().unwrap().is_up());
+    assert_eq!(again.generation, 3);
+}
+
+async fn a_heartbeat_refreshes_owned_sessions_and_reports_lost_ones(b: Backend) {
+    let mut leases: Vec<Lease> = Vec::new();
+    for i in 1..=3 {
+        leases.push(b.connect(&fp(i), &node("a"), T0).await.unwrap());
+    }
+    // Agent 2 moved to b; agent 3's session ended.
+    b.connect(&fp(2), &node("b"), T0 + 1).await.unwrap();
+    assert!(b.disconnect(&leases[2], T0 + 2).await.unwrap());
+    let beat = b.heartbeat(&node("a"), &leases, T0 + 5_000).await.unwrap();
+    assert_eq!(beat.refreshed, 1);
+    assert_eq!(beat.lost, vec![leases[1].clone(), leases[2].clone()]);
+    assert_eq!(
+        b.session(&fp(1)).await.unwrap().unwrap().last_seen_ms,
+        T0 + 5_000
+    );
+    let moved = b.session(&fp(2)).await.unwrap().unwrap();
+    assert_eq!((moved.node.as_str(), moved.last_seen_ms), ("b", T0 + 1));
+    // An empty heartbeat still says the node is alive.
+    assert_eq!(
+        b.heartbeat(&node("c"), &[], T0).await.unwrap(),
+        Default::default()
+    );
+}
+
+async fn a_node_that_stops_heartbeating_is_swept_once(b: Backend) {
+    let on_a = b.connect(&fp(1), &node("a"), T0).await.unwrap();
+    let on_b = b.connect(&fp(2), &node("b"), T0).await.unwrap();
+    b.heartbeat(&node("a"), std::slice::from_ref(&on_a), T0)
+        .await
+        .unwrap();
+    b.heartbeat(&node("b"), std::slice::from_ref(&on_b), T0)
+        .await
+        .unwrap();
+    // Within the silence both are fine.
+    let now = T0 + NODE_SILENCE_MS;
+    assert_eq!(b.sweep(now, NODE_SILENCE_MS).await.unwrap(), vec![]);
+    // B keeps beating, A does not.
+    b.heartbeat(&node("b"), std::slice::from_ref(&on_b), now)
+        .await
+        .unwrap();
+    let later = now + 1;
+    assert_eq!(
+        b.sweep(later, NODE_SILENCE_MS).await.unwrap(),
+        vec![Swept {
+            agent: fp(1),
+            node: node("a"),
+            generation: 1
+        }]
+    );
+    assert_eq!(
+        b.session(&fp(1)).await.unwrap().unwrap().ended_at_ms,
+        Some(later)
+    );
+    assert!(b.session(&fp(2)).await.unwrap().unwrap().is_up());
+    // Swept once; A's late disconnect and heartbeat change nothing.
+    assert_eq!(b.sweep(later + 1, NODE_SILENCE_MS).await.unwrap(), vec![]);
+    assert!(!b.disconnect(&on_a, later + 2).await.unwrap());
+    let beat = b
+        .heartbeat(&node("a"), std::slice::from_ref(&on_a), later + 3)
+        .await
+        .unwrap();
+    assert_eq!(beat.lost, vec![on_a]);
+}
+
+async fn a_session_reconnected_elsewhere_is_not_swept_with_its_old_node(b: Backend) {
+    let on_a = b.connect(&fp(1), &node("a"), T0).await.unwrap();
+    b.heartbeat(&node("a"), &[on_a], T0).await.unwrap();
+    // A goes silent; the agent reconnects on b, which has not beaten yet.
+    let later = T0 + NODE_SILENCE_MS + 1;
+    b.connect(&fp(1), &node("b"), later).await.unwrap();
+    assert_eq!(b.sweep(later, NODE_SILENCE_MS).await.unwrap(), vec![]);
+    let s = b.session(&fp(1)).await.unwrap().unwrap();
+    assert_eq!((s.node.as_str(), s.ended_at_ms), ("b", None));
+    // A never-heartbeating node's session goes after the silence.
+    let swept = b
+        .sweep(later + NODE_SILENCE_MS + 1, NODE_SILENCE_MS)
+        .await
+        .unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!((swept[0].node.as_str(), swept[0].generation), ("b", 2));
+}
+
+async fn concurrent_connects_from_two_nodes_leave_one_owner_with_the_highest_generation(
+    b: Backend,
+) {
+    const EACH: u32 = 20;
+    let tasks: Vec<_> = (0..EACH * 2)
+        .map(|i| {
+            let b = b.clone();
+            let n = if i % 2 == 0 { node("a") } else { node("b") };
+            tokio::spawn(async move { b.connect(&fp(7), &n, T0 + i64::from(i)).await })
+        })
+        .collect();
+    let mut leases = Vec::new();
+    for t in tasks {
+        leases.push(t.await.unwrap().unwrap());
+    }
+    // Every connect got its own generation, none lost or repeated.
+    let mut generations: Vec<u64> = leases.iter().map(|l| l.generation).collect();
+    generations.sort_unstable();
+    assert_eq!(generations, (1..=u64::from(EACH * 2)).collect::<Vec<_>>());
+    // The owner is the connect with the highest generation, and only its
+    // lease still fences: every other disconnect is stale.
+    let newest = leases.iter().max_by_key(|l| l.generation).unwrap().clone();
+    let s = b.session(&fp(7)).await.unwrap().unwrap();
+    assert_eq!((&s.node, s.generation), (&newest.node, newest.generation));
+    let disconnects: Vec<_> = leases
+        .iter()
+        .filter(|l| **l != newest)
+        .map(|l| {
+            let (b, l) = (b.clone(), l.clone());
+            tokio::spawn(async move { b.disconnect(&l, T0 + 100).await })
+        })
+        .collect();
+    for d in disconnects {
+        assert!(!d.await.unwrap().unwrap());
+    }
+    assert!(b.session(&fp(7)).await.unwrap().unwrap().is_up());
+    assert!(b.disconnect(&newest, T0 + 101).await.unwrap());
+}
+
+async fn concurrent_sweeps_end_each_session_once(b: Backend) {
+    const AGENTS: u32 = 50;
+    for i in 0..AGENTS {
+        b.connect(&fp(i), &node(if i % 2 == 0 { "a" } else { "b" }), T0)
+            .await
+            .unwrap();
+    }
+    let later = T0 + NODE_SILENCE_MS + 1;
+    let sweeps: Vec<_> = (0..4)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { b.sweep(later, NODE_SILENCE_MS).await })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for s in sweeps {
+        for swept in s.await.unwrap().unwrap() {
+            assert!(seen.insert(swept.agent.clone()), "{swept:?} swept twice");
+        }
+    }
+    assert_eq!(seen, (0..AGENTS).map(fp).collect::<HashSet<_>>());
+}
+
+async fn a_heartbeat_with_another_nodes_lease_changes_nothing(b: Backend) {
+    let on_a = b.connect(&fp(1), &node("a"), T0).await.unwrap();
+    let err = b.heartbeat(&node("b"), &[on_a], T0 + 5).await.unwrap_err();
+    assert!(
+        matches!(err, super::StoreError::ForeignLease { .. }),
+        "{err}"
+    );
+    assert_eq!(b.session(&fp(1)).await.unwrap().unwrap().last_seen_ms, T0);
+    // Nothing was written: the session is still a's, and a's to sweep.
+    assert_eq!(b.sweep(T0 + 1, 0).await.unwrap().len(), 1);
+}
+
+/// Nodes starting together migrate one at a time: all start, each
+/// migration is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nodes_starting_together_migrate_once() {
+    let db = outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap();
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let config = db.config.clone();
+            tokio::spawn(async move { PgBackend::with_config(config, PgTls::Disable, 2).await })
+        })
+        .collect();
+    for s in starts {
+        s.await.unwrap().unwrap();
+    }
+    let (client, connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    let versions: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let known: Vec<i64> = super::postgres::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(versions, known);
+    // A database a newer server migrated is refused, and left as it is.
+    client
+        .execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (999, 'future')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = PgBackend::with_config(db.config.clone(), PgTls::Disable, 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, super::StoreError::NewerSchema { found: 999, .. }),
+        "{err}"
+    );
+    drop(client);
+    driver.await.unwrap().unwrap();
+}
