@@ -2,7 +2,7 @@
 //! server's one SQLite file.
 //!
 //! It wraps the [`Store`] the server runs on and goes through the same
-//! single writer connection ([`Store::with_writer`]), so one process has
+//! single writer connection (`Store::with_writer`), so one process has
 //! one writer, whichever interface a call comes through. Its tables are
 //! created with the store's own schema (server/src/store/presence.sql,
 //! schema version 10). SQLite has one writer at a time, so each method
