@@ -40,8 +40,16 @@ use std::sync::{Mutex, OnceLock};
 pub const SUPERUSER: &str = "outrider";
 
 /// The port number in the socket's name (`.s.PGSQL.5432`): each cluster
-/// has its own socket directory, so every cluster can use the default.
+/// has its own socket directory, so every cluster without TCP can use the
+/// default.
 const PORT: u16 = 5432;
+
+/// A server certificate and its key (PEM) for [`Cluster::start_tls`].
+#[derive(Clone, Copy, Debug)]
+pub struct TlsFiles<'a> {
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
+}
 
 /// Where Debian installs each major version's server binaries.
 const DEBIAN_BINDIRS: &str = "/usr/lib/postgresql";
@@ -88,6 +96,8 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Cluster {
     dir: PathBuf,
+    /// The port in the socket's name, and on loopback for a TLS cluster.
+    port: u16,
     /// The watchdog; its stdin is the pipe whose closing removes the cluster.
     watchdog: Mutex<Option<Child>>,
     next_db: AtomicU64,
@@ -100,6 +110,7 @@ pub struct TestDb {
     /// Where it is: connect with `config.connect(tokio_postgres::NoTls)`.
     pub config: tokio_postgres::Config,
     socket_dir: PathBuf,
+    port: u16,
 }
 
 impl TestDb {
@@ -107,8 +118,9 @@ impl TestDb {
     /// process (a server under test).
     pub fn conninfo(&self) -> String {
         format!(
-            "host={} port={PORT} user={SUPERUSER} dbname={}",
+            "host={} port={} user={SUPERUSER} dbname={}",
             self.socket_dir.display(),
+            self.port,
             self.name
         )
     }
@@ -125,6 +137,16 @@ impl Cluster {
     /// Starts a new private cluster (initdb, then `pg_ctl start`), removed
     /// when dropped or when the process exits. Blocks for about a second.
     pub fn start() -> Result<Cluster, Error> {
+        Cluster::start_with(None)
+    }
+
+    /// [`Cluster::start`], plus TLS with `tls` on a free port of 127.0.0.1
+    /// ([`Cluster::tcp_config`]); PostgreSQL speaks TLS on TCP only.
+    pub fn start_tls(tls: TlsFiles<'_>) -> Result<Cluster, Error> {
+        Cluster::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<TlsFiles<'_>>) -> Result<Cluster, Error> {
         let bindir = bindir()?;
         let dir = tempfile::Builder::new()
             .prefix("outrider-pg-")
@@ -140,8 +162,13 @@ impl Cluster {
         // The watchdog first: from here on, whatever fails, the directory
         // goes when this process does.
         let watchdog = watchdog(&bindir, &dir, as_user)?;
+        let port = match tls {
+            None => PORT,
+            Some(_) => free_port()?,
+        };
         let cluster = Cluster {
             dir: dir.clone(),
+            port,
             watchdog: Mutex::new(Some(watchdog)),
             next_db: AtomicU64::new(1),
         };
@@ -154,11 +181,24 @@ impl Cluster {
                 .arg("-D")
                 .arg(&data),
         )?;
-        let options = format!(
-            "-k '{}' -p {PORT} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
+        let mut options = format!(
+            "-k '{}' -p {port} -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c max_connections=200",
             dir.display()
         );
+        match tls {
+            None => options.push_str(" -c listen_addresses=''"),
+            Some(files) => {
+                let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+                write_private(&cert, files.cert_pem, as_user)?;
+                write_private(&key, files.key_pem, as_user)?;
+                options.push_str(&format!(
+                    " -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+                    cert.display(),
+                    key.display()
+                ));
+            }
+        }
         run(
             "pg_ctl start",
             privileged(&bindir.join("pg_ctl"), as_user, &dir)
@@ -175,14 +215,27 @@ impl Cluster {
         &self.dir
     }
 
-    /// A connection configuration for database `dbname`.
+    /// A connection configuration for database `dbname`, over the socket.
     pub fn config(&self, dbname: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host_path(&self.dir)
-            .port(PORT)
+            .port(self.port)
             .user(SUPERUSER)
             .dbname(dbname);
+        config
+    }
+
+    /// A connection configuration for database `dbname` over TCP to
+    /// 127.0.0.1, TLS required: for a cluster from [`Cluster::start_tls`].
+    pub fn tcp_config(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(SUPERUSER)
+            .dbname(dbname)
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
         config
     }
 
@@ -213,6 +266,7 @@ impl Cluster {
             config: self.config(&name),
             name,
             socket_dir: self.dir.clone(),
+            port: self.port,
         })
     }
 }
@@ -259,6 +313,29 @@ fn watchdog(bindir: &Path, dir: &Path, as_user: Option<(u32, u32)>) -> Result<Ch
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| io_error("starting the cluster's watchdog (sh)", e))
+}
+
+/// A port of 127.0.0.1 free a moment ago (the kernel's pick).
+fn free_port() -> Result<u16, Error> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| io_error("finding a free port on 127.0.0.1", e))
+}
+
+/// Writes `text` to `path` readable by its owner only, the owner being
+/// the postgres user when `as_user` says so (PostgreSQL refuses a key
+/// others can read).
+fn write_private(path: &Path, text: &str, as_user: Option<(u32, u32)>) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let what = format!("writing {}", path.display());
+    std::fs::write(path, text).map_err(|e| io_error(&what, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io_error(&what, e))?;
+    if let Some((uid, gid)) = as_user {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| io_error(&what, e))?;
+    }
+    Ok(())
 }
 
 /// `setpriv` arguments that run the rest of the command as `uid`:`gid`.

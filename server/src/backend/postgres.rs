@@ -19,6 +19,8 @@
 
 mod presence;
 
+use std::sync::Arc;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_rustls::rustls;
 
@@ -53,7 +55,18 @@ pub enum PgTls {
     Disable,
     /// TLS with this rustls configuration (its roots decide which server
     /// certificates are trusted).
-    Rustls(Box<rustls::ClientConfig>),
+    Rustls(Arc<rustls::ClientConfig>),
+}
+
+impl PgTls {
+    /// TLS trusting the bundled web PKI roots and the certificates of
+    /// `ca_pem` (PEM text), with ring, as the rest of the server. Fails
+    /// when `ca_pem` holds something that is not a certificate.
+    pub fn with_ca_pem(ca_pem: Option<&str>) -> Result<PgTls, StoreError> {
+        crate::notify::smtp::client_config(ca_pem)
+            .map(PgTls::Rustls)
+            .map_err(StoreError::Config)
+    }
 }
 
 /// The PostgreSQL backend; cheap to clone (the pool is shared).
@@ -103,7 +116,7 @@ impl PgBackend {
             PgTls::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
             PgTls::Rustls(client) => Manager::from_config(
                 config,
-                tokio_postgres_rustls::MakeRustlsConnect::new(*client),
+                tokio_postgres_rustls::MakeRustlsConnect::new(Arc::unwrap_or_clone(client)),
                 manager_config,
             ),
         };
@@ -155,7 +168,7 @@ impl PgBackend {
     }
 
     /// A connection from the pool.
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.pool.get().await?)
     }
 }

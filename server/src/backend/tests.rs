@@ -338,3 +338,57 @@ async fn postgres_nodes_starting_together_migrate_once() {
     drop(client);
     driver.await.unwrap().unwrap();
 }
+
+/// Over TCP, TLS verifies the server against the given CA: a trusted
+/// certificate connects (and the session is encrypted), an unknown one is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_verifies_the_server() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let cluster = outrider_pgtest::Cluster::start_tls(outrider_pgtest::TlsFiles {
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    })
+    .unwrap();
+    let db = cluster.database().await.unwrap();
+    let trusted = PgTls::with_ca_pem(Some(&cert_pem)).unwrap();
+    let backend = PgBackend::with_config(cluster.tcp_config(&db.name), trusted, 2)
+        .await
+        .unwrap();
+    let client = backend.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the session is not encrypted");
+    drop(client);
+    let lease = Backend::Postgres(backend)
+        .connect(&fp(1), &node("a"), T0)
+        .await
+        .unwrap();
+    assert_eq!(lease.generation, 1);
+    // Only the web PKI roots: the test certificate is not trusted.
+    let err = PgBackend::with_config(
+        cluster.tcp_config(&db.name),
+        PgTls::with_ca_pem(None).unwrap(),
+        1,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, super::StoreError::Pool(_)), "{err}");
+    assert!(
+        format!("{:?}", err).to_lowercase().contains("certificate"),
+        "{err:?}"
+    );
+    // Not a certificate: a clear error, before any connection.
+    assert!(matches!(
+        PgTls::with_ca_pem(Some(
+            "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
+        )),
+        Err(super::StoreError::Config(_))
+    ));
+}
