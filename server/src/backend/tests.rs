@@ -4,11 +4,14 @@
 //! test binary's private PostgreSQL cluster (`outrider-pgtest`). A backend
 //! passes when it behaves as the rules of its area say, the same for both.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use outrider_protocol::Fingerprint;
 
-use super::presence::{Lease, NODE_SILENCE_MS, NodeId, PresenceStore, Swept};
+use super::presence::{
+    Heartbeat, Lease, NODE_SILENCE_MS, NodeId, PresenceStore, Session, Swept, fences, lost_leases,
+    next_generation, swept,
+};
 use super::{Backend, PgBackend, PgTls, SqliteBackend};
 
 /// What keeps a backend's storage alive for one test.
@@ -67,6 +70,7 @@ suite!(
     concurrent_connects_from_two_nodes_leave_one_owner_with_the_highest_generation,
     concurrent_sweeps_end_each_session_once,
     a_heartbeat_with_another_nodes_lease_changes_nothing,
+    a_long_random_history_matches_the_pure_rules,
 );
 
 fn fp(i: u32) -> Fingerprint {
@@ -391,4 +395,146 @@ async fn postgres_over_tls_verifies_the_server() {
         )),
         Err(super::StoreError::Config(_))
     ));
+}
+
+/// The rules of `backend/presence.rs` over plain maps: what every backend
+/// must do, step by step.
+#[derive(Debug, Default)]
+struct Model {
+    sessions: HashMap<Fingerprint, Session>,
+    nodes: HashMap<NodeId, i64>,
+}
+
+impl Model {
+    fn connect(&mut self, agent: &Fingerprint, node: &NodeId, now_ms: i64) -> Lease {
+        let generation = next_generation(self.sessions.get(agent).map(|s| s.generation));
+        let session = Session {
+            node: node.clone(),
+            generation,
+            connected_at_ms: now_ms,
+            last_seen_ms: now_ms,
+            ended_at_ms: None,
+        };
+        self.sessions.insert(agent.clone(), session);
+        Lease {
+            agent: agent.clone(),
+            node: node.clone(),
+            generation,
+        }
+    }
+
+    fn disconnect(&mut self, lease: &Lease, now_ms: i64) -> bool {
+        if !fences(self.sessions.get(&lease.agent), lease) {
+            return false;
+        }
+        let s = self.sessions.get_mut(&lease.agent).unwrap();
+        s.ended_at_ms = Some(now_ms);
+        s.last_seen_ms = s.last_seen_ms.max(now_ms);
+        true
+    }
+
+    fn heartbeat(&mut self, node: &NodeId, live: &[Lease], now_ms: i64) -> Heartbeat {
+        let seen = self.nodes.entry(node.clone()).or_insert(now_ms);
+        *seen = (*seen).max(now_ms);
+        let mut refreshed = Vec::new();
+        for lease in live {
+            if fences(self.sessions.get(&lease.agent), lease) {
+                let s = self.sessions.get_mut(&lease.agent).unwrap();
+                s.last_seen_ms = s.last_seen_ms.max(now_ms);
+                refreshed.push(lease.agent.clone());
+            }
+        }
+        Heartbeat {
+            refreshed: refreshed.len(),
+            lost: lost_leases(live, &refreshed),
+        }
+    }
+
+    fn sweep(&mut self, now_ms: i64, silence_ms: i64) -> Vec<Swept> {
+        let mut ended = Vec::new();
+        for (agent, s) in &mut self.sessions {
+            if swept(s, self.nodes.get(&s.node).copied(), now_ms - silence_ms) {
+                s.ended_at_ms = Some(now_ms);
+                ended.push(Swept {
+                    agent: agent.clone(),
+                    node: s.node.clone(),
+                    generation: s.generation,
+                });
+            }
+        }
+        ended.sort();
+        ended
+    }
+}
+
+/// A fixed pseudo-random history (xorshift, fixed seed) of connects,
+/// disconnects (stale ones included), heartbeats and sweeps by three nodes
+/// over five agents, the clock moving 0 to 20 s a step: the backend's every
+/// answer and final state equal the [`Model`]'s.
+async fn a_long_random_history_matches_the_pure_rules(b: Backend) {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let nodes = [node("a"), node("b"), node("c")];
+    let mut model = Model::default();
+    // What each node believes it holds, as a real node would.
+    let mut held: HashMap<NodeId, Vec<Lease>> = HashMap::new();
+    let mut now = T0;
+    // (applied disconnects, stale ones, leases lost, sessions swept)
+    let mut seen = (0, 0, 0, 0);
+    for step in 0..300 {
+        now += next(20_000) as i64;
+        let n = &nodes[next(3) as usize];
+        match next(10) {
+            0..=3 => {
+                let agent = fp(next(5) as u32);
+                let got = b.connect(&agent, n, now).await.unwrap();
+                assert_eq!(got, model.connect(&agent, n, now), "step {step}");
+                held.entry(n.clone()).or_default().push(got);
+            }
+            4..=5 => {
+                let leases = held.entry(n.clone()).or_default();
+                if !leases.is_empty() {
+                    let lease = leases.remove(next(leases.len() as u64) as usize);
+                    let got = b.disconnect(&lease, now).await.unwrap();
+                    assert_eq!(got, model.disconnect(&lease, now), "step {step} {lease:?}");
+                    if got {
+                        seen.0 += 1;
+                    } else {
+                        seen.1 += 1;
+                    }
+                }
+            }
+            6..=8 => {
+                let leases = held.entry(n.clone()).or_default();
+                let got = b.heartbeat(n, leases, now).await.unwrap();
+                assert_eq!(got, model.heartbeat(n, leases, now), "step {step}");
+                leases.retain(|l| !got.lost.contains(l));
+                seen.2 += got.lost.len();
+            }
+            _ => {
+                let mut got = b.sweep(now, NODE_SILENCE_MS).await.unwrap();
+                got.sort();
+                assert_eq!(got, model.sweep(now, NODE_SILENCE_MS), "step {step}");
+                seen.3 += got.len();
+            }
+        }
+    }
+    for i in 0..5 {
+        assert_eq!(
+            b.session(&fp(i)).await.unwrap().as_ref(),
+            model.sessions.get(&fp(i)),
+            "agent {i}"
+        );
+    }
+    // The history went through every outcome (the seed is fixed, so this
+    // holds or never does).
+    assert!(
+        seen.0 > 0 && seen.1 > 0 && seen.2 > 0 && seen.3 > 0,
+        "{seen:?}"
+    );
 }
