@@ -143,11 +143,14 @@ pub fn swept(session: &Session, node_seen_ms: Option<i64>, cutoff_ms: i64) -> bo
         && node_seen_ms.is_none_or(|seen| seen < cutoff_ms)
 }
 
-/// Rule 3: the leases of `sent` whose agent is not among `refreshed`.
-pub fn lost_leases(sent: &[Lease], refreshed: &[Fingerprint]) -> Vec<Lease> {
-    let refreshed: std::collections::HashSet<&Fingerprint> = refreshed.iter().collect();
+/// Rule 3: the leases of `sent` not among `refreshed`. A lease is the
+/// agent and its generation: a node can hold two of one agent (it came back
+/// to the same node before the old socket was noticed gone), and only the
+/// newer is refreshed.
+pub fn lost_leases(sent: &[Lease], refreshed: &[Lease]) -> Vec<Lease> {
+    let refreshed: std::collections::HashSet<&Lease> = refreshed.iter().collect();
     sent.iter()
-        .filter(|l| !refreshed.contains(&l.agent))
+        .filter(|l| !refreshed.contains(l))
         .cloned()
         .collect()
 }
@@ -374,18 +377,23 @@ mod tests {
 
     #[test]
     fn leases_not_refreshed_are_lost() {
-        let fp = |i: u8| -> Fingerprint { format!("{:020x}", i).parse().unwrap() };
-        let l = |i: u8| Lease {
-            agent: fp(i),
+        let l = |i: u8, generation: u64| Lease {
+            agent: format!("{i:020x}").parse().unwrap(),
             node: node("a"),
-            generation: 1,
+            generation,
         };
         // (sent, refreshed, lost)
-        let cases: [(Vec<Lease>, Vec<Fingerprint>, Vec<Lease>); 4] = [
+        let cases: [(Vec<Lease>, Vec<Lease>, Vec<Lease>); 5] = [
             (vec![], vec![], vec![]),
-            (vec![l(1), l(2)], vec![fp(1), fp(2)], vec![]),
-            (vec![l(1), l(2), l(3)], vec![fp(2)], vec![l(1), l(3)]),
-            (vec![l(1)], vec![], vec![l(1)]),
+            (vec![l(1, 1), l(2, 1)], vec![l(1, 1), l(2, 1)], vec![]),
+            (
+                vec![l(1, 1), l(2, 1), l(3, 1)],
+                vec![l(2, 1)],
+                vec![l(1, 1), l(3, 1)],
+            ),
+            (vec![l(1, 1)], vec![], vec![l(1, 1)]),
+            // Two leases of one agent: only the refreshed generation stays.
+            (vec![l(1, 1), l(1, 2)], vec![l(1, 2)], vec![l(1, 1)]),
         ];
         for (sent, refreshed, lost) in cases {
             assert_eq!(lost_leases(&sent, &refreshed), lost, "{sent:?}");

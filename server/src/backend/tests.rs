@@ -71,6 +71,7 @@ suite!(
     concurrent_sweeps_end_each_session_once,
     a_heartbeat_with_another_nodes_lease_changes_nothing,
     a_long_random_history_matches_the_pure_rules,
+    a_reconnect_on_the_same_node_loses_the_older_lease,
 );
 
 fn fp(i: u32) -> Fingerprint {
@@ -441,7 +442,7 @@ impl Model {
             if fences(self.sessions.get(&lease.agent), lease) {
                 let s = self.sessions.get_mut(&lease.agent).unwrap();
                 s.last_seen_ms = s.last_seen_ms.max(now_ms);
-                refreshed.push(lease.agent.clone());
+                refreshed.push(lease.clone());
             }
         }
         Heartbeat {
@@ -537,4 +538,17 @@ async fn a_long_random_history_matches_the_pure_rules(b: Backend) {
         seen.0 > 0 && seen.1 > 0 && seen.2 > 0 && seen.3 > 0,
         "{seen:?}"
     );
+}
+
+async fn a_reconnect_on_the_same_node_loses_the_older_lease(b: Backend) {
+    // The agent reconnected to the same node before that node noticed the
+    // old socket was gone: the node holds both leases of one agent.
+    let old = b.connect(&fp(1), &node("a"), T0).await.unwrap();
+    let new = b.connect(&fp(1), &node("a"), T0 + 1).await.unwrap();
+    let beat = b
+        .heartbeat(&node("a"), &[old.clone(), new], T0 + 2)
+        .await
+        .unwrap();
+    assert_eq!(beat.refreshed, 1);
+    assert_eq!(beat.lost, vec![old]);
 }

@@ -97,7 +97,7 @@ impl PresenceStore for PgBackend {
                  FROM unnest($3::text[], $4::bigint[]) AS t(agent_fp, generation)
                  WHERE s.agent_fp = t.agent_fp AND s.generation = t.generation
                    AND s.node_id = $1 AND s.ended_at_ms IS NULL
-                 RETURNING s.agent_fp",
+                 RETURNING s.agent_fp, s.generation",
             )
             .await?;
         let mut refreshed = Vec::with_capacity(live.len());
@@ -108,7 +108,11 @@ impl PresenceStore for PgBackend {
                 .query(&refresh, &[&node.as_str(), &now_ms, &agents, &generations])
                 .await?
             {
-                refreshed.push(stored_agent(row.get(0))?);
+                refreshed.push(Lease {
+                    agent: stored_agent(row.get(0))?,
+                    node: node.clone(),
+                    generation: stored_generation(row.get(1))?,
+                });
             }
         }
         tx.commit().await?;

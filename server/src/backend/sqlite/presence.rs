@@ -115,7 +115,7 @@ impl PresenceStore for SqliteBackend {
                         "UPDATE sessions SET last_seen_ms = MAX(last_seen_ms, ?2) WHERE agent_fp = ?1",
                         params![lease.agent.as_str(), now_ms],
                     )?;
-                    refreshed.push(lease.agent.clone());
+                    refreshed.push(lease.clone());
                 }
             }
             Ok(Heartbeat {
@@ -173,6 +173,9 @@ impl PresenceStore for SqliteBackend {
         .await
     }
 
+    /// Through the writer, not the store's read-only connections: one row,
+    /// read rarely (no page shows it yet); the areas with heavy reads will
+    /// bring a typed read path.
     async fn session(&self, agent: &Fingerprint) -> Result<Option<Session>, StoreError> {
         let agent = agent.clone();
         self.write(move |tx| session_of(tx, agent.as_str())).await
