@@ -19,8 +19,10 @@
 //!
 //! `initdb` and `pg_ctl` refuse to run as root. Run as root (CI is), the
 //! directory is given to the `postgres` system user the package creates
-//! and both run as that user through `setpriv`; as any other user they run
-//! as that user.
+//! and both run as that user through `setpriv` (so the temporary directory's
+//! parents must let that user through: the default `/tmp` does, a
+//! `TMPDIR` under `/root` does not); as any other user they run as that
+//! user.
 //!
 //! Removal: a cluster held in a `static` is never dropped, so every
 //! cluster has a watchdog (`sh`) reading a pipe the test process holds the
