@@ -72,6 +72,7 @@ suite!(
     a_heartbeat_with_another_nodes_lease_changes_nothing,
     a_long_random_history_matches_the_pure_rules,
     a_reconnect_on_the_same_node_loses_the_older_lease,
+    a_failover_racing_the_old_nodes_late_writes_and_sweeps_ends_with_every_agent_up_on_the_new_node,
 );
 
 fn fp(i: u32) -> Fingerprint {
@@ -551,4 +552,63 @@ async fn a_reconnect_on_the_same_node_loses_the_older_lease(b: Backend) {
         .unwrap();
     assert_eq!(beat.refreshed, 1);
     assert_eq!(beat.lost, vec![old]);
+}
+
+/// Node a dies holding 50 agents; all at once, the agents reconnect on b,
+/// a's late disconnects and stale heartbeats arrive and four sweeps run.
+/// Whatever the order: no error (no deadlock), every agent ends up on b
+/// with generation 2, and a sweep only ever ends a session of a.
+async fn a_failover_racing_the_old_nodes_late_writes_and_sweeps_ends_with_every_agent_up_on_the_new_node(
+    b: Backend,
+) {
+    const AGENTS: u32 = 50;
+    let mut on_a = Vec::new();
+    for i in 0..AGENTS {
+        on_a.push(b.connect(&fp(i), &node("a"), T0).await.unwrap());
+    }
+    b.heartbeat(&node("a"), &on_a, T0).await.unwrap();
+    let later = T0 + NODE_SILENCE_MS + 1;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..AGENTS {
+        let b = b.clone();
+        tasks.spawn(async move {
+            let lease = b.connect(&fp(i), &node("b"), later).await?;
+            assert_eq!(lease.generation, 2);
+            Ok::<_, super::StoreError>(Vec::new())
+        });
+    }
+    for lease in on_a.clone() {
+        let b = b.clone();
+        tasks.spawn(async move {
+            b.disconnect(&lease, later).await?;
+            Ok(Vec::new())
+        });
+    }
+    for _ in 0..5 {
+        let (b, leases) = (b.clone(), on_a.clone());
+        // Stale: stamped with a's last time, so a stays silent.
+        tasks.spawn(async move {
+            b.heartbeat(&node("a"), &leases, T0).await?;
+            Ok(Vec::new())
+        });
+    }
+    for _ in 0..4 {
+        let b = b.clone();
+        tasks.spawn(async move { b.sweep(later + 1, NODE_SILENCE_MS).await });
+    }
+    let mut swept = HashSet::new();
+    while let Some(done) = tasks.join_next().await {
+        for s in done.unwrap().unwrap() {
+            assert_eq!((s.node.as_str(), s.generation), ("a", 1), "{s:?}");
+            assert!(swept.insert(s.agent.clone()), "{s:?} swept twice");
+        }
+    }
+    for i in 0..AGENTS {
+        let s = b.session(&fp(i)).await.unwrap().unwrap();
+        assert_eq!(
+            (s.node.as_str(), s.generation, s.ended_at_ms),
+            ("b", 2, None),
+            "agent {i}"
+        );
+    }
 }
