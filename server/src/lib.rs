@@ -20,6 +20,7 @@ pub mod agent_ws;
 pub mod alerts;
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod config;
 pub mod configs;
 pub mod dashboard;

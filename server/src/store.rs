@@ -56,7 +56,7 @@ pub use tokens::{
 };
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
@@ -114,6 +114,10 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE agents ADD COLUMN refused_tags TEXT NOT NULL DEFAULT '[]';",
     // 8 → 9: dashboard logins (store/logins.rs); the new table comes from
     // schema.sql.
+    "",
+    // 9 → 10: sessions owned by nodes with a fencing generation, and the
+    // nodes' heartbeats (crate::backend::presence); the new tables come from
+    // store/presence.sql.
     "",
 ];
 
@@ -274,6 +278,23 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send + 'static,
     {
+        self.with_writer(f)
+            .await
+            .map_err(|e| anyhow!("store task failed: {e}"))?
+    }
+
+    /// [`Store::call`] for the store backends (`crate::backend::sqlite`),
+    /// whose errors are typed: `f`'s error comes back as it is, a panic in
+    /// `f` as the `JoinError`.
+    pub(crate) async fn with_writer<R, E, F>(
+        &self,
+        f: F,
+    ) -> Result<Result<R, E>, tokio::task::JoinError>
+    where
+        R: Send + 'static,
+        E: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, E> + Send + 'static,
+    {
         // The semaphore is never closed, so acquiring cannot fail.
         let permit = self.gate.clone().acquire_owned().await;
         let conn = self.conn.clone();
@@ -286,7 +307,6 @@ impl Store {
             f(&mut guard)
         })
         .await
-        .map_err(|e| anyhow!("store task failed: {e}"))?
     }
 
     /// Runs `f` with one of the read-only connections on the blocking pool:
@@ -374,6 +394,8 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
         .context("applying the collectors schema")?;
     tx.execute_batch(include_str!("store/samples.sql"))
         .context("applying the sample batches schema")?;
+    tx.execute_batch(include_str!("store/presence.sql"))
+        .context("applying the presence schema")?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

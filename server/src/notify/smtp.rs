@@ -133,8 +133,9 @@ async fn send_inner(target: &Target<'_>, mail: &lettre::Message) -> Result<(), F
     sent.map(drop).map_err(Failure::Smtp)
 }
 
-/// rustls with ring, the bundled web PKI roots and `ca_pem`.
-fn client_config(ca_pem: Option<&str>) -> Result<Arc<ClientConfig>, String> {
+/// rustls with ring, the bundled web PKI roots and `ca_pem`. Also the TLS
+/// of the PostgreSQL store backend (`crate::backend::PgTls::with_ca_pem`).
+pub(crate) fn client_config(ca_pem: Option<&str>) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = ca_pem {

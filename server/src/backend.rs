@@ -1,0 +1,45 @@
+//! Store backends: the store's interface as one trait per area, each
+//! implemented by SQLite (the zero-config default) and by PostgreSQL (the
+//! multi-node mode, several server processes sharing one database).
+//!
+//! docs/architecture.md, "Store backends", has the design: the areas, the
+//! dispatch, the migrations, and which areas exist for which backend. In
+//! short:
+//! - one trait per area ([`presence::PresenceStore`] first), so each area
+//!   is ported to PostgreSQL on its own while the server keeps running on
+//!   the SQLite [`crate::store::Store`];
+//! - dispatch by the enum [`Backend`], not `dyn`: the backends are a closed
+//!   set chosen at start-up, and async trait methods are not object-safe
+//!   without boxing every call's future;
+//! - errors are [`StoreError`], typed, not `anyhow`;
+//! - one behaviour test suite per area, run against both backends (a real
+//!   SQLite file, a private PostgreSQL cluster from `outrider-pgtest`).
+
+pub mod error;
+pub mod postgres;
+pub mod presence;
+pub mod sqlite;
+#[cfg(test)]
+mod tests;
+
+pub use error::StoreError;
+pub use postgres::{PgBackend, PgTls};
+pub use sqlite::SqliteBackend;
+
+/// The store backend the server runs on; cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite(SqliteBackend),
+    Postgres(PgBackend),
+}
+
+/// Forwards one trait method to the backend in use.
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $call:expr) => {
+        match $self {
+            Backend::Sqlite($b) => $call.await,
+            Backend::Postgres($b) => $call.await,
+        }
+    };
+}
+pub(crate) use dispatch;

@@ -1,0 +1,43 @@
+//! The error of every store backend's trait method.
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite refused or failed a statement.
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused or failed a statement, or the connection broke.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool.
+    #[error("no PostgreSQL connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The PostgreSQL connection settings are unusable.
+    #[error("PostgreSQL settings: {0}")]
+    Config(String),
+    /// The database was migrated by a newer server than this one.
+    #[error(
+        "the database has schema version {found}, newer than this server's {known}; upgrade the server"
+    )]
+    NewerSchema { found: i64, known: i64 },
+    /// Applying migration `version` failed; nothing of it was kept.
+    #[error("migrating the database to version {version} ({name}): {source}")]
+    Migration {
+        version: i64,
+        name: &'static str,
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// A stored value is not what this server writes (hand-edited, or
+    /// written by a newer server).
+    #[error("stored {what} is malformed: {value}")]
+    Malformed { what: &'static str, value: String },
+    /// A node's heartbeat carried a lease of another node: a bug of the
+    /// caller; nothing was written.
+    #[error("node {node} sent a heartbeat holding a lease of node {lease_node}")]
+    ForeignLease { node: String, lease_node: String },
+    /// The blocking task running a SQLite call panicked.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}

@@ -1,0 +1,218 @@
+//! The PostgreSQL backend: several server nodes sharing one database.
+//!
+//! Connections come from a `deadpool-postgres` pool; TLS, when asked for,
+//! is rustls with ring like the rest of the server. Statements are plain
+//! SQL, prepared once per connection (`prepare_cached`).
+//!
+//! Migrations are the numbered files in `postgres/migrations/`
+//! ([`MIGRATIONS`]), applied in order at [`PgBackend::connect`], each
+//! recorded in `schema_migrations`. Nodes starting together take turns:
+//! the whole run holds a transaction-scoped advisory lock
+//! ([`MIGRATION_LOCK`]), so one node applies a migration and the others
+//! then find it applied. A migration that fails rolls back whole and the
+//! node does not start; a database migrated by a newer server is refused.
+//!
+//! Concurrency of the presence area is written into the statements (see
+//! `postgres/presence.rs`): every rule is one statement whose `WHERE`
+//! PostgreSQL re-checks on the row's newest version after waiting for its
+//! lock (READ COMMITTED), so two nodes never both win.
+
+mod presence;
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_rustls::rustls;
+
+use super::StoreError;
+
+/// One numbered migration file.
+#[derive(Debug)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order; versions count up from 1 without gaps
+/// (a test checks).
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "presence",
+    sql: include_str!("postgres/migrations/0001_presence.sql"),
+}];
+
+/// The advisory lock key nodes migrate under ("outrmigr" in ASCII).
+pub const MIGRATION_LOCK: i64 = 0x6f75_7472_6d69_6772;
+
+/// Connections a node keeps to PostgreSQL by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// How to talk to PostgreSQL.
+#[derive(Clone, Debug)]
+pub enum PgTls {
+    /// Plain: a Unix socket or a trusted network.
+    Disable,
+    /// TLS with this rustls configuration (its roots decide which server
+    /// certificates are trusted).
+    Rustls(Arc<rustls::ClientConfig>),
+}
+
+impl PgTls {
+    /// TLS trusting the bundled web PKI roots and the certificates of
+    /// `ca_pem` (PEM text), with ring, as the rest of the server. Fails
+    /// when `ca_pem` holds something that is not a certificate.
+    pub fn with_ca_pem(ca_pem: Option<&str>) -> Result<PgTls, StoreError> {
+        crate::notify::smtp::client_config(ca_pem)
+            .map(PgTls::Rustls)
+            .map_err(StoreError::Config)
+    }
+}
+
+/// The PostgreSQL backend; cheap to clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct PgBackend {
+    pool: Pool,
+}
+
+/// The migrations still to apply to a database at version `applied`
+/// (0: none applied). Fails when the database is newer than `known`.
+pub fn pending(applied: i64, known: &[Migration]) -> Result<&[Migration], StoreError> {
+    let latest = known.last().map_or(0, |m| m.version);
+    if applied > latest {
+        return Err(StoreError::NewerSchema {
+            found: applied,
+            known: latest,
+        });
+    }
+    Ok(&known[known.partition_point(|m| m.version <= applied)..])
+}
+
+impl PgBackend {
+    /// Connects to the database `url` names (a `postgresql://` URL or a
+    /// libpq `key=value` string) and migrates it. Fails when the settings
+    /// are unusable, no connection can be made, or a migration fails.
+    pub async fn connect(
+        url: &str,
+        tls: PgTls,
+        max_connections: usize,
+    ) -> Result<PgBackend, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("{e}")))?;
+        PgBackend::with_config(config, tls, max_connections).await
+    }
+
+    /// [`PgBackend::connect`] with parsed settings.
+    pub async fn with_config(
+        config: tokio_postgres::Config,
+        tls: PgTls,
+        max_connections: usize,
+    ) -> Result<PgBackend, StoreError> {
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            PgTls::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+            PgTls::Rustls(client) => Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(Arc::unwrap_or_clone(client)),
+                manager_config,
+            ),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        let backend = PgBackend { pool };
+        backend.migrate().await?;
+        Ok(backend)
+    }
+
+    /// Applies the pending [`MIGRATIONS`] under [`MIGRATION_LOCK`].
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version BIGINT PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let applied: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
+        for m in pending(applied, MIGRATIONS)? {
+            let failed = |source: tokio_postgres::Error| StoreError::Migration {
+                version: m.version,
+                name: m.name,
+                source: Box::new(source.into()),
+            };
+            tx.batch_execute(m.sql).await.map_err(failed)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                &[&m.version, &m.name],
+            )
+            .await
+            .map_err(failed)?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A connection from the pool.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &[Migration] = &[
+        Migration {
+            version: 1,
+            name: "a",
+            sql: "",
+        },
+        Migration {
+            version: 2,
+            name: "b",
+            sql: "",
+        },
+    ];
+
+    #[test]
+    fn pending_migrations_are_those_above_the_applied_version() {
+        // (applied, pending versions)
+        let cases: [(i64, &[i64]); 3] = [(0, &[1, 2]), (1, &[2]), (2, &[])];
+        for (applied, expected) in cases {
+            let versions: Vec<i64> = pending(applied, M)
+                .unwrap()
+                .iter()
+                .map(|m| m.version)
+                .collect();
+            assert_eq!(versions, expected, "{applied}");
+        }
+        assert!(matches!(
+            pending(3, M),
+            Err(StoreError::NewerSchema { found: 3, known: 2 })
+        ));
+    }
+
+    #[test]
+    fn migration_files_are_numbered_from_one_without_gaps() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.name);
+            assert!(!m.sql.trim().is_empty(), "{}", m.name);
+        }
+    }
+}
