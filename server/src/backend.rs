@@ -15,6 +15,7 @@
 //! - one behaviour test suite per area, run against both backends (a real
 //!   SQLite file, a private PostgreSQL cluster from `outrider-pgtest`).
 
+pub mod bus;
 pub mod error;
 pub mod postgres;
 pub mod presence;

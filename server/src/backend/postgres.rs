@@ -17,6 +17,7 @@
 //! PostgreSQL re-checks on the row's newest version after waiting for its
 //! lock (READ COMMITTED), so two nodes never both win.
 
+pub mod bus;
 mod presence;
 
 use std::sync::Arc;
@@ -36,11 +37,18 @@ pub struct Migration {
 
 /// Every migration, in order; versions count up from 1 without gaps
 /// (a test checks).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "presence",
-    sql: include_str!("postgres/migrations/0001_presence.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "presence",
+        sql: include_str!("postgres/migrations/0001_presence.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "bus",
+        sql: include_str!("postgres/migrations/0002_bus.sql"),
+    },
+];
 
 /// The advisory lock key nodes migrate under ("outrmigr" in ASCII).
 pub const MIGRATION_LOCK: i64 = 0x6f75_7472_6d69_6772;

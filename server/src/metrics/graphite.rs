@@ -365,7 +365,7 @@ async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) -> bool {
 
 /// `base` scaled by a random factor in [0.5, 1.0), so many servers that
 /// lost the same carbon host do not reconnect in lockstep.
-fn jittered(base: Duration) -> Duration {
+pub(crate) fn jittered(base: Duration) -> Duration {
     let mut byte = [0u8; 1];
     // Without OS randomness the un-jittered delay is still correct.
     let _ = getrandom::fill(&mut byte);
