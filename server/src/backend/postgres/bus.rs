@@ -137,6 +137,9 @@ struct Inner {
     signalled: Notify,
     pending: Mutex<Pending>,
     stats: Mutex<BusStats>,
+    /// Cancelled when the node stops; requests then fail with
+    /// `ShuttingDown` instead of waiting for a reply nobody will take.
+    shutdown: CancellationToken,
 }
 
 /// Requests of this node waiting for their reply.
@@ -206,6 +209,7 @@ impl PgBus {
             signalled: Notify::new(),
             pending: Mutex::new(Pending::default()),
             stats: Mutex::new(BusStats::default()),
+            shutdown: shutdown.clone(),
         });
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         let mut set = JoinSet::new();
@@ -274,6 +278,12 @@ impl PgBus {
             *pending.per_node.entry(target.clone()).or_default() += 1;
             PendingGuard { inner, id }
         };
+        // After registering: the receive task, once stopped, fails every
+        // registered call, so a call registered before that is told, and
+        // one registered after sees the token cancelled here.
+        if inner.shutdown.is_cancelled() {
+            return Err(BusError::ShuttingDown);
+        }
         client
             .execute(
                 "INSERT INTO bus_messages
@@ -711,10 +721,24 @@ where
     }
 }
 
-/// The receive task: keeps the `LISTEN` connection, takes this node's
-/// messages, fails requests to dead nodes, sweeps.
+/// The receive task; when it stops, the requests still waiting fail with
+/// `ShuttingDown` (their replies can no longer be taken).
 async fn receive_loop(
     inner: Arc<Inner>,
+    listen: ListenConfig,
+    tx: mpsc::Sender<Incoming>,
+    shutdown: CancellationToken,
+) {
+    receive(&inner, listen, tx, shutdown).await;
+    let mut pending = lock(&inner.pending);
+    pending.calls.clear();
+    pending.per_node.clear();
+}
+
+/// Keeps the `LISTEN` connection, takes this node's messages, fails
+/// requests to dead nodes, sweeps; until `shutdown`.
+async fn receive(
+    inner: &Inner,
     listen: ListenConfig,
     tx: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,

@@ -488,3 +488,26 @@ async fn oversized_payloads_and_too_many_pending_requests_are_refused() {
     assert_eq!(rows(&db).await, 3, "nothing oversized was stored");
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_when_the_node_stops_fail_with_shutting_down() {
+    let db = db().await;
+    alive(&db, "a").await;
+    alive(&db, "b").await;
+    let a = Node::start(&db, "a", BusLimits::default());
+    // b does not answer.
+    let bus = a.bus.clone();
+    let long = Duration::from_secs(60);
+    let waiting =
+        tokio::spawn(async move { bus.request(&node("b"), &run_now(), b"x", long).await });
+    until("the request is sent", || async { rows(&db).await == 1 }).await;
+    let bus = a.bus.clone();
+    a.stop().await;
+    let result = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("told at shutdown, not at the deadline")
+        .unwrap();
+    assert!(matches!(result, Err(BusError::ShuttingDown)), "{result:?}");
+    let result = bus.request(&node("b"), &run_now(), b"x", long).await;
+    assert!(matches!(result, Err(BusError::ShuttingDown)), "{result:?}");
+}
