@@ -511,3 +511,55 @@ async fn requests_waiting_when_the_node_stops_fail_with_shutting_down() {
     let result = bus.request(&node("b"), &run_now(), b"x", long).await;
     assert!(matches!(result, Err(BusError::ShuttingDown)), "{result:?}");
 }
+
+/// Over TCP with TLS, the `LISTEN` connection is encrypted too and the
+/// bus works as over the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_works_over_tls_with_its_listen_connection_encrypted() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let cluster = outrider_pgtest::Cluster::start_tls(outrider_pgtest::TlsFiles {
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    })
+    .unwrap();
+    let test_db = cluster.database().await.unwrap();
+    let tls = PgTls::with_ca_pem(Some(&cert_pem)).unwrap();
+    let config = cluster.tcp_config(&test_db.name);
+    let backend = PgBackend::with_config(config.clone(), tls.clone(), 4)
+        .await
+        .unwrap();
+    let (sql, conn) = test_db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let db = Db {
+        backend,
+        listen: ListenConfig { config, tls },
+        sql,
+    };
+    alive(&db, "a").await;
+    alive(&db, "b").await;
+    let a = Node::start(&db, "a", BusLimits::default());
+    let b = Node::start(&db, "b", BusLimits::default());
+    let reply = a
+        .bus
+        .request(&node("b"), &run_now(), b"x", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply, b"b:x");
+    until("b listens", || async { b.bus.stats().listen_connects == 1 }).await;
+    let encrypted: Vec<bool> = db
+        .sql
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'outrider-bus-b' AND a.datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(encrypted, [true]);
+    a.stop().await;
+    b.stop().await;
+}
