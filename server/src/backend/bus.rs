@@ -25,9 +25,9 @@
 //!    [`NODE_SILENCE_MS`]), and a pending one fails as soon as its target
 //!    is seen dead; otherwise it fails at its deadline. A message taken
 //!    after its deadline is dropped, not executed late ([`expired`]).
-//! 5. Bounded: payloads ([`BusLimits::max_payload_bytes`], also a `CHECK`
+//! 5. Bounded: payloads ([`BusConfig::max_payload_bytes`], also a `CHECK`
 //!    in the table), pending requests per target node
-//!    ([`BusLimits::max_pending_per_node`]), the incoming queue, and the
+//!    ([`BusConfig::max_pending_per_node`]), the incoming queue, and the
 //!    table (every row has a deadline; expired rows are swept).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,18 +61,22 @@ pub const RECONNECT_BASE: Duration = Duration::from_millis(100);
 /// Largest delay between `LISTEN` reconnects.
 pub const RECONNECT_CAP: Duration = Duration::from_secs(5);
 
-/// The limits of one node's bus.
+/// The limits and timing of one node's bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BusLimits {
+pub struct BusConfig {
     pub max_payload_bytes: usize,
     pub max_pending_per_node: usize,
+    /// How often the node looks for its messages without a notification
+    /// ([`POLL_INTERVAL`]; tests set it long to prove the notified path).
+    pub poll_interval: Duration,
 }
 
-impl Default for BusLimits {
+impl Default for BusConfig {
     fn default() -> Self {
-        BusLimits {
+        BusConfig {
             max_payload_bytes: MAX_PAYLOAD_BYTES,
             max_pending_per_node: MAX_PENDING_PER_NODE,
+            poll_interval: POLL_INTERVAL,
         }
     }
 }
@@ -234,7 +238,7 @@ impl From<deadpool_postgres::PoolError> for BusError {
 /// room for one more pending request (`pending`: those already waiting;
 /// `None` for a broadcast, which waits on nobody).
 pub fn admit(
-    limits: &BusLimits,
+    limits: &BusConfig,
     target: &NodeId,
     payload_len: usize,
     pending: Option<usize>,
@@ -362,9 +366,10 @@ mod tests {
 
     #[test]
     fn a_message_is_admitted_within_its_limits() {
-        let limits = BusLimits {
+        let limits = BusConfig {
             max_payload_bytes: 10,
             max_pending_per_node: 2,
+            ..BusConfig::default()
         };
         let b = node("b");
         // (payload length, pending, admitted)

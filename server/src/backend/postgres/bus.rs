@@ -41,9 +41,9 @@ use tracing::warn;
 
 use super::{PgBackend, PgTls};
 use crate::backend::bus::{
-    BROADCAST_TTL, Broadcast, BusError, BusLimits, COALESCE, Incoming, Kind, MAX_ERROR_BYTES,
-    POLL_INTERVAL, Request, SWEEP_GRACE_MS, TAKE_BATCH, Topic, admit, channel, expired, liveness,
-    now_ms, plan_notifies, reconnect_delay,
+    BROADCAST_TTL, Broadcast, BusConfig, BusError, COALESCE, Incoming, Kind, MAX_ERROR_BYTES,
+    Request, SWEEP_GRACE_MS, TAKE_BATCH, Topic, admit, channel, expired, liveness, now_ms,
+    plan_notifies, reconnect_delay,
 };
 use crate::backend::presence::{NODE_SILENCE_MS, NodeId, stored_node};
 
@@ -55,6 +55,9 @@ pub const INCOMING_QUEUE: usize = 1024;
 const MAX_SIGNALLED: usize = 4096;
 /// How often the receive task sweeps rows nobody took.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long opening the `LISTEN` connection may take; polling waits
+/// meanwhile, so this is short.
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rows swept per statement.
 const SWEEP_BATCH: i64 = 1000;
 
@@ -131,7 +134,7 @@ impl BusTasks {
 struct Inner {
     node: NodeId,
     backend: PgBackend,
-    limits: BusLimits,
+    config: BusConfig,
     /// Nodes with rows sent to them and no `NOTIFY` yet.
     signals: Mutex<BTreeSet<NodeId>>,
     signalled: Notify,
@@ -198,13 +201,13 @@ impl PgBus {
         backend: PgBackend,
         listen: ListenConfig,
         node: NodeId,
-        limits: BusLimits,
+        config: BusConfig,
         shutdown: CancellationToken,
     ) -> (PgBus, mpsc::Receiver<Incoming>, BusTasks) {
         let inner = Arc::new(Inner {
             node,
             backend,
-            limits,
+            config,
             signals: Mutex::new(BTreeSet::new()),
             signalled: Notify::new(),
             pending: Mutex::new(Pending::default()),
@@ -244,7 +247,7 @@ impl PgBus {
         let inner = &*self.inner;
         let waiting = |p: &Pending| p.per_node.get(target).copied().unwrap_or(0);
         admit(
-            &inner.limits,
+            &inner.config,
             target,
             payload.len(),
             Some(waiting(&lock(&inner.pending))),
@@ -266,7 +269,7 @@ impl PgBus {
         let (tx, rx) = oneshot::channel();
         let _guard = {
             let mut pending = lock(&inner.pending);
-            admit(&inner.limits, target, 0, Some(waiting(&pending)))?;
+            admit(&inner.config, target, 0, Some(waiting(&pending)))?;
             pending.calls.insert(
                 id,
                 Call {
@@ -332,7 +335,7 @@ impl PgBus {
             Ok(p) => (p, None),
             Err(e) => (&[], Some(cut(e, MAX_ERROR_BYTES))),
         };
-        admit(&inner.limits, &request.from, payload.len(), None)?;
+        admit(&inner.config, &request.from, payload.len(), None)?;
         let client = inner.backend.client().await?;
         client
             .execute(
@@ -362,7 +365,7 @@ impl PgBus {
     /// is too large.
     pub async fn broadcast(&self, topic: Topic, payload: &[u8]) -> Result<usize, BusError> {
         let inner = &*self.inner;
-        admit(&inner.limits, &inner.node, payload.len(), None)?;
+        admit(&inner.config, &inner.node, payload.len(), None)?;
         let now = now_ms();
         let deadline_ms = now + BROADCAST_TTL.as_millis() as i64;
         let client = inner.backend.client().await?;
@@ -750,7 +753,15 @@ async fn receive(
     let mut next_sweep = Instant::now();
     loop {
         if listener.is_none() && Instant::now() >= reconnect_at {
-            match Listener::connect(&listen, &inner.node, wake.clone()).await {
+            let connect = Listener::connect(&listen, &inner.node, wake.clone());
+            let connected = tokio::time::timeout(LISTEN_CONNECT_TIMEOUT, connect)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(BusError::ListenLost(format!(
+                        "no connection within {LISTEN_CONNECT_TIMEOUT:?}"
+                    )))
+                });
+            match connected {
                 Ok(l) => {
                     listener = Some(l);
                     attempt = 0;
@@ -780,7 +791,11 @@ async fn receive(
                 warn!("bus: sweeping expired messages failed: {e}");
             }
         }
-        let poll_at = Instant::now() + POLL_INTERVAL;
+        let mut poll_at = Instant::now() + inner.config.poll_interval;
+        if listener.is_none() {
+            // Wake for the reconnect too (its re-poll follows it).
+            poll_at = poll_at.min(reconnect_at);
+        }
         let lost = async {
             match listener.as_mut() {
                 Some(l) => Some((&mut l.lost).await),

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{BusTasks, ListenConfig, PgBus};
-use crate::backend::bus::{BusError, BusLimits, Incoming, Kind, Topic, now_ms};
+use crate::backend::bus::{BusConfig, BusError, Incoming, Kind, Topic, now_ms};
 use crate::backend::presence::{NODE_SILENCE_MS, NodeId, PresenceStore};
 use crate::backend::{PgBackend, PgTls};
 
@@ -50,6 +50,15 @@ fn node(n: &str) -> NodeId {
     n.parse().unwrap()
 }
 
+/// A bus that never polls (an hour): only notifications, and the take
+/// right after (re)connecting, deliver its messages.
+fn no_polling() -> BusConfig {
+    BusConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..BusConfig::default()
+    }
+}
+
 fn run_now() -> Kind {
     "run_now".parse().unwrap()
 }
@@ -71,13 +80,18 @@ struct Node {
 impl Node {
     /// Starts node `n`'s bus with a responder answering every request
     /// `<n>:<payload>`, or failing it when the payload is `fail`.
-    fn start(db: &Db, n: &str, limits: BusLimits) -> Node {
+    fn start(db: &Db, n: &str, config: BusConfig) -> Node {
+        Node::start_with(db.listen.clone(), db, n, config)
+    }
+
+    /// [`Node::start`] with its own `LISTEN` settings.
+    fn start_with(listen: ListenConfig, db: &Db, n: &str, config: BusConfig) -> Node {
         let shutdown = CancellationToken::new();
         let (bus, rx, tasks) = PgBus::start(
             db.backend.clone(),
-            db.listen.clone(),
+            listen,
             node(n),
-            limits,
+            config,
             shutdown.clone(),
         );
         let (btx, broadcasts) = mpsc::unbounded_channel();
@@ -153,12 +167,13 @@ async fn rows(db: &Db) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Without polling: the notification alone wakes each side.
 async fn a_request_reaches_its_node_and_the_reply_comes_back() {
     let db = db().await;
     alive(&db, "a").await;
     alive(&db, "b").await;
-    let a = Node::start(&db, "a", BusLimits::default());
-    let b = Node::start(&db, "b", BusLimits::default());
+    let a = Node::start(&db, "a", no_polling());
+    let b = Node::start(&db, "b", no_polling());
     let t = Duration::from_secs(5);
     let reply = a
         .bus
@@ -197,9 +212,9 @@ async fn many_requests_at_once_notify_each_node_at_most_once_per_interval() {
     for n in ["a", "b", "c"] {
         alive(&db, n).await;
     }
-    let a = Node::start(&db, "a", BusLimits::default());
-    let b = Node::start(&db, "b", BusLimits::default());
-    let c = Node::start(&db, "c", BusLimits::default());
+    let a = Node::start(&db, "a", no_polling());
+    let b = Node::start(&db, "b", no_polling());
+    let c = Node::start(&db, "c", no_polling());
     let per_node = 150;
     let mut calls = JoinSet::new();
     for i in 0..per_node * 2 {
@@ -251,10 +266,12 @@ async fn a_request_sent_while_the_listen_connection_is_down_still_arrives() {
     let db = db().await;
     alive(&db, "a").await;
     alive(&db, "b").await;
-    let a = Node::start(&db, "a", BusLimits::default());
-    let b = Node::start(&db, "b", BusLimits::default());
+    let a = Node::start(&db, "a", no_polling());
+    let b = Node::start(&db, "b", no_polling());
     until("b listens", || async { b.bus.stats().listen_connects == 1 }).await;
-    // Kill b's LISTEN connection: the NOTIFY of the next request is lost.
+    // Kill b's LISTEN connection: the NOTIFY of the next request is lost
+    // (or reaches the new connection); without polling, the take right
+    // after reconnecting finds it.
     let killed: i64 = db
         .sql
         .query_one(
@@ -298,7 +315,7 @@ async fn a_request_to_a_dead_node_fails_fast_with_the_node_named() {
         .heartbeat(&node("c"), &[], now_ms() - NODE_SILENCE_MS - 1_000)
         .await
         .unwrap();
-    let a = Node::start(&db, "a", BusLimits::default());
+    let a = Node::start(&db, "a", BusConfig::default());
     let long = Duration::from_secs(60);
     match a.bus.request(&node("c"), &run_now(), b"x", long).await {
         Err(BusError::NodeLost { node: n, silent_ms }) => {
@@ -344,7 +361,7 @@ async fn a_request_past_its_deadline_is_not_executed_late() {
     let db = db().await;
     alive(&db, "a").await;
     alive(&db, "b").await;
-    let a = Node::start(&db, "a", BusLimits::default());
+    let a = Node::start(&db, "a", BusConfig::default());
     // b is alive but slow to take its messages: its bus starts late.
     let result = a
         .bus
@@ -360,7 +377,7 @@ async fn a_request_past_its_deadline_is_not_executed_late() {
         db.backend.clone(),
         db.listen.clone(),
         node("b"),
-        BusLimits::default(),
+        BusConfig::default(),
         shutdown.clone(),
     );
     until("b drops the expired request", || async {
@@ -399,9 +416,9 @@ async fn a_broadcast_reaches_every_live_node_exactly_once() {
         .await
         .unwrap();
     let mut nodes = vec![
-        Node::start(&db, "a", BusLimits::default()),
-        Node::start(&db, "b", BusLimits::default()),
-        Node::start(&db, "c", BusLimits::default()),
+        Node::start(&db, "a", no_polling()),
+        Node::start(&db, "b", no_polling()),
+        Node::start(&db, "c", no_polling()),
     ];
     for i in 0..20u8 {
         let sent = nodes[0]
@@ -445,9 +462,9 @@ async fn oversized_payloads_and_too_many_pending_requests_are_refused() {
     let db = db().await;
     alive(&db, "a").await;
     alive(&db, "b").await;
-    let limits = BusLimits {
+    let limits = BusConfig {
         max_pending_per_node: 2,
-        ..BusLimits::default()
+        ..BusConfig::default()
     };
     let a = Node::start(&db, "a", limits);
     let big = vec![0u8; crate::backend::bus::MAX_PAYLOAD_BYTES + 1];
@@ -494,7 +511,7 @@ async fn requests_waiting_when_the_node_stops_fail_with_shutting_down() {
     let db = db().await;
     alive(&db, "a").await;
     alive(&db, "b").await;
-    let a = Node::start(&db, "a", BusLimits::default());
+    let a = Node::start(&db, "a", BusConfig::default());
     // b does not answer.
     let bus = a.bus.clone();
     let long = Duration::from_secs(60);
@@ -538,8 +555,8 @@ async fn the_bus_works_over_tls_with_its_listen_connection_encrypted() {
     };
     alive(&db, "a").await;
     alive(&db, "b").await;
-    let a = Node::start(&db, "a", BusLimits::default());
-    let b = Node::start(&db, "b", BusLimits::default());
+    let a = Node::start(&db, "a", BusConfig::default());
+    let b = Node::start(&db, "b", BusConfig::default());
     let reply = a
         .bus
         .request(&node("b"), &run_now(), b"x", Duration::from_secs(5))
@@ -560,6 +577,28 @@ async fn the_bus_works_over_tls_with_its_listen_connection_encrypted() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(encrypted, [true]);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_listen_gets_its_messages_by_polling() {
+    let db = db().await;
+    alive(&db, "a").await;
+    alive(&db, "b").await;
+    let a = Node::start(&db, "a", no_polling());
+    // b's LISTEN connection goes to a database that does not exist.
+    let mut broken = db.listen.clone();
+    broken.config.dbname("no_such_database");
+    let b = Node::start_with(broken, &db, "b", BusConfig::default());
+    let t = Duration::from_secs(5);
+    let reply = a
+        .bus
+        .request(&node("b"), &run_now(), b"x", t)
+        .await
+        .unwrap();
+    assert_eq!(reply, b"b:x");
+    assert_eq!(b.bus.stats().listen_connects, 0);
     a.stop().await;
     b.stop().await;
 }
