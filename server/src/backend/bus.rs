@@ -14,8 +14,9 @@
 //!    `DELETE … RETURNING`, so it is delivered at most once, and, while the
 //!    node lives and the deadline holds, exactly once.
 //! 2. `NOTIFY` is only a wake-up: a node also polls every
-//!    [`POLL_INTERVAL`] and at once after its `LISTEN` connection comes
-//!    back, so a lost notification delays a message, never loses it.
+//!    [`POLL_INTERVAL`] ([`BUSY_POLL`] while busy, [`next_poll`]) and at
+//!    once after its `LISTEN` connection comes back, so a lost
+//!    notification delays a message, never loses it.
 //! 3. At most one `NOTIFY` per target node per [`COALESCE`], whatever the
 //!    send rate ([`plan_notifies`]): `NOTIFY` takes a global lock at
 //!    commit, so it must not scale with traffic. It is sent by one task on
@@ -48,6 +49,8 @@ pub const MAX_PENDING_PER_NODE: usize = 1024;
 pub const COALESCE: Duration = Duration::from_millis(100);
 /// How often a node looks for its messages without being notified.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How soon a busy node looks for messages again ([`next_poll`]).
+pub const BUSY_POLL: Duration = Duration::from_millis(10);
 /// How long a broadcast waits to be taken before it is dropped.
 pub const BROADCAST_TTL: Duration = Duration::from_secs(30);
 /// How long after its deadline any node deletes a message nobody took
@@ -69,6 +72,9 @@ pub struct BusConfig {
     /// How often the node looks for its messages without a notification
     /// ([`POLL_INTERVAL`]; tests set it long to prove the notified path).
     pub poll_interval: Duration,
+    /// How soon the node looks again while busy ([`BUSY_POLL`],
+    /// [`next_poll`]).
+    pub busy_poll: Duration,
 }
 
 impl Default for BusConfig {
@@ -77,6 +83,7 @@ impl Default for BusConfig {
             max_payload_bytes: MAX_PAYLOAD_BYTES,
             max_pending_per_node: MAX_PENDING_PER_NODE,
             poll_interval: POLL_INTERVAL,
+            busy_poll: BUSY_POLL,
         }
     }
 }
@@ -314,6 +321,22 @@ pub fn plan_notifies(
     plan
 }
 
+/// How long the receive task waits for a notification before it takes
+/// again anyway: `busy_poll` after a take that found messages (`took`)
+/// or while calls of this node wait for replies (`waiting`), else
+/// `poll_interval`. Coalescing holds a node's next `NOTIFY` up to
+/// [`COALESCE`] after the last one, so under steady traffic a node woken
+/// only by `NOTIFY` would add up to 100 ms each way; a busy node instead
+/// finds its messages within `busy_poll` with a cheap indexed take (no
+/// global lock), and an idle one is woken by a `NOTIFY` sent at once.
+pub fn next_poll(took: usize, waiting: usize, config: &BusConfig) -> Duration {
+    if took > 0 || waiting > 0 {
+        config.busy_poll.min(config.poll_interval)
+    } else {
+        config.poll_interval
+    }
+}
+
 /// The delay before `LISTEN` reconnect attempt `attempt` (0 first):
 /// doubling from [`RECONNECT_BASE`] up to [`RECONNECT_CAP`]; the caller
 /// adds jitter. Polling goes on meanwhile.
@@ -495,6 +518,26 @@ mod tests {
             assert_eq!(times.len(), 10, "{n}: {times:?}");
             assert!(times.windows(2).all(|w| w[1] - w[0] >= 100), "{times:?}");
         }
+    }
+
+    #[test]
+    fn a_busy_node_polls_soon_and_an_idle_one_waits_for_notifications() {
+        let c = BusConfig::default();
+        // (took, waiting calls, next take in ms)
+        let cases = [(0, 0, 200), (1, 0, 10), (0, 1, 10), (256, 3, 10)];
+        for (took, waiting, ms) in cases {
+            assert_eq!(
+                next_poll(took, waiting, &c).as_millis(),
+                ms,
+                "{took} {waiting}"
+            );
+        }
+        // Never later than the plain poll interval.
+        let slow_busy = BusConfig {
+            busy_poll: Duration::from_secs(1),
+            ..c
+        };
+        assert_eq!(next_poll(1, 0, &slow_busy), POLL_INTERVAL);
     }
 
     #[test]

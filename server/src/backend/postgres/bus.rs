@@ -42,8 +42,8 @@ use tracing::warn;
 use super::{PgBackend, PgTls};
 use crate::backend::bus::{
     BROADCAST_TTL, Broadcast, BusConfig, BusError, COALESCE, Incoming, Kind, MAX_ERROR_BYTES,
-    Request, SWEEP_GRACE_MS, TAKE_BATCH, Topic, admit, channel, expired, liveness, now_ms,
-    plan_notifies, reconnect_delay,
+    Request, SWEEP_GRACE_MS, TAKE_BATCH, Topic, admit, channel, expired, liveness, next_poll,
+    now_ms, plan_notifies, reconnect_delay,
 };
 use crate::backend::presence::{NODE_SILENCE_MS, NodeId, stored_node};
 
@@ -446,13 +446,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Takes every row addressed to this node and hands it on; stops
-    /// early (`Err(ShuttingDown)`) when the node stops.
+    /// Takes every row addressed to this node and hands it on; returns
+    /// how many it took. Stops early (`Err(ShuttingDown)`) when the node
+    /// stops.
     async fn take_all(
         &self,
         tx: &mpsc::Sender<Incoming>,
         shutdown: &CancellationToken,
-    ) -> Result<(), BusError> {
+    ) -> Result<usize, BusError> {
+        let mut taken = 0;
         loop {
             let client = self.backend.client().await?;
             let stmt = client
@@ -471,6 +473,7 @@ impl Inner {
             rows.sort_by_key(|r| r.get::<_, i64>(0));
             let now = now_ms();
             let full = rows.len() as i64 == TAKE_BATCH;
+            taken += rows.len();
             for row in rows {
                 match self.decode(&row, now) {
                     Ok(Some(incoming)) => tokio::select! {
@@ -485,7 +488,7 @@ impl Inner {
                 }
             }
             if !full {
-                return Ok(());
+                return Ok(taken);
             }
         }
     }
@@ -575,6 +578,11 @@ impl Inner {
             let ids: Vec<i64> = pending.calls.keys().copied().collect();
             for id in ids {
                 let target = &pending.calls[&id].target;
+                // A call to a node not asked about (registered since) waits
+                // for the next round.
+                if !targets.iter().any(|t| t == target.as_str()) {
+                    continue;
+                }
                 if let Err(e) = liveness(target, seen.get(target.as_str()).copied(), now)
                     && let Some(call) = pending.remove(id)
                 {
@@ -777,11 +785,14 @@ async fn receive(
         }
         // Right after a (re)connect this is the re-poll: what was notified
         // while no connection listened is found here.
-        match inner.take_all(&tx, &shutdown).await {
+        let took = match inner.take_all(&tx, &shutdown).await {
             Err(BusError::ShuttingDown) => return,
-            Err(e) => warn!("bus: taking messages failed: {e}"),
-            Ok(()) => {}
-        }
+            Err(e) => {
+                warn!("bus: taking messages failed: {e}");
+                0
+            }
+            Ok(n) => n,
+        };
         if let Err(e) = inner.fail_lost_targets().await {
             warn!("bus: checking target nodes failed: {e}");
         }
@@ -791,7 +802,8 @@ async fn receive(
                 warn!("bus: sweeping expired messages failed: {e}");
             }
         }
-        let mut poll_at = Instant::now() + inner.config.poll_interval;
+        let waiting = lock(&inner.pending).calls.len();
+        let mut poll_at = Instant::now() + next_poll(took, waiting, &inner.config);
         if listener.is_none() {
             // Wake for the reconnect too (its re-poll follows it).
             poll_at = poll_at.min(reconnect_at);

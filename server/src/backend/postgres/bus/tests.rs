@@ -50,11 +50,12 @@ fn node(n: &str) -> NodeId {
     n.parse().unwrap()
 }
 
-/// A bus that never polls (an hour): only notifications, and the take
-/// right after (re)connecting, deliver its messages.
+/// A bus that never polls (an hour, busy or not): only notifications,
+/// and the take right after (re)connecting, deliver its messages.
 fn no_polling() -> BusConfig {
     BusConfig {
         poll_interval: Duration::from_secs(3600),
+        busy_poll: Duration::from_secs(3600),
         ..BusConfig::default()
     }
 }
@@ -601,4 +602,43 @@ async fn a_node_that_cannot_listen_gets_its_messages_by_polling() {
     assert_eq!(b.bus.stats().listen_connects, 0);
     a.stop().await;
     b.stop().await;
+}
+
+/// Requests registered while the receive task checks which target nodes
+/// are alive are judged on the next round, not taken for unknown nodes:
+/// 5 nodes all calling each other back to back, with polling on (each
+/// round checks the targets), all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_between_many_live_nodes_at_once_all_succeed() {
+    let db = db().await;
+    let names = ["a", "b", "c", "d", "e"];
+    for n in names {
+        alive(&db, n).await;
+    }
+    let nodes: Vec<Node> = names
+        .iter()
+        .map(|n| Node::start(&db, n, BusConfig::default()))
+        .collect();
+    let mut callers = JoinSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for c in 0..4 {
+            let bus = n.bus.clone();
+            callers.spawn(async move {
+                for k in 0..25 {
+                    let target = node(names[(i + 1 + (c + k) % 4) % 5]);
+                    let reply = bus
+                        .request(&target, &run_now(), b"x", Duration::from_secs(10))
+                        .await
+                        .unwrap_or_else(|e| panic!("{} → {target}: {e}", bus.node()));
+                    assert_eq!(reply, format!("{target}:x").into_bytes());
+                }
+            });
+        }
+    }
+    while let Some(r) = callers.join_next().await {
+        r.unwrap();
+    }
+    for n in nodes {
+        n.stop().await;
+    }
 }
