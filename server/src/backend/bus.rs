@@ -322,15 +322,17 @@ pub fn plan_notifies(
 }
 
 /// How long the receive task waits for a notification before it takes
-/// again anyway: `busy_poll` after a take that found messages (`took`)
-/// or while calls of this node wait for replies (`waiting`), else
-/// `poll_interval`. Coalescing holds a node's next `NOTIFY` up to
-/// [`COALESCE`] after the last one, so under steady traffic a node woken
-/// only by `NOTIFY` would add up to 100 ms each way; a busy node instead
-/// finds its messages within `busy_poll` with a cheap indexed take (no
-/// global lock), and an idle one is woken by a `NOTIFY` sent at once.
-pub fn next_poll(took: usize, waiting: usize, config: &BusConfig) -> Duration {
-    if took > 0 || waiting > 0 {
+/// again anyway: `busy_poll` while this node's calls wait for replies
+/// (`waiting`) or within [`COALESCE`] of its last take that found
+/// messages (`since_took`), else `poll_interval`. Why: coalescing holds a
+/// node's next `NOTIFY` up to `COALESCE` after the previous one, and a
+/// node that was just notified has just taken messages, so the window in
+/// which a `NOTIFY` to it can be held back is the window in which it
+/// polls every `busy_poll` (a cheap indexed take, no global lock); an
+/// idle node is woken by a `NOTIFY` sent at once.
+pub fn next_poll(since_took: Option<Duration>, waiting: usize, config: &BusConfig) -> Duration {
+    let busy = waiting > 0 || since_took.is_some_and(|d| d < COALESCE);
+    if busy {
         config.busy_poll.min(config.poll_interval)
     } else {
         config.poll_interval
@@ -523,21 +525,27 @@ mod tests {
     #[test]
     fn a_busy_node_polls_soon_and_an_idle_one_waits_for_notifications() {
         let c = BusConfig::default();
-        // (took, waiting calls, next take in ms)
-        let cases = [(0, 0, 200), (1, 0, 10), (0, 1, 10), (256, 3, 10)];
-        for (took, waiting, ms) in cases {
-            assert_eq!(
-                next_poll(took, waiting, &c).as_millis(),
-                ms,
-                "{took} {waiting}"
-            );
+        let ms = |m| Some(Duration::from_millis(m));
+        // (since the last take that found messages, waiting calls, next take in ms)
+        let cases = [
+            (None, 0, 200),
+            (ms(500), 0, 200),
+            (ms(100), 0, 200),
+            (ms(99), 0, 10),
+            (ms(0), 0, 10),
+            (None, 1, 10),
+            (ms(500), 3, 10),
+        ];
+        for (since, waiting, want) in cases {
+            let got = next_poll(since, waiting, &c).as_millis();
+            assert_eq!(got, want, "{since:?} {waiting}");
         }
         // Never later than the plain poll interval.
         let slow_busy = BusConfig {
             busy_poll: Duration::from_secs(1),
             ..c
         };
-        assert_eq!(next_poll(1, 0, &slow_busy), POLL_INTERVAL);
+        assert_eq!(next_poll(ms(0), 0, &slow_busy), POLL_INTERVAL);
     }
 
     #[test]

@@ -759,6 +759,7 @@ async fn receive(
     let mut attempt = 0u32;
     let mut reconnect_at = Instant::now();
     let mut next_sweep = Instant::now();
+    let mut last_took: Option<Instant> = None;
     loop {
         if listener.is_none() && Instant::now() >= reconnect_at {
             let connect = Listener::connect(&listen, &inner.node, wake.clone());
@@ -802,8 +803,12 @@ async fn receive(
                 warn!("bus: sweeping expired messages failed: {e}");
             }
         }
+        if took > 0 {
+            last_took = Some(Instant::now());
+        }
         let waiting = lock(&inner.pending).calls.len();
-        let mut poll_at = Instant::now() + next_poll(took, waiting, &inner.config);
+        let since_took = last_took.map(|t| t.elapsed());
+        let mut poll_at = Instant::now() + next_poll(since_took, waiting, &inner.config);
         if listener.is_none() {
             // Wake for the reconnect too (its re-poll follows it).
             poll_at = poll_at.min(reconnect_at);
