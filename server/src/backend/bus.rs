@@ -322,17 +322,17 @@ pub fn plan_notifies(
 }
 
 /// How long the receive task waits for a notification before it takes
-/// again anyway: `busy_poll` while this node's calls wait for replies
-/// (`waiting`) or within [`COALESCE`] of its last take that found
-/// messages (`since_took`), else `poll_interval`. Why: coalescing holds a
-/// node's next `NOTIFY` up to `COALESCE` after the previous one, and a
-/// node that was just notified has just taken messages, so the window in
-/// which a `NOTIFY` to it can be held back is the window in which it
-/// polls every `busy_poll` (a cheap indexed take, no global lock); an
-/// idle node is woken by a `NOTIFY` sent at once.
-pub fn next_poll(since_took: Option<Duration>, waiting: usize, config: &BusConfig) -> Duration {
-    let busy = waiting > 0 || since_took.is_some_and(|d| d < COALESCE);
-    if busy {
+/// again anyway: `busy_poll` within [`COALESCE`] of its last take that
+/// found messages (`since_took`), else `poll_interval`. Why: coalescing
+/// holds a node's next `NOTIFY` up to `COALESCE` after the previous one,
+/// and a node that was just notified has just taken messages, so the
+/// window in which a `NOTIFY` to it can be held back is the window in
+/// which it polls every `busy_poll` (a cheap indexed take, no global
+/// lock). Outside it a `NOTIFY` is sent at once, so an idle node — or
+/// one waiting seconds for a slow check's reply — only polls every
+/// `poll_interval`.
+pub fn next_poll(since_took: Option<Duration>, config: &BusConfig) -> Duration {
+    if since_took.is_some_and(|d| d < COALESCE) {
         config.busy_poll.min(config.poll_interval)
     } else {
         config.poll_interval
@@ -526,26 +526,23 @@ mod tests {
     fn a_busy_node_polls_soon_and_an_idle_one_waits_for_notifications() {
         let c = BusConfig::default();
         let ms = |m| Some(Duration::from_millis(m));
-        // (since the last take that found messages, waiting calls, next take in ms)
+        // (since the last take that found messages, next take in ms)
         let cases = [
-            (None, 0, 200),
-            (ms(500), 0, 200),
-            (ms(100), 0, 200),
-            (ms(99), 0, 10),
-            (ms(0), 0, 10),
-            (None, 1, 10),
-            (ms(500), 3, 10),
+            (None, 200),
+            (ms(500), 200),
+            (ms(100), 200),
+            (ms(99), 10),
+            (ms(0), 10),
         ];
-        for (since, waiting, want) in cases {
-            let got = next_poll(since, waiting, &c).as_millis();
-            assert_eq!(got, want, "{since:?} {waiting}");
+        for (since, want) in cases {
+            assert_eq!(next_poll(since, &c).as_millis(), want, "{since:?}");
         }
         // Never later than the plain poll interval.
         let slow_busy = BusConfig {
             busy_poll: Duration::from_secs(1),
             ..c
         };
-        assert_eq!(next_poll(ms(0), 0, &slow_busy), POLL_INTERVAL);
+        assert_eq!(next_poll(ms(0), &slow_busy), POLL_INTERVAL);
     }
 
     #[test]

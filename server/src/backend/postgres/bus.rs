@@ -42,8 +42,8 @@ use tracing::warn;
 use super::{PgBackend, PgTls};
 use crate::backend::bus::{
     BROADCAST_TTL, Broadcast, BusConfig, BusError, COALESCE, Incoming, Kind, MAX_ERROR_BYTES,
-    Request, SWEEP_GRACE_MS, TAKE_BATCH, Topic, admit, channel, expired, liveness, next_poll,
-    now_ms, plan_notifies, reconnect_delay,
+    POLL_INTERVAL, Request, SWEEP_GRACE_MS, TAKE_BATCH, Topic, admit, channel, expired, liveness,
+    next_poll, now_ms, plan_notifies, reconnect_delay,
 };
 use crate::backend::presence::{NODE_SILENCE_MS, NodeId, stored_node};
 
@@ -760,6 +760,7 @@ async fn receive(
     let mut reconnect_at = Instant::now();
     let mut next_sweep = Instant::now();
     let mut last_took: Option<Instant> = None;
+    let mut next_check = Instant::now();
     loop {
         if listener.is_none() && Instant::now() >= reconnect_at {
             let connect = Listener::connect(&listen, &inner.node, wake.clone());
@@ -794,8 +795,12 @@ async fn receive(
             }
             Ok(n) => n,
         };
-        if let Err(e) = inner.fail_lost_targets().await {
-            warn!("bus: checking target nodes failed: {e}");
+        // Not at every busy take: every poll interval is soon enough.
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + inner.config.poll_interval.min(POLL_INTERVAL);
+            if let Err(e) = inner.fail_lost_targets().await {
+                warn!("bus: checking target nodes failed: {e}");
+            }
         }
         if Instant::now() >= next_sweep {
             next_sweep = Instant::now() + SWEEP_EVERY;
@@ -806,9 +811,8 @@ async fn receive(
         if took > 0 {
             last_took = Some(Instant::now());
         }
-        let waiting = lock(&inner.pending).calls.len();
         let since_took = last_took.map(|t| t.elapsed());
-        let mut poll_at = Instant::now() + next_poll(since_took, waiting, &inner.config);
+        let mut poll_at = Instant::now() + next_poll(since_took, &inner.config);
         if listener.is_none() {
             // Wake for the reconnect too (its re-poll follows it).
             poll_at = poll_at.min(reconnect_at);
