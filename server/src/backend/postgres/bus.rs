@@ -10,7 +10,7 @@
 //!   `SELECT pg_notify(…)` statement of their own, so `NOTIFY` (a global
 //!   lock at commit) never rides in another transaction and never scales
 //!   with the send rate. That statement is the one place the bus notifies
-//!   ([`Inner::send_notifies`]), where [`BusStats`] counts them;
+//!   (`Inner::send_notifies`), where [`BusStats`] counts them;
 //! - the receive task holds a dedicated connection, not from the pool
 //!   (a pooled one would be recycled, and LISTEN fails behind
 //!   transaction-pooling proxies), that `LISTEN`s on the node's channel.
