@@ -50,6 +50,9 @@ use crate::backend::presence::{NODE_SILENCE_MS, NodeId, stored_node};
 /// Messages handed to the node and not yet read; when full, the receive
 /// task waits (and takes nothing more) until the node catches up.
 pub const INCOMING_QUEUE: usize = 1024;
+/// The longest a request waits for its reply; longer timeouts are cut
+/// to it (its row, and its place among the pending, live that long).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Distinct nodes with a signal waiting (and notify records kept); more
 /// are not signalled (their rows are found by polling).
 const MAX_SIGNALLED: usize = 4096;
@@ -231,7 +234,8 @@ impl PgBus {
     }
 
     /// Sends request `kind` to node `target` and waits for its reply, at
-    /// most `timeout`. Fails at once when the payload is too large, too
+    /// most `timeout` (at most [`MAX_REQUEST_TIMEOUT`]: a row lives until
+    /// its deadline). Fails at once when the payload is too large, too
     /// many requests wait on `target`, or `target` is unknown or dead;
     /// later when `target` is seen dead while the request waits
     /// ([`BusError::NodeLost`]), when the deadline passes
@@ -245,6 +249,7 @@ impl PgBus {
         timeout: Duration,
     ) -> Result<Vec<u8>, BusError> {
         let inner = &*self.inner;
+        let timeout = timeout.min(MAX_REQUEST_TIMEOUT);
         let waiting = |p: &Pending| p.per_node.get(target).copied().unwrap_or(0);
         admit(
             &inner.config,

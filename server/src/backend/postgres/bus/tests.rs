@@ -504,6 +504,24 @@ async fn oversized_payloads_and_too_many_pending_requests_are_refused() {
         Err(BusError::DeadlineExceeded { .. })
     ));
     assert_eq!(rows(&db).await, 3, "nothing oversized was stored");
+    // A timeout beyond the longest is cut to it (the row lives that long).
+    let bus = a.bus.clone();
+    let forever = tokio::spawn(async move {
+        bus.request(&node("b"), &run_now(), b"x", Duration::MAX)
+            .await
+    });
+    until("the request is sent", || async { rows(&db).await == 4 }).await;
+    let longest: i64 = db
+        .sql
+        .query_one(
+            "SELECT max(deadline_ms - created_at_ms) FROM bus_messages",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(longest, super::MAX_REQUEST_TIMEOUT.as_millis() as i64);
+    forever.abort();
     a.stop().await;
 }
 
