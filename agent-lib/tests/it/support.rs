@@ -395,6 +395,17 @@ impl FakeServer {
         }
     }
 
+    /// A plain websocket server on `addr` (a port freed before: another
+    /// node coming up where one was missing).
+    pub async fn start_at(addr: SocketAddr) -> FakeServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        FakeServer {
+            listener,
+            tls: None,
+            url: format!("http://{addr}"),
+        }
+    }
+
     /// A server on `addr` (port 0 for any) behind TLS with `cert`, whose
     /// URL names `host` (the agent resolves it through its resolver).
     pub async fn start_tls(addr: &str, host: &str, cert: &TestCert) -> FakeServer {
