@@ -3,6 +3,9 @@
 //! Unlike everything else in the project, this parser does **not** deny
 //! unknown fields: the stub never changes, while newer agent libraries may
 //! add settings to `agent.toml`. The library validates the whole file.
+//! That is why the other nodes of a server are a separate field,
+//! `extra_server_urls`, and `server_url` stays one string: a stub that
+//! predates the field still starts (and fetches updates from `server_url`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,9 +31,11 @@ pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 30;
 pub struct StubConfig {
     /// Base URL of the server.
     pub server_url: String,
-    /// Base URL of the update repository (`<url>/v1/updates/...`): the
-    /// server unless `update_url` names a static host or CDN.
-    pub update_url: String,
+    /// Base URLs of the update repository (`<url>/v1/updates/...`), tried
+    /// in turn when one cannot be reached: `update_url` alone when it names
+    /// a static host or CDN, else `server_url` and each of
+    /// `extra_server_urls` (the server's nodes).
+    pub update_urls: Vec<String>,
     /// Release channel to follow.
     pub channel: outrider_signing::Channel,
     /// The whole text of `agent.toml`, handed to the library as-is.
@@ -50,6 +55,7 @@ pub struct StubConfig {
 #[derive(Deserialize)]
 struct Raw {
     server_url: String,
+    extra_server_urls: Option<Vec<String>>,
     update_url: Option<String>,
     update_interval_secs: Option<u64>,
     probation_secs: Option<u64>,
@@ -68,9 +74,15 @@ impl StubConfig {
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let raw: Raw = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let url = checked_url("server_url", &raw.server_url).map_err(err)?;
-        let update_url = match &raw.update_url {
-            Some(u) => checked_url("update_url", u).map_err(err)?,
-            None => url.clone(),
+        let update_urls = match &raw.update_url {
+            Some(u) => vec![checked_url("update_url", u).map_err(err)?],
+            None => {
+                let mut urls = vec![url.clone()];
+                for extra in raw.extra_server_urls.iter().flatten() {
+                    urls.push(checked_url("extra_server_urls", extra).map_err(err)?);
+                }
+                urls
+            }
         };
         let channel = raw.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
         let channel = channel
@@ -90,7 +102,7 @@ impl StubConfig {
         };
         Ok(StubConfig {
             server_url: url,
-            update_url,
+            update_urls,
             channel,
             update_interval: secs(
                 "update_interval_secs",
@@ -172,12 +184,28 @@ mod tests {
             DEFAULT_CHANNEL
         );
         assert_eq!(
-            c.update_url, "http://127.0.0.1:1",
+            c.update_urls,
+            ["http://127.0.0.1:1"],
             "updates come from the server by default"
         );
         let cdn = load("server_url = \"http://s\"\nupdate_url = \"https://cdn.example/outrider/\"")
             .unwrap();
-        assert_eq!(cdn.update_url, "https://cdn.example/outrider");
+        assert_eq!(cdn.update_urls, ["https://cdn.example/outrider"]);
+        // The server's other nodes serve updates too; a mirror replaces them.
+        let nodes =
+            "server_url = \"https://a\"\nextra_server_urls = [\"https://b/\", \"https://c\"]";
+        assert_eq!(
+            load(nodes).unwrap().update_urls,
+            ["https://a", "https://b", "https://c"]
+        );
+        let mirrored = format!("{nodes}\nupdate_url = \"https://cdn.example\"");
+        assert_eq!(
+            load(&mirrored).unwrap().update_urls,
+            ["https://cdn.example"]
+        );
+        let bad =
+            load("server_url = \"https://a\"\nextra_server_urls = [\"ftp://b\"]").unwrap_err();
+        assert!(bad.to_string().contains("extra_server_urls"), "{bad}");
         // The library's `[policy]` table reaches it untouched.
         let text = "server_url = \"http://s\"\n[policy]\nallow_adhoc = true\n";
         assert_eq!(load(text).unwrap().agent_toml, text);

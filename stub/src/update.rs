@@ -111,6 +111,16 @@ impl Updates for Updater {
     }
 }
 
+/// The update repository of `config`, at each of its base URLs.
+fn repository(config: &StubConfig) -> HttpTransport {
+    let bases: Vec<String> = config
+        .update_urls
+        .iter()
+        .map(|url| format!("{url}/v1/updates"))
+        .collect();
+    HttpTransport::with_copies(&bases, config.tls.clone())
+}
+
 /// Talks to one update repository for one channel.
 #[derive(Debug)]
 pub struct Updater {
@@ -125,10 +135,7 @@ pub struct Updater {
 impl Updater {
     /// An updater for the channel and server of `config`.
     pub fn new(config: &StubConfig, layout: &Layout, root: TrustedRoot) -> Updater {
-        let transport = HttpTransport::new(
-            &format!("{}/v1/updates", config.update_url),
-            config.tls.clone(),
-        );
+        let transport = repository(config);
         let client = UpdateClient::new(
             transport,
             config.channel.clone(),
@@ -304,10 +311,7 @@ impl Updater {
     /// Follows a reloaded configuration (channel, update URL); the trusted
     /// root and the downloads stay.
     pub fn reconfigure(&mut self, config: &StubConfig) {
-        let transport = HttpTransport::new(
-            &format!("{}/v1/updates", config.update_url),
-            config.tls.clone(),
-        );
+        let transport = repository(config);
         self.client = UpdateClient::new(
             transport,
             config.channel.clone(),
