@@ -598,6 +598,66 @@ fn only_https_or_loopback_http_server_urls_are_accepted() {
         }
         assert!(!prefix.exists(), "{url}: nothing installed");
     }
+    // Further `--server`s (the server's other nodes, `extra_server_urls`):
+    // each passes the same check, and none may repeat another.
+    let twice = "is given twice";
+    let several: &[(&[&str], Option<&str>)] = &[
+        (&["https://a.invalid", "http://example.com"], Some(refused)),
+        (
+            &["https://a.invalid", "https://u@b.invalid"],
+            Some(userinfo),
+        ),
+        (&["https://a.invalid", "https://a.invalid/"], Some(twice)),
+        (
+            &[
+                "https://a.invalid",
+                "https://b.invalid",
+                "https://b.invalid",
+            ],
+            Some(twice),
+        ),
+        (
+            &["https://a.invalid", "https://b *.invalid"],
+            Some("spaces"),
+        ),
+        (
+            &[
+                "https://a.invalid",
+                "http://127.0.0.1:9",
+                "https://b.invalid",
+            ],
+            None,
+        ),
+    ];
+    for (urls, expect) in several {
+        let prefix = dir.path().join("p");
+        let mut command = Command::new("sh");
+        command
+            .arg(&script)
+            .args(["--token", "t", "--prefix"])
+            .arg(&prefix);
+        for url in *urls {
+            command.args(["--server", url]);
+        }
+        let out = command
+            .args(["--service-manager", "none"])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(
+            !out.status.success(),
+            "{urls:?}: nothing serves them: {err}"
+        );
+        match expect {
+            Some(message) => assert!(err.contains(message), "{urls:?} must be refused: {err}"),
+            // Accepted: the download from the first fails.
+            None => assert!(
+                err.contains("cannot download https://a.invalid/"),
+                "{urls:?} must be accepted: {err}"
+            ),
+        }
+        assert!(!prefix.exists(), "{urls:?}: nothing installed");
+    }
 }
 
 #[test]
