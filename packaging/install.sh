@@ -382,6 +382,8 @@ check_extra_servers() {
     _primary=$server
     _protos=$protos
     _checked=''
+    # Split on spaces only: no pathname expansion of `[::1]` and the like.
+    set -f
     for server in $extra_servers; do
         check_server_url
         case " $_primary $_checked " in
@@ -389,6 +391,7 @@ check_extra_servers() {
         esac
         _checked="${_checked:+$_checked }$server"
     done
+    set +f
     server=$_primary
     protos=$_protos
     extra_servers=$_checked
@@ -860,10 +863,12 @@ write_agent_toml() {
         if [ -n "$extra_servers" ]; then
             printf 'extra_server_urls = ['
             _sep=''
+            set -f
             for _url in $extra_servers; do
                 printf '%s%s' "$_sep" "$(toml_string "$_url")"
                 _sep=', '
             done
+            set +f
             echo ']'
         fi
         echo "enrollment_token = $(toml_string "$token")"
@@ -967,7 +972,7 @@ main() {
                     --token) token=$2 ;;
                     --server)
                         case $2 in
-                            *[[:space:]*?[]*) die "--server must not contain spaces or *?[: '$2'" ;;
+                            *[[:space:]]*) die "--server must not contain spaces: '$2'" ;;
                         esac
                         if [ "$server_given" = true ]; then
                             extra_servers="${extra_servers:+$extra_servers }$2"

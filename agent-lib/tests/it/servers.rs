@@ -12,7 +12,11 @@ use outrider_agent::config::{ServerEndpoint, server_endpoint};
 use outrider_agent::connection::endpoints::{dial_order, dial_seed};
 use outrider_agent::connection::saved::SavedConnection;
 
-use crate::support::{Agent, AgentOptions, FakeServer, WAIT, fast_timing};
+use outrider_protocol::{CheckState, ServerMessage};
+
+use crate::support::{
+    Agent, AgentOptions, FakeServer, RESOLVER_FAILURE, TestResolver, WAIT, fast_timing,
+};
 
 /// A loopback address nothing listens on (bound, then closed), on
 /// 127.0.0.4, which no other test binds: a concurrent test's server cannot
@@ -101,5 +105,50 @@ async fn a_dead_url_is_skipped_the_live_one_remembered_and_a_moved_server_follow
     conn.handshake(0).await;
     wait_remembered(dir.path(), &other_url).await;
     agent.wait_log(&format!("connected to ws://{other}")).await;
+    agent.stop_via(conn).await;
+}
+
+#[tokio::test]
+async fn a_name_with_several_addresses_is_tried_address_by_address_and_survives_broken_dns() {
+    const HOST: &str = "nodes.outrider.test";
+    let dir = tempfile::tempdir().unwrap();
+    // The name's first address has nothing on the port (127.0.0.5, which no
+    // other test binds), its second is the server (127.0.0.6).
+    let server = FakeServer::start_at("127.0.0.6:0".parse().unwrap()).await;
+    let port = server.port();
+    let named = format!("http://{HOST}:{port}");
+    let dead = format!("http://{}", closed_port());
+    let resolver = TestResolver::answering(&["127.0.0.5", "127.0.0.6"]);
+    let agent = Agent::start_with(
+        dir.path(),
+        &named,
+        AgentOptions {
+            toml_extra: format!("allow_plain_ws = true\nextra_server_urls = [\"{dead}\"]"),
+            resolver: Some(resolver.clone()),
+            timing: Some(fast_timing()),
+            ..AgentOptions::default()
+        },
+    );
+    let mut conn = server.accept().await;
+    conn.handshake(0).await;
+    agent
+        .wait_log(&format!(
+            "connected to ws://{HOST}:{port}/v1/agent/ws at 127.0.0.6:{port}"
+        ))
+        .await;
+    wait_remembered(dir.path(), &named).await;
+
+    // DNS breaks and the session drops: the other URL is dead, and the
+    // name's host is reached through the address remembered for it.
+    resolver.set_broken(true);
+    drop(conn);
+    let mut conn = server.accept().await;
+    conn.handshake(0).await;
+    let dns = conn.recv_result_of("outrider.dns").await;
+    assert_eq!(dns.state, CheckState::Critical, "{}", dns.summary);
+    for part in [HOST, RESOLVER_FAILURE, "127.0.0.6"] {
+        assert!(dns.summary.contains(part), "{}", dns.summary);
+    }
+    conn.send(ServerMessage::Ack { up_to: dns.seq }).await;
     agent.stop_via(conn).await;
 }

@@ -616,15 +616,14 @@ fn only_https_or_loopback_http_server_urls_are_accepted() {
             ],
             Some(twice),
         ),
-        (
-            &["https://a.invalid", "https://b *.invalid"],
-            Some("spaces"),
-        ),
+        (&["https://a.invalid", "https://b .invalid"], Some("spaces")),
+        (&["https://a.invalid", "http://[::2]:9"], Some(refused)),
         (
             &[
                 "https://a.invalid",
                 "http://127.0.0.1:9",
-                "https://b.invalid",
+                "http://[::1]:9",
+                "https://b*?.invalid",
             ],
             None,
         ),
