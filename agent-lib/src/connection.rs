@@ -263,10 +263,16 @@ impl<'a> Connection<'a> {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    (
-                        format!("cannot reach server at {url}: {e}"),
-                        self.round_delay(failures, &mut backoff),
-                    )
+                    let failure = format!("cannot reach server at {url}: {e}");
+                    if self.next_dial(failures).pause == endpoints::Pause::None {
+                        // Other URLs are left in this round: no wait, and
+                        // not degraded while one of them may answer.
+                        self.agent
+                            .hooks
+                            .warn(&format!("{failure}; trying the next server URL"));
+                        continue;
+                    }
+                    (failure, self.round_delay(failures, &mut backoff))
                 }
             };
             self.agent
