@@ -4,8 +4,11 @@
 //! unknown fields: the stub never changes, while newer agent libraries may
 //! add settings to `agent.toml`. The library validates the whole file.
 //! That is why the other nodes of a server are a separate field,
-//! `extra_server_urls`, and `server_url` stays one string: a stub that
-//! predates the field still starts (and fetches updates from `server_url`).
+//! `extra_server_urls`, and `server_url` stays one string: a stub of any
+//! age still starts. This stub does not read the list either (parsing it
+//! would cost ~5 KB of the stub's size budget, docs/benchmarks.md); its
+//! updates follow the node the library last connected to instead
+//! (`update.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,11 +34,10 @@ pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 30;
 pub struct StubConfig {
     /// Base URL of the server.
     pub server_url: String,
-    /// Base URLs of the update repository (`<url>/v1/updates/...`), tried
-    /// in turn when one cannot be reached: `update_url` alone when it names
-    /// a static host or CDN, else `server_url` and each of
-    /// `extra_server_urls` (the server's nodes).
-    pub update_urls: Vec<String>,
+    /// Base URL of a static host or CDN serving the update repository
+    /// (`<url>/v1/updates/...`); without it updates come from the server
+    /// (see `update::update_base`).
+    pub update_url: Option<String>,
     /// Release channel to follow.
     pub channel: outrider_signing::Channel,
     /// The whole text of `agent.toml`, handed to the library as-is.
@@ -55,7 +57,6 @@ pub struct StubConfig {
 #[derive(Deserialize)]
 struct Raw {
     server_url: String,
-    extra_server_urls: Option<Vec<String>>,
     update_url: Option<String>,
     update_interval_secs: Option<u64>,
     probation_secs: Option<u64>,
@@ -74,15 +75,9 @@ impl StubConfig {
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let raw: Raw = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let url = checked_url("server_url", &raw.server_url).map_err(err)?;
-        let update_urls = match &raw.update_url {
-            Some(u) => vec![checked_url("update_url", u).map_err(err)?],
-            None => {
-                let mut urls = vec![url.clone()];
-                for extra in raw.extra_server_urls.iter().flatten() {
-                    urls.push(checked_url("extra_server_urls", extra).map_err(err)?);
-                }
-                urls
-            }
+        let update_url = match &raw.update_url {
+            Some(u) => Some(checked_url("update_url", u).map_err(err)?),
+            None => None,
         };
         let channel = raw.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
         let channel = channel
@@ -102,7 +97,7 @@ impl StubConfig {
         };
         Ok(StubConfig {
             server_url: url,
-            update_urls,
+            update_url,
             channel,
             update_interval: secs(
                 "update_interval_secs",
@@ -148,7 +143,7 @@ pub fn jittered(d: Duration, low: f64, high: f64) -> Duration {
 }
 
 /// `url` without a trailing slash, if it is http(s).
-fn checked_url(field: &str, url: &str) -> Result<String, String> {
+pub(crate) fn checked_url(field: &str, url: &str) -> Result<String, String> {
     let url = url.trim_end_matches('/');
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(url.to_owned())
@@ -184,28 +179,15 @@ mod tests {
             DEFAULT_CHANNEL
         );
         assert_eq!(
-            c.update_urls,
-            ["http://127.0.0.1:1"],
+            c.update_url, None,
             "updates come from the server by default"
         );
         let cdn = load("server_url = \"http://s\"\nupdate_url = \"https://cdn.example/outrider/\"")
             .unwrap();
-        assert_eq!(cdn.update_urls, ["https://cdn.example/outrider"]);
-        // The server's other nodes serve updates too; a mirror replaces them.
-        let nodes =
-            "server_url = \"https://a\"\nextra_server_urls = [\"https://b/\", \"https://c\"]";
         assert_eq!(
-            load(nodes).unwrap().update_urls,
-            ["https://a", "https://b", "https://c"]
+            cdn.update_url.as_deref(),
+            Some("https://cdn.example/outrider")
         );
-        let mirrored = format!("{nodes}\nupdate_url = \"https://cdn.example\"");
-        assert_eq!(
-            load(&mirrored).unwrap().update_urls,
-            ["https://cdn.example"]
-        );
-        let bad =
-            load("server_url = \"https://a\"\nextra_server_urls = [\"ftp://b\"]").unwrap_err();
-        assert!(bad.to_string().contains("extra_server_urls"), "{bad}");
         // The library's `[policy]` table reaches it untouched.
         let text = "server_url = \"http://s\"\n[policy]\nallow_adhoc = true\n";
         assert_eq!(load(text).unwrap().agent_toml, text);

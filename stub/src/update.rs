@@ -111,20 +111,36 @@ impl Updates for Updater {
     }
 }
 
-/// The update repository of `config`, at each of its base URLs.
-fn repository(config: &StubConfig) -> HttpTransport {
-    let bases: Vec<String> = config
-        .update_urls
-        .iter()
-        .map(|url| format!("{url}/v1/updates"))
-        .collect();
-    HttpTransport::with_copies(&bases, config.tls.clone())
+/// File in the data dir where the library names the server URL it was
+/// last welcomed at (`agent-lib/src/connection/saved.rs`): one line.
+pub const LAST_SERVER_URL_FILE: &str = "last_server_url";
+
+/// The base URL updates come from now: `update_url` when set (a mirror);
+/// else the server URL the library was last welcomed at, so that with
+/// several server nodes (`extra_server_urls`, which this stub does not
+/// parse) the updates follow the library to a node that is up; else
+/// `server_url`. The file is read bounded and must hold an http(s) URL;
+/// anything else is ignored.
+pub fn update_base(config: &StubConfig, data_dir: &Path) -> String {
+    if let Some(mirror) = &config.update_url {
+        return mirror.clone();
+    }
+    let mut text = String::new();
+    let read = std::fs::File::open(data_dir.join(LAST_SERVER_URL_FILE))
+        .and_then(|f| std::io::Read::read_to_string(&mut std::io::Read::take(f, 2048), &mut text));
+    read.ok()
+        .and_then(|_| crate::config::checked_url(LAST_SERVER_URL_FILE, text.trim()).ok())
+        .unwrap_or_else(|| config.server_url.clone())
 }
 
 /// Talks to one update repository for one channel.
 #[derive(Debug)]
 pub struct Updater {
     client: UpdateClient<HttpTransport>,
+    /// The base URL `client` talks to ([`update_base`]).
+    base: String,
+    /// The configuration the base is chosen from again before each check.
+    config: StubConfig,
     channel: outrider_signing::Channel,
     /// The stub artifact the last verified manifest offers for our triple.
     stub_offer: Option<outrider_signing::Artifact>,
@@ -135,14 +151,11 @@ pub struct Updater {
 impl Updater {
     /// An updater for the channel and server of `config`.
     pub fn new(config: &StubConfig, layout: &Layout, root: TrustedRoot) -> Updater {
-        let transport = repository(config);
-        let client = UpdateClient::new(
-            transport,
-            config.channel.clone(),
-            &layout.data_dir.join("downloads"),
-        );
+        let base = update_base(config, &layout.data_dir);
         Updater {
-            client,
+            client: client(config, &base, layout),
+            base,
+            config: config.clone(),
             channel: config.channel.clone(),
             stub_offer: None,
             layout: layout.clone(),
@@ -154,6 +167,12 @@ impl Updater {
     /// first if needed. Raises `state.floor` to the accepted manifest and
     /// records the build in `state` (the caller persists it).
     pub fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError> {
+        // Follow the library to another server node.
+        let base = update_base(&self.config, &self.layout.data_dir);
+        if base != self.base {
+            self.client = client(&self.config, &base, &self.layout);
+            self.base = base;
+        }
         let now = outrider_update_client::trusted_now(wall_clock_unix(), state.time_floor_unix);
         let result = self.check(state, now);
         state.time_floor_unix = outrider_update_client::next_time_floor(
@@ -311,12 +330,9 @@ impl Updater {
     /// Follows a reloaded configuration (channel, update URL); the trusted
     /// root and the downloads stay.
     pub fn reconfigure(&mut self, config: &StubConfig) {
-        let transport = repository(config);
-        self.client = UpdateClient::new(
-            transport,
-            config.channel.clone(),
-            &self.layout.data_dir.join("downloads"),
-        );
+        self.base = update_base(config, &self.layout.data_dir);
+        self.client = client(config, &self.base, &self.layout);
+        self.config = config.clone();
         self.channel = config.channel.clone();
     }
 
@@ -335,6 +351,15 @@ impl Updater {
             ))?;
         Ok(final_dir.join(LIBRARY_FILE))
     }
+}
+
+/// The update client for the repository at `base` (`<base>/v1/updates`).
+fn client(config: &StubConfig, base: &str, layout: &Layout) -> UpdateClient<HttpTransport> {
+    UpdateClient::new(
+        HttpTransport::new(&format!("{base}/v1/updates"), config.tls.clone()),
+        config.channel.clone(),
+        &layout.data_dir.join("downloads"),
+    )
 }
 
 /// The target's full build, for when the recorded build is missing on disk.
@@ -476,6 +501,71 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(state.root_version, Some(5), "never lowered");
+    }
+
+    #[test]
+    fn updates_follow_the_server_node_the_library_was_last_welcomed_at() {
+        use outrider_update_client::UpdateError;
+        let live = empty_repository();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (_dir, layout) = prefix(1, u64::MAX / 2, &format!("http://{closed}"));
+        let root = load_root(&layout.root_json).unwrap();
+        let config = StubConfig::load(&layout.agent_toml).unwrap();
+        let mut updater = Updater::new(&config, &layout, root);
+        let mut state = StubState::default();
+        // server_url is down.
+        let err = updater.fetch_latest(&mut state).unwrap_err();
+        assert!(
+            matches!(&err, StubError::Update(UpdateError::Transport { .. })),
+            "{err:?}"
+        );
+        // The library was welcomed at another node: the next check asks
+        // that node's repository (empty here, so: no manifest).
+        let file = layout.data_dir.join(LAST_SERVER_URL_FILE);
+        std::fs::write(&file, format!("{live}/\n")).unwrap();
+        let err = updater.fetch_latest(&mut state).unwrap_err();
+        assert!(
+            matches!(&err, StubError::Update(UpdateError::NoManifest { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_update_base_is_the_mirror_else_the_last_server_else_server_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(LAST_SERVER_URL_FILE);
+        let config = |extra: &str| {
+            let path = dir.path().join("agent.toml");
+            std::fs::write(&path, format!("server_url = \"https://a\"\n{extra}")).unwrap();
+            StubConfig::load(&path).unwrap()
+        };
+        let mirror = "update_url = \"https://cdn/o\"";
+        // (agent.toml extra, last_server_url content or absent, base)
+        let table: &[(&str, Option<&str>, &str)] = &[
+            ("", None, "https://a"),
+            ("", Some("https://b:8443/\n"), "https://b:8443"),
+            ("", Some("http://127.0.0.1:1"), "http://127.0.0.1:1"),
+            ("", Some("ftp://b\n"), "https://a"),
+            ("", Some(""), "https://a"),
+            (mirror, None, "https://cdn/o"),
+            (mirror, Some("https://b\n"), "https://cdn/o"),
+        ];
+        for &(extra, last, base) in table {
+            match last {
+                Some(text) => std::fs::write(&file, text).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(&file);
+                }
+            }
+            assert_eq!(
+                update_base(&config(extra), dir.path()),
+                base,
+                "{extra} {last:?}"
+            );
+        }
     }
 
     #[test]

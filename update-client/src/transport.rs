@@ -10,7 +10,6 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::UpdateError;
@@ -55,19 +54,10 @@ fn check_path(path: &str) -> Result<(), UpdateError> {
     Ok(())
 }
 
-/// HTTP(S) repository, e.g. `https://updates.example.com/v1/updates`, or
-/// several copies of one (the nodes of a server): a request goes to the
-/// copy that answered last and moves on to the next when that one cannot
-/// be reached (a connection or TLS failure, or an HTTP 5xx other than 503);
-/// any other answer, a 404 included, is the repository's. Safe because
-/// every document is verified against the trusted root, whichever node
-/// served it.
+/// HTTP(S) repository, e.g. `https://updates.example.com/v1/updates`.
 #[derive(Debug, Clone)]
 pub struct HttpTransport {
-    /// At least one base URL, without a trailing slash.
-    bases: Vec<String>,
-    /// Index into `bases` of the copy that answered last.
-    current: Arc<AtomicUsize>,
+    base: String,
     agent: ureq::Agent,
 }
 
@@ -75,42 +65,28 @@ impl HttpTransport {
     /// A transport for the repository at `base` (no trailing slash needed),
     /// trusting for `https://` what `tls` trusts ([`crate::tls::client_config`]).
     pub fn new(base: &str, tls: Arc<rustls::ClientConfig>) -> HttpTransport {
-        HttpTransport::with_copies(&[base.to_owned()], tls)
-    }
-
-    /// A transport for a repository served at each of `bases` (an empty
-    /// list means none: every request fails), tried in this order first.
-    pub fn with_copies(bases: &[String], tls: Arc<rustls::ClientConfig>) -> HttpTransport {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(60))
             .tls_config(tls)
             .build();
         HttpTransport {
-            bases: bases
-                .iter()
-                .map(|b| b.trim_end_matches('/').to_owned())
-                .collect(),
-            current: Arc::new(AtomicUsize::new(0)),
+            base: base.trim_end_matches('/').to_owned(),
             agent,
         }
     }
+}
 
-    /// Opens `path` at the copy `base`: the outer error means this copy
-    /// cannot be reached (try the next), the inner result is the answer.
-    fn open_at(
-        &self,
-        base: &str,
-        path: &str,
-        offset: u64,
-    ) -> Result<Result<Option<Body>, UpdateError>, UpdateError> {
-        let url = format!("{base}/{path}");
+impl Transport for HttpTransport {
+    fn open(&self, path: &str, offset: u64) -> Result<Option<Body>, UpdateError> {
+        check_path(path)?;
+        let url = self.locate(path);
         let mut request = self.agent.get(&url);
         if offset > 0 {
             request = request.set("Range", &format!("bytes={offset}-"));
         }
         match request.call() {
-            Ok(resp) if resp.status() == 206 => Ok({
+            Ok(resp) if resp.status() == 206 => {
                 // Content-Range: bytes <start>-<end>/<total>
                 let start = resp
                     .header("Content-Range")
@@ -127,64 +103,33 @@ impl HttpTransport {
                         reason: "206 response with a wrong Content-Range".into(),
                     }),
                 }
-            }),
-            Ok(resp) => Ok(Ok(Some(Body {
+            }
+            Ok(resp) => Ok(Some(Body {
                 reader: Box::new(resp.into_reader()),
                 start: 0,
-            }))),
-            Err(ureq::Error::Status(404, _)) => Ok(Ok(None)),
+            })),
+            Err(ureq::Error::Status(404, _)) => Ok(None),
             // Our partial file is longer than the blob: start over.
-            Err(ureq::Error::Status(416, _)) if offset > 0 => self.open_at(base, path, 0),
-            Err(ureq::Error::Status(code @ (429 | 503), resp)) => Ok(Err(UpdateError::Backoff {
+            Err(ureq::Error::Status(416, _)) if offset > 0 => self.open(path, 0),
+            Err(ureq::Error::Status(code @ (429 | 503), resp)) => Err(UpdateError::Backoff {
                 url: format!("{url} (HTTP {code})"),
                 retry_after_secs: resp
                     .header("Retry-After")
                     .and_then(|v| v.trim().parse().ok()),
-            })),
-            Err(ureq::Error::Status(code, _)) => {
-                let failed = UpdateError::Transport {
-                    url,
-                    reason: format!("HTTP {code}"),
-                };
-                if code >= 500 {
-                    Err(failed)
-                } else {
-                    Ok(Err(failed))
-                }
-            }
+            }),
+            Err(ureq::Error::Status(code, _)) => Err(UpdateError::Transport {
+                url,
+                reason: format!("HTTP {code}"),
+            }),
             Err(ureq::Error::Transport(t)) => Err(UpdateError::Transport {
                 url,
                 reason: t.to_string(),
             }),
         }
     }
-}
-
-impl Transport for HttpTransport {
-    fn open(&self, path: &str, offset: u64) -> Result<Option<Body>, UpdateError> {
-        check_path(path)?;
-        let first = self.current.load(Ordering::Relaxed);
-        let mut unreachable = UpdateError::Transport {
-            url: path.to_owned(),
-            reason: "no repository URL configured".into(),
-        };
-        for i in 0..self.bases.len() {
-            let at = (first + i) % self.bases.len();
-            match self.open_at(&self.bases[at], path, offset) {
-                Ok(answer) => {
-                    self.current.store(at, Ordering::Relaxed);
-                    return answer;
-                }
-                Err(e) => unreachable = e,
-            }
-        }
-        Err(unreachable)
-    }
 
     fn locate(&self, path: &str) -> String {
-        let at = self.current.load(Ordering::Relaxed);
-        let base = self.bases.get(at).map_or("", String::as_str);
-        format!("{base}/{path}")
+        format!("{}/{path}", self.base)
     }
 }
 

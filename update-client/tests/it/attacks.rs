@@ -7,8 +7,8 @@ use outrider_signing::{
     rollout_bucket, sha256,
 };
 use outrider_update_client::{
-    ClientView, FileTransport, HttpTransport, Install, Plan, Transport, UpdateClient, UpdateError,
-    Via, next_time_floor, plan, tls, trusted_now,
+    ClientView, FileTransport, HttpTransport, Install, Plan, UpdateClient, UpdateError, Via,
+    next_time_floor, plan, tls, trusted_now,
 };
 
 use std::sync::Arc;
@@ -337,47 +337,6 @@ fn a_source_ignoring_ranges_restarts_the_download() {
     // It asked to resume, got the whole blob instead, and used it in one request.
     assert_eq!(*server.ranges_seen.lock().unwrap(), vec![1000]);
     assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
-}
-
-#[test]
-fn a_repository_copy_that_cannot_be_reached_is_skipped_and_the_answering_one_kept() {
-    let mut repo = Repo::new();
-    let v1 = repo.build(1, SIZE);
-    repo.publish("stable", Target::full("1".into(), 1, v1.artifact.clone()));
-    let server = FaultyServer::start(repo.path().to_owned(), Fault::None);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let down = format!("http://{closed}/v1/updates");
-    let tls = || tls::client_config(&[]).unwrap();
-    for bases in [
-        [down.clone(), server.url.clone()],
-        [server.url.clone(), down.clone()],
-    ] {
-        // The transport alone: it answers from the copy that is up and
-        // keeps that copy for the next request.
-        let transport = HttpTransport::with_copies(&bases, tls());
-        let path = "channels/stable/manifest.json";
-        assert!(transport.open(path, 0).unwrap().is_some(), "{bases:?}");
-        assert_eq!(transport.locate(path), format!("{}/{path}", server.url));
-        // A 404 is the repository's answer, not a reason to try another copy.
-        assert!(transport.open("blobs/none", 0).unwrap().is_none());
-        // The whole update: manifest and blob.
-        let client = UpdateClient::new(
-            HttpTransport::with_copies(&bases, tls()),
-            "stable".parse().unwrap(),
-            &repo.downloads(),
-        );
-        client.fetch_manifest(&repo.root, None, NOW).unwrap();
-        client.fetch_full(&v1.artifact, &dest(&repo)).unwrap();
-        assert_eq!(written(&repo), v1.library);
-    }
-    // No copy up: the error names the last one tried and is transient.
-    let transport = HttpTransport::with_copies(std::slice::from_ref(&down), tls());
-    let err = transport.open("root.json", 0).unwrap_err();
-    assert!(err.to_string().contains(&down), "{err}");
-    assert!(err.is_transient(), "{err:?}");
 }
 
 #[test]
