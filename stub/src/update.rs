@@ -125,16 +125,16 @@ pub fn update_base(config: &StubConfig, data_dir: &Path) -> String {
     if let Some(mirror) = &config.update_url {
         return mirror.clone();
     }
-    let mut text = String::new();
-    let read = std::fs::File::open(data_dir.join(LAST_SERVER_URL_FILE))
-        .and_then(|f| std::io::Read::read_to_string(&mut std::io::Read::take(f, 2048), &mut text));
-    read.ok()
-        .and_then(|_| crate::config::checked_url(LAST_SERVER_URL_FILE, text.trim()).ok())
+    let path = data_dir.join(LAST_SERVER_URL_FILE);
+    std::fs::metadata(&path)
+        .ok()
+        .filter(|m| m.len() <= 2048)
+        .and_then(|_| std::fs::read_to_string(&path).ok())
+        .and_then(|text| crate::config::checked_url(LAST_SERVER_URL_FILE, text.trim()).ok())
         .unwrap_or_else(|| config.server_url.clone())
 }
 
 /// Talks to one update repository for one channel.
-#[derive(Debug)]
 pub struct Updater {
     client: UpdateClient<HttpTransport>,
     /// The base URL `client` talks to ([`update_base`]).
@@ -146,6 +146,17 @@ pub struct Updater {
     stub_offer: Option<outrider_signing::Artifact>,
     layout: Layout,
     root: TrustedRoot,
+}
+
+/// By hand: a derived one would print `config`, whose TLS configuration's
+/// `Debug` costs the stub ~10 KB (docs/benchmarks.md, "stub size").
+impl std::fmt::Debug for Updater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updater")
+            .field("base", &self.base)
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Updater {
