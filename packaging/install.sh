@@ -932,7 +932,7 @@ uninstall() {
         rm -rf "${config_dir:?}" "${log_dir:?}" "${data_dir:?}/bin" "$data_dir/versions" \
             "$data_dir/run" "$data_dir/spool" "$data_dir/plugins" "$data_dir/state.json" \
             "$data_dir/state.json.tmp" "$data_dir/outrider-agent.lock" "$data_dir/connection.json" \
-            "$data_dir/collectors" "$data_dir/downloads" "$pid_file" "$record"
+            "$data_dir/last_server_url" "$data_dir/collectors" "$data_dir/downloads" "$pid_file" "$record"
         rmdir "$data_dir" 2>/dev/null || say "left $data_dir: it holds files the installer did not create"
     fi
     if [ "$system" = true ] && [ "$_created_user" = yes ] && id -u "$AGENT_USER" >/dev/null 2>&1; then

@@ -237,6 +237,9 @@ pub enum Transport {
 /// `extra_server_urls`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerEndpoint {
+    /// The URL as configured, without a trailing slash (remembered, and
+    /// read by the stub for its update downloads: `connection/saved.rs`).
+    pub url: String,
     /// The websocket URL (`ws://` or `wss://`, path included).
     pub ws_url: String,
     /// Host name or IP literal (no brackets), used for DNS and TLS (SNI).
@@ -491,6 +494,7 @@ fn endpoint_of(field: &'static str, server_url: &str) -> Result<ServerEndpoint, 
         .to_owned();
     let prefix = uri.path().trim_end_matches('/');
     Ok(ServerEndpoint {
+        url: server_url.trim_end_matches('/').to_owned(),
         ws_url: format!(
             "{scheme}://{authority}{prefix}{}",
             outrider_protocol::AGENT_WS_PATH

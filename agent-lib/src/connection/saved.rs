@@ -3,15 +3,19 @@
 //! `<data_dir>/connection.json`, written temp file + fsync + rename:
 //! `{"version":1,"host":"mon.example","last_good_ip":"192.0.2.7",
 //! "server_addrs":["192.0.2.8"],"enrolled_as":"<fingerprint>",
-//! "last_url":"wss://mon.example/v1/agent/ws"}`; the same data travels in
-//! the state blob's `connection` section. A file written for a host that no
+//! "last_url":"https://mon.example"}`; the same data travels in the state
+//! blob's `connection` section. A file written for a host that no
 //! configured server URL names is ignored, so changing `server_url` starts
 //! afresh.
 //!
-//! - `last_url`: the websocket URL of the endpoint the last session was
+//! - `last_url`: the configured URL (`server_url` or one of
+//!   `extra_server_urls`, without a trailing slash) the last session was
 //!   welcomed at; the next round dials it first (`endpoints.rs`). Added
 //!   without a format change: older libraries ignore the key, and a URL no
-//!   longer configured is ignored.
+//!   longer configured is ignored. It is also written alone, one line, to
+//!   `<data_dir>/last_server_url` ([`LAST_SERVER_URL_FILE`]), where the stub
+//!   reads it to take its update downloads to the same node
+//!   (`stub/src/update.rs`) without parsing JSON or the URL list.
 //! - `last_good_ip` / `server_addrs`: steps 2 and 3 of the DNS fallback
 //!   chain (see `dns.rs`).
 //! - `enrolled_as`: the fingerprint the server welcomed. The organisation's
@@ -32,6 +36,8 @@ use crate::error::AgentError;
 
 /// File (in the data dir) holding a [`SavedConnection`].
 pub const CONNECTION_FILE: &str = "connection.json";
+/// File (in the data dir) holding `last_url` alone, for the stub.
+pub const LAST_SERVER_URL_FILE: &str = "last_server_url";
 /// Format version of [`CONNECTION_FILE`].
 const CONNECTION_FILE_VERSION: u32 = 1;
 /// Most server-provided fallback addresses kept.
@@ -43,7 +49,7 @@ pub struct SavedConnection {
     /// Host the addresses belong to (that of `last_url`).
     #[serde(default)]
     pub host: String,
-    /// Websocket URL of the endpoint last welcomed at.
+    /// Configured URL of the endpoint last welcomed at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_url: Option<String>,
     /// Address of the last established session.
@@ -105,7 +111,7 @@ impl SavedConnection {
     /// configured.
     pub fn remembered(&self, endpoints: &[ServerEndpoint]) -> Option<usize> {
         let url = self.last_url.as_deref()?;
-        endpoints.iter().position(|e| e.ws_url == url)
+        endpoints.iter().position(|e| e.url == url)
     }
 
     /// Nothing remembered for `host`.
@@ -116,7 +122,8 @@ impl SavedConnection {
         }
     }
 
-    /// Writes `<data_dir>/connection.json` (temp file + fsync + rename).
+    /// Writes `<data_dir>/connection.json`, then `last_server_url` when a
+    /// URL is known (each temp file + fsync + rename).
     pub fn save(&self, data_dir: &Path) -> io::Result<()> {
         let file = ConnectionFile {
             version: CONNECTION_FILE_VERSION,
@@ -124,7 +131,14 @@ impl SavedConnection {
         };
         // Plain data with string keys: serialising cannot fail.
         let bytes = serde_json::to_vec(&file).expect("connection file serialises");
-        write_atomically(&data_dir.join(CONNECTION_FILE), &bytes)
+        write_atomically(&data_dir.join(CONNECTION_FILE), &bytes)?;
+        match &self.last_url {
+            Some(url) => write_atomically(
+                &data_dir.join(LAST_SERVER_URL_FILE),
+                format!("{url}\n").as_bytes(),
+            ),
+            None => Ok(()),
+        }
     }
 
     /// The fallback candidates in order, each address once.
@@ -160,7 +174,7 @@ impl SavedConnection {
             .collect();
         let before = self.clone();
         self.host.clone_from(&endpoint.host);
-        self.last_url = Some(endpoint.ws_url.clone());
+        self.last_url = Some(endpoint.url.clone());
         self.last_good_ip = Some(connected);
         self.server_addrs = listed;
         self.enrolled_as = Some(enrolled_as.clone());
@@ -171,7 +185,9 @@ impl SavedConnection {
 /// Writes `bytes` to `path` through a temp file in the same directory,
 /// fsyncing the file and the directory, so a crash leaves old or new.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp: PathBuf = path.with_extension("json.tmp");
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp: PathBuf = path.with_file_name(tmp_name);
     let write = || -> io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -240,6 +256,9 @@ mod tests {
         assert_eq!(loaded, f);
         assert_eq!(loaded.remembered(&both), Some(1));
         assert_eq!(loaded.remembered(&both[1..]), Some(0));
+        // The stub's copy of the URL, one line.
+        let line = std::fs::read_to_string(dir.path().join(LAST_SERVER_URL_FILE)).unwrap();
+        assert_eq!(line, "https://mon.example\n");
         assert_eq!(
             SavedConnection::load(dir.path(), &both[..1]).unwrap(),
             SavedConnection::empty("other.example")

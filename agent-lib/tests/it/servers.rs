@@ -71,6 +71,9 @@ async fn a_dead_url_is_skipped_the_live_one_remembered_and_a_moved_server_follow
     let mut conn = live.accept().await;
     let hello = conn.handshake(0).await;
     wait_remembered(dir.path(), &live.url).await;
+    // The stub's copy, for its update downloads.
+    let line = std::fs::read_to_string(dir.path().join("last_server_url")).unwrap();
+    assert_eq!(line, format!("{}\n", live.url));
     agent.stop_via(conn).await;
 
     // 2. Restart with a listener on the other URL that never answers, the
