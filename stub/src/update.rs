@@ -141,6 +141,15 @@ pub struct Updater {
     base: String,
     /// The configuration the base is chosen from again before each check.
     config: StubConfig,
+    /// The base of the last check when it could not reach the repository
+    /// ([`UpdateError::is_transient`]): the next check tries `server_url`
+    /// instead of the library's node, and the other way round, so a stale
+    /// `last_server_url` (the node was retired, or an older library that
+    /// does not write the file runs after a rollback) never strands the
+    /// updates.
+    ///
+    /// [`UpdateError::is_transient`]: outrider_update_client::UpdateError::is_transient
+    unreachable: Option<String>,
     channel: outrider_signing::Channel,
     /// The stub artifact the last verified manifest offers for our triple.
     stub_offer: Option<outrider_signing::Artifact>,
@@ -167,6 +176,7 @@ impl Updater {
             client: client(config, &base, layout),
             base,
             config: config.clone(),
+            unreachable: None,
             channel: config.channel.clone(),
             stub_offer: None,
             layout: layout.clone(),
@@ -178,14 +188,22 @@ impl Updater {
     /// first if needed. Raises `state.floor` to the accepted manifest and
     /// records the build in `state` (the caller persists it).
     pub fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError> {
-        // Follow the library to another server node.
-        let base = update_base(&self.config, &self.layout.data_dir);
+        // Follow the library to another server node, or away from one that
+        // was not reachable last time.
+        let mut base = update_base(&self.config, &self.layout.data_dir);
+        if self.unreachable.as_ref() == Some(&base) && self.config.update_url.is_none() {
+            base.clone_from(&self.config.server_url);
+        }
         if base != self.base {
             self.client = client(&self.config, &base, &self.layout);
             self.base = base;
         }
         let now = outrider_update_client::trusted_now(wall_clock_unix(), state.time_floor_unix);
         let result = self.check(state, now);
+        self.unreachable = match &result {
+            Err(StubError::Update(e)) if e.is_transient() => Some(self.base.clone()),
+            _ => None,
+        };
         state.time_floor_unix = outrider_update_client::next_time_floor(
             state.time_floor_unix,
             now,
@@ -542,6 +560,33 @@ mod tests {
             matches!(&err, StubError::Update(UpdateError::NoManifest { .. })),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_stale_last_server_url_sends_the_next_check_to_server_url() {
+        use outrider_update_client::UpdateError;
+        let live = empty_repository();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (_dir, layout) = prefix(1, u64::MAX / 2, &live);
+        // The node the library last reached is gone.
+        let file = layout.data_dir.join(LAST_SERVER_URL_FILE);
+        std::fs::write(&file, format!("http://{closed}\n")).unwrap();
+        let root = load_root(&layout.root_json).unwrap();
+        let config = StubConfig::load(&layout.agent_toml).unwrap();
+        let mut updater = Updater::new(&config, &layout, root);
+        let mut state = StubState::default();
+        // (the error of each check in turn: the gone node, server_url, the
+        // gone node again — it may be back —, server_url)
+        for expect_reached in [false, true, false, true] {
+            let err = updater.fetch_latest(&mut state).unwrap_err();
+            let reached = matches!(&err, StubError::Update(UpdateError::NoManifest { .. }));
+            let unreachable = matches!(&err, StubError::Update(UpdateError::Transport { .. }));
+            assert!(reached || unreachable, "{err:?}");
+            assert_eq!(reached, expect_reached, "{err:?}");
+        }
     }
 
     #[test]
