@@ -115,41 +115,53 @@ impl Updates for Updater {
 /// last welcomed at (`agent-lib/src/connection/saved.rs`): one line.
 pub const LAST_SERVER_URL_FILE: &str = "last_server_url";
 
-/// The base URL updates come from now: `update_url` when set (a mirror);
-/// else the server URL the library was last welcomed at, so that with
-/// several server nodes (`extra_server_urls`, which this stub does not
-/// parse) the updates follow the library to a node that is up; else
-/// `server_url`. The file is read bounded and must hold an http(s) URL;
-/// anything else is ignored.
-pub fn update_base(config: &StubConfig, data_dir: &Path) -> String {
+/// The base URLs updates may come from, in order: `update_url` alone when
+/// set (a mirror); else the server URL the library was last welcomed at
+/// (`last`, the content of [`LAST_SERVER_URL_FILE`], when it is an http(s)
+/// URL), so updates follow the library to a node that is up, then
+/// `server_url` and each of `extra_server_urls`, each once. A check uses
+/// the first that the checks before it, in a row, could not reach (see
+/// [`Updater::fetch_latest`]), so neither a down `server_url` (a first
+/// start, before the library ever connected) nor a stale file (a retired
+/// node; an older library after a rollback does not write it) strands the
+/// updates.
+pub fn update_bases(config: &StubConfig, last: Option<&str>) -> Vec<String> {
     if let Some(mirror) = &config.update_url {
-        return mirror.clone();
+        return vec![mirror.clone()];
     }
+    let last = last.and_then(|l| crate::config::checked_url(LAST_SERVER_URL_FILE, l.trim()).ok());
+    let mut bases: Vec<String> = last.into_iter().collect();
+    for url in &config.server_urls {
+        if !bases.contains(url) {
+            bases.push(url.clone());
+        }
+    }
+    bases
+}
+
+/// The content of `<data_dir>/last_server_url`, if it is there and small.
+fn last_server_url(data_dir: &Path) -> Option<String> {
     let path = data_dir.join(LAST_SERVER_URL_FILE);
     std::fs::metadata(&path)
         .ok()
         .filter(|m| m.len() <= 2048)
         .and_then(|_| std::fs::read_to_string(&path).ok())
-        .and_then(|text| crate::config::checked_url(LAST_SERVER_URL_FILE, text.trim()).ok())
-        .unwrap_or_else(|| config.server_url.clone())
 }
 
 /// Talks to one update repository for one channel.
 pub struct Updater {
     client: UpdateClient<HttpTransport>,
-    /// The base URL `client` talks to ([`update_base`]).
+    /// The base URL `client` talks to (one of [`update_bases`]).
     base: String,
     /// The configuration the base is chosen from again before each check.
     config: StubConfig,
-    /// The base of the last check when it could not reach the repository
-    /// ([`UpdateError::is_transient`]): the next check tries `server_url`
-    /// instead of the library's node, and the other way round, so a stale
-    /// `last_server_url` (the node was retired, or an older library that
-    /// does not write the file runs after a rollback) never strands the
-    /// updates.
+    /// The bases the last checks, in a row, could not reach
+    /// ([`UpdateError::is_transient`]); the next check skips them (until
+    /// every base is in here, which starts the round over). At most one
+    /// entry per configured base.
     ///
     /// [`UpdateError::is_transient`]: outrider_update_client::UpdateError::is_transient
-    unreachable: Option<String>,
+    unreachable: Vec<String>,
     channel: outrider_signing::Channel,
     /// The stub artifact the last verified manifest offers for our triple.
     stub_offer: Option<outrider_signing::Artifact>,
@@ -171,12 +183,12 @@ impl std::fmt::Debug for Updater {
 impl Updater {
     /// An updater for the channel and server of `config`.
     pub fn new(config: &StubConfig, layout: &Layout, root: TrustedRoot) -> Updater {
-        let base = update_base(config, &layout.data_dir);
+        let base = update_bases(config, last_server_url(&layout.data_dir).as_deref()).remove(0);
         Updater {
             client: client(config, &base, layout),
             base,
             config: config.clone(),
-            unreachable: None,
+            unreachable: Vec::new(),
             channel: config.channel.clone(),
             stub_offer: None,
             layout: layout.clone(),
@@ -188,22 +200,32 @@ impl Updater {
     /// first if needed. Raises `state.floor` to the accepted manifest and
     /// records the build in `state` (the caller persists it).
     pub fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError> {
-        // Follow the library to another server node, or away from one that
-        // was not reachable last time.
-        let mut base = update_base(&self.config, &self.layout.data_dir);
-        if self.unreachable.as_ref() == Some(&base) && self.config.update_url.is_none() {
-            base.clone_from(&self.config.server_url);
+        // Follow the library to another server node, or on to the next
+        // base after one that could not be reached.
+        let mut bases = update_bases(
+            &self.config,
+            last_server_url(&self.layout.data_dir).as_deref(),
+        );
+        if bases.iter().all(|b| self.unreachable.contains(b)) {
+            self.unreachable.clear();
         }
+        let at = bases
+            .iter()
+            .position(|b| !self.unreachable.contains(b))
+            .unwrap_or(0);
+        let base = bases.swap_remove(at);
         if base != self.base {
             self.client = client(&self.config, &base, &self.layout);
             self.base = base;
         }
         let now = outrider_update_client::trusted_now(wall_clock_unix(), state.time_floor_unix);
         let result = self.check(state, now);
-        self.unreachable = match &result {
-            Err(StubError::Update(e)) if e.is_transient() => Some(self.base.clone()),
-            _ => None,
-        };
+        match &result {
+            Err(StubError::Update(e)) if e.is_transient() => {
+                self.unreachable.push(self.base.clone());
+            }
+            _ => self.unreachable.clear(),
+        }
         state.time_floor_unix = outrider_update_client::next_time_floor(
             state.time_floor_unix,
             now,
@@ -359,7 +381,8 @@ impl Updater {
     /// Follows a reloaded configuration (channel, update URL); the trusted
     /// root and the downloads stay.
     pub fn reconfigure(&mut self, config: &StubConfig) {
-        self.base = update_base(config, &self.layout.data_dir);
+        self.base =
+            update_bases(config, last_server_url(&self.layout.data_dir).as_deref()).remove(0);
         self.client = client(config, &self.base, &self.layout);
         self.config = config.clone();
         self.channel = config.channel.clone();
@@ -590,38 +613,78 @@ mod tests {
     }
 
     #[test]
-    fn the_update_base_is_the_mirror_else_the_last_server_else_server_url() {
+    fn update_bases_are_the_mirror_else_the_last_server_then_the_configured_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join(LAST_SERVER_URL_FILE);
         let config = |extra: &str| {
             let path = dir.path().join("agent.toml");
             std::fs::write(&path, format!("server_url = \"https://a\"\n{extra}")).unwrap();
             StubConfig::load(&path).unwrap()
         };
         let mirror = "update_url = \"https://cdn/o\"";
-        // (agent.toml extra, last_server_url content or absent, base)
-        let table: &[(&str, Option<&str>, &str)] = &[
-            ("", None, "https://a"),
-            ("", Some("https://b:8443/\n"), "https://b:8443"),
-            ("", Some("http://127.0.0.1:1"), "http://127.0.0.1:1"),
-            ("", Some("ftp://b\n"), "https://a"),
-            ("", Some(""), "https://a"),
-            (mirror, None, "https://cdn/o"),
-            (mirror, Some("https://b\n"), "https://cdn/o"),
+        let nodes = "extra_server_urls = [\"https://b\", \"https://c/\"]";
+        // (agent.toml extra, last_server_url content, bases)
+        let table: &[(&str, Option<&str>, &[&str])] = &[
+            ("", None, &["https://a"]),
+            (
+                "",
+                Some("https://b:8443/\n"),
+                &["https://b:8443", "https://a"],
+            ),
+            ("", Some("https://a\n"), &["https://a"]),
+            ("", Some("ftp://b\n"), &["https://a"]),
+            ("", Some(""), &["https://a"]),
+            (nodes, None, &["https://a", "https://b", "https://c"]),
+            (
+                nodes,
+                Some("https://c"),
+                &["https://c", "https://a", "https://b"],
+            ),
+            (mirror, None, &["https://cdn/o"]),
+            (
+                &format!("{mirror}\n{nodes}"),
+                Some("https://b\n"),
+                &["https://cdn/o"],
+            ),
         ];
-        for &(extra, last, base) in table {
-            match last {
-                Some(text) => std::fs::write(&file, text).unwrap(),
-                None => {
-                    let _ = std::fs::remove_file(&file);
-                }
-            }
+        for (extra, last, bases) in table {
             assert_eq!(
-                update_base(&config(extra), dir.path()),
-                base,
+                &update_bases(&config(extra), *last),
+                bases,
                 "{extra} {last:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_server_s_other_nodes_serve_updates_while_server_url_is_down() {
+        use outrider_update_client::UpdateError;
+        let live = empty_repository();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // A first start: no library has connected yet, no last_server_url.
+        let (_dir, layout) = prefix(1, u64::MAX / 2, &format!("http://{closed}"));
+        let toml = std::fs::read_to_string(&layout.agent_toml).unwrap();
+        std::fs::write(
+            &layout.agent_toml,
+            format!("{toml}extra_server_urls = [\"{live}\"]\n"),
+        )
+        .unwrap();
+        let root = load_root(&layout.root_json).unwrap();
+        let config = StubConfig::load(&layout.agent_toml).unwrap();
+        let mut updater = Updater::new(&config, &layout, root);
+        let mut state = StubState::default();
+        let err = updater.fetch_latest(&mut state).unwrap_err();
+        assert!(
+            matches!(&err, StubError::Update(UpdateError::Transport { .. })),
+            "{err:?}"
+        );
+        let err = updater.fetch_latest(&mut state).unwrap_err();
+        assert!(
+            matches!(&err, StubError::Update(UpdateError::NoManifest { .. })),
+            "the next check reaches the other node: {err:?}"
+        );
     }
 
     #[test]
