@@ -407,6 +407,38 @@ fn current_uid() -> u32 {
 }
 
 #[test]
+fn further_servers_are_written_as_extra_server_urls_and_the_agent_starts_with_them() {
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+    let install = Install::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let other = format!("http://{closed}");
+    let mut args = install_args(&install, &root, "web");
+    args.extend(["--server", server.url.as_str(), "--server", other.as_str()]);
+    let out = run_installer(&server, &args);
+    assert!(out.status.success(), "install failed: {}", stderr(&out));
+    let toml = std::fs::read_to_string(install.prefix.join("etc/agent.toml")).unwrap();
+    assert!(
+        toml.contains(&format!(
+            "server_url = \"{}\"\nextra_server_urls = [\"{other}\"]\n",
+            server.url
+        )),
+        "{toml}"
+    );
+    // The library accepts what the installer wrote, and registers.
+    wait_presence(&server, "connected");
+    let out = run_installer(
+        &server,
+        &["--uninstall", "--prefix", install.prefix.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "uninstall failed: {}", stderr(&out));
+    wait_presence(&server, "deregistered");
+}
+
+#[test]
 fn uninstall_from_a_prefix_that_existed_keeps_what_was_there() {
     let (server, _keys) = server_with_release();
     let root = root_sha256(&server);
