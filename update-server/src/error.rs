@@ -53,6 +53,17 @@ pub enum Error {
         got: u64,
     },
 
+    /// A new blob would take the stored blobs above the total cap.
+    #[error(
+        "storing {got} more bytes would take the release blobs to {} bytes, above the total cap of {limit} bytes; delete unreferenced blobs or raise the cap", used.saturating_add(*got)
+    )]
+    StorageFull { limit: u64, used: u64, got: u64 },
+
+    /// A storage backend other than the directory store failed (for
+    /// example PostgreSQL); the inner error says how.
+    #[error("release storage: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+
     /// The database was written by a newer version of this software.
     #[error(
         "the release database has schema version {found}; this build supports up to {supported}"

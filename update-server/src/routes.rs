@@ -106,6 +106,7 @@ impl From<Error> for ApiError {
             | Error::StaleSequence { .. }
             | Error::MissingBlob { .. }
             | Error::BlobSize { .. } => StatusCode::CONFLICT,
+            Error::StorageFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
