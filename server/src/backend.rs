@@ -15,6 +15,8 @@
 //! - one behaviour test suite per area, run against both backends (a real
 //!   SQLite file, a private PostgreSQL cluster from `outrider-pgtest`).
 
+#[cfg(test)]
+mod artefact_tests;
 pub mod error;
 pub mod postgres;
 pub mod presence;
@@ -23,7 +25,7 @@ pub mod sqlite;
 mod tests;
 
 pub use error::StoreError;
-pub use postgres::{PgBackend, PgTls};
+pub use postgres::{PgArtefacts, PgBackend, PgTls};
 pub use sqlite::SqliteBackend;
 
 /// The store backend the server runs on; cheap to clone.

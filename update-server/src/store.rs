@@ -70,7 +70,6 @@ pub struct BuildInfo {
 pub struct ReleaseStore {
     db: Mutex<Connection>,
     blobs: PathBuf,
-    tmp_counter: AtomicU64,
     caps: BlobCaps,
     /// Called after a new manifest of a channel was stored.
     on_manifest: OnceLock<Hook>,
@@ -117,7 +116,6 @@ impl ReleaseStore {
         Ok(ReleaseStore {
             db: Mutex::new(db),
             blobs,
-            tmp_counter: AtomicU64::new(0),
             caps,
             on_manifest: OnceLock::new(),
         })
@@ -206,7 +204,10 @@ impl ReleaseStore {
                 self.caps.max_total_bytes,
             )?;
         }
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        // One counter per process, not per store: two stores opened on one
+        // directory in one process must not pick the same temp name.
+        static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .blobs
             .join(format!("{TMP_PREFIX}{expected}-{}-{n}", std::process::id()));

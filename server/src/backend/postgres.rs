@@ -17,7 +17,10 @@
 //! PostgreSQL re-checks on the row's newest version after waiting for its
 //! lock (READ COMMITTED), so two nodes never both win.
 
+mod artefacts;
 mod presence;
+
+pub use artefacts::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, PgArtefacts};
 
 use std::sync::Arc;
 
@@ -36,11 +39,18 @@ pub struct Migration {
 
 /// Every migration, in order; versions count up from 1 without gaps
 /// (a test checks).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "presence",
-    sql: include_str!("postgres/migrations/0001_presence.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "presence",
+        sql: include_str!("postgres/migrations/0001_presence.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "artefacts",
+        sql: include_str!("postgres/migrations/0002_artefacts.sql"),
+    },
+];
 
 /// The advisory lock key nodes migrate under ("outrmigr" in ASCII).
 pub const MIGRATION_LOCK: i64 = 0x6f75_7472_6d69_6772;

@@ -1,0 +1,557 @@
+//! The behaviour suite of release artefact storage
+//! ([`outrider_update_server::ArtefactStore`]): every test is one generic
+//! function given two "nodes" on one shared storage, and [`suite!`] runs
+//! each against the directory store (two [`ReleaseStore`]s opened on one
+//! temporary directory, as two processes would) and PostgreSQL (two
+//! [`PgArtefacts`] with their own pools on one fresh database of the test
+//! binary's private cluster, `outrider-pgtest`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use futures_util::StreamExt;
+use outrider_signing::{
+    Artifact, Channel, KeyPair, KeyRole, ReleaseManifest, Sha256, Target, make_manifest, make_root,
+    now_unix, sha256,
+};
+use outrider_update_server::{ArtefactStore, BlobCaps, Error, ReleaseStore};
+
+use super::{PgArtefacts, PgBackend, PgTls};
+
+/// Caps small enough that tests reach them with small blobs.
+const CAPS: BlobCaps = BlobCaps {
+    max_blob_bytes: 4096,
+    max_total_bytes: 10_000,
+};
+
+/// PostgreSQL chunk size in the suite: small, so every blob spans chunks.
+const CHUNK: usize = 100;
+
+const DAY: u64 = 86_400;
+
+/// What keeps a store's storage alive for one test.
+type Guard = Option<tempfile::TempDir>;
+
+async fn directory() -> (Guard, Arc<ReleaseStore>, Arc<ReleaseStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Arc::new(ReleaseStore::open_with_caps(dir.path(), CAPS).unwrap());
+    let b = Arc::new(ReleaseStore::open_with_caps(dir.path(), CAPS).unwrap());
+    (Some(dir), a, b)
+}
+
+async fn postgres() -> (Guard, PgArtefacts, PgArtefacts) {
+    let db = outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap();
+    let node = || async {
+        let backend = PgBackend::with_config(db.config.clone(), PgTls::Disable, 4)
+            .await
+            .unwrap();
+        PgArtefacts::new(backend, CAPS).with_chunk_bytes(CHUNK)
+    };
+    let a = node().await;
+    let b = node().await;
+    (None, a, b)
+}
+
+/// Instantiates each named generic test once per store.
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod directory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (_guard, a, b) = super::directory().await;
+                    super::$test(a, b).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (_guard, a, b) = super::postgres().await;
+                    super::$test(a, b).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    a_blob_put_on_one_node_is_served_by_the_other_byte_identical,
+    ranges_of_a_blob_are_its_bytes,
+    a_blob_that_does_not_hash_to_its_name_is_refused_and_not_stored,
+    blobs_above_the_caps_are_refused_naming_the_cap,
+    concurrent_puts_of_one_blob_from_two_nodes_store_it_once,
+    manifests_need_a_root_their_blobs_and_a_higher_sequence,
+    roots_are_shared_and_follow_the_chain,
+    two_nodes_racing_to_publish_on_one_channel_never_both_win_a_sequence,
+    garbage_collection_keeps_referenced_and_recent_blobs,
+);
+
+/// `len` bytes no compressor would shorten, different per `seed`.
+fn noise(seed: u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut block = sha256(&[seed]);
+    while out.len() < len {
+        out.extend_from_slice(block.as_bytes());
+        block = sha256(block.as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+async fn read_all<S: ArtefactStore>(s: &S, blob: &[u8], range: std::ops::Range<u64>) -> Vec<u8> {
+    let mut stream = s
+        .read_blob(sha256(blob), range)
+        .await
+        .unwrap()
+        .expect("stored");
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
+
+fn stable() -> Channel {
+    "stable".parse().unwrap()
+}
+
+/// Offline keys and their self-signed root, version 1.
+struct Keys {
+    release: KeyPair,
+    root_json: Vec<u8>,
+}
+
+impl Keys {
+    fn generate() -> Keys {
+        let root = KeyPair::generate(KeyRole::Root).unwrap();
+        let release = KeyPair::generate(KeyRole::Release).unwrap();
+        let now = now_unix();
+        let root_json = make_root(&[&root], &[(&release, now + DAY)], 1, 1, now + 10 * DAY)
+            .unwrap()
+            .to_bytes();
+        Keys { release, root_json }
+    }
+
+    /// A signed manifest of `channel` whose one build's zstd blob is `blob`.
+    fn manifest(&self, channel: &str, sequence: u64, blob: &[u8]) -> Vec<u8> {
+        self.manifest_declaring(channel, sequence, sha256(blob), blob.len() as u64)
+    }
+
+    /// A signed manifest of `channel` whose one build's zstd blob is
+    /// declared as `sha` of `size` bytes.
+    fn manifest_declaring(&self, channel: &str, sequence: u64, sha: Sha256, size: u64) -> Vec<u8> {
+        let target = Target::full(
+            format!("1.0.{sequence}"),
+            1,
+            Artifact {
+                sha256: sha256(b"uncompressed"),
+                size: 12,
+                zstd_sha256: sha,
+                zstd_size: size,
+            },
+        );
+        let manifest = ReleaseManifest::new(
+            channel.parse().unwrap(),
+            sequence,
+            now_unix() + DAY,
+            BTreeMap::from([("x86_64-linux".to_owned(), target)]),
+        );
+        make_manifest(&manifest, &[&self.release])
+            .unwrap()
+            .to_bytes()
+    }
+}
+
+async fn a_blob_put_on_one_node_is_served_by_the_other_byte_identical<S: ArtefactStore>(
+    a: S,
+    b: S,
+) {
+    let blob = noise(1, 3_333);
+    assert_eq!(b.blob_len(sha256(&blob)).await.unwrap(), None);
+    assert!(b.read_blob(sha256(&blob), 0..10).await.unwrap().is_none());
+    a.put_blob(sha256(&blob), Bytes::from(blob.clone()))
+        .await
+        .unwrap();
+    assert_eq!(b.blob_len(sha256(&blob)).await.unwrap(), Some(3_333));
+    assert_eq!(read_all(&b, &blob, 0..u64::MAX).await, blob);
+    assert_eq!(read_all(&a, &blob, 0..u64::MAX).await, blob);
+    // An empty blob is a blob too.
+    a.put_blob(sha256(b""), Bytes::new()).await.unwrap();
+    assert_eq!(b.blob_len(sha256(b"")).await.unwrap(), Some(0));
+    assert_eq!(read_all(&b, b"", 0..u64::MAX).await, b"");
+}
+
+async fn ranges_of_a_blob_are_its_bytes<S: ArtefactStore>(a: S, _b: S) {
+    let blob = noise(2, 1_050);
+    a.put_blob(sha256(&blob), Bytes::from(blob.clone()))
+        .await
+        .unwrap();
+    // Chunk boundaries of the PostgreSQL suite are multiples of 100.
+    for (range, expected) in [
+        (0..1, 0..1),
+        (99..101, 99..101),
+        (100..200, 100..200),
+        (250..1_050, 250..1_050),
+        (1_000..5_000, 1_000..1_050),
+        (1_049..1_050, 1_049..1_050),
+        (1_050..1_060, 1_050..1_050),
+        (7..7, 7..7),
+    ] {
+        assert_eq!(
+            read_all(&a, &blob, range.clone()).await,
+            blob[expected.start..expected.end],
+            "{range:?}"
+        );
+    }
+}
+
+async fn a_blob_that_does_not_hash_to_its_name_is_refused_and_not_stored<S: ArtefactStore>(
+    a: S,
+    b: S,
+) {
+    let err = a
+        .put_blob(sha256(b"expected"), Bytes::from_static(b"actual"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::HashMismatch { expected, actual } if expected == sha256(b"expected") && actual == sha256(b"actual")),
+        "{err:?}"
+    );
+    assert_eq!(b.blob_len(sha256(b"expected")).await.unwrap(), None);
+    assert_eq!(b.blob_len(sha256(b"actual")).await.unwrap(), None);
+}
+
+async fn blobs_above_the_caps_are_refused_naming_the_cap<S: ArtefactStore>(a: S, b: S) {
+    let big = noise(3, 4_097);
+    let err = a
+        .put_blob(sha256(&big), Bytes::from(big.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                what: "blob",
+                limit: 4096,
+                got: 4097
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("4096 bytes"), "{err}");
+    assert_eq!(b.blob_len(sha256(&big)).await.unwrap(), None);
+
+    // 4000 + 4000 fit in 10000; a third does not.
+    let blobs: Vec<Vec<u8>> = (10..13).map(|seed| noise(seed, 4_000)).collect();
+    for blob in &blobs[..2] {
+        a.put_blob(sha256(blob), Bytes::from(blob.clone()))
+            .await
+            .unwrap();
+    }
+    let err = b
+        .put_blob(sha256(&blobs[2]), Bytes::from(blobs[2].clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::StorageFull {
+                limit: 10_000,
+                used: 8_000,
+                got: 4_000
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("10000 bytes"), "{err}");
+    assert_eq!(a.blob_len(sha256(&blobs[2])).await.unwrap(), None);
+    // A stored blob again is no new bytes: still accepted when full.
+    b.put_blob(sha256(&blobs[0]), Bytes::from(blobs[0].clone()))
+        .await
+        .unwrap();
+    // Collecting the unreferenced blobs makes room.
+    let report = a.collect_garbage(now_unix() + 10).await.unwrap();
+    assert_eq!((report.blobs, report.bytes), (2, 8_000));
+    b.put_blob(sha256(&blobs[2]), Bytes::from(blobs[2].clone()))
+        .await
+        .unwrap();
+}
+
+async fn concurrent_puts_of_one_blob_from_two_nodes_store_it_once<S>(a: S, b: S)
+where
+    S: ArtefactStore + Clone + 'static,
+{
+    let blob = Bytes::from(noise(4, 4_000));
+    let sha = sha256(&blob);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let blob = blob.clone();
+        tasks.spawn(async move { node.put_blob(sha, blob).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    assert_eq!(read_all(&a, &blob, 0..u64::MAX).await, blob);
+    assert_eq!(read_all(&b, &blob, 0..u64::MAX).await, blob);
+    // Counted once against the 10000-byte total: another 4000 still fits,
+    // a 2001-byte one then does not.
+    let second = noise(5, 4_000);
+    a.put_blob(sha256(&second), Bytes::from(second.clone()))
+        .await
+        .unwrap();
+    let third = noise(6, 2_001);
+    let err = b
+        .put_blob(sha256(&third), Bytes::from(third.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::StorageFull { used: 8_000, .. }),
+        "{err:?}"
+    );
+}
+
+async fn manifests_need_a_root_their_blobs_and_a_higher_sequence<S: ArtefactStore>(a: S, b: S) {
+    let keys = Keys::generate();
+    let blob = b"blob".to_vec();
+    let err = a
+        .put_manifest(stable(), keys.manifest("stable", 1, &blob))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoRoot), "{err:?}");
+
+    a.put_root(keys.root_json.clone()).await.unwrap();
+    let err = b
+        .put_manifest(stable(), keys.manifest("stable", 1, &blob))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::MissingBlob { sha256: s } if s == sha256(&blob)),
+        "{err:?}"
+    );
+
+    a.put_blob(sha256(&blob), Bytes::from(blob.clone()))
+        .await
+        .unwrap();
+    let two = keys.manifest("stable", 2, &blob);
+    assert_eq!(b.put_manifest(stable(), two.clone()).await.unwrap(), 2);
+    // The same bytes again, on either node: a no-op.
+    assert_eq!(a.put_manifest(stable(), two.clone()).await.unwrap(), 2);
+    assert_eq!(a.manifest(stable()).await.unwrap(), Some(two.clone()));
+    // Another manifest with the current sequence, and a replay of an older
+    // one, are refused.
+    for (sequence, content) in [(2, &b"other"[..]), (1, &blob[..])] {
+        let err = a
+            .put_manifest(stable(), keys.manifest("stable", sequence, content))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::StaleSequence { current: 2, got, .. } if got == sequence),
+            "{sequence}: {err:?}"
+        );
+    }
+    // A manifest declaring a stored blob with another size.
+    let err = b
+        .put_manifest(
+            stable(),
+            keys.manifest_declaring("stable", 3, sha256(&blob), 5),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::BlobSize {
+                declared: 5,
+                actual: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        a.put_manifest(stable(), keys.manifest("stable", 3, &blob))
+            .await
+            .unwrap(),
+        3
+    );
+    // A manifest for another channel uploaded to this one.
+    let err = b
+        .put_manifest(stable(), keys.manifest("beta", 9, &blob))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signing(outrider_signing::Error::WrongChannel { .. })
+        ),
+        "{err:?}"
+    );
+    // Signed by a key the root does not trust.
+    let err = b
+        .put_manifest(stable(), Keys::generate().manifest("stable", 4, &blob))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signing(outrider_signing::Error::BelowThreshold { .. })
+        ),
+        "{err:?}"
+    );
+    let history = b.manifest_history(stable(), 10).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1], two);
+    assert_eq!(b.manifest_history(stable(), 1).await.unwrap().len(), 1);
+    assert_eq!(b.manifest("beta".parse().unwrap()).await.unwrap(), None);
+}
+
+async fn roots_are_shared_and_follow_the_chain<S: ArtefactStore>(a: S, b: S) {
+    assert_eq!(b.root().await.unwrap(), None);
+    let keys = Keys::generate();
+    a.put_root(keys.root_json.clone()).await.unwrap();
+    b.put_root(keys.root_json.clone()).await.unwrap(); // same bytes: no-op
+    assert_eq!(b.root().await.unwrap(), Some(keys.root_json.clone()));
+    assert_eq!(
+        b.root_version(1).await.unwrap(),
+        Some(keys.root_json.clone())
+    );
+    assert_eq!(b.root_version(2).await.unwrap(), None);
+    assert_eq!(b.root_version(u64::MAX).await.unwrap(), None);
+    // Another self-signed root is not a successor of the stored one.
+    let err = b.put_root(Keys::generate().root_json).await.unwrap_err();
+    assert!(matches!(err, Error::Signing(_)), "{err:?}");
+    assert_eq!(a.root().await.unwrap(), Some(keys.root_json));
+}
+
+async fn two_nodes_racing_to_publish_on_one_channel_never_both_win_a_sequence<S>(a: S, b: S)
+where
+    S: ArtefactStore + Clone + 'static,
+{
+    let keys = Arc::new(Keys::generate());
+    a.put_root(keys.root_json.clone()).await.unwrap();
+    let blobs = [b"blob a".to_vec(), b"blob b".to_vec()];
+    for blob in &blobs {
+        a.put_blob(sha256(blob), Bytes::from(blob.clone()))
+            .await
+            .unwrap();
+    }
+    // Each round both nodes publish a different manifest with the same
+    // sequence at once: exactly one wins, the other is told it is stale.
+    for sequence in 1..=8u64 {
+        let ma = keys.manifest("stable", sequence, &blobs[0]);
+        let mb = keys.manifest("stable", sequence, &blobs[1]);
+        let (ra, rb) = tokio::join!(
+            a.put_manifest(stable(), ma.clone()),
+            b.put_manifest(stable(), mb.clone())
+        );
+        let winner = match (ra, rb) {
+            (Ok(s), Err(Error::StaleSequence { current, got, .. }))
+                if s == sequence && current == sequence && got == sequence =>
+            {
+                ma
+            }
+            (Err(Error::StaleSequence { current, got, .. }), Ok(s))
+                if s == sequence && current == sequence && got == sequence =>
+            {
+                mb
+            }
+            other => panic!("sequence {sequence}: {other:?}"),
+        };
+        assert_eq!(b.manifest(stable()).await.unwrap(), Some(winner));
+    }
+    // Many publishes with shuffled sequences from both nodes at once: the
+    // stored history is strictly increasing, and what was accepted is
+    // exactly what is stored.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, sequence) in [14u64, 9, 12, 10, 16, 11, 15, 13].into_iter().enumerate() {
+        let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let envelope = keys.manifest("stable", sequence, &blobs[i % 2]);
+        tasks.spawn(async move {
+            (
+                sequence,
+                node.put_manifest(stable(), envelope).await.is_ok(),
+            )
+        });
+    }
+    let mut accepted = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (sequence, ok) = done.unwrap();
+        if ok {
+            accepted.push(sequence);
+        }
+    }
+    accepted.sort_unstable();
+    let history = a.manifest_history(stable(), 100).await.unwrap();
+    let mut stored: Vec<u64> = history
+        .iter()
+        .map(|e| outrider_update_server::decode_manifest(e).unwrap().sequence)
+        .collect();
+    assert!(stored.windows(2).all(|w| w[0] > w[1]), "{stored:?}");
+    stored.retain(|s| *s > 8);
+    stored.sort_unstable();
+    assert_eq!(stored, accepted);
+    // Nothing can stop the highest sequence.
+    assert!(accepted.contains(&16), "{accepted:?}");
+}
+
+async fn garbage_collection_keeps_referenced_and_recent_blobs<S: ArtefactStore>(a: S, b: S) {
+    let keys = Keys::generate();
+    a.put_root(keys.root_json.clone()).await.unwrap();
+    let old_build = b"build one".to_vec();
+    let new_build = b"build two".to_vec();
+    let stray = b"uploaded, never published".to_vec();
+    for blob in [&old_build, &new_build, &stray] {
+        a.put_blob(sha256(blob), Bytes::from(blob.clone()))
+            .await
+            .unwrap();
+    }
+    a.put_manifest(stable(), keys.manifest("stable", 1, &old_build))
+        .await
+        .unwrap();
+    b.put_manifest(stable(), keys.manifest("stable", 2, &new_build))
+        .await
+        .unwrap();
+    // Nothing is old enough before the cutoff.
+    assert_eq!(b.collect_garbage(0).await.unwrap().blobs, 0);
+    let report = b.collect_garbage(now_unix() + 10).await.unwrap();
+    assert_eq!((report.blobs, report.bytes), (1, stray.len() as u64));
+    assert_eq!(a.blob_len(sha256(&stray)).await.unwrap(), None);
+    // The current build and the one in the history stay.
+    assert_eq!(read_all(&a, &old_build, 0..100).await, old_build);
+    assert_eq!(read_all(&a, &new_build, 0..100).await, new_build);
+    assert_eq!(b.collect_garbage(now_unix() + 10).await.unwrap().blobs, 0);
+}
+
+/// PostgreSQL serves a blob chunk by chunk: no item of the stream is
+/// larger than a stored chunk, so a build is never held whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_streams_a_blob_one_chunk_at_a_time() {
+    let (_guard, a, b) = postgres().await;
+    let blob = noise(7, 4_000);
+    a.put_blob(sha256(&blob), Bytes::from(blob.clone()))
+        .await
+        .unwrap();
+    let mut stream = b
+        .read_blob(sha256(&blob), 0..u64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut items = 0;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        assert!(chunk.len() <= CHUNK, "{}", chunk.len());
+        out.extend_from_slice(&chunk);
+        items += 1;
+    }
+    assert_eq!(items, 40);
+    assert_eq!(out, blob);
+}
