@@ -5,7 +5,7 @@
 //! - `GET /v1/updates/roots/{version}.json` — every root version, for clients
 //!   walking the chain; immutable (404 for a version not stored)
 //! - `GET /v1/updates/channels/{channel}/manifest.json` — current manifest, `no-cache`
-//! - `GET /v1/updates/blobs/{sha256}` — blob, immutable, streamed from disk;
+//! - `GET /v1/updates/blobs/{sha256}` — blob, immutable, streamed from the store;
 //!   `ETag: "<sha256>"` (`If-None-Match` → 304), `Accept-Ranges: bytes`, one
 //!   `Range` (`a-b`, `a-`, `-n`) → 206 with `Content-Range`, a range past the
 //!   end → 416 with `Content-Range: bytes */<len>`; a multi-range request gets
@@ -39,10 +39,9 @@ use axum::{Json, Router};
 use outrider_signing::{Channel, Sha256};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use crate::Error;
+use crate::artefacts::ArtefactStore;
 use crate::store::{BuildInfo, ChannelInfo, MAX_BLOB_BYTES, ReleaseStore};
 
 /// Blobs are content-addressed, so they never change.
@@ -52,16 +51,21 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 pub const MAX_BUILDS: usize = 100;
 const DEFAULT_BUILDS: usize = 10;
 
-/// The public read routes.
-pub fn public_router(store: Arc<ReleaseStore>) -> Router {
+/// The public read routes, on any [`ArtefactStore`]: the directory store
+/// (`Arc<ReleaseStore>`) or one shared by several nodes, so that any node
+/// answers any update request.
+pub fn public_router<S>(store: S) -> Router
+where
+    S: ArtefactStore + Clone + 'static,
+{
     Router::new()
-        .route("/v1/updates/root.json", get(get_root))
-        .route("/v1/updates/roots/{file}", get(get_root_version))
+        .route("/v1/updates/root.json", get(get_root::<S>))
+        .route("/v1/updates/roots/{file}", get(get_root_version::<S>))
         .route(
             "/v1/updates/channels/{channel}/manifest.json",
-            get(get_manifest),
+            get(get_manifest::<S>),
         )
-        .route("/v1/updates/blobs/{sha256}", get(get_blob))
+        .route("/v1/updates/blobs/{sha256}", get(get_blob::<S>))
         .with_state(store)
 }
 
@@ -168,14 +172,14 @@ fn metadata_response(bytes: Option<Vec<u8>>, what: &str) -> Response {
     }
 }
 
-async fn get_root(State(store): State<Arc<ReleaseStore>>) -> Result<Response, ApiError> {
-    let root = blocking(store, |s| s.root()).await?;
+async fn get_root<S: ArtefactStore>(State(store): State<S>) -> Result<Response, ApiError> {
+    let root = store.root().await?;
     Ok(metadata_response(root, "root"))
 }
 
 /// `{version}.json`: the router matches whole path segments only.
-async fn get_root_version(
-    State(store): State<Arc<ReleaseStore>>,
+async fn get_root_version<S: ArtefactStore>(
+    State(store): State<S>,
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no root {file}"));
@@ -184,9 +188,7 @@ async fn get_root_version(
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(not_found)?;
-    let bytes = blocking(store, move |s| s.root_version(version))
-        .await?
-        .ok_or_else(not_found)?;
+    let bytes = store.root_version(version).await?.ok_or_else(not_found)?;
     // A stored version's bytes never change.
     Ok((
         [
@@ -198,25 +200,25 @@ async fn get_root_version(
         .into_response())
 }
 
-async fn get_manifest(
-    State(store): State<Arc<ReleaseStore>>,
+async fn get_manifest<S: ArtefactStore>(
+    State(store): State<S>,
     Path(channel): Path<String>,
 ) -> Result<Response, ApiError> {
     let channel = parse_channel(&channel)?;
     let what = format!("manifest for channel {channel}");
-    let manifest = blocking(store, move |s| s.manifest(&channel)).await?;
+    let manifest = store.manifest(channel).await?;
     Ok(metadata_response(manifest, &what))
 }
 
-async fn get_blob(
-    State(store): State<Arc<ReleaseStore>>,
+async fn get_blob<S: ArtefactStore>(
+    State(store): State<S>,
     Path(sha): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let sha = parse_sha(&sha)?;
     let etag = format!("\"{sha}\"");
     let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no blob {sha}"));
-    let path = store.blob_path(&sha).ok_or_else(not_found)?;
+    let len = store.blob_len(sha).await?.ok_or_else(not_found)?;
     let etag_value = HeaderValue::from_str(&etag)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let common = [
@@ -232,19 +234,6 @@ async fn get_blob(
     {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
-        Err(e) => return Err(Error::Io { path, source: e }.into()),
-    };
-    let len = file
-        .metadata()
-        .await
-        .map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?
-        .len();
     // `If-Range` with another validator asks for the whole (changed) entity.
     let if_range_ok = headers
         .get(header::IF_RANGE)
@@ -260,7 +249,9 @@ async fn get_blob(
     match range {
         ByteRange::Full => {
             let length = (header::CONTENT_LENGTH, HeaderValue::from(len));
-            let body = Body::from_stream(ReaderStream::new(file));
+            // Deleted since `blob_len` (garbage collection): gone.
+            let stream = store.read_blob(sha, 0..len).await?.ok_or_else(not_found)?;
+            let body = Body::from_stream(stream);
             Ok((common, [octets, length], body).into_response())
         }
         ByteRange::Unsatisfiable => {
@@ -274,10 +265,11 @@ async fn get_blob(
                 .into_response())
         }
         ByteRange::Partial { first, last } => {
-            file.seek(std::io::SeekFrom::Start(first))
-                .await
-                .map_err(|source| Error::Io { path, source })?;
             let count = last - first + 1;
+            let stream = store
+                .read_blob(sha, first..last + 1)
+                .await?
+                .ok_or_else(not_found)?;
             let content_range = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}"))
                 .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             let headers = [
@@ -285,7 +277,7 @@ async fn get_blob(
                 (header::CONTENT_LENGTH, HeaderValue::from(count)),
                 (header::CONTENT_RANGE, content_range),
             ];
-            let body = Body::from_stream(ReaderStream::new(file.take(count)));
+            let body = Body::from_stream(stream);
             Ok((StatusCode::PARTIAL_CONTENT, common, headers, body).into_response())
         }
     }

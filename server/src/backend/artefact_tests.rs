@@ -555,3 +555,59 @@ async fn postgres_streams_a_blob_one_chunk_at_a_time() {
     assert_eq!(items, 40);
     assert_eq!(out, blob);
 }
+
+/// Any node answers any update request: a blob and a manifest published
+/// through node A's store are served over HTTP by node B's public routes,
+/// byte-identical, whole and by range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_b_serves_over_http_what_node_a_stored() {
+    let (_guard, a, b) = postgres().await;
+    let keys = Keys::generate();
+    let blob = noise(8, 3_210);
+    a.put_root(keys.root_json.clone()).await.unwrap();
+    a.put_blob(sha256(&blob), Bytes::from(blob.clone()))
+        .await
+        .unwrap();
+    let manifest = keys.manifest("stable", 1, &blob);
+    a.put_manifest(stable(), manifest.clone()).await.unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, outrider_update_server::public_router(b))
+            .await
+            .unwrap();
+    });
+    let http = reqwest::Client::new();
+    let get = |path: String, range: Option<&'static str>| {
+        let mut req = http.get(format!("http://{addr}{path}"));
+        if let Some(range) = range {
+            req = req.header("range", range);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+        }
+    };
+    let path = format!("/v1/updates/blobs/{}", sha256(&blob));
+    assert_eq!(get(path.clone(), None).await, (200, blob.clone()));
+    assert_eq!(
+        get(path.clone(), Some("bytes=150-2049")).await,
+        (206, blob[150..2050].to_vec())
+    );
+    assert_eq!(
+        get(path, Some("bytes=-10")).await,
+        (206, blob[3_200..].to_vec())
+    );
+    assert_eq!(
+        get("/v1/updates/channels/stable/manifest.json".into(), None).await,
+        (200, manifest)
+    );
+    assert_eq!(
+        get("/v1/updates/root.json".into(), None).await,
+        (200, keys.root_json)
+    );
+    let missing = format!("/v1/updates/blobs/{}", sha256(b"missing"));
+    assert_eq!(get(missing, None).await.0, 404);
+    server.abort();
+}
