@@ -18,6 +18,7 @@
 #[cfg(test)]
 mod artefact_tests;
 pub mod error;
+pub mod plugin_files;
 pub mod postgres;
 pub mod presence;
 pub mod sqlite;
@@ -25,7 +26,8 @@ pub mod sqlite;
 mod tests;
 
 pub use error::StoreError;
-pub use postgres::{PgArtefacts, PgBackend, PgTls};
+pub use plugin_files::PluginFileStore;
+pub use postgres::{PgArtefacts, PgBackend, PgPluginFiles, PgTls};
 pub use sqlite::SqliteBackend;
 
 /// The store backend the server runs on; cheap to clone.

@@ -611,3 +611,202 @@ async fn node_b_serves_over_http_what_node_a_stored() {
     assert_eq!(get(missing, None).await.0, 404);
     server.abort();
 }
+
+/// Plugin files: the same two-node suite over [`PluginFileStore`].
+mod plugins {
+    use axum::body::Bytes;
+    use futures_util::StreamExt;
+    use outrider_protocol::{MAX_PLUGIN_BYTES, PLUGIN_CHUNK_BYTES};
+    use sha2::{Digest, Sha256};
+
+    use crate::backend::{PgBackend, PgPluginFiles, PgTls, PluginFileStore};
+    use crate::plugins::{PluginFiles, UploadError};
+
+    /// What a store holds: (files, pieces of unfinished uploads).
+    enum Inspect {
+        Dir(tempfile::TempDir),
+        Pg(PgBackend),
+    }
+
+    impl Inspect {
+        async fn held(&self) -> (usize, usize) {
+            match self {
+                Inspect::Dir(dir) => {
+                    let names: Vec<String> = std::fs::read_dir(dir.path())
+                        .unwrap()
+                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect();
+                    let stray = names.iter().filter(|n| n.starts_with(".upload-")).count();
+                    (names.len() - stray, stray)
+                }
+                Inspect::Pg(backend) => {
+                    let client = backend.client().await.unwrap();
+                    let row = client
+                        .query_one(
+                            "SELECT (SELECT COUNT(*) FROM plugin_files),
+                                    (SELECT COUNT(*) FROM plugin_file_chunks WHERE file_key LIKE 'upload-%')",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    (row.get::<_, i64>(0) as usize, row.get::<_, i64>(1) as usize)
+                }
+            }
+        }
+    }
+
+    async fn directory() -> (Inspect, PluginFiles, PluginFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = PluginFiles::open(dir.path()).unwrap();
+        let b = PluginFiles::open(dir.path()).unwrap();
+        (Inspect::Dir(dir), a, b)
+    }
+
+    async fn postgres() -> (Inspect, PgPluginFiles, PgPluginFiles) {
+        let db = outrider_pgtest::Cluster::shared()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .database()
+            .await
+            .unwrap();
+        let backend = || async {
+            PgBackend::with_config(db.config.clone(), PgTls::Disable, 4)
+                .await
+                .unwrap()
+        };
+        let a = backend().await;
+        let b = backend().await;
+        (
+            Inspect::Pg(a.clone()),
+            PgPluginFiles::new(a),
+            // Node B writes smaller chunks: reads must follow each file's own.
+            PgPluginFiles::new(b).with_chunk_bytes(100_000),
+        )
+    }
+
+    macro_rules! plugin_suite {
+        ($($test:ident),* $(,)?) => {
+            mod directory {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() {
+                        let (inspect, a, b) = super::directory().await;
+                        super::$test(inspect, a, b).await;
+                    }
+                )*
+            }
+            mod postgres {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() {
+                        let (inspect, a, b) = super::postgres().await;
+                        super::$test(inspect, a, b).await;
+                    }
+                )*
+            }
+        };
+    }
+
+    plugin_suite!(
+        a_file_stored_on_one_node_is_read_in_chunks_on_the_other,
+        an_upload_over_the_limit_is_refused_while_streaming_and_leaves_nothing,
+        concurrent_uploads_of_one_file_from_two_nodes_store_it_once,
+    );
+
+    fn body(
+        parts: Vec<Vec<u8>>,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+        futures_util::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from(p))))
+    }
+
+    async fn a_file_stored_on_one_node_is_read_in_chunks_on_the_other<P: PluginFileStore>(
+        inspect: Inspect,
+        a: P,
+        b: P,
+    ) {
+        let bytes: Vec<u8> = (0..PLUGIN_CHUNK_BYTES * 2 + 10)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        // Arriving in uneven pieces, as an HTTP body does.
+        let parts = vec![
+            bytes[..7].to_vec(),
+            bytes[7..300_000].to_vec(),
+            bytes[300_000..].to_vec(),
+        ];
+        for (store, reader) in [(&b, &a), (&a, &b)] {
+            let (sha, size) = store.store(body(parts.clone())).await.unwrap();
+            assert_eq!(sha, hex::encode(Sha256::digest(&bytes)));
+            assert_eq!(size, bytes.len() as u64);
+            let mut read = Vec::new();
+            while (read.len() as u64) < size {
+                let (chunk, total) = reader.read_chunk(&sha, read.len() as u64).await.unwrap();
+                assert_eq!(total, size);
+                assert_eq!(
+                    chunk.len(),
+                    PLUGIN_CHUNK_BYTES.min(bytes.len() - read.len())
+                );
+                read.extend_from_slice(&chunk);
+            }
+            assert_eq!(read, bytes);
+            assert_eq!(inspect.held().await, (1, 0));
+            let err = reader.read_chunk(&sha, size + 1).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+            let (empty, _) = reader.read_chunk(&sha, size).await.unwrap();
+            assert!(empty.is_empty());
+            let err = reader.read_chunk("../etc/passwd", 0).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+            // Removed by one node: gone for the other.
+            store.remove(&sha).await;
+            let err = reader.read_chunk(&sha, 0).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+            assert_eq!(inspect.held().await, (0, 0));
+        }
+        assert!(matches!(
+            a.store(body(vec![])).await,
+            Err(UploadError::Empty)
+        ));
+    }
+
+    async fn an_upload_over_the_limit_is_refused_while_streaming_and_leaves_nothing<
+        P: PluginFileStore,
+    >(
+        inspect: Inspect,
+        a: P,
+        _b: P,
+    ) {
+        let mib = Bytes::from(vec![7u8; 1 << 20]);
+        let chunks = (MAX_PLUGIN_BYTES >> 20) + 1;
+        let body = futures_util::stream::iter(
+            (0..chunks).map(move |_| Ok::<_, std::convert::Infallible>(mib.clone())),
+        )
+        // One more chunk than allowed, then one the store must never ask for.
+        .chain(futures_util::stream::once(async {
+            panic!("read past the limit")
+        }));
+        assert!(matches!(a.store(body).await, Err(UploadError::TooLarge)));
+        assert_eq!(inspect.held().await, (0, 0));
+    }
+
+    async fn concurrent_uploads_of_one_file_from_two_nodes_store_it_once<P>(
+        inspect: Inspect,
+        a: P,
+        b: P,
+    ) where
+        P: PluginFileStore + Clone + 'static,
+    {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 13) as u8).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..6 {
+            let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let parts = vec![bytes[..1000].to_vec(), bytes[1000..].to_vec()];
+            tasks.spawn(async move { node.store(body(parts)).await });
+        }
+        let sha = hex::encode(Sha256::digest(&bytes));
+        while let Some(done) = tasks.join_next().await {
+            assert_eq!(done.unwrap().unwrap(), (sha.clone(), 300_000));
+        }
+        assert_eq!(inspect.held().await, (1, 0));
+        let (first, total) = b.read_chunk(&sha, 0).await.unwrap();
+        assert_eq!(total, 300_000);
+        assert_eq!(first, bytes[..PLUGIN_CHUNK_BYTES]);
+    }
+}

@@ -18,9 +18,11 @@
 //! lock (READ COMMITTED), so two nodes never both win.
 
 mod artefacts;
+mod plugin_files;
 mod presence;
 
-pub use artefacts::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, PgArtefacts};
+pub use artefacts::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, PgArtefacts, chunk_spans};
+pub use plugin_files::PgPluginFiles;
 
 use std::sync::Arc;
 

@@ -42,3 +42,20 @@ CREATE TABLE release_blob_chunks (
     data      BYTEA NOT NULL,
     PRIMARY KEY (sha256, chunk_no)
 );
+
+-- Plugin files (server/src/backend/postgres/plugin_files.rs), apart from
+-- release blobs so that neither's garbage collection sees the other's.
+-- An upload writes its chunks under a temporary key ("upload-<nonce>") and
+-- renames them to the hash with the header in the same transaction.
+CREATE TABLE plugin_files (
+    sha256       TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+    size         BIGINT NOT NULL CHECK (size > 0),
+    chunk_bytes  INTEGER NOT NULL CHECK (chunk_bytes > 0)
+);
+
+CREATE TABLE plugin_file_chunks (
+    file_key  TEXT NOT NULL,
+    chunk_no  INTEGER NOT NULL CHECK (chunk_no >= 0),
+    data      BYTEA NOT NULL,
+    PRIMARY KEY (file_key, chunk_no)
+);
