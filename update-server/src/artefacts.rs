@@ -20,9 +20,10 @@ use std::ops::Range;
 
 use axum::body::Bytes;
 use futures_util::stream::BoxStream;
-use outrider_signing::{Channel, Sha256, TrustedRoot, sha256};
+use outrider_signing::{Channel, ReleaseManifest, Sha256, TrustedRoot, sha256};
 
 use crate::Error;
+use crate::store::{BuildInfo, ChannelInfo};
 
 /// A blob's bytes as a stream of chunks, so a build is served without
 /// holding it whole in memory.
@@ -171,6 +172,32 @@ pub fn check_reference(sha: Sha256, declared: u64, stored: Option<u64>) -> Resul
     }
 }
 
+/// Adds the build `manifest` (stored with `sequence`) offers for `triple`
+/// to `builds` unless it is already there: walking a channel's history
+/// newest first, this lists each distinct build once, with the newest
+/// sequence that made it the target.
+pub fn note_build(
+    builds: &mut Vec<BuildInfo>,
+    sequence: u64,
+    manifest: &ReleaseManifest,
+    triple: &str,
+) {
+    let Some(target) = manifest.targets.get(triple) else {
+        return;
+    };
+    if builds
+        .iter()
+        .all(|b| b.artifact.sha256 != target.artifact.sha256)
+    {
+        builds.push(BuildInfo {
+            version: target.version.clone(),
+            abi_major: target.abi_major,
+            artifact: target.artifact.clone(),
+            sequence,
+        });
+    }
+}
+
 /// `range` clamped to a blob of `len` bytes (an empty range when it starts
 /// past the end).
 pub fn clamp_range(range: Range<u64>, len: u64) -> Range<u64> {
@@ -236,6 +263,19 @@ pub trait ArtefactStore: Send + Sync {
         channel: Channel,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Vec<u8>>, Error>> + Send;
+
+    /// Every channel with its current manifest's sequence and versions, by
+    /// name.
+    fn channels(&self) -> impl Future<Output = Result<Vec<ChannelInfo>, Error>> + Send;
+
+    /// The distinct builds `channel` has offered for `triple`, newest first
+    /// ([`note_build`] over the stored history), at most `limit`.
+    fn builds(
+        &self,
+        channel: Channel,
+        triple: String,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<BuildInfo>, Error>> + Send;
 
     /// Deletes every blob no stored manifest (of any channel, history
     /// included: a rolled-back build is still a base clients may run)

@@ -13,7 +13,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::Error;
 use crate::artefacts::{ArtefactStore, BlobStream, GcReport, clamp_range};
-use crate::store::ReleaseStore;
+use crate::store::{BuildInfo, ChannelInfo, ReleaseStore};
 
 /// Runs `f` on the store off the async workers.
 async fn blocking<T, F>(store: &Arc<ReleaseStore>, f: F) -> Result<T, Error>
@@ -96,6 +96,19 @@ impl ArtefactStore for Arc<ReleaseStore> {
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, Error> {
         blocking(self, move |s| s.manifest_history(&channel, limit)).await
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelInfo>, Error> {
+        blocking(self, |s| s.channels()).await
+    }
+
+    async fn builds(
+        &self,
+        channel: Channel,
+        triple: String,
+        limit: usize,
+    ) -> Result<Vec<BuildInfo>, Error> {
+        blocking(self, move |s| s.builds(&channel, &triple, limit)).await
     }
 
     async fn collect_garbage(&self, stored_before_unix: u64) -> Result<GcReport, Error> {

@@ -28,8 +28,6 @@
 //!
 //! Errors are JSON `{"error": "<one sentence>"}`.
 
-use std::sync::Arc;
-
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -42,7 +40,7 @@ use serde_json::json;
 
 use crate::Error;
 use crate::artefacts::ArtefactStore;
-use crate::store::{BuildInfo, ChannelInfo, MAX_BLOB_BYTES, ReleaseStore};
+use crate::store::{BuildInfo, ChannelInfo, MAX_BLOB_BYTES};
 
 /// Blobs are content-addressed, so they never change.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -69,27 +67,31 @@ where
         .with_state(store)
 }
 
-/// The upload routes; mount behind admin authentication.
-pub fn admin_router(store: Arc<ReleaseStore>) -> Router {
+/// The upload routes, on any [`ArtefactStore`]; mount behind admin
+/// authentication.
+pub fn admin_router<S>(store: S) -> Router
+where
+    S: ArtefactStore + Clone + 'static,
+{
     Router::new()
-        .route("/api/v1/releases/root", put(put_root))
+        .route("/api/v1/releases/root", put(put_root::<S>))
         .route(
             "/api/v1/releases/blobs/{sha256}",
             // The limit must cover the whole blob; the store checks it again.
-            put(put_blob).layer(DefaultBodyLimit::max(MAX_BLOB_BYTES as usize)),
+            put(put_blob::<S>).layer(DefaultBodyLimit::max(MAX_BLOB_BYTES as usize)),
         )
         .route(
             "/api/v1/releases/channels/{channel}/manifest",
-            put(put_manifest),
+            put(put_manifest::<S>),
         )
-        .route("/api/v1/releases/channels", get(list_channels))
+        .route("/api/v1/releases/channels", get(list_channels::<S>))
         .route(
             "/api/v1/releases/channels/{channel}/builds",
-            get(list_builds),
+            get(list_builds::<S>),
         )
         .route(
             "/api/v1/releases/channels/{channel}/manifests",
-            get(list_manifests),
+            get(list_manifests::<S>),
         )
         .with_state(store)
 }
@@ -123,24 +125,6 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
-
-/// Runs a blocking store call off the async workers.
-async fn blocking<T, F>(store: Arc<ReleaseStore>, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&ReleaseStore) -> Result<T, Error> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(join) => {
-            tracing::error!(error = %join, "release store task failed");
-            Err(ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the release store task failed".to_owned(),
-            ))
-        }
     }
 }
 
@@ -367,40 +351,40 @@ fn parse_range(raw: &str, len: u64) -> ByteRange {
     }
 }
 
-async fn put_root(
-    State(store): State<Arc<ReleaseStore>>,
+async fn put_root<S: ArtefactStore>(
+    State(store): State<S>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    blocking(store, move |s| s.put_root(&body)).await?;
+    store.put_root(body.to_vec()).await?;
     Ok(Json(json!({ "ok": true })))
 }
 
-async fn put_blob(
-    State(store): State<Arc<ReleaseStore>>,
+async fn put_blob<S: ArtefactStore>(
+    State(store): State<S>,
     Path(sha): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let sha = parse_sha(&sha)?;
     let size = body.len();
-    blocking(store, move |s| s.put_blob(&sha, &body)).await?;
+    store.put_blob(sha, body).await?;
     Ok(Json(json!({ "sha256": sha, "size": size })))
 }
 
-async fn put_manifest(
-    State(store): State<Arc<ReleaseStore>>,
+async fn put_manifest<S: ArtefactStore>(
+    State(store): State<S>,
     Path(channel): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let channel = parse_channel(&channel)?;
     let name = channel.clone();
-    let sequence = blocking(store, move |s| s.put_manifest(&channel, &body)).await?;
+    let sequence = store.put_manifest(channel, body.to_vec()).await?;
     Ok(Json(json!({ "channel": name, "sequence": sequence })))
 }
 
-async fn list_channels(
-    State(store): State<Arc<ReleaseStore>>,
+async fn list_channels<S: ArtefactStore>(
+    State(store): State<S>,
 ) -> Result<Json<Vec<ChannelInfo>>, ApiError> {
-    Ok(Json(blocking(store, |s| s.channels()).await?))
+    Ok(Json(store.channels().await?))
 }
 
 /// Query of the builds listing.
@@ -410,17 +394,15 @@ struct BuildsQuery {
     limit: Option<usize>,
 }
 
-async fn list_builds(
-    State(store): State<Arc<ReleaseStore>>,
+async fn list_builds<S: ArtefactStore>(
+    State(store): State<S>,
     Path(channel): Path<String>,
     Query(query): Query<BuildsQuery>,
 ) -> Result<Json<Vec<BuildInfo>>, ApiError> {
     let channel = parse_channel(&channel)?;
     let limit = query.limit.unwrap_or(DEFAULT_BUILDS).min(MAX_BUILDS);
     let triple = query.target;
-    Ok(Json(
-        blocking(store, move |s| s.builds(&channel, &triple, limit)).await?,
-    ))
+    Ok(Json(store.builds(channel, triple, limit).await?))
 }
 
 /// Query of the manifest history listing.
@@ -429,14 +411,14 @@ struct HistoryQuery {
     limit: Option<usize>,
 }
 
-async fn list_manifests(
-    State(store): State<Arc<ReleaseStore>>,
+async fn list_manifests<S: ArtefactStore>(
+    State(store): State<S>,
     Path(channel): Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     let channel = parse_channel(&channel)?;
     let limit = query.limit.unwrap_or(DEFAULT_BUILDS).min(MAX_BUILDS);
-    let envelopes = blocking(store, move |s| s.manifest_history(&channel, limit)).await?;
+    let envelopes = store.manifest_history(channel, limit).await?;
     // Envelopes are JSON text (see outrider_signing's envelope format), so
     // they travel as strings byte for byte; a stored one that is not UTF-8
     // would be corrupt and is sent lossily, which then fails verification.

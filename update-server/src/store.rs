@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::artefacts::{
     BlobCaps, GcReport, ManifestDecision, RootDecision, check_blob, check_reference, check_total,
-    manifest_decision, root_decision,
+    manifest_decision, note_build, root_decision,
 };
 
 /// Largest blob accepted.
@@ -364,20 +364,7 @@ impl ReleaseStore {
                     format!("stored manifest {channel}#{sequence}: {reason}").into(),
                 ))
             })?;
-            let Some(target) = manifest.targets.get(triple) else {
-                continue;
-            };
-            if out
-                .iter()
-                .all(|b| b.artifact.sha256 != target.artifact.sha256)
-            {
-                out.push(BuildInfo {
-                    version: target.version.clone(),
-                    abi_major: target.abi_major,
-                    artifact: target.artifact.clone(),
-                    sequence: sequence as u64,
-                });
-            }
+            note_build(&mut out, sequence as u64, &manifest, triple);
         }
         Ok(out)
     }

@@ -91,6 +91,7 @@ suite!(
     roots_are_shared_and_follow_the_chain,
     two_nodes_racing_to_publish_on_one_channel_never_both_win_a_sequence,
     garbage_collection_keeps_referenced_and_recent_blobs,
+    channels_and_builds_come_from_the_stored_history,
 );
 
 /// `len` bytes no compressor would shorten, different per `seed`.
@@ -151,7 +152,8 @@ impl Keys {
             format!("1.0.{sequence}"),
             1,
             Artifact {
-                sha256: sha256(b"uncompressed"),
+                // A distinct library per blob: builds are told apart by it.
+                sha256: sha256(sha.as_bytes()),
                 size: 12,
                 zstd_sha256: sha,
                 zstd_size: size,
@@ -530,6 +532,67 @@ async fn garbage_collection_keeps_referenced_and_recent_blobs<S: ArtefactStore>(
     assert_eq!(b.collect_garbage(now_unix() + 10).await.unwrap().blobs, 0);
 }
 
+async fn channels_and_builds_come_from_the_stored_history<S: ArtefactStore>(a: S, b: S) {
+    assert!(b.channels().await.unwrap().is_empty());
+    let keys = Keys::generate();
+    a.put_root(keys.root_json.clone()).await.unwrap();
+    let one = b"build one".to_vec();
+    let two = b"build two".to_vec();
+    for blob in [&one, &two] {
+        a.put_blob(sha256(blob), Bytes::from(blob.clone()))
+            .await
+            .unwrap();
+    }
+    // one, two, then back to one (a rollback), on two channels.
+    for (sequence, blob) in [(1, &one), (2, &two), (3, &one)] {
+        a.put_manifest(stable(), keys.manifest("stable", sequence, blob))
+            .await
+            .unwrap();
+    }
+    b.put_manifest("beta".parse().unwrap(), keys.manifest("beta", 7, &two))
+        .await
+        .unwrap();
+    let channels = b.channels().await.unwrap();
+    let summary: Vec<(String, u64, String)> = channels
+        .iter()
+        .map(|c| {
+            (
+                c.channel.to_string(),
+                c.sequence,
+                c.versions["x86_64-linux"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("beta".to_owned(), 7, "1.0.7".to_owned()),
+            ("stable".to_owned(), 3, "1.0.3".to_owned())
+        ]
+    );
+    assert!(channels[1].published_unix + 60 > now_unix());
+    // Distinct builds, newest first, each with its newest sequence.
+    let builds = b.builds(stable(), "x86_64-linux".into(), 10).await.unwrap();
+    let listed: Vec<(u64, Sha256)> = builds
+        .iter()
+        .map(|b| (b.sequence, b.artifact.zstd_sha256))
+        .collect();
+    assert_eq!(listed, [(3, sha256(&one)), (2, sha256(&two))]);
+    assert_eq!(
+        a.builds(stable(), "x86_64-linux".into(), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        a.builds(stable(), "aarch64-linux".into(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// PostgreSQL serves a blob chunk by chunk: no item of the stream is
 /// larger than a stored chunk, so a build is never held whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -564,21 +627,47 @@ async fn node_b_serves_over_http_what_node_a_stored() {
     let (_guard, a, b) = postgres().await;
     let keys = Keys::generate();
     let blob = noise(8, 3_210);
-    a.put_root(keys.root_json.clone()).await.unwrap();
-    a.put_blob(sha256(&blob), Bytes::from(blob.clone()))
-        .await
-        .unwrap();
     let manifest = keys.manifest("stable", 1, &blob);
-    a.put_manifest(stable(), manifest.clone()).await.unwrap();
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, outrider_update_server::public_router(b))
+    let serve = |router: axum::Router| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (addr, task)
+    };
+    let (admin_a, admin_task) = serve(outrider_update_server::admin_router(a)).await;
+    let (addr, server) = serve(outrider_update_server::public_router(b)).await;
+    let http = reqwest::Client::new();
+    // Published through node A's upload routes.
+    for (path, body) in [
+        ("/api/v1/releases/root".to_owned(), keys.root_json.clone()),
+        (
+            format!("/api/v1/releases/blobs/{}", sha256(&blob)),
+            blob.clone(),
+        ),
+        (
+            "/api/v1/releases/channels/stable/manifest".to_owned(),
+            manifest.clone(),
+        ),
+    ] {
+        let resp = http
+            .put(format!("http://{admin_a}{path}"))
+            .body(body)
+            .send()
             .await
             .unwrap();
-    });
-    let http = reqwest::Client::new();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+    }
+    let channels = http
+        .get(format!("http://{admin_a}/api/v1/releases/channels"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let channels: serde_json::Value = serde_json::from_slice(&channels).unwrap();
+    assert_eq!(channels[0]["sequence"], 1, "{channels}");
+    admin_task.abort();
     let get = |path: String, range: Option<&'static str>| {
         let mut req = http.get(format!("http://{addr}{path}"));
         if let Some(range) = range {

@@ -34,10 +34,11 @@ use futures_util::StreamExt;
 use outrider_signing::{Channel, ManifestPolicy, Sha256, TrustedRoot, now_unix, verify_manifest};
 use outrider_update_server::artefacts::{
     ManifestDecision, RootDecision, check_blob, check_reference, check_total, clamp_range,
-    manifest_decision, root_decision,
+    manifest_decision, note_build, root_decision,
 };
 use outrider_update_server::{
-    ArtefactStore, BlobCaps, BlobStream, Error, GcReport, MAX_BLOB_BYTES, decode_manifest,
+    ArtefactStore, BlobCaps, BlobStream, BuildInfo, ChannelInfo, Error, GcReport, MAX_BLOB_BYTES,
+    decode_manifest,
 };
 
 use super::PgBackend;
@@ -454,6 +455,81 @@ impl ArtefactStore for PgArtefacts {
             .iter()
             .map(|row| row.get(0))
             .collect())
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelInfo>, Error> {
+        let client = self.backend.client().await.map_err(db)?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT c.channel, c.sequence, m.versions, m.published_unix FROM release_channels c
+                 JOIN release_manifests m ON m.channel = c.channel AND m.sequence = c.sequence
+                 ORDER BY c.channel",
+            )
+            .await
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in client.query(&stmt, &[]).await.map_err(db)? {
+            let channel: String = row.get(0);
+            let malformed = |what: &'static str, e: String| {
+                db(StoreError::Malformed {
+                    what,
+                    value: format!("{channel}: {e}"),
+                })
+            };
+            out.push(ChannelInfo {
+                channel: channel
+                    .parse()
+                    .map_err(|e: outrider_signing::Error| malformed("channel", e.to_string()))?,
+                sequence: stored_u64("manifest sequence", row.get(1))?,
+                versions: serde_json::from_str(row.get(2))
+                    .map_err(|e| malformed("channel versions", e.to_string()))?,
+                published_unix: stored_u64("time", row.get(3))?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn builds(
+        &self,
+        channel: Channel,
+        triple: String,
+        limit: usize,
+    ) -> Result<Vec<BuildInfo>, Error> {
+        let client = self.backend.client().await.map_err(db)?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT sequence, envelope FROM release_manifests WHERE channel = $1
+                 ORDER BY sequence DESC",
+            )
+            .await
+            .map_err(db)?;
+        // Rows arrive as a stream and are read only until `limit` builds.
+        let rows = client
+            .query_raw(&stmt, [channel.as_str()])
+            .await
+            .map_err(db)?;
+        futures_util::pin_mut!(rows);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(row) = rows.next().await.transpose().map_err(db)? else {
+                break;
+            };
+            let sequence: i64 = row.get(0);
+            // Every stored envelope verified when it was stored; only decode.
+            let manifest = decode_manifest(row.get(1)).map_err(|reason| {
+                db(StoreError::Malformed {
+                    what: "release manifest",
+                    value: format!("{channel}#{sequence}: {reason}"),
+                })
+            })?;
+            note_build(
+                &mut out,
+                stored_u64("manifest sequence", sequence)?,
+                &manifest,
+                &triple,
+            );
+        }
+        Ok(out)
     }
 
     async fn collect_garbage(&self, stored_before_unix: u64) -> Result<GcReport, Error> {
