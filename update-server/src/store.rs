@@ -194,6 +194,16 @@ impl ReleaseStore {
         check_blob(expected, bytes, self.caps.max_blob_bytes)?;
         let path = self.blobs.join(expected.to_string());
         if path.is_file() {
+            // Uploading it again restarts its grace against
+            // `collect_garbage` (a manifest naming it may follow); only the
+            // file's time changes, so a failure here loses nothing.
+            let touched = File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            if let Err(e) = touched {
+                tracing::warn!(path = %path.display(), "cannot refresh a release blob's time: {e}");
+            }
             return Ok(());
         }
         if self.caps.max_total_bytes != u64::MAX {

@@ -899,3 +899,46 @@ mod plugins {
         assert_eq!(first, bytes[..PLUGIN_CHUNK_BYTES]);
     }
 }
+
+/// Uploading a stored blob again restarts its grace: garbage collection
+/// with a cutoff between its first and its latest upload keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_blob_uploaded_again_is_spared_by_garbage_collection() {
+    let db = outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap();
+    let backend = PgBackend::with_config(db.config, PgTls::Disable, 2)
+        .await
+        .unwrap();
+    let store = PgArtefacts::new(backend.clone(), CAPS);
+    let kept = b"uploaded long ago, and again now".to_vec();
+    let dropped = b"uploaded long ago only".to_vec();
+    for blob in [&kept, &dropped] {
+        store
+            .put_blob(sha256(blob), Bytes::from(blob.clone()))
+            .await
+            .unwrap();
+    }
+    // Both first uploaded an hour ago.
+    let long_ago = now_unix() as i64 - 3_600;
+    backend
+        .client()
+        .await
+        .unwrap()
+        .execute("UPDATE release_blobs SET stored_unix = $1", &[&long_ago])
+        .await
+        .unwrap();
+    store
+        .put_blob(sha256(&kept), Bytes::from(kept.clone()))
+        .await
+        .unwrap();
+    let report = store.collect_garbage(now_unix() - 60).await.unwrap();
+    assert_eq!((report.blobs, report.bytes), (1, dropped.len() as u64));
+    assert_eq!(
+        store.blob_len(sha256(&kept)).await.unwrap(),
+        Some(kept.len() as u64)
+    );
+    assert_eq!(store.blob_len(sha256(&dropped)).await.unwrap(), None);
+}

@@ -576,9 +576,19 @@ impl ArtefactStore for PgArtefacts {
             {
                 continue;
             }
-            tx.execute("DELETE FROM release_blobs WHERE sha256 = $1", &[&sha])
+            // The cutoff again: PostgreSQL re-checks it on the row's newest
+            // version, so a blob uploaded again meanwhile (its time
+            // refreshed by a put, which does not take GC_LOCK) stays.
+            let deleted = tx
+                .execute(
+                    "DELETE FROM release_blobs WHERE sha256 = $1 AND stored_unix < $2",
+                    &[&sha, &cutoff],
+                )
                 .await
                 .map_err(db)?;
+            if deleted == 0 {
+                continue;
+            }
             tx.execute("DELETE FROM release_blob_chunks WHERE sha256 = $1", &[&sha])
                 .await
                 .map_err(db)?;
