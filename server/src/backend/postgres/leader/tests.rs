@@ -1,0 +1,367 @@
+//! Elections against a real PostgreSQL (`outrider-pgtest`): every "node"
+//! is its own `PgBackend` (its own pool and election sessions) in this
+//! process, contending for the same advisory lock in one fresh database.
+//! Conditions are awaited with deadlines, never slept for.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::StoreError;
+use crate::backend::leader::{ElectionConfig, Job, LeaderTerm, Leadership};
+use crate::backend::{PgBackend, PgTls};
+
+/// Generous: a failure here means a condition never came.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Fast elections for tests.
+const FAST: ElectionConfig = ElectionConfig {
+    retry: Duration::from_millis(20),
+    check_interval: Duration::from_millis(20),
+    check_timeout: Duration::from_secs(2),
+    leader_idle_timeout: Duration::from_secs(5),
+};
+
+const JOB: Job = Job::Retention;
+
+async fn database() -> outrider_pgtest::TestDb {
+    outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap()
+}
+
+async fn node_backend(db: &outrider_pgtest::TestDb) -> PgBackend {
+    PgBackend::with_config(db.config.clone(), PgTls::Disable, 2)
+        .await
+        .unwrap()
+}
+
+/// A plain connection for the test's own queries (pg_locks, terminate).
+async fn admin(db: &outrider_pgtest::TestDb) -> (tokio_postgres::Client, JoinHandle<()>) {
+    let (client, connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    (
+        client,
+        tokio::spawn(async move { connection.await.unwrap() }),
+    )
+}
+
+/// The backend pid holding `job`'s advisory lock in this database, if any.
+async fn holder(admin: &tokio_postgres::Client, job: Job) -> Option<i32> {
+    admin
+        .query_opt(
+            "SELECT pid FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND objsubid = 1
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND ((classid::bigint << 32) | objid::bigint) = $1",
+            &[&job.key()],
+        )
+        .await
+        .unwrap()
+        .map(|row| row.get(0))
+}
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `cond` until it holds.
+async fn until<F: Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    within(what, async {
+        while !cond().await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// Counts the jobs running on all nodes at once; any second one is a
+/// violation of the election.
+#[derive(Clone, Default)]
+struct Jobs {
+    running: Arc<AtomicUsize>,
+    started: Arc<AtomicUsize>,
+    overlapped: Arc<AtomicBool>,
+}
+
+type JobFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Jobs {
+    fn job(&self) -> impl FnMut(LeaderTerm, CancellationToken) -> JobFuture + Send + use<> {
+        let jobs = self.clone();
+        move |_term, cancel| {
+            let jobs = jobs.clone();
+            Box::pin(async move {
+                if jobs.running.fetch_add(1, Ordering::SeqCst) != 0 {
+                    jobs.overlapped.store(true, Ordering::SeqCst);
+                }
+                jobs.started.fetch_add(1, Ordering::SeqCst);
+                cancel.cancelled().await;
+                jobs.running.fetch_sub(1, Ordering::SeqCst);
+            })
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+}
+
+/// A node running the job while it leads.
+struct Node {
+    leadership: Leadership,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    fn start(backend: &PgBackend, name: &str, config: ElectionConfig, jobs: &Jobs) -> Node {
+        let elector = backend.elect(JOB, name.parse().unwrap(), config);
+        let leadership = elector.leadership();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (shutdown, job) = (shutdown.clone(), jobs.job());
+            async move { elector.run_while_leader(&shutdown, job).await }
+        });
+        Node {
+            leadership,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        within("the node to stop", self.task).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contending_nodes_run_the_job_on_one_node_at_a_time_across_handovers() {
+    let db = database().await;
+    let backends = [
+        node_backend(&db).await,
+        node_backend(&db).await,
+        node_backend(&db).await,
+    ];
+    let jobs = Jobs::default();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(&backends[i], &format!("n{i}"), FAST, &jobs))
+        .collect();
+    let mut last_term = 0;
+    for round in 1..=8 {
+        // Someone leads and runs the job; exactly one node says it leads.
+        until("a leader running the job", || async {
+            jobs.started() == round
+        })
+        .await;
+        let leaders: Vec<usize> = (0..3)
+            .filter(|&i| nodes[i].leadership.is_leader())
+            .collect();
+        assert_eq!(leaders.len(), 1, "round {round}");
+        let term = nodes[leaders[0]].leadership.current().unwrap();
+        assert!(
+            term.term > last_term,
+            "terms count up: {} after {last_term}",
+            term.term
+        );
+        last_term = term.term;
+        // The leader shuts down: the job ends, the lock goes, a
+        // restarted node joins in its place.
+        let i = leaders[0];
+        let old = std::mem::replace(
+            &mut nodes[i],
+            Node::start(&backends[i], &format!("n{i}"), FAST, &jobs),
+        );
+        old.stop().await;
+    }
+    until("the last leader's job", || async { jobs.started() == 9 }).await;
+    for node in nodes {
+        node.stop().await;
+    }
+    assert!(
+        !jobs.overlapped.load(Ordering::SeqCst),
+        "two jobs ran at once"
+    );
+    assert_eq!(jobs.running(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_leader_steps_down_another_takes_over_and_the_old_terms_writes_are_refused() {
+    let db = database().await;
+    let (admin, admin_driver) = admin(&db).await;
+    admin
+        .batch_execute("CREATE TABLE work (node TEXT NOT NULL, term BIGINT NOT NULL)")
+        .await
+        .unwrap();
+    let (a_backend, b_backend) = (node_backend(&db).await, node_backend(&db).await);
+    let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
+    let a = Node::start(&a_backend, "a", FAST, &a_jobs);
+    let mut a_leadership = a.leadership.clone();
+    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+    assert_eq!(a_term.term, 1);
+    until("a's job", || async { a_jobs.running() == 1 }).await;
+    let b = Node::start(&b_backend, "b", FAST, &b_jobs);
+
+    // PostgreSQL ends a's election session: a notices, cancels its job.
+    let pid = holder(&admin, JOB).await.expect("a holds the lock");
+    assert!(
+        admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    within("a to step down", a_leadership.ended(&a_term)).await;
+    until("a's job to be cancelled", || async {
+        a_jobs.running() == 0
+    })
+    .await;
+
+    // b takes over under the next term and runs the job.
+    let mut b_leadership = b.leadership.clone();
+    let b_term = within("b to lead", b_leadership.leading()).await.unwrap();
+    assert_eq!((b_term.node.as_str(), b_term.term), ("b", 2));
+    until("b's job", || async { b_jobs.running() == 1 }).await;
+
+    // a, paused through all that, still holds term 1: its write is
+    // refused; b's goes through.
+    let write = |backend: &PgBackend, term: LeaderTerm| {
+        let backend = backend.clone();
+        async move {
+            backend
+                .fenced(&term.clone(), move |tx| {
+                    Box::pin(async move {
+                        tx.execute(
+                            "INSERT INTO work (node, term) VALUES ($1, $2)",
+                            &[&term.node.as_str(), &term.term],
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .await
+        }
+    };
+    match write(&a_backend, a_term.clone()).await {
+        Err(StoreError::Fenced {
+            job: "retention",
+            term: 1,
+            current: Some(2),
+        }) => {}
+        other => panic!("a's stale write was not fenced: {other:?}"),
+    }
+    write(&b_backend, b_term.clone()).await.unwrap();
+    let rows: Vec<(String, i64)> = admin
+        .query("SELECT node, term FROM work", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [("b".to_owned(), 2)]);
+    let stored: (String, i64) = admin
+        .query_one(
+            "SELECT holder_node, term FROM leases WHERE job = 'retention'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(stored, ("b".to_owned(), 2));
+
+    // a follows again, and never ran alongside b's job after stepping down.
+    assert!(!a.leadership.is_leader());
+    a.stop().await;
+    b.stop().await;
+    drop(admin);
+    admin_driver.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_for_a_job_never_acquired_is_fenced() {
+    let db = database().await;
+    let backend = node_backend(&db).await;
+    let term = LeaderTerm {
+        job: Job::Nudges,
+        node: "a".parse().unwrap(),
+        term: 1,
+    };
+    let out = backend
+        .fenced(&term, |_tx| Box::pin(async { Ok(()) }))
+        .await;
+    assert!(
+        matches!(
+            out,
+            Err(StoreError::Fenced {
+                job: "nudges",
+                term: 1,
+                current: None
+            })
+        ),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_leader_releases_the_lock_before_stop_returns() {
+    let db = database().await;
+    let (admin, _driver) = admin(&db).await;
+    let backend = node_backend(&db).await;
+    let jobs = Jobs::default();
+    let a = Node::start(&backend, "a", FAST, &jobs);
+    until("a's job", || async { jobs.running() == 1 }).await;
+    assert!(holder(&admin, JOB).await.is_some());
+    a.stop().await;
+    // Unlocked, not left to a timeout: free the moment stop returned.
+    assert_eq!(holder(&admin, JOB).await, None);
+    assert_eq!(jobs.running(), 0);
+    // The next node takes it at its first try.
+    let b = Node::start(&backend, "b", FAST, &jobs);
+    until("b's job", || async { jobs.started() == 2 }).await;
+    assert_eq!(b.leadership.current().unwrap().term, 2);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_silent_past_its_idle_timeout_loses_the_lock_to_another_node() {
+    let db = database().await;
+    let (a_backend, b_backend) = (node_backend(&db).await, node_backend(&db).await);
+    // a checks too rarely for its idle timeout: PostgreSQL ends its
+    // session, as it would for a paused or partitioned leader.
+    let silent = ElectionConfig {
+        check_interval: Duration::from_secs(600),
+        leader_idle_timeout: Duration::from_millis(300),
+        ..FAST
+    };
+    let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
+    let a = Node::start(&a_backend, "a", silent, &a_jobs);
+    let mut a_leadership = a.leadership.clone();
+    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+    let b = Node::start(&b_backend, "b", FAST, &b_jobs);
+    let mut b_leadership = b.leadership.clone();
+    let b_term = within("b to take over", b_leadership.leading())
+        .await
+        .unwrap();
+    assert_eq!(b_term.term, a_term.term + 1);
+    // a learns it at once from its closed socket, not at its next check.
+    within("a to step down", a_leadership.ended(&a_term)).await;
+    until("a's job to be cancelled", || async {
+        a_jobs.running() == 0
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
