@@ -500,3 +500,105 @@ async fn a_partitioned_leader_steps_down_and_the_lock_passes_on_when_postgresql_
     drop(proxy);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leaders_term_waits_for_the_old_leaders_fenced_write_in_flight() {
+    let db = database().await;
+    let (admin, _driver) = admin(&db).await;
+    admin
+        .batch_execute("CREATE TABLE work (term BIGINT NOT NULL)")
+        .await
+        .unwrap();
+    let (a_backend, b_backend) = (node_backend(&db).await, node_backend(&db).await);
+    // b's try must wait for the row lock, not time out.
+    let patient = ElectionConfig {
+        check_timeout: Duration::from_secs(10),
+        ..FAST
+    };
+    let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
+    let a = Node::start(&a_backend, "a", FAST, &a_jobs);
+    let mut a_leadership = a.leadership.clone();
+    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+
+    // a's fenced write passes the fence, writes, and waits before commit.
+    let (inside_tx, inside) = tokio::sync::oneshot::channel::<()>();
+    let (go_on, go_on_rx) = tokio::sync::oneshot::channel::<()>();
+    let write = tokio::spawn({
+        let (backend, term) = (a_backend.clone(), a_term.clone());
+        async move {
+            backend
+                .fenced(&term.clone(), move |tx| {
+                    Box::pin(async move {
+                        tx.execute("INSERT INTO work (term) VALUES ($1)", &[&term.term])
+                            .await?;
+                        inside_tx.send(()).unwrap();
+                        go_on_rx.await.unwrap();
+                        Ok(())
+                    })
+                })
+                .await
+        }
+    });
+    within("a's write to pass the fence", inside).await.unwrap();
+
+    // a loses its session; b takes the lock but its term bump waits on
+    // the row a's write holds.
+    let pid = holder(&admin, JOB).await.unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    within("a to step down", a_leadership.ended(&a_term)).await;
+    let b = Node::start(&b_backend, "b", patient, &b_jobs);
+    until("b's term bump to wait for a's write", || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'outrider leader retention b' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    assert!(!b.leadership.is_leader());
+
+    // a's write commits under term 1, before term 2 exists; then b leads.
+    go_on.send(()).unwrap();
+    within("a's write", write).await.unwrap().unwrap();
+    let mut b_leadership = b.leadership.clone();
+    let b_term = within("b to lead", b_leadership.leading()).await.unwrap();
+    assert_eq!(b_term.term, 2);
+    // From now on a's term writes nothing.
+    let late = a_backend
+        .fenced(&a_term, |tx| {
+            Box::pin(async move {
+                tx.execute("INSERT INTO work (term) VALUES (1)", &[])
+                    .await?;
+                Ok(())
+            })
+        })
+        .await;
+    assert!(
+        matches!(
+            late,
+            Err(StoreError::Fenced {
+                current: Some(2),
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+    let terms: Vec<i64> = admin
+        .query("SELECT term FROM work", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(terms, [1]);
+    a.stop().await;
+    b.stop().await;
+}
