@@ -529,6 +529,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_that_returns_waits_for_the_next_term_and_shutdown_still_stops_it() {
+        let (tx, leadership) = Leadership::channel();
+        let elector = Elector::new(leadership, CancellationToken::new(), None);
+        let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shutdown = CancellationToken::new();
+        let runner = tokio::spawn({
+            let (ran, shutdown) = (ran.clone(), shutdown.clone());
+            async move {
+                elector
+                    .run_while_leader(&shutdown, move |term, _cancel| {
+                        ran.lock().unwrap().push(term.term);
+                        async {}
+                    })
+                    .await
+            }
+        });
+        tx.send_replace(Some(term(1)));
+        until("the job to run", || ran.lock().unwrap().len() == 1).await;
+        // Still term 1: nothing restarts it. A new term does, once.
+        tx.send_replace(Some(term(1)));
+        tx.send_replace(Some(term(2)));
+        until("the job to run again", || ran.lock().unwrap().len() == 2).await;
+        // Shutdown while waiting for the next term ends the runner.
+        shutdown.cancel();
+        runner.await.unwrap();
+        assert_eq!(*ran.lock().unwrap(), [1, 2]);
+    }
+
+    #[tokio::test]
     async fn sqlite_always_leads_under_term_one() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&dir.path().join("t.db"))

@@ -194,8 +194,8 @@ async fn try_acquire(session: &Session, job: Job, node: &NodeId, config: &Electi
 /// A leader's check: the session answers a query within the timeout.
 /// While it lives the lock is ours: only its session's end or an unlock
 /// on it releases an advisory lock, and nothing else uses the session.
-async fn check(session: &Session, timeout: Duration) -> Checked {
-    match tokio::time::timeout(timeout, session.client.simple_query("SELECT 1")).await {
+async fn check(client: &tokio_postgres::Client, timeout: Duration) -> Checked {
+    match tokio::time::timeout(timeout, client.simple_query("SELECT 1")).await {
         Ok(Ok(_)) => Checked::Alive,
         Ok(Err(_)) => Checked::Lost,
         Err(_) => Checked::TimedOut,
@@ -225,24 +225,42 @@ async fn elect(
         let observation = if stop.is_cancelled() {
             Observation::Shutdown
         } else if let Some(s) = session.as_mut().filter(|_| held.is_some()) {
+            let client = &s.client;
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => Observation::Shutdown,
                 // The socket closed (terminated, server gone): at once.
                 _ = &mut s.driver => Observation::Checked(Checked::Lost),
-                _ = tokio::time::sleep(config.check_interval) => {
-                    Observation::Checked(check(s, config.check_timeout).await)
-                }
+                checked = async {
+                    tokio::time::sleep(config.check_interval).await;
+                    check(client, config.check_timeout).await
+                } => Observation::Checked(checked),
             }
         } else {
-            if session.is_none() {
-                match Session::open(&settings, job, &node, config.check_timeout).await {
-                    Ok(s) => session = Some(s),
-                    Err(e) => warn!(job = job.name(), "election session: {e}"),
-                }
+            // A follower's session that closed meanwhile (an idle or
+            // terminated backend) is replaced before trying, not after a
+            // failed try and another retry interval.
+            if session.as_ref().is_some_and(|s| s.driver.is_finished()) {
+                session = None;
             }
-            match &session {
-                Some(s) => Observation::Tried(try_acquire(s, job, &node, &config).await),
-                None => Observation::Tried(Tried::Failed),
+            // Cancelled by a stop mid-way, the session may hold a lock
+            // taken just before: `Stop` closes it, which releases it.
+            let attempt = async {
+                if session.is_none() {
+                    match Session::open(&settings, job, &node, config.check_timeout).await {
+                        Ok(s) => session = Some(s),
+                        Err(e) => warn!(job = job.name(), "election session: {e}"),
+                    }
+                }
+                match &session {
+                    Some(s) => try_acquire(s, job, &node, &config).await,
+                    None => Tried::Failed,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => Observation::Shutdown,
+                tried = attempt => Observation::Tried(tried),
             }
         };
         match decide(held.is_some(), &observation) {
