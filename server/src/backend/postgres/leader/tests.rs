@@ -602,3 +602,41 @@ async fn a_new_leaders_term_waits_for_the_old_leaders_fenced_write_in_flight() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Over TCP with TLS (a cluster of its own): the election session is
+/// encrypted like the pool's, names itself, and leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_over_tls_holds_the_lock_on_an_encrypted_named_session() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let cluster = outrider_pgtest::Cluster::start_tls(outrider_pgtest::TlsFiles {
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    })
+    .unwrap();
+    let db = cluster.database().await.unwrap();
+    let tls = PgTls::with_ca_pem(Some(&cert_pem)).unwrap();
+    let backend = PgBackend::with_config(cluster.tcp_config(&db.name), tls, 1)
+        .await
+        .unwrap();
+    let jobs = Jobs::default();
+    let a = Node::start(&backend, "a", FAST, &jobs);
+    until("a's job", || async { jobs.running() == 1 }).await;
+    // The test's own connection over the socket.
+    let (admin, _driver) = admin(&db).await;
+    let pid = holder(&admin, JOB).await.expect("a holds the lock");
+    let row = admin
+        .query_one(
+            "SELECT s.ssl, a.application_name FROM pg_stat_ssl s
+             JOIN pg_stat_activity a USING (pid) WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, String>(1)),
+        (true, "outrider leader retention a".to_owned())
+    );
+    a.stop().await;
+    assert_eq!(holder(&admin, JOB).await, None);
+}
