@@ -325,7 +325,8 @@ async fn elect(
 }
 
 impl PgBackend {
-    /// Joins `job`'s election as `node` (see [`Backend::elect`]).
+    /// Joins `job`'s election as `node` (see [`Backend::elect`]): spawns
+    /// the election task, so it needs a tokio runtime.
     ///
     /// [`Backend::elect`]: crate::backend::Backend::elect
     pub fn elect(&self, job: Job, node: NodeId, config: ElectionConfig) -> Elector {
