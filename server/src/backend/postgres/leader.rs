@@ -56,6 +56,10 @@ const KEEPALIVE_RETRIES: u32 = 3;
 const SERVER_KEEPALIVE: &str = "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 1; \
      SET tcp_keepalives_count = 3; SET tcp_user_timeout = 5000";
 
+/// The oldest PostgreSQL (`server_version_num`) with
+/// `idle_session_timeout`, which a leading session relies on.
+const MIN_SERVER_VERSION: i32 = 140_000;
+
 /// How the elector reaches PostgreSQL: the pool's settings, for its own
 /// connections.
 #[derive(Clone, Debug)]
@@ -99,6 +103,16 @@ impl Session {
                 }
             };
             let session = Session { client, driver };
+            let version: i32 = session
+                .client
+                .query_one("SELECT current_setting('server_version_num')::int", &[])
+                .await?
+                .get(0);
+            if version < MIN_SERVER_VERSION {
+                return Err(StoreError::Config(format!(
+                    "PostgreSQL server version {version} cannot hold elections: it needs {MIN_SERVER_VERSION} (14) or newer, for idle_session_timeout"
+                )));
+            }
             session.client.batch_execute(SERVER_KEEPALIVE).await?;
             Ok::<_, StoreError>(session)
         };
