@@ -28,7 +28,7 @@
 //!    an old leader may still be running its job while a new one starts:
 //!    two jobs can overlap for that long. Writes that must not overlap are
 //!    *fenced*: they carry the [`LeaderTerm`] and are refused
-//!    ([`StoreError::Fenced`]) once a newer term was acquired
+//!    ([`StoreError::Fenced`](super::StoreError::Fenced)) once a newer term was acquired
 //!    (`PgBackend::fenced`). Jobs whose effects are idempotent or deduped
 //!    by a unique key (alert delivery) need no fence.
 //! 3. The other way round, a partition between a leader and PostgreSQL:
@@ -78,7 +78,7 @@ impl Job {
     ];
 
     /// The job's advisory lock key: eight ASCII letters, like
-    /// [`MIGRATION_LOCK`]. Stable across versions: two servers of
+    /// [`MIGRATION_LOCK`](super::MIGRATION_LOCK). Stable across versions: two servers of
     /// different versions sharing a database must contend for the same
     /// key, so a key never changes once released (a test pins them).
     pub const fn key(self) -> i64 {
