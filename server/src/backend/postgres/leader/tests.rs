@@ -373,10 +373,15 @@ async fn a_leader_silent_past_its_idle_timeout_loses_the_lock_to_another_node() 
 
 /// A Unix-socket proxy in front of the cluster that can be frozen: it then
 /// forwards nothing more but keeps every connection open, as a network
-/// partition does (neither end sees a close).
+/// partition does (neither end sees a close). It can also be cut: every
+/// connection closes and new ones are refused until it is healed, as when
+/// PostgreSQL goes away and comes back.
 struct Proxy {
     dir: tempfile::TempDir,
     freeze: CancellationToken,
+    /// `Some`: up, and cancelling the token cuts the connections made
+    /// under it; `None`: cut, refusing connections.
+    up: Arc<std::sync::Mutex<Option<CancellationToken>>>,
     task: JoinHandle<()>,
 }
 
@@ -389,23 +394,45 @@ impl Proxy {
             .socket_dir()
             .join(".s.PGSQL.5432");
         let freeze = CancellationToken::new();
+        let up = Arc::new(std::sync::Mutex::new(Some(CancellationToken::new())));
         let task = tokio::spawn({
-            let freeze = freeze.clone();
+            let (freeze, up) = (freeze.clone(), up.clone());
             async move {
                 // Dropped with the proxy's task: every piped connection
                 // closes then.
                 let mut pipes = tokio::task::JoinSet::new();
                 loop {
                     let (down, _) = listener.accept().await.unwrap();
+                    let Some(cut) = up.lock().unwrap().clone() else {
+                        // Cut: the client sees its connection close.
+                        continue;
+                    };
                     let up = tokio::net::UnixStream::connect(&upstream).await.unwrap();
                     let (down_read, down_write) = down.into_split();
                     let (up_read, up_write) = up.into_split();
-                    pipes.spawn(pipe(down_read, up_write, freeze.clone()));
-                    pipes.spawn(pipe(up_read, down_write, freeze.clone()));
+                    pipes.spawn(pipe(down_read, up_write, freeze.clone(), cut.clone()));
+                    pipes.spawn(pipe(up_read, down_write, freeze.clone(), cut));
                 }
             }
         });
-        Proxy { dir, freeze, task }
+        Proxy {
+            dir,
+            freeze,
+            up,
+            task,
+        }
+    }
+
+    /// Closes every connection and refuses new ones.
+    fn cut(&self) {
+        if let Some(cut) = self.up.lock().unwrap().take() {
+            cut.cancel();
+        }
+    }
+
+    /// Accepts connections again.
+    fn heal(&self) {
+        *self.up.lock().unwrap() = Some(CancellationToken::new());
     }
 
     fn config(&self, db: &outrider_pgtest::TestDb) -> tokio_postgres::Config {
@@ -425,17 +452,19 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies bytes one way until either end closes; frozen, holds both ends
-/// open and moves nothing.
+/// Copies bytes one way until either end closes or `cut`; frozen, holds
+/// both ends open and moves nothing.
 async fn pipe(
     mut from: tokio::net::unix::OwnedReadHalf,
     mut to: tokio::net::unix::OwnedWriteHalf,
     freeze: CancellationToken,
+    cut: CancellationToken,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = tokio::select! {
+            _ = cut.cancelled() => return,
             _ = freeze.cancelled() => std::future::pending().await,
             n = from.read(&mut buf) => n,
         };
@@ -639,4 +668,49 @@ async fn an_election_over_tls_holds_the_lock_on_an_encrypted_named_session() {
     );
     a.stop().await;
     assert_eq!(holder(&admin, JOB).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_postgresql_goes_away_the_leader_steps_down_and_a_node_leads_again_when_it_is_back() {
+    let db = database().await;
+    let (admin, _driver) = admin(&db).await;
+    let proxy = Proxy::start();
+    let (a_backend, b_backend) = (
+        PgBackend::with_config(proxy.config(&db), PgTls::Disable, 1)
+            .await
+            .unwrap(),
+        PgBackend::with_config(proxy.config(&db), PgTls::Disable, 1)
+            .await
+            .unwrap(),
+    );
+    let jobs = Jobs::default();
+    let a = Node::start(&a_backend, "a", FAST, &jobs);
+    let mut a_leadership = a.leadership.clone();
+    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+    let b = Node::start(&b_backend, "b", FAST, &jobs);
+    until("a's job", || async { jobs.running() == 1 }).await;
+
+    // Both nodes lose PostgreSQL: a's socket closes, it steps down at once.
+    proxy.cut();
+    within("a to step down", a_leadership.ended(&a_term)).await;
+    until("the job to be cancelled", || async { jobs.running() == 0 }).await;
+    // PostgreSQL saw the close and freed the lock, but nobody can reach it.
+    until("the lock to be freed", || async {
+        holder(&admin, JOB).await.is_none()
+    })
+    .await;
+    assert!(!b.leadership.is_leader());
+
+    // Back: the nodes reconnect and one leads under the next term.
+    proxy.heal();
+    until("a node to lead again", || async { jobs.running() == 1 }).await;
+    let leaders: Vec<LeaderTerm> = [&a, &b]
+        .iter()
+        .filter_map(|n| n.leadership.current())
+        .collect();
+    assert_eq!(leaders.len(), 1, "{leaders:?}");
+    assert_eq!(leaders[0].term, a_term.term + 1);
+    assert!(!jobs.overlapped.load(Ordering::SeqCst));
+    a.stop().await;
+    b.stop().await;
 }
