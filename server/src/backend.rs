@@ -16,6 +16,7 @@
 //!   SQLite file, a private PostgreSQL cluster from `outrider-pgtest`).
 
 pub mod error;
+pub mod leader;
 pub mod postgres;
 pub mod presence;
 pub mod sqlite;
@@ -23,7 +24,7 @@ pub mod sqlite;
 mod tests;
 
 pub use error::StoreError;
-pub use postgres::{PgBackend, PgTls};
+pub use postgres::{MIGRATION_LOCK, PgBackend, PgTls};
 pub use sqlite::SqliteBackend;
 
 /// The store backend the server runs on; cheap to clone.

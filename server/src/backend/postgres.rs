@@ -17,6 +17,7 @@
 //! PostgreSQL re-checks on the row's newest version after waiting for its
 //! lock (READ COMMITTED), so two nodes never both win.
 
+mod leader;
 mod presence;
 
 use std::sync::Arc;
@@ -36,11 +37,18 @@ pub struct Migration {
 
 /// Every migration, in order; versions count up from 1 without gaps
 /// (a test checks).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "presence",
-    sql: include_str!("postgres/migrations/0001_presence.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "presence",
+        sql: include_str!("postgres/migrations/0001_presence.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "leases",
+        sql: include_str!("postgres/migrations/0002_leases.sql"),
+    },
+];
 
 /// The advisory lock key nodes migrate under ("outrmigr" in ASCII).
 pub const MIGRATION_LOCK: i64 = 0x6f75_7472_6d69_6772;
@@ -73,6 +81,9 @@ impl PgTls {
 #[derive(Clone, Debug)]
 pub struct PgBackend {
     pool: Pool,
+    /// The settings again, for connections outside the pool (elections,
+    /// `postgres/leader.rs`).
+    session: Arc<leader::SessionSettings>,
 }
 
 /// The migrations still to apply to a database at version `applied`
@@ -112,6 +123,10 @@ impl PgBackend {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
+        let session = Arc::new(leader::SessionSettings {
+            config: config.clone(),
+            tls: tls.clone(),
+        });
         let manager = match tls {
             PgTls::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
             PgTls::Rustls(client) => Manager::from_config(
@@ -124,7 +139,7 @@ impl PgBackend {
             .max_size(max_connections.max(1))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        let backend = PgBackend { pool };
+        let backend = PgBackend { pool, session };
         backend.migrate().await?;
         Ok(backend)
     }
