@@ -172,7 +172,31 @@ pub async fn run_with_dashboard(
         );
     }
     let bound = listener.local_addr().context("reading the bound address")?;
-    let metric_side = metrics::Metrics::new(config.metrics.clone(), bound)?;
+    let mut metric_side = metrics::Metrics::new(config.metrics.clone(), bound)?;
+    let remote_write = match &config.metrics.remote_write_url {
+        Some(url) => {
+            let m = &config.metrics;
+            let settings = metrics::remote_write::Settings {
+                url: metrics::remote_write::check_url(url)?,
+                queue_dir: metrics::remote_write::queue_dir(&config.data_dir),
+                queue_bytes: m.remote_write_queue_bytes,
+                batch_samples: m.remote_write_batch_samples as usize,
+                flush_interval: Duration::from_millis(m.remote_write_flush_interval_ms),
+                timeout: Duration::from_secs(m.remote_write_timeout_secs),
+                bearer_token: m
+                    .remote_write_bearer_token_file
+                    .as_deref()
+                    .map(auth::read_token_file)
+                    .transpose()
+                    .context("--remote-write-bearer-token-file")?,
+            };
+            let (feed, worker) =
+                metrics::remote_write::open(settings).context("opening the remote_write queue")?;
+            metric_side.remote_write = Some(feed);
+            Some(worker)
+        }
+        None => None,
+    };
     if let metrics::MetricsAccess::Closed { listen } = &metric_side.access {
         warn!(
             %listen,
@@ -207,7 +231,11 @@ pub async fn run_with_dashboard(
             }
         })?,
     );
-    let sinks = ingest::sinks(metric_side.graphite.clone(), alerts.clone());
+    let sinks = ingest::sinks(
+        metric_side.graphite.clone(),
+        metric_side.remote_write.clone(),
+        alerts.clone(),
+    );
     let nudges = Arc::new(nudges::Nudges::new(Duration::from_secs(
         config.nudge_window_secs,
     )));
@@ -242,6 +270,14 @@ pub async fn run_with_dashboard(
         .await
         .context("computing agent configs")?;
     metrics::spawn(&state);
+    if let Some(worker) = remote_write {
+        info!(url = ?state.config.metrics.remote_write_url, "forwarding to a remote_write receiver");
+        state.tasks.spawn(metrics::remote_write::run(
+            worker,
+            state.store.clone(),
+            shutdown.clone(),
+        ));
+    }
     state.tasks.spawn({
         let shutdown = shutdown.clone();
         async move { nudges.run(shutdown).await }
