@@ -283,7 +283,7 @@ async fn samples_queued_while_the_receiver_is_down_all_arrive_after_a_restart() 
     }
     // Three samples per result (state, load1, load5); all of them queued,
     // and retried against the closed port.
-    let want = 3 * results as u64;
+    let want = 3 * results;
     poll("queued on disk", || async {
         let queued = exposed(&server, "outrider_remote_write_queued_samples ").await;
         let retried = exposed(&server, "outrider_remote_write_retries_total ").await;
