@@ -18,7 +18,8 @@
 //!
 //! Background tasks ([`spawn`]): the retention loop and, when configured,
 //! the Graphite sender, both on the server's task tracker and stopped by
-//! its shutdown token.
+//! its shutdown token. The remote_write worker ([`remote_write`]) needs its
+//! disk queue opened first, so the server's start opens and spawns it.
 
 pub mod graphite;
 pub mod prometheus;
