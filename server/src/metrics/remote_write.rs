@@ -765,3 +765,95 @@ async fn answer(
 pub fn queue_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(QUEUE_DIR)
 }
+
+#[cfg(test)]
+mod tests {
+    use outrider_protocol::{CheckState, PerfData};
+
+    use super::*;
+
+    fn result(check: &str, values: &[f64]) -> CheckResult {
+        CheckResult {
+            seq: 1,
+            check: check.into(),
+            state: CheckState::Critical,
+            summary: "long text that is not copied".into(),
+            long_output: String::new(),
+            perfdata: values
+                .iter()
+                .map(|v| PerfData {
+                    label: "v".into(),
+                    value: *v,
+                    uom: String::new(),
+                    warn: None,
+                    crit: None,
+                    min: None,
+                    max: None,
+                })
+                .collect(),
+            unknown_perfdata: Vec::new(),
+            started_at_ms: 1_700_000_000_000,
+            duration_ms: 1,
+            update_event: None,
+        }
+    }
+
+    #[test]
+    fn ingest_never_waits_a_full_channel_drops_and_counts() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let feed = Feed {
+            tx,
+            stats: Arc::new(Stats::default()),
+        };
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        // State + two finite values = 3 points; the NaN is not one.
+        feed.push_results(&fp, &[result("a", &[1.0, 2.0, f64::NAN])]);
+        // The channel is full: these 1 + 1 points are dropped, not waited for.
+        feed.push_results(&fp, &[result("b", &[5.0])]);
+        assert_eq!(feed.stats.dropped(Dropped::Overflow), 2);
+        // Samples carry no state point; nothing finite, nothing sent.
+        feed.push_samples(&fp, &[result("outrider.samples", &[f64::INFINITY])]);
+        assert_eq!(feed.stats.dropped(Dropped::Overflow), 2);
+        let item = rx.try_recv().unwrap();
+        assert_eq!((item.points, item.readings.len()), (3, 1));
+        assert_eq!(item.readings[0].state, 2);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn stats_render_one_family_per_metric_with_every_reason() {
+        let stats = Stats::default();
+        stats.drop_samples(Dropped::QueueFull, 7);
+        stats.request("5xx");
+        stats.request("error");
+        let text = stats.render();
+        assert!(
+            text.contains("outrider_remote_write_dropped_samples_total{reason=\"queue_full\"} 7\n")
+        );
+        assert!(text.contains("outrider_remote_write_requests_total{status=\"5xx\"} 1\n"));
+        assert!(text.contains("outrider_remote_write_requests_total{status=\"error\"} 1\n"));
+        for d in Dropped::ALL {
+            assert!(
+                text.contains(&format!("{{reason=\"{}\"}}", d.label())),
+                "{d:?}"
+            );
+        }
+        let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(types, 7);
+    }
+
+    #[test]
+    fn urls_must_be_absolute_http() {
+        assert!(check_url("http://127.0.0.1:9090/api/v1/write").is_ok());
+        assert!(check_url("https://vm.example/api/v1/write").is_ok());
+        for bad in [
+            "",
+            "/api/v1/write",
+            "ftp://x/y",
+            "http://",
+            "prometheus:9090",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad:?}");
+        }
+    }
+}
