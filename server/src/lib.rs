@@ -270,14 +270,6 @@ pub async fn run_with_dashboard(
         .await
         .context("computing agent configs")?;
     metrics::spawn(&state);
-    if let Some(worker) = remote_write {
-        info!(url = ?state.config.metrics.remote_write_url, "forwarding to a remote_write receiver");
-        state.tasks.spawn(metrics::remote_write::run(
-            worker,
-            state.store.clone(),
-            shutdown.clone(),
-        ));
-    }
     state.tasks.spawn({
         let shutdown = shutdown.clone();
         async move { nudges.run(shutdown).await }
@@ -324,6 +316,20 @@ pub async fn run_with_dashboard(
         }
         None => None,
     };
+    // remote_write stops last: agent sessions commit results until they
+    // close, and what they commit must still reach its queue. Its own
+    // token is cancelled once the sessions are done (below). Spawned here,
+    // after the last fallible step, so no early return leaves it running.
+    let remote_write = remote_write.map(|worker| {
+        info!(url = ?state.config.metrics.remote_write_url, "forwarding to a remote_write receiver");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(metrics::remote_write::run(
+            worker,
+            state.store.clone(),
+            stop.clone(),
+        ));
+        (stop, task)
+    });
     let accept = listener::AcceptSettings {
         rate_per_sec: state.config.accept_rate_per_sec,
         limits: state.limits.clone(),
@@ -376,6 +382,12 @@ pub async fn run_with_dashboard(
             left = state.tasks.len(),
             "agent sessions did not close within the grace period"
         );
+    }
+    if let Some((stop, task)) = remote_write {
+        stop.cancel();
+        if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+            warn!("remote_write did not write its last batch to its queue within the grace period");
+        }
     }
     info!("outrider-server stopped");
     Ok(())

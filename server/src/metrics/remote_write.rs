@@ -22,11 +22,13 @@
 //!    start of the receiver's answer); 5xx, 429 and transport errors are
 //!    retried with jittered backoff, honouring `Retry-After`.
 //!
-//! Shutdown is the server's token: the batcher writes what it holds (and
-//! what is still in the channel) to the queue, the sender stops between
-//! requests or abandons the one in flight, which stays queued and is sent
-//! again after the restart. Receivers take a resent identical sample
-//! without complaint.
+//! Shutdown: [`run`]'s token is cancelled by the server's start (`lib.rs`)
+//! only after the agent sessions closed, since a session commits results
+//! until it ends and those must reach the queue too. The batcher then
+//! writes what it holds (and what is still in the channel) to the queue;
+//! the sender stops between requests or abandons the one in flight, which
+//! stays queued and is sent again after the restart. Receivers take a
+//! resent identical sample without complaint.
 //!
 //! Every count is on `/metrics` ([`Stats::render`]).
 
@@ -99,7 +101,8 @@ pub fn check_url(url: &str) -> Result<reqwest::Url, MetricsConfigError> {
 /// Why samples were dropped; `/metrics` label `reason`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
-    /// The channel from ingest was full (the batcher fell behind).
+    /// The channel from ingest was full (the batcher fell behind), or
+    /// closed (ingest after the grace period of a stopping server).
     Overflow,
     /// Evicted from the disk queue to stay under its cap.
     QueueFull,
