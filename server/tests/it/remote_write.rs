@@ -360,3 +360,155 @@ async fn the_batch_in_memory_at_shutdown_is_queued_not_lost() {
     );
     server.stop().await;
 }
+
+/// One request as a scripted receiver saw it.
+struct Seen {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A loopback HTTP/1.1 receiver answering each request with the next
+/// status of `script` (then 200), one connection per request; every
+/// request is handed to the returned channel.
+async fn scripted_receiver(
+    script: Vec<(u16, &'static str)>,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Seen>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut script = script.into_iter();
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 8192];
+            let (head, length) = loop {
+                let Ok(n) = socket.read(&mut buf).await else {
+                    break (None, 0);
+                };
+                if n == 0 {
+                    break (None, 0);
+                }
+                data.extend_from_slice(&buf[..n]);
+                if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&data[..end]).to_string();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    data.drain(..end + 4);
+                    break (Some(head), length);
+                }
+            };
+            let Some(head) = head else { continue };
+            while data.len() < length {
+                let Ok(n) = socket.read(&mut buf).await else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            let (status, extra) = script.next().unwrap_or((200, ""));
+            let answer = if status == 400 {
+                "out of order sample"
+            } else {
+                ""
+            };
+            let response = format!(
+                "HTTP/1.1 {status} X\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = tx.send(Seen { head, body: data });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn requests_carry_the_specs_headers_and_answers_decide_retry_or_drop() {
+    use outrider_server::metrics::remote_write::wire;
+    // 503 (retry at once, as Retry-After says), then 400 (dropped), then 200.
+    let (port, mut seen) = scripted_receiver(vec![(503, "Retry-After: 0\r\n"), (400, "")]).await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("rw.token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let server = Server::start_with(|c| {
+        remote_write_to(port)(c);
+        c.metrics.remote_write_bearer_token_file = Some(token_file.clone());
+    })
+    .await;
+    let agent = Agent::new(64, "edge-2");
+    let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let t0 = now_ms() - 5_000;
+    let first = with_perf(1, "load", t0, vec![perf("load1", 0.5, "")]);
+    assert_eq!(conn.send_results(vec![first]).await, 1);
+    let mut next = async || {
+        tokio::time::timeout(DEADLINE, seen.recv())
+            .await
+            .expect("a request within the deadline")
+            .unwrap()
+    };
+    let (a, retried) = (next().await, next().await);
+    let head = a.head.to_ascii_lowercase();
+    for header in [
+        "post /api/v1/write http/1.1",
+        "content-encoding: snappy",
+        "content-type: application/x-protobuf",
+        "x-prometheus-remote-write-version: 0.1.0",
+        "user-agent: outrider-server/",
+        "authorization: bearer s3cret",
+    ] {
+        assert!(head.contains(header), "{header:?} missing in {head}");
+    }
+    // The 503'd request is sent again as it was.
+    assert_eq!(a.body, retried.body);
+    let request = wire::decode(&a.body).expect("snappy block + WriteRequest");
+    assert_eq!(request.timeseries.len(), 2);
+    for series in &request.timeseries {
+        let names: Vec<&str> = series.labels.iter().map(|l| l.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert!(names.contains(&"__name__"));
+        assert_eq!(series.samples[0].timestamp, t0);
+    }
+    // The 400 dropped that request; the next batch is a new one and is taken.
+    let second = with_perf(2, "load", t0 + 1, vec![perf("load1", 0.7, "")]);
+    assert_eq!(conn.send_results(vec![second]).await, 2);
+    let b = next().await;
+    assert_ne!(b.body, a.body);
+    poll("counters", || async {
+        let sent = exposed(&server, "outrider_remote_write_sent_samples_total ").await;
+        (sent == 2.0).then_some(())
+    })
+    .await;
+    for (line, want) in [
+        (
+            "outrider_remote_write_dropped_samples_total{reason=\"rejected\"} ",
+            2.0,
+        ),
+        ("outrider_remote_write_retries_total ", 1.0),
+        ("outrider_remote_write_requests_total{status=\"5xx\"} ", 1.0),
+        ("outrider_remote_write_requests_total{status=\"4xx\"} ", 1.0),
+        ("outrider_remote_write_requests_total{status=\"2xx\"} ", 1.0),
+        ("outrider_remote_write_queued_samples ", 0.0),
+    ] {
+        assert_eq!(exposed(&server, line).await, want, "{line}");
+    }
+    server.stop().await;
+}
