@@ -183,12 +183,22 @@ pub async fn run_with_dashboard(
                 batch_samples: m.remote_write_batch_samples as usize,
                 flush_interval: Duration::from_millis(m.remote_write_flush_interval_ms),
                 timeout: Duration::from_secs(m.remote_write_timeout_secs),
-                bearer_token: m
-                    .remote_write_bearer_token_file
-                    .as_deref()
-                    .map(auth::read_token_file)
-                    .transpose()
-                    .context("--remote-write-bearer-token-file")?,
+                auth: match (
+                    &m.remote_write_bearer_token_file,
+                    &m.remote_write_basic_auth_user,
+                    &m.remote_write_basic_auth_password_file,
+                ) {
+                    (Some(file), _, _) => metrics::remote_write::Auth::Bearer(
+                        auth::read_token_file(file).context("--remote-write-bearer-token-file")?,
+                    ),
+                    (None, Some(user), Some(file)) => metrics::remote_write::Auth::Basic {
+                        user: user.clone(),
+                        password: auth::read_token_file(file)
+                            .context("--remote-write-basic-auth-password-file")?,
+                    },
+                    // MetricsConfig::validate refused half a basic auth.
+                    _ => metrics::remote_write::Auth::None,
+                },
             };
             let (feed, worker) =
                 metrics::remote_write::open(settings).context("opening the remote_write queue")?;

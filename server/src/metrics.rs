@@ -133,6 +133,14 @@ pub struct MetricsConfig {
     /// remote_write request; read once at start.
     #[arg(long, env = "OUTRIDER_REMOTE_WRITE_BEARER_TOKEN_FILE")]
     pub remote_write_bearer_token_file: Option<PathBuf>,
+    /// User name for HTTP basic auth on remote_write requests, with
+    /// `--remote-write-basic-auth-password-file`; instead of a bearer token.
+    #[arg(long, env = "OUTRIDER_REMOTE_WRITE_BASIC_AUTH_USER")]
+    pub remote_write_basic_auth_user: Option<String>,
+    /// File holding the basic auth password (mode 0600 or stricter); read
+    /// once at start.
+    #[arg(long, env = "OUTRIDER_REMOTE_WRITE_BASIC_AUTH_PASSWORD_FILE")]
+    pub remote_write_basic_auth_password_file: Option<PathBuf>,
 }
 
 impl Default for MetricsConfig {
@@ -154,6 +162,8 @@ impl Default for MetricsConfig {
             remote_write_flush_interval_ms: remote_write::DEFAULT_FLUSH_INTERVAL_MS,
             remote_write_timeout_secs: remote_write::DEFAULT_TIMEOUT_SECS,
             remote_write_bearer_token_file: None,
+            remote_write_basic_auth_user: None,
+            remote_write_basic_auth_password_file: None,
         }
     }
 }
@@ -197,6 +207,10 @@ pub enum MetricsConfigError {
     RemoteWriteFlushInterval(u64),
     #[error("--remote-write-timeout-secs must be at least 1")]
     RemoteWriteTimeout,
+    #[error(
+        "--remote-write-basic-auth-user and --remote-write-basic-auth-password-file go together, and not with --remote-write-bearer-token-file"
+    )]
+    RemoteWriteAuth,
 }
 
 impl MetricsConfig {
@@ -242,6 +256,14 @@ impl MetricsConfig {
         }
         if self.remote_write_timeout_secs == 0 {
             return Err(MetricsConfigError::RemoteWriteTimeout);
+        }
+        let basic = (
+            self.remote_write_basic_auth_user.is_some(),
+            self.remote_write_basic_auth_password_file.is_some(),
+        );
+        let bearer = self.remote_write_bearer_token_file.is_some();
+        if matches!(basic, (true, false) | (false, true)) || (basic.0 && bearer) {
+            return Err(MetricsConfigError::RemoteWriteAuth);
         }
         Ok(())
     }
@@ -532,6 +554,29 @@ mod tests {
                     ..base()
                 },
                 "--remote-write-timeout-secs",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_basic_auth_user: Some("u".into()),
+                    ..base()
+                },
+                "--remote-write-basic-auth-password-file",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_basic_auth_password_file: Some("p".into()),
+                    ..base()
+                },
+                "--remote-write-basic-auth-user",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_basic_auth_user: Some("u".into()),
+                    remote_write_basic_auth_password_file: Some("p".into()),
+                    remote_write_bearer_token_file: Some("t".into()),
+                    ..base()
+                },
+                "not with --remote-write-bearer-token-file",
             ),
         ] {
             let err = config

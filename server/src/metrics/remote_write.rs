@@ -348,8 +348,29 @@ pub struct Settings {
     pub batch_samples: usize,
     pub flush_interval: Duration,
     pub timeout: Duration,
-    /// `Authorization: Bearer` value, read from its file at start.
-    pub bearer_token: Option<String>,
+    /// Credentials sent with every request, read from their files at start.
+    pub auth: Auth,
+}
+
+/// How requests authenticate. `Debug` never shows the secret.
+#[derive(Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+    /// `Authorization: Basic` (RFC 7617).
+    Basic { user: String, password: String },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Auth::Basic { user, .. } => write!(f, "Basic({user:?}, <redacted>)"),
+        }
+    }
 }
 
 /// The background half, started by [`run`].
@@ -670,9 +691,11 @@ async fn send(shared: Shared, settings: &Settings, shutdown: &CancellationToken)
         for (name, value) in wire::HEADERS {
             request = request.header(name, value);
         }
-        if let Some(token) = &settings.bearer_token {
-            request = request.bearer_auth(token);
-        }
+        request = match &settings.auth {
+            Auth::None => request,
+            Auth::Bearer(token) => request.bearer_auth(token),
+            Auth::Basic { user, password } => request.basic_auth(user, Some(password)),
+        };
         let answer = tokio::select! {
             _ = shutdown.cancelled() => {
                 shared.with_queue(move |q| q.release(segment.id)).await;

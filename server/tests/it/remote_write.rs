@@ -512,3 +512,40 @@ async fn requests_carry_the_specs_headers_and_answers_decide_retry_or_drop() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn basic_auth_credentials_come_from_the_password_file() {
+    let (port, mut seen) = scripted_receiver(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("rw.password");
+    std::fs::write(&password_file, "pa55\n").unwrap();
+    std::fs::set_permissions(
+        &password_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let server = Server::start_with(|c| {
+        remote_write_to(port)(c);
+        c.metrics.remote_write_basic_auth_user = Some("writer".into());
+        c.metrics.remote_write_basic_auth_password_file = Some(password_file.clone());
+    })
+    .await;
+    let agent = Agent::new(65, "edge-3");
+    let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let r = with_perf(1, "load", now_ms() - 1_000, vec![perf("load1", 1.0, "")]);
+    assert_eq!(conn.send_results(vec![r]).await, 1);
+    let request = tokio::time::timeout(DEADLINE, seen.recv())
+        .await
+        .expect("a request")
+        .unwrap();
+    // base64("writer:pa55")
+    assert!(
+        request
+            .head
+            .to_ascii_lowercase()
+            .contains("authorization: basic d3jpdgvyonbhntu="),
+        "{}",
+        request.head
+    );
+    server.stop().await;
+}
