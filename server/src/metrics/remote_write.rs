@@ -504,19 +504,21 @@ async fn batch(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // The tick before the channel: a channel that always has an
+            // item ready must not starve the flush of a partial batch.
             biased;
             _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                if !batch.is_empty() {
+                    flush(&mut batch, &shared).await;
+                }
+            }
             item = rx.recv() => {
                 let Some(item) = item else { break };
                 add(&mut batch, &mut hosts, &store, item).await;
                 if batch.len() >= settings.batch_samples {
                     flush(&mut batch, &shared).await;
                     tick.reset();
-                }
-            }
-            _ = tick.tick() => {
-                if !batch.is_empty() {
-                    flush(&mut batch, &shared).await;
                 }
             }
         }
