@@ -18,6 +18,7 @@
 #[cfg(test)]
 mod artefact_tests;
 pub mod error;
+pub mod leader;
 pub mod plugin_files;
 pub mod postgres;
 pub mod presence;
@@ -27,7 +28,7 @@ mod tests;
 
 pub use error::StoreError;
 pub use plugin_files::PluginFileStore;
-pub use postgres::{PgArtefacts, PgBackend, PgPluginFiles, PgTls};
+pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
 pub use sqlite::SqliteBackend;
 
 /// The store backend the server runs on; cheap to clone.

@@ -18,6 +18,7 @@
 //! lock (READ COMMITTED), so two nodes never both win.
 
 mod artefacts;
+mod leader;
 mod plugin_files;
 mod presence;
 
@@ -49,8 +50,13 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
+        name: "leases",
+        sql: include_str!("postgres/migrations/0002_leases.sql"),
+    },
+    Migration {
+        version: 3,
         name: "artefacts",
-        sql: include_str!("postgres/migrations/0002_artefacts.sql"),
+        sql: include_str!("postgres/migrations/0003_artefacts.sql"),
     },
 ];
 
@@ -85,6 +91,9 @@ impl PgTls {
 #[derive(Clone, Debug)]
 pub struct PgBackend {
     pool: Pool,
+    /// The settings again, for connections outside the pool (elections,
+    /// `postgres/leader.rs`).
+    session: Arc<leader::SessionSettings>,
 }
 
 /// The migrations still to apply to a database at version `applied`
@@ -124,6 +133,10 @@ impl PgBackend {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
+        let session = Arc::new(leader::SessionSettings {
+            config: config.clone(),
+            tls: tls.clone(),
+        });
         let manager = match tls {
             PgTls::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
             PgTls::Rustls(client) => Manager::from_config(
@@ -136,7 +149,7 @@ impl PgBackend {
             .max_size(max_connections.max(1))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        let backend = PgBackend { pool };
+        let backend = PgBackend { pool, session };
         backend.migrate().await?;
         Ok(backend)
     }

@@ -26,6 +26,7 @@ mod notify_support;
 mod nudges;
 mod openapi;
 mod release_caps;
+mod remote_write;
 mod rpc;
 mod samples;
 mod transport;

@@ -20,6 +20,11 @@ use super::{PgBackend, chunk_spans};
 use crate::backend::{PluginFileStore, StoreError};
 use crate::plugins::UploadError;
 
+/// The first key of the two-key advisory locks on a plugin file's hash
+/// ("outp" in ASCII); two-key locks never collide with the single 64-bit
+/// keys the other areas use.
+pub const PLUGIN_LOCK_SPACE: i32 = 0x6f75_7470;
+
 /// Plugin files in the PostgreSQL of a [`PgBackend`]; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct PgPluginFiles {
@@ -100,9 +105,12 @@ impl PluginFileStore for PgPluginFiles {
             return Err(UploadError::Empty);
         }
         let sha256 = hex::encode(hasher.finalize());
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&sha256])
-            .await
-            .map_err(StoreError::from)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&PLUGIN_LOCK_SPACE, &sha256],
+        )
+        .await
+        .map_err(StoreError::from)?;
         let stored = tx
             .query_opt("SELECT 1 FROM plugin_files WHERE sha256 = $1", &[&sha256])
             .await
@@ -193,8 +201,11 @@ impl PluginFileStore for PgPluginFiles {
         let removed = async {
             let mut client = self.backend.client().await?;
             let tx = client.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&sha256])
-                .await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&PLUGIN_LOCK_SPACE, &sha256],
+            )
+            .await?;
             tx.execute("DELETE FROM plugin_files WHERE sha256 = $1", &[&sha256])
                 .await?;
             tx.execute(
