@@ -19,8 +19,10 @@ use std::future::Future;
 use std::ops::Range;
 
 use axum::body::Bytes;
+use futures_util::Stream;
 use futures_util::stream::BoxStream;
 use outrider_signing::{Channel, ReleaseManifest, Sha256, TrustedRoot, sha256};
+use sha2::Digest;
 
 use crate::Error;
 use crate::store::{BuildInfo, ChannelInfo};
@@ -145,6 +147,58 @@ pub fn check_blob(expected: &Sha256, bytes: &[u8], max_blob_bytes: u64) -> Resul
     Ok(())
 }
 
+/// A streamed blob upload being counted and hashed: refused as soon as it
+/// passes the per-blob cap, so an oversized body is never read whole.
+#[derive(Debug)]
+pub struct BlobIntake {
+    hasher: sha2::Sha256,
+    size: u64,
+    max_blob_bytes: u64,
+}
+
+impl BlobIntake {
+    pub fn new(max_blob_bytes: u64) -> BlobIntake {
+        BlobIntake {
+            hasher: sha2::Sha256::new(),
+            size: 0,
+            max_blob_bytes,
+        }
+    }
+
+    /// Counts and hashes the next piece; [`Error::TooLarge`] (with the
+    /// bytes received so far) once past the cap.
+    pub fn feed(&mut self, piece: &[u8]) -> Result<(), Error> {
+        self.size = self.size.saturating_add(piece.len() as u64);
+        if self.size > self.max_blob_bytes {
+            return Err(Error::TooLarge {
+                what: "blob",
+                limit: self.max_blob_bytes,
+                got: self.size,
+            });
+        }
+        self.hasher.update(piece);
+        Ok(())
+    }
+
+    /// The whole upload's size once it hashes to `expected`
+    /// ([`Error::HashMismatch`] otherwise).
+    pub fn finish(self, expected: &Sha256) -> Result<u64, Error> {
+        let actual = Sha256::from_bytes(self.hasher.finalize().into());
+        if actual != *expected {
+            return Err(Error::HashMismatch {
+                expected: *expected,
+                actual,
+            });
+        }
+        Ok(self.size)
+    }
+}
+
+/// A body piece, or [`Error::Upload`] naming why reading it failed.
+pub fn body_piece<E: std::fmt::Display>(piece: Result<Bytes, E>) -> Result<Bytes, Error> {
+    piece.map_err(|e| Error::Upload(e.to_string()))
+}
+
 /// Checks that adding a blob of `adding` bytes to `used` stored bytes stays
 /// within `max_total_bytes` ([`Error::StorageFull`] otherwise).
 pub fn check_total(used: u64, adding: u64, max_total_bytes: u64) -> Result<(), Error> {
@@ -229,6 +283,20 @@ pub trait ArtefactStore: Send + Sync {
         expected: Sha256,
         bytes: Bytes,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Stores the blob `expected` from a streamed `body`, holding one chunk
+    /// in memory: refused as soon as it passes the per-blob cap
+    /// ([`BlobIntake`]), verified against `expected` at its end, checked
+    /// against the total cap when new; nothing of a refused or failed
+    /// upload is kept. A stored blob again is a no-op. Returns its size.
+    fn put_blob_stream<B, E>(
+        &self,
+        expected: Sha256,
+        body: B,
+    ) -> impl Future<Output = Result<u64, Error>> + Send
+    where
+        B: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static;
 
     /// The stored size of blob `sha`, if stored.
     fn blob_len(&self, sha: Sha256) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
@@ -362,6 +430,32 @@ mod tests {
         }
         let err = check_total(8, 4, 10).unwrap_err().to_string();
         assert!(err.contains("10 bytes"), "{err}");
+    }
+
+    #[test]
+    fn intake_counts_hashes_and_stops_at_the_cap() {
+        let mut intake = BlobIntake::new(6);
+        intake.feed(b"abc").unwrap();
+        intake.feed(b"def").unwrap();
+        assert_eq!(intake.finish(&sha256(b"abcdef")).unwrap(), 6);
+
+        let mut intake = BlobIntake::new(6);
+        intake.feed(b"abc").unwrap();
+        assert!(matches!(
+            intake.finish(&sha256(b"abcdef")),
+            Err(Error::HashMismatch { .. })
+        ));
+
+        let mut intake = BlobIntake::new(6);
+        intake.feed(b"abcd").unwrap();
+        assert!(matches!(
+            intake.feed(b"efg"),
+            Err(Error::TooLarge {
+                limit: 6,
+                got: 7,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -6,13 +6,13 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use outrider_signing::{Channel, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use crate::Error;
-use crate::artefacts::{ArtefactStore, BlobStream, GcReport, clamp_range};
+use crate::artefacts::{ArtefactStore, BlobIntake, BlobStream, GcReport, body_piece, clamp_range};
 use crate::store::{BuildInfo, ChannelInfo, ReleaseStore};
 
 /// Runs `f` on the store off the async workers.
@@ -25,6 +25,34 @@ where
     tokio::task::spawn_blocking(move || f(&store))
         .await
         .map_err(|e| Error::Backend(Box::new(e)))?
+}
+
+/// Streams `body` into the new file `tmp` through a [`BlobIntake`] and
+/// syncs it; the upload's size once it hashes to `expected`.
+async fn write_upload<B, E>(
+    tmp: &std::path::Path,
+    expected: Sha256,
+    max_blob_bytes: u64,
+    body: B,
+) -> Result<u64, Error>
+where
+    B: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let io_err = |source| Error::Io {
+        path: tmp.to_owned(),
+        source,
+    };
+    let mut file = tokio::fs::File::create_new(tmp).await.map_err(io_err)?;
+    let mut intake = BlobIntake::new(max_blob_bytes);
+    futures_util::pin_mut!(body);
+    while let Some(piece) = body.next().await {
+        let piece = body_piece(piece)?;
+        intake.feed(&piece)?;
+        file.write_all(&piece).await.map_err(io_err)?;
+    }
+    file.sync_all().await.map_err(io_err)?;
+    intake.finish(&expected)
 }
 
 impl ArtefactStore for Arc<ReleaseStore> {
@@ -42,6 +70,24 @@ impl ArtefactStore for Arc<ReleaseStore> {
 
     async fn put_blob(&self, expected: Sha256, bytes: Bytes) -> Result<(), Error> {
         blocking(self, move |s| s.put_blob(&expected, &bytes)).await
+    }
+
+    async fn put_blob_stream<B, E>(&self, expected: Sha256, body: B) -> Result<u64, Error>
+    where
+        B: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let tmp = self.temp_blob_path(&expected);
+        let written = write_upload(&tmp, expected, self.caps().max_blob_bytes, body).await;
+        let size = match written {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        blocking(self, move |s| s.commit_blob_file(&tmp, &expected, size)).await?;
+        Ok(size)
     }
 
     async fn blob_len(&self, sha: Sha256) -> Result<Option<u64>, Error> {

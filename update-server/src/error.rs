@@ -45,6 +45,11 @@ pub enum Error {
     #[error("the uploaded blob hashes to {actual}, not to its name {expected}")]
     HashMismatch { expected: Sha256, actual: Sha256 },
 
+    /// Reading an uploaded body failed (the client went away, or sent a
+    /// malformed body); nothing of it was kept.
+    #[error("reading the upload failed: {0}")]
+    Upload(String),
+
     /// An upload above the size limit.
     #[error("the {what} is {got} bytes, more than the limit of {limit} bytes")]
     TooLarge {

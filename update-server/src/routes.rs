@@ -14,7 +14,8 @@
 //!
 //! Admin (the server mounts these behind its bearer-token layer):
 //! - `PUT /api/v1/releases/root` — root envelope
-//! - `PUT /api/v1/releases/blobs/{sha256}` — blob (up to [`MAX_BLOB_BYTES`])
+//! - `PUT /api/v1/releases/blobs/{sha256}` — blob (up to [`MAX_BLOB_BYTES`]),
+//!   streamed into the store, refused as soon as it passes the cap
 //! - `PUT /api/v1/releases/channels/{channel}/manifest` — manifest envelope
 //! - `GET /api/v1/releases/channels` — list of [`ChannelInfo`]
 //! - `GET /api/v1/releases/channels/{channel}/builds?target=T&limit=N` — the
@@ -29,7 +30,7 @@
 //! Errors are JSON `{"error": "<one sentence>"}`.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -40,7 +41,7 @@ use serde_json::json;
 
 use crate::Error;
 use crate::artefacts::ArtefactStore;
-use crate::store::{BuildInfo, ChannelInfo, MAX_BLOB_BYTES};
+use crate::store::{BuildInfo, ChannelInfo};
 
 /// Blobs are content-addressed, so they never change.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -77,8 +78,9 @@ where
         .route("/api/v1/releases/root", put(put_root::<S>))
         .route(
             "/api/v1/releases/blobs/{sha256}",
-            // The limit must cover the whole blob; the store checks it again.
-            put(put_blob::<S>).layer(DefaultBodyLimit::max(MAX_BLOB_BYTES as usize)),
+            // The body streams into the store, which refuses it as soon as
+            // it passes the store's cap (never above `MAX_BLOB_BYTES`).
+            put(put_blob::<S>),
         )
         .route(
             "/api/v1/releases/channels/{channel}/manifest",
@@ -107,7 +109,9 @@ impl From<Error> for ApiError {
             Error::Signing(S::TooLarge { .. }) | Error::TooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Error::Signing(_) | Error::HashMismatch { .. } => StatusCode::BAD_REQUEST,
+            Error::Signing(_) | Error::HashMismatch { .. } | Error::Upload(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Error::NoRoot
             | Error::StaleSequence { .. }
             | Error::MissingBlob { .. }
@@ -362,11 +366,10 @@ async fn put_root<S: ArtefactStore>(
 async fn put_blob<S: ArtefactStore>(
     State(store): State<S>,
     Path(sha): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let sha = parse_sha(&sha)?;
-    let size = body.len();
-    store.put_blob(sha, body).await?;
+    let size = store.put_blob_stream(sha, body.into_data_stream()).await?;
     Ok(Json(json!({ "sha256": sha, "size": size })))
 }
 

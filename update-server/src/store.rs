@@ -192,49 +192,81 @@ impl ReleaseStore {
     /// no-op.
     pub fn put_blob(&self, expected: &Sha256, bytes: &[u8]) -> Result<(), Error> {
         check_blob(expected, bytes, self.caps.max_blob_bytes)?;
-        let path = self.blobs.join(expected.to_string());
-        if path.is_file() {
-            // Uploading it again restarts its grace against
-            // `collect_garbage` (a manifest naming it may follow); only the
-            // file's time changes, so a failure here loses nothing.
-            let touched = File::options()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-            if let Err(e) = touched {
-                tracing::warn!(path = %path.display(), "cannot refresh a release blob's time: {e}");
-            }
+        if self.touch_if_stored(expected) {
             return Ok(());
         }
-        if self.caps.max_total_bytes != u64::MAX {
-            // Only with a total cap set: the sum costs a directory listing.
-            check_total(
-                self.stored_bytes()?,
-                bytes.len() as u64,
-                self.caps.max_total_bytes,
-            )?;
+        let tmp = self.temp_blob_path(expected);
+        let written = (|| {
+            let mut file = File::create_new(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        })();
+        if let Err(source) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Io { path: tmp, source });
         }
+        self.commit_blob_file(&tmp, expected, bytes.len() as u64)
+    }
+
+    /// The caps this store enforces.
+    pub(crate) fn caps(&self) -> BlobCaps {
+        self.caps
+    }
+
+    /// Whether blob `sha` is stored; if so, refreshes its time: uploading
+    /// it again restarts its grace against `collect_garbage` (a manifest
+    /// naming it may follow). Only the file's time changes, so a failure
+    /// to refresh loses nothing and is only logged.
+    pub(crate) fn touch_if_stored(&self, sha: &Sha256) -> bool {
+        let path = self.blobs.join(sha.to_string());
+        if !path.is_file() {
+            return false;
+        }
+        let touched = File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        if let Err(e) = touched {
+            tracing::warn!(path = %path.display(), "cannot refresh a release blob's time: {e}");
+        }
+        true
+    }
+
+    /// A fresh temporary file name in `blobs/` for an upload of `sha`;
+    /// removed on open if an upload is interrupted.
+    pub(crate) fn temp_blob_path(&self, sha: &Sha256) -> PathBuf {
         // One counter per process, not per store: two stores opened on one
         // directory in one process must not pick the same temp name.
         static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .blobs
-            .join(format!("{TMP_PREFIX}{expected}-{}-{n}", std::process::id()));
-        let written = (|| {
-            let mut file = File::create_new(&tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            sync_dir(&self.blobs)
-        })();
-        written.map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            Error::Io {
-                path: path.clone(),
-                source,
+        self.blobs
+            .join(format!("{TMP_PREFIX}{sha}-{}-{n}", std::process::id()))
+    }
+
+    /// Makes the complete, verified, synced temp file `tmp` of `size` bytes
+    /// the blob `sha`, unless it is stored by now or the total cap refuses
+    /// it ([`Error::StorageFull`]); `tmp` is gone afterwards either way.
+    pub(crate) fn commit_blob_file(
+        &self,
+        tmp: &Path,
+        sha: &Sha256,
+        size: u64,
+    ) -> Result<(), Error> {
+        let committed = (|| {
+            if self.touch_if_stored(sha) {
+                return Ok(());
             }
-        })
+            if self.caps.max_total_bytes != u64::MAX {
+                // Only with a total cap set: the sum costs a directory listing.
+                check_total(self.stored_bytes()?, size, self.caps.max_total_bytes)?;
+            }
+            let path = self.blobs.join(sha.to_string());
+            fs::rename(tmp, &path)
+                .and_then(|()| sync_dir(&self.blobs))
+                .map_err(|source| Error::Io { path, source })
+        })();
+        let _ = fs::remove_file(tmp);
+        committed
     }
 
     /// Where the blob named `sha` is stored, if it is.

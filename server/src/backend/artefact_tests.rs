@@ -92,6 +92,8 @@ suite!(
     two_nodes_racing_to_publish_on_one_channel_never_both_win_a_sequence,
     garbage_collection_keeps_referenced_and_recent_blobs,
     channels_and_builds_come_from_the_stored_history,
+    a_streamed_upload_is_stored_whole_or_not_at_all,
+    concurrent_streamed_uploads_of_one_blob_from_two_nodes_store_it_once,
 );
 
 /// `len` bytes no compressor would shorten, different per `seed`.
@@ -593,6 +595,139 @@ async fn channels_and_builds_come_from_the_stored_history<S: ArtefactStore>(a: S
     );
 }
 
+/// `blob` as an upload body in uneven pieces.
+fn pieces(
+    blob: &[u8],
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let parts: Vec<Bytes> = [0..7, 7..blob.len() / 2, blob.len() / 2..blob.len()]
+        .into_iter()
+        .map(|r| Bytes::copy_from_slice(&blob[r]))
+        .collect();
+    futures_util::stream::iter(parts.into_iter().map(Ok))
+}
+
+async fn a_streamed_upload_is_stored_whole_or_not_at_all<S: ArtefactStore>(a: S, b: S) {
+    let blob = noise(20, 2_345);
+    assert_eq!(
+        a.put_blob_stream(sha256(&blob), pieces(&blob))
+            .await
+            .unwrap(),
+        2_345
+    );
+    assert_eq!(read_all(&b, &blob, 0..u64::MAX).await, blob);
+    // Again: a no-op.
+    assert_eq!(
+        b.put_blob_stream(sha256(&blob), pieces(&blob))
+            .await
+            .unwrap(),
+        2_345
+    );
+
+    // Not what it claims to be.
+    let other = noise(21, 1_000);
+    let err = a
+        .put_blob_stream(sha256(b"claimed"), pieces(&other))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::HashMismatch { .. }), "{err:?}");
+    assert_eq!(b.blob_len(sha256(b"claimed")).await.unwrap(), None);
+
+    // Past the cap: refused at the piece that passes it; the body is never
+    // read further.
+    let big = noise(22, 4_097);
+    let body = pieces(&big).chain(futures_util::stream::once(async {
+        panic!("read past the cap")
+    }));
+    let err = a.put_blob_stream(sha256(&big), body).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                limit: 4096,
+                got: 4097,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(b.blob_len(sha256(&big)).await.unwrap(), None);
+
+    // The client goes away mid-body.
+    let broken = futures_util::stream::iter([
+        Ok(Bytes::from_static(b"half of it")),
+        Err(std::io::Error::other("connection reset")),
+    ]);
+    let err = a
+        .put_blob_stream(sha256(b"half of it, and the rest"), broken)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Upload(reason) if reason.contains("connection reset")),
+        "{err:?}"
+    );
+
+    // Over the total cap (10000; 2345 stored): refused, nothing kept.
+    let full = noise(24, 4_000);
+    a.put_blob_stream(sha256(&full), pieces(&full))
+        .await
+        .unwrap();
+    let over = noise(25, 4_000);
+    let err = b
+        .put_blob_stream(sha256(&over), pieces(&over))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::StorageFull {
+                limit: 10_000,
+                used: 6_345,
+                got: 4_000
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(a.blob_len(sha256(&over)).await.unwrap(), None);
+    // Nothing of the refused uploads takes room: a 3655-byte blob fits.
+    let last = noise(26, 3_655);
+    b.put_blob_stream(sha256(&last), pieces(&last))
+        .await
+        .unwrap();
+}
+
+async fn concurrent_streamed_uploads_of_one_blob_from_two_nodes_store_it_once<S>(a: S, b: S)
+where
+    S: ArtefactStore + Clone + 'static,
+{
+    let blob = noise(27, 4_000);
+    let sha = sha256(&blob);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let body = pieces(&blob);
+        tasks.spawn(async move { node.put_blob_stream(sha, body).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap().unwrap(), 4_000);
+    }
+    assert_eq!(read_all(&b, &blob, 0..u64::MAX).await, blob);
+    // Counted once against the 10000-byte total: another 4000 fits, then
+    // 2001 more do not.
+    let second = noise(28, 4_000);
+    a.put_blob_stream(sha256(&second), pieces(&second))
+        .await
+        .unwrap();
+    let third = noise(29, 2_001);
+    let err = b
+        .put_blob_stream(sha256(&third), pieces(&third))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::StorageFull { used: 8_000, .. }),
+        "{err:?}"
+    );
+}
+
 /// PostgreSQL serves a blob chunk by chunk: no item of the stream is
 /// larger than a stored chunk, so a build is never held whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -941,4 +1076,52 @@ async fn postgres_a_blob_uploaded_again_is_spared_by_garbage_collection() {
         Some(kept.len() as u64)
     );
     assert_eq!(store.blob_len(sha256(&dropped)).await.unwrap(), None);
+}
+
+/// A refused or broken streamed upload leaves no chunk rows (PostgreSQL)
+/// and no temp files (directory) behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streamed_uploads_leave_nothing_behind() {
+    async fn refuse<S: ArtefactStore>(s: &S) {
+        let big = noise(30, 4_097);
+        assert!(s.put_blob_stream(sha256(&big), pieces(&big)).await.is_err());
+        let other = noise(31, 300);
+        assert!(
+            s.put_blob_stream(sha256(b"claimed"), pieces(&other))
+                .await
+                .is_err()
+        );
+        let broken = futures_util::stream::iter([
+            Ok(Bytes::from(noise(32, 250))),
+            Err(std::io::Error::other("reset")),
+        ]);
+        assert!(s.put_blob_stream(sha256(b"x"), broken).await.is_err());
+    }
+    let (guard, a, _b) = directory().await;
+    refuse(&a).await;
+    let blobs = guard.as_ref().unwrap().path().join("blobs");
+    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0);
+
+    let db = outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap();
+    let backend = PgBackend::with_config(db.config, PgTls::Disable, 2)
+        .await
+        .unwrap();
+    let store = PgArtefacts::new(backend.clone(), CAPS).with_chunk_bytes(CHUNK);
+    refuse(&store).await;
+    let rows: i64 = backend
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT (SELECT COUNT(*) FROM release_blob_chunks) + (SELECT COUNT(*) FROM release_blobs)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
 }

@@ -30,11 +30,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 
 use axum::body::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use outrider_signing::{Channel, ManifestPolicy, Sha256, TrustedRoot, now_unix, verify_manifest};
 use outrider_update_server::artefacts::{
-    ManifestDecision, RootDecision, check_blob, check_reference, check_total, clamp_range,
-    manifest_decision, note_build, root_decision,
+    BlobIntake, ManifestDecision, RootDecision, body_piece, check_reference, check_total,
+    clamp_range, manifest_decision, note_build, root_decision,
 };
 use outrider_update_server::{
     ArtefactStore, BlobCaps, BlobStream, BuildInfo, ChannelInfo, Error, GcReport, MAX_BLOB_BYTES,
@@ -201,72 +201,130 @@ impl ArtefactStore for PgArtefacts {
     }
 
     async fn put_blob(&self, expected: Sha256, bytes: Bytes) -> Result<(), Error> {
-        // Hashing up to the cap takes a while: not on the async workers.
-        let max = self.caps.max_blob_bytes;
-        let bytes =
-            tokio::task::spawn_blocking(move || check_blob(&expected, &bytes, max).map(|()| bytes))
-                .await
-                .map_err(db)??;
+        // Refused before anything is hashed or written, as the directory
+        // store does.
+        if bytes.len() as u64 > self.caps.max_blob_bytes {
+            return Err(Error::TooLarge {
+                what: "blob",
+                limit: self.caps.max_blob_bytes,
+                got: bytes.len() as u64,
+            });
+        }
+        let pieces: Vec<Bytes> = (0..bytes.len())
+            .step_by(self.chunk_bytes)
+            .map(|at| bytes.slice(at..bytes.len().min(at + self.chunk_bytes)))
+            .collect();
+        let body = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, Error>));
+        self.put_blob_stream(expected, body).await.map(|_| ())
+    }
+
+    async fn put_blob_stream<B, E>(&self, expected: Sha256, body: B) -> Result<u64, Error>
+    where
+        B: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
         let now = to_i64("time", now_unix())?;
         let sha = expected.to_string();
         let mut client = self.backend.client().await.map_err(db)?;
         let tx = client.transaction().await.map_err(db)?;
+        // Stored already: the body is still read and verified, but nothing
+        // is written.
+        let stored_before = tx
+            .query_opt("SELECT 1 FROM release_blobs WHERE sha256 = $1", &[&sha])
+            .await
+            .map_err(db)?
+            .is_some();
+        // A concurrent upload of the same blob holds the same chunk keys:
+        // this one waits on them and then does nothing (it committed) or
+        // writes them (it rolled back).
+        let insert = tx
+            .prepare(
+                "INSERT INTO release_blob_chunks (sha256, chunk_no, data) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(db)?;
+        let mut intake = BlobIntake::new(self.caps.max_blob_bytes);
+        let mut pending: Vec<u8> = Vec::with_capacity(self.chunk_bytes);
+        let mut chunk_no = 0i32;
+        futures_util::pin_mut!(body);
+        loop {
+            let next = body.next().await;
+            let done = next.is_none();
+            if let Some(piece) = next {
+                let piece = body_piece(piece)?;
+                // Dropping `tx` on an error rolls back every chunk so far.
+                intake.feed(&piece)?;
+                if !stored_before {
+                    pending.extend_from_slice(&piece);
+                }
+            }
+            // Full chunks go in as they fill; the last, short one at the end.
+            while pending.len() >= self.chunk_bytes || (done && !pending.is_empty()) {
+                let take = pending.len().min(self.chunk_bytes);
+                tx.execute(&insert, &[&sha, &chunk_no, &&pending[..take]])
+                    .await
+                    .map_err(db)?;
+                pending.drain(..take);
+                chunk_no = chunk_no.checked_add(1).ok_or(Error::TooLarge {
+                    what: "blob chunk count",
+                    limit: i32::MAX as u64,
+                    got: i32::MAX as u64 + 1,
+                })?;
+            }
+            if done {
+                break;
+            }
+        }
+        let size = intake.finish(&expected)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BLOB_PUT_LOCK])
             .await
             .map_err(db)?;
-        // Stored already: a no-op, but the upload restarts its grace
-        // against garbage collection (a manifest naming it may follow).
-        let touched = tx
-            .execute(
-                "UPDATE release_blobs SET stored_unix = GREATEST(stored_unix, $2) WHERE sha256 = $1",
-                &[&sha, &now],
-            )
+        // Stored by now (before, or by a concurrent upload): keep the stored
+        // one, roll back this one's chunks, and restart the stored one's
+        // grace against garbage collection (a manifest naming it may follow).
+        let stored_now = tx
+            .query_opt("SELECT 1 FROM release_blobs WHERE sha256 = $1", &[&sha])
             .await
-            .map_err(db)?;
-        if touched == 0 {
-            let used: i64 = tx
-                .query_one(
-                    "SELECT COALESCE(SUM(size), 0)::BIGINT FROM release_blobs",
-                    &[],
-                )
-                .await
-                .map_err(db)?
-                .get(0);
-            check_total(
-                stored_u64("blob total", used)?,
-                bytes.len() as u64,
-                self.caps.max_total_bytes,
-            )?;
-            let insert = tx
-                .prepare(
-                    "INSERT INTO release_blob_chunks (sha256, chunk_no, data) VALUES ($1, $2, $3)
-                     ON CONFLICT DO NOTHING",
+            .map_err(db)?
+            .is_some();
+        if stored_now {
+            tx.rollback().await.map_err(db)?;
+            client
+                .execute(
+                    "UPDATE release_blobs SET stored_unix = GREATEST(stored_unix, $2) WHERE sha256 = $1",
+                    &[&sha, &now],
                 )
                 .await
                 .map_err(db)?;
-            for (n, chunk) in bytes.chunks(self.chunk_bytes).enumerate() {
-                let n = i32::try_from(n).map_err(|_| Error::TooLarge {
-                    what: "blob chunk count",
-                    limit: i32::MAX as u64,
-                    got: n as u64,
-                })?;
-                tx.execute(&insert, &[&sha, &n, &chunk]).await.map_err(db)?;
-            }
-            tx.execute(
-                "INSERT INTO release_blobs (sha256, size, chunk_bytes, stored_unix) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
-                &[
-                    &sha,
-                    &to_i64("blob size", bytes.len() as u64)?,
-                    &(self.chunk_bytes as i32),
-                    &now,
-                ],
+            return Ok(size);
+        }
+        let used: i64 = tx
+            .query_one(
+                "SELECT COALESCE(SUM(size), 0)::BIGINT FROM release_blobs",
+                &[],
             )
             .await
-            .map_err(db)?;
-        }
+            .map_err(db)?
+            .get(0);
+        check_total(
+            stored_u64("blob total", used)?,
+            size,
+            self.caps.max_total_bytes,
+        )?;
+        tx.execute(
+            "INSERT INTO release_blobs (sha256, size, chunk_bytes, stored_unix) VALUES ($1, $2, $3, $4)",
+            &[
+                &sha,
+                &to_i64("blob size", size)?,
+                &(self.chunk_bytes as i32),
+                &now,
+            ],
+        )
+        .await
+        .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(())
+        Ok(size)
     }
 
     async fn blob_len(&self, sha: Sha256) -> Result<Option<u64>, Error> {
