@@ -13,10 +13,12 @@
 //! and no connection while the client is slow.
 //!
 //! Concurrency, with several nodes writing:
-//! - blob put: one transaction under the advisory lock [`BLOB_PUT_LOCK`]
-//!   (puts are rare and the total cap must count each blob once); chunks
-//!   first, then the header, both `ON CONFLICT DO NOTHING`, so a blob is
-//!   visible only with all its chunks and a second upload of it is a no-op;
+//! - blob put: one transaction; chunks go in as the body arrives (`ON
+//!   CONFLICT DO NOTHING`: a concurrent upload of the same blob waits on the
+//!   same keys, then does nothing), then, with the hash verified, under the
+//!   advisory lock [`BLOB_PUT_LOCK`] (so the total cap counts each blob
+//!   once) the header; a blob is visible only with all its chunks, and an
+//!   upload of a stored blob rolls back its chunks;
 //! - manifest put: the channel's `release_channels` row is locked
 //!   (`FOR UPDATE`) while the decision ([`manifest_decision`]) is made and
 //!   the manifest stored, so two nodes never both take a sequence and none
