@@ -135,8 +135,11 @@ pub async fn run_with_dashboard(
         (None, None) => None,
     };
     let store = Store::open(&config.data_dir.join("outrider.db")).await?;
-    let releases = outrider_update_server::ReleaseStore::open(&config.data_dir.join("releases"))
-        .with_context(|| "opening the release store")?;
+    let releases = outrider_update_server::ReleaseStore::open_with_caps(
+        &config.data_dir.join("releases"),
+        config.release_caps(),
+    )
+    .with_context(|| "opening the release store")?;
     let admin_token = auth::Secret::load_or_create(&config.data_dir.join("admin.token"), None)?;
     let viewer_token = auth::Secret::load_or_create(&config.data_dir.join("viewer.token"), None)?;
     let enrollment_token = auth::Secret::load_or_create(

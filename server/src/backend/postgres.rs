@@ -17,8 +17,13 @@
 //! PostgreSQL re-checks on the row's newest version after waiting for its
 //! lock (READ COMMITTED), so two nodes never both win.
 
+mod artefacts;
 mod leader;
+mod plugin_files;
 mod presence;
+
+pub use artefacts::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, PgArtefacts, chunk_spans};
+pub use plugin_files::PgPluginFiles;
 
 use std::sync::Arc;
 
@@ -47,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "leases",
         sql: include_str!("postgres/migrations/0002_leases.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "artefacts",
+        sql: include_str!("postgres/migrations/0003_artefacts.sql"),
     },
 ];
 
