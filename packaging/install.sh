@@ -51,7 +51,10 @@ usage: install.sh --token TOKEN --root-sha256 PIN [options]
 options:
   --token TOKEN          enrollment token (outrider tokens create)
   --server URL           server base URL, https:// (http:// only to this
-                         host); default: the server this came from
+                         host); default: the server this came from. Give it
+                         again for each further node of the server: the
+                         first is server_url (and serves this install), the
+                         others go to extra_server_urls
   --channel NAME         release channel to follow (default: stable)
   --tags a,b             labels for this host, used to assign checks
   --prefix DIR           install everything under DIR (non-root installs;
@@ -370,6 +373,28 @@ check_server_url() {
             ;;
     esac
     die "--server must be an https:// URL; plain http:// is allowed only to this host (127.0.0.0/8, ::1, localhost), not '$server'"
+}
+
+# check_extra_servers: each further --server (the server's other nodes,
+# written to extra_server_urls) passes check_server_url, and none repeats
+# another (the agent refuses a list with a URL twice).
+check_extra_servers() {
+    _primary=$server
+    _protos=$protos
+    _checked=''
+    # Split on spaces only: no pathname expansion of `[::1]` and the like.
+    set -f
+    for server in $extra_servers; do
+        check_server_url
+        case " $_primary $_checked " in
+            *" $server "*) die "--server $server is given twice" ;;
+        esac
+        _checked="${_checked:+$_checked }$server"
+    done
+    set +f
+    server=$_primary
+    protos=$_protos
+    extra_servers=$_checked
 }
 
 # read_root FILE NAME: checks that FILE is a root envelope signed by a
@@ -835,6 +860,17 @@ write_agent_toml() {
     {
         echo "# Written by install.sh; run it again to change these settings."
         echo "server_url = $(toml_string "$server")"
+        if [ -n "$extra_servers" ]; then
+            printf 'extra_server_urls = ['
+            _sep=''
+            set -f
+            for _url in $extra_servers; do
+                printf '%s%s' "$_sep" "$(toml_string "$_url")"
+                _sep=', '
+            done
+            set +f
+            echo ']'
+        fi
         echo "enrollment_token = $(toml_string "$token")"
         echo "channel = $(toml_string "$channel")"
         if [ -n "$tags" ]; then
@@ -896,7 +932,7 @@ uninstall() {
         rm -rf "${config_dir:?}" "${log_dir:?}" "${data_dir:?}/bin" "$data_dir/versions" \
             "$data_dir/run" "$data_dir/spool" "$data_dir/plugins" "$data_dir/state.json" \
             "$data_dir/state.json.tmp" "$data_dir/outrider-agent.lock" "$data_dir/connection.json" \
-            "$data_dir/collectors" "$data_dir/downloads" "$pid_file" "$record"
+            "$data_dir/last_server_url" "$data_dir/collectors" "$data_dir/downloads" "$pid_file" "$record"
         rmdir "$data_dir" 2>/dev/null || say "left $data_dir: it holds files the installer did not create"
     fi
     if [ "$system" = true ] && [ "$_created_user" = yes ] && id -u "$AGENT_USER" >/dev/null 2>&1; then
@@ -917,6 +953,8 @@ uninstall() {
 
 main() {
     server=$DEFAULT_SERVER
+    server_given=false
+    extra_servers=''
     token=''
     channel=stable
     tags=''
@@ -932,7 +970,17 @@ main() {
                 [ $# -ge 2 ] || die "$1 needs a value (see --help)"
                 case $1 in
                     --token) token=$2 ;;
-                    --server) server=$2 ;;
+                    --server)
+                        case $2 in
+                            *[[:space:]]*) die "--server must not contain spaces: '$2'" ;;
+                        esac
+                        if [ "$server_given" = true ]; then
+                            extra_servers="${extra_servers:+$extra_servers }$2"
+                        else
+                            server=$2
+                            server_given=true
+                        fi
+                        ;;
                     --channel) channel=$2 ;;
                     --tags) tags=$2 ;;
                     --prefix) prefix=$2 ;;
@@ -979,6 +1027,7 @@ main() {
 
     [ -n "$token" ] || die "--token is required (create one with: outrider tokens create)"
     check_server_url
+    check_extra_servers
     case $channel in
         '' | *[!a-z0-9-]*) die "--channel must be letters a-z, digits and '-', not '$channel'" ;;
     esac

@@ -178,11 +178,16 @@ async fn agent_main(
             )),
         }
     }
+    let servers: Vec<&str> = settings
+        .endpoints
+        .iter()
+        .map(|e| e.ws_url.as_str())
+        .collect();
     hooks.info(&format!(
         "agent {} starting as {}, server {}, {} results carried over",
         env!("CARGO_PKG_VERSION"),
         identity.fingerprint(),
-        settings.endpoint.ws_url,
+        servers.join(" "),
         outbox.lock().len()
     ));
 

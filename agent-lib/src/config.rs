@@ -4,10 +4,18 @@
 //! `{"agent_toml": "<text>", "config_dir": "...", "log_dir": "..."}` (unknown
 //! keys ignored). `agent.toml` is strict (`deny_unknown_fields`) so a typo is
 //! reported instead of silently ignored. Everything is validated here, once:
-//! an [`AgentSettings`] always carries a usable [`ServerEndpoint`] — `wss://`
+//! an [`AgentSettings`] always carries at least one usable [`ServerEndpoint`]
+//! (`server_url`, then each of `extra_server_urls`, none repeated) — `wss://`
 //! for an `https://` server, plain `ws://` only to a loopback host or with
 //! `allow_plain_ws = true` — valid tags, and the extra CA certificates of
 //! `tls_ca_file` already parsed.
+//!
+//! Several server nodes: `server_url` stays one string and the other nodes
+//! go into `extra_server_urls`, because the stub parses `server_url` too and
+//! stubs of every age must keep starting (the stub's parser ignores fields
+//! it does not know, see `stub/src/config.rs`). A library build older than
+//! `extra_server_urls` refuses an agent.toml that has it (unknown field);
+//! `docs/operations.md` says what that means for a rollback.
 
 use std::fmt;
 use std::future::Future;
@@ -39,6 +47,9 @@ pub const DEFAULT_SPOOL_MAX_MB: u64 = 64;
 pub const MIN_SPOOL_MAX_MB: u64 = 4;
 /// Largest `spool_max_mb` (1 TiB): beyond it a typo is likelier than intent.
 pub const MAX_SPOOL_MAX_MB: u64 = 1024 * 1024;
+/// Most server URLs `server_url` and `extra_server_urls` name together:
+/// a round over all of them stays short before the backoff applies.
+pub const MAX_SERVER_URLS: usize = 16;
 
 /// How often the stub's update events are polled (`update_events.rs`).
 pub const UPDATE_EVENTS_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -119,6 +130,13 @@ pub struct AgentToml {
     /// Base URL of the Outrider server, `http://host:port[/prefix]`; the
     /// websocket URL is derived from it.
     pub server_url: String,
+    /// Further URLs of the same server (its other nodes), same rules as
+    /// `server_url`. The agent tries all of them, `server_url` included, in
+    /// an order shuffled per agent, the one that last worked first
+    /// (`connection/endpoints.rs`). Absent: `server_url` alone; an empty
+    /// list is refused as a likely mistake.
+    #[serde(default)]
+    pub extra_server_urls: Option<Vec<String>>,
     /// Organisation enrollment token, needed only for the first registration.
     #[serde(default)]
     pub enrollment_token: Option<String>,
@@ -215,9 +233,13 @@ pub enum Transport {
     Plain,
 }
 
-/// Where the agent connects, derived from `server_url`.
+/// Where the agent connects, derived from `server_url` or one of
+/// `extra_server_urls`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerEndpoint {
+    /// The URL as configured, without a trailing slash (remembered, and
+    /// read by the stub for its update downloads: `connection/saved.rs`).
+    pub url: String,
     /// The websocket URL (`ws://` or `wss://`, path included).
     pub ws_url: String,
     /// Host name or IP literal (no brackets), used for DNS and TLS (SNI).
@@ -246,8 +268,10 @@ impl ServerEndpoint {
 pub struct AgentSettings {
     /// The parsed agent.toml.
     pub agent: AgentToml,
-    /// Where to connect, derived from `agent.server_url`.
-    pub endpoint: ServerEndpoint,
+    /// Where to connect: `agent.server_url`, then each of
+    /// `agent.extra_server_urls`, in the configured order (never empty, no
+    /// two alike; the dialing order is decided in `connection/endpoints.rs`).
+    pub endpoints: Vec<ServerEndpoint>,
     /// `agent.policy`, validated: what checks and ad-hoc scripts may run.
     pub policy: LocalPolicy,
     /// `agent.listeners`, validated.
@@ -289,7 +313,7 @@ impl fmt::Debug for AgentSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AgentSettings")
             .field("agent", &self.agent)
-            .field("endpoint", &self.endpoint)
+            .field("endpoints", &self.endpoints)
             .field("policy", &self.policy)
             .field("listeners", &self.listeners)
             .field("extra_roots", &self.extra_roots.len())
@@ -309,22 +333,15 @@ impl fmt::Debug for AgentSettings {
 impl AgentSettings {
     /// Builds settings from agent.toml text and directories (the entry used by
     /// tests and by [`AgentSettings::from_host`]). Fails on a bad agent.toml,
-    /// an unusable or unsafe `server_url`, or an unreadable `tls_ca_file`.
+    /// an unusable or unsafe server URL (see [`server_endpoints`]), or an
+    /// unreadable `tls_ca_file`.
     pub fn new(
         agent_toml: &str,
         config_dir: impl Into<PathBuf>,
         data_dir: impl Into<PathBuf>,
     ) -> Result<AgentSettings, AgentError> {
         let agent = AgentToml::parse(agent_toml)?;
-        let endpoint = server_endpoint(&agent.server_url)?;
-        if endpoint.transport == Transport::Plain
-            && !endpoint.is_loopback()
-            && !agent.allow_plain_ws
-        {
-            return Err(AgentError::PlainWsRefused {
-                url: agent.server_url.clone(),
-            });
-        }
+        let endpoints = server_endpoints(&agent)?;
         let policy = LocalPolicy::from_toml(&agent.policy)?;
         let listeners = ListenerSettings::from_toml(&agent.listeners)?;
         let extra_roots = match &agent.tls_ca_file {
@@ -333,7 +350,7 @@ impl AgentSettings {
         };
         Ok(AgentSettings {
             agent,
-            endpoint,
+            endpoints,
             policy,
             listeners,
             extra_roots,
@@ -390,11 +407,65 @@ fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
+/// Every configured server URL as an endpoint: `server_url`, then each of
+/// `extra_server_urls`. Fails naming the field and the URL for one that is
+/// unusable or plain `http://` off loopback without `allow_plain_ws`; fails
+/// for an empty `extra_server_urls`, more than [`MAX_SERVER_URLS`] in all,
+/// or a URL given twice (compared by the websocket URL it gives, so
+/// `https://a/` repeats `https://a`).
+pub fn server_endpoints(agent: &AgentToml) -> Result<Vec<ServerEndpoint>, AgentError> {
+    let extra = match &agent.extra_server_urls {
+        Some(list) if list.is_empty() => {
+            return Err(AgentError::ServerUrlList {
+                reason: "the list is empty; name at least one more URL or remove the line".into(),
+            });
+        }
+        Some(list) => list.as_slice(),
+        None => &[],
+    };
+    if extra.len() >= MAX_SERVER_URLS {
+        return Err(AgentError::ServerUrlList {
+            reason: format!(
+                "{} URLs with server_url, more than the {MAX_SERVER_URLS} allowed",
+                extra.len() + 1
+            ),
+        });
+    }
+    let urls = std::iter::once(("server_url", &agent.server_url))
+        .chain(extra.iter().map(|url| ("extra_server_urls", url)));
+    let mut endpoints: Vec<ServerEndpoint> = Vec::with_capacity(extra.len() + 1);
+    for (field, url) in urls {
+        let endpoint = endpoint_of(field, url)?;
+        if endpoint.transport == Transport::Plain
+            && !endpoint.is_loopback()
+            && !agent.allow_plain_ws
+        {
+            return Err(AgentError::PlainWsRefused {
+                field,
+                url: url.clone(),
+            });
+        }
+        if endpoints.iter().any(|e| e.ws_url == endpoint.ws_url) {
+            return Err(AgentError::ServerUrlList {
+                reason: format!("{url:?} is named twice (counting server_url)"),
+            });
+        }
+        endpoints.push(endpoint);
+    }
+    Ok(endpoints)
+}
+
 /// Derives the agent websocket endpoint from `server_url`: `http` → `ws`,
 /// `https` → `wss`, any path prefix kept,
 /// [`outrider_protocol::AGENT_WS_PATH`] appended.
 pub fn server_endpoint(server_url: &str) -> Result<ServerEndpoint, AgentError> {
+    endpoint_of("server_url", server_url)
+}
+
+/// [`server_endpoint`] for the URL `server_url` of agent.toml field `field`.
+fn endpoint_of(field: &'static str, server_url: &str) -> Result<ServerEndpoint, AgentError> {
     let bad = |reason: &str| AgentError::ServerUrl {
+        field,
         url: server_url.to_owned(),
         reason: reason.to_owned(),
     };
@@ -423,6 +494,7 @@ pub fn server_endpoint(server_url: &str) -> Result<ServerEndpoint, AgentError> {
         .to_owned();
     let prefix = uri.path().trim_end_matches('/');
     Ok(ServerEndpoint {
+        url: server_url.trim_end_matches('/').to_owned(),
         ws_url: format!(
             "{scheme}://{authority}{prefix}{}",
             outrider_protocol::AGENT_WS_PATH
@@ -550,7 +622,82 @@ mod tests {
         assert!(err.to_string().contains("allow_plain_ws"), "{err}");
         let allowed = format!("{toml}\nallow_plain_ws = true");
         let s = AgentSettings::new(&allowed, "/c", "/d").unwrap();
-        assert_eq!(s.endpoint.transport, Transport::Plain);
+        assert_eq!(s.endpoints[0].transport, Transport::Plain);
+    }
+
+    #[test]
+    fn extra_server_urls_are_validated_like_server_url() {
+        let settings = |extra: &str| {
+            let text = format!("server_url = \"https://a.example\"\n{extra}");
+            AgentSettings::new(&text, "/c", "/d")
+        };
+        // (extra lines, the websocket URLs in configured order)
+        let valid: &[(&str, &[&str])] = &[
+            ("", &["wss://a.example/v1/agent/ws"]),
+            (
+                "extra_server_urls = [\"https://b.example:8443/o/\"]",
+                &[
+                    "wss://a.example/v1/agent/ws",
+                    "wss://b.example:8443/o/v1/agent/ws",
+                ],
+            ),
+            (
+                "extra_server_urls = [\"http://127.0.0.1:9\", \"https://c.example\"]",
+                &[
+                    "wss://a.example/v1/agent/ws",
+                    "ws://127.0.0.1:9/v1/agent/ws",
+                    "wss://c.example/v1/agent/ws",
+                ],
+            ),
+            (
+                "allow_plain_ws = true\nextra_server_urls = [\"http://b.example\"]",
+                &["wss://a.example/v1/agent/ws", "ws://b.example/v1/agent/ws"],
+            ),
+        ];
+        for (extra, expected) in valid {
+            let s = settings(extra).unwrap_or_else(|e| panic!("{extra}: {e}"));
+            let got: Vec<&str> = s.endpoints.iter().map(|e| e.ws_url.as_str()).collect();
+            assert_eq!(&got, expected, "{extra}");
+        }
+        // (extra lines, what the one-sentence error must name)
+        let sixteen = (0..16)
+            .map(|i| format!("\"https://n{i}.example\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        let invalid = [
+            ("extra_server_urls = []", "is empty"),
+            (
+                "extra_server_urls = \"https://b.example\"",
+                "extra_server_urls",
+            ),
+            (
+                "extra_server_urls = [\"ftp://b.example\"]",
+                "\"ftp://b.example\"",
+            ),
+            (
+                "extra_server_urls = [\"http://b.example\"]",
+                "\"http://b.example\"",
+            ),
+            (
+                "extra_server_urls = [\"https://a.example/\"]",
+                "named twice",
+            ),
+            (
+                "extra_server_urls = [\"https://b.example\", \"https://b.example\"]",
+                "named twice",
+            ),
+            (
+                &format!("extra_server_urls = [{sixteen}]"),
+                "more than the 16",
+            ),
+        ];
+        for (extra, needle) in invalid {
+            let err = settings(extra).unwrap_err();
+            let text = err.to_string();
+            assert!(err.is_config(), "{extra}: {text}");
+            assert!(text.contains(needle), "{extra}: {text}");
+            assert!(text.contains("extra_server_urls"), "{extra}: {text}");
+        }
     }
 
     #[test]
@@ -608,7 +755,7 @@ mod tests {
     fn host_envelope_ignores_unknown_keys_and_carries_state() {
         let json = br#"{"agent_toml":"server_url = \"http://h:1\"\nallow_plain_ws = true","config_dir":"/etc/o","log_dir":"/var/log/o","new":1}"#;
         let s = AgentSettings::from_host(json, "/var/lib/o", b"st").unwrap();
-        assert_eq!(s.endpoint.ws_url, "ws://h:1/v1/agent/ws");
+        assert_eq!(s.endpoints[0].ws_url, "ws://h:1/v1/agent/ws");
         assert_eq!(s.config_dir, PathBuf::from("/etc/o"));
         assert_eq!(s.log_dir, Some(PathBuf::from("/var/log/o")));
         assert_eq!(s.state_in, b"st");

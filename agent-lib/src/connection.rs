@@ -22,11 +22,18 @@
 //! this build does not know is skipped, counted and logged once per type at
 //! debug (see `docs/protocol.md`); a malformed one is logged and skipped.
 //!
+//! Several server URLs (`server_url` and `extra_server_urls`, the nodes of
+//! one server): [`endpoints`] decides which one each attempt dials — a
+//! per-agent shuffled order with the one last welcomed at first — and when
+//! the backoff applies (after a full round). The endpoint of every
+//! `Welcome` is remembered in `connection.json` ([`saved`]).
+//!
 //! Reconnects use one [`Backoff`] (reset after every session that got a
 //! `Welcome`); a `Rejected` waits at least [`REJECTED_RETRY`], ten times
 //! that when no enrollment token is left to present. Every
 //! (re)connect resends all un-acked results; the server dedups by seq.
 
+pub mod endpoints;
 pub mod enrollment;
 pub mod saved;
 mod session;
@@ -52,7 +59,7 @@ pub use crate::config::timing::{
     KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PLUGIN_CHUNK_TIMEOUT, PLUGIN_RETRY, PLUGIN_RETRY_CAP,
     REJECTED_RETRY, SEND_TIMEOUT,
 };
-use crate::config::{AgentSettings, Transport};
+use crate::config::{AgentSettings, ServerEndpoint, Transport};
 use crate::dns::{AddrSource, DNS_CHECK, dns_outcome};
 use crate::error::AgentError;
 use crate::host::{Health, HostHooks};
@@ -77,9 +84,11 @@ pub const NO_TOKEN_RETRY_FACTOR: u32 = 10;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// How a connection was made, for the DNS report.
+/// How a connection was made, for the DNS report and the memory.
 #[derive(Clone, Debug)]
 struct Dialed {
+    /// Index into `AgentSettings::endpoints`.
+    endpoint: usize,
     addr: SocketAddr,
     source: AddrSource,
     /// Why the resolver failed, when the address came from the fallbacks.
@@ -121,6 +130,8 @@ pub(crate) struct Connection<'a> {
     unknown: UnknownMessages,
     /// The capabilities agreed for the current session.
     agreed: Vec<String>,
+    /// Shuffles the endpoints for this agent ([`endpoints::dial_seed`]).
+    dial_seed: u64,
 }
 
 /// Unknown message types remembered for logging once each.
@@ -150,15 +161,20 @@ impl<'a> Connection<'a> {
         carried: Option<ConnectionState>,
     ) -> Connection<'a> {
         let AgentParts {
-            settings, hooks, ..
+            settings,
+            hooks,
+            identity,
+            ..
         } = agent;
-        let host = &settings.endpoint.host;
+        let endpoints = &settings.endpoints;
         let memory = match carried {
-            Some(memory) if memory.saved.host == *host => memory,
+            Some(memory) if memory.saved.belongs_to(endpoints) => memory,
             _ => ConnectionState {
-                saved: SavedConnection::load(&settings.data_dir, host).unwrap_or_else(|e| {
-                    hooks.warn(&format!("{e}; starting without DNS fallback addresses"));
-                    SavedConnection::empty(host)
+                saved: SavedConnection::load(&settings.data_dir, endpoints).unwrap_or_else(|e| {
+                    hooks.warn(&format!(
+                        "{e}; starting without DNS fallback addresses or a remembered server URL"
+                    ));
+                    SavedConnection::empty(&endpoints[0].host)
                 }),
                 ..ConnectionState::default()
             },
@@ -174,6 +190,7 @@ impl<'a> Connection<'a> {
             memory,
             unknown: UnknownMessages::default(),
             agreed: Vec::new(),
+            dial_seed: endpoints::dial_seed(&identity.fingerprint().to_string()),
         }
     }
 
@@ -191,10 +208,14 @@ impl<'a> Connection<'a> {
     }
 
     async fn reconnect_loop(&mut self, scheduler: &mut Scheduler, rpc: &mut Rpc) {
-        let url = self.agent.settings.endpoint.ws_url.clone();
+        let settings = self.agent.settings;
         let mut backoff = Backoff::reconnect();
         let mut degraded_reported = false;
+        // Failed attempts since the start or the last Welcome.
+        let mut failures: u32 = 0;
         loop {
+            let chosen = self.next_dial(failures).endpoint;
+            let url = settings.endpoints[chosen].ws_url.clone();
             // Dialing and waiting for the challenge stop at once on stop.
             // The rest of the handshake does not: once the Hello is out the
             // server may already count us connected, so it runs to the
@@ -202,7 +223,7 @@ impl<'a> Connection<'a> {
             // then says goodbye instead of vanishing.
             let challenged = tokio::select! {
                 _ = self.agent.stop.cancelled() => return,
-                r = self.dial_and_challenge() => r,
+                r = self.dial_and_challenge(chosen) => r,
             };
             let opened = match challenged {
                 Ok((ws, dialed, nonce)) => self.handshake(ws, &dialed, &nonce, scheduler).await,
@@ -212,6 +233,7 @@ impl<'a> Connection<'a> {
                 Ok(ws) => {
                     backoff.reset();
                     degraded_reported = false;
+                    failures = 0;
                     match self.session(ws, scheduler, rpc).await {
                         SessionEnd::Stopped => return,
                         SessionEnd::Lost(e) => {
@@ -226,6 +248,7 @@ impl<'a> Connection<'a> {
                     }
                 }
                 Err(e @ AgentError::Rejected { .. }) => {
+                    failures = failures.saturating_add(1);
                     let rejected_retry = self.agent.settings.timing.rejected_retry;
                     // Without a token to present, only the operator can
                     // change the answer (and a new token needs a restart
@@ -235,12 +258,22 @@ impl<'a> Connection<'a> {
                     } else {
                         rejected_retry.saturating_mul(NO_TOKEN_RETRY_FACTOR)
                     };
-                    (format!("{e} (at {url})"), backoff.next_delay().max(floor))
+                    let delay = self.round_delay(failures, &mut backoff);
+                    (format!("{e} (at {url})"), delay.max(floor))
                 }
-                Err(e) => (
-                    format!("cannot reach server at {url}: {e}"),
-                    backoff.next_delay(),
-                ),
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let failure = format!("cannot reach server at {url}: {e}");
+                    if self.next_dial(failures).pause == endpoints::Pause::None {
+                        // Other URLs are left in this round: no wait, and
+                        // not degraded while one of them may answer.
+                        self.agent
+                            .hooks
+                            .warn(&format!("{failure}; trying the next server URL"));
+                        continue;
+                    }
+                    (failure, self.round_delay(failures, &mut backoff))
+                }
             };
             self.agent
                 .hooks
@@ -256,9 +289,27 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Opens a connection and reads the server's challenge nonce.
-    async fn dial_and_challenge(&self) -> Result<(Ws, Dialed, String), AgentError> {
-        let (mut ws, dialed) = self.dial().await?;
+    /// The attempt after `failures` failed ones ([`endpoints::next_dial`]).
+    fn next_dial(&self, failures: u32) -> endpoints::NextDial {
+        let configured = &self.agent.settings.endpoints;
+        let remembered = self.memory.saved.remembered(configured);
+        endpoints::next_dial(configured.len(), self.dial_seed, remembered, failures)
+    }
+
+    /// The wait before the attempt after `failures` failed ones: the
+    /// backoff's next delay when a round over the endpoints just ended, else
+    /// none.
+    fn round_delay(&self, failures: u32, backoff: &mut Backoff) -> std::time::Duration {
+        match self.next_dial(failures).pause {
+            endpoints::Pause::Backoff => backoff.next_delay(),
+            endpoints::Pause::None => std::time::Duration::ZERO,
+        }
+    }
+
+    /// Opens a connection to endpoint `chosen` and reads the server's
+    /// challenge nonce.
+    async fn dial_and_challenge(&self, chosen: usize) -> Result<(Ws, Dialed, String), AgentError> {
+        let (mut ws, dialed) = self.dial(chosen).await?;
         let timing = &self.agent.settings.timing;
         match recv_within(&mut ws, timing, "the server's challenge").await? {
             ServerMessage::Challenge { nonce } => Ok((ws, dialed, nonce)),
@@ -366,16 +417,17 @@ impl<'a> Connection<'a> {
         }
         self.memory.resume_token = Some(resume_token.clone()).filter(|t| !t.is_empty());
         let fingerprint = self.agent.identity.fingerprint();
+        let endpoint = &self.agent.settings.endpoints[dialed.endpoint];
         if self
             .memory
             .saved
-            .record(dialed.addr.ip(), server_addrs, fingerprint)
+            .record(endpoint, dialed.addr.ip(), server_addrs, fingerprint)
         {
             self.save_memory().await;
         }
         let broken = dialed.resolver_error.is_some();
         if broken != self.memory.dns_broken {
-            let host = &self.agent.settings.endpoint.host;
+            let host = &endpoint.host;
             let outcome = dns_outcome(
                 host,
                 dialed.resolver_error.as_deref(),
@@ -389,7 +441,7 @@ impl<'a> Connection<'a> {
         self.spend_enrollment_token().await;
         self.agent.hooks.info(&format!(
             "connected to {} at {} as {}{}; {pending} un-acked results to send",
-            self.agent.settings.endpoint.ws_url,
+            endpoint.ws_url,
             dialed.addr,
             self.agent.identity.fingerprint(),
             if *resumed { " (session resumed)" } else { "" },
@@ -475,10 +527,12 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Finds the server's addresses (resolver, then the fallback chain) and
-    /// opens the websocket to the first that answers.
-    async fn dial(&self) -> Result<(Ws, Dialed), AgentError> {
-        let endpoint = &self.agent.settings.endpoint;
+    /// Finds the addresses of endpoint `chosen` (resolver, then the
+    /// fallback chain when they are of its host) and opens the websocket to
+    /// the first that answers: every address of a name with several is
+    /// tried.
+    async fn dial(&self, chosen: usize) -> Result<(Ws, Dialed), AgentError> {
+        let endpoint = &self.agent.settings.endpoints[chosen];
         let timing = &self.agent.settings.timing;
         let (candidates, resolver_error) = match endpoint.ip_literal() {
             Some(ip) => (
@@ -507,17 +561,25 @@ impl<'a> Connection<'a> {
                                 format!("no answer within {} ms", timing.dns_timeout.as_millis())
                             }
                         };
-                        (self.memory.saved.candidates(endpoint.port), Some(error))
+                        // The remembered addresses are of one host only.
+                        let fallbacks = if self.memory.saved.host == endpoint.host {
+                            self.memory.saved.candidates(endpoint.port)
+                        } else {
+                            Vec::new()
+                        };
+                        (fallbacks, Some(error))
                     }
                 }
             }
         };
         let mut last_error = None;
         for (addr, source) in candidates {
-            let attempt = tokio::time::timeout(timing.connect_timeout, self.upgrade(addr));
+            let attempt =
+                tokio::time::timeout(timing.connect_timeout, self.upgrade(endpoint, addr));
             match attempt.await {
                 Ok(Ok(ws)) => {
                     let dialed = Dialed {
+                        endpoint: chosen,
                         addr,
                         source,
                         resolver_error,
@@ -556,8 +618,8 @@ impl<'a> Connection<'a> {
 
     /// TCP to `addr`, TLS for `wss://` (verified against the URL's host
     /// name, not `addr`), then the websocket upgrade.
-    async fn upgrade(&self, addr: SocketAddr) -> Result<Ws, AgentError> {
-        let url = &self.agent.settings.endpoint.ws_url;
+    async fn upgrade(&self, endpoint: &ServerEndpoint, addr: SocketAddr) -> Result<Ws, AgentError> {
+        let url = &endpoint.ws_url;
         let failed = |source| AgentError::Connect {
             url: format!("{url} ({addr})"),
             source: Box::new(source),
@@ -568,7 +630,7 @@ impl<'a> Connection<'a> {
         // Results are small frames sent as they come: do not wait for more.
         let _ = tcp.set_nodelay(true);
         let request = url.as_str().into_client_request().map_err(failed)?;
-        let connector = match self.agent.settings.endpoint.transport {
+        let connector = match endpoint.transport {
             Transport::Tls => Connector::Rustls(self.tls.clone()),
             Transport::Plain => Connector::Plain,
         };

@@ -24,17 +24,28 @@ pub enum AgentError {
     #[error("agent.toml is invalid: {0}")]
     AgentToml(#[source] toml::de::Error),
 
-    /// `server_url` in agent.toml is not a usable `http://` or `https://` URL.
-    #[error("agent.toml field `server_url` = {url:?} is invalid: {reason}")]
-    ServerUrl { url: String, reason: String },
+    /// A URL of `server_url` or `extra_server_urls` (named by `field`) is
+    /// not a usable `http://` or `https://` URL.
+    #[error("agent.toml field `{field}` = {url:?} is invalid: {reason}")]
+    ServerUrl {
+        field: &'static str,
+        url: String,
+        reason: String,
+    },
 
-    /// `server_url` is plain `http://` to a host that is not loopback, and
-    /// `allow_plain_ws` is not set.
+    /// `extra_server_urls` as a whole is unusable: empty, too long, or it
+    /// repeats a URL.
+    #[error("agent.toml field `extra_server_urls` is invalid: {reason}")]
+    ServerUrlList { reason: String },
+
+    /// A URL of `server_url` or `extra_server_urls` (named by `field`) is
+    /// plain `http://` to a host that is not loopback, and `allow_plain_ws`
+    /// is not set.
     #[error(
-        "agent.toml field `server_url` = {url:?} is plain http:// to a host that is not loopback; \
+        "agent.toml field `{field}` = {url:?} is plain http:// to a host that is not loopback; \
          use https://, or set `allow_plain_ws = true` if the network path is trusted"
     )]
-    PlainWsRefused { url: String },
+    PlainWsRefused { field: &'static str, url: String },
 
     /// `tls_ca_file` cannot be read or holds no usable PEM certificate.
     #[error("agent.toml field `tls_ca_file` = {path}: {reason}")]
@@ -234,6 +245,7 @@ impl AgentError {
             AgentError::HostConfig(_)
                 | AgentError::AgentToml(_)
                 | AgentError::ServerUrl { .. }
+                | AgentError::ServerUrlList { .. }
                 | AgentError::PlainWsRefused { .. }
                 | AgentError::TlsCaFile { .. }
                 | AgentError::BadTag { .. }

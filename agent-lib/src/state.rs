@@ -148,6 +148,7 @@ mod tests {
                 resume_token: Some("r1".into()),
                 saved: crate::connection::saved::SavedConnection {
                     host: "mon.example".into(),
+                    last_url: Some("https://mon.example".into()),
                     last_good_ip: Some("192.0.2.1".parse().unwrap()),
                     server_addrs: vec!["192.0.2.2".parse().unwrap()],
                     enrolled_as: Some("0123456789abcdef0123".parse().unwrap()),

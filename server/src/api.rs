@@ -402,7 +402,9 @@ async fn put_plugin(
             crate::plugins::UploadError::TooLarge => {
                 ApiError::PayloadTooLarge(format!("plugin {name:?}: {e}"))
             }
-            crate::plugins::UploadError::Write { .. } => ApiError::Internal(e.into()),
+            crate::plugins::UploadError::Write { .. } | crate::plugins::UploadError::Store(_) => {
+                ApiError::Internal(e.into())
+            }
             other => ApiError::BadRequest(format!("plugin {name:?}: {other}")),
         })?;
     let (info, orphaned) = state.store.put_plugin(name, sha256, size).await?;

@@ -15,8 +15,12 @@
 //! - one behaviour test suite per area, run against both backends (a real
 //!   SQLite file, a private PostgreSQL cluster from `outrider-pgtest`).
 
+#[cfg(test)]
+mod artefact_tests;
 pub mod bus;
 pub mod error;
+pub mod leader;
+pub mod plugin_files;
 pub mod postgres;
 pub mod presence;
 pub mod sqlite;
@@ -24,7 +28,8 @@ pub mod sqlite;
 mod tests;
 
 pub use error::StoreError;
-pub use postgres::{PgBackend, PgTls};
+pub use plugin_files::PluginFileStore;
+pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
 pub use sqlite::SqliteBackend;
 
 /// The store backend the server runs on; cheap to clone.

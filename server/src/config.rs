@@ -186,6 +186,18 @@ pub struct ServerConfig {
     /// uniformly so the fleet does not arrive at once (0: all at once).
     #[arg(long, default_value_t = DEFAULT_NUDGE_WINDOW_SECS)]
     pub nudge_window_secs: u64,
+    /// Largest release blob (zstd build, delta, stub) an upload may store,
+    /// in bytes; at most the upload route's limit of 512 MiB.
+    #[arg(long, env = "OUTRIDER_RELEASE_BLOB_MAX_BYTES",
+          default_value_t = outrider_update_server::MAX_BLOB_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=outrider_update_server::MAX_BLOB_BYTES))]
+    pub release_blob_max_bytes: u64,
+    /// Most bytes all release blobs together may take; an upload past it
+    /// is refused naming it (HTTP 507). Unset: no cap on the release
+    /// directory (its disk is the limit); PostgreSQL storage, once
+    /// selectable, defaults to 8 GiB.
+    #[arg(long, env = "OUTRIDER_RELEASE_BLOBS_MAX_TOTAL_BYTES")]
+    pub release_blobs_max_total_bytes: Option<u64>,
     /// Alerting settings file: JSON of `outrider_alerting::Config` (gates,
     /// `down_for_ms`, grouping timers…, see `alerting/src/config.rs`);
     /// without it the documented defaults apply.
@@ -350,6 +362,8 @@ impl ServerConfig {
             protocol_max: outrider_protocol::PROTOCOL_MAX,
             capabilities: default_capabilities(),
             nudge_window_secs: DEFAULT_NUDGE_WINDOW_SECS,
+            release_blob_max_bytes: outrider_update_server::MAX_BLOB_BYTES,
+            release_blobs_max_total_bytes: None,
             alerting_config: None,
             alerting: outrider_alerting::Config::default(),
             alert_tick_ms: crate::alerts::DEFAULT_TICK_MS,
@@ -362,6 +376,15 @@ impl ServerConfig {
             no_dashboard: false,
             dashboard_idle_secs: DEFAULT_DASHBOARD_IDLE_SECS,
             dashboard_session_secs: DEFAULT_DASHBOARD_SESSION_SECS,
+        }
+    }
+
+    /// The release blob caps of `--release-blob-max-bytes` and
+    /// `--release-blobs-max-total-bytes` for the directory store.
+    pub fn release_caps(&self) -> outrider_update_server::BlobCaps {
+        outrider_update_server::BlobCaps {
+            max_blob_bytes: self.release_blob_max_bytes,
+            max_total_bytes: self.release_blobs_max_total_bytes.unwrap_or(u64::MAX),
         }
     }
 

@@ -17,7 +17,8 @@
 //!
 //! Each sink has its own delivery guarantee: the live event stream is lossy
 //! by design (a slow subscriber misses events), the Graphite queue drops
-//! its oldest lines when carbon is away, and alerting is handed every
+//! its oldest lines when carbon is away, remote_write queues on disk up to
+//! its byte cap (`metrics/remote_write.rs`), and alerting is handed every
 //! committed result directly. Nothing subscribes to the live event stream
 //! to alert: a dropped event would be a missed or stuck alert.
 
@@ -33,7 +34,7 @@ use tracing::warn;
 
 use crate::AppState;
 use crate::alerts::Alerts;
-use crate::metrics::graphite;
+use crate::metrics::{graphite, remote_write};
 use crate::store::IngestLimits;
 
 /// A consumer of committed results.
@@ -43,15 +44,22 @@ pub enum Sink {
     LiveEvents,
     /// The Graphite forwarding queue (`--graphite-addr`).
     Graphite(Arc<graphite::Queue>),
+    /// Prometheus remote_write forwarding (`--remote-write-url`).
+    RemoteWrite(Arc<remote_write::Feed>),
     /// The alert engine ([`crate::alerts`]).
     Alerting(Arc<Alerts>),
 }
 
 /// The sinks of a server: the live events and alerting always, Graphite
-/// when forwarding is configured.
-pub fn sinks(graphite: Option<Arc<graphite::Queue>>, alerts: Arc<Alerts>) -> Vec<Sink> {
+/// and remote_write when forwarding is configured.
+pub fn sinks(
+    graphite: Option<Arc<graphite::Queue>>,
+    remote_write: Option<Arc<remote_write::Feed>>,
+    alerts: Arc<Alerts>,
+) -> Vec<Sink> {
     let mut sinks = vec![Sink::LiveEvents];
     sinks.extend(graphite.map(Sink::Graphite));
+    sinks.extend(remote_write.map(Sink::RemoteWrite));
     sinks.push(Sink::Alerting(alerts));
     sinks
 }
@@ -101,7 +109,7 @@ pub async fn results(
 /// Stores sample batch `batch` of agent `fp`: screens it
 /// ([`samples::screen`], refusals counted), stores the rest once
 /// (`store/samples.rs`) and hands what was newly stored to the Graphite
-/// copy. Returns the sequence number to acknowledge, only once committed.
+/// and remote_write copies. Returns the sequence number to acknowledge, only once committed.
 ///
 /// Fails when the store fails; nothing of the batch is stored then.
 pub async fn samples(
@@ -137,8 +145,10 @@ pub async fn samples(
         .fetch_add(ingested.series_dropped as u64, Ordering::Relaxed);
     if ingested.fresh {
         for sink in &state.sinks {
-            if let Sink::Graphite(queue) = sink {
-                queue.push_samples(fp, &ingested.stored);
+            match sink {
+                Sink::Graphite(queue) => queue.push_samples(fp, &ingested.stored),
+                Sink::RemoteWrite(feed) => feed.push_samples(fp, &ingested.stored),
+                Sink::LiveEvents | Sink::Alerting(_) => {}
             }
         }
     }
@@ -197,6 +207,7 @@ async fn deliver(state: &AppState, sink: &Sink, fp: &Fingerprint, stored: &[Chec
             }
         }
         Sink::Graphite(queue) => queue.push_results(fp, stored),
+        Sink::RemoteWrite(feed) => feed.push_results(fp, stored),
         Sink::Alerting(alerts) => alerts.results(fp, stored).await,
     }
 }

@@ -135,8 +135,11 @@ pub async fn run_with_dashboard(
         (None, None) => None,
     };
     let store = Store::open(&config.data_dir.join("outrider.db")).await?;
-    let releases = outrider_update_server::ReleaseStore::open(&config.data_dir.join("releases"))
-        .with_context(|| "opening the release store")?;
+    let releases = outrider_update_server::ReleaseStore::open_with_caps(
+        &config.data_dir.join("releases"),
+        config.release_caps(),
+    )
+    .with_context(|| "opening the release store")?;
     let admin_token = auth::Secret::load_or_create(&config.data_dir.join("admin.token"), None)?;
     let viewer_token = auth::Secret::load_or_create(&config.data_dir.join("viewer.token"), None)?;
     let enrollment_token = auth::Secret::load_or_create(
@@ -173,7 +176,41 @@ pub async fn run_with_dashboard(
         );
     }
     let bound = listener.local_addr().context("reading the bound address")?;
-    let metric_side = metrics::Metrics::new(config.metrics.clone(), bound)?;
+    let mut metric_side = metrics::Metrics::new(config.metrics.clone(), bound)?;
+    let remote_write = match &config.metrics.remote_write_url {
+        Some(url) => {
+            let m = &config.metrics;
+            let settings = metrics::remote_write::Settings {
+                url: metrics::remote_write::check_url(url)?,
+                queue_dir: metrics::remote_write::queue_dir(&config.data_dir),
+                queue_bytes: m.remote_write_queue_bytes,
+                batch_samples: m.remote_write_batch_samples as usize,
+                flush_interval: Duration::from_millis(m.remote_write_flush_interval_ms),
+                timeout: Duration::from_secs(m.remote_write_timeout_secs),
+                auth: match (
+                    &m.remote_write_bearer_token_file,
+                    &m.remote_write_basic_auth_user,
+                    &m.remote_write_basic_auth_password_file,
+                ) {
+                    (Some(file), _, _) => metrics::remote_write::Auth::Bearer(
+                        auth::read_token_file(file).context("--remote-write-bearer-token-file")?,
+                    ),
+                    (None, Some(user), Some(file)) => metrics::remote_write::Auth::Basic {
+                        user: user.clone(),
+                        password: auth::read_token_file(file)
+                            .context("--remote-write-basic-auth-password-file")?,
+                    },
+                    // MetricsConfig::validate refused half a basic auth.
+                    _ => metrics::remote_write::Auth::None,
+                },
+            };
+            let (feed, worker) =
+                metrics::remote_write::open(settings).context("opening the remote_write queue")?;
+            metric_side.remote_write = Some(feed);
+            Some(worker)
+        }
+        None => None,
+    };
     if let metrics::MetricsAccess::Closed { listen } = &metric_side.access {
         warn!(
             %listen,
@@ -208,7 +245,11 @@ pub async fn run_with_dashboard(
             }
         })?,
     );
-    let sinks = ingest::sinks(metric_side.graphite.clone(), alerts.clone());
+    let sinks = ingest::sinks(
+        metric_side.graphite.clone(),
+        metric_side.remote_write.clone(),
+        alerts.clone(),
+    );
     let nudges = Arc::new(nudges::Nudges::new(Duration::from_secs(
         config.nudge_window_secs,
     )));
@@ -289,6 +330,20 @@ pub async fn run_with_dashboard(
         }
         None => None,
     };
+    // remote_write stops last: agent sessions commit results until they
+    // close, and what they commit must still reach its queue. Its own
+    // token is cancelled once the sessions are done (below). Spawned here,
+    // after the last fallible step, so no early return leaves it running.
+    let remote_write = remote_write.map(|worker| {
+        info!(url = ?state.config.metrics.remote_write_url, "forwarding to a remote_write receiver");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(metrics::remote_write::run(
+            worker,
+            state.store.clone(),
+            stop.clone(),
+        ));
+        (stop, task)
+    });
     let accept = listener::AcceptSettings {
         rate_per_sec: state.config.accept_rate_per_sec,
         limits: state.limits.clone(),
@@ -341,6 +396,12 @@ pub async fn run_with_dashboard(
             left = state.tasks.len(),
             "agent sessions did not close within the grace period"
         );
+    }
+    if let Some((stop, task)) = remote_write {
+        stop.cancel();
+        if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+            warn!("remote_write did not write its last batch to its queue within the grace period");
+        }
     }
     info!("outrider-server stopped");
     Ok(())

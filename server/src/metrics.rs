@@ -18,11 +18,13 @@
 //!
 //! Background tasks ([`spawn`]): the retention loop and, when configured,
 //! the Graphite sender, both on the server's task tracker and stopped by
-//! its shutdown token.
+//! its shutdown token. The remote_write worker ([`remote_write`]) needs its
+//! disk queue opened first, so the server's start opens and spawns it.
 
 pub mod graphite;
 pub mod prometheus;
 pub mod query;
+pub mod remote_write;
 pub mod retention;
 
 use std::net::SocketAddr;
@@ -105,6 +107,40 @@ pub struct MetricsConfig {
         conflicts_with = "metrics_token"
     )]
     pub metrics_token_file: Option<PathBuf>,
+    /// Prometheus remote_write receiver to forward every result state,
+    /// perfdata value and metric sample to, e.g.
+    /// `http://prometheus:9090/api/v1/write`; no forwarding when absent.
+    /// Requests wait in a disk queue under the data directory until the
+    /// receiver answers.
+    #[arg(long, env = "OUTRIDER_REMOTE_WRITE_URL")]
+    pub remote_write_url: Option<String>,
+    /// Bytes the remote_write disk queue may hold while the receiver is
+    /// away or slow; beyond it the oldest requests are dropped (and
+    /// counted). At least 1 MiB.
+    #[arg(long, default_value_t = remote_write::DEFAULT_QUEUE_BYTES)]
+    pub remote_write_queue_bytes: u64,
+    /// Samples per remote_write request (1 to 100,000).
+    #[arg(long, default_value_t = remote_write::DEFAULT_BATCH_SAMPLES)]
+    pub remote_write_batch_samples: u32,
+    /// Milliseconds a partial remote_write batch waits before it is queued
+    /// (10 to 60,000).
+    #[arg(long, default_value_t = remote_write::DEFAULT_FLUSH_INTERVAL_MS)]
+    pub remote_write_flush_interval_ms: u64,
+    /// Seconds one remote_write request may take before it is retried.
+    #[arg(long, default_value_t = remote_write::DEFAULT_TIMEOUT_SECS)]
+    pub remote_write_timeout_secs: u64,
+    /// File holding a bearer token (mode 0600 or stricter) sent with every
+    /// remote_write request; read once at start.
+    #[arg(long, env = "OUTRIDER_REMOTE_WRITE_BEARER_TOKEN_FILE")]
+    pub remote_write_bearer_token_file: Option<PathBuf>,
+    /// User name for HTTP basic auth on remote_write requests, with
+    /// `--remote-write-basic-auth-password-file`; instead of a bearer token.
+    #[arg(long, env = "OUTRIDER_REMOTE_WRITE_BASIC_AUTH_USER")]
+    pub remote_write_basic_auth_user: Option<String>,
+    /// File holding the basic auth password (mode 0600 or stricter); read
+    /// once at start.
+    #[arg(long, env = "OUTRIDER_REMOTE_WRITE_BASIC_AUTH_PASSWORD_FILE")]
+    pub remote_write_basic_auth_password_file: Option<PathBuf>,
 }
 
 impl Default for MetricsConfig {
@@ -120,6 +156,14 @@ impl Default for MetricsConfig {
             max_series_per_agent: crate::store::DEFAULT_MAX_SERIES_PER_AGENT,
             metrics_token: None,
             metrics_token_file: None,
+            remote_write_url: None,
+            remote_write_queue_bytes: remote_write::DEFAULT_QUEUE_BYTES,
+            remote_write_batch_samples: remote_write::DEFAULT_BATCH_SAMPLES,
+            remote_write_flush_interval_ms: remote_write::DEFAULT_FLUSH_INTERVAL_MS,
+            remote_write_timeout_secs: remote_write::DEFAULT_TIMEOUT_SECS,
+            remote_write_bearer_token_file: None,
+            remote_write_basic_auth_user: None,
+            remote_write_basic_auth_password_file: None,
         }
     }
 }
@@ -151,6 +195,22 @@ pub enum MetricsConfigError {
     GraphiteQueueEmpty,
     #[error("--metrics-token is empty; give a token or leave the flag out")]
     EmptyMetricsToken,
+    #[error(
+        "--remote-write-url {0:?} is not usable ({1}); give the receiver's full URL, e.g. http://prometheus:9090/api/v1/write"
+    )]
+    RemoteWriteUrl(String, String),
+    #[error("--remote-write-queue-bytes ({0}) must be at least 1048576 (1 MiB)")]
+    RemoteWriteQueueBytes(u64),
+    #[error("--remote-write-batch-samples ({0}) must be between 1 and 100000")]
+    RemoteWriteBatchSamples(u32),
+    #[error("--remote-write-flush-interval-ms ({0}) must be between 10 and 60000")]
+    RemoteWriteFlushInterval(u64),
+    #[error("--remote-write-timeout-secs must be at least 1")]
+    RemoteWriteTimeout,
+    #[error(
+        "--remote-write-basic-auth-user and --remote-write-basic-auth-password-file go together, and not with --remote-write-bearer-token-file"
+    )]
+    RemoteWriteAuth,
 }
 
 impl MetricsConfig {
@@ -175,6 +235,35 @@ impl MetricsConfig {
             .is_some_and(|t| t.trim().is_empty())
         {
             return Err(MetricsConfigError::EmptyMetricsToken);
+        }
+        if let Some(url) = &self.remote_write_url {
+            remote_write::check_url(url)?;
+        }
+        if self.remote_write_queue_bytes < remote_write::MIN_QUEUE_BYTES {
+            return Err(MetricsConfigError::RemoteWriteQueueBytes(
+                self.remote_write_queue_bytes,
+            ));
+        }
+        if !(1..=remote_write::MAX_BATCH_SAMPLES).contains(&self.remote_write_batch_samples) {
+            return Err(MetricsConfigError::RemoteWriteBatchSamples(
+                self.remote_write_batch_samples,
+            ));
+        }
+        if !remote_write::FLUSH_INTERVAL_MS.contains(&self.remote_write_flush_interval_ms) {
+            return Err(MetricsConfigError::RemoteWriteFlushInterval(
+                self.remote_write_flush_interval_ms,
+            ));
+        }
+        if self.remote_write_timeout_secs == 0 {
+            return Err(MetricsConfigError::RemoteWriteTimeout);
+        }
+        let basic = (
+            self.remote_write_basic_auth_user.is_some(),
+            self.remote_write_basic_auth_password_file.is_some(),
+        );
+        let bearer = self.remote_write_bearer_token_file.is_some();
+        if matches!(basic, (true, false) | (false, true)) || (basic.0 && bearer) {
+            return Err(MetricsConfigError::RemoteWriteAuth);
         }
         Ok(())
     }
@@ -305,6 +394,10 @@ pub struct Metrics {
     pub counters: Counters,
     /// Lines waiting for the Graphite sender, when forwarding is on.
     pub graphite: Option<Arc<graphite::Queue>>,
+    /// Ingest's side of remote_write forwarding, when it is on; set by
+    /// the server's start once the disk queue is open
+    /// ([`remote_write::open`]).
+    pub remote_write: Option<Arc<remote_write::Feed>>,
     /// Who may read `/metrics`.
     pub access: MetricsAccess,
 }
@@ -327,6 +420,7 @@ impl Metrics {
             config,
             counters: Counters::default(),
             graphite,
+            remote_write: None,
             access,
         })
     }
@@ -399,6 +493,105 @@ mod tests {
             Err(MetricsConfigError::EmptyMetricsToken)
         ));
         assert!(MetricsConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn bad_remote_write_settings_name_their_flag() {
+        let base = MetricsConfig::default;
+        for (config, flag) in [
+            (
+                MetricsConfig {
+                    remote_write_url: Some("prometheus:9090/api/v1/write".into()),
+                    ..base()
+                },
+                "--remote-write-url",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_url: Some("ftp://p/api/v1/write".into()),
+                    ..base()
+                },
+                "--remote-write-url",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_url: Some("http://:9090/api/v1/write".into()),
+                    ..base()
+                },
+                "--remote-write-url",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_queue_bytes: 1000,
+                    ..base()
+                },
+                "--remote-write-queue-bytes",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_batch_samples: 0,
+                    ..base()
+                },
+                "--remote-write-batch-samples",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_batch_samples: 100_001,
+                    ..base()
+                },
+                "--remote-write-batch-samples",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_flush_interval_ms: 5,
+                    ..base()
+                },
+                "--remote-write-flush-interval-ms",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_timeout_secs: 0,
+                    ..base()
+                },
+                "--remote-write-timeout-secs",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_basic_auth_user: Some("u".into()),
+                    ..base()
+                },
+                "--remote-write-basic-auth-password-file",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_basic_auth_password_file: Some("p".into()),
+                    ..base()
+                },
+                "--remote-write-basic-auth-user",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_basic_auth_user: Some("u".into()),
+                    remote_write_basic_auth_password_file: Some("p".into()),
+                    remote_write_bearer_token_file: Some("t".into()),
+                    ..base()
+                },
+                "not with --remote-write-bearer-token-file",
+            ),
+        ] {
+            let err = config
+                .validate()
+                .map(|()| format!("{config:?} accepted"))
+                .unwrap_or_else(|e| e.to_string());
+            assert!(err.contains(flag), "{err}");
+        }
+        let good = MetricsConfig {
+            remote_write_url: Some("https://vm.example:8428/api/v1/write".into()),
+            remote_write_queue_bytes: remote_write::MIN_QUEUE_BYTES,
+            remote_write_batch_samples: remote_write::MAX_BATCH_SAMPLES,
+            ..base()
+        };
+        assert!(good.validate().is_ok());
     }
 
     #[test]

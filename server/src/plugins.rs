@@ -28,6 +28,9 @@ pub enum UploadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The database holding plugin files failed (multi-node storage).
+    #[error("storing the plugin: {0}")]
+    Store(#[from] crate::backend::StoreError),
 }
 
 /// The directory of plugin files.

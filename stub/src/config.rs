@@ -3,6 +3,10 @@
 //! Unlike everything else in the project, this parser does **not** deny
 //! unknown fields: the stub never changes, while newer agent libraries may
 //! add settings to `agent.toml`. The library validates the whole file.
+//! That is why the other nodes of a server are a separate field,
+//! `extra_server_urls`, and `server_url` stays one string: a stub of any
+//! age still starts, and one from before the field fetches updates from
+//! `server_url` alone. This one tries the list too (`update.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,9 +32,13 @@ pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 30;
 pub struct StubConfig {
     /// Base URL of the server.
     pub server_url: String,
-    /// Base URL of the update repository (`<url>/v1/updates/...`): the
-    /// server unless `update_url` names a static host or CDN.
-    pub update_url: String,
+    /// `server_url`, then each of `extra_server_urls` (the server's other
+    /// nodes), checked, without trailing slashes.
+    pub server_urls: Vec<String>,
+    /// Base URL of a static host or CDN serving the update repository
+    /// (`<url>/v1/updates/...`); without it updates come from the server
+    /// (see `update::update_base`).
+    pub update_url: Option<String>,
     /// Release channel to follow.
     pub channel: outrider_signing::Channel,
     /// The whole text of `agent.toml`, handed to the library as-is.
@@ -50,6 +58,8 @@ pub struct StubConfig {
 #[derive(Deserialize)]
 struct Raw {
     server_url: String,
+    #[serde(default)]
+    extra_server_urls: Vec<String>,
     update_url: Option<String>,
     update_interval_secs: Option<u64>,
     probation_secs: Option<u64>,
@@ -68,9 +78,13 @@ impl StubConfig {
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let raw: Raw = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let url = checked_url("server_url", &raw.server_url).map_err(err)?;
+        let mut server_urls = vec![url.clone()];
+        for extra in &raw.extra_server_urls {
+            server_urls.push(checked_url("extra_server_urls", extra).map_err(err)?);
+        }
         let update_url = match &raw.update_url {
-            Some(u) => checked_url("update_url", u).map_err(err)?,
-            None => url.clone(),
+            Some(u) => Some(checked_url("update_url", u).map_err(err)?),
+            None => None,
         };
         let channel = raw.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
         let channel = channel
@@ -90,6 +104,7 @@ impl StubConfig {
         };
         Ok(StubConfig {
             server_url: url,
+            server_urls,
             update_url,
             channel,
             update_interval: secs(
@@ -136,7 +151,7 @@ pub fn jittered(d: Duration, low: f64, high: f64) -> Duration {
 }
 
 /// `url` without a trailing slash, if it is http(s).
-fn checked_url(field: &str, url: &str) -> Result<String, String> {
+pub(crate) fn checked_url(field: &str, url: &str) -> Result<String, String> {
     let url = url.trim_end_matches('/');
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(url.to_owned())
@@ -172,12 +187,21 @@ mod tests {
             DEFAULT_CHANNEL
         );
         assert_eq!(
-            c.update_url, "http://127.0.0.1:1",
+            c.update_url, None,
             "updates come from the server by default"
         );
         let cdn = load("server_url = \"http://s\"\nupdate_url = \"https://cdn.example/outrider/\"")
             .unwrap();
-        assert_eq!(cdn.update_url, "https://cdn.example/outrider");
+        assert_eq!(
+            cdn.update_url.as_deref(),
+            Some("https://cdn.example/outrider")
+        );
+        let nodes =
+            load("server_url = \"https://a/\"\nextra_server_urls = [\"https://b/\"]").unwrap();
+        assert_eq!(nodes.server_urls, ["https://a", "https://b"]);
+        let bad =
+            load("server_url = \"https://a\"\nextra_server_urls = [\"ftp://b\"]").unwrap_err();
+        assert!(bad.to_string().contains("extra_server_urls"), "{bad}");
         // The library's `[policy]` table reaches it untouched.
         let text = "server_url = \"http://s\"\n[policy]\nallow_adhoc = true\n";
         assert_eq!(load(text).unwrap().agent_toml, text);

@@ -111,10 +111,57 @@ impl Updates for Updater {
     }
 }
 
+/// File in the data dir where the library names the server URL it was
+/// last welcomed at (`agent-lib/src/connection/saved.rs`): one line.
+pub const LAST_SERVER_URL_FILE: &str = "last_server_url";
+
+/// The base URLs updates may come from, in order: `update_url` alone when
+/// set (a mirror); else the server URL the library was last welcomed at
+/// (`last`, the content of [`LAST_SERVER_URL_FILE`], when it is an http(s)
+/// URL), so updates follow the library to a node that is up, then
+/// `server_url` and each of `extra_server_urls`, each once. A check uses
+/// the first that the checks before it, in a row, could not reach (see
+/// [`Updater::fetch_latest`]), so neither a down `server_url` (a first
+/// start, before the library ever connected) nor a stale file (a retired
+/// node; an older library after a rollback does not write it) strands the
+/// updates.
+pub fn update_bases(config: &StubConfig, last: Option<&str>) -> Vec<String> {
+    if let Some(mirror) = &config.update_url {
+        return vec![mirror.clone()];
+    }
+    let last = last.and_then(|l| crate::config::checked_url(LAST_SERVER_URL_FILE, l.trim()).ok());
+    let mut bases: Vec<String> = last.into_iter().collect();
+    for url in &config.server_urls {
+        if !bases.contains(url) {
+            bases.push(url.clone());
+        }
+    }
+    bases
+}
+
+/// The content of `<data_dir>/last_server_url`, if it is there and small.
+fn last_server_url(data_dir: &Path) -> Option<String> {
+    let path = data_dir.join(LAST_SERVER_URL_FILE);
+    std::fs::metadata(&path)
+        .ok()
+        .filter(|m| m.len() <= 2048)
+        .and_then(|_| std::fs::read_to_string(&path).ok())
+}
+
 /// Talks to one update repository for one channel.
-#[derive(Debug)]
 pub struct Updater {
     client: UpdateClient<HttpTransport>,
+    /// The base URL `client` talks to (one of [`update_bases`]).
+    base: String,
+    /// The configuration the base is chosen from again before each check.
+    config: StubConfig,
+    /// The bases the last checks, in a row, could not reach
+    /// ([`UpdateError::is_transient`]); the next check skips them (until
+    /// every base is in here, which starts the round over). At most one
+    /// entry per configured base.
+    ///
+    /// [`UpdateError::is_transient`]: outrider_update_client::UpdateError::is_transient
+    unreachable: Vec<String>,
     channel: outrider_signing::Channel,
     /// The stub artifact the last verified manifest offers for our triple.
     stub_offer: Option<outrider_signing::Artifact>,
@@ -122,20 +169,26 @@ pub struct Updater {
     root: TrustedRoot,
 }
 
+/// By hand: a derived one would print `config`, whose TLS configuration's
+/// `Debug` costs the stub ~10 KB (docs/benchmarks.md, "stub size").
+impl std::fmt::Debug for Updater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updater")
+            .field("base", &self.base)
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Updater {
     /// An updater for the channel and server of `config`.
     pub fn new(config: &StubConfig, layout: &Layout, root: TrustedRoot) -> Updater {
-        let transport = HttpTransport::new(
-            &format!("{}/v1/updates", config.update_url),
-            config.tls.clone(),
-        );
-        let client = UpdateClient::new(
-            transport,
-            config.channel.clone(),
-            &layout.data_dir.join("downloads"),
-        );
+        let base = update_bases(config, last_server_url(&layout.data_dir).as_deref()).remove(0);
         Updater {
-            client,
+            client: client(config, &base, layout),
+            base,
+            config: config.clone(),
+            unreachable: Vec::new(),
             channel: config.channel.clone(),
             stub_offer: None,
             layout: layout.clone(),
@@ -147,8 +200,32 @@ impl Updater {
     /// first if needed. Raises `state.floor` to the accepted manifest and
     /// records the build in `state` (the caller persists it).
     pub fn fetch_latest(&mut self, state: &mut StubState) -> Result<Build, StubError> {
+        // Follow the library to another server node, or on to the next
+        // base after one that could not be reached.
+        let mut bases = update_bases(
+            &self.config,
+            last_server_url(&self.layout.data_dir).as_deref(),
+        );
+        if bases.iter().all(|b| self.unreachable.contains(b)) {
+            self.unreachable.clear();
+        }
+        let at = bases
+            .iter()
+            .position(|b| !self.unreachable.contains(b))
+            .unwrap_or(0);
+        let base = bases.swap_remove(at);
+        if base != self.base {
+            self.client = client(&self.config, &base, &self.layout);
+            self.base = base;
+        }
         let now = outrider_update_client::trusted_now(wall_clock_unix(), state.time_floor_unix);
         let result = self.check(state, now);
+        match &result {
+            Err(StubError::Update(e)) if e.is_transient() => {
+                self.unreachable.push(self.base.clone());
+            }
+            _ => self.unreachable.clear(),
+        }
         state.time_floor_unix = outrider_update_client::next_time_floor(
             state.time_floor_unix,
             now,
@@ -304,15 +381,10 @@ impl Updater {
     /// Follows a reloaded configuration (channel, update URL); the trusted
     /// root and the downloads stay.
     pub fn reconfigure(&mut self, config: &StubConfig) {
-        let transport = HttpTransport::new(
-            &format!("{}/v1/updates", config.update_url),
-            config.tls.clone(),
-        );
-        self.client = UpdateClient::new(
-            transport,
-            config.channel.clone(),
-            &self.layout.data_dir.join("downloads"),
-        );
+        self.base =
+            update_bases(config, last_server_url(&self.layout.data_dir).as_deref()).remove(0);
+        self.client = client(config, &self.base, &self.layout);
+        self.config = config.clone();
         self.channel = config.channel.clone();
     }
 
@@ -331,6 +403,15 @@ impl Updater {
             ))?;
         Ok(final_dir.join(LIBRARY_FILE))
     }
+}
+
+/// The update client for the repository at `base` (`<base>/v1/updates`).
+fn client(config: &StubConfig, base: &str, layout: &Layout) -> UpdateClient<HttpTransport> {
+    UpdateClient::new(
+        HttpTransport::new(&format!("{base}/v1/updates"), config.tls.clone()),
+        config.channel.clone(),
+        &layout.data_dir.join("downloads"),
+    )
 }
 
 /// The target's full build, for when the recorded build is missing on disk.
@@ -472,6 +553,138 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(state.root_version, Some(5), "never lowered");
+    }
+
+    #[test]
+    fn updates_follow_the_server_node_the_library_was_last_welcomed_at() {
+        use outrider_update_client::UpdateError;
+        let live = empty_repository();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (_dir, layout) = prefix(1, u64::MAX / 2, &format!("http://{closed}"));
+        let root = load_root(&layout.root_json).unwrap();
+        let config = StubConfig::load(&layout.agent_toml).unwrap();
+        let mut updater = Updater::new(&config, &layout, root);
+        let mut state = StubState::default();
+        // server_url is down.
+        let err = updater.fetch_latest(&mut state).unwrap_err();
+        assert!(
+            matches!(&err, StubError::Update(UpdateError::Transport { .. })),
+            "{err:?}"
+        );
+        // The library was welcomed at another node: the next check asks
+        // that node's repository (empty here, so: no manifest).
+        let file = layout.data_dir.join(LAST_SERVER_URL_FILE);
+        std::fs::write(&file, format!("{live}/\n")).unwrap();
+        let err = updater.fetch_latest(&mut state).unwrap_err();
+        assert!(
+            matches!(&err, StubError::Update(UpdateError::NoManifest { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_stale_last_server_url_sends_the_next_check_to_server_url() {
+        use outrider_update_client::UpdateError;
+        let live = empty_repository();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (_dir, layout) = prefix(1, u64::MAX / 2, &live);
+        // The node the library last reached is gone.
+        let file = layout.data_dir.join(LAST_SERVER_URL_FILE);
+        std::fs::write(&file, format!("http://{closed}\n")).unwrap();
+        let root = load_root(&layout.root_json).unwrap();
+        let config = StubConfig::load(&layout.agent_toml).unwrap();
+        let mut updater = Updater::new(&config, &layout, root);
+        let mut state = StubState::default();
+        // (the error of each check in turn: the gone node, server_url, the
+        // gone node again — it may be back —, server_url)
+        for expect_reached in [false, true, false, true] {
+            let err = updater.fetch_latest(&mut state).unwrap_err();
+            let reached = matches!(&err, StubError::Update(UpdateError::NoManifest { .. }));
+            let unreachable = matches!(&err, StubError::Update(UpdateError::Transport { .. }));
+            assert!(reached || unreachable, "{err:?}");
+            assert_eq!(reached, expect_reached, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn update_bases_are_the_mirror_else_the_last_server_then_the_configured_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |extra: &str| {
+            let path = dir.path().join("agent.toml");
+            std::fs::write(&path, format!("server_url = \"https://a\"\n{extra}")).unwrap();
+            StubConfig::load(&path).unwrap()
+        };
+        let mirror = "update_url = \"https://cdn/o\"";
+        let nodes = "extra_server_urls = [\"https://b\", \"https://c/\"]";
+        // (agent.toml extra, last_server_url content, bases)
+        let table: &[(&str, Option<&str>, &[&str])] = &[
+            ("", None, &["https://a"]),
+            (
+                "",
+                Some("https://b:8443/\n"),
+                &["https://b:8443", "https://a"],
+            ),
+            ("", Some("https://a\n"), &["https://a"]),
+            ("", Some("ftp://b\n"), &["https://a"]),
+            ("", Some(""), &["https://a"]),
+            (nodes, None, &["https://a", "https://b", "https://c"]),
+            (
+                nodes,
+                Some("https://c"),
+                &["https://c", "https://a", "https://b"],
+            ),
+            (mirror, None, &["https://cdn/o"]),
+            (
+                &format!("{mirror}\n{nodes}"),
+                Some("https://b\n"),
+                &["https://cdn/o"],
+            ),
+        ];
+        for (extra, last, bases) in table {
+            assert_eq!(
+                &update_bases(&config(extra), *last),
+                bases,
+                "{extra} {last:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_server_s_other_nodes_serve_updates_while_server_url_is_down() {
+        use outrider_update_client::UpdateError;
+        let live = empty_repository();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // A first start: no library has connected yet, no last_server_url.
+        let (_dir, layout) = prefix(1, u64::MAX / 2, &format!("http://{closed}"));
+        let toml = std::fs::read_to_string(&layout.agent_toml).unwrap();
+        std::fs::write(
+            &layout.agent_toml,
+            format!("{toml}extra_server_urls = [\"{live}\"]\n"),
+        )
+        .unwrap();
+        let root = load_root(&layout.root_json).unwrap();
+        let config = StubConfig::load(&layout.agent_toml).unwrap();
+        let mut updater = Updater::new(&config, &layout, root);
+        let mut state = StubState::default();
+        let err = updater.fetch_latest(&mut state).unwrap_err();
+        assert!(
+            matches!(&err, StubError::Update(UpdateError::Transport { .. })),
+            "{err:?}"
+        );
+        let err = updater.fetch_latest(&mut state).unwrap_err();
+        assert!(
+            matches!(&err, StubError::Update(UpdateError::NoManifest { .. })),
+            "the next check reaches the other node: {err:?}"
+        );
     }
 
     #[test]

@@ -204,6 +204,17 @@ impl TestServer {
         self.proc = proc;
     }
 
+    /// Starts the server again on another address with the same data
+    /// directory (after [`TestServer::kill`]): another node of the same
+    /// server, as agents see it.
+    pub fn restart_at(&mut self, addr: &str) {
+        self.kill();
+        let log = format!("server.{}.log", self.proc.child.id());
+        let (proc, addr) = spawn_server(self.dir.path(), addr, &log, &self.extra);
+        self.proc = proc;
+        self.url = format!("http://{addr}");
+    }
+
     /// The server's data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

@@ -45,6 +45,11 @@ pub enum Error {
     #[error("the uploaded blob hashes to {actual}, not to its name {expected}")]
     HashMismatch { expected: Sha256, actual: Sha256 },
 
+    /// Reading an uploaded body failed (the client went away, or sent a
+    /// malformed body); nothing of it was kept.
+    #[error("reading the upload failed: {0}")]
+    Upload(String),
+
     /// An upload above the size limit.
     #[error("the {what} is {got} bytes, more than the limit of {limit} bytes")]
     TooLarge {
@@ -52,6 +57,17 @@ pub enum Error {
         limit: u64,
         got: u64,
     },
+
+    /// A new blob would take the stored blobs above the total cap.
+    #[error(
+        "storing {got} more bytes would take the release blobs to {} bytes, above the total cap of {limit} bytes; delete unreferenced blobs or raise the cap", used.saturating_add(*got)
+    )]
+    StorageFull { limit: u64, used: u64, got: u64 },
+
+    /// A storage backend other than the directory store failed (for
+    /// example PostgreSQL); the inner error says how.
+    #[error("release storage: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// The database was written by a newer version of this software.
     #[error(

@@ -7,10 +7,15 @@
 //! `/api/v1/releases/`. The store never signs: the operator's CLI signs with
 //! offline keys and the store only verifies before accepting.
 
+pub mod artefacts;
+mod directory;
 mod error;
 mod routes;
 mod store;
 
+pub use artefacts::{ArtefactStore, BlobCaps, BlobStream, GcReport};
 pub use error::Error;
 pub use routes::{admin_router, public_router};
-pub use store::{BuildInfo, ChannelInfo, MAX_BLOB_BYTES, ManifestHook, ReleaseStore};
+pub use store::{
+    BuildInfo, ChannelInfo, MAX_BLOB_BYTES, ManifestHook, ReleaseStore, decode_manifest,
+};

@@ -5,7 +5,7 @@
 //! - `GET /v1/updates/roots/{version}.json` — every root version, for clients
 //!   walking the chain; immutable (404 for a version not stored)
 //! - `GET /v1/updates/channels/{channel}/manifest.json` — current manifest, `no-cache`
-//! - `GET /v1/updates/blobs/{sha256}` — blob, immutable, streamed from disk;
+//! - `GET /v1/updates/blobs/{sha256}` — blob, immutable, streamed from the store;
 //!   `ETag: "<sha256>"` (`If-None-Match` → 304), `Accept-Ranges: bytes`, one
 //!   `Range` (`a-b`, `a-`, `-n`) → 206 with `Content-Range`, a range past the
 //!   end → 416 with `Content-Range: bytes */<len>`; a multi-range request gets
@@ -14,7 +14,8 @@
 //!
 //! Admin (the server mounts these behind its bearer-token layer):
 //! - `PUT /api/v1/releases/root` — root envelope
-//! - `PUT /api/v1/releases/blobs/{sha256}` — blob (up to [`MAX_BLOB_BYTES`])
+//! - `PUT /api/v1/releases/blobs/{sha256}` — blob (up to [`MAX_BLOB_BYTES`]),
+//!   streamed into the store, refused as soon as it passes the cap
 //! - `PUT /api/v1/releases/channels/{channel}/manifest` — manifest envelope
 //! - `GET /api/v1/releases/channels` — list of [`ChannelInfo`]
 //! - `GET /api/v1/releases/channels/{channel}/builds?target=T&limit=N` — the
@@ -28,10 +29,8 @@
 //!
 //! Errors are JSON `{"error": "<one sentence>"}`.
 
-use std::sync::Arc;
-
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -39,11 +38,10 @@ use axum::{Json, Router};
 use outrider_signing::{Channel, Sha256};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use crate::Error;
-use crate::store::{BuildInfo, ChannelInfo, MAX_BLOB_BYTES, ReleaseStore};
+use crate::artefacts::ArtefactStore;
+use crate::store::{BuildInfo, ChannelInfo};
 
 /// Blobs are content-addressed, so they never change.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -52,40 +50,50 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 pub const MAX_BUILDS: usize = 100;
 const DEFAULT_BUILDS: usize = 10;
 
-/// The public read routes.
-pub fn public_router(store: Arc<ReleaseStore>) -> Router {
+/// The public read routes, on any [`ArtefactStore`]: the directory store
+/// (`Arc<ReleaseStore>`) or one shared by several nodes, so that any node
+/// answers any update request.
+pub fn public_router<S>(store: S) -> Router
+where
+    S: ArtefactStore + Clone + 'static,
+{
     Router::new()
-        .route("/v1/updates/root.json", get(get_root))
-        .route("/v1/updates/roots/{file}", get(get_root_version))
+        .route("/v1/updates/root.json", get(get_root::<S>))
+        .route("/v1/updates/roots/{file}", get(get_root_version::<S>))
         .route(
             "/v1/updates/channels/{channel}/manifest.json",
-            get(get_manifest),
+            get(get_manifest::<S>),
         )
-        .route("/v1/updates/blobs/{sha256}", get(get_blob))
+        .route("/v1/updates/blobs/{sha256}", get(get_blob::<S>))
         .with_state(store)
 }
 
-/// The upload routes; mount behind admin authentication.
-pub fn admin_router(store: Arc<ReleaseStore>) -> Router {
+/// The upload routes, on any [`ArtefactStore`]; mount behind admin
+/// authentication.
+pub fn admin_router<S>(store: S) -> Router
+where
+    S: ArtefactStore + Clone + 'static,
+{
     Router::new()
-        .route("/api/v1/releases/root", put(put_root))
+        .route("/api/v1/releases/root", put(put_root::<S>))
         .route(
             "/api/v1/releases/blobs/{sha256}",
-            // The limit must cover the whole blob; the store checks it again.
-            put(put_blob).layer(DefaultBodyLimit::max(MAX_BLOB_BYTES as usize)),
+            // The body streams into the store, which refuses it as soon as
+            // it passes the store's cap (never above `MAX_BLOB_BYTES`).
+            put(put_blob::<S>),
         )
         .route(
             "/api/v1/releases/channels/{channel}/manifest",
-            put(put_manifest),
+            put(put_manifest::<S>),
         )
-        .route("/api/v1/releases/channels", get(list_channels))
+        .route("/api/v1/releases/channels", get(list_channels::<S>))
         .route(
             "/api/v1/releases/channels/{channel}/builds",
-            get(list_builds),
+            get(list_builds::<S>),
         )
         .route(
             "/api/v1/releases/channels/{channel}/manifests",
-            get(list_manifests),
+            get(list_manifests::<S>),
         )
         .with_state(store)
 }
@@ -101,11 +109,14 @@ impl From<Error> for ApiError {
             Error::Signing(S::TooLarge { .. }) | Error::TooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Error::Signing(_) | Error::HashMismatch { .. } => StatusCode::BAD_REQUEST,
+            Error::Signing(_) | Error::HashMismatch { .. } | Error::Upload(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Error::NoRoot
             | Error::StaleSequence { .. }
             | Error::MissingBlob { .. }
             | Error::BlobSize { .. } => StatusCode::CONFLICT,
+            Error::StorageFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -118,24 +129,6 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
-
-/// Runs a blocking store call off the async workers.
-async fn blocking<T, F>(store: Arc<ReleaseStore>, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&ReleaseStore) -> Result<T, Error> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(join) => {
-            tracing::error!(error = %join, "release store task failed");
-            Err(ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the release store task failed".to_owned(),
-            ))
-        }
     }
 }
 
@@ -167,14 +160,14 @@ fn metadata_response(bytes: Option<Vec<u8>>, what: &str) -> Response {
     }
 }
 
-async fn get_root(State(store): State<Arc<ReleaseStore>>) -> Result<Response, ApiError> {
-    let root = blocking(store, |s| s.root()).await?;
+async fn get_root<S: ArtefactStore>(State(store): State<S>) -> Result<Response, ApiError> {
+    let root = store.root().await?;
     Ok(metadata_response(root, "root"))
 }
 
 /// `{version}.json`: the router matches whole path segments only.
-async fn get_root_version(
-    State(store): State<Arc<ReleaseStore>>,
+async fn get_root_version<S: ArtefactStore>(
+    State(store): State<S>,
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no root {file}"));
@@ -183,9 +176,7 @@ async fn get_root_version(
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(not_found)?;
-    let bytes = blocking(store, move |s| s.root_version(version))
-        .await?
-        .ok_or_else(not_found)?;
+    let bytes = store.root_version(version).await?.ok_or_else(not_found)?;
     // A stored version's bytes never change.
     Ok((
         [
@@ -197,25 +188,25 @@ async fn get_root_version(
         .into_response())
 }
 
-async fn get_manifest(
-    State(store): State<Arc<ReleaseStore>>,
+async fn get_manifest<S: ArtefactStore>(
+    State(store): State<S>,
     Path(channel): Path<String>,
 ) -> Result<Response, ApiError> {
     let channel = parse_channel(&channel)?;
     let what = format!("manifest for channel {channel}");
-    let manifest = blocking(store, move |s| s.manifest(&channel)).await?;
+    let manifest = store.manifest(channel).await?;
     Ok(metadata_response(manifest, &what))
 }
 
-async fn get_blob(
-    State(store): State<Arc<ReleaseStore>>,
+async fn get_blob<S: ArtefactStore>(
+    State(store): State<S>,
     Path(sha): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let sha = parse_sha(&sha)?;
     let etag = format!("\"{sha}\"");
     let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no blob {sha}"));
-    let path = store.blob_path(&sha).ok_or_else(not_found)?;
+    let len = store.blob_len(sha).await?.ok_or_else(not_found)?;
     let etag_value = HeaderValue::from_str(&etag)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let common = [
@@ -231,19 +222,6 @@ async fn get_blob(
     {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
-        Err(e) => return Err(Error::Io { path, source: e }.into()),
-    };
-    let len = file
-        .metadata()
-        .await
-        .map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?
-        .len();
     // `If-Range` with another validator asks for the whole (changed) entity.
     let if_range_ok = headers
         .get(header::IF_RANGE)
@@ -259,7 +237,9 @@ async fn get_blob(
     match range {
         ByteRange::Full => {
             let length = (header::CONTENT_LENGTH, HeaderValue::from(len));
-            let body = Body::from_stream(ReaderStream::new(file));
+            // Deleted since `blob_len` (garbage collection): gone.
+            let stream = store.read_blob(sha, 0..len).await?.ok_or_else(not_found)?;
+            let body = Body::from_stream(stream);
             Ok((common, [octets, length], body).into_response())
         }
         ByteRange::Unsatisfiable => {
@@ -273,10 +253,11 @@ async fn get_blob(
                 .into_response())
         }
         ByteRange::Partial { first, last } => {
-            file.seek(std::io::SeekFrom::Start(first))
-                .await
-                .map_err(|source| Error::Io { path, source })?;
             let count = last - first + 1;
+            let stream = store
+                .read_blob(sha, first..last + 1)
+                .await?
+                .ok_or_else(not_found)?;
             let content_range = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}"))
                 .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             let headers = [
@@ -284,7 +265,7 @@ async fn get_blob(
                 (header::CONTENT_LENGTH, HeaderValue::from(count)),
                 (header::CONTENT_RANGE, content_range),
             ];
-            let body = Body::from_stream(ReaderStream::new(file.take(count)));
+            let body = Body::from_stream(stream);
             Ok((StatusCode::PARTIAL_CONTENT, common, headers, body).into_response())
         }
     }
@@ -374,40 +355,39 @@ fn parse_range(raw: &str, len: u64) -> ByteRange {
     }
 }
 
-async fn put_root(
-    State(store): State<Arc<ReleaseStore>>,
+async fn put_root<S: ArtefactStore>(
+    State(store): State<S>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    blocking(store, move |s| s.put_root(&body)).await?;
+    store.put_root(body.to_vec()).await?;
     Ok(Json(json!({ "ok": true })))
 }
 
-async fn put_blob(
-    State(store): State<Arc<ReleaseStore>>,
+async fn put_blob<S: ArtefactStore>(
+    State(store): State<S>,
     Path(sha): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let sha = parse_sha(&sha)?;
-    let size = body.len();
-    blocking(store, move |s| s.put_blob(&sha, &body)).await?;
+    let size = store.put_blob_stream(sha, body.into_data_stream()).await?;
     Ok(Json(json!({ "sha256": sha, "size": size })))
 }
 
-async fn put_manifest(
-    State(store): State<Arc<ReleaseStore>>,
+async fn put_manifest<S: ArtefactStore>(
+    State(store): State<S>,
     Path(channel): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let channel = parse_channel(&channel)?;
     let name = channel.clone();
-    let sequence = blocking(store, move |s| s.put_manifest(&channel, &body)).await?;
+    let sequence = store.put_manifest(channel, body.to_vec()).await?;
     Ok(Json(json!({ "channel": name, "sequence": sequence })))
 }
 
-async fn list_channels(
-    State(store): State<Arc<ReleaseStore>>,
+async fn list_channels<S: ArtefactStore>(
+    State(store): State<S>,
 ) -> Result<Json<Vec<ChannelInfo>>, ApiError> {
-    Ok(Json(blocking(store, |s| s.channels()).await?))
+    Ok(Json(store.channels().await?))
 }
 
 /// Query of the builds listing.
@@ -417,17 +397,15 @@ struct BuildsQuery {
     limit: Option<usize>,
 }
 
-async fn list_builds(
-    State(store): State<Arc<ReleaseStore>>,
+async fn list_builds<S: ArtefactStore>(
+    State(store): State<S>,
     Path(channel): Path<String>,
     Query(query): Query<BuildsQuery>,
 ) -> Result<Json<Vec<BuildInfo>>, ApiError> {
     let channel = parse_channel(&channel)?;
     let limit = query.limit.unwrap_or(DEFAULT_BUILDS).min(MAX_BUILDS);
     let triple = query.target;
-    Ok(Json(
-        blocking(store, move |s| s.builds(&channel, &triple, limit)).await?,
-    ))
+    Ok(Json(store.builds(channel, triple, limit).await?))
 }
 
 /// Query of the manifest history listing.
@@ -436,14 +414,14 @@ struct HistoryQuery {
     limit: Option<usize>,
 }
 
-async fn list_manifests(
-    State(store): State<Arc<ReleaseStore>>,
+async fn list_manifests<S: ArtefactStore>(
+    State(store): State<S>,
     Path(channel): Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     let channel = parse_channel(&channel)?;
     let limit = query.limit.unwrap_or(DEFAULT_BUILDS).min(MAX_BUILDS);
-    let envelopes = blocking(store, move |s| s.manifest_history(&channel, limit)).await?;
+    let envelopes = store.manifest_history(channel, limit).await?;
     // Envelopes are JSON text (see outrider_signing's envelope format), so
     // they travel as strings byte for byte; a stored one that is not UTF-8
     // would be corrupt and is sent lossily, which then fails verification.

@@ -22,12 +22,16 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use outrider_signing::{
     Artifact, Channel, Envelope, ManifestPolicy, ReleaseManifest, Sha256, TrustedRoot, now_unix,
-    sha256, verify_manifest,
+    verify_manifest,
 };
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::artefacts::{
+    BlobCaps, GcReport, ManifestDecision, RootDecision, check_blob, check_reference, check_total,
+    manifest_decision, note_build, root_decision,
+};
 
 /// Largest blob accepted.
 pub const MAX_BLOB_BYTES: u64 = 512 << 20;
@@ -66,7 +70,7 @@ pub struct BuildInfo {
 pub struct ReleaseStore {
     db: Mutex<Connection>,
     blobs: PathBuf,
-    tmp_counter: AtomicU64,
+    caps: BlobCaps,
     /// Called after a new manifest of a channel was stored.
     on_manifest: OnceLock<Hook>,
 }
@@ -92,6 +96,12 @@ impl ReleaseStore {
     /// and schema, and removes temp files left by an interrupted upload.
     /// Fails on I/O or database errors, or [`Error::SchemaTooNew`].
     pub fn open(dir: &Path) -> Result<ReleaseStore, Error> {
+        ReleaseStore::open_with_caps(dir, BlobCaps::default())
+    }
+
+    /// [`ReleaseStore::open`] with blob limits other than the default
+    /// ([`MAX_BLOB_BYTES`] per blob, no total).
+    pub fn open_with_caps(dir: &Path, caps: BlobCaps) -> Result<ReleaseStore, Error> {
         let blobs = dir.join("blobs");
         fs::create_dir_all(&blobs).map_err(|source| Error::Io {
             path: blobs.clone(),
@@ -106,7 +116,7 @@ impl ReleaseStore {
         Ok(ReleaseStore {
             db: Mutex::new(db),
             blobs,
-            tmp_counter: AtomicU64::new(0),
+            caps,
             on_manifest: OnceLock::new(),
         })
     }
@@ -127,21 +137,16 @@ impl ReleaseStore {
     /// with [`Error::Signing`] naming the failed check.
     pub fn put_root(&self, envelope: &[u8]) -> Result<(), Error> {
         let now = now_unix();
-        let db = self.lock();
-        let current: Option<Vec<u8>> = latest_root(&db)?;
-        let accepted = match current {
-            None => TrustedRoot::from_bytes_self_signed(envelope, now)?,
-            Some(current) if current == envelope => return Ok(()),
-            Some(current) => {
-                // The stored root verified when it was stored; time 0 skips its
-                // expiry check so that an expired root can still be rotated.
-                let current = TrustedRoot::from_bytes_self_signed(&current, 0)?;
-                let next = current.successor(envelope)?;
-                next.check_expiry(now)?;
-                next
-            }
+        let mut db = self.lock();
+        // IMMEDIATE: another process on the same directory waits for the
+        // decision and the write together, never interleaves them.
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: Option<Vec<u8>> = latest_root(&tx)?;
+        let accepted = match root_decision(current.as_deref(), envelope, now)? {
+            RootDecision::AlreadyCurrent => return Ok(()),
+            RootDecision::Store(root) => root,
         };
-        db.execute(
+        tx.execute(
             "INSERT INTO roots (version, envelope, created_unix) VALUES (?1, ?2, ?3)",
             params![
                 to_sql_u64("root version", accepted.root().version)?,
@@ -149,6 +154,7 @@ impl ReleaseStore {
                 to_sql_u64("time", now)?
             ],
         )?;
+        tx.commit()?;
         tracing::info!(version = accepted.root().version, "stored update root");
         Ok(())
     }
@@ -179,46 +185,88 @@ impl ReleaseStore {
     }
 
     /// Stores `bytes` as the blob named `expected`. Fails with
-    /// [`Error::TooLarge`] above [`MAX_BLOB_BYTES`] and [`Error::HashMismatch`]
-    /// if the content does not hash to `expected`. Storing a present blob again
-    /// is a no-op.
+    /// [`Error::TooLarge`] above the per-blob cap ([`MAX_BLOB_BYTES`] by
+    /// default), [`Error::HashMismatch`] if the content does not hash to
+    /// `expected`, and [`Error::StorageFull`] when a new blob would take the
+    /// stored ones above the total cap. Storing a present blob again is a
+    /// no-op.
     pub fn put_blob(&self, expected: &Sha256, bytes: &[u8]) -> Result<(), Error> {
-        if bytes.len() as u64 > MAX_BLOB_BYTES {
-            return Err(Error::TooLarge {
-                what: "blob",
-                limit: MAX_BLOB_BYTES,
-                got: bytes.len() as u64,
-            });
-        }
-        let actual = sha256(bytes);
-        if actual != *expected {
-            return Err(Error::HashMismatch {
-                expected: *expected,
-                actual,
-            });
-        }
-        let path = self.blobs.join(expected.to_string());
-        if path.is_file() {
+        check_blob(expected, bytes, self.caps.max_blob_bytes)?;
+        if self.touch_if_stored(expected) {
             return Ok(());
         }
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .blobs
-            .join(format!("{TMP_PREFIX}{expected}-{}-{n}", std::process::id()));
+        let tmp = self.temp_blob_path(expected);
         let written = (|| {
             let mut file = File::create_new(&tmp)?;
             file.write_all(bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            sync_dir(&self.blobs)
+            file.sync_all()
         })();
-        written.map_err(|source| {
+        if let Err(source) = written {
             let _ = fs::remove_file(&tmp);
-            Error::Io {
-                path: path.clone(),
-                source,
+            return Err(Error::Io { path: tmp, source });
+        }
+        self.commit_blob_file(&tmp, expected, bytes.len() as u64)
+    }
+
+    /// The caps this store enforces.
+    pub(crate) fn caps(&self) -> BlobCaps {
+        self.caps
+    }
+
+    /// Whether blob `sha` is stored; if so, refreshes its time: uploading
+    /// it again restarts its grace against `collect_garbage` (a manifest
+    /// naming it may follow). Only the file's time changes, so a failure
+    /// to refresh loses nothing and is only logged.
+    pub(crate) fn touch_if_stored(&self, sha: &Sha256) -> bool {
+        let path = self.blobs.join(sha.to_string());
+        if !path.is_file() {
+            return false;
+        }
+        let touched = File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        if let Err(e) = touched {
+            tracing::warn!(path = %path.display(), "cannot refresh a release blob's time: {e}");
+        }
+        true
+    }
+
+    /// A fresh temporary file name in `blobs/` for an upload of `sha`;
+    /// removed on open if an upload is interrupted.
+    pub(crate) fn temp_blob_path(&self, sha: &Sha256) -> PathBuf {
+        // One counter per process, not per store: two stores opened on one
+        // directory in one process must not pick the same temp name.
+        static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.blobs
+            .join(format!("{TMP_PREFIX}{sha}-{}-{n}", std::process::id()))
+    }
+
+    /// Makes the complete, verified, synced temp file `tmp` of `size` bytes
+    /// the blob `sha`, unless it is stored by now or the total cap refuses
+    /// it ([`Error::StorageFull`]); `tmp` is gone afterwards either way.
+    pub(crate) fn commit_blob_file(
+        &self,
+        tmp: &Path,
+        sha: &Sha256,
+        size: u64,
+    ) -> Result<(), Error> {
+        let committed = (|| {
+            if self.touch_if_stored(sha) {
+                return Ok(());
             }
-        })
+            if self.caps.max_total_bytes != u64::MAX {
+                // Only with a total cap set: the sum costs a directory listing.
+                check_total(self.stored_bytes()?, size, self.caps.max_total_bytes)?;
+            }
+            let path = self.blobs.join(sha.to_string());
+            fs::rename(tmp, &path)
+                .and_then(|()| sync_dir(&self.blobs))
+                .map_err(|source| Error::Io { path, source })
+        })();
+        let _ = fs::remove_file(tmp);
+        committed
     }
 
     /// Where the blob named `sha` is stored, if it is.
@@ -235,8 +283,12 @@ impl ReleaseStore {
     /// declared size ([`Error::MissingBlob`], [`Error::BlobSize`]).
     pub fn put_manifest(&self, channel: &Channel, envelope: &[u8]) -> Result<u64, Error> {
         let now = now_unix();
-        let db = self.lock();
-        let root = latest_root(&db)?.ok_or(Error::NoRoot)?;
+        let mut db = self.lock();
+        // IMMEDIATE: another process on the same directory waits for the
+        // decision and the insert together, so two publishes never both
+        // take a sequence or land one below the other.
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let root = latest_root(&tx)?.ok_or(Error::NoRoot)?;
         let root = TrustedRoot::from_bytes_self_signed(&root, now)?;
         let policy = ManifestPolicy {
             channel,
@@ -246,35 +298,17 @@ impl ReleaseStore {
         let verified = verify_manifest(&root, envelope, &policy)?;
         let manifest = verified.manifest;
 
-        if let Some((current, bytes)) = latest_manifest(&db, channel)? {
-            if bytes == envelope {
-                return Ok(current);
-            }
-            if manifest.sequence <= current {
-                return Err(Error::StaleSequence {
-                    channel: channel.clone(),
-                    current,
-                    got: manifest.sequence,
-                });
-            }
+        let current = latest_manifest(&tx, channel)?;
+        let current = current
+            .as_ref()
+            .map(|(seq, bytes)| (*seq, bytes.as_slice()));
+        if let ManifestDecision::AlreadyCurrent(current) =
+            manifest_decision(channel, current, manifest.sequence, envelope)?
+        {
+            return Ok(current);
         }
         for (sha, declared) in manifest.referenced_blobs() {
-            let path = self.blobs.join(sha.to_string());
-            let actual = match fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => meta.len(),
-                Ok(_) => return Err(Error::MissingBlob { sha256: sha }),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(Error::MissingBlob { sha256: sha });
-                }
-                Err(source) => return Err(Error::Io { path, source }),
-            };
-            if actual != declared {
-                return Err(Error::BlobSize {
-                    sha256: sha,
-                    declared,
-                    actual,
-                });
-            }
+            check_reference(sha, declared, self.stored_len(&sha)?)?;
         }
         let versions: BTreeMap<&str, &str> = manifest
             .targets
@@ -283,7 +317,7 @@ impl ReleaseStore {
             .collect();
         // A map of strings always serializes.
         let versions = serde_json::to_string(&versions).expect("versions serialize");
-        db.execute(
+        tx.execute(
             "INSERT INTO manifests (channel, sequence, envelope, versions, published_unix) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 channel.as_str(),
@@ -293,6 +327,7 @@ impl ReleaseStore {
                 to_sql_u64("time", now)?
             ],
         )?;
+        tx.commit()?;
         drop(db);
         tracing::info!(%channel, sequence = manifest.sequence, "stored release manifest");
         if let Some(Hook(hook)) = self.on_manifest.get() {
@@ -371,20 +406,7 @@ impl ReleaseStore {
                     format!("stored manifest {channel}#{sequence}: {reason}").into(),
                 ))
             })?;
-            let Some(target) = manifest.targets.get(triple) else {
-                continue;
-            };
-            if out
-                .iter()
-                .all(|b| b.artifact.sha256 != target.artifact.sha256)
-            {
-                out.push(BuildInfo {
-                    version: target.version.clone(),
-                    abi_major: target.abi_major,
-                    artifact: target.artifact.clone(),
-                    sequence: sequence as u64,
-                });
-            }
+            note_build(&mut out, sequence as u64, &manifest, triple);
         }
         Ok(out)
     }
@@ -402,6 +424,79 @@ impl ReleaseStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Deletes every blob no stored manifest references whose file was
+    /// last modified before `stored_before_unix`. Holds the database lock
+    /// throughout, so no manifest referencing a blob is stored while it is
+    /// deleted.
+    pub fn collect_garbage(&self, stored_before_unix: u64) -> Result<GcReport, Error> {
+        let mut db = self.lock();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let referenced = referenced_blobs(&tx)?;
+        let cutoff = std::time::UNIX_EPOCH + std::time::Duration::from_secs(stored_before_unix);
+        let mut report = GcReport::default();
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { path, source }
+        };
+        for entry in fs::read_dir(&self.blobs).map_err(io_err(&self.blobs))? {
+            let entry = entry.map_err(io_err(&self.blobs))?;
+            let Ok(sha) = entry.file_name().to_string_lossy().parse::<Sha256>() else {
+                continue; // temp files and strangers
+            };
+            let path = entry.path();
+            let meta = entry.metadata().map_err(io_err(&path))?;
+            let modified = meta.modified().map_err(io_err(&path))?;
+            if referenced.contains(&sha) || modified >= cutoff {
+                continue;
+            }
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            report.blobs += 1;
+            report.bytes += meta.len();
+        }
+        sync_dir(&self.blobs).map_err(io_err(&self.blobs))?;
+        drop(tx);
+        if report.blobs > 0 {
+            tracing::info!(
+                blobs = report.blobs,
+                bytes = report.bytes,
+                "deleted unreferenced release blobs"
+            );
+        }
+        Ok(report)
+    }
+
+    /// The size of the stored blob `sha`, if stored.
+    fn stored_len(&self, sha: &Sha256) -> Result<Option<u64>, Error> {
+        let path = self.blobs.join(sha.to_string());
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
+    /// The bytes all stored blobs take.
+    fn stored_bytes(&self) -> Result<u64, Error> {
+        let io_err = |source| Error::Io {
+            path: self.blobs.clone(),
+            source,
+        };
+        let mut total = 0u64;
+        for entry in fs::read_dir(&self.blobs).map_err(io_err)? {
+            let entry = entry.map_err(io_err)?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .parse::<Sha256>()
+                .is_ok()
+            {
+                total = total.saturating_add(entry.metadata().map_err(io_err)?.len());
+            }
+        }
+        Ok(total)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable: every
         // write is a single statement, so there is no half-done state to fear.
@@ -411,9 +506,33 @@ impl ReleaseStore {
     }
 }
 
+/// Every blob some stored manifest (of any channel, any sequence) references.
+fn referenced_blobs(db: &Connection) -> Result<std::collections::HashSet<Sha256>, Error> {
+    let mut stmt = db.prepare("SELECT channel, sequence, envelope FROM manifests")?;
+    let mut rows = stmt.query([])?;
+    let mut out = std::collections::HashSet::new();
+    while let Some(row) = rows.next()? {
+        let envelope: Vec<u8> = row.get(2)?;
+        let manifest = decode_manifest(&envelope).map_err(|reason| {
+            Error::Database(rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Blob,
+                format!(
+                    "stored manifest {}#{}: {reason}",
+                    row.get::<_, String>(0).unwrap_or_default(),
+                    row.get::<_, i64>(1).unwrap_or_default()
+                )
+                .into(),
+            ))
+        })?;
+        out.extend(manifest.referenced_blobs().into_iter().map(|(sha, _)| sha));
+    }
+    Ok(out)
+}
+
 /// The payload of a stored (already verified) manifest envelope. The
 /// payload's `"type"` tag lands in `extra`, which is harmless here.
-fn decode_manifest(envelope: &[u8]) -> Result<ReleaseManifest, String> {
+pub fn decode_manifest(envelope: &[u8]) -> Result<ReleaseManifest, String> {
     let envelope = Envelope::from_bytes(envelope).map_err(|e| e.to_string())?;
     serde_json::from_slice(envelope.payload()).map_err(|e| e.to_string())
 }

@@ -9,6 +9,7 @@ mod listeners;
 mod protocol;
 mod rpc;
 mod runner;
+mod servers;
 mod session;
 mod spool;
 mod support;

@@ -116,21 +116,27 @@ impl Recorder {
     }
 }
 
-/// A resolver answering one address, failing while `broken` is set, and
-/// never answering while `hanging` is set.
+/// A resolver answering fixed addresses in order, failing while `broken`
+/// is set, and never answering while `hanging` is set.
 #[derive(Debug)]
 pub struct TestResolver {
     pub broken: AtomicBool,
     pub hanging: AtomicBool,
-    answer: IpAddr,
+    answers: Vec<IpAddr>,
 }
 
 impl TestResolver {
     pub fn new(answer: &str) -> Arc<TestResolver> {
+        TestResolver::answering(&[answer])
+    }
+
+    /// A resolver answering all of `answers` (a name with several
+    /// addresses), in this order.
+    pub fn answering(answers: &[&str]) -> Arc<TestResolver> {
         Arc::new(TestResolver {
             broken: AtomicBool::new(false),
             hanging: AtomicBool::new(false),
-            answer: answer.parse().unwrap(),
+            answers: answers.iter().map(|a| a.parse().unwrap()).collect(),
         })
     }
 
@@ -150,7 +156,11 @@ impl Resolve for TestResolver {
     fn resolve<'a>(&'a self, _host: &'a str, port: u16) -> ResolveFuture<'a> {
         let broken = self.broken.load(Ordering::SeqCst);
         let hanging = self.hanging.load(Ordering::SeqCst);
-        let answer = SocketAddr::new(self.answer, port);
+        let answers: Vec<SocketAddr> = self
+            .answers
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect();
         Box::pin(async move {
             if hanging {
                 std::future::pending::<()>().await;
@@ -158,7 +168,7 @@ impl Resolve for TestResolver {
             if broken {
                 Err(std::io::Error::other(RESOLVER_FAILURE))
             } else {
-                Ok(vec![answer])
+                Ok(answers)
             }
         })
     }
@@ -392,6 +402,17 @@ impl FakeServer {
             listener,
             tls: None,
             url,
+        }
+    }
+
+    /// A plain websocket server on `addr` (a port freed before: another
+    /// node coming up where one was missing).
+    pub async fn start_at(addr: SocketAddr) -> FakeServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        FakeServer {
+            listener,
+            tls: None,
+            url: format!("http://{addr}"),
         }
     }
 

@@ -37,6 +37,23 @@ pub enum StoreError {
     /// caller; nothing was written.
     #[error("node {node} sent a heartbeat holding a lease of node {lease_node}")]
     ForeignLease { node: String, lease_node: String },
+    /// A write fenced by leadership of `job` under `term` was refused: the
+    /// job's newest term is `current` (another node took over), or it was
+    /// never acquired. Nothing was written.
+    #[error(
+        "{job}: leadership under term {term} was lost (newest term {current:?}); nothing written"
+    )]
+    Fenced {
+        job: &'static str,
+        term: i64,
+        current: Option<i64>,
+    },
+    /// `what` did not finish within `after`.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        what: &'static str,
+        after: std::time::Duration,
+    },
     /// The blocking task running a SQLite call panicked.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

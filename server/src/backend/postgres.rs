@@ -17,8 +17,14 @@
 //! PostgreSQL re-checks on the row's newest version after waiting for its
 //! lock (READ COMMITTED), so two nodes never both win.
 
+mod artefacts;
 pub mod bus;
+mod leader;
+mod plugin_files;
 mod presence;
+
+pub use artefacts::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, PgArtefacts, chunk_spans};
+pub use plugin_files::PgPluginFiles;
 
 use std::sync::Arc;
 
@@ -45,8 +51,18 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
+        name: "leases",
+        sql: include_str!("postgres/migrations/0002_leases.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "artefacts",
+        sql: include_str!("postgres/migrations/0003_artefacts.sql"),
+    },
+    Migration {
+        version: 4,
         name: "bus",
-        sql: include_str!("postgres/migrations/0002_bus.sql"),
+        sql: include_str!("postgres/migrations/0004_bus.sql"),
     },
 ];
 
@@ -81,6 +97,9 @@ impl PgTls {
 #[derive(Clone, Debug)]
 pub struct PgBackend {
     pool: Pool,
+    /// The settings again, for connections outside the pool (elections,
+    /// `postgres/leader.rs`).
+    session: Arc<leader::SessionSettings>,
 }
 
 /// The migrations still to apply to a database at version `applied`
@@ -120,6 +139,10 @@ impl PgBackend {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
+        let session = Arc::new(leader::SessionSettings {
+            config: config.clone(),
+            tls: tls.clone(),
+        });
         let manager = match tls {
             PgTls::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
             PgTls::Rustls(client) => Manager::from_config(
@@ -132,7 +155,7 @@ impl PgBackend {
             .max_size(max_connections.max(1))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        let backend = PgBackend { pool };
+        let backend = PgBackend { pool, session };
         backend.migrate().await?;
         Ok(backend)
     }

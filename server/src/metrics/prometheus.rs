@@ -17,7 +17,9 @@
 //!   `outrider_future_results_clamped_total`,
 //!   `outrider_graphite_oversized_lines_total` and
 //!   `outrider_refused_results_total{reason}` and
-//!   `outrider_refused_enrollments_total{reason}` counters of this process.
+//!   `outrider_refused_enrollments_total{reason}` counters of this process;
+//! - with `--remote-write-url`, the `outrider_remote_write_*` families of
+//!   `metrics/remote_write.rs` (`Stats::render`).
 //!
 //! Access ([`MetricsAccess`]): open on a loopback-only server, else only
 //! with the metrics token; without one, a non-loopback server answers 401.
@@ -108,6 +110,9 @@ pub async fn handler(
     };
     let mut body = render(&agents, &latest, &counters);
     body.push_str(&state.limits.refusals.render());
+    if let Some(feed) = &state.metrics.remote_write {
+        body.push_str(&feed.stats.render());
+    }
     Ok((
         [(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT))],
         body,

@@ -25,6 +25,8 @@ mod notify_email;
 mod notify_support;
 mod nudges;
 mod openapi;
+mod release_caps;
+mod remote_write;
 mod rpc;
 mod samples;
 mod transport;

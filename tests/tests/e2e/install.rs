@@ -407,6 +407,38 @@ fn current_uid() -> u32 {
 }
 
 #[test]
+fn further_servers_are_written_as_extra_server_urls_and_the_agent_starts_with_them() {
+    let (server, _keys) = server_with_release();
+    let root = root_sha256(&server);
+    let install = Install::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let other = format!("http://{closed}");
+    let mut args = install_args(&install, &root, "web");
+    args.extend(["--server", server.url.as_str(), "--server", other.as_str()]);
+    let out = run_installer(&server, &args);
+    assert!(out.status.success(), "install failed: {}", stderr(&out));
+    let toml = std::fs::read_to_string(install.prefix.join("etc/agent.toml")).unwrap();
+    assert!(
+        toml.contains(&format!(
+            "server_url = \"{}\"\nextra_server_urls = [\"{other}\"]\n",
+            server.url
+        )),
+        "{toml}"
+    );
+    // The library accepts what the installer wrote, and registers.
+    wait_presence(&server, "connected");
+    let out = run_installer(
+        &server,
+        &["--uninstall", "--prefix", install.prefix.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "uninstall failed: {}", stderr(&out));
+    wait_presence(&server, "deregistered");
+}
+
+#[test]
 fn uninstall_from_a_prefix_that_existed_keeps_what_was_there() {
     let (server, _keys) = server_with_release();
     let root = root_sha256(&server);
@@ -597,6 +629,65 @@ fn only_https_or_loopback_http_server_urls_are_accepted() {
             ),
         }
         assert!(!prefix.exists(), "{url}: nothing installed");
+    }
+    // Further `--server`s (the server's other nodes, `extra_server_urls`):
+    // each passes the same check, and none may repeat another.
+    let twice = "is given twice";
+    let several: &[(&[&str], Option<&str>)] = &[
+        (&["https://a.invalid", "http://example.com"], Some(refused)),
+        (
+            &["https://a.invalid", "https://u@b.invalid"],
+            Some(userinfo),
+        ),
+        (&["https://a.invalid", "https://a.invalid/"], Some(twice)),
+        (
+            &[
+                "https://a.invalid",
+                "https://b.invalid",
+                "https://b.invalid",
+            ],
+            Some(twice),
+        ),
+        (&["https://a.invalid", "https://b .invalid"], Some("spaces")),
+        (&["https://a.invalid", "http://[::2]:9"], Some(refused)),
+        (
+            &[
+                "https://a.invalid",
+                "http://127.0.0.1:9",
+                "http://[::1]:9",
+                "https://b*?.invalid",
+            ],
+            None,
+        ),
+    ];
+    for (urls, expect) in several {
+        let prefix = dir.path().join("p");
+        let mut command = Command::new("sh");
+        command
+            .arg(&script)
+            .args(["--token", "t", "--prefix"])
+            .arg(&prefix);
+        for url in *urls {
+            command.args(["--server", url]);
+        }
+        let out = command
+            .args(["--service-manager", "none"])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(
+            !out.status.success(),
+            "{urls:?}: nothing serves them: {err}"
+        );
+        match expect {
+            Some(message) => assert!(err.contains(message), "{urls:?} must be refused: {err}"),
+            // Accepted: the download from the first fails.
+            None => assert!(
+                err.contains("cannot download https://a.invalid/"),
+                "{urls:?} must be accepted: {err}"
+            ),
+        }
+        assert!(!prefix.exists(), "{urls:?}: nothing installed");
     }
 }
 

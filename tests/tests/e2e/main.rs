@@ -13,6 +13,7 @@ mod policy;
 mod portable;
 mod receivers;
 mod secrets;
+mod servers;
 mod services;
 mod skeleton;
 mod static_hosting;

@@ -353,3 +353,38 @@ fn the_manifest_hook_fires_once_per_new_manifest() {
         [("stable".to_owned(), 1), ("beta".to_owned(), 4)]
     );
 }
+
+#[test]
+fn garbage_collection_spares_referenced_and_reuploaded_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ReleaseStore::open(dir.path()).unwrap();
+    let keys = Keys::generate();
+    store.put_root(&keys.root_json).unwrap();
+    let published = b"published".to_vec();
+    let again = b"uploaded long ago, and again now".to_vec();
+    let stray = b"uploaded long ago only".to_vec();
+    for blob in [&published, &again, &stray] {
+        store.put_blob(&sha256(blob), blob).unwrap();
+        // First uploaded an hour ago.
+        let path = store.blob_path(&sha256(blob)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3_600))
+            .unwrap();
+    }
+    store
+        .put_manifest(&stable(), &keys.manifest("stable", 1, &published))
+        .unwrap();
+    store.put_blob(&sha256(&again), &again).unwrap();
+    let report = store.collect_garbage(now_unix() - 60).unwrap();
+    assert_eq!((report.blobs, report.bytes), (1, stray.len() as u64));
+    assert_eq!(store.blob_path(&sha256(&stray)), None);
+    assert!(store.blob_path(&sha256(&again)).is_some());
+    assert!(store.blob_path(&sha256(&published)).is_some());
+    // A temp file of an upload in flight is not a blob: left alone.
+    std::fs::write(dir.path().join("blobs/.tmp-x"), b"partial").unwrap();
+    assert_eq!(store.collect_garbage(now_unix() + 10).unwrap().blobs, 1);
+    assert!(dir.path().join("blobs/.tmp-x").exists());
+}

@@ -1,5 +1,5 @@
 //! The cross-node bus over PostgreSQL (rules in `backend/bus.rs`; table
-//! in `migrations/0002_bus.sql`).
+//! in `migrations/0004_bus.sql`).
 //!
 //! Three parts, each on its own connection use:
 //! - senders ([`PgBus::request`], [`PgBus::reply`], [`PgBus::broadcast`])

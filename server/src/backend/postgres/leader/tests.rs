@@ -1,0 +1,716 @@
+//! Elections against a real PostgreSQL (`outrider-pgtest`): every "node"
+//! is its own `PgBackend` (its own pool and election sessions) in this
+//! process, contending for the same advisory lock in one fresh database.
+//! Conditions are awaited with deadlines, never slept for.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::StoreError;
+use crate::backend::leader::{ElectionConfig, Job, LeaderTerm, Leadership};
+use crate::backend::{PgBackend, PgTls};
+
+/// Generous: a failure here means a condition never came.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Fast elections for tests.
+const FAST: ElectionConfig = ElectionConfig {
+    retry: Duration::from_millis(20),
+    check_interval: Duration::from_millis(20),
+    check_timeout: Duration::from_secs(2),
+    leader_idle_timeout: Duration::from_secs(5),
+};
+
+const JOB: Job = Job::Retention;
+
+async fn database() -> outrider_pgtest::TestDb {
+    outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap()
+}
+
+async fn node_backend(db: &outrider_pgtest::TestDb) -> PgBackend {
+    PgBackend::with_config(db.config.clone(), PgTls::Disable, 2)
+        .await
+        .unwrap()
+}
+
+/// A plain connection for the test's own queries (pg_locks, terminate).
+async fn admin(db: &outrider_pgtest::TestDb) -> (tokio_postgres::Client, JoinHandle<()>) {
+    let (client, connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    (
+        client,
+        tokio::spawn(async move { connection.await.unwrap() }),
+    )
+}
+
+/// The backend pid holding `job`'s advisory lock in this database, if any.
+async fn holder(admin: &tokio_postgres::Client, job: Job) -> Option<i32> {
+    admin
+        .query_opt(
+            "SELECT pid FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND objsubid = 1
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND ((classid::bigint << 32) | objid::bigint) = $1",
+            &[&job.key()],
+        )
+        .await
+        .unwrap()
+        .map(|row| row.get(0))
+}
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `cond` until it holds.
+async fn until<F: Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    within(what, async {
+        while !cond().await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// Counts the jobs running on all nodes at once; any second one is a
+/// violation of the election.
+#[derive(Clone, Default)]
+struct Jobs {
+    running: Arc<AtomicUsize>,
+    started: Arc<AtomicUsize>,
+    overlapped: Arc<AtomicBool>,
+}
+
+type JobFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Jobs {
+    fn job(&self) -> impl FnMut(LeaderTerm, CancellationToken) -> JobFuture + Send + use<> {
+        let jobs = self.clone();
+        move |_term, cancel| {
+            let jobs = jobs.clone();
+            Box::pin(async move {
+                if jobs.running.fetch_add(1, Ordering::SeqCst) != 0 {
+                    jobs.overlapped.store(true, Ordering::SeqCst);
+                }
+                jobs.started.fetch_add(1, Ordering::SeqCst);
+                cancel.cancelled().await;
+                jobs.running.fetch_sub(1, Ordering::SeqCst);
+            })
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+}
+
+/// A node running the job while it leads.
+struct Node {
+    leadership: Leadership,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    fn start(backend: &PgBackend, name: &str, config: ElectionConfig, jobs: &Jobs) -> Node {
+        let elector = backend.elect(JOB, name.parse().unwrap(), config);
+        let leadership = elector.leadership();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (shutdown, job) = (shutdown.clone(), jobs.job());
+            async move { elector.run_while_leader(&shutdown, job).await }
+        });
+        Node {
+            leadership,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        within("the node to stop", self.task).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contending_nodes_run_the_job_on_one_node_at_a_time_across_handovers() {
+    let db = database().await;
+    let backends = [
+        node_backend(&db).await,
+        node_backend(&db).await,
+        node_backend(&db).await,
+    ];
+    let jobs = Jobs::default();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(&backends[i], &format!("n{i}"), FAST, &jobs))
+        .collect();
+    let mut last_term = 0;
+    for round in 1..=8 {
+        // Someone leads and runs the job; exactly one node says it leads.
+        until("a leader running the job", || async {
+            jobs.started() >= round
+        })
+        .await;
+        assert_eq!(
+            jobs.started(),
+            round,
+            "the job started on more than one node"
+        );
+        let leaders: Vec<usize> = (0..3)
+            .filter(|&i| nodes[i].leadership.is_leader())
+            .collect();
+        assert_eq!(leaders.len(), 1, "round {round}");
+        let term = nodes[leaders[0]].leadership.current().unwrap();
+        assert!(
+            term.term > last_term,
+            "terms count up: {} after {last_term}",
+            term.term
+        );
+        last_term = term.term;
+        // The leader shuts down: the job ends, the lock goes, a
+        // restarted node joins in its place.
+        let i = leaders[0];
+        let old = std::mem::replace(
+            &mut nodes[i],
+            Node::start(&backends[i], &format!("n{i}"), FAST, &jobs),
+        );
+        old.stop().await;
+    }
+    until("the last leader's job", || async { jobs.started() == 9 }).await;
+    for node in nodes {
+        node.stop().await;
+    }
+    assert!(
+        !jobs.overlapped.load(Ordering::SeqCst),
+        "two jobs ran at once"
+    );
+    assert_eq!(jobs.running(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_leader_steps_down_another_takes_over_and_the_old_terms_writes_are_refused() {
+    let db = database().await;
+    let (admin, admin_driver) = admin(&db).await;
+    admin
+        .batch_execute("CREATE TABLE work (node TEXT NOT NULL, term BIGINT NOT NULL)")
+        .await
+        .unwrap();
+    let (a_backend, b_backend) = (node_backend(&db).await, node_backend(&db).await);
+    let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
+    let a = Node::start(&a_backend, "a", FAST, &a_jobs);
+    let mut a_leadership = a.leadership.clone();
+    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+    assert_eq!(a_term.term, 1);
+    until("a's job", || async { a_jobs.running() == 1 }).await;
+    let b = Node::start(&b_backend, "b", FAST, &b_jobs);
+
+    // PostgreSQL ends a's election session: a notices, cancels its job.
+    let pid = holder(&admin, JOB).await.expect("a holds the lock");
+    assert!(
+        admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    within("a to step down", a_leadership.ended(&a_term)).await;
+    until("a's job to be cancelled", || async {
+        a_jobs.running() == 0
+    })
+    .await;
+
+    // b takes over under the next term and runs the job.
+    let mut b_leadership = b.leadership.clone();
+    let b_term = within("b to lead", b_leadership.leading()).await.unwrap();
+    assert_eq!((b_term.node.as_str(), b_term.term), ("b", 2));
+    until("b's job", || async { b_jobs.running() == 1 }).await;
+
+    // a, paused through all that, still holds term 1: its write is
+    // refused; b's goes through.
+    let write = |backend: &PgBackend, term: LeaderTerm| {
+        let backend = backend.clone();
+        async move {
+            backend
+                .fenced(&term.clone(), move |tx| {
+                    Box::pin(async move {
+                        tx.execute(
+                            "INSERT INTO work (node, term) VALUES ($1, $2)",
+                            &[&term.node.as_str(), &term.term],
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .await
+        }
+    };
+    match write(&a_backend, a_term.clone()).await {
+        Err(StoreError::Fenced {
+            job: "retention",
+            term: 1,
+            current: Some(2),
+        }) => {}
+        other => panic!("a's stale write was not fenced: {other:?}"),
+    }
+    write(&b_backend, b_term.clone()).await.unwrap();
+    let rows: Vec<(String, i64)> = admin
+        .query("SELECT node, term FROM work", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [("b".to_owned(), 2)]);
+    let stored: (String, i64) = admin
+        .query_one(
+            "SELECT holder_node, term FROM leases WHERE job = 'retention'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(stored, ("b".to_owned(), 2));
+
+    // a follows again, and never ran alongside b's job after stepping down.
+    assert!(!a.leadership.is_leader());
+    a.stop().await;
+    b.stop().await;
+    drop(admin);
+    admin_driver.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_for_a_job_never_acquired_is_fenced() {
+    let db = database().await;
+    let backend = node_backend(&db).await;
+    let term = LeaderTerm {
+        job: Job::Nudges,
+        node: "a".parse().unwrap(),
+        term: 1,
+    };
+    let out = backend
+        .fenced(&term, |_tx| Box::pin(async { Ok(()) }))
+        .await;
+    assert!(
+        matches!(
+            out,
+            Err(StoreError::Fenced {
+                job: "nudges",
+                term: 1,
+                current: None
+            })
+        ),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_leader_releases_the_lock_before_stop_returns() {
+    let db = database().await;
+    let (admin, _driver) = admin(&db).await;
+    let backend = node_backend(&db).await;
+    let jobs = Jobs::default();
+    let a = Node::start(&backend, "a", FAST, &jobs);
+    until("a's job", || async { jobs.running() == 1 }).await;
+    assert!(holder(&admin, JOB).await.is_some());
+    a.stop().await;
+    // Unlocked, not left to a timeout: free the moment stop returned.
+    assert_eq!(holder(&admin, JOB).await, None);
+    assert_eq!(jobs.running(), 0);
+    // The next node takes it at its first try.
+    let b = Node::start(&backend, "b", FAST, &jobs);
+    until("b's job", || async { jobs.started() == 2 }).await;
+    assert_eq!(b.leadership.current().unwrap().term, 2);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_silent_past_its_idle_timeout_loses_the_lock_to_another_node() {
+    let db = database().await;
+    let (a_backend, b_backend) = (node_backend(&db).await, node_backend(&db).await);
+    // a checks too rarely for its idle timeout: PostgreSQL ends its
+    // session, as it would for a paused or partitioned leader.
+    let silent = ElectionConfig {
+        check_interval: Duration::from_secs(600),
+        leader_idle_timeout: Duration::from_millis(300),
+        ..FAST
+    };
+    let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
+    let a = Node::start(&a_backend, "a", silent, &a_jobs);
+    let mut a_leadership = a.leadership.clone();
+    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+    let b = Node::start(&b_backend, "b", FAST, &b_jobs);
+    let mut b_leadership = b.leadership.clone();
+    let b_term = within("b to take over", b_leadership.leading())
+        .await
+        .unwrap();
+    assert_eq!(b_term.term, a_term.term + 1);
+    // a learns it at once from its closed socket, not at its next check.
+    within("a to step down", a_leadership.ended(&a_term)).await;
+    until("a's job to be cancelled", || async {
+        a_jobs.running() == 0
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A Unix-socket proxy in front of the cluster that can be frozen: it then
+/// forwards nothing more but keeps every connection open, as a network
+/// partition does (neither end sees a close). It can also be cut: every
+/// connection closes and new ones are refused until it is healed, as when
+/// PostgreSQL goes away and comes back.
+struct Proxy {
+    dir: tempfile::TempDir,
+    freeze: CancellationToken,
+    /// `Some`: up, and cancelling the token cuts the connections made
+    /// under it; `None`: cut, refusing connections.
+    up: Arc<std::sync::Mutex<Option<CancellationToken>>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::UnixListener::bind(dir.path().join(".s.PGSQL.5432")).unwrap();
+        let upstream = outrider_pgtest::Cluster::shared()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .socket_dir()
+            .join(".s.PGSQL.5432");
+        let freeze = CancellationToken::new();
+        let up = Arc::new(std::sync::Mutex::new(Some(CancellationToken::new())));
+        let task = tokio::spawn({
+            let (freeze, up) = (freeze.clone(), up.clone());
+            async move {
+                // Dropped with the proxy's task: every piped connection
+                // closes then.
+                let mut pipes = tokio::task::JoinSet::new();
+                loop {
+                    let (down, _) = listener.accept().await.unwrap();
+                    let Some(cut) = up.lock().unwrap().clone() else {
+                        // Cut: the client sees its connection close.
+                        continue;
+                    };
+                    let up = tokio::net::UnixStream::connect(&upstream).await.unwrap();
+                    let (down_read, down_write) = down.into_split();
+                    let (up_read, up_write) = up.into_split();
+                    pipes.spawn(pipe(down_read, up_write, freeze.clone(), cut.clone()));
+                    pipes.spawn(pipe(up_read, down_write, freeze.clone(), cut));
+                }
+            }
+        });
+        Proxy {
+            dir,
+            freeze,
+            up,
+            task,
+        }
+    }
+
+    /// Closes every connection and refuses new ones.
+    fn cut(&self) {
+        if let Some(cut) = self.up.lock().unwrap().take() {
+            cut.cancel();
+        }
+    }
+
+    /// Accepts connections again.
+    fn heal(&self) {
+        *self.up.lock().unwrap() = Some(CancellationToken::new());
+    }
+
+    fn config(&self, db: &outrider_pgtest::TestDb) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(self.dir.path())
+            .port(5432)
+            .user(outrider_pgtest::SUPERUSER)
+            .dbname(&db.name);
+        config
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies bytes one way until either end closes or `cut`; frozen, holds
+/// both ends open and moves nothing.
+async fn pipe(
+    mut from: tokio::net::unix::OwnedReadHalf,
+    mut to: tokio::net::unix::OwnedWriteHalf,
+    freeze: CancellationToken,
+    cut: CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            _ = cut.cancelled() => return,
+            _ = freeze.cancelled() => std::future::pending().await,
+            n = from.read(&mut buf) => n,
+        };
+        match n {
+            Ok(0) | Err(_) => return,
+            Ok(n) if !freeze.is_cancelled() => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => std::future::pending().await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_steps_down_and_the_lock_passes_on_when_postgresql_drops_its_session()
+{
+    let db = database().await;
+    let (admin, _driver) = admin(&db).await;
+    let proxy = Proxy::start();
+    // a reaches PostgreSQL through the proxy; b directly.
+    let a_backend = PgBackend::with_config(proxy.config(&db), PgTls::Disable, 2)
+        .await
+        .unwrap();
+    let b_backend = node_backend(&db).await;
+    let config = ElectionConfig {
+        check_timeout: Duration::from_millis(300),
+        leader_idle_timeout: Duration::from_secs(2),
+        ..FAST
+    };
+    let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
+    let a = Node::start(&a_backend, "a", config, &a_jobs);
+    let mut a_leadership = a.leadership.clone();
+    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+    until("a's job", || async { a_jobs.running() == 1 }).await;
+    let a_pid = holder(&admin, JOB).await.expect("a holds the lock");
+    let b = Node::start(&b_backend, "b", config, &b_jobs);
+
+    proxy.freeze.cancel();
+    // a's check times out: it steps down and cancels its job...
+    within("a to step down", a_leadership.ended(&a_term)).await;
+    until("a's job to be cancelled", || async {
+        a_jobs.running() == 0
+    })
+    .await;
+    // ...while PostgreSQL, seeing no close, still holds a's session and
+    // lock: nobody leads for a while (a gap, never two leaders).
+    assert_eq!(holder(&admin, JOB).await, Some(a_pid));
+    assert!(!b.leadership.is_leader());
+    // Then a's session idles past its idle_session_timeout: PostgreSQL
+    // ends it and b takes over.
+    let mut b_leadership = b.leadership.clone();
+    let b_term = within("b to take over", b_leadership.leading())
+        .await
+        .unwrap();
+    assert_eq!(b_term.term, a_term.term + 1);
+    until("b's job", || async { b_jobs.running() == 1 }).await;
+    assert!(!a.leadership.is_leader());
+    assert!(!a_jobs.overlapped.load(Ordering::SeqCst));
+    b.stop().await;
+    drop(proxy);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leaders_term_waits_for_the_old_leaders_fenced_write_in_flight() {
+    let db = database().await;
+    let (admin, _driver) = admin(&db).await;
+    admin
+        .batch_execute("CREATE TABLE work (term BIGINT NOT NULL)")
+        .await
+        .unwrap();
+    let (a_backend, b_backend) = (node_backend(&db).await, node_backend(&db).await);
+    // b's try must wait for the row lock, not time out.
+    let patient = ElectionConfig {
+        check_timeout: Duration::from_secs(10),
+        ..FAST
+    };
+    let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
+    let a = Node::start(&a_backend, "a", FAST, &a_jobs);
+    let mut a_leadership = a.leadership.clone();
+    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+
+    // a's fenced write passes the fence, writes, and waits before commit.
+    let (inside_tx, inside) = tokio::sync::oneshot::channel::<()>();
+    let (go_on, go_on_rx) = tokio::sync::oneshot::channel::<()>();
+    let write = tokio::spawn({
+        let (backend, term) = (a_backend.clone(), a_term.clone());
+        async move {
+            backend
+                .fenced(&term.clone(), move |tx| {
+                    Box::pin(async move {
+                        tx.execute("INSERT INTO work (term) VALUES ($1)", &[&term.term])
+                            .await?;
+                        inside_tx.send(()).unwrap();
+                        go_on_rx.await.unwrap();
+                        Ok(())
+                    })
+                })
+                .await
+        }
+    });
+    within("a's write to pass the fence", inside).await.unwrap();
+
+    // a loses its session; b takes the lock but its term bump waits on
+    // the row a's write holds.
+    let pid = holder(&admin, JOB).await.unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    within("a to step down", a_leadership.ended(&a_term)).await;
+    let b = Node::start(&b_backend, "b", patient, &b_jobs);
+    until("b's term bump to wait for a's write", || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'outrider leader retention b' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    assert!(!b.leadership.is_leader());
+
+    // a's write commits under term 1, before term 2 exists; then b leads.
+    go_on.send(()).unwrap();
+    within("a's write", write).await.unwrap().unwrap();
+    let mut b_leadership = b.leadership.clone();
+    let b_term = within("b to lead", b_leadership.leading()).await.unwrap();
+    assert_eq!(b_term.term, 2);
+    // From now on a's term writes nothing.
+    let late = a_backend
+        .fenced(&a_term, |tx| {
+            Box::pin(async move {
+                tx.execute("INSERT INTO work (term) VALUES (1)", &[])
+                    .await?;
+                Ok(())
+            })
+        })
+        .await;
+    assert!(
+        matches!(
+            late,
+            Err(StoreError::Fenced {
+                current: Some(2),
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+    let terms: Vec<i64> = admin
+        .query("SELECT term FROM work", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(terms, [1]);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Over TCP with TLS (a cluster of its own): the election session is
+/// encrypted like the pool's, names itself, and leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_over_tls_holds_the_lock_on_an_encrypted_named_session() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let cluster = outrider_pgtest::Cluster::start_tls(outrider_pgtest::TlsFiles {
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    })
+    .unwrap();
+    let db = cluster.database().await.unwrap();
+    let tls = PgTls::with_ca_pem(Some(&cert_pem)).unwrap();
+    let backend = PgBackend::with_config(cluster.tcp_config(&db.name), tls, 1)
+        .await
+        .unwrap();
+    let jobs = Jobs::default();
+    let a = Node::start(&backend, "a", FAST, &jobs);
+    until("a's job", || async { jobs.running() == 1 }).await;
+    // The test's own connection over the socket.
+    let (admin, _driver) = admin(&db).await;
+    let pid = holder(&admin, JOB).await.expect("a holds the lock");
+    let row = admin
+        .query_one(
+            "SELECT s.ssl, a.application_name FROM pg_stat_ssl s
+             JOIN pg_stat_activity a USING (pid) WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, String>(1)),
+        (true, "outrider leader retention a".to_owned())
+    );
+    a.stop().await;
+    assert_eq!(holder(&admin, JOB).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_postgresql_goes_away_the_leader_steps_down_and_a_node_leads_again_when_it_is_back() {
+    let db = database().await;
+    let (admin, _driver) = admin(&db).await;
+    let proxy = Proxy::start();
+    let (a_backend, b_backend) = (
+        PgBackend::with_config(proxy.config(&db), PgTls::Disable, 1)
+            .await
+            .unwrap(),
+        PgBackend::with_config(proxy.config(&db), PgTls::Disable, 1)
+            .await
+            .unwrap(),
+    );
+    let jobs = Jobs::default();
+    let a = Node::start(&a_backend, "a", FAST, &jobs);
+    let mut a_leadership = a.leadership.clone();
+    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+    let b = Node::start(&b_backend, "b", FAST, &jobs);
+    until("a's job", || async { jobs.running() == 1 }).await;
+
+    // Both nodes lose PostgreSQL: a's socket closes, it steps down at once.
+    proxy.cut();
+    within("a to step down", a_leadership.ended(&a_term)).await;
+    until("the job to be cancelled", || async { jobs.running() == 0 }).await;
+    // PostgreSQL saw the close and freed the lock, but nobody can reach it.
+    until("the lock to be freed", || async {
+        holder(&admin, JOB).await.is_none()
+    })
+    .await;
+    assert!(!b.leadership.is_leader());
+
+    // Back: the nodes reconnect and one leads under the next term.
+    proxy.heal();
+    until("a node to lead again", || async { jobs.running() == 1 }).await;
+    let leaders: Vec<LeaderTerm> = [&a, &b]
+        .iter()
+        .filter_map(|n| n.leadership.current())
+        .collect();
+    assert_eq!(leaders.len(), 1, "{leaders:?}");
+    assert_eq!(leaders[0].term, a_term.term + 1);
+    assert!(!jobs.overlapped.load(Ordering::SeqCst));
+    a.stop().await;
+    b.stop().await;
+}
