@@ -286,7 +286,11 @@ async fn samples_queued_while_the_receiver_is_down_all_arrive_after_a_restart() 
     let want = 3 * results;
     poll("queued on disk", || async {
         let queued = exposed(&server, "outrider_remote_write_queued_samples ").await;
-        let retried = exposed(&server, "outrider_remote_write_retries_total ").await;
+        let retried = exposed(
+            &server,
+            "outrider_remote_write_retries_total{reason=\"transport\"} ",
+        )
+        .await;
         (queued == want as f64 && retried >= 1.0).then_some(())
     })
     .await;
@@ -502,7 +506,10 @@ async fn requests_carry_the_specs_headers_and_answers_decide_retry_or_drop() {
             "outrider_remote_write_dropped_samples_total{reason=\"rejected\"} ",
             2.0,
         ),
-        ("outrider_remote_write_retries_total ", 1.0),
+        (
+            "outrider_remote_write_retries_total{reason=\"receiver\"} ",
+            1.0,
+        ),
         ("outrider_remote_write_requests_total{status=\"5xx\"} ", 1.0),
         ("outrider_remote_write_requests_total{status=\"4xx\"} ", 1.0),
         ("outrider_remote_write_requests_total{status=\"2xx\"} ", 1.0),
@@ -547,5 +554,59 @@ async fn basic_auth_credentials_come_from_the_password_file() {
         "{}",
         request.head
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_url_or_token_keeps_the_queue_until_it_is_fixed() {
+    // What a wrong token (401, 403), a wrong path (404, 405), a proxy
+    // demanding its own login (407) or a redirect (302) answer: each is
+    // retried, nothing is dropped, and once the receiver takes the request
+    // it arrives as it was queued.
+    let refusals = vec![
+        (401, ""),
+        (403, ""),
+        (404, ""),
+        (405, ""),
+        (407, ""),
+        (302, "Location: http://127.0.0.1:1/elsewhere\r\n"),
+    ];
+    let wrong = refusals.len();
+    let (port, mut seen) = scripted_receiver(refusals).await;
+    let server = Server::start_with(remote_write_to(port)).await;
+    let agent = Agent::new(66, "edge-4");
+    let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let r = with_perf(1, "load", now_ms() - 1_000, vec![perf("load1", 1.0, "")]);
+    assert_eq!(conn.send_results(vec![r]).await, 1);
+    let mut bodies = Vec::new();
+    for _ in 0..=wrong {
+        let request = tokio::time::timeout(DEADLINE, seen.recv())
+            .await
+            .expect("a request within the deadline")
+            .unwrap();
+        bodies.push(request.body);
+    }
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "the same request each time"
+    );
+    poll("sent", || async {
+        let sent = exposed(&server, "outrider_remote_write_sent_samples_total ").await;
+        (sent == 2.0).then_some(())
+    })
+    .await;
+    for (line, want) in [
+        (
+            "outrider_remote_write_retries_total{reason=\"config\"} ",
+            wrong as f64,
+        ),
+        (
+            "outrider_remote_write_dropped_samples_total{reason=\"rejected\"} ",
+            0.0,
+        ),
+        ("outrider_remote_write_queued_samples ", 0.0),
+    ] {
+        assert_eq!(exposed(&server, line).await, want, "{line}");
+    }
     server.stop().await;
 }
