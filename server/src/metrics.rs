@@ -199,6 +199,10 @@ pub enum MetricsConfigError {
         "--remote-write-url {0:?} is not usable ({1}); give the receiver's full URL, e.g. http://prometheus:9090/api/v1/write"
     )]
     RemoteWriteUrl(String, String),
+    #[error(
+        "--remote-write-url must not carry a user name or password (user:password@host): the URL is logged; give basic auth with --remote-write-basic-auth-user and --remote-write-basic-auth-password-file, or a token with --remote-write-bearer-token-file"
+    )]
+    RemoteWriteUrlCredentials,
     #[error("--remote-write-queue-bytes ({0}) must be at least 1048576 (1 MiB)")]
     RemoteWriteQueueBytes(u64),
     #[error("--remote-write-batch-samples ({0}) must be between 1 and 100000")]
@@ -519,6 +523,13 @@ mod tests {
                     ..base()
                 },
                 "--remote-write-url",
+            ),
+            (
+                MetricsConfig {
+                    remote_write_url: Some("https://u:secret@vm.example/api/v1/write".into()),
+                    ..base()
+                },
+                "--remote-write-basic-auth-password-file, or a token with --remote-write-bearer-token-file",
             ),
             (
                 MetricsConfig {

@@ -89,10 +89,19 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Directory of the disk queue under the data directory.
 pub const QUEUE_DIR: &str = "remote_write";
 
-/// Checks `--remote-write-url`: an absolute `http` or `https` URL.
+/// Checks `--remote-write-url`: an absolute `http` or `https` URL without
+/// credentials in it.
+///
+/// Fails with [`MetricsConfigError::RemoteWriteUrlCredentials`] (which does
+/// not repeat the URL) when it carries a user name or password
+/// (`user:password@host`): the URL is logged at start and with every
+/// failed request, so a password in it would end up in the logs.
 pub fn check_url(url: &str) -> Result<reqwest::Url, MetricsConfigError> {
     let bad = |why: &str| MetricsConfigError::RemoteWriteUrl(url.to_owned(), why.to_owned());
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(MetricsConfigError::RemoteWriteUrlCredentials);
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad("the scheme must be http or https"));
     }
@@ -1007,6 +1016,34 @@ mod tests {
                 "{status:?} {decision:?}"
             );
         }
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_repeating_them() {
+        for bad in [
+            "http://writer:pa55@127.0.0.1:9090/api/v1/write",
+            "https://writer:pa55@vm.example/api/v1/write",
+            "https://:pa55@vm.example/api/v1/write",
+            "https://writer@vm.example/api/v1/write",
+        ] {
+            let err = check_url(bad).unwrap_err();
+            assert!(
+                matches!(err, MetricsConfigError::RemoteWriteUrlCredentials),
+                "{bad}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(!text.contains("pa55"), "{text}");
+            for flag in [
+                "--remote-write-url",
+                "--remote-write-basic-auth-user",
+                "--remote-write-basic-auth-password-file",
+                "--remote-write-bearer-token-file",
+            ] {
+                assert!(text.contains(flag), "{flag} missing in {text}");
+            }
+        }
+        // An @ in the path is not userinfo.
+        assert!(check_url("https://vm.example/insert/0@x/api/v1/write").is_ok());
     }
 
     #[test]
