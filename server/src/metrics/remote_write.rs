@@ -111,6 +111,25 @@ pub fn check_url(url: &str) -> Result<reqwest::Url, MetricsConfigError> {
     Ok(parsed)
 }
 
+/// Whether credentials may go to `url` without TLS: `https`, or plain
+/// `http` to a loopback address (`127.0.0.0/8`, `::1`, `localhost`), where
+/// nobody but this host can read them on the way.
+pub fn protects_credentials(url: &reqwest::Url) -> bool {
+    if url.scheme() == "https" {
+        return true;
+    }
+    // An IPv6 host comes bracketed, `[::1]`.
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// Why samples were dropped; `/metrics` label `reason`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
