@@ -21,9 +21,15 @@
 //!   nothing here panics or refuses to start over bad files;
 //! - a segment is deleted only when [`Queue::ack`] says the receiver
 //!   answered it (2xx, or a 4xx that will never succeed);
-//! - the total size of the segments stays under the cap: appending evicts
-//!   the oldest segments first (newer data is worth more) and reports the
-//!   samples they held, never the segment being sent ([`Queue::oldest`]).
+//! - the total size of the segments stays under the cap: once a new
+//!   segment is durably written (renamed and the directory fsynced),
+//!   appending evicts the oldest segments (newer data is worth more) and
+//!   reports every one with the samples it held ([`Losses`]), never the
+//!   segment being sent ([`Queue::oldest`]) nor the new one. Evicting only
+//!   after the write means a failed write (disk full) loses the new batch
+//!   alone, which the caller counts, and never old segments unaccounted;
+//!   the price is that the directory briefly holds up to one request more
+//!   than the cap.
 //!
 //! All methods do blocking file I/O; the caller runs them on the blocking
 //! pool.
@@ -157,21 +163,21 @@ impl Queue {
             }
         }
         // A smaller cap than the last run's: trim now, not at the next append.
-        queue.evict_to_fit(0, &mut losses);
+        queue.evict_to_fit(&mut losses);
         sync_dir(dir);
         Ok((queue, losses))
     }
 
-    /// Queues request body `body` of `samples` samples, evicting the
-    /// oldest segments first when it would not fit the cap (a body larger
-    /// than the cap is still queued, alone).
+    /// Queues request body `body` of `samples` samples, then, once it is
+    /// durably written, evicts the oldest segments while the queue is over
+    /// the cap (a body larger than the cap is still queued, alone). The
+    /// evictions are returned to be counted.
     ///
     /// Fails when the file cannot be written (disk full, permissions);
-    /// nothing is queued then.
+    /// nothing is queued and nothing evicted then.
     pub fn append(&mut self, body: &[u8], samples: u64) -> Result<Losses, QueueError> {
         let mut losses = Losses::default();
         let bytes = (HEADER_BYTES + body.len()) as u64;
-        self.evict_to_fit(bytes, &mut losses);
         let id = self.next_id;
         let path = self.path(id, SEGMENT_SUFFIX);
         let tmp = self.path(id, TMP_SUFFIX);
@@ -202,6 +208,7 @@ impl Queue {
         self.bytes += bytes;
         self.samples += samples;
         self.segments.push_back(Segment { id, bytes, samples });
+        self.evict_to_fit(&mut losses);
         Ok(losses)
     }
 
@@ -276,15 +283,19 @@ impl Queue {
         }
     }
 
-    /// Evicts the oldest segments (never the one in flight) until `extra`
-    /// more bytes fit under the cap.
-    fn evict_to_fit(&mut self, extra: u64, losses: &mut Losses) {
-        while self.bytes + extra > self.cap_bytes {
+    /// Evicts the oldest segments until the queue fits its cap, never the
+    /// one in flight nor the newest (just appended), adding each to
+    /// `losses`.
+    fn evict_to_fit(&mut self, losses: &mut Losses) {
+        while self.bytes > self.cap_bytes {
             let victim = match self.segments.front() {
                 Some(s) if Some(s.id) != self.in_flight => 0,
-                Some(_) if self.segments.len() > 1 => 1,
-                _ => return,
+                Some(_) => 1,
+                None => return,
             };
+            if victim + 1 >= self.segments.len() {
+                return;
+            }
             let Some(s) = self.segments.remove(victim) else {
                 return;
             };
@@ -478,6 +489,45 @@ mod tests {
         let (q, losses) = Queue::open(dir.path(), 150).unwrap();
         assert_eq!((losses.evicted_segments, losses.evicted_samples), (2, 13));
         assert_eq!(q.samples(), 8);
+    }
+
+    #[test]
+    fn a_failed_write_evicts_nothing_and_a_good_one_reports_each_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = Queue::open(dir.path(), 300).unwrap();
+        for i in 1..=3 {
+            q.append(&body(80), i).unwrap();
+        }
+        // The next segment's .tmp cannot be created (a directory is in the
+        // way, as good as a full disk): the append fails and the three
+        // queued requests are all still there, on disk too.
+        let blocker = dir.path().join(format!("{:020}{TMP_SUFFIX}", 4));
+        fs::create_dir(&blocker).unwrap();
+        let err = q.append(&body(80), 4).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QueueError::Io {
+                    action: "writing",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!((q.len(), q.samples(), q.bytes()), (3, 6, 300));
+        for id in 1..=3 {
+            assert!(dir.path().join(format!("{id:020}.seg")).exists(), "{id}");
+        }
+        fs::remove_dir(&blocker).unwrap();
+        // Written: now the oldest goes, and is reported.
+        let losses = q.append(&body(80), 4).unwrap();
+        assert_eq!((losses.evicted_segments, losses.evicted_samples), (1, 1));
+        assert!(!dir.path().join(format!("{:020}.seg", 1)).exists());
+        // A request larger than the whole cap evicts every other one
+        // (each reported) and stays, alone.
+        let losses = q.append(&body(400), 9).unwrap();
+        assert_eq!((losses.evicted_segments, losses.evicted_samples), (3, 9));
+        assert_eq!(drain(&mut q), [(9, body(400))]);
     }
 
     #[test]
