@@ -441,7 +441,8 @@ async fn scripted_receiver(
 #[tokio::test]
 async fn requests_carry_the_specs_headers_and_answers_decide_retry_or_drop() {
     use outrider_server::metrics::remote_write::wire;
-    // 503 (retry at once, as Retry-After says), then 400 (dropped), then 200.
+    // 503 (retried after the least backoff, 100 ms: Retry-After: 0 is not
+    // taken literally), then 400 (dropped), then 200.
     let (port, mut seen) = scripted_receiver(vec![(503, "Retry-After: 0\r\n"), (400, "")]).await;
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("rw.token");

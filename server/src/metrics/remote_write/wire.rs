@@ -143,14 +143,17 @@ pub fn decide(status: u16, retry_after: Option<Duration>) -> Decision {
 }
 
 /// The delay before the next attempt after `attempts` failed ones: the
-/// receiver's wish when it gave one, else the same "equal jitter"
-/// exponential backoff as the notifier's (`notify/policy.rs`
-/// `retry_delay`) between [`RETRY_BASE`] and [`RETRY_CAP`]: a uniform pick
-/// (from `random`) in the upper half of the ceiling, so servers that lost
-/// the same receiver do not come back in lockstep.
+/// receiver's wish when it gave one, but at least [`RETRY_BASE`]
+/// (`Retry-After: 0` or a date in the past would otherwise resend in a
+/// tight loop for as long as the receiver keeps answering so), else the
+/// same "equal jitter" exponential backoff as the notifier's
+/// (`notify/policy.rs` `retry_delay`) between [`RETRY_BASE`] and
+/// [`RETRY_CAP`]: a uniform pick (from `random`) in the upper half of the
+/// ceiling, so servers that lost the same receiver do not come back in
+/// lockstep.
 pub fn retry_delay(attempts: u32, retry_after: Option<Duration>, random: u64) -> Duration {
     if let Some(after) = retry_after {
-        return after;
+        return after.max(RETRY_BASE);
     }
     let factor = 1u32.checked_shl(attempts.min(31)).unwrap_or(u32::MAX);
     let ceiling = RETRY_BASE.saturating_mul(factor).min(RETRY_CAP);
@@ -299,7 +302,29 @@ mod tests {
                 "{attempts} {random}"
             );
         }
-        assert_eq!(retry_delay(9, Some(ms(7)), 0), ms(7));
+        // The receiver's wish, floored at the least backoff: Retry-After: 0
+        // (or a date already past, parsed to zero) must not spin.
+        for (retry_after, want) in [
+            (ms(7_000), ms(7_000)),
+            (MAX_RETRY_AFTER, MAX_RETRY_AFTER),
+            (RETRY_BASE, RETRY_BASE),
+            (ms(7), RETRY_BASE),
+            (ms(0), RETRY_BASE),
+        ] {
+            for attempts in [0, 9] {
+                assert_eq!(
+                    retry_delay(attempts, Some(retry_after), 0),
+                    want,
+                    "{retry_after:?} after {attempts}"
+                );
+            }
+        }
+        let past = crate::notify::policy::parse_retry_after(
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            1_700_000_000_000,
+        );
+        assert_eq!(past, Some(ms(0)));
+        assert_eq!(retry_delay(0, past, 0), RETRY_BASE);
     }
 
     #[test]
