@@ -127,6 +127,10 @@ impl Queue {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let mut losses = Losses::default();
         let mut found = Vec::new();
+        // The highest id of any file, set-aside ones included: a new
+        // segment must not take the id of a `.corrupt` file, or setting
+        // that one aside in turn would replace the evidence.
+        let mut highest = 0;
         for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
             let entry = entry.map_err(io_err("listing", dir))?;
             let name = entry.file_name();
@@ -139,7 +143,13 @@ impl Queue {
                 .strip_suffix(SEGMENT_SUFFIX)
                 .and_then(|id| id.parse::<u64>().ok())
             {
+                highest = highest.max(id);
                 found.push(id);
+            } else if let Some(id) = name
+                .strip_suffix(CORRUPT_SUFFIX)
+                .and_then(|id| id.parse::<u64>().ok())
+            {
+                highest = highest.max(id);
             }
         }
         found.sort_unstable();
@@ -147,7 +157,7 @@ impl Queue {
             dir: dir.to_owned(),
             cap_bytes,
             segments: VecDeque::new(),
-            next_id: found.last().map_or(1, |id| id + 1),
+            next_id: highest.saturating_add(1),
             bytes: 0,
             samples: 0,
             in_flight: None,
@@ -564,6 +574,43 @@ mod tests {
         // New segments continue the numbering past the damaged ones.
         q.append(&body(1), 1).unwrap();
         assert!(seg(5).exists());
+    }
+
+    #[test]
+    fn new_ids_after_a_restart_pass_the_set_aside_ones_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = Queue::open(dir.path(), 1 << 20).unwrap();
+        for i in 1..=3 {
+            q.append(&body(30), i).unwrap();
+        }
+        drop(q);
+        let file = |id: u64, suffix: &str| dir.path().join(format!("{id:020}{suffix}"));
+        // The newest segment is damaged and set aside by the next start…
+        fs::write(file(3, SEGMENT_SUFFIX), b"junk").unwrap();
+        let (q, losses) = Queue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(losses.corrupt.len(), 1);
+        drop(q);
+        // …and an older run left one with a higher id than any segment.
+        fs::write(file(7, CORRUPT_SUFFIX), b"evidence").unwrap();
+        // After another restart new segments go past both.
+        let (mut q, losses) = Queue::open(dir.path(), 1 << 20).unwrap();
+        assert!(losses.corrupt.is_empty());
+        q.append(&body(1), 1).unwrap();
+        assert!(file(8, SEGMENT_SUFFIX).exists());
+        assert!(!file(3, SEGMENT_SUFFIX).exists());
+        assert_eq!(fs::read(file(3, CORRUPT_SUFFIX)).unwrap(), b"junk");
+        assert_eq!(fs::read(file(7, CORRUPT_SUFFIX)).unwrap(), b"evidence");
+        assert_eq!(drain(&mut q), [(1, body(30)), (2, body(30)), (1, body(1))]);
+        // Only .corrupt files: still past them.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(format!("{:020}{CORRUPT_SUFFIX}", 5)), b"x").unwrap();
+        let (mut q, _) = Queue::open(dir.path(), 1 << 20).unwrap();
+        q.append(&body(1), 1).unwrap();
+        assert!(
+            dir.path()
+                .join(format!("{:020}{SEGMENT_SUFFIX}", 6))
+                .exists()
+        );
     }
 
     #[test]
