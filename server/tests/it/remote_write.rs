@@ -28,10 +28,11 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus on `port` (0: a free one) and waits until it is
-    /// ready.
-    async fn start(port: u16) -> Prometheus {
-        let port = if port == 0 { free_port() } else { port };
+    /// Starts Prometheus on the port of `reservation` and waits until it is
+    /// ready, holding the reservation until then. Fails at once, with
+    /// Prometheus' log, if it exits first (say, it could not bind).
+    async fn start(reservation: PortReservation) -> Prometheus {
+        let port = reservation.port;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, "global: {}\nscrape_configs: []\n").unwrap();
@@ -49,22 +50,36 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("prometheus (tests/deps installs it)");
-        let prometheus = Prometheus {
+        let mut prometheus = Prometheus {
             child,
             port,
             _dir: dir,
         };
         let ready = format!("{}/-/ready", prometheus.base());
         let client = reqwest::Client::new();
-        poll("prometheus ready", || async {
-            client
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-                .then_some(())
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let answer = client.get(&ready).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            let log_file = prometheus.log();
+            let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+            if let Some(status) = prometheus.child.try_wait().unwrap() {
+                panic!(
+                    "prometheus exited ({status}) before it was ready; its log:\n{}",
+                    log()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "prometheus not ready within {DEADLINE:?}; its log:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Prometheus listens: the port is its own now.
+        drop(reservation);
         prometheus
     }
 
@@ -121,9 +136,39 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+/// A loopback port kept free for a Prometheus started later, for as long
+/// as this lives.
+///
+/// Prometheus cannot be asked to bind port 0 and tell which port it got,
+/// so the test picks the port. Binding a listener to port 0 and closing it
+/// before Prometheus starts would leave a window in which any other test
+/// (or an outgoing connection's ephemeral port) can take the port. Retrying
+/// Prometheus on a new port when its bind fails does not work either where
+/// the server is configured with the receiver's port before Prometheus
+/// starts (the outage tests). So the port stays reserved until Prometheus
+/// listens on it: a socket bound with SO_REUSEADDR but not listening keeps
+/// Linux from handing the port out to binds to port 0 (how every other test
+/// picks its port) and to outgoing connections' ephemeral ports, and
+/// refuses binds without SO_REUSEADDR, while a SO_REUSEADDR socket asking
+/// for this very port (Go's listeners set it, so Prometheus' does) may
+/// still bind and listen on it. Connections to a reserved port are
+/// refused, as to a stopped receiver.
+struct PortReservation {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl PortReservation {
+    fn new() -> PortReservation {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        PortReservation {
+            _socket: socket,
+            port,
+        }
+    }
 }
 
 /// Polls `check` every 50 ms until it gives a value, for at most
@@ -170,7 +215,7 @@ fn remote_write_to(port: u16) -> impl FnOnce(&mut outrider_server::ServerConfig)
 
 #[tokio::test]
 async fn results_perfdata_and_samples_reach_prometheus() {
-    let prometheus = Prometheus::start(0).await;
+    let prometheus = Prometheus::start(PortReservation::new()).await;
     let server = Server::start_with(remote_write_to(prometheus.port)).await;
     let agent = Agent::new(61, "web-7");
     let (mut conn, answer) = agent
@@ -266,7 +311,8 @@ async fn results_perfdata_and_samples_reach_prometheus() {
 #[tokio::test]
 async fn samples_queued_while_the_receiver_is_down_all_arrive_after_a_restart() {
     // The receiver's port is known but nothing listens there yet.
-    let port = free_port();
+    let reservation = PortReservation::new();
+    let port = reservation.port;
     let server = Server::start_with(remote_write_to(port)).await;
     let agent = Agent::new(62, "db-3");
     let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
@@ -307,7 +353,7 @@ async fn samples_queued_while_the_receiver_is_down_all_arrive_after_a_restart() 
     let dir = server.stop_keeping_data().await;
     assert!(queued_segments(dir.path()) >= 1);
     let server = Server::start_in(dir, remote_write_to(port)).await;
-    let prometheus = Prometheus::start(port).await;
+    let prometheus = Prometheus::start(reservation).await;
     let fp = agent.fp.as_str();
     prometheus
         .wait_for(
@@ -335,7 +381,9 @@ async fn samples_queued_while_the_receiver_is_down_all_arrive_after_a_restart() 
 
 #[tokio::test]
 async fn the_batch_in_memory_at_shutdown_is_queued_not_lost() {
-    let port = free_port();
+    // Nothing ever listens on this port (reserved until the test ends).
+    let nobody = PortReservation::new();
+    let port = nobody.port;
     // A flush interval longer than the test: only shutdown writes the batch.
     let slow = move |c: &mut outrider_server::ServerConfig| {
         remote_write_to(port)(c);
@@ -363,6 +411,7 @@ async fn the_batch_in_memory_at_shutdown_is_queued_not_lost() {
         10.0
     );
     server.stop().await;
+    drop(nobody);
 }
 
 /// One request as a scripted receiver saw it.
