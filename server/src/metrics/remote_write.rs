@@ -477,10 +477,12 @@ pub fn open(settings: Settings) -> anyhow::Result<(Arc<Feed>, Worker)> {
     Ok((feed, worker))
 }
 
+/// Counts and logs what the queue set aside or evicted.
 fn note_losses(stats: &Stats, losses: &queue::Losses) {
     for e in &losses.corrupt {
         error!("{e}");
     }
+    stats.drop_samples(Dropped::Corrupt, losses.corrupt_samples);
     if losses.evicted_samples > 0 || losses.evicted_segments > 0 {
         stats.drop_samples(Dropped::QueueFull, losses.evicted_samples);
         warn!(
@@ -1001,6 +1003,20 @@ mod tests {
         }
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, 7);
+    }
+
+    #[test]
+    fn what_the_queue_sets_aside_or_evicts_is_counted() {
+        let stats = Stats::default();
+        let losses = queue::Losses {
+            evicted_samples: 30,
+            evicted_segments: 2,
+            corrupt: Vec::new(),
+            corrupt_samples: 4,
+        };
+        note_losses(&stats, &losses);
+        assert_eq!(stats.dropped(Dropped::QueueFull), 30);
+        assert_eq!(stats.dropped(Dropped::Corrupt), 4);
     }
 
     #[test]

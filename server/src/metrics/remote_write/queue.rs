@@ -100,6 +100,8 @@ pub struct Losses {
     pub evicted_segments: u64,
     /// Damaged segments found, each set aside (log them).
     pub corrupt: Vec<QueueError>,
+    /// Samples of those, as far as their headers were readable.
+    pub corrupt_samples: u64,
 }
 
 /// The queue; see the module docs.
@@ -169,7 +171,10 @@ impl Queue {
                     queue.samples += segment.samples;
                     queue.segments.push_back(segment);
                 }
-                Err(why) => losses.corrupt.push(queue.quarantine(id, why)),
+                Err((why, samples)) => {
+                    losses.corrupt_samples += samples;
+                    losses.corrupt.push(queue.quarantine(id, why));
+                }
             }
         }
         // A smaller cap than the last run's: trim now, not at the next append.
@@ -317,21 +322,27 @@ impl Queue {
         }
     }
 
-    fn read_header(&self, id: u64) -> Result<Segment, String> {
+    /// The segment `id` as its header describes it; when damaged, why and
+    /// its samples (0 unless the header was readable).
+    fn read_header(&self, id: u64) -> Result<Segment, (String, u64)> {
         let path = self.path(id, SEGMENT_SUFFIX);
-        let mut file = File::open(&path).map_err(|e| format!("cannot open: {e}"))?;
+        let unknown = |why: String| (why, 0);
+        let mut file = File::open(&path).map_err(|e| unknown(format!("cannot open: {e}")))?;
         let bytes = file
             .metadata()
-            .map_err(|e| format!("cannot stat: {e}"))?
+            .map_err(|e| unknown(format!("cannot stat: {e}")))?
             .len();
         let mut header = [0u8; HEADER_BYTES];
         file.read_exact(&mut header)
-            .map_err(|e| format!("header unreadable: {e}"))?;
-        let (_, len, samples) = parse_header(&header)?;
+            .map_err(|e| unknown(format!("header unreadable: {e}")))?;
+        let (_, len, samples) = parse_header(&header).map_err(unknown)?;
         if bytes != (HEADER_BYTES as u64) + u64::from(len) {
-            return Err(format!(
-                "{bytes} bytes where the header says {}",
-                HEADER_BYTES as u64 + u64::from(len)
+            return Err((
+                format!(
+                    "{bytes} bytes where the header says {}",
+                    HEADER_BYTES as u64 + u64::from(len)
+                ),
+                u64::from(samples),
             ));
         }
         Ok(Segment {
@@ -560,6 +571,9 @@ mod tests {
         let (mut q, losses) = Queue::open(dir.path(), 1 << 20).unwrap();
         let whys: Vec<String> = losses.corrupt.iter().map(|e| e.to_string()).collect();
         assert_eq!(whys.len(), 2, "{whys:?}");
+        // The truncated one's header still told its 2 samples; the foreign
+        // file's did not.
+        assert_eq!(losses.corrupt_samples, 2);
         assert!(whys[0].contains("00000000000000000002.seg") && whys[0].contains("header says"));
         assert!(whys[1].contains("bad magic"), "{whys:?}");
         let damaged = q.oldest().unwrap().unwrap_err();
