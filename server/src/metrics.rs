@@ -141,6 +141,11 @@ pub struct MetricsConfig {
     /// once at start.
     #[arg(long, env = "OUTRIDER_REMOTE_WRITE_BASIC_AUTH_PASSWORD_FILE")]
     pub remote_write_basic_auth_password_file: Option<PathBuf>,
+    /// Send the remote_write credentials over plain `http://` to a host
+    /// that is not loopback (a trusted network). Without it, that is a
+    /// config error: anyone on the path could read the token or password.
+    #[arg(long)]
+    pub remote_write_allow_insecure_credentials: bool,
 }
 
 impl Default for MetricsConfig {
@@ -164,6 +169,7 @@ impl Default for MetricsConfig {
             remote_write_bearer_token_file: None,
             remote_write_basic_auth_user: None,
             remote_write_basic_auth_password_file: None,
+            remote_write_allow_insecure_credentials: false,
         }
     }
 }
@@ -199,6 +205,10 @@ pub enum MetricsConfigError {
         "--remote-write-url {0:?} is not usable ({1}); give the receiver's full URL, e.g. http://prometheus:9090/api/v1/write"
     )]
     RemoteWriteUrl(String, String),
+    #[error(
+        "--remote-write-url must not carry a user name or password (user:password@host): the URL is logged; give basic auth with --remote-write-basic-auth-user and --remote-write-basic-auth-password-file, or a token with --remote-write-bearer-token-file"
+    )]
+    RemoteWriteUrlCredentials,
     #[error("--remote-write-queue-bytes ({0}) must be at least 1048576 (1 MiB)")]
     RemoteWriteQueueBytes(u64),
     #[error("--remote-write-batch-samples ({0}) must be between 1 and 100000")]
@@ -211,6 +221,10 @@ pub enum MetricsConfigError {
         "--remote-write-basic-auth-user and --remote-write-basic-auth-password-file go together, and not with --remote-write-bearer-token-file"
     )]
     RemoteWriteAuth,
+    #[error(
+        "--remote-write-url {0:?} is plain http to a host that is not loopback, so the remote_write credentials would cross the network readable: use an https:// URL, or add --remote-write-allow-insecure-credentials if the network is trusted"
+    )]
+    RemoteWriteInsecureCredentials(String),
 }
 
 impl MetricsConfig {
@@ -264,6 +278,15 @@ impl MetricsConfig {
         let bearer = self.remote_write_bearer_token_file.is_some();
         if matches!(basic, (true, false) | (false, true)) || (basic.0 && bearer) {
             return Err(MetricsConfigError::RemoteWriteAuth);
+        }
+        if let Some(url) = &self.remote_write_url
+            && (basic.0 || bearer)
+            && !self.remote_write_allow_insecure_credentials
+            && !remote_write::protects_credentials(&remote_write::check_url(url)?)
+        {
+            return Err(MetricsConfigError::RemoteWriteInsecureCredentials(
+                url.clone(),
+            ));
         }
         Ok(())
     }
@@ -522,6 +545,13 @@ mod tests {
             ),
             (
                 MetricsConfig {
+                    remote_write_url: Some("https://u:secret@vm.example/api/v1/write".into()),
+                    ..base()
+                },
+                "--remote-write-basic-auth-password-file, or a token with --remote-write-bearer-token-file",
+            ),
+            (
+                MetricsConfig {
                     remote_write_queue_bytes: 1000,
                     ..base()
                 },
@@ -592,6 +622,125 @@ mod tests {
             ..base()
         };
         assert!(good.validate().is_ok());
+    }
+
+    #[test]
+    fn credentials_go_over_plain_http_only_to_loopback_or_when_allowed() {
+        #[derive(Clone, Copy, Debug)]
+        enum Creds {
+            None,
+            Bearer,
+            Basic,
+        }
+        for (url, creds, allow, ok) in [
+            (
+                "http://prometheus:9090/api/v1/write",
+                Creds::None,
+                false,
+                true,
+            ),
+            (
+                "http://prometheus:9090/api/v1/write",
+                Creds::Bearer,
+                false,
+                false,
+            ),
+            (
+                "http://prometheus:9090/api/v1/write",
+                Creds::Basic,
+                false,
+                false,
+            ),
+            (
+                "http://10.0.0.5:9090/api/v1/write",
+                Creds::Bearer,
+                false,
+                false,
+            ),
+            (
+                "http://[2001:db8::1]:9090/api/v1/write",
+                Creds::Basic,
+                false,
+                false,
+            ),
+            // A name that merely starts like localhost is not loopback.
+            (
+                "http://localhost.example/api/v1/write",
+                Creds::Bearer,
+                false,
+                false,
+            ),
+            (
+                "http://prometheus:9090/api/v1/write",
+                Creds::Bearer,
+                true,
+                true,
+            ),
+            (
+                "http://prometheus:9090/api/v1/write",
+                Creds::Basic,
+                true,
+                true,
+            ),
+            (
+                "https://prometheus:9090/api/v1/write",
+                Creds::Bearer,
+                false,
+                true,
+            ),
+            (
+                "https://prometheus:9090/api/v1/write",
+                Creds::Basic,
+                false,
+                true,
+            ),
+            (
+                "http://127.0.0.1:9090/api/v1/write",
+                Creds::Bearer,
+                false,
+                true,
+            ),
+            (
+                "http://127.8.9.10:9090/api/v1/write",
+                Creds::Basic,
+                false,
+                true,
+            ),
+            ("http://[::1]:9090/api/v1/write", Creds::Bearer, false, true),
+            (
+                "http://localhost:9090/api/v1/write",
+                Creds::Basic,
+                false,
+                true,
+            ),
+            (
+                "http://LOCALHOST:9090/api/v1/write",
+                Creds::Bearer,
+                false,
+                true,
+            ),
+        ] {
+            let config = MetricsConfig {
+                remote_write_url: Some(url.into()),
+                remote_write_bearer_token_file: matches!(creds, Creds::Bearer).then(|| "t".into()),
+                remote_write_basic_auth_user: matches!(creds, Creds::Basic).then(|| "u".into()),
+                remote_write_basic_auth_password_file: matches!(creds, Creds::Basic)
+                    .then(|| "p".into()),
+                remote_write_allow_insecure_credentials: allow,
+                ..MetricsConfig::default()
+            };
+            match config.validate() {
+                Ok(()) => assert!(ok, "{url} {creds:?} allow={allow}: accepted"),
+                Err(MetricsConfigError::RemoteWriteInsecureCredentials(named)) if !ok => {
+                    assert_eq!(named, url);
+                    let text =
+                        MetricsConfigError::RemoteWriteInsecureCredentials(named).to_string();
+                    assert!(text.contains("--remote-write-allow-insecure-credentials"));
+                    assert!(text.contains("https://"));
+                }
+                Err(e) => panic!("{url} {creds:?} allow={allow}: {e}"),
+            }
+        }
     }
 
     #[test]

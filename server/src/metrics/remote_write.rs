@@ -17,10 +17,14 @@
 //!    (`reason="queue_full"`);
 //! 3. the sender posts the oldest queued request, one at a time (so each
 //!    series' samples arrive in time order, as receivers require), and
-//!    deletes it once the receiver answered 2xx, or a status that will
-//!    never succeed (`reason="rejected"`/`"unexpected"`, logged with the
+//!    deletes it once the receiver answered 2xx, or a 4xx that judges the
+//!    data and will never succeed (`reason="rejected"`, logged with the
 //!    start of the receiver's answer); 5xx, 429 and transport errors are
-//!    retried with jittered backoff, honouring `Retry-After`.
+//!    retried with jittered backoff, honouring `Retry-After`. Answers that
+//!    say the URL or credentials are wrong (401, 403, 404, 405, 407, 3xx)
+//!    are retried too, unlike the spec says ([`wire::decide`]): the queue
+//!    waits for the fix instead of being emptied, and the sender logs the
+//!    status when it appears, changes or clears ([`ConfigAlarm`]).
 //!
 //! Shutdown: [`run`]'s token is cancelled by the server's start (`lib.rs`)
 //! only after the agent sessions closed, since a session commits results
@@ -85,10 +89,19 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Directory of the disk queue under the data directory.
 pub const QUEUE_DIR: &str = "remote_write";
 
-/// Checks `--remote-write-url`: an absolute `http` or `https` URL.
+/// Checks `--remote-write-url`: an absolute `http` or `https` URL without
+/// credentials in it.
+///
+/// Fails with [`MetricsConfigError::RemoteWriteUrlCredentials`] (which does
+/// not repeat the URL) when it carries a user name or password
+/// (`user:password@host`): the URL is logged at start and with every
+/// failed request, so a password in it would end up in the logs.
 pub fn check_url(url: &str) -> Result<reqwest::Url, MetricsConfigError> {
     let bad = |why: &str| MetricsConfigError::RemoteWriteUrl(url.to_owned(), why.to_owned());
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(MetricsConfigError::RemoteWriteUrlCredentials);
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad("the scheme must be http or https"));
     }
@@ -96,6 +109,25 @@ pub fn check_url(url: &str) -> Result<reqwest::Url, MetricsConfigError> {
         return Err(bad("it has no host"));
     }
     Ok(parsed)
+}
+
+/// Whether credentials may go to `url` without TLS: `https`, or plain
+/// `http` to a loopback address (`127.0.0.0/8`, `::1`, `localhost`), where
+/// nobody but this host can read them on the way.
+pub fn protects_credentials(url: &reqwest::Url) -> bool {
+    if url.scheme() == "https" {
+        return true;
+    }
+    // An IPv6 host comes bracketed, `[::1]`.
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// Why samples were dropped; `/metrics` label `reason`.
@@ -111,20 +143,18 @@ pub enum Dropped {
     /// A queued segment was damaged (samples counted when its header was
     /// readable).
     Corrupt,
-    /// The receiver refused the request with a 4xx other than 429.
+    /// The receiver refused the request's data for good: 400 or another
+    /// 4xx that [`wire::decide`] does not take for a configuration error.
     Rejected,
-    /// The receiver answered 1xx or 3xx.
-    Unexpected,
 }
 
 impl Dropped {
-    pub const ALL: [Dropped; 6] = [
+    pub const ALL: [Dropped; 5] = [
         Dropped::Overflow,
         Dropped::QueueFull,
         Dropped::DiskError,
         Dropped::Corrupt,
         Dropped::Rejected,
-        Dropped::Unexpected,
     ];
 
     pub fn label(self) -> &'static str {
@@ -134,7 +164,6 @@ impl Dropped {
             Dropped::DiskError => "disk_error",
             Dropped::Corrupt => "corrupt",
             Dropped::Rejected => "rejected",
-            Dropped::Unexpected => "unexpected",
         }
     }
 
@@ -143,12 +172,32 @@ impl Dropped {
     }
 }
 
-impl From<wire::DropReason> for Dropped {
-    fn from(r: wire::DropReason) -> Dropped {
-        match r {
-            wire::DropReason::Rejected => Dropped::Rejected,
-            wire::DropReason::Unexpected => Dropped::Unexpected,
+/// Why a request is sent again; `/metrics` label `reason` of
+/// `outrider_remote_write_retries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retried {
+    /// The receiver asked for it: 5xx or 429.
+    Receiver,
+    /// No answer: connection refused or reset, timeout, TLS failure.
+    Transport,
+    /// The answer says the URL or credentials are wrong
+    /// ([`Decision::Misconfigured`]).
+    Config,
+}
+
+impl Retried {
+    pub const ALL: [Retried; 3] = [Retried::Receiver, Retried::Transport, Retried::Config];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Retried::Receiver => "receiver",
+            Retried::Transport => "transport",
+            Retried::Config => "config",
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -162,7 +211,7 @@ pub struct Stats {
     pub sent_samples: AtomicU64,
     pub dropped: [AtomicU64; Dropped::ALL.len()],
     pub requests: [AtomicU64; REQUEST_CLASSES.len()],
-    pub retries: AtomicU64,
+    pub retries: [AtomicU64; Retried::ALL.len()],
     pub queued_bytes: AtomicU64,
     pub queued_samples: AtomicU64,
     pub queued_requests: AtomicU64,
@@ -185,6 +234,15 @@ impl Stats {
             .store(queue.samples(), Ordering::Relaxed);
         self.queued_requests
             .store(queue.len() as u64, Ordering::Relaxed);
+    }
+
+    fn retry(&self, why: Retried) {
+        self.retries[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests retried for `why` since start.
+    pub fn retried(&self, why: Retried) -> u64 {
+        self.retries[why.index()].load(Ordering::Relaxed)
     }
 
     /// Samples dropped for `why` since start.
@@ -232,11 +290,16 @@ impl Stats {
             "remote_write requests by answer class (error: no answer).",
             &requests,
         );
+        let retries: Vec<(String, u64)> = Retried::ALL
+            .iter()
+            .map(|r| (format!("{{reason=\"{}\"}}", r.label()), self.retried(*r)))
+            .collect();
+        let retries: Vec<(&str, u64)> = retries.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         family(
             "outrider_remote_write_retries_total",
             "counter",
-            "remote_write requests retried after a 5xx, 429 or transport error.",
-            &[("", load(&self.retries))],
+            "remote_write requests retried, by reason (receiver: 5xx or 429; transport: no answer; config: 401, 403, 404, 405, 407 or 3xx, the URL or credentials are wrong).",
+            &retries,
         );
         family(
             "outrider_remote_write_queued_samples",
@@ -414,10 +477,12 @@ pub fn open(settings: Settings) -> anyhow::Result<(Arc<Feed>, Worker)> {
     Ok((feed, worker))
 }
 
+/// Counts and logs what the queue set aside or evicted.
 fn note_losses(stats: &Stats, losses: &queue::Losses) {
     for e in &losses.corrupt {
         error!("{e}");
     }
+    stats.drop_samples(Dropped::Corrupt, losses.corrupt_samples);
     if losses.evicted_samples > 0 || losses.evicted_segments > 0 {
         stats.drop_samples(Dropped::QueueFull, losses.evicted_samples);
         warn!(
@@ -654,6 +719,41 @@ impl Throttle {
     }
 }
 
+/// Whether the receiver's answers say the sender is set up wrong
+/// ([`Decision::Misconfigured`]), so that this is logged when it starts,
+/// when the status changes and when it ends, not at every attempt (a wrong
+/// URL is retried every few seconds until it is fixed).
+#[derive(Debug, Default)]
+struct ConfigAlarm {
+    /// The status of the configuration error in force.
+    status: Option<u16>,
+}
+
+/// A change of [`ConfigAlarm`]'s state, to be logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AlarmChange {
+    /// Configuration error with this status (first, or a different one).
+    Raised(u16),
+    /// The receiver judged a request again (2xx or a data error): the
+    /// configuration error with this status is over.
+    Cleared(u16),
+}
+
+impl ConfigAlarm {
+    /// Notes the answer `status` (`None`: no answer) that led to
+    /// `decision`. Transport errors, 5xx and 429 leave the state as it is:
+    /// they tell nothing about the URL or credentials.
+    fn note(&mut self, status: Option<u16>, decision: Decision) -> Option<AlarmChange> {
+        match (decision, status) {
+            (Decision::Misconfigured, Some(status)) => {
+                (self.status.replace(status) != Some(status)).then_some(AlarmChange::Raised(status))
+            }
+            (Decision::Done | Decision::Drop, _) => self.status.take().map(AlarmChange::Cleared),
+            _ => None,
+        }
+    }
+}
+
 /// The sender: posts the oldest queued request until shutdown.
 async fn send(shared: Shared, settings: &Settings, shutdown: &CancellationToken) {
     let client = match reqwest::Client::builder()
@@ -674,6 +774,7 @@ async fn send(shared: Shared, settings: &Settings, shutdown: &CancellationToken)
     let mut attempts = 0u32;
     let mut retry_log = Throttle::default();
     let mut drop_log = Throttle::default();
+    let mut alarm = ConfigAlarm::default();
     while !shutdown.is_cancelled() {
         let Some(next) = shared.with_queue(Queue::oldest).await else {
             tokio::select! {
@@ -705,19 +806,30 @@ async fn send(shared: Shared, settings: &Settings, shutdown: &CancellationToken)
             }
             answer = answer(request) => answer,
         };
-        let (decision, why) = match answer {
+        let (decision, status, why) = match answer {
             Ok((status, retry_after, text)) => {
                 shared.stats.request(wire::status_class(status));
                 (
                     wire::decide(status, retry_after),
+                    Some(status),
                     format!("HTTP {status}: {text}"),
                 )
             }
             Err(e) => {
                 shared.stats.request("error");
-                (Decision::Retry(None), format!("{e}"))
+                (Decision::Retry(None), None, format!("{e}"))
             }
         };
+        match alarm.note(status, decision) {
+            Some(AlarmChange::Raised(_)) => error!(
+                %url,
+                "remote_write receiver refuses the requests as sent ({why}): check --remote-write-url and the credentials; requests stay queued (at most --remote-write-queue-bytes) and are retried, counted in outrider_remote_write_retries_total{{reason=\"config\"}}"
+            ),
+            Some(AlarmChange::Cleared(status)) => {
+                info!(%url, "remote_write receiver takes requests again (it answered HTTP {status} before)");
+            }
+            None => {}
+        }
         match decision {
             Decision::Done => {
                 shared.with_queue(move |q| q.ack(segment.id)).await;
@@ -727,9 +839,9 @@ async fn send(shared: Shared, settings: &Settings, shutdown: &CancellationToken)
                     .fetch_add(segment.samples, Ordering::Relaxed);
                 attempts = 0;
             }
-            Decision::Drop(reason) => {
+            Decision::Drop => {
                 shared.with_queue(move |q| q.ack(segment.id)).await;
-                let reason = Dropped::from(reason);
+                let reason = Dropped::Rejected;
                 shared.stats.drop_samples(reason, segment.samples);
                 attempts = 0;
                 if let Some(held) = drop_log.due() {
@@ -742,15 +854,25 @@ async fn send(shared: Shared, settings: &Settings, shutdown: &CancellationToken)
                     );
                 }
             }
-            Decision::Retry(after) => {
+            Decision::Retry(_) | Decision::Misconfigured => {
+                let (after, why_retried) = match (decision, status) {
+                    (Decision::Retry(after), Some(_)) => (after, Retried::Receiver),
+                    (Decision::Retry(after), None) => (after, Retried::Transport),
+                    // Misconfigured: the sender's own backoff, whatever
+                    // the answer's Retry-After says.
+                    _ => (None, Retried::Config),
+                };
                 shared.with_queue(move |q| q.release(segment.id)).await;
-                shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                shared.stats.retry(why_retried);
                 let mut random = [0u8; 8];
                 // Without OS randomness the un-jittered delay is still right.
                 let _ = getrandom::fill(&mut random);
                 let delay = wire::retry_delay(attempts, after, u64::from_le_bytes(random));
                 attempts = attempts.saturating_add(1);
-                if let Some(held) = retry_log.due() {
+                // A configuration error is logged by the alarm above.
+                if why_retried != Retried::Config
+                    && let Some(held) = retry_log.due()
+                {
                     warn!(%url, earlier_unlogged = held, "remote_write request failed ({why}); retrying in {delay:?}");
                 }
                 tokio::select! {
@@ -860,14 +982,103 @@ mod tests {
         );
         assert!(text.contains("outrider_remote_write_requests_total{status=\"5xx\"} 1\n"));
         assert!(text.contains("outrider_remote_write_requests_total{status=\"error\"} 1\n"));
+        stats.retry(Retried::Config);
+        assert!(
+            stats
+                .render()
+                .contains("outrider_remote_write_retries_total{reason=\"config\"} 1\n")
+        );
         for d in Dropped::ALL {
             assert!(
                 text.contains(&format!("{{reason=\"{}\"}}", d.label())),
                 "{d:?}"
             );
         }
+        for r in Retried::ALL {
+            let line = format!(
+                "outrider_remote_write_retries_total{{reason=\"{}\"}} 0\n",
+                r.label()
+            );
+            assert!(text.contains(&line), "{line}");
+        }
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, 7);
+    }
+
+    #[test]
+    fn what_the_queue_sets_aside_or_evicts_is_counted() {
+        let stats = Stats::default();
+        let losses = queue::Losses {
+            evicted_samples: 30,
+            evicted_segments: 2,
+            corrupt: Vec::new(),
+            corrupt_samples: 4,
+        };
+        note_losses(&stats, &losses);
+        assert_eq!(stats.dropped(Dropped::QueueFull), 30);
+        assert_eq!(stats.dropped(Dropped::Corrupt), 4);
+    }
+
+    #[test]
+    fn a_configuration_error_is_logged_when_it_starts_changes_or_ends() {
+        use Decision::{Done, Drop, Misconfigured, Retry};
+        let mut alarm = ConfigAlarm::default();
+        // (answer, decision, change to log)
+        for (status, decision, want) in [
+            (Some(200), Done, None),
+            (Some(401), Misconfigured, Some(AlarmChange::Raised(401))),
+            // Every further attempt with the same answer: nothing new.
+            (Some(401), Misconfigured, None),
+            (Some(401), Misconfigured, None),
+            // A proxy's 502 or a refused connection says nothing about
+            // the credentials: still the same error, not logged again.
+            (Some(502), Retry(None), None),
+            (None, Retry(None), None),
+            (Some(401), Misconfigured, None),
+            // Another wrong answer: logged.
+            (Some(404), Misconfigured, Some(AlarmChange::Raised(404))),
+            // Fixed: the receiver stores the request.
+            (Some(204), Done, Some(AlarmChange::Cleared(404))),
+            (Some(204), Done, None),
+            (Some(308), Misconfigured, Some(AlarmChange::Raised(308))),
+            // A data error means the receiver judged the data: fixed too.
+            (Some(400), Drop, Some(AlarmChange::Cleared(308))),
+            (Some(400), Drop, None),
+        ] {
+            assert_eq!(
+                alarm.note(status, decision),
+                want,
+                "{status:?} {decision:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_repeating_them() {
+        for bad in [
+            "http://writer:pa55@127.0.0.1:9090/api/v1/write",
+            "https://writer:pa55@vm.example/api/v1/write",
+            "https://:pa55@vm.example/api/v1/write",
+            "https://writer@vm.example/api/v1/write",
+        ] {
+            let err = check_url(bad).unwrap_err();
+            assert!(
+                matches!(err, MetricsConfigError::RemoteWriteUrlCredentials),
+                "{bad}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(!text.contains("pa55"), "{text}");
+            for flag in [
+                "--remote-write-url",
+                "--remote-write-basic-auth-user",
+                "--remote-write-basic-auth-password-file",
+                "--remote-write-bearer-token-file",
+            ] {
+                assert!(text.contains(flag), "{flag} missing in {text}");
+            }
+        }
+        // An @ in the path is not userinfo.
+        assert!(check_url("https://vm.example/insert/0@x/api/v1/write").is_ok());
     }
 
     #[test]

@@ -28,10 +28,11 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus on `port` (0: a free one) and waits until it is
-    /// ready.
-    async fn start(port: u16) -> Prometheus {
-        let port = if port == 0 { free_port() } else { port };
+    /// Starts Prometheus on the port of `reservation` and waits until it is
+    /// ready, holding the reservation until then. Fails at once, with
+    /// Prometheus' log, if it exits first (say, it could not bind).
+    async fn start(reservation: PortReservation) -> Prometheus {
+        let port = reservation.port;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, "global: {}\nscrape_configs: []\n").unwrap();
@@ -49,22 +50,36 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("prometheus (tests/deps installs it)");
-        let prometheus = Prometheus {
+        let mut prometheus = Prometheus {
             child,
             port,
             _dir: dir,
         };
         let ready = format!("{}/-/ready", prometheus.base());
         let client = reqwest::Client::new();
-        poll("prometheus ready", || async {
-            client
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-                .then_some(())
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let answer = client.get(&ready).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            let log_file = prometheus.log();
+            let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+            if let Some(status) = prometheus.child.try_wait().unwrap() {
+                panic!(
+                    "prometheus exited ({status}) before it was ready; its log:\n{}",
+                    log()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "prometheus not ready within {DEADLINE:?}; its log:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Prometheus listens: the port is its own now.
+        drop(reservation);
         prometheus
     }
 
@@ -121,9 +136,39 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+/// A loopback port kept free for a Prometheus started later, for as long
+/// as this lives.
+///
+/// Prometheus cannot be asked to bind port 0 and tell which port it got,
+/// so the test picks the port. Binding a listener to port 0 and closing it
+/// before Prometheus starts would leave a window in which any other test
+/// (or an outgoing connection's ephemeral port) can take the port. Retrying
+/// Prometheus on a new port when its bind fails does not work either where
+/// the server is configured with the receiver's port before Prometheus
+/// starts (the outage tests). So the port stays reserved until Prometheus
+/// listens on it: a socket bound with SO_REUSEADDR but not listening keeps
+/// Linux from handing the port out to binds to port 0 (how every other test
+/// picks its port) and to outgoing connections' ephemeral ports, and
+/// refuses binds without SO_REUSEADDR, while a SO_REUSEADDR socket asking
+/// for this very port (Go's listeners set it, so Prometheus' does) may
+/// still bind and listen on it. Connections to a reserved port are
+/// refused, as to a stopped receiver.
+struct PortReservation {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl PortReservation {
+    fn new() -> PortReservation {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        PortReservation {
+            _socket: socket,
+            port,
+        }
+    }
 }
 
 /// Polls `check` every 50 ms until it gives a value, for at most
@@ -170,7 +215,7 @@ fn remote_write_to(port: u16) -> impl FnOnce(&mut outrider_server::ServerConfig)
 
 #[tokio::test]
 async fn results_perfdata_and_samples_reach_prometheus() {
-    let prometheus = Prometheus::start(0).await;
+    let prometheus = Prometheus::start(PortReservation::new()).await;
     let server = Server::start_with(remote_write_to(prometheus.port)).await;
     let agent = Agent::new(61, "web-7");
     let (mut conn, answer) = agent
@@ -266,7 +311,8 @@ async fn results_perfdata_and_samples_reach_prometheus() {
 #[tokio::test]
 async fn samples_queued_while_the_receiver_is_down_all_arrive_after_a_restart() {
     // The receiver's port is known but nothing listens there yet.
-    let port = free_port();
+    let reservation = PortReservation::new();
+    let port = reservation.port;
     let server = Server::start_with(remote_write_to(port)).await;
     let agent = Agent::new(62, "db-3");
     let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
@@ -286,7 +332,11 @@ async fn samples_queued_while_the_receiver_is_down_all_arrive_after_a_restart() 
     let want = 3 * results;
     poll("queued on disk", || async {
         let queued = exposed(&server, "outrider_remote_write_queued_samples ").await;
-        let retried = exposed(&server, "outrider_remote_write_retries_total ").await;
+        let retried = exposed(
+            &server,
+            "outrider_remote_write_retries_total{reason=\"transport\"} ",
+        )
+        .await;
         (queued == want as f64 && retried >= 1.0).then_some(())
     })
     .await;
@@ -303,7 +353,7 @@ async fn samples_queued_while_the_receiver_is_down_all_arrive_after_a_restart() 
     let dir = server.stop_keeping_data().await;
     assert!(queued_segments(dir.path()) >= 1);
     let server = Server::start_in(dir, remote_write_to(port)).await;
-    let prometheus = Prometheus::start(port).await;
+    let prometheus = Prometheus::start(reservation).await;
     let fp = agent.fp.as_str();
     prometheus
         .wait_for(
@@ -331,7 +381,9 @@ async fn samples_queued_while_the_receiver_is_down_all_arrive_after_a_restart() 
 
 #[tokio::test]
 async fn the_batch_in_memory_at_shutdown_is_queued_not_lost() {
-    let port = free_port();
+    // Nothing ever listens on this port (reserved until the test ends).
+    let nobody = PortReservation::new();
+    let port = nobody.port;
     // A flush interval longer than the test: only shutdown writes the batch.
     let slow = move |c: &mut outrider_server::ServerConfig| {
         remote_write_to(port)(c);
@@ -359,6 +411,7 @@ async fn the_batch_in_memory_at_shutdown_is_queued_not_lost() {
         10.0
     );
     server.stop().await;
+    drop(nobody);
 }
 
 /// One request as a scripted receiver saw it.
@@ -437,7 +490,8 @@ async fn scripted_receiver(
 #[tokio::test]
 async fn requests_carry_the_specs_headers_and_answers_decide_retry_or_drop() {
     use outrider_server::metrics::remote_write::wire;
-    // 503 (retry at once, as Retry-After says), then 400 (dropped), then 200.
+    // 503 (retried after the least backoff, 100 ms: Retry-After: 0 is not
+    // taken literally), then 400 (dropped), then 200.
     let (port, mut seen) = scripted_receiver(vec![(503, "Retry-After: 0\r\n"), (400, "")]).await;
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("rw.token");
@@ -502,7 +556,10 @@ async fn requests_carry_the_specs_headers_and_answers_decide_retry_or_drop() {
             "outrider_remote_write_dropped_samples_total{reason=\"rejected\"} ",
             2.0,
         ),
-        ("outrider_remote_write_retries_total ", 1.0),
+        (
+            "outrider_remote_write_retries_total{reason=\"receiver\"} ",
+            1.0,
+        ),
         ("outrider_remote_write_requests_total{status=\"5xx\"} ", 1.0),
         ("outrider_remote_write_requests_total{status=\"4xx\"} ", 1.0),
         ("outrider_remote_write_requests_total{status=\"2xx\"} ", 1.0),
@@ -547,5 +604,59 @@ async fn basic_auth_credentials_come_from_the_password_file() {
         "{}",
         request.head
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_url_or_token_keeps_the_queue_until_it_is_fixed() {
+    // What a wrong token (401, 403), a wrong path (404, 405), a proxy
+    // demanding its own login (407) or a redirect (302) answer: each is
+    // retried, nothing is dropped, and once the receiver takes the request
+    // it arrives as it was queued.
+    let refusals = vec![
+        (401, ""),
+        (403, ""),
+        (404, ""),
+        (405, ""),
+        (407, ""),
+        (302, "Location: http://127.0.0.1:1/elsewhere\r\n"),
+    ];
+    let wrong = refusals.len();
+    let (port, mut seen) = scripted_receiver(refusals).await;
+    let server = Server::start_with(remote_write_to(port)).await;
+    let agent = Agent::new(66, "edge-4");
+    let (mut conn, _, _) = agent.connect(&server, Some(ENROLLMENT_TOKEN)).await;
+    let r = with_perf(1, "load", now_ms() - 1_000, vec![perf("load1", 1.0, "")]);
+    assert_eq!(conn.send_results(vec![r]).await, 1);
+    let mut bodies = Vec::new();
+    for _ in 0..=wrong {
+        let request = tokio::time::timeout(DEADLINE, seen.recv())
+            .await
+            .expect("a request within the deadline")
+            .unwrap();
+        bodies.push(request.body);
+    }
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "the same request each time"
+    );
+    poll("sent", || async {
+        let sent = exposed(&server, "outrider_remote_write_sent_samples_total ").await;
+        (sent == 2.0).then_some(())
+    })
+    .await;
+    for (line, want) in [
+        (
+            "outrider_remote_write_retries_total{reason=\"config\"} ",
+            wrong as f64,
+        ),
+        (
+            "outrider_remote_write_dropped_samples_total{reason=\"rejected\"} ",
+            0.0,
+        ),
+        ("outrider_remote_write_queued_samples ", 0.0),
+    ] {
+        assert_eq!(exposed(&server, line).await, want, "{line}");
+    }
     server.stop().await;
 }

@@ -21,9 +21,15 @@
 //!   nothing here panics or refuses to start over bad files;
 //! - a segment is deleted only when [`Queue::ack`] says the receiver
 //!   answered it (2xx, or a 4xx that will never succeed);
-//! - the total size of the segments stays under the cap: appending evicts
-//!   the oldest segments first (newer data is worth more) and reports the
-//!   samples they held, never the segment being sent ([`Queue::oldest`]).
+//! - the total size of the segments stays under the cap: once a new
+//!   segment is durably written (renamed and the directory fsynced),
+//!   appending evicts the oldest segments (newer data is worth more) and
+//!   reports every one with the samples it held ([`Losses`]), never the
+//!   segment being sent ([`Queue::oldest`]) nor the new one. Evicting only
+//!   after the write means a failed write (disk full) loses the new batch
+//!   alone, which the caller counts, and never old segments unaccounted;
+//!   the price is that the directory briefly holds up to one request more
+//!   than the cap.
 //!
 //! All methods do blocking file I/O; the caller runs them on the blocking
 //! pool.
@@ -94,6 +100,8 @@ pub struct Losses {
     pub evicted_segments: u64,
     /// Damaged segments found, each set aside (log them).
     pub corrupt: Vec<QueueError>,
+    /// Samples of those, as far as their headers were readable.
+    pub corrupt_samples: u64,
 }
 
 /// The queue; see the module docs.
@@ -121,6 +129,10 @@ impl Queue {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let mut losses = Losses::default();
         let mut found = Vec::new();
+        // The highest id of any file, set-aside ones included: a new
+        // segment must not take the id of a `.corrupt` file, or setting
+        // that one aside in turn would replace the evidence.
+        let mut highest = 0;
         for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
             let entry = entry.map_err(io_err("listing", dir))?;
             let name = entry.file_name();
@@ -133,7 +145,13 @@ impl Queue {
                 .strip_suffix(SEGMENT_SUFFIX)
                 .and_then(|id| id.parse::<u64>().ok())
             {
+                highest = highest.max(id);
                 found.push(id);
+            } else if let Some(id) = name
+                .strip_suffix(CORRUPT_SUFFIX)
+                .and_then(|id| id.parse::<u64>().ok())
+            {
+                highest = highest.max(id);
             }
         }
         found.sort_unstable();
@@ -141,7 +159,7 @@ impl Queue {
             dir: dir.to_owned(),
             cap_bytes,
             segments: VecDeque::new(),
-            next_id: found.last().map_or(1, |id| id + 1),
+            next_id: highest.saturating_add(1),
             bytes: 0,
             samples: 0,
             in_flight: None,
@@ -153,25 +171,28 @@ impl Queue {
                     queue.samples += segment.samples;
                     queue.segments.push_back(segment);
                 }
-                Err(why) => losses.corrupt.push(queue.quarantine(id, why)),
+                Err((why, samples)) => {
+                    losses.corrupt_samples += samples;
+                    losses.corrupt.push(queue.quarantine(id, why));
+                }
             }
         }
         // A smaller cap than the last run's: trim now, not at the next append.
-        queue.evict_to_fit(0, &mut losses);
+        queue.evict_to_fit(&mut losses);
         sync_dir(dir);
         Ok((queue, losses))
     }
 
-    /// Queues request body `body` of `samples` samples, evicting the
-    /// oldest segments first when it would not fit the cap (a body larger
-    /// than the cap is still queued, alone).
+    /// Queues request body `body` of `samples` samples, then, once it is
+    /// durably written, evicts the oldest segments while the queue is over
+    /// the cap (a body larger than the cap is still queued, alone). The
+    /// evictions are returned to be counted.
     ///
     /// Fails when the file cannot be written (disk full, permissions);
-    /// nothing is queued then.
+    /// nothing is queued and nothing evicted then.
     pub fn append(&mut self, body: &[u8], samples: u64) -> Result<Losses, QueueError> {
         let mut losses = Losses::default();
         let bytes = (HEADER_BYTES + body.len()) as u64;
-        self.evict_to_fit(bytes, &mut losses);
         let id = self.next_id;
         let path = self.path(id, SEGMENT_SUFFIX);
         let tmp = self.path(id, TMP_SUFFIX);
@@ -202,6 +223,7 @@ impl Queue {
         self.bytes += bytes;
         self.samples += samples;
         self.segments.push_back(Segment { id, bytes, samples });
+        self.evict_to_fit(&mut losses);
         Ok(losses)
     }
 
@@ -276,15 +298,19 @@ impl Queue {
         }
     }
 
-    /// Evicts the oldest segments (never the one in flight) until `extra`
-    /// more bytes fit under the cap.
-    fn evict_to_fit(&mut self, extra: u64, losses: &mut Losses) {
-        while self.bytes + extra > self.cap_bytes {
+    /// Evicts the oldest segments until the queue fits its cap, never the
+    /// one in flight nor the newest (just appended), adding each to
+    /// `losses`.
+    fn evict_to_fit(&mut self, losses: &mut Losses) {
+        while self.bytes > self.cap_bytes {
             let victim = match self.segments.front() {
                 Some(s) if Some(s.id) != self.in_flight => 0,
-                Some(_) if self.segments.len() > 1 => 1,
-                _ => return,
+                Some(_) => 1,
+                None => return,
             };
+            if victim + 1 >= self.segments.len() {
+                return;
+            }
             let Some(s) = self.segments.remove(victim) else {
                 return;
             };
@@ -296,21 +322,27 @@ impl Queue {
         }
     }
 
-    fn read_header(&self, id: u64) -> Result<Segment, String> {
+    /// The segment `id` as its header describes it; when damaged, why and
+    /// its samples (0 unless the header was readable).
+    fn read_header(&self, id: u64) -> Result<Segment, (String, u64)> {
         let path = self.path(id, SEGMENT_SUFFIX);
-        let mut file = File::open(&path).map_err(|e| format!("cannot open: {e}"))?;
+        let unknown = |why: String| (why, 0);
+        let mut file = File::open(&path).map_err(|e| unknown(format!("cannot open: {e}")))?;
         let bytes = file
             .metadata()
-            .map_err(|e| format!("cannot stat: {e}"))?
+            .map_err(|e| unknown(format!("cannot stat: {e}")))?
             .len();
         let mut header = [0u8; HEADER_BYTES];
         file.read_exact(&mut header)
-            .map_err(|e| format!("header unreadable: {e}"))?;
-        let (_, len, samples) = parse_header(&header)?;
+            .map_err(|e| unknown(format!("header unreadable: {e}")))?;
+        let (_, len, samples) = parse_header(&header).map_err(unknown)?;
         if bytes != (HEADER_BYTES as u64) + u64::from(len) {
-            return Err(format!(
-                "{bytes} bytes where the header says {}",
-                HEADER_BYTES as u64 + u64::from(len)
+            return Err((
+                format!(
+                    "{bytes} bytes where the header says {}",
+                    HEADER_BYTES as u64 + u64::from(len)
+                ),
+                u64::from(samples),
             ));
         }
         Ok(Segment {
@@ -481,6 +513,45 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_evicts_nothing_and_a_good_one_reports_each_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = Queue::open(dir.path(), 300).unwrap();
+        for i in 1..=3 {
+            q.append(&body(80), i).unwrap();
+        }
+        // The next segment's .tmp cannot be created (a directory is in the
+        // way, as good as a full disk): the append fails and the three
+        // queued requests are all still there, on disk too.
+        let blocker = dir.path().join(format!("{:020}{TMP_SUFFIX}", 4));
+        fs::create_dir(&blocker).unwrap();
+        let err = q.append(&body(80), 4).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QueueError::Io {
+                    action: "writing",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!((q.len(), q.samples(), q.bytes()), (3, 6, 300));
+        for id in 1..=3 {
+            assert!(dir.path().join(format!("{id:020}.seg")).exists(), "{id}");
+        }
+        fs::remove_dir(&blocker).unwrap();
+        // Written: now the oldest goes, and is reported.
+        let losses = q.append(&body(80), 4).unwrap();
+        assert_eq!((losses.evicted_segments, losses.evicted_samples), (1, 1));
+        assert!(!dir.path().join(format!("{:020}.seg", 1)).exists());
+        // A request larger than the whole cap evicts every other one
+        // (each reported) and stays, alone.
+        let losses = q.append(&body(400), 9).unwrap();
+        assert_eq!((losses.evicted_segments, losses.evicted_samples), (3, 9));
+        assert_eq!(drain(&mut q), [(9, body(400))]);
+    }
+
+    #[test]
     fn damaged_segments_are_set_aside_and_the_rest_is_sent() {
         let dir = tempfile::tempdir().unwrap();
         let (mut q, _) = Queue::open(dir.path(), 1 << 20).unwrap();
@@ -500,6 +571,9 @@ mod tests {
         let (mut q, losses) = Queue::open(dir.path(), 1 << 20).unwrap();
         let whys: Vec<String> = losses.corrupt.iter().map(|e| e.to_string()).collect();
         assert_eq!(whys.len(), 2, "{whys:?}");
+        // The truncated one's header still told its 2 samples; the foreign
+        // file's did not.
+        assert_eq!(losses.corrupt_samples, 2);
         assert!(whys[0].contains("00000000000000000002.seg") && whys[0].contains("header says"));
         assert!(whys[1].contains("bad magic"), "{whys:?}");
         let damaged = q.oldest().unwrap().unwrap_err();
@@ -514,6 +588,43 @@ mod tests {
         // New segments continue the numbering past the damaged ones.
         q.append(&body(1), 1).unwrap();
         assert!(seg(5).exists());
+    }
+
+    #[test]
+    fn new_ids_after_a_restart_pass_the_set_aside_ones_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = Queue::open(dir.path(), 1 << 20).unwrap();
+        for i in 1..=3 {
+            q.append(&body(30), i).unwrap();
+        }
+        drop(q);
+        let file = |id: u64, suffix: &str| dir.path().join(format!("{id:020}{suffix}"));
+        // The newest segment is damaged and set aside by the next start…
+        fs::write(file(3, SEGMENT_SUFFIX), b"junk").unwrap();
+        let (q, losses) = Queue::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(losses.corrupt.len(), 1);
+        drop(q);
+        // …and an older run left one with a higher id than any segment.
+        fs::write(file(7, CORRUPT_SUFFIX), b"evidence").unwrap();
+        // After another restart new segments go past both.
+        let (mut q, losses) = Queue::open(dir.path(), 1 << 20).unwrap();
+        assert!(losses.corrupt.is_empty());
+        q.append(&body(1), 1).unwrap();
+        assert!(file(8, SEGMENT_SUFFIX).exists());
+        assert!(!file(3, SEGMENT_SUFFIX).exists());
+        assert_eq!(fs::read(file(3, CORRUPT_SUFFIX)).unwrap(), b"junk");
+        assert_eq!(fs::read(file(7, CORRUPT_SUFFIX)).unwrap(), b"evidence");
+        assert_eq!(drain(&mut q), [(1, body(30)), (2, body(30)), (1, body(1))]);
+        // Only .corrupt files: still past them.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(format!("{:020}{CORRUPT_SUFFIX}", 5)), b"x").unwrap();
+        let (mut q, _) = Queue::open(dir.path(), 1 << 20).unwrap();
+        q.append(&body(1), 1).unwrap();
+        assert!(
+            dir.path()
+                .join(format!("{:020}{SEGMENT_SUFFIX}", 6))
+                .exists()
+        );
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //! builds series that way, [`encode`] only serialises.
 //!
 //! What to do with an answer is [`decide`], a pure function: 2xx is done,
-//! 5xx and 429 are retried (honouring `Retry-After` when given), every
-//! other status drops the batch (the spec: a 4xx will fail again); how
-//! long to wait is [`retry_delay`].
+//! 5xx and 429 are retried (honouring `Retry-After` when given), 400 and
+//! the other 4xx drop the batch (the spec: a data error will fail again),
+//! and the statuses that say the URL or credentials are wrong are retried
+//! (a deliberate deviation from the spec, see [`decide`]); how long to
+//! wait is [`retry_delay`].
 
 use std::time::Duration;
 
@@ -96,20 +98,13 @@ pub enum Decision {
     /// Try the same batch again after at least this long (`None`: the
     /// sender's own backoff).
     Retry(Option<Duration>),
-    /// The receiver will never take it: delete it, count it under this
-    /// reason, log the receiver's answer.
-    Drop(DropReason),
-}
-
-/// Why a batch the receiver answered was dropped; each is counted on
-/// `/metrics` as `outrider_remote_write_dropped_samples_total{reason}`
-/// together with the queue's own reasons ([`super::Dropped`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// 400, 404, 413, … : a client error other than 429.
-    Rejected,
-    /// 1xx or 3xx: a receiver (or proxy) that does not speak remote_write.
-    Unexpected,
+    /// The answer says the sender is set up wrong (URL, credentials, a
+    /// proxy in between), not that the data is: keep the batch and retry
+    /// it with the sender's own backoff until an operator fixes the setup.
+    Misconfigured,
+    /// The receiver will never take this batch (a data error): delete it,
+    /// count it (`reason="rejected"`), log the receiver's answer.
+    Drop,
 }
 
 /// Longest `Retry-After` honoured: a receiver asking for an hour would
@@ -127,24 +122,38 @@ pub const RETRY_CAP: Duration = Duration::from_secs(5);
 /// The decision for HTTP status `status` with `retry_after`, the
 /// receiver's `Retry-After` already parsed
 /// (`notify::policy::parse_retry_after`).
+///
+/// Deviation from the remote_write 1.0 spec, which says any 4xx other than
+/// 429 must not be retried: 401, 403, 404, 405 and 407, every 3xx
+/// (redirects are not followed) and any status outside 2xx/4xx/5xx are
+/// [`Decision::Misconfigured`] and retried. They answer every request of a
+/// wrong URL or token alike, so dropping would delete the whole disk queue
+/// within seconds of a typo or an expired token; retried, the queue waits
+/// (bounded by `--remote-write-queue-bytes`) and is sent once the setup is
+/// fixed. 400 and the other 4xx keep the spec's rule: they judge the data
+/// of this one request, which will fail again.
 pub fn decide(status: u16, retry_after: Option<Duration>) -> Decision {
     match status {
         200..=299 => Decision::Done,
         429 | 500..=599 => Decision::Retry(retry_after.map(|d| d.min(MAX_RETRY_AFTER))),
-        400..=499 => Decision::Drop(DropReason::Rejected),
-        _ => Decision::Drop(DropReason::Unexpected),
+        401 | 403 | 404 | 405 | 407 => Decision::Misconfigured,
+        400..=499 => Decision::Drop,
+        _ => Decision::Misconfigured,
     }
 }
 
 /// The delay before the next attempt after `attempts` failed ones: the
-/// receiver's wish when it gave one, else the same "equal jitter"
-/// exponential backoff as the notifier's (`notify/policy.rs`
-/// `retry_delay`) between [`RETRY_BASE`] and [`RETRY_CAP`]: a uniform pick
-/// (from `random`) in the upper half of the ceiling, so servers that lost
-/// the same receiver do not come back in lockstep.
+/// receiver's wish when it gave one, but at least [`RETRY_BASE`]
+/// (`Retry-After: 0` or a date in the past would otherwise resend in a
+/// tight loop for as long as the receiver keeps answering so), else the
+/// same "equal jitter" exponential backoff as the notifier's
+/// (`notify/policy.rs` `retry_delay`) between [`RETRY_BASE`] and
+/// [`RETRY_CAP`]: a uniform pick (from `random`) in the upper half of the
+/// ceiling, so servers that lost the same receiver do not come back in
+/// lockstep.
 pub fn retry_delay(attempts: u32, retry_after: Option<Duration>, random: u64) -> Duration {
     if let Some(after) = retry_after {
-        return after;
+        return after.max(RETRY_BASE);
     }
     let factor = 1u32.checked_shl(attempts.min(31)).unwrap_or(u32::MAX);
     let ceiling = RETRY_BASE.saturating_mul(factor).min(RETRY_CAP);
@@ -247,13 +256,24 @@ mod tests {
             (502, Some(s(1)), Decision::Retry(Some(s(1)))),
             (503, None, Decision::Retry(None)),
             (599, None, Decision::Retry(None)),
-            (400, Some(s(5)), Decision::Drop(DropReason::Rejected)),
-            (401, None, Decision::Drop(DropReason::Rejected)),
-            (404, None, Decision::Drop(DropReason::Rejected)),
-            (408, None, Decision::Drop(DropReason::Rejected)),
-            (413, None, Decision::Drop(DropReason::Rejected)),
-            (301, None, Decision::Drop(DropReason::Unexpected)),
-            (101, None, Decision::Drop(DropReason::Unexpected)),
+            (400, Some(s(5)), Decision::Drop),
+            (408, None, Decision::Drop),
+            (409, None, Decision::Drop),
+            (413, None, Decision::Drop),
+            (422, None, Decision::Drop),
+            // A wrong URL or token answers every request like this: the
+            // queue must wait for the fix, not be emptied.
+            (401, None, Decision::Misconfigured),
+            (403, None, Decision::Misconfigured),
+            (404, None, Decision::Misconfigured),
+            (405, None, Decision::Misconfigured),
+            (407, None, Decision::Misconfigured),
+            (401, Some(s(5)), Decision::Misconfigured),
+            (301, None, Decision::Misconfigured),
+            (302, None, Decision::Misconfigured),
+            (308, None, Decision::Misconfigured),
+            (101, None, Decision::Misconfigured),
+            (600, None, Decision::Misconfigured),
         ] {
             assert_eq!(
                 decide(status, retry_after),
@@ -282,7 +302,29 @@ mod tests {
                 "{attempts} {random}"
             );
         }
-        assert_eq!(retry_delay(9, Some(ms(7)), 0), ms(7));
+        // The receiver's wish, floored at the least backoff: Retry-After: 0
+        // (or a date already past, parsed to zero) must not spin.
+        for (retry_after, want) in [
+            (ms(7_000), ms(7_000)),
+            (MAX_RETRY_AFTER, MAX_RETRY_AFTER),
+            (RETRY_BASE, RETRY_BASE),
+            (ms(7), RETRY_BASE),
+            (ms(0), RETRY_BASE),
+        ] {
+            for attempts in [0, 9] {
+                assert_eq!(
+                    retry_delay(attempts, Some(retry_after), 0),
+                    want,
+                    "{retry_after:?} after {attempts}"
+                );
+            }
+        }
+        let past = crate::notify::policy::parse_retry_after(
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            1_700_000_000_000,
+        );
+        assert_eq!(past, Some(ms(0)));
+        assert_eq!(retry_delay(0, past, 0), RETRY_BASE);
     }
 
     #[test]
