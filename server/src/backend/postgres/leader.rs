@@ -75,14 +75,16 @@ struct Session {
 }
 
 impl Session {
-    /// Connects with the keepalive settings above; fails after `timeout`.
+    /// Connects with the keepalive settings above; fails after `timeout`,
+    /// and when the server is older than PostgreSQL 14 or (with TLS) does
+    /// not speak TLS.
     async fn open(
         settings: &SessionSettings,
         job: Job,
         node: &NodeId,
         timeout: Duration,
     ) -> Result<Session, StoreError> {
-        let mut config = settings.config.clone();
+        let mut config = settings.tls.enforce(settings.config.clone());
         config
             .application_name(format!("outrider leader {} {node}", job.name()))
             .connect_timeout(timeout)
@@ -117,7 +119,7 @@ impl Session {
             Ok::<_, StoreError>(session)
         };
         match tokio::time::timeout(timeout, connect).await {
-            Ok(session) => session,
+            Ok(session) => session.map_err(|e| super::no_tls(e, &config)),
             Err(_) => Err(StoreError::Timeout {
                 what: "connecting the election session",
                 after: timeout,

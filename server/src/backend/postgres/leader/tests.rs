@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::Session;
 use crate::backend::StoreError;
 use crate::backend::leader::{ElectionConfig, Job, LeaderTerm, Leadership};
 use crate::backend::{PgBackend, PgTls};
@@ -713,4 +714,22 @@ async fn when_postgresql_goes_away_the_leader_steps_down_and_a_node_leads_again_
     assert!(!jobs.overlapped.load(Ordering::SeqCst));
     a.stop().await;
     b.stop().await;
+}
+
+/// With TLS the election session, like the pool, refuses a server that
+/// does not speak it: here the plain cluster's socket, where tokio-postgres'
+/// default `sslmode` would have gone on in plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_election_session_requires_tls_when_tls_is_configured() {
+    let db = database().await;
+    let settings = super::SessionSettings {
+        config: db.config.clone(),
+        tls: PgTls::with_ca_pem(None).unwrap(),
+    };
+    let node = "a".parse().unwrap();
+    match Session::open(&settings, JOB, &node, DEADLINE).await {
+        Ok(_) => panic!("connected in plain text"),
+        Err(StoreError::NoTls { .. }) => {}
+        Err(e) => panic!("{e}"),
+    }
 }
