@@ -716,6 +716,43 @@ async fn when_postgresql_goes_away_the_leader_steps_down_and_a_node_leads_again_
     b.stop().await;
 }
 
+/// The election session is opened with a `lock_timeout` (the election's
+/// `check_timeout`) and a `client_connection_check_interval`: read back on
+/// a session opened as the elector opens it. (Its TCP keepalives read as
+/// zero here, on a Unix socket.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_election_session_bounds_lock_waits_and_checks_for_a_dead_client() {
+    let db = database().await;
+    let backend = node_backend(&db).await;
+    let node = "a".parse().unwrap();
+    let timeout = Duration::from_millis(2500);
+    let session = Session::open(&backend.session, JOB, &node, timeout)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut shown = Vec::new();
+    for name in [
+        "lock_timeout",
+        "client_connection_check_interval",
+        "application_name",
+    ] {
+        let row = session
+            .client
+            .query_one(&format!("SHOW {name}"), &[])
+            .await
+            .unwrap();
+        shown.push((name, row.get::<_, String>(0)));
+    }
+    assert_eq!(
+        shown,
+        [
+            ("lock_timeout", "2500ms".to_owned()),
+            ("client_connection_check_interval", "1s".to_owned()),
+            ("application_name", "outrider leader retention a".to_owned()),
+        ]
+    );
+    session.close(DEADLINE).await;
+}
+
 /// With TLS the election session, like the pool, refuses a server that
 /// does not speak it: here the plain cluster's socket, where tokio-postgres'
 /// default `sslmode` would have gone on in plain text.
