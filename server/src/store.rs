@@ -56,7 +56,20 @@ pub use tokens::{
 };
 
 /// Version of `schema.sql`, recorded in `meta` so a later server can migrate.
-const SCHEMA_VERSION: i64 = 10;
+///
+/// A server refuses a file of a newer version, so every bump stops a
+/// rollback to the server before it. Tables that only come in beside the
+/// others, created at every open with `IF NOT EXISTS` and needed by no
+/// server a rollback could go to, therefore come without one: the presence
+/// tables (`store/presence.sql`), which an older server leaves alone.
+const SCHEMA_VERSION: i64 = 9;
+
+/// What development builds stamped files with while the presence tables
+/// came with a bump: version 9 plus those tables, nothing else. No release
+/// wrote it, so a file with it is opened as version 9 (and stamped 9
+/// again, which lets the previous server open it). For that, the number is
+/// taken: the next schema change that needs a bump goes from 9 to 11.
+const PRESENCE_DEV_VERSION: i64 = 10;
 
 /// Steps from each older schema version to the next, applied in order.
 /// Index `i` migrates version `i + 1` to `i + 2`.
@@ -115,10 +128,9 @@ const MIGRATIONS: &[&str] = &[
     // 8 → 9: dashboard logins (store/logins.rs); the new table comes from
     // schema.sql.
     "",
-    // 9 → 10: sessions owned by nodes with a fencing generation, and the
-    // nodes' heartbeats (crate::backend::presence); the new tables come from
-    // store/presence.sql.
-    "",
+    // Next, when a change needs a bump: 10 is taken (PRESENCE_DEV_VERSION,
+    // which opens as 9), so this entry takes 9 to 11 and an empty one
+    // follows it, keeping index `i` at version `i + 1`.
 ];
 
 /// Handle to the database; cheap to clone.
@@ -355,7 +367,14 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
             [],
             |r| r.get(0),
         )
-        .ok();
+        .ok()
+        .map(|v| {
+            if v == PRESENCE_DEV_VERSION {
+                SCHEMA_VERSION
+            } else {
+                v
+            }
+        });
     match found {
         Some(v) if v > SCHEMA_VERSION => {
             anyhow::bail!(
@@ -394,6 +413,7 @@ fn open_blocking(path: &Path) -> anyhow::Result<Connection> {
         .context("applying the collectors schema")?;
     tx.execute_batch(include_str!("store/samples.sql"))
         .context("applying the sample batches schema")?;
+    // Beside the others, without a version (see SCHEMA_VERSION).
     tx.execute_batch(include_str!("store/presence.sql"))
         .context("applying the presence schema")?;
     tx.execute(
@@ -602,6 +622,84 @@ mod tests {
             .unwrap_err();
         assert!(format!("{err:#}").contains("readonly"), "{err:#}");
         assert_eq!(store.agents().await.unwrap().len(), 1);
+    }
+
+    fn stored_version(path: &Path) -> String {
+        Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    fn has_presence_tables(path: &Path) -> bool {
+        Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('sessions', 'nodes')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 2
+    }
+
+    /// The previous release refuses a file whose schema_version is above
+    /// 9. A file this server writes, presence tables and all, stays at 9,
+    /// so the server can be rolled back to it. (A change that does need a
+    /// bump goes to 11 and changes this test knowingly.)
+    #[tokio::test]
+    async fn a_file_this_server_writes_opens_with_the_previous_servers_version_check() {
+        const PREVIOUS_RELEASE_SCHEMA: i64 = 9;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        drop(Store::open(&path).await.unwrap());
+        let stored: i64 = stored_version(&path).parse().unwrap();
+        assert!(
+            stored <= PREVIOUS_RELEASE_SCHEMA,
+            "schema_version {stored}: the previous server would refuse this file"
+        );
+        assert!(has_presence_tables(&path));
+    }
+
+    /// A file a development build stamped 10 (9 plus the presence tables)
+    /// opens as 9 and keeps its presence rows; 11 is newer and refused.
+    #[tokio::test]
+    async fn a_file_stamped_10_by_a_development_build_opens_as_version_9() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.db");
+        drop(Store::open(&path).await.unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "UPDATE meta SET value = '10' WHERE key = 'schema_version';
+                 INSERT INTO nodes (node_id, last_seen_ms) VALUES ('n1', 5);",
+            )
+            .unwrap();
+        drop(Store::open(&path).await.unwrap());
+        assert_eq!(stored_version(&path), "9");
+        let kept: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT last_seen_ms FROM nodes WHERE node_id = 'n1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kept, 5);
+
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE meta SET value = '11' WHERE key = 'schema_version'",
+                [],
+            )
+            .unwrap();
+        let err = Store::open(&path).await.unwrap_err().to_string();
+        assert!(err.contains("schema version 11, newer"), "{err}");
     }
 
     #[tokio::test]

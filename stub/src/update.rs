@@ -117,9 +117,14 @@ pub const LAST_SERVER_URL_FILE: &str = "last_server_url";
 
 /// The base URLs updates may come from, in order: `update_url` alone when
 /// set (a mirror); else the server URL the library was last welcomed at
-/// (`last`, the content of [`LAST_SERVER_URL_FILE`], when it is an http(s)
-/// URL), so updates follow the library to a node that is up, then
-/// `server_url` and each of `extra_server_urls`, each once. A check uses
+/// (`last`, the content of [`LAST_SERVER_URL_FILE`], when it is one of the
+/// URLs agent.toml configures), so updates follow the library to a node
+/// that is up, then `server_url` and each of `extra_server_urls`, each
+/// once. Any other URL in the file is ignored: the library can only have
+/// been welcomed at a configured URL, so another one was written by
+/// something else (a compromised library, another process), and although
+/// every download is signature-checked the stub fetches only from where
+/// agent.toml says. A check uses
 /// the first that the checks before it, in a row, could not reach (see
 /// [`Updater::fetch_latest`]), so neither a down `server_url` (a first
 /// start, before the library ever connected) nor a stale file (a retired
@@ -129,7 +134,9 @@ pub fn update_bases(config: &StubConfig, last: Option<&str>) -> Vec<String> {
     if let Some(mirror) = &config.update_url {
         return vec![mirror.clone()];
     }
-    let last = last.and_then(|l| crate::config::checked_url(LAST_SERVER_URL_FILE, l.trim()).ok());
+    let last = last
+        .and_then(|l| crate::config::checked_url(LAST_SERVER_URL_FILE, l.trim()).ok())
+        .filter(|l| config.server_urls.contains(l));
     let mut bases: Vec<String> = last.into_iter().collect();
     for url in &config.server_urls {
         if !bases.contains(url) {
@@ -555,15 +562,33 @@ mod tests {
         assert_eq!(state.root_version, Some(5), "never lowered");
     }
 
+    /// Adds `extra_server_urls = urls` to the prefix's agent.toml.
+    fn configure_extra_urls(layout: &Layout, urls: &[&str]) {
+        let toml = std::fs::read_to_string(&layout.agent_toml).unwrap();
+        std::fs::write(
+            &layout.agent_toml,
+            format!("{toml}extra_server_urls = {urls:?}\n"),
+        )
+        .unwrap();
+    }
+
+    /// A loopback URL nothing listens on.
+    fn closed_url() -> String {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        format!("http://{addr}")
+    }
+
     #[test]
     fn updates_follow_the_server_node_the_library_was_last_welcomed_at() {
         use outrider_update_client::UpdateError;
         let live = empty_repository();
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let (_dir, layout) = prefix(1, u64::MAX / 2, &format!("http://{closed}"));
+        let (closed, other_closed) = (closed_url(), closed_url());
+        let (_dir, layout) = prefix(1, u64::MAX / 2, &closed);
+        // Without the file, the second check would go to other_closed.
+        configure_extra_urls(&layout, &[&other_closed, &live]);
         let root = load_root(&layout.root_json).unwrap();
         let config = StubConfig::load(&layout.agent_toml).unwrap();
         let mut updater = Updater::new(&config, &layout, root);
@@ -589,14 +614,12 @@ mod tests {
     fn a_stale_last_server_url_sends_the_next_check_to_server_url() {
         use outrider_update_client::UpdateError;
         let live = empty_repository();
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let closed = closed_url();
         let (_dir, layout) = prefix(1, u64::MAX / 2, &live);
+        configure_extra_urls(&layout, &[&closed]);
         // The node the library last reached is gone.
         let file = layout.data_dir.join(LAST_SERVER_URL_FILE);
-        std::fs::write(&file, format!("http://{closed}\n")).unwrap();
+        std::fs::write(&file, format!("{closed}\n")).unwrap();
         let root = load_root(&layout.root_json).unwrap();
         let config = StubConfig::load(&layout.agent_toml).unwrap();
         let mut updater = Updater::new(&config, &layout, root);
@@ -609,6 +632,29 @@ mod tests {
             let unreachable = matches!(&err, StubError::Update(UpdateError::Transport { .. }));
             assert!(reached || unreachable, "{err:?}");
             assert_eq!(reached, expect_reached, "{err:?}");
+        }
+    }
+
+    /// A last_server_url that agent.toml does not configure (written by
+    /// something other than the library) is not fetched from, even when it
+    /// answers and server_url does not.
+    #[test]
+    fn a_last_server_url_agent_toml_does_not_configure_is_ignored() {
+        use outrider_update_client::UpdateError;
+        let elsewhere = empty_repository();
+        let (_dir, layout) = prefix(1, u64::MAX / 2, &closed_url());
+        let file = layout.data_dir.join(LAST_SERVER_URL_FILE);
+        std::fs::write(&file, format!("{elsewhere}\n")).unwrap();
+        let root = load_root(&layout.root_json).unwrap();
+        let config = StubConfig::load(&layout.agent_toml).unwrap();
+        let mut updater = Updater::new(&config, &layout, root);
+        let mut state = StubState::default();
+        for _ in 0..2 {
+            let err = updater.fetch_latest(&mut state).unwrap_err();
+            assert!(
+                matches!(&err, StubError::Update(UpdateError::Transport { .. })),
+                "reached the URL of the file: {err:?}"
+            );
         }
     }
 
@@ -625,11 +671,8 @@ mod tests {
         // (agent.toml extra, last_server_url content, bases)
         let table: &[(&str, Option<&str>, &[&str])] = &[
             ("", None, &["https://a"]),
-            (
-                "",
-                Some("https://b:8443/\n"),
-                &["https://b:8443", "https://a"],
-            ),
+            // Not configured: ignored.
+            ("", Some("https://b:8443/\n"), &["https://a"]),
             ("", Some("https://a\n"), &["https://a"]),
             ("", Some("ftp://b\n"), &["https://a"]),
             ("", Some(""), &["https://a"]),
@@ -638,6 +681,21 @@ mod tests {
                 nodes,
                 Some("https://c"),
                 &["https://c", "https://a", "https://b"],
+            ),
+            (
+                nodes,
+                Some("https://b/\n"),
+                &["https://b", "https://a", "https://c"],
+            ),
+            (
+                nodes,
+                Some("https://d\n"),
+                &["https://a", "https://b", "https://c"],
+            ),
+            (
+                nodes,
+                Some("https://b.evil\n"),
+                &["https://a", "https://b", "https://c"],
             ),
             (mirror, None, &["https://cdn/o"]),
             (

@@ -16,6 +16,15 @@ pub enum StoreError {
     /// The PostgreSQL connection settings are unusable.
     #[error("PostgreSQL settings: {0}")]
     Config(String),
+    /// TLS is configured, so required, but the server at `server` answered
+    /// that it does not speak it: refused rather than going on in plain
+    /// text. Its cause is a server without `ssl = on`, a Unix socket (on
+    /// which PostgreSQL never speaks TLS) or someone on the path stripping
+    /// TLS off the connection.
+    #[error(
+        "PostgreSQL at {server} does not offer TLS, which is configured: not connecting in plain text; turn ssl on at the server, or do not configure TLS for a trusted path such as a Unix socket"
+    )]
+    NoTls { server: String },
     /// The database was migrated by a newer server than this one.
     #[error(
         "the database has schema version {found}, newer than this server's {known}; upgrade the server"

@@ -78,7 +78,8 @@ pub enum PgTls {
     /// Plain: a Unix socket or a trusted network.
     Disable,
     /// TLS with this rustls configuration (its roots decide which server
-    /// certificates are trusted).
+    /// certificates are trusted), required: every connection made with it
+    /// has `sslmode` `require` ([`PgTls::enforce`]).
     Rustls(Arc<rustls::ClientConfig>),
 }
 
@@ -90,6 +91,49 @@ impl PgTls {
         crate::notify::smtp::client_config(ca_pem)
             .map(PgTls::Rustls)
             .map_err(StoreError::Config)
+    }
+
+    /// `config` as connections with this setting must use it. With TLS,
+    /// `sslmode` becomes `require` whatever it was: tokio-postgres'
+    /// default, `prefer`, goes on in plain text when the server answers
+    /// that it has no TLS, so anyone on the path could strip TLS by
+    /// answering that. `require` makes such a connection fail instead
+    /// ("server does not support TLS"); so does a Unix socket, on which
+    /// PostgreSQL never speaks TLS. Plain connections keep their setting.
+    pub(crate) fn enforce(&self, mut config: tokio_postgres::Config) -> tokio_postgres::Config {
+        if let PgTls::Rustls(_) = self {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        config
+    }
+}
+
+/// `err` as [`StoreError::NoTls`] when it is tokio-postgres refusing a
+/// server at `config` that does not speak TLS (under `sslmode` `require`),
+/// else `err` as it is. tokio-postgres gives that refusal no kind of its
+/// own, only its message, which
+/// `backend::tests::postgres_with_tls_refuses_a_server_without_tls` pins.
+pub(crate) fn no_tls(err: StoreError, config: &tokio_postgres::Config) -> StoreError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = cause {
+        if e.to_string() == "server does not support TLS" {
+            return StoreError::NoTls {
+                server: server_of(config),
+            };
+        }
+        cause = e.source();
+    }
+    err
+}
+
+/// Where `config` connects, for messages: its first host and port.
+fn server_of(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => format!("{host}:{port}"),
+        Some(Host::Unix(dir)) => format!("{}/.s.PGSQL.{port}", dir.display()),
+        None => format!("localhost:{port}"),
     }
 }
 
@@ -118,7 +162,8 @@ pub fn pending(applied: i64, known: &[Migration]) -> Result<&[Migration], StoreE
 impl PgBackend {
     /// Connects to the database `url` names (a `postgresql://` URL or a
     /// libpq `key=value` string) and migrates it. Fails when the settings
-    /// are unusable, no connection can be made, or a migration fails.
+    /// are unusable, no connection can be made (with `tls`, also when the
+    /// server does not speak TLS), or a migration fails.
     pub async fn connect(
         url: &str,
         tls: PgTls,
@@ -130,12 +175,15 @@ impl PgBackend {
         PgBackend::with_config(config, tls, max_connections).await
     }
 
-    /// [`PgBackend::connect`] with parsed settings.
+    /// [`PgBackend::connect`] with parsed settings. With TLS, its
+    /// connections require TLS whatever `sslmode` said ([`PgTls::enforce`]):
+    /// a server without TLS is refused.
     pub async fn with_config(
         config: tokio_postgres::Config,
         tls: PgTls,
         max_connections: usize,
     ) -> Result<PgBackend, StoreError> {
+        let config = tls.enforce(config);
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -156,7 +204,10 @@ impl PgBackend {
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
         let backend = PgBackend { pool, session };
-        backend.migrate().await?;
+        backend
+            .migrate()
+            .await
+            .map_err(|e| no_tls(e, &backend.session.config))?;
         Ok(backend)
     }
 
@@ -200,7 +251,10 @@ impl PgBackend {
 
     /// A connection from the pool.
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        Ok(self.pool.get().await?)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| no_tls(e.into(), &self.session.config))
     }
 }
 
@@ -237,6 +291,26 @@ mod tests {
             pending(3, M),
             Err(StoreError::NewerSchema { found: 3, known: 2 })
         ));
+    }
+
+    #[test]
+    fn with_tls_connections_require_it_whatever_sslmode_said() {
+        use tokio_postgres::config::SslMode;
+        let tls = PgTls::with_ca_pem(None).unwrap();
+        // (TLS setting, sslmode given, sslmode connected with)
+        let cases = [
+            ("plain", &PgTls::Disable, SslMode::Disable, SslMode::Disable),
+            ("plain", &PgTls::Disable, SslMode::Prefer, SslMode::Prefer),
+            ("plain", &PgTls::Disable, SslMode::Require, SslMode::Require),
+            ("tls", &tls, SslMode::Disable, SslMode::Require),
+            ("tls", &tls, SslMode::Prefer, SslMode::Require),
+            ("tls", &tls, SslMode::Require, SslMode::Require),
+        ];
+        for (name, tls, given, used) in cases {
+            let mut config = tokio_postgres::Config::new();
+            config.ssl_mode(given);
+            assert_eq!(tls.enforce(config).get_ssl_mode(), used, "{name} {given:?}");
+        }
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! It wraps the [`Store`] the server runs on and goes through the same
 //! single writer connection (`Store::with_writer`), so one process has
 //! one writer, whichever interface a call comes through. Its tables are
-//! created with the store's own schema (server/src/store/presence.sql,
-//! schema version 10). SQLite has one writer at a time, so each method
-//! reads, decides with the pure rules of its area and writes in one
-//! immediate transaction.
+//! created with the store's own schema (server/src/store/presence.sql, at
+//! every open, beside the others, without a schema version bump: see
+//! `SCHEMA_VERSION` in server/src/store.rs). SQLite has one writer at a
+//! time, so each method reads, decides with the pure rules of its area
+//! and writes in one immediate transaction.
 
 mod presence;
 

@@ -399,6 +399,65 @@ async fn postgres_over_tls_verifies_the_server() {
     ));
 }
 
+/// A backend given TLS never goes on in plain text. The plain cluster,
+/// reached over TCP through a forwarder to its socket, is what a
+/// middleman stripping TLS shows the client (the server answers "no TLS"
+/// to the TLS request); with tokio-postgres' default `sslmode` (`prefer`)
+/// the connection would go on unencrypted. Its Unix socket, where
+/// PostgreSQL never speaks TLS, is refused the same way. The same TLS
+/// settings connect to a TLS cluster: `postgres_over_tls_verifies_the_server`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_tls_refuses_a_server_without_tls() {
+    let cluster = outrider_pgtest::Cluster::shared().unwrap_or_else(|e| panic!("{e}"));
+    let db = cluster.database().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let socket = cluster.socket_dir().join(".s.PGSQL.5432");
+    let forwarder = tokio::spawn(async move {
+        let mut pipes = tokio::task::JoinSet::new();
+        loop {
+            let (mut down, _) = listener.accept().await.unwrap();
+            let mut up = tokio::net::UnixStream::connect(&socket).await.unwrap();
+            pipes.spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+        }
+    });
+    let mut over_tcp = tokio_postgres::Config::new();
+    over_tcp
+        .host("127.0.0.1")
+        .port(port)
+        .user(outrider_pgtest::SUPERUSER)
+        .dbname(&db.name);
+    // The forwarder works: plain, the server is there.
+    PgBackend::with_config(over_tcp.clone(), PgTls::Disable, 1)
+        .await
+        .unwrap();
+    let tls = PgTls::with_ca_pem(None).unwrap();
+    let tcp_server = format!("127.0.0.1:{port}");
+    for (what, config, expect_server) in [
+        ("over TCP", over_tcp, tcp_server.as_str()),
+        ("on the socket", db.config.clone(), "/.s.PGSQL.5432"),
+    ] {
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Prefer,
+            "{what}: the default"
+        );
+        let err = PgBackend::with_config(config, tls.clone(), 1)
+            .await
+            .expect_err(what);
+        match &err {
+            super::StoreError::NoTls { server } => {
+                assert!(server.ends_with(expect_server), "{what}: {server}")
+            }
+            other => panic!("{what}: {other}"),
+        }
+        assert!(err.to_string().contains("does not offer TLS"), "{err}");
+    }
+    forwarder.abort();
+}
+
 /// The rules of `backend/presence.rs` over plain maps: what every backend
 /// must do, step by step.
 #[derive(Debug, Default)]

@@ -2,7 +2,9 @@
 -- that ever connected, owned by the node its newest session is on, with a
 -- fencing generation; and the nodes' heartbeats. The PostgreSQL backend
 -- creates the same tables (server/src/backend/postgres/migrations/).
--- Applied at every open with IF NOT EXISTS.
+-- Applied at every open with IF NOT EXISTS, without a schema version bump
+-- (SCHEMA_VERSION in server/src/store.rs says why): only add tables and
+-- indexes here, never change one, or the version must go up.
 CREATE TABLE IF NOT EXISTS nodes (
     node_id       TEXT PRIMARY KEY,
     last_seen_ms  INTEGER NOT NULL

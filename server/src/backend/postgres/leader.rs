@@ -19,6 +19,17 @@
 //!   `ElectionConfig::leader_idle_timeout`: a leader that stops checking
 //!   (partitioned, or its process paused while the kernel still answers
 //!   keepalives) loses its session and the lock within that time.
+//! - `client_connection_check_interval` (1 s): while a statement of the
+//!   session runs (a term bump waiting for a row), PostgreSQL also checks
+//!   that the client is still there, so a node that died mid-statement
+//!   loses the lock about as fast as an idle one, not when the statement
+//!   ends.
+//! - `lock_timeout`, the election's `check_timeout`: no statement of the
+//!   session waits behind another's lock for longer than the node waits
+//!   for it. The one that can, the term bump, waits for a fenced write in
+//!   flight (below); past the timeout PostgreSQL cancels it, the try
+//!   fails and the node closes the session, so a stuck writer cannot keep
+//!   the advisory lock held by a session nobody is waiting on.
 //!
 //! Each acquisition bumps the job's term in `leases` in the same session
 //! right after taking the lock; a fenced write ([`PgBackend::fenced`])
@@ -56,6 +67,19 @@ const KEEPALIVE_RETRIES: u32 = 3;
 const SERVER_KEEPALIVE: &str = "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 1; \
      SET tcp_keepalives_count = 3; SET tcp_user_timeout = 5000";
 
+/// The session's `client_connection_check_interval`: how often PostgreSQL
+/// checks, during a statement, that the client is still connected.
+const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The statements that set a new session up beyond the keepalives: its
+/// `lock_timeout` is `timeout` (the election's `check_timeout`).
+fn session_setup(timeout: Duration) -> String {
+    format!(
+        "{SERVER_KEEPALIVE}; SET lock_timeout = {}",
+        timeout.as_millis().max(1)
+    )
+}
+
 /// The oldest PostgreSQL (`server_version_num`) with
 /// `idle_session_timeout`, which a leading session relies on.
 const MIN_SERVER_VERSION: i32 = 140_000;
@@ -75,14 +99,16 @@ struct Session {
 }
 
 impl Session {
-    /// Connects with the keepalive settings above; fails after `timeout`.
+    /// Connects with the settings above (`timeout` also becomes its
+    /// `lock_timeout`); fails after `timeout`, and when the server is older
+    /// than PostgreSQL 14 or (with TLS) does not speak TLS.
     async fn open(
         settings: &SessionSettings,
         job: Job,
         node: &NodeId,
         timeout: Duration,
     ) -> Result<Session, StoreError> {
-        let mut config = settings.config.clone();
+        let mut config = settings.tls.enforce(settings.config.clone());
         config
             .application_name(format!("outrider leader {} {node}", job.name()))
             .connect_timeout(timeout)
@@ -113,11 +139,32 @@ impl Session {
                     "PostgreSQL server version {version} cannot hold elections: it needs {MIN_SERVER_VERSION} (14) or newer, for idle_session_timeout"
                 )));
             }
-            session.client.batch_execute(SERVER_KEEPALIVE).await?;
+            session
+                .client
+                .batch_execute(&session_setup(timeout))
+                .await?;
+            // On its own: PostgreSQL refuses it where the kernel cannot
+            // report a closed socket (Windows); there the keepalives and
+            // the idle timeout remain, so elections go on without it.
+            if let Err(e) = session
+                .client
+                .batch_execute(&format!(
+                    "SET client_connection_check_interval = {}",
+                    CLIENT_CHECK_INTERVAL.as_millis()
+                ))
+                .await
+            {
+                warn!(
+                    job = job.name(),
+                    "the election session cannot set client_connection_check_interval \
+                     (a node that dies mid-statement keeps the lock until the keepalives \
+                     notice): {e}"
+                );
+            }
             Ok::<_, StoreError>(session)
         };
         match tokio::time::timeout(timeout, connect).await {
-            Ok(session) => session,
+            Ok(session) => session.map_err(|e| super::no_tls(e, &config)),
             Err(_) => Err(StoreError::Timeout {
                 what: "connecting the election session",
                 after: timeout,

@@ -1,7 +1,19 @@
 //! Elections against a real PostgreSQL (`outrider-pgtest`): every "node"
 //! is its own `PgBackend` (its own pool and election sessions) in this
 //! process, contending for the same advisory lock in one fresh database.
-//! Conditions are awaited with deadlines, never slept for.
+//!
+//! Every test has a database of its own, and an advisory lock belongs to
+//! its database (PostgreSQL keys it by the database's oid as well, see
+//! `holder`), so tests running in parallel never contend for a job's lock
+//! even though they elect the same [`JOB`]
+//! (`tests_in_other_databases_do_not_contend_for_the_same_job` checks it).
+//!
+//! Conditions are awaited with a generous [`DEADLINE`], never slept for,
+//! and no test relies on something happening within a short window: the
+//! timeouts a test does rely on (a leader stepping down before PostgreSQL
+//! ends its session) are many times what they need on an idle machine, and
+//! a node that lost the lock and must not take it back at once (a
+//! "paused" old leader) retries only after [`PAUSED`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,20 +24,29 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::Session;
 use crate::backend::StoreError;
 use crate::backend::leader::{ElectionConfig, Job, LeaderTerm, Leadership};
 use crate::backend::{PgBackend, PgTls};
 
-/// Generous: a failure here means a condition never came.
-const DEADLINE: Duration = Duration::from_secs(15);
+/// Generous, for a loaded 2-core CI machine: a failure here means a
+/// condition never came.
+const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Fast elections for tests.
+/// Fast elections for tests: quick retries and checks, but a check (and a
+/// connect, a try) may take seconds before a leader steps down, so a
+/// loaded machine does not make a leader lose the lock the test did not
+/// take from it.
 const FAST: ElectionConfig = ElectionConfig {
     retry: Duration::from_millis(20),
     check_interval: Duration::from_millis(20),
-    check_timeout: Duration::from_secs(2),
-    leader_idle_timeout: Duration::from_secs(5),
+    check_timeout: Duration::from_secs(5),
+    leader_idle_timeout: Duration::from_secs(10),
 };
+
+/// The retry of an old leader that must not take the lock back while the
+/// test looks at its successor: longer than any test (a stop cancels it).
+const PAUSED: Duration = Duration::from_secs(600);
 
 const JOB: Job = Job::Retention;
 
@@ -65,6 +86,18 @@ async fn holder(admin: &tokio_postgres::Client, job: Job) -> Option<i32> {
         .await
         .unwrap()
         .map(|row| row.get(0))
+}
+
+/// The holder and term `leases` records for `job`, if it was ever taken.
+async fn lease(admin: &tokio_postgres::Client, job: Job) -> Option<(String, i64)> {
+    admin
+        .query_opt(
+            "SELECT holder_node, term FROM leases WHERE job = $1",
+            &[&job.name()],
+        )
+        .await
+        .unwrap()
+        .map(|row| (row.get(0), row.get(1)))
 }
 
 async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
@@ -213,7 +246,12 @@ async fn a_terminated_leader_steps_down_another_takes_over_and_the_old_terms_wri
         .unwrap();
     let (a_backend, b_backend) = (node_backend(&db).await, node_backend(&db).await);
     let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
-    let a = Node::start(&a_backend, "a", FAST, &a_jobs);
+    // a, once down, stays out of the race: b is the one to take over.
+    let paused = ElectionConfig {
+        retry: PAUSED,
+        ..FAST
+    };
+    let a = Node::start(&a_backend, "a", paused, &a_jobs);
     let mut a_leadership = a.leadership.clone();
     let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
     assert_eq!(a_term.term, 1);
@@ -343,26 +381,42 @@ async fn stopping_the_leader_releases_the_lock_before_stop_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_silent_past_its_idle_timeout_loses_the_lock_to_another_node() {
     let db = database().await;
+    let (admin, _driver) = admin(&db).await;
     let (a_backend, b_backend) = (node_backend(&db).await, node_backend(&db).await);
     // a checks too rarely for its idle timeout: PostgreSQL ends its
-    // session, as it would for a paused or partitioned leader.
+    // session, as it would for a paused or partitioned leader; and it does
+    // not try again while the test runs.
     let silent = ElectionConfig {
         check_interval: Duration::from_secs(600),
         leader_idle_timeout: Duration::from_millis(300),
+        retry: PAUSED,
         ..FAST
     };
     let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
     let a = Node::start(&a_backend, "a", silent, &a_jobs);
     let mut a_leadership = a.leadership.clone();
-    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+    // a's term from the lease row, which stays when a loses the lock: its
+    // leadership may be over before this test gets to look at it.
+    until("a to take the lock", || async {
+        lease(&admin, JOB).await.is_some()
+    })
+    .await;
+    assert_eq!(lease(&admin, JOB).await, Some(("a".to_owned(), 1)));
+    let a_term = LeaderTerm {
+        job: JOB,
+        node: "a".parse().unwrap(),
+        term: 1,
+    };
     let b = Node::start(&b_backend, "b", FAST, &b_jobs);
     let mut b_leadership = b.leadership.clone();
     let b_term = within("b to take over", b_leadership.leading())
         .await
         .unwrap();
-    assert_eq!(b_term.term, a_term.term + 1);
-    // a learns it at once from its closed socket, not at its next check.
+    assert_eq!(b_term.term, 2);
+    // a learns it at once from its closed socket, not at its next check
+    // (600 s away).
     within("a to step down", a_leadership.ended(&a_term)).await;
+    assert!(!a.leadership.is_leader());
     until("a's job to be cancelled", || async {
         a_jobs.running() == 0
     })
@@ -491,9 +545,12 @@ async fn a_partitioned_leader_steps_down_and_the_lock_passes_on_when_postgresql_
         .await
         .unwrap();
     let b_backend = node_backend(&db).await;
+    // a steps down within a check (2 s) of the freeze; PostgreSQL ends its
+    // session only after the idle timeout: the gap the test looks at is
+    // many times what a's step-down and the test's queries need.
     let config = ElectionConfig {
-        check_timeout: Duration::from_millis(300),
-        leader_idle_timeout: Duration::from_secs(2),
+        check_timeout: Duration::from_secs(2),
+        leader_idle_timeout: Duration::from_secs(12),
         ..FAST
     };
     let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
@@ -539,13 +596,19 @@ async fn a_new_leaders_term_waits_for_the_old_leaders_fenced_write_in_flight() {
         .await
         .unwrap();
     let (a_backend, b_backend) = (node_backend(&db).await, node_backend(&db).await);
-    // b's try must wait for the row lock, not time out.
+    // b's try must wait for the row lock, not time out (its lock_timeout
+    // is its check_timeout).
     let patient = ElectionConfig {
-        check_timeout: Duration::from_secs(10),
+        check_timeout: DEADLINE,
+        ..FAST
+    };
+    // a, once down, does not take the lock back before b.
+    let paused = ElectionConfig {
+        retry: PAUSED,
         ..FAST
     };
     let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
-    let a = Node::start(&a_backend, "a", FAST, &a_jobs);
+    let a = Node::start(&a_backend, "a", paused, &a_jobs);
     let mut a_leadership = a.leadership.clone();
     let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
 
@@ -713,4 +776,77 @@ async fn when_postgresql_goes_away_the_leader_steps_down_and_a_node_leads_again_
     assert!(!jobs.overlapped.load(Ordering::SeqCst));
     a.stop().await;
     b.stop().await;
+}
+
+/// Why parallel tests may all elect [`JOB`]: one node in each of two
+/// databases of the same cluster, both leading it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tests_in_other_databases_do_not_contend_for_the_same_job() {
+    let (one, two) = (database().await, database().await);
+    let (one_jobs, two_jobs) = (Jobs::default(), Jobs::default());
+    let a = Node::start(&node_backend(&one).await, "a", FAST, &one_jobs);
+    let b = Node::start(&node_backend(&two).await, "b", FAST, &two_jobs);
+    until("both to run the job", || async {
+        one_jobs.running() == 1 && two_jobs.running() == 1
+    })
+    .await;
+    assert_eq!(a.leadership.current().unwrap().term, 1);
+    assert_eq!(b.leadership.current().unwrap().term, 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The election session is opened with a `lock_timeout` (the election's
+/// `check_timeout`) and a `client_connection_check_interval`: read back on
+/// a session opened as the elector opens it. (Its TCP keepalives read as
+/// zero here, on a Unix socket.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_election_session_bounds_lock_waits_and_checks_for_a_dead_client() {
+    let db = database().await;
+    let backend = node_backend(&db).await;
+    let node = "a".parse().unwrap();
+    let timeout = Duration::from_millis(2500);
+    let session = Session::open(&backend.session, JOB, &node, timeout)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut shown = Vec::new();
+    for name in [
+        "lock_timeout",
+        "client_connection_check_interval",
+        "application_name",
+    ] {
+        let row = session
+            .client
+            .query_one(&format!("SHOW {name}"), &[])
+            .await
+            .unwrap();
+        shown.push((name, row.get::<_, String>(0)));
+    }
+    assert_eq!(
+        shown,
+        [
+            ("lock_timeout", "2500ms".to_owned()),
+            ("client_connection_check_interval", "1s".to_owned()),
+            ("application_name", "outrider leader retention a".to_owned()),
+        ]
+    );
+    session.close(DEADLINE).await;
+}
+
+/// With TLS the election session, like the pool, refuses a server that
+/// does not speak it: here the plain cluster's socket, where tokio-postgres'
+/// default `sslmode` would have gone on in plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_election_session_requires_tls_when_tls_is_configured() {
+    let db = database().await;
+    let settings = super::SessionSettings {
+        config: db.config.clone(),
+        tls: PgTls::with_ca_pem(None).unwrap(),
+    };
+    let node = "a".parse().unwrap();
+    match Session::open(&settings, JOB, &node, DEADLINE).await {
+        Ok(_) => panic!("connected in plain text"),
+        Err(StoreError::NoTls { .. }) => {}
+        Err(e) => panic!("{e}"),
+    }
 }
