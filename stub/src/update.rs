@@ -500,6 +500,14 @@ mod tests {
 
     /// An HTTP server on loopback that answers 404 to everything: a
     /// repository that has no newer root (and nothing else).
+    /// The updater a stub of `layout` starts with (its agent.toml, its
+    /// root).
+    fn updater_of(layout: &Layout) -> Updater {
+        let root = load_root(&layout.root_json).unwrap();
+        let config = StubConfig::load(&layout.agent_toml).unwrap();
+        Updater::new(&config, layout, root)
+    }
+
     fn empty_repository() -> String {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -542,9 +550,7 @@ mod tests {
     #[test]
     fn a_root_older_than_one_trusted_before_is_refused_for_updates() {
         let (_dir, layout) = prefix(1, u64::MAX / 2, "http://127.0.0.1:9");
-        let root = load_root(&layout.root_json).unwrap();
-        let config = StubConfig::load(&layout.agent_toml).unwrap();
-        let mut updater = Updater::new(&config, &layout, root);
+        let mut updater = updater_of(&layout);
         let mut state = StubState::default();
         state.trust_root_version(5);
         let err = updater.fetch_latest(&mut state).unwrap_err();
@@ -589,9 +595,7 @@ mod tests {
         let (_dir, layout) = prefix(1, u64::MAX / 2, &closed);
         // Without the file, the second check would go to other_closed.
         configure_extra_urls(&layout, &[&other_closed, &live]);
-        let root = load_root(&layout.root_json).unwrap();
-        let config = StubConfig::load(&layout.agent_toml).unwrap();
-        let mut updater = Updater::new(&config, &layout, root);
+        let mut updater = updater_of(&layout);
         let mut state = StubState::default();
         // server_url is down.
         let err = updater.fetch_latest(&mut state).unwrap_err();
@@ -620,9 +624,7 @@ mod tests {
         // The node the library last reached is gone.
         let file = layout.data_dir.join(LAST_SERVER_URL_FILE);
         std::fs::write(&file, format!("{closed}\n")).unwrap();
-        let root = load_root(&layout.root_json).unwrap();
-        let config = StubConfig::load(&layout.agent_toml).unwrap();
-        let mut updater = Updater::new(&config, &layout, root);
+        let mut updater = updater_of(&layout);
         let mut state = StubState::default();
         // (the error of each check in turn: the gone node, server_url, the
         // gone node again — it may be back —, server_url)
@@ -645,9 +647,7 @@ mod tests {
         let (_dir, layout) = prefix(1, u64::MAX / 2, &closed_url());
         let file = layout.data_dir.join(LAST_SERVER_URL_FILE);
         std::fs::write(&file, format!("{elsewhere}\n")).unwrap();
-        let root = load_root(&layout.root_json).unwrap();
-        let config = StubConfig::load(&layout.agent_toml).unwrap();
-        let mut updater = Updater::new(&config, &layout, root);
+        let mut updater = updater_of(&layout);
         let mut state = StubState::default();
         for _ in 0..2 {
             let err = updater.fetch_latest(&mut state).unwrap_err();
@@ -729,9 +729,7 @@ mod tests {
             format!("{toml}extra_server_urls = [\"{live}\"]\n"),
         )
         .unwrap();
-        let root = load_root(&layout.root_json).unwrap();
-        let config = StubConfig::load(&layout.agent_toml).unwrap();
-        let mut updater = Updater::new(&config, &layout, root);
+        let mut updater = updater_of(&layout);
         let mut state = StubState::default();
         let err = updater.fetch_latest(&mut state).unwrap_err();
         assert!(

@@ -37,6 +37,20 @@ async fn postgres() -> (Guard, Backend) {
     (None, Backend::Postgres(backend))
 }
 
+/// A private PostgreSQL cluster of its own serving TLS on loopback TCP
+/// with a fresh self-signed certificate for 127.0.0.1, and that
+/// certificate (PEM), the one CA a client should trust for it.
+pub(crate) fn tls_cluster() -> (outrider_pgtest::Cluster, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let cluster = outrider_pgtest::Cluster::start_tls(outrider_pgtest::TlsFiles {
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    })
+    .unwrap();
+    (cluster, cert_pem)
+}
+
 /// Instantiates each named generic test once per backend.
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
@@ -350,13 +364,7 @@ async fn postgres_nodes_starting_together_migrate_once() {
 /// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_over_tls_verifies_the_server() {
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
-    let cluster = outrider_pgtest::Cluster::start_tls(outrider_pgtest::TlsFiles {
-        cert_pem: &cert_pem,
-        key_pem: &key_pem,
-    })
-    .unwrap();
+    let (cluster, cert_pem) = tls_cluster();
     let db = cluster.database().await.unwrap();
     let trusted = PgTls::with_ca_pem(Some(&cert_pem)).unwrap();
     let backend = PgBackend::with_config(cluster.tcp_config(&db.name), trusted, 2)

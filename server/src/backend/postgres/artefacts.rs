@@ -110,6 +110,35 @@ pub fn chunk_spans(range: Range<u64>, chunk_bytes: u64) -> Vec<(u64, Range<usize
         .collect()
 }
 
+/// Bytes `part` of chunk `n` of the stored object `key`, read with `sql`
+/// (one `data` column, parameters key and chunk number). A chunk that is
+/// missing or shorter than `part` is `Malformed`, naming `what` (the
+/// object's rows are damaged: its header promised the chunk).
+pub(super) async fn fetch_chunk(
+    client: &deadpool_postgres::Client,
+    sql: &str,
+    what: &'static str,
+    key: &str,
+    n: u64,
+    part: Range<usize>,
+) -> Result<Bytes, StoreError> {
+    let missing = || StoreError::Malformed {
+        what,
+        value: format!("{key} has no chunk {n}"),
+    };
+    let stmt = client.prepare_cached(sql).await?;
+    let n32 = i32::try_from(n).map_err(|_| missing())?;
+    let row = client
+        .query_opt(&stmt, &[&key, &n32])
+        .await?
+        .ok_or_else(missing)?;
+    let data = Bytes::from(row.get::<_, Vec<u8>>(0));
+    if part.end > data.len() {
+        return Err(missing());
+    }
+    Ok(data.slice(part))
+}
+
 impl PgArtefacts {
     /// Artefacts in `backend`'s database (migrated by
     /// [`PgBackend::connect`]), within `caps`.
@@ -345,29 +374,16 @@ impl ArtefactStore for PgArtefacts {
             let sha = sha.clone();
             async move {
                 let client = backend.client().await.map_err(db)?;
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT data FROM release_blob_chunks WHERE sha256 = $1 AND chunk_no = $2",
-                    )
-                    .await
-                    .map_err(db)?;
-                let missing = || {
-                    db(StoreError::Malformed {
-                        what: "release blob",
-                        value: format!("{sha} has no chunk {n}"),
-                    })
-                };
-                let n32 = i32::try_from(n).map_err(|_| missing())?;
-                let row = client
-                    .query_opt(&stmt, &[&sha, &n32])
-                    .await
-                    .map_err(db)?
-                    .ok_or_else(missing)?;
-                let data = Bytes::from(row.get::<_, Vec<u8>>(0));
-                if part.end > data.len() {
-                    return Err(missing());
-                }
-                Ok(data.slice(part))
+                fetch_chunk(
+                    &client,
+                    "SELECT data FROM release_blob_chunks WHERE sha256 = $1 AND chunk_no = $2",
+                    "release blob",
+                    &sha,
+                    n,
+                    part,
+                )
+                .await
+                .map_err(db)
             }
         });
         Ok(Some(stream.boxed()))

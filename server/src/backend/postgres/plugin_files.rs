@@ -16,6 +16,7 @@ use futures_util::{Stream, StreamExt};
 use outrider_protocol::{MAX_PLUGIN_BYTES, PLUGIN_CHUNK_BYTES, is_sha256_hex};
 use sha2::{Digest, Sha256};
 
+use super::artefacts::fetch_chunk;
 use super::{PgBackend, chunk_spans};
 use crate::backend::{PluginFileStore, StoreError};
 use crate::plugins::UploadError;
@@ -168,28 +169,19 @@ impl PluginFileStore for PgPluginFiles {
             ));
         }
         let end = total.min(offset + PLUGIN_CHUNK_BYTES as u64);
-        let chunk = client
-            .prepare_cached(
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (n, part) in chunk_spans(offset..end, chunk_bytes) {
+            let data = fetch_chunk(
+                &client,
                 "SELECT data FROM plugin_file_chunks WHERE file_key = $1 AND chunk_no = $2",
+                "plugin file",
+                sha256,
+                n,
+                part,
             )
             .await
             .map_err(io_err)?;
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        for (n, part) in chunk_spans(offset..end, chunk_bytes) {
-            let missing = || {
-                io_err(StoreError::Malformed {
-                    what: "plugin file",
-                    value: format!("{sha256} has no chunk {n}"),
-                })
-            };
-            let n = i32::try_from(n).map_err(|_| missing())?;
-            let row = client
-                .query_opt(&chunk, &[&sha256, &n])
-                .await
-                .map_err(io_err)?
-                .ok_or_else(missing)?;
-            let data: &[u8] = row.get(0);
-            out.extend_from_slice(data.get(part).ok_or_else(missing)?);
+            out.extend_from_slice(&data);
         }
         Ok((out, total))
     }

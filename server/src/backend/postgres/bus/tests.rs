@@ -552,13 +552,7 @@ async fn requests_waiting_when_the_node_stops_fail_with_shutting_down() {
 /// bus works as over the socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bus_works_over_tls_with_its_listen_connection_encrypted() {
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
-    let cluster = outrider_pgtest::Cluster::start_tls(outrider_pgtest::TlsFiles {
-        cert_pem: &cert_pem,
-        key_pem: &key_pem,
-    })
-    .unwrap();
+    let (cluster, cert_pem) = crate::backend::tests::tls_cluster();
     let test_db = cluster.database().await.unwrap();
     let tls = PgTls::with_ca_pem(Some(&cert_pem)).unwrap();
     let config = cluster.tcp_config(&test_db.name);

@@ -699,13 +699,7 @@ async fn a_new_leaders_term_waits_for_the_old_leaders_fenced_write_in_flight() {
 /// encrypted like the pool's, names itself, and leads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_election_over_tls_holds_the_lock_on_an_encrypted_named_session() {
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
-    let cluster = outrider_pgtest::Cluster::start_tls(outrider_pgtest::TlsFiles {
-        cert_pem: &cert_pem,
-        key_pem: &key_pem,
-    })
-    .unwrap();
+    let (cluster, cert_pem) = crate::backend::tests::tls_cluster();
     let db = cluster.database().await.unwrap();
     let tls = PgTls::with_ca_pem(Some(&cert_pem)).unwrap();
     let backend = PgBackend::with_config(cluster.tcp_config(&db.name), tls, 1)
