@@ -15,6 +15,7 @@
 //! - one behaviour test suite per area, run against both backends (a real
 //!   SQLite file, a private PostgreSQL cluster from `outrider-pgtest`).
 
+pub mod agents;
 #[cfg(test)]
 mod artefact_tests;
 pub mod bus;
@@ -27,6 +28,7 @@ pub mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use agents::AgentStore;
 pub use error::StoreError;
 pub use plugin_files::PluginFileStore;
 pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
