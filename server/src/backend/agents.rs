@@ -34,7 +34,7 @@ use std::future::Future;
 use outrider_protocol::Fingerprint;
 use outrider_protocol::api::{AgentInfo, Presence};
 
-use super::StoreError;
+use super::{Backend, StoreError, dispatch};
 use crate::store::TokenGrant;
 
 /// What a verified `Hello` tells the store.
@@ -200,6 +200,65 @@ pub trait AgentStore {
     fn agents(&self) -> impl Future<Output = Result<Vec<AgentInfo>, StoreError>> + Send;
 }
 
+impl AgentStore for Backend {
+    async fn pinned_key(&self, agent: &Fingerprint) -> Result<Option<String>, StoreError> {
+        dispatch!(self, b => b.pinned_key(agent))
+    }
+
+    async fn register(
+        &self,
+        reg: Registration,
+        now_ms: i64,
+    ) -> Result<Option<Registered>, StoreError> {
+        dispatch!(self, b => b.register(reg, now_ms))
+    }
+
+    async fn remove_agent(&self, agent: &Fingerprint) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.remove_agent(agent))
+    }
+
+    async fn set_presence(
+        &self,
+        agent: &Fingerprint,
+        presence: Presence,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, b => b.set_presence(agent, presence, now_ms))
+    }
+
+    async fn set_server_tags(
+        &self,
+        agent: &Fingerprint,
+        tags: &[String],
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.set_server_tags(agent, tags))
+    }
+
+    async fn set_allow_adhoc(&self, agent: &Fingerprint, allow: bool) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.set_allow_adhoc(agent, allow))
+    }
+
+    async fn agent(&self, agent: &Fingerprint) -> Result<Option<AgentInfo>, StoreError> {
+        dispatch!(self, b => b.agent(agent))
+    }
+
+    async fn mark_connected_down(&self, now_ms: i64) -> Result<usize, StoreError> {
+        dispatch!(self, b => b.mark_connected_down(now_ms))
+    }
+
+    async fn agents(&self) -> Result<Vec<AgentInfo>, StoreError> {
+        dispatch!(self, b => b.agents())
+    }
+}
+
+/// A stored presence, checked.
+pub(crate) fn stored_presence(value: String) -> Result<Presence, StoreError> {
+    value.parse().map_err(|_| StoreError::Malformed {
+        what: "agent presence",
+        value,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,5 +361,17 @@ mod tests {
                 "{admission:?} {key} {stored:?}"
             );
         }
+    }
+
+    #[test]
+    fn stored_presences_are_checked() {
+        assert_eq!(stored_presence("down".into()).unwrap(), Presence::Down);
+        assert!(matches!(
+            stored_presence("gone".into()),
+            Err(StoreError::Malformed {
+                what: "agent presence",
+                ..
+            })
+        ));
     }
 }
