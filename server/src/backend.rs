@@ -15,6 +15,8 @@
 //! - one behaviour test suite per area, run against both backends (a real
 //!   SQLite file, a private PostgreSQL cluster from `outrider-pgtest`).
 
+#[cfg(test)]
+mod agent_tests;
 pub mod agents;
 #[cfg(test)]
 mod artefact_tests;
