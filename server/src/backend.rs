@@ -16,6 +16,9 @@
 //!   SQLite file, a private PostgreSQL cluster from `outrider-pgtest`).
 
 #[cfg(test)]
+mod agent_tests;
+pub mod agents;
+#[cfg(test)]
 mod artefact_tests;
 pub mod bus;
 pub mod error;
@@ -27,6 +30,7 @@ pub mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use agents::AgentStore;
 pub use error::StoreError;
 pub use plugin_files::PluginFileStore;
 pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};

@@ -169,11 +169,14 @@ struct Readers {
 impl Readers {
     /// An idle connection, or a new one when none is idle (the gate's
     /// permit the caller holds means fewer than [`READERS`] exist).
-    fn take(&self) -> anyhow::Result<Connection> {
+    fn take(&self) -> Result<Connection, ReaderError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match idle {
             Some(conn) => Ok(conn),
-            None => open_reader(&self.path),
+            None => open_reader(&self.path).map_err(|source| ReaderError {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
@@ -216,7 +219,10 @@ impl StatementCount {
 
 /// Column `idx` of `r`, stored as text, parsed into `T`: a malformed stored
 /// value is a conversion error naming the column, not a panic.
-fn parsed_column<T: std::str::FromStr>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
+pub(crate) fn parsed_column<T: std::str::FromStr>(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+) -> rusqlite::Result<T>
 where
     T::Err: std::fmt::Display,
 {
@@ -240,15 +246,23 @@ fn count_statement(_event: rusqlite::trace::TraceEvent<'_>) {
     });
 }
 
+/// A read-only connection to the store's file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("opening database {} for reading: {source}", path.display())]
+pub struct ReaderError {
+    path: PathBuf,
+    #[source]
+    source: rusqlite::Error,
+}
+
 /// Opens a read-only connection to the database at `path`, which the
 /// writer opened (and migrated) before. Fails when the file cannot be
 /// opened.
-fn open_reader(path: &Path) -> anyhow::Result<Connection> {
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("opening database {} for reading", path.display()))?;
+    )?;
     // Belt and braces: even a statement that would write is refused.
     conn.pragma_update(None, "query_only", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -329,6 +343,23 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&Connection) -> anyhow::Result<R> + Send + 'static,
     {
+        self.with_reader(f)
+            .await
+            .map_err(|e| anyhow!("store task failed: {e}"))?
+    }
+
+    /// [`Store::read`] for the store backends (`crate::backend::sqlite`),
+    /// whose errors are typed: `f`'s error, or the failure to open a read
+    /// connection, comes back as `E`, a panic in `f` as the `JoinError`.
+    pub(crate) async fn with_reader<R, E, F>(
+        &self,
+        f: F,
+    ) -> Result<Result<R, E>, tokio::task::JoinError>
+    where
+        R: Send + 'static,
+        E: From<ReaderError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+    {
         // The semaphore is never closed, so acquiring cannot fail.
         let permit = self.readers.gate.clone().acquire_owned().await;
         let readers = self.readers.clone();
@@ -345,7 +376,6 @@ impl Store {
             result
         })
         .await
-        .map_err(|e| anyhow!("store task failed: {e}"))?
     }
 }
 

@@ -7,6 +7,9 @@ pub enum StoreError {
     /// SQLite refused or failed a statement.
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A read-only connection to the SQLite file could not be opened.
+    #[error("SQLite: {0}")]
+    SqliteReader(#[from] crate::store::ReaderError),
     /// PostgreSQL refused or failed a statement, or the connection broke.
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] tokio_postgres::Error),

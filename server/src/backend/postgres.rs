@@ -15,8 +15,12 @@
 //! Concurrency of the presence area is written into the statements (see
 //! `postgres/presence.rs`): every rule is one statement whose `WHERE`
 //! PostgreSQL re-checks on the row's newest version after waiting for its
-//! lock (READ COMMITTED), so two nodes never both win.
+//! lock (READ COMMITTED), so two nodes never both win. A registration
+//! (`postgres/agents.rs`) takes its agent's row lock with its first
+//! statement and keeps it to commit, so registrations of one agent run one
+//! after the other, as on SQLite's single writer.
 
+mod agents;
 mod artefacts;
 pub mod bus;
 mod leader;
@@ -63,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "bus",
         sql: include_str!("postgres/migrations/0004_bus.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "agents",
+        sql: include_str!("postgres/migrations/0005_agents.sql"),
     },
 ];
 

@@ -4,12 +4,14 @@
 //! It wraps the [`Store`] the server runs on and goes through the same
 //! single writer connection (`Store::with_writer`), so one process has
 //! one writer, whichever interface a call comes through. Its tables are
-//! created with the store's own schema (server/src/store/presence.sql, at
-//! every open, beside the others, without a schema version bump: see
-//! `SCHEMA_VERSION` in server/src/store.rs). SQLite has one writer at a
-//! time, so each method reads, decides with the pure rules of its area
-//! and writes in one immediate transaction.
+//! created with the store's own schema (server/src/store/schema.sql;
+//! server/src/store/presence.sql at every open, beside the others, without
+//! a schema version bump: see `SCHEMA_VERSION` in server/src/store.rs).
+//! SQLite has one writer at a time, so each method reads, decides with the
+//! pure rules of its area and writes in one immediate transaction; reads
+//! that change nothing go through the store's read-only connections.
 
+mod agents;
 mod presence;
 
 use crate::store::Store;
@@ -43,5 +45,15 @@ impl SqliteBackend {
                 Ok(out)
             })
             .await?
+    }
+
+    /// Runs `f` on one of the store's read-only connections: it sees the
+    /// last committed state and never waits for the writer.
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        self.store.with_reader(f).await?
     }
 }
