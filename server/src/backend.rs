@@ -29,12 +29,14 @@ pub mod presence;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+pub mod tokens;
 
 pub use agents::AgentStore;
 pub use error::StoreError;
 pub use plugin_files::PluginFileStore;
 pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
 pub use sqlite::SqliteBackend;
+pub use tokens::TokenStore;
 
 /// The store backend the server runs on; cheap to clone.
 #[derive(Clone, Debug)]

@@ -18,7 +18,8 @@
 //! lock (READ COMMITTED), so two nodes never both win. A registration
 //! (`postgres/agents.rs`) takes its agent's row lock with its first
 //! statement and keeps it to commit, so registrations of one agent run one
-//! after the other, as on SQLite's single writer.
+//! after the other, as on SQLite's single writer; so does a consumption of
+//! an enrollment token (`postgres/tokens.rs`) with its token's row.
 
 mod agents;
 mod artefacts;
@@ -26,6 +27,7 @@ pub mod bus;
 mod leader;
 mod plugin_files;
 mod presence;
+mod tokens;
 
 pub use artefacts::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, PgArtefacts, chunk_spans};
 pub use plugin_files::PgPluginFiles;
@@ -72,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 5,
         name: "agents",
         sql: include_str!("postgres/migrations/0005_agents.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "tokens",
+        sql: include_str!("postgres/migrations/0006_tokens.sql"),
     },
 ];
 

@@ -13,6 +13,7 @@
 
 mod agents;
 mod presence;
+mod tokens;
 
 use crate::store::Store;
 
