@@ -29,6 +29,8 @@ pub mod presence;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod token_tests;
 pub mod tokens;
 
 pub use agents::AgentStore;

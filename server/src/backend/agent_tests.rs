@@ -686,7 +686,7 @@ async fn postgres_a_registration_waits_for_the_agents_row_and_decides_on_its_new
 /// Waits until a session of the test's database waits for a lock (the
 /// registration under test queued behind the held row), polling
 /// `pg_stat_activity`; fails after 30 s.
-async fn wait_for_a_lock_wait(config: &tokio_postgres::Config) {
+pub(super) async fn wait_for_a_lock_wait(config: &tokio_postgres::Config) {
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
     let driver = tokio::spawn(connection);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);

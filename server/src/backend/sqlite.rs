@@ -31,6 +31,12 @@ impl SqliteBackend {
         SqliteBackend { store }
     }
 
+    /// The store this backend runs on (tests read its tables directly).
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Runs `f` in an immediate transaction on the writer connection,
     /// committed when `f` succeeds.
     async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
