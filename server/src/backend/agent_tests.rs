@@ -684,7 +684,8 @@ async fn postgres_a_registration_waits_for_the_agents_row_and_decides_on_its_new
 }
 
 /// Waits until a session of the test's database waits for a lock (the
-/// registration under test queued behind the held row), polling
+/// call under test, a registration here or a token's consumption in
+/// `backend/token_tests.rs`, queued behind the held row), polling
 /// `pg_stat_activity`; fails after 30 s.
 pub(super) async fn wait_for_a_lock_wait(config: &tokio_postgres::Config) {
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
@@ -705,7 +706,7 @@ pub(super) async fn wait_for_a_lock_wait(config: &tokio_postgres::Config) {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no registration waited for the row lock"
+            "no call waited for the row lock"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }

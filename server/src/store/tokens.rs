@@ -12,6 +12,7 @@
 //! tests) are unchanged, and the statements exist once, behind the trait
 //! both backends implement.
 
+use anyhow::Context;
 use outrider_protocol::api::{CreatedEnrollmentToken, EnrollmentTokenInfo, NewEnrollmentToken};
 
 use crate::backend::SqliteBackend;
@@ -36,10 +37,10 @@ impl Store {
     ) -> anyhow::Result<CreatedEnrollmentToken> {
         let minted =
             MintedToken::generate().map_err(|e| anyhow::anyhow!("reading OS randomness: {e}"))?;
-        Ok(self
-            .tokens_area()
+        self.tokens_area()
             .create_enrollment_token(minted, req, now_ms())
-            .await?)
+            .await
+            .context("storing the enrollment token")
     }
 
     /// Records the server's own token as the row [`BOOTSTRAP_TOKEN_ID`]
@@ -50,10 +51,10 @@ impl Store {
         &self,
         token: BootstrapToken,
     ) -> anyhow::Result<EnrollmentTokenInfo> {
-        Ok(self
-            .tokens_area()
+        self.tokens_area()
             .ensure_bootstrap_token(token, now_ms())
-            .await?)
+            .await
+            .context("recording the bootstrap enrollment token")
     }
 
     /// Every token, newest first.
