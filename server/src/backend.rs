@@ -32,6 +32,9 @@ pub mod presence;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod update_event_tests;
+pub mod update_events;
 
 pub use agents::AgentStore;
 pub use error::StoreError;
@@ -39,6 +42,7 @@ pub use logins::LoginStore;
 pub use plugin_files::PluginFileStore;
 pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
 pub use sqlite::SqliteBackend;
+pub use update_events::UpdateEventStore;
 
 /// The store backend the server runs on; cheap to clone.
 #[derive(Clone, Debug)]

@@ -27,6 +27,7 @@ mod leader;
 mod logins;
 mod plugin_files;
 mod presence;
+pub(crate) mod update_events;
 
 pub use artefacts::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, PgArtefacts, chunk_spans};
 pub use plugin_files::PgPluginFiles;
@@ -80,6 +81,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 7,
         name: "logins",
         sql: include_str!("postgres/migrations/0007_logins.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "update_events",
+        sql: include_str!("postgres/migrations/0008_update_events.sql"),
     },
 ];
 

@@ -14,6 +14,7 @@
 mod agents;
 mod logins;
 mod presence;
+pub(crate) mod update_events;
 
 use crate::store::Store;
 
