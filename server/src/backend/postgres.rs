@@ -102,7 +102,7 @@ pub enum PgTls {
     Disable,
     /// TLS with this rustls configuration (its roots decide which server
     /// certificates are trusted), required: every connection made with it
-    /// has `sslmode` `require` ([`PgTls::enforce`]).
+    /// has `sslmode` `require` (`PgTls::enforce`).
     Rustls(Arc<rustls::ClientConfig>),
 }
 
@@ -199,7 +199,7 @@ impl PgBackend {
     }
 
     /// [`PgBackend::connect`] with parsed settings. With TLS, its
-    /// connections require TLS whatever `sslmode` said ([`PgTls::enforce`]):
+    /// connections require TLS whatever `sslmode` said (`PgTls::enforce`):
     /// a server without TLS is refused.
     pub async fn with_config(
         config: tokio_postgres::Config,

@@ -24,7 +24,7 @@
 //!    say the URL or credentials are wrong (401, 403, 404, 405, 407, 3xx)
 //!    are retried too, unlike the spec says ([`wire::decide`]): the queue
 //!    waits for the fix instead of being emptied, and the sender logs the
-//!    status when it appears, changes or clears ([`ConfigAlarm`]).
+//!    status when it appears, changes or clears (`ConfigAlarm`).
 //!
 //! Shutdown: [`run`]'s token is cancelled by the server's start (`lib.rs`)
 //! only after the agent sessions closed, since a session commits results
