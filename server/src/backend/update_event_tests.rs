@@ -320,3 +320,79 @@ async fn concurrent_writers_on_two_nodes_keep_the_bounds_of_one_agent(a: Backend
     expected.sort();
     assert_eq!(failing_versions(&b, "dev").await, expected);
 }
+
+/// PostgreSQL, step by step: node A's ingest transaction has stored a
+/// full agent's worth of events and not committed; node B records one
+/// more event of that agent. B waits for A's lock of the agent, then
+/// prunes counting A's events: the newest `KEEP_PER_AGENT` are kept.
+/// Without the lock B would count only its own row, prune nothing, and
+/// one event too many would be left after A's commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_agents_event_writes_take_turns_so_the_bound_counts_the_others() {
+    let db = outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap();
+    let node = || async {
+        PgBackend::with_config(db.config.clone(), PgTls::Disable, 2)
+            .await
+            .unwrap()
+    };
+    let (a, b) = (node().await, node().await);
+    let mut client = a.client().await.unwrap();
+    let ingest = client.transaction().await.unwrap();
+    let kept = KEEP_PER_AGENT as u64;
+    for i in 1..=kept {
+        let e = event(i, "installed", i, "", T0);
+        assert!(
+            super::postgres::update_events::insert(&ingest, fp(1).as_str(), &e, T0)
+                .await
+                .unwrap()
+        );
+    }
+    let waiting = {
+        let b = Backend::Postgres(b.clone());
+        tokio::spawn(async move {
+            b.record_update_event(&fp(1), &event(kept + 1, "installed", 0, "", T0), T0)
+                .await
+        })
+    };
+    wait_for_an_advisory_lock_wait(&db.config).await;
+    ingest.commit().await.unwrap();
+    assert!(waiting.await.unwrap().unwrap());
+    assert_eq!(
+        ids(&Backend::Postgres(b).update_events(&fp(1)).await.unwrap()),
+        (2..=kept + 1).rev().collect::<Vec<_>>()
+    );
+}
+
+/// Waits until a session of the test's database waits for an advisory
+/// lock, polling `pg_stat_activity`; fails after 30 s.
+async fn wait_for_an_advisory_lock_wait(config: &tokio_postgres::Config) {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND wait_event = 'advisory'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event write waited for the agent's lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(client);
+    driver.await.unwrap().unwrap();
+}

@@ -7,7 +7,11 @@
 //! transactions inserting events of one agent at once (the agent's old
 //! session still ingesting on node A while its new one does on node B)
 //! would each count the committed rows plus only their own insert, so
-//! both could keep one too many. So [`insert`] first takes a
+//! both could keep one too many, and their prunes, deleting overlapping
+//! rows in different orders, deadlock (observed: without the lock the
+//! suite's concurrent test fails with "deadlock detected"; the step test
+//! `postgres_one_agents_event_writes_take_turns_so_the_bound_counts_the_others`
+//! shows the bound). So [`insert`] first takes a
 //! transaction-scoped advisory lock of the agent (the two-key form, class
 //! [`EVENTS_LOCK`] and the hash of its fingerprint; the one-key locks of
 //! migrations and elections are another key space): one agent's inserts
