@@ -23,6 +23,9 @@ mod artefact_tests;
 pub mod bus;
 pub mod error;
 pub mod leader;
+#[cfg(test)]
+mod login_tests;
+pub mod logins;
 pub mod plugin_files;
 pub mod postgres;
 pub mod presence;
@@ -32,13 +35,17 @@ mod tests;
 #[cfg(test)]
 mod token_tests;
 pub mod tokens;
+mod update_event_tests;
+pub mod update_events;
 
 pub use agents::AgentStore;
 pub use error::StoreError;
+pub use logins::LoginStore;
 pub use plugin_files::PluginFileStore;
 pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
 pub use sqlite::SqliteBackend;
 pub use tokens::TokenStore;
+pub use update_events::UpdateEventStore;
 
 /// The store backend the server runs on; cheap to clone.
 #[derive(Clone, Debug)]

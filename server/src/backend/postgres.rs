@@ -25,9 +25,11 @@ mod agents;
 mod artefacts;
 pub mod bus;
 mod leader;
+mod logins;
 mod plugin_files;
 mod presence;
 mod tokens;
+pub(crate) mod update_events;
 
 pub use artefacts::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, PgArtefacts, chunk_spans};
 pub use plugin_files::PgPluginFiles;
@@ -79,6 +81,16 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "tokens",
         sql: include_str!("postgres/migrations/0006_tokens.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "logins",
+        sql: include_str!("postgres/migrations/0007_logins.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "update_events",
+        sql: include_str!("postgres/migrations/0008_update_events.sql"),
     },
 ];
 
@@ -331,9 +343,11 @@ mod tests {
 
     #[test]
     fn migration_files_are_numbered_from_one_without_gaps() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version, i as i64 + 1, "{}", m.name);
+        let mut expected = 1;
+        for m in MIGRATIONS {
+            assert_eq!(m.version, expected, "{}", m.name);
             assert!(!m.sql.trim().is_empty(), "{}", m.name);
+            expected += 1;
         }
     }
 }

@@ -12,8 +12,10 @@
 //! that change nothing go through the store's read-only connections.
 
 mod agents;
+mod logins;
 mod presence;
 mod tokens;
+pub(crate) mod update_events;
 
 use crate::store::Store;
 
