@@ -343,11 +343,9 @@ mod tests {
 
     #[test]
     fn migration_files_are_numbered_from_one_without_gaps() {
-        let mut expected = 1;
-        for m in MIGRATIONS {
+        for (m, expected) in MIGRATIONS.iter().zip(1..) {
             assert_eq!(m.version, expected, "{}", m.name);
             assert!(!m.sql.trim().is_empty(), "{}", m.name);
-            expected += 1;
         }
     }
 }
