@@ -481,3 +481,75 @@ async fn postgres_a_computation_waits_for_the_agents_row_then_reads_the_newest_d
     drop(other);
     driver.await.unwrap().unwrap();
 }
+
+/// PostgreSQL, step by step: a check naming a plugin and the plugin's
+/// deletion meet on the plugin's row. A check stored while another node's
+/// deletion holds the row waits and then finds no plugin; a deletion
+/// while another node's check holds the row (shared) waits and then finds
+/// that check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_check_and_its_plugins_deletion_wait_for_each_other_on_the_plugins_row() {
+    let db = outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap();
+    let node = Backend::Postgres(
+        PgBackend::with_config(db.config.clone(), PgTls::Disable, 2)
+            .await
+            .unwrap(),
+    );
+    let sha = "ee".repeat(32);
+    node.put_plugin("gone", &sha, 1, T0).await.unwrap();
+    node.put_plugin("kept", &sha, 1, T0).await.unwrap();
+    let (mut other, connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+
+    // Another node's deletion of `gone`, uncommitted.
+    let deletion = other.transaction().await.unwrap();
+    deletion
+        .execute("DELETE FROM plugins WHERE name = 'gone'", &[])
+        .await
+        .unwrap();
+    let put = {
+        let node = node.clone();
+        let mut uses = check("uses-gone", 10, &[]);
+        uses.command = tags(&["plugin:gone"]);
+        tokio::spawn(async move { node.put_check(uses, T0).await })
+    };
+    super::agent_tests::wait_for_a_lock_wait(&db.config).await;
+    deletion.commit().await.unwrap();
+    assert_eq!(
+        put.await.unwrap().unwrap(),
+        PutCheck::UnknownPlugin("gone".into())
+    );
+    assert!(node.checks().await.unwrap().is_empty());
+
+    // Another node's check naming `kept`, uncommitted, holding the
+    // plugin's row as `put_check` does.
+    let naming = other.transaction().await.unwrap();
+    naming
+        .execute("SELECT 1 FROM plugins WHERE name = 'kept' FOR SHARE", &[])
+        .await
+        .unwrap();
+    naming
+        .execute(
+            "INSERT INTO checks (name, command, interval_secs, timeout_secs, updated_at_ms)
+             VALUES ('uses-kept', '{plugin:kept}', 10, 5, 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let delete = {
+        let node = node.clone();
+        tokio::spawn(async move { node.delete_plugin("kept").await })
+    };
+    super::agent_tests::wait_for_a_lock_wait(&db.config).await;
+    naming.commit().await.unwrap();
+    assert_eq!(
+        delete.await.unwrap().unwrap(),
+        DeletePlugin::InUse(vec!["uses-kept".into()])
+    );
+    drop(other);
+    driver.await.unwrap().unwrap();
+}
