@@ -21,6 +21,12 @@ pub mod agents;
 #[cfg(test)]
 mod artefact_tests;
 pub mod bus;
+#[cfg(test)]
+mod check_tests;
+pub mod checks;
+#[cfg(test)]
+mod collector_tests;
+pub mod collectors;
 pub mod error;
 pub mod leader;
 #[cfg(test)]
@@ -40,6 +46,8 @@ mod update_event_tests;
 pub mod update_events;
 
 pub use agents::AgentStore;
+pub use checks::CheckStore;
+pub use collectors::CollectorStore;
 pub use error::StoreError;
 pub use logins::LoginStore;
 pub use plugin_files::PluginFileStore;

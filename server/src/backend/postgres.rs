@@ -19,11 +19,16 @@
 //! (`postgres/agents.rs`) takes its agent's row lock with its first
 //! statement and keeps it to commit, so registrations of one agent run one
 //! after the other, as on SQLite's single writer; so does a consumption of
-//! an enrollment token (`postgres/tokens.rs`) with its token's row.
+//! an enrollment token (`postgres/tokens.rs`) with its token's row. A
+//! computation of config documents (`postgres/checks.rs`) locks the
+//! agents' rows before it reads the definitions, so versions only grow
+//! and the last computation uses the newest definitions.
 
 mod agents;
 mod artefacts;
 pub mod bus;
+mod checks;
+mod collectors;
 mod leader;
 mod logins;
 mod plugin_files;
@@ -91,6 +96,16 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 8,
         name: "update_events",
         sql: include_str!("postgres/migrations/0008_update_events.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "checks",
+        sql: include_str!("postgres/migrations/0009_checks.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "collectors",
+        sql: include_str!("postgres/migrations/0010_collectors.sql"),
     },
 ];
 

@@ -12,6 +12,8 @@
 //! that change nothing go through the store's read-only connections.
 
 mod agents;
+mod checks;
+mod collectors;
 mod logins;
 mod presence;
 mod tokens;
