@@ -35,6 +35,7 @@ mod tests;
 #[cfg(test)]
 mod token_tests;
 pub mod tokens;
+#[cfg(test)]
 mod update_event_tests;
 pub mod update_events;
 
