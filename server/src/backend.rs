@@ -18,6 +18,7 @@
 #[cfg(test)]
 mod agent_tests;
 pub mod agents;
+pub mod alerts;
 #[cfg(test)]
 mod artefact_tests;
 pub mod bus;
@@ -40,6 +41,7 @@ mod update_event_tests;
 pub mod update_events;
 
 pub use agents::AgentStore;
+pub use alerts::AlertStore;
 pub use error::StoreError;
 pub use logins::LoginStore;
 pub use plugin_files::PluginFileStore;
