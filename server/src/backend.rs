@@ -18,6 +18,8 @@
 #[cfg(test)]
 mod agent_tests;
 pub mod agents;
+#[cfg(test)]
+mod alert_tests;
 pub mod alerts;
 #[cfg(test)]
 mod artefact_tests;
