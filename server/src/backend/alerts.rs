@@ -122,7 +122,7 @@ pub(crate) fn stored_notifications(
     text: &str,
 ) -> Result<Vec<outrider_alerting::Notification>, StoreError> {
     serde_json::from_str(text).map_err(|_| StoreError::Malformed {
-        what: "outbox notifications",
+        what: "notification list of an outbox row",
         value: text.chars().take(200).collect(),
     })
 }
@@ -270,7 +270,7 @@ mod tests {
         assert!(matches!(
             stored_notifications("{"),
             Err(StoreError::Malformed {
-                what: "outbox notifications",
+                what: "notification list of an outbox row",
                 ..
             })
         ));
