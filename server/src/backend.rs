@@ -19,6 +19,9 @@
 mod agent_tests;
 pub mod agents;
 #[cfg(test)]
+mod alert_tests;
+pub mod alerts;
+#[cfg(test)]
 mod artefact_tests;
 pub mod bus;
 #[cfg(test)]
@@ -46,6 +49,7 @@ mod update_event_tests;
 pub mod update_events;
 
 pub use agents::AgentStore;
+pub use alerts::AlertStore;
 pub use checks::CheckStore;
 pub use collectors::CollectorStore;
 pub use error::StoreError;

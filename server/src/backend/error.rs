@@ -60,6 +60,13 @@ pub enum StoreError {
         term: i64,
         current: Option<i64>,
     },
+    /// A write fenced by a leader term carried a term of job `got` where
+    /// one of `expected` belongs: a bug of the caller; nothing was written.
+    #[error("a write for {expected} carried a leader term of {got}; nothing written")]
+    ForeignTerm {
+        expected: &'static str,
+        got: &'static str,
+    },
     /// `what` did not finish within `after`.
     #[error("{what} timed out after {after:?}")]
     Timeout {

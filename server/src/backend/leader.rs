@@ -111,6 +111,9 @@ pub struct LeaderTerm {
     pub term: i64,
 }
 
+/// The term under which SQLite, one node, leads every job.
+pub const SQLITE_TERM: i64 = 1;
+
 /// Whether a write fenced by term `mine` may go ahead when the job's
 /// newest term is `current` (`None`: never acquired). Only the newest
 /// term's holder may write: a paused old leader is refused once anyone
@@ -377,7 +380,11 @@ impl Backend {
     pub fn elect(&self, job: Job, node: NodeId, config: ElectionConfig) -> Elector {
         match self {
             Backend::Sqlite(_) => Elector::new(
-                Leadership::fixed(Some(LeaderTerm { job, node, term: 1 })),
+                Leadership::fixed(Some(LeaderTerm {
+                    job,
+                    node,
+                    term: SQLITE_TERM,
+                })),
                 CancellationToken::new(),
                 None,
             ),

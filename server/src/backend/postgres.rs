@@ -25,6 +25,7 @@
 //! and the last computation uses the newest definitions.
 
 mod agents;
+mod alerts;
 mod artefacts;
 pub mod bus;
 mod checks;
@@ -106,6 +107,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 10,
         name: "collectors",
         sql: include_str!("postgres/migrations/0010_collectors.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "alerts",
+        sql: include_str!("postgres/migrations/0011_alerts.sql"),
     },
 ];
 

@@ -12,6 +12,7 @@
 //! that change nothing go through the store's read-only connections.
 
 mod agents;
+mod alerts;
 mod checks;
 mod collectors;
 mod logins;

@@ -1,46 +1,47 @@
-//! The alert engine's persisted state (`alerts.sql`) and its decisions, the
-//! rows of `alert_outbox` (`alert_outbox.sql`, the contract with the
-//! notifier).
+//! The alert engine's persisted state and its outbox, on the server's
+//! SQLite store.
+//!
+//! The area's interface, rules and types are `crate::backend::alerts`
+//! ([`AlertStore`]); its SQLite statements live in
+//! server/src/backend/sqlite/alerts.rs, its PostgreSQL ones in
+//! server/src/backend/postgres/alerts.rs.
 //!
 //! Invariant: [`Store::save_alerts`] writes the engine state and the outbox
 //! rows decided before it in one transaction. A crash then neither loses a
 //! decision (the state is never ahead of the outbox) nor makes it twice: a
 //! row already stored (same `batch_key`) is ignored.
+//!
+//! The `Store` methods below are kept, each a call of the trait on
+//! [`SqliteBackend`] over this same store, with the clock read here and
+//! the save made under the one term SQLite leads alert evaluation under
+//! (`backend/leader.rs`), as server/src/store/agents.rs does: the callers
+//! (the alert driver, the API, the dashboard) are unchanged.
 
 use anyhow::Context;
 use outrider_alerting::api::HistoryEntry;
-use rusqlite::{OptionalExtension, params};
 
-use super::{Store, effective_tags, json_tags, now_ms};
+use crate::backend::SqliteBackend;
+use crate::backend::alerts::AlertStore;
+pub use crate::backend::alerts::{MAX_OUTBOX_PAGE, OutboxBatch};
+use crate::backend::leader::{Job, LeaderTerm, SQLITE_TERM};
 
-/// Most outbox rows [`Store::alert_outbox`] returns.
-pub const MAX_OUTBOX_PAGE: u32 = 1000;
+use super::{Store, now_ms};
 
-/// One `alerting::Action::Notify` as the driver hands it to the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboxBatch {
-    /// `<incident_key>#<seq>` of every notification, sorted, joined by ' '.
-    pub batch_key: String,
-    /// `agent/<fingerprint>` or `site/<tag>`.
-    pub group_key: String,
-    /// The worst status among the notifications, lowercase.
-    pub severity: String,
-    /// JSON array of `alerting::Notification`.
-    pub notifications: String,
-}
+/// The node name of SQLite's one node in its alert evaluation term.
+const SQLITE_NODE: &str = "local";
 
 impl Store {
+    /// The alerts area of this store behind its trait.
+    fn alerts_area(&self) -> SqliteBackend {
+        SqliteBackend::new(self.clone())
+    }
+
     /// The engine state stored by the latest [`Store::save_alerts`].
     pub async fn alert_state(&self) -> anyhow::Result<Option<String>> {
-        self.call(|c| {
-            Ok(
-                c.query_row("SELECT state FROM alert_state WHERE id = 1", [], |r| {
-                    r.get(0)
-                })
-                .optional()?,
-            )
-        })
-        .await
+        self.alerts_area()
+            .alert_state()
+            .await
+            .context("reading the alerting state")
     }
 
     /// Stores the engine `state` (JSON) and `batches` in one transaction.
@@ -53,94 +54,24 @@ impl Store {
         state: String,
         batches: Vec<OutboxBatch>,
     ) -> anyhow::Result<usize> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let now = now_ms();
-            let mut inserted = 0;
-            {
-                let mut tags_of = tx.prepare_cached(
-                    "SELECT hello_tags, server_tags FROM agents WHERE fingerprint = ?1",
-                )?;
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO alert_outbox
-                         (batch_key, group_key, tags, severity, notifications, created_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                for b in &batches {
-                    let tags = match b.group_key.split_once('/') {
-                        Some(("site", tag)) => vec![tag.to_owned()],
-                        Some(("agent", fp)) => tags_of
-                            .query_row([fp], |r| Ok((r.get(0)?, r.get(1)?)))
-                            .optional()?
-                            .map(|(hello, server): (String, String)| {
-                                effective_tags(&json_tags(hello), &json_tags(server))
-                            })
-                            .unwrap_or_default(),
-                        _ => Vec::new(),
-                    };
-                    inserted += insert.execute(params![
-                        b.batch_key,
-                        b.group_key,
-                        serde_json::to_string(&tags)?,
-                        b.severity,
-                        b.notifications,
-                        now
-                    ])?;
-                }
-            }
-            tx.execute(
-                "INSERT INTO alert_state (id, state, saved_at_ms) VALUES (1, ?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state,
-                                                saved_at_ms = excluded.saved_at_ms",
-                params![state, now],
-            )?;
-            tx.commit()?;
-            Ok(inserted)
-        })
-        .await
+        let term = LeaderTerm {
+            job: Job::AlertEvaluation,
+            node: SQLITE_NODE.parse().expect("a valid node id"),
+            term: SQLITE_TERM,
+        };
+        self.alerts_area()
+            .save_alerts(&term, state, batches, now_ms())
+            .await
+            .context("storing the alerting state and outbox")
     }
 
     /// The newest `limit` outbox rows (at most [`MAX_OUTBOX_PAGE`]), newest
     /// first.
     pub async fn alert_outbox(&self, limit: u32) -> anyhow::Result<Vec<HistoryEntry>> {
-        let limit = limit.min(MAX_OUTBOX_PAGE);
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, batch_key, group_key, tags, severity, notifications, created_at_ms,
-                        routed_at_ms
-                 FROM alert_outbox ORDER BY id DESC LIMIT ?1",
-            )?;
-            let rows = stmt.query_map([limit], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Option<i64>>(7)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, batch_key, group_key, tags, severity, notifications, created, routed) =
-                    row?;
-                out.push(HistoryEntry {
-                    id,
-                    batch_key,
-                    group_key,
-                    tags: json_tags(tags),
-                    severity,
-                    notifications: serde_json::from_str(&notifications)
-                        .context("stored notifications are not readable")?,
-                    created_at_ms: created,
-                    routed_at_ms: routed,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.alerts_area()
+            .alert_outbox(limit)
+            .await
+            .context("reading the alert outbox")
     }
 }
 
