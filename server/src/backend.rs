@@ -45,6 +45,8 @@ mod tests;
 mod token_tests;
 pub mod tokens;
 #[cfg(test)]
+mod two_nodes;
+#[cfg(test)]
 mod update_event_tests;
 pub mod update_events;
 

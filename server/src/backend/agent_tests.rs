@@ -1,6 +1,6 @@
 //! The behaviour suite of the agents area ([`AgentStore`],
 //! `backend/agents.rs`): every test is one generic function given two
-//! "nodes" on one shared store, and [`suite!`] runs each against SQLite
+//! "nodes" on one shared store, and `two_node_suite!` (`two_nodes.rs`) runs each against SQLite
 //! (one store on a real file in a temporary directory: one node, so both
 //! handles are that node's, as the server has one writer) and PostgreSQL
 //! (two [`PgBackend`]s with their own pools on one fresh database of the
@@ -13,64 +13,11 @@ use outrider_protocol::Fingerprint;
 use outrider_protocol::api::{AgentInfo, Presence};
 
 use super::agents::{Admission, AgentStore, Registered, Registration};
-use super::{Backend, PgBackend, PgTls, SqliteBackend};
+use super::two_nodes::two_node_suite;
+use super::{Backend, PgBackend, PgTls};
 use crate::store::TokenGrant;
 
-/// What keeps a backend's storage alive for one test.
-type Guard = Option<tempfile::TempDir>;
-
-async fn sqlite() -> (Guard, Backend, Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(&dir.path().join("test.db"))
-        .await
-        .unwrap();
-    let node = Backend::Sqlite(SqliteBackend::new(store));
-    (Some(dir), node.clone(), node)
-}
-
-async fn postgres() -> (Guard, Backend, Backend) {
-    let db = outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap();
-    let node = || async {
-        Backend::Postgres(
-            PgBackend::with_config(db.config.clone(), PgTls::Disable, 4)
-                .await
-                .unwrap(),
-        )
-    };
-    let a = node().await;
-    let b = node().await;
-    (None, a, b)
-}
-
-/// Instantiates each named generic test once per backend.
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::sqlite().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::postgres().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+two_node_suite!(
     a_first_enrollment_pins_the_key_and_stores_the_hello,
     a_pinned_registration_updates_the_row_and_keeps_the_connected_since,
     a_registration_with_another_key_or_after_removal_is_refused_and_writes_nothing,

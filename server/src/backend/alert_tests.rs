@@ -1,7 +1,7 @@
 //! The behaviour suite of the alerts area ([`AlertStore`],
 //! `backend/alerts.rs`), built like `backend/agent_tests.rs`: every test is
 //! one generic function given two "nodes" on one shared store, and
-//! [`suite!`] runs each against SQLite (one store on a real file: one node,
+//! `two_node_suite!` (`two_nodes.rs`) runs each against SQLite (one store on a real file: one node,
 //! so both handles are that node's) and PostgreSQL (two [`PgBackend`]s
 //! with their own pools on one fresh database of the test binary's private
 //! cluster, `outrider-pgtest`, as two server processes would be). Saves
@@ -17,64 +17,11 @@ use outrider_protocol::Fingerprint;
 use super::agents::{Admission, AgentStore, Registration};
 use super::alerts::{AlertStore, MAX_OUTBOX_PAGE, OutboxBatch};
 use super::leader::{ElectionConfig, Job, LeaderTerm};
-use super::{Backend, PgBackend, PgTls, SqliteBackend, StoreError};
+use super::two_nodes::two_node_suite;
+use super::{Backend, StoreError};
 use crate::store::TokenGrant;
 
-/// What keeps a backend's storage alive for one test.
-type Guard = Option<tempfile::TempDir>;
-
-async fn sqlite() -> (Guard, Backend, Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(&dir.path().join("test.db"))
-        .await
-        .unwrap();
-    let node = Backend::Sqlite(SqliteBackend::new(store));
-    (Some(dir), node.clone(), node)
-}
-
-async fn postgres() -> (Guard, Backend, Backend) {
-    let db = outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap();
-    let node = || async {
-        Backend::Postgres(
-            PgBackend::with_config(db.config.clone(), PgTls::Disable, 4)
-                .await
-                .unwrap(),
-        )
-    };
-    let a = node().await;
-    let b = node().await;
-    (None, a, b)
-}
-
-/// Instantiates each named generic test once per backend.
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::sqlite().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::postgres().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+two_node_suite!(
     the_state_and_rows_are_saved_together_and_a_row_only_once,
     rows_carry_the_agents_effective_tags_or_the_site_tag,
     the_outbox_reads_newest_first_and_is_bounded,

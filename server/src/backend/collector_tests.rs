@@ -7,66 +7,13 @@
 use outrider_protocol::api::CollectorInfo;
 use outrider_protocol::{CollectorSpecWire, KindWire};
 
+use super::Backend;
 use super::check_tests::{agent, versions};
 use super::checks::CheckStore;
 use super::collectors::CollectorStore;
-use super::{Backend, PgBackend, PgTls, SqliteBackend};
+use super::two_nodes::two_node_suite;
 
-/// What keeps a backend's storage alive for one test.
-type Guard = Option<tempfile::TempDir>;
-
-async fn sqlite() -> (Guard, Backend, Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(&dir.path().join("test.db"))
-        .await
-        .unwrap();
-    let node = Backend::Sqlite(SqliteBackend::new(store));
-    (Some(dir), node.clone(), node)
-}
-
-async fn postgres() -> (Guard, Backend, Backend) {
-    let db = outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap();
-    let node = || async {
-        Backend::Postgres(
-            PgBackend::with_config(db.config.clone(), PgTls::Disable, 4)
-                .await
-                .unwrap(),
-        )
-    };
-    let a = node().await;
-    let b = node().await;
-    (None, a, b)
-}
-
-/// Instantiates each named generic test once per backend.
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::sqlite().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::postgres().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+two_node_suite!(
     definitions_are_stored_replaced_listed_by_name_and_deleted,
     collectors_reach_the_documents_of_the_agents_they_select_only,
     one_definition_stored_on_two_nodes_at_once_is_one_change,

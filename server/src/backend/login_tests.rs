@@ -4,63 +4,11 @@
 //! and PostgreSQL (two pools on one fresh database of `outrider-pgtest`'s
 //! cluster), and must behave the same on both.
 
+use super::Backend;
 use super::logins::{LoginStore, StoredLogin};
-use super::{Backend, PgBackend, PgTls, SqliteBackend};
+use super::two_nodes::{pg_node, two_node_suite};
 
-/// What keeps a backend's storage alive for one test.
-type Guard = Option<tempfile::TempDir>;
-
-async fn sqlite() -> (Guard, Backend, Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(&dir.path().join("test.db"))
-        .await
-        .unwrap();
-    let node = Backend::Sqlite(SqliteBackend::new(store));
-    (Some(dir), node.clone(), node)
-}
-
-async fn pg_node(config: &tokio_postgres::Config) -> Backend {
-    Backend::Postgres(
-        PgBackend::with_config(config.clone(), PgTls::Disable, 4)
-            .await
-            .unwrap(),
-    )
-}
-
-async fn postgres() -> (Guard, Backend, Backend) {
-    let db = outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap();
-    (None, pg_node(&db.config).await, pg_node(&db.config).await)
-}
-
-/// Instantiates each named generic test once per backend.
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::sqlite().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::postgres().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+two_node_suite!(
     logins_are_saved_touched_and_deleted_as_one_store,
     a_save_replaces_the_login_of_its_key_whole,
     the_prune_deletes_the_ended_logins_and_returns_the_others,
@@ -202,7 +150,7 @@ async fn postgres_a_login_used_on_another_node_during_a_prune_is_kept() {
 /// from a slow node); SQLite's single node touches in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_late_touch_does_not_move_the_last_use_back() {
-    let (_guard, a, b) = postgres().await;
+    let (_guard, a, b) = super::two_nodes::postgres().await;
     a.save_login(login(1, "viewer", 10)).await.unwrap();
     a.touch_login([1; 32], 100).await.unwrap();
     b.touch_login([1; 32], 50).await.unwrap();

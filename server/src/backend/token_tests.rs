@@ -1,7 +1,7 @@
 //! The behaviour suite of the enrollment tokens area ([`TokenStore`],
 //! `backend/tokens.rs`), built like `backend/agent_tests.rs`: every test is
 //! one generic function given two "nodes" on one shared store, and
-//! [`suite!`] runs each against SQLite (one store on a real file: one node,
+//! `two_node_suite!` (`two_nodes.rs`) runs each against SQLite (one store on a real file: one node,
 //! so both handles are that node's) and PostgreSQL (two [`PgBackend`]s with
 //! their own pools on one fresh database of the test binary's private
 //! cluster, `outrider-pgtest`, as two server processes would be).
@@ -14,63 +14,10 @@ use super::tokens::{
     BOOTSTRAP_NOTE, BOOTSTRAP_TOKEN_ID, BootstrapToken, MintedToken, TokenGrant, TokenRefusal,
     TokenStore, secret_hash,
 };
-use super::{Backend, PgBackend, PgTls, SqliteBackend};
+use super::two_nodes::two_node_suite;
+use super::{Backend, PgBackend, PgTls};
 
-/// What keeps a backend's storage alive for one test.
-type Guard = Option<tempfile::TempDir>;
-
-async fn sqlite() -> (Guard, Backend, Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(&dir.path().join("test.db"))
-        .await
-        .unwrap();
-    let node = Backend::Sqlite(SqliteBackend::new(store));
-    (Some(dir), node.clone(), node)
-}
-
-async fn postgres() -> (Guard, Backend, Backend) {
-    let db = outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap();
-    let node = || async {
-        Backend::Postgres(
-            PgBackend::with_config(db.config.clone(), PgTls::Disable, 4)
-                .await
-                .unwrap(),
-        )
-    };
-    let a = node().await;
-    let b = node().await;
-    (None, a, b)
-}
-
-/// Instantiates each named generic test once per backend.
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::sqlite().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::postgres().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+two_node_suite!(
     a_created_token_is_listed_on_both_nodes_and_only_its_hash_is_stored,
     a_token_grants_its_allow_list_until_its_uses_run_out,
     expired_revoked_and_unknown_tokens_are_refused_and_refusals_are_counted,

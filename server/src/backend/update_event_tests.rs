@@ -9,67 +9,14 @@ use outrider_protocol::api::{BuildCount, ChannelHealth, FailureGroup, UpdateHeal
 use outrider_protocol::{Fingerprint, UpdateEvent};
 
 use super::agents::{Admission, AgentStore, Registration};
+use super::two_nodes::two_node_suite;
 use super::update_events::{
     KEEP_BUILDS_PER_AGENT, KEEP_PER_AGENT, MAX_REASON_BYTES, ROLLBACK_WINDOW_MS, UpdateEventStore,
 };
-use super::{Backend, PgBackend, PgTls, SqliteBackend};
+use super::{Backend, PgBackend, PgTls};
 use crate::store::TokenGrant;
 
-/// What keeps a backend's storage alive for one test.
-type Guard = Option<tempfile::TempDir>;
-
-async fn sqlite() -> (Guard, Backend, Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(&dir.path().join("test.db"))
-        .await
-        .unwrap();
-    let node = Backend::Sqlite(SqliteBackend::new(store));
-    (Some(dir), node.clone(), node)
-}
-
-async fn postgres() -> (Guard, Backend, Backend) {
-    let db = outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap();
-    let node = || async {
-        Backend::Postgres(
-            PgBackend::with_config(db.config.clone(), PgTls::Disable, 4)
-                .await
-                .unwrap(),
-        )
-    };
-    let a = node().await;
-    let b = node().await;
-    (None, a, b)
-}
-
-/// Instantiates each named generic test once per backend.
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::sqlite().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let (_guard, a, b) = super::postgres().await;
-                    super::$test(a, b).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+two_node_suite!(
     an_event_is_stored_once_and_listed_newest_first,
     retention_keeps_the_newest_events_and_builds_of_each_agent,
     the_latest_event_of_a_build_is_the_highest_id_whatever_the_arrival_order,
