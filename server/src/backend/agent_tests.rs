@@ -12,9 +12,9 @@
 use outrider_protocol::Fingerprint;
 use outrider_protocol::api::{AgentInfo, Presence};
 
+use super::Backend;
 use super::agents::{Admission, AgentStore, Registered, Registration};
 use super::two_nodes::two_node_suite;
-use super::{Backend, PgBackend, PgTls};
 use crate::store::TokenGrant;
 
 two_node_suite!(
@@ -525,16 +525,7 @@ async fn pinned_registrations_racing_a_removal_and_a_new_key_never_mix_into_the_
 /// enrollments does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_registration_waits_for_the_agents_row_and_decides_on_its_newest_version() {
-    let db = outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap();
-    let node = Backend::Postgres(
-        PgBackend::with_config(db.config.clone(), PgTls::Disable, 2)
-            .await
-            .unwrap(),
-    );
+    let (db, node) = super::two_nodes::pg_database_node().await;
     let (mut other, connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
     let driver = tokio::spawn(connection);
 
@@ -666,16 +657,7 @@ pub(super) async fn wait_for_a_lock_wait(config: &tokio_postgres::Config) {
 /// under which "a" sorts before "B").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_agents_are_listed_in_byte_order_whatever_the_collation() {
-    let db = outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap();
-    let node = Backend::Postgres(
-        PgBackend::with_config(db.config.clone(), PgTls::Disable, 2)
-            .await
-            .unwrap(),
-    );
+    let (db, node) = super::two_nodes::pg_database_node().await;
     let (client, connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
     let driver = tokio::spawn(connection);
     client

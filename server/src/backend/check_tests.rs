@@ -436,16 +436,7 @@ async fn postgres_a_computation_waits_for_the_agents_row_then_reads_the_newest_d
 /// that check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_check_and_its_plugins_deletion_wait_for_each_other_on_the_plugins_row() {
-    let db = outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap();
-    let node = Backend::Postgres(
-        PgBackend::with_config(db.config.clone(), PgTls::Disable, 2)
-            .await
-            .unwrap(),
-    );
+    let (db, node) = super::two_nodes::pg_database_node().await;
     let sha = "ee".repeat(32);
     node.put_plugin("gone", &sha, 1, T0).await.unwrap();
     node.put_plugin("kept", &sha, 1, T0).await.unwrap();

@@ -10,12 +10,12 @@
 
 use outrider_protocol::api::{EnrollmentTokenInfo, NewEnrollmentToken};
 
+use super::Backend;
 use super::tokens::{
     BOOTSTRAP_NOTE, BOOTSTRAP_TOKEN_ID, BootstrapToken, MintedToken, TokenGrant, TokenRefusal,
     TokenStore, secret_hash,
 };
 use super::two_nodes::two_node_suite;
-use super::{Backend, PgBackend, PgTls};
 
 two_node_suite!(
     a_created_token_is_listed_on_both_nodes_and_only_its_hash_is_stored,
@@ -468,16 +468,7 @@ async fn nodes_setting_up_one_bootstrap_secret_at_once_leave_one_row(a: Backend,
 /// counted on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_consumption_waits_for_the_tokens_row_and_judges_its_newest_version() {
-    let db = outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap();
-    let node = Backend::Postgres(
-        PgBackend::with_config(db.config.clone(), PgTls::Disable, 2)
-            .await
-            .unwrap(),
-    );
+    let (db, node) = super::two_nodes::pg_database_node().await;
     let token = node
         .create_enrollment_token(minted("t1"), request(Some(1), None), T0)
         .await

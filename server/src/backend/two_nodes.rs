@@ -32,6 +32,22 @@ pub(crate) async fn pg_node(config: &tokio_postgres::Config) -> Backend {
     )
 }
 
+/// One node (a pool of 2) on a fresh PostgreSQL database, and that
+/// database, for the raw sessions a step-by-step test holds locks with.
+pub(crate) async fn pg_database_node() -> (outrider_pgtest::TestDb, Backend) {
+    let db = outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap();
+    let node = Backend::Postgres(
+        PgBackend::with_config(db.config.clone(), PgTls::Disable, 2)
+            .await
+            .unwrap(),
+    );
+    (db, node)
+}
+
 /// Two nodes on one fresh PostgreSQL database.
 pub(crate) async fn postgres() -> (Guard, Backend, Backend) {
     let db = outrider_pgtest::Cluster::shared()

@@ -80,6 +80,15 @@ fn session_setup(timeout: Duration) -> String {
     )
 }
 
+/// Limits of a fenced write's transaction: the longest it may sit idle
+/// between statements, and the longest one statement may run. A new
+/// leader's term bump waits behind a fenced write in flight (its
+/// `lock_timeout` makes it retry), so these bound how long a stalled old
+/// leader can delay failover; a live leader's alert or nudge write takes
+/// milliseconds.
+const FENCED_LIMITS: &str = "SET LOCAL idle_in_transaction_session_timeout = '15s'; \
+     SET LOCAL statement_timeout = '60s'";
+
 /// The oldest PostgreSQL (`server_version_num`) with
 /// `idle_session_timeout`, which a leading session relies on.
 const MIN_SERVER_VERSION: i32 = 140_000;
@@ -416,6 +425,11 @@ impl PgBackend {
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // The lease row's lock below holds up a new leader's term bump, so
+        // this transaction must not outlive a stalled leader (a paused
+        // process, a lost network): PostgreSQL ends it when it idles or a
+        // statement runs too long, freeing the row (FENCED_LIMITS).
+        tx.batch_execute(FENCED_LIMITS).await?;
         // FOR SHARE: a new leader's term bump waits for this transaction,
         // so it commits either before the bump or not at all.
         let current: Option<i64> = tx

@@ -695,6 +695,72 @@ async fn a_new_leaders_term_waits_for_the_old_leaders_fenced_write_in_flight() {
     b.stop().await;
 }
 
+/// A leader stalled inside a fenced write (a paused process: it never
+/// commits nor closes) cannot hold up failover for longer than the fenced
+/// transaction's idle limit: PostgreSQL ends that transaction, frees the
+/// lease row, and a new leader with the usual short lock timeout takes
+/// over; the stalled write commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stalled_in_a_fenced_write_does_not_hold_up_failover() {
+    let db = database().await;
+    let (admin, _driver) = admin(&db).await;
+    admin
+        .batch_execute("CREATE TABLE work (term BIGINT NOT NULL)")
+        .await
+        .unwrap();
+    let (a_backend, b_backend) = (node_backend(&db).await, node_backend(&db).await);
+    let paused = ElectionConfig {
+        retry: PAUSED,
+        ..FAST
+    };
+    let (a_jobs, b_jobs) = (Jobs::default(), Jobs::default());
+    let a = Node::start(&a_backend, "a", paused, &a_jobs);
+    let mut a_leadership = a.leadership.clone();
+    let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
+    let (inside_tx, inside) = tokio::sync::oneshot::channel::<()>();
+    let (_never, never_rx) = tokio::sync::oneshot::channel::<()>();
+    let write = tokio::spawn({
+        let (backend, term) = (a_backend.clone(), a_term.clone());
+        async move {
+            backend
+                .fenced(&term.clone(), move |tx| {
+                    Box::pin(async move {
+                        tx.execute("INSERT INTO work (term) VALUES ($1)", &[&term.term])
+                            .await?;
+                        inside_tx.send(()).unwrap();
+                        // Stalled: waits for ever, holding the row.
+                        let _ = never_rx.await;
+                        tx.execute("SELECT 1", &[]).await?;
+                        Ok(())
+                    })
+                })
+                .await
+        }
+    });
+    within("a's write to pass the fence", inside).await.unwrap();
+    let pid = holder(&admin, JOB).await.unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    within("a to step down", a_leadership.ended(&a_term)).await;
+    // b keeps FAST's short lock timeout: it retries until PostgreSQL ends
+    // a's idle transaction, then leads under the next term.
+    let b = Node::start(&b_backend, "b", FAST, &b_jobs);
+    let mut b_leadership = b.leadership.clone();
+    let b_term = within("b to lead", b_leadership.leading()).await.unwrap();
+    assert_eq!(b_term.term, a_term.term + 1);
+    let count: i64 = admin
+        .query_one("SELECT count(*) FROM work", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "the stalled write committed nothing");
+    write.abort();
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Over TCP with TLS (a cluster of its own): the election session is
 /// encrypted like the pool's, names itself, and leads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
