@@ -17,6 +17,8 @@ use crate::backend::{PgBackend, PgTls};
 
 /// How long any awaited condition may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(10);
+/// How often a started node heartbeats (the server's presence task: 5 s).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 struct Db {
     backend: PgBackend,
@@ -98,6 +100,7 @@ impl Node {
         let (btx, broadcasts) = mpsc::unbounded_channel();
         let mut responder = JoinSet::new();
         responder.spawn(respond(bus.clone(), rx, btx));
+        responder.spawn(heartbeat(db.backend.clone(), node(n), shutdown.clone()));
         Node {
             bus,
             shutdown,
@@ -115,6 +118,20 @@ impl Node {
         // The receiver's sender is gone with the tasks: the responder ends.
         while let Some(r) = self.responder.join_next().await {
             r.unwrap();
+        }
+    }
+}
+
+/// Keeps a started node alive in the presence area until it stops, as
+/// the server's heartbeat task does: a test that runs longer than
+/// `NODE_SILENCE_MS` on a loaded machine must not see its own nodes die.
+async fn heartbeat(backend: PgBackend, n: NodeId, shutdown: CancellationToken) {
+    loop {
+        // A failed beat (PostgreSQL cut by a test) is retried next time.
+        let _ = backend.heartbeat(&n, &[], now_ms()).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
         }
     }
 }
