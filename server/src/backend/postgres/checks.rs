@@ -265,7 +265,11 @@ impl CheckStore for PgBackend {
             };
             let (computed, hash) = compute(row, &checks, &plugins, &collectors)?;
             if computed.changed {
-                let version = stored::<i64>("config version", computed.config.version as i64)?;
+                let version =
+                    i64::try_from(computed.config.version).map_err(|_| StoreError::Malformed {
+                        what: "config version",
+                        value: computed.config.version.to_string(),
+                    })?;
                 tx.execute(&update, &[&computed.fingerprint.as_str(), &version, &hash])
                     .await?;
             }
