@@ -41,6 +41,7 @@ pub use artefacts::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, PgArtefac
 pub use plugin_files::PgPluginFiles;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_rustls::rustls;
@@ -120,6 +121,13 @@ pub const MIGRATION_LOCK: i64 = 0x6f75_7472_6d69_6772;
 
 /// Connections a node keeps to PostgreSQL by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// The longest a caller waits for a pooled connection, and for a new one
+/// to be opened: an exhausted pool (every connection held by writes queued
+/// on a lock) or an unreachable server becomes a `StoreError::Pool` the
+/// caller can report and retry, never a wait without end (the bus's tasks
+/// take their statements from this pool too).
+pub const POOL_WAIT: Duration = Duration::from_secs(30);
 
 /// How to talk to PostgreSQL.
 #[derive(Clone, Debug)]
@@ -250,6 +258,9 @@ impl PgBackend {
         };
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
         let backend = PgBackend { pool, session };
@@ -310,6 +321,38 @@ impl PgBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An exhausted pool answers within `POOL_WAIT` with an error naming
+    /// the timeout, instead of leaving the caller waiting for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exhausted_pool_fails_after_its_wait_limit() {
+        let db = outrider_pgtest::Cluster::shared()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .database()
+            .await
+            .unwrap();
+        let backend = PgBackend::with_config(db.config.clone(), PgTls::Disable, 1)
+            .await
+            .unwrap();
+        let held = backend.client().await.unwrap();
+        let second = tokio::time::timeout(POOL_WAIT * 2, backend.client())
+            .await
+            .expect("the pool gives up by itself");
+        let err = second.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Pool(deadpool_postgres::PoolError::Timeout(_))
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("no PostgreSQL connection"),
+            "{err}"
+        );
+        drop(held);
+        let _again = backend.client().await.expect("free again once released");
+    }
 
     const M: &[Migration] = &[
         Migration {
