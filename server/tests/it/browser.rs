@@ -114,8 +114,17 @@ impl Browser {
             .unwrap();
     }
 
-    /// Logs in through the form with `token`.
+    /// Logs in through the form with `token` and waits for the logged-in page: a `goto`
+    /// right after the click could otherwise abort the form's post before
+    /// its cookie is set, and land on the login page.
     async fn login(&self, token: &str) {
+        self.submit_token(token).await;
+        self.see("header .who", LOAD).await;
+    }
+
+    /// Fills in and submits the login form, without waiting for what
+    /// follows (a refused token stays on the login page).
+    async fn submit_token(&self, token: &str) {
         self.goto("/login").await;
         self.client
             .find(Locator::Id("token"))
@@ -191,7 +200,7 @@ async fn a_wrong_token_is_refused_and_agents_appear_and_go_down_without_a_reload
     let _one = ONE_BROWSER.lock().await;
     let server = Server::start_with_dashboard().await;
     let browser = Browser::start(&server).await;
-    browser.login("not-the-token").await;
+    browser.submit_token("not-the-token").await;
     let error = browser.see("#login-error", LOAD).await;
     assert!(error.text().await.unwrap().contains("neither"));
     browser.screenshot("login-refused").await;
