@@ -14,7 +14,7 @@ use outrider_protocol::api::{AgentInfo, Presence};
 
 use super::Backend;
 use super::agents::{Admission, AgentStore, Registered, Registration};
-use super::two_nodes::two_node_suite;
+use super::two_nodes::{two_node_suite, wait_for_a_lock_wait};
 use crate::store::TokenGrant;
 
 two_node_suite!(
@@ -547,7 +547,7 @@ async fn postgres_a_registration_waits_for_the_agents_row_and_decides_on_its_new
         let node = node.clone();
         tokio::spawn(async move { node.register(pinned(&fp(1), 1, "web-1", &[]), T0 + 1).await })
     };
-    wait_for_a_lock_wait(&db.config).await;
+    wait_for_a_lock_wait(&db.config, None).await;
     removal.commit().await.unwrap();
     assert_eq!(waiting.await.unwrap().unwrap(), None);
     assert_eq!(node.agent(&fp(1)).await.unwrap(), None);
@@ -574,7 +574,7 @@ async fn postgres_a_registration_waits_for_the_agents_row_and_decides_on_its_new
                 .await
         })
     };
-    wait_for_a_lock_wait(&db.config).await;
+    wait_for_a_lock_wait(&db.config, None).await;
     repin.commit().await.unwrap();
     assert_eq!(waiting.await.unwrap().unwrap(), None);
     let got = info(&node, &fp(3)).await;
@@ -603,7 +603,7 @@ async fn postgres_a_registration_waits_for_the_agents_row_and_decides_on_its_new
             .await
         })
     };
-    wait_for_a_lock_wait(&db.config).await;
+    wait_for_a_lock_wait(&db.config, None).await;
     first.commit().await.unwrap();
     assert!(waiting.await.unwrap().unwrap().is_some());
     assert_eq!(node.pinned_key(&fp(2)).await.unwrap(), Some(key(2)));
@@ -618,37 +618,6 @@ async fn postgres_a_registration_waits_for_the_agents_row_and_decides_on_its_new
         ("second", Some("t2"), T0, tags(&["web"]))
     );
     drop(other);
-    driver.await.unwrap().unwrap();
-}
-
-/// Waits until a session of the test's database waits for a lock (the
-/// call under test, a registration here or a token's consumption in
-/// `backend/token_tests.rs`, queued behind the held row), polling
-/// `pg_stat_activity`; fails after 30 s.
-pub(super) async fn wait_for_a_lock_wait(config: &tokio_postgres::Config) {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-    let driver = tokio::spawn(connection);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let waiting: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no call waited for the row lock"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    drop(client);
     driver.await.unwrap().unwrap();
 }
 

@@ -418,7 +418,7 @@ async fn postgres_a_computation_waits_for_the_agents_row_then_reads_the_newest_d
         let web = web.clone();
         tokio::spawn(async move { a.compute_configs(Some(&web)).await })
     };
-    super::agent_tests::wait_for_a_lock_wait(&db.config).await;
+    super::two_nodes::wait_for_a_lock_wait(&db.config, None).await;
     // A check stored while the computation waits.
     b.put_check(check("late", 10, &["web"]), T0).await.unwrap();
     holder.commit().await.unwrap();
@@ -455,7 +455,7 @@ async fn postgres_a_check_and_its_plugins_deletion_wait_for_each_other_on_the_pl
         uses.command = tags(&["plugin:gone"]);
         tokio::spawn(async move { node.put_check(uses, T0).await })
     };
-    super::agent_tests::wait_for_a_lock_wait(&db.config).await;
+    super::two_nodes::wait_for_a_lock_wait(&db.config, None).await;
     deletion.commit().await.unwrap();
     assert_eq!(
         put.await.unwrap().unwrap(),
@@ -482,7 +482,7 @@ async fn postgres_a_check_and_its_plugins_deletion_wait_for_each_other_on_the_pl
         let node = node.clone();
         tokio::spawn(async move { node.delete_plugin("kept").await })
     };
-    super::agent_tests::wait_for_a_lock_wait(&db.config).await;
+    super::two_nodes::wait_for_a_lock_wait(&db.config, None).await;
     naming.commit().await.unwrap();
     assert_eq!(
         delete.await.unwrap().unwrap(),

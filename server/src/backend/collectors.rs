@@ -97,11 +97,12 @@ impl CollectorStore for Backend {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use outrider_protocol::KindWire;
 
-    fn info(name: &str, tags: &[&str]) -> CollectorInfo {
+    /// A command collector `name` for agents with `tags`.
+    pub(crate) fn info(name: &str, tags: &[&str]) -> CollectorInfo {
         CollectorInfo {
             collector: CollectorSpecWire {
                 name: name.into(),

@@ -490,7 +490,7 @@ async fn postgres_a_consumption_waits_for_the_tokens_row_and_judges_its_newest_v
         let node = node.clone();
         tokio::spawn(async move { node.consume_enrollment_token(&token, T0 + 1).await })
     };
-    super::agent_tests::wait_for_a_lock_wait(&db.config).await;
+    super::two_nodes::wait_for_a_lock_wait(&db.config, None).await;
     last_use.commit().await.unwrap();
     assert_eq!(
         waiting.await.unwrap().unwrap(),

@@ -83,3 +83,38 @@ macro_rules! two_node_suite {
     };
 }
 pub(crate) use two_node_suite;
+
+/// Waits until a session of the test's database waits for a lock (of
+/// `wait_event`, e.g. `advisory`, when given), polling `pg_stat_activity`:
+/// the step-by-step tests' way of knowing a call queued behind a lock they
+/// hold. Fails after 30 s.
+pub(crate) async fn wait_for_a_lock_wait(
+    config: &tokio_postgres::Config,
+    wait_event: Option<&str>,
+) {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND ($1::text IS NULL OR wait_event = $1)",
+                &[&wait_event],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no call waited for a lock ({wait_event:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(client);
+    driver.await.unwrap().unwrap();
+}

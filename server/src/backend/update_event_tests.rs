@@ -305,41 +305,11 @@ async fn postgres_one_agents_event_writes_take_turns_so_the_bound_counts_the_oth
                 .await
         })
     };
-    wait_for_an_advisory_lock_wait(&db.config).await;
+    super::two_nodes::wait_for_a_lock_wait(&db.config, Some("advisory")).await;
     ingest.commit().await.unwrap();
     assert!(waiting.await.unwrap().unwrap());
     assert_eq!(
         ids(&Backend::Postgres(b).update_events(&fp(1)).await.unwrap()),
         (2..=kept + 1).rev().collect::<Vec<_>>()
     );
-}
-
-/// Waits until a session of the test's database waits for an advisory
-/// lock, polling `pg_stat_activity`; fails after 30 s.
-async fn wait_for_an_advisory_lock_wait(config: &tokio_postgres::Config) {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-    let driver = tokio::spawn(connection);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let waiting: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'
-                   AND wait_event = 'advisory'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no event write waited for the agent's lock"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    drop(client);
-    driver.await.unwrap().unwrap();
 }

@@ -49,24 +49,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outrider_protocol::CollectorSpecWire;
-    use outrider_protocol::KindWire;
-
-    fn info(name: &str, tags: &[&str]) -> CollectorInfo {
-        CollectorInfo {
-            collector: CollectorSpecWire {
-                name: name.into(),
-                kind: KindWire::Command,
-                argv: Some(vec!["/usr/bin/true".into()]),
-                interval_secs: None,
-                plugins: None,
-                raw_config: None,
-                graphite_port: None,
-            },
-            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-            updated_at_ms: 0,
-        }
-    }
+    use crate::backend::collectors::tests::info;
 
     #[tokio::test]
     async fn definitions_are_stored_replaced_and_deleted() {

@@ -587,6 +587,37 @@ async fn a_partitioned_leader_steps_down_and_the_lock_passes_on_when_postgresql_
     a.stop().await;
 }
 
+/// Starts a fenced write under `term` that inserts its term into `work`,
+/// then holds its transaction open until `release` (or its sender is
+/// dropped), runs one more statement and commits; returns once the write
+/// has passed the fence.
+async fn held_fenced_write(
+    backend: &PgBackend,
+    term: &LeaderTerm,
+    release: tokio::sync::oneshot::Receiver<()>,
+) -> JoinHandle<Result<(), StoreError>> {
+    let (inside_tx, inside) = tokio::sync::oneshot::channel::<()>();
+    let write = tokio::spawn({
+        let (backend, term) = (backend.clone(), term.clone());
+        async move {
+            backend
+                .fenced(&term.clone(), move |tx| {
+                    Box::pin(async move {
+                        tx.execute("INSERT INTO work (term) VALUES ($1)", &[&term.term])
+                            .await?;
+                        inside_tx.send(()).unwrap();
+                        let _ = release.await;
+                        tx.execute("SELECT 1", &[]).await?;
+                        Ok(())
+                    })
+                })
+                .await
+        }
+    });
+    within("the write to pass the fence", inside).await.unwrap();
+    write
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leaders_term_waits_for_the_old_leaders_fenced_write_in_flight() {
     let db = database().await;
@@ -613,25 +644,8 @@ async fn a_new_leaders_term_waits_for_the_old_leaders_fenced_write_in_flight() {
     let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
 
     // a's fenced write passes the fence, writes, and waits before commit.
-    let (inside_tx, inside) = tokio::sync::oneshot::channel::<()>();
     let (go_on, go_on_rx) = tokio::sync::oneshot::channel::<()>();
-    let write = tokio::spawn({
-        let (backend, term) = (a_backend.clone(), a_term.clone());
-        async move {
-            backend
-                .fenced(&term.clone(), move |tx| {
-                    Box::pin(async move {
-                        tx.execute("INSERT INTO work (term) VALUES ($1)", &[&term.term])
-                            .await?;
-                        inside_tx.send(()).unwrap();
-                        go_on_rx.await.unwrap();
-                        Ok(())
-                    })
-                })
-                .await
-        }
-    });
-    within("a's write to pass the fence", inside).await.unwrap();
+    let write = held_fenced_write(&a_backend, &a_term, go_on_rx).await;
 
     // a loses its session; b takes the lock but its term bump waits on
     // the row a's write holds.
@@ -717,27 +731,9 @@ async fn a_leader_stalled_in_a_fenced_write_does_not_hold_up_failover() {
     let a = Node::start(&a_backend, "a", paused, &a_jobs);
     let mut a_leadership = a.leadership.clone();
     let a_term = within("a to lead", a_leadership.leading()).await.unwrap();
-    let (inside_tx, inside) = tokio::sync::oneshot::channel::<()>();
+    // Stalled: never released, holding the row.
     let (_never, never_rx) = tokio::sync::oneshot::channel::<()>();
-    let write = tokio::spawn({
-        let (backend, term) = (a_backend.clone(), a_term.clone());
-        async move {
-            backend
-                .fenced(&term.clone(), move |tx| {
-                    Box::pin(async move {
-                        tx.execute("INSERT INTO work (term) VALUES ($1)", &[&term.term])
-                            .await?;
-                        inside_tx.send(()).unwrap();
-                        // Stalled: waits for ever, holding the row.
-                        let _ = never_rx.await;
-                        tx.execute("SELECT 1", &[]).await?;
-                        Ok(())
-                    })
-                })
-                .await
-        }
-    });
-    within("a's write to pass the fence", inside).await.unwrap();
+    let write = held_fenced_write(&a_backend, &a_term, never_rx).await;
     let pid = holder(&admin, JOB).await.unwrap();
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
