@@ -148,6 +148,10 @@ pub struct Store {
     gate: Arc<tokio::sync::Semaphore>,
     /// Read-only connections for [`Store::read`].
     readers: Arc<Readers>,
+    /// The shared database of the multi-node mode (`--database`), when
+    /// the server runs on one: the ported areas go there ([`Store::backend`]);
+    /// metrics and metric samples stay in this node's SQLite file.
+    pg: Option<crate::backend::PgBackend>,
 }
 
 /// Size of [`Store::gate`]: one call running, a few ready behind it.
@@ -295,7 +299,33 @@ impl Store {
                 metrics::DEFAULT_SERIES_CACHE_ENTRIES,
             ))),
             gate: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)),
+            pg: None,
         })
+    }
+
+    /// This store with the areas ported to the backends (docs/architecture.md,
+    /// "Store backends") on the shared PostgreSQL database `pg`; the file
+    /// keeps this node's metrics.
+    pub fn with_postgres(mut self, pg: crate::backend::PgBackend) -> Store {
+        self.pg = Some(pg);
+        self
+    }
+
+    /// The backend the ported areas run on: PostgreSQL when the server
+    /// was started with a database, else the SQLite file. `Store`'s methods
+    /// of those areas are one-line calls of their trait on it.
+    pub fn backend(&self) -> crate::backend::Backend {
+        match &self.pg {
+            Some(pg) => crate::backend::Backend::Postgres(pg.clone()),
+            None => {
+                crate::backend::Backend::Sqlite(crate::backend::SqliteBackend::new(self.clone()))
+            }
+        }
+    }
+
+    /// Whether the ported areas run on a shared PostgreSQL database.
+    pub fn is_shared(&self) -> bool {
+        self.pg.is_some()
     }
 
     /// Runs `f` with the connection on the blocking pool.

@@ -14,6 +14,7 @@ use outrider_protocol::api::{AgentInfo, Presence};
 
 use super::Backend;
 use super::agents::{Admission, AgentStore, Registered, Registration};
+use super::presence::PresenceStore;
 use super::two_nodes::{two_node_suite, wait_for_a_lock_wait};
 use crate::store::TokenGrant;
 
@@ -23,6 +24,7 @@ two_node_suite!(
     a_registration_with_another_key_or_after_removal_is_refused_and_writes_nothing,
     an_enrollment_over_a_stored_row_replaces_its_key_token_and_allow_list,
     presence_changes_are_reported_once_and_a_start_marks_connected_agents_down,
+    the_old_nodes_late_down_does_not_overwrite_a_session_up_elsewhere,
     server_tags_and_adhoc_are_set_on_known_agents_only,
     agents_are_listed_by_hostname_then_fingerprint,
     concurrent_enrollments_of_one_fingerprint_leave_one_registration_whole,
@@ -289,6 +291,44 @@ async fn an_enrollment_over_a_stored_row_replaces_its_key_token_and_allow_list(
             .await
             .unwrap(),
         None
+    );
+}
+
+async fn the_old_nodes_late_down_does_not_overwrite_a_session_up_elsewhere(a: Backend, b: Backend) {
+    let agent = fp(1);
+    a.register(enrollment(&agent, 1, "t", None, "h", &[]), T0)
+        .await
+        .unwrap()
+        .unwrap();
+    let on_a = a.connect(&agent, &"a".parse().unwrap(), T0).await.unwrap();
+    // The agent moves: node b takes the session and marks it connected
+    // before node a notices its socket is gone.
+    b.connect(&agent, &"b".parse().unwrap(), T0 + 1)
+        .await
+        .unwrap();
+    b.set_presence(&agent, Presence::Connected, T0 + 1)
+        .await
+        .unwrap();
+    // Node a's late end: its lease no longer fences, and its "down" (or a
+    // goodbye) is not written while the agent is up on b.
+    assert!(!a.disconnect(&on_a, T0 + 2).await.unwrap());
+    for late in [Presence::Down, Presence::Deregistered] {
+        assert_eq!(a.set_presence(&agent, late, T0 + 2).await.unwrap(), None);
+        assert_eq!(info(&b, &agent).await.presence, Presence::Connected);
+    }
+    // Once b's session ends too, the agent is down.
+    let on_b = b.session(&agent).await.unwrap().unwrap();
+    let lease = super::presence::Lease {
+        agent: agent.clone(),
+        node: on_b.node,
+        generation: on_b.generation,
+    };
+    assert!(b.disconnect(&lease, T0 + 3).await.unwrap());
+    assert_eq!(
+        b.set_presence(&agent, Presence::Down, T0 + 3)
+            .await
+            .unwrap(),
+        Some(T0 + 3)
     );
 }
 

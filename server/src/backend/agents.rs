@@ -158,6 +158,13 @@ pub trait AgentStore {
 
     /// Sets the presence of `agent` at `now_ms`. Returns `now_ms`, or
     /// `None` when it already was in that state or is unknown.
+    ///
+    /// `Down` and `Deregistered` are not written while the agent has an up
+    /// session (`backend/presence.rs`): with several nodes, the node an
+    /// agent left may report it gone after it reconnected elsewhere, and
+    /// the new node's `Connected` (written after its session was taken)
+    /// must stand. The check and the write are one statement, so either
+    /// the new session is seen, or the new node's `Connected` comes after.
     fn set_presence(
         &self,
         agent: &Fingerprint,

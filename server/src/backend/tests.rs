@@ -81,6 +81,7 @@ suite!(
     a_heartbeat_refreshes_owned_sessions_and_reports_lost_ones,
     a_node_that_stops_heartbeating_is_swept_once,
     a_session_reconnected_elsewhere_is_not_swept_with_its_old_node,
+    a_node_restarted_under_the_same_id_has_its_old_sessions_swept,
     concurrent_connects_from_two_nodes_leave_one_owner_with_the_highest_generation,
     concurrent_sweeps_end_each_session_once,
     a_heartbeat_with_another_nodes_lease_changes_nothing,
@@ -231,6 +232,31 @@ async fn a_session_reconnected_elsewhere_is_not_swept_with_its_old_node(b: Backe
         .unwrap();
     assert_eq!(swept.len(), 1);
     assert_eq!((swept[0].node.as_str(), swept[0].generation), ("b", 2));
+}
+
+async fn a_node_restarted_under_the_same_id_has_its_old_sessions_swept(b: Backend) {
+    // Node a holds two agents, then restarts (same --node-id) and forgets
+    // them; one of them comes back to it, the other does not.
+    let old = b.connect(&fp(1), &node("a"), T0).await.unwrap();
+    b.connect(&fp(2), &node("a"), T0).await.unwrap();
+    b.heartbeat(&node("a"), &[old], T0).await.unwrap();
+    let back = b.connect(&fp(2), &node("a"), T0 + 10).await.unwrap();
+    // The restarted node beats all along, carrying only what it holds.
+    let later = T0 + NODE_SILENCE_MS + 1;
+    for at in [T0 + 10, later] {
+        b.heartbeat(&node("a"), std::slice::from_ref(&back), at)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        b.sweep(later, NODE_SILENCE_MS).await.unwrap(),
+        vec![Swept {
+            agent: fp(1),
+            node: node("a"),
+            generation: 1
+        }]
+    );
+    assert!(b.session(&fp(2)).await.unwrap().unwrap().is_up());
 }
 
 async fn concurrent_connects_from_two_nodes_leave_one_owner_with_the_highest_generation(
@@ -522,7 +548,7 @@ impl Model {
     fn sweep(&mut self, now_ms: i64, silence_ms: i64) -> Vec<Swept> {
         let mut ended = Vec::new();
         for (agent, s) in &mut self.sessions {
-            if swept(s, self.nodes.get(&s.node).copied(), now_ms - silence_ms) {
+            if swept(s, now_ms - silence_ms) {
                 s.ended_at_ms = Some(now_ms);
                 ended.push(Swept {
                     agent: agent.clone(),

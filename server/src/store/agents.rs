@@ -17,7 +17,7 @@
 use outrider_protocol::Fingerprint;
 use outrider_protocol::api::{AgentInfo, Presence};
 
-use crate::backend::SqliteBackend;
+use crate::backend::Backend;
 use crate::backend::agents::AgentStore;
 pub use crate::backend::agents::{Admission, Registered, Registration, split_tags};
 
@@ -25,8 +25,8 @@ use super::{Store, now_ms};
 
 impl Store {
     /// The agents area of this store behind its trait.
-    fn agents_area(&self) -> SqliteBackend {
-        SqliteBackend::new(self.clone())
+    fn agents_area(&self) -> Backend {
+        self.backend()
     }
 
     /// The pinned public key (hex) of `fingerprint`, if the agent is known.

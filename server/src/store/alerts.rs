@@ -20,7 +20,7 @@
 use anyhow::Context;
 use outrider_alerting::api::HistoryEntry;
 
-use crate::backend::SqliteBackend;
+use crate::backend::Backend;
 use crate::backend::alerts::AlertStore;
 pub use crate::backend::alerts::{MAX_OUTBOX_PAGE, OutboxBatch};
 use crate::backend::leader::{Job, LeaderTerm, SQLITE_TERM};
@@ -32,8 +32,8 @@ const SQLITE_NODE: &str = "local";
 
 impl Store {
     /// The alerts area of this store behind its trait.
-    fn alerts_area(&self) -> SqliteBackend {
-        SqliteBackend::new(self.clone())
+    fn alerts_area(&self) -> Backend {
+        self.backend()
     }
 
     /// The engine state stored by the latest [`Store::save_alerts`].

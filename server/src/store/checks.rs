@@ -13,7 +13,7 @@ use anyhow::Context;
 use outrider_protocol::Fingerprint;
 use outrider_protocol::api::{CheckInfo, PluginInfo};
 
-use crate::backend::SqliteBackend;
+use crate::backend::Backend;
 use crate::backend::checks::CheckStore;
 pub use crate::backend::checks::{
     ComputedConfig, DeletePlugin, PutCheck, effective_tags, json_tags, normalize_tags,
@@ -23,8 +23,8 @@ use super::{Store, now_ms};
 
 impl Store {
     /// The checks area of this store behind its trait.
-    fn checks_area(&self) -> SqliteBackend {
-        SqliteBackend::new(self.clone())
+    fn checks_area(&self) -> Backend {
+        self.backend()
     }
 
     /// Every check, by name.

@@ -11,13 +11,13 @@ use anyhow::Context;
 use outrider_protocol::api::CollectorInfo;
 
 use super::{Store, now_ms};
-use crate::backend::SqliteBackend;
+use crate::backend::Backend;
 use crate::backend::collectors::CollectorStore;
 
 impl Store {
     /// The collectors area of this store behind its trait.
-    fn collectors_area(&self) -> SqliteBackend {
-        SqliteBackend::new(self.clone())
+    fn collectors_area(&self) -> Backend {
+        self.backend()
     }
 
     /// Every collector, by name.

@@ -11,7 +11,7 @@
 //! so the session table calls `Store` unchanged (as
 //! server/src/store/agents.rs explains for the agents area).
 
-use crate::backend::SqliteBackend;
+use crate::backend::Backend;
 use crate::backend::logins::LoginStore;
 pub use crate::backend::logins::StoredLogin;
 
@@ -19,8 +19,8 @@ use super::Store;
 
 impl Store {
     /// The logins area of this store behind its trait.
-    fn logins_area(&self) -> SqliteBackend {
-        SqliteBackend::new(self.clone())
+    fn logins_area(&self) -> Backend {
+        self.backend()
     }
 
     /// Stores (or replaces) `login`.

@@ -15,7 +15,7 @@
 use anyhow::Context;
 use outrider_protocol::api::{CreatedEnrollmentToken, EnrollmentTokenInfo, NewEnrollmentToken};
 
-use crate::backend::SqliteBackend;
+use crate::backend::Backend;
 pub use crate::backend::tokens::{
     BOOTSTRAP_TOKEN_ID, BootstrapToken, EnrollmentRefusal, TokenGrant, TokenRefusal, token_status,
 };
@@ -25,8 +25,8 @@ use super::{Store, now_ms};
 
 impl Store {
     /// The enrollment tokens area of this store behind its trait.
-    fn tokens_area(&self) -> SqliteBackend {
-        SqliteBackend::new(self.clone())
+    fn tokens_area(&self) -> Backend {
+        self.backend()
     }
 
     /// Creates a token; the returned secret is not stored anywhere. The

@@ -16,7 +16,6 @@
 
 use outrider_protocol::api::UpdateHealth;
 
-use crate::backend::SqliteBackend;
 pub(super) use crate::backend::sqlite::update_events::insert;
 use crate::backend::update_events::UpdateEventStore;
 
@@ -27,9 +26,7 @@ impl Store {
     /// do not run grouped by build, kind and reason, and rollbacks of the
     /// last 24 hours. Three grouped queries, whatever the fleet size.
     pub async fn update_health(&self) -> anyhow::Result<UpdateHealth> {
-        Ok(SqliteBackend::new(self.clone())
-            .update_health(now_ms())
-            .await?)
+        Ok(self.backend().update_health(now_ms()).await?)
     }
 }
 

@@ -226,7 +226,10 @@ impl AgentStore for PgBackend {
         let stmt = client
             .prepare_cached(
                 "UPDATE agents SET presence = $2, presence_since_ms = $3
-                 WHERE fingerprint = $1 AND presence <> $2",
+                 WHERE fingerprint = $1 AND presence <> $2
+                   AND ($2 = 'connected' OR NOT EXISTS (
+                       SELECT 1 FROM sessions s
+                       WHERE s.agent_fp = $1 AND s.ended_at_ms IS NULL))",
             )
             .await?;
         let changed = client

@@ -128,10 +128,8 @@ impl PresenceStore for PgBackend {
             .prepare_cached(
                 "WITH silent AS (
                      SELECT s.agent_fp FROM sessions s
-                     LEFT JOIN nodes n ON n.node_id = s.node_id
                      WHERE s.ended_at_ms IS NULL AND s.last_seen_ms < $2
-                       AND (n.last_seen_ms IS NULL OR n.last_seen_ms < $2)
-                     FOR UPDATE OF s SKIP LOCKED)
+                     FOR UPDATE SKIP LOCKED)
                  UPDATE sessions s SET ended_at_ms = $1
                  FROM silent WHERE s.agent_fp = silent.agent_fp
                  RETURNING s.agent_fp, s.node_id, s.generation",

@@ -141,7 +141,10 @@ impl AgentStore for SqliteBackend {
         self.write(move |tx| {
             let changed = tx.execute(
                 "UPDATE agents SET presence = ?2, presence_since_ms = ?3
-                 WHERE fingerprint = ?1 AND presence != ?2",
+                 WHERE fingerprint = ?1 AND presence != ?2
+                   AND (?2 = 'connected' OR NOT EXISTS (
+                       SELECT 1 FROM sessions s
+                       WHERE s.agent_fp = ?1 AND s.ended_at_ms IS NULL))",
                 params![fp, presence.as_str(), now_ms],
             )?;
             Ok((changed > 0).then_some(now_ms))

@@ -130,10 +130,8 @@ impl PresenceStore for SqliteBackend {
         let cutoff = now_ms - silence_ms;
         self.write(move |tx| {
             let mut stmt = tx.prepare(
-                "SELECT s.agent_fp, s.node_id, s.generation, s.connected_at_ms, s.last_seen_ms,
-                        n.last_seen_ms
-                 FROM sessions s LEFT JOIN nodes n ON n.node_id = s.node_id
-                 WHERE s.ended_at_ms IS NULL",
+                "SELECT agent_fp, node_id, generation, connected_at_ms, last_seen_ms
+                 FROM sessions WHERE ended_at_ms IS NULL",
             )?;
             let rows = stmt
                 .query_map([], |r| {
@@ -143,12 +141,11 @@ impl PresenceStore for SqliteBackend {
                         r.get::<_, i64>(2)?,
                         r.get::<_, i64>(3)?,
                         r.get::<_, i64>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut ended = Vec::new();
-            for (agent, node, generation, connected_at_ms, last_seen_ms, node_seen_ms) in rows {
+            for (agent, node, generation, connected_at_ms, last_seen_ms) in rows {
                 let session = Session {
                     node: stored_node(node)?,
                     generation: stored_generation(generation)?,
@@ -156,7 +153,7 @@ impl PresenceStore for SqliteBackend {
                     last_seen_ms,
                     ended_at_ms: None,
                 };
-                if swept(&session, node_seen_ms, cutoff) {
+                if swept(&session, cutoff) {
                     tx.execute(
                         "UPDATE sessions SET ended_at_ms = ?2 WHERE agent_fp = ?1",
                         params![agent, now_ms],
