@@ -49,6 +49,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use crate::alerts::SessionEvent;
+use crate::backend::presence::{Lease, PresenceStore};
 use crate::limits::ConnHandle;
 use crate::listener::ConnAddrs;
 use crate::sessions::SessionLink;
@@ -156,6 +157,28 @@ async fn session(
     // ending in between must see that it was replaced, or its "down" would
     // land after our "connected".
     let mut link = state.sessions.insert(&fp);
+    // Several nodes: take the agent's session in the shared table before
+    // registering (which writes Connected), so a node the agent left can
+    // no longer write Down over it (`AgentStore::set_presence`).
+    let mut lease = None;
+    if state.store.is_shared() {
+        let taken = state
+            .store
+            .backend()
+            .connect(&fp, &state.node, crate::store::now_ms())
+            .await;
+        match taken {
+            Ok(taken) => {
+                state.sessions.set_lease(&fp, link.id, taken.clone());
+                lease = Some(taken);
+            }
+            Err(e) => {
+                warn!(fingerprint = %fp, "taking the agent's session failed: {e}");
+                state.sessions.remove(&fp, link.id);
+                return close(&mut socket, close_code::ERROR, "server error").await;
+            }
+        }
+    }
     let version = registration.protocol_version;
     let channel = registration.channel.clone();
     let hello_tags = registration.tags.clone();
@@ -241,7 +264,7 @@ async fn session(
     )
     .await;
     let removed = matches!(end, End::Removed);
-    let (code, reason) = Box::pin(finish(&state, &fp, link.id, end)).await;
+    let (code, reason) = Box::pin(finish(&state, &fp, link.id, lease, end)).await;
     if removed {
         return reject(&mut socket, REMOVED_REASON).await;
     }
@@ -309,7 +332,13 @@ async fn introduce(
 
 /// Records how session `id` of `fp` ended (presence, event, log line) and
 /// returns the close frame to send.
-async fn finish(state: &AppState, fp: &Fingerprint, id: u64, end: End) -> (u16, &'static str) {
+async fn finish(
+    state: &AppState,
+    fp: &Fingerprint,
+    id: u64,
+    lease: Option<Lease>,
+    end: End,
+) -> (u16, &'static str) {
     let ours = state.sessions.remove(fp, id);
     state.nudges.leave(fp, id);
     if ours && matches!(end, End::Goodbye(_)) {
@@ -331,6 +360,18 @@ async fn finish(state: &AppState, fp: &Fingerprint, id: u64, end: End) -> (u16, 
         // A server shutting down does not tell the engine: the next start
         // counts every session as lost then, with its restart grace.
         state.alerts.presence(fp, id, what, Vec::new()).await;
+    }
+    if let (true, Some(_), Some(lease)) = (ours, presence, &lease) {
+        // Ends the shared session only if it is still this one's; the
+        // presence below is not written while the agent is up elsewhere.
+        if let Err(e) = state
+            .store
+            .backend()
+            .disconnect(lease, crate::store::now_ms())
+            .await
+        {
+            warn!(fingerprint = %fp, "ending the agent's session failed (the sweep ends it): {e}");
+        }
     }
     if let (true, Some(presence)) = (ours, presence) {
         match state.store.set_presence(fp, presence).await {

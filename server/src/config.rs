@@ -168,6 +168,9 @@ pub struct ServerConfig {
     /// Metric storage and export settings ([`crate::metrics`]).
     #[command(flatten)]
     pub metrics: crate::metrics::MetricsConfig,
+    /// The multi-node mode: a shared PostgreSQL database ([`crate::cluster`]).
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterConfig,
     /// Lowest agent protocol version accepted (see `docs/protocol.md`);
     /// raise it only when no agent in the field still needs the old one.
     #[arg(long, default_value_t = outrider_protocol::PROTOCOL_MIN)]
@@ -358,6 +361,7 @@ impl ServerConfig {
             http_idle_timeout_secs: DEFAULT_HTTP_IDLE_TIMEOUT_SECS,
             tls_handshake_timeout_secs: DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
             metrics: Default::default(),
+            cluster: Default::default(),
             protocol_min: outrider_protocol::PROTOCOL_MIN,
             protocol_max: outrider_protocol::PROTOCOL_MAX,
             capabilities: default_capabilities(),

@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod configs;
 pub mod dashboard;
@@ -86,6 +87,9 @@ pub struct AppState {
     pub notifier: Arc<notify::Notifier>,
     /// Update nudges after release changes ([`nudges`]).
     pub nudges: Arc<nudges::Nudges>,
+    /// This node's name: `local` on SQLite, else `--node-id` or the one
+    /// kept in `<data-dir>/node.id` ([`cluster::node_id`]).
+    pub node: backend::presence::NodeId,
     pub shutdown: CancellationToken,
     /// Agent sessions run as upgraded connections outside axum's graceful
     /// shutdown, so they are tracked here and awaited by [`run`].
@@ -135,6 +139,22 @@ pub async fn run_with_dashboard(
         (None, None) => None,
     };
     let store = Store::open(&config.data_dir.join("outrider.db")).await?;
+    let (store, node) = match cluster::connect(&config.cluster).await? {
+        Some(pg) => {
+            let node = cluster::node_id(config.cluster.node_id.clone(), &config.data_dir)?;
+            if !config.no_alerting {
+                anyhow::bail!(
+                    "alerting does not run across nodes yet: start the nodes sharing --database with --no-alerting"
+                );
+            }
+            info!(%node, "sharing the --database with the other nodes; metrics stay in this node's file");
+            (store.with_postgres(pg), node)
+        }
+        None => (
+            store,
+            cluster::SQLITE_NODE.parse().expect("a valid node id"),
+        ),
+    };
     let releases = outrider_update_server::ReleaseStore::open_with_caps(
         &config.data_dir.join("releases"),
         config.release_caps(),
@@ -168,7 +188,14 @@ pub async fn run_with_dashboard(
         ),
     }
     let plugin_files = plugins::PluginFiles::open(&config.data_dir.join("plugins"))?;
-    let marked = store.mark_connected_down().await?;
+    // One node: whatever the previous run left connected is down until it
+    // reconnects. Several: other nodes hold sessions; the presence sweep
+    // ends this node's old ones (cluster::sweep).
+    let marked = if store.is_shared() {
+        0
+    } else {
+        store.mark_connected_down().await?
+    };
     if marked > 0 {
         info!(
             agents = marked,
@@ -276,6 +303,7 @@ pub async fn run_with_dashboard(
         sinks,
         alerts: alerts.clone(),
         metrics: metric_side,
+        node,
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });
@@ -284,6 +312,17 @@ pub async fn run_with_dashboard(
         .await
         .context("computing agent configs")?;
     metrics::spawn(&state);
+    if state.store.is_shared() {
+        state
+            .tasks
+            .spawn(cluster::heartbeat(state.clone(), shutdown.clone()));
+        state.tasks.spawn(cluster::singleton(
+            state.clone(),
+            backend::leader::Job::PresenceSweep,
+            shutdown.clone(),
+            cluster::sweep,
+        ));
+    }
     state.tasks.spawn({
         let shutdown = shutdown.clone();
         async move { nudges.run(shutdown).await }

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::constant_time_eq;
+use crate::backend::presence::Lease;
 
 /// RPCs that may wait for one agent at the same time.
 pub const MAX_PENDING_RPCS: usize = 16;
@@ -49,6 +50,9 @@ struct Live {
     removed: CancellationToken,
     config_changed: Arc<Notify>,
     rpc_tx: mpsc::Sender<Box<ServerMessage>>,
+    /// The session's lease in the shared presence table (multi-node mode,
+    /// `backend/presence.rs`), once taken.
+    lease: Option<Lease>,
 }
 
 /// The session's side: what it must watch.
@@ -137,6 +141,7 @@ impl Sessions {
             removed: removed.clone(),
             config_changed: config_changed.clone(),
             rpc_tx,
+            lease: None,
         };
         if let Some(old) = lock(&self.live).insert(fp.clone(), live) {
             old.cancel.cancel();
@@ -203,6 +208,40 @@ impl Sessions {
     /// Whether no session is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Records the shared-presence lease of session `id` of `fp`; false
+    /// when a newer session replaced it meanwhile.
+    pub fn set_lease(&self, fp: &Fingerprint, id: u64, lease: Lease) -> bool {
+        match lock(&self.live).get_mut(fp) {
+            Some(l) if l.id == id => {
+                l.lease = Some(lease);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The leases of the live sessions, for this node's heartbeat.
+    pub fn leases(&self) -> Vec<Lease> {
+        lock(&self.live)
+            .values()
+            .filter_map(|l| l.lease.clone())
+            .collect()
+    }
+
+    /// Ends the live session holding `lease`, as replaced: the agent's
+    /// session was taken by another node (or swept while this node was
+    /// silent), so this one must write nothing more for it. False when no
+    /// live session holds that lease.
+    pub fn lose(&self, lease: &Lease) -> bool {
+        match lock(&self.live).get(&lease.agent) {
+            Some(l) if l.lease.as_ref() == Some(lease) => {
+                l.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Wakes `fp`'s session to push its new config document.
@@ -455,5 +494,28 @@ mod tests {
         assert!(!sessions.remove(&fp(1), old.id));
         assert!(sessions.is_connected(&fp(1)));
         assert!(sessions.remove(&fp(1), new.id));
+    }
+
+    #[test]
+    fn a_lost_lease_ends_only_the_session_holding_it() {
+        let sessions = Sessions::default();
+        let lease = |generation| Lease {
+            agent: fp(1),
+            node: "a".parse().unwrap(),
+            generation,
+        };
+        let old = sessions.insert(&fp(1));
+        assert!(sessions.set_lease(&fp(1), old.id, lease(1)));
+        let new = sessions.insert(&fp(1));
+        // The replaced session cannot record a lease any more.
+        assert!(!sessions.set_lease(&fp(1), old.id, lease(1)));
+        assert!(sessions.leases().is_empty());
+        assert!(sessions.set_lease(&fp(1), new.id, lease(2)));
+        assert_eq!(sessions.leases(), vec![lease(2)]);
+        // A heartbeat reporting the old generation lost ends nothing.
+        assert!(!sessions.lose(&lease(1)));
+        assert!(!new.replaced.is_cancelled());
+        assert!(sessions.lose(&lease(2)));
+        assert!(new.replaced.is_cancelled());
     }
 }
