@@ -179,7 +179,7 @@ async fn changed_agent(
     if !found {
         return Err(no_agent(fp));
     }
-    configs::refresh(state, Some(fp)).await?;
+    configs::changed(state, Some(fp)).await?;
     Ok(Json(known_agent(state, fp.as_str()).await?))
 }
 
@@ -297,7 +297,7 @@ async fn put_check(
         .map_err(|e| ApiError::BadRequest(format!("check {name:?}: {e}")))?;
     let changed = match state.store.put_check(check).await? {
         PutCheck::Changed => {
-            configs::refresh(&state, None).await?;
+            configs::changed(&state, None).await?;
             let checks = state.store.checks().await?;
             if let Err(e) = state.alerts.set_checks(&checks).await {
                 // Each definition was checked when stored; only a bug gets here.
@@ -322,7 +322,7 @@ async fn delete_check(
     if !state.store.delete_check(name.clone()).await? {
         return Err(ApiError::NotFound(format!("no check named {name:?}")));
     }
-    configs::refresh(&state, None).await?;
+    configs::changed(&state, None).await?;
     let checks = state.store.checks().await?;
     if let Err(e) = state.alerts.set_checks(&checks).await {
         tracing::warn!("the alert rules of the checks were not applied: {e}");
@@ -362,7 +362,7 @@ async fn put_collector(
     };
     let changed = state.store.put_collector(info).await?;
     if changed {
-        configs::refresh(&state, None).await?;
+        configs::changed(&state, None).await?;
     }
     Ok(Json(json!({ "collector": name, "changed": changed })))
 }
@@ -374,7 +374,7 @@ async fn delete_collector(
     if !state.store.delete_collector(name.clone()).await? {
         return Err(ApiError::NotFound(format!("no collector named {name:?}")));
     }
-    configs::refresh(&state, None).await?;
+    configs::changed(&state, None).await?;
     Ok(Json(json!({ "collector": name, "deleted": true })))
 }
 
@@ -411,7 +411,7 @@ async fn put_plugin(
     if let Some(old) = orphaned {
         state.plugin_files.remove(&old).await;
     }
-    configs::refresh(&state, None).await?;
+    configs::changed(&state, None).await?;
     Ok(Json(info))
 }
 

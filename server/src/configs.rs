@@ -88,6 +88,21 @@ pub fn reports_under(doc: &AgentConfig, name: &str) -> bool {
             .is_some_and(|n| doc.collectors.iter().any(|c| c.name() == Some(n)))
 }
 
+/// [`refresh`] after a change made through this node (checks, plugins,
+/// collectors, an agent's tags or permissions), then, with several nodes,
+/// tells the others to refresh too (`crate::relay`), so an agent connected
+/// to any node gets its new document.
+pub async fn changed(
+    state: &AppState,
+    only: Option<&Fingerprint>,
+) -> anyhow::Result<Option<Arc<AgentConfig>>> {
+    let found = refresh(state, only).await?;
+    if let Some(bus) = &state.bus {
+        crate::relay::config_changed(bus).await;
+    }
+    Ok(found)
+}
+
 /// Recomputes the documents of every agent (or only `only`), updates the
 /// cache, wakes the sessions whose document changed and publishes a
 /// `config` event for each. Returns `only`'s document when asked for one.
@@ -114,7 +129,12 @@ pub async fn refresh(
             names.retain(|(_, at)| now.saturating_sub(*at) <= REMOVED_GRACE_MS);
             !names.is_empty()
         });
-        for c in computed {
+        for mut c in computed {
+            // Changed by this computation, or by another node's (several
+            // nodes share the store): this node's sessions were not told.
+            c.changed |= docs
+                .get(&c.fingerprint)
+                .is_some_and(|old| old.version != c.config.version);
             if let Err(e) = c.config.validate() {
                 // Cannot happen while the store keeps its plugin rules; keep
                 // the agent on its previous document rather than break it.

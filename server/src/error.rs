@@ -67,6 +67,25 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+
+    /// The error another node answered with `status` and `message`
+    /// (`crate::relay`), so this node answers the same. A status no variant
+    /// has becomes an internal error keeping the sentence.
+    pub(crate) fn from_status(status: u16, message: String) -> ApiError {
+        match status {
+            400 => ApiError::BadRequest(message),
+            403 => ApiError::Forbidden(message),
+            404 => ApiError::NotFound(message),
+            405 => ApiError::MethodNotAllowed(message),
+            409 => ApiError::Conflict(message),
+            413 => ApiError::PayloadTooLarge(message),
+            422 => ApiError::Unprocessable(message),
+            429 => ApiError::TooManyRequests(message),
+            503 => ApiError::Unavailable(message),
+            504 => ApiError::GatewayTimeout(message),
+            _ => ApiError::Internal(anyhow::anyhow!("another node answered {status}: {message}")),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -36,6 +36,7 @@ pub mod notify;
 pub mod nudges;
 pub mod openapi;
 pub mod plugins;
+pub mod relay;
 pub mod rpc;
 pub mod serve;
 pub mod sessions;
@@ -90,6 +91,9 @@ pub struct AppState {
     /// This node's name: `local` on SQLite, else `--node-id` or the one
     /// kept in `<data-dir>/node.id` ([`cluster::node_id`]).
     pub node: backend::presence::NodeId,
+    /// The bus to the other nodes sharing the database (`relay`); `None`
+    /// on SQLite, one node.
+    pub bus: Option<backend::postgres::bus::PgBus>,
     pub shutdown: CancellationToken,
     /// Agent sessions run as upgraded connections outside axum's graceful
     /// shutdown, so they are tracked here and awaited by [`run`].
@@ -139,7 +143,8 @@ pub async fn run_with_dashboard(
         (None, None) => None,
     };
     let store = Store::open(&config.data_dir.join("outrider.db")).await?;
-    let (store, node) = match cluster::connect(&config.cluster).await? {
+    let shared = cluster::connect(&config.cluster).await?;
+    let (store, node) = match shared.clone() {
         Some(pg) => {
             let node = cluster::node_id(config.cluster.node_id.clone(), &config.data_dir)?;
             if !config.no_alerting {
@@ -280,10 +285,36 @@ pub async fn run_with_dashboard(
     let nudges = Arc::new(nudges::Nudges::new(Duration::from_secs(
         config.nudge_window_secs,
     )));
+    // Several nodes: the bus to the others, started before the state that
+    // holds it; its tasks stop with `shutdown` and are awaited with the
+    // sessions.
+    let (bus, bus_incoming, bus_tasks) = match &shared {
+        Some(pg) => {
+            let (bus, incoming, tasks) = backend::postgres::bus::PgBus::start(
+                pg.clone(),
+                pg.listen_config(),
+                node.clone(),
+                backend::bus::BusConfig::default(),
+                shutdown.clone(),
+            );
+            (Some(bus), Some(incoming), Some(tasks))
+        }
+        None => (None, None, None),
+    };
     releases.on_manifest_stored({
         let nudges = nudges.clone();
-        Box::new(move |channel, sequence| {
-            nudges.schedule(channel.as_str(), sequence);
+        let bus = bus.clone();
+        let runtime = tokio::runtime::Handle::current();
+        Box::new(move |channel, sequence| match &bus {
+            // Every node, this one included, nudges its own agents.
+            Some(bus) => {
+                let (bus, channel) = (bus.clone(), channel.as_str().to_owned());
+                runtime
+                    .spawn(async move { relay::nudge_scheduled(&bus, &channel, sequence).await });
+            }
+            None => {
+                nudges.schedule(channel.as_str(), sequence);
+            }
         })
     });
     let state = Arc::new(AppState {
@@ -304,6 +335,7 @@ pub async fn run_with_dashboard(
         alerts: alerts.clone(),
         metrics: metric_side,
         node,
+        bus,
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });
@@ -312,6 +344,10 @@ pub async fn run_with_dashboard(
         .await
         .context("computing agent configs")?;
     metrics::spawn(&state);
+    if let (Some(incoming), Some(tasks)) = (bus_incoming, bus_tasks) {
+        relay::start(&state, incoming);
+        state.tasks.spawn(tasks.join());
+    }
     if state.store.is_shared() {
         state
             .tasks

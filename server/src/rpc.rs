@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 use crate::AppState;
 use crate::api::{no_agent, parse_fp};
+use crate::backend::presence::PresenceStore;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::sessions::{RpcAnswer, SendRpcError};
 
@@ -53,7 +54,41 @@ pub async fn run(
 /// Runs `req` on agent `fp` now and waits for its answer (the API's
 /// handler and the dashboard's Run now button). Fails with the outcomes
 /// of the module documentation.
+///
+/// With several nodes, an agent whose session is on another node is asked
+/// through that node (`crate::relay`), after the same checks here.
 pub async fn run_now(
+    state: &AppState,
+    fp: &Fingerprint,
+    req: RunRequest,
+) -> Result<RunResponse, ApiError> {
+    if state.store.is_shared() && !state.sessions.is_connected(fp) {
+        let session = state
+            .store
+            .backend()
+            .session(fp)
+            .await
+            .map_err(anyhow::Error::from)?;
+        if let Some(owner) = session
+            .filter(|s| s.is_up() && s.node != state.node)
+            .map(|s| s.node)
+        {
+            // The owner checks the request against its own copy of the
+            // agent's document: this node's may not have caught up yet
+            // with a check defined a moment ago on another node.
+            let wait = Duration::from_secs(u64::from(relayed_run_secs(
+                &req,
+                state.configs.get(fp).as_deref(),
+            ))) + RPC_MARGIN;
+            return crate::relay::run_now_on(state, &owner, fp, req, wait).await;
+        }
+    }
+    run_here(state, fp, req).await
+}
+
+/// [`run_now`] on this node's session of `fp`: what another node's relayed
+/// call runs.
+pub async fn run_here(
     state: &AppState,
     fp: &Fingerprint,
     req: RunRequest,
@@ -77,6 +112,22 @@ pub async fn run_now(
         id,
         result: outcome?,
     })
+}
+
+/// How long a run relayed to another node may take, for the wait: the
+/// script's timeout, or the check's in `config` (this node's copy), or the
+/// longest a run may be when this node does not know the check yet.
+fn relayed_run_secs(req: &RunRequest, config: Option<&AgentConfig>) -> u32 {
+    match (&req.check, &req.script) {
+        (None, Some(_)) => req
+            .timeout_secs
+            .unwrap_or(DEFAULT_SCRIPT_TIMEOUT_SECS)
+            .min(MAX_RUN_TIMEOUT_SECS),
+        (Some(check), _) => config
+            .and_then(|c| c.checks.iter().find(|k| &k.name == check))
+            .map_or(MAX_RUN_TIMEOUT_SECS, |k| k.timeout_secs),
+        (None, None) => 0,
+    }
 }
 
 /// Builds the RPC a request asks for (given its correlation id) and the
@@ -183,6 +234,42 @@ async fn wait_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relayed_run_waits_for_what_this_node_knows_of_it() {
+        let config = AgentConfig {
+            checks: vec![outrider_protocol::CheckSpec {
+                name: "load".into(),
+                command: vec!["/bin/true".into()],
+                interval_secs: 60,
+                timeout_secs: 7,
+            }],
+            ..AgentConfig::default()
+        };
+        let check = |name: &str| RunRequest {
+            check: Some(name.into()),
+            ..RunRequest::default()
+        };
+        let script = |timeout_secs| RunRequest {
+            script: Some("true".into()),
+            timeout_secs,
+            ..RunRequest::default()
+        };
+        // (request, this node's document, seconds)
+        let cases = [
+            (check("load"), Some(&config), 7),
+            // Defined a moment ago elsewhere: the longest a run may take.
+            (check("new"), Some(&config), MAX_RUN_TIMEOUT_SECS),
+            (check("load"), None, MAX_RUN_TIMEOUT_SECS),
+            (script(Some(3)), None, 3),
+            (script(None), None, DEFAULT_SCRIPT_TIMEOUT_SECS),
+            (script(Some(u32::MAX)), None, MAX_RUN_TIMEOUT_SECS),
+            (RunRequest::default(), None, 0),
+        ];
+        for (req, config, secs) in cases {
+            assert_eq!(relayed_run_secs(&req, config), secs, "{req:?}");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_agent_is_a_504_after_the_wait_and_not_before() {

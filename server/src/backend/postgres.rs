@@ -310,6 +310,15 @@ impl PgBackend {
     }
 
     /// A connection from the pool.
+    /// Where this backend's node opens its bus's dedicated `LISTEN`
+    /// connection: the pool's database and TLS, outside the pool.
+    pub fn listen_config(&self) -> bus::ListenConfig {
+        bus::ListenConfig {
+            config: self.session.config.clone(),
+            tls: self.session.tls.clone(),
+        }
+    }
+
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool
             .get()

@@ -568,10 +568,15 @@ impl Conn {
 
     /// Reads until the connection ends; panics if a message arrives first.
     pub async fn closed(&mut self) -> Closed {
+        self.closed_within(STEP).await
+    }
+
+    /// [`Conn::closed`], waiting up to `wait` for the end.
+    pub async fn closed_within(&mut self, wait: Duration) -> Closed {
         loop {
-            let frame = tokio::time::timeout(STEP, self.ws.next())
+            let frame = tokio::time::timeout(wait, self.ws.next())
                 .await
-                .expect("connection still open after 5 s");
+                .unwrap_or_else(|_| panic!("connection still open after {wait:?}"));
             match frame {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(Message::Close(Some(f)))) => {

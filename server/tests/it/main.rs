@@ -6,6 +6,7 @@ mod admin_api;
 mod agent_ws;
 mod alerting;
 mod browser;
+mod cluster;
 mod collectors;
 mod config_push;
 mod dashboard;

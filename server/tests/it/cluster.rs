@@ -1,0 +1,184 @@
+//! Several server nodes sharing one PostgreSQL database (a private
+//! cluster from `outrider-pgtest`), each a real server in this process on
+//! its own port, driven by scripted agents over real websockets: run-now
+//! relayed to the node holding the agent's session, config changes
+//! reaching every node's agents, and presence across a move.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outrider_protocol::api::Presence;
+use outrider_protocol::{AgentMessage, CheckState, ServerMessage};
+use serde_json::json;
+
+use crate::helpers::{
+    Agent, Closed, Conn, ENROLLMENT_TOKEN, POLICY, Server, result, run_in_background,
+};
+
+/// Longest wait for what a heartbeat (every 5 s) or the bus's polling
+/// brings about.
+const BEAT: Duration = Duration::from_secs(20);
+
+/// A fresh database of the test binary's private cluster, as the
+/// `--database` of a server process (libpq key=value).
+async fn database() -> String {
+    outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap()
+        .conninfo()
+}
+
+/// A node named `name` on `database`.
+async fn node(database: &str, name: &str) -> Arc<Server> {
+    let (database, name) = (database.to_owned(), name.to_owned());
+    Arc::new(
+        Server::start_with(move |c| {
+            c.cluster.database = Some(database);
+            c.cluster.node_id = Some(name.parse().unwrap());
+            c.no_alerting = true;
+        })
+        .await,
+    )
+}
+
+/// Receives until an RPC comes, skipping config pushes.
+async fn next_rpc(conn: &mut Conn) -> ServerMessage {
+    loop {
+        match conn.recv().await {
+            ServerMessage::Config(_) => continue,
+            msg @ (ServerMessage::RunCheck { .. } | ServerMessage::RunScript { .. }) => {
+                return msg;
+            }
+            other => panic!("expected an RPC, got {other:?}"),
+        }
+    }
+}
+
+/// Defines check `load` through `server`; `conn`'s agent, wherever it is
+/// connected, receives the config carrying it.
+async fn define_load_check_on(server: &Server, conn: &mut Conn) {
+    let check = json!({ "command": ["/bin/true"], "interval_secs": 60, "timeout_secs": 5 });
+    server
+        .admin("PUT", "/api/v1/checks/load", Some(&check))
+        .await;
+    let pushed = async {
+        loop {
+            if let ServerMessage::Config(config) = conn.recv().await
+                && config.checks.iter().any(|c| c.name == "load")
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(BEAT, pushed)
+        .await
+        .expect("the agent never got the check defined on the other node");
+}
+
+#[tokio::test]
+async fn run_now_asked_of_another_node_reaches_the_agent_and_answers_as_it_would() {
+    let db = database().await;
+    let (a, b) = (node(&db, "a").await, node(&db, "b").await);
+    let agent = Agent::new(1, "web-1");
+    let (mut conn, _, _) = agent.connect(&a, Some(ENROLLMENT_TOKEN)).await;
+    // Defined through b, pushed by a to its agent.
+    define_load_check_on(&b, &mut conn).await;
+
+    // Asked of b, run by the agent on a.
+    let call = run_in_background(&b, agent.fp.as_str(), json!({ "check": "load" }));
+    let ServerMessage::RunCheck { id, check } = next_rpc(&mut conn).await else {
+        unreachable!()
+    };
+    assert_eq!(check, "load");
+    conn.send(&AgentMessage::RpcResult {
+        id: id.clone(),
+        result: Some(result(0, "load", CheckState::Warning, "load 7.2")),
+        error: None,
+    })
+    .await;
+    let (status, body) = call.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], id.as_str());
+    assert_eq!(body["result"]["summary"], "load 7.2");
+
+    // The agent's own refusal comes back through b as a's 422.
+    let call = run_in_background(&b, agent.fp.as_str(), json!({ "check": "load" }));
+    let ServerMessage::RunCheck { id, .. } = next_rpc(&mut conn).await else {
+        unreachable!()
+    };
+    conn.send(&AgentMessage::RpcResult {
+        id,
+        result: None,
+        error: Some("plugin not found".into()),
+    })
+    .await;
+    let (status, body) = call.await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("plugin not found"),
+        "{body}"
+    );
+
+    // Checked on b before relaying: nothing reaches the agent.
+    let (status, body) = b
+        .http(
+            "POST",
+            &format!("/api/v1/agents/{}/run", agent.fp),
+            Some(&format!("Bearer {}", b.admin_token)),
+            Some(&json!({ "check": "nope" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn an_agent_moving_to_another_node_stays_connected_and_the_old_node_lets_go() {
+    let db = database().await;
+    let (a, b) = (node(&db, "a").await, node(&db, "b").await);
+    let agent = Agent::new(2, "web-2");
+    let (mut old, _, _) = agent.connect(&a, Some(ENROLLMENT_TOKEN)).await;
+    // The agent reconnects to b while a still holds its socket (a
+    // network path died silently, as when a's host is cut off).
+    let (_new, _, _) = agent.connect(&b, None).await;
+    // a learns from its next heartbeat that the session moved and closes
+    // its socket as replaced, writing no presence.
+    let closed = old.closed_within(BEAT).await;
+    assert_eq!(
+        closed,
+        Closed::Frame(POLICY, "replaced by a newer session".into())
+    );
+    for server in [&a, &b] {
+        assert_eq!(server.agent(&agent.fp).await.presence, Presence::Connected);
+    }
+}
+
+#[tokio::test]
+async fn a_call_through_a_node_the_agent_left_fails_as_soon_as_it_is_elsewhere() {
+    let db = database().await;
+    let (a, b, c) = (
+        node(&db, "a").await,
+        node(&db, "b").await,
+        node(&db, "c").await,
+    );
+    let agent = Agent::new(3, "web-3");
+    let (mut on_a, _, _) = agent.connect(&a, Some(ENROLLMENT_TOKEN)).await;
+    define_load_check_on(&a, &mut on_a).await;
+    // Asked of b, relayed to a; the agent never answers there.
+    let call = run_in_background(&b, agent.fp.as_str(), json!({ "check": "load" }));
+    next_rpc(&mut on_a).await;
+    // The agent turns up on c: b's call fails then, not at its deadline
+    // (the check's 5 s timeout plus the margin, 15 s).
+    let (_on_c, _, _) = agent.connect(&c, None).await;
+    let started = std::time::Instant::now();
+    let (status, body) = tokio::time::timeout(BEAT, call).await.unwrap().unwrap();
+    assert_eq!(status, 409, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("now connected to node c"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
