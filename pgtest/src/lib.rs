@@ -212,6 +212,43 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Stops the cluster's server (`pg_ctl stop -m fast`: sessions are
+    /// cut, as in a restart of a production server) and keeps its data, for
+    /// tests of clients riding out an outage; [`Cluster::resume`] starts it
+    /// again.
+    pub fn pause(&self) -> Result<(), Error> {
+        let (bindir, as_user) = (bindir()?, run_as()?);
+        run(
+            "pg_ctl stop",
+            privileged(&bindir.join("pg_ctl"), as_user, &self.dir)
+                .args(["stop", "-m", "fast", "-w", "-t", "60", "-D"])
+                .arg(self.dir.join("data")),
+        )
+    }
+
+    /// Starts the server [`Cluster::pause`] stopped, with the options of
+    /// its first start (`pg_ctl` keeps them in `postmaster.opts`).
+    pub fn resume(&self) -> Result<(), Error> {
+        let (bindir, as_user) = (bindir()?, run_as()?);
+        let opts = std::fs::read_to_string(self.dir.join("data/postmaster.opts"))
+            .map_err(|e| io_error("reading postmaster.opts", e))?;
+        // "<postgres binary> <option> <option>…": the options after the
+        // binary, as `pg_ctl start -o` takes them.
+        let options = opts
+            .trim()
+            .split_once(' ')
+            .map_or("", |(_, rest)| rest)
+            .to_owned();
+        run(
+            "pg_ctl start",
+            privileged(&bindir.join("pg_ctl"), as_user, &self.dir)
+                .args(["start", "-w", "-t", "60", "-o", &options, "-D"])
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("log")),
+        )
+    }
+
     /// The directory holding the cluster's socket.
     pub fn socket_dir(&self) -> &Path {
         &self.dir

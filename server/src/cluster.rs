@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -217,6 +218,40 @@ fn made_node_id(host: &str, suffix: [u8; 3]) -> String {
     format!("{host}-{:02x}{:02x}{:02x}", suffix[0], suffix[1], suffix[2])
 }
 
+/// Since when this node's heartbeats have been succeeding without a
+/// failure (Unix ms; 0: the latest one failed, or none ran yet): what the
+/// sweep asks before it ends anybody's sessions ([`may_sweep`]).
+#[derive(Debug, Default)]
+pub struct BeatHealth(AtomicI64);
+
+impl BeatHealth {
+    fn succeeded(&self, now_ms: i64) {
+        let _ = self
+            .0
+            .compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn failed(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// Since when the heartbeats have been succeeding, if they are.
+    pub fn healthy_since(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&at| at > 0)
+    }
+}
+
+/// Whether a sweep at `now_ms` may end sessions, given since when this
+/// node's own heartbeats have been succeeding. Only after a full
+/// [`NODE_SILENCE_MS`] of them: after an outage of the database every
+/// node's sessions look silent, and a sweep run before the other nodes'
+/// first beats since would call every agent down and make every node drop
+/// its sockets. Once this node has reached the database for that long, so
+/// could every live node, and a session still silent is held by nobody.
+pub fn may_sweep(healthy_since_ms: Option<i64>, now_ms: i64) -> bool {
+    healthy_since_ms.is_some_and(|since| now_ms.saturating_sub(since) >= NODE_SILENCE_MS)
+}
+
 /// Election timing of the singleton jobs.
 pub fn election_config() -> ElectionConfig {
     ElectionConfig::default()
@@ -239,6 +274,7 @@ pub async fn heartbeat(state: Arc<AppState>, shutdown: CancellationToken) {
         let leases = state.sessions.leases();
         match backend.heartbeat(&state.node, &leases, now_ms()).await {
             Ok(beat) => {
+                state.beat_health.succeeded(now_ms());
                 if failing {
                     info!(node = %state.node, "heartbeat stored again");
                     failing = false;
@@ -250,6 +286,7 @@ pub async fn heartbeat(state: Arc<AppState>, shutdown: CancellationToken) {
                 }
             }
             Err(e) => {
+                state.beat_health.failed();
                 // Logged once per outage: beats are retried every tick.
                 if !failing {
                     warn!(node = %state.node, "heartbeat failed (retried every {}s): {e}", HEARTBEAT_EVERY.as_secs());
@@ -264,6 +301,8 @@ pub async fn heartbeat(state: Arc<AppState>, shutdown: CancellationToken) {
 /// [`HEARTBEAT_EVERY`], ends the sessions silent for [`NODE_SILENCE_MS`]
 /// (their node died or forgot them) and reports those agents down, unless
 /// they are up on a newer session by then (`AgentStore::set_presence`).
+/// It waits while this node's own heartbeats have not been succeeding for
+/// a silence's length ([`may_sweep`]).
 pub async fn sweep(state: Arc<AppState>, cancel: CancellationToken) {
     let backend = state.store.backend();
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
@@ -273,7 +312,11 @@ pub async fn sweep(state: Arc<AppState>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let swept = match backend.sweep(now_ms(), NODE_SILENCE_MS).await {
+        let now = now_ms();
+        if !may_sweep(state.beat_health.healthy_since(), now) {
+            continue;
+        }
+        let swept = match backend.sweep(now, NODE_SILENCE_MS).await {
             Ok(swept) => swept,
             Err(e) => {
                 warn!("presence sweep failed (retried): {e}");
@@ -404,6 +447,31 @@ mod tests {
                 "{hosts:?} {mode:?} {ca}"
             );
         }
+    }
+
+    #[test]
+    fn a_sweep_waits_for_a_silences_length_of_good_heartbeats() {
+        let now = 1_000_000;
+        // (healthy since, may sweep)
+        let cases = [
+            (None, false),
+            (Some(now), false),
+            (Some(now - NODE_SILENCE_MS + 1), false),
+            (Some(now - NODE_SILENCE_MS), true),
+            (Some(1), true),
+        ];
+        for (since, expected) in cases {
+            assert_eq!(may_sweep(since, now), expected, "{since:?}");
+        }
+        let health = BeatHealth::default();
+        assert_eq!(health.healthy_since(), None);
+        health.succeeded(5);
+        health.succeeded(9);
+        assert_eq!(health.healthy_since(), Some(5), "the first success counts");
+        health.failed();
+        assert_eq!(health.healthy_since(), None);
+        health.succeeded(12);
+        assert_eq!(health.healthy_since(), Some(12));
     }
 
     #[test]

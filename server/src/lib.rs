@@ -94,6 +94,8 @@ pub struct AppState {
     /// The bus to the other nodes sharing the database (`relay`); `None`
     /// on SQLite, one node.
     pub bus: Option<backend::postgres::bus::PgBus>,
+    /// Whether this node's heartbeats reach the database (`cluster`).
+    pub beat_health: cluster::BeatHealth,
     pub shutdown: CancellationToken,
     /// Agent sessions run as upgraded connections outside axum's graceful
     /// shutdown, so they are tracked here and awaited by [`run`].
@@ -336,6 +338,7 @@ pub async fn run_with_dashboard(
         metrics: metric_side,
         node,
         bus,
+        beat_health: Default::default(),
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });

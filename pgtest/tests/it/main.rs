@@ -82,3 +82,38 @@ fn a_process_that_ends_normally_leaves_no_cluster_behind() {
     assert!(!dir.exists(), "{} left behind", dir.display());
     wait_stopped(&postmaster);
 }
+
+/// A paused cluster refuses connections and keeps its data; resumed, it
+/// serves the same database again (what clients riding out a restart of
+/// PostgreSQL see).
+#[tokio::test]
+async fn a_paused_cluster_keeps_its_data_and_serves_it_again_when_resumed() {
+    let cluster = outrider_pgtest::Cluster::start().unwrap();
+    let db = cluster.database().await.unwrap();
+    let query = |sql: &'static str| {
+        let config = db.config.clone();
+        async move {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            let driver = tokio::spawn(connection);
+            let rows = client.simple_query(sql).await;
+            drop(client);
+            let _ = driver.await;
+            rows
+        }
+    };
+    query("CREATE TABLE kept (v INT); INSERT INTO kept VALUES (42);")
+        .await
+        .unwrap();
+    cluster.pause().unwrap();
+    assert!(
+        query("SELECT 1").await.is_err(),
+        "a paused cluster answered"
+    );
+    cluster.resume().unwrap();
+    let rows = query("SELECT v FROM kept").await.unwrap();
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("42"));
+}
