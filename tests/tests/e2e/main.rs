@@ -2,6 +2,7 @@
 //! server → check result, with the real binaries on loopback.
 
 mod alerting;
+mod cluster;
 mod collectors;
 mod dos;
 mod enrollment;
