@@ -458,6 +458,11 @@ async fn authenticate(
         state.config.protocol_range(),
         &state.config.capabilities,
     )?;
+    if let Some(field) = hello.label_with_nul() {
+        return Err(format!(
+            "hello field {field} holds a NUL character, which the server does not store"
+        ));
+    }
     if hello.tags.len() > MAX_AGENT_TAGS {
         return Err(format!(
             "{} tags exceed the limit of {MAX_AGENT_TAGS}",
