@@ -35,6 +35,9 @@ pub mod leader;
 #[cfg(test)]
 mod login_tests;
 pub mod logins;
+pub mod notify;
+#[cfg(test)]
+mod notify_tests;
 pub mod plugin_files;
 pub mod postgres;
 pub mod presence;
@@ -56,6 +59,7 @@ pub use checks::CheckStore;
 pub use collectors::CollectorStore;
 pub use error::StoreError;
 pub use logins::LoginStore;
+pub use notify::NotifyStore;
 pub use plugin_files::PluginFileStore;
 pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
 pub use sqlite::SqliteBackend;

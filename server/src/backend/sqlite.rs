@@ -16,6 +16,7 @@ mod alerts;
 mod checks;
 mod collectors;
 mod logins;
+mod notify;
 mod presence;
 mod tokens;
 pub(crate) mod update_events;
