@@ -31,6 +31,9 @@ pub mod checks;
 mod collector_tests;
 pub mod collectors;
 pub mod error;
+pub mod fleet;
+#[cfg(test)]
+mod fleet_tests;
 pub mod leader;
 #[cfg(test)]
 mod login_tests;
@@ -58,6 +61,7 @@ pub use alerts::AlertStore;
 pub use checks::CheckStore;
 pub use collectors::CollectorStore;
 pub use error::StoreError;
+pub use fleet::FleetStore;
 pub use logins::LoginStore;
 pub use notify::NotifyStore;
 pub use plugin_files::PluginFileStore;

@@ -30,6 +30,7 @@ mod artefacts;
 pub mod bus;
 mod checks;
 mod collectors;
+mod fleet;
 mod leader;
 mod logins;
 mod notify;

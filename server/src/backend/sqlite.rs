@@ -15,6 +15,7 @@ mod agents;
 mod alerts;
 mod checks;
 mod collectors;
+mod fleet;
 mod logins;
 mod notify;
 mod presence;
