@@ -563,7 +563,7 @@ async fn two_nodes_routing_at_once_route_each_row_once_in_order(a: Backend, b: B
 mod postgres_only {
     use std::time::Duration;
 
-    use super::super::notify::{ROUTING_LOCK, Take, take};
+    use super::super::notify::{RECEIVERS_LOCK, ROUTING_LOCK, Take, take};
     use super::super::two_nodes::{pg_database_node, pg_node, wait_for_a_lock_wait};
     use super::*;
 
@@ -759,6 +759,64 @@ mod postgres_only {
             "a pending delivery for a deleted receiver: {:?}",
             deliveries(&b).await
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn receiver_changes_take_turns_so_the_bound_holds_and_no_route_outlives_its_receiver() {
+        let (db, b) = pg_database_node().await;
+        for i in 0..MAX_RECEIVERS - 1 {
+            b.add_receiver(hook(&format!("r{i}")), T0).await.unwrap();
+        }
+        // Node A adds the last receiver there is room for: not committed.
+        let mut a = raw(&db.config).await;
+        let tx = a.transaction().await.unwrap();
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RECEIVERS_LOCK])
+            .await
+            .unwrap();
+        tx.execute(
+            "INSERT INTO notify_receivers (name, kind, config, rate_per_sec, created_at_ms)
+             VALUES ('last', 'webhook', '{}', 1, 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+        let node_b = b.clone();
+        let mut call =
+            tokio::spawn(async move { node_b.add_receiver(hook("over"), T0).await.unwrap() });
+        let early = finishes_or_waits(&db.config, Some("advisory"), &mut call).await;
+        assert!(early.is_none(), "node B added without waiting: {early:?}");
+        tx.commit().await.unwrap();
+        assert_eq!(call.await.unwrap(), AddReceiver::Full);
+        let count: i64 = a
+            .query_one("SELECT count(*) FROM notify_receivers", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(count, MAX_RECEIVERS);
+
+        // Node A deletes a receiver while B adds a route to it.
+        let tx = a.transaction().await.unwrap();
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RECEIVERS_LOCK])
+            .await
+            .unwrap();
+        tx.execute("DELETE FROM notify_receivers WHERE name = 'r0'", &[])
+            .await
+            .unwrap();
+        let node_b = b.clone();
+        let mut call = tokio::spawn(async move {
+            node_b
+                .add_route(route("r0", &["db"], &[]), T0)
+                .await
+                .unwrap()
+        });
+        let early = finishes_or_waits(&db.config, Some("advisory"), &mut call).await;
+        assert!(
+            early.is_none(),
+            "node B added a route without waiting: {early:?}"
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(call.await.unwrap(), AddRoute::NoReceiver);
+        assert!(b.routes().await.unwrap().is_empty());
     }
 
     /// Workers on two nodes, two per node, hand a receiver's queue round:
