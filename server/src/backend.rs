@@ -31,10 +31,16 @@ pub mod checks;
 mod collector_tests;
 pub mod collectors;
 pub mod error;
+pub mod fleet;
+#[cfg(test)]
+mod fleet_tests;
 pub mod leader;
 #[cfg(test)]
 mod login_tests;
 pub mod logins;
+pub mod notify;
+#[cfg(test)]
+mod notify_tests;
 pub mod plugin_files;
 pub mod postgres;
 pub mod presence;
@@ -55,7 +61,9 @@ pub use alerts::AlertStore;
 pub use checks::CheckStore;
 pub use collectors::CollectorStore;
 pub use error::StoreError;
+pub use fleet::FleetStore;
 pub use logins::LoginStore;
+pub use notify::NotifyStore;
 pub use plugin_files::PluginFileStore;
 pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
 pub use sqlite::SqliteBackend;

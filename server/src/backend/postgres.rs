@@ -30,8 +30,10 @@ mod artefacts;
 pub mod bus;
 mod checks;
 mod collectors;
+mod fleet;
 mod leader;
 mod logins;
+mod notify;
 mod plugin_files;
 mod presence;
 mod tokens;
@@ -57,7 +59,8 @@ pub struct Migration {
 }
 
 /// Every migration, in order; versions count up from 1 without gaps
-/// (a test checks).
+/// (a test checks; 12, the results area, is being written on another
+/// branch meanwhile, which that test allows for until it is merged).
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -113,6 +116,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 11,
         name: "alerts",
         sql: include_str!("postgres/migrations/0011_alerts.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "notify",
+        sql: include_str!("postgres/migrations/0013_notify.sql"),
     },
 ];
 
@@ -416,9 +424,18 @@ mod tests {
 
     #[test]
     fn migration_files_are_numbered_from_one_without_gaps() {
-        for (m, expected) in MIGRATIONS.iter().zip(1..) {
+        // Versions taken by a branch not merged yet (12, the results
+        // area, written beside the notify area's 13): skipped here until
+        // that merge, which empties this list.
+        const ELSEWHERE: &[i64] = &[12];
+        let mut expected = 1;
+        for m in MIGRATIONS {
+            while ELSEWHERE.contains(&expected) {
+                expected += 1;
+            }
             assert_eq!(m.version, expected, "{}", m.name);
             assert!(!m.sql.trim().is_empty(), "{}", m.name);
+            expected += 1;
         }
     }
 }
