@@ -155,7 +155,7 @@ pub async fn run_with_dashboard(
                 );
             }
             info!(%node, "sharing the --database with the other nodes; metrics stay in this node's file");
-            (store.with_postgres(pg), node)
+            (store.with_postgres(pg, node.clone()), node)
         }
         None => (
             store,

@@ -14,14 +14,14 @@
 use outrider_protocol::{CheckState, Fingerprint};
 
 use super::Store;
-use crate::backend::SqliteBackend;
+use crate::backend::Backend;
 use crate::backend::fleet::FleetStore;
 pub use crate::backend::fleet::{FleetPage, FleetQuery, FleetRow, MAX_FLEET_PAGE};
 
 impl Store {
     /// The fleet area of this store behind its trait.
-    fn fleet_area(&self) -> SqliteBackend {
-        SqliteBackend::new(self.clone())
+    fn fleet_area(&self) -> Backend {
+        self.backend()
     }
 
     /// One page of the fleet: agents matching `q`, ordered by host name

@@ -28,22 +28,17 @@ use anyhow::Context;
 use outrider_protocol::api::{DeadLetter, NewRoute, ReceiverConfig, ReceiverInfo, RouteInfo};
 
 use super::Store;
-use crate::backend::SqliteBackend;
+use crate::backend::Backend;
 use crate::backend::notify::NotifyStore;
 pub use crate::backend::notify::{
     AddReceiver, AddRoute, DeliveryContent, DueDelivery, MAX_PENDING_PER_RECEIVER, MAX_RECEIVERS,
     MAX_ROUTES, RETENTION_MS, ROUTE_BATCH_ROWS, Routed, StoredReceiver, kind_of,
 };
-use crate::backend::presence::NodeId;
-
-/// The node name SQLite's one node claims deliveries under (nothing of
-/// it is stored: `backend/notify.rs`, rule 3).
-const SQLITE_NODE: &str = "local";
 
 impl Store {
     /// The notify area of this store behind its trait.
-    fn notify_area(&self) -> SqliteBackend {
-        SqliteBackend::new(self.clone())
+    fn notify_area(&self) -> Backend {
+        self.backend()
     }
 
     /// Adds a receiver, unless one of that name exists or there are
@@ -104,10 +99,9 @@ impl Store {
     /// go out in order (a resolve never overtakes its trigger). Its
     /// `claim` is set when it is due now.
     pub async fn next_delivery(&self, receiver: String) -> anyhow::Result<Option<DueDelivery>> {
-        let node: NodeId = SQLITE_NODE.parse().expect("a valid node id");
         Ok(self
             .notify_area()
-            .next_delivery(&node, &receiver, super::now_ms())
+            .next_delivery(self.node(), &receiver, super::now_ms())
             .await?)
     }
 

@@ -229,7 +229,7 @@ impl CheckStore for PgBackend {
         &self,
         only: Option<&Fingerprint>,
     ) -> Result<Vec<ComputedConfig>, StoreError> {
-        let mut out = self.read_configs(only).await?;
+        let out = self.read_configs(only).await?;
         let changed: Vec<String> = out
             .iter()
             .filter(|c| c.changed)
