@@ -14,12 +14,12 @@ const DAY: u64 = 86_400;
 
 /// A release repository on the server: a root and a blob uploaded, and
 /// the release key that signs manifests.
-struct Releases {
+pub(crate) struct Releases {
     release: KeyPair,
 }
 
 impl Releases {
-    async fn start(server: &Server) -> Releases {
+    pub(crate) async fn start(server: &Server) -> Releases {
         let root = KeyPair::generate(KeyRole::Root).unwrap();
         let release = KeyPair::generate(KeyRole::Release).unwrap();
         let now = now_unix();
@@ -51,7 +51,7 @@ impl Releases {
     }
 
     /// Stores a manifest of `channel` at `sequence` through the admin API.
-    async fn publish(&self, server: &Server, channel: &str, sequence: u64) {
+    pub(crate) async fn publish(&self, server: &Server, channel: &str, sequence: u64) {
         let target = Target::full(
             format!("1.0.{sequence}"),
             1,
@@ -81,7 +81,7 @@ impl Releases {
 }
 
 /// Connects `agent` offering `[2, max]`, `update_nudge` and `channel`.
-async fn connect(server: &Server, agent: &Agent, max: u32, channel: &str) -> Conn {
+pub(crate) async fn connect(server: &Server, agent: &Agent, max: u32, channel: &str) -> Conn {
     let channel = channel.to_owned();
     let (mut conn, answer) = agent
         .try_connect_with(server, Some(ENROLLMENT_TOKEN), |h| {
@@ -96,7 +96,7 @@ async fn connect(server: &Server, agent: &Agent, max: u32, channel: &str) -> Con
     conn
 }
 
-async fn expect_nudge(conn: &mut Conn) -> String {
+pub(crate) async fn expect_nudge(conn: &mut Conn) -> String {
     match conn.recv().await {
         ServerMessage::CheckUpdate { reason } => reason,
         other => panic!("expected check_update, got {other:?}"),
