@@ -497,6 +497,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_total_release_cap_defaults_to_none_on_disk_and_8_gib_in_a_shared_database() {
+        let mut config = ServerConfig::new("/tmp/x".into(), "127.0.0.1:8470".parse().unwrap());
+        let max = outrider_update_server::MAX_BLOB_BYTES;
+        assert_eq!(
+            (config.release_caps(), config.shared_release_caps()),
+            (
+                outrider_update_server::BlobCaps {
+                    max_blob_bytes: max,
+                    max_total_bytes: u64::MAX,
+                },
+                outrider_update_server::BlobCaps {
+                    max_blob_bytes: max,
+                    max_total_bytes: 8 << 30,
+                }
+            )
+        );
+        config.release_blob_max_bytes = 100;
+        config.release_blobs_max_total_bytes = Some(150);
+        let given = outrider_update_server::BlobCaps {
+            max_blob_bytes: 100,
+            max_total_bytes: 150,
+        };
+        assert_eq!(
+            (config.release_caps(), config.shared_release_caps()),
+            (given, given)
+        );
+    }
+
+    #[test]
     fn plain_http_off_loopback_needs_an_explicit_flag() {
         let mut config = ServerConfig::new("/tmp/x".into(), "0.0.0.0:8470".parse().unwrap());
         let err = config.validate().unwrap_err();
