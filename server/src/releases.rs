@@ -241,3 +241,44 @@ pub async fn collect_garbage(state: Arc<AppState>, cancel: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// What a hook was called with: (channel, sequence) in order.
+    type Calls = Arc<Mutex<Vec<(String, u64)>>>;
+
+    /// A hook that records what it was called with.
+    fn recorder() -> (Calls, ManifestHook) {
+        let calls: Calls = Arc::default();
+        let hook = {
+            let calls = calls.clone();
+            Box::new(move |channel: &Channel, sequence: u64| {
+                calls
+                    .lock()
+                    .unwrap()
+                    .push((channel.as_str().to_owned(), sequence));
+            })
+        };
+        (calls, hook)
+    }
+
+    #[test]
+    fn an_announced_manifest_runs_the_hook_set_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let releases = Releases::directory(ReleaseStore::open(dir.path()).unwrap());
+        let channel: Channel = "dev".parse().unwrap();
+        // Before a hook is set: nothing to run, nothing fails.
+        releases.manifest_stored(&channel, 1);
+        let (calls, hook) = recorder();
+        assert!(releases.set_manifest_hook(hook));
+        let (other, second) = recorder();
+        assert!(!releases.set_manifest_hook(second));
+        releases.clone().manifest_stored(&channel, 2);
+        assert_eq!(*calls.lock().unwrap(), [("dev".to_owned(), 2)]);
+        assert!(other.lock().unwrap().is_empty());
+    }
+}

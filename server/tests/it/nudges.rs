@@ -50,8 +50,9 @@ impl Releases {
         Releases { release }
     }
 
-    /// Stores a manifest of `channel` at `sequence` through the admin API.
-    pub(crate) async fn publish(&self, server: &Server, channel: &str, sequence: u64) {
+    /// Stores a manifest of `channel` at `sequence` through the admin API;
+    /// returns the bytes stored.
+    pub(crate) async fn publish(&self, server: &Server, channel: &str, sequence: u64) -> Vec<u8> {
         let target = Target::full(
             format!("1.0.{sequence}"),
             1,
@@ -71,13 +72,19 @@ impl Releases {
         let bytes = make_manifest(&manifest, &[&self.release])
             .unwrap()
             .to_bytes();
-        let auth = format!("Bearer {}", server.admin_token);
-        let path = format!("/api/v1/releases/channels/{channel}/manifest");
-        let (status, body) = server
-            .http_raw("PUT", &path, Some(&auth), None, &bytes)
-            .await;
-        assert_eq!(status, 200, "{body}");
+        put_manifest(server, channel, &bytes).await;
+        bytes
     }
+}
+
+/// Uploads the manifest `bytes` of `channel` through the admin API.
+pub(crate) async fn put_manifest(server: &Server, channel: &str, bytes: &[u8]) {
+    let auth = format!("Bearer {}", server.admin_token);
+    let path = format!("/api/v1/releases/channels/{channel}/manifest");
+    let (status, body) = server
+        .http_raw("PUT", &path, Some(&auth), None, bytes)
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// Connects `agent` offering `[2, max]`, `update_nudge` and `channel`.

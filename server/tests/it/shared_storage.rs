@@ -12,8 +12,8 @@ use outrider_signing::sha256;
 use serde_json::{Value, json};
 
 use crate::config_push::{plugin_bytes, upload_plugin};
-use crate::helpers::{Agent, ENROLLMENT_TOKEN, Server};
-use crate::nudges::{Releases, connect, expect_nudge};
+use crate::helpers::{Agent, Conn, ENROLLMENT_TOKEN, Server};
+use crate::nudges::{Releases, connect, expect_nudge, put_manifest};
 
 /// A fresh database on this test binary's private PostgreSQL.
 async fn database() -> outrider_pgtest::TestDb {
@@ -76,6 +76,22 @@ fn nothing_on_disk(server: &Server) {
     }
 }
 
+/// The next message is the answer to a request sent now: nothing (no
+/// nudge) was queued for this agent before it. The request is one a node
+/// answers from memory (results are not stored across nodes yet).
+async fn expect_no_nudge(conn: &mut Conn) {
+    let unknown = "cd".repeat(32);
+    conn.send(&AgentMessage::GetPlugin {
+        sha256: unknown.clone(),
+        offset: 0,
+    })
+    .await;
+    match conn.recv().await {
+        ServerMessage::PluginMissing { sha256, .. } => assert_eq!(sha256, unknown),
+        other => panic!("expected only plugin_missing, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_release_published_through_one_node_is_served_by_the_other() {
     let db = database().await;
@@ -88,10 +104,13 @@ async fn a_release_published_through_one_node_is_served_by_the_other() {
     // Root and blob through A, an agent of channel dev on A.
     let releases = Releases::start(&a).await;
     let mut agent = connect(&a, &Agent::new(1, "web-1"), 3, "dev").await;
-    releases.publish(&a, "dev", 1).await;
-    // The manifest hook runs on the node that stored the manifest.
+    let manifest = releases.publish(&a, "dev", 1).await;
+    // The manifest hook runs on the node that stored the manifest...
     let reason = expect_nudge(&mut agent).await;
     assert!(!reason.is_empty());
+    // ...once: the same bytes again store nothing and nudge no one.
+    put_manifest(&a, "dev", &manifest).await;
+    expect_no_nudge(&mut agent).await;
 
     // B serves the same root, manifest and blob.
     for path in [
