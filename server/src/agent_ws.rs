@@ -49,6 +49,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use crate::alerts::SessionEvent;
+use crate::backend::PluginFileStore;
 use crate::backend::presence::{Lease, PresenceStore};
 use crate::limits::ConnHandle;
 use crate::listener::ConnAddrs;

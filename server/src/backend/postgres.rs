@@ -39,7 +39,10 @@ mod presence;
 mod tokens;
 pub(crate) mod update_events;
 
-pub use artefacts::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, PgArtefacts, chunk_spans};
+pub use artefacts::{
+    BLOB_PUT_LOCK, DEFAULT_CHUNK_BYTES, DEFAULT_MAX_TOTAL_BLOB_BYTES, GC_LOCK, PgArtefacts,
+    ROOT_LOCK, StoredManifest, chunk_spans,
+};
 pub use plugin_files::PgPluginFiles;
 
 use std::sync::Arc;
