@@ -38,6 +38,9 @@ pub mod logins;
 pub mod plugin_files;
 pub mod postgres;
 pub mod presence;
+#[cfg(test)]
+mod result_tests;
+pub mod results;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -58,6 +61,7 @@ pub use error::StoreError;
 pub use logins::LoginStore;
 pub use plugin_files::PluginFileStore;
 pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
+pub use results::ResultStore;
 pub use sqlite::SqliteBackend;
 pub use tokens::TokenStore;
 pub use update_events::UpdateEventStore;

@@ -34,6 +34,7 @@ mod leader;
 mod logins;
 mod plugin_files;
 mod presence;
+pub(crate) mod results;
 mod tokens;
 pub(crate) mod update_events;
 
@@ -113,6 +114,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 11,
         name: "alerts",
         sql: include_str!("postgres/migrations/0011_alerts.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "results",
+        sql: include_str!("postgres/migrations/0012_results.sql"),
     },
 ];
 

@@ -17,6 +17,7 @@ mod checks;
 mod collectors;
 mod logins;
 mod presence;
+mod results;
 mod tokens;
 pub(crate) mod update_events;
 

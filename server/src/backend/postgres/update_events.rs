@@ -36,7 +36,7 @@ use super::PgBackend;
 use crate::backend::StoreError;
 use crate::backend::update_events::{
     BuildRow, FAILURE_KINDS, KEEP_BUILDS_PER_AGENT, KEEP_PER_AGENT, ROLLBACK_WINDOW_MS,
-    UpdateEventStore, health, stored_count, stored_id, stored_reason,
+    UpdateEventStore, health, stored_count, stored_event, stored_id,
 };
 
 /// The class of the advisory locks that make one agent's event writes
@@ -53,7 +53,8 @@ pub(crate) async fn insert(
     now: i64,
 ) -> Result<bool, StoreError> {
     let id = stored_id(event.id);
-    let reason = stored_reason(&event.reason);
+    let event = &stored_event(event);
+    let reason = &event.reason;
     let lock = tx
         .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
         .await?;
