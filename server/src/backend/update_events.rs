@@ -29,15 +29,12 @@
 //!    [`ROLLBACK_WINDOW_MS`]. The grouping and ordering is [`health`], the
 //!    same for both backends.
 //!
-//! On SQLite events arrive inside the results ingest transaction
-//! (server/src/store/results.rs calls `backend::sqlite::update_events::insert`
-//! on its own transaction), so a result and its event are stored together
-//! or not at all. [`UpdateEventStore::record_update_event`] is the same
-//! write in its own transaction. PostgreSQL stores no results yet (the
-//! results area is not ported): there the event is recorded by
-//! `record_update_event` on its own, and the results area, once ported,
-//! runs the same statements (`postgres::update_events::insert`, generic
-//! over the client) inside its ingest transaction.
+//! Events arrive on results and are stored inside the results ingest's
+//! transaction on both backends (server/src/backend/sqlite/results.rs and
+//! server/src/backend/postgres/results.rs call their backend's
+//! `update_events::insert` on it), so a result and its event are stored
+//! together or not at all. [`UpdateEventStore::record_update_event`] is
+//! the same write in its own transaction.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -21,9 +21,12 @@
 //!   the removal holds the agent's row deadlock (the step test
 //!   `postgres_an_ingest_queued_behind_a_removal_stores_nothing` fails with
 //!   "deadlock detected" without it);
-//! - the `latest_results` rows are then taken in batch order under that
-//!   lock, so two batches listing checks in different orders cannot
-//!   deadlock on them.
+//! - the result rows' unique entries and the `latest_results` rows are
+//!   taken under that lock, so two overlapping batches of one agent,
+//!   whose inserts would otherwise wait on each other's entries in
+//!   different orders, cannot deadlock (without the lock the suite's
+//!   `concurrent_batches_from_two_nodes_store_each_result_once_and_ack_all`
+//!   fails with "deadlock detected").
 //!
 //! Lock order everywhere: the agent's row, then its `latest_results`
 //! rows, then the update events' advisory lock

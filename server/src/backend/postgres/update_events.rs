@@ -22,12 +22,10 @@
 //! id whatever the order (`WHERE excluded.id > update_latest.id`, re-checked
 //! on the newest row after a lock wait).
 //!
-//! Results ingest: SQLite stores an event in the transaction of its result
-//! (server/src/store/results.rs). PostgreSQL stores no results yet; events
-//! are recorded here each in its own transaction
-//! ([`UpdateEventStore::record_update_event`]), and the results area, once
-//! ported, calls [`insert`] on its ingest transaction instead, so a result
-//! and its event commit together there too.
+//! Results ingest: the results area (server/src/backend/postgres/results.rs)
+//! calls [`insert`] on its ingest transaction, after locking the agent's
+//! row, so a result and its event commit together, as on SQLite;
+//! [`UpdateEventStore::record_update_event`] is the same write alone.
 
 use outrider_protocol::api::{FailureGroup, UpdateHealth};
 use outrider_protocol::{Fingerprint, UpdateEvent};
