@@ -168,6 +168,8 @@ async fn a_resent_batch_is_stored_once_and_still_acked(a: Backend, b: Backend) {
     assert_eq!((first.acked_seq, seqs(&first.stored)), (2, vec![1, 2]));
     assert_eq!(first.samples, 2);
     // Lost ack: the agent resends the batch, to the other node.
+    // The points are in the ingesting node's embedded store.
+    assert_eq!(load_points(&a.metrics, &agent).await.len(), 2);
     let again = b.ingest(&agent, batch).await;
     assert_eq!((again.acked_seq, seqs(&again.stored)), (2, vec![]));
     assert_eq!(again.samples, 0);
@@ -768,8 +770,10 @@ async fn postgres_an_ingest_waiting_for_another_nodes_batch_neither_lowers_the_a
     let node_b = std::sync::Arc::new(Node::of(backend).await);
     let agent = fp(1);
     enroll(&node_b.backend, &agent, "web-1").await;
-    let (mut client, connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
-    let driver = tokio::spawn(connection);
+    let node_a = super::PgBackend::with_config(db.config.clone(), super::PgTls::Disable, 1)
+        .await
+        .unwrap();
+    let mut client = node_a.client().await.unwrap();
     let ingest_b = |seqs: Vec<u64>| {
         let (node, agent) = (node_b.clone(), agent.clone());
         tokio::spawn(async move {
@@ -804,18 +808,17 @@ async fn postgres_an_ingest_waiting_for_another_nodes_batch_neither_lowers_the_a
         .map(|r| r.get(0))
         .collect();
     assert_eq!(stored, (1..=12).collect::<Vec<_>>());
-    drop(client);
-    driver.await.unwrap().unwrap();
 }
 
 /// Node A's ingest of `range` (check `load`, CRITICAL) of `agent` with
-/// the area's statements (`postgres/results.rs`), left uncommitted: the
-/// agent's row locked, the results stored, latest and ack moved.
+/// the area's statements (`postgres/results.rs`: the agent's lock,
+/// `insert_result`, the ack's raise) on a connection of node A's pool,
+/// left uncommitted.
 async fn hold_ingest<'c>(
-    client: &'c mut tokio_postgres::Client,
+    client: &'c mut deadpool_postgres::Object,
     agent: &Fingerprint,
     range: std::ops::RangeInclusive<u64>,
-) -> tokio_postgres::Transaction<'c> {
+) -> deadpool_postgres::Transaction<'c> {
     let tx = client.transaction().await.unwrap();
     tx.execute(
         "SELECT 1 FROM agents WHERE fingerprint = $1 FOR UPDATE",
@@ -825,37 +828,81 @@ async fn hold_ingest<'c>(
     .unwrap();
     for s in range.clone() {
         let r = result(s, "load", CheckState::Critical);
-        tx.execute(
-            "INSERT INTO results (fingerprint, seq, check_name, state, summary, long_output,
-                                  perfdata, started_at_ms, duration_ms, received_at_ms)
-             VALUES ($1, $2, $3, 'CRITICAL', $4, '', '[]', $5, 3, $6)",
-            &[
-                &agent.as_str(),
-                &(s as i64),
-                &r.check,
-                &r.summary,
-                &r.started_at_ms,
-                &T0,
-            ],
-        )
-        .await
-        .unwrap();
+        assert!(
+            super::postgres::results::insert_result(&tx, agent.as_str(), s as i64, &r, T0)
+                .await
+                .unwrap()
+        );
     }
-    let end = *range.end() as i64;
-    tx.execute(
-        "INSERT INTO latest_results (fingerprint, check_name, seq, state, state_since_ms)
-         VALUES ($1, 'load', $2, 'CRITICAL', 0)
-         ON CONFLICT (fingerprint, check_name) DO UPDATE SET seq = excluded.seq
-         WHERE excluded.seq > latest_results.seq",
-        &[&agent.as_str(), &end],
-    )
-    .await
-    .unwrap();
     tx.execute(
         "UPDATE agents SET acked_seq = GREATEST(acked_seq, $2) WHERE fingerprint = $1",
-        &[&agent.as_str(), &end],
+        &[&agent.as_str(), &(*range.end() as i64)],
     )
     .await
     .unwrap();
     tx
+}
+
+/// The points of `agent`'s series `load`/`load1` in `metrics`.
+async fn load_points(metrics: &Store, agent: &Fingerprint) -> Vec<(i64, Option<f64>)> {
+    let q = crate::store::metrics::SeriesQuery {
+        agent: agent.clone(),
+        check: "load".into(),
+        metric: "load1".into(),
+        from_ms: 0,
+        to_ms: 100_000,
+        step_ms: None,
+        raw_since_ms: 0,
+    };
+    metrics
+        .query_series(q)
+        .await
+        .unwrap()
+        .map(|p| p.points.iter().map(|p| (p.ts_ms, p.value)).collect())
+        .unwrap_or_default()
+}
+
+/// PostgreSQL fails a batch after its points were committed to the node's
+/// SQLite (a trigger refuses the ack's raise): nothing of it is stored or
+/// acked, and the resend stores it and writes the same points again, not
+/// more (module comment of `backend/postgres/results.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_batch_failing_after_its_points_is_not_acked_and_its_resend_writes_the_same_points()
+ {
+    let (db, backend) = pg_database_node().await;
+    let node = Node::of(backend).await;
+    let agent = fp(1);
+    enroll(&node.backend, &agent, "web-1").await;
+    let (client, connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+             CREATE TRIGGER refuse BEFORE UPDATE OF acked_seq ON agents
+                 FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+    let batch = vec![
+        result(1, "load", CheckState::Ok),
+        result(2, "load", CheckState::Ok),
+    ];
+    let err = node
+        .try_ingest(&agent, batch.clone(), IngestLimits::default(), T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Postgres(_)), "{err}");
+    assert!(node.latest(None).await.is_empty());
+    let written = load_points(&node.metrics, &agent).await;
+    assert_eq!(written, vec![(1_000, Some(1.0)), (2_000, Some(2.0))]);
+    client
+        .batch_execute("DROP TRIGGER refuse ON agents")
+        .await
+        .unwrap();
+    let got = node.ingest(&agent, batch).await;
+    assert_eq!((got.acked_seq, seqs(&got.stored)), (2, vec![1, 2]));
+    assert_eq!(load_points(&node.metrics, &agent).await, written);
+    drop(client);
+    driver.await.unwrap().unwrap();
 }

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Store;
 pub use crate::backend::results::{AGENTS_PER_STEP, RESULTS_PER_STEP, ResultsCursor};
-use crate::backend::{ResultStore, SqliteBackend, StoreError};
+use crate::backend::{ResultStore, StoreError};
 
 /// Width of a rollup bucket.
 pub const ROLLUP_BUCKET_MS: i64 = 5 * 60 * 1000;
@@ -637,7 +637,7 @@ impl Store {
         cursor: ResultsCursor,
         results_before_ms: i64,
     ) -> anyhow::Result<(Option<ResultsCursor>, u64)> {
-        SqliteBackend::new(self.clone())
+        self.results_area()
             .results_retention_step(cursor, results_before_ms)
             .await
             .context("deleting old results")

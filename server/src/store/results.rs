@@ -28,8 +28,9 @@ use crate::backend::{ResultStore, SqliteBackend};
 use super::{Store, now_ms};
 
 impl Store {
-    /// The results area of this store behind its trait.
-    fn results_area(&self) -> SqliteBackend {
+    /// The results area of this store behind its trait (also the results
+    /// retention's, `metrics.rs`): the one place that chooses the backend.
+    pub(super) fn results_area(&self) -> SqliteBackend {
         SqliteBackend::new(self.clone())
     }
 
@@ -79,6 +80,9 @@ impl Store {
     }
 }
 
+/// Through `Store`: the series limit's report state in the store's cache
+/// and a reopened file. The area's behaviour on both backends is the suite
+/// of server/src/backend/result_tests.rs.
 #[cfg(test)]
 mod tests {
     use outrider_protocol::api::Presence;
@@ -115,58 +119,6 @@ mod tests {
 
     async fn store_with_agent() -> (tempfile::TempDir, Store, Fingerprint) {
         test_support::store_with_agent("web-1").await
-    }
-
-    #[tokio::test]
-    async fn resent_batch_is_stored_once_and_latest_tracks_highest_seq() {
-        let (_dir, store, fp) = store_with_agent().await;
-        let batch = vec![
-            result(1, "load", CheckState::Ok),
-            result(2, "load", CheckState::Critical),
-        ];
-        assert_eq!(store.ingest(&fp, batch.clone()).await.unwrap().acked_seq, 2);
-        // Lost ack: the agent resends the same batch plus an older straggler.
-        assert_eq!(store.ingest(&fp, batch).await.unwrap().acked_seq, 2);
-        let latest = store.latest_results(None).await.unwrap();
-        assert_eq!(latest.len(), 1);
-        assert_eq!(latest[0].seq, 2);
-        assert_eq!(latest[0].state, CheckState::Critical);
-        assert_eq!(latest[0].perfdata[0].value, 2.0);
-        assert_eq!(latest[0].hostname, "web-1");
-        let count: i64 = store
-            .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM results", [], |r| r.get(0))?))
-            .await
-            .unwrap();
-        assert_eq!(count, 2);
-    }
-
-    #[tokio::test]
-    async fn latest_result_records_since_when_the_check_is_in_its_state() {
-        let (_dir, store, fp) = store_with_agent().await;
-        let since = |store: Store| async move {
-            store.latest_results(None).await.unwrap()[0].state_since_ms
-        };
-        let table = [
-            (1, CheckState::Ok, 1_000),
-            (2, CheckState::Ok, 1_000),
-            (3, CheckState::Critical, 3_000),
-            (4, CheckState::Critical, 3_000),
-            (5, CheckState::Warning, 5_000),
-            (6, CheckState::Ok, 6_000),
-        ];
-        for (seq, state, want) in table {
-            store
-                .ingest(&fp, vec![result(seq, "load", state)])
-                .await
-                .unwrap();
-            assert_eq!(since(store.clone()).await, Some(want), "after seq {seq}");
-        }
-        // An older straggler changes neither the latest result nor since.
-        store
-            .ingest(&fp, vec![result(0, "load", CheckState::Critical)])
-            .await
-            .unwrap();
-        assert_eq!(since(store.clone()).await, Some(6_000));
     }
 
     fn with_labels(seq: u64, labels: std::ops::Range<usize>) -> CheckResult {
@@ -272,24 +224,6 @@ mod tests {
         assert_eq!(got.stored.len(), 1, "one OK, not one per batch");
         // The agent's own sequence numbers and acks are untouched.
         assert_eq!(got.acked_seq, 5);
-    }
-
-    #[tokio::test]
-    async fn future_dated_results_are_clamped_and_refused_seqs_acked() {
-        let (_dir, store, fp) = store_with_agent().await;
-        let mut r = result(1, "load", CheckState::Ok);
-        r.started_at_ms = i64::MAX;
-        let limits = IngestLimits {
-            refused_up_to: 9,
-            ..IngestLimits::default()
-        };
-        let got = store.ingest_with(&fp, vec![r], limits).await.unwrap();
-        assert_eq!(got.clamped, 1);
-        assert_eq!(got.acked_seq, 9);
-        let stored = got.stored[0].started_at_ms;
-        assert!(stored <= now_ms() + MAX_FUTURE_MS && stored > now_ms());
-        let latest = store.latest_results(None).await.unwrap();
-        assert_eq!(latest[0].started_at_ms, stored);
     }
 
     #[tokio::test]
