@@ -56,7 +56,13 @@
 //! resend finds the results stored and writes no points) and could not
 //! store the perfdata the limit trimmed, which is known only after step 2.
 //! The SQLite write runs inside the PostgreSQL transaction, under the
-//! agent's lock; it waits only for the node's own SQLite writer.
+//! agent's lock; it waits only for the node's own SQLite writer. An ingest
+//! dropped by its caller between steps 2 and 3 rolls PostgreSQL back but
+//! keeps the cache's report state: at worst the next series-limit report
+//! waits one report interval. A batch holds at most
+//! `outrider_protocol::MAX_BATCH_RESULTS` results (the session refuses
+//! larger ones, server/src/agent_ws.rs), so a transaction runs at most
+//! two statements per result plus a handful, one round trip each.
 
 use outrider_protocol::api::ResultInfo;
 use outrider_protocol::{CheckResult, Fingerprint, UnknownPerfData};
