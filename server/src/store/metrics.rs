@@ -8,9 +8,14 @@
 //! they land where they belong.
 //!
 //! Invariants:
-//! - Points are written only in the transaction that stores their result
-//!   for the first time (see `results.rs`), so a batch resent after a lost
-//!   ack never duplicates points.
+//! - Points are written only for results stored for the first time
+//!   ([`write_perfdata`], called by the results area's ingest,
+//!   server/src/backend/*/results.rs), so a batch resent after a lost ack
+//!   never duplicates points. On SQLite they commit in the results'
+//!   transaction; with results on PostgreSQL they commit here just before
+//!   the results do there, and a batch whose results then fail is resent
+//!   and writes the same `(series, time)` rows again (`INSERT OR
+//!   REPLACE`), not more.
 //! - [`SeriesCache`] holds only ids that exist in the database: ids learnt
 //!   in a transaction that rolled back are dropped with it (the caller
 //!   clears the cache when a transaction fails).
@@ -21,10 +26,10 @@
 //! - Rolling up is a merge (samples and sums add, min and max fold): a late
 //!   sample folded into an existing bucket gives the same row as if it had
 //!   arrived on time.
-//! - An agent has at most `max_series` series ([`IngestLimits`](super::IngestLimits) in
-//!   `results.rs`): a sample that would create one more is dropped, counted
+//! - An agent has at most `max_series` series ([`IngestLimits`](super::IngestLimits),
+//!   `backend/results.rs`): a sample that would create one more is dropped, counted
 //!   in [`AgentSeries::dropped_unreported`] and reported as a WARNING result
-//!   (`results.rs`), so one noisy or hostile agent cannot grow the `series`
+//!   ([`write_perfdata`]), so one noisy or hostile agent cannot grow the `series`
 //!   table (and every output fed from it) without bound. Series rows are
 //!   never deleted, so the count only grows: it is the number of distinct
 //!   `(check, label)` pairs the agent ever reported.
@@ -82,7 +87,7 @@ pub struct SeriesCache {
 }
 
 /// One agent's series count and what its `outrider.series_limit` result
-/// says (see `results.rs`).
+/// says ([`write_perfdata`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentSeries {
     /// Series stored for the agent.
