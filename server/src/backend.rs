@@ -44,6 +44,9 @@ mod notify_tests;
 pub mod plugin_files;
 pub mod postgres;
 pub mod presence;
+#[cfg(test)]
+mod result_tests;
+pub mod results;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -66,6 +69,7 @@ pub use logins::LoginStore;
 pub use notify::NotifyStore;
 pub use plugin_files::PluginFileStore;
 pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
+pub use results::ResultStore;
 pub use sqlite::SqliteBackend;
 pub use tokens::TokenStore;
 pub use update_events::UpdateEventStore;

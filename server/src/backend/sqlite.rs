@@ -19,6 +19,7 @@ mod fleet;
 mod logins;
 mod notify;
 mod presence;
+mod results;
 mod tokens;
 pub(crate) mod update_events;
 
