@@ -323,9 +323,14 @@ async fn introduce(
     };
     match authenticate(state, &hello, &nonce).await {
         Ok((registration, agreed)) => Some((hello, registration, agreed)),
-        Err(reason) => {
+        Err(Refused::Rejected(reason)) => {
             warn!(fingerprint = %hello.fingerprint, hostname = %hello.hostname, remote = %addrs.remote, %reason, "agent refused");
             reject(socket, &reason).await;
+            None
+        }
+        Err(Refused::Unavailable(why)) => {
+            warn!(fingerprint = %hello.fingerprint, remote = %addrs.remote, %why, "agent asked to come back: the store failed");
+            close(socket, close_code::AGAIN, "server busy; try again later").await;
             None
         }
     }
@@ -446,6 +451,24 @@ pub fn negotiate(
     ))
 }
 
+/// Why a hello was not let in.
+#[derive(Debug)]
+enum Refused {
+    /// The agent is refused: it is told why (`Rejected`), and an agent
+    /// told so stops using its enrollment token.
+    Rejected(String),
+    /// The server could not decide (its store failed: a database outage):
+    /// not the agent's fault, so it is not rejected but asked to come back
+    /// (close 1013), keeping its token, with its reconnect backoff.
+    Unavailable(String),
+}
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Refused {
+        Refused::Rejected(reason)
+    }
+}
+
 /// Checks the hello: protocol version, tags, proof of key possession, and
 /// either the pinned key (known agent) or an enrollment token (new agent).
 /// Returns the registration and the capabilities agreed for the session.
@@ -453,7 +476,7 @@ async fn authenticate(
     state: &AppState,
     hello: &Hello,
     nonce: &str,
-) -> Result<(Registration, Vec<String>), String> {
+) -> Result<(Registration, Vec<String>), Refused> {
     let (version, agreed) = negotiate(
         hello,
         state.config.protocol_range(),
@@ -462,18 +485,20 @@ async fn authenticate(
     if let Some(field) = hello.label_with_nul() {
         return Err(format!(
             "hello field {field} holds a NUL character, which the server does not store"
-        ));
+        )
+        .into());
     }
     if hello.tags.len() > MAX_AGENT_TAGS {
         return Err(format!(
             "{} tags exceed the limit of {MAX_AGENT_TAGS}",
             hello.tags.len()
-        ));
+        )
+        .into());
     }
     if let Some(bad) = hello.tags.iter().find(|t| !is_valid_name(t)) {
-        return Err(format!(
-            "tag {bad:?} must be 1-64 characters of a-z, 0-9, '_', '.', '-'"
-        ));
+        return Err(
+            format!("tag {bad:?} must be 1-64 characters of a-z, 0-9, '_', '.', '-'").into(),
+        );
     }
     outrider_protocol::verify_proof(
         &hello.fingerprint,
@@ -481,21 +506,20 @@ async fn authenticate(
         nonce,
         &hello.signature,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Refused::Rejected(e.to_string()))?;
     let pinned = state
         .store
         .pinned_key(&hello.fingerprint)
         .await
-        .map_err(|e| format!("server error: {e:#}"))?;
+        .map_err(|e| Refused::Unavailable(format!("server error: {e:#}")))?;
     // Every token, the server's own included, is a row of the store with
     // its expiry, uses and revocation (store/tokens.rs).
     let admission = match pinned {
         Some(key) if key == hello.public_key => Admission::Pinned,
         Some(_) => {
-            return Err(format!(
-                "fingerprint {} is pinned to another key",
-                hello.fingerprint
-            ));
+            return Err(
+                format!("fingerprint {} is pinned to another key", hello.fingerprint).into(),
+            );
         }
         None => match &hello.enrollment_token {
             Some(t) => match state.store.consume_enrollment_token(t).await {
@@ -508,20 +532,20 @@ async fn authenticate(
                         .metrics
                         .counters
                         .refused_enrollment(EnrollmentRefusal::from(&refusal));
-                    return Err(refusal.to_string());
+                    return Err(refusal.to_string().into());
                 }
-                Err(e) => return Err(format!("server error: {e:#}")),
+                Err(e) => return Err(Refused::Unavailable(format!("server error: {e:#}"))),
             },
             None => {
                 state
                     .metrics
                     .counters
                     .refused_enrollment(EnrollmentRefusal::Missing);
-                return Err(
+                return Err(Refused::Rejected(
                     "unknown agent and no enrollment token: put a valid token into agent.toml \
                      (`outrider tokens create`) and restart the agent"
                         .into(),
-                );
+                ));
             }
         },
     };

@@ -41,6 +41,7 @@ pub mod logins;
 pub mod notify;
 #[cfg(test)]
 mod notify_tests;
+pub mod outage;
 pub mod plugin_files;
 pub mod postgres;
 pub mod presence;

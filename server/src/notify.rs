@@ -83,6 +83,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backend::outage::OutageLog;
 use crate::store::notify::{ROUTE_BATCH_ROWS, StoredReceiver};
 use crate::store::{Store, now_ms};
 use message::Batch;
@@ -99,6 +100,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
 pub struct Notifier {
     http: reqwest::Client,
     wake: Arc<Notify>,
+    /// One warning per store outage for each repeated call.
+    receivers_outage: OutageLog,
+    routing_outage: OutageLog,
 }
 
 /// A running worker: its stop token, its wake-up, and the config it was
@@ -120,6 +124,8 @@ impl Notifier {
         Ok(Notifier {
             http: receiver::http_client()?,
             wake,
+            receivers_outage: OutageLog::default(),
+            routing_outage: OutageLog::default(),
         })
     }
 
@@ -170,9 +176,13 @@ impl Notifier {
         tasks: &mut JoinSet<()>,
     ) {
         let receivers = match store.stored_receivers().await {
-            Ok(r) => r,
+            Ok(r) => {
+                self.receivers_outage.ok("reading receivers");
+                r
+            }
             Err(e) => {
-                warn!("reading receivers failed: {e:#}");
+                self.receivers_outage
+                    .failed("reading receivers", &format!("{e:#}"));
                 return;
             }
         };
@@ -214,9 +224,13 @@ impl Notifier {
     async fn route_pending(&self, store: &Store, workers: &BTreeMap<String, WorkerHandle>) {
         loop {
             let routed = match store.route_outbox(now_ms()).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    self.routing_outage.ok("routing alert notifications");
+                    r
+                }
                 Err(e) => {
-                    warn!("routing alert notifications failed: {e:#}");
+                    self.routing_outage
+                        .failed("routing alert notifications", &format!("{e:#}"));
                     return;
                 }
             };

@@ -70,11 +70,16 @@ pub async fn run(
 ) {
     let name = receiver.name.clone();
     let mut limiter = RateLimiter::new(receiver.rate_per_sec);
+    let queue_outage = crate::backend::outage::OutageLog::default();
+    let what = format!("reading the delivery queue of receiver {name}");
     while !stop.is_cancelled() {
         let due = match store.next_delivery(name.clone()).await {
-            Ok(d) => d,
+            Ok(d) => {
+                queue_outage.ok(&what);
+                d
+            }
             Err(e) => {
-                warn!(receiver = %name, "reading the delivery queue failed: {e:#}");
+                queue_outage.failed(&what, &format!("{e:#}"));
                 if sleep_or_stop(STORE_RETRY, &stop).await {
                     return;
                 }

@@ -182,3 +182,29 @@ async fn a_call_through_a_node_the_agent_left_fails_as_soon_as_it_is_elsewhere()
         started.elapsed()
     );
 }
+
+/// The database away while a known agent says hello: the server cannot
+/// look up its key, so it does not reject the agent (which would make it
+/// give up its enrollment) but asks it to come back (close 1013); back,
+/// the database lets it in as before.
+#[tokio::test]
+async fn a_hello_during_a_database_outage_is_asked_to_come_back_not_rejected() {
+    // A cluster of this test's own: it is stopped and started again.
+    let cluster = outrider_pgtest::Cluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let db = cluster.database().await.unwrap().conninfo();
+    let a = node(&db, "a").await;
+    let agent = Agent::new(4, "web-4");
+    let (conn, _, _) = agent.connect(&a, Some(ENROLLMENT_TOKEN)).await;
+    drop(conn);
+
+    cluster.pause().unwrap();
+    let (mut conn, nonce) = Conn::open(&a).await;
+    conn.send(&AgentMessage::Hello(agent.hello(&nonce, None)))
+        .await;
+    assert_eq!(
+        conn.closed_within(BEAT).await,
+        Closed::Frame(1013, "server busy; try again later".into())
+    );
+    cluster.resume().unwrap();
+    let (_conn, _, _) = agent.connect(&a, None).await;
+}

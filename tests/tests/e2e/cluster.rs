@@ -294,7 +294,7 @@ fn a_killed_node_s_agents_move_on_without_being_shown_down_or_losing_acked_resul
 #[test]
 fn postgresql_restarted_under_load_loses_nothing_acknowledged_and_shows_nobody_down() {
     let shared = Shared::start();
-    let (nodes, _keys, _agents) = fleet(&shared);
+    let (nodes, _keys, agents) = fleet(&shared);
     let acked = shared.acked();
     nothing_acked_lost(&shared, &acked);
 
@@ -306,13 +306,28 @@ fn postgresql_restarted_under_load_loses_nothing_acknowledged_and_shows_nobody_d
     });
     shared.cluster.resume().unwrap();
 
-    wait_until("results acknowledged after the restart", secs(120), || {
+    let deadline = Instant::now() + secs(120);
+    loop {
         let now = shared.acked();
-        acked
+        if acked
             .iter()
             .all(|(fp, &before)| now.get(fp).is_some_and(|&a| a > before))
-            .then_some(())
-    });
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| tail(&n.proc.log(), 40))
+                .chain(agents.iter().map(|a| tail(&a.proc.log(), 60)))
+                .collect();
+            panic!(
+                "no results acknowledged after the restart within 120 s: before {acked:?}, now {now:?}\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     wait_until("every agent connected again", secs(60), || {
         (shared.sessions().len() == AGENTS).then_some(())
     });
@@ -322,4 +337,10 @@ fn postgresql_restarted_under_load_loses_nothing_acknowledged_and_shows_nobody_d
             assert_eq!(presence, "connected", "agent {fp} shown by {}", node.url);
         }
     }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

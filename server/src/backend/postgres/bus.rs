@@ -45,6 +45,7 @@ use crate::backend::bus::{
     POLL_INTERVAL, Request, SWEEP_GRACE_MS, TAKE_BATCH, Topic, admit, channel, expired, liveness,
     next_poll, now_ms, plan_notifies, reconnect_delay,
 };
+use crate::backend::outage::OutageLog;
 use crate::backend::presence::{NODE_SILENCE_MS, NodeId, stored_node};
 
 /// Messages handed to the node and not yet read; when full, the receive
@@ -766,6 +767,12 @@ async fn receive(
     let mut next_sweep = Instant::now();
     let mut last_took: Option<Instant> = None;
     let mut next_check = Instant::now();
+    let (taking, checking, sweeping, listening) = (
+        OutageLog::default(),
+        OutageLog::default(),
+        OutageLog::default(),
+        OutageLog::default(),
+    );
     loop {
         if listener.is_none() && Instant::now() >= reconnect_at {
             let connect = Listener::connect(&listen, &inner.node, wake.clone());
@@ -778,13 +785,17 @@ async fn receive(
                 });
             match connected {
                 Ok(l) => {
+                    listening.ok("bus: the LISTEN connection");
                     listener = Some(l);
                     attempt = 0;
                     lock(&inner.stats).listen_connects += 1;
                 }
                 Err(e) => {
                     let delay = crate::metrics::graphite::jittered(reconnect_delay(attempt));
-                    warn!("bus LISTEN connection failed: {e}; polling, retrying in {delay:?}");
+                    listening.failed(
+                        "bus: the LISTEN connection (polling meanwhile)",
+                        &format!("{e}; next try in {delay:?}"),
+                    );
                     reconnect_at = Instant::now() + delay;
                     attempt = attempt.saturating_add(1);
                 }
@@ -795,22 +806,35 @@ async fn receive(
         let took = match inner.take_all(&tx, &shutdown).await {
             Err(BusError::ShuttingDown) => return,
             Err(e) => {
-                warn!("bus: taking messages failed: {e}");
+                taking.failed("bus: taking messages", &e);
                 0
             }
-            Ok(n) => n,
+            Ok(n) => {
+                taking.ok("bus: taking messages");
+                n
+            }
         };
         // Not at every busy take: every poll interval is soon enough.
         if Instant::now() >= next_check {
             next_check = Instant::now() + inner.config.poll_interval.min(POLL_INTERVAL);
-            if let Err(e) = inner.fail_lost_targets().await {
-                warn!("bus: checking target nodes failed: {e}");
+            match inner.fail_lost_targets().await {
+                Ok(_) => {
+                    checking.ok("bus: checking target nodes");
+                }
+                Err(e) => {
+                    checking.failed("bus: checking target nodes", &e);
+                }
             }
         }
         if Instant::now() >= next_sweep {
             next_sweep = Instant::now() + SWEEP_EVERY;
-            if let Err(e) = inner.sweep().await {
-                warn!("bus: sweeping expired messages failed: {e}");
+            match inner.sweep().await {
+                Ok(_) => {
+                    sweeping.ok("bus: sweeping expired messages");
+                }
+                Err(e) => {
+                    sweeping.failed("bus: sweeping expired messages", &e);
+                }
             }
         }
         if took > 0 {

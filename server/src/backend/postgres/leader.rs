@@ -290,6 +290,7 @@ async fn elect(
     tx: watch::Sender<Option<LeaderTerm>>,
 ) {
     let mut session: Option<Session> = None;
+    let opening = crate::backend::outage::OutageLog::default();
     let mut held: Option<LeaderTerm> = None;
     loop {
         let observation = if stop.is_cancelled() {
@@ -317,9 +318,15 @@ async fn elect(
             // taken just before: `Stop` closes it, which releases it.
             let attempt = async {
                 if session.is_none() {
+                    let what = format!("opening the election session of {}", job.name());
                     match Session::open(&settings, job, &node, config.check_timeout).await {
-                        Ok(s) => session = Some(s),
-                        Err(e) => warn!(job = job.name(), "election session: {e}"),
+                        Ok(s) => {
+                            opening.ok(&what);
+                            session = Some(s);
+                        }
+                        Err(e) => {
+                            opening.failed(&what, &e);
+                        }
                     }
                 }
                 match &session {
