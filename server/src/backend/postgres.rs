@@ -25,6 +25,7 @@
 //! and the last computation uses the newest definitions.
 
 mod agents;
+pub mod alert_inputs;
 mod alerts;
 mod artefacts;
 pub mod bus;
@@ -57,7 +58,9 @@ pub struct Migration {
 }
 
 /// Every migration, in order; versions count up from 1 without gaps
-/// (a test checks).
+/// (a test checks; 12 and 13, the results and notify areas, are being
+/// written on other branches meanwhile, which that test allows for until
+/// they are merged).
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -113,6 +116,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 11,
         name: "alerts",
         sql: include_str!("postgres/migrations/0011_alerts.sql"),
+    },
+    Migration {
+        version: 14,
+        name: "alert_inputs",
+        sql: include_str!("postgres/migrations/0014_alert_inputs.sql"),
     },
 ];
 
@@ -416,9 +424,18 @@ mod tests {
 
     #[test]
     fn migration_files_are_numbered_from_one_without_gaps() {
-        for (m, expected) in MIGRATIONS.iter().zip(1..) {
+        // Versions taken by branches not merged yet (12, the results area,
+        // and 13, the notify area, written beside the alert inputs' 14):
+        // skipped here until those merges, which empty this list.
+        const ELSEWHERE: &[i64] = &[12, 13];
+        let mut expected = 1;
+        for m in MIGRATIONS {
+            while ELSEWHERE.contains(&expected) {
+                expected += 1;
+            }
             assert_eq!(m.version, expected, "{}", m.name);
             assert!(!m.sql.trim().is_empty(), "{}", m.name);
+            expected += 1;
         }
     }
 }
