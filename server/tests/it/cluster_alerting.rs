@@ -68,6 +68,33 @@ async fn leader(database: &str) -> Option<String> {
     row.map(|r| r.get(0))
 }
 
+/// Waits until the shared log of alert inputs is empty: the leader saved
+/// a state that has seen every input.
+async fn wait_log_empty(database: &str) {
+    let (client, conn) = tokio_postgres::connect(database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM alert_inputs", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} alert inputs still not saved"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(client);
+    conn.await.unwrap().unwrap();
+}
+
 /// Polls `GET path` on `server` until it answers 200; returns the body.
 async fn get_ok(server: &Server, path: &str) -> Value {
     let auth = format!("Bearer {}", server.admin_token);
@@ -302,6 +329,13 @@ async fn another_node_takes_over_and_silences_added_anywhere_hold() {
     };
     let before = post_ok(&b, "/api/v1/silences", &silence("disk")).await;
     assert!(before["id"].is_u64(), "{before}");
+    // An agent connected to b throughout: a's engine has it connected, and
+    // its session does not end with a's leadership.
+    let stayer = Agent::new(35, "stayer");
+    let (_stays, _, _) = stayer.connect(&b, Some(ENROLLMENT_TOKEN)).await;
+    // a's engine saved every input (so the next leader finds the stayer in
+    // the stored state, not in the log).
+    wait_log_empty(&db).await;
 
     a.stop().await;
     // b or c takes over within the election's retry.
@@ -332,9 +366,18 @@ async fn another_node_takes_over_and_silences_added_anywhere_hold() {
             seq = send(&mut conn, seq, check, CheckState::Critical).await;
         }
     }
+    // A witness lost after the takeover: once it is down, the stayer
+    // would be too had the new leader counted it lost.
+    let witness = Agent::new(36, "witness-36");
+    let (w, _, _) = witness.connect(other, Some(ENROLLMENT_TOKEN)).await;
+    drop(w);
     let cpu = format!("check/{}/cpu", agent.fp);
-    let notes = wait_notes(leading, |n| n.iter().any(|(k, _)| k == &cpu)).await;
-    assert_eq!(notes, [(cpu, "firing".to_owned())]);
+    let down = format!("agent/{}", witness.fp);
+    let mut notes = wait_notes(leading, |n| n.iter().any(|(k, _)| k == &down)).await;
+    notes.sort();
+    let mut want = vec![(cpu, "firing".to_owned()), (down, "firing".to_owned())];
+    want.sort();
+    assert_eq!(notes, want);
     for check in ["disk", "load"] {
         wait_open(other, &format!("check/{}/{check}", agent.fp), true).await;
     }
