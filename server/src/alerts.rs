@@ -1274,6 +1274,81 @@ mod tests {
         );
     }
 
+    /// (d) Inputs of the shared log by table: each comes back as it went,
+    /// a result batch over the row cap is split in order into rows under
+    /// it, an event too large alone is dropped.
+    #[test]
+    fn inputs_round_trip_and_large_batches_split_in_order() {
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        let event = |summary: String| Event::CheckResult {
+            agent: fp.to_string(),
+            check: "disk".into(),
+            status: Status::Critical,
+            summary,
+            at_ms: 5,
+        };
+        let events = |n: usize, bytes: usize| -> Vec<Event> {
+            (0..n)
+                .map(|i| event(format!("{i:06}{}", "x".repeat(bytes))))
+                .collect()
+        };
+        // (input, rows expected)
+        let cases = [
+            (Input::ChecksChanged, 1),
+            (Input::Removed { agent: fp.clone() }, 1),
+            (
+                Input::Presence {
+                    agent: fp.clone(),
+                    session: 7,
+                    what: SessionEvent::Goodbye,
+                    tags: vec!["db".into()],
+                },
+                1,
+            ),
+            (
+                Input::Events {
+                    events: events(3, 10),
+                },
+                1,
+            ),
+            (
+                Input::Events {
+                    events: events(4, MAX_INPUT_BYTES / 3),
+                },
+                2,
+            ),
+            (
+                Input::Events {
+                    events: events(1, MAX_INPUT_BYTES + 1),
+                },
+                0,
+            ),
+        ];
+        for (i, (input, want)) in cases.into_iter().enumerate() {
+            let rows = input_rows(&input);
+            assert_eq!(rows.len(), want, "case {i}");
+            assert!(rows.iter().all(|r| r.len() <= MAX_INPUT_BYTES));
+            let back: Vec<Input> = rows
+                .iter()
+                .map(|r| serde_json::from_str(r).unwrap())
+                .collect();
+            match (&input, want) {
+                (_, 0) => {}
+                (Input::Events { events }, _) => {
+                    let joined: Vec<Event> = back
+                        .into_iter()
+                        .flat_map(|i| match i {
+                            Input::Events { events } => events,
+                            other => panic!("{other:?}"),
+                        })
+                        .collect();
+                    assert!(&joined == events, "case {i}");
+                }
+                (input, _) => assert!(back == [input.clone()], "case {i}"),
+            }
+        }
+    }
+
     #[test]
     fn update_kinds_map_to_outcomes() {
         use outrider_alerting::model::UpdateOutcome::*;

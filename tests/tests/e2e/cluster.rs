@@ -99,8 +99,9 @@ impl Shared {
     }
 }
 
-/// Three nodes on `shared`'s database, alerting off (it does not run
-/// across nodes yet).
+/// Three nodes on `shared`'s database, alerting off: these tests look at
+/// presence and results (alerting across nodes has its own,
+/// server/tests/it/cluster_alerting.rs).
 fn nodes(shared: &Shared) -> Vec<TestServer> {
     let conninfo = shared.db.conninfo();
     (1..=3)
