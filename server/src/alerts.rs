@@ -37,7 +37,7 @@
 //! node sees only its own agents' results and sessions, so no node's
 //! [`Alerts`] holds an engine except on the node leading
 //! `Job::AlertEvaluation` (`backend/leader.rs`, run by [`lead`] through
-//! `cluster::singleton`). Every node, the leader too, appends what it
+//! `cluster::singleton_with_term`). Every node, the leader too, appends what it
 //! observes to the shared log of inputs ([`Input`], one row per call,
 //! `backend/postgres/alert_inputs.rs`) through its [`Appender`], which keeps
 //! them in order and retries while the database is away. The leader
