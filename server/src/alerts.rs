@@ -96,6 +96,8 @@ pub const MAX_WAITING_INPUTS: usize = 10_000;
 pub const TRIM_EVERY: Duration = Duration::from_secs(300);
 /// Longest wait between two appends of one input the database refused.
 const APPEND_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest a stopping node spends appending what is still queued.
+const APPEND_DRAIN: Duration = Duration::from_secs(2);
 /// Wait before a leader tries again to restore the engine.
 const LEAD_RETRY: Duration = Duration::from_secs(1);
 
@@ -875,8 +877,23 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// Runs until `shutdown`.
+    /// Runs until `shutdown`, then appends what is queued, each row tried
+    /// once, for at most [`APPEND_DRAIN`].
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.append_until(&shutdown).await;
+        let drain = async {
+            while let Ok(row) = self.rx.try_recv() {
+                if let Err(e) = self.pg.append_alert_input(&row, now_ms()).await {
+                    warn!("an alert input queued at shutdown was dropped: {e}");
+                }
+            }
+        };
+        if tokio::time::timeout(APPEND_DRAIN, drain).await.is_err() {
+            warn!("alert inputs queued at shutdown were dropped: the database was too slow");
+        }
+    }
+
+    async fn append_until(&mut self, shutdown: &CancellationToken) {
         let mut trim = tokio::time::interval(TRIM_EVERY);
         trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
