@@ -1366,6 +1366,117 @@ mod tests {
         }
     }
 
+    async fn open_count(alerts: &Alerts) -> usize {
+        alerts.read(|e| e.open().len()).await.unwrap()
+    }
+
+    /// Adds a silence of check `disk` (the engine saves at once).
+    async fn silence(alerts: &Alerts) -> Result<Vec<Action>, outrider_alerting::Error> {
+        let spec = serde_json::from_value(serde_json::json!({
+            "matchers": [{"field": "check", "op": {"equal": "disk"}}],
+            "starts_ms": 0, "ends_ms": u64::MAX / 2, "author": "a", "comment": "c"
+        }))
+        .unwrap();
+        alerts.operator(Event::AddSilence(spec)).await
+    }
+
+    /// The leader's engine on PostgreSQL: inputs appended by any node are
+    /// applied in order; its save under the newest term deletes the rows
+    /// its state has seen; a leader whose term is stale is refused and
+    /// told to stop (its `fenced` token), writing nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_applies_the_log_saves_consuming_it_and_stops_when_fenced() {
+        use crate::backend::leader::Job;
+        let db = outrider_pgtest::Cluster::shared()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .database()
+            .await
+            .unwrap();
+        let pg = PgBackend::with_config(db.config.clone(), crate::backend::PgTls::Disable, 2)
+            .await
+            .unwrap();
+        let (_dir, store, fp) = crate::store::test_support::store_with_agent("web-1").await;
+        let store = store.with_postgres(pg.clone());
+        let (front, _appender) = Alerts::shared(
+            store,
+            pg.clone(),
+            Config::default(),
+            Duration::from_secs(30),
+            Arc::new(Notify::new()),
+        );
+        let Route::Log(shared) = &front.route else {
+            unreachable!()
+        };
+        let (client, conn) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+        let conn = tokio::spawn(conn);
+        client
+            .execute(
+                "INSERT INTO leases (job, holder_node, term, acquired_at_ms)
+                 VALUES ('alert-evaluation', 'n2', 2, 0)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let term = |t| LeaderTerm {
+            job: Job::AlertEvaluation,
+            node: "n2".parse().unwrap(),
+            term: t,
+        };
+        let critical = CheckResult {
+            seq: 1,
+            check: "disk".into(),
+            state: CheckState::Critical,
+            summary: "full".into(),
+            long_output: String::new(),
+            perfdata: Vec::new(),
+            unknown_perfdata: Vec::new(),
+            started_at_ms: now_ms(),
+            duration_ms: 1,
+            update_event: None,
+        };
+        for input in [
+            Input::Presence {
+                agent: fp.clone(),
+                session: 1,
+                what: SessionEvent::Opened,
+                tags: Vec::new(),
+            },
+            Input::Events {
+                events: result_events(&fp, &[critical.clone(), critical.clone(), critical]),
+            },
+        ] {
+            for row in input_rows(&input) {
+                pg.append_alert_input(&row, now_ms()).await.unwrap();
+            }
+        }
+        let leader = front.start_leader(shared, term(2)).await.unwrap();
+        // Other tests' transactions on the shared cluster may hold the
+        // rows back a moment (the xmin guard).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while open_count(&leader).await == 0 {
+            assert!(Instant::now() < deadline, "the log was never applied");
+            leader.catch_up().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        silence(&leader).await.unwrap();
+        assert!(
+            pg.alert_inputs_after(None).await.unwrap().is_empty(),
+            "the save deleted the rows its state has seen"
+        );
+        let saved = leader.store.alert_state().await.unwrap().unwrap();
+
+        let stale = front.start_leader(shared, term(1)).await.unwrap();
+        let Route::Leader { fenced, .. } = &stale.route else {
+            unreachable!()
+        };
+        assert!(!fenced.is_cancelled());
+        silence(&stale).await.unwrap();
+        assert!(fenced.is_cancelled(), "a stale leader is told to stop");
+        assert_eq!(leader.store.alert_state().await.unwrap().unwrap(), saved);
+        drop(client);
+        conn.await.unwrap().unwrap();
+    }
+
     #[test]
     fn update_kinds_map_to_outcomes() {
         use outrider_alerting::model::UpdateOutcome::*;
