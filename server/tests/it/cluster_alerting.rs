@@ -11,6 +11,7 @@ use outrider_protocol::CheckState;
 use outrider_server::ServerConfig;
 use serde_json::{Value, json};
 
+use crate::dashboard::Browser;
 use crate::helpers::{Agent, Conn, ENROLLMENT_TOKEN, Server, result};
 
 /// Longest wait for a decision, a relayed answer or a takeover (the
@@ -43,6 +44,17 @@ fn fast(c: &mut ServerConfig) {
 async fn node(database: &str, name: &str) -> Server {
     let (database, name) = (database.to_owned(), name.to_owned());
     Server::start_with(move |c| {
+        fast(c);
+        c.cluster.database = Some(database);
+        c.cluster.node_id = Some(name.parse().unwrap());
+    })
+    .await
+}
+
+/// [`node`] with the web dashboard.
+async fn node_with_dashboard(database: &str, name: &str) -> Server {
+    let (database, name) = (database.to_owned(), name.to_owned());
+    Server::start_with_dashboard_and(move |c| {
         fast(c);
         c.cluster.database = Some(database);
         c.cluster.node_id = Some(name.parse().unwrap());
@@ -383,4 +395,50 @@ async fn another_node_takes_over_and_silences_added_anywhere_hold() {
     }
     c.stop().await;
     b.stop().await;
+}
+
+/// The dashboard of a node not leading: its alerts page lists the
+/// leader's silences, and its silence form and Expire button change them.
+#[tokio::test]
+async fn the_dashboard_of_a_node_not_leading_adds_and_expires_the_leaders_silences() {
+    let db = database().await;
+    let a = leading_node(&db, "a").await;
+    let b = node_with_dashboard(&db, "b").await;
+    let admin = Browser::login(&b, &b.admin_token).await;
+    let csrf = admin.csrf("/alerts").await;
+    let added = admin
+        .post(
+            "/silences",
+            &format!("csrf={csrf}&check=load&hours=2&comment=db+work"),
+        )
+        .await;
+    assert_eq!(
+        (added.status, added.header("location")),
+        (303, Some("/alerts")),
+        "{}",
+        added.body
+    );
+    let silences = get_ok(&a, "/api/v1/silences").await;
+    let silence = &silences.as_array().unwrap()[0];
+    assert_eq!(silence["comment"], "db work");
+    let id = silence["id"].as_u64().unwrap();
+    let page = admin.get("/alerts").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("check=load") && page.body.contains(&format!("/silences/{id}/expire")),
+        "{}",
+        page.body
+    );
+    let expired = admin
+        .post(&format!("/silences/{id}/expire"), &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(expired.status, 303, "{}", expired.body);
+    assert_eq!(get_ok(&a, "/api/v1/silences").await[0]["active"], false);
+    // The leader's refusal keeps its status through the bus.
+    let unknown = admin
+        .post("/silences/999/expire", &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    b.stop().await;
+    a.stop().await;
 }
