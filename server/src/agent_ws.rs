@@ -212,10 +212,14 @@ async fn session(
             hello_tags
         }
     };
+    // Across nodes the session is known to the alert engine by its shared
+    // generation, which grows across nodes (a loss reported by the node the
+    // agent left is then older than this session: server/src/alerts.rs).
+    let alert_session = lease.as_ref().map_or(link.id, |l| l.generation);
     Box::pin(
         state
             .alerts
-            .presence(&fp, link.id, SessionEvent::Opened, tags),
+            .presence(&fp, alert_session, SessionEvent::Opened, tags),
     )
     .await;
     let config = match Box::pin(configs::refresh(&state, Some(&fp))).await {
@@ -362,11 +366,6 @@ async fn finish(
             Some(SessionEvent::Lost)
         }
     };
-    if let (true, Some(what)) = (ours, session_event) {
-        // A server shutting down does not tell the engine: the next start
-        // counts every session as lost then, with its restart grace.
-        state.alerts.presence(fp, id, what, Vec::new()).await;
-    }
     if let (true, Some(_), Some(lease)) = (ours, presence, &lease) {
         // Ends the shared session only if it is still this one's; the
         // presence below is not written while the agent is up elsewhere.
@@ -378,6 +377,15 @@ async fn finish(
         {
             warn!(fingerprint = %fp, "ending the agent's session failed (the sweep ends it): {e}");
         }
+    }
+    if let (true, Some(what)) = (ours, session_event) {
+        // A server shutting down does not tell the engine: the next start
+        // counts every session as lost then, with its restart grace.
+        // Across nodes, after the shared session ended above: a new leader
+        // that finds it still up then reads this loss from the log
+        // (server/src/alerts.rs, "Across nodes").
+        let id = lease.as_ref().map_or(id, |l| l.generation);
+        state.alerts.presence(fp, id, what, Vec::new()).await;
     }
     if let (true, Some(presence)) = (ours, presence) {
         match state.store.set_presence(fp, presence).await {

@@ -32,8 +32,33 @@
 //! event carries its session id (increasing, [`crate::sessions`]); a loss
 //! of an older session than the latest opened one is ignored, otherwise a
 //! hot swap could leave a connected agent counted as lost (and later down).
+//!
+//! Across nodes (several nodes sharing a PostgreSQL `--database`): each
+//! node sees only its own agents' results and sessions, so no node's
+//! [`Alerts`] holds an engine except on the node leading
+//! `Job::AlertEvaluation` (`backend/leader.rs`, run by [`lead`] through
+//! `cluster::singleton_with_term`). Every node, the leader too, appends what it
+//! observes to the shared log of inputs ([`Input`], one row per call,
+//! `backend/postgres/alert_inputs.rs`) through its [`Appender`], which keeps
+//! them in order and retries while the database is away. The leader
+//! restores the engine as a restart does (stored state, the deregistered
+//! reconcile, the restart grace), marks the agents whose shared session
+//! is up as connected under that session's generation (their sessions did
+//! not end with the previous leader, unlike a restart's), then replays the
+//! log from its start and every tick applies what follows through the
+//! same calls as one node does. Sessions are identified by their shared
+//! generation (`agent_ws.rs`), so a loss reported by the node an agent
+//! left is older than the session it opened on its new node and ignored
+//! ("Presence races" above). Its saves are fenced by its term and delete,
+//! in the same transaction, the log rows the saved state has seen: the
+//! log is exactly what the stored state lacks, so a new leader replays it
+//! whole and nothing is applied twice or lost. That replaces
+//! `missed_results`, which reads this node's results only. Reads and
+//! silences asked of another node go to the leader over the bus
+//! ([`remote`]).
 
 pub mod api;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,10 +70,16 @@ use outrider_alerting::config::GateRule;
 use outrider_alerting::{Action, Config, Engine, Event, Notification, State, Status};
 use outrider_protocol::api::{CheckInfo, Presence};
 use outrider_protocol::{CheckResult, CheckState, Fingerprint};
-use tokio::sync::{Mutex, Notify};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::AppState;
+use crate::backend::PgBackend;
+use crate::backend::StoreError;
+use crate::backend::leader::LeaderTerm;
+use crate::backend::postgres::alert_inputs::{Cursor, MAX_INPUT_BYTES, READ_BATCH};
 use crate::store::{OutboxBatch, Store, now_ms};
 
 /// Longest time between two state writes while something changed.
@@ -58,6 +89,17 @@ pub const SAVE_EVERY: Duration = Duration::from_secs(5);
 pub const DEFAULT_TICK_MS: u64 = 1000;
 /// Default wait of a Goodbye for the agent to come back (see "Goodbyes").
 pub const DEFAULT_GOODBYE_GRACE_MS: u64 = 30_000;
+/// Inputs a node keeps for the shared log while the database is away;
+/// more are dropped, with a warning.
+pub const MAX_WAITING_INPUTS: usize = 10_000;
+/// How often each node deletes log rows nobody consumed for an hour.
+pub const TRIM_EVERY: Duration = Duration::from_secs(300);
+/// Longest wait between two appends of one input the database refused.
+const APPEND_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest a stopping node spends appending what is still queued.
+const APPEND_DRAIN: Duration = Duration::from_secs(2);
+/// Wait before a leader tries again to restore the engine.
+const LEAD_RETRY: Duration = Duration::from_secs(1);
 
 /// The engine and what has not been stored yet.
 #[derive(Debug)]
@@ -72,12 +114,105 @@ struct Inner {
     sessions: HashMap<String, u64>,
     /// Goodbyes not yet handed to the engine, with when they will be.
     goodbyes: HashMap<String, u64>,
+    /// Across nodes, on the leader: the last row of the shared log the
+    /// engine has seen; a save deletes the rows up to it.
+    cursor: Option<Cursor>,
+}
+
+impl Inner {
+    fn new(engine: Engine) -> Inner {
+        Inner {
+            engine,
+            pending: Vec::new(),
+            dirty: false,
+            saved_at: Instant::now(),
+            sessions: HashMap::new(),
+            goodbyes: HashMap::new(),
+            cursor: None,
+        }
+    }
+}
+
+/// Where an [`Alerts`] sends what it observes.
+#[derive(Debug)]
+enum Route {
+    /// One node: this [`Alerts`] holds the engine.
+    Engine,
+    /// Several nodes: to the shared log; the engine, while this node
+    /// leads, is another [`Alerts`] ([`Shared::leading`]).
+    Log(Arc<Shared>),
+    /// The leader's engine: saves fenced by `term`, consuming the log;
+    /// `fenced` is cancelled when a save was refused (another node took
+    /// over), which ends [`lead`].
+    Leader {
+        pg: PgBackend,
+        term: LeaderTerm,
+        fenced: CancellationToken,
+    },
+}
+
+/// A node's side of the shared log.
+#[derive(Debug)]
+struct Shared {
+    pg: PgBackend,
+    appends: mpsc::Sender<String>,
+    /// The engine while this node leads alert evaluation.
+    leading: std::sync::Mutex<Option<Arc<Alerts>>>,
+}
+
+/// One row of the shared log: what one call on a node observed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Input {
+    /// A committed result batch of an agent, as engine events (results
+    /// and the update outcomes they carry).
+    Events { events: Vec<Event> },
+    /// A session of `agent`, by its shared generation.
+    Presence {
+        agent: Fingerprint,
+        session: u64,
+        what: SessionEvent,
+        tags: Vec<String>,
+    },
+    /// The agent was removed by an operator.
+    Removed { agent: Fingerprint },
+    /// Check definitions changed: the leader reads them from the store.
+    ChecksChanged,
+}
+
+/// The rows of `input`, each at most [`MAX_INPUT_BYTES`]: a result batch
+/// too large for one is split; an event too large alone is dropped
+/// (summaries are bounded well below it).
+pub fn input_rows(input: &Input) -> Vec<String> {
+    let Ok(json) = serde_json::to_string(input) else {
+        return Vec::new();
+    };
+    if json.len() <= MAX_INPUT_BYTES {
+        return vec![json];
+    }
+    match input {
+        Input::Events { events } if events.len() > 1 => {
+            let (a, b) = events.split_at(events.len() / 2);
+            let mut rows = input_rows(&Input::Events { events: a.to_vec() });
+            rows.extend(input_rows(&Input::Events { events: b.to_vec() }));
+            rows
+        }
+        _ => {
+            warn!(
+                bytes = json.len(),
+                "an alert input too large for the shared log was dropped"
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// The alerting side's shared state: one field of [`crate::AppState`].
 #[derive(Debug)]
 pub struct Alerts {
-    inner: Mutex<Inner>,
+    /// `None` on a node that only appends to the shared log.
+    inner: Mutex<Option<Inner>>,
+    route: Route,
     store: Store,
     /// The settings before check definitions add their rules.
     base: Config,
@@ -92,7 +227,8 @@ pub struct Alerts {
 }
 
 /// Presence of one session, as [`Alerts::presence`] takes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SessionEvent {
     /// Welcomed; the engine learns the agent's tags.
     Opened,
@@ -150,14 +286,8 @@ impl Alerts {
             .map(|a| a.fingerprint.to_string())
             .collect();
         let alerts = Alerts {
-            inner: Mutex::new(Inner {
-                engine,
-                pending: Vec::new(),
-                dirty: false,
-                saved_at: Instant::now(),
-                sessions: HashMap::new(),
-                goodbyes: HashMap::new(),
-            }),
+            inner: Mutex::new(Some(Inner::new(engine))),
+            route: Route::Engine,
             store,
             base,
             goodbye_grace_ms: u64::try_from(goodbye_grace.as_millis()).unwrap_or(u64::MAX),
@@ -167,6 +297,191 @@ impl Alerts {
         alerts.reconcile(deregistered).await;
         alerts.observe(missed).await;
         Ok(alerts)
+    }
+
+    /// This node's side of alerting across nodes sharing `pg`: nothing is
+    /// decided here unless the node leads ([`lead`]); what it observes is
+    /// handed to the returned [`Appender`], which the caller runs.
+    pub fn shared(
+        store: Store,
+        pg: PgBackend,
+        base: Config,
+        goodbye_grace: Duration,
+        queued: Arc<Notify>,
+    ) -> (Alerts, Appender) {
+        let (tx, rx) = mpsc::channel(MAX_WAITING_INPUTS);
+        let alerts = Alerts {
+            inner: Mutex::new(None),
+            route: Route::Log(Arc::new(Shared {
+                pg: pg.clone(),
+                appends: tx,
+                leading: std::sync::Mutex::new(None),
+            })),
+            store,
+            base,
+            goodbye_grace_ms: u64::try_from(goodbye_grace.as_millis()).unwrap_or(u64::MAX),
+            queued,
+            enabled: true,
+        };
+        (alerts, Appender { pg, rx })
+    }
+
+    /// Whether observations go to the shared log (several nodes).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.route, Route::Log(_))
+    }
+
+    /// The engine, when this node holds one: always on one node; across
+    /// nodes, while it leads alert evaluation.
+    pub fn engine(self: &Arc<Self>) -> Option<Arc<Alerts>> {
+        match &self.route {
+            Route::Log(shared) => shared
+                .leading
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            Route::Engine | Route::Leader { .. } => Some(self.clone()),
+        }
+    }
+
+    /// Queues `input` for the shared log; dropped with a warning when
+    /// [`MAX_WAITING_INPUTS`] wait already (the database is away). Nothing
+    /// under `--no-alerting`, where no appender runs.
+    fn append(&self, shared: &Shared, input: &Input) {
+        if !self.enabled {
+            return;
+        }
+        for row in input_rows(input) {
+            if let Err(e) = shared.appends.try_send(row) {
+                warn!("an alert input was dropped: {e}");
+            }
+        }
+    }
+
+    /// The leader's engine for `term`: restored as a restart does, then
+    /// every agent whose shared session is up is connected again under its
+    /// generation (a handover ends no session). The log is replayed by
+    /// [`lead`].
+    async fn start_leader(&self, shared: &Shared, term: LeaderTerm) -> anyhow::Result<Alerts> {
+        let checks = self.store.checks().await?;
+        let config = engine_config(&self.base, &checks).context("the alert rules of the checks")?;
+        let now = now_ms_u64();
+        let engine = match self.store.alert_state().await? {
+            Some(json) => {
+                let state: State = serde_json::from_str(&json)
+                    .context("the stored alerting state is not readable")?;
+                Engine::restore(config, state, now)?
+            }
+            None => Engine::new(config, now)?,
+        };
+        let agents = self.store.agents().await?;
+        let up = shared.pg.up_sessions().await?;
+        let leader = Alerts {
+            inner: Mutex::new(Some(Inner::new(engine))),
+            route: Route::Leader {
+                pg: shared.pg.clone(),
+                term,
+                fenced: CancellationToken::new(),
+            },
+            store: self.store.clone(),
+            base: self.base.clone(),
+            goodbye_grace_ms: self.goodbye_grace_ms,
+            queued: self.queued.clone(),
+            enabled: true,
+        };
+        let deregistered = agents
+            .iter()
+            .filter(|a| a.presence == Presence::Deregistered)
+            .map(|a| a.fingerprint.to_string())
+            .collect();
+        leader.reconcile(deregistered).await;
+        let tags: HashMap<&Fingerprint, &Vec<String>> =
+            agents.iter().map(|a| (&a.fingerprint, &a.tags)).collect();
+        for (agent, generation) in up {
+            let tags = tags.get(&agent).map(|t| t.to_vec()).unwrap_or_default();
+            leader
+                .presence(&agent, generation, SessionEvent::Opened, tags)
+                .await;
+        }
+        Ok(leader)
+    }
+
+    /// Applies the rows of the shared log after the cursor, each under
+    /// the lock that moves the cursor past it, so a save covers exactly the
+    /// rows its state has seen. Stops at a store failure (the row waits).
+    async fn catch_up(&self) {
+        let Route::Leader { pg, .. } = &self.route else {
+            return;
+        };
+        loop {
+            let cursor = match self.inner.lock().await.as_ref() {
+                Some(inner) => inner.cursor,
+                None => return,
+            };
+            let rows = match pg.alert_inputs_after(cursor).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    warn!("reading the shared alert inputs failed (retried next tick): {e}");
+                    return;
+                }
+            };
+            let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= READ_BATCH;
+            for row in rows {
+                let input = match serde_json::from_str::<Input>(&row.input) {
+                    Ok(input) => input,
+                    Err(e) => {
+                        warn!("an unreadable alert input was skipped: {e}");
+                        self.with_inner(|inner| inner.cursor = Some(row.at)).await;
+                        continue;
+                    }
+                };
+                let checks = match &input {
+                    Input::ChecksChanged => match self.store.checks().await {
+                        Ok(checks) => Some(checks),
+                        Err(e) => {
+                            warn!("reading the checks failed (retried next tick): {e:#}");
+                            return;
+                        }
+                    },
+                    _ => None,
+                };
+                let mut guard = self.inner.lock().await;
+                let Some(inner) = guard.as_mut() else { return };
+                // Before applying: a save the input causes covers it.
+                inner.cursor = Some(row.at);
+                match input {
+                    Input::Events { events } => self.apply(inner, events).await,
+                    Input::Presence {
+                        agent,
+                        session,
+                        what,
+                        tags,
+                    } => self.presence_in(inner, &agent, session, what, tags).await,
+                    Input::Removed { agent } => self.removed_in(inner, &agent).await,
+                    Input::ChecksChanged => {
+                        let checks = checks.unwrap_or_default();
+                        match self.config_with(&checks) {
+                            Ok(config) => {
+                                if let Err(e) = inner.engine.reconfigure(config) {
+                                    warn!("the new alert rules were refused: {e}");
+                                }
+                            }
+                            Err(e) => warn!("the new alert rules were refused: {e}"),
+                        }
+                        inner.dirty = true;
+                    }
+                }
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    async fn with_inner(&self, f: impl FnOnce(&mut Inner)) {
+        if let Some(inner) = self.inner.lock().await.as_mut() {
+            f(inner);
+        }
     }
 
     /// Switches the engine off (`--no-alerting`): results and presence are
@@ -206,7 +521,15 @@ impl Alerts {
     /// As [`Alerts::config_with`]; the rules in force stay then.
     pub async fn set_checks(&self, checks: &[CheckInfo]) -> Result<(), outrider_alerting::Error> {
         let config = self.config_with(checks)?;
-        self.inner.lock().await.engine.reconfigure(config)
+        if let Route::Log(shared) = &self.route {
+            // The leader reads the definitions from the store.
+            self.append(shared, &Input::ChecksChanged);
+            return Ok(());
+        }
+        match self.inner.lock().await.as_mut() {
+            Some(inner) => inner.engine.reconfigure(config),
+            None => Ok(()),
+        }
     }
 
     /// Hands committed results of agent `fp` to the engine, each at its
@@ -215,35 +538,46 @@ impl Alerts {
         if !self.enabled {
             return;
         }
-        let mut events = Vec::with_capacity(results.len());
-        for r in results {
-            events.push(Event::CheckResult {
-                agent: fp.to_string(),
-                check: r.check.clone(),
-                status: status(r.state),
-                summary: r.summary.clone(),
-                at_ms: u64::try_from(r.started_at_ms).unwrap_or(0),
-            });
-            let update = r.update_event.as_deref();
-            if let Some((u, outcome)) = update.and_then(|u| Some((u, update_outcome(u)?))) {
-                events.push(Event::Update {
-                    agent: fp.to_string(),
-                    outcome,
-                    detail: update_detail(u),
-                });
-            }
+        let events = result_events(fp, results);
+        if let Route::Log(shared) = &self.route {
+            self.append(shared, &Input::Events { events });
+            return;
         }
         self.observe(events).await;
     }
 
     /// Presence of session `id` of agent `fp` (with its effective tags on
-    /// [`SessionEvent::Opened`]).
+    /// [`SessionEvent::Opened`]); `id` is the session's shared generation
+    /// across nodes, this node's session id on one.
     pub async fn presence(&self, fp: &Fingerprint, id: u64, what: SessionEvent, tags: Vec<String>) {
         if !self.enabled {
             return;
         }
+        if let Route::Log(shared) = &self.route {
+            let input = Input::Presence {
+                agent: fp.clone(),
+                session: id,
+                what,
+                tags,
+            };
+            self.append(shared, &input);
+            return;
+        }
+        let mut guard = self.inner.lock().await;
+        if let Some(inner) = guard.as_mut() {
+            self.presence_in(inner, fp, id, what, tags).await;
+        }
+    }
+
+    async fn presence_in(
+        &self,
+        inner: &mut Inner,
+        fp: &Fingerprint,
+        id: u64,
+        what: SessionEvent,
+        tags: Vec<String>,
+    ) {
         let agent = fp.to_string();
-        let mut inner = self.inner.lock().await;
         let latest = inner.sessions.get(&agent).copied();
         if latest.is_some_and(|latest| latest > id) {
             debug!(fingerprint = %fp, session = id, "presence of a replaced session ignored");
@@ -263,19 +597,54 @@ impl Alerts {
         if waiting {
             debug!(fingerprint = %fp, "back within the goodbye grace: not a deregistration");
         }
-        self.apply(&mut inner, vec![event]).await;
+        self.apply(inner, vec![event]).await;
     }
 
     /// Agent `fp` was removed by an operator: deregistered at once (its
     /// incidents resolve, nothing alerts), whatever its sessions did.
     pub async fn removed(&self, fp: &Fingerprint) {
-        let agent = fp.to_string();
-        let mut inner = self.inner.lock().await;
-        inner.goodbyes.remove(&agent);
-        self.apply(&mut inner, vec![Event::Deregistered { agent }])
-            .await;
+        if let Route::Log(shared) = &self.route {
+            self.append(shared, &Input::Removed { agent: fp.clone() });
+            return;
+        }
+        let mut guard = self.inner.lock().await;
+        if let Some(inner) = guard.as_mut() {
+            self.removed_in(inner, fp).await;
+        }
     }
 
+    async fn removed_in(&self, inner: &mut Inner, fp: &Fingerprint) {
+        let agent = fp.to_string();
+        inner.goodbyes.remove(&agent);
+        self.apply(inner, vec![Event::Deregistered { agent }]).await;
+    }
+}
+
+/// The engine events of committed results of agent `fp`, each at its own
+/// time; update outcomes they carry become update events.
+fn result_events(fp: &Fingerprint, results: &[CheckResult]) -> Vec<Event> {
+    let mut events = Vec::with_capacity(results.len());
+    for r in results {
+        events.push(Event::CheckResult {
+            agent: fp.to_string(),
+            check: r.check.clone(),
+            status: status(r.state),
+            summary: r.summary.clone(),
+            at_ms: u64::try_from(r.started_at_ms).unwrap_or(0),
+        });
+        let update = r.update_event.as_deref();
+        if let Some((u, outcome)) = update.and_then(|u| Some((u, update_outcome(u)?))) {
+            events.push(Event::Update {
+                agent: fp.to_string(),
+                outcome,
+                detail: update_detail(u),
+            });
+        }
+    }
+    events
+}
+
+impl Alerts {
     /// Hands the Goodbyes whose grace is over (all of them with `all`) to
     /// the engine as deregistrations.
     async fn deregister_due(&self, inner: &mut Inner, all: bool) {
@@ -303,8 +672,10 @@ impl Alerts {
         if events.is_empty() {
             return;
         }
-        let mut inner = self.inner.lock().await;
-        self.apply(&mut inner, events).await;
+        let mut guard = self.inner.lock().await;
+        if let Some(inner) = guard.as_mut() {
+            self.apply(inner, events).await;
+        }
     }
 
     async fn apply(&self, inner: &mut Inner, events: Vec<Event>) {
@@ -324,32 +695,44 @@ impl Alerts {
 
     /// An operator's request (silences): applied, then stored at once.
     /// Returns the engine's actions; its error is the operator's mistake.
+    ///
+    /// Across nodes, on a node not holding the engine (see [`Alerts::engine`]
+    /// and [`remote`]), nothing is applied: `Ok` with no actions.
     pub async fn operator(&self, event: Event) -> Result<Vec<Action>, outrider_alerting::Error> {
-        let mut inner = self.inner.lock().await;
+        let mut guard = self.inner.lock().await;
+        let Some(inner) = guard.as_mut() else {
+            return Ok(Vec::new());
+        };
         let actions = inner.engine.handle(event, now_ms_u64())?;
-        record(&mut inner, actions.clone());
+        record(inner, actions.clone());
         inner.dirty = true;
-        self.save(&mut inner).await;
+        self.save(inner).await;
         Ok(actions)
     }
 
-    /// Reads the engine (for the REST API), holding the lock only for `f`.
-    pub async fn read<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
-        f(&self.inner.lock().await.engine)
+    /// Reads the engine (for the REST API), holding the lock only for `f`;
+    /// `None` on a node not holding the engine (see [`Alerts::engine`]).
+    pub async fn read<R>(&self, f: impl FnOnce(&Engine) -> R) -> Option<R> {
+        self.inner
+            .lock()
+            .await
+            .as_ref()
+            .map(|inner| f(&inner.engine))
     }
 
     /// One tick at the server's clock; stores what must be.
     async fn tick(&self) {
-        let mut inner = self.inner.lock().await;
-        self.deregister_due(&mut inner, false).await;
+        let mut guard = self.inner.lock().await;
+        let Some(inner) = guard.as_mut() else { return };
+        self.deregister_due(inner, false).await;
         let actions = inner.engine.tick(now_ms_u64());
         if !actions.is_empty() {
             inner.dirty = true;
         }
-        let notified = record(&mut inner, actions);
+        let notified = record(inner, actions);
         let due = inner.dirty && inner.saved_at.elapsed() >= SAVE_EVERY;
         if notified || !inner.pending.is_empty() || due {
-            self.save(&mut inner).await;
+            self.save(inner).await;
         }
     }
 
@@ -363,7 +746,28 @@ impl Alerts {
                 return;
             }
         };
-        match self.store.save_alerts(json, inner.pending.clone()).await {
+        let saved = match &self.route {
+            Route::Leader { pg, term, fenced } => {
+                let saved = pg
+                    .save_alerts_consuming(
+                        term,
+                        json,
+                        inner.pending.clone(),
+                        now_ms(),
+                        inner.cursor,
+                    )
+                    .await;
+                if let Err(StoreError::Fenced { .. }) = &saved {
+                    // Another node leads now: this engine must stop.
+                    fenced.cancel();
+                }
+                saved.map_err(anyhow::Error::from)
+            }
+            Route::Engine | Route::Log(_) => {
+                self.store.save_alerts(json, inner.pending.clone()).await
+            }
+        };
+        match saved {
             Ok(new) => {
                 if new > 0 {
                     info!(rows = new, "alert notifications queued in the outbox");
@@ -382,8 +786,10 @@ impl Alerts {
 }
 
 /// Ticks `alerts` every `tick` until `shutdown`, then stores the state.
+///
+/// Across nodes it returns at once: [`lead`] ticks the leader's engine.
 pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToken) {
-    if !alerts.enabled {
+    if !alerts.enabled || alerts.is_shared() {
         return;
     }
     let mut interval = tokio::time::interval(tick);
@@ -394,11 +800,139 @@ pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToke
             _ = interval.tick() => alerts.tick().await,
         }
     }
-    let mut inner = alerts.inner.lock().await;
+    let mut guard = alerts.inner.lock().await;
+    let Some(inner) = guard.as_mut() else { return };
     // The agents table already says they left: the state should too.
-    alerts.deregister_due(&mut inner, true).await;
+    alerts.deregister_due(inner, true).await;
     if inner.dirty || !inner.pending.is_empty() {
-        alerts.save(&mut inner).await;
+        alerts.save(inner).await;
+    }
+}
+
+/// Alert evaluation on the node leading it under `term` (across nodes,
+/// run by `cluster::singleton`), until `cancel` or until a save is fenced:
+/// restores the engine ([`Alerts::start_leader`], retried while the store
+/// fails), then every `tick` applies the shared log and ticks the engine.
+/// At the end the state is saved (unless fenced) and the engine dropped;
+/// waiting Goodbyes are not forced through, the next leader finds them
+/// in the agents table.
+pub async fn lead(state: Arc<AppState>, term: LeaderTerm, cancel: CancellationToken) {
+    let front = state.alerts.clone();
+    let Route::Log(shared) = &front.route else {
+        return;
+    };
+    if !front.enabled {
+        return;
+    }
+    let leader = loop {
+        match front.start_leader(shared, term.clone()).await {
+            Ok(leader) => break Arc::new(leader),
+            Err(e) => warn!("restoring alert evaluation failed (retried): {e:#}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(LEAD_RETRY) => {}
+        }
+    };
+    let Route::Leader { fenced, .. } = &leader.route else {
+        unreachable!("start_leader makes a leader")
+    };
+    let fenced = fenced.clone();
+    info!(term = term.term, "alert evaluation runs on this node");
+    // Replays the log before anyone reads the engine.
+    leader.catch_up().await;
+    *shared.leading.lock().unwrap_or_else(|e| e.into_inner()) = Some(leader.clone());
+    let mut interval = tokio::time::interval(Duration::from_millis(state.config.alert_tick_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = fenced.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        leader.catch_up().await;
+        leader.tick().await;
+    }
+    *shared.leading.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    if fenced.is_cancelled() {
+        info!(term = term.term, "alert evaluation moved to another node");
+        return;
+    }
+    let mut guard = leader.inner.lock().await;
+    if let Some(inner) = guard.as_mut()
+        && (inner.dirty || !inner.pending.is_empty())
+    {
+        leader.save(inner).await;
+    }
+}
+
+/// A node's writer of the shared log: appends the queued inputs in order,
+/// each retried until the database takes it, and every [`TRIM_EVERY`]
+/// deletes rows older than an hour.
+#[derive(Debug)]
+pub struct Appender {
+    pg: PgBackend,
+    rx: mpsc::Receiver<String>,
+}
+
+impl Appender {
+    /// Runs until `shutdown`, then appends what is queued, each row tried
+    /// once, for at most [`APPEND_DRAIN`].
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.append_until(&shutdown).await;
+        let drain = async {
+            while let Ok(row) = self.rx.try_recv() {
+                if let Err(e) = self.pg.append_alert_input(&row, now_ms()).await {
+                    warn!("an alert input queued at shutdown was dropped: {e}");
+                }
+            }
+        };
+        if tokio::time::timeout(APPEND_DRAIN, drain).await.is_err() {
+            warn!("alert inputs queued at shutdown were dropped: the database was too slow");
+        }
+    }
+
+    async fn append_until(&mut self, shutdown: &CancellationToken) {
+        let mut trim = tokio::time::interval(TRIM_EVERY);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let row = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = trim.tick() => {
+                    if let Err(e) = self.pg.trim_alert_inputs(now_ms()).await {
+                        debug!("deleting old alert inputs failed: {e}");
+                    }
+                    continue;
+                }
+                row = self.rx.recv() => match row {
+                    Some(row) => row,
+                    None => return,
+                },
+            };
+            let mut backoff = Duration::from_millis(100);
+            let mut warned = false;
+            loop {
+                match self.pg.append_alert_input(&row, now_ms()).await {
+                    Ok(()) => break,
+                    Err(StoreError::Malformed { .. }) => {
+                        warn!("an alert input too large for the shared log was dropped");
+                        break;
+                    }
+                    Err(e) => {
+                        if !warned {
+                            warn!("appending an alert input failed (retried): {e}");
+                            warned = true;
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(APPEND_BACKOFF_MAX);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -709,6 +1243,7 @@ mod tests {
         alerts
             .read(|e| e.open())
             .await
+            .unwrap()
             .iter()
             .any(|(s, _)| matches!(s, outrider_alerting::Subject::Agent { .. }))
     }
@@ -754,6 +1289,192 @@ mod tests {
             agent_open(&alerts).await,
             "the latest session's loss counts"
         );
+    }
+
+    /// (d) Inputs of the shared log by table: each comes back as it went,
+    /// a result batch over the row cap is split in order into rows under
+    /// it, an event too large alone is dropped.
+    #[test]
+    fn inputs_round_trip_and_large_batches_split_in_order() {
+        let fp: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        let event = |summary: String| Event::CheckResult {
+            agent: fp.to_string(),
+            check: "disk".into(),
+            status: Status::Critical,
+            summary,
+            at_ms: 5,
+        };
+        let events = |n: usize, bytes: usize| -> Vec<Event> {
+            (0..n)
+                .map(|i| event(format!("{i:06}{}", "x".repeat(bytes))))
+                .collect()
+        };
+        // (input, rows expected)
+        let cases = [
+            (Input::ChecksChanged, 1),
+            (Input::Removed { agent: fp.clone() }, 1),
+            (
+                Input::Presence {
+                    agent: fp.clone(),
+                    session: 7,
+                    what: SessionEvent::Goodbye,
+                    tags: vec!["db".into()],
+                },
+                1,
+            ),
+            (
+                Input::Events {
+                    events: events(3, 10),
+                },
+                1,
+            ),
+            (
+                Input::Events {
+                    events: events(4, MAX_INPUT_BYTES / 3),
+                },
+                2,
+            ),
+            (
+                Input::Events {
+                    events: events(1, MAX_INPUT_BYTES + 1),
+                },
+                0,
+            ),
+        ];
+        for (i, (input, want)) in cases.into_iter().enumerate() {
+            let rows = input_rows(&input);
+            assert_eq!(rows.len(), want, "case {i}");
+            assert!(rows.iter().all(|r| r.len() <= MAX_INPUT_BYTES));
+            let back: Vec<Input> = rows
+                .iter()
+                .map(|r| serde_json::from_str(r).unwrap())
+                .collect();
+            match (&input, want) {
+                (_, 0) => {}
+                (Input::Events { events }, _) => {
+                    let joined: Vec<Event> = back
+                        .into_iter()
+                        .flat_map(|i| match i {
+                            Input::Events { events } => events,
+                            other => panic!("{other:?}"),
+                        })
+                        .collect();
+                    assert!(&joined == events, "case {i}");
+                }
+                (input, _) => assert!(back == [input.clone()], "case {i}"),
+            }
+        }
+    }
+
+    async fn open_count(alerts: &Alerts) -> usize {
+        alerts.read(|e| e.open().len()).await.unwrap()
+    }
+
+    /// Adds a silence of check `disk` (the engine saves at once).
+    async fn silence(alerts: &Alerts) -> Result<Vec<Action>, outrider_alerting::Error> {
+        let spec = serde_json::from_value(serde_json::json!({
+            "matchers": [{"field": "check", "op": {"equal": "disk"}}],
+            "starts_ms": 0, "ends_ms": u64::MAX / 2, "author": "a", "comment": "c"
+        }))
+        .unwrap();
+        alerts.operator(Event::AddSilence(spec)).await
+    }
+
+    /// The leader's engine on PostgreSQL: inputs appended by any node are
+    /// applied in order; its save under the newest term deletes the rows
+    /// its state has seen; a leader whose term is stale is refused and
+    /// told to stop (its `fenced` token), writing nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_applies_the_log_saves_consuming_it_and_stops_when_fenced() {
+        use crate::backend::leader::Job;
+        let db = outrider_pgtest::Cluster::shared()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .database()
+            .await
+            .unwrap();
+        let pg = PgBackend::with_config(db.config.clone(), crate::backend::PgTls::Disable, 2)
+            .await
+            .unwrap();
+        let (_dir, store, fp) = crate::store::test_support::store_with_agent("web-1").await;
+        let store = store.with_postgres(pg.clone(), "a".parse().unwrap());
+        let (front, _appender) = Alerts::shared(
+            store,
+            pg.clone(),
+            Config::default(),
+            Duration::from_secs(30),
+            Arc::new(Notify::new()),
+        );
+        let Route::Log(shared) = &front.route else {
+            unreachable!()
+        };
+        let (client, conn) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+        let conn = tokio::spawn(conn);
+        client
+            .execute(
+                "INSERT INTO leases (job, holder_node, term, acquired_at_ms)
+                 VALUES ('alert-evaluation', 'n2', 2, 0)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let term = |t| LeaderTerm {
+            job: Job::AlertEvaluation,
+            node: "n2".parse().unwrap(),
+            term: t,
+        };
+        let critical = CheckResult {
+            seq: 1,
+            check: "disk".into(),
+            state: CheckState::Critical,
+            summary: "full".into(),
+            long_output: String::new(),
+            perfdata: Vec::new(),
+            unknown_perfdata: Vec::new(),
+            started_at_ms: now_ms(),
+            duration_ms: 1,
+            update_event: None,
+        };
+        for input in [
+            Input::Presence {
+                agent: fp.clone(),
+                session: 1,
+                what: SessionEvent::Opened,
+                tags: Vec::new(),
+            },
+            Input::Events {
+                events: result_events(&fp, &[critical.clone(), critical.clone(), critical]),
+            },
+        ] {
+            for row in input_rows(&input) {
+                pg.append_alert_input(&row, now_ms()).await.unwrap();
+            }
+        }
+        let leader = front.start_leader(shared, term(2)).await.unwrap();
+        // Other tests' transactions on the shared cluster may hold the
+        // rows back a moment (the xmin guard).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while open_count(&leader).await == 0 {
+            assert!(Instant::now() < deadline, "the log was never applied");
+            leader.catch_up().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        silence(&leader).await.unwrap();
+        assert!(
+            pg.alert_inputs_after(None).await.unwrap().is_empty(),
+            "the save deleted the rows its state has seen"
+        );
+        let saved = leader.store.alert_state().await.unwrap().unwrap();
+
+        let stale = front.start_leader(shared, term(1)).await.unwrap();
+        let Route::Leader { fenced, .. } = &stale.route else {
+            unreachable!()
+        };
+        assert!(!fenced.is_cancelled());
+        silence(&stale).await.unwrap();
+        assert!(fenced.is_cancelled(), "a stale leader is told to stop");
+        assert_eq!(leader.store.alert_state().await.unwrap().unwrap(), saved);
+        drop(client);
+        conn.await.unwrap().unwrap();
     }
 
     #[test]

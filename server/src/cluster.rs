@@ -9,7 +9,10 @@
 //! - heartbeats every [`HEARTBEAT_EVERY`]: the node's row, the sessions it
 //!   holds, and the sessions it lost, which it closes ([`heartbeat`]);
 //! - on the node leading [`Job::PresenceSweep`], ends the sessions no live
-//!   node carries and reports those agents down ([`sweep`]).
+//!   node carries and reports those agents down ([`sweep`]), to the alert
+//!   engine too (as lost, by their session's generation);
+//! - on the node leading [`Job::AlertEvaluation`], runs the alert engine
+//!   (`alerts::lead`, through [`singleton_with_term`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::AppState;
-use crate::backend::leader::{ElectionConfig, Job};
+use crate::alerts::SessionEvent;
+use crate::backend::leader::{ElectionConfig, Job, LeaderTerm};
 use crate::backend::presence::{NODE_SILENCE_MS, NodeId, PresenceStore};
 use crate::backend::{PgBackend, PgTls};
 use crate::store::now_ms;
@@ -324,6 +328,11 @@ pub async fn sweep(state: Arc<AppState>, cancel: CancellationToken) {
             }
         };
         for s in swept {
+            // The engine ignores it if the agent opened a newer session.
+            state
+                .alerts
+                .presence(&s.agent, s.generation, SessionEvent::Lost, Vec::new())
+                .await;
             match state.store.set_presence(&s.agent, Presence::Down).await {
                 Ok(Some(at_ms)) => {
                     info!(fingerprint = %s.agent, node = %s.node, "agent down: its node went silent");
@@ -343,6 +352,22 @@ where
     F: Fn(Arc<AppState>, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    singleton_with_term(state, kind, shutdown, move |state, _, cancel| {
+        job(state, cancel)
+    })
+    .await;
+}
+
+/// [`singleton`] for a job that needs its term (fenced writes).
+pub async fn singleton_with_term<F, Fut>(
+    state: Arc<AppState>,
+    kind: Job,
+    shutdown: CancellationToken,
+    job: F,
+) where
+    F: Fn(Arc<AppState>, LeaderTerm, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let elector = state
         .store
         .backend()
@@ -352,7 +377,7 @@ where
             if state.store.is_shared() {
                 info!(job = kind.name(), term = term.term, "leading");
             }
-            job(state.clone(), cancel)
+            job(state.clone(), term, cancel)
         })
         .await;
 }

@@ -154,11 +154,6 @@ pub async fn run_with_dashboard(
     let (store, node) = match shared.clone() {
         Some(pg) => {
             let node = cluster::node_id(config.cluster.node_id.clone(), &config.data_dir)?;
-            if !config.no_alerting {
-                anyhow::bail!(
-                    "alerting does not run across nodes yet: start the nodes sharing --database with --no-alerting"
-                );
-            }
             info!(%node, "sharing the --database with the other nodes; metrics stay in this node's file");
             (store.with_postgres(pg, node.clone()), node)
         }
@@ -280,25 +275,40 @@ pub async fn run_with_dashboard(
     let outbox_rows = Arc::new(tokio::sync::Notify::new());
     let notifier =
         Arc::new(notify::Notifier::new(outbox_rows.clone()).context("starting the notifier")?);
-    let alerts = Arc::new(
-        alerts::Alerts::start(
-            store.clone(),
-            alerting,
-            Duration::from_millis(config.alert_goodbye_grace_ms),
-            started_ms,
-            outbox_rows,
-        )
-        .await
-        .context("starting alerting")
-        .map(|alerts| {
-            if config.no_alerting {
-                info!("alerting is off (--no-alerting): nothing is decided or sent");
-                alerts.disabled()
-            } else {
-                alerts
-            }
-        })?,
-    );
+    let goodbye_grace = Duration::from_millis(config.alert_goodbye_grace_ms);
+    // Several nodes: no engine here unless this node leads alert
+    // evaluation (`alerts::lead`, below); what it observes goes to the
+    // shared log through the appender.
+    let (alerts, appender) = match &shared {
+        Some(pg) => {
+            let (alerts, appender) = alerts::Alerts::shared(
+                store.clone(),
+                pg.clone(),
+                alerting,
+                goodbye_grace,
+                outbox_rows,
+            );
+            (alerts, Some(appender))
+        }
+        None => (
+            alerts::Alerts::start(
+                store.clone(),
+                alerting,
+                goodbye_grace,
+                started_ms,
+                outbox_rows,
+            )
+            .await
+            .context("starting alerting")?,
+            None,
+        ),
+    };
+    let alerts = Arc::new(if config.no_alerting {
+        info!("alerting is off (--no-alerting): nothing is decided or sent");
+        alerts.disabled()
+    } else {
+        alerts
+    });
     let sinks = ingest::sinks(
         metric_side.graphite.clone(),
         metric_side.remote_write.clone(),
@@ -387,6 +397,17 @@ pub async fn run_with_dashboard(
             shutdown.clone(),
             releases::collect_garbage,
         ));
+        if !state.config.no_alerting {
+            if let Some(appender) = appender {
+                state.tasks.spawn(appender.run(shutdown.clone()));
+            }
+            state.tasks.spawn(cluster::singleton_with_term(
+                state.clone(),
+                backend::leader::Job::AlertEvaluation,
+                shutdown.clone(),
+                alerts::lead,
+            ));
+        }
     }
     state.tasks.spawn({
         let shutdown = shutdown.clone();

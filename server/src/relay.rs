@@ -2,6 +2,8 @@
 //! `backend/postgres/bus.rs`) in the multi-node mode:
 //! - run-now for an agent whose session is on another node: a request
 //!   with a reply, answered by the node holding the session ([`run_now_on`]);
+//! - reads of the alert engine and silences, answered by the node leading
+//!   alert evaluation (`alerts/remote.rs`);
 //! - broadcasts: a config change (every node recomputes its cache and
 //!   wakes its sessions) and an update nudge scheduled (every node nudges
 //!   the agents connected to it).
@@ -218,6 +220,9 @@ async fn answer(state: &AppState, request: Request) {
             }
             Err(e) => Err(format!("unreadable run_now request: {e}")),
         },
+        crate::alerts::remote::ALERTS => {
+            crate::alerts::remote::answer(state, &request.payload).await
+        }
         other => Err(format!(
             "node {} does not know request {other:?}",
             state.node

@@ -9,7 +9,8 @@
 //! | `POST /api/v1/silences/{id}/expire`     | end a silence now                      |
 //!
 //! A silence the engine refuses is a 400 with the engine's sentence; an
-//! unknown silence id is a 404.
+//! unknown silence id is a 404. Across nodes, a node not evaluating alerts
+//! asks the one that does ([`remote`]); while none does, a 503.
 
 use std::sync::Arc;
 
@@ -17,11 +18,12 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
+use outrider_alerting::Action;
 use outrider_alerting::api::{HistoryEntry, OpenAlert, SilenceInfo};
-use outrider_alerting::silence::{Silence, SilenceSpec};
-use outrider_alerting::{Action, Event};
+use outrider_alerting::silence::SilenceSpec;
 use serde::Deserialize;
 
+use super::remote::{self, Call};
 use crate::AppState;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 
@@ -38,17 +40,8 @@ pub fn admin_routes(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn open(State(state): State<Arc<AppState>>) -> Json<Vec<OpenAlert>> {
-    let open = state.alerts.read(|e| e.open()).await;
-    Json(
-        open.into_iter()
-            .map(|(subject, muted)| OpenAlert {
-                key: subject.to_string(),
-                subject,
-                muted,
-            })
-            .collect(),
-    )
+async fn open(State(state): State<Arc<AppState>>) -> Result<Json<Vec<OpenAlert>>, ApiError> {
+    Ok(Json(remote::open(&state).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,32 +64,17 @@ async fn history(
     Ok(Json(state.store.alert_outbox(limit).await?))
 }
 
-async fn list_silences(State(state): State<Arc<AppState>>) -> Json<Vec<SilenceInfo>> {
-    let now = crate::store::now_ms().max(0) as u64;
-    let list = state
-        .alerts
-        .read(|e| e.silences().map(|s| info(s, now)).collect())
-        .await;
-    Json(list)
-}
-
-fn info(s: &Silence, now: u64) -> SilenceInfo {
-    SilenceInfo {
-        id: s.id,
-        active: s.is_active(now),
-        spec: s.spec.clone(),
-    }
+async fn list_silences(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<SilenceInfo>>, ApiError> {
+    Ok(Json(remote::silences(&state).await?))
 }
 
 async fn add_silence(
     State(state): State<Arc<AppState>>,
     ApiJson(spec): ApiJson<SilenceSpec>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let actions = state
-        .alerts
-        .operator(Event::AddSilence(spec))
-        .await
-        .map_err(refused)?;
+    let actions = remote::change(&state, Call::AddSilence(spec)).await?;
     let id = actions
         .iter()
         .find_map(|a| match a {
@@ -113,18 +91,6 @@ async fn expire_silence(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    state
-        .alerts
-        .operator(Event::ExpireSilence { id })
-        .await
-        .map_err(refused)?;
+    remote::change(&state, Call::ExpireSilence(id)).await?;
     Ok(Json(serde_json::json!({ "id": id, "expired": true })))
-}
-
-fn refused(e: outrider_alerting::Error) -> ApiError {
-    match e {
-        outrider_alerting::Error::UnknownSilence { .. } => ApiError::NotFound(e.to_string()),
-        outrider_alerting::Error::TooManySilences { .. } => ApiError::Conflict(e.to_string()),
-        other => ApiError::BadRequest(other.to_string()),
-    }
 }

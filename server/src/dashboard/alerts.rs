@@ -12,12 +12,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use outrider_alerting::silence::{Field, Matcher, Op, Pattern, SilenceSpec};
-use outrider_alerting::{Action as EngineAction, Event, MuteReason};
+use outrider_alerting::{Action as EngineAction, MuteReason};
 use serde::Deserialize;
 
 use super::pages::utc;
 use super::session::{Action, Session, may};
 use super::{Authed, Chrome, Dashboard, PageError};
+use crate::alerts::remote::Call;
 
 /// Decided notifications shown.
 const HISTORY_ROWS: u32 = 20;
@@ -171,33 +172,27 @@ async fn render(
     form: SilenceForm,
     error: String,
 ) -> Result<String, PageError> {
-    let now = u64::try_from(crate::store::now_ms()).unwrap_or(0);
-    let (open, silences) = dash
-        .app
-        .alerts
-        .read(|e| {
-            let open: Vec<OpenView> = e
-                .open()
-                .into_iter()
-                .map(|(subject, muted)| OpenView {
-                    key: subject.to_string(),
-                    muted: muted.as_ref().map(mute_text).unwrap_or_default(),
-                })
-                .collect();
-            let silences: Vec<SilenceView> = e
-                .silences()
-                .map(|s| SilenceView {
-                    id: s.id,
-                    active: s.is_active(now),
-                    matchers: matchers_text(&s.spec.matchers),
-                    until: utc(i64::try_from(s.spec.ends_ms).unwrap_or(i64::MAX)),
-                    author: s.spec.author.clone(),
-                    comment: s.spec.comment.clone(),
-                })
-                .collect();
-            (open, silences)
+    // Across nodes the engine may be on another node (`alerts/remote.rs`).
+    let open: Vec<OpenView> = crate::alerts::remote::open(&dash.app)
+        .await?
+        .into_iter()
+        .map(|o| OpenView {
+            key: o.key,
+            muted: o.muted.as_ref().map(mute_text).unwrap_or_default(),
         })
-        .await;
+        .collect();
+    let silences: Vec<SilenceView> = crate::alerts::remote::silences(&dash.app)
+        .await?
+        .into_iter()
+        .map(|s| SilenceView {
+            id: s.id,
+            active: s.active,
+            matchers: matchers_text(&s.spec.matchers),
+            until: utc(i64::try_from(s.spec.ends_ms).unwrap_or(i64::MAX)),
+            author: s.spec.author.clone(),
+            comment: s.spec.comment.clone(),
+        })
+        .collect();
     let history = dash
         .app
         .store
@@ -254,10 +249,7 @@ pub async fn add(
     let form = dash.accept_post(&headers, &session, form, "silence", Action::ChangeSilences)?;
     let now = u64::try_from(crate::store::now_ms()).unwrap_or(0);
     let added = match spec(&form, "dashboard (admin)", now) {
-        Ok(spec) => dash
-            .app
-            .alerts
-            .operator(Event::AddSilence(spec))
+        Ok(spec) => crate::alerts::remote::change(&dash.app, Call::AddSilence(spec))
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e),
@@ -298,12 +290,9 @@ pub async fn expire(
     let id: u64 = id
         .parse()
         .map_err(|_| PageError::bad_request(format!("{id:?} is not a silence id")))?;
-    match dash.app.alerts.operator(Event::ExpireSilence { id }).await {
+    match crate::alerts::remote::change(&dash.app, Call::ExpireSilence(id)).await {
         Ok(_) => Ok(Redirect::to("/alerts").into_response()),
-        Err(e @ outrider_alerting::Error::UnknownSilence { .. }) => {
-            Err(PageError::new(StatusCode::NOT_FOUND, e.to_string()))
-        }
-        Err(e) => Err(PageError::bad_request(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 

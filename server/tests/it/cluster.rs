@@ -37,6 +37,7 @@ async fn node(database: &str, name: &str) -> Arc<Server> {
         Server::start_with(move |c| {
             c.cluster.database = Some(database);
             c.cluster.node_id = Some(name.parse().unwrap());
+            // Not what these tests look at (cluster_alerting.rs does).
             c.no_alerting = true;
         })
         .await,

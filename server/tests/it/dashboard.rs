@@ -14,15 +14,15 @@ use crate::helpers::{Agent, ENROLLMENT_TOKEN, STEP, Server, define_load_check, r
 
 /// One HTTP answer.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     head: String,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
     /// The value of header `name` (lower case), if present.
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.head.lines().find_map(|line| {
             let (k, v) = line.split_once(':')?;
             (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim())
@@ -33,7 +33,7 @@ impl Answer {
 /// A browser-ish client: keeps the session cookie, sends what a browser
 /// sends on a same-origin form post.
 #[derive(Debug, Clone)]
-struct Browser {
+pub(crate) struct Browser {
     addr: SocketAddr,
     cookie: Option<String>,
 }
@@ -94,12 +94,12 @@ impl Browser {
         }
     }
 
-    async fn get(&self, path: &str) -> Answer {
+    pub(crate) async fn get(&self, path: &str) -> Answer {
         self.request("GET", path, &[], "").await
     }
 
     /// A same-origin form post, as a browser sends it.
-    async fn post(&self, path: &str, form: &str) -> Answer {
+    pub(crate) async fn post(&self, path: &str, form: &str) -> Answer {
         let origin = self.origin();
         self.request(
             "POST",
@@ -111,7 +111,7 @@ impl Browser {
     }
 
     /// Logs in with `token`; panics unless it worked.
-    async fn login(server: &Server, token: &str) -> Browser {
+    pub(crate) async fn login(server: &Server, token: &str) -> Browser {
         let mut browser = Browser::new(server);
         let answer = browser
             .post("/login", &format!("token={token}&next=/"))
@@ -123,7 +123,7 @@ impl Browser {
     }
 
     /// The CSRF token of the page at `path`.
-    async fn csrf(&self, path: &str) -> String {
+    pub(crate) async fn csrf(&self, path: &str) -> String {
         let page = self.get(path).await;
         assert_eq!(page.status, 200, "{page:?}");
         let at = page

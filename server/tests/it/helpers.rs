@@ -94,6 +94,12 @@ impl Server {
         Server::start_full("127.0.0.1:0", tempfile::tempdir().unwrap(), true, |_| {}).await
     }
 
+    /// [`Server::start_with_dashboard`] with `configure` adjusting the
+    /// config first.
+    pub async fn start_with_dashboard_and(configure: impl FnOnce(&mut ServerConfig)) -> Server {
+        Server::start_full("127.0.0.1:0", tempfile::tempdir().unwrap(), true, configure).await
+    }
+
     /// [`Server::start_with_dashboard`] speaking HTTPS only, with this
     /// certificate and key, on both ports.
     pub async fn start_tls_with_dashboard(cert: &std::path::Path, key: &std::path::Path) -> Server {

@@ -7,6 +7,7 @@ mod agent_ws;
 mod alerting;
 mod browser;
 mod cluster;
+mod cluster_alerting;
 mod collectors;
 mod config_push;
 mod dashboard;

@@ -99,16 +99,43 @@ impl Shared {
     }
 }
 
-/// Three nodes on `shared`'s database, alerting off (it does not run
-/// across nodes yet).
+/// `down_for` of these tests: an agent lost for longer is an outage to
+/// page about; the moves these tests make must stay well under it.
+const DOWN_FOR_MS: u64 = 8_000;
+
+/// Three nodes on `shared`'s database, alerting on with short timers, so
+/// a false "down" would be paged within the tests.
 fn nodes(shared: &Shared) -> Vec<TestServer> {
     let conninfo = shared.db.conninfo();
+    let settings = shared.cluster.socket_dir().join("alerting.json");
+    let config = serde_json::json!({
+        "down_for_ms": DOWN_FOR_MS,
+        "group": {"group_wait_ms": 300, "group_interval_ms": 1_000, "repeat_interval_ms": 3_600_000}
+    });
+    std::fs::write(&settings, config.to_string()).unwrap();
+    let settings = settings.to_string_lossy().into_owned();
     (1..=3)
         .map(|i| {
             let name = format!("n{i}");
-            TestServer::start_args(&["--database", &conninfo, "--node-id", &name, "--no-alerting"])
+            TestServer::start_args(&[
+                "--database",
+                &conninfo,
+                "--node-id",
+                &name,
+                "--alerting-config",
+                &settings,
+                "--alert-tick-ms",
+                "100",
+            ])
         })
         .collect()
+}
+
+/// Asserts that nothing was paged: no notification decided, as `node`
+/// (any node) reads the shared outbox.
+fn nobody_paged(node: &TestServer) {
+    let history = node.api_get("alerts/history");
+    assert_eq!(history, serde_json::json!([]), "paged: {history}");
 }
 
 /// `AGENTS` agents, each told of every node, started on different ones.
@@ -289,6 +316,9 @@ fn a_killed_node_s_agents_move_on_without_being_shown_down_or_losing_acked_resul
             assert_eq!(presence, "connected", "agent {fp}");
         }
     }
+    // Past down_for, with the killed node's agents moved (and alert
+    // evaluation with them if it ran there): nothing was paged.
+    nobody_paged(survivors[0]);
 }
 
 #[test]
@@ -337,6 +367,12 @@ fn postgresql_restarted_under_load_loses_nothing_acknowledged_and_shows_nobody_d
             assert_eq!(presence, "connected", "agent {fp} shown by {}", node.url);
         }
     }
+    // Past down_for after the outage: the agents were never down.
+    let back = Instant::now();
+    wait_until("down_for passed after the outage", secs(30), || {
+        (back.elapsed() > Duration::from_millis(DOWN_FOR_MS + 2_000)).then_some(())
+    });
+    nobody_paged(&nodes[0]);
 }
 
 /// The last `n` lines of `text`.

@@ -43,53 +43,7 @@ impl AlertStore for PgBackend {
     ) -> Result<usize, StoreError> {
         check_job(term)?;
         self.fenced(term, move |tx| {
-            Box::pin(async move {
-                let tags_of = tx
-                    .prepare("SELECT hello_tags, server_tags FROM agents WHERE fingerprint = $1")
-                    .await?;
-                let insert = tx
-                    .prepare(
-                        "INSERT INTO alert_outbox
-                             (batch_key, group_key, tags, severity, notifications, created_at_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6)
-                         ON CONFLICT (batch_key) DO NOTHING",
-                    )
-                    .await?;
-                let mut inserted = 0;
-                for b in &batches {
-                    let group = group_of(&b.group_key);
-                    let agent = match group {
-                        Group::Agent(fp) => tx
-                            .query_opt(&tags_of, &[&fp])
-                            .await?
-                            .map(|r| (r.get::<_, Vec<String>>(0), r.get::<_, Vec<String>>(1))),
-                        Group::Site(_) | Group::Other => None,
-                    };
-                    let tags = row_tags(group, agent);
-                    let n = tx
-                        .execute(
-                            &insert,
-                            &[
-                                &b.batch_key,
-                                &b.group_key,
-                                &tags,
-                                &b.severity,
-                                &b.notifications,
-                                &now_ms,
-                            ],
-                        )
-                        .await?;
-                    inserted += usize::try_from(n).unwrap_or(usize::MAX);
-                }
-                tx.execute(
-                    "INSERT INTO alert_state (id, state, saved_at_ms) VALUES (1, $1, $2)
-                     ON CONFLICT (id) DO UPDATE SET state = excluded.state,
-                                                    saved_at_ms = excluded.saved_at_ms",
-                    &[&state, &now_ms],
-                )
-                .await?;
-                Ok(inserted)
-            })
+            Box::pin(async move { write_alerts(tx, &state, &batches, now_ms).await })
         })
         .await
     }
@@ -122,4 +76,61 @@ impl AlertStore for PgBackend {
             })
             .collect()
     }
+}
+
+/// Rule 1's writes, in the caller's fenced transaction `tx`: the outbox
+/// rows `batches` (each with its group's tags, rule 3; a `batch_key`
+/// already stored is ignored, rule 2) and the engine `state`. Returns how
+/// many rows were new.
+pub(super) async fn write_alerts(
+    tx: &tokio_postgres::Transaction<'_>,
+    state: &str,
+    batches: &[OutboxBatch],
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    let tags_of = tx
+        .prepare("SELECT hello_tags, server_tags FROM agents WHERE fingerprint = $1")
+        .await?;
+    let insert = tx
+        .prepare(
+            "INSERT INTO alert_outbox
+                     (batch_key, group_key, tags, severity, notifications, created_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (batch_key) DO NOTHING",
+        )
+        .await?;
+    let mut inserted = 0;
+    for b in batches {
+        let group = group_of(&b.group_key);
+        let agent = match group {
+            Group::Agent(fp) => tx
+                .query_opt(&tags_of, &[&fp])
+                .await?
+                .map(|r| (r.get::<_, Vec<String>>(0), r.get::<_, Vec<String>>(1))),
+            Group::Site(_) | Group::Other => None,
+        };
+        let tags = row_tags(group, agent);
+        let n = tx
+            .execute(
+                &insert,
+                &[
+                    &b.batch_key,
+                    &b.group_key,
+                    &tags,
+                    &b.severity,
+                    &b.notifications,
+                    &now_ms,
+                ],
+            )
+            .await?;
+        inserted += usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    tx.execute(
+        "INSERT INTO alert_state (id, state, saved_at_ms) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state,
+                                            saved_at_ms = excluded.saved_at_ms",
+        &[&state, &now_ms],
+    )
+    .await?;
+    Ok(inserted)
 }
