@@ -811,7 +811,7 @@ pub async fn run(alerts: Arc<Alerts>, tick: Duration, shutdown: CancellationToke
 
 /// Alert evaluation on the node leading it under `term` (across nodes,
 /// run by `cluster::singleton`), until `cancel` or until a save is fenced:
-/// restores the engine ([`Alerts::start_leader`], retried while the store
+/// restores the engine (`Alerts::start_leader`, retried while the store
 /// fails), then every `tick` applies the shared log and ticks the engine.
 /// At the end the state is saved (unless fenced) and the engine dropped;
 /// waiting Goodbyes are not forced through, the next leader finds them
@@ -878,7 +878,7 @@ pub struct Appender {
 
 impl Appender {
     /// Runs until `shutdown`, then appends what is queued, each row tried
-    /// once, for at most [`APPEND_DRAIN`].
+    /// once, for at most `APPEND_DRAIN`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.append_until(&shutdown).await;
         let drain = async {

@@ -1,7 +1,8 @@
 //! `outrider-server`: the central server of one Outrider installation.
 //!
 //! One process, one port (HTTPS, or plain HTTP on loopback), one embedded
-//! SQLite file. It serves
+//! SQLite file — or one node of several sharing a PostgreSQL database
+//! ([`cluster`], [`relay`]). It serves
 //! - the agent websocket endpoint ([`agent_ws`]): registration with
 //!   key-possession proof, presence, per-agent config push ([`configs`]),
 //!   plugin downloads ([`plugins`]), RPCs ([`sessions`]), result ingest

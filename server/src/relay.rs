@@ -15,7 +15,7 @@
 //! slow runs on the task reading it. A run-now request waits for an agent
 //! (seconds); it runs on a task of its own, at most [`MAX_HANDLING`] at
 //! once. A config change recomputes every document; the changes are
-//! coalesced into one refresh at a time by [`Refresher`].
+//! coalesced into one refresh at a time by `Refresher`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,7 @@
-//! The server's embedded store: one SQLite file in WAL mode.
+//! The server's store: one SQLite file in WAL mode, and, when the server
+//! runs as one of several nodes (`--database`), a shared PostgreSQL
+//! database for every area ported to the backends (`crate::backend`,
+//! [`Store::backend`]); the file then keeps this node's metrics.
 //!
 //! rusqlite is blocking, so every operation runs on tokio's blocking pool
 //! through `Store::call`, holding the connection mutex only for the

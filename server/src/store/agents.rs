@@ -7,7 +7,7 @@
 //! server/src/backend/postgres/agents.rs.
 //!
 //! The `Store` methods below are kept, each a one-line call of the trait
-//! on [`SqliteBackend`] over this same store, with the clock read here.
+//! on the backend the server runs on ([`Store::backend`]: this file, or the shared PostgreSQL), with the clock read here.
 //! That is the smaller correct change: the server's many callers (the
 //! agent sessions, the API, the dashboard, alerting, the exporters and the
 //! tests) keep calling `Store` with `anyhow` errors, unchanged, while the

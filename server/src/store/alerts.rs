@@ -12,7 +12,7 @@
 //! row already stored (same `batch_key`) is ignored.
 //!
 //! The `Store` methods below are kept, each a call of the trait on
-//! [`SqliteBackend`] over this same store, with the clock read here and
+//! the backend the server runs on ([`Store::backend`]: this file, or the shared PostgreSQL), with the clock read here and
 //! the save made under the one term SQLite leads alert evaluation under
 //! (`backend/leader.rs`), as server/src/store/agents.rs does: the callers
 //! (the alert driver, the API, the dashboard) are unchanged.

@@ -5,7 +5,7 @@
 //! ([`CheckStore`]); its SQLite statements live in
 //! server/src/backend/sqlite/checks.rs, its PostgreSQL ones in
 //! server/src/backend/postgres/checks.rs. The `Store` methods below are
-//! kept, each a call of the trait on [`SqliteBackend`] over this same store
+//! kept, each a call of the trait on the backend the server runs on ([`Store::backend`]: this file, or the shared PostgreSQL)
 //! with the clock read here, as server/src/store/agents.rs does: the
 //! callers (server/src/configs.rs, the API, the tests) are unchanged.
 

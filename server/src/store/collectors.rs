@@ -4,8 +4,8 @@
 //! ([`CollectorStore`]); its SQLite statements live in
 //! server/src/backend/sqlite/collectors.rs, its PostgreSQL ones in
 //! server/src/backend/postgres/collectors.rs. The `Store` methods below
-//! are kept, each a call of the trait on [`SqliteBackend`] over this same
-//! store with the clock read here: the callers are unchanged.
+//! are kept, each a call of the trait on the backend the server runs on
+//! ([`Store::backend`]: this file, or the shared PostgreSQL) with the clock read here: the callers are unchanged.
 
 use anyhow::Context;
 use outrider_protocol::api::CollectorInfo;

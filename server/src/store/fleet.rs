@@ -7,8 +7,8 @@
 //! ([`FleetStore`]); its SQLite statements live in
 //! server/src/backend/sqlite/fleet.rs, its PostgreSQL ones in
 //! server/src/backend/postgres/fleet.rs. The `Store` methods below are
-//! kept, each a call of the trait on [`SqliteBackend`] over this same
-//! store (its reads counted for the dashboard's statement budget as
+//! kept, each a call of the trait on the backend the server runs on
+//! ([`Store::backend`]: this file, or the shared PostgreSQL) (its reads counted for the dashboard's statement budget as
 //! before), so the dashboard is unchanged.
 
 use outrider_protocol::{CheckState, Fingerprint};

@@ -7,7 +7,7 @@
 //! ([`LoginStore`]); its SQLite statements live in
 //! server/src/backend/sqlite/logins.rs, its PostgreSQL ones in
 //! server/src/backend/postgres/logins.rs. The `Store` methods below are
-//! one-line calls of the trait on [`SqliteBackend`] over this same store,
+//! one-line calls of the trait on the backend the server runs on ([`Store::backend`]: this file, or the shared PostgreSQL),
 //! so the session table calls `Store` unchanged (as
 //! server/src/store/agents.rs explains for the agents area).
 

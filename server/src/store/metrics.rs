@@ -9,7 +9,7 @@
 //!
 //! Invariants:
 //! - Points are written only for results stored for the first time
-//!   ([`write_perfdata`], called by the results area's ingest,
+//!   (`write_perfdata`, called by the results area's ingest,
 //!   server/src/backend/*/results.rs), so a batch resent after a lost ack
 //!   never duplicates points. On SQLite they commit in the results'
 //!   transaction; with results on PostgreSQL they commit here just before
@@ -29,7 +29,7 @@
 //! - An agent has at most `max_series` series ([`IngestLimits`](super::IngestLimits),
 //!   `backend/results.rs`): a sample that would create one more is dropped, counted
 //!   in [`AgentSeries::dropped_unreported`] and reported as a WARNING result
-//!   ([`write_perfdata`]), so one noisy or hostile agent cannot grow the `series`
+//!   (`write_perfdata`), so one noisy or hostile agent cannot grow the `series`
 //!   table (and every output fed from it) without bound. Series rows are
 //!   never deleted, so the count only grows: it is the number of distinct
 //!   `(check, label)` pairs the agent ever reported.
@@ -87,7 +87,7 @@ pub struct SeriesCache {
 }
 
 /// One agent's series count and what its `outrider.series_limit` result
-/// says ([`write_perfdata`]).
+/// says (`write_perfdata`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentSeries {
     /// Series stored for the agent.
@@ -256,7 +256,7 @@ pub(super) fn insert_points(
     Ok(out)
 }
 
-/// What [`write_perfdata`] did with a batch's perfdata.
+/// What `write_perfdata` did with a batch's perfdata.
 #[derive(Debug, Default)]
 pub(crate) struct PerfdataWritten {
     /// Samples written as points.
@@ -648,7 +648,7 @@ impl Store {
             .context("deleting old results")
     }
 
-    /// [`write_perfdata`] in a transaction of its own on this store: the
+    /// `write_perfdata` in a transaction of its own on this store: the
     /// perfdata of a batch whose results a PostgreSQL backend stores
     /// (`backend/postgres/results.rs` says why it runs before their
     /// commit). Returns the results, trimmed of dropped samples.

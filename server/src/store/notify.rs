@@ -20,7 +20,7 @@
 //!   [`RETENTION_MS`].
 //!
 //! The `Store` methods below are kept, each a call of the trait on
-//! [`SqliteBackend`] over this same store, as server/src/store/alerts.rs
+//! the backend the server runs on ([`Store::backend`]: this file, or the shared PostgreSQL), as server/src/store/alerts.rs
 //! does: the callers (the router, the workers, the API) are unchanged but
 //! for the claim the marks carry.
 

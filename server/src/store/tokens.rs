@@ -6,7 +6,7 @@
 //! server/src/backend/postgres/tokens.rs.
 //!
 //! The `Store` methods below are kept, each a call of the trait on
-//! [`SqliteBackend`] over this same store, with the clock read (and a new
+//! the backend the server runs on ([`Store::backend`]: this file, or the shared PostgreSQL), with the clock read (and a new
 //! token's id and secret drawn) here, as server/src/store/agents.rs does:
 //! the callers (the agent sessions, the API, the server's start, the
 //! tests) are unchanged, and the statements exist once, behind the trait

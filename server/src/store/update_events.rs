@@ -12,7 +12,7 @@
 //! Retention is bounded: the newest `KEEP_PER_AGENT` events and the
 //! newest `KEEP_BUILDS_PER_AGENT` per-build summaries of each agent.
 //! [`Store::update_health`] is a one-line call of the trait on
-//! [`SqliteBackend`] over this same store, with the clock read here.
+//! the backend the server runs on ([`Store::backend`]: this file, or the shared PostgreSQL), with the clock read here.
 
 use outrider_protocol::api::UpdateHealth;
 
