@@ -70,6 +70,20 @@ fn token_from_row(r: &tokio_postgres::Row) -> Result<EnrollmentTokenInfo, StoreE
     })
 }
 
+/// Whether a consumption's commit must wait for the disk: only when it
+/// counts down a token's remaining uses (`uses_left` is `Some`), which is
+/// what keeps a token of n uses from enrolling more than n agents after a
+/// crash. The count of an unlimited token, or of a refusal, is a
+/// statistic: its commit returns before the disk has it (a crash may forget
+/// the last few counted, never an enrollment, which registration commits
+/// durably on its own). That matters when a fleet enrolls at once: every
+/// consumption of one token takes turns on its row until commit, and
+/// 10,000 agents installed together with one unlimited token queued
+/// behind one disk flush each, past their handshake timeout.
+fn count_is_durable(uses_left: Option<i64>, admitted: bool) -> bool {
+    admitted && uses_left.is_some()
+}
+
 impl TokenStore for PgBackend {
     async fn create_enrollment_token(
         &self,
@@ -219,10 +233,38 @@ impl TokenStore for PgBackend {
         };
         let count = tx.prepare_cached(count).await?;
         tx.execute(&count, &[&id]).await?;
+        if !count_is_durable(row.get(2), verdict.is_ok()) {
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await?;
+        }
         tx.commit().await?;
         Ok(verdict.map(|()| TokenGrant {
             allowed_tags: row.get(4),
             id,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_is_durable;
+
+    #[test]
+    fn only_a_count_down_of_limited_uses_waits_for_the_disk() {
+        // (uses_left, admitted, durable)
+        let cases = [
+            (Some(3), true, true),
+            (Some(0), true, true),
+            (None, true, false),
+            (Some(3), false, false),
+            (None, false, false),
+        ];
+        for (uses_left, admitted, durable) in cases {
+            assert_eq!(
+                count_is_durable(uses_left, admitted),
+                durable,
+                "{uses_left:?} {admitted}"
+            );
+        }
     }
 }
