@@ -94,7 +94,14 @@ pub async fn run_here(
     req: RunRequest,
 ) -> Result<RunResponse, ApiError> {
     let agent = state.store.agent(fp).await?.ok_or_else(|| no_agent(fp))?;
-    let config = state.configs.get(fp).unwrap_or_default();
+    let mut config = state.configs.get(fp);
+    // Several nodes: this node's copy may lag a moment behind the store —
+    // an agent that just moved here, a check just defined through another
+    // node — so it is computed afresh before a check is called unknown.
+    if state.store.is_shared() && lacks_check(&req, config.as_deref()) {
+        config = crate::configs::refresh(state, Some(fp)).await?.or(config);
+    }
+    let config = config.unwrap_or_default();
     let (message, run_secs) = request(req, fp, &agent, &config)?;
     let (guard, answer) = state.sessions.send_rpc(fp, message).map_err(|e| match e {
         SendRpcError::NotConnected(_) => ApiError::Conflict(format!(
@@ -112,6 +119,14 @@ pub async fn run_here(
         id,
         result: outcome?,
     })
+}
+
+/// Whether `req` names a check that `config` (this node's copy of the
+/// agent's document, if any) does not have.
+fn lacks_check(req: &RunRequest, config: Option<&AgentConfig>) -> bool {
+    req.check
+        .as_ref()
+        .is_some_and(|name| config.is_none_or(|c| !c.checks.iter().any(|k| &k.name == name)))
 }
 
 /// How long a run relayed to another node may take, for the wait: the
@@ -234,6 +249,38 @@ async fn wait_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_missing_from_this_nodes_copy_is_looked_up_again() {
+        let config = AgentConfig {
+            checks: vec![outrider_protocol::CheckSpec {
+                name: "load".into(),
+                command: vec!["/bin/true".into()],
+                interval_secs: 60,
+                timeout_secs: 7,
+            }],
+            ..AgentConfig::default()
+        };
+        let check = |name: &str| RunRequest {
+            check: Some(name.into()),
+            ..RunRequest::default()
+        };
+        let script = RunRequest {
+            script: Some("true".into()),
+            ..RunRequest::default()
+        };
+        // (request, this node's copy, looked up again)
+        let cases = [
+            (check("load"), Some(&config), false),
+            (check("new"), Some(&config), true),
+            (check("load"), None, true),
+            (script.clone(), None, false),
+            (script, Some(&config), false),
+        ];
+        for (req, config, again) in cases {
+            assert_eq!(lacks_check(&req, config), again, "{req:?}");
+        }
+    }
 
     #[test]
     fn a_relayed_run_waits_for_what_this_node_knows_of_it() {
