@@ -250,9 +250,9 @@ async fn wait_for(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_check_missing_from_this_nodes_copy_is_looked_up_again() {
-        let config = AgentConfig {
+    /// A document with one check, `load`, of a 7 s timeout.
+    fn load_check() -> AgentConfig {
+        AgentConfig {
             checks: vec![outrider_protocol::CheckSpec {
                 name: "load".into(),
                 command: vec!["/bin/true".into()],
@@ -260,7 +260,12 @@ mod tests {
                 timeout_secs: 7,
             }],
             ..AgentConfig::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_check_missing_from_this_nodes_copy_is_looked_up_again() {
+        let config = load_check();
         let check = |name: &str| RunRequest {
             check: Some(name.into()),
             ..RunRequest::default()
@@ -284,15 +289,7 @@ mod tests {
 
     #[test]
     fn a_relayed_run_waits_for_what_this_node_knows_of_it() {
-        let config = AgentConfig {
-            checks: vec![outrider_protocol::CheckSpec {
-                name: "load".into(),
-                command: vec!["/bin/true".into()],
-                interval_secs: 60,
-                timeout_secs: 7,
-            }],
-            ..AgentConfig::default()
-        };
+        let config = load_check();
         let check = |name: &str| RunRequest {
             check: Some(name.into()),
             ..RunRequest::default()

@@ -13,22 +13,12 @@ use serde_json::json;
 
 use crate::helpers::{
     Agent, Closed, Conn, ENROLLMENT_TOKEN, POLICY, Server, result, run_in_background,
+    shared_database as database,
 };
 
 /// Longest wait for what a heartbeat (every 5 s) or the bus's polling
 /// brings about.
 const BEAT: Duration = Duration::from_secs(20);
-
-/// A fresh database of the test binary's private cluster, as the
-/// `--database` of a server process (libpq key=value).
-async fn database() -> String {
-    outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap()
-        .conninfo()
-}
 
 /// A node named `name` on `database`.
 async fn node(database: &str, name: &str) -> Arc<Server> {

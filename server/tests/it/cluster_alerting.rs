@@ -12,23 +12,13 @@ use outrider_server::ServerConfig;
 use serde_json::{Value, json};
 
 use crate::dashboard::Browser;
-use crate::helpers::{Agent, Conn, ENROLLMENT_TOKEN, Server, result};
+use crate::helpers::{Agent, Conn, ENROLLMENT_TOKEN, Server, result, shared_database as database};
 
 /// Longest wait for a decision, a relayed answer or a takeover (the
 /// election retries every 5 s).
 const WAIT: Duration = Duration::from_secs(30);
 /// `down_for` in these tests.
 const DOWN_FOR_MS: u64 = 1_000;
-
-/// A fresh database of the test binary's private cluster.
-async fn database() -> String {
-    outrider_pgtest::Cluster::shared()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .database()
-        .await
-        .unwrap()
-        .conninfo()
-}
 
 /// Fast alerting timers (as alerting.rs's `fast`).
 fn fast(c: &mut ServerConfig) {

@@ -647,3 +647,14 @@ pub fn run_in_background(
         server.http("POST", &path, Some(&auth), Some(&body)).await
     })
 }
+
+/// A fresh database of the test binary's private PostgreSQL cluster
+/// (`outrider-pgtest`), as the `--database` of a node (libpq key=value).
+pub async fn shared_database() -> String {
+    outrider_pgtest::Cluster::shared()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .database()
+        .await
+        .unwrap()
+        .conninfo()
+}
