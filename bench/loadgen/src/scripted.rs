@@ -67,6 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         agents_per_ip: args.agents_per_ip,
         tls: None,
         drops: Arc::default(),
+        nodes: None,
     });
     let (counters, phase_tx, mut agents) = crate::spawn_agents(&settings, args.agents);
     let connected_in = crate::wait_connected(

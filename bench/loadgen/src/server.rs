@@ -213,6 +213,14 @@ impl ServerProcess {
         anyhow::bail!("server did not stop within 30 s of SIGTERM; killed")
     }
 
+    /// Kills the server with SIGKILL (no shutdown at all, as a crashed
+    /// host) and reaps it.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Defines `count` checks (`/bin/true` every 10 s) named `base`,
     /// `base-1`, `base-2` …, and returns their names.
     ///
