@@ -310,7 +310,7 @@ pub async fn run(
             Err(e) => {
                 agent.counters.fail(&format!("connect: {e:#}"));
                 failures += 1;
-                if failures % node_count != 0 {
+                if !failures.is_multiple_of(node_count) {
                     // Nodes are left in this round: the next one at once.
                     continue;
                 }

@@ -147,10 +147,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let steady = measure_rate(&counters, Duration::from_secs(args.steady_secs)).await;
     let mut steady_mem: Vec<Memory> = Vec::with_capacity(n);
     let mut steady_cpu: Vec<f64> = Vec::with_capacity(n);
-    for k in 0..n {
+    for (k, before) in cpu_before.iter().enumerate() {
         let s = node(k, &servers)?;
         steady_mem.push(s.memory()?);
-        steady_cpu.push((s.cpu_secs()? - cpu_before[k]) / args.steady_secs as f64 * 100.0);
+        steady_cpu.push((s.cpu_secs()? - before) / args.steady_secs as f64 * 100.0);
     }
     let rss_list = join(steady_mem.iter().map(|m| m.rss_kib));
     log(
