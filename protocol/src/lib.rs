@@ -406,6 +406,31 @@ impl ServerMessage {
 }
 
 impl Hello {
+    /// The first label of the hello holding a NUL character, by field
+    /// name. No real host has one (labels come from `uname` and
+    /// agent.toml); PostgreSQL's text cannot store one, so the server
+    /// refuses such a hello with this name instead of failing to store it
+    /// at every reconnect.
+    pub fn label_with_nul(&self) -> Option<&'static str> {
+        let labels = [
+            ("hostname", Some(self.hostname.as_str())),
+            ("os", Some(self.os.as_str())),
+            ("arch", Some(self.arch.as_str())),
+            ("agent_version", Some(self.agent_version.as_str())),
+            ("build_sha256", self.build_sha256.as_deref()),
+            ("build_version", self.build_version.as_deref()),
+            ("stub_version", self.stub_version.as_deref()),
+            ("channel", self.channel.as_deref()),
+            ("enrollment_token", self.enrollment_token.as_deref()),
+            ("resume_token", self.resume_token.as_deref()),
+        ];
+        labels
+            .into_iter()
+            .find(|(_, v)| v.is_some_and(|v| v.contains('\0')))
+            .map(|(name, _)| name)
+            .or_else(|| self.tags.iter().any(|t| t.contains('\0')).then_some("tags"))
+    }
+
     /// The versions the agent offers: `[protocol_min, protocol_max]`, each
     /// `protocol_version` when absent (an agent before negotiation). Fails
     /// when the agent sent an empty range.
@@ -875,6 +900,86 @@ mod tests {
             serde_json::from_str(r#"{"fingerprint":"790901b82a89fe505b5f","acked_seq":0}"#)
                 .unwrap();
         assert_eq!(welcome.protocol_version, PROTOCOL_MIN);
+    }
+
+    #[test]
+    fn a_nul_in_any_label_is_named() {
+        let hello: Hello = serde_json::from_str(
+            r#"{"protocol_version":2,"fingerprint":"790901b82a89fe505b5f","public_key":"",
+                "signature":"","hostname":"h","os":"linux","arch":"x86_64","agent_version":"0.1.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(hello.label_with_nul(), None);
+        let nul = || "a\0b".to_owned();
+        // (hello, field named)
+        let cases = [
+            (
+                Hello {
+                    hostname: nul(),
+                    ..hello.clone()
+                },
+                "hostname",
+            ),
+            (
+                Hello {
+                    os: nul(),
+                    ..hello.clone()
+                },
+                "os",
+            ),
+            (
+                Hello {
+                    arch: nul(),
+                    ..hello.clone()
+                },
+                "arch",
+            ),
+            (
+                Hello {
+                    agent_version: nul(),
+                    ..hello.clone()
+                },
+                "agent_version",
+            ),
+            (
+                Hello {
+                    build_version: Some(nul()),
+                    ..hello.clone()
+                },
+                "build_version",
+            ),
+            (
+                Hello {
+                    stub_version: Some(nul()),
+                    ..hello.clone()
+                },
+                "stub_version",
+            ),
+            (
+                Hello {
+                    channel: Some(nul()),
+                    ..hello.clone()
+                },
+                "channel",
+            ),
+            (
+                Hello {
+                    enrollment_token: Some(nul()),
+                    ..hello.clone()
+                },
+                "enrollment_token",
+            ),
+            (
+                Hello {
+                    tags: vec!["ok".into(), nul()],
+                    ..hello.clone()
+                },
+                "tags",
+            ),
+        ];
+        for (h, field) in cases {
+            assert_eq!(h.label_with_nul(), Some(field));
+        }
     }
 
     #[test]

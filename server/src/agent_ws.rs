@@ -49,6 +49,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use crate::alerts::SessionEvent;
+use crate::backend::PluginFileStore;
 use crate::backend::presence::{Lease, PresenceStore};
 use crate::limits::ConnHandle;
 use crate::listener::ConnAddrs;
@@ -458,6 +459,11 @@ async fn authenticate(
         state.config.protocol_range(),
         &state.config.capabilities,
     )?;
+    if let Some(field) = hello.label_with_nul() {
+        return Err(format!(
+            "hello field {field} holds a NUL character, which the server does not store"
+        ));
+    }
     if hello.tags.len() > MAX_AGENT_TAGS {
         return Err(format!(
             "{} tags exceed the limit of {MAX_AGENT_TAGS}",

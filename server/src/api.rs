@@ -49,6 +49,7 @@ use outrider_protocol::{AGENT_WS_PATH, AgentConfig, CheckSpec, Fingerprint, is_v
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::backend::PluginFileStore;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::store::{DeletePlugin, PutCheck, normalize_tags};
 use crate::{AppState, agent_ws, auth, configs, events, rpc};

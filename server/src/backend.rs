@@ -31,13 +31,22 @@ pub mod checks;
 mod collector_tests;
 pub mod collectors;
 pub mod error;
+pub mod fleet;
+#[cfg(test)]
+mod fleet_tests;
 pub mod leader;
 #[cfg(test)]
 mod login_tests;
 pub mod logins;
+pub mod notify;
+#[cfg(test)]
+mod notify_tests;
 pub mod plugin_files;
 pub mod postgres;
 pub mod presence;
+#[cfg(test)]
+mod result_tests;
+pub mod results;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -55,9 +64,12 @@ pub use alerts::AlertStore;
 pub use checks::CheckStore;
 pub use collectors::CollectorStore;
 pub use error::StoreError;
+pub use fleet::FleetStore;
 pub use logins::LoginStore;
+pub use notify::NotifyStore;
 pub use plugin_files::PluginFileStore;
 pub use postgres::{MIGRATION_LOCK, PgArtefacts, PgBackend, PgPluginFiles, PgTls};
+pub use results::ResultStore;
 pub use sqlite::SqliteBackend;
 pub use tokens::TokenStore;
 pub use update_events::UpdateEventStore;

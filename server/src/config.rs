@@ -197,10 +197,20 @@ pub struct ServerConfig {
     pub release_blob_max_bytes: u64,
     /// Most bytes all release blobs together may take; an upload past it
     /// is refused naming it (HTTP 507). Unset: no cap on the release
-    /// directory (its disk is the limit); PostgreSQL storage, once
-    /// selectable, defaults to 8 GiB.
+    /// directory (its disk is the limit); 8 GiB on a shared `--database`.
     #[arg(long, env = "OUTRIDER_RELEASE_BLOBS_MAX_TOTAL_BYTES")]
     pub release_blobs_max_total_bytes: Option<u64>,
+    /// On a shared `--database`: seconds between two collections of the
+    /// release blobs no manifest references (one node collects at a time).
+    /// The release directory of a single node is not collected.
+    #[arg(long, default_value_t = crate::releases::DEFAULT_RELEASE_GC_INTERVAL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub release_gc_interval_secs: u64,
+    /// On a shared `--database`: seconds an unreferenced release blob is
+    /// kept after its last upload (the time between uploading a build and
+    /// publishing the manifest that names it).
+    #[arg(long, default_value_t = crate::releases::DEFAULT_RELEASE_GC_GRACE_SECS)]
+    pub release_gc_grace_secs: u64,
     /// Alerting settings file: JSON of `outrider_alerting::Config` (gates,
     /// `down_for_ms`, grouping timers…, see `alerting/src/config.rs`);
     /// without it the documented defaults apply.
@@ -368,6 +378,8 @@ impl ServerConfig {
             nudge_window_secs: DEFAULT_NUDGE_WINDOW_SECS,
             release_blob_max_bytes: outrider_update_server::MAX_BLOB_BYTES,
             release_blobs_max_total_bytes: None,
+            release_gc_interval_secs: crate::releases::DEFAULT_RELEASE_GC_INTERVAL_SECS,
+            release_gc_grace_secs: crate::releases::DEFAULT_RELEASE_GC_GRACE_SECS,
             alerting_config: None,
             alerting: outrider_alerting::Config::default(),
             alert_tick_ms: crate::alerts::DEFAULT_TICK_MS,
@@ -389,6 +401,18 @@ impl ServerConfig {
         outrider_update_server::BlobCaps {
             max_blob_bytes: self.release_blob_max_bytes,
             max_total_bytes: self.release_blobs_max_total_bytes.unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The same caps for release blobs in a shared `--database`, where the
+    /// total defaults to
+    /// [`DEFAULT_MAX_TOTAL_BLOB_BYTES`](crate::backend::postgres::DEFAULT_MAX_TOTAL_BLOB_BYTES).
+    pub fn shared_release_caps(&self) -> outrider_update_server::BlobCaps {
+        outrider_update_server::BlobCaps {
+            max_blob_bytes: self.release_blob_max_bytes,
+            max_total_bytes: self
+                .release_blobs_max_total_bytes
+                .unwrap_or(crate::backend::postgres::DEFAULT_MAX_TOTAL_BLOB_BYTES),
         }
     }
 
@@ -471,6 +495,35 @@ pub fn default_data_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_total_release_cap_defaults_to_none_on_disk_and_8_gib_in_a_shared_database() {
+        let mut config = ServerConfig::new("/tmp/x".into(), "127.0.0.1:8470".parse().unwrap());
+        let max = outrider_update_server::MAX_BLOB_BYTES;
+        assert_eq!(
+            (config.release_caps(), config.shared_release_caps()),
+            (
+                outrider_update_server::BlobCaps {
+                    max_blob_bytes: max,
+                    max_total_bytes: u64::MAX,
+                },
+                outrider_update_server::BlobCaps {
+                    max_blob_bytes: max,
+                    max_total_bytes: 8 << 30,
+                }
+            )
+        );
+        config.release_blob_max_bytes = 100;
+        config.release_blobs_max_total_bytes = Some(150);
+        let given = outrider_update_server::BlobCaps {
+            max_blob_bytes: 100,
+            max_total_bytes: 150,
+        };
+        assert_eq!(
+            (config.release_caps(), config.shared_release_caps()),
+            (given, given)
+        );
+    }
 
     #[test]
     fn plain_http_off_loopback_needs_an_explicit_flag() {

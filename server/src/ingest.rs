@@ -13,7 +13,7 @@
 //! lets go of it instead of resending it forever; it is counted on
 //! `/metrics` by reason and logged once per agent and name. The store
 //! then bounds what is stored (series per agent, future timestamps; see
-//! `store/results.rs`).
+//! `backend/results.rs`).
 //!
 //! Each sink has its own delivery guarantee: the live event stream is lossy
 //! by design (a slow subscriber misses events), the Graphite queue drops

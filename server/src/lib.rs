@@ -37,6 +37,7 @@ pub mod nudges;
 pub mod openapi;
 pub mod plugins;
 pub mod relay;
+pub mod releases;
 pub mod rpc;
 pub mod serve;
 pub mod sessions;
@@ -46,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use outrider_update_server::ArtefactStore;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -62,11 +64,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct AppState {
     pub store: Store,
-    pub releases: Arc<outrider_update_server::ReleaseStore>,
+    /// Release artefacts: the directory store, or PostgreSQL on a shared
+    /// database ([`releases`]).
+    pub releases: releases::Releases,
     pub sessions: sessions::Sessions,
     /// Every agent's computed config document, shared by all sessions.
     pub configs: configs::ConfigCache,
-    pub plugin_files: plugins::PluginFiles,
+    /// Plugin files: a directory, or PostgreSQL on a shared database.
+    pub plugin_files: plugins::PluginFileBackend,
     pub config: ServerConfig,
     pub admin_token: auth::Secret,
     /// The dashboard's read-only login (`viewer.token`): sees, never acts.
@@ -155,18 +160,28 @@ pub async fn run_with_dashboard(
                 );
             }
             info!(%node, "sharing the --database with the other nodes; metrics stay in this node's file");
-            (store.with_postgres(pg), node)
+            (store.with_postgres(pg, node.clone()), node)
         }
         None => (
             store,
             cluster::SQLITE_NODE.parse().expect("a valid node id"),
         ),
     };
-    let releases = outrider_update_server::ReleaseStore::open_with_caps(
-        &config.data_dir.join("releases"),
-        config.release_caps(),
-    )
-    .with_context(|| "opening the release store")?;
+    // On a shared database every node serves every update and plugin
+    // request from it; otherwise the data directory holds them.
+    let releases = match &shared {
+        Some(pg) => releases::Releases::postgres(backend::PgArtefacts::new(
+            pg.clone(),
+            config.shared_release_caps(),
+        )),
+        None => releases::Releases::directory(
+            outrider_update_server::ReleaseStore::open_with_caps(
+                &config.data_dir.join("releases"),
+                config.release_caps(),
+            )
+            .with_context(|| "opening the release store")?,
+        ),
+    };
     let admin_token = auth::Secret::load_or_create(&config.data_dir.join("admin.token"), None)?;
     let viewer_token = auth::Secret::load_or_create(&config.data_dir.join("viewer.token"), None)?;
     let enrollment_token = auth::Secret::load_or_create(
@@ -194,7 +209,12 @@ pub async fn run_with_dashboard(
             config.data_dir.join("enrollment.token").display()
         ),
     }
-    let plugin_files = plugins::PluginFiles::open(&config.data_dir.join("plugins"))?;
+    let plugin_files = match &shared {
+        Some(pg) => plugins::PluginFileBackend::Postgres(backend::PgPluginFiles::new(pg.clone())),
+        None => plugins::PluginFileBackend::Directory(plugins::PluginFiles::open(
+            &config.data_dir.join("plugins"),
+        )?),
+    };
     // One node: whatever the previous run left connected is down until it
     // reconnects. Several: other nodes hold sessions; the presence sweep
     // ends this node's old ones (cluster::sweep).
@@ -303,7 +323,7 @@ pub async fn run_with_dashboard(
         }
         None => (None, None, None),
     };
-    releases.on_manifest_stored({
+    releases.set_manifest_hook({
         let nudges = nudges.clone();
         let bus = bus.clone();
         let runtime = tokio::runtime::Handle::current();
@@ -322,7 +342,7 @@ pub async fn run_with_dashboard(
     let state = Arc::new(AppState {
         notifier: notifier.clone(),
         store,
-        releases: Arc::new(releases),
+        releases,
         nudges: nudges.clone(),
         sessions: sessions::Sessions::default(),
         configs: configs::ConfigCache::default(),
@@ -361,6 +381,12 @@ pub async fn run_with_dashboard(
             shutdown.clone(),
             cluster::sweep,
         ));
+        state.tasks.spawn(cluster::singleton(
+            state.clone(),
+            backend::leader::Job::ReleaseGc,
+            shutdown.clone(),
+            releases::collect_garbage,
+        ));
     }
     state.tasks.spawn({
         let shutdown = shutdown.clone();
@@ -387,7 +413,7 @@ pub async fn run_with_dashboard(
         Some(url) => url.as_str().to_owned(),
         None => format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
     };
-    let root = state.releases.root().ok().flatten();
+    let root = state.releases.root().await.ok().flatten();
     info!(
         command = %install::install_command(&base, root.as_deref()),
         "install agents with (set --public-url when agents reach this server by another name)"

@@ -22,6 +22,12 @@
 //! 3. **Order**: a worker sends its deliveries strictly in routing order;
 //!    one being retried holds back the later ones of that receiver, so a
 //!    resolve never overtakes its trigger.
+//! 4. **Claims**: a worker sends only the head of its receiver's queue
+//!    that the store handed it under a claim, and marks it under that
+//!    claim. With one SQLite node that is every due head; on PostgreSQL,
+//!    where several nodes may run a receiver's worker, no other node gets
+//!    the head while the claim's lease runs, and a late mark of a claim
+//!    that ran out changes nothing (`backend/notify.rs`, rule 3).
 //!
 //! # What "exactly once" means here
 //!

@@ -5,6 +5,9 @@
 //! [`MAX_PLUGIN_BYTES`]; only a complete file is renamed to its hash, so a
 //! file named by a hash always has that hash. Names → hashes live in the
 //! store (`plugins` table); a file is removed when no name points at it.
+//!
+//! On a shared `--database` the files are in PostgreSQL instead
+//! ([`PgPluginFiles`]); [`PluginFileBackend`] is whichever the node runs.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +15,8 @@ use futures_util::{Stream, StreamExt};
 use outrider_protocol::{MAX_PLUGIN_BYTES, PLUGIN_CHUNK_BYTES, is_sha256_hex};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::backend::{PgPluginFiles, PluginFileStore};
 
 /// Why an upload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +145,45 @@ impl PluginFiles {
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(sha256, "cannot remove unused plugin file: {e}");
+        }
+    }
+}
+
+/// Where this node's plugin files are: the directory `<data-dir>/plugins`
+/// (one node) or the shared `--database` (every node serves every plugin),
+/// chosen once at start-up; [`PluginFileStore`] by matching, as
+/// [`crate::backend::Backend`] does.
+#[derive(Clone, Debug)]
+pub enum PluginFileBackend {
+    Directory(PluginFiles),
+    Postgres(PgPluginFiles),
+}
+
+impl PluginFileStore for PluginFileBackend {
+    async fn store<S, E>(&self, body: S) -> Result<(String, u64), UploadError>
+    where
+        S: Stream<Item = Result<axum::body::Bytes, E>> + Send,
+        E: std::fmt::Display + Send,
+    {
+        match self {
+            PluginFileBackend::Directory(files) => files.store(body).await,
+            PluginFileBackend::Postgres(files) => PluginFileStore::store(files, body).await,
+        }
+    }
+
+    async fn read_chunk(&self, sha256: &str, offset: u64) -> std::io::Result<(Vec<u8>, u64)> {
+        match self {
+            PluginFileBackend::Directory(files) => files.read_chunk(sha256, offset).await,
+            PluginFileBackend::Postgres(files) => {
+                PluginFileStore::read_chunk(files, sha256, offset).await
+            }
+        }
+    }
+
+    async fn remove(&self, sha256: &str) {
+        match self {
+            PluginFileBackend::Directory(files) => files.remove(sha256).await,
+            PluginFileBackend::Postgres(files) => PluginFileStore::remove(files, sha256).await,
         }
     }
 }

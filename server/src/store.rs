@@ -152,6 +152,9 @@ pub struct Store {
     /// the server runs on one: the ported areas go there ([`Store::backend`]);
     /// metrics and metric samples stay in this node's SQLite file.
     pg: Option<crate::backend::PgBackend>,
+    /// This node's name in what it claims on a shared database
+    /// (`local` on its SQLite file alone).
+    node: crate::backend::presence::NodeId,
 }
 
 /// Size of [`Store::gate`]: one call running, a few ready behind it.
@@ -300,15 +303,28 @@ impl Store {
             ))),
             gate: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)),
             pg: None,
+            node: crate::cluster::SQLITE_NODE
+                .parse()
+                .expect("a valid node id"),
         })
     }
 
     /// This store with the areas ported to the backends (docs/architecture.md,
-    /// "Store backends") on the shared PostgreSQL database `pg`; the file
-    /// keeps this node's metrics.
-    pub fn with_postgres(mut self, pg: crate::backend::PgBackend) -> Store {
+    /// "Store backends") on the shared PostgreSQL database `pg`, as node
+    /// `node`; the file keeps this node's metrics.
+    pub fn with_postgres(
+        mut self,
+        pg: crate::backend::PgBackend,
+        node: crate::backend::presence::NodeId,
+    ) -> Store {
         self.pg = Some(pg);
+        self.node = node;
         self
+    }
+
+    /// This node's name: what it claims work under on a shared database.
+    pub fn node(&self) -> &crate::backend::presence::NodeId {
+        &self.node
     }
 
     /// The backend the ported areas run on: PostgreSQL when the server

@@ -990,6 +990,37 @@ mod plugins {
         ));
     }
 
+    /// A file another node named again after this one's store called it
+    /// orphaned is not removed.
+    #[tokio::test]
+    async fn postgres_keeps_a_file_a_plugin_names() {
+        let (inspect, a, b) = postgres().await;
+        let Inspect::Pg(backend) = &inspect else {
+            unreachable!("postgres() inspects PostgreSQL")
+        };
+        let bytes = b"#!/bin/sh\necho OK\n".to_vec();
+        let (sha, size) = a.store(body(vec![bytes.clone()])).await.unwrap();
+        let client = backend.client().await.unwrap();
+        client
+            .execute(
+                "INSERT INTO plugins (name, sha256, size, updated_at_ms) VALUES ('check_ok', $1, $2, 0)",
+                &[&sha, &(size as i64)],
+            )
+            .await
+            .unwrap();
+        b.remove(&sha).await;
+        let (read, total) = a.read_chunk(&sha, 0).await.unwrap();
+        assert_eq!((read, total), (bytes, size));
+        client
+            .execute("DELETE FROM plugins WHERE name = 'check_ok'", &[])
+            .await
+            .unwrap();
+        b.remove(&sha).await;
+        let err = a.read_chunk(&sha, 0).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(inspect.held().await, (0, 0));
+    }
+
     async fn an_upload_over_the_limit_is_refused_while_streaming_and_leaves_nothing<
         P: PluginFileStore,
     >(

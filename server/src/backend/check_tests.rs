@@ -413,6 +413,8 @@ async fn postgres_a_computation_waits_for_the_agents_row_then_reads_the_newest_d
         .await
         .unwrap();
     assert_eq!(held, 1);
+    // A committed check the document lacks: the computation must bump.
+    b.put_check(check("early", 10, &["web"]), T0).await.unwrap();
     let waiting = {
         let a = a.clone();
         let web = web.clone();
@@ -424,7 +426,48 @@ async fn postgres_a_computation_waits_for_the_agents_row_then_reads_the_newest_d
     holder.commit().await.unwrap();
     let computed = waiting.await.unwrap().unwrap();
     assert_eq!(versions(&computed), [(web.to_string(), 3, true)]);
-    assert_eq!(computed[0].config.checks[0].name, "late");
+    let names: Vec<&str> = computed[0]
+        .config
+        .checks
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["early", "late"]);
+    drop(other);
+    driver.await.unwrap().unwrap();
+}
+
+/// PostgreSQL: a computation that finds every document as stored (what
+/// the other nodes run after a change was broadcast) locks no agent row:
+/// it neither waits for nor blocks another node's registration or bump.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_computation_that_changes_nothing_takes_no_row_lock() {
+    let (db, node) = super::two_nodes::pg_database_node().await;
+    let web = agent(&node, 1, &["web"]).await;
+    node.put_check(check("load", 10, &["web"]), T0)
+        .await
+        .unwrap();
+    node.compute_configs(None).await.unwrap();
+    let (mut other, connection) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    // Another node holds the agent's row (a registration in progress).
+    let holder = other.transaction().await.unwrap();
+    holder
+        .execute(
+            "SELECT 1 FROM agents WHERE fingerprint = $1 FOR UPDATE",
+            &[&web.as_str()],
+        )
+        .await
+        .unwrap();
+    let computed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        node.compute_configs(None),
+    )
+    .await
+    .expect("a computation with nothing to bump waited for a row lock")
+    .unwrap();
+    assert_eq!(versions(&computed), [(web.to_string(), 1, false)]);
+    holder.rollback().await.unwrap();
     drop(other);
     driver.await.unwrap().unwrap();
 }

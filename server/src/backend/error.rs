@@ -67,6 +67,15 @@ pub enum StoreError {
         expected: &'static str,
         got: &'static str,
     },
+    /// A result batch came from an agent that is not registered (removed
+    /// while its session was still sending): nothing of it was stored or
+    /// acknowledged.
+    #[error("agent {fingerprint} is not registered; its results were not stored")]
+    UnknownAgent { fingerprint: String },
+    /// An agent sent a sequence number beyond what the store keeps (`i64`):
+    /// nothing of its batch was stored.
+    #[error("sequence number {seq} is out of range")]
+    SeqOutOfRange { seq: u64 },
     /// `what` did not finish within `after`.
     #[error("{what} timed out after {after:?}")]
     Timeout {

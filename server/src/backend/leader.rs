@@ -66,15 +66,19 @@ pub enum Job {
     AlertEvaluation,
     /// Nudge scheduling (`nudges.rs`).
     Nudges,
+    /// Deleting release blobs no manifest references, on a shared
+    /// database (`releases.rs`).
+    ReleaseGc,
 }
 
 impl Job {
     /// Every job, for tests and start-up.
-    pub const ALL: [Job; 4] = [
+    pub const ALL: [Job; 5] = [
         Job::PresenceSweep,
         Job::Retention,
         Job::AlertEvaluation,
         Job::Nudges,
+        Job::ReleaseGc,
     ];
 
     /// The job's advisory lock key: eight ASCII letters, like
@@ -87,6 +91,7 @@ impl Job {
             Job::Retention => 0x6f75_7472_7265_746e,     // "outrretn"
             Job::AlertEvaluation => 0x6f75_7472_616c_7274, // "outralrt"
             Job::Nudges => 0x6f75_7472_6e75_6467,        // "outrnudg"
+            Job::ReleaseGc => 0x6f75_7472_726c_6763,     // "outrrlgc"
         }
     }
 
@@ -97,6 +102,7 @@ impl Job {
             Job::Retention => "retention",
             Job::AlertEvaluation => "alert-evaluation",
             Job::Nudges => "nudges",
+            Job::ReleaseGc => "release-gc",
         }
     }
 }
@@ -411,6 +417,7 @@ mod tests {
             (Job::Retention, *b"outrretn", "retention"),
             (Job::AlertEvaluation, *b"outralrt", "alert-evaluation"),
             (Job::Nudges, *b"outrnudg", "nudges"),
+            (Job::ReleaseGc, *b"outrrlgc", "release-gc"),
         ];
         assert_eq!(cases.len(), Job::ALL.len());
         for (job, ascii, name) in cases {
@@ -422,6 +429,11 @@ mod tests {
         assert_eq!(keys.len(), Job::ALL.len());
         assert_eq!(names.len(), Job::ALL.len());
         assert!(!keys.contains(&MIGRATION_LOCK));
+        // Nor any other advisory lock of the server's.
+        use crate::backend::postgres::{BLOB_PUT_LOCK, GC_LOCK, ROOT_LOCK};
+        for lock in [BLOB_PUT_LOCK, ROOT_LOCK, GC_LOCK] {
+            assert!(!keys.contains(&lock), "{lock:#x}");
+        }
     }
 
     #[test]

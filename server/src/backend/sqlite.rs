@@ -15,8 +15,11 @@ mod agents;
 mod alerts;
 mod checks;
 mod collectors;
+mod fleet;
 mod logins;
+mod notify;
 mod presence;
+mod results;
 mod tokens;
 pub(crate) mod update_events;
 

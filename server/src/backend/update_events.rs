@@ -12,8 +12,9 @@
 //!
 //! Rules (checked on both backends by `backend/update_event_tests.rs`):
 //! 1. An event is stored once per `(agent, id)`; a resend changes nothing.
-//!    Its reason is cut to [`MAX_REASON_BYTES`] on a character boundary
-//!    ([`stored_reason`]); an id beyond `i64` is stored as `i64::MAX`
+//!    Its text is stored without NUL (U+FFFD instead, as results' text:
+//!    [`stored_event`]), its reason cut to [`MAX_REASON_BYTES`] on a
+//!    character boundary ([`stored_reason`]); an id beyond `i64` is stored as `i64::MAX`
 //!    ([`stored_id`]).
 //! 2. `update_latest` keeps, per agent and build, the event of the highest
 //!    id, whatever order events arrive in.
@@ -28,22 +29,21 @@
 //!    [`ROLLBACK_WINDOW_MS`]. The grouping and ordering is [`health`], the
 //!    same for both backends.
 //!
-//! On SQLite events arrive inside the results ingest transaction
-//! (server/src/store/results.rs calls `backend::sqlite::update_events::insert`
-//! on its own transaction), so a result and its event are stored together
-//! or not at all. [`UpdateEventStore::record_update_event`] is the same
-//! write in its own transaction. PostgreSQL stores no results yet (the
-//! results area is not ported): there the event is recorded by
-//! `record_update_event` on its own, and the results area, once ported,
-//! runs the same statements (`postgres::update_events::insert`, generic
-//! over the client) inside its ingest transaction.
+//! Events arrive on results and are stored inside the results ingest's
+//! transaction on both backends (server/src/backend/sqlite/results.rs and
+//! server/src/backend/postgres/results.rs call their backend's
+//! `update_events::insert` on it), so a result and its event are stored
+//! together or not at all. [`UpdateEventStore::record_update_event`] is
+//! the same write in its own transaction.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 
 use outrider_protocol::api::{BuildCount, ChannelHealth, FailureGroup, UpdateHealth, host_version};
 use outrider_protocol::{Fingerprint, UpdateEvent};
 
+use super::results::stored_text;
 use super::{Backend, StoreError, dispatch};
 
 /// Events kept per agent.
@@ -58,17 +58,38 @@ pub const FAILURE_KINDS: &str = "('refused', 'probation_failed', 'rolled_back', 
 /// Longest stored reason; the stub's errors are one sentence.
 pub const MAX_REASON_BYTES: usize = 1024;
 
-/// Rule 1: `reason` as stored, cut to [`MAX_REASON_BYTES`] on a character
-/// boundary.
-pub fn stored_reason(reason: &str) -> &str {
-    if reason.len() <= MAX_REASON_BYTES {
-        return reason;
+/// Rule 1: `reason` as stored: without NUL ([`stored_text`]), then cut to
+/// [`MAX_REASON_BYTES`] on a character boundary.
+pub fn stored_reason(reason: &str) -> Cow<'_, str> {
+    fn cut(reason: &str) -> &str {
+        let mut end = reason.len().min(MAX_REASON_BYTES);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        &reason[..end]
     }
-    let mut end = MAX_REASON_BYTES;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
+    match stored_text(reason) {
+        Cow::Borrowed(r) => Cow::Borrowed(cut(r)),
+        Cow::Owned(r) => Cow::Owned(cut(&r).to_owned()),
     }
-    &reason[..end]
+}
+
+/// Rule 1: `event` as stored: every text without NUL ([`stored_text`]:
+/// the stub's reason quotes errors, and PostgreSQL's TEXT refuses a NUL,
+/// which would fail the whole results ingest the event arrives in), the
+/// reason cut ([`stored_reason`]). The id is [`stored_id`]'s business.
+pub fn stored_event(event: &UpdateEvent) -> UpdateEvent {
+    let text = |s: &str| stored_text(s).into_owned();
+    UpdateEvent {
+        id: event.id,
+        kind: text(&event.kind),
+        at_unix_ms: event.at_unix_ms,
+        build_sha256: event.build_sha256.as_deref().map(text),
+        version: event.version.as_deref().map(text),
+        to_sha256: event.to_sha256.as_deref().map(text),
+        to_version: event.to_version.as_deref().map(text),
+        reason: stored_reason(&event.reason).into_owned(),
+    }
 }
 
 /// Rule 1: an event id as stored (ids beyond `i64` as `i64::MAX`).
@@ -205,15 +226,52 @@ mod tests {
         // 'é' is two bytes: one starting at the last byte kept is dropped.
         let straddling = format!("{}é", "x".repeat(MAX_REASON_BYTES - 1));
         // (reason, stored)
-        let cases: [(&str, &str); 4] = [
+        let cases: [(&str, &str); 5] = [
             ("", ""),
             ("no route to host", "no route to host"),
             (&long, &long[..MAX_REASON_BYTES]),
             (&straddling, &straddling[..MAX_REASON_BYTES - 1]),
+            ("bad\0byte", "bad\u{FFFD}byte"),
         ];
         for (reason, stored) in cases {
             assert_eq!(stored_reason(reason), stored, "{}", reason.len());
         }
+    }
+
+    #[test]
+    fn nul_in_a_reason_is_replaced_before_the_cut() {
+        // Three bytes each once replaced: the cut counts the stored text.
+        let reason = "\0".repeat(MAX_REASON_BYTES);
+        let stored = stored_reason(&reason);
+        assert_eq!(stored.len(), MAX_REASON_BYTES - MAX_REASON_BYTES % 3);
+        assert!(stored.chars().all(|c| c == '\u{FFFD}'));
+    }
+
+    #[test]
+    fn every_text_of_an_event_is_stored_without_nul() {
+        let event = UpdateEvent {
+            id: 3,
+            kind: "re\0fused".into(),
+            at_unix_ms: 5,
+            build_sha256: Some("ab\0".into()),
+            version: Some("\0".into()),
+            to_sha256: None,
+            to_version: Some("1.0\0".into()),
+            reason: "x\0y".into(),
+        };
+        assert_eq!(
+            stored_event(&event),
+            UpdateEvent {
+                id: 3,
+                kind: "re\u{FFFD}fused".into(),
+                at_unix_ms: 5,
+                build_sha256: Some("ab\u{FFFD}".into()),
+                version: Some("\u{FFFD}".into()),
+                to_sha256: None,
+                to_version: Some("1.0\u{FFFD}".into()),
+                reason: "x\u{FFFD}y".into(),
+            }
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use outrider_protocol::api::{MAX_TOKEN_EXPIRES_IN_SECS, NewEnrollmentToken};
+use outrider_update_server::ArtefactStore;
 use serde::Deserialize;
 
 use super::session::{Action, Session};
@@ -152,10 +153,11 @@ pub async fn create(
     };
     let created = dash.app.store.create_enrollment_token(request).await?;
     tracing::info!(token = %created.info.id, "enrollment token created on the dashboard");
-    let releases = dash.app.releases.clone();
-    let root = tokio::task::spawn_blocking(move || releases.root())
+    let root = dash
+        .app
+        .releases
+        .root()
         .await
-        .map_err(|e| anyhow::anyhow!("reading the root failed: {e}"))?
         .map_err(anyhow::Error::from)?;
     page.command =
         crate::install::install_command_with_token(&dash.api_base, &created.token, root.as_deref())

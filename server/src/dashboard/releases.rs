@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use outrider_protocol::api::ChannelHealth;
 use outrider_signing::{Envelope, ReleaseManifest};
+use outrider_update_server::ArtefactStore;
 
 use super::{Authed, Chrome, Dashboard, PageError};
 
@@ -109,19 +110,15 @@ pub async fn page(
         .into_iter()
         .map(|c| (c.channel.clone(), c))
         .collect();
-    let releases = dash.app.releases.clone();
-    // The release store is blocking SQLite of its own.
-    let stored = tokio::task::spawn_blocking(move || {
-        let channels = releases.channels()?;
-        let mut out = Vec::new();
-        for info in channels {
-            let manifest = releases.manifest(&info.channel)?;
-            out.push((info, manifest));
-        }
-        anyhow::Ok(out)
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("reading the release store failed: {e}"))??;
+    let releases = &dash.app.releases;
+    let mut stored = Vec::new();
+    for info in releases.channels().await.map_err(anyhow::Error::from)? {
+        let manifest = releases
+            .manifest(info.channel.clone())
+            .await
+            .map_err(anyhow::Error::from)?;
+        stored.push((info, manifest));
+    }
     let mut channels = Vec::new();
     for (info, bytes) in stored {
         let name = info.channel.as_str().to_owned();

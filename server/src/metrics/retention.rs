@@ -13,7 +13,7 @@
 //! takes, so retention keeps up with any ingest rate (a pass that outlasts
 //! the interval delays the next one). Results expire by the time they
 //! *arrived*; points by their own time, which ingest clamps to at most
-//! `MAX_FUTURE_MS` ahead of the server's clock (`store/results.rs`), so a
+//! `MAX_FUTURE_MS` ahead of the server's clock (`backend/results.rs`), so a
 //! result or sample dated in the future neither lives forever nor holds up
 //! a pass.
 

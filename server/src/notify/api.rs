@@ -25,12 +25,11 @@ use serde_json::{Value, json};
 use super::policy::Outcome;
 use super::receiver;
 use crate::AppState;
+// Most dead letters one request lists: what the store reads at most.
+use crate::backend::notify::MAX_DEAD_LETTERS_PAGE as MAX_DEAD_LETTERS;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::store::notify::{AddReceiver, AddRoute, MAX_RECEIVERS, MAX_ROUTES, StoredReceiver};
 use crate::store::now_ms;
-
-/// Most dead letters one request lists.
-const MAX_DEAD_LETTERS: u32 = 1_000;
 
 /// Severities a route may name: the outbox's `severity` values.
 const SEVERITIES: [&str; 4] = ["critical", "warning", "unknown", "ok"];

@@ -89,14 +89,15 @@ pub async fn run(
             }
             continue;
         };
-        let now = now_ms();
-        if due.next_attempt_ms > now {
-            let wait = Duration::from_millis((due.next_attempt_ms - now) as u64);
+        let Some(claim) = due.claim else {
+            // Not due yet (or, with several nodes, another node's claim
+            // runs): ask again then, when it may be ours.
+            let wait = Duration::from_millis((due.next_attempt_ms - now_ms()).max(1) as u64);
             if sleep_or_stop(wait, &stop).await {
                 return;
             }
             continue;
-        }
+        };
         let mut busy = Duration::ZERO;
         let outcome = match due.content.as_ref().map(|c| batch_of(&due.batch_key, c)) {
             None => Outcome::Permanent("its alert_outbox row is gone".to_owned()),
@@ -110,7 +111,7 @@ pub async fn run(
                 }
             }
         };
-        if let Err(e) = record(&store, &name, &due, outcome, busy).await {
+        if let Err(e) = record(&store, &name, &due, claim, outcome, busy).await {
             // Still pending: it is sent again with the same key.
             warn!(receiver = %name, delivery = due.id, "recording a delivery failed: {e:#}");
             if sleep_or_stop(STORE_RETRY, &stop).await {
@@ -125,19 +126,22 @@ async fn record(
     store: &Store,
     name: &str,
     due: &DueDelivery,
+    claim: i64,
     outcome: Outcome,
     busy: Duration,
 ) -> anyhow::Result<()> {
     let send_us = busy.as_micros() as u64;
     let now = now_ms();
-    match outcome {
+    // `false`: the claim was taken over (it ran out) or the delivery
+    // finished meanwhile (its receiver deleted); nothing to record.
+    let recorded = match outcome {
         Outcome::Accepted => {
             // The crash test waits for this line to kill the server between
             // the receiver's acceptance and the mark.
             // `send_us` (time on the wire, not waiting for the rate) is what
             // bench/notify.sh reads.
             info!(receiver = %name, delivery = due.id, send_us, key = %due.batch_key, "accepted by the receiver; marking it sent");
-            store.mark_sent(due.id, now).await
+            store.mark_sent(due.id, claim, now).await?
         }
         Outcome::Retry { after, error } => {
             let attempts = due.attempts + 1;
@@ -145,18 +149,23 @@ async fn record(
             if policy::give_up(attempts, age) {
                 let error = format!("gave up after {attempts} attempts: {error}");
                 warn!(receiver = %name, delivery = due.id, "{error}");
-                return store.mark_dead(due.id, &error, now).await;
+                store.mark_dead(due.id, claim, &error, now).await?
+            } else {
+                let jitter = random();
+                let delay = policy::retry_delay(due.attempts, after, jitter);
+                warn!(receiver = %name, delivery = due.id, attempts, send_us, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry: {error}");
+                store
+                    .mark_retry(due.id, claim, now + delay.as_millis() as i64, &error)
+                    .await?
             }
-            let jitter = random();
-            let delay = policy::retry_delay(due.attempts, after, jitter);
-            warn!(receiver = %name, delivery = due.id, attempts, send_us, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry: {error}");
-            store
-                .mark_retry(due.id, now + delay.as_millis() as i64, &error)
-                .await
         }
         Outcome::Permanent(error) => {
             warn!(receiver = %name, delivery = due.id, "delivery refused for good, dead-lettered: {error}");
-            store.mark_dead(due.id, &error, now).await
+            store.mark_dead(due.id, claim, &error, now).await?
         }
+    };
+    if !recorded {
+        info!(receiver = %name, delivery = due.id, claim, "the delivery was finished or claimed again meanwhile; outcome not recorded");
     }
+    Ok(())
 }

@@ -8,9 +8,14 @@
 //! they land where they belong.
 //!
 //! Invariants:
-//! - Points are written only in the transaction that stores their result
-//!   for the first time (see `results.rs`), so a batch resent after a lost
-//!   ack never duplicates points.
+//! - Points are written only for results stored for the first time
+//!   ([`write_perfdata`], called by the results area's ingest,
+//!   server/src/backend/*/results.rs), so a batch resent after a lost ack
+//!   never duplicates points. On SQLite they commit in the results'
+//!   transaction; with results on PostgreSQL they commit here just before
+//!   the results do there, and a batch whose results then fail is resent
+//!   and writes the same `(series, time)` rows again (`INSERT OR
+//!   REPLACE`), not more.
 //! - [`SeriesCache`] holds only ids that exist in the database: ids learnt
 //!   in a transaction that rolled back are dropped with it (the caller
 //!   clears the cache when a transaction fails).
@@ -21,10 +26,10 @@
 //! - Rolling up is a merge (samples and sums add, min and max fold): a late
 //!   sample folded into an existing bucket gives the same row as if it had
 //!   arrived on time.
-//! - An agent has at most `max_series` series ([`IngestLimits`](super::IngestLimits) in
-//!   `results.rs`): a sample that would create one more is dropped, counted
+//! - An agent has at most `max_series` series ([`IngestLimits`](super::IngestLimits),
+//!   `backend/results.rs`): a sample that would create one more is dropped, counted
 //!   in [`AgentSeries::dropped_unreported`] and reported as a WARNING result
-//!   (`results.rs`), so one noisy or hostile agent cannot grow the `series`
+//!   ([`write_perfdata`]), so one noisy or hostile agent cannot grow the `series`
 //!   table (and every output fed from it) without bound. Series rows are
 //!   never deleted, so the count only grows: it is the number of distinct
 //!   `(check, label)` pairs the agent ever reported.
@@ -33,11 +38,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use anyhow::Context;
-use outrider_protocol::{CheckResult, Fingerprint};
+use outrider_protocol::{CheckResult, CheckState, Fingerprint};
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
+pub use crate::backend::results::{AGENTS_PER_STEP, RESULTS_PER_STEP, ResultsCursor};
+use crate::backend::{ResultStore, StoreError};
 
 /// Width of a rollup bucket.
 pub const ROLLUP_BUCKET_MS: i64 = 5 * 60 * 1000;
@@ -57,19 +64,12 @@ pub const SERIES_PER_STEP: usize = 200;
 /// step holds the store's connection.
 pub const POINTS_PER_STEP: usize = 20_000;
 
-/// Agents whose old results one retention transaction deletes.
-pub const AGENTS_PER_STEP: usize = 50;
-
-/// Results looked at per retention transaction: bounds how long one step
-/// holds the store's connection (ingest waits behind it).
-pub const RESULTS_PER_STEP: usize = 2_000;
-
 /// Perfdata labels are cut to this many bytes; a plugin printing longer
 /// labels still gets a series, named by the prefix.
 pub const MAX_LABEL_BYTES: usize = 128;
 
 /// Units are cut to this many bytes.
-const MAX_UOM_BYTES: usize = 16;
+pub const MAX_UOM_BYTES: usize = 16;
 
 /// In-memory map `(agent, check, label)` → `(series id, unit)`, bounded:
 /// when full it is emptied and refilled from the database as series come
@@ -87,7 +87,7 @@ pub struct SeriesCache {
 }
 
 /// One agent's series count and what its `outrider.series_limit` result
-/// says (see `results.rs`).
+/// says ([`write_perfdata`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentSeries {
     /// Series stored for the agent.
@@ -254,6 +254,121 @@ pub(super) fn insert_points(
         cache.agent(tx, fingerprint)?.dropped_unreported += out.dropped as u64;
     }
     Ok(out)
+}
+
+/// What [`write_perfdata`] did with a batch's perfdata.
+#[derive(Debug, Default)]
+pub(crate) struct PerfdataWritten {
+    /// Samples written as points.
+    pub samples: usize,
+    /// Samples dropped by the agent's series limit.
+    pub series_dropped: usize,
+    /// Indices of the results whose perfdata lost samples to the limit
+    /// (their stored perfdata must be rewritten).
+    pub trimmed: Vec<usize>,
+    /// The server's series-limit result due after this batch, if any.
+    pub report: Option<CheckResult>,
+}
+
+/// Writes the perfdata of `results` (a batch's results stored for the
+/// first time, starts already clamped) as points of agent `fingerprint`,
+/// removing the samples the series limit drops from them, and decides the
+/// series-limit report ([`series_limit_report`]). `warned_at_ms`, when
+/// given, is when the agent's latest series-limit WARNING was received as
+/// the results' backend stores it (PostgreSQL's `latest_results`, which
+/// this file does not hold); without it the file's own `latest_results`
+/// is read. It is used only when the agent's state is not cached.
+pub(crate) fn write_perfdata(
+    tx: &Transaction<'_>,
+    cache: &mut SeriesCache,
+    fingerprint: &str,
+    results: &mut [CheckResult],
+    max_series: usize,
+    now_ms: i64,
+    warned_at_ms: Option<Option<i64>>,
+) -> rusqlite::Result<PerfdataWritten> {
+    if let Some(warned) = warned_at_ms
+        && !cache.agents.contains_key(fingerprint)
+    {
+        cache.agent(tx, fingerprint)?.warned_at_ms = warned;
+    }
+    let mut out = PerfdataWritten::default();
+    for (i, r) in results.iter_mut().enumerate() {
+        let points = insert_points(tx, cache, fingerprint, r, max_series)?;
+        out.samples += points.written;
+        if points.dropped > 0 {
+            out.series_dropped += points.dropped;
+            out.trimmed.push(i);
+        }
+    }
+    out.report = series_limit_report(
+        tx,
+        cache,
+        fingerprint,
+        now_ms,
+        max_series,
+        out.series_dropped,
+    )?;
+    Ok(out)
+}
+
+/// What the server says about agent `fp`'s series limit after a batch
+/// that dropped `dropped` samples, if anything: a WARNING naming the
+/// samples dropped since the last report (at most one per
+/// [`SERIES_LIMIT_REPORT_MS`]), or an OK once none were dropped for
+/// [`SERIES_LIMIT_RECOVERY_MS`] after a WARNING, so an alert on it
+/// resolves.
+fn series_limit_report(
+    tx: &Transaction<'_>,
+    cache: &mut SeriesCache,
+    fp: &str,
+    now: i64,
+    max_series: usize,
+    dropped: usize,
+) -> rusqlite::Result<Option<CheckResult>> {
+    // Loaded once per agent and process: after a restart a WARNING left by
+    // the previous run still recovers.
+    let agent = cache.agent(tx, fp)?;
+    let report = |state: CheckState, summary: String| CheckResult {
+        seq: 0,
+        check: SERIES_LIMIT_CHECK.to_owned(),
+        state,
+        summary,
+        long_output: String::new(),
+        perfdata: Vec::new(),
+        unknown_perfdata: Vec::new(),
+        started_at_ms: now,
+        duration_ms: 0,
+        update_event: None,
+    };
+    let report_due = agent
+        .warned_at_ms
+        .is_none_or(|t| now - t >= SERIES_LIMIT_REPORT_MS);
+    if agent.dropped_unreported > 0 && report_due {
+        let dropped = std::mem::take(&mut agent.dropped_unreported);
+        agent.warned_at_ms = Some(now);
+        return Ok(Some(report(
+            CheckState::Warning,
+            format!(
+                "{dropped} perfdata samples dropped: this agent has reached the server's limit of {max_series} series (--max-series-per-agent); \
+                 remove perfdata labels or raise the limit"
+            ),
+        )));
+    }
+    let quiet = agent
+        .warned_at_ms
+        .is_some_and(|t| now - t >= SERIES_LIMIT_RECOVERY_MS);
+    if quiet && agent.dropped_unreported == 0 && dropped == 0 {
+        agent.warned_at_ms = None;
+        return Ok(Some(report(
+            CheckState::Ok,
+            format!(
+                "no perfdata samples dropped for {} minutes",
+                SERIES_LIMIT_RECOVERY_MS / 60_000
+            ),
+        )));
+    }
+    Ok(None)
 }
 
 /// The id of series `(fingerprint, check, label)`, created on first sight
@@ -520,31 +635,76 @@ impl Store {
     /// results dated in the future neither stay forever nor hold up the
     /// walk, and kept rows (latest results) are stepped over, never
     /// re-examined within the pass: a pass deletes everything expired
-    /// however fast the agents write.
+    /// however fast the agents write. The results area's statements
+    /// (`crate::backend::results`), called on this store.
     pub async fn results_retention_step(
         &self,
         cursor: ResultsCursor,
         results_before_ms: i64,
     ) -> anyhow::Result<(Option<ResultsCursor>, u64)> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let outcome = results_retention_tx(&tx, cursor, results_before_ms)?;
-            tx.commit()?;
-            Ok(outcome)
-        })
-        .await
+        self.results_area()
+            .results_retention_step(cursor, results_before_ms)
+            .await
+            .context("deleting old results")
     }
-}
 
-/// Where a results retention pass continues: after result `after_seq` of
-/// agent `agent`; the default starts at the first agent.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ResultsCursor {
-    /// Fingerprint of the agent being walked; empty before the first.
-    pub agent: String,
-    /// Last sequence number looked at (results the server writes itself
-    /// have negative ones, so a fresh agent starts at `i64::MIN`).
-    pub after_seq: i64,
+    /// [`write_perfdata`] in a transaction of its own on this store: the
+    /// perfdata of a batch whose results a PostgreSQL backend stores
+    /// (`backend/postgres/results.rs` says why it runs before their
+    /// commit). Returns the results, trimmed of dropped samples.
+    pub(crate) async fn write_perfdata(
+        &self,
+        fingerprint: &str,
+        mut results: Vec<CheckResult>,
+        max_series: usize,
+        now_ms: i64,
+        warned_at_ms: Option<i64>,
+    ) -> Result<(Vec<CheckResult>, PerfdataWritten), StoreError> {
+        let fp = fingerprint.to_owned();
+        let series = self.series.clone();
+        self.with_writer(move |c| {
+            // Lock order: `conn` (held by `with_writer`), then the cache.
+            let mut cache = series.lock().unwrap_or_else(|p| p.into_inner());
+            let written = (|| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let written = write_perfdata(
+                    &tx,
+                    &mut cache,
+                    &fp,
+                    &mut results,
+                    max_series,
+                    now_ms,
+                    Some(warned_at_ms),
+                )?;
+                tx.commit()?;
+                Ok::<_, rusqlite::Error>(written)
+            })();
+            if written.is_err() {
+                // Ids of series created in the rolled-back transaction are gone.
+                cache.clear();
+            }
+            Ok((results, written?))
+        })
+        .await?
+    }
+
+    /// Forgets the series cache's per-agent report state and ids, to be
+    /// reloaded: after the results of a batch whose perfdata
+    /// [`Store::write_perfdata`] wrote were not stored after all, so its
+    /// drop counts and report times are not taken as reported.
+    pub(crate) fn forget_series_state(&self) {
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// The series cache, for the SQLite results ingest
+    /// (`backend/sqlite/results.rs`), which writes points in its
+    /// transaction. Lock it only while holding the writer connection.
+    pub(crate) fn series_cache(&self) -> std::sync::Arc<std::sync::Mutex<SeriesCache>> {
+        self.series.clone()
+    }
 }
 
 /// The body of [`Store::retention_step`]: at most [`SERIES_PER_STEP`]
@@ -607,79 +767,6 @@ fn retention_tx(
     }
     outcome.next = (ids.len() == SERIES_PER_STEP).then(|| ids[ids.len() - 1]);
     Ok(outcome)
-}
-
-fn results_retention_tx(
-    tx: &Transaction<'_>,
-    cursor: ResultsCursor,
-    before_ms: i64,
-) -> rusqlite::Result<(Option<ResultsCursor>, u64)> {
-    let mut next_agent = tx.prepare_cached(
-        "SELECT fingerprint FROM agents WHERE fingerprint > ?1 ORDER BY fingerprint LIMIT 1",
-    )?;
-    let mut window = tx.prepare_cached(
-        "SELECT seq, received_at_ms FROM results WHERE fingerprint = ?1 AND seq > ?2
-         ORDER BY seq LIMIT ?3",
-    )?;
-    let mut delete = tx.prepare_cached(
-        "DELETE FROM results WHERE fingerprint = ?1 AND seq > ?2 AND seq <= ?3
-             AND received_at_ms < ?4
-             AND seq NOT IN (SELECT seq FROM latest_results WHERE fingerprint = ?1)",
-    )?;
-    let (mut agent, mut after) = if cursor.agent.is_empty() {
-        match next_agent
-            .query_row([""], |r| r.get::<_, String>(0))
-            .optional()?
-        {
-            Some(fp) => (fp, i64::MIN),
-            None => return Ok((None, 0)),
-        }
-    } else {
-        (cursor.agent, cursor.after_seq)
-    };
-    let (mut examined, mut agents, mut deleted) = (0usize, 0usize, 0u64);
-    loop {
-        let limit = RESULTS_PER_STEP - examined;
-        let rows: Vec<(i64, i64)> = window
-            .query_map(params![agent, after, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        examined += rows.len().max(1);
-        if let Some(&(last_seq, last_received)) = rows.last() {
-            deleted += delete.execute(params![agent, after, last_seq, before_ms])? as u64;
-            if rows.len() == limit && last_received < before_ms {
-                // The budget ran out inside this agent's expired results.
-                return Ok((
-                    Some(ResultsCursor {
-                        agent,
-                        after_seq: last_seq,
-                    }),
-                    deleted,
-                ));
-            }
-        }
-        agents += 1;
-        match next_agent
-            .query_row([&agent], |r| r.get::<_, String>(0))
-            .optional()?
-        {
-            None => return Ok((None, deleted)),
-            Some(fp) => {
-                agent = fp;
-                after = i64::MIN;
-            }
-        }
-        if examined >= RESULTS_PER_STEP || agents >= AGENTS_PER_STEP {
-            return Ok((
-                Some(ResultsCursor {
-                    agent,
-                    after_seq: after,
-                }),
-                deleted,
-            ));
-        }
-    }
 }
 
 /// Raw points of the range, or `None` when the range reaches before the raw
@@ -787,7 +874,7 @@ pub(crate) fn ceil_div(a: i64, b: i64) -> i64 {
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -7,8 +7,8 @@
 //! server/src/backend/postgres/update_events.rs.
 //!
 //! Events arrive on `outrider.update` results and are stored in the same
-//! transaction as the result (`results.rs` calls [`insert`], the SQLite
-//! backend's statement on its transaction), once per `(agent, id)`.
+//! transaction as the result (the results area's ingest calls the
+//! backend's `insert` on its transaction), once per `(agent, id)`.
 //! Retention is bounded: the newest `KEEP_PER_AGENT` events and the
 //! newest `KEEP_BUILDS_PER_AGENT` per-build summaries of each agent.
 //! [`Store::update_health`] is a one-line call of the trait on
@@ -16,7 +16,6 @@
 
 use outrider_protocol::api::UpdateHealth;
 
-pub(super) use crate::backend::sqlite::update_events::insert;
 use crate::backend::update_events::UpdateEventStore;
 
 use super::{Store, now_ms};

@@ -272,3 +272,19 @@ async fn an_agent_that_stops_answering_keepalives_is_down() {
     server.wait_presence(&agent.fp, Presence::Down).await;
     server.stop().await;
 }
+
+/// A label PostgreSQL could not store (a NUL character) is refused by
+/// name at the hello, on every backend, and nothing is stored.
+#[tokio::test]
+async fn a_hello_with_a_nul_in_a_label_is_refused_naming_the_field() {
+    let server = Server::start().await;
+    let reason = Agent::new(9, "web\0evil")
+        .refused(&server, Some(ENROLLMENT_TOKEN))
+        .await;
+    assert!(
+        reason.contains("hostname holds a NUL character"),
+        "{reason}"
+    );
+    assert!(server.agents().await.is_empty());
+    server.stop().await;
+}

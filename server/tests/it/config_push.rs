@@ -109,7 +109,7 @@ async fn bad_tags_are_refused_with_a_sentence() {
 }
 
 /// Deterministic bytes that do not compress into a pattern.
-fn plugin_bytes(len: usize) -> Vec<u8> {
+pub(crate) fn plugin_bytes(len: usize) -> Vec<u8> {
     let mut x: u32 = 0x9e37_79b9;
     (0..len)
         .map(|_| {
@@ -122,7 +122,7 @@ fn plugin_bytes(len: usize) -> Vec<u8> {
 }
 
 /// Uploads `bytes` as plugin `name` and returns what the server stored.
-async fn upload_plugin(server: &Server, name: &str, bytes: &[u8]) -> PluginInfo {
+pub(crate) async fn upload_plugin(server: &Server, name: &str, bytes: &[u8]) -> PluginInfo {
     let auth = format!("Bearer {}", server.admin_token);
     let (status, body) = server
         .http_raw(

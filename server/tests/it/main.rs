@@ -30,5 +30,6 @@ mod release_caps;
 mod remote_write;
 mod rpc;
 mod samples;
+mod shared_storage;
 mod transport;
 mod update_health;

@@ -14,12 +14,12 @@ const DAY: u64 = 86_400;
 
 /// A release repository on the server: a root and a blob uploaded, and
 /// the release key that signs manifests.
-struct Releases {
+pub(crate) struct Releases {
     release: KeyPair,
 }
 
 impl Releases {
-    async fn start(server: &Server) -> Releases {
+    pub(crate) async fn start(server: &Server) -> Releases {
         let root = KeyPair::generate(KeyRole::Root).unwrap();
         let release = KeyPair::generate(KeyRole::Release).unwrap();
         let now = now_unix();
@@ -50,8 +50,9 @@ impl Releases {
         Releases { release }
     }
 
-    /// Stores a manifest of `channel` at `sequence` through the admin API.
-    async fn publish(&self, server: &Server, channel: &str, sequence: u64) {
+    /// Stores a manifest of `channel` at `sequence` through the admin API;
+    /// returns the bytes stored.
+    pub(crate) async fn publish(&self, server: &Server, channel: &str, sequence: u64) -> Vec<u8> {
         let target = Target::full(
             format!("1.0.{sequence}"),
             1,
@@ -71,17 +72,23 @@ impl Releases {
         let bytes = make_manifest(&manifest, &[&self.release])
             .unwrap()
             .to_bytes();
-        let auth = format!("Bearer {}", server.admin_token);
-        let path = format!("/api/v1/releases/channels/{channel}/manifest");
-        let (status, body) = server
-            .http_raw("PUT", &path, Some(&auth), None, &bytes)
-            .await;
-        assert_eq!(status, 200, "{body}");
+        put_manifest(server, channel, &bytes).await;
+        bytes
     }
 }
 
+/// Uploads the manifest `bytes` of `channel` through the admin API.
+pub(crate) async fn put_manifest(server: &Server, channel: &str, bytes: &[u8]) {
+    let auth = format!("Bearer {}", server.admin_token);
+    let path = format!("/api/v1/releases/channels/{channel}/manifest");
+    let (status, body) = server
+        .http_raw("PUT", &path, Some(&auth), None, bytes)
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// Connects `agent` offering `[2, max]`, `update_nudge` and `channel`.
-async fn connect(server: &Server, agent: &Agent, max: u32, channel: &str) -> Conn {
+pub(crate) async fn connect(server: &Server, agent: &Agent, max: u32, channel: &str) -> Conn {
     let channel = channel.to_owned();
     let (mut conn, answer) = agent
         .try_connect_with(server, Some(ENROLLMENT_TOKEN), |h| {
@@ -96,7 +103,7 @@ async fn connect(server: &Server, agent: &Agent, max: u32, channel: &str) -> Con
     conn
 }
 
-async fn expect_nudge(conn: &mut Conn) -> String {
+pub(crate) async fn expect_nudge(conn: &mut Conn) -> String {
     match conn.recv().await {
         ServerMessage::CheckUpdate { reason } => reason,
         other => panic!("expected check_update, got {other:?}"),

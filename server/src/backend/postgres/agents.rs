@@ -25,13 +25,13 @@
 //! re-checked on the newest row after a wait, so of two concurrent equal
 //! changes one reports the change and the other none, as in SQLite.
 //!
-//! Left to the results area (not ported yet; PostgreSQL stores no results):
-//! SQLite's enrollment starts `acked_seq` above the results still stored
-//! for a removed agent coming back, and its removal drops the agent's
-//! `latest_results`. Here `acked_seq` starts at 0 (no results are stored,
-//! so that is the same rule) and there are no latest results to drop; the
-//! results area's migration will have to give both back (the floor in the
-//! enrollment's `INSERT`, `latest_results` rows deleted with the agent).
+//! The results area's share (migrations/0012_results.sql), as on SQLite:
+//! an enrollment starts `acked_seq` above the agent's results still
+//! stored (a removed agent coming back continues where it was, so its new
+//! results are not taken for ones already stored), and a removal deletes
+//! the agent's `latest_results` in its transaction, after the agent's row:
+//! the results ingest (`postgres/results.rs`) locks that row first, so an
+//! ingest and a removal of one agent take turns.
 
 use outrider_protocol::Fingerprint;
 use outrider_protocol::api::{AgentInfo, Presence, host_version};
@@ -152,7 +152,12 @@ impl AgentStore for PgBackend {
                     "INSERT INTO agents (fingerprint, public_key, hostname, os, arch, agent_version,
                                          presence, presence_since_ms, registered_at_ms, last_seen_ms,
                                          enrollment_token_id, allowed_tags, acked_seq)
-                     VALUES ($1, $2, '', '', '', '', 'connected', $3, $3, $3, $4, $5, 0)
+                     VALUES ($1, $2, '', '', '', '', 'connected', $3, $3, $3, $4, $5,
+                             -- A removed agent enrolling again continues
+                             -- above the results still stored for it (the
+                             -- server's own have negative seqs).
+                             COALESCE((SELECT MAX(seq) FROM results
+                                       WHERE fingerprint = $1 AND seq > 0), 0))
                      ON CONFLICT (fingerprint) DO UPDATE SET
                          public_key = excluded.public_key,
                          enrollment_token_id = excluded.enrollment_token_id,
@@ -209,11 +214,19 @@ impl AgentStore for PgBackend {
     }
 
     async fn remove_agent(&self, agent: &Fingerprint) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The agent's row first: the lock order of the results ingest.
+        let stmt = tx
             .prepare_cached("DELETE FROM agents WHERE fingerprint = $1")
             .await?;
-        Ok(client.execute(&stmt, &[&agent.as_str()]).await? > 0)
+        let removed = tx.execute(&stmt, &[&agent.as_str()]).await? > 0;
+        let latest = tx
+            .prepare_cached("DELETE FROM latest_results WHERE fingerprint = $1")
+            .await?;
+        tx.execute(&latest, &[&agent.as_str()]).await?;
+        tx.commit().await?;
+        Ok(removed)
     }
 
     async fn set_presence(

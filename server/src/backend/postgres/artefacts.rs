@@ -66,6 +66,15 @@ pub struct PgArtefacts {
     chunk_bytes: usize,
 }
 
+/// What [`PgArtefacts::store_manifest`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredManifest {
+    /// The channel's current sequence: the manifest's.
+    pub sequence: u64,
+    /// Whether this call stored it (false: the same bytes were current).
+    pub new: bool,
+}
+
 /// Any database failure, as the release store's error.
 fn db(e: impl Into<StoreError>) -> Error {
     Error::Backend(Box::new(e.into()))
@@ -164,6 +173,124 @@ impl PgArtefacts {
     pub fn with_chunk_bytes(mut self, chunk_bytes: usize) -> PgArtefacts {
         self.chunk_bytes = chunk_bytes.clamp(1, i32::MAX as usize);
         self
+    }
+
+    /// [`ArtefactStore::put_manifest`], telling also whether the manifest
+    /// was stored by this call (`new`) or was the channel's current one
+    /// already: only a new one is announced (update nudges,
+    /// `server/src/releases.rs`).
+    pub async fn store_manifest(
+        &self,
+        channel: Channel,
+        envelope: Vec<u8>,
+    ) -> Result<StoredManifest, Error> {
+        let now = now_unix();
+        let mut client = self.backend.client().await.map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        let root: Vec<u8> = tx
+            .query_opt(
+                "SELECT envelope FROM release_roots ORDER BY version DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .ok_or(Error::NoRoot)?
+            .get(0);
+        let root = TrustedRoot::from_bytes_self_signed(&root, now)?;
+        let policy = ManifestPolicy {
+            channel: &channel,
+            now_unix: now,
+            floor: None,
+        };
+        let manifest = verify_manifest(&root, &envelope, &policy)?.manifest;
+
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&GC_LOCK])
+            .await
+            .map_err(db)?;
+        // The channel's row exists (a first publish racing another waits
+        // here for it to commit), then is locked until this commits.
+        tx.execute(
+            "INSERT INTO release_channels (channel, sequence) VALUES ($1, NULL) ON CONFLICT DO NOTHING",
+            &[&channel.as_str()],
+        )
+        .await
+        .map_err(db)?;
+        let current: Option<i64> = tx
+            .query_one(
+                "SELECT sequence FROM release_channels WHERE channel = $1 FOR UPDATE",
+                &[&channel.as_str()],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        let current = match current {
+            None => None,
+            Some(seq) => {
+                let bytes: Vec<u8> = tx
+                    .query_one(
+                        "SELECT envelope FROM release_manifests WHERE channel = $1 AND sequence = $2",
+                        &[&channel.as_str(), &seq],
+                    )
+                    .await
+                    .map_err(db)?
+                    .get(0);
+                Some((stored_u64("manifest sequence", seq)?, bytes))
+            }
+        };
+        let current = current.as_ref().map(|(seq, b)| (*seq, b.as_slice()));
+        if let ManifestDecision::AlreadyCurrent(seq) =
+            manifest_decision(&channel, current, manifest.sequence, &envelope)?
+        {
+            return Ok(StoredManifest {
+                sequence: seq,
+                new: false,
+            });
+        }
+        for (sha, declared) in manifest.referenced_blobs() {
+            let stored: Option<i64> = tx
+                .query_opt(
+                    "SELECT size FROM release_blobs WHERE sha256 = $1",
+                    &[&sha.to_string()],
+                )
+                .await
+                .map_err(db)?
+                .map(|row| row.get(0));
+            let stored = stored.map(|s| stored_u64("blob size", s)).transpose()?;
+            check_reference(sha, declared, stored)?;
+        }
+        let versions: BTreeMap<&str, &str> = manifest
+            .targets
+            .iter()
+            .map(|(triple, t)| (triple.as_str(), t.version.as_str()))
+            .collect();
+        // A map of strings always serializes.
+        let versions = serde_json::to_string(&versions).expect("versions serialize");
+        let sequence = to_i64("manifest sequence", manifest.sequence)?;
+        tx.execute(
+            "INSERT INTO release_manifests (channel, sequence, envelope, versions, published_unix)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &channel.as_str(),
+                &sequence,
+                &envelope,
+                &versions,
+                &to_i64("time", now)?,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE release_channels SET sequence = $2 WHERE channel = $1",
+            &[&channel.as_str(), &sequence],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        tracing::info!(%channel, sequence = manifest.sequence, "stored release manifest");
+        Ok(StoredManifest {
+            sequence: manifest.sequence,
+            new: true,
+        })
     }
 }
 
@@ -390,107 +517,9 @@ impl ArtefactStore for PgArtefacts {
     }
 
     async fn put_manifest(&self, channel: Channel, envelope: Vec<u8>) -> Result<u64, Error> {
-        let now = now_unix();
-        let mut client = self.backend.client().await.map_err(db)?;
-        let tx = client.transaction().await.map_err(db)?;
-        let root: Vec<u8> = tx
-            .query_opt(
-                "SELECT envelope FROM release_roots ORDER BY version DESC LIMIT 1",
-                &[],
-            )
+        self.store_manifest(channel, envelope)
             .await
-            .map_err(db)?
-            .ok_or(Error::NoRoot)?
-            .get(0);
-        let root = TrustedRoot::from_bytes_self_signed(&root, now)?;
-        let policy = ManifestPolicy {
-            channel: &channel,
-            now_unix: now,
-            floor: None,
-        };
-        let manifest = verify_manifest(&root, &envelope, &policy)?.manifest;
-
-        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&GC_LOCK])
-            .await
-            .map_err(db)?;
-        // The channel's row exists (a first publish racing another waits
-        // here for it to commit), then is locked until this commits.
-        tx.execute(
-            "INSERT INTO release_channels (channel, sequence) VALUES ($1, NULL) ON CONFLICT DO NOTHING",
-            &[&channel.as_str()],
-        )
-        .await
-        .map_err(db)?;
-        let current: Option<i64> = tx
-            .query_one(
-                "SELECT sequence FROM release_channels WHERE channel = $1 FOR UPDATE",
-                &[&channel.as_str()],
-            )
-            .await
-            .map_err(db)?
-            .get(0);
-        let current = match current {
-            None => None,
-            Some(seq) => {
-                let bytes: Vec<u8> = tx
-                    .query_one(
-                        "SELECT envelope FROM release_manifests WHERE channel = $1 AND sequence = $2",
-                        &[&channel.as_str(), &seq],
-                    )
-                    .await
-                    .map_err(db)?
-                    .get(0);
-                Some((stored_u64("manifest sequence", seq)?, bytes))
-            }
-        };
-        let current = current.as_ref().map(|(seq, b)| (*seq, b.as_slice()));
-        if let ManifestDecision::AlreadyCurrent(seq) =
-            manifest_decision(&channel, current, manifest.sequence, &envelope)?
-        {
-            return Ok(seq);
-        }
-        for (sha, declared) in manifest.referenced_blobs() {
-            let stored: Option<i64> = tx
-                .query_opt(
-                    "SELECT size FROM release_blobs WHERE sha256 = $1",
-                    &[&sha.to_string()],
-                )
-                .await
-                .map_err(db)?
-                .map(|row| row.get(0));
-            let stored = stored.map(|s| stored_u64("blob size", s)).transpose()?;
-            check_reference(sha, declared, stored)?;
-        }
-        let versions: BTreeMap<&str, &str> = manifest
-            .targets
-            .iter()
-            .map(|(triple, t)| (triple.as_str(), t.version.as_str()))
-            .collect();
-        // A map of strings always serializes.
-        let versions = serde_json::to_string(&versions).expect("versions serialize");
-        let sequence = to_i64("manifest sequence", manifest.sequence)?;
-        tx.execute(
-            "INSERT INTO release_manifests (channel, sequence, envelope, versions, published_unix)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &channel.as_str(),
-                &sequence,
-                &envelope,
-                &versions,
-                &to_i64("time", now)?,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        tx.execute(
-            "UPDATE release_channels SET sequence = $2 WHERE channel = $1",
-            &[&channel.as_str(), &sequence],
-        )
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        tracing::info!(%channel, sequence = manifest.sequence, "stored release manifest");
-        Ok(manifest.sequence)
+            .map(|stored| stored.sequence)
     }
 
     async fn manifest(&self, channel: Channel) -> Result<Option<Vec<u8>>, Error> {

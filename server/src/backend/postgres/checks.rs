@@ -218,33 +218,116 @@ impl CheckStore for PgBackend {
         })
     }
 
+    /// Two passes, so a computation that changes nothing locks nothing:
+    /// the first computes every document from one snapshot without locks
+    /// (what the other nodes do after a change was broadcast, and what
+    /// most computations find: nothing to bump); only when some documents
+    /// changed, the second does the locked computation of the module
+    /// comment for those agents alone. A definition changed between the
+    /// passes is left to the computation its own change runs.
     async fn compute_configs(
         &self,
         only: Option<&Fingerprint>,
     ) -> Result<Vec<ComputedConfig>, StoreError> {
-        const SELECT: &str = "SELECT fingerprint, hello_tags, server_tags, allow_adhoc,
-                                     config_version, config_sha256
-                              FROM agents";
+        let out = self.read_configs(only).await?;
+        let changed: Vec<String> = out
+            .iter()
+            .filter(|c| c.changed)
+            .map(|c| c.fingerprint.to_string())
+            .collect();
+        if changed.is_empty() {
+            return Ok(out);
+        }
+        let locked = self.bump_configs(&changed).await?;
+        let mut locked: HashMap<Fingerprint, ComputedConfig> = locked
+            .into_iter()
+            .map(|c| (c.fingerprint.clone(), c))
+            .collect();
+        // An agent changed in the first pass but gone from the second was
+        // removed in between: it has no document any more.
+        let mut kept = Vec::with_capacity(out.len());
+        for c in out {
+            match (c.changed, locked.remove(&c.fingerprint)) {
+                (_, Some(newer)) => kept.push(newer),
+                (false, None) => kept.push(c),
+                (true, None) => {}
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// The columns of `agents` a document is computed from.
+const DOC_COLUMNS: &str = "SELECT fingerprint, hello_tags, server_tags, allow_adhoc,
+                                  config_version, config_sha256
+                           FROM agents";
+
+/// An agents row of [`DOC_COLUMNS`].
+fn doc_row(r: &tokio_postgres::Row) -> Result<AgentDocRow, StoreError> {
+    Ok(AgentDocRow {
+        fingerprint: r.get(0),
+        hello_tags: r.get(1),
+        server_tags: r.get(2),
+        allow_adhoc: r.get(3),
+        config_version: stored("config version", r.get(4))?,
+        config_sha256: r.get(5),
+    })
+}
+
+impl PgBackend {
+    /// Every document (or `only`'s) computed from one snapshot, without
+    /// locks and without storing anything: `changed` says which would be
+    /// bumped.
+    async fn read_configs(
+        &self,
+        only: Option<&Fingerprint>,
+    ) -> Result<Vec<ComputedConfig>, StoreError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // The rows' locks before the definitions are read (see the module
-        // comment).
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
         let rows = match only {
             Some(fp) => {
                 let stmt = tx
-                    .prepare_cached(&format!("{SELECT} WHERE fingerprint = $1 FOR UPDATE"))
+                    .prepare_cached(&format!("{DOC_COLUMNS} WHERE fingerprint = $1"))
                     .await?;
                 tx.query(&stmt, &[&fp.as_str()]).await?
             }
             None => {
                 let stmt = tx
-                    .prepare_cached(&format!(
-                        "{SELECT} ORDER BY fingerprint COLLATE \"C\" FOR UPDATE"
-                    ))
+                    .prepare_cached(&format!("{DOC_COLUMNS} ORDER BY fingerprint COLLATE \"C\""))
                     .await?;
                 tx.query(&stmt, &[]).await?
             }
         };
+        let checks = load_checks(&tx).await?;
+        let plugins = load_plugin_refs(&tx).await?;
+        let collectors = super::collectors::load_collectors(&tx).await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| Ok(compute(doc_row(r)?, &checks, &plugins, &collectors)?.0))
+            .collect()
+    }
+
+    /// The locked computation (module comment) of the agents `fingerprints`,
+    /// storing the bumped versions.
+    async fn bump_configs(
+        &self,
+        fingerprints: &[String],
+    ) -> Result<Vec<ComputedConfig>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The rows' locks before the definitions are read (see the module
+        // comment), in fingerprint order.
+        let stmt = tx
+            .prepare_cached(&format!(
+                "{DOC_COLUMNS} WHERE fingerprint = ANY($1) ORDER BY fingerprint COLLATE \"C\" FOR UPDATE"
+            ))
+            .await?;
+        let rows = tx.query(&stmt, &[&fingerprints]).await?;
         let checks = load_checks(&tx).await?;
         let plugins = load_plugin_refs(&tx).await?;
         let collectors = super::collectors::load_collectors(&tx).await?;
@@ -254,16 +337,8 @@ impl CheckStore for PgBackend {
             )
             .await?;
         let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let row = AgentDocRow {
-                fingerprint: r.get(0),
-                hello_tags: r.get(1),
-                server_tags: r.get(2),
-                allow_adhoc: r.get(3),
-                config_version: stored("config version", r.get(4))?,
-                config_sha256: r.get(5),
-            };
-            let (computed, hash) = compute(row, &checks, &plugins, &collectors)?;
+        for r in &rows {
+            let (computed, hash) = compute(doc_row(r)?, &checks, &plugins, &collectors)?;
             if computed.changed {
                 let version =
                     i64::try_from(computed.config.version).map_err(|_| StoreError::Malformed {

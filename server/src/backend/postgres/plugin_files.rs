@@ -198,18 +198,32 @@ impl PluginFileStore for PgPluginFiles {
                 &[&PLUGIN_LOCK_SPACE, &sha256],
             )
             .await?;
-            tx.execute("DELETE FROM plugin_files WHERE sha256 = $1", &[&sha256])
+            // Another node may have named the file again since this one's
+            // store called it orphaned (a plugin uploaded there with the
+            // same bytes): a named file stays. A naming not yet committed
+            // is not seen here (docs/architecture.md, "What remains").
+            let deleted = tx
+                .execute(
+                    "DELETE FROM plugin_files WHERE sha256 = $1
+                       AND NOT EXISTS (SELECT 1 FROM plugins WHERE sha256 = $1)",
+                    &[&sha256],
+                )
                 .await?;
+            if deleted == 0 {
+                return Ok::<_, StoreError>(false);
+            }
             tx.execute(
                 "DELETE FROM plugin_file_chunks WHERE file_key = $1",
                 &[&sha256],
             )
             .await?;
             tx.commit().await?;
-            Ok::<_, StoreError>(())
+            Ok(true)
         };
-        if let Err(e) = removed.await {
-            tracing::warn!(sha256, "cannot remove unused plugin file: {e}");
+        match removed.await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(sha256, "plugin file kept: absent or named again"),
+            Err(e) => tracing::warn!(sha256, "cannot remove unused plugin file: {e}"),
         }
     }
 }

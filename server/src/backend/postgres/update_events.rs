@@ -22,12 +22,10 @@
 //! id whatever the order (`WHERE excluded.id > update_latest.id`, re-checked
 //! on the newest row after a lock wait).
 //!
-//! Results ingest: SQLite stores an event in the transaction of its result
-//! (server/src/store/results.rs). PostgreSQL stores no results yet; events
-//! are recorded here each in its own transaction
-//! ([`UpdateEventStore::record_update_event`]), and the results area, once
-//! ported, calls [`insert`] on its ingest transaction instead, so a result
-//! and its event commit together there too.
+//! Results ingest: the results area (server/src/backend/postgres/results.rs)
+//! calls [`insert`] on its ingest transaction, after locking the agent's
+//! row, so a result and its event commit together, as on SQLite;
+//! [`UpdateEventStore::record_update_event`] is the same write alone.
 
 use outrider_protocol::api::{FailureGroup, UpdateHealth};
 use outrider_protocol::{Fingerprint, UpdateEvent};
@@ -36,7 +34,7 @@ use super::PgBackend;
 use crate::backend::StoreError;
 use crate::backend::update_events::{
     BuildRow, FAILURE_KINDS, KEEP_BUILDS_PER_AGENT, KEEP_PER_AGENT, ROLLBACK_WINDOW_MS,
-    UpdateEventStore, health, stored_count, stored_id, stored_reason,
+    UpdateEventStore, health, stored_count, stored_event, stored_id,
 };
 
 /// The class of the advisory locks that make one agent's event writes
@@ -53,7 +51,8 @@ pub(crate) async fn insert(
     now: i64,
 ) -> Result<bool, StoreError> {
     let id = stored_id(event.id);
-    let reason = stored_reason(&event.reason);
+    let event = &stored_event(event);
+    let reason = &event.reason;
     let lock = tx
         .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
         .await?;

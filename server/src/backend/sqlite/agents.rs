@@ -68,8 +68,10 @@ impl AgentStore for SqliteBackend {
                                          enrollment_token_id, allowed_tags, acked_seq)
                      VALUES (?1, ?2, '', '', '', '', 'connected', ?3, ?3, ?3, ?4, ?5,
                              -- A removed agent enrolling again continues
-                             -- above the results still stored for it.
-                             COALESCE((SELECT MAX(seq) FROM results WHERE fingerprint = ?1), 0))
+                             -- above the results still stored for it (the
+                             -- server's own have negative seqs).
+                             COALESCE((SELECT MAX(seq) FROM results
+                                       WHERE fingerprint = ?1 AND seq > 0), 0))
                      ON CONFLICT (fingerprint) DO UPDATE SET
                          public_key = excluded.public_key,
                          enrollment_token_id = excluded.enrollment_token_id,

@@ -16,7 +16,7 @@ use super::SqliteBackend;
 use crate::backend::StoreError;
 use crate::backend::update_events::{
     BuildRow, FAILURE_KINDS, KEEP_BUILDS_PER_AGENT, KEEP_PER_AGENT, ROLLBACK_WINDOW_MS,
-    UpdateEventStore, health, stored_count, stored_id, stored_reason,
+    UpdateEventStore, health, stored_count, stored_event, stored_id,
 };
 use outrider_protocol::api::{FailureGroup, UpdateHealth};
 
@@ -29,7 +29,8 @@ pub(crate) fn insert(
     now: i64,
 ) -> rusqlite::Result<bool> {
     let id = stored_id(event.id);
-    let reason = stored_reason(&event.reason);
+    let event = &stored_event(event);
+    let reason = &event.reason;
     let inserted = tx.execute(
         "INSERT OR IGNORE INTO update_events (fingerprint, id, kind, at_ms, build_sha256, version,
                                               to_sha256, to_version, reason, received_at_ms)
