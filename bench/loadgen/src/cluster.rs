@@ -270,7 +270,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut k = 0;
         // Until every agent moved, and at least KILL_CALLS_FOR: the calls
         // after the move show whether run-now works again.
-        while !(settled.load(Ordering::Relaxed) && t_kill.elapsed() >= KILL_CALLS_FOR)
+        while (!settled.load(Ordering::Relaxed) || t_kill.elapsed() < KILL_CALLS_FOR)
             && !moving.is_empty()
         {
             let index = moving[k % moving.len()];
