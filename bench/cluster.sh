@@ -66,7 +66,7 @@ start_pg() {
     (cd "$pgdir" && $as_pg "$bindir/initdb" -A trust -U outrider -E UTF8 --locale=C -D "$pgdir/data") \
         > "$work/initdb.log" 2>&1 || { cat "$work/initdb.log"; return 1; }
     (cd "$pgdir" && $as_pg "$bindir/pg_ctl" start -w -t 60 -D "$pgdir/data" -l "$pgdir/log" \
-        -o "-k '$pgdir' -p 5432 -c listen_addresses='' -c max_connections=200") \
+        -o "-k '$pgdir' -p 5432 -c listen_addresses='' -c max_connections=${PG_MAX_CONNECTIONS:-200}") \
         > /dev/null || { cat "$pgdir/log"; return 1; }
     "$bindir/psql" -h "$pgdir" -p 5432 -U outrider -d postgres -Atc \
         "SELECT version(); SHOW fsync; SHOW synchronous_commit; SHOW max_connections" || return 1

@@ -83,6 +83,13 @@ pub struct Settings {
     /// Several nodes (`--nodes`, [`crate::cluster`]): the agents dial these
     /// instead of `server` alone.
     pub nodes: Option<Arc<Nodes>>,
+    /// Agent `i` makes its first attempt `i / agents` of this after the
+    /// start (zero: all at once).
+    pub connect_ramp: Duration,
+    /// Present the enrollment token only until the first welcome, as the
+    /// real agent does (agent-lib/src/connection.rs: the token is spent
+    /// once the server welcomed the key); otherwise in every hello.
+    pub token_once: bool,
 }
 
 /// The nodes of a cluster run and where each agent is: agent `i` prefers
@@ -281,6 +288,16 @@ pub async fn run(
         .settings
         .interval
         .mul_f64(index as f64 / agent.settings.agents.max(1) as f64);
+    let ramp = agent
+        .settings
+        .connect_ramp
+        .mul_f64(index as f64 / agent.settings.agents.max(1) as f64);
+    if !ramp.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(ramp) => {}
+            _ = phase.wait_for(|p| *p == Phase::Stop) => {}
+        }
+    }
     let mut storm_seen = 0;
     let mut drops = agent.settings.drops.generation.subscribe();
     let mut attempt = 0u32;
@@ -446,7 +463,8 @@ impl Agent {
             fingerprint: self.fp.clone(),
             public_key: hex::encode(self.key.verifying_key().as_bytes()),
             signature: hex::encode(self.key.sign(&auth_message(&nonce, &self.fp)).to_bytes()),
-            enrollment_token: Some(self.settings.enrollment_token.clone()),
+            enrollment_token: (!self.settings.token_once || self.sessions == 0)
+                .then(|| self.settings.enrollment_token.clone()),
             hostname: format!("sim-{:05}", self.index),
             os: "linux".into(),
             arch: "x86_64".into(),

@@ -125,9 +125,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tls: None,
         drops: Arc::default(),
         nodes: Some(nodes.clone()),
+        connect_ramp: Duration::from_secs(args.connect_ramp_secs),
+        token_once: true,
     });
     let (counters, phase_tx, mut agents) = spawn_agents(&settings, args.agents);
-    let connect_deadline = Duration::from_secs(args.connect_deadline_secs);
+    let connect_deadline = Duration::from_secs(args.connect_deadline_secs + args.connect_ramp_secs);
 
     // 1. connect
     let connected_in = wait_connected(&counters, args.agents, connect_deadline, start).await;
@@ -371,12 +373,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         log(start, &format!("  failure x{n}: {reason}"));
     }
     println!(
-        "\nCLUSTER nodes={n} agents={} connect_s={:.1} steady_samples_per_s={:.0} rss_kib={rss_list} rss_max_kib={} \
+        "\nCLUSTER nodes={n} agents={} connect_ramp_s={} connect_s={:.1} steady_samples_per_s={:.0} rss_kib={rss_list} rss_max_kib={} \
          local_p50_ms={:.1} local_p95_ms={:.1} local_p99_ms={:.1} relayed_p50_ms={:.1} relayed_p95_ms={:.1} relayed_p99_ms={:.1} \
          added_p95_ms={added_p95:.1} rpc_n={}/{} rpc_errors={} killed_agents={} reconnect_s={} reacked_s={} \
          kill_rpc_ok={} kill_rpc_failed={} kill_rpc_fail_p50_ms={:.1} kill_rpc_fail_max_ms={:.1} \
          store={store} results={results} lost={lost} on_two_nodes={on_two} unacked={unacked} failures={}",
         args.agents,
+        args.connect_ramp_secs,
         connected_in.as_secs_f64(),
         steady.0,
         steady_mem.iter().map(|m| m.rss_kib).max().unwrap_or(0),

@@ -166,6 +166,10 @@ struct Args {
     /// on another node.
     #[arg(long, default_value_t = 120)]
     kill_deadline_secs: u64,
+    /// `--nodes`: spread the agents' first connection over this long
+    /// (all at once by default).
+    #[arg(long, default_value_t = 0)]
+    connect_ramp_secs: u64,
     /// `--nodes`: start the nodes without `--no-alerting` (once the server
     /// runs alerting across nodes).
     #[arg(long)]
@@ -206,6 +210,7 @@ fn main() -> ExitCode {
     } else if args.nodes > 0 {
         Duration::from_secs(
             args.connect_deadline_secs
+                + args.connect_ramp_secs
                 + args.steady_secs
                 + args.rpc_calls as u64 / 10
                 + args.kill_deadline_secs
@@ -316,6 +321,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls: None,
         drops: Arc::default(),
         nodes: None,
+        connect_ramp: Duration::ZERO,
+        token_once: false,
     });
     let (counters, phase_tx, mut agents) = spawn_agents(&settings, args.agents);
     let connect_deadline = Duration::from_secs(args.connect_deadline_secs);
