@@ -17,7 +17,8 @@
 #   SKIP_BUILD=1 SINGLE=0 bench/cluster.sh --agents 300   # reuse target/release, cluster only
 #
 # Environment: RUNS (1), NODES (3), SINGLE (1: also the SQLite runs),
-# WORK (logs, /tmp/outrider-cluster-bench), OUTRIDER_PG_BINDIR (initdb and
+# WORK (logs, /tmp/outrider-cluster-bench), PG_MAX_CONNECTIONS (200),
+# OUTRIDER_PG_BINDIR (initdb and
 # pg_ctl; default: pg_config --bindir, else the newest
 # /usr/lib/postgresql/*/bin). Run as root, initdb and pg_ctl run as the
 # `postgres` user through setpriv (they refuse root), as
@@ -127,7 +128,7 @@ main() {
         i=$((i + 1))
     done
     echo "== cluster: median (min-max) over $(wc -l < "$work/cluster.txt") runs"
-    medians "$work/cluster.txt" connect_s steady_samples_per_s rss_max_kib local_p50_ms local_p95_ms \
+    medians "$work/cluster.txt" connect_s steady_samples_per_s rss_max_kib burst_samples_per_s local_p50_ms local_p95_ms \
         local_p99_ms relayed_p50_ms relayed_p95_ms relayed_p99_ms added_p95_ms rpc_errors killed_agents \
         reconnect_s reacked_s kill_rpc_ok kill_rpc_failed kill_rpc_fail_p50_ms kill_rpc_fail_max_ms \
         lost on_two_nodes unacked failures

@@ -14,11 +14,13 @@
 //! 3. **run-now**: calls alternating between the node holding the agent
 //!    (local) and another node (relayed over the bus, server/src/relay.rs),
 //!    under the steady load; p50/p95/p99 of each and the p95 difference;
-//! 4. **kill**: SIGKILL to the node holding the most agents; the time until
+//! 4. **burst**: every agent sends its next batch as soon as the previous
+//!    one is acked (`--burst-secs`): the ingest ceiling on PostgreSQL;
+//! 5. **kill**: SIGKILL to the node holding the most agents; the time until
 //!    every one of its agents has a session on another node, and until each
 //!    has a batch acked there; meanwhile run-now calls to those agents
 //!    through a surviving node, counting the ones that fail and how fast;
-//! 5. **stop**: goodbye, the surviving nodes SIGTERM, then results acked
+//! 6. **stop**: goodbye, the surviving nodes SIGTERM, then results acked
 //!    but absent are counted: in PostgreSQL's `results` table when the
 //!    database has one, else (results still in each node's SQLite file) in
 //!    the union of the nodes' files, which the summary line says.
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::agent::{NO_NODE, Nodes, Settings};
+use crate::agent::{NO_NODE, Nodes, Phase, Settings};
 use crate::server::{Memory, ServerProcess};
 use crate::{
     Args, CHECK, ENROLLMENT_TOKEN, Picker, Rtts, log, measure_rate, raise_fd_limit, spawn_agents,
@@ -200,7 +202,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
     );
 
-    // 4. kill the node holding the most agents.
+    // 4. burst: every agent sends its next batch as soon as the previous
+    // one is acked: the ingest ceiling of the nodes on PostgreSQL.
+    phase_tx.send_replace(Phase::Burst);
+    let burst = measure_rate(&counters, Duration::from_secs(args.burst_secs)).await;
+    let mut burst_rss = Vec::with_capacity(n);
+    for k in 0..n {
+        burst_rss.push(node(k, &servers)?.memory()?.rss_kib);
+    }
+    phase_tx.send_replace(Phase::Steady);
+    log(
+        start,
+        &format!(
+            "burst: {:.0} samples/s, {:.0} batches/s over {} s; RSS KiB per node {}",
+            burst.0,
+            burst.1,
+            args.burst_secs,
+            join(burst_rss.iter())
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // 5. kill the node holding the most agents.
     let counts = per_node(&nodes, n);
     let victim = (0..n).max_by_key(|&k| counts[k]).unwrap_or(0);
     let moving: Vec<usize> = (0..args.agents)
@@ -318,6 +341,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             fail_at(1.0),
         ),
     );
+    for (kind, count) in &kill_rtts.err_kinds {
+        log(start, &format!("  run-now failed x{count}: {kind}"));
+    }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut after_mem = Vec::new();
     for (k, s) in servers.iter().enumerate() {
@@ -330,7 +356,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &format!("RSS KiB after the move: {}", after_mem.join(" ")),
     );
 
-    // 5. stop and count
+    // 6. stop and count
     let tallies = stop_agents(&phase_tx, &mut agents, start).await;
     let mut hwm = Vec::new();
     for (k, s) in servers.into_iter().enumerate() {
@@ -374,6 +400,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!(
         "\nCLUSTER nodes={n} agents={} connect_ramp_s={} connect_s={:.1} steady_samples_per_s={:.0} rss_kib={rss_list} rss_max_kib={} \
+         burst_samples_per_s={:.0} rss_burst_kib={} \
          local_p50_ms={:.1} local_p95_ms={:.1} local_p99_ms={:.1} relayed_p50_ms={:.1} relayed_p95_ms={:.1} relayed_p99_ms={:.1} \
          added_p95_ms={added_p95:.1} rpc_n={}/{} rpc_errors={} killed_agents={} reconnect_s={} reacked_s={} \
          kill_rpc_ok={} kill_rpc_failed={} kill_rpc_fail_p50_ms={:.1} kill_rpc_fail_max_ms={:.1} \
@@ -383,6 +410,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         connected_in.as_secs_f64(),
         steady.0,
         steady_mem.iter().map(|m| m.rss_kib).max().unwrap_or(0),
+        burst.0,
+        join(burst_rss.iter()),
         local.percentile(0.5),
         local.percentile(0.95),
         local.percentile(0.99),
@@ -512,6 +541,22 @@ async fn count_store(
 mod tests {
     use super::*;
     use crate::agent;
+
+    #[test]
+    fn failed_calls_group_by_status_and_message_without_agent_names() {
+        let a = crate::error_kind(
+            r#"409 {"error":"agent 8a31ac50f4b02e820c6e left node n0 before answering"}"#,
+        );
+        let b = crate::error_kind(
+            r#"409 {"error":"agent 1234567890abcdef0000 left node n0 before answering"}"#,
+        );
+        assert_eq!(a, b);
+        assert!(a.starts_with("409 error:agent left node"), "{a}");
+        assert_ne!(
+            a,
+            crate::error_kind("400 {\"error\":\"agent ff has no check\"}")
+        );
+    }
 
     #[test]
     fn agents_walk_the_nodes_from_the_remembered_one() {

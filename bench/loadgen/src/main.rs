@@ -212,6 +212,7 @@ fn main() -> ExitCode {
             args.connect_deadline_secs
                 + args.connect_ramp_secs
                 + args.steady_secs
+                + args.burst_secs
                 + args.rpc_calls as u64 / 10
                 + args.kill_deadline_secs
                 + 600,
@@ -648,6 +649,9 @@ struct Rtts {
     errors: usize,
     /// How long each failed call took to fail, ms.
     err_ms: Vec<f64>,
+    /// Failed calls by answer: the status and the error's first words
+    /// (agent names and digits left out), or the transport error.
+    err_kinds: std::collections::BTreeMap<String, usize>,
 }
 
 impl Rtts {
@@ -702,10 +706,26 @@ impl Rtts {
         };
         self.errors += 1;
         self.err_ms.push(ms);
+        *self.err_kinds.entry(error_kind(&why)).or_default() += 1;
         if self.errors <= 3 {
             eprintln!("run-now {fp}: {why}");
         }
     }
+}
+
+/// The kind of a failed call's answer (`why`): its status and the
+/// message's words up to the first that names an agent (hex or digits),
+/// so that the same refusal for different agents counts as one kind.
+fn error_kind(why: &str) -> String {
+    let text: String = why
+        .chars()
+        .filter(|c| *c != '"' && *c != '{' && *c != '}')
+        .collect();
+    text.split_whitespace()
+        .filter(|w| !w.chars().any(|c| c.is_ascii_digit()) || w.len() == 3)
+        .take(8)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Which agent each run-now call goes to: xorshift, a fixed and so
