@@ -264,6 +264,18 @@ impl ServerProcess {
     }
 }
 
+/// A server still running when its `ServerProcess` goes (a phase failed,
+/// or the hard time cap dropped the run) is killed, so the harness never
+/// leaves nodes behind.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A public `GET` (no token) from `source` (or any local address), as a
 /// stub fetches manifests and blobs; returns status and body.
 pub async fn http_get(
