@@ -80,6 +80,71 @@ pub struct Settings {
     pub tls: Option<crate::server::Tls>,
     /// Orders to drop one agent's connection (`--scripted`).
     pub drops: Arc<Drops>,
+    /// Several nodes (`--nodes`, [`crate::cluster`]): the agents dial these
+    /// instead of `server` alone.
+    pub nodes: Option<Arc<Nodes>>,
+    /// Agent `i` makes its first attempt `i / agents` of this after the
+    /// start (zero: all at once).
+    pub connect_ramp: Duration,
+    /// Present the enrollment token only until the first welcome, as the
+    /// real agent does (agent-lib/src/connection.rs: the token is spent
+    /// once the server welcomed the key); otherwise in every hello.
+    pub token_once: bool,
+}
+
+/// The nodes of a cluster run and where each agent is: agent `i` prefers
+/// node `i % N`, and after a failed attempt dials the next at once, as the
+/// real agent walks its `server_url` + `extra_server_urls`
+/// (agent-lib/src/connection/endpoints.rs): the node it was last welcomed at
+/// first, the others in order, the reconnect backoff only after a full round.
+#[derive(Debug)]
+pub struct Nodes {
+    pub addrs: Vec<SocketAddr>,
+    /// The node each agent has a session with ([`NO_NODE`]: none).
+    pub at: Vec<AtomicUsize>,
+    /// Each agent's last ack: `(ms since epoch + 1) << 8 | node`; 0: none yet.
+    pub last_ack: Vec<AtomicU64>,
+    pub epoch: std::time::Instant,
+}
+
+/// The node to dial after `failures` failed attempts (since the last
+/// welcome) of `count`: `remembered` (the node last welcomed at; at first
+/// the agent's preferred one) opens every round, the others follow in
+/// order. The backoff comes before each round but the first (`failures` a
+/// multiple of `count`, see the run loop).
+pub fn node_to_dial(remembered: usize, failures: usize, count: usize) -> usize {
+    let count = count.max(1);
+    (remembered + failures % count) % count
+}
+
+/// [`Nodes::at`] of an agent without a session.
+pub const NO_NODE: usize = usize::MAX;
+
+impl Nodes {
+    pub fn new(addrs: Vec<SocketAddr>, agents: usize) -> Nodes {
+        Nodes {
+            addrs,
+            at: (0..agents).map(|_| AtomicUsize::new(NO_NODE)).collect(),
+            last_ack: (0..agents).map(|_| AtomicU64::new(0)).collect(),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// The node and time (since the epoch) of agent `index`'s last ack.
+    pub fn last_ack(&self, index: usize) -> Option<(usize, Duration)> {
+        match self.last_ack[index].load(Ordering::Relaxed) {
+            0 => None,
+            v => Some((
+                (v & 0xff) as usize,
+                Duration::from_millis((v >> 8).saturating_sub(1)),
+            )),
+        }
+    }
+
+    pub fn record_ack(&self, index: usize, node: usize) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.last_ack[index].store(ms << 8 | (node as u64 & 0xff), Ordering::Relaxed);
+    }
 }
 
 /// Orders for single agents to drop their connection without a goodbye
@@ -215,24 +280,57 @@ pub async fn run(
         last_ts_ms: 0,
         acked_seq: 0,
         in_flight: None,
+        node: 0,
+        sessions: 0,
     };
     // Spread the steady batches evenly over the interval.
     let offset = agent
         .settings
         .interval
         .mul_f64(index as f64 / agent.settings.agents.max(1) as f64);
+    let ramp = agent
+        .settings
+        .connect_ramp
+        .mul_f64(index as f64 / agent.settings.agents.max(1) as f64);
+    if !ramp.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(ramp) => {}
+            _ = phase.wait_for(|p| *p == Phase::Stop) => {}
+        }
+    }
     let mut storm_seen = 0;
     let mut drops = agent.settings.drops.generation.subscribe();
     let mut attempt = 0u32;
     let mut rng = 0x2545_f491_4f6c_dd1d ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    // Cluster runs: the node last welcomed at, and failed attempts since.
+    let node_count = agent
+        .settings
+        .nodes
+        .as_ref()
+        .map_or(1, |n| n.addrs.len().max(1));
+    let mut remembered = index % node_count;
+    let mut failures = 0usize;
     loop {
         if *phase.borrow() == Phase::Stop {
             break;
         }
-        let ws = match agent.connect(source).await {
+        // The round: the remembered node, then the others from it on.
+        let (node, server) = match &agent.settings.nodes {
+            Some(nodes) => {
+                let node = node_to_dial(remembered, failures, node_count);
+                (node, nodes.addrs[node])
+            }
+            None => (0, agent.settings.server),
+        };
+        let ws = match agent.connect(source, server).await {
             Ok(ws) => ws,
             Err(e) => {
                 agent.counters.fail(&format!("connect: {e:#}"));
+                failures += 1;
+                if !failures.is_multiple_of(node_count) {
+                    // Nodes are left in this round: the next one at once.
+                    continue;
+                }
                 let delay = agent.reconnect_delay(&mut attempt, &mut rng);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => continue,
@@ -241,11 +339,21 @@ pub async fn run(
             }
         };
         attempt = 0;
+        failures = 0;
+        remembered = node;
+        agent.node = node;
+        agent.sessions += 1;
+        if let Some(nodes) = &agent.settings.nodes {
+            nodes.at[index].store(node, Ordering::Relaxed);
+        }
         agent.counters.connected.fetch_add(1, Ordering::Relaxed);
         agent.counters.handshakes.fetch_add(1, Ordering::Relaxed);
         let end = agent
             .session(ws, &mut phase, &mut drops, &mut storm_seen, offset)
             .await;
+        if let Some(nodes) = &agent.settings.nodes {
+            nodes.at[index].store(NO_NODE, Ordering::Relaxed);
+        }
         agent.counters.connected.fetch_sub(1, Ordering::Relaxed);
         match end {
             SessionEnd::Stopped => break,
@@ -293,6 +401,10 @@ struct Agent {
     acked_seq: u64,
     /// The batch awaiting its ack: (its encoded frame, highest seq, samples).
     in_flight: Option<(String, u64, u64)>,
+    /// The node of the current session (cluster runs; else 0).
+    node: usize,
+    /// Sessions opened so far.
+    sessions: u64,
 }
 
 enum SessionEnd {
@@ -322,14 +434,10 @@ impl Agent {
         Duration::from_millis(*rng % (ceiling.as_millis() as u64 + 1))
     }
 
-    async fn connect(&self, source: Ipv4Addr) -> anyhow::Result<Ws> {
+    async fn connect(&self, source: Ipv4Addr, server: SocketAddr) -> anyhow::Result<Ws> {
         // One deadline for TCP connect, TLS and upgrade, as the real agent has.
         let deadline = Instant::now() + STEP_TIMEOUT;
-        let dial = crate::server::dial(
-            Some(source),
-            self.settings.server,
-            self.settings.tls.as_ref(),
-        );
+        let dial = crate::server::dial(Some(source), server, self.settings.tls.as_ref());
         let stream = tokio::time::timeout_at(deadline, dial)
             .await
             .context("connect timed out")?
@@ -338,7 +446,7 @@ impl Agent {
             .read_buffer_size(4 * 1024)
             .write_buffer_size(0)
             .max_message_size(Some(outrider_protocol::MAX_MESSAGE_BYTES));
-        let url = format!("ws://{}{AGENT_WS_PATH}", self.settings.server);
+        let url = format!("ws://{server}{AGENT_WS_PATH}");
         let (mut ws, _) = tokio::time::timeout_at(
             deadline,
             tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
@@ -355,7 +463,8 @@ impl Agent {
             fingerprint: self.fp.clone(),
             public_key: hex::encode(self.key.verifying_key().as_bytes()),
             signature: hex::encode(self.key.sign(&auth_message(&nonce, &self.fp)).to_bytes()),
-            enrollment_token: Some(self.settings.enrollment_token.clone()),
+            enrollment_token: (!self.settings.token_once || self.sessions == 0)
+                .then(|| self.settings.enrollment_token.clone()),
             hostname: format!("sim-{:05}", self.index),
             os: "linux".into(),
             arch: "x86_64".into(),
@@ -398,6 +507,17 @@ impl Agent {
             && let Err(e) = ws.send(Message::text(frame.clone())).await
         {
             return SessionEnd::Failed(format!("resending a batch: {e}"));
+        }
+        // Cluster runs: after a move to another node, a batch at once, so
+        // its ack shows the new session carries data (the real agent
+        // resends its un-acked results on every connect; the simulated one
+        // holds none between batches, so it sends the next one early).
+        if self.settings.nodes.is_some()
+            && self.sessions > 1
+            && self.in_flight.is_none()
+            && let Err(e) = self.send_batch(&mut ws, self.settings.checks.len()).await
+        {
+            return SessionEnd::Failed(format!("sending a batch: {e}"));
         }
         let interval = self.settings.interval;
         let mut due = Instant::now() + offset;
@@ -456,6 +576,9 @@ impl Agent {
                     match ServerMessage::decode(&text) {
                         Ok(ServerMessage::Ack { up_to }) => {
                             self.acked_seq = self.acked_seq.max(up_to);
+                            if let Some(nodes) = &self.settings.nodes {
+                                nodes.record_ack(self.index, self.node);
+                            }
                             if let Some((_, last, samples)) = self.in_flight
                                 && up_to >= last
                             {

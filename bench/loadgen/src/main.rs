@@ -35,6 +35,7 @@
 
 mod agent;
 mod attack;
+mod cluster;
 mod nudge;
 mod scripted;
 mod server;
@@ -153,6 +154,26 @@ struct Args {
     /// Simulated agents per loopback source address (127.0.0.2, …).
     #[arg(long, default_value_t = agent::AGENTS_PER_SOURCE_IP)]
     agents_per_ip: usize,
+    /// Run the multi-node benchmark instead ([`cluster`]): this many server
+    /// nodes on the `--database` PostgreSQL (0: one node on SQLite).
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["attack", "scripted", "steady_only"])]
+    nodes: usize,
+    /// `--nodes`: the PostgreSQL database the nodes share (URL or libpq
+    /// `key=value`; an empty database, used up by the run).
+    #[arg(long)]
+    database: Option<String>,
+    /// `--nodes`: how long the killed node's agents may take to be acked
+    /// on another node.
+    #[arg(long, default_value_t = 120)]
+    kill_deadline_secs: u64,
+    /// `--nodes`: spread the agents' first connection over this long
+    /// (all at once by default).
+    #[arg(long, default_value_t = 0)]
+    connect_ramp_secs: u64,
+    /// `--nodes`: start the nodes without `--no-alerting` (once the server
+    /// runs alerting across nodes).
+    #[arg(long)]
+    cluster_alerting: bool,
 }
 
 fn main() -> ExitCode {
@@ -186,6 +207,16 @@ fn main() -> ExitCode {
         Duration::from_secs(
             args.connect_deadline_secs + args.baseline_secs + args.attack_secs + 240,
         )
+    } else if args.nodes > 0 {
+        Duration::from_secs(
+            args.connect_deadline_secs
+                + args.connect_ramp_secs
+                + args.steady_secs
+                + args.burst_secs
+                + args.rpc_calls as u64 / 10
+                + args.kill_deadline_secs
+                + 600,
+        )
     } else {
         Duration::from_secs(
             2 * args.connect_deadline_secs
@@ -200,6 +231,8 @@ fn main() -> ExitCode {
             scripted::run(args).await
         } else if args.attack {
             attack::run(args).await
+        } else if args.nodes > 0 {
+            cluster::run(args).await
         } else {
             run(args).await
         }
@@ -288,6 +321,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         agents_per_ip: args.agents_per_ip,
         tls: None,
         drops: Arc::default(),
+        nodes: None,
+        connect_ramp: Duration::ZERO,
+        token_once: false,
     });
     let (counters, phase_tx, mut agents) = spawn_agents(&settings, args.agents);
     let connect_deadline = Duration::from_secs(args.connect_deadline_secs);
@@ -611,6 +647,11 @@ async fn stop_agents(
 struct Rtts {
     ms: Vec<f64>,
     errors: usize,
+    /// How long each failed call took to fail, ms.
+    err_ms: Vec<f64>,
+    /// Failed calls by answer: the status and the error's first words
+    /// (agent names and digits left out), or the transport error.
+    err_kinds: std::collections::BTreeMap<String, usize>,
 }
 
 impl Rtts {
@@ -664,10 +705,27 @@ impl Rtts {
             Err(e) => format!("{e:#}"),
         };
         self.errors += 1;
+        self.err_ms.push(ms);
+        *self.err_kinds.entry(error_kind(&why)).or_default() += 1;
         if self.errors <= 3 {
             eprintln!("run-now {fp}: {why}");
         }
     }
+}
+
+/// The kind of a failed call's answer (`why`): its status and the
+/// message's words up to the first that names an agent (hex or digits),
+/// so that the same refusal for different agents counts as one kind.
+fn error_kind(why: &str) -> String {
+    let text: String = why
+        .chars()
+        .filter(|c| *c != '"' && *c != '{' && *c != '}')
+        .collect();
+    text.split_whitespace()
+        .filter(|w| !w.chars().any(|c| c.is_ascii_digit()) || w.len() == 3)
+        .take(8)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Which agent each run-now call goes to: xorshift, a fixed and so

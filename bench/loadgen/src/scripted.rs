@@ -67,6 +67,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         agents_per_ip: args.agents_per_ip,
         tls: None,
         drops: Arc::default(),
+        nodes: None,
+        connect_ramp: Duration::ZERO,
+        token_once: false,
     });
     let (counters, phase_tx, mut agents) = crate::spawn_agents(&settings, args.agents);
     let connected_in = crate::wait_connected(

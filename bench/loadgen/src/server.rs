@@ -213,6 +213,14 @@ impl ServerProcess {
         anyhow::bail!("server did not stop within 30 s of SIGTERM; killed")
     }
 
+    /// Kills the server with SIGKILL (no shutdown at all, as a crashed
+    /// host) and reaps it.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Defines `count` checks (`/bin/true` every 10 s) named `base`,
     /// `base-1`, `base-2` …, and returns their names.
     ///
@@ -253,6 +261,18 @@ impl ServerProcess {
         );
         let (status, body) = exchange(None, self.addr, &req, self.tls.as_ref()).await?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// A server still running when its `ServerProcess` goes (a phase failed,
+/// or the hard time cap dropped the run) is killed, so the harness never
+/// leaves nodes behind.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
