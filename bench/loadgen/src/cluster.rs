@@ -2,9 +2,9 @@
 //! (docs/benchmarks.md, "Several nodes on PostgreSQL: 10,000 agents").
 //!
 //! Starts N `outrider-server` processes on one PostgreSQL database, each
-//! with its own data directory and `--node-id n0`, `n1`, … (and
-//! `--no-alerting`: the server refuses alerting on a shared database until
-//! it is wired across nodes), and runs the simulated agents ([`agent`])
+//! with its own data directory and `--node-id n0`, `n1`, … (alerting on,
+//! as on the single node; `--server-arg=--no-alerting` turns it off), and
+//! runs the simulated agents ([`agent`])
 //! over them: agent `i` prefers node `i % N` and moves on as the real agent
 //! does ([`agent::Nodes`]). Phases, each bounded in time:
 //!
@@ -93,9 +93,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "--node-id".to_owned(),
             format!("n{k}"),
         ];
-        if !args.cluster_alerting {
-            extra.push("--no-alerting".to_owned());
-        }
         extra.extend(args.server_args.iter().cloned());
         let server = ServerProcess::start(&args.server_bin, &dir, ENROLLMENT_TOKEN, &extra)
             .with_context(|| format!("starting node n{k}"))?;

@@ -170,10 +170,6 @@ struct Args {
     /// (all at once by default).
     #[arg(long, default_value_t = 0)]
     connect_ramp_secs: u64,
-    /// `--nodes`: start the nodes without `--no-alerting` (once the server
-    /// runs alerting across nodes).
-    #[arg(long)]
-    cluster_alerting: bool,
 }
 
 fn main() -> ExitCode {
