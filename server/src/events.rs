@@ -20,7 +20,7 @@ use axum::response::sse::{self, KeepAlive, Sse};
 use futures_util::Stream;
 use outrider_protocol::api::{Event, Presence};
 use outrider_protocol::{CheckResult, Fingerprint};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
@@ -31,10 +31,18 @@ pub const EVENT_BUFFER: usize = 4096;
 /// Interval of SSE comment frames that keep idle proxies from closing the stream.
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// Events relayed to the other nodes at most, waiting to be sent
+/// (`crate::relay`); more are dropped, and the other nodes' subscribers
+/// told they lagged.
+pub const RELAY_BUFFER: usize = 8192;
+
 /// Handle for publishing events; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Events {
     tx: broadcast::Sender<Arc<Event>>,
+    /// With several nodes, this node's own events also go here, for the
+    /// relay to the other nodes' subscribers (`crate::relay`).
+    outbound: Arc<std::sync::OnceLock<mpsc::Sender<Arc<Event>>>>,
 }
 
 impl Default for Events {
@@ -47,18 +55,42 @@ impl Events {
     /// A channel keeping at most `capacity` events per slow subscriber.
     pub fn new(capacity: usize) -> Events {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Events { tx }
+        Events {
+            tx,
+            outbound: Arc::default(),
+        }
     }
 
-    /// Publishes `event` to every current subscriber; a no-op without any.
+    /// From now on this node's own events are also handed to the returned
+    /// receiver (bounded by [`RELAY_BUFFER`]: when it is full an event is
+    /// dropped for the other nodes, never for this one's subscribers).
+    /// `None` when a relay was set up already.
+    pub fn relay(&self) -> Option<mpsc::Receiver<Arc<Event>>> {
+        let (tx, rx) = mpsc::channel(RELAY_BUFFER);
+        self.outbound.set(tx).ok().map(|()| rx)
+    }
+
+    /// Publishes `event` to every current subscriber (and to the relay,
+    /// if any); a no-op without any.
     pub fn publish(&self, event: Event) {
+        let event = Arc::new(event);
+        if let Some(out) = self.outbound.get() {
+            // Full: dropped for the other nodes only (see `relay`).
+            let _ = out.try_send(event.clone());
+        }
         // `send` fails only when nobody listens, which is fine.
+        let _ = self.tx.send(event);
+    }
+
+    /// Publishes an event another node relayed, to this node's subscribers
+    /// only (relaying it on would send it round for ever).
+    pub fn publish_relayed(&self, event: Event) {
         let _ = self.tx.send(Arc::new(event));
     }
 
     /// Publishes one stored check result of `agent` (called by ingest).
     pub fn result(&self, agent: &Fingerprint, result: &CheckResult) {
-        if self.tx.receiver_count() > 0 {
+        if self.tx.receiver_count() > 0 || self.outbound.get().is_some() {
             self.publish(Event::Result {
                 agent: agent.clone(),
                 result: result.clone(),

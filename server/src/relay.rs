@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outrider_protocol::Fingerprint;
-use outrider_protocol::api::{RunRequest, RunResponse};
+use outrider_protocol::api::{Event, RunRequest, RunResponse};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -150,6 +150,9 @@ fn bus_error(agent: &Fingerprint, owner: &NodeId, e: BusError) -> ApiError {
 /// Starts this node's side of the bus: the task reading what other nodes
 /// send, until `shutdown`.
 pub fn start(state: &Arc<AppState>, incoming: mpsc::Receiver<Incoming>) {
+    if let Some(events) = state.events.relay() {
+        state.tasks.spawn(forward_events(state.clone(), events));
+    }
     let refresher = Arc::new(Refresher::default());
     state.tasks.spawn(refresher.clone().run(state.clone()));
     state
@@ -195,9 +198,16 @@ async fn dispatch(
                     }
                     Err(e) => warn!(from = %b.from, "unreadable nudge broadcast ignored: {e}"),
                 },
-                // Live events of other nodes' agents are not relayed yet:
-                // a page reads the shared store.
-                Topic::LiveEvent => {}
+                // This node published its own already.
+                Topic::LiveEvent if b.from == state.node => {}
+                Topic::LiveEvent => match serde_json::from_slice::<Vec<Event>>(&b.payload) {
+                    Ok(events) => {
+                        for event in events {
+                            state.events.publish_relayed(event);
+                        }
+                    }
+                    Err(e) => warn!(from = %b.from, "unreadable live events ignored: {e}"),
+                },
             },
         }
     }
@@ -238,6 +248,89 @@ async fn answer(state: &AppState, request: Request) {
             debug!(from = %request.from, kind = %request.kind, "reply after the caller's deadline dropped")
         }
         Err(e) => warn!(from = %request.from, kind = %request.kind, "cannot reply: {e}"),
+    }
+}
+
+/// This node's live events (presence, stored results, config versions)
+/// sent to the other nodes' subscribers (the dashboard, `GET
+/// /api/v1/events`), in batches: every [`EVENT_BATCH_WAIT`] or
+/// [`EVENT_BATCH_BYTES`], one broadcast each, so the bus carries a few
+/// rows a second whatever the fleet's result rate. An event too large for
+/// a batch is not sent; the batch then ends with a `Lagged` event, on
+/// which a subscriber re-reads what it shows.
+async fn forward_events(state: Arc<AppState>, mut events: mpsc::Receiver<Arc<Event>>) {
+    let Some(bus) = state.bus.clone() else { return };
+    let shutdown = state.shutdown.clone();
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        let mut batch = EventBatch::default();
+        batch.push(&first);
+        let deadline = tokio::time::Instant::now() + EVENT_BATCH_WAIT;
+        while !batch.is_full() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                event = events.recv() => match event {
+                    Some(event) => batch.push(&event),
+                    None => break,
+                },
+            }
+        }
+        if let Err(e) = bus.broadcast(Topic::LiveEvent, &batch.finish()).await {
+            debug!("live events not relayed to the other nodes: {e}");
+        }
+    }
+}
+
+/// How long this node gathers live events before relaying them.
+pub const EVENT_BATCH_WAIT: Duration = Duration::from_millis(200);
+/// How many bytes of live events one relay carries at most (within the
+/// bus's payload limit).
+pub const EVENT_BATCH_BYTES: usize = 48 * 1024;
+
+/// Live events encoded for one relay: a JSON array.
+#[derive(Debug, Default)]
+struct EventBatch {
+    json: Vec<u8>,
+    missed: u64,
+}
+
+impl EventBatch {
+    /// Adds `event`, or counts it missed when it alone would not fit.
+    fn push(&mut self, event: &Event) {
+        let encoded = serde_json::to_vec(event).expect("events serialize");
+        if encoded.len() > EVENT_BATCH_BYTES {
+            self.missed += 1;
+            return;
+        }
+        self.json
+            .push(if self.json.is_empty() { b'[' } else { b',' });
+        self.json.extend_from_slice(&encoded);
+    }
+
+    fn is_full(&self) -> bool {
+        self.json.len() >= EVENT_BATCH_BYTES
+    }
+
+    /// The array, closed, with a `Lagged` event last when some were missed.
+    fn finish(mut self) -> Vec<u8> {
+        if self.missed > 0 {
+            let lagged = Event::Lagged {
+                missed: self.missed,
+            };
+            self.missed = 0;
+            self.push(&lagged);
+        }
+        if self.json.is_empty() {
+            return b"[]".to_vec();
+        }
+        self.json.push(b']');
+        self.json
     }
 }
 
@@ -328,6 +421,53 @@ mod tests {
             assert_eq!(back.status().as_u16(), status, "{sentence}");
             assert_eq!(back.to_string(), sentence);
         }
+    }
+
+    #[test]
+    fn a_batch_of_live_events_is_one_array_and_says_what_it_dropped() {
+        let agent: Fingerprint = "0123456789abcdef0123".parse().unwrap();
+        let small = Event::Config {
+            agent: agent.clone(),
+            version: 3,
+        };
+        let huge = Event::Result {
+            agent: agent.clone(),
+            result: outrider_protocol::CheckResult {
+                seq: 1,
+                check: "big".into(),
+                state: outrider_protocol::CheckState::Ok,
+                summary: "x".repeat(EVENT_BATCH_BYTES),
+                long_output: String::new(),
+                perfdata: Vec::new(),
+                unknown_perfdata: Vec::new(),
+                started_at_ms: 1,
+                duration_ms: 1,
+                update_event: None,
+            },
+        };
+        // (events pushed, what the other nodes get)
+        let cases = [
+            (vec![small.clone()], vec![small.clone()]),
+            (
+                vec![small.clone(), huge.clone(), small.clone()],
+                vec![small.clone(), small.clone(), Event::Lagged { missed: 1 }],
+            ),
+            (vec![huge], vec![Event::Lagged { missed: 1 }]),
+            (vec![], vec![]),
+        ];
+        for (pushed, got) in cases {
+            let mut batch = EventBatch::default();
+            for e in &pushed {
+                batch.push(e);
+            }
+            let decoded: Vec<Event> = serde_json::from_slice(&batch.finish()).unwrap();
+            assert_eq!(decoded, got);
+        }
+        let mut full = EventBatch::default();
+        while !full.is_full() {
+            full.push(&small);
+        }
+        assert!(full.finish().len() <= crate::backend::bus::MAX_PAYLOAD_BYTES);
     }
 
     #[test]

@@ -557,6 +557,11 @@ pub async fn run(dash: Arc<Dashboard>, shutdown: CancellationToken) {
                 }
             }
             received = events.recv() => match received {
+                // Another node's relay dropped events (`crate::relay`).
+                Ok(event) if matches!(*event, Event::Lagged { .. }) => {
+                    tracing::warn!("another node's live events were dropped on their way here; open pages reload");
+                    dash.live.publish(Scope::All, "reset", String::new());
+                }
                 Ok(event) => {
                     let mut rows = seen.rows_of(&event, |fp| dash.live.shown(fp, Kind::Page));
                     // A goodbye may be a removal, which changes the lists.

@@ -11,6 +11,7 @@ use outrider_protocol::api::Presence;
 use outrider_protocol::{AgentMessage, CheckState, ServerMessage};
 use serde_json::json;
 
+use crate::dashboard::{Browser, Live};
 use crate::helpers::{
     Agent, Closed, Conn, ENROLLMENT_TOKEN, POLICY, Server, result, run_in_background,
     shared_database as database,
@@ -198,4 +199,84 @@ async fn a_hello_during_a_database_outage_is_asked_to_come_back_not_rejected() {
     );
     cluster.resume().unwrap();
     let (_conn, _, _) = agent.connect(&a, None).await;
+}
+
+/// A subscriber of node b's live events (the dashboard, `GET
+/// /api/v1/events`) sees what happens to an agent connected to node a:
+/// its presence and its stored results, relayed over the bus.
+#[tokio::test]
+async fn live_events_of_another_nodes_agents_reach_this_nodes_subscribers() {
+    let db = database().await;
+    let (a, b) = (node(&db, "a").await, node(&db, "b").await);
+    let mut on_b = b.events().await;
+    let agent = Agent::new(5, "web-5");
+    let (mut conn, _, _) = agent.connect(&a, Some(ENROLLMENT_TOKEN)).await;
+    on_b.find(|e| match e {
+        outrider_protocol::api::Event::Presence {
+            agent: fp,
+            presence: Presence::Connected,
+            ..
+        } if *fp == agent.fp => Some(()),
+        _ => None,
+    })
+    .await;
+    conn.send_results(vec![result(1, "load", CheckState::Critical, "load 42")])
+        .await;
+    let summary = on_b
+        .find(|e| match e {
+            outrider_protocol::api::Event::Result { agent: fp, result } if *fp == agent.fp => {
+                Some(result.summary.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(summary, "load 42");
+}
+
+/// A dashboard on node b shows the agents of node a live; an event too
+/// large to relay reaches b's subscribers as `Lagged`, and b's open pages
+/// are told to reload (they would otherwise miss it silently).
+#[tokio::test]
+async fn a_dashboard_shows_another_nodes_agents_live_and_reloads_when_an_event_was_dropped() {
+    let db = database().await;
+    let a = node(&db, "a").await;
+    let b = {
+        let db = db.clone();
+        Server::start_with_dashboard_and(move |c| {
+            c.cluster.database = Some(db);
+            c.cluster.node_id = Some("b".parse().unwrap());
+            c.no_alerting = true;
+        })
+        .await
+    };
+    let browser = Browser::login(&b, &b.admin_token).await;
+    let agent = Agent::new(6, "web-6");
+    let mut live = Live::open(
+        &browser,
+        &format!("/live?agent={0}&rows={0}&list=fleet", agent.fp),
+        None,
+    )
+    .await;
+    let mut on_b = b.events().await;
+
+    let (mut conn, _, _) = agent.connect(&a, Some(ENROLLMENT_TOKEN)).await;
+    let (_, row) = live.row_with(&format!("id=\"agent-{}\"", agent.fp)).await;
+    assert!(row.contains("presence-connected"), "{row}");
+
+    let mut huge = result(1, "load", CheckState::Critical, "load 43");
+    huge.long_output = "x".repeat(64 * 1024);
+    conn.send_results(vec![huge]).await;
+    let missed = on_b
+        .find(|e| match e {
+            outrider_protocol::api::Event::Lagged { missed } => Some(*missed),
+            _ => None,
+        })
+        .await;
+    assert_eq!(missed, 1);
+    loop {
+        let (_, event, _) = live.next().await;
+        if event == "reset" {
+            break;
+        }
+    }
 }

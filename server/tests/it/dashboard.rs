@@ -462,12 +462,12 @@ async fn run_now_shows_output_state_and_duration_and_the_viewer_cannot_run() {
 }
 
 /// An open `GET /live` stream (HTTP/1.0, so not chunked).
-struct Live {
+pub struct Live {
     reader: BufReader<TcpStream>,
 }
 
 impl Live {
-    async fn open(browser: &Browser, path: &str, last_event_id: Option<&str>) -> Live {
+    pub async fn open(browser: &Browser, path: &str, last_event_id: Option<&str>) -> Live {
         let mut stream = TcpStream::connect(browser.addr).await.unwrap();
         let mut req = format!(
             "GET {path} HTTP/1.0\r\nHost: {}\r\nCookie: {}\r\n",
@@ -497,7 +497,7 @@ impl Live {
     }
 
     /// The next event: `(id, event, data)`; comments are skipped.
-    async fn next(&mut self) -> (String, String, String) {
+    pub async fn next(&mut self) -> (String, String, String) {
         let read = async {
             let (mut id, mut event, mut data) = (String::new(), String::new(), Vec::new());
             loop {
@@ -528,7 +528,7 @@ impl Live {
     }
 
     /// The next `row` event whose data contains `needle`.
-    async fn row_with(&mut self, needle: &str) -> (String, String) {
+    pub async fn row_with(&mut self, needle: &str) -> (String, String) {
         loop {
             let (id, event, data) = self.next().await;
             if event == "row" && data.contains(needle) {
