@@ -394,6 +394,19 @@ pub async fn run_with_dashboard(
         ));
         state.tasks.spawn(cluster::singleton(
             state.clone(),
+            backend::leader::Job::Retention,
+            shutdown.clone(),
+            |state, cancel| {
+                metrics::retention::run(
+                    state.store.clone(),
+                    metrics::retention::Policy::from_config(&state.metrics.config),
+                    metrics::retention::Parts::RESULTS,
+                    cancel,
+                )
+            },
+        ));
+        state.tasks.spawn(cluster::singleton(
+            state.clone(),
             backend::leader::Job::ReleaseGc,
             shutdown.clone(),
             releases::collect_garbage,

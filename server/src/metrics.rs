@@ -449,13 +449,22 @@ impl Metrics {
     }
 }
 
-/// Starts the retention loop and the Graphite sender on the server's task
+/// Starts the retention loop (of the metrics, and of the results unless
+/// the store is shared) and the Graphite sender on the server's task
 /// tracker; both stop when the server's shutdown token is cancelled.
 pub fn spawn(state: &Arc<AppState>) {
     let config = &state.metrics.config;
+    // With several nodes the shared results are the `Retention`
+    // singleton's (lib.rs); the metrics are this node's own.
+    let parts = if state.store.is_shared() {
+        retention::Parts::METRICS
+    } else {
+        retention::Parts::ALL
+    };
     state.tasks.spawn(retention::run(
         state.store.clone(),
         retention::Policy::from_config(config),
+        parts,
         state.shutdown.clone(),
     ));
     if let (Some(queue), Some(addr)) = (&state.metrics.graphite, &config.graphite_addr) {

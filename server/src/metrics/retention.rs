@@ -60,6 +60,34 @@ impl Policy {
     }
 }
 
+/// Which data a retention loop looks after. With several nodes the
+/// metrics are each node's own (its embedded store) while the results are
+/// shared, so every node runs [`Parts::METRICS`] and the node leading
+/// `Job::Retention` also [`Parts::RESULTS`]; one node on SQLite runs
+/// [`Parts::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    /// Fold old points into rollups, delete expired rollups.
+    pub metrics: bool,
+    /// Delete expired check results.
+    pub results: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts {
+        metrics: true,
+        results: true,
+    };
+    pub const METRICS: Parts = Parts {
+        metrics: true,
+        results: false,
+    };
+    pub const RESULTS: Parts = Parts {
+        metrics: false,
+        results: true,
+    };
+}
+
 /// What one pass removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PassStats {
@@ -72,9 +100,9 @@ pub struct PassStats {
     pub interrupted: bool,
 }
 
-/// Runs a pass now and then every `policy.interval` until `shutdown`.
-/// A failed pass is logged and retried at the next interval.
-pub async fn run(store: Store, policy: Policy, shutdown: CancellationToken) {
+/// Runs a pass over `parts` now and then every `policy.interval` until
+/// `shutdown`. A failed pass is logged and retried at the next interval.
+pub async fn run(store: Store, policy: Policy, parts: Parts, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(policy.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -82,7 +110,7 @@ pub async fn run(store: Store, policy: Policy, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match pass(&store, policy.cutoffs(now_ms()), &shutdown).await {
+        match pass(&store, policy.cutoffs(now_ms()), parts, &shutdown).await {
             Ok(stats)
                 if stats.points_rolled_up + stats.rollups_deleted + stats.results_deleted > 0 =>
             {
@@ -100,17 +128,18 @@ pub async fn run(store: Store, policy: Policy, shutdown: CancellationToken) {
     }
 }
 
-/// One pass over every series and agent, in bounded steps; stops early
-/// (with `interrupted`) when `shutdown` is cancelled.
+/// One pass over every series and agent of `parts`, in bounded steps;
+/// stops early (with `interrupted`) when `shutdown` is cancelled.
 ///
 /// Fails when a step's transaction fails; earlier steps stay committed.
 pub async fn pass(
     store: &Store,
     cutoffs: Cutoffs,
+    parts: Parts,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<PassStats> {
     let mut stats = PassStats::default();
-    let mut series_cursor = Some(0);
+    let mut series_cursor = parts.metrics.then_some(0);
     while let Some(after) = series_cursor {
         if shutdown.is_cancelled() {
             stats.interrupted = true;
@@ -122,7 +151,7 @@ pub async fn pass(
         stats.rollups_deleted += step.rollups_deleted;
         series_cursor = step.next;
     }
-    let mut agent_cursor = Some(ResultsCursor::default());
+    let mut agent_cursor = parts.results.then(ResultsCursor::default);
     while let Some(after) = agent_cursor {
         if shutdown.is_cancelled() {
             stats.interrupted = true;
@@ -179,7 +208,7 @@ mod tests {
             ..MetricsConfig::default()
         });
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(store.clone(), policy, shutdown.clone()));
+        let task = tokio::spawn(run(store.clone(), policy, Parts::ALL, shutdown.clone()));
         let query = SeriesQuery {
             agent: fp,
             check: "load".into(),
@@ -216,6 +245,56 @@ mod tests {
             .await
             .expect("the loop stops on shutdown")
             .unwrap();
+    }
+
+    /// Each part touches its own data only: a node of several must not
+    /// delete the shared results unless it leads `Job::Retention`.
+    #[tokio::test]
+    async fn a_pass_touches_only_the_parts_it_was_given() {
+        // (parts, points folded, results deleted)
+        let cases = [
+            (Parts::ALL, true, true),
+            (Parts::METRICS, true, false),
+            (Parts::RESULTS, false, true),
+        ];
+        for (parts, folds, deletes) in cases {
+            let (_dir, store, fp) = store_with_agent("h").await;
+            let old = now_ms() - 10 * DAY_MS;
+            let result = |seq: u64| CheckResult {
+                seq,
+                check: "load".into(),
+                state: CheckState::Ok,
+                summary: String::new(),
+                long_output: String::new(),
+                perfdata: vec![PerfData {
+                    label: "load1".into(),
+                    value: 1.0,
+                    uom: String::new(),
+                    warn: None,
+                    crit: None,
+                    min: None,
+                    max: None,
+                }],
+                unknown_perfdata: Vec::new(),
+                started_at_ms: old + seq as i64,
+                duration_ms: 1,
+                update_event: None,
+            };
+            // The latest result of a check is always kept, the first goes.
+            store.ingest(&fp, vec![result(1), result(2)]).await.unwrap();
+            // Everything has expired a hundred days from now.
+            let policy = Policy::from_config(&MetricsConfig {
+                raw_retention_days: 1,
+                results_retention_days: 1,
+                ..MetricsConfig::default()
+            });
+            let cutoffs = policy.cutoffs(now_ms() + 100 * DAY_MS);
+            let stats = pass(&store, cutoffs, parts, &CancellationToken::new())
+                .await
+                .unwrap();
+            assert_eq!(stats.points_rolled_up > 0, folds, "{parts:?}: {stats:?}");
+            assert_eq!(stats.results_deleted > 0, deletes, "{parts:?}: {stats:?}");
+        }
     }
 
     #[test]
