@@ -21,6 +21,7 @@ use super::results::{
 use super::two_nodes::{pg_database_node, two_node_suite, wait_for_a_lock_wait};
 use super::update_events::UpdateEventStore;
 use super::{Backend, StoreError};
+use crate::store::test_support::load_result as result;
 use crate::store::{Store, TokenGrant};
 
 two_node_suite!(
@@ -122,29 +123,6 @@ async fn enroll(b: &Backend, agent: &Fingerprint, hostname: &str) -> u64 {
         .unwrap()
         .unwrap()
         .acked_seq
-}
-
-fn result(seq: u64, check: &str, state: CheckState) -> CheckResult {
-    CheckResult {
-        seq,
-        check: check.into(),
-        state,
-        summary: format!("run {seq}"),
-        long_output: String::new(),
-        perfdata: vec![PerfData {
-            label: "load1".into(),
-            value: seq as f64,
-            uom: String::new(),
-            warn: Some("5".into()),
-            crit: None,
-            min: Some(0.0),
-            max: None,
-        }],
-        unknown_perfdata: Vec::new(),
-        started_at_ms: 1_000 * seq as i64,
-        duration_ms: 3,
-        update_event: None,
-    }
 }
 
 fn seqs(stored: &[CheckResult]) -> Vec<u64> {

@@ -173,7 +173,7 @@ mod tests {
 
     use super::*;
     use crate::store::metrics::{Resolution, SeriesQuery};
-    use crate::store::test_support::store_with_agent;
+    use crate::store::test_support::{load_result, store_with_agent};
 
     #[tokio::test]
     async fn the_loop_folds_expired_points_at_start_and_stops_on_shutdown() {
@@ -261,24 +261,8 @@ mod tests {
             let (_dir, store, fp) = store_with_agent("h").await;
             let old = now_ms() - 10 * DAY_MS;
             let result = |seq: u64| CheckResult {
-                seq,
-                check: "load".into(),
-                state: CheckState::Ok,
-                summary: String::new(),
-                long_output: String::new(),
-                perfdata: vec![PerfData {
-                    label: "load1".into(),
-                    value: 1.0,
-                    uom: String::new(),
-                    warn: None,
-                    crit: None,
-                    min: None,
-                    max: None,
-                }],
-                unknown_perfdata: Vec::new(),
                 started_at_ms: old + seq as i64,
-                duration_ms: 1,
-                update_event: None,
+                ..load_result(seq, "load", CheckState::Ok)
             };
             // The latest result of a check is always kept, the first goes.
             store.ingest(&fp, vec![result(1), result(2)]).await.unwrap();

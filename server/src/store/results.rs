@@ -92,30 +92,8 @@ mod tests {
     use crate::store::metrics::{
         SERIES_LIMIT_CHECK, SERIES_LIMIT_RECOVERY_MS, SERIES_LIMIT_REPORT_MS,
     };
+    use crate::store::test_support::load_result as result;
     use crate::store::{Registration, test_support};
-
-    fn result(seq: u64, check: &str, state: CheckState) -> CheckResult {
-        CheckResult {
-            seq,
-            check: check.into(),
-            state,
-            summary: format!("run {seq}"),
-            long_output: String::new(),
-            perfdata: vec![PerfData {
-                label: "load1".into(),
-                value: seq as f64,
-                uom: String::new(),
-                warn: Some("5".into()),
-                crit: None,
-                min: Some(0.0),
-                max: None,
-            }],
-            unknown_perfdata: Vec::new(),
-            started_at_ms: 1_000 * seq as i64,
-            duration_ms: 3,
-            update_event: None,
-        }
-    }
 
     async fn store_with_agent() -> (tempfile::TempDir, Store, Fingerprint) {
         test_support::store_with_agent("web-1").await

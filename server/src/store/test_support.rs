@@ -1,7 +1,7 @@
 //! Fixtures shared by the store's unit tests (and the modules built on it):
 //! a real SQLite file in a temporary directory with registered agents.
 
-use outrider_protocol::Fingerprint;
+use outrider_protocol::{CheckResult, CheckState, Fingerprint, PerfData};
 
 use super::{Registration, Store};
 
@@ -41,4 +41,29 @@ pub(crate) async fn store_with_agent(hostname: &str) -> (tempfile::TempDir, Stor
         .await
         .unwrap();
     (dir, store, fp)
+}
+
+/// Result `seq` of `check` in `state`, started at `1000 × seq` ms, with one
+/// perfdata value `load1 = seq` (warning at 5, minimum 0).
+pub(crate) fn load_result(seq: u64, check: &str, state: CheckState) -> CheckResult {
+    CheckResult {
+        seq,
+        check: check.into(),
+        state,
+        summary: format!("run {seq}"),
+        long_output: String::new(),
+        perfdata: vec![PerfData {
+            label: "load1".into(),
+            value: seq as f64,
+            uom: String::new(),
+            warn: Some("5".into()),
+            crit: None,
+            min: Some(0.0),
+            max: None,
+        }],
+        unknown_perfdata: Vec::new(),
+        started_at_ms: 1_000 * seq as i64,
+        duration_ms: 3,
+        update_event: None,
+    }
 }
