@@ -98,6 +98,11 @@ pub const TRIM_EVERY: Duration = Duration::from_secs(300);
 const APPEND_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest a stopping node spends appending what is still queued.
 const APPEND_DRAIN: Duration = Duration::from_secs(2);
+/// Inputs a node appends to the shared log in one statement at most, and
+/// their bytes: a fleet reporting at once costs a commit per batch, not
+/// per input.
+const APPEND_BATCH: usize = 512;
+const APPEND_BATCH_BYTES: usize = 1024 * 1024;
 /// Wait before a leader tries again to restore the engine.
 const LEAD_RETRY: Duration = Duration::from_secs(1);
 
@@ -882,9 +887,13 @@ impl Appender {
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.append_until(&shutdown).await;
         let drain = async {
-            while let Ok(row) = self.rx.try_recv() {
-                if let Err(e) = self.pg.append_alert_input(&row, now_ms()).await {
-                    warn!("an alert input queued at shutdown was dropped: {e}");
+            while let Ok(first) = self.rx.try_recv() {
+                let rows = self.batch(first);
+                if let Err(e) = self.pg.append_alert_inputs(&rows, now_ms()).await {
+                    warn!(
+                        dropped = rows.len(),
+                        "alert inputs queued at shutdown were dropped: {e}"
+                    );
                 }
             }
         };
@@ -893,11 +902,35 @@ impl Appender {
         }
     }
 
+    /// `first` and what else waits, up to [`APPEND_BATCH`] inputs and
+    /// about [`APPEND_BATCH_BYTES`]; an input too large for the log is
+    /// dropped here, with a warning, so it cannot hold up the others.
+    fn batch(&mut self, first: String) -> Vec<String> {
+        let mut rows = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(row) = next.take() {
+            if row.len() > MAX_INPUT_BYTES {
+                warn!(
+                    bytes = row.len(),
+                    "an alert input too large for the shared log was dropped"
+                );
+            } else {
+                bytes += row.len();
+                rows.push(row);
+            }
+            if rows.len() < APPEND_BATCH && bytes < APPEND_BATCH_BYTES {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        rows
+    }
+
     async fn append_until(&mut self, shutdown: &CancellationToken) {
         let mut trim = tokio::time::interval(TRIM_EVERY);
         trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let row = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = trim.tick() => {
                     if let Err(e) = self.pg.trim_alert_inputs(now_ms()).await {
@@ -910,13 +943,21 @@ impl Appender {
                     None => return,
                 },
             };
+            let rows = self.batch(first);
+            if rows.is_empty() {
+                continue;
+            }
             let mut backoff = Duration::from_millis(100);
             let mut warned = false;
             loop {
-                match self.pg.append_alert_input(&row, now_ms()).await {
+                match self.pg.append_alert_inputs(&rows, now_ms()).await {
                     Ok(()) => break,
                     Err(StoreError::Malformed { .. }) => {
-                        warn!("an alert input too large for the shared log was dropped");
+                        // Cannot happen: `batch` left out the oversized.
+                        warn!(
+                            dropped = rows.len(),
+                            "alert inputs the shared log refused were dropped"
+                        );
                         break;
                     }
                     Err(e) => {

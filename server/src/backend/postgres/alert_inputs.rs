@@ -87,14 +87,35 @@ impl PgBackend {
     /// Fails when it is over [`MAX_INPUT_BYTES`] (nothing written) or the
     /// database fails.
     pub async fn append_alert_input(&self, input: &str, now_ms: i64) -> Result<(), StoreError> {
-        if input.len() > MAX_INPUT_BYTES {
-            return Err(too_large(input.len()));
+        self.append_alert_inputs(&[input], now_ms).await
+    }
+
+    /// Appends `inputs` (JSON) at `now_ms`, in this order, in one statement
+    /// (one transaction, one commit: a node appends what its fleet reports
+    /// in batches, not a commit per input).
+    ///
+    /// Fails when one is over [`MAX_INPUT_BYTES`] (nothing written) or the
+    /// database fails.
+    pub async fn append_alert_inputs(
+        &self,
+        inputs: &[impl AsRef<str> + Sync],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let inputs: Vec<&str> = inputs.iter().map(AsRef::as_ref).collect();
+        if let Some(big) = inputs.iter().find(|i| i.len() > MAX_INPUT_BYTES) {
+            return Err(too_large(big.len()));
         }
         let client = self.client().await?;
+        // Identities are drawn in the order the rows are inserted, so the
+        // log keeps the inputs' order within the transaction.
         let stmt = client
-            .prepare_cached("INSERT INTO alert_inputs (created_at_ms, input) VALUES ($1, $2)")
+            .prepare_cached(
+                "INSERT INTO alert_inputs (created_at_ms, input)
+                 SELECT $1, i.input FROM unnest($2::text[]) WITH ORDINALITY AS i(input, n)
+                 ORDER BY i.n",
+            )
             .await?;
-        client.execute(&stmt, &[&now_ms, &input]).await?;
+        client.execute(&stmt, &[&now_ms, &inputs]).await?;
         Ok(())
     }
 
@@ -274,6 +295,26 @@ mod tests {
         assert!(read_all(pg, &mut cursor).await.is_empty());
         drop(held);
         conn.await.unwrap().unwrap();
+    }
+
+    /// A batch is read back in its own order, after what came before it;
+    /// a batch with one input too large writes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_appended_in_its_order_or_not_at_all() {
+        let (_db, node) = crate::backend::two_nodes::pg_database_node().await;
+        let pg = pg(&node);
+        let mut cursor = None;
+        pg.append_alert_input("before", 1).await.unwrap();
+        let batch: Vec<String> = (0..600).map(|i| format!("in-{i}")).collect();
+        pg.append_alert_inputs(&batch, 2).await.unwrap();
+        let mut want = vec!["before"];
+        want.extend(batch.iter().map(String::as_str));
+        read_until(pg, &mut cursor, &want).await;
+
+        let refused = ["small".to_owned(), "x".repeat(MAX_INPUT_BYTES + 1)];
+        assert!(pg.append_alert_inputs(&refused, 3).await.is_err());
+        pg.append_alert_input("after", 4).await.unwrap();
+        read_until(pg, &mut cursor, &["after"]).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,15 @@ impl PresenceStore for PgBackend {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // The refresh joins this node's leases with its sessions. With
+        // statistics from a smaller table (a fleet enrolling at once) the
+        // planner took a nested loop that re-scans the lease array for
+        // every session: seconds for a few thousand agents, holding every
+        // refreshed row locked meanwhile, so each connecting agent's lease
+        // waited behind it and the whole enrollment stalled
+        // (docs/benchmarks.md, "Several nodes on PostgreSQL"). A hash join
+        // is right at every size this batch has.
+        tx.batch_execute("SET LOCAL enable_nestloop = off").await?;
         let seen = tx
             .prepare_cached(
                 "INSERT INTO nodes (node_id, last_seen_ms) VALUES ($1, $2)
