@@ -30,7 +30,10 @@ pub struct ConfigCache {
     /// up (`ingest/names.rs`). Bounded by what operators remove in that
     /// window.
     removed: Mutex<HashMap<Fingerprint, Vec<(String, i64)>>>,
-    refreshing: tokio::sync::Mutex<()>,
+    /// Held shared by the refresh of one agent (each hello: they run side
+    /// by side, or a fleet connecting at once would queue its hellos past
+    /// their timeouts), alone by a refresh of every agent.
+    refreshing: tokio::sync::RwLock<()>,
 }
 
 impl ConfigCache {
@@ -112,7 +115,17 @@ pub async fn refresh(
     state: &AppState,
     only: Option<&Fingerprint>,
 ) -> anyhow::Result<Option<Arc<AgentConfig>>> {
-    let _serial = state.configs.refreshing.lock().await;
+    // Held to the end of the refresh (see `ConfigCache::refreshing`).
+    let _one = if only.is_some() {
+        Some(state.configs.refreshing.read().await)
+    } else {
+        None
+    };
+    let _all = if only.is_none() {
+        Some(state.configs.refreshing.write().await)
+    } else {
+        None
+    };
     let computed = state.store.compute_configs(only.cloned()).await?;
     let mut changed = Vec::new();
     let mut found = None;
@@ -130,6 +143,14 @@ pub async fn refresh(
             !names.is_empty()
         });
         for mut c in computed {
+            // Two refreshes of one agent may finish out of order (versions
+            // only grow): the older document never replaces the newer.
+            if docs
+                .get(&c.fingerprint)
+                .is_some_and(|old| old.version > c.config.version)
+            {
+                continue;
+            }
             // Changed by this computation, or by another node's (several
             // nodes share the store): this node's sessions were not told.
             c.changed |= docs
