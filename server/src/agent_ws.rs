@@ -61,6 +61,12 @@ use crate::{AppState, configs};
 /// send before the session is registered.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest wait of a hello for its turn (`--max-concurrent-hellos`), well
+/// inside the agent's own 10 s wait for the welcome: answering a hello
+/// whose agent has given up costs as much as any other and helps nobody,
+/// and under a storm the queue would otherwise fill with exactly those.
+pub const HELLO_QUEUE_WAIT: Duration = Duration::from_secs(3);
+
 /// How long the closing frame may take to go out: a peer that stopped
 /// reading must not hold its session task (and shutdown) open.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -127,7 +133,8 @@ async fn session(
     addrs: ConnAddrs,
     conn: Option<Arc<ConnHandle>>,
 ) {
-    let Some((hello, registration, agreed)) =
+    // `turn` is held until the welcome is ready (see `HELLO_QUEUE_WAIT`).
+    let Some((hello, registration, agreed, turn)) =
         Box::pin(introduce(&state, &mut socket, &addrs)).await
     else {
         return;
@@ -257,7 +264,7 @@ async fn session(
         && hello.config_version == config.version
         && (!collectors || config.collectors.is_empty()))
     .then_some(config.version);
-    drop((hello, config));
+    drop((hello, config, turn));
     let end = converse(
         &state,
         &mut socket,
@@ -301,7 +308,7 @@ async fn introduce(
     state: &AppState,
     socket: &mut WebSocket,
     addrs: &ConnAddrs,
-) -> Option<(Hello, Registration, Vec<String>)> {
+) -> Option<(Hello, Registration, Vec<String>, OwnedSemaphorePermit)> {
     let nonce = random_hex::<32>();
     let challenge = ServerMessage::Challenge {
         nonce: nonce.clone(),
@@ -325,8 +332,20 @@ async fn introduce(
             return None;
         }
     };
+    let Ok(Ok(turn)) =
+        tokio::time::timeout(HELLO_QUEUE_WAIT, state.hellos.clone().acquire_owned()).await
+    else {
+        state
+            .limits
+            .refusals
+            .hello_queue
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        debug!(fingerprint = %hello.fingerprint, "agent asked to come back: too many hellos at once");
+        close(socket, close_code::AGAIN, "server busy; try again later").await;
+        return None;
+    };
     match authenticate(state, &hello, &nonce).await {
-        Ok((registration, agreed)) => Some((hello, registration, agreed)),
+        Ok((registration, agreed)) => Some((hello, registration, agreed, turn)),
         Err(Refused::Rejected(reason)) => {
             warn!(fingerprint = %hello.fingerprint, hostname = %hello.hostname, remote = %addrs.remote, %reason, "agent refused");
             reject(socket, &reason).await;

@@ -40,7 +40,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const SQLITE_NODE: &str = "local";
 
 /// Settings of the multi-node mode.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ClusterConfig {
     /// PostgreSQL database shared by several server nodes
     /// (`postgresql://user@host/db`, or libpq's `host=… dbname=…`). Without
@@ -74,6 +74,21 @@ pub struct ClusterConfig {
     /// in `<data-dir>/node.id`.
     #[arg(long, env = "OUTRIDER_NODE_ID")]
     pub node_id: Option<NodeId>,
+}
+
+/// What the command line gives without flags (a derived `Default` would
+/// give a pool of one connection to a server configured in code, on which
+/// one slow statement holds up every other).
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            database: None,
+            database_file: None,
+            database_ca_file: None,
+            database_max_connections: crate::backend::postgres::DEFAULT_MAX_CONNECTIONS,
+            node_id: None,
+        }
+    }
 }
 
 impl ClusterConfig {
@@ -388,6 +403,29 @@ mod tests {
 
     fn tcp(name: &str) -> Host {
         Host::Tcp(name.to_owned())
+    }
+
+    /// A server configured in code gets what one started without flags
+    /// gets (the in-process tests run nodes configured in code).
+    #[test]
+    fn the_default_in_code_is_the_command_lines() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            cluster: ClusterConfig,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["outrider-server"])
+            .unwrap()
+            .cluster;
+        let coded = ClusterConfig::default();
+        assert_eq!(
+            parsed.database_max_connections,
+            coded.database_max_connections
+        );
+        assert_eq!(
+            (parsed.database, parsed.database_file, parsed.node_id),
+            (coded.database, coded.database_file, coded.node_id)
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub const DEFAULT_DOWN_AFTER_SECS: u64 = 45;
 /// hello with websocket code 1013 (try again later) and retries.
 pub const DEFAULT_MAX_AGENT_CONNECTIONS: usize = 20_000;
 
+/// Hellos answered at once; more wait their turn for at most
+/// `agent_ws::HELLO_QUEUE_WAIT`, then are closed with 1013 and retry.
+pub const DEFAULT_MAX_CONCURRENT_HELLOS: usize = 64;
+
 /// Connections accepted per second (with a burst of as many).
 pub const DEFAULT_ACCEPT_RATE_PER_SEC: u32 = 2_000;
 
@@ -129,6 +133,12 @@ pub struct ServerConfig {
     /// Agent sessions served at once.
     #[arg(long, default_value_t = DEFAULT_MAX_AGENT_CONNECTIONS)]
     pub max_agent_connections: usize,
+    /// Agent hellos answered at once (each costs a few store round trips):
+    /// a fleet connecting at once takes turns, and an agent that waited
+    /// too long for its turn is asked to come back (1013) rather than
+    /// answered after it gave up.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_HELLOS)]
+    pub max_concurrent_hellos: usize,
     /// New connections admitted per second, after the per-address limits
     /// (0: unlimited).
     #[arg(long, default_value_t = DEFAULT_ACCEPT_RATE_PER_SEC)]
@@ -325,6 +335,8 @@ pub enum ConfigError {
     PlainOnNetwork(SocketAddr),
     #[error("--max-agent-connections must be at least 1")]
     NoConnections,
+    #[error("--max-concurrent-hellos must be at least 1")]
+    NoHellos,
     #[error("--max-http-connections must be at least 1")]
     NoHttpConnections,
     #[error("--connection-burst-per-ip must be at least 1 when --connection-rate-per-ip is set")]
@@ -362,6 +374,7 @@ impl ServerConfig {
             trusted_proxies: Vec::new(),
             advertise_addrs: Vec::new(),
             max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
+            max_concurrent_hellos: DEFAULT_MAX_CONCURRENT_HELLOS,
             accept_rate_per_sec: DEFAULT_ACCEPT_RATE_PER_SEC,
             max_http_connections: DEFAULT_MAX_HTTP_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
@@ -452,6 +465,9 @@ impl ServerConfig {
         }
         if self.max_agent_connections == 0 {
             return Err(ConfigError::NoConnections);
+        }
+        if self.max_concurrent_hellos == 0 {
+            return Err(ConfigError::NoHellos);
         }
         if self.max_http_connections == 0 {
             return Err(ConfigError::NoHttpConnections);

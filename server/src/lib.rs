@@ -79,6 +79,8 @@ pub struct AppState {
     pub viewer_token: auth::Secret,
     /// One permit per authenticated agent session: the agent cap.
     pub agent_slots: Arc<Semaphore>,
+    /// One permit per hello being answered (`--max-concurrent-hellos`).
+    pub hellos: Arc<Semaphore>,
     /// Connection limits and refusal counters ([`limits`]).
     pub limits: Arc<limits::Limits>,
     /// Live event stream; ingest publishes each stored result with
@@ -359,6 +361,7 @@ pub async fn run_with_dashboard(
         configs: configs::ConfigCache::default(),
         plugin_files,
         agent_slots: Arc::new(Semaphore::new(config.max_agent_connections)),
+        hellos: Arc::new(Semaphore::new(config.max_concurrent_hellos)),
         limits: limits::Limits::new(config.limit_settings()),
         config,
         admin_token,

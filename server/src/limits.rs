@@ -220,6 +220,9 @@ pub struct Refusals {
     pub write_stall: AtomicU64,
     /// Authenticated agents turned away because every agent slot was taken.
     pub agent_slots: AtomicU64,
+    /// Authenticated hellos asked to come back after waiting
+    /// `agent_ws::HELLO_QUEUE_WAIT` for their turn.
+    pub hello_queue: AtomicU64,
 }
 
 impl Refusals {
@@ -246,6 +249,7 @@ impl Refusals {
             ("preauth_bytes", &self.preauth_bytes),
             ("write_stall", &self.write_stall),
             ("agent_slots", &self.agent_slots),
+            ("hello_queue", &self.hello_queue),
         ] {
             out.push_str(&format!(
                 "outrider_connections_refused_total{{reason=\"{reason}\"}} {}\n",

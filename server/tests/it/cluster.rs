@@ -280,3 +280,81 @@ async fn a_dashboard_shows_another_nodes_agents_live_and_reloads_when_an_event_w
         }
     }
 }
+
+/// With one hello answered at a time (`--max-concurrent-hellos 1`), a
+/// hello held up in the store keeps the next one waiting for its turn;
+/// after `HELLO_QUEUE_WAIT` that one is asked to come back (1013, not a
+/// rejection) and counted, and once the store answers both agents get in.
+/// Without the limit, the second hello would queue behind the store too,
+/// and a fleet connecting at once would be answered after it gave up.
+#[tokio::test]
+async fn a_hello_that_waited_too_long_for_its_turn_is_asked_to_come_back() {
+    let db = database().await;
+    let a = {
+        let db = db.clone();
+        Server::start_with(move |c| {
+            c.cluster.database = Some(db);
+            c.cluster.node_id = Some("a".parse().unwrap());
+            c.no_alerting = true;
+            c.max_concurrent_hellos = 1;
+        })
+        .await
+    };
+    // Holding the enrollment token's row holds up every new agent's hello.
+    let (mut client, pg) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let pg = tokio::spawn(pg);
+    let hold = client.transaction().await.unwrap();
+    hold.execute("SELECT 1 FROM enrollment_tokens FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let first = Agent::new(9, "web-9");
+    let (mut held, nonce) = Conn::open(&a).await;
+    held.send(&AgentMessage::Hello(
+        first.hello(&nonce, Some(ENROLLMENT_TOKEN)),
+    ))
+    .await;
+    let waiting = async {
+        loop {
+            let row = hold
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(BEAT, waiting)
+        .await
+        .expect("the first hello never waited on the token");
+
+    let second = Agent::new(10, "web-10");
+    let (mut queued, nonce) = Conn::open(&a).await;
+    queued
+        .send(&AgentMessage::Hello(
+            second.hello(&nonce, Some(ENROLLMENT_TOKEN)),
+        ))
+        .await;
+    assert_eq!(
+        queued.closed_within(BEAT).await,
+        Closed::Frame(1013, "server busy; try again later".into())
+    );
+    // Counted; and the held hello holds up nothing else.
+    assert_eq!(crate::dos::refused(&a, "hello_queue").await, 1);
+
+    hold.rollback().await.unwrap();
+    assert!(
+        matches!(held.recv().await, ServerMessage::Welcome(_)),
+        "the held hello is answered once the store is"
+    );
+    let (_conn, _, _) = second.connect(&a, Some(ENROLLMENT_TOKEN)).await;
+    drop(client);
+    pg.await.unwrap().unwrap();
+}

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::helpers::{Agent, Closed, Conn, ENROLLMENT_TOKEN, STEP, Server, result};
 
 /// `outrider_connections_refused_total{reason}` from `/metrics`.
-async fn refused(server: &Server, reason: &str) -> u64 {
+pub async fn refused(server: &Server, reason: &str) -> u64 {
     let (status, body) = server.http("GET", "/metrics", None, None).await;
     assert_eq!(status, 200);
     let text = body.as_str().expect("the exposition is text");
