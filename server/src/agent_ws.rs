@@ -61,11 +61,15 @@ use crate::{AppState, configs};
 /// send before the session is registered.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest wait of a hello for its turn (`--max-concurrent-hellos`), well
-/// inside the agent's own 10 s wait for the welcome: answering a hello
-/// whose agent has given up costs as much as any other and helps nobody,
-/// and under a storm the queue would otherwise fill with exactly those.
-pub const HELLO_QUEUE_WAIT: Duration = Duration::from_secs(3);
+/// Longest wait of a hello for its turn (`--max-concurrent-hellos`),
+/// inside the agent's own 10 s wait for the welcome with room for the
+/// answer: answering a hello whose agent has given up costs as much as any
+/// other and helps nobody, and under a storm the queue would otherwise
+/// fill with exactly those. Not much shorter: an agent sent away backs
+/// off, so a short wait turns a storm the server would have answered
+/// within the agents' patience into rounds of retries (with 3 s, 10,000
+/// agents reconnecting to one SQLite node took 38 s instead of 10).
+pub const HELLO_QUEUE_WAIT: Duration = Duration::from_secs(6);
 
 /// How long the closing frame may take to go out: a peer that stopped
 /// reading must not hold its session task (and shutdown) open.

@@ -43,6 +43,9 @@ pub struct Events {
     /// With several nodes, this node's own events also go here, for the
     /// relay to the other nodes' subscribers (`crate::relay`).
     outbound: Arc<std::sync::OnceLock<mpsc::Sender<Arc<Event>>>>,
+    /// Events the relay's queue had no room for since the relay last
+    /// looked ([`Events::take_relay_dropped`]).
+    relay_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Events {
@@ -58,6 +61,7 @@ impl Events {
         Events {
             tx,
             outbound: Arc::default(),
+            relay_dropped: Arc::default(),
         }
     }
 
@@ -74,12 +78,22 @@ impl Events {
     /// if any); a no-op without any.
     pub fn publish(&self, event: Event) {
         let event = Arc::new(event);
-        if let Some(out) = self.outbound.get() {
-            // Full: dropped for the other nodes only (see `relay`).
-            let _ = out.try_send(event.clone());
+        if let Some(out) = self.outbound.get()
+            && out.try_send(event.clone()).is_err()
+        {
+            // Full: dropped for the other nodes only (see `relay`), who
+            // are told they lagged.
+            self.relay_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         // `send` fails only when nobody listens, which is fine.
         let _ = self.tx.send(event);
+    }
+
+    /// How many events the relay's queue dropped since the last call.
+    pub fn take_relay_dropped(&self) -> u64 {
+        self.relay_dropped
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Publishes an event another node relayed, to this node's subscribers

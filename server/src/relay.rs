@@ -17,11 +17,12 @@
 //! once. A config change recomputes every document; the changes are
 //! coalesced into one refresh at a time by `Refresher`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outrider_protocol::Fingerprint;
 use outrider_protocol::api::{Event, RunRequest, RunResponse};
+use outrider_protocol::{CheckState, Fingerprint};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -251,16 +252,17 @@ async fn answer(state: &AppState, request: Request) {
     }
 }
 
-/// This node's live events (presence, stored results, config versions)
-/// sent to the other nodes' subscribers (the dashboard, `GET
-/// /api/v1/events`), in batches: every [`EVENT_BATCH_WAIT`] or
-/// [`EVENT_BATCH_BYTES`], one broadcast each, so the bus carries a few
-/// rows a second whatever the fleet's result rate. An event too large for
-/// a batch is not sent; the batch then ends with a `Lagged` event, on
+/// This node's live events sent to the other nodes' subscribers (the
+/// dashboard, `GET /api/v1/events`): what [`RelayFilter`] admits, in
+/// batches, every [`EVENT_BATCH_WAIT`] or [`EVENT_BATCH_BYTES`], one
+/// broadcast each, so the bus carries a few rows a second whatever the
+/// fleet's result rate. An event too large for a batch, or dropped by a
+/// full queue, is not sent; the batch then ends with a `Lagged` event, on
 /// which a subscriber re-reads what it shows.
 async fn forward_events(state: Arc<AppState>, mut events: mpsc::Receiver<Arc<Event>>) {
     let Some(bus) = state.bus.clone() else { return };
     let shutdown = state.shutdown.clone();
+    let mut filter = RelayFilter::default();
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -269,6 +271,9 @@ async fn forward_events(state: Arc<AppState>, mut events: mpsc::Receiver<Arc<Eve
                 None => return,
             },
         };
+        if !filter.admits(&first) {
+            continue;
+        }
         let mut batch = EventBatch::default();
         batch.push(&first);
         let deadline = tokio::time::Instant::now() + EVENT_BATCH_WAIT;
@@ -276,14 +281,46 @@ async fn forward_events(state: Arc<AppState>, mut events: mpsc::Receiver<Arc<Eve
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 event = events.recv() => match event {
-                    Some(event) => batch.push(&event),
+                    Some(event) if filter.admits(&event) => batch.push(&event),
+                    Some(_) => {}
                     None => break,
                 },
             }
         }
+        batch.missed += state.events.take_relay_dropped();
         if let Err(e) = bus.broadcast(Topic::LiveEvent, &batch.finish()).await {
             debug!("live events not relayed to the other nodes: {e}");
         }
+    }
+}
+
+/// Which of this node's live events the other nodes get: every presence
+/// change, config version and lag, and of the stored results only a
+/// check's first and each change of its state. Relaying every result cost
+/// the shared database a third of its ingest ceiling (each result written
+/// to the bus once per node) and starved hellos of connections after a
+/// node died; the other nodes' pages show states, and re-read the rest
+/// when loaded.
+#[derive(Debug, Default)]
+struct RelayFilter {
+    states: HashMap<(Fingerprint, String), CheckState>,
+}
+
+/// Checks whose last relayed state [`RelayFilter`] remembers at most; when
+/// full it forgets them all, so each is relayed once more.
+const RELAY_STATES: usize = 200_000;
+
+impl RelayFilter {
+    fn admits(&mut self, event: &Event) -> bool {
+        let Event::Result { agent, result } = event else {
+            return true;
+        };
+        if self.states.len() >= RELAY_STATES {
+            self.states.clear();
+        }
+        self.states
+            .insert((agent.clone(), result.check.clone()), result.state)
+            != Some(result.state)
     }
 }
 
@@ -420,6 +457,44 @@ mod tests {
             let back = ApiError::from_status(s, message);
             assert_eq!(back.status().as_u16(), status, "{sentence}");
             assert_eq!(back.to_string(), sentence);
+        }
+    }
+
+    #[test]
+    fn only_a_checks_first_result_and_changes_of_state_are_relayed() {
+        let fp = |n: u8| -> Fingerprint { format!("{n:02x}23456789abcdef0123").parse().unwrap() };
+        let result = |agent: u8, check: &str, state: CheckState| Event::Result {
+            agent: fp(agent),
+            result: crate::store::test_support::load_result(1, check, state),
+        };
+        let presence = Event::Presence {
+            agent: fp(1),
+            presence: outrider_protocol::api::Presence::Connected,
+            at_ms: 1,
+        };
+        // (event, relayed) in order, through one filter
+        let cases = [
+            (result(1, "load", CheckState::Ok), true),
+            (result(1, "load", CheckState::Ok), false),
+            (result(1, "disk", CheckState::Ok), true),
+            (result(2, "load", CheckState::Ok), true),
+            (result(1, "load", CheckState::Critical), true),
+            (result(1, "load", CheckState::Critical), false),
+            (result(1, "load", CheckState::Ok), true),
+            (presence.clone(), true),
+            (presence, true),
+            (
+                Event::Config {
+                    agent: fp(1),
+                    version: 2,
+                },
+                true,
+            ),
+            (Event::Lagged { missed: 1 }, true),
+        ];
+        let mut filter = RelayFilter::default();
+        for (i, (event, relayed)) in cases.into_iter().enumerate() {
+            assert_eq!(filter.admits(&event), relayed, "case {i}: {event:?}");
         }
     }
 
