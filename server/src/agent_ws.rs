@@ -312,7 +312,12 @@ async fn introduce(
     state: &AppState,
     socket: &mut WebSocket,
     addrs: &ConnAddrs,
-) -> Option<(Hello, Registration, Vec<String>, OwnedSemaphorePermit)> {
+) -> Option<(
+    Hello,
+    Registration,
+    Vec<String>,
+    Option<OwnedSemaphorePermit>,
+)> {
     let nonce = random_hex::<32>();
     let challenge = ServerMessage::Challenge {
         nonce: nonce.clone(),
@@ -336,9 +341,7 @@ async fn introduce(
             return None;
         }
     };
-    let Ok(Ok(turn)) =
-        tokio::time::timeout(HELLO_QUEUE_WAIT, state.hellos.clone().acquire_owned()).await
-    else {
+    let Ok(turn) = hello_turn(state).await else {
         state
             .limits
             .refusals
@@ -360,6 +363,18 @@ async fn introduce(
             close(socket, close_code::AGAIN, "server busy; try again later").await;
             None
         }
+    }
+}
+
+/// The hello's turn: a permit when turns are taken (several nodes), `None`
+/// when not; `Err` when it waited [`HELLO_QUEUE_WAIT`] in vain.
+async fn hello_turn(state: &AppState) -> Result<Option<OwnedSemaphorePermit>, ()> {
+    let Some(hellos) = &state.hellos else {
+        return Ok(None);
+    };
+    match tokio::time::timeout(HELLO_QUEUE_WAIT, hellos.clone().acquire_owned()).await {
+        Ok(Ok(turn)) => Ok(Some(turn)),
+        _ => Err(()),
     }
 }
 

@@ -133,10 +133,10 @@ pub struct ServerConfig {
     /// Agent sessions served at once.
     #[arg(long, default_value_t = DEFAULT_MAX_AGENT_CONNECTIONS)]
     pub max_agent_connections: usize,
-    /// Agent hellos answered at once (each costs a few store round trips):
-    /// a fleet connecting at once takes turns, and an agent that waited
-    /// too long for its turn is asked to come back (1013) rather than
-    /// answered after it gave up.
+    /// With several nodes (`--database`), agent hellos answered at once
+    /// (each costs a few round trips to PostgreSQL): a fleet connecting at
+    /// once takes turns, and an agent that waited too long for its turn is
+    /// asked to come back (1013) rather than answered after it gave up.
     #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_HELLOS)]
     pub max_concurrent_hellos: usize,
     /// New connections admitted per second, after the per-address limits

@@ -79,8 +79,13 @@ pub struct AppState {
     pub viewer_token: auth::Secret,
     /// One permit per authenticated agent session: the agent cap.
     pub agent_slots: Arc<Semaphore>,
-    /// One permit per hello being answered (`--max-concurrent-hellos`).
-    pub hellos: Arc<Semaphore>,
+    /// With several nodes, one permit per hello being answered
+    /// (`--max-concurrent-hellos`; see `agent_ws::HELLO_QUEUE_WAIT`). One
+    /// node on SQLite answers hellos as they come: its store orders the
+    /// work, a hello costs it about a millisecond, and agents sent away
+    /// would only come back later (10,000 reconnecting took 38 s with
+    /// turns instead of 10 without).
+    pub hellos: Option<Arc<Semaphore>>,
     /// Connection limits and refusal counters ([`limits`]).
     pub limits: Arc<limits::Limits>,
     /// Live event stream; ingest publishes each stored result with
@@ -361,7 +366,9 @@ pub async fn run_with_dashboard(
         configs: configs::ConfigCache::default(),
         plugin_files,
         agent_slots: Arc::new(Semaphore::new(config.max_agent_connections)),
-        hellos: Arc::new(Semaphore::new(config.max_concurrent_hellos)),
+        hellos: shared
+            .is_some()
+            .then(|| Arc::new(Semaphore::new(config.max_concurrent_hellos))),
         limits: limits::Limits::new(config.limit_settings()),
         config,
         admin_token,

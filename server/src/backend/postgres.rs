@@ -223,6 +223,19 @@ pub struct PgBackend {
     /// The settings again, for connections outside the pool (elections,
     /// `postgres/leader.rs`).
     session: Arc<leader::SessionSettings>,
+    /// Result batches written at once: at most [`ingest_share`] of the
+    /// pool, so a fleet reporting at full speed leaves connections for
+    /// hellos, heartbeats and the API. Without it, after a node died, its
+    /// agents' hellos on the other nodes waited ten seconds and more behind
+    /// the pool's queue of result batches (docs/benchmarks.md, "Several
+    /// nodes on PostgreSQL").
+    ingest: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many of a pool of `size` connections result batches may hold at
+/// once: three quarters, at least one.
+pub fn ingest_share(size: usize) -> usize {
+    (size - size / 4).max(1)
 }
 
 /// The migrations still to apply to a database at version `applied`
@@ -285,7 +298,14 @@ impl PgBackend {
             .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        let backend = PgBackend { pool, session };
+        let ingest = Arc::new(tokio::sync::Semaphore::new(ingest_share(
+            max_connections.max(1),
+        )));
+        let backend = PgBackend {
+            pool,
+            session,
+            ingest,
+        };
         backend
             .migrate()
             .await
@@ -347,11 +367,31 @@ impl PgBackend {
             .await
             .map_err(|e| no_tls(e.into(), &self.session.config))
     }
+
+    /// A result batch's turn (see `PgBackend::ingest`), waited for as
+    /// long as a connection would be ([`POOL_WAIT`]).
+    pub(crate) async fn ingest_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        match tokio::time::timeout(POOL_WAIT, self.ingest.acquire()).await {
+            Ok(Ok(turn)) => Ok(turn),
+            // Never closed; a timeout reads as the pool's own.
+            _ => Err(StoreError::Pool(deadpool_postgres::PoolError::Timeout(
+                deadpool_postgres::TimeoutType::Wait,
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ingest_leaves_a_quarter_of_the_pool_to_everything_else() {
+        // (pool size, connections result batches may hold)
+        for (size, share) in [(1, 1), (2, 2), (4, 3), (16, 12), (60, 45)] {
+            assert_eq!(ingest_share(size), share, "pool of {size}");
+        }
+    }
 
     /// An exhausted pool answers within `POOL_WAIT` with an error naming
     /// the timeout, instead of leaving the caller waiting for ever.

@@ -87,6 +87,7 @@ impl ResultStore for PgBackend {
         now_ms: i64,
     ) -> Result<Ingested, StoreError> {
         let fp = agent.as_str();
+        let _turn = self.ingest_turn().await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // Step 1.
