@@ -4,9 +4,9 @@
 //! Starts N `outrider-server` processes on one PostgreSQL database, each
 //! with its own data directory and `--node-id n0`, `n1`, … (alerting on,
 //! as on the single node; `--server-arg=--no-alerting` turns it off), and
-//! runs the simulated agents ([`agent`])
+//! runs the simulated agents ([`crate::agent`])
 //! over them: agent `i` prefers node `i % N` and moves on as the real agent
-//! does ([`agent::Nodes`]). Phases, each bounded in time:
+//! does ([`crate::agent::Nodes`]). Phases, each bounded in time:
 //!
 //! 1. **connect**: all agents register, spread over the nodes;
 //! 2. **steady**: one batch per agent per interval; total ingest
